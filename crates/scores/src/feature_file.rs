@@ -1,0 +1,119 @@
+//! The on-disk form of a score input: one safetensors file holding `features` (N x D, f32 or
+//! f64), `labels` (N, any integer dtype) and optionally `probs` (N x Cs, f32 or f64, the source
+//! model's softmax). medxfer-train's `extract` writes such files; the CLI reads them.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use faer::Mat;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::input::ScoreInput;
+
+fn file_error(path: &Path, problem: impl Into<String>) -> Error {
+    Error::FeatureFile { path: path.to_path_buf(), problem: problem.into() }
+}
+
+/// Reads a feature file into a validated [`ScoreInput`].
+pub fn read_feature_file(path: &Path) -> Result<ScoreInput> {
+    let bytes = fs::read(path).map_err(|e| file_error(path, format!("cannot read the file: {e}")))?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| {
+        file_error(path, format!("not a valid safetensors file ({e}); it may be truncated or not a feature file: re-run the extraction that wrote it"))
+    })?;
+    let features = tensors
+        .tensor("features")
+        .map_err(|_| file_error(path, format!("has no tensor named 'features' (it holds: {}); expected features N x D, labels N, optional probs N x Cs", list_names(&tensors))))?;
+    let features = float_matrix(path, "features", &features)?;
+    let labels = tensors.tensor("labels").map_err(|_| file_error(path, "has no tensor named 'labels' (N integers 0..C-1)"))?;
+    let labels = integer_vector(path, &labels)?;
+    let input = ScoreInput::new(features, &labels).map_err(|e| file_error(path, e.to_string()))?;
+    match tensors.tensor("probs") {
+        Ok(probs) => {
+            let probs = float_matrix(path, "probs", &probs)?;
+            input.with_source_probs(probs).map_err(|e| file_error(path, e.to_string()))
+        }
+        Err(_) => Ok(input),
+    }
+}
+
+/// Writes features (f64), labels (i64) and optional probabilities (f64), atomically: the file
+/// appears whole or not at all.
+pub fn write_feature_file(path: &Path, input: &ScoreInput) -> Result<()> {
+    let features = input.features();
+    let feature_bytes: Vec<u8> = (0..features.nrows()).flat_map(|i| (0..features.ncols()).map(move |j| features[(i, j)])).flat_map(f64::to_le_bytes).collect();
+    let label_bytes: Vec<u8> = input.labels().iter().flat_map(|&l| (l as i64).to_le_bytes()).collect();
+    let mut views = vec![
+        ("features".to_string(), tensor_view(path, Dtype::F64, vec![features.nrows(), features.ncols()], &feature_bytes)?),
+        ("labels".to_string(), tensor_view(path, Dtype::I64, vec![input.num_samples()], &label_bytes)?),
+    ];
+    let prob_bytes: Vec<u8>;
+    if let Some(probs) = input.source_probs() {
+        prob_bytes = (0..probs.nrows()).flat_map(|i| (0..probs.ncols()).map(move |j| probs[(i, j)])).flat_map(f64::to_le_bytes).collect();
+        views.push(("probs".to_string(), tensor_view(path, Dtype::F64, vec![probs.nrows(), probs.ncols()], &prob_bytes)?));
+    }
+    let bytes = safetensors::serialize(views, None).map_err(|e| file_error(path, format!("cannot serialise: {e}")))?;
+    write_atomically(path, &bytes)
+}
+
+fn tensor_view<'a>(path: &Path, dtype: Dtype, shape: Vec<usize>, bytes: &'a [u8]) -> Result<TensorView<'a>> {
+    TensorView::new(dtype, shape, bytes).map_err(|e| file_error(path, format!("cannot build a tensor: {e}")))
+}
+
+/// Writes to a temporary file beside `path`, then renames it over `path`.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut temporary = PathBuf::from(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    temporary.set_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let mut file = fs::File::create(&temporary).map_err(|e| file_error(path, format!("cannot create {}: {e}", temporary.display())))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| file_error(path, format!("cannot write {}: {e}", temporary.display())))?;
+    fs::rename(&temporary, path).map_err(|e| file_error(path, format!("cannot move {} into place: {e}", temporary.display())))
+}
+
+fn list_names(tensors: &SafeTensors<'_>) -> String {
+    let mut names = tensors.names();
+    names.sort_unstable();
+    if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+}
+
+fn float_matrix(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Mat<f64>> {
+    let shape = view.shape();
+    let &[rows, cols] = shape else {
+        return Err(file_error(path, format!("tensor '{name}' has shape {shape:?}; it must be two-dimensional (N x D)")));
+    };
+    let values: Vec<f64> = match view.dtype() {
+        Dtype::F32 => view.data().chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect(),
+        Dtype::F64 => view.data().chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect(),
+        other => return Err(file_error(path, format!("tensor '{name}' has dtype {other:?}; it must be F32 or F64"))),
+    };
+    Ok(Mat::from_fn(rows, cols, |i, j| values[i * cols + j]))
+}
+
+fn integer_vector(path: &Path, view: &TensorView<'_>) -> Result<Vec<i64>> {
+    let shape = view.shape();
+    if !(shape.len() == 1 || (shape.len() == 2 && shape[1] == 1)) {
+        return Err(file_error(path, format!("tensor 'labels' has shape {shape:?}; it must be (N) or (N, 1)")));
+    }
+    let data = view.data();
+    let too_large = |v: u64| file_error(path, format!("label {v} does not fit in 64 signed bits"));
+    let labels = match view.dtype() {
+        Dtype::U8 => data.iter().map(|&b| i64::from(b)).collect(),
+        Dtype::I8 => data.iter().map(|&b| i64::from(b as i8)).collect(),
+        Dtype::U16 => data.chunks_exact(2).map(|b| i64::from(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::I16 => data.chunks_exact(2).map(|b| i64::from(i16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::U32 => data.chunks_exact(4).map(|b| i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect(),
+        Dtype::I32 => data.chunks_exact(4).map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect(),
+        Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect(),
+        Dtype::U64 => data
+            .chunks_exact(8)
+            .map(|b| {
+                let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                i64::try_from(v).map_err(|_| too_large(v))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        other => return Err(file_error(path, format!("tensor 'labels' has dtype {other:?}; it must be an integer type"))),
+    };
+    Ok(labels)
+}

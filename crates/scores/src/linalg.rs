@@ -1,0 +1,177 @@
+//! The dense linear algebra the scores share, on faer: column means, the centred Gram matrix
+//! (one pass over the data, in row blocks so the centred copy never exists whole), symmetric
+//! eigendecompositions sorted the way the scores read them, and projections onto a basis.
+
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Mat, MatRef, Par, Side};
+
+use crate::error::{Error, Result};
+
+/// Rows centred and multiplied at a time: large enough for the matrix kernels to run at full
+/// speed, small enough that the buffer stays a fraction of the feature matrix.
+const ROW_BLOCK: usize = 1024;
+
+pub(crate) fn parallelism() -> Par {
+    faer::get_global_parallelism()
+}
+
+/// The mean of each column.
+pub(crate) fn column_means(features: MatRef<'_, f64>) -> Vec<f64> {
+    let n = features.nrows() as f64;
+    (0..features.ncols()).map(|j| features.col(j).iter().sum::<f64>() / n).collect()
+}
+
+/// What one pass over the centred data gives.
+#[derive(Debug)]
+pub(crate) struct CentredGram {
+    /// (F - mean)'(F - mean), D x D, both triangles filled.
+    pub gram: Mat<f64>,
+    /// sum over samples of ||x_i - mean||^4 (Ledoit-Wolf's beta).
+    pub sum_row_norm4: f64,
+}
+
+/// Computes the centred Gram matrix block by block; only its lower triangle is multiplied.
+pub(crate) fn centred_gram(features: MatRef<'_, f64>, means: &[f64]) -> CentredGram {
+    let (n, d) = features.shape();
+    let mut gram = Mat::<f64>::zeros(d, d);
+    let mut block = Mat::<f64>::zeros(ROW_BLOCK.min(n), d);
+    let mut sum_row_norm4 = 0.0;
+    let mut start = 0;
+    while start < n {
+        let rows = ROW_BLOCK.min(n - start);
+        let mut norms = vec![0.0f64; rows];
+        for j in 0..d {
+            let src = features.col(j).subrows(start, rows);
+            let mut dst = block.as_mut().col_mut(j);
+            for i in 0..rows {
+                let value = src[i] - means[j];
+                dst[i] = value;
+                norms[i] += value * value;
+            }
+        }
+        sum_row_norm4 += norms.iter().map(|s| s * s).sum::<f64>();
+        let view = block.as_ref().subrows(0, rows);
+        triangular::matmul(
+            gram.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            view.transpose(),
+            BlockStructure::Rectangular,
+            view,
+            BlockStructure::Rectangular,
+            1.0,
+            parallelism(),
+        );
+        start += rows;
+    }
+    fill_upper_from_lower(gram.as_mut());
+    CentredGram { gram, sum_row_norm4 }
+}
+
+pub(crate) fn fill_upper_from_lower(mut matrix: faer::MatMut<'_, f64>) {
+    for j in 0..matrix.ncols() {
+        for i in 0..j {
+            matrix[(i, j)] = matrix[(j, i)];
+        }
+    }
+}
+
+/// Eigenvalues in decreasing order and the matching eigenvectors as columns.
+#[derive(Debug, Clone)]
+pub(crate) struct SymmetricEigen {
+    pub values: Vec<f64>,
+    pub vectors: Mat<f64>,
+}
+
+impl SymmetricEigen {
+    /// Decomposes a symmetric matrix (its lower triangle is read).
+    pub(crate) fn new(matrix: MatRef<'_, f64>, what: &'static str) -> Result<Self> {
+        let evd = matrix.self_adjoint_eigen(Side::Lower).map_err(|_| Error::EigenFailed { what })?;
+        let d = matrix.nrows();
+        let ascending = evd.S().column_vector();
+        let values = (0..d).rev().map(|i| ascending[i]).collect();
+        let u = evd.U();
+        let vectors = Mat::from_fn(d, d, |i, j| u[(i, d - 1 - j)]);
+        Ok(Self { values, vectors })
+    }
+
+    /// trace(pinv(A) B) for A = this matrix with eigenvalues remapped by `value_of`, B given by
+    /// `b_quadratic[i] = v_i' B v_i`. Pseudo-inverse as numpy's `pinv(rcond)`: singular values
+    /// (|eigenvalues|) at or below rcond times the largest are treated as zero.
+    pub(crate) fn pinv_trace(&self, value_of: impl Fn(f64) -> f64, b_quadratic: &[f64], rcond: f64) -> f64 {
+        let values: Vec<f64> = self.values.iter().map(|&v| value_of(v)).collect();
+        let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let cutoff = rcond * largest;
+        values.iter().zip(b_quadratic).filter(|(v, _)| v.abs() > cutoff).map(|(v, q)| q / v).sum()
+    }
+}
+
+/// (F - mean) times `basis` (D x k), in row blocks: the N x k coordinates of PCA.
+pub(crate) fn project_centred(features: MatRef<'_, f64>, means: &[f64], basis: MatRef<'_, f64>) -> Mat<f64> {
+    let (n, d) = features.shape();
+    let k = basis.ncols();
+    let mut out = Mat::<f64>::zeros(n, k);
+    let mut block = Mat::<f64>::zeros(ROW_BLOCK.min(n), d);
+    let mut start = 0;
+    while start < n {
+        let rows = ROW_BLOCK.min(n - start);
+        for j in 0..d {
+            let src = features.col(j).subrows(start, rows);
+            let mut dst = block.as_mut().col_mut(j);
+            for i in 0..rows {
+                dst[i] = src[i] - means[j];
+            }
+        }
+        faer::linalg::matmul::matmul(
+            out.as_mut().subrows_mut(start, rows),
+            Accum::Replace,
+            block.as_ref().subrows(0, rows),
+            basis,
+            1.0,
+            parallelism(),
+        );
+        start += rows;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Mat<f64> {
+        Mat::from_fn(2500, 5, |i, j| ((i * 7 + j * 13) % 17) as f64 + (j as f64) * (i as f64).sqrt())
+    }
+
+    #[test]
+    fn blocked_centred_gram_equals_the_direct_product() {
+        let f = sample();
+        let means = column_means(f.as_ref());
+        let centred = Mat::from_fn(f.nrows(), f.ncols(), |i, j| f[(i, j)] - means[j]);
+        let direct = centred.transpose() * &centred;
+        let blocked = centred_gram(f.as_ref(), &means);
+        for i in 0..5 {
+            for j in 0..5 {
+                assert!((direct[(i, j)] - blocked.gram[(i, j)]).abs() <= 1e-9 * direct[(i, i)].abs().max(1.0));
+            }
+        }
+        let norm4: f64 = (0..f.nrows())
+            .map(|i| (0..5).map(|j| centred[(i, j)].powi(2)).sum::<f64>().powi(2))
+            .sum();
+        assert!((norm4 - blocked.sum_row_norm4).abs() <= 1e-12 * norm4);
+    }
+
+    #[test]
+    fn eigenvalues_are_decreasing_and_reconstruct_the_matrix() {
+        let a = Mat::from_fn(3, 3, |i, j| [[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 1.0]][i][j]);
+        let eig = SymmetricEigen::new(a.as_ref(), "test matrix").unwrap();
+        assert!(eig.values.windows(2).all(|w| w[0] >= w[1]));
+        let v = &eig.vectors;
+        let rebuilt = Mat::from_fn(3, 3, |i, j| (0..3).map(|k| v[(i, k)] * eig.values[k] * v[(j, k)]).sum::<f64>());
+        for i in 0..3 {
+            for j in 0..3 {
+                assert!((rebuilt[(i, j)] - a[(i, j)]).abs() < 1e-12);
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The seven scores by name, and `score_all`, which computes any set of them sharing the
+//! expensive decompositions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::FeatureAnalysis;
+use crate::error::{Error, Result};
+use crate::input::ScoreInput;
+use crate::n_leep::NLeepConfig;
+
+/// A transferability score. The snake_case spelling (`Display`, `FromStr`, serde) is stable:
+/// result files and command lines use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// H-score.
+    HScore,
+    /// Negative conditional entropy (needs source probabilities).
+    Nce,
+    /// Log expected empirical prediction (needs source probabilities).
+    Leep,
+    /// LEEP on Gaussian-mixture posteriors.
+    NLeep,
+    /// Log maximum evidence.
+    #[serde(rename = "logme")]
+    LogMe,
+    /// H-score with a Ledoit-Wolf shrunk covariance.
+    RegHScore,
+    /// Gaussian Bhattacharyya coefficient.
+    Gbc,
+}
+
+impl Metric {
+    /// All seven, in the paper's order.
+    pub const ALL: [Metric; 7] = [Metric::HScore, Metric::Nce, Metric::Leep, Metric::NLeep, Metric::LogMe, Metric::RegHScore, Metric::Gbc];
+
+    /// The stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::HScore => "h_score",
+            Metric::Nce => "nce",
+            Metric::Leep => "leep",
+            Metric::NLeep => "n_leep",
+            Metric::LogMe => "logme",
+            Metric::RegHScore => "reg_h_score",
+            Metric::Gbc => "gbc",
+        }
+    }
+
+    /// Whether the score reads the source model's probabilities rather than the features.
+    pub fn needs_source_probs(self) -> bool {
+        matches!(self, Metric::Nce | Metric::Leep)
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Metric::ALL.into_iter().find(|m| m.as_str() == name).ok_or_else(|| Error::UnknownMetric { name: name.to_string() })
+    }
+}
+
+/// Computes each requested metric once, in the order given, sharing the covariance and Gram
+/// decompositions between them. Fails on the first metric that fails.
+pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, f64)>> {
+    let analysis = FeatureAnalysis::new(input);
+    let mut seen = Vec::new();
+    for &metric in metrics {
+        if seen.iter().any(|(m, _)| *m == metric) {
+            continue;
+        }
+        let value = match metric {
+            Metric::HScore => crate::h_score::h_score_of(&analysis)?,
+            Metric::Nce => crate::nce::nce(input)?,
+            Metric::Leep => crate::leep::leep(input)?,
+            Metric::NLeep => crate::n_leep::n_leep_of(&analysis, &NLeepConfig::default())?,
+            Metric::LogMe => crate::logme::logme_of(&analysis)?,
+            Metric::RegHScore => crate::reg_h_score::reg_h_score_of(&analysis)?,
+            Metric::Gbc => crate::gbc::gbc_of(&analysis)?,
+        };
+        seen.push((metric, value));
+    }
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_display_from_str_and_serde() {
+        for metric in Metric::ALL {
+            assert_eq!(metric.as_str().parse::<Metric>().unwrap(), metric);
+            assert_eq!(serde_json::to_string(&metric).unwrap(), format!("\"{}\"", metric.as_str()));
+        }
+        assert!("hscore".parse::<Metric>().is_err());
+    }
+}
