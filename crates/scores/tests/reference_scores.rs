@@ -1,0 +1,90 @@
+//! The seven scores against the reference Python implementations (python/reference_scores.py,
+//! numpy/scipy/scikit-learn versions in the fixture), on the cases fixtures/make_fixtures.py wrote.
+
+use std::path::PathBuf;
+
+use medxfer_scores::{Metric, read_feature_file, score_all};
+use serde_json::Value;
+
+/// Deterministic scores agree with the reference to this relative error.
+const EXACT_RELATIVE: f64 = 1e-8;
+/// N-LEEP's mixture starts from k-means++ with another random stream than numpy's. On data whose
+/// clusters every start finds (scikit-learn gives one value over 20 seeds), ours agrees to this.
+const N_LEEP_CLUSTERED: f64 = 1e-6;
+/// Elsewhere scikit-learn's own value moves with its seed (by up to 0.08 on these cases); ours
+/// must fall inside the range of its values over 20 seeds, widened by this.
+const N_LEEP_SEED_MARGIN: f64 = 5e-3;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn every_score_matches_the_reference_code() {
+    let expected = expected();
+    let cases = expected["cases"].as_object().unwrap();
+    assert!(cases.len() >= 8);
+    for (name, case) in cases {
+        let input = read_feature_file(&fixtures().join("scores").join(format!("{name}.safetensors"))).unwrap();
+        let ours = score_all(&input, &Metric::ALL).unwrap();
+        let exact: Vec<&str> = case["exact"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        for (metric, value) in ours {
+            assert!(value.is_finite(), "{name}/{metric}: {value}");
+            let reference = case["scores"][metric.as_str()].as_f64().unwrap();
+            if exact.contains(&metric.as_str()) {
+                let relative = (value - reference).abs() / reference.abs().max(1e-300);
+                assert!(relative <= EXACT_RELATIVE, "{name}/{metric}: ours {value}, reference {reference}, relative error {relative:e}");
+            }
+            if metric == Metric::NLeep {
+                let range = &case["n_leep_seed_range"];
+                let (low, high) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
+                assert!(value >= low - N_LEEP_SEED_MARGIN && value <= high + N_LEEP_SEED_MARGIN, "{name}/n_leep: ours {value}, scikit-learn over seeds [{low}, {high}]");
+                if case["n_leep_compared"].as_bool().unwrap() {
+                    assert!((value - reference).abs() <= N_LEEP_CLUSTERED, "{name}/n_leep: ours {value}, reference {reference}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn n_leep_ranks_the_clustered_cases_as_the_reference_does() {
+    let expected = expected();
+    let names = ["clustered_noisier", "clustered_pure", "clustered_noisy"];
+    let mut ours = Vec::new();
+    let mut reference = Vec::new();
+    for name in names {
+        let input = read_feature_file(&fixtures().join("scores").join(format!("{name}.safetensors"))).unwrap();
+        ours.push(medxfer_scores::n_leep(&input).unwrap());
+        reference.push(expected["cases"][name]["scores"]["n_leep"].as_f64().unwrap());
+    }
+    let order = |values: &[f64]| {
+        let mut index: Vec<usize> = (0..values.len()).collect();
+        index.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+        index
+    };
+    assert_eq!(order(&ours), order(&reference), "ours {ours:?}, reference {reference:?}");
+}
+
+#[test]
+fn each_score_alone_equals_its_value_in_score_all() {
+    let input = read_feature_file(&fixtures().join("scores/four_class.safetensors")).unwrap();
+    let all = score_all(&input, &Metric::ALL).unwrap();
+    let alone = [
+        medxfer_scores::h_score(&input),
+        medxfer_scores::nce(&input),
+        medxfer_scores::leep(&input),
+        medxfer_scores::n_leep(&input),
+        medxfer_scores::logme(&input),
+        medxfer_scores::reg_h_score(&input),
+        medxfer_scores::gbc(&input),
+    ];
+    for ((metric, shared), alone) in all.into_iter().zip(alone) {
+        assert_eq!(shared, alone.unwrap(), "{metric}");
+    }
+}

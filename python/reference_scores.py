@@ -1,0 +1,147 @@
+"""The seven transferability scores as the reference code of Chaves et al. 2023 computes them.
+
+numpy/scipy/scikit-learn, line for line after the reference implementations (see
+../../shared/docs/PROTOCOL.md, "Scores"). medxfer's fixtures take their expected values from
+here, and `cargo xtask bench-scores` times medxfer against it.
+"""
+
+import warnings
+
+import numpy as np
+from sklearn.covariance import ledoit_wolf
+from sklearn.decomposition import PCA
+from sklearn.mixture import GaussianMixture
+
+
+def _pinv(a):
+    # The reference calls np.linalg.pinv(a, rcond=1e-15); numpy >= 2.3 spells rcond as rtol.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return np.linalg.pinv(a, rtol=1e-15)
+        except TypeError:
+            return np.linalg.pinv(a, rcond=1e-15)
+
+
+def _cov(x):
+    centred = x - np.mean(x, axis=0, keepdims=True)
+    return np.dot(centred.T, centred) / (len(x) - 1)
+
+
+def _class_means(f, y):
+    g = np.zeros_like(f)
+    for z in range(int(y.max()) + 1):
+        g[y == z] = np.mean(f[y == z, :], axis=0)
+    return g
+
+
+def h_score(f, y):
+    f = f.astype(np.float64)
+    return float(np.trace(np.dot(_pinv(_cov(f)), _cov(_class_means(f, y)))))
+
+
+def reg_h_score(f, y):
+    f = f.astype(np.float64)
+    f = f - np.mean(f, axis=0, keepdims=True)
+    shrunk_cov, alpha = ledoit_wolf(f)
+    covg = _cov(_class_means(f, y))
+    return float(np.trace(np.dot(_pinv(shrunk_cov), (1 - alpha) * covg)))
+
+
+def leep(probs, y):
+    n, cs = probs.shape
+    ct = int(np.max(y) + 1)
+    normalized = probs / float(n)
+    joint = np.zeros((ct, cs), dtype=float)
+    for i in range(ct):
+        joint[i] = np.sum(normalized[y == i], axis=0)
+    p_target_given_source = (joint / joint.sum(axis=0, keepdims=True)).T
+    empirical = probs @ p_target_given_source
+    empirical_prob = np.array([p[label] for p, label in zip(empirical, y)])
+    return float(np.mean(np.log(empirical_prob)))
+
+
+def nce(probs, y):
+    source = np.argmax(probs, axis=1)
+    ct = int(np.max(y) + 1)
+    cs = int(np.max(source) + 1)
+    n = len(source)
+    joint = np.zeros((ct, cs), dtype=float)
+    for s, t in zip(source, y):
+        joint[t, s] += 1.0 / n
+    p_z = joint.sum(axis=0, keepdims=True)
+    p_target_given_source = (joint / np.where(p_z == 0, 1, p_z)).T
+    mask = p_z.reshape(-1) != 0
+    p = p_target_given_source[mask]
+    entropy = np.sum(-p * np.log(p + 1e-20), axis=1, keepdims=True)
+    return float(-np.sum(entropy * p_z.reshape((-1, 1))[mask]))
+
+
+def logme(f, y):
+    f = f.astype(np.float64)
+    fh = f
+    f = f.transpose()
+    d, n = f.shape
+    v, s, vh = np.linalg.svd(f @ fh, full_matrices=True)
+    evidences = []
+    for k in range(int(y.max() + 1)):
+        y_ = (y == k).astype(np.float64)
+        alpha, beta = 1.0, 1.0
+        lam = alpha / beta
+        tmp = vh @ (f @ y_)
+        for _ in range(11):
+            gamma = (s / (s + lam)).sum()
+            m = v @ (tmp * beta / (alpha + beta * s))
+            alpha_de = (m * m).sum()
+            alpha = gamma / (alpha_de + 1e-7)
+            beta_de = ((y_ - fh @ m) ** 2).sum()
+            beta = (n - gamma) / (beta_de + 1e-7)
+            new_lam = alpha / beta
+            if np.abs(new_lam - lam) / (lam + 1e-7) < 0.01:
+                break
+            lam = new_lam
+        evidence = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * np.sum(np.log(alpha + beta * s))
+                    - beta / 2.0 * beta_de - alpha / 2.0 * alpha_de - n / 2.0 * np.log(2 * np.pi))
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+def n_leep(f, y, seed=42):
+    f = f.astype(np.float64)
+    classes = len(np.unique(y))
+    x = PCA(n_components=0.8).fit(f).transform(f)
+    gmm = GaussianMixture(n_components=5 * classes, random_state=seed).fit(x)
+    return leep(gmm.predict_proba(x), y)
+
+
+def gbc(f, y, dims=64):
+    f = f.astype(np.float64)
+    # The reference asks for 64 components; scikit-learn refuses more than min(N, D), which
+    # medxfer caps at instead.
+    x = PCA(n_components=min(dims, f.shape[0], f.shape[1])).fit_transform(f)
+    stats = {}
+    for c in np.unique(y):
+        xc = x[y == c]
+        stats[c] = (np.mean(xc, axis=0), np.mean(np.maximum(np.var(xc, axis=0), 1e-4)))
+    total = 0.0
+    for c1 in stats:
+        for c2 in stats:
+            if c1 == c2:
+                continue
+            mu1, s1 = stats[c1]
+            mu2, s2 = stats[c2]
+            sbar = (s1 + s2) / 2
+            db = np.sum((mu1 - mu2) ** 2 / sbar) / 8 + 0.5 * (np.log(sbar) - 0.5 * np.log(s1) - 0.5 * np.log(s2))
+            total += np.exp(-db)
+    return float(-total)
+
+
+SCORES = {
+    "h_score": lambda f, y, p: h_score(f, y),
+    "nce": lambda f, y, p: nce(p, y),
+    "leep": lambda f, y, p: leep(p, y),
+    "n_leep": lambda f, y, p: n_leep(f, y),
+    "logme": lambda f, y, p: logme(f, y),
+    "reg_h_score": lambda f, y, p: reg_h_score(f, y),
+    "gbc": lambda f, y, p: gbc(f, y),
+}
