@@ -1,1 +1,177 @@
-fn main() {}
+//! `medxfer-scores`: score a feature file, or correlate two columns of a results table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use medxfer_scores::{Correlation, Metric, correlate, read_feature_file, score_all};
+use serde_json::{Map, Value, json};
+
+/// Transferability scores and rank correlations, as Chaves et al. 2023 computed them.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compute transferability scores of one feature file.
+    ///
+    /// FILE is a safetensors file with `features` (N x D, f32 or f64), `labels` (N integers
+    /// 0..C-1) and optionally `probs` (N x Cs source softmax, needed by nce and leep).
+    Score {
+        /// The feature file.
+        file: PathBuf,
+        /// Comma-separated metrics (h_score, nce, leep, n_leep, logme, reg_h_score, gbc); all by default.
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
+        /// Print one JSON object {"metric": value, ...} instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Correlate two columns of a CSV file (Kendall tau-b with p-value, weighted tau, Pearson, Spearman).
+    Correlate {
+        /// The CSV file, with a header row.
+        file: PathBuf,
+        /// Column of the scores (x).
+        #[arg(long)]
+        x: String,
+        /// Column of the accuracies (y).
+        #[arg(long)]
+        y: String,
+        /// Column whose values split the rows into groups, each correlated on its own.
+        #[arg(long)]
+        group: Option<String>,
+        /// Print a JSON list of {group, n, tau_b, p_value, weighted_tau, pearson, spearman}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Score { file, metrics, json } => score(&file, metrics, json),
+        Command::Correlate { file, x, y, group, json } => correlate_csv(&file, &x, &y, group.as_deref(), json),
+    }
+}
+
+fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
+    let input = read_feature_file(file)?;
+    let explicit = metrics.is_some();
+    let requested: Vec<Metric> = match metrics {
+        Some(names) => names.iter().map(|name| name.trim().parse()).collect::<Result<_, _>>()?,
+        None => Metric::ALL.to_vec(),
+    };
+    let has_probs = input.source_probs().is_some();
+    let (runnable, skipped): (Vec<Metric>, Vec<Metric>) = requested.iter().partition(|m| has_probs || !m.needs_source_probs());
+    if explicit && !skipped.is_empty() {
+        bail!(
+            "{}: {} need(s) the source probabilities, but the file has no `probs` tensor; extract with probabilities or leave them out",
+            file.display(),
+            names(&skipped)
+        );
+    }
+    let start = Instant::now();
+    // One call, so the scores share the covariance and Gram decompositions.
+    let values = score_all(&input, &runnable).with_context(|| format!("{}: scoring failed", file.display()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let note = (!skipped.is_empty()).then(|| format!("{} skipped: the file has no `probs` tensor (source probabilities)", names(&skipped)));
+    if json {
+        let object: Map<String, Value> = values.iter().map(|(m, v)| (m.to_string(), json!(v))).collect();
+        println!("{}", Value::Object(object));
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
+    } else {
+        println!("{}: N = {}, D = {}, C = {}", file.display(), input.num_samples(), input.feature_dim(), input.num_classes());
+        println!("{:<12} {:>20}", "metric", "value");
+        for (metric, value) in &values {
+            println!("{:<12} {:>20.12}", metric.as_str(), value);
+        }
+        println!("({} metric(s) in {seconds:.3} s)", values.len());
+        if let Some(note) = note {
+            println!("{note}");
+        }
+    }
+    Ok(())
+}
+
+fn names(metrics: &[Metric]) -> String {
+    metrics.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn correlate_csv(file: &Path, x: &str, y: &str, group: Option<&str>, json: bool) -> Result<()> {
+    let mut reader = csv::Reader::from_path(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let headers = reader.headers().with_context(|| format!("{}: cannot read the header row", file.display()))?.clone();
+    let column = |name: &str| -> Result<usize> {
+        headers.iter().position(|h| h == name).with_context(|| {
+            format!("{}: no column named '{name}'; the columns are: {}", file.display(), headers.iter().collect::<Vec<_>>().join(", "))
+        })
+    };
+    let (x_col, y_col) = (column(x)?, column(y)?);
+    let group_col = group.map(column).transpose()?;
+    let mut groups: BTreeMap<usize, (String, Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.with_context(|| format!("{}: line {line} is not valid CSV", file.display()))?;
+        let number = |col: usize, name: &str| -> Result<f64> {
+            let text = record.get(col).unwrap_or("");
+            text.trim().parse::<f64>().with_context(|| format!("{}: line {line}, column '{name}': '{text}' is not a number", file.display()))
+        };
+        let (xv, yv) = (number(x_col, x)?, number(y_col, y)?);
+        let key = group_col.map(|c| record.get(c).unwrap_or("").to_string()).unwrap_or_else(|| "all".to_string());
+        let slot = match order.iter().position(|k| *k == key) {
+            Some(slot) => slot,
+            None => {
+                order.push(key.clone());
+                order.len() - 1
+            }
+        };
+        let entry = groups.entry(slot).or_insert_with(|| (key, Vec::new(), Vec::new()));
+        entry.1.push(xv);
+        entry.2.push(yv);
+    }
+    if groups.is_empty() {
+        bail!("{}: no data rows", file.display());
+    }
+    let results: Vec<(String, usize, Result<Correlation, medxfer_scores::Error>)> =
+        groups.into_values().map(|(key, xs, ys)| (key, xs.len(), correlate(&xs, &ys))).collect();
+    if json {
+        let list: Vec<Value> = results
+            .iter()
+            .map(|(key, n, result)| match result {
+                Ok(c) => json!({"group": key, "n": c.n, "tau_b": c.tau_b, "p_value": c.p_value, "weighted_tau": c.weighted_tau, "pearson": c.pearson, "spearman": c.spearman}),
+                Err(e) => json!({"group": key, "n": n, "tau_b": null, "p_value": null, "weighted_tau": null, "pearson": null, "spearman": null, "error": e.to_string()}),
+            })
+            .collect();
+        println!("{}", Value::Array(list));
+    } else {
+        println!("{:<24} {:>4} {:>9} {:>9} {:>12} {:>9} {:>9}", "group", "n", "tau_b", "p_value", "weighted_tau", "pearson", "spearman");
+        for (key, n, result) in &results {
+            match result {
+                Ok(c) => println!(
+                    "{:<24} {:>4} {:>9.4} {:>9.4} {:>12.4} {:>9.4} {:>9.4}",
+                    key, c.n, c.tau_b, c.p_value, c.weighted_tau, c.pearson, c.spearman
+                ),
+                Err(e) => println!("{key:<24} {n:>4} {e}"),
+            }
+        }
+    }
+    Ok(())
+}

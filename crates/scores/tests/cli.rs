@@ -1,0 +1,161 @@
+//! The `medxfer-scores` binary end to end: its JSON output against the reference values, and a
+//! clear error (never a panic) for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use medxfer_scores::faer::Mat;
+use medxfer_scores::{ScoreInput, write_feature_file};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medxfer-scores")).args(args).output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_clean_failure(output: &Output, needles: &[&str]) {
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(output));
+    let message = stderr(output);
+    assert!(!message.contains("panicked"), "{message}");
+    for needle in needles {
+        assert!(message.contains(needle), "'{needle}' missing from: {message}");
+    }
+}
+
+#[test]
+fn score_json_holds_every_metric_with_the_reference_values() {
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
+    let file = fixtures().join("scores/four_class.safetensors");
+    let output = run(&["score", file.to_str().unwrap(), "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let object = ours.as_object().unwrap();
+    assert_eq!(object.len(), 7);
+    for metric in ["h_score", "nce", "leep", "logme", "reg_h_score", "gbc"] {
+        let reference = expected["cases"]["four_class"]["scores"][metric].as_f64().unwrap();
+        let value = object[metric].as_f64().unwrap();
+        assert!((value - reference).abs() <= 1e-8 * reference.abs(), "{metric}: {value} vs {reference}");
+    }
+    assert!(object["n_leep"].as_f64().unwrap().is_finite());
+}
+
+fn write_input(dir: &Path, name: &str, input: &ScoreInput) -> PathBuf {
+    let path = dir.join(name);
+    write_feature_file(&path, input).unwrap();
+    path
+}
+
+fn small_input() -> ScoreInput {
+    let features = Mat::from_fn(12, 3, |i, j| ((i * 5 + j * 3) % 7) as f64 + if i % 2 == 0 { 0.0 } else { 1.5 });
+    ScoreInput::new(features, &[0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]).unwrap()
+}
+
+#[test]
+fn without_probs_label_scores_are_left_out_and_the_output_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_input(dir.path(), "no_probs.safetensors", &small_input());
+    let output = run(&["score", path.to_str().unwrap(), "--json", "--metrics", "h_score,logme,gbc"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(ours.as_object().unwrap().len(), 3);
+
+    let output = run(&["score", path.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("nce, leep skipped"), "{table}");
+    assert!(!table.contains("\nleep "), "{table}");
+
+    let output = run(&["score", path.to_str().unwrap(), "--metrics", "leep"]);
+    assert_clean_failure(&output, &["no_probs.safetensors", "probs"]);
+}
+
+#[test]
+fn a_truncated_file_names_the_file_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_input(dir.path(), "whole.safetensors", &small_input());
+    let bytes = std::fs::read(&path).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 40]).unwrap();
+    let output = run(&["score", truncated.to_str().unwrap()]);
+    assert_clean_failure(&output, &["truncated.safetensors", "truncated"]);
+}
+
+#[test]
+fn a_missing_file_and_a_file_without_features_are_clear_errors() {
+    let output = run(&["score", "/nonexistent/features.safetensors"]);
+    assert_clean_failure(&output, &["/nonexistent/features.safetensors", "cannot read"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.safetensors");
+    let data = [0u8; 8];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![1], &data).unwrap();
+    std::fs::write(&other, safetensors::serialize(vec![("weights", view)], None).unwrap()).unwrap();
+    let output = run(&["score", other.to_str().unwrap()]);
+    assert_clean_failure(&output, &["other.safetensors", "'features'", "weights"]);
+}
+
+#[test]
+fn nan_features_and_a_single_class_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..4 {
+        for j in 0..2 {
+            let value: f32 = if i == 2 && j == 1 { f32::NAN } else { (i + j) as f32 };
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    let labels: Vec<u8> = vec![0, 1, 0, 1];
+    let features = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4, 2], &bytes).unwrap();
+    let label_view = safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![4], &labels).unwrap();
+    let path = dir.path().join("nan.safetensors");
+    std::fs::write(&path, safetensors::serialize(vec![("features", features), ("labels", label_view)], None).unwrap()).unwrap();
+    let output = run(&["score", path.to_str().unwrap()]);
+    assert_clean_failure(&output, &["nan.safetensors", "row 2, column 1"]);
+
+    let single: Vec<u8> = vec![0, 0, 0, 0];
+    let good: Vec<u8> = (0..8).flat_map(|v| (v as f32).to_le_bytes()).collect();
+    let features = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4, 2], &good).unwrap();
+    let label_view = safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![4], &single).unwrap();
+    let path = dir.path().join("one_class.safetensors");
+    std::fs::write(&path, safetensors::serialize(vec![("features", features), ("labels", label_view)], None).unwrap()).unwrap();
+    let output = run(&["score", path.to_str().unwrap()]);
+    assert_clean_failure(&output, &["one_class.safetensors", "at least two"]);
+}
+
+#[test]
+fn correlate_groups_match_scipy() {
+    // scipy.stats on the two groups of examples/scores_vs_accuracy.csv (scipy 1.17.1):
+    // toy_a: kendalltau -> (0.9999999999999999, 0.016666666666666666), exact p-value;
+    // toy_b, with a tie in accuracy -> (0.7378647873726218, 0.07697417298126674), asymptotic.
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/scores_vs_accuracy.csv");
+    let output = run(&["correlate", file.to_str().unwrap(), "--x", "logme", "--y", "test_balanced_accuracy", "--group", "task", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let groups: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0]["group"], "toy_a");
+    assert_eq!(groups[0]["n"], 5);
+    assert!((groups[0]["tau_b"].as_f64().unwrap() - 0.9999999999999999).abs() < 1e-12);
+    assert!((groups[0]["p_value"].as_f64().unwrap() - 0.016666666666666666).abs() < 1e-12);
+    let b = &groups[1];
+    assert_eq!(b["group"], "toy_b");
+    assert!((b["tau_b"].as_f64().unwrap() - 0.7378647873726218).abs() < 1e-12, "{b}");
+    assert!((b["p_value"].as_f64().unwrap() - 0.07697417298126674).abs() < 1e-12, "{b}");
+}
+
+#[test]
+fn correlate_names_a_missing_column_and_a_bad_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("table.csv");
+    std::fs::write(&csv, "score,acc\n1,0.5\n2,abc\n").unwrap();
+    let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "accuracy"]);
+    assert_clean_failure(&output, &["table.csv", "'accuracy'", "score, acc"]);
+    let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "acc"]);
+    assert_clean_failure(&output, &["table.csv", "line 3", "'abc'"]);
+}
