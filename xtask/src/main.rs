@@ -1,1 +1,71 @@
-fn main() {}
+//! `cargo xtask`: the workspace's own commands. Today the scores benchmark; `reproduce`,
+//! `report`, `rank` and the full `bench` arrive with their issues.
+
+mod bench_scores;
+mod machine;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "medxfer's workspace commands", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Time the seven scores on N x D synthetic features against the Python reference code.
+    ///
+    /// Writes a markdown table (ours, theirs, ratio, the arithmetic floor, peak memory) to
+    /// OUT/scores.md and prints it. The Python side runs in a virtual environment made from
+    /// python/requirements.txt the first time (target/pyref).
+    BenchScores {
+        /// Samples.
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        /// Feature dimension.
+        #[arg(long, default_value_t = 2048)]
+        d: usize,
+        /// Target class counts, one benchmark each.
+        #[arg(long, value_delimiter = ',', default_values_t = [2, 4])]
+        classes: Vec<usize>,
+        /// Runs per measurement; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Python interpreter with the reference stack; made in target/pyref if not given.
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Skip the Python side (ours and the floor only).
+        #[arg(long)]
+        no_python: bool,
+        /// Keep the generated feature files in OUT (to rerun a side by hand).
+        #[arg(long)]
+        keep_data: bool,
+        /// Where the table and raw JSON go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// One measurement in a fresh process (run by bench-scores).
+    #[command(hide = true)]
+    BenchScoresWorker {
+        file: PathBuf,
+        #[arg(long)]
+        repeats: usize,
+        /// Only load and run the suite once, then report peak memory.
+        #[arg(long)]
+        memory_only: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BenchScores { n, d, classes, repeats, python, no_python, keep_data, out } => {
+            bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out })
+        }
+        Command::BenchScoresWorker { file, repeats, memory_only } => bench_scores::worker(&file, repeats, memory_only),
+    }
+}

@@ -83,12 +83,23 @@ fn float_matrix(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Mat<f6
     let &[rows, cols] = shape else {
         return Err(file_error(path, format!("tensor '{name}' has shape {shape:?}; it must be two-dimensional (N x D)")));
     };
-    let values: Vec<f64> = match view.dtype() {
-        Dtype::F32 => view.data().chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect(),
-        Dtype::F64 => view.data().chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect(),
+    // Decoded straight into the matrix: no intermediate copy of an N x D array.
+    let data = view.data();
+    let mut matrix = Mat::<f64>::zeros(rows, cols);
+    match view.dtype() {
+        Dtype::F32 => {
+            for (index, b) in data.chunks_exact(4).enumerate() {
+                matrix[(index / cols, index % cols)] = f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            }
+        }
+        Dtype::F64 => {
+            for (index, b) in data.chunks_exact(8).enumerate() {
+                matrix[(index / cols, index % cols)] = f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            }
+        }
         other => return Err(file_error(path, format!("tensor '{name}' has dtype {other:?}; it must be F32 or F64"))),
-    };
-    Ok(Mat::from_fn(rows, cols, |i, j| values[i * cols + j]))
+    }
+    Ok(matrix)
 }
 
 fn integer_vector(path: &Path, view: &TensorView<'_>) -> Result<Vec<i64>> {

@@ -5,7 +5,8 @@
 //! for the posteriors. From the same start it agrees with scikit-learn to rounding.
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, Mat, MatRef, Side};
+use faer::{Accum, Mat, MatRef, Par, Side};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kmeans::kmeans_labels;
@@ -129,37 +130,10 @@ impl GaussianMixture {
     fn e_step(&self, x: MatRef<'_, f64>) -> (f64, Mat<f64>) {
         let (n, d) = x.shape();
         let components = self.weights.len();
-        let mut weighted = Mat::<f64>::zeros(n, components);
-        let mut y = Mat::<f64>::zeros(n, d);
-        let log_two_pi = (2.0 * std::f64::consts::PI).ln();
-        for k in 0..components {
-            let u = self.precisions_cholesky[k].as_ref();
-            // y = X U - mu U, as scikit-learn writes it.
-            triangular::matmul(
-                y.as_mut(),
-                BlockStructure::Rectangular,
-                Accum::Replace,
-                x,
-                BlockStructure::Rectangular,
-                u,
-                BlockStructure::TriangularUpper,
-                1.0,
-                parallelism(),
-            );
-            let mean_u: Vec<f64> = (0..d).map(|j| (0..=j).map(|i| self.means[(k, i)] * u[(i, j)]).sum()).collect();
-            let log_det: f64 = (0..d).map(|j| u[(j, j)].ln()).sum();
-            let mut squared = vec![0.0f64; n];
-            for j in 0..d {
-                for (i, value) in y.col(j).iter().enumerate() {
-                    let centred = value - mean_u[j];
-                    squared[i] += centred * centred;
-                }
-            }
-            let log_weight = self.weights[k].ln();
-            for i in 0..n {
-                weighted[(i, k)] = -0.5 * (d as f64 * log_two_pi + squared[i]) + log_det + log_weight;
-            }
-        }
+        // Components run in parallel, each on one thread: their matrices are too small for the
+        // matrix kernels to split well.
+        let columns: Vec<Vec<f64>> = (0..components).into_par_iter().map(|k| self.weighted_log_prob(x, k)).collect();
+        let mut weighted = Mat::from_fn(n, components, |i, k| columns[k][i]);
         let mut total = 0.0;
         for i in 0..n {
             let max = (0..components).map(|k| weighted[(i, k)]).fold(f64::NEG_INFINITY, f64::max);
@@ -173,7 +147,39 @@ impl GaussianMixture {
                 weighted[(i, k)] -= norm;
             }
         }
+        debug_assert_eq!(d, self.means.ncols());
         (total / n as f64, weighted)
+    }
+
+    /// log(weight_k) + log N(x_i | mean_k, covariance_k) for every row.
+    fn weighted_log_prob(&self, x: MatRef<'_, f64>, k: usize) -> Vec<f64> {
+        let (n, d) = x.shape();
+        let log_two_pi = (2.0 * std::f64::consts::PI).ln();
+        let u = self.precisions_cholesky[k].as_ref();
+        let mut y = Mat::<f64>::zeros(n, d);
+        // y = X U - mu U, as scikit-learn writes it.
+        triangular::matmul(
+            y.as_mut(),
+            BlockStructure::Rectangular,
+            Accum::Replace,
+            x,
+            BlockStructure::Rectangular,
+            u,
+            BlockStructure::TriangularUpper,
+            1.0,
+            Par::Seq,
+        );
+        let mean_u: Vec<f64> = (0..d).map(|j| (0..=j).map(|i| self.means[(k, i)] * u[(i, j)]).sum()).collect();
+        let log_det: f64 = (0..d).map(|j| u[(j, j)].ln()).sum();
+        let mut squared = vec![0.0f64; n];
+        for j in 0..d {
+            for (i, value) in y.col(j).iter().enumerate() {
+                let centred = value - mean_u[j];
+                squared[i] += centred * centred;
+            }
+        }
+        let log_weight = self.weights[k].ln();
+        squared.into_iter().map(|s| -0.5 * (d as f64 * log_two_pi + s) + log_det + log_weight).collect()
     }
 }
 
@@ -190,39 +196,50 @@ fn m_step(x: MatRef<'_, f64>, responsibilities: MatRef<'_, f64>, reg_covar: f64,
             means[(k, j)] /= nk[k];
         }
     }
+    let fitted: Vec<Result<(Mat<f64>, Mat<f64>)>> = (0..components)
+        .into_par_iter()
+        .map(|k| {
+            let mut diff = Mat::<f64>::zeros(n, d);
+            let mut weighted_diff = Mat::<f64>::zeros(n, d);
+            for j in 0..d {
+                let mean = means[(k, j)];
+                let column = x.col(j);
+                let resp = responsibilities.col(k);
+                for i in 0..n {
+                    let value = column[i] - mean;
+                    diff[(i, j)] = value;
+                    weighted_diff[(i, j)] = resp[i] * value;
+                }
+            }
+            let mut covariance = Mat::<f64>::zeros(d, d);
+            triangular::matmul(
+                covariance.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Replace,
+                weighted_diff.transpose(),
+                BlockStructure::Rectangular,
+                diff.as_ref(),
+                BlockStructure::Rectangular,
+                1.0,
+                Par::Seq,
+            );
+            fill_upper_from_lower(covariance.as_mut());
+            for j in 0..d {
+                for i in 0..d {
+                    covariance[(i, j)] /= nk[k];
+                }
+                covariance[(j, j)] += reg_covar;
+            }
+            let factor = precision_cholesky(covariance.as_ref(), k, iteration)?;
+            Ok((covariance, factor))
+        })
+        .collect();
     let mut covariances = Vec::with_capacity(components);
     let mut precisions_cholesky = Vec::with_capacity(components);
-    let mut diff = Mat::<f64>::zeros(n, d);
-    let mut weighted_diff = Mat::<f64>::zeros(n, d);
-    for k in 0..components {
-        for j in 0..d {
-            for i in 0..n {
-                let value = x[(i, j)] - means[(k, j)];
-                diff[(i, j)] = value;
-                weighted_diff[(i, j)] = responsibilities[(i, k)] * value;
-            }
-        }
-        let mut covariance = Mat::<f64>::zeros(d, d);
-        triangular::matmul(
-            covariance.as_mut(),
-            BlockStructure::TriangularLower,
-            Accum::Replace,
-            weighted_diff.transpose(),
-            BlockStructure::Rectangular,
-            diff.as_ref(),
-            BlockStructure::Rectangular,
-            1.0,
-            parallelism(),
-        );
-        fill_upper_from_lower(covariance.as_mut());
-        for j in 0..d {
-            for i in 0..d {
-                covariance[(i, j)] /= nk[k];
-            }
-            covariance[(j, j)] += reg_covar;
-        }
-        precisions_cholesky.push(precision_cholesky(covariance.as_ref(), k, iteration)?);
+    for result in fitted {
+        let (covariance, factor) = result?;
         covariances.push(covariance);
+        precisions_cholesky.push(factor);
     }
     let total: f64 = nk.iter().sum();
     let weights = nk.iter().map(|w| w / total).collect();
@@ -234,7 +251,7 @@ fn precision_cholesky(covariance: MatRef<'_, f64>, component: usize, iteration: 
     let d = covariance.nrows();
     let llt = covariance.llt(Side::Lower).map_err(|_| Error::IllDefinedCovariance { component, iteration })?;
     let mut inverse = Mat::<f64>::zeros(d, d);
-    faer::linalg::triangular_inverse::invert_lower_triangular(inverse.as_mut(), llt.L(), parallelism());
+    faer::linalg::triangular_inverse::invert_lower_triangular(inverse.as_mut(), llt.L(), Par::Seq);
     Ok(Mat::from_fn(d, d, |i, j| if i <= j { inverse[(j, i)] } else { 0.0 }))
 }
 

@@ -14,7 +14,7 @@ pub fn h_score(input: &ScoreInput) -> Result<f64> {
 }
 
 pub(crate) fn h_score_of(analysis: &FeatureAnalysis<'_>) -> Result<f64> {
-    let eigen = &analysis.centred()?.covariance_eigen;
+    let eigen = analysis.covariance_eigen()?;
     let between = analysis.between_class_quadratic()?;
     let score = eigen.pinv_trace(|v| v, between, PINV_RCOND);
     finite("h_score", score)

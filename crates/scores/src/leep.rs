@@ -20,8 +20,8 @@ pub(crate) fn leep_of(probs: MatRef<'_, f64>, labels: &[usize], num_classes: usi
     // joint[y, z] = sum over samples of class y of P[i, z] / N.
     let mut joint = vec![vec![0.0f64; sources]; num_classes];
     for z in 0..sources {
-        for (i, &y) in labels.iter().enumerate() {
-            joint[y][z] += probs[(i, z)] / n as f64;
+        for (p, &y) in probs.col(z).iter().zip(labels) {
+            joint[y][z] += p / n as f64;
         }
     }
     // P(y | z) = joint / column sum. A source class no sample puts mass on contributes nothing
@@ -35,10 +35,12 @@ pub(crate) fn leep_of(probs: MatRef<'_, f64>, labels: &[usize], num_classes: usi
             }
         }
     }
-    let mut total = 0.0;
-    for (i, &y) in labels.iter().enumerate() {
-        let expected: f64 = (0..sources).map(|z| probs[(i, z)] * conditional[y][z]).sum();
-        total += expected.ln();
+    // Column by column: the probabilities are stored by column.
+    let mut expected = vec![0.0f64; n];
+    for z in 0..sources {
+        for ((e, p), &y) in expected.iter_mut().zip(probs.col(z).iter()).zip(labels) {
+            *e += p * conditional[y][z];
+        }
     }
-    total / n as f64
+    expected.iter().map(|e| e.ln()).sum::<f64>() / n as f64
 }

@@ -3,7 +3,10 @@
 //! eigendecompositions sorted the way the scores read them, and projections onto a basis.
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, Mat, MatRef, Par, Side};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd;
+use faer::diag::Diag;
+use faer::{Accum, Mat, MatRef, Par};
 
 use crate::error::{Error, Result};
 
@@ -76,7 +79,9 @@ pub(crate) fn fill_upper_from_lower(mut matrix: faer::MatMut<'_, f64>) {
     }
 }
 
-/// Eigenvalues in decreasing order and the matching eigenvectors as columns.
+/// The eigendecomposition of a symmetric matrix: eigenvalues in increasing order, as faer
+/// gives them, and the matching eigenvectors as columns, written straight into one matrix (no
+/// reordered copy: at D = 2048 each D x D copy is 32 MiB).
 #[derive(Debug, Clone)]
 pub(crate) struct SymmetricEigen {
     pub values: Vec<f64>,
@@ -84,15 +89,36 @@ pub(crate) struct SymmetricEigen {
 }
 
 impl SymmetricEigen {
-    /// Decomposes a symmetric matrix (its lower triangle is read).
-    pub(crate) fn new(matrix: MatRef<'_, f64>, what: &'static str) -> Result<Self> {
-        let evd = matrix.self_adjoint_eigen(Side::Lower).map_err(|_| Error::EigenFailed { what })?;
+    /// Decomposes `scale` times a symmetric matrix (its lower triangle is read). Scaling the
+    /// eigenvalues afterwards spares a scaled copy of the matrix.
+    pub(crate) fn new(matrix: MatRef<'_, f64>, scale: f64, what: &'static str) -> Result<Self> {
         let d = matrix.nrows();
-        let ascending = evd.S().column_vector();
-        let values = (0..d).rev().map(|i| ascending[i]).collect();
-        let u = evd.U();
-        let vectors = Mat::from_fn(d, d, |i, j| u[(i, d - 1 - j)]);
+        let par = parallelism();
+        let mut vectors = Mat::<f64>::zeros(d, d);
+        let mut values = Diag::<f64>::zeros(d);
+        let scratch = evd::self_adjoint_evd_scratch::<f64>(d, evd::ComputeEigenvectors::Yes, par, Default::default());
+        evd::self_adjoint_evd(
+            matrix,
+            values.as_mut(),
+            Some(vectors.as_mut()),
+            par,
+            MemStack::new(&mut MemBuffer::new(scratch)),
+            Default::default(),
+        )
+        .map_err(|_| Error::EigenFailed { what })?;
+        let values = values.column_vector().iter().map(|v| v * scale).collect();
         Ok(Self { values, vectors })
+    }
+
+    /// The eigenvalues from the largest down.
+    pub(crate) fn descending_values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.values.iter().rev().copied()
+    }
+
+    /// The eigenvectors of the `k` largest eigenvalues, largest first (D x k).
+    pub(crate) fn top_vectors(&self, k: usize) -> Mat<f64> {
+        let d = self.vectors.ncols();
+        Mat::from_fn(d, k, |i, j| self.vectors[(i, d - 1 - j)])
     }
 
     /// trace(pinv(A) B) for A = this matrix with eigenvalues remapped by `value_of`, B given by
@@ -164,8 +190,10 @@ mod tests {
     #[test]
     fn eigenvalues_are_decreasing_and_reconstruct_the_matrix() {
         let a = Mat::from_fn(3, 3, |i, j| [[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 1.0]][i][j]);
-        let eig = SymmetricEigen::new(a.as_ref(), "test matrix").unwrap();
-        assert!(eig.values.windows(2).all(|w| w[0] >= w[1]));
+        let eig = SymmetricEigen::new(a.as_ref(), 1.0, "test matrix").unwrap();
+        assert!(eig.values.windows(2).all(|w| w[0] <= w[1]));
+        let top = eig.top_vectors(1);
+        assert!((0..3).all(|i| top[(i, 0)] == eig.vectors[(i, 2)]));
         let v = &eig.vectors;
         let rebuilt = Mat::from_fn(3, 3, |i, j| (0..3).map(|k| v[(i, k)] * eig.values[k] * v[(j, k)]).sum::<f64>());
         for i in 0..3 {

@@ -28,10 +28,11 @@ pub fn logme(input: &ScoreInput) -> Result<f64> {
 pub(crate) fn logme_of(analysis: &FeatureAnalysis<'_>) -> Result<f64> {
     let eigen = analysis.uncentred_eigen()?;
     let classes = analysis.class_counts.len();
-    let d = analysis.means.len();
+    let d = analysis.feature_dim();
     // tmp = V' F' y for every class at once: F' y_c is the sum of class c's features.
+    let eigen = &eigen;
     let mut projected = Mat::<f64>::zeros(d, classes);
-    faer::linalg::matmul::matmul(projected.as_mut(), Accum::Replace, eigen.vectors.transpose(), analysis.class_sums.as_ref(), 1.0, parallelism());
+    faer::linalg::matmul::matmul(projected.as_mut(), Accum::Replace, eigen.vectors.transpose(), analysis.class_sums().as_ref(), 1.0, parallelism());
     // Singular values of the symmetric PSD F'F, as the reference's SVD gives them.
     let s: Vec<f64> = eigen.values.iter().map(|v| v.abs()).collect();
     let mut total = 0.0;

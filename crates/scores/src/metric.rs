@@ -70,15 +70,16 @@ impl FromStr for Metric {
     }
 }
 
-/// Computes each requested metric once, in the order given, sharing the covariance and Gram
-/// decompositions between them. Fails on the first metric that fails.
+/// The order `score_all` computes in: LogME's eigendecomposition of F'F is made and dropped
+/// before the covariance's, which the later scores share, so the two never coexist in memory.
+const EVALUATION_ORDER: [Metric; 7] = [Metric::Nce, Metric::Leep, Metric::LogMe, Metric::HScore, Metric::RegHScore, Metric::Gbc, Metric::NLeep];
+
+/// Computes each requested metric once, sharing the covariance and Gram decompositions between
+/// them, and returns them in the order asked (duplicates once). Fails on the first failure.
 pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, f64)>> {
     let analysis = FeatureAnalysis::new(input);
-    let mut seen = Vec::new();
-    for &metric in metrics {
-        if seen.iter().any(|(m, _)| *m == metric) {
-            continue;
-        }
+    let mut computed = Vec::new();
+    for metric in EVALUATION_ORDER.into_iter().filter(|m| metrics.contains(m)) {
         let value = match metric {
             Metric::HScore => crate::h_score::h_score_of(&analysis)?,
             Metric::Nce => crate::nce::nce(input)?,
@@ -88,9 +89,17 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
             Metric::RegHScore => crate::reg_h_score::reg_h_score_of(&analysis)?,
             Metric::Gbc => crate::gbc::gbc_of(&analysis)?,
         };
-        seen.push((metric, value));
+        computed.push((metric, value));
     }
-    Ok(seen)
+    let mut ordered: Vec<(Metric, f64)> = Vec::with_capacity(computed.len());
+    for metric in metrics {
+        if !ordered.iter().any(|(m, _)| m == metric) {
+            if let Some(&pair) = computed.iter().find(|(m, _)| m == metric) {
+                ordered.push(pair);
+            }
+        }
+    }
+    Ok(ordered)
 }
 
 #[cfg(test)]

@@ -13,10 +13,17 @@ pub fn nce(input: &ScoreInput) -> Result<f64> {
     let probs = input.require_source_probs("nce")?;
     let (n, sources) = probs.shape();
     let classes = input.num_classes();
-    // numpy's argmax: the first maximum.
-    let predicted: Vec<usize> = (0..n)
-        .map(|i| (1..sources).fold(0, |best, z| if probs[(i, z)] > probs[(i, best)] { z } else { best }))
-        .collect();
+    // numpy's argmax (the first maximum), column by column as the probabilities are stored.
+    let mut predicted = vec![0usize; n];
+    let mut best: Vec<f64> = probs.col(0).iter().copied().collect();
+    for z in 1..sources {
+        for ((p, b), index) in probs.col(z).iter().zip(best.iter_mut()).zip(predicted.iter_mut()) {
+            if *p > *b {
+                *b = *p;
+                *index = z;
+            }
+        }
+    }
     let mut joint = vec![vec![0.0f64; sources]; classes];
     for (&y, &z) in input.labels().iter().zip(&predicted) {
         joint[y][z] += 1.0 / n as f64;

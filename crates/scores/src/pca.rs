@@ -8,10 +8,10 @@ use crate::error::Result;
 /// scikit-learn's `PCA(n_components=fraction)` (`searchsorted(cumsum, fraction, "right") + 1`),
 /// capped at min(N, D).
 pub(crate) fn components_for_variance(analysis: &FeatureAnalysis<'_>, fraction: f64) -> Result<usize> {
-    let eigen = &analysis.centred()?.covariance_eigen;
+    let eigen = analysis.covariance_eigen()?;
     let limit = analysis.num_samples().min(eigen.values.len());
     // scikit-learn clips the (rounding-)negative eigenvalues of the covariance to zero.
-    let values: Vec<f64> = eigen.values.iter().map(|v| v.max(0.0)).collect();
+    let values: Vec<f64> = eigen.descending_values().map(|v| v.max(0.0)).collect();
     let total: f64 = values.iter().sum();
     if total <= 0.0 {
         return Ok(1);
@@ -29,5 +29,5 @@ pub(crate) fn components_for_variance(analysis: &FeatureAnalysis<'_>, fraction: 
 /// Number of components for a fixed request, capped at min(N, D) (scikit-learn would refuse
 /// more; the cap keeps tiny inputs scoreable).
 pub(crate) fn capped_components(analysis: &FeatureAnalysis<'_>, requested: usize) -> usize {
-    requested.min(analysis.num_samples()).min(analysis.means.len())
+    requested.min(analysis.num_samples()).min(analysis.feature_dim())
 }

@@ -13,9 +13,9 @@ pub fn reg_h_score(input: &ScoreInput) -> Result<f64> {
 }
 
 /// The Ledoit-Wolf shrinkage intensity of the centred features, as scikit-learn computes it.
-pub(crate) fn ledoit_wolf_shrinkage(analysis: &FeatureAnalysis<'_>) -> Result<(f64, f64)> {
-    let stats = analysis.centred()?;
-    let gram = &stats.gram.gram;
+pub(crate) fn ledoit_wolf_shrinkage(analysis: &FeatureAnalysis<'_>) -> (f64, f64) {
+    let centred = analysis.gram();
+    let gram = &centred.gram;
     let n = analysis.num_samples() as f64;
     let p = gram.nrows() as f64;
     let trace_s: f64 = (0..gram.nrows()).map(|i| gram[(i, i)]).sum::<f64>() / n;
@@ -25,17 +25,17 @@ pub(crate) fn ledoit_wolf_shrinkage(analysis: &FeatureAnalysis<'_>) -> Result<(f
         frobenius_s += gram.col(j).iter().map(|v| v * v).sum::<f64>();
     }
     frobenius_s /= n * n;
-    let beta_sum = stats.gram.sum_row_norm4;
+    let beta_sum = centred.sum_row_norm4;
     let beta = (beta_sum / n - frobenius_s) / (p * n);
     let delta = (frobenius_s - 2.0 * mu * trace_s + p * mu * mu) / p;
     let beta = beta.min(delta);
     let shrinkage = if beta == 0.0 { 0.0 } else { beta / delta };
-    Ok((shrinkage, mu))
+    (shrinkage, mu)
 }
 
 pub(crate) fn reg_h_score_of(analysis: &FeatureAnalysis<'_>) -> Result<f64> {
-    let (alpha, mu) = ledoit_wolf_shrinkage(analysis)?;
-    let eigen = &analysis.centred()?.covariance_eigen;
+    let (alpha, mu) = ledoit_wolf_shrinkage(analysis);
+    let eigen = analysis.covariance_eigen()?;
     let between = analysis.between_class_quadratic()?;
     let n = analysis.num_samples() as f64;
     // Eigenvalues of S = X'X/n are those of the ddof-1 covariance times (n-1)/n.

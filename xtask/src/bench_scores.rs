@@ -1,0 +1,311 @@
+//! The scores benchmark: synthetic features shaped like a CNN's (ReLU of a 64-dimensional
+//! class-structured latent, D = 2048) with 1000-class source probabilities; our seven scores
+//! (each alone and all together), the arithmetic floor (one D x D Gram, two symmetric
+//! eigendecompositions, N-LEEP's mixture fit), and the Python reference, in one run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Mat, Side};
+use medxfer_scores::{GaussianMixture, GmmConfig, GmmStart, Metric, ScoreInput, read_feature_file, score_all};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::{Value, json};
+
+use crate::machine;
+
+const LATENT: usize = 64;
+const SOURCE_CLASSES: usize = 1000;
+
+#[derive(Debug)]
+pub struct Settings {
+    pub n: usize,
+    pub d: usize,
+    pub classes: Vec<usize>,
+    pub repeats: usize,
+    pub python: Option<PathBuf>,
+    pub no_python: bool,
+    pub keep_data: bool,
+    pub out: PathBuf,
+}
+
+pub fn run(settings: &Settings) -> Result<()> {
+    fs::create_dir_all(&settings.out).with_context(|| format!("cannot create {}", settings.out.display()))?;
+    let python = if settings.no_python { None } else { Some(python_interpreter(settings.python.as_deref())?) };
+    let load_before = machine::load_average();
+    let started = Instant::now();
+    let mut sections = Vec::new();
+    let mut raw = Vec::new();
+    for &classes in &settings.classes {
+        let file = settings.out.join(format!("features_n{}_d{}_c{classes}.safetensors", settings.n, settings.d));
+        eprintln!("generating {} ...", file.display());
+        write_synthetic(&file, settings.n, settings.d, classes, 2023 + classes as u64)?;
+        eprintln!("medxfer: memory run ...");
+        let memory = worker_process(&file, 1, true)?;
+        eprintln!("medxfer: timing runs ...");
+        let ours = worker_process(&file, settings.repeats, false)?;
+        let theirs = match &python {
+            Some(python) => {
+                eprintln!("python reference: timing runs ...");
+                Some(python_process(python, &file, settings.repeats)?)
+            }
+            None => None,
+        };
+        sections.push(table(settings, classes, &ours, &memory, theirs.as_ref()));
+        raw.push(json!({"classes": classes, "ours": ours, "memory": memory, "python": theirs}));
+        if !settings.keep_data {
+            fs::remove_file(&file).ok();
+        }
+    }
+    let header = format!(
+        "# Scores benchmark\n\nN = {}, D = {}, {} source classes, median of {} runs. Machine: {}, {} cores (both sides use all of them). \
+         Load average {} before, {} after; {:.0} s in all.\n",
+        settings.n,
+        settings.d,
+        SOURCE_CLASSES,
+        settings.repeats,
+        machine::cpu_model(),
+        machine::cores(),
+        load_before,
+        machine::load_average(),
+        started.elapsed().as_secs_f64()
+    );
+    let report = format!("{header}\n{}", sections.join("\n"));
+    fs::write(settings.out.join("scores.md"), &report)?;
+    fs::write(settings.out.join("scores.json"), serde_json::to_string_pretty(&raw)?)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn seconds(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(f64::NAN)
+}
+
+fn table(settings: &Settings, classes: usize, ours: &Value, memory: &Value, theirs: Option<&Value>) -> String {
+    let mut text = format!("## C = {classes}\n\n| score | medxfer (s) | Python reference (s) | speed-up | medxfer value | reference value |\n|---|---:|---:|---:|---:|---:|\n");
+    let mut python_total = 0.0;
+    for metric in Metric::ALL {
+        let name = metric.as_str();
+        let mine = seconds(&ours["metrics"][name]["seconds"]);
+        let value = seconds(&ours["metrics"][name]["value"]);
+        let (reference, reference_value) = theirs
+            .map(|t| (seconds(&t["metrics"][name]["seconds"]), seconds(&t["metrics"][name]["value"])))
+            .unwrap_or((f64::NAN, f64::NAN));
+        python_total += reference;
+        text += &format!("| {name} | {mine:.3} | {reference:.3} | {:.1}x | {value:.6e} | {reference_value:.6e} |\n", reference / mine);
+    }
+    let suite = seconds(&ours["suite_seconds"]);
+    let alone: f64 = Metric::ALL.iter().map(|m| seconds(&ours["metrics"][m.as_str()]["seconds"])).sum();
+    text += &format!(
+        "| **all seven** | **{suite:.3}** (score_all; {alone:.3} one by one) | **{python_total:.3}** | **{:.1}x** | | |\n\n",
+        python_total / suite
+    );
+    let floor = &ours["floor"];
+    let floor_total = seconds(&floor["total"]);
+    let feature_bytes = (settings.n * settings.d * 8) as f64;
+    let peak = seconds(&memory["peak_rss_bytes"]);
+    text += &format!(
+        "Arithmetic floor: {floor_total:.3} s = centred Gram {:.3} s + eigendecomposition of the covariance {:.3} s + of F'F {:.3} s + \
+         N-LEEP's mixture fit {:.3} s ({} PCA dims, {} components). medxfer's suite is {:.2}x the floor.\n\n\
+         Peak memory of `score_all` (loading the f32 file included): {:.0} MiB = {:.2}x the f64 feature matrix ({:.0} MiB).",
+        seconds(&floor["gram"]),
+        seconds(&floor["eigen_covariance"]),
+        seconds(&floor["eigen_gram"]),
+        seconds(&floor["mixture"]),
+        floor["pca_dims"],
+        floor["components"],
+        suite / floor_total,
+        peak / 1048576.0,
+        peak / feature_bytes,
+        feature_bytes / 1048576.0
+    );
+    if let Some(t) = theirs {
+        text += &format!(" Python reference peak: {:.0} MiB.", seconds(&t["peak_rss_bytes"]) / 1048576.0);
+        text += &format!("\n\nPython BLAS: {}", t["blas"]);
+    }
+    text + "\n"
+}
+
+/// Writes N x D f32 features, labels and 1000-class f32 probabilities, deterministically.
+fn write_synthetic(path: &Path, n: usize, d: usize, classes: usize, seed: u64) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut normal = || -> f64 { rng.sample(StandardNormal) };
+    let class_means = Mat::from_fn(classes, LATENT, |_, _| normal() * 0.6);
+    let mixing = Mat::from_fn(LATENT, d, |_, _| normal() / (LATENT as f64).sqrt());
+    let bias: Vec<f64> = (0..d).map(|_| normal() * 0.5).collect();
+    let labels: Vec<i64> = (0..n).map(|i| ((i * 7919) % n % classes) as i64).collect();
+    let latent = Mat::from_fn(n, LATENT, |i, j| class_means[(labels[i] as usize, j)] + normal());
+    let pre = &latent * &mixing;
+    let mut feature_bytes = Vec::with_capacity(n * d * 4);
+    for i in 0..n {
+        for j in 0..d {
+            let value = (pre[(i, j)] + bias[j] + 0.1 * normal()).max(0.0) as f32;
+            feature_bytes.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    let mut prob_bytes = Vec::with_capacity(n * SOURCE_CLASSES * 4);
+    for &label in &labels {
+        let favoured = (label as usize * 37) % SOURCE_CLASSES;
+        let logits: Vec<f64> = (0..SOURCE_CLASSES).map(|z| normal() * 1.5 + if z % 50 == favoured % 50 { 1.0 } else { 0.0 }).collect();
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        for l in logits {
+            prob_bytes.extend_from_slice(&(((l - max).exp() / total) as f32).to_le_bytes());
+        }
+    }
+    let label_bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    let views = vec![
+        ("features", TensorView::new(Dtype::F32, vec![n, d], &feature_bytes)?),
+        ("labels", TensorView::new(Dtype::I64, vec![n], &label_bytes)?),
+        ("probs", TensorView::new(Dtype::F32, vec![n, SOURCE_CLASSES], &prob_bytes)?),
+    ];
+    fs::write(path, safetensors::serialize(views, None)?)?;
+    Ok(())
+}
+
+fn worker_process(file: &Path, repeats: usize, memory_only: bool) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command.args(["bench-scores-worker", &file.to_string_lossy(), "--repeats", &repeats.to_string()]);
+    if memory_only {
+        command.arg("--memory-only");
+    }
+    let output = command.output()?;
+    if !output.status.success() {
+        bail!("the benchmark worker failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Runs in its own process so that peak memory and timings are its own.
+pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
+    let input = read_feature_file(file)?;
+    if memory_only {
+        score_all(&input, &Metric::ALL)?;
+        println!("{}", json!({"peak_rss_bytes": machine::peak_rss_bytes()}));
+        return Ok(());
+    }
+    let mut metrics = serde_json::Map::new();
+    for metric in Metric::ALL {
+        let (seconds, value) = median_run(repeats, || Ok(score_all(&input, &[metric])?[0].1))?;
+        metrics.insert(metric.to_string(), json!({"seconds": seconds, "value": value}));
+    }
+    let (suite_seconds, _) = median_run(repeats, || Ok(score_all(&input, &Metric::ALL)?.len() as f64))?;
+    let floor = floor(&input)?;
+    println!("{}", json!({"metrics": metrics, "suite_seconds": suite_seconds, "floor": floor}));
+    Ok(())
+}
+
+fn median_run(repeats: usize, mut f: impl FnMut() -> Result<f64>) -> Result<(f64, f64)> {
+    let mut times = Vec::new();
+    let mut value = f64::NAN;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        value = f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], value))
+}
+
+/// The least arithmetic the suite must do, timed with faer's kernels directly: the centred
+/// D x D Gram, the two symmetric eigendecompositions, and N-LEEP's mixture fit on the same PCA.
+fn floor(input: &ScoreInput) -> Result<Value> {
+    let f = input.features();
+    let (n, d) = f.shape();
+    let means: Vec<f64> = (0..d).map(|j| f.col(j).iter().sum::<f64>() / n as f64).collect();
+    let centred = Mat::from_fn(n, d, |i, j| f[(i, j)] - means[j]);
+    let mut gram = Mat::<f64>::zeros(d, d);
+    let start = Instant::now();
+    triangular::matmul(
+        gram.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        centred.transpose(),
+        BlockStructure::Rectangular,
+        centred.as_ref(),
+        BlockStructure::Rectangular,
+        1.0,
+        faer::get_global_parallelism(),
+    );
+    let gram_seconds = start.elapsed().as_secs_f64();
+    let covariance = Mat::from_fn(d, d, |i, j| if i >= j { gram[(i, j)] / (n as f64 - 1.0) } else { 0.0 });
+    let start = Instant::now();
+    let eigen = covariance.self_adjoint_eigen(Side::Lower).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let eigen_covariance = start.elapsed().as_secs_f64();
+    let uncentred = Mat::from_fn(d, d, |i, j| if i >= j { gram[(i, j)] + n as f64 * means[i] * means[j] } else { 0.0 });
+    let start = Instant::now();
+    let _ = uncentred.self_adjoint_eigen(Side::Lower).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let eigen_gram = start.elapsed().as_secs_f64();
+    // PCA keeping 80% of the variance, as N-LEEP.
+    let values = eigen.S().column_vector();
+    let total: f64 = (0..d).map(|i| values[i].max(0.0)).sum();
+    let mut cumulative = 0.0;
+    let mut k = d;
+    for (rank, i) in (0..d).rev().enumerate() {
+        cumulative += values[i].max(0.0) / total;
+        if cumulative > 0.8 {
+            k = rank + 1;
+            break;
+        }
+    }
+    let u = eigen.U();
+    let basis = Mat::from_fn(d, k, |i, j| u[(i, d - 1 - j)]);
+    let coordinates = &centred * &basis;
+    let components = 5 * input.num_classes();
+    let start = Instant::now();
+    GaussianMixture::fit(coordinates.as_ref(), components, &GmmConfig::default(), &GmmStart::KMeans { seed: 42 })?;
+    let mixture = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "gram": gram_seconds, "eigen_covariance": eigen_covariance, "eigen_gram": eigen_gram, "mixture": mixture,
+        "total": gram_seconds + eigen_covariance + eigen_gram + mixture, "pca_dims": k, "components": components,
+    }))
+}
+
+/// The reference stack's interpreter: the one given, or target/pyref made from python/requirements.txt.
+fn python_interpreter(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(python) = given {
+        return Ok(python.to_path_buf());
+    }
+    let venv = PathBuf::from("target/pyref");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("creating the Python reference environment in {} (numpy, scipy, scikit-learn from PyPI) ...", venv.display());
+        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("python3 is needed for the reference side")?;
+        if !status.success() {
+            bail!("python3 -m venv {} failed", venv.display());
+        }
+        let status = Command::new(&python).args(["-m", "pip", "install", "-q", "-r", "python/requirements.txt"]).status()?;
+        if !status.success() {
+            bail!("pip install -r python/requirements.txt failed; pass --python or --no-python");
+        }
+    }
+    Ok(python)
+}
+
+fn python_process(python: &Path, file: &Path, repeats: usize) -> Result<Value> {
+    let cores = machine::cores().to_string();
+    let output = Command::new(python)
+        .arg("python/bench_scores.py")
+        .arg(file)
+        .args(["--repeats", &repeats.to_string()])
+        // Give numpy its best kernels: these two, set on some machines for old OpenBLAS builds,
+        // hold a current one back.
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .env("OPENBLAS_NUM_THREADS", &cores)
+        .env("OMP_NUM_THREADS", &cores)
+        .env("PYTHONPATH", "python")
+        .output()
+        .context("cannot run the Python reference")?;
+    if !output.status.success() {
+        bail!("the Python reference failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
