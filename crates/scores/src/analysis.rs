@@ -83,16 +83,6 @@ impl<'a> FeatureAnalysis<'a> {
         })
     }
 
-    /// Eigendecomposition of F'F, from the centred Gram plus N mean mean'. Not kept: only
-    /// LogME reads it, and at D = 2048 it holds 32 MiB.
-    pub(crate) fn uncentred_eigen(&self) -> Result<SymmetricEigen> {
-        let centred = &self.gram().gram;
-        let means = self.means();
-        let n = self.num_samples() as f64;
-        let gram = Mat::from_fn(centred.nrows(), centred.ncols(), |i, j| if i >= j { centred[(i, j)] + n * means[i] * means[j] } else { 0.0 });
-        SymmetricEigen::new(gram.as_ref(), 1.0, "uncentred Gram matrix F'F")
-    }
-
     /// v_i' cov(G) v_i for each eigenvector v_i of the covariance, where G replaces each row of
     /// F by its class mean and cov has ddof 1: sum_c n_c (v_i'(mu_c - mu))^2 / (N - 1).
     pub(crate) fn between_class_quadratic(&self) -> Result<&[f64]> {

@@ -70,16 +70,12 @@ impl FromStr for Metric {
     }
 }
 
-/// The order `score_all` computes in: LogME's eigendecomposition of F'F is made and dropped
-/// before the covariance's, which the later scores share, so the two never coexist in memory.
-const EVALUATION_ORDER: [Metric; 7] = [Metric::Nce, Metric::Leep, Metric::LogMe, Metric::HScore, Metric::RegHScore, Metric::Gbc, Metric::NLeep];
-
 /// Computes each requested metric once, sharing the covariance and Gram decompositions between
 /// them, and returns them in the order asked (duplicates once). Fails on the first failure.
 pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, f64)>> {
     let analysis = FeatureAnalysis::new(input);
     let mut computed = Vec::new();
-    for metric in EVALUATION_ORDER.into_iter().filter(|m| metrics.contains(m)) {
+    for metric in Metric::ALL.into_iter().filter(|m| metrics.contains(m)) {
         let value = match metric {
             Metric::HScore => crate::h_score::h_score_of(&analysis)?,
             Metric::Nce => crate::nce::nce(input)?,
