@@ -88,7 +88,9 @@ fn seconds(value: &Value) -> f64 {
 }
 
 fn table(settings: &Settings, classes: usize, ours: &Value, memory: &Value, theirs: Option<&Value>) -> String {
-    let mut text = format!("## C = {classes}\n\n| score | medxfer (s) | Python reference (s) | speed-up | medxfer value | reference value |\n|---|---:|---:|---:|---:|---:|\n");
+    let mut text = format!(
+        "## C = {classes}\n\n| score | medxfer (s) | Python reference (s) | speed-up | medxfer value | reference value |\n|---|---:|---:|---:|---:|---:|\n"
+    );
     let mut python_total = 0.0;
     for metric in Metric::ALL {
         let name = metric.as_str();
@@ -277,7 +279,8 @@ fn python_interpreter(given: Option<&Path>) -> Result<PathBuf> {
     let python = venv.join("bin/python");
     if !python.exists() {
         eprintln!("creating the Python reference environment in {} (numpy, scipy, scikit-learn from PyPI) ...", venv.display());
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("python3 is needed for the reference side")?;
+        let status =
+            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("python3 is needed for the reference side")?;
         if !status.success() {
             bail!("python3 -m venv {} failed", venv.display());
         }

@@ -17,7 +17,10 @@ pub fn cores() -> usize {
 
 /// The 1-minute load average.
 pub fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg").ok().and_then(|t| t.split_whitespace().next().map(str::to_string)).unwrap_or_else(|| "?".to_string())
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// This process's peak resident memory in bytes (VmHWM).

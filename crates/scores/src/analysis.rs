@@ -23,7 +23,7 @@ pub(crate) struct FeatureAnalysis<'a> {
 }
 
 /// `cell`'s value, computed by `init` the first time; an error is returned and not cached.
-fn get_or_try<'c, T>(cell: &'c OnceCell<T>, init: impl FnOnce() -> Result<T>) -> Result<&'c T> {
+fn get_or_try<T>(cell: &OnceCell<T>, init: impl FnOnce() -> Result<T>) -> Result<&T> {
     if let Some(value) = cell.get() {
         return Ok(value);
     }

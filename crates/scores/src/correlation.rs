@@ -258,7 +258,15 @@ fn weighted_ranked_tau(x: &[f64], y: &[f64]) -> Option<f64> {
 
 /// The merge sort of scipy's `weigh` closure: sorts perm[offset..offset+length] by y, adding
 /// the weight of each exchange, and returns the section's total weight.
-fn weigh(perm: &mut [usize], temp: &mut [usize], offset: usize, length: usize, y: &[f64], w: &dyn Fn(usize) -> f64, exchanges: &mut f64) -> f64 {
+fn weigh(
+    perm: &mut [usize],
+    temp: &mut [usize],
+    offset: usize,
+    length: usize,
+    y: &[f64],
+    w: &dyn Fn(usize) -> f64,
+    exchanges: &mut f64,
+) -> f64 {
     if length == 1 {
         return w(perm[offset]);
     }

@@ -8,13 +8,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// Two inputs that must describe the same samples have different lengths.
     #[error("{what}: {left_name} has {left} rows but {right_name} has {right}; they must describe the same samples")]
-    LengthMismatch {
-        what: &'static str,
-        left_name: &'static str,
-        left: usize,
-        right_name: &'static str,
-        right: usize,
-    },
+    LengthMismatch { what: &'static str, left_name: &'static str, left: usize, right_name: &'static str, right: usize },
 
     /// A matrix holds NaN or an infinity.
     #[error("{name} holds a non-finite value ({value}) at row {row}, column {col}; remove or impute such samples before scoring")]
@@ -37,7 +31,9 @@ pub enum Error {
     TooFewClasses { classes: usize },
 
     /// A class has fewer samples than a per-class statistic needs.
-    #[error("{metric} estimates a per-class variance, which needs at least {needed} samples of class {class}; it has {count}. Merge or drop that class")]
+    #[error(
+        "{metric} estimates a per-class variance, which needs at least {needed} samples of class {class}; it has {count}. Merge or drop that class"
+    )]
     SmallClass { metric: &'static str, class: usize, count: usize, needed: usize },
 
     /// A row of source probabilities does not sum to one, or has a negative entry.
@@ -53,7 +49,9 @@ pub enum Error {
     UnknownMetric { name: String },
 
     /// The Gaussian mixture of N-LEEP met a covariance that is not positive definite.
-    #[error("the Gaussian mixture's component {component} has an ill-defined covariance (not positive definite) at EM iteration {iteration}; use fewer components or a larger reg_covar")]
+    #[error(
+        "the Gaussian mixture's component {component} has an ill-defined covariance (not positive definite) at EM iteration {iteration}; use fewer components or a larger reg_covar"
+    )]
     IllDefinedCovariance { component: usize, iteration: usize },
 
     /// A mixture start whose shapes or values do not fit the data.

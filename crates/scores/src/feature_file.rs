@@ -7,11 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use faer::Mat;
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
-use crate::input::ScoreInput;
+use crate::input::{ScoreInput, SourceProbs};
 
 fn file_error(path: &Path, problem: impl Into<String>) -> Error {
     Error::FeatureFile { path: path.to_path_buf(), problem: problem.into() }
@@ -21,29 +21,47 @@ fn file_error(path: &Path, problem: impl Into<String>) -> Error {
 pub fn read_feature_file(path: &Path) -> Result<ScoreInput> {
     let bytes = fs::read(path).map_err(|e| file_error(path, format!("cannot read the file: {e}")))?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| {
-        file_error(path, format!("not a valid safetensors file ({e}); it may be truncated or not a feature file: re-run the extraction that wrote it"))
+        file_error(
+            path,
+            format!("not a valid safetensors file ({e}); it may be truncated or not a feature file: re-run the extraction that wrote it"),
+        )
     })?;
-    let features = tensors
-        .tensor("features")
-        .map_err(|_| file_error(path, format!("has no tensor named 'features' (it holds: {}); expected features N x D, labels N, optional probs N x Cs", list_names(&tensors))))?;
+    let features = tensors.tensor("features").map_err(|_| {
+        file_error(
+            path,
+            format!(
+                "has no tensor named 'features' (it holds: {}); expected features N x D, labels N, optional probs N x Cs",
+                list_names(&tensors)
+            ),
+        )
+    })?;
     let features = float_matrix(path, "features", &features)?;
     let labels = tensors.tensor("labels").map_err(|_| file_error(path, "has no tensor named 'labels' (N integers 0..C-1)"))?;
     let labels = integer_vector(path, &labels)?;
     let input = ScoreInput::new(features, &labels).map_err(|e| file_error(path, e.to_string()))?;
-    match tensors.tensor("probs") {
-        Ok(probs) => {
-            let probs = float_matrix(path, "probs", &probs)?;
-            input.with_source_probs(probs).map_err(|e| file_error(path, e.to_string()))
+    let Ok(probs) = tensors.tensor("probs") else {
+        return Ok(input);
+    };
+    let with_probs = if probs.dtype() == Dtype::F32 {
+        // Kept in single precision: exact in f64 arithmetic, half the memory.
+        let (rows, cols) = matrix_shape(path, "probs", &probs)?;
+        let mut matrix = Mat::<f32>::zeros(rows, cols);
+        for (index, b) in probs.data().chunks_exact(4).enumerate() {
+            matrix[(index / cols, index % cols)] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
-        Err(_) => Ok(input),
-    }
+        input.with_source_probs_f32(matrix)
+    } else {
+        input.with_source_probs(float_matrix(path, "probs", &probs)?)
+    };
+    with_probs.map_err(|e| file_error(path, e.to_string()))
 }
 
-/// Writes features (f64), labels (i64) and optional probabilities (f64), atomically: the file
-/// appears whole or not at all.
+/// Writes features (f64), labels (i64) and optional probabilities (at their stored precision),
+/// atomically: the file appears whole or not at all.
 pub fn write_feature_file(path: &Path, input: &ScoreInput) -> Result<()> {
     let features = input.features();
-    let feature_bytes: Vec<u8> = (0..features.nrows()).flat_map(|i| (0..features.ncols()).map(move |j| features[(i, j)])).flat_map(f64::to_le_bytes).collect();
+    let feature_bytes: Vec<u8> =
+        (0..features.nrows()).flat_map(|i| (0..features.ncols()).map(move |j| features[(i, j)])).flat_map(f64::to_le_bytes).collect();
     let label_bytes: Vec<u8> = input.labels().iter().flat_map(|&l| (l as i64).to_le_bytes()).collect();
     let mut views = vec![
         ("features".to_string(), tensor_view(path, Dtype::F64, vec![features.nrows(), features.ncols()], &feature_bytes)?),
@@ -51,8 +69,18 @@ pub fn write_feature_file(path: &Path, input: &ScoreInput) -> Result<()> {
     ];
     let prob_bytes: Vec<u8>;
     if let Some(probs) = input.source_probs() {
-        prob_bytes = (0..probs.nrows()).flat_map(|i| (0..probs.ncols()).map(move |j| probs[(i, j)])).flat_map(f64::to_le_bytes).collect();
-        views.push(("probs".to_string(), tensor_view(path, Dtype::F64, vec![probs.nrows(), probs.ncols()], &prob_bytes)?));
+        let (rows, cols) = probs.shape();
+        let dtype = match probs {
+            SourceProbs::F32(m) => {
+                prob_bytes = (0..rows).flat_map(|i| (0..cols).map(move |j| m[(i, j)])).flat_map(f32::to_le_bytes).collect();
+                Dtype::F32
+            }
+            SourceProbs::F64(m) => {
+                prob_bytes = (0..rows).flat_map(|i| (0..cols).map(move |j| m[(i, j)])).flat_map(f64::to_le_bytes).collect();
+                Dtype::F64
+            }
+        };
+        views.push(("probs".to_string(), tensor_view(path, dtype, vec![rows, cols], &prob_bytes)?));
     }
     let bytes = safetensors::serialize(views, None).map_err(|e| file_error(path, format!("cannot serialise: {e}")))?;
     write_atomically(path, &bytes)
@@ -68,7 +96,9 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     temporary.set_file_name(format!(".{name}.tmp{}", std::process::id()));
     let mut file = fs::File::create(&temporary).map_err(|e| file_error(path, format!("cannot create {}: {e}", temporary.display())))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| file_error(path, format!("cannot write {}: {e}", temporary.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| file_error(path, format!("cannot write {}: {e}", temporary.display())))?;
     fs::rename(&temporary, path).map_err(|e| file_error(path, format!("cannot move {} into place: {e}", temporary.display())))
 }
 
@@ -78,11 +108,16 @@ fn list_names(tensors: &SafeTensors<'_>) -> String {
     if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
 }
 
-fn float_matrix(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Mat<f64>> {
+fn matrix_shape(path: &Path, name: &str, view: &TensorView<'_>) -> Result<(usize, usize)> {
     let shape = view.shape();
     let &[rows, cols] = shape else {
         return Err(file_error(path, format!("tensor '{name}' has shape {shape:?}; it must be two-dimensional (N x D)")));
     };
+    Ok((rows, cols))
+}
+
+fn float_matrix(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Mat<f64>> {
+    let (rows, cols) = matrix_shape(path, name, view)?;
     // Decoded straight into the matrix: no intermediate copy of an N x D array.
     let data = view.data();
     let mut matrix = Mat::<f64>::zeros(rows, cols);

@@ -63,7 +63,11 @@ impl GaussianMixture {
     pub fn fit(x: MatRef<'_, f64>, components: usize, config: &GmmConfig, start: &GmmStart) -> Result<Self> {
         let (n, d) = x.shape();
         if components == 0 || n < components {
-            return Err(Error::TooFewSamples { what: "a Gaussian mixture (one per component at least)", needed: components.max(1), got: n });
+            return Err(Error::TooFewSamples {
+                what: "a Gaussian mixture (one per component at least)",
+                needed: components.max(1),
+                got: n,
+            });
         }
         let mut model = match start {
             GmmStart::KMeans { seed } => {
@@ -78,16 +82,19 @@ impl GaussianMixture {
                 model
             }
             GmmStart::Explicit { weights, means, covariances } => {
-                if weights.len() != components || means.shape() != (components, d) || covariances.len() != components || covariances.iter().any(|c| c.shape() != (d, d)) {
+                if weights.len() != components
+                    || means.shape() != (components, d)
+                    || covariances.len() != components
+                    || covariances.iter().any(|c| c.shape() != (d, d))
+                {
                     return Err(Error::BadMixtureStart {
-                        problem: format!("expected {components} weights, a {components} x {d} mean matrix and {components} covariances of {d} x {d}"),
+                        problem: format!(
+                            "expected {components} weights, a {components} x {d} mean matrix and {components} covariances of {d} x {d}"
+                        ),
                     });
                 }
-                let precisions_cholesky = covariances
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| precision_cholesky(c.as_ref(), k, 0))
-                    .collect::<Result<Vec<_>>>()?;
+                let precisions_cholesky =
+                    covariances.iter().enumerate().map(|(k, c)| precision_cholesky(c.as_ref(), k, 0)).collect::<Result<Vec<_>>>()?;
                 Self {
                     weights: weights.clone(),
                     means: means.clone(),
@@ -137,11 +144,7 @@ impl GaussianMixture {
         let mut total = 0.0;
         for i in 0..n {
             let max = (0..components).map(|k| weighted[(i, k)]).fold(f64::NEG_INFINITY, f64::max);
-            let norm = if max.is_finite() {
-                (0..components).map(|k| (weighted[(i, k)] - max).exp()).sum::<f64>().ln() + max
-            } else {
-                max
-            };
+            let norm = if max.is_finite() { (0..components).map(|k| (weighted[(i, k)] - max).exp()).sum::<f64>().ln() + max } else { max };
             total += norm;
             for k in 0..components {
                 weighted[(i, k)] -= norm;

@@ -24,9 +24,7 @@ pub(crate) fn kmeans_labels(x: MatRef<'_, f64>, k: usize, seed: u64) -> Vec<usiz
     let mut labels = assign(x, centres.as_ref());
     for _ in 0..MAX_ITERATIONS {
         let new_centres = update_centres(x, &labels, k, centres.as_ref());
-        let shift: f64 = (0..k)
-            .map(|c| (0..d).map(|j| (new_centres[(c, j)] - centres[(c, j)]).powi(2)).sum::<f64>())
-            .sum();
+        let shift: f64 = (0..k).map(|c| (0..d).map(|j| (new_centres[(c, j)] - centres[(c, j)]).powi(2)).sum::<f64>()).sum();
         centres = new_centres;
         let new_labels = assign(x, centres.as_ref());
         let unchanged = new_labels == labels;

@@ -46,7 +46,7 @@ pub use feature_file::{read_feature_file, write_feature_file};
 pub use gbc::{GBC_PCA_DIMS, gbc};
 pub use gmm::{GaussianMixture, GmmConfig, GmmStart};
 pub use h_score::h_score;
-pub use input::ScoreInput;
+pub use input::{ScoreInput, SourceProbs};
 pub use leep::leep;
 pub use logme::logme;
 pub use metric::{Metric, score_all};

@@ -2,10 +2,10 @@
 //! (one pass over the data, in row blocks so the centred copy never exists whole), symmetric
 //! eigendecompositions sorted the way the scores read them, and projections onto a basis.
 
-use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::evd;
-use faer::diag::Diag;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 use crate::error::{Error, Result};
@@ -181,9 +181,7 @@ mod tests {
                 assert!((direct[(i, j)] - blocked.gram[(i, j)]).abs() <= 1e-9 * direct[(i, i)].abs().max(1.0));
             }
         }
-        let norm4: f64 = (0..f.nrows())
-            .map(|i| (0..5).map(|j| centred[(i, j)].powi(2)).sum::<f64>().powi(2))
-            .sum();
+        let norm4: f64 = (0..f.nrows()).map(|i| (0..5).map(|j| centred[(i, j)].powi(2)).sum::<f64>().powi(2)).sum();
         assert!((norm4 - blocked.sum_row_norm4).abs() <= 1e-12 * norm4);
     }
 

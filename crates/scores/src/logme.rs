@@ -106,7 +106,10 @@ fn class_evidence(analysis: &FeatureAnalysis<'_>, spectrum: &Spectrum<'_>, g: &[
     let log_det_a: f64 = l.iter().map(|li| (alpha + beta * li).ln()).sum();
     let lemma: f64 = w.iter().zip(l).map(|(wi, li)| wi * wi / (alpha + beta * li)).sum();
     let log_det = log_det_a + (1.0 + beta * lemma).ln();
-    let evidence = d / 2.0 * alpha.ln() + n / 2.0 * beta.ln() - 0.5 * log_det - beta / 2.0 * beta_de - alpha / 2.0 * alpha_de
+    let evidence = d / 2.0 * alpha.ln() + n / 2.0 * beta.ln()
+        - 0.5 * log_det
+        - beta / 2.0 * beta_de
+        - alpha / 2.0 * alpha_de
         - n / 2.0 * (2.0 * std::f64::consts::PI).ln();
     evidence / n
 }

@@ -132,7 +132,9 @@ fn correlate_csv(file: &Path, x: &str, y: &str, group: Option<&str>, json: bool)
         let record = record.with_context(|| format!("{}: line {line} is not valid CSV", file.display()))?;
         let number = |col: usize, name: &str| -> Result<f64> {
             let text = record.get(col).unwrap_or("");
-            text.trim().parse::<f64>().with_context(|| format!("{}: line {line}, column '{name}': '{text}' is not a number", file.display()))
+            text.trim()
+                .parse::<f64>()
+                .with_context(|| format!("{}: line {line}, column '{name}': '{text}' is not a number", file.display()))
         };
         let (xv, yv) = (number(x_col, x)?, number(y_col, y)?);
         let key = group_col.map(|c| record.get(c).unwrap_or("").to_string()).unwrap_or_else(|| "all".to_string());

@@ -74,8 +74,11 @@ impl FromStr for Metric {
 /// them, and returns them in the order asked (duplicates once). Fails on the first failure.
 pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, f64)>> {
     let analysis = FeatureAnalysis::new(input);
-    let mut computed = Vec::new();
-    for metric in Metric::ALL.into_iter().filter(|m| metrics.contains(m)) {
+    let mut computed: Vec<(Metric, f64)> = Vec::new();
+    for &metric in metrics {
+        if computed.iter().any(|(m, _)| *m == metric) {
+            continue;
+        }
         let value = match metric {
             Metric::HScore => crate::h_score::h_score_of(&analysis)?,
             Metric::Nce => crate::nce::nce(input)?,
@@ -87,15 +90,7 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
         };
         computed.push((metric, value));
     }
-    let mut ordered: Vec<(Metric, f64)> = Vec::with_capacity(computed.len());
-    for metric in metrics {
-        if !ordered.iter().any(|(m, _)| m == metric) {
-            if let Some(&pair) = computed.iter().find(|(m, _)| m == metric) {
-                ordered.push(pair);
-            }
-        }
-    }
-    Ok(ordered)
+    Ok(computed)
 }
 
 #[cfg(test)]

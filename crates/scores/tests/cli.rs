@@ -1,6 +1,8 @@
 //! The `medxfer-scores` binary end to end: its JSON output against the reference values, and a
 //! clear error (never a panic) for each kind of bad input.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

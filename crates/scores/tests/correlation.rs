@@ -1,6 +1,8 @@
 //! Correlations against scipy.stats (fixtures/correlation_expected.json): kendalltau (exact and
 //! asymptotic p-values, with and without ties), weightedtau, pearsonr, spearmanr.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use medxfer_scores::correlate;

@@ -1,6 +1,8 @@
 //! Degenerate but legal input gives finite scores computed the reference way; input a score
 //! cannot use gives a clear error.
 
+#![allow(clippy::unwrap_used)]
+
 use medxfer_scores::faer::Mat;
 use medxfer_scores::{Error, Metric, ScoreInput, gbc, h_score, score_all};
 

@@ -1,6 +1,8 @@
 //! EM of the Gaussian mixture against scikit-learn's GaussianMixture from the same explicit
 //! start (fixtures/gmm_expected.json).
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use medxfer_scores::faer::Mat;
@@ -10,7 +12,8 @@ use serde_json::Value;
 const TOLERANCE: f64 = 1e-8;
 
 fn matrix(value: &Value) -> Mat<f64> {
-    let rows: Vec<Vec<f64>> = value.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
+    let rows: Vec<Vec<f64>> =
+        value.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
     Mat::from_fn(rows.len(), rows[0].len(), |i, j| rows[i][j])
 }
 

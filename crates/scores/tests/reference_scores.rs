@@ -1,6 +1,8 @@
 //! The seven scores against the reference Python implementations (python/reference_scores.py,
 //! numpy/scipy/scikit-learn versions in the fixture), on the cases fixtures/make_fixtures.py wrote.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use medxfer_scores::{Metric, read_feature_file, score_all};
@@ -43,7 +45,10 @@ fn every_score_matches_the_reference_code() {
             if metric == Metric::NLeep {
                 let range = &case["n_leep_seed_range"];
                 let (low, high) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
-                assert!(value >= low - N_LEEP_SEED_MARGIN && value <= high + N_LEEP_SEED_MARGIN, "{name}/n_leep: ours {value}, scikit-learn over seeds [{low}, {high}]");
+                assert!(
+                    value >= low - N_LEEP_SEED_MARGIN && value <= high + N_LEEP_SEED_MARGIN,
+                    "{name}/n_leep: ours {value}, scikit-learn over seeds [{low}, {high}]"
+                );
                 if case["n_leep_compared"].as_bool().unwrap() {
                     assert!((value - reference).abs() <= N_LEEP_CLUSTERED, "{name}/n_leep: ours {value}, reference {reference}");
                 }
