@@ -1,6 +1,36 @@
-//! medxfer-zoo: the study's ImageNet backbones.
+//! medxfer-zoo: the study's ImageNet backbones in candle, numerically identical to timm.
 //!
-//! Nothing lives here yet. Issue 3 fills this crate with the five families of the study
-//! (ResNet, DenseNet, MobileNetV2, EfficientNet, ViT) written in candle with differentiable
-//! train-mode layers, the registry of the ten backbones read from `models/*.toml`, and weight
-//! loading from a local safetensors file or the Hugging Face hub with timm's key names.
+//! Models are plain structs built from a [`ParamStore`] whose names mirror timm's state_dict, so
+//! a timm checkpoint loads as is; every layer runs in train mode (batch statistics, gradients to
+//! every parameter) or eval mode. Each model gives its pooled `features` (the classifier's input)
+//! and `logits`.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use medxfer_zoo::{Architecture, Backbone, ResNetConfig};
+//!
+//! let architecture = Architecture::ResNet(ResNetConfig::resnet18());
+//! let model = Backbone::new("resnet18", &architecture, 1000, &Device::Cpu)?;
+//! assert_eq!(model.params().parameter_count(), 11_689_512);
+//! let images = Tensor::zeros((1, 3, 64, 64), candle_core::DType::F32, &Device::Cpu)?;
+//! let (features, logits) = model.forward_t(&images, false)?;
+//! assert_eq!(features.dims(), &[1, 512]);
+//! assert_eq!(logits.dims(), &[1, 1000]);
+//! # Ok::<(), medxfer_zoo::Error>(())
+//! ```
+//!
+//! Families so far: ResNet. DenseNet, MobileNetV2, EfficientNet, ViT, the registry of
+//! models/*.toml and hub loading follow (issue 3).
+
+mod backbone;
+mod checkpoint;
+mod error;
+pub mod layers;
+mod params;
+mod resnet;
+
+pub use backbone::{Architecture, Backbone};
+pub use checkpoint::{KeyReport, load_into, read_checkpoint};
+pub use error::{Error, Result};
+pub use params::{ParamBuilder, ParamStore};
+pub use resnet::{BlockKind, ResNet, ResNetConfig};

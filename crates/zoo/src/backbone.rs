@@ -1,0 +1,117 @@
+//! A backbone: one of the families with its tensors, giving the two outputs the study needs,
+//! the pooled `features` (the classifier's input) and the `logits`.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{KeyReport, load_into, read_checkpoint};
+use crate::error::Result;
+use crate::layers::Linear;
+use crate::params::ParamStore;
+use crate::resnet::{ResNet, ResNetConfig};
+
+/// A family and its shape, as written in models/*.toml (`family = "resnet"`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum Architecture {
+    #[serde(rename = "resnet")]
+    ResNet(ResNetConfig),
+}
+
+impl Architecture {
+    /// Width of the pooled features.
+    pub fn num_features(&self) -> usize {
+        match self {
+            Architecture::ResNet(config) => config.num_features(),
+        }
+    }
+
+    /// The checkpoint key of the classifier (its `.weight` and `.bias`).
+    pub fn head_key(&self) -> &'static str {
+        match self {
+            Architecture::ResNet(_) => "fc",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Network {
+    ResNet(ResNet),
+}
+
+/// A model of one family, its parameters in a [`ParamStore`] under timm's names.
+#[derive(Debug, Clone)]
+pub struct Backbone {
+    name: String,
+    architecture: Architecture,
+    network: Network,
+    store: ParamStore,
+}
+
+impl Backbone {
+    /// Builds the model with zero-filled tensors; load weights next.
+    pub fn new(name: &str, architecture: &Architecture, num_classes: usize, device: &Device) -> Result<Self> {
+        let store = ParamStore::new(device);
+        let root = store.root();
+        let network = match architecture {
+            Architecture::ResNet(config) => Network::ResNet(ResNet::new(&root, config, num_classes)?),
+        };
+        Ok(Self { name: name.to_string(), architecture: architecture.clone(), network, store })
+    }
+
+    /// Loads a safetensors checkpoint with timm's names; every model tensor must be present
+    /// with its shape (`num_batches_tracked` ignored), and nothing else when `strict`.
+    pub fn load_weights(&self, path: &Path, strict: bool) -> Result<KeyReport> {
+        let tensors = read_checkpoint(path, &self.store)?;
+        load_into(&self.store, &tensors, path, &self.name, strict)
+    }
+
+    /// The pooled features (B, num_features): the classifier's input.
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.network {
+            Network::ResNet(net) => net.features(x, train),
+        }
+    }
+
+    /// The final feature map before pooling (timm's `forward_features`).
+    pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.network {
+            Network::ResNet(net) => net.feature_map(x, train),
+        }
+    }
+
+    /// Logits from pooled features.
+    pub fn head(&self, features: &Tensor) -> Result<Tensor> {
+        self.classifier().forward(features)
+    }
+
+    /// Features and logits of one pass.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let features = self.features(x, train)?;
+        let logits = self.head(&features)?;
+        Ok((features, logits))
+    }
+
+    fn classifier(&self) -> &Linear {
+        match &self.network {
+            Network::ResNet(net) => &net.fc,
+        }
+    }
+
+    /// The model's tensors.
+    pub fn params(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// Its architecture.
+    pub fn architecture(&self) -> &Architecture {
+        &self.architecture
+    }
+
+    /// Width of the pooled features.
+    pub fn num_features(&self) -> usize {
+        self.architecture.num_features()
+    }
+}

@@ -1,0 +1,190 @@
+//! The layers the backbones are built from, each differentiable in train mode. candle's own
+//! versions are not used where they fail training: its BatchNorm is eval-only in the vision
+//! models, and its max pooling with kernel != stride has no backward.
+
+use candle_core::{D, DType, Tensor, Var};
+
+use crate::error::Result;
+use crate::params::ParamBuilder;
+
+/// A 2-d convolution with PyTorch's square kernel, symmetric padding and optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+/// How a convolution is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// k x k, stride s, PyTorch's symmetric padding k / 2, no bias, one group.
+    pub fn same(kernel: usize, stride: usize) -> Self {
+        Self { kernel, stride, padding: kernel / 2, groups: 1, bias: false }
+    }
+}
+
+impl Conv2d {
+    pub fn new(params: &ParamBuilder<'_>, in_channels: usize, out_channels: usize, spec: ConvSpec) -> Result<Self> {
+        let weight = params.param((out_channels, in_channels / spec.groups, spec.kernel, spec.kernel), "weight")?;
+        let bias = if spec.bias { Some(params.param(out_channels, "bias")?) } else { None };
+        Ok(Self { weight, bias, stride: spec.stride, padding: spec.padding, groups: spec.groups })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        Ok(match &self.bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
+            None => y,
+        })
+    }
+}
+
+/// BatchNorm over channels: batch statistics and a running-average update in train mode
+/// (PyTorch's momentum, unbiased variance for the running estimate), running statistics in eval.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// PyTorch's defaults: eps 1e-5, momentum 0.1.
+    pub fn new(params: &ParamBuilder<'_>, channels: usize) -> Result<Self> {
+        Self::with_eps(params, channels, 1e-5)
+    }
+
+    pub fn with_eps(params: &ParamBuilder<'_>, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: params.param(channels, "weight")?,
+            bias: params.param(channels, "bias")?,
+            running_mean: params.buffer(channels, "running_mean", 0.0)?,
+            running_var: params.buffer(channels, "running_var", 1.0)?,
+            eps,
+            momentum: 0.1,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let channels = self.weight.dim(0)?;
+        let shape = (1, channels, 1, 1);
+        let (mean, var) = if train {
+            let (batch, _, height, width) = x.dims4()?;
+            let count = (batch * height * width) as f64;
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+            // The running estimate uses the unbiased variance, as PyTorch; no gradient flows into it.
+            let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
+            let m = self.momentum;
+            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?)?;
+            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+            (mean, var)
+        } else {
+            (self.running_mean.as_tensor().reshape(shape)?, self.running_var.as_tensor().reshape(shape)?)
+        };
+        let scale = (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&self.weight.reshape(shape)?)?;
+        Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias.reshape(shape)?)?)
+    }
+}
+
+/// y = x W' + b.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(params: &ParamBuilder<'_>, in_features: usize, out_features: usize) -> Result<Self> {
+        Ok(Self { weight: params.param((out_features, in_features), "weight")?, bias: params.param(out_features, "bias")? })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Max pooling 3x3, stride 2, padding 1 (the ResNet and DenseNet stem) from shifted views, so
+/// it has a backward pass. Zero padding equals PyTorch's -inf padding here: the input is the
+/// output of a ReLU.
+pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    let pooled_h = pool_axis(x, 2)?;
+    pool_axis(&pooled_h, 3)
+}
+
+/// out[o] = max(x[2o-1], x[2o], x[2o+1]) along one axis, padded with zeros.
+fn pool_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
+    let size = x.dim(axis)?;
+    let out = (size - 1) / 2 + 1;
+    // Padded length 2 * (out + 1): one zero in front, the rest behind.
+    let padded = x.pad_with_zeros(axis, 1, 2 * (out + 1) - size - 1)?;
+    let mut dims = padded.dims().to_vec();
+    dims[axis] = out + 1;
+    dims.insert(axis + 1, 2);
+    let pairs = padded.reshape(dims)?;
+    let even = pairs.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)?;
+    let odd = pairs.narrow(axis + 1, 1, 1)?.squeeze(axis + 1)?;
+    let first = even.narrow(axis, 0, out)?;
+    let middle = odd.narrow(axis, 0, out)?;
+    let last = even.narrow(axis, 1, out)?;
+    Ok(first.maximum(&middle)?.maximum(&last)?)
+}
+
+/// Mean over height and width: (B, C, H, W) -> (B, C).
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean((2, 3))?)
+}
+
+/// LayerNorm over the last dimension with recorded gradients (candle's records none).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(params: &ParamBuilder<'_>, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: params.param(dim, "weight")?, bias: params.param(dim, "bias")?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Softmax over the last dimension with recorded gradients (candle's `softmax_last_dim` records none).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
+}
+
+/// min(max(x, 0), 6).
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    Ok(x.clamp(0f32, 6f32)?)
+}
+
+/// Ensures a tensor is f32, the dtype the zoo computes in.
+pub fn as_f32(x: &Tensor) -> Result<Tensor> {
+    Ok(if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? })
+}

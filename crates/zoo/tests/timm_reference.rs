@@ -1,0 +1,136 @@
+//! The zoo's models against timm itself: fixtures/make_fixtures.py exported small random
+//! configurations (randomised norms and biases, calibrated running statistics) with their
+//! eval- and train-mode outputs, updated running statistics and gradients.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(format!("{name}_ref.safetensors")), &Device::Cpu).unwrap()
+}
+
+/// max|ours - timm| <= 1e-4 * max(1, max|timm|), ZOO.md's tolerance.
+fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
+    assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
+    let difference = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = theirs.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    assert!(difference <= 1e-4 * scale, "{what}: max difference {difference}, scale {scale}");
+}
+
+fn cases() -> Vec<(&'static str, Architecture)> {
+    vec![
+        (
+            "resnet_basic_min",
+            Architecture::ResNet(ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [64, 8, 16, 32] }),
+        ),
+        (
+            "resnet_bottleneck_min",
+            Architecture::ResNet(ResNetConfig { block: BlockKind::Bottleneck, layers: [1, 1, 1, 1], channels: [4, 8, 16, 32] }),
+        ),
+    ]
+}
+
+fn loaded(name: &str, architecture: &Architecture) -> Backbone {
+    let model = Backbone::new(name, architecture, 10, &Device::Cpu).unwrap();
+    let report = model.load_weights(&fixtures().join(format!("{name}.safetensors")), true).unwrap();
+    assert!(report.is_exact(), "{name}: {report:?}");
+    model
+}
+
+#[test]
+fn eval_outputs_match_timm() {
+    for (name, architecture) in cases() {
+        let model = loaded(name, &architecture);
+        let reference = reference(name);
+        for suffix in ["", "_rect"] {
+            let input = &reference[&format!("input{suffix}")];
+            assert_close(
+                &format!("{name} feature_map{suffix}"),
+                &model.feature_map(input, false).unwrap(),
+                &reference[&format!("feature_map{suffix}")],
+            );
+            let (features, logits) = model.forward_t(input, false).unwrap();
+            assert_close(&format!("{name} features{suffix}"), &features, &reference[&format!("features{suffix}")]);
+            assert_close(&format!("{name} logits{suffix}"), &logits, &reference[&format!("logits{suffix}")]);
+        }
+    }
+}
+
+#[test]
+fn train_mode_outputs_running_statistics_and_gradients_match_timm() {
+    for (name, architecture) in cases() {
+        let model = loaded(name, &architecture);
+        let reference = reference(name);
+        let (_, logits) = model.forward_t(&reference["input"], true).unwrap();
+        assert_close(&format!("{name} train logits"), &logits, &reference["train_logits"]);
+        let mut checked = 0;
+        for (key, value) in &reference {
+            if let Some(param) = key.strip_prefix("train_state.") {
+                assert_close(&format!("{name} {param} after one train step"), model.params().var(param).unwrap().as_tensor(), value);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "{name}: only {checked} running statistics");
+
+        let loss = (&logits * &reference["loss_weights"]).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        for (key, var) in model.params().trainable_vars() {
+            let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: {key} received no gradient"));
+            let norm = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0, "{name}: {key} has an all-zero gradient");
+            if let Some(expected) = reference.get(&format!("grad.{key}")) {
+                assert_close(&format!("{name} gradient of {key}"), grad, expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn full_size_resnets_have_timms_parameter_counts_and_shapes() {
+    let text = std::fs::read_to_string(fixtures().join("full_size_shapes.json")).unwrap();
+    let full: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (name, config) in
+        [("resnet18", ResNetConfig::resnet18()), ("resnet34", ResNetConfig::resnet34()), ("resnet50", ResNetConfig::resnet50())]
+    {
+        let model = Backbone::new(name, &Architecture::ResNet(config), 1000, &Device::Cpu).unwrap();
+        assert_eq!(model.params().parameter_count() as u64, full[name]["parameters"].as_u64().unwrap(), "{name}");
+        let shapes = full[name]["shapes"].as_object().unwrap();
+        let mut expected: Vec<&String> = shapes.keys().filter(|k| !k.ends_with("num_batches_tracked")).collect();
+        expected.sort();
+        assert_eq!(model.params().names().iter().collect::<Vec<_>>(), expected, "{name}: tensor names");
+        for key in expected {
+            let dims: Vec<usize> = shapes[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            assert_eq!(model.params().var(key).unwrap().dims(), dims.as_slice(), "{name}: {key}");
+        }
+        assert_eq!(model.num_features() as u64, full[name]["num_features"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_names_what_is_wrong() {
+    let (name, architecture) = &cases()[0];
+    // The bottleneck checkpoint in the basic model: wrong keys and shapes.
+    let model = Backbone::new(name, architecture, 10, &Device::Cpu).unwrap();
+    let error = model.load_weights(&fixtures().join("resnet_bottleneck_min.safetensors"), true).unwrap_err().to_string();
+    assert!(error.contains("resnet_bottleneck_min.safetensors"), "{error}");
+    assert!(error.contains("not in the model") && error.contains("layer1.0.conv3.weight"), "{error}");
+    assert!(error.contains("of the wrong shape"), "{error}");
+
+    let dir = std::env::temp_dir().join(format!("medxfer-zoo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(fixtures().join(format!("{name}.safetensors"))).unwrap();
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let error = model.load_weights(&truncated, true).unwrap_err().to_string();
+    assert!(error.contains("truncated.safetensors") && error.contains("truncated"), "{error}");
+    std::fs::remove_dir_all(&dir).ok();
+}
