@@ -7,17 +7,27 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{KeyReport, load_into, read_checkpoint};
+use crate::densenet::{DenseNet, DenseNetConfig};
+use crate::efficientnet::{EfficientNet, EfficientNetConfig};
 use crate::error::Result;
 use crate::layers::Linear;
 use crate::params::ParamStore;
 use crate::resnet::{ResNet, ResNetConfig};
+use crate::vit::{Vit, VitConfig};
 
 /// A family and its shape, as written in models/*.toml (`family = "resnet"`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum Architecture {
     #[serde(rename = "resnet")]
     ResNet(ResNetConfig),
+    #[serde(rename = "densenet")]
+    DenseNet(DenseNetConfig),
+    /// MobileNetV2 and EfficientNet (timm's `EfficientNet` class).
+    #[serde(rename = "efficientnet")]
+    EfficientNet(EfficientNetConfig),
+    #[serde(rename = "vit")]
+    Vit(VitConfig),
 }
 
 impl Architecture {
@@ -25,6 +35,9 @@ impl Architecture {
     pub fn num_features(&self) -> usize {
         match self {
             Architecture::ResNet(config) => config.num_features(),
+            Architecture::DenseNet(config) => config.num_features(),
+            Architecture::EfficientNet(config) => config.num_features(),
+            Architecture::Vit(config) => config.embed_dim,
         }
     }
 
@@ -32,6 +45,8 @@ impl Architecture {
     pub fn head_key(&self) -> &'static str {
         match self {
             Architecture::ResNet(_) => "fc",
+            Architecture::DenseNet(_) | Architecture::EfficientNet(_) => "classifier",
+            Architecture::Vit(_) => "head",
         }
     }
 }
@@ -39,6 +54,9 @@ impl Architecture {
 #[derive(Debug, Clone)]
 enum Network {
     ResNet(ResNet),
+    DenseNet(DenseNet),
+    EfficientNet(EfficientNet),
+    Vit(Vit),
 }
 
 /// A model of one family, its parameters in a [`ParamStore`] under timm's names.
@@ -57,6 +75,9 @@ impl Backbone {
         let root = store.root();
         let network = match architecture {
             Architecture::ResNet(config) => Network::ResNet(ResNet::new(&root, config, num_classes)?),
+            Architecture::DenseNet(config) => Network::DenseNet(DenseNet::new(&root, config, num_classes)?),
+            Architecture::EfficientNet(config) => Network::EfficientNet(EfficientNet::new(&root, config, num_classes)?),
+            Architecture::Vit(config) => Network::Vit(Vit::new(&root, config, num_classes)?),
         };
         Ok(Self { name: name.to_string(), architecture: architecture.clone(), network, store })
     }
@@ -72,6 +93,9 @@ impl Backbone {
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &self.network {
             Network::ResNet(net) => net.features(x, train),
+            Network::DenseNet(net) => net.features(x, train),
+            Network::EfficientNet(net) => net.features(x, train),
+            Network::Vit(net) => net.features(x, train),
         }
     }
 
@@ -79,6 +103,9 @@ impl Backbone {
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &self.network {
             Network::ResNet(net) => net.feature_map(x, train),
+            Network::DenseNet(net) => net.feature_map(x, train),
+            Network::EfficientNet(net) => net.feature_map(x, train),
+            Network::Vit(net) => net.feature_map(x, train),
         }
     }
 
@@ -97,6 +124,9 @@ impl Backbone {
     fn classifier(&self) -> &Linear {
         match &self.network {
             Network::ResNet(net) => &net.fc,
+            Network::DenseNet(net) => &net.classifier,
+            Network::EfficientNet(net) => &net.classifier,
+            Network::Vit(net) => &net.head,
         }
     }
 

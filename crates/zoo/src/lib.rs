@@ -19,18 +19,24 @@
 //! # Ok::<(), medxfer_zoo::Error>(())
 //! ```
 //!
-//! Families so far: ResNet. DenseNet, MobileNetV2, EfficientNet, ViT, the registry of
-//! models/*.toml and hub loading follow (issue 3).
+//! Families: ResNet, DenseNet, MobileNetV2 and EfficientNet (timm's `EfficientNet` class), ViT.
+//! The registry of models/*.toml and hub loading follow (issue 3).
 
 mod backbone;
 mod checkpoint;
+mod densenet;
+mod efficientnet;
 mod error;
 pub mod layers;
 mod params;
 mod resnet;
+mod vit;
 
 pub use backbone::{Architecture, Backbone};
 pub use checkpoint::{KeyReport, load_into, read_checkpoint};
+pub use densenet::{DenseNet, DenseNetConfig};
+pub use efficientnet::{EfficientNet, EfficientNetConfig, EfficientNetVariant, make_divisible};
 pub use error::{Error, Result};
 pub use params::{ParamBuilder, ParamStore};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
+pub use vit::{Vit, VitConfig};

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
+use medxfer_zoo::{Architecture, Backbone, BlockKind, DenseNetConfig, EfficientNetConfig, EfficientNetVariant, ResNetConfig, VitConfig};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -36,6 +36,24 @@ fn cases() -> Vec<(&'static str, Architecture)> {
             "resnet_bottleneck_min",
             Architecture::ResNet(ResNetConfig { block: BlockKind::Bottleneck, layers: [1, 1, 1, 1], channels: [4, 8, 16, 32] }),
         ),
+        ("densenet_min", Architecture::DenseNet(DenseNetConfig { growth_rate: 2, block_config: vec![2, 1, 1, 1], bn_size: 4 })),
+        (
+            "mobilenetv2_min",
+            Architecture::EfficientNet(EfficientNetConfig {
+                variant: EfficientNetVariant::MobilenetV2,
+                channel_multiplier: 0.35,
+                depth_multiplier: 0.5,
+            }),
+        ),
+        (
+            "efficientnet_min",
+            Architecture::EfficientNet(EfficientNetConfig {
+                variant: EfficientNetVariant::EfficientnetB0,
+                channel_multiplier: 0.3,
+                depth_multiplier: 0.5,
+            }),
+        ),
+        ("vit_min", Architecture::Vit(VitConfig { img_size: 64, patch_size: 16, embed_dim: 24, depth: 2, num_heads: 3, mlp_ratio: 4.0 })),
     ]
 }
 
@@ -52,7 +70,7 @@ fn eval_outputs_match_timm() {
         let model = loaded(name, &architecture);
         let reference = reference(name);
         for suffix in ["", "_rect"] {
-            let input = &reference[&format!("input{suffix}")];
+            let Some(input) = reference.get(&format!("input{suffix}")) else { continue };
             assert_close(
                 &format!("{name} feature_map{suffix}"),
                 &model.feature_map(input, false).unwrap(),
@@ -79,7 +97,8 @@ fn train_mode_outputs_running_statistics_and_gradients_match_timm() {
                 checked += 1;
             }
         }
-        assert!(checked >= 10, "{name}: only {checked} running statistics");
+        let expected_statistics = if name.starts_with("vit") { 0 } else { 10 };
+        assert!(checked >= expected_statistics, "{name}: only {checked} running statistics");
 
         let loss = (&logits * &reference["loss_weights"]).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
@@ -95,13 +114,23 @@ fn train_mode_outputs_running_statistics_and_gradients_match_timm() {
 }
 
 #[test]
-fn full_size_resnets_have_timms_parameter_counts_and_shapes() {
+fn the_ten_full_size_backbones_have_timms_parameter_counts_and_shapes() {
     let text = std::fs::read_to_string(fixtures().join("full_size_shapes.json")).unwrap();
     let full: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for (name, config) in
-        [("resnet18", ResNetConfig::resnet18()), ("resnet34", ResNetConfig::resnet34()), ("resnet50", ResNetConfig::resnet50())]
-    {
-        let model = Backbone::new(name, &Architecture::ResNet(config), 1000, &Device::Cpu).unwrap();
+    let models = [
+        ("resnet18", Architecture::ResNet(ResNetConfig::resnet18())),
+        ("resnet34", Architecture::ResNet(ResNetConfig::resnet34())),
+        ("resnet50", Architecture::ResNet(ResNetConfig::resnet50())),
+        ("densenet121", Architecture::DenseNet(DenseNetConfig::densenet121())),
+        ("densenet161", Architecture::DenseNet(DenseNetConfig::densenet161())),
+        ("densenet169", Architecture::DenseNet(DenseNetConfig::densenet169())),
+        ("mobilenetv2_050", Architecture::EfficientNet(EfficientNetConfig::mobilenetv2(0.5))),
+        ("mobilenetv2_100", Architecture::EfficientNet(EfficientNetConfig::mobilenetv2(1.0))),
+        ("efficientnet_b0", Architecture::EfficientNet(EfficientNetConfig::efficientnet_b0())),
+        ("vit_small_patch16_224", Architecture::Vit(VitConfig::vit_small_patch16_224())),
+    ];
+    for (name, architecture) in models {
+        let model = Backbone::new(name, &architecture, 1000, &Device::Cpu).unwrap();
         assert_eq!(model.params().parameter_count() as u64, full[name]["parameters"].as_u64().unwrap(), "{name}");
         let shapes = full[name]["shapes"].as_object().unwrap();
         let mut expected: Vec<&String> = shapes.keys().filter(|k| !k.ends_with("num_batches_tracked")).collect();
