@@ -1,8 +1,9 @@
 //! MobileNetV2 and EfficientNet as timm's `EfficientNet` class builds them: `conv_stem` (3x3/2)
-//! + `bn1` + act, stages of depthwise-separable (`ds`) and inverted-residual (`ir`) blocks
-//! (`blocks.S.B.*`, optional squeeze-excitation), `conv_head` (1x1) + `bn2` + act, average pool
-//! and `classifier`. Padding is PyTorch's symmetric k / 2 (these are not the `tf_` variants) and
-//! BatchNorm eps 1e-5. Channel counts are rounded as timm's `round_channels` does.
+//! with `bn1` and the activation, stages of depthwise-separable (`ds`) and inverted-residual
+//! (`ir`) blocks (`blocks.S.B.*`, optional squeeze-excitation), `conv_head` (1x1) with `bn2` and
+//! the activation, average pooling and `classifier`. Padding is PyTorch's symmetric k / 2 (these
+//! are not the `tf_` variants) and BatchNorm eps 1e-5. Channel counts are rounded as timm's
+//! `round_channels` does.
 
 use candle_core::Tensor;
 use candle_nn::ops::sigmoid;

@@ -92,7 +92,7 @@ pub struct Vit {
 impl Vit {
     pub fn new(params: &ParamBuilder<'_>, config: &VitConfig, num_classes: usize) -> Result<Self> {
         let dim = config.embed_dim;
-        if dim % config.num_heads != 0 {
+        if config.num_heads == 0 || !dim.is_multiple_of(config.num_heads) {
             return Err(Error::Config {
                 source_name: "vit".into(),
                 problem: format!("embed_dim {dim} is not a multiple of num_heads {}", config.num_heads),
