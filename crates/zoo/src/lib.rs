@@ -29,6 +29,7 @@ mod efficientnet;
 mod error;
 pub mod layers;
 mod params;
+mod registry;
 mod resnet;
 mod vit;
 
@@ -38,5 +39,6 @@ pub use densenet::{DenseNet, DenseNetConfig};
 pub use efficientnet::{EfficientNet, EfficientNetConfig, EfficientNetVariant, make_divisible};
 pub use error::{Error, Result};
 pub use params::{ParamBuilder, ParamStore};
+pub use registry::{ModelEntry, Preprocessing, Registry};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use vit::{Vit, VitConfig};

@@ -1,0 +1,101 @@
+//! The model registry: one TOML file per backbone in `models/` (name, hub repo, architecture,
+//! preprocessing). Adding a file adds a backbone; nothing about the ten is written in code.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::Architecture;
+use crate::error::{Error, Result};
+
+/// How a backbone expects its images (its own normalisation; see the data crate for the
+/// reference's faithful transform).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocessing {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+    /// Shorter side before the centre crop.
+    pub resize: usize,
+    pub crop: usize,
+    pub interpolation: String,
+}
+
+/// One backbone of the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+    /// How the paper names it.
+    pub paper_name: String,
+    /// Hugging Face hub repo id with the exact weights tag.
+    pub hub: String,
+    pub feature_dim: usize,
+    /// Checkpoint key of the classifier.
+    pub head: String,
+    /// Classes of the pretrained head.
+    pub num_classes: usize,
+    pub architecture: Architecture,
+    pub preprocessing: Preprocessing,
+}
+
+/// The backbones of a models/ directory, sorted by name.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    entries: Vec<ModelEntry>,
+}
+
+impl Registry {
+    /// The workspace's models/ directory, or `MEDXFER_MODELS` when set.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("MEDXFER_MODELS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+    }
+
+    /// Reads the registry of [`Registry::default_dir`].
+    pub fn load_default() -> Result<Self> {
+        Self::load(&Self::default_dir())
+    }
+
+    /// Reads every `*.toml` of `dir`; each must describe a consistent backbone.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_error = |path: &Path, problem: String| Error::Config { source_name: path.display().to_string(), problem };
+        let listing = std::fs::read_dir(dir).map_err(|e| config_error(dir, format!("cannot list the model registry: {e}; set MEDXFER_MODELS to the models/ directory")))?;
+        let mut entries = Vec::new();
+        for item in listing {
+            let path = item.map_err(|e| config_error(dir, e.to_string()))?.path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| config_error(&path, format!("cannot read: {e}")))?;
+            let entry: ModelEntry = toml::from_str(&text).map_err(|e| config_error(&path, format!("not a valid model entry: {e}")))?;
+            if entry.architecture.num_features() != entry.feature_dim {
+                return Err(config_error(
+                    &path,
+                    format!("feature_dim is {} but the architecture gives {} features", entry.feature_dim, entry.architecture.num_features()),
+                ));
+            }
+            if entry.architecture.head_key() != entry.head {
+                return Err(config_error(&path, format!("head is '{}' but this family's classifier is '{}'", entry.head, entry.architecture.head_key())));
+            }
+            entries.push(entry);
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = entries.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(config_error(dir, format!("two files name the backbone '{}'", pair[0].name)));
+        }
+        Ok(Self { entries })
+    }
+
+    /// Every entry, sorted by name.
+    pub fn entries(&self) -> &[ModelEntry] {
+        &self.entries
+    }
+
+    /// The entry of a name or of a hub repo id.
+    pub fn get(&self, name_or_hub: &str) -> Result<&ModelEntry> {
+        self.entries.iter().find(|e| e.name == name_or_hub || e.hub == name_or_hub).ok_or_else(|| Error::Config {
+            source_name: name_or_hub.to_string(),
+            problem: format!("not in the registry; known backbones: {}", self.entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")),
+        })
+    }
+}
