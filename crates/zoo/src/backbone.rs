@@ -10,8 +10,10 @@ use crate::checkpoint::{KeyReport, load_into, read_checkpoint};
 use crate::densenet::{DenseNet, DenseNetConfig};
 use crate::efficientnet::{EfficientNet, EfficientNetConfig};
 use crate::error::Result;
+use crate::hub::{HubOptions, WEIGHTS_FILE, hub_file};
 use crate::layers::Linear;
 use crate::params::ParamStore;
+use crate::registry::ModelEntry;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::vit::{Vit, VitConfig};
 
@@ -80,6 +82,14 @@ impl Backbone {
             Architecture::Vit(config) => Network::Vit(Vit::new(&root, config, num_classes)?),
         };
         Ok(Self { name: name.to_string(), architecture: architecture.clone(), network, store })
+    }
+
+    /// A registry backbone with its pretrained weights from the hub (the cache first).
+    pub fn pretrained(entry: &ModelEntry, hub: &HubOptions, device: &Device) -> Result<Self> {
+        let model = Self::new(&entry.name, &entry.architecture, entry.num_classes, device)?;
+        let weights = hub_file(&entry.hub, WEIGHTS_FILE, hub)?;
+        model.load_weights(&weights, true)?;
+        Ok(model)
     }
 
     /// Loads a safetensors checkpoint with timm's names; every model tensor must be present

@@ -59,7 +59,8 @@ impl Registry {
     /// Reads every `*.toml` of `dir`; each must describe a consistent backbone.
     pub fn load(dir: &Path) -> Result<Self> {
         let config_error = |path: &Path, problem: String| Error::Config { source_name: path.display().to_string(), problem };
-        let listing = std::fs::read_dir(dir).map_err(|e| config_error(dir, format!("cannot list the model registry: {e}; set MEDXFER_MODELS to the models/ directory")))?;
+        let listing = std::fs::read_dir(dir)
+            .map_err(|e| config_error(dir, format!("cannot list the model registry: {e}; set MEDXFER_MODELS to the models/ directory")))?;
         let mut entries = Vec::new();
         for item in listing {
             let path = item.map_err(|e| config_error(dir, e.to_string()))?.path();
@@ -71,11 +72,18 @@ impl Registry {
             if entry.architecture.num_features() != entry.feature_dim {
                 return Err(config_error(
                     &path,
-                    format!("feature_dim is {} but the architecture gives {} features", entry.feature_dim, entry.architecture.num_features()),
+                    format!(
+                        "feature_dim is {} but the architecture gives {} features",
+                        entry.feature_dim,
+                        entry.architecture.num_features()
+                    ),
                 ));
             }
             if entry.architecture.head_key() != entry.head {
-                return Err(config_error(&path, format!("head is '{}' but this family's classifier is '{}'", entry.head, entry.architecture.head_key())));
+                return Err(config_error(
+                    &path,
+                    format!("head is '{}' but this family's classifier is '{}'", entry.head, entry.architecture.head_key()),
+                ));
             }
             entries.push(entry);
         }
@@ -95,7 +103,10 @@ impl Registry {
     pub fn get(&self, name_or_hub: &str) -> Result<&ModelEntry> {
         self.entries.iter().find(|e| e.name == name_or_hub || e.hub == name_or_hub).ok_or_else(|| Error::Config {
             source_name: name_or_hub.to_string(),
-            problem: format!("not in the registry; known backbones: {}", self.entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")),
+            problem: format!(
+                "not in the registry; known backbones: {}",
+                self.entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
         })
     }
 }

@@ -27,9 +27,10 @@ fn the_registry_lists_the_ten_paper_backbones_with_timms_sizes() {
             "vit_small_patch16_224"
         ]
     );
-    let full: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/full_size_shapes.json")).unwrap())
-            .unwrap();
+    let full: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/full_size_shapes.json")).unwrap(),
+    )
+    .unwrap();
     // The parameter counts issue 3 lists, in the registry's order.
     let counts = [7_978_856u64, 28_681_000, 14_149_480, 5_288_548, 1_968_680, 3_504_872, 11_689_512, 21_797_672, 25_557_032, 22_050_664];
     for (entry, count) in registry.entries().iter().zip(counts) {
