@@ -131,6 +131,29 @@ impl Backbone {
         Ok((features, logits))
     }
 
+    /// Replaces the classifier by a fresh `Linear(num_features, num_classes)` with PyTorch's
+    /// default initialisation, seeded: the start of fine-tuning.
+    pub fn replace_head(&mut self, num_classes: usize, seed: u64) -> Result<()> {
+        let root = self.store.root();
+        let head = Linear::fresh(&root.pp(self.architecture.head_key()), self.num_features(), num_classes, seed)?;
+        *self.classifier_mut() = head;
+        Ok(())
+    }
+
+    fn classifier_mut(&mut self) -> &mut Linear {
+        match &mut self.network {
+            Network::ResNet(net) => &mut net.fc,
+            Network::DenseNet(net) => &mut net.classifier,
+            Network::EfficientNet(net) => &mut net.classifier,
+            Network::Vit(net) => &mut net.head,
+        }
+    }
+
+    /// Classes of the current head.
+    pub fn num_classes(&self) -> Result<usize> {
+        Ok(self.classifier().shape()?.0)
+    }
+
     fn classifier(&self) -> &Linear {
         match &self.network {
             Network::ResNet(net) => &net.fc,

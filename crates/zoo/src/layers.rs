@@ -118,8 +118,30 @@ impl Linear {
         Ok(Self { weight: params.param((out_features, in_features), "weight")?, bias: params.param(out_features, "bias")? })
     }
 
+    /// A new layer with PyTorch's default initialisation (weight and bias uniform in
+    /// +-1/sqrt(in_features), what kaiming_uniform(a=sqrt(5)) gives), seeded, stored under
+    /// `params`' names in place of whatever was there.
+    pub fn fresh(params: &ParamBuilder<'_>, in_features: usize, out_features: usize, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let mut uniform = |count: usize| -> Vec<f32> { (0..count).map(|_| rng.random_range(-bound..bound) as f32).collect() };
+        let device = params.store().device();
+        let weight = Tensor::from_vec(uniform(in_features * out_features), (out_features, in_features), device)?;
+        let bias = Tensor::from_vec(uniform(out_features), out_features, device)?;
+        Ok(Self {
+            weight: params.store().replace(&params.path("weight"), &weight)?,
+            bias: params.store().replace(&params.path("bias"), &bias)?,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+    }
+
+    /// (out_features, in_features).
+    pub fn shape(&self) -> Result<(usize, usize)> {
+        Ok(self.weight.dims2()?)
     }
 }
 

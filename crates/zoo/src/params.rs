@@ -79,6 +79,14 @@ impl ParamStore {
             .map_err(|_| Error::Config { source_name: "parameter store".into(), problem: "a thread panicked while holding it".into() })
     }
 
+    /// Replaces (or adds) a trainable tensor, returning the tensor the model should hold.
+    pub(crate) fn replace(&self, name: &str, value: &Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(value)?;
+        let tensor = var.as_tensor().clone();
+        self.lock()?.insert(name.to_string(), var);
+        Ok(tensor)
+    }
+
     pub(crate) fn get(&self, shape: Shape, name: &str, buffer: bool, init: Init) -> Result<Tensor> {
         if buffer && let Ok(mut buffers) = self.buffers.lock() {
             buffers.insert(name.to_string());

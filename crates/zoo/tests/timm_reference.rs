@@ -163,3 +163,34 @@ fn a_checkpoint_that_does_not_fit_names_what_is_wrong() {
     assert!(error.contains("truncated.safetensors") && error.contains("truncated"), "{error}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_replaced_head_is_fresh_seeded_trainable_and_keeps_the_features() {
+    let (name, architecture) = &cases()[0];
+    let mut model = loaded(name, architecture);
+    let reference = reference(name);
+    let features_before = model.features(&reference["input"], false).unwrap();
+    model.replace_head(3, 7).unwrap();
+    assert_eq!(model.num_classes().unwrap(), 3);
+    let (features, logits) = model.forward_t(&reference["input"], false).unwrap();
+    assert_close("features after the head changed", &features, &features_before);
+    assert_eq!(logits.dims(), &[2, 3]);
+    // PyTorch's default bound 1/sqrt(fan_in), fan_in = 32 here; the same seed, the same head.
+    let weight = model.params().var("fc.weight").unwrap();
+    assert_eq!(weight.dims(), &[3, 32]);
+    let largest = weight.as_tensor().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(largest <= 1.0 / 32f32.sqrt() && largest > 0.5 / 32f32.sqrt(), "{largest}");
+    let mut again = loaded(name, architecture);
+    again.replace_head(3, 7).unwrap();
+    let same = (again.params().var("fc.weight").unwrap().as_tensor() - weight.as_tensor())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(same, 0.0);
+    let names: Vec<String> = model.params().trainable_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"fc.weight".to_string()) && names.contains(&"fc.bias".to_string()));
+}

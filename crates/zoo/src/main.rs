@@ -1,0 +1,160 @@
+//! `medxfer-zoo`: list, fetch, inspect and run the backbones.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use clap::{Parser, Subcommand};
+use medxfer_zoo::{Backbone, CONFIG_FILE, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file, read_checkpoint};
+
+/// The study's ImageNet backbones in candle, identical to timm.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The model registry directory (default: the workspace's models/, or MEDXFER_MODELS).
+    #[arg(long, global = true)]
+    models: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The registry: name, family, parameters, feature dimension, hub id.
+    List,
+    /// Download a backbone's weights (and timm config) into the hub cache.
+    Fetch {
+        /// A registry name or a hub repo id.
+        model: String,
+    },
+    /// Configuration, parameter count and, given weights, the check of every tensor.
+    Inspect {
+        /// A registry name or hub repo id.
+        model: String,
+        /// A local safetensors checkpoint to check against the model (default: the hub's, if cached).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+    /// Run a model on prepared inputs: IN holds `input` (B x 3 x H x W, f32, normalised); OUT
+    /// gets `features` and `logits`.
+    Run {
+        /// A registry name or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// The checkpoint (default: the hub's, from the cache or downloaded).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Classes of the checkpoint's head, when it is not the registry's.
+        #[arg(long)]
+        num_classes: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let registry = match &cli.models {
+        Some(dir) => Registry::load(dir)?,
+        None => Registry::load_default()?,
+    };
+    match cli.command {
+        Command::List => list(&registry),
+        Command::Fetch { model } => {
+            let entry = registry.get(&model)?;
+            let options = HubOptions::from_env();
+            for file in [WEIGHTS_FILE, CONFIG_FILE] {
+                let path = hub_file(&entry.hub, file, &options)?;
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Inspect { model, weights } => inspect(registry.get(&model)?, weights.as_deref()),
+        Command::Run { model, weights, input, output, num_classes } => {
+            run_model(registry.get(&model)?, weights.as_deref(), &input, &output, num_classes)
+        }
+    }
+}
+
+fn family(entry: &ModelEntry) -> String {
+    serde_json::to_value(&entry.architecture).ok().and_then(|v| v["family"].as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn list(registry: &Registry) -> Result<()> {
+    println!("{:<24} {:<14} {:>12} {:>8}  hub", "name", "family", "parameters", "features");
+    for entry in registry.entries() {
+        let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &Device::Cpu)?;
+        println!(
+            "{:<24} {:<14} {:>12} {:>8}  {}",
+            entry.name,
+            family(entry),
+            model.params().parameter_count(),
+            entry.feature_dim,
+            entry.hub
+        );
+    }
+    Ok(())
+}
+
+fn weights_path(entry: &ModelEntry, weights: Option<&Path>) -> Result<PathBuf> {
+    match weights {
+        Some(path) => Ok(path.to_path_buf()),
+        None => Ok(hub_file(&entry.hub, WEIGHTS_FILE, &HubOptions::from_env())?),
+    }
+}
+
+fn inspect(entry: &ModelEntry, weights: Option<&Path>) -> Result<()> {
+    let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &Device::Cpu)?;
+    println!("{}", toml::to_string(entry).context("cannot print the entry")?);
+    println!("parameters: {}", model.params().parameter_count());
+    println!(
+        "tensors: {} ({} running statistics)",
+        model.params().names().len(),
+        model.params().names().iter().filter(|n| model.params().is_buffer(n)).count()
+    );
+    let path = match weights {
+        Some(path) => path.to_path_buf(),
+        None => match hub_file(&entry.hub, WEIGHTS_FILE, &HubOptions { offline: true, ..HubOptions::from_env() }) {
+            Ok(path) => path,
+            Err(_) => {
+                println!("weights: not in the hub cache (medxfer-zoo fetch {} downloads them)", entry.name);
+                return Ok(());
+            }
+        },
+    };
+    let report = model.load_weights(&path, false)?;
+    println!("weights {}: {} tensors loaded, every model tensor present", path.display(), report.loaded);
+    if !report.unexpected.is_empty() {
+        println!("not used: {}", report.unexpected.join(", "));
+    }
+    Ok(())
+}
+
+fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &Path, num_classes: Option<usize>) -> Result<()> {
+    let device = Device::Cpu;
+    let model = Backbone::new(&entry.name, &entry.architecture, num_classes.unwrap_or(entry.num_classes), &device)?;
+    let path = weights_path(entry, weights)?;
+    model.load_weights(&path, true)?;
+    let tensors: HashMap<String, Tensor> = read_checkpoint(input, model.params())?.into_iter().collect();
+    let Some(images) = tensors.get("input") else {
+        bail!("{}: no tensor named 'input' (B x 3 x H x W, f32, normalised)", input.display());
+    };
+    let (features, logits) = model.forward_t(&medxfer_zoo::layers::as_f32(images)?, false)?;
+    let outputs = HashMap::from([("features".to_string(), features), ("logits".to_string(), logits)]);
+    candle_core::safetensors::save(&outputs, output).with_context(|| format!("cannot write {}", output.display()))?;
+    println!("{}: features {:?}, logits {:?}", output.display(), outputs["features"].dims(), outputs["logits"].dims());
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The `medxfer-zoo` binary end to end.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::Device;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn zoo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_medxfer-zoo")).args(args).output().unwrap()
+}
+
+#[test]
+fn list_shows_the_ten_backbones_with_timms_parameter_counts() {
+    let output = zoo(&["list"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(text.lines().count(), 11, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("resnet50 ") && l.contains("25557032") && l.contains("timm/resnet50.a1_in1k")), "{text}");
+}
+
+#[test]
+fn run_writes_timms_features_and_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tiny.toml"),
+        r#"name = "resnet_basic_min"
+paper_name = "test"
+hub = "timm/resnet_basic_min.test"
+feature_dim = 32
+head = "fc"
+num_classes = 10
+
+[architecture]
+family = "resnet"
+block = "basic"
+layers = [1, 1, 1, 1]
+channels = [64, 8, 16, 32]
+
+[preprocessing]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+resize = 256
+crop = 224
+interpolation = "bilinear"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out.safetensors");
+    let weights = fixtures().join("resnet_basic_min.safetensors");
+    let input = fixtures().join("resnet_basic_min_ref.safetensors");
+    let models = dir.path().to_str().unwrap();
+    let output = zoo(&[
+        "--models",
+        models,
+        "run",
+        "--model",
+        "resnet_basic_min",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let ours = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let reference = candle_core::safetensors::load(&input, &Device::Cpu).unwrap();
+    for key in ["features", "logits"] {
+        let difference =
+            (&ours[key] - &reference[key]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(difference < 1e-4, "{key}: {difference}");
+    }
+
+    let output = zoo(&["--models", models, "inspect", "resnet_basic_min", "--weights", weights.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("parameters: 107802") && text.contains("every model tensor present"), "{text}");
+
+    let output = zoo(&[
+        "--models",
+        models,
+        "run",
+        "--model",
+        "resnet_basic_min",
+        "--weights",
+        "/nonexistent.safetensors",
+        "--input",
+        "x",
+        "--output",
+        "y",
+    ]);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && message.contains("/nonexistent.safetensors") && !message.contains("panicked"), "{message}");
+}
