@@ -32,6 +32,7 @@ pub mod layers;
 mod params;
 mod registry;
 mod resnet;
+mod timm_config;
 mod vit;
 
 pub use backbone::{Architecture, Backbone};
@@ -43,4 +44,5 @@ pub use hub::{CONFIG_FILE, HubOptions, WEIGHTS_FILE, hub_file, looks_like_hub_id
 pub use params::{ParamBuilder, ParamStore};
 pub use registry::{ModelEntry, Preprocessing, Registry};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
+pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
 pub use vit::{Vit, VitConfig};

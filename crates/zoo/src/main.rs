@@ -74,17 +74,17 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::List => list(&registry),
         Command::Fetch { model } => {
-            let entry = registry.get(&model)?;
             let options = HubOptions::from_env();
+            let entry = registry.resolve(&model, &options)?;
             for file in [WEIGHTS_FILE, CONFIG_FILE] {
                 let path = hub_file(&entry.hub, file, &options)?;
                 println!("{}", path.display());
             }
             Ok(())
         }
-        Command::Inspect { model, weights } => inspect(registry.get(&model)?, weights.as_deref()),
+        Command::Inspect { model, weights } => inspect(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref()),
         Command::Run { model, weights, input, output, num_classes } => {
-            run_model(registry.get(&model)?, weights.as_deref(), &input, &output, num_classes)
+            run_model(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref(), &input, &output, num_classes)
         }
     }
 }

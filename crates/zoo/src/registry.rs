@@ -94,6 +94,20 @@ impl Registry {
         Ok(Self { entries })
     }
 
+    /// The entry of a registry name or hub id; a hub id the registry does not list is
+    /// described from its repo's timm `config.json` (from the cache, or downloaded).
+    pub fn resolve(&self, name_or_hub: &str, hub: &crate::hub::HubOptions) -> Result<ModelEntry> {
+        match self.get(name_or_hub) {
+            Ok(entry) => return Ok(entry.clone()),
+            Err(error) if !name_or_hub.contains('/') => return Err(error),
+            Err(_) => {}
+        }
+        let path = crate::hub::hub_file(name_or_hub, crate::hub::CONFIG_FILE, hub)?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Config { source_name: path.display().to_string(), problem: format!("cannot read: {e}") })?;
+        crate::timm_config::entry_from_timm_config(name_or_hub, &text)
+    }
+
     /// Every entry, sorted by name.
     pub fn entries(&self) -> &[ModelEntry] {
         &self.entries
