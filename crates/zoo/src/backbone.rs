@@ -15,6 +15,7 @@ use crate::layers::Linear;
 use crate::params::ParamStore;
 use crate::registry::ModelEntry;
 use crate::resnet::{ResNet, ResNetConfig};
+use crate::torchvision::{is_torchvision_layout, timm_name};
 use crate::vit::{Vit, VitConfig};
 
 /// A family and its shape, as written in models/*.toml (`family = "resnet"`, ...).
@@ -94,8 +95,13 @@ impl Backbone {
 
     /// Loads a safetensors checkpoint with timm's names; every model tensor must be present
     /// with its shape (`num_batches_tracked` ignored), and nothing else when `strict`.
+    /// torchvision state dicts of the same architecture load too, renamed to timm's names.
     pub fn load_weights(&self, path: &Path, strict: bool) -> Result<KeyReport> {
-        let tensors = read_checkpoint(path, &self.store)?;
+        let mut tensors = read_checkpoint(path, &self.store)?;
+        let keys: Vec<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
+        if is_torchvision_layout(&self.architecture, &keys) {
+            tensors = tensors.into_iter().map(|(key, tensor)| (timm_name(&self.architecture, &key).unwrap_or(key), tensor)).collect();
+        }
         load_into(&self.store, &tensors, path, &self.name, strict)
     }
 

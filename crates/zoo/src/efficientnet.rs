@@ -98,6 +98,11 @@ impl EfficientNetConfig {
         }
     }
 
+    /// Blocks per stage after the depth multiplier: ceil(repeats x multiplier), as timm.
+    pub(crate) fn stage_depths(&self) -> Vec<usize> {
+        self.stages().iter().map(|stage| ((stage.1 as f64) * self.depth_multiplier).ceil() as usize).collect()
+    }
+
     fn stem_channels(&self) -> usize {
         self.round_channels(32)
     }
@@ -258,8 +263,8 @@ impl EfficientNet {
         let bn1 = BatchNorm2d::new(&params.pp("bn1"), stem)?;
         let mut in_channels = stem;
         let mut blocks = Vec::new();
-        for (stage, &(kind, repeats, kernel, stride, expansion, out)) in config.stages().iter().enumerate() {
-            let repeats = ((repeats as f64) * config.depth_multiplier).ceil() as usize;
+        for (stage, (&(kind, _, kernel, stride, expansion, out), repeats)) in config.stages().iter().zip(config.stage_depths()).enumerate()
+        {
             let out_channels = config.round_channels(out);
             let mut stage_blocks = Vec::new();
             for index in 0..repeats {

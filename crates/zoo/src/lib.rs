@@ -33,6 +33,7 @@ mod params;
 mod registry;
 mod resnet;
 mod timm_config;
+mod torchvision;
 mod vit;
 
 pub use backbone::{Architecture, Backbone};

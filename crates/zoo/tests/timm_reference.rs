@@ -194,3 +194,25 @@ fn a_replaced_head_is_fresh_seeded_trainable_and_keeps_the_features() {
     let names: Vec<String> = model.params().trainable_vars().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"fc.weight".to_string()) && names.contains(&"fc.bias".to_string()));
 }
+
+#[test]
+fn torchvision_checkpoints_load_under_timms_names_and_give_torchvisions_outputs() {
+    let cases = [("tv_mobilenetv2_min", "mobilenetv2_min"), ("tv_efficientnet_min", "efficientnet_min"), ("tv_vit_min", "vit_min")];
+    let architectures = self::cases();
+    for (file, twin) in cases {
+        let architecture = &architectures.iter().find(|(name, _)| *name == twin).unwrap().1;
+        let model = Backbone::new(file, architecture, 10, &Device::Cpu).unwrap();
+        let report = model.load_weights(&fixtures().join(format!("{file}.safetensors")), true).unwrap();
+        assert!(report.is_exact(), "{file}: {report:?}");
+        let reference = reference(file);
+        let (features, logits) = model.forward_t(&reference["input"], false).unwrap();
+        assert_close(&format!("{file} features"), &features, &reference["features"]);
+        assert_close(&format!("{file} logits"), &logits, &reference["logits"]);
+    }
+    // Legacy torchvision DenseNet names (norm.1, conv.2, ...).
+    let architecture = &architectures.iter().find(|(name, _)| *name == "densenet_min").unwrap().1;
+    let model = Backbone::new("densenet_min", architecture, 10, &Device::Cpu).unwrap();
+    model.load_weights(&fixtures().join("densenet_min_legacy.safetensors"), true).unwrap();
+    let reference = reference("densenet_min");
+    assert_close("legacy densenet logits", &model.forward_t(&reference["input"], false).unwrap().1, &reference["logits"]);
+}
