@@ -16,7 +16,7 @@ use crate::params::ParamStore;
 use crate::registry::ModelEntry;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::torchvision::{is_torchvision_layout, timm_name};
-use crate::vit::{Vit, VitConfig};
+use crate::vit::{Vit, VitConfig, resample_pos_embed};
 
 /// A family and its shape, as written in models/*.toml (`family = "resnet"`, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +101,17 @@ impl Backbone {
         let keys: Vec<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
         if is_torchvision_layout(&self.architecture, &keys) {
             tensors = tensors.into_iter().map(|(key, tensor)| (timm_name(&self.architecture, &key).unwrap_or(key), tensor)).collect();
+        }
+        if let Architecture::Vit(config) = &self.architecture {
+            // Another image size than the checkpoint's: resample the position embeddings, as
+            // timm's checkpoint filter does.
+            let new_grid = config.img_size / config.patch_size;
+            for (key, tensor) in tensors.iter_mut() {
+                if key == "pos_embed" && tensor.dim(1)? != new_grid * new_grid + 1 {
+                    let old_grid = ((tensor.dim(1)? - 1) as f64).sqrt().round() as usize;
+                    *tensor = resample_pos_embed(tensor, old_grid, new_grid)?;
+                }
+            }
         }
         load_into(&self.store, &tensors, path, &self.name, strict)
     }

@@ -157,3 +157,72 @@ impl Vit {
         Ok(self.feature_map(x, train)?.narrow(1, 0, 1)?.squeeze(1)?)
     }
 }
+
+/// PyTorch's antialiased bicubic kernel (a = -0.5, as PIL), which timm's resampling uses.
+fn bicubic(x: f64) -> f64 {
+    let a = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    } else {
+        0.0
+    }
+}
+
+/// For each output index, the first input index and the normalised weights of
+/// `F.interpolate(mode="bicubic", antialias=True, align_corners=False)` along one axis.
+fn resample_weights(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
+    let scale = input as f64 / output as f64;
+    let stretch = scale.max(1.0);
+    let support = 2.0 * stretch;
+    (0..output)
+        .map(|i| {
+            let centre = scale * (i as f64 + 0.5);
+            let first = ((centre - support + 0.5).floor().max(0.0)) as usize;
+            let end = ((centre + support + 0.5).floor() as usize).min(input);
+            let weights: Vec<f64> = (first..end).map(|j| bicubic((j as f64 - centre + 0.5) / stretch)).collect();
+            let total: f64 = weights.iter().sum();
+            (first, weights.into_iter().map(|w| w / total).collect())
+        })
+        .collect()
+}
+
+/// timm's `resample_abs_pos_embed`: the class position kept, the grid positions resampled from
+/// `old_grid` x `old_grid` to `new_grid` x `new_grid` (bicubic, antialiased), so a checkpoint
+/// runs at another image size.
+pub fn resample_pos_embed(pos_embed: &Tensor, old_grid: usize, new_grid: usize) -> Result<Tensor> {
+    let (_, tokens, dim) = pos_embed.dims3()?;
+    if tokens != old_grid * old_grid + 1 {
+        return Err(Error::Config { source_name: "pos_embed".into(), problem: format!("{tokens} positions are not 1 + {old_grid}^2") });
+    }
+    let values: Vec<Vec<f32>> = pos_embed.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+    let weights = resample_weights(old_grid, new_grid);
+    // Rows first, then columns: the filter is separable.
+    let mut rows = vec![vec![0.0f64; dim]; new_grid * old_grid];
+    for (out_row, (first, w)) in weights.iter().enumerate() {
+        for col in 0..old_grid {
+            for (k, weight) in w.iter().enumerate() {
+                let source = &values[1 + (first + k) * old_grid + col];
+                for (d, value) in rows[out_row * old_grid + col].iter_mut().enumerate() {
+                    *value += weight * f64::from(source[d]);
+                }
+            }
+        }
+    }
+    let mut out = vec![values[0].clone()];
+    for out_row in 0..new_grid {
+        for (first, w) in &weights {
+            let mut position = vec![0.0f64; dim];
+            for (k, weight) in w.iter().enumerate() {
+                for (d, value) in position.iter_mut().enumerate() {
+                    *value += weight * rows[out_row * old_grid + first + k][d];
+                }
+            }
+            out.push(position.into_iter().map(|v| v as f32).collect());
+        }
+    }
+    let flat: Vec<f32> = out.into_iter().flatten().collect();
+    Ok(Tensor::from_vec(flat, (1, new_grid * new_grid + 1, dim), pos_embed.device())?)
+}

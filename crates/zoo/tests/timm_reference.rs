@@ -216,3 +216,13 @@ fn torchvision_checkpoints_load_under_timms_names_and_give_torchvisions_outputs(
     let reference = reference("densenet_min");
     assert_close("legacy densenet logits", &model.forward_t(&reference["input"], false).unwrap().1, &reference["logits"]);
 }
+
+#[test]
+fn a_vit_checkpoint_runs_at_another_image_size_with_timms_resampled_positions() {
+    let architecture = Architecture::Vit(VitConfig { img_size: 96, patch_size: 16, embed_dim: 24, depth: 2, num_heads: 3, mlp_ratio: 4.0 });
+    let model = Backbone::new("vit_min_96", &architecture, 10, &Device::Cpu).unwrap();
+    model.load_weights(&fixtures().join("vit_min.safetensors"), true).unwrap();
+    let reference = reference("vit_min_96");
+    assert_close("resampled pos_embed", model.params().var("pos_embed").unwrap().as_tensor(), &reference["pos_embed"]);
+    assert_close("logits at 96 px", &model.forward_t(&reference["input"], false).unwrap().1, &reference["logits"]);
+}
