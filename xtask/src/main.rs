@@ -2,6 +2,7 @@
 //! `report`, `rank` and the full `bench` arrive with their issues.
 
 mod bench_scores;
+mod bench_zoo;
 mod machine;
 
 use std::path::PathBuf;
@@ -49,6 +50,37 @@ enum Command {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Eval throughput and peak memory of the registry backbones beside timm/PyTorch.
+    ///
+    /// Writes OUT/zoo.md. The PyTorch side needs an interpreter with torch and timm
+    /// (python/requirements-torch.txt); without --python only medxfer is measured.
+    BenchZoo {
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Comma-separated registry names (all by default).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Python interpreter with torch and timm.
+        #[arg(long)]
+        python: Option<PathBuf>,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// One zoo measurement in a fresh process (run by bench-zoo).
+    #[command(hide = true)]
+    BenchZooWorker {
+        model: String,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        size: usize,
+        #[arg(long)]
+        repeats: usize,
+    },
     /// One measurement in a fresh process (run by bench-scores).
     #[command(hide = true)]
     BenchScoresWorker {
@@ -67,5 +99,9 @@ fn main() -> Result<()> {
             bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out })
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench_scores::worker(&file, repeats, memory_only),
+        Command::BenchZoo { batch, size, repeats, models, python, out } => {
+            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out })
+        }
+        Command::BenchZooWorker { model, batch, size, repeats } => bench_zoo::worker(&model, batch, size, repeats),
     }
 }

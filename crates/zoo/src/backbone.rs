@@ -136,15 +136,15 @@ impl Backbone {
         }
     }
 
-    /// Logits from pooled features.
-    pub fn head(&self, features: &Tensor) -> Result<Tensor> {
-        self.classifier().forward(features)
+    /// Logits from pooled features (`train`: keep the head's parameters in the graph).
+    pub fn head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
+        self.classifier().forward_t(features, train)
     }
 
     /// Features and logits of one pass.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         let features = self.features(x, train)?;
-        let logits = self.head(&features)?;
+        let logits = self.head(&features, train)?;
         Ok((features, logits))
     }
 

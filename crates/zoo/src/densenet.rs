@@ -117,19 +117,19 @@ impl DenseNet {
 
     /// The final feature map after norm5's BN + ReLU (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.norm0.forward_t(&self.conv0.forward(x)?, train)?.relu()?;
+        let mut y = self.norm0.forward_t(&self.conv0.forward_t(x, train)?, train)?.relu()?;
         y = max_pool_3x3_s2_p1(&y)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let mut pieces = vec![y.clone()];
             for layer in block {
                 let input = Tensor::cat(&pieces, 1)?;
-                let h = layer.conv1.forward(&layer.norm1.forward_t(&input, train)?.relu()?)?;
-                let h = layer.conv2.forward(&layer.norm2.forward_t(&h, train)?.relu()?)?;
+                let h = layer.conv1.forward_t(&layer.norm1.forward_t(&input, train)?.relu()?, train)?;
+                let h = layer.conv2.forward_t(&layer.norm2.forward_t(&h, train)?.relu()?, train)?;
                 pieces.push(h);
             }
             y = Tensor::cat(&pieces, 1)?;
             if let Some(transition) = self.transitions.get(index) {
-                y = transition.conv.forward(&transition.norm.forward_t(&y, train)?.relu()?)?.avg_pool2d(2)?;
+                y = transition.conv.forward_t(&transition.norm.forward_t(&y, train)?.relu()?, train)?.avg_pool2d(2)?;
             }
         }
         Ok(self.norm5.forward_t(&y, train)?.relu()?)

@@ -153,9 +153,9 @@ struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, act: Activation, train: bool) -> Result<Tensor> {
         let pooled = x.mean_keepdim((2, 3))?;
-        let gate = sigmoid(&self.expand.forward(&act.apply(&self.reduce.forward(&pooled)?)?)?)?;
+        let gate = sigmoid(&self.expand.forward_t(&act.apply(&self.reduce.forward_t(&pooled, train)?)?, train)?)?;
         Ok(x.broadcast_mul(&gate)?)
     }
 }
@@ -232,9 +232,9 @@ impl Block {
             if index == last
                 && let Some(se) = &self.se
             {
-                y = se.forward(&y, act)?;
+                y = se.forward_t(&y, act, train)?;
             }
-            y = norm.forward_t(&conv.forward(&y)?, train)?;
+            y = norm.forward_t(&conv.forward_t(&y, train)?, train)?;
             if index != last {
                 y = act.apply(&y)?;
             }
@@ -284,13 +284,13 @@ impl EfficientNet {
 
     /// The final feature map after conv_head + bn2 + act (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.act.apply(&self.bn1.forward_t(&self.conv_stem.forward(x)?, train)?)?;
+        let mut y = self.act.apply(&self.bn1.forward_t(&self.conv_stem.forward_t(x, train)?, train)?)?;
         for stage in &self.blocks {
             for block in stage {
                 y = block.forward_t(&y, self.act, train)?;
             }
         }
-        self.act.apply(&self.bn2.forward_t(&self.conv_head.forward(&y)?, train)?)
+        self.act.apply(&self.bn2.forward_t(&self.conv_head.forward_t(&y, train)?, train)?)
     }
 
     /// Pooled features (B, num_features).

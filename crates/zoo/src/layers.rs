@@ -41,10 +41,18 @@ impl Conv2d {
         Ok(Self { weight, bias, stride: spec.stride, padding: spec.padding, groups: spec.groups })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+    /// In eval mode (`train` false) the parameters enter detached, so no graph of the whole
+    /// network is kept alive for a backward pass that will not come.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let weight = tracked(&self.weight, train);
+        let depthwise = self.groups > 1 && self.groups == x.dim(1)? && self.weight.dim(0)? == self.groups;
+        let y = if depthwise {
+            crate::depthwise::depthwise_conv2d(x, &weight, self.stride, self.padding)?
+        } else {
+            x.conv2d(&weight, self.padding, self.stride, 1, self.groups)?
+        };
         Ok(match &self.bias {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
+            Some(bias) => y.broadcast_add(&tracked(bias, train).reshape((1, bias.dim(0)?, 1, 1))?)?,
             None => y,
         })
     }
@@ -99,10 +107,10 @@ impl BatchNorm2d {
             self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
             (mean, var)
         } else {
-            (self.running_mean.as_tensor().reshape(shape)?, self.running_var.as_tensor().reshape(shape)?)
+            (self.running_mean.as_tensor().detach().reshape(shape)?, self.running_var.as_tensor().detach().reshape(shape)?)
         };
-        let scale = (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&self.weight.reshape(shape)?)?;
-        Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias.reshape(shape)?)?)
+        let scale = (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&tracked(&self.weight, train).reshape(shape)?)?;
+        Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&tracked(&self.bias, train).reshape(shape)?)?)
     }
 }
 
@@ -135,8 +143,8 @@ impl Linear {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(x.broadcast_matmul(&tracked(&self.weight, train).t()?)?.broadcast_add(&tracked(&self.bias, train))?)
     }
 
     /// (out_features, in_features).
@@ -171,6 +179,11 @@ fn pool_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
     Ok(first.maximum(&middle)?.maximum(&last)?)
 }
 
+/// A parameter as a forward pass should use it: itself when training, detached otherwise.
+fn tracked(parameter: &Tensor, train: bool) -> Tensor {
+    if train { parameter.clone() } else { parameter.detach() }
+}
+
 /// Mean over height and width: (B, C, H, W) -> (B, C).
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean((2, 3))?)
@@ -189,12 +202,12 @@ impl LayerNorm {
         Ok(Self { weight: params.param(dim, "weight")?, bias: params.param(dim, "bias")?, eps })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        Ok(normed.broadcast_mul(&tracked(&self.weight, train))?.broadcast_add(&tracked(&self.bias, train))?)
     }
 }
 

@@ -25,6 +25,7 @@
 mod backbone;
 mod checkpoint;
 mod densenet;
+mod depthwise;
 mod efficientnet;
 mod error;
 mod hub;

@@ -47,16 +47,16 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (batch, tokens, dim) = x.dims3()?;
         let head_dim = dim / self.num_heads;
-        let qkv = self.qkv.forward(x)?.reshape((batch, tokens, 3, self.num_heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self.qkv.forward_t(x, train)?.reshape((batch, tokens, 3, self.num_heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?.contiguous()?)? * (head_dim as f64).powf(-0.5))?;
         let attended = softmax_last_dim(&scores)?.matmul(&v)?;
-        self.proj.forward(&attended.transpose(1, 2)?.reshape((batch, tokens, dim))?)
+        self.proj.forward_t(&attended.transpose(1, 2)?.reshape((batch, tokens, dim))?, train)
     }
 }
 
@@ -70,10 +70,10 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
-        let hidden = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?;
-        Ok((&x + self.fc2.forward(&hidden)?)?)
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = (x + self.attn.forward_t(&self.norm1.forward_t(x, train)?, train)?)?;
+        let hidden = self.fc1.forward_t(&self.norm2.forward_t(&x, train)?, train)?.gelu_erf()?;
+        Ok((&x + self.fc2.forward_t(&hidden, train)?)?)
     }
 }
 
@@ -130,9 +130,9 @@ impl Vit {
     }
 
     /// The normed tokens (B, 1 + patches, dim), timm's `forward_features`.
-    pub fn feature_map(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+    pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, height, width) = x.dims4()?;
-        let patches = self.patch_embed.forward(x)?;
+        let patches = self.patch_embed.forward_t(x, train)?;
         let (batch, dim, grid_h, grid_w) = patches.dims4()?;
         if grid_h != self.grid || grid_w != self.grid {
             return Err(Error::Config {
@@ -144,12 +144,14 @@ impl Vit {
             });
         }
         let tokens = patches.flatten_from(2)?.transpose(1, 2)?;
-        let cls = self.cls_token.broadcast_as((batch, 1, dim))?;
-        let mut y = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.pos_embed)?;
+        let (cls_token, pos_embed) =
+            if train { (self.cls_token.clone(), self.pos_embed.clone()) } else { (self.cls_token.detach(), self.pos_embed.detach()) };
+        let cls = cls_token.broadcast_as((batch, 1, dim))?;
+        let mut y = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&pos_embed)?;
         for block in &self.blocks {
-            y = block.forward(&y)?;
+            y = block.forward_t(&y, train)?;
         }
-        self.norm.forward(&y)
+        self.norm.forward_t(&y, train)
     }
 
     /// The class token after the final norm (B, dim).

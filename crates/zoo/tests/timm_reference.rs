@@ -226,3 +226,16 @@ fn a_vit_checkpoint_runs_at_another_image_size_with_timms_resampled_positions() 
     assert_close("resampled pos_embed", model.params().var("pos_embed").unwrap().as_tensor(), &reference["pos_embed"]);
     assert_close("logits at 96 px", &model.forward_t(&reference["input"], false).unwrap().1, &reference["logits"]);
 }
+
+#[test]
+fn eval_mode_keeps_no_graph_train_mode_does() {
+    let (name, architecture) = &cases()[2];
+    let model = loaded(name, architecture);
+    let reference = reference(name);
+    let (_, eval_logits) = model.forward_t(&reference["input"], false).unwrap();
+    let grads = eval_logits.sum_all().unwrap().backward().unwrap();
+    assert!(model.params().trainable_vars().iter().all(|(_, var)| grads.get(var.as_tensor()).is_none()));
+    let (_, train_logits) = model.forward_t(&reference["input"], true).unwrap();
+    let grads = train_logits.sum_all().unwrap().backward().unwrap();
+    assert!(model.params().trainable_vars().iter().all(|(_, var)| grads.get(var.as_tensor()).is_some()));
+}

@@ -1,0 +1,142 @@
+//! The zoo benchmark: eval throughput (images/s at batch B, S x S, f32) and peak memory of each
+//! registry backbone in candle on the CPU, beside timm/PyTorch on the same machine and thread
+//! count, each model in its own process.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use medxfer_zoo::{Backbone, Registry};
+use serde_json::{Value, json};
+
+use crate::machine;
+
+#[derive(Debug)]
+pub struct Settings {
+    pub batch: usize,
+    pub size: usize,
+    pub repeats: usize,
+    pub models: Option<Vec<String>>,
+    pub python: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+pub fn run(settings: &Settings) -> Result<()> {
+    fs::create_dir_all(&settings.out)?;
+    let registry = Registry::load_default()?;
+    let names: Vec<String> = match &settings.models {
+        Some(names) => names.clone(),
+        None => registry.entries().iter().map(|e| e.name.clone()).collect(),
+    };
+    let load_before = machine::load_average();
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for name in &names {
+        eprintln!("{name}: medxfer ...");
+        let ours = worker_process(name, settings)?;
+        let theirs = match &settings.python {
+            Some(python) => {
+                eprintln!("{name}: timm ...");
+                Some(python_process(python, name, settings)?)
+            }
+            None => None,
+        };
+        let ours_rate = ours["images_per_second"].as_f64().unwrap_or(f64::NAN);
+        let their_rate = theirs.as_ref().and_then(|t| t["images_per_second"].as_f64()).unwrap_or(f64::NAN);
+        let mib = |v: &Value| v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+        rows.push(format!(
+            "| {name} | {ours_rate:.1} | {their_rate:.1} | {:.2}x | {:.0} | {:.0} |",
+            ours_rate / their_rate,
+            mib(&ours),
+            theirs.as_ref().map(mib).unwrap_or(f64::NAN)
+        ));
+        raw.push(json!({"model": name, "medxfer": ours, "timm": theirs}));
+    }
+    let report = format!(
+        "# Zoo benchmark\n\nEval forward, batch {}, {}x{}, f32, CPU, median of {} runs after one warm-up. Machine: {}, {} cores (both sides use all of them). \
+         Load average {} before, {} after.\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |\n|---|---:|---:|---:|---:|---:|\n{}\n",
+        settings.batch,
+        settings.size,
+        settings.size,
+        settings.repeats,
+        machine::cpu_model(),
+        machine::cores(),
+        load_before,
+        machine::load_average(),
+        rows.join("\n")
+    );
+    fs::write(settings.out.join("zoo.md"), &report)?;
+    fs::write(settings.out.join("zoo.json"), serde_json::to_string_pretty(&raw)?)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
+    let output = Command::new(std::env::current_exe()?)
+        .args([
+            "bench-zoo-worker",
+            name,
+            "--batch",
+            &settings.batch.to_string(),
+            "--size",
+            &settings.size.to_string(),
+            "--repeats",
+            &settings.repeats.to_string(),
+        ])
+        .output()?;
+    if !output.status.success() {
+        bail!("the benchmark worker failed on {name}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// One backbone's eval throughput, in this process.
+pub fn worker(name: &str, batch: usize, size: usize, repeats: usize) -> Result<()> {
+    let registry = Registry::load_default()?;
+    let entry = registry.get(name)?;
+    let device = Device::Cpu;
+    let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
+    // Random weights (zeros could meet fast paths); running variances stay positive.
+    for (index, (name, var)) in model.params().trainable_vars().into_iter().enumerate() {
+        let value =
+            (Tensor::randn(0f32, 0.05, var.shape(), &device)? + if name.ends_with("weight") && var.rank() == 1 { 1.0 } else { 0.0 })?;
+        var.set(&value).with_context(|| format!("tensor {index}"))?;
+    }
+    let images = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?.to_dtype(DType::F32)?;
+    model.forward_t(&images, false)?;
+    let mut runs = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let (features, _) = model.forward_t(&images, false)?;
+        features.sum_all()?.to_scalar::<f32>()?;
+        runs.push(start.elapsed().as_secs_f64());
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let seconds = sorted[sorted.len() / 2];
+    println!(
+        "{}",
+        json!({"seconds": seconds, "images_per_second": batch as f64 / seconds, "runs": runs, "peak_rss_bytes": machine::peak_rss_bytes()})
+    );
+    Ok(())
+}
+
+fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Value> {
+    let cores = machine::cores().to_string();
+    let output = Command::new(python)
+        .arg("python/bench_zoo.py")
+        .arg(name)
+        .args(["--batch", &settings.batch.to_string(), "--size", &settings.size.to_string(), "--repeats", &settings.repeats.to_string()])
+        .env("OMP_NUM_THREADS", &cores)
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .output()
+        .context("cannot run the PyTorch side")?;
+    if !output.status.success() {
+        bail!("the PyTorch side failed on {name}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
