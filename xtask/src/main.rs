@@ -17,6 +17,9 @@ struct Cli {
     command: Command,
 }
 
+// The subcommands are named as typed (`bench-scores`, `bench-zoo`); `reproduce`, `report` and
+// `rank` join them with their issues.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Time the seven scores on N x D synthetic features against the Python reference code.
