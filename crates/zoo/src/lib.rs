@@ -31,6 +31,7 @@ mod error;
 mod hub;
 pub mod layers;
 mod params;
+mod preprocess;
 mod registry;
 mod resnet;
 mod timm_config;
@@ -44,6 +45,7 @@ pub use efficientnet::{EfficientNet, EfficientNetConfig, EfficientNetVariant, ma
 pub use error::{Error, Result};
 pub use hub::{CONFIG_FILE, HubOptions, WEIGHTS_FILE, hub_file, looks_like_hub_id};
 pub use params::{ParamBuilder, ParamStore};
+pub use preprocess::eval_tensor;
 pub use registry::{ModelEntry, Preprocessing, Registry};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};

@@ -37,6 +37,20 @@ enum Command {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
+    /// Top-5 classes of each image, with the backbone's own preprocessing.
+    Classify {
+        /// A registry name or hub repo id.
+        model: String,
+        /// JPEG, PNG, TIFF or BMP files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// The checkpoint (default: the hub's).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// One class name per line (default: the 1000 ImageNet classes shipped in models/).
+        #[arg(long)]
+        classes: Option<PathBuf>,
+    },
     /// Run a model on prepared inputs: IN holds `input` (B x 3 x H x W, f32, normalised); OUT
     /// gets `features` and `logits`.
     Run {
@@ -83,6 +97,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect { model, weights } => inspect(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref()),
+        Command::Classify { model, images, weights, classes } => {
+            let classes = classes.unwrap_or_else(|| cli.models.clone().unwrap_or_else(Registry::default_dir).join("imagenet_classes.txt"));
+            classify(&registry.resolve(&model, &HubOptions::from_env())?, &images, weights.as_deref(), &classes)
+        }
         Command::Run { model, weights, input, output, num_classes } => {
             run_model(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref(), &input, &output, num_classes)
         }
@@ -139,6 +157,38 @@ fn inspect(entry: &ModelEntry, weights: Option<&Path>) -> Result<()> {
     println!("weights {}: {} tensors loaded, every model tensor present", path.display(), report.loaded);
     if !report.unexpected.is_empty() {
         println!("not used: {}", report.unexpected.join(", "));
+    }
+    Ok(())
+}
+
+fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, classes: &Path) -> Result<()> {
+    let names: Vec<String> = std::fs::read_to_string(classes)
+        .with_context(|| format!("cannot read the class names {}", classes.display()))?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if names.len() != entry.num_classes {
+        bail!(
+            "{} holds {} class names but {} has {} classes; pass --classes",
+            classes.display(),
+            names.len(),
+            entry.name,
+            entry.num_classes
+        );
+    }
+    let device = Device::Cpu;
+    let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
+    model.load_weights(&weights_path(entry, weights)?, true)?;
+    for path in images {
+        let input = medxfer_zoo::eval_tensor(path, &entry.preprocessing, &device)?.unsqueeze(0)?;
+        let (_, logits) = model.forward_t(&input, false)?;
+        let probabilities: Vec<f32> = medxfer_zoo::layers::softmax_last_dim(&logits)?.squeeze(0)?.to_vec1()?;
+        let mut order: Vec<usize> = (0..probabilities.len()).collect();
+        order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+        println!("{}", path.display());
+        for &class in order.iter().take(5) {
+            println!("  {:>6.2}%  {:>4}  {}", 100.0 * probabilities[class], class, names[class]);
+        }
     }
     Ok(())
 }

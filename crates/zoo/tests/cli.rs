@@ -24,12 +24,7 @@ fn list_shows_the_ten_backbones_with_timms_parameter_counts() {
     assert!(text.lines().any(|l| l.starts_with("resnet50 ") && l.contains("25557032") && l.contains("timm/resnet50.a1_in1k")), "{text}");
 }
 
-#[test]
-fn run_writes_timms_features_and_logits() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tiny.toml"),
-        r#"name = "resnet_basic_min"
+const TINY_ENTRY: &str = r#"name = "resnet_basic_min"
 paper_name = "test"
 hub = "timm/resnet_basic_min.test"
 feature_dim = 32
@@ -45,12 +40,15 @@ channels = [64, 8, 16, 32]
 [preprocessing]
 mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
-resize = 256
-crop = 224
+resize = 72
+crop = 64
 interpolation = "bilinear"
-"#,
-    )
-    .unwrap();
+"#;
+
+#[test]
+fn run_writes_timms_features_and_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY_ENTRY).unwrap();
     let out = dir.path().join("out.safetensors");
     let weights = fixtures().join("resnet_basic_min.safetensors");
     let input = fixtures().join("resnet_basic_min_ref.safetensors");
@@ -96,4 +94,48 @@ interpolation = "bilinear"
     ]);
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && message.contains("/nonexistent.safetensors") && !message.contains("panicked"), "{message}");
+}
+
+#[test]
+fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
+    let reference = candle_core::safetensors::load(fixtures().join("classify_ref.safetensors"), &Device::Cpu).unwrap();
+    let preprocessing = medxfer_zoo::Preprocessing {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        resize: 72,
+        crop: 64,
+        interpolation: "bilinear".into(),
+    };
+    // fast_image_resize and PIL round differently by at most a grey level here and there.
+    let ours = medxfer_zoo::eval_tensor(&fixtures().join("classify.png"), &preprocessing, &Device::Cpu).unwrap();
+    let difference = (&ours - &reference["input"]).unwrap().abs().unwrap();
+    let worst = difference.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let mean = difference.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(worst <= 2.5 / 255.0 / 0.224 && mean < 0.005, "worst {worst}, mean {mean}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY_ENTRY).unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("class_{i}")).collect();
+    std::fs::write(dir.path().join("classes.txt"), names.join("\n")).unwrap();
+    let weights = fixtures().join("resnet_basic_min.safetensors");
+    let image = fixtures().join("classify.png");
+    let output = zoo(&[
+        "--models",
+        dir.path().to_str().unwrap(),
+        "classify",
+        "resnet_basic_min",
+        image.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--classes",
+        dir.path().join("classes.txt").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let probs: Vec<f32> = reference["probs"].to_vec1().unwrap();
+    let mut order: Vec<usize> = (0..10).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let printed: Vec<String> = text.lines().skip(1).map(|l| l.split_whitespace().last().unwrap().to_string()).collect();
+    let expected: Vec<String> = order.iter().take(5).map(|i| format!("class_{i}")).collect();
+    assert_eq!(printed, expected, "{text}");
 }
