@@ -117,7 +117,7 @@ impl DenseNet {
 
     /// The final feature map after norm5's BN + ReLU (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.norm0.forward_t(&self.conv0.forward_t(x, train)?, train)?.relu()?;
+        let mut y = self.conv0.forward_bn(x, &self.norm0, train)?.relu()?;
         y = max_pool_3x3_s2_p1(&y)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let mut pieces = vec![y.clone()];

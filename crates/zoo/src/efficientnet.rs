@@ -234,7 +234,7 @@ impl Block {
             {
                 y = se.forward_t(&y, act, train)?;
             }
-            y = norm.forward_t(&conv.forward_t(&y, train)?, train)?;
+            y = conv.forward_bn(&y, norm, train)?;
             if index != last {
                 y = act.apply(&y)?;
             }
@@ -284,13 +284,13 @@ impl EfficientNet {
 
     /// The final feature map after conv_head + bn2 + act (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.act.apply(&self.bn1.forward_t(&self.conv_stem.forward_t(x, train)?, train)?)?;
+        let mut y = self.act.apply(&self.conv_stem.forward_bn(x, &self.bn1, train)?)?;
         for stage in &self.blocks {
             for block in stage {
                 y = block.forward_t(&y, self.act, train)?;
             }
         }
-        self.act.apply(&self.bn2.forward_t(&self.conv_head.forward_t(&y, train)?, train)?)
+        self.act.apply(&self.conv_head.forward_bn(&y, &self.bn2, train)?)
     }
 
     /// Pooled features (B, num_features).

@@ -44,15 +44,35 @@ impl Conv2d {
     /// In eval mode (`train` false) the parameters enter detached, so no graph of the whole
     /// network is kept alive for a backward pass that will not come.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let weight = tracked(&self.weight, train);
+        self.convolve(x, &tracked(&self.weight, train), self.bias.as_ref().map(|b| tracked(b, train)))
+    }
+
+    /// This convolution followed by `norm`. In eval mode the BatchNorm is folded into the
+    /// convolution's weight and bias (one pass over the output instead of four); in train mode
+    /// it runs on batch statistics as usual.
+    pub fn forward_bn(&self, x: &Tensor, norm: &BatchNorm2d, train: bool) -> Result<Tensor> {
+        if train {
+            return norm.forward_t(&self.forward_t(x, true)?, true);
+        }
+        let (scale, shift) = norm.eval_affine()?;
+        let out_channels = self.weight.dim(0)?;
+        let weight = self.weight.detach().broadcast_mul(&scale.reshape((out_channels, 1, 1, 1))?)?;
+        let bias = match &self.bias {
+            Some(bias) => ((bias.detach() * &scale)? + shift)?,
+            None => shift,
+        };
+        self.convolve(x, &weight, Some(bias))
+    }
+
+    fn convolve(&self, x: &Tensor, weight: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
         let depthwise = self.groups > 1 && self.groups == x.dim(1)? && self.weight.dim(0)? == self.groups;
         let y = if depthwise {
-            crate::depthwise::depthwise_conv2d(x, &weight, self.stride, self.padding)?
+            crate::depthwise::depthwise_conv2d(x, weight, self.stride, self.padding)?
         } else {
-            x.conv2d(&weight, self.padding, self.stride, 1, self.groups)?
+            x.conv2d(weight, self.padding, self.stride, 1, self.groups)?
         };
-        Ok(match &self.bias {
-            Some(bias) => y.broadcast_add(&tracked(bias, train).reshape((1, bias.dim(0)?, 1, 1))?)?,
+        Ok(match bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
             None => y,
         })
     }
@@ -87,9 +107,21 @@ impl BatchNorm2d {
         })
     }
 
+    /// Eval mode as y = x * scale + shift per channel (detached): scale = gamma / sqrt(var +
+    /// eps), shift = beta - mean * scale.
+    pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        let scale = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.mul(&self.weight.detach())?;
+        let shift = (self.bias.detach() - self.running_mean.as_tensor().detach().mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let channels = self.weight.dim(0)?;
         let shape = (1, channels, 1, 1);
+        if !train {
+            let (scale, shift) = self.eval_affine()?;
+            return Ok(x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?);
+        }
         let (mean, var) = if train {
             let (batch, _, height, width) = x.dims4()?;
             let count = (batch * height * width) as f64;

@@ -101,13 +101,13 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (index, (conv, norm)) in self.convs.iter().zip(&self.norms).enumerate() {
-            y = norm.forward_t(&conv.forward_t(&y, train)?, train)?;
+            y = conv.forward_bn(&y, norm, train)?;
             if index != last {
                 y = y.relu()?;
             }
         }
         let shortcut = match &self.downsample {
-            Some((conv, norm)) => norm.forward_t(&conv.forward_t(x, train)?, train)?,
+            Some((conv, norm)) => conv.forward_bn(x, norm, train)?,
             None => x.clone(),
         };
         Ok((y + shortcut)?.relu()?)
@@ -148,7 +148,7 @@ impl ResNet {
 
     /// The final feature map (B, C, H/32, W/32), timm's `forward_features`.
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.bn1.forward_t(&self.conv1.forward_t(x, train)?, train)?.relu()?;
+        let mut y = self.conv1.forward_bn(x, &self.bn1, train)?.relu()?;
         y = max_pool_3x3_s2_p1(&y)?;
         for stage in &self.stages {
             for block in stage {
