@@ -38,7 +38,27 @@ impl Geometry {
         let end = ((self.height + self.padding).saturating_sub(ky)).div_ceil(self.stride).min(self.out_height());
         first..end.max(first)
     }
+
+    /// Calls `visit(tap, oy, iy, pairs)` for every kernel tap (ky * k + kx) and every output row
+    /// it reaches inside the input, `pairs` yielding the (ox, ix) columns where output (oy, ox)
+    /// meets input (iy, ix). The three kernels share this walk.
+    fn for_each_row(&self, mut visit: impl FnMut(usize, usize, usize, ColumnPairs)) {
+        for ky in 0..self.kernel {
+            for kx in 0..self.kernel {
+                let columns = self.valid_columns(kx);
+                for oy in self.valid_rows(ky) {
+                    let iy = oy * self.stride + ky - self.padding;
+                    // ix = ox * stride + kx - padding, non-negative from the first valid column on.
+                    let first_ix = columns.start * self.stride + kx - self.padding;
+                    visit(ky * self.kernel + kx, oy, iy, columns.clone().zip((first_ix..).step_by(self.stride)));
+                }
+            }
+        }
+    }
 }
+
+/// (output column, input column) pairs of one row of one kernel tap.
+type ColumnPairs = std::iter::Zip<std::ops::Range<usize>, std::iter::StepBy<std::ops::RangeFrom<usize>>>;
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { candle_core::bail!("depthwise conv: {what} must be f32") };
@@ -68,20 +88,14 @@ impl CustomOp2 for Forward {
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, out)| {
             let c = plane % channels;
             let input = &input[plane * height * width..(plane + 1) * height * width];
-            for ky in 0..kernel {
-                for kx in 0..kernel {
-                    let w = weight[(c * kernel + ky) * kernel + kx];
-                    let columns = g.valid_columns(kx);
-                    for oy in g.valid_rows(ky) {
-                        let iy = oy * g.stride + ky - g.padding;
-                        let row = &input[iy * width..(iy + 1) * width];
-                        let out_row = &mut out[oy * ow..(oy + 1) * ow];
-                        for ox in columns.clone() {
-                            out_row[ox] += w * row[ox * g.stride + kx - g.padding];
-                        }
-                    }
+            let taps = &weight[c * kernel * kernel..(c + 1) * kernel * kernel];
+            g.for_each_row(|tap, oy, iy, pairs| {
+                let row = &input[iy * width..(iy + 1) * width];
+                let out_row = &mut out[oy * ow..(oy + 1) * ow];
+                for (ox, ix) in pairs {
+                    out_row[ox] += taps[tap] * row[ix];
                 }
-            }
+            });
         });
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
     }
@@ -122,18 +136,12 @@ impl CustomOp2 for GradInput {
         out.par_chunks_mut(height * width).enumerate().for_each(|(plane, out)| {
             let c = plane % channels;
             let grad = &grad[plane * oh * ow..(plane + 1) * oh * ow];
-            for ky in 0..kernel {
-                for kx in 0..kernel {
-                    let w = weight[(c * kernel + ky) * kernel + kx];
-                    let columns = g.valid_columns(kx);
-                    for oy in g.valid_rows(ky) {
-                        let iy = oy * g.stride + ky - g.padding;
-                        for ox in columns.clone() {
-                            out[iy * width + ox * g.stride + kx - g.padding] += w * grad[oy * ow + ox];
-                        }
-                    }
+            let taps = &weight[c * kernel * kernel..(c + 1) * kernel * kernel];
+            g.for_each_row(|tap, oy, iy, pairs| {
+                for (ox, ix) in pairs {
+                    out[iy * width + ix] += taps[tap] * grad[oy * ow + ox];
                 }
-            }
+            });
         });
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, height, width))))
     }
@@ -164,19 +172,13 @@ impl CustomOp2 for GradWeight {
                 let plane = b * channels + c;
                 let input = &input[plane * height * width..(plane + 1) * height * width];
                 let grad = &grad[plane * oh * ow..(plane + 1) * oh * ow];
-                for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        let columns = g.valid_columns(kx);
-                        let mut sum = 0f32;
-                        for oy in g.valid_rows(ky) {
-                            let iy = oy * g.stride + ky - g.padding;
-                            for ox in columns.clone() {
-                                sum += grad[oy * ow + ox] * input[iy * width + ox * g.stride + kx - g.padding];
-                            }
-                        }
-                        out[ky * kernel + kx] += sum;
+                g.for_each_row(|tap, oy, iy, pairs| {
+                    let mut sum = 0f32;
+                    for (ox, ix) in pairs {
+                        sum += grad[oy * ow + ox] * input[iy * width + ix];
                     }
-                }
+                    out[tap] += sum;
+                });
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((channels, 1, kernel, kernel))))
