@@ -162,7 +162,6 @@ impl SqueezeExcite {
 
 #[derive(Debug, Clone)]
 struct Block {
-    kind: BlockType,
     /// ds: [conv_dw, conv_pw]; ir: [conv_pw, conv_dw, conv_pwl].
     convs: Vec<Conv2d>,
     norms: Vec<BatchNorm2d>,
@@ -221,7 +220,7 @@ impl Block {
             }
             None => None,
         };
-        Ok(Self { kind, convs, norms, se, skip: stride == 1 && in_channels == out_channels })
+        Ok(Self { convs, norms, se, skip: stride == 1 && in_channels == out_channels })
     }
 
     fn forward_t(&self, x: &Tensor, act: Activation, train: bool) -> Result<Tensor> {
@@ -239,7 +238,6 @@ impl Block {
                 y = act.apply(&y)?;
             }
         }
-        debug_assert!(matches!(self.kind, BlockType::DepthwiseSeparable | BlockType::InvertedResidual));
         Ok(if self.skip { (y + x)? } else { y })
     }
 }
