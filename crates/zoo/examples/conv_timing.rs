@@ -1,32 +1,52 @@
-//! Times candle's conv2d on the convolutions that dominate ResNet-18 (batch 32, 224 px), to say
-//! which op holds the zoo back on the CPU. `cargo run --release -p medxfer-zoo --example conv_timing`.
+//! Times candle's conv2d and the zoo's im2col + GEMM convolution (forward, and forward + backward)
+//! on the convolutions that dominate ResNet (batch 32, 224 px), to say which op holds the zoo
+//! back on the CPU. `cargo run --release -p medxfer-zoo --example conv_timing`.
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
-fn main() -> candle_core::Result<()> {
+fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
     for (name, input, weight, stride, padding) in [
         ("stem 7x7/2 3->64 @224", (32, 3, 224, 224), (64, 3, 7, 7), 2, 3),
         ("3x3 64->64 @56", (32, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+        ("3x3 128->128 @28", (32, 128, 28, 28), (128, 128, 3, 3), 1, 1),
         ("3x3 256->256 @14", (32, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+        ("3x3 512->512 @7", (32, 512, 7, 7), (512, 512, 3, 3), 1, 1),
         ("1x1 256->1024 @14", (32, 256, 14, 14), (1024, 256, 1, 1), 1, 0),
     ] {
-        let x = Tensor::randn(0f32, 1.0, input, &device)?;
-        let w = Tensor::randn(0f32, 0.05, weight, &device)?;
-        x.conv2d(&w, padding, stride, 1, 1)?;
-        let start = Instant::now();
-        let runs = 3;
-        for _ in 0..runs {
-            x.conv2d(&w, padding, stride, 1, 1)?.sum_all()?.to_scalar::<f32>()?;
-        }
-        let seconds = start.elapsed().as_secs_f64() / runs as f64;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, input, &device)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.05, weight, &device)?)?;
         let (b, c, h, wd) = input;
         let (o, _, k, _) = weight;
         let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (wd + 2 * padding - k) / stride + 1);
         let gflop = 2.0 * (b * o * oh * ow * c * k * k) as f64 / 1e9;
-        println!("{name:<24} {:8.1} ms {:6.1} GFLOP/s", seconds * 1e3, gflop / seconds);
+        let candle = || Ok(x.as_tensor().conv2d(&w, padding, stride, 1, 1)?);
+        let ours = || Ok(medxfer_zoo::conv::conv2d(&x, &w, None, stride, padding)?);
+        for (which, conv) in [("candle", &candle as &dyn Fn() -> anyhow::Result<Tensor>), ("im2col+gemm", &ours)] {
+            let forward = time(|| Ok(conv()?.detach().sum_all()?.to_scalar::<f32>()?))?;
+            // The backward pass costs twice the forward's FLOPs (input and weight gradients).
+            let both = time(|| Ok(conv()?.sum_all()?.backward().map(|_| 0.0)?))?;
+            println!(
+                "{name:<24} {which:<12} forward {:7.1} ms {:6.1} GFLOP/s   forward+backward {:7.1} ms {:6.1} GFLOP/s",
+                forward * 1e3,
+                gflop / forward,
+                both * 1e3,
+                3.0 * gflop / both
+            );
+        }
     }
     Ok(())
+}
+
+/// Median-free mean of three runs after one warm-up.
+fn time(run: impl Fn() -> anyhow::Result<f32>) -> anyhow::Result<f64> {
+    run()?;
+    let start = Instant::now();
+    let runs = 3;
+    for _ in 0..runs {
+        run()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / runs as f64)
 }

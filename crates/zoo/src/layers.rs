@@ -65,7 +65,10 @@ impl Conv2d {
     }
 
     fn convolve(&self, x: &Tensor, weight: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
-        let depthwise = self.groups > 1 && self.groups == x.dim(1)? && self.weight.dim(0)? == self.groups;
+        if self.groups == 1 {
+            return crate::conv::conv2d(x, weight, bias.as_ref(), self.stride, self.padding);
+        }
+        let depthwise = self.groups == x.dim(1)? && self.weight.dim(0)? == self.groups;
         let y = if depthwise {
             crate::depthwise::depthwise_conv2d(x, weight, self.stride, self.padding)?
         } else {

@@ -24,6 +24,7 @@
 
 mod backbone;
 mod checkpoint;
+pub mod conv;
 mod densenet;
 mod depthwise;
 mod efficientnet;

@@ -1,0 +1,450 @@
+//! Dense convolution (one group) on the CPU as im2col + one GEMM per image, forward and backward.
+//!
+//! candle's CPU conv2d lays the unfolded input out as (B, H·W, C·k·k) for the whole batch (a
+//! 231 MB copy for a 3x3 conv on 64 channels at 56 px, batch 32), multiplies, then transposes
+//! the result back to NCHW; its input gradient is a naive `conv_transpose2d` loop. Here each
+//! image is unfolded into a (C·k·k, OH·OW) block that stays in cache, multiplied by the
+//! (O, C·k·k) weight straight into NCHW, and a 1x1 stride-1 convolution needs no unfolding at
+//! all. The backward pass is two GEMMs per image (weight gradient, and the unfolded input
+//! gradient folded back by col2im). Images run in parallel, each GEMM single-threaded; a batch
+//! smaller than the thread pool lets the GEMM use the threads instead.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Everything about one convolution's shape except batch size and channels.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    fn out_pixels(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+    /// Rows of the unfolded input: C·k·k.
+    fn patch_len(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+    fn in_pixels(&self) -> usize {
+        self.height * self.width
+    }
+    /// A 1x1 stride-1 unpadded convolution multiplies the image itself.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Output columns ox whose input column ox·stride + kx − padding lies in 0..width.
+    fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
+        let first = self.padding.saturating_sub(kx).div_ceil(self.stride);
+        let end = (self.width + self.padding).saturating_sub(kx).div_ceil(self.stride).min(self.out_width());
+        first..end.max(first)
+    }
+
+    /// Calls `visit(row, oy, iy, ox_range, first_ix)` for every row (c, ky, kx) of the unfolded
+    /// input and every output row oy whose input row iy lies inside the image; output column ox
+    /// in `ox_range` reads input column first_ix + (ox − ox_range.start)·stride. im2col and
+    /// col2im share this walk, so they are each other's transpose by construction.
+    fn for_each_tap_row(&self, mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize)) {
+        let (oh, k) = (self.out_height(), self.kernel);
+        for c in 0..self.channels {
+            for ky in 0..k {
+                let first_oy = self.padding.saturating_sub(ky).div_ceil(self.stride);
+                let end_oy = (self.height + self.padding).saturating_sub(ky).div_ceil(self.stride).min(oh);
+                for kx in 0..k {
+                    let columns = self.valid_columns(kx);
+                    if columns.is_empty() {
+                        continue;
+                    }
+                    let row = (c * k + ky) * k + kx;
+                    for oy in first_oy..end_oy.max(first_oy) {
+                        let iy = oy * self.stride + ky - self.padding;
+                        let first_ix = columns.start * self.stride + kx - self.padding;
+                        visit(row, oy, c * self.height + iy, columns.clone(), first_ix);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unfolds one image (C, H, W) into `columns` (C·k·k, OH·OW); padding stays zero.
+    fn im2col(&self, image: &[f32], columns: &mut [f32]) {
+        // Without padding every entry is written below.
+        if self.padding > 0 {
+            columns.fill(0.0);
+        }
+        let (ow, pixels, width, stride) = (self.out_width(), self.out_pixels(), self.width, self.stride);
+        self.for_each_tap_row(|row, oy, plane_row, ox_range, first_ix| {
+            let source = &image[plane_row * width..(plane_row + 1) * width];
+            let target = &mut columns[row * pixels + oy * ow..row * pixels + (oy + 1) * ow];
+            if stride == 1 {
+                let len = ox_range.len();
+                target[ox_range.start..ox_range.end].copy_from_slice(&source[first_ix..first_ix + len]);
+            } else {
+                for (ox, ix) in ox_range.zip((first_ix..).step_by(stride)) {
+                    target[ox] = source[ix];
+                }
+            }
+        });
+    }
+
+    /// Folds an unfolded gradient `columns` (C·k·k, OH·OW) back onto one image, adding.
+    fn col2im(&self, columns: &[f32], image: &mut [f32]) {
+        let (ow, pixels, width, stride) = (self.out_width(), self.out_pixels(), self.width, self.stride);
+        self.for_each_tap_row(|row, oy, plane_row, ox_range, first_ix| {
+            let target = &mut image[plane_row * width..(plane_row + 1) * width];
+            let source = &columns[row * pixels + oy * ow..row * pixels + (oy + 1) * ow];
+            for (ox, ix) in ox_range.zip((first_ix..).step_by(stride)) {
+                target[ix] += source[ox];
+            }
+        });
+    }
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("conv2d: {what} must be f32") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("conv2d: {what} must be contiguous") };
+    Ok(&data[start..end])
+}
+
+/// Images in parallel with single-threaded GEMMs, or one image at a time with a parallel GEMM
+/// when the batch is too small to keep the pool busy.
+fn split(batch: usize) -> (bool, Par) {
+    let threads = rayon::current_num_threads();
+    if batch >= threads { (true, Par::Seq) } else { (false, Par::rayon(threads)) }
+}
+
+fn row_major(data: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(data, rows, cols)
+}
+
+fn row_major_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_, f32> {
+    MatMut::from_row_major_slice_mut(data, rows, cols)
+}
+
+/// Runs `work(image index, scratch)` for every image, in parallel when `parallel`, with one
+/// scratch buffer of `scratch_len` floats per worker.
+fn for_each_image<T: Send>(items: &mut [T], parallel: bool, scratch_len: usize, work: impl Fn(usize, &mut T, &mut Vec<f32>) + Sync + Send) {
+    if parallel {
+        items.par_iter_mut().enumerate().for_each_init(|| vec![0f32; scratch_len], |scratch, (b, item)| work(b, item, scratch));
+    } else {
+        let mut scratch = vec![0f32; scratch_len];
+        items.iter_mut().enumerate().for_each(|(b, item)| work(b, item, &mut scratch));
+    }
+}
+
+/// out[b] (O, OH·OW) = weight (O, C·k·k) · im2col(x[b]) (+ bias per output channel, written
+/// before the GEMM accumulates onto it: no separate pass over the output).
+struct Forward {
+    stride: usize,
+    padding: usize,
+}
+
+impl Forward {
+    fn run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, channels, height, width) = l1.shape().dims4()?;
+        let (out_channels, _, kernel, _) = l2.shape().dims4()?;
+        let g = Geometry { channels, height, width, kernel, stride: self.stride, padding: self.padding };
+        let input = f32_slice(s1, l1, "the input")?;
+        let weight = row_major(f32_slice(s2, l2, "the weight")?, out_channels, g.patch_len());
+        let pixels = g.out_pixels();
+        let mut out = vec![0f32; batch * out_channels * pixels];
+        let mut images: Vec<&mut [f32]> = out.chunks_mut(out_channels * pixels).collect();
+        let (parallel, par) = split(batch);
+        let scratch = if g.is_pointwise() { 0 } else { g.patch_len() * pixels };
+        for_each_image(&mut images, parallel, scratch, |b, out, columns| {
+            let image = &input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()];
+            let unfolded = if g.is_pointwise() {
+                image
+            } else {
+                g.im2col(image, columns);
+                columns
+            };
+            let accumulate = match bias {
+                Some(bias) => {
+                    out.chunks_mut(pixels).zip(bias).for_each(|(plane, &value)| plane.fill(value));
+                    Accum::Add
+                }
+                None => Accum::Replace,
+            };
+            let dst = row_major_mut(out, out_channels, pixels);
+            faer::linalg::matmul::matmul(dst, accumulate, weight, row_major(unfolded, g.patch_len(), pixels), 1.0, par);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((batch, out_channels, g.out_height(), g.out_width()))))
+    }
+
+    fn gradients(&self, input: &Tensor, weight: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let grad = grad.contiguous()?;
+        let (_, _, height, width) = input.dims4()?;
+        let grad_input =
+            grad.apply_op2_no_bwd(&weight.contiguous()?, &GradInput { stride: self.stride, padding: self.padding, height, width })?;
+        let grad_weight = input
+            .contiguous()?
+            .apply_op2_no_bwd(&grad, &GradWeight { stride: self.stride, padding: self.padding, kernel: weight.dim(2)? })?;
+        Ok((grad_input, grad_weight, grad))
+    }
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, None)
+    }
+
+    fn bwd(&self, input: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_input, grad_weight, _) = self.gradients(input, weight, grad)?;
+        Ok((Some(grad_input), Some(grad_weight)))
+    }
+}
+
+impl CustomOp3 for Forward {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3, "the bias")?))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_input, grad_weight, grad) = self.gradients(input, weight, grad)?;
+        let grad_bias = grad.sum((0, 2, 3))?;
+        Ok((Some(grad_input), Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// d loss / d x[b] = col2im(weightᵀ · grad[b]).
+struct GradInput {
+    stride: usize,
+    padding: usize,
+    height: usize,
+    width: usize,
+}
+
+impl CustomOp2 for GradInput {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-grad-input"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, out_channels, _, _) = l1.shape().dims4()?;
+        let (_, channels, kernel, _) = l2.shape().dims4()?;
+        let g = Geometry { channels, height: self.height, width: self.width, kernel, stride: self.stride, padding: self.padding };
+        let grad = f32_slice(s1, l1, "the gradient")?;
+        let weight_t = row_major(f32_slice(s2, l2, "the weight")?, out_channels, g.patch_len()).transpose();
+        let pixels = g.out_pixels();
+        let mut out = vec![0f32; batch * channels * g.in_pixels()];
+        let mut images: Vec<&mut [f32]> = out.chunks_mut(channels * g.in_pixels()).collect();
+        let (parallel, par) = split(batch);
+        let scratch = if g.is_pointwise() { 0 } else { g.patch_len() * pixels };
+        for_each_image(&mut images, parallel, scratch, |b, image, columns| {
+            let grad = row_major(&grad[b * out_channels * pixels..(b + 1) * out_channels * pixels], out_channels, pixels);
+            if g.is_pointwise() {
+                faer::linalg::matmul::matmul(row_major_mut(image, channels, pixels), Accum::Replace, weight_t, grad, 1.0, par);
+            } else {
+                faer::linalg::matmul::matmul(row_major_mut(columns, g.patch_len(), pixels), Accum::Replace, weight_t, grad, 1.0, par);
+                g.col2im(columns, image);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((batch, channels, self.height, self.width))))
+    }
+}
+
+/// d loss / d weight = Σ_b grad[b] · im2col(x[b])ᵀ, one partial sum per worker.
+struct GradWeight {
+    stride: usize,
+    padding: usize,
+    kernel: usize,
+}
+
+impl CustomOp2 for GradWeight {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-grad-weight"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, channels, height, width) = l1.shape().dims4()?;
+        let (_, out_channels, _, _) = l2.shape().dims4()?;
+        let g = Geometry { channels, height, width, kernel: self.kernel, stride: self.stride, padding: self.padding };
+        let input = f32_slice(s1, l1, "the input")?;
+        let grad = f32_slice(s2, l2, "the gradient")?;
+        let (pixels, patch) = (g.out_pixels(), g.patch_len());
+        let accumulate = |b: usize, sum: &mut [f32], columns: &mut [f32], par: Par| {
+            let image = &input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()];
+            let unfolded = if g.is_pointwise() {
+                image
+            } else {
+                g.im2col(image, columns);
+                columns
+            };
+            let grad = row_major(&grad[b * out_channels * pixels..(b + 1) * out_channels * pixels], out_channels, pixels);
+            let dst = row_major_mut(sum, out_channels, patch);
+            faer::linalg::matmul::matmul(dst, Accum::Add, grad, row_major(unfolded, patch, pixels).transpose(), 1.0, par);
+        };
+        let scratch = if g.is_pointwise() { 0 } else { patch * pixels };
+        let (parallel, par) = split(batch);
+        // Fixed image chunks, summed in order: the result does not depend on thread timing.
+        let out = if parallel {
+            let chunk = batch.div_ceil(rayon::current_num_threads());
+            let partials: Vec<Vec<f32>> = (0..batch)
+                .step_by(chunk)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|start| {
+                    let (mut sum, mut columns) = (vec![0f32; out_channels * patch], vec![0f32; scratch]);
+                    for b in start..(start + chunk).min(batch) {
+                        accumulate(b, &mut sum, &mut columns, Par::Seq);
+                    }
+                    sum
+                })
+                .collect();
+            let mut total = vec![0f32; out_channels * patch];
+            for partial in partials {
+                total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+            }
+            total
+        } else {
+            let (mut sum, mut columns) = (vec![0f32; out_channels * patch], vec![0f32; scratch]);
+            for b in 0..batch {
+                accumulate(b, &mut sum, &mut columns, par);
+            }
+            sum
+        };
+        Ok((CpuStorage::F32(out), Shape::from((out_channels, channels, self.kernel, self.kernel))))
+    }
+}
+
+/// A one-group convolution of x (B, C, H, W) with weight (O, C, k, k) and an optional bias
+/// (O): im2col + GEMM for f32 on the CPU, candle's conv2d elsewhere.
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu) {
+        let (x, weight, op) = (x.contiguous()?, weight.contiguous()?, Forward { stride, padding });
+        return Ok(match bias {
+            Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, op)?,
+            None => x.apply_op2(&weight, op)?,
+        });
+    }
+    let y = x.conv2d(weight, padding, stride, 1, 1)?;
+    Ok(match bias {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
+        None => y,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// candle's own conv2d and its autograd are the reference: slow, but independent of this
+    /// module's unfolding and GEMMs.
+    #[test]
+    fn matches_candle_conv2d_and_its_gradients() {
+        let device = Device::Cpu;
+        let (mut compared_elementwise, mut case_index) = (0, 0);
+        // (batch, channels, out channels, kernel, stride, padding, height, width): odd and even
+        // sizes, every stride/padding the backbones use, batches above and below the pool size.
+        for (batch, channels, out, kernel, stride, padding, height, width) in [
+            (3, 4, 5, 3, 1, 1, 9, 7),
+            (3, 3, 6, 7, 2, 3, 13, 10),
+            (1, 4, 5, 3, 2, 1, 8, 9),
+            (4, 6, 3, 1, 1, 0, 5, 6),
+            (1, 6, 3, 1, 1, 0, 5, 6),
+            (2, 5, 4, 1, 2, 0, 7, 8),
+            (2, 3, 4, 16, 16, 0, 32, 48),
+            (5, 2, 3, 5, 1, 2, 6, 6),
+        ] {
+            let case = format!("b{batch} c{channels} o{out} k{kernel} s{stride} p{padding} {height}x{width}");
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, channels, height, width), &device).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (out, channels, kernel, kernel), &device).unwrap()).unwrap();
+            // Every other case with a bias, which the GEMM accumulates onto.
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1.0, out, &device).unwrap()).unwrap();
+            case_index += 1;
+            let with_bias = case_index % 2 == 0;
+            let ours = conv2d(x.as_tensor(), w.as_tensor(), with_bias.then_some(bias.as_tensor()), stride, padding).unwrap();
+            let mut reference = x.as_tensor().conv2d(w.as_tensor(), padding, stride, 1, 1).unwrap();
+            if with_bias {
+                reference = reference.broadcast_add(&bias.reshape((1, out, 1, 1)).unwrap()).unwrap();
+            }
+            assert_eq!(ours.dims(), reference.dims(), "{case}");
+            assert!(max_difference(&ours, &reference) < 1e-4, "forward {case}");
+            let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &device).unwrap();
+            let our_grads = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let (grad_x, grad_w) = (our_grads.get(x.as_tensor()).unwrap(), our_grads.get(w.as_tensor()).unwrap());
+            // The convolution is linear in each argument, so its gradients are its adjoints:
+            // <grad_x, v> = <conv(v, w), upstream> for any v, and likewise for the weight. This
+            // holds where candle's own backward fails (an odd remainder at stride 2, as in
+            // ResNet's stem at 224 px).
+            let inner = |a: &Tensor, b: &Tensor| (a * b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            if with_bias {
+                // d/d bias of <out, upstream> is the upstream summed per output channel.
+                let expected = upstream.sum((0, 2, 3)).unwrap();
+                assert!(max_difference(our_grads.get(bias.as_tensor()).unwrap(), &expected) < 1e-4, "bias gradient {case}");
+            }
+            for _ in 0..3 {
+                let v = Tensor::randn(0f32, 1.0, x.dims(), &device).unwrap();
+                let expected = inner(&v.conv2d(w.as_tensor(), padding, stride, 1, 1).unwrap(), &upstream);
+                assert!((inner(grad_x, &v) - expected).abs() <= 1e-4 * expected.abs().max(1.0), "input adjoint {case}");
+                let v = Tensor::randn(0f32, 1.0, w.dims(), &device).unwrap();
+                let expected = inner(&x.as_tensor().conv2d(&v, padding, stride, 1, 1).unwrap(), &upstream);
+                assert!((inner(grad_w, &v) - expected).abs() <= 1e-4 * expected.abs().max(1.0), "weight adjoint {case}");
+            }
+            // Element by element against candle's autograd where it works.
+            if let Ok(reference_grads) = (&reference * &upstream).unwrap().sum_all().unwrap().backward() {
+                for (name, var, ours) in [("input", &x, grad_x), ("weight", &w, grad_w)] {
+                    let expected = reference_grads.get(var.as_tensor()).unwrap();
+                    let scale = expected.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                    let difference = max_difference(ours, expected);
+                    assert!(difference < 1e-4 * scale, "{name} gradient {case}: {difference}");
+                }
+                compared_elementwise += 1;
+            }
+        }
+        assert!(compared_elementwise >= 5, "candle's backward ran on only {compared_elementwise} cases");
+    }
+}
