@@ -1,6 +1,22 @@
-//! medxfer-data: from a dataset folder on disk to a batch tensor.
+//! medxfer-data: from a dataset folder on disk to the images and labels of a split.
 //!
-//! Nothing lives here yet. Issue 4 fills this crate with readers for the real layouts of the
-//! study's datasets (ISIC 2019, PAD-UFES-20, BreakHis, ICIAR 2018 BACH, the Kaggle brain MRI set,
-//! Cheng's figshare set, NINS), the three tasks of `datasets/*.toml`, the faithful and
-//! leakage-free splits, the reference transforms and a decoded-image cache.
+//! - [`catalog`]: datasets/*.toml (layout, label map, task, role) and datasets/tasks.toml.
+//! - [`layouts`]: one reader per real on-disk layout (../shared/docs/DATASETS.md), each giving
+//!   a [`Scan`]: records after the label map, deliberate drops, and every problem met.
+//! - [`decode`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
+//! - [`split`] and [`manifest`]: authors / faithful / grouped splits, leakage, manifests.
+//! - [`synth`]: synthetic replicas of every layout, for tests and demos.
+
+pub mod catalog;
+pub mod decode;
+mod error;
+pub mod files;
+pub mod layouts;
+pub mod manifest;
+mod record;
+pub mod split;
+pub mod synth;
+
+pub use catalog::{Catalog, DatasetSpec, FaithfulSplit, LayoutKind, Role, TaskSpec};
+pub use error::{Error, Result};
+pub use record::{Problem, Record, Scan};

@@ -1,0 +1,41 @@
+//! The data crate's one error type: every message names the file and says what was expected.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong between a dataset folder and a batch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or folder could not be read.
+    #[error("{path}: {problem}")]
+    Io { path: PathBuf, problem: String },
+
+    /// A file was read but its content is not what the layout promises.
+    #[error("{path}: {problem}")]
+    Format { path: PathBuf, problem: String },
+
+    /// A configuration value (datasets/*.toml, a CLI argument) is wrong.
+    #[error("{source_name}: {problem}")]
+    Config { source_name: String, problem: String },
+
+    /// A split cannot be made as asked.
+    #[error("{0}")]
+    Split(String),
+
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: impl std::fmt::Display) -> Self {
+        Self::Io { path: path.into(), problem: error.to_string() }
+    }
+
+    pub(crate) fn format(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Self::Format { path: path.into(), problem: problem.into() }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,76 @@
+//! Finding a layout's files at whatever nesting depth a mirror put them (BreakHis and NINS are
+//! often double-nested; PAD-UFES-20's images sit in `imgs_part_*` folders or flattened).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Every file under a root, relative, with `/` separators, sorted.
+#[derive(Debug, Clone)]
+pub struct FileIndex {
+    pub root: PathBuf,
+    pub files: Vec<String>,
+}
+
+impl FileIndex {
+    /// Walks `root` (following symbolic links); a missing or unreadable root is an error that
+    /// names it.
+    pub fn build(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::io(root, "not a directory: pass --root the folder the dataset archive was extracted into"));
+        }
+        let mut files = Vec::new();
+        for entry in walkdir::WalkDir::new(root).follow_links(true) {
+            let entry = entry.map_err(|e| Error::io(e.path().unwrap_or(root).to_path_buf(), &e))?;
+            if entry.file_type().is_file() {
+                let relative = entry.path().strip_prefix(root).map_err(|e| Error::io(entry.path(), e))?;
+                let parts: Vec<_> = relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                files.push(parts.join("/"));
+            }
+        }
+        files.sort();
+        Ok(Self { root: root.to_path_buf(), files })
+    }
+
+    /// The absolute path of a relative one.
+    pub fn absolute(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// Files whose name ends with `suffix` (case-insensitive), e.g. ".jpg".
+    pub fn with_extension<'a>(&'a self, suffix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.files.iter().map(String::as_str).filter(move |f| f.to_ascii_lowercase().ends_with(suffix))
+    }
+
+    /// The one file called `name` anywhere under the root, or an error saying none or several.
+    pub fn unique_file(&self, name: &str) -> Result<&str> {
+        let found: Vec<&str> = self.files.iter().map(String::as_str).filter(|f| file_name(f) == name).collect();
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => Err(Error::io(&self.root, format!("no {name} anywhere under this folder; is it the right --root?"))),
+            many => {
+                Err(Error::io(&self.root, format!("{name} found {} times ({}); point --root at one copy", many.len(), many.join(", "))))
+            }
+        }
+    }
+
+    /// File name -> relative paths, for layouts whose lists name files but not folders.
+    pub fn by_file_name<'a>(&'a self, suffix: &'a str) -> HashMap<&'a str, Vec<&'a str>> {
+        let mut map: HashMap<&str, Vec<&str>> = HashMap::new();
+        for file in self.with_extension(suffix) {
+            map.entry(file_name(file)).or_default().push(file);
+        }
+        map
+    }
+}
+
+/// The last component of a `/`-separated relative path.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The folder component `levels_up` above the file (1 = the parent folder), if any.
+pub fn ancestor(path: &str, levels_up: usize) -> Option<&str> {
+    path.rsplit('/').nth(levels_up)
+}

@@ -1,0 +1,56 @@
+//! One reader per on-disk layout (../shared/docs/DATASETS.md). Each turns a root folder into a
+//! [`Scan`]: the records the task uses, the count it dropped on purpose, and every problem met,
+//! so that `check` can list them all at once. A missing root or index file is an error.
+
+mod bach;
+mod brain_kaggle;
+mod breakhis;
+mod cheng;
+mod isic;
+mod nins;
+mod pad;
+mod table;
+
+use std::path::Path;
+
+pub use breakhis::{BreakhisName, parse_file_name as parse_breakhis_name};
+pub use cheng::{ChengSlice, read_cheng};
+pub use isic::{CLASSES as ISIC_CLASSES, GROUND_TRUTH as ISIC_GROUND_TRUTH, METADATA as ISIC_METADATA};
+pub use pad::{COLUMNS as PAD_COLUMNS, METADATA as PAD_METADATA};
+
+use crate::catalog::{DatasetSpec, LayoutKind};
+use crate::error::Result;
+use crate::files::FileIndex;
+use crate::record::{Record, Scan};
+
+/// Reads the dataset under `root` with the reader its TOML names.
+pub fn scan(spec: &DatasetSpec, root: &Path) -> Result<Scan> {
+    let index = FileIndex::build(root)?;
+    let scan = match spec.layout {
+        LayoutKind::Isic2019 => isic::scan(spec, &index)?,
+        LayoutKind::PadUfes20 => pad::scan(spec, &index)?,
+        LayoutKind::Breakhis => breakhis::scan(spec, &index),
+        LayoutKind::Bach => bach::scan(spec, &index)?,
+        LayoutKind::BrainTumorKaggle => brain_kaggle::scan(spec, &index)?,
+        LayoutKind::Cheng => cheng::scan(spec, &index)?,
+        LayoutKind::Nins => nins::scan(spec, &index)?,
+    };
+    Ok(scan.finish())
+}
+
+/// Adds an image of `class` to the scan: a record when the label map keeps the class, a drop
+/// when it drops it, a problem when the class is unknown.
+fn admit(scan: &mut Scan, spec: &DatasetSpec, path: &str, class: &str, group: String, origin: &str) {
+    match spec.label_of(class) {
+        Some(label) => scan.records.push(Record { path: path.into(), class: class.into(), label, group, origin: origin.into() }),
+        None if spec.knows(class) => scan.dropped += 1,
+        None => scan.problem(
+            path,
+            format!(
+                "class {class:?} is not in {}.toml (mapped: {})",
+                spec.name,
+                spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+    }
+}

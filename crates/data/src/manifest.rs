@@ -1,0 +1,110 @@
+//! A split written next to the results: `manifest.csv` (path,label,group,split) and
+//! `manifest.json` (where it came from, counts, a checksum of the files it covers), so every
+//! later step and every rerun uses the same split. Both are written atomically.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::split::{Entry, Leakage, Part, Source};
+
+pub const CSV_NAME: &str = "manifest.csv";
+pub const JSON_NAME: &str = "manifest.json";
+
+/// What manifest.json records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestInfo {
+    pub dataset: String,
+    pub task: String,
+    pub source: Source,
+    pub seed: u64,
+    pub images: usize,
+    /// Split name -> task label -> count.
+    pub counts: BTreeMap<String, BTreeMap<u32, usize>>,
+    /// blake3 over the sorted "path<TAB>byte size" lines of the covered files.
+    pub files_checksum: String,
+    pub leakage: Option<LeakageInfo>,
+}
+
+/// [`Leakage`] as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeakageInfo {
+    pub groups: usize,
+    pub groups_across_splits: usize,
+    pub val_images_sharing_a_train_group: usize,
+    pub test_images_sharing_a_train_group: usize,
+}
+
+impl From<Leakage> for LeakageInfo {
+    fn from(l: Leakage) -> Self {
+        Self {
+            groups: l.groups,
+            groups_across_splits: l.groups_across_splits,
+            val_images_sharing_a_train_group: l.val_images_sharing_a_train_group,
+            test_images_sharing_a_train_group: l.test_images_sharing_a_train_group,
+        }
+    }
+}
+
+/// Counts per split and label.
+pub fn counts(entries: &[Entry]) -> BTreeMap<String, BTreeMap<u32, usize>> {
+    let mut counts: BTreeMap<String, BTreeMap<u32, usize>> = BTreeMap::new();
+    for part in Part::ALL {
+        for entry in entries.iter().filter(|e| e.split == part) {
+            *counts.entry(part.name().to_string()).or_default().entry(entry.label).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The checksum of the files `entries` name, under `root`; a missing file is an error.
+pub fn files_checksum(root: &Path, entries: &[Entry]) -> Result<String> {
+    let mut lines: Vec<String> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let path = root.join(&entry.path);
+        let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        lines.push(format!("{}\t{size}\n", entry.path));
+    }
+    lines.sort();
+    let mut hasher = blake3::Hasher::new();
+    lines.iter().for_each(|line| {
+        hasher.update(line.as_bytes());
+    });
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("partial");
+    let mut file = std::fs::File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(&temporary, e))?;
+    std::fs::rename(&temporary, path).map_err(|e| Error::io(path, e))
+}
+
+/// Writes manifest.csv and manifest.json into `dir` (created if needed); returns their paths.
+pub fn write(dir: &Path, entries: &[Entry], info: &ManifestInfo) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for entry in entries {
+        writer.serialize(entry).map_err(|e| Error::format(dir.join(CSV_NAME), e.to_string()))?;
+    }
+    let csv_bytes = writer.into_inner().map_err(|e| Error::format(dir.join(CSV_NAME), e.to_string()))?;
+    let (csv_path, json_path) = (dir.join(CSV_NAME), dir.join(JSON_NAME));
+    write_atomic(&csv_path, &csv_bytes)?;
+    let json = serde_json::to_vec_pretty(info).map_err(|e| Error::format(&json_path, e.to_string()))?;
+    write_atomic(&json_path, &json)?;
+    Ok((csv_path, json_path))
+}
+
+/// Reads a manifest.csv back.
+pub fn read_entries(path: &Path) -> Result<Vec<Entry>> {
+    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;
+    reader
+        .deserialize()
+        .enumerate()
+        .map(|(line, row)| row.map_err(|e| Error::format(path, format!("line {}: {e} (expected path,label,group,split)", line + 2))))
+        .collect()
+}

@@ -1,0 +1,233 @@
+//! Train/val/test splits from three sources, all giving one [`Manifest`]:
+//! `authors` (the reference's split CSVs, re-rooted), `faithful` (the reference procedure,
+//! seeded) and `grouped` (the same fractions over groups: patients, lesions, duplicate hashes,
+//! so that no group spans two splits).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{DatasetSpec, FaithfulSplit, TaskSpec};
+use crate::error::{Error, Result};
+use crate::record::{Problem, Record};
+
+/// Which part of a dataset an image belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    Train,
+    Val,
+    Test,
+}
+
+impl Part {
+    pub const ALL: [Part; 3] = [Part::Train, Part::Val, Part::Test];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Train => "train",
+            Part::Val => "val",
+            Part::Test => "test",
+        }
+    }
+}
+
+/// Where a split came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The reference's own split CSVs.
+    Authors,
+    /// The reference's procedure, regenerated with a seed.
+    Faithful,
+    /// Leakage-free: the same fractions over groups.
+    Grouped,
+}
+
+/// One image of a split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    pub label: u32,
+    pub group: String,
+    pub split: Part,
+}
+
+/// Assigns every record of an ID dataset to train/val/test by the task's faithful rule.
+pub fn faithful(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Result<Vec<Entry>> {
+    split_units(records, rule, seed, |record| record.path.clone())
+}
+
+/// The faithful rule's fractions over groups instead of images: no group spans two splits.
+/// For a by-origin rule, test images whose group also occurs in the train origin (exact
+/// duplicates of training images) are left out of the test set.
+pub fn grouped(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Result<Vec<Entry>> {
+    let mut entries = split_units(records, rule, seed, |record| record.group.clone())?;
+    if let FaithfulSplit::ByOrigin { .. } = rule {
+        let trained: BTreeSet<String> = entries.iter().filter(|e| e.split != Part::Test).map(|e| e.group.clone()).collect();
+        entries.retain(|e| e.split != Part::Test || !trained.contains(&e.group));
+    }
+    Ok(entries)
+}
+
+/// Every record of an OOD set, as test.
+pub fn ood(records: &[Record]) -> Vec<Entry> {
+    records.iter().map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Test }).collect()
+}
+
+/// Splits `records` by units (images, or groups), stratified by label.
+fn split_units(records: &[Record], rule: &FaithfulSplit, seed: u64, unit_of: impl Fn(&Record) -> String) -> Result<Vec<Entry>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut assignment: HashMap<String, Part> = HashMap::new();
+    let (pool, fixed_test): (Vec<&Record>, Vec<&Record>) = match rule {
+        FaithfulSplit::ByOrigin { train_origin, test_origin, .. } => {
+            let unknown: Vec<&str> =
+                records.iter().filter(|r| &r.origin != train_origin && &r.origin != test_origin).map(|r| r.path.as_str()).take(3).collect();
+            if !unknown.is_empty() {
+                return Err(Error::Split(format!("images outside {train_origin}/ and {test_origin}/: {}", unknown.join(", "))));
+            }
+            records.iter().partition(|r| &r.origin == train_origin)
+        }
+        _ => (records.iter().collect(), Vec::new()),
+    };
+    // Units by label; a unit's label is its most common one (groups never mix labels in the
+    // study's datasets, but a wrong metadata row must not crash the split).
+    let mut unit_sizes: BTreeMap<String, BTreeMap<u32, usize>> = BTreeMap::new();
+    for record in &pool {
+        *unit_sizes.entry(unit_of(record)).or_default().entry(record.label).or_default() += 1;
+    }
+    let mut by_label: BTreeMap<u32, Vec<(String, usize)>> = BTreeMap::new();
+    for (unit, labels) in unit_sizes {
+        let (&label, _) = labels.iter().max_by_key(|&(&label, &count)| (count, std::cmp::Reverse(label))).unwrap_or((&0, &0));
+        by_label.entry(label).or_default().push((unit, labels.values().sum()));
+    }
+    for units in by_label.values_mut() {
+        units.shuffle(&mut rng);
+        let total: usize = units.iter().map(|(_, n)| n).sum();
+        // Held-out sizes round up, as scikit-learn's train_test_split sizes its test part.
+        let held_out = |fraction: f64, of: usize| (fraction * of as f64).ceil() as usize;
+        let (test_target, val_target) = match rule {
+            FaithfulSplit::Stratified { val, test } => (held_out(*test, total), held_out(*val, total)),
+            FaithfulSplit::TestThenVal { val, test } => {
+                let test_target = held_out(*test, total);
+                (test_target, held_out(*val, total - test_target.min(total)))
+            }
+            FaithfulSplit::ByOrigin { val, .. } => (0, held_out(*val, total)),
+        };
+        // Each unit goes to the split furthest below its target (ties: test, val, train), so
+        // a large group cannot empty a split that smaller ones could have filled.
+        let mut targets = [test_target.min(total), val_target.min(total - test_target.min(total)), 0];
+        targets[2] = total - targets[0] - targets[1];
+        let mut filled = [0usize; 3];
+        for (unit, size) in units.iter() {
+            let deficit = |i: usize| targets[i] as i64 - filled[i] as i64;
+            let chosen = (0..3).fold(0, |best, i| if deficit(i) > deficit(best) { i } else { best });
+            filled[chosen] += size;
+            assignment.insert(unit.clone(), [Part::Test, Part::Val, Part::Train][chosen]);
+        }
+    }
+    let mut entries: Vec<Entry> = pool
+        .iter()
+        .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: assignment[&unit_of(r)] })
+        .chain(fixed_test.iter().map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Test }))
+        .collect();
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}
+
+/// Reads the authors' split CSVs (`image,label` + extra columns, absolute paths under
+/// `spec.authors_prefix`) and matches each row to a scanned record by path suffix, so the
+/// authors' renamed or flattened roots (`/pad-ufes-20/images/PAT_…png`) find the files where
+/// they really are. A row whose file is not found, or whose label disagrees with the label
+/// map, is a problem.
+pub fn authors(records: &[Record], spec: &DatasetSpec, csvs: &[(Part, &Path)]) -> Result<(Vec<Entry>, Vec<Problem>)> {
+    let mut by_name: HashMap<&str, Vec<&Record>> = HashMap::new();
+    for record in records {
+        by_name.entry(crate::files::file_name(&record.path)).or_default().push(record);
+    }
+    let (mut entries, mut problems) = (Vec::new(), Vec::new());
+    for &(part, csv_path) in csvs {
+        let mut reader = csv::Reader::from_path(csv_path).map_err(|e| Error::io(csv_path, e))?;
+        let header = reader.headers().map_err(|e| Error::format(csv_path, e.to_string()))?.clone();
+        let column = |name: &str| header.iter().position(|h| h.trim() == name);
+        let (Some(image_column), Some(label_column)) = (column("image"), column("label")) else {
+            return Err(Error::format(
+                csv_path,
+                format!("expected columns image and label, the header is {:?}", header.iter().collect::<Vec<_>>()),
+            ));
+        };
+        for (line, row) in reader.records().enumerate() {
+            let row = row.map_err(|e| Error::format(csv_path, e.to_string()))?;
+            let (image, label) = (row.get(image_column).unwrap_or("").trim(), row.get(label_column).unwrap_or("").trim());
+            let mut report =
+                |problem: String| problems.push(Problem { path: csv_path.to_path_buf(), problem: format!("line {}: {problem}", line + 2) });
+            let relative = image.strip_prefix(spec.authors_prefix.as_str()).unwrap_or(image).trim_start_matches('/');
+            let candidates = by_name.get(crate::files::file_name(relative)).map(Vec::as_slice).unwrap_or_default();
+            // The longest common path suffix decides between same-named files.
+            let suffix_len = |record: &Record| record.path.rsplit('/').zip(relative.rsplit('/')).take_while(|(a, b)| a == b).count();
+            let best = candidates.iter().map(|r| (suffix_len(r), *r)).max_by_key(|&(n, _)| n);
+            let tied = best.is_some_and(|(n, _)| candidates.iter().filter(|r| suffix_len(r) == n).count() > 1);
+            let Some((_, record)) = best.filter(|_| !tied) else {
+                report(if tied { format!("{image} matches several files") } else { format!("{image} is not among the scanned images") });
+                continue;
+            };
+            match label.parse::<u32>() {
+                Ok(label) if label == record.label => {
+                    entries.push(Entry { path: record.path.clone(), label, group: record.group.clone(), split: part });
+                }
+                Ok(label) => report(format!("{image} has label {label} but the label map gives {} ({})", record.label, record.class)),
+                Err(_) => report(format!("label {label:?} is not a number")),
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((entries, problems))
+}
+
+/// Every class must occur in train and in test (val too, when it exists).
+pub fn check_classes(entries: &[Entry], task: &TaskSpec) -> Result<()> {
+    let mut counts: BTreeMap<(Part, u32), usize> = BTreeMap::new();
+    for entry in entries {
+        *counts.entry((entry.split, entry.label)).or_default() += 1;
+    }
+    let has_val = entries.iter().any(|e| e.split == Part::Val);
+    for part in Part::ALL.into_iter().filter(|&p| p != Part::Val || has_val) {
+        for (label, class) in task.classes.iter().enumerate() {
+            if !counts.contains_key(&(part, label as u32)) {
+                return Err(Error::Split(format!(
+                    "the {} split has no image of class {label} ({class}); a split needs every class (more data, or other fractions)",
+                    part.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How much a split leaks: groups in more than one split, and held-out images that share a
+/// group with a training image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Leakage {
+    pub groups: usize,
+    pub groups_across_splits: usize,
+    pub val_images_sharing_a_train_group: usize,
+    pub test_images_sharing_a_train_group: usize,
+}
+
+pub fn leakage(entries: &[Entry]) -> Leakage {
+    let mut parts: HashMap<&str, BTreeSet<Part>> = HashMap::new();
+    for entry in entries {
+        parts.entry(&entry.group).or_default().insert(entry.split);
+    }
+    let shares = |part: Part| entries.iter().filter(|e| e.split == part && parts[e.group.as_str()].contains(&Part::Train)).count();
+    Leakage {
+        groups: parts.len(),
+        groups_across_splits: parts.values().filter(|p| p.len() > 1).count(),
+        val_images_sharing_a_train_group: shares(Part::Val),
+        test_images_sharing_a_train_group: shares(Part::Test),
+    }
+}

@@ -1,0 +1,58 @@
+#![allow(clippy::unwrap_used)]
+//! The medxfer-data binary: synth, check (text and JSON), split.
+
+use std::process::Command;
+
+fn medxfer_data(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_medxfer-data")).args(args).output().unwrap()
+}
+
+#[test]
+fn synth_then_check_reports_counts_and_problems_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("bach");
+    let root = root.to_str().unwrap();
+    let output = medxfer_data(&["synth", "bach", "--out", root, "--n", "3"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = medxfer_data(&["check", "bach", "--root", root, "--json", "--decode"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // Benign 3 -> 0; InSitu 3 + Invasive 3 -> 1; Normal 3 dropped.
+    assert_eq!(report["dataset"], "bach");
+    assert_eq!(report["images"], 9);
+    assert_eq!(report["per_label"], serde_json::json!({"0": 3, "1": 6}));
+    assert_eq!(report["dropped"], 3);
+    assert_eq!(report["problems"], serde_json::json!([]));
+
+    // A corrupt image: check --decode names it and exits non-zero.
+    std::fs::write(dir.path().join("bach/ICIAR2018_BACH_Challenge/Photos/Benign/b001.tif"), b"II*\0broken").unwrap();
+    let output = medxfer_data(&["check", "bach", "--root", root, "--json", "--decode"]);
+    assert!(!output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].as_str().unwrap().contains("b001.tif"));
+}
+
+#[test]
+fn split_writes_a_manifest_and_reports_leakage() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("breakhis");
+    let out = dir.path().join("split");
+    assert!(medxfer_data(&["synth", "breakhis", "--out", root.to_str().unwrap(), "--n", "6"]).status.success());
+    let output =
+        medxfer_data(&["split", "breast", "--root", root.to_str().unwrap(), "--source", "grouped", "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("0 of 7 groups span splits"), "{stdout}");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(info["images"], 48);
+    assert_eq!(info["source"], "grouped");
+
+    let output = medxfer_data(&["split", "breast", "--root", "/no/such/dir", "--out", out.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/dir"));
+    let output =
+        medxfer_data(&["split", "breast", "--root", root.to_str().unwrap(), "--source", "authors", "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--authors-dir"));
+}
