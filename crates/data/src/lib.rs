@@ -5,6 +5,7 @@
 //!   a [`Scan`]: records after the label map, deliberate drops, and every problem met.
 //! - [`decode`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
 //! - [`split`] and [`manifest`]: authors / faithful / grouped splits, leakage, manifests.
+//! - [`transform`]: the reference's eval and train transforms, as torchvision runs them.
 //! - [`synth`]: synthetic replicas of every layout, for tests and demos.
 
 pub mod catalog;
@@ -16,6 +17,7 @@ pub mod manifest;
 mod record;
 pub mod split;
 pub mod synth;
+pub mod transform;
 
 pub use catalog::{Catalog, DatasetSpec, FaithfulSplit, LayoutKind, Role, TaskSpec};
 pub use error::{Error, Result};

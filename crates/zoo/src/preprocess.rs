@@ -42,9 +42,9 @@ pub fn eval_tensor(path: &Path, preprocessing: &Preprocessing, device: &Device) 
     if crop > new_width || crop > new_height {
         return Err(image_error(path, format!("a {crop} px crop does not fit the {new_width} x {new_height} resized image")));
     }
-    // torchvision's CenterCrop rounds the offsets.
-    let top = ((new_height - crop) as f64 / 2.0).round() as usize;
-    let left = ((new_width - crop) as f64 / 2.0).round() as usize;
+    // torchvision's CenterCrop rounds the offsets with Python's round: half to even.
+    let top = ((new_height - crop) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((new_width - crop) as f64 / 2.0).round_ties_even() as usize;
     let pixels = resized.buffer();
     let crop = crop as usize;
     let mut data = vec![0f32; 3 * crop * crop];
