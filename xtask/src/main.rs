@@ -1,6 +1,7 @@
 //! `cargo xtask`: the workspace's own commands. Today the scores benchmark; `reproduce`,
 //! `report`, `rank` and the full `bench` arrive with their issues.
 
+mod bench_data;
 mod bench_scores;
 mod bench_zoo;
 mod machine;
@@ -79,6 +80,26 @@ enum Command {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Decode + resize throughput (building the image cache) and batch throughput from the
+    /// cache, beside the reference's PIL + torchvision DataLoader.
+    ///
+    /// Writes OUT/data.md. The Python side needs torch, torchvision and Pillow
+    /// (python/requirements-torch.txt); without --python only medxfer is measured.
+    BenchData {
+        /// JPEGs to generate (kept in OUT/data-images between runs).
+        #[arg(long, default_value_t = 512)]
+        n: usize,
+        #[arg(long, default_value_t = 600)]
+        width: u32,
+        #[arg(long, default_value_t = 450)]
+        height: u32,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long)]
+        python: Option<PathBuf>,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// One zoo measurement in a fresh process (run by bench-zoo).
     #[command(hide = true)]
     BenchZooWorker {
@@ -110,6 +131,9 @@ fn main() -> Result<()> {
         Command::BenchScoresWorker { file, repeats, memory_only } => bench_scores::worker(&file, repeats, memory_only),
         Command::BenchZoo { batch, size, repeats, models, python, out } => {
             bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out })
+        }
+        Command::BenchData { n, width, height, batch, python, out } => {
+            bench_data::run(&bench_data::Settings { n, width, height, batch, python, out })
         }
         Command::BenchZooWorker { model, batch, size, repeats } => bench_zoo::worker(&model, batch, size, repeats),
     }

@@ -6,13 +6,16 @@
 //! - [`decode`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
 //! - [`split`] and [`manifest`]: authors / faithful / grouped splits, leakage, manifests.
 //! - [`transform`]: the reference's eval and train transforms, as torchvision runs them.
+//! - [`cache`] and [`loader`]: decode once into a resized RGB8 cache; batches on a background thread.
 //! - [`synth`]: synthetic replicas of every layout, for tests and demos.
 
+pub mod cache;
 pub mod catalog;
 pub mod decode;
 mod error;
 pub mod files;
 pub mod layouts;
+pub mod loader;
 pub mod manifest;
 mod record;
 pub mod split;

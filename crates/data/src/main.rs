@@ -34,6 +34,10 @@ enum Command {
         /// Also decode every image (finds corrupt files; slower).
         #[arg(long)]
         decode: bool,
+        /// Also hash every file and count exact duplicates (reported, not problems: the real
+        /// Kaggle MRI set has 237).
+        #[arg(long)]
+        duplicates: bool,
         #[arg(long)]
         json: bool,
     },
@@ -56,6 +60,23 @@ enum Command {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Decodes and resizes a dataset's images once into the image cache (all cores, progress
+    /// bar); later runs with the same files reuse it.
+    Cache {
+        dataset: String,
+        #[arg(long)]
+        root: PathBuf,
+        /// A manifest.csv from `split`: cache its images in its order (default: every image the
+        /// task uses, in path order).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The cache folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Shorter side of the cached images (256 for the 224 crops of the study).
+        #[arg(long, default_value_t = 256)]
+        short_side: u32,
     },
     /// Writes a small synthetic replica of a dataset's real layout.
     Synth {
@@ -108,9 +129,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { dataset, root, decode, json } => check(&catalog, &dataset, &root, decode, json),
+        Command::Check { dataset, root, decode, duplicates, json } => check(&catalog, &dataset, &root, decode, duplicates, json),
         Command::Split { task, root, source, authors_dir, dataset, seed, out } => {
             split_task(&catalog, &task, &root, source, authors_dir.as_deref(), dataset.as_deref(), seed, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { dataset, root, manifest, out, short_side } => {
+            let spec = catalog.dataset(&dataset)?;
+            let entries = match manifest {
+                Some(path) => manifest::read_entries(&path)?,
+                None => split::ood(&layouts::scan(spec, &root)?.records),
+            };
+            let start = std::time::Instant::now();
+            let cache = medxfer_data::cache::ImageCache::open_or_build(&out, &spec.name, &root, &entries, short_side, true)?;
+            println!("{} images cached in {} ({:.1} s)", cache.len(), out.display(), start.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth { dataset, out, n, seed } => {
@@ -128,7 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn check(catalog: &Catalog, dataset: &str, root: &Path, decode: bool, json: bool) -> Result<ExitCode> {
+fn check(catalog: &Catalog, dataset: &str, root: &Path, decode: bool, duplicates: bool, json: bool) -> Result<ExitCode> {
     let spec = catalog.dataset(dataset)?;
     let mut scan = layouts::scan(spec, root)?;
     if decode {
@@ -142,13 +174,33 @@ fn check(catalog: &Catalog, dataset: &str, root: &Path, decode: bool, json: bool
             scan.problems.push(medxfer_data::Problem { path: path.into(), problem });
         }
     }
+    // Exact duplicates: files beyond the first of each content hash.
+    let duplicate_count = if duplicates {
+        use rayon::prelude::*;
+        let hashes: Vec<Option<String>> = scan
+            .records
+            .par_iter()
+            .map(|r| std::fs::read(root.join(&r.path)).ok().map(|b| blake3::hash(&b).to_hex().to_string()))
+            .collect();
+        let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+        for hash in hashes.into_iter().flatten() {
+            *groups.entry(hash).or_default() += 1;
+        }
+        Some((groups.values().map(|n| n - 1).sum::<usize>(), groups.values().filter(|&&n| n > 1).count()))
+    } else {
+        None
+    };
     let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
     for record in &scan.records {
         *per_label.entry(record.label.to_string()).or_default() += 1;
     }
     if json {
         let problems: Vec<String> = scan.problems.iter().map(|p| format!("{}: {}", p.path.display(), p.problem)).collect();
-        let value = serde_json::json!({"dataset": spec.name, "images": scan.records.len(), "per_label": per_label, "dropped": scan.dropped, "problems": problems});
+        let mut value = serde_json::json!({"dataset": spec.name, "images": scan.records.len(), "per_label": per_label, "dropped": scan.dropped, "problems": problems});
+        if let Some((files, groups)) = duplicate_count {
+            value["duplicate_files"] = files.into();
+            value["duplicate_groups"] = groups.into();
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("{} under {}: {} images used, {} of dropped classes", spec.name, root.display(), scan.records.len(), scan.dropped);
@@ -157,6 +209,9 @@ fn check(catalog: &Catalog, dataset: &str, root: &Path, decode: bool, json: bool
             println!("{label:<6} {:>8} {expected:>10}", per_label.get(label).copied().unwrap_or(0));
         }
         println!("{:<6} {:>8} {:>10}", "all", scan.records.len(), spec.expected.images);
+        if let Some((files, groups)) = duplicate_count {
+            println!("exact duplicates: {files} file(s) repeat another, in {groups} group(s)");
+        }
         if scan.problems.is_empty() {
             println!("no problems");
         } else {

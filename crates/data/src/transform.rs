@@ -11,7 +11,7 @@
 //! is reproducible and independent of thread scheduling; each operation at given parameters
 //! matches torchvision (tests/fixtures/make_fixtures.py).
 
-use fast_image_resize::images::Image;
+use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
@@ -55,11 +55,17 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     if image.width() == 0 || image.height() == 0 || width == 0 || height == 0 {
         return Err(Error::Split(format!("cannot resize a {}x{} image to {width}x{height}", image.width(), image.height())));
     }
-    let source = Image::from_vec_u8(image.width(), image.height(), image.as_raw().clone(), PixelType::U8x3)
+    let source = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::Split(format!("cannot wrap the pixels: {e}")))?;
     let mut resized = Image::new(width, height, PixelType::U8x3);
-    Resizer::new()
-        .resize(&source, &mut resized, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
+    thread_local! {
+        // A Resizer keeps its buffers between calls; one per thread.
+        static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
+    }
+    RESIZER
+        .with_borrow_mut(|resizer| {
+            resizer.resize(&source, &mut resized, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
+        })
         .map_err(|e| Error::Split(format!("cannot resize: {e}")))?;
     RgbImage::from_raw(width, height, resized.into_vec()).ok_or_else(|| Error::Split("resize produced a wrong buffer".into()))
 }
@@ -73,14 +79,25 @@ pub fn resize_shorter(image: &RgbImage, size: u32) -> Result<RgbImage> {
 /// A `width` x `height` window at (left, top); parts outside the image are black, as PIL's
 /// `crop` pads.
 pub fn crop(image: &RgbImage, left: i64, top: i64, width: u32, height: u32) -> RgbImage {
-    RgbImage::from_fn(width, height, |x, y| {
-        let (sx, sy) = (left + i64::from(x), top + i64::from(y));
-        if sx >= 0 && sy >= 0 && sx < i64::from(image.width()) && sy < i64::from(image.height()) {
-            *image.get_pixel(sx as u32, sy as u32)
-        } else {
-            Rgb([0, 0, 0])
+    let (full_width, full_height) = (i64::from(image.width()), i64::from(image.height()));
+    let mut out = RgbImage::new(width, height);
+    // Copy the part of each row that lies inside the image; the rest stays black.
+    let (x_start, x_end) = (left.max(0), (left + i64::from(width)).min(full_width));
+    if x_start < x_end {
+        let source = image.as_raw();
+        let target_width = width as usize * 3;
+        for y in 0..i64::from(height) {
+            let sy = top + y;
+            if sy < 0 || sy >= full_height {
+                continue;
+            }
+            let from = ((sy * full_width + x_start) * 3) as usize;
+            let to = ((x_start - left) * 3) as usize + y as usize * target_width;
+            let len = ((x_end - x_start) * 3) as usize;
+            out.as_mut()[to..to + len].copy_from_slice(&source[from..from + len]);
         }
-    })
+    }
+    out
 }
 
 /// `CenterCrop(size)`: torchvision rounds the offsets with Python's `round` (half to even:
@@ -90,17 +107,27 @@ pub fn center_crop(image: &RgbImage, size: u32) -> RgbImage {
     crop(image, offset(image.width()), offset(image.height()), size, size)
 }
 
-/// `ToTensor` + `Normalize`: a (3, H, W) f32 buffer in channel-major order.
+/// `ToTensor` + `Normalize`: a (3, H, W) f32 buffer in channel-major order. Each channel's 256
+/// possible values are computed once (the same f64 expression, tabulated).
 pub fn to_normalized_chw(image: &RgbImage, normalization: &Normalization) -> Vec<f32> {
-    let (width, height) = (image.width() as usize, image.height() as usize);
-    let mut data = vec![0f32; 3 * width * height];
-    for (index, pixel) in image.pixels().enumerate() {
-        for c in 0..3 {
-            let value = f64::from(pixel.0[c]) / 255.0;
-            data[c * width * height + index] = ((value - normalization.mean[c]) / normalization.std[c]) as f32;
-        }
-    }
+    let mut data = vec![0f32; 3 * image.width() as usize * image.height() as usize];
+    to_normalized_chw_into(image, normalization, &mut data);
     data
+}
+
+/// [`to_normalized_chw`] into a caller's buffer of 3 x H x W values (a slot of a batch).
+pub fn to_normalized_chw_into(image: &RgbImage, normalization: &Normalization, data: &mut [f32]) {
+    let plane = image.width() as usize * image.height() as usize;
+    let table: [[f32; 256]; 3] =
+        std::array::from_fn(|c| std::array::from_fn(|v| ((v as f64 / 255.0 - normalization.mean[c]) / normalization.std[c]) as f32));
+    let (red, rest) = data.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (index, pixel) in image.pixels().enumerate() {
+        let [r, g, b] = pixel.0;
+        red[index] = table[0][r as usize];
+        green[index] = table[1][g as usize];
+        blue[index] = table[2][b as usize];
+    }
 }
 
 /// The eval transform up to the crop: `Resize(resize)` + `CenterCrop(crop)`, RGB8.
@@ -146,63 +173,121 @@ pub fn rotate_nearest(image: &RgbImage, angle_degrees: f64) -> RgbImage {
     })
 }
 
+/// f32 quotients num / den for 0 <= num, den <= 255, tabulated: the same values as PIL's float
+/// divisions, without a division per pixel.
+struct Quotients(Vec<f32>);
+
+impl Quotients {
+    fn new() -> Self {
+        Self((0..256 * 256).map(|i| (i / 256) as f32 / (i % 256) as f32).collect())
+    }
+
+    fn get(&self, numerator: u8, denominator: u8) -> f32 {
+        self.0[usize::from(numerator) * 256 + usize::from(denominator)]
+    }
+}
+
+fn quotients() -> &'static Quotients {
+    static TABLE: std::sync::OnceLock<Quotients> = std::sync::OnceLock::new();
+    TABLE.get_or_init(Quotients::new)
+}
+
 /// PIL's 8-bit RGB -> HSV (Convert.c `rgb2hsv_row`, which follows colorsys), with its mix of
 /// float and double arithmetic: the hue truncation sits on rounding edges.
-fn rgb_to_hsv(pixel: [u8; 3]) -> [u8; 3] {
+fn rgb_to_hsv(pixel: [u8; 3], q: &Quotients) -> [u8; 3] {
     let [r, g, b] = pixel;
     let (max, min) = (r.max(g).max(b), r.min(g).min(b));
     if max == min {
         return [0, 0, max];
     }
-    let range = f32::from(max - min);
-    let s: f32 = range / f32::from(max);
-    let (rc, gc, bc) = (f32::from(max - r) / range, f32::from(max - g) / range, f32::from(max - b) / range);
-    let h: f32 = if r == max {
-        bc - gc
-    } else if g == max {
-        (2.0 + f64::from(rc) - f64::from(bc)) as f32
-    } else {
-        (4.0 + f64::from(gc) - f64::from(rc)) as f32
-    };
-    let h = ((f64::from(h) / 6.0 + 1.0) % 1.0) as f32;
-    let clip = |v: f64| (v as i32).clamp(0, 255) as u8;
-    [clip(f64::from(h) * 255.0), clip(f64::from(s) * 255.0), max]
+    let range = max - min;
+    let s: f32 = q.get(range, max);
+    let (rc, gc, bc) = (q.get(max - r, range), q.get(max - g, range), q.get(max - b, range));
+    // All three sector formulas, then a select: the branch on which channel is largest is a
+    // coin toss on real images and mispredicts cost more than the arithmetic.
+    let from_red = bc - gc;
+    let from_green = (2.0 + f64::from(rc) - f64::from(bc)) as f32;
+    let from_blue = (4.0 + f64::from(gc) - f64::from(rc)) as f32;
+    let sector = usize::from(r != max) * (1 + usize::from(g != max));
+    let h = [from_red, from_green, from_blue][sector];
+    // fmod(x, 1.0) for x = h / 6 + 1 in [5/6, 11/6]: subtracting 1 is exact there, and avoids
+    // a libm call per pixel.
+    let x = f64::from(h) / 6.0 + 1.0;
+    let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
+    // C's (int) then CLIP8: truncate, then clamp to 0..=255; Rust's saturating `as u8` is both.
+    [(f64::from(h) * 255.0) as u8, (f64::from(s) * 255.0) as u8, max]
 }
 
-/// PIL's 8-bit HSV -> RGB (Convert.c `hsv2rgb`).
-fn hsv_to_rgb(pixel: [u8; 3]) -> [u8; 3] {
-    let [h, s, v] = pixel;
-    if s == 0 {
-        return [v; 3];
+/// PIL's 8-bit HSV -> RGB (Convert.c `hsv2rgb`): the sector and fraction of each hue and the
+/// fraction of each saturation are tabulated.
+struct HsvToRgb {
+    sector: [i32; 256],
+    fraction: [f64; 256],
+    saturation: [f64; 256],
+}
+
+impl HsvToRgb {
+    fn new() -> Self {
+        let scaled = |h: usize| h as f64 * 6.0 / 255.0;
+        Self {
+            sector: std::array::from_fn(|h| scaled(h).floor() as i32),
+            fraction: std::array::from_fn(|h| f64::from((scaled(h) - scaled(h).floor()) as f32)),
+            saturation: std::array::from_fn(|s| f64::from((s as f64 / 255.0) as f32)),
+        }
     }
-    let scaled = f64::from(h) * 6.0 / 255.0;
-    let i = scaled.floor() as i32;
-    let f = f64::from((scaled - f64::from(i)) as f32);
-    let fs = f64::from((f64::from(s) / 255.0) as f32);
-    let v_f = f64::from(v);
-    let clip = |x: f64| (x.round() as i32).clamp(0, 255) as u8;
-    let (p, q, t) = (clip(v_f * (1.0 - fs)), clip(v_f * (1.0 - fs * f)), clip(v_f * (1.0 - fs * (1.0 - f))));
-    match i % 6 {
-        0 => [v, t, p],
-        1 => [q, v, p],
-        2 => [p, v, t],
-        3 => [p, q, v],
-        4 => [t, p, v],
-        _ => [v, p, q],
+
+    fn convert(&self, pixel: [u8; 3]) -> [u8; 3] {
+        // Which of (v, p, q, t) each of r, g, b takes, per sector: PIL's switch as a table.
+        const SECTORS: [[usize; 3]; 6] = [[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]];
+        let [h, s, v] = pixel;
+        // s = 0 gives p = q = t = v below, PIL's grey branch, without the branch.
+        let (i, f, fs) = (self.sector[usize::from(h)], self.fraction[usize::from(h)], self.saturation[usize::from(s)]);
+        let v_f = f64::from(v);
+        // C's round (half away from zero) for the non-negative values here, without a libm
+        // call: x - trunc(x) is exact.
+        let round = |x: f64| {
+            let whole = x.trunc();
+            if x - whole >= 0.5 { whole + 1.0 } else { whole }
+        };
+        // Saturating: CLIP8.
+        let clip = |x: f64| round(x) as u8;
+        let values = [v, clip(v_f * (1.0 - fs)), clip(v_f * (1.0 - fs * f)), clip(v_f * (1.0 - fs * (1.0 - f)))];
+        SECTORS[(i % 6) as usize].map(|k| values[k])
     }
+}
+
+fn hsv_to_rgb_table() -> &'static HsvToRgb {
+    static TABLE: std::sync::OnceLock<HsvToRgb> = std::sync::OnceLock::new();
+    TABLE.get_or_init(HsvToRgb::new)
+}
+
+/// PIL's `convert("HSV")` of one pixel.
+pub fn pil_rgb_to_hsv(pixel: [u8; 3]) -> [u8; 3] {
+    rgb_to_hsv(pixel, quotients())
+}
+
+/// PIL's `convert("RGB")` of one HSV pixel.
+pub fn pil_hsv_to_rgb(pixel: [u8; 3]) -> [u8; 3] {
+    hsv_to_rgb_table().convert(pixel)
 }
 
 /// torchvision's `adjust_hue` on a PIL image: through PIL's 8-bit HSV, the hue channel shifted
 /// by `uint8(hue_factor * 255)` with wrap-around.
 pub fn adjust_hue(image: &RgbImage, hue_factor: f64) -> RgbImage {
+    let mut out = image.clone();
+    adjust_hue_in_place(&mut out, hue_factor);
+    out
+}
+
+/// [`adjust_hue`] without a copy.
+pub fn adjust_hue_in_place(image: &mut RgbImage, hue_factor: f64) {
     // numpy's float -> uint8 cast truncates toward zero, then wraps.
     let shift = (hue_factor * 255.0).trunc() as i64 as u8;
-    let mut out = image.clone();
-    for pixel in out.pixels_mut() {
-        let [h, s, v] = rgb_to_hsv(pixel.0);
-        pixel.0 = hsv_to_rgb([h.wrapping_add(shift), s, v]);
+    let (q, back) = (quotients(), hsv_to_rgb_table());
+    for pixel in image.pixels_mut() {
+        let [h, s, v] = rgb_to_hsv(pixel.0, q);
+        pixel.0 = back.convert([h.wrapping_add(shift), s, v]);
     }
-    out
 }
 
 /// The random parameters of one train-transform draw.
@@ -275,14 +360,35 @@ impl TrainTransform {
 
     /// Applies one draw: flips, resized crop, rotation, hue, in the reference's order.
     pub fn apply(&self, image: &RgbImage, draw: &TrainDraw) -> Result<RgbImage> {
-        let mut out = if draw.flip_horizontal { flip_horizontal(image) } else { image.clone() };
-        if draw.flip_vertical {
-            out = flip_vertical(&out);
-        }
+        self.apply_owned(image.clone(), draw)
+    }
+
+    /// [`TrainTransform::apply`] on an image it may consume. The flips are folded into the crop:
+    /// a window of the flipped image is the flipped window at the mirrored position, so only
+    /// the crop is mirrored (rows reversed, pixels of each row reversed), which is exact.
+    pub fn apply_owned(&self, image: RgbImage, draw: &TrainDraw) -> Result<RgbImage> {
         let (top, left, height, width) = draw.crop;
-        let out = resized_crop(&out, top, left, height, width, self.size)?;
-        let out = rotate_nearest(&out, draw.angle);
-        Ok(adjust_hue(&out, draw.hue))
+        let (full_width, full_height) = (i64::from(image.width()), i64::from(image.height()));
+        let source_left = if draw.flip_horizontal { full_width - left - i64::from(width) } else { left };
+        let source_top = if draw.flip_vertical { full_height - top - i64::from(height) } else { top };
+        let mut window = crop(&image, source_left, source_top, width, height);
+        let row_len = width as usize * 3;
+        if draw.flip_horizontal {
+            for row in window.chunks_exact_mut(row_len) {
+                row.as_chunks_mut::<3>().0.reverse();
+            }
+        }
+        if draw.flip_vertical {
+            let rows = height as usize;
+            for y in 0..rows / 2 {
+                let (upper, lower) = window.split_at_mut((rows - 1 - y) * row_len);
+                upper[y * row_len..(y + 1) * row_len].swap_with_slice(&mut lower[..row_len]);
+            }
+        }
+        let resized = resize(&window, self.size, self.size)?;
+        let mut rotated = rotate_nearest(&resized, draw.angle);
+        adjust_hue_in_place(&mut rotated, draw.hue);
+        Ok(rotated)
     }
 }
 
@@ -293,14 +399,16 @@ mod tests {
     #[test]
     fn hsv_round_trip_is_pils_colorsys_on_hand_computed_pixels() {
         // Pure colours and grays (hand-computed with colorsys, scaled and truncated to u8).
-        assert_eq!(rgb_to_hsv([255, 0, 0]), [0, 255, 255]);
-        assert_eq!(rgb_to_hsv([0, 255, 0]), [85, 255, 255]);
-        assert_eq!(rgb_to_hsv([0, 0, 255]), [170, 255, 255]);
-        assert_eq!(rgb_to_hsv([90, 90, 90]), [0, 0, 90]);
+        let q = quotients();
+        assert_eq!(rgb_to_hsv([255, 0, 0], q), [0, 255, 255]);
+        assert_eq!(rgb_to_hsv([0, 255, 0], q), [85, 255, 255]);
+        assert_eq!(rgb_to_hsv([0, 0, 255], q), [170, 255, 255]);
+        assert_eq!(rgb_to_hsv([90, 90, 90], q), [0, 0, 90]);
         // (200, 100, 50): h = (bc - gc) / 6 = (1 - 2/3) / 6 = 0.0556 -> 14; s = 150/200 -> 191.
-        assert_eq!(rgb_to_hsv([200, 100, 50]), [14, 191, 200]);
-        assert_eq!(hsv_to_rgb([0, 255, 255]), [255, 0, 0]);
-        assert_eq!(hsv_to_rgb([0, 0, 77]), [77, 77, 77]);
+        assert_eq!(rgb_to_hsv([200, 100, 50], q), [14, 191, 200]);
+        let back = hsv_to_rgb_table();
+        assert_eq!(back.convert([0, 255, 255]), [255, 0, 0]);
+        assert_eq!(back.convert([0, 0, 77]), [77, 77, 77]);
     }
 
     #[test]
@@ -309,6 +417,26 @@ mod tests {
         assert_eq!(faithful.std, [0.228, 0.224, 0.225]);
         assert_eq!(Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, true), Normalization::IMAGENET);
         assert_eq!(Normalization::study([0.5; 3], [0.5; 3], false), Normalization::HALF);
+    }
+
+    #[test]
+    fn folding_the_flips_into_the_crop_changes_nothing() {
+        let image = RgbImage::from_fn(37, 29, |x, y| Rgb([(x * 7) as u8, (y * 9) as u8, (x * y) as u8]));
+        let transform = TrainTransform { size: 20, ..TrainTransform::default() };
+        for index in 0..40 {
+            let draw = transform.draw(5, 0, index, 37, 29);
+            // The plain order: flip the whole image, then crop, resize, rotate, hue.
+            let mut flipped = image.clone();
+            if draw.flip_horizontal {
+                flipped = flip_horizontal(&flipped);
+            }
+            if draw.flip_vertical {
+                flipped = flip_vertical(&flipped);
+            }
+            let (top, left, height, width) = draw.crop;
+            let plain = adjust_hue(&rotate_nearest(&resized_crop(&flipped, top, left, height, width, 20).unwrap(), draw.angle), draw.hue);
+            assert_eq!(transform.apply(&image, &draw).unwrap(), plain, "draw {index}: {draw:?}");
+        }
     }
 
     #[test]

@@ -35,6 +35,20 @@ fn synth_then_check_reports_counts_and_problems_as_json() {
 }
 
 #[test]
+fn check_counts_exact_duplicates_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mri");
+    assert!(medxfer_data(&["synth", "brain-tumor-kaggle", "--out", root.to_str().unwrap(), "--n", "3"]).status.success());
+    let output = medxfer_data(&["check", "brain-tumor-kaggle", "--root", root.to_str().unwrap(), "--json", "--duplicates"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The replica copies one image within Training and one across Training/Testing.
+    assert_eq!((report["duplicate_files"].as_u64(), report["duplicate_groups"].as_u64()), (Some(2), Some(2)));
+    // Training 4 classes x (3 + 2), Testing 4 x 3, and the two copies.
+    assert_eq!(report["images"], 34);
+}
+
+#[test]
 fn split_writes_a_manifest_and_reports_leakage() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("breakhis");

@@ -67,3 +67,22 @@ fn normalized_chw_is_channel_major() {
     let expected = [2.0, -2.0, -1.2, -1.2, -2.0, -2.0];
     assert!(data.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{data:?}");
 }
+
+#[test]
+fn pils_hsv_conversions_are_reproduced_exactly() {
+    let f = fixtures();
+    let rows = |name: &str| f[name].to_vec2::<u8>().unwrap();
+    for (input, output, convert) in [
+        ("hsv.rgb", "hsv.rgb_to_hsv", transform::pil_rgb_to_hsv as fn([u8; 3]) -> [u8; 3]),
+        ("hsv.hsv", "hsv.hsv_to_rgb", transform::pil_hsv_to_rgb),
+    ] {
+        let mismatches: Vec<_> = rows(input)
+            .iter()
+            .zip(rows(output))
+            .map(|(i, o)| ([i[0], i[1], i[2]], [o[0], o[1], o[2]]))
+            .filter(|(i, o)| convert(*i) != *o)
+            .take(5)
+            .collect();
+        assert!(mismatches.is_empty(), "{input}: (input, PIL) pairs ours differs on: {mismatches:?}");
+    }
+}

@@ -1,0 +1,142 @@
+//! Decode once: a dataset split's images, decoded and resized (shorter side 256 by default),
+//! stored as raw RGB8 in one file with a JSON index. Epochs read from it with positional reads
+//! (the page cache keeps it in memory, as a memory map would; the workspace forbids `unsafe`,
+//! which mapping needs) and never decode a JPEG again.
+//!
+//! The cache is keyed by the dataset name, the resize and the checksum of the files it covers
+//! (paths and sizes), so a changed dataset or split builds a new one. It is written to a
+//! `.partial` file and renamed when complete: a killed build leaves no half cache behind.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::load_rgb8;
+use crate::error::{Error, Result};
+use crate::manifest::{files_checksum, write_atomic};
+use crate::split::Entry;
+use crate::transform::resize_shorter;
+
+/// Where one image sits in the data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub offset: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Index {
+    key: String,
+    short_side: u32,
+    paths: Vec<String>,
+    slots: Vec<Slot>,
+}
+
+/// An opened cache: `read(i)` is image i of the entries it was built from, in their order.
+#[derive(Debug)]
+pub struct ImageCache {
+    file: File,
+    data_path: PathBuf,
+    index: Index,
+}
+
+/// How many images are decoded in parallel before being appended in order.
+const CHUNK: usize = 256;
+
+impl ImageCache {
+    /// Opens the cache of `entries` (images under `root`) in `dir`, building it first if it is
+    /// missing or stale. `progress` draws a progress bar while building.
+    pub fn open_or_build(dir: &Path, dataset: &str, root: &Path, entries: &[Entry], short_side: u32, progress: bool) -> Result<Self> {
+        let checksum = files_checksum(root, entries)?;
+        let key = format!("{dataset}-s{short_side}-{}", &checksum[..16]);
+        let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));
+        if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {
+            return Ok(cache);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let partial = data_path.with_extension("partial");
+        let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+        let mut writer = BufWriter::with_capacity(1 << 22, file);
+        let bar = progress.then(|| {
+            let bar = indicatif::ProgressBar::new(entries.len() as u64);
+            bar.set_message(format!("caching {dataset}"));
+            bar
+        });
+        let mut slots = Vec::with_capacity(entries.len());
+        let mut offset = 0u64;
+        for chunk in entries.chunks(CHUNK) {
+            let images: Vec<Result<RgbImage>> = chunk
+                .par_iter()
+                .map(|entry| {
+                    let path = root.join(&entry.path);
+                    let image = load_rgb8(&path)?;
+                    resize_shorter(&image, short_side).map_err(|e| Error::format(&path, e.to_string()))
+                })
+                .collect();
+            for image in images {
+                let image = image?;
+                let slot = Slot { offset, width: image.width(), height: image.height() };
+                writer.write_all(image.as_raw()).map_err(|e| Error::io(&partial, e))?;
+                offset += image.as_raw().len() as u64;
+                slots.push(slot);
+            }
+            if let Some(bar) = &bar {
+                bar.inc(chunk.len() as u64);
+            }
+        }
+        let file = writer.into_inner().map_err(|e| Error::io(&partial, e.error()))?;
+        file.sync_all().map_err(|e| Error::io(&partial, e))?;
+        drop(file);
+        std::fs::rename(&partial, &data_path).map_err(|e| Error::io(&data_path, e))?;
+        let index = Index { key: key.clone(), short_side, paths: entries.iter().map(|e| e.path.clone()).collect(), slots };
+        let json = serde_json::to_vec(&index).map_err(|e| Error::format(&index_path, e.to_string()))?;
+        write_atomic(&index_path, &json)?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Self::open(&data_path, &index_path, &key, entries)?
+            .ok_or_else(|| Error::format(&index_path, "the cache just written does not open"))
+    }
+
+    /// The cache at these paths if it exists, matches `key` and covers `entries` in order.
+    fn open(data_path: &Path, index_path: &Path, key: &str, entries: &[Entry]) -> Result<Option<Self>> {
+        let (Ok(json), Ok(file)) = (std::fs::read(index_path), File::open(data_path)) else { return Ok(None) };
+        let Ok(index) = serde_json::from_slice::<Index>(&json) else { return Ok(None) };
+        let expected_len: u64 = index.slots.iter().map(|s| u64::from(s.width) * u64::from(s.height) * 3).sum();
+        let actual_len = file.metadata().map_err(|e| Error::io(data_path, e))?.len();
+        let same_entries = index.paths.len() == entries.len() && index.paths.iter().zip(entries).all(|(p, e)| *p == e.path);
+        if index.key != key || !same_entries || expected_len != actual_len {
+            return Ok(None);
+        }
+        Ok(Some(Self { file, data_path: data_path.to_path_buf(), index }))
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.slots.is_empty()
+    }
+
+    /// The resize the cache was built with.
+    pub fn short_side(&self) -> u32 {
+        self.index.short_side
+    }
+
+    /// Image `i` (in the order of the entries the cache was built from).
+    pub fn read(&self, i: usize) -> Result<RgbImage> {
+        let slot =
+            self.index.slots.get(i).ok_or_else(|| Error::format(&self.data_path, format!("no image {i} in a cache of {}", self.len())))?;
+        let mut pixels = vec![0u8; slot.width as usize * slot.height as usize * 3];
+        self.file.read_exact_at(&mut pixels, slot.offset).map_err(|e| Error::io(&self.data_path, e))?;
+        RgbImage::from_raw(slot.width, slot.height, pixels)
+            .ok_or_else(|| Error::format(&self.data_path, "a cached image has the wrong size"))
+    }
+}

@@ -1,0 +1,133 @@
+//! Batches from the image cache on a background thread: (images B x 3 x crop x crop f32,
+//! labels B u32), shuffled by (seed, epoch) or in order, the last partial batch kept. Each
+//! batch's images are transformed in parallel; two batches are prepared ahead.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::cache::ImageCache;
+use crate::error::{Error, Result};
+use crate::transform::{Normalization, TrainTransform, center_crop, to_normalized_chw_into};
+
+/// Which transform a loader applies to the cached (resized) images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Augment {
+    /// The eval transform: the cache already holds `Resize(256)`; this centre-crops.
+    Eval { crop: u32 },
+    /// The train transform, drawn per (seed, epoch, sample).
+    Train(TrainTransform),
+}
+
+/// What one pass over a cache yields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    pub epoch: u64,
+    pub augment: Augment,
+    pub normalization: Normalization,
+}
+
+/// One batch.
+#[derive(Debug)]
+pub struct Batch {
+    /// (B, 3, crop, crop), f32, normalised.
+    pub images: Tensor,
+    /// (B,), u32.
+    pub labels: Tensor,
+    /// The cache indices of the batch's images.
+    pub indices: Vec<usize>,
+}
+
+/// An iterator of batches built on a background thread.
+#[derive(Debug)]
+pub struct Batches {
+    receiver: Receiver<Result<Batch>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Iterator for Batches {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = self.receiver.recv().ok();
+        // The worker has finished when its sender is gone; a panic there becomes an error.
+        if next.is_none()
+            && let Some(worker) = self.worker.take()
+            && worker.join().is_err()
+        {
+            return Some(Err(Error::Split("the batch loader thread panicked".into())));
+        }
+        next
+    }
+}
+
+/// The order of one epoch: shuffled by (seed, epoch) or the cache's order.
+pub fn epoch_order(len: usize, config: &LoaderConfig) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if config.shuffle {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(config.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))));
+    }
+    order
+}
+
+/// One image of a batch, transformed and normalised into `out` (3 x crop x crop values).
+pub fn sample_into(cache: &ImageCache, index: usize, config: &LoaderConfig, out: &mut [f32]) -> Result<()> {
+    let image = cache.read(index)?;
+    let transformed = match config.augment {
+        Augment::Eval { crop } => center_crop(&image, crop),
+        Augment::Train(transform) => {
+            let draw = transform.draw(config.seed, config.epoch, index as u64, image.width(), image.height());
+            transform.apply_owned(image, &draw)?
+        }
+    };
+    to_normalized_chw_into(&transformed, &config.normalization, out);
+    Ok(())
+}
+
+/// Starts the background thread yielding the batches of one epoch over `cache`, whose image i
+/// has label `labels[i]`.
+pub fn batches(cache: Arc<ImageCache>, labels: Arc<Vec<u32>>, config: LoaderConfig) -> Result<Batches> {
+    if labels.len() != cache.len() {
+        return Err(Error::Split(format!("{} labels for a cache of {} images", labels.len(), cache.len())));
+    }
+    if config.batch_size == 0 {
+        return Err(Error::Split("the batch size must be at least 1".into()));
+    }
+    let crop = match config.augment {
+        Augment::Eval { crop } => crop,
+        Augment::Train(transform) => transform.size,
+    } as usize;
+    let (sender, receiver) = sync_channel(2);
+    let worker = std::thread::Builder::new()
+        .name("medxfer-batches".into())
+        .spawn(move || {
+            for indices in epoch_order(cache.len(), &config).chunks(config.batch_size) {
+                let mut flat = vec![0f32; indices.len() * 3 * crop * crop];
+                let built = flat
+                    .par_chunks_mut(3 * crop * crop)
+                    .zip(indices)
+                    .try_for_each(|(slot, &i)| sample_into(&cache, i, &config, slot))
+                    .and_then(|()| {
+                        let images = Tensor::from_vec(flat, (indices.len(), 3, crop, crop), &Device::Cpu)?;
+                        let batch_labels: Vec<u32> = indices.iter().map(|&i| labels[i]).collect();
+                        let labels = Tensor::from_vec(batch_labels, indices.len(), &Device::Cpu)?;
+                        Ok(Batch { images, labels, indices: indices.to_vec() })
+                    });
+                let failed = built.is_err();
+                if sender.send(built).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Split(format!("cannot start the batch loader thread: {e}")))?;
+    Ok(Batches { receiver, worker: Some(worker) })
+}

@@ -1,0 +1,90 @@
+#![allow(clippy::unwrap_used)]
+//! The decoded-image cache and the batch loader.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use medxfer_data::cache::ImageCache;
+use medxfer_data::loader::{self, Augment, LoaderConfig};
+use medxfer_data::split::{self, Entry};
+use medxfer_data::transform::{self, Normalization, TrainTransform};
+use medxfer_data::{Catalog, decode, layouts, synth};
+
+fn replica(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Entry>) {
+    let catalog = Catalog::load_default().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = catalog.dataset(name).unwrap();
+    synth::synthesize(spec, &dir.path().join("data"), per_class, 11).unwrap();
+    let scan = layouts::scan(spec, &dir.path().join("data")).unwrap();
+    (dir, split::ood(&scan.records))
+}
+
+#[test]
+fn the_cache_holds_each_image_decoded_and_resized_and_is_reused() {
+    let (dir, entries) = replica("pad-ufes-20", 3);
+    let (root, cache_dir) = (dir.path().join("data"), dir.path().join("cache"));
+    let cache = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, 16, false).unwrap();
+    assert_eq!(cache.len(), entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let expected = transform::resize_shorter(&decode::load_rgb8(&root.join(&entry.path)).unwrap(), 16).unwrap();
+        assert_eq!(cache.read(i).unwrap(), expected, "{}", entry.path);
+    }
+    let files =
+        |dir: &Path| std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect::<BTreeSet<_>>();
+    let before = files(&cache_dir);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let data_file = cache_dir.join(before.iter().find(|f| f.ends_with(".rgb8")).unwrap());
+    let written = std::fs::metadata(&data_file).unwrap().modified().unwrap();
+    // Opening again reuses the file.
+    ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, 16, false).unwrap();
+    assert_eq!(std::fs::metadata(&data_file).unwrap().modified().unwrap(), written);
+    // A changed image gives a new key and a new cache; a truncated data file is rebuilt.
+    let first = root.join(&entries[0].path);
+    image::RgbImage::new(9, 7).save(&first).unwrap();
+    let rebuilt = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, 16, false).unwrap();
+    assert_eq!(rebuilt.read(0).unwrap().dimensions(), (20, 16));
+    assert_eq!(files(&cache_dir).len(), 4);
+    std::fs::write(&data_file, b"short").unwrap();
+    let again = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries[1..], 16, false).unwrap();
+    assert_eq!(again.len(), entries.len() - 1);
+    assert!(!files(&cache_dir).iter().any(|f| f.ends_with(".partial")));
+    // A corrupt image stops the build and names the file.
+    std::fs::write(root.join(&entries[1].path), b"not a png").unwrap();
+    let error = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, 16, false).unwrap_err().to_string();
+    assert!(error.contains(&entries[1].path), "{error}");
+}
+
+#[test]
+fn batches_cover_the_epoch_once_in_a_seeded_order_with_the_last_partial_batch() {
+    let (dir, entries) = replica("nins", 3);
+    let root = dir.path().join("data");
+    let cache = Arc::new(ImageCache::open_or_build(&dir.path().join("cache"), "nins", &root, &entries, 24, false).unwrap());
+    let labels = Arc::new(entries.iter().map(|e| e.label).collect::<Vec<u32>>());
+    let normalization = Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, false);
+    let config = LoaderConfig { batch_size: 4, shuffle: true, seed: 3, epoch: 0, augment: Augment::Eval { crop: 20 }, normalization };
+    let batches: Vec<_> = loader::batches(cache.clone(), labels.clone(), config).unwrap().map(Result::unwrap).collect();
+    // 19 images (six folders x 3 + the `_1` duplicate) in batches of 4: the last holds 3.
+    let n = entries.len();
+    assert_eq!(batches.len(), n.div_ceil(4));
+    assert_eq!(batches.last().unwrap().indices.len(), if n % 4 == 0 { 4 } else { n % 4 });
+    let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+    assert_eq!(order.iter().copied().collect::<BTreeSet<_>>().len(), n);
+    assert_eq!(order, loader::epoch_order(n, &config));
+    assert_ne!(order, loader::epoch_order(n, &LoaderConfig { epoch: 1, ..config }));
+    // Batch contents: the eval transform of the cached image, and its label.
+    let first = &batches[0];
+    assert_eq!(first.images.dims(), &[4, 3, 20, 20]);
+    let expected = transform::to_normalized_chw(&transform::center_crop(&cache.read(first.indices[1]).unwrap(), 20), &normalization);
+    assert_eq!(first.images.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+    assert_eq!(first.labels.to_vec1::<u32>().unwrap(), first.indices.iter().map(|&i| labels[i]).collect::<Vec<_>>());
+
+    // Train batches are reproducible for a (seed, epoch) and change with the epoch.
+    let train = LoaderConfig { augment: Augment::Train(TrainTransform { size: 16, ..TrainTransform::default() }), ..config };
+    let take = |config: LoaderConfig| loader::batches(cache.clone(), labels.clone(), config).unwrap().next().unwrap().unwrap().images;
+    let (a, b) = (take(train), take(train));
+    assert_eq!(a.dims(), &[4, 3, 16, 16]);
+    assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let c = take(LoaderConfig { epoch: 5, ..train });
+    assert_ne!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), c.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+}

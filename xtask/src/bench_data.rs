@@ -1,0 +1,132 @@
+//! The data benchmark: decode + resize throughput from JPEG files (building the image cache),
+//! and batch throughput from the cache (eval and train transforms), images/s, beside the
+//! reference's PIL + torchvision DataLoader doing the same work on the same cores.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use medxfer_data::cache::ImageCache;
+use medxfer_data::loader::{self, Augment, LoaderConfig};
+use medxfer_data::split::{Entry, Part};
+use medxfer_data::transform::{Normalization, TrainTransform};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+use crate::machine;
+
+#[derive(Debug)]
+pub struct Settings {
+    pub n: usize,
+    pub width: u32,
+    pub height: u32,
+    pub batch: usize,
+    pub python: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+/// Dermoscopy-like JPEGs: smooth shading, a dark blob, noise (compresses like a photograph).
+fn write_images(dir: &Path, settings: &Settings) -> Result<Vec<Entry>> {
+    std::fs::create_dir_all(dir)?;
+    let mut entries = Vec::new();
+    for i in 0..settings.n {
+        let name = format!("img_{i:05}.jpg");
+        let path = dir.join(&name);
+        if !path.exists() {
+            let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
+            let (cx, cy, radius) = (rng.random_range(0.3..0.7), rng.random_range(0.3..0.7), rng.random_range(0.1..0.3));
+            let (w, h) = (settings.width, settings.height);
+            let image = image::RgbImage::from_fn(w, h, |x, y| {
+                let (u, v) = (f64::from(x) / f64::from(w), f64::from(y) / f64::from(h));
+                let d = ((u - cx).powi(2) + (v - cy).powi(2)).sqrt();
+                let shade = if d < radius { 0.35 } else { 1.0 };
+                let noise: f64 = rng.random_range(-12.0..12.0);
+                let channel = |base: f64| (base * shade + noise).clamp(0.0, 255.0) as u8;
+                image::Rgb([channel(200.0 - 40.0 * v), channel(150.0 + 30.0 * u), channel(140.0)])
+            });
+            image.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        entries.push(Entry { path: name, label: (i % 2) as u32, group: i.to_string(), split: Part::Train });
+    }
+    Ok(entries)
+}
+
+pub fn run(settings: &Settings) -> Result<()> {
+    let images_dir = settings.out.join("data-images");
+    let entries = write_images(&images_dir, settings)?;
+    let cores = machine::cores();
+    let load_before = machine::load_average();
+
+    // Decode + resize: a fresh cache build.
+    let cache_dir = settings.out.join("data-cache");
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let start = Instant::now();
+    let cache = ImageCache::open_or_build(&cache_dir, "bench", &images_dir, &entries, 256, false)?;
+    let decode = entries.len() as f64 / start.elapsed().as_secs_f64();
+
+    let cache = Arc::new(cache);
+    let labels = Arc::new(entries.iter().map(|e| e.label).collect::<Vec<u32>>());
+    let normalization = Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, false);
+    let pass = |augment: Augment| -> Result<f64> {
+        let config = LoaderConfig { batch_size: settings.batch, shuffle: true, seed: 0, epoch: 0, augment, normalization };
+        // One warm pass (page cache), then the timed one.
+        for batch in loader::batches(cache.clone(), labels.clone(), config)? {
+            batch?;
+        }
+        let start = Instant::now();
+        let mut count = 0;
+        for batch in loader::batches(cache.clone(), labels.clone(), LoaderConfig { epoch: 1, ..config })? {
+            count += batch?.indices.len();
+        }
+        Ok(count as f64 / start.elapsed().as_secs_f64())
+    };
+    let eval = pass(Augment::Eval { crop: 224 })?;
+    let train = pass(Augment::Train(TrainTransform::default()))?;
+
+    let theirs: Option<Value> = match &settings.python {
+        Some(python) => {
+            eprintln!("PIL + torchvision ...");
+            let output = Command::new(python)
+                .arg("python/bench_data.py")
+                .arg(&images_dir)
+                .args(["--workers", &cores.to_string(), "--batch", &settings.batch.to_string()])
+                .output()
+                .context("cannot run the Python side")?;
+            if !output.status.success() {
+                bail!("the Python side failed: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            Some(serde_json::from_slice(&output.stdout)?)
+        }
+        None => None,
+    };
+    let theirs_of = |key: &str| theirs.as_ref().and_then(|t| t[key].as_f64());
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    let ratio = |ours: f64, theirs: Option<f64>| theirs.map_or("-".to_string(), |t| format!("{:.1}x", ours / t));
+    let mut table = format!(
+        "# Data benchmark\n\n{} JPEGs of {}x{}, batch {}, {} ({} cores, both sides use all of them; load average {} before, {} after).\n\n",
+        settings.n,
+        settings.width,
+        settings.height,
+        settings.batch,
+        machine::cpu_model(),
+        cores,
+        load_before,
+        machine::load_average()
+    );
+    table.push_str("| work | medxfer images/s | per core | PIL+torchvision images/s | ratio |\n|---|---:|---:|---:|---:|\n");
+    let rows = [
+        ("decode + Resize(256) from JPEG (cache build vs DataLoader)", decode, theirs_of("decode_resize")),
+        ("eval batches: ours from the cache, theirs from JPEG", eval, theirs_of("eval")),
+        ("train batches: ours from the cache, theirs from JPEG", train, theirs_of("train")),
+    ];
+    for (work, ours, theirs) in rows {
+        table.push_str(&format!("| {work} | {ours:.0} | {:.0} | {} | {} |\n", ours / cores as f64, cell(theirs), ratio(ours, theirs)));
+    }
+    std::fs::create_dir_all(&settings.out)?;
+    std::fs::write(settings.out.join("data.md"), &table)?;
+    println!("{table}");
+    Ok(())
+}
