@@ -13,7 +13,7 @@
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -152,8 +152,10 @@ pub fn resized_crop(image: &RgbImage, top: i64, left: i64, height: u32, width: u
 }
 
 /// PIL's `rotate(angle, NEAREST, expand=False, fillcolor=black)`: counter-clockwise by `angle`
-/// degrees about the image centre; each output pixel centre maps back through the inverse
-/// affine matrix (cos/sin rounded to 15 digits, as PIL does) and takes the nearest pixel.
+/// degrees about the image centre. PIL builds the inverse affine matrix (cos/sin rounded to 15
+/// digits) and, for nearest sampling, walks it in 16.16 fixed point from each output pixel
+/// centre (Geometry.c `affine_fixed`); this does the same integer walk, so it picks the same
+/// pixels even where a position falls on a pixel boundary.
 pub fn rotate_nearest(image: &RgbImage, angle_degrees: f64) -> RgbImage {
     let (width, height) = (image.width(), image.height());
     let round15 = |v: f64| (v * 1e15).round() / 1e15;
@@ -162,15 +164,27 @@ pub fn rotate_nearest(image: &RgbImage, angle_degrees: f64) -> RgbImage {
     let (cx, cy) = (f64::from(width) / 2.0, f64::from(height) / 2.0);
     let c = a * -cx + b * -cy + cx;
     let f = d * -cx + e * -cy + cy;
-    RgbImage::from_fn(width, height, |x, y| {
-        let (xo, yo) = (f64::from(x) + 0.5, f64::from(y) + 0.5);
-        let (xi, yi) = ((a * xo + b * yo + c).floor(), (d * xo + e * yo + f).floor());
-        if xi >= 0.0 && yi >= 0.0 && xi < f64::from(width) && yi < f64::from(height) {
-            *image.get_pixel(xi as u32, yi as u32)
-        } else {
-            Rgb([0, 0, 0])
+    let fixed = |v: f64| (v * 65536.0 + 0.5).floor() as i64;
+    let (step_x, step_y, row_x, row_y) = (fixed(a), fixed(d), fixed(b), fixed(e));
+    let (mut start_x, mut start_y) = (fixed(c + a * 0.5 + b * 0.5), fixed(f + d * 0.5 + e * 0.5));
+    let (w, h) = (i64::from(width), i64::from(height));
+    let source = image.as_raw();
+    let mut out = RgbImage::new(width, height);
+    for row in out.chunks_exact_mut(width as usize * 3) {
+        let (mut x, mut y) = (start_x, start_y);
+        for pixel in row.as_chunks_mut::<3>().0 {
+            let (xin, yin) = (x >> 16, y >> 16);
+            if xin >= 0 && xin < w && yin >= 0 && yin < h {
+                let at = ((yin * w + xin) * 3) as usize;
+                pixel.copy_from_slice(&source[at..at + 3]);
+            }
+            x += step_x;
+            y += step_y;
         }
-    })
+        start_x += row_x;
+        start_y += row_y;
+    }
+    out
 }
 
 /// f32 quotients num / den for 0 <= num, den <= 255, tabulated: the same values as PIL's float
@@ -182,6 +196,7 @@ impl Quotients {
         Self((0..256 * 256).map(|i| (i / 256) as f32 / (i % 256) as f32).collect())
     }
 
+    #[inline(always)]
     fn get(&self, numerator: u8, denominator: u8) -> f32 {
         self.0[usize::from(numerator) * 256 + usize::from(denominator)]
     }
@@ -194,6 +209,7 @@ fn quotients() -> &'static Quotients {
 
 /// PIL's 8-bit RGB -> HSV (Convert.c `rgb2hsv_row`, which follows colorsys), with its mix of
 /// float and double arithmetic: the hue truncation sits on rounding edges.
+#[inline(always)]
 fn rgb_to_hsv(pixel: [u8; 3], q: &Quotients) -> [u8; 3] {
     let [r, g, b] = pixel;
     let (max, min) = (r.max(g).max(b), r.min(g).min(b));
@@ -230,12 +246,14 @@ impl HsvToRgb {
     fn new() -> Self {
         let scaled = |h: usize| h as f64 * 6.0 / 255.0;
         Self {
-            sector: std::array::from_fn(|h| scaled(h).floor() as i32),
+            // PIL switches on i % 6 (h = 255 gives i = 6, sector 0).
+            sector: std::array::from_fn(|h| scaled(h).floor() as i32 % 6),
             fraction: std::array::from_fn(|h| f64::from((scaled(h) - scaled(h).floor()) as f32)),
             saturation: std::array::from_fn(|s| f64::from((s as f64 / 255.0) as f32)),
         }
     }
 
+    #[inline(always)]
     fn convert(&self, pixel: [u8; 3]) -> [u8; 3] {
         // Which of (v, p, q, t) each of r, g, b takes, per sector: PIL's switch as a table.
         const SECTORS: [[usize; 3]; 6] = [[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]];
@@ -252,7 +270,7 @@ impl HsvToRgb {
         // Saturating: CLIP8.
         let clip = |x: f64| round(x) as u8;
         let values = [v, clip(v_f * (1.0 - fs)), clip(v_f * (1.0 - fs * f)), clip(v_f * (1.0 - fs * (1.0 - f)))];
-        SECTORS[(i % 6) as usize].map(|k| values[k])
+        SECTORS[i as usize].map(|k| values[k])
     }
 }
 
@@ -279,14 +297,92 @@ pub fn adjust_hue(image: &RgbImage, hue_factor: f64) -> RgbImage {
     out
 }
 
-/// [`adjust_hue`] without a copy.
+/// [`adjust_hue`] without a copy. Pixels go through in blocks of [`LANES`], one arithmetic
+/// step at a time over the block (structure of arrays, no branches), which the compiler turns
+/// into vector instructions; the arithmetic is PIL's, step for step, as in [`pil_rgb_to_hsv`]
+/// and [`pil_hsv_to_rgb`].
 pub fn adjust_hue_in_place(image: &mut RgbImage, hue_factor: f64) {
     // numpy's float -> uint8 cast truncates toward zero, then wraps.
     let shift = (hue_factor * 255.0).trunc() as i64 as u8;
-    let (q, back) = (quotients(), hsv_to_rgb_table());
-    for pixel in image.pixels_mut() {
-        let [h, s, v] = rgb_to_hsv(pixel.0, q);
-        pixel.0 = back.convert([h.wrapping_add(shift), s, v]);
+    let back = hsv_to_rgb_table();
+    let (blocks, rest) = image.as_chunks_mut::<3>().0.as_chunks_mut::<LANES>();
+    for block in blocks {
+        hue_block(block, shift, back);
+    }
+    for pixel in rest {
+        let [h, s, v] = rgb_to_hsv(*pixel, quotients());
+        *pixel = back.convert([h.wrapping_add(shift), s, v]);
+    }
+}
+
+/// Pixels per block of [`adjust_hue_in_place`].
+const LANES: usize = 64;
+
+fn hue_block(block: &mut [[u8; 3]; LANES], shift: u8, back: &HsvToRgb) {
+    let (mut hue, mut saturation, mut value) = ([0u8; LANES], [0u8; LANES], [0u8; LANES]);
+    // RGB -> HSV. A grey pixel (range 0) gives NaNs below, which the saturating casts turn
+    // into PIL's h = s = 0.
+    for k in 0..LANES {
+        let [r, g, b] = block[k];
+        let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+        let (range, max_f) = (f32::from(max - min), f32::from(max));
+        let (rc, gc, bc) = (f32::from(max - r) / range, f32::from(max - g) / range, f32::from(max - b) / range);
+        let from_red = bc - gc;
+        let from_green = (2.0 + f64::from(rc) - f64::from(bc)) as f32;
+        let from_blue = (4.0 + f64::from(gc) - f64::from(rc)) as f32;
+        let h = if r == max {
+            from_red
+        } else if g == max {
+            from_green
+        } else {
+            from_blue
+        };
+        let x = f64::from(h) / 6.0 + 1.0;
+        let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
+        hue[k] = ((f64::from(h) * 255.0) as u8).wrapping_add(shift);
+        saturation[k] = (f64::from(range / max_f) * 255.0) as u8;
+        value[k] = max;
+    }
+    // HSV -> RGB.
+    for k in 0..LANES {
+        let (h, s, v) = (usize::from(hue[k]), usize::from(saturation[k]), value[k]);
+        let (sector, f, fs) = (back.sector[h], back.fraction[h], back.saturation[s]);
+        let v_f = f64::from(v);
+        let round = |x: f64| {
+            let whole = x.trunc();
+            if x - whole >= 0.5 { whole + 1.0 } else { whole }
+        };
+        let p = round(v_f * (1.0 - fs)) as u8;
+        let q = round(v_f * (1.0 - fs * f)) as u8;
+        let t = round(v_f * (1.0 - fs * (1.0 - f))) as u8;
+        let red = if sector == 0 || sector == 5 {
+            v
+        } else if sector == 1 {
+            q
+        } else if sector == 4 {
+            t
+        } else {
+            p
+        };
+        let green = if sector == 1 || sector == 2 {
+            v
+        } else if sector == 0 {
+            t
+        } else if sector == 3 {
+            q
+        } else {
+            p
+        };
+        let blue = if sector == 3 || sector == 4 {
+            v
+        } else if sector == 2 {
+            t
+        } else if sector == 5 {
+            q
+        } else {
+            p
+        };
+        block[k] = [red, green, blue];
     }
 }
 
@@ -394,6 +490,8 @@ impl TrainTransform {
 
 #[cfg(test)]
 mod tests {
+    use image::Rgb;
+
     use super::*;
 
     #[test]
@@ -409,6 +507,26 @@ mod tests {
         let back = hsv_to_rgb_table();
         assert_eq!(back.convert([0, 255, 255]), [255, 0, 0]);
         assert_eq!(back.convert([0, 0, 77]), [77, 77, 77]);
+    }
+
+    #[test]
+    fn the_blocked_hue_shift_equals_the_pixel_by_pixel_one() {
+        // Every 8-bit grey and colour edge case plus random pixels, over all shifts.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let pixels: Vec<[u8; 3]> = (0..=255u8)
+            .flat_map(|v| [[v, v, v], [v, 0, 0], [0, v, 255], [255, v, v]])
+            .chain((0..4000).map(|_| [rng.random(), rng.random(), rng.random()]))
+            .collect();
+        let width = pixels.len() as u32;
+        let image = RgbImage::from_fn(width, 1, |x, _| Rgb(pixels[x as usize]));
+        for shift in [0.0, 0.2, -0.2, 0.137, -0.004, 0.5] {
+            let blocked = adjust_hue(&image, shift);
+            let step = (shift * 255.0f64).trunc() as i64 as u8;
+            for (x, pixel) in pixels.iter().enumerate() {
+                let [h, s, v] = pil_rgb_to_hsv(*pixel);
+                assert_eq!(blocked.get_pixel(x as u32, 0).0, pil_hsv_to_rgb([h.wrapping_add(step), s, v]), "{pixel:?} shift {shift}");
+            }
+        }
     }
 
     #[test]
