@@ -1,0 +1,48 @@
+#![allow(clippy::unwrap_used)]
+//! Decoding the formats of the real datasets against Pillow's `convert("RGB")` of the same files
+//! (tests/fixtures/make_formats.py), and a Cheng file as MATLAB itself lays it out.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use medxfer_data::{decode, layouts};
+
+fn formats() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats"))
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(formats().join("expected.safetensors"), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn every_format_decodes_as_pillow_converts_it() {
+    let expected = expected();
+    // Lossless formats: identical. JPEG: libjpeg-turbo (Pillow) and zune-jpeg (image) use
+    // different IDCTs, so a level or two apart.
+    for (name, tolerance) in
+        [("lzw.tif", 0), ("two_pages.tif", 0), ("rgb16.tif", 0), ("rgba.png", 0), ("palette.png", 0), ("gray.jpg", 2), ("cmyk.jpg", 2)]
+    {
+        let ours = decode::load_rgb8(&formats().join(name)).unwrap();
+        let theirs = &expected[name];
+        let (height, width, _) = theirs.dims3().unwrap();
+        assert_eq!(ours.dimensions(), (width as u32, height as u32), "{name}");
+        let theirs = theirs.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let max = ours.as_raw().iter().zip(&theirs).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(max <= tolerance, "{name}: max difference {max}");
+    }
+}
+
+#[test]
+fn a_matlab_written_cheng_file_reads_with_its_superblock_v0() {
+    let path = formats().join("cheng_v0.mat");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"MATLAB 7.3 MAT-file"));
+    // Superblock version 0, right after the 512-byte header.
+    assert_eq!((&bytes[512..520], bytes[520]), (&b"\x89HDF\r\n\x1a\n"[..], 0));
+    let slice = layouts::read_cheng(&path, true).unwrap();
+    assert_eq!((slice.class, slice.patient.as_str(), slice.height, slice.width), ("pituitary", "TJ-0042", 7, 5));
+    let image = expected()["cheng_v0.image"].flatten_all().unwrap().to_vec1::<i16>().unwrap();
+    assert_eq!(slice.pixels.unwrap(), image);
+}
