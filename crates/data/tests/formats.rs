@@ -19,18 +19,29 @@ fn expected() -> HashMap<String, Tensor> {
 #[test]
 fn every_format_decodes_as_pillow_converts_it() {
     let expected = expected();
-    // Lossless formats: identical. JPEG: libjpeg-turbo (Pillow) and zune-jpeg (image) use
-    // different IDCTs, so a level or two apart.
-    for (name, tolerance) in
-        [("lzw.tif", 0), ("two_pages.tif", 0), ("rgb16.tif", 0), ("rgba.png", 0), ("palette.png", 0), ("gray.jpg", 2), ("cmyk.jpg", 2)]
-    {
+    // Lossless formats: identical. JPEG: libjpeg-turbo (Pillow) and zune-jpeg (image) differ in
+    // IDCT and in chroma upsampling (the EXIF-rotated file is 4:2:0), so a few levels apart at
+    // the most, under one on average. The EXIF-rotated JPEG keeps its stored 24 x 16 pixels,
+    // as Pillow's open() and the reference leave it.
+    for (name, max_allowed, mean_allowed) in [
+        ("lzw.tif", 0, 0.0),
+        ("two_pages.tif", 0, 0.0),
+        ("rgb16.tif", 0, 0.0),
+        ("rgba.png", 0, 0.0),
+        ("palette.png", 0, 0.0),
+        ("gray.jpg", 2, 0.5),
+        ("cmyk.jpg", 2, 0.5),
+        ("exif_rotated.jpg", 6, 1.0),
+    ] {
         let ours = decode::load_rgb8(&formats().join(name)).unwrap();
         let theirs = &expected[name];
         let (height, width, _) = theirs.dims3().unwrap();
         assert_eq!(ours.dimensions(), (width as u32, height as u32), "{name}");
         let theirs = theirs.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-        let max = ours.as_raw().iter().zip(&theirs).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-        assert!(max <= tolerance, "{name}: max difference {max}");
+        let differences: Vec<u8> = ours.as_raw().iter().zip(&theirs).map(|(a, b)| a.abs_diff(*b)).collect();
+        let max = differences.iter().copied().max().unwrap();
+        let mean = differences.iter().map(|&d| f64::from(d)).sum::<f64>() / differences.len() as f64;
+        assert!(max <= max_allowed && mean <= mean_allowed, "{name}: max difference {max}, mean {mean:.3}");
     }
 }
 
