@@ -1,6 +1,18 @@
-//! medxfer-train: fine-tuning, the hyperparameter search and feature extraction.
+//! medxfer-train: fine-tuning as the reference ran it, the hyperparameter search and feature
+//! extraction.
 //!
-//! Nothing lives here yet. Issue 5 fills this crate with the reference fine-tuning loop
-//! (SGD with Nesterov momentum, cosine schedule, best-validation-loss checkpoint), the 75-point
-//! Halton search over learning rate and weight decay with resumable, shardable trials, and
-//! feature extraction for the scores. The `cuda` feature will switch candle to CUDA kernels.
+//! - [`sgd`]: SGD with Nesterov momentum and coupled weight decay, as PyTorch's.
+//! - [`schedule`]: cosine annealing per epoch to 1e-6.
+//! - [`search_space`]: the 75 Halton (learning rate, weight decay) points.
+//! - [`metrics`]: confusion matrix, per-class recall, balanced accuracy.
+//!
+//! The training loop, checkpoints, the search driver and extraction follow (issue 5). The `cuda`
+//! feature will switch candle to CUDA kernels.
+
+mod error;
+pub mod metrics;
+pub mod schedule;
+pub mod search_space;
+pub mod sgd;
+
+pub use error::{Error, Result};

@@ -1,0 +1,24 @@
+//! The training crate's one error type.
+
+/// Everything that can go wrong training, searching or extracting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Zoo(#[from] medxfer_zoo::Error),
+    #[error(transparent)]
+    Data(#[from] medxfer_data::Error),
+    /// A checkpoint is missing, corrupt or does not fit.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+    #[error("{path}: {problem}")]
+    Io { path: std::path::PathBuf, problem: String },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,75 @@
+#![allow(clippy::unwrap_used)]
+//! The optimizer, the schedule, the search space and the metrics against PyTorch, scipy and
+//! hand-computed cases (tests/fixtures/make_fixtures.py).
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor, Var};
+use medxfer_train::metrics::evaluate;
+use medxfer_train::schedule::cosine;
+use medxfer_train::search_space::{points, unit_point};
+use medxfer_train::sgd::{NesterovSgd, SgdSettings};
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn the_halton_points_are_scipys_and_the_protocols() {
+    let scipy = reference()["halton.unit"].to_vec2::<f64>().unwrap();
+    for (index, row) in scipy.iter().enumerate() {
+        let (u1, u2) = unit_point(index);
+        assert!((u1 - row[0]).abs() < 1e-12 && (u2 - row[1]).abs() < 1e-12, "point {index}");
+    }
+    // PROTOCOL.md's first four runs.
+    let p = points(75);
+    assert_eq!(p.len(), 75);
+    for (run, lr, wd) in [(0, 1e-4, 1e-6), (1, 3.162e-3, 4.642e-6), (2, 5.623e-4, 2.154e-5), (3, 1.778e-2, 1.668e-6)] {
+        assert!((p[run].learning_rate / lr - 1.0).abs() < 1e-3 && (p[run].weight_decay / wd - 1.0).abs() < 1e-3, "run {run}: {:?}", p[run]);
+    }
+}
+
+#[test]
+fn nesterov_sgd_steps_as_torch() {
+    let r = reference();
+    let weight = Var::from_tensor(&r["sgd.weight0"]).unwrap();
+    let bias = Var::from_tensor(&r["sgd.bias0"]).unwrap();
+    let settings = SgdSettings { learning_rate: 0.05, momentum: 0.9, weight_decay: 0.01, nesterov: true };
+    let mut optimizer = NesterovSgd::new(vec![("weight".into(), weight.clone()), ("bias".into(), bias.clone())], settings);
+    let (x, y, c) = (&r["sgd.x"], &r["sgd.y"], &r["sgd.c"]);
+    for step in 1..=4 {
+        let prediction = x.matmul(&weight.as_tensor().t().unwrap()).unwrap().broadcast_add(bias.as_tensor()).unwrap();
+        let loss = (prediction - y).unwrap().sqr().unwrap().broadcast_mul(c).unwrap().sum_all().unwrap();
+        optimizer.step(&loss.backward().unwrap()).unwrap();
+        assert!(max_difference(weight.as_tensor(), &r[&format!("sgd.weight{step}")]) < 1e-12, "weight after step {step}");
+        assert!(max_difference(bias.as_tensor(), &r[&format!("sgd.bias{step}")]) < 1e-12, "bias after step {step}");
+    }
+    // The momentum state round-trips into a fresh optimizer.
+    let mut resumed = NesterovSgd::new(vec![("weight".into(), weight.clone()), ("bias".into(), bias.clone())], settings);
+    resumed.restore(optimizer.state().clone()).unwrap();
+    assert_eq!(resumed.state().len(), 2);
+    let wrong = HashMap::from([("weight".to_string(), Tensor::zeros(3, candle_core::DType::F64, &Device::Cpu).unwrap())]);
+    assert!(resumed.restore(wrong).unwrap_err().to_string().contains("shape"));
+}
+
+#[test]
+fn cosine_annealing_matches_torch_per_epoch() {
+    let torch = reference()["cosine.lrs"].to_vec1::<f64>().unwrap();
+    for (epoch, expected) in torch.iter().enumerate() {
+        assert!((cosine(0.1, epoch, 10) - expected).abs() < 1e-12, "epoch {epoch}");
+    }
+}
+
+#[test]
+fn balanced_accuracy_is_the_mean_recall() {
+    // Class 0: 3 of 4 right; class 1: 1 of 2; class 2: absent from the truth (left out).
+    let e = evaluate(&[0, 0, 0, 0, 1, 1], &[0, 0, 0, 1, 1, 2], 3);
+    assert_eq!(e.confusion, vec![vec![3, 1, 0], vec![0, 1, 1], vec![0, 0, 0]]);
+    assert_eq!(e.recall, vec![Some(0.75), Some(0.5), None]);
+    assert!((e.balanced_accuracy - 0.625).abs() < 1e-15);
+    assert!((e.accuracy - 4.0 / 6.0).abs() < 1e-15);
+}
