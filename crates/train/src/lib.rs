@@ -5,11 +5,15 @@
 //! - [`schedule`]: cosine annealing per epoch to 1e-6.
 //! - [`search_space`]: the 75 Halton (learning rate, weight decay) points.
 //! - [`metrics`]: confusion matrix, per-class recall, balanced accuracy.
+//! - [`finetune`]: one run, resumable, with its history, kept model and test/OOD evaluation;
+//!   [`checkpoint`] its atomic per-epoch files.
 //!
-//! The training loop, checkpoints, the search driver and extraction follow (issue 5). The `cuda`
+//! The search driver, extraction and the CLI follow (issue 5). The `cuda`
 //! feature will switch candle to CUDA kernels.
 
+pub mod checkpoint;
 mod error;
+pub mod finetune;
 pub mod metrics;
 pub mod schedule;
 pub mod search_space;

@@ -1,0 +1,362 @@
+//! One fine-tuning run as the reference ran it (PROTOCOL.md, "Fine-tuning"): the whole network
+//! trainable, BatchNorm in train mode, cross-entropy without class weights, Nesterov SGD with
+//! coupled weight decay, cosine annealing per epoch, batches shuffled by seed with the last
+//! partial batch kept; after every epoch the validation loss and balanced accuracy; the kept
+//! model is the epoch with the lowest validation loss (or, as a named option, the best
+//! validation balanced accuracy), evaluated on the test split and the OOD set.
+//!
+//! A run lives in its own directory: `epoch-NNNN.safetensors` (model, optimizer, state; the
+//! two newest), `best.safetensors`, `history.jsonl`, and `outcome.json` when complete. A
+//! complete run is never redone; an interrupted one resumes from its newest loadable
+//! checkpoint and, on the CPU, ends exactly as an uninterrupted run would.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{D, Device, Tensor};
+use medxfer_data::cache::ImageCache;
+use medxfer_data::loader::{self, Augment, LoaderConfig};
+use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_zoo::Backbone;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::metrics::{Evaluation, evaluate};
+use crate::schedule::cosine;
+use crate::sgd::{NesterovSgd, SgdSettings};
+
+/// Which epoch a run keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// The lowest validation cross-entropy (the reference).
+    ValLoss,
+    /// The highest validation balanced accuracy (ties: lower loss).
+    ValBalancedAccuracy,
+}
+
+/// Everything that defines a run besides the model and the data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub selection: Selection,
+    /// Early stopping: stop after this many epochs without a lower validation loss (not in the
+    /// reference; None runs every epoch).
+    pub patience: Option<usize>,
+    pub normalization: Normalization,
+    pub train_transform: TrainTransform,
+    /// Centre crop of the eval transform.
+    pub crop: u32,
+}
+
+impl RunSettings {
+    /// The reference's settings for one (lr, wd) point.
+    pub fn reference(learning_rate: f64, weight_decay: f64, normalization: Normalization) -> Self {
+        Self {
+            epochs: 100,
+            batch_size: 128,
+            seed: 0,
+            learning_rate,
+            weight_decay,
+            momentum: 0.9,
+            selection: Selection::ValLoss,
+            patience: None,
+            normalization,
+            train_transform: TrainTransform::default(),
+            crop: 224,
+        }
+    }
+}
+
+/// One split's images (a cache, in manifest order) and labels.
+#[derive(Debug, Clone)]
+pub struct SplitData {
+    pub cache: Arc<ImageCache>,
+    pub labels: Arc<Vec<u32>>,
+}
+
+/// The splits a run uses.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    pub train: SplitData,
+    pub val: SplitData,
+    pub test: Option<SplitData>,
+    pub ood: Option<SplitData>,
+    pub classes: usize,
+}
+
+/// One epoch's record (a line of history.jsonl).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub learning_rate: f64,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_balanced_accuracy: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// What a run left in its checkpoint: everything needed to continue it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunState {
+    history: Vec<EpochRecord>,
+    best_epoch: Option<usize>,
+    /// Epochs since the validation loss last improved (early stopping).
+    since_lowest_loss: usize,
+    lowest_loss: f64,
+    stopped_early: bool,
+}
+
+/// A finished run (outcome.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub selection: Selection,
+    pub best_epoch: usize,
+    pub best: EpochRecord,
+    pub epochs_run: usize,
+    pub stopped_early: bool,
+    pub test: Option<Evaluation>,
+    pub ood: Option<Evaluation>,
+}
+
+pub const OUTCOME_FILE: &str = "outcome.json";
+pub const BEST_FILE: &str = "best.safetensors";
+pub const HISTORY_FILE: &str = "history.jsonl";
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io { path: path.to_path_buf(), problem: e.to_string() }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("partial");
+    std::fs::write(&temporary, bytes).map_err(|e| io_error(&temporary, e))?;
+    std::fs::rename(&temporary, path).map_err(|e| io_error(path, e))
+}
+
+/// The outcome of a complete run in `dir`, if there is one.
+pub fn finished(dir: &Path) -> Option<RunOutcome> {
+    std::fs::read(dir.join(OUTCOME_FILE)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+/// Every tensor of the model (parameters and running statistics) by name.
+pub fn model_tensors(model: &Backbone) -> Result<HashMap<String, Tensor>> {
+    let store = model.params();
+    store
+        .names()
+        .into_iter()
+        .map(|name| Ok((name.clone(), store.var(&name).ok_or_else(|| Error::Checkpoint(format!("no tensor {name}")))?.as_tensor().clone())))
+        .collect()
+}
+
+/// Sets every tensor of the model from `tensors`, which must hold exactly the model's names and
+/// shapes.
+pub fn restore_model(model: &Backbone, tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+    let store = model.params();
+    let names = store.names();
+    if names.len() != tensors.len() {
+        return Err(Error::Checkpoint(format!(
+            "{} holds {} model tensors, the model has {}",
+            source.display(),
+            tensors.len(),
+            names.len()
+        )));
+    }
+    for name in names {
+        let (Some(var), Some(value)) = (store.var(&name), tensors.get(&name)) else {
+            return Err(Error::Checkpoint(format!("{} has no tensor {name}", source.display())));
+        };
+        if var.dims() != value.dims() {
+            return Err(Error::Checkpoint(format!(
+                "{}: {name} has shape {:?}, the model {:?}",
+                source.display(),
+                value.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&value.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Mean cross-entropy, predictions and metrics of `model` on a split (eval transform).
+pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSettings, classes: usize) -> Result<(f64, Vec<u32>, Evaluation)> {
+    let config = LoaderConfig {
+        batch_size: settings.batch_size,
+        shuffle: false,
+        seed: settings.seed,
+        epoch: 0,
+        augment: Augment::Eval { crop: settings.crop },
+        normalization: settings.normalization,
+    };
+    let device = model.params().device().clone();
+    let (mut loss_sum, mut predictions) = (0.0, Vec::with_capacity(split.labels.len()));
+    for batch in loader::batches(split.cache.clone(), split.labels.clone(), config)? {
+        let batch = batch?;
+        let (_, logits) = model.forward_t(&batch.images.to_device(&device)?, false)?;
+        let labels = batch.labels.to_device(&device)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
+        loss_sum += f64::from(loss) * batch.indices.len() as f64;
+        predictions.extend(logits.argmax(D::Minus1)?.to_device(&Device::Cpu)?.to_vec1::<u32>()?);
+    }
+    let evaluation = evaluate(&split.labels, &predictions, classes);
+    Ok((loss_sum / split.labels.len().max(1) as f64, predictions, evaluation))
+}
+
+/// Runs (or resumes, or returns the finished result of) one fine-tuning run in `dir`. `model`
+/// must already carry the fresh head for `data.classes`; `report` sees every epoch.
+pub fn run(
+    model: &Backbone,
+    data: &RunData,
+    settings: &RunSettings,
+    dir: &Path,
+    report: &mut dyn FnMut(&EpochRecord),
+) -> Result<RunOutcome> {
+    if let Some(outcome) = finished(dir) {
+        return Ok(outcome);
+    }
+    if settings.epochs == 0 || settings.batch_size == 0 {
+        return Err(Error::Config("a run needs at least one epoch and a batch size of at least 1".into()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    let device = model.params().device().clone();
+    let sgd = SgdSettings {
+        learning_rate: settings.learning_rate,
+        momentum: settings.momentum,
+        weight_decay: settings.weight_decay,
+        nesterov: true,
+    };
+    let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), sgd);
+    let mut state =
+        RunState { history: Vec::new(), best_epoch: None, since_lowest_loss: 0, lowest_loss: f64::INFINITY, stopped_early: false };
+
+    let (resumed, warnings) = checkpoint::latest(dir, &device)?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(saved) = resumed {
+        restore_model(model, &saved.model, &saved.path)?;
+        optimizer.restore(saved.optimizer)?;
+        state = serde_json::from_str(&saved.state).map_err(|e| Error::Checkpoint(format!("{}: run state: {e}", saved.path.display())))?;
+        // The best model may not have been written if the run stopped right after this
+        // checkpoint; the checkpoint holds it then.
+        if state.best_epoch == Some(state.history.len()) && best_epoch_on_disk(dir, &device) != state.best_epoch {
+            save_best(model, dir, state.history.len())?;
+        }
+    }
+
+    while state.history.len() < settings.epochs && !state.stopped_early {
+        let epoch = state.history.len();
+        let start = Instant::now();
+        let learning_rate = cosine(settings.learning_rate, epoch, settings.epochs);
+        optimizer.set_learning_rate(learning_rate);
+        let config = LoaderConfig {
+            batch_size: settings.batch_size,
+            shuffle: true,
+            seed: settings.seed,
+            epoch: epoch as u64,
+            augment: Augment::Train(settings.train_transform),
+            normalization: settings.normalization,
+        };
+        let (mut loss_sum, mut seen) = (0.0, 0usize);
+        for batch in loader::batches(data.train.cache.clone(), data.train.labels.clone(), config)? {
+            let batch = batch?;
+            let (_, logits) = model.forward_t(&batch.images.to_device(&device)?, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?)?;
+            optimizer.step(&loss.backward()?)?;
+            let value = f64::from(loss.to_scalar::<f32>()?);
+            if !value.is_finite() {
+                return Err(Error::Config(format!(
+                    "the training loss became {value} in epoch {} (learning rate {learning_rate:e}); the run diverged",
+                    epoch + 1
+                )));
+            }
+            loss_sum += value * batch.indices.len() as f64;
+            seen += batch.indices.len();
+        }
+        let (val_loss, _, val) = evaluate_split(model, &data.val, settings, data.classes)?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            learning_rate,
+            train_loss: loss_sum / seen.max(1) as f64,
+            val_loss,
+            val_balanced_accuracy: val.balanced_accuracy,
+            val_accuracy: val.accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let improved = match (settings.selection, state.best_epoch) {
+            (_, None) => true,
+            (Selection::ValLoss, Some(best)) => record.val_loss < state.history[best - 1].val_loss,
+            (Selection::ValBalancedAccuracy, Some(best)) => {
+                let previous = &state.history[best - 1];
+                record.val_balanced_accuracy > previous.val_balanced_accuracy
+                    || (record.val_balanced_accuracy == previous.val_balanced_accuracy && record.val_loss < previous.val_loss)
+            }
+        };
+        if record.val_loss < state.lowest_loss {
+            state.lowest_loss = record.val_loss;
+            state.since_lowest_loss = 0;
+        } else {
+            state.since_lowest_loss += 1;
+        }
+        if improved {
+            state.best_epoch = Some(epoch + 1);
+        }
+        state.stopped_early = settings.patience.is_some_and(|p| state.since_lowest_loss >= p);
+        state.history.push(record.clone());
+        // The epoch checkpoint first (it also holds the model of a new best), then best.
+        let state_json = serde_json::to_string(&state).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        checkpoint::save(dir, epoch + 1, &model_tensors(model)?, optimizer.state(), &state_json)?;
+        if improved {
+            save_best(model, dir, epoch + 1)?;
+        }
+        let history: String = state.history.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|line| line + "\n").collect();
+        write_atomic(&dir.join(HISTORY_FILE), history.as_bytes())?;
+        report(&record);
+    }
+
+    let best_epoch = state.best_epoch.ok_or_else(|| Error::Checkpoint("the run has no epoch".into()))?;
+    let (best, _) = checkpoint::read_tensors(&dir.join(BEST_FILE), &device)?;
+    restore_model(model, &best, &dir.join(BEST_FILE))?;
+    let test = data.test.as_ref().map(|split| evaluate_split(model, split, settings, data.classes).map(|(_, _, e)| e)).transpose()?;
+    let ood = data.ood.as_ref().map(|split| evaluate_split(model, split, settings, data.classes).map(|(_, _, e)| e)).transpose()?;
+    let outcome = RunOutcome {
+        learning_rate: settings.learning_rate,
+        weight_decay: settings.weight_decay,
+        selection: settings.selection,
+        best_epoch,
+        best: state.history[best_epoch - 1].clone(),
+        epochs_run: state.history.len(),
+        stopped_early: state.stopped_early,
+        test,
+        ood,
+    };
+    let json = serde_json::to_vec_pretty(&outcome).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    write_atomic(&dir.join(OUTCOME_FILE), &json)?;
+    Ok(outcome)
+}
+
+const BEST_EPOCH_KEY: &str = "medxfer.epoch";
+
+fn save_best(model: &Backbone, dir: &Path, epoch: usize) -> Result<()> {
+    checkpoint::write_tensors(
+        &dir.join(BEST_FILE),
+        &model_tensors(model)?,
+        HashMap::from([(BEST_EPOCH_KEY.to_string(), epoch.to_string())]),
+    )
+}
+
+fn best_epoch_on_disk(dir: &Path, device: &Device) -> Option<usize> {
+    checkpoint::read_tensors(&dir.join(BEST_FILE), device).ok().and_then(|(_, info)| info.get(BEST_EPOCH_KEY)?.parse().ok())
+}
