@@ -13,6 +13,9 @@ pub enum Error {
     /// A checkpoint is missing, corrupt or does not fit.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The training loss became NaN or infinite: the learning rate is too high for this model.
+    #[error("the training loss became {loss} in epoch {epoch} (learning rate {learning_rate:e}); the run diverged")]
+    Diverged { epoch: usize, learning_rate: f64, loss: f64 },
     /// A setting is out of range.
     #[error("{0}")]
     Config(String),

@@ -8,7 +8,9 @@
 //! - [`finetune`]: one run, resumable, with its history, kept model and test/OOD evaluation;
 //!   [`checkpoint`] its atomic per-epoch files.
 //!
-//! The search driver, extraction and the CLI follow (issue 5). The `cuda`
+//! - [`search`]: the trials of one (backbone, task), shardable and resumable; A_opt.
+//!
+//! Extraction and the CLI follow (issue 5). The `cuda`
 //! feature will switch candle to CUDA kernels.
 
 pub mod checkpoint;
@@ -16,6 +18,7 @@ mod error;
 pub mod finetune;
 pub mod metrics;
 pub mod schedule;
+pub mod search;
 pub mod search_space;
 pub mod sgd;
 

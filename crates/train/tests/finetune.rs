@@ -11,6 +11,7 @@ use medxfer_data::cache::ImageCache;
 use medxfer_data::split::{Entry, Part};
 use medxfer_data::transform::{Normalization, TrainTransform};
 use medxfer_train::finetune::{self, RunData, RunSettings, SplitData};
+use medxfer_train::search::{self, Shard};
 use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
 use rand::{Rng, SeedableRng};
 
@@ -122,4 +123,40 @@ fn a_killed_run_resumes_to_the_same_result_even_from_a_truncated_checkpoint() {
             .collect()
     };
     assert_eq!(losses(&run_dir), losses(&dir.path().join("straight")), "bit-identical losses");
+}
+
+#[test]
+fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let search_dir = dir.path().join("search");
+    let base = settings(1);
+    let make = || Ok(model());
+    // A live worker (this process, this host) holds trial 2: shard 0 skips it.
+    std::fs::create_dir_all(search::trial_dir(&search_dir, 2)).unwrap();
+    let live = serde_json::json!({"host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pid": std::process::id()});
+    std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), live.to_string()).unwrap();
+    let mut ran = Vec::new();
+    let summary = search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p, _| ran.push(p.index)).unwrap();
+    assert_eq!(ran, vec![0]);
+    assert_eq!(summary.pending, vec![1, 2, 3]);
+    assert!(summary.best.is_none());
+    // A lock of a process that no longer exists is stale: shard 0 takes trial 2 over.
+    std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), serde_json::json!({"host": live["host"], "pid": u32::MAX}).to_string())
+        .unwrap();
+    ran.clear();
+    search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p, _| ran.push(p.index)).unwrap();
+    assert_eq!(ran, vec![2]);
+    assert!(!search::trial_dir(&search_dir, 2).join("lock").exists());
+    ran.clear();
+    let summary = search::run(&make, &data, &base, 4, Shard::parse("1/2").unwrap(), &search_dir, &mut |p, _| ran.push(p.index)).unwrap();
+    assert_eq!(ran, vec![1, 3]);
+    assert!(summary.pending.is_empty());
+    let best = summary.best.unwrap();
+    assert_eq!(Some(&best), search::select_best(&summary.finished));
+    assert!(summary.finished.iter().all(|t| t.outcome.best.val_balanced_accuracy <= best.outcome.best.val_balanced_accuracy));
+    // Trial i ran at the i-th Halton point.
+    let points = medxfer_train::search_space::points(4);
+    assert!(summary.finished.iter().all(|t| t.outcome.learning_rate == points[t.index].learning_rate));
+    assert!(search_dir.join("search.json").exists());
 }

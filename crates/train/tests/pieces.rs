@@ -73,3 +73,42 @@ fn balanced_accuracy_is_the_mean_recall() {
     assert!((e.balanced_accuracy - 0.625).abs() < 1e-15);
     assert!((e.accuracy - 4.0 / 6.0).abs() < 1e-15);
 }
+
+#[test]
+fn shards_split_the_trials_and_a_opt_breaks_ties_by_loss_then_index() {
+    use medxfer_train::finetune::{EpochRecord, RunOutcome, Selection};
+    use medxfer_train::search::{Shard, Trial, select_best};
+    let shard = Shard::parse("1/3").unwrap();
+    assert_eq!((0..9).filter(|&i| shard.takes(i)).collect::<Vec<_>>(), vec![1, 4, 7]);
+    for bad in ["3/3", "1", "a/b", "0/0"] {
+        assert!(Shard::parse(bad).is_err(), "{bad}");
+    }
+    let trial = |index, bacc, loss| {
+        let best = EpochRecord {
+            epoch: 1,
+            learning_rate: 0.1,
+            train_loss: 0.0,
+            val_loss: loss,
+            val_balanced_accuracy: bacc,
+            val_accuracy: 0.0,
+            seconds: 0.0,
+        };
+        Trial {
+            index,
+            outcome: RunOutcome {
+                learning_rate: 0.1,
+                weight_decay: 0.0,
+                selection: Selection::ValLoss,
+                best_epoch: 1,
+                best,
+                epochs_run: 1,
+                stopped_early: false,
+                test: None,
+                ood: None,
+            },
+        }
+    };
+    assert_eq!(select_best(&[trial(0, 0.8, 0.5), trial(1, 0.9, 0.7), trial(2, 0.85, 0.1)]).unwrap().index, 1);
+    assert_eq!(select_best(&[trial(0, 0.9, 0.5), trial(1, 0.9, 0.4), trial(2, 0.9, 0.4)]).unwrap().index, 1);
+    assert!(select_best(&[]).is_none());
+}
