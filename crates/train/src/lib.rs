@@ -10,11 +10,14 @@
 //!
 //! - [`search`]: the trials of one (backbone, task), shardable and resumable; A_opt.
 //!
-//! Extraction and the CLI follow (issue 5). The `cuda`
+//! - [`extract`]: the feature files medxfer-scores reads.
+//!
+//! The CLI follows (issue 5). The `cuda`
 //! feature will switch candle to CUDA kernels.
 
 pub mod checkpoint;
 mod error;
+pub mod extract;
 pub mod finetune;
 pub mod metrics;
 pub mod schedule;

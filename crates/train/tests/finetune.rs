@@ -160,3 +160,47 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     assert!(summary.finished.iter().all(|t| t.outcome.learning_rate == points[t.index].learning_rate));
     assert!(search_dir.join("search.json").exists());
 }
+
+#[test]
+fn extraction_writes_the_feature_file_the_scores_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let model = model();
+    let ids: Vec<String> = (0..data.val.labels.len()).map(|i| format!("val/{i:03}.png")).collect();
+    let normalization = settings(1).normalization;
+    let out = dir.path().join("val.safetensors");
+    medxfer_train::extract::extract(&model, &data.val, &ids, normalization, 32, 5, &out).unwrap();
+    // medxfer-scores reads it; features are the model's own, probabilities its softmax.
+    let input = medxfer_scores::read_feature_file(&out).unwrap();
+    assert_eq!(input.labels(), data.val.labels.iter().map(|&l| l as usize).collect::<Vec<_>>());
+    assert_eq!((input.features().nrows(), input.features().ncols()), (16, 32));
+    let images = medxfer_data::loader::batches(
+        data.val.cache.clone(),
+        data.val.labels.clone(),
+        medxfer_data::loader::LoaderConfig {
+            batch_size: 16,
+            shuffle: false,
+            seed: 0,
+            epoch: 0,
+            augment: medxfer_data::loader::Augment::Eval { crop: 32 },
+            normalization,
+        },
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap()
+    .images;
+    let (features, _) = model.forward_t(&images, false).unwrap();
+    let features = features.to_vec2::<f32>().unwrap();
+    for (i, row) in features.iter().enumerate() {
+        for (j, value) in row.iter().enumerate() {
+            assert!((input.features()[(i, j)] - f64::from(*value)).abs() < 1e-5, "feature ({i}, {j})");
+        }
+    }
+    let probs = input.source_probs().unwrap();
+    assert_eq!(probs.shape(), (16, 2));
+    let (_, metadata) = medxfer_train::checkpoint::read_tensors(&out, &Device::Cpu).unwrap();
+    let stored: Vec<String> = serde_json::from_str(&metadata[medxfer_train::extract::IDS_KEY]).unwrap();
+    assert_eq!(stored, ids);
+}

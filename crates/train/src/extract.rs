@@ -1,0 +1,52 @@
+//! Feature extraction for the scores: a backbone (pretrained, or a fine-tuned run's kept model)
+//! over one split with the eval transform, batch 32 by default, writing the feature file
+//! medxfer-scores reads: `features` (N x D f32), `probs` (N x C f32, the softmax of the model's
+//! own head: ImageNet's 1000 classes before fine-tuning, the target classes after), `labels`
+//! (N i64), and the images' paths as JSON in the metadata (`medxfer.ids`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor};
+use medxfer_data::loader::{self, Augment, LoaderConfig};
+use medxfer_data::transform::Normalization;
+use medxfer_zoo::Backbone;
+
+use crate::checkpoint::write_tensors;
+use crate::error::{Error, Result};
+use crate::finetune::SplitData;
+
+/// Metadata key of the image ids.
+pub const IDS_KEY: &str = "medxfer.ids";
+
+/// Extracts `split` (whose images are `ids`, in cache order) with `model` into `out`.
+pub fn extract(
+    model: &Backbone,
+    split: &SplitData,
+    ids: &[String],
+    normalization: Normalization,
+    crop: u32,
+    batch_size: usize,
+    out: &Path,
+) -> Result<()> {
+    if ids.len() != split.labels.len() {
+        return Err(Error::Config(format!("{} image ids for a split of {} images", ids.len(), split.labels.len())));
+    }
+    let config = LoaderConfig { batch_size, shuffle: false, seed: 0, epoch: 0, augment: Augment::Eval { crop }, normalization };
+    let device = model.params().device().clone();
+    let (mut features, mut probs) = (Vec::new(), Vec::new());
+    for batch in loader::batches(split.cache.clone(), split.labels.clone(), config)? {
+        let batch = batch?;
+        let (f, logits) = model.forward_t(&batch.images.to_device(&device)?, false)?;
+        features.push(f.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
+        probs.push(candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_device(&Device::Cpu)?);
+    }
+    let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
+    let tensors = HashMap::from([
+        ("features".to_string(), Tensor::cat(&features, 0)?),
+        ("probs".to_string(), Tensor::cat(&probs, 0)?),
+        ("labels".to_string(), Tensor::new(labels, &Device::Cpu)?),
+    ]);
+    let ids_json = serde_json::to_string(ids).map_err(|e| Error::Config(e.to_string()))?;
+    write_tensors(out, &tensors, HashMap::from([(IDS_KEY.to_string(), ids_json)]))
+}
