@@ -1,0 +1,402 @@
+//! `medxfer-train`: fine-tune one backbone, run the hyperparameter search, extract features,
+//! evaluate a kept model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use medxfer_data::cache::ImageCache;
+use medxfer_data::manifest::read_entries;
+use medxfer_data::split::{Entry, Part, ood};
+use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_data::{Catalog, layouts};
+use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, Selection, SplitData};
+use medxfer_train::search::{self, Shard};
+use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file};
+
+/// mimalloc reuses freed pages: the system allocator maps and unmaps every large tensor.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "medxfer-train", about = "Fine-tune the study's backbones as the reference did, search (lr, wd), extract features.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A registry name (resnet50) or a timm hub id (timm/resnet50.a1_in1k).
+    #[arg(long)]
+    model: String,
+    /// Pretrained weights from this safetensors file instead of the hub.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// cpu, or cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// The task (skin, breast, brain): its ID dataset is split by --split.
+    #[arg(long)]
+    task: String,
+    /// The ID dataset's root folder.
+    #[arg(long)]
+    root: PathBuf,
+    /// The folder of the split's manifest.csv (from `medxfer-data split`).
+    #[arg(long)]
+    split: PathBuf,
+    /// The task's OOD dataset root: the kept model is evaluated on it too.
+    #[arg(long)]
+    ood_root: Option<PathBuf>,
+    /// Where decoded images are cached (reused across runs).
+    #[arg(long)]
+    cache: PathBuf,
+    /// Use ImageNet's std 0.229 instead of the reference's 0.228 typo.
+    #[arg(long)]
+    fix_std: bool,
+    /// Shorter side of the resize (the protocol's 256) ...
+    #[arg(long, default_value_t = 256)]
+    resize: u32,
+    /// ... and the crop (224). Other values are not the protocol.
+    #[arg(long, default_value_t = 224)]
+    crop: u32,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Which epoch a run keeps: the reference's lowest validation loss, or the best validation
+    /// balanced accuracy.
+    #[arg(long, value_enum, default_value = "val-loss")]
+    select: SelectArg,
+    /// Early stopping (not in the reference): stop after this many epochs without a lower
+    /// validation loss.
+    #[arg(long)]
+    patience: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SelectArg {
+    ValLoss,
+    ValBalancedAccuracy,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One fine-tuning run at a given learning rate and weight decay (resumes if interrupted).
+    Finetune {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        #[arg(long)]
+        lr: f64,
+        #[arg(long)]
+        wd: f64,
+        /// The run's directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The Halton search over (lr, wd) for one backbone and task; rerun to resume; several
+    /// workers share it with --shard i/n.
+    Search {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Trials (the reference's 75).
+        #[arg(long, default_value_t = 75)]
+        trials: usize,
+        /// This worker's share: trials with index % n == i.
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// The search directory (trial-NNN/ per trial, search.json).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Features and the head's softmax of one dataset split, as a feature file for
+    /// `medxfer-scores score`.
+    Extract {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        images: ImageArgs,
+        /// Batch size.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// The feature file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A kept model's balanced accuracy, accuracy, recall and confusion matrix on a split.
+    Evaluate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        images: ImageArgs,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// The dataset (isic2019, pad-ufes-20, breakhis, bach, brain-tumor-kaggle, cheng, nins).
+    #[arg(long)]
+    dataset: String,
+    #[arg(long)]
+    root: PathBuf,
+    /// A manifest.csv and the part of it to use; without it, every image the task uses.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "train")]
+    part: PartArg,
+    /// A fine-tuned model (a run's best.safetensors) with this many classes; without it, the
+    /// pretrained model with its ImageNet head.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    #[arg(long)]
+    classes: Option<usize>,
+    #[arg(long)]
+    cache: PathBuf,
+    #[arg(long)]
+    fix_std: bool,
+    #[arg(long, default_value_t = 256)]
+    resize: u32,
+    #[arg(long, default_value_t = 224)]
+    crop: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PartArg {
+    Train,
+    Val,
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        other => {
+            let index: usize = other
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .with_context(|| format!("--device {other}: expected cpu or cuda:N"))?;
+            if cfg!(feature = "cuda") {
+                Ok(Device::new_cuda(index)?)
+            } else {
+                bail!("--device {other}: this binary was built without CUDA; rebuild with `--features cuda`")
+            }
+        }
+    }
+}
+
+/// The registry entry and a function giving a fresh pretrained backbone.
+fn pretrained(args: &ModelArgs) -> Result<(ModelEntry, PathBuf, Device)> {
+    let registry = Registry::load_default()?;
+    let entry = registry.resolve(&args.model, &HubOptions::from_env())?;
+    let weights = match &args.weights {
+        Some(path) => path.clone(),
+        None => hub_file(&entry.hub, WEIGHTS_FILE, &HubOptions::from_env())?,
+    };
+    Ok((entry, weights, device(&args.device)?))
+}
+
+fn fresh_model(entry: &ModelEntry, weights: &Path, device: &Device, classes: usize, seed: u64) -> Result<Backbone> {
+    let mut model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, device)?;
+    model.load_weights(weights, true)?;
+    model.replace_head(classes, seed)?;
+    Ok(model)
+}
+
+fn normalization(entry: &ModelEntry, fix_std: bool) -> Normalization {
+    Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, fix_std)
+}
+
+/// One split's images, decoded once into the cache under `name`.
+fn split_data(root: &Path, entries: &[Entry], cache: &Path, name: &str, resize: u32) -> Result<SplitData> {
+    let cache = ImageCache::open_or_build(cache, name, root, entries, resize, true).with_context(|| format!("caching {name}"))?;
+    eprintln!("{name}: {} images", entries.len());
+    Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
+}
+
+fn run_data(args: &DataArgs) -> Result<(RunData, usize)> {
+    let catalog = Catalog::load_default()?;
+    let task = catalog.task(&args.task)?;
+    let id = catalog.dataset(&task.id)?;
+    let manifest = args.split.join(medxfer_data::manifest::CSV_NAME);
+    let entries = read_entries(&manifest)?;
+    let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
+    let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{}-{}", id.name, p.name()), args.resize);
+    let (train, val, test) = (build(Part::Train)?, build(Part::Val)?, build(Part::Test)?);
+    if train.labels.is_empty() || val.labels.is_empty() {
+        bail!("{}: the split needs train and val images", manifest.display());
+    }
+    let ood_data = match &args.ood_root {
+        Some(root) => {
+            let spec = catalog.dataset(&task.ood)?;
+            let scan = layouts::scan(spec, root)?;
+            if let Some(problem) = scan.problems.first() {
+                bail!(
+                    "{} has problems, the first: {}: {}; run `medxfer-data check {}`",
+                    spec.name,
+                    problem.path.display(),
+                    problem.problem,
+                    spec.name
+                );
+            }
+            Some(split_data(root, &ood(&scan.records), &args.cache, &spec.name, args.resize)?)
+        }
+        None => None,
+    };
+    Ok((RunData { train, val, test: Some(test), ood: ood_data, classes: task.classes.len() }, task.classes.len()))
+}
+
+fn settings(train: &TrainArgs, data: &DataArgs, normalization: Normalization, lr: f64, wd: f64) -> RunSettings {
+    RunSettings {
+        epochs: train.epochs,
+        batch_size: train.batch,
+        seed: train.seed,
+        selection: match train.select {
+            SelectArg::ValLoss => Selection::ValLoss,
+            SelectArg::ValBalancedAccuracy => Selection::ValBalancedAccuracy,
+        },
+        patience: train.patience,
+        crop: data.crop,
+        train_transform: TrainTransform { size: data.crop, ..TrainTransform::default() },
+        ..RunSettings::reference(lr, wd, normalization)
+    }
+}
+
+fn epoch_line(record: &EpochRecord) -> String {
+    format!(
+        "epoch {:>3}  lr {:.2e}  train loss {:.4}  val loss {:.4}  val balanced accuracy {:.4}  ({:.1} s)",
+        record.epoch, record.learning_rate, record.train_loss, record.val_loss, record.val_balanced_accuracy, record.seconds
+    )
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Finetune { model, data, train, lr, wd, out } => {
+            let (entry, weights, device) = pretrained(&model)?;
+            let (run_data, classes) = run_data(&data)?;
+            let settings = settings(&train, &data, normalization(&entry, data.fix_std), lr, wd);
+            let backbone = fresh_model(&entry, &weights, &device, classes, train.seed)?;
+            let outcome = finetune::run(&backbone, &run_data, &settings, &out, &mut |r| eprintln!("{}", epoch_line(r)))?;
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+        }
+        Command::Search { model, data, train, trials, shard, out } => {
+            let shard = Shard::parse(&shard)?;
+            let (entry, weights, device) = pretrained(&model)?;
+            let (run_data, classes) = run_data(&data)?;
+            let base = settings(&train, &data, normalization(&entry, data.fix_std), 0.0, 0.0);
+            let make =
+                || fresh_model(&entry, &weights, &device, classes, train.seed).map_err(|e| medxfer_train::Error::Config(format!("{e:#}")));
+            let summary = search::run(&make, &run_data, &base, trials, shard, &out, &mut |point, r| {
+                eprintln!("trial {:>2} (lr {:.3e}, wd {:.3e})  {}", point.index, point.learning_rate, point.weight_decay, epoch_line(r))
+            })?;
+            println!(
+                "{}: {} of {} trials finished, {} diverged, {} pending",
+                out.join(search::SUMMARY_FILE).display(),
+                summary.finished.len(),
+                summary.trials,
+                summary.diverged.len(),
+                summary.pending.len()
+            );
+            if let Some(best) = &summary.best {
+                println!(
+                    "A_opt: trial {} (lr {:.3e}, wd {:.3e}), val balanced accuracy {:.4}, test balanced accuracy {}",
+                    best.index,
+                    best.outcome.learning_rate,
+                    best.outcome.weight_decay,
+                    best.outcome.best.val_balanced_accuracy,
+                    best.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy))
+                );
+            }
+        }
+        Command::Extract { model, images, batch, out } => {
+            let (entry, backbone, split, ids) = image_split(&model, &images)?;
+            medxfer_train::extract::extract(&backbone, &split, &ids, normalization(&entry, images.fix_std), images.crop, batch, &out)?;
+            println!("{}: {} images", out.display(), ids.len());
+        }
+        Command::Evaluate { model, images, batch } => {
+            let (entry, backbone, split, _) = image_split(&model, &images)?;
+            let classes = backbone.num_classes()?;
+            let settings = RunSettings {
+                batch_size: batch,
+                crop: images.crop,
+                ..RunSettings::reference(0.0, 0.0, normalization(&entry, images.fix_std))
+            };
+            let (loss, _, evaluation) = finetune::evaluate_split(&backbone, &split, &settings, classes)?;
+            let mut value = serde_json::to_value(&evaluation)?;
+            value["loss"] = loss.into();
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+    }
+    Ok(())
+}
+
+/// The model (pretrained, or a fine-tuned checkpoint) and one dataset split for extract and
+/// evaluate.
+fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Backbone, SplitData, Vec<String>)> {
+    let (entry, weights, device) = pretrained(model)?;
+    let mut backbone = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
+    backbone.load_weights(&weights, true)?;
+    match (&images.checkpoint, images.classes) {
+        (Some(checkpoint), Some(classes)) => {
+            backbone.replace_head(classes, 0)?;
+            let (tensors, _) = medxfer_train::checkpoint::read_tensors(checkpoint, &device)?;
+            finetune::restore_model(&backbone, &tensors, checkpoint)?;
+        }
+        (Some(_), None) => bail!("--checkpoint needs --classes, the number of classes of its head"),
+        (None, _) => {}
+    }
+    let catalog = Catalog::load_default()?;
+    let spec = catalog.dataset(&images.dataset)?;
+    let entries = match &images.manifest {
+        Some(path) => {
+            let part = match images.part {
+                PartArg::Train => Part::Train,
+                PartArg::Val => Part::Val,
+                PartArg::Test => Part::Test,
+            };
+            read_entries(path)?.into_iter().filter(|e| e.split == part).collect()
+        }
+        None => ood(&layouts::scan(spec, &images.root)?.records),
+    };
+    let labels: BTreeMap<u32, usize> = entries.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e.label).or_default() += 1;
+        m
+    });
+    eprintln!("{}: {} images, per label {labels:?}", spec.name, entries.len());
+    let ids = entries.iter().map(|e| e.path.clone()).collect();
+    let split = split_data(&images.root, &entries, &images.cache, &spec.name, images.resize)?;
+    Ok((entry, backbone, split, ids))
+}

@@ -1,0 +1,150 @@
+#![allow(clippy::unwrap_used)]
+//! The medxfer-train binary end to end on a synthetic BreakHis replica and the zoo's small timm
+//! ResNet (registered through MEDXFER_MODELS): split, a two-trial search, an interrupted and
+//! resumed search, extraction that medxfer-scores reads, evaluation.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const TINY_RESNET: &str = r#"
+name = "resnet_tiny"
+paper_name = "test"
+hub = "timm/resnet_basic_min.test"
+feature_dim = 32
+head = "fc"
+num_classes = 10
+[architecture]
+family = "resnet"
+block = "basic"
+layers = [1, 1, 1, 1]
+channels = [64, 8, 16, 32]
+[preprocessing]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+resize = 256
+crop = 224
+interpolation = "bilinear"
+"#;
+
+fn weights() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/resnet_basic_min.safetensors").to_string()
+}
+
+fn train(models: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medxfer-train")).env("MEDXFER_MODELS", models).args(args).output().unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn search_extract_and_evaluate_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, root, split, cache, search) = (
+        dir.path().join("models"),
+        dir.path().join("breakhis"),
+        dir.path().join("split"),
+        dir.path().join("cache"),
+        dir.path().join("search"),
+    );
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("resnet_tiny.toml"), TINY_RESNET).unwrap();
+    // The data, as a user would make it.
+    let catalog = medxfer_data::Catalog::load_default().unwrap();
+    let spec = catalog.dataset("breakhis").unwrap();
+    medxfer_data::synth::synthesize(spec, &root, 6, 1).unwrap();
+    let scan = medxfer_data::layouts::scan(spec, &root).unwrap();
+    let entries = medxfer_data::split::faithful(&scan.records, &catalog.task("breast").unwrap().faithful, 0).unwrap();
+    let info = medxfer_data::manifest::ManifestInfo {
+        dataset: "breakhis".into(),
+        task: "breast".into(),
+        source: medxfer_data::split::Source::Faithful,
+        seed: 0,
+        images: entries.len(),
+        counts: medxfer_data::manifest::counts(&entries),
+        files_checksum: medxfer_data::manifest::files_checksum(&root, &entries).unwrap(),
+        leakage: None,
+    };
+    medxfer_data::manifest::write(&split, &entries, &info).unwrap();
+
+    let (root_s, split_s, cache_s, search_s, weights) =
+        (root.to_str().unwrap(), split.to_str().unwrap(), cache.to_str().unwrap(), search.to_str().unwrap(), weights());
+    let common = [
+        "--model",
+        "resnet_tiny",
+        "--weights",
+        &weights,
+        "--task",
+        "breast",
+        "--root",
+        root_s,
+        "--split",
+        split_s,
+        "--cache",
+        cache_s,
+        "--resize",
+        "40",
+        "--crop",
+        "32",
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+    ];
+    let search_args = |shard: &'static str| [&["search"][..], &common, &["--trials", "2", "--shard", shard, "--out", search_s]].concat();
+    // Shard 1/2 first: trial 1 only, the search is not complete.
+    let stdout = ok(&train(&models, &search_args("1/2")));
+    assert!(stdout.contains("1 of 2 trials finished") && !stdout.contains("A_opt"), "{stdout}");
+    let stdout = ok(&train(&models, &search_args("0/2")));
+    assert!(stdout.contains("2 of 2 trials finished") && stdout.contains("A_opt: trial"), "{stdout}");
+    // Nothing left to do: a rerun trains nothing.
+    let output = train(&models, &search_args("0/1"));
+    assert!(ok(&output).contains("2 of 2 trials finished"));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("epoch "), "a finished search retrained");
+
+    // Extraction with the pretrained ImageNet head, then with trial 0's kept model.
+    let features = dir.path().join("train.safetensors");
+    let manifest = split.join("manifest.csv");
+    let image_args = [
+        "--dataset",
+        "breakhis",
+        "--root",
+        root_s,
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--cache",
+        cache_s,
+        "--resize",
+        "40",
+        "--crop",
+        "32",
+    ];
+    let extract =
+        [&["extract", "--model", "resnet_tiny", "--weights", &weights][..], &image_args, &["--out", features.to_str().unwrap()]].concat();
+    ok(&train(&models, &extract));
+    let input = medxfer_scores::read_feature_file(&features).unwrap();
+    assert_eq!(input.source_probs().unwrap().shape().1, 10, "the pretrained head's classes");
+    assert_eq!(input.num_samples(), entries.iter().filter(|e| e.split == medxfer_data::split::Part::Train).count());
+    let best = search.join("trial-000/best.safetensors");
+    let evaluate = [
+        &["evaluate", "--model", "resnet_tiny", "--weights", &weights][..],
+        &image_args,
+        &["--part", "test", "--checkpoint", best.to_str().unwrap(), "--classes", "2"],
+    ]
+    .concat();
+    let report: serde_json::Value = serde_json::from_str(&ok(&train(&models, &evaluate))).unwrap();
+    let outcome: serde_json::Value = serde_json::from_slice(&std::fs::read(search.join("trial-000/outcome.json")).unwrap()).unwrap();
+    assert_eq!(report["balanced_accuracy"], outcome["test"]["balanced_accuracy"], "evaluate reproduces the run's own test evaluation");
+
+    // Bad input names the problem.
+    let output = train(&models, &[&["search"][..], &common, &["--shard", "2/2", "--out", search_s]].concat());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected i/n"));
+    let output = train(
+        &models,
+        &[&["evaluate", "--model", "resnet_tiny", "--weights", &weights][..], &image_args, &["--checkpoint", best.to_str().unwrap()]]
+            .concat(),
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint needs --classes"));
+}
