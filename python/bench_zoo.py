@@ -1,6 +1,8 @@
-"""Times timm's eval forward of one backbone on CPU (the PyTorch side of `cargo xtask bench-zoo`).
+"""Times timm's eval forward of one backbone on CPU (the PyTorch side of `cargo xtask bench-zoo`),
+or with --train one training step (train-mode forward, cross-entropy, backward, SGD with
+Nesterov momentum and weight decay: the reference's optimizer).
 
-    python bench_zoo.py NAME --batch 32 --repeats 3
+    python bench_zoo.py NAME --batch 32 --repeats 3 [--train]
 
 Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory.
 """
@@ -21,16 +23,33 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train", action="store_true")
     args = parser.parse_args()
     model = timm.create_model(args.name, pretrained=False).eval()
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     runs = []
-    with torch.inference_mode():
-        model(x)
+    if args.train:
+        model.train()
+        y = torch.arange(args.batch) * 37 % 1000
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+        def step():
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        step()
         for _ in range(args.repeats):
             start = time.perf_counter()
-            model(x)
+            step()
             runs.append(time.perf_counter() - start)
+    else:
+        with torch.inference_mode():
+            model(x)
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                model(x)
+                runs.append(time.perf_counter() - start)
     seconds = statistics.median(runs)
     print(json.dumps({"seconds": seconds, "images_per_second": args.batch / seconds, "runs": runs,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -1,6 +1,7 @@
 //! The zoo benchmark: eval throughput (images/s at batch B, S x S, f32) and peak memory of each
 //! registry backbone in candle on the CPU, beside timm/PyTorch on the same machine and thread
-//! count, each model in its own process.
+//! count, each model in its own process. With `--train`, one training step instead (forward in
+//! train mode, cross-entropy, backward, Nesterov SGD step).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
+use medxfer_train::sgd::{NesterovSgd, SgdSettings};
 use medxfer_zoo::{Backbone, Registry};
 use serde_json::{Value, json};
 
@@ -22,6 +24,7 @@ pub struct Settings {
     pub models: Option<Vec<String>>,
     pub python: Option<PathBuf>,
     pub out: PathBuf,
+    pub train: bool,
 }
 
 pub fn run(settings: &Settings) -> Result<()> {
@@ -56,8 +59,9 @@ pub fn run(settings: &Settings) -> Result<()> {
         raw.push(json!({"model": name, "medxfer": ours, "timm": theirs}));
     }
     let report = format!(
-        "# Zoo benchmark\n\nEval forward, batch {}, {}x{}, f32, CPU, median of {} runs after one warm-up. Machine: {}, {} cores (both sides use all of them). \
+        "# Zoo benchmark\n\n{}, batch {}, {}x{}, f32, CPU, median of {} runs after one warm-up. Machine: {}, {} cores (both sides use all of them). \
          Load average {} before, {} after.\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |\n|---|---:|---:|---:|---:|---:|\n{}\n",
+        if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
         settings.batch,
         settings.size,
         settings.size,
@@ -68,8 +72,9 @@ pub fn run(settings: &Settings) -> Result<()> {
         machine::load_average(),
         rows.join("\n")
     );
-    fs::write(settings.out.join("zoo.md"), &report)?;
-    fs::write(settings.out.join("zoo.json"), serde_json::to_string_pretty(&raw)?)?;
+    let stem = if settings.train { "zoo-train" } else { "zoo" };
+    fs::write(settings.out.join(format!("{stem}.md")), &report)?;
+    fs::write(settings.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&raw)?)?;
     println!("{report}");
     Ok(())
 }
@@ -86,6 +91,7 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
             "--repeats",
             &settings.repeats.to_string(),
         ])
+        .args(settings.train.then_some("--train"))
         .output()?;
     if !output.status.success() {
         bail!("the benchmark worker failed on {name}: {}", String::from_utf8_lossy(&output.stderr));
@@ -93,8 +99,8 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-/// One backbone's eval throughput, in this process.
-pub fn worker(name: &str, batch: usize, size: usize, repeats: usize) -> Result<()> {
+/// One backbone's eval (or training-step) throughput, in this process.
+pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool) -> Result<()> {
     let registry = Registry::load_default()?;
     let entry = registry.get(name)?;
     let device = Device::Cpu;
@@ -106,12 +112,26 @@ pub fn worker(name: &str, batch: usize, size: usize, repeats: usize) -> Result<(
         var.set(&value).with_context(|| format!("tensor {index}"))?;
     }
     let images = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?.to_dtype(DType::F32)?;
-    model.forward_t(&images, false)?;
+    let labels = Tensor::from_vec((0..batch as u32).map(|i| i * 37 % entry.num_classes as u32).collect::<Vec<u32>>(), batch, &device)?;
+    let settings = SgdSettings { learning_rate: 1e-3, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+    let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), settings);
+    let mut step = || -> Result<()> {
+        if train {
+            let (_, logits) = model.forward_t(&images, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            optimizer.step(&loss.backward()?)?;
+            loss.to_scalar::<f32>()?;
+        } else {
+            let (features, _) = model.forward_t(&images, false)?;
+            features.sum_all()?.to_scalar::<f32>()?;
+        }
+        Ok(())
+    };
+    step()?;
     let mut runs = Vec::new();
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
-        let (features, _) = model.forward_t(&images, false)?;
-        features.sum_all()?.to_scalar::<f32>()?;
+        step()?;
         runs.push(start.elapsed().as_secs_f64());
     }
     let mut sorted = runs.clone();
@@ -130,6 +150,7 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
         .arg("python/bench_zoo.py")
         .arg(name)
         .args(["--batch", &settings.batch.to_string(), "--size", &settings.size.to_string(), "--repeats", &settings.repeats.to_string()])
+        .args(settings.train.then_some("--train"))
         .env("OMP_NUM_THREADS", &cores)
         .env_remove("OPENBLAS_CORETYPE")
         .env_remove("OPENBLAS_L2_SIZE")

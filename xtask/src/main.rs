@@ -79,6 +79,10 @@ enum Command {
         python: Option<PathBuf>,
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// Time a training step (train-mode forward, cross-entropy, backward, Nesterov SGD)
+        /// instead of the eval forward; writes OUT/zoo-train.md.
+        #[arg(long)]
+        train: bool,
     },
     /// Decode + resize throughput (building the image cache) and batch throughput from the
     /// cache, beside the reference's PIL + torchvision DataLoader.
@@ -110,6 +114,8 @@ enum Command {
         size: usize,
         #[arg(long)]
         repeats: usize,
+        #[arg(long)]
+        train: bool,
     },
     /// One measurement in a fresh process (run by bench-scores).
     #[command(hide = true)]
@@ -129,12 +135,12 @@ fn main() -> Result<()> {
             bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out })
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench_scores::worker(&file, repeats, memory_only),
-        Command::BenchZoo { batch, size, repeats, models, python, out } => {
-            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out })
+        Command::BenchZoo { batch, size, repeats, models, python, out, train } => {
+            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out, train })
         }
         Command::BenchData { n, width, height, batch, python, out } => {
             bench_data::run(&bench_data::Settings { n, width, height, batch, python, out })
         }
-        Command::BenchZooWorker { model, batch, size, repeats } => bench_zoo::worker(&model, batch, size, repeats),
+        Command::BenchZooWorker { model, batch, size, repeats, train } => bench_zoo::worker(&model, batch, size, repeats, train),
     }
 }

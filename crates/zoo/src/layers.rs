@@ -125,9 +125,22 @@ impl BatchNorm2d {
             let (scale, shift) = self.eval_affine()?;
             return Ok(x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?);
         }
+        let (batch, _, height, width) = x.dims4()?;
+        let count = (batch * height * width) as f64;
+        let m = self.momentum;
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            // One fused pass with its own backward (batchnorm.rs): the composite version below
+            // keeps eight copies of x for the backward pass.
+            let (y, mean, var) = crate::batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+            let device = x.device();
+            let mean = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect::<Vec<f32>>(), channels, device)?;
+            let unbiased =
+                Tensor::from_vec(var.iter().map(|&v| (v * count / (count - 1.0).max(1.0)) as f32).collect::<Vec<f32>>(), channels, device)?;
+            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+            return Ok(y);
+        }
         let (mean, var) = if train {
-            let (batch, _, height, width) = x.dims4()?;
-            let count = (batch * height * width) as f64;
             // Batch statistics reduced in f64: train-mode BN divides by the batch standard
             // deviation, which amplifies the rounding of f32 sums (1.5e-4 of the logits of a
             // small MobileNetV2 against PyTorch; 1e-5 in f64).
@@ -137,7 +150,6 @@ impl BatchNorm2d {
             let (mean, var) = (mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?);
             // The running estimate uses the unbiased variance, as PyTorch; no gradient flows into it.
             let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
-            let m = self.momentum;
             self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?)?;
             self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
             (mean, var)

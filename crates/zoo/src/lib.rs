@@ -23,6 +23,7 @@
 //! The registry of models/*.toml and hub loading follow (issue 3).
 
 mod backbone;
+mod batchnorm;
 mod checkpoint;
 pub mod conv;
 mod densenet;
