@@ -59,6 +59,13 @@ struct DataArgs {
     /// Where decoded images are cached (reused across runs).
     #[arg(long)]
     cache: PathBuf,
+    #[command(flatten)]
+    transform: TransformArgs,
+}
+
+/// How images become tensors.
+#[derive(Args)]
+struct TransformArgs {
     /// Use ImageNet's std 0.229 instead of the reference's 0.228 typo.
     #[arg(long)]
     fix_std: bool,
@@ -176,12 +183,8 @@ struct ImageArgs {
     classes: Option<usize>,
     #[arg(long)]
     cache: PathBuf,
-    #[arg(long)]
-    fix_std: bool,
-    #[arg(long, default_value_t = 256)]
-    resize: u32,
-    #[arg(long, default_value_t = 224)]
-    crop: u32,
+    #[command(flatten)]
+    transform: TransformArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -254,7 +257,7 @@ fn run_data(args: &DataArgs) -> Result<(RunData, usize)> {
     let manifest = args.split.join(medxfer_data::manifest::CSV_NAME);
     let entries = read_entries(&manifest)?;
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
-    let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{}-{}", id.name, p.name()), args.resize);
+    let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{}-{}", id.name, p.name()), args.transform.resize);
     let (train, val, test) = (build(Part::Train)?, build(Part::Val)?, build(Part::Test)?);
     if train.labels.is_empty() || val.labels.is_empty() {
         bail!("{}: the split needs train and val images", manifest.display());
@@ -272,7 +275,7 @@ fn run_data(args: &DataArgs) -> Result<(RunData, usize)> {
                     spec.name
                 );
             }
-            Some(split_data(root, &ood(&scan.records), &args.cache, &spec.name, args.resize)?)
+            Some(split_data(root, &ood(&scan.records), &args.cache, &spec.name, args.transform.resize)?)
         }
         None => None,
     };
@@ -289,8 +292,8 @@ fn settings(train: &TrainArgs, data: &DataArgs, normalization: Normalization, lr
             SelectArg::ValBalancedAccuracy => Selection::ValBalancedAccuracy,
         },
         patience: train.patience,
-        crop: data.crop,
-        train_transform: TrainTransform { size: data.crop, ..TrainTransform::default() },
+        crop: data.transform.crop,
+        train_transform: TrainTransform { size: data.transform.crop, ..TrainTransform::default() },
         ..RunSettings::reference(lr, wd, normalization)
     }
 }
@@ -307,7 +310,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Finetune { model, data, train, lr, wd, out } => {
             let (entry, weights, device) = pretrained(&model)?;
             let (run_data, classes) = run_data(&data)?;
-            let settings = settings(&train, &data, normalization(&entry, data.fix_std), lr, wd);
+            let settings = settings(&train, &data, normalization(&entry, data.transform.fix_std), lr, wd);
             let backbone = fresh_model(&entry, &weights, &device, classes, train.seed)?;
             let outcome = finetune::run(&backbone, &run_data, &settings, &out, &mut |r| eprintln!("{}", epoch_line(r)))?;
             println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -316,7 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             let shard = Shard::parse(&shard)?;
             let (entry, weights, device) = pretrained(&model)?;
             let (run_data, classes) = run_data(&data)?;
-            let base = settings(&train, &data, normalization(&entry, data.fix_std), 0.0, 0.0);
+            let base = settings(&train, &data, normalization(&entry, data.transform.fix_std), 0.0, 0.0);
             let make =
                 || fresh_model(&entry, &weights, &device, classes, train.seed).map_err(|e| medxfer_train::Error::Config(format!("{e:#}")));
             let summary = search::run(&make, &run_data, &base, trials, shard, &out, &mut |point, r| {
@@ -343,7 +346,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Extract { model, images, batch, out } => {
             let (entry, backbone, split, ids) = image_split(&model, &images)?;
-            medxfer_train::extract::extract(&backbone, &split, &ids, normalization(&entry, images.fix_std), images.crop, batch, &out)?;
+            medxfer_train::extract::extract(
+                &backbone,
+                &split,
+                &ids,
+                normalization(&entry, images.transform.fix_std),
+                images.transform.crop,
+                batch,
+                &out,
+            )?;
             println!("{}: {} images", out.display(), ids.len());
         }
         Command::Evaluate { model, images, batch } => {
@@ -351,8 +362,8 @@ fn run(cli: Cli) -> Result<()> {
             let classes = backbone.num_classes()?;
             let settings = RunSettings {
                 batch_size: batch,
-                crop: images.crop,
-                ..RunSettings::reference(0.0, 0.0, normalization(&entry, images.fix_std))
+                crop: images.transform.crop,
+                ..RunSettings::reference(0.0, 0.0, normalization(&entry, images.transform.fix_std))
             };
             let (loss, _, evaluation) = finetune::evaluate_split(&backbone, &split, &settings, classes)?;
             let mut value = serde_json::to_value(&evaluation)?;
@@ -397,6 +408,6 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     });
     eprintln!("{}: {} images, per label {labels:?}", spec.name, entries.len());
     let ids = entries.iter().map(|e| e.path.clone()).collect();
-    let split = split_data(&images.root, &entries, &images.cache, &spec.name, images.resize)?;
+    let split = split_data(&images.root, &entries, &images.cache, &spec.name, images.transform.resize)?;
     Ok((entry, backbone, split, ids))
 }

@@ -21,9 +21,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("batch norm: {what} must be f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("batch norm: {what} must be contiguous") };
-    Ok(&data[start..end])
+    crate::kernel_input::f32_slice(storage, layout, "batch norm", what)
 }
 
 /// Calls `visit(b, plane)` for channel `c`'s H x W plane of every image.

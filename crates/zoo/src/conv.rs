@@ -116,9 +116,7 @@ impl Geometry {
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("conv2d: {what} must be f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("conv2d: {what} must be contiguous") };
-    Ok(&data[start..end])
+    crate::kernel_input::f32_slice(storage, layout, "conv2d", what)
 }
 
 /// Images in parallel with single-threaded GEMMs, or one image at a time with a parallel GEMM

@@ -61,9 +61,7 @@ impl Geometry {
 type ColumnPairs = std::iter::Zip<std::ops::Range<usize>, std::iter::StepBy<std::ops::RangeFrom<usize>>>;
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("depthwise conv: {what} must be f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("depthwise conv: {what} must be contiguous") };
-    Ok(&data[start..end])
+    crate::kernel_input::f32_slice(storage, layout, "depthwise conv", what)
 }
 
 /// Forward: out[b, c] = sum over (ky, kx) of w[c, ky, kx] * shifted in[b, c].

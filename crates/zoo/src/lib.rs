@@ -31,6 +31,7 @@ mod depthwise;
 mod efficientnet;
 mod error;
 mod hub;
+mod kernel_input;
 pub mod layers;
 mod params;
 mod preprocess;
