@@ -148,3 +148,100 @@ fn search_extract_and_evaluate_from_the_command_line() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint needs --classes"));
 }
+
+#[test]
+fn a_finetune_killed_mid_run_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, root, split, cache) =
+        (dir.path().join("models"), dir.path().join("breakhis"), dir.path().join("split"), dir.path().join("cache"));
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("resnet_tiny.toml"), TINY_RESNET).unwrap();
+    let catalog = medxfer_data::Catalog::load_default().unwrap();
+    let spec = catalog.dataset("breakhis").unwrap();
+    medxfer_data::synth::synthesize(spec, &root, 8, 2).unwrap();
+    let scan = medxfer_data::layouts::scan(spec, &root).unwrap();
+    let entries = medxfer_data::split::faithful(&scan.records, &catalog.task("breast").unwrap().faithful, 0).unwrap();
+    let info = medxfer_data::manifest::ManifestInfo {
+        dataset: "breakhis".into(),
+        task: "breast".into(),
+        source: medxfer_data::split::Source::Faithful,
+        seed: 0,
+        images: entries.len(),
+        counts: medxfer_data::manifest::counts(&entries),
+        files_checksum: String::new(),
+        leakage: None,
+    };
+    medxfer_data::manifest::write(&split, &entries, &info).unwrap();
+    let weights = weights();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "finetune",
+            "--model",
+            "resnet_tiny",
+            "--weights",
+            &weights,
+            "--task",
+            "breast",
+            "--root",
+            root.to_str().unwrap(),
+            "--split",
+            split.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+            "--resize",
+            "40",
+            "--crop",
+            "32",
+            "--epochs",
+            "8",
+            "--batch",
+            "8",
+            "--lr",
+            "0.01",
+            "--wd",
+            "1e-4",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let straight = dir.path().join("straight");
+    ok(&train(&models, &args(&straight).iter().map(String::as_str).collect::<Vec<_>>()));
+
+    // The same run, killed (SIGKILL) as soon as its second checkpoint exists.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medxfer-train"))
+        .env("MEDXFER_MODELS", &models)
+        .args(args(&killed))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !killed.join("epoch-0002.safetensors").exists() {
+        assert!(start.elapsed().as_secs() < 120, "no second checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("outcome.json").exists(), "the run finished before the kill");
+    ok(&train(&models, &args(&killed).iter().map(String::as_str).collect::<Vec<_>>()));
+
+    let read = |dir: &Path, file: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap() };
+    let (a, b) = (read(&straight, "outcome.json"), read(&killed, "outcome.json"));
+    assert_eq!(a["best_epoch"], b["best_epoch"]);
+    assert_eq!(a["test"], b["test"]);
+    let losses = |dir: &Path| -> Vec<(String, String)> {
+        std::fs::read_to_string(dir.join("history.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["train_loss"].to_string(), v["val_loss"].to_string())
+            })
+            .collect()
+    };
+    assert_eq!(losses(&straight), losses(&killed), "bit-identical history after the kill");
+}
