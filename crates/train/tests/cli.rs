@@ -3,7 +3,7 @@
 //! ResNet (registered through MEDXFER_MODELS): split, a two-trial search, an interrupted and
 //! resumed search, extraction that medxfer-scores reads, evaluation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const TINY_RESNET: &str = r#"
@@ -30,31 +30,15 @@ fn weights() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/resnet_basic_min.safetensors").to_string()
 }
 
-fn train(models: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medxfer-train")).env("MEDXFER_MODELS", models).args(args).output().unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-#[test]
-fn search_extract_and_evaluate_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let (models, root, split, cache, search) = (
-        dir.path().join("models"),
-        dir.path().join("breakhis"),
-        dir.path().join("split"),
-        dir.path().join("cache"),
-        dir.path().join("search"),
-    );
+/// The tiny model registered in `dir/models`, and a synthetic BreakHis replica with a faithful
+/// split manifest in `dir/split`: (models, root, split, cache, entries).
+fn setup(dir: &Path, per_class: usize, seed: u64) -> (PathBuf, PathBuf, PathBuf, PathBuf, Vec<medxfer_data::split::Entry>) {
+    let (models, root, split, cache) = (dir.join("models"), dir.join("breakhis"), dir.join("split"), dir.join("cache"));
     std::fs::create_dir_all(&models).unwrap();
     std::fs::write(models.join("resnet_tiny.toml"), TINY_RESNET).unwrap();
-    // The data, as a user would make it.
     let catalog = medxfer_data::Catalog::load_default().unwrap();
     let spec = catalog.dataset("breakhis").unwrap();
-    medxfer_data::synth::synthesize(spec, &root, 6, 1).unwrap();
+    medxfer_data::synth::synthesize(spec, &root, per_class, seed).unwrap();
     let scan = medxfer_data::layouts::scan(spec, &root).unwrap();
     let entries = medxfer_data::split::faithful(&scan.records, &catalog.task("breast").unwrap().faithful, 0).unwrap();
     let info = medxfer_data::manifest::ManifestInfo {
@@ -68,6 +52,23 @@ fn search_extract_and_evaluate_from_the_command_line() {
         leakage: None,
     };
     medxfer_data::manifest::write(&split, &entries, &info).unwrap();
+    (models, root, split, cache, entries)
+}
+
+fn train(models: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medxfer-train")).env("MEDXFER_MODELS", models).args(args).output().unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn search_extract_and_evaluate_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, root, split, cache, entries) = setup(dir.path(), 6, 1);
+    let search = dir.path().join("search");
 
     let (root_s, split_s, cache_s, search_s, weights) =
         (root.to_str().unwrap(), split.to_str().unwrap(), cache.to_str().unwrap(), search.to_str().unwrap(), weights());
@@ -152,26 +153,7 @@ fn search_extract_and_evaluate_from_the_command_line() {
 #[test]
 fn a_finetune_killed_mid_run_resumes_to_the_uninterrupted_result() {
     let dir = tempfile::tempdir().unwrap();
-    let (models, root, split, cache) =
-        (dir.path().join("models"), dir.path().join("breakhis"), dir.path().join("split"), dir.path().join("cache"));
-    std::fs::create_dir_all(&models).unwrap();
-    std::fs::write(models.join("resnet_tiny.toml"), TINY_RESNET).unwrap();
-    let catalog = medxfer_data::Catalog::load_default().unwrap();
-    let spec = catalog.dataset("breakhis").unwrap();
-    medxfer_data::synth::synthesize(spec, &root, 8, 2).unwrap();
-    let scan = medxfer_data::layouts::scan(spec, &root).unwrap();
-    let entries = medxfer_data::split::faithful(&scan.records, &catalog.task("breast").unwrap().faithful, 0).unwrap();
-    let info = medxfer_data::manifest::ManifestInfo {
-        dataset: "breakhis".into(),
-        task: "breast".into(),
-        source: medxfer_data::split::Source::Faithful,
-        seed: 0,
-        images: entries.len(),
-        counts: medxfer_data::manifest::counts(&entries),
-        files_checksum: String::new(),
-        leakage: None,
-    };
-    medxfer_data::manifest::write(&split, &entries, &info).unwrap();
+    let (models, root, split, cache, _) = setup(dir.path(), 8, 2);
     let weights = weights();
     let args = |out: &Path| -> Vec<String> {
         [

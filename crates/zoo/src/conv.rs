@@ -102,6 +102,17 @@ impl Geometry {
         });
     }
 
+    /// The (C·k·k, OH·OW) matrix a GEMM multiplies for one image: the image itself for a
+    /// pointwise convolution, else its im2col in `columns`.
+    fn unfold<'a>(&self, image: &'a [f32], columns: &'a mut [f32]) -> &'a [f32] {
+        if self.is_pointwise() {
+            image
+        } else {
+            self.im2col(image, columns);
+            columns
+        }
+    }
+
     /// Folds an unfolded gradient `columns` (C·k·k, OH·OW) back onto one image, adding.
     fn col2im(&self, columns: &[f32], image: &mut [f32]) {
         let (ow, pixels, width, stride) = (self.out_width(), self.out_pixels(), self.width, self.stride);
@@ -172,13 +183,7 @@ impl Forward {
         let (parallel, par) = split(batch);
         let scratch = if g.is_pointwise() { 0 } else { g.patch_len() * pixels };
         for_each_image(&mut images, parallel, scratch, |b, out, columns| {
-            let image = &input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()];
-            let unfolded = if g.is_pointwise() {
-                image
-            } else {
-                g.im2col(image, columns);
-                columns
-            };
+            let unfolded = g.unfold(&input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()], columns);
             let accumulate = match bias {
                 Some(bias) => {
                     out.chunks_mut(pixels).zip(bias).for_each(|(plane, &value)| plane.fill(value));
@@ -307,13 +312,7 @@ impl CustomOp2 for GradWeight {
         let grad = f32_slice(s2, l2, "the gradient")?;
         let (pixels, patch) = (g.out_pixels(), g.patch_len());
         let accumulate = |b: usize, sum: &mut [f32], columns: &mut [f32], par: Par| {
-            let image = &input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()];
-            let unfolded = if g.is_pointwise() {
-                image
-            } else {
-                g.im2col(image, columns);
-                columns
-            };
+            let unfolded = g.unfold(&input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()], columns);
             let grad = row_major(&grad[b * out_channels * pixels..(b + 1) * out_channels * pixels], out_channels, pixels);
             let dst = row_major_mut(sum, out_channels, patch);
             faer::linalg::matmul::matmul(dst, Accum::Add, grad, row_major(unfolded, patch, pixels).transpose(), 1.0, par);
