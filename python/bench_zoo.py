@@ -1,10 +1,13 @@
 """Times timm's eval forward of one backbone on CPU (the PyTorch side of `cargo xtask bench-zoo`),
 or with --train one training step (train-mode forward, cross-entropy, backward, SGD with
-Nesterov momentum and weight decay: the reference's optimizer).
+Nesterov momentum and weight decay: the reference's optimizer). With --device cuda, on the GPU,
+timed to the end of the queued work; --tf32 lets matrix products and convolutions use TF32
+(PyTorch's own default allows it for convolutions only; here both are set alike).
 
-    python bench_zoo.py NAME --batch 32 --repeats 3 [--train]
+    python bench_zoo.py NAME --batch 32 --repeats 3 [--train] [--device cuda] [--tf32]
 
-Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory.
+Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory and
+(on a GPU) peak device memory.
 """
 
 import argparse
@@ -24,19 +27,32 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tf32", action="store_true")
     args = parser.parse_args()
-    model = timm.create_model(args.name, pretrained=False).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    device = torch.device("cuda" if args.device.startswith("cuda") else "cpu", int(args.device[5:]) if args.device.startswith("cuda:") else None)
+    gpu = device.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    model = timm.create_model(args.name, pretrained=False).eval().to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize(device)
     runs = []
     if args.train:
         model.train()
-        y = torch.arange(args.batch) * 37 % 1000
+        y = (torch.arange(args.batch) * 37 % 1000).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
         def step():
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
+            sync()
 
         step()
         for _ in range(args.repeats):
@@ -46,13 +62,16 @@ def main():
     else:
         with torch.inference_mode():
             model(x)
+            sync()
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 model(x)
+                sync()
                 runs.append(time.perf_counter() - start)
     seconds = statistics.median(runs)
     print(json.dumps({"seconds": seconds, "images_per_second": args.batch / seconds, "runs": runs,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "peak_device_bytes": torch.cuda.max_memory_allocated(device) if gpu else None,
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__}))
 
 

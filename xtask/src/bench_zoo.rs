@@ -1,7 +1,8 @@
 //! The zoo benchmark: eval throughput (images/s at batch B, S x S, f32) and peak memory of each
 //! registry backbone in candle on the CPU, beside timm/PyTorch on the same machine and thread
 //! count, each model in its own process. With `--train`, one training step instead (forward in
-//! train mode, cross-entropy, backward, Nesterov SGD step).
+//! train mode, cross-entropy, backward, Nesterov SGD step). With `--device cuda:N` both sides run
+//! on that GPU (a build with `--features cuda`), timed to the end of the queued GPU work.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use medxfer_train::sgd::{NesterovSgd, SgdSettings};
 use medxfer_zoo::{Backbone, Registry};
 use serde_json::{Value, json};
@@ -25,6 +26,10 @@ pub struct Settings {
     pub python: Option<PathBuf>,
     pub out: PathBuf,
     pub train: bool,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Let f32 matrix products and convolutions use TF32 on the GPU (both sides).
+    pub tf32: bool,
 }
 
 pub fn run(settings: &Settings) -> Result<()> {
@@ -49,7 +54,9 @@ pub fn run(settings: &Settings) -> Result<()> {
         };
         let ours_rate = ours["images_per_second"].as_f64().unwrap_or(f64::NAN);
         let their_rate = theirs.as_ref().and_then(|t| t["images_per_second"].as_f64()).unwrap_or(f64::NAN);
-        let mib = |v: &Value| v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+        // Host memory on the CPU; device memory on a GPU where the side reports it.
+        let key = if settings.device == "cpu" { "peak_rss_bytes" } else { "peak_device_bytes" };
+        let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
         rows.push(format!(
             "| {name} | {ours_rate:.1} | {their_rate:.1} | {:.2}x | {:.0} | {:.0} |",
             ours_rate / their_rate,
@@ -59,12 +66,14 @@ pub fn run(settings: &Settings) -> Result<()> {
         raw.push(json!({"model": name, "medxfer": ours, "timm": theirs}));
     }
     let report = format!(
-        "# Zoo benchmark\n\n{}, batch {}, {}x{}, f32, CPU, median of {} runs after one warm-up. Machine: {}, {} cores (both sides use all of them). \
+        "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs after one warm-up. Machine: {}, {} cores (both sides use all of them). \
          Load average {} before, {} after.\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |\n|---|---:|---:|---:|---:|---:|\n{}\n",
         if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
         settings.batch,
         settings.size,
         settings.size,
+        if settings.tf32 { "f32 with TF32 products" } else { "f32 (no TF32)" },
+        if settings.device == "cpu" { "CPU".to_string() } else { format!("{} ({})", settings.device, machine::gpu_name()) },
         settings.repeats,
         machine::cpu_model(),
         machine::cores(),
@@ -72,7 +81,12 @@ pub fn run(settings: &Settings) -> Result<()> {
         machine::load_average(),
         rows.join("\n")
     );
-    let stem = if settings.train { "zoo-train" } else { "zoo" };
+    let stem = match (settings.train, settings.device.as_str()) {
+        (true, "cpu") => "zoo-train",
+        (false, "cpu") => "zoo",
+        (true, _) => "zoo-train-gpu",
+        (false, _) => "zoo-gpu",
+    };
     fs::write(settings.out.join(format!("{stem}.md")), &report)?;
     fs::write(settings.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&raw)?)?;
     println!("{report}");
@@ -91,7 +105,9 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
             "--repeats",
             &settings.repeats.to_string(),
         ])
+        .args(["--device", &settings.device])
         .args(settings.train.then_some("--train"))
+        .args(settings.tf32.then_some("--tf32"))
         .output()?;
     if !output.status.success() {
         bail!("the benchmark worker failed on {name}: {}", String::from_utf8_lossy(&output.stderr));
@@ -100,10 +116,16 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
 }
 
 /// One backbone's eval (or training-step) throughput, in this process.
-pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool) -> Result<()> {
+pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool, device: &str, tf32: bool) -> Result<()> {
     let registry = Registry::load_default()?;
     let entry = registry.get(name)?;
-    let device = Device::Cpu;
+    let device = medxfer_train::device::parse(device)?;
+    #[cfg(feature = "cuda")]
+    candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
+    #[cfg(not(feature = "cuda"))]
+    if tf32 {
+        bail!("--tf32 applies to a CUDA build only");
+    }
     let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
     // Random weights (zeros could meet fast paths); running variances stay positive.
     for (index, (name, var)) in model.params().trainable_vars().into_iter().enumerate() {
@@ -125,6 +147,7 @@ pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool
             let (features, _) = model.forward_t(&images, false)?;
             features.sum_all()?.to_scalar::<f32>()?;
         }
+        medxfer_train::device::synchronize(&device)?;
         Ok(())
     };
     step()?;
@@ -150,7 +173,9 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
         .arg("python/bench_zoo.py")
         .arg(name)
         .args(["--batch", &settings.batch.to_string(), "--size", &settings.size.to_string(), "--repeats", &settings.repeats.to_string()])
+        .args(["--device", &settings.device])
         .args(settings.train.then_some("--train"))
+        .args(settings.tf32.then_some("--tf32"))
         .env("OMP_NUM_THREADS", &cores)
         .env_remove("OPENBLAS_CORETYPE")
         .env_remove("OPENBLAS_L2_SIZE")

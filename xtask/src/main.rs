@@ -83,6 +83,14 @@ enum Command {
         /// instead of the eval forward; writes OUT/zoo-train.md.
         #[arg(long)]
         train: bool,
+        /// cpu, or cuda:N for a GPU (xtask built with `--features cuda`); GPU results go to
+        /// OUT/zoo-gpu.md or OUT/zoo-train-gpu.md.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// On a GPU, let f32 matrix products and convolutions use TF32 tensor cores, on both
+        /// sides (off by default: plain f32 on both).
+        #[arg(long)]
+        tf32: bool,
     },
     /// Decode + resize throughput (building the image cache) and batch throughput from the
     /// cache, beside the reference's PIL + torchvision DataLoader.
@@ -116,6 +124,10 @@ enum Command {
         repeats: usize,
         #[arg(long)]
         train: bool,
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        tf32: bool,
     },
     /// One measurement in a fresh process (run by bench-scores).
     #[command(hide = true)]
@@ -135,12 +147,14 @@ fn main() -> Result<()> {
             bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out })
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench_scores::worker(&file, repeats, memory_only),
-        Command::BenchZoo { batch, size, repeats, models, python, out, train } => {
-            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out, train })
+        Command::BenchZoo { batch, size, repeats, models, python, out, train, device, tf32 } => {
+            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out, train, device, tf32 })
         }
         Command::BenchData { n, width, height, batch, python, out } => {
             bench_data::run(&bench_data::Settings { n, width, height, batch, python, out })
         }
-        Command::BenchZooWorker { model, batch, size, repeats, train } => bench_zoo::worker(&model, batch, size, repeats, train),
+        Command::BenchZooWorker { model, batch, size, repeats, train, device, tf32 } => {
+            bench_zoo::worker(&model, batch, size, repeats, train, &device, tf32)
+        }
     }
 }

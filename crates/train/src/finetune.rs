@@ -131,6 +131,21 @@ pub struct RunOutcome {
     pub ood: Option<Evaluation>,
 }
 
+/// What a run tells its caller while it trains (a progress bar, a log). A closure over
+/// `&EpochRecord` is one that ignores batches.
+pub trait Progress {
+    /// After each training batch: the 1-based epoch, batches done and per epoch, the batch's loss.
+    fn batch(&mut self, _epoch: usize, _done: usize, _total: usize, _loss: f64) {}
+    /// After each epoch, once its checkpoint is written.
+    fn epoch(&mut self, record: &EpochRecord);
+}
+
+impl<F: FnMut(&EpochRecord)> Progress for F {
+    fn epoch(&mut self, record: &EpochRecord) {
+        self(record)
+    }
+}
+
 pub const OUTCOME_FILE: &str = "outcome.json";
 pub const BEST_FILE: &str = "best.safetensors";
 pub const HISTORY_FILE: &str = "history.jsonl";
@@ -148,6 +163,30 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The outcome of a complete run in `dir`, if there is one.
 pub fn finished(dir: &Path) -> Option<RunOutcome> {
     std::fs::read(dir.join(OUTCOME_FILE)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+/// The epochs a run in `dir` has finished so far (its history.jsonl; empty when there is none).
+pub fn history(dir: &Path) -> Vec<EpochRecord> {
+    let text = std::fs::read_to_string(dir.join(HISTORY_FILE)).unwrap_or_default();
+    text.lines().map_while(|line| serde_json::from_str(line).ok()).collect()
+}
+
+/// The epoch a run keeps among `history` by `selection` (1-based), as the run itself chooses it.
+pub fn kept_epoch(history: &[EpochRecord], selection: Selection) -> Option<&EpochRecord> {
+    let mut kept: Option<&EpochRecord> = None;
+    for record in history {
+        let better = kept.is_none_or(|best| match selection {
+            Selection::ValLoss => record.val_loss < best.val_loss,
+            Selection::ValBalancedAccuracy => {
+                record.val_balanced_accuracy > best.val_balanced_accuracy
+                    || (record.val_balanced_accuracy == best.val_balanced_accuracy && record.val_loss < best.val_loss)
+            }
+        });
+        if better {
+            kept = Some(record);
+        }
+    }
+    kept
 }
 
 /// Every tensor of the model (parameters and running statistics) by name.
@@ -215,16 +254,25 @@ pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSetting
 }
 
 /// Runs (or resumes, or returns the finished result of) one fine-tuning run in `dir`. `model`
-/// must already carry the fresh head for `data.classes`; `report` sees every epoch.
-pub fn run(
+/// must already carry the fresh head for `data.classes`; `progress` sees every batch and epoch.
+pub fn run(model: &Backbone, data: &RunData, settings: &RunSettings, dir: &Path, progress: &mut dyn Progress) -> Result<RunOutcome> {
+    run_until(model, data, settings, dir, settings.epochs, progress)?
+        .ok_or_else(|| Error::Checkpoint(format!("{}: the run stopped before its last epoch", dir.display())))
+}
+
+/// [`run`], but pauses after epoch `until` (its schedule still that of `settings.epochs`): None
+/// when paused there, the outcome when the run is complete (its last epoch, or stopped early).
+/// A paused run continues exactly where it stopped when called again with a later `until`.
+pub fn run_until(
     model: &Backbone,
     data: &RunData,
     settings: &RunSettings,
     dir: &Path,
-    report: &mut dyn FnMut(&EpochRecord),
-) -> Result<RunOutcome> {
+    until: usize,
+    progress: &mut dyn Progress,
+) -> Result<Option<RunOutcome>> {
     if let Some(outcome) = finished(dir) {
-        return Ok(outcome);
+        return Ok(Some(outcome));
     }
     if settings.epochs == 0 || settings.batch_size == 0 {
         return Err(Error::Config("a run needs at least one epoch and a batch size of at least 1".into()));
@@ -256,7 +304,7 @@ pub fn run(
         }
     }
 
-    while state.history.len() < settings.epochs && !state.stopped_early {
+    while state.history.len() < settings.epochs.min(until) && !state.stopped_early {
         let epoch = state.history.len();
         let start = Instant::now();
         let learning_rate = cosine(settings.learning_rate, epoch, settings.epochs);
@@ -270,20 +318,19 @@ pub fn run(
             normalization: settings.normalization,
         };
         let (mut loss_sum, mut seen) = (0.0, 0usize);
-        for batch in loader::batches(data.train.cache.clone(), data.train.labels.clone(), config)? {
+        let total = data.train.labels.len().div_ceil(settings.batch_size);
+        for (done, batch) in loader::batches(data.train.cache.clone(), data.train.labels.clone(), config)?.enumerate() {
             let batch = batch?;
             let (_, logits) = model.forward_t(&batch.images.to_device(&device)?, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?)?;
             optimizer.step(&loss.backward()?)?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
-                return Err(Error::Config(format!(
-                    "the training loss became {value} in epoch {} (learning rate {learning_rate:e}); the run diverged",
-                    epoch + 1
-                )));
+                return Err(Error::Diverged { epoch: epoch + 1, learning_rate, loss: value });
             }
             loss_sum += value * batch.indices.len() as f64;
             seen += batch.indices.len();
+            progress.batch(epoch + 1, done + 1, total, value);
         }
         let (val_loss, _, val) = evaluate_split(model, &data.val, settings, data.classes)?;
         let record = EpochRecord {
@@ -323,9 +370,12 @@ pub fn run(
         }
         let history: String = state.history.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|line| line + "\n").collect();
         write_atomic(&dir.join(HISTORY_FILE), history.as_bytes())?;
-        report(&record);
+        progress.epoch(&record);
     }
 
+    if state.history.len() < settings.epochs && !state.stopped_early {
+        return Ok(None);
+    }
     let best_epoch = state.best_epoch.ok_or_else(|| Error::Checkpoint("the run has no epoch".into()))?;
     let (best, _) = checkpoint::read_tensors(&dir.join(BEST_FILE), &device)?;
     restore_model(model, &best, &dir.join(BEST_FILE))?;
@@ -344,7 +394,7 @@ pub fn run(
     };
     let json = serde_json::to_vec_pretty(&outcome).map_err(|e| Error::Checkpoint(e.to_string()))?;
     write_atomic(&dir.join(OUTCOME_FILE), &json)?;
-    Ok(outcome)
+    Ok(Some(outcome))
 }
 
 const BEST_EPOCH_KEY: &str = "medxfer.epoch";

@@ -9,16 +9,18 @@
 //!   [`checkpoint`] its atomic per-epoch files.
 //!
 //! - [`search`]: the trials of one (backbone, task), shardable and resumable; A_opt.
+//!   [`halving`]: successive halving over them (a named option).
 //!
 //! - [`extract`]: the feature files medxfer-scores reads.
 //!
-//! The CLI follows (issue 5). The `cuda`
-//! feature will switch candle to CUDA kernels.
+//! - [`device`]: `cpu` or `cuda:N` (the `cuda` feature builds candle's CUDA backend).
 
 pub mod checkpoint;
+pub mod device;
 mod error;
 pub mod extract;
 pub mod finetune;
+pub mod halving;
 pub mod metrics;
 pub mod schedule;
 pub mod search;

@@ -14,9 +14,14 @@ use medxfer_data::manifest::read_entries;
 use medxfer_data::split::{Entry, Part, ood};
 use medxfer_data::transform::{Normalization, TrainTransform};
 use medxfer_data::{Catalog, layouts};
-use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, Selection, SplitData};
+use medxfer_train::finetune::{self, RunData, RunSettings, Selection, SplitData};
+use medxfer_train::halving::{Halving, HalvingSummary};
 use medxfer_train::search::{self, Shard};
 use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file};
+
+use crate::progress_bar::EpochBar;
+
+mod progress_bar;
 
 /// mimalloc reuses freed pages: the system allocator maps and unmaps every large tensor.
 #[global_allocator]
@@ -137,6 +142,16 @@ enum Command {
         /// The search directory (trial-NNN/ per trial, search.json).
         #[arg(long)]
         out: PathBuf,
+        /// Successive halving (not the reference): train every trial for --halving-min-epochs,
+        /// keep the best 1/ETA, train those ETA times longer, ... to --epochs. 3 is usual.
+        #[arg(long, value_name = "ETA")]
+        halving: Option<usize>,
+        /// The first rung's epochs under --halving.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        halving_min_epochs: usize,
+        /// A finished full search of the same trials: say whether halving chose its A_opt.
+        #[arg(long, value_name = "DIR", requires = "halving")]
+        compare_with: Option<PathBuf>,
     },
     /// Features and the head's softmax of one dataset split, as a feature file for
     /// `medxfer-scores score`.
@@ -205,20 +220,39 @@ fn main() -> ExitCode {
 }
 
 fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        other => {
-            let index: usize = other
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .with_context(|| format!("--device {other}: expected cpu or cuda:N"))?;
-            if cfg!(feature = "cuda") {
-                Ok(Device::new_cuda(index)?)
-            } else {
-                bail!("--device {other}: this binary was built without CUDA; rebuild with `--features cuda`")
-            }
+    Ok(medxfer_train::device::parse(name)?)
+}
+
+/// The rungs, the budget against the full search and, given a finished full search, whether
+/// both chose the same A_opt.
+fn print_halving(summary: &HalvingSummary, full: Option<&Path>) -> medxfer_train::Result<()> {
+    for (number, rung) in summary.rungs.iter().enumerate() {
+        println!("rung {}: {} trials to epoch {}", number + 1, rung.trials.len(), rung.epochs);
+    }
+    println!(
+        "successive halving trained {} of the full search's {} epochs ({:.1}%)",
+        summary.epochs_trained,
+        summary.epochs_full_search,
+        100.0 * summary.epochs_trained as f64 / summary.epochs_full_search.max(1) as f64
+    );
+    if let Some(dir) = full {
+        let path = dir.join(search::SUMMARY_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| medxfer_train::Error::Io { path: path.clone(), problem: e.to_string() })?;
+        let full: search::SearchSummary = serde_json::from_slice(&bytes)
+            .map_err(|e| medxfer_train::Error::Io { path: path.clone(), problem: format!("{e} (expected a plain search's summary)") })?;
+        match (&full.best, &summary.search.best) {
+            (Some(theirs), Some(ours)) if theirs.index == ours.index => println!("A_opt unchanged: trial {} in both", ours.index),
+            (Some(theirs), Some(ours)) => println!(
+                "A_opt changed: trial {} (test balanced accuracy {}) instead of the full search's trial {} ({})",
+                ours.index,
+                ours.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy)),
+                theirs.index,
+                theirs.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy)),
+            ),
+            _ => println!("A_opt not comparable yet: a search is unfinished"),
         }
     }
+    Ok(())
 }
 
 /// The registry entry and a function giving a fresh pretrained backbone.
@@ -298,13 +332,6 @@ fn settings(train: &TrainArgs, data: &DataArgs, normalization: Normalization, lr
     }
 }
 
-fn epoch_line(record: &EpochRecord) -> String {
-    format!(
-        "epoch {:>3}  lr {:.2e}  train loss {:.4}  val loss {:.4}  val balanced accuracy {:.4}  ({:.1} s)",
-        record.epoch, record.learning_rate, record.train_loss, record.val_loss, record.val_balanced_accuracy, record.seconds
-    )
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Finetune { model, data, train, lr, wd, out } => {
@@ -312,19 +339,30 @@ fn run(cli: Cli) -> Result<()> {
             let (run_data, classes) = run_data(&data)?;
             let settings = settings(&train, &data, normalization(&entry, data.transform.fix_std), lr, wd);
             let backbone = fresh_model(&entry, &weights, &device, classes, train.seed)?;
-            let outcome = finetune::run(&backbone, &run_data, &settings, &out, &mut |r| eprintln!("{}", epoch_line(r)))?;
+            let mut bar = EpochBar::new(settings.epochs);
+            let outcome = finetune::run(&backbone, &run_data, &settings, &out, &mut bar);
+            bar.finish();
+            let outcome = outcome?;
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         }
-        Command::Search { model, data, train, trials, shard, out } => {
+        Command::Search { model, data, train, trials, shard, out, halving, halving_min_epochs, compare_with } => {
             let shard = Shard::parse(&shard)?;
             let (entry, weights, device) = pretrained(&model)?;
             let (run_data, classes) = run_data(&data)?;
             let base = settings(&train, &data, normalization(&entry, data.transform.fix_std), 0.0, 0.0);
             let make =
                 || fresh_model(&entry, &weights, &device, classes, train.seed).map_err(|e| medxfer_train::Error::Config(format!("{e:#}")));
-            let summary = search::run(&make, &run_data, &base, trials, shard, &out, &mut |point, r| {
-                eprintln!("trial {:>2} (lr {:.3e}, wd {:.3e})  {}", point.index, point.learning_rate, point.weight_decay, epoch_line(r))
-            })?;
+            let mut bar = EpochBar::new(base.epochs);
+            let summary = match halving {
+                None => search::run(&make, &run_data, &base, trials, shard, &out, &mut bar),
+                Some(eta) => Halving::new(eta, halving_min_epochs).and_then(|halving| {
+                    let summary = medxfer_train::halving::run(&make, &run_data, &base, trials, halving, shard, &out, &mut bar)?;
+                    print_halving(&summary, compare_with.as_deref())?;
+                    Ok(summary.search)
+                }),
+            };
+            bar.finish();
+            let summary = summary?;
             println!(
                 "{}: {} of {} trials finished, {} diverged, {} pending",
                 out.join(search::SUMMARY_FILE).display(),

@@ -64,6 +64,40 @@ pub const DIVERGED_FILE: &str = "diverged.json";
 /// A lock not refreshed for this long belongs to a dead worker on another machine.
 pub const STALE_AFTER: Duration = Duration::from_secs(6 * 3600);
 
+/// What a search tells its caller while it trains: [`finetune::Progress`] per trial. A closure
+/// over `(&TrialPoint, &EpochRecord)` is one that ignores batches.
+pub trait SearchProgress {
+    /// After each training batch of a trial (see [`finetune::Progress::batch`]).
+    fn batch(&mut self, _point: &TrialPoint, _epoch: usize, _done: usize, _total: usize, _loss: f64) {}
+    /// After each epoch of a trial.
+    fn epoch(&mut self, point: &TrialPoint, record: &EpochRecord);
+}
+
+impl<F: FnMut(&TrialPoint, &EpochRecord)> SearchProgress for F {
+    fn epoch(&mut self, point: &TrialPoint, record: &EpochRecord) {
+        self(point, record)
+    }
+}
+
+/// One trial's progress: passes batches and epochs on with the trial's point, and keeps the
+/// trial's lock fresh.
+struct TrialProgress<'a> {
+    point: &'a TrialPoint,
+    lock: &'a Lock,
+    search: &'a mut dyn SearchProgress,
+}
+
+impl finetune::Progress for TrialProgress<'_> {
+    fn batch(&mut self, epoch: usize, done: usize, total: usize, loss: f64) {
+        self.search.batch(self.point, epoch, done, total, loss);
+    }
+
+    fn epoch(&mut self, record: &EpochRecord) {
+        self.lock.refresh();
+        self.search.epoch(self.point, record);
+    }
+}
+
 /// The directory of trial `index`.
 pub fn trial_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("trial-{index:03}"))
@@ -161,37 +195,62 @@ pub fn run(
     trials: usize,
     shard: Shard,
     dir: &Path,
-    report: &mut dyn FnMut(&TrialPoint, &EpochRecord),
+    progress: &mut dyn SearchProgress,
 ) -> Result<SearchSummary> {
     for point in points(trials).into_iter().filter(|p| shard.takes(p.index)) {
-        let trial = trial_dir(dir, point.index);
-        if finetune::finished(&trial).is_some() || trial.join(DIVERGED_FILE).exists() {
-            continue;
-        }
-        let Some(lock) = Lock::claim(&trial)? else { continue };
-        let settings = RunSettings { learning_rate: point.learning_rate, weight_decay: point.weight_decay, ..*base };
-        let model = make_model()?;
-        let result = finetune::run(&model, data, &settings, &trial, &mut |record| {
-            lock.refresh();
-            report(&point, record);
-        });
-        match result {
-            Ok(_) => {}
-            Err(Error::Diverged { epoch, learning_rate, loss }) => {
-                let note = serde_json::json!({"epoch": epoch, "learning_rate": learning_rate, "loss": loss.to_string()});
-                std::fs::write(trial.join(DIVERGED_FILE), note.to_string())
-                    .map_err(|e| Error::Io { path: trial.clone(), problem: e.to_string() })?;
-            }
-            Err(e) => return Err(e),
-        }
-        drop(lock);
+        advance_trial(make_model, data, base, &point, dir, base.epochs, progress)?;
     }
     let summary = summarize(dir, trials);
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
+    write_summary(dir, &summary)?;
+    Ok(summary)
+}
+
+/// Writes `dir`/search.json atomically.
+pub(crate) fn write_summary(dir: &Path, summary: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(summary).map_err(|e| Error::Config(e.to_string()))?;
     let path = dir.join(SUMMARY_FILE);
     let temporary = path.with_extension("partial");
     std::fs::write(&temporary, json)
         .and_then(|()| std::fs::rename(&temporary, &path))
-        .map_err(|e| Error::Io { path, problem: e.to_string() })?;
-    Ok(summary)
+        .map_err(|e| Error::Io { path, problem: e.to_string() })
+}
+
+/// Whether trial `index` needs no more training to reach epoch `until`: it has reached it, is
+/// complete (last epoch, or stopped early) or diverged.
+pub(crate) fn reached(dir: &Path, index: usize, until: usize) -> bool {
+    let trial = trial_dir(dir, index);
+    finetune::finished(&trial).is_some() || trial.join(DIVERGED_FILE).exists() || finetune::history(&trial).len() >= until
+}
+
+/// Trains one trial up to epoch `until` (its schedule that of `base.epochs`) unless it is there
+/// already or another live worker holds it; a diverged run is recorded in diverged.json.
+/// False when another worker holds the trial.
+pub(crate) fn advance_trial(
+    make_model: &dyn Fn() -> Result<Backbone>,
+    data: &RunData,
+    base: &RunSettings,
+    point: &TrialPoint,
+    dir: &Path,
+    until: usize,
+    progress: &mut dyn SearchProgress,
+) -> Result<bool> {
+    if reached(dir, point.index, until) {
+        return Ok(true);
+    }
+    let trial = trial_dir(dir, point.index);
+    let Some(lock) = Lock::claim(&trial)? else { return Ok(false) };
+    let settings = RunSettings { learning_rate: point.learning_rate, weight_decay: point.weight_decay, ..*base };
+    let model = make_model()?;
+    let result = finetune::run_until(&model, data, &settings, &trial, until, &mut TrialProgress { point, lock: &lock, search: progress });
+    match result {
+        Ok(_) => {}
+        Err(Error::Diverged { epoch, learning_rate, loss }) => {
+            let note = serde_json::json!({"epoch": epoch, "learning_rate": learning_rate, "loss": loss.to_string()});
+            std::fs::write(trial.join(DIVERGED_FILE), note.to_string())
+                .map_err(|e| Error::Io { path: trial.clone(), problem: e.to_string() })?;
+        }
+        Err(e) => return Err(e),
+    }
+    drop(lock);
+    Ok(true)
 }

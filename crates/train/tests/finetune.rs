@@ -10,8 +10,10 @@ use candle_core::Device;
 use medxfer_data::cache::ImageCache;
 use medxfer_data::split::{Entry, Part};
 use medxfer_data::transform::{Normalization, TrainTransform};
-use medxfer_train::finetune::{self, RunData, RunSettings, SplitData};
+use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, SplitData};
+use medxfer_train::halving::Halving;
 use medxfer_train::search::{self, Shard};
+use medxfer_train::search_space::TrialPoint;
 use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
 use rand::{Rng, SeedableRng};
 
@@ -47,9 +49,14 @@ fn data(dir: &Path) -> RunData {
     }
 }
 
+/// The CPU, or `MEDXFER_TEST_DEVICE=cuda:N` with a `--features cuda` build on a GPU machine.
+fn device() -> Device {
+    medxfer_train::device::parse(&std::env::var("MEDXFER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap()
+}
+
 fn model() -> Backbone {
     let architecture = Architecture::ResNet(ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [64, 8, 16, 32] });
-    let mut model = Backbone::new("resnet_basic_min", &architecture, 10, &Device::Cpu).unwrap();
+    let mut model = Backbone::new("resnet_basic_min", &architecture, 10, &device()).unwrap();
     let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/resnet_basic_min.safetensors");
     model.load_weights(Path::new(weights), true).unwrap();
     model.replace_head(2, 7).unwrap();
@@ -71,7 +78,8 @@ fn a_small_resnet_learns_a_separable_task() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let mut epochs = Vec::new();
-    let outcome = finetune::run(&model(), &data, &settings(6), &dir.path().join("run"), &mut |r| epochs.push(r.clone())).unwrap();
+    let outcome =
+        finetune::run(&model(), &data, &settings(6), &dir.path().join("run"), &mut |r: &EpochRecord| epochs.push(r.clone())).unwrap();
     assert_eq!(epochs.len(), 6);
     let test = outcome.test.unwrap();
     assert!(test.balanced_accuracy > 0.9, "test balanced accuracy {}: {epochs:?}", test.balanced_accuracy);
@@ -79,20 +87,35 @@ fn a_small_resnet_learns_a_separable_task() {
     let lowest = epochs.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss)).unwrap();
     assert_eq!(outcome.best_epoch, lowest.epoch);
     // A finished run is not redone.
-    let again = finetune::run(&model(), &data, &settings(6), &dir.path().join("run"), &mut |_| panic!("rerun")).unwrap();
+    let again = finetune::run(&model(), &data, &settings(6), &dir.path().join("run"), &mut |_: &EpochRecord| panic!("rerun")).unwrap();
     assert_eq!(again, finetune::finished(&dir.path().join("run")).unwrap());
+}
+
+#[test]
+fn a_run_whose_loss_explodes_says_it_diverged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let settings = RunSettings { learning_rate: 1e12, ..settings(2) };
+    match finetune::run(&model(), &data, &settings, &dir.path().join("run"), &mut |_: &EpochRecord| {}) {
+        Err(medxfer_train::Error::Diverged { epoch, learning_rate, loss }) => {
+            assert!((1..=2).contains(&epoch), "diverged in epoch {epoch}");
+            assert!(learning_rate > 0.0 && learning_rate <= 1e12, "{learning_rate}");
+            assert!(!loss.is_finite());
+        }
+        other => panic!("expected a diverged run, got {other:?}"),
+    }
 }
 
 #[test]
 fn a_killed_run_resumes_to_the_same_result_even_from_a_truncated_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
-    let straight = finetune::run(&model(), &data, &settings(4), &dir.path().join("straight"), &mut |_| {}).unwrap();
+    let straight = finetune::run(&model(), &data, &settings(4), &dir.path().join("straight"), &mut |_: &EpochRecord| {}).unwrap();
 
     // Killed after its third epoch's checkpoint was written.
     let run_dir = dir.path().join("killed");
     let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        finetune::run(&model(), &data, &settings(4), &run_dir, &mut |r| assert!(r.epoch < 3, "killed"))
+        finetune::run(&model(), &data, &settings(4), &run_dir, &mut |r: &EpochRecord| assert!(r.epoch < 3, "killed"))
     }));
     assert!(killed.is_err());
     assert!(finetune::finished(&run_dir).is_none());
@@ -103,7 +126,7 @@ fn a_killed_run_resumes_to_the_same_result_even_from_a_truncated_checkpoint() {
     std::fs::write(run_dir.join("epoch-0004.partial"), b"half").unwrap();
 
     let mut resumed_epochs = Vec::new();
-    let resumed = finetune::run(&model(), &data, &settings(4), &run_dir, &mut |r| resumed_epochs.push(r.epoch)).unwrap();
+    let resumed = finetune::run(&model(), &data, &settings(4), &run_dir, &mut |r: &EpochRecord| resumed_epochs.push(r.epoch)).unwrap();
     // Epoch 2's checkpoint was the newest good one: epochs 3 and 4 ran again.
     assert_eq!(resumed_epochs, vec![3, 4]);
     let strip = |mut o: finetune::RunOutcome| {
@@ -126,6 +149,74 @@ fn a_killed_run_resumes_to_the_same_result_even_from_a_truncated_checkpoint() {
 }
 
 #[test]
+fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let (full_dir, halving_dir) = (dir.path().join("full"), dir.path().join("halving"));
+    let base = settings(4);
+    let make = || Ok(model());
+    let quiet = &mut |_: &TrialPoint, _: &EpochRecord| {};
+    let full = search::run(&make, &data, &base, 6, Shard::ALL, &full_dir, quiet).unwrap();
+    let halving = Halving::new(2, 1).unwrap();
+    let halved = medxfer_train::halving::run(&make, &data, &base, 6, halving, Shard::ALL, &halving_dir, quiet).unwrap();
+
+    // Rungs at epochs 1, 2, 4 keeping 6, 3, 2 trials.
+    let rungs: Vec<(usize, usize)> = halved.rungs.iter().map(|r| (r.epochs, r.trials.len())).collect();
+    assert_eq!(rungs, vec![(1, 6), (2, 3), (4, 2)]);
+    // Each promotion is the best half by the kept (lowest validation loss) epoch's validation
+    // balanced accuracy so far, then its loss: ranked here from the full search's histories.
+    let full_history = |i: usize| finetune::history(&search::trial_dir(&full_dir, i));
+    for pair in halved.rungs.windows(2) {
+        let mut ranked: Vec<(usize, f64, f64)> = pair[0]
+            .trials
+            .iter()
+            .map(|&i| {
+                let history = full_history(i);
+                let mut kept = &history[0];
+                for record in &history[..pair[0].epochs] {
+                    if record.val_loss < kept.val_loss {
+                        kept = record;
+                    }
+                }
+                (i, kept.val_balanced_accuracy, kept.val_loss)
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.total_cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let mut expected: Vec<usize> = ranked.iter().take(pair[1].trials.len()).map(|r| r.0).collect();
+        expected.sort_unstable();
+        assert_eq!(pair[1].trials, expected, "promotion to epoch {}", pair[1].epochs);
+    }
+    // A paused and promoted trial continues exactly: every history is a prefix of the
+    // uninterrupted one, and the finalists' are equal to it, with the same outcome.
+    for trial in 0..6 {
+        let (ours, theirs) = (finetune::history(&search::trial_dir(&halving_dir, trial)), full_history(trial));
+        let losses = |h: &[EpochRecord]| h.iter().map(|r| (r.train_loss, r.val_loss)).collect::<Vec<_>>();
+        assert_eq!(losses(&ours), losses(&theirs[..ours.len()]), "trial {trial}");
+    }
+    for finalist in &halved.search.finished {
+        let theirs = full.finished.iter().find(|t| t.index == finalist.index).unwrap();
+        let record = |r: &EpochRecord| (r.epoch, r.train_loss, r.val_loss, r.val_balanced_accuracy);
+        assert_eq!(record(&finalist.outcome.best), record(&theirs.outcome.best));
+        assert_eq!(finalist.outcome.test, theirs.outcome.test);
+    }
+    assert_eq!(halved.search.finished.len(), 2);
+    // 6 trials x 1 epoch, 3 continue to 2 (1 more each), 2 continue to 4 (2 more each).
+    assert_eq!(halved.epochs_trained, 6 + 3 + 2 * 2);
+    assert_eq!(halved.epochs_full_search, 24);
+    assert_eq!(halved.search.best.as_ref(), search::select_best(&halved.search.finished));
+    // A rerun trains nothing; other settings in the same directory are refused.
+    let again =
+        medxfer_train::halving::run(&make, &data, &base, 6, halving, Shard::ALL, &halving_dir, &mut |_: &TrialPoint, _: &EpochRecord| {
+            panic!("trained again")
+        })
+        .unwrap();
+    assert_eq!(again, halved);
+    let other = Halving::new(3, 1).unwrap();
+    let error = medxfer_train::halving::run(&make, &data, &base, 6, other, Shard::ALL, &halving_dir, quiet).unwrap_err().to_string();
+    assert!(error.contains("halving.json") && error.contains("started with"), "{error}");
+}
+
+#[test]
 fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
@@ -137,7 +228,10 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     let live = serde_json::json!({"host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pid": std::process::id()});
     std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), live.to_string()).unwrap();
     let mut ran = Vec::new();
-    let summary = search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p, _| ran.push(p.index)).unwrap();
+    let summary = search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p: &TrialPoint, _: &EpochRecord| {
+        ran.push(p.index)
+    })
+    .unwrap();
     assert_eq!(ran, vec![0]);
     assert_eq!(summary.pending, vec![1, 2, 3]);
     assert!(summary.best.is_none());
@@ -145,11 +239,17 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), serde_json::json!({"host": live["host"], "pid": u32::MAX}).to_string())
         .unwrap();
     ran.clear();
-    search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p, _| ran.push(p.index)).unwrap();
+    search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p: &TrialPoint, _: &EpochRecord| {
+        ran.push(p.index)
+    })
+    .unwrap();
     assert_eq!(ran, vec![2]);
     assert!(!search::trial_dir(&search_dir, 2).join("lock").exists());
     ran.clear();
-    let summary = search::run(&make, &data, &base, 4, Shard::parse("1/2").unwrap(), &search_dir, &mut |p, _| ran.push(p.index)).unwrap();
+    let summary = search::run(&make, &data, &base, 4, Shard::parse("1/2").unwrap(), &search_dir, &mut |p: &TrialPoint, _: &EpochRecord| {
+        ran.push(p.index)
+    })
+    .unwrap();
     assert_eq!(ran, vec![1, 3]);
     assert!(summary.pending.is_empty());
     let best = summary.best.unwrap();
@@ -191,7 +291,7 @@ fn extraction_writes_the_feature_file_the_scores_read() {
     .unwrap()
     .unwrap()
     .images;
-    let (features, _) = model.forward_t(&images, false).unwrap();
+    let (features, _) = model.forward_t(&images.to_device(&device()).unwrap(), false).unwrap();
     let features = features.to_vec2::<f32>().unwrap();
     for (i, row) in features.iter().enumerate() {
         for (j, value) in row.iter().enumerate() {

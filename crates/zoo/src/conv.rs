@@ -351,7 +351,8 @@ impl CustomOp2 for GradWeight {
 }
 
 /// A one-group convolution of x (B, C, H, W) with weight (O, C, k, k) and an optional bias
-/// (O): im2col + GEMM for f32 on the CPU, candle's conv2d elsewhere.
+/// (O): im2col + GEMM for f32 on the CPU; elsewhere candle's conv2d forward with the backward
+/// of `device_conv`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu) {
@@ -361,7 +362,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
             None => x.apply_op2(&weight, op)?,
         });
     }
-    let y = x.conv2d(weight, padding, stride, 1, 1)?;
+    let y = crate::device_conv::conv2d(x, weight, stride, padding)?;
     Ok(match bias {
         Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
         None => y,

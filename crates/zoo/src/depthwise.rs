@@ -1,11 +1,13 @@
 //! Depthwise convolution (groups = channels) on the CPU as one direct kernel with its backward
 //! pass. candle runs such a convolution as one im2col convolution per channel and concatenates
 //! them, which made MobileNetV2 and EfficientNet ten times slower than PyTorch. Other devices
-//! keep candle's grouped convolution.
+//! (CUDA) and dtypes sum k² shifted, strided views of the input instead: a few large elementwise
+//! kernels that candle differentiates, where the grouped convolution launches one per channel.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::device_conv::every_nth;
 use crate::error::Result;
 
 /// The geometry shared by the three kernels.
@@ -190,8 +192,32 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usi
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
         Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Forward { stride, padding })?)
     } else {
-        Ok(x.conv2d(weight, padding, stride, 1, channels)?)
+        shifted_taps(x, weight, channels, stride, padding)
     }
+}
+
+/// y = Σ_{i,j} w[:, i, j] · x_padded[:, :, s·y + i, s·x + j]: one multiply-add over the whole
+/// batch per kernel tap.
+fn shifted_taps(x: &Tensor, weight: &Tensor, channels: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, height, width) = x.dims4()?;
+    let kernel = weight.dim(2)?;
+    let geometry = Geometry { height, width, kernel, stride, padding };
+    let (out_h, out_w) = (geometry.out_height(), geometry.out_width());
+    let padded = x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?;
+    let mut sum: Option<Tensor> = None;
+    for ky in 0..kernel {
+        for kx in 0..kernel {
+            let view = padded.narrow(2, ky, (out_h - 1) * stride + 1)?.narrow(3, kx, (out_w - 1) * stride + 1)?;
+            let view = if stride > 1 { every_nth(&every_nth(&view, 2, stride, out_h)?, 3, stride, out_w)? } else { view };
+            let tap = weight.narrow(2, ky, 1)?.narrow(3, kx, 1)?.reshape((1, channels, 1, 1))?;
+            let term = view.broadcast_mul(&tap)?;
+            sum = Some(match sum {
+                Some(total) => (total + term)?,
+                None => term,
+            });
+        }
+    }
+    sum.ok_or_else(|| candle_core::Error::Msg("a depthwise kernel needs at least one tap".into()).into())
 }
 
 #[cfg(test)]
@@ -233,6 +259,34 @@ mod tests {
             y = y.reshape(dims).unwrap().narrow(axis + 1, 0, 1).unwrap().squeeze(axis + 1).unwrap();
         }
         y
+    }
+
+    /// The path CUDA takes, run in f64 on the CPU, against the direct CPU kernel in f32.
+    #[test]
+    fn the_device_path_matches_the_cpu_kernel() {
+        let device = Device::Cpu;
+        for (kernel, stride, height, width) in [(3, 1, 9, 7), (3, 2, 9, 8), (5, 2, 11, 10), (5, 1, 6, 6), (3, 2, 7, 7)] {
+            let case = format!("k{kernel} s{stride} {height}x{width}");
+            let padding = kernel / 2;
+            let x = Tensor::randn(0f32, 1.0, (2, 3, height, width), &device).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (3, 1, kernel, kernel), &device).unwrap();
+            let (x32, w32) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let wide = |t: &Tensor| Var::from_tensor(&t.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
+            let (x64, w64) = (wide(&x), wide(&w));
+            let reference = depthwise_conv2d(x32.as_tensor(), w32.as_tensor(), stride, padding).unwrap();
+            let ours =
+                depthwise_conv2d(x64.as_tensor(), w64.as_tensor(), stride, padding).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "{case}");
+            assert!(max_difference(&ours, &reference) < 1e-5, "forward {case}");
+            let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &device).unwrap();
+            let reference_grads = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let our_grads = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, ours, theirs) in [("input", &x64, &x32), ("weight", &w64, &w32)] {
+                let ours = our_grads.get(ours.as_tensor()).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+                let difference = max_difference(&ours, reference_grads.get(theirs.as_tensor()).unwrap());
+                assert!(difference < 1e-4, "{name} gradient {case}: {difference}");
+            }
+        }
     }
 
     #[test]

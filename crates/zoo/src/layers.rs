@@ -141,10 +141,11 @@ impl BatchNorm2d {
             return Ok(y);
         }
         let (mean, var) = if train {
-            // Batch statistics reduced in f64: train-mode BN divides by the batch standard
-            // deviation, which amplifies the rounding of f32 sums (1.5e-4 of the logits of a
-            // small MobileNetV2 against PyTorch; 1e-5 in f64).
-            let wide = x.to_dtype(DType::F64)?;
+            // Batch statistics reduced in f64 on the CPU: train-mode BN divides by the batch
+            // standard deviation, which amplifies the rounding of f32 sums (1.5e-4 of the logits
+            // of a small MobileNetV2 against PyTorch; 1e-5 in f64). On a GPU in the input's dtype,
+            // as PyTorch's CUDA kernels (f64 there would double the activations kept for backward).
+            let wide = if x.device().is_cpu() { x.to_dtype(DType::F64)? } else { x.clone() };
             let mean = wide.mean_keepdim((0, 2, 3))?;
             let var = wide.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
             let (mean, var) = (mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?);

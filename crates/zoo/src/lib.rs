@@ -28,6 +28,7 @@ mod checkpoint;
 pub mod conv;
 mod densenet;
 mod depthwise;
+mod device_conv;
 mod efficientnet;
 mod error;
 mod hub;

@@ -156,7 +156,8 @@ impl Vit {
 
     /// The class token after the final norm (B, dim).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.feature_map(x, train)?.narrow(1, 0, 1)?.squeeze(1)?)
+        // Contiguous: cuBLAS takes no row stride other than the row length.
+        Ok(self.feature_map(x, train)?.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)
     }
 }
 

@@ -1,0 +1,42 @@
+//! Where a run computes: `cpu` or `cuda:N` (a build with the `cuda` feature).
+
+use candle_core::Device;
+
+use crate::{Error, Result};
+
+/// Parses `cpu` or `cuda:N` and opens the device.
+pub fn parse(name: &str) -> Result<Device> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let Some(index) = name.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) else {
+        return Err(Error::Config(format!("--device {name}: expected cpu or cuda:N (cuda:0 for the first GPU)")));
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(Error::Config(format!(
+            "--device {name}: this binary was built without CUDA; rebuild with `--features cuda` (README, \"CUDA\")"
+        )));
+    }
+    Ok(Device::new_cuda(index)?)
+}
+
+/// Waits until the device has finished the work queued on it (for timing; a no-op on the CPU).
+pub fn synchronize(device: &Device) -> Result<()> {
+    Ok(device.synchronize()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_cpu_and_rejects_the_rest_with_the_fix() {
+        assert!(parse("cpu").unwrap().is_cpu());
+        let error = parse("gpu0").unwrap_err().to_string();
+        assert!(error.contains("expected cpu or cuda:N"), "{error}");
+        if !cfg!(feature = "cuda") {
+            let error = parse("cuda:0").unwrap_err().to_string();
+            assert!(error.contains("--features cuda"), "{error}");
+        }
+    }
+}
