@@ -105,6 +105,25 @@ fn search_extract_and_evaluate_from_the_command_line() {
     assert!(ok(&output).contains("2 of 2 trials finished"));
     assert!(!String::from_utf8_lossy(&output.stderr).contains("epoch "), "a finished search retrained");
 
+    // Successive halving over the same two trials: both for one epoch, the better one to two;
+    // compared with the full search above.
+    let halving = dir.path().join("halving");
+    let halving_args =
+        [&["search"][..], &common, &["--trials", "2", "--halving", "2", "--halving-min-epochs", "1", "--compare-with", search_s, "--out"]]
+            .concat();
+    let stdout = ok(&train(&models, &[&halving_args[..], &[halving.to_str().unwrap()]].concat()));
+    for line in ["rung 1: 2 trials to epoch 1", "rung 2: 1 trials to epoch 2", "trained 3 of the full search's 4 epochs (75.0%)"] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    let best = |dir: &Path, key: &str| {
+        let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("search.json")).unwrap()).unwrap();
+        let best = if key.is_empty() { &summary["best"] } else { &summary[key]["best"] };
+        best["index"].as_u64().unwrap()
+    };
+    let (full_best, halving_best) = (best(&search, ""), best(&halving, "search"));
+    let verdict = if full_best == halving_best { format!("A_opt unchanged: trial {full_best}") } else { "A_opt changed".to_string() };
+    assert!(stdout.contains(&verdict), "{verdict}: {stdout}");
+
     // Extraction with the pretrained ImageNet head, then with trial 0's kept model.
     let features = dir.path().join("train.safetensors");
     let manifest = split.join("manifest.csv");
