@@ -210,6 +210,7 @@ enum PartArg {
 }
 
 fn main() -> ExitCode {
+    medxfer_zoo::allocator::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -225,6 +225,10 @@ fn a_finetune_killed_mid_run_resumes_to_the_uninterrupted_result() {
         assert!(start.elapsed().as_secs() < 120, "no second checkpoint");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    // The binary re-executed itself (same pid) to keep mimalloc from returning freed memory
+    // to the OS between steps (medxfer_zoo::allocator).
+    let environment = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    assert!(environment.split(|&b| b == 0).any(|v| v == b"MIMALLOC_PURGE_DELAY=-1"), "no MIMALLOC_PURGE_DELAY=-1 in the child");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!killed.join("outcome.json").exists(), "the run finished before the kill");

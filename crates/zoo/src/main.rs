@@ -76,6 +76,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    medxfer_zoo::allocator::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
