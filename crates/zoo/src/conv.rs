@@ -370,7 +370,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
@@ -379,24 +379,28 @@ mod tests {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
+    /// (batch, channels, out channels, kernel, stride, padding, height, width): odd and even
+    /// sizes, unequal height/width remainders at stride 2, every stride/padding the backbones
+    /// use, batches above and below the pool size. Shared with device_conv's test.
+    pub(crate) type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+    pub(crate) const SHAPES: [ConvCase; 8] = [
+        (3, 4, 5, 3, 1, 1, 9, 7),
+        (3, 3, 6, 7, 2, 3, 13, 10),
+        (1, 4, 5, 3, 2, 1, 8, 9),
+        (4, 6, 3, 1, 1, 0, 5, 6),
+        (1, 6, 3, 1, 1, 0, 5, 6),
+        (2, 5, 4, 1, 2, 0, 7, 8),
+        (2, 3, 4, 16, 16, 0, 32, 48),
+        (5, 2, 3, 5, 1, 2, 6, 6),
+    ];
+
     /// candle's own conv2d and its autograd are the reference: slow, but independent of this
     /// module's unfolding and GEMMs.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
         let device = Device::Cpu;
         let (mut compared_elementwise, mut case_index) = (0, 0);
-        // (batch, channels, out channels, kernel, stride, padding, height, width): odd and even
-        // sizes, every stride/padding the backbones use, batches above and below the pool size.
-        for (batch, channels, out, kernel, stride, padding, height, width) in [
-            (3, 4, 5, 3, 1, 1, 9, 7),
-            (3, 3, 6, 7, 2, 3, 13, 10),
-            (1, 4, 5, 3, 2, 1, 8, 9),
-            (4, 6, 3, 1, 1, 0, 5, 6),
-            (1, 6, 3, 1, 1, 0, 5, 6),
-            (2, 5, 4, 1, 2, 0, 7, 8),
-            (2, 3, 4, 16, 16, 0, 32, 48),
-            (5, 2, 3, 5, 1, 2, 6, 6),
-        ] {
+        for (batch, channels, out, kernel, stride, padding, height, width) in SHAPES {
             let case = format!("b{batch} c{channels} o{out} k{kernel} s{stride} p{padding} {height}x{width}");
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, channels, height, width), &device).unwrap()).unwrap();
             let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (out, channels, kernel, kernel), &device).unwrap()).unwrap();

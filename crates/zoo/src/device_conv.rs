@@ -143,15 +143,7 @@ mod tests {
     #[test]
     fn matches_the_cpu_kernel_forward_and_backward() {
         let device = Device::Cpu;
-        for (batch, channels, out, kernel, stride, padding, height, width) in [
-            (3, 4, 5, 3, 1, 1, 9, 7),
-            (3, 3, 6, 7, 2, 3, 13, 10),
-            (1, 4, 5, 3, 2, 1, 8, 9),
-            (4, 6, 3, 1, 1, 0, 5, 6),
-            (2, 5, 4, 1, 2, 0, 7, 8),
-            (2, 3, 4, 16, 16, 0, 32, 48),
-            (5, 2, 3, 5, 1, 2, 6, 6),
-        ] {
+        for (batch, channels, out, kernel, stride, padding, height, width) in crate::conv::tests::SHAPES {
             let case = format!("b{batch} c{channels} o{out} k{kernel} s{stride} p{padding} {height}x{width}");
             let x = Tensor::randn(0f32, 1.0, (batch, channels, height, width), &device).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out, channels, kernel, kernel), &device).unwrap();
