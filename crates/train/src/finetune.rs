@@ -38,6 +38,19 @@ pub enum Selection {
     ValBalancedAccuracy,
 }
 
+impl Selection {
+    /// Whether a run keeps `record` over the epoch it has kept so far.
+    fn prefers(self, record: &EpochRecord, kept: &EpochRecord) -> bool {
+        match self {
+            Selection::ValLoss => record.val_loss < kept.val_loss,
+            Selection::ValBalancedAccuracy => {
+                record.val_balanced_accuracy > kept.val_balanced_accuracy
+                    || (record.val_balanced_accuracy == kept.val_balanced_accuracy && record.val_loss < kept.val_loss)
+            }
+        }
+    }
+}
+
 /// Everything that defines a run besides the model and the data.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunSettings {
@@ -175,14 +188,7 @@ pub fn history(dir: &Path) -> Vec<EpochRecord> {
 pub fn kept_epoch(history: &[EpochRecord], selection: Selection) -> Option<&EpochRecord> {
     let mut kept: Option<&EpochRecord> = None;
     for record in history {
-        let better = kept.is_none_or(|best| match selection {
-            Selection::ValLoss => record.val_loss < best.val_loss,
-            Selection::ValBalancedAccuracy => {
-                record.val_balanced_accuracy > best.val_balanced_accuracy
-                    || (record.val_balanced_accuracy == best.val_balanced_accuracy && record.val_loss < best.val_loss)
-            }
-        });
-        if better {
+        if kept.is_none_or(|best| selection.prefers(record, best)) {
             kept = Some(record);
         }
     }
@@ -342,15 +348,7 @@ pub fn run_until(
             val_accuracy: val.accuracy,
             seconds: start.elapsed().as_secs_f64(),
         };
-        let improved = match (settings.selection, state.best_epoch) {
-            (_, None) => true,
-            (Selection::ValLoss, Some(best)) => record.val_loss < state.history[best - 1].val_loss,
-            (Selection::ValBalancedAccuracy, Some(best)) => {
-                let previous = &state.history[best - 1];
-                record.val_balanced_accuracy > previous.val_balanced_accuracy
-                    || (record.val_balanced_accuracy == previous.val_balanced_accuracy && record.val_loss < previous.val_loss)
-            }
-        };
+        let improved = state.best_epoch.is_none_or(|best| settings.selection.prefers(&record, &state.history[best - 1]));
         if record.val_loss < state.lowest_loss {
             state.lowest_loss = record.val_loss;
             state.since_lowest_loss = 0;
