@@ -4,7 +4,11 @@
 mod bench_data;
 mod bench_scores;
 mod bench_zoo;
+mod demo;
 mod machine;
+mod report;
+mod results;
+mod study;
 
 use std::path::PathBuf;
 
@@ -112,6 +116,23 @@ enum Command {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// The whole study: splits, pretrained features, the seven scores, the Halton searches, OOD,
+    /// correlations, Table 2, Fig. 3 and report.md. Resumable (rerun to continue), shardable
+    /// (--shard i/n, then one unsharded run), --plan to see what is left. `--demo` runs it on
+    /// synthetic data and small backbones in minutes, with no data or network.
+    Reproduce {
+        #[command(flatten)]
+        args: Box<study::args::ReproduceArgs>,
+    },
+    /// Table 2, Fig. 3 and report.md from a results folder's scores.csv and performance.csv
+    /// alone (results from another machine, or published numbers, tabulate the same way).
+    ///
+    /// Writes table2.csv, table2.md, fig3.svg/.png, fig3_ood.svg/.png and report.md into it.
+    Report {
+        /// The results folder (reproduce's --out).
+        #[arg(long)]
+        results: PathBuf,
+    },
     /// One zoo measurement in a fresh process (run by bench-zoo).
     #[command(hide = true)]
     BenchZooWorker {
@@ -154,8 +175,41 @@ fn main() -> Result<()> {
         Command::BenchData { n, width, height, batch, python, out } => {
             bench_data::run(&bench_data::Settings { n, width, height, batch, python, out })
         }
+        Command::Reproduce { args } => reproduce(&args),
+        Command::Report { results } => {
+            let written = report::run(&results)?;
+            println!("{}: {} correlations; wrote {}", results.display(), written.table.len(), written.files.join(", "));
+            Ok(())
+        }
         Command::BenchZooWorker { model, batch, size, repeats, train, device, tf32 } => {
             bench_zoo::worker(&model, batch, size, repeats, train, &device, tf32)
         }
     }
+}
+
+fn reproduce(args: &study::args::ReproduceArgs) -> Result<()> {
+    let command = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let study = args.study(command, progress || args.demo)?;
+    if args.plan {
+        return study::plan::print(&study);
+    }
+    let start = std::time::Instant::now();
+    let outcome = study::run(&study)?;
+    println!(
+        "{}: {} of {} units complete ({:.0} s)",
+        study.layout.out.display(),
+        outcome.complete,
+        outcome.units,
+        start.elapsed().as_secs_f64()
+    );
+    if outcome.reported {
+        println!("wrote scores.csv, performance.csv, table2.csv/.md, fig3*.svg/.png and report.md in {}", study.layout.out.display());
+    } else {
+        println!(
+            "shard {}/{} done; run `cargo xtask reproduce` without --shard (same --out) to finish the tables and the report",
+            study.shard.index, study.shard.count
+        );
+    }
+    Ok(())
 }

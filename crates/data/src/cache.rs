@@ -60,7 +60,8 @@ impl ImageCache {
             return Ok(cache);
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let partial = data_path.with_extension("partial");
+        // This process's own partial file: shards of a study may build the same cache at once.
+        let partial = data_path.with_extension(format!("{}.partial", std::process::id()));
         let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
         let mut writer = BufWriter::with_capacity(1 << 22, file);
         let bar = progress.then(|| {

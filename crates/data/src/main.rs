@@ -257,7 +257,7 @@ fn split_task(
         Source::Grouped => split::grouped(&scan.records, &task.faithful, seed)?,
         Source::Authors => {
             let dir = authors_dir.context("--source authors needs --authors-dir, the folder of the authors' split CSVs")?;
-            let csvs = authors_csvs(dir)?;
+            let csvs = split::authors_csvs(dir)?;
             let csv_refs: Vec<(Part, &Path)> = csvs.iter().map(|(p, path)| (*p, path.as_path())).collect();
             let (entries, problems) = split::authors(&scan.records, spec, &csv_refs)?;
             if let Some(first) = problems.first() {
@@ -294,30 +294,4 @@ fn split_task(
         leakage.test_images_sharing_a_train_group
     );
     Ok(())
-}
-
-/// The authors' CSVs in `dir`: a file name containing "train", "val" or "test" gives its split.
-fn authors_csvs(dir: &Path) -> Result<Vec<(Part, PathBuf)>> {
-    let mut found = Vec::new();
-    for item in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = item?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-        if !name.ends_with(".csv") {
-            continue;
-        }
-        let part = [(Part::Train, "train"), (Part::Val, "val"), (Part::Test, "test")]
-            .into_iter()
-            .find(|(_, key)| name.contains(key))
-            .map(|(p, _)| p);
-        if let Some(part) = part {
-            found.push((part, path));
-        }
-    }
-    for part in [Part::Train, Part::Test] {
-        if !found.iter().any(|(p, _)| *p == part) {
-            bail!("{}: no CSV whose name contains {:?}", dir.display(), part.name());
-        }
-    }
-    found.sort();
-    Ok(found)
 }

@@ -76,9 +76,10 @@ pub fn files_checksum(root: &Path, entries: &[Entry]) -> Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename. The
+/// temporary file is this process's own, so concurrent writers (study shards) never interleave.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary = path.with_extension("partial");
+    let temporary = path.with_extension(format!("{}.partial", std::process::id()));
     let mut file = std::fs::File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
     file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(&temporary, e))?;
     std::fs::rename(&temporary, path).map_err(|e| Error::io(path, e))

@@ -144,6 +144,30 @@ fn split_units(records: &[Record], rule: &FaithfulSplit, seed: u64, unit_of: imp
 /// authors' renamed or flattened roots (`/pad-ufes-20/images/PAT_…png`) find the files where
 /// they really are. A row whose file is not found, or whose label disagrees with the label
 /// map, is a problem.
+/// The authors' split CSVs in `dir`: a file name containing "train", "val" or "test" gives its
+/// part; train and test must be there.
+pub fn authors_csvs(dir: &Path) -> Result<Vec<(Part, std::path::PathBuf)>> {
+    let mut found = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, format!("cannot list the folder of the authors' split CSVs: {e}")))? {
+        let path = item.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if !name.ends_with(".csv") {
+            continue;
+        }
+        let part = [(Part::Train, "train"), (Part::Val, "val"), (Part::Test, "test")].into_iter().find(|(_, key)| name.contains(key));
+        if let Some((part, _)) = part {
+            found.push((part, path));
+        }
+    }
+    for part in [Part::Train, Part::Test] {
+        if !found.iter().any(|(p, _)| *p == part) {
+            return Err(Error::Split(format!("{}: no CSV whose name contains {:?}", dir.display(), part.name())));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 pub fn authors(records: &[Record], spec: &DatasetSpec, csvs: &[(Part, &Path)]) -> Result<(Vec<Entry>, Vec<Problem>)> {
     let mut by_name: HashMap<&str, Vec<&Record>> = HashMap::new();
     for record in records {

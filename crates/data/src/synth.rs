@@ -25,14 +25,28 @@ pub struct Replica {
     pub dropped: usize,
 }
 
-struct Writer {
+/// What a replica's images show. Without one, images are gradients and noise with no class
+/// signal (enough for layout tests); the demo paints each image from its task label so that a
+/// network can learn the task.
+pub trait Painter: Sync {
+    /// An image of `width` x `height` for an image of the dataset's class `label` (None for a
+    /// class the task drops).
+    fn paint(&self, label: Option<u32>, width: u32, height: u32, rng: &mut ChaCha8Rng) -> RgbImage;
+}
+
+struct Writer<'a> {
     root: PathBuf,
     rng: ChaCha8Rng,
     replica: Replica,
+    spec: &'a DatasetSpec,
+    painter: Option<&'a dyn Painter>,
 }
 
-impl Writer {
-    fn image(&mut self, width: u32, height: u32) -> RgbImage {
+impl Writer<'_> {
+    fn image(&mut self, class: &str, width: u32, height: u32) -> RgbImage {
+        if let Some(painter) = self.painter {
+            return painter.paint(self.spec.label_of(class), width, height, &mut self.rng);
+        }
         // Smooth gradients plus noise: content a resize or a transposition visibly changes.
         let (a, b): (u8, u8) = (self.rng.random(), self.rng.random());
         let noise: Vec<u8> = (0..width * height).map(|_| self.rng.random_range(0..40)).collect();
@@ -50,8 +64,8 @@ impl Writer {
         Ok(path)
     }
 
-    fn save(&mut self, relative: &str, width: u32, height: u32) -> Result<()> {
-        let image = self.image(width, height);
+    fn save(&mut self, relative: &str, class: &str, width: u32, height: u32) -> Result<()> {
+        let image = self.image(class, width, height);
         let path = self.path(relative)?;
         image.save(&path).map_err(|e| Error::io(&path, e))
     }
@@ -71,8 +85,17 @@ impl Writer {
 
 /// Writes a replica of `spec`'s layout under `out` with about `per_class` images per class.
 pub fn synthesize(spec: &DatasetSpec, out: &Path, per_class: usize, seed: u64) -> Result<Replica> {
+    write_replica(spec, out, per_class, seed, None)
+}
+
+/// [`synthesize`] with images drawn by `painter` from their labels.
+pub fn synthesize_painted(spec: &DatasetSpec, out: &Path, per_class: usize, seed: u64, painter: &dyn Painter) -> Result<Replica> {
+    write_replica(spec, out, per_class, seed, Some(painter))
+}
+
+fn write_replica(spec: &DatasetSpec, out: &Path, per_class: usize, seed: u64, painter: Option<&dyn Painter>) -> Result<Replica> {
     let per_class = per_class.max(3);
-    let mut w = Writer { root: out.to_path_buf(), rng: ChaCha8Rng::seed_from_u64(seed), replica: Replica::default() };
+    let mut w = Writer { root: out.to_path_buf(), rng: ChaCha8Rng::seed_from_u64(seed), replica: Replica::default(), spec, painter };
     match spec.layout {
         LayoutKind::Isic2019 => isic(&mut w, spec, per_class)?,
         LayoutKind::PadUfes20 => pad(&mut w, spec, per_class)?,
@@ -85,7 +108,7 @@ pub fn synthesize(spec: &DatasetSpec, out: &Path, per_class: usize, seed: u64) -
     Ok(w.replica)
 }
 
-fn isic(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
+fn isic(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     use crate::layouts::ISIC_CLASSES as columns;
     let mut truth = format!("{}\n", ["image"].iter().chain(columns.iter()).copied().collect::<Vec<_>>().join(","));
     let mut metadata = String::from("image,age_approx,anatom_site_general,lesion_id,sex\n");
@@ -94,7 +117,7 @@ fn isic(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
         for k in 0..per_class {
             // The second image of all is a `_downsampled` one.
             let stem = if id == 1 { format!("ISIC_{id:07}_downsampled") } else { format!("ISIC_{id:07}") };
-            w.save(&format!("ISIC_2019_Training_Input/{stem}.jpg"), 24 + (id % 3) as u32 * 4, 18)?;
+            w.save(&format!("ISIC_2019_Training_Input/{stem}.jpg"), class, 24 + (id % 3) as u32 * 4, 18)?;
             let one_hot: Vec<&str> = columns.iter().map(|c| if *c == class { "1.0" } else { "0.0" }).collect();
             truth.push_str(&format!("{stem},{}\n", one_hot.join(",")));
             // The first image of a class has no lesion id; the second and third share one.
@@ -112,7 +135,7 @@ fn isic(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     w.text(crate::layouts::ISIC_METADATA, &metadata)
 }
 
-fn pad(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
+fn pad(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     let mut metadata = format!("{}\n", crate::layouts::PAD_COLUMNS.join(","));
     let mut image_id = 0;
     for (c, class) in ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"].into_iter().enumerate() {
@@ -121,7 +144,7 @@ fn pad(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
             let patient = 100 + c * 50 + k / 2;
             let lesion = if k / 2 == 0 && (class == "ACK" || class == "MEL") { 1867 } else { 2000 + c * 50 + k / 2 };
             let name = format!("PAT_{patient}_{lesion}_{image_id}.png");
-            w.save(&format!("images/imgs_part_{}/{name}", 1 + image_id % 2), 20, 20 + (k as u32 % 2) * 6)?;
+            w.save(&format!("images/imgs_part_{}/{name}", 1 + image_id % 2), class, 20, 20 + (k as u32 % 2) * 6)?;
             // One row with the socio-economic fields empty, one with UNK symptoms (as in the real file).
             let socio = if image_id == 0 { ["", "", "", ""] } else { ["False", "True", "POMERANIA", "GERMANY"] };
             let symptoms = if image_id == 1 { ["UNK"; 6] } else { ["False", "True", "False", "True", "False", "True"] };
@@ -143,7 +166,7 @@ fn pad(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     w.text(crate::layouts::PAD_METADATA, &metadata)
 }
 
-fn breakhis(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
+fn breakhis(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     // (class folder, subtype folder, type code, year, id+suffix): a suffix pair of one patient.
     let slides = [
         ("benign", "adenosis", "A", "14", "22549AB"),
@@ -163,6 +186,7 @@ fn breakhis(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> 
             let file = format!("SOB_{}_{code}-{year}-{id}-{magnification}-{:03}.png", b_or_m(class), k + 1);
             w.save(
                 &format!("BreaKHis_v1/BreaKHis_v1/histology_slides/breast/{class}/SOB/{subtype}/{slide}/{magnification}X/{file}"),
+                class,
                 35,
                 23,
             )?;
@@ -172,13 +196,13 @@ fn breakhis(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> 
     Ok(())
 }
 
-fn bach(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
+fn bach(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     let mut truth = String::new();
     for (class, prefix) in [("Benign", "b"), ("InSitu", "is"), ("Invasive", "iv"), ("Normal", "n")] {
         for k in 0..per_class {
             let name = format!("{prefix}{:03}.tif", k + 1);
             let path = w.path(&format!("ICIAR2018_BACH_Challenge/Photos/{class}/{name}"))?;
-            let image = w.image(32, 24);
+            let image = w.image(class, 32, 24);
             // Every other file 16 bits per sample, as most real BACH files appear to be.
             if k % 2 == 1 {
                 let wide: ImageBuffer<Rgb<u16>, Vec<u16>> =
@@ -194,7 +218,7 @@ fn bach(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     w.text("ICIAR2018_BACH_Challenge/Photos/microscopy_ground_truth.csv", &truth)
 }
 
-fn brain_kaggle(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
+fn brain_kaggle(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     let names = |class: &str, k: usize| match class {
         "glioma_tumor" => format!("gg ({}).jpg", k + 1),
         "meningioma_tumor" => format!("m{} (x).jpg", k + 1),
@@ -205,7 +229,7 @@ fn brain_kaggle(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<
         for class in ["no_tumor", "glioma_tumor", "meningioma_tumor", "pituitary_tumor"] {
             let count = if origin == "Training" { per_class + 2 } else { per_class };
             for k in 0..count {
-                w.save(&format!("{origin}/{class}/{}", names(class, k)), 22, 22)?;
+                w.save(&format!("{origin}/{class}/{}", names(class, k)), class, 22, 22)?;
                 w.count(spec, class);
             }
         }
@@ -266,7 +290,7 @@ pub fn write_cheng_file(path: &Path, image: &[i16], rows: usize, columns: usize,
     file.write(path).map_err(|e| Error::io(path, e))
 }
 
-fn cheng(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
+fn cheng(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     let mut n = 1;
     for (code, class) in [(1, "meningioma"), (2, "glioma"), (3, "pituitary")] {
         for k in 0..per_class {
@@ -283,7 +307,7 @@ fn cheng(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     Ok(())
 }
 
-fn nins(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
+fn nins(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     let folders = [
         "Normal",
         "Glioma",
@@ -296,13 +320,13 @@ fn nins(w: &mut Writer, spec: &DatasetSpec, per_class: usize) -> Result<()> {
     let mut number = 46110917;
     for folder in folders {
         for _ in 0..per_class {
-            w.save(&format!("NINS_Dataset/NINS_Dataset/{folder}/{number}.jpg"), 20, 20)?;
+            w.save(&format!("NINS_Dataset/NINS_Dataset/{folder}/{number}.jpg"), folder, 20, 20)?;
             w.count(spec, folder);
             number += 16;
         }
     }
     // A probable duplicate, `<n>_1.jpg`, in Normal.
-    w.save(&format!("NINS_Dataset/NINS_Dataset/Normal/{}_1.jpg", 46110917), 20, 20)?;
+    w.save(&format!("NINS_Dataset/NINS_Dataset/Normal/{}_1.jpg", 46110917), "Normal", 20, 20)?;
     w.count(spec, "Normal");
     Ok(())
 }

@@ -22,6 +22,7 @@ pub mod extract;
 pub mod finetune;
 pub mod halving;
 pub mod metrics;
+pub mod progress_bar;
 pub mod schedule;
 pub mod search;
 pub mod search_space;

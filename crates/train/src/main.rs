@@ -16,12 +16,9 @@ use medxfer_data::transform::{Normalization, TrainTransform};
 use medxfer_data::{Catalog, layouts};
 use medxfer_train::finetune::{self, RunData, RunSettings, Selection, SplitData};
 use medxfer_train::halving::{Halving, HalvingSummary};
+use medxfer_train::progress_bar::EpochBar;
 use medxfer_train::search::{self, Shard};
 use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file};
-
-use crate::progress_bar::EpochBar;
-
-mod progress_bar;
 
 /// mimalloc reuses freed pages: the system allocator maps and unmaps every large tensor.
 #[global_allocator]

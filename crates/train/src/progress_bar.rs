@@ -1,13 +1,15 @@
-//! The CLI's progress bar (not part of the library): one bar over an epoch's batches, its prefix
+//! The progress bar of the CLIs (medxfer-train, cargo xtask reproduce): one bar over an epoch's batches, its prefix
 //! naming the trial and epoch, its message the epoch's running training loss and the last
 //! validation balanced accuracy. Each finished epoch is printed above it as a log line; without a
 //! terminal (a log file, a Slurm job) only those lines are written.
 
+use crate::finetune::{EpochRecord, Progress};
+use crate::search::SearchProgress;
+use crate::search_space::TrialPoint;
 use indicatif::{ProgressBar, ProgressStyle};
-use medxfer_train::finetune::{EpochRecord, Progress};
-use medxfer_train::search::SearchProgress;
-use medxfer_train::search_space::TrialPoint;
 
+/// An epoch's progress bar for fine-tuning runs and searches.
+#[derive(Debug)]
 pub struct EpochBar {
     bar: ProgressBar,
     epochs: usize,

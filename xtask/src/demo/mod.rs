@@ -1,0 +1,250 @@
+//! `cargo xtask reproduce --demo`: everything the study needs, made here — a synthetic source
+//! set, ten small backbones pretrained on it (cached), and the six datasets as medxfer-data's
+//! replicas of their real layouts painted with learnable class signals — so the real pipeline
+//! (loaders, splits, extraction, scores, searches, report) runs on any laptop. Settings live in
+//! xtask/demo/demo.toml, the backbones in xtask/demo/models/.
+
+pub mod paint;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use medxfer_data::cache::ImageCache;
+use medxfer_data::split::{Entry, Part};
+use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_data::{Catalog, synth};
+use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, SplitData};
+use medxfer_zoo::{Backbone, ModelEntry, Registry};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use serde::Deserialize;
+
+use paint::{Shift, SourcePainter, TaskKind, TaskPainter};
+
+/// xtask/demo/demo.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    pub source: SourceConfig,
+    pub targets: TargetConfig,
+    pub search: SearchConfig,
+    /// Source epochs per backbone.
+    pub budgets: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub train_per_class: usize,
+    pub val_per_class: usize,
+    pub image_size: u32,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub batch: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub per_class: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    pub trials: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub resize: u32,
+    pub crop: u32,
+}
+
+/// xtask/demo/.
+pub fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo")
+}
+
+impl DemoConfig {
+    pub fn load() -> Result<Self> {
+        let path = demo_dir().join("demo.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a valid demo configuration", path.display()))
+    }
+}
+
+/// The demo's registry (xtask/demo/models/).
+pub fn registry() -> Result<Registry> {
+    Ok(Registry::load(&demo_dir().join("models"))?)
+}
+
+/// Where the demo keeps what it makes once: `MEDXFER_CACHE` or ~/.cache/medxfer, then demo/.
+pub fn default_cache() -> PathBuf {
+    let base = std::env::var_os("MEDXFER_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/medxfer")))
+        .unwrap_or_else(|| PathBuf::from(".cache/medxfer"));
+    base.join("demo")
+}
+
+/// The six datasets' replicas under `data` (DATA/<dataset>), written once.
+pub fn write_datasets(config: &DemoConfig, data: &Path) -> Result<()> {
+    let catalog = Catalog::load_default()?;
+    let painters = [
+        ("isic2019", TaskKind::Skin, Shift::None),
+        ("pad-ufes-20", TaskKind::Skin, Shift::Colour),
+        ("breakhis", TaskKind::Breast, Shift::None),
+        ("bach", TaskKind::Breast, Shift::ContrastBlur),
+        ("brain-tumor-kaggle", TaskKind::Brain, Shift::None),
+        ("nins", TaskKind::Brain, Shift::Noise),
+    ];
+    for (i, (name, task, shift)) in painters.into_iter().enumerate() {
+        let spec = catalog.dataset(name)?;
+        let painter = TaskPainter { task, shift };
+        write_once(&data.join(name), |dir| {
+            Ok(synth::synthesize_painted(spec, dir, config.targets.per_class, config.targets.seed + i as u64, &painter).map(|_| ())?)
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` with `fill` unless it exists: filled in a folder of this process's own, then
+/// renamed into place, so concurrent runs (shards) never see a half-written folder.
+fn write_once(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = dir.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    fill(&partial)?;
+    if std::fs::rename(&partial, dir).is_err() {
+        // Another process finished first.
+        std::fs::remove_dir_all(&partial)?;
+        if !dir.exists() {
+            bail!("cannot move {} to {}", partial.display(), dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// The pretrained weights of `entries` in `cache`/weights/, pretraining those not there yet.
+/// Returns the weights folder.
+pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &Path, progress: bool) -> Result<PathBuf> {
+    let weights = cache.join("weights");
+    let missing: Vec<&ModelEntry> = entries.iter().filter(|e| !weights.join(format!("{}.safetensors", e.name)).exists()).collect();
+    if missing.is_empty() {
+        return Ok(weights);
+    }
+    let source = source_data(config, &cache.join("source"))?;
+    std::fs::create_dir_all(&weights)?;
+    for entry in missing {
+        let Some(&epochs) = config.budgets.get(&entry.name) else {
+            bail!("xtask/demo/demo.toml gives no pretraining budget for {}", entry.name);
+        };
+        let start = std::time::Instant::now();
+        let model = Backbone::new(&entry.name, &entry.architecture, SourcePainter::CLASSES as usize, &Device::Cpu)?;
+        initialise(&model, config.source.seed)?;
+        let settings = RunSettings {
+            epochs,
+            batch_size: config.source.batch,
+            seed: config.source.seed,
+            crop: config.search.crop,
+            train_transform: TrainTransform { size: config.search.crop, ..TrainTransform::default() },
+            ..RunSettings::reference(
+                config.source.learning_rate,
+                config.source.weight_decay,
+                Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, false),
+            )
+        };
+        let run = cache.join("pretraining").join(&entry.name);
+        let outcome = finetune::run(&model, &source, &settings, &run, &mut |_: &EpochRecord| {})?;
+        let target = weights.join(format!("{}.safetensors", entry.name));
+        let partial = target.with_extension(format!("{}.partial", std::process::id()));
+        std::fs::copy(run.join(finetune::BEST_FILE), &partial)?;
+        std::fs::rename(&partial, &target)?;
+        if progress {
+            eprintln!(
+                "demo: pretrained {} for {epochs} source epoch(s): source val accuracy {:.3} ({:.1} s)",
+                entry.name,
+                outcome.best.val_accuracy,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(weights)
+}
+
+/// Random initial weights: He-normal convolutions, 1/sqrt(fan-in) linear layers, N(0, 0.02)
+/// position embeddings and class token, unit norm scales, zero biases. Seeded.
+pub fn initialise(model: &Backbone, seed: u64) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (name, var) in model.params().trainable_vars() {
+        let dims = var.dims().to_vec();
+        let count: usize = dims.iter().product();
+        let values: Vec<f32> = if name.contains("pos_embed") || name.contains("cls_token") {
+            sample(&mut rng, count, 0.02)?
+        } else if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let gain = if dims.len() == 4 { 2.0 } else { 1.0 };
+            sample(&mut rng, count, (gain / fan_in.max(1) as f64).sqrt())?
+        } else if name.ends_with(".weight") {
+            vec![1.0; count]
+        } else {
+            vec![0.0; count]
+        };
+        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
+fn sample(rng: &mut ChaCha8Rng, count: usize, std: f64) -> Result<Vec<f32>> {
+    let normal = Normal::new(0.0, std)?;
+    Ok((0..count).map(|_| normal.sample(rng) as f32).collect())
+}
+
+/// The source set as PNG files under `dir` and its train/val splits, cached.
+fn source_data(config: &DemoConfig, dir: &Path) -> Result<RunData> {
+    let source = &config.source;
+    let mut parts: [(Vec<Entry>, Part, usize); 2] =
+        [(Vec::new(), Part::Train, source.train_per_class), (Vec::new(), Part::Val, source.val_per_class)];
+    for (entries, part, per_class) in parts.iter_mut() {
+        for class in 0..SourcePainter::CLASSES {
+            for k in 0..*per_class {
+                let path = format!("{}/{class:02}/{k:03}.png", part.name());
+                entries.push(Entry { path, label: class, group: format!("{class}-{k}"), split: *part });
+            }
+        }
+    }
+    let images = dir.join("images");
+    write_once(&images, |partial| {
+        let mut rng = ChaCha8Rng::seed_from_u64(source.seed);
+        for entry in parts.iter().flat_map(|p| &p.0) {
+            let file = partial.join(&entry.path);
+            std::fs::create_dir_all(file.parent().unwrap_or(partial))?;
+            SourcePainter::draw(entry.label, source.image_size, &mut rng)
+                .save(&file)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        Ok(())
+    })?;
+    let build = |entries: &[Entry], name: &str| -> Result<SplitData> {
+        let cache = ImageCache::open_or_build(&dir.join("cache"), name, &images, entries, config.search.resize, false)?;
+        Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
+    };
+    Ok(RunData {
+        train: build(&parts[0].0, "source-train")?,
+        val: build(&parts[1].0, "source-val")?,
+        test: None,
+        ood: None,
+        classes: SourcePainter::CLASSES as usize,
+    })
+}

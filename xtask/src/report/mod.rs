@@ -1,0 +1,402 @@
+//! `cargo xtask report`: Table 2, Fig. 3 and report.md from scores.csv and performance.csv
+//! alone, so results from another machine, or published numbers, tabulate the same way. The
+//! study's provenance (splits, deviations), when `reproduce` left a study.json, joins the report.
+
+pub mod figure;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::results::{self, PerformanceRow, ScoreRow, Setting};
+use table::{Panel, TABLE2_COLUMNS, Table2Row};
+
+/// What `reproduce` records about how the results were made (OUT/study.json).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The command that made the results.
+    pub command: String,
+    /// Synthetic demo data and backbones, not the study's.
+    pub demo: bool,
+    pub device: String,
+    pub trials: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub splits: Vec<SplitNote>,
+    /// Every way the run differs from the reference protocol (empty: faithful).
+    pub deviations: Vec<String>,
+}
+
+/// Where one task's split came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitNote {
+    pub task: String,
+    pub dataset: String,
+    pub ood_dataset: String,
+    /// authors, faithful or grouped.
+    pub source: String,
+    /// Images per part (train, val, test, ood).
+    pub images: BTreeMap<String, usize>,
+    /// What the split's group key says about leakage.
+    pub leakage: String,
+}
+
+pub const PROVENANCE_FILE: &str = "study.json";
+
+/// What `run` wrote.
+#[derive(Debug)]
+pub struct Written {
+    pub table: Vec<Table2Row>,
+    pub files: Vec<String>,
+}
+
+/// Reads OUT/scores.csv and OUT/performance.csv and writes table2.csv, table2.md, fig3.{svg,png},
+/// fig3_ood.{svg,png} and report.md beside them.
+pub fn run(out: &Path) -> Result<Written> {
+    let scores = results::read_scores(out)?;
+    let performance = results::read_performance(out)?;
+    let provenance = read_provenance(out)?;
+    let panels = table::panels(&scores, &performance);
+    let rows: Vec<Table2Row> = panels.iter().map(Panel::correlation).collect();
+    let mut files = Vec::new();
+    results::write_rows(&out.join("table2.csv"), &TABLE2_COLUMNS, &rows)?;
+    files.push("table2.csv".to_string());
+    let metrics = table::metrics(&scores);
+    let tasks = table::tasks(&performance);
+    write_text(&out.join("table2.md"), &table2_markdown(&rows, &tasks, &metrics))?;
+    files.push("table2.md".to_string());
+    for setting in Setting::BOTH {
+        let chosen: Vec<&Panel> = panels.iter().filter(|p| p.setting == setting).collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        let (stem, title, y_label) = match setting {
+            Setting::Id => {
+                ("fig3", "Pretrained scores vs test balanced accuracy of each backbone's A_opt (in-distribution)", "test balanced accuracy")
+            }
+            Setting::Ood => ("fig3_ood", "A_opt's scores vs its balanced accuracy on the OOD set", "OOD balanced accuracy"),
+        };
+        figure::write(&out.join(stem), title, y_label, &chosen)?;
+        files.push(format!("{stem}.svg"));
+        files.push(format!("{stem}.png"));
+    }
+    write_text(&out.join("report.md"), &report_markdown(&rows, &panels, &performance, &scores, provenance.as_ref()))?;
+    files.push("report.md".to_string());
+    Ok(Written { table: rows, files })
+}
+
+/// Writes OUT/study.json.
+pub fn write_provenance(out: &Path, provenance: &Provenance) -> Result<()> {
+    write_text(&out.join(PROVENANCE_FILE), &serde_json::to_string_pretty(provenance)?)
+}
+
+fn read_provenance(out: &Path) -> Result<Option<Provenance>> {
+    let path = out.join(PROVENANCE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a study record; delete it or rerun reproduce", path.display()))?,
+    ))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    medxfer_data::manifest::write_atomic(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn number(value: Option<f64>) -> String {
+    value.map_or("–".to_string(), |v| format!("{v:.3}"))
+}
+
+/// Rows task x setting, columns metrics, cells "tau-b (p)"; then the weighted tau; then the
+/// published tau-b for comparison.
+pub fn table2_markdown(rows: &[Table2Row], tasks: &[String], metrics: &[String]) -> String {
+    let cell =
+        |task: &str, setting: Setting, metric: &str| rows.iter().find(|r| r.task == task && r.setting == setting && r.metric == metric);
+    let header = |first: &str| {
+        let mut text = format!("| {first} | n |");
+        for metric in metrics {
+            let _ = write!(text, " {metric} |");
+        }
+        text.push('\n');
+        text.push_str(&format!("|---|---:|{}\n", "---:|".repeat(metrics.len())));
+        text
+    };
+    let mut text =
+        String::from("Kendall's tau-b between each score and the balanced accuracy across backbones (two-sided p-value in brackets)\n\n");
+    text.push_str(&header("task · setting"));
+    let paper = table::paper_tau_b();
+    for setting in Setting::BOTH {
+        for task in tasks {
+            let n = metrics.iter().filter_map(|m| cell(task, setting, m)).map(|r| r.n).max();
+            let Some(n) = n else { continue };
+            let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
+            for metric in metrics {
+                match cell(task, setting, metric) {
+                    Some(Table2Row { tau_b: Some(tau), p_value: Some(p), .. }) => {
+                        let _ = write!(text, " {tau:.3} ({p:.2}) |");
+                    }
+                    _ => text.push_str(" – |"),
+                }
+            }
+            text.push('\n');
+        }
+    }
+    text.push_str("\nWeighted tau (hyperbolic weigher, as scipy.stats.weightedtau)\n\n");
+    text.push_str(&header("task · setting"));
+    for setting in Setting::BOTH {
+        for task in tasks {
+            let Some(n) = metrics.iter().filter_map(|m| cell(task, setting, m)).map(|r| r.n).max() else { continue };
+            let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
+            for metric in metrics {
+                let _ = write!(text, " {} |", number(cell(task, setting, metric).and_then(|r| r.weighted_tau)));
+            }
+            text.push('\n');
+        }
+    }
+    let published: Vec<(&String, Setting)> = Setting::BOTH
+        .iter()
+        .flat_map(|&s| tasks.iter().map(move |t| (t, s)))
+        .filter(|(t, s)| paper.keys().any(|k| &k.0 == *t && k.1 == *s))
+        .collect();
+    if !published.is_empty() {
+        text.push_str("\nPublished tau-b (Chaves et al. 2023, Table 2), for comparison\n\n");
+        text.push_str(&header("task · setting").replacen("| n |", "| |", 1));
+        for (task, setting) in published {
+            let _ = write!(text, "| {task} · {} | |", setting.as_str());
+            for metric in metrics {
+                let _ = write!(text, " {} |", number(paper.get(&(task.clone(), setting, metric.clone())).copied()));
+            }
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// The whole report: Table 2, the best backbone per task by accuracy and by each score with
+/// its top-1 regret, each backbone's selected run, and the provenance.
+fn report_markdown(
+    rows: &[Table2Row],
+    panels: &[Panel],
+    performance: &[PerformanceRow],
+    scores: &[ScoreRow],
+    provenance: Option<&Provenance>,
+) -> String {
+    let tasks = table::tasks(performance);
+    let metrics = table::metrics(scores);
+    let mut text = String::from("# medxfer study report\n\n");
+    match provenance {
+        Some(p) if p.demo => text.push_str(
+            "**Demo data.** Synthetic tasks and small backbones pretrained on a synthetic source set: these numbers show the pipeline working, they say nothing about medical images.\n\n",
+        ),
+        _ => {}
+    }
+    let backbones: std::collections::BTreeSet<&str> = performance.iter().map(|r| r.backbone.as_str()).collect();
+    let _ = writeln!(text, "{} task(s), {} backbone(s), {} score(s).\n", tasks.len(), backbones.len(), metrics.len());
+    text.push_str("## Table 2\n\n");
+    text.push_str(&table2_markdown(rows, &tasks, &metrics));
+    text.push_str("\nFigures: fig3.svg / fig3.png (in-distribution), fig3_ood.svg / fig3_ood.png (OOD).\n\n");
+
+    text.push_str("## Best backbone per task\n\nBy balanced accuracy, and the backbone each score ranks first with its top-1 regret (best accuracy minus the accuracy of the score's pick).\n\n");
+    let _ = writeln!(text, "| task · setting | best by accuracy | {} |", metrics.join(" | "));
+    let _ = writeln!(text, "|---|---|{}", "---|".repeat(metrics.len()));
+    for setting in Setting::BOTH {
+        for task in &tasks {
+            let task_panels: Vec<&Panel> = panels.iter().filter(|p| &p.task == task && p.setting == setting).collect();
+            let Some(first) = task_panels.first() else { continue };
+            let best = first.points.iter().max_by(|a, b| a.2.total_cmp(&b.2));
+            let Some(best) = best else { continue };
+            let _ = write!(text, "| {task} · {} | {} ({:.3}) |", setting.as_str(), best.0, best.2);
+            for metric in &metrics {
+                match task_panels.iter().find(|p| &p.metric == metric) {
+                    Some(panel) => {
+                        let pick = (1..panel.points.len()).fold(0, |b, i| if panel.points[i].1 > panel.points[b].1 { i } else { b });
+                        let regret = medxfer_scores::top1_regret(&panel.scores(), &panel.accuracies()).ok();
+                        let _ = write!(text, " {} (regret {}) |", panel.points[pick].0, number(regret));
+                    }
+                    None => text.push_str(" – |"),
+                }
+            }
+            text.push('\n');
+        }
+    }
+
+    text.push_str("\n## Selected run per backbone (A_opt)\n\n| task | backbone | trial | lr | wd | epoch | val bal. acc. | test bal. acc. | OOD bal. acc. |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for task in &tasks {
+        for row in performance.iter().filter(|r| &r.task == task && r.setting == Setting::Id) {
+            let ood = performance.iter().find(|r| &r.task == task && r.setting == Setting::Ood && r.backbone == row.backbone);
+            let _ = writeln!(
+                text,
+                "| {task} | {} | {} | {} | {} | {} | {} | {:.3} | {} |",
+                row.backbone,
+                row.trial.map_or("–".into(), |t| t.to_string()),
+                row.lr.map_or("–".into(), |v| format!("{v:.3e}")),
+                row.wd.map_or("–".into(), |v| format!("{v:.3e}")),
+                row.epoch.map_or("–".into(), |e| e.to_string()),
+                number(row.val_balanced_accuracy),
+                row.test_balanced_accuracy,
+                number(ood.map(|r| r.test_balanced_accuracy)),
+            );
+        }
+    }
+
+    text.push_str("\n## Provenance\n\n");
+    match provenance {
+        None => text.push_str("No study.json beside the tables: they were tabulated from scores.csv and performance.csv alone, and how they were made is not recorded here.\n"),
+        Some(p) => {
+            let _ = writeln!(text, "Made by `{}` on {}: {} trial(s) of {} epoch(s) per search, batch {}, seed {}.\n", p.command, p.device, p.trials, p.epochs, p.batch, p.seed);
+            text.push_str("| task | dataset | OOD set | split | train | val | test | OOD | leakage |\n|---|---|---|---|---:|---:|---:|---:|---|\n");
+            for s in &p.splits {
+                let count = |part: &str| s.images.get(part).map_or("–".into(), |n| n.to_string());
+                let _ = writeln!(
+                    text,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    s.task,
+                    s.dataset,
+                    s.ood_dataset,
+                    s.source,
+                    count("train"),
+                    count("val"),
+                    count("test"),
+                    count("ood"),
+                    s.leakage
+                );
+            }
+            text.push_str("\nDeviations from the reference protocol in force:\n\n");
+            if p.deviations.is_empty() {
+                text.push_str("- none: the faithful protocol (PROTOCOL.md)\n");
+            }
+            for deviation in &p.deviations {
+                let _ = writeln!(text, "- {deviation}");
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::results::{PERFORMANCE_COLUMNS, SCORE_COLUMNS};
+
+    /// Ten backbones whose LEEP ranks them exactly as their accuracy and whose GBC ranks them in
+    /// reverse, on one task; OOD accuracies are the ID ones shuffled.
+    fn write_results(dir: &Path) -> (Vec<ScoreRow>, Vec<PerformanceRow>) {
+        let mut scores = Vec::new();
+        let mut performance = Vec::new();
+        for i in 0..10 {
+            let backbone = format!("net{i}");
+            let accuracy = 0.5 + 0.04 * i as f64;
+            for setting in Setting::BOTH {
+                scores.push(ScoreRow {
+                    task: "brain".into(),
+                    setting,
+                    backbone: backbone.clone(),
+                    metric: "leep".into(),
+                    value: -2.0 + 0.1 * i as f64,
+                });
+                scores.push(ScoreRow {
+                    task: "brain".into(),
+                    setting,
+                    backbone: backbone.clone(),
+                    metric: "gbc".into(),
+                    value: -(i as f64),
+                });
+                performance.push(PerformanceRow {
+                    task: "brain".into(),
+                    setting,
+                    backbone: backbone.clone(),
+                    val_balanced_accuracy: Some(accuracy),
+                    test_balanced_accuracy: if setting == Setting::Id { accuracy } else { 0.5 + 0.04 * ((i * 3) % 10) as f64 },
+                    trial: Some(i),
+                    lr: Some(1e-3),
+                    wd: Some(1e-5),
+                    epoch: Some(7),
+                });
+            }
+        }
+        results::write_rows(&dir.join(results::SCORES_CSV), &SCORE_COLUMNS, &scores).unwrap();
+        results::write_rows(&dir.join(results::PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, &performance).unwrap();
+        (scores, performance)
+    }
+
+    #[test]
+    fn report_writes_every_file_from_the_two_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        write_results(dir.path());
+        let written = run(dir.path()).unwrap();
+        for file in ["table2.csv", "table2.md", "fig3.svg", "fig3.png", "fig3_ood.svg", "fig3_ood.png", "report.md"] {
+            assert!(written.files.iter().any(|f| f == file), "{file} not written: {:?}", written.files);
+            assert!(std::fs::metadata(dir.path().join(file)).unwrap().len() > 100, "{file} is empty");
+        }
+        let table: Vec<Table2Row> = results::read_rows(&dir.path().join("table2.csv"), &TABLE2_COLUMNS).unwrap();
+        assert_eq!(table, written.table);
+        let cell = |setting: Setting, metric: &str| table.iter().find(|r| r.setting == setting && r.metric == metric).unwrap().clone();
+        // Same order: tau-b 1 with the exact p-value 2/10!; reversed: -1.
+        let leep = cell(Setting::Id, "leep");
+        assert_eq!(leep.n, 10);
+        assert!((leep.tau_b.unwrap() - 1.0).abs() < 1e-12);
+        assert!((leep.p_value.unwrap() - 2.0 / 3_628_800.0).abs() < 1e-15);
+        assert!((cell(Setting::Id, "gbc").tau_b.unwrap() + 1.0).abs() < 1e-12);
+        // OOD accuracies are 0.5 + 0.04 * (3i mod 10): tau-b against i counted by hand is 1/45
+        // ... computed here independently by counting pairs.
+        let ood: Vec<f64> = (0..10).map(|i| ((i * 3) % 10) as f64).collect();
+        let mut net = 0i32;
+        for i in 0..10 {
+            for j in i + 1..10 {
+                net += if ood[j] > ood[i] { 1 } else { -1 };
+            }
+        }
+        assert!((cell(Setting::Ood, "leep").tau_b.unwrap() - f64::from(net) / 45.0).abs() < 1e-12);
+
+        let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        // LEEP picks net9, the best; GBC picks net0, 0.36 worse.
+        assert!(report.contains("| brain · id | net9 (0.860) | net9 (regret 0.000) | net0 (regret 0.360) |"), "{report}");
+        assert!(report.contains("No study.json"), "{report}");
+        let svg = std::fs::read_to_string(dir.path().join("fig3.svg")).unwrap();
+        assert!(svg.contains("brain · leep") && svg.contains("net7") && svg.contains("τb = 1.000"), "labels missing from the SVG");
+        let png = image::open(dir.path().join("fig3.png")).unwrap();
+        assert_eq!((png.width(), png.height()), (2 * 330, 290 + 50));
+    }
+
+    #[test]
+    fn provenance_and_the_published_values_appear_in_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        write_results(dir.path());
+        let provenance = Provenance {
+            command: "cargo xtask reproduce --splits grouped".into(),
+            device: "cpu".into(),
+            trials: 75,
+            epochs: 100,
+            batch: 128,
+            splits: vec![SplitNote {
+                task: "brain".into(),
+                dataset: "brain-tumor-kaggle".into(),
+                ood_dataset: "nins".into(),
+                source: "grouped".into(),
+                images: [("train".to_string(), 5)].into_iter().collect(),
+                leakage: "0 of 3 groups span splits".into(),
+            }],
+            deviations: vec!["patient-grouped splits (--splits grouped)".into()],
+            ..Provenance::default()
+        };
+        std::fs::write(dir.path().join(PROVENANCE_FILE), serde_json::to_vec(&provenance).unwrap()).unwrap();
+        run(dir.path()).unwrap();
+        let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(report.contains("- patient-grouped splits (--splits grouped)"), "{report}");
+        assert!(report.contains("| brain | brain-tumor-kaggle | nins | grouped | 5 |"), "{report}");
+        // Published brain ID: LEEP 0.090, GBC 0.135.
+        assert!(report.contains("| brain · id | | 0.090 | 0.135 |"), "{report}");
+
+        std::fs::write(dir.path().join(PROVENANCE_FILE), "{").unwrap();
+        assert!(format!("{:#}", run(dir.path()).unwrap_err()).contains("study.json"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The study's result tables, `scores.csv` and `performance.csv`: the contract between
+//! `reproduce` (which writes them) and `report` (which needs nothing else). Columns are checked
+//! by name so a file from elsewhere with a wrong header gets an error saying which.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Scores file name under the results directory.
+pub const SCORES_CSV: &str = "scores.csv";
+/// Performance file name under the results directory.
+pub const PERFORMANCE_CSV: &str = "performance.csv";
+
+/// In-distribution (pretrained features, test split) or out-of-distribution (A_opt, OOD set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Setting {
+    Id,
+    Ood,
+}
+
+impl Setting {
+    pub const BOTH: [Setting; 2] = [Setting::Id, Setting::Ood];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setting::Id => "id",
+            Setting::Ood => "ood",
+        }
+    }
+}
+
+/// One score of one backbone on one task: S_id or S_ood.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRow {
+    pub task: String,
+    pub setting: Setting,
+    pub backbone: String,
+    /// As medxfer-scores spells it (h_score, nce, leep, n_leep, logme, reg_h_score, gbc).
+    pub metric: String,
+    pub value: f64,
+}
+
+/// One backbone's A_opt on one task: P_id (setting id) or P_ood (setting ood, where
+/// `test_balanced_accuracy` is the OOD balanced accuracy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerformanceRow {
+    pub task: String,
+    pub setting: Setting,
+    pub backbone: String,
+    pub val_balanced_accuracy: Option<f64>,
+    pub test_balanced_accuracy: f64,
+    pub trial: Option<usize>,
+    pub lr: Option<f64>,
+    pub wd: Option<f64>,
+    pub epoch: Option<usize>,
+}
+
+pub const SCORE_COLUMNS: [&str; 5] = ["task", "setting", "backbone", "metric", "value"];
+pub const PERFORMANCE_COLUMNS: [&str; 9] =
+    ["task", "setting", "backbone", "val_balanced_accuracy", "test_balanced_accuracy", "trial", "lr", "wd", "epoch"];
+
+/// Rows of a results CSV whose header must be exactly `columns`.
+pub fn read_rows<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<T>> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header: Vec<String> =
+        reader.headers().with_context(|| format!("{}: no header", path.display()))?.iter().map(str::to_string).collect();
+    if header != columns {
+        bail!("{}: the header is `{}`; expected `{}`", path.display(), header.join(","), columns.join(","));
+    }
+    let mut rows = Vec::new();
+    for (line, row) in reader.deserialize().enumerate() {
+        rows.push(row.with_context(|| format!("{}: row {} is not valid", path.display(), line + 2))?);
+    }
+    Ok(rows)
+}
+
+/// Writes rows as CSV atomically (a temporary file renamed over the target).
+pub fn write_rows<T: Serialize>(path: &Path, columns: &[&str], rows: &[T]) -> Result<()> {
+    let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    writer.write_record(columns)?;
+    for row in rows {
+        writer.serialize(row)?;
+    }
+    let bytes = writer.into_inner().context("flushing CSV")?;
+    medxfer_data::manifest::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
+    let rows: Vec<ScoreRow> = read_rows(&dir.join(SCORES_CSV), &SCORE_COLUMNS)?;
+    for (i, row) in rows.iter().enumerate() {
+        if row.metric.parse::<medxfer_scores::Metric>().is_err() {
+            bail!("{}: row {}: unknown metric '{}'", dir.join(SCORES_CSV).display(), i + 2, row.metric);
+        }
+    }
+    Ok(rows)
+}
+
+pub fn read_performance(dir: &Path) -> Result<Vec<PerformanceRow>> {
+    read_rows(&dir.join(PERFORMANCE_CSV), &PERFORMANCE_COLUMNS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_and_a_wrong_header_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            PerformanceRow {
+                task: "skin".into(),
+                setting: Setting::Id,
+                backbone: "resnet18".into(),
+                val_balanced_accuracy: Some(0.8125),
+                test_balanced_accuracy: 0.75,
+                trial: Some(3),
+                lr: Some(0.017782794100389226),
+                wd: Some(1.6681005372000592e-6),
+                epoch: Some(41),
+            },
+            PerformanceRow {
+                task: "skin".into(),
+                setting: Setting::Ood,
+                backbone: "resnet18".into(),
+                val_balanced_accuracy: None,
+                test_balanced_accuracy: 0.5,
+                trial: None,
+                lr: None,
+                wd: None,
+                epoch: None,
+            },
+        ];
+        write_rows(&dir.path().join(PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, &rows).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(PERFORMANCE_CSV)).unwrap();
+        assert_eq!(text.lines().next().unwrap(), PERFORMANCE_COLUMNS.join(","));
+        assert_eq!(text.lines().nth(2).unwrap(), "skin,ood,resnet18,,0.5,,,,");
+        assert_eq!(read_performance(dir.path()).unwrap(), rows);
+
+        std::fs::write(dir.path().join(SCORES_CSV), "task,setting,model,metric,value\nskin,id,resnet18,leep,-0.5\n").unwrap();
+        let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
+        assert!(error.contains("scores.csv") && error.contains("task,setting,model,metric,value") && error.contains("expected"), "{error}");
+        std::fs::write(dir.path().join(SCORES_CSV), "task,setting,backbone,metric,value\nskin,id,resnet18,leap,-0.5\n").unwrap();
+        let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
+        assert!(error.contains("row 2") && error.contains("leap"), "{error}");
+    }
+}

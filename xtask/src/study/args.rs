@@ -1,0 +1,170 @@
+//! `cargo xtask reproduce`'s command line, turned into a [`Study`].
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use medxfer_data::Catalog;
+use medxfer_train::finetune::Selection;
+use medxfer_train::search::Shard;
+use medxfer_zoo::{HubOptions, Registry};
+
+use super::layout::Layout;
+use super::{SplitChoice, Study, Weights};
+
+#[derive(Debug, Clone, Args)]
+pub struct ReproduceArgs {
+    /// The datasets, one folder per dataset named as in datasets/*.toml (DATA/isic2019,
+    /// DATA/pad-ufes-20, DATA/breakhis, DATA/bach, DATA/brain-tumor-kaggle, DATA/nins).
+    /// [default: data; demo: OUT/demo-data]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The results directory (README, "Results"); rerun with the same one to continue.
+    /// [default: results; demo: results-demo]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Tasks, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = ["skin".to_string(), "breast".to_string(), "brain".to_string()])]
+    pub tasks: Vec<String>,
+    /// `all`, or comma-separated registry names or timm hub ids.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub backbones: Vec<String>,
+    /// authors:DIR (the authors' CSVs, DIR/<task>/), faithful (regenerated as the reference
+    /// made them) or grouped (no patient/lesion in two parts).
+    #[arg(long, default_value = "faithful")]
+    pub splits: String,
+    /// Halton points per search [default: the reference's 75; demo: 8].
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Epochs per run [default: the reference's 100; demo: 8].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training batch [default: the reference's 128; demo: 32].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu, or cuda:N (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// This worker's share i/n: units (task x backbone) i, i+n, ... for extraction and scores,
+    /// trials i, i+n, ... of every search. Finish with one unsharded run (tables, report).
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    /// Print the work left and the estimated device-hours; start nothing.
+    #[arg(long)]
+    pub plan: bool,
+    /// Pretrained weights from DIR/<backbone>.safetensors instead of the hub.
+    #[arg(long, value_name = "DIR")]
+    pub weights: Option<PathBuf>,
+    /// The model registry (models/ by default).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Shorter side of the resize [default: the protocol's 256; demo: 36] ...
+    #[arg(long)]
+    pub resize: Option<u32>,
+    /// ... and the crop [default: 224; demo: 32].
+    #[arg(long)]
+    pub crop: Option<u32>,
+    /// ImageNet's std 0.229 instead of the reference's 0.228 typo.
+    #[arg(long)]
+    pub fix_std: bool,
+    /// Which epoch a run keeps.
+    #[arg(long, value_enum, default_value = "val-loss")]
+    pub select: SelectArg,
+    /// Early stopping (not in the reference): stop a run after this many epochs without a
+    /// lower validation loss.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// The embedded demo: synthetic source set, ten small backbones pretrained on it (cached),
+    /// synthetic replicas of the six datasets; no data or network needed (a few minutes on a
+    /// laptop).
+    #[arg(long)]
+    pub demo: bool,
+    /// Where the demo caches its source set and pretrained backbones [default:
+    /// $MEDXFER_CACHE/demo or ~/.cache/medxfer/demo].
+    #[arg(long, value_name = "DIR")]
+    pub demo_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SelectArg {
+    ValLoss,
+    ValBalancedAccuracy,
+}
+
+impl ReproduceArgs {
+    /// The study these arguments ask for; `command` is recorded in the report.
+    pub fn study(&self, command: String, progress: bool) -> Result<Study> {
+        let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
+        let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
+        let catalog = Catalog::load_default()?;
+        let tasks = self.tasks.iter().map(|t| catalog.task(t).cloned()).collect::<medxfer_data::Result<Vec<_>>>()?;
+        if tasks.is_empty() {
+            bail!("--tasks names no task");
+        }
+        let registry = match (&self.models, &demo) {
+            (Some(dir), _) => Registry::load(dir)?,
+            (None, Some(_)) => crate::demo::registry()?,
+            (None, None) => Registry::load_default()?,
+        };
+        let hub = HubOptions::from_env();
+        let backbones = if self.backbones.iter().any(|b| b == "all") {
+            registry.entries().to_vec()
+        } else {
+            self.backbones.iter().map(|b| registry.resolve(b, &hub)).collect::<medxfer_zoo::Result<Vec<_>>>()?
+        };
+        if backbones.len() < 2 {
+            eprintln!("warning: with {} backbone(s) there is nothing to rank; the correlations need at least two", backbones.len());
+        }
+        let selection = match self.select {
+            SelectArg::ValLoss => Selection::ValLoss,
+            SelectArg::ValBalancedAccuracy => Selection::ValBalancedAccuracy,
+        };
+        let (data, weights) = match &demo {
+            Some(config) => {
+                let data = self.data.clone().unwrap_or_else(|| out.join("demo-data"));
+                crate::demo::write_datasets(config, &data)?;
+                let cache = self.demo_cache.clone().unwrap_or_else(crate::demo::default_cache);
+                let weights = match &self.weights {
+                    Some(dir) => dir.clone(),
+                    None => crate::demo::pretrained_weights(config, &backbones, &cache, progress)?,
+                };
+                (data, Weights::Dir(weights))
+            }
+            None => (
+                self.data.clone().unwrap_or_else(|| PathBuf::from("data")),
+                match &self.weights {
+                    Some(dir) => Weights::Dir(dir.clone()),
+                    None => Weights::Hub(hub),
+                },
+            ),
+        };
+        let search = demo.as_ref().map(|c| c.search.clone());
+        let pick = |given: Option<usize>, demo: Option<usize>, reference: usize| given.or(demo).unwrap_or(reference);
+        Ok(Study {
+            data,
+            layout: Layout::new(&out),
+            catalog,
+            tasks,
+            backbones,
+            weights,
+            splits: SplitChoice::parse(&self.splits)?,
+            trials: pick(self.trials, search.as_ref().map(|s| s.trials), 75),
+            epochs: pick(self.epochs, search.as_ref().map(|s| s.epochs), 100),
+            batch: pick(self.batch, search.as_ref().map(|s| s.batch), 128),
+            seed: self.seed,
+            device: self.device.clone(),
+            shard: Shard::parse(&self.shard)?,
+            resize: self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256),
+            crop: self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224),
+            fix_std: self.fix_std,
+            selection,
+            patience: self.patience,
+            extract_batch: 32,
+            demo: demo.is_some(),
+            command,
+            progress,
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! `cargo xtask reproduce`: the paper's seven steps over tasks x backbones (PROTOCOL.md).
+//!
+//! Steps: (1) splits (`splits.rs`); (2) pretrained features and source probabilities of each
+//! task's train split; (3) the seven scores, S_id; (4) the Halton search, A_opt and P_id; (5)
+//! A_opt's features and own-head probabilities on the OOD set, S_ood; (6) P_ood; (7) scores.csv,
+//! performance.csv and the report (`crate::report`).
+//!
+//! Every step leaves a file and skips its work when the file is there, so a rerun continues
+//! where a crash or a kill stopped it. `--shard i/n` splits the work: the per-backbone steps by
+//! unit (task x backbone) index, the searches by trial; the tables are written by an unsharded
+//! run (the Slurm script's final job), which also does whatever a shard could not (an OOD step
+//! whose search another shard finished later).
+
+pub mod args;
+pub mod layout;
+pub mod plan;
+pub mod splits;
+mod unit;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use medxfer_data::cache::ImageCache;
+use medxfer_data::split::Entry;
+use medxfer_data::{Catalog, TaskSpec};
+use medxfer_train::finetune::{RunData, Selection, SplitData};
+use medxfer_train::search::Shard;
+use medxfer_zoo::{HubOptions, ModelEntry, WEIGHTS_FILE, hub_file};
+
+use crate::report::Provenance;
+use layout::Layout;
+pub use splits::SplitChoice;
+use splits::TaskSplit;
+
+/// Where pretrained weights come from.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    /// The Hugging Face hub (its cache first), each entry's `hub` repo.
+    Hub(HubOptions),
+    /// DIR/<backbone>.safetensors (the demo's, or weights copied by hand to an offline cluster).
+    Dir(PathBuf),
+}
+
+/// Everything a study run needs.
+#[derive(Debug, Clone)]
+pub struct Study {
+    pub data: PathBuf,
+    pub layout: Layout,
+    pub catalog: Catalog,
+    pub tasks: Vec<TaskSpec>,
+    pub backbones: Vec<ModelEntry>,
+    pub weights: Weights,
+    pub splits: SplitChoice,
+    pub trials: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub device: String,
+    pub shard: Shard,
+    pub resize: u32,
+    pub crop: u32,
+    pub fix_std: bool,
+    pub selection: Selection,
+    pub patience: Option<usize>,
+    /// Batch of feature extraction (the reference's 32).
+    pub extract_batch: usize,
+    pub demo: bool,
+    /// The command line, for the report.
+    pub command: String,
+    /// Draw progress bars (off in tests).
+    pub progress: bool,
+}
+
+impl Study {
+    /// The pretrained weights file of `entry`.
+    pub fn weights_file(&self, entry: &ModelEntry) -> Result<PathBuf> {
+        match &self.weights {
+            Weights::Hub(options) => Ok(hub_file(&entry.hub, WEIGHTS_FILE, options)?),
+            Weights::Dir(dir) => {
+                let path = dir.join(format!("{}.safetensors", entry.name));
+                if !path.exists() {
+                    anyhow::bail!("{}: no weights for {}; put them there or drop --weights to use the hub", path.display(), entry.name);
+                }
+                Ok(path)
+            }
+        }
+    }
+
+    /// Every way this run differs from the reference protocol.
+    pub fn deviations(&self) -> Vec<String> {
+        let mut list = Vec::new();
+        if self.demo {
+            list.push(
+                "demo: synthetic tasks and small backbones pretrained on a synthetic source set, not ImageNet and the medical datasets"
+                    .into(),
+            );
+        }
+        match &self.splits {
+            SplitChoice::Authors(_) => {}
+            SplitChoice::Faithful => list.push(
+                "splits regenerated as the reference made them (--splits faithful), not the authors' fixed CSVs (skin: a stratified 70/10/20 split stands in for theirs)"
+                    .into(),
+            ),
+            SplitChoice::Grouped => list.push("patient/lesion-grouped splits (--splits grouped): no group spans two parts; the reference's image-level splits leak".into()),
+        }
+        let reference = [(self.trials, 75, "trials"), (self.epochs, 100, "epochs"), (self.batch, 128, "batch size")];
+        for (value, expected, what) in reference {
+            if value != expected {
+                list.push(format!("{what} {value} instead of the reference's {expected}"));
+            }
+        }
+        if (self.resize, self.crop) != (256, 224) {
+            list.push(format!("images resized to {} and cropped to {} instead of 256 and 224", self.resize, self.crop));
+        }
+        if self.fix_std {
+            list.push("ImageNet std 0.229 (--fix-std) instead of the reference's 0.228 typo".into());
+        }
+        if self.selection != Selection::ValLoss {
+            list.push("each run keeps its best validation balanced accuracy epoch, not its lowest validation loss".into());
+        }
+        if let Some(patience) = self.patience {
+            list.push(format!("early stopping after {patience} epochs without a lower validation loss"));
+        }
+        list
+    }
+
+    fn provenance(&self) -> Provenance {
+        Provenance {
+            command: self.command.clone(),
+            demo: self.demo,
+            device: self.device.clone(),
+            trials: self.trials,
+            epochs: self.epochs,
+            batch: self.batch,
+            seed: self.seed,
+            splits: Vec::new(),
+            deviations: self.deviations(),
+        }
+    }
+}
+
+/// One task's images as the runs read them: decoded once into OUT/cache.
+#[derive(Debug, Clone)]
+pub struct TaskData {
+    pub split: TaskSplit,
+    pub run: RunData,
+    pub ood: SplitData,
+}
+
+impl TaskData {
+    fn load(study: &Study, task: &TaskSpec) -> Result<Self> {
+        let split = splits::prepare(&study.catalog, task, &study.data, &study.splits, study.seed, &study.layout.splits(&task.name))?;
+        let cache_dir = study.layout.cache();
+        let build = |root: &std::path::Path, entries: &[Entry], name: String| -> Result<SplitData> {
+            let cache = ImageCache::open_or_build(&cache_dir, &name, root, entries, study.resize, study.progress)
+                .with_context(|| format!("caching {name}"))?;
+            Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
+        };
+        let id = &split.note.dataset;
+        let run = RunData {
+            train: build(&split.id_root, &split.train, format!("{id}-train"))?,
+            val: build(&split.id_root, &split.val, format!("{id}-val"))?,
+            test: Some(build(&split.id_root, &split.test, format!("{id}-test"))?),
+            ood: None,
+            classes: task.classes.len(),
+        };
+        let ood = build(&split.ood_root, &split.ood, split.note.ood_dataset.clone())?;
+        Ok(Self { split, run, ood })
+    }
+}
+
+/// What one run of the study did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Units (task x backbone) whose every step is done.
+    pub complete: usize,
+    pub units: usize,
+    /// Whether the tables and the report were written (unsharded runs).
+    pub reported: bool,
+}
+
+/// Runs every step still to do for this shard; unsharded, writes the tables and the report.
+pub fn run(study: &Study) -> Result<Outcome> {
+    let device = medxfer_train::device::parse(&study.device)?;
+    std::fs::create_dir_all(&study.layout.out).with_context(|| format!("cannot create {}", study.layout.out.display()))?;
+    let log = layout::Log::new(study.layout.log());
+    let mut provenance = study.provenance();
+    let mut outcome = Outcome::default();
+    for (t, task) in study.tasks.iter().enumerate() {
+        let data = TaskData::load(study, task)?;
+        provenance.splits.push(data.split.note.clone());
+        for (b, entry) in study.backbones.iter().enumerate() {
+            let unit_index = t * study.backbones.len() + b;
+            let unit = unit::Unit { study, task, entry, data: &data, device: &device, log: &log, mine: study.shard.takes(unit_index) };
+            outcome.units += 1;
+            if unit.run()? {
+                outcome.complete += 1;
+            }
+        }
+    }
+    if study.shard.count == 1 {
+        crate::report::write_provenance(&study.layout.out, &provenance)?;
+        unit::write_tables(study)?;
+        crate::report::run(&study.layout.out)?;
+        outcome.reported = true;
+        log.line(&format!("report: {} of {} units complete", outcome.complete, outcome.units));
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,131 @@
+//! `reproduce --plan`: what is left to do and how long it should take, from the throughput the
+//! study's own finished epochs measured; starts nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use medxfer_train::finetune;
+use medxfer_train::search;
+
+use super::Study;
+use super::splits::NOTE_FILE;
+use crate::report::SplitNote;
+use crate::results::Setting;
+
+/// One unit's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitPlan {
+    pub task: String,
+    pub backbone: String,
+    pub id_scores: bool,
+    pub finished: usize,
+    pub diverged: usize,
+    pub pending: usize,
+    /// Epochs still to train in this unit's search.
+    pub epochs_left: usize,
+    pub ood: bool,
+    /// Estimated seconds, when this backbone's throughput has been measured.
+    pub seconds: Option<f64>,
+}
+
+/// The state of every unit, and the measured seconds per training image of each backbone.
+pub fn plan(study: &Study) -> Vec<UnitPlan> {
+    let layout = &study.layout;
+    let train_images = |task: &str| -> Option<usize> {
+        let note: SplitNote = serde_json::from_slice(&std::fs::read(layout.splits(task).join(NOTE_FILE)).ok()?).ok()?;
+        note.images.get("train").copied()
+    };
+    // Seconds per (epoch x train image) of each backbone, over every epoch it has run.
+    let mut throughput: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for task in &study.tasks {
+        let Some(images) = train_images(&task.name) else { continue };
+        for entry in &study.backbones {
+            for trial in 0..study.trials {
+                let history = finetune::history(&search::trial_dir(&layout.runs(&task.name, &entry.name), trial));
+                let sum = throughput.entry(entry.name.as_str()).or_default();
+                for record in history {
+                    sum.0 += record.seconds;
+                    sum.1 += images as f64;
+                }
+            }
+        }
+    }
+    let mut units = Vec::new();
+    for task in &study.tasks {
+        for entry in &study.backbones {
+            let dir = layout.runs(&task.name, &entry.name);
+            let summary = search::summarize(&dir, study.trials);
+            let epochs_left: usize =
+                summary.pending.iter().map(|&t| study.epochs.saturating_sub(finetune::history(&search::trial_dir(&dir, t)).len())).sum();
+            let rate = throughput.get(entry.name.as_str()).filter(|(_, images)| *images > 0.0).map(|(s, images)| s / images);
+            let seconds = match (rate, train_images(&task.name)) {
+                (Some(rate), Some(images)) => Some(rate * images as f64 * epochs_left as f64),
+                _ if epochs_left == 0 => Some(0.0),
+                _ => None,
+            };
+            units.push(UnitPlan {
+                task: task.name.clone(),
+                backbone: entry.name.clone(),
+                id_scores: layout.scores(&task.name, &entry.name, Setting::Id).exists(),
+                finished: summary.finished.len(),
+                diverged: summary.diverged.len(),
+                pending: summary.pending.len(),
+                epochs_left,
+                ood: layout.scores(&task.name, &entry.name, Setting::Ood).exists(),
+                seconds,
+            });
+        }
+    }
+    units
+}
+
+/// The plan as a table and a total.
+pub fn render(study: &Study, units: &[UnitPlan]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:<8} {:<24} {:>9} {:>22} {:>11} {:>5} {:>10}",
+        "task", "backbone", "S_id", "trials done/div./left", "epochs left", "OOD", "est. hours"
+    );
+    let done = |b: bool| if b { "done" } else { "to do" };
+    for u in units {
+        let hours = u.seconds.map_or("unmeasured".to_string(), |s| format!("{:.2}", s / 3600.0));
+        let _ = writeln!(
+            text,
+            "{:<8} {:<24} {:>9} {:>22} {:>11} {:>5} {:>10}",
+            u.task,
+            u.backbone,
+            done(u.id_scores),
+            format!("{}/{}/{}", u.finished, u.diverged, u.pending),
+            u.epochs_left,
+            done(u.ood),
+            hours
+        );
+    }
+    let epochs: usize = units.iter().map(|u| u.epochs_left).sum();
+    let known: f64 = units.iter().filter_map(|u| u.seconds).sum();
+    let unmeasured: Vec<String> = units.iter().filter(|u| u.seconds.is_none()).map(|u| format!("{} {}", u.task, u.backbone)).collect();
+    let _ = writeln!(
+        text,
+        "\n{} trial(s) and {epochs} epoch(s) left; about {:.2} device-hours on {} for the measured units",
+        units.iter().map(|u| u.pending).sum::<usize>(),
+        known / 3600.0,
+        study.device
+    );
+    if !unmeasured.is_empty() {
+        let _ = writeln!(
+            text,
+            "{} unit(s) have no measured epoch yet ({}): their time is not in the total; one epoch of each backbone, or `cargo xtask bench-zoo --train`, measures it",
+            unmeasured.len(),
+            if unmeasured.len() > 4 { format!("{}, ...", unmeasured[..4].join(", ")) } else { unmeasured.join(", ") }
+        );
+    }
+    text
+}
+
+/// Prints the plan.
+pub fn print(study: &Study) -> Result<()> {
+    print!("{}", render(study, &plan(study)));
+    Ok(())
+}

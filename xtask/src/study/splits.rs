@@ -1,0 +1,182 @@
+//! Step 1: check a task's data and write its split manifests, OUT/splits/<task>/{train,val,test,
+//! ood}.csv and split.json. Written once; every later run (and every shard) reads them back, so
+//! the whole study sees one split.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use medxfer_data::split::{self, Entry, Part};
+use medxfer_data::{Catalog, Role, TaskSpec, layouts, manifest};
+
+use crate::report::SplitNote;
+
+/// Where the split comes from (`--splits`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitChoice {
+    /// The authors' CSVs, one folder per task under this one (DIR/<task>/*train*.csv, ...).
+    Authors(PathBuf),
+    /// Regenerated as the reference's split was made (PROTOCOL.md).
+    Faithful,
+    /// The same fractions over patients/lesions/slides: no group in two parts.
+    Grouped,
+}
+
+impl SplitChoice {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "faithful" => Ok(Self::Faithful),
+            "grouped" => Ok(Self::Grouped),
+            _ => match text.strip_prefix("authors:") {
+                Some(dir) if !dir.is_empty() => Ok(Self::Authors(PathBuf::from(dir))),
+                _ => bail!("--splits {text:?}: expected faithful, grouped or authors:DIR"),
+            },
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Authors(_) => "authors",
+            Self::Faithful => "faithful",
+            Self::Grouped => "grouped",
+        }
+    }
+}
+
+/// One task's four parts and the datasets' roots.
+#[derive(Debug, Clone)]
+pub struct TaskSplit {
+    pub train: Vec<Entry>,
+    pub val: Vec<Entry>,
+    pub test: Vec<Entry>,
+    pub ood: Vec<Entry>,
+    pub id_root: PathBuf,
+    pub ood_root: PathBuf,
+    pub note: SplitNote,
+}
+
+pub const PARTS: [&str; 4] = ["train", "val", "test", "ood"];
+pub const NOTE_FILE: &str = "split.json";
+
+/// The task's split: read back from `dir` when already written, else made from the data under
+/// `data` (DATA/<dataset name>) and written.
+pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitChoice, seed: u64, dir: &Path) -> Result<TaskSplit> {
+    let id = catalog.dataset(&task.id)?;
+    let ood_spec = catalog.dataset(&task.ood)?;
+    let (id_root, ood_root) = (data.join(&id.name), data.join(&ood_spec.name));
+    if let Some(split) = read(dir, &id_root, &ood_root)? {
+        if split.note.source != choice.name() {
+            bail!(
+                "{} holds a {} split but --splits asks for {}: use another --out, or delete that folder and everything made from it",
+                dir.display(),
+                split.note.source,
+                choice.name()
+            );
+        }
+        return Ok(split);
+    }
+    if id.role == Role::Ood {
+        bail!("{} is an OOD set, not task {}'s training set", id.name, task.name);
+    }
+    let scan = |spec: &medxfer_data::DatasetSpec, root: &Path| -> Result<Vec<medxfer_data::Record>> {
+        if !root.is_dir() {
+            bail!("{}: no such folder; put the {} dataset there (see datasets/README.md) or pass --data", root.display(), spec.name);
+        }
+        let scan = layouts::scan(spec, root)?;
+        if let Some(problem) = scan.problems.first() {
+            bail!(
+                "{} has {} problem(s), the first: {}: {}; run `cargo run -p medxfer-data -- check {} --root {}`",
+                spec.name,
+                scan.problems.len(),
+                problem.path.display(),
+                problem.problem,
+                spec.name,
+                root.display()
+            );
+        }
+        Ok(scan.records)
+    };
+    let records = scan(id, &id_root)?;
+    let entries = match choice {
+        SplitChoice::Faithful => split::faithful(&records, &task.faithful, seed)?,
+        SplitChoice::Grouped => split::grouped(&records, &task.faithful, seed)?,
+        SplitChoice::Authors(dir) => {
+            let csvs = split::authors_csvs(&dir.join(&task.name))?;
+            let refs: Vec<(Part, &Path)> = csvs.iter().map(|(p, path)| (*p, path.as_path())).collect();
+            let (entries, problems) = split::authors(&records, id, &refs)?;
+            if let Some(first) = problems.first() {
+                bail!(
+                    "{} row(s) of the authors' CSVs do not match the data; the first: {}: {}",
+                    problems.len(),
+                    first.path.display(),
+                    first.problem
+                );
+            }
+            entries
+        }
+    };
+    split::check_classes(&entries, task)?;
+    let leakage = split::leakage(&entries);
+    let ood = split::ood(&scan(ood_spec, &ood_root)?);
+    let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
+    let (train, val, test) = (part(Part::Train), part(Part::Val), part(Part::Test));
+    if train.is_empty() || val.is_empty() || test.is_empty() || ood.is_empty() {
+        bail!(
+            "task {}: the split leaves a part empty (train {}, val {}, test {}, ood {}); the study needs all four",
+            task.name,
+            train.len(),
+            val.len(),
+            test.len(),
+            ood.len()
+        );
+    }
+    let note = SplitNote {
+        task: task.name.clone(),
+        dataset: id.name.clone(),
+        ood_dataset: ood_spec.name.clone(),
+        source: choice.name().to_string(),
+        images: PARTS.iter().zip([&train, &val, &test, &ood]).map(|(p, e)| (p.to_string(), e.len())).collect(),
+        leakage: format!(
+            "{} of {} groups ({}) span parts; {} val and {} test images share a group with train",
+            leakage.groups_across_splits,
+            leakage.groups,
+            id.group_key,
+            leakage.val_images_sharing_a_train_group,
+            leakage.test_images_sharing_a_train_group
+        ),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, part) in PARTS.iter().zip([&train, &val, &test, &ood]) {
+        write_entries(&dir.join(format!("{name}.csv")), part)?;
+    }
+    // The note last: its presence says the four files are complete.
+    manifest::write_atomic(&dir.join(NOTE_FILE), &serde_json::to_vec_pretty(&note)?)?;
+    Ok(TaskSplit { train, val, test, ood, id_root, ood_root, note })
+}
+
+fn write_entries(path: &Path, entries: &[Entry]) -> Result<()> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for entry in entries {
+        writer.serialize(entry)?;
+    }
+    let bytes = writer.into_inner().context("flushing CSV")?;
+    Ok(manifest::write_atomic(path, &bytes)?)
+}
+
+fn read(dir: &Path, id_root: &Path, ood_root: &Path) -> Result<Option<TaskSplit>> {
+    let note_path = dir.join(NOTE_FILE);
+    if !note_path.exists() {
+        return Ok(None);
+    }
+    let note: SplitNote = serde_json::from_slice(&std::fs::read(&note_path)?)
+        .with_context(|| format!("{} is damaged; delete {} to make the split again", note_path.display(), dir.display()))?;
+    let read = |name: &str| manifest::read_entries(&dir.join(format!("{name}.csv")));
+    Ok(Some(TaskSplit {
+        train: read("train")?,
+        val: read("val")?,
+        test: read("test")?,
+        ood: read("ood")?,
+        id_root: id_root.to_path_buf(),
+        ood_root: ood_root.to_path_buf(),
+        note,
+    }))
+}

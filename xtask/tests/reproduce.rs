@@ -1,0 +1,318 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `cargo xtask reproduce` end to end on a small demo (three backbones, two trials of one
+//! epoch): every file of the results contract, each number checked against what the test
+//! recomputes from the lower-level files; a rerun that does nothing; a run killed halfway and
+//! resumed, and three concurrent shards plus a final pass, that both end with the same tables as
+//! one uninterrupted process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BACKBONES: &str = "tiny_resnet_basic,tiny_densenet_b,tiny_vit_b";
+const TASKS: [&str; 3] = ["skin", "breast", "brain"];
+const TRIALS: usize = 2;
+
+fn xtask() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+}
+
+/// The demo's arguments for `out`, sharing one pretrained-backbone cache and one data folder.
+fn demo_args(shared: &Path, out: &Path) -> Vec<String> {
+    [
+        "reproduce",
+        "--demo",
+        "--backbones",
+        BACKBONES,
+        "--trials",
+        &TRIALS.to_string(),
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--demo-cache",
+        shared.join("cache").to_str().unwrap(),
+        "--data",
+        shared.join("data").to_str().unwrap(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+fn check(output: Output) -> Output {
+    assert!(output.status.success(), "failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// One uninterrupted run, shared by the tests (the first test to need it makes it).
+fn reference() -> &'static (PathBuf, PathBuf) {
+    static RUN: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let shared = tempfile::tempdir().unwrap().keep();
+        let out = shared.join("single");
+        check(xtask().args(demo_args(&shared, &out)).output().unwrap());
+        (shared, out)
+    })
+}
+
+fn read_csv(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    reader.deserialize().map(|r| r.unwrap()).collect()
+}
+
+fn number(row: &BTreeMap<String, String>, column: &str) -> f64 {
+    row[column].parse().unwrap_or_else(|_| panic!("{column} = {:?}", row[column]))
+}
+
+/// Tensors of a safetensors file as f64 vectors with their shapes.
+fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                safetensors::Dtype::F32 => data.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap()))).collect(),
+                safetensors::Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                other => panic!("{name}: unexpected {other:?}"),
+            };
+            (name, (view.shape().to_vec(), values))
+        })
+        .collect()
+}
+
+/// Mean per-class recall, counted by hand.
+fn balanced_accuracy(truth: &[usize], predicted: &[usize]) -> f64 {
+    let mut per_class: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for (&t, &p) in truth.iter().zip(predicted) {
+        let entry = per_class.entry(t).or_default();
+        entry.0 += usize::from(t == p);
+        entry.1 += 1;
+    }
+    per_class.values().map(|(hit, all)| *hit as f64 / *all as f64).sum::<f64>() / per_class.len() as f64
+}
+
+/// Kendall's tau-b from its definition: (concordant - discordant) / sqrt((n0 - n1)(n0 - n2)).
+fn tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
+    let (mut s, mut tx, mut ty, mut n0) = (0i64, 0i64, 0i64, 0i64);
+    for i in 0..x.len() {
+        for j in i + 1..x.len() {
+            n0 += 1;
+            let (dx, dy) =
+                ((x[i] - x[j]).signum() as i64 * i64::from(x[i] != x[j]), (y[i] - y[j]).signum() as i64 * i64::from(y[i] != y[j]));
+            s += dx * dy;
+            tx += i64::from(dx == 0);
+            ty += i64::from(dy == 0);
+        }
+    }
+    let denominator = (((n0 - tx) * (n0 - ty)) as f64).sqrt();
+    (denominator > 0.0).then(|| s as f64 / denominator)
+}
+
+#[test]
+fn the_demo_writes_every_result_and_each_number_agrees_with_its_source() {
+    let (_, out) = reference();
+    for file in [
+        "scores.csv",
+        "performance.csv",
+        "table2.csv",
+        "table2.md",
+        "fig3.svg",
+        "fig3.png",
+        "fig3_ood.svg",
+        "fig3_ood.png",
+        "report.md",
+        "study.json",
+        "reproduce.log",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    for task in TASKS {
+        for part in ["train", "val", "test", "ood"] {
+            let rows = read_csv(&out.join(format!("splits/{task}/{part}.csv")));
+            assert!(!rows.is_empty(), "{task} {part} is empty");
+        }
+    }
+    let scores = read_csv(&out.join("scores.csv"));
+    let performance = read_csv(&out.join("performance.csv"));
+    let backbones: Vec<&str> = BACKBONES.split(',').collect();
+    assert_eq!(scores.len(), TASKS.len() * 2 * backbones.len() * 7, "one row per task, setting, backbone and score");
+    assert_eq!(performance.len(), TASKS.len() * 2 * backbones.len());
+
+    for task in TASKS {
+        let train_labels: Vec<f64> = read_csv(&out.join(format!("splits/{task}/train.csv"))).iter().map(|r| number(r, "label")).collect();
+        let ood_labels: Vec<f64> = read_csv(&out.join(format!("splits/{task}/ood.csv"))).iter().map(|r| number(r, "label")).collect();
+        for backbone in &backbones {
+            // The pretrained feature file covers the train split in manifest order; the demo's
+            // source head has 16 classes.
+            let id = tensors(&out.join(format!("features/{task}/{backbone}/id.safetensors")));
+            assert_eq!(id["labels"].1, train_labels);
+            assert_eq!(id["probs"].0, [train_labels.len(), 16]);
+
+            // A_opt: the best validation balanced accuracy, ties by validation loss, then index.
+            let outcomes: Vec<serde_json::Value> = (0..TRIALS)
+                .map(|t| {
+                    serde_json::from_slice(&std::fs::read(out.join(format!("runs/{task}/{backbone}/trial-{t:03}/outcome.json"))).unwrap())
+                        .unwrap()
+                })
+                .collect();
+            let best = (0..TRIALS)
+                .min_by(|&a, &b| {
+                    let key = |t: usize| {
+                        (-outcomes[t]["best"]["val_balanced_accuracy"].as_f64().unwrap(), outcomes[t]["best"]["val_loss"].as_f64().unwrap())
+                    };
+                    key(a).partial_cmp(&key(b)).unwrap().then(a.cmp(&b))
+                })
+                .unwrap();
+            let row = |setting: &str| {
+                performance.iter().find(|r| r["task"] == task && r["setting"] == setting && r["backbone"] == *backbone).unwrap()
+            };
+            let id_row = row("id");
+            assert_eq!(number(id_row, "trial") as usize, best);
+            assert_eq!(number(id_row, "test_balanced_accuracy"), outcomes[best]["test"]["balanced_accuracy"].as_f64().unwrap());
+            assert_eq!(number(id_row, "lr"), outcomes[best]["learning_rate"].as_f64().unwrap());
+
+            // P_ood: A_opt's own head on the OOD set, its argmax against the labels.
+            let ood = tensors(&out.join(format!("features/{task}/{backbone}/ood.safetensors")));
+            assert_eq!(ood["labels"].1, ood_labels);
+            let classes = ood["probs"].0[1];
+            assert_eq!(classes, if task == "brain" { 4 } else { 2 });
+            let predicted: Vec<usize> = ood["probs"]
+                .1
+                .chunks_exact(classes)
+                .map(|p| (0..classes).fold(0, |best, c| if p[c] > p[best] { c } else { best }))
+                .collect();
+            let truth: Vec<usize> = ood_labels.iter().map(|&l| l as usize).collect();
+            let ood_row = row("ood");
+            assert!((number(ood_row, "test_balanced_accuracy") - balanced_accuracy(&truth, &predicted)).abs() < 1e-12);
+            assert_eq!(number(ood_row, "trial") as usize, best);
+        }
+    }
+
+    // Table 2: tau-b recomputed from the two tables.
+    let table = read_csv(&out.join("table2.csv"));
+    assert_eq!(table.len(), TASKS.len() * 2 * 7);
+    for row in &table {
+        let (x, y): (Vec<f64>, Vec<f64>) = backbones
+            .iter()
+            .map(|b| {
+                let score = scores
+                    .iter()
+                    .find(|s| {
+                        s["task"] == row["task"] && s["setting"] == row["setting"] && s["backbone"] == *b && s["metric"] == row["metric"]
+                    })
+                    .unwrap();
+                let accuracy =
+                    performance.iter().find(|p| p["task"] == row["task"] && p["setting"] == row["setting"] && p["backbone"] == *b).unwrap();
+                (number(score, "value"), number(accuracy, "test_balanced_accuracy"))
+            })
+            .unzip();
+        assert_eq!(number(row, "n") as usize, backbones.len());
+        match tau_b(&x, &y) {
+            Some(tau) => assert!((number(row, "tau_b") - tau).abs() < 1e-12, "{row:?}: expected {tau}"),
+            None => assert_eq!(row["tau_b"], "", "{row:?}: undefined"),
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("**Demo data.**") && report.contains("trials 2 instead of the reference's 75"), "{report}");
+}
+
+#[test]
+fn a_finished_study_reruns_without_training_and_plans_nothing() {
+    let (shared, out) = reference();
+    let log_before = std::fs::read_to_string(out.join("reproduce.log")).unwrap();
+    let checkpoint = out.join("runs/brain/tiny_vit_b/trial-001/best.safetensors");
+    let modified = std::fs::metadata(&checkpoint).unwrap().modified().unwrap();
+    let scores = std::fs::read(out.join("scores.csv")).unwrap();
+    check(xtask().args(demo_args(shared, out)).output().unwrap());
+    assert_eq!(std::fs::metadata(&checkpoint).unwrap().modified().unwrap(), modified);
+    assert_eq!(std::fs::read(out.join("scores.csv")).unwrap(), scores);
+    let log_after = std::fs::read_to_string(out.join("reproduce.log")).unwrap();
+    let new_lines: Vec<&str> = log_after[log_before.len()..].lines().collect();
+    assert_eq!(new_lines.len(), 1, "a rerun only reports: {new_lines:?}");
+    assert!(new_lines[0].contains("report: 9 of 9 units complete"), "{new_lines:?}");
+
+    let mut args = demo_args(shared, out);
+    args.push("--plan".into());
+    let plan = String::from_utf8(check(xtask().args(&args).output().unwrap()).stdout).unwrap();
+    assert!(plan.contains("0 trial(s) and 0 epoch(s) left"), "{plan}");
+    assert_eq!(plan.lines().filter(|l| l.contains(" done ") && l.ends_with("0.00")).count(), 9, "{plan}");
+}
+
+/// The tables a run ends with, and the trial results (outcome.json) it left.
+fn results_of(out: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let read = |name: &str| std::fs::read(out.join(name)).unwrap_or_else(|e| panic!("{}: {e}", out.join(name).display()));
+    (read("scores.csv"), read("performance.csv"), read("table2.csv"))
+}
+
+#[test]
+fn a_killed_study_resumes_to_the_same_tables() {
+    let (shared, single) = reference();
+    let out = shared.join("killed");
+    let mut child = xtask().args(demo_args(shared, &out)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Kill it once the second task's searches have begun.
+    let start = Instant::now();
+    while !out.join("runs/breast").exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "the study never reached the breast task");
+        assert!(child.try_wait().unwrap().is_none(), "the study ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.join("scores.csv").exists(), "killed before the tables");
+    check(xtask().args(demo_args(shared, &out)).output().unwrap());
+    assert_eq!(results_of(&out), results_of(single));
+}
+
+#[test]
+fn three_concurrent_shards_and_a_final_pass_equal_one_process() {
+    let (shared, single) = reference();
+    let out = shared.join("sharded");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let mut args = demo_args(shared, &out);
+            args.extend(["--shard".to_string(), format!("{i}/3")]);
+            xtask().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| check(c.wait_with_output().unwrap())).collect();
+    for output in &outputs {
+        assert!(String::from_utf8_lossy(&output.stdout).contains("without --shard"), "a shard tells how to finish");
+    }
+    assert!(!out.join("report.md").exists(), "shards leave the report to the final pass");
+    // Every trial's first (and only) epoch ran exactly once across the three workers.
+    let epochs: usize =
+        outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.contains("epoch   1 ")).count()).sum();
+    assert_eq!(epochs, TASKS.len() * 3 * TRIALS);
+    let log = std::fs::read_to_string(out.join("reproduce.log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("pretrained features")).count(), 9, "each unit extracted once:\n{log}");
+    check(xtask().args(demo_args(shared, &out)).output().unwrap());
+    assert_eq!(results_of(&out), results_of(single));
+}
+
+#[test]
+fn missing_data_is_named_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = xtask()
+        .args([
+            "reproduce",
+            "--data",
+            dir.path().join("nowhere").to_str().unwrap(),
+            "--tasks",
+            "breast",
+            "--backbones",
+            "resnet18,resnet34",
+        ])
+        .args(["--out", dir.path().join("out").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nowhere/breakhis: no such folder") && stderr.contains("--data"), "{stderr}");
+    let output = xtask().args(["reproduce", "--splits", "authors", "--out", dir.path().join("out").to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected faithful, grouped or authors:DIR"));
+}
