@@ -8,6 +8,7 @@ mod demo;
 mod machine;
 mod report;
 mod results;
+mod slurm;
 mod study;
 
 use std::path::PathBuf;
@@ -124,6 +125,14 @@ enum Command {
         #[command(flatten)]
         args: Box<study::args::ReproduceArgs>,
     },
+    /// Writes (and with --submit, submits) a Slurm job array for the study: each array task runs
+    /// `reproduce --shard i/n` against the shared results directory, then a dependent job runs
+    /// `reproduce` unsharded for the tables and the report. reproduce's own arguments go after
+    /// `--`.
+    Slurm {
+        #[command(flatten)]
+        args: slurm::SlurmArgs,
+    },
     /// Table 2, Fig. 3 and report.md from a results folder's scores.csv and performance.csv
     /// alone (results from another machine, or published numbers, tabulate the same way).
     ///
@@ -176,6 +185,7 @@ fn main() -> Result<()> {
             bench_data::run(&bench_data::Settings { n, width, height, batch, python, out })
         }
         Command::Reproduce { args } => reproduce(&args),
+        Command::Slurm { args } => slurm::run(&args),
         Command::Report { results } => {
             let written = report::run(&results)?;
             println!("{}: {} correlations; wrote {}", results.display(), written.table.len(), written.files.join(", "));

@@ -94,6 +94,11 @@ pub enum SelectArg {
 }
 
 impl ReproduceArgs {
+    /// Whether the study runs on a GPU.
+    pub fn device_is_gpu(&self) -> bool {
+        self.device.starts_with("cuda")
+    }
+
     /// The study these arguments ask for; `command` is recorded in the report.
     pub fn study(&self, command: String, progress: bool) -> Result<Study> {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };

@@ -1,0 +1,202 @@
+//! `cargo xtask slurm`: the study as a Slurm job array. Each array task runs `reproduce --shard
+//! $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT` against the shared results directory; a job
+//! that depends on the whole array (afterok) runs `reproduce` unsharded, which does what the
+//! shards left (OOD steps of searches finished last) and writes the tables and the report.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser};
+
+use crate::study::args::ReproduceArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct SlurmArgs {
+    /// The shared results directory (passed on to reproduce); the scripts go to OUT/slurm/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Array tasks (shards) sharing the study.
+    #[arg(long, default_value_t = 4)]
+    pub shards: usize,
+    /// Partition of every job (the cluster's default when not given).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// GPUs per array task (--gres=gpu:N); the study then needs `--device cuda:0` after `--`.
+    #[arg(long)]
+    pub gpus: Option<usize>,
+    /// Time limit of each array task.
+    #[arg(long, default_value = "2-00:00:00")]
+    pub time: String,
+    /// Time limit of the final job.
+    #[arg(long, default_value = "01:00:00")]
+    pub finish_time: String,
+    /// CPUs per task.
+    #[arg(long, default_value_t = 4)]
+    pub cpus: usize,
+    /// Memory per task (Slurm syntax, e.g. 32G); the cluster's default when not given.
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Extra #SBATCH lines (e.g. --account=abc), repeatable.
+    #[arg(long = "sbatch")]
+    pub extra: Vec<String>,
+    /// The xtask binary the jobs run (this one by default; build it with --release).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// Submit now (runs OUT/slurm/submit.sh).
+    #[arg(long)]
+    pub submit: bool,
+    /// reproduce's arguments, after `--` (e.g. -- --data /scratch/data --device cuda:0).
+    #[arg(last = true)]
+    pub reproduce: Vec<String>,
+}
+
+/// The reproduce subcommand alone, to check the passed-through arguments now, not in a job.
+#[derive(Debug, Parser)]
+struct ReproduceOnly {
+    #[command(flatten)]
+    args: ReproduceArgs,
+}
+
+/// Quotes `text` for bash.
+fn quote(text: &str) -> String {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() { Ok(path.to_path_buf()) } else { Ok(std::env::current_dir()?.join(path)) }
+}
+
+/// The files written.
+#[derive(Debug)]
+pub struct Scripts {
+    pub array: PathBuf,
+    pub finish: PathBuf,
+    pub submit: PathBuf,
+}
+
+/// Writes OUT/slurm/{array.sbatch, finish.sbatch, submit.sh}.
+pub fn write(args: &SlurmArgs) -> Result<Scripts> {
+    if args.shards == 0 {
+        bail!("--shards must be at least 1");
+    }
+    if args
+        .reproduce
+        .iter()
+        .any(|a| a == "--shard" || a.starts_with("--shard=") || a == "--out" || a.starts_with("--out=") || a == "--plan")
+    {
+        bail!("give --out to `slurm` itself, and no --shard or --plan after `--`: the scripts set them");
+    }
+    let out = absolute(&args.out)?;
+    let mut reproduce = args.reproduce.clone();
+    reproduce.extend(["--out".to_string(), out.display().to_string()]);
+    let parsed = ReproduceOnly::try_parse_from(std::iter::once("reproduce".to_string()).chain(reproduce.iter().cloned()))
+        .map_err(|e| anyhow::anyhow!("the arguments after `--` are not valid for reproduce:\n{e}"))?;
+    if args.gpus.is_some_and(|g| g > 0) && !parsed.args.device_is_gpu() {
+        bail!("--gpus asks for GPUs but the study runs on {}; add `--device cuda:0` after `--`", parsed.args.device);
+    }
+    let binary = match &args.binary {
+        Some(path) => absolute(path)?,
+        None => std::env::current_exe().context("cannot find this program's path; give --binary")?,
+    };
+    let workdir = std::env::current_dir()?;
+    let dir = out.join("slurm");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let command = |extra: &str| {
+        let mut line = quote(&binary.display().to_string());
+        line.push_str(" reproduce");
+        for arg in &reproduce {
+            line.push(' ');
+            line.push_str(&quote(arg));
+        }
+        line.push_str(extra);
+        line
+    };
+    let header = |name: &str, time: &str, gpus: Option<usize>| {
+        let mut text = String::from("#!/bin/bash\n");
+        let _ = writeln!(text, "#SBATCH --job-name={name}");
+        let _ = writeln!(text, "#SBATCH --time={time}");
+        let _ = writeln!(text, "#SBATCH --cpus-per-task={}", args.cpus);
+        if let Some(partition) = &args.partition {
+            let _ = writeln!(text, "#SBATCH --partition={partition}");
+        }
+        if let Some(gpus) = gpus.filter(|&g| g > 0) {
+            let _ = writeln!(text, "#SBATCH --gres=gpu:{gpus}");
+        }
+        if let Some(mem) = &args.mem {
+            let _ = writeln!(text, "#SBATCH --mem={mem}");
+        }
+        for extra in &args.extra {
+            let _ = writeln!(text, "#SBATCH {extra}");
+        }
+        text
+    };
+    let mut array = header("medxfer-study", &args.time, args.gpus);
+    let _ = writeln!(array, "#SBATCH --array=0-{}", args.shards - 1);
+    let _ = writeln!(array, "#SBATCH --output={}/%x-%A_%a.out", logs.display());
+    let _ = writeln!(
+        array,
+        "# One shard of the study: units i, i+n, ... and trials i, i+n, ... of every search; a rerun\n# of the same array (after a failure or a time limit) continues where it stopped.\nset -euo pipefail\ncd {}\n{}",
+        quote(&workdir.display().to_string()),
+        command(" --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\"")
+    );
+    let mut finish = header("medxfer-report", &args.finish_time, args.gpus);
+    let _ = writeln!(finish, "#SBATCH --output={}/%x-%j.out", logs.display());
+    let _ = writeln!(
+        finish,
+        "# After every shard: what they left (the OOD steps of searches finished last), the\n# tables, the figures and the report.\nset -euo pipefail\ncd {}\n{}",
+        quote(&workdir.display().to_string()),
+        command("")
+    );
+    let submit = format!(
+        "#!/bin/bash\n# Submits the array, then the final job once every array task succeeded.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\narray=$(sbatch --parsable array.sbatch)\narray=${{array%%;*}}\nfinish=$(sbatch --parsable --dependency=afterok:$array finish.sbatch)\nfinish=${{finish%%;*}}\necho \"submitted array job $array ({} tasks) and the final job $finish\"\necho \"$array $finish\" > jobs\n",
+        args.shards
+    );
+    let scripts = Scripts { array: dir.join("array.sbatch"), finish: dir.join("finish.sbatch"), submit: dir.join("submit.sh") };
+    for (path, text) in [(&scripts.array, &array), (&scripts.finish, &finish), (&scripts.submit, &submit)] {
+        medxfer_data::manifest::write_atomic(path, text.as_bytes())?;
+        set_executable(path)?;
+    }
+    Ok(scripts)
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut permissions = std::fs::metadata(path)?.permissions();
+    permissions.set_mode(0o755);
+    Ok(std::fs::set_permissions(path, permissions)?)
+}
+
+/// `cargo xtask slurm`.
+pub fn run(args: &SlurmArgs) -> Result<()> {
+    let scripts = write(args)?;
+    println!("wrote {}, {} and {}", scripts.array.display(), scripts.finish.display(), scripts.submit.display());
+    if args.submit {
+        let status = std::process::Command::new("bash").arg(&scripts.submit).status().context("cannot run bash")?;
+        if !status.success() {
+            bail!("{} failed ({status}); is sbatch on PATH?", scripts.submit.display());
+        }
+    } else {
+        println!("submit with: bash {}", scripts.submit.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn quoting_survives_bash() {
+        for text in ["plain/path-1.txt", "it's", "two words", "$HOME", ""] {
+            let output = std::process::Command::new("bash").arg("-c").arg(format!("printf %s {}", quote(text))).output().unwrap();
+            assert_eq!(String::from_utf8(output.stdout).unwrap(), text);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `cargo xtask slurm` against a real Slurm: a single-node cluster (Debian's slurm-wlm and
+//! munge) started by the test as root without systemd — munged as the munge user with a
+//! generated key, slurmctld and slurmd with a slurm.conf naming this host (CPUs=2,
+//! proctrack/linuxproc, task/none, cons_tres) — the generated script submitted for a small
+//! demo with three array tasks, and the merged results compared with one process's. `.ci/run`
+//! installs the packages and sets MEDXFER_REQUIRE_SLURM=1, so there the test cannot skip.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BACKBONES: &str = "tiny_resnet_basic,tiny_densenet_b,tiny_vit_b";
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout(command: &mut Command) -> String {
+    String::from_utf8(run(command).stdout).unwrap().trim().to_string()
+}
+
+/// A running single-node cluster; dropping it stops the daemons it started.
+struct Cluster {
+    dir: PathBuf,
+    conf: PathBuf,
+    pid_files: Vec<PathBuf>,
+}
+
+impl Cluster {
+    /// None (with a message) where Slurm is not installed or this is not root, unless
+    /// MEDXFER_REQUIRE_SLURM is set.
+    fn start(dir: &Path) -> Option<Self> {
+        let missing: Vec<&str> = ["munged", "slurmctld", "slurmd", "sbatch", "scontrol", "runuser"]
+            .into_iter()
+            .filter(|tool| {
+                !Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {tool} || test -x /usr/sbin/{tool}"))
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+            })
+            .collect();
+        let root = stdout(Command::new("id").arg("-u")) == "0";
+        if !missing.is_empty() || !root {
+            let why = format!("missing {missing:?}, root: {root}; `apt-get install slurm-wlm munge` as root");
+            assert!(std::env::var_os("MEDXFER_REQUIRE_SLURM").is_none(), "MEDXFER_REQUIRE_SLURM is set but Slurm cannot run: {why}");
+            eprintln!("skipping the Slurm test: {why}");
+            return None;
+        }
+        let sbin = |tool: &str| if Path::new("/usr/sbin").join(tool).exists() { format!("/usr/sbin/{tool}") } else { tool.to_string() };
+        // The daemons (munged as the munge user) must reach their files: the test's temporary
+        // folder is private to root otherwise.
+        std::fs::create_dir_all(dir).unwrap();
+        run(Command::new("chmod").arg("755").arg(dir).arg(dir.parent().unwrap()));
+        let munge = dir.join("munge");
+        let (etc, socket_dir) = (munge.join("etc"), munge.join("run"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&socket_dir).unwrap();
+        let mut key = vec![0u8; 1024];
+        std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut key).unwrap();
+        std::fs::write(etc.join("munge.key"), key).unwrap();
+        run(Command::new("chmod").args(["755", munge.to_str().unwrap(), socket_dir.to_str().unwrap()]));
+        run(Command::new("chmod").args(["700", etc.to_str().unwrap()]));
+        run(Command::new("chmod").args(["400", etc.join("munge.key").to_str().unwrap()]));
+        run(Command::new("chown").args(["-R", "munge:munge", munge.to_str().unwrap()]));
+        let socket = socket_dir.join("munge.socket");
+        let munged_pid = socket_dir.join("munged.pid");
+        run(Command::new("runuser").args(["-u", "munge", "--", &sbin("munged")]).args([
+            format!("--key-file={}", etc.join("munge.key").display()),
+            format!("--socket={}", socket.display()),
+            format!("--pid-file={}", munged_pid.display()),
+            format!("--log-file={}", etc.join("munged.log").display()),
+            format!("--seed-file={}", etc.join("seed").display()),
+        ]));
+        let mut cluster = Self { dir: dir.to_path_buf(), conf: dir.join("slurm.conf"), pid_files: vec![munged_pid] };
+
+        let host = stdout(Command::new("hostname").arg("-s"));
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (ctld_port, slurmd_port) = (free_port(), free_port());
+        for sub in ["state", "spool", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let d = dir.display();
+        let conf = format!(
+            "ClusterName=medxfer\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\nSlurmctldPort={ctld_port}\nSlurmdPort={slurmd_port}\n\
+             AuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={socket}\nStateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\n\
+             SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/log/slurmctld.log\nSlurmdLogFile={d}/log/slurmd.log\n\
+             ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
+             SchedulerType=sched/backfill\nReturnToService=2\nMpiDefault=none\nJobAcctGatherType=jobacct_gather/none\n\
+             AccountingStorageType=accounting_storage/none\nSwitchType=switch/none\nMinJobAge=3600\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN\nPartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+            socket = socket.display()
+        );
+        std::fs::write(&cluster.conf, conf).unwrap();
+        for daemon in ["slurmctld", "slurmd"] {
+            run(Command::new(sbin(daemon)).arg("-f").arg(&cluster.conf));
+            cluster.pid_files.push(dir.join(format!("{daemon}.pid")));
+        }
+        let start = Instant::now();
+        loop {
+            let state = cluster.command("sinfo").args(["-h", "-o", "%t"]).output().unwrap();
+            if String::from_utf8_lossy(&state.stdout).trim() == "idle" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "the node never became idle:\n{}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Some(cluster)
+    }
+
+    /// A Slurm client command for this cluster.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.env("SLURM_CONF", &self.conf);
+        command
+    }
+
+    fn job_state(&self, job: &str) -> String {
+        let text = stdout(self.command("scontrol").args(["show", "job", job]));
+        text.split_whitespace().find_map(|field| field.strip_prefix("JobState=")).unwrap_or("?").to_string()
+    }
+
+    fn logs(&self) -> String {
+        ["log/slurmctld.log", "log/slurmd.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn pids(&self) -> Vec<String> {
+        self.pid_files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).map(|p| p.trim().to_string()).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for pid in self.pids().iter().rev() {
+            let _ = Command::new("kill").arg(pid).status();
+        }
+    }
+}
+
+fn demo_args(shared: &Path) -> Vec<String> {
+    ["--demo", "--backbones", BACKBONES, "--trials", "2", "--epochs", "1"]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            "--demo-cache".to_string(),
+            shared.join("cache").display().to_string(),
+            "--data".to_string(),
+            shared.join("data").display().to_string(),
+        ])
+        .collect()
+}
+
+fn tables(out: &Path) -> Vec<Vec<u8>> {
+    ["scores.csv", "performance.csv", "table2.csv"]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+        .collect()
+}
+
+#[test]
+fn the_generated_job_array_runs_on_a_real_slurm_and_equals_one_process() {
+    let shared = tempfile::tempdir().unwrap();
+    let Some(cluster) = Cluster::start(&shared.path().join("cluster")) else { return };
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+
+    let single = shared.path().join("single");
+    run(Command::new(xtask).arg("reproduce").args(demo_args(shared.path())).arg("--out").arg(&single));
+
+    let out = shared.path().join("sharded");
+    let submitted = stdout(
+        cluster
+            .command(xtask)
+            .args(["slurm", "--out", out.to_str().unwrap(), "--shards", "3", "--cpus", "1", "--time", "00:30:00", "--submit", "--"])
+            .args(demo_args(shared.path())),
+    );
+    assert!(submitted.contains("submitted array job"), "{submitted}");
+    let jobs = std::fs::read_to_string(out.join("slurm/jobs")).unwrap();
+    let (array, finish) = jobs.trim().split_once(' ').unwrap();
+    let start = Instant::now();
+    loop {
+        let state = cluster.job_state(finish);
+        if state == "COMPLETED" {
+            break;
+        }
+        let logs = || {
+            let dir = out.join("slurm/logs");
+            let jobs: String = std::fs::read_dir(&dir)
+                .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default();
+            format!("{jobs}\n{}", cluster.logs())
+        };
+        assert!(
+            !["FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"].contains(&state.as_str()),
+            "final job {state}:\n{}",
+            logs()
+        );
+        assert!(start.elapsed() < Duration::from_secs(600), "not done after 10 minutes (final job {state}):\n{}", logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for task in 0..3 {
+        assert_eq!(cluster.job_state(&format!("{array}_{task}")), "COMPLETED");
+    }
+
+    // Each array task wrote its own log, and every trial's one epoch ran exactly once.
+    let logs: Vec<String> =
+        (0..3).map(|t| std::fs::read_to_string(out.join(format!("slurm/logs/medxfer-study-{array}_{t}.out"))).unwrap()).collect();
+    for (t, log) in logs.iter().enumerate() {
+        assert!(log.contains(&format!("shard {t}/3 done")), "array task {t}:\n{log}");
+    }
+    let epochs: usize = logs.iter().map(|l| l.lines().filter(|line| line.contains("epoch   1 ")).count()).sum();
+    assert_eq!(epochs, 3 * 3 * 2, "3 tasks x 3 backbones x 2 trials, each once:\n{}", logs.join("\n"));
+    let finish_log = std::fs::read_to_string(out.join(format!("slurm/logs/medxfer-report-{finish}.out"))).unwrap();
+    assert!(finish_log.contains("9 of 9 units complete"), "{finish_log}");
+    assert_eq!(tables(&out), tables(&single), "the merged results differ from one process's");
+
+    let pids = cluster.pids();
+    drop(cluster);
+    // Gone, or a zombie (exited; nothing reaps daemons in some containers).
+    let running = |pid: &String| {
+        std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
+            .is_ok_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
+    };
+    let start = Instant::now();
+    while pids.iter().any(running) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pids.iter().any(running), "daemons still running: {pids:?}");
+}
