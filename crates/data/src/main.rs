@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use medxfer_data::manifest::{self, ManifestInfo};
-use medxfer_data::split::{self, Part, Source};
+use medxfer_data::split::{self, Source};
 use medxfer_data::{Catalog, Role, layouts, synth};
 
 #[derive(Parser)]
@@ -257,18 +257,7 @@ fn split_task(
         Source::Grouped => split::grouped(&scan.records, &task.faithful, seed)?,
         Source::Authors => {
             let dir = authors_dir.context("--source authors needs --authors-dir, the folder of the authors' split CSVs")?;
-            let csvs = split::authors_csvs(dir)?;
-            let csv_refs: Vec<(Part, &Path)> = csvs.iter().map(|(p, path)| (*p, path.as_path())).collect();
-            let (entries, problems) = split::authors(&scan.records, spec, &csv_refs)?;
-            if let Some(first) = problems.first() {
-                bail!(
-                    "{} row(s) of the authors' CSVs do not match the data; the first: {}: {}",
-                    problems.len(),
-                    first.path.display(),
-                    first.problem
-                );
-            }
-            entries
+            split::authors_from_dir(&scan.records, spec, dir)?
         }
     };
     split::check_classes(&entries, task)?;

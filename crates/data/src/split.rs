@@ -168,6 +168,23 @@ pub fn authors_csvs(dir: &Path) -> Result<Vec<(Part, std::path::PathBuf)>> {
     Ok(found)
 }
 
+/// The authors' split from the CSVs in `dir` ([`authors_csvs`]); any row that does not match
+/// the data is an error naming the first.
+pub fn authors_from_dir(records: &[Record], spec: &DatasetSpec, dir: &Path) -> Result<Vec<Entry>> {
+    let csvs = authors_csvs(dir)?;
+    let refs: Vec<(Part, &Path)> = csvs.iter().map(|(p, path)| (*p, path.as_path())).collect();
+    let (entries, problems) = authors(records, spec, &refs)?;
+    match problems.first() {
+        Some(first) => Err(Error::Split(format!(
+            "{} row(s) of the authors' CSVs do not match the data; the first: {}: {}",
+            problems.len(),
+            first.path.display(),
+            first.problem
+        ))),
+        None => Ok(entries),
+    }
+}
+
 pub fn authors(records: &[Record], spec: &DatasetSpec, csvs: &[(Part, &Path)]) -> Result<(Vec<Entry>, Vec<Problem>)> {
     let mut by_name: HashMap<&str, Vec<&Record>> = HashMap::new();
     for record in records {

@@ -29,15 +29,33 @@ pub fn extract(
     batch_size: usize,
     out: &Path,
 ) -> Result<()> {
+    extract_with_progress(model, split, ids, normalization, crop, batch_size, out, &mut |_, _| {})
+}
+
+/// [`extract`], calling `progress(images done, images)` after each batch.
+#[allow(clippy::too_many_arguments)]
+pub fn extract_with_progress(
+    model: &Backbone,
+    split: &SplitData,
+    ids: &[String],
+    normalization: Normalization,
+    crop: u32,
+    batch_size: usize,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
     if ids.len() != split.labels.len() {
         return Err(Error::Config(format!("{} image ids for a split of {} images", ids.len(), split.labels.len())));
     }
     let config = LoaderConfig { batch_size, shuffle: false, seed: 0, epoch: 0, augment: Augment::Eval { crop }, normalization };
     let device = model.params().device().clone();
     let (mut features, mut probs) = (Vec::new(), Vec::new());
+    let mut done = 0;
     for batch in loader::batches(split.cache.clone(), split.labels.clone(), config)? {
         let batch = batch?;
         let (f, logits) = model.forward_t(&batch.images.to_device(&device)?, false)?;
+        done += f.dim(0)?;
+        progress(done, ids.len());
         features.push(f.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
         probs.push(candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_device(&Device::Cpu)?);
     }

@@ -66,7 +66,7 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
     if let Some(split) = read(dir, &id_root, &ood_root)? {
         if split.note.source != choice.name() {
             bail!(
-                "{} holds a {} split but --splits asks for {}: use another --out, or delete that folder and everything made from it",
+                "{} holds a split made with --splits {} but this run asks for {}: use another --out, or delete that folder and everything made from it",
                 dir.display(),
                 split.note.source,
                 choice.name()
@@ -99,20 +99,7 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
     let entries = match choice {
         SplitChoice::Faithful => split::faithful(&records, &task.faithful, seed)?,
         SplitChoice::Grouped => split::grouped(&records, &task.faithful, seed)?,
-        SplitChoice::Authors(dir) => {
-            let csvs = split::authors_csvs(&dir.join(&task.name))?;
-            let refs: Vec<(Part, &Path)> = csvs.iter().map(|(p, path)| (*p, path.as_path())).collect();
-            let (entries, problems) = split::authors(&records, id, &refs)?;
-            if let Some(first) = problems.first() {
-                bail!(
-                    "{} row(s) of the authors' CSVs do not match the data; the first: {}: {}",
-                    problems.len(),
-                    first.path.display(),
-                    first.problem
-                );
-            }
-            entries
-        }
+        SplitChoice::Authors(dir) => split::authors_from_dir(&records, id, &dir.join(&task.name))?,
     };
     split::check_classes(&entries, task)?;
     let leakage = split::leakage(&entries);
@@ -179,4 +166,59 @@ fn read(dir: &Path, id_root: &Path, ood_root: &Path) -> Result<Option<TaskSplit>
         ood_root: ood_root.to_path_buf(),
         note,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The breast task from a BreakHis replica and the authors' CSVs: every third image to test,
+    /// every fifth of the rest to val.
+    #[test]
+    fn the_authors_split_is_used_as_given_written_once_and_not_mixed_with_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::load_default().unwrap();
+        let task = catalog.task("breast").unwrap();
+        let data = dir.path().join("data");
+        medxfer_data::synth::synthesize(catalog.dataset("breakhis").unwrap(), &data.join("breakhis"), 6, 1).unwrap();
+        medxfer_data::synth::synthesize(catalog.dataset("bach").unwrap(), &data.join("bach"), 3, 2).unwrap();
+        let records = layouts::scan(catalog.dataset("breakhis").unwrap(), &data.join("breakhis")).unwrap().records;
+        let mut expected: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut csvs: BTreeMap<&str, String> = ["train", "val", "test"].into_iter().map(|p| (p, "image,label\n".to_string())).collect();
+        for (i, record) in records.iter().enumerate() {
+            let part = if i % 3 == 0 {
+                "test"
+            } else if i % 5 == 0 {
+                "val"
+            } else {
+                "train"
+            };
+            // The authors' absolute paths: /breakhisv1/ then the path inside the archive.
+            csvs.get_mut(part).unwrap().push_str(&format!("/breakhisv1/{},{}\n", record.path, record.label));
+            expected.entry(part).or_default().push(record.path.clone());
+        }
+        let authors = dir.path().join("authors");
+        std::fs::create_dir_all(authors.join("breast")).unwrap();
+        for (part, text) in &csvs {
+            std::fs::write(authors.join("breast").join(format!("breakhis_{part}.csv")), text).unwrap();
+        }
+        let out = dir.path().join("splits/breast");
+        let choice = SplitChoice::parse(&format!("authors:{}", authors.display())).unwrap();
+        let split = prepare(&catalog, task, &data, &choice, 0, &out).unwrap();
+        let paths = |entries: &[Entry]| entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&split.train), expected["train"]);
+        assert_eq!(paths(&split.val), expected["val"]);
+        assert_eq!(paths(&split.test), expected["test"]);
+        assert_eq!(split.ood.len(), 3 * 3, "BACH's Normal class is dropped");
+        assert_eq!(split.note.source, "authors");
+        assert_eq!(split.note.images["test"], expected["test"].len());
+        // Read back, not remade; another source is refused.
+        let again = prepare(&catalog, task, &data, &choice, 0, &out).unwrap();
+        assert_eq!(paths(&again.test), expected["test"]);
+        let error = prepare(&catalog, task, &data, &SplitChoice::Grouped, 0, &out).unwrap_err().to_string();
+        assert!(error.contains("made with --splits authors but this run asks for grouped"), "{error}");
+        assert!(SplitChoice::parse("authors:").is_err() && SplitChoice::parse("random").is_err());
+    }
 }

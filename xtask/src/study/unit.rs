@@ -109,7 +109,39 @@ impl Unit<'_> {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let ids: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
-        medxfer_train::extract::extract(model, split, &ids, self.normalization(), self.study.crop, self.study.extract_batch, out)?;
+        let bar = self.study.progress.then(|| {
+            let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images  {elapsed} (ETA {eta})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(format!(
+                "{} {}: features of {}",
+                self.task.name,
+                self.entry.name,
+                out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()
+            ));
+            bar
+        });
+        let mut progress = |done: usize, _: usize| {
+            if let Some(bar) = &bar {
+                bar.set_position(done as u64);
+            }
+        };
+        let normalization = self.normalization();
+        medxfer_train::extract::extract_with_progress(
+            model,
+            split,
+            &ids,
+            normalization,
+            self.study.crop,
+            self.study.extract_batch,
+            out,
+            &mut progress,
+        )?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         Ok(())
     }
 
