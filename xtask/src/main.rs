@@ -6,6 +6,7 @@ mod bench_scores;
 mod bench_zoo;
 mod demo;
 mod machine;
+mod rank;
 mod report;
 mod results;
 mod slurm;
@@ -133,6 +134,13 @@ enum Command {
         #[command(flatten)]
         args: slurm::SlurmArgs,
     },
+    /// Which backbone for your images? Every candidate's pretrained features (cached), the seven
+    /// scores, a ranked table with a consensus (mean rank); --finetune-top K then fine-tunes only
+    /// the shortlist. Writes OUT/ranking.csv, ranking.md and ranking.svg/.png.
+    Rank {
+        #[command(flatten)]
+        args: Box<rank::RankArgs>,
+    },
     /// Table 2, Fig. 3 and report.md from a results folder's scores.csv and performance.csv
     /// alone (results from another machine, or published numbers, tabulate the same way).
     ///
@@ -186,6 +194,7 @@ fn main() -> Result<()> {
         }
         Command::Reproduce { args } => reproduce(&args),
         Command::Slurm { args } => slurm::run(&args),
+        Command::Rank { args } => rank::run(&args, std::io::IsTerminal::is_terminal(&std::io::stderr())).map(|_| ()),
         Command::Report { results } => {
             let written = report::run(&results)?;
             println!("{}: {} correlations; wrote {}", results.display(), written.table.len(), written.files.join(", "));

@@ -15,11 +15,11 @@ use super::table::Panel;
 /// Panel size in pixels: ten labelled points stay readable.
 const PANEL: (u32, u32) = (330, 290);
 const TITLE_HEIGHT: u32 = 50;
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 
 /// The bitmap backend draws text with this embedded font (DejaVu Sans, its licence beside it):
 /// no system fonts are needed, so figures look the same on every machine.
-fn register_font() {
+pub fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is valid; a failure would only mean text falls back to nothing.

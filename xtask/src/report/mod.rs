@@ -95,7 +95,7 @@ pub fn write_provenance(out: &Path, provenance: &Provenance) -> Result<()> {
     write_text(&out.join(PROVENANCE_FILE), &serde_json::to_string_pretty(provenance)?)
 }
 
-fn read_provenance(out: &Path) -> Result<Option<Provenance>> {
+pub fn read_provenance(out: &Path) -> Result<Option<Provenance>> {
     let path = out.join(PROVENANCE_FILE);
     if !path.exists() {
         return Ok(None);

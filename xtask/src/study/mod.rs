@@ -15,7 +15,7 @@ pub mod args;
 pub mod layout;
 pub mod plan;
 pub mod splits;
-mod unit;
+pub mod unit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,10 +72,10 @@ pub struct Study {
     pub progress: bool,
 }
 
-impl Study {
+impl Weights {
     /// The pretrained weights file of `entry`.
-    pub fn weights_file(&self, entry: &ModelEntry) -> Result<PathBuf> {
-        match &self.weights {
+    pub fn file(&self, entry: &ModelEntry) -> Result<PathBuf> {
+        match self {
             Weights::Hub(options) => Ok(hub_file(&entry.hub, WEIGHTS_FILE, options)?),
             Weights::Dir(dir) => {
                 let path = dir.join(format!("{}.safetensors", entry.name));
@@ -85,6 +85,13 @@ impl Study {
                 Ok(path)
             }
         }
+    }
+}
+
+impl Study {
+    /// The pretrained weights file of `entry`.
+    pub fn weights_file(&self, entry: &ModelEntry) -> Result<PathBuf> {
+        self.weights.file(entry)
     }
 
     /// Every way this run differs from the reference protocol.

@@ -1,0 +1,172 @@
+//! The practitioner's images: a folder with one subfolder per class, or a CSV of `path,label`
+//! (paths relative to the CSV's folder, or absolute).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use medxfer_data::Record;
+
+const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
+
+/// Labelled images: records (paths relative to `root`) and the class names in label order.
+#[derive(Debug, Clone)]
+pub struct LabelledImages {
+    pub root: PathBuf,
+    pub records: Vec<Record>,
+    pub classes: Vec<String>,
+}
+
+impl LabelledImages {
+    pub fn read(images: &Path) -> Result<Self> {
+        let found = if images.is_dir() {
+            from_folder(images)?
+        } else if images.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            from_csv(images)?
+        } else {
+            bail!("{}: not a folder of class subfolders nor a .csv file of path,label", images.display());
+        };
+        if found.classes.len() < 2 {
+            bail!("{}: {} class(es) found ({:?}); ranking needs at least two", images.display(), found.classes.len(), found.classes);
+        }
+        Ok(found)
+    }
+
+    /// Images per class name.
+    pub fn counts(&self) -> BTreeMap<&str, usize> {
+        let mut counts = BTreeMap::new();
+        for record in &self.records {
+            *counts.entry(self.classes[record.label as usize].as_str()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn record(path: String, class: &str, label: u32) -> Record {
+    Record { group: path.clone(), path, class: class.to_string(), label, origin: String::new() }
+}
+
+fn from_folder(root: &Path) -> Result<LabelledImages> {
+    let mut classes: Vec<String> = std::fs::read_dir(root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    let mut records = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let mut files: Vec<String> = walk(&root.join(class))?
+            .into_iter()
+            .filter(|p| is_image(p))
+            .filter_map(|p| p.strip_prefix(root).ok().map(|r| r.to_string_lossy().replace('\\', "/")))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            bail!("{}: no images ({}) in this class folder", root.join(class).display(), EXTENSIONS.join(", "));
+        }
+        records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
+    }
+    Ok(LabelledImages { root: root.to_path_buf(), records, classes })
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+fn from_csv(csv_path: &Path) -> Result<LabelledImages> {
+    let root = csv_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut reader = csv::Reader::from_path(csv_path).with_context(|| format!("cannot read {}", csv_path.display()))?;
+    let header: Vec<String> = reader.headers()?.iter().map(str::to_string).collect();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let (Some(path_column), Some(label_column)) = (column("path"), column("label")) else {
+        bail!("{}: the header is `{}`; expected columns path and label", csv_path.display(), header.join(","));
+    };
+    let mut rows = Vec::new();
+    for (line, row) in reader.records().enumerate() {
+        let row = row.with_context(|| format!("{}: line {}", csv_path.display(), line + 2))?;
+        let (path, label) = (row.get(path_column).unwrap_or(""), row.get(label_column).unwrap_or(""));
+        if path.is_empty() || label.is_empty() {
+            bail!("{}: line {}: empty path or label", csv_path.display(), line + 2);
+        }
+        if !root.join(path).is_file() {
+            bail!("{}: line {}: {} does not exist", csv_path.display(), line + 2, root.join(path).display());
+        }
+        rows.push((path.to_string(), label.to_string()));
+    }
+    // Integer labels keep their order; names are sorted.
+    let mut classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
+    classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    });
+    classes.dedup();
+    let records = rows
+        .into_iter()
+        .map(|(path, label)| {
+            let index = classes.iter().position(|c| *c == label).unwrap_or(0);
+            record(path, &label, index as u32)
+        })
+        .collect();
+    Ok(LabelledImages { root, records, classes })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn png(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::new(4, 4).save(path).unwrap();
+    }
+
+    #[test]
+    fn a_folder_and_a_csv_give_the_same_labels_and_bad_input_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        for file in ["benign/a.png", "benign/sub/b.PNG", "malignant/c.png", "malignant/notes.txt", ".hidden/d.png"] {
+            if file.ends_with(".txt") {
+                std::fs::write(root.join(file), "x").unwrap();
+            } else {
+                png(&root.join(file));
+            }
+        }
+        let folder = LabelledImages::read(&root).unwrap();
+        assert_eq!(folder.classes, ["benign", "malignant"]);
+        let paths: Vec<(&str, u32)> = folder.records.iter().map(|r| (r.path.as_str(), r.label)).collect();
+        assert_eq!(paths, [("benign/a.png", 0), ("benign/sub/b.PNG", 0), ("malignant/c.png", 1)]);
+
+        let csv = root.join("labels.csv");
+        std::fs::write(&csv, "path,label,site\nmalignant/c.png,10,x\nbenign/a.png,2,y\n").unwrap();
+        let listed = LabelledImages::read(&csv).unwrap();
+        assert_eq!(listed.classes, ["2", "10"], "integer labels in numeric order");
+        assert_eq!(listed.records[0].label, 1);
+
+        std::fs::write(&csv, "file,class\na.png,0\n").unwrap();
+        assert!(format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("expected columns path and label"));
+        std::fs::write(&csv, "path,label\nbenign/missing.png,0\nmalignant/c.png,1\n").unwrap();
+        assert!(
+            format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("line 2: ")
+                && format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("missing.png does not exist")
+        );
+        std::fs::remove_dir_all(root.join("malignant")).unwrap();
+        assert!(format!("{:#}", LabelledImages::read(&root).unwrap_err()).contains("ranking needs at least two"));
+    }
+}

@@ -1,0 +1,418 @@
+//! `cargo xtask rank`: which backbone for these images? Every candidate's pretrained features and
+//! source probabilities (cached), the seven scores, a ranked table with a consensus (mean rank),
+//! and — with `--finetune-top K` — a small Halton search for the top K only (the paper's Fig. 1
+//! workflow: score everything, tune the shortlist). Says how far the scores can be trusted on
+//! medical data, from the study's own Table 2 when present, else the paper's.
+
+mod figure;
+pub mod images;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use medxfer_data::FaithfulSplit;
+use medxfer_data::cache::ImageCache;
+use medxfer_data::split::{self, Entry, Part};
+use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_scores::Metric;
+use medxfer_train::finetune::{EpochRecord, RunData, RunSettings, SplitData};
+use medxfer_train::progress_bar::EpochBar;
+use medxfer_train::search::{self, Shard};
+use medxfer_train::search_space::TrialPoint;
+use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry};
+use serde::{Deserialize, Serialize};
+
+use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
+use crate::results::Setting;
+use crate::study::Weights;
+use images::LabelledImages;
+
+#[derive(Debug, Clone, Args)]
+pub struct RankArgs {
+    /// A folder with one subfolder of images per class, or a CSV of path,label.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// `all` (the registry), or comma-separated registry names or timm hub ids (timm/<id>).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub backbones: Vec<String>,
+    /// Where the ranking, its figure, the cached features and any fine-tuning runs go.
+    #[arg(long, default_value = "rank")]
+    pub out: PathBuf,
+    /// cpu, or cuda:N (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Then fine-tune the top K by consensus with a small Halton search, on a stratified
+    /// 70/10/20 split of the images (the scores then use its train part only).
+    #[arg(long, value_name = "K")]
+    pub finetune_top: Option<usize>,
+    /// Halton points per fine-tuned backbone.
+    #[arg(long, default_value_t = 8)]
+    pub trials: usize,
+    /// Epochs per run.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Shorter side of the resize ...
+    #[arg(long, default_value_t = 256)]
+    pub resize: u32,
+    /// ... and the centre crop.
+    #[arg(long, default_value_t = 224)]
+    pub crop: u32,
+    /// Pretrained weights from DIR/<backbone>.safetensors instead of the hub.
+    #[arg(long, value_name = "DIR")]
+    pub weights: Option<PathBuf>,
+    /// The model registry (models/ by default).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// A study's results (reproduce --out) whose table2.csv says how far the scores can be
+    /// trusted; the paper's Table 2 when absent.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+/// One candidate's cached extraction and scores (OUT/features/<key>/<backbone>.json).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Scored {
+    feature_dim: usize,
+    extraction_seconds: f64,
+    scores: BTreeMap<String, f64>,
+    errors: BTreeMap<String, String>,
+}
+
+/// One row of the ranking.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankRow {
+    pub backbone: String,
+    pub feature_dim: usize,
+    pub extraction_seconds: f64,
+    /// Metric -> (value, rank among the candidates; 1 = best).
+    pub scores: BTreeMap<String, (f64, f64)>,
+    /// Mean rank over the scores computed.
+    pub consensus: f64,
+    /// Test balanced accuracy of the best of a small search (fine-tuned candidates only).
+    pub test_balanced_accuracy: Option<f64>,
+}
+
+/// Ranks of `values` with 1 = highest, ties sharing their average rank.
+pub fn descending_ranks(values: &[f64]) -> Vec<f64> {
+    let negated: Vec<f64> = values.iter().map(|v| -v).collect();
+    medxfer_scores::average_ranks(&negated)
+}
+
+/// Rows in consensus order from each candidate's scores.
+pub fn rank(candidates: &[(String, usize, f64, BTreeMap<String, f64>)]) -> Vec<RankRow> {
+    let mut rows: Vec<RankRow> = candidates
+        .iter()
+        .map(|(name, dim, seconds, _)| RankRow {
+            backbone: name.clone(),
+            feature_dim: *dim,
+            extraction_seconds: *seconds,
+            scores: BTreeMap::new(),
+            consensus: f64::NAN,
+            test_balanced_accuracy: None,
+        })
+        .collect();
+    for metric in Metric::ALL {
+        // A score ranks the candidates only when every one of them has it.
+        let values: Option<Vec<f64>> = candidates.iter().map(|c| c.3.get(metric.as_str()).copied().filter(|v| v.is_finite())).collect();
+        let Some(values) = values else { continue };
+        for ((row, value), rank) in rows.iter_mut().zip(&values).zip(descending_ranks(&values)) {
+            row.scores.insert(metric.as_str().to_string(), (*value, rank));
+        }
+    }
+    for row in &mut rows {
+        let ranks: Vec<f64> = row.scores.values().map(|(_, r)| *r).collect();
+        row.consensus = if ranks.is_empty() { f64::NAN } else { ranks.iter().sum::<f64>() / ranks.len() as f64 };
+    }
+    rows.sort_by(|a, b| a.consensus.total_cmp(&b.consensus).then(a.backbone.cmp(&b.backbone)));
+    rows
+}
+
+/// `cargo xtask rank`.
+pub fn run(args: &RankArgs, progress: bool) -> Result<Vec<RankRow>> {
+    let images = LabelledImages::read(&args.images)?;
+    let registry = match &args.models {
+        Some(dir) => Registry::load(dir)?,
+        None => Registry::load_default()?,
+    };
+    let hub = HubOptions::from_env();
+    let candidates: Vec<ModelEntry> = if args.backbones.iter().any(|b| b == "all") {
+        registry.entries().to_vec()
+    } else {
+        args.backbones.iter().map(|b| registry.resolve(b, &hub)).collect::<medxfer_zoo::Result<_>>()?
+    };
+    if candidates.is_empty() {
+        bail!("no candidate backbones");
+    }
+    let weights = match &args.weights {
+        Some(dir) => Weights::Dir(dir.clone()),
+        None => Weights::Hub(hub),
+    };
+    let device = medxfer_train::device::parse(&args.device)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
+
+    // With fine-tuning, a stratified split whose train part alone is scored.
+    let entries: Vec<Entry> = match args.finetune_top {
+        Some(_) => split::faithful(&images.records, &FaithfulSplit::Stratified { val: 0.1, test: 0.2 }, args.seed)?,
+        None => images
+            .records
+            .iter()
+            .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Train })
+            .collect(),
+    };
+    let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
+    let cache_dir = args.out.join("cache");
+    let split_data = |part_entries: &[Entry], name: &str| -> Result<SplitData> {
+        let cache = ImageCache::open_or_build(&cache_dir, name, &images.root, part_entries, args.resize, progress)?;
+        Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(part_entries.iter().map(|e| e.label).collect()) })
+    };
+    let train_entries = part(Part::Train);
+    let train = split_data(&train_entries, "train")?;
+    let checksum = medxfer_data::manifest::files_checksum(&images.root, &train_entries)?;
+    let features_dir = args.out.join("features").join(format!("{}-r{}-c{}", &checksum[..16], args.resize, args.crop));
+    std::fs::create_dir_all(&features_dir)?;
+
+    let mut scored = Vec::new();
+    for entry in &candidates {
+        let summary = features_dir.join(format!("{}.json", entry.name));
+        let result = match std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok()) {
+            Some(cached) => cached,
+            None => {
+                let start = Instant::now();
+                let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
+                let file = weights.file(entry)?;
+                model.load_weights(&file, true).with_context(|| format!("loading {}", file.display()))?;
+                let path = features_dir.join(format!("{}.safetensors", entry.name));
+                let ids: Vec<String> = train_entries.iter().map(|e| e.path.clone()).collect();
+                let normalization = Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, true);
+                medxfer_train::extract::extract(&model, &train, &ids, normalization, args.crop, 32, &path)?;
+                let extraction_seconds = start.elapsed().as_secs_f64();
+                let scores = crate::study::unit::score_file(&path)?;
+                let result = Scored { feature_dim: entry.feature_dim, extraction_seconds, scores: scores.values, errors: scores.errors };
+                medxfer_data::manifest::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
+                result
+            }
+        };
+        if !result.errors.is_empty() {
+            eprintln!("warning: {}: some scores failed: {:?}", entry.name, result.errors);
+        }
+        eprintln!("{}: scored ({} features, extraction {:.1} s)", entry.name, result.feature_dim, result.extraction_seconds);
+        scored.push((entry.name.clone(), result.feature_dim, result.extraction_seconds, result.scores));
+    }
+    let mut rows = rank(&scored);
+
+    let mut tuning = String::new();
+    if let Some(k) = args.finetune_top {
+        let k = k.min(rows.len());
+        let data = RunData {
+            train: train.clone(),
+            val: split_data(&part(Part::Val), "val")?,
+            test: Some(split_data(&part(Part::Test), "test")?),
+            ood: None,
+            classes: images.classes.len(),
+        };
+        let start = Instant::now();
+        for row in rows.iter_mut().take(k) {
+            let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
+            let file = weights.file(entry)?;
+            let make = || -> medxfer_train::Result<Backbone> {
+                let mut model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
+                model.load_weights(&file, true)?;
+                model.replace_head(images.classes.len(), args.seed)?;
+                Ok(model)
+            };
+            let base = RunSettings {
+                epochs: args.epochs,
+                batch_size: args.batch,
+                seed: args.seed,
+                crop: args.crop,
+                train_transform: TrainTransform { size: args.crop, ..TrainTransform::default() },
+                ..RunSettings::reference(0.0, 0.0, Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, true))
+            };
+            let dir = args.out.join("runs").join(&entry.name);
+            let summary = if progress {
+                let mut bar = EpochBar::new(args.epochs);
+                let summary = search::run(&make, &data, &base, args.trials, Shard::ALL, &dir, &mut bar);
+                bar.finish();
+                summary?
+            } else {
+                search::run(&make, &data, &base, args.trials, Shard::ALL, &dir, &mut |_: &TrialPoint, _: &EpochRecord| {})?
+            };
+            row.test_balanced_accuracy = summary.best.and_then(|b| b.outcome.test.map(|t| t.balanced_accuracy));
+        }
+        let all = rows.len() * args.trials * args.epochs;
+        let tuned = k * args.trials * args.epochs;
+        let _ = writeln!(
+            tuning,
+            "Fine-tuned the top {k} of {} candidates ({} Halton points x {} epochs each, {:.0} s): {tuned} of {all} epochs, {:.0}% of tuning them all saved.",
+            rows.len(),
+            args.trials,
+            args.epochs,
+            start.elapsed().as_secs_f64(),
+            100.0 * (all - tuned) as f64 / all.max(1) as f64
+        );
+    }
+
+    let table = render(&rows);
+    let trust = trust_statement(&args.results)?;
+    println!("{table}\n{tuning}{trust}");
+    write_csv(&args.out.join("ranking.csv"), &rows)?;
+    medxfer_data::manifest::write_atomic(&args.out.join("ranking.md"), format!("{table}\n{tuning}{trust}").as_bytes())?;
+    figure::write(&args.out.join("ranking"), &rows)?;
+    println!("wrote {} (ranking.csv, ranking.md, ranking.svg, ranking.png)", args.out.display());
+    Ok(rows)
+}
+
+/// The ranked table as markdown.
+pub fn render(rows: &[RankRow]) -> String {
+    let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.as_str()).filter(|m| rows.iter().any(|r| r.scores.contains_key(*m))).collect();
+    let tuned = rows.iter().any(|r| r.test_balanced_accuracy.is_some());
+    let mut text = format!("| # | backbone | consensus | {} | dim | extraction s |", metrics.join(" | "));
+    if tuned {
+        text.push_str(" fine-tuned test bal. acc. |");
+    }
+    let _ = write!(text, "\n|---:|---|---:|{}---:|---:|", "---:|".repeat(metrics.len()));
+    if tuned {
+        text.push_str("---:|");
+    }
+    text.push('\n');
+    for (i, row) in rows.iter().enumerate() {
+        let _ = write!(text, "| {} | {} | {:.2} |", i + 1, row.backbone, row.consensus);
+        for metric in &metrics {
+            match row.scores.get(*metric) {
+                Some((value, rank)) => {
+                    let _ = write!(text, " {} ({}) |", format_value(*value), format_rank(*rank));
+                }
+                None => text.push_str(" – |"),
+            }
+        }
+        let _ = write!(text, " {} | {:.1} |", row.feature_dim, row.extraction_seconds);
+        if tuned {
+            let _ = write!(text, " {} |", row.test_balanced_accuracy.map_or("–".into(), |a| format!("{a:.3}")));
+        }
+        text.push('\n');
+    }
+    text.push_str("\nEach score's value with the candidate's rank under it in brackets (1 = best); consensus = mean rank.\n");
+    text
+}
+
+fn format_value(value: f64) -> String {
+    if value != 0.0 && (value.abs() >= 1e4 || value.abs() < 1e-3) { format!("{value:.3e}") } else { format!("{value:.4}") }
+}
+
+fn format_rank(rank: f64) -> String {
+    if rank.fract() == 0.0 { format!("{rank:.0}") } else { format!("{rank:.1}") }
+}
+
+fn write_csv(path: &Path, rows: &[RankRow]) -> Result<()> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["rank".to_string(), "backbone".into(), "consensus".into(), "feature_dim".into(), "extraction_seconds".into()];
+    for metric in Metric::ALL {
+        header.push(metric.as_str().into());
+        header.push(format!("{}_rank", metric.as_str()));
+    }
+    header.push("test_balanced_accuracy".into());
+    writer.write_record(&header)?;
+    for (i, row) in rows.iter().enumerate() {
+        let mut record = vec![
+            (i + 1).to_string(),
+            row.backbone.clone(),
+            row.consensus.to_string(),
+            row.feature_dim.to_string(),
+            row.extraction_seconds.to_string(),
+        ];
+        for metric in Metric::ALL {
+            match row.scores.get(metric.as_str()) {
+                Some((value, rank)) => record.extend([value.to_string(), rank.to_string()]),
+                None => record.extend([String::new(), String::new()]),
+            }
+        }
+        record.push(row.test_balanced_accuracy.map_or(String::new(), |a| a.to_string()));
+        writer.write_record(&record)?;
+    }
+    let bytes = writer.into_inner().context("flushing CSV")?;
+    Ok(medxfer_data::manifest::write_atomic(path, &bytes)?)
+}
+
+/// How well each score ranked backbones in a study: the mean tau-b over tasks, ID and OOD.
+pub fn trust_statement(results: &Path) -> Result<String> {
+    let table = results.join("table2.csv");
+    let (source, cells): (String, Vec<(Setting, String, f64)>) = if table.exists() {
+        let rows: Vec<Table2Row> = crate::results::read_rows(&table, &TABLE2_COLUMNS)?;
+        let demo = crate::report::read_provenance(results)?.is_some_and(|p| p.demo);
+        let source =
+            format!("the study in {}{}", results.display(), if demo { " (demo data: not evidence about medical images)" } else { "" });
+        (source, rows.into_iter().filter_map(|r| Some((r.setting, r.metric, r.tau_b?))).collect())
+    } else {
+        (
+            "the paper (Chaves et al. 2023, Table 2: ten ImageNet backbones, three medical tasks)".to_string(),
+            paper_tau_b().into_iter().map(|((_, setting, metric), tau)| (setting, metric, tau)).collect(),
+        )
+    };
+    let mut text = format!(
+        "How far to trust these scores on medical data, from {source}: Kendall's tau-b between score and fine-tuned balanced accuracy, mean over tasks (1 = ranks backbones perfectly, 0 = no better than chance)\n\n| score | in-distribution | out-of-distribution |\n|---|---:|---:|\n"
+    );
+    let mean = |setting: Setting, metric: &str| {
+        let values: Vec<f64> = cells.iter().filter(|c| c.0 == setting && c.1 == metric).map(|c| c.2).collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let mut best: Option<(f64, &str)> = None;
+    for metric in Metric::ALL {
+        let (id, ood) = (mean(Setting::Id, metric.as_str()), mean(Setting::Ood, metric.as_str()));
+        if id.is_none() && ood.is_none() {
+            continue;
+        }
+        if let Some(tau) = id
+            && best.is_none_or(|(b, _)| tau > b)
+        {
+            best = Some((tau, metric.as_str()));
+        }
+        let show = |v: Option<f64>| v.map_or("–".to_string(), |t| format!("{t:.2}"));
+        let _ = writeln!(text, "| {} | {} | {} |", metric.as_str(), show(id), show(ood));
+    }
+    if let Some((tau, metric)) = best {
+        let _ = writeln!(
+            text,
+            "\nEven the best of them ({metric}, mean tau-b {tau:.2}) often puts a worse backbone first: use the ranking as a shortlist to fine-tune (--finetune-top K), not as the answer."
+        );
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_are_descending_with_ties_averaged_and_the_consensus_is_their_mean() {
+        assert_eq!(descending_ranks(&[0.5, 2.0, 0.5, -1.0]), [2.5, 1.0, 2.5, 4.0]);
+        let scores = |h: f64, l: f64| BTreeMap::from([("h_score".to_string(), h), ("leep".to_string(), l)]);
+        let rows = rank(&[
+            ("a".into(), 8, 0.1, scores(1.0, -3.0)),
+            ("b".into(), 8, 0.1, scores(3.0, -1.0)),
+            ("c".into(), 8, 0.1, BTreeMap::from([("h_score".to_string(), 2.0)])),
+        ]);
+        // LEEP is missing for c, so only the H-score ranks: b 1, c 2, a 3.
+        let order: Vec<(&str, f64)> = rows.iter().map(|r| (r.backbone.as_str(), r.consensus)).collect();
+        assert_eq!(order, [("b", 1.0), ("c", 2.0), ("a", 3.0)]);
+        assert!(!rows[0].scores.contains_key("leep"));
+    }
+
+    #[test]
+    fn the_trust_statement_averages_the_published_table_without_results() {
+        let text = trust_statement(Path::new("/nonexistent")).unwrap();
+        // LogME ID: (0.584 + 0.378 - 0.067) / 3 = 0.298; NCE OOD: (0.156 + 0.778 + 0.911) / 3 = 0.615.
+        assert!(text.contains("| logme | 0.30 | -0.01 |"), "{text}");
+        assert!(text.contains("| nce | -0.10 | 0.62 |"), "{text}");
+        assert!(text.contains("Even the best of them (logme, mean tau-b 0.30)"), "{text}");
+    }
+}

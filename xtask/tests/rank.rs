@@ -1,0 +1,207 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `cargo xtask rank` end to end on a synthetic image folder with three tiny timm backbones (the
+//! zoo's fixture checkpoints, described by a registry the test writes): the table's ranks and
+//! consensus follow from its values, the features are the folder's images with its labels, a
+//! rerun reuses them, and --finetune-top tunes only the shortlist.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rand::{Rng, SeedableRng};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/zoo/tests/fixtures");
+
+/// (name, architecture table, feature dim, head)
+const MODELS: [(&str, &str, usize, &str); 3] = [
+    ("resnet_basic_min", "family = \"resnet\"\nblock = \"basic\"\nlayers = [1, 1, 1, 1]\nchannels = [64, 8, 16, 32]", 32, "fc"),
+    ("densenet_min", "family = \"densenet\"\ngrowth_rate = 2\nblock_config = [2, 1, 1, 1]", 0, "classifier"),
+    ("vit_min", "family = \"vit\"\nimg_size = 64\npatch_size = 16\nembed_dim = 24\ndepth = 2\nnum_heads = 3", 24, "head"),
+];
+
+/// A registry of the three fixtures and a weights folder holding their checkpoints.
+fn registry(dir: &Path) -> (PathBuf, PathBuf) {
+    let (models, weights) = (dir.join("models"), dir.join("weights"));
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(&weights).unwrap();
+    for (name, architecture, dim, head) in MODELS {
+        // The DenseNet fixture's width: 2 * growth (stem) + 2 per dense layer, halved by each
+        // transition: ((4 + 4) / 2 + 2) / 2 + 2 = 5, then (5 / 2 + 2) = 4 ... as timm computes it.
+        let dim = if dim == 0 { densenet_min_features() } else { dim };
+        let toml = format!(
+            "name = \"{name}\"\npaper_name = \"{name}\"\nhub = \"test/{name}\"\nfeature_dim = {dim}\nhead = \"{head}\"\nnum_classes = 10\n\n[architecture]\n{architecture}\n\n\
+             [preprocessing]\nmean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nresize = 72\ncrop = 64\ninterpolation = \"bilinear\"\n"
+        );
+        std::fs::write(models.join(format!("{name}.toml")), toml).unwrap();
+        std::fs::copy(Path::new(FIXTURES).join(format!("{name}.safetensors")), weights.join(format!("{name}.safetensors"))).unwrap();
+    }
+    (models, weights)
+}
+
+/// timm's DenseNet feature count for growth 2, blocks (2, 1, 1, 1): stem 2 * growth = 4; a block
+/// adds growth per layer; each transition halves (floor).
+fn densenet_min_features() -> usize {
+    let (growth, blocks) = (2, [2, 1, 1, 1]);
+    let mut features = 2 * growth;
+    for (i, layers) in blocks.iter().enumerate() {
+        features += layers * growth;
+        if i + 1 < blocks.len() {
+            features /= 2;
+        }
+    }
+    features
+}
+
+/// Two classes: a bright centre on a dark ground (lesion), the reverse (clear); noise everywhere.
+fn image_folder(dir: &Path, per_class: usize) -> PathBuf {
+    let root = dir.join("my images");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for (label, class) in ["clear", "lesion"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..per_class {
+            let image = image::RgbImage::from_fn(48, 40, |x, y| {
+                let centre = (14..34).contains(&x) && (10..30).contains(&y);
+                let base: i32 = if centre == (label == 1) { 190 } else { 60 };
+                image::Rgb([0, 1, 2].map(|_| (base + rng.random_range(-40..40)).clamp(0, 255) as u8))
+            });
+            image.save(root.join(class).join(format!("{i:02}.png"))).unwrap();
+        }
+    }
+    root
+}
+
+fn rank(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("rank").args(args).output().unwrap();
+    assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn read_csv(path: &Path) -> Vec<BTreeMap<String, String>> {
+    csv::Reader::from_path(path).unwrap().deserialize().map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, weights) = registry(dir.path());
+    let images = image_folder(dir.path(), 20);
+    let out = dir.path().join("ranked");
+    let no_study = dir.path().join("no study");
+    let common = [
+        "--images",
+        images.to_str().unwrap(),
+        "--models",
+        models.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--results",
+        no_study.to_str().unwrap(),
+    ];
+    let first = String::from_utf8(rank(&common).stdout).unwrap();
+    let rows = read_csv(&out.join("ranking.csv"));
+    assert_eq!(rows.len(), 3);
+    // Ranks follow the values (1 = highest, ties averaged) and the consensus is their mean;
+    // rows are in consensus order.
+    let metrics = ["h_score", "nce", "leep", "n_leep", "logme", "reg_h_score", "gbc"];
+    let value = |row: &BTreeMap<String, String>, column: &str| row[column].parse::<f64>().unwrap();
+    for metric in metrics {
+        for a in &rows {
+            let higher = rows.iter().filter(|b| value(b, metric) > value(a, metric)).count() as f64;
+            let equal = rows.iter().filter(|b| value(b, metric) == value(a, metric)).count() as f64;
+            assert_eq!(value(a, &format!("{metric}_rank")), higher + (equal + 1.0) / 2.0, "{metric}: {a:?}");
+        }
+    }
+    for row in &rows {
+        let mean = metrics.iter().map(|m| value(row, &format!("{m}_rank"))).sum::<f64>() / 7.0;
+        assert!((value(row, "consensus") - mean).abs() < 1e-12);
+    }
+    assert!(rows.windows(2).all(|w| value(&w[0], "consensus") <= value(&w[1], "consensus")));
+    assert_eq!(rows.iter().map(|r| r["test_balanced_accuracy"].as_str()).collect::<Vec<_>>(), ["", "", ""]);
+    assert!(first.contains("from the paper (Chaves et al. 2023"), "{first}");
+    for file in ["ranking.md", "ranking.svg", "ranking.png"] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+
+    // The features are the folder's 40 images with labels in class-folder order; the source
+    // probabilities are the fixtures' 10-class heads.
+    let features_dir = std::fs::read_dir(out.join("features")).unwrap().next().unwrap().unwrap().path();
+    let bytes = std::fs::read(features_dir.join("vit_min.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("features").unwrap().shape(), [40, 24]);
+    assert_eq!(file.tensor("probs").unwrap().shape(), [40, 10]);
+    let labels: Vec<i64> =
+        file.tensor("labels").unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(labels, [vec![0; 20], vec![1; 20]].concat());
+
+    // A rerun extracts nothing again.
+    let modified = std::fs::metadata(features_dir.join("vit_min.safetensors")).unwrap().modified().unwrap();
+    rank(&common);
+    assert_eq!(std::fs::metadata(features_dir.join("vit_min.safetensors")).unwrap().modified().unwrap(), modified);
+
+    // The shortlist: only the consensus winner is tuned (on a 70/10/20 split, scored on its
+    // train part), and the saving is stated.
+    let tuned_out = dir.path().join("tuned");
+    let mut args: Vec<&str> = common.to_vec();
+    let position = args.iter().position(|a| *a == out.to_str().unwrap()).unwrap();
+    args[position] = tuned_out.to_str().unwrap();
+    args.extend(["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]);
+    let tuned = String::from_utf8(rank(&args).stdout).unwrap();
+    let rows = read_csv(&tuned_out.join("ranking.csv"));
+    let accuracy: f64 = rows[0]["test_balanced_accuracy"].parse().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    assert_eq!(rows[1]["test_balanced_accuracy"], "");
+    let runs: Vec<String> =
+        std::fs::read_dir(tuned_out.join("runs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(runs, [rows[0]["backbone"].clone()]);
+    assert!(
+        tuned.contains("Fine-tuned the top 1 of 3 candidates (2 Halton points x 2 epochs each")
+            && tuned.contains("4 of 12 epochs, 67% of tuning them all saved"),
+        "{tuned}"
+    );
+    let bytes =
+        std::fs::read(std::fs::read_dir(tuned_out.join("features")).unwrap().next().unwrap().unwrap().path().join("vit_min.safetensors"))
+            .unwrap();
+    assert_eq!(safetensors::SafeTensors::deserialize(&bytes).unwrap().tensor("features").unwrap().shape(), [28, 24], "70% of 40");
+}
+
+#[test]
+fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, weights) = registry(dir.path());
+    let images = image_folder(dir.path(), 6);
+    let study = dir.path().join("study");
+    std::fs::create_dir_all(&study).unwrap();
+    std::fs::write(
+        study.join("table2.csv"),
+        "task,setting,metric,n,tau_b,p_value,weighted_tau\nskin,id,logme,10,0.5,0.04,0.6\nbrain,id,logme,10,0.1,0.7,0.2\nskin,ood,logme,10,-0.2,0.4,\n",
+    )
+    .unwrap();
+    let output = rank(&[
+        "--images",
+        images.to_str().unwrap(),
+        "--models",
+        models.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+        "--backbones",
+        "resnet_basic_min,vit_min",
+        "--resize",
+        "72",
+        "--crop",
+        "64",
+        "--results",
+        study.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains(&format!("from the study in {}", study.display())), "{text}");
+    assert!(text.contains("| logme | 0.30 | -0.20 |"), "mean of 0.5 and 0.1:\n{text}");
+    assert_eq!(read_csv(&dir.path().join("out/ranking.csv")).len(), 2);
+}
