@@ -14,8 +14,9 @@ use medxfer_data::split::{Entry, Part};
 use medxfer_data::transform::{Normalization, TrainTransform};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::bench::{Measurement, Unit};
 use crate::machine;
 
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub struct Settings {
     pub width: u32,
     pub height: u32,
     pub batch: usize,
+    /// Measurements of each side; the table shows the median.
+    pub repeats: usize,
     pub python: Option<PathBuf>,
     pub out: PathBuf,
 }
@@ -54,54 +57,69 @@ fn write_images(dir: &Path, settings: &Settings) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-pub fn run(settings: &Settings) -> Result<()> {
+pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let images_dir = settings.out.join("data-images");
     let entries = write_images(&images_dir, settings)?;
     let cores = machine::cores();
     let load_before = machine::load_average();
 
-    // Decode + resize: a fresh cache build.
     let cache_dir = settings.out.join("data-cache");
-    let _ = std::fs::remove_dir_all(&cache_dir);
-    let start = Instant::now();
-    let cache = ImageCache::open_or_build(&cache_dir, "bench", &images_dir, &entries, 256, false)?;
-    let decode = entries.len() as f64 / start.elapsed().as_secs_f64();
-
-    let cache = Arc::new(cache);
     let labels = Arc::new(entries.iter().map(|e| e.label).collect::<Vec<u32>>());
     let normalization = Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, false);
-    let pass = |augment: Augment| -> Result<f64> {
-        let config = LoaderConfig { batch_size: settings.batch, shuffle: true, seed: 0, epoch: 0, augment, normalization };
-        // One warm pass (page cache), then the timed one.
-        for batch in loader::batches(cache.clone(), labels.clone(), config)? {
-            batch?;
-        }
+    // One measurement of ours: decode + resize (a fresh cache build), then eval and train batches
+    // from the cache.
+    let ours_once = || -> Result<[f64; 3]> {
+        let _ = std::fs::remove_dir_all(&cache_dir);
         let start = Instant::now();
-        let mut count = 0;
-        for batch in loader::batches(cache.clone(), labels.clone(), LoaderConfig { epoch: 1, ..config })? {
-            count += batch?.indices.len();
-        }
-        Ok(count as f64 / start.elapsed().as_secs_f64())
-    };
-    let eval = pass(Augment::Eval { crop: 224 })?;
-    let train = pass(Augment::Train(TrainTransform::default()))?;
-
-    let theirs: Option<Value> = match &settings.python {
-        Some(python) => {
-            eprintln!("PIL + torchvision ...");
-            let output = Command::new(python)
-                .arg("python/bench_data.py")
-                .arg(&images_dir)
-                .args(["--workers", &cores.to_string(), "--batch", &settings.batch.to_string()])
-                .output()
-                .context("cannot run the Python side")?;
-            if !output.status.success() {
-                bail!("the Python side failed: {}", String::from_utf8_lossy(&output.stderr));
+        let cache = Arc::new(ImageCache::open_or_build(&cache_dir, "bench", &images_dir, &entries, 256, false)?);
+        let decode = entries.len() as f64 / start.elapsed().as_secs_f64();
+        let pass = |augment: Augment| -> Result<f64> {
+            let config = LoaderConfig { batch_size: settings.batch, shuffle: true, seed: 0, epoch: 0, augment, normalization };
+            // One warm pass (page cache), then the timed one.
+            for batch in loader::batches(cache.clone(), labels.clone(), config)? {
+                batch?;
             }
-            Some(serde_json::from_slice(&output.stdout)?)
-        }
-        None => None,
+            let start = Instant::now();
+            let mut count = 0;
+            for batch in loader::batches(cache.clone(), labels.clone(), LoaderConfig { epoch: 1, ..config })? {
+                count += batch?.indices.len();
+            }
+            Ok(count as f64 / start.elapsed().as_secs_f64())
+        };
+        Ok([decode, pass(Augment::Eval { crop: 224 })?, pass(Augment::Train(TrainTransform::default()))?])
     };
+    let theirs_once = |python: &Path| -> Result<Value> {
+        eprintln!("PIL + torchvision ...");
+        let output = Command::new(python)
+            .arg("python/bench_data.py")
+            .arg(&images_dir)
+            .args(["--workers", &cores.to_string(), "--batch", &settings.batch.to_string()])
+            .output()
+            .context("cannot run the Python side")?;
+        if !output.status.success() {
+            bail!("the Python side failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let mut ours_runs: [Vec<f64>; 3] = Default::default();
+    let mut their_runs: [Vec<f64>; 3] = Default::default();
+    for _ in 0..settings.repeats.max(1) {
+        for (runs, value) in ours_runs.iter_mut().zip(ours_once()?) {
+            runs.push(value);
+        }
+        if let Some(python) = &settings.python {
+            let theirs = theirs_once(python)?;
+            for (runs, key) in their_runs.iter_mut().zip(["decode_resize", "eval", "train"]) {
+                runs.push(theirs[key].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+    }
+    let median = |runs: &[f64]| crate::bench::median(runs);
+    let (decode, eval, train) = (median(&ours_runs[0]), median(&ours_runs[1]), median(&ours_runs[2]));
+    let theirs: Option<Value> = settings
+        .python
+        .as_ref()
+        .map(|_| json!({"decode_resize": median(&their_runs[0]), "eval": median(&their_runs[1]), "train": median(&their_runs[2])}));
     let theirs_of = |key: &str| theirs.as_ref().and_then(|t| t[key].as_f64());
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     let ratio = |ours: f64, theirs: Option<f64>| theirs.map_or("-".to_string(), |t| format!("{:.1}x", ours / t));
@@ -128,5 +146,16 @@ pub fn run(settings: &Settings) -> Result<()> {
     std::fs::create_dir_all(&settings.out)?;
     std::fs::write(settings.out.join("data.md"), &table)?;
     println!("{table}");
-    Ok(())
+    let cases = ["decode + Resize(256) from JPEG", "eval batches (ours from the cache)", "train batches (ours from the cache)"];
+    Ok(cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| Measurement {
+            area: "data",
+            case: format!("{case}, {} images of {}x{}", settings.n, settings.width, settings.height),
+            unit: Unit::ImagesPerSecond,
+            ours: ours_runs[i].clone(),
+            theirs: settings.python.as_ref().map(|_| their_runs[i].clone()),
+        })
+        .collect())
 }

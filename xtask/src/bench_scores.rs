@@ -18,6 +18,7 @@ use rand_distr::StandardNormal;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{Value, json};
 
+use crate::bench::{Measurement, Unit, runs_of};
 use crate::machine;
 
 const LATENT: usize = 64;
@@ -35,13 +36,18 @@ pub struct Settings {
     pub out: PathBuf,
 }
 
-pub fn run(settings: &Settings) -> Result<()> {
+pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     fs::create_dir_all(&settings.out).with_context(|| format!("cannot create {}", settings.out.display()))?;
-    let python = if settings.no_python { None } else { Some(python_interpreter(settings.python.as_deref())?) };
+    let python = if settings.no_python {
+        None
+    } else {
+        Some(crate::python_env::interpreter(settings.python.as_deref(), Path::new("target/pyref"), &["python/requirements.txt"])?)
+    };
     let load_before = machine::load_average();
     let started = Instant::now();
     let mut sections = Vec::new();
     let mut raw = Vec::new();
+    let mut measurements = Vec::new();
     for &classes in &settings.classes {
         let file = settings.out.join(format!("features_n{}_d{}_c{classes}.safetensors", settings.n, settings.d));
         eprintln!("generating {} ...", file.display());
@@ -58,6 +64,19 @@ pub fn run(settings: &Settings) -> Result<()> {
             None => None,
         };
         sections.push(table(settings, classes, &ours, &memory, theirs.as_ref()));
+        // The reference's suite is its seven scores one after the other, repeat by repeat.
+        let their_runs = theirs.as_ref().map(|t| {
+            (0..settings.repeats.max(1))
+                .map(|r| Metric::ALL.iter().map(|m| t["metrics"][m.as_str()]["runs"][r].as_f64().unwrap_or(f64::NAN)).sum())
+                .collect()
+        });
+        measurements.push(Measurement {
+            area: "scores",
+            case: format!("all seven, N={}, D={}, C={classes}", settings.n, settings.d),
+            unit: Unit::Seconds,
+            ours: runs_of(&ours["suite_runs"]),
+            theirs: their_runs,
+        });
         raw.push(json!({"classes": classes, "ours": ours, "memory": memory, "python": theirs}));
         if !settings.keep_data {
             fs::remove_file(&file).ok();
@@ -80,7 +99,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     fs::write(settings.out.join("scores.md"), &report)?;
     fs::write(settings.out.join("scores.json"), serde_json::to_string_pretty(&raw)?)?;
     println!("{report}");
-    Ok(())
+    Ok(measurements)
 }
 
 fn seconds(value: &Value) -> f64 {
@@ -198,13 +217,19 @@ pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
         let (seconds, value) = median_run(repeats, || Ok(score_all(&input, &[metric])?[0].1))?;
         metrics.insert(metric.to_string(), json!({"seconds": seconds, "value": value}));
     }
-    let (suite_seconds, _) = median_run(repeats, || Ok(score_all(&input, &Metric::ALL)?.len() as f64))?;
+    let (suite_seconds, _, suite_runs) = timed_runs(repeats, || Ok(score_all(&input, &Metric::ALL)?.len() as f64))?;
     let floor = floor(&input)?;
-    println!("{}", json!({"metrics": metrics, "suite_seconds": suite_seconds, "floor": floor}));
+    println!("{}", json!({"metrics": metrics, "suite_seconds": suite_seconds, "suite_runs": suite_runs, "floor": floor}));
     Ok(())
 }
 
-fn median_run(repeats: usize, mut f: impl FnMut() -> Result<f64>) -> Result<(f64, f64)> {
+fn median_run(repeats: usize, f: impl FnMut() -> Result<f64>) -> Result<(f64, f64)> {
+    let (median, value, _) = timed_runs(repeats, f)?;
+    Ok((median, value))
+}
+
+/// The median seconds, the last value, and every run's seconds.
+fn timed_runs(repeats: usize, mut f: impl FnMut() -> Result<f64>) -> Result<(f64, f64, Vec<f64>)> {
     let mut times = Vec::new();
     let mut value = f64::NAN;
     for _ in 0..repeats.max(1) {
@@ -212,8 +237,9 @@ fn median_run(repeats: usize, mut f: impl FnMut() -> Result<f64>) -> Result<(f64
         value = f()?;
         times.push(start.elapsed().as_secs_f64());
     }
+    let runs = times.clone();
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], value))
+    Ok((times[times.len() / 2], value, runs))
 }
 
 /// The least arithmetic the suite must do, timed with faer's kernels directly: the centred
@@ -268,28 +294,6 @@ fn floor(input: &ScoreInput) -> Result<Value> {
         "gram": gram_seconds, "eigen_covariance": eigen_covariance, "eigen_gram": eigen_gram, "mixture": mixture,
         "total": gram_seconds + eigen_covariance + eigen_gram + mixture, "pca_dims": k, "components": components,
     }))
-}
-
-/// The reference stack's interpreter: the one given, or target/pyref made from python/requirements.txt.
-fn python_interpreter(given: Option<&Path>) -> Result<PathBuf> {
-    if let Some(python) = given {
-        return Ok(python.to_path_buf());
-    }
-    let venv = PathBuf::from("target/pyref");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        eprintln!("creating the Python reference environment in {} (numpy, scipy, scikit-learn from PyPI) ...", venv.display());
-        let status =
-            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("python3 is needed for the reference side")?;
-        if !status.success() {
-            bail!("python3 -m venv {} failed", venv.display());
-        }
-        let status = Command::new(&python).args(["-m", "pip", "install", "-q", "-r", "python/requirements.txt"]).status()?;
-        if !status.success() {
-            bail!("pip install -r python/requirements.txt failed; pass --python or --no-python");
-        }
-    }
-    Ok(python)
 }
 
 fn python_process(python: &Path, file: &Path, repeats: usize) -> Result<Value> {

@@ -15,6 +15,7 @@ use medxfer_train::sgd::{NesterovSgd, SgdSettings};
 use medxfer_zoo::{Backbone, Registry};
 use serde_json::{Value, json};
 
+use crate::bench::{Measurement, Unit, runs_of};
 use crate::machine;
 
 #[derive(Debug)]
@@ -32,7 +33,7 @@ pub struct Settings {
     pub tf32: bool,
 }
 
-pub fn run(settings: &Settings) -> Result<()> {
+pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     fs::create_dir_all(&settings.out)?;
     let registry = Registry::load_default()?;
     let names: Vec<String> = match &settings.models {
@@ -42,6 +43,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     let load_before = machine::load_average();
     let mut rows = Vec::new();
     let mut raw = Vec::new();
+    let mut measurements = Vec::new();
     for name in &names {
         eprintln!("{name}: medxfer ...");
         let ours = worker_process(name, settings)?;
@@ -63,6 +65,14 @@ pub fn run(settings: &Settings) -> Result<()> {
             mib(&ours),
             theirs.as_ref().map(mib).unwrap_or(f64::NAN)
         ));
+        let rates = |side: &Value| runs_of(&side["runs"]).into_iter().map(|s| settings.batch as f64 / s).collect::<Vec<f64>>();
+        measurements.push(Measurement {
+            area: if settings.train { "training step" } else { "zoo eval" },
+            case: format!("{name}, batch {}, {}x{}", settings.batch, settings.size, settings.size),
+            unit: Unit::ImagesPerSecond,
+            ours: rates(&ours),
+            theirs: theirs.as_ref().map(rates),
+        });
         raw.push(json!({"model": name, "medxfer": ours, "timm": theirs}));
     }
     let report = format!(
@@ -90,7 +100,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     fs::write(settings.out.join(format!("{stem}.md")), &report)?;
     fs::write(settings.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&raw)?)?;
     println!("{report}");
-    Ok(())
+    Ok(measurements)
 }
 
 fn worker_process(name: &str, settings: &Settings) -> Result<Value> {

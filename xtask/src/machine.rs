@@ -42,3 +42,8 @@ pub fn gpu_name() -> String {
         .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
         .unwrap_or_else(|| "GPU".to_string())
 }
+
+/// Today's date, UTC (YYYY-MM-DD).
+pub fn utc_date() -> String {
+    crate::study::layout::utc_now()[..10].to_string()
+}

@@ -1,11 +1,13 @@
 //! `cargo xtask`: the workspace's own commands. Today the scores benchmark; `reproduce`,
 //! `report`, `rank` and the full `bench` arrive with their issues.
 
+mod bench;
 mod bench_data;
 mod bench_scores;
 mod bench_zoo;
 mod demo;
 mod machine;
+mod python_env;
 mod rank;
 mod report;
 mod results;
@@ -35,6 +37,23 @@ struct Cli {
 #[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every speed claim beside the Python stack in one run: the scores, the zoo's eval and
+    /// training throughput, the data path; one markdown table (OUT/bench.md) of medians with
+    /// their spread, and the machine's facts. The Python side runs in target/pybench, made from
+    /// PyPI the first time (python/requirements*.txt), unless --python is given.
+    Bench {
+        /// A reduced set (a few minutes).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Python with numpy, scipy, scikit-learn, torch, timm, torchvision and Pillow.
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Measured runs per figure.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     /// Time the seven scores on N x D synthetic features against the Python reference code.
     ///
     /// Writes a markdown table (ours, theirs, ratio, the arithmetic floor, peak memory) to
@@ -113,6 +132,9 @@ enum Command {
         height: u32,
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// Measurements of each side (the table shows the median).
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
         #[arg(long)]
         python: Option<PathBuf>,
         #[arg(long, default_value = "target/bench")]
@@ -183,15 +205,16 @@ fn main() -> Result<()> {
     medxfer_zoo::allocator::keep_freed_memory();
     match Cli::parse().command {
         Command::BenchScores { n, d, classes, repeats, python, no_python, keep_data, out } => {
-            bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out })
+            bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench_scores::worker(&file, repeats, memory_only),
         Command::BenchZoo { batch, size, repeats, models, python, out, train, device, tf32 } => {
-            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out, train, device, tf32 })
+            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out, train, device, tf32 }).map(|_| ())
         }
-        Command::BenchData { n, width, height, batch, python, out } => {
-            bench_data::run(&bench_data::Settings { n, width, height, batch, python, out })
+        Command::BenchData { n, width, height, batch, repeats, python, out } => {
+            bench_data::run(&bench_data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())
         }
+        Command::Bench { quick, out, python, repeats } => bench::run(&bench::Settings { quick, out, python, repeats }).map(|_| ()),
         Command::Reproduce { args } => reproduce(&args),
         Command::Slurm { args } => slurm::run(&args),
         Command::Rank { args } => rank::run(&args, std::io::IsTerminal::is_terminal(&std::io::stderr())).map(|_| ()),
