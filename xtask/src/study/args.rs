@@ -129,10 +129,14 @@ impl ReproduceArgs {
         let (data, weights) = match &demo {
             Some(config) => {
                 let data = self.data.clone().unwrap_or_else(|| out.join("demo-data"));
-                crate::demo::write_datasets(config, &data)?;
                 let cache = self.demo_cache.clone().unwrap_or_else(crate::demo::default_cache);
+                // --plan starts nothing: the demo's data and backbones are made by the run.
+                if !self.plan {
+                    crate::demo::write_datasets(config, &data)?;
+                }
                 let weights = match &self.weights {
                     Some(dir) => dir.clone(),
+                    None if self.plan => cache.join("weights"),
                     None => crate::demo::pretrained_weights(config, &backbones, &cache, progress)?,
                 };
                 (data, Weights::Dir(weights))

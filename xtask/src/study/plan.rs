@@ -90,7 +90,7 @@ pub fn render(study: &Study, units: &[UnitPlan]) -> String {
     );
     let done = |b: bool| if b { "done" } else { "to do" };
     for u in units {
-        let hours = u.seconds.map_or("unmeasured".to_string(), |s| format!("{:.2}", s / 3600.0));
+        let hours = u.seconds.map_or("unmeasured".to_string(), duration);
         let _ = writeln!(
             text,
             "{:<8} {:<24} {:>9} {:>22} {:>11} {:>5} {:>10}",
@@ -104,13 +104,14 @@ pub fn render(study: &Study, units: &[UnitPlan]) -> String {
         );
     }
     let epochs: usize = units.iter().map(|u| u.epochs_left).sum();
-    let known: f64 = units.iter().filter_map(|u| u.seconds).sum();
+    let known: f64 = units.iter().filter_map(|u| u.seconds).fold(0.0, |a, b| a + b);
     let unmeasured: Vec<String> = units.iter().filter(|u| u.seconds.is_none()).map(|u| format!("{} {}", u.task, u.backbone)).collect();
     let _ = writeln!(
         text,
-        "\n{} trial(s) and {epochs} epoch(s) left; about {:.2} device-hours on {} for the measured units",
+        "\n{} trial(s) and {epochs} epoch(s) left; about {:.2} device-hours ({}) on {} for the measured units",
         units.iter().map(|u| u.pending).sum::<usize>(),
         known / 3600.0,
+        duration(known),
         study.device
     );
     if !unmeasured.is_empty() {
@@ -122,6 +123,15 @@ pub fn render(study: &Study, units: &[UnitPlan]) -> String {
         );
     }
     text
+}
+
+/// Seconds as seconds, minutes or hours.
+fn duration(seconds: f64) -> String {
+    match seconds {
+        s if s < 90.0 => format!("{s:.0} s"),
+        s if s < 5400.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
 }
 
 /// Prints the plan.
