@@ -316,3 +316,31 @@ fn missing_data_is_named_with_the_fix() {
     let output = xtask().args(["reproduce", "--splits", "authors", "--out", dir.path().join("out").to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected faithful, grouped or authors:DIR"));
 }
+
+#[test]
+fn a_halving_study_chooses_a_opt_among_the_last_rung_and_says_so() {
+    let (shared, _) = reference();
+    let out = shared.join("halving");
+    let mut args = demo_args(shared, &out);
+    let trials = args.iter().position(|a| a == "--trials").unwrap();
+    args[trials + 1] = "4".into();
+    let epochs = args.iter().position(|a| a == "--epochs").unwrap();
+    args[epochs + 1] = "2".into();
+    args.extend(["--halving", "2", "--halving-min-epochs", "1"].map(String::from));
+    check(xtask().args(&args).output().unwrap());
+    let performance = read_csv(&out.join("performance.csv"));
+    assert_eq!(performance.len(), 18);
+    for row in performance.iter().filter(|r| r["setting"] == "id") {
+        let search: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("runs/{}/{}/search.json", row["task"], row["backbone"]))).unwrap())
+                .unwrap();
+        // Rungs: 4 trials to epoch 1, the best 2 to epoch 2; 6 of 8 epochs trained.
+        let last: Vec<u64> = search["rungs"][1]["trials"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+        assert_eq!((last.len(), search["epochs_trained"].as_u64(), search["epochs_full_search"].as_u64()), (2, Some(6), Some(8)));
+        let trial = number(row, "trial") as u64;
+        assert!(last.contains(&trial), "A_opt {trial} is not a finalist {last:?}");
+        assert_eq!(search["search"]["best"]["index"].as_u64(), Some(trial));
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("successive halving (eta 2, first rung 1 epochs)"), "{report}");
+}

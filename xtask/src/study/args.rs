@@ -76,6 +76,13 @@ pub struct ReproduceArgs {
     /// lower validation loss.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Successive halving (not in the reference): every trial trains --halving-min-epochs, the
+    /// best 1/ETA continue ETA times longer, ... the last rung to --epochs. 3 is usual.
+    #[arg(long, value_name = "ETA")]
+    pub halving: Option<usize>,
+    /// The first rung's epochs under --halving.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub halving_min_epochs: usize,
     /// The embedded demo: synthetic source set, ten small backbones pretrained on it (cached),
     /// synthetic replicas of the six datasets; no data or network needed (a few minutes on a
     /// laptop).
@@ -170,6 +177,7 @@ impl ReproduceArgs {
             fix_std: self.fix_std,
             selection,
             patience: self.patience,
+            halving: self.halving.map(|eta| medxfer_train::halving::Halving::new(eta, self.halving_min_epochs)).transpose()?,
             extract_batch: 32,
             demo: demo.is_some(),
             command,

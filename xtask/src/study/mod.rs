@@ -63,6 +63,8 @@ pub struct Study {
     pub fix_std: bool,
     pub selection: Selection,
     pub patience: Option<usize>,
+    /// Successive halving instead of the full search.
+    pub halving: Option<medxfer_train::halving::Halving>,
     /// Batch of feature extraction (the reference's 32).
     pub extract_batch: usize,
     pub demo: bool,
@@ -89,6 +91,23 @@ impl Weights {
 }
 
 impl Study {
+    /// The state of a unit's search: its trials' outcomes and A_opt once every trial (of the
+    /// last rung, under halving) is finished.
+    pub fn search_summary(&self, dir: &std::path::Path) -> medxfer_train::search::SearchSummary {
+        if self.halving.is_some() {
+            let stored = std::fs::read(dir.join(medxfer_train::search::SUMMARY_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<medxfer_train::halving::HalvingSummary>(&b).ok());
+            if let Some(stored) = stored {
+                return stored.search;
+            }
+            let mut summary = medxfer_train::search::summarize(dir, self.trials);
+            summary.best = None;
+            return summary;
+        }
+        medxfer_train::search::summarize(dir, self.trials)
+    }
+
     /// The pretrained weights file of `entry`.
     pub fn weights_file(&self, entry: &ModelEntry) -> Result<PathBuf> {
         self.weights.file(entry)
@@ -125,6 +144,12 @@ impl Study {
         }
         if self.selection != Selection::ValLoss {
             list.push("each run keeps its best validation balanced accuracy epoch, not its lowest validation loss".into());
+        }
+        if let Some(h) = self.halving {
+            list.push(format!(
+                "successive halving (eta {}, first rung {} epochs): only the best trials of each rung train on, A_opt is chosen among those that trained every epoch",
+                h.eta, h.min_epochs
+            ));
         }
         if let Some(patience) = self.patience {
             list.push(format!("early stopping after {patience} epochs without a lower validation loss"));

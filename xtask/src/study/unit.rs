@@ -157,8 +157,11 @@ impl Unit<'_> {
     fn search(&self) -> Result<SearchSummary> {
         let study = self.study;
         let dir = study.layout.runs(&self.task.name, &self.entry.name);
-        let summary = search::summarize(&dir, study.trials);
-        if summary.pending.iter().all(|&t| !study.shard.takes(t)) {
+        let summary = study.search_summary(&dir);
+        if study.halving.is_none() && summary.pending.iter().all(|&t| !study.shard.takes(t)) {
+            return Ok(summary);
+        }
+        if study.halving.is_some() && summary.best.is_some() {
             return Ok(summary);
         }
         let weights = study.weights_file(self.entry)?;
@@ -180,13 +183,18 @@ impl Unit<'_> {
             ..RunSettings::reference(0.0, 0.0, self.normalization())
         };
         let start = Instant::now();
+        let run = |progress: &mut dyn search::SearchProgress| match study.halving {
+            None => search::run(&make, &self.data.run, &base, study.trials, study.shard, &dir, progress),
+            Some(halving) => medxfer_train::halving::run(&make, &self.data.run, &base, study.trials, halving, study.shard, &dir, progress)
+                .map(|h| h.search),
+        };
         let summary = if study.progress {
             let mut bar = EpochBar::new(study.epochs);
-            let summary = search::run(&make, &self.data.run, &base, study.trials, study.shard, &dir, &mut bar);
+            let summary = run(&mut bar);
             bar.finish();
             summary?
         } else {
-            search::run(&make, &self.data.run, &base, study.trials, study.shard, &dir, &mut |_: &TrialPoint, _: &EpochRecord| {})?
+            run(&mut |_: &TrialPoint, _: &EpochRecord| {})?
         };
         let best = summary.best.as_ref().map_or("pending".to_string(), |b| {
             format!("A_opt trial {} (lr {:.3e}, wd {:.3e})", b.index, b.outcome.learning_rate, b.outcome.weight_decay)
@@ -285,7 +293,7 @@ pub fn write_tables(study: &Study) -> Result<()> {
                     }
                 }
             }
-            let summary = search::summarize(&layout.runs(&task.name, &entry.name), study.trials);
+            let summary = study.search_summary(&layout.runs(&task.name, &entry.name));
             let Some(best) = summary.best else { continue };
             let Some(test) = &best.outcome.test else { continue };
             let row = PerformanceRow {
