@@ -217,7 +217,9 @@ fn main() -> Result<()> {
         Command::Bench { quick, out, python, repeats } => bench::run(&bench::Settings { quick, out, python, repeats }).map(|_| ()),
         Command::Reproduce { args } => reproduce(&args),
         Command::Slurm { args } => slurm::run(&args),
-        Command::Rank { args } => rank::run(&args, std::io::IsTerminal::is_terminal(&std::io::stderr())).map(|_| ()),
+        // Progress bars draw only on a terminal; without one (a log, a Slurm job) each finished
+        // epoch is still printed as a line.
+        Command::Rank { args } => rank::run(&args, true).map(|_| ()),
         Command::Report { results } => {
             let written = report::run(&results)?;
             println!("{}: {} correlations; wrote {}", results.display(), written.table.len(), written.files.join(", "));
@@ -231,8 +233,8 @@ fn main() -> Result<()> {
 
 fn reproduce(args: &study::args::ReproduceArgs) -> Result<()> {
     let command = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let study = args.study(command, progress || args.demo)?;
+    // Bars draw only on a terminal; elsewhere (a log, a Slurm job) finished epochs are lines.
+    let study = args.study(command, true)?;
     if args.plan {
         return study::plan::print(&study);
     }

@@ -151,6 +151,8 @@ pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &P
             bail!("xtask/demo/demo.toml gives no pretraining budget for {}", entry.name);
         };
         let start = std::time::Instant::now();
+        // Always on the CPU: the cached backbones are then the same bytes whichever device runs
+        // the study (a GPU's sums round differently), and CPU runs stay bit-reproducible.
         let model = Backbone::new(&entry.name, &entry.architecture, SourcePainter::CLASSES as usize, &Device::Cpu)?;
         initialise(&model, config.source.seed)?;
         let settings = RunSettings {
