@@ -19,6 +19,10 @@ pub fn interpreter(given: Option<&Path>, venv: &Path, requirements: &[&str]) -> 
         return Ok(python);
     }
     eprintln!("creating the Python environment {} from {} (PyPI; once) ...", venv.display(), requirements.join(", "));
+    // A fresh environment: what the old one held may conflict with the new pins.
+    if venv.exists() {
+        std::fs::remove_dir_all(venv).with_context(|| format!("cannot remove the outdated {}", venv.display()))?;
+    }
     let status = Command::new("python3").args(["-m", "venv"]).arg(venv).status().context("python3 is needed for the Python side")?;
     if !status.success() {
         bail!("python3 -m venv {} failed", venv.display());
@@ -33,4 +37,33 @@ pub fn interpreter(given: Option<&Path>, venv: &Path, requirements: &[&str]) -> 
     }
     std::fs::write(&stamp, wanted)?;
     Ok(python)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_environment_is_made_once_and_remade_when_the_requirements_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let requirements = dir.path().join("requirements.txt");
+        // No packages: the logic without a download.
+        std::fs::write(&requirements, "# nothing pinned yet\n").unwrap();
+        let venv = dir.path().join("venv");
+        let given = Path::new("/usr/bin/python3-of-the-user");
+        assert_eq!(interpreter(Some(given), &venv, &[requirements.to_str().unwrap()]).unwrap(), given);
+        assert!(!venv.exists(), "a given interpreter makes no environment");
+
+        let python = interpreter(None, &venv, &[requirements.to_str().unwrap()]).unwrap();
+        assert!(python.ends_with("bin/python") && python.exists());
+        let marker = venv.join("made-by-the-test");
+        std::fs::write(&marker, "").unwrap();
+        interpreter(None, &venv, &[requirements.to_str().unwrap()]).unwrap();
+        assert!(marker.exists(), "an up-to-date environment is reused");
+        std::fs::write(&requirements, "# nothing pinned yet, but changed\n").unwrap();
+        interpreter(None, &venv, &[requirements.to_str().unwrap()]).unwrap();
+        assert_eq!(std::fs::read_to_string(venv.join("requirements.stamp")).unwrap(), "# nothing pinned yet, but changed\n");
+        assert!(!marker.exists(), "changed requirements make a fresh environment");
+    }
 }
