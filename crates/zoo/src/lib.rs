@@ -22,6 +22,7 @@
 //! Families: ResNet, DenseNet, MobileNetV2 and EfficientNet (timm's `EfficientNet` class), ViT.
 //! The registry of models/*.toml and hub loading follow (issue 3).
 
+mod activation;
 pub mod allocator;
 mod backbone;
 mod batchnorm;

@@ -5,6 +5,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::activation::relu;
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, max_pool_3x3_s2_p1};
 use crate::params::ParamBuilder;
@@ -103,14 +104,14 @@ impl Block {
         for (index, (conv, norm)) in self.convs.iter().zip(&self.norms).enumerate() {
             y = conv.forward_bn(&y, norm, train)?;
             if index != last {
-                y = y.relu()?;
+                y = relu(&y)?;
             }
         }
         let shortcut = match &self.downsample {
             Some((conv, norm)) => conv.forward_bn(x, norm, train)?,
             None => x.clone(),
         };
-        Ok((y + shortcut)?.relu()?)
+        relu(&(y + shortcut)?)
     }
 }
 
@@ -148,7 +149,7 @@ impl ResNet {
 
     /// The final feature map (B, C, H/32, W/32), timm's `forward_features`.
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.conv1.forward_bn(x, &self.bn1, train)?.relu()?;
+        let mut y = relu(&self.conv1.forward_bn(x, &self.bn1, train)?)?;
         y = max_pool_3x3_s2_p1(&y)?;
         for stage in &self.stages {
             for block in stage {

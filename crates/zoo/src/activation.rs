@@ -1,0 +1,122 @@
+//! ReLU and ReLU6 on the CPU as one pass forward and one pass backward.
+//!
+//! candle's `relu` differentiates as `grad * x.ge(zeros_like(x)).to_dtype(f32)`: a zero tensor, a
+//! mask, its conversion and a product, four passes and three allocations of the activation's
+//! size; `clamp(0, 6)` is a maximum and a minimum, each with its own masks. ResNets and
+//! MobileNetV2 apply them to every large activation. Here the backward pass is
+//! `dx = dy` where `low < x < high`, else 0 — PyTorch's `threshold_backward` and
+//! `hardtanh_backward`, which also give 0 at the kinks (candle's relu gives 1 at x = 0). Other
+//! devices keep candle's ops.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Elements per parallel chunk: large enough to amortise a task, small enough to spread.
+const CHUNK: usize = 1 << 16;
+
+/// min(max(x, 0), high).
+struct Clamp {
+    high: f32,
+}
+
+impl CustomOp1 for Clamp {
+    fn name(&self) -> &'static str {
+        "clamp-activation"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::kernel_input::f32_slice(storage, layout, "relu", "the input")?;
+        let mut y = vec![0f32; x.len()];
+        let high = self.high;
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, input)| {
+            for (o, &v) in out.iter_mut().zip(input) {
+                *o = v.max(0.0).min(high);
+            }
+        });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(grad.apply_op2_no_bwd(&arg.contiguous()?, &ClampGrad { high: self.high })?))
+    }
+}
+
+/// dy where 0 < x < high, else 0.
+struct ClampGrad {
+    high: f32,
+}
+
+impl CustomOp2 for ClampGrad {
+    fn name(&self) -> &'static str {
+        "clamp-activation-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dy = crate::kernel_input::f32_slice(s1, l1, "relu backward", "the gradient")?;
+        let x = crate::kernel_input::f32_slice(s2, l2, "relu backward", "the input")?;
+        if dy.len() != x.len() {
+            candle_core::bail!("relu backward: {} gradients for {} inputs", dy.len(), x.len());
+        }
+        let mut dx = vec![0f32; x.len()];
+        let high = self.high;
+        dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK))).for_each(|(out, (g, input))| {
+            for ((o, &g), &v) in out.iter_mut().zip(g).zip(input) {
+                *o = if v > 0.0 && v < high { g } else { 0.0 };
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// max(x, 0).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return Ok(x.contiguous()?.apply_op1(Clamp { high: f32::INFINITY })?);
+    }
+    Ok(x.relu()?)
+}
+
+/// min(max(x, 0), 6).
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return Ok(x.contiguous()?.apply_op1(Clamp { high: 6.0 })?);
+    }
+    Ok(x.clamp(0f32, 6f32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    /// Forward and backward against the definitions, kinks included (PyTorch's gradient there
+    /// is 0), on values that hit 0 and 6 exactly.
+    #[test]
+    fn one_pass_relu_and_relu6_match_their_definitions() {
+        let values: Vec<f32> = (-20..=20).map(|i| i as f32 * 0.5).collect();
+        let x = Var::from_vec(values.clone(), (1, 41), &Device::Cpu).unwrap();
+        let upstream: Vec<f32> = (0..41).map(|i| 1.0 + i as f32).collect();
+        let upstream_t = Tensor::from_vec(upstream.clone(), (1, 41), &Device::Cpu).unwrap();
+        for (high, activation) in [(f32::INFINITY, relu as fn(&Tensor) -> Result<Tensor>), (6.0, relu6)] {
+            let y = activation(&x).unwrap();
+            let expected: Vec<f32> = values.iter().map(|v| v.max(0.0).min(high)).collect();
+            assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+            let grads = (&y * &upstream_t).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let expected: Vec<f32> = values.iter().zip(&upstream).map(|(&v, &g)| if v > 0.0 && v < high { g } else { 0.0 }).collect();
+            assert_eq!(dx, expected, "high {high}");
+        }
+        // A strided input is made contiguous first.
+        let wide = Tensor::from_vec(values, (41, 1), &Device::Cpu).unwrap().t().unwrap();
+        assert_eq!(relu(&wide).unwrap().dims(), [1, 41]);
+    }
+}
