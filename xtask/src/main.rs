@@ -217,9 +217,7 @@ fn main() -> Result<()> {
         Command::Bench { quick, out, python, repeats } => bench::run(&bench::Settings { quick, out, python, repeats }).map(|_| ()),
         Command::Reproduce { args } => reproduce(&args),
         Command::Slurm { args } => slurm::run(&args),
-        // Progress bars draw only on a terminal; without one (a log, a Slurm job) each finished
-        // epoch is still printed as a line.
-        Command::Rank { args } => rank::run(&args, true).map(|_| ()),
+        Command::Rank { args } => rank::run(&args).map(|_| ()),
         Command::Report { results } => {
             let written = report::run(&results)?;
             println!("{}: {} correlations; wrote {}", results.display(), written.table.len(), written.files.join(", "));
@@ -233,8 +231,7 @@ fn main() -> Result<()> {
 
 fn reproduce(args: &study::args::ReproduceArgs) -> Result<()> {
     let command = std::iter::once("cargo xtask".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
-    // Bars draw only on a terminal; elsewhere (a log, a Slurm job) finished epochs are lines.
-    let study = args.study(command, true)?;
+    let study = args.study(command)?;
     if args.plan {
         return study::plan::print(&study);
     }

@@ -117,7 +117,8 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
         line.push_str(extra);
         line
     };
-    let header = |name: &str, time: &str, gpus: Option<usize>| {
+    // One sbatch script: the shared directives, the job's own, a comment, then the command.
+    let script = |name: &str, time: &str, directives: &[String], comment: &str, extra: &str| {
         let mut text = String::from("#!/bin/bash\n");
         let _ = writeln!(text, "#SBATCH --job-name={name}");
         let _ = writeln!(text, "#SBATCH --time={time}");
@@ -125,33 +126,31 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
         if let Some(partition) = &args.partition {
             let _ = writeln!(text, "#SBATCH --partition={partition}");
         }
-        if let Some(gpus) = gpus.filter(|&g| g > 0) {
+        if let Some(gpus) = args.gpus.filter(|&g| g > 0) {
             let _ = writeln!(text, "#SBATCH --gres=gpu:{gpus}");
         }
         if let Some(mem) = &args.mem {
             let _ = writeln!(text, "#SBATCH --mem={mem}");
         }
-        for extra in &args.extra {
-            let _ = writeln!(text, "#SBATCH {extra}");
+        for directive in args.extra.iter().chain(directives) {
+            let _ = writeln!(text, "#SBATCH {directive}");
         }
+        let _ = writeln!(text, "{comment}\nset -euo pipefail\ncd {}\n{}", quote(&workdir.display().to_string()), command(extra));
         text
     };
-    let mut array = header("medxfer-study", &args.time, args.gpus);
-    let _ = writeln!(array, "#SBATCH --array=0-{}", args.shards - 1);
-    let _ = writeln!(array, "#SBATCH --output={}/%x-%A_%a.out", logs.display());
-    let _ = writeln!(
-        array,
-        "# One shard of the study: units i, i+n, ... and trials i, i+n, ... of every search; a rerun\n# of the same array (after a failure or a time limit) continues where it stopped.\nset -euo pipefail\ncd {}\n{}",
-        quote(&workdir.display().to_string()),
-        command(" --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\"")
+    let array = script(
+        "medxfer-study",
+        &args.time,
+        &[format!("--array=0-{}", args.shards - 1), format!("--output={}/%x-%A_%a.out", logs.display())],
+        "# One shard of the study: units i, i+n, ... and trials i, i+n, ... of every search; a rerun\n# of the same array (after a failure or a time limit) continues where it stopped.",
+        " --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\"",
     );
-    let mut finish = header("medxfer-report", &args.finish_time, args.gpus);
-    let _ = writeln!(finish, "#SBATCH --output={}/%x-%j.out", logs.display());
-    let _ = writeln!(
-        finish,
-        "# After every shard: what they left (the OOD steps of searches finished last), the\n# tables, the figures and the report.\nset -euo pipefail\ncd {}\n{}",
-        quote(&workdir.display().to_string()),
-        command("")
+    let finish = script(
+        "medxfer-report",
+        &args.finish_time,
+        &[format!("--output={}/%x-%j.out", logs.display())],
+        "# After every shard: what they left (the OOD steps of searches finished last), the\n# tables, the figures and the report.",
+        "",
     );
     let submit = format!(
         "#!/bin/bash\n# Submits the array, then the final job once every array task succeeded.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\narray=$(sbatch --parsable array.sbatch)\narray=${{array%%;*}}\nfinish=$(sbatch --parsable --dependency=afterok:$array finish.sbatch)\nfinish=${{finish%%;*}}\necho \"submitted array job $array ({} tasks) and the final job $finish\"\necho \"$array $finish\" > jobs\n",

@@ -19,8 +19,8 @@ const MODELS: [(&str, &str, usize, &str); 3] = [
     ("vit_min", "family = \"vit\"\nimg_size = 64\npatch_size = 16\nembed_dim = 24\ndepth = 2\nnum_heads = 3", 24, "head"),
 ];
 
-/// A registry of the three fixtures and a weights folder holding their checkpoints.
-fn registry(dir: &Path) -> (PathBuf, PathBuf) {
+/// A registry of the three fixtures (DIR/models) and their checkpoints (DIR/weights).
+fn registry(dir: &Path) {
     let (models, weights) = (dir.join("models"), dir.join("weights"));
     std::fs::create_dir_all(&models).unwrap();
     std::fs::create_dir_all(&weights).unwrap();
@@ -35,7 +35,6 @@ fn registry(dir: &Path) -> (PathBuf, PathBuf) {
         std::fs::write(models.join(format!("{name}.toml")), toml).unwrap();
         std::fs::copy(Path::new(FIXTURES).join(format!("{name}.safetensors")), weights.join(format!("{name}.safetensors"))).unwrap();
     }
-    (models, weights)
 }
 
 /// timm's DenseNet feature count for growth 2, blocks (2, 1, 1, 1): stem 2 * growth = 4; a block
@@ -70,8 +69,17 @@ fn image_folder(dir: &Path, per_class: usize) -> PathBuf {
     root
 }
 
-fn rank(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("rank").args(args).output().unwrap();
+/// `xtask rank` on `images` with the registry `registry` wrote in `dir`, at 72/64 px, trusting
+/// `results`, and `extra` arguments.
+fn rank(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("rank")
+        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str(), "--results".as_ref(), results.as_os_str()])
+        .args(["--models".as_ref(), dir.join("models").as_os_str(), "--weights".as_ref(), dir.join("weights").as_os_str()])
+        .args(["--resize", "72", "--crop", "64"])
+        .args(extra)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     output
 }
@@ -83,27 +91,11 @@ fn read_csv(path: &Path) -> Vec<BTreeMap<String, String>> {
 #[test]
 fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     let dir = tempfile::tempdir().unwrap();
-    let (models, weights) = registry(dir.path());
+    registry(dir.path());
     let images = image_folder(dir.path(), 20);
     let out = dir.path().join("ranked");
     let no_study = dir.path().join("no study");
-    let common = [
-        "--images",
-        images.to_str().unwrap(),
-        "--models",
-        models.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--resize",
-        "72",
-        "--crop",
-        "64",
-        "--results",
-        no_study.to_str().unwrap(),
-    ];
-    let first = String::from_utf8(rank(&common).stdout).unwrap();
+    let first = String::from_utf8(rank(dir.path(), &images, &out, &no_study, &[]).stdout).unwrap();
     let rows = read_csv(&out.join("ranking.csv"));
     assert_eq!(rows.len(), 3);
     // Ranks follow the values (1 = highest, ties averaged) and the consensus is their mean;
@@ -141,17 +133,15 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
 
     // A rerun extracts nothing again.
     let modified = std::fs::metadata(features_dir.join("vit_min.safetensors")).unwrap().modified().unwrap();
-    rank(&common);
+    rank(dir.path(), &images, &out, &no_study, &[]);
     assert_eq!(std::fs::metadata(features_dir.join("vit_min.safetensors")).unwrap().modified().unwrap(), modified);
 
     // The shortlist: only the consensus winner is tuned (on a 70/10/20 split, scored on its
     // train part), and the saving is stated.
     let tuned_out = dir.path().join("tuned");
-    let mut args: Vec<&str> = common.to_vec();
-    let position = args.iter().position(|a| *a == out.to_str().unwrap()).unwrap();
-    args[position] = tuned_out.to_str().unwrap();
-    args.extend(["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]);
-    let tuned = String::from_utf8(rank(&args).stdout).unwrap();
+    let tuned =
+        rank(dir.path(), &images, &tuned_out, &no_study, &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]);
+    let tuned = String::from_utf8(tuned.stdout).unwrap();
     let rows = read_csv(&tuned_out.join("ranking.csv"));
     let accuracy: f64 = rows[0]["test_balanced_accuracy"].parse().unwrap();
     assert!((0.0..=1.0).contains(&accuracy));
@@ -173,7 +163,7 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
 #[test]
 fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (models, weights) = registry(dir.path());
+    registry(dir.path());
     let images = image_folder(dir.path(), 6);
     let study = dir.path().join("study");
     std::fs::create_dir_all(&study).unwrap();
@@ -182,24 +172,7 @@ fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
         "task,setting,metric,n,tau_b,p_value,weighted_tau\nskin,id,logme,10,0.5,0.04,0.6\nbrain,id,logme,10,0.1,0.7,0.2\nskin,ood,logme,10,-0.2,0.4,\n",
     )
     .unwrap();
-    let output = rank(&[
-        "--images",
-        images.to_str().unwrap(),
-        "--models",
-        models.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--out",
-        dir.path().join("out").to_str().unwrap(),
-        "--backbones",
-        "resnet_basic_min,vit_min",
-        "--resize",
-        "72",
-        "--crop",
-        "64",
-        "--results",
-        study.to_str().unwrap(),
-    ]);
+    let output = rank(dir.path(), &images, &dir.path().join("out"), &study, &["--backbones", "resnet_basic_min,vit_min"]);
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains(&format!("from the study in {}", study.display())), "{text}");
     assert!(text.contains("| logme | 0.30 | -0.20 |"), "mean of 0.5 and 0.1:\n{text}");

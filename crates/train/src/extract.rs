@@ -19,22 +19,10 @@ use crate::finetune::SplitData;
 /// Metadata key of the image ids.
 pub const IDS_KEY: &str = "medxfer.ids";
 
-/// Extracts `split` (whose images are `ids`, in cache order) with `model` into `out`.
-pub fn extract(
-    model: &Backbone,
-    split: &SplitData,
-    ids: &[String],
-    normalization: Normalization,
-    crop: u32,
-    batch_size: usize,
-    out: &Path,
-) -> Result<()> {
-    extract_with_progress(model, split, ids, normalization, crop, batch_size, out, &mut |_, _| {})
-}
-
-/// [`extract`], calling `progress(images done, images)` after each batch.
+/// Extracts `split` (whose images are `ids`, in cache order) with `model` into `out`, calling
+/// `progress(images done, images)` after each batch.
 #[allow(clippy::too_many_arguments)]
-pub fn extract_with_progress(
+pub fn extract(
     model: &Backbone,
     split: &SplitData,
     ids: &[String],

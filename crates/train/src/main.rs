@@ -390,6 +390,7 @@ fn run(cli: Cli) -> Result<()> {
                 images.transform.crop,
                 batch,
                 &out,
+                &mut |_, _| {},
             )?;
             println!("{}: {} images", out.display(), ids.len());
         }

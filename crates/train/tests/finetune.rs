@@ -269,7 +269,7 @@ fn extraction_writes_the_feature_file_the_scores_read() {
     let ids: Vec<String> = (0..data.val.labels.len()).map(|i| format!("val/{i:03}.png")).collect();
     let normalization = settings(1).normalization;
     let out = dir.path().join("val.safetensors");
-    medxfer_train::extract::extract(&model, &data.val, &ids, normalization, 32, 5, &out).unwrap();
+    medxfer_train::extract::extract(&model, &data.val, &ids, normalization, 32, 5, &out, &mut |_, _| {}).unwrap();
     // medxfer-scores reads it; features are the model's own, probabilities its softmax.
     let input = medxfer_scores::read_feature_file(&out).unwrap();
     assert_eq!(input.labels(), data.val.labels.iter().map(|&l| l as usize).collect::<Vec<_>>());

@@ -138,7 +138,7 @@ fn write_once(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
 
 /// The pretrained weights of `entries` in `cache`/weights/, pretraining those not there yet.
 /// Returns the weights folder.
-pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &Path, progress: bool) -> Result<PathBuf> {
+pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &Path) -> Result<PathBuf> {
     let weights = cache.join("weights");
     let missing: Vec<&ModelEntry> = entries.iter().filter(|e| !weights.join(format!("{}.safetensors", e.name)).exists()).collect();
     if missing.is_empty() {
@@ -173,14 +173,12 @@ pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &P
         let partial = target.with_extension(format!("{}.partial", std::process::id()));
         std::fs::copy(run.join(finetune::BEST_FILE), &partial)?;
         std::fs::rename(&partial, &target)?;
-        if progress {
-            eprintln!(
-                "demo: pretrained {} for {epochs} source epoch(s): source val accuracy {:.3} ({:.1} s)",
-                entry.name,
-                outcome.best.val_accuracy,
-                start.elapsed().as_secs_f64()
-            );
-        }
+        eprintln!(
+            "demo: pretrained {} for {epochs} source epoch(s): source val accuracy {:.3} ({:.1} s)",
+            entry.name,
+            outcome.best.val_accuracy,
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(weights)
 }

@@ -20,10 +20,9 @@ use medxfer_data::cache::ImageCache;
 use medxfer_data::split::{self, Entry, Part};
 use medxfer_data::transform::{Normalization, TrainTransform};
 use medxfer_scores::Metric;
-use medxfer_train::finetune::{EpochRecord, RunData, RunSettings, SplitData};
+use medxfer_train::finetune::{RunData, RunSettings, SplitData};
 use medxfer_train::progress_bar::EpochBar;
 use medxfer_train::search::{self, Shard};
-use medxfer_train::search_space::TrialPoint;
 use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
@@ -136,8 +135,14 @@ pub fn rank(candidates: &[(String, usize, f64, BTreeMap<String, f64>)]) -> Vec<R
     rows
 }
 
+/// The backbone's own normalisation (ImageNet's std 0.229, not the reference's typo: ranking is
+/// not the reproduction).
+fn normalization(entry: &ModelEntry) -> Normalization {
+    Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, true)
+}
+
 /// `cargo xtask rank`.
-pub fn run(args: &RankArgs, progress: bool) -> Result<Vec<RankRow>> {
+pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let images = LabelledImages::read(&args.images)?;
     let registry = match &args.models {
         Some(dir) => Registry::load(dir)?,
@@ -172,7 +177,7 @@ pub fn run(args: &RankArgs, progress: bool) -> Result<Vec<RankRow>> {
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let cache_dir = args.out.join("cache");
     let split_data = |part_entries: &[Entry], name: &str| -> Result<SplitData> {
-        let cache = ImageCache::open_or_build(&cache_dir, name, &images.root, part_entries, args.resize, progress)?;
+        let cache = ImageCache::open_or_build(&cache_dir, name, &images.root, part_entries, args.resize, true)?;
         Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(part_entries.iter().map(|e| e.label).collect()) })
     };
     let train_entries = part(Part::Train);
@@ -192,9 +197,16 @@ pub fn run(args: &RankArgs, progress: bool) -> Result<Vec<RankRow>> {
                 let file = weights.file(entry)?;
                 model.load_weights(&file, true).with_context(|| format!("loading {}", file.display()))?;
                 let path = features_dir.join(format!("{}.safetensors", entry.name));
-                let ids: Vec<String> = train_entries.iter().map(|e| e.path.clone()).collect();
-                let normalization = Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, true);
-                medxfer_train::extract::extract(&model, &train, &ids, normalization, args.crop, 32, &path)?;
+                crate::study::unit::extract_features(
+                    &model,
+                    &train,
+                    &train_entries,
+                    normalization(entry),
+                    args.crop,
+                    32,
+                    &path,
+                    &entry.name,
+                )?;
                 let extraction_seconds = start.elapsed().as_secs_f64();
                 let scores = crate::study::unit::score_file(&path)?;
                 let result = Scored { feature_dim: entry.feature_dim, extraction_seconds, scores: scores.values, errors: scores.errors };
@@ -236,17 +248,13 @@ pub fn run(args: &RankArgs, progress: bool) -> Result<Vec<RankRow>> {
                 seed: args.seed,
                 crop: args.crop,
                 train_transform: TrainTransform { size: args.crop, ..TrainTransform::default() },
-                ..RunSettings::reference(0.0, 0.0, Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, true))
+                ..RunSettings::reference(0.0, 0.0, normalization(entry))
             };
             let dir = args.out.join("runs").join(&entry.name);
-            let summary = if progress {
-                let mut bar = EpochBar::new(args.epochs);
-                let summary = search::run(&make, &data, &base, args.trials, Shard::ALL, &dir, &mut bar);
-                bar.finish();
-                summary?
-            } else {
-                search::run(&make, &data, &base, args.trials, Shard::ALL, &dir, &mut |_: &TrialPoint, _: &EpochRecord| {})?
-            };
+            let mut bar = EpochBar::new(args.epochs);
+            let summary = search::run(&make, &data, &base, args.trials, Shard::ALL, &dir, &mut bar);
+            bar.finish();
+            let summary = summary?;
             row.test_balanced_accuracy = summary.best.and_then(|b| b.outcome.test.map(|t| t.balanced_accuracy));
         }
         let all = rows.len() * args.trials * args.epochs;

@@ -107,7 +107,7 @@ impl ReproduceArgs {
     }
 
     /// The study these arguments ask for; `command` is recorded in the report.
-    pub fn study(&self, command: String, progress: bool) -> Result<Study> {
+    pub fn study(&self, command: String) -> Result<Study> {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
         let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
         let catalog = Catalog::load_default()?;
@@ -144,7 +144,7 @@ impl ReproduceArgs {
                 let weights = match &self.weights {
                     Some(dir) => dir.clone(),
                     None if self.plan => cache.join("weights"),
-                    None => crate::demo::pretrained_weights(config, &backbones, &cache, progress)?,
+                    None => crate::demo::pretrained_weights(config, &backbones, &cache)?,
                 };
                 (data, Weights::Dir(weights))
             }
@@ -181,7 +181,6 @@ impl ReproduceArgs {
             extract_batch: 32,
             demo: demo.is_some(),
             command,
-            progress,
         })
     }
 }

@@ -70,8 +70,6 @@ pub struct Study {
     pub demo: bool,
     /// The command line, for the report.
     pub command: String,
-    /// Draw progress bars (off in tests).
-    pub progress: bool,
 }
 
 impl Weights {
@@ -106,11 +104,6 @@ impl Study {
             return summary;
         }
         medxfer_train::search::summarize(dir, self.trials)
-    }
-
-    /// The pretrained weights file of `entry`.
-    pub fn weights_file(&self, entry: &ModelEntry) -> Result<PathBuf> {
-        self.weights.file(entry)
     }
 
     /// Every way this run differs from the reference protocol.
@@ -185,7 +178,7 @@ impl TaskData {
         let split = splits::prepare(&study.catalog, task, &study.data, &study.splits, study.seed, &study.layout.splits(&task.name))?;
         let cache_dir = study.layout.cache();
         let build = |root: &std::path::Path, entries: &[Entry], name: String| -> Result<SplitData> {
-            let cache = ImageCache::open_or_build(&cache_dir, &name, root, entries, study.resize, study.progress)
+            let cache = ImageCache::open_or_build(&cache_dir, &name, root, entries, study.resize, true)
                 .with_context(|| format!("caching {name}"))?;
             Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
         };

@@ -8,12 +8,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use medxfer_data::TaskSpec;
+use medxfer_data::split::Entry;
 use medxfer_data::transform::{Normalization, TrainTransform};
 use medxfer_scores::{Metric, read_feature_file, score_all};
-use medxfer_train::finetune::{self, EpochRecord, RunSettings};
+use medxfer_train::finetune::{self, RunSettings};
 use medxfer_train::progress_bar::EpochBar;
 use medxfer_train::search::{self, SearchSummary};
-use medxfer_train::search_space::TrialPoint;
 use medxfer_zoo::{Backbone, ModelEntry};
 use serde::{Deserialize, Serialize};
 
@@ -89,7 +89,7 @@ impl Unit<'_> {
         let features = layout.features(&self.task.name, &self.entry.name, Setting::Id);
         if !features.exists() {
             let model = Backbone::new(&self.entry.name, &self.entry.architecture, self.entry.num_classes, self.device)?;
-            let weights = self.study.weights_file(self.entry)?;
+            let weights = self.study.weights.file(self.entry)?;
             model.load_weights(&weights, true).with_context(|| format!("loading {}", weights.display()))?;
             self.extract(&model, &self.data.run.train, &self.data.split.train, &features)?;
             self.log.line(&format!(
@@ -104,45 +104,9 @@ impl Unit<'_> {
         self.write_scores(Setting::Id, &scores)
     }
 
-    fn extract(&self, model: &Backbone, split: &finetune::SplitData, entries: &[medxfer_data::split::Entry], out: &Path) -> Result<()> {
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let ids: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
-        let bar = self.study.progress.then(|| {
-            let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
-                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images  {elapsed} (ETA {eta})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(format!(
-                "{} {}: features of {}",
-                self.task.name,
-                self.entry.name,
-                out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()
-            ));
-            bar
-        });
-        let mut progress = |done: usize, _: usize| {
-            if let Some(bar) = &bar {
-                bar.set_position(done as u64);
-            }
-        };
-        let normalization = self.normalization();
-        medxfer_train::extract::extract_with_progress(
-            model,
-            split,
-            &ids,
-            normalization,
-            self.study.crop,
-            self.study.extract_batch,
-            out,
-            &mut progress,
-        )?;
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
-        Ok(())
+    fn extract(&self, model: &Backbone, split: &finetune::SplitData, entries: &[Entry], out: &Path) -> Result<()> {
+        let label = format!("{} {}", self.task.name, self.entry.name);
+        extract_features(model, split, entries, self.normalization(), self.study.crop, self.study.extract_batch, out, &label)
     }
 
     fn write_scores(&self, setting: Setting, scores: &UnitScores) -> Result<()> {
@@ -164,7 +128,7 @@ impl Unit<'_> {
         if study.halving.is_some() && summary.best.is_some() {
             return Ok(summary);
         }
-        let weights = study.weights_file(self.entry)?;
+        let weights = study.weights.file(self.entry)?;
         let classes = self.task.classes.len();
         let make = || -> medxfer_train::Result<Backbone> {
             let mut model = Backbone::new(&self.entry.name, &self.entry.architecture, self.entry.num_classes, self.device)?;
@@ -188,14 +152,11 @@ impl Unit<'_> {
             Some(halving) => medxfer_train::halving::run(&make, &self.data.run, &base, study.trials, halving, study.shard, &dir, progress)
                 .map(|h| h.search),
         };
-        let summary = if study.progress {
-            let mut bar = EpochBar::new(study.epochs);
-            let summary = run(&mut bar);
-            bar.finish();
-            summary?
-        } else {
-            run(&mut |_: &TrialPoint, _: &EpochRecord| {})?
-        };
+        // The bar draws only on a terminal; elsewhere (a log, a Slurm job) each epoch is a line.
+        let mut bar = EpochBar::new(study.epochs);
+        let summary = run(&mut bar);
+        bar.finish();
+        let summary = summary?;
         let best = summary.best.as_ref().map_or("pending".to_string(), |b| {
             format!("A_opt trial {} (lr {:.3e}, wd {:.3e})", b.index, b.outcome.learning_rate, b.outcome.weight_decay)
         });
@@ -230,6 +191,34 @@ impl Unit<'_> {
         scores.seconds = start.elapsed().as_secs_f64();
         self.write_scores(Setting::Ood, &scores)
     }
+}
+
+/// Features of `entries` (the cache order of `split`) into `out`, with a progress bar named by
+/// `label` (drawn only on a terminal).
+#[allow(clippy::too_many_arguments)]
+pub fn extract_features(
+    model: &Backbone,
+    split: &finetune::SplitData,
+    entries: &[Entry],
+    normalization: Normalization,
+    crop: u32,
+    batch: usize,
+    out: &Path,
+    label: &str,
+) -> Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let ids: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
+    let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images  {elapsed} (ETA {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{label}: features of {}", out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()));
+    medxfer_train::extract::extract(model, split, &ids, normalization, crop, batch, out, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// The seven scores of a feature file; a score that fails is recorded, not fatal.
