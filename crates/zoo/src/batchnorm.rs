@@ -209,7 +209,7 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Var};
 
     use super::*;
 
@@ -225,13 +225,12 @@ mod tests {
 
     #[test]
     fn matches_the_composite_normalisation_and_its_gradients() {
-        let device = Device::Cpu;
+        let mut random = crate::test_tensors::NormalTensors::new(1);
         for (batch, channels, height, width) in [(2, 3, 5, 4), (4, 2, 1, 1), (1, 5, 7, 3)] {
-            let x =
-                Var::from_tensor(&(Tensor::randn(0f32, 2.0, (batch, channels, height, width), &device).unwrap() + 0.7).unwrap()).unwrap();
-            let gamma = Var::from_tensor(&Tensor::randn(1f32, 0.3, channels, &device).unwrap()).unwrap();
-            let beta = Var::from_tensor(&Tensor::randn(0f32, 0.3, channels, &device).unwrap()).unwrap();
-            let upstream = Tensor::randn(0f32, 1.0, (batch, channels, height, width), &device).unwrap();
+            let x = Var::from_tensor(&(random.draw(0.0, 2.0, (batch, channels, height, width)) + 0.7).unwrap()).unwrap();
+            let gamma = Var::from_tensor(&random.draw(1.0, 0.3, channels)).unwrap();
+            let beta = Var::from_tensor(&random.draw(0.0, 0.3, channels)).unwrap();
+            let upstream = random.draw(0.0, 1.0, (batch, channels, height, width));
             let (y, mean, var) = batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
             let ours = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
             let wide = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();

@@ -222,7 +222,7 @@ fn shifted_taps(x: &Tensor, weight: &Tensor, channels: usize, stride: usize, pad
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     use super::*;
 
@@ -264,12 +264,12 @@ mod tests {
     /// The path CUDA takes, run in f64 on the CPU, against the direct CPU kernel in f32.
     #[test]
     fn the_device_path_matches_the_cpu_kernel() {
-        let device = Device::Cpu;
+        let mut random = crate::test_tensors::NormalTensors::new(2);
         for (kernel, stride, height, width) in [(3, 1, 9, 7), (3, 2, 9, 8), (5, 2, 11, 10), (5, 1, 6, 6), (3, 2, 7, 7)] {
             let case = format!("k{kernel} s{stride} {height}x{width}");
             let padding = kernel / 2;
-            let x = Tensor::randn(0f32, 1.0, (2, 3, height, width), &device).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (3, 1, kernel, kernel), &device).unwrap();
+            let x = random.draw(0.0, 1.0, (2, 3, height, width));
+            let w = random.draw(0.0, 1.0, (3, 1, kernel, kernel));
             let (x32, w32) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
             let wide = |t: &Tensor| Var::from_tensor(&t.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
             let (x64, w64) = (wide(&x), wide(&w));
@@ -278,7 +278,7 @@ mod tests {
                 depthwise_conv2d(x64.as_tensor(), w64.as_tensor(), stride, padding).unwrap().to_dtype(candle_core::DType::F32).unwrap();
             assert_eq!(ours.dims(), reference.dims(), "{case}");
             assert!(max_difference(&ours, &reference) < 1e-5, "forward {case}");
-            let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &device).unwrap();
+            let upstream = random.draw(0.0, 1.0, ours.dims());
             let reference_grads = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
             let our_grads = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, ours, theirs) in [("input", &x64, &x32), ("weight", &w64, &w32)] {
@@ -291,16 +291,16 @@ mod tests {
 
     #[test]
     fn matches_a_shifted_sum_and_its_gradients_at_odd_and_even_sizes() {
-        let device = Device::Cpu;
+        let mut random = crate::test_tensors::NormalTensors::new(3);
         for (kernel, stride, height, width) in [(3, 1, 9, 7), (3, 2, 9, 8), (5, 2, 11, 10), (5, 1, 6, 6), (3, 2, 7, 7)] {
             let padding = kernel / 2;
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, height, width), &device).unwrap()).unwrap();
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 1, kernel, kernel), &device).unwrap()).unwrap();
+            let x = Var::from_tensor(&random.draw(0.0, 1.0, (2, 3, height, width))).unwrap();
+            let w = Var::from_tensor(&random.draw(0.0, 1.0, (3, 1, kernel, kernel))).unwrap();
             let ours = depthwise_conv2d(x.as_tensor(), w.as_tensor(), stride, padding).unwrap();
             let reference = shifted_sum(x.as_tensor(), w.as_tensor(), stride, padding);
             assert_eq!(ours.dims(), reference.dims(), "k{kernel} s{stride} {height}x{width}");
             assert!(max_difference(&ours, &reference) < 1e-5, "forward k{kernel} s{stride}");
-            let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &device).unwrap();
+            let upstream = random.draw(0.0, 1.0, ours.dims());
             let our_grads = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
             let reference_grads = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, var) in [("input", &x), ("weight", &w)] {

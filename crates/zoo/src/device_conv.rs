@@ -134,7 +134,7 @@ pub(crate) fn every_nth(t: &Tensor, axis: usize, s: usize, count: usize) -> cand
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Var};
 
     use super::*;
 
@@ -142,17 +142,17 @@ mod tests {
     /// GEMM, col2im: a different construction of the same gradients).
     #[test]
     fn matches_the_cpu_kernel_forward_and_backward() {
-        let device = Device::Cpu;
+        let mut random = crate::test_tensors::NormalTensors::new(4);
         for (batch, channels, out, kernel, stride, padding, height, width) in crate::conv::tests::SHAPES {
             let case = format!("b{batch} c{channels} o{out} k{kernel} s{stride} p{padding} {height}x{width}");
-            let x = Tensor::randn(0f32, 1.0, (batch, channels, height, width), &device).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (out, channels, kernel, kernel), &device).unwrap();
+            let x = random.draw(0.0, 1.0, (batch, channels, height, width));
+            let w = random.draw(0.0, 1.0, (out, channels, kernel, kernel));
             let (x32, w32) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
             let (x64, w64) =
                 (Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap(), Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap());
             let reference = crate::conv::conv2d(x32.as_tensor(), w32.as_tensor(), None, stride, padding).unwrap();
             let ours = conv2d(x64.as_tensor(), w64.as_tensor(), stride, padding).unwrap();
-            let upstream = Tensor::randn(0f32, 1.0, reference.dims(), &device).unwrap();
+            let upstream = random.draw(0.0, 1.0, reference.dims());
             let reference_grads = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
             let our_grads = (&ours * upstream.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, expected, actual) in [
@@ -172,9 +172,9 @@ mod tests {
 
     #[test]
     fn an_input_without_gradient_gets_none() {
-        let device = Device::Cpu;
-        let x = Tensor::randn(0f64, 1.0, (2, 3, 9, 9), &device).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, 3, 3), &device).unwrap()).unwrap();
+        let mut random = crate::test_tensors::NormalTensors::new(5);
+        let x = random.draw(0.0, 1.0, (2, 3, 9, 9)).to_dtype(DType::F64).unwrap();
+        let w = Var::from_tensor(&random.draw(0.0, 1.0, (4, 3, 3, 3)).to_dtype(DType::F64).unwrap()).unwrap();
         let grads = conv2d(&x, w.as_tensor(), 2, 1).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&x).is_none());
         assert!(grads.get(w.as_tensor()).is_some());

@@ -40,6 +40,8 @@ mod params;
 mod preprocess;
 mod registry;
 mod resnet;
+#[cfg(test)]
+mod test_tensors;
 mod timm_config;
 mod torchvision;
 mod vit;

@@ -1,0 +1,28 @@
+//! Seeded random tensors for the unit tests: candle cannot seed its CPU generator, and a test
+//! that draws fresh inputs every run can pass on one machine and fail on the next.
+
+use candle_core::{Device, Shape, Tensor};
+use rand::{Rng, SeedableRng};
+
+/// A stream of normally distributed f32 tensors, the same for the same seed.
+pub(crate) struct NormalTensors(rand_chacha::ChaCha8Rng);
+
+impl NormalTensors {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// Normal(mean, std), drawn by Box-Muller, on the CPU.
+    pub(crate) fn draw<S: Into<Shape>>(&mut self, mean: f32, std: f32, shape: S) -> Tensor {
+        let shape = shape.into();
+        let values: Vec<f32> = (0..shape.elem_count())
+            .map(|_| {
+                // 1 - u lies in (0, 1], so the logarithm is finite.
+                let (u1, u2) = (1.0 - self.0.random::<f64>(), self.0.random::<f64>());
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                mean + std * z as f32
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap_or_else(|error| panic!("test tensor: {error}"))
+    }
+}
