@@ -33,6 +33,30 @@ fn the_halton_points_are_scipys_and_the_protocols() {
     }
 }
 
+/// In f32 the CPU takes the fused one-pass update (sgd.rs): the same steps within f32's
+/// rounding of torch's f64 values.
+#[test]
+fn nesterov_sgd_steps_as_torch_in_f32() {
+    let r: HashMap<String, Tensor> = reference().into_iter().map(|(k, v)| (k, v.to_dtype(candle_core::DType::F32).unwrap())).collect();
+    let weight = Var::from_tensor(&r["sgd.weight0"]).unwrap();
+    let bias = Var::from_tensor(&r["sgd.bias0"]).unwrap();
+    let settings = SgdSettings { learning_rate: 0.05, momentum: 0.9, weight_decay: 0.01, nesterov: true };
+    let mut optimizer = NesterovSgd::new(vec![("weight".into(), weight.clone()), ("bias".into(), bias.clone())], settings);
+    let (x, y, c) = (&r["sgd.x"], &r["sgd.y"], &r["sgd.c"]);
+    for step in 1..=4 {
+        let prediction = x.matmul(&weight.as_tensor().t().unwrap()).unwrap().broadcast_add(bias.as_tensor()).unwrap();
+        let loss = (prediction - y).unwrap().sqr().unwrap().broadcast_mul(c).unwrap().sum_all().unwrap();
+        optimizer.step(&loss.backward().unwrap()).unwrap();
+        for (name, var) in [("weight", &weight), ("bias", &bias)] {
+            let expected = &r[&format!("sgd.{name}{step}")];
+            let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0) as f64;
+            let wide = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+            assert!(max_difference(&wide(var.as_tensor()), &wide(expected)) < 1e-5 * scale, "{name} after step {step}");
+        }
+    }
+    assert_eq!(optimizer.state()["weight"].dims(), weight.dims());
+}
+
 #[test]
 fn nesterov_sgd_steps_as_torch() {
     let r = reference();

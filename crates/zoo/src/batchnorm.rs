@@ -1,32 +1,62 @@
-//! Train-mode BatchNorm on the CPU as one fused operation with its own backward pass.
+//! Train-mode BatchNorm on the CPU as one fused operation with its own backward pass,
+//! optionally followed by a residual add and a ReLU or ReLU6 in the same pass.
 //!
 //! Written with candle's elementwise ops, a train-mode BatchNorm keeps about eight copies of
 //! its input alive for the backward pass (an f64 copy for the statistics, the centred values,
 //! their squares, the scaled and shifted results): MobileNetV2-1.0 at batch 32 ran out of 24 GB.
 //! Here the forward pass computes the per-channel mean and variance in f64 and writes
-//! y = (x - mean) / sqrt(var + eps) * gamma + beta in one pass; the backward pass recomputes
-//! x-hat from x and the stored statistics (PyTorch's formula):
+//! y = act((x - mean) / sqrt(var + eps) * gamma + beta [+ residual]) in one pass; the backward
+//! pass masks the upstream gradient by the activation (dz), then recomputes x-hat from x and
+//! the stored statistics (PyTorch's formula):
 //!
 //! ```text
-//! d beta  = sum dy
-//! d gamma = sum dy * xhat
-//! dx      = gamma * invstd / N * (N dy - sum dy - xhat * sum dy * xhat)
+//! d beta     = sum dz
+//! d gamma    = sum dz * xhat
+//! dx         = gamma * invstd / N * (N dz - sum dz - xhat * sum dz * xhat)
+//! d residual = dz
 //! ```
 //!
-//! Sums are per channel over batch and space, in f64. Other devices keep the composite version.
+//! Fusing matters beyond the passes it saves: candle's backward pass gives every tensor in the
+//! graph a zero-filled gradient and adds into it, two single-threaded passes per node, so a
+//! ResNet block as one BN+ReLU and one BN+add+ReLU node instead of five nodes does less than
+//! half that work. Sums are per channel over batch and space, in f64, over a fixed number of
+//! partial sums (vectorised, and the same for any thread count). Other devices keep the
+//! composite version.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::activation::FusedActivation;
 use crate::error::Result;
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     crate::kernel_input::f32_slice(storage, layout, "batch norm", what)
 }
 
-/// Calls `visit(b, plane)` for channel `c`'s H x W plane of every image.
+/// Channel `c`'s H x W plane of every image.
 fn planes<'a>(data: &'a [f32], channels: usize, c: usize, plane: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
     data.chunks_exact(channels * plane).map(move |image| &image[c * plane..(c + 1) * plane])
+}
+
+/// Independent partial sums per reduction: enough to fill two AVX-512 f64 registers.
+const LANES: usize = 16;
+
+/// Adds `term(values[i], other[i])` for every i onto `lanes`, lane i % LANES.
+fn accumulate(lanes: &mut [f64; LANES], values: &[f32], other: &[f32], term: impl Fn(f64, f64) -> f64) {
+    let (head, tail) = values.split_at(values.len() / LANES * LANES);
+    let (other_head, other_tail) = other.split_at(head.len());
+    for (chunk, other_chunk) in head.chunks_exact(LANES).zip(other_head.chunks_exact(LANES)) {
+        for lane in 0..LANES {
+            lanes[lane] += term(f64::from(chunk[lane]), f64::from(other_chunk[lane]));
+        }
+    }
+    for (lane, (&v, &o)) in tail.iter().zip(other_tail).enumerate() {
+        lanes[lane] += term(f64::from(v), f64::from(o));
+    }
+}
+
+fn total(lanes: &[f64; LANES]) -> f64 {
+    lanes.iter().fold(0.0, |sum, &v| sum + v)
 }
 
 /// Per-channel mean and biased variance of x (B, C, H, W), in f64, as a (2, C) f64 tensor.
@@ -45,9 +75,12 @@ impl CustomOp1 for ChannelStats {
         let stats: Vec<(f64, f64)> = (0..channels)
             .into_par_iter()
             .map(|c| {
-                let mean = planes(x, channels, c, plane).flat_map(|p| p.iter()).map(|&v| f64::from(v)).sum::<f64>() / count;
-                let var = planes(x, channels, c, plane).flat_map(|p| p.iter()).map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / count;
-                (mean, var)
+                let mut lanes = [0f64; LANES];
+                planes(x, channels, c, plane).for_each(|p| accumulate(&mut lanes, p, p, |v, _| v));
+                let mean = total(&lanes) / count;
+                let mut lanes = [0f64; LANES];
+                planes(x, channels, c, plane).for_each(|p| accumulate(&mut lanes, p, p, |v, _| (v - mean) * (v - mean)));
+                (mean, total(&lanes) / count)
             })
             .collect();
         let mut out: Vec<f64> = stats.iter().map(|s| s.0).collect();
@@ -56,23 +89,89 @@ impl CustomOp1 for ChannelStats {
     }
 }
 
-/// y = (x - mean) * invstd * gamma + beta with the batch's statistics (held by the op).
+/// y = act((x - mean) * invstd * gamma + beta [+ residual]) with the batch's statistics (held
+/// by the op); gamma and beta come stacked as one (2, C) tensor.
 struct Normalize {
     mean: Vec<f64>,
     invstd: Vec<f64>,
+    activation: FusedActivation,
 }
 
 impl Normalize {
-    fn channel(&self, c: usize, gamma: &[f32], beta: &[f32]) -> (f64, f64) {
-        // y = x * scale + shift.
-        let scale = self.invstd[c] * f64::from(gamma[c]);
-        (scale, f64::from(beta[c]) - self.mean[c] * scale)
+    fn run(&self, x: &[f32], layout: &Layout, affine: &[f32], residual: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, channels, height, width) = layout.shape().dims4()?;
+        if affine.len() != 2 * channels || residual.is_some_and(|r| r.len() != x.len()) {
+            candle_core::bail!("batch norm: parameters or residual do not fit an input of shape {:?}", layout.shape());
+        }
+        let (gamma, beta) = affine.split_at(channels);
+        let plane = height * width;
+        let high = self.activation.high();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().for_each(|(index, (out, input))| {
+            let c = index % channels;
+            // y = x * scale + shift.
+            let scale = self.invstd[c] * f64::from(gamma[c]);
+            let shift = f64::from(beta[c]) - self.mean[c] * scale;
+            for (o, &v) in out.iter_mut().zip(input) {
+                *o = (f64::from(v) * scale + shift) as f32;
+            }
+            // Rounded to f32 before the add, as the separate operations would.
+            if let Some(residual) = residual {
+                out.iter_mut().zip(&residual[index * plane..(index + 1) * plane]).for_each(|(o, &r)| *o += r);
+            }
+            if let Some(high) = high {
+                out.iter_mut().for_each(|o| *o = o.max(0.0).min(high));
+            }
+        });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    /// Gradients of x, the stacked (gamma, beta) and the residual's (dz itself).
+    fn gradients(&self, x: &Tensor, affine: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let x = x.contiguous()?;
+        let dz = match self.activation.high() {
+            Some(high) => crate::activation::clamp_backward(grad, y, high)?,
+            None => grad.contiguous()?,
+        };
+        // (2, C): sum dz and sum dz * xhat.
+        let sums = x.apply_op2_no_bwd(&dz, &GradSums { mean: self.mean.clone(), invstd: self.invstd.clone() })?;
+        let sums_host = sums.to_vec2::<f64>()?;
+        let (sum_dz, sum_dz_xhat) = (&sums_host[0], &sums_host[1]);
+        let gamma = affine.get(0)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let grad_x = x.apply_op2_no_bwd(
+            &dz,
+            &GradInput {
+                mean: self.mean.clone(),
+                invstd: self.invstd.clone(),
+                gamma,
+                sum_dy: sum_dz.clone(),
+                sum_dy_xhat: sum_dz_xhat.clone(),
+            },
+        )?;
+        let grad_affine: Vec<f32> = sum_dz_xhat.iter().chain(sum_dz).map(|&v| v as f32).collect();
+        let grad_affine = Tensor::from_vec(grad_affine, affine.shape(), x.device())?;
+        Ok((grad_x, grad_affine, dz))
+    }
+}
+
+impl CustomOp2 for Normalize {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(f32_slice(s1, l1, "the input")?, l1, f32_slice(s2, l2, "the weight and bias")?, None)
+    }
+
+    fn bwd(&self, x: &Tensor, affine: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_affine, _) = self.gradients(x, affine, res, grad)?;
+        Ok((Some(grad_x), Some(grad_affine)))
     }
 }
 
 impl CustomOp3 for Normalize {
     fn name(&self) -> &'static str {
-        "batch-norm-train"
+        "batch-norm-train-residual"
     }
 
     fn cpu_fwd(
@@ -84,46 +183,20 @@ impl CustomOp3 for Normalize {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, channels, height, width) = l1.shape().dims4()?;
-        let (x, gamma, beta) = (f32_slice(s1, l1, "the input")?, f32_slice(s2, l2, "the weight")?, f32_slice(s3, l3, "the bias")?);
-        let plane = height * width;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().for_each(|(index, (out, input))| {
-            let (scale, shift) = self.channel(index % channels, gamma, beta);
-            for (o, &v) in out.iter_mut().zip(input) {
-                *o = (f64::from(v) * scale + shift) as f32;
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        let residual = f32_slice(s3, l3, "the residual")?;
+        self.run(f32_slice(s1, l1, "the input")?, l1, f32_slice(s2, l2, "the weight and bias")?, Some(residual))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        _res: &Tensor,
+        affine: &Tensor,
+        _residual: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
-        let channels = x.dim(1)?;
-        // (2, C): sum dy and sum dy * xhat.
-        let sums = x.apply_op2_no_bwd(&grad, &GradSums { mean: self.mean.clone(), invstd: self.invstd.clone() })?;
-        let sums_host = sums.to_vec2::<f64>()?;
-        let (sum_dy, sum_dy_xhat) = (&sums_host[0], &sums_host[1]);
-        let gamma_host = gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-        let grad_x = x.apply_op2_no_bwd(
-            &grad,
-            &GradInput {
-                mean: self.mean.clone(),
-                invstd: self.invstd.clone(),
-                gamma: gamma_host,
-                sum_dy: sum_dy.clone(),
-                sum_dy_xhat: sum_dy_xhat.clone(),
-            },
-        )?;
-        let to_param = |values: &[f64]| Tensor::from_vec(values.iter().map(|&v| v as f32).collect::<Vec<f32>>(), channels, x.device());
-        Ok((Some(grad_x), Some(to_param(sum_dy_xhat)?), Some(to_param(sum_dy)?)))
+        let (grad_x, grad_affine, dz) = self.gradients(x, affine, res, grad)?;
+        Ok((Some(grad_x), Some(grad_affine), Some(dz)))
     }
 }
 
@@ -145,15 +218,13 @@ impl CustomOp2 for GradSums {
         let sums: Vec<(f64, f64)> = (0..channels)
             .into_par_iter()
             .map(|c| {
-                let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
+                let (mean, invstd) = (self.mean[c], self.invstd[c]);
+                let (mut sum_dy, mut sum_dy_xhat) = ([0f64; LANES], [0f64; LANES]);
                 for (xp, gp) in planes(x, channels, c, plane).zip(planes(dy, channels, c, plane)) {
-                    for (&v, &g) in xp.iter().zip(gp) {
-                        let g = f64::from(g);
-                        sum_dy += g;
-                        sum_dy_xhat += g * (f64::from(v) - self.mean[c]) * self.invstd[c];
-                    }
+                    accumulate(&mut sum_dy, gp, gp, |g, _| g);
+                    accumulate(&mut sum_dy_xhat, xp, gp, |v, g| g * (v - mean) * invstd);
                 }
-                (sum_dy, sum_dy_xhat)
+                (total(&sum_dy), total(&sum_dy_xhat))
             })
             .collect();
         let mut out: Vec<f64> = sums.iter().map(|s| s.0).collect();
@@ -196,14 +267,27 @@ impl CustomOp2 for GradInput {
     }
 }
 
-/// Train-mode BatchNorm of contiguous f32 x (B, C, H, W) on the CPU: returns y and the batch's
-/// per-channel mean and biased variance (f64) for the running-statistics update.
-pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+/// Train-mode BatchNorm of f32 x (B, C, H, W) on the CPU, then `residual` added and
+/// `activation` applied: returns the output and the batch's per-channel mean and biased
+/// variance (f64) for the running-statistics update.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f64>()?;
     let (mean, var) = (stats[0].clone(), stats[1].clone());
     let invstd = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
-    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Normalize { mean: mean.clone(), invstd })?;
+    let affine = Tensor::stack(&[gamma, beta], 0)?;
+    let op = Normalize { mean: mean.clone(), invstd, activation };
+    let y = match residual {
+        Some(residual) => x.apply_op3(&affine, &residual.contiguous()?, op)?,
+        None => x.apply_op2(&affine, op)?,
+    };
     Ok((y, mean, var))
 }
 
@@ -223,40 +307,67 @@ mod tests {
         normalized.broadcast_mul(&gamma.reshape(shape).unwrap()).unwrap().broadcast_add(&beta.reshape(shape).unwrap()).unwrap()
     }
 
+    /// Every fused variant (activation x residual) against the composite in f64: output and
+    /// the gradients of x, gamma, beta and the residual.
     #[test]
     fn matches_the_composite_normalisation_and_its_gradients() {
         let mut random = crate::test_tensors::NormalTensors::new(1);
-        for (batch, channels, height, width) in [(2, 3, 5, 4), (4, 2, 1, 1), (1, 5, 7, 3)] {
-            let x = Var::from_tensor(&(random.draw(0.0, 2.0, (batch, channels, height, width)) + 0.7).unwrap()).unwrap();
-            let gamma = Var::from_tensor(&random.draw(1.0, 0.3, channels)).unwrap();
-            let beta = Var::from_tensor(&random.draw(0.0, 0.3, channels)).unwrap();
-            let upstream = random.draw(0.0, 1.0, (batch, channels, height, width));
-            let (y, mean, var) = batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
-            let ours = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-            let wide = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();
-            let (x64, gamma64, beta64) = (wide(&x), wide(&gamma), wide(&beta));
-            let reference = composite(&x64, &gamma64, &beta64, 1e-5);
-            let theirs = (&reference * upstream.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-            let close = |a: &Tensor, b: &Tensor, what: &str| {
-                let d = (a.to_dtype(DType::F64).unwrap() - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
-                assert!(d < 1e-5, "{what} ({batch}, {channels}, {height}, {width}): {d}");
-            };
-            close(&y, &reference, "output");
-            close(ours.get(&x).unwrap(), theirs.get(&x64).unwrap(), "input gradient");
-            close(ours.get(&gamma).unwrap(), theirs.get(&gamma64).unwrap(), "weight gradient");
-            close(ours.get(&beta).unwrap(), theirs.get(&beta64).unwrap(), "bias gradient");
-            let expected_mean = x64.mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            assert!(mean.iter().zip(&expected_mean).all(|(a, b)| (a - b).abs() < 1e-9));
-            assert!(var.iter().all(|&v| v > 0.0));
+        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6];
+        for (batch, channels, height, width) in [(2, 3, 5, 4), (4, 2, 1, 1), (1, 5, 7, 3), (3, 4, 6, 6)] {
+            for (activation, with_residual) in activations.into_iter().flat_map(|a| [(a, false), (a, true)]) {
+                let case = format!("({batch}, {channels}, {height}, {width}) {activation:?} residual {with_residual}");
+                let shape = (batch, channels, height, width);
+                let x = Var::from_tensor(&(random.draw(0.0, 2.0, shape) + 0.7).unwrap()).unwrap();
+                // y = 3 xhat + 1.5 or so: outputs below 0 and above 6 for both of ReLU6's kinks.
+                let gamma = Var::from_tensor(&random.draw(3.0, 0.3, channels)).unwrap();
+                let beta = Var::from_tensor(&random.draw(1.5, 0.3, channels)).unwrap();
+                let residual = Var::from_tensor(&random.draw(0.0, 1.0, shape)).unwrap();
+                let upstream = random.draw(0.0, 1.0, shape);
+                let (y, mean, var) =
+                    batch_norm_train(&x, &gamma, &beta, 1e-5, with_residual.then_some(residual.as_tensor()), activation).unwrap();
+                let ours = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                let wide = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();
+                let (x64, gamma64, beta64, residual64) = (wide(&x), wide(&gamma), wide(&beta), wide(&residual));
+                let mut reference = composite(&x64, &gamma64, &beta64, 1e-5);
+                if with_residual {
+                    reference = (reference + residual64.as_tensor()).unwrap();
+                }
+                reference = match activation {
+                    FusedActivation::Identity => reference,
+                    FusedActivation::Relu => reference.relu().unwrap(),
+                    FusedActivation::Relu6 => reference.clamp(0f64, 6f64).unwrap(),
+                };
+                let theirs = (&reference * upstream.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let close = |a: &Tensor, b: &Tensor, what: &str| {
+                    let d = (a.to_dtype(DType::F64).unwrap() - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap();
+                    assert!(d < 1e-5 * (1.0 + b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()), "{what} {case}: {d}");
+                };
+                close(&y, &reference, "output");
+                close(ours.get(&x).unwrap(), theirs.get(&x64).unwrap(), "input gradient");
+                close(ours.get(&gamma).unwrap(), theirs.get(&gamma64).unwrap(), "weight gradient");
+                close(ours.get(&beta).unwrap(), theirs.get(&beta64).unwrap(), "bias gradient");
+                if with_residual {
+                    close(ours.get(&residual).unwrap(), theirs.get(&residual64).unwrap(), "residual gradient");
+                } else {
+                    assert!(ours.get(&residual).is_none(), "{case}");
+                }
+                if activation == FusedActivation::Relu6 {
+                    let clipped = y.ge(6f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(clipped > 0.0 || y.elem_count() < 40, "no output reached 6: {case}");
+                }
+                let expected_mean = x64.mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                assert!(mean.iter().zip(&expected_mean).all(|(a, b)| (a - b).abs() < 1e-9), "{case}");
+                assert!(var.iter().all(|&v| v > 0.0));
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::relu;
+use crate::activation::FusedActivation;
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, max_pool_3x3_s2_p1};
 use crate::params::ParamBuilder;
@@ -118,22 +118,25 @@ impl DenseNet {
 
     /// The final feature map after norm5's BN + ReLU (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = relu(&self.conv0.forward_bn(x, &self.norm0, train)?)?;
+        let mut y = self.conv0.forward_bn_fused(x, &self.norm0, None, FusedActivation::Relu, train)?;
         y = max_pool_3x3_s2_p1(&y)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let mut pieces = vec![y.clone()];
             for layer in block {
                 let input = Tensor::cat(&pieces, 1)?;
-                let h = layer.conv1.forward_t(&relu(&layer.norm1.forward_t(&input, train)?)?, train)?;
-                let h = layer.conv2.forward_t(&relu(&layer.norm2.forward_t(&h, train)?)?, train)?;
+                let h = layer.conv1.forward_t(&layer.norm1.forward_fused(&input, None, FusedActivation::Relu, train)?, train)?;
+                let h = layer.conv2.forward_t(&layer.norm2.forward_fused(&h, None, FusedActivation::Relu, train)?, train)?;
                 pieces.push(h);
             }
             y = Tensor::cat(&pieces, 1)?;
             if let Some(transition) = self.transitions.get(index) {
-                y = transition.conv.forward_t(&relu(&transition.norm.forward_t(&y, train)?)?, train)?.avg_pool2d(2)?;
+                y = transition
+                    .conv
+                    .forward_t(&transition.norm.forward_fused(&y, None, FusedActivation::Relu, train)?, train)?
+                    .avg_pool2d(2)?;
             }
         }
-        relu(&self.norm5.forward_t(&y, train)?)
+        self.norm5.forward_fused(&y, None, FusedActivation::Relu, train)
     }
 
     /// Pooled features (B, num_features).

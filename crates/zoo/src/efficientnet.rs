@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use candle_nn::ops::sigmoid;
 use serde::{Deserialize, Serialize};
 
+use crate::activation::FusedActivation;
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, relu6};
 use crate::params::ParamBuilder;
@@ -143,6 +144,14 @@ impl Activation {
             Activation::Silu => Ok(x.silu()?),
         }
     }
+
+    /// `self(norm(conv(x)))`, fused into the BatchNorm where the activation is a clamp.
+    fn after_conv_bn(self, conv: &Conv2d, norm: &BatchNorm2d, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Activation::Relu6 => conv.forward_bn_fused(x, norm, None, FusedActivation::Relu6, train),
+            Activation::Silu => self.apply(&conv.forward_bn(x, norm, train)?),
+        }
+    }
 }
 
 /// x * sigmoid(expand(act(reduce(mean_hw(x))))).
@@ -233,12 +242,14 @@ impl Block {
             {
                 y = se.forward_t(&y, act, train)?;
             }
-            y = conv.forward_bn(&y, norm, train)?;
-            if index != last {
-                y = act.apply(&y)?;
-            }
+            y = if index == last {
+                // The residual add fused into the last BatchNorm.
+                conv.forward_bn_fused(&y, norm, self.skip.then_some(x), FusedActivation::Identity, train)?
+            } else {
+                act.after_conv_bn(conv, norm, &y, train)?
+            };
         }
-        Ok(if self.skip { (y + x)? } else { y })
+        Ok(y)
     }
 }
 
@@ -282,13 +293,13 @@ impl EfficientNet {
 
     /// The final feature map after conv_head + bn2 + act (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.act.apply(&self.conv_stem.forward_bn(x, &self.bn1, train)?)?;
+        let mut y = self.act.after_conv_bn(&self.conv_stem, &self.bn1, x, train)?;
         for stage in &self.blocks {
             for block in stage {
                 y = block.forward_t(&y, self.act, train)?;
             }
         }
-        self.act.apply(&self.conv_head.forward_bn(&y, &self.bn2, train)?)
+        self.act.after_conv_bn(&self.conv_head, &self.bn2, &y, train)
     }
 
     /// Pooled features (B, num_features).

@@ -4,8 +4,10 @@
 
 use candle_core::{D, DType, Tensor, Var};
 
+use crate::activation::FusedActivation;
 use crate::error::Result;
 use crate::params::ParamBuilder;
+pub use crate::pool::max_pool_3x3_s2_p1;
 
 /// A 2-d convolution with PyTorch's square kernel, symmetric padding and optional bias.
 #[derive(Debug, Clone)]
@@ -51,8 +53,21 @@ impl Conv2d {
     /// convolution's weight and bias (one pass over the output instead of four); in train mode
     /// it runs on batch statistics as usual.
     pub fn forward_bn(&self, x: &Tensor, norm: &BatchNorm2d, train: bool) -> Result<Tensor> {
+        self.forward_bn_fused(x, norm, None, FusedActivation::Identity, train)
+    }
+
+    /// `activation(norm(self(x)) + residual)`, in train mode as one fused BatchNorm pass
+    /// (`BatchNorm2d::forward_fused`).
+    pub fn forward_bn_fused(
+        &self,
+        x: &Tensor,
+        norm: &BatchNorm2d,
+        residual: Option<&Tensor>,
+        activation: FusedActivation,
+        train: bool,
+    ) -> Result<Tensor> {
         if train {
-            return norm.forward_t(&self.forward_t(x, true)?, true);
+            return norm.forward_fused(&self.forward_t(x, true)?, residual, activation, true);
         }
         let (scale, shift) = norm.eval_affine()?;
         let out_channels = self.weight.dim(0)?;
@@ -61,7 +76,11 @@ impl Conv2d {
             Some(bias) => ((bias.detach() * &scale)? + shift)?,
             None => shift,
         };
-        self.convolve(x, &weight, Some(bias))
+        let y = self.convolve(x, &weight, Some(bias))?;
+        activation.apply(&match residual {
+            Some(residual) => (y + residual)?,
+            None => y,
+        })
     }
 
     fn convolve(&self, x: &Tensor, weight: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
@@ -119,6 +138,39 @@ impl BatchNorm2d {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_fused(x, None, FusedActivation::Identity, train)
+    }
+
+    /// `activation(self(x) + residual)`. Train mode on the CPU does it in one pass forward and
+    /// backward (batchnorm.rs), which also keeps candle's backward pass from zero-filling and
+    /// adding a gradient for each of the separate operations' outputs.
+    pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation, train: bool) -> Result<Tensor> {
+        if train && x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            return self.forward_train_cpu(x, residual, activation);
+        }
+        let y = self.forward_composite(x, train)?;
+        activation.apply(&match residual {
+            Some(residual) => (y + residual)?,
+            None => y,
+        })
+    }
+
+    fn forward_train_cpu(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation) -> Result<Tensor> {
+        let (batch, channels, height, width) = x.dims4()?;
+        let count = (batch * height * width) as f64;
+        let m = self.momentum;
+        let (y, mean, var) = crate::batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps, residual, activation)?;
+        let device = x.device();
+        let mean = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect::<Vec<f32>>(), channels, device)?;
+        let unbiased =
+            Tensor::from_vec(var.iter().map(|&v| (v * count / (count - 1.0).max(1.0)) as f32).collect::<Vec<f32>>(), channels, device)?;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+        Ok(y)
+    }
+
+    /// Eval mode, or train mode from candle's differentiable ops (other devices).
+    fn forward_composite(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let channels = self.weight.dim(0)?;
         let shape = (1, channels, 1, 1);
         if !train {
@@ -128,37 +180,20 @@ impl BatchNorm2d {
         let (batch, _, height, width) = x.dims4()?;
         let count = (batch * height * width) as f64;
         let m = self.momentum;
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
-            // One fused pass with its own backward (batchnorm.rs): the composite version below
-            // keeps eight copies of x for the backward pass.
-            let (y, mean, var) = crate::batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
-            let device = x.device();
-            let mean = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect::<Vec<f32>>(), channels, device)?;
-            let unbiased =
-                Tensor::from_vec(var.iter().map(|&v| (v * count / (count - 1.0).max(1.0)) as f32).collect::<Vec<f32>>(), channels, device)?;
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
-            return Ok(y);
-        }
-        let (mean, var) = if train {
-            // Batch statistics reduced in f64 on the CPU: train-mode BN divides by the batch
-            // standard deviation, which amplifies the rounding of f32 sums (1.5e-4 of the logits
-            // of a small MobileNetV2 against PyTorch; 1e-5 in f64). On a GPU in the input's dtype,
-            // as PyTorch's CUDA kernels (f64 there would double the activations kept for backward).
-            let wide = if x.device().is_cpu() { x.to_dtype(DType::F64)? } else { x.clone() };
-            let mean = wide.mean_keepdim((0, 2, 3))?;
-            let var = wide.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
-            let (mean, var) = (mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?);
-            // The running estimate uses the unbiased variance, as PyTorch; no gradient flows into it.
-            let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?)?;
-            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
-            (mean, var)
-        } else {
-            (self.running_mean.as_tensor().detach().reshape(shape)?, self.running_var.as_tensor().detach().reshape(shape)?)
-        };
-        let scale = (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&tracked(&self.weight, train).reshape(shape)?)?;
-        Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&tracked(&self.bias, train).reshape(shape)?)?)
+        // Batch statistics reduced in f64 on the CPU: train-mode BN divides by the batch
+        // standard deviation, which amplifies the rounding of f32 sums (1.5e-4 of the logits of
+        // a small MobileNetV2 against PyTorch; 1e-5 in f64). On a GPU in the input's dtype, as
+        // PyTorch's CUDA kernels (f64 there would double the activations kept for backward).
+        let wide = if x.device().is_cpu() { x.to_dtype(DType::F64)? } else { x.clone() };
+        let mean = wide.mean_keepdim((0, 2, 3))?;
+        let var = wide.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+        let (mean, var) = (mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?);
+        // The running estimate uses the unbiased variance, as PyTorch; no gradient flows into it.
+        let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+        let scale = (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&self.weight.reshape(shape)?)?;
+        Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias.reshape(shape)?)?)
     }
 }
 
@@ -199,32 +234,6 @@ impl Linear {
     pub fn shape(&self) -> Result<(usize, usize)> {
         Ok(self.weight.dims2()?)
     }
-}
-
-/// Max pooling 3x3, stride 2, padding 1 (the ResNet and DenseNet stem) from shifted views, so
-/// it has a backward pass. Zero padding equals PyTorch's -inf padding here: the input is the
-/// output of a ReLU.
-pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    let pooled_h = pool_axis(x, 2)?;
-    pool_axis(&pooled_h, 3)
-}
-
-/// out[o] = max(x[2o-1], x[2o], x[2o+1]) along one axis, padded with zeros.
-fn pool_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
-    let size = x.dim(axis)?;
-    let out = (size - 1) / 2 + 1;
-    // Padded length 2 * (out + 1): one zero in front, the rest behind.
-    let padded = x.pad_with_zeros(axis, 1, 2 * (out + 1) - size - 1)?;
-    let mut dims = padded.dims().to_vec();
-    dims[axis] = out + 1;
-    dims.insert(axis + 1, 2);
-    let pairs = padded.reshape(dims)?;
-    let even = pairs.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)?;
-    let odd = pairs.narrow(axis + 1, 1, 1)?.squeeze(axis + 1)?;
-    let first = even.narrow(axis, 0, out)?;
-    let middle = odd.narrow(axis, 0, out)?;
-    let last = even.narrow(axis, 1, out)?;
-    Ok(first.maximum(&middle)?.maximum(&last)?)
 }
 
 /// A parameter as a forward pass should use it: itself when training, detached otherwise.

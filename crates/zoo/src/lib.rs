@@ -37,6 +37,7 @@ mod hub;
 mod kernel_input;
 pub mod layers;
 mod params;
+mod pool;
 mod preprocess;
 mod registry;
 mod resnet;
@@ -46,6 +47,7 @@ mod timm_config;
 mod torchvision;
 mod vit;
 
+pub use activation::FusedActivation;
 pub use backbone::{Architecture, Backbone};
 pub use checkpoint::{KeyReport, load_into, read_checkpoint};
 pub use densenet::{DenseNet, DenseNetConfig};

@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::relu;
+use crate::activation::FusedActivation;
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, max_pool_3x3_s2_p1};
 use crate::params::ParamBuilder;
@@ -98,20 +98,20 @@ impl Block {
         Ok(Self { convs, norms, downsample })
     }
 
+    /// relu(norm(conv(...relu(norm(conv(x))))) + shortcut), each BatchNorm fused with what
+    /// follows it.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (index, (conv, norm)) in self.convs.iter().zip(&self.norms).enumerate() {
-            y = conv.forward_bn(&y, norm, train)?;
-            if index != last {
-                y = relu(&y)?;
-            }
-        }
         let shortcut = match &self.downsample {
             Some((conv, norm)) => conv.forward_bn(x, norm, train)?,
             None => x.clone(),
         };
-        relu(&(y + shortcut)?)
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (index, (conv, norm)) in self.convs.iter().zip(&self.norms).enumerate() {
+            let residual = (index == last).then_some(&shortcut);
+            y = conv.forward_bn_fused(&y, norm, residual, FusedActivation::Relu, train)?;
+        }
+        Ok(y)
     }
 }
 
@@ -149,7 +149,7 @@ impl ResNet {
 
     /// The final feature map (B, C, H/32, W/32), timm's `forward_features`.
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = relu(&self.conv1.forward_bn(x, &self.bn1, train)?)?;
+        let mut y = self.conv1.forward_bn_fused(x, &self.bn1, None, FusedActivation::Relu, train)?;
         y = max_pool_3x3_s2_p1(&y)?;
         for stage in &self.stages {
             for block in stage {
