@@ -4,7 +4,7 @@ Nesterov momentum and weight decay: the reference's optimizer). With --device cu
 timed to the end of the queued work; --tf32 lets matrix products and convolutions use TF32
 (PyTorch's own default allows it for convolutions only; here both are set alike).
 
-    python bench_zoo.py NAME --batch 32 --repeats 3 [--train] [--device cuda] [--tf32]
+    python bench_zoo.py NAME --batch 32 --repeats 3 [--warmup 2] [--train] [--device cuda] [--tf32]
 
 Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory and
 (on a GPU) peak device memory.
@@ -26,6 +26,7 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tf32", action="store_true")
@@ -54,14 +55,16 @@ def main():
             optimizer.step()
             sync()
 
-        step()
+        for _ in range(args.warmup):
+            step()
         for _ in range(args.repeats):
             start = time.perf_counter()
             step()
             runs.append(time.perf_counter() - start)
     else:
         with torch.inference_mode():
-            model(x)
+            for _ in range(args.warmup):
+                model(x)
             sync()
             for _ in range(args.repeats):
                 start = time.perf_counter()

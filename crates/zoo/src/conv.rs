@@ -3,10 +3,10 @@
 //! candle's CPU conv2d lays the unfolded input out as (B, H·W, C·k·k) for the whole batch (a
 //! 231 MB copy for a 3x3 conv on 64 channels at 56 px, batch 32), multiplies, then transposes
 //! the result back to NCHW; its input gradient is a naive `conv_transpose2d` loop. Here each
-//! image is unfolded into a (C·k·k, OH·OW) block that stays in cache, multiplied by the
-//! (O, C·k·k) weight straight into NCHW, and a 1x1 stride-1 convolution needs no unfolding at
-//! all. The backward pass is two GEMMs per image (weight gradient, and the unfolded input
-//! gradient folded back by col2im). Images run in parallel, each GEMM single-threaded; a batch
+//! image is unfolded a tile of output rows at a time into a (C·k·k, rows·OW) block that stays
+//! in L2, multiplied by the (O, C·k·k) weight straight into NCHW, and a 1x1 stride-1
+//! convolution needs no unfolding at all. The backward pass is two GEMMs per tile (weight
+//! gradient, and the unfolded input gradient folded back by col2im). Images run in parallel, each GEMM single-threaded; a batch
 //! smaller than the thread pool lets the GEMM use the threads instead.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -55,16 +55,42 @@ impl Geometry {
         first..end.max(first)
     }
 
+    /// Output rows per tile. Unfolding a whole image writes C·k·k·OH·OW floats (7 MB for a 3x3
+    /// conv on 64 channels at 56 px), which leave the cache before the GEMM reads them back, and
+    /// the input gradient's GEMM (inner dimension only O) writes as much for col2im to reread:
+    /// memory-bound, the backward pass of ResNet's first stage ran at half the forward's rate.
+    /// A tile of whole output rows keeps its unfolded block in L2 between the two; at least
+    /// `MIN_TILE_PIXELS` columns keep the GEMM's panels long.
+    fn tile_rows(&self) -> usize {
+        const TILE_BYTES: usize = 384 * 1024;
+        const MIN_TILE_PIXELS: usize = 128;
+        let row_bytes = self.patch_len() * self.out_width() * size_of::<f32>();
+        (TILE_BYTES / row_bytes).max(MIN_TILE_PIXELS.div_ceil(self.out_width())).clamp(1, self.out_height())
+    }
+
+    /// The output-row ranges a GEMM per tile covers: the whole image for a pointwise
+    /// convolution, which multiplies the image in place.
+    fn tiles(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (rows, step) = (self.out_height(), if self.is_pointwise() { self.out_height() } else { self.tile_rows() });
+        (0..rows).step_by(step).map(move |start| start..(start + step).min(rows))
+    }
+
+    /// Floats of the unfolded tile buffer (none for a pointwise convolution).
+    fn tile_len(&self) -> usize {
+        if self.is_pointwise() { 0 } else { self.patch_len() * self.tile_rows() * self.out_width() }
+    }
+
     /// Calls `visit(row, oy, iy, ox_range, first_ix)` for every row (c, ky, kx) of the unfolded
-    /// input and every output row oy whose input row iy lies inside the image; output column ox
-    /// in `ox_range` reads input column first_ix + (ox − ox_range.start)·stride. im2col and
-    /// col2im share this walk, so they are each other's transpose by construction.
-    fn for_each_tap_row(&self, mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize)) {
-        let (oh, k) = (self.out_height(), self.kernel);
+    /// input and every output row oy in `rows` whose input row iy lies inside the image (oy
+    /// counted from `rows.start`); output column ox in `ox_range` reads input column first_ix +
+    /// (ox − ox_range.start)·stride. im2col and col2im share this walk, so they are each other's
+    /// transpose by construction.
+    fn for_each_tap_row(&self, rows: std::ops::Range<usize>, mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize)) {
+        let k = self.kernel;
         for c in 0..self.channels {
             for ky in 0..k {
-                let first_oy = self.padding.saturating_sub(ky).div_ceil(self.stride);
-                let end_oy = (self.height + self.padding).saturating_sub(ky).div_ceil(self.stride).min(oh);
+                let first_oy = self.padding.saturating_sub(ky).div_ceil(self.stride).max(rows.start);
+                let end_oy = (self.height + self.padding).saturating_sub(ky).div_ceil(self.stride).min(rows.end);
                 for kx in 0..k {
                     let columns = self.valid_columns(kx);
                     if columns.is_empty() {
@@ -74,21 +100,23 @@ impl Geometry {
                     for oy in first_oy..end_oy.max(first_oy) {
                         let iy = oy * self.stride + ky - self.padding;
                         let first_ix = columns.start * self.stride + kx - self.padding;
-                        visit(row, oy, c * self.height + iy, columns.clone(), first_ix);
+                        visit(row, oy - rows.start, c * self.height + iy, columns.clone(), first_ix);
                     }
                 }
             }
         }
     }
 
-    /// Unfolds one image (C, H, W) into `columns` (C·k·k, OH·OW); padding stays zero.
-    fn im2col(&self, image: &[f32], columns: &mut [f32]) {
+    /// Unfolds output rows `rows` of one image (C, H, W) into `columns` (C·k·k, rows·OW);
+    /// padding stays zero.
+    fn im2col(&self, image: &[f32], rows: std::ops::Range<usize>, columns: &mut [f32]) {
+        let (ow, width, stride) = (self.out_width(), self.width, self.stride);
+        let pixels = rows.len() * ow;
         // Without padding every entry is written below.
         if self.padding > 0 {
-            columns.fill(0.0);
+            columns[..self.patch_len() * pixels].fill(0.0);
         }
-        let (ow, pixels, width, stride) = (self.out_width(), self.out_pixels(), self.width, self.stride);
-        self.for_each_tap_row(|row, oy, plane_row, ox_range, first_ix| {
+        self.for_each_tap_row(rows, |row, oy, plane_row, ox_range, first_ix| {
             let source = &image[plane_row * width..(plane_row + 1) * width];
             let target = &mut columns[row * pixels + oy * ow..row * pixels + (oy + 1) * ow];
             if stride == 1 {
@@ -102,21 +130,25 @@ impl Geometry {
         });
     }
 
-    /// The (C·k·k, OH·OW) matrix a GEMM multiplies for one image: the image itself for a
-    /// pointwise convolution, else its im2col in `columns`.
-    fn unfold<'a>(&self, image: &'a [f32], columns: &'a mut [f32]) -> &'a [f32] {
+    /// The (C·k·k, rows·OW) matrix a GEMM multiplies for output rows `rows` of one image: the
+    /// image itself for a pointwise convolution (one tile of all rows), else its im2col in
+    /// `columns`.
+    fn unfold<'a>(&self, image: &'a [f32], rows: std::ops::Range<usize>, columns: &'a mut [f32]) -> MatRef<'a, f32> {
+        let pixels = rows.len() * self.out_width();
         if self.is_pointwise() {
-            image
+            row_major(image, self.channels, pixels)
         } else {
-            self.im2col(image, columns);
-            columns
+            self.im2col(image, rows, columns);
+            row_major(&columns[..self.patch_len() * pixels], self.patch_len(), pixels)
         }
     }
 
-    /// Folds an unfolded gradient `columns` (C·k·k, OH·OW) back onto one image, adding.
-    fn col2im(&self, columns: &[f32], image: &mut [f32]) {
-        let (ow, pixels, width, stride) = (self.out_width(), self.out_pixels(), self.width, self.stride);
-        self.for_each_tap_row(|row, oy, plane_row, ox_range, first_ix| {
+    /// Folds the unfolded gradient of output rows `rows`, `columns` (C·k·k, rows·OW), back
+    /// onto one image, adding.
+    fn col2im(&self, columns: &[f32], rows: std::ops::Range<usize>, image: &mut [f32]) {
+        let (ow, width, stride) = (self.out_width(), self.width, self.stride);
+        let pixels = rows.len() * ow;
+        self.for_each_tap_row(rows, |row, oy, plane_row, ox_range, first_ix| {
             let target = &mut image[plane_row * width..(plane_row + 1) * width];
             let source = &columns[row * pixels + oy * ow..row * pixels + (oy + 1) * ow];
             if stride == 1 {
@@ -183,13 +215,12 @@ impl Forward {
         let g = Geometry { channels, height, width, kernel, stride: self.stride, padding: self.padding };
         let input = f32_slice(s1, l1, "the input")?;
         let weight = row_major(f32_slice(s2, l2, "the weight")?, out_channels, g.patch_len());
-        let pixels = g.out_pixels();
+        let (pixels, ow) = (g.out_pixels(), g.out_width());
         let mut out = vec![0f32; batch * out_channels * pixels];
         let mut images: Vec<&mut [f32]> = out.chunks_mut(out_channels * pixels).collect();
         let (parallel, par) = split(batch);
-        let scratch = if g.is_pointwise() { 0 } else { g.patch_len() * pixels };
-        for_each_image(&mut images, parallel, scratch, |b, out, columns| {
-            let unfolded = g.unfold(&input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()], columns);
+        for_each_image(&mut images, parallel, g.tile_len(), |b, out, columns| {
+            let image = &input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()];
             let accumulate = match bias {
                 Some(bias) => {
                     out.chunks_mut(pixels).zip(bias).for_each(|(plane, &value)| plane.fill(value));
@@ -197,8 +228,12 @@ impl Forward {
                 }
                 None => Accum::Replace,
             };
-            let dst = row_major_mut(out, out_channels, pixels);
-            faer::linalg::matmul::matmul(dst, accumulate, weight, row_major(unfolded, g.patch_len(), pixels), 1.0, par);
+            for rows in g.tiles() {
+                let (first, count) = (rows.start * ow, rows.len() * ow);
+                let unfolded = g.unfold(image, rows, columns);
+                let dst = row_major_mut(out, out_channels, pixels).subcols_mut(first, count);
+                faer::linalg::matmul::matmul(dst, accumulate, weight, unfolded, 1.0, par);
+            }
         });
         Ok((CpuStorage::F32(out), Shape::from((batch, out_channels, g.out_height(), g.out_width()))))
     }
@@ -285,18 +320,22 @@ impl CustomOp2 for GradInput {
         let g = Geometry { channels, height: self.height, width: self.width, kernel, stride: self.stride, padding: self.padding };
         let grad = f32_slice(s1, l1, "the gradient")?;
         let weight_t = row_major(f32_slice(s2, l2, "the weight")?, out_channels, g.patch_len()).transpose();
-        let pixels = g.out_pixels();
+        let (pixels, ow) = (g.out_pixels(), g.out_width());
         let mut out = vec![0f32; batch * channels * g.in_pixels()];
         let mut images: Vec<&mut [f32]> = out.chunks_mut(channels * g.in_pixels()).collect();
         let (parallel, par) = split(batch);
-        let scratch = if g.is_pointwise() { 0 } else { g.patch_len() * pixels };
-        for_each_image(&mut images, parallel, scratch, |b, image, columns| {
+        for_each_image(&mut images, parallel, g.tile_len(), |b, image, columns| {
             let grad = row_major(&grad[b * out_channels * pixels..(b + 1) * out_channels * pixels], out_channels, pixels);
             if g.is_pointwise() {
                 faer::linalg::matmul::matmul(row_major_mut(image, channels, pixels), Accum::Replace, weight_t, grad, 1.0, par);
-            } else {
-                faer::linalg::matmul::matmul(row_major_mut(columns, g.patch_len(), pixels), Accum::Replace, weight_t, grad, 1.0, par);
-                g.col2im(columns, image);
+                return;
+            }
+            for rows in g.tiles() {
+                let (first, count) = (rows.start * ow, rows.len() * ow);
+                let tile = &mut columns[..g.patch_len() * count];
+                let dst = row_major_mut(tile, g.patch_len(), count);
+                faer::linalg::matmul::matmul(dst, Accum::Replace, weight_t, grad.subcols(first, count), 1.0, par);
+                g.col2im(tile, rows, image);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, self.height, self.width))))
@@ -321,14 +360,18 @@ impl CustomOp2 for GradWeight {
         let g = Geometry { channels, height, width, kernel: self.kernel, stride: self.stride, padding: self.padding };
         let input = f32_slice(s1, l1, "the input")?;
         let grad = f32_slice(s2, l2, "the gradient")?;
-        let (pixels, patch) = (g.out_pixels(), g.patch_len());
+        let (pixels, patch, ow) = (g.out_pixels(), g.patch_len(), g.out_width());
         let accumulate = |b: usize, sum: &mut [f32], columns: &mut [f32], par: Par| {
-            let unfolded = g.unfold(&input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()], columns);
+            let image = &input[b * channels * g.in_pixels()..(b + 1) * channels * g.in_pixels()];
             let grad = row_major(&grad[b * out_channels * pixels..(b + 1) * out_channels * pixels], out_channels, pixels);
-            let dst = row_major_mut(sum, out_channels, patch);
-            faer::linalg::matmul::matmul(dst, Accum::Add, grad, row_major(unfolded, patch, pixels).transpose(), 1.0, par);
+            for rows in g.tiles() {
+                let (first, count) = (rows.start * ow, rows.len() * ow);
+                let unfolded = g.unfold(image, rows, columns);
+                let dst = row_major_mut(sum, out_channels, patch);
+                faer::linalg::matmul::matmul(dst, Accum::Add, grad.subcols(first, count), unfolded.transpose(), 1.0, par);
+            }
         };
-        let scratch = if g.is_pointwise() { 0 } else { patch * pixels };
+        let scratch = g.tile_len();
         let (parallel, par) = split(batch);
         // Fixed image chunks, summed in order: the result does not depend on thread timing.
         let out = if parallel {
@@ -394,7 +437,7 @@ pub(crate) mod tests {
     /// sizes, unequal height/width remainders at stride 2, every stride/padding the backbones
     /// use, batches above and below the pool size. Shared with device_conv's test.
     pub(crate) type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
-    pub(crate) const SHAPES: [ConvCase; 8] = [
+    pub(crate) const SHAPES: [ConvCase; 10] = [
         (3, 4, 5, 3, 1, 1, 9, 7),
         (3, 3, 6, 7, 2, 3, 13, 10),
         (1, 4, 5, 3, 2, 1, 8, 9),
@@ -403,7 +446,27 @@ pub(crate) mod tests {
         (2, 5, 4, 1, 2, 0, 7, 8),
         (2, 3, 4, 16, 16, 0, 32, 48),
         (5, 2, 3, 5, 1, 2, 6, 6),
+        // Images large enough for several output-row tiles (`MULTI_TILE`), stride 1 and 2.
+        (1, 24, 4, 3, 1, 1, 70, 41),
+        (2, 16, 3, 3, 2, 1, 91, 64),
     ];
+
+    /// The cases of `SHAPES` whose unfolded image is split into several tiles.
+    const MULTI_TILE: [usize; 2] = [8, 9];
+
+    #[test]
+    fn large_images_are_unfolded_in_several_tiles() {
+        for index in MULTI_TILE {
+            let (_, channels, _, kernel, stride, padding, height, width) = SHAPES[index];
+            let g = Geometry { channels, height, width, kernel, stride, padding };
+            let tiles: Vec<_> = g.tiles().collect();
+            assert!(tiles.len() >= 3, "case {index}: {tiles:?}");
+            // Consecutive, covering every output row once.
+            assert_eq!(tiles.first().map(|t| t.start), Some(0));
+            assert_eq!(tiles.last().map(|t| t.end), Some(g.out_height()));
+            assert!(tiles.windows(2).all(|pair| pair[0].end == pair[1].start));
+        }
+    }
 
     /// candle's own conv2d and its autograd are the reference: slow, but independent of this
     /// module's unfolding and GEMMs.
