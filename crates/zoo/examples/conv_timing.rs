@@ -6,7 +6,14 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 
+/// The binaries' allocator: with the system allocator every backward pass returned its buffers
+/// to the OS and faulted them in again, and the kernel's page clearing and TLB shootdowns made
+/// the backward timings three times too slow.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
+    medxfer_zoo::allocator::keep_freed_memory();
     let device = Device::Cpu;
     for (name, input, weight, stride, padding) in [
         ("stem 7x7/2 3->64 @224", (32, 3, 224, 224), (64, 3, 7, 7), 2, 3),
