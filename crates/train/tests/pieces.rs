@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use medxfer_train::metrics::evaluate;
 use medxfer_train::schedule::cosine;
 use medxfer_train::search_space::{points, unit_point};
@@ -33,50 +33,46 @@ fn the_halton_points_are_scipys_and_the_protocols() {
     }
 }
 
-/// In f32 the CPU takes the fused one-pass update (sgd.rs): the same steps within f32's
-/// rounding of torch's f64 values.
-#[test]
-fn nesterov_sgd_steps_as_torch_in_f32() {
-    let r: HashMap<String, Tensor> = reference().into_iter().map(|(k, v)| (k, v.to_dtype(candle_core::DType::F32).unwrap())).collect();
+/// Four steps of torch's SGD fixture (f64) in `dtype`, each parameter within `tolerance` times
+/// its magnitude (at least 1) of torch's values; returns the optimizer and its variables.
+fn sgd_steps_as_torch(dtype: DType, tolerance: f64) -> (NesterovSgd, Var, Var) {
+    let r: HashMap<String, Tensor> = reference().into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
     let weight = Var::from_tensor(&r["sgd.weight0"]).unwrap();
     let bias = Var::from_tensor(&r["sgd.bias0"]).unwrap();
     let settings = SgdSettings { learning_rate: 0.05, momentum: 0.9, weight_decay: 0.01, nesterov: true };
     let mut optimizer = NesterovSgd::new(vec![("weight".into(), weight.clone()), ("bias".into(), bias.clone())], settings);
     let (x, y, c) = (&r["sgd.x"], &r["sgd.y"], &r["sgd.c"]);
+    let wide = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
     for step in 1..=4 {
         let prediction = x.matmul(&weight.as_tensor().t().unwrap()).unwrap().broadcast_add(bias.as_tensor()).unwrap();
         let loss = (prediction - y).unwrap().sqr().unwrap().broadcast_mul(c).unwrap().sum_all().unwrap();
         optimizer.step(&loss.backward().unwrap()).unwrap();
         for (name, var) in [("weight", &weight), ("bias", &bias)] {
-            let expected = &r[&format!("sgd.{name}{step}")];
-            let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0) as f64;
-            let wide = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
-            assert!(max_difference(&wide(var.as_tensor()), &wide(expected)) < 1e-5 * scale, "{name} after step {step}");
+            let expected = wide(&r[&format!("sgd.{name}{step}")]);
+            let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap().max(1.0);
+            assert!(max_difference(&wide(var.as_tensor()), &expected) < tolerance * scale, "{dtype:?}: {name} after step {step}");
         }
     }
+    (optimizer, weight, bias)
+}
+
+/// In f32 the CPU takes the fused one-pass update (sgd.rs): the same steps within f32's
+/// rounding of torch's f64 values.
+#[test]
+fn nesterov_sgd_steps_as_torch_in_f32() {
+    let (optimizer, weight, _) = sgd_steps_as_torch(DType::F32, 1e-5);
     assert_eq!(optimizer.state()["weight"].dims(), weight.dims());
 }
 
 #[test]
 fn nesterov_sgd_steps_as_torch() {
-    let r = reference();
-    let weight = Var::from_tensor(&r["sgd.weight0"]).unwrap();
-    let bias = Var::from_tensor(&r["sgd.bias0"]).unwrap();
-    let settings = SgdSettings { learning_rate: 0.05, momentum: 0.9, weight_decay: 0.01, nesterov: true };
-    let mut optimizer = NesterovSgd::new(vec![("weight".into(), weight.clone()), ("bias".into(), bias.clone())], settings);
-    let (x, y, c) = (&r["sgd.x"], &r["sgd.y"], &r["sgd.c"]);
-    for step in 1..=4 {
-        let prediction = x.matmul(&weight.as_tensor().t().unwrap()).unwrap().broadcast_add(bias.as_tensor()).unwrap();
-        let loss = (prediction - y).unwrap().sqr().unwrap().broadcast_mul(c).unwrap().sum_all().unwrap();
-        optimizer.step(&loss.backward().unwrap()).unwrap();
-        assert!(max_difference(weight.as_tensor(), &r[&format!("sgd.weight{step}")]) < 1e-12, "weight after step {step}");
-        assert!(max_difference(bias.as_tensor(), &r[&format!("sgd.bias{step}")]) < 1e-12, "bias after step {step}");
-    }
+    let (optimizer, weight, bias) = sgd_steps_as_torch(DType::F64, 1e-12);
+    let settings = optimizer.settings;
     // The momentum state round-trips into a fresh optimizer.
     let mut resumed = NesterovSgd::new(vec![("weight".into(), weight.clone()), ("bias".into(), bias.clone())], settings);
     resumed.restore(optimizer.state().clone()).unwrap();
     assert_eq!(resumed.state().len(), 2);
-    let wrong = HashMap::from([("weight".to_string(), Tensor::zeros(3, candle_core::DType::F64, &Device::Cpu).unwrap())]);
+    let wrong = HashMap::from([("weight".to_string(), Tensor::zeros(3, DType::F64, &Device::Cpu).unwrap())]);
     assert!(resumed.restore(wrong).unwrap_err().to_string().contains("shape"));
 }
 
