@@ -161,9 +161,7 @@ impl FusedStep {
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("sgd: {what} must be f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("sgd: {what} must be contiguous") };
-    Ok(&data[start..end])
+    medxfer_zoo::kernel_input::f32_slice(storage, layout, "sgd", what)
 }
 
 impl CustomOp2 for FusedStep {

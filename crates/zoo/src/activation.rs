@@ -107,6 +107,15 @@ impl FusedActivation {
             FusedActivation::Relu6 => relu6(x),
         }
     }
+
+    /// `self(y + residual)` as separate operations: what the fused kernel does in one pass,
+    /// for eval mode and other devices.
+    pub fn after_residual(self, y: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.apply(&match residual {
+            Some(residual) => (y + residual)?,
+            None => y,
+        })
+    }
 }
 
 fn fused(x: &Tensor) -> bool {

@@ -76,11 +76,7 @@ impl Conv2d {
             Some(bias) => ((bias.detach() * &scale)? + shift)?,
             None => shift,
         };
-        let y = self.convolve(x, &weight, Some(bias))?;
-        activation.apply(&match residual {
-            Some(residual) => (y + residual)?,
-            None => y,
-        })
+        activation.after_residual(self.convolve(x, &weight, Some(bias))?, residual)
     }
 
     fn convolve(&self, x: &Tensor, weight: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
@@ -148,25 +144,27 @@ impl BatchNorm2d {
         if train && x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
             return self.forward_train_cpu(x, residual, activation);
         }
-        let y = self.forward_composite(x, train)?;
-        activation.apply(&match residual {
-            Some(residual) => (y + residual)?,
-            None => y,
-        })
+        activation.after_residual(self.forward_composite(x, train)?, residual)
     }
 
     fn forward_train_cpu(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation) -> Result<Tensor> {
-        let (batch, channels, height, width) = x.dims4()?;
-        let count = (batch * height * width) as f64;
-        let m = self.momentum;
+        let channels = x.dim(1)?;
+        let correction = unbiased_correction(x)?;
         let (y, mean, var) = crate::batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps, residual, activation)?;
         let device = x.device();
         let mean = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect::<Vec<f32>>(), channels, device)?;
-        let unbiased =
-            Tensor::from_vec(var.iter().map(|&v| (v * count / (count - 1.0).max(1.0)) as f32).collect::<Vec<f32>>(), channels, device)?;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+        let unbiased = Tensor::from_vec(var.iter().map(|&v| (v * correction) as f32).collect::<Vec<f32>>(), channels, device)?;
+        self.update_running(&mean, &unbiased)?;
         Ok(y)
+    }
+
+    /// running = (1 - momentum) running + momentum batch, for the mean and the unbiased
+    /// variance (C values each, no gradient), as PyTorch.
+    fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
+        let m = self.momentum;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var * m)?)?)?;
+        Ok(())
     }
 
     /// Eval mode, or train mode from candle's differentiable ops (other devices).
@@ -177,9 +175,6 @@ impl BatchNorm2d {
             let (scale, shift) = self.eval_affine()?;
             return Ok(x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?);
         }
-        let (batch, _, height, width) = x.dims4()?;
-        let count = (batch * height * width) as f64;
-        let m = self.momentum;
         // Batch statistics reduced in f64 on the CPU: train-mode BN divides by the batch
         // standard deviation, which amplifies the rounding of f32 sums (1.5e-4 of the logits of
         // a small MobileNetV2 against PyTorch; 1e-5 in f64). On a GPU in the input's dtype, as
@@ -189,12 +184,18 @@ impl BatchNorm2d {
         let var = wide.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
         let (mean, var) = (mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?);
         // The running estimate uses the unbiased variance, as PyTorch; no gradient flows into it.
-        let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+        self.update_running(&mean.detach().flatten_all()?, &(var.detach().flatten_all()? * unbiased_correction(x)?)?)?;
         let scale = (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&self.weight.reshape(shape)?)?;
         Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias.reshape(shape)?)?)
     }
+}
+
+/// N / (N - 1) for the N = B·H·W values per channel of x (B, C, H, W): biased to unbiased
+/// variance (1 for a single value rather than a division by zero).
+fn unbiased_correction(x: &Tensor) -> Result<f64> {
+    let (batch, _, height, width) = x.dims4()?;
+    let count = (batch * height * width) as f64;
+    Ok(count / (count - 1.0).max(1.0))
 }
 
 /// y = x W' + b.

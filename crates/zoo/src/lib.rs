@@ -34,7 +34,7 @@ mod device_conv;
 mod efficientnet;
 mod error;
 mod hub;
-mod kernel_input;
+pub mod kernel_input;
 pub mod layers;
 mod params;
 mod pool;
