@@ -1,6 +1,7 @@
 //! Times candle's conv2d and the zoo's im2col + GEMM convolution (forward, and forward + backward)
 //! on the convolutions that dominate ResNet (batch 32, 224 px), to say which op holds the zoo
-//! back on the CPU. `cargo run --release -p medxfer-zoo --example conv_timing`.
+//! back on the CPU. `cargo run --release -p medxfer-zoo --example conv_timing [-- --ours]`
+//! (`--ours` skips candle's, which takes most of the time).
 
 use std::time::Instant;
 
@@ -15,9 +16,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     medxfer_zoo::allocator::keep_freed_memory();
     let device = Device::Cpu;
+    let ours_only = std::env::args().any(|arg| arg == "--ours");
     for (name, input, weight, stride, padding) in [
         ("stem 7x7/2 3->64 @224", (32, 3, 224, 224), (64, 3, 7, 7), 2, 3),
         ("3x3 64->64 @56", (32, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+        ("3x3/2 64->128 @56", (32, 64, 56, 56), (128, 64, 3, 3), 2, 1),
         ("3x3 128->128 @28", (32, 128, 28, 28), (128, 128, 3, 3), 1, 1),
         ("3x3 256->256 @14", (32, 256, 14, 14), (256, 256, 3, 3), 1, 1),
         ("3x3 512->512 @7", (32, 512, 7, 7), (512, 512, 3, 3), 1, 1),
@@ -31,7 +34,8 @@ fn main() -> anyhow::Result<()> {
         let gflop = 2.0 * (b * o * oh * ow * c * k * k) as f64 / 1e9;
         let candle = || Ok(x.as_tensor().conv2d(&w, padding, stride, 1, 1)?);
         let ours = || Ok(medxfer_zoo::conv::conv2d(&x, &w, None, stride, padding)?);
-        for (which, conv) in [("candle", &candle as &dyn Fn() -> anyhow::Result<Tensor>), ("im2col+gemm", &ours)] {
+        let convs = [("candle", &candle as &dyn Fn() -> anyhow::Result<Tensor>), ("im2col+gemm", &ours)];
+        for (which, conv) in convs.into_iter().skip(usize::from(ours_only)) {
             let forward = time(|| Ok(conv()?.detach().sum_all()?.to_scalar::<f32>()?))?;
             // The backward pass costs twice the forward's FLOPs (input and weight gradients).
             let both = time(|| Ok(conv()?.sum_all()?.backward().map(|_| 0.0)?))?;
@@ -47,13 +51,15 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Median-free mean of three runs after one warm-up.
+/// The fastest of five runs after one warm-up: on a shared machine the slower runs measure the
+/// neighbours (the mean of three moved by 10% between identical runs).
 fn time(run: impl Fn() -> anyhow::Result<f32>) -> anyhow::Result<f64> {
     run()?;
-    let start = Instant::now();
-    let runs = 3;
-    for _ in 0..runs {
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
         run()?;
+        best = best.min(start.elapsed().as_secs_f64());
     }
-    Ok(start.elapsed().as_secs_f64() / runs as f64)
+    Ok(best)
 }
