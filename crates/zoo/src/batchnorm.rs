@@ -69,43 +69,57 @@ impl CustomOp1 for ChannelStats {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = layout.shape().dims4()?;
-        let x = f32_slice(storage, layout, "the input")?;
-        let plane = height * width;
-        let count = (batch * plane) as f64;
-        let stats: Vec<(f64, f64)> = (0..channels)
-            .into_par_iter()
-            .map(|c| {
-                // One pass over x (it comes from memory, not the cache: a second pass cost as much
-                // as the first), on values shifted by one of them. The variance from the sums of
-                // x − shift and its square loses about (shift − mean)² / var ulps of f64 to
-                // cancellation, nothing for a sample of the channel itself.
-                let shift = planes(x, channels, c, plane).next().and_then(|p| p.first()).map_or(0.0, |&v| f64::from(v));
-                let (mut sums, mut squares) = ([0f64; LANES], [0f64; LANES]);
-                planes(x, channels, c, plane).for_each(|p| {
-                    accumulate(&mut sums, p, p, |v, _| v - shift);
-                    accumulate(&mut squares, p, p, |v, _| (v - shift) * (v - shift));
-                });
-                let (sum, square) = (total(&sums), total(&squares));
-                (shift + sum / count, ((square - sum * sum / count) / count).max(0.0))
-            })
-            .collect();
-        let mut out: Vec<f64> = stats.iter().map(|s| s.0).collect();
-        out.extend(stats.iter().map(|s| s.1));
+        let (_, channels, height, width) = layout.shape().dims4()?;
+        let (mut out, var) = channel_stats(f32_slice(storage, layout, "the input")?, channels, height * width);
+        out.extend(var);
         Ok((CpuStorage::F64(out), Shape::from((2, channels))))
     }
 }
 
+/// Per-channel mean and biased variance, in f64, of x (B, C, H·W) laid out contiguously.
+pub(crate) fn channel_stats(x: &[f32], channels: usize, plane: usize) -> (Vec<f64>, Vec<f64>) {
+    let count = x.len() as f64 / channels as f64;
+    let stats: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            // One pass over x (it comes from memory, not the cache: a second pass cost as much
+            // as the first), on values shifted by one of them. The variance from the sums of
+            // x − shift and its square loses about (shift − mean)² / var ulps of f64 to
+            // cancellation, nothing for a sample of the channel itself.
+            let shift = planes(x, channels, c, plane).next().and_then(|p| p.first()).map_or(0.0, |&v| f64::from(v));
+            let (mut sums, mut squares) = ([0f64; LANES], [0f64; LANES]);
+            planes(x, channels, c, plane).for_each(|p| {
+                accumulate(&mut sums, p, p, |v, _| v - shift);
+                accumulate(&mut squares, p, p, |v, _| (v - shift) * (v - shift));
+            });
+            let (sum, square) = (total(&sums), total(&squares));
+            (shift + sum / count, ((square - sum * sum / count) / count).max(0.0))
+        })
+        .collect();
+    stats.into_iter().unzip()
+}
+
+/// 1 / sqrt(var + eps) per channel.
+pub(crate) fn inverse_std(var: &[f64], eps: f64) -> Vec<f64> {
+    var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
+}
+
 /// y = act((x - mean) * invstd * gamma + beta [+ residual]) with the batch's statistics (held
 /// by the op); gamma and beta come stacked as one (2, C) tensor.
-struct Normalize {
-    mean: Vec<f64>,
-    invstd: Vec<f64>,
-    activation: FusedActivation,
+pub(crate) struct Normalize {
+    pub(crate) mean: Vec<f64>,
+    pub(crate) invstd: Vec<f64>,
+    pub(crate) activation: FusedActivation,
 }
 
 impl Normalize {
-    fn run(&self, x: &[f32], layout: &Layout, affine: &[f32], residual: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    pub(crate) fn run(
+        &self,
+        x: &[f32],
+        layout: &Layout,
+        affine: &[f32],
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, channels, height, width) = layout.shape().dims4()?;
         if affine.len() != 2 * channels || residual.is_some_and(|r| r.len() != x.len()) {
             candle_core::bail!("batch norm: parameters or residual do not fit an input of shape {:?}", layout.shape());
@@ -134,7 +148,13 @@ impl Normalize {
     }
 
     /// Gradients of x, the stacked (gamma, beta) and the residual's (dz itself).
-    fn gradients(&self, x: &Tensor, affine: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    pub(crate) fn gradients(
+        &self,
+        x: &Tensor,
+        affine: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let x = x.contiguous()?;
         let dz = match self.activation.high() {
             Some(high) => crate::activation::clamp_backward(grad, y, high)?,
@@ -291,7 +311,7 @@ pub fn batch_norm_train(
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f64>()?;
     let (mean, var) = (stats[0].clone(), stats[1].clone());
-    let invstd = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+    let invstd = inverse_std(&var, eps);
     let affine = Tensor::stack(&[gamma, beta], 0)?;
     let op = Normalize { mean: mean.clone(), invstd, activation };
     let y = match residual {

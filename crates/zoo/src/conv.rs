@@ -298,13 +298,13 @@ fn gather_planes<'a>(grad: &[f32], images: Range<usize>, out_channels: usize, pi
 
 /// out[b] (O, OH·OW) = weight (O, C·k·k) · im2col(x[b]) (+ bias per output channel, written
 /// before the GEMM accumulates onto it: no separate pass over the output).
-struct Forward {
-    stride: usize,
-    padding: usize,
+pub(crate) struct Forward {
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
 }
 
 impl Forward {
-    fn run(
+    pub(crate) fn run(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
@@ -360,7 +360,12 @@ impl Forward {
 
     /// The input's gradient is None where the input needs none (the images entering the stem:
     /// there it would be a full GEMM and col2im per image, 6% of a ResNet-18 step).
-    fn gradients(&self, input: &Tensor, weight: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
+    pub(crate) fn gradients(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
         let grad = grad.contiguous()?;
         let (_, _, height, width) = input.dims4()?;
         let grad_input = if input.track_op() {

@@ -67,6 +67,10 @@ impl Conv2d {
         train: bool,
     ) -> Result<Tensor> {
         if train {
+            let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+            if residual.is_none() && self.groups == 1 && self.bias.is_none() && [x, &self.weight, &norm.weight].into_iter().all(f32_cpu) {
+                return norm.forward_train_cpu_after_conv(x, &self.weight, (self.stride, self.padding), activation);
+            }
             return norm.forward_fused(&self.forward_t(x, true)?, residual, activation, true);
         }
         let (scale, shift) = norm.eval_affine()?;
@@ -148,14 +152,34 @@ impl BatchNorm2d {
     }
 
     fn forward_train_cpu(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation) -> Result<Tensor> {
-        let channels = x.dim(1)?;
-        let correction = unbiased_correction(x)?;
         let (y, mean, var) = crate::batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps, residual, activation)?;
-        let device = x.device();
-        let mean = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect::<Vec<f32>>(), channels, device)?;
-        let unbiased = Tensor::from_vec(var.iter().map(|&v| (v * correction) as f32).collect::<Vec<f32>>(), channels, device)?;
-        self.update_running(&mean, &unbiased)?;
+        self.update_from_batch(&y, &mean, &var)?;
         Ok(y)
+    }
+
+    /// Train mode on the CPU after a one-group convolution without bias (`weight`, stride and
+    /// padding), the two as one graph node (`conv_batchnorm.rs`).
+    fn forward_train_cpu_after_conv(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        stride_padding: (usize, usize),
+        activation: FusedActivation,
+    ) -> Result<Tensor> {
+        let norm = (&self.weight, &self.bias, self.eps);
+        let (y, mean, var) = crate::conv_batchnorm::conv_batch_norm_train(x, weight, stride_padding, norm, activation)?;
+        self.update_from_batch(&y, &mean, &var)?;
+        Ok(y)
+    }
+
+    /// The running estimates from a batch's mean and biased variance (f64, per channel) over
+    /// the values of `y`'s shape.
+    fn update_from_batch(&self, y: &Tensor, mean: &[f64], var: &[f64]) -> Result<()> {
+        let correction = unbiased_correction(y)?;
+        let device = y.device();
+        let mean = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect::<Vec<f32>>(), mean.len(), device)?;
+        let unbiased = Tensor::from_vec(var.iter().map(|&v| (v * correction) as f32).collect::<Vec<f32>>(), var.len(), device)?;
+        self.update_running(&mean, &unbiased)
     }
 
     /// running = (1 - momentum) running + momentum batch, for the mean and the unbiased

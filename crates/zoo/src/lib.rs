@@ -28,6 +28,7 @@ mod backbone;
 mod batchnorm;
 mod checkpoint;
 pub mod conv;
+mod conv_batchnorm;
 mod densenet;
 mod depthwise;
 mod device_conv;
