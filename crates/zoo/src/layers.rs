@@ -57,7 +57,8 @@ impl Conv2d {
     }
 
     /// `activation(norm(self(x)) + residual)`, in train mode as one fused BatchNorm pass
-    /// (`BatchNorm2d::forward_fused`).
+    /// (`BatchNorm2d::forward_fused`); without a residual, on the CPU in f32, the convolution
+    /// and the BatchNorm are one graph node (`conv_batchnorm.rs`).
     pub fn forward_bn_fused(
         &self,
         x: &Tensor,
