@@ -19,10 +19,11 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use medxfer_zoo::kernel_input::is_f32_cpu;
 
 /// The optimizer's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,9 +57,8 @@ impl NesterovSgd {
         let SgdSettings { learning_rate, momentum, weight_decay, nesterov } = self.settings;
         for (name, var) in &self.vars {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
             let buffer = self.buffers.get(name);
-            if momentum != 0.0 && f32_cpu(var.as_tensor()) && f32_cpu(grad) && buffer.is_none_or(f32_cpu) {
+            if momentum != 0.0 && is_f32_cpu(var.as_tensor()) && is_f32_cpu(grad) && buffer.is_none_or(is_f32_cpu) {
                 let op = FusedStep::new(self.settings);
                 let (param, grad) = (var.as_tensor().contiguous()?, grad.contiguous()?);
                 // (2, n): the new parameter, then the new momentum buffer.

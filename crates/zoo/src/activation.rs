@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::kernel_input::is_f32_cpu;
 
 /// Elements per parallel chunk: large enough to amortise a task, small enough to spread.
 const CHUNK: usize = 1 << 16;
@@ -118,13 +119,9 @@ impl FusedActivation {
     }
 }
 
-fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
-}
-
 /// max(x, 0).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if fused(x) {
+    if is_f32_cpu(x) {
         return Ok(x.contiguous()?.apply_op1(Clamp { high: f32::INFINITY })?);
     }
     Ok(x.relu()?)
@@ -132,7 +129,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 
 /// min(max(x, 0), 6).
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    if fused(x) {
+    if is_f32_cpu(x) {
         return Ok(x.contiguous()?.apply_op1(Clamp { high: 6.0 })?);
     }
     Ok(x.clamp(0f32, 6f32)?)

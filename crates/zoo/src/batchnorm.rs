@@ -337,8 +337,6 @@ mod tests {
         normalized.broadcast_mul(&gamma.reshape(shape).unwrap()).unwrap().broadcast_add(&beta.reshape(shape).unwrap()).unwrap()
     }
 
-    /// Every fused variant (activation x residual) against the composite in f64: output and
-    /// the gradients of x, gamma, beta and the residual.
     /// The one-pass statistics against a two-pass f64 reference, on a channel whose mean is
     /// 10^5 spreads (a naive sum of squares would lose the variance entirely in f32, and half
     /// its digits in f64) and on an ordinary one.
@@ -357,6 +355,8 @@ mod tests {
         }
     }
 
+    /// Every fused variant (activation x residual) against the composite in f64: output and
+    /// the gradients of x, gamma, beta and the residual.
     #[test]
     fn matches_the_composite_normalisation_and_its_gradients() {
         let mut random = crate::test_tensors::NormalTensors::new(1);

@@ -13,11 +13,12 @@
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::kernel_input::is_f32_cpu;
 
 /// Images with fewer output pixels than `GROUP_BELOW` are multiplied several at a time, about
 /// `GROUP_PIXELS` columns a GEMM. One 7x7 image of ResNet's last stage gives the forward's GEMM
@@ -554,8 +555,7 @@ impl CustomOp2 for GradWeight {
 /// (O): im2col + GEMM for f32 on the CPU; elsewhere candle's conv2d forward with the backward
 /// of `device_conv`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu) {
+    if is_f32_cpu(x) && is_f32_cpu(weight) && bias.is_none_or(is_f32_cpu) {
         let (x, weight, op) = (x.contiguous()?, weight.contiguous()?, Forward { stride, padding });
         return Ok(match bias {
             Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, op)?,

@@ -189,7 +189,7 @@ impl CustomOp2 for GradWeight {
 /// for contiguous f32 on the CPU, candle's grouped convolution elsewhere.
 pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let channels = x.dim(1)?;
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if crate::kernel_input::is_f32_cpu(x) {
         Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Forward { stride, padding })?)
     } else {
         shifted_taps(x, weight, channels, stride, padding)

@@ -6,6 +6,7 @@ use candle_core::{D, DType, Tensor, Var};
 
 use crate::activation::FusedActivation;
 use crate::error::Result;
+use crate::kernel_input::is_f32_cpu;
 use crate::params::ParamBuilder;
 pub use crate::pool::max_pool_3x3_s2_p1;
 
@@ -68,8 +69,8 @@ impl Conv2d {
         train: bool,
     ) -> Result<Tensor> {
         if train {
-            let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-            if residual.is_none() && self.groups == 1 && self.bias.is_none() && [x, &self.weight, &norm.weight].into_iter().all(f32_cpu) {
+            let cpu_kernels = [x, &self.weight, &norm.weight].into_iter().all(is_f32_cpu);
+            if residual.is_none() && self.groups == 1 && self.bias.is_none() && cpu_kernels {
                 return norm.forward_train_cpu_after_conv(x, &self.weight, (self.stride, self.padding), activation);
             }
             return norm.forward_fused(&self.forward_t(x, true)?, residual, activation, true);
@@ -146,7 +147,7 @@ impl BatchNorm2d {
     /// backward (batchnorm.rs), which also keeps candle's backward pass from zero-filling and
     /// adding a gradient for each of the separate operations' outputs.
     pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation, train: bool) -> Result<Tensor> {
-        if train && x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+        if train && is_f32_cpu(x) && is_f32_cpu(&self.weight) {
             return self.forward_train_cpu(x, residual, activation);
         }
         activation.after_residual(self.forward_composite(x, train)?, residual)

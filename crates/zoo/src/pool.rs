@@ -140,7 +140,7 @@ impl CustomOp3 for MaxPoolGrad {
 
 /// Max pooling 3x3, stride 2, padding 1 (the ResNet and DenseNet stem).
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if crate::kernel_input::is_f32_cpu(x) {
         return Ok(x.contiguous()?.apply_op1(MaxPool { kernel: 3, stride: 2, padding: 1 })?);
     }
     let pooled_h = pool_axis(x, 2)?;
