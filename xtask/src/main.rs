@@ -202,7 +202,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    medxfer_zoo::allocator::keep_freed_memory();
+    medxfer_cli::keep_freed_memory();
     match Cli::parse().command {
         Command::BenchScores { n, d, classes, repeats, python, no_python, keep_data, out } => {
             bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())

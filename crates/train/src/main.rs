@@ -207,14 +207,8 @@ enum PartArg {
 }
 
 fn main() -> ExitCode {
-    medxfer_zoo::allocator::keep_freed_memory();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    medxfer_cli::keep_freed_memory();
+    medxfer_cli::exit_code(run(Cli::parse()))
 }
 
 fn device(name: &str) -> Result<Device> {

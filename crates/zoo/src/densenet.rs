@@ -6,10 +6,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::FusedActivation;
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, max_pool_3x3_s2_p1};
 use crate::params::ParamBuilder;
+use medxfer_kernels::FusedActivation;
 
 /// A DenseNet's shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,10 +9,10 @@ use candle_core::Tensor;
 use candle_nn::ops::sigmoid;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::FusedActivation;
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, relu6};
 use crate::params::ParamBuilder;
+use medxfer_kernels::FusedActivation;
 
 /// Which of timm's generators the model comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

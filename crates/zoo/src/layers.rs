@@ -3,12 +3,11 @@
 //! models, and its max pooling with kernel != stride has no backward.
 
 use candle_core::{D, DType, Tensor, Var};
+use medxfer_kernels::{BatchNormParams, FusedActivation};
 
-use crate::activation::FusedActivation;
 use crate::error::Result;
-use crate::kernel_input::is_f32_cpu;
 use crate::params::ParamBuilder;
-pub use crate::pool::max_pool_3x3_s2_p1;
+pub use medxfer_kernels::max_pool_3x3_s2_p1;
 
 /// A 2-d convolution with PyTorch's square kernel, symmetric padding and optional bias.
 #[derive(Debug, Clone)]
@@ -58,8 +57,9 @@ impl Conv2d {
     }
 
     /// `activation(norm(self(x)) + residual)`, in train mode as one fused BatchNorm pass
-    /// (`BatchNorm2d::forward_fused`); without a residual, on the CPU in f32, the convolution
-    /// and the BatchNorm are one graph node (`conv_batchnorm.rs`).
+    /// (`BatchNorm2d::forward_fused`); without a residual the convolution and the BatchNorm go
+    /// to the kernels together (`medxfer_kernels::conv_batch_norm_train`: one graph node on the
+    /// CPU in f32).
     pub fn forward_bn_fused(
         &self,
         x: &Tensor,
@@ -69,9 +69,9 @@ impl Conv2d {
         train: bool,
     ) -> Result<Tensor> {
         if train {
-            let cpu_kernels = [x, &self.weight, &norm.weight].into_iter().all(is_f32_cpu);
-            if residual.is_none() && self.groups == 1 && self.bias.is_none() && cpu_kernels {
-                return norm.forward_train_cpu_after_conv(x, &self.weight, (self.stride, self.padding), activation);
+            if residual.is_none() && self.groups == 1 && self.bias.is_none() {
+                let out = medxfer_kernels::conv_batch_norm_train(x, &self.weight, self.stride, self.padding, norm.params(), activation)?;
+                return norm.update_running(&out);
             }
             return norm.forward_fused(&self.forward_t(x, true)?, residual, activation, true);
         }
@@ -82,16 +82,16 @@ impl Conv2d {
             Some(bias) => ((bias.detach() * &scale)? + shift)?,
             None => shift,
         };
-        activation.after_residual(self.convolve(x, &weight, Some(bias))?, residual)
+        Ok(activation.after_residual(self.convolve(x, &weight, Some(bias))?, residual)?)
     }
 
     fn convolve(&self, x: &Tensor, weight: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
         if self.groups == 1 {
-            return crate::conv::conv2d(x, weight, bias.as_ref(), self.stride, self.padding);
+            return Ok(medxfer_kernels::conv2d(x, weight, bias.as_ref(), self.stride, self.padding)?);
         }
         let depthwise = self.groups == x.dim(1)? && self.weight.dim(0)? == self.groups;
         let y = if depthwise {
-            crate::depthwise::depthwise_conv2d(x, weight, self.stride, self.padding)?
+            medxfer_kernels::depthwise_conv2d(x, weight, self.stride, self.padding)?
         } else {
             x.conv2d(weight, self.padding, self.stride, 1, self.groups)?
         };
@@ -143,85 +143,33 @@ impl BatchNorm2d {
         self.forward_fused(x, None, FusedActivation::Identity, train)
     }
 
-    /// `activation(self(x) + residual)`. Train mode on the CPU does it in one pass forward and
-    /// backward (batchnorm.rs), which also keeps candle's backward pass from zero-filling and
-    /// adding a gradient for each of the separate operations' outputs.
+    /// `activation(self(x) + residual)`; in train mode with the batch's statistics (one fused
+    /// pass each way on the CPU, which also keeps candle's backward pass from zero-filling and
+    /// adding a gradient for each of the separate operations' outputs), updating the running
+    /// estimates.
     pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation, train: bool) -> Result<Tensor> {
-        if train && is_f32_cpu(x) && is_f32_cpu(&self.weight) {
-            return self.forward_train_cpu(x, residual, activation);
+        if train {
+            return self.update_running(&medxfer_kernels::batch_norm_train(x, self.params(), residual, activation)?);
         }
-        activation.after_residual(self.forward_composite(x, train)?, residual)
+        let (scale, shift) = self.eval_affine()?;
+        let shape = (1, self.weight.dim(0)?, 1, 1);
+        let y = x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?;
+        Ok(activation.after_residual(y, residual)?)
     }
 
-    fn forward_train_cpu(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation) -> Result<Tensor> {
-        let (y, mean, var) = crate::batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps, residual, activation)?;
-        self.update_from_batch(&y, &mean, &var)?;
-        Ok(y)
-    }
-
-    /// Train mode on the CPU after a one-group convolution without bias (`weight`, stride and
-    /// padding), the two as one graph node (`conv_batchnorm.rs`).
-    fn forward_train_cpu_after_conv(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        stride_padding: (usize, usize),
-        activation: FusedActivation,
-    ) -> Result<Tensor> {
-        let norm = (&self.weight, &self.bias, self.eps);
-        let (y, mean, var) = crate::conv_batchnorm::conv_batch_norm_train(x, weight, stride_padding, norm, activation)?;
-        self.update_from_batch(&y, &mean, &var)?;
-        Ok(y)
-    }
-
-    /// The running estimates from a batch's mean and biased variance (f64, per channel) over
-    /// the values of `y`'s shape.
-    fn update_from_batch(&self, y: &Tensor, mean: &[f64], var: &[f64]) -> Result<()> {
-        let correction = unbiased_correction(y)?;
-        let device = y.device();
-        let mean = Tensor::from_vec(mean.iter().map(|&v| v as f32).collect::<Vec<f32>>(), mean.len(), device)?;
-        let unbiased = Tensor::from_vec(var.iter().map(|&v| (v * correction) as f32).collect::<Vec<f32>>(), var.len(), device)?;
-        self.update_running(&mean, &unbiased)
+    /// The affine parameters and epsilon, as the kernels take them.
+    fn params(&self) -> BatchNormParams<'_> {
+        BatchNormParams { gamma: &self.weight, beta: &self.bias, eps: self.eps }
     }
 
     /// running = (1 - momentum) running + momentum batch, for the mean and the unbiased
-    /// variance (C values each, no gradient), as PyTorch.
-    fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
+    /// variance (no gradient), as PyTorch; returns the normalised output.
+    fn update_running(&self, out: &medxfer_kernels::BatchNormOutput) -> Result<Tensor> {
         let m = self.momentum;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var * m)?)?)?;
-        Ok(())
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (&out.mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (&out.unbiased_var * m)?)?)?;
+        Ok(out.y.clone())
     }
-
-    /// Eval mode, or train mode from candle's differentiable ops (other devices).
-    fn forward_composite(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let channels = self.weight.dim(0)?;
-        let shape = (1, channels, 1, 1);
-        if !train {
-            let (scale, shift) = self.eval_affine()?;
-            return Ok(x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?);
-        }
-        // Batch statistics reduced in f64 on the CPU: train-mode BN divides by the batch
-        // standard deviation, which amplifies the rounding of f32 sums (1.5e-4 of the logits of
-        // a small MobileNetV2 against PyTorch; 1e-5 in f64). On a GPU in the input's dtype, as
-        // PyTorch's CUDA kernels (f64 there would double the activations kept for backward).
-        let wide = if x.device().is_cpu() { x.to_dtype(DType::F64)? } else { x.clone() };
-        let mean = wide.mean_keepdim((0, 2, 3))?;
-        let var = wide.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
-        let (mean, var) = (mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?);
-        // The running estimate uses the unbiased variance, as PyTorch; no gradient flows into it.
-        self.update_running(&mean.detach().flatten_all()?, &(var.detach().flatten_all()? * unbiased_correction(x)?)?)?;
-        let scale = (var + self.eps)?.sqrt()?.recip()?.broadcast_mul(&self.weight.reshape(shape)?)?;
-        Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias.reshape(shape)?)?)
-    }
-}
-
-/// N / (N - 1) for the N = B·H·W values per channel of x (B, C, H, W): biased to unbiased
-/// variance (1 for a single value rather than a division by zero).
-fn unbiased_correction(x: &Tensor) -> Result<f64> {
-    let (batch, _, height, width) = x.dims4()?;
-    let count = (batch * height * width) as f64;
-    Ok(count / (count - 1.0).max(1.0))
 }
 
 /// y = x W' + b.
@@ -302,9 +250,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
 }
 
-/// min(max(x, 0), 6), one pass each way on the CPU (activation.rs).
+/// min(max(x, 0), 6), one pass each way on the CPU (medxfer-kernels).
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    crate::activation::relu6(x)
+    Ok(medxfer_kernels::relu6(x)?)
 }
 
 /// Ensures a tensor is f32, the dtype the zoo computes in.

@@ -22,33 +22,21 @@
 //! Families: ResNet, DenseNet, MobileNetV2 and EfficientNet (timm's `EfficientNet` class), ViT.
 //! The registry of models/*.toml and hub loading follow (issue 3).
 
-mod activation;
-pub mod allocator;
 mod backbone;
-mod batchnorm;
 mod checkpoint;
-pub mod conv;
-mod conv_batchnorm;
 mod densenet;
-mod depthwise;
-mod device_conv;
 mod efficientnet;
 mod error;
 mod hub;
-pub mod kernel_input;
 pub mod layers;
 mod params;
-mod pool;
 mod preprocess;
 mod registry;
 mod resnet;
-#[cfg(test)]
-mod test_tensors;
 mod timm_config;
 mod torchvision;
 mod vit;
 
-pub use activation::FusedActivation;
 pub use backbone::{Architecture, Backbone};
 pub use checkpoint::{KeyReport, load_into, read_checkpoint};
 pub use densenet::{DenseNet, DenseNetConfig};

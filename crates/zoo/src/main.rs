@@ -76,14 +76,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    medxfer_zoo::allocator::keep_freed_memory();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    medxfer_cli::keep_freed_memory();
+    medxfer_cli::exit_code(run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {

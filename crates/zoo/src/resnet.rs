@@ -5,10 +5,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::FusedActivation;
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, max_pool_3x3_s2_p1};
 use crate::params::ParamBuilder;
+use medxfer_kernels::FusedActivation;
 
 /// The residual block kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! Dense convolution (one group) on the CPU as im2col + GEMM, forward and backward.
+//! Dense convolution (one group) of f32 on the CPU as im2col + GEMM, forward and backward.
 //!
 //! candle's CPU conv2d lays the unfolded input out as (B, H·W, C·k·k) for the whole batch (a
 //! 231 MB copy for a 3x3 conv on 64 channels at 56 px, batch 32), multiplies, then transposes
@@ -16,9 +16,6 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
-
-use crate::error::Result;
-use crate::kernel_input::is_f32_cpu;
 
 /// Images with fewer output pixels than `GROUP_BELOW` are multiplied several at a time, about
 /// `GROUP_PIXELS` columns a GEMM. One 7x7 image of ResNet's last stage gives the forward's GEMM
@@ -551,22 +548,14 @@ impl CustomOp2 for GradWeight {
     }
 }
 
-/// A one-group convolution of x (B, C, H, W) with weight (O, C, k, k) and an optional bias
-/// (O): im2col + GEMM for f32 on the CPU; elsewhere candle's conv2d forward with the backward
-/// of `device_conv`.
-pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    if is_f32_cpu(x) && is_f32_cpu(weight) && bias.is_none_or(is_f32_cpu) {
-        let (x, weight, op) = (x.contiguous()?, weight.contiguous()?, Forward { stride, padding });
-        return Ok(match bias {
-            Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, op)?,
-            None => x.apply_op2(&weight, op)?,
-        });
+/// A one-group convolution of f32 CPU tensors: x (B, C, H, W), weight (O, C, k, k), an optional
+/// bias (O).
+pub(super) fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let (x, weight, op) = (x.contiguous()?, weight.contiguous()?, Forward { stride, padding });
+    match bias {
+        Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, op),
+        None => x.apply_op2(&weight, op),
     }
-    let y = crate::device_conv::conv2d(x, weight, stride, padding)?;
-    Ok(match bias {
-        Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
-        None => y,
-    })
 }
 
 #[cfg(test)]
@@ -574,6 +563,7 @@ pub(crate) mod tests {
     use candle_core::Var;
 
     use super::*;
+    use crate::conv::conv2d;
 
     fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -581,7 +571,7 @@ pub(crate) mod tests {
 
     /// (batch, channels, out channels, kernel, stride, padding, height, width): odd and even
     /// sizes, unequal height/width remainders at stride 2, every stride/padding the backbones
-    /// use, batches above and below the pool size. Shared with device_conv's test.
+    /// use, batches above and below the pool size. Shared with the composite's test.
     pub(crate) type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
     pub(crate) const SHAPES: [ConvCase; 10] = [
         (3, 4, 5, 3, 1, 1, 9, 7),

@@ -1,6 +1,6 @@
-//! How far the zoo's f32 convolution and candle's f32 conv2d each lie from the same convolution
-//! in f64 (forward, input gradient, weight gradient), as max|error| / max|exact|.
-//! `cargo run --release -p medxfer-zoo --example conv_accuracy`.
+//! How far this crate's f32 convolution and candle's f32 conv2d each lie from the same
+//! convolution in f64 (forward, input gradient, weight gradient), as max|error| / max|exact|.
+//! `cargo bench -p medxfer-kernels --bench conv_accuracy`.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         let exact = x64.conv2d(&w64, padding, stride, 1, 1)?;
         let upstream = Tensor::randn(0f32, 1.0, exact.dims(), &device)?;
         let exact_grads = (&exact * upstream.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
-        let ours = medxfer_zoo::conv::conv2d(&x, &w, None, stride, padding)?;
+        let ours = medxfer_kernels::conv2d(&x, &w, None, stride, padding)?;
         let our_grads = (&ours * &upstream)?.sum_all()?.backward()?;
         let theirs = x.conv2d(&w, padding, stride, 1, 1)?;
         let their_grads = (&theirs * &upstream)?.sum_all()?.backward()?;

@@ -1,7 +1,8 @@
 //! A dense convolution and the train-mode BatchNorm (+ ReLU/ReLU6) after it as one graph node,
 //! for f32 on the CPU.
 //!
-//! The arithmetic is exactly that of the two separate ops (`conv.rs`, `batchnorm.rs`), so the
+//! The arithmetic is exactly that of the two separate CPU kernels (`conv/cpu.rs`,
+//! `batchnorm/cpu.rs`), so the
 //! outputs and every gradient are bit-identical to them; what changes is the graph. candle's
 //! backward pass gives every tensor of the graph a zero-filled gradient and adds into it, two
 //! single-threaded passes over the convolution's output when that output is a node of its own
@@ -14,9 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 
 use crate::activation::FusedActivation;
-use crate::batchnorm::{Normalize, channel_stats, inverse_std};
-use crate::conv::Forward;
-use crate::error::Result;
+use crate::batchnorm::cpu::{Normalize, channel_stats, inverse_std};
+use crate::conv::cpu::Forward;
 
 /// What the forward pass leaves for the backward pass and the running-statistics update.
 struct Saved {
@@ -99,7 +99,7 @@ pub(crate) fn conv_batch_norm_train(
     (stride, padding): (usize, usize),
     (gamma, beta, eps): (&Tensor, &Tensor, f64),
     activation: FusedActivation,
-) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+) -> candle_core::Result<(Tensor, Vec<f64>, Vec<f64>)> {
     let saved = SharedSaved::default();
     let op = ConvBatchNorm { conv: Forward { stride, padding }, eps, activation, saved: Arc::clone(&saved) };
     let affine = Tensor::stack(&[gamma, beta], 0)?;
@@ -139,7 +139,7 @@ mod tests {
             let (fused, mean, var) = conv_batch_norm_train(&x, &w, (stride, padding), (&gamma, &beta, eps), activation).unwrap();
             let conv_out = crate::conv::conv2d(&x, &w, None, stride, padding).unwrap();
             let (separate, separate_mean, separate_var) =
-                crate::batchnorm::batch_norm_train(&conv_out, &gamma, &beta, eps, None, activation).unwrap();
+                crate::batchnorm::cpu::batch_norm_train(&conv_out, &gamma, &beta, eps, None, activation).unwrap();
             assert_eq!(values(&fused), values(&separate), "output {case}");
             assert_eq!((mean, var), (separate_mean, separate_var), "statistics {case}");
             let upstream = random.draw(0.0, 1.0, fused.dims());

@@ -1,5 +1,5 @@
-//! Dense convolution where the CPU kernel of `conv.rs` does not apply (CUDA, or a dtype other
-//! than f32): candle's conv2d forward with a backward pass of our own, built from candle ops.
+//! Dense convolution where the CPU kernel (`cpu.rs`) does not apply (CUDA, or a dtype other than
+//! f32): candle's conv2d forward with a backward pass of our own, built from candle ops.
 //!
 //! candle's own conv2d backward has two problems for training. It passes one output padding for
 //! both axes, so it fails whenever height and width leave different remainders at stride 2 (a
@@ -13,16 +13,16 @@ use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 
-use crate::error::Result;
+use crate::views::every_nth;
 
 /// x (B, C, H, W) convolved with weight (O, C, k, k), one group, no dilation.
-pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
     let kernel = weight.dim(2)?;
     if padding >= kernel {
         // The input gradient below pads by k - 1 - p; no backbone pads that much.
-        return Err(candle_core::Error::Msg(format!("convolution padding {padding} must be smaller than the kernel ({kernel})")).into());
+        candle_core::bail!("convolution padding {padding} must be smaller than the kernel ({kernel})");
     }
-    Ok(dense(x)?.apply_op2(&dense(weight)?, DeviceConv { stride, padding })?)
+    dense(x)?.apply_op2(&dense(weight)?, DeviceConv { stride, padding })
 }
 
 /// Contiguous with its data at the start of its buffer, as `forward` wraps whole buffers.
@@ -122,16 +122,6 @@ fn dilate(t: &Tensor, s: usize) -> candle_core::Result<Tensor> {
     spread.reshape((b, c, h * s, w * s))?.narrow(2, 0, (h - 1) * s + 1)?.narrow(3, 0, (w - 1) * s + 1)
 }
 
-/// Every s-th entry along `axis`, the first `count` of them.
-pub(crate) fn every_nth(t: &Tensor, axis: usize, s: usize, count: usize) -> candle_core::Result<Tensor> {
-    let size = t.dim(axis)?;
-    let fitted = if size >= count * s { t.narrow(axis, 0, count * s)? } else { t.pad_with_zeros(axis, 0, count * s - size)? };
-    let mut dims = fitted.dims().to_vec();
-    dims[axis] = count;
-    dims.insert(axis + 1, s);
-    fitted.reshape(dims)?.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Var};
@@ -143,7 +133,7 @@ mod tests {
     #[test]
     fn matches_the_cpu_kernel_forward_and_backward() {
         let mut random = crate::test_tensors::NormalTensors::new(4);
-        for (batch, channels, out, kernel, stride, padding, height, width) in crate::conv::tests::SHAPES {
+        for (batch, channels, out, kernel, stride, padding, height, width) in crate::conv::cpu::tests::SHAPES {
             let case = format!("b{batch} c{channels} o{out} k{kernel} s{stride} p{padding} {height}x{width}");
             let x = random.draw(0.0, 1.0, (batch, channels, height, width));
             let w = random.draw(0.0, 1.0, (out, channels, kernel, kernel));

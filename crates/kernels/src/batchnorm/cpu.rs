@@ -21,14 +21,12 @@
 //! graph a zero-filled gradient and adds into it, two single-threaded passes per node, so a
 //! ResNet block as one BN+ReLU and one BN+add+ReLU node instead of five nodes does less than
 //! half that work. Sums are per channel over batch and space, in f64, over a fixed number of
-//! partial sums (vectorised, and the same for any thread count). Other devices keep the
-//! composite version.
+//! partial sums (vectorised, and the same for any thread count).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::activation::FusedActivation;
-use crate::error::Result;
+use crate::activation::{FusedActivation, clamp_backward};
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     crate::kernel_input::f32_slice(storage, layout, "batch norm", what)
@@ -157,7 +155,7 @@ impl Normalize {
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let x = x.contiguous()?;
         let dz = match self.activation.high() {
-            Some(high) => crate::activation::clamp_backward(grad, y, high)?,
+            Some(high) => clamp_backward(grad, y, high)?,
             None => grad.contiguous()?,
         };
         // (2, C): sum dz and sum dz * xhat.
@@ -300,14 +298,14 @@ impl CustomOp2 for GradInput {
 /// Train-mode BatchNorm of f32 x (B, C, H, W) on the CPU, then `residual` added and
 /// `activation` applied: returns the output and the batch's per-channel mean and biased
 /// variance (f64) for the running-statistics update.
-pub fn batch_norm_train(
+pub(crate) fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
     residual: Option<&Tensor>,
     activation: FusedActivation,
-) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+) -> candle_core::Result<(Tensor, Vec<f64>, Vec<f64>)> {
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&ChannelStats)?.to_vec2::<f64>()?;
     let (mean, var) = (stats[0].clone(), stats[1].clone());

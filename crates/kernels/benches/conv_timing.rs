@@ -1,6 +1,6 @@
-//! Times candle's conv2d and the zoo's im2col + GEMM convolution (forward, and forward + backward)
-//! on the convolutions that dominate ResNet (batch 32, 224 px), to say which op holds the zoo
-//! back on the CPU. `cargo run --release -p medxfer-zoo --example conv_timing [-- --ours]`
+//! Times candle's conv2d and this crate's im2col + GEMM convolution (forward, and forward +
+//! backward) on the convolutions that dominate ResNet (batch 32, 224 px), to say which op holds
+//! training back on the CPU. `cargo bench -p medxfer-kernels --bench conv_timing [-- --ours]`
 //! (`--ours` skips candle's, which takes most of the time).
 
 use std::time::Instant;
@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor, Var};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    medxfer_zoo::allocator::keep_freed_memory();
+    medxfer_cli::keep_freed_memory();
     let device = Device::Cpu;
     let ours_only = std::env::args().any(|arg| arg == "--ours");
     for (name, input, weight, stride, padding) in [
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (wd + 2 * padding - k) / stride + 1);
         let gflop = 2.0 * (b * o * oh * ow * c * k * k) as f64 / 1e9;
         let candle = || Ok(x.as_tensor().conv2d(&w, padding, stride, 1, 1)?);
-        let ours = || Ok(medxfer_zoo::conv::conv2d(&x, &w, None, stride, padding)?);
+        let ours = || Ok(medxfer_kernels::conv2d(&x, &w, None, stride, padding)?);
         let convs = [("candle", &candle as &dyn Fn() -> anyhow::Result<Tensor>), ("im2col+gemm", &ours)];
         for (which, conv) in convs.into_iter().skip(usize::from(ours_only)) {
             let forward = time(|| Ok(conv()?.detach().sum_all()?.to_scalar::<f32>()?))?;

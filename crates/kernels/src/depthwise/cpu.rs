@@ -1,30 +1,24 @@
-//! Depthwise convolution (groups = channels) on the CPU as one direct kernel with its backward
-//! pass. candle runs such a convolution as one im2col convolution per channel and concatenates
-//! them, which made MobileNetV2 and EfficientNet ten times slower than PyTorch. Other devices
-//! (CUDA) and dtypes sum k² shifted, strided views of the input instead: a few large elementwise
-//! kernels that candle differentiates, where the grouped convolution launches one per channel.
+//! Depthwise convolution (groups = channels) of f32 on the CPU as one direct kernel with its
+//! backward pass.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::device_conv::every_nth;
-use crate::error::Result;
-
-/// The geometry shared by the three kernels.
+/// The geometry shared by the three kernels (and the composite's output size).
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    height: usize,
-    width: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
+pub(super) struct Geometry {
+    pub(super) height: usize,
+    pub(super) width: usize,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) padding: usize,
 }
 
 impl Geometry {
-    fn out_height(&self) -> usize {
+    pub(super) fn out_height(&self) -> usize {
         (self.height + 2 * self.padding - self.kernel) / self.stride + 1
     }
-    fn out_width(&self) -> usize {
+    pub(super) fn out_width(&self) -> usize {
         (self.width + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
@@ -185,39 +179,9 @@ impl CustomOp2 for GradWeight {
     }
 }
 
-/// A depthwise convolution of x (B, C, H, W) with weight (C, 1, K, K): the direct CPU kernel
-/// for contiguous f32 on the CPU, candle's grouped convolution elsewhere.
-pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let channels = x.dim(1)?;
-    if crate::kernel_input::is_f32_cpu(x) {
-        Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Forward { stride, padding })?)
-    } else {
-        shifted_taps(x, weight, channels, stride, padding)
-    }
-}
-
-/// y = Σ_{i,j} w[:, i, j] · x_padded[:, :, s·y + i, s·x + j]: one multiply-add over the whole
-/// batch per kernel tap.
-fn shifted_taps(x: &Tensor, weight: &Tensor, channels: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (_, _, height, width) = x.dims4()?;
-    let kernel = weight.dim(2)?;
-    let geometry = Geometry { height, width, kernel, stride, padding };
-    let (out_h, out_w) = (geometry.out_height(), geometry.out_width());
-    let padded = x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?;
-    let mut sum: Option<Tensor> = None;
-    for ky in 0..kernel {
-        for kx in 0..kernel {
-            let view = padded.narrow(2, ky, (out_h - 1) * stride + 1)?.narrow(3, kx, (out_w - 1) * stride + 1)?;
-            let view = if stride > 1 { every_nth(&every_nth(&view, 2, stride, out_h)?, 3, stride, out_w)? } else { view };
-            let tap = weight.narrow(2, ky, 1)?.narrow(3, kx, 1)?.reshape((1, channels, 1, 1))?;
-            let term = view.broadcast_mul(&tap)?;
-            sum = Some(match sum {
-                Some(total) => (total + term)?,
-                None => term,
-            });
-        }
-    }
-    sum.ok_or_else(|| candle_core::Error::Msg("a depthwise kernel needs at least one tap".into()).into())
+/// A depthwise convolution of f32 CPU tensors x (B, C, H, W) and weight (C, 1, K, K).
+pub(super) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Forward { stride, padding })
 }
 
 #[cfg(test)]
@@ -259,34 +223,6 @@ mod tests {
             y = y.reshape(dims).unwrap().narrow(axis + 1, 0, 1).unwrap().squeeze(axis + 1).unwrap();
         }
         y
-    }
-
-    /// The path CUDA takes, run in f64 on the CPU, against the direct CPU kernel in f32.
-    #[test]
-    fn the_device_path_matches_the_cpu_kernel() {
-        let mut random = crate::test_tensors::NormalTensors::new(2);
-        for (kernel, stride, height, width) in [(3, 1, 9, 7), (3, 2, 9, 8), (5, 2, 11, 10), (5, 1, 6, 6), (3, 2, 7, 7)] {
-            let case = format!("k{kernel} s{stride} {height}x{width}");
-            let padding = kernel / 2;
-            let x = random.draw(0.0, 1.0, (2, 3, height, width));
-            let w = random.draw(0.0, 1.0, (3, 1, kernel, kernel));
-            let (x32, w32) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
-            let wide = |t: &Tensor| Var::from_tensor(&t.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
-            let (x64, w64) = (wide(&x), wide(&w));
-            let reference = depthwise_conv2d(x32.as_tensor(), w32.as_tensor(), stride, padding).unwrap();
-            let ours =
-                depthwise_conv2d(x64.as_tensor(), w64.as_tensor(), stride, padding).unwrap().to_dtype(candle_core::DType::F32).unwrap();
-            assert_eq!(ours.dims(), reference.dims(), "{case}");
-            assert!(max_difference(&ours, &reference) < 1e-5, "forward {case}");
-            let upstream = random.draw(0.0, 1.0, ours.dims());
-            let reference_grads = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-            let our_grads = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, ours, theirs) in [("input", &x64, &x32), ("weight", &w64, &w32)] {
-                let ours = our_grads.get(ours.as_tensor()).unwrap().to_dtype(candle_core::DType::F32).unwrap();
-                let difference = max_difference(&ours, reference_grads.get(theirs.as_tensor()).unwrap());
-                assert!(difference < 1e-4, "{name} gradient {case}: {difference}");
-            }
-        }
     }
 
     #[test]

@@ -1,18 +1,9 @@
-//! ReLU and ReLU6 on the CPU as one pass forward and one pass backward.
-//!
-//! candle's `relu` differentiates as `grad * x.ge(zeros_like(x)).to_dtype(f32)`: a zero tensor, a
-//! mask, its conversion and a product, four passes and three allocations of the activation's
-//! size; `clamp(0, 6)` is a maximum and a minimum, each with its own masks. ResNets and
-//! MobileNetV2 apply them to every large activation. Here the backward pass is
-//! `dx = dy` where `low < x < high`, else 0 — PyTorch's `threshold_backward` and
-//! `hardtanh_backward`, which also give 0 at the kinks (candle's relu gives 1 at x = 0). Other
-//! devices keep candle's ops.
+//! ReLU and ReLU6 on the CPU as one pass forward and one pass backward (`mod.rs` says why).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::error::Result;
-use crate::kernel_input::is_f32_cpu;
+use crate::kernel_input::f32_slice;
 
 /// Elements per parallel chunk: large enough to amortise a task, small enough to spread.
 const CHUNK: usize = 1 << 16;
@@ -28,7 +19,7 @@ impl CustomOp1 for Clamp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::kernel_input::f32_slice(storage, layout, "relu", "the input")?;
+        let x = f32_slice(storage, layout, "relu", "the input")?;
         let mut y = vec![0f32; x.len()];
         let high = self.high;
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, input)| {
@@ -55,8 +46,8 @@ impl CustomOp2 for ClampGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dy = crate::kernel_input::f32_slice(s1, l1, "relu backward", "the gradient")?;
-        let x = crate::kernel_input::f32_slice(s2, l2, "relu backward", "the input")?;
+        let dy = f32_slice(s1, l1, "relu backward", "the gradient")?;
+        let x = f32_slice(s2, l2, "relu backward", "the input")?;
         if dy.len() != x.len() {
             candle_core::bail!("relu backward: {} gradients for {} inputs", dy.len(), x.len());
         }
@@ -75,64 +66,15 @@ impl CustomOp2 for ClampGrad {
     }
 }
 
+/// min(max(x, 0), high) of an f32 CPU tensor.
+pub(super) fn clamp(x: &Tensor, high: f32) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Clamp { high })
+}
+
 /// dy where 0 < x < high, else 0: the backward pass of a clamp to [0, high], taken from its
 /// input or, equally, its output.
 pub(crate) fn clamp_backward(grad: &Tensor, x: &Tensor, high: f32) -> candle_core::Result<Tensor> {
     grad.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &ClampGrad { high })
-}
-
-/// The activation a fused BatchNorm applies (after its residual add): the clamps, which need
-/// only their output for the backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FusedActivation {
-    Identity,
-    Relu,
-    Relu6,
-}
-
-impl FusedActivation {
-    /// The clamp's upper bound, None for the identity.
-    pub(crate) fn high(self) -> Option<f32> {
-        match self {
-            FusedActivation::Identity => None,
-            FusedActivation::Relu => Some(f32::INFINITY),
-            FusedActivation::Relu6 => Some(6.0),
-        }
-    }
-
-    /// The activation as an operation of its own.
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            FusedActivation::Identity => Ok(x.clone()),
-            FusedActivation::Relu => relu(x),
-            FusedActivation::Relu6 => relu6(x),
-        }
-    }
-
-    /// `self(y + residual)` as separate operations: what the fused kernel does in one pass,
-    /// for eval mode and other devices.
-    pub fn after_residual(self, y: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        self.apply(&match residual {
-            Some(residual) => (y + residual)?,
-            None => y,
-        })
-    }
-}
-
-/// max(x, 0).
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if is_f32_cpu(x) {
-        return Ok(x.contiguous()?.apply_op1(Clamp { high: f32::INFINITY })?);
-    }
-    Ok(x.relu()?)
-}
-
-/// min(max(x, 0), 6).
-pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    if is_f32_cpu(x) {
-        return Ok(x.contiguous()?.apply_op1(Clamp { high: 6.0 })?);
-    }
-    Ok(x.clamp(0f32, 6f32)?)
 }
 
 #[cfg(test)]
@@ -141,6 +83,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::activation::{relu, relu6};
 
     /// Forward and backward against the definitions, kinks included (PyTorch's gradient there
     /// is 0), on values that hit 0 and 6 exactly.
@@ -150,7 +93,7 @@ mod tests {
         let x = Var::from_vec(values.clone(), (1, 41), &Device::Cpu).unwrap();
         let upstream: Vec<f32> = (0..41).map(|i| 1.0 + i as f32).collect();
         let upstream_t = Tensor::from_vec(upstream.clone(), (1, 41), &Device::Cpu).unwrap();
-        for (high, activation) in [(f32::INFINITY, relu as fn(&Tensor) -> Result<Tensor>), (6.0, relu6)] {
+        for (high, activation) in [(f32::INFINITY, relu as fn(&Tensor) -> candle_core::Result<Tensor>), (6.0, relu6)] {
             let y = activation(&x).unwrap();
             let expected: Vec<f32> = values.iter().map(|v| v.max(0.0).min(high)).collect();
             assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);

@@ -1,9 +1,7 @@
-//! Max pooling on the CPU as one pass forward and one pass backward, with PyTorch's semantics.
+//! Max pooling of f32 on the CPU as one pass forward and one pass backward, with PyTorch's
+//! semantics.
 //!
-//! The ResNet and DenseNet stems pool a (B, 64, 112, 112) activation with a 3x3 window at
-//! stride 2. Built from candle's ops (padded copies, shifted views, two `maximum`s) that is
-//! about ten single-threaded passes over strided views forward and as many backward, and the
-//! gradient of a tie is split between the tied inputs. Here, as in PyTorch, each output is the
+//! As in PyTorch, each output is the
 //! maximum of its window (padding is -inf, so it is never chosen; a NaN wins), and the backward
 //! pass sends each output's gradient to one input, the one PyTorch's index would name: the
 //! window's first maximum in row-major order, or its last NaN —
@@ -13,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::kernel_input::f32_slice;
 
 /// A square window, stride and symmetric -inf padding (PyTorch's `ceil_mode=False`).
 #[derive(Debug, Clone, Copy)]
@@ -89,7 +87,7 @@ impl CustomOp1 for MaxPool {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = layout.shape().dims4()?;
-        let x = crate::kernel_input::f32_slice(storage, layout, "max pool", "the input")?;
+        let x = f32_slice(storage, layout, "max pool", "the input")?;
         let (out_h, out_w) = (self.out_len(height), self.out_len(width));
         let mut y = vec![0f32; batch * channels * out_h * out_w];
         y.par_chunks_mut(out_h * out_w).zip(x.par_chunks(height * width)).for_each(|(out, plane)| {
@@ -122,9 +120,9 @@ impl CustomOp3 for MaxPoolGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, _, height, width) = l1.shape().dims4()?;
-        let x = crate::kernel_input::f32_slice(s1, l1, "max pool backward", "the input")?;
-        let pooled = crate::kernel_input::f32_slice(s2, l2, "max pool backward", "the output")?;
-        let dy = crate::kernel_input::f32_slice(s3, l3, "max pool backward", "the gradient")?;
+        let x = f32_slice(s1, l1, "max pool backward", "the input")?;
+        let pooled = f32_slice(s2, l2, "max pool backward", "the output")?;
+        let dy = f32_slice(s3, l3, "max pool backward", "the gradient")?;
         let out_plane = self.0.out_len(height) * self.0.out_len(width);
         if x.len() / (height * width) * out_plane != dy.len() || dy.len() != pooled.len() {
             candle_core::bail!("max pool backward: {} gradients for an input of shape {:?}", dy.len(), l1.shape());
@@ -138,33 +136,9 @@ impl CustomOp3 for MaxPoolGrad {
     }
 }
 
-/// Max pooling 3x3, stride 2, padding 1 (the ResNet and DenseNet stem).
-pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    if crate::kernel_input::is_f32_cpu(x) {
-        return Ok(x.contiguous()?.apply_op1(MaxPool { kernel: 3, stride: 2, padding: 1 })?);
-    }
-    let pooled_h = pool_axis(x, 2)?;
-    pool_axis(&pooled_h, 3)
-}
-
-/// out[o] = max(x[2o-1], x[2o], x[2o+1]) along one axis, padded with zeros: other devices
-/// pool from shifted views, which have a backward pass (candle's max pooling with kernel !=
-/// stride has none). Zero padding equals -inf padding here: the stems pool a ReLU's output.
-fn pool_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
-    let size = x.dim(axis)?;
-    let out = (size - 1) / 2 + 1;
-    // Padded length 2 * (out + 1): one zero in front, the rest behind.
-    let padded = x.pad_with_zeros(axis, 1, 2 * (out + 1) - size - 1)?;
-    let mut dims = padded.dims().to_vec();
-    dims[axis] = out + 1;
-    dims.insert(axis + 1, 2);
-    let pairs = padded.reshape(dims)?;
-    let even = pairs.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)?;
-    let odd = pairs.narrow(axis + 1, 1, 1)?.squeeze(axis + 1)?;
-    let first = even.narrow(axis, 0, out)?;
-    let middle = odd.narrow(axis, 0, out)?;
-    let last = even.narrow(axis, 1, out)?;
-    Ok(first.maximum(&middle)?.maximum(&last)?)
+/// Max pooling of an f32 CPU tensor (B, C, H, W) with a square window.
+pub(super) fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(MaxPool { kernel, stride, padding })
 }
 
 #[cfg(test)]
@@ -173,6 +147,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::pool::max_pool_3x3_s2_p1;
 
     /// PyTorch 2.15's `max_pool2d(x, 3, 2, 1)` and its backward on a plane full of ties, printed
     /// once by hand: the gradient goes to the first maximum of each window only.
@@ -253,32 +228,5 @@ mod tests {
             }
             assert_eq!(dx, expected_dx, "{batch}x{channels}x{height}x{width}");
         }
-    }
-
-    /// The shifted-view version other devices use agrees on the forward pass, and on the
-    /// backward pass wherever no window holds a tie (random continuous values).
-    #[test]
-    fn the_device_path_agrees_without_ties() {
-        let mut random = crate::test_tensors::NormalTensors::new(12);
-        let x = Var::from_tensor(&random.draw(0.0, 1.0, (2, 3, 9, 8)).abs().unwrap().affine(1.0, 0.01).unwrap()).unwrap();
-        let fused = max_pool_3x3_s2_p1(&x).unwrap();
-        let composite = pool_axis(&pool_axis(&x, 2).unwrap(), 3).unwrap();
-        assert_eq!(fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), composite.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let upstream = random.draw(0.0, 1.0, fused.dims());
-        let gradient = |y: &Tensor| {
-            (y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-                .get(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        assert_eq!(gradient(&fused), gradient(&composite));
     }
 }

@@ -1,0 +1,32 @@
+//! medxfer-cli: the start and the end every binary of the workspace shares (`medxfer-zoo`,
+//! `medxfer-data`, `medxfer-train`, `cargo xtask`, the kernels' benches). Libraries never depend
+//! on it: how a process manages its memory and reports its errors is the binary's business.
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//!
+//! // Each binary declares mimalloc its allocator (`#[global_allocator]`), then:
+//! fn main() -> ExitCode {
+//!     medxfer_cli::keep_freed_memory();
+//!     medxfer_cli::exit_code(run())
+//! }
+//! # fn run() -> anyhow::Result<()> { Ok(()) }
+//! ```
+
+mod allocator;
+
+use std::process::ExitCode;
+
+pub use allocator::keep_freed_memory;
+
+/// Success, or the error with its chain of causes on stderr (`error: what: why: ...`) and a
+/// failing exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

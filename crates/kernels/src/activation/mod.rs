@@ -1,0 +1,74 @@
+//! ReLU and ReLU6, and the activation a fused BatchNorm applies after its residual add.
+//!
+//! candle's `relu` differentiates as `grad * x.ge(zeros_like(x)).to_dtype(f32)`: a zero tensor, a
+//! mask, its conversion and a product, four passes and three allocations of the activation's
+//! size; `clamp(0, 6)` is a maximum and a minimum, each with its own masks. ResNets and
+//! MobileNetV2 apply them to every large activation. On the CPU in f32 they are one pass each
+//! way (`cpu.rs`), with PyTorch's backward pass: `dx = dy` where `low < x < high`, else 0
+//! (`threshold_backward` and `hardtanh_backward`, 0 at the kinks; candle's relu gives 1 at
+//! x = 0). Other devices and dtypes keep candle's ops.
+
+mod cpu;
+
+use candle_core::{Result, Tensor};
+
+pub(crate) use cpu::clamp_backward;
+
+use crate::kernel_input::is_f32_cpu;
+
+/// The activation a fused BatchNorm applies (after its residual add): the clamps, which need
+/// only their output for the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedActivation {
+    /// No activation.
+    Identity,
+    /// max(x, 0).
+    Relu,
+    /// min(max(x, 0), 6).
+    Relu6,
+}
+
+impl FusedActivation {
+    /// The clamp's upper bound, None for the identity.
+    pub(crate) fn high(self) -> Option<f32> {
+        match self {
+            FusedActivation::Identity => None,
+            FusedActivation::Relu => Some(f32::INFINITY),
+            FusedActivation::Relu6 => Some(6.0),
+        }
+    }
+
+    /// The activation as an operation of its own.
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            FusedActivation::Identity => Ok(x.clone()),
+            FusedActivation::Relu => relu(x),
+            FusedActivation::Relu6 => relu6(x),
+        }
+    }
+
+    /// `self(y + residual)` as separate operations: what the fused kernel does in one pass,
+    /// for eval mode and other devices.
+    pub fn after_residual(self, y: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.apply(&match residual {
+            Some(residual) => (y + residual)?,
+            None => y,
+        })
+    }
+}
+
+/// max(x, 0).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if is_f32_cpu(x) {
+        return cpu::clamp(x, f32::INFINITY);
+    }
+    x.relu()
+}
+
+/// min(max(x, 0), 6).
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    if is_f32_cpu(x) {
+        return cpu::clamp(x, 6.0);
+    }
+    x.clamp(0f32, 6f32)
+}

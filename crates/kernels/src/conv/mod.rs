@@ -1,0 +1,26 @@
+//! Dense (one-group) 2-d convolution with PyTorch's square kernel and symmetric padding.
+//!
+//! f32 on the CPU: im2col + GEMM per tile of output rows, forward and backward (`cpu.rs`).
+//! Elsewhere (CUDA, f64): candle's conv2d forward with a backward pass of our own built from
+//! candle ops (`composite.rs`), since candle's own fails on unequal height/width remainders and
+//! is a naive loop on CUDA.
+
+pub(crate) mod composite;
+pub(crate) mod cpu;
+
+use candle_core::{Result, Tensor};
+
+use crate::kernel_input::is_f32_cpu;
+
+/// A one-group convolution of x (B, C, H, W) with weight (O, C, k, k) and an optional bias (O),
+/// at `stride`, with `padding` zeros on every side.
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    if is_f32_cpu(x) && is_f32_cpu(weight) && bias.is_none_or(is_f32_cpu) {
+        return cpu::conv2d(x, weight, bias, stride, padding);
+    }
+    let y = composite::conv2d(x, weight, stride, padding)?;
+    match bias {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
+        None => Ok(y),
+    }
+}

@@ -1,0 +1,57 @@
+//! medxfer-kernels: the differentiable ops the workspace trains with, where candle 0.11 has
+//! none or a slow one.
+//!
+//! candle is built for inference: its CPU convolution unfolds the whole batch at once and takes
+//! the input gradient from a naive loop, its depthwise convolution is one convolution per
+//! channel, a train-mode BatchNorm written with its ops keeps eight copies of the input, and its
+//! max pooling with kernel != stride has no backward pass. Each op here is a module with the
+//! same shape inside:
+//!
+//! - `mod.rs`: the public function, which picks the implementation for the tensors' device and
+//!   dtype (f32 on the CPU: our kernel; anything else: the composite), and the tests that hold
+//!   the implementations to one truth;
+//! - `cpu.rs`: the kernel for f32 on the CPU, a candle custom op with its own backward pass;
+//! - `composite.rs` (where one is needed): the same maths from candle's differentiable ops, for
+//!   CUDA and other dtypes; a `cuda.rs` joins it when the op gets a CUDA kernel of its own.
+//!
+//! Every op returns `candle_core::Result`: its failures are candle's (a shape, a device, a dtype),
+//! and callers convert them into their own error types.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor, Var};
+//! use medxfer_kernels::{FusedActivation, conv2d, conv_batch_norm_train};
+//!
+//! let x = Tensor::ones((2, 3, 8, 8), DType::F32, &Device::Cpu)?;
+//! let weight = Var::ones((4, 3, 3, 3), DType::F32, &Device::Cpu)?;
+//! let y = conv2d(&x, &weight, None, 1, 1)?;
+//! assert_eq!(y.dims(), [2, 4, 8, 8]);
+//!
+//! // A convolution and the train-mode BatchNorm + ReLU after it, as one graph node.
+//! let (gamma, beta) = (Var::ones(4, DType::F32, &Device::Cpu)?, Var::zeros(4, DType::F32, &Device::Cpu)?);
+//! let batch_norm = medxfer_kernels::BatchNormParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
+//! let out = conv_batch_norm_train(&x, &weight, 2, 1, batch_norm, FusedActivation::Relu)?;
+//! assert_eq!(out.y.dims(), [2, 4, 4, 4]);
+//! let gradients = out.y.sum_all()?.backward()?;
+//! assert!(gradients.get(&weight).is_some() && gradients.get(&gamma).is_some());
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+mod activation;
+mod batchnorm;
+mod conv;
+mod conv_batchnorm;
+mod depthwise;
+mod kernel_input;
+mod pool;
+mod sgd;
+#[cfg(test)]
+mod test_tensors;
+mod views;
+
+pub use activation::{FusedActivation, relu, relu6};
+pub use batchnorm::{BatchNormOutput, BatchNormParams, batch_norm_train};
+pub use conv::conv2d;
+pub use conv_batchnorm::conv_batch_norm_train;
+pub use depthwise::depthwise_conv2d;
+pub use pool::max_pool_3x3_s2_p1;
+pub use sgd::{SgdSettings, SgdUpdate, sgd_update};
