@@ -1,13 +1,10 @@
-//! `cargo xtask`: the workspace's own commands. Today the scores benchmark; `reproduce`,
-//! `report`, `rank` and the full `bench` arrive with their issues.
+//! `cargo xtask`: the workspace's own commands: the study (`reproduce`, `report`, `slurm`),
+//! `rank`, and the benchmarks (`bench` and its areas).
 
 mod bench;
-mod bench_data;
-mod bench_scores;
-mod bench_zoo;
+mod clock;
 mod demo;
-mod machine;
-mod python_env;
+mod features;
 mod rank;
 mod report;
 mod results;
@@ -32,8 +29,7 @@ struct Cli {
     command: Command,
 }
 
-// The subcommands are named as typed (`bench-scores`, `bench-zoo`); `reproduce`, `report` and
-// `rank` join them with their issues.
+// The subcommands are named as typed (`bench-scores`, `bench-zoo`).
 #[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -205,14 +201,14 @@ fn main() -> Result<()> {
     medxfer_cli::keep_freed_memory();
     match Cli::parse().command {
         Command::BenchScores { n, d, classes, repeats, python, no_python, keep_data, out } => {
-            bench_scores::run(&bench_scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())
+            bench::scores::run(&bench::scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())
         }
-        Command::BenchScoresWorker { file, repeats, memory_only } => bench_scores::worker(&file, repeats, memory_only),
+        Command::BenchScoresWorker { file, repeats, memory_only } => bench::scores::worker(&file, repeats, memory_only),
         Command::BenchZoo { batch, size, repeats, models, python, out, train, device, tf32 } => {
-            bench_zoo::run(&bench_zoo::Settings { batch, size, repeats, models, python, out, train, device, tf32 }).map(|_| ())
+            bench::zoo::run(&bench::zoo::Settings { batch, size, repeats, models, python, out, train, device, tf32 }).map(|_| ())
         }
         Command::BenchData { n, width, height, batch, repeats, python, out } => {
-            bench_data::run(&bench_data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())
+            bench::data::run(&bench::data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())
         }
         Command::Bench { quick, out, python, repeats } => bench::run(&bench::Settings { quick, out, python, repeats }).map(|_| ()),
         Command::Reproduce { args } => reproduce(&args),
@@ -224,7 +220,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::BenchZooWorker { model, batch, size, repeats, train, device, tf32 } => {
-            bench_zoo::worker(&model, batch, size, repeats, train, &device, tf32)
+            bench::zoo::worker(&model, batch, size, repeats, train, &device, tf32)
         }
     }
 }

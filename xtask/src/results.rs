@@ -84,7 +84,7 @@ pub fn write_rows<T: Serialize>(path: &Path, columns: &[&str], rows: &[T]) -> Re
         writer.serialize(row)?;
     }
     let bytes = writer.into_inner().context("flushing CSV")?;
-    medxfer_data::manifest::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+    medxfer_durable::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {

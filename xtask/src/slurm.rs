@@ -158,7 +158,7 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
     );
     let scripts = Scripts { array: dir.join("array.sbatch"), finish: dir.join("finish.sbatch"), submit: dir.join("submit.sh") };
     for (path, text) in [(&scripts.array, &array), (&scripts.finish, &finish), (&scripts.submit, &submit)] {
-        medxfer_data::manifest::write_atomic(path, text.as_bytes())?;
+        medxfer_durable::write_atomic(path, text.as_bytes())?;
         set_executable(path)?;
     }
     Ok(scripts)

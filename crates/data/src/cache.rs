@@ -4,8 +4,10 @@
 //! which mapping needs) and never decode a JPEG again.
 //!
 //! The cache is keyed by the dataset name, the resize and the checksum of the files it covers
-//! (paths and sizes), so a changed dataset or split builds a new one. It is written to a
-//! `.partial` file and renamed when complete: a killed build leaves no half cache behind.
+//! (paths and sizes), so a changed dataset or split builds a new one. Both files are written
+//! through medxfer-durable (a temporary file of this process, renamed when complete), the index
+//! last: a killed build leaves no half cache behind, and shards building the same cache at once
+//! each write their own.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::load_rgb8;
 use crate::error::{Error, Result};
-use crate::manifest::{files_checksum, write_atomic};
+use crate::manifest::files_checksum;
 use crate::split::Entry;
 use crate::transform::resize_shorter;
 
@@ -59,10 +61,9 @@ impl ImageCache {
         if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {
             return Ok(cache);
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        // This process's own partial file: shards of a study may build the same cache at once.
-        let partial = data_path.with_extension(format!("{}.partial", std::process::id()));
-        let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+        let pending = medxfer_durable::PendingFile::new(&data_path)?;
+        let partial = pending.path();
+        let file = File::create(pending.path()).map_err(|e| Error::io(partial, e))?;
         let mut writer = BufWriter::with_capacity(1 << 22, file);
         let bar = progress.then(|| {
             let bar = indicatif::ProgressBar::new(entries.len() as u64);
@@ -83,7 +84,7 @@ impl ImageCache {
             for image in images {
                 let image = image?;
                 let slot = Slot { offset, width: image.width(), height: image.height() };
-                writer.write_all(image.as_raw()).map_err(|e| Error::io(&partial, e))?;
+                writer.write_all(image.as_raw()).map_err(|e| Error::io(partial, e))?;
                 offset += image.as_raw().len() as u64;
                 slots.push(slot);
             }
@@ -91,13 +92,11 @@ impl ImageCache {
                 bar.inc(chunk.len() as u64);
             }
         }
-        let file = writer.into_inner().map_err(|e| Error::io(&partial, e.error()))?;
-        file.sync_all().map_err(|e| Error::io(&partial, e))?;
-        drop(file);
-        std::fs::rename(&partial, &data_path).map_err(|e| Error::io(&data_path, e))?;
+        writer.into_inner().map_err(|e| Error::io(partial, e.error()))?;
+        pending.commit()?;
         let index = Index { key: key.clone(), short_side, paths: entries.iter().map(|e| e.path.clone()).collect(), slots };
         let json = serde_json::to_vec(&index).map_err(|e| Error::format(&index_path, e.to_string()))?;
-        write_atomic(&index_path, &json)?;
+        medxfer_durable::write_atomic(&index_path, &json)?;
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }

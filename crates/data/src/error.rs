@@ -22,9 +22,23 @@ pub enum Error {
     #[error("{0}")]
     Split(String),
 
+    /// An image could not be transformed (resized, cropped) as asked.
+    #[error("{0}")]
+    Transform(String),
+
+    /// The batch loader cannot run as asked, or its thread failed.
+    #[error("batch loader: {0}")]
+    Loader(String),
+
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<medxfer_durable::Error> for Error {
+    fn from(error: medxfer_durable::Error) -> Self {
+        Self::Io { path: error.path().to_path_buf(), problem: error.problem() }
+    }
 }
 
 impl Error {

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod check;
 pub mod decode;
 mod error;
 pub mod files;

@@ -64,7 +64,7 @@ impl Iterator for Batches {
             && let Some(worker) = self.worker.take()
             && worker.join().is_err()
         {
-            return Some(Err(Error::Split("the batch loader thread panicked".into())));
+            return Some(Err(Error::Loader("its thread panicked".into())));
         }
         next
     }
@@ -97,10 +97,10 @@ pub fn sample_into(cache: &ImageCache, index: usize, config: &LoaderConfig, out:
 /// has label `labels[i]`.
 pub fn batches(cache: Arc<ImageCache>, labels: Arc<Vec<u32>>, config: LoaderConfig) -> Result<Batches> {
     if labels.len() != cache.len() {
-        return Err(Error::Split(format!("{} labels for a cache of {} images", labels.len(), cache.len())));
+        return Err(Error::Loader(format!("{} labels for a cache of {} images", labels.len(), cache.len())));
     }
     if config.batch_size == 0 {
-        return Err(Error::Split("the batch size must be at least 1".into()));
+        return Err(Error::Loader("the batch size must be at least 1".into()));
     }
     let crop = match config.augment {
         Augment::Eval { crop } => crop,
@@ -128,6 +128,6 @@ pub fn batches(cache: Arc<ImageCache>, labels: Arc<Vec<u32>>, config: LoaderConf
                 }
             }
         })
-        .map_err(|e| Error::Split(format!("cannot start the batch loader thread: {e}")))?;
+        .map_err(|e| Error::Loader(format!("cannot start its thread: {e}")))?;
     Ok(Batches { receiver, worker: Some(worker) })
 }

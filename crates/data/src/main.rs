@@ -1,12 +1,12 @@
 //! `medxfer-data`: list the datasets and tasks, check a dataset folder, write a split, write a
 //! synthetic replica.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use medxfer_data::check::CheckOptions;
 use medxfer_data::manifest::{self, ManifestInfo};
 use medxfer_data::split::{self, Source};
 use medxfer_data::{Catalog, Role, layouts, synth};
@@ -129,9 +129,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { dataset, root, decode, duplicates, json } => check(&catalog, &dataset, &root, decode, duplicates, json),
+        Command::Check { dataset, root, decode, duplicates, json } => {
+            check(&catalog, &dataset, &root, CheckOptions { decode, duplicates }, json)
+        }
         Command::Split { task, root, source, authors_dir, dataset, seed, out } => {
-            split_task(&catalog, &task, &root, source, authors_dir.as_deref(), dataset.as_deref(), seed, &out)?;
+            let request = SplitRequest {
+                task: &task,
+                root: &root,
+                source,
+                authors_dir: authors_dir.as_deref(),
+                dataset: dataset.as_deref(),
+                seed,
+                out: &out,
+            };
+            split_task(&catalog, &request)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { dataset, root, manifest, out, short_side } => {
@@ -160,119 +171,72 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn check(catalog: &Catalog, dataset: &str, root: &Path, decode: bool, duplicates: bool, json: bool) -> Result<ExitCode> {
+fn check(catalog: &Catalog, dataset: &str, root: &Path, options: CheckOptions, json: bool) -> Result<ExitCode> {
     let spec = catalog.dataset(dataset)?;
-    let mut scan = layouts::scan(spec, root)?;
-    if decode {
-        use rayon::prelude::*;
-        let corrupt: Vec<(String, String)> = scan
-            .records
-            .par_iter()
-            .filter_map(|r| medxfer_data::decode::load_rgb8(&root.join(&r.path)).err().map(|e| (r.path.clone(), e.to_string())))
-            .collect();
-        for (path, problem) in corrupt {
-            scan.problems.push(medxfer_data::Problem { path: path.into(), problem });
-        }
-    }
-    // Exact duplicates: files beyond the first of each content hash.
-    let duplicate_count = if duplicates {
-        use rayon::prelude::*;
-        let hashes: Vec<Option<String>> = scan
-            .records
-            .par_iter()
-            .map(|r| std::fs::read(root.join(&r.path)).ok().map(|b| blake3::hash(&b).to_hex().to_string()))
-            .collect();
-        let mut groups: BTreeMap<String, usize> = BTreeMap::new();
-        for hash in hashes.into_iter().flatten() {
-            *groups.entry(hash).or_default() += 1;
-        }
-        Some((groups.values().map(|n| n - 1).sum::<usize>(), groups.values().filter(|&&n| n > 1).count()))
-    } else {
-        None
-    };
-    let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
-    for record in &scan.records {
-        *per_label.entry(record.label.to_string()).or_default() += 1;
-    }
+    let report = medxfer_data::check::check(spec, root, options)?;
     if json {
-        let problems: Vec<String> = scan.problems.iter().map(|p| format!("{}: {}", p.path.display(), p.problem)).collect();
-        let mut value = serde_json::json!({"dataset": spec.name, "images": scan.records.len(), "per_label": per_label, "dropped": scan.dropped, "problems": problems});
-        if let Some((files, groups)) = duplicate_count {
-            value["duplicate_files"] = files.into();
-            value["duplicate_groups"] = groups.into();
+        let problems: Vec<String> = report.problems.iter().map(|p| format!("{}: {}", p.path.display(), p.problem)).collect();
+        let mut value = serde_json::json!({"dataset": spec.name, "images": report.images, "per_label": report.per_label, "dropped": report.dropped, "problems": problems});
+        if let Some(duplicates) = report.duplicates {
+            value["duplicate_files"] = duplicates.files.into();
+            value["duplicate_groups"] = duplicates.groups.into();
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("{} under {}: {} images used, {} of dropped classes", spec.name, root.display(), scan.records.len(), scan.dropped);
+        println!("{} under {}: {} images used, {} of dropped classes", spec.name, root.display(), report.images, report.dropped);
         println!("{:<6} {:>8} {:>10}", "label", "found", "expected");
         for (label, expected) in &spec.expected.per_label {
-            println!("{label:<6} {:>8} {expected:>10}", per_label.get(label).copied().unwrap_or(0));
+            println!("{label:<6} {:>8} {expected:>10}", report.per_label.get(label).copied().unwrap_or(0));
         }
-        println!("{:<6} {:>8} {:>10}", "all", scan.records.len(), spec.expected.images);
-        if let Some((files, groups)) = duplicate_count {
-            println!("exact duplicates: {files} file(s) repeat another, in {groups} group(s)");
+        println!("{:<6} {:>8} {:>10}", "all", report.images, spec.expected.images);
+        if let Some(duplicates) = report.duplicates {
+            println!("exact duplicates: {} file(s) repeat another, in {} group(s)", duplicates.files, duplicates.groups);
         }
-        if scan.problems.is_empty() {
+        if report.problems.is_empty() {
             println!("no problems");
         } else {
-            println!("{} problem(s):", scan.problems.len());
-            for problem in &scan.problems {
+            println!("{} problem(s):", report.problems.len());
+            for problem in &report.problems {
                 println!("  {}: {}", problem.path.display(), problem.problem);
             }
         }
     }
-    Ok(if scan.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn split_task(
-    catalog: &Catalog,
-    task_name: &str,
-    root: &Path,
+/// What `split` is asked for.
+struct SplitRequest<'a> {
+    task: &'a str,
+    root: &'a Path,
     source: Source,
-    authors_dir: Option<&Path>,
-    dataset: Option<&str>,
+    authors_dir: Option<&'a Path>,
+    dataset: Option<&'a str>,
     seed: u64,
-    out: &Path,
-) -> Result<()> {
-    let task = catalog.task(task_name)?;
-    let spec = catalog.dataset(dataset.unwrap_or(&task.id))?;
+    out: &'a Path,
+}
+
+fn split_task(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
+    let task = catalog.task(request.task)?;
+    let spec = catalog.dataset(request.dataset.unwrap_or(&task.id))?;
     if spec.task != task.name || spec.role == Role::Ood {
         bail!("{} is not an in-distribution dataset of task {}", spec.name, task.name);
     }
-    let scan = layouts::scan(spec, root)?;
-    if !scan.problems.is_empty() {
-        bail!(
-            "{} has {} problem(s), the first: {}: {}; run `medxfer-data check {} --root {}`",
-            spec.name,
-            scan.problems.len(),
-            scan.problems[0].path.display(),
-            scan.problems[0].problem,
-            spec.name,
-            root.display()
-        );
+    if request.source == Source::Authors && request.authors_dir.is_none() {
+        bail!("--source authors needs --authors-dir, the folder of the authors' split CSVs");
     }
-    let entries = match source {
-        Source::Faithful => split::faithful(&scan.records, &task.faithful, seed)?,
-        Source::Grouped => split::grouped(&scan.records, &task.faithful, seed)?,
-        Source::Authors => {
-            let dir = authors_dir.context("--source authors needs --authors-dir, the folder of the authors' split CSVs")?;
-            split::authors_from_dir(&scan.records, spec, dir)?
-        }
-    };
-    split::check_classes(&entries, task)?;
-    let leakage = split::leakage(&entries);
+    let records = layouts::scan_clean(spec, request.root)?;
+    let (entries, leakage) = split::split_task(&records, spec, task, request.source, request.authors_dir, request.seed)?;
     let info = ManifestInfo {
         dataset: spec.name.clone(),
         task: task.name.clone(),
-        source,
-        seed,
+        source: request.source,
+        seed: request.seed,
         images: entries.len(),
         counts: manifest::counts(&entries),
-        files_checksum: manifest::files_checksum(root, &entries)?,
+        files_checksum: manifest::files_checksum(request.root, &entries)?,
         leakage: Some(leakage.clone().into()),
     };
-    let (csv_path, _) = manifest::write(out, &entries, &info)?;
+    let (csv_path, _) = manifest::write(request.out, &entries, &info)?;
     println!("{}: {} images, {:?}", csv_path.display(), entries.len(), info.counts);
     println!(
         "leakage by {}: {} of {} groups span splits; {} val and {} test images share a group with train",

@@ -3,7 +3,6 @@
 //! later step and every rerun uses the same split. Both are written atomically.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -76,15 +75,6 @@ pub fn files_checksum(root: &Path, entries: &[Entry]) -> Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename. The
-/// temporary file is this process's own, so concurrent writers (study shards) never interleave.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary = path.with_extension(format!("{}.partial", std::process::id()));
-    let mut file = std::fs::File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(&temporary, e))?;
-    std::fs::rename(&temporary, path).map_err(|e| Error::io(path, e))
-}
-
 /// Writes manifest.csv and manifest.json into `dir` (created if needed); returns their paths.
 pub fn write(dir: &Path, entries: &[Entry], info: &ManifestInfo) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -94,9 +84,9 @@ pub fn write(dir: &Path, entries: &[Entry], info: &ManifestInfo) -> Result<(Path
     }
     let csv_bytes = writer.into_inner().map_err(|e| Error::format(dir.join(CSV_NAME), e.to_string()))?;
     let (csv_path, json_path) = (dir.join(CSV_NAME), dir.join(JSON_NAME));
-    write_atomic(&csv_path, &csv_bytes)?;
+    medxfer_durable::write_atomic(&csv_path, &csv_bytes)?;
     let json = serde_json::to_vec_pretty(info).map_err(|e| Error::format(&json_path, e.to_string()))?;
-    write_atomic(&json_path, &json)?;
+    medxfer_durable::write_atomic(&json_path, &json)?;
     Ok((csv_path, json_path))
 }
 

@@ -229,6 +229,30 @@ pub fn authors(records: &[Record], spec: &DatasetSpec, csvs: &[(Part, &Path)]) -
     Ok((entries, problems))
 }
 
+/// A task's train/val/test split of an ID dataset's `records` as `source` makes it (the authors'
+/// CSVs from `authors_dir`), with every class checked present in every part, and how much it
+/// leaks.
+pub fn split_task(
+    records: &[Record],
+    spec: &DatasetSpec,
+    task: &TaskSpec,
+    source: Source,
+    authors_dir: Option<&Path>,
+    seed: u64,
+) -> Result<(Vec<Entry>, Leakage)> {
+    let entries = match source {
+        Source::Faithful => faithful(records, &task.faithful, seed)?,
+        Source::Grouped => grouped(records, &task.faithful, seed)?,
+        Source::Authors => {
+            let dir = authors_dir.ok_or_else(|| Error::Split("the authors' split needs the folder of their CSVs".into()))?;
+            authors_from_dir(records, spec, dir)?
+        }
+    };
+    check_classes(&entries, task)?;
+    let leakage = leakage(&entries);
+    Ok((entries, leakage))
+}
+
 /// Every class must occur in train and in test (val too, when it exists).
 pub fn check_classes(entries: &[Entry], task: &TaskSpec) -> Result<()> {
     let mut counts: BTreeMap<(Part, u32), usize> = BTreeMap::new();

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use image::{ImageBuffer, Rgb, RgbImage};
+use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -64,15 +64,13 @@ impl Writer<'_> {
         Ok(path)
     }
 
-    fn save(&mut self, relative: &str, class: &str, width: u32, height: u32) -> Result<()> {
+    fn write_image(&mut self, relative: &str, class: &str, width: u32, height: u32) -> Result<()> {
         let image = self.image(class, width, height);
-        let path = self.path(relative)?;
-        image.save(&path).map_err(|e| Error::io(&path, e))
+        save_image(&self.path(relative)?, DynamicImage::ImageRgb8(image))
     }
 
     fn text(&self, relative: &str, text: &str) -> Result<()> {
-        let path = self.path(relative)?;
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+        Ok(medxfer_durable::write_atomic(&self.path(relative)?, text.as_bytes())?)
     }
 
     fn count(&mut self, spec: &DatasetSpec, class: &str) {
@@ -117,7 +115,7 @@ fn isic(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> 
         for k in 0..per_class {
             // The second image of all is a `_downsampled` one.
             let stem = if id == 1 { format!("ISIC_{id:07}_downsampled") } else { format!("ISIC_{id:07}") };
-            w.save(&format!("ISIC_2019_Training_Input/{stem}.jpg"), class, 24 + (id % 3) as u32 * 4, 18)?;
+            w.write_image(&format!("ISIC_2019_Training_Input/{stem}.jpg"), class, 24 + (id % 3) as u32 * 4, 18)?;
             let one_hot: Vec<&str> = columns.iter().map(|c| if *c == class { "1.0" } else { "0.0" }).collect();
             truth.push_str(&format!("{stem},{}\n", one_hot.join(",")));
             // The first image of a class has no lesion id; the second and third share one.
@@ -144,7 +142,7 @@ fn pad(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
             let patient = 100 + c * 50 + k / 2;
             let lesion = if k / 2 == 0 && (class == "ACK" || class == "MEL") { 1867 } else { 2000 + c * 50 + k / 2 };
             let name = format!("PAT_{patient}_{lesion}_{image_id}.png");
-            w.save(&format!("images/imgs_part_{}/{name}", 1 + image_id % 2), class, 20, 20 + (k as u32 % 2) * 6)?;
+            w.write_image(&format!("images/imgs_part_{}/{name}", 1 + image_id % 2), class, 20, 20 + (k as u32 % 2) * 6)?;
             // One row with the socio-economic fields empty, one with UNK symptoms (as in the real file).
             let socio = if image_id == 0 { ["", "", "", ""] } else { ["False", "True", "POMERANIA", "GERMANY"] };
             let symptoms = if image_id == 1 { ["UNK"; 6] } else { ["False", "True", "False", "True", "False", "True"] };
@@ -184,7 +182,7 @@ fn breakhis(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<
         for k in 0..per_class {
             let magnification = [40, 100, 200, 400][k % 4];
             let file = format!("SOB_{}_{code}-{year}-{id}-{magnification}-{:03}.png", b_or_m(class), k + 1);
-            w.save(
+            w.write_image(
                 &format!("BreaKHis_v1/BreaKHis_v1/histology_slides/breast/{class}/SOB/{subtype}/{slide}/{magnification}X/{file}"),
                 class,
                 35,
@@ -207,9 +205,9 @@ fn bach(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> 
             if k % 2 == 1 {
                 let wide: ImageBuffer<Rgb<u16>, Vec<u16>> =
                     ImageBuffer::from_fn(32, 24, |x, y| Rgb(image.get_pixel(x, y).0.map(|v| u16::from(v) * 256 + (x as u16 % 7) * 30)));
-                wide.save(&path).map_err(|e| Error::io(&path, e))?;
+                save_image(&path, DynamicImage::ImageRgb16(wide))?;
             } else {
-                image.save(&path).map_err(|e| Error::io(&path, e))?;
+                save_image(&path, DynamicImage::ImageRgb8(image))?;
             }
             truth.push_str(&format!("{name},{class}\n"));
             w.count(spec, class);
@@ -229,7 +227,7 @@ fn brain_kaggle(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Res
         for class in ["no_tumor", "glioma_tumor", "meningioma_tumor", "pituitary_tumor"] {
             let count = if origin == "Training" { per_class + 2 } else { per_class };
             for k in 0..count {
-                w.save(&format!("{origin}/{class}/{}", names(class, k)), class, 22, 22)?;
+                w.write_image(&format!("{origin}/{class}/{}", names(class, k)), class, 22, 22)?;
                 w.count(spec, class);
             }
         }
@@ -237,7 +235,8 @@ fn brain_kaggle(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Res
     // Exact duplicates: one within Training, one across Training/Testing.
     let copy = |from: &str, to: &str| -> Result<()> {
         let (from, to) = (w.root.join(from), w.root.join(to));
-        std::fs::copy(&from, &to).map(|_| ()).map_err(|e| Error::io(&to, e))
+        let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+        Ok(medxfer_durable::write_atomic(&to, &bytes)?)
     };
     copy("Training/glioma_tumor/gg (1).jpg", "Training/glioma_tumor/gg (copy).jpg")?;
     copy("Training/no_tumor/1.jpg", "Testing/no_tumor/1 (dup).jpg")?;
@@ -287,7 +286,15 @@ pub fn write_cheng_file(path: &Path, image: &[i16], rows: usize, columns: usize,
         .set_attr("MATLAB_int_decode", AttrValue::I32(2));
     group.create_dataset("tumorBorder").with_f64_data(&[1.0, 2.0, 3.0, 4.0]).with_shape(&[1, 4]);
     file.add_group(group.finish());
-    file.write(path).map_err(|e| Error::io(path, e))
+    let pending = medxfer_durable::PendingFile::new(path)?;
+    file.write(pending.path()).map_err(|e| Error::io(path, e))?;
+    Ok(pending.commit()?)
+}
+
+/// Encodes `image` in the format `path`'s extension names and writes it atomically.
+fn save_image(path: &Path, image: DynamicImage) -> Result<()> {
+    let format = ImageFormat::from_path(path).map_err(|e| Error::io(path, e))?;
+    Ok(medxfer_durable::write_atomic_with(path, |writer| image.write_to(writer, format).map_err(std::io::Error::other))?)
 }
 
 fn cheng(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> {
@@ -320,13 +327,13 @@ fn nins(w: &mut Writer<'_>, spec: &DatasetSpec, per_class: usize) -> Result<()> 
     let mut number = 46110917;
     for folder in folders {
         for _ in 0..per_class {
-            w.save(&format!("NINS_Dataset/NINS_Dataset/{folder}/{number}.jpg"), folder, 20, 20)?;
+            w.write_image(&format!("NINS_Dataset/NINS_Dataset/{folder}/{number}.jpg"), folder, 20, 20)?;
             w.count(spec, folder);
             number += 16;
         }
     }
     // A probable duplicate, `<n>_1.jpg`, in Normal.
-    w.save(&format!("NINS_Dataset/NINS_Dataset/Normal/{}_1.jpg", 46110917), "Normal", 20, 20)?;
+    w.write_image(&format!("NINS_Dataset/NINS_Dataset/Normal/{}_1.jpg", 46110917), "Normal", 20, 20)?;
     w.count(spec, "Normal");
     Ok(())
 }

@@ -53,10 +53,10 @@ pub fn shorter_side_size(width: u32, height: u32, size: u32) -> (u32, u32) {
 /// Bilinear resampling with PIL's antialiasing (a triangle filter widened by the scale).
 pub fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     if image.width() == 0 || image.height() == 0 || width == 0 || height == 0 {
-        return Err(Error::Split(format!("cannot resize a {}x{} image to {width}x{height}", image.width(), image.height())));
+        return Err(Error::Transform(format!("cannot resize a {}x{} image to {width}x{height}", image.width(), image.height())));
     }
     let source = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
-        .map_err(|e| Error::Split(format!("cannot wrap the pixels: {e}")))?;
+        .map_err(|e| Error::Transform(format!("cannot wrap the pixels: {e}")))?;
     let mut resized = Image::new(width, height, PixelType::U8x3);
     thread_local! {
         // A Resizer keeps its buffers between calls; one per thread.
@@ -66,8 +66,8 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
         .with_borrow_mut(|resizer| {
             resizer.resize(&source, &mut resized, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
         })
-        .map_err(|e| Error::Split(format!("cannot resize: {e}")))?;
-    RgbImage::from_raw(width, height, resized.into_vec()).ok_or_else(|| Error::Split("resize produced a wrong buffer".into()))
+        .map_err(|e| Error::Transform(format!("cannot resize: {e}")))?;
+    RgbImage::from_raw(width, height, resized.into_vec()).ok_or_else(|| Error::Transform("resize produced a wrong buffer".into()))
 }
 
 /// `Resize(size)`: shorter side to `size`.

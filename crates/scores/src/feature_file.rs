@@ -3,8 +3,7 @@
 //! model's softmax). medxfer-train's `extract` writes such files; the CLI reads them.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use faer::Mat;
 use safetensors::SafeTensors;
@@ -83,23 +82,11 @@ pub fn write_feature_file(path: &Path, input: &ScoreInput) -> Result<()> {
         views.push(("probs".to_string(), tensor_view(path, dtype, vec![rows, cols], &prob_bytes)?));
     }
     let bytes = safetensors::serialize(views, None).map_err(|e| file_error(path, format!("cannot serialise: {e}")))?;
-    write_atomically(path, &bytes)
+    medxfer_durable::write_atomic(path, &bytes).map_err(|e| file_error(e.path(), e.problem()))
 }
 
 fn tensor_view<'a>(path: &Path, dtype: Dtype, shape: Vec<usize>, bytes: &'a [u8]) -> Result<TensorView<'a>> {
     TensorView::new(dtype, shape, bytes).map_err(|e| file_error(path, format!("cannot build a tensor: {e}")))
-}
-
-/// Writes to a temporary file beside `path`, then renames it over `path`.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut temporary = PathBuf::from(path);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    temporary.set_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let mut file = fs::File::create(&temporary).map_err(|e| file_error(path, format!("cannot create {}: {e}", temporary.display())))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| file_error(path, format!("cannot write {}: {e}", temporary.display())))?;
-    fs::rename(&temporary, path).map_err(|e| file_error(path, format!("cannot move {} into place: {e}", temporary.display())))
 }
 
 fn list_names(tensors: &SafeTensors<'_>) -> String {

@@ -36,14 +36,13 @@ pub fn epoch_path(dir: &Path, epoch: usize) -> PathBuf {
 
 /// Writes `tensors` (+ metadata) to `path` atomically.
 pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<()> {
-    let temporary = path.with_extension("partial");
     // Tensors must be contiguous and on the CPU for serialisation.
     let cpu: Vec<(String, Tensor)> =
         tensors.iter().map(|(name, t)| Ok((name.clone(), t.to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
-    safetensors::serialize_to_file(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &temporary)
-        .map_err(|e| io_error(&temporary, e))?;
-    std::fs::File::open(&temporary).and_then(|f| f.sync_all()).map_err(|e| io_error(&temporary, e))?;
-    std::fs::rename(&temporary, path).map_err(|e| io_error(path, e))
+    let pending = medxfer_durable::PendingFile::new(path)?;
+    safetensors::serialize_to_file(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), pending.path())
+        .map_err(|e| io_error(pending.path(), e))?;
+    Ok(pending.commit()?)
 }
 
 /// Reads a safetensors file with its metadata; any damage is an error naming the file.

@@ -23,5 +23,11 @@ pub enum Error {
     Io { path: std::path::PathBuf, problem: String },
 }
 
+impl From<medxfer_durable::Error> for Error {
+    fn from(error: medxfer_durable::Error) -> Self {
+        Self::Io { path: error.path().to_path_buf(), problem: error.problem() }
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,22 +19,29 @@ use crate::finetune::SplitData;
 /// Metadata key of the image ids.
 pub const IDS_KEY: &str = "medxfer.ids";
 
+/// How images become features: the backbone's normalisation, the eval transform's centre crop,
+/// and the batch size (the reference's 32).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtractSettings {
+    pub normalization: Normalization,
+    pub crop: u32,
+    pub batch_size: usize,
+}
+
 /// Extracts `split` (whose images are `ids`, in cache order) with `model` into `out`, calling
 /// `progress(images done, images)` after each batch.
-#[allow(clippy::too_many_arguments)]
 pub fn extract(
     model: &Backbone,
     split: &SplitData,
     ids: &[String],
-    normalization: Normalization,
-    crop: u32,
-    batch_size: usize,
+    settings: &ExtractSettings,
     out: &Path,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
     if ids.len() != split.labels.len() {
         return Err(Error::Config(format!("{} image ids for a split of {} images", ids.len(), split.labels.len())));
     }
+    let ExtractSettings { normalization, crop, batch_size } = *settings;
     let config = LoaderConfig { batch_size, shuffle: false, seed: 0, epoch: 0, augment: Augment::Eval { crop }, normalization };
     let device = model.params().device().clone();
     let (mut features, mut probs) = (Vec::new(), Vec::new());

@@ -18,6 +18,7 @@ use std::time::Instant;
 use candle_core::{D, Device, Tensor};
 use medxfer_data::cache::ImageCache;
 use medxfer_data::loader::{self, Augment, LoaderConfig};
+use medxfer_data::split::Entry;
 use medxfer_data::transform::{Normalization, TrainTransform};
 use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
@@ -70,7 +71,43 @@ pub struct RunSettings {
     pub crop: u32,
 }
 
+/// What a user sets of the runs of a search beyond the reference (`--epochs`, `--batch`,
+/// `--seed`, `--select`, `--patience`, `--crop`; the reference's values are a deviation when
+/// changed). The train transform crops to the same size as the eval transform.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainingOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub selection: Selection,
+    pub patience: Option<usize>,
+    pub crop: u32,
+}
+
+impl TrainingOptions {
+    /// The reference's: 100 epochs, batch 128, seed 0, lowest validation loss, no early
+    /// stopping, 224 px crops.
+    pub fn reference() -> Self {
+        Self { epochs: 100, batch_size: 128, seed: 0, selection: Selection::ValLoss, patience: None, crop: 224 }
+    }
+}
+
 impl RunSettings {
+    /// The settings every trial of a search shares (its learning rate and weight decay 0 until
+    /// a trial sets its point's).
+    pub fn from_options(options: &TrainingOptions, normalization: Normalization) -> Self {
+        Self {
+            epochs: options.epochs,
+            batch_size: options.batch_size,
+            seed: options.seed,
+            selection: options.selection,
+            patience: options.patience,
+            crop: options.crop,
+            train_transform: TrainTransform { size: options.crop, ..TrainTransform::default() },
+            ..Self::reference(0.0, 0.0, normalization)
+        }
+    }
+
     /// The reference's settings for one (lr, wd) point.
     pub fn reference(learning_rate: f64, weight_decay: f64, normalization: Normalization) -> Self {
         Self {
@@ -94,6 +131,15 @@ impl RunSettings {
 pub struct SplitData {
     pub cache: Arc<ImageCache>,
     pub labels: Arc<Vec<u32>>,
+}
+
+impl SplitData {
+    /// The images `entries` name under `root`, decoded once (shorter side `resize`) into the
+    /// cache folder `cache_dir` under `name`, with a progress bar while building when `progress`.
+    pub fn cached(cache_dir: &Path, name: &str, root: &Path, entries: &[Entry], resize: u32, progress: bool) -> Result<Self> {
+        let cache = ImageCache::open_or_build(cache_dir, name, root, entries, resize, progress)?;
+        Ok(Self { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
+    }
 }
 
 /// The splits a run uses.
@@ -165,12 +211,6 @@ pub const HISTORY_FILE: &str = "history.jsonl";
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io { path: path.to_path_buf(), problem: e.to_string() }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary = path.with_extension("partial");
-    std::fs::write(&temporary, bytes).map_err(|e| io_error(&temporary, e))?;
-    std::fs::rename(&temporary, path).map_err(|e| io_error(path, e))
 }
 
 /// The outcome of a complete run in `dir`, if there is one.
@@ -367,7 +407,7 @@ pub fn run_until(
             save_best(model, dir, epoch + 1)?;
         }
         let history: String = state.history.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|line| line + "\n").collect();
-        write_atomic(&dir.join(HISTORY_FILE), history.as_bytes())?;
+        medxfer_durable::write_atomic(&dir.join(HISTORY_FILE), history.as_bytes())?;
         progress.epoch(&record);
     }
 
@@ -391,7 +431,7 @@ pub fn run_until(
         ood,
     };
     let json = serde_json::to_vec_pretty(&outcome).map_err(|e| Error::Checkpoint(e.to_string()))?;
-    write_atomic(&dir.join(OUTCOME_FILE), &json)?;
+    medxfer_durable::write_atomic(&dir.join(OUTCOME_FILE), &json)?;
     Ok(Some(outcome))
 }
 

@@ -17,8 +17,10 @@ use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::finetune::{self, RunData, RunSettings, Selection};
-use crate::search::{self, DIVERGED_FILE, SearchProgress, SearchSummary, Shard, Trial, advance_trial, reached, select_best, trial_dir};
+use crate::finetune::{self, RunData, Selection};
+use crate::search::{
+    self, DIVERGED_FILE, SearchProgress, SearchSettings, SearchSummary, Trial, advance_trial, reached, select_best, trial_dir,
+};
 use crate::search_space::points;
 
 /// `--halving ETA --halving-min-epochs N`.
@@ -127,24 +129,23 @@ fn check_started(dir: &Path, started: &Started) -> Result<()> {
                 return Err(Error::Config(format!("{}: a plain search lives here; give the halving search its own --out", dir.display())));
             }
             let json = serde_json::to_vec_pretty(started).map_err(|e| Error::Config(e.to_string()))?;
-            std::fs::write(&path, json).map_err(|e| Error::Io { path, problem: e.to_string() })
+            Ok(medxfer_durable::write_atomic(&path, &json)?)
         }
     }
 }
 
-/// Runs this worker's part of a halving search over the first `trials` Halton points, rung by
-/// rung, then writes and returns the summary.
-#[allow(clippy::too_many_arguments)]
+/// Runs this worker's part of a halving search over the search's Halton points, rung by rung,
+/// then writes and returns the summary.
 pub fn run(
     make_model: &dyn Fn() -> Result<Backbone>,
     data: &RunData,
-    base: &RunSettings,
-    trials: usize,
+    settings: &SearchSettings,
     halving: Halving,
-    shard: Shard,
     dir: &Path,
     progress: &mut dyn SearchProgress,
 ) -> Result<HalvingSummary> {
+    let SearchSettings { base, trials, shard } = *settings;
+    let base = &base;
     check_started(dir, &Started { halving, epochs: base.epochs, trials })?;
     let all = points(trials);
     let mut members: Vec<usize> = (0..trials).collect();
@@ -178,6 +179,30 @@ pub fn run(
     let summary = summarize(dir, trials, base.epochs, halving, rungs);
     search::write_summary(dir, &summary)?;
     Ok(summary)
+}
+
+/// How a halving search's A_opt compares with that of the full search of the same trials.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Comparison {
+    /// Both chose this trial.
+    Same(usize),
+    /// Halving chose `ours`; the full search `theirs`.
+    Changed { ours: Box<Trial>, theirs: Box<Trial> },
+    /// A search has no A_opt yet.
+    Unfinished,
+}
+
+/// Compares `summary` with the finished full search in `full_dir` (its search.json).
+pub fn compare_with_full(summary: &HalvingSummary, full_dir: &Path) -> Result<Comparison> {
+    let path = full_dir.join(search::SUMMARY_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), problem: e.to_string() })?;
+    let full: SearchSummary = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Io { path: path.clone(), problem: format!("{e} (expected a plain search's summary)") })?;
+    Ok(match (full.best, summary.search.best.clone()) {
+        (Some(theirs), Some(ours)) if theirs.index == ours.index => Comparison::Same(ours.index),
+        (Some(theirs), Some(ours)) => Comparison::Changed { ours: Box::new(ours), theirs: Box::new(theirs) },
+        _ => Comparison::Unfinished,
+    })
 }
 
 /// The budget and the last rung's outcome.

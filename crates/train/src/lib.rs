@@ -22,6 +22,7 @@ pub mod extract;
 pub mod finetune;
 pub mod halving;
 pub mod metrics;
+pub mod models;
 pub mod progress_bar;
 pub mod schedule;
 pub mod search;

@@ -4,21 +4,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use medxfer_data::cache::ImageCache;
 use medxfer_data::manifest::read_entries;
 use medxfer_data::split::{Entry, Part, ood};
-use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_data::transform::Normalization;
 use medxfer_data::{Catalog, layouts};
-use medxfer_train::finetune::{self, RunData, RunSettings, Selection, SplitData};
-use medxfer_train::halving::{Halving, HalvingSummary};
+use medxfer_train::extract::ExtractSettings;
+use medxfer_train::finetune::{self, RunData, RunSettings, Selection, SplitData, TrainingOptions};
+use medxfer_train::halving::{Comparison, Halving, HalvingSummary};
+use medxfer_train::models;
 use medxfer_train::progress_bar::EpochBar;
-use medxfer_train::search::{self, Shard};
-use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file};
+use medxfer_train::search::{self, SearchSettings, Shard};
+use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry, weights_file};
 
 /// mimalloc reuses freed pages: the system allocator maps and unmaps every large tensor.
 #[global_allocator]
@@ -211,13 +211,9 @@ fn main() -> ExitCode {
     medxfer_cli::exit_code(run(Cli::parse()))
 }
 
-fn device(name: &str) -> Result<Device> {
-    Ok(medxfer_train::device::parse(name)?)
-}
-
 /// The rungs, the budget against the full search and, given a finished full search, whether
 /// both chose the same A_opt.
-fn print_halving(summary: &HalvingSummary, full: Option<&Path>) -> medxfer_train::Result<()> {
+fn print_halving(summary: &HalvingSummary, full: Option<&Path>) -> Result<()> {
     for (number, rung) in summary.rungs.iter().enumerate() {
         println!("rung {}: {} trials to epoch {}", number + 1, rung.trials.len(), rung.epochs);
     }
@@ -227,42 +223,30 @@ fn print_halving(summary: &HalvingSummary, full: Option<&Path>) -> medxfer_train
         summary.epochs_full_search,
         100.0 * summary.epochs_trained as f64 / summary.epochs_full_search.max(1) as f64
     );
-    if let Some(dir) = full {
-        let path = dir.join(search::SUMMARY_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| medxfer_train::Error::Io { path: path.clone(), problem: e.to_string() })?;
-        let full: search::SearchSummary = serde_json::from_slice(&bytes)
-            .map_err(|e| medxfer_train::Error::Io { path: path.clone(), problem: format!("{e} (expected a plain search's summary)") })?;
-        match (&full.best, &summary.search.best) {
-            (Some(theirs), Some(ours)) if theirs.index == ours.index => println!("A_opt unchanged: trial {} in both", ours.index),
-            (Some(theirs), Some(ours)) => println!(
-                "A_opt changed: trial {} (test balanced accuracy {}) instead of the full search's trial {} ({})",
-                ours.index,
-                ours.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy)),
-                theirs.index,
-                theirs.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy)),
-            ),
-            _ => println!("A_opt not comparable yet: a search is unfinished"),
-        }
+    let Some(dir) = full else { return Ok(()) };
+    let test = |trial: &search::Trial| trial.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy));
+    match medxfer_train::halving::compare_with_full(summary, dir)? {
+        Comparison::Same(index) => println!("A_opt unchanged: trial {index} in both"),
+        Comparison::Changed { ours, theirs } => println!(
+            "A_opt changed: trial {} (test balanced accuracy {}) instead of the full search's trial {} ({})",
+            ours.index,
+            test(&ours),
+            theirs.index,
+            test(&theirs),
+        ),
+        Comparison::Unfinished => println!("A_opt not comparable yet: a search is unfinished"),
     }
     Ok(())
 }
 
-/// The registry entry and a function giving a fresh pretrained backbone.
-fn pretrained(args: &ModelArgs) -> Result<(ModelEntry, PathBuf, Device)> {
-    let registry = Registry::load_default()?;
-    let entry = registry.resolve(&args.model, &HubOptions::from_env())?;
+/// The registry entry, its pretrained weights file and the device.
+fn resolve(args: &ModelArgs) -> Result<(ModelEntry, PathBuf, Device)> {
+    let entry = Registry::load_default()?.resolve(&args.model, &HubOptions::from_env())?;
     let weights = match &args.weights {
         Some(path) => path.clone(),
-        None => hub_file(&entry.hub, WEIGHTS_FILE, &HubOptions::from_env())?,
+        None => weights_file(&entry, &HubOptions::from_env())?,
     };
-    Ok((entry, weights, device(&args.device)?))
-}
-
-fn fresh_model(entry: &ModelEntry, weights: &Path, device: &Device, classes: usize, seed: u64) -> Result<Backbone> {
-    let mut model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, device)?;
-    model.load_weights(weights, true)?;
-    model.replace_head(classes, seed)?;
-    Ok(model)
+    Ok((entry, weights, medxfer_train::device::parse(&args.device)?))
 }
 
 fn normalization(entry: &ModelEntry, fix_std: bool) -> Normalization {
@@ -271,12 +255,12 @@ fn normalization(entry: &ModelEntry, fix_std: bool) -> Normalization {
 
 /// One split's images, decoded once into the cache under `name`.
 fn split_data(root: &Path, entries: &[Entry], cache: &Path, name: &str, resize: u32) -> Result<SplitData> {
-    let cache = ImageCache::open_or_build(cache, name, root, entries, resize, true).with_context(|| format!("caching {name}"))?;
+    let split = SplitData::cached(cache, name, root, entries, resize, true).with_context(|| format!("caching {name}"))?;
     eprintln!("{name}: {} images", entries.len());
-    Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
+    Ok(split)
 }
 
-fn run_data(args: &DataArgs) -> Result<(RunData, usize)> {
+fn run_data(args: &DataArgs) -> Result<RunData> {
     let catalog = Catalog::load_default()?;
     let task = catalog.task(&args.task)?;
     let id = catalog.dataset(&task.id)?;
@@ -291,25 +275,16 @@ fn run_data(args: &DataArgs) -> Result<(RunData, usize)> {
     let ood_data = match &args.ood_root {
         Some(root) => {
             let spec = catalog.dataset(&task.ood)?;
-            let scan = layouts::scan(spec, root)?;
-            if let Some(problem) = scan.problems.first() {
-                bail!(
-                    "{} has problems, the first: {}: {}; run `medxfer-data check {}`",
-                    spec.name,
-                    problem.path.display(),
-                    problem.problem,
-                    spec.name
-                );
-            }
-            Some(split_data(root, &ood(&scan.records), &args.cache, &spec.name, args.transform.resize)?)
+            let records = layouts::scan_clean(spec, root)?;
+            Some(split_data(root, &ood(&records), &args.cache, &spec.name, args.transform.resize)?)
         }
         None => None,
     };
-    Ok((RunData { train, val, test: Some(test), ood: ood_data, classes: task.classes.len() }, task.classes.len()))
+    Ok(RunData { train, val, test: Some(test), ood: ood_data, classes: task.classes.len() })
 }
 
-fn settings(train: &TrainArgs, data: &DataArgs, normalization: Normalization, lr: f64, wd: f64) -> RunSettings {
-    RunSettings {
+fn options(train: &TrainArgs, transform: &TransformArgs) -> TrainingOptions {
+    TrainingOptions {
         epochs: train.epochs,
         batch_size: train.batch,
         seed: train.seed,
@@ -318,19 +293,18 @@ fn settings(train: &TrainArgs, data: &DataArgs, normalization: Normalization, lr
             SelectArg::ValBalancedAccuracy => Selection::ValBalancedAccuracy,
         },
         patience: train.patience,
-        crop: data.transform.crop,
-        train_transform: TrainTransform { size: data.transform.crop, ..TrainTransform::default() },
-        ..RunSettings::reference(lr, wd, normalization)
+        crop: transform.crop,
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Finetune { model, data, train, lr, wd, out } => {
-            let (entry, weights, device) = pretrained(&model)?;
-            let (run_data, classes) = run_data(&data)?;
-            let settings = settings(&train, &data, normalization(&entry, data.transform.fix_std), lr, wd);
-            let backbone = fresh_model(&entry, &weights, &device, classes, train.seed)?;
+            let (entry, weights, device) = resolve(&model)?;
+            let run_data = run_data(&data)?;
+            let base = RunSettings::from_options(&options(&train, &data.transform), normalization(&entry, data.transform.fix_std));
+            let settings = RunSettings { learning_rate: lr, weight_decay: wd, ..base };
+            let backbone = models::with_fresh_head(&entry, &weights, run_data.classes, train.seed, &device)?;
             let mut bar = EpochBar::new(settings.epochs);
             let outcome = finetune::run(&backbone, &run_data, &settings, &out, &mut bar);
             bar.finish();
@@ -338,17 +312,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         }
         Command::Search { model, data, train, trials, shard, out, halving, halving_min_epochs, compare_with } => {
-            let shard = Shard::parse(&shard)?;
-            let (entry, weights, device) = pretrained(&model)?;
-            let (run_data, classes) = run_data(&data)?;
-            let base = settings(&train, &data, normalization(&entry, data.transform.fix_std), 0.0, 0.0);
-            let make =
-                || fresh_model(&entry, &weights, &device, classes, train.seed).map_err(|e| medxfer_train::Error::Config(format!("{e:#}")));
+            let (entry, weights, device) = resolve(&model)?;
+            let run_data = run_data(&data)?;
+            let base = RunSettings::from_options(&options(&train, &data.transform), normalization(&entry, data.transform.fix_std));
+            let settings = SearchSettings { base, trials, shard: Shard::parse(&shard)? };
+            let make = || models::with_fresh_head(&entry, &weights, run_data.classes, train.seed, &device);
             let mut bar = EpochBar::new(base.epochs);
             let summary = match halving {
-                None => search::run(&make, &run_data, &base, trials, shard, &out, &mut bar),
-                Some(eta) => Halving::new(eta, halving_min_epochs).and_then(|halving| {
-                    let summary = medxfer_train::halving::run(&make, &run_data, &base, trials, halving, shard, &out, &mut bar)?;
+                None => search::run(&make, &run_data, &settings, &out, &mut bar).map_err(anyhow::Error::from),
+                Some(eta) => Halving::new(eta, halving_min_epochs).map_err(anyhow::Error::from).and_then(|halving| {
+                    let summary = medxfer_train::halving::run(&make, &run_data, &settings, halving, &out, &mut bar)?;
                     print_halving(&summary, compare_with.as_deref())?;
                     Ok(summary.search)
                 }),
@@ -376,16 +349,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Extract { model, images, batch, out } => {
             let (entry, backbone, split, ids) = image_split(&model, &images)?;
-            medxfer_train::extract::extract(
-                &backbone,
-                &split,
-                &ids,
-                normalization(&entry, images.transform.fix_std),
-                images.transform.crop,
-                batch,
-                &out,
-                &mut |_, _| {},
-            )?;
+            let settings = ExtractSettings {
+                normalization: normalization(&entry, images.transform.fix_std),
+                crop: images.transform.crop,
+                batch_size: batch,
+            };
+            medxfer_train::extract::extract(&backbone, &split, &ids, &settings, &out, &mut |_, _| {})?;
             println!("{}: {} images", out.display(), ids.len());
         }
         Command::Evaluate { model, images, batch } => {
@@ -408,18 +377,19 @@ fn run(cli: Cli) -> Result<()> {
 /// The model (pretrained, or a fine-tuned checkpoint) and one dataset split for extract and
 /// evaluate.
 fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Backbone, SplitData, Vec<String>)> {
-    let (entry, weights, device) = pretrained(model)?;
-    let mut backbone = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
-    backbone.load_weights(&weights, true)?;
-    match (&images.checkpoint, images.classes) {
+    let backbone_and_entry = match (&images.checkpoint, images.classes) {
         (Some(checkpoint), Some(classes)) => {
-            backbone.replace_head(classes, 0)?;
-            let (tensors, _) = medxfer_train::checkpoint::read_tensors(checkpoint, &device)?;
-            finetune::restore_model(&backbone, &tensors, checkpoint)?;
+            let entry = Registry::load_default()?.resolve(&model.model, &HubOptions::from_env())?;
+            let device = medxfer_train::device::parse(&model.device)?;
+            (models::fine_tuned(&entry, checkpoint, classes, &device)?, entry)
         }
         (Some(_), None) => bail!("--checkpoint needs --classes, the number of classes of its head"),
-        (None, _) => {}
-    }
+        (None, _) => {
+            let (entry, weights, device) = resolve(model)?;
+            (models::pretrained(&entry, &weights, &device)?, entry)
+        }
+    };
+    let (backbone, entry) = backbone_and_entry;
     let catalog = Catalog::load_default()?;
     let spec = catalog.dataset(&images.dataset)?;
     let entries = match &images.manifest {

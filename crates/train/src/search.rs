@@ -3,10 +3,10 @@
 //! trial) through one results directory, with a lock file per running trial. A_opt is the trial
 //! with the best validation balanced accuracy (ties: lower validation loss, then lower index).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use medxfer_durable::Claim;
 use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,15 @@ impl Shard {
     }
 }
 
+/// A search's shape: the settings every trial shares (each trial sets its own Halton point's
+/// learning rate and weight decay), how many points, and this worker's share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchSettings {
+    pub base: RunSettings,
+    pub trials: usize,
+    pub shard: Shard,
+}
+
 /// One finished trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
@@ -61,6 +70,8 @@ pub struct SearchSummary {
 pub const SUMMARY_FILE: &str = "search.json";
 /// Written in a trial's directory when its run diverged.
 pub const DIVERGED_FILE: &str = "diverged.json";
+/// A trial's claim: the lock file naming the worker that trains it.
+pub const LOCK_FILE: &str = "lock";
 /// A lock not refreshed for this long belongs to a dead worker on another machine.
 pub const STALE_AFTER: Duration = Duration::from_secs(6 * 3600);
 
@@ -83,7 +94,7 @@ impl<F: FnMut(&TrialPoint, &EpochRecord)> SearchProgress for F {
 /// trial's lock fresh.
 struct TrialProgress<'a> {
     point: &'a TrialPoint,
-    lock: &'a Lock,
+    lock: &'a Claim,
     search: &'a mut dyn SearchProgress,
 }
 
@@ -112,64 +123,6 @@ pub fn select_best(trials: &[Trial]) -> Option<&Trial> {
     })
 }
 
-/// This worker's claim on a trial: a lock file naming host, process and last refresh.
-struct Lock {
-    path: PathBuf,
-}
-
-#[derive(Serialize, Deserialize)]
-struct LockInfo {
-    host: String,
-    pid: u32,
-}
-
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
-}
-
-impl Lock {
-    /// Claims `dir`'s trial unless a live worker holds it. A lock is stale when its process is
-    /// gone (same host) or it has not been refreshed for [`STALE_AFTER`].
-    fn claim(dir: &Path) -> Result<Option<Self>> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), problem: e.to_string() })?;
-        let path = dir.join("lock");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-            let dead = match serde_json::from_str::<LockInfo>(&text) {
-                Ok(info) => info.host == host() && !Path::new(&format!("/proc/{}", info.pid)).exists(),
-                Err(_) => true,
-            };
-            if !dead && age.is_none_or(|a| a < STALE_AFTER) {
-                return Ok(None);
-            }
-            let _ = std::fs::remove_file(&path);
-        }
-        let info = serde_json::to_vec(&LockInfo { host: host(), pid: std::process::id() }).unwrap_or_default();
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut file) => {
-                file.write_all(&info).map_err(|e| Error::Io { path: path.clone(), problem: e.to_string() })?;
-                Ok(Some(Self { path }))
-            }
-            // Another worker claimed it between our check and our create.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(Error::Io { path, problem: e.to_string() }),
-        }
-    }
-
-    /// Marks the lock fresh (called every epoch).
-    fn refresh(&self) {
-        if let Ok(file) = std::fs::OpenOptions::new().append(true).open(&self.path) {
-            let _ = file.set_modified(SystemTime::now());
-        }
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// The finished trials and pending indices of `dir` for the first `trials` points.
 pub fn summarize(dir: &Path, trials: usize) -> SearchSummary {
     let (mut finished, mut diverged, mut pending) = (Vec::new(), Vec::new(), Vec::new());
@@ -191,16 +144,15 @@ pub fn summarize(dir: &Path, trials: usize) -> SearchSummary {
 pub fn run(
     make_model: &dyn Fn() -> Result<Backbone>,
     data: &RunData,
-    base: &RunSettings,
-    trials: usize,
-    shard: Shard,
+    settings: &SearchSettings,
     dir: &Path,
     progress: &mut dyn SearchProgress,
 ) -> Result<SearchSummary> {
-    for point in points(trials).into_iter().filter(|p| shard.takes(p.index)) {
+    let SearchSettings { base, trials, shard } = settings;
+    for point in points(*trials).into_iter().filter(|p| shard.takes(p.index)) {
         advance_trial(make_model, data, base, &point, dir, base.epochs, progress)?;
     }
-    let summary = summarize(dir, trials);
+    let summary = summarize(dir, *trials);
     write_summary(dir, &summary)?;
     Ok(summary)
 }
@@ -208,11 +160,7 @@ pub fn run(
 /// Writes `dir`/search.json atomically.
 pub(crate) fn write_summary(dir: &Path, summary: &impl Serialize) -> Result<()> {
     let json = serde_json::to_vec_pretty(summary).map_err(|e| Error::Config(e.to_string()))?;
-    let path = dir.join(SUMMARY_FILE);
-    let temporary = path.with_extension("partial");
-    std::fs::write(&temporary, json)
-        .and_then(|()| std::fs::rename(&temporary, &path))
-        .map_err(|e| Error::Io { path, problem: e.to_string() })
+    Ok(medxfer_durable::write_atomic(&dir.join(SUMMARY_FILE), &json)?)
 }
 
 /// Whether trial `index` needs no more training to reach epoch `until`: it has reached it, is
@@ -238,7 +186,7 @@ pub(crate) fn advance_trial(
         return Ok(true);
     }
     let trial = trial_dir(dir, point.index);
-    let Some(lock) = Lock::claim(&trial)? else { return Ok(false) };
+    let Some(lock) = Claim::take(&trial.join(LOCK_FILE), STALE_AFTER)? else { return Ok(false) };
     let settings = RunSettings { learning_rate: point.learning_rate, weight_decay: point.weight_decay, ..*base };
     let model = make_model()?;
     let result = finetune::run_until(&model, data, &settings, &trial, until, &mut TrialProgress { point, lock: &lock, search: progress });
@@ -246,8 +194,7 @@ pub(crate) fn advance_trial(
         Ok(_) => {}
         Err(Error::Diverged { epoch, learning_rate, loss }) => {
             let note = serde_json::json!({"epoch": epoch, "learning_rate": learning_rate, "loss": loss.to_string()});
-            std::fs::write(trial.join(DIVERGED_FILE), note.to_string())
-                .map_err(|e| Error::Io { path: trial.clone(), problem: e.to_string() })?;
+            medxfer_durable::write_atomic(&trial.join(DIVERGED_FILE), note.to_string().as_bytes())?;
         }
         Err(e) => return Err(e),
     }

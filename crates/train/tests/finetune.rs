@@ -4,15 +4,14 @@
 //! uninterrupted one.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::Device;
-use medxfer_data::cache::ImageCache;
 use medxfer_data::split::{Entry, Part};
 use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_train::extract::ExtractSettings;
 use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, SplitData};
 use medxfer_train::halving::Halving;
-use medxfer_train::search::{self, Shard};
+use medxfer_train::search::{self, SearchSettings, Shard};
 use medxfer_train::search_space::TrialPoint;
 use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
 use rand::{Rng, SeedableRng};
@@ -35,8 +34,7 @@ fn write_split(dir: &Path, name: &str, n: usize, seed: u64) -> SplitData {
         image.save(dir.join(&path)).unwrap();
         entries.push(Entry { path, label, group: i.to_string(), split: Part::Train });
     }
-    let cache = ImageCache::open_or_build(&dir.join("cache"), name, dir, &entries, 32, false).unwrap();
-    SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) }
+    SplitData::cached(&dir.join("cache"), name, dir, &entries, 32, false).unwrap()
 }
 
 fn data(dir: &Path) -> RunData {
@@ -156,9 +154,11 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     let base = settings(4);
     let make = || Ok(model());
     let quiet = &mut |_: &TrialPoint, _: &EpochRecord| {};
-    let full = search::run(&make, &data, &base, 6, Shard::ALL, &full_dir, quiet).unwrap();
+    let full = search::run(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, &full_dir, quiet).unwrap();
     let halving = Halving::new(2, 1).unwrap();
-    let halved = medxfer_train::halving::run(&make, &data, &base, 6, halving, Shard::ALL, &halving_dir, quiet).unwrap();
+    let halved =
+        medxfer_train::halving::run(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, halving, &halving_dir, quiet)
+            .unwrap();
 
     // Rungs at epochs 1, 2, 4 keeping 6, 3, 2 trials.
     let rungs: Vec<(usize, usize)> = halved.rungs.iter().map(|r| (r.epochs, r.trials.len())).collect();
@@ -205,14 +205,21 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     assert_eq!(halved.epochs_full_search, 24);
     assert_eq!(halved.search.best.as_ref(), search::select_best(&halved.search.finished));
     // A rerun trains nothing; other settings in the same directory are refused.
-    let again =
-        medxfer_train::halving::run(&make, &data, &base, 6, halving, Shard::ALL, &halving_dir, &mut |_: &TrialPoint, _: &EpochRecord| {
-            panic!("trained again")
-        })
-        .unwrap();
+    let again = medxfer_train::halving::run(
+        &make,
+        &data,
+        &SearchSettings { base, trials: 6, shard: Shard::ALL },
+        halving,
+        &halving_dir,
+        &mut |_: &TrialPoint, _: &EpochRecord| panic!("trained again"),
+    )
+    .unwrap();
     assert_eq!(again, halved);
     let other = Halving::new(3, 1).unwrap();
-    let error = medxfer_train::halving::run(&make, &data, &base, 6, other, Shard::ALL, &halving_dir, quiet).unwrap_err().to_string();
+    let error =
+        medxfer_train::halving::run(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, other, &halving_dir, quiet)
+            .unwrap_err()
+            .to_string();
     assert!(error.contains("halving.json") && error.contains("started with"), "{error}");
 }
 
@@ -228,9 +235,13 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     let live = serde_json::json!({"host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pid": std::process::id()});
     std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), live.to_string()).unwrap();
     let mut ran = Vec::new();
-    let summary = search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p: &TrialPoint, _: &EpochRecord| {
-        ran.push(p.index)
-    })
+    let summary = search::run(
+        &make,
+        &data,
+        &SearchSettings { base, trials: 4, shard: Shard::parse("0/2").unwrap() },
+        &search_dir,
+        &mut |p: &TrialPoint, _: &EpochRecord| ran.push(p.index),
+    )
     .unwrap();
     assert_eq!(ran, vec![0]);
     assert_eq!(summary.pending, vec![1, 2, 3]);
@@ -239,16 +250,24 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), serde_json::json!({"host": live["host"], "pid": u32::MAX}).to_string())
         .unwrap();
     ran.clear();
-    search::run(&make, &data, &base, 4, Shard::parse("0/2").unwrap(), &search_dir, &mut |p: &TrialPoint, _: &EpochRecord| {
-        ran.push(p.index)
-    })
+    search::run(
+        &make,
+        &data,
+        &SearchSettings { base, trials: 4, shard: Shard::parse("0/2").unwrap() },
+        &search_dir,
+        &mut |p: &TrialPoint, _: &EpochRecord| ran.push(p.index),
+    )
     .unwrap();
     assert_eq!(ran, vec![2]);
     assert!(!search::trial_dir(&search_dir, 2).join("lock").exists());
     ran.clear();
-    let summary = search::run(&make, &data, &base, 4, Shard::parse("1/2").unwrap(), &search_dir, &mut |p: &TrialPoint, _: &EpochRecord| {
-        ran.push(p.index)
-    })
+    let summary = search::run(
+        &make,
+        &data,
+        &SearchSettings { base, trials: 4, shard: Shard::parse("1/2").unwrap() },
+        &search_dir,
+        &mut |p: &TrialPoint, _: &EpochRecord| ran.push(p.index),
+    )
     .unwrap();
     assert_eq!(ran, vec![1, 3]);
     assert!(summary.pending.is_empty());
@@ -269,7 +288,8 @@ fn extraction_writes_the_feature_file_the_scores_read() {
     let ids: Vec<String> = (0..data.val.labels.len()).map(|i| format!("val/{i:03}.png")).collect();
     let normalization = settings(1).normalization;
     let out = dir.path().join("val.safetensors");
-    medxfer_train::extract::extract(&model, &data.val, &ids, normalization, 32, 5, &out, &mut |_, _| {}).unwrap();
+    let settings = ExtractSettings { normalization, crop: 32, batch_size: 5 };
+    medxfer_train::extract::extract(&model, &data.val, &ids, &settings, &out, &mut |_, _| {}).unwrap();
     // medxfer-scores reads it; features are the model's own, probabilities its softmax.
     let input = medxfer_scores::read_feature_file(&out).unwrap();
     assert_eq!(input.labels(), data.val.labels.iter().map(|&l| l as usize).collect::<Vec<_>>());

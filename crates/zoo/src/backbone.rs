@@ -4,55 +4,17 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{KeyReport, load_into, read_checkpoint};
-use crate::densenet::{DenseNet, DenseNetConfig};
-use crate::efficientnet::{EfficientNet, EfficientNetConfig};
+use crate::densenet::DenseNet;
+use crate::efficientnet::EfficientNet;
+use crate::entry::{Architecture, ModelEntry};
 use crate::error::Result;
-use crate::hub::{HubOptions, WEIGHTS_FILE, hub_file};
 use crate::layers::Linear;
 use crate::params::ParamStore;
-use crate::registry::ModelEntry;
-use crate::resnet::{ResNet, ResNetConfig};
+use crate::resnet::ResNet;
 use crate::torchvision::{is_torchvision_layout, timm_name};
-use crate::vit::{Vit, VitConfig, resample_pos_embed};
-
-/// A family and its shape, as written in models/*.toml (`family = "resnet"`, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "family", rename_all = "snake_case")]
-pub enum Architecture {
-    #[serde(rename = "resnet")]
-    ResNet(ResNetConfig),
-    #[serde(rename = "densenet")]
-    DenseNet(DenseNetConfig),
-    /// MobileNetV2 and EfficientNet (timm's `EfficientNet` class).
-    #[serde(rename = "efficientnet")]
-    EfficientNet(EfficientNetConfig),
-    #[serde(rename = "vit")]
-    Vit(VitConfig),
-}
-
-impl Architecture {
-    /// Width of the pooled features.
-    pub fn num_features(&self) -> usize {
-        match self {
-            Architecture::ResNet(config) => config.num_features(),
-            Architecture::DenseNet(config) => config.num_features(),
-            Architecture::EfficientNet(config) => config.num_features(),
-            Architecture::Vit(config) => config.embed_dim,
-        }
-    }
-
-    /// The checkpoint key of the classifier (its `.weight` and `.bias`).
-    pub fn head_key(&self) -> &'static str {
-        match self {
-            Architecture::ResNet(_) => "fc",
-            Architecture::DenseNet(_) | Architecture::EfficientNet(_) => "classifier",
-            Architecture::Vit(_) => "head",
-        }
-    }
-}
+use crate::vit::{Vit, resample_pos_embed};
 
 #[derive(Debug, Clone)]
 enum Network {
@@ -85,12 +47,10 @@ impl Backbone {
         Ok(Self { name: name.to_string(), architecture: architecture.clone(), network, store })
     }
 
-    /// A registry backbone with its pretrained weights from the hub (the cache first).
-    pub fn pretrained(entry: &ModelEntry, hub: &HubOptions, device: &Device) -> Result<Self> {
-        let model = Self::new(&entry.name, &entry.architecture, entry.num_classes, device)?;
-        let weights = hub_file(&entry.hub, WEIGHTS_FILE, hub)?;
-        model.load_weights(&weights, true)?;
-        Ok(model)
+    /// The model of a registry entry with its pretrained head's classes, zero-filled; load
+    /// weights next (or see `hub::pretrained`).
+    pub fn from_entry(entry: &ModelEntry, device: &Device) -> Result<Self> {
+        Self::new(&entry.name, &entry.architecture, entry.num_classes, device)
     }
 
     /// Loads a safetensors checkpoint with timm's names; every model tensor must be present

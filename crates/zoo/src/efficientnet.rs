@@ -20,8 +20,11 @@ use medxfer_kernels::FusedActivation;
 pub enum EfficientNetVariant {
     /// `_gen_mobilenet_v2`: ReLU6, no squeeze-excitation, head max(1280, round(1280 m)).
     MobilenetV2,
-    /// `_gen_efficientnet` (B0 arch): SiLU, squeeze-excitation 0.25, head round(1280 m).
-    EfficientnetB0,
+    /// `_gen_efficientnet`, the B0 stages scaled by the width and depth multipliers (B0-B7):
+    /// SiLU, squeeze-excitation 0.25, head round(1280 m). Registry files before this name said
+    /// `efficientnet_b0` for every size; it is still read.
+    #[serde(rename = "efficientnet", alias = "efficientnet_b0")]
+    EfficientNet,
 }
 
 /// A MobileNetV2 or EfficientNet's shape.
@@ -85,7 +88,7 @@ impl EfficientNetConfig {
         Self { variant: EfficientNetVariant::MobilenetV2, channel_multiplier, depth_multiplier: 1.0 }
     }
     pub fn efficientnet_b0() -> Self {
-        Self { variant: EfficientNetVariant::EfficientnetB0, channel_multiplier: 1.0, depth_multiplier: 1.0 }
+        Self { variant: EfficientNetVariant::EfficientNet, channel_multiplier: 1.0, depth_multiplier: 1.0 }
     }
 
     fn round_channels(&self, channels: usize) -> usize {
@@ -95,7 +98,7 @@ impl EfficientNetConfig {
     fn stages(&self) -> &'static [StageSpec; 7] {
         match self.variant {
             EfficientNetVariant::MobilenetV2 => &MOBILENET_V2,
-            EfficientNetVariant::EfficientnetB0 => &EFFICIENTNET_B0,
+            EfficientNetVariant::EfficientNet => &EFFICIENTNET_B0,
         }
     }
 
@@ -112,21 +115,21 @@ impl EfficientNetConfig {
     pub fn num_features(&self) -> usize {
         match self.variant {
             EfficientNetVariant::MobilenetV2 => 1280.max(self.round_channels(1280)),
-            EfficientNetVariant::EfficientnetB0 => self.round_channels(1280),
+            EfficientNetVariant::EfficientNet => self.round_channels(1280),
         }
     }
 
     fn se_ratio(&self) -> Option<f64> {
         match self.variant {
             EfficientNetVariant::MobilenetV2 => None,
-            EfficientNetVariant::EfficientnetB0 => Some(0.25),
+            EfficientNetVariant::EfficientNet => Some(0.25),
         }
     }
 
     fn activation(&self) -> Activation {
         match self.variant {
             EfficientNetVariant::MobilenetV2 => Activation::Relu6,
-            EfficientNetVariant::EfficientnetB0 => Activation::Silu,
+            EfficientNetVariant::EfficientNet => Activation::Silu,
         }
     }
 }
@@ -178,18 +181,21 @@ struct Block {
     skip: bool,
 }
 
+/// One block's shape: a stage's spec with this block's input width and stride.
+#[derive(Debug, Clone, Copy)]
+struct BlockSpec {
+    kind: BlockType,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    expansion: usize,
+    se_ratio: Option<f64>,
+}
+
 impl Block {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: &ParamBuilder<'_>,
-        kind: BlockType,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        expansion: usize,
-        se_ratio: Option<f64>,
-    ) -> Result<Self> {
+    fn new(p: &ParamBuilder<'_>, spec: BlockSpec) -> Result<Self> {
+        let BlockSpec { kind, in_channels, out_channels, kernel, stride, expansion, se_ratio } = spec;
         let mid = match kind {
             BlockType::DepthwiseSeparable => in_channels,
             BlockType::InvertedResidual => make_divisible((in_channels * expansion) as f64),
@@ -279,7 +285,9 @@ impl EfficientNet {
             for index in 0..repeats {
                 let p = params.pp("blocks").pp(stage).pp(index);
                 let block_stride = if index == 0 { stride } else { 1 };
-                stage_blocks.push(Block::new(&p, kind, in_channels, out_channels, kernel, block_stride, expansion, config.se_ratio())?);
+                let spec =
+                    BlockSpec { kind, in_channels, out_channels, kernel, stride: block_stride, expansion, se_ratio: config.se_ratio() };
+                stage_blocks.push(Block::new(&p, spec)?);
                 in_channels = out_channels;
             }
             blocks.push(stage_blocks);

@@ -21,6 +21,18 @@ pub enum Error {
     /// A configuration file or value is wrong.
     #[error("{source_name}: {problem}")]
     Config { source_name: String, problem: String },
+
+    /// A file of a hub repo is neither in the cache nor downloadable.
+    #[error("{repo}/{file}: {problem}")]
+    Hub { repo: String, file: String, problem: String },
+
+    /// An image could not be decoded or prepared for a model.
+    #[error("{path}: {problem}")]
+    Image { path: PathBuf, problem: String },
+
+    /// The parameter store is unusable (a thread panicked holding it, a tensor went missing).
+    #[error("parameter store: {0}")]
+    ParamStore(String),
 }
 
 /// The crate's result type.

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo};
 
+use candle_core::Device;
+
+use crate::backbone::Backbone;
+use crate::entry::ModelEntry;
 use crate::error::{Error, Result};
 
 /// The weights file of timm's hub repos.
@@ -47,8 +51,9 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
         return Ok(path);
     }
     let cache_path = cache.path().clone();
-    let not_cached = |why: String| Error::Checkpoint {
-        path: PathBuf::from(format!("{repo_id}/{filename}")),
+    let not_cached = |why: String| Error::Hub {
+        repo: repo_id.to_string(),
+        file: filename.to_string(),
         problem: format!(
             "{why}, and it is not in the hub cache {}; run `medxfer-zoo fetch {repo_id}` on a machine with network and copy that cache here, \
              set HF_HOME to a cache that has it, or pass the weights file directly",
@@ -63,6 +68,19 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
         .build()
         .map_err(|e| not_cached(format!("the hub client failed to start ({e})")))?;
     api.model(repo_id.to_string()).download(filename).map_err(|e| not_cached(format!("the download failed ({e})")))
+}
+
+/// The local path of a registry entry's pretrained weights (its `hub` repo's weights file).
+pub fn weights_file(entry: &ModelEntry, options: &HubOptions) -> Result<PathBuf> {
+    hub_file(&entry.hub, WEIGHTS_FILE, options)
+}
+
+/// A registry backbone with its pretrained weights from the hub (the cache first), every
+/// tensor checked.
+pub fn pretrained(entry: &ModelEntry, options: &HubOptions, device: &Device) -> Result<Backbone> {
+    let model = Backbone::from_entry(entry, device)?;
+    model.load_weights(&weights_file(entry, options)?, true)?;
+    Ok(model)
 }
 
 /// Whether a string names a hub repo (`org/name`) rather than a local file.

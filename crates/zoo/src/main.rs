@@ -204,7 +204,9 @@ fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &
     };
     let (features, logits) = model.forward_t(&medxfer_zoo::layers::as_f32(images)?, false)?;
     let outputs = HashMap::from([("features".to_string(), features), ("logits".to_string(), logits)]);
-    candle_core::safetensors::save(&outputs, output).with_context(|| format!("cannot write {}", output.display()))?;
+    let pending = medxfer_durable::PendingFile::new(output)?;
+    candle_core::safetensors::save(&outputs, pending.path()).with_context(|| format!("cannot write {}", output.display()))?;
+    pending.commit()?;
     println!("{}: features {:?}, logits {:?}", output.display(), outputs["features"].dims(), outputs["logits"].dims());
     Ok(())
 }

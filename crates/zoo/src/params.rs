@@ -73,10 +73,7 @@ impl ParamStore {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Var>>> {
-        self.map
-            .data()
-            .lock()
-            .map_err(|_| Error::Config { source_name: "parameter store".into(), problem: "a thread panicked while holding it".into() })
+        self.map.data().lock().map_err(|_| Error::ParamStore("a thread panicked while holding it".into()))
     }
 
     /// Replaces (or adds) a trainable tensor, returning the tensor the model should hold.
@@ -130,7 +127,7 @@ impl<'a> ParamBuilder<'a> {
     pub fn buffer(&self, shape: impl Into<Shape>, name: &str, value: f64) -> Result<Var> {
         let path = self.path(name);
         self.store.get(shape.into(), &path, true, Init::Const(value))?;
-        self.store.var(&path).ok_or(Error::Config { source_name: path, problem: "buffer vanished from the store".into() })
+        self.store.var(&path).ok_or_else(|| Error::ParamStore(format!("buffer {path} vanished")))
     }
 
     /// The store this builder fills.

@@ -9,11 +9,11 @@ use candle_core::{Device, Tensor};
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
+use crate::entry::Preprocessing;
 use crate::error::{Error, Result};
-use crate::registry::Preprocessing;
 
 fn image_error(path: &Path, problem: impl Into<String>) -> Error {
-    Error::Config { source_name: path.display().to_string(), problem: problem.into() }
+    Error::Image { path: path.to_path_buf(), problem: problem.into() }
 }
 
 /// One image as a normalised (3, crop, crop) tensor.

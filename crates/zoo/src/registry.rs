@@ -3,41 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::backbone::Architecture;
+use crate::entry::ModelEntry;
 use crate::error::{Error, Result};
-
-/// How a backbone expects its images (its own normalisation; see the data crate for the
-/// reference's faithful transform).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Preprocessing {
-    pub mean: [f64; 3],
-    pub std: [f64; 3],
-    /// Shorter side before the centre crop.
-    pub resize: usize,
-    pub crop: usize,
-    pub interpolation: String,
-}
-
-/// One backbone of the registry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelEntry {
-    pub name: String,
-    /// How the paper names it.
-    pub paper_name: String,
-    /// Hugging Face hub repo id with the exact weights tag.
-    pub hub: String,
-    pub feature_dim: usize,
-    /// Checkpoint key of the classifier.
-    pub head: String,
-    /// Classes of the pretrained head.
-    pub num_classes: usize,
-    pub architecture: Architecture,
-    pub preprocessing: Preprocessing,
-}
+use crate::hub::{CONFIG_FILE, HubOptions, hub_file};
+use crate::timm_config::entry_from_timm_config;
 
 /// The backbones of a models/ directory, sorted by name.
 #[derive(Debug, Clone)]
@@ -96,16 +65,16 @@ impl Registry {
 
     /// The entry of a registry name or hub id; a hub id the registry does not list is
     /// described from its repo's timm `config.json` (from the cache, or downloaded).
-    pub fn resolve(&self, name_or_hub: &str, hub: &crate::hub::HubOptions) -> Result<ModelEntry> {
+    pub fn resolve(&self, name_or_hub: &str, hub: &HubOptions) -> Result<ModelEntry> {
         match self.get(name_or_hub) {
             Ok(entry) => return Ok(entry.clone()),
             Err(error) if !name_or_hub.contains('/') => return Err(error),
             Err(_) => {}
         }
-        let path = crate::hub::hub_file(name_or_hub, crate::hub::CONFIG_FILE, hub)?;
+        let path = hub_file(name_or_hub, CONFIG_FILE, hub)?;
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::Config { source_name: path.display().to_string(), problem: format!("cannot read: {e}") })?;
-        crate::timm_config::entry_from_timm_config(name_or_hub, &text)
+        entry_from_timm_config(name_or_hub, &text)
     }
 
     /// Every entry, sorted by name.

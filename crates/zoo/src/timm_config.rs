@@ -4,11 +4,10 @@
 
 use serde_json::Value;
 
-use crate::backbone::Architecture;
 use crate::densenet::DenseNetConfig;
 use crate::efficientnet::{EfficientNetConfig, EfficientNetVariant};
+use crate::entry::{Architecture, ModelEntry, Preprocessing};
 use crate::error::{Error, Result};
-use crate::registry::{ModelEntry, Preprocessing};
 use crate::resnet::{BlockKind, ResNetConfig};
 use crate::vit::VitConfig;
 
@@ -86,7 +85,7 @@ pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<
             _ => return Err(unsupported(name)),
         };
         Architecture::EfficientNet(EfficientNetConfig {
-            variant: EfficientNetVariant::EfficientnetB0,
+            variant: EfficientNetVariant::EfficientNet,
             channel_multiplier: width,
             depth_multiplier: depth,
         })

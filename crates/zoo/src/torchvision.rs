@@ -2,8 +2,8 @@
 //! modern DenseNet names are identical; legacy DenseNet `.pth` names, MobileNetV2, EfficientNet
 //! and ViT are renamed. A checkpoint is converted only when it is recognisably torchvision's.
 
-use crate::backbone::Architecture;
 use crate::efficientnet::EfficientNetVariant;
+use crate::entry::Architecture;
 
 /// Whether these checkpoint keys are in a torchvision layout this architecture must rename.
 pub fn is_torchvision_layout(architecture: &Architecture, keys: &[&str]) -> bool {
@@ -22,7 +22,7 @@ pub fn timm_name(architecture: &Architecture, key: &str) -> Option<String> {
         Architecture::DenseNet(_) => Some(densenet_legacy(key)),
         Architecture::EfficientNet(config) => match config.variant {
             EfficientNetVariant::MobilenetV2 => mobilenet_v2(key, &config.stage_depths()),
-            EfficientNetVariant::EfficientnetB0 => efficientnet(key, &config.stage_depths()),
+            EfficientNetVariant::EfficientNet => efficientnet(key, &config.stage_depths()),
         },
         Architecture::Vit(_) => Some(vit(key)),
     }

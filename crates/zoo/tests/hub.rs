@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use medxfer_zoo::{Architecture, Backbone, BlockKind, HubOptions, ModelEntry, Preprocessing, ResNetConfig, WEIGHTS_FILE, hub_file};
+use medxfer_zoo::{Architecture, BlockKind, HubOptions, ModelEntry, Preprocessing, ResNetConfig, WEIGHTS_FILE, hub_file};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -41,7 +41,7 @@ fn a_cached_hub_model_loads_offline() {
         architecture: Architecture::ResNet(ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [64, 8, 16, 32] }),
         preprocessing: Preprocessing { mean: [0.5; 3], std: [0.5; 3], resize: 256, crop: 224, interpolation: "bilinear".into() },
     };
-    let model = Backbone::pretrained(&entry, &options, &Device::Cpu).unwrap();
+    let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("resnet_basic_min_ref.safetensors"), &Device::Cpu).unwrap();
     let (_, logits) = model.forward_t(&reference["input"], false).unwrap();
     let difference =
@@ -75,7 +75,7 @@ fn a_hub_id_outside_the_registry_is_built_from_its_timm_config() {
     std::fs::write(cache.join("models--someone--vit_min.test/snapshots/feed/config.json"), config).unwrap();
     let options = HubOptions { cache_dir: Some(cache.clone()), offline: true, progress: false };
     let entry = registry.resolve(repo, &options).unwrap();
-    let model = Backbone::pretrained(&entry, &options, &Device::Cpu).unwrap();
+    let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("vit_min_ref.safetensors"), &Device::Cpu).unwrap();
     let (_, logits) = model.forward_t(&reference["input"], false).unwrap();
     let difference =

@@ -66,7 +66,7 @@ fn cases() -> Vec<(&'static str, Architecture)> {
         (
             "efficientnet_min",
             Architecture::EfficientNet(EfficientNetConfig {
-                variant: EfficientNetVariant::EfficientnetB0,
+                variant: EfficientNetVariant::EfficientNet,
                 channel_multiplier: 0.3,
                 depth_multiplier: 0.5,
             }),

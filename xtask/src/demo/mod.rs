@@ -8,15 +8,13 @@ pub mod paint;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use medxfer_data::cache::ImageCache;
 use medxfer_data::split::{Entry, Part};
-use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_data::transform::Normalization;
 use medxfer_data::{Catalog, synth};
-use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, SplitData};
+use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, SplitData, TrainingOptions};
 use medxfer_zoo::{Backbone, ModelEntry, Registry};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -116,23 +114,7 @@ pub fn write_datasets(config: &DemoConfig, data: &Path) -> Result<()> {
 /// Makes `dir` with `fill` unless it exists: filled in a folder of this process's own, then
 /// renamed into place, so concurrent runs (shards) never see a half-written folder.
 fn write_once(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if dir.exists() {
-        return Ok(());
-    }
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let partial = dir.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial)?;
-    }
-    std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    fill(&partial)?;
-    if std::fs::rename(&partial, dir).is_err() {
-        // Another process finished first.
-        std::fs::remove_dir_all(&partial)?;
-        if !dir.exists() {
-            bail!("cannot move {} to {}", partial.display(), dir.display());
-        }
-    }
+    medxfer_durable::create_dir_atomic(dir, fill)?;
     Ok(())
 }
 
@@ -155,24 +137,23 @@ pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &P
         // the study (a GPU's sums round differently), and CPU runs stay bit-reproducible.
         let model = Backbone::new(&entry.name, &entry.architecture, SourcePainter::CLASSES as usize, &Device::Cpu)?;
         initialise(&model, config.source.seed)?;
-        let settings = RunSettings {
+        let options = TrainingOptions {
             epochs,
             batch_size: config.source.batch,
             seed: config.source.seed,
             crop: config.search.crop,
-            train_transform: TrainTransform { size: config.search.crop, ..TrainTransform::default() },
-            ..RunSettings::reference(
-                config.source.learning_rate,
-                config.source.weight_decay,
-                Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, false),
-            )
+            ..TrainingOptions::reference()
+        };
+        let settings = RunSettings {
+            learning_rate: config.source.learning_rate,
+            weight_decay: config.source.weight_decay,
+            ..RunSettings::from_options(&options, Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, false))
         };
         let run = cache.join("pretraining").join(&entry.name);
         let outcome = finetune::run(&model, &source, &settings, &run, &mut |_: &EpochRecord| {})?;
-        let target = weights.join(format!("{}.safetensors", entry.name));
-        let partial = target.with_extension(format!("{}.partial", std::process::id()));
-        std::fs::copy(run.join(finetune::BEST_FILE), &partial)?;
-        std::fs::rename(&partial, &target)?;
+        let best = run.join(finetune::BEST_FILE);
+        let bytes = std::fs::read(&best).with_context(|| format!("cannot read {}", best.display()))?;
+        medxfer_durable::write_atomic(&weights.join(format!("{}.safetensors", entry.name)), &bytes)?;
         eprintln!(
             "demo: pretrained {} for {epochs} source epoch(s): source val accuracy {:.3} ({:.1} s)",
             entry.name,
@@ -228,17 +209,15 @@ fn source_data(config: &DemoConfig, dir: &Path) -> Result<RunData> {
     write_once(&images, |partial| {
         let mut rng = ChaCha8Rng::seed_from_u64(source.seed);
         for entry in parts.iter().flat_map(|p| &p.0) {
-            let file = partial.join(&entry.path);
-            std::fs::create_dir_all(file.parent().unwrap_or(partial))?;
-            SourcePainter::draw(entry.label, source.image_size, &mut rng)
-                .save(&file)
-                .with_context(|| format!("cannot write {}", file.display()))?;
+            let image = SourcePainter::draw(entry.label, source.image_size, &mut rng);
+            medxfer_durable::write_atomic_with(&partial.join(&entry.path), |writer| {
+                image.write_to(writer, image::ImageFormat::Png).map_err(std::io::Error::other)
+            })?;
         }
         Ok(())
     })?;
     let build = |entries: &[Entry], name: &str| -> Result<SplitData> {
-        let cache = ImageCache::open_or_build(&dir.join("cache"), name, &images, entries, config.search.resize, false)?;
-        Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
+        Ok(SplitData::cached(&dir.join("cache"), name, &images, entries, config.search.resize, false)?)
     };
     Ok(RunData {
         train: build(&parts[0].0, "source-train")?,

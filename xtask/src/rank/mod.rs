@@ -10,22 +10,23 @@ pub mod images;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::FaithfulSplit;
-use medxfer_data::cache::ImageCache;
 use medxfer_data::split::{self, Entry, Part};
-use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_data::transform::Normalization;
 use medxfer_scores::Metric;
-use medxfer_train::finetune::{RunData, RunSettings, SplitData};
+use medxfer_train::extract::ExtractSettings;
+use medxfer_train::finetune::{RunData, RunSettings, SplitData, TrainingOptions};
+use medxfer_train::models;
 use medxfer_train::progress_bar::EpochBar;
-use medxfer_train::search::{self, Shard};
-use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry};
+use medxfer_train::search::{self, SearchSettings, Shard};
+use medxfer_zoo::{HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
+use crate::features::{extract_features, score_file};
 use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
 use crate::results::Setting;
 use crate::study::Weights;
@@ -177,8 +178,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let cache_dir = args.out.join("cache");
     let split_data = |part_entries: &[Entry], name: &str| -> Result<SplitData> {
-        let cache = ImageCache::open_or_build(&cache_dir, name, &images.root, part_entries, args.resize, true)?;
-        Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(part_entries.iter().map(|e| e.label).collect()) })
+        Ok(SplitData::cached(&cache_dir, name, &images.root, part_entries, args.resize, true)?)
     };
     let train_entries = part(Part::Train);
     let train = split_data(&train_entries, "train")?;
@@ -193,24 +193,15 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             Some(cached) => cached,
             None => {
                 let start = Instant::now();
-                let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
                 let file = weights.file(entry)?;
-                model.load_weights(&file, true).with_context(|| format!("loading {}", file.display()))?;
+                let model = models::pretrained(entry, &file, &device).with_context(|| format!("loading {}", file.display()))?;
                 let path = features_dir.join(format!("{}.safetensors", entry.name));
-                crate::study::unit::extract_features(
-                    &model,
-                    &train,
-                    &train_entries,
-                    normalization(entry),
-                    args.crop,
-                    32,
-                    &path,
-                    &entry.name,
-                )?;
+                let settings = ExtractSettings { normalization: normalization(entry), crop: args.crop, batch_size: 32 };
+                extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
                 let extraction_seconds = start.elapsed().as_secs_f64();
-                let scores = crate::study::unit::score_file(&path)?;
+                let scores = score_file(&path)?;
                 let result = Scored { feature_dim: entry.feature_dim, extraction_seconds, scores: scores.values, errors: scores.errors };
-                medxfer_data::manifest::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
+                medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
                 result
             }
         };
@@ -236,23 +227,19 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         for row in rows.iter_mut().take(k) {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
             let file = weights.file(entry)?;
-            let make = || -> medxfer_train::Result<Backbone> {
-                let mut model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
-                model.load_weights(&file, true)?;
-                model.replace_head(images.classes.len(), args.seed)?;
-                Ok(model)
-            };
-            let base = RunSettings {
+            let make = || models::with_fresh_head(entry, &file, images.classes.len(), args.seed, &device);
+            let options = TrainingOptions {
                 epochs: args.epochs,
                 batch_size: args.batch,
                 seed: args.seed,
                 crop: args.crop,
-                train_transform: TrainTransform { size: args.crop, ..TrainTransform::default() },
-                ..RunSettings::reference(0.0, 0.0, normalization(entry))
+                ..TrainingOptions::reference()
             };
+            let settings =
+                SearchSettings { base: RunSettings::from_options(&options, normalization(entry)), trials: args.trials, shard: Shard::ALL };
             let dir = args.out.join("runs").join(&entry.name);
             let mut bar = EpochBar::new(args.epochs);
-            let summary = search::run(&make, &data, &base, args.trials, Shard::ALL, &dir, &mut bar);
+            let summary = search::run(&make, &data, &settings, &dir, &mut bar);
             bar.finish();
             let summary = summary?;
             row.test_balanced_accuracy = summary.best.and_then(|b| b.outcome.test.map(|t| t.balanced_accuracy));
@@ -274,7 +261,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let trust = trust_statement(&args.results)?;
     println!("{table}\n{tuning}{trust}");
     write_csv(&args.out.join("ranking.csv"), &rows)?;
-    medxfer_data::manifest::write_atomic(&args.out.join("ranking.md"), format!("{table}\n{tuning}{trust}").as_bytes())?;
+    medxfer_durable::write_atomic(&args.out.join("ranking.md"), format!("{table}\n{tuning}{trust}").as_bytes())?;
     figure::write(&args.out.join("ranking"), &rows)?;
     println!("wrote {} (ranking.csv, ranking.md, ranking.svg, ranking.png)", args.out.display());
     Ok(rows)
@@ -348,7 +335,7 @@ fn write_csv(path: &Path, rows: &[RankRow]) -> Result<()> {
         writer.write_record(&record)?;
     }
     let bytes = writer.into_inner().context("flushing CSV")?;
-    Ok(medxfer_data::manifest::write_atomic(path, &bytes)?)
+    Ok(medxfer_durable::write_atomic(path, &bytes)?)
 }
 
 /// How well each score ranked backbones in a study: the mean tau-b over tasks, ID and OOD.

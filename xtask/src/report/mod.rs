@@ -108,7 +108,7 @@ pub fn read_provenance(out: &Path) -> Result<Option<Provenance>> {
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
-    medxfer_data::manifest::write_atomic(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+    medxfer_durable::write_atomic(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn number(value: Option<f64>) -> String {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use medxfer_data::Catalog;
-use medxfer_train::finetune::Selection;
+use medxfer_train::finetune::{Selection, TrainingOptions};
 use medxfer_train::search::Shard;
 use medxfer_zoo::{HubOptions, Registry};
 
@@ -167,16 +167,18 @@ impl ReproduceArgs {
             weights,
             splits: SplitChoice::parse(&self.splits)?,
             trials: pick(self.trials, search.as_ref().map(|s| s.trials), 75),
-            epochs: pick(self.epochs, search.as_ref().map(|s| s.epochs), 100),
-            batch: pick(self.batch, search.as_ref().map(|s| s.batch), 128),
-            seed: self.seed,
+            options: TrainingOptions {
+                epochs: pick(self.epochs, search.as_ref().map(|s| s.epochs), 100),
+                batch_size: pick(self.batch, search.as_ref().map(|s| s.batch), 128),
+                seed: self.seed,
+                selection,
+                patience: self.patience,
+                crop: self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224),
+            },
             device: self.device.clone(),
             shard: Shard::parse(&self.shard)?,
             resize: self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256),
-            crop: self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224),
             fix_std: self.fix_std,
-            selection,
-            patience: self.patience,
             halving: self.halving.map(|eta| medxfer_train::halving::Halving::new(eta, self.halving_min_epochs)).transpose()?,
             extract_batch: 32,
             demo: demo.is_some(),

@@ -18,15 +18,13 @@ pub mod splits;
 pub mod unit;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use medxfer_data::cache::ImageCache;
 use medxfer_data::split::Entry;
 use medxfer_data::{Catalog, TaskSpec};
-use medxfer_train::finetune::{RunData, Selection, SplitData};
+use medxfer_train::finetune::{RunData, Selection, SplitData, TrainingOptions};
 use medxfer_train::search::Shard;
-use medxfer_zoo::{HubOptions, ModelEntry, WEIGHTS_FILE, hub_file};
+use medxfer_zoo::{HubOptions, ModelEntry, weights_file};
 
 use crate::report::Provenance;
 use layout::Layout;
@@ -53,16 +51,12 @@ pub struct Study {
     pub weights: Weights,
     pub splits: SplitChoice,
     pub trials: usize,
-    pub epochs: usize,
-    pub batch: usize,
-    pub seed: u64,
+    /// Epochs, batch, seed, kept epoch, early stopping and crop of every run.
+    pub options: TrainingOptions,
     pub device: String,
     pub shard: Shard,
     pub resize: u32,
-    pub crop: u32,
     pub fix_std: bool,
-    pub selection: Selection,
-    pub patience: Option<usize>,
     /// Successive halving instead of the full search.
     pub halving: Option<medxfer_train::halving::Halving>,
     /// Batch of feature extraction (the reference's 32).
@@ -76,7 +70,7 @@ impl Weights {
     /// The pretrained weights file of `entry`.
     pub fn file(&self, entry: &ModelEntry) -> Result<PathBuf> {
         match self {
-            Weights::Hub(options) => Ok(hub_file(&entry.hub, WEIGHTS_FILE, options)?),
+            Weights::Hub(options) => Ok(weights_file(entry, options)?),
             Weights::Dir(dir) => {
                 let path = dir.join(format!("{}.safetensors", entry.name));
                 if !path.exists() {
@@ -123,19 +117,20 @@ impl Study {
             ),
             SplitChoice::Grouped => list.push("patient/lesion-grouped splits (--splits grouped): no group spans two parts; the reference's image-level splits leak".into()),
         }
-        let reference = [(self.trials, 75, "trials"), (self.epochs, 100, "epochs"), (self.batch, 128, "batch size")];
+        let options = &self.options;
+        let reference = [(self.trials, 75, "trials"), (options.epochs, 100, "epochs"), (options.batch_size, 128, "batch size")];
         for (value, expected, what) in reference {
             if value != expected {
                 list.push(format!("{what} {value} instead of the reference's {expected}"));
             }
         }
-        if (self.resize, self.crop) != (256, 224) {
-            list.push(format!("images resized to {} and cropped to {} instead of 256 and 224", self.resize, self.crop));
+        if (self.resize, options.crop) != (256, 224) {
+            list.push(format!("images resized to {} and cropped to {} instead of 256 and 224", self.resize, options.crop));
         }
         if self.fix_std {
             list.push("ImageNet std 0.229 (--fix-std) instead of the reference's 0.228 typo".into());
         }
-        if self.selection != Selection::ValLoss {
+        if options.selection != Selection::ValLoss {
             list.push("each run keeps its best validation balanced accuracy epoch, not its lowest validation loss".into());
         }
         if let Some(h) = self.halving {
@@ -144,7 +139,7 @@ impl Study {
                 h.eta, h.min_epochs
             ));
         }
-        if let Some(patience) = self.patience {
+        if let Some(patience) = options.patience {
             list.push(format!("early stopping after {patience} epochs without a lower validation loss"));
         }
         list
@@ -156,9 +151,9 @@ impl Study {
             demo: self.demo,
             device: self.device.clone(),
             trials: self.trials,
-            epochs: self.epochs,
-            batch: self.batch,
-            seed: self.seed,
+            epochs: self.options.epochs,
+            batch: self.options.batch_size,
+            seed: self.options.seed,
             splits: Vec::new(),
             deviations: self.deviations(),
         }
@@ -175,12 +170,11 @@ pub struct TaskData {
 
 impl TaskData {
     fn load(study: &Study, task: &TaskSpec) -> Result<Self> {
-        let split = splits::prepare(&study.catalog, task, &study.data, &study.splits, study.seed, &study.layout.splits(&task.name))?;
+        let split =
+            splits::prepare(&study.catalog, task, &study.data, &study.splits, study.options.seed, &study.layout.splits(&task.name))?;
         let cache_dir = study.layout.cache();
         let build = |root: &std::path::Path, entries: &[Entry], name: String| -> Result<SplitData> {
-            let cache = ImageCache::open_or_build(&cache_dir, &name, root, entries, study.resize, true)
-                .with_context(|| format!("caching {name}"))?;
-            Ok(SplitData { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
+            SplitData::cached(&cache_dir, &name, root, entries, study.resize, true).with_context(|| format!("caching {name}"))
         };
         let id = &split.note.dataset;
         let run = RunData {

@@ -56,8 +56,11 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
         for entry in &study.backbones {
             let dir = layout.runs(&task.name, &entry.name);
             let summary = search::summarize(&dir, study.trials);
-            let epochs_left: usize =
-                summary.pending.iter().map(|&t| study.epochs.saturating_sub(finetune::history(&search::trial_dir(&dir, t)).len())).sum();
+            let epochs_left: usize = summary
+                .pending
+                .iter()
+                .map(|&t| study.options.epochs.saturating_sub(finetune::history(&search::trial_dir(&dir, t)).len()))
+                .sum();
             let rate = throughput.get(entry.name.as_str()).filter(|(_, images)| *images > 0.0).map(|(s, images)| s / images);
             let seconds = match (rate, train_images(&task.name)) {
                 (Some(rate), Some(images)) => Some(rate * images as f64 * epochs_left as f64),

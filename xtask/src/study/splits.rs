@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use medxfer_data::split::{self, Entry, Part};
+use medxfer_data::split::{self, Entry, Part, Source};
 use medxfer_data::{Catalog, Role, TaskSpec, layouts, manifest};
 
 use crate::report::SplitNote;
@@ -77,33 +77,14 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
     if id.role == Role::Ood {
         bail!("{} is an OOD set, not task {}'s training set", id.name, task.name);
     }
-    let scan = |spec: &medxfer_data::DatasetSpec, root: &Path| -> Result<Vec<medxfer_data::Record>> {
-        if !root.is_dir() {
-            bail!("{}: no such folder; put the {} dataset there (see datasets/README.md) or pass --data", root.display(), spec.name);
-        }
-        let scan = layouts::scan(spec, root)?;
-        if let Some(problem) = scan.problems.first() {
-            bail!(
-                "{} has {} problem(s), the first: {}: {}; run `cargo run -p medxfer-data -- check {} --root {}`",
-                spec.name,
-                scan.problems.len(),
-                problem.path.display(),
-                problem.problem,
-                spec.name,
-                root.display()
-            );
-        }
-        Ok(scan.records)
+    let records = layouts::scan_clean(id, &id_root).map_err(|e| anyhow::anyhow!("{e}; or pass --data"))?;
+    let (source, authors_dir) = match choice {
+        SplitChoice::Faithful => (Source::Faithful, None),
+        SplitChoice::Grouped => (Source::Grouped, None),
+        SplitChoice::Authors(dir) => (Source::Authors, Some(dir.join(&task.name))),
     };
-    let records = scan(id, &id_root)?;
-    let entries = match choice {
-        SplitChoice::Faithful => split::faithful(&records, &task.faithful, seed)?,
-        SplitChoice::Grouped => split::grouped(&records, &task.faithful, seed)?,
-        SplitChoice::Authors(dir) => split::authors_from_dir(&records, id, &dir.join(&task.name))?,
-    };
-    split::check_classes(&entries, task)?;
-    let leakage = split::leakage(&entries);
-    let ood = split::ood(&scan(ood_spec, &ood_root)?);
+    let (entries, leakage) = split::split_task(&records, id, task, source, authors_dir.as_deref(), seed)?;
+    let ood = split::ood(&layouts::scan_clean(ood_spec, &ood_root).map_err(|e| anyhow::anyhow!("{e}; or pass --data"))?);
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let (train, val, test) = (part(Part::Train), part(Part::Val), part(Part::Test));
     if train.is_empty() || val.is_empty() || test.is_empty() || ood.is_empty() {
@@ -136,7 +117,7 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
         write_entries(&dir.join(format!("{name}.csv")), part)?;
     }
     // The note last: its presence says the four files are complete.
-    manifest::write_atomic(&dir.join(NOTE_FILE), &serde_json::to_vec_pretty(&note)?)?;
+    medxfer_durable::write_atomic(&dir.join(NOTE_FILE), &serde_json::to_vec_pretty(&note)?)?;
     Ok(TaskSplit { train, val, test, ood, id_root, ood_root, note })
 }
 
@@ -146,7 +127,7 @@ fn write_entries(path: &Path, entries: &[Entry]) -> Result<()> {
         writer.serialize(entry)?;
     }
     let bytes = writer.into_inner().context("flushing CSV")?;
-    Ok(manifest::write_atomic(path, &bytes)?)
+    Ok(medxfer_durable::write_atomic(path, &bytes)?)
 }
 
 fn read(dir: &Path, id_root: &Path, ood_root: &Path) -> Result<Option<TaskSplit>> {

@@ -1,7 +1,6 @@
 //! Steps 2-6 for one unit (task x backbone), each skipped when its file exists, and step 7's
 //! tables from those files.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -9,31 +8,19 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use medxfer_data::TaskSpec;
 use medxfer_data::split::Entry;
-use medxfer_data::transform::{Normalization, TrainTransform};
-use medxfer_scores::{Metric, read_feature_file, score_all};
+use medxfer_data::transform::Normalization;
+use medxfer_scores::Metric;
+use medxfer_train::extract::ExtractSettings;
 use medxfer_train::finetune::{self, RunSettings};
+use medxfer_train::models;
 use medxfer_train::progress_bar::EpochBar;
-use medxfer_train::search::{self, SearchSummary};
+use medxfer_train::search::{self, SearchSettings, SearchSummary};
 use medxfer_zoo::{Backbone, ModelEntry};
-use serde::{Deserialize, Serialize};
 
 use super::layout::Log;
 use super::{Study, TaskData};
+use crate::features::{FeatureScores, extract_features, score_file};
 use crate::results::{self, PERFORMANCE_COLUMNS, PerformanceRow, SCORE_COLUMNS, ScoreRow, Setting};
-
-/// The scores of one feature file (`<setting>.scores.json`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UnitScores {
-    /// Metric name -> value.
-    pub values: BTreeMap<String, f64>,
-    /// Metric name -> why it could not be computed.
-    pub errors: BTreeMap<String, String>,
-    /// OOD: A_opt's balanced accuracy on the OOD set (its head's argmax), P_ood.
-    pub balanced_accuracy: Option<f64>,
-    /// Which trial's model made the features (OOD).
-    pub trial: Option<usize>,
-    pub seconds: f64,
-}
 
 pub struct Unit<'a> {
     pub study: &'a Study,
@@ -88,9 +75,8 @@ impl Unit<'_> {
         let start = Instant::now();
         let features = layout.features(&self.task.name, &self.entry.name, Setting::Id);
         if !features.exists() {
-            let model = Backbone::new(&self.entry.name, &self.entry.architecture, self.entry.num_classes, self.device)?;
             let weights = self.study.weights.file(self.entry)?;
-            model.load_weights(&weights, true).with_context(|| format!("loading {}", weights.display()))?;
+            let model = models::pretrained(self.entry, &weights, self.device).with_context(|| format!("loading {}", weights.display()))?;
             self.extract(&model, &self.data.run.train, &self.data.split.train, &features)?;
             self.log.line(&format!(
                 "{}: pretrained features of {} train images ({:.1} s)",
@@ -106,12 +92,14 @@ impl Unit<'_> {
 
     fn extract(&self, model: &Backbone, split: &finetune::SplitData, entries: &[Entry], out: &Path) -> Result<()> {
         let label = format!("{} {}", self.task.name, self.entry.name);
-        extract_features(model, split, entries, self.normalization(), self.study.crop, self.study.extract_batch, out, &label)
+        let settings =
+            ExtractSettings { normalization: self.normalization(), crop: self.study.options.crop, batch_size: self.study.extract_batch };
+        extract_features(model, split, entries, &settings, out, &label)
     }
 
-    fn write_scores(&self, setting: Setting, scores: &UnitScores) -> Result<()> {
+    fn write_scores(&self, setting: Setting, scores: &FeatureScores) -> Result<()> {
         let path = self.study.layout.scores(&self.task.name, &self.entry.name, setting);
-        medxfer_data::manifest::write_atomic(&path, &serde_json::to_vec_pretty(scores)?)?;
+        medxfer_durable::write_atomic(&path, &serde_json::to_vec_pretty(scores)?)?;
         let failed = if scores.errors.is_empty() { String::new() } else { format!("; failed: {:?}", scores.errors) };
         self.log.line(&format!("{}: {} scores {:?}{failed}", self.name(), setting.as_str(), scores.values));
         Ok(())
@@ -130,30 +118,16 @@ impl Unit<'_> {
         }
         let weights = study.weights.file(self.entry)?;
         let classes = self.task.classes.len();
-        let make = || -> medxfer_train::Result<Backbone> {
-            let mut model = Backbone::new(&self.entry.name, &self.entry.architecture, self.entry.num_classes, self.device)?;
-            model.load_weights(&weights, true)?;
-            model.replace_head(classes, study.seed)?;
-            Ok(model)
-        };
-        let base = RunSettings {
-            epochs: study.epochs,
-            batch_size: study.batch,
-            seed: study.seed,
-            selection: study.selection,
-            patience: study.patience,
-            crop: study.crop,
-            train_transform: TrainTransform { size: study.crop, ..TrainTransform::default() },
-            ..RunSettings::reference(0.0, 0.0, self.normalization())
-        };
+        let make = || models::with_fresh_head(self.entry, &weights, classes, study.options.seed, self.device);
+        let base = RunSettings::from_options(&study.options, self.normalization());
+        let settings = SearchSettings { base, trials: study.trials, shard: study.shard };
         let start = Instant::now();
         let run = |progress: &mut dyn search::SearchProgress| match study.halving {
-            None => search::run(&make, &self.data.run, &base, study.trials, study.shard, &dir, progress),
-            Some(halving) => medxfer_train::halving::run(&make, &self.data.run, &base, study.trials, halving, study.shard, &dir, progress)
-                .map(|h| h.search),
+            None => search::run(&make, &self.data.run, &settings, &dir, progress),
+            Some(halving) => medxfer_train::halving::run(&make, &self.data.run, &settings, halving, &dir, progress).map(|h| h.search),
         };
         // The bar draws only on a terminal; elsewhere (a log, a Slurm job) each epoch is a line.
-        let mut bar = EpochBar::new(study.epochs);
+        let mut bar = EpochBar::new(study.options.epochs);
         let summary = run(&mut bar);
         bar.finish();
         let summary = summary?;
@@ -179,10 +153,7 @@ impl Unit<'_> {
         let checkpoint = search::trial_dir(&layout.runs(&self.task.name, &self.entry.name), trial).join(finetune::BEST_FILE);
         let features = layout.features(&self.task.name, &self.entry.name, Setting::Ood);
         if !features.exists() {
-            let mut model = Backbone::new(&self.entry.name, &self.entry.architecture, self.entry.num_classes, self.device)?;
-            model.replace_head(self.task.classes.len(), 0)?;
-            let (tensors, _) = medxfer_train::checkpoint::read_tensors(&checkpoint, self.device)?;
-            finetune::restore_model(&model, &tensors, &checkpoint)?;
+            let model = models::fine_tuned(self.entry, &checkpoint, self.task.classes.len(), self.device)?;
             self.extract(&model, &self.data.ood, &self.data.split.ood, &features)?;
         }
         let mut scores = score_file(&features)?;
@@ -191,55 +162,6 @@ impl Unit<'_> {
         scores.seconds = start.elapsed().as_secs_f64();
         self.write_scores(Setting::Ood, &scores)
     }
-}
-
-/// Features of `entries` (the cache order of `split`) into `out`, with a progress bar named by
-/// `label` (drawn only on a terminal).
-#[allow(clippy::too_many_arguments)]
-pub fn extract_features(
-    model: &Backbone,
-    split: &finetune::SplitData,
-    entries: &[Entry],
-    normalization: Normalization,
-    crop: u32,
-    batch: usize,
-    out: &Path,
-    label: &str,
-) -> Result<()> {
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let ids: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
-    let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images  {elapsed} (ETA {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{label}: features of {}", out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()));
-    medxfer_train::extract::extract(model, split, &ids, normalization, crop, batch, out, &mut |done, _| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
-    Ok(())
-}
-
-/// The seven scores of a feature file; a score that fails is recorded, not fatal.
-pub fn score_file(path: &Path) -> Result<UnitScores> {
-    let input = read_feature_file(path)?;
-    let mut scores = UnitScores::default();
-    match score_all(&input, &Metric::ALL) {
-        Ok(values) => scores.values = values.into_iter().map(|(m, v)| (m.as_str().to_string(), v)).collect(),
-        // One failed: compute each alone to keep the others.
-        Err(_) => {
-            for metric in Metric::ALL {
-                match score_all(&input, &[metric]) {
-                    Ok(values) => scores.values.extend(values.into_iter().map(|(m, v)| (m.as_str().to_string(), v))),
-                    Err(error) => {
-                        scores.errors.insert(metric.as_str().to_string(), error.to_string());
-                    }
-                }
-            }
-        }
-    }
-    Ok(scores)
 }
 
 /// Balanced accuracy of the argmax of a feature file's `probs` against its `labels`.
@@ -257,7 +179,7 @@ pub fn write_tables(study: &Study) -> Result<()> {
     let (mut scores, mut performance) = (Vec::new(), Vec::new());
     for task in &study.tasks {
         for entry in &study.backbones {
-            let read = |setting: Setting| -> Result<Option<UnitScores>> {
+            let read = |setting: Setting| -> Result<Option<FeatureScores>> {
                 let path = layout.scores(&task.name, &entry.name, setting);
                 if !path.exists() {
                     return Ok(None);

@@ -19,7 +19,7 @@ pub use isic::{CLASSES as ISIC_CLASSES, GROUND_TRUTH as ISIC_GROUND_TRUTH, METAD
 pub use pad::{COLUMNS as PAD_COLUMNS, METADATA as PAD_METADATA};
 
 use crate::catalog::{DatasetSpec, LayoutKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::files::FileIndex;
 use crate::record::{Record, Scan};
 
@@ -52,5 +52,31 @@ fn admit(scan: &mut Scan, spec: &DatasetSpec, path: &str, class: &str, group: St
                 spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         ),
+    }
+}
+
+/// The records of the dataset under `root`, for a step that needs it whole: a missing folder or
+/// any problem is an error naming the first problem and the command that lists them all.
+pub fn scan_clean(spec: &DatasetSpec, root: &Path) -> Result<Vec<Record>> {
+    if !root.is_dir() {
+        return Err(Error::Config {
+            source_name: root.display().to_string(),
+            problem: format!("no such folder; put the {} dataset there (see datasets/README.md)", spec.name),
+        });
+    }
+    let scan = scan(spec, root)?;
+    match scan.problems.first() {
+        None => Ok(scan.records),
+        Some(first) => Err(Error::Format {
+            path: root.join(&first.path),
+            problem: format!(
+                "{}; {} has {} problem(s) in all: `medxfer-data check {} --root {}` lists them",
+                first.problem,
+                spec.name,
+                scan.problems.len(),
+                spec.name,
+                root.display()
+            ),
+        }),
     }
 }

@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::bench::{Measurement, Unit};
-use crate::machine;
+use super::machine;
+use super::measurement::{Measurement, Unit};
 
 #[derive(Debug)]
 pub struct Settings {
@@ -50,7 +50,9 @@ fn write_images(dir: &Path, settings: &Settings) -> Result<Vec<Entry>> {
                 let channel = |base: f64| (base * shade + noise).clamp(0.0, 255.0) as u8;
                 image::Rgb([channel(200.0 - 40.0 * v), channel(150.0 + 30.0 * u), channel(140.0)])
             });
-            image.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+            medxfer_durable::write_atomic_with(&path, |writer| {
+                image.write_to(writer, image::ImageFormat::Jpeg).map_err(std::io::Error::other)
+            })?;
         }
         entries.push(Entry { path: name, label: (i % 2) as u32, group: i.to_string(), split: Part::Train });
     }
@@ -114,7 +116,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
             }
         }
     }
-    let median = |runs: &[f64]| crate::bench::median(runs);
+    let median = |runs: &[f64]| super::measurement::median(runs);
     let (decode, eval, train) = (median(&ours_runs[0]), median(&ours_runs[1]), median(&ours_runs[2]));
     let theirs: Option<Value> = settings
         .python
@@ -144,7 +146,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         table.push_str(&format!("| {work} | {ours:.0} | {:.0} | {} | {} |\n", ours / cores as f64, cell(theirs), ratio(ours, theirs)));
     }
     std::fs::create_dir_all(&settings.out)?;
-    std::fs::write(settings.out.join("data.md"), &table)?;
+    medxfer_durable::write_atomic(&settings.out.join("data.md"), table.as_bytes())?;
     println!("{table}");
     let cases = ["decode + Resize(256) from JPEG", "eval batches (ours from the cache)", "train batches (ours from the cache)"];
     Ok(cases

@@ -18,8 +18,8 @@ use rand_distr::StandardNormal;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{Value, json};
 
-use crate::bench::{Measurement, Unit, runs_of};
-use crate::machine;
+use super::machine;
+use super::measurement::{Measurement, Unit, runs_of};
 
 const LATENT: usize = 64;
 const SOURCE_CLASSES: usize = 1000;
@@ -41,7 +41,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let python = if settings.no_python {
         None
     } else {
-        Some(crate::python_env::interpreter(settings.python.as_deref(), Path::new("target/pyref"), &["python/requirements.txt"])?)
+        Some(super::python_env::interpreter(settings.python.as_deref(), Path::new("target/pyref"), &["python/requirements.txt"])?)
     };
     let load_before = machine::load_average();
     let started = Instant::now();
@@ -96,8 +96,8 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         started.elapsed().as_secs_f64()
     );
     let report = format!("{header}\n{}", sections.join("\n"));
-    fs::write(settings.out.join("scores.md"), &report)?;
-    fs::write(settings.out.join("scores.json"), serde_json::to_string_pretty(&raw)?)?;
+    medxfer_durable::write_atomic(&settings.out.join("scores.md"), report.as_bytes())?;
+    medxfer_durable::write_atomic(&settings.out.join("scores.json"), serde_json::to_string_pretty(&raw)?.as_bytes())?;
     println!("{report}");
     Ok(measurements)
 }
@@ -186,7 +186,7 @@ fn write_synthetic(path: &Path, n: usize, d: usize, classes: usize, seed: u64) -
         ("labels", TensorView::new(Dtype::I64, vec![n], &label_bytes)?),
         ("probs", TensorView::new(Dtype::F32, vec![n, SOURCE_CLASSES], &prob_bytes)?),
     ];
-    fs::write(path, safetensors::serialize(views, None)?)?;
+    medxfer_durable::write_atomic(path, &safetensors::serialize(views, None)?)?;
     Ok(())
 }
 

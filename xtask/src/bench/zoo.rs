@@ -15,8 +15,8 @@ use medxfer_train::sgd::{NesterovSgd, SgdSettings};
 use medxfer_zoo::{Backbone, Registry};
 use serde_json::{Value, json};
 
-use crate::bench::{Measurement, Unit, runs_of};
-use crate::machine;
+use super::machine;
+use super::measurement::{Measurement, Unit, runs_of};
 
 /// Untimed steps before the timed ones, on both sides. A training step's second run still
 /// faults in memory the first did not use (1.3 s of the kernel zeroing pages in a resnet18
@@ -104,8 +104,8 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         (true, _) => "zoo-train-gpu",
         (false, _) => "zoo-gpu",
     };
-    fs::write(settings.out.join(format!("{stem}.md")), &report)?;
-    fs::write(settings.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&raw)?)?;
+    medxfer_durable::write_atomic(&settings.out.join(format!("{stem}.md")), report.as_bytes())?;
+    medxfer_durable::write_atomic(&settings.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&raw)?.as_bytes())?;
     println!("{report}");
     Ok(measurements)
 }

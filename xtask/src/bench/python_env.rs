@@ -35,7 +35,7 @@ pub fn interpreter(given: Option<&Path>, venv: &Path, requirements: &[&str]) -> 
     if !pip.status()?.success() {
         bail!("pip install -r {} failed; pass --python with an interpreter that has them", requirements.join(" -r "));
     }
-    std::fs::write(&stamp, wanted)?;
+    medxfer_durable::write_atomic(&stamp, wanted.as_bytes())?;
     Ok(python)
 }
 

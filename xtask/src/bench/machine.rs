@@ -45,5 +45,5 @@ pub fn gpu_name() -> String {
 
 /// Today's date, UTC (YYYY-MM-DD).
 pub fn utc_date() -> String {
-    crate::study::layout::utc_now()[..10].to_string()
+    crate::clock::utc_now()[..10].to_string()
 }

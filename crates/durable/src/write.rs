@@ -1,0 +1,160 @@
+//! Atomic writes: the bytes go to a temporary file beside the target whose name is unique to
+//! this host, process and call (shards on several nodes may share the folder over NFS, and two
+//! threads of one process may write the same file); the file is fsynced, renamed onto the
+//! target (atomic within a file system) and the folder fsynced, so the new name survives a
+//! power cut too.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::host::file_name_host;
+
+/// Calls of this process so far: the last part of a temporary name.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// `.NAME.HOST-PID-CALL.partial` beside `target`: hidden from listings that look for the
+/// final names, and recognisably left over when a process was killed mid-write.
+fn temporary_path(target: &Path) -> PathBuf {
+    let name = target.file_name().map_or_else(|| "unnamed".into(), |n| n.to_string_lossy());
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    target.with_file_name(format!(".{name}.{}-{}-{call}.partial", file_name_host(), std::process::id()))
+}
+
+/// Creates the folder `path` will live in.
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => {
+            std::fs::create_dir_all(parent).map_err(|e| Error::new(parent, "create the folder", e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// fsync of a folder, so that a rename inside it is on disk. File systems that cannot sync a
+/// folder (some network file systems answer EINVAL) are taken as they are.
+fn sync_folder(path: &Path) -> Result<()> {
+    let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) else { return Ok(()) };
+    if cfg!(unix) {
+        match File::open(folder).and_then(|f| f.sync_all()) {
+            Err(e) if !matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported) => {
+                return Err(Error::new(folder, "sync the folder", e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A file being written under a temporary name, for writers that want a path of their own
+/// (`safetensors::serialize_to_file`, an image encoder): write [`PendingFile::path`], then
+/// [`PendingFile::commit`]. Dropped without a commit, the temporary file is removed.
+#[derive(Debug)]
+pub struct PendingFile {
+    temporary: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl PendingFile {
+    /// A temporary name for `target` (whose folder is created if missing).
+    pub fn new(target: &Path) -> Result<Self> {
+        create_parent(target)?;
+        Ok(Self { temporary: temporary_path(target), target: target.to_path_buf(), done: false })
+    }
+
+    /// Where to write.
+    pub fn path(&self) -> &Path {
+        &self.temporary
+    }
+
+    /// fsyncs what was written to [`PendingFile::path`] and moves it onto the target.
+    pub fn commit(self) -> Result<()> {
+        File::open(&self.temporary).and_then(|f| f.sync_all()).map_err(|e| Error::new(&self.temporary, "sync", e))?;
+        self.rename_into_place()
+    }
+
+    /// Renames the (synced) temporary file onto the target and syncs the folder.
+    fn rename_into_place(mut self) -> Result<()> {
+        std::fs::rename(&self.temporary, &self.target).map_err(|e| Error::new(&self.target, "move the new file into place", e))?;
+        self.done = true;
+        sync_folder(&self.target)
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (creating its folder if missing).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |writer| writer.write_all(bytes))
+}
+
+/// Writes `path` atomically from a writer (buffered), for contents too large to hold in memory
+/// at once: `write` fills it; an error there leaves the old file untouched.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+    let pending = PendingFile::new(path)?;
+    let file = File::create(pending.path()).map_err(|e| Error::new(pending.path(), "create", e))?;
+    let mut writer = BufWriter::new(file);
+    write(&mut writer).map_err(|e| Error::new(pending.path(), "write", e))?;
+    let file = writer.into_inner().map_err(|e| Error::new(pending.path(), "write", e.into_error()))?;
+    file.sync_all().map_err(|e| Error::new(pending.path(), "sync", e))?;
+    drop(file);
+    pending.rename_into_place()
+}
+
+/// Makes the folder `target` with `fill` unless it exists: filled under a temporary name of
+/// this process, then renamed into place, so a concurrent process never sees it half-written.
+/// When another process finishes first, its folder stays and this one's is removed. Returns
+/// whether this call made it.
+pub fn create_dir_atomic<E: From<Error>>(target: &Path, fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<bool, E> {
+    if target.exists() {
+        return Ok(false);
+    }
+    create_parent(target)?;
+    let temporary = temporary_path(target);
+    std::fs::create_dir_all(&temporary).map_err(|e| Error::new(&temporary, "create the folder", e))?;
+    let remove = |temporary: &Path| std::fs::remove_dir_all(temporary).map_err(|e| Error::new(temporary, "remove the folder", e));
+    if let Err(error) = fill(&temporary) {
+        let _ = remove(&temporary);
+        return Err(error);
+    }
+    match std::fs::rename(&temporary, target) {
+        Ok(()) => {
+            sync_folder(target)?;
+            Ok(true)
+        }
+        // Another process made it first (renaming onto its non-empty folder fails).
+        Err(_) if target.is_dir() => {
+            remove(&temporary)?;
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = remove(&temporary);
+            Err(Error::new(target, "move the new folder into place", e).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_hidden_unique_and_beside_the_target() {
+        let target = Path::new("/results/runs/search.json");
+        let (a, b) = (temporary_path(target), temporary_path(target));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), target.parent());
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".search.json.") && name.ends_with(".partial"), "{name}");
+        assert!(name.contains(&format!("-{}-", std::process::id())), "{name}");
+    }
+}

@@ -1,0 +1,37 @@
+//! The backbones a run starts from and leaves behind: a registry entry with its pretrained
+//! weights, the same with a fresh head for fine-tuning, and a run's kept model.
+
+use std::path::Path;
+
+use candle_core::Device;
+use medxfer_zoo::{Backbone, ModelEntry};
+
+use crate::checkpoint::read_tensors;
+use crate::error::Result;
+use crate::finetune::restore_model;
+
+/// `entry`'s backbone with the pretrained weights of the safetensors file `weights`, every
+/// tensor checked.
+pub fn pretrained(entry: &ModelEntry, weights: &Path, device: &Device) -> Result<Backbone> {
+    let model = Backbone::from_entry(entry, device)?;
+    model.load_weights(weights, true)?;
+    Ok(model)
+}
+
+/// The start of fine-tuning: the pretrained backbone with a fresh `classes`-way head (PyTorch's
+/// default initialisation, seeded by `seed`).
+pub fn with_fresh_head(entry: &ModelEntry, weights: &Path, classes: usize, seed: u64, device: &Device) -> Result<Backbone> {
+    let mut model = pretrained(entry, weights, device)?;
+    model.replace_head(classes, seed)?;
+    Ok(model)
+}
+
+/// A run's kept model (its `best.safetensors`, or any epoch checkpoint) with its
+/// `classes`-way head.
+pub fn fine_tuned(entry: &ModelEntry, checkpoint: &Path, classes: usize, device: &Device) -> Result<Backbone> {
+    let mut model = Backbone::from_entry(entry, device)?;
+    model.replace_head(classes, 0)?;
+    let (tensors, _) = read_tensors(checkpoint, device)?;
+    restore_model(&model, &tensors, checkpoint)?;
+    Ok(model)
+}

@@ -1,0 +1,102 @@
+//! `cargo xtask bench`: every speed claim of the project measured beside the Python stack in one
+//! run, on the same machine and threads — the scores (numpy/scipy/scikit-learn), the zoo's eval
+//! and training throughput (PyTorch/timm), the data path (PIL + torchvision) — written as one
+//! markdown table of medians with their spread, with the machine's facts.
+
+pub mod data;
+pub mod machine;
+pub mod measurement;
+pub mod python_env;
+pub mod scores;
+pub mod zoo;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+
+use measurement::table;
+
+/// `cargo xtask bench`'s options.
+#[derive(Debug)]
+pub struct Settings {
+    pub quick: bool,
+    pub out: PathBuf,
+    pub python: Option<PathBuf>,
+    pub repeats: usize,
+}
+
+/// Runs every benchmark and writes OUT/bench.md and OUT/bench.json.
+pub fn run(settings: &Settings) -> Result<String> {
+    std::fs::create_dir_all(&settings.out)?;
+    let python = python_env::interpreter(
+        settings.python.as_deref(),
+        Path::new("target/pybench"),
+        &["python/requirements.txt", "python/requirements-torch.txt"],
+    )?;
+    let started = Instant::now();
+    let load_before = machine::load_average();
+    let repeats = settings.repeats;
+    let quick = settings.quick;
+    let mut measurements = Vec::new();
+    eprintln!("== scores");
+    measurements.extend(scores::run(&scores::Settings {
+        n: if quick { 2000 } else { 10_000 },
+        d: if quick { 512 } else { 2048 },
+        classes: vec![2, 4],
+        repeats,
+        python: Some(python.clone()),
+        no_python: false,
+        keep_data: false,
+        out: settings.out.clone(),
+    })?);
+    let zoo = |models: &[&str], batch: usize, train: bool| zoo::Settings {
+        batch,
+        size: 224,
+        repeats,
+        models: Some(models.iter().map(|m| m.to_string()).collect()),
+        python: Some(python.clone()),
+        out: settings.out.clone(),
+        train,
+        device: "cpu".into(),
+        tf32: false,
+    };
+    eprintln!("== zoo eval");
+    let all: Vec<String> = medxfer_zoo::Registry::load_default()?.entries().iter().map(|e| e.name.clone()).collect();
+    let eval_models: Vec<&str> = if quick { vec!["resnet18", "mobilenetv2_100"] } else { all.iter().map(String::as_str).collect() };
+    measurements.extend(zoo::run(&zoo(&eval_models, 32, false))?);
+    eprintln!("== training step");
+    measurements.extend(zoo::run(&zoo(
+        if quick { &["resnet18"] } else { &["resnet18", "mobilenetv2_100"] },
+        if quick { 16 } else { 32 },
+        true,
+    ))?);
+    eprintln!("== data");
+    measurements.extend(data::run(&data::Settings {
+        n: if quick { 128 } else { 512 },
+        width: 600,
+        height: 450,
+        batch: if quick { 32 } else { 128 },
+        repeats,
+        python: Some(python.clone()),
+        out: settings.out.clone(),
+    })?);
+    let report = format!(
+        "# medxfer benchmarks{}\n\n{} on {}, {} cores (both sides use all of them); load average {} before, {} after; {:.0} s in all; \
+         {repeats} measured runs per figure: median (min–max). Python: {} (python/requirements*.txt).\n\n{}\n\
+         Details per area: scores.md, zoo.md, zoo-train.md, data.md beside this file.\n",
+        if quick { " (--quick)" } else { "" },
+        machine::utc_date(),
+        machine::cpu_model(),
+        machine::cores(),
+        load_before,
+        machine::load_average(),
+        started.elapsed().as_secs_f64(),
+        python.display(),
+        table(&measurements)
+    );
+    medxfer_durable::write_atomic(&settings.out.join("bench.md"), report.as_bytes())?;
+    medxfer_durable::write_atomic(&settings.out.join("bench.json"), serde_json::to_string_pretty(&measurements)?.as_bytes())?;
+    println!("{report}");
+    Ok(report)
+}

@@ -1,0 +1,71 @@
+//! The two steps `reproduce` and `rank` share: a backbone's features of a split into a feature
+//! file (with a progress bar), and the seven scores of a feature file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+use medxfer_data::split::Entry;
+use medxfer_scores::{Metric, read_feature_file, score_all};
+use medxfer_train::extract::ExtractSettings;
+use medxfer_train::finetune::SplitData;
+use medxfer_zoo::Backbone;
+use serde::{Deserialize, Serialize};
+
+/// The scores of one feature file (a study's `<setting>.scores.json`; rank keeps `values` and
+/// `errors`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureScores {
+    /// Metric name -> value.
+    pub values: BTreeMap<String, f64>,
+    /// Metric name -> why it could not be computed.
+    pub errors: BTreeMap<String, String>,
+    /// OOD: A_opt's balanced accuracy on the OOD set (its head's argmax), P_ood.
+    pub balanced_accuracy: Option<f64>,
+    /// Which trial's model made the features (OOD).
+    pub trial: Option<usize>,
+    pub seconds: f64,
+}
+
+/// Features of `entries` (the cache order of `split`) into `out`, with a progress bar named by
+/// `label` (drawn only on a terminal).
+pub fn extract_features(
+    model: &Backbone,
+    split: &SplitData,
+    entries: &[Entry],
+    settings: &ExtractSettings,
+    out: &Path,
+    label: &str,
+) -> Result<()> {
+    let ids: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
+    let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images  {elapsed} (ETA {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{label}: features of {}", out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()));
+    medxfer_train::extract::extract(model, split, &ids, settings, out, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The seven scores of a feature file; a score that fails is recorded, not fatal.
+pub fn score_file(path: &Path) -> Result<FeatureScores> {
+    let input = read_feature_file(path)?;
+    let mut scores = FeatureScores::default();
+    match score_all(&input, &Metric::ALL) {
+        Ok(values) => scores.values = values.into_iter().map(|(m, v)| (m.as_str().to_string(), v)).collect(),
+        // One failed: compute each alone to keep the others.
+        Err(_) => {
+            for metric in Metric::ALL {
+                match score_all(&input, &[metric]) {
+                    Ok(values) => scores.values.extend(values.into_iter().map(|(m, v)| (m.as_str().to_string(), v))),
+                    Err(error) => {
+                        scores.errors.insert(metric.as_str().to_string(), error.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(scores)
+}
