@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
-use medxfer_data::split::Entry;
+use medxfer_data::Entry;
 use medxfer_scores::{Metric, read_feature_file, score_all};
-use medxfer_train::extract::ExtractSettings;
-use medxfer_train::finetune::SplitData;
+use medxfer_train::{ExtractSettings, SplitData};
 use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +43,7 @@ pub fn extract_features(
             .progress_chars("=> "),
     );
     bar.set_prefix(format!("{label}: features of {}", out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()));
-    medxfer_train::extract::extract(model, split, &ids, settings, out, &mut |done, _| bar.set_position(done as u64))?;
+    medxfer_train::extract(model, split, &ids, settings, out, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     Ok(())
 }

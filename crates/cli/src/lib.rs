@@ -13,6 +13,8 @@
 //! # fn run() -> anyhow::Result<()> { Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod allocator;
 
 use std::process::ExitCode;

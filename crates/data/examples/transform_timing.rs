@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use medxfer_data::transform::{self, Normalization, TrainTransform};
+use medxfer_data::{Normalization, TrainTransform, transform};
 
 fn time(name: &str, runs: u32, mut work: impl FnMut()) {
     work();

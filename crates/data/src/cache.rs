@@ -117,10 +117,12 @@ impl ImageCache {
         Ok(Some(Self { file, data_path: data_path.to_path_buf(), index }))
     }
 
+    /// Images in the cache.
     pub fn len(&self) -> usize {
         self.index.slots.len()
     }
 
+    /// Whether the cache holds no image.
     pub fn is_empty(&self) -> bool {
         self.index.slots.is_empty()
     }

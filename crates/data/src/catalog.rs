@@ -11,13 +11,20 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LayoutKind {
+    /// ISIC 2019: a ground-truth CSV of one-hot classes, images in one folder.
     Isic2019,
+    /// PAD-UFES-20: metadata.csv with a diagnostic column, images in parts.
     #[serde(rename = "pad-ufes-20")]
     PadUfes20,
+    /// BreakHis: class, type and patient in folder and file names.
     Breakhis,
+    /// ICIAR 2018 BACH: one folder per class of TIFF photos.
     Bach,
+    /// Kaggle brain-tumour MRI: Training/ and Testing/ with class folders.
     BrainTumorKaggle,
+    /// Cheng et al.'s figshare set: MATLAB v7.3 (.mat) slices.
     Cheng,
+    /// NINS: one folder per diagnosis.
     Nins,
 }
 
@@ -37,6 +44,7 @@ pub enum Role {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expected {
+    /// Images the task uses.
     pub images: usize,
     /// Task label (as a string key, TOML's only kind) -> image count.
     pub per_label: BTreeMap<String, usize>,
@@ -56,8 +64,10 @@ struct Dropped {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unlisted {
+    /// Fail, naming the class (the default).
     #[default]
     Error,
+    /// Drop its images silently.
     Drop,
 }
 
@@ -65,11 +75,17 @@ pub enum Unlisted {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
+    /// The name commands take (`breakhis`), also its folder under a study's data.
     pub name: String,
+    /// The dataset's full name.
     pub title: String,
+    /// Where it comes from (datasets/README.md says how to get it).
     pub source: String,
+    /// Which reader understands its folder.
     pub layout: LayoutKind,
+    /// The task it belongs to.
     pub task: String,
+    /// In-distribution, OOD or alternative.
     pub role: Role,
     /// The path prefix of this dataset in the authors' split CSVs, stripped when re-rooting.
     pub authors_prefix: String,
@@ -79,6 +95,7 @@ pub struct DatasetSpec {
     pub labels: BTreeMap<String, u32>,
     #[serde(default)]
     dropped: Dropped,
+    /// Counts of the complete real dataset.
     pub expected: Expected,
 }
 
@@ -104,32 +121,56 @@ impl DatasetSpec {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum FaithfulSplit {
     /// Stratified train/val/test with these val and test fractions.
-    Stratified { val: f64, test: f64 },
+    Stratified {
+        /// Fraction of each class to validation.
+        val: f64,
+        /// Fraction of each class to test.
+        test: f64,
+    },
     /// `test` of each class to test, then `val` of the rest to val (BreakHis).
-    TestThenVal { val: f64, test: f64 },
+    TestThenVal {
+        /// Fraction of the rest to validation.
+        val: f64,
+        /// Fraction of each class to test, first.
+        test: f64,
+    },
     /// Images from `test_origin` are the test set; `train_origin` is split train/val by `val`.
-    ByOrigin { val: f64, train_origin: String, test_origin: String },
+    ByOrigin {
+        /// Fraction of `train_origin` to validation.
+        val: f64,
+        /// The sub-collection split into train and validation.
+        train_origin: String,
+        /// The sub-collection that is the test set.
+        test_origin: String,
+    },
 }
 
 /// One task: a section of datasets/tasks.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
+    /// The name commands take (`skin`, `breast`, `brain`): the section's.
     #[serde(skip)]
     pub name: String,
     /// Class names in label order.
     pub classes: Vec<String>,
+    /// The in-distribution dataset, split into train/val/test.
     pub id: String,
+    /// The out-of-distribution test set.
     pub ood: String,
+    /// Other in-distribution datasets the task can use instead.
     #[serde(default)]
     pub alternatives: Vec<String>,
+    /// How the reference split the ID set.
     pub faithful: FaithfulSplit,
 }
 
 /// Every dataset and task of a datasets/ directory.
 #[derive(Debug, Clone)]
 pub struct Catalog {
+    /// Every dataset, sorted by name.
     pub datasets: Vec<DatasetSpec>,
+    /// Every task, in tasks.toml's order.
     pub tasks: Vec<TaskSpec>,
 }
 

@@ -43,12 +43,13 @@ pub struct CheckReport {
     /// Every problem: the layout's (sorted by path), then with `decode` the images that do not
     /// decode.
     pub problems: Vec<Problem>,
+    /// Exact duplicates, when asked for.
     pub duplicates: Option<Duplicates>,
 }
 
 /// Checks the dataset `spec` under `root`.
-pub fn check(spec: &DatasetSpec, root: &Path, options: CheckOptions) -> Result<CheckReport> {
-    let mut scan = layouts::scan(spec, root)?;
+pub fn check_dataset(spec: &DatasetSpec, root: &Path, options: CheckOptions) -> Result<CheckReport> {
+    let mut scan = layouts::scan_dataset(spec, root)?;
     if options.decode {
         let corrupt: Vec<Problem> = scan
             .records

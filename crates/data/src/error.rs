@@ -8,15 +8,30 @@ use std::path::PathBuf;
 pub enum Error {
     /// A file or folder could not be read.
     #[error("{path}: {problem}")]
-    Io { path: PathBuf, problem: String },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The system's reason.
+        problem: String,
+    },
 
     /// A file was read but its content is not what the layout promises.
     #[error("{path}: {problem}")]
-    Format { path: PathBuf, problem: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was found and what was expected.
+        problem: String,
+    },
 
     /// A configuration value (datasets/*.toml, a CLI argument) is wrong.
     #[error("{source_name}: {problem}")]
-    Config { source_name: String, problem: String },
+    Config {
+        /// The file or argument.
+        source_name: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
 
     /// A split cannot be made as asked.
     #[error("{0}")]

@@ -1,28 +1,68 @@
 //! medxfer-data: from a dataset folder on disk to the images and labels of a split.
 //!
-//! - [`catalog`]: datasets/*.toml (layout, label map, task, role) and datasets/tasks.toml.
-//! - [`layouts`]: one reader per real on-disk layout (../shared/docs/DATASETS.md), each giving
-//!   a [`Scan`]: records after the label map, deliberate drops, and every problem met.
-//! - [`decode`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
-//! - [`split`] and [`manifest`]: authors / faithful / grouped splits, leakage, manifests.
-//! - [`transform`]: the reference's eval and train transforms, as torchvision runs them.
-//! - [`cache`] and [`loader`]: decode once into a resized RGB8 cache; batches on a background thread.
-//! - [`synth`]: synthetic replicas of every layout, for tests and demos.
+//! - The [`Catalog`] of datasets/*.toml ([`DatasetSpec`]: layout, label map, task, role) and
+//!   datasets/tasks.toml ([`TaskSpec`]).
+//! - One reader per real on-disk layout (../shared/docs/DATASETS.md): [`scan_dataset`] gives a
+//!   [`Scan`] of the records the task uses, deliberate drops, and every problem met;
+//!   [`scan_clean`] refuses a folder with problems; [`check_dataset`] reports them all.
+//! - [`load_rgb8`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
+//! - Splits from the authors' CSVs, the reference procedure or over groups ([`split_task`],
+//!   [`faithful_split`], [`grouped_split`], [`authors_split`]), their [`leakage`], and the
+//!   manifest a split is written as ([`write_manifest`], [`read_manifest`]).
+//! - [`transform`]: the reference's eval and train transforms, one function per torchvision/PIL
+//!   operation ([`Normalization`], [`TrainTransform`]).
+//! - [`ImageCache`] and [`batches`]: decode once into a resized RGB8 cache; batches on a
+//!   background thread.
+//! - `synth` (feature `synth`): synthetic replicas of every layout, for tests and demos.
+//!
+//! ```
+//! use medxfer_data::{Catalog, Source, scan_clean, split_task};
+//!
+//! let catalog = Catalog::load_default()?;
+//! let task = catalog.task("breast")?;
+//! let breakhis = catalog.dataset(&task.id)?;
+//! assert_eq!(task.classes.len(), 2);
+//! // With the images under `root`: the records, then the reference's split of them.
+//! # let root = std::path::Path::new("/nonexistent");
+//! if root.is_dir() {
+//!     let records = scan_clean(breakhis, root)?;
+//!     let (entries, leakage) = split_task(&records, breakhis, task, Source::Faithful, None, 0)?;
+//!     println!("{} images, {} groups across parts", entries.len(), leakage.groups_across_splits);
+//! }
+//! # Ok::<(), medxfer_data::Error>(())
+//! ```
 
-pub mod cache;
-pub mod catalog;
-pub mod check;
-pub mod decode;
+#![warn(missing_docs)]
+
+mod cache;
+mod catalog;
+mod check;
+mod decode;
 mod error;
-pub mod files;
-pub mod layouts;
-pub mod loader;
-pub mod manifest;
+mod files;
+mod layouts;
+mod loader;
+mod manifest;
 mod record;
-pub mod split;
+mod split;
+#[cfg(feature = "synth")]
 pub mod synth;
 pub mod transform;
 
-pub use catalog::{Catalog, DatasetSpec, FaithfulSplit, LayoutKind, Role, TaskSpec};
+pub use cache::ImageCache;
+pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Role, TaskSpec, Unlisted};
+pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
+pub use decode::load_rgb8;
 pub use error::{Error, Result};
+pub use layouts::{
+    BreakhisName, ChengSlice, ISIC_CLASSES, ISIC_GROUND_TRUTH, ISIC_METADATA, PAD_COLUMNS, PAD_METADATA, parse_breakhis_name, read_cheng,
+    scan_clean, scan_dataset,
+};
+pub use loader::{Augment, Batch, Batches, LoaderConfig, batches, epoch_order};
+pub use manifest::{LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, files_checksum, read_manifest, split_counts, write_manifest};
 pub use record::{Problem, Record, Scan};
+pub use split::{
+    Entry, Leakage, Part, Source, authors_csvs, authors_split, authors_split_from_csvs, check_classes, faithful_split, grouped_split,
+    leakage, ood_entries, split_task,
+};
+pub use transform::{Normalization, TrainDraw, TrainTransform};

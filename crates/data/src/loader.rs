@@ -20,7 +20,10 @@ use crate::transform::{Normalization, TrainTransform, center_crop, to_normalized
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Augment {
     /// The eval transform: the cache already holds `Resize(256)`; this centre-crops.
-    Eval { crop: u32 },
+    Eval {
+        /// Side of the centre crop.
+        crop: u32,
+    },
     /// The train transform, drawn per (seed, epoch, sample).
     Train(TrainTransform),
 }
@@ -28,11 +31,17 @@ pub enum Augment {
 /// What one pass over a cache yields.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoaderConfig {
+    /// Images per batch; the last batch may be smaller.
     pub batch_size: usize,
+    /// Shuffle by (seed, epoch), or keep the cache's order.
     pub shuffle: bool,
+    /// Seed of the order and of the train transform's draws.
     pub seed: u64,
+    /// Which epoch (0-based) the order and draws are for.
     pub epoch: u64,
+    /// The transform after the cache's resize.
     pub augment: Augment,
+    /// Mean and std applied to the [0, 1] pixels.
     pub normalization: Normalization,
 }
 

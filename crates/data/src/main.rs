@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use medxfer_data::check::CheckOptions;
-use medxfer_data::manifest::{self, ManifestInfo};
-use medxfer_data::split::{self, Source};
-use medxfer_data::{Catalog, Role, layouts, synth};
+use medxfer_data::{
+    Catalog, CheckOptions, ManifestInfo, Role, Source, files_checksum, ood_entries, read_manifest, scan_clean, scan_dataset, split_counts,
+    split_task, write_manifest,
+};
 
 #[derive(Parser)]
 #[command(name = "medxfer-data", about = "The study's medical datasets: check, split, synthesize.")]
@@ -78,7 +78,9 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         short_side: u32,
     },
-    /// Writes a small synthetic replica of a dataset's real layout.
+    /// Writes a small synthetic replica of a dataset's real layout (a build with
+    /// `--features synth`).
+    #[cfg(feature = "synth")]
     Synth {
         dataset: String,
         #[arg(long)]
@@ -142,23 +144,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seed,
                 out: &out,
             };
-            split_task(&catalog, &request)?;
+            split(&catalog, &request)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { dataset, root, manifest, out, short_side } => {
             let spec = catalog.dataset(&dataset)?;
             let entries = match manifest {
-                Some(path) => manifest::read_entries(&path)?,
-                None => split::ood(&layouts::scan(spec, &root)?.records),
+                Some(path) => read_manifest(&path)?,
+                None => ood_entries(&scan_dataset(spec, &root)?.records),
             };
             let start = std::time::Instant::now();
-            let cache = medxfer_data::cache::ImageCache::open_or_build(&out, &spec.name, &root, &entries, short_side, true)?;
+            let cache = medxfer_data::ImageCache::open_or_build(&out, &spec.name, &root, &entries, short_side, true)?;
             println!("{} images cached in {} ({:.1} s)", cache.len(), out.display(), start.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "synth")]
         Command::Synth { dataset, out, n, seed } => {
             let spec = catalog.dataset(&dataset)?;
-            let replica = synth::synthesize(spec, &out, n, seed)?;
+            let replica = medxfer_data::synth::synthesize(spec, &out, n, seed)?;
             println!(
                 "wrote a {} replica to {}: {:?} images per task label, {} of dropped classes",
                 spec.name,
@@ -173,7 +176,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn check(catalog: &Catalog, dataset: &str, root: &Path, options: CheckOptions, json: bool) -> Result<ExitCode> {
     let spec = catalog.dataset(dataset)?;
-    let report = medxfer_data::check::check(spec, root, options)?;
+    let report = medxfer_data::check_dataset(spec, root, options)?;
     if json {
         let problems: Vec<String> = report.problems.iter().map(|p| format!("{}: {}", p.path.display(), p.problem)).collect();
         let mut value = serde_json::json!({"dataset": spec.name, "images": report.images, "per_label": report.per_label, "dropped": report.dropped, "problems": problems});
@@ -215,7 +218,7 @@ struct SplitRequest<'a> {
     out: &'a Path,
 }
 
-fn split_task(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
+fn split(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
     let task = catalog.task(request.task)?;
     let spec = catalog.dataset(request.dataset.unwrap_or(&task.id))?;
     if spec.task != task.name || spec.role == Role::Ood {
@@ -224,19 +227,19 @@ fn split_task(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
     if request.source == Source::Authors && request.authors_dir.is_none() {
         bail!("--source authors needs --authors-dir, the folder of the authors' split CSVs");
     }
-    let records = layouts::scan_clean(spec, request.root)?;
-    let (entries, leakage) = split::split_task(&records, spec, task, request.source, request.authors_dir, request.seed)?;
+    let records = scan_clean(spec, request.root)?;
+    let (entries, leakage) = split_task(&records, spec, task, request.source, request.authors_dir, request.seed)?;
     let info = ManifestInfo {
         dataset: spec.name.clone(),
         task: task.name.clone(),
         source: request.source,
         seed: request.seed,
         images: entries.len(),
-        counts: manifest::counts(&entries),
-        files_checksum: manifest::files_checksum(request.root, &entries)?,
+        counts: split_counts(&entries),
+        files_checksum: files_checksum(request.root, &entries)?,
         leakage: Some(leakage.clone().into()),
     };
-    let (csv_path, _) = manifest::write(request.out, &entries, &info)?;
+    let (csv_path, _) = write_manifest(request.out, &entries, &info)?;
     println!("{}: {} images, {:?}", csv_path.display(), entries.len(), info.counts);
     println!(
         "leakage by {}: {} of {} groups span splits; {} val and {} test images share a group with train",

@@ -10,30 +10,42 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::split::{Entry, Leakage, Part, Source};
 
-pub const CSV_NAME: &str = "manifest.csv";
-pub const JSON_NAME: &str = "manifest.json";
+/// The split: one `path,label,group,split` row per image.
+pub const MANIFEST_CSV: &str = "manifest.csv";
+/// Where the split came from: [`ManifestInfo`].
+pub const MANIFEST_JSON: &str = "manifest.json";
 
 /// What manifest.json records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestInfo {
+    /// The dataset split.
     pub dataset: String,
+    /// Its task.
     pub task: String,
+    /// How the split was made.
     pub source: Source,
+    /// The seed of a faithful or grouped split.
     pub seed: u64,
+    /// Images in all parts.
     pub images: usize,
     /// Split name -> task label -> count.
     pub counts: BTreeMap<String, BTreeMap<u32, usize>>,
     /// blake3 over the sorted "path<TAB>byte size" lines of the covered files.
     pub files_checksum: String,
+    /// How much the split leaks across groups.
     pub leakage: Option<LeakageInfo>,
 }
 
 /// [`Leakage`] as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeakageInfo {
+    /// Groups (patients, lesions, slides) in all.
     pub groups: usize,
+    /// Groups with images in more than one part.
     pub groups_across_splits: usize,
+    /// Validation images whose group also has training images.
     pub val_images_sharing_a_train_group: usize,
+    /// Test images whose group also has training images.
     pub test_images_sharing_a_train_group: usize,
 }
 
@@ -49,7 +61,7 @@ impl From<Leakage> for LeakageInfo {
 }
 
 /// Counts per split and label.
-pub fn counts(entries: &[Entry]) -> BTreeMap<String, BTreeMap<u32, usize>> {
+pub fn split_counts(entries: &[Entry]) -> BTreeMap<String, BTreeMap<u32, usize>> {
     let mut counts: BTreeMap<String, BTreeMap<u32, usize>> = BTreeMap::new();
     for part in Part::ALL {
         for entry in entries.iter().filter(|e| e.split == part) {
@@ -76,14 +88,14 @@ pub fn files_checksum(root: &Path, entries: &[Entry]) -> Result<String> {
 }
 
 /// Writes manifest.csv and manifest.json into `dir` (created if needed); returns their paths.
-pub fn write(dir: &Path, entries: &[Entry], info: &ManifestInfo) -> Result<(PathBuf, PathBuf)> {
+pub fn write_manifest(dir: &Path, entries: &[Entry], info: &ManifestInfo) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut writer = csv::Writer::from_writer(Vec::new());
     for entry in entries {
-        writer.serialize(entry).map_err(|e| Error::format(dir.join(CSV_NAME), e.to_string()))?;
+        writer.serialize(entry).map_err(|e| Error::format(dir.join(MANIFEST_CSV), e.to_string()))?;
     }
-    let csv_bytes = writer.into_inner().map_err(|e| Error::format(dir.join(CSV_NAME), e.to_string()))?;
-    let (csv_path, json_path) = (dir.join(CSV_NAME), dir.join(JSON_NAME));
+    let csv_bytes = writer.into_inner().map_err(|e| Error::format(dir.join(MANIFEST_CSV), e.to_string()))?;
+    let (csv_path, json_path) = (dir.join(MANIFEST_CSV), dir.join(MANIFEST_JSON));
     medxfer_durable::write_atomic(&csv_path, &csv_bytes)?;
     let json = serde_json::to_vec_pretty(info).map_err(|e| Error::format(&json_path, e.to_string()))?;
     medxfer_durable::write_atomic(&json_path, &json)?;
@@ -91,7 +103,7 @@ pub fn write(dir: &Path, entries: &[Entry], info: &ManifestInfo) -> Result<(Path
 }
 
 /// Reads a manifest.csv back.
-pub fn read_entries(path: &Path) -> Result<Vec<Entry>> {
+pub fn read_manifest(path: &Path) -> Result<Vec<Entry>> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;
     reader
         .deserialize()

@@ -22,16 +22,20 @@ pub struct Record {
 /// Something wrong with one file; `check` reports them all at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
+    /// The file, relative to the dataset root.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub problem: String,
 }
 
 /// A reader's result: records sorted by path, images deliberately dropped, problems.
 #[derive(Debug, Clone, Default)]
 pub struct Scan {
+    /// The images the task uses, sorted by path.
     pub records: Vec<Record>,
     /// Images of classes the label map drops.
     pub dropped: usize,
+    /// Every problem met, sorted by path.
     pub problems: Vec<Problem>,
 }
 

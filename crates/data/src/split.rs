@@ -19,14 +19,19 @@ use crate::record::{Problem, Record};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Part {
+    /// Trains the model.
     Train,
+    /// Chooses the kept epoch and A_opt.
     Val,
+    /// Measures the kept model.
     Test,
 }
 
 impl Part {
+    /// The three parts, in order.
     pub const ALL: [Part; 3] = [Part::Train, Part::Val, Part::Test];
 
+    /// `train`, `val` or `test`.
     pub fn name(self) -> &'static str {
         match self {
             Part::Train => "train",
@@ -51,21 +56,25 @@ pub enum Source {
 /// One image of a split.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The file, relative to the dataset root.
     pub path: String,
+    /// The task label.
     pub label: u32,
+    /// What the grouped split keeps together.
     pub group: String,
+    /// The part it belongs to.
     pub split: Part,
 }
 
 /// Assigns every record of an ID dataset to train/val/test by the task's faithful rule.
-pub fn faithful(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Result<Vec<Entry>> {
+pub fn faithful_split(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Result<Vec<Entry>> {
     split_units(records, rule, seed, |record| record.path.clone())
 }
 
 /// The faithful rule's fractions over groups instead of images: no group spans two splits.
 /// For a by-origin rule, test images whose group also occurs in the train origin (exact
 /// duplicates of training images) are left out of the test set.
-pub fn grouped(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Result<Vec<Entry>> {
+pub fn grouped_split(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Result<Vec<Entry>> {
     let mut entries = split_units(records, rule, seed, |record| record.group.clone())?;
     if let FaithfulSplit::ByOrigin { .. } = rule {
         let trained: BTreeSet<String> = entries.iter().filter(|e| e.split != Part::Test).map(|e| e.group.clone()).collect();
@@ -75,7 +84,7 @@ pub fn grouped(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Result<Ve
 }
 
 /// Every record of an OOD set, as test.
-pub fn ood(records: &[Record]) -> Vec<Entry> {
+pub fn ood_entries(records: &[Record]) -> Vec<Entry> {
     records.iter().map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Test }).collect()
 }
 
@@ -170,10 +179,10 @@ pub fn authors_csvs(dir: &Path) -> Result<Vec<(Part, std::path::PathBuf)>> {
 
 /// The authors' split from the CSVs in `dir` ([`authors_csvs`]); any row that does not match
 /// the data is an error naming the first.
-pub fn authors_from_dir(records: &[Record], spec: &DatasetSpec, dir: &Path) -> Result<Vec<Entry>> {
+pub fn authors_split(records: &[Record], spec: &DatasetSpec, dir: &Path) -> Result<Vec<Entry>> {
     let csvs = authors_csvs(dir)?;
     let refs: Vec<(Part, &Path)> = csvs.iter().map(|(p, path)| (*p, path.as_path())).collect();
-    let (entries, problems) = authors(records, spec, &refs)?;
+    let (entries, problems) = authors_split_from_csvs(records, spec, &refs)?;
     match problems.first() {
         Some(first) => Err(Error::Split(format!(
             "{} row(s) of the authors' CSVs do not match the data; the first: {}: {}",
@@ -185,7 +194,9 @@ pub fn authors_from_dir(records: &[Record], spec: &DatasetSpec, dir: &Path) -> R
     }
 }
 
-pub fn authors(records: &[Record], spec: &DatasetSpec, csvs: &[(Part, &Path)]) -> Result<(Vec<Entry>, Vec<Problem>)> {
+/// The authors' split from their CSVs, one per part: every row re-rooted onto `records` by
+/// its path after the dataset's `authors_prefix`; rows that match no record are problems.
+pub fn authors_split_from_csvs(records: &[Record], spec: &DatasetSpec, csvs: &[(Part, &Path)]) -> Result<(Vec<Entry>, Vec<Problem>)> {
     let mut by_name: HashMap<&str, Vec<&Record>> = HashMap::new();
     for record in records {
         by_name.entry(crate::files::file_name(&record.path)).or_default().push(record);
@@ -241,11 +252,11 @@ pub fn split_task(
     seed: u64,
 ) -> Result<(Vec<Entry>, Leakage)> {
     let entries = match source {
-        Source::Faithful => faithful(records, &task.faithful, seed)?,
-        Source::Grouped => grouped(records, &task.faithful, seed)?,
+        Source::Faithful => faithful_split(records, &task.faithful, seed)?,
+        Source::Grouped => grouped_split(records, &task.faithful, seed)?,
         Source::Authors => {
             let dir = authors_dir.ok_or_else(|| Error::Split("the authors' split needs the folder of their CSVs".into()))?;
-            authors_from_dir(records, spec, dir)?
+            authors_split(records, spec, dir)?
         }
     };
     check_classes(&entries, task)?;
@@ -277,12 +288,17 @@ pub fn check_classes(entries: &[Entry], task: &TaskSpec) -> Result<()> {
 /// group with a training image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Leakage {
+    /// Groups (patients, lesions, slides) in all.
     pub groups: usize,
+    /// Groups with images in more than one part.
     pub groups_across_splits: usize,
+    /// Validation images whose group also has training images.
     pub val_images_sharing_a_train_group: usize,
+    /// Test images whose group also has training images.
     pub test_images_sharing_a_train_group: usize,
 }
 
+/// How much `entries` leak: see [`Leakage`].
 pub fn leakage(entries: &[Entry]) -> Leakage {
     let mut parts: HashMap<&str, BTreeSet<Part>> = HashMap::new();
     for entry in entries {

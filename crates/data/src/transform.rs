@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 /// `Normalize(mean, std)` after `ToTensor`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
+    /// Per-channel mean.
     pub mean: [f64; 3],
+    /// Per-channel standard deviation.
     pub std: [f64; 3],
 }
 
@@ -389,21 +391,30 @@ fn hue_block(block: &mut [[u8; 3]; LANES], shift: u8, back: &HsvToRgb) {
 /// The random parameters of one train-transform draw.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainDraw {
+    /// Mirror left-right.
     pub flip_horizontal: bool,
+    /// Mirror top-bottom.
     pub flip_vertical: bool,
     /// (top, left, height, width) of the crop.
     pub crop: (i64, i64, u32, u32),
+    /// Rotation in degrees (counter-clockwise, nearest neighbour).
     pub angle: f64,
+    /// Hue shift as a fraction of the circle.
     pub hue: f64,
 }
 
 /// The train transform's settings (the reference's values by default).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainTransform {
+    /// Side of the random resized crop.
     pub size: u32,
+    /// Area fraction range of the crop (`RandomResizedCrop`'s `scale`).
     pub scale: (f64, f64),
+    /// Aspect ratio range of the crop.
     pub ratio: (f64, f64),
+    /// Rotations are drawn from +-degrees.
     pub degrees: f64,
+    /// Hue shifts are drawn from +-hue (`ColorJitter(hue=...)`).
     pub hue: f64,
 }
 

@@ -5,19 +5,18 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use medxfer_data::cache::ImageCache;
-use medxfer_data::loader::{self, Augment, LoaderConfig};
-use medxfer_data::split::{self, Entry};
-use medxfer_data::transform::{self, Normalization, TrainTransform};
-use medxfer_data::{Catalog, decode, layouts, synth};
+use medxfer_data::{
+    Augment, Catalog, Entry, ImageCache, LoaderConfig, batches, epoch_order, load_rgb8, ood_entries, scan_dataset, synth,
+    transform::{self, Normalization, TrainTransform},
+};
 
 fn replica(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Entry>) {
     let catalog = Catalog::load_default().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let spec = catalog.dataset(name).unwrap();
     synth::synthesize(spec, &dir.path().join("data"), per_class, 11).unwrap();
-    let scan = layouts::scan(spec, &dir.path().join("data")).unwrap();
-    (dir, split::ood(&scan.records))
+    let scan = scan_dataset(spec, &dir.path().join("data")).unwrap();
+    (dir, ood_entries(&scan.records))
 }
 
 #[test]
@@ -27,7 +26,7 @@ fn the_cache_holds_each_image_decoded_and_resized_and_is_reused() {
     let cache = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, 16, false).unwrap();
     assert_eq!(cache.len(), entries.len());
     for (i, entry) in entries.iter().enumerate() {
-        let expected = transform::resize_shorter(&decode::load_rgb8(&root.join(&entry.path)).unwrap(), 16).unwrap();
+        let expected = transform::resize_shorter(&load_rgb8(&root.join(&entry.path)).unwrap(), 16).unwrap();
         assert_eq!(cache.read(i).unwrap(), expected, "{}", entry.path);
     }
     let files =
@@ -63,17 +62,17 @@ fn batches_cover_the_epoch_once_in_a_seeded_order_with_the_last_partial_batch() 
     let labels = Arc::new(entries.iter().map(|e| e.label).collect::<Vec<u32>>());
     let normalization = Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, false);
     let config = LoaderConfig { batch_size: 4, shuffle: true, seed: 3, epoch: 0, augment: Augment::Eval { crop: 20 }, normalization };
-    let batches: Vec<_> = loader::batches(cache.clone(), labels.clone(), config).unwrap().map(Result::unwrap).collect();
+    let epoch: Vec<_> = batches(cache.clone(), labels.clone(), config).unwrap().map(Result::unwrap).collect();
     // 19 images (six folders x 3 + the `_1` duplicate) in batches of 4: the last holds 3.
     let n = entries.len();
-    assert_eq!(batches.len(), n.div_ceil(4));
-    assert_eq!(batches.last().unwrap().indices.len(), if n % 4 == 0 { 4 } else { n % 4 });
-    let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+    assert_eq!(epoch.len(), n.div_ceil(4));
+    assert_eq!(epoch.last().unwrap().indices.len(), if n % 4 == 0 { 4 } else { n % 4 });
+    let order: Vec<usize> = epoch.iter().flat_map(|b| b.indices.clone()).collect();
     assert_eq!(order.iter().copied().collect::<BTreeSet<_>>().len(), n);
-    assert_eq!(order, loader::epoch_order(n, &config));
-    assert_ne!(order, loader::epoch_order(n, &LoaderConfig { epoch: 1, ..config }));
+    assert_eq!(order, epoch_order(n, &config));
+    assert_ne!(order, epoch_order(n, &LoaderConfig { epoch: 1, ..config }));
     // Batch contents: the eval transform of the cached image, and its label.
-    let first = &batches[0];
+    let first = &epoch[0];
     assert_eq!(first.images.dims(), &[4, 3, 20, 20]);
     let expected = transform::to_normalized_chw(&transform::center_crop(&cache.read(first.indices[1]).unwrap(), 20), &normalization);
     assert_eq!(first.images.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
@@ -81,7 +80,7 @@ fn batches_cover_the_epoch_once_in_a_seeded_order_with_the_last_partial_batch() 
 
     // Train batches are reproducible for a (seed, epoch) and change with the epoch.
     let train = LoaderConfig { augment: Augment::Train(TrainTransform { size: 16, ..TrainTransform::default() }), ..config };
-    let take = |config: LoaderConfig| loader::batches(cache.clone(), labels.clone(), config).unwrap().next().unwrap().unwrap().images;
+    let take = |config: LoaderConfig| batches(cache.clone(), labels.clone(), config).unwrap().next().unwrap().unwrap().images;
     let (a, b) = (take(train), take(train));
     assert_eq!(a.dims(), &[4, 3, 16, 16]);
     assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use medxfer_data::{decode, layouts};
+use medxfer_data::{load_rgb8, read_cheng};
 
 fn formats() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats"))
@@ -33,7 +33,7 @@ fn every_format_decodes_as_pillow_converts_it() {
         ("cmyk.jpg", 2, 0.5),
         ("exif_rotated.jpg", 6, 1.0),
     ] {
-        let ours = decode::load_rgb8(&formats().join(name)).unwrap();
+        let ours = load_rgb8(&formats().join(name)).unwrap();
         let theirs = &expected[name];
         let (height, width, _) = theirs.dims3().unwrap();
         assert_eq!(ours.dimensions(), (width as u32, height as u32), "{name}");
@@ -52,7 +52,7 @@ fn a_matlab_written_cheng_file_reads_with_its_superblock_v0() {
     assert!(bytes.starts_with(b"MATLAB 7.3 MAT-file"));
     // Superblock version 0, right after the 512-byte header.
     assert_eq!((&bytes[512..520], bytes[520]), (&b"\x89HDF\r\n\x1a\n"[..], 0));
-    let slice = layouts::read_cheng(&path, true).unwrap();
+    let slice = read_cheng(&path, true).unwrap();
     assert_eq!((slice.class, slice.patient.as_str(), slice.height, slice.width), ("pituitary", "TJ-0042", 7, 5));
     let image = expected()["cheng_v0.image"].flatten_all().unwrap().to_vec1::<i16>().unwrap();
     assert_eq!(slice.pixels.unwrap(), image);

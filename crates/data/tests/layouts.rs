@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use medxfer_data::{Catalog, Scan, layouts, synth};
+use medxfer_data::{Catalog, Scan, read_cheng, scan_dataset, synth};
 
 fn catalog() -> Catalog {
     Catalog::load_default().unwrap()
@@ -16,7 +16,7 @@ fn replica_scan(name: &str, per_class: usize) -> (tempfile::TempDir, synth::Repl
     let spec = catalog.dataset(name).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let replica = synth::synthesize(spec, dir.path(), per_class, 7).unwrap();
-    let scan = layouts::scan(spec, dir.path()).unwrap();
+    let scan = scan_dataset(spec, dir.path()).unwrap();
     (dir, replica, scan)
 }
 
@@ -89,7 +89,7 @@ fn bach_drops_normal_and_reads_16_bit_tiffs() {
     let wide = scan.records.iter().find(|r| r.path.ends_with("b002.tif")).unwrap();
     let decoded = image::open(dir.path().join(&wide.path)).unwrap();
     assert_eq!(decoded.color(), image::ColorType::Rgb16);
-    let rgb = medxfer_data::decode::load_rgb8(&dir.path().join(&wide.path)).unwrap();
+    let rgb = medxfer_data::load_rgb8(&dir.path().join(&wide.path)).unwrap();
     // The synthetic 16-bit value is 256 v + 30 (x mod 7): its high byte is v, which Pillow keeps.
     let raw = decoded.to_rgb16();
     for (x, y) in [(0, 0), (6, 3), (31, 23)] {
@@ -123,11 +123,11 @@ fn cheng_reads_label_pid_and_the_transposed_int16_image() {
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes.starts_with(b"MATLAB 7.3 MAT-file"));
         assert_eq!(&bytes[512..520], b"\x89HDF\r\n\x1a\n");
-        let slice = layouts::read_cheng(&path, true).unwrap();
+        let slice = read_cheng(&path, true).unwrap();
         assert_eq!((slice.class, slice.patient.as_str(), slice.height, slice.width), ("glioma", "MRN 4212", rows, columns));
         assert_eq!(slice.pixels.as_deref(), Some(image.as_slice()), "chunked {chunked}");
         // Per-image min-max to 0..=255: min -50 -> 0, max 352 -> 255, MATLAB(2, 1) = 151 -> 128.
-        let rgb = medxfer_data::decode::load_rgb8(&path).unwrap();
+        let rgb = medxfer_data::load_rgb8(&path).unwrap();
         assert_eq!(rgb.dimensions(), (columns as u32, rows as u32));
         assert_eq!(rgb.get_pixel(0, 0).0, [0; 3]);
         assert_eq!(rgb.get_pixel(2, 4).0, [255; 3]);
@@ -152,7 +152,7 @@ fn write(path: &Path, text: &str) {
 fn bad_input_is_reported_with_the_file_and_the_fix() {
     let catalog = catalog();
     // A missing root.
-    let error = layouts::scan(catalog.dataset("isic2019").unwrap(), Path::new("/no/such/root")).unwrap_err().to_string();
+    let error = scan_dataset(catalog.dataset("isic2019").unwrap(), Path::new("/no/such/root")).unwrap_err().to_string();
     assert!(error.contains("/no/such/root") && error.contains("--root"), "{error}");
 
     // A wrong CSV header names the file and the missing column.
@@ -160,21 +160,21 @@ fn bad_input_is_reported_with_the_file_and_the_fix() {
     let truth = dir.path().join("ISIC_2019_Training_GroundTruth.csv");
     let text = std::fs::read_to_string(&truth).unwrap().replacen("MEL,", "MELANOMA,", 1);
     write(&truth, &text);
-    let error = layouts::scan(catalog.dataset("isic2019").unwrap(), dir.path()).unwrap_err().to_string();
+    let error = scan_dataset(catalog.dataset("isic2019").unwrap(), dir.path()).unwrap_err().to_string();
     assert!(error.contains("ISIC_2019_Training_GroundTruth.csv") && error.contains("missing column(s) MEL"), "{error}");
 
     // A listed but absent image, an unknown class folder, a corrupt image: all listed at once.
     let (dir, _, _) = replica_scan("brain-tumor-kaggle", 3);
     std::fs::create_dir_all(dir.path().join("Training/astrocytoma")).unwrap();
     write(&dir.path().join("Training/astrocytoma/a.jpg"), "x");
-    let scan = layouts::scan(catalog.dataset("brain-tumor-kaggle").unwrap(), dir.path()).unwrap();
+    let scan = scan_dataset(catalog.dataset("brain-tumor-kaggle").unwrap(), dir.path()).unwrap();
     assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
     assert!(scan.problems[0].problem.contains("\"astrocytoma\" is not in brain-tumor-kaggle.toml"));
 
     let (dir, _, before) = replica_scan("pad-ufes-20", 3);
     let melanoma = before.records.iter().find(|r| r.label == 1).unwrap();
     std::fs::remove_file(dir.path().join(&melanoma.path)).unwrap();
-    let scan = layouts::scan(catalog.dataset("pad-ufes-20").unwrap(), dir.path()).unwrap();
+    let scan = scan_dataset(catalog.dataset("pad-ufes-20").unwrap(), dir.path()).unwrap();
     let name = melanoma.path.rsplit('/').next().unwrap();
     assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
     assert!(scan.problems[0].path.ends_with("metadata.csv"));
@@ -182,12 +182,12 @@ fn bad_input_is_reported_with_the_file_and_the_fix() {
 
     let corrupt = dir.path().join("images/imgs_part_2/broken.png");
     write(&corrupt, "\u{89}PNG not really");
-    let error = medxfer_data::decode::load_rgb8(&corrupt).unwrap_err().to_string();
+    let error = medxfer_data::load_rgb8(&corrupt).unwrap_err().to_string();
     assert!(error.contains("broken.png") && error.contains("truncated or corrupt"), "{error}");
 
     // A Cheng file that is not HDF5.
     let fake = dir.path().join("1.mat");
     write(&fake, "MATLAB 5.0 MAT-file");
-    let error = layouts::read_cheng(&fake, false).unwrap_err().to_string();
+    let error = read_cheng(&fake, false).unwrap_err().to_string();
     assert!(error.contains("1.mat") && error.contains("MATLAB v7.3"), "{error}");
 }

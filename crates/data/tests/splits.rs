@@ -5,19 +5,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use medxfer_data::manifest::{self, ManifestInfo};
-use medxfer_data::split::{self, Part, Source};
-use medxfer_data::{Catalog, FaithfulSplit, Record, layouts, synth};
+use medxfer_data::{
+    Catalog, Entry, FaithfulSplit, ManifestInfo, Part, Record, Source, authors_split_from_csvs, check_classes, faithful_split,
+    files_checksum, grouped_split, leakage, ood_entries, read_manifest, scan_dataset, split_counts, synth, write_manifest,
+};
 
 fn records(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Record>) {
     let catalog = Catalog::load_default().unwrap();
     let dir = tempfile::tempdir().unwrap();
     synth::synthesize(catalog.dataset(name).unwrap(), dir.path(), per_class, 3).unwrap();
-    let scan = layouts::scan(catalog.dataset(name).unwrap(), dir.path()).unwrap();
+    let scan = scan_dataset(catalog.dataset(name).unwrap(), dir.path()).unwrap();
     (dir, scan.records)
 }
 
-fn counts(entries: &[split::Entry]) -> BTreeMap<(Part, u32), usize> {
+fn counts(entries: &[Entry]) -> BTreeMap<(Part, u32), usize> {
     let mut counts = BTreeMap::new();
     for e in entries {
         *counts.entry((e.split, e.label)).or_default() += 1;
@@ -31,15 +32,15 @@ fn faithful_breast_takes_20_percent_test_then_15_percent_val_per_class() {
     // benign: 5 slides x 9 = 45 -> test ceil(9.0) = 9, val ceil(0.15 * 36) = 6, train 30.
     // malignant: 3 slides x 9 = 27 -> test ceil(5.4) = 6, val ceil(0.15 * 21) = 4, train 17.
     let rule = FaithfulSplit::TestThenVal { val: 0.15, test: 0.2 };
-    let entries = split::faithful(&records, &rule, 0).unwrap();
+    let entries = faithful_split(&records, &rule, 0).unwrap();
     for (label, expected) in [(0, (30, 6, 9)), (1, (17, 4, 6))] {
         let c = counts(&entries);
         assert_eq!((c[&(Part::Train, label)], c[&(Part::Val, label)], c[&(Part::Test, label)]), expected, "label {label}");
     }
-    assert_eq!(entries, split::faithful(&records, &rule, 0).unwrap(), "deterministic by seed");
-    assert_ne!(entries, split::faithful(&records, &rule, 1).unwrap(), "the seed matters");
+    assert_eq!(entries, faithful_split(&records, &rule, 0).unwrap(), "deterministic by seed");
+    assert_ne!(entries, faithful_split(&records, &rule, 1).unwrap(), "the seed matters");
     // Image-level: the reference's split leaks patients, and the report says so.
-    assert!(split::leakage(&entries).groups_across_splits > 0);
+    assert!(leakage(&entries).groups_across_splits > 0);
 }
 
 #[test]
@@ -50,9 +51,9 @@ fn grouped_splits_keep_every_group_in_one_split() {
         ("pad-ufes-20", FaithfulSplit::Stratified { val: 0.2, test: 0.2 }),
     ] {
         let (_dir, records) = records(name, 8);
-        let entries = split::grouped(&records, &rule, 5).unwrap();
+        let entries = grouped_split(&records, &rule, 5).unwrap();
         assert_eq!(entries.len(), records.len(), "{name}");
-        let leakage = split::leakage(&entries);
+        let leakage = leakage(&entries);
         assert_eq!((leakage.groups_across_splits, leakage.test_images_sharing_a_train_group), (0, 0), "{name}");
         let mut parts: BTreeMap<&str, BTreeSet<Part>> = BTreeMap::new();
         for e in &entries {
@@ -66,18 +67,18 @@ fn grouped_splits_keep_every_group_in_one_split() {
 fn brain_by_origin_tests_on_testing_and_grouped_drops_its_duplicates_of_training() {
     let (_dir, records) = records("brain-tumor-kaggle", 6);
     let rule = FaithfulSplit::ByOrigin { val: 0.15, train_origin: "Training".into(), test_origin: "Testing".into() };
-    let faithful = split::faithful(&records, &rule, 0).unwrap();
+    let faithful = faithful_split(&records, &rule, 0).unwrap();
     let testing: BTreeSet<&str> = records.iter().filter(|r| r.origin == "Testing").map(|r| r.path.as_str()).collect();
     let test: BTreeSet<&str> = faithful.iter().filter(|e| e.split == Part::Test).map(|e| e.path.as_str()).collect();
     assert_eq!(test, testing);
     // Training per class: 8 (+1 duplicate for glioma): val = ceil(0.15 * 8) = 2.
     assert_eq!(counts(&faithful)[&(Part::Val, 0)], 2);
     // The Training/Testing duplicate pair spans splits (test and train or val).
-    assert!(split::leakage(&faithful).groups_across_splits >= 1);
-    let grouped = split::grouped(&records, &rule, 0).unwrap();
+    assert!(leakage(&faithful).groups_across_splits >= 1);
+    let grouped = grouped_split(&records, &rule, 0).unwrap();
     assert!(!grouped.iter().any(|e| e.path == "Testing/no_tumor/1 (dup).jpg"));
     assert_eq!(grouped.iter().filter(|e| e.split == Part::Test).count(), testing.len() - 1);
-    assert_eq!(split::leakage(&grouped).groups_across_splits, 0);
+    assert_eq!(leakage(&grouped).groups_across_splits, 0);
 }
 
 #[test]
@@ -93,7 +94,7 @@ fn authors_csvs_are_re_rooted_by_path_suffix_and_checked() {
         text.push_str(&format!("/pad-ufes-20/images/{name},{},{name}\n", r.label));
     }
     std::fs::write(&csv, &text).unwrap();
-    let (entries, problems) = split::authors(&records, spec, &[(Part::Test, csv.as_path())]).unwrap();
+    let (entries, problems) = authors_split_from_csvs(&records, spec, &[(Part::Test, csv.as_path())]).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(entries.len(), records.len());
     assert!(entries.iter().zip(&records).all(|(e, r)| e.path == r.path && e.label == r.label));
@@ -105,12 +106,12 @@ fn authors_csvs_are_re_rooted_by_path_suffix_and_checked() {
         format!("image,label\n/pad-ufes-20/images/{first},{}\n/pad-ufes-20/images/PAT_0_0_0.png,0\n", 1 - records[0].label),
     )
     .unwrap();
-    let (_, problems) = split::authors(&records, spec, &[(Part::Test, csv.as_path())]).unwrap();
+    let (_, problems) = authors_split_from_csvs(&records, spec, &[(Part::Test, csv.as_path())]).unwrap();
     assert_eq!(problems.len(), 2);
     assert!(problems[0].problem.starts_with("line 2:") && problems[0].problem.contains("label map gives"));
     assert!(problems[1].problem.starts_with("line 3:") && problems[1].problem.contains("not among the scanned images"));
     std::fs::write(&csv, "path,class\nx,1\n").unwrap();
-    let error = split::authors(&records, spec, &[(Part::Test, csv.as_path())]).unwrap_err().to_string();
+    let error = authors_split_from_csvs(&records, spec, &[(Part::Test, csv.as_path())]).unwrap_err().to_string();
     assert!(error.contains("pad_test.csv") && error.contains("expected columns image and label"), "{error}");
 }
 
@@ -119,29 +120,29 @@ fn a_split_without_a_class_is_refused() {
     let catalog = Catalog::load_default().unwrap();
     let (_dir, records) = records("breakhis", 3);
     let benign_only: Vec<Record> = records.into_iter().filter(|r| r.label == 0).collect();
-    let entries = split::faithful(&benign_only, &FaithfulSplit::TestThenVal { val: 0.15, test: 0.2 }, 0).unwrap();
-    let error = split::check_classes(&entries, catalog.task("breast").unwrap()).unwrap_err().to_string();
+    let entries = faithful_split(&benign_only, &FaithfulSplit::TestThenVal { val: 0.15, test: 0.2 }, 0).unwrap();
+    let error = check_classes(&entries, catalog.task("breast").unwrap()).unwrap_err().to_string();
     assert!(error.contains("no image of class 1 (malignant)"), "{error}");
 }
 
 #[test]
 fn manifests_round_trip_and_their_checksum_follows_the_files() {
     let (dir, records) = records("nins", 3);
-    let entries = split::ood(&records);
-    let checksum = manifest::files_checksum(dir.path(), &entries).unwrap();
+    let entries = ood_entries(&records);
+    let checksum = files_checksum(dir.path(), &entries).unwrap();
     let info = ManifestInfo {
         dataset: "nins".into(),
         task: "brain".into(),
         source: Source::Faithful,
         seed: 0,
         images: entries.len(),
-        counts: manifest::counts(&entries),
+        counts: split_counts(&entries),
         files_checksum: checksum.clone(),
         leakage: None,
     };
     let out = dir.path().join("results/split");
-    let (csv_path, json_path) = manifest::write(&out, &entries, &info).unwrap();
-    assert_eq!(manifest::read_entries(&csv_path).unwrap(), entries);
+    let (csv_path, json_path) = write_manifest(&out, &entries, &info).unwrap();
+    assert_eq!(read_manifest(&csv_path).unwrap(), entries);
     let stored: ManifestInfo = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     assert_eq!(stored, info);
     let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -151,5 +152,5 @@ fn manifests_round_trip_and_their_checksum_follows_the_files() {
     let mut bytes = std::fs::read(&first).unwrap();
     bytes.push(0);
     std::fs::write(&first, bytes).unwrap();
-    assert_ne!(manifest::files_checksum(dir.path(), &entries).unwrap(), checksum);
+    assert_ne!(files_checksum(dir.path(), &entries).unwrap(), checksum);
 }

@@ -36,6 +36,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod activation;
 mod batchnorm;
 mod conv;

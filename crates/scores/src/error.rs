@@ -8,15 +8,42 @@ use std::path::PathBuf;
 pub enum Error {
     /// Two inputs that must describe the same samples have different lengths.
     #[error("{what}: {left_name} has {left} rows but {right_name} has {right}; they must describe the same samples")]
-    LengthMismatch { what: &'static str, left_name: &'static str, left: usize, right_name: &'static str, right: usize },
+    LengthMismatch {
+        /// What was being computed.
+        what: &'static str,
+        /// The first input.
+        left_name: &'static str,
+        /// Its rows.
+        left: usize,
+        /// The second input.
+        right_name: &'static str,
+        /// Its rows.
+        right: usize,
+    },
 
     /// A matrix holds NaN or an infinity.
     #[error("{name} holds a non-finite value ({value}) at row {row}, column {col}; remove or impute such samples before scoring")]
-    NonFinite { name: &'static str, row: usize, col: usize, value: f64 },
+    NonFinite {
+        /// The matrix (or metric name).
+        name: &'static str,
+        /// The row.
+        row: usize,
+        /// The column.
+        col: usize,
+        /// The value found.
+        value: f64,
+    },
 
     /// Too few samples for the statistic.
     #[error("{what} needs at least {needed} samples, got {got}")]
-    TooFewSamples { what: &'static str, needed: usize, got: usize },
+    TooFewSamples {
+        /// What was being computed.
+        what: &'static str,
+        /// How many it needs.
+        needed: usize,
+        /// How many it got.
+        got: usize,
+    },
 
     /// The features have no columns.
     #[error("the feature matrix has no columns; features must be N x D with D >= 1")]
@@ -24,55 +51,109 @@ pub enum Error {
 
     /// Labels are not the integers 0..C-1 with every class present.
     #[error("labels must be the integers 0..C-1 with every class present: {problem}")]
-    BadLabels { problem: String },
+    BadLabels {
+        /// What is wrong.
+        problem: String,
+    },
 
     /// Fewer than two classes: no score can tell backbones apart.
     #[error("the labels hold {classes} class(es); transferability needs at least two")]
-    TooFewClasses { classes: usize },
+    TooFewClasses {
+        /// Classes found.
+        classes: usize,
+    },
 
     /// A class has fewer samples than a per-class statistic needs.
     #[error(
         "{metric} estimates a per-class variance, which needs at least {needed} samples of class {class}; it has {count}. Merge or drop that class"
     )]
-    SmallClass { metric: &'static str, class: usize, count: usize, needed: usize },
+    SmallClass {
+        /// The score.
+        metric: &'static str,
+        /// The class.
+        class: usize,
+        /// Its samples.
+        count: usize,
+        /// How many it needs.
+        needed: usize,
+    },
 
     /// A row of source probabilities does not sum to one, or has a negative entry.
     #[error("source probabilities, row {row}: {problem}; pass the softmax of the source logits")]
-    BadProbabilities { row: usize, problem: String },
+    BadProbabilities {
+        /// The row.
+        row: usize,
+        /// What is wrong.
+        problem: String,
+    },
 
     /// A label-based score was asked for without source probabilities.
     #[error("{metric} needs the source model's probabilities (N x Cs softmax), which this input lacks")]
-    MissingSourceProbs { metric: &'static str },
+    MissingSourceProbs {
+        /// The score.
+        metric: &'static str,
+    },
 
     /// A metric name that is not one of the seven.
     #[error("unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc")]
-    UnknownMetric { name: String },
+    UnknownMetric {
+        /// The name given.
+        name: String,
+    },
 
     /// The Gaussian mixture of N-LEEP met a covariance that is not positive definite.
     #[error(
         "the Gaussian mixture's component {component} has an ill-defined covariance (not positive definite) at EM iteration {iteration}; use fewer components or a larger reg_covar"
     )]
-    IllDefinedCovariance { component: usize, iteration: usize },
+    IllDefinedCovariance {
+        /// The mixture component.
+        component: usize,
+        /// The EM iteration.
+        iteration: usize,
+    },
 
     /// A mixture start whose shapes or values do not fit the data.
     #[error("invalid Gaussian mixture start: {problem}")]
-    BadMixtureStart { problem: String },
+    BadMixtureStart {
+        /// What is wrong.
+        problem: String,
+    },
 
     /// An eigendecomposition did not converge.
     #[error("the symmetric eigendecomposition of the {what} did not converge")]
-    EigenFailed { what: &'static str },
+    EigenFailed {
+        /// What was being computed.
+        what: &'static str,
+    },
 
     /// A score came out non-finite although its inputs were valid.
     #[error("{metric} came out non-finite ({value}): {why}")]
-    NonFiniteScore { metric: &'static str, value: f64, why: &'static str },
+    NonFiniteScore {
+        /// The score.
+        metric: &'static str,
+        /// The value found.
+        value: f64,
+        /// The likely cause.
+        why: &'static str,
+    },
 
     /// A correlation is undefined because one side is constant.
     #[error("{what} is undefined: the {side} values are all equal")]
-    ConstantInput { what: &'static str, side: &'static str },
+    ConstantInput {
+        /// What was being computed.
+        what: &'static str,
+        /// Which side is constant.
+        side: &'static str,
+    },
 
     /// A feature file could not be read or does not hold what the scores need.
     #[error("{path}: {problem}")]
-    FeatureFile { path: PathBuf, problem: String },
+    FeatureFile {
+        /// The feature file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// The crate's result type.

@@ -34,9 +34,19 @@ impl Default for GmmConfig {
 pub enum GmmStart {
     /// k-means (k-means++ seeding, seeded) labels turned into one-hot responsibilities, as
     /// scikit-learn's `init_params="kmeans"`.
-    KMeans { seed: u64 },
+    KMeans {
+        /// Seed of the k-means++ seeding.
+        seed: u64,
+    },
     /// Explicit parameters: weights (K), means (K x d) and covariances (K of d x d).
-    Explicit { weights: Vec<f64>, means: Mat<f64>, covariances: Vec<Mat<f64>> },
+    Explicit {
+        /// Mixture weights (K), summing to 1.
+        weights: Vec<f64>,
+        /// Component means (K x d).
+        means: Mat<f64>,
+        /// Component covariances (K of d x d).
+        covariances: Vec<Mat<f64>>,
+    },
 }
 
 /// A fitted mixture.

@@ -22,6 +22,8 @@
 //! # Ok::<(), medxfer_scores::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod analysis;
 mod correlation;
 mod error;

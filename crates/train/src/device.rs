@@ -5,7 +5,7 @@ use candle_core::Device;
 use crate::{Error, Result};
 
 /// Parses `cpu` or `cuda:N` and opens the device.
-pub fn parse(name: &str) -> Result<Device> {
+pub fn parse_device(name: &str) -> Result<Device> {
     if name == "cpu" {
         return Ok(Device::Cpu);
     }
@@ -31,11 +31,11 @@ mod tests {
 
     #[test]
     fn names_the_cpu_and_rejects_the_rest_with_the_fix() {
-        assert!(parse("cpu").unwrap().is_cpu());
-        let error = parse("gpu0").unwrap_err().to_string();
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        let error = parse_device("gpu0").unwrap_err().to_string();
         assert!(error.contains("expected cpu or cuda:N"), "{error}");
         if !cfg!(feature = "cuda") {
-            let error = parse("cuda:0").unwrap_err().to_string();
+            let error = parse_device("cuda:0").unwrap_err().to_string();
             assert!(error.contains("--features cuda"), "{error}");
         }
     }

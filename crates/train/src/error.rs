@@ -4,10 +4,13 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A backbone could not be built or loaded.
     #[error(transparent)]
     Zoo(#[from] medxfer_zoo::Error),
+    /// A split's images could not be read or batched.
     #[error(transparent)]
     Data(#[from] medxfer_data::Error),
     /// A checkpoint is missing, corrupt or does not fit.
@@ -15,12 +18,25 @@ pub enum Error {
     Checkpoint(String),
     /// The training loss became NaN or infinite: the learning rate is too high for this model.
     #[error("the training loss became {loss} in epoch {epoch} (learning rate {learning_rate:e}); the run diverged")]
-    Diverged { epoch: usize, learning_rate: f64, loss: f64 },
+    Diverged {
+        /// The epoch (1-based) whose loss was not finite.
+        epoch: usize,
+        /// The run's learning rate.
+        learning_rate: f64,
+        /// The loss.
+        loss: f64,
+    },
     /// A setting is out of range.
     #[error("{0}")]
     Config(String),
+    /// A file could not be read or written.
     #[error("{path}: {problem}")]
-    Io { path: std::path::PathBuf, problem: String },
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
 }
 
 impl From<medxfer_durable::Error> for Error {

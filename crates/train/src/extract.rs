@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
-use medxfer_data::loader::{self, Augment, LoaderConfig};
-use medxfer_data::transform::Normalization;
+use medxfer_data::{Augment, LoaderConfig, Normalization, batches};
 use medxfer_zoo::Backbone;
 
 use crate::checkpoint::write_tensors;
@@ -23,8 +22,11 @@ pub const IDS_KEY: &str = "medxfer.ids";
 /// and the batch size (the reference's 32).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExtractSettings {
+    /// The backbone's mean and std (the reference's with its 0.228 typo unless fixed).
     pub normalization: Normalization,
+    /// Side of the eval transform's centre crop.
     pub crop: u32,
+    /// Images per forward pass (the reference's 32).
     pub batch_size: usize,
 }
 
@@ -46,9 +48,9 @@ pub fn extract(
     let device = model.params().device().clone();
     let (mut features, mut probs) = (Vec::new(), Vec::new());
     let mut done = 0;
-    for batch in loader::batches(split.cache.clone(), split.labels.clone(), config)? {
+    for batch in batches(split.cache.clone(), split.labels.clone(), config)? {
         let batch = batch?;
-        let (f, logits) = model.forward_t(&batch.images.to_device(&device)?, false)?;
+        let (f, logits) = model.features_and_logits(&batch.images.to_device(&device)?, false)?;
         done += f.dim(0)?;
         progress(done, ids.len());
         features.push(f.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{D, Device, Tensor};
-use medxfer_data::cache::ImageCache;
-use medxfer_data::loader::{self, Augment, LoaderConfig};
-use medxfer_data::split::Entry;
-use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_data::{
+    Augment, Entry, ImageCache, LoaderConfig, batches,
+    transform::{Normalization, TrainTransform},
+};
 use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
 
@@ -55,17 +55,26 @@ impl Selection {
 /// Everything that defines a run besides the model and the data.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunSettings {
+    /// Epochs of the run (the reference 100).
     pub epochs: usize,
+    /// Images per training batch (the reference 128).
     pub batch_size: usize,
+    /// Seed of the data order, the augmentations and the head.
     pub seed: u64,
+    /// Starting learning rate of the cosine schedule.
     pub learning_rate: f64,
+    /// Coupled weight decay.
     pub weight_decay: f64,
+    /// Nesterov momentum (0.9).
     pub momentum: f64,
+    /// Which epoch the run keeps.
     pub selection: Selection,
     /// Early stopping: stop after this many epochs without a lower validation loss (not in the
     /// reference; None runs every epoch).
     pub patience: Option<usize>,
+    /// The backbone's mean and std.
     pub normalization: Normalization,
+    /// The train augmentation.
     pub train_transform: TrainTransform,
     /// Centre crop of the eval transform.
     pub crop: u32,
@@ -76,11 +85,17 @@ pub struct RunSettings {
 /// changed). The train transform crops to the same size as the eval transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainingOptions {
+    /// Epochs of each run.
     pub epochs: usize,
+    /// Images per training batch.
     pub batch_size: usize,
+    /// Seed of the data order, the augmentations and the heads.
     pub seed: u64,
+    /// Which epoch a run keeps.
     pub selection: Selection,
+    /// Early stopping after this many epochs without a lower validation loss.
     pub patience: Option<usize>,
+    /// Side of the crops (eval and train).
     pub crop: u32,
 }
 
@@ -129,7 +144,9 @@ impl RunSettings {
 /// One split's images (a cache, in manifest order) and labels.
 #[derive(Debug, Clone)]
 pub struct SplitData {
+    /// The decoded images.
     pub cache: Arc<ImageCache>,
+    /// Their task labels, in the cache's order.
     pub labels: Arc<Vec<u32>>,
 }
 
@@ -145,10 +162,15 @@ impl SplitData {
 /// The splits a run uses.
 #[derive(Debug, Clone)]
 pub struct RunData {
+    /// Trains the model.
     pub train: SplitData,
+    /// Chooses the kept epoch.
     pub val: SplitData,
+    /// Measures the kept model, when given.
     pub test: Option<SplitData>,
+    /// The OOD set the kept model is measured on too, when given.
     pub ood: Option<SplitData>,
+    /// The task's classes.
     pub classes: usize,
 }
 
@@ -157,11 +179,17 @@ pub struct RunData {
 pub struct EpochRecord {
     /// 1-based.
     pub epoch: usize,
+    /// The learning rate it trained at.
     pub learning_rate: f64,
+    /// Mean cross-entropy over the epoch's training batches.
     pub train_loss: f64,
+    /// Mean cross-entropy on the validation split.
     pub val_loss: f64,
+    /// Balanced accuracy on the validation split.
     pub val_balanced_accuracy: f64,
+    /// Accuracy on the validation split.
     pub val_accuracy: f64,
+    /// Wall time of the epoch, validation included.
     pub seconds: f64,
 }
 
@@ -179,14 +207,23 @@ struct RunState {
 /// A finished run (outcome.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunOutcome {
+    /// The run's learning rate.
     pub learning_rate: f64,
+    /// Its weight decay.
     pub weight_decay: f64,
+    /// How it chose its kept epoch.
     pub selection: Selection,
+    /// The kept epoch (1-based).
     pub best_epoch: usize,
+    /// The kept epoch's record.
     pub best: EpochRecord,
+    /// Epochs trained.
     pub epochs_run: usize,
+    /// Whether early stopping ended it.
     pub stopped_early: bool,
+    /// The kept model on the test split.
     pub test: Option<Evaluation>,
+    /// The kept model on the OOD set.
     pub ood: Option<Evaluation>,
 }
 
@@ -205,8 +242,11 @@ impl<F: FnMut(&EpochRecord)> Progress for F {
     }
 }
 
+/// A finished run's outcome: [`RunOutcome`] as JSON.
 pub const OUTCOME_FILE: &str = "outcome.json";
+/// The kept epoch's model.
 pub const BEST_FILE: &str = "best.safetensors";
+/// One [`EpochRecord`] per line, per finished epoch.
 pub const HISTORY_FILE: &str = "history.jsonl";
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -287,9 +327,9 @@ pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSetting
     };
     let device = model.params().device().clone();
     let (mut loss_sum, mut predictions) = (0.0, Vec::with_capacity(split.labels.len()));
-    for batch in loader::batches(split.cache.clone(), split.labels.clone(), config)? {
+    for batch in batches(split.cache.clone(), split.labels.clone(), config)? {
         let batch = batch?;
-        let (_, logits) = model.forward_t(&batch.images.to_device(&device)?, false)?;
+        let (_, logits) = model.features_and_logits(&batch.images.to_device(&device)?, false)?;
         let labels = batch.labels.to_device(&device)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
         loss_sum += f64::from(loss) * batch.indices.len() as f64;
@@ -301,15 +341,15 @@ pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSetting
 
 /// Runs (or resumes, or returns the finished result of) one fine-tuning run in `dir`. `model`
 /// must already carry the fresh head for `data.classes`; `progress` sees every batch and epoch.
-pub fn run(model: &Backbone, data: &RunData, settings: &RunSettings, dir: &Path, progress: &mut dyn Progress) -> Result<RunOutcome> {
-    run_until(model, data, settings, dir, settings.epochs, progress)?
+pub fn fine_tune(model: &Backbone, data: &RunData, settings: &RunSettings, dir: &Path, progress: &mut dyn Progress) -> Result<RunOutcome> {
+    fine_tune_until(model, data, settings, dir, settings.epochs, progress)?
         .ok_or_else(|| Error::Checkpoint(format!("{}: the run stopped before its last epoch", dir.display())))
 }
 
 /// [`run`], but pauses after epoch `until` (its schedule still that of `settings.epochs`): None
 /// when paused there, the outcome when the run is complete (its last epoch, or stopped early).
 /// A paused run continues exactly where it stopped when called again with a later `until`.
-pub fn run_until(
+pub fn fine_tune_until(
     model: &Backbone,
     data: &RunData,
     settings: &RunSettings,
@@ -365,9 +405,9 @@ pub fn run_until(
         };
         let (mut loss_sum, mut seen) = (0.0, 0usize);
         let total = data.train.labels.len().div_ceil(settings.batch_size);
-        for (done, batch) in loader::batches(data.train.cache.clone(), data.train.labels.clone(), config)?.enumerate() {
+        for (done, batch) in batches(data.train.cache.clone(), data.train.labels.clone(), config)?.enumerate() {
             let batch = batch?;
-            let (_, logits) = model.forward_t(&batch.images.to_device(&device)?, true)?;
+            let (_, logits) = model.features_and_logits(&batch.images.to_device(&device)?, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?)?;
             optimizer.step(&loss.backward()?)?;
             let value = f64::from(loss.to_scalar::<f32>()?);

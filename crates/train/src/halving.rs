@@ -21,7 +21,7 @@ use crate::finetune::{self, RunData, Selection};
 use crate::search::{
     self, DIVERGED_FILE, SearchProgress, SearchSettings, SearchSummary, Trial, advance_trial, reached, select_best, trial_dir,
 };
-use crate::search_space::points;
+use crate::search_space::halton_points;
 
 /// `--halving ETA --halving-min-epochs N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +35,9 @@ pub struct Halving {
 /// One rung: its trials and the epoch they train to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rung {
+    /// The epoch the rung's trials train to.
     pub epochs: usize,
+    /// The trials of the rung.
     pub trials: Vec<usize>,
 }
 
@@ -43,13 +45,17 @@ pub struct Rung {
 /// the last rung (its finished trials, A_opt once all are finished).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HalvingSummary {
+    /// The settings.
     pub halving: Halving,
+    /// The full run length every finalist trains to.
     pub epochs: usize,
+    /// The rungs decided so far.
     pub rungs: Vec<Rung>,
     /// Epochs trained by every trial together.
     pub epochs_trained: usize,
     /// What the full search would train: trials x epochs.
     pub epochs_full_search: usize,
+    /// The last rung's trials as a search: its finished trials and A_opt.
     pub search: SearchSummary,
 }
 
@@ -66,6 +72,7 @@ const STARTED_FILE: &str = "halving.json";
 const POLL: Duration = Duration::from_secs(10);
 
 impl Halving {
+    /// Halving with `eta` >= 2 and a first rung of at least one epoch.
     pub fn new(eta: usize, min_epochs: usize) -> Result<Self> {
         if eta < 2 || min_epochs == 0 {
             return Err(Error::Config(format!(
@@ -136,7 +143,7 @@ fn check_started(dir: &Path, started: &Started) -> Result<()> {
 
 /// Runs this worker's part of a halving search over the search's Halton points, rung by rung,
 /// then writes and returns the summary.
-pub fn run(
+pub fn search_with_halving(
     make_model: &dyn Fn() -> Result<Backbone>,
     data: &RunData,
     settings: &SearchSettings,
@@ -147,7 +154,7 @@ pub fn run(
     let SearchSettings { base, trials, shard } = *settings;
     let base = &base;
     check_started(dir, &Started { halving, epochs: base.epochs, trials })?;
-    let all = points(trials);
+    let all = halton_points(trials);
     let mut members: Vec<usize> = (0..trials).collect();
     let mut rungs = Vec::new();
     let boundaries = halving.boundaries(base.epochs);
@@ -186,8 +193,13 @@ pub fn run(
 pub enum Comparison {
     /// Both chose this trial.
     Same(usize),
-    /// Halving chose `ours`; the full search `theirs`.
-    Changed { ours: Box<Trial>, theirs: Box<Trial> },
+    /// Halving chose another trial than the full search.
+    Changed {
+        /// Halving's A_opt.
+        ours: Box<Trial>,
+        /// The full search's.
+        theirs: Box<Trial>,
+    },
     /// A search has no A_opt yet.
     Unfinished,
 }

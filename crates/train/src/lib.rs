@@ -1,32 +1,67 @@
 //! medxfer-train: fine-tuning as the reference ran it, the hyperparameter search and feature
 //! extraction.
 //!
-//! - [`sgd`]: SGD with Nesterov momentum and coupled weight decay, as PyTorch's.
-//! - [`schedule`]: cosine annealing per epoch to 1e-6.
-//! - [`search_space`]: the 75 Halton (learning rate, weight decay) points.
-//! - [`metrics`]: confusion matrix, per-class recall, balanced accuracy.
-//! - [`finetune`]: one run, resumable, with its history, kept model and test/OOD evaluation;
-//!   [`checkpoint`] its atomic per-epoch files.
-//!
-//! - [`search`]: the trials of one (backbone, task), shardable and resumable; A_opt.
-//!   [`halving`]: successive halving over them (a named option).
-//!
+//! - One run ([`fine_tune`]): a backbone with a fresh head ([`start_fine_tuning`]) trained by
+//!   [`NesterovSgd`] with cosine annealing ([`cosine`]), validated every epoch, the kept epoch
+//!   chosen by [`Selection`], evaluated on test and OOD ([`Evaluation`]); resumable from its
+//!   atomic per-epoch checkpoints.
+//! - The search ([`search`]): the 75 Halton (lr, wd) points ([`halton_points`]), each a run in
+//!   its own folder, shared by workers ([`Shard`], one claim per trial); A_opt
+//!   ([`select_best`]). [`search_with_halving`]: successive halving over them (a named option).
 //! - [`extract`]: the feature files medxfer-scores reads.
+//! - [`parse_device`]: `cpu` or `cuda:N` (the `cuda` feature builds candle's CUDA backend).
 //!
-//! - [`device`]: `cpu` or `cuda:N` (the `cuda` feature builds candle's CUDA backend).
+//! ```no_run
+//! use std::path::Path;
+//! use medxfer_train::{Normalization, RunSettings, SearchSettings, Shard, SplitData, TrainingOptions};
+//!
+//! # fn example(entry: &medxfer_zoo::ModelEntry, data: &medxfer_train::RunData) -> medxfer_train::Result<()> {
+//! let device = medxfer_train::parse_device("cpu")?;
+//! let weights = Path::new("resnet18.safetensors");
+//! let normalization = Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, false);
+//! let base = RunSettings::from_options(&TrainingOptions::reference(), normalization);
+//! let make = || medxfer_train::start_fine_tuning(entry, weights, data.classes, 0, &device);
+//! let settings = SearchSettings { base, trials: 75, shard: Shard::ALL };
+//! let quiet = &mut |_: &medxfer_train::TrialPoint, _: &medxfer_train::EpochRecord| {};
+//! let summary = medxfer_train::search(&make, data, &settings, Path::new("runs/resnet18"), quiet)?;
+//! println!("A_opt: {:?}", summary.best.map(|trial| trial.index));
+//! # Ok(()) }
+//! ```
 
-pub mod checkpoint;
-pub mod device;
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod device;
 mod error;
-pub mod extract;
-pub mod finetune;
-pub mod halving;
-pub mod metrics;
-pub mod models;
-pub mod progress_bar;
-pub mod schedule;
-pub mod search;
-pub mod search_space;
-pub mod sgd;
+mod extract;
+mod finetune;
+mod halving;
+mod metrics;
+mod models;
+mod progress_bar;
+mod schedule;
+mod search;
+mod search_space;
+mod sgd;
 
+pub use checkpoint::{read_tensors, write_tensors};
+pub use device::{parse_device, synchronize};
 pub use error::{Error, Result};
+pub use extract::{ExtractSettings, IDS_KEY, extract};
+pub use finetune::{
+    BEST_FILE, EpochRecord, HISTORY_FILE, OUTCOME_FILE, Progress, RunData, RunOutcome, RunSettings, Selection, SplitData, TrainingOptions,
+    evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, model_tensors, restore_model,
+};
+pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, search_with_halving};
+/// Re-exported: the normalisation a run's images take is medxfer-data's.
+pub use medxfer_data::Normalization;
+pub use metrics::{Evaluation, evaluate};
+pub use models::{load_fine_tuned, load_pretrained, start_fine_tuning};
+pub use progress_bar::{EpochBar, epoch_line};
+pub use schedule::{ETA_MIN, cosine};
+pub use search::{
+    DIVERGED_FILE, LOCK_FILE, STALE_AFTER, SUMMARY_FILE, SearchProgress, SearchSettings, SearchSummary, Shard, Trial, search, select_best,
+    summarize_search, trial_dir,
+};
+pub use search_space::{TRIALS, TrialPoint, halton_points, unit_point};
+pub use sgd::{NesterovSgd, SgdSettings};

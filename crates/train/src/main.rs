@@ -8,16 +8,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use medxfer_data::manifest::read_entries;
-use medxfer_data::split::{Entry, Part, ood};
-use medxfer_data::transform::Normalization;
-use medxfer_data::{Catalog, layouts};
-use medxfer_train::extract::ExtractSettings;
-use medxfer_train::finetune::{self, RunData, RunSettings, Selection, SplitData, TrainingOptions};
-use medxfer_train::halving::{Comparison, Halving, HalvingSummary};
-use medxfer_train::models;
-use medxfer_train::progress_bar::EpochBar;
-use medxfer_train::search::{self, SearchSettings, Shard};
+use medxfer_data::{Catalog, Entry, Normalization, Part, ood_entries, read_manifest, scan_clean, scan_dataset};
+use medxfer_train::{
+    Comparison, EpochBar, ExtractSettings, Halving, HalvingSummary, RunData, RunSettings, SUMMARY_FILE, SearchSettings, Selection, Shard,
+    SplitData, TrainingOptions, Trial, evaluate_split, fine_tune, load_fine_tuned, load_pretrained, search, start_fine_tuning,
+};
 use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry, weights_file};
 
 /// mimalloc reuses freed pages: the system allocator maps and unmaps every large tensor.
@@ -224,8 +219,8 @@ fn print_halving(summary: &HalvingSummary, full: Option<&Path>) -> Result<()> {
         100.0 * summary.epochs_trained as f64 / summary.epochs_full_search.max(1) as f64
     );
     let Some(dir) = full else { return Ok(()) };
-    let test = |trial: &search::Trial| trial.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy));
-    match medxfer_train::halving::compare_with_full(summary, dir)? {
+    let test = |trial: &Trial| trial.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy));
+    match medxfer_train::compare_with_full(summary, dir)? {
         Comparison::Same(index) => println!("A_opt unchanged: trial {index} in both"),
         Comparison::Changed { ours, theirs } => println!(
             "A_opt changed: trial {} (test balanced accuracy {}) instead of the full search's trial {} ({})",
@@ -246,7 +241,7 @@ fn resolve(args: &ModelArgs) -> Result<(ModelEntry, PathBuf, Device)> {
         Some(path) => path.clone(),
         None => weights_file(&entry, &HubOptions::from_env())?,
     };
-    Ok((entry, weights, medxfer_train::device::parse(&args.device)?))
+    Ok((entry, weights, medxfer_train::parse_device(&args.device)?))
 }
 
 fn normalization(entry: &ModelEntry, fix_std: bool) -> Normalization {
@@ -264,8 +259,8 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     let catalog = Catalog::load_default()?;
     let task = catalog.task(&args.task)?;
     let id = catalog.dataset(&task.id)?;
-    let manifest = args.split.join(medxfer_data::manifest::CSV_NAME);
-    let entries = read_entries(&manifest)?;
+    let manifest = args.split.join(medxfer_data::MANIFEST_CSV);
+    let entries = read_manifest(&manifest)?;
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{}-{}", id.name, p.name()), args.transform.resize);
     let (train, val, test) = (build(Part::Train)?, build(Part::Val)?, build(Part::Test)?);
@@ -275,8 +270,8 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     let ood_data = match &args.ood_root {
         Some(root) => {
             let spec = catalog.dataset(&task.ood)?;
-            let records = layouts::scan_clean(spec, root)?;
-            Some(split_data(root, &ood(&records), &args.cache, &spec.name, args.transform.resize)?)
+            let records = scan_clean(spec, root)?;
+            Some(split_data(root, &ood_entries(&records), &args.cache, &spec.name, args.transform.resize)?)
         }
         None => None,
     };
@@ -304,9 +299,9 @@ fn run(cli: Cli) -> Result<()> {
             let run_data = run_data(&data)?;
             let base = RunSettings::from_options(&options(&train, &data.transform), normalization(&entry, data.transform.fix_std));
             let settings = RunSettings { learning_rate: lr, weight_decay: wd, ..base };
-            let backbone = models::with_fresh_head(&entry, &weights, run_data.classes, train.seed, &device)?;
+            let backbone = start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device)?;
             let mut bar = EpochBar::new(settings.epochs);
-            let outcome = finetune::run(&backbone, &run_data, &settings, &out, &mut bar);
+            let outcome = fine_tune(&backbone, &run_data, &settings, &out, &mut bar);
             bar.finish();
             let outcome = outcome?;
             println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -316,12 +311,12 @@ fn run(cli: Cli) -> Result<()> {
             let run_data = run_data(&data)?;
             let base = RunSettings::from_options(&options(&train, &data.transform), normalization(&entry, data.transform.fix_std));
             let settings = SearchSettings { base, trials, shard: Shard::parse(&shard)? };
-            let make = || models::with_fresh_head(&entry, &weights, run_data.classes, train.seed, &device);
+            let make = || start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device);
             let mut bar = EpochBar::new(base.epochs);
             let summary = match halving {
-                None => search::run(&make, &run_data, &settings, &out, &mut bar).map_err(anyhow::Error::from),
+                None => search(&make, &run_data, &settings, &out, &mut bar).map_err(anyhow::Error::from),
                 Some(eta) => Halving::new(eta, halving_min_epochs).map_err(anyhow::Error::from).and_then(|halving| {
-                    let summary = medxfer_train::halving::run(&make, &run_data, &settings, halving, &out, &mut bar)?;
+                    let summary = medxfer_train::search_with_halving(&make, &run_data, &settings, halving, &out, &mut bar)?;
                     print_halving(&summary, compare_with.as_deref())?;
                     Ok(summary.search)
                 }),
@@ -330,7 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             let summary = summary?;
             println!(
                 "{}: {} of {} trials finished, {} diverged, {} pending",
-                out.join(search::SUMMARY_FILE).display(),
+                out.join(SUMMARY_FILE).display(),
                 summary.finished.len(),
                 summary.trials,
                 summary.diverged.len(),
@@ -354,7 +349,7 @@ fn run(cli: Cli) -> Result<()> {
                 crop: images.transform.crop,
                 batch_size: batch,
             };
-            medxfer_train::extract::extract(&backbone, &split, &ids, &settings, &out, &mut |_, _| {})?;
+            medxfer_train::extract(&backbone, &split, &ids, &settings, &out, &mut |_, _| {})?;
             println!("{}: {} images", out.display(), ids.len());
         }
         Command::Evaluate { model, images, batch } => {
@@ -365,7 +360,7 @@ fn run(cli: Cli) -> Result<()> {
                 crop: images.transform.crop,
                 ..RunSettings::reference(0.0, 0.0, normalization(&entry, images.transform.fix_std))
             };
-            let (loss, _, evaluation) = finetune::evaluate_split(&backbone, &split, &settings, classes)?;
+            let (loss, _, evaluation) = evaluate_split(&backbone, &split, &settings, classes)?;
             let mut value = serde_json::to_value(&evaluation)?;
             value["loss"] = loss.into();
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -380,13 +375,13 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     let backbone_and_entry = match (&images.checkpoint, images.classes) {
         (Some(checkpoint), Some(classes)) => {
             let entry = Registry::load_default()?.resolve(&model.model, &HubOptions::from_env())?;
-            let device = medxfer_train::device::parse(&model.device)?;
-            (models::fine_tuned(&entry, checkpoint, classes, &device)?, entry)
+            let device = medxfer_train::parse_device(&model.device)?;
+            (load_fine_tuned(&entry, checkpoint, classes, &device)?, entry)
         }
         (Some(_), None) => bail!("--checkpoint needs --classes, the number of classes of its head"),
         (None, _) => {
             let (entry, weights, device) = resolve(model)?;
-            (models::pretrained(&entry, &weights, &device)?, entry)
+            (load_pretrained(&entry, &weights, &device)?, entry)
         }
     };
     let (backbone, entry) = backbone_and_entry;
@@ -399,9 +394,9 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
                 PartArg::Val => Part::Val,
                 PartArg::Test => Part::Test,
             };
-            read_entries(path)?.into_iter().filter(|e| e.split == part).collect()
+            read_manifest(path)?.into_iter().filter(|e| e.split == part).collect()
         }
-        None => ood(&layouts::scan(spec, &images.root)?.records),
+        None => ood_entries(&scan_dataset(spec, &images.root)?.records),
     };
     let labels: BTreeMap<u32, usize> = entries.iter().fold(BTreeMap::new(), |mut m, e| {
         *m.entry(e.label).or_default() += 1;

@@ -10,7 +10,9 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
     /// Recall of each class present in the split (None for a class with no sample).
     pub recall: Vec<Option<f64>>,
+    /// The mean of the per-class recalls.
     pub balanced_accuracy: f64,
+    /// The fraction predicted right.
     pub accuracy: f64,
 }
 

@@ -12,7 +12,7 @@ use crate::finetune::restore_model;
 
 /// `entry`'s backbone with the pretrained weights of the safetensors file `weights`, every
 /// tensor checked.
-pub fn pretrained(entry: &ModelEntry, weights: &Path, device: &Device) -> Result<Backbone> {
+pub fn load_pretrained(entry: &ModelEntry, weights: &Path, device: &Device) -> Result<Backbone> {
     let model = Backbone::from_entry(entry, device)?;
     model.load_weights(weights, true)?;
     Ok(model)
@@ -20,15 +20,15 @@ pub fn pretrained(entry: &ModelEntry, weights: &Path, device: &Device) -> Result
 
 /// The start of fine-tuning: the pretrained backbone with a fresh `classes`-way head (PyTorch's
 /// default initialisation, seeded by `seed`).
-pub fn with_fresh_head(entry: &ModelEntry, weights: &Path, classes: usize, seed: u64, device: &Device) -> Result<Backbone> {
-    let mut model = pretrained(entry, weights, device)?;
+pub fn start_fine_tuning(entry: &ModelEntry, weights: &Path, classes: usize, seed: u64, device: &Device) -> Result<Backbone> {
+    let mut model = load_pretrained(entry, weights, device)?;
     model.replace_head(classes, seed)?;
     Ok(model)
 }
 
 /// A run's kept model (its `best.safetensors`, or any epoch checkpoint) with its
 /// `classes`-way head.
-pub fn fine_tuned(entry: &ModelEntry, checkpoint: &Path, classes: usize, device: &Device) -> Result<Backbone> {
+pub fn load_fine_tuned(entry: &ModelEntry, checkpoint: &Path, classes: usize, device: &Device) -> Result<Backbone> {
     let mut model = Backbone::from_entry(entry, device)?;
     model.replace_head(classes, 0)?;
     let (tensors, _) = read_tensors(checkpoint, device)?;

@@ -30,6 +30,7 @@ fn trial_name(point: &TrialPoint) -> String {
 }
 
 impl EpochBar {
+    /// A bar for runs of `epochs` epochs.
     pub fn new(epochs: usize) -> Self {
         let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches  {msg}  {elapsed} (ETA {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -54,6 +55,7 @@ impl EpochBar {
         self.bar.set_position(done as u64);
     }
 
+    /// Clears the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

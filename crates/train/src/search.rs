@@ -1,5 +1,5 @@
 //! The hyperparameter search of one (backbone, task): the Halton trials, each a resumable
-//! [`finetune::run`] in `trial-NNN/`, shared between workers (`--shard i/n` takes every n-th
+//! [`fine_tune`](crate::fine_tune) in `trial-NNN/`, shared between workers (`--shard i/n` takes every n-th
 //! trial) through one results directory, with a lock file per running trial. A_opt is the trial
 //! with the best validation balanced accuracy (ties: lower validation loss, then lower index).
 
@@ -12,16 +12,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::finetune::{self, EpochRecord, RunData, RunOutcome, RunSettings};
-use crate::search_space::{TrialPoint, points};
+use crate::search_space::{TrialPoint, halton_points};
 
 /// `--shard i/n`: this worker runs trials with index % n == i.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// This worker's number, 0..count.
     pub index: usize,
+    /// Workers in all.
     pub count: usize,
 }
 
 impl Shard {
+    /// The whole search in one worker.
     pub const ALL: Self = Self { index: 0, count: 1 };
 
     /// Parses `i/n` with 0 <= i < n.
@@ -33,6 +36,7 @@ impl Shard {
         }
     }
 
+    /// Whether this worker runs `trial`.
     pub fn takes(&self, trial: usize) -> bool {
         trial % self.count == self.index
     }
@@ -42,22 +46,29 @@ impl Shard {
 /// learning rate and weight decay), how many points, and this worker's share.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SearchSettings {
+    /// What every trial shares.
     pub base: RunSettings,
+    /// Halton points (the reference's 75).
     pub trials: usize,
+    /// This worker's share.
     pub shard: Shard,
 }
 
 /// One finished trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
+    /// Its Halton point's index.
     pub index: usize,
+    /// Its run's outcome.
     pub outcome: RunOutcome,
 }
 
 /// What the search directory holds now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchSummary {
+    /// Trials of the search.
     pub trials: usize,
+    /// Trials with an outcome.
     pub finished: Vec<Trial>,
     /// Trials whose training loss became NaN/infinite (excluded from the selection, not rerun).
     pub diverged: Vec<usize>,
@@ -67,6 +78,7 @@ pub struct SearchSummary {
     pub best: Option<Trial>,
 }
 
+/// The search's summary ([`SearchSummary`], or a halving search's [`HalvingSummary`](crate::HalvingSummary)) as JSON.
 pub const SUMMARY_FILE: &str = "search.json";
 /// Written in a trial's directory when its run diverged.
 pub const DIVERGED_FILE: &str = "diverged.json";
@@ -124,7 +136,7 @@ pub fn select_best(trials: &[Trial]) -> Option<&Trial> {
 }
 
 /// The finished trials and pending indices of `dir` for the first `trials` points.
-pub fn summarize(dir: &Path, trials: usize) -> SearchSummary {
+pub fn summarize_search(dir: &Path, trials: usize) -> SearchSummary {
     let (mut finished, mut diverged, mut pending) = (Vec::new(), Vec::new(), Vec::new());
     for index in 0..trials {
         let trial = trial_dir(dir, index);
@@ -141,7 +153,7 @@ pub fn summarize(dir: &Path, trials: usize) -> SearchSummary {
 /// Runs this shard's pending trials (skipping finished ones and those another live worker
 /// holds), then writes and returns the summary of the whole directory. `make_model` gives a
 /// fresh pretrained backbone with its new head for each trial.
-pub fn run(
+pub fn search(
     make_model: &dyn Fn() -> Result<Backbone>,
     data: &RunData,
     settings: &SearchSettings,
@@ -149,10 +161,10 @@ pub fn run(
     progress: &mut dyn SearchProgress,
 ) -> Result<SearchSummary> {
     let SearchSettings { base, trials, shard } = settings;
-    for point in points(*trials).into_iter().filter(|p| shard.takes(p.index)) {
+    for point in halton_points(*trials).into_iter().filter(|p| shard.takes(p.index)) {
         advance_trial(make_model, data, base, &point, dir, base.epochs, progress)?;
     }
-    let summary = summarize(dir, *trials);
+    let summary = summarize_search(dir, *trials);
     write_summary(dir, &summary)?;
     Ok(summary)
 }
@@ -189,7 +201,8 @@ pub(crate) fn advance_trial(
     let Some(lock) = Claim::take(&trial.join(LOCK_FILE), STALE_AFTER)? else { return Ok(false) };
     let settings = RunSettings { learning_rate: point.learning_rate, weight_decay: point.weight_decay, ..*base };
     let model = make_model()?;
-    let result = finetune::run_until(&model, data, &settings, &trial, until, &mut TrialProgress { point, lock: &lock, search: progress });
+    let result =
+        finetune::fine_tune_until(&model, data, &settings, &trial, until, &mut TrialProgress { point, lock: &lock, search: progress });
     match result {
         Ok(_) => {}
         Err(Error::Diverged { epoch, learning_rate, loss }) => {

@@ -5,8 +5,11 @@
 /// One trial's hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrialPoint {
+    /// The point's index in the sequence (0..).
     pub index: usize,
+    /// 10^(-4 + 3u), u the first Halton coordinate.
     pub learning_rate: f64,
+    /// 10^(-6 + 2v), v the second.
     pub weight_decay: f64,
 }
 
@@ -20,7 +23,7 @@ pub fn unit_point(index: usize) -> (f64, f64) {
 }
 
 /// The first `n` trial points.
-pub fn points(n: usize) -> Vec<TrialPoint> {
+pub fn halton_points(n: usize) -> Vec<TrialPoint> {
     (0..n)
         .map(|index| {
             let (u1, u2) = unit_point(index);

@@ -18,14 +18,17 @@ use crate::error::{Error, Result};
 pub struct NesterovSgd {
     vars: Vec<(String, Var)>,
     buffers: HashMap<String, Tensor>,
+    /// The settings of the next step (the schedule changes the learning rate).
     pub settings: SgdSettings,
 }
 
 impl NesterovSgd {
+    /// The optimizer of `vars` (name, variable), with no momentum yet.
     pub fn new(vars: Vec<(String, Var)>, settings: SgdSettings) -> Self {
         Self { vars, buffers: HashMap::new(), settings }
     }
 
+    /// The learning rate of the next steps.
     pub fn set_learning_rate(&mut self, learning_rate: f64) {
         self.settings.learning_rate = learning_rate;
     }

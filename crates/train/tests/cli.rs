@@ -32,26 +32,26 @@ fn weights() -> String {
 
 /// The tiny model registered in `dir/models`, and a synthetic BreakHis replica with a faithful
 /// split manifest in `dir/split`: (models, root, split, cache, entries).
-fn setup(dir: &Path, per_class: usize, seed: u64) -> (PathBuf, PathBuf, PathBuf, PathBuf, Vec<medxfer_data::split::Entry>) {
+fn setup(dir: &Path, per_class: usize, seed: u64) -> (PathBuf, PathBuf, PathBuf, PathBuf, Vec<medxfer_data::Entry>) {
     let (models, root, split, cache) = (dir.join("models"), dir.join("breakhis"), dir.join("split"), dir.join("cache"));
     std::fs::create_dir_all(&models).unwrap();
     std::fs::write(models.join("resnet_tiny.toml"), TINY_RESNET).unwrap();
     let catalog = medxfer_data::Catalog::load_default().unwrap();
     let spec = catalog.dataset("breakhis").unwrap();
     medxfer_data::synth::synthesize(spec, &root, per_class, seed).unwrap();
-    let scan = medxfer_data::layouts::scan(spec, &root).unwrap();
-    let entries = medxfer_data::split::faithful(&scan.records, &catalog.task("breast").unwrap().faithful, 0).unwrap();
-    let info = medxfer_data::manifest::ManifestInfo {
+    let scan = medxfer_data::scan_dataset(spec, &root).unwrap();
+    let entries = medxfer_data::faithful_split(&scan.records, &catalog.task("breast").unwrap().faithful, 0).unwrap();
+    let info = medxfer_data::ManifestInfo {
         dataset: "breakhis".into(),
         task: "breast".into(),
-        source: medxfer_data::split::Source::Faithful,
+        source: medxfer_data::Source::Faithful,
         seed: 0,
         images: entries.len(),
-        counts: medxfer_data::manifest::counts(&entries),
-        files_checksum: medxfer_data::manifest::files_checksum(&root, &entries).unwrap(),
+        counts: medxfer_data::split_counts(&entries),
+        files_checksum: medxfer_data::files_checksum(&root, &entries).unwrap(),
         leakage: None,
     };
-    medxfer_data::manifest::write(&split, &entries, &info).unwrap();
+    medxfer_data::write_manifest(&split, &entries, &info).unwrap();
     (models, root, split, cache, entries)
 }
 
@@ -146,7 +146,7 @@ fn search_extract_and_evaluate_from_the_command_line() {
     ok(&train(&models, &extract));
     let input = medxfer_scores::read_feature_file(&features).unwrap();
     assert_eq!(input.source_probs().unwrap().shape().1, 10, "the pretrained head's classes");
-    assert_eq!(input.num_samples(), entries.iter().filter(|e| e.split == medxfer_data::split::Part::Train).count());
+    assert_eq!(input.num_samples(), entries.iter().filter(|e| e.split == medxfer_data::Part::Train).count());
     let best = search.join("trial-000/best.safetensors");
     let evaluate = [
         &["evaluate", "--model", "resnet_tiny", "--weights", &weights][..],

@@ -6,13 +6,14 @@
 use std::path::Path;
 
 use candle_core::Device;
-use medxfer_data::split::{Entry, Part};
-use medxfer_data::transform::{Normalization, TrainTransform};
-use medxfer_train::extract::ExtractSettings;
-use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, SplitData};
-use medxfer_train::halving::Halving;
-use medxfer_train::search::{self, SearchSettings, Shard};
-use medxfer_train::search_space::TrialPoint;
+use medxfer_data::{
+    Entry, Part,
+    transform::{Normalization, TrainTransform},
+};
+use medxfer_train::{
+    EpochRecord, ExtractSettings, Halving, RunData, RunOutcome, RunSettings, SearchSettings, Shard, SplitData, TrialPoint, fine_tune,
+    finished, history, search, select_best, trial_dir,
+};
 use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
 use rand::{Rng, SeedableRng};
 
@@ -49,7 +50,7 @@ fn data(dir: &Path) -> RunData {
 
 /// The CPU, or `MEDXFER_TEST_DEVICE=cuda:N` with a `--features cuda` build on a GPU machine.
 fn device() -> Device {
-    medxfer_train::device::parse(&std::env::var("MEDXFER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap()
+    medxfer_train::parse_device(&std::env::var("MEDXFER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap()
 }
 
 fn model() -> Backbone {
@@ -76,8 +77,7 @@ fn a_small_resnet_learns_a_separable_task() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let mut epochs = Vec::new();
-    let outcome =
-        finetune::run(&model(), &data, &settings(6), &dir.path().join("run"), &mut |r: &EpochRecord| epochs.push(r.clone())).unwrap();
+    let outcome = fine_tune(&model(), &data, &settings(6), &dir.path().join("run"), &mut |r: &EpochRecord| epochs.push(r.clone())).unwrap();
     assert_eq!(epochs.len(), 6);
     let test = outcome.test.unwrap();
     assert!(test.balanced_accuracy > 0.9, "test balanced accuracy {}: {epochs:?}", test.balanced_accuracy);
@@ -85,8 +85,8 @@ fn a_small_resnet_learns_a_separable_task() {
     let lowest = epochs.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss)).unwrap();
     assert_eq!(outcome.best_epoch, lowest.epoch);
     // A finished run is not redone.
-    let again = finetune::run(&model(), &data, &settings(6), &dir.path().join("run"), &mut |_: &EpochRecord| panic!("rerun")).unwrap();
-    assert_eq!(again, finetune::finished(&dir.path().join("run")).unwrap());
+    let again = fine_tune(&model(), &data, &settings(6), &dir.path().join("run"), &mut |_: &EpochRecord| panic!("rerun")).unwrap();
+    assert_eq!(again, finished(&dir.path().join("run")).unwrap());
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn a_run_whose_loss_explodes_says_it_diverged() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let settings = RunSettings { learning_rate: 1e12, ..settings(2) };
-    match finetune::run(&model(), &data, &settings, &dir.path().join("run"), &mut |_: &EpochRecord| {}) {
+    match fine_tune(&model(), &data, &settings, &dir.path().join("run"), &mut |_: &EpochRecord| {}) {
         Err(medxfer_train::Error::Diverged { epoch, learning_rate, loss }) => {
             assert!((1..=2).contains(&epoch), "diverged in epoch {epoch}");
             assert!(learning_rate > 0.0 && learning_rate <= 1e12, "{learning_rate}");
@@ -108,15 +108,15 @@ fn a_run_whose_loss_explodes_says_it_diverged() {
 fn a_killed_run_resumes_to_the_same_result_even_from_a_truncated_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
-    let straight = finetune::run(&model(), &data, &settings(4), &dir.path().join("straight"), &mut |_: &EpochRecord| {}).unwrap();
+    let straight = fine_tune(&model(), &data, &settings(4), &dir.path().join("straight"), &mut |_: &EpochRecord| {}).unwrap();
 
     // Killed after its third epoch's checkpoint was written.
     let run_dir = dir.path().join("killed");
     let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        finetune::run(&model(), &data, &settings(4), &run_dir, &mut |r: &EpochRecord| assert!(r.epoch < 3, "killed"))
+        fine_tune(&model(), &data, &settings(4), &run_dir, &mut |r: &EpochRecord| assert!(r.epoch < 3, "killed"))
     }));
     assert!(killed.is_err());
-    assert!(finetune::finished(&run_dir).is_none());
+    assert!(finished(&run_dir).is_none());
     // ... and the kill also truncated that checkpoint and left a half-written file.
     let newest = run_dir.join("epoch-0003.safetensors");
     let bytes = std::fs::read(&newest).unwrap();
@@ -124,10 +124,10 @@ fn a_killed_run_resumes_to_the_same_result_even_from_a_truncated_checkpoint() {
     std::fs::write(run_dir.join("epoch-0004.partial"), b"half").unwrap();
 
     let mut resumed_epochs = Vec::new();
-    let resumed = finetune::run(&model(), &data, &settings(4), &run_dir, &mut |r: &EpochRecord| resumed_epochs.push(r.epoch)).unwrap();
+    let resumed = fine_tune(&model(), &data, &settings(4), &run_dir, &mut |r: &EpochRecord| resumed_epochs.push(r.epoch)).unwrap();
     // Epoch 2's checkpoint was the newest good one: epochs 3 and 4 ran again.
     assert_eq!(resumed_epochs, vec![3, 4]);
-    let strip = |mut o: finetune::RunOutcome| {
+    let strip = |mut o: RunOutcome| {
         o.best.seconds = 0.0;
         o
     };
@@ -154,18 +154,24 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     let base = settings(4);
     let make = || Ok(model());
     let quiet = &mut |_: &TrialPoint, _: &EpochRecord| {};
-    let full = search::run(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, &full_dir, quiet).unwrap();
+    let full = search(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, &full_dir, quiet).unwrap();
     let halving = Halving::new(2, 1).unwrap();
-    let halved =
-        medxfer_train::halving::run(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, halving, &halving_dir, quiet)
-            .unwrap();
+    let halved = medxfer_train::search_with_halving(
+        &make,
+        &data,
+        &SearchSettings { base, trials: 6, shard: Shard::ALL },
+        halving,
+        &halving_dir,
+        quiet,
+    )
+    .unwrap();
 
     // Rungs at epochs 1, 2, 4 keeping 6, 3, 2 trials.
     let rungs: Vec<(usize, usize)> = halved.rungs.iter().map(|r| (r.epochs, r.trials.len())).collect();
     assert_eq!(rungs, vec![(1, 6), (2, 3), (4, 2)]);
     // Each promotion is the best half by the kept (lowest validation loss) epoch's validation
     // balanced accuracy so far, then its loss: ranked here from the full search's histories.
-    let full_history = |i: usize| finetune::history(&search::trial_dir(&full_dir, i));
+    let full_history = |i: usize| history(&trial_dir(&full_dir, i));
     for pair in halved.rungs.windows(2) {
         let mut ranked: Vec<(usize, f64, f64)> = pair[0]
             .trials
@@ -189,7 +195,7 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     // A paused and promoted trial continues exactly: every history is a prefix of the
     // uninterrupted one, and the finalists' are equal to it, with the same outcome.
     for trial in 0..6 {
-        let (ours, theirs) = (finetune::history(&search::trial_dir(&halving_dir, trial)), full_history(trial));
+        let (ours, theirs) = (history(&trial_dir(&halving_dir, trial)), full_history(trial));
         let losses = |h: &[EpochRecord]| h.iter().map(|r| (r.train_loss, r.val_loss)).collect::<Vec<_>>();
         assert_eq!(losses(&ours), losses(&theirs[..ours.len()]), "trial {trial}");
     }
@@ -203,9 +209,9 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     // 6 trials x 1 epoch, 3 continue to 2 (1 more each), 2 continue to 4 (2 more each).
     assert_eq!(halved.epochs_trained, 6 + 3 + 2 * 2);
     assert_eq!(halved.epochs_full_search, 24);
-    assert_eq!(halved.search.best.as_ref(), search::select_best(&halved.search.finished));
+    assert_eq!(halved.search.best.as_ref(), select_best(&halved.search.finished));
     // A rerun trains nothing; other settings in the same directory are refused.
-    let again = medxfer_train::halving::run(
+    let again = medxfer_train::search_with_halving(
         &make,
         &data,
         &SearchSettings { base, trials: 6, shard: Shard::ALL },
@@ -216,10 +222,16 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     .unwrap();
     assert_eq!(again, halved);
     let other = Halving::new(3, 1).unwrap();
-    let error =
-        medxfer_train::halving::run(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, other, &halving_dir, quiet)
-            .unwrap_err()
-            .to_string();
+    let error = medxfer_train::search_with_halving(
+        &make,
+        &data,
+        &SearchSettings { base, trials: 6, shard: Shard::ALL },
+        other,
+        &halving_dir,
+        quiet,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("halving.json") && error.contains("started with"), "{error}");
 }
 
@@ -231,11 +243,11 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     let base = settings(1);
     let make = || Ok(model());
     // A live worker (this process, this host) holds trial 2: shard 0 skips it.
-    std::fs::create_dir_all(search::trial_dir(&search_dir, 2)).unwrap();
+    std::fs::create_dir_all(trial_dir(&search_dir, 2)).unwrap();
     let live = serde_json::json!({"host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pid": std::process::id()});
-    std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), live.to_string()).unwrap();
+    std::fs::write(trial_dir(&search_dir, 2).join("lock"), live.to_string()).unwrap();
     let mut ran = Vec::new();
-    let summary = search::run(
+    let summary = search(
         &make,
         &data,
         &SearchSettings { base, trials: 4, shard: Shard::parse("0/2").unwrap() },
@@ -247,10 +259,9 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     assert_eq!(summary.pending, vec![1, 2, 3]);
     assert!(summary.best.is_none());
     // A lock of a process that no longer exists is stale: shard 0 takes trial 2 over.
-    std::fs::write(search::trial_dir(&search_dir, 2).join("lock"), serde_json::json!({"host": live["host"], "pid": u32::MAX}).to_string())
-        .unwrap();
+    std::fs::write(trial_dir(&search_dir, 2).join("lock"), serde_json::json!({"host": live["host"], "pid": u32::MAX}).to_string()).unwrap();
     ran.clear();
-    search::run(
+    search(
         &make,
         &data,
         &SearchSettings { base, trials: 4, shard: Shard::parse("0/2").unwrap() },
@@ -259,9 +270,9 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     )
     .unwrap();
     assert_eq!(ran, vec![2]);
-    assert!(!search::trial_dir(&search_dir, 2).join("lock").exists());
+    assert!(!trial_dir(&search_dir, 2).join("lock").exists());
     ran.clear();
-    let summary = search::run(
+    let summary = search(
         &make,
         &data,
         &SearchSettings { base, trials: 4, shard: Shard::parse("1/2").unwrap() },
@@ -272,10 +283,10 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     assert_eq!(ran, vec![1, 3]);
     assert!(summary.pending.is_empty());
     let best = summary.best.unwrap();
-    assert_eq!(Some(&best), search::select_best(&summary.finished));
+    assert_eq!(Some(&best), select_best(&summary.finished));
     assert!(summary.finished.iter().all(|t| t.outcome.best.val_balanced_accuracy <= best.outcome.best.val_balanced_accuracy));
     // Trial i ran at the i-th Halton point.
-    let points = medxfer_train::search_space::points(4);
+    let points = medxfer_train::halton_points(4);
     assert!(summary.finished.iter().all(|t| t.outcome.learning_rate == points[t.index].learning_rate));
     assert!(search_dir.join("search.json").exists());
 }
@@ -289,20 +300,20 @@ fn extraction_writes_the_feature_file_the_scores_read() {
     let normalization = settings(1).normalization;
     let out = dir.path().join("val.safetensors");
     let settings = ExtractSettings { normalization, crop: 32, batch_size: 5 };
-    medxfer_train::extract::extract(&model, &data.val, &ids, &settings, &out, &mut |_, _| {}).unwrap();
+    medxfer_train::extract(&model, &data.val, &ids, &settings, &out, &mut |_, _| {}).unwrap();
     // medxfer-scores reads it; features are the model's own, probabilities its softmax.
     let input = medxfer_scores::read_feature_file(&out).unwrap();
     assert_eq!(input.labels(), data.val.labels.iter().map(|&l| l as usize).collect::<Vec<_>>());
     assert_eq!((input.features().nrows(), input.features().ncols()), (16, 32));
-    let images = medxfer_data::loader::batches(
+    let images = medxfer_data::batches(
         data.val.cache.clone(),
         data.val.labels.clone(),
-        medxfer_data::loader::LoaderConfig {
+        medxfer_data::LoaderConfig {
             batch_size: 16,
             shuffle: false,
             seed: 0,
             epoch: 0,
-            augment: medxfer_data::loader::Augment::Eval { crop: 32 },
+            augment: medxfer_data::Augment::Eval { crop: 32 },
             normalization,
         },
     )
@@ -311,7 +322,7 @@ fn extraction_writes_the_feature_file_the_scores_read() {
     .unwrap()
     .unwrap()
     .images;
-    let (features, _) = model.forward_t(&images.to_device(&device()).unwrap(), false).unwrap();
+    let (features, _) = model.features_and_logits(&images.to_device(&device()).unwrap(), false).unwrap();
     let features = features.to_vec2::<f32>().unwrap();
     for (i, row) in features.iter().enumerate() {
         for (j, value) in row.iter().enumerate() {
@@ -320,7 +331,7 @@ fn extraction_writes_the_feature_file_the_scores_read() {
     }
     let probs = input.source_probs().unwrap();
     assert_eq!(probs.shape(), (16, 2));
-    let (_, metadata) = medxfer_train::checkpoint::read_tensors(&out, &Device::Cpu).unwrap();
-    let stored: Vec<String> = serde_json::from_str(&metadata[medxfer_train::extract::IDS_KEY]).unwrap();
+    let (_, metadata) = medxfer_train::read_tensors(&out, &Device::Cpu).unwrap();
+    let stored: Vec<String> = serde_json::from_str(&metadata[medxfer_train::IDS_KEY]).unwrap();
     assert_eq!(stored, ids);
 }

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use medxfer_train::metrics::evaluate;
-use medxfer_train::schedule::cosine;
-use medxfer_train::search_space::{points, unit_point};
-use medxfer_train::sgd::{NesterovSgd, SgdSettings};
+use medxfer_train::{
+    EpochRecord, NesterovSgd, RunOutcome, Selection, SgdSettings, Shard, Trial, cosine, evaluate, halton_points, select_best, unit_point,
+};
 
 fn reference() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference.safetensors"), &Device::Cpu).unwrap()
@@ -26,7 +25,7 @@ fn the_halton_points_are_scipys_and_the_protocols() {
         assert!((u1 - row[0]).abs() < 1e-12 && (u2 - row[1]).abs() < 1e-12, "point {index}");
     }
     // PROTOCOL.md's first four runs.
-    let p = points(75);
+    let p = halton_points(75);
     assert_eq!(p.len(), 75);
     for (run, lr, wd) in [(0, 1e-4, 1e-6), (1, 3.162e-3, 4.642e-6), (2, 5.623e-4, 2.154e-5), (3, 1.778e-2, 1.668e-6)] {
         assert!((p[run].learning_rate / lr - 1.0).abs() < 1e-3 && (p[run].weight_decay / wd - 1.0).abs() < 1e-3, "run {run}: {:?}", p[run]);
@@ -96,8 +95,6 @@ fn balanced_accuracy_is_the_mean_recall() {
 
 #[test]
 fn shards_split_the_trials_and_a_opt_breaks_ties_by_loss_then_index() {
-    use medxfer_train::finetune::{EpochRecord, RunOutcome, Selection};
-    use medxfer_train::search::{Shard, Trial, select_best};
     let shard = Shard::parse("1/3").unwrap();
     assert_eq!((0..9).filter(|&i| shard.takes(i)).collect::<Vec<_>>(), vec![1, 4, 7]);
     for bad in ["3/3", "1", "a/b", "0/0"] {

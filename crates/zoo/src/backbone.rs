@@ -9,7 +9,7 @@ use crate::checkpoint::{KeyReport, load_into, read_checkpoint};
 use crate::densenet::DenseNet;
 use crate::efficientnet::EfficientNet;
 use crate::entry::{Architecture, ModelEntry};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layers::Linear;
 use crate::params::ParamStore;
 use crate::resnet::ResNet;
@@ -101,8 +101,9 @@ impl Backbone {
         self.classifier().forward_t(features, train)
     }
 
-    /// Features and logits of one pass.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+    /// Features and logits of one pass (`train`: batch statistics in BatchNorm, every parameter
+    /// in the graph; else running statistics and no graph kept).
+    pub fn features_and_logits(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         let features = self.features(x, train)?;
         let logits = self.head(&features, train)?;
         Ok((features, logits))
@@ -153,5 +154,16 @@ impl Backbone {
     /// Width of the pooled features.
     pub fn num_features(&self) -> usize {
         self.architecture.num_features()
+    }
+}
+
+/// The logits, as every candle-nn module gives its output; `features_and_logits` gives the
+/// pooled features too.
+impl candle_nn::ModuleT for Backbone {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.features_and_logits(xs, train).map(|(_, logits)| logits).map_err(|error| match error {
+            Error::Candle(error) => error,
+            other => candle_core::Error::wrap(other),
+        })
     }
 }

@@ -13,9 +13,13 @@ use crate::params::ParamStore;
 /// What a checkpoint held beyond what the model needs (tolerated) and what it lacked (not).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyReport {
+    /// Model tensors the file lacks.
     pub missing: Vec<String>,
+    /// File tensors the model does not have.
     pub unexpected: Vec<String>,
+    /// Tensors of both whose shapes differ, with the two shapes.
     pub mis_shaped: Vec<String>,
+    /// Tensors copied into the model.
     pub loaded: usize,
 }
 

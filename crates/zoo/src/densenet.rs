@@ -29,12 +29,15 @@ fn default_bn_size() -> usize {
 }
 
 impl DenseNetConfig {
+    /// DenseNet-121: growth 32, blocks (6, 12, 24, 16).
     pub fn densenet121() -> Self {
         Self { growth_rate: 32, block_config: vec![6, 12, 24, 16], bn_size: 4 }
     }
+    /// DenseNet-161: growth 48, blocks (6, 12, 36, 24).
     pub fn densenet161() -> Self {
         Self { growth_rate: 48, block_config: vec![6, 12, 36, 24], bn_size: 4 }
     }
+    /// DenseNet-169: growth 32, blocks (6, 12, 32, 32).
     pub fn densenet169() -> Self {
         Self { growth_rate: 32, block_config: vec![6, 12, 32, 32], bn_size: 4 }
     }

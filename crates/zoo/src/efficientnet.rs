@@ -31,6 +31,7 @@ pub enum EfficientNetVariant {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EfficientNetConfig {
+    /// Which generator: MobileNetV2 or EfficientNet.
     pub variant: EfficientNetVariant,
     /// Width multiplier (timm's channel_multiplier).
     pub channel_multiplier: f64,
@@ -84,9 +85,11 @@ pub fn make_divisible(value: f64) -> usize {
 }
 
 impl EfficientNetConfig {
+    /// MobileNetV2 at a width multiplier (0.5 and 1.0 in the study).
     pub fn mobilenetv2(channel_multiplier: f64) -> Self {
         Self { variant: EfficientNetVariant::MobilenetV2, channel_multiplier, depth_multiplier: 1.0 }
     }
+    /// EfficientNet-B0.
     pub fn efficientnet_b0() -> Self {
         Self { variant: EfficientNetVariant::EfficientNet, channel_multiplier: 1.0, depth_multiplier: 1.0 }
     }

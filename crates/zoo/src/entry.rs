@@ -15,13 +15,16 @@ use crate::vit::VitConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum Architecture {
+    /// timm's `ResNet`.
     #[serde(rename = "resnet")]
     ResNet(ResNetConfig),
+    /// timm's `DenseNet`.
     #[serde(rename = "densenet")]
     DenseNet(DenseNetConfig),
     /// MobileNetV2 and EfficientNet (timm's `EfficientNet` class).
     #[serde(rename = "efficientnet")]
     EfficientNet(EfficientNetConfig),
+    /// timm's `VisionTransformer`.
     #[serde(rename = "vit")]
     Vit(VitConfig),
 }
@@ -52,11 +55,15 @@ impl Architecture {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocessing {
+    /// Per-channel mean subtracted after scaling to [0, 1].
     pub mean: [f64; 3],
+    /// Per-channel standard deviation divided by.
     pub std: [f64; 3],
     /// Shorter side before the centre crop.
     pub resize: usize,
+    /// Side of the centre crop.
     pub crop: usize,
+    /// The resize filter timm names (`bilinear`, `bicubic`).
     pub interpolation: String,
 }
 
@@ -64,16 +71,20 @@ pub struct Preprocessing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
+    /// The name commands take (`resnet50`).
     pub name: String,
     /// How the paper names it.
     pub paper_name: String,
     /// Hugging Face hub repo id with the exact weights tag.
     pub hub: String,
+    /// Width of the pooled features (checked against the architecture).
     pub feature_dim: usize,
     /// Checkpoint key of the classifier.
     pub head: String,
     /// Classes of the pretrained head.
     pub num_classes: usize,
+    /// Family and shape.
     pub architecture: Architecture,
+    /// How the backbone expects its images.
     pub preprocessing: Preprocessing,
 }

@@ -12,23 +12,52 @@ pub enum Error {
 
     /// A checkpoint could not be read.
     #[error("{path}: {problem}")]
-    Checkpoint { path: PathBuf, problem: String },
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
 
     /// A checkpoint's tensors do not fit the model.
     #[error("{path} does not fit {model}:\n{report}")]
-    KeyMismatch { path: PathBuf, model: String, report: String },
+    KeyMismatch {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The model's name.
+        model: String,
+        /// Every missing, unexpected and mis-shaped tensor (see [`crate::KeyReport`]).
+        report: String,
+    },
 
     /// A configuration file or value is wrong.
     #[error("{source_name}: {problem}")]
-    Config { source_name: String, problem: String },
+    Config {
+        /// The file, repo or value.
+        source_name: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
 
     /// A file of a hub repo is neither in the cache nor downloadable.
     #[error("{repo}/{file}: {problem}")]
-    Hub { repo: String, file: String, problem: String },
+    Hub {
+        /// The repo id (`timm/resnet50.a1_in1k`).
+        repo: String,
+        /// The file in it.
+        file: String,
+        /// Why, and what to do.
+        problem: String,
+    },
 
     /// An image could not be decoded or prepared for a model.
     #[error("{path}: {problem}")]
-    Image { path: PathBuf, problem: String },
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
 
     /// The parameter store is unusable (a thread panicked holding it, a tensor went missing).
     #[error("parameter store: {0}")]

@@ -2,7 +2,7 @@
 //! versions are not used where they fail training: its BatchNorm is eval-only in the vision
 //! models, and its max pooling with kernel != stride has no backward.
 
-use candle_core::{D, DType, Tensor, Var};
+use candle_core::{D, Tensor, Var};
 use medxfer_kernels::{BatchNormParams, FusedActivation};
 
 use crate::error::Result;
@@ -139,10 +139,6 @@ impl BatchNorm2d {
         Ok((scale, shift))
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_fused(x, None, FusedActivation::Identity, train)
-    }
-
     /// `activation(self(x) + residual)`; in train mode with the batch's statistics (one fused
     /// pass each way on the CPU, which also keeps candle's backward pass from zero-filling and
     /// adding a gradient for each of the separate operations' outputs), updating the running
@@ -253,9 +249,4 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// min(max(x, 0), 6), one pass each way on the CPU (medxfer-kernels).
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
     Ok(medxfer_kernels::relu6(x)?)
-}
-
-/// Ensures a tensor is f32, the dtype the zoo computes in.
-pub fn as_f32(x: &Tensor) -> Result<Tensor> {
-    Ok(if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? })
 }

@@ -1,26 +1,35 @@
-//! medxfer-zoo: the study's ImageNet backbones in candle, numerically identical to timm.
+//! medxfer-zoo: the study's ImageNet backbones in candle, numerically identical to timm, in
+//! eval and in train mode.
 //!
-//! Models are plain structs built from a [`ParamStore`] whose names mirror timm's state_dict, so
-//! a timm checkpoint loads as is; every layer runs in train mode (batch statistics, gradients to
-//! every parameter) or eval mode. Each model gives its pooled `features` (the classifier's input)
-//! and `logits`.
+//! A [`Backbone`] is one of the families (ResNet, DenseNet, MobileNetV2 and EfficientNet as
+//! timm's `EfficientNet` class, ViT) built from its [`Architecture`], its tensors in a
+//! [`ParamStore`] under timm's state_dict names, so a timm checkpoint loads as is (torchvision
+//! state dicts are renamed). It gives its pooled `features` (the classifier's input) and its
+//! `logits`; as a candle-nn [`ModuleT`](candle_nn::ModuleT) it gives the logits.
+//!
+//! Where backbones come from: the [`Registry`] of models/*.toml ([`ModelEntry`]: hub repo,
+//! architecture, [`Preprocessing`]), or any timm hub repo's `config.json`
+//! ([`entry_from_timm_config`]); weights from the Hugging Face hub cache or a download
+//! ([`pretrained`], [`weights_file`], [`hub_file`]) or a local file ([`Backbone::load_weights`]).
+//! The layers' differentiable ops are medxfer-kernels'.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
+//! use candle_nn::ModuleT;
 //! use medxfer_zoo::{Architecture, Backbone, ResNetConfig};
 //!
 //! let architecture = Architecture::ResNet(ResNetConfig::resnet18());
 //! let model = Backbone::new("resnet18", &architecture, 1000, &Device::Cpu)?;
 //! assert_eq!(model.params().parameter_count(), 11_689_512);
 //! let images = Tensor::zeros((1, 3, 64, 64), candle_core::DType::F32, &Device::Cpu)?;
-//! let (features, logits) = model.forward_t(&images, false)?;
+//! let (features, logits) = model.features_and_logits(&images, false)?;
 //! assert_eq!(features.dims(), &[1, 512]);
 //! assert_eq!(logits.dims(), &[1, 1000]);
-//! # Ok::<(), medxfer_zoo::Error>(())
+//! assert_eq!(model.forward_t(&images, false)?.dims(), &[1, 1000]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-//!
-//! Families: ResNet, DenseNet, MobileNetV2 and EfficientNet (timm's `EfficientNet` class), ViT.
-//! The registry of models/*.toml and hub loading follow (issue 3).
+
+#![warn(missing_docs)]
 
 mod backbone;
 mod checkpoint;
@@ -29,7 +38,7 @@ mod efficientnet;
 mod entry;
 mod error;
 mod hub;
-pub mod layers;
+mod layers;
 mod params;
 mod preprocess;
 mod registry;
@@ -39,15 +48,15 @@ mod torchvision;
 mod vit;
 
 pub use backbone::Backbone;
-pub use checkpoint::{KeyReport, load_into, read_checkpoint};
-pub use densenet::{DenseNet, DenseNetConfig};
-pub use efficientnet::{EfficientNet, EfficientNetConfig, EfficientNetVariant, make_divisible};
+pub use checkpoint::{KeyReport, read_checkpoint};
+pub use densenet::DenseNetConfig;
+pub use efficientnet::{EfficientNetConfig, EfficientNetVariant};
 pub use entry::{Architecture, ModelEntry, Preprocessing};
 pub use error::{Error, Result};
 pub use hub::{CONFIG_FILE, HubOptions, WEIGHTS_FILE, hub_file, looks_like_hub_id, pretrained, weights_file};
-pub use params::{ParamBuilder, ParamStore};
+pub use params::ParamStore;
 pub use preprocess::eval_tensor;
 pub use registry::Registry;
-pub use resnet::{BlockKind, ResNet, ResNetConfig};
+pub use resnet::{BlockKind, ResNetConfig};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
-pub use vit::{Vit, VitConfig};
+pub use vit::VitConfig;

@@ -181,8 +181,8 @@ fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, clas
     model.load_weights(&weights_path(entry, weights)?, true)?;
     for path in images {
         let input = medxfer_zoo::eval_tensor(path, &entry.preprocessing, &device)?.unsqueeze(0)?;
-        let (_, logits) = model.forward_t(&input, false)?;
-        let probabilities: Vec<f32> = medxfer_zoo::layers::softmax_last_dim(&logits)?.squeeze(0)?.to_vec1()?;
+        let (_, logits) = model.features_and_logits(&input, false)?;
+        let probabilities: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?.squeeze(0)?.to_vec1()?;
         let mut order: Vec<usize> = (0..probabilities.len()).collect();
         order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
         println!("{}", path.display());
@@ -202,7 +202,7 @@ fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &
     let Some(images) = tensors.get("input") else {
         bail!("{}: no tensor named 'input' (B x 3 x H x W, f32, normalised)", input.display());
     };
-    let (features, logits) = model.forward_t(&medxfer_zoo::layers::as_f32(images)?, false)?;
+    let (features, logits) = model.features_and_logits(&images.to_dtype(candle_core::DType::F32)?, false)?;
     let outputs = HashMap::from([("features".to_string(), features), ("logits".to_string(), logits)]);
     let pending = medxfer_durable::PendingFile::new(output)?;
     candle_core::safetensors::save(&outputs, pending.path()).with_context(|| format!("cannot write {}", output.display()))?;

@@ -33,6 +33,7 @@ impl BlockKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
+    /// Basic (ResNet-18/34) or bottleneck (ResNet-50 and deeper) blocks.
     pub block: BlockKind,
     /// Blocks per stage.
     pub layers: [usize; 4],
@@ -49,12 +50,15 @@ fn default_channels() -> [usize; 4] {
 const STEM_CHANNELS: usize = 64;
 
 impl ResNetConfig {
+    /// ResNet-18: basic blocks (2, 2, 2, 2).
     pub fn resnet18() -> Self {
         Self { block: BlockKind::Basic, layers: [2, 2, 2, 2], channels: default_channels() }
     }
+    /// ResNet-34: basic blocks (3, 4, 6, 3).
     pub fn resnet34() -> Self {
         Self { block: BlockKind::Basic, layers: [3, 4, 6, 3], channels: default_channels() }
     }
+    /// ResNet-50: bottleneck blocks (3, 4, 6, 3).
     pub fn resnet50() -> Self {
         Self { block: BlockKind::Bottleneck, layers: [3, 4, 6, 3], channels: default_channels() }
     }
@@ -122,7 +126,6 @@ pub struct ResNet {
     bn1: BatchNorm2d,
     stages: Vec<Vec<Block>>,
     pub(crate) fc: Linear,
-    num_features: usize,
 }
 
 impl ResNet {
@@ -144,7 +147,7 @@ impl ResNet {
         }
         let num_features = config.num_features();
         let fc = Linear::new(&params.pp("fc"), num_features, num_classes)?;
-        Ok(Self { conv1, bn1, stages, fc, num_features })
+        Ok(Self { conv1, bn1, stages, fc })
     }
 
     /// The final feature map (B, C, H/32, W/32), timm's `forward_features`.
@@ -162,9 +165,5 @@ impl ResNet {
     /// Pooled features (B, num_features).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         global_avg_pool(&self.feature_map(x, train)?)
-    }
-
-    pub fn num_features(&self) -> usize {
-        self.num_features
     }
 }

@@ -16,11 +16,17 @@ const LAYER_NORM_EPS: f64 = 1e-6;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VitConfig {
+    /// Input side the position embeddings are laid out for.
     pub img_size: usize,
+    /// Side of a square patch.
     pub patch_size: usize,
+    /// Token width.
     pub embed_dim: usize,
+    /// Transformer blocks.
     pub depth: usize,
+    /// Attention heads per block.
     pub num_heads: usize,
+    /// MLP hidden width over the token width.
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
 }
@@ -30,6 +36,7 @@ fn default_mlp_ratio() -> f64 {
 }
 
 impl VitConfig {
+    /// ViT-S/16 at 224 px: width 384, 12 blocks, 6 heads.
     pub fn vit_small_patch16_224() -> Self {
         Self { img_size: 224, patch_size: 16, embed_dim: 384, depth: 12, num_heads: 6, mlp_ratio: 4.0 }
     }

@@ -43,7 +43,7 @@ fn a_cached_hub_model_loads_offline() {
     };
     let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("resnet_basic_min_ref.safetensors"), &Device::Cpu).unwrap();
-    let (_, logits) = model.forward_t(&reference["input"], false).unwrap();
+    let (_, logits) = model.features_and_logits(&reference["input"], false).unwrap();
     let difference =
         (logits - &reference["logits"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(difference < 1e-4, "{difference}");
@@ -77,7 +77,7 @@ fn a_hub_id_outside_the_registry_is_built_from_its_timm_config() {
     let entry = registry.resolve(repo, &options).unwrap();
     let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("vit_min_ref.safetensors"), &Device::Cpu).unwrap();
-    let (_, logits) = model.forward_t(&reference["input"], false).unwrap();
+    let (_, logits) = model.features_and_logits(&reference["input"], false).unwrap();
     let difference =
         (logits - &reference["logits"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(difference < 1e-4, "{difference}");

@@ -57,3 +57,23 @@ fn an_inconsistent_entry_is_refused_with_its_file_named() {
     assert!(error.contains("resnet18.toml") && error.contains("alexnet"), "{error}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Registry files written before the EfficientNet variant was renamed say `efficientnet_b0` for
+/// every width and depth; they read as the same architecture as `efficientnet`.
+#[test]
+fn an_efficientnet_entry_of_the_old_spelling_reads_as_the_new() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/efficientnet_b0.toml")).unwrap();
+    assert!(text.contains("variant = \"efficientnet\""), "{text}");
+    let new: medxfer_zoo::ModelEntry = toml::from_str(&text).unwrap();
+    let old: medxfer_zoo::ModelEntry =
+        toml::from_str(&text.replace("variant = \"efficientnet\"", "variant = \"efficientnet_b0\"")).unwrap();
+    assert_eq!(old, new);
+    assert_eq!(
+        new.architecture,
+        medxfer_zoo::Architecture::EfficientNet(medxfer_zoo::EfficientNetConfig {
+            variant: medxfer_zoo::EfficientNetVariant::EfficientNet,
+            channel_multiplier: 1.0,
+            depth_multiplier: 1.0
+        })
+    );
+}

@@ -94,7 +94,7 @@ fn eval_outputs_match_timm() {
                 &model.feature_map(input, false).unwrap(),
                 &reference[&format!("feature_map{suffix}")],
             );
-            let (features, logits) = model.forward_t(input, false).unwrap();
+            let (features, logits) = model.features_and_logits(input, false).unwrap();
             assert_close(&format!("{name} features{suffix}"), &features, &reference[&format!("features{suffix}")]);
             assert_close(&format!("{name} logits{suffix}"), &logits, &reference[&format!("logits{suffix}")]);
         }
@@ -106,7 +106,7 @@ fn train_mode_outputs_running_statistics_and_gradients_match_timm() {
     for (name, architecture) in cases() {
         let model = loaded(name, &architecture);
         let reference = reference(name);
-        let (_, logits) = model.forward_t(&reference["input"], true).unwrap();
+        let (_, logits) = model.features_and_logits(&reference["input"], true).unwrap();
         assert_close(&format!("{name} train logits"), &logits, &reference["train_logits"]);
         let mut checked = 0;
         for (key, value) in &reference {
@@ -190,7 +190,7 @@ fn a_replaced_head_is_fresh_seeded_trainable_and_keeps_the_features() {
     let features_before = model.features(&reference["input"], false).unwrap();
     model.replace_head(3, 7).unwrap();
     assert_eq!(model.num_classes().unwrap(), 3);
-    let (features, logits) = model.forward_t(&reference["input"], false).unwrap();
+    let (features, logits) = model.features_and_logits(&reference["input"], false).unwrap();
     assert_close("features after the head changed", &features, &features_before);
     assert_eq!(logits.dims(), &[2, 3]);
     // PyTorch's default bound 1/sqrt(fan_in), fan_in = 32 here; the same seed, the same head.
@@ -223,7 +223,7 @@ fn torchvision_checkpoints_load_under_timms_names_and_give_torchvisions_outputs(
         let report = model.load_weights(&fixtures().join(format!("{file}.safetensors")), true).unwrap();
         assert!(report.is_exact(), "{file}: {report:?}");
         let reference = reference(file);
-        let (features, logits) = model.forward_t(&reference["input"], false).unwrap();
+        let (features, logits) = model.features_and_logits(&reference["input"], false).unwrap();
         assert_close(&format!("{file} features"), &features, &reference["features"]);
         assert_close(&format!("{file} logits"), &logits, &reference["logits"]);
     }
@@ -232,7 +232,7 @@ fn torchvision_checkpoints_load_under_timms_names_and_give_torchvisions_outputs(
     let model = Backbone::new("densenet_min", architecture, 10, &device()).unwrap();
     model.load_weights(&fixtures().join("densenet_min_legacy.safetensors"), true).unwrap();
     let reference = reference("densenet_min");
-    assert_close("legacy densenet logits", &model.forward_t(&reference["input"], false).unwrap().1, &reference["logits"]);
+    assert_close("legacy densenet logits", &model.features_and_logits(&reference["input"], false).unwrap().1, &reference["logits"]);
 }
 
 #[test]
@@ -242,7 +242,7 @@ fn a_vit_checkpoint_runs_at_another_image_size_with_timms_resampled_positions() 
     model.load_weights(&fixtures().join("vit_min.safetensors"), true).unwrap();
     let reference = reference("vit_min_96");
     assert_close("resampled pos_embed", model.params().var("pos_embed").unwrap().as_tensor(), &reference["pos_embed"]);
-    assert_close("logits at 96 px", &model.forward_t(&reference["input"], false).unwrap().1, &reference["logits"]);
+    assert_close("logits at 96 px", &model.features_and_logits(&reference["input"], false).unwrap().1, &reference["logits"]);
 }
 
 #[test]
@@ -250,10 +250,10 @@ fn eval_mode_keeps_no_graph_train_mode_does() {
     let (name, architecture) = &cases()[2];
     let model = loaded(name, architecture);
     let reference = reference(name);
-    let (_, eval_logits) = model.forward_t(&reference["input"], false).unwrap();
+    let (_, eval_logits) = model.features_and_logits(&reference["input"], false).unwrap();
     let grads = eval_logits.sum_all().unwrap().backward().unwrap();
     assert!(model.params().trainable_vars().iter().all(|(_, var)| grads.get(var.as_tensor()).is_none()));
-    let (_, train_logits) = model.forward_t(&reference["input"], true).unwrap();
+    let (_, train_logits) = model.features_and_logits(&reference["input"], true).unwrap();
     let grads = train_logits.sum_all().unwrap().backward().unwrap();
     assert!(model.params().trainable_vars().iter().all(|(_, var)| grads.get(var.as_tensor()).is_some()));
 }

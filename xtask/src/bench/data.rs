@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use medxfer_data::cache::ImageCache;
-use medxfer_data::loader::{self, Augment, LoaderConfig};
-use medxfer_data::split::{Entry, Part};
-use medxfer_data::transform::{Normalization, TrainTransform};
+use medxfer_data::{
+    Augment, Entry, ImageCache, LoaderConfig, Part, batches,
+    transform::{Normalization, TrainTransform},
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -78,12 +78,12 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         let pass = |augment: Augment| -> Result<f64> {
             let config = LoaderConfig { batch_size: settings.batch, shuffle: true, seed: 0, epoch: 0, augment, normalization };
             // One warm pass (page cache), then the timed one.
-            for batch in loader::batches(cache.clone(), labels.clone(), config)? {
+            for batch in batches(cache.clone(), labels.clone(), config)? {
                 batch?;
             }
             let start = Instant::now();
             let mut count = 0;
-            for batch in loader::batches(cache.clone(), labels.clone(), LoaderConfig { epoch: 1, ..config })? {
+            for batch in batches(cache.clone(), labels.clone(), LoaderConfig { epoch: 1, ..config })? {
                 count += batch?.indices.len();
             }
             Ok(count as f64 / start.elapsed().as_secs_f64())

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
-use medxfer_train::sgd::{NesterovSgd, SgdSettings};
+use medxfer_train::{NesterovSgd, SgdSettings};
 use medxfer_zoo::{Backbone, Registry};
 use serde_json::{Value, json};
 
@@ -136,7 +136,7 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
 pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool, device: &str, tf32: bool) -> Result<()> {
     let registry = Registry::load_default()?;
     let entry = registry.get(name)?;
-    let device = medxfer_train::device::parse(device)?;
+    let device = medxfer_train::parse_device(device)?;
     #[cfg(feature = "cuda")]
     candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
     #[cfg(not(feature = "cuda"))]
@@ -156,15 +156,15 @@ pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool
     let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), settings);
     let mut step = || -> Result<()> {
         if train {
-            let (_, logits) = model.forward_t(&images, true)?;
+            let (_, logits) = model.features_and_logits(&images, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
             optimizer.step(&loss.backward()?)?;
             loss.to_scalar::<f32>()?;
         } else {
-            let (features, _) = model.forward_t(&images, false)?;
+            let (features, _) = model.features_and_logits(&images, false)?;
             features.sum_all()?.to_scalar::<f32>()?;
         }
-        medxfer_train::device::synchronize(&device)?;
+        medxfer_train::synchronize(&device)?;
         Ok(())
     };
     for _ in 0..WARMUP_STEPS {

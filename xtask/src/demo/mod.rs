@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use medxfer_data::split::{Entry, Part};
-use medxfer_data::transform::Normalization;
-use medxfer_data::{Catalog, synth};
-use medxfer_train::finetune::{self, EpochRecord, RunData, RunSettings, SplitData, TrainingOptions};
+use medxfer_data::{Catalog, Entry, Normalization, Part, synth};
+use medxfer_train::{BEST_FILE, EpochRecord, RunData, RunSettings, SplitData, TrainingOptions, fine_tune};
 use medxfer_zoo::{Backbone, ModelEntry, Registry};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -150,8 +148,8 @@ pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &P
             ..RunSettings::from_options(&options, Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, false))
         };
         let run = cache.join("pretraining").join(&entry.name);
-        let outcome = finetune::run(&model, &source, &settings, &run, &mut |_: &EpochRecord| {})?;
-        let best = run.join(finetune::BEST_FILE);
+        let outcome = fine_tune(&model, &source, &settings, &run, &mut |_: &EpochRecord| {})?;
+        let best = run.join(BEST_FILE);
         let bytes = std::fs::read(&best).with_context(|| format!("cannot read {}", best.display()))?;
         medxfer_durable::write_atomic(&weights.join(format!("{}.safetensors", entry.name)), &bytes)?;
         eprintln!(

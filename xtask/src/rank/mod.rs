@@ -14,15 +14,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use medxfer_data::FaithfulSplit;
-use medxfer_data::split::{self, Entry, Part};
-use medxfer_data::transform::Normalization;
+use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split};
 use medxfer_scores::Metric;
-use medxfer_train::extract::ExtractSettings;
-use medxfer_train::finetune::{RunData, RunSettings, SplitData, TrainingOptions};
-use medxfer_train::models;
-use medxfer_train::progress_bar::EpochBar;
-use medxfer_train::search::{self, SearchSettings, Shard};
+use medxfer_train::{
+    EpochBar, ExtractSettings, RunData, RunSettings, SearchSettings, Shard, SplitData, TrainingOptions, load_pretrained, search,
+    start_fine_tuning,
+};
 use medxfer_zoo::{HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
@@ -162,13 +159,13 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         Some(dir) => Weights::Dir(dir.clone()),
         None => Weights::Hub(hub),
     };
-    let device = medxfer_train::device::parse(&args.device)?;
+    let device = medxfer_train::parse_device(&args.device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
 
     // With fine-tuning, a stratified split whose train part alone is scored.
     let entries: Vec<Entry> = match args.finetune_top {
-        Some(_) => split::faithful(&images.records, &FaithfulSplit::Stratified { val: 0.1, test: 0.2 }, args.seed)?,
+        Some(_) => faithful_split(&images.records, &FaithfulSplit::Stratified { val: 0.1, test: 0.2 }, args.seed)?,
         None => images
             .records
             .iter()
@@ -182,7 +179,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     let train_entries = part(Part::Train);
     let train = split_data(&train_entries, "train")?;
-    let checksum = medxfer_data::manifest::files_checksum(&images.root, &train_entries)?;
+    let checksum = medxfer_data::files_checksum(&images.root, &train_entries)?;
     let features_dir = args.out.join("features").join(format!("{}-r{}-c{}", &checksum[..16], args.resize, args.crop));
     std::fs::create_dir_all(&features_dir)?;
 
@@ -194,7 +191,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             None => {
                 let start = Instant::now();
                 let file = weights.file(entry)?;
-                let model = models::pretrained(entry, &file, &device).with_context(|| format!("loading {}", file.display()))?;
+                let model = load_pretrained(entry, &file, &device).with_context(|| format!("loading {}", file.display()))?;
                 let path = features_dir.join(format!("{}.safetensors", entry.name));
                 let settings = ExtractSettings { normalization: normalization(entry), crop: args.crop, batch_size: 32 };
                 extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
@@ -227,7 +224,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         for row in rows.iter_mut().take(k) {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
             let file = weights.file(entry)?;
-            let make = || models::with_fresh_head(entry, &file, images.classes.len(), args.seed, &device);
+            let make = || start_fine_tuning(entry, &file, images.classes.len(), args.seed, &device);
             let options = TrainingOptions {
                 epochs: args.epochs,
                 batch_size: args.batch,
@@ -239,7 +236,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                 SearchSettings { base: RunSettings::from_options(&options, normalization(entry)), trials: args.trials, shard: Shard::ALL };
             let dir = args.out.join("runs").join(&entry.name);
             let mut bar = EpochBar::new(args.epochs);
-            let summary = search::run(&make, &data, &settings, &dir, &mut bar);
+            let summary = search(&make, &data, &settings, &dir, &mut bar);
             bar.finish();
             let summary = summary?;
             row.test_balanced_accuracy = summary.best.and_then(|b| b.outcome.test.map(|t| t.balanced_accuracy));

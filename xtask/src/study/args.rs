@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use medxfer_data::Catalog;
-use medxfer_train::finetune::{Selection, TrainingOptions};
-use medxfer_train::search::Shard;
+use medxfer_train::{Selection, Shard, TrainingOptions};
 use medxfer_zoo::{HubOptions, Registry};
 
 use super::layout::Layout;
@@ -179,7 +178,7 @@ impl ReproduceArgs {
             shard: Shard::parse(&self.shard)?,
             resize: self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256),
             fix_std: self.fix_std,
-            halving: self.halving.map(|eta| medxfer_train::halving::Halving::new(eta, self.halving_min_epochs)).transpose()?,
+            halving: self.halving.map(|eta| medxfer_train::Halving::new(eta, self.halving_min_epochs)).transpose()?,
             extract_batch: 32,
             demo: demo.is_some(),
             command,

@@ -20,10 +20,8 @@ pub mod unit;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use medxfer_data::split::Entry;
-use medxfer_data::{Catalog, TaskSpec};
-use medxfer_train::finetune::{RunData, Selection, SplitData, TrainingOptions};
-use medxfer_train::search::Shard;
+use medxfer_data::{Catalog, Entry, TaskSpec};
+use medxfer_train::{RunData, Selection, Shard, SplitData, TrainingOptions};
 use medxfer_zoo::{HubOptions, ModelEntry, weights_file};
 
 use crate::report::Provenance;
@@ -58,7 +56,7 @@ pub struct Study {
     pub resize: u32,
     pub fix_std: bool,
     /// Successive halving instead of the full search.
-    pub halving: Option<medxfer_train::halving::Halving>,
+    pub halving: Option<medxfer_train::Halving>,
     /// Batch of feature extraction (the reference's 32).
     pub extract_batch: usize,
     pub demo: bool,
@@ -85,19 +83,19 @@ impl Weights {
 impl Study {
     /// The state of a unit's search: its trials' outcomes and A_opt once every trial (of the
     /// last rung, under halving) is finished.
-    pub fn search_summary(&self, dir: &std::path::Path) -> medxfer_train::search::SearchSummary {
+    pub fn search_summary(&self, dir: &std::path::Path) -> medxfer_train::SearchSummary {
         if self.halving.is_some() {
-            let stored = std::fs::read(dir.join(medxfer_train::search::SUMMARY_FILE))
+            let stored = std::fs::read(dir.join(medxfer_train::SUMMARY_FILE))
                 .ok()
-                .and_then(|b| serde_json::from_slice::<medxfer_train::halving::HalvingSummary>(&b).ok());
+                .and_then(|b| serde_json::from_slice::<medxfer_train::HalvingSummary>(&b).ok());
             if let Some(stored) = stored {
                 return stored.search;
             }
-            let mut summary = medxfer_train::search::summarize(dir, self.trials);
+            let mut summary = medxfer_train::summarize_search(dir, self.trials);
             summary.best = None;
             return summary;
         }
-        medxfer_train::search::summarize(dir, self.trials)
+        medxfer_train::summarize_search(dir, self.trials)
     }
 
     /// Every way this run differs from the reference protocol.
@@ -201,7 +199,7 @@ pub struct Outcome {
 
 /// Runs every step still to do for this shard; unsharded, writes the tables and the report.
 pub fn run(study: &Study) -> Result<Outcome> {
-    let device = medxfer_train::device::parse(&study.device)?;
+    let device = medxfer_train::parse_device(&study.device)?;
     std::fs::create_dir_all(&study.layout.out).with_context(|| format!("cannot create {}", study.layout.out.display()))?;
     let log = layout::Log::new(study.layout.log());
     let mut provenance = study.provenance();

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use medxfer_train::finetune;
-use medxfer_train::search;
+use medxfer_train::{history, summarize_search, trial_dir};
 
 use super::Study;
 use super::splits::NOTE_FILE;
@@ -42,7 +41,7 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
         let Some(images) = train_images(&task.name) else { continue };
         for entry in &study.backbones {
             for trial in 0..study.trials {
-                let history = finetune::history(&search::trial_dir(&layout.runs(&task.name, &entry.name), trial));
+                let history = history(&trial_dir(&layout.runs(&task.name, &entry.name), trial));
                 let sum = throughput.entry(entry.name.as_str()).or_default();
                 for record in history {
                     sum.0 += record.seconds;
@@ -55,12 +54,9 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
     for task in &study.tasks {
         for entry in &study.backbones {
             let dir = layout.runs(&task.name, &entry.name);
-            let summary = search::summarize(&dir, study.trials);
-            let epochs_left: usize = summary
-                .pending
-                .iter()
-                .map(|&t| study.options.epochs.saturating_sub(finetune::history(&search::trial_dir(&dir, t)).len()))
-                .sum();
+            let summary = summarize_search(&dir, study.trials);
+            let epochs_left: usize =
+                summary.pending.iter().map(|&t| study.options.epochs.saturating_sub(history(&trial_dir(&dir, t)).len())).sum();
             let rate = throughput.get(entry.name.as_str()).filter(|(_, images)| *images > 0.0).map(|(s, images)| s / images);
             let seconds = match (rate, train_images(&task.name)) {
                 (Some(rate), Some(images)) => Some(rate * images as f64 * epochs_left as f64),

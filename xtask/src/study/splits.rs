@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use medxfer_data::split::{self, Entry, Part, Source};
-use medxfer_data::{Catalog, Role, TaskSpec, layouts, manifest};
+use medxfer_data::{Catalog, Entry, Part, Role, Source, TaskSpec, ood_entries, read_manifest, scan_clean, split_task};
 
 use crate::report::SplitNote;
 
@@ -77,14 +76,14 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
     if id.role == Role::Ood {
         bail!("{} is an OOD set, not task {}'s training set", id.name, task.name);
     }
-    let records = layouts::scan_clean(id, &id_root).map_err(|e| anyhow::anyhow!("{e}; or pass --data"))?;
+    let records = scan_clean(id, &id_root).map_err(|e| anyhow::anyhow!("{e}; or pass --data"))?;
     let (source, authors_dir) = match choice {
         SplitChoice::Faithful => (Source::Faithful, None),
         SplitChoice::Grouped => (Source::Grouped, None),
         SplitChoice::Authors(dir) => (Source::Authors, Some(dir.join(&task.name))),
     };
-    let (entries, leakage) = split::split_task(&records, id, task, source, authors_dir.as_deref(), seed)?;
-    let ood = split::ood(&layouts::scan_clean(ood_spec, &ood_root).map_err(|e| anyhow::anyhow!("{e}; or pass --data"))?);
+    let (entries, leakage) = split_task(&records, id, task, source, authors_dir.as_deref(), seed)?;
+    let ood = ood_entries(&scan_clean(ood_spec, &ood_root).map_err(|e| anyhow::anyhow!("{e}; or pass --data"))?);
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let (train, val, test) = (part(Part::Train), part(Part::Val), part(Part::Test));
     if train.is_empty() || val.is_empty() || test.is_empty() || ood.is_empty() {
@@ -137,7 +136,7 @@ fn read(dir: &Path, id_root: &Path, ood_root: &Path) -> Result<Option<TaskSplit>
     }
     let note: SplitNote = serde_json::from_slice(&std::fs::read(&note_path)?)
         .with_context(|| format!("{} is damaged; delete {} to make the split again", note_path.display(), dir.display()))?;
-    let read = |name: &str| manifest::read_entries(&dir.join(format!("{name}.csv")));
+    let read = |name: &str| read_manifest(&dir.join(format!("{name}.csv")));
     Ok(Some(TaskSplit {
         train: read("train")?,
         val: read("val")?,
@@ -152,6 +151,8 @@ fn read(dir: &Path, id_root: &Path, ood_root: &Path) -> Result<Option<TaskSplit>
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use medxfer_data::scan_dataset;
+
     use super::*;
     use std::collections::BTreeMap;
 
@@ -165,7 +166,7 @@ mod tests {
         let data = dir.path().join("data");
         medxfer_data::synth::synthesize(catalog.dataset("breakhis").unwrap(), &data.join("breakhis"), 6, 1).unwrap();
         medxfer_data::synth::synthesize(catalog.dataset("bach").unwrap(), &data.join("bach"), 3, 2).unwrap();
-        let records = layouts::scan(catalog.dataset("breakhis").unwrap(), &data.join("breakhis")).unwrap().records;
+        let records = scan_dataset(catalog.dataset("breakhis").unwrap(), &data.join("breakhis")).unwrap().records;
         let mut expected: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut csvs: BTreeMap<&str, String> = ["train", "val", "test"].into_iter().map(|p| (p, "image,label\n".to_string())).collect();
         for (i, record) in records.iter().enumerate() {

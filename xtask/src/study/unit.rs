@@ -6,15 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use medxfer_data::TaskSpec;
-use medxfer_data::split::Entry;
-use medxfer_data::transform::Normalization;
+use medxfer_data::{Entry, Normalization, TaskSpec};
 use medxfer_scores::Metric;
-use medxfer_train::extract::ExtractSettings;
-use medxfer_train::finetune::{self, RunSettings};
-use medxfer_train::models;
-use medxfer_train::progress_bar::EpochBar;
-use medxfer_train::search::{self, SearchSettings, SearchSummary};
+use medxfer_train::{
+    BEST_FILE, EpochBar, ExtractSettings, RunSettings, SearchProgress, SearchSettings, SearchSummary, SplitData, load_fine_tuned,
+    load_pretrained, search, start_fine_tuning, trial_dir,
+};
 use medxfer_zoo::{Backbone, ModelEntry};
 
 use super::layout::Log;
@@ -76,7 +73,7 @@ impl Unit<'_> {
         let features = layout.features(&self.task.name, &self.entry.name, Setting::Id);
         if !features.exists() {
             let weights = self.study.weights.file(self.entry)?;
-            let model = models::pretrained(self.entry, &weights, self.device).with_context(|| format!("loading {}", weights.display()))?;
+            let model = load_pretrained(self.entry, &weights, self.device).with_context(|| format!("loading {}", weights.display()))?;
             self.extract(&model, &self.data.run.train, &self.data.split.train, &features)?;
             self.log.line(&format!(
                 "{}: pretrained features of {} train images ({:.1} s)",
@@ -90,7 +87,7 @@ impl Unit<'_> {
         self.write_scores(Setting::Id, &scores)
     }
 
-    fn extract(&self, model: &Backbone, split: &finetune::SplitData, entries: &[Entry], out: &Path) -> Result<()> {
+    fn extract(&self, model: &Backbone, split: &SplitData, entries: &[Entry], out: &Path) -> Result<()> {
         let label = format!("{} {}", self.task.name, self.entry.name);
         let settings =
             ExtractSettings { normalization: self.normalization(), crop: self.study.options.crop, batch_size: self.study.extract_batch };
@@ -118,13 +115,15 @@ impl Unit<'_> {
         }
         let weights = study.weights.file(self.entry)?;
         let classes = self.task.classes.len();
-        let make = || models::with_fresh_head(self.entry, &weights, classes, study.options.seed, self.device);
+        let make = || start_fine_tuning(self.entry, &weights, classes, study.options.seed, self.device);
         let base = RunSettings::from_options(&study.options, self.normalization());
         let settings = SearchSettings { base, trials: study.trials, shard: study.shard };
         let start = Instant::now();
-        let run = |progress: &mut dyn search::SearchProgress| match study.halving {
-            None => search::run(&make, &self.data.run, &settings, &dir, progress),
-            Some(halving) => medxfer_train::halving::run(&make, &self.data.run, &settings, halving, &dir, progress).map(|h| h.search),
+        let run = |progress: &mut dyn SearchProgress| match study.halving {
+            None => search(&make, &self.data.run, &settings, &dir, progress),
+            Some(halving) => {
+                medxfer_train::search_with_halving(&make, &self.data.run, &settings, halving, &dir, progress).map(|h| h.search)
+            }
         };
         // The bar draws only on a terminal; elsewhere (a log, a Slurm job) each epoch is a line.
         let mut bar = EpochBar::new(study.options.epochs);
@@ -150,10 +149,10 @@ impl Unit<'_> {
     fn ood_scores(&self, trial: usize) -> Result<()> {
         let layout = &self.study.layout;
         let start = Instant::now();
-        let checkpoint = search::trial_dir(&layout.runs(&self.task.name, &self.entry.name), trial).join(finetune::BEST_FILE);
+        let checkpoint = trial_dir(&layout.runs(&self.task.name, &self.entry.name), trial).join(BEST_FILE);
         let features = layout.features(&self.task.name, &self.entry.name, Setting::Ood);
         if !features.exists() {
-            let model = models::fine_tuned(self.entry, &checkpoint, self.task.classes.len(), self.device)?;
+            let model = load_fine_tuned(self.entry, &checkpoint, self.task.classes.len(), self.device)?;
             self.extract(&model, &self.data.ood, &self.data.split.ood, &features)?;
         }
         let mut scores = score_file(&features)?;
@@ -170,7 +169,7 @@ fn head_balanced_accuracy(path: &Path, classes: usize) -> Result<f64> {
     let get = |name: &str| tensors.get(name).with_context(|| format!("{}: no `{name}` tensor", path.display()));
     let predicted: Vec<u32> = get("probs")?.argmax(1)?.to_vec1()?;
     let truth: Vec<u32> = get("labels")?.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|l| l as u32).collect();
-    Ok(medxfer_train::metrics::evaluate(&truth, &predicted, classes).balanced_accuracy)
+    Ok(medxfer_train::evaluate(&truth, &predicted, classes).balanced_accuracy)
 }
 
 /// Step 7: scores.csv and performance.csv from every unit's files (what exists so far).

@@ -17,7 +17,9 @@ pub struct BreakhisName {
     pub patient: String,
     /// The slide suffix (`AB`, `CD`, ...), possibly empty.
     pub slide_suffix: String,
+    /// 40, 100, 200 or 400.
     pub magnification: u32,
+    /// The image's number within its slide and magnification.
     pub sequence: u32,
 }
 

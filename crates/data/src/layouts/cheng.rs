@@ -19,10 +19,13 @@ pub const CLASSES: [(u32, &str); 3] = [(1, "meningioma"), (2, "glioma"), (3, "pi
 /// One slice of the set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChengSlice {
+    /// meningioma, glioma or pituitary.
     pub class: &'static str,
+    /// The patient id (`PID`).
     pub patient: String,
     /// Rows x columns in MATLAB's orientation (already transposed back).
     pub height: usize,
+    /// Columns.
     pub width: usize,
     /// Row-major raw intensities, when asked for.
     pub pixels: Option<Vec<i16>>,

@@ -10,8 +10,11 @@ use crate::error::Result;
 use crate::files::{FileIndex, file_name};
 use crate::record::Scan;
 
+/// The one-hot class table.
 pub const GROUND_TRUTH: &str = "ISIC_2019_Training_GroundTruth.csv";
+/// The table of lesion ids (the grouped split's groups).
 pub const METADATA: &str = "ISIC_2019_Training_Metadata.csv";
+/// The ground truth's class columns, in its order.
 pub const CLASSES: [&str; 9] = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"];
 
 pub fn scan(spec: &DatasetSpec, index: &FileIndex) -> Result<Scan> {

@@ -24,7 +24,7 @@ use crate::files::FileIndex;
 use crate::record::{Record, Scan};
 
 /// Reads the dataset under `root` with the reader its TOML names.
-pub fn scan(spec: &DatasetSpec, root: &Path) -> Result<Scan> {
+pub fn scan_dataset(spec: &DatasetSpec, root: &Path) -> Result<Scan> {
     let index = FileIndex::build(root)?;
     let scan = match spec.layout {
         LayoutKind::Isic2019 => isic::scan(spec, &index)?,
@@ -64,7 +64,7 @@ pub fn scan_clean(spec: &DatasetSpec, root: &Path) -> Result<Vec<Record>> {
             problem: format!("no such folder; put the {} dataset there (see datasets/README.md)", spec.name),
         });
     }
-    let scan = scan(spec, root)?;
+    let scan = scan_dataset(spec, root)?;
     match scan.problems.first() {
         None => Ok(scan.records),
         Some(first) => Err(Error::Format {

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::files::FileIndex;
 use crate::record::Scan;
 
+/// The metadata table.
 pub const METADATA: &str = "metadata.csv";
 /// The 26 columns of the real file, in order.
 pub const COLUMNS: [&str; 26] = [

@@ -19,6 +19,7 @@ pub struct BatchNormParams<'a> {
     pub gamma: &'a Tensor,
     /// The shift, `bias` in PyTorch.
     pub beta: &'a Tensor,
+    /// Added to the variance before the square root (PyTorch's 1e-5 default).
     pub eps: f64,
 }
 

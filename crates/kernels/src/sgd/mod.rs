@@ -26,9 +26,13 @@ use crate::kernel_input::is_f32_cpu;
 /// The optimizer's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdSettings {
+    /// The step's learning rate.
     pub learning_rate: f64,
+    /// Momentum of the buffer (0: plain SGD, no buffer).
     pub momentum: f64,
+    /// Coupled weight decay, added to the gradient.
     pub weight_decay: f64,
+    /// Nesterov's look-ahead.
     pub nesterov: bool,
 }
 
@@ -36,7 +40,9 @@ pub struct SgdSettings {
 /// any graph.
 #[derive(Debug, Clone)]
 pub struct SgdUpdate {
+    /// The updated parameter.
     pub param: Tensor,
+    /// The updated momentum buffer (None without momentum).
     pub buffer: Option<Tensor>,
 }
 
