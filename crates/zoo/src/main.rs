@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand};
-use medxfer_zoo::{Backbone, CONFIG_FILE, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file, read_checkpoint};
+use medxfer_zoo::{Backbone, CONFIG_FILE, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file, read_checkpoint, weights_file};
 
 /// mimalloc reuses freed pages: the system allocator maps and unmaps every large tensor, and
 /// the page faults and TLB shootdowns cost 20-40% of a CPU forward pass.
@@ -114,7 +114,7 @@ fn family(entry: &ModelEntry) -> String {
 fn list(registry: &Registry) -> Result<()> {
     println!("{:<24} {:<14} {:>12} {:>8}  hub", "name", "family", "parameters", "features");
     for entry in registry.entries() {
-        let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &Device::Cpu)?;
+        let model = Backbone::from_entry(entry, &Device::Cpu)?;
         println!(
             "{:<24} {:<14} {:>12} {:>8}  {}",
             entry.name,
@@ -130,12 +130,12 @@ fn list(registry: &Registry) -> Result<()> {
 fn weights_path(entry: &ModelEntry, weights: Option<&Path>) -> Result<PathBuf> {
     match weights {
         Some(path) => Ok(path.to_path_buf()),
-        None => Ok(hub_file(&entry.hub, WEIGHTS_FILE, &HubOptions::from_env())?),
+        None => Ok(weights_file(entry, &HubOptions::from_env())?),
     }
 }
 
 fn inspect(entry: &ModelEntry, weights: Option<&Path>) -> Result<()> {
-    let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &Device::Cpu)?;
+    let model = Backbone::from_entry(entry, &Device::Cpu)?;
     println!("{}", toml::to_string(entry).context("cannot print the entry")?);
     println!("parameters: {}", model.params().parameter_count());
     println!(
@@ -145,7 +145,7 @@ fn inspect(entry: &ModelEntry, weights: Option<&Path>) -> Result<()> {
     );
     let path = match weights {
         Some(path) => path.to_path_buf(),
-        None => match hub_file(&entry.hub, WEIGHTS_FILE, &HubOptions { offline: true, ..HubOptions::from_env() }) {
+        None => match weights_file(entry, &HubOptions { offline: true, ..HubOptions::from_env() }) {
             Ok(path) => path,
             Err(_) => {
                 println!("weights: not in the hub cache (medxfer-zoo fetch {} downloads them)", entry.name);
@@ -177,7 +177,7 @@ fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, clas
         );
     }
     let device = Device::Cpu;
-    let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
+    let model = Backbone::from_entry(entry, &device)?;
     model.load_weights(&weights_path(entry, weights)?, true)?;
     for path in images {
         let input = medxfer_zoo::eval_tensor(path, &entry.preprocessing, &device)?.unsqueeze(0)?;

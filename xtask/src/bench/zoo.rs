@@ -143,7 +143,7 @@ pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool
     if tf32 {
         bail!("--tf32 applies to a CUDA build only");
     }
-    let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &device)?;
+    let model = Backbone::from_entry(entry, &device)?;
     // Random weights (zeros could meet fast paths); running variances stay positive.
     for (index, (name, var)) in model.params().trainable_vars().into_iter().enumerate() {
         let value =
