@@ -80,7 +80,6 @@ enum Command {
     },
     /// Writes a small synthetic replica of a dataset's real layout (a build with
     /// `--features synth`).
-    #[cfg(feature = "synth")]
     Synth {
         dataset: String,
         #[arg(long)]
@@ -158,19 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{} images cached in {} ({:.1} s)", cache.len(), out.display(), start.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
-        #[cfg(feature = "synth")]
-        Command::Synth { dataset, out, n, seed } => {
-            let spec = catalog.dataset(&dataset)?;
-            let replica = medxfer_data::synth::synthesize(spec, &out, n, seed)?;
-            println!(
-                "wrote a {} replica to {}: {:?} images per task label, {} of dropped classes",
-                spec.name,
-                out.display(),
-                replica.per_label,
-                replica.dropped
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Synth { dataset, out, n, seed } => synth(&catalog, &dataset, &out, n, seed),
     }
 }
 
@@ -250,4 +237,23 @@ fn split(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
         leakage.test_images_sharing_a_train_group
     );
     Ok(())
+}
+
+#[cfg(feature = "synth")]
+fn synth(catalog: &Catalog, dataset: &str, out: &Path, n: usize, seed: u64) -> Result<ExitCode> {
+    let spec = catalog.dataset(dataset)?;
+    let replica = medxfer_data::synth::synthesize(spec, out, n, seed)?;
+    println!(
+        "wrote a {} replica to {}: {:?} images per task label, {} of dropped classes",
+        spec.name,
+        out.display(),
+        replica.per_label,
+        replica.dropped
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "synth"))]
+fn synth(_: &Catalog, _: &str, _: &Path, _: usize, _: u64) -> Result<ExitCode> {
+    bail!("this medxfer-data was built without synthetic replicas; run it as `cargo run -p medxfer-data --features synth -- synth ...`")
 }
