@@ -61,19 +61,39 @@ pub const SCORE_COLUMNS: [&str; 5] = ["task", "setting", "backbone", "metric", "
 pub const PERFORMANCE_COLUMNS: [&str; 9] =
     ["task", "setting", "backbone", "val_balanced_accuracy", "test_balanced_accuracy", "trial", "lr", "wd", "epoch"];
 
-/// Rows of a results CSV whose header must be exactly `columns`.
-pub fn read_rows<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<T>> {
+/// Rows of a results CSV whose header must be exactly `columns`, with the line each starts on.
+fn read_lines<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<(u64, T)>> {
     let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let header: Vec<String> =
-        reader.headers().with_context(|| format!("{}: no header", path.display()))?.iter().map(str::to_string).collect();
-    if header != columns {
-        bail!("{}: the header is `{}`; expected `{}`", path.display(), header.join(","), columns.join(","));
+    let header = reader.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
+    if header.iter().ne(columns.iter().copied()) {
+        bail!("{}: the header is `{}`; expected `{}`", path.display(), header.iter().collect::<Vec<_>>().join(","), columns.join(","));
     }
     let mut rows = Vec::new();
-    for (line, row) in reader.deserialize().enumerate() {
-        rows.push(row.with_context(|| format!("{}: row {} is not valid", path.display(), line + 2))?);
+    for record in reader.records() {
+        let record = record.with_context(|| format!("{}: a row is not valid CSV", path.display()))?;
+        let line = record.position().map_or(0, csv::Position::line);
+        let row = record.deserialize(Some(&header)).with_context(|| format!("{}: row {line} is not valid", path.display()))?;
+        rows.push((line, row));
     }
     Ok(rows)
+}
+
+/// Rows of a results CSV whose header must be exactly `columns` and where no two rows share a
+/// `key`: a table with two values for one cell cannot say which is true, so it is refused,
+/// naming both lines.
+pub fn read_rows<T: DeserializeOwned, K: Ord + std::fmt::Debug>(path: &Path, columns: &[&str], key: impl Fn(&T) -> K) -> Result<Vec<T>> {
+    let rows = read_lines(path, columns)?;
+    let mut first_line: std::collections::BTreeMap<K, u64> = std::collections::BTreeMap::new();
+    for (line, row) in &rows {
+        if let Some(first) = first_line.insert(key(row), *line) {
+            bail!(
+                "{}: rows {first} and {line} are both {:?}; a table holds one row per key: remove one (or rerun the step that writes it)",
+                path.display(),
+                key(row)
+            );
+        }
+    }
+    Ok(rows.into_iter().map(|(_, row)| row).collect())
 }
 
 /// Writes rows as CSV atomically (a temporary file renamed over the target).
@@ -88,7 +108,8 @@ pub fn write_rows<T: Serialize>(path: &Path, columns: &[&str], rows: &[T]) -> Re
 }
 
 pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
-    let rows: Vec<ScoreRow> = read_rows(&dir.join(SCORES_CSV), &SCORE_COLUMNS)?;
+    let rows: Vec<ScoreRow> =
+        read_rows(&dir.join(SCORES_CSV), &SCORE_COLUMNS, |r: &ScoreRow| (r.task.clone(), r.setting, r.backbone.clone(), r.metric.clone()))?;
     for (i, row) in rows.iter().enumerate() {
         if row.metric.parse::<medxfer_scores::Metric>().is_err() {
             bail!("{}: row {}: unknown metric '{}'", dir.join(SCORES_CSV).display(), i + 2, row.metric);
@@ -98,7 +119,7 @@ pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
 }
 
 pub fn read_performance(dir: &Path) -> Result<Vec<PerformanceRow>> {
-    read_rows(&dir.join(PERFORMANCE_CSV), &PERFORMANCE_COLUMNS)
+    read_rows(&dir.join(PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, |r: &PerformanceRow| (r.task.clone(), r.setting, r.backbone.clone()))
 }
 
 #[cfg(test)]
@@ -145,5 +166,31 @@ mod tests {
         std::fs::write(dir.path().join(SCORES_CSV), "task,setting,backbone,metric,value\nskin,id,resnet18,leap,-0.5\n").unwrap();
         let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
         assert!(error.contains("row 2") && error.contains("leap"), "{error}");
+    }
+
+    #[test]
+    fn two_rows_for_one_cell_are_refused_naming_both_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(SCORES_CSV),
+            "task,setting,backbone,metric,value\nskin,id,resnet18,leep,-0.5\nskin,id,resnet34,leep,-0.4\nskin,ood,resnet18,leep,-0.6\nskin,id,resnet18,logme,1.0\nskin,id,resnet18,leep,-0.7\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
+        assert!(error.contains("scores.csv: rows 2 and 6") && error.contains("resnet18") && error.contains("leep"), "{error}");
+        std::fs::write(
+            dir.path().join(PERFORMANCE_CSV),
+            "task,setting,backbone,val_balanced_accuracy,test_balanced_accuracy,trial,lr,wd,epoch\nskin,id,resnet18,0.8,0.75,3,0.01,1e-6,41\nskin,ood,resnet18,,0.5,,,,\nskin,ood,resnet18,,0.6,,,,\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", read_performance(dir.path()).unwrap_err());
+        assert!(error.contains("performance.csv: rows 3 and 4"), "{error}");
+        // Distinct keys read as before.
+        std::fs::write(
+            dir.path().join(SCORES_CSV),
+            "task,setting,backbone,metric,value\nskin,id,resnet18,leep,-0.5\nskin,ood,resnet18,leep,-0.6\n",
+        )
+        .unwrap();
+        assert_eq!(read_scores(dir.path()).unwrap().len(), 2);
     }
 }

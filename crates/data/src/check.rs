@@ -1,6 +1,7 @@
 //! What a dataset folder holds against what its TOML expects: images per task label, the
-//! images of dropped classes, every problem at once (optionally every image decoded), and
-//! optionally exact duplicate files.
+//! images of dropped classes, every problem at once (every image decoded unless asked to be
+//! fast, so a corrupt or truncated file is found before a study meets it), and optionally exact
+//! duplicate files.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,12 +15,19 @@ use crate::layouts;
 use crate::record::Problem;
 
 /// How thorough a check is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckOptions {
-    /// Decode every image (finds corrupt files; reads every byte).
+    /// Decode every image (finds corrupt and truncated files; reads every byte).
     pub decode: bool,
     /// Hash every file and count exact duplicates.
     pub duplicates: bool,
+}
+
+impl Default for CheckOptions {
+    /// Every image decoded, no duplicate hashing.
+    fn default() -> Self {
+        Self { decode: true, duplicates: false }
+    }
 }
 
 /// Files whose bytes repeat another's: reported, not problems (the real Kaggle MRI set has 237).
@@ -43,6 +51,8 @@ pub struct CheckReport {
     /// Every problem: the layout's (sorted by path), then with `decode` the images that do not
     /// decode.
     pub problems: Vec<Problem>,
+    /// Images decoded (0 without `decode`).
+    pub decoded: usize,
     /// Exact duplicates, when asked for.
     pub duplicates: Option<Duplicates>,
 }
@@ -50,6 +60,7 @@ pub struct CheckReport {
 /// Checks the dataset `spec` under `root`.
 pub fn check_dataset(spec: &DatasetSpec, root: &Path, options: CheckOptions) -> Result<CheckReport> {
     let mut scan = layouts::scan_dataset(spec, root)?;
+    let decoded = if options.decode { scan.records.len() } else { 0 };
     if options.decode {
         let corrupt: Vec<Problem> = scan
             .records
@@ -74,5 +85,5 @@ pub fn check_dataset(spec: &DatasetSpec, root: &Path, options: CheckOptions) -> 
     for record in &scan.records {
         *per_label.entry(record.label.to_string()).or_default() += 1;
     }
-    Ok(CheckReport { images: scan.records.len(), per_label, dropped: scan.dropped, problems: scan.problems, duplicates })
+    Ok(CheckReport { images: scan.records.len(), per_label, dropped: scan.dropped, problems: scan.problems, decoded, duplicates })
 }

@@ -2,24 +2,130 @@
 //! grayscale replicated, alpha dropped (not composited), 16-bit samples reduced to their high
 //! byte (Pillow's unpacking of 48-bit TIFF; `image`'s own `to_rgb8` rounds v/257 instead), no
 //! EXIF rotation. Cheng's int16 MRI slices are min-max scaled per image.
+//!
+//! A damaged or hostile file is an error naming it, never a silently filled image or an
+//! allocation the machine cannot make: a JPEG whose data ends before its end-of-image marker
+//! (a partial download) is refused as Pillow refuses it ("image file is truncated"; `image`'s
+//! decoder would fill the missing part), and no image over [`MAX_PIXELS`] is decoded.
 
+use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
+
+/// The most pixels an image may have, decoded or resized: Pillow's `DecompressionBombError`
+/// threshold (twice `Image.MAX_IMAGE_PIXELS`), about 537 MB as RGB8. The largest images of the
+/// study (ISIC's 6000 x 4000) have 24 million.
+pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
+/// The most memory a decoder may allocate at once (16-bit RGBA at [`MAX_PIXELS`] stays under it).
+const MAX_DECODER_BYTES: u64 = 2 << 30;
 
 /// Decodes the image at `path` to RGB8.
 pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat")) {
         return cheng_rgb8(path);
     }
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
-    let decoded =
-        reader.decode().map_err(|e| Error::format(path, format!("cannot decode the image ({e}); the file may be truncated or corrupt")))?;
-    Ok(to_rgb8(decoded))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb8(path, &bytes)
+}
+
+/// Decodes `bytes`, the content of `path` (named in errors), to RGB8.
+pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    let corrupt =
+        |e: image::ImageError| Error::format(path, format!("cannot decode the image ({e}); the file may be truncated or corrupt"));
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(Error::format(
+            path,
+            "image file is truncated: the JPEG data ends before its end-of-image marker (a partial download or copy); fetch the file again or remove it",
+        ));
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_DECODER_BYTES);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(path, width, height)?;
+    Ok(to_rgb8(DynamicImage::from_decoder(decoder).map_err(corrupt)?))
+}
+
+/// Refuses an image over [`MAX_PIXELS`] before anything is allocated for it.
+fn check_pixels(path: &Path, width: u32, height: u32) -> Result<()> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > MAX_PIXELS {
+        return Err(Error::format(
+            path,
+            format!(
+                "the image is {width} x {height} = {pixels} pixels, over the limit of {MAX_PIXELS} (a decompression bomb or not an image of the study)"
+            ),
+        ));
+    }
+    if pixels == 0 {
+        return Err(Error::format(path, format!("the image is {width} x {height}: it has no pixels")));
+    }
+    Ok(())
+}
+
+/// Whether a JPEG's marker structure runs to its end-of-image marker (EOI): headers by their
+/// lengths, each scan's entropy-coded data to the next marker (0xFF followed by anything but a
+/// stuffed zero, a fill byte or a restart marker). A file cut anywhere, the EOI included,
+/// ends first; trailing bytes after the EOI are allowed, as Pillow allows them.
+pub(crate) fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const SOI: u8 = 0xD8;
+    const EOI: u8 = 0xD9;
+    const SOS: u8 = 0xDA;
+    if bytes.get(..2) != Some(&[0xFF, SOI]) {
+        return false;
+    }
+    let mut at = 2;
+    loop {
+        // A marker: 0xFF, any fill bytes (0xFF), then the code.
+        if bytes.get(at) != Some(&0xFF) {
+            return false;
+        }
+        while bytes.get(at) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&code) = bytes.get(at) else { return false };
+        at += 1;
+        match code {
+            EOI => return true,
+            // Stand-alone markers: no length.
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(length) = bytes.get(at..at + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { return false };
+        if length < 2 {
+            return false;
+        }
+        at += length;
+        if at > bytes.len() {
+            return false;
+        }
+        if code == SOS {
+            // Entropy-coded data: skip to the next marker that is not a restart.
+            loop {
+                let Some(offset) = bytes[at..].iter().position(|&b| b == 0xFF) else { return false };
+                at += offset;
+                let mut next = at + 1;
+                while bytes.get(next) == Some(&0xFF) {
+                    next += 1;
+                }
+                match bytes.get(next) {
+                    None => return false,
+                    Some(0x00 | 0xD0..=0xD7) => at = next + 1,
+                    Some(_) => {
+                        at = next - 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// RGB8 the way Pillow's `convert("RGB")` makes it.

@@ -52,7 +52,7 @@ pub mod transform;
 pub use cache::ImageCache;
 pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
-pub use decode::load_rgb8;
+pub use decode::{MAX_PIXELS, decode_rgb8, load_rgb8};
 pub use error::{Error, Result};
 pub use layouts::{
     BreakhisName, ChengSlice, ISIC_CLASSES, ISIC_GROUND_TRUTH, ISIC_METADATA, PAD_COLUMNS, PAD_METADATA, parse_breakhis_name, read_cheng,

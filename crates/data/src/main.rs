@@ -26,13 +26,16 @@ enum Command {
     /// The known datasets and tasks.
     List,
     /// Reads a dataset folder: counts per task label against the known totals, and every
-    /// problem (missing, corrupt, unknown class) at once.
+    /// problem (missing, corrupt or truncated, unknown class) at once; every image is decoded.
     Check {
         dataset: String,
         #[arg(long)]
         root: PathBuf,
-        /// Also decode every image (finds corrupt files; slower).
+        /// Skip decoding the images (finds layout problems only; corrupt files go unnoticed).
         #[arg(long)]
+        fast: bool,
+        /// Decode every image: the default, kept for older scripts.
+        #[arg(long, hide = true, conflicts_with = "fast")]
         decode: bool,
         /// Also hash every file and count exact duplicates (reported, not problems: the real
         /// Kaggle MRI set has 237).
@@ -130,8 +133,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { dataset, root, decode, duplicates, json } => {
-            check(&catalog, &dataset, &root, CheckOptions { decode, duplicates }, json)
+        Command::Check { dataset, root, fast, decode: _, duplicates, json } => {
+            check(&catalog, &dataset, &root, CheckOptions { decode: !fast, duplicates }, json)
         }
         Command::Split { task, root, source, authors_dir, dataset, seed, out } => {
             let request = SplitRequest {
@@ -166,7 +169,7 @@ fn check(catalog: &Catalog, dataset: &str, root: &Path, options: CheckOptions, j
     let report = medxfer_data::check_dataset(spec, root, options)?;
     if json {
         let problems: Vec<String> = report.problems.iter().map(|p| format!("{}: {}", p.path.display(), p.problem)).collect();
-        let mut value = serde_json::json!({"dataset": spec.name, "images": report.images, "per_label": report.per_label, "dropped": report.dropped, "problems": problems});
+        let mut value = serde_json::json!({"dataset": spec.name, "images": report.images, "per_label": report.per_label, "dropped": report.dropped, "decoded": report.decoded, "problems": problems});
         if let Some(duplicates) = report.duplicates {
             value["duplicate_files"] = duplicates.files.into();
             value["duplicate_groups"] = duplicates.groups.into();
@@ -179,6 +182,11 @@ fn check(catalog: &Catalog, dataset: &str, root: &Path, options: CheckOptions, j
             println!("{label:<6} {:>8} {expected:>10}", report.per_label.get(label).copied().unwrap_or(0));
         }
         println!("{:<6} {:>8} {:>10}", "all", report.images, spec.expected.images);
+        if report.decoded > 0 {
+            println!("{} image(s) decoded", report.decoded);
+        } else {
+            println!("images not decoded (--fast): corrupt or truncated files are not looked for");
+        }
         if let Some(duplicates) = report.duplicates {
             println!("exact duplicates: {} file(s) repeat another, in {} group(s)", duplicates.files, duplicates.groups);
         }

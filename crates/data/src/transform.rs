@@ -43,12 +43,14 @@ impl Normalization {
 }
 
 /// torchvision's `Resize(size)` size rule: the shorter side becomes `size`, the longer one
-/// scales and truncates.
+/// scales and truncates. (An empty side gives an empty size, which [`resize`] refuses; a longer side past `u32::MAX`
+/// saturates, which [`resize`]'s pixel limit refuses.)
 pub fn shorter_side_size(width: u32, height: u32, size: u32) -> (u32, u32) {
-    if width <= height {
-        (size, (u64::from(size) * u64::from(height) / u64::from(width)) as u32)
-    } else {
-        ((u64::from(size) * u64::from(width) / u64::from(height)) as u32, size)
+    let scaled = |long: u32, short: u32| u32::try_from(u64::from(size) * u64::from(long) / u64::from(short)).unwrap_or(u32::MAX);
+    match (width, height) {
+        (0, _) | (_, 0) => (0, 0),
+        (w, h) if w <= h => (size, scaled(h, w)),
+        (w, h) => (scaled(w, h), size),
     }
 }
 
@@ -56,6 +58,17 @@ pub fn shorter_side_size(width: u32, height: u32, size: u32) -> (u32, u32) {
 pub fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     if image.width() == 0 || image.height() == 0 || width == 0 || height == 0 {
         return Err(Error::Transform(format!("cannot resize a {}x{} image to {width}x{height}", image.width(), image.height())));
+    }
+    // Checked before anything is allocated: a 1 x 100,000 image resized to a shorter side of
+    // 256 would be 256 x 25,600,000 pixels (20 GB).
+    if u64::from(width) * u64::from(height) > crate::decode::MAX_PIXELS {
+        return Err(Error::Transform(format!(
+            "resizing a {}x{} image to {width}x{height} would make {} pixels, over the limit of {}; its aspect ratio is too extreme for the study's transforms",
+            image.width(),
+            image.height(),
+            u64::from(width) * u64::from(height),
+            crate::decode::MAX_PIXELS
+        )));
     }
     let source = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::Transform(format!("cannot wrap the pixels: {e}")))?;

@@ -14,7 +14,7 @@ fn synth_then_check_reports_counts_and_problems_as_json() {
     let root = root.to_str().unwrap();
     let output = medxfer_data(&["synth", "bach", "--out", root, "--n", "3"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let output = medxfer_data(&["check", "bach", "--root", root, "--json", "--decode"]);
+    let output = medxfer_data(&["check", "bach", "--root", root, "--json"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     // Benign 3 -> 0; InSitu 3 + Invasive 3 -> 1; Normal 3 dropped.
@@ -23,15 +23,44 @@ fn synth_then_check_reports_counts_and_problems_as_json() {
     assert_eq!(report["per_label"], serde_json::json!({"0": 3, "1": 6}));
     assert_eq!(report["dropped"], 3);
     assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["decoded"], 9);
 
-    // A corrupt image: check --decode names it and exits non-zero.
+    // A corrupt image: check (decoding by default) names it and exits non-zero.
     std::fs::write(dir.path().join("bach/ICIAR2018_BACH_Challenge/Photos/Benign/b001.tif"), b"II*\0broken").unwrap();
-    let output = medxfer_data(&["check", "bach", "--root", root, "--json", "--decode"]);
+    let output = medxfer_data(&["check", "bach", "--root", root, "--json"]);
     assert!(!output.status.success());
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let problems = report["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1);
     assert!(problems[0].as_str().unwrap().contains("b001.tif"));
+}
+
+#[test]
+fn check_finds_a_truncated_jpeg_by_default_and_fast_skips_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mri");
+    let root = root.to_str().unwrap();
+    assert!(medxfer_data(&["synth", "brain-tumor-kaggle", "--out", root, "--n", "2"]).status.success());
+    let victim = walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "jpg"))
+        .unwrap()
+        .into_path();
+    let bytes = std::fs::read(&victim).unwrap();
+    // A partial download: the first 80 % of the file.
+    std::fs::write(&victim, &bytes[..bytes.len() * 4 / 5]).unwrap();
+    let output = medxfer_data(&["check", "brain-tumor-kaggle", "--root", root]);
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let name = victim.file_name().unwrap().to_string_lossy();
+    assert!(stdout.contains("1 problem(s)") && stdout.contains("image file is truncated") && stdout.contains(&*name), "{stdout}");
+    assert!(stdout.contains("image(s) decoded"), "{stdout}");
+    let output = medxfer_data(&["check", "brain-tumor-kaggle", "--root", root, "--fast", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((report["decoded"].as_u64(), report["problems"].as_array().map(Vec::len)), (Some(0), Some(0)));
 }
 
 #[test]

@@ -59,12 +59,35 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         .collect();
     classes.sort();
     let mut records = Vec::new();
+    // Each file once, by its real path: a link to a folder or file already listed adds nothing,
+    // and one file under two class folders has no label.
+    let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
     for (label, class) in classes.iter().enumerate() {
-        let mut files: Vec<String> = walk(&root.join(class))?
-            .into_iter()
-            .filter(|p| is_image(p))
-            .filter_map(|p| p.strip_prefix(root).ok().map(|r| r.to_string_lossy().replace('\\', "/")))
-            .collect();
+        // The file itself before any link to it, then name order.
+        let mut candidates = Vec::new();
+        for file in walk(&root.join(class))?.into_iter().filter(|f| is_image(f)) {
+            let real = std::fs::canonicalize(&file).with_context(|| format!("cannot resolve {}", file.display()))?;
+            let through_link =
+                std::fs::canonicalize(file.parent().unwrap_or(root)).ok().map(|p| p.join(file.file_name().unwrap_or_default()))
+                    != Some(real.clone());
+            let relative = file.strip_prefix(root).unwrap_or(&file).to_string_lossy().replace('\\', "/");
+            candidates.push((through_link, relative, real));
+        }
+        candidates.sort();
+        let mut files = Vec::new();
+        for (_, relative, real) in candidates {
+            match seen.get(&real) {
+                Some(first) if first.split('/').next() == Some(class.as_str()) => continue,
+                Some(first) => bail!(
+                    "{}: the same file is listed as {first} and as {relative} (a link?), so it has two classes; keep it in one class folder",
+                    real.display()
+                ),
+                None => {
+                    seen.insert(real, relative.clone());
+                    files.push(relative);
+                }
+            }
+        }
         files.sort();
         if files.is_empty() {
             bail!("{}: no images ({}) in this class folder", root.join(class).display(), EXTENSIONS.join(", "));
@@ -74,17 +97,30 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
     Ok(LabelledImages { root: root.to_path_buf(), records, classes })
 }
 
+/// The files under `dir`, links followed, in name order; hidden entries skipped. A link back to
+/// a folder above it (a loop) is skipped with a warning instead of being walked again and again.
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            continue;
-        }
-        if path.is_dir() {
-            files.extend(walk(&path)?);
-        } else {
-            files.push(path);
+    let entries = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    for entry in entries {
+        match entry {
+            Ok(entry) if entry.file_type().is_file() => files.push(entry.into_path()),
+            Ok(_) => {}
+            Err(e) if e.loop_ancestor().is_some() => {
+                eprintln!(
+                    "warning: {}: a link back to {}; not followed",
+                    e.path().map_or(String::new(), |p| p.display().to_string()),
+                    e.loop_ancestor().map_or(String::new(), |p| p.display().to_string())
+                );
+            }
+            Err(e) => {
+                let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
+                return Err(anyhow::Error::new(e).context(format!("cannot list {}", path.display())));
+            }
         }
     }
     Ok(files)
@@ -168,5 +204,32 @@ mod tests {
         );
         std::fs::remove_dir_all(root.join("malignant")).unwrap();
         assert!(format!("{:#}", LabelledImages::read(&root).unwrap_err()).contains("ranking needs at least two"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_loop_is_not_followed_and_each_file_is_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        for file in ["benign/a.png", "benign/b.png", "malignant/c.png", "malignant/d.png"] {
+            png(&root.join(file));
+        }
+        // `ln -s . loop` inside a class folder, a second link to the same folder, and a link to
+        // one file already listed.
+        std::os::unix::fs::symlink(".", root.join("benign/loop")).unwrap();
+        std::os::unix::fs::symlink(root.join("benign"), root.join("benign/again")).unwrap();
+        std::os::unix::fs::symlink(root.join("malignant/c.png"), root.join("malignant/c-link.png")).unwrap();
+        let found = LabelledImages::read(&root).unwrap();
+        let paths: Vec<(&str, u32)> = found.records.iter().map(|r| (r.path.as_str(), r.label)).collect();
+        assert_eq!(paths, [("benign/a.png", 0), ("benign/b.png", 0), ("malignant/c.png", 1), ("malignant/d.png", 1)]);
+        // A class folder that links into another class: one file with two labels.
+        std::os::unix::fs::symlink(root.join("benign/a.png"), root.join("malignant/a.png")).unwrap();
+        let message = format!("{:#}", LabelledImages::read(&root).unwrap_err());
+        assert!(message.contains("benign/a.png") && message.contains("malignant/a.png") && message.contains("two classes"), "{message}");
+        // A class folder that is itself a link is walked.
+        std::fs::remove_file(root.join("malignant/a.png")).unwrap();
+        std::fs::rename(root.join("malignant"), dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("malignant")).unwrap();
+        assert_eq!(LabelledImages::read(&root).unwrap().records.len(), 4);
     }
 }

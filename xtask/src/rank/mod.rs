@@ -339,7 +339,7 @@ fn write_csv(path: &Path, rows: &[RankRow]) -> Result<()> {
 pub fn trust_statement(results: &Path) -> Result<String> {
     let table = results.join("table2.csv");
     let (source, cells): (String, Vec<(Setting, String, f64)>) = if table.exists() {
-        let rows: Vec<Table2Row> = crate::results::read_rows(&table, &TABLE2_COLUMNS)?;
+        let rows: Vec<Table2Row> = crate::results::read_rows(&table, &TABLE2_COLUMNS, Table2Row::key)?;
         let demo = crate::report::read_provenance(results)?.is_some_and(|p| p.demo);
         let source =
             format!("the study in {}{}", results.display(), if demo { " (demo data: not evidence about medical images)" } else { "" });

@@ -337,7 +337,7 @@ mod tests {
             assert!(written.files.iter().any(|f| f == file), "{file} not written: {:?}", written.files);
             assert!(std::fs::metadata(dir.path().join(file)).unwrap().len() > 100, "{file} is empty");
         }
-        let table: Vec<Table2Row> = results::read_rows(&dir.path().join("table2.csv"), &TABLE2_COLUMNS).unwrap();
+        let table: Vec<Table2Row> = results::read_rows(&dir.path().join("table2.csv"), &TABLE2_COLUMNS, Table2Row::key).unwrap();
         assert_eq!(table, written.table);
         let cell = |setting: Setting, metric: &str| table.iter().find(|r| r.setting == setting && r.metric == metric).unwrap().clone();
         // Same order: tau-b 1 with the exact p-value 2/10!; reversed: -1.

@@ -24,6 +24,13 @@ pub struct Table2Row {
     pub weighted_tau: Option<f64>,
 }
 
+impl Table2Row {
+    /// The cell a row fills: one per task, setting and metric.
+    pub fn key(&self) -> (String, Setting, String) {
+        (self.task.clone(), self.setting, self.metric.clone())
+    }
+}
+
 pub const TABLE2_COLUMNS: [&str; 7] = ["task", "setting", "metric", "n", "tau_b", "p_value", "weighted_tau"];
 
 /// One (task, setting, metric): the backbones with both a score and an accuracy.

@@ -32,7 +32,60 @@ pub struct ChengSlice {
 }
 
 fn open(path: &Path) -> Result<hdf5_pure::File> {
+    let length = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if length == 0 {
+        return Err(Error::format(path, "the file is empty (0 bytes): an interrupted download or copy; fetch it again"));
+    }
+    if let Some(end) = hdf5_end_of_file(path)?
+        && length < end
+    {
+        return Err(Error::format(
+            path,
+            format!(
+                "the file is truncated: its HDF5 superblock says it ends at byte {end}, it has {length} (an interrupted download or copy); fetch it again"
+            ),
+        ));
+    }
     hdf5_pure::File::open(path).map_err(|e| Error::format(path, format!("not a MATLAB v7.3 (HDF5) file: {e}")))
+}
+
+/// The end-of-file address an HDF5 superblock records (at 0, 512, 1024, ... as the format
+/// allows a user block before it; MATLAB's is 512 bytes), as libhdf5 checks it against the
+/// file's length to refuse a truncated file. `None` when no superblock is found (the HDF5
+/// reader then says what is wrong).
+fn hdf5_end_of_file(path: &Path) -> Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = [0u8; 64];
+    for at in [0u64, 512, 1024, 2048, 4096] {
+        file.seek(SeekFrom::Start(at)).map_err(|e| Error::io(path, e))?;
+        let mut filled = 0;
+        while filled < head.len() {
+            match file.read(&mut head[filled..]).map_err(|e| Error::io(path, e))? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled < 12 || &head[..8] != SIGNATURE {
+            continue;
+        }
+        // Versions 0/1: offsets' size at byte 13, base/free-space/end-of-file addresses from
+        // byte 24 (28 in version 1). Versions 2/3: size at 9, base/extension/end from 12.
+        let (size, first) = match head[8] {
+            0 => (head[13], 24),
+            1 => (head[13], 28),
+            _ => (head[9], 12),
+        };
+        let size = usize::from(size);
+        if !(1..=8).contains(&size) || first + 3 * size > filled {
+            return Ok(None);
+        }
+        let field = &head[first + 2 * size..first + 3 * size];
+        let end = field.iter().rev().fold(0u64, |value, &byte| (value << 8) | u64::from(byte));
+        return Ok(Some(end));
+    }
+    Ok(None)
 }
 
 /// Reads one .mat file: label and PID always, the image when `with_pixels`.
@@ -59,6 +112,15 @@ pub fn read_cheng(path: &Path, with_pixels: bool) -> Result<ChengSlice> {
         return Err(Error::format(path, format!("cjdata/image should be 2-d, has shape {shape:?}")));
     };
     let (height, width) = (*rows as usize, *columns as usize);
+    if height == 0 || width == 0 {
+        return Err(Error::format(path, format!("cjdata/image is empty (shape {shape:?}); the file is damaged, fetch it again")));
+    }
+    if (height as u64).saturating_mul(width as u64) > crate::decode::MAX_PIXELS {
+        return Err(Error::format(
+            path,
+            format!("cjdata/image has shape {shape:?}, over the limit of {} pixels", crate::decode::MAX_PIXELS),
+        ));
+    }
     let pixels = if with_pixels {
         let stored = image.read_i16().map_err(|e| Error::format(path, format!("cjdata/image is not int16: {e}")))?;
         if stored.len() != height * width {
