@@ -6,10 +6,12 @@ mod clock;
 mod demo;
 mod features;
 mod rank;
+mod recorded;
 mod report;
 mod results;
 mod slurm;
 mod study;
+mod weights;
 
 use std::path::PathBuf;
 

@@ -84,6 +84,23 @@ fn rank(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&str]) -
     output
 }
 
+/// The files of `dir` named `<name>-<16 hex digits of the weights' checksum>.<extension>`.
+fn keyed(dir: &Path, name: &str, extension: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let file = p.file_name().unwrap().to_string_lossy();
+            let Some(rest) = file.strip_prefix(&format!("{name}-")).and_then(|r| r.strip_suffix(&format!(".{extension}"))) else {
+                return false;
+            };
+            rest.len() == 16 && rest.chars().all(|c| c.is_ascii_hexdigit())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 fn read_csv(path: &Path) -> Vec<BTreeMap<String, String>> {
     csv::Reader::from_path(path).unwrap().deserialize().map(|r| r.unwrap()).collect()
 }
@@ -123,7 +140,9 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     // The features are the folder's 40 images with labels in class-folder order; the source
     // probabilities are the fixtures' 10-class heads.
     let features_dir = std::fs::read_dir(out.join("features")).unwrap().next().unwrap().unwrap().path();
-    let bytes = std::fs::read(features_dir.join("vit_min.safetensors")).unwrap();
+    let vit_files = keyed(&features_dir, "vit_min", "safetensors");
+    assert_eq!(vit_files.len(), 1);
+    let bytes = std::fs::read(&vit_files[0]).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(file.tensor("features").unwrap().shape(), [40, 24]);
     assert_eq!(file.tensor("probs").unwrap().shape(), [40, 10]);
@@ -132,9 +151,25 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     assert_eq!(labels, [vec![0; 20], vec![1; 20]].concat());
 
     // A rerun extracts nothing again.
-    let modified = std::fs::metadata(features_dir.join("vit_min.safetensors")).unwrap().modified().unwrap();
+    let modified = std::fs::metadata(&vit_files[0]).unwrap().modified().unwrap();
     rank(dir.path(), &images, &out, &no_study, &[]);
-    assert_eq!(std::fs::metadata(features_dir.join("vit_min.safetensors")).unwrap().modified().unwrap(), modified);
+    assert_eq!(std::fs::metadata(&vit_files[0]).unwrap().modified().unwrap(), modified);
+    // Other weights under the same name are another backbone: extracted and scored anew, the
+    // first result kept under its own weights' key.
+    let weights = dir.path().join("weights/vit_min.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let bias = tensors["head.bias"].clone();
+    tensors.insert("head.bias".into(), (bias + 1.0).unwrap());
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let swapped = read_csv(&{
+        rank(dir.path(), &images, &out, &no_study, &[]);
+        out.join("ranking.csv")
+    });
+    assert_eq!(keyed(&features_dir, "vit_min", "safetensors").len(), 2);
+    let leep = |rows: &[BTreeMap<String, String>]| rows.iter().find(|r| r["backbone"] == "vit_min").unwrap()["leep"].clone();
+    assert_ne!(leep(&swapped), leep(&rows), "the swapped weights were scored, not the cached result");
+    std::fs::write(&weights, original).unwrap();
 
     // The shortlist: only the consensus winner is tuned (on a 70/10/20 split, scored on its
     // train part), and the saving is stated.
@@ -148,15 +183,15 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     assert_eq!(rows[1]["test_balanced_accuracy"], "");
     let runs: Vec<String> =
         std::fs::read_dir(tuned_out.join("runs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(runs, [rows[0]["backbone"].clone()]);
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].starts_with(&format!("{}-", rows[0]["backbone"])), "{runs:?}");
     assert!(
         tuned.contains("Fine-tuned the top 1 of 3 candidates (2 Halton points x 2 epochs each")
             && tuned.contains("4 of 12 epochs, 67% of tuning them all saved"),
         "{tuned}"
     );
-    let bytes =
-        std::fs::read(std::fs::read_dir(tuned_out.join("features")).unwrap().next().unwrap().unwrap().path().join("vit_min.safetensors"))
-            .unwrap();
+    let tuned_features = std::fs::read_dir(tuned_out.join("features")).unwrap().next().unwrap().unwrap().path();
+    let bytes = std::fs::read(&keyed(&tuned_features, "vit_min", "safetensors")[0]).unwrap();
     assert_eq!(safetensors::SafeTensors::deserialize(&bytes).unwrap().tensor("features").unwrap().shape(), [28, 24], "70% of 40");
 }
 

@@ -344,3 +344,180 @@ fn a_halving_study_chooses_a_opt_among_the_last_rung_and_says_so() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("successive halving (eta 2, first rung 1 epochs)"), "{report}");
 }
+
+/// A copy of a results folder (files only; the copy is what a user would move elsewhere).
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from).into_iter().map(Result::unwrap) {
+        let target = to.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn with_option(mut args: Vec<String>, option: &str, value: &str) -> Vec<String> {
+    match args.iter().position(|a| a == option) {
+        Some(i) => args[i + 1] = value.into(),
+        None => args.extend([option.to_string(), value.to_string()]),
+    }
+    args
+}
+
+fn refused(args: &[String]) -> String {
+    let output = xtask().args(args).output().unwrap();
+    assert!(!output.status.success(), "not refused: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_change_of_settings_is_refused_by_name_and_extend_grows_the_searches() {
+    let (shared, single) = reference();
+    let out = shared.join("extended");
+    copy_tree(single, &out);
+    let before = results_of(&out);
+    let args = demo_args(shared, &out);
+
+    // Every setting that shapes a result, changed: refused before any work, naming it and the fix.
+    for (option, value, setting) in [
+        ("--epochs", "4", "epochs: made with 1, this run asks for 4"),
+        ("--batch", "16", "batch: made with 32, this run asks for 16"),
+        ("--seed", "3", "--seed"),
+        ("--crop", "28", "crop: made with 32, this run asks for 28"),
+        ("--resize", "40", "resize: made with 36, this run asks for 40"),
+        ("--patience", "2", "patience: made with none, this run asks for 2"),
+        ("--select", "val-balanced-accuracy", "selection: made with ValLoss"),
+        ("--halving", "2", "halving: made with none"),
+        ("--splits", "grouped", "--splits"),
+    ] {
+        let message = refused(&with_option(args.clone(), option, value));
+        assert!(message.contains(setting), "{option} {value}: {message}");
+        assert!(message.contains("new --out") || message.contains("another --out"), "{option}: {message}");
+    }
+    let mut fix_std = args.clone();
+    fix_std.push("--fix-std".into());
+    assert!(refused(&fix_std).contains("normalization: made with mean"));
+    let message = refused(&with_option(args.clone(), "--trials", "3"));
+    assert!(message.contains("trials: made with 2, this run asks for 3") && message.contains("--extend"), "{message}");
+    assert_eq!(results_of(&out), before, "a refused run changes nothing");
+    // --plan says so without refusing.
+    let mut plan = with_option(args.clone(), "--epochs", "4");
+    plan.push("--plan".into());
+    let plan = String::from_utf8(check(xtask().args(&plan).output().unwrap()).stdout).unwrap();
+    assert!(plan.contains("settings recorded in") && plan.contains("epochs 1") && plan.contains("would refuse"), "{plan}");
+
+    // --extend: one more Halton point per search; A_opt over three trials, OOD redone where it moved.
+    let mut extend = with_option(args.clone(), "--trials", "3");
+    extend.push("--extend".into());
+    let run = check(xtask().args(&extend).output().unwrap());
+    let epochs = String::from_utf8_lossy(&run.stderr).lines().filter(|l| l.contains("epoch   1 ")).count();
+    assert_eq!(epochs, TASKS.len() * 3, "only the new trial of each search trains");
+    for row in read_csv(&out.join("performance.csv")) {
+        let dir = out.join(format!("runs/{}/{}", row["task"], row["backbone"]));
+        let settings: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("settings.json")).unwrap()).unwrap();
+        assert_eq!(settings["settings"]["trials"], "3");
+        // A_opt recomputed from the three outcomes: best val balanced accuracy, then val loss.
+        let outcomes: Vec<serde_json::Value> = (0..3)
+            .map(|t| serde_json::from_slice(&std::fs::read(dir.join(format!("trial-{t:03}/outcome.json"))).unwrap()).unwrap())
+            .collect();
+        let key = |o: &serde_json::Value| (o["best"]["val_balanced_accuracy"].as_f64().unwrap(), -o["best"]["val_loss"].as_f64().unwrap());
+        let best = (0..3).fold(0, |b, t| if key(&outcomes[t]) > key(&outcomes[b]) { t } else { b });
+        assert_eq!(number(&row, "trial") as usize, best, "{row:?}");
+        let ood: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join(format!("features/{}/{}/ood.scores.json", row["task"], row["backbone"]))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ood["trial"].as_u64(), Some(best as u64), "the OOD step follows A_opt");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Settings recorded with the results") && report.contains("trials 3"), "{report}");
+
+    // The weights are the unit's identity: other bytes under a backbone's name are refused...
+    let weights = shared.join("cache/weights");
+    let swapped = shared.join("swapped-weights");
+    copy_tree(&weights, &swapped);
+    let mut with_weights = with_option(with_option(args.clone(), "--trials", "3"), "--weights", swapped.to_str().unwrap());
+    check(xtask().args(&with_weights).output().unwrap());
+    std::fs::copy(weights.join("tiny_densenet_b.safetensors"), swapped.join("tiny_vit_b.safetensors")).unwrap();
+    let message = refused(&with_weights);
+    assert!(message.contains("tiny_vit_b") && message.contains("other weights") && message.contains("blake3:"), "{message}");
+    // ... and the same bytes found elsewhere are the same weights.
+    with_weights = with_option(with_weights, "--weights", weights.to_str().unwrap());
+    check(xtask().args(&with_weights).output().unwrap());
+}
+
+/// A hub cache holding only `config.json` of `repo` (HF_HOME/hub/models--org--name/...).
+fn fake_hub_config(home: &Path, repo: &str, config: &str) {
+    let folder = home.join("hub").join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(folder.join("refs")).unwrap();
+    std::fs::write(folder.join("refs/main"), "0123abcd").unwrap();
+    let snapshot = folder.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(snapshot.join("config.json"), config).unwrap();
+}
+
+#[test]
+fn two_checkpoints_of_one_architecture_keep_their_own_folders_and_rows() {
+    let (shared, _) = reference();
+    let out = shared.join("two-checkpoints");
+    // A hub id whose timm config.json describes the demo's tiny ResNet architecture.
+    let home = shared.join("hf-home");
+    let repo = "someone/resnet18.tiny_demo";
+    fake_hub_config(
+        &home,
+        repo,
+        r#"{"architecture": "resnet18", "model_args": {"layers": [1, 1, 1, 1], "channels": [64, 16, 32, 64]}, "num_classes": 16,
+            "num_features": 64, "pretrained_cfg": {"input_size": [3, 32, 32], "crop_pct": 0.8889, "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}}"#,
+    );
+    // Its weights: another checkpoint of the same architecture (the demo's, its head's bias
+    // moved, so the two checkpoints' source probabilities and scores differ).
+    let weights = shared.join("two-weights");
+    copy_tree(&shared.join("cache/weights"), &weights);
+    let mut tensors = candle_core::safetensors::load(weights.join("tiny_resnet_basic.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let bias = tensors["fc.bias"].clone();
+    tensors.insert("fc.bias".into(), (bias + 0.25).unwrap());
+    candle_core::safetensors::save(&tensors, weights.join("someone--resnet18.tiny_demo.safetensors")).unwrap();
+    let mut args = with_option(demo_args(shared, &out), "--backbones", &format!("tiny_resnet_basic,{repo}"));
+    args = with_option(with_option(args, "--tasks", "breast"), "--trials", "1");
+    args = with_option(args, "--weights", weights.to_str().unwrap());
+    check(xtask().args(&args).env("HF_HOME", &home).env("HF_HUB_OFFLINE", "1").output().unwrap());
+    let backbones: std::collections::BTreeSet<String> =
+        read_csv(&out.join("performance.csv")).into_iter().map(|r| r["backbone"].clone()).collect();
+    assert_eq!(backbones.into_iter().collect::<Vec<_>>(), [repo.to_string(), "tiny_resnet_basic".to_string()]);
+    for folder in
+        ["features/breast/tiny_resnet_basic", "features/breast/someone--resnet18.tiny_demo", "runs/breast/someone--resnet18.tiny_demo"]
+    {
+        assert!(out.join(folder).join("settings.json").exists(), "{folder}");
+    }
+    let checksum = |folder: &str| {
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(folder).join("settings.json")).unwrap()).unwrap();
+        record["settings"]["weights"].as_str().unwrap().to_string()
+    };
+    assert_ne!(checksum("features/breast/tiny_resnet_basic"), checksum("features/breast/someone--resnet18.tiny_demo"));
+    let scores = read_csv(&out.join("scores.csv"));
+    let leep = |backbone: &str| {
+        scores.iter().find(|r| r["backbone"] == backbone && r["metric"] == "leep" && r["setting"] == "id").unwrap()["value"].clone()
+    };
+    assert_ne!(leep("tiny_resnet_basic"), leep(repo), "each checkpoint scored from its own features");
+}
+
+#[test]
+fn sizes_from_the_command_line_are_checked_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for (sizes, expected) in [
+        (["--crop", "0", "--resize", "256"], "the crop is 0"),
+        (["--crop", "224", "--resize", "100"], "the resize (100) is smaller than the crop (224)"),
+        (["--crop", "224", "--resize", "4000000"], "the resize is 4000000"),
+    ] {
+        let output = xtask().args(["reproduce", "--out", out.to_str().unwrap()]).args(sizes).output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--resize/--crop") && stderr.contains(expected), "{stderr}");
+        assert!(!out.exists(), "nothing written");
+    }
+    let output = xtask().args(["rank", "--images", dir.path().to_str().unwrap(), "--crop", "0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the crop is 0"));
+}

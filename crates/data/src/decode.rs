@@ -15,14 +15,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
-
-/// The most pixels an image may have, decoded or resized: Pillow's `DecompressionBombError`
-/// threshold (twice `Image.MAX_IMAGE_PIXELS`), about 537 MB as RGB8. The largest images of the
-/// study (ISIC's 6000 x 4000) have 24 million.
-pub const MAX_PIXELS: u64 = 2 * 89_478_485;
-
-/// The most memory a decoder may allocate at once (16-bit RGBA at [`MAX_PIXELS`] stays under it).
-const MAX_DECODER_BYTES: u64 = 2 << 30;
+use crate::limits::{MAX_DECODER_BYTES, MAX_PIXELS};
 
 /// Decodes the image at `path` to RGB8.
 pub fn load_rgb8(path: &Path) -> Result<RgbImage> {

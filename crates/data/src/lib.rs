@@ -41,6 +41,7 @@ mod decode;
 mod error;
 mod files;
 mod layouts;
+mod limits;
 mod loader;
 mod manifest;
 mod record;
@@ -52,12 +53,13 @@ pub mod transform;
 pub use cache::ImageCache;
 pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
-pub use decode::{MAX_PIXELS, decode_rgb8, load_rgb8};
+pub use decode::{decode_rgb8, load_rgb8};
 pub use error::{Error, Result};
 pub use layouts::{
     BreakhisName, ChengSlice, ISIC_CLASSES, ISIC_GROUND_TRUTH, ISIC_METADATA, PAD_COLUMNS, PAD_METADATA, parse_breakhis_name, read_cheng,
     scan_clean, scan_dataset,
 };
+pub use limits::MAX_PIXELS;
 pub use loader::{Augment, Batch, Batches, LoaderConfig, batches, epoch_order};
 pub use manifest::{LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, files_checksum, read_manifest, split_counts, write_manifest};
 pub use record::{Problem, Record, Scan};

@@ -42,6 +42,27 @@ impl Normalization {
     }
 }
 
+/// The largest crop (and shorter side of a resize) a command takes.
+pub const MAX_SIDE: u32 = 1 << 14;
+
+/// The study's resize-then-centre-crop sizes, as a command line gives them: both from 1 to
+/// [`MAX_SIDE`], the resize at least the crop (a smaller one would crop past the image's edge).
+pub fn check_sizes(resize: u32, crop: u32) -> Result<()> {
+    let bad = |problem: String| Err(Error::Config { source_name: "--resize/--crop".into(), problem });
+    if !(1..=MAX_SIDE).contains(&crop) {
+        return bad(format!("the crop is {crop}; expected 1 to {MAX_SIDE} (the protocol's is 224)"));
+    }
+    if !(1..=MAX_SIDE).contains(&resize) {
+        return bad(format!("the resize is {resize}; expected 1 to {MAX_SIDE} (the protocol's is 256)"));
+    }
+    if resize < crop {
+        return bad(format!(
+            "the resize ({resize}) is smaller than the crop ({crop}); the shorter side must be at least the crop (the protocol: 256 and 224)"
+        ));
+    }
+    Ok(())
+}
+
 /// torchvision's `Resize(size)` size rule: the shorter side becomes `size`, the longer one
 /// scales and truncates. (An empty side gives an empty size, which [`resize`] refuses; a longer side past `u32::MAX`
 /// saturates, which [`resize`]'s pixel limit refuses.)
@@ -61,13 +82,13 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     }
     // Checked before anything is allocated: a 1 x 100,000 image resized to a shorter side of
     // 256 would be 256 x 25,600,000 pixels (20 GB).
-    if u64::from(width) * u64::from(height) > crate::decode::MAX_PIXELS {
+    if u64::from(width) * u64::from(height) > crate::limits::MAX_PIXELS {
         return Err(Error::Transform(format!(
             "resizing a {}x{} image to {width}x{height} would make {} pixels, over the limit of {}; its aspect ratio is too extreme for the study's transforms",
             image.width(),
             image.height(),
             u64::from(width) * u64::from(height),
-            crate::decode::MAX_PIXELS
+            crate::limits::MAX_PIXELS
         )));
     }
     let source = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)

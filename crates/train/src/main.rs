@@ -256,6 +256,7 @@ fn split_data(root: &Path, entries: &[Entry], cache: &Path, name: &str, resize: 
 }
 
 fn run_data(args: &DataArgs) -> Result<RunData> {
+    medxfer_data::transform::check_sizes(args.transform.resize, args.transform.crop)?;
     let catalog = Catalog::load_default()?;
     let task = catalog.task(&args.task)?;
     let id = catalog.dataset(&task.id)?;
@@ -404,6 +405,7 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     });
     eprintln!("{}: {} images, per label {labels:?}", spec.name, entries.len());
     let ids = entries.iter().map(|e| e.path.clone()).collect();
+    medxfer_data::transform::check_sizes(images.transform.resize, images.transform.crop)?;
     let split = split_data(&images.root, &entries, &images.cache, &spec.name, images.transform.resize)?;
     Ok((entry, backbone, split, ids))
 }

@@ -40,6 +40,52 @@ impl Architecture {
         }
     }
 
+    /// Every size within what a real network of the family has, so that no configuration (a
+    /// hub `config.json`, a registry TOML) can divide by zero, overflow or ask for memory no
+    /// machine has: the problem, in words, or `Ok`.
+    pub fn check(&self) -> Result<(), String> {
+        let within = |what: &str, value: usize, low: usize, high: usize| {
+            if (low..=high).contains(&value) { Ok(()) } else { Err(format!("{what} is {value}; expected {low} to {high}")) }
+        };
+        let factor = |what: &str, value: f64| {
+            if value.is_finite() && value > 0.0 && value <= 16.0 {
+                Ok(())
+            } else {
+                Err(format!("{what} is {value}; expected more than 0, at most 16"))
+            }
+        };
+        match self {
+            Architecture::ResNet(config) => {
+                config.layers.iter().try_for_each(|&n| within("a stage's block count (layers)", n, 1, 1000))?;
+                config.channels.iter().try_for_each(|&n| within("a stage's width (channels)", n, 1, 1 << 14))
+            }
+            Architecture::DenseNet(config) => {
+                within("growth_rate", config.growth_rate, 1, 1024)?;
+                within("bn_size", config.bn_size, 1, 64)?;
+                within("the number of dense blocks (block_config)", config.block_config.len(), 1, 16)?;
+                config.block_config.iter().try_for_each(|&n| within("a dense block's layer count", n, 1, 1000))
+            }
+            Architecture::EfficientNet(config) => {
+                factor("channel_multiplier", config.channel_multiplier)?;
+                factor("depth_multiplier", config.depth_multiplier)
+            }
+            Architecture::Vit(config) => {
+                within("patch_size", config.patch_size, 1, 1024)?;
+                within("img_size", config.img_size, config.patch_size, 1 << 14)?;
+                if config.img_size % config.patch_size != 0 {
+                    return Err(format!("img_size {} is not a multiple of patch_size {}", config.img_size, config.patch_size));
+                }
+                within("embed_dim", config.embed_dim, 1, 1 << 14)?;
+                within("depth", config.depth, 1, 512)?;
+                within("num_heads", config.num_heads, 1, config.embed_dim)?;
+                if config.embed_dim % config.num_heads != 0 {
+                    return Err(format!("embed_dim {} is not a multiple of num_heads {}", config.embed_dim, config.num_heads));
+                }
+                factor("mlp_ratio", config.mlp_ratio)
+            }
+        }
+    }
+
     /// The checkpoint key of the classifier (its `.weight` and `.bias`).
     pub fn head_key(&self) -> &'static str {
         match self {
@@ -65,6 +111,22 @@ pub struct Preprocessing {
     pub crop: usize,
     /// The resize filter timm names (`bilinear`, `bicubic`).
     pub interpolation: String,
+}
+
+impl Preprocessing {
+    /// Sizes and statistics a transform can use: the problem, in words, or `Ok`.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=1 << 14).contains(&self.crop) {
+            return Err(format!("the crop is {}; expected 1 to 16384", self.crop));
+        }
+        if !(self.crop..=1 << 15).contains(&self.resize) {
+            return Err(format!("the resize is {}; expected at least the crop ({}) and at most 32768", self.resize, self.crop));
+        }
+        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
+            return Err(format!("mean {:?} and std {:?} must be finite numbers, std above 0", self.mean, self.std));
+        }
+        Ok(())
+    }
 }
 
 /// One backbone of the registry.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::entry::ModelEntry;
 use crate::error::{Error, Result};
 use crate::hub::{CONFIG_FILE, HubOptions, hub_file};
-use crate::timm_config::entry_from_timm_config;
+use crate::timm_config::{MAX_CLASSES, entry_from_timm_config};
 
 /// The backbones of a models/ directory, sorted by name.
 #[derive(Debug, Clone)]
@@ -47,6 +47,17 @@ impl Registry {
                         entry.architecture.num_features()
                     ),
                 ));
+            }
+            if entry.name.is_empty() || entry.name.contains(['/', '\\']) || entry.name.starts_with('.') {
+                return Err(config_error(
+                    &path,
+                    format!("name '{}' must be a plain name (no '/', which hub ids have, and not starting with '.')", entry.name),
+                ));
+            }
+            entry.architecture.check().map_err(|problem| config_error(&path, problem))?;
+            entry.preprocessing.check().map_err(|problem| config_error(&path, problem))?;
+            if !(1..=MAX_CLASSES).contains(&entry.num_classes) {
+                return Err(config_error(&path, format!("num_classes is {}; expected 1 to {MAX_CLASSES}", entry.num_classes)));
             }
             if entry.architecture.head_key() != entry.head {
                 return Err(config_error(

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::resnet::{BlockKind, ResNetConfig};
 use crate::vit::VitConfig;
 
+/// The most classes a pretrained head may have (ImageNet-22k's 21,843 fit).
+pub const MAX_CLASSES: usize = 100_000;
+
 /// What [`architecture_from_timm`] understands, for error messages.
 pub const SUPPORTED_ARCHITECTURES: &str = "resnet18/34/50/101/152, densenet121/161/169/201, mobilenetv2_035/050/075/100/140, \
      efficientnet_b0..b7, vit_{tiny,small,base,large}_patch{16,32}_{224,384}";
@@ -25,9 +28,10 @@ fn unsupported(name: &str) -> Error {
 /// The architecture of a timm model name, with timm's `model_args` overrides.
 pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<Architecture> {
     let args = model_args.and_then(Value::as_object);
-    let usize_list =
-        |key: &str| -> Option<Vec<usize>> { args?.get(key)?.as_array()?.iter().map(|v| v.as_u64().map(|u| u as usize)).collect() };
-    let usize_arg = |key: &str| -> Option<usize> { args?.get(key)?.as_u64().map(|u| u as usize) };
+    let usize_list = |key: &str| -> Option<Vec<usize>> {
+        args?.get(key)?.as_array()?.iter().map(|v| v.as_u64().and_then(|u| usize::try_from(u).ok())).collect()
+    };
+    let usize_arg = |key: &str| -> Option<usize> { args?.get(key)?.as_u64().and_then(|u| usize::try_from(u).ok()) };
     let four = |list: Vec<usize>| -> Result<[usize; 4]> {
         list.try_into().map_err(|_| Error::Config { source_name: name.into(), problem: "expected four stages".into() })
     };
@@ -103,6 +107,7 @@ pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<
         let img_size = image.parse().map_err(|_| unsupported(name))?;
         let mut config = VitConfig { img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio: 4.0 };
         config.img_size = usize_arg("img_size").unwrap_or(config.img_size);
+        config.patch_size = usize_arg("patch_size").unwrap_or(config.patch_size);
         config.embed_dim = usize_arg("embed_dim").unwrap_or(config.embed_dim);
         config.depth = usize_arg("depth").unwrap_or(config.depth);
         config.num_heads = usize_arg("num_heads").unwrap_or(config.num_heads);
@@ -120,20 +125,34 @@ pub fn entry_from_timm_config(repo_id: &str, config_json: &str) -> Result<ModelE
     let name = config["architecture"].as_str().ok_or_else(|| bad("has no 'architecture'".into()))?;
     let architecture = architecture_from_timm(name, config.get("model_args"))?;
     let pretrained = &config["pretrained_cfg"];
-    let num_classes = config["num_classes"].as_u64().or_else(|| pretrained["num_classes"].as_u64()).unwrap_or(1000) as usize;
+    let num_classes = config["num_classes"].as_u64().or_else(|| pretrained["num_classes"].as_u64()).unwrap_or(1000);
+    let num_classes = usize::try_from(num_classes).unwrap_or(usize::MAX);
     let triple = |key: &str, default: [f64; 3]| -> [f64; 3] {
         pretrained[key].as_array().and_then(|a| Some([a.first()?.as_f64()?, a.get(1)?.as_f64()?, a.get(2)?.as_f64()?])).unwrap_or(default)
     };
-    let crop = pretrained["input_size"].as_array().and_then(|a| a.get(2)).and_then(Value::as_u64).unwrap_or(224) as usize;
+    if !(1..=MAX_CLASSES).contains(&num_classes) {
+        return Err(bad(format!("num_classes is {num_classes}; expected 1 to {MAX_CLASSES}")));
+    }
+    architecture.check().map_err(bad)?;
+    let crop = pretrained["input_size"].as_array().and_then(|a| a.get(2)).and_then(Value::as_u64).unwrap_or(224);
+    let crop = usize::try_from(crop)
+        .ok()
+        .filter(|c| (1..=1 << 14).contains(c))
+        .ok_or_else(|| bad(format!("pretrained_cfg.input_size's side is {crop}; expected 1 to 16384")))?;
     let crop_pct = pretrained["crop_pct"].as_f64().unwrap_or(0.875);
+    if !(crop_pct.is_finite() && crop_pct > 0.0 && crop_pct <= 1.0) {
+        return Err(bad(format!("pretrained_cfg.crop_pct is {crop_pct}; expected more than 0, at most 1")));
+    }
     let feature_dim = architecture.num_features();
     if let Some(stated) = config["num_features"].as_u64()
         && stated as usize != feature_dim
     {
         return Err(bad(format!("num_features is {stated} but {name} gives {feature_dim}")));
     }
-    Ok(ModelEntry {
-        name: name.to_string(),
+    let entry = ModelEntry {
+        // The hub id, not the architecture: `timm/resnet50.tv_in1k` is another checkpoint than
+        // the registry's `resnet50`, and every table and folder must tell them apart.
+        name: repo_id.to_string(),
         paper_name: name.to_string(),
         hub: repo_id.to_string(),
         feature_dim,
@@ -148,5 +167,7 @@ pub fn entry_from_timm_config(repo_id: &str, config_json: &str) -> Result<ModelE
             interpolation: pretrained["interpolation"].as_str().unwrap_or("bilinear").to_string(),
         },
         architecture,
-    })
+    };
+    entry.preprocessing.check().map_err(bad)?;
+    Ok(entry)
 }

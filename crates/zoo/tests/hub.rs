@@ -61,6 +61,8 @@ fn a_hub_id_outside_the_registry_is_built_from_its_timm_config() {
     let registry = medxfer_zoo::Registry::load_default().unwrap();
     let entry = medxfer_zoo::entry_from_timm_config("someone/resnet50.custom", RESNET50_CONFIG).unwrap();
     assert_eq!(entry.architecture, registry.get("resnet50").unwrap().architecture);
+    // Another checkpoint of the registry's architecture: named by its hub id, never `resnet50`.
+    assert_eq!((entry.name.as_str(), entry.paper_name.as_str()), ("someone/resnet50.custom", "resnet50"));
     assert_eq!((entry.feature_dim, entry.head.as_str(), entry.num_classes), (2048, "fc", 1000));
     assert_eq!((entry.preprocessing.resize, entry.preprocessing.crop, entry.preprocessing.interpolation.as_str()), (235, 224, "bicubic"));
 
@@ -82,4 +84,39 @@ fn a_hub_id_outside_the_registry_is_built_from_its_timm_config() {
         (logits - &reference["logits"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(difference < 1e-4, "{difference}");
     std::fs::remove_dir_all(&cache).ok();
+}
+
+#[test]
+fn hostile_sizes_in_a_config_json_are_refused_naming_the_file() {
+    let vit = |args: &str, cfg: &str| {
+        format!(r#"{{"architecture": "vit_small_patch16_224", "model_args": {{{args}}}, "num_classes": 10, "pretrained_cfg": {{{cfg}}}}}"#)
+    };
+    for (config, expected) in [
+        (vit(r#""patch_size": 0"#, ""), "patch_size is 0"),
+        (vit(r#""patch_size": 15"#, ""), "img_size 224 is not a multiple of patch_size 15"),
+        (vit(r#""img_size": 0"#, ""), "img_size is 0"),
+        (vit(r#""img_size": 100"#, ""), "img_size 100 is not a multiple of patch_size 16"),
+        (vit(r#""num_heads": 0"#, ""), "num_heads is 0"),
+        (vit(r#""num_heads": 5"#, ""), "embed_dim 384 is not a multiple of num_heads 5"),
+        (vit(r#""embed_dim": 18446744073709551615"#, ""), "embed_dim is"),
+        (vit(r#""depth": 100000"#, ""), "depth is 100000"),
+        (vit("", r#""input_size": [3, 0, 0]"#), "input_size's side is 0"),
+        (vit("", r#""input_size": [3, 224, 99999999999]"#), "input_size's side is 99999999999"),
+        (vit("", r#""crop_pct": 0"#), "crop_pct is 0"),
+        (vit("", r#""crop_pct": -1.5"#), "crop_pct is -1.5"),
+        (vit("", r#""crop_pct": 7.5"#), "crop_pct is 7.5"),
+        (vit("", r#""std": [0.5, 0, 0.5]"#), "std above 0"),
+        (r#"{"architecture": "resnet50", "num_classes": 0}"#.to_string(), "num_classes is 0"),
+        (r#"{"architecture": "resnet50", "num_classes": 18446744073709551615}"#.to_string(), "num_classes is"),
+        (r#"{"architecture": "resnet50", "model_args": {"layers": [3, 0, 6, 3]}}"#.to_string(), "block count (layers) is 0"),
+        (
+            r#"{"architecture": "resnet50", "model_args": {"channels": [64, 128, 256, 4000000000]}}"#.to_string(),
+            "width (channels) is 4000000000",
+        ),
+        (r#"{"architecture": "densenet121", "model_args": {"growth_rate": 0}}"#.to_string(), "growth_rate is 0"),
+        (r#"{"architecture": "densenet121", "model_args": {"block_config": []}}"#.to_string(), "dense blocks (block_config) is 0"),
+    ] {
+        let error = medxfer_zoo::entry_from_timm_config("someone/hostile", &config).unwrap_err().to_string();
+        assert!(error.contains("someone/hostile/config.json") && error.contains(expected), "{config}: {error}");
+    }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::features::{extract_features, score_file};
 use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
 use crate::results::Setting;
-use crate::study::Weights;
+use crate::weights::{Weights, folder_name};
 use images::LabelledImages;
 
 #[derive(Debug, Clone, Args)]
@@ -141,6 +141,7 @@ fn normalization(entry: &ModelEntry) -> Normalization {
 
 /// `cargo xtask rank`.
 pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
+    medxfer_data::transform::check_sizes(args.resize, args.crop)?;
     let images = LabelledImages::read(&args.images)?;
     let registry = match &args.models {
         Some(dir) => Registry::load(dir)?,
@@ -185,14 +186,18 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
 
     let mut scored = Vec::new();
     for entry in &candidates {
-        let summary = features_dir.join(format!("{}.json", entry.name));
+        // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
+        // under a name, never share a cached result.
+        let identity = weights.identity(entry)?;
+        let key = format!("{}-{}", folder_name(&entry.name), identity.short());
+        let summary = features_dir.join(format!("{key}.json"));
         let result = match std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok()) {
             Some(cached) => cached,
             None => {
                 let start = Instant::now();
                 let file = weights.file(entry)?;
                 let model = load_pretrained(entry, &file, &device).with_context(|| format!("loading {}", file.display()))?;
-                let path = features_dir.join(format!("{}.safetensors", entry.name));
+                let path = features_dir.join(format!("{key}.safetensors"));
                 let settings = ExtractSettings { normalization: normalization(entry), crop: args.crop, batch_size: 32 };
                 extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
                 let extraction_seconds = start.elapsed().as_secs_f64();
@@ -234,7 +239,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             };
             let settings =
                 SearchSettings { base: RunSettings::from_options(&options, normalization(entry)), trials: args.trials, shard: Shard::ALL };
-            let dir = args.out.join("runs").join(&entry.name);
+            // Keyed by everything that shapes a run but the number of trials (a longer search
+            // continues a shorter one): the images, the weights, the transforms, the budget.
+            let shaping = format!(
+                "{checksum} resize {} crop {} epochs {} batch {} seed {}",
+                args.resize, args.crop, args.epochs, args.batch, args.seed
+            );
+            let run_key = &blake3::hash(shaping.as_bytes()).to_hex()[..12];
+            let dir = args.out.join("runs").join(format!("{}-{}-{run_key}", folder_name(&entry.name), weights.identity(entry)?.short()));
             let mut bar = EpochBar::new(args.epochs);
             let summary = search(&make, &data, &settings, &dir, &mut bar);
             bar.finish();

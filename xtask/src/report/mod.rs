@@ -40,6 +40,9 @@ pub struct SplitNote {
     pub ood_dataset: String,
     /// authors, faithful or grouped.
     pub source: String,
+    /// The seed a faithful or grouped split was drawn with (none for the authors' CSVs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// Images per part (train, val, test, ood).
     pub images: BTreeMap<String, usize>,
     /// What the split's group key says about leakage.
@@ -85,7 +88,13 @@ pub fn run(out: &Path) -> Result<Written> {
         files.push(format!("{stem}.svg"));
         files.push(format!("{stem}.png"));
     }
-    write_text(&out.join("report.md"), &report_markdown(&rows, &panels, &performance, &scores, provenance.as_ref()))?;
+    let mut report = report_markdown(&rows, &panels, &performance, &scores, provenance.as_ref());
+    let records = crate::recorded::records_in(out)?;
+    if !records.is_empty() {
+        report.push_str("\n## Settings recorded with the results\n\nRead from each step's settings.json (what made the files, whatever command ran last):\n\n");
+        report.push_str(&crate::recorded::describe(&records));
+    }
+    write_text(&out.join("report.md"), &report)?;
     files.push("report.md".to_string());
     Ok(Written { table: rows, files })
 }
@@ -382,6 +391,7 @@ mod tests {
                 dataset: "brain-tumor-kaggle".into(),
                 ood_dataset: "nins".into(),
                 source: "grouped".into(),
+                seed: Some(0),
                 images: [("train".to_string(), 5)].into_iter().collect(),
                 leakage: "0 of 3 groups span splits".into(),
             }],

@@ -79,6 +79,12 @@ pub struct ReproduceArgs {
     /// best 1/ETA continue ETA times longer, ... the last rung to --epochs. 3 is usual.
     #[arg(long, value_name = "ETA")]
     pub halving: Option<usize>,
+    /// Let an existing results folder's searches grow to more --trials (the first Halton points
+    /// stay the same, so the finished trials count); A_opt and its OOD step are redone where
+    /// the new trials change A_opt. Any other change of settings is refused for an existing
+    /// folder.
+    #[arg(long)]
+    pub extend: bool,
     /// The first rung's epochs under --halving.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub halving_min_epochs: usize,
@@ -108,6 +114,10 @@ impl ReproduceArgs {
     /// The study these arguments ask for; `command` is recorded in the report.
     pub fn study(&self, command: String) -> Result<Study> {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
+        let search = demo.as_ref().map(|c| c.search.clone());
+        let resize = self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256);
+        let crop = self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224);
+        medxfer_data::transform::check_sizes(resize, crop)?;
         let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
         let catalog = Catalog::load_default()?;
         let tasks = self.tasks.iter().map(|t| catalog.task(t).cloned()).collect::<medxfer_data::Result<Vec<_>>>()?;
@@ -155,7 +165,6 @@ impl ReproduceArgs {
                 },
             ),
         };
-        let search = demo.as_ref().map(|c| c.search.clone());
         let pick = |given: Option<usize>, demo: Option<usize>, reference: usize| given.or(demo).unwrap_or(reference);
         Ok(Study {
             data,
@@ -172,13 +181,14 @@ impl ReproduceArgs {
                 seed: self.seed,
                 selection,
                 patience: self.patience,
-                crop: self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224),
+                crop,
             },
             device: self.device.clone(),
             shard: Shard::parse(&self.shard)?,
-            resize: self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256),
+            resize,
             fix_std: self.fix_std,
             halving: self.halving.map(|eta| medxfer_train::Halving::new(eta, self.halving_min_epochs)).transpose()?,
+            extend: self.extend,
             extract_batch: 32,
             demo: demo.is_some(),
             command,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::utc_now;
 use crate::results::Setting;
+use crate::weights::folder_name;
 
 /// Paths under OUT.
 #[derive(Debug, Clone)]
@@ -22,9 +23,14 @@ impl Layout {
         self.out.join("splits").join(task)
     }
 
+    /// OUT/features/<task>/<backbone>/ (a hub id's `/` written `--`).
+    pub fn features_dir(&self, task: &str, backbone: &str) -> PathBuf {
+        self.out.join("features").join(task).join(folder_name(backbone))
+    }
+
     /// OUT/features/<task>/<backbone>/{id,ood}.safetensors.
     pub fn features(&self, task: &str, backbone: &str, setting: Setting) -> PathBuf {
-        self.out.join("features").join(task).join(backbone).join(format!("{}.safetensors", setting.as_str()))
+        self.features_dir(task, backbone).join(format!("{}.safetensors", setting.as_str()))
     }
 
     /// The scores (and, for OOD, the balanced accuracy) computed from a feature file.
@@ -34,7 +40,7 @@ impl Layout {
 
     /// OUT/runs/<task>/<backbone>/: the search (trial-NNN/, search.json).
     pub fn runs(&self, task: &str, backbone: &str) -> PathBuf {
-        self.out.join("runs").join(task).join(backbone)
+        self.out.join("runs").join(task).join(folder_name(backbone))
     }
 
     /// Decoded images, shared by every backbone and run.

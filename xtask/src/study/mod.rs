@@ -14,6 +14,7 @@
 pub mod args;
 pub mod layout;
 pub mod plan;
+pub mod settings;
 pub mod splits;
 pub mod unit;
 
@@ -22,21 +23,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use medxfer_data::{Catalog, Entry, TaskSpec};
 use medxfer_train::{RunData, Selection, Shard, SplitData, TrainingOptions};
-use medxfer_zoo::{HubOptions, ModelEntry, weights_file};
+use medxfer_zoo::ModelEntry;
 
 use crate::report::Provenance;
+pub use crate::weights::Weights;
 use layout::Layout;
 pub use splits::SplitChoice;
 use splits::TaskSplit;
-
-/// Where pretrained weights come from.
-#[derive(Debug, Clone)]
-pub enum Weights {
-    /// The Hugging Face hub (its cache first), each entry's `hub` repo.
-    Hub(HubOptions),
-    /// DIR/<backbone>.safetensors (the demo's, or weights copied by hand to an offline cluster).
-    Dir(PathBuf),
-}
 
 /// Everything a study run needs.
 #[derive(Debug, Clone)]
@@ -57,27 +50,13 @@ pub struct Study {
     pub fix_std: bool,
     /// Successive halving instead of the full search.
     pub halving: Option<medxfer_train::Halving>,
+    /// A results folder's searches may grow by trials (`--extend`).
+    pub extend: bool,
     /// Batch of feature extraction (the reference's 32).
     pub extract_batch: usize,
     pub demo: bool,
     /// The command line, for the report.
     pub command: String,
-}
-
-impl Weights {
-    /// The pretrained weights file of `entry`.
-    pub fn file(&self, entry: &ModelEntry) -> Result<PathBuf> {
-        match self {
-            Weights::Hub(options) => Ok(weights_file(entry, options)?),
-            Weights::Dir(dir) => {
-                let path = dir.join(format!("{}.safetensors", entry.name));
-                if !path.exists() {
-                    anyhow::bail!("{}: no weights for {}; put them there or drop --weights to use the hub", path.display(), entry.name);
-                }
-                Ok(path)
-            }
-        }
-    }
 }
 
 impl Study {
@@ -201,6 +180,7 @@ pub struct Outcome {
 pub fn run(study: &Study) -> Result<Outcome> {
     let device = medxfer_train::parse_device(&study.device)?;
     std::fs::create_dir_all(&study.layout.out).with_context(|| format!("cannot create {}", study.layout.out.display()))?;
+    study.check_recorded()?;
     let log = layout::Log::new(study.layout.log());
     let mut provenance = study.provenance();
     let mut outcome = Outcome::default();

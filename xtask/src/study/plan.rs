@@ -133,8 +133,19 @@ fn duration(seconds: f64) -> String {
     }
 }
 
-/// Prints the plan.
+/// Prints the plan, the settings recorded in the results folder, and whether a run with these
+/// options would continue them or refuse.
 pub fn print(study: &Study) -> Result<()> {
     print!("{}", render(study, &plan(study)));
+    let records = crate::recorded::records_in(&study.layout.out)?;
+    if records.is_empty() {
+        println!("\nno recorded settings yet: a run starts the results afresh with this command's");
+        return Ok(());
+    }
+    println!("\nsettings recorded in {}:\n{}", study.layout.out.display(), crate::recorded::describe(&records));
+    match study.check_recorded() {
+        Ok(()) => println!("this command's settings match them: a run continues the results"),
+        Err(refusal) => println!("a run with this command would refuse to start: {refusal:#}"),
+    }
     Ok(())
 }

@@ -71,6 +71,12 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
                 choice.name()
             );
         }
+        if let Some(recorded) = split.note.seed.filter(|&recorded| recorded != seed && !matches!(choice, SplitChoice::Authors(_))) {
+            bail!(
+                "{} holds a split drawn with --seed {recorded} but this run asks for --seed {seed}: rerun with --seed {recorded}, or use another --out",
+                dir.display()
+            );
+        }
         return Ok(split);
     }
     if id.role == Role::Ood {
@@ -101,6 +107,7 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
         dataset: id.name.clone(),
         ood_dataset: ood_spec.name.clone(),
         source: choice.name().to_string(),
+        seed: (!matches!(choice, SplitChoice::Authors(_))).then_some(seed),
         images: PARTS.iter().zip([&train, &val, &test, &ood]).map(|(p, e)| (p.to_string(), e.len())).collect(),
         leakage: format!(
             "{} of {} groups ({}) span parts; {} val and {} test images share a group with train",

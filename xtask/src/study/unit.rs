@@ -17,6 +17,7 @@ use medxfer_zoo::{Backbone, ModelEntry};
 use super::layout::Log;
 use super::{Study, TaskData};
 use crate::features::{FeatureScores, extract_features, score_file};
+use crate::recorded::Step;
 use crate::results::{self, PERFORMANCE_COLUMNS, PerformanceRow, SCORE_COLUMNS, ScoreRow, Setting};
 
 pub struct Unit<'a> {
@@ -49,6 +50,12 @@ impl Unit<'_> {
     pub fn run(&self) -> Result<bool> {
         let layout = &self.study.layout;
         let (task, backbone) = (&self.task.name, &self.entry.name);
+        // The weights are the unit's identity: its records say which ones made its results, and
+        // other weights under the same name are refused.
+        let weights = self.study.weights.identity(self.entry)?;
+        for step in [Step::Features, Step::Search] {
+            self.study.record(step, task, self.entry, &weights)?;
+        }
         if self.mine && !layout.scores(task, backbone, Setting::Id).exists() {
             self.pretrained_scores()?;
         }
@@ -59,10 +66,26 @@ impl Unit<'_> {
             }
             return Ok(false);
         };
+        if self.mine && self.ood_made_from(Setting::Ood).is_some_and(|trial| trial != best.index) {
+            // A_opt changed since (the search grew by --extend): its OOD step is redone.
+            self.log.line(&format!("{}: A_opt is now trial {}; its OOD step is redone", self.name(), best.index));
+            for path in [layout.scores(task, backbone, Setting::Ood), layout.features(task, backbone, Setting::Ood)] {
+                std::fs::remove_file(&path)
+                    .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
         if self.mine && !layout.scores(task, backbone, Setting::Ood).exists() {
             self.ood_scores(best.index)?;
         }
         Ok(layout.scores(task, backbone, Setting::Id).exists() && layout.scores(task, backbone, Setting::Ood).exists())
+    }
+
+    /// The trial whose model made the unit's OOD scores, when they exist.
+    fn ood_made_from(&self, setting: Setting) -> Option<usize> {
+        let path = self.study.layout.scores(&self.task.name, &self.entry.name, setting);
+        let scores: FeatureScores = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        scores.trial
     }
 
     /// Steps 2 and 3: the pretrained model's features and source probabilities on the train

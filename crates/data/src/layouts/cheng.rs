@@ -115,10 +115,10 @@ pub fn read_cheng(path: &Path, with_pixels: bool) -> Result<ChengSlice> {
     if height == 0 || width == 0 {
         return Err(Error::format(path, format!("cjdata/image is empty (shape {shape:?}); the file is damaged, fetch it again")));
     }
-    if (height as u64).saturating_mul(width as u64) > crate::decode::MAX_PIXELS {
+    if (height as u64).saturating_mul(width as u64) > crate::limits::MAX_PIXELS {
         return Err(Error::format(
             path,
-            format!("cjdata/image has shape {shape:?}, over the limit of {} pixels", crate::decode::MAX_PIXELS),
+            format!("cjdata/image has shape {shape:?}, over the limit of {} pixels", crate::limits::MAX_PIXELS),
         ));
     }
     let pixels = if with_pixels {

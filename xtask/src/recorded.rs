@@ -1,0 +1,160 @@
+//! What shaped each step of a study, recorded beside its result: `OUT/features/<task>/
+//! <backbone>/settings.json` (the pretrained features and their scores) and `OUT/runs/<task>/
+//! <backbone>/settings.json` (the search, its A_opt and the OOD step made from it). `reproduce`
+//! writes and checks them (`study::settings`); `--plan` and the report read them, so a results
+//! folder says how it was made even when copied elsewhere.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The file name, in a features or a runs folder.
+pub const SETTINGS_FILE: &str = "settings.json";
+
+/// The weights' checksum: compared, as the other settings are.
+pub const WEIGHTS: &str = "weights";
+/// Where the weights were found: recorded for the reader, not compared (a path changes when a
+/// folder is copied; the checksum does not).
+pub const WEIGHTS_SOURCE: &str = "weights_source";
+
+/// Which step's result a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Steps 2-3: pretrained features of the train split and their scores.
+    Features,
+    /// Steps 4-6: the search, A_opt, its OOD features, scores and accuracy.
+    Search,
+}
+
+/// One folder's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub step: Step,
+    pub task: String,
+    pub backbone: String,
+    /// Setting name -> value as text.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// A setting whose recorded value differs from this run's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Difference {
+    pub setting: String,
+    pub recorded: String,
+    pub asked: String,
+}
+
+impl Difference {
+    /// The option that sets it, for the message.
+    pub fn option(&self) -> &'static str {
+        match self.setting.as_str() {
+            "trials" => "--trials",
+            "epochs" => "--epochs",
+            "batch" => "--batch",
+            "seed" => "--seed",
+            "resize" => "--resize",
+            "crop" => "--crop",
+            "normalization" => "--fix-std",
+            "selection" => "--select",
+            "patience" => "--patience",
+            "halving" => "--halving/--halving-min-epochs",
+            "splits" => "--splits",
+            "precision" => "--precision",
+            WEIGHTS => "--weights (or the hub's weights)",
+            _ => "its option",
+        }
+    }
+}
+
+/// A record, if the file exists.
+pub fn read(path: &Path) -> Result<Option<Recorded>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged; delete its folder to make those results again", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The compared settings that differ (a setting only one side has counts as a difference,
+/// except the weights, which a check made before the weights are at hand does not know yet).
+pub fn compare(recorded: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<Difference> {
+    let mut keys: Vec<&String> = recorded.keys().chain(current.keys()).filter(|k| k.as_str() != WEIGHTS_SOURCE).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|key| match (recorded.get(key), current.get(key)) {
+            (Some(r), Some(c)) if r == c => None,
+            (Some(_), None) if key == WEIGHTS => None,
+            (r, c) => Some(Difference {
+                setting: key.clone(),
+                recorded: r.cloned().unwrap_or_else(|| "(not recorded)".into()),
+                asked: c.cloned().unwrap_or_else(|| "(not set)".into()),
+            }),
+        })
+        .collect()
+}
+
+/// Every record under a results folder, with its path, in path order.
+pub fn records_in(out: &Path) -> Result<Vec<(PathBuf, Recorded)>> {
+    let mut found = Vec::new();
+    for tree in ["features", "runs"] {
+        let pattern_root = out.join(tree);
+        let Ok(tasks) = std::fs::read_dir(&pattern_root) else { continue };
+        for task in tasks.flatten() {
+            let Ok(backbones) = std::fs::read_dir(task.path()) else { continue };
+            for backbone in backbones.flatten() {
+                let path = backbone.path().join(SETTINGS_FILE);
+                if let Some(record) = read(&path)? {
+                    found.push((path, record));
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// The records as a reader wants them: each distinct set of settings of a step once, with the
+/// units it made; the weights per backbone.
+pub fn describe(records: &[(PathBuf, Recorded)]) -> String {
+    let mut text = String::new();
+    for step in [Step::Features, Step::Search] {
+        let mut sets: BTreeMap<Vec<(String, String)>, Vec<String>> = BTreeMap::new();
+        for (_, record) in records.iter().filter(|(_, r)| r.step == step) {
+            let settings: Vec<(String, String)> = record
+                .settings
+                .iter()
+                .filter(|(k, _)| k.as_str() != WEIGHTS && k.as_str() != WEIGHTS_SOURCE)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            sets.entry(settings).or_default().push(format!("{} {}", record.task, record.backbone));
+        }
+        let what = match step {
+            Step::Features => "pretrained features and scores",
+            Step::Search => "searches (and the OOD steps of their A_opt)",
+        };
+        for (settings, units) in &sets {
+            let listed = settings.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join("; ");
+            let _ = writeln!(text, "- {what} of {} unit(s): {listed}", units.len());
+        }
+    }
+    let mut weights: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
+    for (_, record) in records {
+        if let (Some(checksum), source) = (record.settings.get(WEIGHTS), record.settings.get(WEIGHTS_SOURCE)) {
+            weights.entry(record.backbone.as_str()).or_default().insert(checksum.as_str(), source.map_or("", String::as_str));
+        }
+    }
+    for (backbone, checksums) in weights {
+        for (checksum, source) in checksums {
+            let _ = writeln!(text, "- weights of {backbone}: {checksum} ({source})");
+        }
+    }
+    text
+}
