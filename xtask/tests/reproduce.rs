@@ -521,3 +521,35 @@ fn sizes_from_the_command_line_are_checked_before_anything_starts() {
     let output = xtask().args(["rank", "--images", dir.path().to_str().unwrap(), "--crop", "0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("the crop is 0"));
 }
+
+#[test]
+fn two_studies_starting_on_an_empty_demo_cache_pretrain_each_backbone_once() {
+    let (shared, _) = reference();
+    let fresh = shared.join("fresh-cache");
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let mut args = demo_args(shared, &shared.join(format!("racing-{i}")));
+            args = with_option(args, "--demo-cache", fresh.to_str().unwrap());
+            args = with_option(with_option(args, "--tasks", "brain"), "--trials", "1");
+            xtask().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let stderr: String =
+        children.into_iter().map(|c| String::from_utf8_lossy(&check(c.wait_with_output().unwrap()).stderr).into_owned()).collect();
+    let pretrained: Vec<&str> = stderr.lines().filter(|l| l.starts_with("demo: pretrained")).collect();
+    assert_eq!(pretrained.len(), 3, "each backbone pretrained once: {pretrained:?}");
+    // And both studies used the same weights.
+    let weights = |i: usize| -> Vec<String> {
+        std::fs::read_dir(shared.join(format!("racing-{i}/runs/brain")))
+            .unwrap()
+            .map(|e| {
+                let record: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.unwrap().path().join("settings.json")).unwrap()).unwrap();
+                record["settings"]["weights"].as_str().unwrap().to_string()
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    assert_eq!(weights(0), weights(1));
+}

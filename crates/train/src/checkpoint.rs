@@ -64,7 +64,11 @@ pub fn save(dir: &Path, epoch: usize, model: &HashMap<String, Tensor>, optimizer
     }
     write_tensors(&epoch_path(dir, epoch), &tensors, HashMap::from([(STATE_KEY.to_string(), state.to_string())]))?;
     for (_, path) in list(dir)?.into_iter().rev().skip(2) {
-        std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        // Another process on the same run may have removed it first.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&path, e)),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -82,6 +86,33 @@ fn list(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
         .collect();
     found.sort();
     Ok(found)
+}
+
+/// The run state of the newest checkpoint of `dir` whose header reads, from the header alone
+/// (the tensors are not read): what a resume continues from, for readers such as the halving
+/// promotions and `--plan` that must agree with it even when a kill fell between a checkpoint
+/// and the history file written after it.
+pub fn newest_state(dir: &Path) -> Option<String> {
+    use std::io::Read;
+    let list = list(dir).ok()?;
+    list.into_iter().rev().find_map(|(_, path)| {
+        let mut file = std::fs::File::open(&path).ok()?;
+        let file_length = file.metadata().ok()?.len();
+        let mut length = [0u8; 8];
+        file.read_exact(&mut length).ok()?;
+        // A header is a few kilobytes; a length past 64 MiB is damage, not a header.
+        let length = u64::from_le_bytes(length).min(64 << 20);
+        let mut header = Vec::new();
+        file.take(length).read_to_end(&mut header).ok()?;
+        let header_length = header.len() as u64;
+        let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        // Whole, as a resume would find it: the file reaches the end of its last tensor.
+        let data_end = header.as_object()?.values().filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
+        if file_length < 8 + header_length + data_end {
+            return None;
+        }
+        header.get("__metadata__")?.get(STATE_KEY)?.as_str().map(str::to_string)
+    })
 }
 
 /// The newest checkpoint of `dir` that loads, with a warning (returned) for each newer one that

@@ -258,10 +258,27 @@ pub fn finished(dir: &Path) -> Option<RunOutcome> {
     std::fs::read(dir.join(OUTCOME_FILE)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }
 
-/// The epochs a run in `dir` has finished so far (its history.jsonl; empty when there is none).
+/// The epochs a run in `dir` has finished so far, as its newest checkpoint records them (what a
+/// resume continues from); history.jsonl, written after each checkpoint, when there is no
+/// checkpoint. A kill between the two leaves the file one epoch behind until the run resumes
+/// and rewrites it; readers never see the difference. Empty when the run has not started.
 pub fn history(dir: &Path) -> Vec<EpochRecord> {
+    if let Some(state) = checkpoint::newest_state(dir).and_then(|s| serde_json::from_str::<RunState>(&s).ok()) {
+        return state.history;
+    }
+    history_file(dir)
+}
+
+/// The records of history.jsonl.
+fn history_file(dir: &Path) -> Vec<EpochRecord> {
     let text = std::fs::read_to_string(dir.join(HISTORY_FILE)).unwrap_or_default();
     text.lines().map_while(|line| serde_json::from_str(line).ok()).collect()
+}
+
+/// Writes history.jsonl from the run state's records.
+fn write_history(dir: &Path, records: &[EpochRecord]) -> Result<()> {
+    let history: String = records.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|line| line + "\n").collect();
+    Ok(medxfer_durable::write_atomic(&dir.join(HISTORY_FILE), history.as_bytes())?)
 }
 
 /// The epoch a run keeps among `history` by `selection` (1-based), as the run itself chooses it.
@@ -388,6 +405,11 @@ pub fn fine_tune_until(
         if state.best_epoch == Some(state.history.len()) && best_epoch_on_disk(dir, &device) != state.best_epoch {
             save_best(model, dir, state.history.len())?;
         }
+        // A kill between the checkpoint and the history file left the file behind (or, with a
+        // damaged newest checkpoint, ahead): the checkpoint resumed from is the truth.
+        if history_file(dir) != state.history {
+            write_history(dir, &state.history)?;
+        }
     }
 
     while state.history.len() < settings.epochs.min(until) && !state.stopped_early {
@@ -446,8 +468,7 @@ pub fn fine_tune_until(
         if improved {
             save_best(model, dir, epoch + 1)?;
         }
-        let history: String = state.history.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|line| line + "\n").collect();
-        medxfer_durable::write_atomic(&dir.join(HISTORY_FILE), history.as_bytes())?;
+        write_history(dir, &state.history)?;
         progress.epoch(&record);
     }
 

@@ -249,4 +249,59 @@ fn a_finetune_killed_mid_run_resumes_to_the_uninterrupted_result() {
             .collect()
     };
     assert_eq!(losses(&straight), losses(&killed), "bit-identical history after the kill");
+
+    // Two processes running the same run into one folder at once (a trial given to two
+    // machines by hand): every temporary file (checkpoints, best, history, outcome) is per
+    // process, so both finish and the folder holds one whole result, the uninterrupted one.
+    let twins = dir.path().join("twins");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_medxfer-train"))
+                .env("MEDXFER_MODELS", &models)
+                .args(args(&twins))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let c = read(&twins, "outcome.json");
+    assert_eq!((&c["best_epoch"], &c["test"]), (&a["best_epoch"], &a["test"]));
+    assert_eq!(losses(&twins), losses(&straight));
+    let left: Vec<String> = std::fs::read_dir(&twins)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".partial"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+
+    // Killed at many instants, the folder always says what its newest checkpoint holds: the
+    // history readers see has as many epochs as that checkpoint.
+    let many = dir.path().join("many-kills");
+    for pause in [30u64, 70, 110, 150, 190] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medxfer-train"))
+            .env("MEDXFER_MODELS", &models)
+            .args(args(&many))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(pause * 10));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let newest = std::fs::read_dir(&many)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("epoch-")?.strip_suffix(".safetensors")?.parse::<usize>().ok())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        assert_eq!(medxfer_train::history(&many).len(), newest, "after a kill at {} ms", pause * 10);
+    }
+    ok(&train(&models, &args(&many).iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_eq!(losses(&many), losses(&straight));
 }

@@ -335,3 +335,42 @@ fn extraction_writes_the_feature_file_the_scores_read() {
     let stored: Vec<String> = serde_json::from_str(&metadata[medxfer_train::IDS_KEY]).unwrap();
     assert_eq!(stored, ids);
 }
+
+#[test]
+fn a_kill_between_the_checkpoint_and_the_history_file_leaves_nothing_inconsistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let straight = dir.path().join("straight");
+    fine_tune(&model(), &data, &settings(3), &straight, &mut |_: &EpochRecord| {}).unwrap();
+
+    // Two of three epochs, then the state a SIGKILL right after epoch 2's checkpoint was renamed
+    // into place leaves: history.jsonl still holds epoch 1 only.
+    let run_dir = dir.path().join("killed");
+    let stopped = medxfer_train::fine_tune_until(&model(), &data, &settings(3), &run_dir, 2, &mut |_: &EpochRecord| {}).unwrap();
+    assert!(stopped.is_none());
+    let file = std::fs::read_to_string(run_dir.join("history.jsonl")).unwrap();
+    assert_eq!(file.lines().count(), 2);
+    std::fs::write(run_dir.join("history.jsonl"), format!("{}\n", file.lines().next().unwrap())).unwrap();
+    // Readers (the halving promotions, --plan) see what the newest checkpoint holds.
+    let seen = history(&run_dir);
+    assert_eq!(seen.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2]);
+    let values =
+        |records: &[EpochRecord]| -> Vec<(u64, u64)> { records.iter().map(|r| (r.train_loss.to_bits(), r.val_loss.to_bits())).collect() };
+    assert_eq!(values(&seen), values(&history(&straight)[..2]));
+    // A damaged newest checkpoint is not what a resume would use: readers fall back with it.
+    let newest = run_dir.join("epoch-0002.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() - 1]).unwrap();
+    assert_eq!(history(&run_dir).len(), 1);
+    std::fs::write(&newest, &bytes).unwrap();
+
+    // The resumed run rewrites the file from the checkpoint and ends as the straight one.
+    let mut ran = Vec::new();
+    fine_tune(&model(), &data, &settings(3), &run_dir, &mut |r: &EpochRecord| ran.push(r.epoch)).unwrap();
+    assert_eq!(ran, [3]);
+    let file_records = |dir: &Path| -> Vec<EpochRecord> {
+        std::fs::read_to_string(dir.join("history.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert_eq!(values(&file_records(&run_dir)), values(&file_records(&straight)));
+    assert_eq!(file_records(&run_dir), history(&run_dir));
+}

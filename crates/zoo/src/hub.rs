@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
+use std::time::{Duration, Instant};
+
+use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo};
 
 use candle_core::Device;
@@ -27,13 +29,38 @@ pub struct HubOptions {
     pub offline: bool,
     /// Show a progress bar while downloading.
     pub progress: bool,
+    /// The hub's address (`HF_ENDPOINT`, a mirror); `None` for huggingface.co.
+    pub endpoint: Option<String>,
+    /// How long to keep trying when the network fails or another process holds the download.
+    pub retry: HubRetry,
+}
+
+/// Waiting instead of failing: shards that start together on a cold cache all want the same
+/// files (hf-hub lets one download each and gives the others up after 5 s), and a network that
+/// drops a connection now and then should not end a day-long shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubRetry {
+    /// Tries of a download that fails for the network's sake (the first included).
+    pub attempts: u32,
+    /// The wait before the second try; doubled for each next one, up to a minute.
+    pub first_delay: Duration,
+    /// How long to wait, in all, for another process's download of the same file.
+    pub wait_for_others: Duration,
+}
+
+impl Default for HubRetry {
+    /// 6 tries over about a minute; 30 minutes for another process's download.
+    fn default() -> Self {
+        Self { attempts: 6, first_delay: Duration::from_secs(2), wait_for_others: Duration::from_secs(30 * 60) }
+    }
 }
 
 impl HubOptions {
-    /// The standard cache; offline when `HF_HUB_OFFLINE` is 1 or true.
+    /// The standard cache; offline when `HF_HUB_OFFLINE` is 1 or true; `HF_ENDPOINT` when set.
     pub fn from_env() -> Self {
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-        Self { cache_dir: None, offline, progress: true }
+        let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty());
+        Self { cache_dir: None, offline, progress: true, endpoint, retry: HubRetry::default() }
     }
 
     fn cache(&self) -> Cache {
@@ -44,10 +71,35 @@ impl HubOptions {
     }
 }
 
-/// The local path of `filename` in hub repo `repo_id` (for example `timm/resnet50.a1_in1k`).
+/// What a failed download calls for.
+enum Failure {
+    /// Another process holds the file's download lock: wait for it.
+    Busy,
+    /// The network or the server failed: try again later.
+    Passing,
+    /// The hub said no (no such repo or file, no access): trying again will not help.
+    Permanent,
+}
+
+fn classify(error: &ApiError) -> Failure {
+    match error {
+        ApiError::LockAcquisition(_) => Failure::Busy,
+        ApiError::RequestError(request) => match **request {
+            ureq::Error::StatusCode(code) if (400..500).contains(&code) && code != 408 && code != 429 => Failure::Permanent,
+            _ => Failure::Passing,
+        },
+        ApiError::MissingHeader(_) | ApiError::InvalidHeader(_) => Failure::Permanent,
+        _ => Failure::Passing,
+    }
+}
+
+/// The local path of `filename` in hub repo `repo_id` (for example `timm/resnet50.a1_in1k`):
+/// from the cache, else downloaded, waiting for another process's download of it and retrying
+/// a failing network as `options.retry` says.
 pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<PathBuf> {
     let cache = options.cache();
-    if let Some(path) = cache.repo(Repo::model(repo_id.to_string())).get(filename) {
+    let cached = || options.cache().repo(Repo::model(repo_id.to_string())).get(filename);
+    if let Some(path) = cached() {
         return Ok(path);
     }
     let cache_path = cache.path().clone();
@@ -63,11 +115,45 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
     if options.offline {
         return Err(not_cached("offline (HF_HUB_OFFLINE)".to_string()));
     }
-    let api = ApiBuilder::from_cache(cache)
-        .with_progress(options.progress)
-        .build()
-        .map_err(|e| not_cached(format!("the hub client failed to start ({e})")))?;
-    api.model(repo_id.to_string()).download(filename).map_err(|e| not_cached(format!("the download failed ({e})")))
+    let mut builder = ApiBuilder::from_cache(cache).with_progress(options.progress);
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let api = builder.build().map_err(|e| not_cached(format!("the hub client failed to start ({e})")))?;
+    let repo = api.model(repo_id.to_string());
+    let (mut failures, mut delay, waiting_since) = (0, options.retry.first_delay, Instant::now());
+    loop {
+        let error = match repo.download(filename) {
+            Ok(path) => return Ok(path),
+            Err(error) => error,
+        };
+        // Another process may have finished it meanwhile.
+        if let Some(path) = cached() {
+            return Ok(path);
+        }
+        match classify(&error) {
+            Failure::Permanent => return Err(not_cached(format!("the download failed ({error})"))),
+            Failure::Busy if waiting_since.elapsed() < options.retry.wait_for_others => {
+                eprintln!("{repo_id}/{filename}: another process is downloading it; waiting");
+                std::thread::sleep(options.retry.first_delay);
+            }
+            Failure::Busy => {
+                return Err(not_cached(format!(
+                    "another process held its download for over {:.0} s ({error})",
+                    options.retry.wait_for_others.as_secs_f64()
+                )));
+            }
+            Failure::Passing => {
+                failures += 1;
+                if failures >= options.retry.attempts {
+                    return Err(not_cached(format!("the download failed {failures} time(s), the last: {error}")));
+                }
+                eprintln!("{repo_id}/{filename}: the download failed ({error}); trying again in {:.0} s", delay.as_secs_f64());
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 /// The local path of a registry entry's pretrained weights (its `hub` repo's weights file).

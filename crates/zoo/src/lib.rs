@@ -53,7 +53,7 @@ pub use densenet::DenseNetConfig;
 pub use efficientnet::{EfficientNetConfig, EfficientNetVariant};
 pub use entry::{Architecture, ModelEntry, Preprocessing};
 pub use error::{Error, Result};
-pub use hub::{CONFIG_FILE, HubOptions, WEIGHTS_FILE, hub_file, looks_like_hub_id, pretrained, weights_file};
+pub use hub::{CONFIG_FILE, HubOptions, HubRetry, WEIGHTS_FILE, hub_file, looks_like_hub_id, pretrained, weights_file};
 pub use params::ParamStore;
 pub use preprocess::eval_tensor;
 pub use registry::Registry;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use medxfer_zoo::{Architecture, BlockKind, HubOptions, ModelEntry, Preprocessing, ResNetConfig, WEIGHTS_FILE, hub_file};
+use medxfer_zoo::{Architecture, BlockKind, HubOptions, HubRetry, ModelEntry, Preprocessing, ResNetConfig, WEIGHTS_FILE, hub_file};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -27,7 +27,7 @@ fn a_cached_hub_model_loads_offline() {
     let cache = std::env::temp_dir().join(format!("medxfer-hub-{}", std::process::id()));
     let repo = "timm/resnet_basic_min.test_in1k";
     fake_cache(&cache, repo, "0123abcd", &fixtures().join("resnet_basic_min.safetensors"));
-    let options = HubOptions { cache_dir: Some(cache.clone()), offline: true, progress: false };
+    let options = HubOptions { cache_dir: Some(cache.clone()), offline: true, progress: false, ..HubOptions::default() };
     let path = hub_file(repo, WEIGHTS_FILE, &options).unwrap();
     assert!(path.ends_with("snapshots/0123abcd/model.safetensors"), "{}", path.display());
 
@@ -75,7 +75,7 @@ fn a_hub_id_outside_the_registry_is_built_from_its_timm_config() {
     fake_cache(&cache, repo, "feed", &fixtures().join("vit_min.safetensors"));
     let config = r#"{"architecture": "vit_small_patch16_224", "model_args": {"img_size": 64, "embed_dim": 24, "num_heads": 3, "depth": 2}, "num_classes": 10, "num_features": 24, "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "input_size": [3, 64, 64], "crop_pct": 0.9}}"#;
     std::fs::write(cache.join("models--someone--vit_min.test/snapshots/feed/config.json"), config).unwrap();
-    let options = HubOptions { cache_dir: Some(cache.clone()), offline: true, progress: false };
+    let options = HubOptions { cache_dir: Some(cache.clone()), offline: true, progress: false, ..HubOptions::default() };
     let entry = registry.resolve(repo, &options).unwrap();
     let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("vit_min_ref.safetensors"), &Device::Cpu).unwrap();
@@ -118,5 +118,108 @@ fn hostile_sizes_in_a_config_json_are_refused_naming_the_file() {
     ] {
         let error = medxfer_zoo::entry_from_timm_config("someone/hostile", &config).unwrap_err().to_string();
         assert!(error.contains("someone/hostile/config.json") && error.contains(expected), "{config}: {error}");
+    }
+}
+
+/// A stand-in for the hub's file server on 127.0.0.1: hf-hub's metadata request (`Range:
+/// bytes=0-0`, answered with the etag, commit and size) and its ranged download. The first
+/// `failures` requests get a 503; each download's body is sent in ten parts `pause` apart.
+/// Returns the endpoint and the number of requests served so far.
+fn serve(body: Vec<u8>, failures: usize, pause: std::time::Duration) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (body, counter) = (body.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = Some(value.trim().to_string());
+                    }
+                }
+                if counter.fetch_add(1, Ordering::SeqCst) < failures {
+                    let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    return;
+                }
+                let size = body.len();
+                let (start, end) = match range.as_deref() {
+                    Some("0-0") => (0, 1),
+                    Some(open) => (open.trim_end_matches('-').parse::<usize>().unwrap(), size),
+                    None => (0, size),
+                };
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\netag: \"blob0123\"\r\nx-repo-commit: c0ffee\r\ncontent-range: bytes {start}-{}/{size}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    end - 1,
+                    end - start
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let part = (end - start).div_ceil(10).max(1);
+                for chunk in body[start..end].chunks(part) {
+                    if end - start > 1 {
+                        std::thread::sleep(pause);
+                    }
+                    if stream.write_all(chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, served)
+}
+
+fn online(cache: &Path, endpoint: String, retry: HubRetry) -> HubOptions {
+    HubOptions { cache_dir: Some(cache.to_path_buf()), offline: false, progress: false, endpoint: Some(endpoint), retry }
+}
+
+#[test]
+fn a_flaky_network_is_retried_and_a_missing_file_is_not() {
+    let cache = tempfile::tempdir().unwrap();
+    let body = std::fs::read(fixtures().join("resnet_basic_min.safetensors")).unwrap();
+    let (endpoint, served) = serve(body.clone(), 3, std::time::Duration::ZERO);
+    let retry =
+        HubRetry { attempts: 5, first_delay: std::time::Duration::from_millis(50), wait_for_others: std::time::Duration::from_secs(60) };
+    let path = hub_file("timm/flaky.test", WEIGHTS_FILE, &online(cache.path(), endpoint.clone(), retry)).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert!(path.ends_with("snapshots/c0ffee/model.safetensors"), "{}", path.display());
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 5, "three 503s, then the metadata and the file");
+    // Fewer tries than failures: an error that says how often it tried.
+    let (endpoint, _) = serve(body, 10, std::time::Duration::ZERO);
+    let error = hub_file("timm/down.test", WEIGHTS_FILE, &online(cache.path(), endpoint, HubRetry { attempts: 2, ..retry })).unwrap_err();
+    assert!(error.to_string().contains("failed 2 time(s)") && error.to_string().contains("timm/down.test"), "{error}");
+}
+
+#[test]
+fn processes_starting_together_on_a_cold_cache_wait_for_one_download() {
+    let cache = tempfile::tempdir().unwrap();
+    let body = std::fs::read(fixtures().join("resnet_basic_min.safetensors")).unwrap();
+    // The download takes about 7 s: longer than hf-hub's own 5 s wait for its lock.
+    let (endpoint, _) = serve(body.clone(), 0, std::time::Duration::from_millis(700));
+    let retry =
+        HubRetry { attempts: 2, first_delay: std::time::Duration::from_millis(200), wait_for_others: std::time::Duration::from_secs(60) };
+    let options = online(cache.path(), endpoint, retry);
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let options = options.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100 * i));
+                hub_file("timm/cold.test", WEIGHTS_FILE, &options)
+            })
+        })
+        .collect();
+    for worker in workers {
+        let path = worker.join().unwrap().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), body);
     }
 }

@@ -116,6 +116,10 @@ fn write_once(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
     Ok(())
 }
 
+/// A pretraining lock not refreshed for this long is taken over (its holder on another host
+/// died); on this host a dead holder's lock is taken over at once.
+const PRETRAINING_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The pretrained weights of `entries` in `cache`/weights/, pretraining those not there yet.
 /// Returns the weights folder.
 pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &Path) -> Result<PathBuf> {
@@ -130,6 +134,30 @@ pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &P
         let Some(&epochs) = config.budgets.get(&entry.name) else {
             bail!("xtask/demo/demo.toml gives no pretraining budget for {}", entry.name);
         };
+        // One process pretrains each backbone, as one takes each trial: shards that start
+        // together on an empty cache wait for it instead of all pretraining it.
+        let target = weights.join(format!("{}.safetensors", entry.name));
+        let lock_path = cache.join("pretraining").join(format!("{}.lock", entry.name));
+        let mut waited = false;
+        let _lock = loop {
+            if target.exists() {
+                break None;
+            }
+            match medxfer_durable::Claim::take(&lock_path, PRETRAINING_STALE_AFTER)? {
+                Some(lock) if !target.exists() => break Some(lock),
+                Some(_) => break None,
+                None => {
+                    if !waited {
+                        eprintln!("demo: another process is pretraining {}; waiting for it ({})", entry.name, lock_path.display());
+                        waited = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            }
+        };
+        if target.exists() {
+            continue;
+        }
         let start = std::time::Instant::now();
         // Always on the CPU: the cached backbones are then the same bytes whichever device runs
         // the study (a GPU's sums round differently), and CPU runs stay bit-reproducible.
@@ -151,7 +179,7 @@ pub fn pretrained_weights(config: &DemoConfig, entries: &[ModelEntry], cache: &P
         let outcome = fine_tune(&model, &source, &settings, &run, &mut |_: &EpochRecord| {})?;
         let best = run.join(BEST_FILE);
         let bytes = std::fs::read(&best).with_context(|| format!("cannot read {}", best.display()))?;
-        medxfer_durable::write_atomic(&weights.join(format!("{}.safetensors", entry.name)), &bytes)?;
+        medxfer_durable::write_atomic(&target, &bytes)?;
         eprintln!(
             "demo: pretrained {} for {epochs} source epoch(s): source val accuracy {:.3} ({:.1} s)",
             entry.name,
