@@ -158,3 +158,46 @@ pub fn describe(records: &[(PathBuf, Recorded)]) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_and_mutated_records_read_or_fail_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SETTINGS_FILE);
+        let record = Recorded {
+            step: Step::Search,
+            task: "skin".into(),
+            backbone: "resnet18".into(),
+            settings: [("epochs", "100"), ("trials", "75"), (WEIGHTS, "blake3:00ff"), (WEIGHTS_SOURCE, "hub timm/resnet18.a1_in1k@abc")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let original = serde_json::to_string_pretty(&record).unwrap();
+        std::fs::write(&path, &original).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(record.clone()));
+        assert_eq!(read(&dir.path().join("absent.json")).unwrap(), None);
+        // Only the compared settings count; the weights' source is for the reader.
+        let mut moved = record.settings.clone();
+        moved.insert(WEIGHTS_SOURCE.into(), "file /elsewhere/resnet18.safetensors".into());
+        assert!(compare(&record.settings, &moved).is_empty());
+        moved.insert("epochs".into(), "8".into());
+        assert_eq!(compare(&record.settings, &moved), [Difference { setting: "epochs".into(), recorded: "100".into(), asked: "8".into() }]);
+        let failures = medxfer_mutate::never_panics(
+            1000,
+            9,
+            |m: &mut medxfer_mutate::Mutator| m.text(&original),
+            |text: &String| {
+                std::fs::write(&path, text).unwrap();
+                if let Err(error) = read(&path) {
+                    assert!(format!("{error:#}").contains(SETTINGS_FILE), "{error:#}");
+                }
+            },
+        );
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}

@@ -193,4 +193,28 @@ mod tests {
         .unwrap();
         assert_eq!(read_scores(dir.path()).unwrap().len(), 2);
     }
+
+    #[test]
+    fn mutated_tables_read_or_fail_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let scores =
+            "task,setting,backbone,metric,value\nskin,id,resnet18,leep,-0.5\nskin,id,resnet34,leep,-0.4\nskin,ood,resnet18,logme,1.25\n";
+        let performance = "task,setting,backbone,val_balanced_accuracy,test_balanced_accuracy,trial,lr,wd,epoch\nskin,id,resnet18,0.8,0.75,3,0.01,1e-6,41\nskin,ood,resnet18,,0.5,,,,\n";
+        for (name, original) in [(SCORES_CSV, scores), (PERFORMANCE_CSV, performance)] {
+            let failures = medxfer_mutate::never_panics(
+                1000,
+                name.len() as u64,
+                |m: &mut medxfer_mutate::Mutator| m.text(original),
+                |text: &String| {
+                    std::fs::write(dir.path().join(name), text).unwrap();
+                    let read =
+                        if name == SCORES_CSV { read_scores(dir.path()).map(|_| ()) } else { read_performance(dir.path()).map(|_| ()) };
+                    if let Err(error) = read {
+                        assert!(format!("{error:#}").contains(name), "{error:#}");
+                    }
+                },
+            );
+            assert!(failures.is_empty(), "{}", failures.join("\n"));
+        }
+    }
 }

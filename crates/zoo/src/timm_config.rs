@@ -123,7 +123,10 @@ pub fn entry_from_timm_config(repo_id: &str, config_json: &str) -> Result<ModelE
     let bad = |problem: String| Error::Config { source_name: format!("{repo_id}/config.json"), problem };
     let config: Value = serde_json::from_str(config_json).map_err(|e| bad(format!("not JSON: {e}")))?;
     let name = config["architecture"].as_str().ok_or_else(|| bad("has no 'architecture'".into()))?;
-    let architecture = architecture_from_timm(name, config.get("model_args"))?;
+    let architecture = architecture_from_timm(name, config.get("model_args")).map_err(|e| match e {
+        Error::Config { problem, .. } => bad(problem),
+        other => other,
+    })?;
     let pretrained = &config["pretrained_cfg"];
     let num_classes = config["num_classes"].as_u64().or_else(|| pretrained["num_classes"].as_u64()).unwrap_or(1000);
     let num_classes = usize::try_from(num_classes).unwrap_or(usize::MAX);

@@ -206,6 +206,29 @@ mod tests {
         assert!(format!("{:#}", LabelledImages::read(&root).unwrap_err()).contains("ranking needs at least two"));
     }
 
+    #[test]
+    fn mutated_label_csvs_read_or_fail_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        for file in ["benign/a.png", "benign/b.png", "malignant/c.png"] {
+            png(&root.join(file));
+        }
+        let csv = root.join("labels.csv");
+        let original = "path,label,site\nbenign/a.png,0,x\nbenign/b.png,0,y\nmalignant/c.png,1,z\n";
+        let failures = medxfer_mutate::never_panics(
+            800,
+            4,
+            |m: &mut medxfer_mutate::Mutator| m.text(original),
+            |text: &String| {
+                std::fs::write(&csv, text).unwrap();
+                if let Err(error) = LabelledImages::read(&csv) {
+                    assert!(format!("{error:#}").contains("labels.csv"), "{error:#}");
+                }
+            },
+        );
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_symlink_loop_is_not_followed_and_each_file_is_listed_once() {

@@ -1,0 +1,147 @@
+#![allow(clippy::unwrap_used)]
+//! Thousands of damaged inputs to every parser of the data crate: images of each format the
+//! datasets use and Cheng's MATLAB files (bytes mutated), the split manifest, a dataset layout's
+//! CSVs and the dataset catalog's TOMLs (text mutated). Each answers with an error or a value,
+//! never a panic, and an error names the file.
+
+use std::path::{Path, PathBuf};
+
+use medxfer_data::{Catalog, Entry, Part, decode_rgb8, load_rgb8, read_manifest, scan_dataset, transform};
+use medxfer_mutate::{Mutator, never_panics};
+
+fn formats() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats"))
+}
+
+fn assert_none(failures: Vec<String>) {
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn mutated_images_decode_or_fail_naming_the_file() {
+    let path = Path::new("/data/mutant");
+    for (i, name) in
+        ["lzw.tif", "two_pages.tif", "rgb16.tif", "rgba.png", "palette.png", "gray.jpg", "cmyk.jpg", "exif_rotated.jpg"].iter().enumerate()
+    {
+        let original = std::fs::read(formats().join(name)).unwrap();
+        let mut decoded = 0;
+        assert_none(never_panics(
+            250,
+            i as u64,
+            |m: &mut Mutator| m.bytes(&original),
+            |bytes: &Vec<u8>| match decode_rgb8(path, bytes) {
+                Ok(image) => {
+                    decoded += 1;
+                    // What the cache does next.
+                    let _ = transform::resize_shorter(&image, 36);
+                }
+                Err(error) => assert!(error.to_string().contains("/data/mutant"), "{name}: {error}"),
+            },
+        ));
+        assert!(decoded < 250, "{name}: every mutant decoded");
+    }
+}
+
+#[test]
+fn mutated_cheng_files_read_or_fail_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read(formats().join("cheng_v0.mat")).unwrap();
+    let path = dir.path().join("7.mat");
+    assert_none(never_panics(
+        400,
+        3,
+        |m: &mut Mutator| m.bytes(&original),
+        |bytes: &Vec<u8>| {
+            std::fs::write(&path, bytes).unwrap();
+            if let Err(error) = load_rgb8(&path) {
+                assert!(error.to_string().contains("7.mat"), "{error}");
+            }
+        },
+    ));
+}
+
+#[test]
+fn mutated_manifests_layout_csvs_and_catalogs_parse_or_fail_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::load_default().unwrap();
+
+    // The split manifest.
+    let entries: Vec<Entry> = (0..12)
+        .map(|i| Entry {
+            path: format!("a/{i}.png"),
+            label: i % 2,
+            group: format!("p{}", i / 3),
+            split: [Part::Train, Part::Val, Part::Test][i as usize % 3],
+        })
+        .collect();
+    let info = medxfer_data::ManifestInfo {
+        dataset: "breakhis".into(),
+        task: "breast".into(),
+        source: medxfer_data::Source::Faithful,
+        seed: 0,
+        images: entries.len(),
+        counts: medxfer_data::split_counts(&entries),
+        files_checksum: "0".repeat(64),
+        leakage: None,
+    };
+    let manifest_dir = dir.path().join("manifest");
+    medxfer_data::write_manifest(&manifest_dir, &entries, &info).unwrap();
+    let manifest = manifest_dir.join(medxfer_data::MANIFEST_CSV);
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    assert_eq!(read_manifest(&manifest).unwrap(), entries);
+    assert_none(never_panics(
+        800,
+        5,
+        |m: &mut Mutator| m.text(&original),
+        |text: &String| {
+            std::fs::write(&manifest, text).unwrap();
+            if let Err(error) = read_manifest(&manifest) {
+                assert!(error.to_string().contains("manifest.csv"), "{error}");
+            }
+        },
+    ));
+
+    // ISIC's ground-truth CSV in a replica of its layout.
+    let isic = dir.path().join("isic");
+    medxfer_data::synth::synthesize(catalog.dataset("isic2019").unwrap(), &isic, 2, 1).unwrap();
+    let truth =
+        walkdir::WalkDir::new(&isic).into_iter().flatten().find(|e| e.file_name() == medxfer_data::ISIC_GROUND_TRUTH).unwrap().into_path();
+    let original = std::fs::read_to_string(&truth).unwrap();
+    assert_none(never_panics(
+        300,
+        7,
+        |m: &mut Mutator| m.text(&original),
+        |text: &String| {
+            std::fs::write(&truth, text).unwrap();
+            let _ = scan_dataset(catalog.dataset("isic2019").unwrap(), &isic);
+        },
+    ));
+
+    // The catalog: one of its TOMLs mutated at a time.
+    let catalog_dir = dir.path().join("datasets");
+    std::fs::create_dir_all(&catalog_dir).unwrap();
+    let sources = Catalog::default_dir();
+    let names: Vec<String> = std::fs::read_dir(&sources)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    for name in &names {
+        std::fs::copy(sources.join(name), catalog_dir.join(name)).unwrap();
+    }
+    for (i, name) in names.iter().enumerate() {
+        let original = std::fs::read_to_string(sources.join(name)).unwrap();
+        assert_none(never_panics(
+            60,
+            100 + i as u64,
+            |m: &mut Mutator| m.text(&original),
+            |text: &String| {
+                std::fs::write(catalog_dir.join(name), text).unwrap();
+                if let Err(error) = Catalog::load(&catalog_dir) {
+                    assert!(error.to_string().contains("datasets"), "{name}: {error}");
+                }
+            },
+        ));
+        std::fs::write(catalog_dir.join(name), original).unwrap();
+    }
+}
