@@ -213,3 +213,26 @@ fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
     assert!(text.contains("| logme | 0.30 | -0.20 |"), "mean of 0.5 and 0.1:\n{text}");
     assert_eq!(read_csv(&dir.path().join("out/ranking.csv")).len(), 2);
 }
+
+#[test]
+fn a_truncated_image_in_the_folder_stops_rank_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    // A partial download: the first half of a JPEG.
+    let mut bytes = Vec::new();
+    image::RgbImage::from_pixel(48, 40, image::Rgb([120, 60, 30]))
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .unwrap();
+    std::fs::write(images.join("lesion/partial.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("rank")
+        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), dir.path().join("out").as_os_str()])
+        .args(["--models".as_ref(), dir.path().join("models").as_os_str(), "--weights".as_ref(), dir.path().join("weights").as_os_str()])
+        .args(["--resize", "72", "--crop", "64"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("partial.jpg") && stderr.contains("image file is truncated"), "{stderr}");
+}

@@ -3,8 +3,9 @@
 //! (the page cache keeps it in memory, as a memory map would; the workspace forbids `unsafe`,
 //! which mapping needs) and never decode a JPEG again.
 //!
-//! The cache is keyed by the dataset name, the resize and the checksum of the files it covers
-//! (paths and sizes), so a changed dataset or split builds a new one. Both files are written
+//! The cache is keyed by the dataset name, the resize and a checksum of the files it covers
+//! (paths, sizes and modification times), so a changed dataset or split builds a new one, even
+//! when an image is rewritten at the same size (an uncompressed TIFF or BMP). Both files are written
 //! through medxfer-durable (a temporary file of this process, renamed when complete), the index
 //! last: a killed build leaves no half cache behind, and shards building the same cache at once
 //! each write their own.
@@ -20,7 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::load_rgb8;
 use crate::error::{Error, Result};
-use crate::manifest::files_checksum;
 use crate::split::Entry;
 use crate::transform::resize_shorter;
 
@@ -51,11 +51,30 @@ pub struct ImageCache {
 /// How many images are decoded in parallel before being appended in order.
 const CHUNK: usize = 256;
 
+/// blake3 over the sorted "path, size, modification time" lines of the files `entries` name:
+/// what the cache was made from (reading every byte of a 25,000-image dataset to key it would
+/// cost as much as decoding it).
+fn files_stamp(root: &Path, entries: &[Entry]) -> Result<String> {
+    let mut lines: Vec<String> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let path = root.join(&entry.path);
+        let metadata = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        let modified = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        lines.push(format!("{}\t{}\t{modified}\n", entry.path, metadata.len()));
+    }
+    lines.sort();
+    let mut hasher = blake3::Hasher::new();
+    for line in &lines {
+        hasher.update(line.as_bytes());
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 impl ImageCache {
     /// Opens the cache of `entries` (images under `root`) in `dir`, building it first if it is
     /// missing or stale. `progress` draws a progress bar while building.
     pub fn open_or_build(dir: &Path, dataset: &str, root: &Path, entries: &[Entry], short_side: u32, progress: bool) -> Result<Self> {
-        let checksum = files_checksum(root, entries)?;
+        let checksum = files_stamp(root, entries)?;
         let key = format!("{dataset}-s{short_side}-{}", &checksum[..16]);
         let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));
         if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {

@@ -87,3 +87,37 @@ fn batches_cover_the_epoch_once_in_a_seeded_order_with_the_last_partial_batch() 
     let c = take(LoaderConfig { epoch: 5, ..train });
     assert_ne!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), c.flatten_all().unwrap().to_vec1::<f32>().unwrap());
 }
+
+#[test]
+fn an_image_rewritten_at_the_same_size_is_not_answered_from_the_cache() {
+    // BACH's TIFFs are uncompressed: new pixels, the same byte size.
+    let (dir, entries) = replica("bach", 2);
+    let (root, cache_dir) = (dir.path().join("data"), dir.path().join("cache"));
+    let cache = ImageCache::open_or_build(&cache_dir, "bach", &root, &entries, 24, false).unwrap();
+    let first = root.join(&entries[0].path);
+    let before = std::fs::metadata(&first).unwrap();
+    // The same picture inverted, at the file's own bit depth (the replica writes some at 16).
+    let inverted = match image::open(&first).unwrap() {
+        image::DynamicImage::ImageRgb16(wide) => {
+            image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(wide.width(), wide.height(), |x, y| {
+                image::Rgb(wide.get_pixel(x, y).0.map(|v| u16::MAX - v))
+            }))
+        }
+        other => {
+            let mut rgb = other.to_rgb8();
+            rgb.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
+            image::DynamicImage::ImageRgb8(rgb)
+        }
+    };
+    let mut bytes = Vec::new();
+    inverted.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Tiff).unwrap();
+    assert_eq!(bytes.len() as u64, before.len(), "the rewrite keeps the size");
+    std::fs::write(&first, &bytes).unwrap();
+    // A later modification time, as any rewrite gives (set explicitly: coarse clocks).
+    let later = before.modified().unwrap() + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&first).unwrap().set_modified(later).unwrap();
+    let rebuilt = ImageCache::open_or_build(&cache_dir, "bach", &root, &entries, 24, false).unwrap();
+    let expected = transform::resize_shorter(&load_rgb8(&first).unwrap(), 24).unwrap();
+    assert_eq!(rebuilt.read(0).unwrap(), expected);
+    assert_ne!(cache.read(0).unwrap(), expected, "the old cache held the old pixels");
+}

@@ -212,10 +212,10 @@ fn shift(image: &mut RgbImage, shift: Shift, rng: &mut ChaCha8Rng) {
         Shift::ContrastBlur => {
             for pixel in image.pixels_mut() {
                 for c in pixel.0.iter_mut() {
-                    *c = (128.0 + (f32::from(*c) - 128.0) * 0.55) as u8;
+                    *c = (128.0 + (f32::from(*c) - 128.0) * 0.8) as u8;
                 }
             }
-            *image = image::imageops::blur(image, 0.9);
+            gaussian_blur(image, 0.5);
         }
         Shift::Noise => {
             for pixel in image.pixels_mut() {
@@ -225,5 +225,80 @@ fn shift(image: &mut RgbImage, shift: Shift, rng: &mut ChaCha8Rng) {
             }
             noise(image, 45, rng);
         }
+    }
+}
+
+/// A separable Gaussian blur of standard deviation `sigma` pixels, edges clamped. (image 0.25's
+/// `imageops::blur` leaves the first row black, a signal of its own that the demo's OOD set
+/// must not carry.)
+fn gaussian_blur(image: &mut RgbImage, sigma: f32) {
+    let radius = (3.0 * sigma).ceil() as i64;
+    let weights: Vec<f32> = (-radius..=radius).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
+    let pass = |source: &RgbImage, horizontal: bool| {
+        RgbImage::from_fn(source.width(), source.height(), |x, y| {
+            let mut sum = [0.0f32; 3];
+            for (k, weight) in weights.iter().enumerate() {
+                let d = k as i64 - radius;
+                let (sx, sy) = if horizontal {
+                    ((i64::from(x) + d).clamp(0, w - 1), i64::from(y))
+                } else {
+                    (i64::from(x), (i64::from(y) + d).clamp(0, h - 1))
+                };
+                let pixel = source.get_pixel(sx as u32, sy as u32);
+                for (s, &v) in sum.iter_mut().zip(&pixel.0) {
+                    *s += weight * f32::from(v);
+                }
+            }
+            Rgb(sum.map(|s| (s / total).round().clamp(0.0, 255.0) as u8))
+        })
+    };
+    let horizontal = pass(image, true);
+    *image = pass(&horizontal, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_blur_keeps_a_flat_image_flat_and_an_impulse_symmetric() {
+        let mut flat = RgbImage::from_pixel(32, 24, Rgb([200, 120, 40]));
+        gaussian_blur(&mut flat, 0.9);
+        assert!(flat.pixels().all(|p| p.0 == [200, 120, 40]), "edges included");
+        let mut impulse = RgbImage::new(9, 9);
+        impulse.put_pixel(4, 4, Rgb([255; 3]));
+        gaussian_blur(&mut impulse, 0.8);
+        let at = |x: u32, y: u32| impulse.get_pixel(x, y).0[0];
+        assert!(at(4, 4) > at(3, 4) && at(3, 4) > at(2, 4) && at(3, 4) == at(5, 4) && at(4, 3) == at(4, 5));
+    }
+
+    /// Mean over images of the darkest pixel's grey level: the nuclei's darkness, what tells
+    /// malignant (small, dark) from benign (large, pale).
+    fn darkest(label: u32, shift: Shift) -> f64 {
+        let painter = TaskPainter { task: TaskKind::Breast, shift };
+        let mut rng = ChaCha8Rng::seed_from_u64(label.into());
+        let images = 200;
+        let total: f64 = (0..images)
+            .map(|_| {
+                let image = painter.paint(Some(label), 32, 24, &mut rng);
+                image.pixels().map(|p| p.0.iter().map(|&c| f64::from(c)).sum::<f64>() / 3.0).fold(f64::INFINITY, f64::min)
+            })
+            .sum();
+        total / f64::from(images)
+    }
+
+    #[test]
+    fn the_breast_ood_shift_leaves_the_class_signal() {
+        // Malignant tissue has many small dark nuclei, benign few large pale ones: after the
+        // scanner shift (lower contrast, blur) the difference must stay large enough for the
+        // fine-tuned models' OOD accuracies to differ (at contrast 0.55 and blur 0.9 every
+        // backbone fell to 0.5).
+        let plain = darkest(0, Shift::None) - darkest(1, Shift::None);
+        let shifted = darkest(0, Shift::ContrastBlur) - darkest(1, Shift::ContrastBlur);
+        assert!(plain > 40.0, "{plain}");
+        assert!(shifted > 0.5 * plain, "shifted {shifted} vs plain {plain}");
     }
 }
