@@ -63,12 +63,22 @@ impl HubOptions {
         Self { cache_dir: None, offline, progress: true, endpoint, retry: HubRetry::default() }
     }
 
+    /// The cache folder: `cache_dir`, else `HF_HUB_CACHE`, else `$HF_HOME/hub` (or
+    /// ~/.cache/huggingface/hub), as huggingface_hub resolves it.
     fn cache(&self) -> Cache {
-        match &self.cache_dir {
-            Some(dir) => Cache::new(dir.clone()),
-            None => Cache::from_env(),
+        match (&self.cache_dir, std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty())) {
+            (Some(dir), _) => Cache::new(dir.clone()),
+            (None, Some(dir)) => Cache::new(PathBuf::from(dir)),
+            (None, None) => Cache::from_env(),
         }
     }
+}
+
+/// The hub token for gated repos: `HF_TOKEN`, else the token file `huggingface-cli login`
+/// writes (`$HF_HOME/token`). Read when a download needs it, never kept in [`HubOptions`] (whose
+/// `Debug` would print it).
+fn token() -> Option<String> {
+    std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_string()).or_else(|| Cache::from_env().token())
 }
 
 /// What a failed download calls for.
@@ -77,18 +87,27 @@ enum Failure {
     Busy,
     /// The network or the server failed: try again later.
     Passing,
-    /// The hub said no (no such repo or file, no access): trying again will not help.
-    Permanent,
+    /// The hub said no: trying again will not help; what to do instead.
+    Permanent(String),
 }
 
-fn classify(error: &ApiError) -> Failure {
+fn classify(error: &ApiError, repo_id: &str) -> Failure {
     match error {
         ApiError::LockAcquisition(_) => Failure::Busy,
         ApiError::RequestError(request) => match **request {
-            ureq::Error::StatusCode(code) if (400..500).contains(&code) && code != 408 && code != 429 => Failure::Permanent,
+            ureq::Error::StatusCode(401 | 403) => Failure::Permanent(format!(
+                "the hub refused access ({error}): the repo is gated or private; accept its terms at https://huggingface.co/{repo_id} \
+                 with your account and set HF_TOKEN to a token of that account (or run `huggingface-cli login`)"
+            )),
+            ureq::Error::StatusCode(404) => Failure::Permanent(format!(
+                "the hub has no such repo or file ({error}); check the name at https://huggingface.co/{repo_id}"
+            )),
+            ureq::Error::StatusCode(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
+                Failure::Permanent(format!("the download failed ({error})"))
+            }
             _ => Failure::Passing,
         },
-        ApiError::MissingHeader(_) | ApiError::InvalidHeader(_) => Failure::Permanent,
+        ApiError::MissingHeader(_) | ApiError::InvalidHeader(_) => Failure::Permanent(format!("the download failed ({error})")),
         _ => Failure::Passing,
     }
 }
@@ -116,6 +135,9 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
         return Err(not_cached("offline (HF_HUB_OFFLINE)".to_string()));
     }
     let mut builder = ApiBuilder::from_cache(cache).with_progress(options.progress);
+    if let Some(token) = token() {
+        builder = builder.with_token(Some(token));
+    }
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
     }
@@ -131,8 +153,8 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
         if let Some(path) = cached() {
             return Ok(path);
         }
-        match classify(&error) {
-            Failure::Permanent => return Err(not_cached(format!("the download failed ({error})"))),
+        match classify(&error, repo_id) {
+            Failure::Permanent(why) => return Err(not_cached(why)),
             Failure::Busy if waiting_since.elapsed() < options.retry.wait_for_others => {
                 eprintln!("{repo_id}/{filename}: another process is downloading it; waiting");
                 std::thread::sleep(options.retry.first_delay);

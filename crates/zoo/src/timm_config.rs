@@ -167,7 +167,8 @@ pub fn entry_from_timm_config(repo_id: &str, config_json: &str) -> Result<ModelE
             // timm's eval transform: resize to floor(crop / crop_pct), then centre-crop.
             resize: (crop as f64 / crop_pct).floor() as usize,
             crop,
-            interpolation: pretrained["interpolation"].as_str().unwrap_or("bilinear").to_string(),
+            // timm's `resolve_data_config` default when the config names none.
+            interpolation: pretrained["interpolation"].as_str().unwrap_or("bicubic").to_string(),
         },
         architecture,
     };

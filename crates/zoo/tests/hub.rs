@@ -223,3 +223,46 @@ fn processes_starting_together_on_a_cold_cache_wait_for_one_download() {
         assert_eq!(std::fs::read(path).unwrap(), body);
     }
 }
+
+/// A hub stand-in that answers every request with `status` (and counts them).
+fn serve_status(status: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+        }
+    });
+    (endpoint, served)
+}
+
+#[test]
+fn a_gated_or_missing_repo_is_said_so_at_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let retry =
+        HubRetry { attempts: 5, first_delay: std::time::Duration::from_millis(10), wait_for_others: std::time::Duration::from_secs(5) };
+    let (endpoint, served) = serve_status("401 Unauthorized");
+    let error = hub_file("MahmoodLab/UNI", WEIGHTS_FILE, &online(cache.path(), endpoint, retry)).unwrap_err().to_string();
+    assert!(error.contains("gated") && error.contains("https://huggingface.co/MahmoodLab/UNI") && error.contains("HF_TOKEN"), "{error}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1, "not retried");
+    let (endpoint, served) = serve_status("404 Not Found");
+    let error = hub_file("timm/no_such_model", WEIGHTS_FILE, &online(cache.path(), endpoint, retry)).unwrap_err().to_string();
+    assert!(error.contains("no such repo or file") && error.contains("timm/no_such_model"), "{error}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1, "not retried");
+}
+
+#[test]
+fn an_absent_interpolation_and_crop_pct_take_timm_s_defaults() {
+    let entry = medxfer_zoo::entry_from_timm_config("someone/bare", r#"{"architecture": "resnet18", "num_classes": 10}"#).unwrap();
+    // timm's resolve_data_config: bicubic, crop_pct 0.875 (224 / 0.875 = 256).
+    assert_eq!((entry.preprocessing.interpolation.as_str(), entry.preprocessing.crop, entry.preprocessing.resize), ("bicubic", 224, 256));
+}
