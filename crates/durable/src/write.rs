@@ -23,6 +23,13 @@ fn temporary_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.{}-{}-{call}.partial", file_name_host(), std::process::id()))
 }
 
+/// Whether a file name is a temporary file of this crate (one a killed writer left behind):
+/// not a result, whatever its target's name. Folders that judge "holds results" skip these.
+pub fn is_leftover(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.') && name.ends_with(".partial")
+}
+
 /// Creates the folder `path` will live in.
 fn create_parent(path: &Path) -> Result<()> {
     match path.parent() {
@@ -156,5 +163,9 @@ mod tests {
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with(".search.json.") && name.ends_with(".partial"), "{name}");
         assert!(name.contains(&format!("-{}-", std::process::id())), "{name}");
+        assert!(is_leftover(a.file_name().unwrap()));
+        for result in ["search.json", "settings.json", "partial", ".hidden", "x.partial"] {
+            assert!(!is_leftover(std::ffi::OsStr::new(result)), "{result}");
+        }
     }
 }

@@ -151,10 +151,13 @@ impl Study {
 }
 
 /// A folder with results but no record was made by a medxfer that did not record its settings:
-/// nothing says they match this run's.
+/// nothing says they match this run's. A temporary file left by a write killed mid-way (the
+/// record's own first write, most likely) is not a result.
 fn refuse_unrecorded(path: &Path) -> Result<()> {
     let folder = path.parent().unwrap_or(path);
-    if std::fs::read_dir(folder).is_ok_and(|mut d| d.next().is_some()) {
+    let holds_results =
+        std::fs::read_dir(folder).is_ok_and(|entries| entries.flatten().any(|entry| !medxfer_durable::is_leftover(&entry.file_name())));
+    if holds_results {
         bail!(
             "{} holds results without a record of the settings that made them ({SETTINGS_FILE}; an older medxfer made them): \
              nothing says they match this run's; give a new --out, or delete that folder to make them again",
@@ -166,4 +169,25 @@ fn refuse_unrecorded(path: &Path) -> Result<()> {
 
 fn more(difference: &Difference) -> bool {
     matches!((difference.recorded.parse::<usize>(), difference.asked.parse::<usize>()), (Ok(r), Ok(a)) if a > r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_unrecorded_only_when_it_holds_more_than_a_killed_write_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("runs/breast/resnet18");
+        let record = folder.join(SETTINGS_FILE);
+        refuse_unrecorded(&record).expect("a folder not made yet holds nothing");
+        std::fs::create_dir_all(&folder).unwrap();
+        refuse_unrecorded(&record).expect("an empty folder holds nothing");
+        // What a kill during the record's own first write leaves.
+        std::fs::write(folder.join(format!(".{SETTINGS_FILE}.host-4242-0.partial")), b"{\"st").unwrap();
+        refuse_unrecorded(&record).expect("a leftover temporary file is not a result");
+        std::fs::write(folder.join("search.json"), b"{}").unwrap();
+        let error = refuse_unrecorded(&record).unwrap_err().to_string();
+        assert!(error.contains("without a record") && error.contains("resnet18"), "{error}");
+    }
 }
