@@ -54,14 +54,18 @@ pub fn extract(
         done += f.dim(0)?;
         progress(done, ids.len());
         features.push(f.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
-        probs.push(candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_device(&Device::Cpu)?);
+        if logits.dim(1)? > 0 {
+            probs.push(candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_device(&Device::Cpu)?);
+        }
     }
     let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
-    let tensors = HashMap::from([
-        ("features".to_string(), Tensor::cat(&features, 0)?),
-        ("probs".to_string(), Tensor::cat(&probs, 0)?),
-        ("labels".to_string(), Tensor::new(labels, &Device::Cpu)?),
-    ]);
+    let mut tensors =
+        HashMap::from([("features".to_string(), Tensor::cat(&features, 0)?), ("labels".to_string(), Tensor::new(labels, &Device::Cpu)?)]);
+    // A backbone published without a classifier (most foundation models) has no source
+    // probabilities: the scores that need them (LEEP) report that, the others run.
+    if !probs.is_empty() {
+        tensors.insert("probs".to_string(), Tensor::cat(&probs, 0)?);
+    }
     let ids_json = serde_json::to_string(ids).map_err(|e| Error::Config(e.to_string()))?;
     write_tensors(out, &tensors, HashMap::from([(IDS_KEY.to_string(), ids_json)]))
 }

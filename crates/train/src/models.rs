@@ -7,15 +7,13 @@ use candle_core::Device;
 use medxfer_zoo::{Backbone, ModelEntry};
 
 use crate::checkpoint::read_tensors;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::finetune::restore_model;
 
 /// `entry`'s backbone with the pretrained weights of the safetensors file `weights`, every
 /// tensor checked.
 pub fn load_pretrained(entry: &ModelEntry, weights: &Path, device: &Device) -> Result<Backbone> {
-    let model = Backbone::from_entry(entry, device)?;
-    model.load_weights(weights, true)?;
-    Ok(model)
+    Ok(Backbone::load_entry(entry, weights, device)?)
 }
 
 /// The start of fine-tuning: the pretrained backbone with a fresh `classes`-way head (PyTorch's
@@ -29,9 +27,14 @@ pub fn start_fine_tuning(entry: &ModelEntry, weights: &Path, classes: usize, see
 /// A run's kept model (its `best.safetensors`, or any epoch checkpoint) with its
 /// `classes`-way head.
 pub fn load_fine_tuned(entry: &ModelEntry, checkpoint: &Path, classes: usize, device: &Device) -> Result<Backbone> {
-    let mut model = Backbone::from_entry(entry, device)?;
-    model.replace_head(classes, 0)?;
     let (tensors, _) = read_tensors(checkpoint, device)?;
+    // The architecture as the checkpoint's tensors complete it (a ViT's options its
+    // configuration left at timm's defaults), as when the run started.
+    let shapes = tensors.iter().map(|(name, tensor)| (name.clone(), tensor.dims().to_vec())).collect();
+    let architecture =
+        entry.architecture.fit_to_shapes(&shapes).map_err(|problem| Error::Config(format!("{}: {problem}", checkpoint.display())))?;
+    let mut model = Backbone::new(&entry.name, &architecture, entry.num_classes, device)?;
+    model.replace_head(classes, 0)?;
     restore_model(&model, &tensors, checkpoint)?;
     Ok(model)
 }

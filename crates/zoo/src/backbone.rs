@@ -14,7 +14,7 @@ use crate::layers::Linear;
 use crate::params::ParamStore;
 use crate::resnet::ResNet;
 use crate::torchvision::{is_torchvision_layout, timm_name};
-use crate::vit::{Vit, resample_pos_embed};
+use crate::vit::{Vit, convert_vit_checkpoint, resample_pos_embed, square_side};
 
 #[derive(Debug, Clone)]
 enum Network {
@@ -53,30 +53,76 @@ impl Backbone {
         Self::new(&entry.name, &entry.architecture, entry.num_classes, device)
     }
 
-    /// Loads a safetensors checkpoint with timm's names; every model tensor must be present
-    /// with its shape (`num_batches_tracked` ignored), and nothing else when `strict`.
-    /// torchvision state dicts of the same architecture load too, renamed to timm's names.
-    pub fn load_weights(&self, path: &Path, strict: bool) -> Result<KeyReport> {
-        let mut tensors = read_checkpoint(path, &self.store)?;
+    /// A model with a checkpoint's weights, its architecture completed from the checkpoint's
+    /// tensors first (a ViT's LayerScale, registers, MLP kind where the configuration left
+    /// timm's default; [`fit_to_checkpoint`](crate::fit_to_checkpoint)); strictly loaded.
+    pub fn load(name: &str, architecture: &Architecture, num_classes: usize, path: &Path, device: &Device) -> Result<Self> {
+        let reader = ParamStore::new(device);
+        let tensors = Self::checkpoint_tensors(architecture, path, &reader)?;
+        let shapes = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+        let architecture = architecture.fit_to_shapes(&shapes).map_err(|problem| Error::Checkpoint {
+            path: path.to_path_buf(),
+            problem: format!(
+                "{name}'s configuration and the checkpoint disagree: {problem}; correct the configuration \
+                 (a models/*.toml entry for this repo states what its config.json omits)"
+            ),
+        })?;
+        let model = Self::new(name, &architecture, num_classes, device)?;
+        model.load_tensors(tensors, path, true)?;
+        Ok(model)
+    }
+
+    /// The model of a registry entry with the weights of `path` ([`Backbone::load`]).
+    pub fn load_entry(entry: &ModelEntry, path: &Path, device: &Device) -> Result<Self> {
+        Self::load(&entry.name, &entry.architecture, entry.num_classes, path, device)
+    }
+
+    /// A checkpoint's tensors under timm's names: torchvision state dicts renamed, ViT
+    /// checkpoints converted as timm's checkpoint filter does (open_clip prefixes, original
+    /// DINOv2 layouts).
+    fn checkpoint_tensors(architecture: &Architecture, path: &Path, store: &ParamStore) -> Result<Vec<(String, Tensor)>> {
+        let mut tensors = read_checkpoint(path, store)?;
         let keys: Vec<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
-        if is_torchvision_layout(&self.architecture, &keys) {
-            tensors = tensors.into_iter().map(|(key, tensor)| (timm_name(&self.architecture, &key).unwrap_or(key), tensor)).collect();
+        if is_torchvision_layout(architecture, &keys) {
+            tensors = tensors.into_iter().map(|(key, tensor)| (timm_name(architecture, &key).unwrap_or(key), tensor)).collect();
         }
+        if matches!(architecture, Architecture::Vit(_)) {
+            tensors = convert_vit_checkpoint(tensors)?;
+        }
+        Ok(tensors)
+    }
+
+    /// Loads a checkpoint with timm's names; every model tensor must be present with its shape
+    /// (`num_batches_tracked` ignored), and nothing else when `strict`. torchvision state dicts
+    /// of the same architecture load too, renamed to timm's names.
+    pub fn load_weights(&self, path: &Path, strict: bool) -> Result<KeyReport> {
+        let tensors = Self::checkpoint_tensors(&self.architecture, path, &self.store)?;
+        self.load_tensors(tensors, path, strict)
+    }
+
+    fn load_tensors(&self, mut tensors: Vec<(String, Tensor)>, path: &Path, strict: bool) -> Result<KeyReport> {
         if let Architecture::Vit(config) = &self.architecture {
             // Another image size than the checkpoint's: resample the position embeddings, as
             // timm's checkpoint filter does.
-            let new_grid = config.img_size / config.patch_size;
+            let new_grid = config.grid();
+            let prefix = if config.no_embed_class { 0 } else { config.prefix_tokens() };
             for (key, tensor) in tensors.iter_mut() {
-                if key == "pos_embed" && tensor.dim(1)? != new_grid * new_grid + 1 {
-                    let old_grid = ((tensor.dim(1)? - 1) as f64).sqrt().round() as usize;
-                    *tensor = resample_pos_embed(tensor, old_grid, new_grid)?;
+                if key == "pos_embed" && tensor.dim(1)? != config.pos_embed_len(new_grid) {
+                    let old_grid = tensor.dim(1)?.checked_sub(prefix).and_then(square_side).ok_or_else(|| Error::Checkpoint {
+                        path: path.to_path_buf(),
+                        problem: format!(
+                            "pos_embed has {} positions: not {prefix} prefix position(s) and a square grid",
+                            tensor.dim(1).unwrap_or(0)
+                        ),
+                    })?;
+                    *tensor = resample_pos_embed(tensor, prefix, (old_grid, old_grid), (new_grid, new_grid))?;
                 }
             }
         }
         load_into(&self.store, &tensors, path, &self.name, strict)
     }
 
-    /// The pooled features (B, num_features): the classifier's input.
+    /// The pooled features (B, num_features): the classifier's input (a ViT's embedding recipe).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &self.network {
             Network::ResNet(net) => net.features(x, train),
@@ -96,16 +142,17 @@ impl Backbone {
         }
     }
 
-    /// Logits from pooled features (`train`: keep the head's parameters in the graph).
-    pub fn head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        self.classifier().forward_t(features, train)
-    }
-
     /// Features and logits of one pass (`train`: batch statistics in BatchNorm, every parameter
-    /// in the graph; else running statistics and no graph kept).
+    /// in the graph; else running statistics and no graph kept). A model published without a
+    /// classifier gives (B, 0) logits.
     pub fn features_and_logits(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let features = self.features(x, train)?;
-        let logits = self.head(&features, train)?;
+        let (features, classifier) = match &self.network {
+            Network::Vit(net) => return net.features_and_logits(x, train),
+            Network::ResNet(net) => (net.features(x, train)?, &net.fc),
+            Network::DenseNet(net) => (net.features(x, train)?, &net.classifier),
+            Network::EfficientNet(net) => (net.features(x, train)?, &net.classifier),
+        };
+        let logits = classifier.forward_t(&features, train)?;
         Ok((features, logits))
     }
 
@@ -113,32 +160,25 @@ impl Backbone {
     /// default initialisation, seeded: the start of fine-tuning.
     pub fn replace_head(&mut self, num_classes: usize, seed: u64) -> Result<()> {
         let root = self.store.root();
-        let head = Linear::fresh(&root.pp(self.architecture.head_key()), self.num_features(), num_classes, seed)?;
-        *self.classifier_mut() = head;
-        Ok(())
-    }
-
-    fn classifier_mut(&mut self) -> &mut Linear {
-        match &mut self.network {
+        let width = self.num_features();
+        let classifier = match &mut self.network {
+            Network::Vit(net) => return net.replace_head(&root, num_classes, seed),
             Network::ResNet(net) => &mut net.fc,
             Network::DenseNet(net) => &mut net.classifier,
             Network::EfficientNet(net) => &mut net.classifier,
-            Network::Vit(net) => &mut net.head,
-        }
+        };
+        *classifier = Linear::fresh(&root.pp(self.architecture.head_key()), width, num_classes, seed)?;
+        Ok(())
     }
 
-    /// Classes of the current head.
+    /// Classes of the current head (0 for a model published without one).
     pub fn num_classes(&self) -> Result<usize> {
-        Ok(self.classifier().shape()?.0)
-    }
-
-    fn classifier(&self) -> &Linear {
-        match &self.network {
-            Network::ResNet(net) => &net.fc,
-            Network::DenseNet(net) => &net.classifier,
-            Network::EfficientNet(net) => &net.classifier,
-            Network::Vit(net) => &net.head,
-        }
+        Ok(match &self.network {
+            Network::ResNet(net) => net.fc.shape()?.0,
+            Network::DenseNet(net) => net.classifier.shape()?.0,
+            Network::EfficientNet(net) => net.classifier.shape()?.0,
+            Network::Vit(net) => net.num_classes()?,
+        })
     }
 
     /// The model's tensors.

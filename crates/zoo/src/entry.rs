@@ -36,7 +36,7 @@ impl Architecture {
             Architecture::ResNet(config) => config.num_features(),
             Architecture::DenseNet(config) => config.num_features(),
             Architecture::EfficientNet(config) => config.num_features(),
-            Architecture::Vit(config) => config.embed_dim,
+            Architecture::Vit(config) => config.num_features(),
         }
     }
 
@@ -81,9 +81,26 @@ impl Architecture {
                 if config.embed_dim % config.num_heads != 0 {
                     return Err(format!("embed_dim {} is not a multiple of num_heads {}", config.embed_dim, config.num_heads));
                 }
-                factor("mlp_ratio", config.mlp_ratio)
+                factor("mlp_ratio", config.mlp_ratio)?;
+                config.check_options()
             }
         }
+    }
+
+    /// The architecture completed from a checkpoint's tensor names and shapes (a ViT's options
+    /// its configuration left at timm's defaults; [`crate::fit_to_checkpoint`]), or the
+    /// disagreements in words. The other families state everything already.
+    pub fn fit_to_shapes(&self, shapes: &std::collections::BTreeMap<String, Vec<usize>>) -> Result<Self, String> {
+        match self {
+            Architecture::Vit(config) => crate::vit::fit_to_checkpoint(config, shapes).map(Architecture::Vit),
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// Whether the family builds without a classifier (`num_classes` 0, as foundation models are
+    /// published): the ViTs; the ConvNets always carry theirs.
+    pub fn builds_headless(&self) -> bool {
+        matches!(self, Architecture::Vit(_))
     }
 
     /// The checkpoint key of the classifier (its `.weight` and `.bias`).

@@ -186,9 +186,7 @@ pub fn weights_file(entry: &ModelEntry, options: &HubOptions) -> Result<PathBuf>
 /// A registry backbone with its pretrained weights from the hub (the cache first), every
 /// tensor checked.
 pub fn pretrained(entry: &ModelEntry, options: &HubOptions, device: &Device) -> Result<Backbone> {
-    let model = Backbone::from_entry(entry, device)?;
-    model.load_weights(&weights_file(entry, options)?, true)?;
-    Ok(model)
+    Backbone::load_entry(entry, &weights_file(entry, options)?, device)
 }
 
 /// Whether a string names a hub repo (`org/name`) rather than a local file.

@@ -168,16 +168,23 @@ impl BatchNorm2d {
     }
 }
 
-/// y = x W' + b.
+/// y = x W' + b (or x W' without a bias).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
-    bias: Tensor,
+    bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(params: &ParamBuilder<'_>, in_features: usize, out_features: usize) -> Result<Self> {
-        Ok(Self { weight: params.param((out_features, in_features), "weight")?, bias: params.param(out_features, "bias")? })
+        Self::with_bias(params, in_features, out_features, true)
+    }
+
+    /// With a bias or without (a ViT's qkv projection with `qkv_bias` false).
+    pub fn with_bias(params: &ParamBuilder<'_>, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
+        let weight = params.param((out_features, in_features), "weight")?;
+        let bias = if bias { Some(params.param(out_features, "bias")?) } else { None };
+        Ok(Self { weight, bias })
     }
 
     /// A new layer with PyTorch's default initialisation (weight and bias uniform in
@@ -193,12 +200,16 @@ impl Linear {
         let bias = Tensor::from_vec(uniform(out_features), out_features, device)?;
         Ok(Self {
             weight: params.store().replace(&params.path("weight"), &weight)?,
-            bias: params.store().replace(&params.path("bias"), &bias)?,
+            bias: Some(params.store().replace(&params.path("bias"), &bias)?),
         })
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(x.broadcast_matmul(&tracked(&self.weight, train).t()?)?.broadcast_add(&tracked(&self.bias, train))?)
+        let y = x.broadcast_matmul(&tracked(&self.weight, train).t()?)?;
+        Ok(match &self.bias {
+            Some(bias) => y.broadcast_add(&tracked(bias, train))?,
+            None => y,
+        })
     }
 
     /// (out_features, in_features).

@@ -59,4 +59,4 @@ pub use preprocess::eval_tensor;
 pub use registry::Registry;
 pub use resnet::{BlockKind, ResNetConfig};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
-pub use vit::VitConfig;
+pub use vit::{Embedding, GlobalPool, MlpKind, VIT_PRESETS, VitConfig, fit_to_checkpoint, vit_preset, vit_preset_names, vit_unsupported};

@@ -113,16 +113,22 @@ fn family(entry: &ModelEntry) -> String {
 
 fn list(registry: &Registry) -> Result<()> {
     println!("{:<24} {:<14} {:>12} {:>8}  hub", "name", "family", "parameters", "features");
-    for entry in registry.entries() {
-        let model = Backbone::from_entry(entry, &Device::Cpu)?;
-        println!(
-            "{:<24} {:<14} {:>12} {:>8}  {}",
-            entry.name,
-            family(entry),
-            model.params().parameter_count(),
-            entry.feature_dim,
-            entry.hub
-        );
+    let groups = registry.groups().iter().map(|(name, entries)| (format!("group {name}"), entries.as_slice()));
+    for (group, entries) in std::iter::once(("the study's backbones (all)".to_string(), registry.entries())).chain(groups) {
+        println!("# {group}");
+        list_entries(entries)?;
+    }
+    Ok(())
+}
+
+fn list_entries(entries: &[ModelEntry]) -> Result<()> {
+    for entry in entries {
+        // A ViT's count without building it: the giants' zero-filled tensors are gigabytes.
+        let parameters = match &entry.architecture {
+            medxfer_zoo::Architecture::Vit(config) => config.parameter_count(entry.num_classes),
+            _ => Backbone::from_entry(entry, &Device::Cpu)?.params().parameter_count(),
+        };
+        println!("{:<24} {:<14} {:>12} {:>8}  {}", entry.name, family(entry), parameters, entry.feature_dim, entry.hub);
     }
     Ok(())
 }
@@ -177,8 +183,7 @@ fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, clas
         );
     }
     let device = Device::Cpu;
-    let model = Backbone::from_entry(entry, &device)?;
-    model.load_weights(&weights_path(entry, weights)?, true)?;
+    let model = Backbone::load_entry(entry, &weights_path(entry, weights)?, &device)?;
     for path in images {
         let input = medxfer_zoo::eval_tensor(path, &entry.preprocessing, &device)?.unsqueeze(0)?;
         let (_, logits) = model.features_and_logits(&input, false)?;
@@ -195,9 +200,8 @@ fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, clas
 
 fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &Path, num_classes: Option<usize>) -> Result<()> {
     let device = Device::Cpu;
-    let model = Backbone::new(&entry.name, &entry.architecture, num_classes.unwrap_or(entry.num_classes), &device)?;
     let path = weights_path(entry, weights)?;
-    model.load_weights(&path, true)?;
+    let model = Backbone::load(&entry.name, &entry.architecture, num_classes.unwrap_or(entry.num_classes), &path, &device)?;
     let tensors: HashMap<String, Tensor> = read_checkpoint(input, model.params())?.into_iter().collect();
     let Some(images) = tensors.get("input") else {
         bail!("{}: no tensor named 'input' (B x 3 x H x W, f32, normalised)", input.display());

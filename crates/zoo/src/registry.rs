@@ -1,6 +1,10 @@
 //! The model registry: one TOML file per backbone in `models/` (name, hub repo, architecture,
 //! preprocessing). Adding a file adds a backbone; nothing about the ten is written in code.
+//! The files of `models/` itself are the study's backbones (the paper's ten: what `all` means);
+//! each subfolder is a named group of more (`models/foundation/`: the medical foundation
+//! models), taken by name or by the group's name.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::entry::ModelEntry;
@@ -12,6 +16,7 @@ use crate::timm_config::{MAX_CLASSES, entry_from_timm_config};
 #[derive(Debug, Clone)]
 pub struct Registry {
     entries: Vec<ModelEntry>,
+    groups: BTreeMap<String, Vec<ModelEntry>>,
 }
 
 impl Registry {
@@ -25,14 +30,41 @@ impl Registry {
         Self::load(&Self::default_dir())
     }
 
-    /// Reads every `*.toml` of `dir`; each must describe a consistent backbone.
+    /// Reads every `*.toml` of `dir` (the study's backbones) and of each of its subfolders (a
+    /// group named by the folder); each must describe a consistent backbone, every name once.
     pub fn load(dir: &Path) -> Result<Self> {
+        let config_error = |path: &Path, problem: String| Error::Config { source_name: path.display().to_string(), problem };
+        let (entries, subfolders) = Self::read_folder(dir)?;
+        let mut groups = BTreeMap::new();
+        for folder in subfolders {
+            let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let (group, _) = Self::read_folder(&folder)?;
+            if name == "all" || entries.iter().any(|e| e.name == name) {
+                return Err(config_error(&folder, format!("a group may not be named '{name}': a backbone or 'all' has that name")));
+            }
+            groups.insert(name, group);
+        }
+        let mut names: Vec<&str> = entries.iter().chain(groups.values().flatten()).map(|e| e.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(config_error(dir, format!("two files name the backbone '{}'", pair[0])));
+        }
+        Ok(Self { entries, groups })
+    }
+
+    /// The entries of one folder's `*.toml` files, sorted by name, and its subfolders.
+    fn read_folder(dir: &Path) -> Result<(Vec<ModelEntry>, Vec<PathBuf>)> {
         let config_error = |path: &Path, problem: String| Error::Config { source_name: path.display().to_string(), problem };
         let listing = std::fs::read_dir(dir)
             .map_err(|e| config_error(dir, format!("cannot list the model registry: {e}; set MEDXFER_MODELS to the models/ directory")))?;
         let mut entries = Vec::new();
+        let mut subfolders = Vec::new();
         for item in listing {
             let path = item.map_err(|e| config_error(dir, e.to_string()))?.path();
+            if path.is_dir() && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                subfolders.push(path);
+                continue;
+            }
             if path.extension().is_none_or(|e| e != "toml") {
                 continue;
             }
@@ -56,8 +88,14 @@ impl Registry {
             }
             entry.architecture.check().map_err(|problem| config_error(&path, problem))?;
             entry.preprocessing.check().map_err(|problem| config_error(&path, problem))?;
-            if !(1..=MAX_CLASSES).contains(&entry.num_classes) {
-                return Err(config_error(&path, format!("num_classes is {}; expected 1 to {MAX_CLASSES}", entry.num_classes)));
+            if entry.num_classes == 0 && !entry.architecture.builds_headless() {
+                return Err(config_error(&path, "num_classes is 0; only the ViT family is built without a pretrained head".into()));
+            }
+            if entry.num_classes > MAX_CLASSES {
+                return Err(config_error(
+                    &path,
+                    format!("num_classes is {}; expected 0 (no pretrained head) to {MAX_CLASSES}", entry.num_classes),
+                ));
             }
             if entry.architecture.head_key() != entry.head {
                 return Err(config_error(
@@ -68,10 +106,8 @@ impl Registry {
             entries.push(entry);
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = entries.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(config_error(dir, format!("two files name the backbone '{}'", pair[0].name)));
-        }
-        Ok(Self { entries })
+        subfolders.sort();
+        Ok((entries, subfolders))
     }
 
     /// The entry of a registry name or hub id; a hub id the registry does not list is
@@ -88,18 +124,44 @@ impl Registry {
         entry_from_timm_config(name_or_hub, &text)
     }
 
-    /// Every entry, sorted by name.
+    /// The study's backbones (the files of `models/` itself), sorted by name.
     pub fn entries(&self) -> &[ModelEntry] {
         &self.entries
     }
 
-    /// The entry of a name or of a hub repo id.
+    /// The groups of more backbones (`models/<group>/`), by name.
+    pub fn groups(&self) -> &BTreeMap<String, Vec<ModelEntry>> {
+        &self.groups
+    }
+
+    /// The backbones a list of names asks for: `all` (the study's backbones), a group's name
+    /// (its backbones), a registry name or hub id (that one; [`Registry::resolve`]).
+    pub fn select(&self, names: &[String], hub: &HubOptions) -> Result<Vec<ModelEntry>> {
+        let mut selected: Vec<ModelEntry> = Vec::new();
+        for name in names {
+            let more = match (name.as_str(), self.groups.get(name)) {
+                ("all", _) => self.entries.clone(),
+                (_, Some(group)) => group.clone(),
+                _ => vec![self.resolve(name, hub)?],
+            };
+            for entry in more {
+                if !selected.iter().any(|e| e.name == entry.name) {
+                    selected.push(entry);
+                }
+            }
+        }
+        Ok(selected)
+    }
+
+    /// The entry of a name or of a hub repo id, in `models/` or one of its groups.
     pub fn get(&self, name_or_hub: &str) -> Result<&ModelEntry> {
-        self.entries.iter().find(|e| e.name == name_or_hub || e.hub == name_or_hub).ok_or_else(|| Error::Config {
+        let mut all = self.entries.iter().chain(self.groups.values().flatten());
+        all.find(|e| e.name == name_or_hub || e.hub == name_or_hub).ok_or_else(|| Error::Config {
             source_name: name_or_hub.to_string(),
             problem: format!(
-                "not in the registry; known backbones: {}",
-                self.entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+                "not in the registry; known backbones: {}; groups: all{}",
+                self.entries.iter().chain(self.groups.values().flatten()).map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "),
+                self.groups.keys().map(|g| format!(", {g}")).collect::<String>()
             ),
         })
     }

@@ -9,20 +9,90 @@ use crate::efficientnet::{EfficientNetConfig, EfficientNetVariant};
 use crate::entry::{Architecture, ModelEntry, Preprocessing};
 use crate::error::{Error, Result};
 use crate::resnet::{BlockKind, ResNetConfig};
-use crate::vit::VitConfig;
+use crate::vit::{GlobalPool, MlpKind, VIT_PRESETS, VitConfig, vit_preset, vit_unsupported};
 
 /// The most classes a pretrained head may have (ImageNet-22k's 21,843 fit).
 pub const MAX_CLASSES: usize = 100_000;
 
-/// What [`architecture_from_timm`] understands, for error messages.
+/// What [`architecture_from_timm`] understands besides the ViTs (`VIT_PRESETS`), for error
+/// messages.
 pub const SUPPORTED_ARCHITECTURES: &str = "resnet18/34/50/101/152, densenet121/161/169/201, mobilenetv2_035/050/075/100/140, \
-     efficientnet_b0..b7, vit_{tiny,small,base,large}_patch{16,32}_{224,384}";
+     efficientnet_b0..b7";
 
 fn unsupported(name: &str) -> Error {
+    if let Some(option) = vit_unsupported(name) {
+        return Error::Config {
+            source_name: name.to_string(),
+            problem: format!("timm's {name} has an option the zoo's ViT does not build ({option})"),
+        };
+    }
     Error::Config {
         source_name: name.to_string(),
-        problem: format!("architecture '{name}' is not one of the zoo's families; supported: {SUPPORTED_ARCHITECTURES}"),
+        problem: format!("architecture '{name}' is not one of the zoo's families; supported: {SUPPORTED_ARCHITECTURES}, {VIT_PRESETS}"),
     }
+}
+
+/// `model_args` that change nothing the zoo builds (dropout rates; regularisation in training
+/// only) or that the entry reads elsewhere (`num_classes`).
+const HARMLESS_ARGS: [&str; 8] =
+    ["drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate", "num_classes", "weight_init"];
+
+/// A ViT preset with a config.json's `model_args` (timm's `VisionTransformer` keywords).
+fn vit_with_args(name: &str, mut config: VitConfig, args: Option<&serde_json::Map<String, Value>>) -> Result<VitConfig> {
+    let bad = |problem: String| Error::Config { source_name: name.to_string(), problem };
+    for (key, value) in args.into_iter().flatten() {
+        let size = || {
+            value
+                .as_u64()
+                .and_then(|u| usize::try_from(u).ok())
+                .ok_or_else(|| bad(format!("model_args.{key} is {value}; expected a whole number")))
+        };
+        let flag = || value.as_bool().ok_or_else(|| bad(format!("model_args.{key} is {value}; expected true or false")));
+        match key.as_str() {
+            "img_size" => {
+                // timm takes a side or (height, width); the zoo's ViTs are square.
+                config.img_size = match value.as_array().map(Vec::as_slice) {
+                    Some([h, w]) if h == w => {
+                        h.as_u64().and_then(|u| usize::try_from(u).ok()).ok_or_else(|| bad(format!("model_args.img_size is {value}")))?
+                    }
+                    Some(_) => return Err(bad(format!("model_args.img_size is {value}; the zoo's ViTs take square inputs"))),
+                    None => size()?,
+                }
+            }
+            "patch_size" => config.patch_size = size()?,
+            "embed_dim" => config.embed_dim = size()?,
+            "depth" => config.depth = size()?,
+            "num_heads" => config.num_heads = size()?,
+            "reg_tokens" => config.reg_tokens = size()?,
+            "mlp_ratio" => config.mlp_ratio = value.as_f64().ok_or_else(|| bad(format!("model_args.mlp_ratio is {value}")))?,
+            "init_values" => config.init_values = value.as_f64(),
+            "qkv_bias" => config.qkv_bias = flag()?,
+            "class_token" => config.class_token = flag()?,
+            "no_embed_class" => config.no_embed_class = flag()?,
+            "pre_norm" => config.pre_norm = flag()?,
+            "dynamic_img_size" => config.dynamic_img_size = flag()?,
+            "fc_norm" => config.fc_norm = value.as_bool(),
+            "global_pool" => {
+                config.global_pool = match value.as_str() {
+                    Some("token") => GlobalPool::Token,
+                    Some("avg") => GlobalPool::Avg,
+                    Some("") => GlobalPool::None,
+                    _ => return Err(bad(format!("model_args.global_pool is {value}; the zoo pools by \"token\", \"avg\" or \"\" (none)"))),
+                }
+            }
+            "mlp_layer" | "act_layer" => match value.as_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("swiglupacked" | "swiglu_packed" | "silu") => config.mlp = MlpKind::SwigluPacked,
+                Some("mlp" | "gelu") => {}
+                _ => return Err(bad(format!("model_args.{key} is {value}; the zoo knows Mlp with GELU and SwiGLUPacked with SiLU"))),
+            },
+            "in_chans" if value.as_u64() == Some(3) => {}
+            "dynamic_img_pad" | "final_norm" if value.as_bool() == Some(false) => {}
+            "final_norm" if value.as_bool() == Some(true) => {}
+            key if HARMLESS_ARGS.contains(&key) => {}
+            _ => return Err(bad(format!("model_args.{key} = {value} is not an option the zoo's ViT has"))),
+        }
+    }
+    Ok(config)
 }
 
 /// The architecture of a timm model name, with timm's `model_args` overrides.
@@ -93,25 +163,8 @@ pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<
             channel_multiplier: width,
             depth_multiplier: depth,
         })
-    } else if let Some(rest) = name.strip_prefix("vit_") {
-        let parts: Vec<&str> = rest.split('_').collect();
-        let [size, patch, image] = parts.as_slice() else { return Err(unsupported(name)) };
-        let (embed_dim, depth, num_heads) = match *size {
-            "tiny" => (192, 12, 3),
-            "small" => (384, 12, 6),
-            "base" => (768, 12, 12),
-            "large" => (1024, 24, 16),
-            _ => return Err(unsupported(name)),
-        };
-        let patch_size = patch.strip_prefix("patch").and_then(|p| p.parse().ok()).ok_or_else(|| unsupported(name))?;
-        let img_size = image.parse().map_err(|_| unsupported(name))?;
-        let mut config = VitConfig { img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio: 4.0 };
-        config.img_size = usize_arg("img_size").unwrap_or(config.img_size);
-        config.patch_size = usize_arg("patch_size").unwrap_or(config.patch_size);
-        config.embed_dim = usize_arg("embed_dim").unwrap_or(config.embed_dim);
-        config.depth = usize_arg("depth").unwrap_or(config.depth);
-        config.num_heads = usize_arg("num_heads").unwrap_or(config.num_heads);
-        Architecture::Vit(config)
+    } else if let Some(config) = vit_preset(name) {
+        Architecture::Vit(vit_with_args(name, config, args)?)
     } else {
         return Err(unsupported(name));
     };
@@ -133,10 +186,13 @@ pub fn entry_from_timm_config(repo_id: &str, config_json: &str) -> Result<ModelE
     let triple = |key: &str, default: [f64; 3]| -> [f64; 3] {
         pretrained[key].as_array().and_then(|a| Some([a.first()?.as_f64()?, a.get(1)?.as_f64()?, a.get(2)?.as_f64()?])).unwrap_or(default)
     };
-    if !(1..=MAX_CLASSES).contains(&num_classes) {
-        return Err(bad(format!("num_classes is {num_classes}; expected 1 to {MAX_CLASSES}")));
+    if num_classes > MAX_CLASSES {
+        return Err(bad(format!("num_classes is {num_classes}; expected 0 (no pretrained head) to {MAX_CLASSES}")));
     }
     architecture.check().map_err(bad)?;
+    if num_classes == 0 && !architecture.builds_headless() {
+        return Err(bad("num_classes is 0; only the ViT family is built without a pretrained head".into()));
+    }
     let crop = pretrained["input_size"].as_array().and_then(|a| a.get(2)).and_then(Value::as_u64).unwrap_or(224);
     let crop = usize::try_from(crop)
         .ok()

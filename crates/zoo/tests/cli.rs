@@ -20,7 +20,11 @@ fn list_shows_the_ten_backbones_with_timms_parameter_counts() {
     let output = zoo(&["list"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(text.lines().count(), 11, "{text}");
+    let study: Vec<&str> = text.lines().skip(2).take_while(|l| !l.starts_with('#')).collect();
+    assert_eq!(study.len(), 10, "{text}");
+    // The foundation models follow as a group, with timm's counts (full_size.json).
+    assert!(text.contains("# group foundation"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("virchow2 ") && l.contains("631239424") && l.contains("2560")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("resnet50 ") && l.contains("25557032") && l.contains("timm/resnet50.a1_in1k")), "{text}");
 }
 

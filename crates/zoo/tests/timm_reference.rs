@@ -71,7 +71,7 @@ fn cases() -> Vec<(&'static str, Architecture)> {
                 depth_multiplier: 0.5,
             }),
         ),
-        ("vit_min", Architecture::Vit(VitConfig { img_size: 64, patch_size: 16, embed_dim: 24, depth: 2, num_heads: 3, mlp_ratio: 4.0 })),
+        ("vit_min", Architecture::Vit(VitConfig::new(64, 16, 24, 2, 3))),
     ]
 }
 
@@ -237,7 +237,7 @@ fn torchvision_checkpoints_load_under_timms_names_and_give_torchvisions_outputs(
 
 #[test]
 fn a_vit_checkpoint_runs_at_another_image_size_with_timms_resampled_positions() {
-    let architecture = Architecture::Vit(VitConfig { img_size: 96, patch_size: 16, embed_dim: 24, depth: 2, num_heads: 3, mlp_ratio: 4.0 });
+    let architecture = Architecture::Vit(VitConfig::new(96, 16, 24, 2, 3));
     let model = Backbone::new("vit_min_96", &architecture, 10, &device()).unwrap();
     model.load_weights(&fixtures().join("vit_min.safetensors"), true).unwrap();
     let reference = reference("vit_min_96");

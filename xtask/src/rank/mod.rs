@@ -148,11 +148,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         None => Registry::load_default()?,
     };
     let hub = HubOptions::from_env();
-    let candidates: Vec<ModelEntry> = if args.backbones.iter().any(|b| b == "all") {
-        registry.entries().to_vec()
-    } else {
-        args.backbones.iter().map(|b| registry.resolve(b, &hub)).collect::<medxfer_zoo::Result<_>>()?
-    };
+    let candidates: Vec<ModelEntry> = registry.select(&args.backbones, &hub)?;
     if candidates.is_empty() {
         bail!("no candidate backbones");
     }

@@ -130,11 +130,7 @@ impl ReproduceArgs {
             (None, None) => Registry::load_default()?,
         };
         let hub = HubOptions::from_env();
-        let backbones = if self.backbones.iter().any(|b| b == "all") {
-            registry.entries().to_vec()
-        } else {
-            self.backbones.iter().map(|b| registry.resolve(b, &hub)).collect::<medxfer_zoo::Result<Vec<_>>>()?
-        };
+        let backbones = registry.select(&self.backbones, &hub)?;
         if backbones.len() < 2 {
             eprintln!("warning: with {} backbone(s) there is nothing to rank; the correlations need at least two", backbones.len());
         }

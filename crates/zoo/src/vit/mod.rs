@@ -1,0 +1,317 @@
+//! The Vision Transformer as timm builds it (`VisionTransformer`, `VisionTransformerDistilled`),
+//! with every option the ImageNet, DINOv2 and medical foundation-model checkpoints use: a patch
+//! convolution, class, distillation and register tokens, learned position embeddings (covering
+//! the prefix tokens or not, resampled to the input's grid with `dynamic_img_size`), an optional
+//! pre-norm, pre-norm blocks (multi-head attention with an optional qkv bias, a GELU or packed
+//! SwiGLU MLP, optional LayerScale), a final norm or a norm after pooling, and the pooled
+//! features or an embedding recipe.
+
+mod config;
+mod convert;
+mod infer;
+mod presets;
+mod resample;
+
+use candle_core::{D, Tensor};
+
+pub use config::{Embedding, GlobalPool, MlpKind, VitConfig};
+pub use convert::convert_vit_checkpoint;
+pub use infer::fit_to_checkpoint;
+pub use presets::{VIT_PRESETS, vit_preset, vit_preset_names, vit_unsupported};
+pub use resample::{resample_pos_embed, square_side};
+
+use crate::error::{Error, Result};
+use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear, softmax_last_dim};
+use crate::params::ParamBuilder;
+
+#[derive(Debug, Clone)]
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+}
+
+impl Attention {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (batch, tokens, dim) = x.dims3()?;
+        let head_dim = dim / self.num_heads;
+        let qkv = self.qkv.forward_t(x, train)?.reshape((batch, tokens, 3, self.num_heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?.contiguous()?)? * (head_dim as f64).powf(-0.5))?;
+        let attended = softmax_last_dim(&scores)?.matmul(&v)?;
+        self.proj.forward_t(&attended.transpose(1, 2)?.reshape((batch, tokens, dim))?, train)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    kind: MlpKind,
+}
+
+impl Mlp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = self.fc1.forward_t(x, train)?;
+        let hidden = match self.kind {
+            MlpKind::Gelu => hidden.gelu_erf()?,
+            MlpKind::SwigluPacked => {
+                let half = hidden.dim(D::Minus1)? / 2;
+                (hidden.narrow(D::Minus1, 0, half)?.silu()? * hidden.narrow(D::Minus1, half, half)?)?
+            }
+        };
+        self.fc2.forward_t(&hidden, train)
+    }
+}
+
+/// LayerScale: the branch's output times a learned per-channel factor (`gamma`).
+fn scaled(x: Tensor, gamma: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    Ok(match gamma {
+        Some(gamma) => x.broadcast_mul(&if train { gamma.clone() } else { gamma.detach() })?,
+        None => x,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    ls1: Option<Tensor>,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    ls2: Option<Tensor>,
+}
+
+impl Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = (x + scaled(self.attn.forward_t(&self.norm1.forward_t(x, train)?, train)?, self.ls1.as_ref(), train)?)?;
+        let mlp = self.mlp.forward_t(&self.norm2.forward_t(&x, train)?, train)?;
+        Ok((&x + scaled(mlp, self.ls2.as_ref(), train)?)?)
+    }
+}
+
+/// A ViT with timm's tensor names.
+#[derive(Debug, Clone)]
+pub struct Vit {
+    config: VitConfig,
+    patch_embed: Conv2d,
+    cls_token: Option<Tensor>,
+    dist_token: Option<Tensor>,
+    reg_token: Option<Tensor>,
+    pos_embed: Tensor,
+    norm_pre: Option<LayerNorm>,
+    blocks: Vec<Block>,
+    norm: Option<LayerNorm>,
+    fc_norm: Option<LayerNorm>,
+    /// The classifier; none for a checkpoint published without one (`num_classes` 0).
+    pub(crate) head: Option<Linear>,
+    /// DeiT's distillation head.
+    pub(crate) head_dist: Option<Linear>,
+}
+
+impl Vit {
+    /// The model with zero-filled tensors; `num_classes` 0 builds no head.
+    pub fn new(params: &ParamBuilder<'_>, config: &VitConfig, num_classes: usize) -> Result<Self> {
+        let dim = config.embed_dim;
+        let bad = |problem: String| Error::Config { source_name: "vit".into(), problem };
+        if config.num_heads == 0 || !dim.is_multiple_of(config.num_heads) {
+            return Err(bad(format!("embed_dim {dim} is not a multiple of num_heads {}", config.num_heads)));
+        }
+        config.check_options().map_err(bad)?;
+        let eps = config.layer_norm_eps;
+        let patch = config.patch_size;
+        let patch_embed = Conv2d::new(
+            &params.pp("patch_embed").pp("proj"),
+            3,
+            dim,
+            ConvSpec { kernel: patch, stride: patch, padding: 0, groups: 1, bias: !config.pre_norm },
+        )?;
+        let token = |present: bool, count: usize, name: &str| -> Result<Option<Tensor>> {
+            if present && count > 0 { Ok(Some(params.param((1, count, dim), name)?)) } else { Ok(None) }
+        };
+        let cls_token = token(config.class_token, 1, "cls_token")?;
+        let dist_token = token(config.distilled, 1, "dist_token")?;
+        let reg_token = token(true, config.reg_tokens, "reg_token")?;
+        let pos_embed = params.param((1, config.pos_embed_len(config.grid()), dim), "pos_embed")?;
+        let norm_pre = if config.pre_norm { Some(LayerNorm::new(&params.pp("norm_pre"), dim, eps)?) } else { None };
+        let hidden = config.mlp_hidden();
+        let mlp_out_in = match config.mlp {
+            MlpKind::Gelu => hidden,
+            MlpKind::SwigluPacked => hidden / 2,
+        };
+        let mut blocks = Vec::with_capacity(config.depth);
+        for index in 0..config.depth {
+            let p = params.pp("blocks").pp(index);
+            let gamma = |name: &str| -> Result<Option<Tensor>> {
+                if config.init_values.is_some() { Ok(Some(p.pp(name).param(dim, "gamma")?)) } else { Ok(None) }
+            };
+            blocks.push(Block {
+                norm1: LayerNorm::new(&p.pp("norm1"), dim, eps)?,
+                attn: Attention {
+                    qkv: Linear::with_bias(&p.pp("attn").pp("qkv"), dim, 3 * dim, config.qkv_bias)?,
+                    proj: Linear::new(&p.pp("attn").pp("proj"), dim, dim)?,
+                    num_heads: config.num_heads,
+                },
+                ls1: gamma("ls1")?,
+                norm2: LayerNorm::new(&p.pp("norm2"), dim, eps)?,
+                mlp: Mlp {
+                    fc1: Linear::new(&p.pp("mlp").pp("fc1"), dim, hidden)?,
+                    fc2: Linear::new(&p.pp("mlp").pp("fc2"), mlp_out_in, dim)?,
+                    kind: config.mlp,
+                },
+                ls2: gamma("ls2")?,
+            });
+        }
+        let (norm, fc_norm) = if config.use_fc_norm() {
+            (None, Some(LayerNorm::new(&params.pp("fc_norm"), dim, eps)?))
+        } else {
+            (Some(LayerNorm::new(&params.pp("norm"), dim, eps)?), None)
+        };
+        let features = config.num_features();
+        let head = if num_classes > 0 { Some(Linear::new(&params.pp("head"), features, num_classes)?) } else { None };
+        let head_dist =
+            if config.distilled && num_classes > 0 { Some(Linear::new(&params.pp("head_dist"), features, num_classes)?) } else { None };
+        Ok(Self {
+            config: config.clone(),
+            patch_embed,
+            cls_token,
+            dist_token,
+            reg_token,
+            pos_embed,
+            norm_pre,
+            blocks,
+            norm,
+            fc_norm,
+            head,
+            head_dist,
+        })
+    }
+
+    /// The tokens after the blocks and the final norm (B, prefix + patches, dim), timm's
+    /// `forward_features`.
+    pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, _, height, width) = x.dims4()?;
+        let patches = self.patch_embed.forward_t(x, train)?;
+        let (batch, dim, grid_h, grid_w) = patches.dims4()?;
+        let grid = self.config.grid();
+        let track = |t: &Tensor| if train { t.clone() } else { t.detach() };
+        let mut pos_embed = track(&self.pos_embed);
+        if (grid_h, grid_w) != (grid, grid) {
+            if !self.config.dynamic_img_size {
+                return Err(Error::Config {
+                    source_name: "vit".into(),
+                    problem: format!(
+                        "a {height} x {width} input gives a {grid_h} x {grid_w} patch grid; this model's position embeddings are for \
+                         {grid} x {grid} (set dynamic_img_size, or img_size {})",
+                        height.max(width)
+                    ),
+                });
+            }
+            let prefix = if self.config.no_embed_class { 0 } else { self.config.prefix_tokens() };
+            pos_embed = resample_pos_embed(&pos_embed, prefix, (grid, grid), (grid_h, grid_w))?;
+        }
+        let patches = patches.flatten_from(2)?.transpose(1, 2)?;
+        let prefix: Vec<Tensor> = [&self.cls_token, &self.dist_token, &self.reg_token]
+            .into_iter()
+            .flatten()
+            .map(|token| track(token).broadcast_as((batch, token.dim(1)?, dim)).map_err(Error::from))
+            .collect::<Result<_>>()?;
+        let with_prefix = |patches: Tensor| -> Result<Tensor> {
+            if prefix.is_empty() {
+                return Ok(patches);
+            }
+            let mut parts: Vec<&Tensor> = prefix.iter().collect();
+            parts.push(&patches);
+            Ok(Tensor::cat(&parts, 1)?)
+        };
+        let mut y = if self.config.no_embed_class {
+            with_prefix(patches.broadcast_add(&pos_embed)?)?
+        } else {
+            with_prefix(patches)?.broadcast_add(&pos_embed)?
+        };
+        if let Some(norm_pre) = &self.norm_pre {
+            y = norm_pre.forward_t(&y, train)?;
+        }
+        for block in &self.blocks {
+            y = block.forward_t(&y, train)?;
+        }
+        match &self.norm {
+            Some(norm) => norm.forward_t(&y, train),
+            None => Ok(y),
+        }
+    }
+
+    fn patch_mean(&self, tokens: &Tensor) -> Result<Tensor> {
+        let prefix = self.config.prefix_tokens();
+        let count = tokens.dim(1)? - prefix;
+        Ok(tokens.narrow(1, prefix, count)?.mean(1)?)
+    }
+
+    /// The features (B, num_features) from the tokens.
+    fn pool(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        let class = || -> Result<Tensor> { Ok(tokens.narrow(1, 0, 1)?.squeeze(1)?) };
+        let features = match self.config.embedding {
+            Embedding::Pool => {
+                let pooled = if self.config.distilled {
+                    ((class()? + tokens.narrow(1, 1, 1)?.squeeze(1)?)? / 2.0)?
+                } else {
+                    match self.config.global_pool {
+                        GlobalPool::Token => class()?,
+                        GlobalPool::Avg => self.patch_mean(tokens)?,
+                        GlobalPool::None => unreachable!("refused by VitConfig::check_options"),
+                    }
+                };
+                match &self.fc_norm {
+                    Some(norm) => norm.forward_t(&pooled, train)?,
+                    None => pooled,
+                }
+            }
+            Embedding::ClassToken => class()?,
+            Embedding::PatchMean => self.patch_mean(tokens)?,
+            Embedding::ClassTokenAndPatchMean => Tensor::cat(&[&class()?, &self.patch_mean(tokens)?], 1)?,
+        };
+        // Contiguous: cuBLAS takes no row stride other than the row length.
+        Ok(features.contiguous()?)
+    }
+
+    /// The features (B, num_features).
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.pool(&self.feature_map(x, train)?, train)
+    }
+
+    /// Features and logits; a model without a head gives (B, 0) logits. A distilled model's
+    /// logits are the mean of its two heads on their own tokens (timm's eval output).
+    pub fn features_and_logits(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let tokens = self.feature_map(x, train)?;
+        let features = self.pool(&tokens, train)?;
+        let logits = match (&self.head, &self.head_dist) {
+            (Some(head), Some(head_dist)) if self.config.embedding == Embedding::Pool => {
+                let token = |i: usize| -> Result<Tensor> { Ok(tokens.narrow(1, i, 1)?.squeeze(1)?.contiguous()?) };
+                ((head.forward_t(&token(0)?, train)? + head_dist.forward_t(&token(1)?, train)?)? / 2.0)?
+            }
+            (Some(head), _) => head.forward_t(&features, train)?,
+            (None, _) => Tensor::zeros((features.dim(0)?, 0), features.dtype(), features.device())?,
+        };
+        Ok((features, logits))
+    }
+
+    /// Fresh heads for `num_classes` (timm's `reset_classifier`: both of a distilled model's).
+    pub fn replace_head(&mut self, params: &ParamBuilder<'_>, num_classes: usize, seed: u64) -> Result<()> {
+        let width = self.config.num_features();
+        self.head = Some(Linear::fresh(&params.pp("head"), width, num_classes, seed)?);
+        if self.config.distilled {
+            self.head_dist = Some(Linear::fresh(&params.pp("head_dist"), width, num_classes, seed.wrapping_add(1))?);
+        }
+        Ok(())
+    }
+
+    /// Classes of the head (0 without one).
+    pub fn num_classes(&self) -> Result<usize> {
+        Ok(match &self.head {
+            Some(head) => head.shape()?.0,
+            None => 0,
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! timm's ViT model names as configurations, from `timm_presets.toml`: every `vit_*` and
+//! `deit*` model of timm whose options the zoo's ViT has, with the options timm resolves for it
+//! (written by tests/fixtures/make_vit_fixtures.py, which builds each model on the meta device
+//! and reads them back), and the others with the option that keeps them out.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use super::config::VitConfig;
+
+/// What [`vit_preset`] understands, for error messages.
+pub const VIT_PRESETS: &str = "timm's ViT, DeiT, DeiT III and DINOv2 presets (crates/zoo/src/vit/timm_presets.toml lists them)";
+
+#[derive(Deserialize)]
+struct Presets {
+    unsupported: BTreeMap<String, String>,
+    #[serde(flatten)]
+    presets: BTreeMap<String, VitConfig>,
+}
+
+fn presets() -> &'static Presets {
+    static PRESETS: OnceLock<Presets> = OnceLock::new();
+    // The file is part of the crate and checked by a test: it parses.
+    #[allow(clippy::expect_used)]
+    PRESETS.get_or_init(|| toml::from_str(include_str!("timm_presets.toml")).expect("timm_presets.toml parses"))
+}
+
+/// The configuration timm's model `name` (a pretrained tag after `.` ignored) builds, before
+/// any `model_args`; `None` for a name the table does not list.
+pub fn vit_preset(name: &str) -> Option<VitConfig> {
+    let name = name.split('.').next().unwrap_or(name);
+    presets().presets.get(name).cloned()
+}
+
+/// Why timm's ViT-family model `name` is not built by the zoo (the option it lacks), when the
+/// table says so.
+pub fn vit_unsupported(name: &str) -> Option<&'static str> {
+    let name = name.split('.').next().unwrap_or(name);
+    presets().unsupported.get(name).map(String::as_str)
+}
+
+/// Every preset's name.
+pub fn vit_preset_names() -> impl Iterator<Item = &'static str> {
+    presets().presets.keys().map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::{GlobalPool, MlpKind};
+    use super::*;
+
+    #[test]
+    fn presets_carry_timms_resolved_options() {
+        assert!(vit_preset_names().count() > 100);
+        assert_eq!(vit_preset("vit_small_patch16_224").unwrap(), VitConfig::vit_small_patch16_224());
+        assert_eq!(vit_preset("vit_small_patch16_224.augreg_in21k_ft_in1k").unwrap(), VitConfig::vit_small_patch16_224());
+        let reg = vit_preset("vit_large_patch14_reg4_dinov2").unwrap();
+        assert_eq!((reg.img_size, reg.patch_size, reg.reg_tokens, reg.no_embed_class), (518, 14, 4, true));
+        assert!(reg.init_values.is_some());
+        let giant = vit_preset("vit_giant_patch14_dinov2").unwrap();
+        assert_eq!(
+            (giant.embed_dim, giant.depth, giant.num_heads, giant.mlp, giant.mlp_hidden()),
+            (1536, 40, 24, MlpKind::SwigluPacked, 8192)
+        );
+        assert_eq!(vit_preset("vit_giant_patch14_224").unwrap().mlp_hidden(), 6144);
+        let deit = vit_preset("deit_base_distilled_patch16_384").unwrap();
+        assert!(deit.distilled && deit.img_size == 384 && deit.prefix_tokens() == 2);
+        let gap = vit_preset("vit_base_patch16_gap_224").unwrap();
+        assert_eq!((gap.class_token, gap.global_pool, gap.use_fc_norm(), gap.num_heads), (false, GlobalPool::Avg, false, 16));
+        assert!(vit_preset("convnext_tiny").is_none());
+        assert_eq!(vit_unsupported("vit_7b_patch16_dinov3"), Some("class Eva"));
+        assert_eq!(vit_unsupported("vit_small_patch16_224"), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! The generalised ViT against timm: fixtures/make_vit_fixtures.py exported small random models
+//! with the options of published checkpoints (UNI, Virchow2, Prov-GigaPath, H-optimus, DINOv2
+//! with registers, DeiT distilled, DeiT III, a class-token-free ViT, one without qkv bias and
+//! with a pre-norm), each with the config.json its hub would publish (only what the real one
+//! says): the zoo builds each from that config and the checkpoint's tensors, and must give
+//! timm's tokens, features (the authors' embedding recipe where they define one), logits and
+//! gradients. Full-size presets are checked against timm's parameter counts and tensor shapes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use medxfer_zoo::{Architecture, Backbone, Embedding, VitConfig, architecture_from_timm, vit_preset};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit")
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(format!("{name}_ref.safetensors")), &Device::Cpu).unwrap()
+}
+
+/// max|ours - timm| <= 1e-4 * max(1, max|timm|).
+fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
+    assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
+    let difference = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = theirs.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    eprintln!("{what}: relative difference {:.2e}", difference / scale);
+    assert!(difference <= 1e-4 * scale, "{what}: max difference {difference}, scale {scale}");
+}
+
+/// The architecture a case's published config.json describes, with the recipe its registry
+/// entry would name.
+fn published(case: &Value) -> (Architecture, usize) {
+    let config = &case["config_json"];
+    let mut architecture = architecture_from_timm(config["architecture"].as_str().unwrap(), config.get("model_args")).unwrap();
+    if let Architecture::Vit(vit) = &mut architecture {
+        vit.embedding = serde_json::from_value(case["embedding"].clone()).unwrap();
+    }
+    (architecture, config["num_classes"].as_u64().unwrap() as usize)
+}
+
+fn vit(model: &Backbone) -> &VitConfig {
+    let Architecture::Vit(config) = model.architecture() else { panic!("not a ViT") };
+    config
+}
+
+#[test]
+fn every_case_gives_timms_tokens_features_logits_and_gradients() {
+    let cases = json("cases.json");
+    for (name, case) in cases.as_object().unwrap() {
+        let (architecture, classes) = published(case);
+        let weights = fixtures().join(format!("{name}.safetensors"));
+        let model = Backbone::load(name, &architecture, classes, &weights, &Device::Cpu).unwrap();
+        assert_eq!(model.params().parameter_count() as u64, case["parameters"].as_u64().unwrap(), "{name}: parameters");
+        let reference = reference(name);
+        for side in case["sides"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()) {
+            let suffix = if side == case["sides"][0].as_u64().unwrap() { String::new() } else { format!("_{side}") };
+            let input = &reference[&format!("input{suffix}")];
+            assert_close(
+                &format!("{name} tokens at {side} px"),
+                &model.feature_map(input, false).unwrap(),
+                &reference[&format!("feature_map{suffix}")],
+            );
+            let (features, logits) = model.features_and_logits(input, false).unwrap();
+            assert_close(&format!("{name} features at {side} px"), &features, &reference[&format!("features{suffix}")]);
+            match reference.get(&format!("logits{suffix}")) {
+                Some(truth) => assert_close(&format!("{name} logits at {side} px"), &logits, truth),
+                None => assert_eq!(logits.dims(), &[2, 0], "{name}: a model without a head has no logits"),
+            }
+        }
+        // Train mode: the same fixed loss as the fixture's float64 pass.
+        let (features, logits) = model.features_and_logits(&reference["input"], true).unwrap();
+        let mut loss = (features * &reference["loss_weights"]).unwrap().sum_all().unwrap();
+        if let Some(weights) = reference.get("logit_loss_weights") {
+            loss = (loss + (logits * weights).unwrap().sum_all().unwrap()).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        for key in case["gradients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
+            let var = model.params().var(key).unwrap_or_else(|| panic!("{name}: no {key}"));
+            assert_close(&format!("{name} gradient of {key}"), grads.get(var.as_tensor()).unwrap(), &reference[&format!("grad.{key}")]);
+        }
+        for (key, var) in model.params().trainable_vars() {
+            // The distillation head sees only its token; with no head on the logits' side the
+            // loss reaches every other parameter.
+            assert!(grads.get(var.as_tensor()).is_some(), "{name}: {key} got no gradient");
+        }
+    }
+}
+
+#[test]
+fn what_the_published_configs_omit_is_read_from_the_checkpoints() {
+    let cases = json("cases.json");
+    let load = |name: &str| {
+        let (architecture, classes) = published(&cases[name]);
+        (
+            architecture,
+            Backbone::load(name, &published(&cases[name]).0, classes, &fixtures().join(format!("{name}.safetensors")), &Device::Cpu)
+                .unwrap(),
+        )
+    };
+    // UNI's config.json says vit_large_patch16_224 without init_values: LayerScale is found.
+    let (stated, uni) = load("uni_like");
+    assert!(matches!(&stated, Architecture::Vit(c) if c.init_values.is_none()));
+    assert!(vit(&uni).init_values.is_some());
+    // Virchow2's omits the packed SwiGLU its card passes by hand.
+    let (stated, virchow) = load("virchow2_like");
+    assert!(matches!(&stated, Architecture::Vit(c) if c.mlp == medxfer_zoo::MlpKind::Gelu));
+    assert_eq!(vit(&virchow).mlp, medxfer_zoo::MlpKind::SwigluPacked);
+    assert_eq!(vit(&virchow).embedding, Embedding::ClassTokenAndPatchMean);
+    assert_eq!(virchow.num_features(), 64, "the class token and the patch mean, 32 wide each");
+    // The class-token-free model pools by averaging, through fc_norm.
+    let (_, gap) = load("gap_like");
+    assert!(!vit(&gap).class_token && vit(&gap).use_fc_norm());
+    // A configuration that states what the checkpoint contradicts is refused, naming both.
+    let (mut wrong, _) = load("hoptimus_like");
+    if let Architecture::Vit(config) = &mut wrong {
+        config.reg_tokens = 8;
+    }
+    let error =
+        Backbone::load("hoptimus_like", &wrong, 0, &fixtures().join("hoptimus_like.safetensors"), &Device::Cpu).unwrap_err().to_string();
+    assert!(error.contains("reg_tokens is 8 but the checkpoint has 4") && error.contains("hoptimus_like.safetensors"), "{error}");
+}
+
+#[test]
+fn a_fixed_size_model_refuses_another_grid_and_a_dynamic_one_resamples() {
+    let cases = json("cases.json");
+    let (architecture, _) = published(&cases["deit3_like"]);
+    let model = Backbone::load("deit3_like", &architecture, 10, &fixtures().join("deit3_like.safetensors"), &Device::Cpu).unwrap();
+    let error =
+        model.features_and_logits(&Tensor::zeros((1, 3, 40, 40), DType::F32, &Device::Cpu).unwrap(), false).unwrap_err().to_string();
+    assert!(error.contains("5 x 5 patch grid") && error.contains("dynamic_img_size"), "{error}");
+}
+
+/// The parameters timm counts and the tensors (names and shapes) it has, for full-size presets
+/// and for the registry's foundation models (models/foundation/*.toml) as their cards build
+/// them with timm.
+#[test]
+fn full_size_presets_and_foundation_entries_have_timms_tensors() {
+    let full = json("full_size.json");
+    let registry = medxfer_zoo::Registry::load_default().unwrap();
+    for (name, truth) in full.as_object().unwrap() {
+        let timm_config: VitConfig = serde_json::from_value(truth["config"].clone()).unwrap();
+        let ours = match (vit_preset(name), registry.get(name)) {
+            (Some(preset), _) => preset,
+            (None, Ok(entry)) => match &entry.architecture {
+                Architecture::Vit(config) => config.clone(),
+                other => panic!("{name}: {other:?}"),
+            },
+            (None, Err(error)) => panic!("{name}: neither a timm preset nor a registry entry: {error}"),
+        };
+        let shapes: BTreeMap<String, Vec<usize>> = serde_json::from_value(truth["shapes"].clone()).unwrap();
+        let classes = shapes.get("head.weight").map_or(0, |s| s[0]);
+        let model = Backbone::new(name, &Architecture::Vit(ours.clone()), classes, &Device::Cpu).unwrap();
+        let mine: BTreeMap<String, Vec<usize>> =
+            model.params().names().into_iter().map(|n| (n.clone(), model.params().var(&n).unwrap().dims().to_vec())).collect();
+        assert_eq!(mine, shapes, "{name}: tensors");
+        assert_eq!(model.params().parameter_count() as u64, truth["parameters"].as_u64().unwrap(), "{name}: parameters");
+        assert_eq!(ours.parameter_count(classes), model.params().parameter_count(), "{name}: counted without building");
+        assert_eq!(ours.num_heads, timm_config.num_heads, "{name}: heads");
+    }
+}
