@@ -115,7 +115,7 @@ impl Backbone {
                             tensor.dim(1).unwrap_or(0)
                         ),
                     })?;
-                    *tensor = resample_pos_embed(tensor, prefix, (old_grid, old_grid), (new_grid, new_grid))?;
+                    *tensor = resample_pos_embed(tensor, config.pos_resample, prefix, (old_grid, old_grid), (new_grid, new_grid))?;
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! Loading a safetensors checkpoint into a model's store, with every tensor's name and shape
+//! Loading a checkpoint (safetensors, or a PyTorch pickle's tensors) into a model's store, with every tensor's name and shape
 //! checked: what is missing, unexpected or mis-shaped is named. BatchNorm's
 //! `num_batches_tracked` counters (I64 scalars timm's hub files may hold) are ignored.
 
@@ -48,17 +48,60 @@ fn ignored(name: &str) -> bool {
     name.ends_with(".num_batches_tracked")
 }
 
-/// Reads a safetensors file into tensors on the store's device.
+/// Reads a checkpoint into tensors on the store's device: a safetensors file, or a PyTorch
+/// pickle (`torch.save`'s zip format: `pytorch_model.bin`, `open_clip_pytorch_model.bin`),
+/// whose tensors are read without executing anything (candle's pickle reader interprets the
+/// opcodes that describe tensors and nothing else). A pickle whose tensors sit under
+/// `state_dict`, `model` or `teacher` (DINO-style training checkpoints) is read from there.
 pub fn read_checkpoint(path: &Path, store: &ParamStore) -> Result<Vec<(String, Tensor)>> {
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), problem: format!("cannot read the file: {e}") })?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, store.device()).map_err(|e| Error::Checkpoint {
-        path: path.to_path_buf(),
-        problem: format!("not a valid safetensors file ({e}); it may be truncated: download or export it again"),
-    })?;
-    let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    let bad = |problem: String| Error::Checkpoint { path: path.to_path_buf(), problem };
+    let mut magic = [0u8; 4];
+    let magic_read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut magic));
+    let magic_read = magic_read.map_err(|e| bad(format!("cannot read the file: {e}")))?;
+    let mut tensors: Vec<(String, Tensor)> = if magic_read == 4 && &magic == b"PK\x03\x04" {
+        read_pickle(path)?.into_iter().map(|(k, t)| Ok((k, t.to_device(store.device())?))).collect::<Result<_>>()?
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, store.device())
+            .map_err(|e| bad(format!("not a valid safetensors file ({e}); it may be truncated: download or export it again")))?;
+        tensors.into_iter().collect()
+    };
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(tensors)
+}
+
+/// The tensors of a PyTorch zip pickle, on the CPU.
+fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bad = |problem: String| Error::Checkpoint { path: path.to_path_buf(), problem };
+    let read = |key: Option<&str>| -> Result<Vec<(String, Tensor)>> {
+        // candle's reader indexes into what the file says without checking every length; a
+        // damaged or hostile file must give an error, not bring the process down.
+        let owned = path.to_path_buf();
+        let key = key.map(str::to_string);
+        let outcome = std::panic::catch_unwind(move || candle_core::pickle::read_all_with_key(&owned, key.as_deref()));
+        match outcome {
+            Ok(Ok(tensors)) => Ok(tensors),
+            Ok(Err(e)) => Err(bad(format!(
+                "not a readable PyTorch checkpoint ({e}); it may be truncated or in a layout other than torch.save's zip: download it again, \
+                 or convert it to safetensors"
+            ))),
+            Err(_) => {
+                Err(bad("a damaged PyTorch checkpoint (its pickle does not describe tensors consistently): download it again".into()))
+            }
+        }
+    };
+    let tensors = read(None)?;
+    if !tensors.is_empty() {
+        return Ok(tensors);
+    }
+    for key in ["state_dict", "model", "teacher"] {
+        if let Ok(tensors) = read(Some(key))
+            && !tensors.is_empty()
+        {
+            return Ok(tensors);
+        }
+    }
+    Err(bad("a PyTorch checkpoint with no tensors at its top level nor under state_dict, model or teacher".into()))
 }
 
 /// Copies the named tensors into the store. Fails, naming every problem, unless each model

@@ -48,6 +48,9 @@ pub enum Error {
         file: String,
         /// Why, and what to do.
         problem: String,
+        /// The hub answered that the repo or file does not exist (404), as opposed to being
+        /// unreachable, refusing access or not being asked (offline).
+        absent: bool,
     },
 
     /// An image could not be decoded or prepared for a model.

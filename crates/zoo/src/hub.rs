@@ -17,8 +17,12 @@ use crate::error::{Error, Result};
 
 /// The weights file of timm's hub repos.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// timm's configuration file (architecture, num_features, pretrained_cfg).
+/// timm's configuration file (architecture, num_features, pretrained_cfg); transformers' too
+/// (model_type, hidden_size, ...).
 pub const CONFIG_FILE: &str = "config.json";
+
+/// A transformers repo's image processor settings (mean, std, sizes, resampling).
+pub const PROCESSOR_FILE: &str = "preprocessor_config.json";
 
 /// Where hub files come from.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +93,8 @@ enum Failure {
     Passing,
     /// The hub said no: trying again will not help; what to do instead.
     Permanent(String),
+    /// The hub has no such repo or file (404).
+    Absent(String),
 }
 
 fn classify(error: &ApiError, repo_id: &str) -> Failure {
@@ -99,9 +105,9 @@ fn classify(error: &ApiError, repo_id: &str) -> Failure {
                 "the hub refused access ({error}): the repo is gated or private; accept its terms at https://huggingface.co/{repo_id} \
                  with your account and set HF_TOKEN to a token of that account (or run `huggingface-cli login`)"
             )),
-            ureq::Error::StatusCode(404) => Failure::Permanent(format!(
-                "the hub has no such repo or file ({error}); check the name at https://huggingface.co/{repo_id}"
-            )),
+            ureq::Error::StatusCode(404) => {
+                Failure::Absent(format!("the hub has no such repo or file ({error}); check the name at https://huggingface.co/{repo_id}"))
+            }
             ureq::Error::StatusCode(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
                 Failure::Permanent(format!("the download failed ({error})"))
             }
@@ -122,7 +128,8 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
         return Ok(path);
     }
     let cache_path = cache.path().clone();
-    let not_cached = |why: String| Error::Hub {
+    let missing = |why: String, absent: bool| Error::Hub {
+        absent,
         repo: repo_id.to_string(),
         file: filename.to_string(),
         problem: format!(
@@ -131,6 +138,7 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
             cache_path.display()
         ),
     };
+    let not_cached = |why: String| missing(why, false);
     if options.offline {
         return Err(not_cached("offline (HF_HUB_OFFLINE)".to_string()));
     }
@@ -155,6 +163,7 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
         }
         match classify(&error, repo_id) {
             Failure::Permanent(why) => return Err(not_cached(why)),
+            Failure::Absent(why) => return Err(missing(why, true)),
             Failure::Busy if waiting_since.elapsed() < options.retry.wait_for_others => {
                 eprintln!("{repo_id}/{filename}: another process is downloading it; waiting");
                 std::thread::sleep(options.retry.first_delay);
@@ -178,9 +187,31 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
     }
 }
 
-/// The local path of a registry entry's pretrained weights (its `hub` repo's weights file).
+/// The weights files a repo may publish, in the order timm looks for them: safetensors first,
+/// then PyTorch pickles (read for their tensors only, never executed), an open_clip model's
+/// last.
+pub const WEIGHTS_FILES: [&str; 3] = [WEIGHTS_FILE, "pytorch_model.bin", "open_clip_pytorch_model.bin"];
+
+/// The local path of a registry entry's pretrained weights: the first of [`WEIGHTS_FILES`] in
+/// the hub cache, else the first the hub has.
 pub fn weights_file(entry: &ModelEntry, options: &HubOptions) -> Result<PathBuf> {
-    hub_file(&entry.hub, WEIGHTS_FILE, options)
+    let cache = options.cache();
+    let repo = cache.repo(Repo::model(entry.hub.clone()));
+    if let Some(path) = WEIGHTS_FILES.iter().find_map(|file| repo.get(file)) {
+        return Ok(path);
+    }
+    for file in WEIGHTS_FILES {
+        match hub_file(&entry.hub, file, options) {
+            Err(Error::Hub { absent: true, .. }) => continue,
+            other => return other,
+        }
+    }
+    Err(Error::Hub {
+        repo: entry.hub.clone(),
+        file: WEIGHTS_FILE.to_string(),
+        problem: format!("the repo has none of {}; check the name at https://huggingface.co/{}", WEIGHTS_FILES.join(", "), entry.hub),
+        absent: true,
+    })
 }
 
 /// A registry backbone with its pretrained weights from the hub (the cache first), every

@@ -45,6 +45,7 @@ mod registry;
 mod resnet;
 mod timm_config;
 mod torchvision;
+mod transformers_config;
 mod vit;
 
 pub use backbone::Backbone;
@@ -53,10 +54,16 @@ pub use densenet::DenseNetConfig;
 pub use efficientnet::{EfficientNetConfig, EfficientNetVariant};
 pub use entry::{Architecture, ModelEntry, Preprocessing};
 pub use error::{Error, Result};
-pub use hub::{CONFIG_FILE, HubOptions, HubRetry, WEIGHTS_FILE, hub_file, looks_like_hub_id, pretrained, weights_file};
+pub use hub::{
+    CONFIG_FILE, HubOptions, HubRetry, PROCESSOR_FILE, WEIGHTS_FILE, WEIGHTS_FILES, hub_file, looks_like_hub_id, pretrained, weights_file,
+};
 pub use params::ParamStore;
 pub use preprocess::eval_tensor;
 pub use registry::Registry;
 pub use resnet::{BlockKind, ResNetConfig};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
-pub use vit::{Embedding, GlobalPool, MlpKind, VIT_PRESETS, VitConfig, fit_to_checkpoint, vit_preset, vit_preset_names, vit_unsupported};
+pub use transformers_config::{entry_from_transformers_config, is_transformers_config};
+pub use vit::{
+    Embedding, GlobalPool, MlpKind, PosResample, TRANSFORMERS_MODEL_TYPES, VIT_PRESETS, VitConfig, fit_to_checkpoint, vit_preset,
+    vit_preset_names, vit_unsupported,
+};

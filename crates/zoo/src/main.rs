@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand};
-use medxfer_zoo::{Backbone, CONFIG_FILE, HubOptions, ModelEntry, Registry, WEIGHTS_FILE, hub_file, read_checkpoint, weights_file};
+use medxfer_zoo::{Backbone, CONFIG_FILE, HubOptions, ModelEntry, Registry, hub_file, read_checkpoint, weights_file};
 
 /// mimalloc reuses freed pages: the system allocator maps and unmaps every large tensor, and
 /// the page faults and TLB shootdowns cost 20-40% of a CPU forward pass.
@@ -90,10 +90,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch { model } => {
             let options = HubOptions::from_env();
             let entry = registry.resolve(&model, &options)?;
-            for file in [WEIGHTS_FILE, CONFIG_FILE] {
-                let path = hub_file(&entry.hub, file, &options)?;
-                println!("{}", path.display());
-            }
+            println!("{}", weights_file(&entry, &options)?.display());
+            println!("{}", hub_file(&entry.hub, CONFIG_FILE, &options)?.display());
             Ok(())
         }
         Command::Inspect { model, weights } => inspect(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref()),

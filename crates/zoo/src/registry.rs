@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::entry::ModelEntry;
 use crate::error::{Error, Result};
-use crate::hub::{CONFIG_FILE, HubOptions, hub_file};
+use crate::hub::{CONFIG_FILE, HubOptions, PROCESSOR_FILE, hub_file};
 use crate::timm_config::{MAX_CLASSES, entry_from_timm_config};
+use crate::transformers_config::{entry_from_transformers_config, is_transformers_config};
 
 /// The backbones of a models/ directory, sorted by name.
 #[derive(Debug, Clone)]
@@ -118,9 +119,20 @@ impl Registry {
             Err(error) if !name_or_hub.contains('/') => return Err(error),
             Err(_) => {}
         }
-        let path = hub_file(name_or_hub, CONFIG_FILE, hub)?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Config { source_name: path.display().to_string(), problem: format!("cannot read: {e}") })?;
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path)
+                .map_err(|e| Error::Config { source_name: path.display().to_string(), problem: format!("cannot read: {e}") })
+        };
+        let text = read(hub_file(name_or_hub, CONFIG_FILE, hub)?)?;
+        if is_transformers_config(&text) {
+            // The image processor's settings, when the repo has them (else ImageNet's).
+            let processor = match hub_file(name_or_hub, PROCESSOR_FILE, hub) {
+                Ok(path) => Some(read(path)?),
+                Err(Error::Hub { absent: true, .. }) => None,
+                Err(error) => return Err(error),
+            };
+            return entry_from_transformers_config(name_or_hub, &text, processor.as_deref());
+        }
         entry_from_timm_config(name_or_hub, &text)
     }
 

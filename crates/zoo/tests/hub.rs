@@ -266,3 +266,114 @@ fn an_absent_interpolation_and_crop_pct_take_timm_s_defaults() {
     // timm's resolve_data_config: bicubic, crop_pct 0.875 (224 / 0.875 = 256).
     assert_eq!((entry.preprocessing.interpolation.as_str(), entry.preprocessing.crop, entry.preprocessing.resize), ("bicubic", 224, 256));
 }
+
+/// A hub stand-in laid out as the real one answers: `/{repo}/resolve/main/{file}` redirects to
+/// an absolute file address (`/cdn/{file}`, as the hub redirects LFS files to its CDN) with the
+/// `x-linked-etag` and `x-repo-commit` headers; the file address answers Range requests. Files
+/// not listed are a 404. When `drop_after` is set, the first download of the body that starts
+/// at byte 0 closes the connection after that many bytes. Returns the endpoint and every Range
+/// header the file address was asked with.
+fn serve_repo(files: Vec<(&'static str, Vec<u8>)>, drop_after: Option<usize>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let endpoint = format!("http://{address}");
+    let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let asked = ranges.clone();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cdn = endpoint.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut request, mut range) = (String::new(), None);
+            reader.read_line(&mut request).unwrap_or(0);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = Some(value.trim().to_string());
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let name = path.rsplit('/').next().unwrap_or("");
+            let Some((_, body)) = files.iter().find(|(file, _)| *file == name) else {
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            if path.contains("/resolve/main/") {
+                let head = format!(
+                    "HTTP/1.1 302 Found\r\nlocation: {cdn}/cdn/{name}\r\nx-linked-etag: \"etag-{name}\"\r\nx-repo-commit: feedbeef\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes());
+                continue;
+            }
+            asked.lock().unwrap().push(range.clone().unwrap_or_default());
+            let size = body.len();
+            let (start, end) = match range.as_deref() {
+                Some("0-0") => (0, 1),
+                Some(open) => (open.trim_end_matches('-').parse::<usize>().unwrap(), size),
+                None => (0, size),
+            };
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {start}-{}/{size}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                end - 1,
+                end - start
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let cut = match drop_after {
+                Some(bytes) if start == 0 && end > 1 && !dropped.swap(true, std::sync::atomic::Ordering::SeqCst) => start + bytes,
+                _ => end,
+            };
+            let _ = stream.write_all(&body[start..cut]);
+            // Dropping the stream closes the connection, mid-file when cut < end.
+        }
+    });
+    (endpoint, ranges)
+}
+
+#[test]
+fn a_download_dropped_mid_file_resumes_where_it_stopped() {
+    let cache = tempfile::tempdir().unwrap();
+    let body = std::fs::read(fixtures().join("vit/gigapath_like.safetensors")).unwrap();
+    let (endpoint, ranges) = serve_repo(vec![("model.safetensors", body.clone())], Some(100_000));
+    let retry =
+        HubRetry { attempts: 3, first_delay: std::time::Duration::from_millis(20), wait_for_others: std::time::Duration::from_secs(5) };
+    let path = hub_file("prov-gigapath/tiny", WEIGHTS_FILE, &online(cache.path(), endpoint, retry)).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), body, "the file is whole");
+    assert!(path.ends_with("snapshots/feedbeef/model.safetensors"), "{}", path.display());
+    let ranges = ranges.lock().unwrap().clone();
+    assert!(ranges.contains(&"100000-".to_string()), "the second request resumed at the cut: {ranges:?}");
+}
+
+#[test]
+fn a_repo_with_only_a_pickle_and_a_transformers_config_is_a_backbone() {
+    let cache = tempfile::tempdir().unwrap();
+    let folder = fixtures().join("vit/hf_dinov2_registers");
+    let (endpoint, _) = serve_repo(
+        vec![
+            ("config.json", std::fs::read(folder.join("config.json")).unwrap()),
+            ("pytorch_model.bin", std::fs::read(folder.join("pytorch_model.bin")).unwrap()),
+        ],
+        None,
+    );
+    let retry =
+        HubRetry { attempts: 2, first_delay: std::time::Duration::from_millis(20), wait_for_others: std::time::Duration::from_secs(5) };
+    let options = online(cache.path(), endpoint, retry);
+    let registry = medxfer_zoo::Registry::load_default().unwrap();
+    let entry = registry.resolve("someone/dinov2-registers", &options).unwrap();
+    // No preprocessor_config.json (a 404): ImageNet's statistics at the model's size.
+    assert_eq!((entry.preprocessing.mean, entry.preprocessing.crop), ([0.485, 0.456, 0.406], 32));
+    let path = medxfer_zoo::weights_file(&entry, &options).unwrap();
+    assert!(path.ends_with("pytorch_model.bin"), "model.safetensors is a 404, the pickle is next: {}", path.display());
+    let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
+    let reference = candle_core::safetensors::load(fixtures().join("vit/hf_dinov2_registers_ref.safetensors"), &Device::Cpu).unwrap();
+    let features = model.features(&reference["input"], false).unwrap();
+    let difference =
+        (features - &reference["features"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(difference < 1e-4, "{difference}");
+    // Offline afterwards: the cached pickle is found without asking the hub for the others.
+    let offline = HubOptions { offline: true, ..options };
+    assert_eq!(medxfer_zoo::weights_file(&entry, &offline).unwrap(), path);
+}

@@ -167,3 +167,85 @@ fn full_size_presets_and_foundation_entries_have_timms_tensors() {
         assert_eq!(ours.num_heads, timm_config.num_heads, "{name}: heads");
     }
 }
+
+fn load_case(name: &str, file: &str) -> Backbone {
+    let cases = json("cases.json");
+    let (architecture, classes) = published(&cases[name]);
+    Backbone::load(name, &architecture, classes, &fixtures().join(file), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn checkpoints_in_their_published_layouts_load_to_the_same_model() {
+    // The original DINOv2 layout (register_tokens, mask_token, the class position in pos_embed).
+    let reference_reg = reference("dinov2_reg_like");
+    let model = load_case("dinov2_reg_like", "dinov2_reg_like.original.safetensors");
+    assert_close("original DINOv2 logits", &model.features_and_logits(&reference_reg["input"], false).unwrap().1, &reference_reg["logits"]);
+    // The original DINOv2 giant's SwiGLU as w12/w3.
+    let reference_giant = reference("gigapath_like");
+    let model = load_case("gigapath_like", "gigapath_like.original.safetensors");
+    assert_close(
+        "original DINOv2 giant features",
+        &model.features(&reference_giant["input"], false).unwrap(),
+        &reference_giant["features"],
+    );
+    // An open_clip tower as a PyTorch pickle: the trunk only.
+    let reference_uni = reference("uni_like");
+    let model = load_case("uni_like", "uni_like.open_clip.bin");
+    assert_close("open_clip trunk features", &model.features(&reference_uni["input"], false).unwrap(), &reference_uni["features"]);
+    assert_close("open_clip trunk at 48 px", &model.features(&reference_uni["input_48"], false).unwrap(), &reference_uni["features_48"]);
+    // bf16 weights, read and converted.
+    let reference_bf16 = candle_core::safetensors::load(fixtures().join("gap_like.bf16_ref.safetensors"), &Device::Cpu).unwrap();
+    let model = load_case("gap_like", "gap_like.bf16.safetensors");
+    assert_close("bf16 weights' logits", &model.features_and_logits(&reference_bf16["input"], false).unwrap().1, &reference_bf16["logits"]);
+}
+
+#[test]
+fn transformers_checkpoints_give_transformers_outputs() {
+    for name in ["hf_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_dinov2_registers"] {
+        let folder = fixtures().join(name);
+        let config = std::fs::read_to_string(folder.join("config.json")).unwrap();
+        assert!(medxfer_zoo::is_transformers_config(&config), "{name}");
+        let processor = std::fs::read_to_string(folder.join("preprocessor_config.json")).ok();
+        let entry = medxfer_zoo::entry_from_transformers_config(&format!("someone/{name}"), &config, processor.as_deref()).unwrap();
+        assert_eq!((entry.num_classes, entry.feature_dim), (0, 24), "{name}");
+        let reference = reference(name);
+        for weights in ["model.safetensors", "pytorch_model.bin"] {
+            let model = Backbone::load_entry(&entry, &folder.join(weights), &Device::Cpu).unwrap();
+            for suffix in ["", "_48"] {
+                let input = &reference[&format!("input{suffix}")];
+                let what = format!("{name} {weights}{suffix}");
+                assert_close(
+                    &format!("{what} tokens"),
+                    &model.feature_map(input, false).unwrap(),
+                    &reference[&format!("feature_map{suffix}")],
+                );
+                assert_close(&format!("{what} features"), &model.features(input, false).unwrap(), &reference[&format!("features{suffix}")]);
+            }
+        }
+    }
+    // RAD-DINO's image processor settings become the entry's preprocessing.
+    let folder = fixtures().join("hf_dinov2");
+    let processor = std::fs::read_to_string(folder.join("preprocessor_config.json")).unwrap();
+    let entry = medxfer_zoo::entry_from_transformers_config(
+        "microsoft/rad-dino",
+        &std::fs::read_to_string(folder.join("config.json")).unwrap(),
+        Some(&processor),
+    )
+    .unwrap();
+    let p = &entry.preprocessing;
+    assert_eq!((p.resize, p.crop, p.mean[0], p.std[2], p.interpolation.as_str()), (518, 518, 0.5307, 0.2583, "bicubic"));
+}
+
+#[test]
+fn damaged_pickles_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixtures().join("hf_vit/pytorch_model.bin")).unwrap();
+    let cases = json("cases.json");
+    let (architecture, _) = published(&cases["uni_like"]);
+    for cut in [4, 100, bytes.len() / 2, bytes.len() - 30] {
+        let path = dir.path().join(format!("cut{cut}.bin"));
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let error = Backbone::load("x", &architecture, 0, &path, &Device::Cpu).unwrap_err().to_string();
+        assert!(error.contains(&format!("cut{cut}.bin")), "{error}");
+    }
+}

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::resample::PosResample;
+
 /// How timm pools the tokens into the classifier's input (`global_pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +109,10 @@ pub struct VitConfig {
     /// What the features are.
     #[serde(default)]
     pub embedding: Embedding,
+    /// How the position embeddings are resampled to another grid (timm's antialiased bicubic,
+    /// or transformers' plain bicubic for its ViTModel and Dinov2Model checkpoints).
+    #[serde(default)]
+    pub pos_resample: PosResample,
 }
 
 fn default_mlp_ratio() -> f64 {
@@ -144,6 +150,7 @@ impl VitConfig {
             distilled: false,
             layer_norm_eps: default_eps(),
             embedding: Embedding::Pool,
+            pos_resample: PosResample::Antialiased,
         }
     }
 

@@ -1,7 +1,8 @@
 //! ViT checkpoints as their authors publish them, renamed to timm's keys as timm's
 //! `checkpoint_filter_fn` does: open_clip's vision trunk (`visual.trunk.`) and a `module.`
 //! prefix stripped, and the original DINOv2 layout (`register_tokens`, `mask_token`, the
-//! SwiGLU's `w12`/`w3`) converted by `_convert_dinov2`.
+//! SwiGLU's `w12`/`w3`) converted by `_convert_dinov2`; transformers' layouts by
+//! `super::transformers`.
 
 use candle_core::Tensor;
 
@@ -9,6 +10,10 @@ use crate::error::Result;
 
 /// The tensors under timm's names.
 pub fn convert_vit_checkpoint(tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    let keys: Vec<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
+    if super::transformers::is_transformers_layout(&keys) {
+        return super::transformers::convert_transformers(tensors);
+    }
     // open_clip towers keep the trunk under `visual.trunk.` beside their text tower and head;
     // only the trunk is the backbone.
     let mut tensors: Vec<(String, Tensor)> = if tensors.iter().any(|(k, _)| k == "visual.trunk.pos_embed") {

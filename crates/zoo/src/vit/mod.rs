@@ -11,6 +11,7 @@ mod convert;
 mod infer;
 mod presets;
 mod resample;
+mod transformers;
 
 use candle_core::{D, Tensor};
 
@@ -18,7 +19,8 @@ pub use config::{Embedding, GlobalPool, MlpKind, VitConfig};
 pub use convert::convert_vit_checkpoint;
 pub use infer::fit_to_checkpoint;
 pub use presets::{VIT_PRESETS, vit_preset, vit_preset_names, vit_unsupported};
-pub use resample::{resample_pos_embed, square_side};
+pub use resample::{PosResample, resample_pos_embed, square_side};
+pub use transformers::{TRANSFORMERS_MODEL_TYPES, vit_from_transformers_config};
 
 use crate::error::{Error, Result};
 use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear, softmax_last_dim};
@@ -210,7 +212,7 @@ impl Vit {
                 });
             }
             let prefix = if self.config.no_embed_class { 0 } else { self.config.prefix_tokens() };
-            pos_embed = resample_pos_embed(&pos_embed, prefix, (grid, grid), (grid_h, grid_w))?;
+            pos_embed = resample_pos_embed(&pos_embed, self.config.pos_resample, prefix, (grid, grid), (grid_h, grid_w))?;
         }
         let patches = patches.flatten_from(2)?.transpose(1, 2)?;
         let prefix: Vec<Tensor> = [&self.cls_token, &self.dist_token, &self.reg_token]
