@@ -236,3 +236,45 @@ fn a_truncated_image_in_the_folder_stops_rank_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("partial.jpg") && stderr.contains("image file is truncated"), "{stderr}");
 }
+
+/// A foundation model as published: no classifier, registers, a packed SwiGLU its config does
+/// not state, and its authors' embedding (Virchow's class token and patch mean): rank extracts
+/// its 2 x 32 features at the folder's 64 px (its positions resampled from 28 px), scores what
+/// needs no source classifier, says why LEEP and NCE are missing, and tunes it with a fresh head.
+#[test]
+fn a_headless_foundation_model_is_ranked_and_tuned() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let toml = "name = \"virchow2_like\"\npaper_name = \"Virchow2-like\"\nhub = \"test/virchow2_like\"\nfeature_dim = 64\nhead = \"head\"\nnum_classes = 0\n\n\
+                [architecture]\nfamily = \"vit\"\nimg_size = 28\npatch_size = 7\nembed_dim = 32\ndepth = 2\nnum_heads = 4\nmlp_ratio = 5.3375\n\
+                init_values = 1e-5\nreg_tokens = 4\nglobal_pool = \"none\"\ndynamic_img_size = true\nembedding = \"class_token_and_patch_mean\"\n\n\
+                [preprocessing]\nmean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nresize = 72\ncrop = 64\ninterpolation = \"bicubic\"\n";
+    std::fs::write(dir.path().join("models/virchow2_like.toml"), toml).unwrap();
+    std::fs::copy(Path::new(FIXTURES).join("vit/virchow2_like.safetensors"), dir.path().join("weights/virchow2_like.safetensors")).unwrap();
+    let images = image_folder(dir.path(), 10);
+    let out = dir.path().join("ranked");
+    let output = rank(
+        dir.path(),
+        &images,
+        &out,
+        &dir.path().join("no study"),
+        &["--backbones", "virchow2_like,vit_min", "--finetune-top", "2", "--trials", "1", "--epochs", "1", "--batch", "8"],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows = read_csv(&out.join("ranking.csv"));
+    let row = rows.iter().find(|r| r["backbone"] == "virchow2_like").unwrap();
+    // LEEP and NCE need the source classifier's probabilities; the ranking leaves them out and
+    // says so.
+    assert_eq!((row["leep"].as_str(), row["nce"].as_str()), ("", ""), "no source classifier: {row:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs the source model's probabilities"));
+    for metric in ["h_score", "n_leep", "logme", "reg_h_score", "gbc"] {
+        assert!(row[metric].parse::<f64>().unwrap().is_finite(), "{metric}: {row:?}");
+    }
+    let accuracy: f64 = row["test_balanced_accuracy"].parse().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "tuned with a fresh head: {row:?}");
+    let features_dir = std::fs::read_dir(out.join("features")).unwrap().next().unwrap().unwrap().path();
+    let bytes = std::fs::read(&keyed(&features_dir, "virchow2_like", "safetensors")[0]).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("features").unwrap().shape(), [14, 64], "70% of 20 images, the class token and the patch mean");
+    assert!(file.tensor("probs").is_err(), "no source probabilities");
+}
