@@ -277,4 +277,26 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(file.tensor("features").unwrap().shape(), [14, 64], "70% of 20 images, the class token and the patch mean");
     assert!(file.tensor("probs").is_err(), "no source probabilities");
+
+    // Half precision extraction: features of their own (keyed by the precision), scores close to
+    // f32's; bf16 needs a GPU and says so.
+    let half = dir.path().join("half");
+    let output =
+        rank(dir.path(), &images, &half, &dir.path().join("no study"), &["--backbones", "virchow2_like,vit_min", "--dtype", "f16"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let half_dir = std::fs::read_dir(half.join("features")).unwrap().next().unwrap().unwrap().path();
+    let names: Vec<String> = std::fs::read_dir(&half_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.starts_with("virchow2_like-") && n.ends_with("-f16.safetensors")), "{names:?}");
+    let half_rows = read_csv(&half.join("ranking.csv"));
+    let half_row = half_rows.iter().find(|r| r["backbone"] == "virchow2_like").unwrap();
+    let (f32_logme, f16_logme) = (row["logme"].parse::<f64>().unwrap(), half_row["logme"].parse::<f64>().unwrap());
+    assert!(f16_logme.is_finite() && f32_logme.is_finite(), "{f32_logme} {f16_logme}");
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("rank")
+        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), dir.path().join("bf16").as_os_str()])
+        .args(["--models".as_ref(), dir.path().join("models").as_os_str(), "--weights".as_ref(), dir.path().join("weights").as_os_str()])
+        .args(["--resize", "72", "--crop", "64", "--backbones", "vit_min", "--dtype", "bf16"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("bf16 needs a GPU"));
 }

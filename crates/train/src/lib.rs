@@ -56,7 +56,7 @@ pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, 
 /// Re-exported: the normalisation a run's images take is medxfer-data's.
 pub use medxfer_data::Normalization;
 pub use metrics::{Evaluation, evaluate};
-pub use models::{load_fine_tuned, load_pretrained, start_fine_tuning};
+pub use models::{load_fine_tuned, load_pretrained, load_pretrained_in, start_fine_tuning};
 pub use progress_bar::{EpochBar, epoch_line};
 pub use schedule::{ETA_MIN, cosine};
 pub use search::{

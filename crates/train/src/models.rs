@@ -16,6 +16,12 @@ pub fn load_pretrained(entry: &ModelEntry, weights: &Path, device: &Device) -> R
     Ok(Backbone::load_entry(entry, weights, device)?)
 }
 
+/// [`load_pretrained`] in `dtype` (f16 or bf16 for extracting features with large models;
+/// bf16 on a GPU only): for inference, not for fine-tuning.
+pub fn load_pretrained_in(entry: &ModelEntry, weights: &Path, device: &Device, dtype: candle_core::DType) -> Result<Backbone> {
+    Ok(Backbone::load_in(&entry.name, &entry.architecture, entry.num_classes, weights, device, dtype)?)
+}
+
 /// The start of fine-tuning: the pretrained backbone with a fresh `classes`-way head (PyTorch's
 /// default initialisation, seeded by `seed`).
 pub fn start_fine_tuning(entry: &ModelEntry, weights: &Path, classes: usize, seed: u64, device: &Device) -> Result<Backbone> {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint::{KeyReport, load_into, read_checkpoint};
 use crate::densenet::DenseNet;
@@ -36,7 +36,25 @@ pub struct Backbone {
 impl Backbone {
     /// Builds the model with zero-filled tensors; load weights next.
     pub fn new(name: &str, architecture: &Architecture, num_classes: usize, device: &Device) -> Result<Self> {
-        let store = ParamStore::new(device);
+        Self::new_in(name, architecture, num_classes, device, DType::F32)
+    }
+
+    /// [`Backbone::new`] with `dtype` tensors: bf16 or f16 for the inference of large models
+    /// (LayerNorm and softmax still reduce in f32, as PyTorch's autocast does); f32 to train.
+    pub fn new_in(name: &str, architecture: &Architecture, num_classes: usize, device: &Device, dtype: DType) -> Result<Self> {
+        if dtype == DType::BF16 && device.is_cpu() {
+            return Err(Error::Config {
+                source_name: name.to_string(),
+                problem: "bf16 needs a GPU: candle 0.11 has no bf16 matrix product on the CPU; use f16 or f32 there".into(),
+            });
+        }
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::Config {
+                source_name: name.to_string(),
+                problem: format!("{dtype:?} weights: the zoo runs f32, f16 or bf16"),
+            });
+        }
+        let store = ParamStore::with_dtype(device, dtype);
         let root = store.root();
         let network = match architecture {
             Architecture::ResNet(config) => Network::ResNet(ResNet::new(&root, config, num_classes)?),
@@ -57,6 +75,19 @@ impl Backbone {
     /// tensors first (a ViT's LayerScale, registers, MLP kind where the configuration left
     /// timm's default; [`fit_to_checkpoint`](crate::fit_to_checkpoint)); strictly loaded.
     pub fn load(name: &str, architecture: &Architecture, num_classes: usize, path: &Path, device: &Device) -> Result<Self> {
+        Self::load_in(name, architecture, num_classes, path, device, DType::F32)
+    }
+
+    /// [`Backbone::load`] into `dtype` tensors (each converted as it is copied in: the f32
+    /// copy of a bf16 checkpoint never exists whole).
+    pub fn load_in(
+        name: &str,
+        architecture: &Architecture,
+        num_classes: usize,
+        path: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let reader = ParamStore::new(device);
         let tensors = Self::checkpoint_tensors(architecture, path, &reader)?;
         let shapes = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
@@ -67,7 +98,7 @@ impl Backbone {
                  (a models/*.toml entry for this repo states what its config.json omits)"
             ),
         })?;
-        let model = Self::new(name, &architecture, num_classes, device)?;
+        let model = Self::new_in(name, &architecture, num_classes, device, dtype)?;
         model.load_tensors(tensors, path, true)?;
         Ok(model)
     }
@@ -124,6 +155,7 @@ impl Backbone {
 
     /// The pooled features (B, num_features): the classifier's input (a ViT's embedding recipe).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = &self.input(x)?;
         match &self.network {
             Network::ResNet(net) => net.features(x, train),
             Network::DenseNet(net) => net.features(x, train),
@@ -134,6 +166,7 @@ impl Backbone {
 
     /// The final feature map before pooling (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = &self.input(x)?;
         match &self.network {
             Network::ResNet(net) => net.feature_map(x, train),
             Network::DenseNet(net) => net.feature_map(x, train),
@@ -146,6 +179,7 @@ impl Backbone {
     /// in the graph; else running statistics and no graph kept). A model published without a
     /// classifier gives (B, 0) logits.
     pub fn features_and_logits(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let x = &self.input(x)?;
         let (features, classifier) = match &self.network {
             Network::Vit(net) => return net.features_and_logits(x, train),
             Network::ResNet(net) => (net.features(x, train)?, &net.fc),
@@ -179,6 +213,11 @@ impl Backbone {
             Network::EfficientNet(net) => net.classifier.shape()?.0,
             Network::Vit(net) => net.num_classes()?,
         })
+    }
+
+    /// Images in the model's dtype (the loader gives f32).
+    fn input(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(if x.dtype() == self.store.dtype() { x.clone() } else { x.to_dtype(self.store.dtype())? })
     }
 
     /// The model's tensors.

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::params::ParamStore;
@@ -123,7 +123,7 @@ pub fn load_into(store: &ParamStore, tensors: &[(String, Tensor)], source: &Path
             report.mis_shaped.push(format!("{name} (file {:?}, model {:?})", tensor.dims(), var.dims()));
             continue;
         }
-        let value = if tensor.dtype() == DType::F32 { tensor.clone() } else { tensor.to_dtype(DType::F32)? };
+        let value = if tensor.dtype() == var.dtype() { tensor.clone() } else { tensor.to_dtype(var.dtype())? };
         var.set(&value)?;
         report.loaded += 1;
     }

@@ -2,7 +2,7 @@
 //! versions are not used where they fail training: its BatchNorm is eval-only in the vision
 //! models, and its max pooling with kernel != stride has no backward.
 
-use candle_core::{D, Tensor, Var};
+use candle_core::{D, DType, Tensor, Var};
 use medxfer_kernels::{BatchNormParams, FusedActivation};
 
 use crate::error::Result;
@@ -242,6 +242,12 @@ impl LayerNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.dtype() != DType::F32 && x.dtype() != DType::F64 {
+            // Half precision reduces in f32, as PyTorch's autocast runs LayerNorm.
+            let (weight, bias) = (self.weight.detach().to_dtype(DType::F32)?, self.bias.detach().to_dtype(DType::F32)?);
+            let wide = Self { weight, bias, eps: self.eps };
+            return Ok(wide.forward_t(&x.to_dtype(DType::F32)?, false)?.to_dtype(x.dtype())?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -252,6 +258,9 @@ impl LayerNorm {
 
 /// Softmax over the last dimension with recorded gradients (candle's `softmax_last_dim` records none).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != DType::F32 && x.dtype() != DType::F64 {
+        return Ok(softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let exp = x.broadcast_sub(&max)?.exp()?;
     Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)

@@ -17,6 +17,7 @@ pub struct ParamStore {
     map: VarMap,
     buffers: Arc<Mutex<BTreeSet<String>>>,
     device: Device,
+    dtype: DType,
 }
 
 impl std::fmt::Debug for ParamStore {
@@ -26,9 +27,19 @@ impl std::fmt::Debug for ParamStore {
 }
 
 impl ParamStore {
-    /// An empty store on `device`.
+    /// An empty store of f32 tensors on `device`.
     pub fn new(device: &Device) -> Self {
-        Self { map: VarMap::new(), buffers: Arc::default(), device: device.clone() }
+        Self::with_dtype(device, DType::F32)
+    }
+
+    /// An empty store of `dtype` tensors (bf16 or f16 for inference of the large models).
+    pub fn with_dtype(device: &Device, dtype: DType) -> Self {
+        Self { map: VarMap::new(), buffers: Arc::default(), device: device.clone(), dtype }
+    }
+
+    /// The tensors' dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// A builder rooted at the model's top level.
@@ -88,7 +99,7 @@ impl ParamStore {
         if buffer && let Ok(mut buffers) = self.buffers.lock() {
             buffers.insert(name.to_string());
         }
-        Ok(self.map.get(shape, name, init, DType::F32, &self.device)?)
+        Ok(self.map.get(shape, name, init, self.dtype, &self.device)?)
     }
 }
 

@@ -249,3 +249,36 @@ fn damaged_pickles_are_refused_naming_the_file() {
         assert!(error.contains(&format!("cut{cut}.bin")), "{error}");
     }
 }
+
+#[test]
+fn half_precision_extraction_stays_near_the_f32_truth() {
+    let cases = json("cases.json");
+    let (architecture, classes) = published(&cases["virchow2_like"]);
+    let reference = reference("virchow2_like");
+    // bf16 needs a GPU (candle has no bf16 matrix product on the CPU), and says so.
+    let error =
+        Backbone::load_in("v", &architecture, 0, &fixtures().join("virchow2_like.safetensors"), &Device::Cpu, DType::BF16).unwrap_err();
+    assert!(error.to_string().contains("bf16 needs a GPU"), "{error}");
+    let gpu = std::env::var("MEDXFER_TEST_DEVICE").ok().filter(|d| d.starts_with("cuda"));
+    let dtypes: &[DType] = if gpu.is_some() { &[DType::BF16, DType::F16] } else { &[DType::F16] };
+    let device = match &gpu {
+        Some(name) => Device::new_cuda(name.trim_start_matches("cuda:").parse().unwrap()).unwrap(),
+        None => Device::Cpu,
+    };
+    for &dtype in dtypes {
+        let model =
+            Backbone::load_in("virchow2_like", &architecture, classes, &fixtures().join("virchow2_like.safetensors"), &device, dtype)
+                .unwrap();
+        assert_eq!(model.params().dtype(), dtype);
+        let features = model.features(&reference["input"].to_device(&device).unwrap(), false).unwrap();
+        assert_eq!(features.dtype(), dtype);
+        let features = features.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+        let truth = &reference["features"];
+        let difference = (&features - truth).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = truth.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        // bf16 keeps 8 bits of mantissa: a few parts in a hundred through two blocks.
+        let tolerance = if dtype == DType::BF16 { 5e-2 } else { 1e-2 };
+        eprintln!("{dtype:?}: relative difference {:.2e}", difference / scale);
+        assert!(difference <= tolerance * scale, "{dtype:?}: {difference} of {scale}");
+    }
+}

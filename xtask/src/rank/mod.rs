@@ -17,7 +17,7 @@ use clap::Args;
 use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split};
 use medxfer_scores::Metric;
 use medxfer_train::{
-    EpochBar, ExtractSettings, RunData, RunSettings, SearchSettings, Shard, SplitData, TrainingOptions, load_pretrained, search,
+    EpochBar, ExtractSettings, RunData, RunSettings, SearchSettings, Shard, SplitData, TrainingOptions, load_pretrained_in, search,
     start_fine_tuning,
 };
 use medxfer_zoo::{HubOptions, ModelEntry, Registry};
@@ -63,6 +63,11 @@ pub struct RankArgs {
     /// ... and the centre crop.
     #[arg(long, default_value_t = 224)]
     pub crop: u32,
+    /// Precision of the feature extraction: f32 (the default, as the study), or f16 / bf16
+    /// (bf16 on a GPU) to extract with the giant foundation models in half the memory. Fine-
+    /// tuning (--finetune-top) stays f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: ExtractDtype,
     /// Pretrained weights from DIR/<backbone>.safetensors instead of the hub.
     #[arg(long, value_name = "DIR")]
     pub weights: Option<PathBuf>,
@@ -73,6 +78,36 @@ pub struct RankArgs {
     /// trusted; the paper's Table 2 when absent.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+}
+
+/// The precision features are extracted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExtractDtype {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16 (a GPU's).
+    Bf16,
+}
+
+impl ExtractDtype {
+    fn dtype(self) -> candle_core::DType {
+        match self {
+            ExtractDtype::F32 => candle_core::DType::F32,
+            ExtractDtype::F16 => candle_core::DType::F16,
+            ExtractDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// What cached features made in this precision are keyed by (f32 keeps the plain key).
+    fn key_suffix(self) -> &'static str {
+        match self {
+            ExtractDtype::F32 => "",
+            ExtractDtype::F16 => "-f16",
+            ExtractDtype::Bf16 => "-bf16",
+        }
+    }
 }
 
 /// One candidate's cached extraction and scores (OUT/features/<key>/<backbone>.json).
@@ -185,14 +220,15 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
         // under a name, never share a cached result.
         let identity = weights.identity(entry)?;
-        let key = format!("{}-{}", folder_name(&entry.name), identity.short());
+        let key = format!("{}-{}{}", folder_name(&entry.name), identity.short(), args.dtype.key_suffix());
         let summary = features_dir.join(format!("{key}.json"));
         let result = match std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok()) {
             Some(cached) => cached,
             None => {
                 let start = Instant::now();
                 let file = weights.file(entry)?;
-                let model = load_pretrained(entry, &file, &device).with_context(|| format!("loading {}", file.display()))?;
+                let model =
+                    load_pretrained_in(entry, &file, &device, args.dtype.dtype()).with_context(|| format!("loading {}", file.display()))?;
                 let path = features_dir.join(format!("{key}.safetensors"));
                 let settings = ExtractSettings { normalization: normalization(entry), crop: args.crop, batch_size: 32 };
                 extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
