@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::{KeyReport, load_into, read_checkpoint};
+use crate::checkpoint::{KeyReport, ignored, load_into, read_checkpoint};
 use crate::densenet::DenseNet;
 use crate::efficientnet::EfficientNet;
 use crate::entry::{Architecture, ModelEntry};
@@ -42,19 +42,13 @@ impl Backbone {
     /// [`Backbone::new`] with `dtype` tensors: bf16 or f16 for the inference of large models
     /// (LayerNorm and softmax still reduce in f32, as PyTorch's autocast does); f32 to train.
     pub fn new_in(name: &str, architecture: &Architecture, num_classes: usize, device: &Device, dtype: DType) -> Result<Self> {
-        if dtype == DType::BF16 && device.is_cpu() {
-            return Err(Error::Config {
-                source_name: name.to_string(),
-                problem: "bf16 needs a GPU: candle 0.11 has no bf16 matrix product on the CPU; use f16 or f32 there".into(),
-            });
-        }
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::Config {
-                source_name: name.to_string(),
-                problem: format!("{dtype:?} weights: the zoo runs f32, f16 or bf16"),
-            });
-        }
-        let store = ParamStore::with_dtype(device, dtype);
+        check_dtype(name, device, dtype)?;
+        Self::build(name, architecture, num_classes, ParamStore::with_dtype(device, dtype))
+    }
+
+    /// The network over `store`: tensors already there (a checkpoint's, preloaded) are taken,
+    /// the others made zero-filled.
+    fn build(name: &str, architecture: &Architecture, num_classes: usize, store: ParamStore) -> Result<Self> {
         let root = store.root();
         let network = match architecture {
             Architecture::ResNet(config) => Network::ResNet(ResNet::new(&root, config, num_classes)?),
@@ -98,8 +92,20 @@ impl Backbone {
                  (a models/*.toml entry for this repo states what its config.json omits)"
             ),
         })?;
-        let model = Self::new_in(name, &architecture, num_classes, device, dtype)?;
-        model.load_tensors(tensors, path, true)?;
+        // The checkpoint's tensors go into the store first and the network is built on them: one
+        // copy of the weights in memory, not zeros and then the weights.
+        check_dtype(name, device, dtype)?;
+        let tensors = adapt_pos_embed(&architecture, tensors, path)?;
+        let store = ParamStore::with_dtype(device, dtype);
+        let mut offered = Vec::with_capacity(tensors.len());
+        for (key, tensor) in tensors {
+            if !ignored(&key) {
+                store.preload(&key, &tensor)?;
+                offered.push(key);
+            }
+        }
+        let model = Self::build(name, &architecture, num_classes, store)?;
+        model.store.check_preloaded(&offered, path, name, true)?;
         Ok(model)
     }
 
@@ -118,7 +124,13 @@ impl Backbone {
             tensors = tensors.into_iter().map(|(key, tensor)| (timm_name(architecture, &key).unwrap_or(key), tensor)).collect();
         }
         if matches!(architecture, Architecture::Vit(_)) {
-            tensors = convert_vit_checkpoint(tensors)?;
+            tensors = convert_vit_checkpoint(tensors).map_err(|error| match error {
+                Error::Config { problem, .. } => Error::Checkpoint { path: path.to_path_buf(), problem },
+                Error::Candle(error) => {
+                    Error::Checkpoint { path: path.to_path_buf(), problem: format!("its tensors do not fit together: {error}") }
+                }
+                other => other,
+            })?;
         }
         Ok(tensors)
     }
@@ -131,25 +143,8 @@ impl Backbone {
         self.load_tensors(tensors, path, strict)
     }
 
-    fn load_tensors(&self, mut tensors: Vec<(String, Tensor)>, path: &Path, strict: bool) -> Result<KeyReport> {
-        if let Architecture::Vit(config) = &self.architecture {
-            // Another image size than the checkpoint's: resample the position embeddings, as
-            // timm's checkpoint filter does.
-            let new_grid = config.grid();
-            let prefix = if config.no_embed_class { 0 } else { config.prefix_tokens() };
-            for (key, tensor) in tensors.iter_mut() {
-                if key == "pos_embed" && tensor.dim(1)? != config.pos_embed_len(new_grid) {
-                    let old_grid = tensor.dim(1)?.checked_sub(prefix).and_then(square_side).ok_or_else(|| Error::Checkpoint {
-                        path: path.to_path_buf(),
-                        problem: format!(
-                            "pos_embed has {} positions: not {prefix} prefix position(s) and a square grid",
-                            tensor.dim(1).unwrap_or(0)
-                        ),
-                    })?;
-                    *tensor = resample_pos_embed(tensor, config.pos_resample, prefix, (old_grid, old_grid), (new_grid, new_grid))?;
-                }
-            }
-        }
+    fn load_tensors(&self, tensors: Vec<(String, Tensor)>, path: &Path, strict: bool) -> Result<KeyReport> {
+        let tensors = adapt_pos_embed(&self.architecture, tensors, path)?;
         load_into(&self.store, &tensors, path, &self.name, strict)
     }
 
@@ -234,6 +229,41 @@ impl Backbone {
     pub fn num_features(&self) -> usize {
         self.architecture.num_features()
     }
+}
+
+/// The precisions a model runs in on a device.
+fn check_dtype(name: &str, device: &Device, dtype: DType) -> Result<()> {
+    if dtype == DType::BF16 && device.is_cpu() {
+        return Err(Error::Config {
+            source_name: name.to_string(),
+            problem: "bf16 needs a GPU: candle 0.11 has no bf16 matrix product on the CPU; use f16 or f32 there".into(),
+        });
+    }
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::Config { source_name: name.to_string(), problem: format!("{dtype:?} weights: the zoo runs f32, f16 or bf16") });
+    }
+    Ok(())
+}
+
+/// A ViT checkpoint's position embeddings resampled to the model's image size when it was
+/// trained at another, as timm's checkpoint filter does.
+fn adapt_pos_embed(architecture: &Architecture, mut tensors: Vec<(String, Tensor)>, path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let Architecture::Vit(config) = architecture else { return Ok(tensors) };
+    let new_grid = config.grid();
+    let prefix = if config.no_embed_class { 0 } else { config.prefix_tokens() };
+    for (key, tensor) in tensors.iter_mut() {
+        if key == "pos_embed" && tensor.dims().len() == 3 && tensor.dim(1)? != config.pos_embed_len(new_grid) {
+            let old_grid = tensor.dim(1)?.checked_sub(prefix).and_then(square_side).ok_or_else(|| Error::Checkpoint {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "pos_embed has {} positions: not {prefix} prefix position(s) and a square grid",
+                    tensor.dim(1).unwrap_or(0)
+                ),
+            })?;
+            *tensor = resample_pos_embed(tensor, config.pos_resample, prefix, (old_grid, old_grid), (new_grid, new_grid))?;
+        }
+    }
+    Ok(tensors)
 }
 
 /// The logits, as every candle-nn module gives its output; `features_and_logits` gives the

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::params::ParamStore;
@@ -29,7 +29,7 @@ impl KeyReport {
         self.missing.is_empty() && self.unexpected.is_empty() && self.mis_shaped.is_empty()
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut lines = Vec::new();
         for (what, names) in
             [("missing from the file", &self.missing), ("not in the model", &self.unexpected), ("of the wrong shape", &self.mis_shaped)]
@@ -44,7 +44,8 @@ impl KeyReport {
     }
 }
 
-fn ignored(name: &str) -> bool {
+/// Tensors a checkpoint may hold that no model uses (BatchNorm's step counters).
+pub(crate) fn ignored(name: &str) -> bool {
     name.ends_with(".num_batches_tracked")
 }
 
@@ -61,12 +62,81 @@ pub fn read_checkpoint(path: &Path, store: &ParamStore) -> Result<Vec<(String, T
     let mut tensors: Vec<(String, Tensor)> = if magic_read == 4 && &magic == b"PK\x03\x04" {
         read_pickle(path)?.into_iter().map(|(k, t)| Ok((k, t.to_device(store.device())?))).collect::<Result<_>>()?
     } else {
-        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, store.device())
-            .map_err(|e| bad(format!("not a valid safetensors file ({e}); it may be truncated: download or export it again")))?;
-        tensors.into_iter().collect()
+        read_safetensors(path, store.device())?
     };
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tensors)
+}
+
+/// The largest safetensors header read (the real ones are kilobytes to a few megabytes).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// A safetensors file read tensor by tensor (an 8-byte little-endian header length, a JSON
+/// header of name -> dtype, shape and data offsets, then the data): the file's bytes are never
+/// held whole beside the tensors made of them, so a 4.5 GB checkpoint needs 4.5 GB, not 9.
+/// Every offset and size is checked against the file before anything is read.
+fn read_safetensors(path: &Path, device: &candle_core::Device) -> Result<Vec<(String, Tensor)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |problem: String| Error::Checkpoint { path: path.to_path_buf(), problem };
+    let damaged = |what: String| bad(format!("not a valid safetensors file ({what}); it may be truncated: download or export it again"));
+    let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+    let file_len = file.metadata().map_err(|e| bad(format!("cannot read the file: {e}")))?.len();
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).map_err(|_| damaged(format!("{file_len} bytes, shorter than the header length")))?;
+    let header_len = u64::from_le_bytes(length);
+    if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
+        return Err(damaged(format!("a header of {header_len} bytes in a file of {file_len}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| damaged(format!("the header: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| damaged(format!("the header is not a JSON object: {e}")))?;
+    let data_start = 8 + header_len;
+    let mut entries = Vec::with_capacity(header.len());
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = match info["dtype"].as_str() {
+            Some("F32") => DType::F32,
+            Some("F16") => DType::F16,
+            Some("BF16") => DType::BF16,
+            Some("F64") => DType::F64,
+            Some("I64") => DType::I64,
+            Some("I32") => DType::I32,
+            Some("I16") => DType::I16,
+            Some("U32") => DType::U32,
+            Some("U8") => DType::U8,
+            other => return Err(bad(format!("tensor {name} has dtype {other:?}, which the zoo does not read"))),
+        };
+        let shape: Vec<usize> = info["shape"]
+            .as_array()
+            .and_then(|dims| dims.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
+            .ok_or_else(|| damaged(format!("tensor {name} has no valid shape")))?;
+        let offsets = info["data_offsets"].as_array().and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)));
+        let Some((start, end)) = offsets.filter(|(start, end)| start <= end) else {
+            return Err(damaged(format!("tensor {name} has no valid data_offsets")));
+        };
+        let bytes = shape.iter().try_fold(dtype.size_in_bytes(), |n, &d| n.checked_mul(d));
+        if bytes != usize::try_from(end - start).ok() {
+            return Err(damaged(format!("tensor {name}: shape {shape:?} of {dtype:?} does not fill bytes {start}..{end}")));
+        }
+        if data_start.checked_add(end).is_none_or(|last| last > file_len) {
+            return Err(damaged(format!("tensor {name} ends at byte {} of a {file_len}-byte file", data_start.saturating_add(end))));
+        }
+        entries.push((start, end, name.clone(), dtype, shape));
+    }
+    // In file order: one forward pass over the data.
+    entries.sort_by_key(|entry| entry.0);
+    let mut tensors = Vec::with_capacity(entries.len());
+    let mut buffer = Vec::new();
+    for (start, end, name, dtype, shape) in entries {
+        buffer.resize((end - start) as usize, 0);
+        file.seek(SeekFrom::Start(data_start + start))
+            .and_then(|_| file.read_exact(&mut buffer))
+            .map_err(|e| damaged(format!("tensor {name}: {e}")))?;
+        tensors.push((name, Tensor::from_raw_buffer(&buffer, dtype, &shape, device)?));
+    }
     Ok(tensors)
 }
 

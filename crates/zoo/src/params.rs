@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 pub struct ParamStore {
     map: VarMap,
     buffers: Arc<Mutex<BTreeSet<String>>>,
+    /// What the model asked for while being built, and the preloaded tensors it found in
+    /// another shape (`check_preloaded`).
+    requested: Arc<Mutex<BTreeSet<String>>>,
+    mis_shaped: Arc<Mutex<Vec<String>>>,
     device: Device,
     dtype: DType,
 }
@@ -34,7 +38,14 @@ impl ParamStore {
 
     /// An empty store of `dtype` tensors (bf16 or f16 for inference of the large models).
     pub fn with_dtype(device: &Device, dtype: DType) -> Self {
-        Self { map: VarMap::new(), buffers: Arc::default(), device: device.clone(), dtype }
+        Self {
+            map: VarMap::new(),
+            buffers: Arc::default(),
+            requested: Arc::default(),
+            mis_shaped: Arc::default(),
+            device: device.clone(),
+            dtype,
+        }
     }
 
     /// The tensors' dtype.
@@ -87,6 +98,46 @@ impl ParamStore {
         self.map.data().lock().map_err(|_| Error::ParamStore("a thread panicked while holding it".into()))
     }
 
+    /// Puts a checkpoint's tensor in place (in the store's dtype) before the model is built, so
+    /// that the builder takes it instead of allocating zeros.
+    pub(crate) fn preload(&self, name: &str, tensor: &Tensor) -> Result<()> {
+        let value = if tensor.dtype() == self.dtype { tensor.clone() } else { tensor.to_dtype(self.dtype)? };
+        let var = Var::from_tensor(&value)?;
+        self.lock()?.insert(name.to_string(), var);
+        Ok(())
+    }
+
+    /// After building on preloaded tensors (`offered`, from `source`): every tensor the model
+    /// asked for was offered in its shape, and nothing else when `strict`; what was offered
+    /// and not used is dropped.
+    pub(crate) fn check_preloaded(
+        &self,
+        offered: &[String],
+        source: &std::path::Path,
+        model: &str,
+        strict: bool,
+    ) -> Result<crate::KeyReport> {
+        let requested = self.requested.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut report =
+            crate::KeyReport { mis_shaped: self.mis_shaped.lock().map(|m| m.clone()).unwrap_or_default(), ..Default::default() };
+        let offered_set: BTreeSet<&String> = offered.iter().collect();
+        let mis_shaped_names: BTreeSet<String> =
+            report.mis_shaped.iter().map(|m| m.split(' ').next().unwrap_or_default().to_string()).collect();
+        report.missing = requested.iter().filter(|n| !offered_set.contains(n) && !mis_shaped_names.contains(*n)).cloned().collect();
+        report.unexpected = offered.iter().filter(|n| !requested.contains(*n)).cloned().collect();
+        report.loaded = requested.len() - report.missing.len() - report.mis_shaped.len();
+        {
+            let mut map = self.lock()?;
+            for name in &report.unexpected {
+                map.remove(name);
+            }
+        }
+        if !report.missing.is_empty() || !report.mis_shaped.is_empty() || (strict && !report.unexpected.is_empty()) {
+            return Err(Error::KeyMismatch { path: source.to_path_buf(), model: model.to_string(), report: report.describe() });
+        }
+        Ok(report)
+    }
+
     /// Replaces (or adds) a trainable tensor, returning the tensor the model should hold.
     pub(crate) fn replace(&self, name: &str, value: &Tensor) -> Result<Tensor> {
         let var = Var::from_tensor(value)?;
@@ -98,6 +149,19 @@ impl ParamStore {
     pub(crate) fn get(&self, shape: Shape, name: &str, buffer: bool, init: Init) -> Result<Tensor> {
         if buffer && let Ok(mut buffers) = self.buffers.lock() {
             buffers.insert(name.to_string());
+        }
+        if let Ok(mut requested) = self.requested.lock() {
+            requested.insert(name.to_string());
+        }
+        if let Some(var) = self.var(name)
+            && var.shape() != &shape
+        {
+            // A preloaded tensor of another shape: noted, and the model built with zeros so that
+            // every problem is reported at once.
+            if let Ok(mut mis_shaped) = self.mis_shaped.lock() {
+                mis_shaped.push(format!("{name} (file {:?}, model {:?})", var.dims(), shape.dims()));
+            }
+            self.lock()?.remove(name);
         }
         Ok(self.map.get(shape, name, init, self.dtype, &self.device)?)
     }

@@ -84,3 +84,37 @@ fn mutated_checkpoints_load_or_fail_naming_the_file() {
         },
     ));
 }
+
+#[test]
+fn mutated_transformers_configs_and_vit_checkpoints_fail_naming_the_file() {
+    let folder = fixtures().join("vit/hf_dinov2_registers");
+    let config = std::fs::read_to_string(folder.join("config.json")).unwrap();
+    assert_none(never_panics(
+        600,
+        31,
+        |m: &mut Mutator| m.text(&config),
+        |text: &String| match medxfer_zoo::entry_from_transformers_config("someone/mutant", text, None) {
+            Ok(entry) => assert!(entry.architecture.check().is_ok() && entry.preprocessing.check().is_ok()),
+            Err(error) => assert!(error.to_string().contains("someone/mutant"), "{error}"),
+        },
+    ));
+    // A ViT built from its checkpoint (fit_to_checkpoint reads names and shapes): mutated
+    // safetensors and mutated pickles load or fail naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let entry = medxfer_zoo::entry_from_transformers_config("someone/x", &config, None).unwrap();
+    for (seed, file, count) in [(41, "model.safetensors", 300), (42, "pytorch_model.bin", 150)] {
+        let original = std::fs::read(folder.join(file)).unwrap();
+        let path = dir.path().join(format!("mutant-{file}"));
+        assert_none(never_panics(
+            count,
+            seed,
+            |m: &mut Mutator| m.bytes(&original),
+            |bytes: &Vec<u8>| {
+                std::fs::write(&path, bytes).unwrap();
+                if let Err(error) = Backbone::load_entry(&entry, &path, &Device::Cpu) {
+                    assert!(error.to_string().contains("mutant-"), "{error}");
+                }
+            },
+        ));
+    }
+}

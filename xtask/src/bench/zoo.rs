@@ -1,5 +1,5 @@
 //! The zoo benchmark: eval throughput (images/s at batch B, S x S, f32) and peak memory of each
-//! registry backbone in candle on the CPU, beside timm/PyTorch on the same machine and thread
+//! registry backbone (or any timm model name the zoo builds) in candle on the CPU, beside timm/PyTorch on the same machine and thread
 //! count, each model in its own process. With `--train`, one training step instead (forward in
 //! train mode, cross-entropy, backward, Nesterov SGD step). With `--device cuda:N` both sides run
 //! on that GPU (a build with `--features cuda`), timed to the end of the queued GPU work.
@@ -135,7 +135,15 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
 /// One backbone's eval (or training-step) throughput, in this process.
 pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool, device: &str, tf32: bool) -> Result<()> {
     let registry = Registry::load_default()?;
-    let entry = registry.get(name)?;
+    // A registry backbone, or any timm model name the zoo builds (`vit_large_patch16_224`),
+    // which timm's side creates by the same name.
+    let entry = match registry.get(name) {
+        Ok(entry) => entry.clone(),
+        Err(error) => medxfer_zoo::entry_from_timm_config(name, &json!({ "architecture": name }).to_string())
+            .map_err(|_| error)
+            .with_context(|| format!("{name} is neither in the registry nor a timm name the zoo builds"))?,
+    };
+    let entry = &entry;
     let device = medxfer_train::parse_device(device)?;
     #[cfg(feature = "cuda")]
     candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
