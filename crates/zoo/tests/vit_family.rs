@@ -201,7 +201,7 @@ fn checkpoints_in_their_published_layouts_load_to_the_same_model() {
 
 #[test]
 fn transformers_checkpoints_give_transformers_outputs() {
-    for name in ["hf_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_dinov2_registers"] {
+    for name in ["hf_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_dinov2_registers", "hf_dinov2_registers_swiglu"] {
         let folder = fixtures().join(name);
         let config = std::fs::read_to_string(folder.join("config.json")).unwrap();
         assert!(medxfer_zoo::is_transformers_config(&config), "{name}");
