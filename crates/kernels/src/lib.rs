@@ -50,7 +50,7 @@ mod sgd;
 mod test_tensors;
 mod views;
 
-pub use activation::{FusedActivation, relu, relu6};
+pub use activation::{FusedActivation, gelu_erf, relu, relu6};
 pub use batchnorm::{BatchNormOutput, BatchNormParams, batch_norm_train};
 pub use conv::conv2d;
 pub use conv_batchnorm::conv_batch_norm_train;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::{KeyReport, ignored, load_into, read_checkpoint};
+use crate::checkpoint::{KeyReport, check_preloaded, ignored, load_into, read_checkpoint};
 use crate::densenet::DenseNet;
 use crate::efficientnet::EfficientNet;
 use crate::entry::{Architecture, ModelEntry};
@@ -105,7 +105,7 @@ impl Backbone {
             }
         }
         let model = Self::build(name, &architecture, num_classes, store)?;
-        model.store.check_preloaded(&offered, path, name, true)?;
+        check_preloaded(&model.store, &offered, path, name, true)?;
         Ok(model)
     }
 

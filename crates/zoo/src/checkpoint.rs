@@ -174,6 +174,26 @@ fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Err(bad("a PyTorch checkpoint with no tensors at its top level nor under state_dict, model or teacher".into()))
 }
 
+/// After building a model on preloaded tensors (`offered`, from `source`): every tensor the
+/// model asked for was offered in its shape, and nothing else when `strict`; what was offered
+/// and not used is dropped.
+pub(crate) fn check_preloaded(store: &ParamStore, offered: &[String], source: &Path, model: &str, strict: bool) -> Result<KeyReport> {
+    let requested = store.requested();
+    let mut report = KeyReport { mis_shaped: store.mis_shaped(), ..Default::default() };
+    let offered_set: BTreeSet<&String> = offered.iter().collect();
+    let mis_shaped: BTreeSet<&str> = report.mis_shaped.iter().map(|m| m.split(' ').next().unwrap_or_default()).collect();
+    report.missing = requested.iter().filter(|n| !offered_set.contains(n) && !mis_shaped.contains(n.as_str())).cloned().collect();
+    report.unexpected = offered.iter().filter(|n| !requested.contains(*n)).cloned().collect();
+    report.loaded = requested.len() - report.missing.len() - report.mis_shaped.len();
+    for name in &report.unexpected {
+        store.remove(name)?;
+    }
+    if !report.missing.is_empty() || !report.mis_shaped.is_empty() || (strict && !report.unexpected.is_empty()) {
+        return Err(Error::KeyMismatch { path: source.to_path_buf(), model: model.to_string(), report: report.describe() });
+    }
+    Ok(report)
+}
+
 /// Copies the named tensors into the store. Fails, naming every problem, unless each model
 /// tensor is present with its shape; extra tensors are reported, and refused when `strict`.
 pub fn load_into(store: &ParamStore, tensors: &[(String, Tensor)], source: &Path, model: &str, strict: bool) -> Result<KeyReport> {

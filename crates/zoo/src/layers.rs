@@ -248,6 +248,11 @@ impl LayerNorm {
             let wide = Self { weight, bias, eps: self.eps };
             return Ok(wide.forward_t(&x.to_dtype(DType::F32)?, false)?.to_dtype(x.dtype())?);
         }
+        if !train && x.dtype() == DType::F32 && x.is_contiguous() {
+            // Eval: candle-nn's fused kernel (one pass per row; it records no gradient, which
+            // eval needs none of).
+            return Ok(candle_nn::ops::layer_norm(x, &self.weight.detach(), &self.bias.detach(), self.eps as f32)?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;

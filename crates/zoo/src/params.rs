@@ -107,35 +107,20 @@ impl ParamStore {
         Ok(())
     }
 
-    /// After building on preloaded tensors (`offered`, from `source`): every tensor the model
-    /// asked for was offered in its shape, and nothing else when `strict`; what was offered
-    /// and not used is dropped.
-    pub(crate) fn check_preloaded(
-        &self,
-        offered: &[String],
-        source: &std::path::Path,
-        model: &str,
-        strict: bool,
-    ) -> Result<crate::KeyReport> {
-        let requested = self.requested.lock().map(|r| r.clone()).unwrap_or_default();
-        let mut report =
-            crate::KeyReport { mis_shaped: self.mis_shaped.lock().map(|m| m.clone()).unwrap_or_default(), ..Default::default() };
-        let offered_set: BTreeSet<&String> = offered.iter().collect();
-        let mis_shaped_names: BTreeSet<String> =
-            report.mis_shaped.iter().map(|m| m.split(' ').next().unwrap_or_default().to_string()).collect();
-        report.missing = requested.iter().filter(|n| !offered_set.contains(n) && !mis_shaped_names.contains(*n)).cloned().collect();
-        report.unexpected = offered.iter().filter(|n| !requested.contains(*n)).cloned().collect();
-        report.loaded = requested.len() - report.missing.len() - report.mis_shaped.len();
-        {
-            let mut map = self.lock()?;
-            for name in &report.unexpected {
-                map.remove(name);
-            }
-        }
-        if !report.missing.is_empty() || !report.mis_shaped.is_empty() || (strict && !report.unexpected.is_empty()) {
-            return Err(Error::KeyMismatch { path: source.to_path_buf(), model: model.to_string(), report: report.describe() });
-        }
-        Ok(report)
+    /// What the model asked for while being built.
+    pub(crate) fn requested(&self) -> BTreeSet<String> {
+        self.requested.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The preloaded tensors the model found in another shape, described.
+    pub(crate) fn mis_shaped(&self) -> Vec<String> {
+        self.mis_shaped.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Drops a tensor (one preloaded that the model does not use).
+    pub(crate) fn remove(&self, name: &str) -> Result<()> {
+        self.lock()?.remove(name);
+        Ok(())
     }
 
     /// Replaces (or adds) a trainable tensor, returning the tensor the model should hold.

@@ -1,4 +1,4 @@
-//! ReLU and ReLU6, and the activation a fused BatchNorm applies after its residual add.
+//! ReLU, ReLU6 and GELU, and the activation a fused BatchNorm applies after its residual add.
 //!
 //! candle's `relu` differentiates as `grad * x.ge(zeros_like(x)).to_dtype(f32)`: a zero tensor, a
 //! mask, its conversion and a product, four passes and three allocations of the activation's
@@ -9,6 +9,7 @@
 //! x = 0). Other devices and dtypes keep candle's ops.
 
 mod cpu;
+mod gelu;
 
 use candle_core::{Result, Tensor};
 
@@ -55,6 +56,15 @@ impl FusedActivation {
             None => y,
         })
     }
+}
+
+/// GELU in its exact (erf) form: one parallel pass each way on the CPU in f32 (`gelu.rs`),
+/// candle's `gelu_erf` elsewhere.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if is_f32_cpu(x) {
+        return gelu::gelu_erf(x);
+    }
+    x.gelu_erf()
 }
 
 /// max(x, 0).

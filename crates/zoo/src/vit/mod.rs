@@ -42,7 +42,13 @@ impl Attention {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?.contiguous()?)? * (head_dim as f64).powf(-0.5))?;
-        let attended = softmax_last_dim(&scores)?.matmul(&v)?;
+        // Eval: candle-nn's fused softmax (no gradient recorded, none needed).
+        let weights = if train || scores.dtype() != candle_core::DType::F32 {
+            softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let attended = weights.matmul(&v)?;
         self.proj.forward_t(&attended.transpose(1, 2)?.reshape((batch, tokens, dim))?, train)
     }
 }
@@ -58,7 +64,7 @@ impl Mlp {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let hidden = self.fc1.forward_t(x, train)?;
         let hidden = match self.kind {
-            MlpKind::Gelu => hidden.gelu_erf()?,
+            MlpKind::Gelu => medxfer_kernels::gelu_erf(&hidden)?,
             MlpKind::SwigluPacked => {
                 let half = hidden.dim(D::Minus1)? / 2;
                 (hidden.narrow(D::Minus1, 0, half)?.silu()? * hidden.narrow(D::Minus1, half, half)?)?
