@@ -121,12 +121,40 @@ fn hostile_sizes_in_a_config_json_are_refused_naming_the_file() {
     }
 }
 
+/// An HTTP request's path and its `Range: bytes=` value, read up to the blank line.
+fn read_request(stream: &std::net::TcpStream) -> (String, Option<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (mut request, mut range) = (String::new(), None);
+    reader.read_line(&mut request).unwrap_or(0);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            range = Some(value.trim().to_string());
+        }
+    }
+    (request.split_whitespace().nth(1).unwrap_or("").to_string(), range)
+}
+
+/// The bytes `start..end` of a `size`-byte file a Range value asks for (hf-hub asks `0-0` for
+/// metadata, `N-` to download or resume).
+fn requested_bytes(range: Option<&str>, size: usize) -> (usize, usize) {
+    match range {
+        Some("0-0") => (0, 1),
+        Some(open) => (open.trim_end_matches('-').parse::<usize>().unwrap(), size),
+        None => (0, size),
+    }
+}
+
 /// A stand-in for the hub's file server on 127.0.0.1: hf-hub's metadata request (`Range:
 /// bytes=0-0`, answered with the etag, commit and size) and its ranged download. The first
 /// `failures` requests get a 503; each download's body is sent in ten parts `pause` apart.
 /// Returns the endpoint and the number of requests served so far.
 fn serve(body: Vec<u8>, failures: usize, pause: std::time::Duration) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -137,27 +165,13 @@ fn serve(body: Vec<u8>, failures: usize, pause: std::time::Duration) -> (String,
             let Ok(mut stream) = stream else { continue };
             let (body, counter) = (body.clone(), counter.clone());
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut range = None;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        range = Some(value.trim().to_string());
-                    }
-                }
+                let (_, range) = read_request(&stream);
                 if counter.fetch_add(1, Ordering::SeqCst) < failures {
                     let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                     return;
                 }
                 let size = body.len();
-                let (start, end) = match range.as_deref() {
-                    Some("0-0") => (0, 1),
-                    Some(open) => (open.trim_end_matches('-').parse::<usize>().unwrap(), size),
-                    None => (0, size),
-                };
+                let (start, end) = requested_bytes(range.as_deref(), size);
                 let head = format!(
                     "HTTP/1.1 206 Partial Content\r\netag: \"blob0123\"\r\nx-repo-commit: c0ffee\r\ncontent-range: bytes {start}-{}/{size}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     end - 1,
@@ -274,7 +288,7 @@ fn an_absent_interpolation_and_crop_pct_take_timm_s_defaults() {
 /// at byte 0 closes the connection after that many bytes. Returns the endpoint and every Range
 /// header the file address was asked with.
 fn serve_repo(files: Vec<(&'static str, Vec<u8>)>, drop_after: Option<usize>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let endpoint = format!("http://{address}");
@@ -284,19 +298,7 @@ fn serve_repo(files: Vec<(&'static str, Vec<u8>)>, drop_after: Option<usize>) ->
     let cdn = endpoint.clone();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let (mut request, mut range) = (String::new(), None);
-            reader.read_line(&mut request).unwrap_or(0);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    range = Some(value.trim().to_string());
-                }
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (path, range) = read_request(&stream);
             let name = path.rsplit('/').next().unwrap_or("");
             let Some((_, body)) = files.iter().find(|(file, _)| *file == name) else {
                 let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -311,11 +313,7 @@ fn serve_repo(files: Vec<(&'static str, Vec<u8>)>, drop_after: Option<usize>) ->
             }
             asked.lock().unwrap().push(range.clone().unwrap_or_default());
             let size = body.len();
-            let (start, end) = match range.as_deref() {
-                Some("0-0") => (0, 1),
-                Some(open) => (open.trim_end_matches('-').parse::<usize>().unwrap(), size),
-                None => (0, size),
-            };
+            let (start, end) = requested_bytes(range.as_deref(), size);
             let head = format!(
                 "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {start}-{}/{size}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 end - 1,

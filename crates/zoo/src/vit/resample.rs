@@ -21,9 +21,9 @@ pub enum PosResample {
     Bicubic,
 }
 
-/// PyTorch's cubic convolution kernel with a = -0.75 (`upsample_bicubic2d`).
-fn torch_cubic(x: f64) -> f64 {
-    let a = -0.75;
+/// The cubic convolution kernel with coefficient `a`: PyTorch's plain bicubic uses -0.75,
+/// its antialiased one (as PIL) -0.5.
+fn cubic(x: f64, a: f64) -> f64 {
     let x = x.abs();
     if x <= 1.0 {
         ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
@@ -43,25 +43,12 @@ fn plain_bicubic_matrix(input: usize, output: usize) -> Vec<f32> {
         let floor = real.floor();
         let t = real - floor;
         for k in 0..4i64 {
-            let weight = torch_cubic(t + 1.0 - k as f64);
+            let weight = cubic(t + 1.0 - k as f64, -0.75);
             let index = (floor as i64 - 1 + k).clamp(0, input as i64 - 1) as usize;
             matrix[i * input + index] += weight as f32;
         }
     }
     matrix
-}
-
-/// PyTorch's antialiased bicubic kernel (a = -0.5, as PIL).
-fn bicubic(x: f64) -> f64 {
-    let a = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    } else {
-        0.0
-    }
 }
 
 /// The (output, input) matrix of the antialiased bicubic resampling along one axis.
@@ -74,7 +61,7 @@ fn antialiased_matrix(input: usize, output: usize) -> Vec<f32> {
         let centre = scale * (i as f64 + 0.5);
         let first = ((centre - support + 0.5).floor().max(0.0)) as usize;
         let end = ((centre + support + 0.5).floor() as usize).min(input);
-        let weights: Vec<f64> = (first..end).map(|j| bicubic((j as f64 - centre + 0.5) / stretch)).collect();
+        let weights: Vec<f64> = (first..end).map(|j| cubic((j as f64 - centre + 0.5) / stretch, -0.5)).collect();
         let total: f64 = weights.iter().sum();
         for (k, weight) in weights.iter().enumerate() {
             matrix[i * input + first + k] = (weight / total) as f32;
