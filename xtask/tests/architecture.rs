@@ -90,8 +90,8 @@ fn dependencies_flow_one_way() {
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 
-/// `unsafe` is forbidden by the workspace's lints, which every crate takes; only medxfer-kernels
-/// may relax that (for its CUDA half), and there every `unsafe` says why it is sound.
+/// `unsafe` is denied by the workspace's lints, which every crate takes; only medxfer-kernels
+/// may allow it (an instruction or a CUDA call), and there every `unsafe` says why it is sound.
 #[test]
 fn unsafe_code_lives_only_in_the_kernels_and_says_why() {
     let mut broken = Vec::new();

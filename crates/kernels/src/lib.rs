@@ -39,21 +39,27 @@
 #![warn(missing_docs)]
 
 mod activation;
+mod attention;
 mod batchnorm;
 mod conv;
 mod conv_batchnorm;
 mod depthwise;
+mod exp;
 mod kernel_input;
+mod linear;
 mod pool;
+mod product;
 mod sgd;
 #[cfg(test)]
 mod test_tensors;
 mod views;
 
 pub use activation::{FusedActivation, gelu_erf, relu, relu6};
+pub use attention::attention;
 pub use batchnorm::{BatchNormOutput, BatchNormParams, batch_norm_train};
 pub use conv::conv2d;
 pub use conv_batchnorm::conv_batch_norm_train;
 pub use depthwise::depthwise_conv2d;
+pub use linear::{linear, linear_gelu};
 pub use pool::max_pool_3x3_s2_p1;
 pub use sgd::{SgdSettings, SgdUpdate, sgd_update};

@@ -205,11 +205,14 @@ impl Linear {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&tracked(&self.weight, train).t()?)?;
-        Ok(match &self.bias {
-            Some(bias) => y.broadcast_add(&tracked(bias, train))?,
-            None => y,
-        })
+        let bias = self.bias.as_ref().map(|bias| tracked(bias, train));
+        Ok(medxfer_kernels::linear(x, &tracked(&self.weight, train), bias.as_ref())?)
+    }
+
+    /// GELU (erf form) of the output, fused into the product where no gradient is recorded.
+    pub fn forward_gelu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let bias = self.bias.as_ref().map(|bias| tracked(bias, train));
+        Ok(medxfer_kernels::linear_gelu(x, &tracked(&self.weight, train), bias.as_ref())?)
     }
 
     /// (out_features, in_features).
@@ -259,16 +262,6 @@ impl LayerNorm {
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(normed.broadcast_mul(&tracked(&self.weight, train))?.broadcast_add(&tracked(&self.bias, train))?)
     }
-}
-
-/// Softmax over the last dimension with recorded gradients (candle's `softmax_last_dim` records none).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() != DType::F32 && x.dtype() != DType::F64 {
-        return Ok(softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?);
-    }
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let exp = x.broadcast_sub(&max)?.exp()?;
-    Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
 }
 
 /// min(max(x, 0), 6), one pass each way on the CPU (medxfer-kernels).

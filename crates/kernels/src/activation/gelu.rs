@@ -8,6 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::exp::exp;
 use crate::kernel_input::f32_slice;
 
 /// Elements per parallel chunk.
@@ -19,7 +20,7 @@ fn erf(x: f32) -> f32 {
     let (p, a1, a2, a3, a4, a5) = (0.327_591_1f32, 0.254_829_6f32, -0.284_496_74f32, 1.421_413_7f32, -1.453_152f32, 1.061_405_4f32);
     let a = x.abs();
     let t = 1.0 / (1.0 + p * a);
-    let y = 1.0 - (((((a5 * t + a4) * t) + a3) * t + a2) * t + a1) * t * (-a * a).exp();
+    let y = 1.0 - (((((a5 * t + a4) * t) + a3) * t + a2) * t + a1) * t * exp(-a * a);
     y.copysign(x)
 }
 
@@ -33,8 +34,13 @@ fn gelu(x: f32) -> f32 {
 #[inline(always)]
 fn gelu_slope(x: f32) -> f32 {
     let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+    let pdf = exp(-0.5 * x * x) * 0.398_942_3;
     cdf + x * pdf
+}
+
+/// GELU of each value, in place (a fused product's epilogue).
+pub(crate) fn gelu_in_place(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = gelu(*v));
 }
 
 struct Gelu;
@@ -46,12 +52,8 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, "gelu", "the input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, input)| {
-            for (o, &v) in out.iter_mut().zip(input) {
-                *o = gelu(v);
-            }
-        });
+        let mut y = x.to_vec();
+        y.par_chunks_mut(CHUNK).for_each(gelu_in_place);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 

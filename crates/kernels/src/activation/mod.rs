@@ -14,6 +14,7 @@ mod gelu;
 use candle_core::{Result, Tensor};
 
 pub(crate) use cpu::clamp_backward;
+pub(crate) use gelu::gelu_in_place;
 
 use crate::kernel_input::is_f32_cpu;
 

@@ -327,7 +327,7 @@ impl Forward {
                 let width = images.len() * pixels;
                 let unfolded = g.unfold(input, images, 0..g.out_height(), &mut scratch.columns);
                 let product = &mut scratch.planes[..out_channels * width];
-                faer::linalg::matmul::matmul(row_major_mut(product, out_channels, width), Accum::Replace, weight, unfolded, 1.0, par);
+                crate::product::matmul(row_major_mut(product, out_channels, width), Accum::Replace, weight, unfolded, 1.0, par);
                 for (j, image) in out.chunks_mut(out_channels * pixels).enumerate() {
                     for (o, (plane, row)) in image.chunks_mut(pixels).zip(product.chunks(width)).enumerate() {
                         let row = &row[j * pixels..(j + 1) * pixels];
@@ -350,7 +350,7 @@ impl Forward {
                 let (first, count) = (rows.start * ow, rows.len() * ow);
                 let unfolded = g.unfold(input, images.clone(), rows, &mut scratch.columns);
                 let dst = row_major_mut(out, out_channels, pixels).subcols_mut(first, count);
-                faer::linalg::matmul::matmul(dst, accumulate, weight, unfolded, 1.0, par);
+                crate::product::matmul(dst, accumulate, weight, unfolded, 1.0, par);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((batch, out_channels, g.out_height(), g.out_width()))))
@@ -455,7 +455,7 @@ impl CustomOp2 for GradInput {
                 let width = images.len() * pixels;
                 let grad = gather_planes(grad, images, out_channels, pixels, &mut scratch.planes);
                 let unfolded = &mut scratch.columns[..g.patch_len() * width];
-                faer::linalg::matmul::matmul(row_major_mut(unfolded, g.patch_len(), width), Accum::Replace, weight_t, grad, 1.0, par);
+                crate::product::matmul(row_major_mut(unfolded, g.patch_len(), width), Accum::Replace, weight_t, grad, 1.0, par);
                 for (j, image) in out.chunks_mut(channels * g.in_pixels()).enumerate() {
                     g.col2im(&unfolded[j * pixels..], 0..g.out_height(), image, width);
                 }
@@ -464,14 +464,14 @@ impl CustomOp2 for GradInput {
             let b = images.start;
             let grad = row_major(&grad[b * out_channels * pixels..(b + 1) * out_channels * pixels], out_channels, pixels);
             if g.is_pointwise() {
-                faer::linalg::matmul::matmul(row_major_mut(out, channels, pixels), Accum::Replace, weight_t, grad, 1.0, par);
+                crate::product::matmul(row_major_mut(out, channels, pixels), Accum::Replace, weight_t, grad, 1.0, par);
                 return;
             }
             for rows in g.tiles() {
                 let (first, count) = (rows.start * ow, rows.len() * ow);
                 let tile = &mut scratch.columns[..g.patch_len() * count];
                 let dst = row_major_mut(tile, g.patch_len(), count);
-                faer::linalg::matmul::matmul(dst, Accum::Replace, weight_t, grad.subcols(first, count), 1.0, par);
+                crate::product::matmul(dst, Accum::Replace, weight_t, grad.subcols(first, count), 1.0, par);
                 g.col2im(tile, rows, out, count);
             }
         });
@@ -503,7 +503,7 @@ impl CustomOp2 for GradWeight {
                 // One GEMM whose inner dimension runs over the whole group.
                 let grad = gather_planes(grad, images.clone(), out_channels, pixels, &mut scratch.planes);
                 let unfolded = g.unfold(input, images, 0..g.out_height(), &mut scratch.columns);
-                faer::linalg::matmul::matmul(row_major_mut(sum, out_channels, patch), Accum::Add, grad, unfolded.transpose(), 1.0, par);
+                crate::product::matmul(row_major_mut(sum, out_channels, patch), Accum::Add, grad, unfolded.transpose(), 1.0, par);
                 return;
             }
             let b = images.start;
@@ -512,7 +512,7 @@ impl CustomOp2 for GradWeight {
                 let (first, count) = (rows.start * ow, rows.len() * ow);
                 let unfolded = g.unfold(input, images.clone(), rows, &mut scratch.columns);
                 let dst = row_major_mut(sum, out_channels, patch);
-                faer::linalg::matmul::matmul(dst, Accum::Add, grad.subcols(first, count), unfolded.transpose(), 1.0, par);
+                crate::product::matmul(dst, Accum::Add, grad.subcols(first, count), unfolded.transpose(), 1.0, par);
             }
         };
         let groups = g.image_groups(batch);

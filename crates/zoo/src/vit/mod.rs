@@ -23,7 +23,7 @@ pub use resample::{PosResample, resample_pos_embed, square_side};
 pub use transformers::{TRANSFORMERS_MODEL_TYPES, vit_from_transformers_config};
 
 use crate::error::{Error, Result};
-use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear, softmax_last_dim};
+use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear};
 use crate::params::ParamBuilder;
 
 #[derive(Debug, Clone)]
@@ -35,21 +35,10 @@ struct Attention {
 
 impl Attention {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (batch, tokens, dim) = x.dims3()?;
-        let head_dim = dim / self.num_heads;
-        let qkv = self.qkv.forward_t(x, train)?.reshape((batch, tokens, 3, self.num_heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?.contiguous()?)? * (head_dim as f64).powf(-0.5))?;
-        // Eval: candle-nn's fused softmax (no gradient recorded, none needed).
-        let weights = if train || scores.dtype() != candle_core::DType::F32 {
-            softmax_last_dim(&scores)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let attended = weights.matmul(&v)?;
-        self.proj.forward_t(&attended.transpose(1, 2)?.reshape((batch, tokens, dim))?, train)
+        let head_dim = x.dim(D::Minus1)? / self.num_heads;
+        let qkv = self.qkv.forward_t(x, train)?;
+        let attended = medxfer_kernels::attention(&qkv, self.num_heads, (head_dim as f64).powf(-0.5))?;
+        self.proj.forward_t(&attended, train)
     }
 }
 
@@ -62,10 +51,10 @@ struct Mlp {
 
 impl Mlp {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let hidden = self.fc1.forward_t(x, train)?;
         let hidden = match self.kind {
-            MlpKind::Gelu => medxfer_kernels::gelu_erf(&hidden)?,
+            MlpKind::Gelu => self.fc1.forward_gelu_t(x, train)?,
             MlpKind::SwigluPacked => {
+                let hidden = self.fc1.forward_t(x, train)?;
                 let half = hidden.dim(D::Minus1)? / 2;
                 (hidden.narrow(D::Minus1, 0, half)?.silu()? * hidden.narrow(D::Minus1, half, half)?)?
             }

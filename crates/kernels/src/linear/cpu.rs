@@ -1,0 +1,185 @@
+//! The f32 CPU kernel: the bias copied into each output row, then faer's product accumulated
+//! onto it, parallel over the machine's threads.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::activation::gelu_in_place;
+use crate::kernel_input::f32_slice;
+
+/// Rows of x, and the output's shape, for x (..., in) and W (out, in).
+fn geometry(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize, Shape)> {
+    let (out_features, in_features) = w.shape().dims2()?;
+    let dims = x.shape().dims();
+    match dims.last() {
+        Some(&last) if last == in_features => {}
+        _ => candle_core::bail!("linear: input of shape {dims:?} for a weight of shape ({out_features}, {in_features})"),
+    }
+    let rows = x.shape().elem_count() / in_features.max(1);
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out_features;
+    }
+    Ok((rows, in_features, out_features, Shape::from(out_dims)))
+}
+
+/// What runs on each block of output rows once its product is done, while the block is still
+/// in cache.
+#[derive(Debug, Clone, Copy)]
+enum Epilogue {
+    None,
+    Gelu,
+}
+
+fn forward(
+    sx: &CpuStorage,
+    lx: &Layout,
+    sw: &CpuStorage,
+    lw: &Layout,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (rows, in_features, out_features, shape) = geometry(lx, lw)?;
+    let x = f32_slice(sx, lx, "linear", "the input")?;
+    let w = f32_slice(sw, lw, "linear", "the weight")?;
+    let mut y = vec![0f32; rows * out_features];
+    let accumulate = match bias {
+        Some(bias) => {
+            if bias.len() != out_features {
+                candle_core::bail!("linear: {} biases for {out_features} outputs", bias.len());
+            }
+            y.chunks_mut(out_features.max(1)).for_each(|row| row.copy_from_slice(bias));
+            Accum::Add
+        }
+        None => Accum::Replace,
+    };
+    // W (out, in) row-major is W' (in, out) column-major: faer reads it in place.
+    let w_t = MatRef::from_column_major_slice(w, in_features, out_features);
+    // One block of rows per rayon thread, each a sequential product: faer's own parallel
+    // product runs on a second pool whose workers spin after each product, and on the 2-core
+    // reference machine they took the cores from the rayon passes that followed (GELU went from
+    // 25 to 650 ms at ViT-L's size).
+    let block = rows.div_ceil(rayon::current_num_threads()).max(1);
+    y.par_chunks_mut(block * out_features.max(1)).zip(x.par_chunks(block * in_features.max(1))).for_each(|(y, x)| {
+        let rows = y.len() / out_features.max(1);
+        let x = MatRef::from_row_major_slice(x, rows, in_features);
+        crate::product::matmul(MatMut::from_row_major_slice_mut(y, rows, out_features), accumulate, x, w_t, 1.0, Par::Seq);
+        match epilogue {
+            Epilogue::None => {}
+            Epilogue::Gelu => gelu_in_place(y),
+        }
+    });
+    Ok((CpuStorage::F32(y), shape))
+}
+
+/// dx = dy W, dW = dy' x, db = the column sums of dy, with x and dy as (rows, features).
+fn gradients(x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (out_features, in_features) = w.dims2()?;
+    let rows = x.elem_count() / in_features.max(1);
+    let dy = grad.reshape((rows, out_features))?;
+    let dx = dy.matmul(&w.contiguous()?)?.reshape(x.shape())?;
+    let dw = dy.t()?.matmul(&x.reshape((rows, in_features))?)?;
+    let db = dy.sum(0)?;
+    Ok((dx, dw, db))
+}
+
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        forward(sx, lx, sw, lw, None, Epilogue::None)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = gradients(x, w, grad)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+struct LinearBias;
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        forward(sx, lx, sw, lw, Some(f32_slice(sb, lb, "linear", "the bias")?), Epilogue::None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = gradients(x, w, grad)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// x W' (+ b) for f32 CPU tensors.
+pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, LinearBias),
+        None => x.apply_op2(&weight, Linear),
+    }
+}
+
+/// gelu(x W' + b) without a gradient: the activation is the epilogue of each block's product.
+struct LinearGelu;
+
+impl CustomOp2 for LinearGelu {
+    fn name(&self) -> &'static str {
+        "linear-gelu"
+    }
+
+    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        forward(sx, lx, sw, lw, None, Epilogue::Gelu)
+    }
+}
+
+struct LinearBiasGelu;
+
+impl CustomOp3 for LinearBiasGelu {
+    fn name(&self) -> &'static str {
+        "linear-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        forward(sx, lx, sw, lw, Some(f32_slice(sb, lb, "linear", "the bias")?), Epilogue::Gelu)
+    }
+}
+
+/// gelu(x W' (+ b)) for f32 CPU tensors that record no gradient.
+pub(super) fn linear_gelu_no_grad(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &LinearBiasGelu),
+        None => x.apply_op2_no_bwd(&weight, &LinearGelu),
+    }
+}
