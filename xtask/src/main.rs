@@ -94,6 +94,10 @@ enum Command {
         size: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Run each side this many times, alternately, and pool the runs (a machine whose
+        /// speed drifts then affects both sides alike).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Comma-separated registry names (all by default).
         #[arg(long, value_delimiter = ',')]
         models: Option<Vec<String>>,
@@ -206,8 +210,8 @@ fn main() -> Result<()> {
             bench::scores::run(&bench::scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench::scores::worker(&file, repeats, memory_only),
-        Command::BenchZoo { batch, size, repeats, models, python, out, train, device, tf32 } => {
-            bench::zoo::run(&bench::zoo::Settings { batch, size, repeats, models, python, out, train, device, tf32 }).map(|_| ())
+        Command::BenchZoo { batch, size, repeats, rounds, models, python, out, train, device, tf32 } => {
+            bench::zoo::run(&bench::zoo::Settings { batch, size, repeats, rounds, models, python, out, train, device, tf32 }).map(|_| ())
         }
         Command::BenchData { n, width, height, batch, repeats, python, out } => {
             bench::data::run(&bench::data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())

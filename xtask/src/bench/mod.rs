@@ -54,6 +54,7 @@ pub fn run(settings: &Settings) -> Result<String> {
         batch,
         size: 224,
         repeats,
+        rounds: 1,
         models: Some(models.iter().map(|m| m.to_string()).collect()),
         python: Some(python.clone()),
         out: settings.out.clone(),

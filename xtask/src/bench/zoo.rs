@@ -29,6 +29,10 @@ pub struct Settings {
     pub batch: usize,
     pub size: usize,
     pub repeats: usize,
+    /// How many times each side runs, alternately (ours, theirs, ours, ...): on a shared
+    /// machine whose speed drifts by tens of percent over minutes, the sides' runs then
+    /// interleave, and each side's median is over all its runs.
+    pub rounds: usize,
     pub models: Option<Vec<String>>,
     pub python: Option<PathBuf>,
     pub out: PathBuf,
@@ -51,15 +55,17 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let mut raw = Vec::new();
     let mut measurements = Vec::new();
     for name in &names {
-        eprintln!("{name}: medxfer ...");
-        let ours = worker_process(name, settings)?;
-        let theirs = match &settings.python {
-            Some(python) => {
-                eprintln!("{name}: timm ...");
-                Some(python_process(python, name, settings)?)
+        let (mut our_rounds, mut their_rounds) = (Vec::new(), Vec::new());
+        for round in 1..=settings.rounds.max(1) {
+            eprintln!("{name}: medxfer (round {round}) ...");
+            our_rounds.push(worker_process(name, settings)?);
+            if let Some(python) = &settings.python {
+                eprintln!("{name}: timm (round {round}) ...");
+                their_rounds.push(python_process(python, name, settings)?);
             }
-            None => None,
-        };
+        }
+        let ours = pooled(&our_rounds, settings.batch);
+        let theirs = (!their_rounds.is_empty()).then(|| pooled(&their_rounds, settings.batch));
         let ours_rate = ours["images_per_second"].as_f64().unwrap_or(f64::NAN);
         let their_rate = theirs.as_ref().and_then(|t| t["images_per_second"].as_f64()).unwrap_or(f64::NAN);
         // Host memory on the CPU; device memory on a GPU where the side reports it.
@@ -82,7 +88,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         raw.push(json!({"model": name, "medxfer": ours, "timm": theirs}));
     }
     let report = format!(
-        "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs after {} warm-up steps. Machine: {}, {} cores (both sides use all of them). \
+        "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs ({} rounds of {}, the sides alternating) after {} warm-up steps each. Machine: {}, {} cores (both sides use all of them). \
          Load average {} before, {} after.\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |\n|---|---:|---:|---:|---:|---:|\n{}\n",
         if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
         settings.batch,
@@ -90,7 +96,9 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         settings.size,
         if settings.tf32 { "f32 with TF32 products" } else { "f32 (no TF32)" },
         if settings.device == "cpu" { "CPU".to_string() } else { format!("{} ({})", settings.device, machine::gpu_name()) },
-        settings.repeats,
+        settings.rounds.max(1) * settings.repeats.max(1),
+        settings.rounds.max(1),
+        settings.repeats.max(1),
         WARMUP_STEPS,
         machine::cpu_model(),
         machine::cores(),
@@ -108,6 +116,24 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     medxfer_durable::write_atomic(&settings.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&raw)?.as_bytes())?;
     println!("{report}");
     Ok(measurements)
+}
+
+/// One side's rounds as one result: every timed run, the median rate over them, the largest
+/// peak memory, and the rounds as they came.
+fn pooled(rounds: &[Value], batch: usize) -> Value {
+    let runs: Vec<f64> = rounds.iter().flat_map(|round| runs_of(&round["runs"])).collect();
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let seconds = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let peak = |key: &str| rounds.iter().filter_map(|round| round[key].as_f64()).fold(f64::NAN, f64::max);
+    json!({
+        "seconds": seconds,
+        "images_per_second": batch as f64 / seconds,
+        "runs": runs,
+        "peak_rss_bytes": peak("peak_rss_bytes"),
+        "peak_device_bytes": peak("peak_device_bytes"),
+        "rounds": rounds,
+    })
 }
 
 fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
