@@ -26,3 +26,9 @@ impl NormalTensors {
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap_or_else(|error| panic!("test tensor: {error}"))
     }
 }
+
+/// The largest absolute entry of an f32 tensor (of a difference, in the tests).
+pub(crate) fn max_abs(t: Tensor) -> f32 {
+    let value = t.abs().and_then(|a| a.flatten_all()).and_then(|a| a.max(0)).and_then(|a| a.to_scalar::<f32>());
+    value.unwrap_or_else(|error| panic!("max_abs: {error}"))
+}

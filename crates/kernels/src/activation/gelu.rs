@@ -97,6 +97,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::test_tensors::max_abs;
 
     /// Forward and backward against candle's own `gelu_erf` (its erf is exact to f32) over
     /// [-8, 8], where the tails and the kink of erf's polynomial are.
@@ -108,13 +109,12 @@ mod tests {
         let upstream = Tensor::from_vec((0..n).map(|i| 1.0 + (i % 7) as f32).collect::<Vec<f32>>(), (1, n), &Device::Cpu).unwrap();
         let ours = gelu_erf(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().gelu_erf().unwrap();
-        let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         // erf's 1.5e-7 times |x| / 2 at |x| up to 8, and f32 rounding.
-        let forward = max((&ours - &theirs).unwrap());
+        let forward = max_abs((&ours - &theirs).unwrap());
         assert!(forward < 1e-6, "forward: {forward}");
         let ours_grad = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap().remove(&x).unwrap();
         let theirs_grad = (&theirs * &upstream).unwrap().sum_all().unwrap().backward().unwrap().remove(&x).unwrap();
-        let backward = max((&ours_grad - &theirs_grad).unwrap());
+        let backward = max_abs((&ours_grad - &theirs_grad).unwrap());
         assert!(backward < 1e-5, "backward (upstream up to 7): {backward}");
     }
 }

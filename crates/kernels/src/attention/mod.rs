@@ -37,11 +37,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-    use crate::test_tensors::NormalTensors;
-
-    fn max_abs(t: Tensor) -> f32 {
-        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::test_tensors::{NormalTensors, max_abs};
 
     /// The kernel against the composite, forward and backward, for one head and several, a
     /// single token and a batch of one.

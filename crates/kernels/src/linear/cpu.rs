@@ -78,7 +78,10 @@ fn forward(
 }
 
 /// dx = dy W, dW = dy' x, db = the column sums of dy, with x and dy as (rows, features).
-fn gradients(x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+fn gradients(x: &Tensor, w: &Tensor, grad: &Tensor, epilogue: Epilogue) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    if let Epilogue::Gelu = epilogue {
+        candle_core::bail!("linear: the fused GELU records no gradient (use linear, then gelu_erf)");
+    }
     let (out_features, in_features) = w.dims2()?;
     let rows = x.elem_count() / in_features.max(1);
     let dy = grad.reshape((rows, out_features))?;
@@ -88,7 +91,9 @@ fn gradients(x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Tens
     Ok((dx, dw, db))
 }
 
-struct Linear;
+/// x W' (with an epilogue); its backward pass exists for `Epilogue::None` only (the fused
+/// GELU is applied without recording a gradient).
+struct Linear(Epilogue);
 
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
@@ -96,16 +101,17 @@ impl CustomOp2 for Linear {
     }
 
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(sx, lx, sw, lw, None, Epilogue::None)
+        forward(sx, lx, sw, lw, None, self.0)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = gradients(x, w, grad)?;
+        let (dx, dw, _) = gradients(x, w, grad, self.0)?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-struct LinearBias;
+/// x W' + b (with an epilogue).
+struct LinearBias(Epilogue);
 
 impl CustomOp3 for LinearBias {
     fn name(&self) -> &'static str {
@@ -121,7 +127,7 @@ impl CustomOp3 for LinearBias {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(sx, lx, sw, lw, Some(f32_slice(sb, lb, "linear", "the bias")?), Epilogue::None)
+        forward(sx, lx, sw, lw, Some(f32_slice(sb, lb, "linear", "the bias")?), self.0)
     }
 
     fn bwd(
@@ -132,7 +138,7 @@ impl CustomOp3 for LinearBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = gradients(x, w, grad)?;
+        let (dx, dw, db) = gradients(x, w, grad, self.0)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -141,41 +147,8 @@ impl CustomOp3 for LinearBias {
 pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
-        Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, LinearBias),
-        None => x.apply_op2(&weight, Linear),
-    }
-}
-
-/// gelu(x W' + b) without a gradient: the activation is the epilogue of each block's product.
-struct LinearGelu;
-
-impl CustomOp2 for LinearGelu {
-    fn name(&self) -> &'static str {
-        "linear-gelu"
-    }
-
-    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(sx, lx, sw, lw, None, Epilogue::Gelu)
-    }
-}
-
-struct LinearBiasGelu;
-
-impl CustomOp3 for LinearBiasGelu {
-    fn name(&self) -> &'static str {
-        "linear-bias-gelu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        sw: &CpuStorage,
-        lw: &Layout,
-        sb: &CpuStorage,
-        lb: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(sx, lx, sw, lw, Some(f32_slice(sb, lb, "linear", "the bias")?), Epilogue::Gelu)
+        Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, LinearBias(Epilogue::None)),
+        None => x.apply_op2(&weight, Linear(Epilogue::None)),
     }
 }
 
@@ -183,7 +156,7 @@ impl CustomOp3 for LinearBiasGelu {
 pub(super) fn linear_gelu_no_grad(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
-        Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &LinearBiasGelu),
-        None => x.apply_op2_no_bwd(&weight, &LinearGelu),
+        Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &LinearBias(Epilogue::Gelu)),
+        None => x.apply_op2_no_bwd(&weight, &Linear(Epilogue::Gelu)),
     }
 }

@@ -47,11 +47,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-    use crate::test_tensors::NormalTensors;
-
-    fn max_abs(t: Tensor) -> f32 {
-        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::test_tensors::{NormalTensors, max_abs};
 
     /// Outputs and the gradients of x, W and b against candle's ops, with and without a bias,
     /// on a 3-d input (the ViT's tokens) and a 2-d one.
