@@ -54,7 +54,8 @@ fn device() -> Device {
 }
 
 fn model() -> Backbone {
-    let architecture = Architecture::ResNet(ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [64, 8, 16, 32] });
+    let architecture =
+        Architecture::ResNet(ResNetConfig { channels: [64, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1]) });
     let mut model = Backbone::new("resnet_basic_min", &architecture, 10, &device()).unwrap();
     let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/resnet_basic_min.safetensors");
     model.load_weights(Path::new(weights), true).unwrap();

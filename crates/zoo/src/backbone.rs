@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint::{KeyReport, check_preloaded, ignored, load_into, read_checkpoint};
+use crate::convnext::ConvNext;
 use crate::densenet::DenseNet;
 use crate::efficientnet::EfficientNet;
 use crate::entry::{Architecture, ModelEntry};
@@ -22,6 +23,7 @@ enum Network {
     DenseNet(DenseNet),
     EfficientNet(EfficientNet),
     Vit(Vit),
+    ConvNext(ConvNext),
 }
 
 /// A model of one family, its parameters in a [`ParamStore`] under timm's names.
@@ -55,6 +57,7 @@ impl Backbone {
             Architecture::DenseNet(config) => Network::DenseNet(DenseNet::new(&root, config, num_classes)?),
             Architecture::EfficientNet(config) => Network::EfficientNet(EfficientNet::new(&root, config, num_classes)?),
             Architecture::Vit(config) => Network::Vit(Vit::new(&root, config, num_classes)?),
+            Architecture::ConvNext(config) => Network::ConvNext(ConvNext::new(&root, config, num_classes)?),
         };
         Ok(Self { name: name.to_string(), architecture: architecture.clone(), network, store })
     }
@@ -156,6 +159,7 @@ impl Backbone {
             Network::DenseNet(net) => net.features(x, train),
             Network::EfficientNet(net) => net.features(x, train),
             Network::Vit(net) => net.features(x, train),
+            Network::ConvNext(net) => net.features(x, train),
         }
     }
 
@@ -167,6 +171,7 @@ impl Backbone {
             Network::DenseNet(net) => net.feature_map(x, train),
             Network::EfficientNet(net) => net.feature_map(x, train),
             Network::Vit(net) => net.feature_map(x, train),
+            Network::ConvNext(net) => net.feature_map(x, train),
         }
     }
 
@@ -180,6 +185,7 @@ impl Backbone {
             Network::ResNet(net) => (net.features(x, train)?, &net.fc),
             Network::DenseNet(net) => (net.features(x, train)?, &net.classifier),
             Network::EfficientNet(net) => (net.features(x, train)?, &net.classifier),
+            Network::ConvNext(net) => (net.features(x, train)?, &net.fc),
         };
         let logits = classifier.forward_t(&features, train)?;
         Ok((features, logits))
@@ -195,6 +201,7 @@ impl Backbone {
             Network::ResNet(net) => &mut net.fc,
             Network::DenseNet(net) => &mut net.classifier,
             Network::EfficientNet(net) => &mut net.classifier,
+            Network::ConvNext(net) => &mut net.fc,
         };
         *classifier = Linear::fresh(&root.pp(self.architecture.head_key()), width, num_classes, seed)?;
         Ok(())
@@ -207,6 +214,7 @@ impl Backbone {
             Network::DenseNet(net) => net.classifier.shape()?.0,
             Network::EfficientNet(net) => net.classifier.shape()?.0,
             Network::Vit(net) => net.num_classes()?,
+            Network::ConvNext(net) => net.fc.shape()?.0,
         })
     }
 

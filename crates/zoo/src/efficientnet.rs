@@ -6,11 +6,10 @@
 //! `round_channels` does.
 
 use candle_core::Tensor;
-use candle_nn::ops::sigmoid;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, relu6};
+use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, SqueezeExcite, global_avg_pool, relu6};
 use crate::params::ParamBuilder;
 use medxfer_kernels::FusedActivation;
 
@@ -160,21 +159,6 @@ impl Activation {
     }
 }
 
-/// x * sigmoid(expand(act(reduce(mean_hw(x))))).
-#[derive(Debug, Clone)]
-struct SqueezeExcite {
-    reduce: Conv2d,
-    expand: Conv2d,
-}
-
-impl SqueezeExcite {
-    fn forward_t(&self, x: &Tensor, act: Activation, train: bool) -> Result<Tensor> {
-        let pooled = x.mean_keepdim((2, 3))?;
-        let gate = sigmoid(&self.expand.forward_t(&act.apply(&self.reduce.forward_t(&pooled, train)?)?, train)?)?;
-        Ok(x.broadcast_mul(&gate)?)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Block {
     /// ds: [conv_dw, conv_pw]; ir: [conv_pw, conv_dw, conv_pwl].
@@ -229,12 +213,7 @@ impl Block {
             Some(ratio) => {
                 // timm reduces from the block's input width: round(in x 0.25), Python's round.
                 let reduced = ((in_channels as f64) * ratio).round_ties_even() as usize;
-                let s = p.pp("se");
-                let bias = ConvSpec { kernel: 1, stride: 1, padding: 0, groups: 1, bias: true };
-                Some(SqueezeExcite {
-                    reduce: Conv2d::new(&s.pp("conv_reduce"), mid, reduced, bias)?,
-                    expand: Conv2d::new(&s.pp("conv_expand"), reduced, mid, bias)?,
-                })
+                Some(SqueezeExcite::new(&p.pp("se"), ("conv_reduce", "conv_expand"), mid, reduced)?)
             }
             None => None,
         };
@@ -249,7 +228,7 @@ impl Block {
             if index == last
                 && let Some(se) = &self.se
             {
-                y = se.forward_t(&y, act, train)?;
+                y = se.forward_t(&y, |t| act.apply(t), train)?;
             }
             y = if index == last {
                 // The residual add fused into the last BatchNorm.

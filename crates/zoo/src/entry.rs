@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::convnext::ConvNextConfig;
 use crate::densenet::DenseNetConfig;
 use crate::efficientnet::EfficientNetConfig;
 use crate::resnet::ResNetConfig;
@@ -27,6 +28,9 @@ pub enum Architecture {
     /// timm's `VisionTransformer`.
     #[serde(rename = "vit")]
     Vit(VitConfig),
+    /// timm's `ConvNeXt` (v1 and v2).
+    #[serde(rename = "convnext")]
+    ConvNext(ConvNextConfig),
 }
 
 impl Architecture {
@@ -37,6 +41,7 @@ impl Architecture {
             Architecture::DenseNet(config) => config.num_features(),
             Architecture::EfficientNet(config) => config.num_features(),
             Architecture::Vit(config) => config.num_features(),
+            Architecture::ConvNext(config) => config.num_features(),
         }
     }
 
@@ -57,8 +62,10 @@ impl Architecture {
         match self {
             Architecture::ResNet(config) => {
                 config.layers.iter().try_for_each(|&n| within("a stage's block count (layers)", n, 1, 1000))?;
-                config.channels.iter().try_for_each(|&n| within("a stage's width (channels)", n, 1, 1 << 14))
+                config.channels.iter().try_for_each(|&n| within("a stage's width (channels)", n, 1, 1 << 14))?;
+                config.check_options()
             }
+            Architecture::ConvNext(config) => config.check_options(),
             Architecture::DenseNet(config) => {
                 within("growth_rate", config.growth_rate, 1, 1024)?;
                 within("bn_size", config.bn_size, 1, 64)?;
@@ -109,6 +116,7 @@ impl Architecture {
             Architecture::ResNet(_) => "fc",
             Architecture::DenseNet(_) | Architecture::EfficientNet(_) => "classifier",
             Architecture::Vit(_) => "head",
+            Architecture::ConvNext(_) => "head.fc",
         }
     }
 }

@@ -93,7 +93,18 @@ impl Conv2d {
         let y = if depthwise {
             medxfer_kernels::depthwise_conv2d(x, weight, self.stride, self.padding)?
         } else {
-            x.conv2d(weight, self.padding, self.stride, 1, self.groups)?
+            // Grouped (ResNeXt, RegNet): one of the kernels' convolutions per group, whose
+            // backward passes are the fast ones (candle's grouped convolution splits the same
+            // way but takes its input gradient from a naive loop).
+            let (in_group, out_group) = (x.dim(1)? / self.groups, weight.dim(0)? / self.groups);
+            let outputs = (0..self.groups)
+                .map(|g| {
+                    let x = x.narrow(1, g * in_group, in_group)?;
+                    let w = weight.narrow(0, g * out_group, out_group)?;
+                    medxfer_kernels::conv2d(&x, &w, None, self.stride, self.padding)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&outputs, 1)?
         };
         Ok(match bias {
             Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
@@ -171,6 +182,7 @@ impl BatchNorm2d {
 /// y = x W' + b (or x W' without a bias).
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// (out, in), or (out, in, 1, 1) for a layer published as a 1x1 convolution.
     weight: Tensor,
     bias: Option<Tensor>,
 }
@@ -185,6 +197,19 @@ impl Linear {
         let weight = params.param((out_features, in_features), "weight")?;
         let bias = if bias { Some(params.param(out_features, "bias")?) } else { None };
         Ok(Self { weight, bias })
+    }
+
+    /// The layer as a checkpoint publishes it in the form of a 1x1 convolution with bias
+    /// (weight (out, in, 1, 1)), applied to tokens (B, T, in) all the same.
+    pub fn conv1x1(params: &ParamBuilder<'_>, in_features: usize, out_features: usize) -> Result<Self> {
+        let weight = params.param((out_features, in_features, 1, 1), "weight")?;
+        Ok(Self { weight, bias: Some(params.param(out_features, "bias")?) })
+    }
+
+    /// The weight as (out, in), tracked in train mode.
+    fn matrix(&self, train: bool) -> Result<Tensor> {
+        let weight = tracked(&self.weight, train);
+        Ok(if weight.rank() == 4 { weight.flatten_from(1)? } else { weight })
     }
 
     /// A new layer with PyTorch's default initialisation (weight and bias uniform in
@@ -206,24 +231,68 @@ impl Linear {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let bias = self.bias.as_ref().map(|bias| tracked(bias, train));
-        Ok(medxfer_kernels::linear(x, &tracked(&self.weight, train), bias.as_ref())?)
+        Ok(medxfer_kernels::linear(x, &self.matrix(train)?, bias.as_ref())?)
     }
 
     /// GELU (erf form) of the output, fused into the product where no gradient is recorded.
     pub fn forward_gelu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let bias = self.bias.as_ref().map(|bias| tracked(bias, train));
-        Ok(medxfer_kernels::linear_gelu(x, &tracked(&self.weight, train), bias.as_ref())?)
+        Ok(medxfer_kernels::linear_gelu(x, &self.matrix(train)?, bias.as_ref())?)
     }
 
     /// (out_features, in_features).
     pub fn shape(&self) -> Result<(usize, usize)> {
-        Ok(self.weight.dims2()?)
+        Ok(self.matrix(false)?.dims2()?)
     }
 }
 
 /// A parameter as a forward pass should use it: itself when training, detached otherwise.
 fn tracked(parameter: &Tensor, train: bool) -> Tensor {
     if train { parameter.clone() } else { parameter.detach() }
+}
+
+/// 2x2/2 average pooling in ceil mode without counting the padding (PyTorch's
+/// `AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)`, the "D" ResNets' downsample): an odd
+/// side's last window averages the one row or column it has.
+pub fn avg_pool_2x2_ceil(x: &Tensor) -> Result<Tensor> {
+    let (_, _, height, width) = x.dims4()?;
+    if height % 2 == 0 && width % 2 == 0 {
+        return Ok(x.avg_pool2d(2)?);
+    }
+    // Sum over zero-padded windows (candle's pool has a backward pass for kernel = stride),
+    // then divide each window by the cells it really covers.
+    let padded = x.pad_with_zeros(2, 0, height % 2)?.pad_with_zeros(3, 0, width % 2)?;
+    let sums = (padded.avg_pool2d(2)? * 4.0)?;
+    let (out_h, out_w) = (height.div_ceil(2), width.div_ceil(2));
+    let cells = |i: usize, side: usize| if 2 * i + 1 < side { 2.0 } else { 1.0 };
+    let inverse: Vec<f32> = (0..out_h).flat_map(|i| (0..out_w).map(move |j| 1.0 / (cells(i, height) * cells(j, width)))).collect();
+    let inverse = Tensor::from_vec(inverse, (1, 1, out_h, out_w), x.device())?.to_dtype(x.dtype())?;
+    Ok(sums.broadcast_mul(&inverse)?)
+}
+
+/// Squeeze-excitation: x * sigmoid(expand(act(reduce(mean_hw(x))))), the two 1x1 convolutions
+/// with biases under the names each family gives them (timm's `SEModule`: fc1/fc2;
+/// EfficientNet's `SqueezeExcite`: conv_reduce/conv_expand).
+#[derive(Debug, Clone)]
+pub struct SqueezeExcite {
+    reduce: Conv2d,
+    expand: Conv2d,
+}
+
+impl SqueezeExcite {
+    pub fn new(params: &ParamBuilder<'_>, (reduce, expand): (&str, &str), channels: usize, reduced: usize) -> Result<Self> {
+        let bias = ConvSpec { kernel: 1, stride: 1, padding: 0, groups: 1, bias: true };
+        Ok(Self {
+            reduce: Conv2d::new(&params.pp(reduce), channels, reduced, bias)?,
+            expand: Conv2d::new(&params.pp(expand), reduced, channels, bias)?,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, activation: impl Fn(&Tensor) -> Result<Tensor>, train: bool) -> Result<Tensor> {
+        let pooled = x.mean_keepdim((2, 3))?;
+        let gate = candle_nn::ops::sigmoid(&self.expand.forward_t(&activation(&self.reduce.forward_t(&pooled, train)?)?, train)?)?;
+        Ok(x.broadcast_mul(&gate)?)
+    }
 }
 
 /// Mean over height and width: (B, C, H, W) -> (B, C).

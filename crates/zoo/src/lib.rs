@@ -33,6 +33,7 @@
 
 mod backbone;
 mod checkpoint;
+mod convnext;
 mod densenet;
 mod efficientnet;
 mod entry;
@@ -41,6 +42,7 @@ mod hub;
 mod layers;
 mod params;
 mod preprocess;
+mod preset_table;
 mod registry;
 mod resnet;
 mod timm_config;
@@ -50,6 +52,7 @@ mod vit;
 
 pub use backbone::Backbone;
 pub use checkpoint::{KeyReport, read_checkpoint};
+pub use convnext::{ConvNextConfig, convnext_preset};
 pub use densenet::DenseNetConfig;
 pub use efficientnet::{EfficientNetConfig, EfficientNetVariant};
 pub use entry::{Architecture, ModelEntry, Preprocessing};
@@ -60,7 +63,7 @@ pub use hub::{
 pub use params::ParamStore;
 pub use preprocess::eval_tensor;
 pub use registry::Registry;
-pub use resnet::{BlockKind, ResNetConfig};
+pub use resnet::{BlockAttention, BlockKind, ResNetConfig, StemType, resnet_preset};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
 pub use transformers_config::{entry_from_transformers_config, is_transformers_config};
 pub use vit::{

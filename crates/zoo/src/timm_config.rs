@@ -4,11 +4,12 @@
 
 use serde_json::Value;
 
+use crate::convnext::{CONVNEXT_PRESETS, ConvNextConfig, convnext_preset, convnext_unsupported};
 use crate::densenet::DenseNetConfig;
 use crate::efficientnet::{EfficientNetConfig, EfficientNetVariant};
 use crate::entry::{Architecture, ModelEntry, Preprocessing};
 use crate::error::{Error, Result};
-use crate::resnet::{BlockKind, ResNetConfig};
+use crate::resnet::{BlockAttention, RESNET_PRESETS, ResNetConfig, StemType, resnet_preset, resnet_unsupported};
 use crate::vit::{GlobalPool, MlpKind, VIT_PRESETS, VitConfig, vit_preset, vit_unsupported};
 
 /// The most classes a pretrained head may have (ImageNet-22k's 21,843 fit).
@@ -16,19 +17,22 @@ pub const MAX_CLASSES: usize = 100_000;
 
 /// What [`architecture_from_timm`] understands besides the ViTs (`VIT_PRESETS`), for error
 /// messages.
-pub const SUPPORTED_ARCHITECTURES: &str = "resnet18/34/50/101/152, densenet121/161/169/201, mobilenetv2_035/050/075/100/140, \
-     efficientnet_b0..b7";
+pub const SUPPORTED_ARCHITECTURES: &str = "densenet121/161/169/201, mobilenetv2_035/050/075/100/140, efficientnet_b0..b7";
 
 fn unsupported(name: &str) -> Error {
-    if let Some(option) = vit_unsupported(name) {
+    let lacking = [("ViT", vit_unsupported(name)), ("ResNet", resnet_unsupported(name)), ("ConvNeXt", convnext_unsupported(name))];
+    if let Some((family, option)) = lacking.into_iter().find_map(|(family, option)| Some((family, option?))) {
         return Error::Config {
             source_name: name.to_string(),
-            problem: format!("timm's {name} has an option the zoo's ViT does not build ({option})"),
+            problem: format!("timm's {name} has an option the zoo's {family} does not build ({option})"),
         };
     }
     Error::Config {
         source_name: name.to_string(),
-        problem: format!("architecture '{name}' is not one of the zoo's families; supported: {SUPPORTED_ARCHITECTURES}, {VIT_PRESETS}"),
+        problem: format!(
+            "architecture '{name}' is not one of the zoo's families; supported: {SUPPORTED_ARCHITECTURES}, {RESNET_PRESETS}, \
+             {CONVNEXT_PRESETS}, {VIT_PRESETS}"
+        ),
     }
 }
 
@@ -95,6 +99,116 @@ fn vit_with_args(name: &str, mut config: VitConfig, args: Option<&serde_json::Ma
     Ok(config)
 }
 
+/// Reads the values of a config.json's `model_args`, naming the model in what it refuses.
+struct ModelArgs<'a> {
+    name: &'a str,
+}
+
+impl ModelArgs<'_> {
+    fn bad(&self, problem: String) -> Error {
+        Error::Config { source_name: self.name.to_string(), problem }
+    }
+
+    fn whole(&self, key: &str, value: &Value) -> Result<usize> {
+        value
+            .as_u64()
+            .and_then(|u| usize::try_from(u).ok())
+            .ok_or_else(|| self.bad(format!("model_args.{key} is {value}; expected a whole number")))
+    }
+
+    fn flag(&self, key: &str, value: &Value) -> Result<bool> {
+        value.as_bool().ok_or_else(|| self.bad(format!("model_args.{key} is {value}; expected true or false")))
+    }
+
+    fn four(&self, key: &str, value: &Value) -> Result<[usize; 4]> {
+        let list = value.as_array().ok_or_else(|| self.bad(format!("model_args.{key} is {value}; expected a list of four")))?;
+        let list: Vec<usize> = list.iter().map(|v| self.whole(key, v)).collect::<Result<_>>()?;
+        list.try_into().map_err(|_| self.bad(format!("model_args.{key} is {value}; expected four stages")))
+    }
+
+    fn unknown(&self, key: &str, value: &Value, family: &str) -> Result<()> {
+        if HARMLESS_ARGS.contains(&key) || (key == "in_chans" && value.as_u64() == Some(3)) {
+            return Ok(());
+        }
+        Err(self.bad(format!("model_args.{key} = {value} is not an option the zoo's {family} has")))
+    }
+}
+
+/// A ResNet preset with a config.json's `model_args` (timm's `ResNet` keywords).
+fn resnet_with_args(name: &str, mut config: ResNetConfig, args: Option<&serde_json::Map<String, Value>>) -> Result<ResNetConfig> {
+    let reader = ModelArgs { name };
+    for (key, value) in args.into_iter().flatten() {
+        match key.as_str() {
+            "layers" => config.layers = reader.four(key, value)?,
+            "channels" => config.channels = reader.four(key, value)?,
+            "stem_width" => config.stem_width = reader.whole(key, value)?,
+            "cardinality" => config.cardinality = reader.whole(key, value)?,
+            "base_width" => config.base_width = reader.whole(key, value)?,
+            "avg_down" => config.avg_down = reader.flag(key, value)?,
+            "replace_stem_pool" => config.replace_stem_pool = reader.flag(key, value)?,
+            "stem_type" => {
+                config.stem_type = match value.as_str() {
+                    Some("") => StemType::Single,
+                    Some("deep") => StemType::Deep,
+                    Some("deep_tiered") => StemType::DeepTiered,
+                    _ => {
+                        return Err(
+                            reader.bad(format!("model_args.stem_type is {value}; the zoo builds \"\", \"deep\" and \"deep_tiered\""))
+                        );
+                    }
+                }
+            }
+            "block_args" => {
+                for (inner, setting) in value.as_object().into_iter().flatten() {
+                    match (inner.as_str(), setting.as_str()) {
+                        ("attn_layer", Some("se")) => config.attn_layer = Some(BlockAttention::Se),
+                        ("attn_layer", None) if setting.is_null() => config.attn_layer = None,
+                        _ => {
+                            return Err(
+                                reader.bad(format!("model_args.block_args.{inner} = {setting} is not an option the zoo's ResNet has"))
+                            );
+                        }
+                    }
+                }
+            }
+            "global_pool" if value.as_str() == Some("avg") => {}
+            _ => reader.unknown(key, value, "ResNet")?,
+        }
+    }
+    Ok(config)
+}
+
+/// A ConvNeXt preset with a config.json's `model_args` (timm's `ConvNeXt` keywords).
+fn convnext_with_args(name: &str, mut config: ConvNextConfig, args: Option<&serde_json::Map<String, Value>>) -> Result<ConvNextConfig> {
+    let reader = ModelArgs { name };
+    for (key, value) in args.into_iter().flatten() {
+        match key.as_str() {
+            "depths" => config.depths = reader.four(key, value)?,
+            "dims" => config.dims = reader.four(key, value)?,
+            "conv_mlp" => config.conv_mlp = reader.flag(key, value)?,
+            "use_grn" => config.use_grn = reader.flag(key, value)?,
+            "ls_init_value" => config.layer_scale = !value.is_null(),
+            "norm_eps" if value.is_null() => {}
+            "norm_eps" => {
+                config.norm_eps = value.as_f64().ok_or_else(|| reader.bad(format!("model_args.norm_eps is {value}; expected a number")))?
+            }
+            "kernel_sizes" if value.as_u64() == Some(7) => {}
+            "patch_size" if value.as_u64() == Some(4) => {}
+            "stem_type" if value.as_str() == Some("patch") => {}
+            "conv_bias" if value.as_bool() == Some(true) => {}
+            "head_norm_first" if value.as_bool() == Some(false) => {}
+            "act_layer" if value.as_str() == Some("gelu") => {}
+            "global_pool" if value.as_str() == Some("avg") => {}
+            "head_hidden_size" | "norm_layer" if value.is_null() => {}
+            // An initialisation scale: nothing a loaded model computes.
+            "head_init_scale" => {}
+            "output_stride" if value.as_u64() == Some(32) => {}
+            _ => reader.unknown(key, value, "ConvNeXt")?,
+        }
+    }
+    Ok(config)
+}
+
 /// The architecture of a timm model name, with timm's `model_args` overrides.
 pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<Architecture> {
     let args = model_args.and_then(Value::as_object);
@@ -102,25 +216,10 @@ pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<
         args?.get(key)?.as_array()?.iter().map(|v| v.as_u64().and_then(|u| usize::try_from(u).ok())).collect()
     };
     let usize_arg = |key: &str| -> Option<usize> { args?.get(key)?.as_u64().and_then(|u| usize::try_from(u).ok()) };
-    let four = |list: Vec<usize>| -> Result<[usize; 4]> {
-        list.try_into().map_err(|_| Error::Config { source_name: name.into(), problem: "expected four stages".into() })
-    };
-    let architecture = if let Some(depth) = name.strip_prefix("resnet") {
-        let mut config = match depth {
-            "18" => ResNetConfig::resnet18(),
-            "34" => ResNetConfig::resnet34(),
-            "50" => ResNetConfig::resnet50(),
-            "101" => ResNetConfig { block: BlockKind::Bottleneck, layers: [3, 4, 23, 3], channels: [64, 128, 256, 512] },
-            "152" => ResNetConfig { block: BlockKind::Bottleneck, layers: [3, 8, 36, 3], channels: [64, 128, 256, 512] },
-            _ => return Err(unsupported(name)),
-        };
-        if let Some(layers) = usize_list("layers") {
-            config.layers = four(layers)?;
-        }
-        if let Some(channels) = usize_list("channels") {
-            config.channels = four(channels)?;
-        }
-        Architecture::ResNet(config)
+    let architecture = if let Some(config) = resnet_preset(name) {
+        Architecture::ResNet(resnet_with_args(name, config, args)?)
+    } else if let Some(config) = convnext_preset(name) {
+        Architecture::ConvNext(convnext_with_args(name, config, args)?)
     } else if let Some(depth) = name.strip_prefix("densenet") {
         let mut config = match depth {
             "121" => DenseNetConfig::densenet121(),

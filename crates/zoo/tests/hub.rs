@@ -38,7 +38,10 @@ fn a_cached_hub_model_loads_offline() {
         feature_dim: 32,
         head: "fc".into(),
         num_classes: 10,
-        architecture: Architecture::ResNet(ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [64, 8, 16, 32] }),
+        architecture: Architecture::ResNet(ResNetConfig {
+            channels: [64, 8, 16, 32],
+            ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1])
+        }),
         preprocessing: Preprocessing { mean: [0.5; 3], std: [0.5; 3], resize: 256, crop: 224, interpolation: "bilinear".into() },
     };
     let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
@@ -66,8 +69,15 @@ fn a_hub_id_outside_the_registry_is_built_from_its_timm_config() {
     assert_eq!((entry.feature_dim, entry.head.as_str(), entry.num_classes), (2048, "fc", 1000));
     assert_eq!((entry.preprocessing.resize, entry.preprocessing.crop, entry.preprocessing.interpolation.as_str()), (235, 224, "bicubic"));
 
-    let error = medxfer_zoo::entry_from_timm_config("x/y", r#"{"architecture": "convnext_tiny"}"#).unwrap_err().to_string();
-    assert!(error.contains("convnext_tiny") && error.contains("densenet121"), "{error}");
+    let error = medxfer_zoo::entry_from_timm_config("x/y", r#"{"architecture": "coatnet_0_rw_224"}"#).unwrap_err().to_string();
+    assert!(error.contains("coatnet_0_rw_224") && error.contains("densenet121") && error.contains("ConvNeXt"), "{error}");
+    // The README's example: timm/convnext_tiny.fb_in1k's config.json names its preset only.
+    let convnext = medxfer_zoo::entry_from_timm_config(
+        "timm/convnext_tiny.fb_in1k",
+        r#"{"architecture": "convnext_tiny", "num_classes": 1000, "num_features": 768}"#,
+    )
+    .unwrap();
+    assert_eq!((convnext.feature_dim, convnext.head.as_str()), (768, "head.fc"));
 
     // The whole path from a hub id: config.json with timm's model_args, then the weights.
     let cache = std::env::temp_dir().join(format!("medxfer-hub-config-{}", std::process::id()));

@@ -68,7 +68,8 @@ fn mutated_config_jsons_build_an_entry_or_fail_naming_the_file() {
 fn mutated_checkpoints_load_or_fail_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let original = std::fs::read(fixtures().join("resnet_basic_min.safetensors")).unwrap();
-    let architecture = Architecture::ResNet(ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [64, 8, 16, 32] });
+    let architecture =
+        Architecture::ResNet(ResNetConfig { channels: [64, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1]) });
     let model = Backbone::new("resnet_basic_min", &architecture, 10, &Device::Cpu).unwrap();
     model.load_weights(&fixtures().join("resnet_basic_min.safetensors"), true).unwrap();
     let path = dir.path().join("mutant.safetensors");

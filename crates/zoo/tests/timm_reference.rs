@@ -48,11 +48,11 @@ fn cases() -> Vec<(&'static str, Architecture)> {
     vec![
         (
             "resnet_basic_min",
-            Architecture::ResNet(ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [64, 8, 16, 32] }),
+            Architecture::ResNet(ResNetConfig { channels: [64, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1]) }),
         ),
         (
             "resnet_bottleneck_min",
-            Architecture::ResNet(ResNetConfig { block: BlockKind::Bottleneck, layers: [1, 1, 1, 1], channels: [4, 8, 16, 32] }),
+            Architecture::ResNet(ResNetConfig { channels: [4, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Bottleneck, [1, 1, 1, 1]) }),
         ),
         ("densenet_min", Architecture::DenseNet(DenseNetConfig { growth_rate: 2, block_config: vec![2, 1, 1, 1], bn_size: 4 })),
         (

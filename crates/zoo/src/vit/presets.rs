@@ -3,47 +3,34 @@
 //! (written by tests/fixtures/make_vit_fixtures.py, which builds each model on the meta device
 //! and reads them back), and the others with the option that keeps them out.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use serde::Deserialize;
-
 use super::config::VitConfig;
+use crate::preset_table::PresetTable;
 
 /// What [`vit_preset`] understands, for error messages.
 pub const VIT_PRESETS: &str = "timm's ViT, DeiT, DeiT III and DINOv2 presets (crates/zoo/src/vit/timm_presets.toml lists them)";
 
-#[derive(Deserialize)]
-struct Presets {
-    unsupported: BTreeMap<String, String>,
-    #[serde(flatten)]
-    presets: BTreeMap<String, VitConfig>,
-}
-
-fn presets() -> &'static Presets {
-    static PRESETS: OnceLock<Presets> = OnceLock::new();
-    // The file is part of the crate and checked by a test: it parses.
-    #[allow(clippy::expect_used)]
-    PRESETS.get_or_init(|| toml::from_str(include_str!("timm_presets.toml")).expect("timm_presets.toml parses"))
+fn presets() -> &'static PresetTable<VitConfig> {
+    static PRESETS: OnceLock<PresetTable<VitConfig>> = OnceLock::new();
+    PRESETS.get_or_init(|| PresetTable::parse(include_str!("timm_presets.toml"), "vit/timm_presets.toml"))
 }
 
 /// The configuration timm's model `name` (a pretrained tag after `.` ignored) builds, before
 /// any `model_args`; `None` for a name the table does not list.
 pub fn vit_preset(name: &str) -> Option<VitConfig> {
-    let name = name.split('.').next().unwrap_or(name);
-    presets().presets.get(name).cloned()
+    presets().get(name)
 }
 
 /// Why timm's ViT-family model `name` is not built by the zoo (the option it lacks), when the
 /// table says so.
 pub fn vit_unsupported(name: &str) -> Option<&'static str> {
-    let name = name.split('.').next().unwrap_or(name);
-    presets().unsupported.get(name).map(String::as_str)
+    presets().unsupported(name)
 }
 
 /// Every preset's name.
 pub fn vit_preset_names() -> impl Iterator<Item = &'static str> {
-    presets().presets.keys().map(String::as_str)
+    presets().iter().map(|(name, _)| name)
 }
 
 #[cfg(test)]

@@ -1,0 +1,122 @@
+//! The ConvNet families beside the paper's ten against timm: fixtures/make_convnet_fixtures.py
+//! exported small random models of each family and option (ResNet-D's deep stem and
+//! average-pool downsample, the tiered stem, ResNeXt's groups, SE blocks on both block kinds,
+//! the wide ResNets, the convolutional stem pool; ConvNeXt v1 and v2 with linear and 1x1-conv
+//! MLPs), each with the config.json its hub would publish. The zoo builds each from that config,
+//! and must give timm's feature maps, features and logits (a square input and an odd-sided
+//! rectangle), and in train mode its logits, running statistics and gradients. Full-size presets
+//! are checked against timm's parameter counts and tensor shapes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use medxfer_zoo::{Architecture, Backbone, architecture_from_timm};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convnet")
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(format!("{name}_ref.safetensors")), &Device::Cpu).unwrap()
+}
+
+/// max|ours - timm| <= 1e-4 * max(1, max|timm|).
+fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
+    assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
+    let difference = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = theirs.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    assert!(difference <= 1e-4 * scale, "{what}: max difference {difference}, scale {scale}");
+}
+
+fn published(case: &Value) -> Architecture {
+    let config = &case["config_json"];
+    architecture_from_timm(config["architecture"].as_str().unwrap(), config.get("model_args")).unwrap()
+}
+
+#[test]
+fn every_case_gives_timms_outputs_running_statistics_and_gradients() {
+    let cases = json("cases.json");
+    for (name, case) in cases.as_object().unwrap() {
+        let architecture = published(case);
+        assert_eq!(architecture.num_features() as u64, case["config_json"]["num_features"].as_u64().unwrap(), "{name}: num_features");
+        let model = Backbone::load(name, &architecture, 10, &fixtures().join(format!("{name}.safetensors")), &Device::Cpu).unwrap();
+        assert_eq!(model.params().parameter_count() as u64, case["parameters"].as_u64().unwrap(), "{name}: parameters");
+        let reference = reference(name);
+        for suffix in ["", "_rect"] {
+            let input = &reference[&format!("input{suffix}")];
+            assert_close(
+                &format!("{name} feature map{suffix}"),
+                &model.feature_map(input, false).unwrap(),
+                &reference[&format!("feature_map{suffix}")],
+            );
+            let (features, logits) = model.features_and_logits(input, false).unwrap();
+            assert_close(&format!("{name} features{suffix}"), &features, &reference[&format!("features{suffix}")]);
+            assert_close(&format!("{name} logits{suffix}"), &logits, &reference[&format!("logits{suffix}")]);
+        }
+        // Train mode: batch statistics, the running estimates updated, the fixed loss's gradients
+        // (the fixture's pass ran in float64).
+        let (_, logits) = model.features_and_logits(&reference["input"], true).unwrap();
+        assert_close(&format!("{name} train logits"), &logits, &reference["train_logits"]);
+        for (key, value) in reference.iter().filter_map(|(k, v)| Some((k.strip_prefix("train_state.")?, v))) {
+            assert_close(&format!("{name} {key} after one train pass"), model.params().var(key).unwrap().as_tensor(), value);
+        }
+        let grads = (&logits * &reference["loss_weights"]).unwrap().sum_all().unwrap().backward().unwrap();
+        for key in case["gradients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
+            let var = model.params().var(key).unwrap_or_else(|| panic!("{name}: no {key}"));
+            assert_close(&format!("{name} gradient of {key}"), grads.get(var.as_tensor()).unwrap(), &reference[&format!("grad.{key}")]);
+        }
+        for (key, var) in model.params().trainable_vars() {
+            let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: {key} got no gradient"));
+            let norm = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0, "{name}: {key} has an all-zero gradient");
+        }
+    }
+}
+
+/// timm's parameter counts and tensors (names and shapes) for full-size presets, each built by
+/// its timm name.
+#[test]
+fn full_size_presets_have_timms_tensors() {
+    let full = json("full_size.json");
+    for (name, truth) in full.as_object().unwrap() {
+        let architecture = architecture_from_timm(name, None).unwrap();
+        let model = Backbone::new(name, &architecture, 1000, &Device::Cpu).unwrap();
+        let shapes = truth["shapes"].as_object().unwrap();
+        let mut expected: Vec<(String, Vec<usize>)> = shapes
+            .iter()
+            .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+            .map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+            .collect();
+        expected.sort();
+        let mine: Vec<(String, Vec<usize>)> =
+            model.params().names().into_iter().map(|n| (n.clone(), model.params().var(&n).unwrap().dims().to_vec())).collect();
+        assert_eq!(mine, expected, "{name}: tensors");
+        assert_eq!(model.params().parameter_count() as u64, truth["parameters"].as_u64().unwrap(), "{name}: parameters");
+        assert_eq!(model.num_features() as u64, truth["num_features"].as_u64().unwrap(), "{name}: num_features");
+    }
+}
+
+#[test]
+fn options_the_zoo_lacks_are_refused_by_name() {
+    for (name, args, expected) in [
+        ("ecaresnet50d", None, "attn_layer eca"),
+        ("convnext_tiny_hnf", None, "head_norm_first"),
+        ("resnet50d", Some(serde_json::json!({"block_args": {"attn_layer": "cbam"}})), "attn_layer = \"cbam\""),
+        ("convnext_tiny", Some(serde_json::json!({"kernel_sizes": 5})), "kernel_sizes = 5"),
+        ("resnet18", Some(serde_json::json!({"cardinality": 4})), "basic blocks take neither cardinality"),
+    ] {
+        let error = architecture_from_timm(name, args.as_ref())
+            .and_then(|a| a.check().map(|()| a).map_err(|problem| medxfer_zoo::Error::Config { source_name: name.into(), problem }))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{name}: {error}");
+    }
+}
