@@ -17,6 +17,11 @@ use anyhow::Result;
 
 use measurement::table;
 
+/// The ConvNets beyond the paper's ten with rows of their own (issue 17's families, as they
+/// land: EfficientNetV2, RegNet and Swin join when the zoo builds them), by timm name.
+const BEYOND_EVAL: [&str; 3] = ["convnext_tiny", "resnet50d", "resnext50_32x4d"];
+const BEYOND_TRAIN: [&str; 2] = ["convnext_tiny", "resnet50d"];
+
 /// `cargo xtask bench`'s options.
 #[derive(Debug)]
 pub struct Settings {
@@ -64,14 +69,13 @@ pub fn run(settings: &Settings) -> Result<String> {
     };
     eprintln!("== zoo eval");
     let all: Vec<String> = medxfer_zoo::Registry::load_default()?.entries().iter().map(|e| e.name.clone()).collect();
-    let eval_models: Vec<&str> = if quick { vec!["resnet18", "mobilenetv2_100"] } else { all.iter().map(String::as_str).collect() };
+    let eval_models: Vec<&str> =
+        if quick { vec!["resnet18", "mobilenetv2_100"] } else { all.iter().map(String::as_str).chain(BEYOND_EVAL).collect() };
     measurements.extend(zoo::run(&zoo(&eval_models, 32, false))?);
     eprintln!("== training step");
-    measurements.extend(zoo::run(&zoo(
-        if quick { &["resnet18"] } else { &["resnet18", "mobilenetv2_100"] },
-        if quick { 16 } else { 32 },
-        true,
-    ))?);
+    let train_models: Vec<&str> =
+        if quick { vec!["resnet18"] } else { ["resnet18", "mobilenetv2_100"].into_iter().chain(BEYOND_TRAIN).collect() };
+    measurements.extend(zoo::run(&zoo(&train_models, if quick { 16 } else { 32 }, true))?);
     eprintln!("== data");
     measurements.extend(data::run(&data::Settings {
         n: if quick { 128 } else { 512 },
