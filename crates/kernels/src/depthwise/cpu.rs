@@ -43,6 +43,10 @@ impl Geometry {
         for ky in 0..self.kernel {
             for kx in 0..self.kernel {
                 let outputs = self.valid_columns(kx);
+                if outputs.is_empty() {
+                    // A map narrower than the kernel: this column of taps sees only padding.
+                    continue;
+                }
                 // ix = ox * stride + kx - padding, non-negative from the first valid column on.
                 let columns = Columns { first_ix: outputs.start * self.stride + kx - self.padding, outputs, stride: self.stride };
                 for oy in self.valid_rows(ky) {
