@@ -13,6 +13,7 @@ use crate::entry::{Architecture, ModelEntry};
 use crate::error::{Error, Result};
 use crate::layers::Linear;
 use crate::params::ParamStore;
+use crate::regnet::RegNet;
 use crate::resnet::ResNet;
 use crate::torchvision::{is_torchvision_layout, timm_name};
 use crate::vit::{Vit, convert_vit_checkpoint, resample_pos_embed, square_side};
@@ -24,6 +25,7 @@ enum Network {
     EfficientNet(EfficientNet),
     Vit(Vit),
     ConvNext(ConvNext),
+    RegNet(RegNet),
 }
 
 /// A model of one family, its parameters in a [`ParamStore`] under timm's names.
@@ -58,6 +60,7 @@ impl Backbone {
             Architecture::EfficientNet(config) => Network::EfficientNet(EfficientNet::new(&root, config, num_classes)?),
             Architecture::Vit(config) => Network::Vit(Vit::new(&root, config, num_classes)?),
             Architecture::ConvNext(config) => Network::ConvNext(ConvNext::new(&root, config, num_classes)?),
+            Architecture::RegNet(config) => Network::RegNet(RegNet::new(&root, config, num_classes)?),
         };
         Ok(Self { name: name.to_string(), architecture: architecture.clone(), network, store })
     }
@@ -160,6 +163,7 @@ impl Backbone {
             Network::EfficientNet(net) => net.features(x, train),
             Network::Vit(net) => net.features(x, train),
             Network::ConvNext(net) => net.features(x, train),
+            Network::RegNet(net) => net.features(x, train),
         }
     }
 
@@ -172,6 +176,7 @@ impl Backbone {
             Network::EfficientNet(net) => net.feature_map(x, train),
             Network::Vit(net) => net.feature_map(x, train),
             Network::ConvNext(net) => net.feature_map(x, train),
+            Network::RegNet(net) => net.feature_map(x, train),
         }
     }
 
@@ -186,6 +191,7 @@ impl Backbone {
             Network::DenseNet(net) => (net.features(x, train)?, &net.classifier),
             Network::EfficientNet(net) => (net.features(x, train)?, &net.classifier),
             Network::ConvNext(net) => (net.features(x, train)?, &net.fc),
+            Network::RegNet(net) => (net.features(x, train)?, &net.fc),
         };
         let logits = classifier.forward_t(&features, train)?;
         Ok((features, logits))
@@ -202,6 +208,7 @@ impl Backbone {
             Network::DenseNet(net) => &mut net.classifier,
             Network::EfficientNet(net) => &mut net.classifier,
             Network::ConvNext(net) => &mut net.fc,
+            Network::RegNet(net) => &mut net.fc,
         };
         *classifier = Linear::fresh(&root.pp(self.architecture.head_key()), width, num_classes, seed)?;
         Ok(())
@@ -215,6 +222,7 @@ impl Backbone {
             Network::EfficientNet(net) => net.classifier.shape()?.0,
             Network::Vit(net) => net.num_classes()?,
             Network::ConvNext(net) => net.fc.shape()?.0,
+            Network::RegNet(net) => net.fc.shape()?.0,
         })
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::convnext::ConvNextConfig;
 use crate::densenet::DenseNetConfig;
 use crate::efficientnet::EfficientNetConfig;
+use crate::regnet::RegNetConfig;
 use crate::resnet::ResNetConfig;
 use crate::vit::VitConfig;
 
@@ -31,6 +32,9 @@ pub enum Architecture {
     /// timm's `ConvNeXt` (v1 and v2).
     #[serde(rename = "convnext")]
     ConvNext(ConvNextConfig),
+    /// timm's `RegNet` (X and Y).
+    #[serde(rename = "regnet")]
+    RegNet(RegNetConfig),
 }
 
 impl Architecture {
@@ -42,6 +46,7 @@ impl Architecture {
             Architecture::EfficientNet(config) => config.num_features(),
             Architecture::Vit(config) => config.num_features(),
             Architecture::ConvNext(config) => config.num_features(),
+            Architecture::RegNet(config) => config.num_features(),
         }
     }
 
@@ -66,6 +71,7 @@ impl Architecture {
                 config.check_options()
             }
             Architecture::ConvNext(config) => config.check_options(),
+            Architecture::RegNet(config) => config.check_options(),
             Architecture::DenseNet(config) => {
                 within("growth_rate", config.growth_rate, 1, 1024)?;
                 within("bn_size", config.bn_size, 1, 64)?;
@@ -116,7 +122,7 @@ impl Architecture {
             Architecture::ResNet(_) => "fc",
             Architecture::DenseNet(_) | Architecture::EfficientNet(_) => "classifier",
             Architecture::Vit(_) => "head",
-            Architecture::ConvNext(_) => "head.fc",
+            Architecture::ConvNext(_) | Architecture::RegNet(_) => "head.fc",
         }
     }
 }

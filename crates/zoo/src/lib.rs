@@ -44,6 +44,7 @@ mod params;
 mod preprocess;
 mod preset_table;
 mod registry;
+mod regnet;
 mod resnet;
 mod timm_config;
 mod torchvision;
@@ -63,6 +64,7 @@ pub use hub::{
 pub use params::ParamStore;
 pub use preprocess::eval_tensor;
 pub use registry::Registry;
+pub use regnet::{RegNetConfig, RegNetStage, regnet_preset};
 pub use resnet::{BlockAttention, BlockKind, ResNetConfig, StemType, resnet_preset};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
 pub use transformers_config::{entry_from_transformers_config, is_transformers_config};

@@ -9,6 +9,7 @@ use crate::densenet::DenseNetConfig;
 use crate::efficientnet::{EfficientNetConfig, EfficientNetVariant};
 use crate::entry::{Architecture, ModelEntry, Preprocessing};
 use crate::error::{Error, Result};
+use crate::regnet::{REGNET_PRESETS, RegNetConfig, regnet_preset, regnet_unsupported};
 use crate::resnet::{BlockAttention, RESNET_PRESETS, ResNetConfig, StemType, resnet_preset, resnet_unsupported};
 use crate::vit::{GlobalPool, MlpKind, VIT_PRESETS, VitConfig, vit_preset, vit_unsupported};
 
@@ -20,7 +21,12 @@ pub const MAX_CLASSES: usize = 100_000;
 pub const SUPPORTED_ARCHITECTURES: &str = "densenet121/161/169/201, mobilenetv2_035/050/075/100/140, efficientnet_b0..b7";
 
 fn unsupported(name: &str) -> Error {
-    let lacking = [("ViT", vit_unsupported(name)), ("ResNet", resnet_unsupported(name)), ("ConvNeXt", convnext_unsupported(name))];
+    let lacking = [
+        ("ViT", vit_unsupported(name)),
+        ("ResNet", resnet_unsupported(name)),
+        ("ConvNeXt", convnext_unsupported(name)),
+        ("RegNet", regnet_unsupported(name)),
+    ];
     if let Some((family, option)) = lacking.into_iter().find_map(|(family, option)| Some((family, option?))) {
         return Error::Config {
             source_name: name.to_string(),
@@ -31,7 +37,7 @@ fn unsupported(name: &str) -> Error {
         source_name: name.to_string(),
         problem: format!(
             "architecture '{name}' is not one of the zoo's families; supported: {SUPPORTED_ARCHITECTURES}, {RESNET_PRESETS}, \
-             {CONVNEXT_PRESETS}, {VIT_PRESETS}"
+             {CONVNEXT_PRESETS}, {REGNET_PRESETS}, {VIT_PRESETS}"
         ),
     }
 }
@@ -209,6 +215,31 @@ fn convnext_with_args(name: &str, mut config: ConvNextConfig, args: Option<&serd
     Ok(config)
 }
 
+/// A RegNet preset with a config.json's `model_args` (timm passes them on as `RegNetCfg`
+/// fields).
+fn regnet_with_args(name: &str, mut config: RegNetConfig, args: Option<&serde_json::Map<String, Value>>) -> Result<RegNetConfig> {
+    let reader = ModelArgs { name };
+    let number =
+        |key: &str, value: &Value| value.as_f64().ok_or_else(|| reader.bad(format!("model_args.{key} is {value}; expected a number")));
+    for (key, value) in args.into_iter().flatten() {
+        match key.as_str() {
+            "depth" => config.depth = reader.whole(key, value)?,
+            "w0" => config.w0 = reader.whole(key, value)?,
+            "group_size" => config.group_size = reader.whole(key, value)?,
+            "stem_width" => config.stem_width = reader.whole(key, value)?,
+            "wa" => config.wa = number(key, value)?,
+            "wm" => config.wm = number(key, value)?,
+            "bottle_ratio" => config.bottle_ratio = number(key, value)?,
+            "se_ratio" => config.se_ratio = number(key, value)?,
+            "group_min_ratio" => config.group_min_ratio = number(key, value)?,
+            "global_pool" if value.as_str() == Some("avg") => {}
+            "output_stride" if value.as_u64() == Some(32) => {}
+            _ => reader.unknown(key, value, "RegNet")?,
+        }
+    }
+    Ok(config)
+}
+
 /// The architecture of a timm model name, with timm's `model_args` overrides.
 pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<Architecture> {
     let args = model_args.and_then(Value::as_object);
@@ -220,6 +251,8 @@ pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<
         Architecture::ResNet(resnet_with_args(name, config, args)?)
     } else if let Some(config) = convnext_preset(name) {
         Architecture::ConvNext(convnext_with_args(name, config, args)?)
+    } else if let Some(config) = regnet_preset(name) {
+        Architecture::RegNet(regnet_with_args(name, config, args)?)
     } else if let Some(depth) = name.strip_prefix("densenet") {
         let mut config = match depth {
             "121" => DenseNetConfig::densenet121(),

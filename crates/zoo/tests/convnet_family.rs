@@ -120,3 +120,18 @@ fn options_the_zoo_lacks_are_refused_by_name() {
         assert!(error.contains(expected), "{name}: {error}");
     }
 }
+
+/// Every RegNet preset's stages (widths, depths, group widths) as timm resolves them from the
+/// design-space parameters: the float32 width rule, the quantisation, torchvision's rounding for
+/// the `_tv` models.
+#[test]
+fn regnet_presets_resolve_timms_stages() {
+    let stages = json("regnet_stages.json");
+    assert!(stages.as_object().unwrap().len() >= 30);
+    for (name, truth) in stages.as_object().unwrap() {
+        let config = medxfer_zoo::regnet_preset(name).unwrap_or_else(|| panic!("{name}: no preset"));
+        let ours: Vec<[u64; 3]> = config.stages().unwrap().iter().map(|s| [s.width as u64, s.depth as u64, s.group_size as u64]).collect();
+        let theirs: Vec<[u64; 3]> = serde_json::from_value(truth.clone()).unwrap();
+        assert_eq!(ours, theirs, "{name}");
+    }
+}
