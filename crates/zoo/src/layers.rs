@@ -2,7 +2,7 @@
 //! versions are not used where they fail training: its BatchNorm is eval-only in the vision
 //! models, and its max pooling with kernel != stride has no backward.
 
-use candle_core::{D, DType, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use medxfer_kernels::{BatchNormParams, FusedActivation};
 
 use crate::error::Result;
@@ -300,7 +300,7 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean((2, 3))?)
 }
 
-/// LayerNorm over the last dimension with recorded gradients (candle's records none).
+/// LayerNorm over the last dimension with recorded gradients (candle-nn's fused one records none).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -325,11 +325,8 @@ impl LayerNorm {
             // eval needs none of).
             return Ok(candle_nn::ops::layer_norm(x, &self.weight.detach(), &self.bias.detach(), self.eps as f32)?);
         }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&tracked(&self.weight, train))?.broadcast_add(&tracked(&self.bias, train))?)
+        // Train (or a strided input): the kernels' op, one pass each way on the CPU.
+        Ok(medxfer_kernels::layer_norm(x, &tracked(&self.weight, train), &tracked(&self.bias, train), self.eps)?)
     }
 }
 
