@@ -93,18 +93,8 @@ impl Conv2d {
         let y = if depthwise {
             medxfer_kernels::depthwise_conv2d(x, weight, self.stride, self.padding)?
         } else {
-            // Grouped (ResNeXt, RegNet): one of the kernels' convolutions per group, whose
-            // backward passes are the fast ones (candle's grouped convolution splits the same
-            // way but takes its input gradient from a naive loop).
-            let (in_group, out_group) = (x.dim(1)? / self.groups, weight.dim(0)? / self.groups);
-            let outputs = (0..self.groups)
-                .map(|g| {
-                    let x = x.narrow(1, g * in_group, in_group)?;
-                    let w = weight.narrow(0, g * out_group, out_group)?;
-                    medxfer_kernels::conv2d(&x, &w, None, self.stride, self.padding)
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&outputs, 1)?
+            // Grouped (ResNeXt, RegNet).
+            medxfer_kernels::grouped_conv2d(x, weight, self.groups, self.stride, self.padding)?
         };
         Ok(match bias {
             Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
