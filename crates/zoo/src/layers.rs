@@ -236,8 +236,28 @@ impl Linear {
     }
 }
 
+/// A convolution and the BatchNorm after it (timm's `ConvNormAct` without its activation, and the
+/// stems' Sequential pairs), run fused.
+#[derive(Debug, Clone)]
+pub struct ConvNorm {
+    pub conv: Conv2d,
+    pub norm: BatchNorm2d,
+}
+
+impl ConvNorm {
+    /// The convolution under `conv`'s names, the BatchNorm under `norm`'s.
+    pub fn new(conv: &ParamBuilder<'_>, norm: &ParamBuilder<'_>, in_channels: usize, out_channels: usize, spec: ConvSpec) -> Result<Self> {
+        Ok(Self { conv: Conv2d::new(conv, in_channels, out_channels, spec)?, norm: BatchNorm2d::new(norm, out_channels)? })
+    }
+
+    /// `activation(norm(conv(x)) + residual)`.
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation, train: bool) -> Result<Tensor> {
+        self.conv.forward_bn_fused(x, &self.norm, residual, activation, train)
+    }
+}
+
 /// A parameter as a forward pass should use it: itself when training, detached otherwise.
-fn tracked(parameter: &Tensor, train: bool) -> Tensor {
+pub(crate) fn tracked(parameter: &Tensor, train: bool) -> Tensor {
     if train { parameter.clone() } else { parameter.detach() }
 }
 

@@ -17,7 +17,7 @@ use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear};
+use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear, tracked};
 use crate::params::ParamBuilder;
 pub use presets::{CONVNEXT_PRESETS, convnext_preset, convnext_unsupported};
 
@@ -100,7 +100,7 @@ struct GlobalResponseNorm {
 
 impl GlobalResponseNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (weight, bias) = if train { (self.weight.clone(), self.bias.clone()) } else { (self.weight.detach(), self.bias.detach()) };
+        let (weight, bias) = (tracked(&self.weight, train), tracked(&self.bias, train));
         let spatial = x.sqr()?.sum_keepdim(1)?.sqrt()?;
         let normalised = spatial.broadcast_div(&(spatial.mean_keepdim(D::Minus1)? + 1e-6)?)?;
         let scaled = x.broadcast_mul(&normalised)?.broadcast_mul(&weight)?;
@@ -150,7 +150,7 @@ impl Block {
         }
         tokens = self.fc2.forward_t(&tokens, train)?;
         if let Some(gamma) = &self.gamma {
-            tokens = tokens.broadcast_mul(&if train { gamma.clone() } else { gamma.detach() })?;
+            tokens = tokens.broadcast_mul(&tracked(gamma, train))?;
         }
         Ok((to_map(&tokens, height, width)? + x)?)
     }

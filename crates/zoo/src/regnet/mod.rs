@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, SqueezeExcite, global_avg_pool};
+use crate::layers::{ConvNorm, ConvSpec, Linear, SqueezeExcite, global_avg_pool};
 use crate::params::ParamBuilder;
 use medxfer_kernels::FusedActivation;
 pub use presets::{REGNET_PRESETS, regnet_preset, regnet_unsupported};
@@ -65,11 +65,6 @@ pub struct RegNetStage {
     pub group_size: usize,
 }
 
-/// Python's round() of a non-negative float: halves to even.
-fn round_half_even(value: f64) -> f64 {
-    value.round_ties_even()
-}
-
 impl RegNetConfig {
     /// The stages timm's `generate_regnet` and `adjust_widths_groups_comp` give: per-block widths
     /// w0 + i * wa snapped to w0 * wm^round(log_wm((w0 + i wa) / w0)) and quantised to 8 (in
@@ -95,8 +90,8 @@ impl RegNetConfig {
                 _ => stages.push(RegNetStage { width, depth: 1, group_size: self.group_size }),
             }
         }
-        // torch.unique sorts; the widths never fall, so the runs are already in order.
-        stages.sort_by_key(|stage| stage.width);
+        // timm's torch.unique sorts and merges equal widths; with wa >= 0 the widths never fall,
+        // so the runs of equal widths are those stages, already in order.
         for stage in &mut stages {
             let bottleneck = (stage.width as f64 * self.bottle_ratio) as usize;
             stage.group_size = stage.group_size.min(bottleneck);
@@ -105,7 +100,7 @@ impl RegNetConfig {
                 let rounded = group.max((bottleneck + group / 2) / group * group);
                 if (rounded as f64) < self.group_min_ratio * bottleneck as f64 { rounded + group } else { rounded }
             } else {
-                (round_half_even(bottleneck as f64 / group as f64) * group as f64) as usize
+                ((bottleneck as f64 / group as f64).round_ties_even() * group as f64) as usize
             };
             stage.width = (snapped as f64 / self.bottle_ratio) as usize;
         }
@@ -138,21 +133,9 @@ impl RegNetConfig {
     }
 }
 
-/// conv + BN of timm's `ConvNormAct` (`.conv`, `.bn`).
-#[derive(Debug, Clone)]
-struct ConvNorm {
-    conv: Conv2d,
-    norm: BatchNorm2d,
-}
-
-impl ConvNorm {
-    fn new(params: &ParamBuilder<'_>, cin: usize, cout: usize, spec: ConvSpec) -> Result<Self> {
-        Ok(Self { conv: Conv2d::new(&params.pp("conv"), cin, cout, spec)?, norm: BatchNorm2d::new(&params.pp("bn"), cout)? })
-    }
-
-    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation, train: bool) -> Result<Tensor> {
-        self.conv.forward_bn_fused(x, &self.norm, residual, activation, train)
-    }
+/// timm's `ConvNormAct` under `params`: `.conv` and `.bn`.
+fn conv_norm(params: &ParamBuilder<'_>, in_channels: usize, out_channels: usize, spec: ConvSpec) -> Result<ConvNorm> {
+    ConvNorm::new(&params.pp("conv"), &params.pp("bn"), in_channels, out_channels, spec)
 }
 
 #[derive(Debug, Clone)]
@@ -167,24 +150,24 @@ struct Block {
 impl Block {
     fn new(params: &ParamBuilder<'_>, config: &RegNetConfig, in_chs: usize, stage: RegNetStage, stride: usize) -> Result<Self> {
         let out_chs = stage.width;
-        let bottleneck = round_half_even(out_chs as f64 * config.bottle_ratio) as usize;
+        let bottleneck = (out_chs as f64 * config.bottle_ratio).round_ties_even() as usize;
         let groups = bottleneck / stage.group_size;
         let se = if config.se_ratio > 0.0 {
-            let reduced = round_half_even(in_chs as f64 * config.se_ratio) as usize;
+            let reduced = (in_chs as f64 * config.se_ratio).round_ties_even() as usize;
             Some(SqueezeExcite::new(&params.pp("se"), ("fc1", "fc2"), bottleneck, reduced)?)
         } else {
             None
         };
         let downsample = if in_chs != out_chs || stride != 1 {
-            Some(ConvNorm::new(&params.pp("downsample"), in_chs, out_chs, ConvSpec::same(1, stride))?)
+            Some(conv_norm(&params.pp("downsample"), in_chs, out_chs, ConvSpec::same(1, stride))?)
         } else {
             None
         };
         Ok(Self {
-            conv1: ConvNorm::new(&params.pp("conv1"), in_chs, bottleneck, ConvSpec::same(1, 1))?,
-            conv2: ConvNorm::new(&params.pp("conv2"), bottleneck, bottleneck, ConvSpec { groups, ..ConvSpec::same(3, stride) })?,
+            conv1: conv_norm(&params.pp("conv1"), in_chs, bottleneck, ConvSpec::same(1, 1))?,
+            conv2: conv_norm(&params.pp("conv2"), bottleneck, bottleneck, ConvSpec { groups, ..ConvSpec::same(3, stride) })?,
             se,
-            conv3: ConvNorm::new(&params.pp("conv3"), bottleneck, out_chs, ConvSpec::same(1, 1))?,
+            conv3: conv_norm(&params.pp("conv3"), bottleneck, out_chs, ConvSpec::same(1, 1))?,
             downsample,
         })
     }
@@ -213,7 +196,7 @@ pub struct RegNet {
 
 impl RegNet {
     pub fn new(params: &ParamBuilder<'_>, config: &RegNetConfig, num_classes: usize) -> Result<Self> {
-        let stem = ConvNorm::new(&params.pp("stem"), 3, config.stem_width, ConvSpec::same(3, 2))?;
+        let stem = conv_norm(&params.pp("stem"), 3, config.stem_width, ConvSpec::same(3, 2))?;
         let resolved = config.stages().map_err(|problem| crate::error::Error::Config { source_name: "regnet".into(), problem })?;
         let mut in_chs = config.stem_width;
         let mut stages = Vec::new();

@@ -12,7 +12,9 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, SqueezeExcite, avg_pool_2x2_ceil, global_avg_pool, max_pool_3x3_s2_p1};
+use crate::layers::{
+    BatchNorm2d, Conv2d, ConvNorm, ConvSpec, Linear, SqueezeExcite, avg_pool_2x2_ceil, global_avg_pool, max_pool_3x3_s2_p1,
+};
 use crate::params::ParamBuilder;
 use medxfer_kernels::FusedActivation;
 pub use presets::{RESNET_PRESETS, resnet_preset, resnet_unsupported};
@@ -270,19 +272,6 @@ impl Block {
     }
 }
 
-/// conv + BN (+ ReLU) of the stems.
-#[derive(Debug, Clone)]
-struct ConvNorm {
-    conv: Conv2d,
-    norm: BatchNorm2d,
-}
-
-impl ConvNorm {
-    fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.conv.forward_bn_fused(x, &self.norm, None, FusedActivation::Relu, train)
-    }
-}
-
 /// A ResNet with timm's tensor names.
 #[derive(Debug, Clone)]
 pub struct ResNet {
@@ -311,10 +300,7 @@ impl ResNet {
                 let first = if config.stem_type == StemType::DeepTiered { 3 * (width / 4) } else { width };
                 let p = params.pp("conv1");
                 let layer = |conv: usize, cin: usize, cout: usize, stride: usize| -> Result<ConvNorm> {
-                    Ok(ConvNorm {
-                        conv: Conv2d::new(&p.pp(conv), cin, cout, ConvSpec::same(3, stride))?,
-                        norm: BatchNorm2d::new(&p.pp(conv + 1), cout)?,
-                    })
+                    ConvNorm::new(&p.pp(conv), &p.pp(conv + 1), cin, cout, ConvSpec::same(3, stride))
                 };
                 let deep = vec![layer(0, 3, first, 2)?, layer(3, first, width, 1)?];
                 (deep, ConvNorm { conv: Conv2d::new(&p.pp(6), width, inplanes, ConvSpec::same(3, 1))?, norm: bn1 })
@@ -322,10 +308,7 @@ impl ResNet {
         };
         let stem_pool = if config.replace_stem_pool {
             let p = params.pp("maxpool");
-            Some(ConvNorm {
-                conv: Conv2d::new(&p.pp(0), inplanes, inplanes, ConvSpec::same(3, 2))?,
-                norm: BatchNorm2d::new(&p.pp(1), inplanes)?,
-            })
+            Some(ConvNorm::new(&p.pp(0), &p.pp(1), inplanes, inplanes, ConvSpec::same(3, 2))?)
         } else {
             None
         };
@@ -349,11 +332,11 @@ impl ResNet {
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for layer in &self.deep_stem {
-            y = layer.forward_relu(&y, train)?;
+            y = layer.forward(&y, None, FusedActivation::Relu, train)?;
         }
-        y = self.stem.forward_relu(&y, train)?;
+        y = self.stem.forward(&y, None, FusedActivation::Relu, train)?;
         y = match &self.stem_pool {
-            Some(pool) => pool.forward_relu(&y, train)?,
+            Some(pool) => pool.forward(&y, None, FusedActivation::Relu, train)?,
             None => max_pool_3x3_s2_p1(&y)?,
         };
         for stage in &self.stages {
