@@ -80,7 +80,7 @@ impl Architecture {
             }
             Architecture::EfficientNet(config) => {
                 factor("channel_multiplier", config.channel_multiplier)?;
-                factor("depth_multiplier", config.depth_multiplier)
+                config.check_options()
             }
             Architecture::Vit(config) => {
                 within("patch_size", config.patch_size, 1, 1024)?;

@@ -2,6 +2,8 @@
 //! versions are not used where they fail training: its BatchNorm is eval-only in the vision
 //! models, and its max pooling with kernel != stride has no backward.
 
+use std::borrow::Cow;
+
 use candle_core::{DType, Tensor, Var};
 use medxfer_kernels::{BatchNormParams, FusedActivation};
 
@@ -9,7 +11,8 @@ use crate::error::Result;
 use crate::params::ParamBuilder;
 pub use medxfer_kernels::max_pool_3x3_s2_p1;
 
-/// A 2-d convolution with PyTorch's square kernel, symmetric padding and optional bias.
+/// A 2-d convolution with PyTorch's square kernel, symmetric padding (or TensorFlow's "SAME")
+/// and optional bias.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -17,6 +20,8 @@ pub struct Conv2d {
     stride: usize,
     padding: usize,
     groups: usize,
+    /// TensorFlow's "SAME" padding (timm's `pad_type='same'`, the `tf_` models).
+    tf_same: bool,
 }
 
 /// How a convolution is shaped.
@@ -40,13 +45,42 @@ impl Conv2d {
     pub fn new(params: &ParamBuilder<'_>, in_channels: usize, out_channels: usize, spec: ConvSpec) -> Result<Self> {
         let weight = params.param((out_channels, in_channels / spec.groups, spec.kernel, spec.kernel), "weight")?;
         let bias = if spec.bias { Some(params.param(out_channels, "bias")?) } else { None };
-        Ok(Self { weight, bias, stride: spec.stride, padding: spec.padding, groups: spec.groups })
+        Ok(Self { weight, bias, stride: spec.stride, padding: spec.padding, groups: spec.groups, tf_same: false })
+    }
+
+    /// This convolution with TensorFlow's "SAME" padding in place of `spec.padding`. Where
+    /// that padding is static (stride 1, odd kernel) it is PyTorch's k / 2, as timm makes it;
+    /// elsewhere each side of the input is padded to (ceil(i / s) - 1) s + k - i in all, the
+    /// smaller half before (timm's `pad_same`): on even sides at stride 2, nothing before.
+    pub fn with_tf_same_padding(mut self) -> Self {
+        let kernel = self.weight.dims().get(2).copied().unwrap_or(1);
+        self.tf_same = !(self.stride == 1 && kernel % 2 == 1);
+        self.padding = if self.tf_same { 0 } else { kernel / 2 };
+        self
+    }
+
+    /// The input the kernels see: `x` padded as TensorFlow pads it, for a "SAME" convolution
+    /// whose padding depends on the input's size.
+    fn padded<'a>(&self, x: &'a Tensor) -> Result<Cow<'a, Tensor>> {
+        if !self.tf_same {
+            return Ok(Cow::Borrowed(x));
+        }
+        let kernel = self.weight.dim(2)?;
+        let mut y = x.clone();
+        for dim in [2, 3] {
+            let size = x.dim(dim)?;
+            let total = ((size.div_ceil(self.stride).saturating_sub(1)) * self.stride + kernel).saturating_sub(size);
+            if total > 0 {
+                y = y.pad_with_zeros(dim, total / 2, total - total / 2)?;
+            }
+        }
+        Ok(Cow::Owned(y))
     }
 
     /// In eval mode (`train` false) the parameters enter detached, so no graph of the whole
     /// network is kept alive for a backward pass that will not come.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.convolve(x, &tracked(&self.weight, train), self.bias.as_ref().map(|b| tracked(b, train)))
+        self.convolve(&*self.padded(x)?, &tracked(&self.weight, train), self.bias.as_ref().map(|b| tracked(b, train)))
     }
 
     /// This convolution followed by `norm`. In eval mode the BatchNorm is folded into the
@@ -70,7 +104,8 @@ impl Conv2d {
     ) -> Result<Tensor> {
         if train {
             if residual.is_none() && self.groups == 1 && self.bias.is_none() {
-                let out = medxfer_kernels::conv_batch_norm_train(x, &self.weight, self.stride, self.padding, norm.params(), activation)?;
+                let x = self.padded(x)?;
+                let out = medxfer_kernels::conv_batch_norm_train(&x, &self.weight, self.stride, self.padding, norm.params(), activation)?;
                 return norm.update_running(&out);
             }
             return norm.forward_fused(&self.forward_t(x, true)?, residual, activation, true);
@@ -82,7 +117,7 @@ impl Conv2d {
             Some(bias) => ((bias.detach() * &scale)? + shift)?,
             None => shift,
         };
-        Ok(activation.after_residual(self.convolve(x, &weight, Some(bias))?, residual)?)
+        Ok(activation.after_residual(self.convolve(&*self.padded(x)?, &weight, Some(bias))?, residual)?)
     }
 
     fn convolve(&self, x: &Tensor, weight: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
@@ -303,6 +338,17 @@ impl SqueezeExcite {
         let gate = candle_nn::ops::sigmoid(&self.expand.forward_t(&activation(&self.reduce.forward_t(&pooled, train)?)?, train)?)?;
         Ok(x.broadcast_mul(&gate)?)
     }
+}
+
+/// timm's `make_divisible(value, 8, round_limit)`: nearest multiple of 8, at least 8, bumped up
+/// when rounding lost more than 1 - round_limit of the value.
+pub fn make_divisible(value: f64, round_limit: f64) -> usize {
+    let divisor: f64 = 8.0;
+    let mut rounded = divisor.max(((value + divisor / 2.0) / divisor).floor() * divisor);
+    if rounded < round_limit * value {
+        rounded += divisor;
+    }
+    rounded as usize
 }
 
 /// Mean over height and width: (B, C, H, W) -> (B, C).

@@ -55,7 +55,7 @@ pub use backbone::Backbone;
 pub use checkpoint::{KeyReport, read_checkpoint};
 pub use convnext::{ConvNextConfig, convnext_preset};
 pub use densenet::DenseNetConfig;
-pub use efficientnet::{EfficientNetConfig, EfficientNetVariant};
+pub use efficientnet::{DepthMultiplier, EfficientNetConfig, EfficientNetVariant, Padding, efficientnet_preset};
 pub use entry::{Architecture, ModelEntry, Preprocessing};
 pub use error::{Error, Result};
 pub use hub::{

@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use crate::convnext::{CONVNEXT_PRESETS, ConvNextConfig, convnext_preset, convnext_unsupported};
 use crate::densenet::DenseNetConfig;
-use crate::efficientnet::{EfficientNetConfig, EfficientNetVariant};
+use crate::efficientnet::{
+    DepthMultiplier, EFFICIENTNET_PRESETS, EfficientNetConfig, Padding, efficientnet_preset, efficientnet_unsupported,
+};
 use crate::entry::{Architecture, ModelEntry, Preprocessing};
 use crate::error::{Error, Result};
 use crate::regnet::{REGNET_PRESETS, RegNetConfig, regnet_preset, regnet_unsupported};
@@ -18,7 +20,7 @@ pub const MAX_CLASSES: usize = 100_000;
 
 /// What [`architecture_from_timm`] understands besides the ViTs (`VIT_PRESETS`), for error
 /// messages.
-pub const SUPPORTED_ARCHITECTURES: &str = "densenet121/161/169/201, mobilenetv2_035/050/075/100/140, efficientnet_b0..b7";
+pub const SUPPORTED_ARCHITECTURES: &str = "densenet121/161/169/201";
 
 fn unsupported(name: &str) -> Error {
     let lacking = [
@@ -26,6 +28,7 @@ fn unsupported(name: &str) -> Error {
         ("ResNet", resnet_unsupported(name)),
         ("ConvNeXt", convnext_unsupported(name)),
         ("RegNet", regnet_unsupported(name)),
+        ("EfficientNet", efficientnet_unsupported(name)),
     ];
     if let Some((family, option)) = lacking.into_iter().find_map(|(family, option)| Some((family, option?))) {
         return Error::Config {
@@ -37,7 +40,7 @@ fn unsupported(name: &str) -> Error {
         source_name: name.to_string(),
         problem: format!(
             "architecture '{name}' is not one of the zoo's families; supported: {SUPPORTED_ARCHITECTURES}, {RESNET_PRESETS}, \
-             {CONVNEXT_PRESETS}, {REGNET_PRESETS}, {VIT_PRESETS}"
+             {CONVNEXT_PRESETS}, {REGNET_PRESETS}, {EFFICIENTNET_PRESETS}, {VIT_PRESETS}"
         ),
     }
 }
@@ -240,6 +243,42 @@ fn regnet_with_args(name: &str, mut config: RegNetConfig, args: Option<&serde_js
     Ok(config)
 }
 
+/// A MobileNetV2/EfficientNet(V2) preset with a config.json's `model_args` (the keywords timm's
+/// entry points pass on to their generator).
+fn efficientnet_with_args(
+    name: &str,
+    mut config: EfficientNetConfig,
+    args: Option<&serde_json::Map<String, Value>>,
+) -> Result<EfficientNetConfig> {
+    let reader = ModelArgs { name };
+    let number =
+        |key: &str, value: &Value| value.as_f64().ok_or_else(|| reader.bad(format!("model_args.{key} is {value}; expected a number")));
+    for (key, value) in args.into_iter().flatten() {
+        match key.as_str() {
+            "channel_multiplier" => config.channel_multiplier = number(key, value)?,
+            "depth_multiplier" => {
+                config.depth_multiplier = match value.as_array() {
+                    Some(list) => DepthMultiplier::PerStage(list.iter().map(|v| number(key, v)).collect::<Result<_>>()?),
+                    None => DepthMultiplier::Uniform(number(key, value)?),
+                }
+            }
+            "bn_eps" => config.bn_eps = number(key, value)?,
+            "fix_stem_head" => config.fix_stem_head = reader.flag(key, value)?,
+            "pad_type" => {
+                config.padding = match value.as_str() {
+                    Some("") => Padding::Symmetric,
+                    Some("same") => Padding::Same,
+                    _ => return Err(reader.bad(format!("model_args.pad_type is {value}; the zoo pads \"\" (PyTorch) or \"same\""))),
+                }
+            }
+            "global_pool" if value.as_str() == Some("avg") => {}
+            "output_stride" if value.as_u64() == Some(32) => {}
+            _ => reader.unknown(key, value, "EfficientNet")?,
+        }
+    }
+    Ok(config)
+}
+
 /// The architecture of a timm model name, with timm's `model_args` overrides.
 pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<Architecture> {
     let args = model_args.and_then(Value::as_object);
@@ -268,33 +307,8 @@ pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<
             config.block_config = blocks;
         }
         Architecture::DenseNet(config)
-    } else if let Some(width) = name.strip_prefix("mobilenetv2_") {
-        let multiplier = match width {
-            "035" => 0.35,
-            "050" => 0.5,
-            "075" => 0.75,
-            "100" => 1.0,
-            "140" => 1.4,
-            _ => return Err(unsupported(name)),
-        };
-        Architecture::EfficientNet(EfficientNetConfig::mobilenetv2(multiplier))
-    } else if let Some(size) = name.strip_prefix("efficientnet_b") {
-        let (width, depth) = match size {
-            "0" => (1.0, 1.0),
-            "1" => (1.0, 1.1),
-            "2" => (1.1, 1.2),
-            "3" => (1.2, 1.4),
-            "4" => (1.4, 1.8),
-            "5" => (1.6, 2.2),
-            "6" => (1.8, 2.6),
-            "7" => (2.0, 3.1),
-            _ => return Err(unsupported(name)),
-        };
-        Architecture::EfficientNet(EfficientNetConfig {
-            variant: EfficientNetVariant::EfficientNet,
-            channel_multiplier: width,
-            depth_multiplier: depth,
-        })
+    } else if let Some(config) = efficientnet_preset(name) {
+        Architecture::EfficientNet(efficientnet_with_args(name, config, args)?)
     } else if let Some(config) = vit_preset(name) {
         Architecture::Vit(vit_with_args(name, config, args)?)
     } else {

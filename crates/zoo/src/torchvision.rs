@@ -10,7 +10,11 @@ pub fn is_torchvision_layout(architecture: &Architecture, keys: &[&str]) -> bool
     match architecture {
         Architecture::ResNet(_) | Architecture::ConvNext(_) | Architecture::RegNet(_) => false,
         Architecture::DenseNet(_) => keys.iter().any(|k| k.contains("denselayer") && (k.contains(".norm.1.") || k.contains(".conv.1."))),
-        Architecture::EfficientNet(_) => keys.contains(&"features.0.0.weight"),
+        // torchvision's EfficientNetV2 is not converted: its keys stay, and fail as missing.
+        Architecture::EfficientNet(config) => {
+            matches!(config.variant, EfficientNetVariant::MobilenetV2 | EfficientNetVariant::EfficientNet)
+                && keys.contains(&"features.0.0.weight")
+        }
         Architecture::Vit(_) => keys.contains(&"class_token"),
     }
 }
@@ -23,6 +27,7 @@ pub fn timm_name(architecture: &Architecture, key: &str) -> Option<String> {
         Architecture::EfficientNet(config) => match config.variant {
             EfficientNetVariant::MobilenetV2 => mobilenet_v2(key, &config.stage_depths()),
             EfficientNetVariant::EfficientNet => efficientnet(key, &config.stage_depths()),
+            _ => Some(key.to_string()),
         },
         Architecture::Vit(_) => Some(vit(key)),
     }

@@ -2,7 +2,8 @@
 //! exported small random models of each family and option (ResNet-D's deep stem and
 //! average-pool downsample, the tiered stem, ResNeXt's groups, SE blocks on both block kinds,
 //! the wide ResNets, the convolutional stem pool; ConvNeXt v1 and v2 with linear and 1x1-conv
-//! MLPs), each with the config.json its hub would publish. The zoo builds each from that config,
+//! MLPs; RegNet X and Y; EfficientNetV2's conv-BN-act and edge-residual blocks, with PyTorch's
+//! padding and with TensorFlow's "SAME" at 3x3 and 5x5, stride 2, even and odd sides), each with the config.json its hub would publish. The zoo builds each from that config,
 //! and must give timm's feature maps, features and logits (a square input and an odd-sided
 //! rectangle), and in train mode its logits, running statistics and gradients. Full-size presets
 //! are checked against timm's parameter counts and tensor shapes.
@@ -112,6 +113,10 @@ fn options_the_zoo_lacks_are_refused_by_name() {
         ("resnet50d", Some(serde_json::json!({"block_args": {"attn_layer": "cbam"}})), "attn_layer = \"cbam\""),
         ("convnext_tiny", Some(serde_json::json!({"kernel_sizes": 5})), "kernel_sizes = 5"),
         ("resnet18", Some(serde_json::json!({"cardinality": 4})), "basic blocks take neither cardinality"),
+        ("gc_efficientnetv2_rw_t", None, "se_layer=gc"),
+        ("mixnet_s", None, "generator _gen_mixnet_s"),
+        ("tf_efficientnetv2_s", Some(serde_json::json!({"pad_type": "valid"})), "pad_type is \"valid\""),
+        ("efficientnetv2_rw_m", Some(serde_json::json!({"depth_multiplier": [1.2, 1.6]})), "2 values for 6 stages"),
     ] {
         let error = architecture_from_timm(name, args.as_ref())
             .and_then(|a| a.check().map(|()| a).map_err(|problem| medxfer_zoo::Error::Config { source_name: name.into(), problem }))

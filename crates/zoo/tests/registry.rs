@@ -68,12 +68,5 @@ fn an_efficientnet_entry_of_the_old_spelling_reads_as_the_new() {
     let old: medxfer_zoo::ModelEntry =
         toml::from_str(&text.replace("variant = \"efficientnet\"", "variant = \"efficientnet_b0\"")).unwrap();
     assert_eq!(old, new);
-    assert_eq!(
-        new.architecture,
-        medxfer_zoo::Architecture::EfficientNet(medxfer_zoo::EfficientNetConfig {
-            variant: medxfer_zoo::EfficientNetVariant::EfficientNet,
-            channel_multiplier: 1.0,
-            depth_multiplier: 1.0
-        })
-    );
+    assert_eq!(new.architecture, medxfer_zoo::Architecture::EfficientNet(medxfer_zoo::EfficientNetConfig::efficientnet_b0()));
 }

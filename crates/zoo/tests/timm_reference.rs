@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use medxfer_zoo::{Architecture, Backbone, BlockKind, DenseNetConfig, EfficientNetConfig, EfficientNetVariant, ResNetConfig, VitConfig};
+use medxfer_zoo::{Architecture, Backbone, BlockKind, DenseNetConfig, DepthMultiplier, EfficientNetConfig, ResNetConfig, VitConfig};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -58,19 +58,11 @@ fn cases() -> Vec<(&'static str, Architecture)> {
         (
             "mobilenetv2_min",
             Architecture::EfficientNet(EfficientNetConfig {
-                variant: EfficientNetVariant::MobilenetV2,
-                channel_multiplier: 0.35,
-                depth_multiplier: 0.5,
+                depth_multiplier: DepthMultiplier::Uniform(0.5),
+                ..EfficientNetConfig::mobilenetv2(0.35)
             }),
         ),
-        (
-            "efficientnet_min",
-            Architecture::EfficientNet(EfficientNetConfig {
-                variant: EfficientNetVariant::EfficientNet,
-                channel_multiplier: 0.3,
-                depth_multiplier: 0.5,
-            }),
-        ),
+        ("efficientnet_min", Architecture::EfficientNet(EfficientNetConfig::efficientnet(0.3, 0.5))),
         ("vit_min", Architecture::Vit(VitConfig::new(64, 16, 24, 2, 3))),
     ]
 }

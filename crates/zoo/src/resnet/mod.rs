@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::layers::{
-    BatchNorm2d, Conv2d, ConvNorm, ConvSpec, Linear, SqueezeExcite, avg_pool_2x2_ceil, global_avg_pool, max_pool_3x3_s2_p1,
+    BatchNorm2d, Conv2d, ConvNorm, ConvSpec, Linear, SqueezeExcite, avg_pool_2x2_ceil, global_avg_pool, make_divisible, max_pool_3x3_s2_p1,
 };
 use crate::params::ParamBuilder;
 use medxfer_kernels::FusedActivation;
@@ -179,8 +179,7 @@ impl ResNetConfig {
 
 /// The rounding timm's `make_divisible(v, 8, round_limit=0)` does for SE widths.
 pub(crate) fn se_width(channels: usize) -> usize {
-    let v = channels as f64 / 16.0;
-    (((v + 4.0) as usize) / 8 * 8).max(8)
+    make_divisible(channels as f64 / 16.0, 0.0)
 }
 
 /// The shortcut where a block changes shape: 1x1 conv (stride s) + BN, or with `avg_down` a 2x2
