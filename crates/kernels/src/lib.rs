@@ -57,7 +57,7 @@ mod test_tensors;
 mod views;
 
 pub use activation::{FusedActivation, gelu_erf, relu, relu6};
-pub use attention::attention;
+pub use attention::{attention, attention_with_bias};
 pub use batchnorm::{BatchNormOutput, BatchNormParams, batch_norm_train};
 pub use conv::conv2d;
 pub use conv_batchnorm::conv_batch_norm_train;

@@ -15,6 +15,7 @@ use crate::layers::Linear;
 use crate::params::ParamStore;
 use crate::regnet::RegNet;
 use crate::resnet::ResNet;
+use crate::swin::Swin;
 use crate::torchvision::{is_torchvision_layout, timm_name};
 use crate::vit::{Vit, convert_vit_checkpoint, resample_pos_embed, square_side};
 
@@ -25,6 +26,7 @@ enum Network {
     EfficientNet(EfficientNet),
     Vit(Vit),
     ConvNext(ConvNext),
+    Swin(Swin),
     RegNet(RegNet),
 }
 
@@ -60,6 +62,7 @@ impl Backbone {
             Architecture::EfficientNet(config) => Network::EfficientNet(EfficientNet::new(&root, config, num_classes)?),
             Architecture::Vit(config) => Network::Vit(Vit::new(&root, config, num_classes)?),
             Architecture::ConvNext(config) => Network::ConvNext(ConvNext::new(&root, config, num_classes)?),
+            Architecture::Swin(config) => Network::Swin(Swin::new(&root, config, num_classes)?),
             Architecture::RegNet(config) => Network::RegNet(RegNet::new(&root, config, num_classes)?),
         };
         Ok(Self { name: name.to_string(), architecture: architecture.clone(), network, store })
@@ -163,6 +166,7 @@ impl Backbone {
             Network::EfficientNet(net) => net.features(x, train),
             Network::Vit(net) => net.features(x, train),
             Network::ConvNext(net) => net.features(x, train),
+            Network::Swin(net) => net.features(x, train),
             Network::RegNet(net) => net.features(x, train),
         }
     }
@@ -176,6 +180,7 @@ impl Backbone {
             Network::EfficientNet(net) => net.feature_map(x, train),
             Network::Vit(net) => net.feature_map(x, train),
             Network::ConvNext(net) => net.feature_map(x, train),
+            Network::Swin(net) => net.feature_map(x, train),
             Network::RegNet(net) => net.feature_map(x, train),
         }
     }
@@ -191,6 +196,7 @@ impl Backbone {
             Network::DenseNet(net) => (net.features(x, train)?, &net.classifier),
             Network::EfficientNet(net) => (net.features(x, train)?, &net.classifier),
             Network::ConvNext(net) => (net.features(x, train)?, &net.fc),
+            Network::Swin(net) => (net.features(x, train)?, &net.fc),
             Network::RegNet(net) => (net.features(x, train)?, &net.fc),
         };
         let logits = classifier.forward_t(&features, train)?;
@@ -208,6 +214,7 @@ impl Backbone {
             Network::DenseNet(net) => &mut net.classifier,
             Network::EfficientNet(net) => &mut net.classifier,
             Network::ConvNext(net) => &mut net.fc,
+            Network::Swin(net) => &mut net.fc,
             Network::RegNet(net) => &mut net.fc,
         };
         *classifier = Linear::fresh(&root.pp(self.architecture.head_key()), width, num_classes, seed)?;
@@ -222,6 +229,7 @@ impl Backbone {
             Network::EfficientNet(net) => net.classifier.shape()?.0,
             Network::Vit(net) => net.num_classes()?,
             Network::ConvNext(net) => net.fc.shape()?.0,
+            Network::Swin(net) => net.fc.shape()?.0,
             Network::RegNet(net) => net.fc.shape()?.0,
         })
     }

@@ -11,6 +11,7 @@ use crate::densenet::DenseNetConfig;
 use crate::efficientnet::EfficientNetConfig;
 use crate::regnet::RegNetConfig;
 use crate::resnet::ResNetConfig;
+use crate::swin::SwinConfig;
 use crate::vit::VitConfig;
 
 /// A family and its shape, as written in models/*.toml (`family = "resnet"`, ...).
@@ -35,6 +36,9 @@ pub enum Architecture {
     /// timm's `RegNet` (X and Y).
     #[serde(rename = "regnet")]
     RegNet(RegNetConfig),
+    /// timm's `SwinTransformer` (v1).
+    #[serde(rename = "swin")]
+    Swin(SwinConfig),
 }
 
 impl Architecture {
@@ -47,6 +51,7 @@ impl Architecture {
             Architecture::Vit(config) => config.num_features(),
             Architecture::ConvNext(config) => config.num_features(),
             Architecture::RegNet(config) => config.num_features(),
+            Architecture::Swin(config) => config.num_features(),
         }
     }
 
@@ -72,6 +77,7 @@ impl Architecture {
             }
             Architecture::ConvNext(config) => config.check_options(),
             Architecture::RegNet(config) => config.check_options(),
+            Architecture::Swin(config) => config.check_options(),
             Architecture::DenseNet(config) => {
                 within("growth_rate", config.growth_rate, 1, 1024)?;
                 within("bn_size", config.bn_size, 1, 64)?;
@@ -122,7 +128,7 @@ impl Architecture {
             Architecture::ResNet(_) => "fc",
             Architecture::DenseNet(_) | Architecture::EfficientNet(_) => "classifier",
             Architecture::Vit(_) => "head",
-            Architecture::ConvNext(_) | Architecture::RegNet(_) => "head.fc",
+            Architecture::ConvNext(_) | Architecture::RegNet(_) | Architecture::Swin(_) => "head.fc",
         }
     }
 }

@@ -46,6 +46,7 @@ mod preset_table;
 mod registry;
 mod regnet;
 mod resnet;
+mod swin;
 mod timm_config;
 mod torchvision;
 mod transformers_config;
@@ -66,6 +67,7 @@ pub use preprocess::eval_tensor;
 pub use registry::Registry;
 pub use regnet::{RegNetConfig, RegNetStage, regnet_preset};
 pub use resnet::{BlockAttention, BlockKind, ResNetConfig, StemType, resnet_preset};
+pub use swin::{SwinConfig, swin_preset};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
 pub use transformers_config::{entry_from_transformers_config, is_transformers_config};
 pub use vit::{

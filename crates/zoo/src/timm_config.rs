@@ -13,6 +13,7 @@ use crate::entry::{Architecture, ModelEntry, Preprocessing};
 use crate::error::{Error, Result};
 use crate::regnet::{REGNET_PRESETS, RegNetConfig, regnet_preset, regnet_unsupported};
 use crate::resnet::{BlockAttention, RESNET_PRESETS, ResNetConfig, StemType, resnet_preset, resnet_unsupported};
+use crate::swin::{SWIN_PRESETS, SwinConfig, swin_preset, swin_unsupported};
 use crate::vit::{GlobalPool, MlpKind, VIT_PRESETS, VitConfig, vit_preset, vit_unsupported};
 
 /// The most classes a pretrained head may have (ImageNet-22k's 21,843 fit).
@@ -29,6 +30,7 @@ fn unsupported(name: &str) -> Error {
         ("ConvNeXt", convnext_unsupported(name)),
         ("RegNet", regnet_unsupported(name)),
         ("EfficientNet", efficientnet_unsupported(name)),
+        ("Swin", swin_unsupported(name)),
     ];
     if let Some((family, option)) = lacking.into_iter().find_map(|(family, option)| Some((family, option?))) {
         return Error::Config {
@@ -40,7 +42,7 @@ fn unsupported(name: &str) -> Error {
         source_name: name.to_string(),
         problem: format!(
             "architecture '{name}' is not one of the zoo's families; supported: {SUPPORTED_ARCHITECTURES}, {RESNET_PRESETS}, \
-             {CONVNEXT_PRESETS}, {REGNET_PRESETS}, {EFFICIENTNET_PRESETS}, {VIT_PRESETS}"
+             {CONVNEXT_PRESETS}, {REGNET_PRESETS}, {EFFICIENTNET_PRESETS}, {SWIN_PRESETS}, {VIT_PRESETS}"
         ),
     }
 }
@@ -279,6 +281,41 @@ fn efficientnet_with_args(
     Ok(config)
 }
 
+/// A Swin preset with a config.json's `model_args` (timm's `SwinTransformer` keywords).
+fn swin_with_args(name: &str, mut config: SwinConfig, args: Option<&serde_json::Map<String, Value>>) -> Result<SwinConfig> {
+    let reader = ModelArgs { name };
+    let list = |key: &str, value: &Value| -> Result<Vec<usize>> {
+        let items = value.as_array().ok_or_else(|| reader.bad(format!("model_args.{key} is {value}; expected a list")))?;
+        items.iter().map(|v| reader.whole(key, v)).collect()
+    };
+    for (key, value) in args.into_iter().flatten() {
+        match key.as_str() {
+            "img_size" => {
+                // timm takes a side or (height, width); the zoo's Swins are square.
+                config.img_size = match value.as_array().map(Vec::as_slice) {
+                    Some([h, w]) if h == w => reader.whole(key, h)?,
+                    Some(_) => return Err(reader.bad(format!("model_args.img_size is {value}; the zoo's Swins take square inputs"))),
+                    None => reader.whole(key, value)?,
+                }
+            }
+            "patch_size" => config.patch_size = reader.whole(key, value)?,
+            "window_size" => config.window_size = reader.whole(key, value)?,
+            "embed_dim" => config.embed_dim = reader.whole(key, value)?,
+            "depths" => config.depths = list(key, value)?,
+            "num_heads" => config.num_heads = list(key, value)?,
+            "mlp_ratio" => {
+                config.mlp_ratio =
+                    value.as_f64().ok_or_else(|| reader.bad(format!("model_args.mlp_ratio is {value}; expected a number")))?
+            }
+            "qkv_bias" | "strict_img_size" if value.as_bool() == Some(true) => {}
+            "always_partition" if value.as_bool() == Some(false) => {}
+            "global_pool" if value.as_str() == Some("avg") => {}
+            _ => reader.unknown(key, value, "Swin")?,
+        }
+    }
+    Ok(config)
+}
+
 /// The architecture of a timm model name, with timm's `model_args` overrides.
 pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<Architecture> {
     let args = model_args.and_then(Value::as_object);
@@ -307,6 +344,8 @@ pub fn architecture_from_timm(name: &str, model_args: Option<&Value>) -> Result<
             config.block_config = blocks;
         }
         Architecture::DenseNet(config)
+    } else if let Some(config) = swin_preset(name) {
+        Architecture::Swin(swin_with_args(name, config, args)?)
     } else if let Some(config) = efficientnet_preset(name) {
         Architecture::EfficientNet(efficientnet_with_args(name, config, args)?)
     } else if let Some(config) = vit_preset(name) {
@@ -322,11 +361,19 @@ pub fn entry_from_timm_config(repo_id: &str, config_json: &str) -> Result<ModelE
     let bad = |problem: String| Error::Config { source_name: format!("{repo_id}/config.json"), problem };
     let config: Value = serde_json::from_str(config_json).map_err(|e| bad(format!("not JSON: {e}")))?;
     let name = config["architecture"].as_str().ok_or_else(|| bad("has no 'architecture'".into()))?;
-    let architecture = architecture_from_timm(name, config.get("model_args")).map_err(|e| match e {
+    let mut architecture = architecture_from_timm(name, config.get("model_args")).map_err(|e| match e {
         Error::Config { problem, .. } => bad(problem),
         other => other,
     })?;
     let pretrained = &config["pretrained_cfg"];
+    // timm builds a Swin for its pretrained_cfg's input size (build_model_with_cfg sets img_size
+    // from it unless model_args name one): its windows and masks depend on it.
+    if let Architecture::Swin(swin) = &mut architecture
+        && config["model_args"].get("img_size").is_none()
+        && let Some(side) = pretrained["input_size"].as_array().and_then(|a| a.get(2)).and_then(Value::as_u64)
+    {
+        swin.img_size = usize::try_from(side).unwrap_or(usize::MAX);
+    }
     let num_classes = config["num_classes"].as_u64().or_else(|| pretrained["num_classes"].as_u64()).unwrap_or(1000);
     let num_classes = usize::try_from(num_classes).unwrap_or(usize::MAX);
     let triple = |key: &str, default: [f64; 3]| -> [f64; 3] {

@@ -8,7 +8,7 @@ use crate::entry::Architecture;
 /// Whether these checkpoint keys are in a torchvision layout this architecture must rename.
 pub fn is_torchvision_layout(architecture: &Architecture, keys: &[&str]) -> bool {
     match architecture {
-        Architecture::ResNet(_) | Architecture::ConvNext(_) | Architecture::RegNet(_) => false,
+        Architecture::ResNet(_) | Architecture::ConvNext(_) | Architecture::RegNet(_) | Architecture::Swin(_) => false,
         Architecture::DenseNet(_) => keys.iter().any(|k| k.contains("denselayer") && (k.contains(".norm.1.") || k.contains(".conv.1."))),
         // torchvision's EfficientNetV2 is not converted: its keys stay, and fail as missing.
         Architecture::EfficientNet(config) => {
@@ -22,7 +22,7 @@ pub fn is_torchvision_layout(architecture: &Architecture, keys: &[&str]) -> bool
 /// The timm name of a torchvision key, or `None` for a key with no counterpart.
 pub fn timm_name(architecture: &Architecture, key: &str) -> Option<String> {
     match architecture {
-        Architecture::ResNet(_) | Architecture::ConvNext(_) | Architecture::RegNet(_) => Some(key.to_string()),
+        Architecture::ResNet(_) | Architecture::ConvNext(_) | Architecture::RegNet(_) | Architecture::Swin(_) => Some(key.to_string()),
         Architecture::DenseNet(_) => Some(densenet_legacy(key)),
         Architecture::EfficientNet(config) => match config.variant {
             EfficientNetVariant::MobilenetV2 => mobilenet_v2(key, &config.stage_depths()),

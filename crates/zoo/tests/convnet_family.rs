@@ -51,8 +51,9 @@ fn every_case_gives_timms_outputs_running_statistics_and_gradients() {
         let model = Backbone::load(name, &architecture, 10, &fixtures().join(format!("{name}.safetensors")), &Device::Cpu).unwrap();
         assert_eq!(model.params().parameter_count() as u64, case["parameters"].as_u64().unwrap(), "{name}: parameters");
         let reference = reference(name);
+        // Swin takes its img_size only: its cases have no rectangle.
         for suffix in ["", "_rect"] {
-            let input = &reference[&format!("input{suffix}")];
+            let Some(input) = reference.get(&format!("input{suffix}")) else { continue };
             assert_close(
                 &format!("{name} feature map{suffix}"),
                 &model.feature_map(input, false).unwrap(),
@@ -124,6 +125,24 @@ fn options_the_zoo_lacks_are_refused_by_name() {
             .to_string();
         assert!(error.contains(expected), "{name}: {error}");
     }
+}
+
+/// A Swin from the hub is built for its pretrained_cfg's input size, as timm builds it.
+#[test]
+fn a_hub_swin_takes_its_pretrained_input_size() {
+    let config = serde_json::json!({
+        "architecture": "swin_tiny_patch4_window7_224",
+        "num_classes": 1000,
+        "pretrained_cfg": {"input_size": [3, 256, 256], "crop_pct": 1.0, "interpolation": "bicubic"}
+    });
+    let entry = medxfer_zoo::entry_from_timm_config("someone/swin_tiny_256", &config.to_string()).unwrap();
+    let Architecture::Swin(swin) = &entry.architecture else { panic!("{:?}", entry.architecture) };
+    assert_eq!((swin.img_size, entry.preprocessing.crop, entry.feature_dim, entry.head.as_str()), (256, 256, 768, "head.fc"));
+    // A model takes its img_size only, and says so.
+    let small = Architecture::Swin(medxfer_zoo::SwinConfig { img_size: 64, embed_dim: 12, ..swin.clone() });
+    let model = Backbone::new("swin", &small, 3, &Device::Cpu).unwrap();
+    let error = model.features(&Tensor::zeros((1, 3, 96, 96), candle_core::DType::F32, &Device::Cpu).unwrap(), false).unwrap_err();
+    assert!(error.to_string().contains("takes 64x64 images only"), "{error}");
 }
 
 /// Every RegNet preset's stages (widths, depths, group widths) as timm resolves them from the

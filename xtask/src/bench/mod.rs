@@ -17,9 +17,10 @@ use anyhow::Result;
 
 use measurement::table;
 
-/// The ConvNets beyond the paper's ten with rows of their own (issue 17's families, as they
-/// land: Swin joins when the zoo builds it), by timm name.
-const BEYOND_EVAL: [&str; 5] = ["convnext_tiny", "resnet50d", "resnext50_32x4d", "regnety_016", "tf_efficientnetv2_s"];
+/// The ConvNets beyond the paper's ten with rows of their own (issue 17's families), by timm
+/// name.
+const BEYOND_EVAL: [&str; 6] =
+    ["convnext_tiny", "resnet50d", "resnext50_32x4d", "regnety_016", "tf_efficientnetv2_s", "swin_tiny_patch4_window7_224"];
 const BEYOND_TRAIN: [&str; 2] = ["convnext_tiny", "resnet50d"];
 
 /// `cargo xtask bench`'s options.

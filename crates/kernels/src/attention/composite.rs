@@ -32,3 +32,15 @@ pub(super) fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> candle_co
     let attended = softmax_last_dim(&scores)?.matmul(&v)?;
     attended.transpose(1, 2)?.reshape((batch, tokens, width / 3))
 }
+
+pub(super) fn attention_with_bias(qkv: &Tensor, num_heads: usize, scale: f64, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let (batch, tokens, width) = qkv.dims3()?;
+    let groups = bias.dim(0)?;
+    let [q, k, v] = split_heads(qkv, num_heads)?;
+    let scores = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?.contiguous()?)? * scale)?
+        .reshape((batch / groups, groups, num_heads, tokens, tokens))?
+        .broadcast_add(&bias.to_dtype(qkv.dtype())?.unsqueeze(0)?)?
+        .reshape((batch, num_heads, tokens, tokens))?;
+    let attended = softmax_last_dim(&scores)?.matmul(&v)?;
+    attended.transpose(1, 2)?.reshape((batch, tokens, width / 3))
+}

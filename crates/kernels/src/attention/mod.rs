@@ -31,6 +31,26 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
     composite::attention(qkv, num_heads, scale)
 }
 
+/// Attention with an additive bias on the scaled scores, as Swin's windowed attention adds its
+/// relative position bias and shift mask: `qkv` (images x groups, tokens, 3 dim), laid out as
+/// [`attention`] takes it, and `bias` (groups, heads, tokens, tokens), whose group g applies to
+/// entry i x groups + g of the batch (a Swin window's position in its image); one group applies
+/// to every entry. Returns (images x groups, tokens, dim). Written with candle's ops on every
+/// device (the bias's gradient comes with them).
+pub fn attention_with_bias(qkv: &Tensor, num_heads: usize, scale: f64, bias: &Tensor) -> Result<Tensor> {
+    let (batch, tokens, width) = qkv.dims3()?;
+    let (groups, heads, rows, columns) = bias.dims4()?;
+    if num_heads == 0 || !width.is_multiple_of(3 * num_heads) {
+        candle_core::bail!("attention: a qkv width of {width} does not split into q, k and v of {num_heads} heads");
+    }
+    if heads != num_heads || rows != tokens || columns != tokens || groups == 0 || !batch.is_multiple_of(groups) {
+        candle_core::bail!(
+            "attention: a bias of shape ({groups}, {heads}, {rows}, {columns}) does not fit {batch} entries of {tokens} tokens and {num_heads} heads"
+        );
+    }
+    composite::attention_with_bias(qkv, num_heads, scale, bias)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -68,6 +88,31 @@ mod tests {
         let y = attention(&qkv, 1, 1.0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let expected = |a: f32, b: f32| (10.0 * a.exp() + 20.0 * b.exp()) / (a.exp() + b.exp());
         assert!((y[0] - expected(1.0, 2.0)).abs() < 1e-5 && (y[1] - expected(2.0, 4.0)).abs() < 1e-5, "{y:?}");
+    }
+
+    /// A zero bias is plain attention; a bias of -100 off the diagonal leaves each token
+    /// attending to itself (its own v), in the groups that carry it only.
+    #[test]
+    fn a_bias_adds_to_the_scores_of_its_group() {
+        let mut normal = NormalTensors::new(9);
+        let (images, groups, tokens, heads, head_dim) = (2, 3, 5, 2, 4);
+        let dim = heads * head_dim;
+        let qkv = normal.draw(0.0, 1.0, (images * groups, tokens, 3 * dim));
+        let zero = Tensor::zeros((groups, heads, tokens, tokens), candle_core::DType::F32, qkv.device()).unwrap();
+        let plain = attention(&qkv, heads, 0.5).unwrap();
+        assert!(max_abs((attention_with_bias(&qkv, heads, 0.5, &zero).unwrap() - &plain).unwrap()) < 1e-5);
+        // Group 1 masked to the diagonal.
+        let eye = Tensor::eye(tokens, candle_core::DType::F32, qkv.device()).unwrap();
+        let mask = ((eye - 1.0).unwrap() * 100.0).unwrap().unsqueeze(0).unwrap().repeat((heads, 1, 1)).unwrap();
+        let bias = Tensor::stack(&[zero.get(0).unwrap(), mask, zero.get(2).unwrap()], 0).unwrap();
+        let biased = attention_with_bias(&qkv, heads, 0.5, &bias).unwrap();
+        let v = qkv.narrow(2, 2 * dim, dim).unwrap();
+        for entry in 0..images * groups {
+            let expected = if entry % groups == 1 { v.get(entry).unwrap() } else { plain.get(entry).unwrap() };
+            assert!(max_abs((biased.get(entry).unwrap() - expected).unwrap()) < 1e-4, "entry {entry}");
+        }
+        let wrong = Tensor::zeros((4, heads, tokens, tokens), candle_core::DType::F32, qkv.device()).unwrap();
+        assert!(attention_with_bias(&qkv, heads, 0.5, &wrong).unwrap_err().to_string().contains("does not fit 6 entries"));
     }
 
     #[test]
