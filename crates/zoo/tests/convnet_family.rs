@@ -3,10 +3,12 @@
 //! average-pool downsample, the tiered stem, ResNeXt's groups, SE blocks on both block kinds,
 //! the wide ResNets, the convolutional stem pool; ConvNeXt v1 and v2 with linear and 1x1-conv
 //! MLPs; RegNet X and Y; EfficientNetV2's conv-BN-act and edge-residual blocks, with PyTorch's
-//! padding and with TensorFlow's "SAME" at 3x3 and 5x5, stride 2, even and odd sides), each with the config.json its hub would publish. The zoo builds each from that config,
-//! and must give timm's feature maps, features and logits (a square input and an odd-sided
-//! rectangle), and in train mode its logits, running statistics and gradients. Full-size presets
-//! are checked against timm's parameter counts and tensor shapes.
+//! padding and with TensorFlow's "SAME" at 3x3 and 5x5, stride 2, even and odd sides; Swin with
+//! shifted windows, padded windows and windows clamped to small grids), each with the
+//! config.json its hub would publish. The zoo builds each from that config, and must give timm's
+//! feature maps, features and logits (a square input and, but for Swin, an odd-sided rectangle),
+//! and in train mode its logits, running statistics and every parameter's gradient. Full-size
+//! presets are checked against timm's parameter counts and tensor shapes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
