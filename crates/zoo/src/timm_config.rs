@@ -54,57 +54,52 @@ const HARMLESS_ARGS: [&str; 8] =
 
 /// A ViT preset with a config.json's `model_args` (timm's `VisionTransformer` keywords).
 fn vit_with_args(name: &str, mut config: VitConfig, args: Option<&serde_json::Map<String, Value>>) -> Result<VitConfig> {
-    let bad = |problem: String| Error::Config { source_name: name.to_string(), problem };
+    let reader = ModelArgs { name };
     for (key, value) in args.into_iter().flatten() {
-        let size = || {
-            value
-                .as_u64()
-                .and_then(|u| usize::try_from(u).ok())
-                .ok_or_else(|| bad(format!("model_args.{key} is {value}; expected a whole number")))
-        };
-        let flag = || value.as_bool().ok_or_else(|| bad(format!("model_args.{key} is {value}; expected true or false")));
         match key.as_str() {
             "img_size" => {
                 // timm takes a side or (height, width); the zoo's ViTs are square.
                 config.img_size = match value.as_array().map(Vec::as_slice) {
-                    Some([h, w]) if h == w => {
-                        h.as_u64().and_then(|u| usize::try_from(u).ok()).ok_or_else(|| bad(format!("model_args.img_size is {value}")))?
-                    }
-                    Some(_) => return Err(bad(format!("model_args.img_size is {value}; the zoo's ViTs take square inputs"))),
-                    None => size()?,
+                    Some([h, w]) if h == w => reader.whole(key, h)?,
+                    Some(_) => return Err(reader.bad(format!("model_args.img_size is {value}; the zoo's ViTs take square inputs"))),
+                    None => reader.whole(key, value)?,
                 }
             }
-            "patch_size" => config.patch_size = size()?,
-            "embed_dim" => config.embed_dim = size()?,
-            "depth" => config.depth = size()?,
-            "num_heads" => config.num_heads = size()?,
-            "reg_tokens" => config.reg_tokens = size()?,
-            "mlp_ratio" => config.mlp_ratio = value.as_f64().ok_or_else(|| bad(format!("model_args.mlp_ratio is {value}")))?,
+            "patch_size" => config.patch_size = reader.whole(key, value)?,
+            "embed_dim" => config.embed_dim = reader.whole(key, value)?,
+            "depth" => config.depth = reader.whole(key, value)?,
+            "num_heads" => config.num_heads = reader.whole(key, value)?,
+            "reg_tokens" => config.reg_tokens = reader.whole(key, value)?,
+            "mlp_ratio" => config.mlp_ratio = reader.number(key, value)?,
             "init_values" => config.init_values = value.as_f64(),
-            "qkv_bias" => config.qkv_bias = flag()?,
-            "class_token" => config.class_token = flag()?,
-            "no_embed_class" => config.no_embed_class = flag()?,
-            "pre_norm" => config.pre_norm = flag()?,
-            "dynamic_img_size" => config.dynamic_img_size = flag()?,
+            "qkv_bias" => config.qkv_bias = reader.flag(key, value)?,
+            "class_token" => config.class_token = reader.flag(key, value)?,
+            "no_embed_class" => config.no_embed_class = reader.flag(key, value)?,
+            "pre_norm" => config.pre_norm = reader.flag(key, value)?,
+            "dynamic_img_size" => config.dynamic_img_size = reader.flag(key, value)?,
             "fc_norm" => config.fc_norm = value.as_bool(),
             "global_pool" => {
                 config.global_pool = match value.as_str() {
                     Some("token") => GlobalPool::Token,
                     Some("avg") => GlobalPool::Avg,
                     Some("") => GlobalPool::None,
-                    _ => return Err(bad(format!("model_args.global_pool is {value}; the zoo pools by \"token\", \"avg\" or \"\" (none)"))),
+                    _ => {
+                        return Err(
+                            reader.bad(format!("model_args.global_pool is {value}; the zoo pools by \"token\", \"avg\" or \"\" (none)"))
+                        );
+                    }
                 }
             }
             "mlp_layer" | "act_layer" => match value.as_str().map(str::to_ascii_lowercase).as_deref() {
                 Some("swiglupacked" | "swiglu_packed" | "silu") => config.mlp = MlpKind::SwigluPacked,
                 Some("mlp" | "gelu") => {}
-                _ => return Err(bad(format!("model_args.{key} is {value}; the zoo knows Mlp with GELU and SwiGLUPacked with SiLU"))),
+                _ => {
+                    return Err(reader.bad(format!("model_args.{key} is {value}; the zoo knows Mlp with GELU and SwiGLUPacked with SiLU")));
+                }
             },
-            "in_chans" if value.as_u64() == Some(3) => {}
-            "dynamic_img_pad" | "final_norm" if value.as_bool() == Some(false) => {}
-            "final_norm" if value.as_bool() == Some(true) => {}
-            key if HARMLESS_ARGS.contains(&key) => {}
-            _ => return Err(bad(format!("model_args.{key} = {value} is not an option the zoo's ViT has"))),
+            "dynamic_img_pad" if value.as_bool() == Some(false) => {}
+            "final_norm" if value.is_boolean() => {}
+            _ => reader.unknown(key, value, "ViT")?,
         }
     }
     Ok(config)
@@ -125,6 +120,10 @@ impl ModelArgs<'_> {
             .as_u64()
             .and_then(|u| usize::try_from(u).ok())
             .ok_or_else(|| self.bad(format!("model_args.{key} is {value}; expected a whole number")))
+    }
+
+    fn number(&self, key: &str, value: &Value) -> Result<f64> {
+        value.as_f64().ok_or_else(|| self.bad(format!("model_args.{key} is {value}; expected a number")))
     }
 
     fn flag(&self, key: &str, value: &Value) -> Result<bool> {
@@ -200,9 +199,7 @@ fn convnext_with_args(name: &str, mut config: ConvNextConfig, args: Option<&serd
             "use_grn" => config.use_grn = reader.flag(key, value)?,
             "ls_init_value" => config.layer_scale = !value.is_null(),
             "norm_eps" if value.is_null() => {}
-            "norm_eps" => {
-                config.norm_eps = value.as_f64().ok_or_else(|| reader.bad(format!("model_args.norm_eps is {value}; expected a number")))?
-            }
+            "norm_eps" => config.norm_eps = reader.number(key, value)?,
             "kernel_sizes" if value.as_u64() == Some(7) => {}
             "patch_size" if value.as_u64() == Some(4) => {}
             "stem_type" if value.as_str() == Some("patch") => {}
@@ -224,19 +221,17 @@ fn convnext_with_args(name: &str, mut config: ConvNextConfig, args: Option<&serd
 /// fields).
 fn regnet_with_args(name: &str, mut config: RegNetConfig, args: Option<&serde_json::Map<String, Value>>) -> Result<RegNetConfig> {
     let reader = ModelArgs { name };
-    let number =
-        |key: &str, value: &Value| value.as_f64().ok_or_else(|| reader.bad(format!("model_args.{key} is {value}; expected a number")));
     for (key, value) in args.into_iter().flatten() {
         match key.as_str() {
             "depth" => config.depth = reader.whole(key, value)?,
             "w0" => config.w0 = reader.whole(key, value)?,
             "group_size" => config.group_size = reader.whole(key, value)?,
             "stem_width" => config.stem_width = reader.whole(key, value)?,
-            "wa" => config.wa = number(key, value)?,
-            "wm" => config.wm = number(key, value)?,
-            "bottle_ratio" => config.bottle_ratio = number(key, value)?,
-            "se_ratio" => config.se_ratio = number(key, value)?,
-            "group_min_ratio" => config.group_min_ratio = number(key, value)?,
+            "wa" => config.wa = reader.number(key, value)?,
+            "wm" => config.wm = reader.number(key, value)?,
+            "bottle_ratio" => config.bottle_ratio = reader.number(key, value)?,
+            "se_ratio" => config.se_ratio = reader.number(key, value)?,
+            "group_min_ratio" => config.group_min_ratio = reader.number(key, value)?,
             "global_pool" if value.as_str() == Some("avg") => {}
             "output_stride" if value.as_u64() == Some(32) => {}
             _ => reader.unknown(key, value, "RegNet")?,
@@ -253,18 +248,16 @@ fn efficientnet_with_args(
     args: Option<&serde_json::Map<String, Value>>,
 ) -> Result<EfficientNetConfig> {
     let reader = ModelArgs { name };
-    let number =
-        |key: &str, value: &Value| value.as_f64().ok_or_else(|| reader.bad(format!("model_args.{key} is {value}; expected a number")));
     for (key, value) in args.into_iter().flatten() {
         match key.as_str() {
-            "channel_multiplier" => config.channel_multiplier = number(key, value)?,
+            "channel_multiplier" => config.channel_multiplier = reader.number(key, value)?,
             "depth_multiplier" => {
                 config.depth_multiplier = match value.as_array() {
-                    Some(list) => DepthMultiplier::PerStage(list.iter().map(|v| number(key, v)).collect::<Result<_>>()?),
-                    None => DepthMultiplier::Uniform(number(key, value)?),
+                    Some(list) => DepthMultiplier::PerStage(list.iter().map(|v| reader.number(key, v)).collect::<Result<_>>()?),
+                    None => DepthMultiplier::Uniform(reader.number(key, value)?),
                 }
             }
-            "bn_eps" => config.bn_eps = number(key, value)?,
+            "bn_eps" => config.bn_eps = reader.number(key, value)?,
             "fix_stem_head" => config.fix_stem_head = reader.flag(key, value)?,
             "pad_type" => {
                 config.padding = match value.as_str() {
