@@ -18,7 +18,8 @@ use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
 use rand::{Rng, SeedableRng};
 
 /// Class 1: a bright centre on a dark ground; class 0: the reverse. Noise everywhere.
-fn write_split(dir: &Path, name: &str, n: usize, seed: u64) -> SplitData {
+/// `n` 32-px images of the task, cached with their shorter side at `side` px.
+fn write_split(dir: &Path, name: &str, n: usize, seed: u64, side: u32) -> SplitData {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let folder = dir.join(name);
     std::fs::create_dir_all(&folder).unwrap();
@@ -35,14 +36,20 @@ fn write_split(dir: &Path, name: &str, n: usize, seed: u64) -> SplitData {
         image.save(dir.join(&path)).unwrap();
         entries.push(Entry { path, label, group: i.to_string(), split: Part::Train });
     }
-    SplitData::cached(&dir.join("cache"), name, dir, &entries, 32, false).unwrap()
+    SplitData::cached(&dir.join("cache"), name, dir, &entries, side, false).unwrap()
 }
 
 fn data(dir: &Path) -> RunData {
+    data_at(dir, 32)
+}
+
+/// The task with its images cached at `side` px: the eval transform centre-crops the cache, so
+/// a crop larger than 32 px needs a cache that large.
+fn data_at(dir: &Path, side: u32) -> RunData {
     RunData {
-        train: write_split(dir, "train", 48, 1),
-        val: write_split(dir, "val", 16, 2),
-        test: Some(write_split(dir, "test", 20, 3)),
+        train: write_split(dir, "train", 48, 1, side),
+        val: write_split(dir, "val", 16, 2, side),
+        test: Some(write_split(dir, "test", 20, 3, side)),
         ood: None,
         classes: 2,
     }
@@ -383,21 +390,34 @@ fn a_kill_between_the_checkpoint_and_the_history_file_leaves_nothing_inconsisten
 /// by PyTorch at this test's 0.02 it falls to chance on this task too, and at 0.002 without
 /// augmentation it separates it there as here.
 #[test]
-fn regnet_resnext_and_convnext_fine_tune_too() {
+fn the_families_beyond_the_paper_fine_tune_too() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../zoo/tests/fixtures/convnet");
     let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("cases.json")).unwrap()).unwrap();
     let plain = TrainTransform { size: 32, scale: (1.0, 1.0), ratio: (1.0, 1.0), degrees: 0.0, hue: 0.0 };
+    // EfficientNetV2 and Swin at 64 px: at 32 px EfficientNetV2's last stages are 1x1 and its
+    // BatchNorm statistics too noisy to generalise; Swin takes its img_size (64) only.
+    // EfficientNetV2 at lr 0.005 for 8 epochs: at 0.02 its running statistics lag the weights and
+    // the validation loss spikes to 10-40 before it recovers. timm's model, trained in PyTorch
+    // from the same weights on a replica of this task, does the same at 0.02 (4 seeds).
+    let at_64 = |learning_rate: f64, epochs: usize| RunSettings {
+        learning_rate,
+        crop: 64,
+        train_transform: TrainTransform { size: 64, ..plain },
+        ..settings(epochs)
+    };
     for (name, settings) in [
         ("regnety_like", settings(6)),
         ("seresnext26d_like", settings(6)),
         ("convnext_like", RunSettings { learning_rate: 0.002, train_transform: plain, ..settings(6) }),
+        ("tf_efficientnetv2_like", at_64(0.005, 8)),
+        ("swin_pad_like", at_64(0.002, 6)),
     ] {
         let config = &cases[name]["config_json"];
         let architecture = medxfer_zoo::architecture_from_timm(config["architecture"].as_str().unwrap(), config.get("model_args")).unwrap();
         let mut model = Backbone::load(name, &architecture, 10, &fixtures.join(format!("{name}.safetensors")), &device()).unwrap();
         model.replace_head(2, 7).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let data = data(dir.path());
+        let data = data_at(dir.path(), settings.crop);
         let mut epochs = Vec::new();
         let outcome = fine_tune(&model, &data, &settings, &dir.path().join("run"), &mut |r: &EpochRecord| epochs.push(r.clone())).unwrap();
         let accuracy = outcome.test.unwrap().balanced_accuracy;
