@@ -57,14 +57,7 @@ fn vit_with_args(name: &str, mut config: VitConfig, args: Option<&serde_json::Ma
     let reader = ModelArgs { name };
     for (key, value) in args.into_iter().flatten() {
         match key.as_str() {
-            "img_size" => {
-                // timm takes a side or (height, width); the zoo's ViTs are square.
-                config.img_size = match value.as_array().map(Vec::as_slice) {
-                    Some([h, w]) if h == w => reader.whole(key, h)?,
-                    Some(_) => return Err(reader.bad(format!("model_args.img_size is {value}; the zoo's ViTs take square inputs"))),
-                    None => reader.whole(key, value)?,
-                }
-            }
+            "img_size" => config.img_size = reader.square_side(key, value, "ViT")?,
             "patch_size" => config.patch_size = reader.whole(key, value)?,
             "embed_dim" => config.embed_dim = reader.whole(key, value)?,
             "depth" => config.depth = reader.whole(key, value)?,
@@ -124,6 +117,15 @@ impl ModelArgs<'_> {
 
     fn number(&self, key: &str, value: &Value) -> Result<f64> {
         value.as_f64().ok_or_else(|| self.bad(format!("model_args.{key} is {value}; expected a number")))
+    }
+
+    /// timm's image size: a side or (height, width); the zoo's models take square images.
+    fn square_side(&self, key: &str, value: &Value, family: &str) -> Result<usize> {
+        match value.as_array().map(Vec::as_slice) {
+            Some([h, w]) if h == w => self.whole(key, h),
+            Some(_) => Err(self.bad(format!("model_args.{key} is {value}; the zoo's {family}s take square inputs"))),
+            None => self.whole(key, value),
+        }
     }
 
     fn flag(&self, key: &str, value: &Value) -> Result<bool> {
@@ -283,14 +285,7 @@ fn swin_with_args(name: &str, mut config: SwinConfig, args: Option<&serde_json::
     };
     for (key, value) in args.into_iter().flatten() {
         match key.as_str() {
-            "img_size" => {
-                // timm takes a side or (height, width); the zoo's Swins are square.
-                config.img_size = match value.as_array().map(Vec::as_slice) {
-                    Some([h, w]) if h == w => reader.whole(key, h)?,
-                    Some(_) => return Err(reader.bad(format!("model_args.img_size is {value}; the zoo's Swins take square inputs"))),
-                    None => reader.whole(key, value)?,
-                }
-            }
+            "img_size" => config.img_size = reader.square_side(key, value, "Swin")?,
             "patch_size" => config.patch_size = reader.whole(key, value)?,
             "window_size" => config.window_size = reader.whole(key, value)?,
             "embed_dim" => config.embed_dim = reader.whole(key, value)?,

@@ -3,30 +3,13 @@
 //! point passes (written by tests/fixtures/make_convnet_fixtures.py, which captures them without
 //! building), and the others with the option that keeps them out.
 
-use std::sync::OnceLock;
-
 use super::ConvNextConfig;
-use crate::preset_table::PresetTable;
+use crate::preset_table::family_presets;
 
 /// What [`convnext_preset`] understands, for error messages.
 pub const CONVNEXT_PRESETS: &str = "timm's ConvNeXt and ConvNeXt-V2 presets (crates/zoo/src/convnext/timm_presets.toml lists them)";
 
-fn presets() -> &'static PresetTable<ConvNextConfig> {
-    static PRESETS: OnceLock<PresetTable<ConvNextConfig>> = OnceLock::new();
-    PRESETS.get_or_init(|| PresetTable::parse(include_str!("timm_presets.toml"), "convnext/timm_presets.toml"))
-}
-
-/// The configuration timm's model `name` (a pretrained tag after `.` ignored) builds, before
-/// any `model_args`; `None` for a name the table does not list.
-pub fn convnext_preset(name: &str) -> Option<ConvNextConfig> {
-    presets().get(name)
-}
-
-/// Why timm's model `name` of this family is not built by the zoo (the option it lacks), when
-/// the table says so.
-pub fn convnext_unsupported(name: &str) -> Option<&'static str> {
-    presets().unsupported(name)
-}
+family_presets!(ConvNextConfig, include_str!("timm_presets.toml"), "convnext/timm_presets.toml", convnext_preset, convnext_unsupported);
 
 #[cfg(test)]
 mod tests {

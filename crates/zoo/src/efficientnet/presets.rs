@@ -4,30 +4,19 @@
 //! (written by tests/fixtures/make_convnet_fixtures.py, which captures them without building),
 //! and the others with what keeps them out.
 
-use std::sync::OnceLock;
-
 use super::EfficientNetConfig;
-use crate::preset_table::PresetTable;
+use crate::preset_table::family_presets;
 
 /// What [`efficientnet_preset`] understands, for error messages.
 pub const EFFICIENTNET_PRESETS: &str = "timm's MobileNetV2, EfficientNet and EfficientNetV2 presets, tf_ ones included (crates/zoo/src/efficientnet/timm_presets.toml lists them)";
 
-fn presets() -> &'static PresetTable<EfficientNetConfig> {
-    static PRESETS: OnceLock<PresetTable<EfficientNetConfig>> = OnceLock::new();
-    PRESETS.get_or_init(|| PresetTable::parse(include_str!("timm_presets.toml"), "efficientnet/timm_presets.toml"))
-}
-
-/// The configuration timm's model `name` (a pretrained tag after `.` ignored) builds, before
-/// any `model_args`; `None` for a name the table does not list.
-pub fn efficientnet_preset(name: &str) -> Option<EfficientNetConfig> {
-    presets().get(name)
-}
-
-/// Why timm's model `name` of this family is not built by the zoo (what it lacks), when the
-/// table says so.
-pub fn efficientnet_unsupported(name: &str) -> Option<&'static str> {
-    presets().unsupported(name)
-}
+family_presets!(
+    EfficientNetConfig,
+    include_str!("timm_presets.toml"),
+    "efficientnet/timm_presets.toml",
+    efficientnet_preset,
+    efficientnet_unsupported
+);
 
 #[cfg(test)]
 mod tests {

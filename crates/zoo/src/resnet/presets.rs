@@ -3,31 +3,14 @@
 //! passes (written by tests/fixtures/make_convnet_fixtures.py, which captures them without
 //! building), and the others with the option that keeps them out.
 
-use std::sync::OnceLock;
-
 use super::ResNetConfig;
-use crate::preset_table::PresetTable;
+use crate::preset_table::family_presets;
 
 /// What [`resnet_preset`] understands, for error messages.
 pub const RESNET_PRESETS: &str =
     "timm's ResNet, ResNet-C/D/S/T, ResNeXt, SE-ResNet(Xt) and wide ResNet presets (crates/zoo/src/resnet/timm_presets.toml lists them)";
 
-fn presets() -> &'static PresetTable<ResNetConfig> {
-    static PRESETS: OnceLock<PresetTable<ResNetConfig>> = OnceLock::new();
-    PRESETS.get_or_init(|| PresetTable::parse(include_str!("timm_presets.toml"), "resnet/timm_presets.toml"))
-}
-
-/// The configuration timm's model `name` (a pretrained tag after `.` ignored) builds, before
-/// any `model_args`; `None` for a name the table does not list.
-pub fn resnet_preset(name: &str) -> Option<ResNetConfig> {
-    presets().get(name)
-}
-
-/// Why timm's model `name` of this family is not built by the zoo (the option it lacks), when
-/// the table says so.
-pub fn resnet_unsupported(name: &str) -> Option<&'static str> {
-    presets().unsupported(name)
-}
+family_presets!(ResNetConfig, include_str!("timm_presets.toml"), "resnet/timm_presets.toml", resnet_preset, resnet_unsupported);
 
 #[cfg(test)]
 mod tests {

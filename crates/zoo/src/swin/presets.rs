@@ -4,30 +4,13 @@
 //! sets (written by tests/fixtures/make_convnet_fixtures.py, which captures them without
 //! building), and the others with the option that keeps them out.
 
-use std::sync::OnceLock;
-
 use super::SwinConfig;
-use crate::preset_table::PresetTable;
+use crate::preset_table::family_presets;
 
 /// What [`swin_preset`] understands, for error messages.
 pub const SWIN_PRESETS: &str = "timm's Swin Transformer v1 presets (crates/zoo/src/swin/timm_presets.toml lists them)";
 
-fn presets() -> &'static PresetTable<SwinConfig> {
-    static PRESETS: OnceLock<PresetTable<SwinConfig>> = OnceLock::new();
-    PRESETS.get_or_init(|| PresetTable::parse(include_str!("timm_presets.toml"), "swin/timm_presets.toml"))
-}
-
-/// The configuration timm's model `name` (a pretrained tag after `.` ignored) builds, before
-/// any `model_args`; `None` for a name the table does not list.
-pub fn swin_preset(name: &str) -> Option<SwinConfig> {
-    presets().get(name)
-}
-
-/// Why timm's model `name` of this family is not built by the zoo (the option it lacks), when
-/// the table says so.
-pub fn swin_unsupported(name: &str) -> Option<&'static str> {
-    presets().unsupported(name)
-}
+family_presets!(SwinConfig, include_str!("timm_presets.toml"), "swin/timm_presets.toml", swin_preset, swin_unsupported);
 
 #[cfg(test)]
 mod tests {

@@ -3,30 +3,13 @@
 //! (written by tests/fixtures/make_vit_fixtures.py, which builds each model on the meta device
 //! and reads them back), and the others with the option that keeps them out.
 
-use std::sync::OnceLock;
-
 use super::config::VitConfig;
-use crate::preset_table::PresetTable;
+use crate::preset_table::family_presets;
 
 /// What [`vit_preset`] understands, for error messages.
 pub const VIT_PRESETS: &str = "timm's ViT, DeiT, DeiT III and DINOv2 presets (crates/zoo/src/vit/timm_presets.toml lists them)";
 
-fn presets() -> &'static PresetTable<VitConfig> {
-    static PRESETS: OnceLock<PresetTable<VitConfig>> = OnceLock::new();
-    PRESETS.get_or_init(|| PresetTable::parse(include_str!("timm_presets.toml"), "vit/timm_presets.toml"))
-}
-
-/// The configuration timm's model `name` (a pretrained tag after `.` ignored) builds, before
-/// any `model_args`; `None` for a name the table does not list.
-pub fn vit_preset(name: &str) -> Option<VitConfig> {
-    presets().get(name)
-}
-
-/// Why timm's ViT-family model `name` is not built by the zoo (the option it lacks), when the
-/// table says so.
-pub fn vit_unsupported(name: &str) -> Option<&'static str> {
-    presets().unsupported(name)
-}
+family_presets!(VitConfig, include_str!("timm_presets.toml"), "vit/timm_presets.toml", vit_preset, vit_unsupported);
 
 /// Every preset's name.
 pub fn vit_preset_names() -> impl Iterator<Item = &'static str> {
