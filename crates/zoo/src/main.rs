@@ -110,7 +110,7 @@ fn family(entry: &ModelEntry) -> String {
 }
 
 fn list(registry: &Registry) -> Result<()> {
-    println!("{:<24} {:<14} {:>12} {:>8}  hub", "name", "family", "parameters", "features");
+    println!("{:<30} {:<14} {:>12} {:>8}  hub", "name", "family", "parameters", "features");
     let groups = registry.groups().iter().map(|(name, entries)| (format!("group {name}"), entries.as_slice()));
     for (group, entries) in std::iter::once(("the study's backbones (all)".to_string(), registry.entries())).chain(groups) {
         println!("# {group}");
@@ -126,7 +126,7 @@ fn list_entries(entries: &[ModelEntry]) -> Result<()> {
             medxfer_zoo::Architecture::Vit(config) => config.parameter_count(entry.num_classes),
             _ => Backbone::from_entry(entry, &Device::Cpu)?.params().parameter_count(),
         };
-        println!("{:<24} {:<14} {:>12} {:>8}  {}", entry.name, family(entry), parameters, entry.feature_dim, entry.hub);
+        println!("{:<30} {:<14} {:>12} {:>8}  {}", entry.name, family(entry), parameters, entry.feature_dim, entry.hub);
     }
     Ok(())
 }

@@ -129,6 +129,31 @@ fn options_the_zoo_lacks_are_refused_by_name() {
     }
 }
 
+/// The registry's `imagenet` group (models/imagenet/, written by the fixture script) builds each
+/// model as its timm name and its hub repo's config.json do, with timm's tensors.
+#[test]
+fn the_imagenet_registry_group_builds_timms_models() {
+    let registry = medxfer_zoo::Registry::load_default().unwrap();
+    let group = &registry.groups()["imagenet"];
+    assert!(group.len() >= 12, "{} entries", group.len());
+    let full = json("full_size.json");
+    for entry in group {
+        let timm_name = entry.hub.trim_start_matches("timm/");
+        assert_eq!(entry.architecture, architecture_from_timm(timm_name, None).unwrap(), "{}", entry.name);
+        let config = serde_json::json!({
+            "architecture": entry.name,
+            "num_classes": entry.num_classes,
+            "pretrained_cfg": {"input_size": [3, entry.preprocessing.crop, entry.preprocessing.crop]},
+        });
+        let from_hub = medxfer_zoo::entry_from_timm_config(&entry.hub, &config.to_string()).unwrap();
+        assert_eq!(from_hub.architecture, entry.architecture, "{}", entry.name);
+        let truth = &full[entry.name.as_str()];
+        assert_eq!(entry.architecture.num_features() as u64, truth["num_features"].as_u64().unwrap(), "{}", entry.name);
+        let model = Backbone::new(&entry.name, &entry.architecture, entry.num_classes, &Device::Cpu).unwrap();
+        assert_eq!(model.params().parameter_count() as u64, truth["parameters"].as_u64().unwrap(), "{}", entry.name);
+    }
+}
+
 /// A Swin from the hub is built for its pretrained_cfg's input size, as timm builds it.
 #[test]
 fn a_hub_swin_takes_its_pretrained_input_size() {
