@@ -39,6 +39,25 @@ fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert!(difference <= 1e-4 * scale, "{what}: max difference {difference}, scale {scale}");
 }
 
+/// A state dict's (name, shape) pairs as the fixture script wrote them, sorted, without
+/// PyTorch's `num_batches_tracked` counters.
+fn expected_tensors(shapes: &Value) -> Vec<(String, Vec<usize>)> {
+    let mut expected: Vec<(String, Vec<usize>)> = shapes
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+        .collect();
+    expected.sort();
+    expected
+}
+
+/// The model's (name, shape) pairs, sorted.
+fn tensors_of(model: &Backbone) -> Vec<(String, Vec<usize>)> {
+    model.params().names().into_iter().map(|n| (n.clone(), model.params().var(&n).unwrap().dims().to_vec())).collect()
+}
+
 fn published(case: &Value) -> Architecture {
     let config = &case["config_json"];
     architecture_from_timm(config["architecture"].as_str().unwrap(), config.get("model_args")).unwrap()
@@ -93,18 +112,22 @@ fn full_size_presets_have_timms_tensors() {
     for (name, truth) in full.as_object().unwrap() {
         let architecture = architecture_from_timm(name, None).unwrap();
         let model = Backbone::new(name, &architecture, 1000, &Device::Cpu).unwrap();
-        let shapes = truth["shapes"].as_object().unwrap();
-        let mut expected: Vec<(String, Vec<usize>)> = shapes
-            .iter()
-            .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-            .map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
-            .collect();
-        expected.sort();
-        let mine: Vec<(String, Vec<usize>)> =
-            model.params().names().into_iter().map(|n| (n.clone(), model.params().var(&n).unwrap().dims().to_vec())).collect();
-        assert_eq!(mine, expected, "{name}: tensors");
+        assert_eq!(tensors_of(&model), expected_tensors(&truth["shapes"]), "{name}: tensors");
         assert_eq!(model.params().parameter_count() as u64, truth["parameters"].as_u64().unwrap(), "{name}: parameters");
         assert_eq!(model.num_features() as u64, truth["num_features"].as_u64().unwrap(), "{name}: num_features");
+    }
+}
+
+/// torchvision's ResNet-50, ResNeXt and wide ResNets have the zoo's tensor names and shapes
+/// for the same timm names, so their checkpoints (and state dicts saved from them, as
+/// RadImageNet's ResNet-50) load as they are.
+#[test]
+fn torchvisions_resnext_and_wide_resnets_have_the_zoos_tensors() {
+    let torchvision = json("torchvision_shapes.json");
+    for (name, shapes) in torchvision.as_object().unwrap() {
+        let architecture = architecture_from_timm(name, None).unwrap();
+        let model = Backbone::new(name, &architecture, 1000, &Device::Cpu).unwrap();
+        assert_eq!(tensors_of(&model), expected_tensors(shapes), "{name}");
     }
 }
 
