@@ -28,7 +28,7 @@ def main():
     data = load_file(args.file)
     features, labels, probs = data["features"], data["labels"].astype(np.int64), data["probs"]
     out = {"metrics": {}}
-    for name, fn in ref.SCORES.items():
+    for name, fn in (ref.SCORES | ref.BEYOND).items():
         runs = []
         value = None
         for _ in range(args.repeats):

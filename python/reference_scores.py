@@ -1,8 +1,10 @@
-"""The seven transferability scores as the reference code of Chaves et al. 2023 computes them.
+"""The seven transferability scores as the reference code of Chaves et al. 2023 computes them,
+and the newer scores as their authors' released code computes them.
 
 numpy/scipy/scikit-learn, line for line after the reference implementations (see
-../../shared/docs/PROTOCOL.md, "Scores"). medxfer's fixtures take their expected values from
-here, and `cargo xtask bench-scores` times medxfer against it.
+../../shared/docs/PROTOCOL.md, "Scores", and ../../shared/docs/SCORES-BEYOND.md for the newer
+ones, each after its official repository at the commit named there). medxfer's fixtures take
+their expected values from here, and `cargo xtask bench-scores` times medxfer against it.
 """
 
 import warnings
@@ -144,4 +146,66 @@ SCORES = {
     "logme": lambda f, y, p: logme(f, y),
     "reg_h_score": lambda f, y, p: reg_h_score(f, y),
     "gbc": lambda f, y, p: gbc(f, y),
+}
+
+
+# ---- Beyond the paper's seven (SCORES-BEYOND.md) ----------------------------------------------
+
+
+def transrate(f, y, eps=1e-4):
+    """TransRate as the paper's appendix and thuml/Transfer-Learning-Library
+    (tllib/ranking/transrate.py) compute it: column centring, R(Z) = 1/2 logdet(I + Z'Z / (n eps)),
+    classes weighted 1/C."""
+    f = f.astype(np.float64)
+    f = f - np.mean(f, axis=0, keepdims=True)
+
+    def coding_rate(z):
+        n, d = z.shape
+        _, rate = np.linalg.slogdet(np.eye(d) + 1 / (n * eps) * z.transpose() @ z)
+        return 0.5 * rate
+
+    rz = coding_rate(f)
+    classes = int(y.max() + 1)
+    rzy = sum(coding_rate(f[(y == c).flatten()]) for c in range(classes))
+    return float(rz - rzy / classes)
+
+
+def _eigens_and_rank(zz):
+    _, eigs, _ = np.linalg.svd(zz, full_matrices=False)
+    return eigs, np.linalg.matrix_rank(zz)
+
+
+def transrate_official(f, y, eps=1e-4):
+    """TransRate as the authors' repository (Long-Kai/TransRate) computes it for its centralized
+    features: rows L2-normalised (torch's normalize, eps 1e-12), centred, L2-normalised again
+    (pre_transrate), the eigenvalues of Z'Z/N and of each class's Z_c'Z_c/n_c, then
+    process_transrate_logs with normalize_eigz=True (as every demo call passes it),
+    opt_active_eigs='all', opt_res='weight', normalize_opt='rank', reg=1."""
+    f = f.astype(np.float64)
+    z = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    z = z - np.mean(z, axis=0)
+    z = z / np.expand_dims(np.atleast_1d(np.linalg.norm(z, 2, -1)), -1)
+    classes = int(y.max() + 1)
+    n = z.shape[0]
+    eig_c, nc = [], []
+    zz = np.zeros((z.shape[1], z.shape[1]))
+    for c in range(classes):
+        zc = z[(y == c).flatten()]
+        zzc = zc.transpose() @ zc
+        zz = zz + zzc
+        nc.append(zc.shape[0])
+        eig_c.append(_eigens_and_rank(zzc / float(zc.shape[0]))[0])
+    eig_z, rank_z = _eigens_and_rank(zz / float(n))
+    eig_c = np.stack(eig_c)
+    total = np.sum(eig_z)
+    eig_z, eig_c = eig_z / total, eig_c / total
+    rz = np.sum(np.log(1.0 + 1 / eps * np.abs(eig_z))) / rank_z
+    rzc = np.array([np.sum(np.log(1.0 + 1 / eps * np.abs(e))) for e in eig_c]) / rank_z
+    return float(rz / 2.0 - np.sum(rzc * np.array(nc) / n) / 2.0)
+
+
+# The newer scores computed per model, by the Metric names of medxfer-scores.
+BEYOND = {
+    "transrate": lambda f, y, p: transrate(f, y),
+    "transrate_official": lambda f, y, p: transrate_official(f, y),
 }

@@ -95,7 +95,9 @@ pub enum Error {
     },
 
     /// A metric name that is not one of the seven.
-    #[error("unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc")]
+    #[error(
+        "unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc, and beyond the paper transrate, transrate_official"
+    )]
     UnknownMetric {
         /// The name given.
         name: String,

@@ -41,6 +41,7 @@ mod n_leep;
 mod nce;
 mod pca;
 mod reg_h_score;
+mod transrate;
 
 pub use correlation::{Correlation, KendallTau, average_ranks, correlate, kendall_tau_b, pearson, spearman, top1_regret, weighted_tau};
 pub use error::{Error, Result};
@@ -51,10 +52,11 @@ pub use h_score::h_score;
 pub use input::{ScoreInput, SourceProbs};
 pub use leep::leep;
 pub use logme::logme;
-pub use metric::{Metric, score_all};
+pub use metric::{Direction, Metric, score_all};
 pub use n_leep::{NLeepConfig, n_leep, n_leep_with};
 pub use nce::nce;
 pub use reg_h_score::reg_h_score;
+pub use transrate::{TRANSRATE_EPS, transrate, transrate_official};
 
 /// Re-exported so callers build inputs with the same matrix type.
 pub use faer;

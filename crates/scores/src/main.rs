@@ -27,7 +27,8 @@ enum Command {
     Score {
         /// The feature file.
         file: PathBuf,
-        /// Comma-separated metrics (h_score, nce, leep, n_leep, logme, reg_h_score, gbc); all by default.
+        /// Comma-separated metrics (h_score, nce, leep, n_leep, logme, reg_h_score, gbc; beyond the
+        /// paper transrate, transrate_official); all by default, the paper's seven first.
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
         /// Print one JSON object {"metric": value, ...} instead of a table.
@@ -75,7 +76,7 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
     let explicit = metrics.is_some();
     let requested: Vec<Metric> = match metrics {
         Some(names) => names.iter().map(|name| name.trim().parse()).collect::<Result<_, _>>()?,
-        None => Metric::ALL.to_vec(),
+        None => Metric::every().collect(),
     };
     let has_probs = input.source_probs().is_some();
     let (runnable, skipped): (Vec<Metric>, Vec<Metric>) = requested.iter().partition(|m| has_probs || !m.needs_source_probs());
@@ -99,9 +100,9 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
         }
     } else {
         println!("{}: N = {}, D = {}, C = {}", file.display(), input.num_samples(), input.feature_dim(), input.num_classes());
-        println!("{:<12} {:>20}", "metric", "value");
+        println!("{:<18} {:>20}", "metric", "value");
         for (metric, value) in &values {
-            println!("{:<12} {:>20.12}", metric.as_str(), value);
+            println!("{:<18} {:>20.12}", metric.as_str(), value);
         }
         println!("({} metric(s) in {seconds:.3} s)", values.len());
         if let Some(note) = note {

@@ -31,11 +31,40 @@ pub enum Metric {
     RegHScore,
     /// Gaussian Bhattacharyya coefficient.
     Gbc,
+    /// TransRate as the paper's appendix and tllib compute it (eps 1e-4). Beyond the paper.
+    Transrate,
+    /// TransRate as the authors' repository computes it (centralized features, eps 1e-4).
+    /// Beyond the paper.
+    TransrateOfficial,
+}
+
+/// Whether a higher or a lower value of a score predicts better fine-tuning accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A higher score predicts a higher accuracy.
+    Higher,
+    /// A lower score predicts a higher accuracy (PACTran).
+    Lower,
 }
 
 impl Metric {
-    /// All seven, in the paper's order.
+    /// All seven, in the paper's order: the study's scores.
     pub const ALL: [Metric; 7] = [Metric::HScore, Metric::Nce, Metric::Leep, Metric::NLeep, Metric::LogMe, Metric::RegHScore, Metric::Gbc];
+
+    /// The newer scores computed per model, beyond the paper's seven.
+    pub const BEYOND: [Metric; 2] = [Metric::Transrate, Metric::TransrateOfficial];
+
+    /// The paper's seven, then the newer ones.
+    pub fn every() -> impl Iterator<Item = Metric> {
+        Metric::ALL.into_iter().chain(Metric::BEYOND)
+    }
+
+    /// Whether a higher or a lower value predicts better fine-tuning (every score so far:
+    /// higher).
+    pub fn direction(self) -> Direction {
+        Direction::Higher
+    }
 
     /// The stable snake_case name.
     pub fn as_str(self) -> &'static str {
@@ -47,6 +76,8 @@ impl Metric {
             Metric::LogMe => "logme",
             Metric::RegHScore => "reg_h_score",
             Metric::Gbc => "gbc",
+            Metric::Transrate => "transrate",
+            Metric::TransrateOfficial => "transrate_official",
         }
     }
 
@@ -66,7 +97,7 @@ impl FromStr for Metric {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self> {
-        Metric::ALL.into_iter().find(|m| m.as_str() == name).ok_or_else(|| Error::UnknownMetric { name: name.to_string() })
+        Metric::every().find(|m| m.as_str() == name).ok_or_else(|| Error::UnknownMetric { name: name.to_string() })
     }
 }
 
@@ -87,6 +118,8 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
             Metric::LogMe => crate::logme::logme_of(&analysis)?,
             Metric::RegHScore => crate::reg_h_score::reg_h_score_of(&analysis)?,
             Metric::Gbc => crate::gbc::gbc_of(&analysis)?,
+            Metric::Transrate => crate::transrate::transrate_of(&analysis, crate::transrate::TRANSRATE_EPS)?,
+            Metric::TransrateOfficial => crate::transrate::transrate_official(input, crate::transrate::TRANSRATE_EPS)?,
         };
         computed.push((metric, value));
     }
@@ -99,7 +132,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_display_from_str_and_serde() {
-        for metric in Metric::ALL {
+        for metric in Metric::every() {
             assert_eq!(metric.as_str().parse::<Metric>().unwrap(), metric);
             assert_eq!(serde_json::to_string(&metric).unwrap(), format!("\"{}\"", metric.as_str()));
         }
