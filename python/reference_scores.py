@@ -10,6 +10,7 @@ their expected values from here, and `cargo xtask bench-scores` times medxfer ag
 import warnings
 
 import numpy as np
+import scipy.linalg
 from sklearn.covariance import ledoit_wolf
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
@@ -204,8 +205,90 @@ def transrate_official(f, y, eps=1e-4):
     return float(rz / 2.0 - np.sum(rzc * np.array(nc) / n) / 2.0)
 
 
+def _sfda_iterative_a(a, max_iterations=3):
+    x = a.sum(axis=1)
+    for _ in range(max_iterations):
+        temp = np.dot(a, x)
+        y = temp / np.linalg.norm(temp, 2)
+        temp = np.dot(a, y)
+        x = temp / np.linalg.norm(temp, 2)
+    return np.dot(np.dot(x.T, a), y)
+
+
+def _sfda_cov(x, shrinkage=-1):
+    emp_cov = np.cov(np.asarray(x).T, bias=1)
+    if shrinkage < 0:
+        return emp_cov
+    n_features = emp_cov.shape[0]
+    mu = np.trace(emp_cov) / n_features
+    shrunk_cov = (1.0 - shrinkage) * emp_cov
+    shrunk_cov.flat[:: n_features + 1] += shrinkage * mu
+    return shrunk_cov
+
+
+def _sfda_softmax(x):
+    x = np.copy(x)
+    x -= np.max(x, axis=1).reshape((-1, 1))
+    np.exp(x, x)
+    x /= np.sum(x, axis=1).reshape((-1, 1))
+    return x
+
+
+def _sfda_fit(x, y, shrinkage=None):
+    """TencentARC/SFDA metrics.py: SFDA.fit, then predict_proba on the same features; returns
+    (probabilities, shrinkage used)."""
+    classes, y_t = np.unique(y, return_inverse=True)
+    priors = np.bincount(y_t) / float(len(y))
+    cnt = np.bincount(y_t)
+    means = np.zeros(shape=(len(classes), x.shape[1]))
+    np.add.at(means, y_t, x)
+    means /= cnt[:, None]
+    sw = np.zeros(shape=(x.shape[1], x.shape[1]))
+    for idx, group in enumerate(classes):
+        sw += priors[idx] * np.atleast_2d(_sfda_cov(x[y_t == group, :]))
+    if shrinkage is None:
+        shrinkage = max(np.exp(-5 * _sfda_iterative_a(sw, max_iterations=3)), 1e-10)
+    st = _sfda_cov(x, shrinkage=shrinkage)
+    n_features = sw.shape[0]
+    mu = np.trace(sw) / n_features
+    shrunk_sw = (1.0 - shrinkage) * sw
+    shrunk_sw.flat[:: n_features + 1] += shrinkage * mu
+    sb = st - shrunk_sw
+    evals, evecs = scipy.linalg.eigh(sb, shrunk_sw)
+    evecs = evecs[:, np.argsort(evals)[::-1]]
+    coef = np.dot(means, evecs).dot(evecs.T)
+    intercept = -0.5 * np.diag(np.dot(means, coef.T)) + np.log(priors)
+    return _sfda_softmax(np.dot(x, coef.T) + intercept), shrinkage
+
+
+def sfda(f, y):
+    """SFDA_Score of TencentARC/SFDA's metrics.py: the Fisher fit, a second softmax, ConfMix
+    towards the other classes' mean means, the fit again with the same shrinkage, the mean
+    probability of the true class."""
+    x = f.astype(np.float64).copy()
+    n = len(y)
+    num_classes = len(np.unique(y))
+    prob, shrinkage = _sfda_fit(x, y)
+    prob = np.exp(prob) / np.exp(prob).sum(axis=1, keepdims=True)
+    classes, y_t = np.unique(y, return_inverse=True)
+    cnt = np.bincount(y_t)
+    means = np.zeros(shape=(len(classes), x.shape[1]))
+    np.add.at(means, y_t, x)
+    means /= cnt[:, None]
+    outer = np.zeros(shape=(len(classes), x.shape[1]))
+    for i in range(len(classes)):
+        outer[i] = (np.sum(means, axis=0) - means[i]) / (len(classes) - 1)
+    for c in range(num_classes):
+        indices = np.where(y == c)[0]
+        p = np.take(prob, indices, axis=0)[:, c].reshape(-1, 1)
+        x[indices] = p * x[indices] + (1 - p) * outer[c]
+    prob, _ = _sfda_fit(x, y, shrinkage)
+    return float(np.sum(prob[np.arange(n), y]) / n)
+
+
 # The newer scores computed per model, by the Metric names of medxfer-scores.
 BEYOND = {
     "transrate": lambda f, y, p: transrate(f, y),
     "transrate_official": lambda f, y, p: transrate_official(f, y),
+    "sfda": lambda f, y, p: sfda(f, y),
 }

@@ -41,6 +41,7 @@ mod n_leep;
 mod nce;
 mod pca;
 mod reg_h_score;
+mod sfda;
 mod transrate;
 
 pub use correlation::{Correlation, KendallTau, average_ranks, correlate, kendall_tau_b, pearson, spearman, top1_regret, weighted_tau};
@@ -56,6 +57,7 @@ pub use metric::{Direction, Metric, score_all};
 pub use n_leep::{NLeepConfig, n_leep, n_leep_with};
 pub use nce::nce;
 pub use reg_h_score::reg_h_score;
+pub use sfda::sfda;
 pub use transrate::{TRANSRATE_EPS, transrate, transrate_official};
 
 /// Re-exported so callers build inputs with the same matrix type.

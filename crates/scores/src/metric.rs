@@ -36,6 +36,8 @@ pub enum Metric {
     /// TransRate as the authors' repository computes it (centralized features, eps 1e-4).
     /// Beyond the paper.
     TransrateOfficial,
+    /// Self-challenging Fisher discriminant analysis (TencentARC/SFDA). Beyond the paper.
+    Sfda,
 }
 
 /// Whether a higher or a lower value of a score predicts better fine-tuning accuracy.
@@ -53,7 +55,7 @@ impl Metric {
     pub const ALL: [Metric; 7] = [Metric::HScore, Metric::Nce, Metric::Leep, Metric::NLeep, Metric::LogMe, Metric::RegHScore, Metric::Gbc];
 
     /// The newer scores computed per model, beyond the paper's seven.
-    pub const BEYOND: [Metric; 2] = [Metric::Transrate, Metric::TransrateOfficial];
+    pub const BEYOND: [Metric; 3] = [Metric::Transrate, Metric::TransrateOfficial, Metric::Sfda];
 
     /// The paper's seven, then the newer ones.
     pub fn every() -> impl Iterator<Item = Metric> {
@@ -78,6 +80,7 @@ impl Metric {
             Metric::Gbc => "gbc",
             Metric::Transrate => "transrate",
             Metric::TransrateOfficial => "transrate_official",
+            Metric::Sfda => "sfda",
         }
     }
 
@@ -120,6 +123,7 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
             Metric::Gbc => crate::gbc::gbc_of(&analysis)?,
             Metric::Transrate => crate::transrate::transrate_of(&analysis, crate::transrate::TRANSRATE_EPS)?,
             Metric::TransrateOfficial => crate::transrate::transrate_official(input, crate::transrate::TRANSRATE_EPS)?,
+            Metric::Sfda => crate::sfda::sfda(input)?,
         };
         computed.push((metric, value));
     }

@@ -39,8 +39,8 @@ fn score_json_holds_every_metric_with_the_reference_values() {
     assert!(output.status.success(), "{}", stderr(&output));
     let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
     let object = ours.as_object().unwrap();
-    assert_eq!(object.len(), 9);
-    for metric in ["h_score", "nce", "leep", "logme", "reg_h_score", "gbc", "transrate", "transrate_official"] {
+    assert_eq!(object.len(), 10);
+    for metric in ["h_score", "nce", "leep", "logme", "reg_h_score", "gbc", "transrate", "transrate_official", "sfda"] {
         let reference = expected["cases"]["four_class"]["scores"][metric].as_f64().unwrap();
         let value = object[metric].as_f64().unwrap();
         assert!((value - reference).abs() <= 1e-8 * reference.abs(), "{metric}: {value} vs {reference}");

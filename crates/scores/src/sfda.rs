@@ -1,0 +1,156 @@
+//! SFDA, Self-challenging Fisher Discriminant Analysis (Shao et al., ECCV 2022), as
+//! TencentARC/SFDA's `metrics.py` (`SFDA`, `SFDA_Score`) and `utils.py` (`iterative_A`) compute
+//! it (../shared/docs/SCORES-BEYOND.md, section 2):
+//!
+//! 1. A Fisher fit: priors n_c/N, class means M, Sw = sum_c pi_c Cov_c (population
+//!    covariances), its largest eigenvalue by three power-iteration rounds, the shrinkage
+//!    lambda = max(exp(-5 lambda_w), 1e-10), Sw~ = (1 - lambda) Sw + lambda tr(Sw)/D I; the
+//!    probabilities softmax(X coef' + b) with coef = M V V' for the generalised eigenvectors V
+//!    of (Sb, Sw~), all D of them kept, and b_c = -1/2 mu_c . coef_c + log pi_c.
+//! 2. The probabilities softened by a second softmax; ConfMix: each sample moved towards the
+//!    unweighted mean of the other classes' means by 1 - its softened probability of its own
+//!    class.
+//! 3. The Fisher fit again on the mixed features with the same lambda; the score is the mean
+//!    probability of the true class (no log). Higher is better.
+//!
+//! All D eigenvectors are kept and V is Sw~-orthonormal, so V V' = Sw~^-1: coef = M Sw~^-1 by a
+//! Cholesky solve (Sb and the total covariance, which the released code computes, do not enter
+//! the probabilities).
+
+use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::Solve;
+use faer::{Accum, Mat, MatRef, Side};
+
+use crate::error::{Error, Result};
+use crate::h_score::finite;
+use crate::input::ScoreInput;
+use crate::linalg::parallelism;
+
+/// The exponent's factor and the floor of SFDA's adaptive shrinkage, hard-coded upstream.
+const SHRINKAGE_RATE: f64 = 5.0;
+const SHRINKAGE_FLOOR: f64 = 1e-10;
+/// `iterative_A(Sw, max_iterations=3)`.
+const POWER_ITERATIONS: usize = 3;
+
+/// SFDA of the features for the labels.
+pub fn sfda(input: &ScoreInput) -> Result<f64> {
+    let labels = input.labels();
+    let classes = input.num_classes();
+    let n = input.num_samples();
+    let counts = input.class_counts();
+    let features = input.features();
+    let first = FisherFit::new(features, labels, &counts, None)?;
+    let soft = first.probabilities(features)?;
+    // The second softmax ("soften"), then ConfMix towards the other classes' mean means.
+    let means = &first.means;
+    let d = means.ncols();
+    let total: Vec<f64> = (0..d).map(|j| (0..classes).map(|c| means[(c, j)]).sum()).collect();
+    let others = Mat::from_fn(classes, d, |c, j| (total[j] - means[(c, j)]) / (classes as f64 - 1.0));
+    let mixed = Mat::from_fn(n, d, |i, j| {
+        let c = labels[i];
+        let row: Vec<f64> = (0..classes).map(|k| soft[(i, k)]).collect();
+        let p = softmax_entry(&row, c);
+        p * features[(i, j)] + (1.0 - p) * others[(c, j)]
+    });
+    let second = FisherFit::new(mixed.as_ref(), labels, &counts, Some(first.shrinkage))?;
+    let probabilities = second.probabilities(mixed.as_ref())?;
+    let score = (0..n).map(|i| probabilities[(i, labels[i])]).sum::<f64>() / n as f64;
+    finite("sfda", score)
+}
+
+/// exp(row[c]) / sum_k exp(row[k]), with the maximum subtracted first.
+fn softmax_entry(row: &[f64], c: usize) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+    (row[c] - max).exp() / sum
+}
+
+/// One `SFDA.fit`: the class means, the shrinkage used, and the linear classifier.
+struct FisherFit {
+    means: Mat<f64>,
+    shrinkage: f64,
+    /// coef' = Sw~^-1 M' (D x C).
+    coef_t: Mat<f64>,
+    intercept: Vec<f64>,
+}
+
+impl FisherFit {
+    fn new(x: MatRef<'_, f64>, labels: &[usize], counts: &[usize], shrinkage: Option<f64>) -> Result<Self> {
+        let (n, d) = x.shape();
+        let classes = counts.len();
+        let mut means = Mat::<f64>::zeros(classes, d);
+        for j in 0..d {
+            for i in 0..n {
+                means[(labels[i], j)] += x[(i, j)];
+            }
+            for c in 0..classes {
+                means[(c, j)] /= counts[c] as f64;
+            }
+        }
+        // Sw = sum_c (n_c / N) Cov_c (bias 1) = (1/N) sum_i (x_i - mu_y)(x_i - mu_y)'.
+        let within = Mat::from_fn(n, d, |i, j| x[(i, j)] - means[(labels[i], j)]);
+        let mut sw = Mat::<f64>::zeros(d, d);
+        matmul(sw.as_mut(), Accum::Replace, within.transpose(), within.as_ref(), 1.0 / n as f64, parallelism());
+        let shrinkage = match shrinkage {
+            Some(given) => given,
+            None => (-SHRINKAGE_RATE * largest_eigenvalue(sw.as_ref())).exp().max(SHRINKAGE_FLOOR),
+        };
+        let mu = (0..d).map(|j| sw[(j, j)]).sum::<f64>() / d as f64;
+        for j in 0..d {
+            for i in 0..d {
+                sw[(i, j)] *= 1.0 - shrinkage;
+            }
+            sw[(j, j)] += shrinkage * mu;
+        }
+        let llt = sw.llt(Side::Lower).map_err(|_| Error::NonFiniteScore {
+            metric: "sfda",
+            value: f64::NAN,
+            why: "the shrunk within-class covariance is not positive definite (features with no within-class variance)",
+        })?;
+        let coef_t = llt.solve(means.transpose());
+        let intercept = (0..classes)
+            .map(|c| {
+                let quadratic: f64 = (0..d).map(|j| means[(c, j)] * coef_t[(j, c)]).sum();
+                -0.5 * quadratic + (counts[c] as f64 / n as f64).ln()
+            })
+            .collect();
+        Ok(Self { means, shrinkage, coef_t, intercept })
+    }
+
+    /// softmax(X coef' + b), N x C.
+    fn probabilities(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        let (n, classes) = (x.nrows(), self.intercept.len());
+        let mut scores = Mat::<f64>::zeros(n, classes);
+        matmul(scores.as_mut(), Accum::Replace, x, self.coef_t.as_ref(), 1.0, parallelism());
+        for i in 0..n {
+            let row: Vec<f64> = (0..classes).map(|c| scores[(i, c)] + self.intercept[c]).collect();
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+            let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+            for c in 0..classes {
+                scores[(i, c)] = (row[c] - max).exp() / sum;
+            }
+        }
+        if scores.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
+            return Err(Error::NonFiniteScore { metric: "sfda", value: f64::NAN, why: "the Fisher classifier's scores overflowed" });
+        }
+        Ok(scores)
+    }
+}
+
+/// `iterative_A`: x = the row sums; three rounds of y = A x / |A x|, x = A y / |A y|; x' A y.
+fn largest_eigenvalue(a: MatRef<'_, f64>) -> f64 {
+    let d = a.nrows();
+    let apply = |v: &[f64]| -> Vec<f64> { (0..d).map(|i| (0..d).map(|j| a[(i, j)] * v[j]).sum()).collect() };
+    let normalised = |v: Vec<f64>| {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.into_iter().map(|x| x / norm).collect::<Vec<f64>>()
+    };
+    let mut x: Vec<f64> = (0..d).map(|i| (0..d).map(|j| a[(i, j)]).sum()).collect();
+    let mut y = x.clone();
+    for _ in 0..POWER_ITERATIONS {
+        y = normalised(apply(&x));
+        x = normalised(apply(&y));
+    }
+    let ay = apply(&y);
+    x.iter().zip(&ay).map(|(a, b)| a * b).sum()
+}
