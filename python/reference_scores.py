@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import scipy.special
 from sklearn.covariance import ledoit_wolf
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
@@ -286,9 +287,67 @@ def sfda(f, y):
     return float(np.sum(prob[np.arange(n), y]) / n)
 
 
+def etran_energy(f, percent=0.5, tail="bot"):
+    """mgholamikn/ETran metrics.py Energy_Score(X, 0.5, 'bot') on the features (scipy's
+    logsumexp for torch's): the mean of the int(percent * 10) * N // 1000 lowest."""
+    energy = scipy.special.logsumexp(f.astype(np.float64), axis=-1)
+    if tail == "bot":
+        chosen = list(np.argsort(energy)[0:int(percent * 10) * len(energy) // 1000])
+    else:
+        chosen = list(np.argsort(energy)[-int(percent * 10) * len(energy) // 1000:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(energy[chosen].mean())
+
+
+def etran_lda(f, y):
+    """mgholamikn/ETran metrics.py LDA_Score: the released LDA (np.linalg.eigh of the
+    non-symmetric inv(Sw~) @ Sb), the mean probability of the true class."""
+    x = f.astype(np.float64)
+    classes, y_t = np.unique(y, return_inverse=True)
+    priors = np.bincount(y_t) / float(len(y))
+    cnt = np.bincount(y_t)
+    means = np.zeros(shape=(len(classes), x.shape[1]))
+    np.add.at(means, y_t, x)
+    means /= cnt[:, None]
+    sw = np.zeros(shape=(x.shape[1], x.shape[1]))
+    for idx, group in enumerate(classes):
+        sw += priors[idx] * np.atleast_2d(_sfda_cov(x[y_t == group, :]))
+    shrinkage = max(np.exp(-5 * _sfda_iterative_a(sw, max_iterations=3)), 1e-10)
+    st = _sfda_cov(x, shrinkage=shrinkage)
+    n_features = sw.shape[0]
+    mu = np.trace(sw) / n_features
+    shrunk_sw = (1.0 - shrinkage) * sw
+    shrunk_sw.flat[:: n_features + 1] += shrinkage * mu
+    sb = st - shrunk_sw
+    evals, evecs = np.linalg.eigh(np.linalg.inv(shrunk_sw) @ sb)
+    evecs = evecs[:, np.argsort(evals)[::-1]]
+    coef = np.dot(means, evecs).dot(evecs.T)
+    intercept = -0.5 * np.diag(np.dot(means, coef.T)) + np.log(priors)
+    prob = _sfda_softmax(np.dot(x, coef.T) + intercept)
+    n = len(y)
+    return float(np.sum(prob[np.arange(n), y]) / n)
+
+
+def _min_max(values):
+    values = np.asarray(values, dtype=np.float64)
+    return (values - values.min()) / (values.max() - values.min())
+
+
+def etran_combine(energies, ldas):
+    """ETran's tw.py, metric 'etran': 0.15 scale(energy) + 0.85 scale(lda) over the models."""
+    return [float(v) for v in 0.15 * _min_max(energies) + 0.85 * _min_max(ldas)]
+
+
 # The newer scores computed per model, by the Metric names of medxfer-scores.
 BEYOND = {
     "transrate": lambda f, y, p: transrate(f, y),
     "transrate_official": lambda f, y, p: transrate_official(f, y),
     "sfda": lambda f, y, p: sfda(f, y),
+}
+
+# Per-model terms of the scores defined over a set of models (combined by etran_combine, ...).
+SET_TERMS = {
+    "etran_energy": lambda f, y, p: etran_energy(f),
+    "etran_lda": lambda f, y, p: etran_lda(f, y),
 }

@@ -96,7 +96,7 @@ pub enum Error {
 
     /// A metric name that is not one of the seven.
     #[error(
-        "unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc, and beyond the paper transrate, transrate_official, sfda"
+        "unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc, and beyond the paper transrate, transrate_official, sfda, etran"
     )]
     UnknownMetric {
         /// The name given.
@@ -137,6 +137,15 @@ pub enum Error {
         value: f64,
         /// The likely cause.
         why: &'static str,
+    },
+
+    /// A score defined over a set of models was asked of one.
+    #[error(
+        "{metric} is defined over a set of candidate models (min-max scaled across them); score them together with score_set or `medxfer-scores score-set`"
+    )]
+    SetLevelMetric {
+        /// The metric.
+        metric: &'static str,
     },
 
     /// A correlation is undefined because one side is constant.

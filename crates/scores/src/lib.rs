@@ -27,6 +27,7 @@
 mod analysis;
 mod correlation;
 mod error;
+mod etran;
 mod feature_file;
 mod gbc;
 mod gmm;
@@ -46,6 +47,7 @@ mod transrate;
 
 pub use correlation::{Correlation, KendallTau, average_ranks, correlate, kendall_tau_b, pearson, spearman, top1_regret, weighted_tau};
 pub use error::{Error, Result};
+pub use etran::{EtranTerms, etran_combine, etran_energy, etran_lda, etran_terms};
 pub use feature_file::{read_feature_file, write_feature_file};
 pub use gbc::{GBC_PCA_DIMS, gbc};
 pub use gmm::{GaussianMixture, GmmConfig, GmmStart};
@@ -53,7 +55,7 @@ pub use h_score::h_score;
 pub use input::{ScoreInput, SourceProbs};
 pub use leep::leep;
 pub use logme::logme;
-pub use metric::{Direction, Metric, score_all};
+pub use metric::{Direction, Metric, score_all, score_set};
 pub use n_leep::{NLeepConfig, n_leep, n_leep_with};
 pub use nce::nce;
 pub use reg_h_score::reg_h_score;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use medxfer_scores::{Correlation, Metric, correlate, read_feature_file, score_all};
+use medxfer_scores::{Correlation, Metric, correlate, read_feature_file, score_all, score_set};
 use serde_json::{Map, Value, json};
 
 /// Transferability scores and rank correlations, as Chaves et al. 2023 computed them.
@@ -32,6 +32,21 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
         /// Print one JSON object {"metric": value, ...} instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a set of candidate models' feature files together (same images and labels, one file
+    /// per model): the scores defined over a set (etran: min-max scaled across the files) and
+    /// the per-model ones, one value per file.
+    ScoreSet {
+        /// The feature files, one per candidate model.
+        #[arg(required = true, num_args = 2..)]
+        files: Vec<PathBuf>,
+        /// Comma-separated metrics; by default every one the files allow (nce and leep need
+        /// `probs` in every file).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
+        /// Print {"files": [...], "scores": {"metric": [one value per file], ...}}.
         #[arg(long)]
         json: bool,
     },
@@ -67,6 +82,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Score { file, metrics, json } => score(&file, metrics, json),
+        Command::ScoreSet { files, metrics, json } => score_files(&files, metrics, json),
         Command::Correlate { file, x, y, group, json } => correlate_csv(&file, &x, &y, group.as_deref(), json),
     }
 }
@@ -76,7 +92,7 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
     let explicit = metrics.is_some();
     let requested: Vec<Metric> = match metrics {
         Some(names) => names.iter().map(|name| name.trim().parse()).collect::<Result<_, _>>()?,
-        None => Metric::every().collect(),
+        None => Metric::per_model().collect(),
     };
     let has_probs = input.source_probs().is_some();
     let (runnable, skipped): (Vec<Metric>, Vec<Metric>) = requested.iter().partition(|m| has_probs || !m.needs_source_probs());
@@ -107,6 +123,45 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
         println!("({} metric(s) in {seconds:.3} s)", values.len());
         if let Some(note) = note {
             println!("{note}");
+        }
+    }
+    Ok(())
+}
+
+fn score_files(files: &[PathBuf], metrics: Option<Vec<String>>, json: bool) -> Result<()> {
+    let inputs = files.iter().map(|file| read_feature_file(file)).collect::<Result<Vec<_>, _>>()?;
+    let has_probs = inputs.iter().all(|input| input.source_probs().is_some());
+    let requested: Vec<Metric> = match metrics {
+        Some(asked) => {
+            let requested: Vec<Metric> = asked.iter().map(|name| name.trim().parse()).collect::<Result<_, _>>()?;
+            let lacking: Vec<Metric> = requested.iter().copied().filter(|m| m.needs_source_probs() && !has_probs).collect();
+            if !lacking.is_empty() {
+                bail!("{} need(s) the source probabilities, but a file has no `probs` tensor", names(&lacking));
+            }
+            requested
+        }
+        None => Metric::every().filter(|m| has_probs || !m.needs_source_probs()).collect(),
+    };
+    let scores = score_set(&inputs, &requested).context("scoring the set failed")?;
+    let listed: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    if json {
+        let object: Map<String, Value> = scores.iter().map(|(m, values)| (m.to_string(), json!(values))).collect();
+        println!("{}", json!({"files": listed, "scores": object}));
+    } else {
+        print!("{:<18}", "metric");
+        for index in 0..files.len() {
+            print!(" {:>16}", format!("file {}", index + 1));
+        }
+        println!();
+        for (metric, values) in &scores {
+            print!("{:<18}", metric.as_str());
+            for value in values {
+                print!(" {value:>16.10}");
+            }
+            println!();
+        }
+        for (index, file) in listed.iter().enumerate() {
+            println!("file {}: {file}", index + 1);
         }
     }
     Ok(())

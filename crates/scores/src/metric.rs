@@ -38,6 +38,9 @@ pub enum Metric {
     TransrateOfficial,
     /// Self-challenging Fisher discriminant analysis (TencentARC/SFDA). Beyond the paper.
     Sfda,
+    /// ETran (mgholamikn/ETran): its energy and LDA terms min-max scaled over a set of candidate
+    /// models ([`score_set`]). Beyond the paper.
+    Etran,
 }
 
 /// Whether a higher or a lower value of a score predicts better fine-tuning accuracy.
@@ -57,9 +60,23 @@ impl Metric {
     /// The newer scores computed per model, beyond the paper's seven.
     pub const BEYOND: [Metric; 3] = [Metric::Transrate, Metric::TransrateOfficial, Metric::Sfda];
 
-    /// The paper's seven, then the newer ones.
-    pub fn every() -> impl Iterator<Item = Metric> {
+    /// The newer scores defined over a set of candidate models: one model's value depends on
+    /// the others' ([`score_set`]).
+    pub const SET_LEVEL: [Metric; 1] = [Metric::Etran];
+
+    /// The scores of one model: the paper's seven, then the newer ones.
+    pub fn per_model() -> impl Iterator<Item = Metric> {
         Metric::ALL.into_iter().chain(Metric::BEYOND)
+    }
+
+    /// Every score: the per-model ones, then those defined over a set of models.
+    pub fn every() -> impl Iterator<Item = Metric> {
+        Metric::per_model().chain(Metric::SET_LEVEL)
+    }
+
+    /// Whether the score is defined over a set of candidate models ([`score_set`]).
+    pub fn is_set_level(self) -> bool {
+        Metric::SET_LEVEL.contains(&self)
     }
 
     /// Whether a higher or a lower value predicts better fine-tuning (every score so far:
@@ -81,6 +98,7 @@ impl Metric {
             Metric::Transrate => "transrate",
             Metric::TransrateOfficial => "transrate_official",
             Metric::Sfda => "sfda",
+            Metric::Etran => "etran",
         }
     }
 
@@ -124,10 +142,37 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
             Metric::Transrate => crate::transrate::transrate_of(&analysis, crate::transrate::TRANSRATE_EPS)?,
             Metric::TransrateOfficial => crate::transrate::transrate_official(input, crate::transrate::TRANSRATE_EPS)?,
             Metric::Sfda => crate::sfda::sfda(input)?,
+            set_level @ Metric::Etran => return Err(Error::SetLevelMetric { metric: set_level.as_str() }),
         };
         computed.push((metric, value));
     }
     Ok(computed)
+}
+
+/// Each requested metric for every model of a candidate set (`inputs`, one per model, in
+/// order): the per-model scores model by model (sharing decompositions as [`score_all`]), the
+/// set-level ones from the models' terms together. Returns, per metric, one value per model.
+pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metric, Vec<f64>)>> {
+    let per_model: Vec<Metric> = metrics.iter().copied().filter(|m| !m.is_set_level()).collect();
+    let mut by_model = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        by_model.push(score_all(input, &per_model)?);
+    }
+    let mut out: Vec<(Metric, Vec<f64>)> = Vec::new();
+    for &metric in metrics {
+        if out.iter().any(|(m, _)| *m == metric) {
+            continue;
+        }
+        let values = match metric {
+            Metric::Etran => {
+                let terms = inputs.iter().map(crate::etran::etran_terms).collect::<Result<Vec<_>>>()?;
+                crate::etran::etran_combine(&terms)?
+            }
+            _ => by_model.iter().map(|scores| scores.iter().find(|(m, _)| *m == metric).map(|(_, v)| *v).unwrap_or(f64::NAN)).collect(),
+        };
+        out.push((metric, values));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

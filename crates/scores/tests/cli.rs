@@ -48,6 +48,35 @@ fn score_json_holds_every_metric_with_the_reference_values() {
     assert!(object["n_leep"].as_f64().unwrap().is_finite());
 }
 
+#[test]
+fn score_set_json_holds_etran_over_the_files_as_the_reference_combines_it() {
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
+    let set = &expected["set"];
+    let files: Vec<String> = set["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| fixtures().join(format!("scores/{}.safetensors", m.as_str().unwrap())).display().to_string())
+        .collect();
+    let mut args = vec!["score-set"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--metrics", "etran,sfda", "--json"]);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(ours["files"].as_array().unwrap().len(), 4);
+    for (value, reference) in ours["scores"]["etran"].as_array().unwrap().iter().zip(set["etran"].as_array().unwrap()) {
+        assert!((value.as_f64().unwrap() - reference.as_f64().unwrap()).abs() <= 1e-10, "{value} vs {reference}");
+    }
+    for (value, member) in ours["scores"]["sfda"].as_array().unwrap().iter().zip(set["members"].as_array().unwrap()) {
+        let reference = expected["cases"][member.as_str().unwrap()]["scores"]["sfda"].as_f64().unwrap();
+        assert!((value.as_f64().unwrap() - reference).abs() <= 1e-8 * reference, "{member}: {value} vs {reference}");
+    }
+    // A set-level score of one file alone is refused, naming the way to score a set.
+    let one = run(&["score", &files[0], "--metrics", "etran"]);
+    assert_clean_failure(&one, &["etran is defined over a set", "score-set"]);
+}
+
 fn write_input(dir: &Path, name: &str, input: &ScoreInput) -> PathBuf {
     let path = dir.join(name);
     write_feature_file(&path, input).unwrap();

@@ -73,6 +73,47 @@ fn the_newer_scores_match_their_released_code() {
     }
 }
 
+/// ETran's per-model terms against mgholamikn/ETran's released functions (the energy only where
+/// N >= 200 leaves samples to average; upstream's NaN below is an error here), and the set-level
+/// combination over four cases taken as candidate models.
+#[test]
+fn etran_terms_and_their_combination_match_the_released_code() {
+    let expected = expected();
+    let load = |name: &str| read_feature_file(&fixtures().join("scores").join(format!("{name}.safetensors"))).unwrap();
+    for (name, case) in expected["cases"].as_object().unwrap() {
+        let input = load(name);
+        let lda = medxfer_scores::etran_lda(&input).unwrap();
+        let reference = case["scores"]["etran_lda"].as_f64().unwrap();
+        assert!((lda - reference).abs() <= 1e-10 * reference.abs(), "{name}/etran_lda: ours {lda}, reference {reference}");
+        match case["scores"]["etran_energy"].as_f64() {
+            Some(reference) => {
+                let energy = medxfer_scores::etran_energy(&input).unwrap();
+                assert!((energy - reference).abs() <= 1e-12 * reference.abs(), "{name}/etran_energy: ours {energy}, reference {reference}");
+            }
+            None => {
+                let error = medxfer_scores::etran_energy(&input).unwrap_err().to_string();
+                assert!(error.contains("needs at least 200 samples"), "{name}: {error}");
+            }
+        }
+    }
+    let set = &expected["set"];
+    let inputs: Vec<_> = set["members"].as_array().unwrap().iter().map(|m| load(m.as_str().unwrap())).collect();
+    let scores = medxfer_scores::score_set(&inputs, &[Metric::Etran, Metric::Transrate]).unwrap();
+    assert_eq!(scores[0].0, Metric::Etran);
+    for (ours, reference) in scores[0].1.iter().zip(set["etran"].as_array().unwrap()) {
+        let reference = reference.as_f64().unwrap();
+        assert!((ours - reference).abs() <= 1e-10, "etran over the set: ours {ours}, reference {reference}");
+    }
+    // The per-model scores of a set are each model's own.
+    for (input, value) in inputs.iter().zip(&scores[1].1) {
+        assert_eq!(*value, medxfer_scores::transrate(input, medxfer_scores::TRANSRATE_EPS).unwrap());
+    }
+    // One model is not a set, and a set-level score of one model alone is refused.
+    assert!(medxfer_scores::score_set(&inputs[..1], &[Metric::Etran]).is_err());
+    let alone = score_all(&inputs[0], &[Metric::Etran]).unwrap_err().to_string();
+    assert!(alone.contains("score_set"), "{alone}");
+}
+
 #[test]
 fn n_leep_ranks_the_clustered_cases_as_the_reference_does() {
     let expected = expected();
