@@ -339,11 +339,61 @@ def etran_combine(energies, ldas):
     return [float(v) for v in 0.15 * _min_max(energies) + 0.85 * _min_max(ldas)]
 
 
+def _one_hot(a):
+    b = np.zeros((a.size, a.max() + 1))
+    b[np.arange(a.size), a] = 1.0
+    return b
+
+
+def pactran_dir(probs, y, alpha=1.0):
+    """google-research/pactran_metrics compute_metrics.py calculate_pac_dir (lower is better)."""
+    label = _one_hot(y)
+    soft_targets_sum = np.expand_dims(np.sum(label, axis=0), axis=1)
+    a0 = alpha * soft_targets_sum / np.sum(soft_targets_sum) + 1e-10
+    qz = probs
+    log_s = np.log(probs + 1e-10)
+    for _ in range(10):
+        aw = a0 + np.sum(np.einsum("BY,BZ->BYZ", label, qz), axis=0)
+        logits_qz = log_s + np.matmul(label, scipy.special.digamma(aw)) - np.reshape(scipy.special.digamma(np.sum(aw, axis=0)), [1, -1])
+        log_qz = logits_qz - scipy.special.logsumexp(logits_qz, axis=-1, keepdims=True)
+        qz = np.exp(log_qz)
+    log_c0 = scipy.special.loggamma(np.sum(a0)) - np.sum(scipy.special.loggamma(a0))
+    log_c = scipy.special.loggamma(np.sum(aw, axis=0)) - np.sum(scipy.special.loggamma(aw), axis=0)
+    pac_dir = np.sum(log_c0 - log_c - np.sum(qz * (log_qz - log_s), axis=0))
+    return float(-pac_dir / label.size)
+
+
+def pactran_gam(probs, y, alpha=1.0):
+    """google-research/pactran_metrics compute_metrics.py calculate_pac_gamma (lower is better)."""
+    label = _one_hot(y)
+    soft_targets_sum = np.expand_dims(np.sum(label, axis=0), axis=1)
+    a0 = alpha * soft_targets_sum / np.sum(soft_targets_sum) + 1e-10
+    beta = 1.0
+    qz = probs
+    s = probs
+    log_s = np.log(probs + 1e-10)
+    aw = a0
+    bw = beta
+    lw = np.sum(s, axis=-1, keepdims=True) * np.sum(aw / bw)
+    for _ in range(10):
+        aw = a0 + np.sum(np.einsum("BY,BZ->BYZ", label, qz), axis=0)
+        lw = np.matmul(s, np.expand_dims(np.sum(aw / bw, axis=0), axis=1))
+        logits_qz = log_s + np.matmul(label, scipy.special.digamma(aw) - np.log(bw))
+        log_qz = logits_qz - scipy.special.logsumexp(logits_qz, axis=-1, keepdims=True)
+        qz = np.exp(log_qz)
+    pac_gamma = (np.sum(scipy.special.loggamma(a0) - scipy.special.loggamma(aw) + aw * np.log(bw) - a0 * np.log(beta))
+                 + np.sum(np.sum(qz * (log_qz - log_s), axis=-1) + np.log(np.squeeze(lw, axis=-1)) - 1.0))
+    pac_gamma /= label.size
+    return float(pac_gamma + 1.0)
+
+
 # The newer scores computed per model, by the Metric names of medxfer-scores.
 BEYOND = {
     "transrate": lambda f, y, p: transrate(f, y),
     "transrate_official": lambda f, y, p: transrate_official(f, y),
     "sfda": lambda f, y, p: sfda(f, y),
+    "pactran_dir": lambda f, y, p: pactran_dir(p, y),
+    "pactran_gam": lambda f, y, p: pactran_gam(p, y),
 }
 
 # Per-model terms of the scores defined over a set of models (combined by etran_combine, ...).

@@ -96,7 +96,7 @@ pub enum Error {
 
     /// A metric name that is not one of the seven.
     #[error(
-        "unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc, and beyond the paper transrate, transrate_official, sfda, etran"
+        "unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc, and beyond the paper transrate, transrate_official, sfda, pactran_dir, pactran_gam, etran"
     )]
     UnknownMetric {
         /// The name given.

@@ -28,7 +28,7 @@ enum Command {
         /// The feature file.
         file: PathBuf,
         /// Comma-separated metrics (h_score, nce, leep, n_leep, logme, reg_h_score, gbc; beyond the
-        /// paper transrate, transrate_official, sfda); all by default, the paper's seven first.
+        /// paper transrate, transrate_official, sfda, pactran_dir, pactran_gam); all by default, the paper's seven first.
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
         /// Print one JSON object {"metric": value, ...} instead of a table.

@@ -38,6 +38,11 @@ pub enum Metric {
     TransrateOfficial,
     /// Self-challenging Fisher discriminant analysis (TencentARC/SFDA). Beyond the paper.
     Sfda,
+    /// PACTran-Dirichlet on the source probabilities (google-research/pactran_metrics): a
+    /// bound, lower is better. Beyond the paper.
+    PactranDir,
+    /// PACTran-Gamma on the source probabilities: a bound, lower is better. Beyond the paper.
+    PactranGam,
     /// ETran (mgholamikn/ETran): its energy and LDA terms min-max scaled over a set of candidate
     /// models ([`score_set`]). Beyond the paper.
     Etran,
@@ -58,7 +63,7 @@ impl Metric {
     pub const ALL: [Metric; 7] = [Metric::HScore, Metric::Nce, Metric::Leep, Metric::NLeep, Metric::LogMe, Metric::RegHScore, Metric::Gbc];
 
     /// The newer scores computed per model, beyond the paper's seven.
-    pub const BEYOND: [Metric; 3] = [Metric::Transrate, Metric::TransrateOfficial, Metric::Sfda];
+    pub const BEYOND: [Metric; 5] = [Metric::Transrate, Metric::TransrateOfficial, Metric::Sfda, Metric::PactranDir, Metric::PactranGam];
 
     /// The newer scores defined over a set of candidate models: one model's value depends on
     /// the others' ([`score_set`]).
@@ -79,10 +84,12 @@ impl Metric {
         Metric::SET_LEVEL.contains(&self)
     }
 
-    /// Whether a higher or a lower value predicts better fine-tuning (every score so far:
-    /// higher).
+    /// Whether a higher or a lower value predicts better fine-tuning (PACTran's bounds: lower).
     pub fn direction(self) -> Direction {
-        Direction::Higher
+        match self {
+            Metric::PactranDir | Metric::PactranGam => Direction::Lower,
+            _ => Direction::Higher,
+        }
     }
 
     /// The stable snake_case name.
@@ -98,13 +105,15 @@ impl Metric {
             Metric::Transrate => "transrate",
             Metric::TransrateOfficial => "transrate_official",
             Metric::Sfda => "sfda",
+            Metric::PactranDir => "pactran_dir",
+            Metric::PactranGam => "pactran_gam",
             Metric::Etran => "etran",
         }
     }
 
     /// Whether the score reads the source model's probabilities rather than the features.
     pub fn needs_source_probs(self) -> bool {
-        matches!(self, Metric::Nce | Metric::Leep)
+        matches!(self, Metric::Nce | Metric::Leep | Metric::PactranDir | Metric::PactranGam)
     }
 }
 
@@ -142,6 +151,8 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
             Metric::Transrate => crate::transrate::transrate_of(&analysis, crate::transrate::TRANSRATE_EPS)?,
             Metric::TransrateOfficial => crate::transrate::transrate_official(input, crate::transrate::TRANSRATE_EPS)?,
             Metric::Sfda => crate::sfda::sfda(input)?,
+            Metric::PactranDir => crate::pactran::pactran_dir(input)?,
+            Metric::PactranGam => crate::pactran::pactran_gam(input)?,
             set_level @ Metric::Etran => return Err(Error::SetLevelMetric { metric: set_level.as_str() }),
         };
         computed.push((metric, value));

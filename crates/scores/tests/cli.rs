@@ -39,8 +39,10 @@ fn score_json_holds_every_metric_with_the_reference_values() {
     assert!(output.status.success(), "{}", stderr(&output));
     let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
     let object = ours.as_object().unwrap();
-    assert_eq!(object.len(), 10);
-    for metric in ["h_score", "nce", "leep", "logme", "reg_h_score", "gbc", "transrate", "transrate_official", "sfda"] {
+    assert_eq!(object.len(), 12);
+    for metric in
+        ["h_score", "nce", "leep", "logme", "reg_h_score", "gbc", "transrate", "transrate_official", "sfda", "pactran_dir", "pactran_gam"]
+    {
         let reference = expected["cases"]["four_class"]["scores"][metric].as_f64().unwrap();
         let value = object[metric].as_f64().unwrap();
         assert!((value - reference).abs() <= 1e-8 * reference.abs(), "{metric}: {value} vs {reference}");
@@ -99,7 +101,7 @@ fn without_probs_label_scores_are_left_out_and_the_output_says_so() {
 
     let output = run(&["score", path.to_str().unwrap()]);
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.contains("nce, leep skipped"), "{table}");
+    assert!(table.contains("nce, leep, pactran_dir, pactran_gam skipped"), "{table}");
     assert!(!table.contains("\nleep "), "{table}");
 
     let output = run(&["score", path.to_str().unwrap(), "--metrics", "leep"]);
