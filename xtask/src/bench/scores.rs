@@ -224,7 +224,7 @@ pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
         return Ok(());
     }
     let mut metrics = serde_json::Map::new();
-    for metric in Metric::every() {
+    for metric in Metric::per_model() {
         let (seconds, value) = median_run(repeats, || Ok(score_all(&input, &[metric])?[0].1))?;
         metrics.insert(metric.to_string(), json!({"seconds": seconds, "value": value}));
     }
