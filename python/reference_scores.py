@@ -235,9 +235,10 @@ def _sfda_softmax(x):
     return x
 
 
-def _sfda_fit(x, y, shrinkage=None):
+def _sfda_fit(x, y, shrinkage=None, eigen="generalized"):
     """TencentARC/SFDA metrics.py: SFDA.fit, then predict_proba on the same features; returns
-    (probabilities, shrinkage used)."""
+    (probabilities, shrinkage used). eigen="inverse" is mgholamikn/ETran's copy of the class (its
+    LDA and SFDA): np.linalg.eigh(inv(Sw~) @ Sb) in place of scipy's eigh(Sb, Sw~)."""
     classes, y_t = np.unique(y, return_inverse=True)
     priors = np.bincount(y_t) / float(len(y))
     cnt = np.bincount(y_t)
@@ -255,7 +256,10 @@ def _sfda_fit(x, y, shrinkage=None):
     shrunk_sw = (1.0 - shrinkage) * sw
     shrunk_sw.flat[:: n_features + 1] += shrinkage * mu
     sb = st - shrunk_sw
-    evals, evecs = scipy.linalg.eigh(sb, shrunk_sw)
+    if eigen == "generalized":
+        evals, evecs = scipy.linalg.eigh(sb, shrunk_sw)
+    else:
+        evals, evecs = np.linalg.eigh(np.linalg.inv(shrunk_sw) @ sb)
     evecs = evecs[:, np.argsort(evals)[::-1]]
     coef = np.dot(means, evecs).dot(evecs.T)
     intercept = -0.5 * np.diag(np.dot(means, coef.T)) + np.log(priors)
@@ -303,28 +307,7 @@ def etran_energy(f, percent=0.5, tail="bot"):
 def etran_lda(f, y):
     """mgholamikn/ETran metrics.py LDA_Score: the released LDA (np.linalg.eigh of the
     non-symmetric inv(Sw~) @ Sb), the mean probability of the true class."""
-    x = f.astype(np.float64)
-    classes, y_t = np.unique(y, return_inverse=True)
-    priors = np.bincount(y_t) / float(len(y))
-    cnt = np.bincount(y_t)
-    means = np.zeros(shape=(len(classes), x.shape[1]))
-    np.add.at(means, y_t, x)
-    means /= cnt[:, None]
-    sw = np.zeros(shape=(x.shape[1], x.shape[1]))
-    for idx, group in enumerate(classes):
-        sw += priors[idx] * np.atleast_2d(_sfda_cov(x[y_t == group, :]))
-    shrinkage = max(np.exp(-5 * _sfda_iterative_a(sw, max_iterations=3)), 1e-10)
-    st = _sfda_cov(x, shrinkage=shrinkage)
-    n_features = sw.shape[0]
-    mu = np.trace(sw) / n_features
-    shrunk_sw = (1.0 - shrinkage) * sw
-    shrunk_sw.flat[:: n_features + 1] += shrinkage * mu
-    sb = st - shrunk_sw
-    evals, evecs = np.linalg.eigh(np.linalg.inv(shrunk_sw) @ sb)
-    evecs = evecs[:, np.argsort(evals)[::-1]]
-    coef = np.dot(means, evecs).dot(evecs.T)
-    intercept = -0.5 * np.diag(np.dot(means, coef.T)) + np.log(priors)
-    prob = _sfda_softmax(np.dot(x, coef.T) + intercept)
+    prob, _ = _sfda_fit(f.astype(np.float64), y, eigen="inverse")
     n = len(y)
     return float(np.sum(prob[np.arange(n), y]) / n)
 
