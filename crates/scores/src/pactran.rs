@@ -9,6 +9,7 @@
 //! Cs tensor; here it is the same sum by class.
 
 use faer::Mat;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::h_score::finite;
@@ -23,14 +24,14 @@ const TINY: f64 = 1e-10;
 /// PACTran-Dirichlet of the source probabilities for the labels (lower is better).
 pub fn pactran_dir(input: &ScoreInput) -> Result<f64> {
     let state = MeanField::run(input, "pactran_dir", digamma_columns_minus_total)?;
-    let classes = state.a.nrows();
-    let (n, cs) = (state.q.nrows(), state.q.ncols());
+    let (classes, cs) = (state.a.nrows(), state.a.ncols());
+    let n = state.q.len() / cs;
     let log_c0 = libm::lgamma(state.a0.iter().sum()) - state.a0.iter().map(|&a| libm::lgamma(a)).sum::<f64>();
+    let divergence = state.divergence_by_source();
     let mut total = 0.0;
-    for z in 0..cs {
+    for (z, divergence) in divergence.iter().enumerate() {
         let column_sum: f64 = (0..classes).map(|y| state.a[(y, z)]).sum();
         let log_c = libm::lgamma(column_sum) - (0..classes).map(|y| libm::lgamma(state.a[(y, z)])).sum::<f64>();
-        let divergence: f64 = (0..n).map(|i| state.q[(i, z)] * (state.log_q[(i, z)] - state.log_s[(i, z)])).sum();
         total += log_c0 - log_c - divergence;
     }
     finite("pactran_dir", -total / (n * classes) as f64)
@@ -40,8 +41,8 @@ pub fn pactran_dir(input: &ScoreInput) -> Result<f64> {
 pub fn pactran_gam(input: &ScoreInput) -> Result<f64> {
     // beta = b = 1: log b terms vanish.
     let state = MeanField::run(input, "pactran_gam", |a| Mat::from_fn(a.nrows(), a.ncols(), |y, z| digamma(a[(y, z)])))?;
-    let classes = state.a.nrows();
-    let (n, cs) = (state.q.nrows(), state.q.ncols());
+    let (classes, cs) = (state.a.nrows(), state.a.ncols());
+    let n = state.q.len() / cs;
     let s = input.source_probs().ok_or(Error::MissingSourceProbs { metric: "pactran_gam" })?;
     // l_i = S_i . (sum_y A_y. / b), from the final A.
     let column_sums: Vec<f64> = (0..cs).map(|z| (0..classes).map(|y| state.a[(y, z)]).sum()).collect();
@@ -51,22 +52,27 @@ pub fn pactran_gam(input: &ScoreInput) -> Result<f64> {
             total += libm::lgamma(state.a0[y]) - libm::lgamma(state.a[(y, z)]);
         }
     }
-    for i in 0..n {
-        let divergence: f64 = (0..cs).map(|z| state.q[(i, z)] * (state.log_q[(i, z)] - state.log_s[(i, z)])).sum();
-        let l: f64 = (0..cs).map(|z| s.get(i, z) * column_sums[z]).sum();
-        total += divergence + l.ln() - 1.0;
-    }
-    finite("pactran_gam", total / (n * classes) as f64 + 1.0)
+    let per_sample: f64 = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let (q, log_q, log_s) = (state.row(&state.q, i), state.row(&state.log_q, i), state.row(&state.log_s, i));
+            let divergence: f64 = (0..cs).map(|z| q[z] * (log_q[z] - log_s[z])).sum();
+            let l: f64 = (0..cs).map(|z| s.get(i, z) * column_sums[z]).sum();
+            divergence + l.ln() - 1.0
+        })
+        .sum();
+    finite("pactran_gam", (total + per_sample) / (n * classes) as f64 + 1.0)
 }
 
-/// The mean-field sweeps both bounds share.
+/// The mean-field sweeps both bounds share. q, log q and log s are N x Cs, row-major, so that
+/// the samples update in parallel.
 struct MeanField {
     a0: Vec<f64>,
     /// A = a0 + Y'q of the last sweep (C x Cs).
     a: Mat<f64>,
-    q: Mat<f64>,
-    log_q: Mat<f64>,
-    log_s: Mat<f64>,
+    q: Vec<f64>,
+    log_q: Vec<f64>,
+    log_s: Vec<f64>,
 }
 
 impl MeanField {
@@ -79,29 +85,53 @@ impl MeanField {
         let classes = input.num_classes();
         let counts = input.class_counts();
         let a0: Vec<f64> = counts.iter().map(|&c| ALPHA * c as f64 / n as f64 + TINY).collect();
-        let log_s = Mat::from_fn(n, cs, |i, z| (s.get(i, z) + TINY).ln());
-        let mut q = Mat::from_fn(n, cs, |i, z| s.get(i, z));
-        let mut log_q = Mat::<f64>::zeros(n, cs);
+        let log_s: Vec<f64> = (0..n * cs).map(|k| (s.get(k / cs, k % cs) + TINY).ln()).collect();
+        let mut q: Vec<f64> = (0..n * cs).map(|k| s.get(k / cs, k % cs)).collect();
+        let mut log_q = vec![0.0; n * cs];
         let mut a = Mat::<f64>::zeros(classes, cs);
         for _ in 0..SWEEPS {
             a = Mat::from_fn(classes, cs, |y, _| a0[y]);
-            for i in 0..n {
-                for z in 0..cs {
-                    a[(labels[i], z)] += q[(i, z)];
+            for (i, row) in q.chunks(cs).enumerate() {
+                for (z, value) in row.iter().enumerate() {
+                    a[(labels[i], z)] += value;
                 }
             }
             let shifted = shift(&a);
-            for i in 0..n {
-                let logits: Vec<f64> = (0..cs).map(|z| log_s[(i, z)] + shifted[(labels[i], z)]).collect();
-                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let log_sum = max + logits.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-                for z in 0..cs {
-                    log_q[(i, z)] = logits[z] - log_sum;
-                    q[(i, z)] = log_q[(i, z)].exp();
-                }
-            }
+            q.par_chunks_mut(cs).zip(log_q.par_chunks_mut(cs)).zip(log_s.par_chunks(cs)).enumerate().for_each(
+                |(i, ((q_row, log_q_row), log_s_row))| {
+                    let y = labels[i];
+                    let mut max = f64::NEG_INFINITY;
+                    for z in 0..cs {
+                        log_q_row[z] = log_s_row[z] + shifted[(y, z)];
+                        max = max.max(log_q_row[z]);
+                    }
+                    let log_sum = max + log_q_row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                    for z in 0..cs {
+                        log_q_row[z] -= log_sum;
+                        q_row[z] = log_q_row[z].exp();
+                    }
+                },
+            );
         }
         Ok(Self { a0, a, q, log_q, log_s })
+    }
+
+    /// Row i of one of the N x Cs row-major matrices.
+    fn row<'m>(&self, matrix: &'m [f64], i: usize) -> &'m [f64] {
+        let cs = self.a.ncols();
+        &matrix[i * cs..(i + 1) * cs]
+    }
+
+    /// sum_i q_iz (log q_iz - log s_iz) for each source class z.
+    fn divergence_by_source(&self) -> Vec<f64> {
+        let cs = self.a.ncols();
+        let mut out = vec![0.0; cs];
+        for ((q, log_q), log_s) in self.q.chunks(cs).zip(self.log_q.chunks(cs)).zip(self.log_s.chunks(cs)) {
+            for z in 0..cs {
+                out[z] += q[z] * (log_q[z] - log_s[z]);
+            }
+        }
+        out
     }
 }
 

@@ -11,7 +11,8 @@
 //!   function's default; the repository's experiments tune it per experiment).
 //!
 //! Both log-determinants are taken on the smaller side of each matrix (Sylvester:
-//! det(I + A'A s) = det(I + AA' s)) by Cholesky. Higher is better for both.
+//! det(I + A'A s) = det(I + AA' s)) by Cholesky, and TransRate's Z'Z is the sum of its classes'
+//! Z_c'Z_c (one pass of products for both terms). Higher is better for both.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Side};
@@ -20,7 +21,7 @@ use crate::analysis::FeatureAnalysis;
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::{SymmetricEigen, parallelism};
+use crate::linalg::{SymmetricEigen, centred_gram, parallelism};
 
 /// tllib's and the repository's default epsilon (the repository calls it eps^2).
 pub const TRANSRATE_EPS: f64 = 1e-4;
@@ -35,20 +36,30 @@ pub(crate) fn transrate_of(analysis: &FeatureAnalysis<'_>, eps: f64) -> Result<f
     let input = analysis.input;
     let (n, d) = (analysis.num_samples(), analysis.feature_dim());
     let means = analysis.means();
-    // R(Z): the covariance's eigenvalues (shared with the other scores) when D <= N.
+    let rows_of = class_rows(input);
+    let class_matrix = |rows: &[usize]| Mat::from_fn(rows.len(), d, |i, j| input.features()[(rows[i], j)] - means[j]);
+    let mut classes = 0.0;
     let total = if d <= n {
-        let eigen = analysis.covariance_eigen()?;
-        let scale = (n as f64 - 1.0) / (n as f64 * eps);
-        0.5 * eigen.values.iter().map(|&v| (v * scale).max(0.0).ln_1p()).sum::<f64>()
+        // Z'Z is the sum of the classes' Z_c'Z_c: one pass of products serves both terms.
+        let mut gram = Mat::<f64>::zeros(d, d);
+        for rows in &rows_of {
+            let zc = class_matrix(rows);
+            let class_gram = centred_gram(zc.as_ref(), &vec![0.0; d]).gram;
+            classes += if rows.len() < d {
+                half_logdet_identity_plus(zc.as_ref(), 1.0 / (rows.len() as f64 * eps))?
+            } else {
+                half_logdet_identity_plus_gram(class_gram.clone(), 1.0 / (rows.len() as f64 * eps))?
+            };
+            gram += &class_gram;
+        }
+        half_logdet_identity_plus_gram(gram, 1.0 / (n as f64 * eps))?
     } else {
+        for rows in &rows_of {
+            classes += half_logdet_identity_plus(class_matrix(rows).as_ref(), 1.0 / (rows.len() as f64 * eps))?;
+        }
         let centred = Mat::from_fn(n, d, |i, j| input.features()[(i, j)] - means[j]);
         half_logdet_identity_plus(centred.as_ref(), 1.0 / (n as f64 * eps))?
     };
-    let mut classes = 0.0;
-    for rows in class_rows(input) {
-        let zc = Mat::from_fn(rows.len(), d, |i, j| input.features()[(rows[i], j)] - means[j]);
-        classes += half_logdet_identity_plus(zc.as_ref(), 1.0 / (rows.len() as f64 * eps))?;
-    }
     finite("transrate", total - classes / input.num_classes() as f64)
 }
 
@@ -140,7 +151,11 @@ fn smaller_gram(a: MatRef<'_, f64>) -> Mat<f64> {
 /// 1/2 logdet(I + scale A'A), on the smaller side, by Cholesky (the matrix is I plus a positive
 /// semi-definite one).
 fn half_logdet_identity_plus(a: MatRef<'_, f64>, scale: f64) -> Result<f64> {
-    let mut m = smaller_gram(a);
+    half_logdet_identity_plus_gram(smaller_gram(a), scale)
+}
+
+/// 1/2 logdet(I + scale G) for a Gram matrix G, by Cholesky.
+fn half_logdet_identity_plus_gram(mut m: Mat<f64>, scale: f64) -> Result<f64> {
     let size = m.nrows();
     for j in 0..size {
         for i in 0..size {
