@@ -21,7 +21,7 @@ use faer::{Accum, Mat};
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::parallelism;
+use crate::linalg::{class_means, log_sum_exp, parallelism};
 
 /// `Energy_Score(X, percent=0.5, tail='bot')`: int(0.5 x 10) = 5 per thousand samples.
 const ENERGY_PER_THOUSAND: usize = 5;
@@ -51,12 +51,7 @@ pub fn etran_energy(input: &ScoreInput) -> Result<f64> {
         return Err(Error::TooFewSamples { what: "ETran's energy term (the mean of the lowest 5 per thousand)", needed: 200, got: n });
     }
     let features = input.features();
-    let mut energies: Vec<f64> = (0..n)
-        .map(|i| {
-            let max = (0..d).map(|j| features[(i, j)]).fold(f64::NEG_INFINITY, f64::max);
-            max + (0..d).map(|j| (features[(i, j)] - max).exp()).sum::<f64>().ln()
-        })
-        .collect();
+    let mut energies: Vec<f64> = (0..n).map(|i| log_sum_exp(&(0..d).map(|j| features[(i, j)]).collect::<Vec<_>>())).collect();
     energies.sort_by(f64::total_cmp);
     finite("etran_energy", energies[..count].iter().sum::<f64>() / count as f64)
 }
@@ -68,15 +63,7 @@ pub fn etran_lda(input: &ScoreInput) -> Result<f64> {
     let labels = input.labels();
     let counts = input.class_counts();
     let features = input.features();
-    let mut means = Mat::<f64>::zeros(classes, d);
-    for j in 0..d {
-        for i in 0..n {
-            means[(labels[i], j)] += features[(i, j)];
-        }
-        for c in 0..classes {
-            means[(c, j)] /= counts[c] as f64;
-        }
-    }
+    let means = class_means(features, labels, &counts);
     let intercept: Vec<f64> = (0..classes)
         .map(|c| -0.5 * (0..d).map(|j| means[(c, j)] * means[(c, j)]).sum::<f64>() + (counts[c] as f64 / n as f64).ln())
         .collect();
@@ -85,9 +72,7 @@ pub fn etran_lda(input: &ScoreInput) -> Result<f64> {
     let mut total = 0.0;
     for i in 0..n {
         let row: Vec<f64> = (0..classes).map(|c| logits[(i, c)] + intercept[c]).collect();
-        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
-        total += (row[labels[i]] - max).exp() / sum;
+        total += (row[labels[i]] - log_sum_exp(&row)).exp();
     }
     finite("etran_lda", total / n as f64)
 }

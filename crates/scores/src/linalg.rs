@@ -24,6 +24,27 @@ pub(crate) fn column_means(features: MatRef<'_, f64>) -> Vec<f64> {
     (0..features.ncols()).map(|j| features.col(j).iter().sum::<f64>() / n).collect()
 }
 
+/// The mean of each class's rows, C x D (`counts[c]` rows carry label c).
+pub(crate) fn class_means(x: MatRef<'_, f64>, labels: &[usize], counts: &[usize]) -> Mat<f64> {
+    let (n, d) = x.shape();
+    let mut means = Mat::<f64>::zeros(counts.len(), d);
+    for j in 0..d {
+        for i in 0..n {
+            means[(labels[i], j)] += x[(i, j)];
+        }
+        for (c, &count) in counts.iter().enumerate() {
+            means[(c, j)] /= count as f64;
+        }
+    }
+    means
+}
+
+/// log sum exp(values), with the maximum taken out first.
+pub(crate) fn log_sum_exp(values: &[f64]) -> f64 {
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
 /// What one pass over the centred data gives.
 #[derive(Debug)]
 pub(crate) struct CentredGram {

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
+use crate::linalg::log_sum_exp;
 
 /// The prior concentration upstream passes (`alpha = 1.`) and the Gamma's rates.
 const ALPHA: f64 = 1.0;
@@ -100,12 +101,10 @@ impl MeanField {
             q.par_chunks_mut(cs).zip(log_q.par_chunks_mut(cs)).zip(log_s.par_chunks(cs)).enumerate().for_each(
                 |(i, ((q_row, log_q_row), log_s_row))| {
                     let y = labels[i];
-                    let mut max = f64::NEG_INFINITY;
                     for z in 0..cs {
                         log_q_row[z] = log_s_row[z] + shifted[(y, z)];
-                        max = max.max(log_q_row[z]);
                     }
-                    let log_sum = max + log_q_row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                    let log_sum = log_sum_exp(log_q_row);
                     for z in 0..cs {
                         log_q_row[z] -= log_sum;
                         q_row[z] = log_q_row[z].exp();

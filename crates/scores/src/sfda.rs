@@ -24,7 +24,7 @@ use faer::{Accum, Mat, MatRef, Side};
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::parallelism;
+use crate::linalg::{class_means, log_sum_exp, parallelism};
 
 /// The exponent's factor and the floor of SFDA's adaptive shrinkage, hard-coded upstream.
 const SHRINKAGE_RATE: f64 = 5.0;
@@ -46,23 +46,18 @@ pub fn sfda(input: &ScoreInput) -> Result<f64> {
     let d = means.ncols();
     let total: Vec<f64> = (0..d).map(|j| (0..classes).map(|c| means[(c, j)]).sum()).collect();
     let others = Mat::from_fn(classes, d, |c, j| (total[j] - means[(c, j)]) / (classes as f64 - 1.0));
-    let mixed = Mat::from_fn(n, d, |i, j| {
-        let c = labels[i];
-        let row: Vec<f64> = (0..classes).map(|k| soft[(i, k)]).collect();
-        let p = softmax_entry(&row, c);
-        p * features[(i, j)] + (1.0 - p) * others[(c, j)]
-    });
+    // Each sample's softened probability of its own class, once.
+    let own: Vec<f64> = (0..n)
+        .map(|i| {
+            let row: Vec<f64> = (0..classes).map(|k| soft[(i, k)]).collect();
+            (row[labels[i]] - log_sum_exp(&row)).exp()
+        })
+        .collect();
+    let mixed = Mat::from_fn(n, d, |i, j| own[i] * features[(i, j)] + (1.0 - own[i]) * others[(labels[i], j)]);
     let second = FisherFit::new(mixed.as_ref(), labels, &counts, Some(first.shrinkage))?;
     let probabilities = second.probabilities(mixed.as_ref())?;
     let score = (0..n).map(|i| probabilities[(i, labels[i])]).sum::<f64>() / n as f64;
     finite("sfda", score)
-}
-
-/// exp(row[c]) / sum_k exp(row[k]), with the maximum subtracted first.
-fn softmax_entry(row: &[f64], c: usize) -> f64 {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
-    (row[c] - max).exp() / sum
 }
 
 /// One `SFDA.fit`: the class means, the shrinkage used, and the linear classifier.
@@ -78,15 +73,7 @@ impl FisherFit {
     fn new(x: MatRef<'_, f64>, labels: &[usize], counts: &[usize], shrinkage: Option<f64>) -> Result<Self> {
         let (n, d) = x.shape();
         let classes = counts.len();
-        let mut means = Mat::<f64>::zeros(classes, d);
-        for j in 0..d {
-            for i in 0..n {
-                means[(labels[i], j)] += x[(i, j)];
-            }
-            for c in 0..classes {
-                means[(c, j)] /= counts[c] as f64;
-            }
-        }
+        let means = class_means(x, labels, counts);
         // Sw = sum_c (n_c / N) Cov_c (bias 1) = (1/N) sum_i (x_i - mu_y)(x_i - mu_y)'.
         let within = Mat::from_fn(n, d, |i, j| x[(i, j)] - means[(labels[i], j)]);
         let mut sw = Mat::<f64>::zeros(d, d);
@@ -124,10 +111,9 @@ impl FisherFit {
         matmul(scores.as_mut(), Accum::Replace, x, self.coef_t.as_ref(), 1.0, parallelism());
         for i in 0..n {
             let row: Vec<f64> = (0..classes).map(|c| scores[(i, c)] + self.intercept[c]).collect();
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-            let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+            let log_sum = log_sum_exp(&row);
             for c in 0..classes {
-                scores[(i, c)] = (row[c] - max).exp() / sum;
+                scores[(i, c)] = (row[c] - log_sum).exp();
             }
         }
         if scores.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
