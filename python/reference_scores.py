@@ -11,9 +11,11 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import scipy.optimize
 import scipy.special
 from sklearn.covariance import ledoit_wolf
 from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.mixture import GaussianMixture
 
 
@@ -322,6 +324,92 @@ def etran_combine(energies, ldas):
     return [float(v) for v in 0.15 * _min_max(energies) + 0.85 * _min_max(ldas)]
 
 
+# NCTI (Wang et al., ICCV 2023): BUserName/NCTI metrics.py NCTI_Score and the combination in
+# evaluate_metric_group1_cpu.py.
+NCTI_PCA_DIMS = 64
+NCTI_VARIANCE_DIMS = 32
+
+
+def _lda_shrunk_cov(x, shrinkage):
+    """sklearn's _cov(X, shrinkage=float): shrunk_covariance(empirical_covariance(X), t)."""
+    s = np.atleast_2d(np.cov(x.T, bias=1))
+    d = s.shape[0]
+    mu = np.trace(s) / d
+    s = (1.0 - shrinkage) * s
+    s.flat[:: d + 1] += shrinkage * mu
+    return s
+
+
+def _lda_explicit(x, y, solver, shrinkage=None, within_fac="n_minus_c", tol=1e-4):
+    """sklearn's LinearDiscriminantAnalysis(solver, shrinkage).fit_transform(x, y) and
+    predict_proba(x), written out (priors = class frequencies). within_fac is the factor of the
+    'svd' solver's within-class scaling: 1/(N - C) up to scikit-learn 1.8 (the authors' version),
+    1/N from 1.9 (scikit-learn PR #33626)."""
+    n, d = x.shape
+    classes, y_t = np.unique(y, return_inverse=True)
+    c = len(classes)
+    priors = np.bincount(y_t) / float(n)
+    means = np.zeros((c, d))
+    np.add.at(means, y_t, x)
+    means /= np.bincount(y_t)[:, None]
+    max_components = min(c - 1, d)
+    if solver == "eigen":
+        sw = sum(priors[k] * _lda_shrunk_cov(x[y_t == k], shrinkage) for k in range(c))
+        st = _lda_shrunk_cov(x, shrinkage)
+        evals, evecs = scipy.linalg.eigh(st - sw, sw)
+        evecs = evecs[:, np.argsort(evals)[::-1]]
+        coef = means @ evecs @ evecs.T
+        intercept = -0.5 * np.diag(means @ coef.T) + np.log(priors)
+        transformed = x @ evecs[:, :max_components]
+    else:
+        xc = x - means[y_t]
+        xbar = priors @ means
+        std = np.std(xc, axis=0)
+        std[std == 0] = 1.0
+        fac = 1.0 / (n - c) if within_fac == "n_minus_c" else 1.0 / n
+        _, s, vt = scipy.linalg.svd(np.sqrt(fac) * (xc / std), full_matrices=False)
+        rank = int(np.sum(s > tol))
+        scalings = (vt[:rank, :] / std).T / s[:rank]
+        between = ((np.sqrt(n * priors / (c - 1))) * (means - xbar).T).T @ scalings
+        _, s2, vt2 = scipy.linalg.svd(between, full_matrices=False)
+        rank2 = int(np.sum(s2 > tol * s2[0]))
+        scalings = scalings @ vt2.T[:, :rank2]
+        centred_coef = (means - xbar) @ scalings
+        intercept = -0.5 * np.sum(centred_coef ** 2, axis=1) + np.log(priors)
+        coef = centred_coef @ scalings.T
+        intercept -= xbar @ coef.T
+        transformed = ((x - xbar) @ scalings)[:, :max_components]
+    return transformed, scipy.special.softmax(x @ coef.T + intercept, axis=1)
+
+
+def ncti_components(f, y, within_fac="n_minus_c", lda_impl="explicit", pca_svd_solver="full", pca_random_state=None):
+    """NCTI_Score: PCA to 64, sklearn's LDA (solver 'svd' when the top-32 explained variance
+    sums to ln(1e10) or more, else 'eigen' with shrinkage exp(-sum)); returns (seli, ncc, vc).
+    lda_impl="sklearn" runs the installed scikit-learn instead of the written-out LDA."""
+    f = f.astype(np.float64)
+    pca = PCA(n_components=NCTI_PCA_DIMS, svd_solver=pca_svd_solver, random_state=pca_random_state)
+    x = pca.fit_transform(f)
+    temp = max(np.exp(-pca.explained_variance_[:NCTI_VARIANCE_DIMS].sum()), 1e-10)
+    solver, shrinkage = ("svd", None) if temp == 1e-10 else ("eigen", float(temp))
+    if lda_impl == "sklearn":
+        clf = LinearDiscriminantAnalysis(solver=solver, shrinkage=shrinkage)
+        low = clf.fit_transform(x, y)
+        prob = clf.predict_proba(x)
+    else:
+        low, prob = _lda_explicit(x, y, solver, shrinkage, within_fac)
+    low = low - np.mean(low, axis=0, keepdims=True)
+    seli = np.linalg.norm(low, ord="nuc")
+    ncc = np.sum(prob[np.arange(x.shape[0]), y]) / x.shape[0]
+    vc = np.log(sum(np.linalg.norm(prob[y == k], ord="nuc") for k in range(len(np.unique(y)))))
+    return float(seli), float(ncc), float(vc)
+
+
+def ncti_combine(components):
+    """evaluate_metric_group1_cpu.py: minmax(ncc) + minmax(seli) - minmax(vc) over the models."""
+    seli, ncc, vc = (np.array([c[k] for c in components]) for k in range(3))
+    return [float(v) for v in _min_max(ncc) + _min_max(seli) - _min_max(vc)]
+
+
 def _one_hot(a):
     b = np.zeros((a.size, a.max() + 1))
     b[np.arange(a.size), a] = 1.0
@@ -370,6 +458,74 @@ def pactran_gam(probs, y, alpha=1.0):
     return float(pac_gamma + 1.0)
 
 
+NEWTON_MAX_PARAMETERS = 2048
+
+
+def pactran_gauss(f, y, lda_factor=1.0, seed=0, converged=True):
+    """google-research/pactran_metrics compute_metrics.py calculate_pac_gauss (lower is better),
+    its first value (s2 factor 100 lambda). converged=True runs L-BFGS-B to tight convergence (the
+    objective is strictly convex, so the optimum does not depend on the start); False stops as
+    upstream does (maxiter 100, tol 1e-6)."""
+    features = f.astype(np.float64) - np.mean(f, axis=0, keepdims=True)
+    nclasses = int(y.max()) + 1
+    label = _one_hot(y)
+    bs, d = features.shape
+    kd = d * nclasses
+    ldas2 = lda_factor * bs
+    dinv = 1.0 / float(d)
+
+    def split(theta):
+        theta = np.reshape(theta, [d + 1, nclasses])
+        return theta[:d, :], theta[d:, :]
+
+    def loss(theta):
+        w, b = split(theta)
+        logits = features @ w + b
+        log_qz = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+        xent = np.sum(np.sum(label * (np.log(label + 1e-10) - log_qz), axis=-1)) / bs
+        return xent + 0.5 * np.sum(np.square(w)) / ldas2
+
+    def grad(theta):
+        w, b = split(theta)
+        g = scipy.special.softmax(features @ w + b, axis=-1)
+        g -= label
+        g /= bs
+        gw = features.T @ g + w / ldas2
+        return np.ravel(np.concatenate([gw, np.sum(g, axis=0, keepdims=True)], axis=0))
+
+    theta0 = np.ravel(np.concatenate([np.random.RandomState(seed).normal(size=[d, nclasses]) * 0.03,
+                                      np.zeros([1, nclasses])], axis=0))
+    if converged:
+        options = dict(maxiter=100000, maxfun=100000, ftol=1e-15, gtol=1e-12)
+        theta = scipy.optimize.minimize(loss, theta0, method="L-BFGS-B", jac=grad, options=options).x
+        # Newton steps on the exact Hessian polish the optimum to rounding (L-BFGS-B's line search
+        # stalls near 1e-8), where the Hessian is small enough to form (the fixtures). The bias's
+        # shift along all classes is a flat direction: lstsq.
+        xt = np.concatenate([features, np.ones((bs, 1))], axis=1)
+        reg = np.zeros((d + 1) * nclasses)
+        reg[: d * nclasses] = 1.0 / ldas2
+        for _ in range(20 if (d + 1) * nclasses <= NEWTON_MAX_PARAMETERS else 0):
+            w, b = split(theta)
+            p = scipy.special.softmax(features @ w + b, axis=-1)
+            # theta is (d + 1, C) row-major: index (j, c) -> j * C + c.
+            hess = np.einsum("ij,ik,icd->jckd", xt, xt, (p[:, :, None] * np.eye(nclasses)[None] - p[:, :, None] * p[:, None, :]) / bs)
+            hess = hess.reshape((d + 1) * nclasses, (d + 1) * nclasses) + np.diag(reg)
+            step = np.linalg.lstsq(hess, grad(theta), rcond=None)[0]
+            theta = theta - step
+            if np.max(np.abs(step)) <= 1e-13 * max(1.0, np.max(np.abs(theta))):
+                break
+    else:
+        theta = scipy.optimize.minimize(loss, theta0, method="L-BFGS-B", jac=grad, options=dict(maxiter=100), tol=1e-6).x
+    pac_opt = loss(theta)
+    w, b = split(theta)
+    p = scipy.special.softmax(features @ w + b, axis=-1)
+    h2 = p - np.square(p)
+    h = np.sum(np.square(features).T @ h2 + 1.0 / ldas2) + np.sum(h2)
+    sigma2_inv = h * ldas2 / kd + 1e-10
+    s2 = 100.0 * lda_factor * dinv
+    return float(pac_opt + 0.5 * kd / ldas2 * s2 * np.log(sigma2_inv))
+
+
 # The newer scores computed per model, by the Metric names of medxfer-scores.
 BEYOND = {
     "transrate": lambda f, y, p: transrate(f, y),
@@ -377,10 +533,14 @@ BEYOND = {
     "sfda": lambda f, y, p: sfda(f, y),
     "pactran_dir": lambda f, y, p: pactran_dir(p, y),
     "pactran_gam": lambda f, y, p: pactran_gam(p, y),
+    "pactran_gauss": lambda f, y, p: pactran_gauss(f, y),
 }
 
 # Per-model terms of the scores defined over a set of models (combined by etran_combine, ...).
 SET_TERMS = {
     "etran_energy": lambda f, y, p: etran_energy(f),
     "etran_lda": lambda f, y, p: etran_lda(f, y),
+    "ncti_seli": lambda f, y, p: ncti_components(f, y)[0],
+    "ncti_ncc": lambda f, y, p: ncti_components(f, y)[1],
+    "ncti_vc": lambda f, y, p: ncti_components(f, y)[2],
 }

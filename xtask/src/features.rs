@@ -1,12 +1,12 @@
 //! The two steps `reproduce` and `rank` share: a backbone's features of a split into a feature
-//! file (with a progress bar), and the seven scores of a feature file.
+//! file (with a progress bar), and the scores of a feature file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
 use medxfer_data::Entry;
-use medxfer_scores::{Metric, read_feature_file, score_all};
+use medxfer_scores::{Metric, ScoreInput, read_feature_file, score_all, set_terms};
 use medxfer_train::{ExtractSettings, SplitData};
 use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
@@ -48,16 +48,23 @@ pub fn extract_features(
     Ok(())
 }
 
-/// The seven scores of a feature file; a score that fails is recorded, not fatal.
+/// Every per-model score of a feature file (the paper's seven, then the newer ones) and the
+/// per-model terms of the set-level scores (`etran_energy`, `ncti_seli`, ...; combined across
+/// backbones when the tables are written); a score that fails is recorded, not fatal.
 pub fn score_file(path: &Path) -> Result<FeatureScores> {
-    let input = read_feature_file(path)?;
+    Ok(score_input(&read_feature_file(path)?))
+}
+
+/// What [`score_file`] computes, on features in memory.
+pub fn score_input(input: &ScoreInput) -> FeatureScores {
     let mut scores = FeatureScores::default();
-    match score_all(&input, &Metric::ALL) {
+    let per_model: Vec<Metric> = Metric::per_model().collect();
+    match score_all(input, &per_model) {
         Ok(values) => scores.values = values.into_iter().map(|(m, v)| (m.as_str().to_string(), v)).collect(),
         // One failed: compute each alone to keep the others.
         Err(_) => {
-            for metric in Metric::ALL {
-                match score_all(&input, &[metric]) {
+            for metric in per_model {
+                match score_all(input, &[metric]) {
                     Ok(values) => scores.values.extend(values.into_iter().map(|(m, v)| (m.as_str().to_string(), v))),
                     Err(error) => {
                         scores.errors.insert(metric.as_str().to_string(), error.to_string());
@@ -66,5 +73,21 @@ pub fn score_file(path: &Path) -> Result<FeatureScores> {
             }
         }
     }
-    Ok(scores)
+    for metric in Metric::SET_LEVEL {
+        match set_terms(input, metric) {
+            Ok(terms) => scores.values.extend(metric.terms().iter().zip(terms).map(|(term, v)| (metric.term_key(term), v))),
+            Err(error) => {
+                scores.errors.insert(metric.as_str().to_string(), error.to_string());
+            }
+        }
+    }
+    scores
+}
+
+/// Whether a scores file predates a score this version computes (neither a value nor an error
+/// recorded for it): `reproduce` then rescores the unit's features.
+pub fn lacks_a_score(scores: &FeatureScores) -> bool {
+    let recorded = |key: &str| scores.values.contains_key(key) || scores.errors.contains_key(key);
+    Metric::per_model().any(|m| !recorded(m.as_str()))
+        || Metric::SET_LEVEL.iter().any(|m| !scores.errors.contains_key(m.as_str()) && m.terms().iter().any(|t| !recorded(&m.term_key(t))))
 }

@@ -2,9 +2,11 @@
 //! `reproduce` (which writes them) and `report` (which needs nothing else). Columns are checked
 //! by name so a file from elsewhere with a wrong header gets an error saying which.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use medxfer_scores::Metric;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Scores file name under the results directory.
@@ -37,7 +39,8 @@ pub struct ScoreRow {
     pub task: String,
     pub setting: Setting,
     pub backbone: String,
-    /// As medxfer-scores spells it (h_score, nce, leep, n_leep, logme, reg_h_score, gbc).
+    /// As medxfer-scores spells it (h_score, nce, leep, n_leep, logme, reg_h_score, gbc, the
+    /// newer ones), or a set-level score's per-model term (`etran_energy`, `ncti_seli`, ...).
     pub metric: String,
     pub value: f64,
 }
@@ -83,7 +86,7 @@ fn read_lines<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<
 /// naming both lines.
 pub fn read_rows<T: DeserializeOwned, K: Ord + std::fmt::Debug>(path: &Path, columns: &[&str], key: impl Fn(&T) -> K) -> Result<Vec<T>> {
     let rows = read_lines(path, columns)?;
-    let mut first_line: std::collections::BTreeMap<K, u64> = std::collections::BTreeMap::new();
+    let mut first_line: BTreeMap<K, u64> = BTreeMap::new();
     for (line, row) in &rows {
         if let Some(first) = first_line.insert(key(row), *line) {
             bail!(
@@ -111,11 +114,56 @@ pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
     let rows: Vec<ScoreRow> =
         read_rows(&dir.join(SCORES_CSV), &SCORE_COLUMNS, |r: &ScoreRow| (r.task.clone(), r.setting, r.backbone.clone(), r.metric.clone()))?;
     for (i, row) in rows.iter().enumerate() {
-        if row.metric.parse::<medxfer_scores::Metric>().is_err() {
+        if !is_score_key(&row.metric) {
             bail!("{}: row {}: unknown metric '{}'", dir.join(SCORES_CSV).display(), i + 2, row.metric);
         }
     }
     Ok(rows)
+}
+
+/// A metric name, or the `<metric>_<term>` name of a set-level metric's per-model term.
+pub fn is_score_key(name: &str) -> bool {
+    name.parse::<Metric>().is_ok() || Metric::SET_LEVEL.iter().any(|m| m.terms().iter().any(|t| m.term_key(t) == name))
+}
+
+/// The set-level scores (ETran, NCTI) of each (task, setting) from the backbones' stored terms,
+/// combined across the backbones that have every term: one row per backbone. A set of fewer than
+/// two backbones, or one whose term is equal across them, has none.
+pub fn combine_set_level(scores: &[ScoreRow]) -> Vec<ScoreRow> {
+    // (task, setting) -> backbone -> metric or term -> value.
+    type ByBackbone<'a> = BTreeMap<&'a str, BTreeMap<&'a str, f64>>;
+    let mut groups: BTreeMap<(&str, Setting), ByBackbone<'_>> = BTreeMap::new();
+    for row in scores {
+        groups
+            .entry((row.task.as_str(), row.setting))
+            .or_default()
+            .entry(row.backbone.as_str())
+            .or_default()
+            .insert(row.metric.as_str(), row.value);
+    }
+    let mut combined = Vec::new();
+    for ((task, setting), backbones) in &groups {
+        for metric in Metric::SET_LEVEL {
+            let keys: Vec<String> = metric.terms().iter().map(|t| metric.term_key(t)).collect();
+            let members: Vec<(&str, Vec<f64>)> = backbones
+                .iter()
+                .filter_map(|(backbone, values)| {
+                    let terms: Option<Vec<f64>> = keys.iter().map(|k| values.get(k.as_str()).copied().filter(|v| v.is_finite())).collect();
+                    terms.map(|t| (*backbone, t))
+                })
+                .collect();
+            let terms: Vec<Vec<f64>> = members.iter().map(|m| m.1.clone()).collect();
+            let Ok(values) = medxfer_scores::combine_terms(metric, &terms) else { continue };
+            combined.extend(members.iter().zip(values).map(|((backbone, _), value)| ScoreRow {
+                task: task.to_string(),
+                setting: *setting,
+                backbone: backbone.to_string(),
+                metric: metric.as_str().to_string(),
+                value,
+            }));
+        }
+    }
+    combined
 }
 
 pub fn read_performance(dir: &Path) -> Result<Vec<PerformanceRow>> {
@@ -192,6 +240,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_scores(dir.path()).unwrap().len(), 2);
+    }
+
+    /// NCTI over three backbones from their stored terms, against the combination computed by
+    /// hand: minmax(ncc) + minmax(seli) - minmax(vc); a fourth backbone without terms is left out,
+    /// and ETran, whose terms nobody has, gets no rows.
+    #[test]
+    fn set_level_scores_are_combined_per_task_and_setting_from_the_terms() {
+        let row = |backbone: &str, metric: &str, value: f64| ScoreRow {
+            task: "skin".into(),
+            setting: Setting::Id,
+            backbone: backbone.into(),
+            metric: metric.into(),
+            value,
+        };
+        let mut scores = Vec::new();
+        for (backbone, seli, ncc, vc) in [("a", 10.0, 0.5, 3.0), ("b", 20.0, 0.7, 2.0), ("c", 15.0, 0.9, 2.5)] {
+            scores.extend([row(backbone, "ncti_seli", seli), row(backbone, "ncti_ncc", ncc), row(backbone, "ncti_vc", vc)]);
+        }
+        scores.push(row("d", "ncti_seli", 12.0));
+        scores.push(row("d", "leep", -1.0));
+        let combined = combine_set_level(&scores);
+        // a: 0 + 0 - 1; b: 0.5 + 1 - 0; c: 1 + 0.5 - 0.5.
+        let expected = [("a", -1.0), ("b", 1.5), ("c", 1.0)];
+        assert_eq!(combined.len(), 3, "{combined:?}");
+        for (got, (backbone, value)) in combined.iter().zip(expected) {
+            assert_eq!((got.backbone.as_str(), got.metric.as_str()), (backbone, "ncti"));
+            assert!((got.value - value).abs() < 1e-12, "{got:?}");
+        }
+        assert!(is_score_key("ncti_vc") && is_score_key("etran") && !is_score_key("ncti_bogus"));
     }
 
     #[test]

@@ -209,9 +209,43 @@ fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
     .unwrap();
     let output = rank(dir.path(), &images, &dir.path().join("out"), &study, &["--backbones", "resnet_basic_min,vit_min"]);
     let text = String::from_utf8(output.stdout).unwrap();
+    // A table2.csv from before the interval columns still reads.
     assert!(text.contains(&format!("from the study in {}", study.display())), "{text}");
     assert!(text.contains("| logme | 0.30 | -0.20 |"), "mean of 0.5 and 0.1:\n{text}");
-    assert_eq!(read_csv(&dir.path().join("out/ranking.csv")).len(), 2);
+    let ranking = read_csv(&dir.path().join("out/ranking.csv"));
+    assert_eq!(ranking.len(), 2);
+    // The newer scores rank too, PACTran's bounds lowest first; the consensus is the paper's seven.
+    let bound: Vec<f64> = ranking.iter().map(|r| r["pactran_gauss"].parse().unwrap()).collect();
+    let bound_rank: Vec<f64> = ranking.iter().map(|r| r["pactran_gauss_rank"].parse().unwrap()).collect();
+    assert_eq!(bound_rank[0] < bound_rank[1], bound[0] < bound[1], "{ranking:?}");
+    assert!(text.contains("pactran_gauss † ↓") && text.contains("mean rank over the paper's seven scores"), "{text}");
+
+    // The current table2.csv; every score in the consensus; two bootstrap resamples of the images.
+    std::fs::write(
+        study.join("table2.csv"),
+        "task,setting,metric,scope,n,tau_b,p_value,p_permutation,ci_low,ci_high,weighted_tau\nskin,id,sfda,beyond,10,0.4,0.1,0.1,0.1,0.7,0.5\n",
+    )
+    .unwrap();
+    let output = rank(
+        dir.path(),
+        &images,
+        &dir.path().join("out"),
+        &study,
+        &["--backbones", "resnet_basic_min,vit_min", "--consensus", "all", "--bootstrap", "2"],
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("| sfda | 0.40 | – |") && text.contains("mean rank over every score"), "{text}");
+    let shares = text.split("How often each candidate comes first").nth(1).unwrap_or_else(|| panic!("{text}"));
+    // Each score's shares over the two candidates add to at least 100% (ties count for both).
+    let rows: Vec<Vec<f64>> = shares
+        .lines()
+        .filter(|l| l.starts_with("| resnet_basic_min") || l.starts_with("| vit_min"))
+        .map(|l| l.split('|').skip(2).filter_map(|c| c.trim().strip_suffix('%')).map(|c| c.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{shares}");
+    for column in 0..rows[0].len() {
+        assert!(rows[0][column] + rows[1][column] >= 100.0, "{shares}");
+    }
 }
 
 #[test]

@@ -45,6 +45,17 @@ pub enum Error {
         got: usize,
     },
 
+    /// Too few features for the statistic.
+    #[error("{what} needs at least {needed} features, got {got}")]
+    TooFewFeatures {
+        /// What was being computed.
+        what: &'static str,
+        /// How many it needs.
+        needed: usize,
+        /// How many it got.
+        got: usize,
+    },
+
     /// The features have no columns.
     #[error("the feature matrix has no columns; features must be N x D with D >= 1")]
     NoFeatures,

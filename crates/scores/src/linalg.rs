@@ -45,6 +45,20 @@ pub(crate) fn log_sum_exp(values: &[f64]) -> f64 {
     max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
+/// Replaces each row of logits by its softmax.
+pub(crate) fn softmax_rows(logits: &mut Mat<f64>) {
+    let mut row = vec![0.0; logits.ncols()];
+    for i in 0..logits.nrows() {
+        for (c, value) in row.iter_mut().enumerate() {
+            *value = logits[(i, c)];
+        }
+        let log_sum = log_sum_exp(&row);
+        for (c, value) in row.iter().enumerate() {
+            logits[(i, c)] = (value - log_sum).exp();
+        }
+    }
+}
+
 /// What one pass over the centred data gives.
 #[derive(Debug)]
 pub(crate) struct CentredGram {

@@ -28,7 +28,8 @@ enum Command {
         /// The feature file.
         file: PathBuf,
         /// Comma-separated metrics (h_score, nce, leep, n_leep, logme, reg_h_score, gbc; beyond the
-        /// paper transrate, transrate_official, sfda, pactran_dir, pactran_gam); all by default, the paper's seven first.
+        /// paper transrate, transrate_official, sfda, pactran_dir, pactran_gam, pactran_gauss); all by
+        /// default, the paper's seven first.
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
         /// Print one JSON object {"metric": value, ...} instead of a table.
@@ -36,7 +37,7 @@ enum Command {
         json: bool,
     },
     /// Score a set of candidate models' feature files together (same images and labels, one file
-    /// per model): the scores defined over a set (etran: min-max scaled across the files) and
+    /// per model): the scores defined over a set (etran, ncti: min-max scaled across the files) and
     /// the per-model ones, one value per file.
     ScoreSet {
         /// The feature files, one per candidate model.

@@ -1,5 +1,5 @@
-//! The seven scores by name, and `score_all`, which computes any set of them sharing the
-//! expensive decompositions.
+//! The scores by name, `score_all`, which computes any of them for one model sharing the
+//! expensive decompositions, and `score_set`, which adds those defined over a set of models.
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,9 +43,15 @@ pub enum Metric {
     PactranDir,
     /// PACTran-Gamma on the source probabilities: a bound, lower is better. Beyond the paper.
     PactranGam,
+    /// PACTran-Gauss on the features at lambda = 1, its optimiser run to convergence: a bound,
+    /// lower is better. Beyond the paper.
+    PactranGauss,
     /// ETran (mgholamikn/ETran): its energy and LDA terms min-max scaled over a set of candidate
     /// models ([`score_set`]). Beyond the paper.
     Etran,
+    /// NCTI (BUserName/NCTI): its seli, ncc and vc terms min-max scaled over a set of candidate
+    /// models ([`score_set`]). Beyond the paper.
+    Ncti,
 }
 
 /// Whether a higher or a lower value of a score predicts better fine-tuning accuracy.
@@ -63,11 +69,12 @@ impl Metric {
     pub const ALL: [Metric; 7] = [Metric::HScore, Metric::Nce, Metric::Leep, Metric::NLeep, Metric::LogMe, Metric::RegHScore, Metric::Gbc];
 
     /// The newer scores computed per model, beyond the paper's seven.
-    pub const BEYOND: [Metric; 5] = [Metric::Transrate, Metric::TransrateOfficial, Metric::Sfda, Metric::PactranDir, Metric::PactranGam];
+    pub const BEYOND: [Metric; 6] =
+        [Metric::Transrate, Metric::TransrateOfficial, Metric::Sfda, Metric::PactranDir, Metric::PactranGam, Metric::PactranGauss];
 
     /// The newer scores defined over a set of candidate models: one model's value depends on
     /// the others' ([`score_set`]).
-    pub const SET_LEVEL: [Metric; 1] = [Metric::Etran];
+    pub const SET_LEVEL: [Metric; 2] = [Metric::Etran, Metric::Ncti];
 
     /// The scores of one model: the paper's seven, then the newer ones.
     pub fn per_model() -> impl Iterator<Item = Metric> {
@@ -84,10 +91,27 @@ impl Metric {
         Metric::SET_LEVEL.contains(&self)
     }
 
+    /// The per-model terms a set-level score combines across the models (ETran: energy, lda;
+    /// NCTI: seli, ncc, vc), in [`set_terms`]' order; empty for a per-model score. Result files
+    /// store each as `<metric>_<term>` ([`Metric::term_key`]), so that the combination can be
+    /// redone over any subset of models.
+    pub fn terms(self) -> &'static [&'static str] {
+        match self {
+            Metric::Etran => &["energy", "lda"],
+            Metric::Ncti => &["seli", "ncc", "vc"],
+            _ => &[],
+        }
+    }
+
+    /// `<metric>_<term>`, the stable name of a set-level score's per-model term.
+    pub fn term_key(self, term: &str) -> String {
+        format!("{}_{term}", self.as_str())
+    }
+
     /// Whether a higher or a lower value predicts better fine-tuning (PACTran's bounds: lower).
     pub fn direction(self) -> Direction {
         match self {
-            Metric::PactranDir | Metric::PactranGam => Direction::Lower,
+            Metric::PactranDir | Metric::PactranGam | Metric::PactranGauss => Direction::Lower,
             _ => Direction::Higher,
         }
     }
@@ -107,7 +131,9 @@ impl Metric {
             Metric::Sfda => "sfda",
             Metric::PactranDir => "pactran_dir",
             Metric::PactranGam => "pactran_gam",
+            Metric::PactranGauss => "pactran_gauss",
             Metric::Etran => "etran",
+            Metric::Ncti => "ncti",
         }
     }
 
@@ -134,26 +160,31 @@ impl FromStr for Metric {
 /// Computes each requested metric once, sharing the covariance and Gram decompositions between
 /// them, and returns them in the order asked (duplicates once). Fails on the first failure.
 pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, f64)>> {
-    let analysis = FeatureAnalysis::new(input);
+    score_analysed(&FeatureAnalysis::new(input), metrics)
+}
+
+fn score_analysed(analysis: &FeatureAnalysis<'_>, metrics: &[Metric]) -> Result<Vec<(Metric, f64)>> {
+    let input = analysis.input;
     let mut computed: Vec<(Metric, f64)> = Vec::new();
     for &metric in metrics {
         if computed.iter().any(|(m, _)| *m == metric) {
             continue;
         }
         let value = match metric {
-            Metric::HScore => crate::h_score::h_score_of(&analysis)?,
+            Metric::HScore => crate::h_score::h_score_of(analysis)?,
             Metric::Nce => crate::nce::nce(input)?,
             Metric::Leep => crate::leep::leep(input)?,
-            Metric::NLeep => crate::n_leep::n_leep_of(&analysis, &NLeepConfig::default())?,
-            Metric::LogMe => crate::logme::logme_of(&analysis)?,
-            Metric::RegHScore => crate::reg_h_score::reg_h_score_of(&analysis)?,
-            Metric::Gbc => crate::gbc::gbc_of(&analysis)?,
-            Metric::Transrate => crate::transrate::transrate_of(&analysis, crate::transrate::TRANSRATE_EPS)?,
+            Metric::NLeep => crate::n_leep::n_leep_of(analysis, &NLeepConfig::default())?,
+            Metric::LogMe => crate::logme::logme_of(analysis)?,
+            Metric::RegHScore => crate::reg_h_score::reg_h_score_of(analysis)?,
+            Metric::Gbc => crate::gbc::gbc_of(analysis)?,
+            Metric::Transrate => crate::transrate::transrate_of(analysis, crate::transrate::TRANSRATE_EPS)?,
             Metric::TransrateOfficial => crate::transrate::transrate_official(input, crate::transrate::TRANSRATE_EPS)?,
             Metric::Sfda => crate::sfda::sfda(input)?,
             Metric::PactranDir => crate::pactran::pactran_dir(input)?,
             Metric::PactranGam => crate::pactran::pactran_gam(input)?,
-            set_level @ Metric::Etran => return Err(Error::SetLevelMetric { metric: set_level.as_str() }),
+            Metric::PactranGauss => crate::pactran_gauss::pactran_gauss(input)?,
+            set_level @ (Metric::Etran | Metric::Ncti) => return Err(Error::SetLevelMetric { metric: set_level.as_str() }),
         };
         computed.push((metric, value));
     }
@@ -166,8 +197,14 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
 pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metric, Vec<f64>)>> {
     let per_model: Vec<Metric> = metrics.iter().copied().filter(|m| !m.is_set_level()).collect();
     let mut by_model = Vec::with_capacity(inputs.len());
+    let mut ncti_terms = Vec::with_capacity(inputs.len());
     for input in inputs {
-        by_model.push(score_all(input, &per_model)?);
+        // One analysis per model: NCTI's PCA reuses the covariance eigendecomposition.
+        let analysis = FeatureAnalysis::new(input);
+        by_model.push(score_analysed(&analysis, &per_model)?);
+        if metrics.contains(&Metric::Ncti) {
+            ncti_terms.push(crate::ncti::ncti_terms_of(&analysis, crate::ncti::LdaWithinFactor::default())?);
+        }
     }
     let mut out: Vec<(Metric, Vec<f64>)> = Vec::new();
     for &metric in metrics {
@@ -179,11 +216,47 @@ pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metri
                 let terms = inputs.iter().map(crate::etran::etran_terms).collect::<Result<Vec<_>>>()?;
                 crate::etran::etran_combine(&terms)?
             }
+            Metric::Ncti => crate::ncti::ncti_combine(&ncti_terms)?,
             _ => by_model.iter().map(|scores| scores.iter().find(|(m, _)| *m == metric).map(|(_, v)| *v).unwrap_or(f64::NAN)).collect(),
         };
         out.push((metric, values));
     }
     Ok(out)
+}
+
+/// The per-model terms of a set-level metric for one model, in [`Metric::terms`]' order (empty
+/// for a per-model metric).
+pub fn set_terms(input: &ScoreInput, metric: Metric) -> Result<Vec<f64>> {
+    Ok(match metric {
+        Metric::Etran => {
+            let t = crate::etran::etran_terms(input)?;
+            vec![t.energy, t.lda]
+        }
+        Metric::Ncti => {
+            let t = crate::ncti::ncti_terms(input)?;
+            vec![t.seli, t.ncc, t.vc]
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// A set-level metric of each model of a set from the models' terms (each in [`Metric::terms`]'
+/// order): what [`score_set`] computes, from stored terms.
+pub fn combine_terms(metric: Metric, terms: &[Vec<f64>]) -> Result<Vec<f64>> {
+    let width = metric.terms().len();
+    let malformed = || Error::UnknownMetric { name: format!("{metric} terms ({width} per model expected)") };
+    if terms.iter().any(|t| t.len() != width) {
+        return Err(malformed());
+    }
+    match metric {
+        Metric::Etran => {
+            crate::etran::etran_combine(&terms.iter().map(|t| crate::etran::EtranTerms { energy: t[0], lda: t[1] }).collect::<Vec<_>>())
+        }
+        Metric::Ncti => {
+            crate::ncti::ncti_combine(&terms.iter().map(|t| crate::ncti::NctiTerms { seli: t[0], ncc: t[1], vc: t[2] }).collect::<Vec<_>>())
+        }
+        _ => Err(malformed()),
+    }
 }
 
 #[cfg(test)]

@@ -39,10 +39,21 @@ fn score_json_holds_every_metric_with_the_reference_values() {
     assert!(output.status.success(), "{}", stderr(&output));
     let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
     let object = ours.as_object().unwrap();
-    assert_eq!(object.len(), 12);
-    for metric in
-        ["h_score", "nce", "leep", "logme", "reg_h_score", "gbc", "transrate", "transrate_official", "sfda", "pactran_dir", "pactran_gam"]
-    {
+    assert_eq!(object.len(), 13);
+    for metric in [
+        "h_score",
+        "nce",
+        "leep",
+        "logme",
+        "reg_h_score",
+        "gbc",
+        "transrate",
+        "transrate_official",
+        "sfda",
+        "pactran_dir",
+        "pactran_gam",
+        "pactran_gauss",
+    ] {
         let reference = expected["cases"]["four_class"]["scores"][metric].as_f64().unwrap();
         let value = object[metric].as_f64().unwrap();
         assert!((value - reference).abs() <= 1e-8 * reference.abs(), "{metric}: {value} vs {reference}");
@@ -77,6 +88,31 @@ fn score_set_json_holds_etran_over_the_files_as_the_reference_combines_it() {
     // A set-level score of one file alone is refused, naming the way to score a set.
     let one = run(&["score", &files[0], "--metrics", "etran"]);
     assert_clean_failure(&one, &["etran is defined over a set", "score-set"]);
+}
+
+#[test]
+fn score_set_json_holds_ncti_and_refuses_features_too_narrow_for_its_pca() {
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
+    let set = &expected["ncti_set"];
+    let files: Vec<String> = set["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| fixtures().join(format!("scores/{}.safetensors", m.as_str().unwrap())).display().to_string())
+        .collect();
+    let mut args = vec!["score-set"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--metrics", "ncti", "--json"]);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (value, reference) in ours["scores"]["ncti"].as_array().unwrap().iter().zip(set["ncti"].as_array().unwrap()) {
+        assert!((value.as_f64().unwrap() - reference.as_f64().unwrap()).abs() <= 1e-8, "{value} vs {reference}");
+    }
+    // four_class has 20 features: NCTI's PCA to 64 cannot run, and the error says why.
+    let narrow = fixtures().join("scores/four_class.safetensors").display().to_string();
+    let refused = run(&["score-set", &files[0], &narrow, "--metrics", "ncti"]);
+    assert_clean_failure(&refused, &["NCTI", "needs at least 64 features, got 20"]);
 }
 
 fn write_input(dir: &Path, name: &str, input: &ScoreInput) -> PathBuf {

@@ -114,6 +114,63 @@ fn etran_terms_and_their_combination_match_the_released_code() {
     assert!(alone.contains("score_set"), "{alone}");
 }
 
+/// NCTI's terms against BUserName/NCTI's `NCTI_Score` (exact PCA; the LDA written out as
+/// scikit-learn computes it, with the authors' 1/(N - C) within factor and with 1.9's 1/N, the
+/// latter asserted equal to the installed scikit-learn when the fixtures were written), on both
+/// LDA solver paths and two to eight classes; the combination over sets of four and three
+/// models; and the clear refusal below 64 samples or features.
+#[test]
+fn ncti_terms_and_their_combination_match_the_released_code() {
+    let expected = expected();
+    let load = |name: &str| read_feature_file(&fixtures().join("scores").join(format!("{name}.safetensors"))).unwrap();
+    let close = |ours: f64, reference: &Value, what: &str| {
+        let reference = reference.as_f64().unwrap();
+        let relative = (ours - reference).abs() / reference.abs();
+        assert!(relative <= EXACT_RELATIVE, "{what}: ours {ours}, reference {reference}, relative error {relative:e}");
+    };
+    let mut compared = 0;
+    for (name, case) in expected["cases"].as_object().unwrap() {
+        let input = load(name);
+        let scores = &case["scores"];
+        if scores.get("ncti_seli").is_none() {
+            let error = medxfer_scores::ncti_terms(&input).unwrap_err().to_string();
+            assert!(error.contains("needs at least 64"), "{name}: {error}");
+            continue;
+        }
+        compared += 1;
+        let terms = medxfer_scores::ncti_terms(&input).unwrap();
+        close(terms.seli, &scores["ncti_seli"], &format!("{name}/seli"));
+        close(terms.ncc, &scores["ncti_ncc"], &format!("{name}/ncc"));
+        close(terms.vc, &scores["ncti_vc"], &format!("{name}/vc"));
+        let sklearn_1_9 = medxfer_scores::ncti_terms_with(&input, medxfer_scores::LdaWithinFactor::N).unwrap();
+        close(sklearn_1_9.seli, &scores["ncti_seli_fac_n"], &format!("{name}/seli, 1/N"));
+        close(sklearn_1_9.ncc, &scores["ncti_ncc_fac_n"], &format!("{name}/ncc, 1/N"));
+        close(sklearn_1_9.vc, &scores["ncti_vc_fac_n"], &format!("{name}/vc, 1/N"));
+    }
+    assert!(compared >= 4, "{compared} NCTI cases");
+    let set = &expected["ncti_set"];
+    let inputs: Vec<_> = set["members"].as_array().unwrap().iter().map(|m| load(m.as_str().unwrap())).collect();
+    let combined = medxfer_scores::score_set(&inputs, &[Metric::Ncti]).unwrap();
+    let first_three = medxfer_scores::score_set(&inputs[..3], &[Metric::Ncti]).unwrap();
+    for (ours, reference) in combined[0]
+        .1
+        .iter()
+        .zip(set["ncti"].as_array().unwrap())
+        .chain(first_three[0].1.iter().zip(set["ncti_first_three"].as_array().unwrap()))
+    {
+        let reference = reference.as_f64().unwrap();
+        assert!((ours - reference).abs() <= 1e-8, "ncti over the set: ours {ours}, reference {reference}");
+    }
+    // From stored terms, the same combination.
+    let terms: Vec<Vec<f64>> = inputs.iter().map(|i| medxfer_scores::set_terms(i, Metric::Ncti).unwrap()).collect();
+    assert_eq!(medxfer_scores::combine_terms(Metric::Ncti, &terms).unwrap(), combined[0].1);
+    assert!(medxfer_scores::combine_terms(Metric::Ncti, &[vec![1.0, 2.0]]).is_err());
+    // A model's NCTI moves when the set changes: the fourth model joining changes the others'.
+    assert!((combined[0].1[0] - first_three[0].1[0]).abs() > 1e-3);
+    let alone = score_all(&inputs[0], &[Metric::Ncti]).unwrap_err().to_string();
+    assert!(alone.contains("score_set"), "{alone}");
+}
+
 #[test]
 fn n_leep_ranks_the_clustered_cases_as_the_reference_does() {
     let expected = expected();

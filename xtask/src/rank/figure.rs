@@ -19,11 +19,8 @@ fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
 
 pub fn write(stem: &Path, rows: &[RankRow]) -> Result<()> {
     register_font();
-    let metrics: Vec<String> = medxfer_scores::Metric::ALL
-        .iter()
-        .map(|m| m.as_str().to_string())
-        .filter(|m| rows.iter().any(|r| r.scores.contains_key(m)))
-        .collect();
+    let metrics: Vec<String> =
+        medxfer_scores::Metric::every().map(|m| m.as_str().to_string()).filter(|m| rows.iter().any(|r| r.scores.contains_key(m))).collect();
     let columns = metrics.len().clamp(1, 4) as u32;
     let panel_rows = (metrics.len() as u32).div_ceil(columns).max(1);
     let panel_height = PANEL.1 + BAR_HEIGHT * rows.len() as u32;

@@ -4,6 +4,7 @@
 //! workflow: score everything, tune the shortlist). Says how far the scores can be trusted on
 //! medical data, from the study's own Table 2 when present, else the paper's.
 
+mod bootstrap;
 mod figure;
 pub mod images;
 
@@ -15,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split};
-use medxfer_scores::Metric;
+use medxfer_scores::{Direction, Metric};
 use medxfer_train::{
     EpochBar, ExtractSettings, RunData, RunSettings, SearchSettings, Shard, SplitData, TrainingOptions, load_pretrained_in, search,
     start_fine_tuning,
@@ -23,7 +24,7 @@ use medxfer_train::{
 use medxfer_zoo::{HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::features::{extract_features, score_file};
+use crate::features::{FeatureScores, extract_features, score_file};
 use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
 use crate::results::Setting;
 use crate::weights::{Weights, folder_name};
@@ -78,6 +79,59 @@ pub struct RankArgs {
     /// trusted; the paper's Table 2 when absent.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+    /// The scores whose mean rank is the consensus: `paper` (the paper's seven), `all` (every
+    /// score, the newer ones too), or a comma-separated list of score names.
+    #[arg(long, default_value = "paper")]
+    pub consensus: String,
+    /// Then resample the images B times (with replacement, within each class), rescore every
+    /// candidate on each resample, and report how often each comes first under each score.
+    #[arg(long, value_name = "B")]
+    pub bootstrap: Option<usize>,
+}
+
+/// Which scores make the consensus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consensus {
+    /// The paper's seven.
+    Paper,
+    /// Every score computed.
+    All,
+    /// A named subset.
+    Named(Vec<Metric>),
+}
+
+impl Consensus {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "paper" => Ok(Consensus::Paper),
+            "all" => Ok(Consensus::All),
+            list => {
+                let metrics = list
+                    .split(',')
+                    .map(|name| {
+                        name.trim().parse::<Metric>().map_err(|e| anyhow::anyhow!("--consensus: {e}; use paper, all or score names"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Consensus::Named(metrics))
+            }
+        }
+    }
+
+    fn includes(&self, metric: Metric) -> bool {
+        match self {
+            Consensus::Paper => Metric::ALL.contains(&metric),
+            Consensus::All => true,
+            Consensus::Named(metrics) => metrics.contains(&metric),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Consensus::Paper => "the paper's seven scores".to_string(),
+            Consensus::All => "every score".to_string(),
+            Consensus::Named(metrics) => metrics.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+        }
+    }
 }
 
 /// The precision features are extracted in.
@@ -139,8 +193,36 @@ pub fn descending_ranks(values: &[f64]) -> Vec<f64> {
     medxfer_scores::average_ranks(&negated)
 }
 
-/// Rows in consensus order from each candidate's scores.
-pub fn rank(candidates: &[(String, usize, f64, BTreeMap<String, f64>)]) -> Vec<RankRow> {
+/// Ranks with 1 = best in the metric's direction (the lowest bound for PACTran).
+fn ranks_for(metric: Metric, values: &[f64]) -> Vec<f64> {
+    match metric.direction() {
+        Direction::Higher => descending_ranks(values),
+        Direction::Lower => medxfer_scores::average_ranks(values),
+    }
+}
+
+/// Each candidate's values of every score: its per-model scores as stored, and the set-level
+/// ones (ETran, NCTI) combined from the candidates' stored terms, where every candidate has them.
+fn with_set_level(candidates: &[(String, usize, f64, BTreeMap<String, f64>)]) -> Vec<BTreeMap<String, f64>> {
+    let mut values: Vec<BTreeMap<String, f64>> = candidates.iter().map(|c| c.3.clone()).collect();
+    for metric in Metric::SET_LEVEL {
+        let terms: Option<Vec<Vec<f64>>> = candidates
+            .iter()
+            .map(|c| metric.terms().iter().map(|t| c.3.get(&metric.term_key(t)).copied().filter(|v| v.is_finite())).collect())
+            .collect();
+        if let Some(Ok(combined)) = terms.map(|t| medxfer_scores::combine_terms(metric, &t)) {
+            for (row, value) in values.iter_mut().zip(combined) {
+                row.insert(metric.as_str().to_string(), value);
+            }
+        }
+    }
+    values
+}
+
+/// Rows in consensus order from each candidate's scores: every score ranks the candidates (in
+/// its direction), the consensus is the mean rank over the scores `consensus` names.
+pub fn rank(candidates: &[(String, usize, f64, BTreeMap<String, f64>)], consensus: &Consensus) -> Vec<RankRow> {
+    let values = with_set_level(candidates);
     let mut rows: Vec<RankRow> = candidates
         .iter()
         .map(|(name, dim, seconds, _)| RankRow {
@@ -152,20 +234,29 @@ pub fn rank(candidates: &[(String, usize, f64, BTreeMap<String, f64>)]) -> Vec<R
             test_balanced_accuracy: None,
         })
         .collect();
-    for metric in Metric::ALL {
+    for metric in Metric::every() {
         // A score ranks the candidates only when every one of them has it.
-        let values: Option<Vec<f64>> = candidates.iter().map(|c| c.3.get(metric.as_str()).copied().filter(|v| v.is_finite())).collect();
-        let Some(values) = values else { continue };
-        for ((row, value), rank) in rows.iter_mut().zip(&values).zip(descending_ranks(&values)) {
+        let column: Option<Vec<f64>> = values.iter().map(|v| v.get(metric.as_str()).copied().filter(|v| v.is_finite())).collect();
+        let Some(column) = column else { continue };
+        for ((row, value), rank) in rows.iter_mut().zip(&column).zip(ranks_for(metric, &column)) {
             row.scores.insert(metric.as_str().to_string(), (*value, rank));
         }
     }
     for row in &mut rows {
-        let ranks: Vec<f64> = row.scores.values().map(|(_, r)| *r).collect();
+        let ranks: Vec<f64> = row
+            .scores
+            .iter()
+            .filter(|(name, _)| name.parse::<Metric>().is_ok_and(|m| consensus.includes(m)))
+            .map(|(_, (_, r))| *r)
+            .collect();
         row.consensus = if ranks.is_empty() { f64::NAN } else { ranks.iter().sum::<f64>() / ranks.len() as f64 };
     }
     rows.sort_by(|a, b| a.consensus.total_cmp(&b.consensus).then(a.backbone.cmp(&b.backbone)));
     rows
+}
+
+fn lacks_a_score(values: &BTreeMap<String, f64>, errors: &BTreeMap<String, String>) -> bool {
+    crate::features::lacks_a_score(&FeatureScores { values: values.clone(), errors: errors.clone(), ..FeatureScores::default() })
 }
 
 /// The backbone's own normalisation (ImageNet's std 0.229, not the reference's typo: ranking is
@@ -216,13 +307,28 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     std::fs::create_dir_all(&features_dir)?;
 
     let mut scored = Vec::new();
+    // Each candidate's feature file, for --bootstrap.
+    let mut scored_files: Vec<(String, PathBuf)> = Vec::new();
     for entry in &candidates {
         // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
         // under a name, never share a cached result.
         let identity = weights.identity(entry)?;
         let key = format!("{}-{}{}", folder_name(&entry.name), identity.short(), args.dtype.key_suffix());
         let summary = features_dir.join(format!("{key}.json"));
-        let result = match std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok()) {
+        let features_file = features_dir.join(format!("{key}.safetensors"));
+        let cached = std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok());
+        // A cached result from before the newer scores is rescored from its kept features.
+        let cached = match cached {
+            Some(old) if lacks_a_score(&old.scores, &old.errors) && features_file.exists() => {
+                let scores = score_file(&features_file)?;
+                let result = Scored { scores: scores.values, errors: scores.errors, ..old };
+                medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
+                Some(result)
+            }
+            other => other,
+        };
+        scored_files.push((entry.name.clone(), features_file));
+        let result = match cached {
             Some(cached) => cached,
             None => {
                 let start = Instant::now();
@@ -245,7 +351,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         eprintln!("{}: scored ({} features, extraction {:.1} s)", entry.name, result.feature_dim, result.extraction_seconds);
         scored.push((entry.name.clone(), result.feature_dim, result.extraction_seconds, result.scores));
     }
-    let mut rows = rank(&scored);
+    let consensus = Consensus::parse(&args.consensus)?;
+    let mut rows = rank(&scored, &consensus);
 
     let mut tuning = String::new();
     if let Some(k) = args.finetune_top {
@@ -298,7 +405,12 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         );
     }
 
-    let table = render(&rows);
+    let mut table = render(&rows, &consensus);
+    if let Some(resamples) = args.bootstrap {
+        let firsts = bootstrap::first_places(&scored_files, resamples, args.seed, &consensus)?;
+        table.push('\n');
+        table.push_str(&bootstrap::render(&firsts, resamples));
+    }
     let trust = trust_statement(&args.results)?;
     println!("{table}\n{tuning}{trust}");
     write_csv(&args.out.join("ranking.csv"), &rows)?;
@@ -308,11 +420,25 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     Ok(rows)
 }
 
+/// The scores present in the rows, the paper's seven first.
+fn present_metrics(rows: &[RankRow]) -> Vec<Metric> {
+    Metric::every().filter(|m| rows.iter().any(|r| r.scores.contains_key(m.as_str()))).collect()
+}
+
+/// A score's column header: † beyond the paper, ↓ lower is better.
+fn header(metric: Metric) -> String {
+    let beyond = if Metric::ALL.contains(&metric) { "" } else { " †" };
+    let lower = if metric.direction() == Direction::Lower { " ↓" } else { "" };
+    format!("{metric}{beyond}{lower}")
+}
+
 /// The ranked table as markdown.
-pub fn render(rows: &[RankRow]) -> String {
-    let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.as_str()).filter(|m| rows.iter().any(|r| r.scores.contains_key(*m))).collect();
+pub fn render(rows: &[RankRow], consensus: &Consensus) -> String {
+    let present = present_metrics(rows);
+    let metrics: Vec<&str> = present.iter().map(|m| m.as_str()).collect();
+    let headers: Vec<String> = present.iter().map(|m| header(*m)).collect();
     let tuned = rows.iter().any(|r| r.test_balanced_accuracy.is_some());
-    let mut text = format!("| # | backbone | consensus | {} | dim | extraction s |", metrics.join(" | "));
+    let mut text = format!("| # | backbone | consensus | {} | dim | extraction s |", headers.join(" | "));
     if tuned {
         text.push_str(" fine-tuned test bal. acc. |");
     }
@@ -337,7 +463,11 @@ pub fn render(rows: &[RankRow]) -> String {
         }
         text.push('\n');
     }
-    text.push_str("\nEach score's value with the candidate's rank under it in brackets (1 = best); consensus = mean rank.\n");
+    let _ = writeln!(
+        text,
+        "\nEach score's value with the candidate's rank under it in brackets (1 = best; ↓ lower is better, † beyond the paper); consensus = mean rank over {} (--consensus).",
+        consensus.describe()
+    );
     text
 }
 
@@ -352,7 +482,7 @@ fn format_rank(rank: f64) -> String {
 fn write_csv(path: &Path, rows: &[RankRow]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["rank".to_string(), "backbone".into(), "consensus".into(), "feature_dim".into(), "extraction_seconds".into()];
-    for metric in Metric::ALL {
+    for metric in Metric::every() {
         header.push(metric.as_str().into());
         header.push(format!("{}_rank", metric.as_str()));
     }
@@ -366,7 +496,7 @@ fn write_csv(path: &Path, rows: &[RankRow]) -> Result<()> {
             row.feature_dim.to_string(),
             row.extraction_seconds.to_string(),
         ];
-        for metric in Metric::ALL {
+        for metric in Metric::every() {
             match row.scores.get(metric.as_str()) {
                 Some((value, rank)) => record.extend([value.to_string(), rank.to_string()]),
                 None => record.extend([String::new(), String::new()]),
@@ -379,15 +509,39 @@ fn write_csv(path: &Path, rows: &[RankRow]) -> Result<()> {
     Ok(medxfer_durable::write_atomic(path, &bytes)?)
 }
 
+/// table2.csv as written before the scope, permutation and interval columns.
+const EARLIER_TABLE2_COLUMNS: [&str; 7] = ["task", "setting", "metric", "n", "tau_b", "p_value", "weighted_tau"];
+
+#[derive(Debug, Deserialize)]
+struct EarlierTable2Row {
+    task: String,
+    setting: Setting,
+    metric: String,
+    tau_b: Option<f64>,
+}
+
+impl EarlierTable2Row {
+    fn key(&self) -> (String, Setting, String) {
+        (self.task.clone(), self.setting, self.metric.clone())
+    }
+}
+
 /// How well each score ranked backbones in a study: the mean tau-b over tasks, ID and OOD.
 pub fn trust_statement(results: &Path) -> Result<String> {
     let table = results.join("table2.csv");
     let (source, cells): (String, Vec<(Setting, String, f64)>) = if table.exists() {
-        let rows: Vec<Table2Row> = crate::results::read_rows(&table, &TABLE2_COLUMNS, Table2Row::key)?;
+        // A table2.csv from before the intervals (its first seven columns) reads too.
+        let rows: Vec<(Setting, String, Option<f64>)> = match crate::results::read_rows(&table, &TABLE2_COLUMNS, Table2Row::key) {
+            Ok(rows) => rows.into_iter().map(|r: Table2Row| (r.setting, r.metric, r.tau_b)).collect(),
+            Err(error) => match crate::results::read_rows(&table, &EARLIER_TABLE2_COLUMNS, EarlierTable2Row::key) {
+                Ok(rows) => rows.into_iter().map(|r: EarlierTable2Row| (r.setting, r.metric, r.tau_b)).collect(),
+                Err(_) => return Err(error),
+            },
+        };
         let demo = crate::report::read_provenance(results)?.is_some_and(|p| p.demo);
         let source =
             format!("the study in {}{}", results.display(), if demo { " (demo data: not evidence about medical images)" } else { "" });
-        (source, rows.into_iter().filter_map(|r| Some((r.setting, r.metric, r.tau_b?))).collect())
+        (source, rows.into_iter().filter_map(|(setting, metric, tau)| Some((setting, metric, tau?))).collect())
     } else {
         (
             "the paper (Chaves et al. 2023, Table 2: ten ImageNet backbones, three medical tasks)".to_string(),
@@ -402,7 +556,7 @@ pub fn trust_statement(results: &Path) -> Result<String> {
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
     let mut best: Option<(f64, &str)> = None;
-    for metric in Metric::ALL {
+    for metric in Metric::every() {
         let (id, ood) = (mean(Setting::Id, metric.as_str()), mean(Setting::Ood, metric.as_str()));
         if id.is_none() && ood.is_none() {
             continue;
@@ -432,11 +586,14 @@ mod tests {
     fn ranks_are_descending_with_ties_averaged_and_the_consensus_is_their_mean() {
         assert_eq!(descending_ranks(&[0.5, 2.0, 0.5, -1.0]), [2.5, 1.0, 2.5, 4.0]);
         let scores = |h: f64, l: f64| BTreeMap::from([("h_score".to_string(), h), ("leep".to_string(), l)]);
-        let rows = rank(&[
-            ("a".into(), 8, 0.1, scores(1.0, -3.0)),
-            ("b".into(), 8, 0.1, scores(3.0, -1.0)),
-            ("c".into(), 8, 0.1, BTreeMap::from([("h_score".to_string(), 2.0)])),
-        ]);
+        let rows = rank(
+            &[
+                ("a".into(), 8, 0.1, scores(1.0, -3.0)),
+                ("b".into(), 8, 0.1, scores(3.0, -1.0)),
+                ("c".into(), 8, 0.1, BTreeMap::from([("h_score".to_string(), 2.0)])),
+            ],
+            &Consensus::Paper,
+        );
         // LEEP is missing for c, so only the H-score ranks: b 1, c 2, a 3.
         let order: Vec<(&str, f64)> = rows.iter().map(|r| (r.backbone.as_str(), r.consensus)).collect();
         assert_eq!(order, [("b", 1.0), ("c", 2.0), ("a", 3.0)]);

@@ -85,7 +85,7 @@ impl Grid<'_> {
         let (y0, y1) = padded_range(&y, 0.12);
         let mut chart = ChartBuilder::on(area)
             .margin(10)
-            .caption(format!("{} · {}", panel.task, panel.metric), (FONT, 15))
+            .caption(caption(panel), (FONT, 15))
             .x_label_area_size(26)
             .y_label_area_size(54)
             .build_cartesian_2d(x0..x1, y0..y1)
@@ -114,11 +114,20 @@ impl Grid<'_> {
                     + Text::new(name.clone(), (5, -12), (FONT, 10).into_font().color(&BLACK))
             }))
             .map_err(plot_error)?;
-        let tau = panel.correlation().tau_b.map_or("τb undefined".to_string(), |t| format!("τb = {t:.3}"));
+        // tau-b of the oriented score: positive when the score agrees with accuracy, also where
+        // lower is better (and the points fall from left to right).
+        let tau = panel.tau_b().map_or("τb undefined".to_string(), |t| format!("τb = {t:.3}"));
         let (width, _) = area.dim_in_pixel();
         area.draw(&Text::new(tau, (width as i32 - 100, 30), (FONT, 13).into_font().color(&BLUE))).map_err(plot_error)?;
         Ok(())
     }
+}
+
+/// "task · metric", marked where the metric is beyond the paper (†) or lower is better (↓).
+fn caption(panel: &Panel) -> String {
+    let beyond = if super::table::scope(&panel.metric) == "beyond" { " †" } else { "" };
+    let lower = if super::table::direction(&panel.metric) == medxfer_scores::Direction::Lower { " ↓" } else { "" };
+    format!("{} · {}{beyond}{lower}", panel.task, panel.metric)
 }
 
 /// The range of `values` widened by `fraction` on each side (a unit range around a constant).

@@ -3,7 +3,9 @@
 //! study's provenance (splits, deviations), when `reproduce` left a study.json, joins the report.
 
 pub mod figure;
+pub mod forest;
 pub mod table;
+pub mod uncertainty;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::results::{self, PerformanceRow, ScoreRow, Setting};
 use table::{Panel, TABLE2_COLUMNS, Table2Row};
+use uncertainty::BootstrapSettings;
 
 /// What `reproduce` records about how the results were made (OUT/study.json).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,9 @@ pub struct Provenance {
     pub splits: Vec<SplitNote>,
     /// Every way the run differs from the reference protocol (empty: faithful).
     pub deviations: Vec<String>,
+    /// The bootstrap behind Table 2's intervals (absent in older records: the default).
+    #[serde(default)]
+    pub bootstrap: BootstrapSettings,
 }
 
 /// Where one task's split came from.
@@ -65,7 +71,8 @@ pub fn run(out: &Path) -> Result<Written> {
     let performance = results::read_performance(out)?;
     let provenance = read_provenance(out)?;
     let panels = table::panels(&scores, &performance);
-    let rows: Vec<Table2Row> = panels.iter().map(Panel::correlation).collect();
+    let bootstrap = provenance.as_ref().map(|p| p.bootstrap).unwrap_or_default();
+    let rows: Vec<Table2Row> = panels.iter().map(|p| p.correlation(bootstrap)).collect();
     let mut files = Vec::new();
     results::write_rows(&out.join("table2.csv"), &TABLE2_COLUMNS, &rows)?;
     files.push("table2.csv".to_string());
@@ -88,7 +95,12 @@ pub fn run(out: &Path) -> Result<Written> {
         files.push(format!("{stem}.svg"));
         files.push(format!("{stem}.png"));
     }
-    let mut report = report_markdown(&rows, &panels, &performance, &scores, provenance.as_ref());
+    if !rows.is_empty() {
+        forest::write(&out.join("fig_tau_forest"), &rows)?;
+        files.push("fig_tau_forest.svg".to_string());
+        files.push("fig_tau_forest.png".to_string());
+    }
+    let mut report = report_markdown(&rows, &panels, &performance, &scores, provenance.as_ref(), bootstrap);
     let records = crate::recorded::records_in(out)?;
     if !records.is_empty() {
         report.push_str("\n## Settings recorded with the results\n\nRead from each step's settings.json (what made the files, whatever command ran last):\n\n");
@@ -132,14 +144,22 @@ pub fn table2_markdown(rows: &[Table2Row], tasks: &[String], metrics: &[String])
     let header = |first: &str| {
         let mut text = format!("| {first} | n |");
         for metric in metrics {
-            let _ = write!(text, " {metric} |");
+            let mark = match (table::scope(metric), table::direction(metric)) {
+                ("beyond", medxfer_scores::Direction::Lower) => " † ↓",
+                ("beyond", _) => " †",
+                (_, medxfer_scores::Direction::Lower) => " ↓",
+                _ => "",
+            };
+            let _ = write!(text, " {metric}{mark} |");
         }
         text.push('\n');
         text.push_str(&format!("|---|---:|{}\n", "---:|".repeat(metrics.len())));
         text
     };
-    let mut text =
-        String::from("Kendall's tau-b between each score and the balanced accuracy across backbones (two-sided p-value in brackets)\n\n");
+    let mut text = String::from(
+        "Kendall's tau-b between each score and the balanced accuracy across backbones (two-sided p-value in brackets). \
+         † beyond the paper's seven; ↓ lower is better, negated first, so that a positive tau always means the score agrees with accuracy.\n\n",
+    );
     text.push_str(&header("task · setting"));
     let paper = table::paper_tau_b();
     for setting in Setting::BOTH {
@@ -166,6 +186,24 @@ pub fn table2_markdown(rows: &[Table2Row], tasks: &[String], metrics: &[String])
             let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
             for metric in metrics {
                 let _ = write!(text, " {} |", number(cell(task, setting, metric).and_then(|r| r.weighted_tau)));
+            }
+            text.push('\n');
+        }
+    }
+    text.push_str("\n95% bootstrap interval of tau-b over the backbones (percentile; * the interval excludes 0: the sign is settled)\n\n");
+    text.push_str(&header("task · setting"));
+    for setting in Setting::BOTH {
+        for task in tasks {
+            let Some(n) = metrics.iter().filter_map(|m| cell(task, setting, m)).map(|r| r.n).max() else { continue };
+            let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
+            for metric in metrics {
+                match cell(task, setting, metric) {
+                    Some(row @ Table2Row { ci_low: Some(low), ci_high: Some(high), .. }) => {
+                        let settled = if row.sign_settled() == Some(true) { "*" } else { "" };
+                        let _ = write!(text, " [{low:.2}, {high:.2}]{settled} |");
+                    }
+                    _ => text.push_str(" – |"),
+                }
             }
             text.push('\n');
         }
@@ -197,6 +235,7 @@ fn report_markdown(
     performance: &[PerformanceRow],
     scores: &[ScoreRow],
     provenance: Option<&Provenance>,
+    bootstrap: BootstrapSettings,
 ) -> String {
     let tasks = table::tasks(performance);
     let metrics = table::metrics(scores);
@@ -211,7 +250,8 @@ fn report_markdown(
     let _ = writeln!(text, "{} task(s), {} backbone(s), {} score(s).\n", tasks.len(), backbones.len(), metrics.len());
     text.push_str("## Table 2\n\n");
     text.push_str(&table2_markdown(rows, &tasks, &metrics));
-    text.push_str("\nFigures: fig3.svg / fig3.png (in-distribution), fig3_ood.svg / fig3_ood.png (OOD).\n\n");
+    text.push_str("\nFigures: fig3.svg / fig3.png (in-distribution), fig3_ood.svg / fig3_ood.png (OOD), fig_tau_forest.svg / fig_tau_forest.png (tau-b with its interval per score and task).\n\n");
+    text.push_str(&uncertainty_markdown(rows, panels, &tasks, &metrics, bootstrap, provenance.is_some()));
 
     text.push_str("## Best backbone per task\n\nBy balanced accuracy, and the backbone each score ranks first with its top-1 regret (best accuracy minus the accuracy of the score's pick).\n\n");
     let _ = writeln!(text, "| task · setting | best by accuracy | {} |", metrics.join(" | "));
@@ -226,9 +266,9 @@ fn report_markdown(
             for metric in &metrics {
                 match task_panels.iter().find(|p| &p.metric == metric) {
                     Some(panel) => {
-                        let pick = (1..panel.points.len()).fold(0, |b, i| if panel.points[i].1 > panel.points[b].1 { i } else { b });
-                        let regret = medxfer_scores::top1_regret(&panel.scores(), &panel.accuracies()).ok();
-                        let _ = write!(text, " {} (regret {}) |", panel.points[pick].0, number(regret));
+                        let pick = panel.pick().map_or("–", |p| p.0.as_str());
+                        let regret = medxfer_scores::top1_regret(&panel.oriented_scores(), &panel.accuracies()).ok();
+                        let _ = write!(text, " {pick} (regret {}) |", number(regret));
                     }
                     None => text.push_str(" – |"),
                 }
@@ -290,6 +330,92 @@ fn report_markdown(
     text
 }
 
+/// How sure each conclusion is: per task and score whether the sign of tau-b is settled at 95%,
+/// and per score the mean tau-b across tasks with its bootstrap interval.
+fn uncertainty_markdown(
+    rows: &[Table2Row],
+    panels: &[Panel],
+    tasks: &[String],
+    metrics: &[String],
+    bootstrap: BootstrapSettings,
+    recorded: bool,
+) -> String {
+    let mut text = String::from("## How sure\n\n");
+    let _ = writeln!(
+        text,
+        "Ten backbones give few pairs, so every tau-b carries its 95% percentile bootstrap interval over the backbones ({} resamples, seed {}{}), \
+         and a permutation p-value beside scipy's (table2.csv: `ci_low`, `ci_high`, `p_permutation`). A sign is settled where the interval \
+         excludes 0 and the permutation p-value is below 0.05 (the interval alone collapses onto a perfectly ordered sample).\n",
+        bootstrap.resamples,
+        bootstrap.seed,
+        if recorded { ", from study.json" } else { "; no study.json, the default" }
+    );
+    for setting in Setting::BOTH {
+        let chosen: Vec<&Table2Row> = rows.iter().filter(|r| r.setting == setting).collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        let settled = chosen.iter().filter(|r| r.sign_settled() == Some(true)).count();
+        let _ = writeln!(
+            text,
+            "**{}**: the sign of tau-b is settled at 95% in {settled} of {} (task, score) cells.\n",
+            match setting {
+                Setting::Id => "In-distribution",
+                Setting::Ood => "Out-of-distribution",
+            },
+            chosen.len()
+        );
+        let _ = writeln!(text, "| task | {} |", metrics.join(" | "));
+        let _ = writeln!(text, "|---|{}", "---|".repeat(metrics.len()));
+        for task in tasks {
+            if !chosen.iter().any(|r| &r.task == task) {
+                continue;
+            }
+            let _ = write!(text, "| {task} |");
+            for metric in metrics {
+                let verdict = match chosen.iter().find(|r| &r.task == task && &r.metric == metric).and_then(|r| r.settled_sign()) {
+                    Some(1) => "agrees (settled)",
+                    Some(-1) => "disagrees (settled)",
+                    Some(_) => "not settled",
+                    None => "–",
+                };
+                let _ = write!(text, " {verdict} |");
+            }
+            text.push('\n');
+        }
+        let _ = writeln!(text, "\nMean tau-b across tasks, with its 95% bootstrap interval (backbones resampled within each task):\n");
+        let _ = writeln!(text, "| score | tasks | mean tau-b | 95% interval | sign |\n|---|---:|---:|---|---|");
+        for metric in metrics {
+            let per_task: Vec<(Vec<f64>, Vec<f64>)> = panels
+                .iter()
+                .filter(|p| p.setting == setting && &p.metric == metric)
+                .map(|p| (p.oriented_scores(), p.accuracies()))
+                .collect();
+            let mut rng = uncertainty::cell_rng(bootstrap, &format!("mean/{}/{metric}", setting.as_str()));
+            match uncertainty::mean_tau_interval(&per_task, bootstrap.resamples, &mut rng) {
+                Some((mean, Some((low, high)))) => {
+                    let sign = if low > 0.0 {
+                        "agrees (settled)"
+                    } else if high < 0.0 {
+                        "disagrees (settled)"
+                    } else {
+                        "not settled"
+                    };
+                    let _ = writeln!(text, "| {metric} | {} | {mean:.3} | [{low:.3}, {high:.3}] | {sign} |", per_task.len());
+                }
+                Some((mean, None)) => {
+                    let _ = writeln!(text, "| {metric} | {} | {mean:.3} | – | too few backbones for an interval |", per_task.len());
+                }
+                None => {
+                    let _ = writeln!(text, "| {metric} | {} | – | – | tau-b undefined in a task |", per_task.len());
+                }
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -319,6 +445,14 @@ mod tests {
                     metric: "gbc".into(),
                     value: -(i as f64),
                 });
+                // A bound (lower is better) falling as accuracy rises: it agrees.
+                scores.push(ScoreRow {
+                    task: "brain".into(),
+                    setting,
+                    backbone: backbone.clone(),
+                    metric: "pactran_dir".into(),
+                    value: 3.0 - 0.2 * i as f64,
+                });
                 performance.push(PerformanceRow {
                     task: "brain".into(),
                     setting,
@@ -342,7 +476,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_results(dir.path());
         let written = run(dir.path()).unwrap();
-        for file in ["table2.csv", "table2.md", "fig3.svg", "fig3.png", "fig3_ood.svg", "fig3_ood.png", "report.md"] {
+        for file in [
+            "table2.csv",
+            "table2.md",
+            "fig3.svg",
+            "fig3.png",
+            "fig3_ood.svg",
+            "fig3_ood.png",
+            "fig_tau_forest.svg",
+            "fig_tau_forest.png",
+            "report.md",
+        ] {
             assert!(written.files.iter().any(|f| f == file), "{file} not written: {:?}", written.files);
             assert!(std::fs::metadata(dir.path().join(file)).unwrap().len() > 100, "{file} is empty");
         }
@@ -355,6 +499,19 @@ mod tests {
         assert!((leep.tau_b.unwrap() - 1.0).abs() < 1e-12);
         assert!((leep.p_value.unwrap() - 2.0 / 3_628_800.0).abs() < 1e-15);
         assert!((cell(Setting::Id, "gbc").tau_b.unwrap() + 1.0).abs() < 1e-12);
+        // Lower is better: negated, so the falling bound agrees perfectly; marked beyond the paper.
+        let bound = cell(Setting::Id, "pactran_dir");
+        assert!((bound.tau_b.unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!((leep.scope.as_str(), bound.scope.as_str()), ("paper", "beyond"));
+        // Perfect agreement: every resample too (tau-b 1 or undefined), so the interval is [1, 1];
+        // the permutation p-value over 10,000 random orderings is 1/10,001 (no ordering reaches 1).
+        let near = |value: Option<f64>, expected: f64| value.is_some_and(|v| (v - expected).abs() < 1e-12);
+        for row in [&leep, &bound] {
+            assert!(near(row.ci_low, 1.0) && near(row.ci_high, 1.0), "{row:?}");
+        }
+        assert!((leep.p_permutation.unwrap() - 1.0 / 10_001.0).abs() < 1e-15, "{leep:?}");
+        let gbc = cell(Setting::Id, "gbc");
+        assert!(near(gbc.ci_low, -1.0) && near(gbc.ci_high, -1.0) && gbc.sign_settled() == Some(true), "{gbc:?}");
         // OOD accuracies are 0.5 + 0.04 * (3i mod 10): tau-b against i counted by hand is 1/45
         // ... computed here independently by counting pairs.
         let ood: Vec<f64> = (0..10).map(|i| ((i * 3) % 10) as f64).collect();
@@ -368,12 +525,22 @@ mod tests {
 
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         // LEEP picks net9, the best; GBC picks net0, 0.36 worse.
-        assert!(report.contains("| brain · id | net9 (0.860) | net9 (regret 0.000) | net0 (regret 0.360) |"), "{report}");
+        // The bound picks its lowest value, net9.
+        assert!(
+            report.contains("| brain · id | net9 (0.860) | net9 (regret 0.000) | net0 (regret 0.360) | net9 (regret 0.000) |"),
+            "{report}"
+        );
+        assert!(report.contains("pactran_dir † ↓"), "{report}");
+        assert!(report.contains("| brain | agrees (settled) | disagrees (settled) | agrees (settled) |"), "{report}");
+        assert!(report.contains("**In-distribution**: the sign of tau-b is settled at 95% in 3 of 3"), "{report}");
+        assert!(report.contains("| leep | 1 | 1.000 | [1.000, 1.000] | agrees (settled) |"), "{report}");
+        // OOD accuracies shuffled: LEEP's tau-b there is net/45 = 1/45, not settled.
+        assert!(report.contains("**Out-of-distribution**: the sign of tau-b is settled at 95% in 0 of 3"), "{report}");
         assert!(report.contains("No study.json"), "{report}");
         let svg = std::fs::read_to_string(dir.path().join("fig3.svg")).unwrap();
         assert!(svg.contains("brain · leep") && svg.contains("net7") && svg.contains("τb = 1.000"), "labels missing from the SVG");
         let png = image::open(dir.path().join("fig3.png")).unwrap();
-        assert_eq!((png.width(), png.height()), (2 * 330, 290 + 50));
+        assert_eq!((png.width(), png.height()), (3 * 330, 290 + 50));
     }
 
     #[test]

@@ -1,26 +1,37 @@
-//! Table 2: per (task, setting, metric), Kendall's tau-b (with its p-value) and the weighted tau
-//! between the backbones' scores and their fine-tuned balanced accuracies.
+//! Table 2: per (task, setting, metric), Kendall's tau-b (with scipy's and a permutation
+//! p-value, and a bootstrap interval) and the weighted tau between the backbones' scores and their
+//! fine-tuned balanced accuracies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use medxfer_scores::Metric;
+use medxfer_scores::{Direction, Metric};
 use serde::{Deserialize, Serialize};
 
+use super::uncertainty::{self, BootstrapSettings};
 use crate::results::{PerformanceRow, ScoreRow, Setting};
 
 /// The three tasks in the order the study lists them; others follow alphabetically.
 const TASK_ORDER: [&str; 3] = ["skin", "breast", "brain"];
 
 /// One row of table2.csv. Correlations are empty when undefined (fewer than two backbones, or a
-/// constant column).
+/// constant column); the interval with fewer than three backbones. A score where lower is better
+/// (PACTran) is negated first, so a positive tau always means "the score agrees with accuracy".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Table2Row {
     pub task: String,
     pub setting: Setting,
     pub metric: String,
+    /// `paper` for the paper's seven scores, `beyond` for the newer ones.
+    pub scope: String,
     pub n: usize,
     pub tau_b: Option<f64>,
+    /// scipy.stats.kendalltau's two-sided p-value.
     pub p_value: Option<f64>,
+    /// The permutation test's two-sided p-value (exact up to eight backbones).
+    pub p_permutation: Option<f64>,
+    /// The 95% percentile bootstrap interval of tau-b over the backbones.
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
     pub weighted_tau: Option<f64>,
 }
 
@@ -29,9 +40,41 @@ impl Table2Row {
     pub fn key(&self) -> (String, Setting, String) {
         (self.task.clone(), self.setting, self.metric.clone())
     }
+
+    /// Whether the sign of tau is settled at 95%: the bootstrap interval excludes zero and the
+    /// permutation p-value is below 0.05. Both are asked for because the percentile interval of a
+    /// perfectly ordered sample collapses onto its tau (every resample is ordered too), however
+    /// few the backbones; the permutation test keeps three backbones from settling anything.
+    pub fn sign_settled(&self) -> Option<bool> {
+        Some((self.ci_low? > 0.0 || self.ci_high? < 0.0) && self.p_permutation? < SETTLED_P)
+    }
+
+    /// +1 or -1 where the sign is settled, 0 where it is not, None where undefined.
+    pub fn settled_sign(&self) -> Option<i8> {
+        let settled = self.sign_settled()?;
+        Some(match (settled, self.tau_b? > 0.0) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => -1,
+        })
+    }
 }
 
-pub const TABLE2_COLUMNS: [&str; 7] = ["task", "setting", "metric", "n", "tau_b", "p_value", "weighted_tau"];
+/// The permutation p-value below which a sign counts as settled.
+pub const SETTLED_P: f64 = 0.05;
+
+pub const TABLE2_COLUMNS: [&str; 11] =
+    ["task", "setting", "metric", "scope", "n", "tau_b", "p_value", "p_permutation", "ci_low", "ci_high", "weighted_tau"];
+
+/// `paper` or `beyond`.
+pub fn scope(metric: &str) -> &'static str {
+    if Metric::ALL.iter().any(|m| m.as_str() == metric) { "paper" } else { "beyond" }
+}
+
+/// Which way a metric points (higher is better unless medxfer-scores says lower).
+pub fn direction(metric: &str) -> Direction {
+    metric.parse::<Metric>().map_or(Direction::Higher, Metric::direction)
+}
 
 /// One (task, setting, metric): the backbones with both a score and an accuracy.
 #[derive(Debug, Clone)]
@@ -48,20 +91,47 @@ impl Panel {
         self.points.iter().map(|p| p.1).collect()
     }
 
+    /// The scores turned so that higher means better (negated where lower is better).
+    pub fn oriented_scores(&self) -> Vec<f64> {
+        let sign = match direction(&self.metric) {
+            Direction::Higher => 1.0,
+            Direction::Lower => -1.0,
+        };
+        self.points.iter().map(|p| sign * p.1).collect()
+    }
+
     pub fn accuracies(&self) -> Vec<f64> {
         self.points.iter().map(|p| p.2).collect()
     }
 
-    pub fn correlation(&self) -> Table2Row {
-        let (x, y) = (self.scores(), self.accuracies());
+    /// The backbone the score ranks first (its direction respected).
+    pub fn pick(&self) -> Option<&(String, f64, f64)> {
+        let oriented = self.oriented_scores();
+        (0..self.points.len()).max_by(|&a, &b| oriented[a].total_cmp(&oriented[b]).then(b.cmp(&a))).map(|i| &self.points[i])
+    }
+
+    /// tau-b of the oriented scores against the accuracies.
+    pub fn tau_b(&self) -> Option<f64> {
+        medxfer_scores::kendall_tau_b(&self.oriented_scores(), &self.accuracies()).ok().map(|k| k.tau).filter(|t| t.is_finite())
+    }
+
+    /// The row of Table 2: tau-b, its p-values and its bootstrap interval.
+    pub fn correlation(&self, bootstrap: BootstrapSettings) -> Table2Row {
+        let (x, y) = (self.oriented_scores(), self.accuracies());
         let tau = medxfer_scores::kendall_tau_b(&x, &y).ok().filter(|k| k.tau.is_finite());
+        let mut rng = uncertainty::cell_rng(bootstrap, &format!("{}/{}/{}", self.task, self.setting.as_str(), self.metric));
+        let interval = uncertainty::tau_interval(&x, &y, bootstrap.resamples, &mut rng);
         Table2Row {
             task: self.task.clone(),
             setting: self.setting,
             metric: self.metric.clone(),
+            scope: scope(&self.metric).to_string(),
             n: self.points.len(),
             tau_b: tau.map(|k| k.tau),
             p_value: tau.map(|k| k.p_value),
+            p_permutation: uncertainty::permutation_p(&x, &y, bootstrap.resamples, &mut rng),
+            ci_low: interval.map(|i| i.0),
+            ci_high: interval.map(|i| i.1),
             weighted_tau: medxfer_scores::weighted_tau(&x, &y).ok().filter(|w| w.is_finite()),
         }
     }
@@ -75,9 +145,10 @@ pub fn tasks(performance: &[PerformanceRow]) -> Vec<String> {
     tasks
 }
 
-/// Metrics present in the results, in the paper's order.
+/// Metrics present in the results: the paper's seven in its order, then the newer ones (the
+/// set-level terms stored beside them are not metrics of their own).
 pub fn metrics(scores: &[ScoreRow]) -> Vec<String> {
-    Metric::ALL.iter().map(|m| m.as_str().to_string()).filter(|m| scores.iter().any(|r| &r.metric == m)).collect()
+    Metric::every().map(|m| m.as_str().to_string()).filter(|m| scores.iter().any(|r| &r.metric == m)).collect()
 }
 
 /// Every (task, setting, metric) panel that has at least one point, tasks in the study's order,
@@ -162,11 +233,14 @@ mod tests {
         performance.push(accuracy("skin", Setting::Id, "a", 0.5));
         let panels = panels(&scores, &performance);
         assert_eq!(panels.len(), 2, "{panels:?}");
-        let leep = panels.iter().find(|p| p.metric == "leep").unwrap().correlation();
+        let settings = BootstrapSettings { resamples: 200, seed: 1 };
+        let leep = panels.iter().find(|p| p.metric == "leep").unwrap().correlation(settings);
         assert_eq!(leep.n, 4);
         assert!((leep.tau_b.unwrap() - 4.0 / 6.0).abs() < 1e-15);
         assert!((leep.p_value.unwrap() - 8.0 / 24.0).abs() < 1e-12, "{leep:?}");
-        let gbc = panels.iter().find(|p| p.metric == "gbc").unwrap().correlation();
+        // Four backbones: every permutation, and |tau| >= 4/6 in 8 of the 24 orderings as well.
+        assert!((leep.p_permutation.unwrap() - 8.0 / 24.0).abs() < 1e-12, "{leep:?}");
+        let gbc = panels.iter().find(|p| p.metric == "gbc").unwrap().correlation(settings);
         assert_eq!((gbc.n, gbc.tau_b, gbc.p_value), (4, None, None));
         // The study's task order, metrics in the paper's order.
         assert_eq!(tasks(&performance), ["skin", "brain"]);

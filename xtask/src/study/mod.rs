@@ -133,6 +133,8 @@ impl Study {
             seed: self.options.seed,
             splits: Vec::new(),
             deviations: self.deviations(),
+            // The study's seed seeds the bootstrap too: one number reproduces the whole report.
+            bootstrap: crate::report::uncertainty::BootstrapSettings { seed: self.options.seed, ..Default::default() },
         }
     }
 }

@@ -59,6 +59,9 @@ impl Unit<'_> {
         if self.mine && !layout.scores(task, backbone, Setting::Id).exists() {
             self.pretrained_scores()?;
         }
+        if self.mine {
+            self.add_newer_scores(Setting::Id)?;
+        }
         let summary = self.search()?;
         let Some(best) = &summary.best else {
             if summary.pending.is_empty() {
@@ -77,6 +80,9 @@ impl Unit<'_> {
         }
         if self.mine && !layout.scores(task, backbone, Setting::Ood).exists() {
             self.ood_scores(best.index)?;
+        }
+        if self.mine {
+            self.add_newer_scores(Setting::Ood)?;
         }
         Ok(layout.scores(task, backbone, Setting::Id).exists() && layout.scores(task, backbone, Setting::Ood).exists())
     }
@@ -108,6 +114,26 @@ impl Unit<'_> {
         let mut scores = score_file(&features)?;
         scores.seconds = start.elapsed().as_secs_f64();
         self.write_scores(Setting::Id, &scores)
+    }
+
+    /// A scores file written before this version's newer scores is completed from the unit's
+    /// feature file, kept since (its accuracy and trial stay).
+    fn add_newer_scores(&self, setting: Setting) -> Result<()> {
+        let layout = &self.study.layout;
+        let path = layout.scores(&self.task.name, &self.entry.name, setting);
+        let features = layout.features(&self.task.name, &self.entry.name, setting);
+        let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
+        let Ok(old) = serde_json::from_slice::<FeatureScores>(&bytes) else { return Ok(()) };
+        if !crate::features::lacks_a_score(&old) || !features.exists() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut scores = score_file(&features)?;
+        scores.balanced_accuracy = old.balanced_accuracy;
+        scores.trial = old.trial;
+        scores.seconds = old.seconds + start.elapsed().as_secs_f64();
+        self.log.line(&format!("{}: {} scores completed with the newer scores", self.name(), setting.as_str()));
+        self.write_scores(setting, &scores)
     }
 
     fn extract(&self, model: &Backbone, split: &SplitData, entries: &[Entry], out: &Path) -> Result<()> {
@@ -186,6 +212,15 @@ impl Unit<'_> {
     }
 }
 
+/// The values a unit's scores file contributes to scores.csv: every per-model score, then the
+/// set-level scores' per-model terms.
+fn stored_keys() -> Vec<String> {
+    Metric::per_model()
+        .map(|m| m.as_str().to_string())
+        .chain(Metric::SET_LEVEL.iter().flat_map(|m| m.terms().iter().map(|t| m.term_key(t))))
+        .collect()
+}
+
 /// Balanced accuracy of the argmax of a feature file's `probs` against its `labels`.
 fn head_balanced_accuracy(path: &Path, classes: usize) -> Result<f64> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("reading {}", path.display()))?;
@@ -213,15 +248,9 @@ pub fn write_tables(study: &Study) -> Result<()> {
             };
             for setting in Setting::BOTH {
                 if let Some(unit) = read(setting)? {
-                    for metric in Metric::ALL {
-                        if let Some(&value) = unit.values.get(metric.as_str()) {
-                            scores.push(ScoreRow {
-                                task: task.name.clone(),
-                                setting,
-                                backbone: entry.name.clone(),
-                                metric: metric.as_str().into(),
-                                value,
-                            });
+                    for key in stored_keys() {
+                        if let Some(&value) = unit.values.get(&key) {
+                            scores.push(ScoreRow { task: task.name.clone(), setting, backbone: entry.name.clone(), metric: key, value });
                         }
                     }
                 }
@@ -247,6 +276,8 @@ pub fn write_tables(study: &Study) -> Result<()> {
         }
     }
     performance.sort_by(|a, b| (a.setting, &a.task, &a.backbone).cmp(&(b.setting, &b.task, &b.backbone)));
+    let combined = results::combine_set_level(&scores);
+    scores.extend(combined);
     results::write_rows(&layout.out.join(results::SCORES_CSV), &SCORE_COLUMNS, &scores)?;
     results::write_rows(&layout.out.join(results::PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, &performance)
 }

@@ -1,0 +1,154 @@
+//! `rank --bootstrap B`: how stable is the ranking under another sample of images? Each
+//! resample draws the images again with replacement within each class (the class counts kept,
+//! so every class stays present), the same draw for every candidate; every candidate is rescored
+//! on it, and the candidate each score puts first is counted.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use medxfer_scores::faer::Mat;
+use medxfer_scores::{Metric, ScoreInput, SourceProbs, read_feature_file};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{Consensus, rank};
+use crate::features::score_input;
+
+/// How often each candidate came first, per score and for the consensus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstPlaces {
+    pub candidates: Vec<String>,
+    /// The scores that ranked every candidate on some resample, then "consensus".
+    pub columns: Vec<String>,
+    /// counts[candidate][column]: resamples where the candidate came first (a tie for first
+    /// counts for each tied candidate).
+    pub counts: Vec<Vec<usize>>,
+    /// Resamples on which each column ranked the candidates.
+    pub ranked: Vec<usize>,
+    pub seconds: f64,
+}
+
+/// The stratified resample: for each class, as many draws with replacement from its rows.
+pub fn stratified_draw(labels: &[usize], rng: &mut impl Rng) -> Vec<usize> {
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        by_class[label].push(i);
+    }
+    let mut picks = Vec::with_capacity(labels.len());
+    for rows in &by_class {
+        for _ in 0..rows.len() {
+            picks.push(rows[rng.random_range(0..rows.len())]);
+        }
+    }
+    picks
+}
+
+/// The rows `picks` of an input, as a new input.
+fn resampled(input: &ScoreInput, picks: &[usize]) -> Result<ScoreInput> {
+    let features = input.features();
+    let chosen = Mat::from_fn(picks.len(), features.ncols(), |i, j| features[(picks[i], j)]);
+    let labels: Vec<i64> = picks.iter().map(|&i| input.labels()[i] as i64).collect();
+    let mut out = ScoreInput::new(chosen, &labels)?;
+    if let Some(probs) = input.source_probs() {
+        let columns = probs.shape().1;
+        out = match probs {
+            SourceProbs::F32(m) => out.with_source_probs_f32(Mat::from_fn(picks.len(), columns, |i, j| m[(picks[i], j)]))?,
+            SourceProbs::F64(m) => out.with_source_probs(Mat::from_fn(picks.len(), columns, |i, j| m[(picks[i], j)]))?,
+        };
+    }
+    Ok(out)
+}
+
+/// Rescores every candidate's features on `resamples` stratified resamples of the images.
+pub fn first_places(files: &[(String, PathBuf)], resamples: usize, seed: u64, consensus: &Consensus) -> Result<FirstPlaces> {
+    let start = Instant::now();
+    let inputs: Vec<ScoreInput> = files
+        .iter()
+        .map(|(_, path)| read_feature_file(path).with_context(|| format!("--bootstrap reads {}", path.display())))
+        .collect::<Result<_>>()?;
+    let Some(first) = inputs.first() else { bail!("--bootstrap: no candidates") };
+    if let Some((name, _)) = files.iter().zip(&inputs).find(|(_, input)| input.labels() != first.labels()) {
+        bail!("--bootstrap: {}'s features do not cover the same images as {}'s; delete the rank cache and rerun", name.0, files[0].0);
+    }
+    let candidates: Vec<String> = files.iter().map(|(name, _)| name.clone()).collect();
+    let mut columns: Vec<String> = Metric::every().map(|m| m.as_str().to_string()).collect();
+    columns.push("consensus".to_string());
+    let mut counts = vec![vec![0usize; columns.len()]; candidates.len()];
+    let mut ranked = vec![0usize; columns.len()];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..resamples {
+        let picks = stratified_draw(first.labels(), &mut rng);
+        let mut scored = Vec::with_capacity(inputs.len());
+        for (name, input) in candidates.iter().zip(&inputs) {
+            let scores = score_input(&resampled(input, &picks)?);
+            scored.push((name.clone(), 0, 0.0, scores.values));
+        }
+        let rows = rank(&scored, consensus);
+        for (column, name) in columns.iter().enumerate() {
+            let value_of = |row: &super::RankRow| if name == "consensus" { Some(row.consensus) } else { row.scores.get(name).map(|s| s.1) };
+            let ranks: Vec<Option<f64>> = rows.iter().map(value_of).collect();
+            let Some(ranks) = ranks.into_iter().collect::<Option<Vec<f64>>>() else { continue };
+            let best = ranks.iter().copied().fold(f64::INFINITY, f64::min);
+            if !best.is_finite() {
+                continue;
+            }
+            ranked[column] += 1;
+            for (row, value) in rows.iter().zip(&ranks) {
+                if *value == best {
+                    let index = candidates.iter().position(|c| *c == row.backbone).unwrap_or(0);
+                    counts[index][column] += 1;
+                }
+            }
+        }
+    }
+    // Keep the columns that ranked on some resample.
+    let keep: Vec<usize> = (0..columns.len()).filter(|&c| ranked[c] > 0).collect();
+    Ok(FirstPlaces {
+        candidates,
+        columns: keep.iter().map(|&c| columns[c].clone()).collect(),
+        counts: counts.iter().map(|row| keep.iter().map(|&c| row[c]).collect()).collect(),
+        ranked: keep.iter().map(|&c| ranked[c]).collect(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The first-place shares as markdown.
+pub fn render(firsts: &FirstPlaces, resamples: usize) -> String {
+    let mut text = format!(
+        "How often each candidate comes first when the images are resampled ({resamples} stratified bootstrap resamples, every candidate rescored on each; {:.1} s):\n\n| backbone | {} |\n|---|{}\n",
+        firsts.seconds,
+        firsts.columns.join(" | "),
+        "---:|".repeat(firsts.columns.len())
+    );
+    for (candidate, counts) in firsts.candidates.iter().zip(&firsts.counts) {
+        let _ = write!(text, "| {candidate} |");
+        for (count, ranked) in counts.iter().zip(&firsts.ranked) {
+            let _ = write!(text, " {:.0}% |", 100.0 * *count as f64 / *ranked as f64);
+        }
+        text.push('\n');
+    }
+    text.push_str("\nA tie for first counts for each tied candidate. A share far from 100% says the ranking would change with another sample of these images.\n");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every class keeps its count and draws only its own rows.
+    #[test]
+    fn the_stratified_draw_keeps_each_class_and_its_count() {
+        let labels = [0, 1, 1, 2, 0, 1, 2, 2, 2];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let picks = stratified_draw(&labels, &mut rng);
+            assert_eq!(picks.len(), labels.len());
+            let mut drawn: Vec<usize> = picks.iter().map(|&i| labels[i]).collect();
+            drawn.sort_unstable();
+            assert_eq!(drawn, [0, 0, 1, 1, 1, 2, 2, 2, 2]);
+        }
+    }
+}
