@@ -1,14 +1,17 @@
-//! The two steps `reproduce` and `rank` share: a backbone's features of a split into a feature
-//! file (with a progress bar), and the scores of a feature file.
+//! What `reproduce`, `rank` and `image-bootstrap` share: a backbone's features of a split into a
+//! feature file (with a progress bar), the scores of a feature file, and the stratified resample
+//! of its images.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
 use medxfer_data::Entry;
-use medxfer_scores::{Metric, ScoreInput, read_feature_file, score_all, set_terms};
+use medxfer_scores::faer::Mat;
+use medxfer_scores::{Metric, ScoreInput, SourceProbs, read_feature_file, score_all, set_terms};
 use medxfer_train::{ExtractSettings, SplitData};
 use medxfer_zoo::Backbone;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// The scores of one feature file (a study's `<setting>.scores.json`; rank keeps `values` and
@@ -90,4 +93,58 @@ pub fn lacks_a_score(scores: &FeatureScores) -> bool {
     let recorded = |key: &str| scores.values.contains_key(key) || scores.errors.contains_key(key);
     Metric::per_model().any(|m| !recorded(m.as_str()))
         || Metric::SET_LEVEL.iter().any(|m| !scores.errors.contains_key(m.as_str()) && m.terms().iter().any(|t| !recorded(&m.term_key(t))))
+}
+
+/// The stratified resample: for each class, as many draws with replacement from its rows.
+pub fn stratified_draw(labels: &[usize], rng: &mut impl Rng) -> Vec<usize> {
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        by_class[label].push(i);
+    }
+    let mut picks = Vec::with_capacity(labels.len());
+    for rows in &by_class {
+        for _ in 0..rows.len() {
+            picks.push(rows[rng.random_range(0..rows.len())]);
+        }
+    }
+    picks
+}
+
+/// The rows `picks` of an input, as a new input.
+pub fn resampled(input: &ScoreInput, picks: &[usize]) -> Result<ScoreInput> {
+    let features = input.features();
+    let chosen = Mat::from_fn(picks.len(), features.ncols(), |i, j| features[(picks[i], j)]);
+    let labels: Vec<i64> = picks.iter().map(|&i| input.labels()[i] as i64).collect();
+    let mut out = ScoreInput::new(chosen, &labels)?;
+    if let Some(probs) = input.source_probs() {
+        let columns = probs.shape().1;
+        out = match probs {
+            SourceProbs::F32(m) => out.with_source_probs_f32(Mat::from_fn(picks.len(), columns, |i, j| m[(picks[i], j)]))?,
+            SourceProbs::F64(m) => out.with_source_probs(Mat::from_fn(picks.len(), columns, |i, j| m[(picks[i], j)]))?,
+        };
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// Every class keeps its count and draws only its own rows.
+    #[test]
+    fn the_stratified_draw_keeps_each_class_and_its_count() {
+        let labels = [0, 1, 1, 2, 0, 1, 2, 2, 2];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let picks = stratified_draw(&labels, &mut rng);
+            assert_eq!(picks.len(), labels.len());
+            let mut drawn: Vec<usize> = picks.iter().map(|&i| labels[i]).collect();
+            drawn.sort_unstable();
+            assert_eq!(drawn, [0, 0, 1, 1, 1, 2, 2, 2, 2]);
+        }
+    }
 }

@@ -174,6 +174,25 @@ enum Command {
         #[arg(long)]
         results: PathBuf,
     },
+    /// How much of each tau-b's spread comes from the sample of images: resamples the images
+    /// of every task (within each class, with replacement), recomputes the scores on each
+    /// backbone's stored features, keeps the fine-tuned accuracies fixed, and writes
+    /// image_bootstrap_scores.csv and image_bootstrap_tau.csv into the results folder; `report`
+    /// then draws Fig. 3's error bars and sets the intervals beside those over backbones.
+    ImageBootstrap {
+        /// The results folder (reproduce's --out, with its features/).
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        resamples: usize,
+        /// Comma-separated scores; by default the cheap ones (all but n_leep,
+        /// transrate_official and pactran_gauss).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
+        /// The seed; study.json's bootstrap seed by default.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// One zoo measurement in a fresh process (run by bench-zoo).
     #[command(hide = true)]
     BenchZooWorker {
@@ -223,6 +242,26 @@ fn main() -> Result<()> {
         Command::Report { results } => {
             let written = report::run(&results)?;
             println!("{}: {} correlations; wrote {}", results.display(), written.table.len(), written.files.join(", "));
+            Ok(())
+        }
+        Command::ImageBootstrap { results, resamples, metrics, seed } => {
+            let metrics = match metrics {
+                Some(names) => names.iter().map(|n| n.parse::<medxfer_scores::Metric>()).collect::<Result<Vec<_>, _>>()?,
+                None => report::image_bootstrap::CHEAP.to_vec(),
+            };
+            if let Some(set_level) = metrics.iter().find(|m| m.is_set_level()) {
+                anyhow::bail!("--metrics: {set_level} is defined over a set of backbones; the image bootstrap recomputes per-model scores");
+            }
+            let (scores, taus) =
+                report::image_bootstrap::run(&report::image_bootstrap::Settings { results: results.clone(), resamples, metrics, seed })?;
+            let cost = taus.first().map_or(0.0, |t| t.seconds_per_resample);
+            println!(
+                "{}: {} score intervals, {} tau-b intervals ({cost:.2} s per resample of the first task); run `cargo xtask report --results {}` to draw them",
+                results.display(),
+                scores.len(),
+                taus.len(),
+                results.display()
+            );
             Ok(())
         }
         Command::BenchZooWorker { model, batch, size, repeats, train, device, tf32 } => {

@@ -242,6 +242,54 @@ fn the_demo_writes_every_result_and_each_number_agrees_with_its_source() {
     assert!(report.contains("**Demo data.**") && report.contains("trials 2 instead of the reference's 75"), "{report}");
 }
 
+/// image-bootstrap on a copy of the demo study: each score on the full images is the one
+/// reproduce wrote to scores.csv, its interval holds values of that score, the same seed gives
+/// the same files, and the report then carries the intervals and Fig. 3's error bars.
+#[test]
+fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them() {
+    let (_, reference_out) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("copy");
+    copy_tree(reference_out, &out);
+    let run = || {
+        check(
+            xtask()
+                .args(["image-bootstrap", "--results", out.to_str().unwrap(), "--resamples", "12", "--metrics", "h_score,leep,pactran_dir"])
+                .output()
+                .unwrap(),
+        )
+    };
+    run();
+    let first = std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap();
+    run();
+    assert_eq!(std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap(), first, "the same seed, the same draws");
+    let intervals = read_csv(&out.join("image_bootstrap_scores.csv"));
+    let scores = read_csv(&out.join("scores.csv"));
+    assert_eq!(intervals.len(), TASKS.len() * 2 * BACKBONES.split(',').count() * 3);
+    for row in &intervals {
+        let stored = scores
+            .iter()
+            .find(|s| {
+                s["task"] == row["task"]
+                    && s["setting"] == row["setting"]
+                    && s["backbone"] == row["backbone"]
+                    && s["metric"] == row["metric"]
+            })
+            .unwrap();
+        let (value, expected) = (number(row, "value"), number(stored, "value"));
+        assert!((value - expected).abs() <= 1e-9 * expected.abs().max(1.0), "{row:?}: {expected}");
+        assert!(number(row, "low") <= number(row, "high"), "{row:?}");
+    }
+    let taus = read_csv(&out.join("image_bootstrap_tau.csv"));
+    assert_eq!(taus.len(), TASKS.len() * 2 * 3);
+    check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## How much comes from the sample of images") && report.contains("| brain · id | leep |"), "{report}");
+    let svg = std::fs::read_to_string(out.join("fig3.svg")).unwrap();
+    let reference_svg = std::fs::read_to_string(reference_out.join("fig3.svg")).unwrap();
+    assert!(svg.len() > reference_svg.len(), "error bars drawn");
+}
+
 #[test]
 fn a_finished_study_reruns_without_training_and_plans_nothing() {
     let (shared, out) = reference();

@@ -70,6 +70,17 @@ pub(crate) struct CentredGram {
 
 /// Computes the centred Gram matrix block by block; only its lower triangle is multiplied.
 pub(crate) fn centred_gram(features: MatRef<'_, f64>, means: &[f64]) -> CentredGram {
+    blocked_gram(features, |_, j| means[j])
+}
+
+/// (F - M)'(F - M) for M_ij = the mean of row i's class in column j: the within-class scatter.
+pub(crate) fn within_class_gram(features: MatRef<'_, f64>, labels: &[usize], class_means: MatRef<'_, f64>) -> Mat<f64> {
+    blocked_gram(features, |i, j| class_means[(labels[i], j)]).gram
+}
+
+/// (F - O)'(F - O) for the offsets O_ij = offset(i, j), block by block (the offset copy never
+/// exists whole); only the lower triangle is multiplied.
+fn blocked_gram(features: MatRef<'_, f64>, offset: impl Fn(usize, usize) -> f64) -> CentredGram {
     let (n, d) = features.shape();
     let mut gram = Mat::<f64>::zeros(d, d);
     let mut block = Mat::<f64>::zeros(ROW_BLOCK.min(n), d);
@@ -82,7 +93,7 @@ pub(crate) fn centred_gram(features: MatRef<'_, f64>, means: &[f64]) -> CentredG
             let src = features.col(j).subrows(start, rows);
             let mut dst = block.as_mut().col_mut(j);
             for i in 0..rows {
-                let value = src[i] - means[j];
+                let value = src[i] - offset(start + i, j);
                 dst[i] = value;
                 norms[i] += value * value;
             }

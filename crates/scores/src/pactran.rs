@@ -6,7 +6,7 @@
 //! Both run ten mean-field sweeps over q (N x Cs, starting at the source softmax S): A = a0 +
 //! Y'q with a0_y = alpha n_y / N + 1e-10, then q = softmax(log(S + 1e-10) + Y psi(A) - ...).
 //! The final A is the one the last sweep's q update read. Upstream forms Y'q through an N x C x
-//! Cs tensor; here it is the same sum by class.
+//! Cs tensor; here it is the same sum by class, and the softmax a product (see `MeanField`).
 
 use faer::Mat;
 use rayon::prelude::*;
@@ -14,21 +14,22 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::log_sum_exp;
 
 /// The prior concentration upstream passes (`alpha = 1.`) and the Gamma's rates.
 const ALPHA: f64 = 1.0;
 const SWEEPS: usize = 10;
 /// Upstream's guards inside the logarithms and on the prior.
 const TINY: f64 = 1e-10;
+/// Rows of q one thread sums at a time into A.
+const SUM_ROWS: usize = 256;
 
 /// PACTran-Dirichlet of the source probabilities for the labels (lower is better).
 pub fn pactran_dir(input: &ScoreInput) -> Result<f64> {
     let state = MeanField::run(input, "pactran_dir", digamma_columns_minus_total)?;
-    let (classes, cs) = (state.a.nrows(), state.a.ncols());
-    let n = state.q.len() / cs;
+    let classes = state.a.nrows();
+    let n = state.log_norm.len();
     let log_c0 = libm::lgamma(state.a0.iter().sum()) - state.a0.iter().map(|&a| libm::lgamma(a)).sum::<f64>();
-    let divergence = state.divergence_by_source();
+    let divergence = state.divergence_by_source(input.labels());
     let mut total = 0.0;
     for (z, divergence) in divergence.iter().enumerate() {
         let column_sum: f64 = (0..classes).map(|y| state.a[(y, z)]).sum();
@@ -43,8 +44,9 @@ pub fn pactran_gam(input: &ScoreInput) -> Result<f64> {
     // beta = b = 1: log b terms vanish.
     let state = MeanField::run(input, "pactran_gam", |a| Mat::from_fn(a.nrows(), a.ncols(), |y, z| digamma(a[(y, z)])))?;
     let (classes, cs) = (state.a.nrows(), state.a.ncols());
-    let n = state.q.len() / cs;
+    let n = state.log_norm.len();
     let s = input.source_probs().ok_or(Error::MissingSourceProbs { metric: "pactran_gam" })?;
+    let labels = input.labels();
     // l_i = S_i . (sum_y A_y. / b), from the final A.
     let column_sums: Vec<f64> = (0..cs).map(|z| (0..classes).map(|y| state.a[(y, z)]).sum()).collect();
     let mut total = 0.0;
@@ -56,8 +58,8 @@ pub fn pactran_gam(input: &ScoreInput) -> Result<f64> {
     let per_sample: f64 = (0..n)
         .into_par_iter()
         .map(|i| {
-            let (q, log_q, log_s) = (state.row(&state.q, i), state.row(&state.log_q, i), state.row(&state.log_s, i));
-            let divergence: f64 = (0..cs).map(|z| q[z] * (log_q[z] - log_s[z])).sum();
+            let q = &state.q[i * cs..(i + 1) * cs];
+            let divergence = state.divergence_of_row(q, labels[i], state.log_norm[i]);
             let l: f64 = (0..cs).map(|z| s.get(i, z) * column_sums[z]).sum();
             divergence + l.ln() - 1.0
         })
@@ -65,15 +67,23 @@ pub fn pactran_gam(input: &ScoreInput) -> Result<f64> {
     finite("pactran_gam", (total + per_sample) / (n * classes) as f64 + 1.0)
 }
 
-/// The mean-field sweeps both bounds share. q, log q and log s are N x Cs, row-major, so that
-/// the samples update in parallel.
+/// The mean-field sweeps both bounds share. q is N x Cs, row-major, so that the samples update in
+/// parallel.
+///
+/// Upstream's update q_i = softmax(log(S_i + 1e-10) + g[y_i]) needs no exponential per sample:
+/// the shift g = shift(A) depends on the sample only through its class, so with
+/// E[y] = exp(g[y] - max g[y]) (C x Cs exponentials per sweep, not N x Cs) q_iz is
+/// (S_iz + 1e-10) E[y_i, z] / norm_i, and log q_iz - log(S_iz + 1e-10) = g[y_i, z] - log Z_i
+/// with log Z_i = ln norm_i + max g[y_i], upstream's logsumexp.
 struct MeanField {
     a0: Vec<f64>,
     /// A = a0 + Y'q of the last sweep (C x Cs).
     a: Mat<f64>,
+    /// The last sweep's shift g = shift(A) that made q (C x Cs).
+    shift: Mat<f64>,
     q: Vec<f64>,
-    log_q: Vec<f64>,
-    log_s: Vec<f64>,
+    /// log Z_i of the last sweep.
+    log_norm: Vec<f64>,
 }
 
 impl MeanField {
@@ -86,48 +96,68 @@ impl MeanField {
         let classes = input.num_classes();
         let counts = input.class_counts();
         let a0: Vec<f64> = counts.iter().map(|&c| ALPHA * c as f64 / n as f64 + TINY).collect();
-        let log_s: Vec<f64> = (0..n * cs).map(|k| (s.get(k / cs, k % cs) + TINY).ln()).collect();
-        let mut q: Vec<f64> = (0..n * cs).map(|k| s.get(k / cs, k % cs)).collect();
-        let mut log_q = vec![0.0; n * cs];
+        // q starts at S; row-major copies, filled row by row in parallel.
+        let mut q = vec![0.0; n * cs];
+        q.par_chunks_mut(cs).enumerate().for_each(|(i, row)| row.iter_mut().enumerate().for_each(|(z, v)| *v = s.get(i, z)));
+        let guarded: Vec<f64> = q.par_iter().map(|v| v + TINY).collect();
+        let mut log_norm = vec![0.0; n];
         let mut a = Mat::<f64>::zeros(classes, cs);
+        let mut shifted = Mat::<f64>::zeros(classes, cs);
         for _ in 0..SWEEPS {
-            a = Mat::from_fn(classes, cs, |y, _| a0[y]);
-            for (i, row) in q.chunks(cs).enumerate() {
-                for (z, value) in row.iter().enumerate() {
-                    a[(labels[i], z)] += value;
-                }
-            }
-            let shifted = shift(&a);
-            q.par_chunks_mut(cs).zip(log_q.par_chunks_mut(cs)).zip(log_s.par_chunks(cs)).enumerate().for_each(
-                |(i, ((q_row, log_q_row), log_s_row))| {
-                    let y = labels[i];
-                    for z in 0..cs {
-                        log_q_row[z] = log_s_row[z] + shifted[(y, z)];
+            // A = a0 + Y'q: each thread sums its rows' q into its own C x Cs (row-major) block.
+            let sums = q
+                .par_chunks(cs * SUM_ROWS)
+                .enumerate()
+                .map(|(block, rows)| {
+                    let mut partial = vec![0.0; classes * cs];
+                    for (r, row) in rows.chunks(cs).enumerate() {
+                        let target = &mut partial[labels[block * SUM_ROWS + r] * cs..][..cs];
+                        target.iter_mut().zip(row).for_each(|(t, v)| *t += v);
                     }
-                    let log_sum = log_sum_exp(log_q_row);
+                    partial
+                })
+                .reduce(
+                    || vec![0.0; classes * cs],
+                    |mut x, y| {
+                        x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+                        x
+                    },
+                );
+            a = Mat::from_fn(classes, cs, |y, z| a0[y] + sums[y * cs + z]);
+            shifted = shift(&a);
+            let top: Vec<f64> = (0..classes).map(|y| (0..cs).map(|z| shifted[(y, z)]).fold(f64::NEG_INFINITY, f64::max)).collect();
+            let factors: Vec<Vec<f64>> = (0..classes).map(|y| (0..cs).map(|z| (shifted[(y, z)] - top[y]).exp()).collect()).collect();
+            q.par_chunks_mut(cs).zip(guarded.par_chunks(cs)).zip(log_norm.par_iter_mut()).enumerate().for_each(
+                |(i, ((q_row, guarded_row), log_norm))| {
+                    let factor = &factors[labels[i]];
+                    let mut norm = 0.0;
                     for z in 0..cs {
-                        log_q_row[z] -= log_sum;
-                        q_row[z] = log_q_row[z].exp();
+                        q_row[z] = guarded_row[z] * factor[z];
+                        norm += q_row[z];
                     }
+                    let inverse = 1.0 / norm;
+                    q_row.iter_mut().for_each(|v| *v *= inverse);
+                    *log_norm = norm.ln() + top[labels[i]];
                 },
             );
         }
-        Ok(Self { a0, a, q, log_q, log_s })
+        Ok(Self { a0, a, shift: shifted, q, log_norm })
     }
 
-    /// Row i of one of the N x Cs row-major matrices.
-    fn row<'m>(&self, matrix: &'m [f64], i: usize) -> &'m [f64] {
-        let cs = self.a.ncols();
-        &matrix[i * cs..(i + 1) * cs]
+    /// sum_z q_iz (log q_iz - log s_iz) of one sample = sum_z q_iz (g[y_i, z] - log Z_i).
+    fn divergence_of_row(&self, q: &[f64], label: usize, log_norm: f64) -> f64 {
+        q.iter().enumerate().map(|(z, &value)| if value == 0.0 { 0.0 } else { value * (self.shift[(label, z)] - log_norm) }).sum()
     }
 
     /// sum_i q_iz (log q_iz - log s_iz) for each source class z.
-    fn divergence_by_source(&self) -> Vec<f64> {
+    fn divergence_by_source(&self, labels: &[usize]) -> Vec<f64> {
         let cs = self.a.ncols();
         let mut out = vec![0.0; cs];
-        for ((q, log_q), log_s) in self.q.chunks(cs).zip(self.log_q.chunks(cs)).zip(self.log_s.chunks(cs)) {
+        for (i, q) in self.q.chunks(cs).enumerate() {
             for z in 0..cs {
-                out[z] += q[z] * (log_q[z] - log_s[z]);
+                if q[z] != 0.0 {
+                    out[z] += q[z] * (self.shift[(labels[i], z)] - self.log_norm[i]);
+                }
             }
         }
         out

@@ -24,7 +24,7 @@ use faer::{Accum, Mat, MatRef, Side};
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::{class_means, log_sum_exp, parallelism};
+use crate::linalg::{class_means, log_sum_exp, parallelism, within_class_gram};
 
 /// The exponent's factor and the floor of SFDA's adaptive shrinkage, hard-coded upstream.
 const SHRINKAGE_RATE: f64 = 5.0;
@@ -75,9 +75,8 @@ impl FisherFit {
         let classes = counts.len();
         let means = class_means(x, labels, counts);
         // Sw = sum_c (n_c / N) Cov_c (bias 1) = (1/N) sum_i (x_i - mu_y)(x_i - mu_y)'.
-        let within = Mat::from_fn(n, d, |i, j| x[(i, j)] - means[(labels[i], j)]);
-        let mut sw = Mat::<f64>::zeros(d, d);
-        matmul(sw.as_mut(), Accum::Replace, within.transpose(), within.as_ref(), 1.0 / n as f64, parallelism());
+        let mut sw = within_class_gram(x, labels, means.as_ref());
+        sw.col_iter_mut().for_each(|col| col.iter_mut().for_each(|v| *v /= n as f64));
         let shrinkage = match shrinkage {
             Some(given) => given,
             None => (-SHRINKAGE_RATE * largest_eigenvalue(sw.as_ref())).exp().max(SHRINKAGE_FLOOR),

@@ -8,13 +8,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use medxfer_scores::faer::Mat;
-use medxfer_scores::{Metric, ScoreInput, SourceProbs, read_feature_file};
-use rand::{Rng, SeedableRng};
+use medxfer_scores::{Metric, ScoreInput, read_feature_file};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{Consensus, rank};
-use crate::features::score_input;
+use crate::features::{resampled, score_input, stratified_draw};
 
 /// How often each candidate came first, per score and for the consensus.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,38 +27,6 @@ pub struct FirstPlaces {
     /// Resamples on which each column ranked the candidates.
     pub ranked: Vec<usize>,
     pub seconds: f64,
-}
-
-/// The stratified resample: for each class, as many draws with replacement from its rows.
-pub fn stratified_draw(labels: &[usize], rng: &mut impl Rng) -> Vec<usize> {
-    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-    for (i, &label) in labels.iter().enumerate() {
-        by_class[label].push(i);
-    }
-    let mut picks = Vec::with_capacity(labels.len());
-    for rows in &by_class {
-        for _ in 0..rows.len() {
-            picks.push(rows[rng.random_range(0..rows.len())]);
-        }
-    }
-    picks
-}
-
-/// The rows `picks` of an input, as a new input.
-fn resampled(input: &ScoreInput, picks: &[usize]) -> Result<ScoreInput> {
-    let features = input.features();
-    let chosen = Mat::from_fn(picks.len(), features.ncols(), |i, j| features[(picks[i], j)]);
-    let labels: Vec<i64> = picks.iter().map(|&i| input.labels()[i] as i64).collect();
-    let mut out = ScoreInput::new(chosen, &labels)?;
-    if let Some(probs) = input.source_probs() {
-        let columns = probs.shape().1;
-        out = match probs {
-            SourceProbs::F32(m) => out.with_source_probs_f32(Mat::from_fn(picks.len(), columns, |i, j| m[(picks[i], j)]))?,
-            SourceProbs::F64(m) => out.with_source_probs(Mat::from_fn(picks.len(), columns, |i, j| m[(picks[i], j)]))?,
-        };
-    }
-    Ok(out)
 }
 
 /// Rescores every candidate's features on `resamples` stratified resamples of the images.
@@ -132,23 +99,4 @@ pub fn render(firsts: &FirstPlaces, resamples: usize) -> String {
     }
     text.push_str("\nA tie for first counts for each tied candidate. A share far from 100% says the ranking would change with another sample of these images.\n");
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every class keeps its count and draws only its own rows.
-    #[test]
-    fn the_stratified_draw_keeps_each_class_and_its_count() {
-        let labels = [0, 1, 1, 2, 0, 1, 2, 2, 2];
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for _ in 0..50 {
-            let picks = stratified_draw(&labels, &mut rng);
-            assert_eq!(picks.len(), labels.len());
-            let mut drawn: Vec<usize> = picks.iter().map(|&i| labels[i]).collect();
-            drawn.sort_unstable();
-            assert_eq!(drawn, [0, 0, 1, 1, 1, 2, 2, 2, 2]);
-        }
-    }
 }

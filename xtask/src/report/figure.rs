@@ -79,8 +79,10 @@ impl Grid<'_> {
 
     fn panel<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, panel: &Panel) -> Result<()> {
         let (x, y) = (panel.scores(), panel.accuracies());
+        // The axis covers the error bars too.
+        let extent: Vec<f64> = x.iter().copied().chain(panel.score_intervals.iter().flatten().flat_map(|(l, h)| [*l, *h])).collect();
         // Room on the right for the last points' labels.
-        let (x0, x1) = padded_range(&x, 0.08);
+        let (x0, x1) = padded_range(&extent, 0.08);
         let x1 = x1 + 0.25 * (x1 - x0);
         let (y0, y1) = padded_range(&y, 0.12);
         let mut chart = ChartBuilder::on(area)
@@ -106,6 +108,14 @@ impl Grid<'_> {
         if let Some((intercept, slope)) = least_squares(&x, &y) {
             let line = [(x0, intercept + slope * x0), (x1, intercept + slope * x1)];
             chart.draw_series(LineSeries::new(line, BLUE.mix(0.55).stroke_width(2))).map_err(plot_error)?;
+        }
+        // Each score's 95% interval over image resamples (image-bootstrap), where it exists.
+        for ((_, _, accuracy), interval) in panel.points.iter().zip(&panel.score_intervals) {
+            if let Some((low, high)) = interval {
+                chart
+                    .draw_series(LineSeries::new([(*low, *accuracy), (*high, *accuracy)], RGBColor(200, 40, 40).mix(0.6).stroke_width(1)))
+                    .map_err(plot_error)?;
+            }
         }
         chart
             .draw_series(panel.points.iter().map(|(name, score, accuracy)| {

@@ -4,6 +4,7 @@
 
 pub mod figure;
 pub mod forest;
+pub mod image_bootstrap;
 pub mod table;
 pub mod uncertainty;
 
@@ -70,7 +71,11 @@ pub fn run(out: &Path) -> Result<Written> {
     let scores = results::read_scores(out)?;
     let performance = results::read_performance(out)?;
     let provenance = read_provenance(out)?;
-    let panels = table::panels(&scores, &performance);
+    let mut panels = table::panels(&scores, &performance);
+    let images = image_bootstrap::read(out)?;
+    if let Some((intervals, _)) = &images {
+        table::attach_score_intervals(&mut panels, intervals);
+    }
     let bootstrap = provenance.as_ref().map(|p| p.bootstrap).unwrap_or_default();
     let rows: Vec<Table2Row> = panels.iter().map(|p| p.correlation(bootstrap)).collect();
     let mut files = Vec::new();
@@ -101,6 +106,7 @@ pub fn run(out: &Path) -> Result<Written> {
         files.push("fig_tau_forest.png".to_string());
     }
     let mut report = report_markdown(&rows, &panels, &performance, &scores, provenance.as_ref(), bootstrap);
+    report.push_str(&images_markdown(&rows, images.as_ref().map(|i| i.1.as_slice())));
     let records = crate::recorded::records_in(out)?;
     if !records.is_empty() {
         report.push_str("\n## Settings recorded with the results\n\nRead from each step's settings.json (what made the files, whatever command ran last):\n\n");
@@ -326,6 +332,41 @@ fn report_markdown(
                 let _ = writeln!(text, "- {deviation}");
             }
         }
+    }
+    text
+}
+
+/// The intervals over image resamples beside those over backbones, or how to get them.
+fn images_markdown(rows: &[Table2Row], taus: Option<&[image_bootstrap::TauInterval]>) -> String {
+    let mut text = String::from("\n## How much comes from the sample of images\n\n");
+    let Some(taus) = taus else {
+        text.push_str("Not measured: `cargo xtask image-bootstrap --results DIR` resamples each task's images, recomputes the scores on the stored features (accuracies fixed) and adds the intervals here and error bars to Fig. 3.\n");
+        return text;
+    };
+    let cost: f64 = taus.iter().map(|t| t.seconds_per_resample).fold(0.0, f64::max);
+    let _ = writeln!(
+        text,
+        "The images of each task resampled within each class, every backbone's scores recomputed on its stored features, the fine-tuned accuracies fixed (image_bootstrap_tau.csv; the slowest task cost {cost:.2} s per resample). \
+         Where the interval over images is much narrower than the one over backbones, the spread comes from which backbones were compared, not from the images.\n"
+    );
+    text.push_str("| task · setting | score | tau-b | over backbones | over images | resamples |\n|---|---|---:|---|---|---:|\n");
+    for tau in taus {
+        let Some(row) = rows.iter().find(|r| r.task == tau.task && r.setting == tau.setting && r.metric == tau.metric) else { continue };
+        let interval = |low: Option<f64>, high: Option<f64>| match (low, high) {
+            (Some(l), Some(h)) => format!("[{l:.2}, {h:.2}]"),
+            _ => "–".to_string(),
+        };
+        let _ = writeln!(
+            text,
+            "| {} · {} | {} | {} | {} | {} | {} |",
+            tau.task,
+            tau.setting.as_str(),
+            tau.metric,
+            number(row.tau_b),
+            interval(row.ci_low, row.ci_high),
+            interval(tau.low, tau.high),
+            tau.resamples
+        );
     }
     text
 }

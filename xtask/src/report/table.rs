@@ -84,6 +84,8 @@ pub struct Panel {
     pub metric: String,
     /// (backbone, score, balanced accuracy), sorted by backbone.
     pub points: Vec<(String, f64, f64)>,
+    /// Each point's 95% score interval over image resamples, where `image-bootstrap` ran.
+    pub score_intervals: Vec<Option<(f64, f64)>>,
 }
 
 impl Panel {
@@ -173,12 +175,25 @@ pub fn panels(scores: &[ScoreRow], performance: &[PerformanceRow]) -> Vec<Panel>
                 points.sort_by(|a, b| a.0.cmp(&b.0));
                 points.dedup_by(|a, b| a.0 == b.0);
                 if !points.is_empty() {
-                    panels.push(Panel { task: task.clone(), setting, metric: metric.clone(), points });
+                    let score_intervals = vec![None; points.len()];
+                    panels.push(Panel { task: task.clone(), setting, metric: metric.clone(), points, score_intervals });
                 }
             }
         }
     }
     panels
+}
+
+/// Gives each panel's points their score intervals over image resamples.
+pub fn attach_score_intervals(panels: &mut [Panel], intervals: &[super::image_bootstrap::ScoreInterval]) {
+    for panel in panels {
+        for (point, slot) in panel.points.iter().zip(panel.score_intervals.iter_mut()) {
+            *slot = intervals
+                .iter()
+                .find(|i| i.task == panel.task && i.setting == panel.setting && i.metric == panel.metric && i.backbone == point.0)
+                .map(|i| (i.low, i.high));
+        }
+    }
 }
 
 /// The published Table 2 tau-b values (PROTOCOL.md), keyed by (task, setting, metric).

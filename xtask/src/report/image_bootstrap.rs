@@ -1,0 +1,213 @@
+//! `cargo xtask image-bootstrap`: how much of a tau-b's spread comes from the sample of target
+//! images? For each task and setting the images are resampled with replacement within each class
+//! (the same draw for every backbone), each backbone's scores are recomputed on its stored
+//! features of the resample, and tau-b is taken against the fine-tuned accuracies, which stay
+//! fixed (retraining per resample is what the study cannot afford). Writes each score's 95%
+//! interval per backbone (Fig. 3's error bars) and each tau-b's interval over the resamples
+//! (report.md sets it beside the interval over backbones).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use medxfer_scores::{Metric, ScoreInput, kendall_tau_b, read_feature_file, score_all};
+use serde::{Deserialize, Serialize};
+
+use super::uncertainty::{BootstrapSettings, cell_rng, quantile};
+use crate::features::{resampled, stratified_draw};
+use crate::results::{self, Setting};
+use crate::weights::folder_name;
+
+pub const SCORE_INTERVALS_CSV: &str = "image_bootstrap_scores.csv";
+pub const TAU_INTERVALS_CSV: &str = "image_bootstrap_tau.csv";
+
+/// The scores cheap enough to recompute hundreds of times by default: all but N-LEEP (a mixture
+/// fit per resample), the authors' TransRate (per-class SVDs) and PACTran-Gauss (an optimiser).
+pub const CHEAP: [Metric; 10] = [
+    Metric::HScore,
+    Metric::Nce,
+    Metric::Leep,
+    Metric::LogMe,
+    Metric::RegHScore,
+    Metric::Gbc,
+    Metric::Transrate,
+    Metric::Sfda,
+    Metric::PactranDir,
+    Metric::PactranGam,
+];
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub results: PathBuf,
+    pub resamples: usize,
+    pub metrics: Vec<Metric>,
+    /// The bootstrap seed; study.json's when absent.
+    pub seed: Option<u64>,
+}
+
+/// One backbone's score on the full images and its 95% interval over the image resamples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreInterval {
+    pub task: String,
+    pub setting: Setting,
+    pub metric: String,
+    pub backbone: String,
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl ScoreInterval {
+    pub fn key(&self) -> (String, Setting, String, String) {
+        (self.task.clone(), self.setting, self.metric.clone(), self.backbone.clone())
+    }
+}
+
+pub const SCORE_INTERVAL_COLUMNS: [&str; 7] = ["task", "setting", "metric", "backbone", "value", "low", "high"];
+
+/// tau-b against the fixed accuracies over the image resamples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TauInterval {
+    pub task: String,
+    pub setting: Setting,
+    pub metric: String,
+    pub n: usize,
+    /// Resamples on which tau-b was defined.
+    pub resamples: usize,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    /// What one resample cost: every backbone rescored.
+    pub seconds_per_resample: f64,
+}
+
+impl TauInterval {
+    pub fn key(&self) -> (String, Setting, String) {
+        (self.task.clone(), self.setting, self.metric.clone())
+    }
+}
+
+pub const TAU_INTERVAL_COLUMNS: [&str; 8] = ["task", "setting", "metric", "n", "resamples", "low", "high", "seconds_per_resample"];
+
+/// The whole bootstrap; writes the two CSV files into the results folder.
+pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)> {
+    let out = &settings.results;
+    let performance = results::read_performance(out)?;
+    let seed = match settings.seed {
+        Some(seed) => seed,
+        None => super::read_provenance(out)?.map(|p| p.bootstrap.seed).unwrap_or_default(),
+    };
+    let bootstrap = BootstrapSettings { resamples: settings.resamples, seed };
+    let mut groups: BTreeMap<(String, Setting), Vec<(String, f64)>> = BTreeMap::new();
+    for row in &performance {
+        groups.entry((row.task.clone(), row.setting)).or_default().push((row.backbone.clone(), row.test_balanced_accuracy));
+    }
+    let (mut score_rows, mut tau_rows) = (Vec::new(), Vec::new());
+    for ((task, setting), backbones) in &groups {
+        let mut members: Vec<(String, f64, ScoreInput)> = Vec::new();
+        for (backbone, accuracy) in backbones {
+            let path = feature_file(out, task, backbone, *setting);
+            if path.exists() {
+                members.push((
+                    backbone.clone(),
+                    *accuracy,
+                    read_feature_file(&path).with_context(|| format!("reading {}", path.display()))?,
+                ));
+            }
+        }
+        if members.len() < 2 {
+            continue;
+        }
+        if let Some(other) = members.iter().find(|m| m.2.labels() != members[0].2.labels()) {
+            bail!(
+                "{task} {}: {}'s and {}'s feature files do not cover the same images; rerun reproduce",
+                setting.as_str(),
+                members[0].0,
+                other.0
+            );
+        }
+        eprintln!("{task} {}: {} backbones, {} resamples ...", setting.as_str(), members.len(), settings.resamples);
+        let start = Instant::now();
+        let observed: Vec<BTreeMap<Metric, f64>> = members.iter().map(|m| scores_of(&m.2, &settings.metrics)).collect();
+        // values[backbone][metric] -> one value per resample (NaN where the score failed).
+        let mut values: Vec<BTreeMap<Metric, Vec<f64>>> = vec![BTreeMap::new(); members.len()];
+        let mut rng = cell_rng(bootstrap, &format!("images/{task}/{}", setting.as_str()));
+        for _ in 0..settings.resamples {
+            let picks = stratified_draw(members[0].2.labels(), &mut rng);
+            for (member, store) in members.iter().zip(values.iter_mut()) {
+                let scores = scores_of(&resampled(&member.2, &picks)?, &settings.metrics);
+                for &metric in &settings.metrics {
+                    store.entry(metric).or_default().push(scores.get(&metric).copied().unwrap_or(f64::NAN));
+                }
+            }
+        }
+        let seconds_per_resample = start.elapsed().as_secs_f64() / settings.resamples.max(1) as f64;
+        let accuracies: Vec<f64> = members.iter().map(|m| m.1).collect();
+        for &metric in &settings.metrics {
+            for ((member, observed), store) in members.iter().zip(&observed).zip(&values) {
+                let (Some(&value), Some(drawn)) = (observed.get(&metric), store.get(&metric)) else { continue };
+                let mut finite: Vec<f64> = drawn.iter().copied().filter(|v| v.is_finite()).collect();
+                if finite.len() * 2 < settings.resamples {
+                    continue;
+                }
+                finite.sort_by(f64::total_cmp);
+                score_rows.push(ScoreInterval {
+                    task: task.clone(),
+                    setting: *setting,
+                    metric: metric.as_str().to_string(),
+                    backbone: member.0.clone(),
+                    value,
+                    low: quantile(&finite, 0.025),
+                    high: quantile(&finite, 0.975),
+                });
+            }
+            let sign = if metric.direction() == medxfer_scores::Direction::Lower { -1.0 } else { 1.0 };
+            let mut taus: Vec<f64> = (0..settings.resamples)
+                .filter_map(|r| {
+                    let x: Option<Vec<f64>> =
+                        values.iter().map(|v| v.get(&metric).map(|d| sign * d[r]).filter(|x| x.is_finite())).collect();
+                    kendall_tau_b(&x?, &accuracies).ok().map(|k| k.tau).filter(|t| t.is_finite())
+                })
+                .collect();
+            taus.sort_by(f64::total_cmp);
+            let enough = !taus.is_empty() && taus.len() * 2 >= settings.resamples;
+            tau_rows.push(TauInterval {
+                task: task.clone(),
+                setting: *setting,
+                metric: metric.as_str().to_string(),
+                n: members.len(),
+                resamples: taus.len(),
+                low: enough.then(|| quantile(&taus, 0.025)),
+                high: enough.then(|| quantile(&taus, 0.975)),
+                seconds_per_resample,
+            });
+        }
+    }
+    results::write_rows(&out.join(SCORE_INTERVALS_CSV), &SCORE_INTERVAL_COLUMNS, &score_rows)?;
+    results::write_rows(&out.join(TAU_INTERVALS_CSV), &TAU_INTERVAL_COLUMNS, &tau_rows)?;
+    Ok((score_rows, tau_rows))
+}
+
+/// The metrics that could be computed, each alone so one failure keeps the others.
+fn scores_of(input: &ScoreInput, metrics: &[Metric]) -> BTreeMap<Metric, f64> {
+    match score_all(input, metrics) {
+        Ok(values) => values.into_iter().collect(),
+        Err(_) => metrics.iter().filter_map(|&m| score_all(input, &[m]).ok().and_then(|v| v.first().copied())).collect(),
+    }
+}
+
+fn feature_file(out: &Path, task: &str, backbone: &str, setting: Setting) -> PathBuf {
+    out.join("features").join(task).join(folder_name(backbone)).join(format!("{}.safetensors", setting.as_str()))
+}
+
+/// Both files when `image-bootstrap` wrote them into `out`.
+pub fn read(out: &Path) -> Result<Option<(Vec<ScoreInterval>, Vec<TauInterval>)>> {
+    let (scores, taus) = (out.join(SCORE_INTERVALS_CSV), out.join(TAU_INTERVALS_CSV));
+    if !scores.exists() || !taus.exists() {
+        return Ok(None);
+    }
+    Ok(Some((
+        results::read_rows(&scores, &SCORE_INTERVAL_COLUMNS, ScoreInterval::key)?,
+        results::read_rows(&taus, &TAU_INTERVAL_COLUMNS, TauInterval::key)?,
+    )))
+}
