@@ -79,6 +79,16 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
             ours: runs_of(&ours["suite_runs"]),
             theirs: their_runs,
         });
+        // The newer scores, each alone, one row each (`bench` shows them beside the suite).
+        for name in Metric::BEYOND.iter().map(|m| m.as_str()).chain([NCTI_TERMS]) {
+            measurements.push(Measurement {
+                area: "scores",
+                case: format!("{name} (beyond the paper), N={}, D={}, C={classes}", settings.n, settings.d),
+                unit: Unit::Seconds,
+                ours: runs_of(&ours["metrics"][name]["runs"]),
+                theirs: theirs.as_ref().map(|t| runs_of(&t["metrics"][name]["runs"])),
+            });
+        }
         raw.push(json!({"classes": classes, "ours": ours, "memory": memory, "python": theirs}));
         if !settings.keep_data {
             fs::remove_file(&file).ok();
@@ -227,20 +237,15 @@ pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
     }
     let mut metrics = serde_json::Map::new();
     for metric in Metric::per_model() {
-        let (seconds, value) = median_run(repeats, || Ok(score_all(&input, &[metric])?[0].1))?;
-        metrics.insert(metric.to_string(), json!({"seconds": seconds, "value": value}));
+        let (seconds, value, runs) = timed_runs(repeats, || Ok(score_all(&input, &[metric])?[0].1))?;
+        metrics.insert(metric.to_string(), json!({"seconds": seconds, "value": value, "runs": runs}));
     }
-    let (seconds, value) = median_run(repeats, || Ok(medxfer_scores::ncti_terms(&input)?.seli))?;
-    metrics.insert(NCTI_TERMS.to_string(), json!({"seconds": seconds, "value": value}));
+    let (seconds, value, runs) = timed_runs(repeats, || Ok(medxfer_scores::ncti_terms(&input)?.seli))?;
+    metrics.insert(NCTI_TERMS.to_string(), json!({"seconds": seconds, "value": value, "runs": runs}));
     let (suite_seconds, _, suite_runs) = timed_runs(repeats, || Ok(score_all(&input, &Metric::ALL)?.len() as f64))?;
     let floor = floor(&input)?;
     println!("{}", json!({"metrics": metrics, "suite_seconds": suite_seconds, "suite_runs": suite_runs, "floor": floor}));
     Ok(())
-}
-
-fn median_run(repeats: usize, f: impl FnMut() -> Result<f64>) -> Result<(f64, f64)> {
-    let (median, value, _) = timed_runs(repeats, f)?;
-    Ok((median, value))
 }
 
 /// The median seconds, the last value, and every run's seconds.
