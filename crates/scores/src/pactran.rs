@@ -55,7 +55,8 @@ pub fn pactran_gam(input: &ScoreInput) -> Result<f64> {
             total += libm::lgamma(state.a0[y]) - libm::lgamma(state.a[(y, z)]);
         }
     }
-    let per_sample: f64 = (0..n)
+    // Per sample in parallel, summed in sample order (deterministic).
+    let per_sample: Vec<f64> = (0..n)
         .into_par_iter()
         .map(|i| {
             let q = &state.q[i * cs..(i + 1) * cs];
@@ -63,7 +64,8 @@ pub fn pactran_gam(input: &ScoreInput) -> Result<f64> {
             let l: f64 = (0..cs).map(|z| s.get(i, z) * column_sums[z]).sum();
             divergence + l.ln() - 1.0
         })
-        .sum();
+        .collect();
+    let per_sample: f64 = per_sample.iter().sum();
     finite("pactran_gam", (total + per_sample) / (n * classes) as f64 + 1.0)
 }
 
@@ -104,8 +106,10 @@ impl MeanField {
         let mut a = Mat::<f64>::zeros(classes, cs);
         let mut shifted = Mat::<f64>::zeros(classes, cs);
         for _ in 0..SWEEPS {
-            // A = a0 + Y'q: each thread sums its rows' q into its own C x Cs (row-major) block.
-            let sums = q
+            // A = a0 + Y'q: each block of rows summed into its own C x Cs (row-major) partial in
+            // parallel, the partials then added in block order, so the sum is the same whatever
+            // the threads did.
+            let partials: Vec<Vec<f64>> = q
                 .par_chunks(cs * SUM_ROWS)
                 .enumerate()
                 .map(|(block, rows)| {
@@ -116,13 +120,11 @@ impl MeanField {
                     }
                     partial
                 })
-                .reduce(
-                    || vec![0.0; classes * cs],
-                    |mut x, y| {
-                        x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
-                        x
-                    },
-                );
+                .collect();
+            let mut sums = vec![0.0; classes * cs];
+            for partial in &partials {
+                sums.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+            }
             a = Mat::from_fn(classes, cs, |y, z| a0[y] + sums[y * cs + z]);
             shifted = shift(&a);
             let top: Vec<f64> = (0..classes).map(|y| (0..cs).map(|z| shifted[(y, z)]).fold(f64::NEG_INFINITY, f64::max)).collect();

@@ -24,7 +24,7 @@ use faer::{Accum, Mat, MatRef, Side};
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::{class_means, log_sum_exp, parallelism, within_class_gram};
+use crate::linalg::{class_means, log_sum_exp, parallelism, softmax_rows, within_class_gram};
 
 /// The exponent's factor and the floor of SFDA's adaptive shrinkage, hard-coded upstream.
 const SHRINKAGE_RATE: f64 = 5.0;
@@ -108,13 +108,10 @@ impl FisherFit {
         let (n, classes) = (x.nrows(), self.intercept.len());
         let mut scores = Mat::<f64>::zeros(n, classes);
         matmul(scores.as_mut(), Accum::Replace, x, self.coef_t.as_ref(), 1.0, parallelism());
-        for i in 0..n {
-            let row: Vec<f64> = (0..classes).map(|c| scores[(i, c)] + self.intercept[c]).collect();
-            let log_sum = log_sum_exp(&row);
-            for c in 0..classes {
-                scores[(i, c)] = (row[c] - log_sum).exp();
-            }
+        for c in 0..classes {
+            scores.col_mut(c).iter_mut().for_each(|v| *v += self.intercept[c]);
         }
+        softmax_rows(&mut scores);
         if scores.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
             return Err(Error::NonFiniteScore { metric: "sfda", value: f64::NAN, why: "the Fisher classifier's scores overflowed" });
         }

@@ -61,10 +61,8 @@ fn score_json_holds_every_metric_with_the_reference_values() {
     assert!(object["n_leep"].as_f64().unwrap().is_finite());
 }
 
-#[test]
-fn score_set_json_holds_etran_over_the_files_as_the_reference_combines_it() {
-    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
-    let set = &expected["set"];
+/// The fixture files of a set in scores_expected.json, and `score-set --json` over them.
+fn score_set_json(set: &Value, metrics: &str) -> (Vec<String>, Value) {
     let files: Vec<String> = set["members"]
         .as_array()
         .unwrap()
@@ -73,10 +71,17 @@ fn score_set_json_holds_etran_over_the_files_as_the_reference_combines_it() {
         .collect();
     let mut args = vec!["score-set"];
     args.extend(files.iter().map(String::as_str));
-    args.extend(["--metrics", "etran,sfda", "--json"]);
+    args.extend(["--metrics", metrics, "--json"]);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    (files, serde_json::from_slice(&output.stdout).unwrap())
+}
+
+#[test]
+fn score_set_json_holds_etran_over_the_files_as_the_reference_combines_it() {
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
+    let set = &expected["set"];
+    let (files, ours) = score_set_json(set, "etran,sfda");
     assert_eq!(ours["files"].as_array().unwrap().len(), 4);
     for (value, reference) in ours["scores"]["etran"].as_array().unwrap().iter().zip(set["etran"].as_array().unwrap()) {
         assert!((value.as_f64().unwrap() - reference.as_f64().unwrap()).abs() <= 1e-10, "{value} vs {reference}");
@@ -94,18 +99,7 @@ fn score_set_json_holds_etran_over_the_files_as_the_reference_combines_it() {
 fn score_set_json_holds_ncti_and_refuses_features_too_narrow_for_its_pca() {
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
     let set = &expected["ncti_set"];
-    let files: Vec<String> = set["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| fixtures().join(format!("scores/{}.safetensors", m.as_str().unwrap())).display().to_string())
-        .collect();
-    let mut args = vec!["score-set"];
-    args.extend(files.iter().map(String::as_str));
-    args.extend(["--metrics", "ncti", "--json"]);
-    let output = run(&args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (files, ours) = score_set_json(set, "ncti");
     for (value, reference) in ours["scores"]["ncti"].as_array().unwrap().iter().zip(set["ncti"].as_array().unwrap()) {
         assert!((value.as_f64().unwrap() - reference.as_f64().unwrap()).abs() <= 1e-8, "{value} vs {reference}");
     }

@@ -166,54 +166,35 @@ pub fn table2_markdown(rows: &[Table2Row], tasks: &[String], metrics: &[String])
         "Kendall's tau-b between each score and the balanced accuracy across backbones (two-sided p-value in brackets). \
          † beyond the paper's seven; ↓ lower is better, negated first, so that a positive tau always means the score agrees with accuracy.\n\n",
     );
-    text.push_str(&header("task · setting"));
-    let paper = table::paper_tau_b();
-    for setting in Setting::BOTH {
-        for task in tasks {
-            let n = metrics.iter().filter_map(|m| cell(task, setting, m)).map(|r| r.n).max();
-            let Some(n) = n else { continue };
-            let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
-            for metric in metrics {
-                match cell(task, setting, metric) {
-                    Some(Table2Row { tau_b: Some(tau), p_value: Some(p), .. }) => {
-                        let _ = write!(text, " {tau:.3} ({p:.2}) |");
-                    }
-                    _ => text.push_str(" – |"),
+    // One row per (setting, task) with a cell per metric, `show` writing the cell.
+    let body = |show: &dyn Fn(Option<&Table2Row>) -> String| {
+        let mut text = header("task · setting");
+        for setting in Setting::BOTH {
+            for task in tasks {
+                let Some(n) = metrics.iter().filter_map(|m| cell(task, setting, m)).map(|r| r.n).max() else { continue };
+                let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
+                for metric in metrics {
+                    let _ = write!(text, " {} |", show(cell(task, setting, metric)));
                 }
+                text.push('\n');
             }
-            text.push('\n');
         }
-    }
+        text
+    };
+    text.push_str(&body(&|row| match row {
+        Some(Table2Row { tau_b: Some(tau), p_value: Some(p), .. }) => format!("{tau:.3} ({p:.2})"),
+        _ => "–".to_string(),
+    }));
     text.push_str("\nWeighted tau (hyperbolic weigher, as scipy.stats.weightedtau)\n\n");
-    text.push_str(&header("task · setting"));
-    for setting in Setting::BOTH {
-        for task in tasks {
-            let Some(n) = metrics.iter().filter_map(|m| cell(task, setting, m)).map(|r| r.n).max() else { continue };
-            let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
-            for metric in metrics {
-                let _ = write!(text, " {} |", number(cell(task, setting, metric).and_then(|r| r.weighted_tau)));
-            }
-            text.push('\n');
+    text.push_str(&body(&|row| number(row.and_then(|r| r.weighted_tau))));
+    text.push_str("\n95% bootstrap interval of tau-b over the backbones (percentile; * the sign is settled: the interval excludes 0 and the permutation p-value is below 0.05)\n\n");
+    text.push_str(&body(&|row| match row {
+        Some(row @ Table2Row { ci_low: Some(low), ci_high: Some(high), .. }) => {
+            format!("[{low:.2}, {high:.2}]{}", if row.sign_settled() == Some(true) { "*" } else { "" })
         }
-    }
-    text.push_str("\n95% bootstrap interval of tau-b over the backbones (percentile; * the interval excludes 0: the sign is settled)\n\n");
-    text.push_str(&header("task · setting"));
-    for setting in Setting::BOTH {
-        for task in tasks {
-            let Some(n) = metrics.iter().filter_map(|m| cell(task, setting, m)).map(|r| r.n).max() else { continue };
-            let _ = write!(text, "| {task} · {} | {n} |", setting.as_str());
-            for metric in metrics {
-                match cell(task, setting, metric) {
-                    Some(row @ Table2Row { ci_low: Some(low), ci_high: Some(high), .. }) => {
-                        let settled = if row.sign_settled() == Some(true) { "*" } else { "" };
-                        let _ = write!(text, " [{low:.2}, {high:.2}]{settled} |");
-                    }
-                    _ => text.push_str(" – |"),
-                }
-            }
-            text.push('\n');
-        }
-    }
+        _ => "–".to_string(),
+    }));
+    let paper = table::paper_tau_b();
     let published: Vec<(&String, Setting)> = Setting::BOTH
         .iter()
         .flat_map(|&s| tasks.iter().map(move |t| (t, s)))
