@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::etran::min_max;
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::{SymmetricEigen, class_means, parallelism, softmax_rows};
+use crate::linalg::{SymmetricEigen, centred_gram, class_means, parallelism, softmax_rows, within_class_gram};
 
 /// `PCA(n_components=64)`.
 pub const NCTI_PCA_DIMS: usize = 64;
@@ -148,24 +148,20 @@ impl LdaFit {
         let (n, k) = x.shape();
         let classes = counts.len();
         let means = class_means(x, labels, counts);
-        let within = Mat::from_fn(n, k, |i, j| x[(i, j)] - means[(labels[i], j)]);
-        let total_means = crate::linalg::column_means(x);
-        let total = Mat::from_fn(n, k, |i, j| x[(i, j)] - total_means[j]);
-        let shrunk = |centred: &Mat<f64>| {
-            let mut s = Mat::<f64>::zeros(k, k);
-            matmul(s.as_mut(), Accum::Replace, centred.transpose(), centred.as_ref(), 1.0 / n as f64, parallelism());
-            let mu = (0..k).map(|j| s[(j, j)]).sum::<f64>() / k as f64;
+        // Population scatters: within-class and total, each a blocked lower-triangular Gram.
+        let shrunk = |mut s: Mat<f64>| {
+            let mu = (0..k).map(|j| s[(j, j)]).sum::<f64>() / (k as f64 * n as f64);
             for j in 0..k {
                 for i in 0..k {
-                    s[(i, j)] *= 1.0 - shrinkage;
+                    s[(i, j)] *= (1.0 - shrinkage) / n as f64;
                 }
                 s[(j, j)] += shrinkage * mu;
             }
             s
         };
         // sum_c pi_c shrunk(C_c) = shrunk(sum_c pi_c C_c): the shrinkage is linear in C_c.
-        let sw = shrunk(&within);
-        let sb = shrunk(&total) - &sw;
+        let sw = shrunk(within_class_gram(x, labels, means.as_ref()));
+        let sb = shrunk(centred_gram(x, &crate::linalg::column_means(x)).gram) - &sw;
         let llt = sw.llt(Side::Lower).map_err(|_| Error::NonFiniteScore {
             metric: "ncti",
             value: f64::NAN,

@@ -427,9 +427,7 @@ fn present_metrics(rows: &[RankRow]) -> Vec<Metric> {
 
 /// A score's column header: † beyond the paper, ↓ lower is better.
 fn header(metric: Metric) -> String {
-    let beyond = if Metric::ALL.contains(&metric) { "" } else { " †" };
-    let lower = if metric.direction() == Direction::Lower { " ↓" } else { "" };
-    format!("{metric}{beyond}{lower}")
+    format!("{metric}{}", crate::report::table::marks(metric.as_str()))
 }
 
 /// The ranked table as markdown.

@@ -135,9 +135,7 @@ impl Grid<'_> {
 
 /// "task · metric", marked where the metric is beyond the paper (†) or lower is better (↓).
 fn caption(panel: &Panel) -> String {
-    let beyond = if super::table::scope(&panel.metric) == "beyond" { " †" } else { "" };
-    let lower = if super::table::direction(&panel.metric) == medxfer_scores::Direction::Lower { " ↓" } else { "" };
-    format!("{} · {}{beyond}{lower}", panel.task, panel.metric)
+    format!("{} · {}{}", panel.task, panel.metric, super::table::marks(&panel.metric))
 }
 
 /// The range of `values` widened by `fraction` on each side (a unit range around a constant).

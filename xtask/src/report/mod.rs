@@ -150,12 +150,7 @@ pub fn table2_markdown(rows: &[Table2Row], tasks: &[String], metrics: &[String])
     let header = |first: &str| {
         let mut text = format!("| {first} | n |");
         for metric in metrics {
-            let mark = match (table::scope(metric), table::direction(metric)) {
-                ("beyond", medxfer_scores::Direction::Lower) => " † ↓",
-                ("beyond", _) => " †",
-                (_, medxfer_scores::Direction::Lower) => " ↓",
-                _ => "",
-            };
+            let mark = table::marks(metric);
             let _ = write!(text, " {metric}{mark} |");
         }
         text.push('\n');

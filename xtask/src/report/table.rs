@@ -71,6 +71,13 @@ pub fn scope(metric: &str) -> &'static str {
     if Metric::ALL.iter().any(|m| m.as_str() == metric) { "paper" } else { "beyond" }
 }
 
+/// The mark a metric's name carries in tables and figures: † beyond the paper, ↓ lower is better.
+pub fn marks(metric: &str) -> String {
+    let beyond = if scope(metric) == "beyond" { " †" } else { "" };
+    let lower = if direction(metric) == Direction::Lower { " ↓" } else { "" };
+    format!("{beyond}{lower}")
+}
+
 /// Which way a metric points (higher is better unless medxfer-scores says lower).
 pub fn direction(metric: &str) -> Direction {
     metric.parse::<Metric>().map_or(Direction::Higher, Metric::direction)
