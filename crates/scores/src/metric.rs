@@ -183,7 +183,7 @@ fn score_analysed(analysis: &FeatureAnalysis<'_>, metrics: &[Metric]) -> Result<
             Metric::Sfda => crate::sfda::sfda(input)?,
             Metric::PactranDir => crate::pactran::pactran_dir(input)?,
             Metric::PactranGam => crate::pactran::pactran_gam(input)?,
-            Metric::PactranGauss => crate::pactran_gauss::pactran_gauss(input)?,
+            Metric::PactranGauss => crate::pactran_gauss::pactran_gauss_of(analysis, crate::pactran_gauss::PACTRAN_GAUSS_LAMBDA)?,
             set_level @ (Metric::Etran | Metric::Ncti) => return Err(Error::SetLevelMetric { metric: set_level.as_str() }),
         };
         computed.push((metric, value));
