@@ -28,9 +28,12 @@ def main():
     data = load_file(args.file)
     features, labels, probs = data["features"], data["labels"].astype(np.int64), data["probs"]
     out = {"metrics": {}}
-    # NCTI is defined over a set of models; its per-model terms are what one model costs (seli is
-    # the value reported).
-    set_terms = {"ncti_terms": lambda f, y, p: ref.ncti_components(f, y)[0]}
+    # NCTI and ETran are defined over a set of models; their per-model terms are what one model
+    # costs (the values reported: NCTI's seli, ETran's LDA term).
+    set_terms = {
+        "ncti_terms": lambda f, y, p: ref.ncti_components(f, y)[0],
+        "etran_terms": lambda f, y, p: (ref.etran_energy(f), ref.etran_lda(f, y))[1],
+    }
     for name, fn in (ref.SCORES | ref.BEYOND | set_terms).items():
         runs = []
         value = None

@@ -1,7 +1,12 @@
 //! What several scores compute from the same features, computed once: the column means, the
-//! centred Gram matrix and its eigendecomposition (H-score, regularized H-score and both PCAs),
-//! the uncentred Gram's eigendecomposition (LogME), and the class sums. `score_all` shares one
-//! `FeatureAnalysis` between the scores; each score function alone builds its own.
+//! centred Gram matrix and its eigendecomposition (H-score, regularized H-score, LogME, both
+//! PCAs, NCTI), each class's share of the centred Gram (TransRate), and the class sums (LogME,
+//! SFDA). `score_all` shares one `FeatureAnalysis` between the scores; each score function alone
+//! builds its own.
+//!
+//! The centred Gram is always the sum of the classes' shares, added in class order, whether or
+//! not the shares are kept: a score's value does not depend on which other scores were asked
+//! for.
 
 use std::cell::OnceCell;
 
@@ -11,6 +16,20 @@ use crate::error::Result;
 use crate::input::ScoreInput;
 use crate::linalg::{self, CentredGram, SymmetricEigen};
 
+/// The most memory the classes' Gram shares may take together (C D^2 f64: 128 MiB for four
+/// classes at D = 2048, 1 GiB for 32).
+pub(crate) const CLASS_GRAMS_BUDGET: usize = 1 << 30;
+
+/// The shared statistics a set of scores uses ([`FeatureAnalysis::prepare`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Needs {
+    pub class_grams: bool,
+    pub gram: bool,
+    pub class_sums: bool,
+    pub covariance_eigen: bool,
+    pub between_class: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct FeatureAnalysis<'a> {
     pub input: &'a ScoreInput,
@@ -18,6 +37,7 @@ pub(crate) struct FeatureAnalysis<'a> {
     means: OnceCell<Vec<f64>>,
     class_sums: OnceCell<Mat<f64>>,
     gram: OnceCell<CentredGram>,
+    class_grams: OnceCell<Option<Vec<Mat<f64>>>>,
     covariance_eigen: OnceCell<SymmetricEigen>,
     between_class: OnceCell<Vec<f64>>,
 }
@@ -40,6 +60,7 @@ impl<'a> FeatureAnalysis<'a> {
             means: OnceCell::new(),
             class_sums: OnceCell::new(),
             gram: OnceCell::new(),
+            class_grams: OnceCell::new(),
             covariance_eigen: OnceCell::new(),
             between_class: OnceCell::new(),
         }
@@ -73,7 +94,66 @@ impl<'a> FeatureAnalysis<'a> {
 
     /// (F - mean)'(F - mean) and the sum of ||x_i - mean||^4.
     pub(crate) fn gram(&self) -> &CentredGram {
-        self.gram.get_or_init(|| linalg::centred_gram(self.input.features(), self.means()))
+        self.gram.get_or_init(|| self.class_pass(false).0)
+    }
+
+    /// Each class's share of the centred Gram, Z_c'Z_c for the rows of class c centred at the
+    /// mean of all rows, D x D each; `None` where keeping them all would take more than
+    /// [`CLASS_GRAMS_BUDGET`] bytes (the scores that use them then compute one at a time).
+    pub(crate) fn class_grams(&self) -> Option<&[Mat<f64>]> {
+        self.class_grams
+            .get_or_init(|| {
+                let d = self.feature_dim();
+                if self.class_counts.len() * d * d * size_of::<f64>() > CLASS_GRAMS_BUDGET {
+                    return None;
+                }
+                let (gram, shares) = self.class_pass(true);
+                // The same pass the Gram alone takes: the same bits.
+                let _ = self.gram.set(gram);
+                shares
+            })
+            .as_deref()
+    }
+
+    /// One pass over the classes: the centred Gram as the sum of the classes' shares, added in
+    /// class order, and the shares themselves if `keep`.
+    fn class_pass(&self, keep: bool) -> (CentredGram, Option<Vec<Mat<f64>>>) {
+        let features = self.input.features();
+        let means = self.means();
+        let d = self.feature_dim();
+        let mut total = CentredGram { gram: Mat::zeros(d, d), sum_row_norm4: 0.0 };
+        let mut shares = keep.then(Vec::new);
+        for rows in linalg::class_rows(self.input.labels(), self.class_counts.len()) {
+            let share = linalg::gram_of_rows(features, &rows, |_, j| means[j]);
+            total.gram += &share.gram;
+            total.sum_row_norm4 += share.sum_row_norm4;
+            if let Some(shares) = shares.as_mut() {
+                shares.push(share.gram);
+            }
+        }
+        (total, shares)
+    }
+
+    /// Computes up front the statistics `needs` names, so that each score then costs only its
+    /// own arithmetic. The classes' Gram shares come before the Gram, which is their sum. A
+    /// statistic that fails is left to fail again, with its error, in the score that needs it.
+    pub(crate) fn prepare(&self, needs: Needs) {
+        let _ = self.means();
+        if needs.class_grams {
+            self.class_grams();
+        }
+        if needs.gram {
+            self.gram();
+        }
+        if needs.class_sums {
+            self.class_sums();
+        }
+        if needs.covariance_eigen {
+            let _ = self.covariance_eigen();
+        }
+        if needs.between_class {
+            let _ = self.between_class_quadratic();
+        }
     }
 
     /// Eigendecomposition of the covariance cov(F) (ddof 1).

@@ -81,25 +81,30 @@ pub(crate) fn within_class_gram(features: MatRef<'_, f64>, labels: &[usize], cla
 /// (F - O)'(F - O) for the offsets O_ij = offset(i, j), block by block (the offset copy never
 /// exists whole); only the lower triangle is multiplied.
 fn blocked_gram(features: MatRef<'_, f64>, offset: impl Fn(usize, usize) -> f64) -> CentredGram {
-    let (n, d) = features.shape();
+    let all: Vec<usize> = (0..features.nrows()).collect();
+    gram_of_rows(features, &all, offset)
+}
+
+/// (F_S - O_S)'(F_S - O_S) over the rows S = `rows` of F, in blocks of [`ROW_BLOCK`] rows;
+/// offset(i, j) is row i's (an index into F) offset in column j.
+pub(crate) fn gram_of_rows(features: MatRef<'_, f64>, rows: &[usize], offset: impl Fn(usize, usize) -> f64) -> CentredGram {
+    let d = features.ncols();
     let mut gram = Mat::<f64>::zeros(d, d);
-    let mut block = Mat::<f64>::zeros(ROW_BLOCK.min(n), d);
+    let mut block = Mat::<f64>::zeros(ROW_BLOCK.min(rows.len()), d);
     let mut sum_row_norm4 = 0.0;
-    let mut start = 0;
-    while start < n {
-        let rows = ROW_BLOCK.min(n - start);
-        let mut norms = vec![0.0f64; rows];
+    for chunk in rows.chunks(ROW_BLOCK) {
+        let mut norms = vec![0.0f64; chunk.len()];
         for j in 0..d {
-            let src = features.col(j).subrows(start, rows);
+            let src = features.col(j);
             let mut dst = block.as_mut().col_mut(j);
-            for i in 0..rows {
-                let value = src[i] - offset(start + i, j);
+            for (i, &row) in chunk.iter().enumerate() {
+                let value = src[row] - offset(row, j);
                 dst[i] = value;
                 norms[i] += value * value;
             }
         }
         sum_row_norm4 += norms.iter().map(|s| s * s).sum::<f64>();
-        let view = block.as_ref().subrows(0, rows);
+        let view = block.as_ref().subrows(0, chunk.len());
         triangular::matmul(
             gram.as_mut(),
             BlockStructure::TriangularLower,
@@ -111,10 +116,18 @@ fn blocked_gram(features: MatRef<'_, f64>, offset: impl Fn(usize, usize) -> f64)
             1.0,
             parallelism(),
         );
-        start += rows;
     }
     fill_upper_from_lower(gram.as_mut());
     CentredGram { gram, sum_row_norm4 }
+}
+
+/// The sample indices of each class, in class order.
+pub(crate) fn class_rows(labels: &[usize], classes: usize) -> Vec<Vec<usize>> {
+    let mut rows = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        rows[label].push(i);
+    }
+    rows
 }
 
 pub(crate) fn fill_upper_from_lower(mut matrix: faer::MatMut<'_, f64>) {
@@ -176,6 +189,18 @@ impl SymmetricEigen {
         let cutoff = rcond * largest;
         values.iter().zip(b_quadratic).filter(|(v, _)| v.abs() > cutoff).map(|(v, q)| q / v).sum()
     }
+}
+
+/// The eigenvalues of `scale` times a symmetric matrix (its lower triangle is read), in
+/// increasing order, without the eigenvectors.
+pub(crate) fn symmetric_eigenvalues(matrix: MatRef<'_, f64>, scale: f64, what: &'static str) -> Result<Vec<f64>> {
+    let d = matrix.nrows();
+    let par = parallelism();
+    let mut values = Diag::<f64>::zeros(d);
+    let scratch = evd::self_adjoint_evd_scratch::<f64>(d, evd::ComputeEigenvectors::No, par, Default::default());
+    evd::self_adjoint_evd(matrix, values.as_mut(), None, par, MemStack::new(&mut MemBuffer::new(scratch)), Default::default())
+        .map_err(|_| Error::EigenFailed { what })?;
+    Ok(values.column_vector().iter().map(|v| v * scale).collect())
 }
 
 /// (F - mean) times `basis` (D x k), in row blocks: the N x k coordinates of PCA.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::FeatureAnalysis;
+use crate::analysis::{FeatureAnalysis, Needs};
 use crate::error::{Error, Result};
 use crate::input::ScoreInput;
 use crate::n_leep::NLeepConfig;
@@ -164,31 +164,93 @@ pub fn score_all(input: &ScoreInput, metrics: &[Metric]) -> Result<Vec<(Metric, 
 }
 
 fn score_analysed(analysis: &FeatureAnalysis<'_>, metrics: &[Metric]) -> Result<Vec<(Metric, f64)>> {
-    let input = analysis.input;
+    prepare(analysis, metrics);
     let mut computed: Vec<(Metric, f64)> = Vec::new();
     for &metric in metrics {
         if computed.iter().any(|(m, _)| *m == metric) {
             continue;
         }
-        let value = match metric {
-            Metric::HScore => crate::h_score::h_score_of(analysis)?,
-            Metric::Nce => crate::nce::nce(input)?,
-            Metric::Leep => crate::leep::leep(input)?,
-            Metric::NLeep => crate::n_leep::n_leep_of(analysis, &NLeepConfig::default())?,
-            Metric::LogMe => crate::logme::logme_of(analysis)?,
-            Metric::RegHScore => crate::reg_h_score::reg_h_score_of(analysis)?,
-            Metric::Gbc => crate::gbc::gbc_of(analysis)?,
-            Metric::Transrate => crate::transrate::transrate_of(analysis, crate::transrate::TRANSRATE_EPS)?,
-            Metric::TransrateOfficial => crate::transrate::transrate_official(input, crate::transrate::TRANSRATE_EPS)?,
-            Metric::Sfda => crate::sfda::sfda(input)?,
-            Metric::PactranDir => crate::pactran::pactran_dir(input)?,
-            Metric::PactranGam => crate::pactran::pactran_gam(input)?,
-            Metric::PactranGauss => crate::pactran_gauss::pactran_gauss_of(analysis, crate::pactran_gauss::PACTRAN_GAUSS_LAMBDA)?,
-            set_level @ (Metric::Etran | Metric::Ncti) => return Err(Error::SetLevelMetric { metric: set_level.as_str() }),
-        };
-        computed.push((metric, value));
+        computed.push((metric, score_one(analysis, metric)?));
     }
     Ok(computed)
+}
+
+/// Computes up front what the given scores share (NCTI's terms count as [`Metric::Ncti`]).
+fn prepare(analysis: &FeatureAnalysis<'_>, metrics: &[Metric]) {
+    use Metric::*;
+    let wants = |these: &[Metric]| metrics.iter().any(|m| these.contains(m));
+    analysis.prepare(Needs {
+        class_grams: metrics.contains(&Transrate) && crate::transrate::uses_class_grams(analysis),
+        gram: wants(&[HScore, RegHScore, NLeep, LogMe, Gbc, Sfda, Transrate, Ncti]),
+        class_sums: wants(&[LogMe, Sfda]),
+        covariance_eigen: wants(&[HScore, RegHScore, NLeep, LogMe, Gbc, Ncti]),
+        between_class: wants(&[HScore, RegHScore]),
+    });
+}
+
+fn score_one(analysis: &FeatureAnalysis<'_>, metric: Metric) -> Result<f64> {
+    let input = analysis.input;
+    match metric {
+        Metric::HScore => crate::h_score::h_score_of(analysis),
+        Metric::Nce => crate::nce::nce(input),
+        Metric::Leep => crate::leep::leep(input),
+        Metric::NLeep => crate::n_leep::n_leep_of(analysis, &NLeepConfig::default()),
+        Metric::LogMe => crate::logme::logme_of(analysis),
+        Metric::RegHScore => crate::reg_h_score::reg_h_score_of(analysis),
+        Metric::Gbc => crate::gbc::gbc_of(analysis),
+        Metric::Transrate => crate::transrate::transrate_of(analysis, crate::transrate::TRANSRATE_EPS),
+        Metric::TransrateOfficial => crate::transrate::transrate_official(input, crate::transrate::TRANSRATE_EPS),
+        Metric::Sfda => crate::sfda::sfda_of(analysis),
+        Metric::PactranDir => crate::pactran::pactran_dir(input),
+        Metric::PactranGam => crate::pactran::pactran_gam(input),
+        Metric::PactranGauss => crate::pactran_gauss::pactran_gauss_of(analysis, crate::pactran_gauss::PACTRAN_GAUSS_LAMBDA),
+        set_level @ (Metric::Etran | Metric::Ncti) => Err(Error::SetLevelMetric { metric: set_level.as_str() }),
+    }
+}
+
+/// One model's features analysed once for several scores, which are then computed one at a
+/// time, each costing only its own arithmetic: what [`score_all`] does, for a caller that wants
+/// the scores (or their timings) separately.
+///
+/// ```
+/// use faer::Mat;
+/// use medxfer_scores::{Metric, ScoreInput, SharedAnalysis, score_all};
+///
+/// let features = Mat::from_fn(8, 3, |i, j| (i * 3 + j) as f64 * 0.1 + if i < 4 { 0.0 } else { 1.0 });
+/// let input = ScoreInput::new(features, &[0, 0, 0, 0, 1, 1, 1, 1])?;
+/// let shared = SharedAnalysis::new(&input);
+/// shared.prepare(&[Metric::HScore, Metric::Transrate]);
+/// let h = shared.score(Metric::HScore)?;
+/// assert_eq!(h, score_all(&input, &[Metric::HScore])?[0].1);
+/// # Ok::<(), medxfer_scores::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct SharedAnalysis<'a> {
+    analysis: FeatureAnalysis<'a>,
+}
+
+impl<'a> SharedAnalysis<'a> {
+    /// Costs nothing: what the scores share is computed by [`SharedAnalysis::prepare`] or when
+    /// a score first needs it.
+    pub fn new(input: &'a ScoreInput) -> Self {
+        Self { analysis: FeatureAnalysis::new(input) }
+    }
+
+    /// Computes what the given scores share (the centred Gram, its classes' shares, its
+    /// eigendecomposition, the class statistics).
+    pub fn prepare(&self, metrics: &[Metric]) {
+        prepare(&self.analysis, metrics);
+    }
+
+    /// One per-model score (a set-level one is an error: see [`score_set`]).
+    pub fn score(&self, metric: Metric) -> Result<f64> {
+        score_one(&self.analysis, metric)
+    }
+
+    /// NCTI's per-model terms, from the shared covariance eigendecomposition.
+    pub fn ncti_terms(&self) -> Result<crate::ncti::NctiTerms> {
+        crate::ncti::ncti_terms_of(&self.analysis, crate::ncti::LdaWithinFactor::default())
+    }
 }
 
 /// Each requested metric for every model of a candidate set (`inputs`, one per model, in
@@ -201,6 +263,7 @@ pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metri
     for input in inputs {
         // One analysis per model: NCTI's PCA reuses the covariance eigendecomposition.
         let analysis = FeatureAnalysis::new(input);
+        prepare(&analysis, metrics);
         by_model.push(score_analysed(&analysis, &per_model)?);
         if metrics.contains(&Metric::Ncti) {
             ncti_terms.push(crate::ncti::ncti_terms_of(&analysis, crate::ncti::LdaWithinFactor::default())?);

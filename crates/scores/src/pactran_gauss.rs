@@ -63,6 +63,17 @@ pub(crate) fn pactran_gauss_of(analysis: &FeatureAnalysis<'_>, lambda: f64) -> R
     if exact_in_f32 { optimise::<f32>(analysis, lambda) } else { optimise::<f64>(analysis, lambda) }
 }
 
+/// L-BFGS correction pairs kept: 60, where the 10 of scipy's default took a fifth more
+/// evaluations at N = 10,000, D = 2048 (246 against 200, each a pass over the features), and the
+/// two-loop recursion's extra work is a few percent of a pass; fewer where the pairs would take
+/// more than [`HISTORY_BYTES`].
+fn history_pairs(parameters: usize) -> usize {
+    (HISTORY_BYTES / (2 * parameters * size_of::<f64>())).clamp(10, 60)
+}
+
+/// The most memory the optimiser's correction pairs may take.
+const HISTORY_BYTES: usize = 256 << 20;
+
 /// A stored feature value: f32 or f64, multiplied in f64.
 trait Stored: Copy + Send + Sync + Into<f64> {
     fn from_f64(value: f64) -> Self;
@@ -99,7 +110,7 @@ fn optimise<T: Stored>(analysis: &FeatureAnalysis<'_>, lambda: f64) -> Result<f6
         "pactran_gauss",
         |theta, gradient| problem.loss_and_gradient(theta, gradient),
         vec![0.0; (d + 1) * classes],
-        LbfgsOptions::default(),
+        LbfgsOptions { memory: history_pairs((d + 1) * classes), ..LbfgsOptions::default() },
     )?;
     let probabilities = problem.probabilities(&found.x);
     let mut curvature = (d * classes) as f64 / ldas2;

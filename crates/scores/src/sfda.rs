@@ -15,12 +15,16 @@
 //!
 //! All D eigenvectors are kept and V is Sw~-orthonormal, so V V' = Sw~^-1: coef = M Sw~^-1 by a
 //! Cholesky solve (Sb and the total covariance, which the released code computes, do not enter
-//! the probabilities).
+//! the probabilities). The first fit's within-class scatter is the centred Gram that the other
+//! scores share less the between-class scatter, N Sw = (X - mu)'(X - mu) - sum_c n_c (mu_c - mu)
+//! (mu_c - mu)': one pass over the features fewer. (The subtraction loses digits only where the
+//! classes lie far apart relative to their spread, by the ratio of the two scatters' norms.)
 
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatRef, Side};
 
+use crate::analysis::FeatureAnalysis;
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
@@ -34,16 +38,30 @@ const POWER_ITERATIONS: usize = 3;
 
 /// SFDA of the features for the labels.
 pub fn sfda(input: &ScoreInput) -> Result<f64> {
+    sfda_of(&FeatureAnalysis::new(input))
+}
+
+pub(crate) fn sfda_of(analysis: &FeatureAnalysis<'_>) -> Result<f64> {
+    let input = analysis.input;
     let labels = input.labels();
     let classes = input.num_classes();
     let n = input.num_samples();
-    let counts = input.class_counts();
+    let counts = &analysis.class_counts;
     let features = input.features();
-    let first = FisherFit::new(features, labels, &counts, None)?;
+    let d = analysis.feature_dim();
+    // The first fit from the shared analysis: class means from the class sums, and the
+    // within-class scatter from the centred Gram less the between-class scatter.
+    let sums = analysis.class_sums();
+    let means = Mat::from_fn(classes, d, |c, j| sums[(j, c)] / counts[c] as f64);
+    let global = analysis.means();
+    let between = Mat::from_fn(d, classes, |j, c| (counts[c] as f64).sqrt() * (means[(c, j)] - global[j]));
+    let mut sw = analysis.gram().gram.clone();
+    matmul(sw.as_mut(), Accum::Add, between.as_ref(), between.transpose(), -1.0, parallelism());
+    sw.col_iter_mut().for_each(|col| col.iter_mut().for_each(|v| *v /= n as f64));
+    let first = FisherFit::from_scatter(sw, means, counts, n, None)?;
     let soft = first.probabilities(features)?;
     // The second softmax ("soften"), then ConfMix towards the other classes' mean means.
     let means = &first.means;
-    let d = means.ncols();
     let total: Vec<f64> = (0..d).map(|j| (0..classes).map(|c| means[(c, j)]).sum()).collect();
     let others = Mat::from_fn(classes, d, |c, j| (total[j] - means[(c, j)]) / (classes as f64 - 1.0));
     // Each sample's softened probability of its own class, once.
@@ -54,7 +72,7 @@ pub fn sfda(input: &ScoreInput) -> Result<f64> {
         })
         .collect();
     let mixed = Mat::from_fn(n, d, |i, j| own[i] * features[(i, j)] + (1.0 - own[i]) * others[(labels[i], j)]);
-    let second = FisherFit::new(mixed.as_ref(), labels, &counts, Some(first.shrinkage))?;
+    let second = FisherFit::new(mixed.as_ref(), labels, counts, Some(first.shrinkage))?;
     let probabilities = second.probabilities(mixed.as_ref())?;
     let score = (0..n).map(|i| probabilities[(i, labels[i])]).sum::<f64>() / n as f64;
     finite("sfda", score)
@@ -71,12 +89,18 @@ struct FisherFit {
 
 impl FisherFit {
     fn new(x: MatRef<'_, f64>, labels: &[usize], counts: &[usize], shrinkage: Option<f64>) -> Result<Self> {
-        let (n, d) = x.shape();
-        let classes = counts.len();
+        let n = x.nrows();
         let means = class_means(x, labels, counts);
         // Sw = sum_c (n_c / N) Cov_c (bias 1) = (1/N) sum_i (x_i - mu_y)(x_i - mu_y)'.
         let mut sw = within_class_gram(x, labels, means.as_ref());
         sw.col_iter_mut().for_each(|col| col.iter_mut().for_each(|v| *v /= n as f64));
+        Self::from_scatter(sw, means, counts, n, shrinkage)
+    }
+
+    /// The fit from the class means (C x D) and the within-class scatter Sw (D x D).
+    fn from_scatter(mut sw: Mat<f64>, means: Mat<f64>, counts: &[usize], n: usize, shrinkage: Option<f64>) -> Result<Self> {
+        let d = sw.nrows();
+        let classes = counts.len();
         let shrinkage = match shrinkage {
             Some(given) => given,
             None => (-SHRINKAGE_RATE * largest_eigenvalue(sw.as_ref())).exp().max(SHRINKAGE_FLOOR),
@@ -122,17 +146,22 @@ impl FisherFit {
 /// `iterative_A`: x = the row sums; three rounds of y = A x / |A x|, x = A y / |A y|; x' A y.
 fn largest_eigenvalue(a: MatRef<'_, f64>) -> f64 {
     let d = a.nrows();
-    let apply = |v: &[f64]| -> Vec<f64> { (0..d).map(|i| (0..d).map(|j| a[(i, j)] * v[j]).sum()).collect() };
-    let normalised = |v: Vec<f64>| {
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.into_iter().map(|x| x / norm).collect::<Vec<f64>>()
+    let apply = |v: &Mat<f64>| -> Mat<f64> {
+        let mut out = Mat::<f64>::zeros(d, 1);
+        matmul(out.as_mut(), Accum::Replace, a, v.as_ref(), 1.0, parallelism());
+        out
     };
-    let mut x: Vec<f64> = (0..d).map(|i| (0..d).map(|j| a[(i, j)]).sum()).collect();
+    let normalised = |v: Mat<f64>| {
+        let norm = v.col(0).iter().map(|x| x * x).sum::<f64>().sqrt();
+        Mat::from_fn(d, 1, |i, _| v[(i, 0)] / norm)
+    };
+    // The row sums, as the column sums of the symmetric matrix (contiguous in memory).
+    let mut x = Mat::from_fn(d, 1, |i, _| a.col(i).iter().sum::<f64>());
     let mut y = x.clone();
     for _ in 0..POWER_ITERATIONS {
         y = normalised(apply(&x));
         x = normalised(apply(&y));
     }
     let ay = apply(&y);
-    x.iter().zip(&ay).map(|(a, b)| a * b).sum()
+    (0..d).map(|i| x[(i, 0)] * ay[(i, 0)]).sum()
 }

@@ -11,8 +11,9 @@
 //!   function's default; the repository's experiments tune it per experiment).
 //!
 //! Both log-determinants are taken on the smaller side of each matrix (Sylvester:
-//! det(I + A'A s) = det(I + AA' s)) by Cholesky, and TransRate's Z'Z is the sum of its classes'
-//! Z_c'Z_c (one pass of products for both terms). Higher is better for both.
+//! det(I + A'A s) = det(I + AA' s)) by Cholesky, and Z'Z is the sum of the classes' Z_c'Z_c (one
+//! pass of products, lower triangles only, for both terms; for [`transrate`] it is the pass of
+//! the analysis the other scores share). Higher is better for both.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Side};
@@ -21,7 +22,7 @@ use crate::analysis::FeatureAnalysis;
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::{SymmetricEigen, centred_gram, parallelism};
+use crate::linalg::{class_rows, gram_of_rows, parallelism, symmetric_eigenvalues};
 
 /// tllib's and the repository's default epsilon (the repository calls it eps^2).
 pub const TRANSRATE_EPS: f64 = 1e-4;
@@ -34,33 +35,39 @@ pub fn transrate(input: &ScoreInput, eps: f64) -> Result<f64> {
 pub(crate) fn transrate_of(analysis: &FeatureAnalysis<'_>, eps: f64) -> Result<f64> {
     check_eps(eps)?;
     let input = analysis.input;
+    let features = input.features();
     let (n, d) = (analysis.num_samples(), analysis.feature_dim());
     let means = analysis.means();
-    let rows_of = class_rows(input);
-    let class_matrix = |rows: &[usize]| Mat::from_fn(rows.len(), d, |i, j| input.features()[(rows[i], j)] - means[j]);
+    let rows_of = class_rows(input.labels(), input.num_classes());
+    let class_matrix = |rows: &[usize]| Mat::from_fn(rows.len(), d, |i, j| features[(rows[i], j)] - means[j]);
+    // Z'Z is the sum of the classes' Z_c'Z_c: the analysis's one pass over the classes serves
+    // both terms (and the other scores' Gram).
+    let shares = if uses_class_grams(analysis) { analysis.class_grams() } else { None };
     let mut classes = 0.0;
+    for (c, rows) in rows_of.iter().enumerate() {
+        let scale = 1.0 / (rows.len() as f64 * eps);
+        classes += if rows.len() < d {
+            half_logdet_identity_plus(class_matrix(rows).as_ref(), scale)?
+        } else if let Some(shares) = shares {
+            half_logdet_identity_plus_gram(shares[c].clone(), scale)?
+        } else {
+            half_logdet_identity_plus_gram(gram_of_rows(features, rows, |_, j| means[j]).gram, scale)?
+        };
+    }
+    let scale = 1.0 / (n as f64 * eps);
     let total = if d <= n {
-        // Z'Z is the sum of the classes' Z_c'Z_c: one pass of products serves both terms.
-        let mut gram = Mat::<f64>::zeros(d, d);
-        for rows in &rows_of {
-            let zc = class_matrix(rows);
-            let class_gram = centred_gram(zc.as_ref(), &vec![0.0; d]).gram;
-            classes += if rows.len() < d {
-                half_logdet_identity_plus(zc.as_ref(), 1.0 / (rows.len() as f64 * eps))?
-            } else {
-                half_logdet_identity_plus_gram(class_gram.clone(), 1.0 / (rows.len() as f64 * eps))?
-            };
-            gram += &class_gram;
-        }
-        half_logdet_identity_plus_gram(gram, 1.0 / (n as f64 * eps))?
+        half_logdet_identity_plus_gram(analysis.gram().gram.clone(), scale)?
     } else {
-        for rows in &rows_of {
-            classes += half_logdet_identity_plus(class_matrix(rows).as_ref(), 1.0 / (rows.len() as f64 * eps))?;
-        }
-        let centred = Mat::from_fn(n, d, |i, j| input.features()[(i, j)] - means[j]);
-        half_logdet_identity_plus(centred.as_ref(), 1.0 / (n as f64 * eps))?
+        half_logdet_identity_plus(Mat::from_fn(n, d, |i, j| features[(i, j)] - means[j]).as_ref(), scale)?
     };
     finite("transrate", total - classes / input.num_classes() as f64)
+}
+
+/// Whether TransRate takes some class's log-determinant on the D x D side, from the class's
+/// share of the Gram (a class with fewer samples than features takes the smaller side).
+pub(crate) fn uses_class_grams(analysis: &FeatureAnalysis<'_>) -> bool {
+    let d = analysis.feature_dim();
+    d <= analysis.num_samples() && analysis.class_counts.iter().any(|&count| count >= d)
 }
 
 /// TransRate as the authors' repository computes it for its centralized features, with
@@ -87,24 +94,36 @@ pub fn transrate_official(input: &ScoreInput, eps: f64) -> Result<f64> {
             why: "a sample equals the mean of the normalised features, and the repository's second normalisation divides by its zero norm",
         });
     }
-    // The eigenvalues of Z'Z/N: their sum (the trace, the normalisation of every eigenvalue)
-    // and numpy's matrix_rank (singular values above sigma_max * D * machine epsilon).
-    let gram = smaller_gram(z.as_ref());
-    let eigen = SymmetricEigen::new(gram.as_ref(), 1.0 / n as f64, "transrate's Z'Z/N")?;
-    let largest = eigen.values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    // Z'Z as the sum of the classes' Z_c'Z_c (lower triangles only) where D <= N, else ZZ'.
+    let rows_of = class_rows(input.labels(), input.num_classes());
+    let shares: Option<Vec<Mat<f64>>> =
+        (d <= n).then(|| rows_of.iter().map(|rows| gram_of_rows(z.as_ref(), rows, |_, _| 0.0).gram).collect());
+    let gram = match &shares {
+        Some(shares) => shares.iter().fold(Mat::<f64>::zeros(d, d), |total, share| total + share),
+        None => smaller_gram(z.as_ref()),
+    };
+    // The eigenvalues of Z'Z/N (no eigenvectors): their sum (the trace, the normalisation of
+    // every eigenvalue) and numpy's matrix_rank (singular values above sigma_max * D * machine
+    // epsilon).
+    let values = symmetric_eigenvalues(gram.as_ref(), 1.0 / n as f64, "transrate's Z'Z/N")?;
+    let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let tolerance = largest * d as f64 * f64::EPSILON;
-    let rank = eigen.values.iter().filter(|v| v.abs() > tolerance).count();
-    let sum: f64 = eigen.values.iter().map(|v| v.abs()).sum();
+    let rank = values.iter().filter(|v| v.abs() > tolerance).count();
+    let sum: f64 = values.iter().map(|v| v.abs()).sum();
     if rank == 0 || sum <= 0.0 {
         return Err(Error::NonFiniteScore { metric: "transrate_official", value: f64::NAN, why: "the normalised features have rank 0" });
     }
-    let rate_z: f64 = eigen.values.iter().map(|v| (v.abs() / (sum * eps)).ln_1p()).sum();
+    let rate_z: f64 = values.iter().map(|v| (v.abs() / (sum * eps)).ln_1p()).sum();
     let mut rate_classes = 0.0;
-    for rows in class_rows(input) {
-        let zc = Mat::from_fn(rows.len(), d, |i, j| z[(rows[i], j)]);
+    for (c, rows) in rows_of.iter().enumerate() {
         let weight = rows.len() as f64 / n as f64;
         // sum log(1 + e_c / (sum eps)) over the eigenvalues e_c of Z_c'Z_c / n_c.
-        rate_classes += weight * 2.0 * half_logdet_identity_plus(zc.as_ref(), 1.0 / (rows.len() as f64 * sum * eps))?;
+        let scale = 1.0 / (rows.len() as f64 * sum * eps);
+        let half = match &shares {
+            Some(shares) if rows.len() >= d => half_logdet_identity_plus_gram(shares[c].clone(), scale)?,
+            _ => half_logdet_identity_plus(Mat::from_fn(rows.len(), d, |i, j| z[(rows[i], j)]).as_ref(), scale)?,
+        };
+        rate_classes += weight * 2.0 * half;
     }
     finite("transrate_official", (rate_z - rate_classes) / (2.0 * rank as f64))
 }
@@ -115,15 +134,6 @@ fn check_eps(eps: f64) -> Result<()> {
     } else {
         Err(Error::NonFiniteScore { metric: "transrate", value: eps, why: "epsilon must be a positive number" })
     }
-}
-
-/// The sample indices of each class, in class order.
-fn class_rows(input: &ScoreInput) -> Vec<Vec<usize>> {
-    let mut rows = vec![Vec::new(); input.num_classes()];
-    for (i, &label) in input.labels().iter().enumerate() {
-        rows[label].push(i);
-    }
-    rows
 }
 
 /// Each row divided by max(its L2 norm, `floor`).

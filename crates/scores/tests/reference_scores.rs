@@ -207,3 +207,18 @@ fn each_score_alone_equals_its_value_in_score_all() {
         assert_eq!(shared, alone.unwrap(), "{metric}");
     }
 }
+
+/// A score's value does not depend on which other scores share its analysis: each per-model
+/// score asked for alone gives the same bits as in one call for all of them (the shared Gram is
+/// the same sum of class shares either way).
+#[test]
+fn every_score_alone_equals_its_value_among_all() {
+    for case in ["four_class", "wide"] {
+        let input = read_feature_file(&fixtures().join(format!("scores/{case}.safetensors"))).unwrap();
+        let metrics: Vec<Metric> = Metric::per_model().collect();
+        for (metric, shared) in score_all(&input, &metrics).unwrap() {
+            let alone = score_all(&input, &[metric]).unwrap()[0].1;
+            assert_eq!(shared.to_bits(), alone.to_bits(), "{case}/{metric}: {shared} among all, {alone} alone");
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The scores benchmark: synthetic features shaped like a CNN's (ReLU of a 64-dimensional
 //! class-structured latent, D = 2048) with 1000-class source probabilities; our seven scores
-//! (each alone and all together), the arithmetic floor (one D x D Gram, two symmetric
-//! eigendecompositions, N-LEEP's mixture fit), and the Python reference, in one run.
+//! (each alone and all together), the newer ones each alone and each given the analysis that
+//! `score_all` shares (its cost in a call for every score), every score together, the arithmetic
+//! floor (one D x D Gram, two symmetric eigendecompositions, N-LEEP's mixture fit), and the
+//! Python reference, in one run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, Side};
-use medxfer_scores::{GaussianMixture, GmmConfig, GmmStart, Metric, ScoreInput, read_feature_file, score_all};
+use medxfer_scores::{GaussianMixture, GmmConfig, GmmStart, Metric, ScoreInput, SharedAnalysis, read_feature_file, score_all};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -23,8 +25,9 @@ use super::measurement::{Measurement, Unit, runs_of};
 
 const LATENT: usize = 64;
 const SOURCE_CLASSES: usize = 1000;
-/// The row of NCTI's per-model terms, a set-level score's cost per model.
+/// The rows of the set-level scores' per-model terms, their cost per model.
 const NCTI_TERMS: &str = "ncti_terms";
+const ETRAN_TERMS: &str = "etran_terms";
 
 #[derive(Debug)]
 pub struct Settings {
@@ -79,16 +82,37 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
             ours: runs_of(&ours["suite_runs"]),
             theirs: their_runs,
         });
-        // The newer scores, each alone, one row each (`bench` shows them beside the suite).
-        for name in Metric::BEYOND.iter().map(|m| m.as_str()).chain([NCTI_TERMS]) {
-            measurements.push(Measurement {
-                area: "scores",
-                case: format!("{name} (beyond the paper), N={}, D={}, C={classes}", settings.n, settings.d),
-                unit: Unit::Seconds,
-                ours: runs_of(&ours["metrics"][name]["runs"]),
-                theirs: theirs.as_ref().map(|t| runs_of(&t["metrics"][name]["runs"])),
-            });
+        // The newer scores, one row each given the shared analysis (their cost in a call for
+        // every score) and one alone; then every score together (`bench` shows them beside the
+        // suite).
+        for name in newer_rows() {
+            for (suffix, key) in [("with the shared analysis", "shared_runs"), ("alone", "runs")] {
+                measurements.push(Measurement {
+                    area: "scores",
+                    case: format!("{name} (beyond the paper; {suffix}), N={}, D={}, C={classes}", settings.n, settings.d),
+                    unit: Unit::Seconds,
+                    ours: runs_of(&ours["metrics"][name][key]),
+                    theirs: theirs.as_ref().map(|t| runs_of(&t["metrics"][name]["runs"])),
+                });
+            }
         }
+        let every_python = theirs.as_ref().map(|t| {
+            (0..settings.repeats.max(1))
+                .map(|r| every_row().map(|name| t["metrics"][name]["runs"][r].as_f64().unwrap_or(f64::NAN)).sum())
+                .collect()
+        });
+        measurements.push(Measurement {
+            area: "scores",
+            case: format!(
+                "every score ({} and both set-level scores' terms), N={}, D={}, C={classes}",
+                Metric::per_model().count(),
+                settings.n,
+                settings.d
+            ),
+            unit: Unit::Seconds,
+            ours: runs_of(&ours["every_runs"]),
+            theirs: every_python,
+        });
         raw.push(json!({"classes": classes, "ours": ours, "memory": memory, "python": theirs}));
         if !settings.keep_data {
             fs::remove_file(&file).ok();
@@ -144,12 +168,31 @@ fn table(settings: &Settings, classes: usize, ours: &Value, memory: &Value, thei
         "| **all seven** | **{suite:.3}** (score_all; {alone:.3} one by one) | **{python_total:.3}** | **{:.1}x** | | |\n",
         python_total / suite
     );
-    // The newer scores, each alone, beside their reference restatements.
-    for metric in Metric::BEYOND {
-        text += &row(metric.as_str(), &format!("{metric} (beyond the paper)")).0;
+    // The newer scores beside their reference restatements: given the analysis `score_all`
+    // shares (their cost in a call for every score), and alone.
+    text += "\n| newer score (beyond the paper) | medxfer, shared analysis (s) | medxfer alone (s) | Python reference (s) | speed-up shared | speed-up alone | medxfer value | reference value |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    for name in newer_rows() {
+        let metric = &ours["metrics"][name];
+        let (shared, alone, value) = (seconds(&metric["shared_seconds"]), seconds(&metric["seconds"]), seconds(&metric["value"]));
+        let (reference, reference_value) = theirs
+            .map(|t| (seconds(&t["metrics"][name]["seconds"]), seconds(&t["metrics"][name]["value"])))
+            .unwrap_or((f64::NAN, f64::NAN));
+        text += &format!(
+            "| {name} | {shared:.3} | {alone:.3} | {reference:.3} | {:.1}x | {:.1}x | {value:.6e} | {reference_value:.6e} |\n",
+            reference / shared,
+            reference / alone
+        );
     }
-    text += &row(NCTI_TERMS, "ncti's per-model terms (beyond the paper; value: seli)").0;
-    text += "\n";
+    let every = seconds(&ours["every_seconds"]);
+    let every_python: f64 = theirs.map(|t| every_row().map(|name| seconds(&t["metrics"][name]["seconds"])).sum()).unwrap_or(f64::NAN);
+    text += &format!(
+        "| **every score** ({} per model, ETran's and NCTI's terms) | **{every:.3}** (one analysis, {:.3} of it shared) | | **{every_python:.3}** | **{:.1}x** | | | |\n\n\
+         (ncti_terms' value is seli, etran_terms' the LDA term. The shared analysis is the centred Gram as the sum of its classes' shares, its \
+         eigendecomposition and the class statistics.)\n\n",
+        Metric::per_model().count(),
+        seconds(&ours["shared_analysis_seconds"]),
+        every_python / every
+    );
     let floor = &ours["floor"];
     let floor_total = seconds(&floor["total"]);
     let feature_bytes = (settings.n * settings.d * 8) as f64;
@@ -242,10 +285,53 @@ pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
     }
     let (seconds, value, runs) = timed_runs(repeats, || Ok(medxfer_scores::ncti_terms(&input)?.seli))?;
     metrics.insert(NCTI_TERMS.to_string(), json!({"seconds": seconds, "value": value, "runs": runs}));
+    let (seconds, value, runs) = timed_runs(repeats, || Ok(medxfer_scores::etran_terms(&input)?.lda))?;
+    metrics.insert(ETRAN_TERMS.to_string(), json!({"seconds": seconds, "value": value, "runs": runs}));
+    // Each newer score given the analysis every score shares: its cost in a call for all.
+    let every: Vec<Metric> = Metric::every().collect();
+    let shared = SharedAnalysis::new(&input);
+    let start = Instant::now();
+    shared.prepare(&every);
+    let shared_analysis_seconds = start.elapsed().as_secs_f64();
+    for name in newer_rows() {
+        let (seconds, _, runs) = timed_runs(repeats, || match name {
+            NCTI_TERMS => Ok(shared.ncti_terms()?.seli),
+            ETRAN_TERMS => Ok(medxfer_scores::etran_terms(&input)?.lda),
+            metric => Ok(shared.score(metric.parse()?)?),
+        })?;
+        if let Some(entry) = metrics.get_mut(name).and_then(Value::as_object_mut) {
+            entry.insert("shared_seconds".into(), json!(seconds));
+            entry.insert("shared_runs".into(), json!(runs));
+        }
+    }
+    let per_model: Vec<Metric> = Metric::per_model().collect();
+    let (every_seconds, _, every_runs) = timed_runs(repeats, || {
+        let shared = SharedAnalysis::new(&input);
+        shared.prepare(&every);
+        let mut total = 0.0;
+        for &metric in &per_model {
+            total += shared.score(metric)?;
+        }
+        Ok(total + shared.ncti_terms()?.seli + medxfer_scores::etran_terms(&input)?.lda)
+    })?;
     let (suite_seconds, _, suite_runs) = timed_runs(repeats, || Ok(score_all(&input, &Metric::ALL)?.len() as f64))?;
     let floor = floor(&input)?;
-    println!("{}", json!({"metrics": metrics, "suite_seconds": suite_seconds, "suite_runs": suite_runs, "floor": floor}));
+    println!(
+        "{}",
+        json!({"metrics": metrics, "suite_seconds": suite_seconds, "suite_runs": suite_runs, "shared_analysis_seconds": shared_analysis_seconds,
+               "every_seconds": every_seconds, "every_runs": every_runs, "floor": floor})
+    );
     Ok(())
+}
+
+/// The rows of the newer scores: per model, then the set-level scores' terms.
+fn newer_rows() -> impl Iterator<Item = &'static str> {
+    Metric::BEYOND.iter().map(|m| m.as_str()).chain([NCTI_TERMS, ETRAN_TERMS])
+}
+
+/// Every row the "every score" total sums on the reference's side.
+fn every_row() -> impl Iterator<Item = &'static str> {
+    Metric::ALL.iter().map(|m| m.as_str()).chain(newer_rows())
 }
 
 /// The median seconds, the last value, and every run's seconds.
