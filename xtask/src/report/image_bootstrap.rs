@@ -2,16 +2,17 @@
 //! images? For each task and setting the images are resampled with replacement within each class
 //! (the same draw for every backbone), each backbone's scores are recomputed on its stored
 //! features of the resample, and tau-b is taken against the fine-tuned accuracies, which stay
-//! fixed (retraining per resample is what the study cannot afford). Writes each score's 95%
-//! interval per backbone (Fig. 3's error bars) and each tau-b's interval over the resamples
-//! (report.md sets it beside the interval over backbones).
+//! fixed (retraining per resample is what the study cannot afford). A score defined over the set
+//! of backbones (ETran, NCTI) is recombined on each resample from every backbone's terms on it.
+//! Writes each score's 95% interval per backbone (Fig. 3's error bars) and each tau-b's interval
+//! over the resamples (report.md sets it beside the interval over backbones).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use medxfer_scores::{Metric, ScoreInput, kendall_tau_b, read_feature_file, score_all};
+use medxfer_scores::{Metric, ScoreInput, SharedAnalysis, combine_terms, kendall_tau_b, read_feature_file, set_terms};
 use serde::{Deserialize, Serialize};
 
 use super::uncertainty::{BootstrapSettings, cell_rng, quantile};
@@ -23,8 +24,10 @@ pub const SCORE_INTERVALS_CSV: &str = "image_bootstrap_scores.csv";
 pub const TAU_INTERVALS_CSV: &str = "image_bootstrap_tau.csv";
 
 /// The scores cheap enough to recompute hundreds of times by default: all but N-LEEP (a mixture
-/// fit per resample), the authors' TransRate (per-class SVDs) and PACTran-Gauss (an optimiser).
-pub const CHEAP: [Metric; 10] = [
+/// fit per resample), the authors' TransRate (a second Gram and eigendecomposition) and
+/// PACTran-Gauss (an optimiser). NCTI's terms cost little beside the others: they reuse the
+/// covariance eigendecomposition the H-scores compute.
+pub const CHEAP: [Metric; 12] = [
     Metric::HScore,
     Metric::Nce,
     Metric::Leep,
@@ -35,6 +38,8 @@ pub const CHEAP: [Metric; 10] = [
     Metric::Sfda,
     Metric::PactranDir,
     Metric::PactranGam,
+    Metric::Etran,
+    Metric::Ncti,
 ];
 
 #[derive(Debug, Clone)]
@@ -128,14 +133,16 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
         }
         eprintln!("{task} {}: {} backbones, {} resamples ...", setting.as_str(), members.len(), settings.resamples);
         let start = Instant::now();
-        let observed: Vec<BTreeMap<Metric, f64>> = members.iter().map(|m| scores_of(&m.2, &settings.metrics)).collect();
+        let inputs: Vec<&ScoreInput> = members.iter().map(|m| &m.2).collect();
+        let observed = set_scores(&inputs, &settings.metrics);
         // values[backbone][metric] -> one value per resample (NaN where the score failed).
         let mut values: Vec<BTreeMap<Metric, Vec<f64>>> = vec![BTreeMap::new(); members.len()];
         let mut rng = cell_rng(bootstrap, &format!("images/{task}/{}", setting.as_str()));
         for _ in 0..settings.resamples {
             let picks = stratified_draw(members[0].2.labels(), &mut rng);
-            for (member, store) in members.iter().zip(values.iter_mut()) {
-                let scores = scores_of(&resampled(&member.2, &picks)?, &settings.metrics);
+            let drawn = members.iter().map(|m| resampled(&m.2, &picks)).collect::<Result<Vec<_>>>()?;
+            let scores = set_scores(&drawn.iter().collect::<Vec<_>>(), &settings.metrics);
+            for (scores, store) in scores.iter().zip(values.iter_mut()) {
                 for &metric in &settings.metrics {
                     store.entry(metric).or_default().push(scores.get(&metric).copied().unwrap_or(f64::NAN));
                 }
@@ -188,12 +195,35 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
     Ok((score_rows, tau_rows))
 }
 
-/// The metrics that could be computed, each alone so one failure keeps the others.
-fn scores_of(input: &ScoreInput, metrics: &[Metric]) -> BTreeMap<Metric, f64> {
-    match score_all(input, metrics) {
-        Ok(values) => values.into_iter().collect(),
-        Err(_) => metrics.iter().filter_map(|&m| score_all(input, &[m]).ok().and_then(|v| v.first().copied())).collect(),
+/// Each backbone's scores on the same images: the per-model ones from one shared analysis per
+/// backbone (a failure leaves that score out), the set-level ones combined over the backbones
+/// from their terms (left out everywhere where a backbone's terms fail).
+fn set_scores(inputs: &[&ScoreInput], metrics: &[Metric]) -> Vec<BTreeMap<Metric, f64>> {
+    let set_level: Vec<Metric> = metrics.iter().copied().filter(|m| m.is_set_level()).collect();
+    let mut scores = Vec::with_capacity(inputs.len());
+    let mut terms: Vec<Vec<Option<Vec<f64>>>> = vec![Vec::new(); set_level.len()];
+    for input in inputs {
+        let shared = SharedAnalysis::new(input);
+        shared.prepare(metrics);
+        scores.push(
+            metrics.iter().filter(|m| !m.is_set_level()).filter_map(|&m| shared.score(m).ok().map(|v| (m, v))).collect::<BTreeMap<_, _>>(),
+        );
+        for (metric, terms) in set_level.iter().zip(terms.iter_mut()) {
+            terms.push(match metric {
+                Metric::Ncti => shared.ncti_terms().ok().map(|t| vec![t.seli, t.ncc, t.vc]),
+                other => set_terms(input, *other).ok(),
+            });
+        }
     }
+    for (metric, terms) in set_level.iter().zip(terms) {
+        let Some(terms) = terms.into_iter().collect::<Option<Vec<_>>>() else { continue };
+        if let Ok(values) = combine_terms(*metric, &terms) {
+            for (scores, value) in scores.iter_mut().zip(values) {
+                scores.insert(*metric, value);
+            }
+        }
+    }
+    scores
 }
 
 fn feature_file(out: &Path, task: &str, backbone: &str, setting: Setting) -> PathBuf {
@@ -210,4 +240,39 @@ pub fn read(out: &Path) -> Result<Option<(Vec<ScoreInterval>, Vec<TauInterval>)>
         results::read_rows(&scores, &SCORE_INTERVAL_COLUMNS, ScoreInterval::key)?,
         results::read_rows(&taus, &TAU_INTERVAL_COLUMNS, TauInterval::key)?,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use medxfer_scores::faer::Mat;
+    use medxfer_scores::score_set;
+
+    use super::*;
+
+    /// Three backbones' features of the same 240 images: the per-model scores are score_all's,
+    /// and ETran, defined over the set, is score_set's combination over the three.
+    #[test]
+    fn set_level_scores_are_combined_over_the_backbones() {
+        let labels: Vec<i64> = (0..240).map(|i| (i % 3) as i64).collect();
+        let inputs: Vec<ScoreInput> = (0..3)
+            .map(|b| {
+                let features = Mat::from_fn(240, 6, |i, j| {
+                    (((i * 17 + j * 5 + b * 11) % 13) as f64) / 4.0 + if i % 3 == j % 3 { 1.0 + b as f64 * 0.4 } else { 0.0 }
+                });
+                ScoreInput::new(features, &labels).unwrap()
+            })
+            .collect();
+        let refs: Vec<&ScoreInput> = inputs.iter().collect();
+        let scores = set_scores(&refs, &[Metric::HScore, Metric::Etran]);
+        let etran = score_set(&inputs, &[Metric::Etran]).unwrap().remove(0).1;
+        for ((scores, input), etran) in scores.iter().zip(&inputs).zip(etran) {
+            assert_eq!(scores[&Metric::Etran], etran);
+            assert_eq!(scores[&Metric::HScore], medxfer_scores::score_all(input, &[Metric::HScore]).unwrap()[0].1);
+        }
+        // One backbone whose terms fail (too few images for ETran's energy) leaves ETran out
+        // for all, and keeps the per-model scores.
+        let few: Vec<ScoreInput> = inputs.iter().map(|input| resampled(input, &(0..60).collect::<Vec<_>>()).unwrap()).collect();
+        let scores = set_scores(&few.iter().collect::<Vec<_>>(), &[Metric::HScore, Metric::Etran]);
+        assert!(scores.iter().all(|s| !s.contains_key(&Metric::Etran) && s.contains_key(&Metric::HScore)), "{scores:?}");
+    }
 }
