@@ -124,7 +124,7 @@ impl<'a> FeatureAnalysis<'a> {
         let mut total = CentredGram { gram: Mat::zeros(d, d), sum_row_norm4: 0.0 };
         let mut shares = keep.then(Vec::new);
         for rows in linalg::class_rows(self.input.labels(), self.class_counts.len()) {
-            let share = linalg::gram_of_rows(features, &rows, |_, j| means[j]);
+            let share = linalg::gram_of_rows(features, &rows, |_, j, x| x - means[j]);
             total.gram += &share.gram;
             total.sum_row_norm4 += share.sum_row_norm4;
             if let Some(shares) = shares.as_mut() {

@@ -70,24 +70,24 @@ pub(crate) struct CentredGram {
 
 /// Computes the centred Gram matrix block by block; only its lower triangle is multiplied.
 pub(crate) fn centred_gram(features: MatRef<'_, f64>, means: &[f64]) -> CentredGram {
-    blocked_gram(features, |_, j| means[j])
+    blocked_gram(features, |_, j, x| x - means[j])
 }
 
 /// (F - M)'(F - M) for M_ij = the mean of row i's class in column j: the within-class scatter.
 pub(crate) fn within_class_gram(features: MatRef<'_, f64>, labels: &[usize], class_means: MatRef<'_, f64>) -> Mat<f64> {
-    blocked_gram(features, |i, j| class_means[(labels[i], j)]).gram
+    blocked_gram(features, |i, j, x| x - class_means[(labels[i], j)]).gram
 }
 
-/// (F - O)'(F - O) for the offsets O_ij = offset(i, j), block by block (the offset copy never
-/// exists whole); only the lower triangle is multiplied.
-fn blocked_gram(features: MatRef<'_, f64>, offset: impl Fn(usize, usize) -> f64) -> CentredGram {
+/// G'G for G_ij = entry(i, j, F_ij), block by block (G never exists whole); only the lower
+/// triangle is multiplied.
+fn blocked_gram(features: MatRef<'_, f64>, entry: impl Fn(usize, usize, f64) -> f64) -> CentredGram {
     let all: Vec<usize> = (0..features.nrows()).collect();
-    gram_of_rows(features, &all, offset)
+    gram_of_rows(features, &all, entry)
 }
 
-/// (F_S - O_S)'(F_S - O_S) over the rows S = `rows` of F, in blocks of [`ROW_BLOCK`] rows;
-/// offset(i, j) is row i's (an index into F) offset in column j.
-pub(crate) fn gram_of_rows(features: MatRef<'_, f64>, rows: &[usize], offset: impl Fn(usize, usize) -> f64) -> CentredGram {
+/// G_S'G_S over the rows S = `rows` of G_ij = entry(i, j, F_ij) (i an index into F: the row
+/// centred, shifted or mixed as the caller needs), in blocks of [`ROW_BLOCK`] rows.
+pub(crate) fn gram_of_rows(features: MatRef<'_, f64>, rows: &[usize], entry: impl Fn(usize, usize, f64) -> f64) -> CentredGram {
     let d = features.ncols();
     let mut gram = Mat::<f64>::zeros(d, d);
     let mut block = Mat::<f64>::zeros(ROW_BLOCK.min(rows.len()), d);
@@ -98,7 +98,7 @@ pub(crate) fn gram_of_rows(features: MatRef<'_, f64>, rows: &[usize], offset: im
             let src = features.col(j);
             let mut dst = block.as_mut().col_mut(j);
             for (i, &row) in chunk.iter().enumerate() {
-                let value = src[row] - offset(row, j);
+                let value = entry(row, j, src[row]);
                 dst[i] = value;
                 norms[i] += value * value;
             }

@@ -28,7 +28,7 @@ use crate::analysis::FeatureAnalysis;
 use crate::error::{Error, Result};
 use crate::h_score::finite;
 use crate::input::ScoreInput;
-use crate::linalg::{class_means, log_sum_exp, parallelism, softmax_rows, within_class_gram};
+use crate::linalg::{gram_of_rows, log_sum_exp, parallelism, softmax_rows};
 
 /// The exponent's factor and the floor of SFDA's adaptive shrinkage, hard-coded upstream.
 const SHRINKAGE_RATE: f64 = 5.0;
@@ -71,9 +71,30 @@ pub(crate) fn sfda_of(analysis: &FeatureAnalysis<'_>) -> Result<f64> {
             (row[labels[i]] - log_sum_exp(&row)).exp()
         })
         .collect();
-    let mixed = Mat::from_fn(n, d, |i, j| own[i] * features[(i, j)] + (1.0 - own[i]) * others[(labels[i], j)]);
-    let second = FisherFit::new(mixed.as_ref(), labels, counts, Some(first.shrinkage))?;
-    let probabilities = second.probabilities(mixed.as_ref())?;
+    // The mixed features own_i x_i + (1 - own_i) o_y(i) are never stored: their class means
+    // from one weighted pass, their within-class scatter from blocks built on the fly, their
+    // logits as own_i (x_i coef') + (1 - own_i)(o_y(i) coef').
+    let mut mixed_means = Mat::<f64>::zeros(classes, d);
+    let mut other_weight = vec![0.0; classes];
+    for (i, &label) in labels.iter().enumerate() {
+        other_weight[label] += 1.0 - own[i];
+    }
+    for j in 0..d {
+        for (i, &label) in labels.iter().enumerate() {
+            mixed_means[(label, j)] += own[i] * features[(i, j)];
+        }
+        for c in 0..classes {
+            mixed_means[(c, j)] = (mixed_means[(c, j)] + other_weight[c] * others[(c, j)]) / counts[c] as f64;
+        }
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let mut sw =
+        gram_of_rows(features, &all, |i, j, x| own[i] * x + (1.0 - own[i]) * others[(labels[i], j)] - mixed_means[(labels[i], j)]).gram;
+    sw.col_iter_mut().for_each(|col| col.iter_mut().for_each(|v| *v /= n as f64));
+    let second = FisherFit::from_scatter(sw, mixed_means, counts, n, Some(first.shrinkage))?;
+    let (feature_logits, other_logits) = (second.logits(features), second.logits(others.as_ref()));
+    let logits = Mat::from_fn(n, classes, |i, k| own[i] * feature_logits[(i, k)] + (1.0 - own[i]) * other_logits[(labels[i], k)]);
+    let probabilities = second.probabilities_of(logits)?;
     let score = (0..n).map(|i| probabilities[(i, labels[i])]).sum::<f64>() / n as f64;
     finite("sfda", score)
 }
@@ -88,15 +109,6 @@ struct FisherFit {
 }
 
 impl FisherFit {
-    fn new(x: MatRef<'_, f64>, labels: &[usize], counts: &[usize], shrinkage: Option<f64>) -> Result<Self> {
-        let n = x.nrows();
-        let means = class_means(x, labels, counts);
-        // Sw = sum_c (n_c / N) Cov_c (bias 1) = (1/N) sum_i (x_i - mu_y)(x_i - mu_y)'.
-        let mut sw = within_class_gram(x, labels, means.as_ref());
-        sw.col_iter_mut().for_each(|col| col.iter_mut().for_each(|v| *v /= n as f64));
-        Self::from_scatter(sw, means, counts, n, shrinkage)
-    }
-
     /// The fit from the class means (C x D) and the within-class scatter Sw (D x D).
     fn from_scatter(mut sw: Mat<f64>, means: Mat<f64>, counts: &[usize], n: usize, shrinkage: Option<f64>) -> Result<Self> {
         let d = sw.nrows();
@@ -129,11 +141,20 @@ impl FisherFit {
 
     /// softmax(X coef' + b), N x C.
     fn probabilities(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        let (n, classes) = (x.nrows(), self.intercept.len());
-        let mut scores = Mat::<f64>::zeros(n, classes);
+        self.probabilities_of(self.logits(x))
+    }
+
+    /// X coef', without the intercept.
+    fn logits(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        let mut scores = Mat::<f64>::zeros(x.nrows(), self.intercept.len());
         matmul(scores.as_mut(), Accum::Replace, x, self.coef_t.as_ref(), 1.0, parallelism());
-        for c in 0..classes {
-            scores.col_mut(c).iter_mut().for_each(|v| *v += self.intercept[c]);
+        scores
+    }
+
+    /// softmax(logits + b).
+    fn probabilities_of(&self, mut scores: Mat<f64>) -> Result<Mat<f64>> {
+        for (c, intercept) in self.intercept.iter().enumerate() {
+            scores.col_mut(c).iter_mut().for_each(|v| *v += intercept);
         }
         softmax_rows(&mut scores);
         if scores.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {

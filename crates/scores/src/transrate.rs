@@ -51,7 +51,7 @@ pub(crate) fn transrate_of(analysis: &FeatureAnalysis<'_>, eps: f64) -> Result<f
         } else if let Some(shares) = shares {
             half_logdet_identity_plus_gram(shares[c].clone(), scale)?
         } else {
-            half_logdet_identity_plus_gram(gram_of_rows(features, rows, |_, j| means[j]).gram, scale)?
+            half_logdet_identity_plus_gram(gram_of_rows(features, rows, |_, j, x| x - means[j]).gram, scale)?
         };
     }
     let scale = 1.0 / (n as f64 * eps);
@@ -97,7 +97,7 @@ pub fn transrate_official(input: &ScoreInput, eps: f64) -> Result<f64> {
     // Z'Z as the sum of the classes' Z_c'Z_c (lower triangles only) where D <= N, else ZZ'.
     let rows_of = class_rows(input.labels(), input.num_classes());
     let shares: Option<Vec<Mat<f64>>> =
-        (d <= n).then(|| rows_of.iter().map(|rows| gram_of_rows(z.as_ref(), rows, |_, _| 0.0).gram).collect());
+        (d <= n).then(|| rows_of.iter().map(|rows| gram_of_rows(z.as_ref(), rows, |_, _, x| x).gram).collect());
     let gram = match &shares {
         Some(shares) => shares.iter().fold(Mat::<f64>::zeros(d, d), |total, share| total + share),
         None => smaller_gram(z.as_ref()),
