@@ -94,13 +94,21 @@ pub fn transrate_official(input: &ScoreInput, eps: f64) -> Result<f64> {
             why: "a sample equals the mean of the normalised features, and the repository's second normalisation divides by its zero norm",
         });
     }
-    // Z'Z as the sum of the classes' Z_c'Z_c (lower triangles only) where D <= N, else ZZ'.
+    // Z'Z as the sum of the classes' Z_c'Z_c (lower triangles only) where D <= N, else ZZ'. A
+    // class's share is kept where its log-determinant is taken on the D x D side (n_c >= D: at
+    // most N / D classes, together the size of the features).
     let rows_of = class_rows(input.labels(), input.num_classes());
-    let shares: Option<Vec<Mat<f64>>> =
-        (d <= n).then(|| rows_of.iter().map(|rows| gram_of_rows(z.as_ref(), rows, |_, _, x| x).gram).collect());
-    let gram = match &shares {
-        Some(shares) => shares.iter().fold(Mat::<f64>::zeros(d, d), |total, share| total + share),
-        None => smaller_gram(z.as_ref()),
+    let mut shares: Vec<Option<Mat<f64>>> = vec![None; rows_of.len()];
+    let gram = if d <= n {
+        let mut total = Mat::<f64>::zeros(d, d);
+        for (rows, kept) in rows_of.iter().zip(shares.iter_mut()) {
+            let share = gram_of_rows(z.as_ref(), rows, |_, _, x| x).gram;
+            total += &share;
+            *kept = (rows.len() >= d).then_some(share);
+        }
+        total
+    } else {
+        smaller_gram(z.as_ref())
     };
     // The eigenvalues of Z'Z/N (no eigenvectors): their sum (the trace, the normalisation of
     // every eigenvalue) and numpy's matrix_rank (singular values above sigma_max * D * machine
@@ -119,9 +127,9 @@ pub fn transrate_official(input: &ScoreInput, eps: f64) -> Result<f64> {
         let weight = rows.len() as f64 / n as f64;
         // sum log(1 + e_c / (sum eps)) over the eigenvalues e_c of Z_c'Z_c / n_c.
         let scale = 1.0 / (rows.len() as f64 * sum * eps);
-        let half = match &shares {
-            Some(shares) if rows.len() >= d => half_logdet_identity_plus_gram(shares[c].clone(), scale)?,
-            _ => half_logdet_identity_plus(Mat::from_fn(rows.len(), d, |i, j| z[(rows[i], j)]).as_ref(), scale)?,
+        let half = match shares[c].take() {
+            Some(share) => half_logdet_identity_plus_gram(share, scale)?,
+            None => half_logdet_identity_plus(Mat::from_fn(rows.len(), d, |i, j| z[(rows[i], j)]).as_ref(), scale)?,
         };
         rate_classes += weight * 2.0 * half;
     }
