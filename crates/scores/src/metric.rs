@@ -247,6 +247,12 @@ impl<'a> SharedAnalysis<'a> {
         score_one(&self.analysis, metric)
     }
 
+    /// A set-level score's per-model terms in [`Metric::terms`]' order, as [`set_terms`] gives
+    /// them (NCTI's from the shared covariance eigendecomposition); empty for a per-model score.
+    pub fn set_terms(&self, metric: Metric) -> Result<Vec<f64>> {
+        terms_of(&self.analysis, metric)
+    }
+
     /// NCTI's per-model terms, from the shared covariance eigendecomposition.
     pub fn ncti_terms(&self) -> Result<crate::ncti::NctiTerms> {
         crate::ncti::ncti_terms_of(&self.analysis, crate::ncti::LdaWithinFactor::default())
@@ -290,13 +296,17 @@ pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metri
 /// The per-model terms of a set-level metric for one model, in [`Metric::terms`]' order (empty
 /// for a per-model metric).
 pub fn set_terms(input: &ScoreInput, metric: Metric) -> Result<Vec<f64>> {
+    terms_of(&FeatureAnalysis::new(input), metric)
+}
+
+fn terms_of(analysis: &FeatureAnalysis<'_>, metric: Metric) -> Result<Vec<f64>> {
     Ok(match metric {
         Metric::Etran => {
-            let t = crate::etran::etran_terms(input)?;
+            let t = crate::etran::etran_terms(analysis.input)?;
             vec![t.energy, t.lda]
         }
         Metric::Ncti => {
-            let t = crate::ncti::ncti_terms(input)?;
+            let t = crate::ncti::ncti_terms_of(analysis, crate::ncti::LdaWithinFactor::default())?;
             vec![t.seli, t.ncc, t.vc]
         }
         _ => Vec::new(),

@@ -192,7 +192,7 @@ fn tile_gradient<T: Stored, const R: usize>(x: &[T], d: usize, residuals: &[f64]
     for (group, sums) in gradient.chunks_exact_mut(d * LANES).enumerate() {
         let weights: [[f64; LANES]; R] = std::array::from_fn(|r| std::array::from_fn(|l| residuals[r * padded + group * LANES + l]));
         for (j, sum) in sums.chunks_exact_mut(LANES).enumerate() {
-            let mut acc = [sum[0], sum[1], sum[2], sum[3]];
+            let mut acc: [f64; LANES] = std::array::from_fn(|l| sum[l]);
             for r in 0..R {
                 let value: f64 = rows[r][j].into();
                 for l in 0..LANES {

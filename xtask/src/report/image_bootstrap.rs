@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use medxfer_scores::{Metric, ScoreInput, SharedAnalysis, combine_terms, kendall_tau_b, read_feature_file, set_terms};
+use medxfer_scores::{Metric, ScoreInput, SharedAnalysis, combine_terms, kendall_tau_b, read_feature_file};
 use serde::{Deserialize, Serialize};
 
 use super::uncertainty::{BootstrapSettings, cell_rng, quantile};
@@ -209,10 +209,7 @@ fn set_scores(inputs: &[&ScoreInput], metrics: &[Metric]) -> Vec<BTreeMap<Metric
             metrics.iter().filter(|m| !m.is_set_level()).filter_map(|&m| shared.score(m).ok().map(|v| (m, v))).collect::<BTreeMap<_, _>>(),
         );
         for (metric, terms) in set_level.iter().zip(terms.iter_mut()) {
-            terms.push(match metric {
-                Metric::Ncti => shared.ncti_terms().ok().map(|t| vec![t.seli, t.ncc, t.vc]),
-                other => set_terms(input, *other).ok(),
-            });
+            terms.push(shared.set_terms(*metric).ok());
         }
     }
     for (metric, terms) in set_level.iter().zip(terms) {
