@@ -20,9 +20,11 @@
 //! (mu_c - mu)': one pass over the features fewer. (The subtraction loses digits only where the
 //! classes lie far apart relative to their spread, by the ratio of the two scatters' norms.)
 
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
-use faer::linalg::solvers::Solve;
-use faer::{Accum, Mat, MatRef, Side};
+use faer::{Accum, Mat, MatRef};
+use rayon::prelude::*;
 
 use crate::analysis::FeatureAnalysis;
 use crate::error::{Error, Result};
@@ -55,10 +57,9 @@ pub(crate) fn sfda_of(analysis: &FeatureAnalysis<'_>) -> Result<f64> {
     let means = Mat::from_fn(classes, d, |c, j| sums[(j, c)] / counts[c] as f64);
     let global = analysis.means();
     let between = Mat::from_fn(d, classes, |j, c| (counts[c] as f64).sqrt() * (means[(c, j)] - global[j]));
-    let mut sw = analysis.gram().gram.clone();
-    matmul(sw.as_mut(), Accum::Add, between.as_ref(), between.transpose(), -1.0, parallelism());
-    sw.col_iter_mut().for_each(|col| col.iter_mut().for_each(|v| *v /= n as f64));
-    let first = FisherFit::from_scatter(sw, means, counts, n, None)?;
+    let mut scatter = analysis.gram().gram.clone();
+    matmul(scatter.as_mut(), Accum::Add, between.as_ref(), between.transpose(), -1.0, parallelism());
+    let first = FisherFit::from_scatter(scatter, means, counts, None)?;
     let soft = first.probabilities(features)?;
     // The second softmax ("soften"), then ConfMix towards the other classes' mean means.
     let means = &first.means;
@@ -74,24 +75,22 @@ pub(crate) fn sfda_of(analysis: &FeatureAnalysis<'_>) -> Result<f64> {
     // The mixed features own_i x_i + (1 - own_i) o_y(i) are never stored: their class means
     // from one weighted pass, their within-class scatter from blocks built on the fly, their
     // logits as own_i (x_i coef') + (1 - own_i)(o_y(i) coef').
-    let mut mixed_means = Mat::<f64>::zeros(classes, d);
     let mut other_weight = vec![0.0; classes];
     for (i, &label) in labels.iter().enumerate() {
         other_weight[label] += 1.0 - own[i];
     }
-    for j in 0..d {
-        for (i, &label) in labels.iter().enumerate() {
-            mixed_means[(label, j)] += own[i] * features[(i, j)];
+    // Column by column, in parallel (each column's sums in sample order, whatever the split).
+    let mut mixed_sums = vec![0.0; d * classes];
+    mixed_sums.par_chunks_mut(classes).enumerate().for_each(|(j, sums)| {
+        for ((&label, &weight), &x) in labels.iter().zip(&own).zip(features.col(j).iter()) {
+            sums[label] += weight * x;
         }
-        for c in 0..classes {
-            mixed_means[(c, j)] = (mixed_means[(c, j)] + other_weight[c] * others[(c, j)]) / counts[c] as f64;
-        }
-    }
+    });
+    let mixed_means = Mat::from_fn(classes, d, |c, j| (mixed_sums[j * classes + c] + other_weight[c] * others[(c, j)]) / counts[c] as f64);
     let all: Vec<usize> = (0..n).collect();
-    let mut sw =
+    let scatter =
         gram_of_rows(features, &all, |i, j, x| own[i] * x + (1.0 - own[i]) * others[(labels[i], j)] - mixed_means[(labels[i], j)]).gram;
-    sw.col_iter_mut().for_each(|col| col.iter_mut().for_each(|v| *v /= n as f64));
-    let second = FisherFit::from_scatter(sw, mixed_means, counts, n, Some(first.shrinkage))?;
+    let second = FisherFit::from_scatter(scatter, mixed_means, counts, Some(first.shrinkage))?;
     let (feature_logits, other_logits) = (second.logits(features), second.logits(others.as_ref()));
     let logits = Mat::from_fn(n, classes, |i, k| own[i] * feature_logits[(i, k)] + (1.0 - own[i]) * other_logits[(labels[i], k)]);
     let probabilities = second.probabilities_of(logits)?;
@@ -109,31 +108,40 @@ struct FisherFit {
 }
 
 impl FisherFit {
-    /// The fit from the class means (C x D) and the within-class scatter Sw (D x D).
-    fn from_scatter(mut sw: Mat<f64>, means: Mat<f64>, counts: &[usize], n: usize, shrinkage: Option<f64>) -> Result<Self> {
-        let d = sw.nrows();
+    /// The fit from the class means (C x D) and the within-class scatter N Sw (D x D), whose
+    /// lower triangle becomes the Cholesky factor of Sw~ in place (no second D x D matrix).
+    fn from_scatter(mut scatter: Mat<f64>, means: Mat<f64>, counts: &[usize], shrinkage: Option<f64>) -> Result<Self> {
+        let d = scatter.nrows();
         let classes = counts.len();
+        let n = counts.iter().sum::<usize>() as f64;
         let shrinkage = match shrinkage {
             Some(given) => given,
-            None => (-SHRINKAGE_RATE * largest_eigenvalue(sw.as_ref())).exp().max(SHRINKAGE_FLOOR),
+            None => (-SHRINKAGE_RATE * largest_eigenvalue(scatter.as_ref()) / n).exp().max(SHRINKAGE_FLOOR),
         };
-        let mu = (0..d).map(|j| sw[(j, j)]).sum::<f64>() / d as f64;
+        let mu = (0..d).map(|j| scatter[(j, j)] / n).sum::<f64>() / d as f64;
+        // Sw~ = (1 - lambda) Sw + lambda mu I, on the lower triangle that the factorisation reads.
         for j in 0..d {
-            for i in 0..d {
-                sw[(i, j)] *= 1.0 - shrinkage;
-            }
-            sw[(j, j)] += shrinkage * mu;
+            let column = scatter.as_mut().col_mut(j).subrows_mut(j, d - j);
+            column.iter_mut().for_each(|v| *v = *v / n * (1.0 - shrinkage));
+            scatter[(j, j)] += shrinkage * mu;
         }
-        let llt = sw.llt(Side::Lower).map_err(|_| Error::NonFiniteScore {
+        let not_positive_definite = |_| Error::NonFiniteScore {
             metric: "sfda",
             value: f64::NAN,
             why: "the shrunk within-class covariance is not positive definite (features with no within-class variance)",
-        })?;
-        let coef_t = llt.solve(means.transpose());
+        };
+        let par = parallelism();
+        let scratch = llt::factor::cholesky_in_place_scratch::<f64>(d, par, Default::default())
+            .or(llt::solve::solve_in_place_scratch::<f64>(d, classes, par));
+        let mut buffer = MemBuffer::new(scratch);
+        llt::factor::cholesky_in_place(scatter.as_mut(), Default::default(), par, MemStack::new(&mut buffer), Default::default())
+            .map_err(not_positive_definite)?;
+        let mut coef_t = means.transpose().to_owned();
+        llt::solve::solve_in_place(scatter.as_ref(), coef_t.as_mut(), par, MemStack::new(&mut buffer));
         let intercept = (0..classes)
             .map(|c| {
                 let quadratic: f64 = (0..d).map(|j| means[(c, j)] * coef_t[(j, c)]).sum();
-                -0.5 * quadratic + (counts[c] as f64 / n as f64).ln()
+                -0.5 * quadratic + (counts[c] as f64 / n).ln()
             })
             .collect();
         Ok(Self { means, shrinkage, coef_t, intercept })
