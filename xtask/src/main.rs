@@ -257,7 +257,7 @@ fn main() -> Result<()> {
                 "{}: {} score intervals, {} tau-b intervals ({cost:.2} s per resample of the first task); run `cargo xtask report --results {}` to draw them",
                 results.display(),
                 scores.len(),
-                taus.len(),
+                taus.iter().filter(|t| t.low.is_some()).count(),
                 results.display()
             );
             Ok(())

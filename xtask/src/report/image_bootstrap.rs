@@ -134,14 +134,19 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
         eprintln!("{task} {}: {} backbones, {} resamples ...", setting.as_str(), members.len(), settings.resamples);
         let start = Instant::now();
         let inputs: Vec<&ScoreInput> = members.iter().map(|m| &m.2).collect();
-        let observed = set_scores(&inputs, &settings.metrics);
+        let (observed, failures) = set_scores(&inputs, &settings.metrics);
+        // A score that cannot be computed on the full images gets no interval; say why once
+        // (too few images for ETran's energy term, fewer than 64 features for NCTI's PCA, ...).
+        for (metric, why) in &failures {
+            eprintln!("{task} {}: {} left out: {why}", setting.as_str(), metric.as_str());
+        }
         // values[backbone][metric] -> one value per resample (NaN where the score failed).
         let mut values: Vec<BTreeMap<Metric, Vec<f64>>> = vec![BTreeMap::new(); members.len()];
         let mut rng = cell_rng(bootstrap, &format!("images/{task}/{}", setting.as_str()));
         for _ in 0..settings.resamples {
             let picks = stratified_draw(members[0].2.labels(), &mut rng);
             let drawn = members.iter().map(|m| resampled(&m.2, &picks)).collect::<Result<Vec<_>>>()?;
-            let scores = set_scores(&drawn.iter().collect::<Vec<_>>(), &settings.metrics);
+            let (scores, _) = set_scores(&drawn.iter().collect::<Vec<_>>(), &settings.metrics);
             for (scores, store) in scores.iter().zip(values.iter_mut()) {
                 for &metric in &settings.metrics {
                     store.entry(metric).or_default().push(scores.get(&metric).copied().unwrap_or(f64::NAN));
@@ -197,30 +202,46 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
 
 /// Each backbone's scores on the same images: the per-model ones from one shared analysis per
 /// backbone (a failure leaves that score out), the set-level ones combined over the backbones
-/// from their terms (left out everywhere where a backbone's terms fail).
-fn set_scores(inputs: &[&ScoreInput], metrics: &[Metric]) -> Vec<BTreeMap<Metric, f64>> {
+/// from their terms (left out everywhere where a backbone's terms fail); and, per score left out
+/// anywhere, the first failure's reason.
+fn set_scores(inputs: &[&ScoreInput], metrics: &[Metric]) -> (Vec<BTreeMap<Metric, f64>>, BTreeMap<Metric, String>) {
     let set_level: Vec<Metric> = metrics.iter().copied().filter(|m| m.is_set_level()).collect();
     let mut scores = Vec::with_capacity(inputs.len());
+    let mut failures: BTreeMap<Metric, String> = BTreeMap::new();
     let mut terms: Vec<Vec<Option<Vec<f64>>>> = vec![Vec::new(); set_level.len()];
     for input in inputs {
         let shared = SharedAnalysis::new(input);
         shared.prepare(metrics);
-        scores.push(
-            metrics.iter().filter(|m| !m.is_set_level()).filter_map(|&m| shared.score(m).ok().map(|v| (m, v))).collect::<BTreeMap<_, _>>(),
-        );
+        let mut row = BTreeMap::new();
+        for &metric in metrics.iter().filter(|m| !m.is_set_level()) {
+            match shared.score(metric) {
+                Ok(value) => _ = row.insert(metric, value),
+                Err(error) => _ = failures.entry(metric).or_insert_with(|| error.to_string()),
+            }
+        }
+        scores.push(row);
         for (metric, terms) in set_level.iter().zip(terms.iter_mut()) {
-            terms.push(shared.set_terms(*metric).ok());
+            match shared.set_terms(*metric) {
+                Ok(found) => terms.push(Some(found)),
+                Err(error) => {
+                    failures.entry(*metric).or_insert_with(|| error.to_string());
+                    terms.push(None);
+                }
+            }
         }
     }
     for (metric, terms) in set_level.iter().zip(terms) {
         let Some(terms) = terms.into_iter().collect::<Option<Vec<_>>>() else { continue };
-        if let Ok(values) = combine_terms(*metric, &terms) {
-            for (scores, value) in scores.iter_mut().zip(values) {
-                scores.insert(*metric, value);
+        match combine_terms(*metric, &terms) {
+            Ok(values) => {
+                for (scores, value) in scores.iter_mut().zip(values) {
+                    scores.insert(*metric, value);
+                }
             }
+            Err(error) => _ = failures.entry(*metric).or_insert_with(|| error.to_string()),
         }
     }
-    scores
+    (scores, failures)
 }
 
 fn feature_file(out: &Path, task: &str, backbone: &str, setting: Setting) -> PathBuf {
@@ -260,7 +281,8 @@ mod tests {
             })
             .collect();
         let refs: Vec<&ScoreInput> = inputs.iter().collect();
-        let scores = set_scores(&refs, &[Metric::HScore, Metric::Etran]);
+        let (scores, failures) = set_scores(&refs, &[Metric::HScore, Metric::Etran]);
+        assert!(failures.is_empty(), "{failures:?}");
         let etran = score_set(&inputs, &[Metric::Etran]).unwrap().remove(0).1;
         for ((scores, input), etran) in scores.iter().zip(&inputs).zip(etran) {
             assert_eq!(scores[&Metric::Etran], etran);
@@ -269,7 +291,10 @@ mod tests {
         // One backbone whose terms fail (too few images for ETran's energy) leaves ETran out
         // for all, and keeps the per-model scores.
         let few: Vec<ScoreInput> = inputs.iter().map(|input| resampled(input, &(0..60).collect::<Vec<_>>()).unwrap()).collect();
-        let scores = set_scores(&few.iter().collect::<Vec<_>>(), &[Metric::HScore, Metric::Etran]);
+        let (scores, failures) = set_scores(&few.iter().collect::<Vec<_>>(), &[Metric::HScore, Metric::Etran]);
         assert!(scores.iter().all(|s| !s.contains_key(&Metric::Etran) && s.contains_key(&Metric::HScore)), "{scores:?}");
+        // ... and says why, once.
+        assert_eq!(failures.keys().collect::<Vec<_>>(), [&Metric::Etran]);
+        assert!(failures[&Metric::Etran].contains("needs at least 200 samples, got 60"), "{failures:?}");
     }
 }
