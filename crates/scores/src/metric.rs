@@ -252,11 +252,6 @@ impl<'a> SharedAnalysis<'a> {
     pub fn set_terms(&self, metric: Metric) -> Result<Vec<f64>> {
         terms_of(&self.analysis, metric)
     }
-
-    /// NCTI's per-model terms, from the shared covariance eigendecomposition.
-    pub fn ncti_terms(&self) -> Result<crate::ncti::NctiTerms> {
-        crate::ncti::ncti_terms_of(&self.analysis, crate::ncti::LdaWithinFactor::default())
-    }
 }
 
 /// Each requested metric for every model of a candidate set (`inputs`, one per model, in
@@ -264,15 +259,16 @@ impl<'a> SharedAnalysis<'a> {
 /// set-level ones from the models' terms together. Returns, per metric, one value per model.
 pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metric, Vec<f64>)>> {
     let per_model: Vec<Metric> = metrics.iter().copied().filter(|m| !m.is_set_level()).collect();
+    let set_level: Vec<Metric> = Metric::SET_LEVEL.into_iter().filter(|m| metrics.contains(m)).collect();
     let mut by_model = Vec::with_capacity(inputs.len());
-    let mut ncti_terms = Vec::with_capacity(inputs.len());
+    // terms[k][model]: the set-level metric set_level[k]'s terms of each model.
+    let mut terms: Vec<Vec<Vec<f64>>> = vec![Vec::with_capacity(inputs.len()); set_level.len()];
     for input in inputs {
         // One analysis per model: NCTI's PCA reuses the covariance eigendecomposition.
         let analysis = FeatureAnalysis::new(input);
-        prepare(&analysis, metrics);
         by_model.push(score_analysed(&analysis, &per_model)?);
-        if metrics.contains(&Metric::Ncti) {
-            ncti_terms.push(crate::ncti::ncti_terms_of(&analysis, crate::ncti::LdaWithinFactor::default())?);
+        for (metric, terms) in set_level.iter().zip(terms.iter_mut()) {
+            terms.push(terms_of(&analysis, *metric)?);
         }
     }
     let mut out: Vec<(Metric, Vec<f64>)> = Vec::new();
@@ -280,13 +276,9 @@ pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metri
         if out.iter().any(|(m, _)| *m == metric) {
             continue;
         }
-        let values = match metric {
-            Metric::Etran => {
-                let terms = inputs.iter().map(crate::etran::etran_terms).collect::<Result<Vec<_>>>()?;
-                crate::etran::etran_combine(&terms)?
-            }
-            Metric::Ncti => crate::ncti::ncti_combine(&ncti_terms)?,
-            _ => by_model.iter().map(|scores| scores.iter().find(|(m, _)| *m == metric).map(|(_, v)| *v).unwrap_or(f64::NAN)).collect(),
+        let values = match set_level.iter().position(|m| *m == metric) {
+            Some(k) => combine_terms(metric, &terms[k])?,
+            None => by_model.iter().map(|scores| scores.iter().find(|(m, _)| *m == metric).map(|(_, v)| *v).unwrap_or(f64::NAN)).collect(),
         };
         out.push((metric, values));
     }

@@ -295,8 +295,8 @@ pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
     let shared_analysis_seconds = start.elapsed().as_secs_f64();
     for name in newer_rows() {
         let (seconds, _, runs) = timed_runs(repeats, || match name {
-            NCTI_TERMS => Ok(shared.ncti_terms()?.seli),
-            ETRAN_TERMS => Ok(medxfer_scores::etran_terms(&input)?.lda),
+            NCTI_TERMS => reported_term(&shared, Metric::Ncti),
+            ETRAN_TERMS => reported_term(&shared, Metric::Etran),
             metric => Ok(shared.score(metric.parse()?)?),
         })?;
         if let Some(entry) = metrics.get_mut(name).and_then(Value::as_object_mut) {
@@ -312,7 +312,7 @@ pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
         for &metric in &per_model {
             total += shared.score(metric)?;
         }
-        Ok(total + shared.ncti_terms()?.seli + medxfer_scores::etran_terms(&input)?.lda)
+        Ok(total + reported_term(&shared, Metric::Ncti)? + reported_term(&shared, Metric::Etran)?)
     })?;
     let (suite_seconds, _, suite_runs) = timed_runs(repeats, || Ok(score_all(&input, &Metric::ALL)?.len() as f64))?;
     let floor = floor(&input)?;
@@ -322,6 +322,14 @@ pub fn worker(file: &Path, repeats: usize, memory_only: bool) -> Result<()> {
                "every_seconds": every_seconds, "every_runs": every_runs, "floor": floor})
     );
     Ok(())
+}
+
+/// The term a set-level score's row reports (as the reference side does): NCTI's seli, ETran's
+/// LDA term.
+fn reported_term(shared: &SharedAnalysis<'_>, metric: Metric) -> Result<f64> {
+    let reported = if metric == Metric::Ncti { "seli" } else { "lda" };
+    let position = metric.terms().iter().position(|t| *t == reported).context("a set-level score's reported term")?;
+    Ok(shared.set_terms(metric)?[position])
 }
 
 /// The rows of the newer scores: per model, then the set-level scores' terms.
