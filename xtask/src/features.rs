@@ -14,6 +14,46 @@ use medxfer_zoo::Backbone;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// The precision features are extracted in (`rank --dtype`, `reproduce --dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExtractDtype {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16 (a GPU's).
+    Bf16,
+}
+
+impl ExtractDtype {
+    /// The candle dtype the backbone is loaded in.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            ExtractDtype::F32 => candle_core::DType::F32,
+            ExtractDtype::F16 => candle_core::DType::F16,
+            ExtractDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// The option's value, as records and reports write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtractDtype::F32 => "f32",
+            ExtractDtype::F16 => "f16",
+            ExtractDtype::Bf16 => "bf16",
+        }
+    }
+
+    /// What cached features made in this precision are keyed by (f32 keeps the plain key).
+    pub fn key_suffix(self) -> &'static str {
+        match self {
+            ExtractDtype::F32 => "",
+            ExtractDtype::F16 => "-f16",
+            ExtractDtype::Bf16 => "-bf16",
+        }
+    }
+}
+
 /// The scores of one feature file (a study's `<setting>.scores.json`; rank keeps `values` and
 /// `errors`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

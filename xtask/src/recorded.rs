@@ -20,6 +20,13 @@ pub const WEIGHTS: &str = "weights";
 /// folder is copied; the checksum does not).
 pub const WEIGHTS_SOURCE: &str = "weights_source";
 
+/// The extraction precision of the pretrained features (`--dtype`), recorded by the features step.
+pub const DTYPE: &str = "dtype";
+
+/// Settings recorded only since a later version, with the value every earlier record was made
+/// with: a record without one compares as that value.
+const LATER_SETTINGS: [(&str, &str); 1] = [(DTYPE, "f32")];
+
 /// Which step's result a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +71,7 @@ impl Difference {
             "halving" => "--halving/--halving-min-epochs",
             "splits" => "--splits",
             "precision" => "--precision",
+            DTYPE => "--dtype",
             WEIGHTS => "--weights (or the hub's weights)",
             _ => "its option",
         }
@@ -83,13 +91,19 @@ pub fn read(path: &Path) -> Result<Option<Recorded>> {
 }
 
 /// The compared settings that differ (a setting only one side has counts as a difference,
-/// except the weights, which a check made before the weights are at hand does not know yet).
+/// except the weights, which a check made before the weights are at hand does not know yet, and
+/// a setting recorded only since a later version, which an earlier record was made with at its
+/// one value then).
 pub fn compare(recorded: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<Difference> {
     let mut keys: Vec<&String> = recorded.keys().chain(current.keys()).filter(|k| k.as_str() != WEIGHTS_SOURCE).collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .filter_map(|key| match (recorded.get(key), current.get(key)) {
+        .map(|key| {
+            let earlier = LATER_SETTINGS.iter().find(|(name, _)| *name == key.as_str()).map(|(_, value)| value.to_string());
+            (key, recorded.get(key).cloned().or(earlier), current.get(key))
+        })
+        .filter_map(|(key, recorded, current)| match (recorded.as_ref(), current) {
             (Some(r), Some(c)) if r == c => None,
             (Some(_), None) if key == WEIGHTS => None,
             (r, c) => Some(Difference {
@@ -199,5 +213,23 @@ mod tests {
             },
         );
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn a_record_made_before_the_dtype_was_recorded_was_made_in_f32() {
+        let settings =
+            |pairs: &[(&str, &str)]| -> BTreeMap<String, String> { pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let earlier = settings(&[("crop", "224")]);
+        assert!(compare(&earlier, &settings(&[("crop", "224"), (DTYPE, "f32")])).is_empty());
+        assert_eq!(
+            compare(&earlier, &settings(&[("crop", "224"), (DTYPE, "bf16")])),
+            [Difference { setting: DTYPE.into(), recorded: "f32".into(), asked: "bf16".into() }]
+        );
+        // Recorded now, and asked otherwise: a difference like any other.
+        assert_eq!(
+            compare(&settings(&[(DTYPE, "f16")]), &settings(&[(DTYPE, "f32")])),
+            [Difference { setting: DTYPE.into(), recorded: "f16".into(), asked: "f32".into() }]
+        );
+        assert_eq!(compare(&earlier, &earlier.clone()), []);
     }
 }

@@ -459,6 +459,7 @@ fn a_change_of_settings_is_refused_by_name_and_extend_grows_the_searches() {
         ("--select", "val-balanced-accuracy", "selection: made with ValLoss"),
         ("--halving", "2", "halving: made with none"),
         ("--splits", "grouped", "--splits"),
+        ("--dtype", "f16", "dtype: made with f32, this run asks for f16"),
     ] {
         let message = refused(&with_option(args.clone(), option, value));
         assert!(message.contains(setting), "{option} {value}: {message}");
@@ -514,6 +515,41 @@ fn a_change_of_settings_is_refused_by_name_and_extend_grows_the_searches() {
     // ... and the same bytes found elsewhere are the same weights.
     with_weights = with_option(with_weights, "--weights", weights.to_str().unwrap());
     check(xtask().args(&with_weights).output().unwrap());
+}
+
+#[test]
+fn half_precision_pretrained_features_are_recorded_listed_and_close_to_f32_ones() {
+    let (shared, single) = reference();
+    let out = shared.join("half");
+    copy_tree(single, &out);
+    // Every feature made anew, the searches kept: the pretrained ones in f16, the OOD ones in f32.
+    std::fs::remove_dir_all(out.join("features")).unwrap();
+    let args = with_option(demo_args(shared, &out), "--dtype", "f16");
+    let run = check(xtask().args(&args).output().unwrap());
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("epoch   1 "), "nothing trains again");
+    for task in TASKS {
+        for backbone in BACKBONES.split(',') {
+            let dir = format!("features/{task}/{backbone}");
+            let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(&dir).join("settings.json")).unwrap()).unwrap();
+            assert_eq!(record["settings"]["dtype"], "f16", "{dir}");
+            let (half, full) = (tensors(&out.join(&dir).join("id.safetensors")), tensors(&single.join(&dir).join("id.safetensors")));
+            let (half, full) = (&half["features"].1, &full["features"].1);
+            let scale = full.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let error = half.iter().zip(full).fold(0f64, |m, (h, f)| m.max((h - f).abs()));
+            // f16 keeps 11 significant bits: rounded, so not equal, but within a few of its ulps.
+            assert!(error > 0.0 && error <= 1e-2 * scale, "{dir}: max error {error} at scale {scale}");
+            assert_eq!(
+                tensors(&out.join(&dir).join("ood.safetensors")),
+                tensors(&single.join(&dir).join("ood.safetensors")),
+                "{dir}: the fine-tuned model's OOD features stay f32"
+            );
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("pretrained features extracted in f16 (--dtype f16)"), "{report}");
+    // The record holds: a rerun in f32 is refused, naming the option that continues.
+    let message = refused(&demo_args(shared, &out));
+    assert!(message.contains("dtype: made with f16, this run asks for f32") && message.contains("--dtype f16"), "{message}");
 }
 
 /// A hub cache holding only `config.json` of `repo` (HF_HOME/hub/models--org--name/...).
@@ -589,6 +625,11 @@ fn sizes_from_the_command_line_are_checked_before_anything_starts() {
     }
     let output = xtask().args(["rank", "--images", dir.path().to_str().unwrap(), "--crop", "0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("the crop is 0"));
+    // So is a precision the device cannot run.
+    let output = xtask().args(["reproduce", "--out", out.to_str().unwrap(), "--dtype", "bf16"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--dtype bf16 needs a GPU") && stderr.contains("--dtype f16"), "{stderr}");
+    assert!(!out.exists(), "nothing written");
 }
 
 #[test]

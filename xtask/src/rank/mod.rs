@@ -24,7 +24,7 @@ use medxfer_train::{
 use medxfer_zoo::{HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::features::{FeatureScores, extract_features, score_file};
+use crate::features::{ExtractDtype, FeatureScores, extract_features, score_file};
 use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
 use crate::results::Setting;
 use crate::weights::{Weights, folder_name};
@@ -130,36 +130,6 @@ impl Consensus {
             Consensus::Paper => "the paper's seven scores".to_string(),
             Consensus::All => "every score".to_string(),
             Consensus::Named(metrics) => metrics.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
-        }
-    }
-}
-
-/// The precision features are extracted in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExtractDtype {
-    /// 32-bit floats.
-    F32,
-    /// IEEE half precision.
-    F16,
-    /// bfloat16 (a GPU's).
-    Bf16,
-}
-
-impl ExtractDtype {
-    fn dtype(self) -> candle_core::DType {
-        match self {
-            ExtractDtype::F32 => candle_core::DType::F32,
-            ExtractDtype::F16 => candle_core::DType::F16,
-            ExtractDtype::Bf16 => candle_core::DType::BF16,
-        }
-    }
-
-    /// What cached features made in this precision are keyed by (f32 keeps the plain key).
-    fn key_suffix(self) -> &'static str {
-        match self {
-            ExtractDtype::F32 => "",
-            ExtractDtype::F16 => "-f16",
-            ExtractDtype::Bf16 => "-bf16",
         }
     }
 }

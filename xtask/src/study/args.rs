@@ -10,6 +10,7 @@ use medxfer_zoo::{HubOptions, Registry};
 
 use super::layout::Layout;
 use super::{SplitChoice, Study, Weights};
+use crate::features::ExtractDtype;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReproduceArgs {
@@ -56,6 +57,11 @@ pub struct ReproduceArgs {
     /// Pretrained weights from DIR/<backbone>.safetensors instead of the hub.
     #[arg(long, value_name = "DIR")]
     pub weights: Option<PathBuf>,
+    /// Precision of the pretrained-feature extraction (steps 2-3, the scores' inputs): f32 (the
+    /// reference's, the default), or f16 / bf16 (bf16 on a GPU) so the giant foundation models
+    /// extract in half the memory; listed as a deviation. Fine-tuning and the OOD step stay f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: ExtractDtype,
     /// The model registry (models/ by default).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
@@ -118,6 +124,9 @@ impl ReproduceArgs {
         let resize = self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256);
         let crop = self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224);
         medxfer_data::transform::check_sizes(resize, crop)?;
+        if self.dtype == ExtractDtype::Bf16 && !self.device_is_gpu() {
+            bail!("--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there");
+        }
         let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
         let catalog = Catalog::load_default()?;
         let tasks = self.tasks.iter().map(|t| catalog.task(t).cloned()).collect::<medxfer_data::Result<Vec<_>>>()?;
@@ -186,6 +195,7 @@ impl ReproduceArgs {
             halving: self.halving.map(|eta| medxfer_train::Halving::new(eta, self.halving_min_epochs)).transpose()?,
             extend: self.extend,
             extract_batch: 32,
+            extract_dtype: self.dtype,
             demo: demo.is_some(),
             command,
         })

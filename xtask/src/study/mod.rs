@@ -25,6 +25,7 @@ use medxfer_data::{Catalog, Entry, TaskSpec};
 use medxfer_train::{RunData, Selection, Shard, SplitData, TrainingOptions};
 use medxfer_zoo::ModelEntry;
 
+use crate::features::ExtractDtype;
 use crate::report::Provenance;
 pub use crate::weights::Weights;
 use layout::Layout;
@@ -54,6 +55,8 @@ pub struct Study {
     pub extend: bool,
     /// Batch of feature extraction (the reference's 32).
     pub extract_batch: usize,
+    /// Precision of the pretrained-feature extraction (f32 unless `--dtype`).
+    pub extract_dtype: ExtractDtype,
     pub demo: bool,
     /// The command line, for the report.
     pub command: String,
@@ -114,6 +117,12 @@ impl Study {
             list.push(format!(
                 "successive halving (eta {}, first rung {} epochs): only the best trials of each rung train on, A_opt is chosen among those that trained every epoch",
                 h.eta, h.min_epochs
+            ));
+        }
+        if self.extract_dtype != ExtractDtype::F32 {
+            let dtype = self.extract_dtype.as_str();
+            list.push(format!(
+                "pretrained features extracted in {dtype} (--dtype {dtype}), not f32: the scores' inputs are rounded; fine-tuning and the OOD step ran in f32"
             ));
         }
         if let Some(patience) = options.patience {

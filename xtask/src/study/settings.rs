@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use medxfer_zoo::ModelEntry;
 
 use super::Study;
-use crate::recorded::{Difference, Recorded, SETTINGS_FILE, Step, WEIGHTS, WEIGHTS_SOURCE, compare, read};
+use crate::recorded::{DTYPE, Difference, Recorded, SETTINGS_FILE, Step, WEIGHTS, WEIGHTS_SOURCE, compare, read};
 use crate::weights::WeightsIdentity;
 
 impl Study {
@@ -31,6 +31,9 @@ impl Study {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if step == Step::Features {
+            settings.insert(DTYPE.to_string(), self.extract_dtype.as_str().to_string());
+        }
         if step == Step::Search {
             let halving = self.halving.map_or("none".to_string(), |h| format!("eta {} first rung {} epochs", h.eta, h.min_epochs));
             for (key, value) in [

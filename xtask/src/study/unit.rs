@@ -10,7 +10,7 @@ use medxfer_data::{Entry, Normalization, TaskSpec};
 use medxfer_scores::Metric;
 use medxfer_train::{
     BEST_FILE, EpochBar, ExtractSettings, RunSettings, SearchProgress, SearchSettings, SearchSummary, SplitData, load_fine_tuned,
-    load_pretrained, search, start_fine_tuning, trial_dir,
+    load_pretrained_in, search, start_fine_tuning, trial_dir,
 };
 use medxfer_zoo::{Backbone, ModelEntry};
 
@@ -102,7 +102,8 @@ impl Unit<'_> {
         let features = layout.features(&self.task.name, &self.entry.name, Setting::Id);
         if !features.exists() {
             let weights = self.study.weights.file(self.entry)?;
-            let model = load_pretrained(self.entry, &weights, self.device).with_context(|| format!("loading {}", weights.display()))?;
+            let model = load_pretrained_in(self.entry, &weights, self.device, self.study.extract_dtype.dtype())
+                .with_context(|| format!("loading {}", weights.display()))?;
             self.extract(&model, &self.data.run.train, &self.data.split.train, &features)?;
             self.log.line(&format!(
                 "{}: pretrained features of {} train images ({:.1} s)",
