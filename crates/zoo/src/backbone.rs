@@ -17,7 +17,7 @@ use crate::regnet::RegNet;
 use crate::resnet::ResNet;
 use crate::swin::Swin;
 use crate::torchvision::{is_torchvision_layout, timm_name};
-use crate::vit::{Vit, convert_vit_checkpoint, resample_pos_embed, square_side};
+use crate::vit::{Embedding, Vit, convert_vit_checkpoint, resample_pos_embed, square_side};
 
 #[derive(Debug, Clone)]
 enum Network {
@@ -132,8 +132,8 @@ impl Backbone {
         if is_torchvision_layout(architecture, &keys) {
             tensors = tensors.into_iter().map(|(key, tensor)| (timm_name(architecture, &key).unwrap_or(key), tensor)).collect();
         }
-        if matches!(architecture, Architecture::Vit(_)) {
-            tensors = convert_vit_checkpoint(tensors).map_err(|error| match error {
+        if let Architecture::Vit(config) = architecture {
+            tensors = convert_vit_checkpoint(tensors, config.embedding == Embedding::AttentionalPool).map_err(|error| match error {
                 Error::Config { problem, .. } => Error::Checkpoint { path: path.to_path_buf(), problem },
                 Error::Candle(error) => {
                     Error::Checkpoint { path: path.to_path_buf(), problem: format!("its tensors do not fit together: {error}") }

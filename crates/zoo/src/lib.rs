@@ -71,6 +71,6 @@ pub use swin::{SwinConfig, swin_preset};
 pub use timm_config::{SUPPORTED_ARCHITECTURES, architecture_from_timm, entry_from_timm_config};
 pub use transformers_config::{entry_from_transformers_config, is_transformers_config};
 pub use vit::{
-    Embedding, GlobalPool, MlpKind, PosResample, TRANSFORMERS_MODEL_TYPES, VIT_PRESETS, VitConfig, fit_to_checkpoint, vit_preset,
+    AttnPool, Embedding, GlobalPool, MlpKind, PosResample, TRANSFORMERS_MODEL_TYPES, VIT_PRESETS, VitConfig, fit_to_checkpoint, vit_preset,
     vit_preset_names, vit_unsupported,
 };

@@ -196,6 +196,86 @@ fn checkpoints_in_their_published_layouts_load_to_the_same_model() {
     assert_close("bf16 weights' logits", &model.features_and_logits(&reference_bf16["input"], false).unwrap().1, &reference_bf16["logits"]);
 }
 
+/// A CONCH-like tower's trunk with the card's embedding (the contrastive attentional pooler).
+fn coca_config(case: &Value) -> VitConfig {
+    let size = |key: &str| case["trunk"][key].as_u64().unwrap() as usize;
+    VitConfig {
+        dynamic_img_size: true,
+        embedding: Embedding::AttentionalPool,
+        attn_pool: Some(serde_json::from_value(case["attn_pool"].clone()).unwrap()),
+        ..VitConfig::new(size("img_size"), size("patch_size"), size("embed_dim"), size("depth"), size("num_heads"))
+    }
+}
+
+#[test]
+fn conch_like_towers_give_the_cards_embedding_through_the_attentional_pooler() {
+    let cases = json("coca.json");
+    for (name, case) in cases.as_object().unwrap() {
+        let config = coca_config(case);
+        let weights = fixtures().join(format!("{name}.open_clip.bin"));
+        let model = Backbone::load(name, &Architecture::Vit(config.clone()), 0, &weights, &Device::Cpu).unwrap();
+        assert_eq!(model.params().parameter_count() as u64, case["parameters"].as_u64().unwrap(), "{name}: parameters");
+        assert_eq!(config.parameter_count(0), model.params().parameter_count(), "{name}: counted without building");
+        assert_eq!(model.num_features() as u64, case["attn_pool"]["dim"].as_u64().unwrap(), "{name}: the pooler's width");
+        let reference = reference(name);
+        let sides: Vec<u64> = case["sides"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+        for &side in &sides {
+            let suffix = if side == sides[0] { String::new() } else { format!("_{side}") };
+            let input = &reference[&format!("input{suffix}")];
+            let what = format!("{name} at {side} px");
+            assert_close(
+                &format!("{what}: tokens"),
+                &model.feature_map(input, false).unwrap(),
+                &reference[&format!("feature_map{suffix}")],
+            );
+            assert_close(&format!("{what}: embedding"), &model.features(input, false).unwrap(), &reference[&format!("features{suffix}")]);
+        }
+        // Train mode: the fixture's float64 gradients of the same loss, and one for every parameter.
+        let loss = (model.features(&reference["input"], true).unwrap() * &reference["loss_weights"]).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        for key in case["gradients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
+            let var = model.params().var(key).unwrap_or_else(|| panic!("{name}: no {key}"));
+            assert_close(&format!("{name} gradient of {key}"), grads.get(var.as_tensor()).unwrap(), &reference[&format!("grad.{key}")]);
+        }
+        for (key, var) in model.params().trainable_vars() {
+            assert!(grads.get(var.as_tensor()).is_some(), "{name}: {key} got no gradient");
+        }
+    }
+    let conch = &cases["conch_like"];
+    let weights = fixtures().join("conch_like.open_clip.bin");
+    let reference = reference("conch_like");
+    // In f16 (the pooler's softmax taken in f32), near the f32 truth.
+    let half = Backbone::load_in("conch_like", &Architecture::Vit(coca_config(conch)), 0, &weights, &Device::Cpu, DType::F16).unwrap();
+    let features = half.features(&reference["input"].to_dtype(DType::F16).unwrap(), false).unwrap().to_dtype(DType::F32).unwrap();
+    let truth = &reference["features"];
+    let difference = (&features - truth).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = truth.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(difference > 0.0 && difference <= 1e-2 * scale, "f16 embedding: {difference} at scale {scale}");
+    // The same tower with the trunk's class token as its embedding: the poolers are left out.
+    let trunk = VitConfig { embedding: Embedding::ClassToken, attn_pool: None, ..coca_config(conch) };
+    let model = Backbone::load("conch_trunk", &Architecture::Vit(trunk), 0, &weights, &Device::Cpu).unwrap();
+    assert_close(
+        "the trunk's class token",
+        &model.features(&reference["input"], false).unwrap(),
+        &reference["feature_map"].narrow(1, 0, 1).unwrap().squeeze(1).unwrap(),
+    );
+    // A pooler the checkpoint lacks, or of another width, is refused, naming what disagrees.
+    let refused = |config: VitConfig, file: &str| {
+        let error = Backbone::load("conch", &Architecture::Vit(config), 0, &fixtures().join(file), &Device::Cpu).unwrap_err().to_string();
+        assert!(error.contains(file), "{error}");
+        error
+    };
+    let error = refused(coca_config(&cases["conch_packed_like"]), "uni_like.open_clip.bin");
+    assert!(error.contains("no attn_pool_contrast.query"), "{error}");
+    let narrow = VitConfig { attn_pool: Some(medxfer_zoo::AttnPool { dim: 16, heads: 4 }), ..coca_config(conch) };
+    let error = refused(narrow, "conch_like.open_clip.bin");
+    assert!(error.contains("attn_pool's dim is 16") && error.contains("[1, 32]"), "{error}");
+    // A pooler without its shape is refused before anything is read.
+    let shapeless = VitConfig { attn_pool: None, ..coca_config(conch) };
+    let error = Backbone::new("conch", &Architecture::Vit(shapeless), 0, &Device::Cpu).unwrap_err().to_string();
+    assert!(error.contains("attn_pool = {"), "{error}");
+}
+
 #[test]
 fn transformers_checkpoints_give_transformers_outputs() {
     for name in ["hf_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_dinov2_registers", "hf_dinov2_registers_swiglu"] {

@@ -48,6 +48,35 @@ pub enum Embedding {
     PatchMean,
     /// The class token and the mean of the patch tokens, concatenated (twice the width).
     ClassTokenAndPatchMean,
+    /// CoCa's contrastive attentional pooler (CONCH's `encode_image(proj_contrast=False)`): one
+    /// learned query attends over every token after the final norm, then `ln_contrast`; the
+    /// width is the pooler's ([`AttnPool`]).
+    AttentionalPool,
+}
+
+/// CoCa's attentional pooler (open_clip's `AttentionalPooler` with one query): a LayerNorm on
+/// the query and on the tokens, PyTorch's `MultiheadAttention` from the tokens' width to `dim`,
+/// and a LayerNorm after it. Its LayerNorms use PyTorch's default epsilon (1e-5), not the
+/// trunk's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttnPool {
+    /// The pooled width (`d_model`; CONCH's `embed_dim` 512).
+    pub dim: usize,
+    /// Attention heads (`attn_pooler_heads`; in no tensor).
+    pub heads: usize,
+}
+
+impl AttnPool {
+    /// PyTorch's `nn.LayerNorm` default, which open_clip's pooler and `ln_contrast` keep.
+    pub const LAYER_NORM_EPS: f64 = 1e-5;
+
+    /// Trainable scalars over tokens `width` wide: the query, the two LayerNorms in the pooler,
+    /// the q, k, v and output projections with their biases, and the LayerNorm after it.
+    pub fn parameter_count(&self, width: usize) -> usize {
+        let d = self.dim;
+        d + 2 * d + 2 * width + (d * d + d) + 2 * (d * width + d) + (d * d + d) + 2 * d
+    }
 }
 
 /// A ViT's shape and options (timm's keyword names).
@@ -113,6 +142,9 @@ pub struct VitConfig {
     /// or transformers' plain bicubic for its ViTModel and Dinov2Model checkpoints).
     #[serde(default)]
     pub pos_resample: PosResample,
+    /// The attentional pooler of `embedding = "attentional_pool"`.
+    #[serde(default)]
+    pub attn_pool: Option<AttnPool>,
 }
 
 fn default_mlp_ratio() -> f64 {
@@ -151,6 +183,7 @@ impl VitConfig {
             layer_norm_eps: default_eps(),
             embedding: Embedding::Pool,
             pos_resample: PosResample::Antialiased,
+            attn_pool: None,
         }
     }
 
@@ -186,8 +219,9 @@ impl VitConfig {
 
     /// Width of the features.
     pub fn num_features(&self) -> usize {
-        match self.embedding {
-            Embedding::ClassTokenAndPatchMean => 2 * self.embed_dim,
+        match (self.embedding, self.attn_pool) {
+            (Embedding::ClassTokenAndPatchMean, _) => 2 * self.embed_dim,
+            (Embedding::AttentionalPool, Some(pool)) => pool.dim,
             _ => self.embed_dim,
         }
     }
@@ -210,7 +244,12 @@ impl VitConfig {
             + fc2_in * d
             + d;
         let heads = if num_classes == 0 { 0 } else { (self.num_features() + 1) * num_classes * if self.distilled { 2 } else { 1 } };
+        let pool = match (self.embedding, self.attn_pool) {
+            (Embedding::AttentionalPool, Some(pool)) => pool.parameter_count(d),
+            _ => 0,
+        };
         d * 3 * self.patch_size * self.patch_size
+            + pool
             + if self.pre_norm { 2 * d } else { d }
             + self.prefix_tokens() * d
             + self.pos_embed_len(self.grid()) * d
@@ -231,6 +270,21 @@ impl VitConfig {
         }
         if self.embedding == Embedding::Pool && self.global_pool == GlobalPool::None && !self.distilled {
             return Err("global_pool is none (the model gives every token): name an embedding recipe (embedding = \"class_token\", \"patch_mean\" or \"class_token_and_patch_mean\")".into());
+        }
+        match (self.embedding, self.attn_pool) {
+            (Embedding::AttentionalPool, None) => {
+                return Err("embedding attentional_pool needs its pooler's shape (attn_pool = { dim = ..., heads = ... })".into());
+            }
+            (Embedding::AttentionalPool, Some(pool)) if pool.heads == 0 || pool.dim == 0 || !pool.dim.is_multiple_of(pool.heads) => {
+                return Err(format!("attn_pool's dim {} is not a positive multiple of its heads {}", pool.dim, pool.heads));
+            }
+            (Embedding::AttentionalPool, Some(pool)) if pool.dim > 1 << 14 => {
+                return Err(format!("attn_pool's dim is {}; expected at most 16384", pool.dim));
+            }
+            (embedding, Some(_)) if embedding != Embedding::AttentionalPool => {
+                return Err(format!("attn_pool is set but the embedding is {embedding:?}; it is used by embedding = \"attentional_pool\""));
+            }
+            _ => {}
         }
         if self.distilled && !self.class_token {
             return Err("a distilled ViT (DeiT) has a class token".into());

@@ -127,6 +127,29 @@ pub fn fit_to_checkpoint(config: &VitConfig, shapes: &BTreeMap<String, Vec<usize
     } else {
         disagreements.push("the checkpoint has no pos_embed".into());
     }
+    if let Some(pool) = fitted.attn_pool.filter(|_| fitted.embedding == super::Embedding::AttentionalPool) {
+        // The pooler's query is (queries, dim) and its keys come from the tokens; its heads are
+        // in no tensor.
+        match shape("attn_pool_contrast.query") {
+            Some(&[1, width]) if width == pool.dim => {}
+            Some(other) => disagreements.push(format!(
+                "attn_pool's dim is {} but the checkpoint's attn_pool_contrast.query is {other:?} (one query of that width expected)",
+                pool.dim
+            )),
+            None => disagreements.push(
+                "the embedding is attentional_pool but the checkpoint has no attn_pool_contrast.query (no CoCa pooler beside its trunk)"
+                    .into(),
+            ),
+        }
+        if let Some(&[rows, columns]) = shape("attn_pool_contrast.attn.k_proj.weight")
+            && (rows, columns) != (pool.dim, dim)
+        {
+            disagreements.push(format!(
+                "the pooler's key projection is {rows} x {columns}; attn_pool's dim {} over {dim}-wide tokens expected",
+                pool.dim
+            ));
+        }
+    }
     if fitted.global_pool == GlobalPool::Token && !fitted.class_token && fitted.embedding == super::Embedding::Pool {
         // A model without a class token pools by averaging (timm's `_gap` presets).
         fitted.global_pool = GlobalPool::Avg;

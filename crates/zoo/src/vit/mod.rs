@@ -13,9 +13,9 @@ mod presets;
 mod resample;
 mod transformers;
 
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 
-pub use config::{Embedding, GlobalPool, MlpKind, VitConfig};
+pub use config::{AttnPool, Embedding, GlobalPool, MlpKind, VitConfig};
 pub use convert::convert_vit_checkpoint;
 pub use infer::fit_to_checkpoint;
 pub use presets::{VIT_PRESETS, vit_preset, vit_preset_names, vit_unsupported};
@@ -23,7 +23,7 @@ pub use resample::{PosResample, resample_pos_embed, square_side};
 pub use transformers::{TRANSFORMERS_MODEL_TYPES, vit_from_transformers_config};
 
 use crate::error::{Error, Result};
-use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear};
+use crate::layers::{Conv2d, ConvSpec, LayerNorm, Linear, tracked};
 use crate::params::ParamBuilder;
 
 #[derive(Debug, Clone)]
@@ -89,6 +89,64 @@ impl Block {
     }
 }
 
+/// CoCa's contrastive attentional pooler (open_clip's `AttentionalPooler`, one query, then
+/// `ln_contrast`), under the checkpoint's names with `MultiheadAttention`'s packed projections
+/// split (`convert_vit_checkpoint`).
+#[derive(Debug, Clone)]
+struct AttentionalPool {
+    query: Tensor,
+    ln_q: LayerNorm,
+    ln_k: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    ln_contrast: LayerNorm,
+    config: AttnPool,
+}
+
+impl AttentionalPool {
+    fn new(params: &ParamBuilder<'_>, config: AttnPool, width: usize) -> Result<Self> {
+        let pool = params.pp("attn_pool_contrast");
+        let attn = pool.pp("attn");
+        let (dim, eps) = (config.dim, AttnPool::LAYER_NORM_EPS);
+        Ok(Self {
+            query: pool.param((1, dim), "query")?,
+            ln_q: LayerNorm::new(&pool.pp("ln_q"), dim, eps)?,
+            ln_k: LayerNorm::new(&pool.pp("ln_k"), width, eps)?,
+            q_proj: Linear::new(&attn.pp("q_proj"), dim, dim)?,
+            k_proj: Linear::new(&attn.pp("k_proj"), width, dim)?,
+            v_proj: Linear::new(&attn.pp("v_proj"), width, dim)?,
+            out_proj: Linear::new(&attn.pp("out_proj"), dim, dim)?,
+            ln_contrast: LayerNorm::new(&params.pp("ln_contrast"), dim, eps)?,
+            config,
+        })
+    }
+
+    /// The pooled embedding (B, dim) of the tokens (B, T, width): PyTorch's multi-head
+    /// attention of the normed query over the normed tokens, then `ln_contrast`.
+    fn forward_t(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        let (batch, count, _) = tokens.dims3()?;
+        let (dim, heads) = (self.config.dim, self.config.heads);
+        let head_dim = dim / heads;
+        let context = self.ln_k.forward_t(tokens, train)?;
+        let query = self.q_proj.forward_t(&self.ln_q.forward_t(&tracked(&self.query, train), train)?, train)?;
+        // PyTorch scales the projected query by head_dim^-1/2 before the product.
+        let query = (query * (head_dim as f64).powf(-0.5))?.reshape((1, heads, 1, head_dim))?.broadcast_as((batch, heads, 1, head_dim))?;
+        let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((batch, count, heads, head_dim))?.transpose(1, 2)?.contiguous()?) };
+        let keys = split(self.k_proj.forward_t(&context, train)?)?;
+        let values = split(self.v_proj.forward_t(&context, train)?)?;
+        let scores = query.contiguous()?.matmul(&keys.transpose(2, 3)?.contiguous()?)?;
+        // Half precision takes the softmax in f32, as PyTorch's autocast does.
+        let weights = match scores.dtype() {
+            DType::F32 | DType::F64 => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            half => candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(half)?,
+        };
+        let attended = weights.matmul(&values)?.transpose(1, 2)?.reshape((batch, dim))?;
+        self.ln_contrast.forward_t(&self.out_proj.forward_t(&attended, train)?, train)
+    }
+}
+
 /// A ViT with timm's tensor names.
 #[derive(Debug, Clone)]
 pub struct Vit {
@@ -106,6 +164,8 @@ pub struct Vit {
     pub(crate) head: Option<Linear>,
     /// DeiT's distillation head.
     pub(crate) head_dist: Option<Linear>,
+    /// CoCa's contrastive pooler (`embedding = "attentional_pool"`); boxed, as few models have one.
+    attn_pool: Option<Box<AttentionalPool>>,
 }
 
 impl Vit {
@@ -166,6 +226,10 @@ impl Vit {
         } else {
             (Some(LayerNorm::new(&params.pp("norm"), dim, eps)?), None)
         };
+        let attn_pool = match (config.embedding, config.attn_pool) {
+            (Embedding::AttentionalPool, Some(pool)) => Some(Box::new(AttentionalPool::new(params, pool, dim)?)),
+            _ => None,
+        };
         let features = config.num_features();
         let head = if num_classes > 0 { Some(Linear::new(&params.pp("head"), features, num_classes)?) } else { None };
         let head_dist =
@@ -183,6 +247,7 @@ impl Vit {
             fc_norm,
             head,
             head_dist,
+            attn_pool,
         })
     }
 
@@ -268,6 +333,10 @@ impl Vit {
             Embedding::ClassToken => class()?,
             Embedding::PatchMean => self.patch_mean(tokens)?,
             Embedding::ClassTokenAndPatchMean => Tensor::cat(&[&class()?, &self.patch_mean(tokens)?], 1)?,
+            Embedding::AttentionalPool => match &self.attn_pool {
+                Some(pool) => pool.forward_t(tokens, train)?,
+                None => unreachable!("refused by VitConfig::check_options"),
+            },
         };
         // Contiguous: cuBLAS takes no row stride other than the row length.
         Ok(features.contiguous()?)
