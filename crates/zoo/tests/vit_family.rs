@@ -36,6 +36,31 @@ fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert!(difference <= 1e-4 * scale, "{what}: max difference {difference}, scale {scale}");
 }
 
+/// The model's tokens and features of `reference`'s input with `suffix` against the reference's.
+fn assert_tokens_and_features(what: &str, model: &Backbone, reference: &HashMap<String, Tensor>, suffix: &str) {
+    let input = &reference[&format!("input{suffix}")];
+    assert_close(&format!("{what}: tokens"), &model.feature_map(input, false).unwrap(), &reference[&format!("feature_map{suffix}")]);
+    assert_close(&format!("{what}: features"), &model.features(input, false).unwrap(), &reference[&format!("features{suffix}")]);
+}
+
+/// The gradients of the case's listed keys against the fixture's float64 ones, and one for
+/// every trainable parameter.
+fn assert_gradients(
+    name: &str,
+    model: &Backbone,
+    grads: &candle_core::backprop::GradStore,
+    case: &Value,
+    reference: &HashMap<String, Tensor>,
+) {
+    for key in case["gradients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
+        let var = model.params().var(key).unwrap_or_else(|| panic!("{name}: no {key}"));
+        assert_close(&format!("{name} gradient of {key}"), grads.get(var.as_tensor()).unwrap(), &reference[&format!("grad.{key}")]);
+    }
+    for (key, var) in model.params().trainable_vars() {
+        assert!(grads.get(var.as_tensor()).is_some(), "{name}: {key} got no gradient");
+    }
+}
+
 /// The architecture a case's published config.json describes, with the recipe its registry
 /// entry would name.
 fn published(case: &Value) -> (Architecture, usize) {
@@ -82,16 +107,8 @@ fn every_case_gives_timms_tokens_features_logits_and_gradients() {
         if let Some(weights) = reference.get("logit_loss_weights") {
             loss = (loss + (logits * weights).unwrap().sum_all().unwrap()).unwrap();
         }
-        let grads = loss.backward().unwrap();
-        for key in case["gradients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
-            let var = model.params().var(key).unwrap_or_else(|| panic!("{name}: no {key}"));
-            assert_close(&format!("{name} gradient of {key}"), grads.get(var.as_tensor()).unwrap(), &reference[&format!("grad.{key}")]);
-        }
-        for (key, var) in model.params().trainable_vars() {
-            // The distillation head sees only its token; with no head on the logits' side the
-            // loss reaches every other parameter.
-            assert!(grads.get(var.as_tensor()).is_some(), "{name}: {key} got no gradient");
-        }
+        // With no head on the logits' side the loss reaches every parameter.
+        assert_gradients(name, &model, &loss.backward().unwrap(), case, &reference);
     }
 }
 
@@ -221,25 +238,11 @@ fn conch_like_towers_give_the_cards_embedding_through_the_attentional_pooler() {
         let sides: Vec<u64> = case["sides"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
         for &side in &sides {
             let suffix = if side == sides[0] { String::new() } else { format!("_{side}") };
-            let input = &reference[&format!("input{suffix}")];
-            let what = format!("{name} at {side} px");
-            assert_close(
-                &format!("{what}: tokens"),
-                &model.feature_map(input, false).unwrap(),
-                &reference[&format!("feature_map{suffix}")],
-            );
-            assert_close(&format!("{what}: embedding"), &model.features(input, false).unwrap(), &reference[&format!("features{suffix}")]);
+            assert_tokens_and_features(&format!("{name} at {side} px"), &model, &reference, &suffix);
         }
         // Train mode: the fixture's float64 gradients of the same loss, and one for every parameter.
         let loss = (model.features(&reference["input"], true).unwrap() * &reference["loss_weights"]).unwrap().sum_all().unwrap();
-        let grads = loss.backward().unwrap();
-        for key in case["gradients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
-            let var = model.params().var(key).unwrap_or_else(|| panic!("{name}: no {key}"));
-            assert_close(&format!("{name} gradient of {key}"), grads.get(var.as_tensor()).unwrap(), &reference[&format!("grad.{key}")]);
-        }
-        for (key, var) in model.params().trainable_vars() {
-            assert!(grads.get(var.as_tensor()).is_some(), "{name}: {key} got no gradient");
-        }
+        assert_gradients(name, &model, &loss.backward().unwrap(), case, &reference);
     }
     let conch = &cases["conch_like"];
     let weights = fixtures().join("conch_like.open_clip.bin");
@@ -289,14 +292,7 @@ fn transformers_checkpoints_give_transformers_outputs() {
         for weights in ["model.safetensors", "pytorch_model.bin"] {
             let model = Backbone::load_entry(&entry, &folder.join(weights), &Device::Cpu).unwrap();
             for suffix in ["", "_48"] {
-                let input = &reference[&format!("input{suffix}")];
-                let what = format!("{name} {weights}{suffix}");
-                assert_close(
-                    &format!("{what} tokens"),
-                    &model.feature_map(input, false).unwrap(),
-                    &reference[&format!("feature_map{suffix}")],
-                );
-                assert_close(&format!("{what} features"), &model.features(input, false).unwrap(), &reference[&format!("features{suffix}")]);
+                assert_tokens_and_features(&format!("{name} {weights}{suffix}"), &model, &reference, suffix);
             }
         }
     }
