@@ -45,11 +45,10 @@ impl ExtractDtype {
     }
 
     /// What cached features made in this precision are keyed by (f32 keeps the plain key).
-    pub fn key_suffix(self) -> &'static str {
+    pub fn key_suffix(self) -> String {
         match self {
-            ExtractDtype::F32 => "",
-            ExtractDtype::F16 => "-f16",
-            ExtractDtype::Bf16 => "-bf16",
+            ExtractDtype::F32 => String::new(),
+            half => format!("-{}", half.as_str()),
         }
     }
 }
