@@ -1,10 +1,13 @@
 """Times timm's eval forward of one backbone on CPU (the PyTorch side of `cargo xtask bench-zoo`),
 or with --train one training step (train-mode forward, cross-entropy, backward, SGD with
 Nesterov momentum and weight decay: the reference's optimizer). With --device cuda, on the GPU,
-timed to the end of the queued work; --tf32 lets matrix products and convolutions use TF32
-(PyTorch's own default allows it for convolutions only; here both are set alike).
+timed to the end of the queued work, with the same arithmetic switches as medxfer's side:
+--precision tf32 lets convolutions use TF32 (torch.backends.cudnn.allow_tf32, PyTorch's own
+default), --matmul-tf32 matrix products too (torch.backends.cuda.matmul.allow_tf32, off by
+default), --conv-algorithms benchmark times cuDNN's algorithms (torch.backends.cudnn.benchmark).
 
-    python bench_zoo.py NAME --batch 32 --repeats 3 [--warmup 2] [--train] [--device cuda] [--tf32]
+    python bench_zoo.py NAME --batch 32 --repeats 3 [--warmup 2] [--train] [--device cuda]
+        [--precision f32|tf32] [--matmul-tf32] [--conv-algorithms heuristic|benchmark]
 
 Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory and
 (on a GPU) peak device memory.
@@ -29,14 +32,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tf32", action="store_true")
+    parser.add_argument("--precision", choices=["f32", "tf32"], default="f32")
+    parser.add_argument("--matmul-tf32", action="store_true")
+    parser.add_argument("--conv-algorithms", choices=["heuristic", "benchmark"], default="heuristic")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu", int(args.device[5:]) if args.device.startswith("cuda:") else None)
     gpu = device.type == "cuda"
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
-    if gpu:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = args.matmul_tf32
+    torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    torch.backends.cudnn.benchmark = args.conv_algorithms == "benchmark"
     model = timm.create_model(args.name, pretrained=False).eval().to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
 

@@ -5,6 +5,7 @@ mod bench;
 mod clock;
 mod demo;
 mod features;
+mod gpu_arithmetic;
 mod rank;
 mod recorded;
 mod report;
@@ -114,10 +115,9 @@ enum Command {
         /// OUT/zoo-gpu.md or OUT/zoo-train-gpu.md.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// On a GPU, let f32 matrix products and convolutions use TF32 tensor cores, on both
-        /// sides (off by default: plain f32 on both).
-        #[arg(long)]
-        tf32: bool,
+        /// The GPU's arithmetic, the same on both sides.
+        #[command(flatten)]
+        gpu: gpu_arithmetic::GpuArithmetic,
     },
     /// Decode + resize throughput (building the image cache) and batch throughput from the
     /// cache, beside the reference's PIL + torchvision DataLoader.
@@ -208,8 +208,8 @@ enum Command {
         train: bool,
         #[arg(long)]
         device: String,
-        #[arg(long)]
-        tf32: bool,
+        #[command(flatten)]
+        gpu: gpu_arithmetic::GpuArithmetic,
     },
     /// One measurement in a fresh process (run by bench-scores).
     #[command(hide = true)]
@@ -230,8 +230,8 @@ fn main() -> Result<()> {
             bench::scores::run(&bench::scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench::scores::worker(&file, repeats, memory_only),
-        Command::BenchZoo { batch, size, repeats, rounds, models, python, out, train, device, tf32 } => {
-            bench::zoo::run(&bench::zoo::Settings { batch, size, repeats, rounds, models, python, out, train, device, tf32 }).map(|_| ())
+        Command::BenchZoo { batch, size, repeats, rounds, models, python, out, train, device, gpu } => {
+            bench::zoo::run(&bench::zoo::Settings { batch, size, repeats, rounds, models, python, out, train, device, gpu }).map(|_| ())
         }
         Command::BenchData { n, width, height, batch, repeats, python, out } => {
             bench::data::run(&bench::data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())
@@ -262,8 +262,8 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::BenchZooWorker { model, batch, size, repeats, train, device, tf32 } => {
-            bench::zoo::worker(&model, batch, size, repeats, train, &device, tf32)
+        Command::BenchZooWorker { model, batch, size, repeats, train, device, gpu } => {
+            bench::zoo::worker(&model, batch, size, repeats, train, &device, gpu)
         }
     }
 }

@@ -70,7 +70,7 @@ impl Difference {
             "patience" => "--patience",
             "halving" => "--halving/--halving-min-epochs",
             "splits" => "--splits",
-            "precision" => "--precision",
+            "precision" => "--precision/--matmul-tf32",
             DTYPE => "--dtype",
             WEIGHTS => "--weights (or the hub's weights)",
             _ => "its option",

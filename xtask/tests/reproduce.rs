@@ -630,6 +630,13 @@ fn sizes_from_the_command_line_are_checked_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("--dtype bf16 needs a GPU") && stderr.contains("--dtype f16"), "{stderr}");
     assert!(!out.exists(), "nothing written");
+    // And GPU arithmetic on the CPU, which would change nothing.
+    for gpu in [&["--precision", "tf32"][..], &["--matmul-tf32"], &["--conv-algorithms", "benchmark"]] {
+        let output = xtask().args(["reproduce", "--out", out.to_str().unwrap()]).args(gpu).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(gpu[0]) && stderr.contains("--device cuda:N"), "{gpu:?}: {stderr}");
+        assert!(!out.exists(), "nothing written");
+    }
 }
 
 #[test]

@@ -12,7 +12,12 @@
 //!   the implementations to one truth;
 //! - `cpu.rs`: the kernel for f32 on the CPU, a candle custom op with its own backward pass;
 //! - `composite.rs` (where one is needed): the same maths from candle's differentiable ops, for
-//!   CUDA and other dtypes; a `cuda.rs` joins it when the op gets a CUDA kernel of its own.
+//!   CUDA and other dtypes where the op has no CUDA kernel of its own;
+//! - `cuda.rs` (behind the `cuda` feature): the op's CUDA kernel or library call (cuDNN for the
+//!   convolutions), with the backward pass beside it.
+//!
+//! `gpu_settings` holds the process's GPU arithmetic (TF32 or not, how cuDNN algorithms are
+//! chosen) and `cuda_device` the host-side set-up of a CUDA device for training.
 //!
 //! Every op returns `candle_core::Result`: its failures are candle's (a shape, a device, a dtype),
 //! and callers convert them into their own error types.
@@ -43,8 +48,11 @@ mod attention;
 mod batchnorm;
 mod conv;
 mod conv_batchnorm;
+#[cfg(feature = "cuda")]
+mod cuda_device;
 mod depthwise;
 mod exp;
+mod gpu_settings;
 mod grouped;
 mod kernel_input;
 mod layer_norm;
@@ -61,7 +69,10 @@ pub use attention::{attention, attention_with_bias};
 pub use batchnorm::{BatchNormOutput, BatchNormParams, batch_norm_train};
 pub use conv::conv2d;
 pub use conv_batchnorm::conv_batch_norm_train;
+#[cfg(feature = "cuda")]
+pub use cuda_device::{cuda_memory_high_water, prepare_cuda_device, reset_cuda_memory_high_water};
 pub use depthwise::depthwise_conv2d;
+pub use gpu_settings::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, gpu_settings, set_gpu_settings};
 pub use grouped::grouped_conv2d;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu};

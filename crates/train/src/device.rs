@@ -4,7 +4,8 @@ use candle_core::Device;
 
 use crate::{Error, Result};
 
-/// Parses `cpu` or `cuda:N` and opens the device.
+/// Parses `cpu` or `cuda:N` and opens the device; a GPU is set up for training
+/// (medxfer-kernels' `prepare_cuda_device`: no per-tensor CUDA events, freed memory kept for reuse).
 pub fn parse_device(name: &str) -> Result<Device> {
     if name == "cpu" {
         return Ok(Device::Cpu);
@@ -17,7 +18,22 @@ pub fn parse_device(name: &str) -> Result<Device> {
             "--device {name}: this binary was built without CUDA; rebuild with `--features cuda` (README, \"CUDA\")"
         )));
     }
-    Ok(Device::new_cuda(index)?)
+    let device = Device::new_cuda(index)?;
+    #[cfg(feature = "cuda")]
+    medxfer_kernels::prepare_cuda_device(&device)?;
+    Ok(device)
+}
+
+/// The most device memory tensors have held at once in this process (`None` on the CPU, or in a
+/// build without CUDA).
+pub fn device_memory_high_water(device: &Device) -> Result<Option<u64>> {
+    #[cfg(feature = "cuda")]
+    return Ok(medxfer_kernels::cuda_memory_high_water(device)?);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        Ok(None)
+    }
 }
 
 /// Waits until the device has finished the work queued on it (for timing; a no-op on the CPU).

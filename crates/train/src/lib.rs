@@ -45,7 +45,7 @@ mod search_space;
 mod sgd;
 
 pub use checkpoint::{read_tensors, write_tensors};
-pub use device::{parse_device, synchronize};
+pub use device::{device_memory_high_water, parse_device, synchronize};
 pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};
 pub use finetune::{
@@ -55,6 +55,8 @@ pub use finetune::{
 pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, search_with_halving};
 /// Re-exported: the normalisation a run's images take is medxfer-data's.
 pub use medxfer_data::Normalization;
+/// Re-exported: the GPU's arithmetic (TF32 or not, cuDNN's algorithm choice) is medxfer-kernels'.
+pub use medxfer_kernels::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, set_gpu_settings};
 pub use metrics::{Evaluation, evaluate};
 pub use models::{load_fine_tuned, load_pretrained, load_pretrained_in, start_fine_tuning};
 pub use progress_bar::{EpochBar, epoch_line};

@@ -61,9 +61,13 @@ fn device() -> Device {
 }
 
 fn model() -> Backbone {
+    model_on(&device())
+}
+
+fn model_on(device: &Device) -> Backbone {
     let architecture =
         Architecture::ResNet(ResNetConfig { channels: [64, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1]) });
-    let mut model = Backbone::new("resnet_basic_min", &architecture, 10, &device()).unwrap();
+    let mut model = Backbone::new("resnet_basic_min", &architecture, 10, device).unwrap();
     let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/resnet_basic_min.safetensors");
     model.load_weights(Path::new(weights), true).unwrap();
     model.replace_head(2, 7).unwrap();
@@ -95,6 +99,35 @@ fn a_small_resnet_learns_a_separable_task() {
     // A finished run is not redone.
     let again = fine_tune(&model(), &data, &settings(6), &dir.path().join("run"), &mut |_: &EpochRecord| panic!("rerun")).unwrap();
     assert_eq!(again, finished(&dir.path().join("run")).unwrap());
+}
+
+/// On a GPU (`MEDXFER_TEST_DEVICE=cuda:N`): the first epochs of a run follow the CPU run's
+/// history within f32 rounding (the same batches and augmentations, which the host draws; cuDNN
+/// convolutions and our BatchNorm kernels against the CPU kernels). On the CPU there is no second
+/// device to compare with, and the test says so.
+#[test]
+fn a_gpu_run_follows_the_cpu_runs_history() {
+    let gpu = device();
+    if gpu.is_cpu() {
+        eprintln!("no GPU given (MEDXFER_TEST_DEVICE): nothing to compare the CPU run with");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let mut histories = Vec::new();
+    for (name, device) in [("cpu", Device::Cpu), ("gpu", gpu)] {
+        let mut epochs = Vec::new();
+        fine_tune(&model_on(&device), &data, &settings(3), &dir.path().join(name), &mut |r: &EpochRecord| epochs.push(r.clone())).unwrap();
+        histories.push(epochs);
+    }
+    for (cpu, gpu) in histories[0].iter().zip(&histories[1]) {
+        for (what, a, b) in [("train loss", cpu.train_loss, gpu.train_loss), ("val loss", cpu.val_loss, gpu.val_loss)] {
+            let relative = (a - b).abs() / a.abs().max(1e-3);
+            eprintln!("epoch {} {what}: cpu {a} gpu {b} (relative {relative:.1e})", cpu.epoch);
+            assert!(relative < 1e-3, "epoch {} {what}: cpu {a}, gpu {b}", cpu.epoch);
+        }
+    }
+    assert_eq!(histories[1].len(), 3);
 }
 
 #[test]

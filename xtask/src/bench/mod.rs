@@ -66,7 +66,7 @@ pub fn run(settings: &Settings) -> Result<String> {
         out: settings.out.clone(),
         train,
         device: "cpu".into(),
-        tf32: false,
+        gpu: crate::gpu_arithmetic::GpuArithmetic::default(),
     };
     eprintln!("== zoo eval");
     let all: Vec<String> = medxfer_zoo::Registry::load_default()?.entries().iter().map(|e| e.name.clone()).collect();

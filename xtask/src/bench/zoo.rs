@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::machine;
 use super::measurement::{Measurement, Unit, runs_of};
+use crate::gpu_arithmetic::GpuArithmetic;
 
 /// Untimed steps before the timed ones, on both sides. A training step's second run still
 /// faults in memory the first did not use (1.3 s of the kernel zeroing pages in a resnet18
@@ -39,8 +40,8 @@ pub struct Settings {
     pub train: bool,
     /// `cpu` or `cuda:N`.
     pub device: String,
-    /// Let f32 matrix products and convolutions use TF32 on the GPU (both sides).
-    pub tf32: bool,
+    /// The GPU's arithmetic (both sides).
+    pub gpu: GpuArithmetic,
 }
 
 pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
@@ -94,7 +95,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         settings.batch,
         settings.size,
         settings.size,
-        if settings.tf32 { "f32 with TF32 products" } else { "f32 (no TF32)" },
+        if settings.device == "cpu" { "f32".to_string() } else { settings.gpu.describe() },
         if settings.device == "cpu" { "CPU".to_string() } else { format!("{} ({})", settings.device, machine::gpu_name()) },
         settings.rounds.max(1) * settings.repeats.max(1),
         settings.rounds.max(1),
@@ -150,7 +151,7 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
         ])
         .args(["--device", &settings.device])
         .args(settings.train.then_some("--train"))
-        .args(settings.tf32.then_some("--tf32"))
+        .args(settings.gpu.options())
         .output()?;
     if !output.status.success() {
         bail!("the benchmark worker failed on {name}: {}", String::from_utf8_lossy(&output.stderr));
@@ -159,7 +160,7 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
 }
 
 /// One backbone's eval (or training-step) throughput, in this process.
-pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool, device: &str, tf32: bool) -> Result<()> {
+pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool, device: &str, gpu: GpuArithmetic) -> Result<()> {
     let registry = Registry::load_default()?;
     // A registry backbone, or any timm model name the zoo builds (`vit_large_patch16_224`),
     // which timm's side creates by the same name.
@@ -170,13 +171,8 @@ pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool
             .with_context(|| format!("{name} is neither in the registry nor a timm name the zoo builds"))?,
     };
     let entry = &entry;
+    gpu.apply(device)?;
     let device = medxfer_train::parse_device(device)?;
-    #[cfg(feature = "cuda")]
-    candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
-    #[cfg(not(feature = "cuda"))]
-    if tf32 {
-        bail!("--tf32 applies to a CUDA build only");
-    }
     let model = Backbone::from_entry(entry, &device)?;
     // Random weights (zeros could meet fast paths); running variances stay positive.
     for (index, (name, var)) in model.params().trainable_vars().into_iter().enumerate() {
@@ -215,7 +211,13 @@ pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool
     let seconds = sorted[sorted.len() / 2];
     println!(
         "{}",
-        json!({"seconds": seconds, "images_per_second": batch as f64 / seconds, "runs": runs, "peak_rss_bytes": machine::peak_rss_bytes()})
+        json!({
+            "seconds": seconds,
+            "images_per_second": batch as f64 / seconds,
+            "runs": runs,
+            "peak_rss_bytes": machine::peak_rss_bytes(),
+            "peak_device_bytes": medxfer_train::device_memory_high_water(&device)?,
+        })
     );
     Ok(())
 }
@@ -229,7 +231,7 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
         .args(["--warmup", &WARMUP_STEPS.to_string()])
         .args(["--device", &settings.device])
         .args(settings.train.then_some("--train"))
-        .args(settings.tf32.then_some("--tf32"))
+        .args(settings.gpu.options())
         .env("OMP_NUM_THREADS", &cores)
         .env_remove("OPENBLAS_CORETYPE")
         .env_remove("OPENBLAS_L2_SIZE")

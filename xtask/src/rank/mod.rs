@@ -69,6 +69,9 @@ pub struct RankArgs {
     /// tuning (--finetune-top) stays f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: ExtractDtype,
+    /// The GPU's arithmetic (f32 everywhere by default).
+    #[command(flatten)]
+    pub gpu: crate::gpu_arithmetic::GpuArithmetic,
     /// Pretrained weights from DIR/<backbone>.safetensors instead of the hub.
     #[arg(long, value_name = "DIR")]
     pub weights: Option<PathBuf>,
@@ -252,6 +255,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         Some(dir) => Weights::Dir(dir.clone()),
         None => Weights::Hub(hub),
     };
+    args.gpu.apply(&args.device)?;
     let device = medxfer_train::parse_device(&args.device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());

@@ -11,6 +11,7 @@ use medxfer_zoo::{HubOptions, Registry};
 use super::layout::Layout;
 use super::{SplitChoice, Study, Weights};
 use crate::features::ExtractDtype;
+use crate::gpu_arithmetic::GpuArithmetic;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReproduceArgs {
@@ -54,6 +55,10 @@ pub struct ReproduceArgs {
     /// Print the work left and the estimated device-hours; start nothing.
     #[arg(long)]
     pub plan: bool,
+    /// For --plan: training throughput from `bench-zoo --train` (its zoo-train*.json), used
+    /// for the backbones that have no measured epoch in the results folder yet.
+    #[arg(long, value_name = "FILE")]
+    pub rates: Option<PathBuf>,
     /// Pretrained weights from DIR/<backbone>.safetensors instead of the hub.
     #[arg(long, value_name = "DIR")]
     pub weights: Option<PathBuf>,
@@ -62,6 +67,10 @@ pub struct ReproduceArgs {
     /// extract in half the memory; listed as a deviation. Fine-tuning and the OOD step stay f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: ExtractDtype,
+    /// The GPU's arithmetic: f32 everywhere by default (the reference's); anything else is
+    /// recorded and listed as a deviation.
+    #[command(flatten)]
+    pub gpu: GpuArithmetic,
     /// The model registry (models/ by default).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
@@ -127,6 +136,7 @@ impl ReproduceArgs {
         if self.dtype == ExtractDtype::Bf16 && !self.device_is_gpu() {
             bail!("--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there");
         }
+        self.gpu.apply(&self.device)?;
         let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
         let catalog = Catalog::load_default()?;
         let tasks = self.tasks.iter().map(|t| catalog.task(t).cloned()).collect::<medxfer_data::Result<Vec<_>>>()?;
@@ -196,6 +206,8 @@ impl ReproduceArgs {
             extend: self.extend,
             extract_batch: 32,
             extract_dtype: self.dtype,
+            gpu: self.gpu,
+            benchmarked_rates: self.rates.as_deref().map(super::plan::read_rates).transpose()?.unwrap_or_default(),
             demo: demo.is_some(),
             command,
         })

@@ -26,6 +26,7 @@ use medxfer_train::{RunData, Selection, Shard, SplitData, TrainingOptions};
 use medxfer_zoo::ModelEntry;
 
 use crate::features::ExtractDtype;
+use crate::gpu_arithmetic::{ConvAlgorithms, GpuArithmetic};
 use crate::report::Provenance;
 pub use crate::weights::Weights;
 use layout::Layout;
@@ -57,6 +58,10 @@ pub struct Study {
     pub extract_batch: usize,
     /// Precision of the pretrained-feature extraction (f32 unless `--dtype`).
     pub extract_dtype: ExtractDtype,
+    /// The GPU's arithmetic (`--precision`, `--matmul-tf32`, `--conv-algorithms`).
+    pub gpu: GpuArithmetic,
+    /// Training images per second by backbone, from a `bench-zoo --train` file (`--rates`).
+    pub benchmarked_rates: std::collections::BTreeMap<String, f64>,
     pub demo: bool,
     /// The command line, for the report.
     pub command: String,
@@ -127,6 +132,19 @@ impl Study {
         }
         if let Some(patience) = options.patience {
             list.push(format!("early stopping after {patience} epochs without a lower validation loss"));
+        }
+        if self.gpu.recorded() != "f32" {
+            list.push(format!(
+                "GPU arithmetic {} ({}), not f32 throughout: TF32 rounds the products' inputs to 10-bit mantissas",
+                self.gpu.recorded(),
+                self.gpu.options().join(" ")
+            ));
+        }
+        if self.gpu.conv_algorithms == ConvAlgorithms::Benchmark {
+            list.push(
+                "cuDNN's convolution algorithms timed per shape (--conv-algorithms benchmark): a resumed run may differ from an uninterrupted one in the last bits"
+                    .into(),
+            );
         }
         list
     }

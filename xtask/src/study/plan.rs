@@ -57,7 +57,8 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
             let summary = summarize_search(&dir, study.trials);
             let epochs_left: usize =
                 summary.pending.iter().map(|&t| study.options.epochs.saturating_sub(history(&trial_dir(&dir, t)).len())).sum();
-            let rate = throughput.get(entry.name.as_str()).filter(|(_, images)| *images > 0.0).map(|(s, images)| s / images);
+            let measured = throughput.get(entry.name.as_str()).filter(|(_, images)| *images > 0.0).map(|(s, images)| s / images);
+            let rate = measured.or_else(|| study.benchmarked_rates.get(&entry.name).map(|images_per_second| 1.0 / images_per_second));
             let seconds = match (rate, train_images(&task.name)) {
                 (Some(rate), Some(images)) => Some(rate * images as f64 * epochs_left as f64),
                 _ if epochs_left == 0 => Some(0.0),
@@ -77,6 +78,26 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
         }
     }
     units
+}
+
+/// Training images per second by backbone from `bench-zoo --train`'s JSON (a list of
+/// `{"model", "medxfer": {"images_per_second"}}`).
+pub fn read_rates(path: &std::path::Path) -> Result<BTreeMap<String, f64>> {
+    use anyhow::Context as _;
+    let text = std::fs::read(path).with_context(|| format!("cannot read --rates {}", path.display()))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&text)
+        .with_context(|| format!("--rates {}: not the JSON list `bench-zoo --train` writes (zoo-train*.json)", path.display()))?;
+    let mut rates = BTreeMap::new();
+    for row in rows {
+        let (Some(model), true) = (row["model"].as_str(), row["medxfer"].is_object()) else {
+            anyhow::bail!("--rates {}: a row without `model` and `medxfer.images_per_second`: {row}", path.display());
+        };
+        // A failed measurement is written as null: no rate.
+        if let Some(rate) = row["medxfer"]["images_per_second"].as_f64().filter(|r| r.is_finite() && *r > 0.0) {
+            rates.insert(model.to_string(), rate);
+        }
+    }
+    Ok(rates)
 }
 
 /// The plan as a table and a total.
@@ -113,6 +134,12 @@ pub fn render(study: &Study, units: &[UnitPlan]) -> String {
         duration(known),
         study.device
     );
+    if !study.benchmarked_rates.is_empty() {
+        let _ = writeln!(
+            text,
+            "backbones without a measured epoch are estimated from --rates (training steps only: validation and evaluation add a little)"
+        );
+    }
     if !unmeasured.is_empty() {
         let _ = writeln!(
             text,
@@ -148,4 +175,27 @@ pub fn print(study: &Study) -> Result<()> {
         Err(refusal) => println!("a run with this command would refuse to start: {refusal:#}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn benchmark_rates_are_read_and_a_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zoo-train-gpu.json");
+        let rows = r#"[{"model": "resnet50", "medxfer": {"images_per_second": 592.7}, "timm": {"images_per_second": 872.9}},
+                       {"model": "vit_small_patch16_224", "medxfer": {"images_per_second": null}, "timm": null}]"#;
+        std::fs::write(&path, rows).unwrap();
+        // A failed measurement (null) is no rate.
+        assert_eq!(read_rates(&path).unwrap(), BTreeMap::from([("resnet50".to_string(), 592.7)]));
+        std::fs::write(&path, r#"{"seconds": 1}"#).unwrap();
+        let error = format!("{:#}", read_rates(&path).unwrap_err());
+        assert!(error.contains("zoo-train") && error.contains(&path.display().to_string()), "{error}");
+        std::fs::write(&path, r#"[{"name": "resnet50"}]"#).unwrap();
+        assert!(format!("{:#}", read_rates(&path).unwrap_err()).contains("medxfer.images_per_second"));
+    }
 }

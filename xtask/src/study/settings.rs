@@ -26,7 +26,7 @@ impl Study {
             ("resize", self.resize.to_string()),
             ("crop", options.crop.to_string()),
             ("normalization", format!("mean {:?} std {:?}", normalization.mean, normalization.std)),
-            ("precision", "f32".to_string()),
+            ("precision", self.gpu.recorded()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

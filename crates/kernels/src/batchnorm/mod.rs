@@ -1,11 +1,14 @@
 //! Train-mode BatchNorm over channels, optionally followed by a residual add and a ReLU/ReLU6:
 //! the batch's statistics normalise the input, and come back for the layer's running estimates.
 //!
-//! f32 on the CPU runs one fused op with its own backward pass (`cpu.rs`); elsewhere the same
-//! normalisation is composed from candle's differentiable ops (`composite.rs`).
+//! f32 on the CPU runs one fused op with its own backward pass (`cpu.rs`), f32 on a CUDA device
+//! the same as kernels of our own (`cuda.rs`); elsewhere the same normalisation is composed from
+//! candle's differentiable ops (`composite.rs`).
 
 mod composite;
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Device, Result, Tensor};
 
@@ -46,6 +49,10 @@ pub fn batch_norm_train(
     if [x, params.gamma, params.beta].into_iter().all(is_f32_cpu) && residual.is_none_or(is_f32_cpu) {
         let (y, mean, var) = cpu::batch_norm_train(x, params.gamma, params.beta, params.eps, residual, activation)?;
         return from_f64_statistics(y, &mean, &var);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(x, &params, residual) {
+        return cuda::batch_norm_train(x, params, residual, activation);
     }
     composite::batch_norm_train(x, params, residual, activation)
 }

@@ -1,12 +1,15 @@
 //! Dense (one-group) 2-d convolution with PyTorch's square kernel and symmetric padding.
 //!
 //! f32 on the CPU: im2col + GEMM per tile of output rows, forward and backward (`cpu.rs`).
-//! Elsewhere (CUDA, f64): candle's conv2d forward with a backward pass of our own built from
-//! candle ops (`composite.rs`), since candle's own fails on unequal height/width remainders and
-//! is a naive loop on CUDA.
+//! CUDA tensors in f32, f16 or bf16: cuDNN in all three directions (`cuda.rs`, also for the
+//! grouped and depthwise convolutions). Elsewhere (f64, other devices): candle's conv2d forward
+//! with a backward pass of our own built from candle ops (`composite.rs`), since candle's own
+//! fails on unequal height/width remainders.
 
 pub(crate) mod composite;
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use candle_core::{Result, Tensor};
 
@@ -18,6 +21,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     if is_f32_cpu(x) && is_f32_cpu(weight) && bias.is_none_or(is_f32_cpu) {
         return cpu::conv2d(x, weight, bias, stride, padding);
     }
+    #[cfg(feature = "cuda")]
+    let y = if cuda::applies(x, weight) {
+        cuda::conv2d(x, weight, 1, stride, padding)?
+    } else {
+        composite::conv2d(x, weight, stride, padding)?
+    };
+    #[cfg(not(feature = "cuda"))]
     let y = composite::conv2d(x, weight, stride, padding)?;
     match bias {
         Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),

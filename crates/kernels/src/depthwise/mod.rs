@@ -2,7 +2,8 @@
 //!
 //! candle runs such a convolution as one im2col convolution per channel and concatenates them,
 //! which made MobileNetV2 and EfficientNet ten times slower than PyTorch. f32 on the CPU takes
-//! one direct kernel with its backward pass (`cpu.rs`); other devices (CUDA) and dtypes sum k²
+//! one direct kernel with its backward pass (`cpu.rs`); CUDA tensors one cuDNN call with a group
+//! per channel (`conv/cuda.rs`); other devices and dtypes sum k²
 //! shifted, strided views of the input (`composite.rs`): a few large elementwise kernels that
 //! candle differentiates, where the grouped convolution launches one per channel.
 
@@ -17,10 +18,13 @@ use crate::kernel_input::is_f32_cpu;
 /// `padding` zeros on every side.
 pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if is_f32_cpu(x) && is_f32_cpu(weight) {
-        cpu::depthwise_conv2d(x, weight, stride, padding)
-    } else {
-        composite::depthwise_conv2d(x, weight, stride, padding)
+        return cpu::depthwise_conv2d(x, weight, stride, padding);
     }
+    #[cfg(feature = "cuda")]
+    if crate::conv::cuda::applies(x, weight) {
+        return crate::conv::cuda::conv2d(x, weight, x.dim(1)?, stride, padding);
+    }
+    composite::depthwise_conv2d(x, weight, stride, padding)
 }
 
 #[cfg(test)]

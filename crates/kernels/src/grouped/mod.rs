@@ -5,8 +5,8 @@
 //! (`conv/cpu.rs`) on each group's channels in turn. Composed from per-group tensor ops instead,
 //! each group's input is a narrowed view, and candle's backward pass of a narrow writes a zero
 //! tensor the size of the whole input per group: for RegNet-Y-1.6GF's 37 groups that is 37
-//! full-size tensors where one suffices. Elsewhere the same composition with the devices'
-//! convolution.
+//! full-size tensors where one suffices. CUDA tensors: one cuDNN call with a group count
+//! (`conv/cuda.rs`). Elsewhere the same composition with the devices' convolution.
 
 mod cpu;
 
@@ -27,6 +27,10 @@ pub fn grouped_conv2d(x: &Tensor, weight: &Tensor, groups: usize, stride: usize,
     }
     if is_f32_cpu(x) && is_f32_cpu(weight) {
         return cpu::grouped_conv2d(x, weight, groups, stride, padding);
+    }
+    #[cfg(feature = "cuda")]
+    if crate::conv::cuda::applies(x, weight) {
+        return crate::conv::cuda::conv2d(x, weight, groups, stride, padding);
     }
     composite(x, weight, groups, stride, padding)
 }

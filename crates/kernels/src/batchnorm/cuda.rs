@@ -1,0 +1,635 @@
+//! Train-mode BatchNorm of f32 CUDA tensors, with the residual add and ReLU/ReLU6 after it, as
+//! one forward and one backward graph node, each a few kernels of our own (compiled at first use
+//! by NVRTC, which candle's CUDA backend already links).
+//!
+//! candle's composition is about seven kernels forward (statistics through `FastReduce`, one
+//! block per channel) and several times that backward, each node's gradient zero-filled and
+//! added into; PyTorch runs one cuDNN kernel pair. Here, as in the CPU kernel (`cpu.rs`, whose
+//! formulas these are):
+//!
+//! - statistics: per (channel, slice of the batch) block, sums of x - x[c, first] and of its
+//!   square in f64 (the shift keeps a large mean from eating the variance), combined per channel
+//!   in a fixed order: deterministic, and enough blocks to fill the GPU at any channel count;
+//! - forward: one elementwise pass, y = act((x - mean) * invstd * gamma + beta [+ residual]);
+//! - backward: per-channel sums of dz and dz * xhat (dz: the upstream gradient where the
+//!   activation passed it, `0 < y < high` as PyTorch's `threshold_backward`/`hardtanh_backward`),
+//!   then one elementwise pass for dx = gamma invstd / N (N dz - sum dz - xhat sum dz xhat), which
+//!   also writes dz as the residual's gradient.
+//!
+//! The batch statistics stay on the GPU: nothing here waits for the device.
+
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+
+use super::{BatchNormOutput, BatchNormParams, unbiased_correction};
+use crate::activation::FusedActivation;
+
+/// Whether the kernels here take these tensors: f32 on a CUDA device. `MEDXFER_CUDA_BATCHNORM=
+/// candle` sends them to candle's composition instead, to measure the difference.
+pub(super) fn applies(x: &Tensor, params: &BatchNormParams<'_>, residual: Option<&Tensor>) -> bool {
+    static CANDLE: OnceLock<bool> = OnceLock::new();
+    let candle = *CANDLE.get_or_init(|| std::env::var("MEDXFER_CUDA_BATCHNORM").is_ok_and(|v| v == "candle"));
+    let f32_cuda = |t: &Tensor| t.device().is_cuda() && t.dtype() == DType::F32;
+    !candle && f32_cuda(x) && f32_cuda(params.gamma) && f32_cuda(params.beta) && residual.is_none_or(f32_cuda) && x.rank() == 4
+}
+
+pub(super) fn batch_norm_train(
+    x: &Tensor,
+    params: BatchNormParams<'_>,
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> candle_core::Result<BatchNormOutput> {
+    let x = x.contiguous()?;
+    let (_, channels, _, _) = x.dims4()?;
+    if params.gamma.dims() != [channels] || params.beta.dims() != [channels] || residual.is_some_and(|r| r.dims() != x.dims()) {
+        candle_core::bail!("batch norm: parameters or residual do not fit an input of shape {:?}", x.dims());
+    }
+    // (3, C) f64: mean, 1 / sqrt(var + eps), biased variance.
+    let stats = x.apply_op1_no_bwd(&ChannelStats { eps: params.eps })?;
+    let affine = Tensor::stack(&[params.gamma, params.beta], 0)?.contiguous()?;
+    let op = Normalize { stats: stats.clone(), activation: activation_code(activation) };
+    let y = match residual {
+        Some(residual) => x.apply_op3(&affine, &residual.contiguous()?, op)?,
+        None => x.apply_op2(&affine, op)?,
+    };
+    let mean = stats.get(0)?.to_dtype(DType::F32)?;
+    let unbiased_var = (stats.get(2)? * unbiased_correction(&x)?)?.to_dtype(DType::F32)?;
+    Ok(BatchNormOutput { y, mean, unbiased_var })
+}
+
+fn activation_code(activation: FusedActivation) -> i32 {
+    match activation {
+        FusedActivation::Identity => 0,
+        FusedActivation::Relu => 1,
+        FusedActivation::Relu6 => 2,
+    }
+}
+
+const SOURCE: &str = r#"
+// 0: identity, 1: ReLU, 2: ReLU6.
+__device__ __forceinline__ float activate(float v, int act) {
+    if (act == 1) return v > 0.f ? v : 0.f;
+    if (act == 2) return fminf(fmaxf(v, 0.f), 6.f);
+    return v;
+}
+
+// Where the activation passes the gradient, judged by its output (PyTorch's kinks give 0).
+__device__ __forceinline__ float passes(float y, int act) {
+    if (act == 1) return y > 0.f ? 1.f : 0.f;
+    if (act == 2) return (y > 0.f && y < 6.f) ? 1.f : 0.f;
+    return 1.f;
+}
+
+// Sums a and b over the block (a multiple of 32 threads, at most 1024) into thread 0's, in a
+// fixed order.
+__device__ void block_sum2(double &a, double &b) {
+    __shared__ double sa[32], sb[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { sa[warp] = a; sb[warp] = b; }
+    __syncthreads();
+    if (warp == 0) {
+        int warps = blockDim.x >> 5;
+        a = lane < warps ? sa[lane] : 0.0;
+        b = lane < warps ? sb[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) {
+            a += __shfl_down_sync(0xffffffffu, a, o);
+            b += __shfl_down_sync(0xffffffffu, b, o);
+        }
+    }
+}
+
+// Block (s, c): over images [s B / S, (s + 1) B / S) of channel c, the sums of d = x - x[c, 0]
+// and d^2, into partial[(c S + s) 2 + {0, 1}].
+extern "C" __global__ void bn_stats_partial(const float* __restrict__ x, double* __restrict__ partial,
+                                            int batch, int channels, int plane, int slices) {
+    int s = blockIdx.x, c = blockIdx.y;
+    unsigned b0 = (unsigned)((long long)s * batch / slices), b1 = (unsigned)((long long)(s + 1) * batch / slices);
+    double shift = (double)x[(size_t)c * plane];
+    unsigned count = (b1 - b0) * (unsigned)plane;
+    double sum = 0.0, squares = 0.0;
+    for (unsigned j = threadIdx.x; j < count; j += blockDim.x) {
+        unsigned image = b0 + j / (unsigned)plane, p = j % (unsigned)plane;
+        double d = (double)x[((size_t)image * channels + c) * plane + p] - shift;
+        sum += d;
+        squares += d * d;
+    }
+    block_sum2(sum, squares);
+    if (threadIdx.x == 0) {
+        partial[((size_t)c * slices + s) * 2] = sum;
+        partial[((size_t)c * slices + s) * 2 + 1] = squares;
+    }
+}
+
+// One thread per channel: stats = (mean, 1 / sqrt(var + eps), var), each C long.
+extern "C" __global__ void bn_stats_finish(const float* __restrict__ x, const double* __restrict__ partial,
+                                           double* __restrict__ stats, int batch, int channels, int plane,
+                                           int slices, double eps) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    double sum = 0.0, squares = 0.0;
+    for (int s = 0; s < slices; s++) {
+        sum += partial[((size_t)c * slices + s) * 2];
+        squares += partial[((size_t)c * slices + s) * 2 + 1];
+    }
+    double n = (double)batch * plane;
+    double centred_mean = sum / n;
+    double var = squares / n - centred_mean * centred_mean;
+    if (var < 0.0) var = 0.0;
+    stats[c] = (double)x[(size_t)c * plane] + centred_mean;
+    stats[channels + c] = 1.0 / sqrt(var + eps);
+    stats[2 * channels + c] = var;
+}
+
+// y = act((x - mean) * scale + beta [+ residual]), scale = invstd * gamma, in f32 like the CPU
+// kernel (constants from f64); residual may be null.
+extern "C" __global__ void bn_forward(const float* __restrict__ x, const float* __restrict__ affine,
+                                      const double* __restrict__ stats, const float* __restrict__ residual,
+                                      float* __restrict__ y, int channels, int plane, unsigned total, int act) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        int c = (int)((i / (unsigned)plane) % (unsigned)channels);
+        float mean = (float)stats[c];
+        float scale = (float)(stats[channels + c] * (double)affine[c]);
+        float v = (x[i] - mean) * scale + affine[channels + c];
+        if (residual) v += residual[i];
+        y[i] = activate(v, act);
+    }
+}
+
+// Block (s, c) as in bn_stats_partial: the sums of dz and dz * xhat, dz = dy where y passed it.
+extern "C" __global__ void bn_grad_partial(const float* __restrict__ x, const float* __restrict__ y,
+                                           const float* __restrict__ dy, const double* __restrict__ stats,
+                                           double* __restrict__ partial, int batch, int channels, int plane,
+                                           int slices, int act) {
+    int s = blockIdx.x, c = blockIdx.y;
+    unsigned b0 = (unsigned)((long long)s * batch / slices), b1 = (unsigned)((long long)(s + 1) * batch / slices);
+    double mean = stats[c], invstd = stats[channels + c];
+    unsigned count = (b1 - b0) * (unsigned)plane;
+    double sum_dz = 0.0, sum_dz_xhat = 0.0;
+    for (unsigned j = threadIdx.x; j < count; j += blockDim.x) {
+        unsigned image = b0 + j / (unsigned)plane, p = j % (unsigned)plane;
+        size_t i = ((size_t)image * channels + c) * plane + p;
+        double dz = (double)(dy[i] * passes(y[i], act));
+        sum_dz += dz;
+        sum_dz_xhat += dz * ((double)x[i] - mean) * invstd;
+    }
+    block_sum2(sum_dz, sum_dz_xhat);
+    if (threadIdx.x == 0) {
+        partial[((size_t)c * slices + s) * 2] = sum_dz;
+        partial[((size_t)c * slices + s) * 2 + 1] = sum_dz_xhat;
+    }
+}
+
+// One thread per channel: sums = (sum dz xhat, sum dz), each C long: the gradients of gamma and
+// beta, stacked as the (2, C) affine tensor is.
+extern "C" __global__ void bn_grad_finish(const double* __restrict__ partial, double* __restrict__ sums,
+                                          int channels, int slices) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    double sum_dz = 0.0, sum_dz_xhat = 0.0;
+    for (int s = 0; s < slices; s++) {
+        sum_dz += partial[((size_t)c * slices + s) * 2];
+        sum_dz_xhat += partial[((size_t)c * slices + s) * 2 + 1];
+    }
+    sums[c] = sum_dz_xhat;
+    sums[channels + c] = sum_dz;
+}
+
+// dx = a dz - b - (x - mean) k with a = gamma invstd, b = a sum_dz / N, k = a invstd sum_dz_xhat / N
+// (constants in f64, the elementwise part in f32 as the CPU kernel); dz also into out[total + i]
+// when the block has a residual.
+extern "C" __global__ void bn_grad_input(const float* __restrict__ x, const float* __restrict__ y,
+                                         const float* __restrict__ dy, const float* __restrict__ affine,
+                                         const double* __restrict__ stats, const double* __restrict__ sums,
+                                         float* __restrict__ out, int batch, int channels, int plane,
+                                         unsigned total, int act, int with_residual) {
+    double n = (double)batch * plane;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        int c = (int)((i / (unsigned)plane) % (unsigned)channels);
+        double invstd = stats[channels + c];
+        double factor = (double)affine[c] * invstd / n;
+        float a = (float)(factor * n);
+        float b = (float)(factor * sums[channels + c]);
+        float k = (float)(factor * invstd * sums[c]);
+        float mean = (float)stats[c];
+        float dz = dy[i] * passes(y[i], act);
+        out[i] = a * dz - b - (x[i] - mean) * k;
+        if (with_residual) out[total + i] = dz;
+    }
+}
+"#;
+
+const MODULE: &str = "medxfer_batchnorm";
+
+/// The kernels' PTX, compiled once per process.
+fn ptx() -> candle_core::Result<&'static str> {
+    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| cudarc::nvrtc::compile_ptx(SOURCE).map(|p| p.to_src()).map_err(|e| format!("{e:?}")))
+        .as_deref()
+        .map_err(|e| candle_core::Error::Msg(format!("batch norm: NVRTC could not compile the kernels: {e}")))
+}
+
+const THREADS: u32 = 256;
+
+/// Blocks per channel for the reductions: about 1,024 blocks in all, never more than images.
+fn slices(batch: usize, channels: usize) -> usize {
+    1024usize.div_ceil(channels).clamp(1, batch.max(1))
+}
+
+/// A grid for an elementwise pass over `total` values (grid-stride loops cover the rest).
+fn elementwise(total: usize) -> LaunchConfig {
+    let blocks = total.div_ceil(THREADS as usize).clamp(1, 65_535 * 8) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn per_channel(channels: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((channels as u32).div_ceil(THREADS), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn f32_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> candle_core::Result<CudaView<'a, f32>> {
+    let CudaStorageSlice::F32(slice) = &storage.slice else { candle_core::bail!("batch norm: {what} must be f32") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("batch norm: {what} must be contiguous") };
+    Ok(slice.slice(start..end))
+}
+
+fn f64_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> candle_core::Result<CudaView<'a, f64>> {
+    let CudaStorageSlice::F64(slice) = &storage.slice else { candle_core::bail!("batch norm: {what} must be f64") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("batch norm: {what} must be contiguous") };
+    Ok(slice.slice(start..end))
+}
+
+/// A tensor's CUDA storage, read-locked for the caller's use.
+fn with_cuda<R>(t: &Tensor, what: &str, f: impl FnOnce(&CudaStorage, &Layout) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(storage) = &*storage else { candle_core::bail!("batch norm: {what} is not on a CUDA device") };
+    f(storage, layout)
+}
+
+fn dims(layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let (batch, channels, height, width) = layout.shape().dims4()?;
+    if batch * channels * height * width > u32::MAX as usize / 2 {
+        candle_core::bail!("batch norm: {:?} is larger than the CUDA kernels index (2^31 values)", layout.shape());
+    }
+    Ok((batch, channels, height * width))
+}
+
+fn int(v: usize) -> i32 {
+    // `dims` bounds every size by 2^31.
+    v as i32
+}
+
+fn launch_error(error: cudarc::driver::DriverError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("batch norm kernel: {error:?}"))
+}
+
+fn stream_alloc<T: cudarc::driver::DeviceRepr>(device: &CudaDevice, len: usize) -> candle_core::Result<CudaSlice<T>> {
+    // SAFETY: every caller launches a kernel that writes all `len` elements before anything
+    // reads them.
+    unsafe { device.alloc::<T>(len) }
+}
+
+/// The batch's per-channel statistics, (3, C) f64.
+struct ChannelStats {
+    eps: f64,
+}
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "batch-norm-stats-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch-norm-stats-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let device = storage.device();
+        let (batch, channels, plane) = dims(layout)?;
+        let x = f32_view(storage, layout, "the input")?;
+        let slices = slices(batch, channels);
+        let mut partial = stream_alloc::<f64>(device, channels * slices * 2)?;
+        let mut stats = stream_alloc::<f64>(device, channels * 3)?;
+        let partial_kernel = device.get_or_load_custom_func("bn_stats_partial", MODULE, ptx()?)?;
+        let finish_kernel = device.get_or_load_custom_func("bn_stats_finish", MODULE, ptx()?)?;
+        let (b, c, p, s) = (int(batch), int(channels), int(plane), int(slices));
+        let mut launch = partial_kernel.builder();
+        launch.arg(&x).arg(&mut partial).arg(&b).arg(&c).arg(&p).arg(&s);
+        let grid = LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the kernel's parameters are these, in this order: x holds B·C·P f32 values,
+        // partial C·S·2 f64; each block writes its own two entries.
+        unsafe { launch.launch(grid) }.map_err(launch_error)?;
+        let mut launch = finish_kernel.builder();
+        launch.arg(&x).arg(&partial).arg(&mut stats).arg(&b).arg(&c).arg(&p).arg(&s).arg(&self.eps);
+        // SAFETY: as above; stats holds 3·C f64 values, one thread writes each channel's three.
+        unsafe { launch.launch(per_channel(channels)) }.map_err(launch_error)?;
+        Ok((CudaStorage::wrap_cuda_slice(stats, device.clone()), Shape::from((3, channels))))
+    }
+}
+
+/// y = act((x - mean) invstd gamma + beta [+ residual]) from the statistics it holds.
+struct Normalize {
+    stats: Tensor,
+    activation: i32,
+}
+
+impl Normalize {
+    fn forward(
+        &self,
+        x: (&CudaStorage, &Layout),
+        affine: (&CudaStorage, &Layout),
+        residual: Option<(&CudaStorage, &Layout)>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let device = x.0.device();
+        let (_, channels, plane) = dims(x.1)?;
+        let total = x.1.shape().elem_count();
+        let xv = f32_view(x.0, x.1, "the input")?;
+        let av = f32_view(affine.0, affine.1, "the weight and bias")?;
+        let rv = residual.map(|(s, l)| f32_view(s, l, "the residual")).transpose()?;
+        if av.len() != 2 * channels || rv.as_ref().is_some_and(|r| r.len() != total) {
+            candle_core::bail!("batch norm: parameters or residual do not fit an input of shape {:?}", x.1.shape());
+        }
+        let mut y = stream_alloc::<f32>(device, total)?;
+        let kernel = device.get_or_load_custom_func("bn_forward", MODULE, ptx()?)?;
+        let (c, p, n, act) = (int(channels), int(plane), total as u32, self.activation);
+        with_cuda(&self.stats, "the statistics", |stats, layout| {
+            let sv = f64_view(stats, layout, "the statistics")?;
+            let null: u64 = 0;
+            let mut launch = kernel.builder();
+            launch.arg(&xv).arg(&av).arg(&sv);
+            match &rv {
+                Some(r) => launch.arg(r),
+                None => launch.arg(&null),
+            };
+            launch.arg(&mut y).arg(&c).arg(&p).arg(&n).arg(&act);
+            // SAFETY: the parameters match the kernel's: x, residual (or a null pointer, which
+            // the kernel tests) and y hold `total` f32 values, affine 2·C, stats 3·C f64.
+            unsafe { launch.launch(elementwise(total)) }.map_err(launch_error)
+        })?;
+        Ok((CudaStorage::wrap_cuda_slice(y, device.clone()), x.1.shape().clone()))
+    }
+
+    /// (dx, d affine, dz): dz is the residual's gradient.
+    fn gradients(
+        &self,
+        x: &Tensor,
+        affine: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+        with_residual: bool,
+    ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let op = Gradients {
+            stats: self.stats.clone(),
+            y: y.contiguous()?,
+            affine: affine.contiguous()?,
+            activation: self.activation,
+            with_residual,
+        };
+        let x = x.contiguous()?;
+        let sums = x.apply_op2_no_bwd(&grad, &GradientSums { inner: &op })?;
+        let out = x.apply_op2_no_bwd(&grad, &GradientInput { inner: &op, sums: sums.clone() })?;
+        // (sum dz xhat, sum dz) are the gradients of (gamma, beta), stacked as the affine tensor.
+        let grad_affine = sums.to_dtype(DType::F32)?;
+        if with_residual { Ok((out.get(0)?, grad_affine, Some(out.get(1)?))) } else { Ok((out, grad_affine, None)) }
+    }
+}
+
+impl CustomOp2 for Normalize {
+    fn name(&self) -> &'static str {
+        "batch-norm-train-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch-norm-train-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(&self, x: &Tensor, affine: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_affine, _) = self.gradients(x, affine, res, grad, false)?;
+        Ok((Some(grad_x), Some(grad_affine)))
+    }
+}
+
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "batch-norm-train-residual-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch-norm-train-residual-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        affine: &Tensor,
+        _residual: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_affine, dz) = self.gradients(x, affine, res, grad, true)?;
+        Ok((Some(grad_x), Some(grad_affine), dz))
+    }
+}
+
+/// What both backward kernels read besides x and the upstream gradient.
+struct Gradients {
+    stats: Tensor,
+    y: Tensor,
+    affine: Tensor,
+    activation: i32,
+    with_residual: bool,
+}
+
+/// (sum dz xhat, sum dz) per channel, (2, C) f64.
+struct GradientSums<'a> {
+    inner: &'a Gradients,
+}
+
+impl CustomOp2 for GradientSums<'_> {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-sums-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch-norm-grad-sums-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let device = xs.device();
+        let (batch, channels, plane) = dims(xl)?;
+        let (xv, gv) = (f32_view(xs, xl, "the input")?, f32_view(gs, gl, "the gradient")?);
+        let slices = slices(batch, channels);
+        let mut partial = stream_alloc::<f64>(device, channels * slices * 2)?;
+        let mut sums = stream_alloc::<f64>(device, channels * 2)?;
+        let partial_kernel = device.get_or_load_custom_func("bn_grad_partial", MODULE, ptx()?)?;
+        let finish_kernel = device.get_or_load_custom_func("bn_grad_finish", MODULE, ptx()?)?;
+        let (b, c, p, s, act) = (int(batch), int(channels), int(plane), int(slices), self.inner.activation);
+        with_cuda(&self.inner.y, "the output", |ys, yl| {
+            with_cuda(&self.inner.stats, "the statistics", |ss, sl| {
+                let (yv, sv) = (f32_view(ys, yl, "the output")?, f64_view(ss, sl, "the statistics")?);
+                let mut launch = partial_kernel.builder();
+                launch.arg(&xv).arg(&yv).arg(&gv).arg(&sv).arg(&mut partial).arg(&b).arg(&c).arg(&p).arg(&s).arg(&act);
+                let grid = LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: the parameters match the kernel's; x, y and dy hold B·C·P f32 values,
+                // stats 3·C f64, partial C·S·2; each block writes its own two entries.
+                unsafe { launch.launch(grid) }.map_err(launch_error)
+            })
+        })?;
+        let mut launch = finish_kernel.builder();
+        launch.arg(&partial).arg(&mut sums).arg(&c).arg(&s);
+        // SAFETY: partial holds C·S·2 f64 values, sums 2·C; one thread per channel.
+        unsafe { launch.launch(per_channel(channels)) }.map_err(launch_error)?;
+        Ok((CudaStorage::wrap_cuda_slice(sums, device.clone()), Shape::from((2, channels))))
+    }
+}
+
+/// dx, and dz after it when the block has a residual ((2, B, C, H, W) then).
+struct GradientInput<'a> {
+    inner: &'a Gradients,
+    sums: Tensor,
+}
+
+impl GradientInput<'_> {
+    fn run(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let device = xs.device();
+        let (batch, channels, plane) = dims(xl)?;
+        let total = xl.shape().elem_count();
+        let (xv, gv) = (f32_view(xs, xl, "the input")?, f32_view(gs, gl, "the gradient")?);
+        let with_residual = self.inner.with_residual;
+        let mut out = stream_alloc::<f32>(device, if with_residual { 2 * total } else { total })?;
+        let kernel = device.get_or_load_custom_func("bn_grad_input", MODULE, ptx()?)?;
+        let (b, c, p, n, act, residual) =
+            (int(batch), int(channels), int(plane), total as u32, self.inner.activation, i32::from(with_residual));
+        with_cuda(&self.inner.y, "the output", |ys, yl| {
+            with_cuda(&self.inner.affine, "the weight and bias", |as_, al| {
+                with_cuda(&self.inner.stats, "the statistics", |ss, sl| {
+                    with_cuda(&self.sums, "the gradient sums", |us, ul| {
+                        let yv = f32_view(ys, yl, "the output")?;
+                        let av = f32_view(as_, al, "the weight and bias")?;
+                        let (sv, uv) = (f64_view(ss, sl, "the statistics")?, f64_view(us, ul, "the gradient sums")?);
+                        let mut launch = kernel.builder();
+                        launch.arg(&xv).arg(&yv).arg(&gv).arg(&av).arg(&sv).arg(&uv).arg(&mut out);
+                        launch.arg(&b).arg(&c).arg(&p).arg(&n).arg(&act).arg(&residual);
+                        // SAFETY: the parameters match the kernel's; x, y and dy hold `total` f32
+                        // values, out `total` (twice that with a residual, which the flag says),
+                        // affine 2·C f32, stats 3·C and sums 2·C f64.
+                        unsafe { launch.launch(elementwise(total)) }.map_err(launch_error)
+                    })
+                })
+            })
+        })?;
+        let mut dims = xl.shape().dims().to_vec();
+        if with_residual {
+            dims.insert(0, 2);
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Shape::from(dims)))
+    }
+}
+
+impl CustomOp2 for GradientInput<'_> {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-input-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch-norm-grad-input-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.run(xs, xl, gs, gl)
+    }
+}
+
+/// These run in CUDA builds only, on the GPU `.ci/gpu` lends them.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::test_tensors::{NormalTensors, max_abs};
+
+    /// Every activation, with and without a residual, at shapes whose batch is split into several
+    /// slices and not (and a 1x1 plane), against the CPU kernel: output, mean, unbiased variance
+    /// and the gradients of x, gamma, beta and the residual; a channel with a large mean and a
+    /// small spread keeps its variance.
+    #[test]
+    fn the_cuda_kernels_match_the_cpu_kernel() {
+        let gpu = Device::new_cuda(0).expect("medxfer-kernels' tests in a `cuda` build need a GPU (.ci/gpu runs them on one)");
+        let mut random = NormalTensors::new(11);
+        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6];
+        for shape in [(2, 3, 5, 4), (4, 2, 1, 1), (8, 2, 7, 9), (3, 600, 3, 3)] {
+            for (activation, with_residual) in activations.into_iter().flat_map(|a| [(a, false), (a, true)]) {
+                let case = format!("{shape:?} {activation:?} residual {with_residual}");
+                let mut x = (random.draw(0.0, 2.0, shape) + 0.7).unwrap();
+                if shape.1 >= 2 {
+                    let far = (random.draw(0.0, 0.01, (shape.0, 1, shape.2, shape.3)) + 1000.0).unwrap();
+                    x = Tensor::cat(&[far, x.narrow(1, 1, shape.1 - 1).unwrap()], 1).unwrap();
+                }
+                let gamma = random.draw(3.0, 0.3, shape.1);
+                let beta = random.draw(1.5, 0.3, shape.1);
+                let residual = random.draw(0.0, 1.0, shape);
+                let upstream = random.draw(0.0, 1.0, shape);
+                let run = |device: &Device| {
+                    let on = |t: &Tensor| Var::from_tensor(&t.to_device(device).unwrap()).unwrap();
+                    let (x, gamma, beta, residual) = (on(&x), on(&gamma), on(&beta), on(&residual));
+                    let params = BatchNormParams { gamma: gamma.as_tensor(), beta: beta.as_tensor(), eps: 1e-5 };
+                    let out =
+                        crate::batch_norm_train(x.as_tensor(), params, with_residual.then_some(residual.as_tensor()), activation).unwrap();
+                    let grads = (&out.y * upstream.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                    let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+                    let mut results = vec![cpu(&out.y), cpu(&out.mean), cpu(&out.unbiased_var)];
+                    for var in [&x, &gamma, &beta] {
+                        results.push(cpu(grads.get(var.as_tensor()).expect("every input gets a gradient")));
+                    }
+                    if with_residual {
+                        results.push(cpu(grads.get(residual.as_tensor()).expect("the residual gets a gradient")));
+                    }
+                    results
+                };
+                let (truth, ours) = (run(&Device::Cpu), run(&gpu));
+                let names =
+                    ["output", "mean", "unbiased variance", "input gradient", "gamma gradient", "beta gradient", "residual gradient"];
+                for ((what, expected), actual) in names.iter().zip(&truth).zip(&ours) {
+                    assert_eq!(expected.dims(), actual.dims(), "{what} {case}");
+                    let error = max_abs((expected - actual).unwrap()) / max_abs(expected.clone()).max(1.0);
+                    assert!(error < 1e-5, "{what} {case}: relative error {error}");
+                }
+            }
+        }
+    }
+}

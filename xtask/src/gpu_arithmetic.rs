@@ -1,0 +1,151 @@
+//! The GPU arithmetic options of the commands that compute on a GPU: `--precision`,
+//! `--matmul-tf32` and `--conv-algorithms`, PyTorch's three switches for the same things.
+
+use anyhow::{Result, bail};
+use medxfer_train::{ConvAlgorithmSearch, ConvPrecision, GpuSettings};
+
+/// How f32 convolutions may round on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// IEEE f32 everywhere: the reference's arithmetic.
+    F32,
+    /// TF32 tensor cores in f32 convolutions, as PyTorch does by default on Ampere and Hopper.
+    Tf32,
+}
+
+/// How cuDNN's convolution algorithms are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvAlgorithms {
+    /// cuDNN's heuristics: the same choice in every process (PyTorch's default).
+    Heuristic,
+    /// Time every candidate once per shape (PyTorch's `cudnn.benchmark = True`); two processes
+    /// may choose differently and differ in the last bits.
+    Benchmark,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct GpuArithmetic {
+    /// On a GPU: f32 (no TF32 anywhere, the reference's arithmetic; the default) or tf32 (TF32
+    /// tensor cores in f32 convolutions, PyTorch's default on Ampere and Hopper).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// On a GPU: TF32 in f32 matrix products too (PyTorch's torch.backends.cuda.matmul.allow_tf32).
+    #[arg(long)]
+    pub matmul_tf32: bool,
+    /// On a GPU: heuristic (the default) or benchmark (cuDNN times every algorithm per shape).
+    #[arg(long, value_enum, default_value_t = ConvAlgorithms::Heuristic)]
+    pub conv_algorithms: ConvAlgorithms,
+}
+
+impl Default for GpuArithmetic {
+    fn default() -> Self {
+        GpuArithmetic { precision: Precision::F32, matmul_tf32: false, conv_algorithms: ConvAlgorithms::Heuristic }
+    }
+}
+
+impl GpuArithmetic {
+    pub fn settings(&self) -> GpuSettings {
+        GpuSettings {
+            conv_precision: match self.precision {
+                Precision::F32 => ConvPrecision::F32,
+                Precision::Tf32 => ConvPrecision::Tf32,
+            },
+            matmul_tf32: self.matmul_tf32,
+            conv_algorithms: match self.conv_algorithms {
+                ConvAlgorithms::Heuristic => ConvAlgorithmSearch::Heuristic,
+                ConvAlgorithms::Benchmark => ConvAlgorithmSearch::Benchmark,
+            },
+        }
+    }
+
+    /// Puts the settings in force for this process; anything but the default is refused off a GPU,
+    /// where it would change nothing.
+    pub fn apply(&self, device: &str) -> Result<()> {
+        if *self != GpuArithmetic::default() && !device.starts_with("cuda") {
+            bail!("{} apply on a GPU only (--device cuda:N); the CPU computes in f32", self.options().join(" "));
+        }
+        medxfer_train::set_gpu_settings(self.settings());
+        Ok(())
+    }
+
+    /// The options as typed, for a child process (none for the defaults).
+    pub fn options(&self) -> Vec<String> {
+        let mut options = Vec::new();
+        if self.precision == Precision::Tf32 {
+            options.extend(["--precision".into(), "tf32".into()]);
+        }
+        if self.matmul_tf32 {
+            options.push("--matmul-tf32".into());
+        }
+        if self.conv_algorithms == ConvAlgorithms::Benchmark {
+            options.extend(["--conv-algorithms".into(), "benchmark".into()]);
+        }
+        options
+    }
+
+    /// The arithmetic as a study records it (its `precision` setting): "f32" for the default,
+    /// else which parts round to TF32. The algorithm choice is not part of it: it changes the
+    /// last bits of a run, not what a run computes.
+    pub fn recorded(&self) -> String {
+        match (self.precision, self.matmul_tf32) {
+            (Precision::F32, false) => "f32".into(),
+            (Precision::Tf32, false) => "tf32".into(),
+            (Precision::F32, true) => "f32, matmul tf32".into(),
+            (Precision::Tf32, true) => "tf32, matmul tf32".into(),
+        }
+    }
+
+    /// In words, for reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} convolutions, {} matrix products, {} cuDNN algorithms",
+            match self.precision {
+                Precision::F32 => "f32",
+                Precision::Tf32 => "TF32",
+            },
+            if self.matmul_tf32 { "TF32" } else { "f32" },
+            match self.conv_algorithms {
+                ConvAlgorithms::Heuristic => "heuristic",
+                ConvAlgorithms::Benchmark => "benchmarked",
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        gpu: GpuArithmetic,
+    }
+
+    /// What a child process is given parses back to the same settings, for every combination.
+    #[test]
+    fn options_round_trip_through_the_command_line() {
+        for precision in [Precision::F32, Precision::Tf32] {
+            for matmul_tf32 in [false, true] {
+                for conv_algorithms in [ConvAlgorithms::Heuristic, ConvAlgorithms::Benchmark] {
+                    let gpu = GpuArithmetic { precision, matmul_tf32, conv_algorithms };
+                    let line = Line::try_parse_from(std::iter::once("x".to_string()).chain(gpu.options())).unwrap();
+                    assert_eq!(line.gpu, gpu);
+                }
+            }
+        }
+        assert!(GpuArithmetic::default().options().is_empty());
+    }
+
+    #[test]
+    fn tf32_off_a_gpu_is_refused() {
+        let gpu = GpuArithmetic { precision: Precision::Tf32, ..GpuArithmetic::default() };
+        let error = gpu.apply("cpu").unwrap_err().to_string();
+        assert!(error.contains("--precision tf32") && error.contains("cuda:N"), "{error}");
+        GpuArithmetic::default().apply("cpu").unwrap();
+    }
+}
