@@ -57,6 +57,8 @@ mod grouped;
 mod kernel_input;
 mod layer_norm;
 mod linear;
+#[cfg(feature = "cuda")]
+mod nvrtc;
 mod pool;
 mod product;
 mod sgd;

@@ -5,6 +5,8 @@
 //! Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), the polynomial PyTorch's
 //! vectorised CPU kernel uses.
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -57,6 +59,11 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        super::cuda::forward(storage, layout)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&arg.contiguous()?, &GeluGrad)?))
     }
@@ -84,9 +91,14 @@ impl CustomOp2 for GeluGrad {
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        super::cuda::backward(s1, l1, s2, l2)
+    }
 }
 
-/// GELU (erf form) of an f32 CPU tensor.
+/// GELU (erf form) of an f32 CPU tensor (or CUDA tensor, `cuda.rs`).
 pub(super) fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu)
 }

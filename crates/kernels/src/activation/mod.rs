@@ -9,6 +9,8 @@
 //! x = 0). Other devices and dtypes keep candle's ops.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod gelu;
 
 use candle_core::{Result, Tensor};
@@ -59,10 +61,14 @@ impl FusedActivation {
     }
 }
 
-/// GELU in its exact (erf) form: one parallel pass each way on the CPU in f32 (`gelu.rs`),
-/// candle's `gelu_erf` elsewhere.
+/// GELU in its exact (erf) form: one parallel pass each way on the CPU in f32 (`gelu.rs`), one
+/// kernel each way on a CUDA device in f32 (`cuda.rs`), candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if is_f32_cpu(x) {
+        return gelu::gelu_erf(x);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(x) {
         return gelu::gelu_erf(x);
     }
     x.gelu_erf()

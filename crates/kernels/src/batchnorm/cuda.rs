@@ -1,6 +1,5 @@
 //! Train-mode BatchNorm of f32 CUDA tensors, with the residual add and ReLU/ReLU6 after it, as
-//! one forward and one backward graph node, each a few kernels of our own (compiled at first use
-//! by NVRTC, which candle's CUDA backend already links).
+//! one forward and one backward graph node, each a few kernels of our own (`crate::nvrtc`).
 //!
 //! candle's composition is about seven kernels forward (statistics through `FastReduce`, one
 //! block per channel) and several times that backward, each node's gradient zero-filled and
@@ -29,6 +28,7 @@ use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use super::{BatchNormOutput, BatchNormParams, unbiased_correction};
 use crate::activation::FusedActivation;
+use crate::nvrtc::NvrtcModule;
 
 /// Whether the kernels here take these tensors: f32 on a CUDA device. `MEDXFER_CUDA_BATCHNORM=
 /// candle` sends them to candle's composition instead, to measure the difference.
@@ -228,15 +228,7 @@ extern "C" __global__ void bn_grad_input(const float* __restrict__ x, const floa
 }
 "#;
 
-const MODULE: &str = "medxfer_batchnorm";
-
-/// The kernels' PTX, compiled once per process.
-fn ptx() -> candle_core::Result<&'static str> {
-    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| cudarc::nvrtc::compile_ptx(SOURCE).map(|p| p.to_src()).map_err(|e| format!("{e:?}")))
-        .as_deref()
-        .map_err(|e| candle_core::Error::Msg(format!("batch norm: NVRTC could not compile the kernels: {e}")))
-}
+static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_batchnorm", SOURCE);
 
 const THREADS: u32 = 256;
 
@@ -313,21 +305,22 @@ impl CustomOp1 for ChannelStats {
 
     fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let device = storage.device();
+        let stream = device.cuda_stream();
         let (batch, channels, plane) = dims(layout)?;
         let x = f32_view(storage, layout, "the input")?;
         let slices = slices(batch, channels);
         let mut partial = stream_alloc::<f64>(device, channels * slices * 2)?;
         let mut stats = stream_alloc::<f64>(device, channels * 3)?;
-        let partial_kernel = device.get_or_load_custom_func("bn_stats_partial", MODULE, ptx()?)?;
-        let finish_kernel = device.get_or_load_custom_func("bn_stats_finish", MODULE, ptx()?)?;
+        let partial_kernel = KERNELS.function(device, "bn_stats_partial")?;
+        let finish_kernel = KERNELS.function(device, "bn_stats_finish")?;
         let (b, c, p, s) = (int(batch), int(channels), int(plane), int(slices));
-        let mut launch = partial_kernel.builder();
+        let mut launch = stream.launch_builder(&partial_kernel);
         launch.arg(&x).arg(&mut partial).arg(&b).arg(&c).arg(&p).arg(&s);
         let grid = LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the kernel's parameters are these, in this order: x holds B·C·P f32 values,
         // partial C·S·2 f64; each block writes its own two entries.
         unsafe { launch.launch(grid) }.map_err(launch_error)?;
-        let mut launch = finish_kernel.builder();
+        let mut launch = stream.launch_builder(&finish_kernel);
         launch.arg(&x).arg(&partial).arg(&mut stats).arg(&b).arg(&c).arg(&p).arg(&s).arg(&self.eps);
         // SAFETY: as above; stats holds 3·C f64 values, one thread writes each channel's three.
         unsafe { launch.launch(per_channel(channels)) }.map_err(launch_error)?;
@@ -349,6 +342,7 @@ impl Normalize {
         residual: Option<(&CudaStorage, &Layout)>,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let device = x.0.device();
+        let stream = device.cuda_stream();
         let (_, channels, plane) = dims(x.1)?;
         let total = x.1.shape().elem_count();
         let xv = f32_view(x.0, x.1, "the input")?;
@@ -358,12 +352,12 @@ impl Normalize {
             candle_core::bail!("batch norm: parameters or residual do not fit an input of shape {:?}", x.1.shape());
         }
         let mut y = stream_alloc::<f32>(device, total)?;
-        let kernel = device.get_or_load_custom_func("bn_forward", MODULE, ptx()?)?;
+        let kernel = KERNELS.function(device, "bn_forward")?;
         let (c, p, n, act) = (int(channels), int(plane), total as u32, self.activation);
         with_cuda(&self.stats, "the statistics", |stats, layout| {
             let sv = f64_view(stats, layout, "the statistics")?;
             let null: u64 = 0;
-            let mut launch = kernel.builder();
+            let mut launch = stream.launch_builder(&kernel);
             launch.arg(&xv).arg(&av).arg(&sv);
             match &rv {
                 Some(r) => launch.arg(r),
@@ -489,18 +483,19 @@ impl CustomOp2 for GradientSums<'_> {
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let device = xs.device();
+        let stream = device.cuda_stream();
         let (batch, channels, plane) = dims(xl)?;
         let (xv, gv) = (f32_view(xs, xl, "the input")?, f32_view(gs, gl, "the gradient")?);
         let slices = slices(batch, channels);
         let mut partial = stream_alloc::<f64>(device, channels * slices * 2)?;
         let mut sums = stream_alloc::<f64>(device, channels * 2)?;
-        let partial_kernel = device.get_or_load_custom_func("bn_grad_partial", MODULE, ptx()?)?;
-        let finish_kernel = device.get_or_load_custom_func("bn_grad_finish", MODULE, ptx()?)?;
+        let partial_kernel = KERNELS.function(device, "bn_grad_partial")?;
+        let finish_kernel = KERNELS.function(device, "bn_grad_finish")?;
         let (b, c, p, s, act) = (int(batch), int(channels), int(plane), int(slices), self.inner.activation);
         with_cuda(&self.inner.y, "the output", |ys, yl| {
             with_cuda(&self.inner.stats, "the statistics", |ss, sl| {
                 let (yv, sv) = (f32_view(ys, yl, "the output")?, f64_view(ss, sl, "the statistics")?);
-                let mut launch = partial_kernel.builder();
+                let mut launch = stream.launch_builder(&partial_kernel);
                 launch.arg(&xv).arg(&yv).arg(&gv).arg(&sv).arg(&mut partial).arg(&b).arg(&c).arg(&p).arg(&s).arg(&act);
                 let grid = LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
                 // SAFETY: the parameters match the kernel's; x, y and dy hold B·C·P f32 values,
@@ -508,7 +503,7 @@ impl CustomOp2 for GradientSums<'_> {
                 unsafe { launch.launch(grid) }.map_err(launch_error)
             })
         })?;
-        let mut launch = finish_kernel.builder();
+        let mut launch = stream.launch_builder(&finish_kernel);
         launch.arg(&partial).arg(&mut sums).arg(&c).arg(&s);
         // SAFETY: partial holds C·S·2 f64 values, sums 2·C; one thread per channel.
         unsafe { launch.launch(per_channel(channels)) }.map_err(launch_error)?;
@@ -525,12 +520,13 @@ struct GradientInput<'a> {
 impl GradientInput<'_> {
     fn run(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let device = xs.device();
+        let stream = device.cuda_stream();
         let (batch, channels, plane) = dims(xl)?;
         let total = xl.shape().elem_count();
         let (xv, gv) = (f32_view(xs, xl, "the input")?, f32_view(gs, gl, "the gradient")?);
         let with_residual = self.inner.with_residual;
         let mut out = stream_alloc::<f32>(device, if with_residual { 2 * total } else { total })?;
-        let kernel = device.get_or_load_custom_func("bn_grad_input", MODULE, ptx()?)?;
+        let kernel = KERNELS.function(device, "bn_grad_input")?;
         let (b, c, p, n, act, residual) =
             (int(batch), int(channels), int(plane), total as u32, self.inner.activation, i32::from(with_residual));
         with_cuda(&self.inner.y, "the output", |ys, yl| {
@@ -540,7 +536,7 @@ impl GradientInput<'_> {
                         let yv = f32_view(ys, yl, "the output")?;
                         let av = f32_view(as_, al, "the weight and bias")?;
                         let (sv, uv) = (f64_view(ss, sl, "the statistics")?, f64_view(us, ul, "the gradient sums")?);
-                        let mut launch = kernel.builder();
+                        let mut launch = stream.launch_builder(&kernel);
                         launch.arg(&xv).arg(&yv).arg(&gv).arg(&av).arg(&sv).arg(&uv).arg(&mut out);
                         launch.arg(&b).arg(&c).arg(&p).arg(&n).arg(&act).arg(&residual);
                         // SAFETY: the parameters match the kernel's; x, y and dy hold `total` f32

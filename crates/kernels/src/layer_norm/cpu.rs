@@ -60,14 +60,24 @@ impl CustomOp3 for Forward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let width = weight.dim(0)?;
         let packed = x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &grad.contiguous()?, &Backward { eps: self.eps })?;
-        let count = x.elem_count();
-        let grad_x = packed.narrow(0, 0, count)?.reshape(x.shape())?;
-        let grad_weight = packed.narrow(0, count, width)?;
-        let grad_bias = packed.narrow(0, count + width, width)?;
-        Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
+        unpack_gradients(&packed, x, weight)
     }
+}
+
+/// The gradients of x, weight and bias from the backward op's [dx, dweight, dbias] buffer (the
+/// CUDA op packs them alike).
+pub(super) fn unpack_gradients(
+    packed: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let width = weight.dim(0)?;
+    let count = x.elem_count();
+    let grad_x = packed.narrow(0, 0, count)?.reshape(x.shape())?;
+    let grad_weight = packed.narrow(0, count, width)?;
+    let grad_bias = packed.narrow(0, count + width, width)?;
+    Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
 }
 
 /// dx, dweight, dbias of one LayerNorm, packed as [dx (all of x), dweight (D), dbias (D)]:
@@ -130,6 +140,11 @@ impl CustomOp3 for Backward {
 
 /// LayerNorm of f32 CPU tensors over the last dimension.
 pub(super) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    checked(x, weight, bias)?.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Forward { eps })
+}
+
+/// `x`, once its rows and the weight and bias are checked to fit (for the CUDA op too).
+pub(super) fn checked<'a>(x: &'a Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<&'a Tensor> {
     let width = x.dim(candle_core::D::Minus1)?;
     if width == 0 {
         candle_core::bail!("layer norm: the input {:?} has rows of no elements", x.dims());
@@ -142,5 +157,5 @@ pub(super) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
             x.dims()
         );
     }
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Forward { eps })
+    Ok(x)
 }

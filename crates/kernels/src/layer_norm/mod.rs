@@ -4,9 +4,12 @@
 //! candle's differentiable ops compose it from nine passes, each keeping its output for the
 //! backward pass (ConvNeXt-T's training step held twice PyTorch's memory); candle-nn's fused one
 //! records no gradient. On the CPU in f32 (`cpu.rs`) one pass per row forward and one backward,
-//! which recomputes each row's statistics instead of storing them; elsewhere candle's ops.
+//! which recomputes each row's statistics instead of storing them; on a CUDA device in f32 the
+//! same as kernels of our own (`cuda.rs`); elsewhere candle's ops.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{D, Result, Tensor};
 
@@ -16,6 +19,10 @@ use crate::kernel_input::is_f32_cpu;
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if [x, weight, bias].into_iter().all(is_f32_cpu) {
         return cpu::layer_norm(x, weight, bias, eps);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(x, weight, bias) {
+        return cpu::checked(x, weight, bias)?.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, cuda::Forward { eps });
     }
     composite(x, weight, bias, eps)
 }

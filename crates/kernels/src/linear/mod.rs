@@ -34,7 +34,16 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result
 
 /// The same with candle's ops.
 fn composite(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.broadcast_matmul(&weight.t()?)?;
+    // The rows of x as one matrix: one product each way, where a broadcast product of (B, N, D)
+    // by the weight materialises a (B, D, O) weight gradient and sums it over B.
+    let width = x.dim(candle_core::D::Minus1)?;
+    let mut dims = x.dims().to_vec();
+    let rows = x.elem_count() / width.max(1);
+    let y = x.reshape((rows, width))?.matmul(&weight.t()?)?;
+    if let Some(last) = dims.last_mut() {
+        *last = weight.dim(0)?;
+    }
+    let y = y.reshape(dims)?;
     match bias {
         Some(bias) => y.broadcast_add(bias),
         None => Ok(y),
