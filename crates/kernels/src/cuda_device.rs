@@ -16,6 +16,8 @@ use candle_core::Device;
 use cudarc::driver::result::{device, mem_pool};
 use cudarc::driver::sys::CUmemPool_attribute;
 
+use crate::cuda_input::driver_error;
+
 /// Sets up `device` for training as described above; nothing on the CPU. Call it right after
 /// opening the device, before any tensor is made on it.
 pub fn prepare_cuda_device(device: &Device) -> candle_core::Result<()> {
@@ -33,7 +35,7 @@ pub fn prepare_cuda_device(device: &Device) -> candle_core::Result<()> {
     // SAFETY: the pool is the device's own; the release threshold is a cuuint64_t, which
     // `threshold` is.
     unsafe { mem_pool::set_attribute(pool, CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast()) }
-        .map_err(driver_error)?;
+        .map_err(driver_error("CUDA device set-up"))?;
     Ok(())
 }
 
@@ -48,7 +50,7 @@ pub fn cuda_memory_high_water(device: &Device) -> candle_core::Result<Option<u64
     let mut bytes = 0u64;
     // SAFETY: the pool is the device's own; the attribute is a cuuint64_t, which `bytes` is.
     unsafe { mem_pool::get_attribute(pool, CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut bytes as *mut u64).cast()) }
-        .map_err(driver_error)?;
+        .map_err(driver_error("CUDA device set-up"))?;
     Ok(Some(bytes))
 }
 
@@ -61,18 +63,14 @@ pub fn reset_cuda_memory_high_water(device: &Device) -> candle_core::Result<()> 
     let mut zero = 0u64;
     // SAFETY: the pool is the device's own; resetting the high-water mark takes a cuuint64_t 0.
     unsafe { mem_pool::set_attribute(pool, CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut zero as *mut u64).cast()) }
-        .map_err(driver_error)?;
+        .map_err(driver_error("CUDA device set-up"))?;
     Ok(())
 }
 
 fn default_pool(device: &Device) -> candle_core::Result<cudarc::driver::sys::CUmemoryPool> {
     let Device::Cuda(cuda) = device else { candle_core::bail!("not a CUDA device") };
     let stream = cuda.cuda_stream();
-    stream.context().bind_to_thread().map_err(driver_error)?;
+    stream.context().bind_to_thread().map_err(driver_error("CUDA device set-up"))?;
     // SAFETY: the device handle comes from candle's own, open context.
-    unsafe { device::get_default_mem_pool(stream.context().cu_device()) }.map_err(driver_error)
-}
-
-fn driver_error(error: cudarc::driver::DriverError) -> candle_core::Error {
-    candle_core::Error::Msg(format!("CUDA driver: {error:?}"))
+    unsafe { device::get_default_mem_pool(stream.context().cu_device()) }.map_err(driver_error("CUDA device set-up"))
 }

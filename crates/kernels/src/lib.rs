@@ -50,6 +50,8 @@ mod conv;
 mod conv_batchnorm;
 #[cfg(feature = "cuda")]
 mod cuda_device;
+#[cfg(feature = "cuda")]
+mod cuda_input;
 mod depthwise;
 mod exp;
 mod gpu_settings;

@@ -6,17 +6,17 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice};
+use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Shape, Tensor};
-use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
+use crate::cuda_input::{candle_requested, driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
 /// f32 on a CUDA device; `MEDXFER_CUDA_GELU=candle` keeps candle's op, to measure.
 pub(super) fn applies(x: &Tensor) -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
-    let candle = *CANDLE.get_or_init(|| std::env::var("MEDXFER_CUDA_GELU").is_ok_and(|v| v == "candle"));
-    !candle && x.device().is_cuda() && x.dtype() == DType::F32
+    !candle_requested(&CANDLE, "MEDXFER_CUDA_GELU") && x.device().is_cuda() && x.dtype() == DType::F32
 }
 
 const SOURCE: &str = r#"
@@ -41,18 +41,12 @@ extern "C" __global__ void gelu_backward(const float* __restrict__ dy, const flo
 
 static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_gelu", SOURCE);
 
-fn view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> candle_core::Result<CudaView<'a, f32>> {
-    let CudaStorageSlice::F32(slice) = &storage.slice else { candle_core::bail!("gelu: {what} must be f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("gelu: {what} must be contiguous") };
-    Ok(slice.slice(start..end))
-}
-
 /// Runs `function` over `inputs` (each `n` f32 values) into a new output of `n` values.
 fn elementwise(function: &str, inputs: &[(&CudaStorage, &Layout, &str)], shape: &Shape) -> candle_core::Result<(CudaStorage, Shape)> {
     let device = inputs[0].0.device();
     let stream = device.cuda_stream();
     let n = shape.elem_count();
-    let views = inputs.iter().map(|(s, l, what)| view(s, l, what)).collect::<candle_core::Result<Vec<_>>>()?;
+    let views = inputs.iter().map(|(s, l, what)| input_view::<f32>(s, l, "gelu", what)).collect::<candle_core::Result<Vec<_>>>()?;
     if views.iter().any(|v| v.len() != n) || n > u32::MAX as usize {
         candle_core::bail!("gelu: operands of {:?} values for a shape {shape:?}", views.iter().map(|v| v.len()).collect::<Vec<_>>());
     }
@@ -68,7 +62,7 @@ fn elementwise(function: &str, inputs: &[(&CudaStorage, &Layout, &str)], shape: 
     let blocks = count.div_ceil(256).clamp(1, 65_535 * 8);
     let grid = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the parameters match the kernel's (its inputs, the output, n), each n f32 values.
-    unsafe { launch.launch(grid) }.map_err(|e| candle_core::Error::Msg(format!("gelu kernel: {e:?}")))?;
+    unsafe { launch.launch(grid) }.map_err(driver_error("gelu kernel"))?;
     Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), shape.clone()))
 }
 

@@ -22,19 +22,20 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use super::{BatchNormOutput, BatchNormParams, unbiased_correction};
 use crate::activation::FusedActivation;
+use crate::cuda_input::{candle_requested, driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
 /// Whether the kernels here take these tensors: f32 on a CUDA device. `MEDXFER_CUDA_BATCHNORM=
 /// candle` sends them to candle's composition instead, to measure the difference.
 pub(super) fn applies(x: &Tensor, params: &BatchNormParams<'_>, residual: Option<&Tensor>) -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
-    let candle = *CANDLE.get_or_init(|| std::env::var("MEDXFER_CUDA_BATCHNORM").is_ok_and(|v| v == "candle"));
+    let candle = candle_requested(&CANDLE, "MEDXFER_CUDA_BATCHNORM");
     let f32_cuda = |t: &Tensor| t.device().is_cuda() && t.dtype() == DType::F32;
     !candle && f32_cuda(x) && f32_cuda(params.gamma) && f32_cuda(params.beta) && residual.is_none_or(f32_cuda) && x.rank() == 4
 }
@@ -248,15 +249,11 @@ fn per_channel(channels: usize) -> LaunchConfig {
 }
 
 fn f32_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> candle_core::Result<CudaView<'a, f32>> {
-    let CudaStorageSlice::F32(slice) = &storage.slice else { candle_core::bail!("batch norm: {what} must be f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("batch norm: {what} must be contiguous") };
-    Ok(slice.slice(start..end))
+    input_view(storage, layout, "batch norm", what)
 }
 
 fn f64_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> candle_core::Result<CudaView<'a, f64>> {
-    let CudaStorageSlice::F64(slice) = &storage.slice else { candle_core::bail!("batch norm: {what} must be f64") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("batch norm: {what} must be contiguous") };
-    Ok(slice.slice(start..end))
+    input_view(storage, layout, "batch norm", what)
 }
 
 /// A tensor's CUDA storage, read-locked for the caller's use.
@@ -277,10 +274,6 @@ fn dims(layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
 fn int(v: usize) -> i32 {
     // `dims` bounds every size by 2^31.
     v as i32
-}
-
-fn launch_error(error: cudarc::driver::DriverError) -> candle_core::Error {
-    candle_core::Error::Msg(format!("batch norm kernel: {error:?}"))
 }
 
 fn stream_alloc<T: cudarc::driver::DeviceRepr>(device: &CudaDevice, len: usize) -> candle_core::Result<CudaSlice<T>> {
@@ -319,11 +312,11 @@ impl CustomOp1 for ChannelStats {
         let grid = LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the kernel's parameters are these, in this order: x holds B·C·P f32 values,
         // partial C·S·2 f64; each block writes its own two entries.
-        unsafe { launch.launch(grid) }.map_err(launch_error)?;
+        unsafe { launch.launch(grid) }.map_err(driver_error("batch norm kernel"))?;
         let mut launch = stream.launch_builder(&finish_kernel);
         launch.arg(&x).arg(&partial).arg(&mut stats).arg(&b).arg(&c).arg(&p).arg(&s).arg(&self.eps);
         // SAFETY: as above; stats holds 3·C f64 values, one thread writes each channel's three.
-        unsafe { launch.launch(per_channel(channels)) }.map_err(launch_error)?;
+        unsafe { launch.launch(per_channel(channels)) }.map_err(driver_error("batch norm kernel"))?;
         Ok((CudaStorage::wrap_cuda_slice(stats, device.clone()), Shape::from((3, channels))))
     }
 }
@@ -366,7 +359,7 @@ impl Normalize {
             launch.arg(&mut y).arg(&c).arg(&p).arg(&n).arg(&act);
             // SAFETY: the parameters match the kernel's: x, residual (or a null pointer, which
             // the kernel tests) and y hold `total` f32 values, affine 2·C, stats 3·C f64.
-            unsafe { launch.launch(elementwise(total)) }.map_err(launch_error)
+            unsafe { launch.launch(elementwise(total)) }.map_err(driver_error("batch norm kernel"))
         })?;
         Ok((CudaStorage::wrap_cuda_slice(y, device.clone()), x.1.shape().clone()))
     }
@@ -500,13 +493,13 @@ impl CustomOp2 for GradientSums<'_> {
                 let grid = LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
                 // SAFETY: the parameters match the kernel's; x, y and dy hold B·C·P f32 values,
                 // stats 3·C f64, partial C·S·2; each block writes its own two entries.
-                unsafe { launch.launch(grid) }.map_err(launch_error)
+                unsafe { launch.launch(grid) }.map_err(driver_error("batch norm kernel"))
             })
         })?;
         let mut launch = stream.launch_builder(&finish_kernel);
         launch.arg(&partial).arg(&mut sums).arg(&c).arg(&s);
         // SAFETY: partial holds C·S·2 f64 values, sums 2·C; one thread per channel.
-        unsafe { launch.launch(per_channel(channels)) }.map_err(launch_error)?;
+        unsafe { launch.launch(per_channel(channels)) }.map_err(driver_error("batch norm kernel"))?;
         Ok((CudaStorage::wrap_cuda_slice(sums, device.clone()), Shape::from((2, channels))))
     }
 }
@@ -542,7 +535,7 @@ impl GradientInput<'_> {
                         // SAFETY: the parameters match the kernel's; x, y and dy hold `total` f32
                         // values, out `total` (twice that with a residual, which the flag says),
                         // affine 2·C f32, stats 3·C and sums 2·C f64.
-                        unsafe { launch.launch(elementwise(total)) }.map_err(launch_error)
+                        unsafe { launch.launch(elementwise(total)) }.map_err(driver_error("batch norm kernel"))
                     })
                 })
             })

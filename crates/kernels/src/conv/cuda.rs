@@ -29,6 +29,7 @@ use cudarc::cudnn::result::{self as cudnn, CudnnError};
 use cudarc::cudnn::sys;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, SyncOnDrop};
 
+use crate::cuda_input::{candle_requested, driver_error};
 use crate::gpu_settings::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, gpu_settings};
 
 /// x (B, C, H, W) convolved with weight (O, C / groups, k, k) in `groups` groups at `stride`
@@ -44,7 +45,7 @@ pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, groups: usize, stride: usize, 
 /// what cuDNN gains (README, "GPU speed").
 pub(crate) fn applies(x: &Tensor, weight: &Tensor) -> bool {
     static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let candle = *CANDLE.get_or_init(|| std::env::var("MEDXFER_CUDA_CONV").is_ok_and(|v| v == "candle"));
+    let candle = candle_requested(&CANDLE, "MEDXFER_CUDA_CONV");
     !candle && x.device().is_cuda() && x.dtype() == weight.dtype() && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
@@ -273,7 +274,7 @@ fn run(
 
 impl Context {
     fn new(stream: Arc<CudaStream>) -> candle_core::Result<Self> {
-        stream.context().bind_to_thread().map_err(driver_error)?;
+        stream.context().bind_to_thread().map_err(driver_error("cuDNN convolution"))?;
         let handle = Handle(cudnn::create_handle().map_err(cudnn_error)?);
         // SAFETY: the handle was just created; the stream is candle's, alive as long as this
         // context holds its Arc.
@@ -296,7 +297,7 @@ impl Context {
             // The old workspace is freed in stream order, after the work queued on it.
             self.workspace = None;
             // SAFETY: cuDNN writes a workspace before it reads it; the bytes are never read here.
-            self.workspace = Some(unsafe { self.stream.alloc::<u8>(choice.workspace) }.map_err(driver_error)?);
+            self.workspace = Some(unsafe { self.stream.alloc::<u8>(choice.workspace) }.map_err(driver_error("cuDNN convolution"))?);
         }
         let out_len = match direction {
             Direction::Forward => key.geometry.y_dims(),
@@ -661,9 +662,15 @@ fn allocate(stream: &Arc<CudaStream>, device: &CudaDevice, dtype: DType, len: us
     // SAFETY: the convolution that follows writes all `len` elements before anything reads them.
     let storage = unsafe {
         match dtype {
-            DType::F32 => CudaStorage::wrap_cuda_slice(stream.alloc::<f32>(len).map_err(driver_error)?, device.clone()),
-            DType::F16 => CudaStorage::wrap_cuda_slice(stream.alloc::<half::f16>(len).map_err(driver_error)?, device.clone()),
-            DType::BF16 => CudaStorage::wrap_cuda_slice(stream.alloc::<half::bf16>(len).map_err(driver_error)?, device.clone()),
+            DType::F32 => {
+                CudaStorage::wrap_cuda_slice(stream.alloc::<f32>(len).map_err(driver_error("cuDNN convolution"))?, device.clone())
+            }
+            DType::F16 => {
+                CudaStorage::wrap_cuda_slice(stream.alloc::<half::f16>(len).map_err(driver_error("cuDNN convolution"))?, device.clone())
+            }
+            DType::BF16 => {
+                CudaStorage::wrap_cuda_slice(stream.alloc::<half::bf16>(len).map_err(driver_error("cuDNN convolution"))?, device.clone())
+            }
             other => candle_core::bail!("cuDNN convolution: {other:?} is not convolved here"),
         }
     };
@@ -692,10 +699,6 @@ fn write_pointer<'a>(storage: &'a mut CudaStorage, stream: &'a CudaStream) -> ca
 
 fn cudnn_error(error: CudnnError) -> candle_core::Error {
     candle_core::Error::Msg(format!("cuDNN: {error:?}"))
-}
-
-fn driver_error(error: cudarc::driver::DriverError) -> candle_core::Error {
-    candle_core::Error::Msg(format!("CUDA driver: {error:?}"))
 }
 
 /// These run in CUDA builds only, on the GPU `.ci/gpu` lends them (a CUDA build's tests need one).

@@ -13,17 +13,18 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice};
+use candle_core::cuda_backend::CudaStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 
+use crate::cuda_input::{candle_requested, driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
 /// f32 on a CUDA device; `MEDXFER_CUDA_LAYERNORM=candle` keeps candle's composition, to measure.
 pub(super) fn applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
-    let candle = *CANDLE.get_or_init(|| std::env::var("MEDXFER_CUDA_LAYERNORM").is_ok_and(|v| v == "candle"));
-    !candle && [x, weight, bias].into_iter().all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
+    !candle_requested(&CANDLE, "MEDXFER_CUDA_LAYERNORM")
+        && [x, weight, bias].into_iter().all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
 }
 
 const SOURCE: &str = r#"
@@ -126,9 +127,7 @@ static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_layer_norm", SOURCE);
 const WARPS: u32 = 8;
 
 fn view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> candle_core::Result<CudaView<'a, f32>> {
-    let CudaStorageSlice::F32(slice) = &storage.slice else { candle_core::bail!("layer norm: {what} must be f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("layer norm: {what} must be contiguous") };
-    Ok(slice.slice(start..end))
+    input_view(storage, layout, "layer norm", what)
 }
 
 /// Rows and width of x, checked against the kernels' 32-bit row and column indices.
@@ -143,10 +142,6 @@ fn rows_and_width(x: &Layout, weight: &Layout) -> candle_core::Result<(usize, us
 
 fn row_grid(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: ((rows as u32).div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn launch_error(error: cudarc::driver::DriverError) -> candle_core::Error {
-    candle_core::Error::Msg(format!("layer norm kernel: {error:?}"))
 }
 
 pub(super) struct Forward {
@@ -194,7 +189,7 @@ impl CustomOp3 for Forward {
         launch.arg(&x).arg(&w).arg(&b).arg(&mut y).arg(&r).arg(&c).arg(&self.eps);
         // SAFETY: the parameters match the kernel's: x and y hold rows·width f32 values, w and b
         // width; each warp reads and writes its own row.
-        unsafe { launch.launch(row_grid(rows)) }.map_err(launch_error)?;
+        unsafe { launch.launch(row_grid(rows)) }.map_err(driver_error("layer norm kernel"))?;
         Ok((CudaStorage::wrap_cuda_slice(y, device.clone()), xl.shape().clone()))
     }
 
@@ -267,7 +262,7 @@ impl CustomOp3 for Backward {
             launch.arg(&x).arg(&w).arg(&dy).arg(&mut dx).arg(&mut stats).arg(&r).arg(&c).arg(&self.eps);
             // SAFETY: x, dy and dx hold rows·width f32 values, w width, stats 2·rows; each warp
             // reads and writes its own row.
-            unsafe { launch.launch(row_grid(rows)) }.map_err(launch_error)?;
+            unsafe { launch.launch(row_grid(rows)) }.map_err(driver_error("layer norm kernel"))?;
         }
         {
             let kernel = KERNELS.function(device, "ln_grad_partial")?;
@@ -275,7 +270,7 @@ impl CustomOp3 for Backward {
             launch.arg(&x).arg(&dy).arg(&stats).arg(&mut partial).arg(&r).arg(&c).arg(&k);
             let grid = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: partial holds chunks·2·width f64 values; block c writes its own 2·width.
-            unsafe { launch.launch(grid) }.map_err(launch_error)?;
+            unsafe { launch.launch(grid) }.map_err(driver_error("layer norm kernel"))?;
         }
         {
             let kernel = KERNELS.function(device, "ln_grad_finish")?;
@@ -284,7 +279,7 @@ impl CustomOp3 for Backward {
             launch.arg(&partial).arg(&mut sums).arg(&c).arg(&k);
             let grid = LaunchConfig { grid_dim: ((2 * width as u32).div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: sums is the packed buffer's last 2·width values, one thread each.
-            unsafe { launch.launch(grid) }.map_err(launch_error)?;
+            unsafe { launch.launch(grid) }.map_err(driver_error("layer norm kernel"))?;
         }
         Ok((CudaStorage::wrap_cuda_slice(packed, device.clone()), Shape::from(count + 2 * width)))
     }
