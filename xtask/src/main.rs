@@ -5,7 +5,7 @@ mod bench;
 mod clock;
 mod demo;
 mod features;
-mod gpu_arithmetic;
+use medxfer_train::gpu_arithmetic;
 mod rank;
 mod recorded;
 mod report;

@@ -9,7 +9,8 @@
 //!   its own folder, shared by workers ([`Shard`], one claim per trial); A_opt
 //!   ([`select_best`]). [`search_with_halving`]: successive halving over them (a named option).
 //! - [`extract`]: the feature files medxfer-scores reads.
-//! - [`parse_device`]: `cpu` or `cuda:N` (the `cuda` feature builds candle's CUDA backend).
+//! - [`parse_device`]: `cpu` or `cuda:N` (the `cuda` feature builds candle's CUDA backend);
+//!   [`gpu_arithmetic`]: the `--precision`, `--matmul-tf32` and `--conv-algorithms` options.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -35,6 +36,7 @@ mod device;
 mod error;
 mod extract;
 mod finetune;
+pub mod gpu_arithmetic;
 mod halving;
 mod metrics;
 mod models;

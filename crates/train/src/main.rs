@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use medxfer_data::{Catalog, Entry, Normalization, Part, ood_entries, read_manifest, scan_clean, scan_dataset};
+use medxfer_train::gpu_arithmetic::GpuArithmetic;
 use medxfer_train::{
     Comparison, EpochBar, ExtractSettings, Halving, HalvingSummary, RunData, RunSettings, SUMMARY_FILE, SearchSettings, Selection, Shard,
     SplitData, TrainingOptions, Trial, evaluate_split, fine_tune, load_fine_tuned, load_pretrained, search, start_fine_tuning,
@@ -37,6 +38,8 @@ struct ModelArgs {
     /// cpu, or cuda:N (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    gpu: GpuArithmetic,
 }
 
 #[derive(Args)]
@@ -241,7 +244,13 @@ fn resolve(args: &ModelArgs) -> Result<(ModelEntry, PathBuf, Device)> {
         Some(path) => path.clone(),
         None => weights_file(&entry, &HubOptions::from_env())?,
     };
-    Ok((entry, weights, medxfer_train::parse_device(&args.device)?))
+    Ok((entry, weights, device(args)?))
+}
+
+/// The device, with the GPU arithmetic options in force (refused on the CPU).
+fn device(args: &ModelArgs) -> Result<Device> {
+    args.gpu.apply(&args.device)?;
+    Ok(medxfer_train::parse_device(&args.device)?)
 }
 
 fn normalization(entry: &ModelEntry, fix_std: bool) -> Normalization {
@@ -376,7 +385,7 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     let backbone_and_entry = match (&images.checkpoint, images.classes) {
         (Some(checkpoint), Some(classes)) => {
             let entry = Registry::load_default()?.resolve(&model.model, &HubOptions::from_env())?;
-            let device = medxfer_train::parse_device(&model.device)?;
+            let device = device(model)?;
             (load_fine_tuned(&entry, checkpoint, classes, &device)?, entry)
         }
         (Some(_), None) => bail!("--checkpoint needs --classes, the number of classes of its head"),

@@ -167,6 +167,14 @@ fn search_extract_and_evaluate_from_the_command_line() {
             .concat(),
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint needs --classes"));
+    // The GPU arithmetic options are refused on the CPU, before anything is written.
+    let refused = dir.path().join("refused");
+    for options in [&["--precision", "tf32"][..], &["--matmul-tf32"], &["--conv-algorithms", "benchmark"]] {
+        let output = train(&models, &[&["search"][..], &common, options, &["--out", refused.to_str().unwrap()]].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(&options.join(" ")) && stderr.contains("cuda:N"), "{options:?}: {stderr}");
+        assert!(!refused.exists(), "{options:?}: the refused search wrote {}", refused.display());
+    }
 }
 
 #[test]

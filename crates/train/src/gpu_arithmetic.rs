@@ -1,8 +1,10 @@
 //! The GPU arithmetic options of the commands that compute on a GPU: `--precision`,
-//! `--matmul-tf32` and `--conv-algorithms`, PyTorch's three switches for the same things.
+//! `--matmul-tf32` and `--conv-algorithms`, PyTorch's three switches for the same things. One
+//! definition for every binary that trains or extracts (medxfer-train's, xtask's), so the options
+//! read and refuse alike everywhere.
 
-use anyhow::{Result, bail};
-use medxfer_train::{ConvAlgorithmSearch, ConvPrecision, GpuSettings};
+use crate::{Error, Result};
+use medxfer_kernels::{ConvAlgorithmSearch, ConvPrecision, GpuSettings};
 
 /// How f32 convolutions may round on a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,6 +25,7 @@ pub enum ConvAlgorithms {
     Benchmark,
 }
 
+/// The three options, for a command's arguments (`#[command(flatten)]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct GpuArithmetic {
     /// On a GPU: f32 (no TF32 anywhere, the reference's arithmetic; the default) or tf32 (TF32
@@ -44,6 +47,7 @@ impl Default for GpuArithmetic {
 }
 
 impl GpuArithmetic {
+    /// The settings medxfer-kernels computes with.
     pub fn settings(&self) -> GpuSettings {
         GpuSettings {
             conv_precision: match self.precision {
@@ -62,9 +66,12 @@ impl GpuArithmetic {
     /// where it would change nothing.
     pub fn apply(&self, device: &str) -> Result<()> {
         if *self != GpuArithmetic::default() && !device.starts_with("cuda") {
-            bail!("{} apply on a GPU only (--device cuda:N); the CPU computes in f32", self.options().join(" "));
+            return Err(Error::Config(format!(
+                "{} apply on a GPU only (--device cuda:N); the CPU computes in f32",
+                self.options().join(" ")
+            )));
         }
-        medxfer_train::set_gpu_settings(self.settings());
+        medxfer_kernels::set_gpu_settings(self.settings());
         Ok(())
     }
 
