@@ -81,4 +81,5 @@ pub use grouped::grouped_conv2d;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu};
 pub use pool::max_pool_3x3_s2_p1;
+pub use product::cpu_product_library;
 pub use sgd::{SgdSettings, SgdUpdate, sgd_update};

@@ -88,13 +88,14 @@ pub fn run(settings: &Settings) -> Result<String> {
         out: settings.out.clone(),
     })?);
     let report = format!(
-        "# medxfer benchmarks{}\n\n{} on {}, {} cores (both sides use all of them); load average {} before, {} after; {:.0} s in all; \
+        "# medxfer benchmarks{}\n\n{} on {}, {} cores (both sides use all of them; medxfer's CPU products: {}); load average {} before, {} after; {:.0} s in all; \
          {repeats} measured runs per figure: median (min–max). Python: {} (python/requirements*.txt).\n\n{}\n\
          Details per area: scores.md, zoo.md, zoo-train.md, data.md beside this file.\n",
         if quick { " (--quick)" } else { "" },
         machine::utc_date(),
         machine::cpu_model(),
         machine::cores(),
+        medxfer_train::cpu_product_library(),
         load_before,
         machine::load_average(),
         started.elapsed().as_secs_f64(),

@@ -95,7 +95,11 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         settings.batch,
         settings.size,
         settings.size,
-        if settings.device == "cpu" { "f32".to_string() } else { settings.gpu.describe() },
+        if settings.device == "cpu" {
+            format!("f32 (products: {})", medxfer_train::cpu_product_library())
+        } else {
+            settings.gpu.describe()
+        },
         if settings.device == "cpu" { "CPU".to_string() } else { format!("{} ({})", settings.device, machine::gpu_name()) },
         settings.rounds.max(1) * settings.repeats.max(1),
         settings.rounds.max(1),
