@@ -32,3 +32,10 @@ pub(crate) fn max_abs(t: Tensor) -> f32 {
     let value = t.abs().and_then(|a| a.flatten_all()).and_then(|a| a.max(0)).and_then(|a| a.to_scalar::<f32>());
     value.unwrap_or_else(|error| panic!("max_abs: {error}"))
 }
+
+/// The GPU the CUDA halves' tests run on; `.ci/gpu` lends one to a `cuda` build's tests.
+#[cfg(feature = "cuda")]
+#[allow(clippy::expect_used)]
+pub(crate) fn gpu() -> Device {
+    Device::new_cuda(0).expect("medxfer-kernels' tests in a `cuda` build need a GPU (.ci/gpu runs them on one)")
+}

@@ -92,7 +92,7 @@ mod tests {
     /// within 1.5e-7 of the exact erf the GPU uses).
     #[test]
     fn the_cuda_kernels_match_the_cpu_kernel() {
-        let gpu = Device::new_cuda(0).expect("medxfer-kernels' tests in a `cuda` build need a GPU (.ci/gpu runs them on one)");
+        let gpu = crate::test_tensors::gpu();
         let values: Vec<f32> = (-1600..=1600).map(|i| i as f32 * 0.005).collect();
         let n = values.len();
         let upstream: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();

@@ -578,7 +578,7 @@ mod tests {
     /// small spread keeps its variance.
     #[test]
     fn the_cuda_kernels_match_the_cpu_kernel() {
-        let gpu = Device::new_cuda(0).expect("medxfer-kernels' tests in a `cuda` build need a GPU (.ci/gpu runs them on one)");
+        let gpu = crate::test_tensors::gpu();
         let mut random = NormalTensors::new(11);
         let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6];
         for shape in [(2, 3, 5, 4), (4, 2, 1, 1), (8, 2, 7, 9), (3, 600, 3, 3)] {

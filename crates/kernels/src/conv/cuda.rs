@@ -710,11 +710,7 @@ mod tests {
 
     use super::*;
     use crate::gpu_settings::set_gpu_settings;
-    use crate::test_tensors::{NormalTensors, max_abs};
-
-    fn gpu() -> Device {
-        Device::new_cuda(0).expect("medxfer-kernels' tests in a `cuda` build need a GPU (.ci/gpu runs them on one)")
-    }
+    use crate::test_tensors::{NormalTensors, gpu, max_abs};
 
     /// (groups, 0 for depthwise; batch, channels, out channels, kernel, stride, padding, height,
     /// width): a stem whose height and width leave different remainders, 1x1 convolutions with

@@ -298,7 +298,7 @@ mod tests {
     /// ones, with a shifted input; twice, to the bit.
     #[test]
     fn the_cuda_kernels_match_the_cpu_kernel() {
-        let gpu = Device::new_cuda(0).expect("medxfer-kernels' tests in a `cuda` build need a GPU (.ci/gpu runs them on one)");
+        let gpu = crate::test_tensors::gpu();
         let mut random = NormalTensors::new(21);
         for (shape, shift) in
             [(vec![2usize, 197, 384], 0.0), (vec![5, 13], 30.0), (vec![3, 1], 0.0), (vec![4, 3, 2, 96], -4.0), (vec![1500, 33], 1.0)]
