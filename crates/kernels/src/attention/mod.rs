@@ -8,10 +8,14 @@
 //! the CPU in f32 (`cpu.rs`) each (image, head) pair reads q, k and v in place from the
 //! projection, keeps its scores in a buffer of its own, and writes its output straight into the
 //! (batch, tokens, dim) layout `proj` takes; the pairs run in parallel. Its backward pass is the
-//! textbook one with candle's ops. Other devices and dtypes run the composite.
+//! textbook one with candle's ops. On a CUDA device in f32 (`cuda.rs`) it is one graph node
+//! too, with the scale and softmax as one kernel each way. Other devices and dtypes run the
+//! composite.
 
 mod composite;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 
@@ -27,6 +31,10 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
     }
     if is_f32_cpu(qkv) {
         return cpu::attention(qkv, num_heads, scale);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(qkv) {
+        return cuda::attention(qkv, num_heads, scale);
     }
     composite::attention(qkv, num_heads, scale)
 }

@@ -8,6 +8,8 @@
 //! `max_pool2d_with_indices_backward`. Planes run in parallel; the backward pass finds the
 //! positions again from the input and the output instead of keeping an index tensor alive.
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -22,6 +24,11 @@ struct MaxPool {
 }
 
 impl MaxPool {
+    #[cfg(feature = "cuda")]
+    fn cuda_window(self) -> super::cuda::Window {
+        super::cuda::Window { kernel: self.kernel, stride: self.stride, padding: self.padding }
+    }
+
     fn out_len(&self, len: usize) -> usize {
         (len + 2 * self.padding - self.kernel) / self.stride + 1
     }
@@ -96,6 +103,11 @@ impl CustomOp1 for MaxPool {
         Ok((CpuStorage::F32(y), Shape::from((batch, channels, out_h, out_w))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        super::cuda::forward(&self.cuda_window(), storage, layout)
+    }
+
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(arg.contiguous()?.apply_op3_no_bwd(&res.contiguous()?, &grad.contiguous()?, &MaxPoolGrad(*self))?))
     }
@@ -134,9 +146,22 @@ impl CustomOp3 for MaxPoolGrad {
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        super::cuda::backward(&self.0.cuda_window(), (s1, l1), (s2, l2), (s3, l3))
+    }
 }
 
-/// Max pooling of an f32 CPU tensor (B, C, H, W) with a square window.
+/// Max pooling of an f32 CPU (or CUDA, `cuda.rs`) tensor (B, C, H, W) with a square window.
 pub(super) fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(MaxPool { kernel, stride, padding })
 }

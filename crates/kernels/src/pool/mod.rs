@@ -4,11 +4,14 @@
 //! shifted views, two `maximum`s) that is about ten single-threaded passes over strided views
 //! forward and as many backward, and the gradient of a tie is split between the tied inputs.
 //! f32 on the CPU takes one op each way that sends each output's gradient to the input
-//! PyTorch's index names (`cpu.rs`); other devices pool from shifted views (`composite.rs`),
-//! since candle's max pooling with kernel != stride has no backward pass.
+//! PyTorch's index names (`cpu.rs`), and f32 on a CUDA device the same op as one kernel each way
+//! (`cuda.rs`); other devices pool from shifted views (`composite.rs`), since candle's max
+//! pooling with kernel != stride has no backward pass.
 
 mod composite;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 
@@ -17,6 +20,10 @@ use crate::kernel_input::is_f32_cpu;
 /// Max pooling 3x3, stride 2, padding 1 (the ResNet and DenseNet stem) of x (B, C, H, W).
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     if is_f32_cpu(x) {
+        return cpu::max_pool(x, 3, 2, 1);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(x) {
         return cpu::max_pool(x, 3, 2, 1);
     }
     composite::max_pool_3x3_s2_p1(x)

@@ -1,5 +1,8 @@
-//! The SGD step of an f32 CPU parameter in one parallel pass.
+//! The SGD step of an f32 CPU parameter in one parallel pass (and of a CUDA one in one kernel,
+//! `cuda.rs`, the same op's CUDA half).
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -31,6 +34,16 @@ struct FusedStep {
 }
 
 impl FusedStep {
+    #[cfg(feature = "cuda")]
+    fn scalars(&self) -> super::cuda::StepScalars {
+        super::cuda::StepScalars {
+            learning_rate: self.learning_rate,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+        }
+    }
+
     fn new(settings: SgdSettings) -> Self {
         Self {
             learning_rate: settings.learning_rate as f32,
@@ -77,6 +90,11 @@ impl CustomOp2 for FusedStep {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         self.run(f32_slice(s1, l1, "the parameter")?, f32_slice(s2, l2, "the gradient")?, None)
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        super::cuda::step(&self.scalars(), (s1, l1), (s2, l2), None)
+    }
 }
 
 impl CustomOp3 for FusedStep {
@@ -95,5 +113,18 @@ impl CustomOp3 for FusedStep {
     ) -> Result<(CpuStorage, Shape)> {
         let buffer = f32_slice(s3, l3, "the momentum buffer")?;
         self.run(f32_slice(s1, l1, "the parameter")?, f32_slice(s2, l2, "the gradient")?, Some(buffer))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        super::cuda::step(&self.scalars(), (s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
