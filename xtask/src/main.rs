@@ -204,6 +204,9 @@ enum Command {
         size: usize,
         #[arg(long)]
         repeats: usize,
+        /// Untimed steps first (a profiler that should see one step sets 0).
+        #[arg(long, default_value_t = bench::zoo::WARMUP_STEPS)]
+        warmup: usize,
         #[arg(long)]
         train: bool,
         #[arg(long)]
@@ -262,8 +265,8 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::BenchZooWorker { model, batch, size, repeats, train, device, gpu } => {
-            bench::zoo::worker(&model, batch, size, repeats, train, &device, gpu)
+        Command::BenchZooWorker { model, batch, size, repeats, warmup, train, device, gpu } => {
+            bench::zoo::worker(&model, bench::zoo::Steps { batch, size, warmup, repeats }, train, &device, gpu)
         }
     }
 }

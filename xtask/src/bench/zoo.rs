@@ -23,7 +23,7 @@ use crate::gpu_arithmetic::GpuArithmetic;
 /// faults in memory the first did not use (1.3 s of the kernel zeroing pages in a resnet18
 /// step on this workspace's side); from the third on, both sides run as they would for the
 /// thousands of steps of a fine-tuning run.
-const WARMUP_STEPS: usize = 2;
+pub const WARMUP_STEPS: usize = 2;
 
 #[derive(Debug)]
 pub struct Settings {
@@ -163,8 +163,17 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
+/// A worker's batches: their size, the image size, untimed steps, timed steps.
+pub struct Steps {
+    pub batch: usize,
+    pub size: usize,
+    pub warmup: usize,
+    pub repeats: usize,
+}
+
 /// One backbone's eval (or training-step) throughput, in this process.
-pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool, device: &str, gpu: GpuArithmetic) -> Result<()> {
+pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArithmetic) -> Result<()> {
+    let Steps { batch, size, warmup, repeats } = steps;
     let registry = Registry::load_default()?;
     // A registry backbone, or any timm model name the zoo builds (`vit_large_patch16_224`),
     // which timm's side creates by the same name.
@@ -201,7 +210,7 @@ pub fn worker(name: &str, batch: usize, size: usize, repeats: usize, train: bool
         medxfer_train::synchronize(&device)?;
         Ok(())
     };
-    for _ in 0..WARMUP_STEPS {
+    for _ in 0..warmup {
         step()?;
     }
     let mut runs = Vec::new();
