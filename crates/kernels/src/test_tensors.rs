@@ -33,6 +33,13 @@ pub(crate) fn max_abs(t: Tensor) -> f32 {
     value.unwrap_or_else(|error| panic!("max_abs: {error}"))
 }
 
+/// The bits of an f32 tensor's values, on any device: for the tests that hold two paths to the
+/// same bits.
+pub(crate) fn bits(t: &Tensor) -> Vec<u32> {
+    let values = t.to_device(&Device::Cpu).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
+    values.unwrap_or_else(|error| panic!("bits: {error}")).iter().map(|x| x.to_bits()).collect()
+}
+
 /// The GPU the CUDA halves' tests run on; `.ci/gpu` lends one to a `cuda` build's tests.
 #[cfg(feature = "cuda")]
 #[allow(clippy::expect_used)]

@@ -197,11 +197,7 @@ mod tests {
 
     use candle_core::{Device, Tensor, Var};
 
-    use crate::test_tensors::NormalTensors;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.to_device(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
-    }
+    use crate::test_tensors::{NormalTensors, bits};
 
     /// Output and input gradient against the CPU kernel, bit for bit: a ResNet stem's shape at a
     /// small batch, odd sizes, and a ReLU'd input full of tied zeros (the first maximum wins)

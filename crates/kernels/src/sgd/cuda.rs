@@ -83,11 +83,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use crate::SgdSettings;
-    use crate::test_tensors::NormalTensors;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.to_device(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
-    }
+    use crate::test_tensors::{NormalTensors, bits};
 
     /// Three steps (the first without a buffer) of a parameter larger than one launch's grid
     /// stride, both momentum variants, with and without weight decay: the same bits as the CPU

@@ -75,10 +75,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
-    }
+    use crate::test_tensors::bits;
 
     /// The step against the update written out by hand in f32, bit for bit, on both paths (the
     /// fused CPU pass and the tensor expressions), both momentum variants, with and without
