@@ -17,7 +17,7 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaStorage;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -186,7 +186,14 @@ impl CustomOp1 for SplitHeads {
         }
         let src = input_view::<f32>(storage, layout, "attention", "the rows")?;
         let shape = Shape::from((self.parts, batch, self.num_heads, tokens, head_dim));
-        heads_kernel("split_heads", &[&src], storage, shape, [batch, tokens, self.parts, self.num_heads, head_dim])
+        heads_kernel(
+            "split_heads",
+            &[&src],
+            width * batch * tokens,
+            storage.device(),
+            shape,
+            [batch, tokens, self.parts, self.num_heads, head_dim],
+        )
     }
 }
 
@@ -205,7 +212,14 @@ impl MergeHeads {
             parts.iter().map(|(s, l)| input_view::<f32>(s, l, "attention", "the heads")).collect::<candle_core::Result<Vec<_>>>()?;
         let sources: Vec<_> = (0..3).map(|p| &views[p.min(views.len() - 1)]).collect();
         let shape = Shape::from((batch, tokens, parts.len() * heads * head_dim));
-        heads_kernel("merge_heads", &sources, storage, shape, [batch, tokens, parts.len(), heads, head_dim])
+        heads_kernel(
+            "merge_heads",
+            &sources,
+            layout.shape().elem_count(),
+            storage.device(),
+            shape,
+            [batch, tokens, parts.len(), heads, head_dim],
+        )
     }
 }
 
@@ -253,21 +267,22 @@ impl CustomOp3 for MergeHeads {
     }
 }
 
-/// Launches `split_heads` or `merge_heads` (`sources`: its one or three inputs) into a new
-/// output of `shape`, one block per (image, token) row; `dims` is (batch, tokens, parts, heads,
-/// head_dim).
+/// Launches `split_heads` or `merge_heads` (`sources`: its one or three inputs, `source_len`
+/// values each) into a new output of `shape`, one block per (image, token) row; `dims` is
+/// (batch, tokens, parts, heads, head_dim).
 fn heads_kernel(
     function: &str,
     sources: &[&cudarc::driver::CudaView<'_, f32>],
-    storage: &CudaStorage,
+    source_len: usize,
+    device: &CudaDevice,
     shape: Shape,
     dims: [usize; 5],
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let device = storage.device();
     let stream = device.cuda_stream();
     let count = shape.elem_count();
     let [batch, tokens, parts, heads, head_dim] = dims;
-    if sources.iter().any(|s| s.len() * if function == "split_heads" { 1 } else { parts } != count)
+    if sources.iter().any(|s| s.len() != source_len)
+        || count != parts * batch * tokens * heads * head_dim
         || batch * tokens > i32::MAX as usize
         || parts * heads * head_dim > i32::MAX as usize
     {

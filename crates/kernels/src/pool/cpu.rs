@@ -13,26 +13,10 @@ use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::MaxPool;
 use crate::kernel_input::f32_slice;
 
-/// A square window, stride and symmetric -inf padding (PyTorch's `ceil_mode=False`).
-#[derive(Debug, Clone, Copy)]
-struct MaxPool {
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-}
-
 impl MaxPool {
-    #[cfg(feature = "cuda")]
-    fn cuda_window(self) -> super::cuda::Window {
-        super::cuda::Window { kernel: self.kernel, stride: self.stride, padding: self.padding }
-    }
-
-    fn out_len(&self, len: usize) -> usize {
-        (len + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-
     /// Input positions a window starting at output `o` covers along one axis, clipped.
     fn window(&self, o: usize, len: usize) -> std::ops::Range<usize> {
         let start = (o * self.stride).saturating_sub(self.padding);
@@ -105,7 +89,7 @@ impl CustomOp1 for MaxPool {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        super::cuda::forward(&self.cuda_window(), storage, layout)
+        super::cuda::forward(self, storage, layout)
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -157,7 +141,7 @@ impl CustomOp3 for MaxPoolGrad {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        super::cuda::backward(&self.0.cuda_window(), (s1, l1), (s2, l2), (s3, l3))
+        super::cuda::backward(&self.0, (s1, l1), (s2, l2), (s3, l3))
     }
 }
 

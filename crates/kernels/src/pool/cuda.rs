@@ -18,6 +18,7 @@ use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Shape, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
+use super::MaxPool;
 use crate::cuda_input::{candle_requested, driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
@@ -109,19 +110,12 @@ struct Pool {
 // SAFETY: `Pool` is eight i32 fields, `repr(C)`, as the kernels' struct of eight ints.
 unsafe impl cudarc::driver::DeviceRepr for Pool {}
 
-/// The window, stride and padding of a pooling.
-pub(super) struct Window {
-    pub(super) kernel: usize,
-    pub(super) stride: usize,
-    pub(super) padding: usize,
-}
-
-fn sizes(x: &Shape, window: &Window) -> candle_core::Result<Pool> {
+fn sizes(x: &Shape, window: &MaxPool) -> candle_core::Result<Pool> {
     let (batch, channels, height, width) = x.dims4()?;
-    let out = |len: usize| (len + 2 * window.padding).checked_sub(window.kernel).map(|l| l / window.stride + 1);
-    let (Some(out_h), Some(out_w)) = (out(height), out(width)) else {
+    if height.min(width) + 2 * window.padding < window.kernel {
         candle_core::bail!("max pool: a {}x{} window does not fit an input of shape {x:?}", window.kernel, window.kernel)
-    };
+    }
+    let (out_h, out_w) = (window.out_len(height), window.out_len(width));
     let as_i32 = |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("max pool: input {x:?} too large")));
     Ok(Pool {
         planes: as_i32(batch * channels)?,
@@ -143,7 +137,7 @@ fn grid(count: usize) -> LaunchConfig {
     }
 }
 
-pub(super) fn forward(window: &Window, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+pub(super) fn forward(window: &MaxPool, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
     let pool = sizes(layout.shape(), window)?;
     let x = input_view::<f32>(storage, layout, "max pool", "the input")?;
     let device = storage.device();
@@ -163,7 +157,7 @@ pub(super) fn forward(window: &Window, storage: &CudaStorage, layout: &Layout) -
 
 /// dx from the input, the pooled output and its gradient.
 pub(super) fn backward(
-    window: &Window,
+    window: &MaxPool,
     (x, x_layout): (&CudaStorage, &Layout),
     (pooled, pooled_layout): (&CudaStorage, &Layout),
     (dy, dy_layout): (&CudaStorage, &Layout),

@@ -17,6 +17,22 @@ use candle_core::{Result, Tensor};
 
 use crate::kernel_input::is_f32_cpu;
 
+/// A square window, stride and symmetric -inf padding (PyTorch's `ceil_mode=False`): the op,
+/// whose CPU half is `cpu.rs`'s and CUDA half `cuda.rs`'s.
+#[derive(Debug, Clone, Copy)]
+struct MaxPool {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl MaxPool {
+    /// Outputs along an axis of `len` inputs (at least the window's size, padding included).
+    fn out_len(&self, len: usize) -> usize {
+        (len + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
 /// Max pooling 3x3, stride 2, padding 1 (the ResNet and DenseNet stem) of x (B, C, H, W).
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     if is_f32_cpu(x) {

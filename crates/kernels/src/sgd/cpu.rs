@@ -6,7 +6,7 @@ use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{SgdSettings, SgdUpdate};
+use super::{FusedStep, SgdSettings, SgdUpdate};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 15;
@@ -23,36 +23,7 @@ pub(super) fn sgd_update(param: &Tensor, grad: &Tensor, buffer: Option<&Tensor>,
     Ok(SgdUpdate { param: updated.get(0)?.reshape(param.shape())?, buffer: Some(updated.get(1)?.reshape(param.shape())?) })
 }
 
-/// One parameter's update in f32 as candle's ops compute it (scalars converted to f32, no fused
-/// multiply-adds): g = grad + p·wd; b = b·m + g (or g on the first step); g = g + b·m
-/// (Nesterov) or b; p = p − g·lr. Returns (2, n): p, then b.
-struct FusedStep {
-    learning_rate: f32,
-    momentum: f32,
-    weight_decay: f32,
-    nesterov: bool,
-}
-
 impl FusedStep {
-    #[cfg(feature = "cuda")]
-    fn scalars(&self) -> super::cuda::StepScalars {
-        super::cuda::StepScalars {
-            learning_rate: self.learning_rate,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
-            nesterov: self.nesterov,
-        }
-    }
-
-    fn new(settings: SgdSettings) -> Self {
-        Self {
-            learning_rate: settings.learning_rate as f32,
-            momentum: settings.momentum as f32,
-            weight_decay: settings.weight_decay as f32,
-            nesterov: settings.nesterov,
-        }
-    }
-
     fn run(&self, param: &[f32], grad: &[f32], buffer: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let n = param.len();
         if grad.len() != n || buffer.is_some_and(|b| b.len() != n) {
@@ -93,7 +64,7 @@ impl CustomOp2 for FusedStep {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
-        super::cuda::step(&self.scalars(), (s1, l1), (s2, l2), None)
+        super::cuda::step(self, (s1, l1), (s2, l2), None)
     }
 }
 
@@ -125,6 +96,6 @@ impl CustomOp3 for FusedStep {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        super::cuda::step(&self.scalars(), (s1, l1), (s2, l2), Some((s3, l3)))
+        super::cuda::step(self, (s1, l1), (s2, l2), Some((s3, l3)))
     }
 }

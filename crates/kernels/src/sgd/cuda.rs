@@ -1,4 +1,4 @@
-//! The SGD step of an f32 CUDA parameter as one kernel (`cpu.rs`'s `FusedStep` calls it), where
+//! The SGD step of an f32 CUDA parameter as one kernel (`FusedStep`'s CUDA half, which `cpu.rs` calls), where
 //! candle's tensor expressions launch eight kernels and make eight tensors per parameter: a
 //! ResNet-50 step updates 161 parameters. The f32 operations are the CPU kernel's, in its order,
 //! each rounded on its own (`__fmul_rn` and friends are never fused into an FMA), so both give
@@ -11,6 +11,7 @@ use candle_core::cuda_backend::CudaStorage;
 use candle_core::{Layout, Shape};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
+use super::FusedStep;
 use crate::cuda_input::{driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
@@ -31,17 +32,9 @@ extern "C" __global__ void sgd_step(const float* __restrict__ p, const float* __
 
 static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_sgd", SOURCE);
 
-/// The step's scalars, as the CPU kernel holds them.
-pub(super) struct StepScalars {
-    pub(super) learning_rate: f32,
-    pub(super) momentum: f32,
-    pub(super) weight_decay: f32,
-    pub(super) nesterov: bool,
-}
-
 /// (2, n): the new parameter, then the new buffer.
 pub(super) fn step(
-    scalars: &StepScalars,
+    op: &FusedStep,
     (param, param_layout): (&CudaStorage, &Layout),
     (grad, grad_layout): (&CudaStorage, &Layout),
     buffer: Option<(&CudaStorage, &Layout)>,
@@ -59,7 +52,7 @@ pub(super) fn step(
     let mut out = unsafe { device.alloc::<f32>(2 * n) }?;
     let kernel = KERNELS.function(device, "sgd_step")?;
     let count = n as u32;
-    let nesterov = i32::from(scalars.nesterov);
+    let nesterov = i32::from(op.nesterov);
     let none: u64 = 0;
     let mut launch = stream.launch_builder(&kernel);
     launch.arg(&p).arg(&g);
@@ -67,7 +60,7 @@ pub(super) fn step(
         Some(b) => launch.arg(b),
         None => launch.arg(&none),
     };
-    launch.arg(&mut out).arg(&count).arg(&scalars.learning_rate).arg(&scalars.momentum).arg(&scalars.weight_decay).arg(&nesterov);
+    launch.arg(&mut out).arg(&count).arg(&op.learning_rate).arg(&op.momentum).arg(&op.weight_decay).arg(&nesterov);
     let grid = LaunchConfig { grid_dim: (count.div_ceil(256).clamp(1, 65_535 * 8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the parameters match the kernel's: p, grad and (unless null) b hold n f32 values,
     // out 2n; each thread writes its own elements.

@@ -39,6 +39,27 @@ pub struct SgdSettings {
     pub nesterov: bool,
 }
 
+/// One parameter's update in f32 as candle's ops compute it (scalars converted to f32, no fused
+/// multiply-adds): g = grad + p·wd; b = b·m + g (or g on the first step); g = g + b·m
+/// (Nesterov) or b; p = p − g·lr. Returns (2, n): p, then b.
+struct FusedStep {
+    learning_rate: f32,
+    momentum: f32,
+    weight_decay: f32,
+    nesterov: bool,
+}
+
+impl FusedStep {
+    fn new(settings: SgdSettings) -> Self {
+        Self {
+            learning_rate: settings.learning_rate as f32,
+            momentum: settings.momentum as f32,
+            weight_decay: settings.weight_decay as f32,
+            nesterov: settings.nesterov,
+        }
+    }
+}
+
 /// A parameter after one step, and its momentum buffer (None without momentum); both outside
 /// any graph.
 #[derive(Debug, Clone)]
