@@ -66,7 +66,10 @@ impl CustomOp3 for Forward {
 }
 
 /// The gradients of x, weight and bias from the backward op's [dx, dweight, dbias] buffer (the
-/// CUDA op packs them alike).
+/// CUDA op packs them alike). The parameters' gradients are copied out into storages of their
+/// own (`force_contiguous`; candle's `copy` clones the whole storage under a view): they are kept
+/// until the optimiser's step, and as views they would keep the whole buffer, dx included, alive
+/// as long.
 pub(super) fn unpack_gradients(
     packed: &Tensor,
     x: &Tensor,
@@ -75,8 +78,8 @@ pub(super) fn unpack_gradients(
     let width = weight.dim(0)?;
     let count = x.elem_count();
     let grad_x = packed.narrow(0, 0, count)?.reshape(x.shape())?;
-    let grad_weight = packed.narrow(0, count, width)?;
-    let grad_bias = packed.narrow(0, count + width, width)?;
+    let grad_weight = packed.narrow(0, count, width)?.force_contiguous()?;
+    let grad_bias = packed.narrow(0, count + width, width)?.force_contiguous()?;
     Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
 }
 

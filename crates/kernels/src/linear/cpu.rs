@@ -77,25 +77,43 @@ fn forward(
     Ok((CpuStorage::F32(y), shape))
 }
 
-/// dx = dy W, dW = dy' x, db = the column sums of dy, with x and dy as (rows, features).
-fn gradients(x: &Tensor, w: &Tensor, grad: &Tensor, epilogue: Epilogue) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+/// dx = dy W, dW = dy' x, and with a bias db = the column sums of dy, with x and dy as (rows,
+/// features).
+fn gradients(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    epilogue: Epilogue,
+    with_bias: bool,
+) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
     if let Epilogue::Gelu = epilogue {
         candle_core::bail!("linear: the fused GELU records no gradient (use linear, then gelu_erf)");
     }
     let (out_features, in_features) = w.dims2()?;
-    let rows = x.elem_count() / in_features.max(1);
-    let packed = x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &Backward)?;
-    let dx = packed.narrow(0, 0, rows * in_features)?.reshape(x.shape())?;
-    let dw = packed.narrow(0, rows * in_features, out_features * in_features)?.reshape((out_features, in_features))?;
-    let db = packed.narrow(0, (rows + out_features) * in_features, out_features)?;
+    let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+    let dx = x.apply_op3_no_bwd(&w, &grad, &Backward(Part::Input))?.reshape(x.shape())?;
+    let parameters = x.apply_op3_no_bwd(&w, &grad, &Backward(Part::Parameters { with_bias }))?;
+    let dw = parameters.narrow(0, 0, out_features * in_features)?.reshape((out_features, in_features))?;
+    let db = with_bias.then(|| parameters.narrow(0, out_features * in_features, out_features)).transpose()?;
     Ok((dx, dw, db))
 }
 
-/// The three gradients of x W' + b, packed as [dx (rows x in), dW (out x in), db (out)]: faer's
-/// products split over rayon's threads as the forward pass splits them (dx by rows of x, dW by
-/// rows of W), and db as per-task partial column sums of dy (candle's sum over the first axis
-/// was a tenth of ConvNeXt-T's training step).
-struct Backward;
+/// Which gradients of x W' + b a `Backward` op computes. The input's and the parameters' are
+/// two storages: the parameters' are kept until the optimiser's step, and a storage shared with
+/// dx (rows/out times the size of dW: 4x for ViT-S's fc2 at batch 8, 66x at 128) would keep dx
+/// alive as long.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// dx (rows x in).
+    Input,
+    /// [dW (out x in), db (out) if the layer has a bias].
+    Parameters { with_bias: bool },
+}
+
+/// The gradients of x W' + b: faer's products split over rayon's threads as the forward pass
+/// splits them (dx by rows of x, dW by rows of W), and db as per-task partial column sums of
+/// dy (candle's sum over the first axis was a tenth of ConvNeXt-T's training step).
+struct Backward(Part);
 
 impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
@@ -118,28 +136,43 @@ impl CustomOp3 for Backward {
         if dy.len() != rows * out_features {
             candle_core::bail!("linear backward: a gradient of {} values for {rows} x {out_features} outputs", dy.len());
         }
-        let threads = rayon::current_num_threads();
-        let mut packed = vec![0f32; (rows + out_features) * in_features + out_features];
-        let (dx, rest) = packed.split_at_mut(rows * in_features);
-        let (dw, db) = rest.split_at_mut(out_features * in_features);
-        // dx = dy W, by blocks of rows.
-        let w_rows = MatRef::from_row_major_slice(w, out_features, in_features);
-        let block = rows.div_ceil(threads).max(1);
-        dx.par_chunks_mut(block * in_features).zip(dy.par_chunks(block * out_features.max(1))).for_each(|(dx, dy)| {
-            let n = dx.len() / in_features;
-            let dy = MatRef::from_row_major_slice(dy, n, out_features);
-            crate::product::matmul(MatMut::from_row_major_slice_mut(dx, n, in_features), Accum::Replace, dy, w_rows, 1.0, Par::Seq);
-        });
-        // dW = dy' x, by blocks of W's rows (dy' is dy read column-major).
-        let dy_t = MatRef::from_column_major_slice(dy, out_features, rows);
-        let x_rows = MatRef::from_row_major_slice(x, rows, in_features);
-        let block = out_features.div_ceil(threads).max(1);
-        dw.par_chunks_mut(block * in_features).enumerate().for_each(|(index, dw)| {
-            let n = dw.len() / in_features;
-            let lhs = dy_t.subrows(index * block, n);
-            crate::product::matmul(MatMut::from_row_major_slice_mut(dw, n, in_features), Accum::Replace, lhs, x_rows, 1.0, Par::Seq);
-        });
-        // db = column sums of dy.
+        let values = match self.0 {
+            Part::Input => input_gradient(w, dy, rows, in_features, out_features),
+            Part::Parameters { with_bias } => parameter_gradients(x, dy, rows, in_features, out_features, with_bias),
+        };
+        let len = values.len();
+        Ok((CpuStorage::F32(values), Shape::from(len)))
+    }
+}
+
+/// dx = dy W, by blocks of rows.
+fn input_gradient(w: &[f32], dy: &[f32], rows: usize, in_features: usize, out_features: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; rows * in_features];
+    let w_rows = MatRef::from_row_major_slice(w, out_features, in_features);
+    let block = rows.div_ceil(rayon::current_num_threads()).max(1);
+    dx.par_chunks_mut(block * in_features).zip(dy.par_chunks(block * out_features.max(1))).for_each(|(dx, dy)| {
+        let n = dx.len() / in_features;
+        let dy = MatRef::from_row_major_slice(dy, n, out_features);
+        crate::product::matmul(MatMut::from_row_major_slice_mut(dx, n, in_features), Accum::Replace, dy, w_rows, 1.0, Par::Seq);
+    });
+    dx
+}
+
+/// [dW, db]: dW = dy' x by blocks of W's rows (dy' is dy read column-major), db the column sums
+/// of dy (when the layer has a bias).
+fn parameter_gradients(x: &[f32], dy: &[f32], rows: usize, in_features: usize, out_features: usize, with_bias: bool) -> Vec<f32> {
+    let threads = rayon::current_num_threads();
+    let mut packed = vec![0f32; out_features * in_features + if with_bias { out_features } else { 0 }];
+    let (dw, db) = packed.split_at_mut(out_features * in_features);
+    let dy_t = MatRef::from_column_major_slice(dy, out_features, rows);
+    let x_rows = MatRef::from_row_major_slice(x, rows, in_features);
+    let block = out_features.div_ceil(threads).max(1);
+    dw.par_chunks_mut(block * in_features).enumerate().for_each(|(index, dw)| {
+        let n = dw.len() / in_features;
+        let lhs = dy_t.subrows(index * block, n);
+        crate::product::matmul(MatMut::from_row_major_slice_mut(dw, n, in_features), Accum::Replace, lhs, x_rows, 1.0, Par::Seq);
+    });
+    if with_bias {
         let block = rows.div_ceil(threads * 4).max(1);
         let partials: Vec<Vec<f32>> = dy
             .par_chunks(block * out_features.max(1))
@@ -154,9 +187,8 @@ impl CustomOp3 for Backward {
         for sums in partials {
             db.iter_mut().zip(&sums).for_each(|(d, s)| *d += s);
         }
-        let len = packed.len();
-        Ok((CpuStorage::F32(packed), Shape::from(len)))
     }
+    packed
 }
 
 /// x W' (with an epilogue); its backward pass exists for `Epilogue::None` only (the fused
@@ -173,7 +205,7 @@ impl CustomOp2 for Linear {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = gradients(x, w, grad, self.0)?;
+        let (dx, dw, _) = gradients(x, w, grad, self.0, false)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -206,8 +238,8 @@ impl CustomOp3 for LinearBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = gradients(x, w, grad, self.0)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let (dx, dw, db) = gradients(x, w, grad, self.0, true)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 
