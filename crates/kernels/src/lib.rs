@@ -70,7 +70,9 @@ mod views;
 
 pub use activation::{FusedActivation, gelu_erf, relu, relu6};
 pub use attention::{attention, attention_with_bias};
-pub use batchnorm::{BatchNormOutput, BatchNormParams, batch_norm_train};
+pub use batchnorm::{
+    BatchNormOutput, BatchNormParams, RunningStatistics, batch_norm_eval, batch_norm_train, eval_batch_norm_folds_into_conv,
+};
 pub use conv::conv2d;
 pub use conv_batchnorm::conv_batch_norm_train;
 #[cfg(feature = "cuda")]

@@ -83,9 +83,10 @@ impl Conv2d {
         self.convolve(&*self.padded(x)?, &tracked(&self.weight, train), self.bias.as_ref().map(|b| tracked(b, train)))
     }
 
-    /// This convolution followed by `norm`. In eval mode the BatchNorm is folded into the
-    /// convolution's weight and bias (one pass over the output instead of four); in train mode
-    /// it runs on batch statistics as usual.
+    /// This convolution followed by `norm`. In eval mode on the CPU the BatchNorm is folded
+    /// into the convolution's weight and bias (one pass over the output instead of four), on a
+    /// GPU it is one kernel after the convolution (`BatchNorm2d::forward_fused`); in train mode it
+    /// runs on batch statistics as usual.
     pub fn forward_bn(&self, x: &Tensor, norm: &BatchNorm2d, train: bool) -> Result<Tensor> {
         self.forward_bn_fused(x, norm, None, FusedActivation::Identity, train)
     }
@@ -109,6 +110,9 @@ impl Conv2d {
                 return norm.update_running(&out);
             }
             return norm.forward_fused(&self.forward_t(x, true)?, residual, activation, true);
+        }
+        if !medxfer_kernels::eval_batch_norm_folds_into_conv(x) {
+            return norm.forward_fused(&self.forward_t(x, false)?, residual, activation, false);
         }
         let (scale, shift) = norm.eval_affine()?;
         let out_channels = self.weight.dim(0)?;
@@ -178,15 +182,17 @@ impl BatchNorm2d {
     /// `activation(self(x) + residual)`; in train mode with the batch's statistics (one fused
     /// pass each way on the CPU, which also keeps candle's backward pass from zero-filling and
     /// adding a gradient for each of the separate operations' outputs), updating the running
-    /// estimates.
+    /// estimates; in eval mode with the running estimates, one pass on the CPU and one kernel on
+    /// a GPU (`medxfer_kernels::batch_norm_eval`).
     pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, activation: FusedActivation, train: bool) -> Result<Tensor> {
         if train {
             return self.update_running(&medxfer_kernels::batch_norm_train(x, self.params(), residual, activation)?);
         }
-        let (scale, shift) = self.eval_affine()?;
-        let shape = (1, self.weight.dim(0)?, 1, 1);
-        let y = x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?;
-        Ok(activation.after_residual(y, residual)?)
+        let (mean, var) = (self.running_mean.as_tensor().detach(), self.running_var.as_tensor().detach());
+        let (weight, bias) = (self.weight.detach(), self.bias.detach());
+        let params = BatchNormParams { gamma: &weight, beta: &bias, eps: self.eps };
+        let running = medxfer_kernels::RunningStatistics { mean: &mean, var: &var };
+        Ok(medxfer_kernels::batch_norm_eval(x, params, running, residual, activation)?)
     }
 
     /// The affine parameters and epsilon, as the kernels take them.

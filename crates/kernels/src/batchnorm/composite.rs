@@ -1,8 +1,9 @@
-//! Train-mode BatchNorm from candle's differentiable ops, for CUDA and dtypes other than f32.
+//! BatchNorm from candle's differentiable ops: train mode for dtypes other than f32, eval mode
+//! for them and for anything that tracks a gradient.
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{BatchNormOutput, BatchNormParams, unbiased_correction};
+use super::{BatchNormOutput, BatchNormParams, RunningStatistics, unbiased_correction};
 use crate::activation::FusedActivation;
 
 pub(super) fn batch_norm_train(
@@ -25,4 +26,20 @@ pub(super) fn batch_norm_train(
     // The running estimate takes the unbiased variance, as PyTorch's; no gradient flows into it.
     let unbiased_var = (var.detach().flatten_all()? * unbiased_correction(x)?)?;
     Ok(BatchNormOutput { y: activation.after_residual(y, residual)?, mean: mean.detach().flatten_all()?, unbiased_var })
+}
+
+/// act(x * scale + shift [+ residual]) with scale = gamma / sqrt(var + eps) and shift = beta -
+/// mean * scale from the running estimates.
+pub(super) fn batch_norm_eval(
+    x: &Tensor,
+    params: BatchNormParams<'_>,
+    running: RunningStatistics<'_>,
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> Result<Tensor> {
+    let shape = (1, params.gamma.dim(0)?, 1, 1);
+    let scale = (running.var + params.eps)?.sqrt()?.recip()?.mul(params.gamma)?;
+    let shift = (params.beta - running.mean.mul(&scale)?)?;
+    let y = x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?;
+    activation.after_residual(y, residual)
 }

@@ -1,5 +1,7 @@
 //! Train-mode BatchNorm on the CPU as one fused operation with its own backward pass,
-//! optionally followed by a residual add and a ReLU or ReLU6 in the same pass.
+//! optionally followed by a residual add and a ReLU or ReLU6 in the same pass; and eval mode's,
+//! the same elementwise pass with the running estimates (no backward pass: its inputs are outside
+//! any graph).
 //!
 //! Written with candle's elementwise ops, a train-mode BatchNorm keeps about eight copies of
 //! its input alive for the backward pass (an f64 copy for the statistics, the centred values,
@@ -222,6 +224,24 @@ impl CustomOp3 for Normalize {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_affine, dz) = self.gradients(x, affine, res, grad)?;
         Ok((Some(grad_x), Some(grad_affine), Some(dz)))
+    }
+}
+
+/// Eval mode: [`Normalize`]'s pass with the running mean and 1 / sqrt(running var + eps).
+pub(super) fn batch_norm_eval(
+    x: &Tensor,
+    params: super::BatchNormParams<'_>,
+    running: super::RunningStatistics<'_>,
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> candle_core::Result<Tensor> {
+    let wide = |t: &Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>();
+    let op = Normalize { mean: wide(running.mean)?, invstd: inverse_std(&wide(running.var)?, params.eps), activation };
+    let affine = Tensor::cat(&[params.gamma, params.beta], 0)?;
+    let x = x.contiguous()?;
+    match residual {
+        Some(residual) => x.apply_op3_no_bwd(&affine, &residual.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&affine, &op),
     }
 }
 

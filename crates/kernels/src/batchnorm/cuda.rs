@@ -15,6 +15,10 @@
 //!   then one elementwise pass for dx = gamma invstd / N (N dz - sum dz - xhat sum dz xhat), which
 //!   also writes dz as the residual's gradient.
 //!
+//! Eval mode is one kernel, y = act((x - mean) * scale + beta [+ residual]) with the running
+//! estimates, in the CPU kernel's f32 operations and order (`__fmul_rn`/`__fadd_rn`, no FMA
+//! contraction): the same bits.
+//!
 //! The batch statistics stay on the GPU: nothing here waits for the device.
 
 #![allow(unsafe_code)]
@@ -26,18 +30,50 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
-use super::{BatchNormOutput, BatchNormParams, unbiased_correction};
+use super::{BatchNormOutput, BatchNormParams, RunningStatistics, unbiased_correction};
 use crate::activation::FusedActivation;
 use crate::cuda_input::{candle_requested, driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
-/// Whether the kernels here take these tensors: f32 on a CUDA device. `MEDXFER_CUDA_BATCHNORM=
-/// candle` sends them to candle's composition instead, to measure the difference.
-pub(super) fn applies(x: &Tensor, params: &BatchNormParams<'_>, residual: Option<&Tensor>) -> bool {
+/// Whether the kernels here are in use: `MEDXFER_CUDA_BATCHNORM=candle` sends everything to
+/// candle's composition instead (and eval mode to the fold into the convolution), to measure
+/// the difference.
+pub(super) fn kernels_enabled() -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
-    let candle = candle_requested(&CANDLE, "MEDXFER_CUDA_BATCHNORM");
-    let f32_cuda = |t: &Tensor| t.device().is_cuda() && t.dtype() == DType::F32;
-    !candle && f32_cuda(x) && f32_cuda(params.gamma) && f32_cuda(params.beta) && residual.is_none_or(f32_cuda) && x.rank() == 4
+    !candle_requested(&CANDLE, "MEDXFER_CUDA_BATCHNORM")
+}
+
+fn f32_cuda(t: &Tensor) -> bool {
+    t.device().is_cuda() && t.dtype() == DType::F32
+}
+
+/// Whether the train-mode kernels take these tensors: f32 on a CUDA device.
+pub(super) fn applies(x: &Tensor, params: &BatchNormParams<'_>, residual: Option<&Tensor>) -> bool {
+    kernels_enabled() && f32_cuda(x) && f32_cuda(params.gamma) && f32_cuda(params.beta) && residual.is_none_or(f32_cuda) && x.rank() == 4
+}
+
+/// Whether the eval kernel takes these tensors (x, the four per-channel ones, the residual): f32
+/// on a CUDA device.
+pub(super) fn applies_eval(x: &Tensor, per_channel: &[&Tensor], residual: Option<&Tensor>) -> bool {
+    kernels_enabled() && f32_cuda(x) && per_channel.iter().all(|t| f32_cuda(t)) && residual.is_none_or(f32_cuda)
+}
+
+/// Eval mode: one kernel over x with the running estimates (shapes checked by the caller).
+pub(super) fn batch_norm_eval(
+    x: &Tensor,
+    params: BatchNormParams<'_>,
+    running: RunningStatistics<'_>,
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> candle_core::Result<Tensor> {
+    let dense = |t: &Tensor| t.contiguous();
+    let op = EvalNormalize {
+        per_channel: [dense(params.gamma)?, dense(params.beta)?, dense(running.mean)?, dense(running.var)?],
+        residual: residual.map(dense).transpose()?,
+        eps: params.eps,
+        activation: activation_code(activation),
+    };
+    x.contiguous()?.apply_op1_no_bwd(&op)
 }
 
 pub(super) fn batch_norm_train(
@@ -163,6 +199,24 @@ extern "C" __global__ void bn_forward(const float* __restrict__ x, const float* 
         float v = (x[i] - mean) * scale + affine[channels + c];
         if (residual) v += residual[i];
         y[i] = activate(v, act);
+    }
+}
+
+// Eval mode. Block (i, c, b) covers a stretch of image b's channel c:
+// y = act((x - mean[c]) * scale + beta[c] [+ residual]), scale = (float)(gamma[c] / sqrt(var[c] + eps))
+// from f64, each f32 operation rounded on its own as the CPU kernel's (no FMA contraction).
+extern "C" __global__ void bn_eval_forward(const float* __restrict__ x, const float* __restrict__ gamma,
+                                           const float* __restrict__ beta, const float* __restrict__ mean,
+                                           const float* __restrict__ var, const float* __restrict__ residual,
+                                           float* __restrict__ y, int channels, int plane, double eps, int act) {
+    int c = blockIdx.y;
+    size_t base = ((size_t)blockIdx.z * channels + c) * plane;
+    double invstd = 1.0 / sqrt((double)var[c] + eps);
+    float m = mean[c], scale = (float)(invstd * (double)gamma[c]), shift = beta[c];
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < plane; p += gridDim.x * blockDim.x) {
+        float v = __fadd_rn(__fmul_rn(__fsub_rn(x[base + p], m), scale), shift);
+        if (residual) v = __fadd_rn(v, residual[base + p]);
+        y[base + p] = activate(v, act);
     }
 }
 
@@ -451,6 +505,83 @@ impl CustomOp3 for Normalize {
     }
 }
 
+/// Eval mode's kernel over x, with the tensors it reads besides (contiguous).
+struct EvalNormalize {
+    /// gamma, beta, running mean, running variance: C each.
+    per_channel: [Tensor; 4],
+    residual: Option<Tensor>,
+    eps: f64,
+    activation: i32,
+}
+
+impl CustomOp1 for EvalNormalize {
+    fn name(&self) -> &'static str {
+        "batch-norm-eval-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch-norm-eval-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let device = storage.device();
+        let stream = device.cuda_stream();
+        let (batch, channels, plane) = dims(layout)?;
+        if channels > 65_535 || batch > 65_535 {
+            candle_core::bail!("eval batch norm: {:?} has more images or channels than the kernel's grid (65,535)", layout.shape());
+        }
+        let total = layout.shape().elem_count();
+        let xv = f32_view(storage, layout, "the input")?;
+        // Read locks on the other tensors' storages, held for the launch.
+        let held: Vec<_> = self.per_channel.iter().chain(&self.residual).map(Tensor::storage_and_layout).collect();
+        let operands = [
+            ("gamma", channels),
+            ("beta", channels),
+            ("the running mean", channels),
+            ("the running variance", channels),
+            ("the residual", total),
+        ];
+        let mut views = Vec::with_capacity(held.len());
+        for ((guard, operand_layout), (what, len)) in held.iter().zip(operands) {
+            let Storage::Cuda(cuda) = &**guard else { candle_core::bail!("eval batch norm: {what} is not on a CUDA device") };
+            let view = f32_view(cuda, operand_layout, what)?;
+            if view.len() != len {
+                candle_core::bail!(
+                    "eval batch norm: {what} has {} values where an input of shape {:?} needs {len}",
+                    view.len(),
+                    layout.shape()
+                );
+            }
+            views.push(view);
+        }
+        let mut y = stream_alloc::<f32>(device, total)?;
+        let kernel = KERNELS.function(device, "bn_eval_forward")?;
+        let (c, p, act) = (int(channels), int(plane), self.activation);
+        let null: u64 = 0;
+        let mut launch = stream.launch_builder(&kernel);
+        launch.arg(&xv).arg(&views[0]).arg(&views[1]).arg(&views[2]).arg(&views[3]);
+        match views.get(4) {
+            Some(residual) => launch.arg(residual),
+            None => launch.arg(&null),
+        };
+        launch.arg(&mut y).arg(&c).arg(&p).arg(&self.eps).arg(&act);
+        // SAFETY: the parameters match the kernel's: x, the residual (or a null pointer, which the
+        // kernel tests) and y hold B·C·P f32 values, the four per-channel tensors C each (checked
+        // above); block (i, c, b) touches only plane (b, c), and the grid has C·B such planes.
+        unsafe { launch.launch(plane_grid(batch, channels, plane)) }.map_err(driver_error("batch norm kernel"))?;
+        Ok((CudaStorage::wrap_cuda_slice(y, device.clone()), layout.shape().clone()))
+    }
+}
+
+/// A grid of (stretches of a plane, C, B) blocks: a block's threads cover its plane's stretch
+/// with a multiple of 32 threads no larger than the plane (49 for 7x7 maps get 64, not 256).
+fn plane_grid(batch: usize, channels: usize, plane: usize) -> LaunchConfig {
+    let threads = (plane.div_ceil(32) * 32).clamp(32, THREADS as usize) as u32;
+    // Up to 8 values per thread on large planes, so the per-channel constants amortise.
+    let stretches = plane.div_ceil(threads as usize * 8).max(1) as u32;
+    LaunchConfig { grid_dim: (stretches, channels as u32, batch as u32), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// What both backward kernels read besides x and the upstream gradient.
 struct Gradients {
     stats: Tensor,
@@ -618,6 +749,36 @@ mod tests {
                     let error = max_abs((expected - actual).unwrap()) / max_abs(expected.clone()).max(1.0);
                     assert!(error < 1e-5, "{what} {case}: relative error {error}");
                 }
+            }
+        }
+    }
+    /// Eval mode against the CPU kernel, to the bit: every activation with and without a
+    /// residual, at planes smaller than a warp, of 7x7 (64 threads), of 56x56 (several
+    /// stretches per plane) and 1x1, and a channel with a large mean.
+    #[test]
+    fn the_eval_kernel_matches_the_cpu_kernel_to_the_bit() {
+        let gpu = crate::test_tensors::gpu();
+        let mut random = NormalTensors::new(12);
+        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6];
+        for shape in [(2, 3, 5, 4), (3, 70, 7, 7), (2, 4, 56, 56), (5, 600, 1, 1)] {
+            for (activation, with_residual) in activations.into_iter().flat_map(|a| [(a, false), (a, true)]) {
+                let case = format!("{shape:?} {activation:?} residual {with_residual}");
+                let x = (random.draw(0.0, 3.0, shape) + 1.0).unwrap();
+                let x = Tensor::cat(&[(x.narrow(1, 0, 1).unwrap() + 1000.0).unwrap(), x.narrow(1, 1, shape.1 - 1).unwrap()], 1).unwrap();
+                let (gamma, beta) = (random.draw(1.0, 0.5, shape.1), random.draw(0.5, 0.5, shape.1));
+                let mean = random.draw(1.0, 1.0, shape.1);
+                let var = (random.draw(0.0, 2.0, shape.1).sqr().unwrap() + 0.01).unwrap();
+                let residual = random.draw(0.0, 2.0, shape);
+                let run = |device: &Device| {
+                    let on = |t: &Tensor| t.to_device(device).unwrap();
+                    let (gamma, beta, mean, var, residual) = (on(&gamma), on(&beta), on(&mean), on(&var), on(&residual));
+                    let params = BatchNormParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
+                    let running = RunningStatistics { mean: &mean, var: &var };
+                    let y = crate::batch_norm_eval(&on(&x), params, running, with_residual.then_some(&residual), activation).unwrap();
+                    y.to_device(&Device::Cpu).unwrap()
+                };
+                let (truth, ours) = (run(&Device::Cpu), run(&gpu));
+                assert_eq!(crate::test_tensors::bits(&truth), crate::test_tensors::bits(&ours), "{case}");
             }
         }
     }
