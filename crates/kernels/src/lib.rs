@@ -68,7 +68,7 @@ mod sgd;
 mod test_tensors;
 mod views;
 
-pub use activation::{FusedActivation, gelu_erf, relu, relu6};
+pub use activation::{FusedActivation, gelu_erf, relu, relu6, silu};
 pub use attention::{attention, attention_with_bias};
 pub use batchnorm::{
     BatchNormOutput, BatchNormParams, RunningStatistics, batch_norm_eval, batch_norm_train, eval_batch_norm_folds_into_conv,

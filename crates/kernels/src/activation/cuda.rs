@@ -1,5 +1,5 @@
-//! GELU's CUDA halves (the ops are `gelu.rs`'s): one elementwise kernel each way, with CUDA's
-//! exact `erff`, where candle differentiates its `gelu_erf` through five tensor ops.
+//! The CUDA halves of the pointwise activations (the ops are `pointwise.rs`'s): one elementwise
+//! kernel each way, GELU with CUDA's exact `erff`, SiLU with `expf`.
 
 #![allow(unsafe_code)]
 
@@ -13,10 +13,17 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use crate::cuda_input::{candle_requested, driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
-/// f32 on a CUDA device; `MEDXFER_CUDA_GELU=candle` keeps candle's op, to measure.
-pub(super) fn applies(x: &Tensor) -> bool {
+/// GELU's kernels take x: f32 on a CUDA device; `MEDXFER_CUDA_GELU=candle` keeps candle's op,
+/// to measure.
+pub(super) fn gelu_applies(x: &Tensor) -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
     !candle_requested(&CANDLE, "MEDXFER_CUDA_GELU") && x.device().is_cuda() && x.dtype() == DType::F32
+}
+
+/// SiLU's, likewise (`MEDXFER_CUDA_SILU=candle`).
+pub(super) fn silu_applies(x: &Tensor) -> bool {
+    static CANDLE: OnceLock<bool> = OnceLock::new();
+    !candle_requested(&CANDLE, "MEDXFER_CUDA_SILU") && x.device().is_cuda() && x.dtype() == DType::F32
 }
 
 const SOURCE: &str = r#"
@@ -37,18 +44,40 @@ extern "C" __global__ void gelu_backward(const float* __restrict__ dy, const flo
         dx[i] = dy[i] * (cdf + v * pdf);
     }
 }
+
+// PyTorch's: x / (1 + e^-x).
+extern "C" __global__ void silu_forward(const float* __restrict__ x, float* __restrict__ y, unsigned n) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        float v = x[i];
+        y[i] = v / (1.0f + expf(-v));
+    }
+}
+
+// dx = dy s (1 + x (1 - s)), s = sigmoid(x).
+extern "C" __global__ void silu_backward(const float* __restrict__ dy, const float* __restrict__ x,
+                                         float* __restrict__ dx, unsigned n) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        float v = x[i];
+        float s = 1.0f / (1.0f + expf(-v));
+        dx[i] = dy[i] * (s * (1.0f + v * (1.0f - s)));
+    }
+}
 "#;
 
-static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_gelu", SOURCE);
+static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_activation", SOURCE);
 
 /// Runs `function` over `inputs` (each `n` f32 values) into a new output of `n` values.
-fn elementwise(function: &str, inputs: &[(&CudaStorage, &Layout, &str)], shape: &Shape) -> candle_core::Result<(CudaStorage, Shape)> {
+pub(super) fn elementwise(
+    function: &str,
+    inputs: &[(&CudaStorage, &Layout, &str)],
+    shape: &Shape,
+) -> candle_core::Result<(CudaStorage, Shape)> {
     let device = inputs[0].0.device();
     let stream = device.cuda_stream();
     let n = shape.elem_count();
-    let views = inputs.iter().map(|(s, l, what)| input_view::<f32>(s, l, "gelu", what)).collect::<candle_core::Result<Vec<_>>>()?;
+    let views = inputs.iter().map(|(s, l, what)| input_view::<f32>(s, l, function, what)).collect::<candle_core::Result<Vec<_>>>()?;
     if views.iter().any(|v| v.len() != n) || n > u32::MAX as usize {
-        candle_core::bail!("gelu: operands of {:?} values for a shape {shape:?}", views.iter().map(|v| v.len()).collect::<Vec<_>>());
+        candle_core::bail!("{function}: operands of {:?} values for a shape {shape:?}", views.iter().map(|v| v.len()).collect::<Vec<_>>());
     }
     // SAFETY: the kernel writes all n values before anything reads them.
     let mut out = unsafe { device.alloc::<f32>(n) }?;
@@ -62,21 +91,8 @@ fn elementwise(function: &str, inputs: &[(&CudaStorage, &Layout, &str)], shape: 
     let blocks = count.div_ceil(256).clamp(1, 65_535 * 8);
     let grid = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the parameters match the kernel's (its inputs, the output, n), each n f32 values.
-    unsafe { launch.launch(grid) }.map_err(driver_error("gelu kernel"))?;
+    unsafe { launch.launch(grid) }.map_err(driver_error("activation kernel"))?;
     Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), shape.clone()))
-}
-
-pub(super) fn forward(x: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-    elementwise("gelu_forward", &[(x, layout, "the input")], layout.shape())
-}
-
-pub(super) fn backward(
-    dy: &CudaStorage,
-    dy_layout: &Layout,
-    x: &CudaStorage,
-    x_layout: &Layout,
-) -> candle_core::Result<(CudaStorage, Shape)> {
-    elementwise("gelu_backward", &[(dy, dy_layout, "the gradient"), (x, x_layout, "the input")], dy_layout.shape())
 }
 
 /// These run in CUDA builds only, on the GPU `.ci/gpu` lends them.
@@ -84,28 +100,37 @@ pub(super) fn backward(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Tensor, Var};
 
     use crate::test_tensors::max_abs;
 
-    /// Forward and backward against the CPU kernel over [-8, 8] (the CPU's erf polynomial is
-    /// within 1.5e-7 of the exact erf the GPU uses).
+    /// One of the public activation functions.
+    type Activation = fn(&Tensor) -> candle_core::Result<Tensor>;
+
+    /// `activation`'s output and gradient on `device` at `values`, upstream 1-7.
+    fn run(activation: Activation, values: &[f32], device: &Device) -> (Tensor, Tensor) {
+        let n = values.len();
+        let x = Var::from_slice(values, (1, n), device).unwrap();
+        let y = activation(x.as_tensor()).unwrap();
+        let up = Tensor::from_vec((0..n).map(|i| 1.0 + (i % 7) as f32).collect::<Vec<f32>>(), (1, n), device).unwrap();
+        let grad = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap().remove(&x).unwrap();
+        (y.to_device(&Device::Cpu).unwrap(), grad.to_device(&Device::Cpu).unwrap())
+    }
+
+    /// Forward and backward of GELU over [-8, 8] and SiLU over [-30, 30] against the CPU kernels
+    /// (the CPU's erf polynomial is within 1.5e-7 of the exact erf the GPU uses; its e^x and
+    /// CUDA's `expf` are each within 2 ulp).
     #[test]
     fn the_cuda_kernels_match_the_cpu_kernel() {
         let gpu = crate::test_tensors::gpu();
-        let values: Vec<f32> = (-1600..=1600).map(|i| i as f32 * 0.005).collect();
-        let n = values.len();
-        let upstream: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
-        let run = |device: &Device| {
-            let x = Var::from_vec(values.clone(), (1, n), device).unwrap();
-            let y = crate::gelu_erf(x.as_tensor()).unwrap();
-            let up = candle_core::Tensor::from_vec(upstream.clone(), (1, n), device).unwrap();
-            let grad = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap().remove(&x).unwrap();
-            (y.to_device(&Device::Cpu).unwrap(), grad.to_device(&Device::Cpu).unwrap())
-        };
-        let ((y_cpu, g_cpu), (y_gpu, g_gpu)) = (run(&Device::Cpu), run(&gpu));
-        let (forward, backward) = (max_abs((&y_cpu - &y_gpu).unwrap()), max_abs((&g_cpu - &g_gpu).unwrap()));
-        eprintln!("gelu: forward {forward:.2e}, backward {backward:.2e}");
-        assert!(forward < 1e-6 && backward < 1e-5, "forward {forward}, backward {backward}");
+        let cases: [(&str, Activation, f32); 2] = [("gelu", crate::gelu_erf, 0.005), ("silu", crate::silu, 0.015)];
+        for (name, activation, step) in cases {
+            let values: Vec<f32> = (-2000..=2000).map(|i| i as f32 * step).collect();
+            let ((y_cpu, g_cpu), (y_gpu, g_gpu)) = (run(activation, &values, &Device::Cpu), run(activation, &values, &gpu));
+            let relative = |a: &Tensor, b: &Tensor| max_abs((a - b).unwrap()) / max_abs(a.clone()).max(1.0);
+            let (forward, backward) = (relative(&y_cpu, &y_gpu), relative(&g_cpu, &g_gpu));
+            eprintln!("{name}: forward {forward:.2e}, backward {backward:.2e} (relative to the largest value)");
+            assert!(forward < 1e-6 && backward < 1e-6, "{name}: forward {forward}, backward {backward}");
+        }
     }
 }

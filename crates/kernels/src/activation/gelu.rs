@@ -1,20 +1,12 @@
-//! GELU with the exact (erf) form, as timm's and transformers' ViTs use it, on the CPU in f32:
-//! one parallel pass each way. candle's `gelu_erf` runs on one thread (its unary ops do not
-//! split work) with a branchy scalar erf, and differentiates through five separate tensor ops;
-//! in a ViT-S forward pass it was the largest cost after the matrix products. The erf here is
+//! GELU with the exact (erf) form, as timm's and transformers' ViTs use it, on the CPU in f32
+//! (`pointwise.rs` runs it: one parallel pass each way). candle's `gelu_erf` runs on one thread
+//! with a branchy scalar erf, and differentiates through five separate tensor ops; in a ViT-S
+//! forward pass it was the largest cost after the matrix products. The erf here is
 //! Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), the polynomial PyTorch's
 //! vectorised CPU kernel uses.
 
-#[cfg(feature = "cuda")]
-use candle_core::CudaStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
-
+use super::pointwise::Pointwise;
 use crate::exp::exp;
-use crate::kernel_input::f32_slice;
-
-/// Elements per parallel chunk.
-const CHUNK: usize = 1 << 14;
 
 /// erf(x), branch-free but for the sign.
 #[inline(always)]
@@ -45,70 +37,31 @@ pub(crate) fn gelu_in_place(values: &mut [f32]) {
     values.iter_mut().for_each(|v| *v = gelu(*v));
 }
 
-struct Gelu;
+/// GELU as a [`Pointwise`] activation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gelu;
 
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "gelu-erf"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, "gelu", "the input")?;
-        let mut y = x.to_vec();
-        y.par_chunks_mut(CHUNK).for_each(gelu_in_place);
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
+impl Pointwise for Gelu {
+    const NAMES: (&'static str, &'static str) = ("gelu-erf", "gelu-erf-grad");
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        super::cuda::forward(storage, layout)
+    const CUDA_KERNELS: (&'static str, &'static str) = ("gelu_forward", "gelu_backward");
+
+    fn value(x: f32) -> f32 {
+        gelu(x)
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&arg.contiguous()?, &GeluGrad)?))
+    fn slope(x: f32) -> f32 {
+        gelu_slope(x)
     }
-}
-
-/// dy * gelu'(x).
-struct GeluGrad;
-
-impl CustomOp2 for GeluGrad {
-    fn name(&self) -> &'static str {
-        "gelu-erf-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dy = f32_slice(s1, l1, "gelu backward", "the gradient")?;
-        let x = f32_slice(s2, l2, "gelu backward", "the input")?;
-        if dy.len() != x.len() {
-            candle_core::bail!("gelu backward: {} gradients for {} inputs", dy.len(), x.len());
-        }
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK))).for_each(|(out, (g, input))| {
-            for ((o, &g), &v) in out.iter_mut().zip(g).zip(input) {
-                *o = g * gelu_slope(v);
-            }
-        });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        super::cuda::backward(s1, l1, s2, l2)
-    }
-}
-
-/// GELU (erf form) of an f32 CPU tensor (or CUDA tensor, `cuda.rs`).
-pub(super) fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(Gelu)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Tensor, Var};
 
     use super::*;
+    use crate::activation::pointwise::apply;
     use crate::test_tensors::max_abs;
 
     /// Forward and backward against candle's own `gelu_erf` (its erf is exact to f32) over
@@ -119,7 +72,7 @@ mod tests {
         let n = values.len();
         let x = Var::from_vec(values, (1, n), &Device::Cpu).unwrap();
         let upstream = Tensor::from_vec((0..n).map(|i| 1.0 + (i % 7) as f32).collect::<Vec<f32>>(), (1, n), &Device::Cpu).unwrap();
-        let ours = gelu_erf(x.as_tensor()).unwrap();
+        let ours = apply(x.as_tensor(), Gelu).unwrap();
         let theirs = x.as_tensor().gelu_erf().unwrap();
         // erf's 1.5e-7 times |x| / 2 at |x| up to 8, and f32 rounding.
         let forward = max_abs((&ours - &theirs).unwrap());

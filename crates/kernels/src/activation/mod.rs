@@ -1,4 +1,5 @@
-//! ReLU, ReLU6 and GELU, and the activation a fused BatchNorm applies after its residual add.
+//! ReLU, ReLU6, GELU and SiLU, and the activation a fused BatchNorm applies after its residual
+//! add.
 //!
 //! candle's `relu` differentiates as `grad * x.ge(zeros_like(x)).to_dtype(f32)`: a zero tensor, a
 //! mask, its conversion and a product, four passes and three allocations of the activation's
@@ -12,6 +13,8 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod gelu;
+mod pointwise;
+mod silu;
 
 use candle_core::{Result, Tensor};
 
@@ -64,14 +67,21 @@ impl FusedActivation {
 /// GELU in its exact (erf) form: one parallel pass each way on the CPU in f32 (`gelu.rs`), one
 /// kernel each way on a CUDA device in f32 (`cuda.rs`), candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if is_f32_cpu(x) {
-        return gelu::gelu_erf(x);
-    }
     #[cfg(feature = "cuda")]
-    if cuda::applies(x) {
-        return gelu::gelu_erf(x);
+    if cuda::gelu_applies(x) {
+        return pointwise::apply(x, gelu::Gelu);
     }
-    x.gelu_erf()
+    if is_f32_cpu(x) { pointwise::apply(x, gelu::Gelu) } else { x.gelu_erf() }
+}
+
+/// SiLU, x sigmoid(x): one parallel pass each way on the CPU in f32 (`silu.rs`), one kernel each
+/// way on a CUDA device in f32 (`cuda.rs`), candle's `silu` elsewhere.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if cuda::silu_applies(x) {
+        return pointwise::apply(x, silu::Silu);
+    }
+    if is_f32_cpu(x) { pointwise::apply(x, silu::Silu) } else { x.silu() }
 }
 
 /// max(x, 0).

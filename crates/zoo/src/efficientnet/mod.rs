@@ -263,7 +263,7 @@ impl Activation {
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Relu6 => relu6(x),
-            Activation::Silu => Ok(x.silu()?),
+            Activation::Silu => Ok(medxfer_kernels::silu(x)?),
         }
     }
 

@@ -56,7 +56,7 @@ impl Mlp {
             MlpKind::SwigluPacked => {
                 let hidden = self.fc1.forward_t(x, train)?;
                 let half = hidden.dim(D::Minus1)? / 2;
-                (hidden.narrow(D::Minus1, 0, half)?.silu()? * hidden.narrow(D::Minus1, half, half)?)?
+                (medxfer_kernels::silu(&hidden.narrow(D::Minus1, 0, half)?)? * hidden.narrow(D::Minus1, half, half)?)?
             }
         };
         self.fc2.forward_t(&hidden, train)
