@@ -117,20 +117,22 @@ mod tests {
         (y.to_device(&Device::Cpu).unwrap(), grad.to_device(&Device::Cpu).unwrap())
     }
 
-    /// Forward and backward of GELU over [-8, 8] and SiLU over [-30, 30] against the CPU kernels
-    /// (the CPU's erf polynomial is within 1.5e-7 of the exact erf the GPU uses; its e^x and
-    /// CUDA's `expf` are each within 2 ulp).
+    /// Forward and backward of GELU over [-8, 8] and SiLU over [-30, 30] against the CPU kernels,
+    /// relative to the largest value (the CPU's erf polynomial is within 1.5e-7 of the exact erf
+    /// the GPU uses; its e^x and CUDA's `expf` are each within 2 ulp). SiLU's gradient may differ
+    /// more: where sigmoid(x) rounds to within a few ulp of 1, one ulp of it moves x (1 - s) by
+    /// x ulp(1), up to 17 · 6e-8 · 7 (the largest upstream) = 7e-6 of a largest gradient of 7.7.
     #[test]
     fn the_cuda_kernels_match_the_cpu_kernel() {
         let gpu = crate::test_tensors::gpu();
-        let cases: [(&str, Activation, f32); 2] = [("gelu", crate::gelu_erf, 0.005), ("silu", crate::silu, 0.015)];
-        for (name, activation, step) in cases {
+        let cases: [(&str, Activation, f32, f32); 2] = [("gelu", crate::gelu_erf, 0.005, 1e-6), ("silu", crate::silu, 0.015, 2e-6)];
+        for (name, activation, step, backward_bound) in cases {
             let values: Vec<f32> = (-2000..=2000).map(|i| i as f32 * step).collect();
             let ((y_cpu, g_cpu), (y_gpu, g_gpu)) = (run(activation, &values, &Device::Cpu), run(activation, &values, &gpu));
             let relative = |a: &Tensor, b: &Tensor| max_abs((a - b).unwrap()) / max_abs(a.clone()).max(1.0);
             let (forward, backward) = (relative(&y_cpu, &y_gpu), relative(&g_cpu, &g_gpu));
             eprintln!("{name}: forward {forward:.2e}, backward {backward:.2e} (relative to the largest value)");
-            assert!(forward < 1e-6 && backward < 1e-6, "{name}: forward {forward}, backward {backward}");
+            assert!(forward < 1e-6 && backward < backward_bound, "{name}: forward {forward}, backward {backward}");
         }
     }
 }
