@@ -97,11 +97,13 @@ pub fn batch_norm_eval(
         );
     }
     let untracked = !x.track_op() && per_channel.iter().all(|t| !t.track_op()) && residual.is_none_or(|r| !r.track_op());
-    if untracked && is_f32_cpu(x) && per_channel.iter().all(|t| is_f32_cpu(t)) && residual.is_none_or(is_f32_cpu) {
+    // An empty batch goes to candle's ops too: a kernel launch has no grid of zero blocks.
+    let fused = untracked && x.elem_count() > 0;
+    if fused && is_f32_cpu(x) && per_channel.iter().all(|t| is_f32_cpu(t)) && residual.is_none_or(is_f32_cpu) {
         return cpu::batch_norm_eval(x, params, running, residual, activation);
     }
     #[cfg(feature = "cuda")]
-    if untracked && cuda::applies_eval(x, &per_channel, residual) {
+    if fused && cuda::applies_eval(x, &per_channel, residual) {
         return cuda::batch_norm_eval(x, params, running, residual, activation);
     }
     composite::batch_norm_eval(x, params, running, residual, activation)
@@ -260,6 +262,17 @@ mod tests {
         let grad = |v: &candle_core::Var| grads.get(v).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(grad(&x), [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(grad(&residual), [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// An empty batch gives an empty output, not an error or a panic.
+    #[test]
+    fn an_empty_eval_batch_is_empty() {
+        let cpu = &Device::Cpu;
+        let x = Tensor::zeros((0, 3, 4, 4), DType::F32, cpu).unwrap();
+        let three = Tensor::ones(3, DType::F32, cpu).unwrap();
+        let params = BatchNormParams { gamma: &three, beta: &three, eps: 1e-5 };
+        let y = batch_norm_eval(&x, params, RunningStatistics { mean: &three, var: &three }, None, FusedActivation::Relu6).unwrap();
+        assert_eq!(y.dims(), [0, 3, 4, 4]);
     }
 
     /// Parameters or a residual of the wrong size are an error that names the shapes.
