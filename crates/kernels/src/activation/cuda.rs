@@ -13,17 +13,23 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use crate::cuda_input::{candle_requested, driver_error, input_view};
 use crate::nvrtc::NvrtcModule;
 
-/// GELU's kernels take x: f32 on a CUDA device; `MEDXFER_CUDA_GELU=candle` keeps candle's op,
-/// to measure.
+/// GELU's kernels take x: f32 on a CUDA device, not empty; `MEDXFER_CUDA_GELU=candle` keeps
+/// candle's op, to measure.
 pub(super) fn gelu_applies(x: &Tensor) -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
-    !candle_requested(&CANDLE, "MEDXFER_CUDA_GELU") && x.device().is_cuda() && x.dtype() == DType::F32
+    !candle_requested(&CANDLE, "MEDXFER_CUDA_GELU") && is_nonempty_f32_cuda(x)
 }
 
 /// SiLU's, likewise (`MEDXFER_CUDA_SILU=candle`).
 pub(super) fn silu_applies(x: &Tensor) -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
-    !candle_requested(&CANDLE, "MEDXFER_CUDA_SILU") && x.device().is_cuda() && x.dtype() == DType::F32
+    !candle_requested(&CANDLE, "MEDXFER_CUDA_SILU") && is_nonempty_f32_cuda(x)
+}
+
+/// f32 on a CUDA device, and not empty (a launch has no grid of zero blocks; candle's ops take
+/// an empty tensor).
+fn is_nonempty_f32_cuda(x: &Tensor) -> bool {
+    x.device().is_cuda() && x.dtype() == DType::F32 && x.elem_count() > 0
 }
 
 const SOURCE: &str = r#"
