@@ -124,14 +124,14 @@ impl DenseNet {
         let mut y = self.conv0.forward_bn_fused(x, &self.norm0, None, FusedActivation::Relu, train)?;
         y = max_pool_3x3_s2_p1(&y)?;
         for (index, block) in self.blocks.iter().enumerate() {
-            let mut pieces = vec![y.clone()];
+            // Each layer's input is the block's input and every earlier layer's output, side by
+            // side: the last input with the last output appended, one concatenation of two
+            // tensors (two copies on a GPU) where all the pieces anew took one copy per piece.
             for layer in block {
-                let input = Tensor::cat(&pieces, 1)?;
-                let h = layer.conv1.forward_t(&layer.norm1.forward_fused(&input, None, FusedActivation::Relu, train)?, train)?;
+                let h = layer.conv1.forward_t(&layer.norm1.forward_fused(&y, None, FusedActivation::Relu, train)?, train)?;
                 let h = layer.conv2.forward_t(&layer.norm2.forward_fused(&h, None, FusedActivation::Relu, train)?, train)?;
-                pieces.push(h);
+                y = Tensor::cat(&[&y, &h], 1)?;
             }
-            y = Tensor::cat(&pieces, 1)?;
             if let Some(transition) = self.transitions.get(index) {
                 y = transition
                     .conv
