@@ -573,8 +573,9 @@ impl CustomOp1 for EvalNormalize {
     }
 }
 
-/// A grid of (stretches of a plane, C, B) blocks: a block's threads cover its plane's stretch
-/// with a multiple of 32 threads no larger than the plane (49 for 7x7 maps get 64, not 256).
+/// A grid of (stretches of a plane, C, B) blocks: a block's threads cover its plane's stretch,
+/// the plane rounded up to a multiple of 32 threads and at most 256 (a 7x7 map's 49 values get
+/// 64 threads, not 256).
 fn plane_grid(batch: usize, channels: usize, plane: usize) -> LaunchConfig {
     let threads = (plane.div_ceil(32) * 32).clamp(32, THREADS as usize) as u32;
     // Up to 8 values per thread on large planes, so the per-channel constants amortise.
