@@ -41,8 +41,8 @@ impl<A: Pointwise> CustomOp1 for Forward<A> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, A::NAMES.0, "the input")?;
-        // Zeroed (untouched pages from the allocator), then written once by the threads: a
-        // copy of x to overwrite in place faulted in every page on one thread first, a pass that
+        // Allocated zeroed, then written once by the threads: copying x to overwrite it in
+        // place was a pass on one thread over a fresh buffer (its page faults included) that
         // cost more than the activation itself.
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, input)| {
