@@ -53,6 +53,7 @@ mod cuda_device;
 #[cfg(feature = "cuda")]
 mod cuda_input;
 mod depthwise;
+mod elementwise;
 mod exp;
 mod gpu_settings;
 mod grouped;
@@ -61,6 +62,7 @@ mod layer_norm;
 mod linear;
 #[cfg(feature = "cuda")]
 mod nvrtc;
+mod parallel_output;
 mod pool;
 mod product;
 mod sgd;
@@ -81,7 +83,7 @@ pub use depthwise::depthwise_conv2d;
 pub use gpu_settings::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, gpu_settings, set_gpu_settings};
 pub use grouped::grouped_conv2d;
 pub use layer_norm::layer_norm;
-pub use linear::{linear, linear_gelu};
+pub use linear::{linear, linear_gelu, linear_residual};
 pub use pool::max_pool_3x3_s2_p1;
 pub use product::cpu_product_library;
 pub use sgd::{SgdSettings, SgdUpdate, sgd_update};

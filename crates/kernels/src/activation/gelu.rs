@@ -34,7 +34,7 @@ fn gelu_slope(x: f32) -> f32 {
 
 /// GELU of each value, in place (a fused product's epilogue).
 pub(crate) fn gelu_in_place(values: &mut [f32]) {
-    values.iter_mut().for_each(|v| *v = gelu(*v));
+    crate::elementwise::map_in_place(values, gelu);
 }
 
 /// GELU as a [`Pointwise`] activation.
@@ -46,10 +46,12 @@ impl Pointwise for Gelu {
     #[cfg(feature = "cuda")]
     const CUDA_KERNELS: (&'static str, &'static str) = ("gelu_forward", "gelu_backward");
 
+    #[inline(always)]
     fn value(x: f32) -> f32 {
         gelu(x)
     }
 
+    #[inline(always)]
     fn slope(x: f32) -> f32 {
         gelu_slope(x)
     }

@@ -7,9 +7,9 @@
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::kernel_input::f32_slice;
+use crate::parallel_output::{Start, build_in_chunks};
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 14;
@@ -41,13 +41,12 @@ impl<A: Pointwise> CustomOp1 for Forward<A> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, A::NAMES.0, "the input")?;
-        // Allocated zeroed, then written once by the threads: copying x to overwrite it in
-        // place was a pass on one thread over a fresh buffer (its page faults included) that
+        // Each chunk is zeroed and then written by one task, in its cache (`parallel_output`):
+        // copying x to overwrite it in place was a pass on one thread over a fresh buffer that
         // cost more than the activation itself.
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, input)| {
-            out.iter_mut().zip(input).for_each(|(o, &v)| *o = A::value(v));
-        });
+        let y = build_in_chunks(x.len(), CHUNK, Start::Zeros, |index, out| {
+            crate::elementwise::map(out, &x[index * CHUNK..][..out.len()], A::value);
+        })?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -75,12 +74,10 @@ impl<A: Pointwise> CustomOp2 for Backward<A> {
         if dy.len() != x.len() {
             candle_core::bail!("{}: {} gradients for {} inputs", A::NAMES.1, dy.len(), x.len());
         }
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK))).for_each(|(out, (g, input))| {
-            for ((o, &g), &v) in out.iter_mut().zip(g).zip(input) {
-                *o = g * A::slope(v);
-            }
-        });
+        let dx = build_in_chunks(x.len(), CHUNK, Start::Zeros, |index, out| {
+            let (g, input) = (&dy[index * CHUNK..][..out.len()], &x[index * CHUNK..][..out.len()]);
+            crate::elementwise::map2(out, g, input, |g, v| g * A::slope(v));
+        })?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 

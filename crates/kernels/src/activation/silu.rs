@@ -16,10 +16,12 @@ impl Pointwise for Silu {
     #[cfg(feature = "cuda")]
     const CUDA_KERNELS: (&'static str, &'static str) = ("silu_forward", "silu_backward");
 
+    #[inline(always)]
     fn value(x: f32) -> f32 {
         x / (1.0 + exp(-x))
     }
 
+    #[inline(always)]
     fn slope(x: f32) -> f32 {
         let sigmoid = 1.0 / (1.0 + exp(-x));
         sigmoid * (1.0 + x * (1.0 - sigmoid))

@@ -4,6 +4,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::parallel_output::{Start, build_in_chunks};
+
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     crate::kernel_input::f32_slice(storage, layout, "layer norm", what)
 }
@@ -12,12 +14,29 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle
 const ROWS_PER_TASK: usize = 64;
 
 /// A row's mean and 1 / sqrt(var + eps), summed in f64 (a row of large mean and small spread
-/// keeps its variance).
+/// keeps its variance), over `LANES` running sums: one f64 sum is a chain of dependent adds
+/// the compiler may not reorder, and it made this the slowest pass of a ViT-L forward pass
+/// (1.3 ms per norm at 1576 x 1024, PyTorch's 0.25).
 fn statistics(row: &[f32], eps: f64) -> (f32, f32) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(row, f64::from) / n;
+    let var = lane_sum(row, |v| (f64::from(v) - mean).powi(2)) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// Independent partial sums, so that the loop vectorises.
+const LANES: usize = 8;
+
+/// The sum of `term(v)` over the row, in `LANES` partial sums.
+#[inline(always)]
+fn lane_sum(row: &[f32], term: impl Fn(f32) -> f64) -> f64 {
+    let mut sums = [0f64; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&v| term(v)).sum();
+    for chunk in chunks {
+        sums.iter_mut().zip(chunk).for_each(|(sum, &v)| *sum += term(v));
+    }
+    sums.iter().sum::<f64>() + tail
 }
 
 struct Forward {
@@ -40,15 +59,16 @@ impl CustomOp3 for Forward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, weight, bias) = (f32_slice(s1, l1, "the input")?, f32_slice(s2, l2, "the weight")?, f32_slice(s3, l3, "the bias")?);
         let width = weight.len();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(width * ROWS_PER_TASK).zip(x.par_chunks(width * ROWS_PER_TASK)).for_each(|(out, x)| {
+        let block = width * ROWS_PER_TASK;
+        let out = build_in_chunks(x.len(), block, Start::Zeros, |index, out| {
+            let x = &x[index * block..][..out.len()];
             for (out, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
                 let (mean, rstd) = statistics(row, self.eps);
                 for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
                     *o = (v - mean) * rstd * w + b;
                 }
             }
-        });
+        })?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

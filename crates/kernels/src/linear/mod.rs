@@ -42,6 +42,18 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result
     crate::gelu_erf(&linear(x, weight, bias)?)
 }
 
+/// residual + x W' + b, the residual branch's add of a transformer block. Without a gradient to
+/// record, on the CPU in f32, the output starts as the residual plus the bias and the product
+/// accumulates onto it: no separate pass over the output and no second buffer; otherwise it is
+/// [`linear`] and then an add.
+pub fn linear_residual(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    let records = x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op) || residual.track_op();
+    if !records && is_f32_cpu(x) && is_f32_cpu(weight) && bias.is_none_or(is_f32_cpu) && is_f32_cpu(residual) {
+        return cpu::linear_residual_no_grad(x, weight, bias, residual);
+    }
+    linear(x, weight, bias)? + residual
+}
+
 /// The same with candle's ops.
 fn composite(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     // The rows of x as one matrix: one product each way, where a broadcast product of (B, N, D)
@@ -114,6 +126,42 @@ mod tests {
         assert!(max_abs((fused.get(&wv).unwrap() - separate.get(&wv).unwrap()).unwrap()) < 1e-4);
     }
 
+    /// The fused residual against the separate ops, with and without a bias; a residual of
+    /// the wrong shape is an error; with a gradient to record, the separate ops' gradients,
+    /// the residual's among them.
+    #[test]
+    fn the_fused_residual_matches_the_separate_ops() {
+        let mut normal = NormalTensors::new(8);
+        let x = normal.draw(0.0, 2.0, (3, 7, 16));
+        let w = normal.draw(0.0, 0.5, (24, 16));
+        let b = normal.draw(0.0, 1.0, 24);
+        let residual = normal.draw(0.0, 3.0, (3, 7, 24));
+        for bias in [Some(&b), None] {
+            let fused = linear_residual(&x, &w, bias, &residual).unwrap();
+            let separate = (composite(&x, &w, bias).unwrap() + &residual).unwrap();
+            assert_eq!(fused.dims(), [3, 7, 24]);
+            assert!(max_abs((&fused - &separate).unwrap()) < 1e-5, "bias {}", bias.is_some());
+        }
+        let wrong = normal.draw(0.0, 1.0, (3, 6, 24));
+        let error = linear_residual(&x, &w, Some(&b), &wrong).unwrap_err().to_string();
+        assert!(error.contains("residual of 432 values for 21 x 24 outputs"), "{error}");
+        let rv = Var::from_tensor(&residual).unwrap();
+        let wv = Var::from_tensor(&w).unwrap();
+        let fused =
+            linear_residual(&x, wv.as_tensor(), Some(&b), rv.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let separate = (composite(&x, wv.as_tensor(), Some(&b)).unwrap() + rv.as_tensor())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for var in [&wv, &rv] {
+            assert!(max_abs((fused.get(var).unwrap() - separate.get(var).unwrap()).unwrap()) < 1e-4);
+        }
+    }
+
     /// A hand-computed case: [1, 2] times W' = [[1, 0], [1, 1], [0, 2]] plus [0.5, 0, -1].
     #[test]
     fn a_small_product_is_computed_by_hand() {
@@ -122,5 +170,8 @@ mod tests {
         let b = Tensor::new(&[0.5f32, 0.0, -1.0], &candle_core::Device::Cpu).unwrap();
         let y = linear(&x, &w, Some(&b)).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(y, vec![vec![1.5, 3.0, 3.0]]);
+        let residual = Tensor::new(&[[10f32, -3.0, 0.25]], &candle_core::Device::Cpu).unwrap();
+        let y = linear_residual(&x, &w, Some(&b), &residual).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y, vec![vec![11.5, 0.0, 3.25]]);
     }
 }

@@ -1,0 +1,138 @@
+//! New f32 output buffers, first written by the threads that then finish them.
+//!
+//! `vec![0f32; n]` zeroes the whole buffer on the calling thread before any kernel runs: one
+//! single-threaded pass over every output (mimalloc hands back used memory, so the zeroing is a
+//! real `memset`), and for the linear layers a second one copying the bias into each row. At
+//! ViT-L/16's shapes (1576 x 4096 outputs in fc1) those two passes were 2.5 ms of a 34 ms layer,
+//! 7%. Here each chunk is initialised by the task that finishes it, in parallel, and the
+//! kernel's own writes follow while the chunk is still in that thread's cache.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+/// What a chunk holds before its task finishes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// Zeros (for kernels that overwrite or accumulate onto every value).
+    Zeros,
+    /// This row repeated (a bias that a product then accumulates onto); chunks hold whole rows.
+    Rows(&'a [f32]),
+    /// These values (as many as the buffer), each row plus `rows` if given (a residual branch
+    /// and a bias, which a product then accumulates onto).
+    Values { values: &'a [f32], rows: Option<&'a [f32]> },
+}
+
+/// A buffer of `len` values built in parallel, `chunk_len` values per task (the last chunk may be
+/// shorter): each task fills its chunk as `start` says, then `finish(index, chunk)` completes it.
+/// With `Start::Rows(row)`, `chunk_len` and `len` must be multiples of the row's length, so that
+/// every chunk begins at a row (an error otherwise, as is an empty row with `len` > 0).
+#[allow(unsafe_code)]
+pub(crate) fn build_in_chunks(
+    len: usize,
+    chunk_len: usize,
+    start: Start<'_>,
+    finish: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> candle_core::Result<Vec<f32>> {
+    let chunk_len = chunk_len.max(1);
+    let row = match start {
+        Start::Zeros => None,
+        Start::Rows(row) => Some(row),
+        Start::Values { values, rows } => {
+            if values.len() != len {
+                candle_core::bail!("{} starting values for an output of {len}", values.len());
+            }
+            rows
+        }
+    };
+    if let Some(row) = row
+        && len > 0
+        && (row.is_empty() || !chunk_len.is_multiple_of(row.len()) || !len.is_multiple_of(row.len()))
+    {
+        candle_core::bail!("output rows of {} values do not divide chunks of {chunk_len} or {len} values", row.len());
+    }
+    let mut values = Vec::<f32>::with_capacity(len);
+    values.spare_capacity_mut()[..len].par_chunks_mut(chunk_len).enumerate().for_each(|(index, chunk)| {
+        match start {
+            Start::Zeros => chunk.fill(MaybeUninit::new(0.0)),
+            Start::Rows(row) => {
+                for slots in chunk.chunks_exact_mut(row.len()) {
+                    slots.iter_mut().zip(row).for_each(|(slot, &value)| {
+                        slot.write(value);
+                    });
+                }
+            }
+            Start::Values { values, rows } => {
+                let values = &values[index * chunk_len..][..chunk.len()];
+                match rows {
+                    None => chunk.iter_mut().zip(values).for_each(|(slot, &value)| {
+                        slot.write(value);
+                    }),
+                    Some(row) => {
+                        for (slots, values) in chunk.chunks_exact_mut(row.len()).zip(values.chunks_exact(row.len())) {
+                            slots.iter_mut().zip(values).zip(row).for_each(|((slot, &value), &add)| {
+                                slot.write(value + add);
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // Every element of `chunk` was written just above: `fill` writes them all; the values
+        // are as many as the buffer (checked on entry), so each chunk has as many; and with
+        // rows the chunk's length is a multiple of the row's (checked on entry), so
+        // `chunks_exact_mut` leaves no remainder.
+        // SAFETY: `chunk` is initialised (above); `MaybeUninit<f32>` has f32's layout, and the
+        // new slice borrows `chunk` exclusively for as long as `chunk` is borrowed.
+        let chunk = unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(chunk) as *mut [f32]) };
+        finish(index, chunk);
+    });
+    // SAFETY: the chunks cover the first `len` slots of the spare capacity (`len` <= capacity),
+    // and each was initialised by its task above; a panic in `finish` propagates out of
+    // `for_each` before this line, leaving the vector empty.
+    unsafe { values.set_len(len) };
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Start, build_in_chunks};
+
+    #[test]
+    fn chunks_start_as_asked_and_are_finished_by_index() {
+        // 7 rows of 3 bias values, 2 rows per chunk (the last chunk one row); each task adds
+        // its chunk's index to every value.
+        let bias = [0.5f32, -1.0, 2.0];
+        let built = build_in_chunks(21, 6, Start::Rows(&bias), |index, chunk| {
+            chunk.iter_mut().for_each(|v| *v += index as f32 * 10.0);
+        })
+        .unwrap();
+        let want: Vec<f32> = (0..7).flat_map(|row| bias.iter().map(move |b| b + (row / 2) as f32 * 10.0)).collect();
+        assert_eq!(built, want);
+
+        let zeros = build_in_chunks(10, 4, Start::Zeros, |index, chunk| chunk[0] = index as f32 + 1.0).unwrap();
+        assert_eq!(zeros, [1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0]);
+        assert!(build_in_chunks(0, 0, Start::Rows(&[]), |_, _| unreachable!()).unwrap().is_empty());
+
+        // Values, alone and plus a row: 3 rows of 2, chunks of one row.
+        let values = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let copied = build_in_chunks(6, 2, Start::Values { values: &values, rows: None }, |_, _| {}).unwrap();
+        assert_eq!(copied, values);
+        let summed = build_in_chunks(6, 2, Start::Values { values: &values, rows: Some(&[10.0, 20.0]) }, |index, chunk| {
+            chunk[1] -= index as f32;
+        })
+        .unwrap();
+        assert_eq!(summed, [11.0, 22.0, 13.0, 23.0, 15.0, 24.0]);
+    }
+
+    #[test]
+    fn rows_that_do_not_divide_the_chunks_are_an_error() {
+        let error = build_in_chunks(12, 5, Start::Rows(&[1.0, 2.0]), |_, _| {}).unwrap_err().to_string();
+        assert!(error.contains("rows of 2 values"), "{error}");
+        assert!(build_in_chunks(4, 4, Start::Rows(&[]), |_, _| {}).is_err());
+        let error = build_in_chunks(4, 4, Start::Values { values: &[1.0; 3], rows: None }, |_, _| {}).unwrap_err().to_string();
+        assert!(error.contains("3 starting values for an output of 4"), "{error}");
+    }
+}
