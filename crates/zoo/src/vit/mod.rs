@@ -34,11 +34,15 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The attention's output, plus `residual` when given (added in the projection's output).
+    fn forward_t(&self, x: &Tensor, residual: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let head_dim = x.dim(D::Minus1)? / self.num_heads;
         let qkv = self.qkv.forward_t(x, train)?;
         let attended = medxfer_kernels::attention(&qkv, self.num_heads, (head_dim as f64).powf(-0.5))?;
-        self.proj.forward_t(&attended, train)
+        match residual {
+            Some(residual) => self.proj.forward_residual_t(&attended, residual, train),
+            None => self.proj.forward_t(&attended, train),
+        }
     }
 }
 
@@ -50,7 +54,8 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The MLP's output, plus `residual` when given (added in fc2's output).
+    fn forward_t(&self, x: &Tensor, residual: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let hidden = match self.kind {
             MlpKind::Gelu => self.fc1.forward_gelu_t(x, train)?,
             MlpKind::SwigluPacked => {
@@ -59,7 +64,10 @@ impl Mlp {
                 (medxfer_kernels::silu(&hidden.narrow(D::Minus1, 0, half)?)? * hidden.narrow(D::Minus1, half, half)?)?
             }
         };
-        self.fc2.forward_t(&hidden, train)
+        match residual {
+            Some(residual) => self.fc2.forward_residual_t(&hidden, residual, train),
+            None => self.fc2.forward_t(&hidden, train),
+        }
     }
 }
 
@@ -83,9 +91,25 @@ struct Block {
 
 impl Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = (x + scaled(self.attn.forward_t(&self.norm1.forward_t(x, train)?, train)?, self.ls1.as_ref(), train)?)?;
-        let mlp = self.mlp.forward_t(&self.norm2.forward_t(&x, train)?, train)?;
-        Ok((&x + scaled(mlp, self.ls2.as_ref(), train)?)?)
+        let x = residual_branch(x, self.ls1.as_ref(), train, |residual| {
+            self.attn.forward_t(&self.norm1.forward_t(x, train)?, residual, train)
+        })?;
+        residual_branch(&x, self.ls2.as_ref(), train, |residual| self.mlp.forward_t(&self.norm2.forward_t(&x, train)?, residual, train))
+    }
+}
+
+/// x + LayerScale(branch(x)). Without a LayerScale, `branch` is handed x to add into its last
+/// product's output (`Linear::forward_residual_t`), which saves a pass and a buffer of the
+/// tokens' size in eval; with one, the add comes after the scaling.
+fn residual_branch(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    train: bool,
+    branch: impl FnOnce(Option<&Tensor>) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match gamma {
+        None => branch(Some(x)),
+        Some(_) => Ok((x + scaled(branch(None)?, gamma, train)?)?),
     }
 }
 
