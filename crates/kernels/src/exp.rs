@@ -4,6 +4,8 @@
 //! polynomial: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by a degree-7 polynomial, 2^n put into
 //! the exponent bits; relative error below 2 ulp.
 
+use crate::elementwise::mul_add;
+
 /// exp(x), for x in [-87.3, 88]; below, the smallest normal float's neighbourhood (~1.2e-38,
 /// not 0 and never subnormal: where these passes use it, such a term is lost beside the others
 /// anyway); above, exp(88).
@@ -16,11 +18,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     // 1.5 * 2^23: adding it rounds to the nearest integer and puts it in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.0);
-    let shifted = x * LOG2_E + ROUND;
+    let shifted = mul_add(x, LOG2_E, ROUND);
     let n = shifted - ROUND;
-    let r = x - n * LN2_HIGH - n * LN2_LOW;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
-    let e_r = p * r * r + r + 1.0;
+    let r = mul_add(-n, LN2_LOW, mul_add(-n, LN2_HIGH, x));
+    let p = [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5].iter().fold(1.987_569_1e-4, |p, &c| mul_add(p, r, c));
+    let e_r = mul_add(p, r * r, r + 1.0);
     // n (in [-126, 127]) as the low bits of `shifted`, moved into the exponent field.
     let two_to_n = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     e_r * two_to_n

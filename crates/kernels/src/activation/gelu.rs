@@ -6,6 +6,7 @@
 //! vectorised CPU kernel uses.
 
 use super::pointwise::Pointwise;
+use crate::elementwise::mul_add;
 use crate::exp::exp;
 
 /// erf(x), branch-free but for the sign.
@@ -13,8 +14,9 @@ use crate::exp::exp;
 fn erf(x: f32) -> f32 {
     let (p, a1, a2, a3, a4, a5) = (0.327_591_1f32, 0.254_829_6f32, -0.284_496_74f32, 1.421_413_7f32, -1.453_152f32, 1.061_405_4f32);
     let a = x.abs();
-    let t = 1.0 / (1.0 + p * a);
-    let y = 1.0 - (((((a5 * t + a4) * t) + a3) * t + a2) * t + a1) * t * exp(-a * a);
+    let t = 1.0 / mul_add(p, a, 1.0);
+    let polynomial = [a4, a3, a2, a1].iter().fold(a5, |q, &c| mul_add(q, t, c)) * t;
+    let y = mul_add(-polynomial, exp(-a * a), 1.0);
     y.copysign(x)
 }
 
