@@ -44,6 +44,41 @@ pub(crate) fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32) {
     portable::map_in_place(values, f);
 }
 
+/// Independent partial results in a reduction: one running sum or max is a chain of dependent
+/// instructions the compiler may not reorder (a sum's order is its rounding), and such chains
+/// were most of the time of LayerNorm's statistics (1024 long per row) and of the softmax
+/// (197 long per row of a ViT's scores).
+const LANES: usize = 16;
+
+/// The sum of `term(v)` over `values`, in `LANES` partial sums the compiler vectorises (so in a
+/// different order, and with a different rounding, than a sum from left to right).
+#[inline(always)]
+pub(crate) fn lane_sum<T>(values: &[f32], term: impl Fn(f32) -> T) -> T
+where
+    T: Copy + Default + std::ops::Add<Output = T>,
+{
+    let mut lanes = [T::default(); LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(T::default(), |sum, &v| sum + term(v));
+    for chunk in chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(sum, &v)| *sum = *sum + term(v));
+    }
+    lanes.into_iter().fold(tail, |sum, lane| sum + lane)
+}
+
+/// The largest of `values`, in `LANES` partial maxima (NaNs are skipped, as `f32::max` skips
+/// them; -inf for none).
+#[inline(always)]
+pub(crate) fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(max, &v)| *max = if v > *max { v } else { *max });
+    }
+    lanes.into_iter().fold(tail, f32::max)
+}
+
 /// a * b + c, fused where the build's target has FMA (one instruction, one rounding: the
 /// polynomials of `exp` and GELU's erf take half the instructions), written out otherwise, where
 /// `f32::mul_add` would be a library call.
@@ -123,7 +158,26 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
-    use super::{map, map_in_place, map2};
+    use super::{lane_max, lane_sum, map, map_in_place, map2};
+
+    /// The reductions against f64 sums and a plain max, at lengths around the lane count, with
+    /// a NaN skipped and an empty slice.
+    #[test]
+    fn lane_reductions_equal_the_plain_ones() {
+        for len in [0usize, 1, 15, 16, 17, 197, 1024] {
+            let values: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.25).collect();
+            let exact: f64 = values.iter().map(|&v| f64::from(v)).sum();
+            assert_eq!(lane_sum(&values, f64::from), exact, "f64 sum, length {len}");
+            let squares: f64 = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            assert_eq!(lane_sum(&values, |v| f64::from(v) * f64::from(v)), squares, "f64 sum of squares, length {len}");
+            // Quarter-integers below 2^20 in magnitude: every f32 partial sum is exact.
+            assert_eq!(f64::from(lane_sum(&values, |v| v)), exact, "f32 sum, length {len}");
+            let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(lane_max(&values), max, "max, length {len}");
+        }
+        let with_nan = [1.0f32, f32::NAN, 3.0, -2.0];
+        assert_eq!(lane_max(&with_nan), 3.0);
+    }
 
     /// Each loop against the same arithmetic written out, over lengths around the vector widths
     /// (the remainders of 8 and 16 lanes) on whichever path this CPU takes.

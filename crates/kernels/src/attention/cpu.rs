@@ -6,6 +6,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::composite::{softmax_last_dim, split_heads};
+use crate::elementwise::{lane_max, lane_sum, map_in_place};
 use crate::exp::exp;
 use crate::kernel_input::f32_slice;
 
@@ -19,37 +20,10 @@ fn softmax_rows(scores: &mut [f32], width: usize) {
     for row in scores.chunks_mut(width) {
         let max = lane_max(row);
         // The exponentials in a pass of their own, which the compiler vectorises.
-        crate::elementwise::map_in_place(row, |value| exp(value - max));
-        let inverse = 1.0 / lane_sum(row);
-        row.iter_mut().for_each(|value| *value *= inverse);
+        map_in_place(row, |value| exp(value - max));
+        let inverse = 1.0 / lane_sum(row, |value| value);
+        map_in_place(row, |value| value * inverse);
     }
-}
-
-/// Independent partials in the row reductions: one running max or sum is a chain of dependent
-/// instructions the compiler may not reorder (a sum's order is its rounding), 197 long per
-/// row of a ViT's scores, and the chains were most of the softmax's time.
-const LANES: usize = 16;
-
-/// The row's largest value (NaNs are skipped, as `f32::max` skips them).
-fn lane_max(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(max, &v)| *max = if v > *max { v } else { *max });
-    }
-    lanes.into_iter().fold(tail, f32::max)
-}
-
-/// The row's sum, in `LANES` partial sums.
-fn lane_sum(row: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(sum, &v)| *sum += v);
-    }
-    lanes.into_iter().sum::<f32>() + tail
 }
 
 impl CustomOp1 for Attention {

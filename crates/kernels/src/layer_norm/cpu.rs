@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::elementwise::lane_sum;
 use crate::parallel_output::{Start, build_in_chunks};
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -14,29 +15,13 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle
 const ROWS_PER_TASK: usize = 64;
 
 /// A row's mean and 1 / sqrt(var + eps), summed in f64 (a row of large mean and small spread
-/// keeps its variance), over `LANES` running sums: one f64 sum is a chain of dependent adds
-/// the compiler may not reorder, and it made this the slowest pass of a ViT-L forward pass
-/// (1.3 ms per norm at 1576 x 1024, PyTorch's 0.25).
+/// keeps its variance) over independent partial sums (`lane_sum`): one f64 sum per row made this
+/// the slowest pass of a ViT-L forward pass (1.3 ms per norm at 1576 x 1024, PyTorch's 0.25).
 fn statistics(row: &[f32], eps: f64) -> (f32, f32) {
     let n = row.len() as f64;
     let mean = lane_sum(row, f64::from) / n;
     let var = lane_sum(row, |v| (f64::from(v) - mean).powi(2)) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
-}
-
-/// Independent partial sums, so that the loop vectorises.
-const LANES: usize = 8;
-
-/// The sum of `term(v)` over the row, in `LANES` partial sums.
-#[inline(always)]
-fn lane_sum(row: &[f32], term: impl Fn(f32) -> f64) -> f64 {
-    let mut sums = [0f64; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|&v| term(v)).sum();
-    for chunk in chunks {
-        sums.iter_mut().zip(chunk).for_each(|(sum, &v)| *sum += term(v));
-    }
-    sums.iter().sum::<f64>() + tail
 }
 
 struct Forward {

@@ -291,6 +291,10 @@ impl CustomOp3 for LinearResidual {
         sr: &CpuStorage,
         lr: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, _, _, shape) = geometry(lx, lw)?;
+        if shape != *lr.shape() {
+            candle_core::bail!("linear: a residual of shape {:?} for an output of shape {shape:?}", lr.shape());
+        }
         let residual = f32_slice(sr, lr, "linear", "the residual")?;
         let held = self.bias.as_ref().map(Tensor::storage_and_layout);
         let bias = match &held {
@@ -300,11 +304,7 @@ impl CustomOp3 for LinearResidual {
             },
             None => None,
         };
-        let (y, shape) = forward(sx, lx, sw, lw, bias, Some(residual), Epilogue::None)?;
-        if shape != *lr.shape() {
-            candle_core::bail!("linear: a residual of shape {:?} for an output of shape {shape:?}", lr.shape());
-        }
-        Ok((y, shape))
+        forward(sx, lx, sw, lw, bias, Some(residual), Epilogue::None)
     }
 }
 

@@ -144,7 +144,7 @@ mod tests {
         }
         let wrong = normal.draw(0.0, 1.0, (3, 6, 24));
         let error = linear_residual(&x, &w, Some(&b), &wrong).unwrap_err().to_string();
-        assert!(error.contains("residual of 432 values for 21 x 24 outputs"), "{error}");
+        assert!(error.contains("residual of shape [3, 6, 24] for an output of shape [3, 7, 24]"), "{error}");
         let rv = Var::from_tensor(&residual).unwrap();
         let wv = Var::from_tensor(&w).unwrap();
         let fused =
