@@ -4,10 +4,13 @@ Nesterov momentum and weight decay: the reference's optimizer). With --device cu
 timed to the end of the queued work, with the same arithmetic switches as medxfer's side:
 --precision tf32 lets convolutions use TF32 (torch.backends.cudnn.allow_tf32, PyTorch's own
 default), --matmul-tf32 matrix products too (torch.backends.cuda.matmul.allow_tf32, off by
-default), --conv-algorithms benchmark times cuDNN's algorithms (torch.backends.cudnn.benchmark).
+default), --conv-algorithms benchmark times cuDNN's algorithms (torch.backends.cudnn.benchmark),
+and cuDNN's algorithms are deterministic ones (torch.backends.cudnn.deterministic = True, as
+medxfer's default) unless --conv-nondeterministic (PyTorch's own default).
 
     python bench_zoo.py NAME --batch 32 --repeats 3 [--warmup 2] [--train] [--device cuda]
         [--precision f32|tf32] [--matmul-tf32] [--conv-algorithms heuristic|benchmark]
+        [--conv-nondeterministic]
 
 Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory and
 (on a GPU) peak device memory.
@@ -35,12 +38,14 @@ def main():
     parser.add_argument("--precision", choices=["f32", "tf32"], default="f32")
     parser.add_argument("--matmul-tf32", action="store_true")
     parser.add_argument("--conv-algorithms", choices=["heuristic", "benchmark"], default="heuristic")
+    parser.add_argument("--conv-nondeterministic", action="store_true")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu", int(args.device[5:]) if args.device.startswith("cuda:") else None)
     gpu = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = args.matmul_tf32
     torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     torch.backends.cudnn.benchmark = args.conv_algorithms == "benchmark"
+    torch.backends.cudnn.deterministic = not args.conv_nondeterministic
     model = timm.create_model(args.name, pretrained=False).eval().to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
 

@@ -6,8 +6,9 @@
 //! `torch.backends.cuda.matmul.allow_tf32` and `torch.backends.cudnn.benchmark`, which these
 //! mirror, are globals too. The defaults are the reference's arithmetic: f32 everywhere (the
 //! Turing GPUs the paper trained on have no TF32), algorithms from cuDNN's heuristics (PyTorch's
-//! `benchmark = False`), which pick the same algorithm in every process, so a resumed run
-//! computes what the uninterrupted one did.
+//! `benchmark = False`), which pick the same algorithm in every process, and deterministic
+//! algorithms only (PyTorch's `cudnn.deterministic = True`, where its default is False), so a
+//! resumed run computes what the uninterrupted one did.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -45,6 +46,11 @@ pub struct GpuSettings {
     pub matmul_tf32: bool,
     /// How convolution algorithms are chosen.
     pub conv_algorithms: ConvAlgorithmSearch,
+    /// Whether cuDNN may also pick non-deterministic algorithms (those that sum with atomics, in
+    /// an order that varies between runs), as PyTorch does by default
+    /// (`torch.backends.cudnn.deterministic = False`). Off by default: a run then computes the
+    /// same bits every time and a killed run resumes to the bit.
+    pub conv_nondeterministic: bool,
 }
 
 static SETTINGS: AtomicU8 = AtomicU8::new(0);
@@ -54,6 +60,7 @@ impl GpuSettings {
         u8::from(self.conv_precision == ConvPrecision::Tf32)
             | u8::from(self.matmul_tf32) << 1
             | u8::from(self.conv_algorithms == ConvAlgorithmSearch::Benchmark) << 2
+            | u8::from(self.conv_nondeterministic) << 3
     }
 
     fn decode(bits: u8) -> Self {
@@ -61,6 +68,7 @@ impl GpuSettings {
             conv_precision: if bits & 1 != 0 { ConvPrecision::Tf32 } else { ConvPrecision::F32 },
             matmul_tf32: bits & 2 != 0,
             conv_algorithms: if bits & 4 != 0 { ConvAlgorithmSearch::Benchmark } else { ConvAlgorithmSearch::Heuristic },
+            conv_nondeterministic: bits & 8 != 0,
         }
     }
 }
@@ -88,8 +96,10 @@ mod tests {
         for conv_precision in [ConvPrecision::F32, ConvPrecision::Tf32] {
             for matmul_tf32 in [false, true] {
                 for conv_algorithms in [ConvAlgorithmSearch::Heuristic, ConvAlgorithmSearch::Benchmark] {
-                    let settings = GpuSettings { conv_precision, matmul_tf32, conv_algorithms };
-                    assert_eq!(GpuSettings::decode(settings.encode()), settings);
+                    for conv_nondeterministic in [false, true] {
+                        let settings = GpuSettings { conv_precision, matmul_tf32, conv_algorithms, conv_nondeterministic };
+                        assert_eq!(GpuSettings::decode(settings.encode()), settings);
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The GPU arithmetic options of the commands that compute on a GPU: `--precision`,
-//! `--matmul-tf32` and `--conv-algorithms`, PyTorch's three switches for the same things. One
+//! `--matmul-tf32`, `--conv-algorithms` and `--conv-nondeterministic`, PyTorch's four switches
+//! for the same things. One
 //! definition for every binary that trains or extracts (medxfer-train's, xtask's), so the options
 //! read and refuse alike everywhere.
 
@@ -38,11 +39,21 @@ pub struct GpuArithmetic {
     /// On a GPU: heuristic (the default) or benchmark (cuDNN times every algorithm per shape).
     #[arg(long, value_enum, default_value_t = ConvAlgorithms::Heuristic)]
     pub conv_algorithms: ConvAlgorithms,
+    /// On a GPU: let cuDNN pick non-deterministic convolution algorithms too, as PyTorch does
+    /// by default (torch.backends.cudnn.deterministic = False): some backward passes get faster,
+    /// but two runs then differ in the last bits and a killed run no longer resumes to the bit.
+    #[arg(long)]
+    pub conv_nondeterministic: bool,
 }
 
 impl Default for GpuArithmetic {
     fn default() -> Self {
-        GpuArithmetic { precision: Precision::F32, matmul_tf32: false, conv_algorithms: ConvAlgorithms::Heuristic }
+        GpuArithmetic {
+            precision: Precision::F32,
+            matmul_tf32: false,
+            conv_algorithms: ConvAlgorithms::Heuristic,
+            conv_nondeterministic: false,
+        }
     }
 }
 
@@ -59,6 +70,7 @@ impl GpuArithmetic {
                 ConvAlgorithms::Heuristic => ConvAlgorithmSearch::Heuristic,
                 ConvAlgorithms::Benchmark => ConvAlgorithmSearch::Benchmark,
             },
+            conv_nondeterministic: self.conv_nondeterministic,
         }
     }
 
@@ -87,12 +99,15 @@ impl GpuArithmetic {
         if self.conv_algorithms == ConvAlgorithms::Benchmark {
             options.extend(["--conv-algorithms".into(), "benchmark".into()]);
         }
+        if self.conv_nondeterministic {
+            options.push("--conv-nondeterministic".into());
+        }
         options
     }
 
     /// The arithmetic as a study records it (its `precision` setting): "f32" for the default,
-    /// else which parts round to TF32. The algorithm choice is not part of it: it changes the
-    /// last bits of a run, not what a run computes.
+    /// else which parts round to TF32. The algorithm choice (timed or not, deterministic or
+    /// not) is not part of it: it changes the last bits of a run, not what a run computes.
     pub fn recorded(&self) -> String {
         match (self.precision, self.matmul_tf32) {
             (Precision::F32, false) => "f32".into(),
@@ -105,7 +120,7 @@ impl GpuArithmetic {
     /// In words, for reports.
     pub fn describe(&self) -> String {
         format!(
-            "{} convolutions, {} matrix products, {} cuDNN algorithms",
+            "{} convolutions, {} matrix products, {} {} cuDNN algorithms",
             match self.precision {
                 Precision::F32 => "f32",
                 Precision::Tf32 => "TF32",
@@ -114,7 +129,8 @@ impl GpuArithmetic {
             match self.conv_algorithms {
                 ConvAlgorithms::Heuristic => "heuristic",
                 ConvAlgorithms::Benchmark => "benchmarked",
-            }
+            },
+            if self.conv_nondeterministic { "any" } else { "deterministic" }
         )
     }
 }
@@ -139,9 +155,12 @@ mod tests {
         for precision in [Precision::F32, Precision::Tf32] {
             for matmul_tf32 in [false, true] {
                 for conv_algorithms in [ConvAlgorithms::Heuristic, ConvAlgorithms::Benchmark] {
-                    let gpu = GpuArithmetic { precision, matmul_tf32, conv_algorithms };
-                    let line = Line::try_parse_from(std::iter::once("x".to_string()).chain(gpu.options())).unwrap();
-                    assert_eq!(line.gpu, gpu);
+                    for conv_nondeterministic in [false, true] {
+                        let gpu = GpuArithmetic { precision, matmul_tf32, conv_algorithms, conv_nondeterministic };
+                        let line = Line::try_parse_from(std::iter::once("x".to_string()).chain(gpu.options())).unwrap();
+                        assert_eq!(line.gpu, gpu);
+                        assert_eq!(gpu.settings().conv_nondeterministic, conv_nondeterministic);
+                    }
                 }
             }
         }

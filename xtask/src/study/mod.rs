@@ -58,7 +58,8 @@ pub struct Study {
     pub extract_batch: usize,
     /// Precision of the pretrained-feature extraction (f32 unless `--dtype`).
     pub extract_dtype: ExtractDtype,
-    /// The GPU's arithmetic (`--precision`, `--matmul-tf32`, `--conv-algorithms`).
+    /// The GPU's arithmetic (`--precision`, `--matmul-tf32`, `--conv-algorithms`,
+    /// `--conv-nondeterministic`).
     pub gpu: GpuArithmetic,
     /// Training images per second by backbone, from a `bench-zoo --train` file (`--rates`).
     pub benchmarked_rates: std::collections::BTreeMap<String, f64>,
@@ -143,6 +144,12 @@ impl Study {
         if self.gpu.conv_algorithms == ConvAlgorithms::Benchmark {
             list.push(
                 "cuDNN's convolution algorithms timed per shape (--conv-algorithms benchmark): a resumed run may differ from an uninterrupted one in the last bits"
+                    .into(),
+            );
+        }
+        if self.gpu.conv_nondeterministic {
+            list.push(
+                "non-deterministic cuDNN convolution algorithms admitted (--conv-nondeterministic, PyTorch's default): two runs differ in the last bits and a resumed run is not bit-identical to an uninterrupted one"
                     .into(),
             );
         }

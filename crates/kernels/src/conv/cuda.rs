@@ -12,8 +12,9 @@
 //! algorithm chosen and no workspace allocated.
 //!
 //! Algorithms are deterministic ones only (cuDNN's perf results say which), so a run computes the
-//! same bits every time, as the workspace's kill-and-resume guarantee needs; f32 data under
-//! [`ConvPrecision::F32`] runs in cuDNN's FMA math, never TF32.
+//! same bits every time, as the workspace's kill-and-resume guarantee needs, unless
+//! [`GpuSettings::conv_nondeterministic`] admits the others as PyTorch's default does; f32 data
+//! under [`ConvPrecision::F32`] runs in cuDNN's FMA math, never TF32.
 
 // Every cuDNN and CUDA driver call is an FFI call; each `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
@@ -401,7 +402,7 @@ impl Context {
         let candidates = candidates(self.handle.0, plan, direction, search)?;
         let usable = |c: &Candidate| {
             c.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-                && c.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+                && (key.settings.conv_nondeterministic || c.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
                 && !(strict
                     && matches!(
                         c.math,
@@ -410,7 +411,8 @@ impl Context {
         };
         let Some(best) = candidates.iter().find(|c| usable(c)) else {
             candle_core::bail!(
-                "cuDNN offers no deterministic {direction:?} algorithm for {:?} in {:?} ({} candidates)",
+                "cuDNN offers no {}{direction:?} algorithm for {:?} in {:?} ({} candidates)",
+                if key.settings.conv_nondeterministic { "" } else { "deterministic " },
                 key.geometry,
                 key.dtype,
                 candidates.len()
@@ -763,14 +765,16 @@ mod tests {
 
     /// Forward pass, input and weight gradients on the GPU against the CPU kernels (im2col + GEMM,
     /// the direct depthwise kernel: another construction of the same sums), in each setting: f32
-    /// with heuristic and with timed algorithm choice to the CPU's tolerance, TF32 to the one
-    /// measured here; the f32 path twice, to the bit.
+    /// with heuristic and with timed algorithm choice to the CPU's tolerance, with
+    /// non-deterministic algorithms admitted too, TF32 to the one measured here; the default
+    /// f32 path twice, to the bit.
     #[test]
     fn cudnn_convolutions_match_the_cpu_kernels_in_every_setting() {
         let gpu = gpu();
         let settings = [
             (GpuSettings::default(), 1e-5),
             (GpuSettings { conv_algorithms: ConvAlgorithmSearch::Benchmark, ..GpuSettings::default() }, 1e-5),
+            (GpuSettings { conv_nondeterministic: true, ..GpuSettings::default() }, 1e-5),
             (GpuSettings { conv_precision: ConvPrecision::Tf32, ..GpuSettings::default() }, 5e-3),
         ];
         for (index, shape) in SHAPES.into_iter().enumerate() {
