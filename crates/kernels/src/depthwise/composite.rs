@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::cpu::Geometry;
+use super::Geometry;
 use crate::views::every_nth;
 
 /// y = Σ_{i,j} w[:, i, j] · x_padded[:, :, s·y + i, s·x + j].

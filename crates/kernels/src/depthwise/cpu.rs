@@ -1,27 +1,15 @@
 //! Depthwise convolution (groups = channels) of f32 on the CPU as one direct kernel with its
-//! backward pass.
+//! backward pass; the same ops' CUDA halves are `cuda.rs`'s.
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The geometry shared by the three kernels (and the composite's output size).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Geometry {
-    pub(super) height: usize,
-    pub(super) width: usize,
-    pub(super) kernel: usize,
-    pub(super) stride: usize,
-    pub(super) padding: usize,
-}
+use super::Geometry;
 
+/// The CPU kernels' walk over the taps.
 impl Geometry {
-    pub(super) fn out_height(&self) -> usize {
-        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-    pub(super) fn out_width(&self) -> usize {
-        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-
     /// Output columns ox whose input column ox * stride + kx - padding lies in 0..width.
     fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
         let first = (self.padding.saturating_sub(kx)).div_ceil(self.stride);
@@ -151,6 +139,14 @@ impl CustomOp2 for Forward {
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (_, _, height, width) = l1.shape().dims4()?;
+        let kernel = l2.shape().dims4()?.2;
+        let g = Geometry { height, width, kernel, stride: self.stride, padding: self.padding };
+        super::cuda::forward(&g, (s1, l1), (s2, l2))
+    }
+
     fn bwd(&self, input: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, height, width) = input.dims4()?;
@@ -194,6 +190,13 @@ impl CustomOp2 for GradInput {
         });
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, height, width))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let kernel = l2.shape().dims4()?.2;
+        let g = Geometry { height: self.height, width: self.width, kernel, stride: self.stride, padding: self.padding };
+        super::cuda::grad_input(&g, (s1, l1), (s2, l2))
+    }
 }
 
 /// d loss / d weight: per channel, the correlation of the input with the output gradient.
@@ -228,9 +231,17 @@ impl CustomOp2 for GradWeight {
         });
         Ok((CpuStorage::F32(out), Shape::from((channels, 1, kernel, kernel))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (_, _, height, width) = l1.shape().dims4()?;
+        let g = Geometry { height, width, kernel: self.kernel, stride: self.stride, padding: self.padding };
+        super::cuda::grad_weight(&g, (s1, l1), (s2, l2))
+    }
 }
 
-/// A depthwise convolution of f32 CPU tensors x (B, C, H, W) and weight (C, 1, K, K).
+/// A depthwise convolution of f32 tensors x (B, C, H, W) and weight (C, 1, K, K), both on the
+/// CPU or both on one CUDA device.
 pub(super) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(&weight.contiguous()?, Forward { stride, padding })
 }

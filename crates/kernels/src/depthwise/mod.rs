@@ -3,21 +3,50 @@
 //! candle runs such a convolution as one im2col convolution per channel and concatenates them,
 //! which made MobileNetV2 and EfficientNet ten times slower than PyTorch. f32 on the CPU takes
 //! one direct kernel with its backward pass (`cpu.rs`); CUDA tensors one cuDNN call with a group
-//! per channel (`conv/cuda.rs`); other devices and dtypes sum k²
+//! per channel (`conv/cuda.rs`), or, in f32 with `MEDXFER_CUDA_DEPTHWISE=direct`, the same op
+//! as the CPU's with direct CUDA kernels (`cuda.rs`, PyTorch's choice for f32; which is faster
+//! on a GPU is `.ci/gpu`'s to measure); other devices and dtypes sum k²
 //! shifted, strided views of the input (`composite.rs`): a few large elementwise kernels that
 //! candle differentiates, where the grouped convolution launches one per channel.
 
 mod composite;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 
 use crate::kernel_input::is_f32_cpu;
 
+/// The geometry the CPU and CUDA kernels and the composite share: an input plane's size, the
+/// square kernel, stride and symmetric padding.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    height: usize,
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
 /// A depthwise convolution of x (B, C, H, W) with weight (C, 1, K, K) at `stride`, with
 /// `padding` zeros on every side.
 pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if is_f32_cpu(x) && is_f32_cpu(weight) {
+        return cpu::depthwise_conv2d(x, weight, stride, padding);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(x, weight) {
         return cpu::depthwise_conv2d(x, weight, stride, padding);
     }
     #[cfg(feature = "cuda")]

@@ -1,0 +1,358 @@
+//! The CUDA kernels' C source, compiled for the CPU by the system's C++ compiler under a small
+//! emulation of CUDA's execution model, run on small inputs against the CPU ops.
+//!
+//! The CUDA halves are tested on a GPU by `.ci/gpu`, which runs only where a GPU is lent; this
+//! checks their index arithmetic, their sums and their order of operations on every machine,
+//! before a GPU ever sees them. The emulation (`PRELUDE`) runs each block's threads as OS threads
+//! with `__syncthreads` a barrier, the blocks one after another, `__shared__` arrays as statics
+//! (shared by the block that runs; one-dimensional blocks only), and the `_rn` intrinsics as plain IEEE f32 operations with
+//! contraction off, which is what they are. Each test's `main` launches the kernels with the grid
+//! the op's `cuda.rs` computes. Warp shuffles are not emulated (a kernel that calls one aborts):
+//! those kernels are left to `.ci/gpu`. The math library is the host's (`expf`, `erff`), within
+//! an ulp or two of CUDA's, and plain `a * b + c` may become one FMA on the GPU (NVRTC contracts)
+//! but not here: where a kernel claims the CPU op's bits it writes `_rn` intrinsics, which
+//! neither contracts, and the tests hold it to them; elsewhere they allow the rounding.
+//!
+//! Needs a C++20 compiler (`c++`, or `CXX`): g++ 11 or newer, clang 14 or newer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor, Var};
+
+const PRELUDE: &str = r#"
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+std::barrier<>* block_barrier = nullptr;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+template <class T> T __shfl_down_sync(unsigned, T, int) { std::fprintf(stderr, "warp shuffles are not emulated\n"); std::abort(); }
+template <class T> T __shfl_xor_sync(unsigned, T, int) { std::fprintf(stderr, "warp shuffles are not emulated\n"); std::abort(); }
+template <class T> inline T __ldg(const T* p) { return *p; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+using std::max;
+using std::min;
+// Runs `kernel` over the grid: one OS thread per thread of a block, which together run the
+// blocks in turn, meeting at a barrier after each (a block's shared arrays are then free).
+template <class F> void launch(dim3 grid, dim3 block, F kernel) {
+    gridDim = grid;
+    blockDim = block;
+    std::barrier<> barrier(block.x);
+    block_barrier = &barrier;
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block.x; t++)
+        threads.emplace_back([&, t] {
+            threadIdx.x = t;
+            for (unsigned bz = 0; bz < grid.z; bz++)
+                for (unsigned by = 0; by < grid.y; by++)
+                    for (unsigned bx = 0; bx < grid.x; bx++) {
+                        blockIdx.x = bx; blockIdx.y = by; blockIdx.z = bz;
+                        kernel();
+                        barrier.arrive_and_wait();
+                    }
+        });
+    for (auto& thread : threads) thread.join();
+}
+// The inputs, read in order from argv[1]; the outputs written in order to argv[2].
+struct Input {
+    FILE* file;
+    template <class T> T value() { T v; if (fread(&v, sizeof v, 1, file) != 1) std::exit(3); return v; }
+    std::vector<float> floats(size_t n) {
+        std::vector<float> v(n);
+        if (fread(v.data(), 4, n, file) != n) std::exit(3);
+        return v;
+    }
+};
+void write(FILE* file, const std::vector<float>& v) { fwrite(v.data(), 4, v.size(), file); }
+"#;
+
+/// The CUDA C source of the op whose `cuda.rs` is `file`: its `const SOURCE` raw string.
+fn kernel_source(file: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file))
+        .unwrap_or_else(|e| panic!("reading {file}: {e}"));
+    let start = text.find("const SOURCE: &str = r#\"").unwrap_or_else(|| panic!("{file} has no `const SOURCE: &str = r#\"`"));
+    let body = &text[start + "const SOURCE: &str = r#\"".len()..];
+    body[..body.find("\"#;").unwrap_or_else(|| panic!("{file}: SOURCE does not end"))].to_string()
+}
+
+/// A C++ program of the prelude, the kernels and `main`, compiled once into the test's folder.
+struct Emulated {
+    binary: PathBuf,
+    folder: PathBuf,
+}
+
+impl Emulated {
+    fn compile(name: &str, kernels: &str, main: &str) -> Emulated {
+        let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cuda-emulation-{name}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let source = folder.join(format!("{name}.cpp"));
+        std::fs::write(&source, format!("{PRELUDE}\n{kernels}\n{main}")).unwrap();
+        let binary = folder.join(name);
+        let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let output = Command::new(&compiler)
+            .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("these tests compile the CUDA kernels' source for the CPU with a C++20 compiler; `{compiler}` did not start ({e}): install g++ (Debian: apt-get install g++) or set CXX")
+            });
+        assert!(output.status.success(), "{compiler} could not compile {}:\n{}", source.display(), String::from_utf8_lossy(&output.stderr));
+        Emulated { binary, folder }
+    }
+
+    /// Runs the program on `input` (its bytes as `main` reads them) and returns its output floats.
+    fn run(&self, input: &[u8]) -> Vec<f32> {
+        let (input_path, output_path) = (self.folder.join("input.bin"), self.folder.join("output.bin"));
+        std::fs::write(&input_path, input).unwrap();
+        let status = Command::new(&self.binary).arg(&input_path).arg(&output_path).status().unwrap();
+        assert!(status.success(), "{} failed: {status}", self.binary.display());
+        std::fs::read(&output_path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn bytes_of(values: &[f32]) -> impl Iterator<Item = u8> + '_ {
+    values.iter().flat_map(|v| v.to_le_bytes())
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Seeded normal values (Box-Muller on a 64-bit LCG), so the cases need no random crate.
+fn normal_values(seed: u64, n: usize, std: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut uniform = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n).map(|_| ((-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos()) as f32 * std).collect()
+}
+
+const DEPTHWISE_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    Depthwise p = in.value<Depthwise>();
+    size_t planes = (size_t)p.batch * p.channels;
+    size_t nx = planes * p.height * p.width, ny = planes * p.out_h * p.out_w, nw = (size_t)p.channels * p.kernel * p.kernel;
+    std::vector<float> x = in.floats(nx), w = in.floats(nw), dy = in.floats(ny), y(ny), dx(nx), dw(nw);
+    // depthwise/cuda.rs's `per_position` and `grad_weight` grids.
+    auto per_position = [&](size_t positions) {
+        unsigned threads = (unsigned)std::clamp<size_t>((positions + 31) / 32 * 32, 32, 256);
+        return std::make_pair(dim3{(unsigned)planes, (unsigned)((positions + threads - 1) / threads), 1}, dim3{threads, 1, 1});
+    };
+    auto [forward_grid, forward_block] = per_position((size_t)p.out_h * p.out_w);
+    launch(forward_grid, forward_block, [&] { depthwise_forward(x.data(), w.data(), y.data(), p); });
+    auto [input_grid, input_block] = per_position((size_t)p.height * p.width);
+    launch(input_grid, input_block, [&] { depthwise_grad_input(dy.data(), w.data(), dx.data(), p); });
+    size_t threads = 1;
+    while (threads < (size_t)p.out_h * p.out_w) threads *= 2;
+    threads = std::clamp<size_t>(threads, 32, 512);
+    launch(dim3{(unsigned)nw, 1, 1}, dim3{(unsigned)threads, 1, 1}, [&] { depthwise_grad_weight(x.data(), dy.data(), dw.data(), p); });
+    FILE* out = fopen(argv[2], "wb");
+    write(out, y); write(out, dx); write(out, dw);
+    fclose(out);
+}
+"#;
+
+/// The direct depthwise kernels against the CPU op: the forward pass and the input gradient to
+/// the bit (the same operations in the same order), the weight gradient (f64 sums in a block
+/// tree) within f32 rounding of the CPU's: MobileNet's and EfficientNet's 3x3 and 5x5 at stride
+/// 1 and 2, ConvNeXt's 7x7, a kernel the source does not unroll (9), odd and even sizes, a map
+/// smaller than the kernel, planes of more than one block.
+#[test]
+fn the_depthwise_kernels_compute_what_the_cpu_op_does() {
+    let program = Emulated::compile("depthwise", &kernel_source("depthwise/cuda.rs"), DEPTHWISE_MAIN);
+    for (case, (batch, channels, kernel, stride, height, width)) in [
+        (2usize, 3usize, 3usize, 1usize, 9usize, 7usize),
+        (3, 5, 3, 2, 9, 8),
+        (2, 4, 5, 2, 11, 10),
+        (2, 3, 5, 1, 6, 6),
+        (2, 8, 7, 1, 13, 21),
+        (1, 2, 7, 1, 5, 4),
+        (2, 3, 9, 2, 12, 11),
+        (2, 3, 3, 1, 23, 19),
+        (2, 2, 3, 2, 40, 33),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("b{batch} c{channels} k{kernel} s{stride} {height}x{width}");
+        let padding = kernel / 2;
+        let (out_h, out_w) = ((height + 2 * padding - kernel) / stride + 1, (width + 2 * padding - kernel) / stride + 1);
+        let seed = case as u64 * 3;
+        let x = normal_values(seed, batch * channels * height * width, 1.0);
+        let w = normal_values(seed + 1, channels * kernel * kernel, 0.5);
+        let dy = normal_values(seed + 2, batch * channels * out_h * out_w, 1.0);
+
+        let input = Var::from_tensor(&Tensor::from_vec(x.clone(), (batch, channels, height, width), &Device::Cpu).unwrap()).unwrap();
+        let weight = Var::from_tensor(&Tensor::from_vec(w.clone(), (channels, 1, kernel, kernel), &Device::Cpu).unwrap()).unwrap();
+        let y = medxfer_kernels::depthwise_conv2d(input.as_tensor(), weight.as_tensor(), stride, padding).unwrap();
+        assert_eq!(y.dims(), [batch, channels, out_h, out_w], "{name}");
+        let upstream = Tensor::from_vec(dy.clone(), y.dims(), &Device::Cpu).unwrap();
+        let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let truth = [floats(&y), floats(grads.get(input.as_tensor()).unwrap()), floats(grads.get(weight.as_tensor()).unwrap())];
+
+        let sizes = [batch, channels, height, width, out_h, out_w, kernel, stride, padding].map(|v| i32::try_from(v).unwrap());
+        let bytes: Vec<u8> =
+            sizes.iter().flat_map(|v| v.to_le_bytes()).chain(bytes_of(&x)).chain(bytes_of(&w)).chain(bytes_of(&dy)).collect();
+        let out = program.run(&bytes);
+        assert_eq!(out.len(), truth.iter().map(Vec::len).sum::<usize>(), "{name}: output length");
+        let (emulated_y, rest) = out.split_at(truth[0].len());
+        let (emulated_dx, emulated_dw) = rest.split_at(truth[1].len());
+        assert!(bits(emulated_y) == bits(&truth[0]), "{name}: the outputs differ from the CPU op's");
+        assert!(bits(emulated_dx) == bits(&truth[1]), "{name}: the input gradients differ from the CPU op's");
+        let largest = truth[2].iter().fold(1f32, |m, v| m.max(v.abs()));
+        let error = emulated_dw.iter().zip(&truth[2]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
+        assert!(error < 1e-5, "{name}: weight gradient relative error {error}");
+    }
+}
+
+const EVAL_BATCH_NORM_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    int batch = in.value<int>(), channels = in.value<int>(), plane = in.value<int>(), act = in.value<int>(), with_residual = in.value<int>();
+    double eps = in.value<double>();
+    size_t n = (size_t)batch * channels * plane;
+    std::vector<float> x = in.floats(n), gamma = in.floats(channels), beta = in.floats(channels), mean = in.floats(channels),
+        var = in.floats(channels), residual = with_residual ? in.floats(n) : std::vector<float>(), y(n);
+    // batchnorm/cuda.rs's `plane_grid`.
+    unsigned threads = (unsigned)std::clamp((plane + 31) / 32 * 32, 32, 256);
+    unsigned stretches = std::max(1u, (unsigned)((plane + threads * 8 - 1) / (threads * 8)));
+    launch(dim3{stretches, (unsigned)channels, (unsigned)batch}, dim3{threads, 1, 1}, [&] {
+        bn_eval_forward(x.data(), gamma.data(), beta.data(), mean.data(), var.data(), with_residual ? residual.data() : nullptr,
+                        y.data(), channels, plane, eps, act);
+    });
+    FILE* out = fopen(argv[2], "wb");
+    write(out, y);
+    fclose(out);
+}
+"#;
+
+/// The eval BatchNorm kernel against the CPU op, to the bit (the README's claim): each
+/// activation with and without a residual, planes of one stretch and of several, a 7x7 map, a
+/// plane shorter than a warp.
+#[test]
+fn the_eval_batch_norm_kernel_computes_the_cpu_ops_bits() {
+    use medxfer_kernels::{BatchNormParams, FusedActivation, RunningStatistics};
+    let program = Emulated::compile("batchnorm", &kernel_source("batchnorm/cuda.rs"), EVAL_BATCH_NORM_MAIN);
+    let activations = [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2)];
+    for (case, (batch, channels, height, width)) in
+        [(2usize, 3usize, 7usize, 7usize), (3, 4, 56, 45), (2, 5, 3, 5), (1, 2, 64, 70)].into_iter().enumerate()
+    {
+        for (activation, code) in activations {
+            for with_residual in [false, true] {
+                let name = format!("{batch}x{channels}x{height}x{width} {activation:?} residual {with_residual}");
+                let seed = 100 + case as u64 * 10;
+                let n = batch * channels * height * width;
+                // Values around the ReLU6 kinks, so that both clamps are met.
+                let x: Vec<f32> = normal_values(seed, n, 4.0).iter().map(|v| v + 2.0).collect();
+                let gamma = normal_values(seed + 1, channels, 1.0);
+                let beta = normal_values(seed + 2, channels, 1.0);
+                let mean = normal_values(seed + 3, channels, 1.0);
+                let var: Vec<f32> = normal_values(seed + 4, channels, 1.0).iter().map(|v| v * v + 0.1).collect();
+                let residual = normal_values(seed + 5, n, 1.0);
+                let eps = 1e-5;
+
+                let tensor = |values: &[f32], shape: &[usize]| Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap();
+                let shape = [batch, channels, height, width];
+                let (g, b, m, v) =
+                    (tensor(&gamma, &[channels]), tensor(&beta, &[channels]), tensor(&mean, &[channels]), tensor(&var, &[channels]));
+                let r = tensor(&residual, &shape);
+                let truth = medxfer_kernels::batch_norm_eval(
+                    &tensor(&x, &shape),
+                    BatchNormParams { gamma: &g, beta: &b, eps },
+                    RunningStatistics { mean: &m, var: &v },
+                    with_residual.then_some(&r),
+                    activation,
+                )
+                .unwrap();
+
+                let header = [batch, channels, height * width].map(|v| i32::try_from(v).unwrap());
+                let bytes: Vec<u8> = header
+                    .iter()
+                    .chain(&[code, i32::from(with_residual)])
+                    .flat_map(|v| v.to_le_bytes())
+                    .chain(eps.to_le_bytes())
+                    .chain(bytes_of(&x))
+                    .chain(bytes_of(&gamma))
+                    .chain(bytes_of(&beta))
+                    .chain(bytes_of(&mean))
+                    .chain(bytes_of(&var))
+                    .chain(if with_residual { bytes_of(&residual).collect::<Vec<u8>>() } else { Vec::new() })
+                    .collect();
+                let emulated = program.run(&bytes);
+                assert!(bits(&emulated) == bits(&floats(&truth)), "{name}: the outputs differ from the CPU op's");
+            }
+        }
+    }
+}
+
+const ACTIVATION_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    unsigned n = in.value<unsigned>();
+    std::vector<float> x = in.floats(n), dy = in.floats(n), y(n), dx(n);
+    // activation/cuda.rs's `elementwise` grid.
+    dim3 grid{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1}, block{256, 1, 1};
+    FILE* out = fopen(argv[2], "wb");
+    launch(grid, block, [&] { gelu_forward(x.data(), y.data(), n); });
+    launch(grid, block, [&] { gelu_backward(dy.data(), x.data(), dx.data(), n); });
+    write(out, y); write(out, dx);
+    launch(grid, block, [&] { silu_forward(x.data(), y.data(), n); });
+    launch(grid, block, [&] { silu_backward(dy.data(), x.data(), dx.data(), n); });
+    write(out, y); write(out, dx);
+    fclose(out);
+}
+"#;
+
+/// GELU's and SiLU's kernels, each way, against the CPU ops, within the bounds the GPU test
+/// (`activation/cuda.rs`) allows: GELU over [-8, 8], SiLU over [-30, 30], upstream 1-7,
+/// relative to the largest value.
+#[test]
+fn the_activation_kernels_match_the_cpu_ops() {
+    let program = Emulated::compile("activation", &kernel_source("activation/cuda.rs"), ACTIVATION_MAIN);
+    type Activation = fn(&Tensor) -> candle_core::Result<Tensor>;
+    let cases: [(&str, Activation, f32, f32, usize); 2] =
+        [("gelu", medxfer_kernels::gelu_erf, 0.004, 1e-6, 0), ("silu", medxfer_kernels::silu, 0.015, 2e-6, 2)];
+    for (name, activation, step, backward_bound, at) in cases {
+        let x: Vec<f32> = (-2000..=2000).map(|i| i as f32 * step).collect();
+        let n = x.len();
+        let dy: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
+        let input = Var::from_slice(&x, (1, n), &Device::Cpu).unwrap();
+        let y = activation(input.as_tensor()).unwrap();
+        let upstream = Tensor::from_vec(dy.clone(), (1, n), &Device::Cpu).unwrap();
+        let dx = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap().remove(&input).unwrap();
+
+        let bytes: Vec<u8> = (n as u32).to_le_bytes().into_iter().chain(bytes_of(&x)).chain(bytes_of(&dy)).collect();
+        let out = program.run(&bytes);
+        assert_eq!(out.len(), 4 * n, "output length");
+        let (emulated_y, emulated_dx) = (&out[at * n..(at + 1) * n], &out[(at + 1) * n..(at + 2) * n]);
+        let relative = |truth: &[f32], ours: &[f32]| {
+            let largest = truth.iter().fold(1f32, |m, v| m.max(v.abs()));
+            truth.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest
+        };
+        let (forward, backward) = (relative(&floats(&y), emulated_y), relative(&floats(&dx), emulated_dx));
+        assert!(forward < 1e-6 && backward < backward_bound, "{name}: forward {forward:.2e}, backward {backward:.2e}");
+    }
+}
