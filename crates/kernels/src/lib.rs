@@ -76,6 +76,8 @@ pub use batchnorm::{
     BatchNormOutput, BatchNormParams, RunningStatistics, batch_norm_eval, batch_norm_train, eval_batch_norm_folds_into_conv,
 };
 pub use conv::conv2d;
+#[cfg(feature = "cuda")]
+pub use conv::cuda::largest_cudnn_workspace;
 pub use conv_batchnorm::conv_batch_norm_train;
 #[cfg(feature = "cuda")]
 pub use cuda_device::{cuda_memory_high_water, prepare_cuda_device, reset_cuda_memory_high_water};

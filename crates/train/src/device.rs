@@ -36,6 +36,15 @@ pub fn device_memory_high_water(device: &Device) -> Result<Option<u64>> {
     }
 }
 
+/// The largest workspace a cuDNN convolution algorithm chosen in this process needs, in bytes
+/// (`None` in a build without CUDA).
+pub fn largest_cudnn_workspace() -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    return Some(medxfer_kernels::largest_cudnn_workspace() as u64);
+    #[cfg(not(feature = "cuda"))]
+    None
+}
+
 /// Waits until the device has finished the work queued on it (for timing; a no-op on the CPU).
 pub fn synchronize(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)

@@ -47,7 +47,7 @@ mod search_space;
 mod sgd;
 
 pub use checkpoint::{read_tensors, write_tensors};
-pub use device::{device_memory_high_water, parse_device, synchronize};
+pub use device::{device_memory_high_water, largest_cudnn_workspace, parse_device, synchronize};
 pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};
 pub use finetune::{

@@ -55,6 +55,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     let mut measurements = Vec::new();
+    let mut workspaces = Vec::new();
     for name in &names {
         let (mut our_rounds, mut their_rounds) = (Vec::new(), Vec::new());
         for round in 1..=settings.rounds.max(1) {
@@ -86,6 +87,10 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
             ours: rates(&ours),
             theirs: theirs.as_ref().map(rates),
         });
+        let workspace = our_rounds.iter().filter_map(|round| round["largest_cudnn_workspace_bytes"].as_f64()).fold(f64::NAN, f64::max);
+        if workspace.is_finite() {
+            workspaces.push(format!("{name} {:.0}", workspace / 1048576.0));
+        }
         raw.push(json!({"model": name, "medxfer": ours, "timm": theirs}));
     }
     let report = format!(
@@ -111,6 +116,12 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         machine::load_average(),
         rows.join("\n")
     );
+    // On a GPU, part of our peak: the largest workspace a chosen cuDNN algorithm needs.
+    let report = if workspaces.is_empty() {
+        report
+    } else {
+        format!("{report}\nLargest cuDNN workspace, MiB (medxfer): {}.\n", workspaces.join(", "))
+    };
     let stem = match (settings.train, settings.device.as_str()) {
         (true, "cpu") => "zoo-train",
         (false, "cpu") => "zoo",
@@ -230,6 +241,8 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
             "runs": runs,
             "peak_rss_bytes": machine::peak_rss_bytes(),
             "peak_device_bytes": medxfer_train::device_memory_high_water(&device)?,
+            // Part of the peak on a GPU: what the largest chosen cuDNN algorithm needs.
+            "largest_cudnn_workspace_bytes": if device.is_cuda() { medxfer_train::largest_cudnn_workspace() } else { None },
         })
     );
     Ok(())

@@ -6,10 +6,15 @@
 //! candle 0.11 runs a CUDA convolution as im2col, a GEMM and a layout copy (with its `cudnn`
 //! feature, cuDNN for the forward pass only, in cuDNN's default math, which rounds f32 to TF32),
 //! and has no cuDNN backward at all; PyTorch runs the three directions through cuDNN. Here each
-//! thread keeps, per CUDA stream, one cuDNN handle bound to candle's stream, the descriptors and
-//! chosen algorithms of every shape it has met (keyed by shape, dtype and [`GpuSettings`]), and
-//! one workspace that only grows: after a training step's first, no descriptor is made, no
-//! algorithm chosen and no workspace allocated.
+//! thread keeps, per CUDA stream, one cuDNN handle bound to candle's stream and the descriptors
+//! and chosen algorithms of every shape it has met (keyed by shape, dtype and [`GpuSettings`]):
+//! after a training step's first, no descriptor is made and no algorithm chosen.
+//!
+//! A call's workspace comes from candle's stream-ordered memory pool and goes back to it when the
+//! call is queued, as PyTorch's caching allocator serves cuDNN's workspaces: the memory a large
+//! workspace takes is then held only while its convolution runs, not for the rest of the step.
+//! `MEDXFER_CUDA_WORKSPACE=persistent` keeps one workspace per thread that only grows instead
+//! (no allocation per call; the largest workspace held throughout), to measure which costs less.
 //!
 //! Algorithms are deterministic ones only (cuDNN's perf results say which), so a run computes the
 //! same bits every time, as the workspace's kill-and-resume guarantee needs, unless
@@ -22,6 +27,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
@@ -224,6 +230,22 @@ struct PlanKey {
     settings: GpuSettings,
 }
 
+/// The largest workspace any chosen algorithm has needed in this process, in bytes.
+static LARGEST_WORKSPACE: AtomicUsize = AtomicUsize::new(0);
+
+/// The largest workspace, in bytes, that a cuDNN algorithm chosen in this process needs (0 before
+/// the first convolution): what a step's peak memory holds for cuDNN at most, all of it
+/// throughout under `MEDXFER_CUDA_WORKSPACE=persistent`.
+pub fn largest_cudnn_workspace() -> usize {
+    LARGEST_WORKSPACE.load(Ordering::Relaxed)
+}
+
+/// `MEDXFER_CUDA_WORKSPACE=persistent`, read once.
+fn persistent_workspace() -> bool {
+    static PERSISTENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PERSISTENT.get_or_init(|| std::env::var("MEDXFER_CUDA_WORKSPACE").is_ok_and(|v| v == "persistent"))
+}
+
 /// A shape's descriptors and, once met, each direction's algorithm.
 struct Plan {
     x: TensorDescriptor,
@@ -238,6 +260,7 @@ struct Context {
     handle: Handle,
     stream: Arc<CudaStream>,
     plans: HashMap<PlanKey, Plan>,
+    /// The workspace under `MEDXFER_CUDA_WORKSPACE=persistent`.
     workspace: Option<CudaSlice<u8>>,
 }
 
@@ -294,7 +317,14 @@ impl Context {
             entry.insert(Plan::new(&key)?);
         }
         let choice = self.choose(direction, &key)?;
-        if choice.workspace > self.workspace.as_ref().map_or(0, |w| w.len()) {
+        LARGEST_WORKSPACE.fetch_max(choice.workspace, Ordering::Relaxed);
+        // This call's own workspace, freed in stream order when it drops at the end of the call,
+        // after the convolution queued on it (cudarc frees a slice on its stream).
+        let mut call_workspace = None;
+        if choice.workspace > 0 && !persistent_workspace() {
+            // SAFETY: cuDNN writes a workspace before it reads it; the bytes are never read here.
+            call_workspace = Some(unsafe { self.stream.alloc::<u8>(choice.workspace) }.map_err(driver_error("cuDNN convolution"))?);
+        } else if choice.workspace > self.workspace.as_ref().map_or(0, |w| w.len()) {
             // The old workspace is freed in stream order, after the work queued on it.
             self.workspace = None;
             // SAFETY: cuDNN writes a workspace before it reads it; the bytes are never read here.
@@ -314,7 +344,7 @@ impl Context {
         let (a_ptr, _a_sync) = read_pointer(a, a_layout, stream)?;
         let (b_ptr, _b_sync) = read_pointer(b, b_layout, stream)?;
         let (out_ptr, _out_sync) = write_pointer(&mut out, stream)?;
-        let (workspace_ptr, _workspace_sync) = match workspace.as_mut() {
+        let (workspace_ptr, _workspace_sync) = match call_workspace.as_mut().or(workspace.as_mut()) {
             Some(w) if choice.workspace > 0 => {
                 let (ptr, sync) = w.device_ptr_mut(stream);
                 (ptr as *mut std::ffi::c_void, Some(sync))
