@@ -3,15 +3,18 @@
 //!
 //! The CUDA halves are tested on a GPU by `.ci/gpu`, which runs only where a GPU is lent; this
 //! checks their index arithmetic, their sums and their order of operations on every machine,
-//! before a GPU ever sees them. The emulation (`PRELUDE`) runs each block's threads as OS threads
-//! with `__syncthreads` a barrier, the blocks one after another, `__shared__` arrays as statics
-//! (shared by the block that runs; one-dimensional blocks only), and the `_rn` intrinsics as plain IEEE f32 operations with
-//! contraction off, which is what they are. Each test's `main` launches the kernels with the grid
-//! the op's `cuda.rs` computes. Warp shuffles are not emulated (a kernel that calls one aborts):
-//! those kernels are left to `.ci/gpu`. The math library is the host's (`expf`, `erff`), within
-//! an ulp or two of CUDA's, and plain `a * b + c` may become one FMA on the GPU (NVRTC contracts)
-//! but not here: where a kernel claims the CPU op's bits it writes `_rn` intrinsics, which
-//! neither contracts, and the tests hold it to them; elsewhere they allow the rounding.
+//! before a GPU ever sees them. The emulation (`PRELUDE`):
+//! - runs each block's threads as OS threads, the blocks one after another (one-dimensional
+//!   blocks only), `__syncthreads` a barrier of the block, `__shared__` arrays as statics;
+//! - meets a warp's shuffles at a barrier of its 32 threads, which needs what CUDA's full-mask
+//!   shuffles need: every thread of the warp takes part;
+//! - takes the `_rn` intrinsics as plain IEEE f32 operations with contraction off, which is what
+//!   they are, and the host's math library (`expf`, `erff`), within an ulp or two of CUDA's.
+//!
+//! Plain `a * b + c` may become one FMA on the GPU (NVRTC contracts) but not here: where a kernel
+//! claims the CPU op's bits it writes `_rn` intrinsics, which neither contracts, and the tests hold
+//! it to them; elsewhere they allow the rounding. Each test's `main` launches the kernels with the
+//! grid the op's `cuda.rs` computes.
 //!
 //! Needs a C++20 compiler (`c++`, or `CXX`): g++ 11 or newer, clang 14 or newer.
 
@@ -29,6 +32,8 @@ const PRELUDE: &str = r#"
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
@@ -40,8 +45,25 @@ std::barrier<>* block_barrier = nullptr;
 #define __forceinline__ inline
 #define __shared__ static
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-template <class T> T __shfl_down_sync(unsigned, T, int) { std::fprintf(stderr, "warp shuffles are not emulated\n"); std::abort(); }
-template <class T> T __shfl_xor_sync(unsigned, T, int) { std::fprintf(stderr, "warp shuffles are not emulated\n"); std::abort(); }
+// Warps: each a barrier of its threads, and one 8-byte exchange slot per thread of the block.
+std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+unsigned char exchange[1024][8];
+// Thread `lane` of the caller's warp reads the value the thread `source(lane)` passed, or keeps its
+// own where that thread is outside the warp (CUDA's rule for a full-mask shuffle).
+template <class T, class Source> T shuffle(T v, Source source) {
+    static_assert(sizeof(T) <= 8, "shuffles move up to 8 bytes");
+    unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    unsigned width = std::min(32u, blockDim.x - warp * 32);
+    std::memcpy(exchange[threadIdx.x], &v, sizeof(T));
+    warp_barriers[warp]->arrive_and_wait();
+    T r = v;
+    unsigned from = source(lane);
+    if (from < width) std::memcpy(&r, exchange[warp * 32 + from], sizeof(T));
+    warp_barriers[warp]->arrive_and_wait();
+    return r;
+}
+template <class T> T __shfl_down_sync(unsigned, T v, int delta) { return shuffle(v, [&](unsigned lane) { return lane + delta; }); }
+template <class T> T __shfl_xor_sync(unsigned, T v, int mask) { return shuffle(v, [&](unsigned lane) { return lane ^ (unsigned)mask; }); }
 template <class T> inline T __ldg(const T* p) { return *p; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
@@ -55,6 +77,9 @@ template <class F> void launch(dim3 grid, dim3 block, F kernel) {
     blockDim = block;
     std::barrier<> barrier(block.x);
     block_barrier = &barrier;
+    warp_barriers.clear();
+    for (unsigned first = 0; first < block.x; first += 32)
+        warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, block.x - first)));
     std::vector<std::thread> threads;
     for (unsigned t = 0; t < block.x; t++)
         threads.emplace_back([&, t] {
@@ -354,5 +379,129 @@ fn the_activation_kernels_match_the_cpu_ops() {
         };
         let (forward, backward) = (relative(&floats(&y), emulated_y), relative(&floats(&dx), emulated_dx));
         assert!(forward < 1e-6 && backward < backward_bound, "{name}: forward {forward:.2e}, backward {backward:.2e}");
+    }
+}
+
+const TRAIN_BATCH_NORM_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    int batch = in.value<int>(), channels = in.value<int>(), plane = in.value<int>(), act = in.value<int>(), with_residual = in.value<int>();
+    double eps = in.value<double>();
+    unsigned total = (unsigned)batch * channels * plane;
+    std::vector<float> x = in.floats(total), affine = in.floats(2 * channels);
+    std::vector<float> residual = with_residual ? in.floats(total) : std::vector<float>();
+    std::vector<float> dy = in.floats(total), y(total), out(with_residual ? 2 * total : total);
+    // batchnorm/cuda.rs's grids: `slices`, `per_channel`, `elementwise`, 256 threads.
+    int slices = std::clamp((1024 + channels - 1) / channels, 1, std::max(batch, 1));
+    dim3 reduce{(unsigned)slices, (unsigned)channels, 1}, per_channel{(unsigned)((channels + 255) / 256), 1, 1};
+    dim3 elementwise{std::clamp((total + 255) / 256, 1u, 65535u * 8), 1, 1}, block{256, 1, 1};
+    std::vector<double> partial(channels * slices * 2), stats(3 * channels), sums(2 * channels);
+    launch(reduce, block, [&] { bn_stats_partial(x.data(), partial.data(), batch, channels, plane, slices); });
+    launch(per_channel, block, [&] { bn_stats_finish(x.data(), partial.data(), stats.data(), batch, channels, plane, slices, eps); });
+    launch(elementwise, block, [&] {
+        bn_forward(x.data(), affine.data(), stats.data(), with_residual ? residual.data() : nullptr, y.data(), channels, plane, total, act);
+    });
+    launch(reduce, block, [&] { bn_grad_partial(x.data(), y.data(), dy.data(), stats.data(), partial.data(), batch, channels, plane, slices, act); });
+    launch(per_channel, block, [&] { bn_grad_finish(partial.data(), sums.data(), channels, slices); });
+    launch(elementwise, block, [&] {
+        bn_grad_input(x.data(), y.data(), dy.data(), affine.data(), stats.data(), sums.data(), out.data(), batch, channels, plane, total, act, with_residual);
+    });
+    // batchnorm/cuda.rs's `batch_norm_train`: the mean, and the biased variance times n / (n - 1).
+    double count = (double)batch * plane, correction = count / std::max(count - 1.0, 1.0);
+    std::vector<float> mean(channels), unbiased(channels), grad_affine(2 * channels);
+    for (int c = 0; c < channels; c++) {
+        mean[c] = (float)stats[c];
+        unbiased[c] = (float)(stats[2 * channels + c] * correction);
+        grad_affine[c] = (float)sums[c];
+        grad_affine[channels + c] = (float)sums[channels + c];
+    }
+    FILE* file = fopen(argv[2], "wb");
+    write(file, y); write(file, mean); write(file, unbiased); write(file, out); write(file, grad_affine);
+    fclose(file);
+}
+"#;
+
+/// The train-mode BatchNorm kernels (statistics in slices of the batch with warp shuffles, the
+/// forward pass, the gradient sums and the input gradient) against the CPU op, within the GPU
+/// test's bound (1e-5 relative): output, mean, unbiased variance, the gradients of x, gamma, beta
+/// and the residual; every activation with and without a residual, whole images per slice, a
+/// 1x1 plane, a channel whose large mean must not eat its variance, and (one combination: the
+/// emulation's barriers make its ~1,200 blocks slow) 8 images over 6 slices, unevenly.
+#[test]
+fn the_train_batch_norm_kernels_match_the_cpu_op() {
+    use medxfer_kernels::{BatchNormParams, FusedActivation};
+    let program = Emulated::compile("batchnorm_train", &kernel_source("batchnorm/cuda.rs"), TRAIN_BATCH_NORM_MAIN);
+    let activations = [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2)];
+    for (case, (batch, channels, height, width)) in
+        [(2usize, 3usize, 5usize, 4usize), (4, 2, 1, 1), (8, 2, 7, 9), (8, 200, 1, 2)].into_iter().enumerate()
+    {
+        for (activation, code) in activations {
+            for with_residual in [false, true] {
+                if channels > 100 && !(activation == FusedActivation::Relu6 && with_residual) {
+                    continue;
+                }
+                let name = format!("{batch}x{channels}x{height}x{width} {activation:?} residual {with_residual}");
+                let seed = 200 + case as u64 * 10;
+                let (n, plane) = (batch * channels * height * width, height * width);
+                let mut x: Vec<f32> = normal_values(seed, n, 2.0).iter().map(|v| v + 0.7).collect();
+                // Channel 0 far from zero with a small spread.
+                for b in 0..batch {
+                    for (i, v) in x[b * channels * plane..][..plane].iter_mut().enumerate() {
+                        *v = 1000.0 + 0.01 * normal_values(seed + 9 + (b * plane + i) as u64, 1, 1.0)[0];
+                    }
+                }
+                let gamma: Vec<f32> = normal_values(seed + 1, channels, 0.3).iter().map(|v| v + 3.0).collect();
+                let beta: Vec<f32> = normal_values(seed + 2, channels, 0.3).iter().map(|v| v + 1.5).collect();
+                let residual = normal_values(seed + 3, n, 1.0);
+                let dy = normal_values(seed + 4, n, 1.0);
+                let eps = 1e-5;
+
+                let shape = [batch, channels, height, width];
+                let var = |values: &[f32], shape: &[usize]| {
+                    Var::from_tensor(&Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()).unwrap()
+                };
+                let (xv, gv, bv, rv) = (var(&x, &shape), var(&gamma, &[channels]), var(&beta, &[channels]), var(&residual, &shape));
+                let params = BatchNormParams { gamma: gv.as_tensor(), beta: bv.as_tensor(), eps };
+                let out =
+                    medxfer_kernels::batch_norm_train(xv.as_tensor(), params, with_residual.then_some(rv.as_tensor()), activation).unwrap();
+                let upstream = Tensor::from_vec(dy.clone(), &shape[..], &Device::Cpu).unwrap();
+                let grads = (&out.y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                let gradient = |v: &Var| floats(grads.get(v.as_tensor()).expect("every input gets a gradient"));
+                let mut truth = vec![
+                    ("output", floats(&out.y)),
+                    ("mean", floats(&out.mean)),
+                    ("unbiased variance", floats(&out.unbiased_var)),
+                    ("input gradient", gradient(&xv)),
+                ];
+                if with_residual {
+                    truth.push(("residual gradient", gradient(&rv)));
+                }
+                truth.push(("gamma gradient", gradient(&gv)));
+                truth.push(("beta gradient", gradient(&bv)));
+
+                let header = [batch, channels, plane].map(|v| i32::try_from(v).unwrap());
+                let bytes: Vec<u8> = header
+                    .iter()
+                    .chain(&[code, i32::from(with_residual)])
+                    .flat_map(|v| v.to_le_bytes())
+                    .chain(eps.to_le_bytes())
+                    .chain(bytes_of(&x))
+                    .chain(bytes_of(&gamma))
+                    .chain(bytes_of(&beta))
+                    .chain(if with_residual { bytes_of(&residual).collect::<Vec<u8>>() } else { Vec::new() })
+                    .chain(bytes_of(&dy))
+                    .collect();
+                let emulated = program.run(&bytes);
+                assert_eq!(emulated.len(), truth.iter().map(|(_, v)| v.len()).sum::<usize>(), "{name}: output length");
+                let mut rest = emulated.as_slice();
+                for (what, expected) in &truth {
+                    let (ours, tail) = rest.split_at(expected.len());
+                    rest = tail;
+                    let largest = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    let error = expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
+                    assert!(error < 1e-5, "{name}: {what} relative error {error}");
+                }
+            }
+        }
     }
 }
