@@ -68,6 +68,8 @@ template <class T> inline T __ldg(const T* p) { return *p; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __int_as_float(unsigned bits) { float v; std::memcpy(&v, &bits, 4); return v; }
+using std::isnan;
 using std::max;
 using std::min;
 // Runs `kernel` over the grid: one OS thread per thread of a block, which together run the
@@ -503,5 +505,185 @@ fn the_train_batch_norm_kernels_match_the_cpu_op() {
                 }
             }
         }
+    }
+}
+
+const LAYER_NORM_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    int rows = in.value<int>(), width = in.value<int>();
+    double eps = in.value<double>();
+    size_t count = (size_t)rows * width;
+    std::vector<float> x = in.floats(count), w = in.floats(width), b = in.floats(width), dy = in.floats(count);
+    std::vector<float> y(count), dx(count), stats(2 * rows), sums(2 * width);
+    // layer_norm/cuda.rs's grids: `row_grid` (8 warps, a row each), `chunks` blocks of rows.
+    dim3 row_grid{(unsigned)((rows + 7) / 8), 1, 1}, row_block{256, 1, 1};
+    int chunks = std::max(std::min(1024, rows), 1);
+    std::vector<double> partial((size_t)chunks * 2 * width);
+    launch(row_grid, row_block, [&] { ln_forward(x.data(), w.data(), b.data(), y.data(), rows, width, eps); });
+    launch(row_grid, row_block, [&] { ln_grad_input(x.data(), w.data(), dy.data(), dx.data(), stats.data(), rows, width, eps); });
+    launch(dim3{(unsigned)chunks, 1, 1}, dim3{256, 1, 1}, [&] { ln_grad_partial(x.data(), dy.data(), stats.data(), partial.data(), rows, width, chunks); });
+    launch(dim3{(unsigned)((2 * width + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { ln_grad_finish(partial.data(), sums.data(), width, chunks); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, y); write(file, dx); write(file, sums);
+    fclose(file);
+}
+"#;
+
+/// The LayerNorm kernels (a warp per row with shuffles, the column sums in chunks of rows)
+/// against the CPU op, within 1e-5 relative: the output and the gradients of x, the weight and
+/// the bias, at ViT's width, a width of one (whose input gradient must be exactly 0), rows that
+/// do not fill a block's warps, and more rows than chunks (uneven chunks).
+#[test]
+fn the_layer_norm_kernels_match_the_cpu_op() {
+    let program = Emulated::compile("layer_norm", &kernel_source("layer_norm/cuda.rs"), LAYER_NORM_MAIN);
+    for (case, (rows, width)) in [(5usize, 384usize), (3, 1), (70, 33), (1500, 3)].into_iter().enumerate() {
+        let name = format!("{rows} rows of {width}");
+        let seed = 300 + case as u64 * 10;
+        let x: Vec<f32> = normal_values(seed, rows * width, 2.0).iter().map(|v| v + 5.0).collect();
+        let w: Vec<f32> = normal_values(seed + 1, width, 0.5).iter().map(|v| v + 1.0).collect();
+        let b = normal_values(seed + 2, width, 0.5);
+        let dy = normal_values(seed + 3, rows * width, 1.0);
+        let eps = 1e-6;
+
+        let var =
+            |values: &[f32], shape: &[usize]| Var::from_tensor(&Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()).unwrap();
+        let (xv, wv, bv) = (var(&x, &[rows, width]), var(&w, &[width]), var(&b, &[width]));
+        let y = medxfer_kernels::layer_norm(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), eps).unwrap();
+        let upstream = Tensor::from_vec(dy.clone(), (rows, width), &Device::Cpu).unwrap();
+        let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let gradient = |v: &Var| floats(grads.get(v.as_tensor()).expect("every input gets a gradient"));
+        let truth = [
+            ("output", floats(&y)),
+            ("input gradient", gradient(&xv)),
+            ("weight gradient", gradient(&wv)),
+            ("bias gradient", gradient(&bv)),
+        ];
+
+        let header = [rows, width].map(|v| i32::try_from(v).unwrap());
+        let bytes: Vec<u8> = header
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .chain(eps.to_le_bytes())
+            .chain(bytes_of(&x))
+            .chain(bytes_of(&w))
+            .chain(bytes_of(&b))
+            .chain(bytes_of(&dy))
+            .collect();
+        let emulated = program.run(&bytes);
+        assert_eq!(emulated.len(), truth.iter().map(|(_, v)| v.len()).sum::<usize>(), "{name}: output length");
+        let mut rest = emulated.as_slice();
+        for (what, expected) in &truth {
+            let (ours, tail) = rest.split_at(expected.len());
+            rest = tail;
+            let largest = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let error = expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
+            assert!(error < 1e-5, "{name}: {what} relative error {error}");
+        }
+        if width == 1 {
+            assert!(rest.is_empty() && truth[1].1.iter().all(|v| *v == 0.0), "{name}: a row of one value has no input gradient");
+            let dx = &emulated[truth[0].1.len()..][..truth[1].1.len()];
+            assert!(dx.iter().all(|v| *v == 0.0), "{name}: the kernels' input gradient of a one-value row is not 0: {dx:?}");
+        }
+    }
+}
+
+const SGD_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    unsigned n = in.value<unsigned>();
+    float lr = in.value<float>(), momentum = in.value<float>(), wd = in.value<float>();
+    int nesterov = in.value<int>(), with_buffer = in.value<int>();
+    std::vector<float> p = in.floats(n), grad = in.floats(n), b = with_buffer ? in.floats(n) : std::vector<float>(), out(2 * n);
+    // sgd/cuda.rs's grid.
+    launch(dim3{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1}, dim3{256, 1, 1}, [&] {
+        sgd_step(p.data(), grad.data(), with_buffer ? b.data() : nullptr, out.data(), n, lr, momentum, wd, nesterov);
+    });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, out);
+    fclose(file);
+}
+"#;
+
+/// The SGD kernel against the CPU op, to the bit (the README's claim): the first step (no
+/// buffer) and a later one, Nesterov and plain momentum, with and without weight decay.
+#[test]
+fn the_sgd_kernel_computes_the_cpu_ops_bits() {
+    use medxfer_kernels::SgdSettings;
+    let program = Emulated::compile("sgd", &kernel_source("sgd/cuda.rs"), SGD_MAIN);
+    let n = 1000;
+    let (p, grad, buffer) = (normal_values(400, n, 1.0), normal_values(401, n, 0.1), normal_values(402, n, 0.1));
+    for nesterov in [true, false] {
+        for weight_decay in [0.0, 1e-4] {
+            for with_buffer in [false, true] {
+                let name = format!("nesterov {nesterov}, weight decay {weight_decay}, buffer {with_buffer}");
+                let settings = SgdSettings { learning_rate: 0.03, momentum: 0.9, weight_decay, nesterov };
+                let tensor = |values: &[f32]| Tensor::from_vec(values.to_vec(), n, &Device::Cpu).unwrap();
+                let b = tensor(&buffer);
+                let update = medxfer_kernels::sgd_update(&tensor(&p), &tensor(&grad), with_buffer.then_some(&b), settings).unwrap();
+                let truth: Vec<f32> = floats(&update.param).into_iter().chain(floats(update.buffer.as_ref().unwrap())).collect();
+
+                let bytes: Vec<u8> = (n as u32)
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain(
+                        [settings.learning_rate as f32, settings.momentum as f32, weight_decay as f32].iter().flat_map(|v| v.to_le_bytes()),
+                    )
+                    .chain([i32::from(nesterov), i32::from(with_buffer)].iter().flat_map(|v| v.to_le_bytes()))
+                    .chain(bytes_of(&p))
+                    .chain(bytes_of(&grad))
+                    .chain(if with_buffer { bytes_of(&buffer).collect::<Vec<u8>>() } else { Vec::new() })
+                    .collect();
+                assert!(bits(&program.run(&bytes)) == bits(&truth), "{name}: the bits differ from the CPU op's");
+            }
+        }
+    }
+}
+
+const MAX_POOL_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    Pool p = in.value<Pool>();
+    size_t n = (size_t)p.planes * p.height * p.width, m = (size_t)p.planes * p.out_h * p.out_w;
+    std::vector<float> x = in.floats(n), dy = in.floats(m), y(m), dx(n);
+    // pool/cuda.rs's `grid`.
+    auto grid = [](size_t count) { return dim3{(unsigned)std::clamp<size_t>((count + 255) / 256, 1, 65535 * 16), 1, 1}; };
+    launch(grid(m), dim3{256, 1, 1}, [&] { max_pool_forward(x.data(), y.data(), p); });
+    launch(grid(n), dim3{256, 1, 1}, [&] { max_pool_backward(x.data(), y.data(), dy.data(), dx.data(), p); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, y); write(file, dx);
+    fclose(file);
+}
+"#;
+
+/// The stems' max pooling kernels against the CPU op, to the bit: odd and even sizes, and a
+/// ReLU'd input full of tied zeros (the first maximum takes the gradient) with a NaN planted
+/// (the last NaN takes it).
+#[test]
+fn the_max_pool_kernels_compute_the_cpu_ops_bits() {
+    let program = Emulated::compile("max_pool", &kernel_source("pool/cuda.rs"), MAX_POOL_MAIN);
+    for (case, ((batch, channels, height, width), relu)) in
+        [((2usize, 3usize, 16usize, 15usize), false), ((3, 5, 9, 8), true), ((1, 2, 7, 13), true), ((2, 3, 2, 3), false)]
+            .into_iter()
+            .enumerate()
+    {
+        let name = format!("{batch}x{channels}x{height}x{width} relu {relu}");
+        let n = batch * channels * height * width;
+        let mut x = normal_values(500 + case as u64, n, 1.0);
+        if relu {
+            x.iter_mut().for_each(|v| *v = v.max(0.0));
+            x[n / 2] = f32::NAN;
+        }
+        let (out_h, out_w) = ((height - 1) / 2 + 1, (width - 1) / 2 + 1);
+        let dy = normal_values(510 + case as u64, batch * channels * out_h * out_w, 1.0);
+        let input = Var::from_tensor(&Tensor::from_vec(x.clone(), (batch, channels, height, width), &Device::Cpu).unwrap()).unwrap();
+        let y = medxfer_kernels::max_pool_3x3_s2_p1(input.as_tensor()).unwrap();
+        let upstream = Tensor::from_vec(dy.clone(), y.dims(), &Device::Cpu).unwrap();
+        let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let truth: Vec<f32> = floats(&y).into_iter().chain(floats(grads.get(input.as_tensor()).unwrap())).collect();
+
+        let sizes = [batch * channels, height, width, out_h, out_w, 3, 2, 1].map(|v| i32::try_from(v).unwrap());
+        let bytes: Vec<u8> = sizes.iter().flat_map(|v| v.to_le_bytes()).chain(bytes_of(&x)).chain(bytes_of(&dy)).collect();
+        assert!(bits(&program.run(&bytes)) == bits(&truth), "{name}: the bits differ from the CPU op's");
     }
 }
