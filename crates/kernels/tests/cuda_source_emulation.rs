@@ -687,3 +687,131 @@ fn the_max_pool_kernels_compute_the_cpu_ops_bits() {
         assert!(bits(&program.run(&bytes)) == bits(&truth), "{name}: the bits differ from the CPU op's");
     }
 }
+
+const ATTENTION_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    int batch = in.value<int>(), tokens = in.value<int>(), heads = in.value<int>(), head_dim = in.value<int>();
+    float scale = in.value<float>();
+    size_t part = (size_t)batch * tokens * heads * head_dim;
+    int rows = batch * heads * tokens, width = tokens;
+    std::vector<float> qkv = in.floats(3 * part), scores = in.floats((size_t)rows * width), dp = in.floats((size_t)rows * width);
+    std::vector<float> split(3 * part), merged(3 * part), p((size_t)rows * width), ds((size_t)rows * width);
+    // attention/cuda.rs's grids: a block of 256 per row of the projection; 8 warps, a row each.
+    dim3 per_row{(unsigned)std::max(batch * tokens, 1), 1, 1}, block{256, 1, 1}, warp_rows{(unsigned)((rows + 7) / 8), 1, 1};
+    launch(per_row, block, [&] { split_heads(qkv.data(), split.data(), batch, tokens, 3, heads, head_dim); });
+    launch(per_row, block, [&] { merge_heads(split.data(), split.data() + part, split.data() + 2 * part, merged.data(), batch, tokens, 3, heads, head_dim); });
+    launch(warp_rows, block, [&] { softmax_scaled(scores.data(), p.data(), rows, width, scale); });
+    launch(warp_rows, block, [&] { softmax_scaled_backward(p.data(), dp.data(), ds.data(), rows, width, scale); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, split); write(file, merged); write(file, p); write(file, ds);
+    fclose(file);
+}
+"#;
+
+/// The attention kernels: the head split against candle's reshape and permute of the (B, N,
+/// 3 C) projection into (3, B, H, N, D), to the bit, and the merge back to the projection's
+/// layout, to the bit; the scaled softmax and its backward pass against f64 arithmetic (within
+/// 1e-6, of a probability or of the backward pass's largest term before it cancels): ViT-S's 6 heads of 64 at 197 tokens, and a
+/// shape whose rows are shorter than a warp.
+#[test]
+fn the_attention_kernels_split_merge_and_soften_as_candle_and_f64_do() {
+    let program = Emulated::compile("attention", &kernel_source("attention/cuda.rs"), ATTENTION_MAIN);
+    for (case, (batch, tokens, heads, head_dim)) in [(2usize, 197usize, 6usize, 64usize), (3, 5, 2, 3)].into_iter().enumerate() {
+        let name = format!("{batch}x{tokens} tokens, {heads} heads of {head_dim}");
+        let seed = 600 + case as u64 * 10;
+        let part = batch * tokens * heads * head_dim;
+        let rows = batch * heads * tokens;
+        let scale = (head_dim as f32).powf(-0.5);
+        let qkv = normal_values(seed, 3 * part, 1.0);
+        let scores = normal_values(seed + 1, rows * tokens, 8.0);
+        let dp = normal_values(seed + 2, rows * tokens, 1.0);
+
+        let projection = Tensor::from_vec(qkv.clone(), (batch, tokens, 3 * heads * head_dim), &Device::Cpu).unwrap();
+        let heads_first =
+            projection.reshape((batch, tokens, 3, heads, head_dim)).unwrap().permute((2, 0, 3, 1, 4)).unwrap().contiguous().unwrap();
+
+        let bytes: Vec<u8> = [batch, tokens, heads, head_dim]
+            .map(|v| i32::try_from(v).unwrap())
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .chain(scale.to_le_bytes())
+            .chain(bytes_of(&qkv))
+            .chain(bytes_of(&scores))
+            .chain(bytes_of(&dp))
+            .collect();
+        let out = program.run(&bytes);
+        let (split, rest) = out.split_at(3 * part);
+        let (merged, rest) = rest.split_at(3 * part);
+        let (p, ds) = rest.split_at(rows * tokens);
+        assert!(bits(split) == bits(&floats(&heads_first)), "{name}: the split differs from candle's permute");
+        assert!(bits(merged) == bits(&qkv), "{name}: merging the split does not give the projection back");
+
+        for (row, ((s_row, p_row), (dp_row, ds_row))) in
+            scores.chunks(tokens).zip(p.chunks(tokens)).zip(dp.chunks(tokens).zip(ds.chunks(tokens))).enumerate()
+        {
+            let scaled: Vec<f64> = s_row.iter().map(|v| f64::from(*v) * f64::from(scale)).collect();
+            let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = scaled.iter().map(|v| (v - max).exp()).sum();
+            let expected: Vec<f64> = scaled.iter().map(|v| (v - max).exp() / total).collect();
+            let error = expected.iter().zip(p_row).map(|(e, o)| (e - f64::from(*o)).abs()).fold(0.0, f64::max);
+            assert!(error < 1e-6, "{name}: softmax row {row} off by {error}");
+            // The backward pass from the kernel's own p, as the op computes it.
+            let dot: f64 = p_row.iter().zip(dp_row).map(|(p, d)| f64::from(*p) * f64::from(*d)).sum();
+            let expected: Vec<f64> =
+                p_row.iter().zip(dp_row).map(|(p, d)| f64::from(scale) * f64::from(*p) * (f64::from(*d) - dot)).collect();
+            // Relative to the terms before dp - dot cancels: f32 rounds those, not the difference.
+            let terms = p_row.iter().zip(dp_row).map(|(p, d)| f64::from(scale) * f64::from(*p) * (f64::from(*d).abs() + dot.abs()));
+            let largest = terms.fold(f64::MIN_POSITIVE, f64::max);
+            let error = expected.iter().zip(ds_row).map(|(e, o)| (e - f64::from(*o)).abs()).fold(0.0, f64::max) / largest;
+            assert!(error < 1e-6, "{name}: softmax backward row {row} off by {error} of its terms");
+        }
+    }
+}
+
+const COLUMN_SUMS_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    int rows = in.value<int>(), columns = in.value<int>();
+    unsigned n = (unsigned)rows * columns;
+    std::vector<float> y = in.floats(n), b = in.floats(columns), sums(columns);
+    // linear/cuda.rs's grids: 256 threads; blocks of up to 64 rows, at most 1,024 of them.
+    launch(dim3{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1}, dim3{256, 1, 1}, [&] { add_bias(y.data(), b.data(), n, (unsigned)columns); });
+    int chunks = std::clamp((rows + 63) / 64, 1, 1024);
+    unsigned column_blocks = (unsigned)((columns + 255) / 256);
+    std::vector<double> partial((size_t)chunks * columns);
+    launch(dim3{column_blocks, (unsigned)chunks, 1}, dim3{256, 1, 1}, [&] { column_partial(y.data(), partial.data(), rows, columns, chunks); });
+    launch(dim3{column_blocks, 1, 1}, dim3{256, 1, 1}, [&] { column_finish(partial.data(), sums.data(), columns, chunks); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, y); write(file, sums);
+    fclose(file);
+}
+"#;
+
+/// The linear layer's bias kernels: the bias added to every row (exact f32 additions) and the
+/// column sums of the bias gradient (f64 in chunks of rows) against f64 sums, within f32
+/// rounding: rows in one chunk and in many, columns in one block and over several.
+#[test]
+fn the_linear_bias_kernels_add_and_sum_by_column() {
+    let program = Emulated::compile("linear", &kernel_source("linear/cuda.rs"), COLUMN_SUMS_MAIN);
+    for (case, (rows, columns)) in [(3usize, 5usize), (197 * 2, 384), (100, 300)].into_iter().enumerate() {
+        let name = format!("{rows} rows of {columns}");
+        let y = normal_values(700 + case as u64, rows * columns, 1.0);
+        let b = normal_values(710 + case as u64, columns, 1.0);
+        let bytes: Vec<u8> = [rows, columns]
+            .map(|v| i32::try_from(v).unwrap())
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .chain(bytes_of(&y))
+            .chain(bytes_of(&b))
+            .collect();
+        let out = program.run(&bytes);
+        let (biased, sums) = out.split_at(rows * columns);
+        let expected: Vec<f32> = y.iter().enumerate().map(|(i, v)| v + b[i % columns]).collect();
+        assert!(bits(biased) == bits(&expected), "{name}: the bias is not added to every row");
+        for (j, sum) in sums.iter().enumerate() {
+            let exact: f64 = (0..rows).map(|r| f64::from(biased[r * columns + j])).sum();
+            assert!((f64::from(*sum) - exact).abs() <= 1e-6 * exact.abs().max(1.0), "{name}: column {j} sums to {sum}, not {exact}");
+        }
+    }
+}
