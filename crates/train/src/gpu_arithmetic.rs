@@ -1,8 +1,7 @@
 //! The GPU arithmetic options of the commands that compute on a GPU: `--precision`,
 //! `--matmul-tf32`, `--conv-algorithms` and `--conv-nondeterministic`, PyTorch's four switches
-//! for the same things. One
-//! definition for every binary that trains or extracts (medxfer-train's, xtask's), so the options
-//! read and refuse alike everywhere.
+//! for the same things. One definition for every binary that trains or extracts
+//! (medxfer-train's, xtask's), so the options read and refuse alike everywhere.
 
 use crate::{Error, Result};
 use medxfer_kernels::{ConvAlgorithmSearch, ConvPrecision, GpuSettings};
@@ -120,7 +119,7 @@ impl GpuArithmetic {
     /// In words, for reports.
     pub fn describe(&self) -> String {
         format!(
-            "{} convolutions, {} matrix products, {} {} cuDNN algorithms",
+            "{} convolutions, {} matrix products, {} cuDNN algorithms ({})",
             match self.precision {
                 Precision::F32 => "f32",
                 Precision::Tf32 => "TF32",
@@ -130,7 +129,7 @@ impl GpuArithmetic {
                 ConvAlgorithms::Heuristic => "heuristic",
                 ConvAlgorithms::Benchmark => "benchmarked",
             },
-            if self.conv_nondeterministic { "any" } else { "deterministic" }
+            if self.conv_nondeterministic { "non-deterministic ones admitted" } else { "deterministic only" }
         )
     }
 }
@@ -165,6 +164,17 @@ mod tests {
             }
         }
         assert!(GpuArithmetic::default().options().is_empty());
+    }
+
+    /// Reports say which cuDNN algorithms a run admitted.
+    #[test]
+    fn the_description_names_the_algorithms_admitted() {
+        assert_eq!(
+            GpuArithmetic::default().describe(),
+            "f32 convolutions, f32 matrix products, heuristic cuDNN algorithms (deterministic only)"
+        );
+        let any = GpuArithmetic { conv_nondeterministic: true, conv_algorithms: ConvAlgorithms::Benchmark, ..GpuArithmetic::default() };
+        assert_eq!(any.describe(), "f32 convolutions, f32 matrix products, benchmarked cuDNN algorithms (non-deterministic ones admitted)");
     }
 
     #[test]
