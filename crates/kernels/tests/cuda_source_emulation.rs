@@ -4,7 +4,8 @@
 //! The CUDA halves are tested on a GPU by `.ci/gpu`, which runs only where a GPU is lent; this
 //! checks their index arithmetic, their sums and their order of operations on every machine,
 //! before a GPU ever sees them. The emulation (`PRELUDE`):
-//! - runs each block's threads as OS threads, the blocks one after another (one-dimensional
+//! - runs each block's threads as fibers on one OS thread, switched where a thread waits at a
+//!   barrier or ends (a deterministic schedule), the blocks one after another (one-dimensional
 //!   blocks only), `__syncthreads` a barrier of the block, `__shared__` arrays as statics;
 //! - meets a warp's shuffles at a barrier of its 32 threads, which needs what CUDA's full-mask
 //!   shuffles need: every thread of the warp takes part;
@@ -27,26 +28,51 @@ use candle_core::{Device, Tensor, Var};
 
 const PRELUDE: &str = r#"
 #include <algorithm>
-#include <barrier>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <thread>
+#include <functional>
+#include <ucontext.h>
 #include <vector>
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-thread_local dim3 threadIdx, blockIdx;
-dim3 blockDim, gridDim;
-std::barrier<>* block_barrier = nullptr;
+dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
-inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+// A block's threads are fibers on this one OS thread (ucontext), switched only where a thread
+// waits at a barrier or ends: a deterministic schedule, and no kernel thread switches.
+struct Barrier { unsigned participants = 0, arrived = 0, generation = 0; };
+struct Fiber { ucontext_t context; bool done = false; Barrier* waiting = nullptr; unsigned generation = 0; };
+ucontext_t scheduler;
+std::vector<Fiber> fibers;
+std::vector<char> stacks;
+const size_t stack_bytes = 64 << 10;
+unsigned current = 0;
+std::function<void()> running_kernel;
+Barrier block_barrier;
+std::vector<Barrier> warp_barriers;
+
+// Arrives at `barrier`; the last of its participants to arrive opens it and goes on, the others
+// wait (their fiber yields) until it has opened.
+void wait_at(Barrier& barrier) {
+    unsigned generation = barrier.generation;
+    if (++barrier.arrived == barrier.participants) {
+        barrier.arrived = 0;
+        barrier.generation++;
+        return;
+    }
+    Fiber& fiber = fibers[current];
+    fiber.waiting = &barrier;
+    fiber.generation = generation;
+    swapcontext(&fiber.context, &scheduler);
+}
+inline void __syncthreads() { wait_at(block_barrier); }
+
 // Warps: each a barrier of its threads, and one 8-byte exchange slot per thread of the block.
-std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 unsigned char exchange[1024][8];
 // Thread `lane` of the caller's warp reads the value the thread `source(lane)` passed, or keeps its
 // own where that thread is outside the warp (CUDA's rule for a full-mask shuffle).
@@ -55,11 +81,11 @@ template <class T, class Source> T shuffle(T v, Source source) {
     unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     unsigned width = std::min(32u, blockDim.x - warp * 32);
     std::memcpy(exchange[threadIdx.x], &v, sizeof(T));
-    warp_barriers[warp]->arrive_and_wait();
+    wait_at(warp_barriers[warp]);
     T r = v;
     unsigned from = source(lane);
     if (from < width) std::memcpy(&r, exchange[warp * 32 + from], sizeof(T));
-    warp_barriers[warp]->arrive_and_wait();
+    wait_at(warp_barriers[warp]);
     return r;
 }
 template <class T> T __shfl_down_sync(unsigned, T v, int delta) { return shuffle(v, [&](unsigned lane) { return lane + delta; }); }
@@ -72,29 +98,56 @@ inline float __int_as_float(unsigned bits) { float v; std::memcpy(&v, &bits, 4);
 using std::isnan;
 using std::max;
 using std::min;
-// Runs `kernel` over the grid: one OS thread per thread of a block, which together run the
-// blocks in turn, meeting at a barrier after each (a block's shared arrays are then free).
+
+void fiber_start() {
+    running_kernel();
+    fibers[current].done = true;
+}
+
+// Runs `kernel` over the grid, the blocks in turn; within a block, round robin over the threads
+// that can run (not ended, not waiting at a barrier that has not opened) until all have ended.
 template <class F> void launch(dim3 grid, dim3 block, F kernel) {
     gridDim = grid;
     blockDim = block;
-    std::barrier<> barrier(block.x);
-    block_barrier = &barrier;
-    warp_barriers.clear();
-    for (unsigned first = 0; first < block.x; first += 32)
-        warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, block.x - first)));
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < block.x; t++)
-        threads.emplace_back([&, t] {
-            threadIdx.x = t;
-            for (unsigned bz = 0; bz < grid.z; bz++)
-                for (unsigned by = 0; by < grid.y; by++)
-                    for (unsigned bx = 0; bx < grid.x; bx++) {
-                        blockIdx.x = bx; blockIdx.y = by; blockIdx.z = bz;
-                        kernel();
-                        barrier.arrive_and_wait();
+    running_kernel = kernel;
+    fibers.assign(block.x, Fiber{});
+    stacks.resize(block.x * stack_bytes);
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                block_barrier = Barrier{block.x};
+                warp_barriers.clear();
+                for (unsigned first = 0; first < block.x; first += 32) warp_barriers.push_back(Barrier{std::min(32u, block.x - first)});
+                for (unsigned t = 0; t < block.x; t++) {
+                    Fiber& fiber = fibers[t];
+                    fiber = Fiber{};
+                    getcontext(&fiber.context);
+                    fiber.context.uc_stack.ss_sp = stacks.data() + t * stack_bytes;
+                    fiber.context.uc_stack.ss_size = stack_bytes;
+                    fiber.context.uc_link = &scheduler;
+                    makecontext(&fiber.context, fiber_start, 0);
+                }
+                blockIdx = dim3{bx, by, bz};
+                for (unsigned ended = 0; ended < block.x;) {
+                    bool progress = false;
+                    ended = 0;
+                    for (unsigned t = 0; t < block.x; t++) {
+                        Fiber& fiber = fibers[t];
+                        if (fiber.done) { ended++; continue; }
+                        if (fiber.waiting && fiber.waiting->generation == fiber.generation) continue;
+                        fiber.waiting = nullptr;
+                        current = t;
+                        threadIdx = dim3{t, 0, 0};
+                        swapcontext(&scheduler, &fiber.context);
+                        progress = true;
+                        if (fiber.done) ended++;
                     }
-        });
-    for (auto& thread : threads) thread.join();
+                    if (!progress && ended < block.x) {
+                        std::fprintf(stderr, "block (%u, %u, %u): the threads wait at barriers that cannot open\n", bx, by, bz);
+                        std::abort();
+                    }
+                }
+            }
 }
 // The inputs, read in order from argv[1]; the outputs written in order to argv[2].
 struct Input {
@@ -144,10 +197,10 @@ impl Emulated {
         Emulated { binary, folder }
     }
 
-    /// Runs the program on `input` (its bytes as `main` reads them) and returns its output floats.
-    fn run(&self, input: &[u8]) -> Vec<f32> {
+    /// Runs the program on `input` and returns its output floats.
+    fn run(&self, input: Inputs) -> Vec<f32> {
         let (input_path, output_path) = (self.folder.join("input.bin"), self.folder.join("output.bin"));
-        std::fs::write(&input_path, input).unwrap();
+        std::fs::write(&input_path, input.0).unwrap();
         let status = Command::new(&self.binary).arg(&input_path).arg(&output_path).status().unwrap();
         assert!(status.success(), "{} failed: {status}", self.binary.display());
         std::fs::read(&output_path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
@@ -158,8 +211,49 @@ fn floats(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-fn bytes_of(values: &[f32]) -> impl Iterator<Item = u8> + '_ {
-    values.iter().flat_map(|v| v.to_le_bytes())
+/// The bytes a test's `main` reads, in the order it reads them.
+#[derive(Default)]
+struct Inputs(Vec<u8>);
+
+impl Inputs {
+    /// Sizes, each a C `int`.
+    fn sizes(self, values: &[usize]) -> Self {
+        self.ints(&values.iter().map(|v| i32::try_from(*v).expect("a size that fits an int")).collect::<Vec<i32>>())
+    }
+
+    fn ints(mut self, values: &[i32]) -> Self {
+        self.0.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        self
+    }
+
+    fn unsigned(mut self, value: u32) -> Self {
+        self.0.extend(value.to_le_bytes());
+        self
+    }
+
+    fn double(mut self, value: f64) -> Self {
+        self.0.extend(value.to_le_bytes());
+        self
+    }
+
+    fn floats(mut self, values: &[f32]) -> Self {
+        self.0.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        self
+    }
+}
+
+/// Splits `emulated` into the lengths of `truth`'s parts and holds each part within `bound` of
+/// the truth, relative to the part's largest value (at least 1).
+fn assert_within(name: &str, truth: &[(&str, Vec<f32>)], emulated: &[f32], bound: f32) {
+    assert_eq!(emulated.len(), truth.iter().map(|(_, v)| v.len()).sum::<usize>(), "{name}: output length");
+    let mut rest = emulated;
+    for (what, expected) in truth {
+        let (ours, tail) = rest.split_at(expected.len());
+        rest = tail;
+        let largest = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let error = expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
+        assert!(error < bound, "{name}: {what} relative error {error} (bound {bound})");
+    }
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -238,20 +332,19 @@ fn the_depthwise_kernels_compute_what_the_cpu_op_does() {
         assert_eq!(y.dims(), [batch, channels, out_h, out_w], "{name}");
         let upstream = Tensor::from_vec(dy.clone(), y.dims(), &Device::Cpu).unwrap();
         let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-        let truth = [floats(&y), floats(grads.get(input.as_tensor()).unwrap()), floats(grads.get(weight.as_tensor()).unwrap())];
+        let truth = [
+            ("output", floats(&y)),
+            ("input gradient", floats(grads.get(input.as_tensor()).unwrap())),
+            ("weight gradient", floats(grads.get(weight.as_tensor()).unwrap())),
+        ];
 
-        let sizes = [batch, channels, height, width, out_h, out_w, kernel, stride, padding].map(|v| i32::try_from(v).unwrap());
-        let bytes: Vec<u8> =
-            sizes.iter().flat_map(|v| v.to_le_bytes()).chain(bytes_of(&x)).chain(bytes_of(&w)).chain(bytes_of(&dy)).collect();
-        let out = program.run(&bytes);
-        assert_eq!(out.len(), truth.iter().map(Vec::len).sum::<usize>(), "{name}: output length");
-        let (emulated_y, rest) = out.split_at(truth[0].len());
-        let (emulated_dx, emulated_dw) = rest.split_at(truth[1].len());
-        assert!(bits(emulated_y) == bits(&truth[0]), "{name}: the outputs differ from the CPU op's");
-        assert!(bits(emulated_dx) == bits(&truth[1]), "{name}: the input gradients differ from the CPU op's");
-        let largest = truth[2].iter().fold(1f32, |m, v| m.max(v.abs()));
-        let error = emulated_dw.iter().zip(&truth[2]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
-        assert!(error < 1e-5, "{name}: weight gradient relative error {error}");
+        let inputs = Inputs::default().sizes(&[batch, channels, height, width, out_h, out_w, kernel, stride, padding]);
+        let out = program.run(inputs.floats(&x).floats(&w).floats(&dy));
+        assert_within(&name, &truth, &out, 1e-5);
+        // The forward pass and the input gradient, moreover, to the bit.
+        let (y_len, dx_len) = (truth[0].1.len(), truth[1].1.len());
+        assert!(bits(&out[..y_len]) == bits(&truth[0].1), "{name}: the outputs differ from the CPU op's");
+        assert!(bits(&out[y_len..y_len + dx_len]) == bits(&truth[1].1), "{name}: the input gradients differ from the CPU op's");
     }
 }
 
@@ -315,20 +408,10 @@ fn the_eval_batch_norm_kernel_computes_the_cpu_ops_bits() {
                 )
                 .unwrap();
 
-                let header = [batch, channels, height * width].map(|v| i32::try_from(v).unwrap());
-                let bytes: Vec<u8> = header
-                    .iter()
-                    .chain(&[code, i32::from(with_residual)])
-                    .flat_map(|v| v.to_le_bytes())
-                    .chain(eps.to_le_bytes())
-                    .chain(bytes_of(&x))
-                    .chain(bytes_of(&gamma))
-                    .chain(bytes_of(&beta))
-                    .chain(bytes_of(&mean))
-                    .chain(bytes_of(&var))
-                    .chain(if with_residual { bytes_of(&residual).collect::<Vec<u8>>() } else { Vec::new() })
-                    .collect();
-                let emulated = program.run(&bytes);
+                let inputs =
+                    Inputs::default().sizes(&[batch, channels, height * width]).ints(&[code, i32::from(with_residual)]).double(eps);
+                let inputs = inputs.floats(&x).floats(&gamma).floats(&beta).floats(&mean).floats(&var);
+                let emulated = program.run(inputs.floats(if with_residual { &residual } else { &[] }));
                 assert!(bits(&emulated) == bits(&floats(&truth)), "{name}: the outputs differ from the CPU op's");
             }
         }
@@ -371,8 +454,7 @@ fn the_activation_kernels_match_the_cpu_ops() {
         let upstream = Tensor::from_vec(dy.clone(), (1, n), &Device::Cpu).unwrap();
         let dx = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap().remove(&input).unwrap();
 
-        let bytes: Vec<u8> = (n as u32).to_le_bytes().into_iter().chain(bytes_of(&x)).chain(bytes_of(&dy)).collect();
-        let out = program.run(&bytes);
+        let out = program.run(Inputs::default().unsigned(n as u32).floats(&x).floats(&dy));
         assert_eq!(out.len(), 4 * n, "output length");
         let (emulated_y, emulated_dx) = (&out[at * n..(at + 1) * n], &out[(at + 1) * n..(at + 2) * n]);
         let relative = |truth: &[f32], ours: &[f32]| {
@@ -481,28 +563,9 @@ fn the_train_batch_norm_kernels_match_the_cpu_op() {
                 truth.push(("gamma gradient", gradient(&gv)));
                 truth.push(("beta gradient", gradient(&bv)));
 
-                let header = [batch, channels, plane].map(|v| i32::try_from(v).unwrap());
-                let bytes: Vec<u8> = header
-                    .iter()
-                    .chain(&[code, i32::from(with_residual)])
-                    .flat_map(|v| v.to_le_bytes())
-                    .chain(eps.to_le_bytes())
-                    .chain(bytes_of(&x))
-                    .chain(bytes_of(&gamma))
-                    .chain(bytes_of(&beta))
-                    .chain(if with_residual { bytes_of(&residual).collect::<Vec<u8>>() } else { Vec::new() })
-                    .chain(bytes_of(&dy))
-                    .collect();
-                let emulated = program.run(&bytes);
-                assert_eq!(emulated.len(), truth.iter().map(|(_, v)| v.len()).sum::<usize>(), "{name}: output length");
-                let mut rest = emulated.as_slice();
-                for (what, expected) in &truth {
-                    let (ours, tail) = rest.split_at(expected.len());
-                    rest = tail;
-                    let largest = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-                    let error = expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
-                    assert!(error < 1e-5, "{name}: {what} relative error {error}");
-                }
+                let inputs = Inputs::default().sizes(&[batch, channels, plane]).ints(&[code, i32::from(with_residual)]).double(eps);
+                let inputs = inputs.floats(&x).floats(&gamma).floats(&beta).floats(if with_residual { &residual } else { &[] });
+                assert_within(&name, &truth, &program.run(inputs.floats(&dy)), 1e-5);
             }
         }
     }
@@ -560,28 +623,10 @@ fn the_layer_norm_kernels_match_the_cpu_op() {
             ("bias gradient", gradient(&bv)),
         ];
 
-        let header = [rows, width].map(|v| i32::try_from(v).unwrap());
-        let bytes: Vec<u8> = header
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .chain(eps.to_le_bytes())
-            .chain(bytes_of(&x))
-            .chain(bytes_of(&w))
-            .chain(bytes_of(&b))
-            .chain(bytes_of(&dy))
-            .collect();
-        let emulated = program.run(&bytes);
-        assert_eq!(emulated.len(), truth.iter().map(|(_, v)| v.len()).sum::<usize>(), "{name}: output length");
-        let mut rest = emulated.as_slice();
-        for (what, expected) in &truth {
-            let (ours, tail) = rest.split_at(expected.len());
-            rest = tail;
-            let largest = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let error = expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
-            assert!(error < 1e-5, "{name}: {what} relative error {error}");
-        }
+        let emulated = program.run(Inputs::default().sizes(&[rows, width]).double(eps).floats(&x).floats(&w).floats(&b).floats(&dy));
+        assert_within(&name, &truth, &emulated, 1e-5);
         if width == 1 {
-            assert!(rest.is_empty() && truth[1].1.iter().all(|v| *v == 0.0), "{name}: a row of one value has no input gradient");
+            assert!(truth[1].1.iter().all(|v| *v == 0.0), "{name}: a row of one value has no input gradient");
             let dx = &emulated[truth[0].1.len()..][..truth[1].1.len()];
             assert!(dx.iter().all(|v| *v == 0.0), "{name}: the kernels' input gradient of a one-value row is not 0: {dx:?}");
         }
@@ -623,18 +668,12 @@ fn the_sgd_kernel_computes_the_cpu_ops_bits() {
                 let update = medxfer_kernels::sgd_update(&tensor(&p), &tensor(&grad), with_buffer.then_some(&b), settings).unwrap();
                 let truth: Vec<f32> = floats(&update.param).into_iter().chain(floats(update.buffer.as_ref().unwrap())).collect();
 
-                let bytes: Vec<u8> = (n as u32)
-                    .to_le_bytes()
-                    .into_iter()
-                    .chain(
-                        [settings.learning_rate as f32, settings.momentum as f32, weight_decay as f32].iter().flat_map(|v| v.to_le_bytes()),
-                    )
-                    .chain([i32::from(nesterov), i32::from(with_buffer)].iter().flat_map(|v| v.to_le_bytes()))
-                    .chain(bytes_of(&p))
-                    .chain(bytes_of(&grad))
-                    .chain(if with_buffer { bytes_of(&buffer).collect::<Vec<u8>>() } else { Vec::new() })
-                    .collect();
-                assert!(bits(&program.run(&bytes)) == bits(&truth), "{name}: the bits differ from the CPU op's");
+                let inputs = Inputs::default()
+                    .unsigned(n as u32)
+                    .floats(&[settings.learning_rate as f32, settings.momentum as f32, weight_decay as f32])
+                    .ints(&[i32::from(nesterov), i32::from(with_buffer)]);
+                let inputs = inputs.floats(&p).floats(&grad).floats(if with_buffer { &buffer } else { &[] });
+                assert!(bits(&program.run(inputs)) == bits(&truth), "{name}: the bits differ from the CPU op's");
             }
         }
     }
@@ -682,9 +721,8 @@ fn the_max_pool_kernels_compute_the_cpu_ops_bits() {
         let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
         let truth: Vec<f32> = floats(&y).into_iter().chain(floats(grads.get(input.as_tensor()).unwrap())).collect();
 
-        let sizes = [batch * channels, height, width, out_h, out_w, 3, 2, 1].map(|v| i32::try_from(v).unwrap());
-        let bytes: Vec<u8> = sizes.iter().flat_map(|v| v.to_le_bytes()).chain(bytes_of(&x)).chain(bytes_of(&dy)).collect();
-        assert!(bits(&program.run(&bytes)) == bits(&truth), "{name}: the bits differ from the CPU op's");
+        let inputs = Inputs::default().sizes(&[batch * channels, height, width, out_h, out_w, 3, 2, 1]).floats(&x).floats(&dy);
+        assert!(bits(&program.run(inputs)) == bits(&truth), "{name}: the bits differ from the CPU op's");
     }
 }
 
@@ -731,16 +769,8 @@ fn the_attention_kernels_split_merge_and_soften_as_candle_and_f64_do() {
         let heads_first =
             projection.reshape((batch, tokens, 3, heads, head_dim)).unwrap().permute((2, 0, 3, 1, 4)).unwrap().contiguous().unwrap();
 
-        let bytes: Vec<u8> = [batch, tokens, heads, head_dim]
-            .map(|v| i32::try_from(v).unwrap())
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .chain(scale.to_le_bytes())
-            .chain(bytes_of(&qkv))
-            .chain(bytes_of(&scores))
-            .chain(bytes_of(&dp))
-            .collect();
-        let out = program.run(&bytes);
+        let inputs = Inputs::default().sizes(&[batch, tokens, heads, head_dim]).floats(&[scale]);
+        let out = program.run(inputs.floats(&qkv).floats(&scores).floats(&dp));
         let (split, rest) = out.split_at(3 * part);
         let (merged, rest) = rest.split_at(3 * part);
         let (p, ds) = rest.split_at(rows * tokens);
@@ -798,14 +828,7 @@ fn the_linear_bias_kernels_add_and_sum_by_column() {
         let name = format!("{rows} rows of {columns}");
         let y = normal_values(700 + case as u64, rows * columns, 1.0);
         let b = normal_values(710 + case as u64, columns, 1.0);
-        let bytes: Vec<u8> = [rows, columns]
-            .map(|v| i32::try_from(v).unwrap())
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .chain(bytes_of(&y))
-            .chain(bytes_of(&b))
-            .collect();
-        let out = program.run(&bytes);
+        let out = program.run(Inputs::default().sizes(&[rows, columns]).floats(&y).floats(&b));
         let (biased, sums) = out.split_at(rows * columns);
         let expected: Vec<f32> = y.iter().enumerate().map(|(i, v)| v + b[i % columns]).collect();
         assert!(bits(biased) == bits(&expected), "{name}: the bias is not added to every row");
