@@ -74,6 +74,7 @@ pub use activation::{FusedActivation, gelu_erf, relu, relu6, silu};
 pub use attention::{attention, attention_with_bias};
 pub use batchnorm::{
     BatchNormOutput, BatchNormParams, RunningStatistics, batch_norm_eval, batch_norm_train, eval_batch_norm_folds_into_conv,
+    update_running_statistics,
 };
 pub use conv::conv2d;
 #[cfg(feature = "cuda")]

@@ -492,15 +492,14 @@ int main(int argc, char** argv) {
     });
     // batchnorm/cuda.rs's `batch_norm_train`: the mean, and the biased variance times n / (n - 1).
     double count = (double)batch * plane, correction = count / std::max(count - 1.0, 1.0);
-    std::vector<float> mean(channels), unbiased(channels), grad_affine(2 * channels);
+    std::vector<float> estimates(2 * channels), grad_affine(2 * channels);
+    launch(per_channel, block, [&] { bn_batch_estimates(stats.data(), estimates.data(), channels, correction); });
     for (int c = 0; c < channels; c++) {
-        mean[c] = (float)stats[c];
-        unbiased[c] = (float)(stats[2 * channels + c] * correction);
         grad_affine[c] = (float)sums[c];
         grad_affine[channels + c] = (float)sums[channels + c];
     }
     FILE* file = fopen(argv[2], "wb");
-    write(file, y); write(file, mean); write(file, unbiased); write(file, out); write(file, grad_affine);
+    write(file, y); write(file, estimates); write(file, out); write(file, grad_affine);
     fclose(file);
 }
 "#;
@@ -836,5 +835,37 @@ fn the_linear_bias_kernels_add_and_sum_by_column() {
             let exact: f64 = (0..rows).map(|r| f64::from(biased[r * columns + j])).sum();
             assert!((f64::from(*sum) - exact).abs() <= 1e-6 * exact.abs().max(1.0), "{name}: column {j} sums to {sum}, not {exact}");
         }
+    }
+}
+
+const RUNNING_UPDATE_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    int n = in.value<int>();
+    float keep = in.value<float>(), take = in.value<float>();
+    std::vector<float> running = in.floats(n), batch = in.floats(n);
+    // batchnorm/cuda.rs's `per_channel` grid.
+    launch(dim3{(unsigned)((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { bn_running_update(running.data(), batch.data(), n, keep, take); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, running);
+    fclose(file);
+}
+"#;
+
+/// The running estimates' in-place update kernel against the CPU op, to the bit: more values
+/// than one block, PyTorch's momentum 0.1 and another.
+#[test]
+fn the_running_update_kernel_computes_the_cpu_ops_bits() {
+    let program = Emulated::compile("running_update", &kernel_source("batchnorm/cuda.rs"), RUNNING_UPDATE_MAIN);
+    let n = 300;
+    for (case, momentum) in [0.1f64, 0.37].into_iter().enumerate() {
+        let running = normal_values(800 + case as u64, n, 1.0);
+        let batch = normal_values(810 + case as u64, n, 2.0);
+        let tensor = |values: &[f32]| Tensor::from_vec(values.to_vec(), n, &Device::Cpu).unwrap();
+        let (mean, var) = (Var::from_tensor(&tensor(&running)).unwrap(), Var::from_tensor(&tensor(&running)).unwrap());
+        let out = medxfer_kernels::BatchNormOutput { y: tensor(&batch), mean: tensor(&batch), unbiased_var: tensor(&batch) };
+        medxfer_kernels::update_running_statistics(&mean, &var, &out, momentum).unwrap();
+        let inputs = Inputs::default().sizes(&[n]).floats(&[(1.0 - momentum) as f32, momentum as f32]).floats(&running).floats(&batch);
+        assert!(bits(&program.run(inputs)) == bits(&floats(mean.as_tensor())), "momentum {momentum}: the bits differ from the CPU op's");
     }
 }

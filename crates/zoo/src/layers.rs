@@ -201,11 +201,9 @@ impl BatchNorm2d {
     }
 
     /// running = (1 - momentum) running + momentum batch, for the mean and the unbiased
-    /// variance (no gradient), as PyTorch; returns the normalised output.
+    /// variance (no gradient, in place), as PyTorch; returns the normalised output.
     fn update_running(&self, out: &medxfer_kernels::BatchNormOutput) -> Result<Tensor> {
-        let m = self.momentum;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (&out.mean * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (&out.unbiased_var * m)?)?)?;
+        medxfer_kernels::update_running_statistics(&self.running_mean, &self.running_var, out, self.momentum)?;
         Ok(out.y.clone())
     }
 }

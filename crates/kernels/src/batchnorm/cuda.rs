@@ -95,9 +95,8 @@ pub(super) fn batch_norm_train(
         Some(residual) => x.apply_op3(&affine, &residual.contiguous()?, op)?,
         None => x.apply_op2(&affine, op)?,
     };
-    let mean = stats.get(0)?.to_dtype(DType::F32)?;
-    let unbiased_var = (stats.get(2)? * unbiased_correction(&x)?)?.to_dtype(DType::F32)?;
-    Ok(BatchNormOutput { y, mean, unbiased_var })
+    let estimates = stats.apply_op1_no_bwd(&BatchEstimates { correction: unbiased_correction(&x)? })?;
+    Ok(BatchNormOutput { y, mean: estimates.get(0)?, unbiased_var: estimates.get(1)? })
 }
 
 fn activation_code(activation: FusedActivation) -> i32 {
@@ -218,6 +217,24 @@ extern "C" __global__ void bn_eval_forward(const float* __restrict__ x, const fl
         if (residual) v = __fadd_rn(v, residual[base + p]);
         y[base + p] = activate(v, act);
     }
+}
+
+// The batch's estimates for the running update, (2, C) f32: the mean, and the biased variance
+// times n / (n - 1) (in f64, then rounded once, as candle's ops on the statistics did).
+extern "C" __global__ void bn_batch_estimates(const double* __restrict__ stats, float* __restrict__ out,
+                                              int channels, double correction) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    out[c] = (float)stats[c];
+    out[channels + c] = (float)(stats[2 * channels + c] * correction);
+}
+
+// running = running keep + batch take in place, each product rounded on its own (the CPU's and
+// candle's scale-then-add operations, so the same bits).
+extern "C" __global__ void bn_running_update(float* __restrict__ running, const float* __restrict__ batch,
+                                             int n, float keep, float take) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) running[i] = __fadd_rn(__fmul_rn(running[i], keep), __fmul_rn(batch[i], take));
 }
 
 // Block (s, c) as in bn_stats_partial: the sums of dz and dz * xhat, dz = dy where y passed it.
@@ -373,6 +390,68 @@ impl CustomOp1 for ChannelStats {
         unsafe { launch.launch(per_channel(channels)) }.map_err(driver_error("batch norm kernel"))?;
         Ok((CudaStorage::wrap_cuda_slice(stats, device.clone()), Shape::from((3, channels))))
     }
+}
+
+/// The batch's mean and unbiased variance, (2, C) f32, from its (3, C) f64 statistics: one kernel
+/// where candle's ops took four.
+struct BatchEstimates {
+    correction: f64,
+}
+
+impl CustomOp1 for BatchEstimates {
+    fn name(&self) -> &'static str {
+        "batch-norm-estimates-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch-norm-estimates-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let device = storage.device();
+        let channels = layout.shape().dims2()?.1;
+        let stats = f64_view(storage, layout, "the statistics")?;
+        if stats.len() != 3 * channels {
+            candle_core::bail!("batch norm: statistics of shape {:?}, (3, C) expected", layout.shape());
+        }
+        let mut out = stream_alloc::<f32>(device, 2 * channels)?;
+        let kernel = KERNELS.function(device, "bn_batch_estimates")?;
+        let c = int(channels);
+        let stream = device.cuda_stream();
+        let mut launch = stream.launch_builder(&kernel);
+        launch.arg(&stats).arg(&mut out).arg(&c).arg(&self.correction);
+        // SAFETY: stats holds 3·C f64 values (checked), out 2·C f32; one thread per channel.
+        unsafe { launch.launch(per_channel(channels)) }.map_err(driver_error("batch norm kernel"))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Shape::from((2, channels))))
+    }
+}
+
+/// running = running keep + batch take, in place (`running.rs`'s op on a CUDA device).
+pub(super) fn running_update(
+    running: &mut CudaStorage,
+    running_layout: &Layout,
+    batch: &CudaStorage,
+    batch_layout: &Layout,
+    keep: f32,
+    take: f32,
+) -> candle_core::Result<()> {
+    let device = running.device().clone();
+    let batch = f32_view(batch, batch_layout, "the batch's estimate")?;
+    let Some((start, end)) = running_layout.contiguous_offsets() else {
+        candle_core::bail!("batch norm running update: the running estimate must be contiguous")
+    };
+    if end - start != batch.len() || batch.len() > i32::MAX as usize {
+        candle_core::bail!("batch norm running update: {} running values for {} batch values", end - start, batch.len());
+    }
+    let n = batch.len() as i32;
+    let kernel = KERNELS.function(&device, "bn_running_update")?;
+    let mut values = running.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
+    let stream = device.cuda_stream();
+    let mut launch = stream.launch_builder(&kernel);
+    launch.arg(&mut values).arg(&batch).arg(&n).arg(&keep).arg(&take);
+    // SAFETY: both operands hold n f32 values (checked); each thread updates its own.
+    unsafe { launch.launch(per_channel(n as usize)) }.map_err(driver_error("batch norm kernel"))?;
+    Ok(())
 }
 
 /// y = act((x - mean) invstd gamma + beta [+ residual]) from the statistics it holds.
@@ -782,5 +861,21 @@ mod tests {
                 assert_eq!(crate::test_tensors::bits(&truth), crate::test_tensors::bits(&ours), "{case}");
             }
         }
+    }
+
+    /// The running estimates' in-place update (`running.rs`) has the CPU's bits.
+    #[test]
+    fn the_cuda_update_is_the_cpu_update_bit_for_bit() {
+        let gpu = crate::test_tensors::gpu();
+        let mut random = NormalTensors::new(32);
+        let (running, batch) = (random.draw(0.3, 1.7, 1000), random.draw(-0.2, 2.3, 1000));
+        let run = |device: &Device| {
+            let on = |t: &Tensor| t.to_device(device).unwrap();
+            let (mean, var) = (Var::from_tensor(&on(&running)).unwrap(), Var::from_tensor(&on(&running)).unwrap());
+            let out = BatchNormOutput { y: on(&batch), mean: on(&batch), unbiased_var: on(&batch) };
+            crate::update_running_statistics(&mean, &var, &out, 0.1).unwrap();
+            crate::test_tensors::bits(var.as_tensor())
+        };
+        assert!(run(&Device::Cpu) == run(&gpu), "the running estimates differ");
     }
 }

@@ -3,7 +3,8 @@
 //! Train mode: the batch's statistics normalise the input, and come back for the layer's running
 //! estimates. f32 on the CPU runs one fused op with its own backward pass (`cpu.rs`), f32 on a
 //! CUDA device the same as kernels of our own (`cuda.rs`); elsewhere the same normalisation is
-//! composed from candle's differentiable ops (`composite.rs`).
+//! composed from candle's differentiable ops (`composite.rs`). The running estimates take the
+//! batch's in place (`running.rs`).
 //!
 //! Eval mode: the running estimates normalise it, in one pass on the CPU and one kernel on a CUDA
 //! device (inputs outside any graph: extraction, validation), where candle's ops take a scale and
@@ -15,6 +16,9 @@ mod composite;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod running;
+
+pub use running::update_running_statistics;
 
 use candle_core::{Device, Result, Tensor};
 
