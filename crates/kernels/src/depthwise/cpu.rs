@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::Geometry;
+use crate::parallel_output::{Start, build_in_chunks};
 
 /// The CPU kernels' walk over the taps.
 impl Geometry {
@@ -127,15 +128,15 @@ impl CustomOp2 for Forward {
         let input = f32_slice(s1, l1, "the input")?;
         let weight = f32_slice(s2, l2, "the weight")?;
         let (oh, ow) = (g.out_height(), g.out_width());
-        let mut out = vec![0f32; batch * channels * oh * ow];
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, out)| {
+        // Each plane zeroed and summed by one task, in its cache (`parallel_output`).
+        let out = build_in_chunks(batch * channels * oh * ow, oh * ow, Start::Zeros, |plane, out| {
             let c = plane % channels;
             let input = &input[plane * height * width..(plane + 1) * height * width];
             let taps = &weight[c * kernel * kernel..(c + 1) * kernel * kernel];
             g.for_each_row(|tap, oy, iy, columns| {
                 columns.add_scaled_input(&mut out[oy * ow..(oy + 1) * ow], taps[tap], &input[iy * width..(iy + 1) * width]);
             });
-        });
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
     }
 
@@ -179,15 +180,14 @@ impl CustomOp2 for GradInput {
         let grad = f32_slice(s1, l1, "the gradient")?;
         let weight = f32_slice(s2, l2, "the weight")?;
         let (height, width) = (self.height, self.width);
-        let mut out = vec![0f32; batch * channels * height * width];
-        out.par_chunks_mut(height * width).enumerate().for_each(|(plane, out)| {
+        let out = build_in_chunks(batch * channels * height * width, height * width, Start::Zeros, |plane, out| {
             let c = plane % channels;
             let grad = &grad[plane * oh * ow..(plane + 1) * oh * ow];
             let taps = &weight[c * kernel * kernel..(c + 1) * kernel * kernel];
             g.for_each_row(|tap, oy, iy, columns| {
                 columns.add_scaled_output(&mut out[iy * width..(iy + 1) * width], taps[tap], &grad[oy * ow..(oy + 1) * ow]);
             });
-        });
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, height, width))))
     }
 
