@@ -55,6 +55,7 @@ mod cuda_input;
 mod depthwise;
 mod elementwise;
 mod exp;
+mod gate;
 mod gpu_settings;
 mod grouped;
 mod kernel_input;
@@ -83,6 +84,7 @@ pub use conv_batchnorm::conv_batch_norm_train;
 #[cfg(feature = "cuda")]
 pub use cuda_device::{cuda_memory_high_water, prepare_cuda_device, reset_cuda_memory_high_water};
 pub use depthwise::depthwise_conv2d;
+pub use gate::channel_gate;
 pub use gpu_settings::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, gpu_settings, set_gpu_settings};
 pub use grouped::grouped_conv2d;
 pub use layer_norm::layer_norm;

@@ -186,4 +186,6 @@ fn no_gradient_keeps_a_larger_buffer_alive() {
     });
     check_storages("max pooling", &[&image], &[], || medxfer_kernels::max_pool_3x3_s2_p1(image.as_tensor()).unwrap());
     check_storages("GELU", &[&x], &[], || medxfer_kernels::gelu_erf(x.as_tensor()).unwrap());
+    let gate = random(&[2, 4, 1, 1], 14);
+    check_storages("channel gate", &[&image], &[&gate], || medxfer_kernels::channel_gate(image.as_tensor(), gate.as_tensor()).unwrap());
 }

@@ -869,3 +869,45 @@ fn the_running_update_kernel_computes_the_cpu_ops_bits() {
         assert!(bits(&program.run(inputs)) == bits(&floats(mean.as_tensor())), "momentum {momentum}: the bits differ from the CPU op's");
     }
 }
+
+const GATE_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    unsigned planes = in.value<unsigned>(), plane = in.value<unsigned>(), n = planes * plane;
+    std::vector<float> x = in.floats(n), gate = in.floats(planes), dy = in.floats(n), y(n), dgate(planes);
+    // gate/cuda.rs's grids: elementwise, 256 threads; one block per plane, a power of two of 32-256.
+    launch(dim3{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1}, dim3{256, 1, 1}, [&] { gate_forward(x.data(), gate.data(), y.data(), n, plane); });
+    unsigned threads = 1;
+    while (threads < plane) threads *= 2;
+    threads = std::clamp(threads, 32u, 256u);
+    launch(dim3{planes, 1, 1}, dim3{threads, 1, 1}, [&] { gate_gradient(dy.data(), x.data(), dgate.data(), plane); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, y); write(file, dgate);
+    fclose(file);
+}
+"#;
+
+/// Squeeze-excitation's gate kernels against the CPU op: the product to the bit, the gate's
+/// gradient within f32 rounding (f64 sums in another order): planes of one value, of fewer
+/// than a block's threads, and of an EfficientNet's 28x28.
+#[test]
+fn the_gate_kernels_match_the_cpu_op() {
+    let program = Emulated::compile("gate", &kernel_source("gate/cuda.rs"), GATE_MAIN);
+    for (case, (batch, channels, height, width)) in [(3usize, 5usize, 1usize, 1usize), (2, 3, 5, 7), (2, 4, 28, 28)].into_iter().enumerate()
+    {
+        let name = format!("{batch}x{channels}x{height}x{width}");
+        let (planes, plane) = (batch * channels, height * width);
+        let x = normal_values(900 + case as u64, planes * plane, 1.0);
+        let gate = normal_values(910 + case as u64, planes, 0.5);
+        let dy = normal_values(920 + case as u64, planes * plane, 1.0);
+        let input = Var::from_tensor(&Tensor::from_vec(x.clone(), (batch, channels, height, width), &Device::Cpu).unwrap()).unwrap();
+        let g = Var::from_tensor(&Tensor::from_vec(gate.clone(), (batch, channels, 1, 1), &Device::Cpu).unwrap()).unwrap();
+        let y = medxfer_kernels::channel_gate(input.as_tensor(), g.as_tensor()).unwrap();
+        let upstream = Tensor::from_vec(dy.clone(), y.dims(), &Device::Cpu).unwrap();
+        let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let truth = [("product", floats(&y)), ("gate gradient", floats(grads.get(g.as_tensor()).unwrap()))];
+        let out = program.run(Inputs::default().unsigned(planes as u32).unsigned(plane as u32).floats(&x).floats(&gate).floats(&dy));
+        assert_within(&name, &truth, &out, 1e-6);
+        assert!(bits(&out[..truth[0].1.len()]) == bits(&truth[0].1), "{name}: the products differ from the CPU op's");
+    }
+}

@@ -346,7 +346,7 @@ impl SqueezeExcite {
     pub fn forward_t(&self, x: &Tensor, activation: impl Fn(&Tensor) -> Result<Tensor>, train: bool) -> Result<Tensor> {
         let pooled = x.mean_keepdim((2, 3))?;
         let gate = candle_nn::ops::sigmoid(&self.expand.forward_t(&activation(&self.reduce.forward_t(&pooled, train)?)?, train)?)?;
-        Ok(x.broadcast_mul(&gate)?)
+        Ok(medxfer_kernels::channel_gate(x, &gate)?)
     }
 }
 
