@@ -6,8 +6,10 @@
 //! second strided product for dx, a full-size product dy·x and a reduction of it for the gate:
 //! three passes and two activation-size temporaries, at every SE block of an EfficientNet (the
 //! early ones on its widest maps). Here the forward pass is one parallel pass on the CPU (one
-//! kernel on a GPU); backward, dx is the same op on dy, and each gate's gradient is the dot
-//! product of its plane of dy and x, summed in f64 (one block per plane on a GPU, `cuda.rs`).
+//! kernel on a GPU); backward, dx is the same op on dy, and each gate's gradient is its plane's
+//! sum of dy·x. On the CPU that sum is candle's own reduction of the products, so the CPU keeps
+//! the bits of the broadcast product it replaces (a run resumed across this change continues as
+//! it would have); on a GPU it is one block per plane in f64 (`cuda.rs`).
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -15,7 +17,6 @@ mod cuda;
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::kernel_input::f32_slice;
 use crate::parallel_output::{Start, build_in_chunks};
@@ -95,7 +96,7 @@ impl CustomOp2 for Gate {
     }
 }
 
-/// Each gate's gradient: the sum over its plane of dy * x, in f64, (B, C, 1, 1).
+/// Each gate's gradient: the sum over its plane of dy * x, (B, C, 1, 1).
 struct GateGradient;
 
 impl CustomOp2 for GateGradient {
@@ -110,28 +111,23 @@ impl CustomOp2 for GateGradient {
         if x.len() != dy.len() {
             candle_core::bail!("{}: {} inputs for {} gradients", self.name(), x.len(), dy.len());
         }
-        let sums: Vec<f32> = (0..planes).into_par_iter().map(|p| dot(&dy[p * plane..][..plane], &x[p * plane..][..plane]) as f32).collect();
-        let (batch, channels, _, _) = l1.shape().dims4()?;
-        Ok((CpuStorage::F32(sums), Shape::from((batch, channels, 1, 1))))
+        if planes * plane != dy.len() {
+            candle_core::bail!("{}: {} gradients for {planes} planes of {plane}", self.name(), dy.len());
+        }
+        // The products in parallel (each one rounding, as candle's product), then candle's own
+        // sum over each plane: the order, and so the bits, of the broadcast product's backward.
+        let products = build_in_chunks(dy.len(), plane, Start::Zeros, |p, out| {
+            crate::elementwise::map2(out, &dy[p * plane..][..out.len()], &x[p * plane..][..out.len()], |g, v| g * v);
+        })?;
+        let sums = Tensor::from_vec(products, l1.shape(), &candle_core::Device::Cpu)?.sum_keepdim((2, 3))?;
+        let shape = sums.shape().clone();
+        Ok((CpuStorage::F32(sums.flatten_all()?.to_vec1::<f32>()?), shape))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
         cuda::gradient((s1, l1), (s2, l2))
     }
-}
-
-/// sum a·b in f64, over 8 partial sums (so that it vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..8 {
-            lanes[lane] += f64::from(x[lane]) * f64::from(y[lane]);
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]
@@ -165,6 +161,29 @@ mod tests {
                 let ours = our_grads.get(ours.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
                 let difference = max_difference(&ours, reference_grads.get(theirs.as_tensor()).unwrap());
                 assert!(difference < 1e-5, "{shape:?} {name} gradient: {difference}");
+            }
+        }
+    }
+
+    /// In f32 the op computes the bits of candle's broadcast product and of both its gradients:
+    /// a CPU run keeps its results across this op's introduction.
+    #[test]
+    fn the_gate_keeps_the_bits_of_candles_broadcast_product() {
+        let mut random = crate::test_tensors::NormalTensors::new(42);
+        for shape in [(2usize, 3usize, 5usize, 7usize), (2, 4, 28, 28), (3, 2, 1, 1)] {
+            let (x, gate, upstream) =
+                (random.draw(0.0, 1.0, shape), random.draw(0.5, 0.3, (shape.0, shape.1, 1, 1)), random.draw(0.0, 1.0, shape));
+            let run = |product: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+                let (xv, gv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&gate).unwrap());
+                let y = product(xv.as_tensor(), gv.as_tensor());
+                let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                [y, grads.get(xv.as_tensor()).unwrap().clone(), grads.get(gv.as_tensor()).unwrap().clone()]
+                    .map(|t| crate::test_tensors::bits(&t))
+            };
+            let ours = run(&|x, g| channel_gate(x, g).unwrap());
+            let candle = run(&|x, g| x.broadcast_mul(g).unwrap());
+            for (what, (a, b)) in ["product", "input gradient", "gate gradient"].iter().zip(ours.iter().zip(&candle)) {
+                assert!(a == b, "{shape:?}: the {what} differs from candle's");
             }
         }
     }
