@@ -1,8 +1,8 @@
 //! Squeeze-excitation's gate: x (B, C, H, W) times a per-(image, channel) gate (B, C, 1, 1), as
 //! one graph node each way.
 //!
-//! candle's `broadcast_mul` is a strided pass forward (single-threaded on the CPU, and on a GPU
-//! its index arithmetic per value over a strides array copied to the device), and backward a
+//! candle's `broadcast_mul` is a strided pass forward (index arithmetic per value, over a strides
+//! array copied to the device on a GPU), and backward a
 //! second strided product for dx, a full-size product dy·x and a reduction of it for the gate:
 //! three passes and two activation-size temporaries, at every SE block of an EfficientNet (the
 //! early ones on its widest maps). Here the forward pass is one parallel pass on the CPU (one
