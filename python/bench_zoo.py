@@ -12,8 +12,9 @@ medxfer's default) unless --conv-nondeterministic (PyTorch's own default).
         [--precision f32|tf32] [--matmul-tf32] [--conv-algorithms heuristic|benchmark]
         [--conv-nondeterministic]
 
-Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory and
-(on a GPU) peak device memory.
+Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory,
+(on a GPU) peak device memory and, with --train, what the forward pass keeps for the backward pass
+and (on a GPU) the most one step holds.
 """
 
 import argparse
@@ -70,6 +71,8 @@ def main():
             start = time.perf_counter()
             step()
             runs.append(time.perf_counter() - start)
+        optimizer.zero_grad()
+        graph, step_peak = step_memory(model, optimizer, x, y, device)
     else:
         with torch.inference_mode():
             for _ in range(args.warmup):
@@ -82,9 +85,49 @@ def main():
                 runs.append(time.perf_counter() - start)
     seconds = statistics.median(runs)
     print(json.dumps({"seconds": seconds, "images_per_second": args.batch / seconds, "runs": runs,
+                      "graph_bytes": graph if args.train else None,
+                      "step_peak_bytes": step_peak if args.train else None,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       "peak_device_bytes": torch.cuda.max_memory_allocated(device) if gpu else None,
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__}))
+
+
+def step_memory(model, optimizer, x, y, device):
+    """What one more, untimed training step holds above what was held before it: what its
+    forward pass keeps for the backward pass, and (on a GPU) the most the whole step held.
+
+    On a GPU the memory allocated after the forward pass less before it, and the step's peak
+    allocation less the same. On the CPU, which keeps no count, the storages autograd saves for
+    the backward pass (its saved-tensor hooks see each one; each is counted once, the parameters
+    and the input not at all) and the logits': PyTorch frees every other intermediate as soon as
+    the forward pass has used it. No peak there.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.memory_allocated(device) - before
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize(device)
+        return graph, torch.cuda.max_memory_allocated(device) - before
+    held_before = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    held_before.add(x.untyped_storage().data_ptr())
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in held_before:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits, y)
+    saved[logits.untyped_storage().data_ptr()] = logits.untyped_storage().nbytes()
+    return sum(saved.values()), None
 
 
 if __name__ == "__main__":

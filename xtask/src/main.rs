@@ -21,9 +21,13 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc keeps freed pages for reuse. With the system allocator every large tensor is a fresh
 /// mmap (page faults on first touch) and an munmap (TLB shootdowns across cores) — 20-40% of a
-/// CPU forward pass was spent in the kernel.
+/// CPU forward pass was spent in the kernel. `Cap` (no limit) counts the live heap bytes, from which
+/// the zoo benchmark measures what a training step's graph keeps on the CPU
+/// (`bench::machine::live_heap_bytes`). Its high-water mark says little: faer's products reserve
+/// a buffer of twice the L3 cache per thread (this 2-core VM reports 480 MiB of L3),
+/// uninitialised and mostly never touched.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
 
 #[derive(Debug, Parser)]
 #[command(about = "medxfer's workspace commands", long_about = None)]

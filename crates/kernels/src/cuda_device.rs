@@ -54,6 +54,21 @@ pub fn cuda_memory_high_water(device: &Device) -> candle_core::Result<Option<u64
     Ok(Some(bytes))
 }
 
+/// The device memory candle's tensors (and any convolution's workspace) hold now: the default
+/// pool's used memory, PyTorch's `memory_allocated` counterpart. Read it after the device has
+/// finished the queued work, or frees still queued count as held. `None` on the CPU.
+pub fn cuda_memory_in_use(device: &Device) -> candle_core::Result<Option<u64>> {
+    if !device.is_cuda() {
+        return Ok(None);
+    }
+    let pool = default_pool(device)?;
+    let mut bytes = 0u64;
+    // SAFETY: the pool is the device's own; the attribute is a cuuint64_t, which `bytes` is.
+    unsafe { mem_pool::get_attribute(pool, CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT, (&mut bytes as *mut u64).cast()) }
+        .map_err(driver_error("CUDA device set-up"))?;
+    Ok(Some(bytes))
+}
+
 /// Starts the high-water mark again from the memory in use now.
 pub fn reset_cuda_memory_high_water(device: &Device) -> candle_core::Result<()> {
     if !device.is_cuda() {

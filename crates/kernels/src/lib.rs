@@ -82,7 +82,7 @@ pub use conv::conv2d;
 pub use conv::cuda::largest_cudnn_workspace;
 pub use conv_batchnorm::conv_batch_norm_train;
 #[cfg(feature = "cuda")]
-pub use cuda_device::{cuda_memory_high_water, prepare_cuda_device, reset_cuda_memory_high_water};
+pub use cuda_device::{cuda_memory_high_water, cuda_memory_in_use, prepare_cuda_device, reset_cuda_memory_high_water};
 pub use depthwise::depthwise_conv2d;
 pub use gate::channel_gate;
 pub use gpu_settings::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, gpu_settings, set_gpu_settings};

@@ -36,6 +36,25 @@ pub fn device_memory_high_water(device: &Device) -> Result<Option<u64>> {
     }
 }
 
+/// Starts the high-water mark of [`device_memory_high_water`] again from the memory in use now
+/// (nothing to do on the CPU).
+pub fn reset_device_memory_high_water(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    medxfer_kernels::reset_cuda_memory_high_water(device)?;
+    let _ = device;
+    Ok(())
+}
+
+/// The device memory tensors hold now, once the queued work is done (`None` on the CPU, or in a
+/// build without CUDA).
+pub fn device_memory_in_use(device: &Device) -> Result<Option<u64>> {
+    device.synchronize()?;
+    #[cfg(feature = "cuda")]
+    return Ok(medxfer_kernels::cuda_memory_in_use(device)?);
+    #[cfg(not(feature = "cuda"))]
+    Ok(None)
+}
+
 /// The largest workspace a cuDNN convolution algorithm chosen in this process needs, in bytes
 /// (`None` in a build without CUDA).
 pub fn largest_cudnn_workspace() -> Option<u64> {

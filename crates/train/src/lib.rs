@@ -47,7 +47,9 @@ mod search_space;
 mod sgd;
 
 pub use checkpoint::{read_tensors, write_tensors};
-pub use device::{device_memory_high_water, largest_cudnn_workspace, parse_device, synchronize};
+pub use device::{
+    device_memory_high_water, device_memory_in_use, largest_cudnn_workspace, parse_device, reset_device_memory_high_water, synchronize,
+};
 pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};
 pub use finetune::{

@@ -1,4 +1,4 @@
-//! Facts about the machine a benchmark ran on, read from /proc.
+//! Facts about the machine a benchmark ran on, read from /proc, and about this process's memory.
 
 use std::fs;
 
@@ -29,6 +29,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The heap bytes this process holds now (every Rust allocation: on the CPU, every tensor).
+pub fn live_heap_bytes() -> u64 {
+    crate::ALLOCATOR.allocated() as u64
 }
 
 /// The GPU's name as nvidia-smi gives it, or "GPU" where nvidia-smi is missing.

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use medxfer_train::{NesterovSgd, SgdSettings};
 use medxfer_zoo::{Backbone, Registry};
 use serde_json::{Value, json};
@@ -24,6 +24,19 @@ use crate::gpu_arithmetic::GpuArithmetic;
 /// step on this workspace's side); from the third on, both sides run as they would for the
 /// thousands of steps of a fine-tuning run.
 pub const WARMUP_STEPS: usize = 2;
+
+/// What the training table's graph columns are, in its report.
+const GRAPH_COLUMNS_NOTE: &str = " Graph MiB: what one training forward pass keeps for the backward pass (activations, \
+     saved statistics, logits), measured in one more, untimed step: our heap after its forward pass less before it, and \
+     PyTorch's tensors saved for the backward pass (autograd's saved-tensor hooks, each storage once, parameters and \
+     input not counted) with the logits.";
+
+/// The same for the GPU's table, which also has each step's peak.
+const STEP_COLUMNS_NOTE: &str = " Graph MiB: what one training forward pass keeps for the backward pass (activations, \
+     saved statistics, logits); step MiB: the most the whole step held at once (the graph, gradients on their way, \
+     convolution workspaces); both measured in one more, untimed step from the GPU memory in use before it (ours: the \
+     memory pool's used memory and its high-water mark; PyTorch: `torch.cuda.memory_allocated` and \
+     `max_memory_allocated`).";
 
 #[derive(Debug)]
 pub struct Settings {
@@ -73,12 +86,22 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         // Host memory on the CPU; device memory on a GPU where the side reports it.
         let key = if settings.device == "cpu" { "peak_rss_bytes" } else { "peak_device_bytes" };
         let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
-        rows.push(format!(
+        let mut row = format!(
             "| {name} | {ours_rate:.1} | {their_rate:.1} | {:.2}x | {:.0} | {:.0} |",
             ours_rate / their_rate,
             mib(&ours),
             theirs.as_ref().map(mib).unwrap_or(f64::NAN)
-        ));
+        );
+        let memory_columns: &[&str] = match (settings.train, settings.device.as_str()) {
+            (false, _) => &[],
+            (true, "cpu") => &["graph_bytes"],
+            (true, _) => &["graph_bytes", "step_peak_bytes"],
+        };
+        for key in memory_columns {
+            let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+            row += &format!(" {:.0} | {:.0} |", mib(&ours), theirs.as_ref().map(mib).unwrap_or(f64::NAN));
+        }
+        rows.push(row);
         let rates = |side: &Value| runs_of(&side["runs"]).into_iter().map(|s| settings.batch as f64 / s).collect::<Vec<f64>>();
         measurements.push(Measurement {
             area: if settings.train { "training step" } else { "zoo eval" },
@@ -95,7 +118,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     }
     let report = format!(
         "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs ({} rounds of {}, the sides alternating) after {} warm-up steps each. Machine: {}, {} cores (both sides use all of them). \
-         Load average {} before, {} after.\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |\n|---|---:|---:|---:|---:|---:|\n{}\n",
+         Load average {} before, {} after.{}\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |{}\n|---|---:|---:|---:|---:|---:|{}\n{}\n",
         if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
         settings.batch,
         settings.size,
@@ -114,6 +137,21 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         machine::cores(),
         load_before,
         machine::load_average(),
+        match (settings.train, settings.device.as_str()) {
+            (false, _) => "",
+            (true, "cpu") => GRAPH_COLUMNS_NOTE,
+            (true, _) => STEP_COLUMNS_NOTE,
+        },
+        match (settings.train, settings.device.as_str()) {
+            (false, _) => "",
+            (true, "cpu") => " medxfer graph MiB | timm graph MiB |",
+            (true, _) => " medxfer graph MiB | timm graph MiB | medxfer step MiB | timm step MiB |",
+        },
+        match (settings.train, settings.device.as_str()) {
+            (false, _) => "",
+            (true, "cpu") => "---:|---:|",
+            (true, _) => "---:|---:|---:|---:|",
+        },
         rows.join("\n")
     );
     // On a GPU, part of our peak: the largest workspace a chosen cuDNN algorithm needs.
@@ -148,6 +186,8 @@ fn pooled(rounds: &[Value], batch: usize) -> Value {
         "runs": runs,
         "peak_rss_bytes": peak("peak_rss_bytes"),
         "peak_device_bytes": peak("peak_device_bytes"),
+        "graph_bytes": peak("graph_bytes"),
+        "step_peak_bytes": peak("step_peak_bytes"),
         "rounds": rounds,
     })
 }
@@ -233,12 +273,15 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
     let mut sorted = runs.clone();
     sorted.sort_by(f64::total_cmp);
     let seconds = sorted[sorted.len() / 2];
+    let memory = if train { Some(step_memory(&model, &images, &labels, &mut optimizer, &device)?) } else { None };
     println!(
         "{}",
         json!({
             "seconds": seconds,
             "images_per_second": batch as f64 / seconds,
             "runs": runs,
+            "graph_bytes": memory.map(|m| m.graph),
+            "step_peak_bytes": memory.and_then(|m| m.step_peak),
             "peak_rss_bytes": machine::peak_rss_bytes(),
             "peak_device_bytes": medxfer_train::device_memory_high_water(&device)?,
             // Part of the peak on a GPU: what the largest chosen cuDNN algorithm needs.
@@ -246,6 +289,32 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
         })
     );
     Ok(())
+}
+
+/// What one more, untimed training step holds, above what was held before it.
+#[derive(Debug, Clone, Copy)]
+struct StepMemory {
+    /// What the forward pass keeps for the backward pass (the graph: activations, saved
+    /// statistics, the logits): the GPU's memory in use on a GPU, the heap on the CPU, after the
+    /// forward pass.
+    graph: u64,
+    /// The most the whole step held at once, on a GPU (the graph, the gradients on their way,
+    /// convolution workspaces); none on the CPU, where faer's untouched per-thread buffers
+    /// would count.
+    step_peak: Option<u64>,
+}
+
+fn step_memory(model: &Backbone, images: &Tensor, labels: &Tensor, optimizer: &mut NesterovSgd, device: &Device) -> Result<StepMemory> {
+    let in_use = || -> Result<u64> { Ok(medxfer_train::device_memory_in_use(device)?.unwrap_or_else(machine::live_heap_bytes)) };
+    medxfer_train::reset_device_memory_high_water(device)?;
+    let before = in_use()?;
+    let (_, logits) = model.features_and_logits(images, true)?;
+    let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+    let graph = in_use()?.saturating_sub(before);
+    optimizer.step(&loss.backward()?)?;
+    medxfer_train::synchronize(device)?;
+    let step_peak = medxfer_train::device_memory_high_water(device)?.map(|peak| peak.saturating_sub(before));
+    Ok(StepMemory { graph, step_peak })
 }
 
 fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Value> {
