@@ -189,3 +189,52 @@ fn no_gradient_keeps_a_larger_buffer_alive() {
     let gate = random(&[2, 4, 1, 1], 14);
     check_storages("channel gate", &[&image], &[&gate], || medxfer_kernels::channel_gate(image.as_tensor(), gate.as_tensor()).unwrap());
 }
+
+/// `backward_releasing`, the pass medxfer trains with, frees intermediates as it goes; it must
+/// give `backward`'s gradients to the bit. A small network through the workspace's ops: the fused
+/// convolution + BatchNorm (whose op keeps the convolution's output), a BatchNorm with a
+/// residual, views that share storage (reshape, transpose, narrow), a node used twice, the
+/// squeeze-excitation gate, a linear layer and cross-entropy. The graph is built anew for each
+/// pass. A second pass over a released graph is an error that says to run the forward pass
+/// again.
+#[test]
+fn the_releasing_pass_gives_the_same_gradients_to_the_bit() {
+    let image = random(&[3, 4, 9, 9], 21);
+    let kernel = random(&[6, 4, 3, 3], 22);
+    let kernel2 = random(&[6, 6, 3, 3], 23);
+    let (gamma, beta) = (random(&[6], 24), random(&[6], 25));
+    let (gamma2, beta2) = (random(&[6], 26), random(&[6], 27));
+    let gate = random(&[3, 6, 1, 1], 28);
+    let w = random(&[5, 6 * 9], 29);
+    let b = random(&[5], 30);
+    let vars = [&image, &kernel, &kernel2, &gamma, &beta, &gamma2, &beta2, &gate, &w, &b];
+    let loss = || {
+        let params = BatchNormParams { gamma: gamma.as_tensor(), beta: beta.as_tensor(), eps: 1e-5 };
+        let params2 = BatchNormParams { gamma: gamma2.as_tensor(), beta: beta2.as_tensor(), eps: 1e-5 };
+        let a =
+            medxfer_kernels::conv_batch_norm_train(image.as_tensor(), kernel.as_tensor(), 2, 1, params, FusedActivation::Relu).unwrap().y;
+        let c = medxfer_kernels::conv2d(&a, kernel2.as_tensor(), None, 1, 1).unwrap();
+        let r = medxfer_kernels::batch_norm_train(&c, params2, Some(&a), FusedActivation::Relu6).unwrap().y;
+        let g =
+            medxfer_kernels::channel_gate(&r, &(&r * 1.0).unwrap().mean_keepdim((2, 3)).unwrap().broadcast_add(gate.as_tensor()).unwrap())
+                .unwrap();
+        let twice = (&g * &g).unwrap();
+        let viewed = twice.transpose(2, 3).unwrap().reshape((3, 6, 25)).unwrap().narrow(2, 0, 9).unwrap();
+        let logits = medxfer_kernels::linear(&viewed.reshape((3, 54)).unwrap(), w.as_tensor(), Some(b.as_tensor())).unwrap();
+        candle_nn::loss::cross_entropy(&logits, &Tensor::new(&[0u32, 3, 4], &Device::Cpu).unwrap()).unwrap()
+    };
+    let kept = loss().backward().unwrap();
+    let released = loss().backward_releasing().unwrap();
+    for (index, v) in vars.iter().enumerate() {
+        let (a, b) = (gradient(&kept, v), gradient(&released, v));
+        assert_eq!(
+            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "variable {index}"
+        );
+    }
+    let once = loss();
+    once.backward_releasing().unwrap();
+    let error = once.backward_releasing().unwrap_err().to_string();
+    assert!(error.contains("freed by an earlier backward_releasing; run the forward pass again"), "{error}");
+}

@@ -163,7 +163,34 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
+        self.backward_with(false)
+    }
+
+    /// The same gradients as [`Tensor::backward`], freeing each intermediate's storage as soon
+    /// as the backward pass has no further use for it, as PyTorch frees a node's saved tensors
+    /// once the node's backward has run (`retain_graph=False`). `backward` keeps every
+    /// intermediate until it returns, so its peak memory is the whole forward graph plus the
+    /// gradients made on the way.
+    ///
+    /// An intermediate is freed once its own rule and those of every tensor sharing its storage
+    /// (views) have run, and only if nothing outside the graph holds any of them: no clone (the
+    /// caller's logits, features), no view outside the graph, no variable. Every rule that
+    /// reads a tensor runs before it: its consumers' rules, which take it as an input, run
+    /// first, and its own rule, which may take its output, runs when it is freed. A freed
+    /// tensor is left with one zero in place of its values, so the graph cannot be
+    /// backpropagated a second time.
+    pub fn backward_releasing(&self) -> Result<GradStore> {
+        self.backward_with(true)
+    }
+
+    fn backward_with(&self, release: bool) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
+        if sorted_nodes.iter().any(|node| node.is_released()) {
+            crate::bail!(
+                "backward: this graph's intermediates were freed by an earlier backward_releasing; run the forward pass again"
+            )
+        }
+        let mut release = release.then(|| ReleasePlan::new(&sorted_nodes));
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
         for node in sorted_nodes.iter() {
@@ -178,8 +205,10 @@ impl Tensor {
             // do not have to allocate too often. Here we just call `.detach` to avoid computing
             // the backprop graph of the backprop itself. This would be an issue for second order
             // derivatives but these are out of scope at the moment.
-            let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
-            let grad = if do_not_detach { grad } else { grad.detach() };
+            // The gradient as it was stored is dropped here, not at the end of the iteration: a
+            // rule's output records the rule's inputs as its own op, and until it is dropped it
+            // holds them (`backward_releasing` frees nothing that anything holds).
+            let grad = detached_unless_asked(grad);
             if let Some(op) = node.op() {
                 match op {
                     Op::Binary(lhs, rhs, BinaryOp::Add) => {
@@ -650,8 +679,119 @@ impl Tensor {
                     }
                 };
             }
+            if let Some(plan) = release.as_mut() {
+                plan.rule_ran(node)?;
+            }
         }
         Ok(grads)
+    }
+}
+
+/// Which intermediates `Tensor::backward_releasing` may free, and when.
+struct ReleasePlan<'a> {
+    /// How many inputs of the graph's ops each tensor is (an op taking x twice counts twice):
+    /// the handles to it that the graph itself holds.
+    held_by_graph: HashMap<TensorId, usize>,
+    /// The graph's tensors grouped by the storage they share (`Tensor::storage_key`).
+    sharing: HashMap<usize, Vec<&'a Tensor>>,
+    /// The tensors whose rule has run.
+    done: std::collections::HashSet<TensorId>,
+}
+
+impl<'a> ReleasePlan<'a> {
+    fn new(nodes: &[&'a Tensor]) -> Self {
+        let mut held_by_graph: HashMap<TensorId, usize> = HashMap::new();
+        let mut sharing: HashMap<usize, Vec<&'a Tensor>> = HashMap::new();
+        for node in nodes {
+            sharing.entry(node.storage_key()).or_default().push(node);
+            if let Some(op) = node.op() {
+                for input in op_inputs(op) {
+                    *held_by_graph.entry(input.id()).or_default() += 1;
+                }
+            }
+        }
+        Self {
+            held_by_graph,
+            sharing,
+            done: Default::default(),
+        }
+    }
+
+    /// `node`'s rule has run: free its storage if every tensor sharing it is done and nothing
+    /// outside the graph holds any of them.
+    fn rule_ran(&mut self, node: &Tensor) -> Result<()> {
+        self.done.insert(node.id());
+        let Some(sharers) = self.sharing.get(&node.storage_key()) else {
+            return Ok(());
+        };
+        let free = sharers.iter().all(|t| self.done.contains(&t.id()))
+            && node.storage_sharers() == sharers.len()
+            && sharers.iter().all(|t| {
+                t.handle_count() == self.held_by_graph.get(&t.id()).copied().unwrap_or(0)
+            });
+        if free {
+            // A device that cannot make the empty placeholder keeps the values: the pass then
+            // holds what `backward` would, and goes on.
+            let key = node.storage_key();
+            if node.release_storage().is_ok() {
+                self.sharing.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every tensor `op` holds as an input, whether or not the backward pass follows it.
+fn op_inputs(op: &Op) -> Vec<&Tensor> {
+    match op {
+        Op::IndexAdd(t1, t2, t3, _)
+        | Op::Scatter(t1, t2, t3, _)
+        | Op::ScatterAdd(t1, t2, t3, _)
+        | Op::CustomOp3(t1, t2, t3, _)
+        | Op::WhereCond(t1, t2, t3) => vec![t1, t2, t3],
+        Op::Conv1D { arg, kernel, .. }
+        | Op::ConvTranspose1D { arg, kernel, .. }
+        | Op::Conv2D { arg, kernel, .. }
+        | Op::ConvTranspose2D { arg, kernel, .. } => vec![arg, kernel],
+        Op::CustomOp2(lhs, rhs, _)
+        | Op::Binary(lhs, rhs, _)
+        | Op::Gather(lhs, rhs, _)
+        | Op::IndexSelect(lhs, rhs, _)
+        | Op::Matmul(lhs, rhs)
+        | Op::SliceScatter0(lhs, rhs, _) => vec![lhs, rhs],
+        Op::Cat(args, _) => args.iter().collect(),
+        Op::Affine { arg, .. }
+        | Op::Reshape(arg)
+        | Op::UpsampleNearest1D { arg, .. }
+        | Op::UpsampleNearest2D { arg, .. }
+        | Op::UpsampleBilinear2D { arg, .. }
+        | Op::AvgPool2D { arg, .. }
+        | Op::MaxPool2D { arg, .. }
+        | Op::Copy(arg)
+        | Op::Broadcast(arg)
+        | Op::Cmp(arg, _)
+        | Op::Reduce(arg, _, _)
+        | Op::ToDevice(arg)
+        | Op::Transpose(arg, _, _)
+        | Op::Permute(arg, _)
+        | Op::Narrow(arg, _, _, _)
+        | Op::Unary(arg, _)
+        | Op::Elu(arg, _)
+        | Op::Powf(arg, _)
+        | Op::ToDType(arg)
+        | Op::CustomOp1(arg, _) => vec![arg],
+    }
+}
+
+/// `grad` without the op that made it, unless `CANDLE_GRAD_DO_NOT_DETACH` asks for the backward
+/// pass's own graph. A rule such as the product's (`grad * rhs`) records its inputs, graph
+/// tensors among them, as the gradient's op; a gradient kept with that op would keep them alive
+/// as long as it is stored.
+fn detached_unless_asked(grad: Tensor) -> Tensor {
+    if CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b) {
+        grad
+    } else {
+        grad.detach()
     }
 }
 
@@ -737,11 +877,11 @@ impl GradStore {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum_grad = entry.get_mut();
-                *sum_grad = sum_grad.add(grad)?;
+                *sum_grad = detached_unless_asked(sum_grad.add(grad)?);
             }
             Entry::Vacant(entry) => {
                 check_first_gradient(tensor, grad)?;
-                entry.insert(grad.contiguous()?);
+                entry.insert(detached_unless_asked(grad.contiguous()?));
             }
         }
         Ok(())
@@ -752,11 +892,11 @@ impl GradStore {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum_grad = entry.get_mut();
-                *sum_grad = sum_grad.sub(grad)?;
+                *sum_grad = detached_unless_asked(sum_grad.sub(grad)?);
             }
             Entry::Vacant(entry) => {
                 check_first_gradient(tensor, grad)?;
-                entry.insert(grad.neg()?);
+                entry.insert(detached_unless_asked(grad.neg()?));
             }
         }
         Ok(())

@@ -2781,6 +2781,34 @@ impl Tensor {
         (storage, &self.layout)
     }
 
+    /// How many handles this tensor has: its clones, and the ops of the graph that hold it as an
+    /// input (`Tensor::backward_releasing`).
+    pub(crate) fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    /// How many tensors (this one, its views) share this tensor's storage
+    /// (`Tensor::backward_releasing`).
+    pub(crate) fn storage_sharers(&self) -> usize {
+        Arc::strong_count(&self.storage)
+    }
+
+    /// Frees this tensor's storage, leaving an empty u8 storage on its device in its place: its
+    /// layout then describes values that are gone, which [`Tensor::is_released`] tells. Only
+    /// `Tensor::backward_releasing` calls this, for an intermediate of the graph that nothing
+    /// can read any more.
+    pub(crate) fn release_storage(&self) -> Result<()> {
+        let placeholder = self.device.zeros(&Shape::from(0), DType::U8)?;
+        *self.storage_mut() = placeholder;
+        Ok(())
+    }
+
+    /// Whether `Tensor::backward_releasing` has freed this tensor's storage (its storage's dtype
+    /// is no longer its own).
+    pub(crate) fn is_released(&self) -> bool {
+        self.storage().dtype() != self.dtype
+    }
+
     /// Unique key for this tensor's storage. Equal keys mean the tensors share the same allocation.
     #[inline]
     pub(crate) fn storage_key(&self) -> usize {

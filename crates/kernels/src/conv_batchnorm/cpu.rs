@@ -83,7 +83,12 @@ impl CustomOp3 for ConvBatchNorm {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (conv_out, normalize) = read(&self.saved, |saved| (saved.conv_out.clone(), self.normalize(saved.mean.clone(), &saved.var)))?;
+        // Taken, not cloned: the convolution's output is freed with this pass's last use of it,
+        // as the backward pass frees the graph's own intermediates (`backward_releasing`).
+        let Some(Saved { conv_out, mean, var }) = lock(&self.saved)?.take() else {
+            candle_core::bail!("conv + batch norm: no saved state (its forward pass has not run, or a backward pass has used it)")
+        };
+        let normalize = self.normalize(mean, &var);
         let (grad_conv_out, grad_affine, _) = normalize.gradients(&conv_out, affine, res, grad)?;
         let (grad_x, grad_weight, _) = self.conv.gradients(x, weight, &grad_conv_out)?;
         Ok((grad_x, Some(grad_weight), Some(grad_affine)))

@@ -1,0 +1,83 @@
+//! `Tensor::backward_releasing` (vendor/README.md), the backward pass medxfer trains with, frees
+//! each intermediate once the pass is done with it; `backward` keeps them all until it returns.
+//! Observed here through this test binary's allocator, which counts live heap bytes: a probe op
+//! at the start of a chain of intermediates reads the count when its backward rule runs, the
+//! last rule of the pass. One test in its own binary, so no other test allocates meanwhile.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
+
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Live heap bytes when the probe's backward rule ran.
+static LIVE_AT_PROBE: AtomicUsize = AtomicUsize::new(0);
+
+/// The identity, whose backward rule records the live heap bytes.
+struct Probe;
+
+impl CustomOp1 for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(values) = storage else { candle_core::bail!("probe: f32 only") };
+        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("probe: contiguous only") };
+        Ok((CpuStorage::F32(values[start..end].to_vec()), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        LIVE_AT_PROBE.store(ALLOCATOR.allocated(), Ordering::SeqCst);
+        Ok(Some(grad.clone()))
+    }
+}
+
+const VALUES: usize = 1 << 20;
+const BYTES: usize = VALUES * 4;
+const CHAIN: usize = 8;
+
+/// x -> probe -> eight intermediates of 4 MiB each (the last held by the caller when `hold`)
+/// -> sum. Returns the live bytes at the probe's rule, above those before the forward pass, and
+/// the gradient of x.
+fn run(releasing: bool, hold: bool) -> (usize, Vec<f32>) {
+    let x = Var::from_tensor(&Tensor::arange(0f32, VALUES as f32, &Device::Cpu).unwrap().affine(1e-6, 0.0).unwrap()).unwrap();
+    let before = ALLOCATOR.allocated();
+    let mut y = x.as_tensor().apply_op1(Probe).unwrap();
+    let mut held = None;
+    for step in 0..CHAIN {
+        // Each rule reads its input: y * y keeps y for its backward rule.
+        y = ((&y * &y).unwrap() * 0.5).unwrap().affine(1.0, step as f64 * 1e-3).unwrap();
+        if hold && step == 3 {
+            held = Some((y.clone(), y.to_vec1::<f32>().unwrap()));
+        }
+    }
+    let loss = y.sum_all().unwrap();
+    let grads = if releasing { loss.backward_releasing() } else { loss.backward() }.unwrap();
+    if let Some((tensor, values)) = held {
+        assert_eq!(tensor.to_vec1::<f32>().unwrap(), values, "a tensor the caller holds keeps its values");
+    }
+    let live = LIVE_AT_PROBE.load(Ordering::SeqCst) - before;
+    (live, grads.get(x.as_tensor()).unwrap().to_vec1().unwrap())
+}
+
+#[test]
+fn the_releasing_pass_frees_each_intermediate_once_done_with_it() {
+    let (kept, expected) = run(false, false);
+    let (released, gradient) = run(true, false);
+    let (released_but_held, gradient_held) = run(true, true);
+    eprintln!("live at the probe: {kept} bytes keeping, {released} releasing, {released_but_held} releasing with one held");
+    // Plain: every node of the chain (three per step, 4 MiB each) is still alive at the probe.
+    assert!(kept >= 3 * CHAIN * BYTES, "backward keeps the graph: {kept} bytes live at the probe");
+    // Releasing: the probe's output, its incoming gradient and the gradient store's few.
+    assert!(released <= 4 * BYTES, "backward_releasing kept {released} bytes live at the probe ({kept} without releasing)");
+    // A tensor the caller holds (and only it) stays: it, and this test's copy of its values.
+    assert!(
+        released_but_held >= released + 2 * BYTES && released_but_held < released + 3 * BYTES,
+        "holding one intermediate: {released_but_held} bytes, {released} without"
+    );
+    assert_eq!(gradient, expected, "the same gradient to the bit");
+    assert_eq!(gradient_held, expected, "the same gradient to the bit, holding an intermediate");
+}
