@@ -431,9 +431,7 @@ pub fn fine_tune_until(
             let batch = batch?;
             let (_, logits) = model.features_and_logits(&batch.images.to_device(&device)?, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?)?;
-            // Each intermediate is freed once the backward pass is done with it, as PyTorch does:
-            // the step's peak is the forward graph, not the graph plus every gradient on the way.
-            optimizer.step(&loss.backward_releasing()?)?;
+            optimizer.step(&crate::backward(&loss)?)?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
                 return Err(Error::Diverged { epoch: epoch + 1, learning_rate, loss: value });

@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+mod backward;
 mod checkpoint;
 mod device;
 mod error;
@@ -46,6 +47,7 @@ mod search;
 mod search_space;
 mod sgd;
 
+pub use backward::backward;
 pub use checkpoint::{read_tensors, write_tensors};
 pub use device::{
     device_memory_high_water, device_memory_in_use, largest_cudnn_workspace, parse_device, reset_device_memory_high_water, synchronize,

@@ -252,7 +252,7 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
         if train {
             let (_, logits) = model.features_and_logits(&images, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            optimizer.step(&loss.backward_releasing()?)?;
+            optimizer.step(&medxfer_train::backward(&loss)?)?;
             loss.to_scalar::<f32>()?;
         } else {
             let (features, _) = model.features_and_logits(&images, false)?;
@@ -311,7 +311,7 @@ fn step_memory(model: &Backbone, images: &Tensor, labels: &Tensor, optimizer: &m
     let (_, logits) = model.features_and_logits(images, true)?;
     let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
     let graph = in_use()?.saturating_sub(before);
-    optimizer.step(&loss.backward_releasing()?)?;
+    optimizer.step(&medxfer_train::backward(&loss)?)?;
     medxfer_train::synchronize(device)?;
     let step_peak = medxfer_train::device_memory_high_water(device)?.map(|peak| peak.saturating_sub(before));
     Ok(StepMemory { graph, step_peak })
