@@ -2,15 +2,20 @@
 //! each intermediate once the pass is done with it; `backward` keeps them all until it returns.
 //! Observed here through this test binary's allocator, which counts live heap bytes: a probe op
 //! at the start of a chain of intermediates reads the count when its backward rule runs, the
-//! last rule of the pass. One test in its own binary, so no other test allocates meanwhile.
+//! last rule of the pass. Also what a training forward pass of the residual branch's linear layer
+//! keeps. The tests take turns (`SERIAL`), and no other test in this binary allocates meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
 
 #[global_allocator]
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// One test at a time: each counts the whole process's heap.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Live heap bytes when the probe's backward rule ran.
 static LIVE_AT_PROBE: AtomicUsize = AtomicUsize::new(0);
@@ -65,6 +70,7 @@ fn run(releasing: bool, hold: bool) -> (usize, Vec<f32>) {
 
 #[test]
 fn the_releasing_pass_frees_each_intermediate_once_done_with_it() {
+    let _turn = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (kept, expected) = run(false, false);
     let (released, gradient) = run(true, false);
     let (released_but_held, gradient_held) = run(true, true);
@@ -80,4 +86,37 @@ fn the_releasing_pass_frees_each_intermediate_once_done_with_it() {
     );
     assert_eq!(gradient, expected, "the same gradient to the bit");
     assert_eq!(gradient_held, expected, "the same gradient to the bit, holding an intermediate");
+}
+
+/// residual + x W' + b recording a gradient is one node: the graph keeps its output (and the
+/// packed parameters, tiny here), where the separate linear layer and add kept the product's
+/// output too.
+#[test]
+fn the_residual_linear_layer_keeps_one_output_in_the_graph() {
+    let _turn = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (rows, features) = (4096, 32);
+    let on = |values: Vec<f32>, shape: (usize, usize)| Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap();
+    let x = on((0..rows * features).map(|i| (i % 7) as f32 * 0.1).collect(), (rows, features));
+    let w = on((0..features * features).map(|i| (i % 5) as f32 * 0.01).collect(), (features, features));
+    let b = Var::from_tensor(&Tensor::ones(features, candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let r = on((0..rows * features).map(|i| (i % 3) as f32).collect(), (rows, features));
+    let kept = |fused: bool| {
+        let before = ALLOCATOR.allocated();
+        let y = if fused {
+            medxfer_kernels::linear_residual(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), r.as_tensor()).unwrap()
+        } else {
+            (medxfer_kernels::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap() + r.as_tensor()).unwrap()
+        };
+        let kept = ALLOCATOR.allocated() - before;
+        drop(y);
+        kept
+    };
+    // The first products on each thread reserve faer's buffers (twice the L3 cache per thread).
+    kept(true);
+    kept(false);
+    let (fused, separate) = (kept(true), kept(false));
+    let output = rows * features * 4;
+    eprintln!("graph bytes: {fused} as one node, {separate} as a linear layer and an add");
+    assert!(fused >= output && fused < output + output / 8, "one node keeps {fused} bytes for a {output}-byte output");
+    assert!(separate >= 2 * output, "the separate ops keep {separate} bytes for a {output}-byte output");
 }

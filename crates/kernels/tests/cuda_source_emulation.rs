@@ -803,21 +803,25 @@ int main(int argc, char** argv) {
     Input in{fopen(argv[1], "rb")};
     int rows = in.value<int>(), columns = in.value<int>();
     unsigned n = (unsigned)rows * columns;
-    std::vector<float> y = in.floats(n), b = in.floats(columns), sums(columns);
+    std::vector<float> y = in.floats(n), b = in.floats(columns), residual = in.floats(n), sums(columns);
+    std::vector<float> fused = y;
     // linear/cuda.rs's grids: 256 threads; blocks of up to 64 rows, at most 1,024 of them.
     launch(dim3{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1}, dim3{256, 1, 1}, [&] { add_bias(y.data(), b.data(), n, (unsigned)columns); });
+    launch(dim3{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1}, dim3{256, 1, 1},
+           [&] { add_bias_residual(fused.data(), b.data(), residual.data(), n, (unsigned)columns); });
     int chunks = std::clamp((rows + 63) / 64, 1, 1024);
     unsigned column_blocks = (unsigned)((columns + 255) / 256);
     std::vector<double> partial((size_t)chunks * columns);
     launch(dim3{column_blocks, (unsigned)chunks, 1}, dim3{256, 1, 1}, [&] { column_partial(y.data(), partial.data(), rows, columns, chunks); });
     launch(dim3{column_blocks, 1, 1}, dim3{256, 1, 1}, [&] { column_finish(partial.data(), sums.data(), columns, chunks); });
     FILE* file = fopen(argv[2], "wb");
-    write(file, y); write(file, sums);
+    write(file, y); write(file, sums); write(file, fused);
     fclose(file);
 }
 "#;
 
-/// The linear layer's bias kernels: the bias added to every row (exact f32 additions) and the
+/// The linear layer's bias kernels: the bias added to every row (exact f32 additions), the bias
+/// and then the residual added (the separate ops' two roundings, in their order), and the
 /// column sums of the bias gradient (f64 in chunks of rows) against f64 sums, within f32
 /// rounding: rows in one chunk and in many, columns in one block and over several.
 #[test]
@@ -827,10 +831,14 @@ fn the_linear_bias_kernels_add_and_sum_by_column() {
         let name = format!("{rows} rows of {columns}");
         let y = normal_values(700 + case as u64, rows * columns, 1.0);
         let b = normal_values(710 + case as u64, columns, 1.0);
-        let out = program.run(Inputs::default().sizes(&[rows, columns]).floats(&y).floats(&b));
-        let (biased, sums) = out.split_at(rows * columns);
+        let residual = normal_values(720 + case as u64, rows * columns, 2.0);
+        let out = program.run(Inputs::default().sizes(&[rows, columns]).floats(&y).floats(&b).floats(&residual));
+        let (biased, rest) = out.split_at(rows * columns);
+        let (sums, fused) = rest.split_at(columns);
         let expected: Vec<f32> = y.iter().enumerate().map(|(i, v)| v + b[i % columns]).collect();
         assert!(bits(biased) == bits(&expected), "{name}: the bias is not added to every row");
+        let expected: Vec<f32> = expected.iter().zip(&residual).map(|(v, r)| v + r).collect();
+        assert!(bits(fused) == bits(&expected), "{name}: the bias and the residual are not added in the separate ops' order");
         for (j, sum) in sums.iter().enumerate() {
             let exact: f64 = (0..rows).map(|r| f64::from(biased[r * columns + j])).sum();
             assert!((f64::from(*sum) - exact).abs() <= 1e-6 * exact.abs().max(1.0), "{name}: column {j} sums to {sum}, not {exact}");

@@ -36,15 +36,27 @@ enum Epilogue {
     Gelu,
 }
 
+/// What a block of output rows starts from, and what is added to it after the product.
+#[derive(Debug, Clone, Copy, Default)]
+struct Addends<'a> {
+    bias: Option<&'a [f32]>,
+    /// Written into the output with the bias before the product accumulates onto them: residual
+    /// + bias + product, in one pass (the inference path).
+    residual_first: Option<&'a [f32]>,
+    /// Added to each block after its product: (bias + product) + residual, the rounding of the
+    /// linear layer followed by an add (the training path, which keeps those bits).
+    residual_after: Option<&'a [f32]>,
+}
+
 fn forward(
     sx: &CpuStorage,
     lx: &Layout,
     sw: &CpuStorage,
     lw: &Layout,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
+    addends: Addends<'_>,
     epilogue: Epilogue,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
+    let Addends { bias, residual_first: residual, residual_after } = addends;
     let (rows, in_features, out_features, shape) = geometry(lx, lw)?;
     let x = f32_slice(sx, lx, "linear", "the input")?;
     let w = f32_slice(sw, lw, "linear", "the weight")?;
@@ -53,7 +65,7 @@ fn forward(
     {
         candle_core::bail!("linear: {} biases for {out_features} outputs", bias.len());
     }
-    if let Some(residual) = residual
+    if let Some(residual) = residual.or(residual_after)
         && residual.len() != rows * out_features
     {
         candle_core::bail!("linear: a residual of {} values for {rows} x {out_features} outputs", residual.len());
@@ -78,6 +90,9 @@ fn forward(
         let rows = y.len() / out_features.max(1);
         let x = MatRef::from_row_major_slice(&x[index * block * in_features..][..rows * in_features], rows, in_features);
         crate::product::matmul(MatMut::from_row_major_slice_mut(y, rows, out_features), accumulate, x, w_t, 1.0, Par::Seq);
+        if let Some(residual) = residual_after {
+            y.iter_mut().zip(&residual[index * block * out_features..]).for_each(|(y, r)| *y += r);
+        }
         match epilogue {
             Epilogue::None => {}
             Epilogue::Gelu => gelu_in_place(y),
@@ -210,7 +225,7 @@ impl CustomOp2 for Linear {
     }
 
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(sx, lx, sw, lw, None, None, self.0)
+        forward(sx, lx, sw, lw, Addends::default(), self.0)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -236,7 +251,8 @@ impl CustomOp3 for LinearBias {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(sx, lx, sw, lw, Some(f32_slice(sb, lb, "linear", "the bias")?), None, self.0)
+        let bias = Some(f32_slice(sb, lb, "linear", "the bias")?);
+        forward(sx, lx, sw, lw, Addends { bias, ..Addends::default() }, self.0)
     }
 
     fn bwd(
@@ -304,7 +320,7 @@ impl CustomOp3 for LinearResidual {
             },
             None => None,
         };
-        forward(sx, lx, sw, lw, bias, Some(residual), Epilogue::None)
+        forward(sx, lx, sw, lw, Addends { bias, residual_first: Some(residual), ..Addends::default() }, Epilogue::None)
     }
 }
 
@@ -318,4 +334,79 @@ pub(super) fn linear_residual_no_grad(
     let (x, weight, residual) = (x.contiguous()?, weight.contiguous()?, residual.contiguous()?);
     let bias = bias.map(Tensor::contiguous).transpose()?;
     x.apply_op3_no_bwd(&weight, &residual, &LinearResidual { bias })
+}
+
+/// residual + x W' + b as one graph node for f32 CPU tensors that record a gradient. The
+/// weight and the bias come packed into one tensor, `[W flattened, b]` (as their gradients come
+/// out of the backward pass), since candle's custom ops take three inputs. The add after the
+/// linear layer then keeps no tensor of its own: the product's output was a second tensor of
+/// the residual's size in the graph, kept to the end of the backward pass.
+pub(super) struct LinearResidualGrad {
+    pub(super) out_features: usize,
+}
+
+impl LinearResidualGrad {
+    /// The weight's (out, in) and the bias's layouts inside the packed tensor.
+    fn parts(&self, packed: &Layout, in_features: usize) -> candle_core::Result<(Layout, Layout)> {
+        let out = self.out_features;
+        if packed.shape().elem_count() != out * in_features + out || !packed.is_contiguous() {
+            candle_core::bail!("linear: packed parameters of shape {:?} for ({out}, {in_features}) plus {out}", packed.shape());
+        }
+        let start = packed.start_offset();
+        Ok((Layout::contiguous_with_offset((out, in_features), start), Layout::contiguous_with_offset(out, start + out * in_features)))
+    }
+}
+
+impl CustomOp3 for LinearResidualGrad {
+    fn name(&self) -> &'static str {
+        "linear-residual-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sp: &CpuStorage,
+        lp: &Layout,
+        sr: &CpuStorage,
+        lr: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let in_features = lx.shape().dims().last().copied().unwrap_or(0);
+        let (lw, lb) = self.parts(lp, in_features)?;
+        let (_, _, _, shape) = geometry(lx, &lw)?;
+        if shape != *lr.shape() {
+            candle_core::bail!("linear: a residual of shape {:?} for an output of shape {shape:?}", lr.shape());
+        }
+        let addends = Addends {
+            bias: Some(f32_slice(sp, &lb, "linear", "the bias")?),
+            residual_after: Some(f32_slice(sr, lr, "linear", "the residual")?),
+            ..Addends::default()
+        };
+        forward(sx, lx, sp, &lw, addends, Epilogue::None)
+    }
+
+    /// dx = dy W, the packed [dW, db] (dW = dy' x, db the column sums of dy), and the residual's
+    /// gradient dy itself.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let in_features = x.dims().last().copied().unwrap_or(0);
+        let w = packed.narrow(0, 0, self.out_features * in_features)?.reshape((self.out_features, in_features))?;
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let dx = x.apply_op3_no_bwd(&w, &grad, &Backward(Part::Input))?.reshape(x.shape())?;
+        let parameters = x.apply_op3_no_bwd(&w, &grad, &Backward(Part::Parameters { with_bias: true }))?;
+        Ok((Some(dx), Some(parameters), Some(grad)))
+    }
+}
+
+/// residual + x W' + b for f32 CPU tensors, recording the gradient as one node.
+pub(super) fn linear_residual(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    let out_features = weight.dim(0)?;
+    let packed = Tensor::cat(&[&weight.flatten_all()?, bias], 0)?;
+    x.contiguous()?.apply_op3(&packed, &residual.contiguous()?, LinearResidualGrad { out_features })
 }

@@ -35,6 +35,16 @@ extern "C" __global__ void add_bias(float* __restrict__ y, const float* __restri
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] += b[i % columns];
 }
 
+// y[r, j] = (y[r, j] + b[j]) + residual[r, j]: the bias add and then the residual branch's add,
+// in that order, as the separate ops round them.
+extern "C" __global__ void add_bias_residual(float* __restrict__ y, const float* __restrict__ b,
+                                             const float* __restrict__ residual, unsigned n, unsigned columns) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        float biased = __fadd_rn(y[i], b[i % columns]);
+        y[i] = __fadd_rn(biased, residual[i]);
+    }
+}
+
 // Block (x, c): columns blockIdx.x * blockDim.x + threadIdx.x, summed over the rows of chunk c,
 // [c R / C, (c + 1) R / C), into partial[c * columns + j].
 extern "C" __global__ void column_partial(const float* __restrict__ x, double* __restrict__ partial,
@@ -64,6 +74,15 @@ static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_linear", SOURCE);
 /// x W' + b over the last dimension of an f32 CUDA x (checked by the caller).
 pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+}
+
+/// residual + x W' + b over the last dimension of f32 CUDA tensors (checked by the caller), as
+/// one graph node: W and b packed into one tensor `[W flattened, b]`, since candle's custom ops
+/// take three inputs (the CPU's `LinearResidualGrad` does the same).
+pub(super) fn linear_residual(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    let (outputs, inputs) = weight.dims2()?;
+    let packed = Tensor::cat(&[&weight.flatten_all()?, bias], 0)?;
+    x.contiguous()?.apply_op3(&packed, &residual.contiguous()?, LinearResidual { outputs, inputs })
 }
 
 /// Rows, input and output features of x (..., inputs) against W (outputs, inputs) and b
@@ -146,6 +165,99 @@ impl CustomOp3 for Linear {
         let dw = dy.t()?.matmul(&x.detach().reshape((rows, inputs))?)?;
         let db = dy.apply_op1_no_bwd(&ColumnSums)?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct LinearResidual {
+    outputs: usize,
+    inputs: usize,
+}
+
+impl LinearResidual {
+    /// The weight's (outputs, inputs) and the bias's layouts inside the packed tensor.
+    fn parts(&self, packed: &Layout) -> candle_core::Result<(Layout, Layout)> {
+        let (outputs, inputs) = (self.outputs, self.inputs);
+        if packed.shape().elem_count() != outputs * inputs + outputs || !packed.is_contiguous() {
+            candle_core::bail!("linear: packed parameters of shape {:?} for ({outputs}, {inputs}) plus {outputs}", packed.shape());
+        }
+        let start = packed.start_offset();
+        Ok((Layout::contiguous_with_offset((outputs, inputs), start), Layout::contiguous_with_offset(outputs, start + outputs * inputs)))
+    }
+}
+
+impl CustomOp3 for LinearResidual {
+    fn name(&self) -> &'static str {
+        "linear-residual-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("linear-residual-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ps: &CudaStorage,
+        pl: &Layout,
+        rs: &CudaStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (wl, bl) = self.parts(pl)?;
+        let (rows, inputs, outputs) = dims(xl.shape(), wl.shape(), bl.shape())?;
+        if !xl.is_contiguous() || !rl.is_contiguous() || rl.shape().elem_count() != rows * outputs {
+            candle_core::bail!("linear: the input and a residual of {rows} x {outputs} values must be contiguous, not {:?}", rl.shape());
+        }
+        let device = xs.device();
+        let rows_layout = Layout::contiguous_with_offset((rows, inputs), xl.start_offset());
+        let mut y = xs.matmul(ps, (1, rows, outputs, inputs), &rows_layout, &wl.transpose(0, 1)?)?;
+        let b = input_view::<f32>(ps, &bl, "linear", "the bias")?;
+        let residual = input_view::<f32>(rs, rl, "linear", "the residual")?;
+        let kernel = KERNELS.function(device, "add_bias_residual")?;
+        let (n, columns) = ((rows * outputs) as u32, outputs as u32);
+        let stream = device.cuda_stream();
+        let out = y.as_cuda_slice_mut::<f32>()?;
+        let mut launch = stream.launch_builder(&kernel);
+        launch.arg(out).arg(&b).arg(&residual).arg(&n).arg(&columns);
+        let grid = LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 65_535 * 8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: y holds rows·outputs f32 values (the product just made), b outputs, the
+        // residual rows·outputs (checked above); each thread writes its own elements.
+        unsafe { launch.launch(grid) }.map_err(driver_error("linear kernel"))?;
+        let mut shape = xl.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = outputs;
+        }
+        Ok((y, Shape::from(shape)))
+    }
+
+    /// dx = dy W, the packed [dW, db] (dW = dy' x, db the column sums of dy), and the residual's
+    /// gradient dy itself.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (outputs, inputs) = (self.outputs, self.inputs);
+        let rows = x.elem_count() / inputs.max(1);
+        let weight = packed.detach().narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?;
+        let grad = grad.contiguous()?;
+        let dy = grad.reshape((rows, outputs))?;
+        let dx = dy.matmul(&weight)?.reshape(x.shape())?;
+        let dw = dy.t()?.matmul(&x.detach().reshape((rows, inputs))?)?;
+        let db = dy.apply_op1_no_bwd(&ColumnSums)?;
+        let parameters = Tensor::cat(&[&dw.flatten_all()?, &db], 0)?;
+        Ok((Some(dx), Some(parameters), Some(grad)))
     }
 }
 
@@ -243,6 +355,49 @@ mod tests {
             }
             for (a, b) in ours.iter().zip(&again) {
                 assert_eq!(max_abs((a - b).unwrap()), 0.0, "{shape:?}: two runs differ");
+            }
+        }
+    }
+
+    /// The residual branch's linear layer as one node (ViT-S's proj and fc2 shapes, and small
+    /// odd ones): output and the gradients of x, W, b and the residual against the CPU's, twice
+    /// to the bit; and against the separate linear layer and add on the GPU, to the bit (the
+    /// same kernels' arithmetic in the same order).
+    #[test]
+    fn the_residual_node_matches_the_cpu_and_the_separate_ops() {
+        let gpu = crate::test_tensors::gpu();
+        let mut random = NormalTensors::new(43);
+        for (shape, outputs) in [(vec![2usize, 197, 384], 384usize), (vec![2, 197, 1536], 384), (vec![7, 24], 19), (vec![130, 5], 3)] {
+            let inputs = *shape.last().unwrap();
+            let x = random.draw(0.0, 1.0, shape.clone());
+            let w = random.draw(0.0, 0.5, (outputs, inputs));
+            let b = random.draw(0.0, 1.0, outputs);
+            let mut out_shape = shape.clone();
+            *out_shape.last_mut().unwrap() = outputs;
+            let residual = random.draw(0.0, 2.0, out_shape.clone());
+            let upstream = random.draw(0.0, 1.0, out_shape);
+            let run = |device: &Device, fused: bool| {
+                let on = |t: &candle_core::Tensor| Var::from_tensor(&t.to_device(device).unwrap()).unwrap();
+                let (x, w, b, r) = (on(&x), on(&w), on(&b), on(&residual));
+                let y = if fused {
+                    crate::linear_residual(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), r.as_tensor()).unwrap()
+                } else {
+                    (crate::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap() + r.as_tensor()).unwrap()
+                };
+                let grads = (&y * upstream.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let cpu = |t: &candle_core::Tensor| t.to_device(&Device::Cpu).unwrap();
+                let grad = |v: &Var| cpu(grads.get(v.as_tensor()).unwrap());
+                [cpu(&y), grad(&x), grad(&w), grad(&b), grad(&r)]
+            };
+            let (truth, ours, again, separate) = (run(&Device::Cpu, true), run(&gpu, true), run(&gpu, true), run(&gpu, false));
+            let names = ["output", "x gradient", "weight gradient", "bias gradient", "residual gradient"];
+            for (what, ((expected, actual), (repeat, apart))) in names.iter().zip(truth.iter().zip(&ours).zip(again.iter().zip(&separate)))
+            {
+                let error = max_abs((expected - actual).unwrap()) / max_abs(expected.clone()).max(1.0);
+                eprintln!("{shape:?} -> {outputs} {what}: relative error {error:.2e}");
+                assert!(error < 1e-5, "{shape:?} -> {outputs} {what}: {error}");
+                assert_eq!(max_abs((actual - repeat).unwrap()), 0.0, "{shape:?} {what}: two runs differ");
+                assert_eq!(max_abs((actual - apart).unwrap()), 0.0, "{shape:?} {what}: not the separate ops' bits");
             }
         }
     }

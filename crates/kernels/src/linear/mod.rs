@@ -44,12 +44,26 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result
 
 /// residual + x W' + b, the residual branch's add of a transformer block. Without a gradient to
 /// record, on the CPU in f32, the output starts as the residual plus the bias and the product
-/// accumulates onto it: no separate pass over the output and no second buffer; otherwise it is
-/// [`linear`] and then an add.
+/// accumulates onto it: no separate pass over the output and no second buffer. Recording a
+/// gradient with a bias, in f32 on the CPU or a CUDA device, it is one graph node with
+/// [`linear`]'s arithmetic and then the add's, so the same bits: the graph then keeps no
+/// product output beside the sum (PyTorch's add saves nothing). Otherwise it is [`linear`] and
+/// then an add.
 pub fn linear_residual(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
     let records = x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op) || residual.track_op();
     if !records && is_f32_cpu(x) && is_f32_cpu(weight) && bias.is_none_or(is_f32_cpu) && is_f32_cpu(residual) {
         return cpu::linear_residual_no_grad(x, weight, bias, residual);
+    }
+    if let Some(bias) = bias
+        && records
+    {
+        if [x, weight, bias, residual].into_iter().all(is_f32_cpu) {
+            return cpu::linear_residual(x, weight, bias, residual);
+        }
+        #[cfg(feature = "cuda")]
+        if cuda::applies(x, weight, bias) && residual.device().is_cuda() && residual.dtype() == candle_core::DType::F32 {
+            return cuda::linear_residual(x, weight, bias, residual);
+        }
     }
     linear(x, weight, bias)? + residual
 }
@@ -160,6 +174,39 @@ mod tests {
         for var in [&wv, &rv] {
             assert!(max_abs((fused.get(var).unwrap() - separate.get(var).unwrap()).unwrap()) < 1e-4);
         }
+    }
+
+    /// Recording a gradient, the residual branch's layer is one node with the separate linear
+    /// layer's and add's arithmetic: the output and the gradients of x, W, b and the residual are
+    /// their bits; the graph keeps one tensor of the output's size where the separate ops kept
+    /// two; packed parameters of the wrong size are an error.
+    #[test]
+    fn the_residual_node_keeps_the_separate_ops_bits() {
+        let mut normal = NormalTensors::new(12);
+        for (shape, outputs) in [(vec![3usize, 7, 16], 24usize), (vec![5, 16], 16), (vec![1, 1, 16], 3)] {
+            let mut out_shape = shape.clone();
+            *out_shape.last_mut().unwrap() = outputs;
+            let x = Var::from_tensor(&normal.draw(0.0, 2.0, shape.clone())).unwrap();
+            let w = Var::from_tensor(&normal.draw(0.0, 0.5, (outputs, 16))).unwrap();
+            let b = Var::from_tensor(&normal.draw(0.0, 1.0, outputs)).unwrap();
+            let r = Var::from_tensor(&normal.draw(0.0, 3.0, out_shape.clone())).unwrap();
+            let upstream = normal.draw(0.0, 1.0, out_shape);
+            let fused = linear_residual(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), r.as_tensor()).unwrap();
+            let separate = (linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap() + r.as_tensor()).unwrap();
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fused), bits(&separate), "{shape:?}: output");
+            let fused_grads = (&fused * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let separate_grads = (&separate * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in [("x", &x), ("weight", &w), ("bias", &b), ("residual", &r)] {
+                let (a, b) = (fused_grads.get(var.as_tensor()).unwrap(), separate_grads.get(var.as_tensor()).unwrap());
+                assert_eq!(a.dims(), var.dims(), "{shape:?}: d{name}'s shape");
+                assert_eq!(bits(a), bits(b), "{shape:?}: d{name}");
+            }
+        }
+        let x = normal.draw(0.0, 1.0, (2, 4));
+        let r = normal.draw(0.0, 1.0, (2, 3));
+        let error = x.apply_op3(&normal.draw(0.0, 1.0, 14), &r, cpu::LinearResidualGrad { out_features: 3 }).unwrap_err().to_string();
+        assert!(error.contains("packed parameters of shape [14] for (3, 4) plus 3"), "{error}");
     }
 
     /// A hand-computed case: [1, 2] times W' = [[1, 0], [1, 1], [0, 2]] plus [0.5, 0, -1].
