@@ -56,14 +56,18 @@ pub fn linear_residual(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, resid
     }
     if let Some(bias) = bias
         && records
+        && [x, weight, bias, residual].into_iter().all(is_f32_cpu)
     {
-        if [x, weight, bias, residual].into_iter().all(is_f32_cpu) {
-            return cpu::linear_residual(x, weight, bias, residual);
-        }
-        #[cfg(feature = "cuda")]
-        if cuda::applies(x, weight, bias) && residual.device().is_cuda() && residual.dtype() == candle_core::DType::F32 {
-            return cuda::linear_residual(x, weight, bias, residual);
-        }
+        return cpu::linear_residual(x, weight, bias, residual);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(bias) = bias
+        && records
+        && cuda::applies(x, weight, bias)
+        && residual.device().is_cuda()
+        && residual.dtype() == candle_core::DType::F32
+    {
+        return cuda::linear_residual(x, weight, bias, residual);
     }
     linear(x, weight, bias)? + residual
 }
