@@ -345,18 +345,6 @@ pub(super) struct LinearResidualGrad {
     pub(super) out_features: usize,
 }
 
-impl LinearResidualGrad {
-    /// The weight's (out, in) and the bias's layouts inside the packed tensor.
-    fn parts(&self, packed: &Layout, in_features: usize) -> candle_core::Result<(Layout, Layout)> {
-        let out = self.out_features;
-        if packed.shape().elem_count() != out * in_features + out || !packed.is_contiguous() {
-            candle_core::bail!("linear: packed parameters of shape {:?} for ({out}, {in_features}) plus {out}", packed.shape());
-        }
-        let start = packed.start_offset();
-        Ok((Layout::contiguous_with_offset((out, in_features), start), Layout::contiguous_with_offset(out, start + out * in_features)))
-    }
-}
-
 impl CustomOp3 for LinearResidualGrad {
     fn name(&self) -> &'static str {
         "linear-residual-grad"
@@ -372,7 +360,7 @@ impl CustomOp3 for LinearResidualGrad {
         lr: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let in_features = lx.shape().dims().last().copied().unwrap_or(0);
-        let (lw, lb) = self.parts(lp, in_features)?;
+        let (lw, lb) = super::packed_parts(lp, self.out_features, in_features)?;
         let (_, _, _, shape) = geometry(lx, &lw)?;
         if shape != *lr.shape() {
             candle_core::bail!("linear: a residual of shape {:?} for an output of shape {shape:?}", lr.shape());
@@ -407,6 +395,5 @@ impl CustomOp3 for LinearResidualGrad {
 /// residual + x W' + b for f32 CPU tensors, recording the gradient as one node.
 pub(super) fn linear_residual(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
     let out_features = weight.dim(0)?;
-    let packed = Tensor::cat(&[&weight.flatten_all()?, bias], 0)?;
-    x.contiguous()?.apply_op3(&packed, &residual.contiguous()?, LinearResidualGrad { out_features })
+    x.contiguous()?.apply_op3(&super::packed_parameters(weight, bias)?, &residual.contiguous()?, LinearResidualGrad { out_features })
 }

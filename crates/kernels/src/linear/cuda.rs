@@ -81,8 +81,7 @@ pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core:
 /// take three inputs (the CPU's `LinearResidualGrad` does the same).
 pub(super) fn linear_residual(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
     let (outputs, inputs) = weight.dims2()?;
-    let packed = Tensor::cat(&[&weight.flatten_all()?, bias], 0)?;
-    x.contiguous()?.apply_op3(&packed, &residual.contiguous()?, LinearResidual { outputs, inputs })
+    x.contiguous()?.apply_op3(&super::packed_parameters(weight, bias)?, &residual.contiguous()?, LinearResidual { outputs, inputs })
 }
 
 /// Rows, input and output features of x (..., inputs) against W (outputs, inputs) and b
@@ -95,6 +94,51 @@ fn dims(x: &Shape, weight: &Shape, bias: &Shape) -> candle_core::Result<(usize, 
         candle_core::bail!("linear: input {x:?}, weight {weight:?} and bias {bias:?} do not fit");
     }
     Ok((rows, inputs, outputs))
+}
+
+/// x W' + b (+ residual) over the last dimension of x: candle's cuBLAS product, then one kernel
+/// adding the bias (and then the residual) in place, in the separate ops' order.
+fn product_and_addends(
+    xs: &CudaStorage,
+    xl: &Layout,
+    (ws, wl): (&CudaStorage, &Layout),
+    (bs, bl): (&CudaStorage, &Layout),
+    residual: Option<(&CudaStorage, &Layout)>,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let (rows, inputs, outputs) = dims(xl.shape(), wl.shape(), bl.shape())?;
+    if !xl.is_contiguous() || !wl.is_contiguous() {
+        candle_core::bail!("linear: the input and the weight must be contiguous");
+    }
+    if let Some((_, rl)) = residual
+        && (!rl.is_contiguous() || rl.shape().elem_count() != rows * outputs)
+    {
+        candle_core::bail!("linear: a residual of shape {:?} for {rows} x {outputs} outputs (it must be contiguous)", rl.shape());
+    }
+    let device = xs.device();
+    let rows_layout = Layout::contiguous_with_offset((rows, inputs), xl.start_offset());
+    let mut y = xs.matmul(ws, (1, rows, outputs, inputs), &rows_layout, &wl.transpose(0, 1)?)?;
+    let b = input_view::<f32>(bs, bl, "linear", "the bias")?;
+    let residual = residual.map(|(rs, rl)| input_view::<f32>(rs, rl, "linear", "the residual")).transpose()?;
+    let kernel = KERNELS.function(device, if residual.is_some() { "add_bias_residual" } else { "add_bias" })?;
+    let (n, columns) = ((rows * outputs) as u32, outputs as u32);
+    let stream = device.cuda_stream();
+    let out = y.as_cuda_slice_mut::<f32>()?;
+    let mut launch = stream.launch_builder(&kernel);
+    launch.arg(out).arg(&b);
+    if let Some(residual) = &residual {
+        launch.arg(residual);
+    }
+    launch.arg(&n).arg(&columns);
+    let grid = LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 65_535 * 8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: y holds rows·outputs f32 values (the product just made), b outputs, a residual
+    // rows·outputs (checked above); the arguments are the kernel's, in its order; each thread
+    // writes its own elements.
+    unsafe { launch.launch(grid) }.map_err(driver_error("linear kernel"))?;
+    let mut shape = xl.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = outputs;
+    }
+    Ok((y, Shape::from(shape)))
 }
 
 struct Linear;
@@ -125,29 +169,7 @@ impl CustomOp3 for Linear {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (rows, inputs, outputs) = dims(xl.shape(), wl.shape(), bl.shape())?;
-        if !xl.is_contiguous() || !wl.is_contiguous() {
-            candle_core::bail!("linear: the input and the weight must be contiguous");
-        }
-        let device = xs.device();
-        let rows_layout = Layout::contiguous_with_offset((rows, inputs), xl.start_offset());
-        let mut y = xs.matmul(ws, (1, rows, outputs, inputs), &rows_layout, &wl.transpose(0, 1)?)?;
-        let b = input_view::<f32>(bs, bl, "linear", "the bias")?;
-        let kernel = KERNELS.function(device, "add_bias")?;
-        let (n, columns) = ((rows * outputs) as u32, outputs as u32);
-        let stream = device.cuda_stream();
-        let out = y.as_cuda_slice_mut::<f32>()?;
-        let mut launch = stream.launch_builder(&kernel);
-        launch.arg(out).arg(&b).arg(&n).arg(&columns);
-        let grid = LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 65_535 * 8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: y holds rows·outputs f32 values (the product just made), b outputs; each
-        // thread adds to its own elements.
-        unsafe { launch.launch(grid) }.map_err(driver_error("linear kernel"))?;
-        let mut shape = xl.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = outputs;
-        }
-        Ok((y, Shape::from(shape)))
+        product_and_addends(xs, xl, (ws, wl), (bs, bl), None)
     }
 
     /// dx = dy W, dW = dy' x, db = the column sums of dy, dy taken as (rows, outputs).
@@ -171,18 +193,6 @@ impl CustomOp3 for Linear {
 struct LinearResidual {
     outputs: usize,
     inputs: usize,
-}
-
-impl LinearResidual {
-    /// The weight's (outputs, inputs) and the bias's layouts inside the packed tensor.
-    fn parts(&self, packed: &Layout) -> candle_core::Result<(Layout, Layout)> {
-        let (outputs, inputs) = (self.outputs, self.inputs);
-        if packed.shape().elem_count() != outputs * inputs + outputs || !packed.is_contiguous() {
-            candle_core::bail!("linear: packed parameters of shape {:?} for ({outputs}, {inputs}) plus {outputs}", packed.shape());
-        }
-        let start = packed.start_offset();
-        Ok((Layout::contiguous_with_offset((outputs, inputs), start), Layout::contiguous_with_offset(outputs, start + outputs * inputs)))
-    }
 }
 
 impl CustomOp3 for LinearResidual {
@@ -211,31 +221,8 @@ impl CustomOp3 for LinearResidual {
         rs: &CudaStorage,
         rl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (wl, bl) = self.parts(pl)?;
-        let (rows, inputs, outputs) = dims(xl.shape(), wl.shape(), bl.shape())?;
-        if !xl.is_contiguous() || !rl.is_contiguous() || rl.shape().elem_count() != rows * outputs {
-            candle_core::bail!("linear: the input and a residual of {rows} x {outputs} values must be contiguous, not {:?}", rl.shape());
-        }
-        let device = xs.device();
-        let rows_layout = Layout::contiguous_with_offset((rows, inputs), xl.start_offset());
-        let mut y = xs.matmul(ps, (1, rows, outputs, inputs), &rows_layout, &wl.transpose(0, 1)?)?;
-        let b = input_view::<f32>(ps, &bl, "linear", "the bias")?;
-        let residual = input_view::<f32>(rs, rl, "linear", "the residual")?;
-        let kernel = KERNELS.function(device, "add_bias_residual")?;
-        let (n, columns) = ((rows * outputs) as u32, outputs as u32);
-        let stream = device.cuda_stream();
-        let out = y.as_cuda_slice_mut::<f32>()?;
-        let mut launch = stream.launch_builder(&kernel);
-        launch.arg(out).arg(&b).arg(&residual).arg(&n).arg(&columns);
-        let grid = LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 65_535 * 8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: y holds rows·outputs f32 values (the product just made), b outputs, the
-        // residual rows·outputs (checked above); each thread writes its own elements.
-        unsafe { launch.launch(grid) }.map_err(driver_error("linear kernel"))?;
-        let mut shape = xl.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = outputs;
-        }
-        Ok((y, Shape::from(shape)))
+        let (wl, bl) = super::packed_parts(pl, self.outputs, self.inputs)?;
+        product_and_addends(xs, xl, (ps, &wl), (ps, &bl), Some((rs, rl)))
     }
 
     /// dx = dy W, the packed [dW, db] (dW = dy' x, db the column sums of dy), and the residual's

@@ -72,6 +72,25 @@ pub fn linear_residual(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, resid
     linear(x, weight, bias)? + residual
 }
 
+/// W (outputs, inputs) and b (outputs) as one tensor, `[W flattened, b]`: the residual layer's
+/// node takes them as one input (candle's custom ops take three), and its gradient is the
+/// packed `[dW, db]` the backward pass computes anyway. The copy is the parameters' size.
+fn packed_parameters(weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    Tensor::cat(&[&weight.flatten_all()?, bias], 0)
+}
+
+/// The weight's (outputs, inputs) and the bias's layouts inside a packed tensor's storage.
+fn packed_parts(packed: &candle_core::Layout, outputs: usize, inputs: usize) -> Result<(candle_core::Layout, candle_core::Layout)> {
+    if packed.shape().elem_count() != outputs * inputs + outputs || !packed.is_contiguous() {
+        candle_core::bail!("linear: packed parameters of shape {:?} for ({outputs}, {inputs}) plus {outputs}", packed.shape());
+    }
+    let start = packed.start_offset();
+    Ok((
+        candle_core::Layout::contiguous_with_offset((outputs, inputs), start),
+        candle_core::Layout::contiguous_with_offset(outputs, start + outputs * inputs),
+    ))
+}
+
 /// The same with candle's ops.
 fn composite(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     // The rows of x as one matrix: one product each way, where a broadcast product of (B, N, D)
