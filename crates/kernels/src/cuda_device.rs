@@ -43,29 +43,26 @@ pub fn prepare_cuda_device(device: &Device) -> candle_core::Result<()> {
 /// since the process started or [`reset_cuda_memory_high_water`]: the default pool's used-memory
 /// high-water mark, PyTorch's `max_memory_allocated` counterpart. `None` on the CPU.
 pub fn cuda_memory_high_water(device: &Device) -> candle_core::Result<Option<u64>> {
-    if !device.is_cuda() {
-        return Ok(None);
-    }
-    let pool = default_pool(device)?;
-    let mut bytes = 0u64;
-    // SAFETY: the pool is the device's own; the attribute is a cuuint64_t, which `bytes` is.
-    unsafe { mem_pool::get_attribute(pool, CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut bytes as *mut u64).cast()) }
-        .map_err(driver_error("CUDA device set-up"))?;
-    Ok(Some(bytes))
+    pool_bytes(device, CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
 }
 
 /// The device memory candle's tensors (and any convolution's workspace) hold now: the default
 /// pool's used memory, PyTorch's `memory_allocated` counterpart. Read it after the device has
 /// finished the queued work, or frees still queued count as held. `None` on the CPU.
 pub fn cuda_memory_in_use(device: &Device) -> candle_core::Result<Option<u64>> {
+    pool_bytes(device, CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+}
+
+/// One of the default pool's byte counts (`None` on the CPU).
+fn pool_bytes(device: &Device, attribute: CUmemPool_attribute) -> candle_core::Result<Option<u64>> {
     if !device.is_cuda() {
         return Ok(None);
     }
     let pool = default_pool(device)?;
     let mut bytes = 0u64;
-    // SAFETY: the pool is the device's own; the attribute is a cuuint64_t, which `bytes` is.
-    unsafe { mem_pool::get_attribute(pool, CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT, (&mut bytes as *mut u64).cast()) }
-        .map_err(driver_error("CUDA device set-up"))?;
+    // SAFETY: the pool is the device's own; both attributes asked for are cuuint64_t, which
+    // `bytes` is.
+    unsafe { mem_pool::get_attribute(pool, attribute, (&mut bytes as *mut u64).cast()) }.map_err(driver_error("CUDA device set-up"))?;
     Ok(Some(bytes))
 }
 
