@@ -2793,12 +2793,13 @@ impl Tensor {
         Arc::strong_count(&self.storage)
     }
 
-    /// Frees this tensor's storage, leaving an empty u8 storage on its device in its place: its
-    /// layout then describes values that are gone, which [`Tensor::is_released`] tells. Only
-    /// `Tensor::backward_releasing` calls this, for an intermediate of the graph that nothing
-    /// can read any more.
+    /// Frees this tensor's storage, leaving a one-byte u8 storage on its device in its place (a
+    /// CUDA allocation of zero bytes can be refused): its layout then describes values that are
+    /// gone, which [`Tensor::is_released`] tells from the dtype. Only
+    /// `Tensor::backward_releasing` calls this, for a float intermediate of the graph that
+    /// nothing can read any more.
     pub(crate) fn release_storage(&self) -> Result<()> {
-        let placeholder = self.device.zeros(&Shape::from(0), DType::U8)?;
+        let placeholder = self.device.zeros(&Shape::from(1), DType::U8)?;
         *self.storage_mut() = placeholder;
         Ok(())
     }
