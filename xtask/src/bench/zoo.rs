@@ -273,6 +273,8 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
     let mut sorted = runs.clone();
     sorted.sort_by(f64::total_cmp);
     let seconds = sorted[sorted.len() / 2];
+    // The timed steps' high-water mark, read before the measuring step resets it.
+    let peak_device_bytes = medxfer_train::device_memory_high_water(&device)?;
     let memory = if train { Some(step_memory(&model, &images, &labels, &mut optimizer, &device)?) } else { None };
     println!(
         "{}",
@@ -283,7 +285,7 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
             "graph_bytes": memory.map(|m| m.graph),
             "step_peak_bytes": memory.and_then(|m| m.step_peak),
             "peak_rss_bytes": machine::peak_rss_bytes(),
-            "peak_device_bytes": medxfer_train::device_memory_high_water(&device)?,
+            "peak_device_bytes": peak_device_bytes,
             // Part of the peak on a GPU: what the largest chosen cuDNN algorithm needs.
             "largest_cudnn_workspace_bytes": if device.is_cuda() { medxfer_train::largest_cudnn_workspace() } else { None },
         })
