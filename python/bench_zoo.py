@@ -71,6 +71,8 @@ def main():
             start = time.perf_counter()
             step()
             runs.append(time.perf_counter() - start)
+        # The timed steps' peak, read before the measuring step resets it.
+        peak_device = torch.cuda.max_memory_allocated(device) if gpu else None
         optimizer.zero_grad()
         graph, step_peak = step_memory(model, optimizer, x, y, device)
     else:
@@ -88,7 +90,7 @@ def main():
                       "graph_bytes": graph if args.train else None,
                       "step_peak_bytes": step_peak if args.train else None,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "peak_device_bytes": torch.cuda.max_memory_allocated(device) if gpu else None,
+                      "peak_device_bytes": peak_device if args.train else (torch.cuda.max_memory_allocated(device) if gpu else None),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__}))
 
 
