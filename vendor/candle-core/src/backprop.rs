@@ -176,9 +176,9 @@ impl Tensor {
     /// (views) have run, and only if nothing outside the graph holds any of them: no clone (the
     /// caller's logits, features), no view outside the graph, no variable. Every rule that
     /// reads a tensor runs before it: its consumers' rules, which take it as an input, run
-    /// first, and its own rule, which may take its output, runs when it is freed. A freed
-    /// tensor is left with one zero in place of its values, so the graph cannot be
-    /// backpropagated a second time.
+    /// first, and its own rule, which may take its output, runs just before it is freed. A
+    /// freed tensor is left with a one-byte placeholder in place of its values, so a second
+    /// backward pass over the graph is an error that says to run the forward pass again.
     pub fn backward_releasing(&self) -> Result<GradStore> {
         self.backward_with(true)
     }
@@ -730,8 +730,8 @@ impl<'a> ReleasePlan<'a> {
                 t.handle_count() == self.held_by_graph.get(&t.id()).copied().unwrap_or(0)
             });
         if free {
-            // A device that cannot make the empty placeholder keeps the values: the pass then
-            // holds what `backward` would, and goes on.
+            // A device that cannot make the placeholder keeps the values: the pass then holds
+            // what `backward` would, and goes on.
             let key = node.storage_key();
             if node.release_storage().is_ok() {
                 self.sharing.remove(&key);
