@@ -97,6 +97,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
             (true, "cpu") => &["graph_bytes"],
             (true, _) => &["graph_bytes", "step_peak_bytes"],
         };
+        // (The report's header names these columns the same way, below.)
         for key in memory_columns {
             let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
             row += &format!(" {:.0} | {:.0} |", mib(&ours), theirs.as_ref().map(mib).unwrap_or(f64::NAN));
@@ -116,6 +117,14 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         }
         raw.push(json!({"model": name, "medxfer": ours, "timm": theirs}));
     }
+    // A training table's memory columns: the graph on either device, and each step's peak on a GPU.
+    let (memory_note, memory_header, memory_alignment) = match (settings.train, settings.device.as_str()) {
+        (false, _) => ("", "", ""),
+        (true, "cpu") => (GRAPH_COLUMNS_NOTE, " medxfer graph MiB | timm graph MiB |", "---:|---:|"),
+        (true, _) => {
+            (STEP_COLUMNS_NOTE, " medxfer graph MiB | timm graph MiB | medxfer step MiB | timm step MiB |", "---:|---:|---:|---:|")
+        }
+    };
     let report = format!(
         "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs ({} rounds of {}, the sides alternating) after {} warm-up steps each. Machine: {}, {} cores (both sides use all of them). \
          Load average {} before, {} after.{}\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |{}\n|---|---:|---:|---:|---:|---:|{}\n{}\n",
@@ -137,21 +146,9 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         machine::cores(),
         load_before,
         machine::load_average(),
-        match (settings.train, settings.device.as_str()) {
-            (false, _) => "",
-            (true, "cpu") => GRAPH_COLUMNS_NOTE,
-            (true, _) => STEP_COLUMNS_NOTE,
-        },
-        match (settings.train, settings.device.as_str()) {
-            (false, _) => "",
-            (true, "cpu") => " medxfer graph MiB | timm graph MiB |",
-            (true, _) => " medxfer graph MiB | timm graph MiB | medxfer step MiB | timm step MiB |",
-        },
-        match (settings.train, settings.device.as_str()) {
-            (false, _) => "",
-            (true, "cpu") => "---:|---:|",
-            (true, _) => "---:|---:|---:|---:|",
-        },
+        memory_note,
+        memory_header,
+        memory_alignment,
         rows.join("\n")
     );
     // On a GPU, part of our peak: the largest workspace a chosen cuDNN algorithm needs.
