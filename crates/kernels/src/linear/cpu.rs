@@ -384,7 +384,7 @@ impl CustomOp3 for LinearResidualGrad {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let in_features = x.dims().last().copied().unwrap_or(0);
-        let w = packed.narrow(0, 0, self.out_features * in_features)?.reshape((self.out_features, in_features))?;
+        let w = super::packed_weight(packed, self.out_features, in_features)?;
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
         let dx = x.apply_op3_no_bwd(&w, &grad, &Backward(Part::Input))?.reshape(x.shape())?;
         let parameters = x.apply_op3_no_bwd(&w, &grad, &Backward(Part::Parameters { with_bias: true }))?;

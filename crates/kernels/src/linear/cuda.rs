@@ -181,13 +181,22 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, inputs, outputs) = dims(x.shape(), weight.shape(), bias.shape())?;
-        let dy = grad.contiguous()?.reshape((rows, outputs))?;
-        let dx = dy.matmul(&weight.detach())?.reshape(x.shape())?;
-        let dw = dy.t()?.matmul(&x.detach().reshape((rows, inputs))?)?;
-        let db = dy.apply_op1_no_bwd(&ColumnSums)?;
+        dims(x.shape(), weight.shape(), bias.shape())?;
+        let (dx, dw, db) = gradients(x, &weight.detach(), &grad.contiguous()?)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
+}
+
+/// dx = dy W, dW = dy' x and db = the column sums of dy, for W (outputs, inputs) and a
+/// contiguous dy of the output's shape taken as (rows, outputs).
+fn gradients(x: &Tensor, weight: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (outputs, inputs) = weight.dims2()?;
+    let rows = x.elem_count() / inputs.max(1);
+    let dy = grad.reshape((rows, outputs))?;
+    let dx = dy.matmul(weight)?.reshape(x.shape())?;
+    let dw = dy.t()?.matmul(&x.detach().reshape((rows, inputs))?)?;
+    let db = dy.apply_op1_no_bwd(&ColumnSums)?;
+    Ok((dx, dw, db))
 }
 
 struct LinearResidual {
@@ -235,15 +244,10 @@ impl CustomOp3 for LinearResidual {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (outputs, inputs) = (self.outputs, self.inputs);
-        let rows = x.elem_count() / inputs.max(1);
-        let weight = packed.detach().narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?;
+        let weight = super::packed_weight(&packed.detach(), self.outputs, self.inputs)?;
         let grad = grad.contiguous()?;
-        let dy = grad.reshape((rows, outputs))?;
-        let dx = dy.matmul(&weight)?.reshape(x.shape())?;
-        let dw = dy.t()?.matmul(&x.detach().reshape((rows, inputs))?)?;
-        let db = dy.apply_op1_no_bwd(&ColumnSums)?;
-        let parameters = Tensor::cat(&[&dw.flatten_all()?, &db], 0)?;
+        let (dx, dw, db) = gradients(x, &weight, &grad)?;
+        let parameters = super::packed_parameters(&dw, &db)?;
         Ok((Some(dx), Some(parameters), Some(grad)))
     }
 }

@@ -79,6 +79,11 @@ fn packed_parameters(weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&weight.flatten_all()?, bias], 0)
 }
 
+/// W (outputs, inputs) out of a packed `[W flattened, b]`, a view.
+fn packed_weight(packed: &Tensor, outputs: usize, inputs: usize) -> Result<Tensor> {
+    packed.narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))
+}
+
 /// The weight's (outputs, inputs) and the bias's layouts inside a packed tensor's storage.
 fn packed_parts(packed: &candle_core::Layout, outputs: usize, inputs: usize) -> Result<(candle_core::Layout, candle_core::Layout)> {
     if packed.shape().elem_count() != outputs * inputs + outputs || !packed.is_contiguous() {
