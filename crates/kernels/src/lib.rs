@@ -45,6 +45,7 @@
 
 mod activation;
 mod attention;
+mod backward_reads;
 mod batchnorm;
 mod conv;
 mod conv_batchnorm;

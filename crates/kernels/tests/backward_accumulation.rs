@@ -190,13 +190,16 @@ fn no_gradient_keeps_a_larger_buffer_alive() {
     check_storages("channel gate", &[&image], &[&gate], || medxfer_kernels::channel_gate(image.as_tensor(), gate.as_tensor()).unwrap());
 }
 
-/// `backward_releasing`, the pass medxfer trains with, frees intermediates as it goes; it must
-/// give `backward`'s gradients to the bit. A small network through the workspace's ops: the fused
+/// `backward_releasing`, the pass medxfer trains with, frees intermediates as it goes, and
+/// `release_unread` frees during the forward pass those no backward rule reads; each must give
+/// `backward`'s gradients to the bit. A small network through the workspace's ops: the fused
 /// convolution + BatchNorm (whose op keeps the convolution's output), a BatchNorm with a
-/// residual, views that share storage (reshape, transpose, narrow), a node used twice, the
-/// squeeze-excitation gate, a linear layer and cross-entropy. The graph is built anew for each
-/// pass. A second pass over a released graph is an error that says to run the forward pass
-/// again.
+/// residual that is another branch's output (read by nothing), views that share storage
+/// (reshape, transpose, narrow, a permutation of a tensor that is read), a copy only an affine
+/// map takes, a node used twice, the squeeze-excitation gate, a linear layer with a residual
+/// from another (read by nothing) and cross-entropy. The graph is built anew for each pass. A
+/// second pass over a released graph is an error that says to run the forward pass again; a
+/// first pass over a graph whose unread tensors were freed is not.
 #[test]
 fn the_releasing_pass_gives_the_same_gradients_to_the_bit() {
     let image = random(&[3, 4, 9, 9], 21);
@@ -207,33 +210,50 @@ fn the_releasing_pass_gives_the_same_gradients_to_the_bit() {
     let gate = random(&[3, 6, 1, 1], 28);
     let w = random(&[5, 6 * 9], 29);
     let b = random(&[5], 30);
-    let vars = [&image, &kernel, &kernel2, &gamma, &beta, &gamma2, &beta2, &gate, &w, &b];
+    let shortcut = random(&[6, 6, 1, 1], 31);
+    let (gamma3, beta3) = (random(&[6], 32), random(&[6], 33));
+    let w2 = random(&[5, 6 * 9], 34);
+    let vars = [&image, &kernel, &kernel2, &gamma, &beta, &gamma2, &beta2, &gate, &w, &b, &shortcut, &gamma3, &beta3, &w2];
     let loss = || {
         let params = BatchNormParams { gamma: gamma.as_tensor(), beta: beta.as_tensor(), eps: 1e-5 };
         let params2 = BatchNormParams { gamma: gamma2.as_tensor(), beta: beta2.as_tensor(), eps: 1e-5 };
+        let params3 = BatchNormParams { gamma: gamma3.as_tensor(), beta: beta3.as_tensor(), eps: 1e-5 };
         let a =
             medxfer_kernels::conv_batch_norm_train(image.as_tensor(), kernel.as_tensor(), 2, 1, params, FusedActivation::Relu).unwrap().y;
         let c = medxfer_kernels::conv2d(&a, kernel2.as_tensor(), None, 1, 1).unwrap();
-        let r = medxfer_kernels::batch_norm_train(&c, params2, Some(&a), FusedActivation::Relu6).unwrap().y;
+        let down = medxfer_kernels::conv_batch_norm_train(&a, shortcut.as_tensor(), 1, 0, params3, FusedActivation::Identity).unwrap().y;
+        let r = medxfer_kernels::batch_norm_train(&c, params2, Some(&down), FusedActivation::Relu6).unwrap().y;
         let g =
             medxfer_kernels::channel_gate(&r, &(&r * 1.0).unwrap().mean_keepdim((2, 3)).unwrap().broadcast_add(gate.as_tensor()).unwrap())
                 .unwrap();
-        let twice = (&g * &g).unwrap();
-        let viewed = twice.transpose(2, 3).unwrap().reshape((3, 6, 25)).unwrap().narrow(2, 0, 9).unwrap();
-        let logits = medxfer_kernels::linear(&viewed.reshape((3, 54)).unwrap(), w.as_tensor(), Some(b.as_tensor())).unwrap();
+        let moved = (g.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap() * 0.5).unwrap().permute((0, 3, 1, 2)).unwrap();
+        let twice = (&moved * &g).unwrap();
+        let viewed = twice.transpose(2, 3).unwrap().reshape((3, 6, 25)).unwrap().narrow(2, 0, 9).unwrap().reshape((3, 54)).unwrap();
+        let residual = medxfer_kernels::linear(&viewed, w2.as_tensor(), None).unwrap();
+        let logits = medxfer_kernels::linear_residual(&viewed, w.as_tensor(), Some(b.as_tensor()), &residual).unwrap();
         candle_nn::loss::cross_entropy(&logits, &Tensor::new(&[0u32, 3, 4], &Device::Cpu).unwrap()).unwrap()
     };
+    let unread_freed = || {
+        let _release = candle_core::backprop::release_unread();
+        loss()
+    };
     let kept = loss().backward().unwrap();
-    let released = loss().backward_releasing().unwrap();
-    for (index, v) in vars.iter().enumerate() {
-        let (a, b) = (gradient(&kept, v), gradient(&released, v));
-        assert_eq!(
-            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            "variable {index}"
-        );
+    let passes = [
+        ("backward_releasing", loss().backward_releasing().unwrap()),
+        ("release_unread, backward", unread_freed().backward().unwrap()),
+        ("release_unread, backward_releasing", unread_freed().backward_releasing().unwrap()),
+    ];
+    for (pass, released) in &passes {
+        for (index, v) in vars.iter().enumerate() {
+            let (a, b) = (gradient(&kept, v), gradient(released, v));
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{pass}: variable {index}"
+            );
+        }
     }
-    let once = loss();
+    let once = unread_freed();
     once.backward_releasing().unwrap();
     let error = once.backward_releasing().unwrap_err().to_string();
     assert!(error.contains("freed by an earlier backward_releasing; run the forward pass again"), "{error}");

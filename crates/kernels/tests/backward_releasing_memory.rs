@@ -120,3 +120,72 @@ fn the_residual_linear_layer_keeps_one_output_in_the_graph() {
     assert!(fused >= output && fused < output + output / 8, "one node keeps {fused} bytes for a {output}-byte output");
     assert!(separate >= 2 * output, "the separate ops keep {separate} bytes for a {output}-byte output");
 }
+
+/// What `release_unread` leaves of a forward pass x -> a = x * x -> its transpose, copied ->
+/// d = 0.5 copy + 1 -> e = d * d -> sum, for 4 MiB tensors: the live bytes above those before
+/// it, once e is made and once the loss is, and the gradient of x. `hold` keeps a clone of a
+/// (or a view of it) outside the graph, and checks a's values afterwards.
+fn forward_pass(release: bool, hold: Hold) -> (usize, usize, Vec<f32>) {
+    let side = 1 << 10;
+    let x = Var::from_tensor(
+        &Tensor::arange(0f32, VALUES as f32, &Device::Cpu).unwrap().affine(1e-6, 0.0).unwrap().reshape((side, side)).unwrap(),
+    )
+    .unwrap();
+    let before = ALLOCATOR.allocated();
+    let guard = release.then(candle_core::backprop::release_unread);
+    let a = (x.as_tensor() * x.as_tensor()).unwrap();
+    let held = match hold {
+        Hold::Nothing => None,
+        Hold::Clone => Some(a.clone()),
+        Hold::View => Some(a.narrow(0, 0, 4).unwrap()),
+    };
+    let held = held.map(|tensor| {
+        let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (tensor, values)
+    });
+    let d = a.t().unwrap().contiguous().unwrap().affine(0.5, 1.0).unwrap();
+    drop(a);
+    let e = (&d * &d).unwrap();
+    drop(d);
+    let with_e = ALLOCATOR.allocated() - before;
+    let loss = e.sum_all().unwrap();
+    drop(e);
+    drop(guard);
+    let with_loss = ALLOCATOR.allocated() - before;
+    let grads = loss.backward().unwrap();
+    if let Some((tensor, values)) = held {
+        assert_eq!(tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values, "a tensor held outside the graph keeps its values");
+    }
+    (with_e, with_loss, grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+}
+
+#[derive(Clone, Copy)]
+enum Hold {
+    Nothing,
+    Clone,
+    View,
+}
+
+/// a, its transposed copy and e are read by no backward rule (the transpose, the affine map and
+/// the sum read only shapes); d is, by the product's rule. Without the release the graph keeps
+/// all four; with it, only d, and the others go during the forward pass, each at the first op
+/// after the caller's last handle to it is dropped. What the caller holds stays, a view of a
+/// included. The gradients are the same bits.
+#[test]
+fn the_forward_pass_frees_what_no_backward_rule_reads() {
+    let _turn = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (kept_at_e, kept, expected) = forward_pass(false, Hold::Nothing);
+    let (freed_at_e, freed, gradient) = forward_pass(true, Hold::Nothing);
+    eprintln!("graph bytes: {kept_at_e} then {kept} keeping, {freed_at_e} then {freed} freeing what is unread");
+    assert!(kept >= 4 * BYTES && kept_at_e >= 4 * BYTES, "the graph keeps a, the copy, d and e: {kept_at_e}, {kept} bytes");
+    // At e: d and e (the copy went when d's op was recorded, a with it); after the loss: d.
+    assert!((2 * BYTES..2 * BYTES + BYTES / 8).contains(&freed_at_e), "{freed_at_e} bytes live once e is made");
+    assert!((BYTES..BYTES + BYTES / 8).contains(&freed), "{freed} bytes live after the loss");
+    assert_eq!(gradient, expected, "the same gradient to the bit");
+    for hold in [Hold::Clone, Hold::View] {
+        let (_, held, gradient) = forward_pass(true, hold);
+        // a stays (and, for the view, this test's copy of its first rows is small).
+        assert!((2 * BYTES..3 * BYTES + BYTES / 8).contains(&held), "{held} bytes live holding a");
+        assert_eq!(gradient, expected, "the same gradient to the bit, holding a");
+    }
+}

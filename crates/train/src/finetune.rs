@@ -429,8 +429,10 @@ pub fn fine_tune_until(
         let total = data.train.labels.len().div_ceil(settings.batch_size);
         for (done, batch) in batches(data.train.cache.clone(), data.train.labels.clone(), config)?.enumerate() {
             let batch = batch?;
-            let (_, logits) = model.features_and_logits(&batch.images.to_device(&device)?, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?)?;
+            let loss = crate::training_forward(|| {
+                let (_, logits) = model.features_and_logits(&batch.images.to_device(&device)?, true)?;
+                Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?)?)
+            })?;
             optimizer.step(&crate::backward(&loss)?)?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {

@@ -47,7 +47,7 @@ mod search;
 mod search_space;
 mod sgd;
 
-pub use backward::backward;
+pub use backward::{backward, training_forward};
 pub use checkpoint::{read_tensors, write_tensors};
 pub use device::{
     device_memory_high_water, device_memory_in_use, largest_cudnn_workspace, parse_device, reset_device_memory_high_water, synchronize,

@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -86,12 +88,14 @@ fn every_case_gives_timms_outputs_running_statistics_and_gradients() {
         }
         // Train mode: batch statistics, the running estimates updated, the fixed loss's gradients
         // (the fixture's pass ran in float64).
-        let (_, logits) = model.features_and_logits(&reference["input"], true).unwrap();
+        // The forward pass as training runs it: what no backward rule reads is freed on the way.
+        let logits = common::train_logits_freeing_unread(&model, &reference["input"]);
         assert_close(&format!("{name} train logits"), &logits, &reference["train_logits"]);
         for (key, value) in reference.iter().filter_map(|(k, v)| Some((k.strip_prefix("train_state.")?, v))) {
             assert_close(&format!("{name} {key} after one train pass"), model.params().var(key).unwrap().as_tensor(), value);
         }
         let grads = (&logits * &reference["loss_weights"]).unwrap().sum_all().unwrap().backward_releasing().unwrap();
+        common::assert_gradients_as_with_the_graph_kept(name, &model, &reference["input"], &reference["loss_weights"], &grads);
         for key in case["gradients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
             let var = model.params().var(key).unwrap_or_else(|| panic!("{name}: no {key}"));
             assert_close(&format!("{name} gradient of {key}"), grads.get(var.as_tensor()).unwrap(), &reference[&format!("grad.{key}")]);

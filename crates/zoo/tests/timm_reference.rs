@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -98,7 +100,8 @@ fn train_mode_outputs_running_statistics_and_gradients_match_timm() {
     for (name, architecture) in cases() {
         let model = loaded(name, &architecture);
         let reference = reference(name);
-        let (_, logits) = model.features_and_logits(&reference["input"], true).unwrap();
+        // The forward pass as training runs it: what no backward rule reads is freed on the way.
+        let logits = common::train_logits_freeing_unread(&model, &reference["input"]);
         assert_close(&format!("{name} train logits"), &logits, &reference["train_logits"]);
         let mut checked = 0;
         for (key, value) in &reference {
@@ -112,6 +115,7 @@ fn train_mode_outputs_running_statistics_and_gradients_match_timm() {
 
         let loss = (&logits * &reference["loss_weights"]).unwrap().sum_all().unwrap();
         let grads = loss.backward_releasing().unwrap();
+        common::assert_gradients_as_with_the_graph_kept(name, &model, &reference["input"], &reference["loss_weights"], &grads);
         for (key, var) in model.params().trainable_vars() {
             let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: {key} received no gradient"));
             let norm = grad.abs().unwrap().sum_all().unwrap().to_device(&Device::Cpu).unwrap().to_scalar::<f32>().unwrap();

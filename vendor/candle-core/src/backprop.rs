@@ -178,14 +178,16 @@ impl Tensor {
     /// reads a tensor runs before it: its consumers' rules, which take it as an input, run
     /// first, and its own rule, which may take its output, runs just before it is freed. A
     /// freed tensor is left with a one-byte placeholder in place of its values, so a second
-    /// backward pass over the graph is an error that says to run the forward pass again.
+    /// backward pass over the graph, whose rules would read them, is an error that says to run
+    /// the forward pass again. (A graph none of whose rules reads an intermediate, only
+    /// variables, can be passed through again: it needs nothing that was freed.)
     pub fn backward_releasing(&self) -> Result<GradStore> {
         self.backward_with(true)
     }
 
     fn backward_with(&self, release: bool) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
-        if sorted_nodes.iter().any(|node| node.is_released()) {
+        if values_read_are_released(&sorted_nodes) {
             crate::bail!(
                 "backward: this graph's intermediates were freed by an earlier backward_releasing; run the forward pass again"
             )
@@ -732,13 +734,227 @@ impl<'a> ReleasePlan<'a> {
         if free {
             // A device that cannot make the placeholder keeps the values: the pass then holds
             // what `backward` would, and goes on.
+            // One the forward pass freed (`release_unread`) needs no second placeholder.
             let key = node.storage_key();
-            if node.release_storage().is_ok() {
+            if node.is_released() || node.release_storage().is_ok() {
                 self.sharing.remove(&key);
             }
         }
         Ok(())
     }
+}
+
+/// Whether a value some rule of the graph reads was freed: a second backward pass after
+/// `backward_releasing`. A tensor freed because no rule reads it (`release_unread`) is not.
+fn values_read_are_released(nodes: &[&Tensor]) -> bool {
+    let mut read = std::collections::HashSet::new();
+    for node in nodes {
+        if let Some(op) = node.op() {
+            let (inputs, output) = values_read(op);
+            if output {
+                read.insert(node.id());
+            }
+            read.extend(inputs.iter().filter(|(_, r)| *r).map(|(t, _)| t.id()));
+        }
+    }
+    nodes
+        .iter()
+        .any(|node| node.is_released() && read.contains(&node.id()))
+}
+
+/// Which of `op`'s inputs, and whether its output, its backward rule reads the values of (in
+/// `op_inputs`' order). A rule not listed here reads them all: that answer frees nothing, so it
+/// is the one to give an op not checked.
+fn values_read(op: &Op) -> (Vec<(&Tensor, bool)>, bool) {
+    fn none(inputs: Vec<&Tensor>) -> (Vec<(&Tensor, bool)>, bool) {
+        (inputs.into_iter().map(|t| (t, false)).collect(), false)
+    }
+    match op {
+        // The rules below use the inputs' shapes, dtypes and devices, never their values.
+        Op::Binary(lhs, rhs, BinaryOp::Add | BinaryOp::Sub) => none(vec![lhs, rhs]),
+        Op::Unary(arg, UnaryOp::Neg)
+        | Op::Affine { arg, .. }
+        | Op::Reshape(arg)
+        | Op::Broadcast(arg)
+        | Op::Transpose(arg, _, _)
+        | Op::Permute(arg, _)
+        | Op::Narrow(arg, _, _, _)
+        | Op::Copy(arg)
+        | Op::ToDType(arg)
+        | Op::ToDevice(arg)
+        | Op::Reduce(arg, ReduceOp::Sum, _) => none(vec![arg]),
+        Op::Cat(args, _) => none(args.iter().collect()),
+        // grad * rhs and grad * lhs (grad / rhs and grad * lhs / rhs^2): the inputs only.
+        Op::Binary(lhs, rhs, BinaryOp::Mul | BinaryOp::Div) => {
+            (vec![(lhs, true), (rhs, true)], false)
+        }
+        // grad * exp(x), grad / (2 sqrt(x)): the output only.
+        Op::Unary(arg, UnaryOp::Exp | UnaryOp::Sqrt) => (vec![(arg, false)], true),
+        Op::CustomOp1(arg, c) => {
+            let reads = c.backward_reads();
+            (vec![(arg, reads.inputs[0])], reads.output)
+        }
+        Op::CustomOp2(arg1, arg2, c) => {
+            let reads = c.backward_reads();
+            (
+                vec![(arg1, reads.inputs[0]), (arg2, reads.inputs[1])],
+                reads.output,
+            )
+        }
+        Op::CustomOp3(arg1, arg2, arg3, c) => {
+            let reads = c.backward_reads();
+            (
+                vec![
+                    (arg1, reads.inputs[0]),
+                    (arg2, reads.inputs[1]),
+                    (arg3, reads.inputs[2]),
+                ],
+                reads.output,
+            )
+        }
+        op => (op_inputs(op).into_iter().map(|t| (t, true)).collect(), true),
+    }
+}
+
+/// Frees, while the forward pass runs, the intermediates whose values no backward rule reads
+/// (see [`release_unread`]). One per thread, present while a [`ReleaseUnread`] guard lives.
+struct UnreadRelease {
+    /// Every float tensor some op of the graph took as an input, by id.
+    inputs: HashMap<TensorId, InputRecord>,
+    /// The ids of those no consumer (and not their own op) reads so far: the ones that may be
+    /// freed once nothing but the graph holds them.
+    unread: Vec<TensorId>,
+}
+
+struct InputRecord {
+    tensor: std::sync::Weak<crate::tensor::Tensor_>,
+    /// The tensors whose ops took it, once per time taken: while one lives, its op holds a
+    /// handle to this tensor.
+    consumers: Vec<std::sync::Weak<crate::tensor::Tensor_>>,
+    /// Whether some rule reads its values: a consumer's, or its own op's (its output).
+    read: bool,
+}
+
+thread_local! {
+    static UNREAD_RELEASE: std::cell::RefCell<Option<UnreadRelease>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While the returned guard lives, this thread frees the storage of each intermediate of the
+/// graph whose values no backward rule reads, as soon as nothing but the graph holds it: a
+/// residual branch's output that only an add takes, the source of a permuted copy, the copy that
+/// only an add takes. PyTorch's autograd never saves these; candle's ops hold their inputs until
+/// the graph is dropped, so they would stay until the backward pass (and `backward` keeps them
+/// until it returns). Nothing changes in the values or the gradients: no rule reads them.
+///
+/// A tensor is freed only when every tensor sharing its storage (its views) qualifies too, and
+/// none of them is a variable or held outside the graph (a clone, a view kept by the caller).
+/// Each op recorded checks the candidates, so a tensor goes at the first op after its last
+/// outside handle is dropped; dropping the guard checks them a last time. Which rules read what
+/// is listed in `values_read`, and custom ops say it through
+/// [`crate::CustomOp1::backward_reads`]; an op not listed is taken to read everything.
+pub fn release_unread() -> ReleaseUnread {
+    UNREAD_RELEASE.with(|state| {
+        *state.borrow_mut() = Some(UnreadRelease {
+            inputs: HashMap::new(),
+            unread: Vec::new(),
+        })
+    });
+    ReleaseUnread {
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// The scope of [`release_unread`] on this thread.
+pub struct ReleaseUnread {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ReleaseUnread {
+    fn drop(&mut self) {
+        UNREAD_RELEASE.with(|state| {
+            if let Ok(mut state) = state.try_borrow_mut() {
+                if let Some(release) = state.as_mut() {
+                    release.sweep();
+                }
+                *state = None;
+            }
+        });
+    }
+}
+
+/// A tensor with an op was made: note what its op holds, and free what has become free.
+pub(crate) fn op_recorded(tensor: &Tensor) {
+    if tensor.op().is_none() {
+        return;
+    }
+    UNREAD_RELEASE.with(|state| {
+        // Busy only if making a placeholder recorded an op, which it does not.
+        let Ok(mut state) = state.try_borrow_mut() else {
+            return;
+        };
+        if let Some(release) = state.as_mut() {
+            release.record(tensor);
+            release.sweep();
+        }
+    });
+}
+
+impl UnreadRelease {
+    fn record(&mut self, tensor: &Tensor) {
+        let Some(op) = tensor.op() else { return };
+        let (inputs, _) = values_read(op);
+        for (input, read) in inputs {
+            let record = self.inputs.entry(input.id()).or_insert_with(|| InputRecord {
+                tensor: input.downgrade(),
+                consumers: Vec::new(),
+                read: !may_free(input),
+            });
+            record.consumers.push(tensor.downgrade());
+            if read {
+                record.read = true;
+            } else if !record.read && record.consumers.len() == 1 {
+                self.unread.push(input.id());
+            }
+        }
+    }
+
+    /// Frees each storage whose sharers are all unread and held by the graph alone.
+    fn sweep(&mut self) {
+        let mut ready: HashMap<usize, Vec<Tensor>> = HashMap::new();
+        let inputs = &mut self.inputs;
+        self.unread.retain(|id| {
+            let Some(record) = inputs.get_mut(id) else {
+                return false;
+            };
+            let tensor = match record.tensor.upgrade().map(Tensor::from_arc) {
+                Some(tensor) if !record.read && !tensor.is_released() => tensor,
+                _ => return false,
+            };
+            record.consumers.retain(|c| c.strong_count() > 0);
+            // The handles: the live consumers' ops, and the one just made by `upgrade`.
+            if tensor.handle_count() == record.consumers.len() + 1 {
+                ready.entry(tensor.storage_key()).or_default().push(tensor);
+            }
+            true
+        });
+        for sharers in ready.into_values() {
+            // Every tensor holding the storage must be one of them; a view not in the list is
+            // held outside the graph or read.
+            if sharers[0].storage_sharers() == sharers.len() {
+                // A device that cannot make the placeholder keeps the values.
+                let _ = sharers[0].release_storage();
+            }
+        }
+    }
+}
+
+/// Whether the release may ever free `tensor`: a float intermediate made by an op whose rule
+/// does not read its output, and not a variable.
+fn may_free(tensor: &Tensor) -> bool {
+    !tensor.is_variable()
+        && tensor.dtype().is_float()
+        && tensor.op().as_ref().is_some_and(|op| !values_read(op).1)
 }
 
 /// Every tensor `op` holds as an input, whether or not the backward pass follows it.

@@ -5,6 +5,26 @@ use crate::{bail, CpuStorage, CudaStorage, Layout, MetalStorage, Result, Shape, 
 use std::sync::Arc;
 
 /// Unary ops that can be defined in user-land.
+/// Which values a custom op's backward pass reads: its inputs' (in order; a CustomOp1 uses the
+/// first entry, a CustomOp2 the first two) and its own output's. An input or output whose
+/// values the backward pass never reads (an addend, whose gradient is the output's gradient) can
+/// be freed while the forward pass is still running, once nothing but the graph holds it
+/// ([`crate::backprop::release_unread`]). The default says that every value is read, which
+/// frees nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardReads {
+    pub inputs: [bool; 3],
+    pub output: bool,
+}
+
+impl BackwardReads {
+    /// Every input and the output are read: nothing may be freed before the backward pass.
+    pub const ALL: Self = Self {
+        inputs: [true; 3],
+        output: true,
+    };
+}
+
 pub trait CustomOp1 {
     // Box<dyn> does not support const yet, so use a function to get the name.
     fn name(&self) -> &'static str;
@@ -38,6 +58,11 @@ pub trait CustomOp1 {
     /// The function should return the gradient of the argument.
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, _grad_res: &Tensor) -> Result<Option<Tensor>> {
         Err(crate::Error::BackwardNotSupported { op: self.name() })
+    }
+
+    /// Which values [`Self::bwd`] reads (`BackwardReads::ALL` unless the op says otherwise).
+    fn backward_reads(&self) -> BackwardReads {
+        BackwardReads::ALL
     }
 }
 
@@ -90,6 +115,11 @@ pub trait CustomOp2 {
         _grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Err(crate::Error::BackwardNotSupported { op: self.name() })
+    }
+
+    /// Which values [`Self::bwd`] reads (`BackwardReads::ALL` unless the op says otherwise).
+    fn backward_reads(&self) -> BackwardReads {
+        BackwardReads::ALL
     }
 }
 
@@ -149,6 +179,11 @@ pub trait CustomOp3 {
         _grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Err(crate::Error::BackwardNotSupported { op: self.name() })
+    }
+
+    /// Which values [`Self::bwd`] reads (`BackwardReads::ALL` unless the op says otherwise).
+    fn backward_reads(&self) -> BackwardReads {
+        BackwardReads::ALL
     }
 }
 

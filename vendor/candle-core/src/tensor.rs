@@ -175,10 +175,28 @@ pub(crate) fn from_storage<S: Into<Shape>>(
         dtype,
         device,
     };
-    Tensor(Arc::new(tensor_))
+    Tensor::made(tensor_)
 }
 
 impl Tensor {
+    /// The tensor `tensor_` describes; its op, if it has one, is noted for
+    /// [`crate::backprop::release_unread`].
+    fn made(tensor_: Tensor_) -> Tensor {
+        let tensor = Tensor(Arc::new(tensor_));
+        crate::backprop::op_recorded(&tensor);
+        tensor
+    }
+
+    /// A handle that does not keep the tensor alive (`release_unread`'s records).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Tensor_> {
+        Arc::downgrade(&self.0)
+    }
+
+    /// The tensor behind an upgraded weak handle.
+    pub(crate) fn from_arc(tensor_: Arc<Tensor_>) -> Tensor {
+        Tensor(tensor_)
+    }
+
     pub(crate) fn ones_impl<S: Into<Shape>>(
         shape: S,
         dtype: DType,
@@ -914,7 +932,7 @@ impl Tensor {
                 dtype: self.dtype,
                 device: self.device.clone(),
             };
-            Ok(Tensor(Arc::new(tensor_)))
+            Ok(Tensor::made(tensor_))
         }
     }
 
@@ -2306,7 +2324,7 @@ impl Tensor {
             dtype: self.dtype,
             device: self.device.clone(),
         };
-        Ok(Tensor(Arc::new(tensor_)))
+        Ok(Tensor::made(tensor_))
     }
 
     /// Returns a tensor with the same data as the input where the dimensions have been permuted.
@@ -2342,7 +2360,7 @@ impl Tensor {
             dtype: self.dtype,
             device: self.device.clone(),
         };
-        Ok(Tensor(Arc::new(tensor_)))
+        Ok(Tensor::made(tensor_))
     }
 
     /// Returns true if the data is stored in a C contiguous (aka row major) way.
@@ -2368,7 +2386,7 @@ impl Tensor {
             dtype: self.dtype,
             device: self.device.clone(),
         };
-        Ok(Tensor(Arc::new(tensor_)))
+        Ok(Tensor::made(tensor_))
     }
 
     /// Returns a new tensor detached from the current graph, gradient are not propagated through
@@ -2388,7 +2406,7 @@ impl Tensor {
                 dtype: self.dtype,
                 device: self.device.clone(),
             };
-            Tensor(Arc::new(tensor_))
+            Tensor::made(tensor_)
         }
     }
 
@@ -2430,7 +2448,7 @@ impl Tensor {
                 dtype: self.dtype,
                 device: device.clone(),
             };
-            Ok(Tensor(Arc::new(tensor_)))
+            Ok(Tensor::made(tensor_))
         }
     }
 
@@ -2460,7 +2478,7 @@ impl Tensor {
             dtype: self.dtype,
             device: self.device.clone(),
         };
-        Ok(Tensor(Arc::new(tensor_)))
+        Ok(Tensor::made(tensor_))
     }
 
     /// An alias for broadcast_as.
@@ -2569,7 +2587,7 @@ impl Tensor {
                 dtype: self.dtype,
                 device: self.device.clone(),
             };
-            Ok(Tensor(Arc::new(tensor_)))
+            Ok(Tensor::made(tensor_))
         } else {
             let mut storage = unsafe { self.device().alloc_uninit(&shape, self.dtype())? };
             self.storage()
@@ -2610,7 +2628,7 @@ impl Tensor {
                 dtype: self.dtype,
                 device: self.device.clone(),
             };
-            Ok(Tensor(Arc::new(tensor_)))
+            Ok(Tensor::made(tensor_))
         } else {
             Ok(self.clone())
         }
@@ -2648,7 +2666,7 @@ impl Tensor {
             dtype: self.dtype,
             device: self.device.clone(),
         };
-        Ok(Tensor(Arc::new(tensor_)))
+        Ok(Tensor::made(tensor_))
     }
 
     /// Stacks two or more tensors along a particular dimension.
@@ -3031,7 +3049,7 @@ impl Tensor {
             dtype: self.dtype,
             device: self.device.clone(),
         };
-        Ok(Tensor(Arc::new(tensor_)))
+        Ok(Tensor::made(tensor_))
     }
 }
 

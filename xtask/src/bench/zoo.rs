@@ -247,8 +247,10 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
     let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), settings);
     let mut step = || -> Result<()> {
         if train {
-            let (_, logits) = model.features_and_logits(&images, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let loss = medxfer_train::training_forward(|| {
+                let (_, logits) = model.features_and_logits(&images, true)?;
+                Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
+            })?;
             optimizer.step(&medxfer_train::backward(&loss)?)?;
             loss.to_scalar::<f32>()?;
         } else {
@@ -307,8 +309,10 @@ fn step_memory(model: &Backbone, images: &Tensor, labels: &Tensor, optimizer: &m
     let in_use = || -> Result<u64> { Ok(medxfer_train::device_memory_in_use(device)?.unwrap_or_else(machine::live_heap_bytes)) };
     medxfer_train::reset_device_memory_high_water(device)?;
     let before = in_use()?;
-    let (_, logits) = model.features_and_logits(images, true)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+    let loss = medxfer_train::training_forward(|| {
+        let (_, logits) = model.features_and_logits(images, true)?;
+        Ok(candle_nn::loss::cross_entropy(&logits, labels)?)
+    })?;
     let graph = in_use()?.saturating_sub(before);
     optimizer.step(&medxfer_train::backward(&loss)?)?;
     medxfer_train::synchronize(device)?;

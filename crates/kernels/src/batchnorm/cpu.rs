@@ -186,6 +186,10 @@ impl CustomOp2 for Normalize {
         "batch-norm-train"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::batch_norm(self.activation)
+    }
+
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         self.run(f32_slice(s1, l1, "the input")?, l1, f32_slice(s2, l2, "the weight and bias")?, None)
     }
@@ -199,6 +203,10 @@ impl CustomOp2 for Normalize {
 impl CustomOp3 for Normalize {
     fn name(&self) -> &'static str {
         "batch-norm-train-residual"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::batch_norm(self.activation)
     }
 
     fn cpu_fwd(

@@ -509,7 +509,10 @@ impl Normalize {
         let grad = grad.contiguous()?;
         let op = Gradients {
             stats: self.stats.clone(),
-            y: y.contiguous()?,
+            // The kernels read y only for the activation's mask; without an activation they are
+            // given x in its place (same size, never read), as y may have been freed by then
+            // (`backward_reads`).
+            y: if self.activation == 0 { x.contiguous()? } else { y.contiguous()? },
             affine: affine.contiguous()?,
             activation: self.activation,
             with_residual,
@@ -526,6 +529,11 @@ impl Normalize {
 impl CustomOp2 for Normalize {
     fn name(&self) -> &'static str {
         "batch-norm-train-cuda"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        // The output only for the activation's mask (`gradients`).
+        candle_core::BackwardReads { inputs: [true, true, false], output: self.activation != 0 }
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -545,6 +553,11 @@ impl CustomOp2 for Normalize {
 impl CustomOp3 for Normalize {
     fn name(&self) -> &'static str {
         "batch-norm-train-residual-cuda"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        // The output only for the activation's mask (`gradients`).
+        candle_core::BackwardReads { inputs: [true, true, false], output: self.activation != 0 }
     }
 
     fn cpu_fwd(

@@ -59,6 +59,10 @@ impl CustomOp2 for DeviceConv {
         "conv2d-device"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         match self.forward(Storage::Cpu(s1.try_clone(l1)?), l1, Storage::Cpu(s2.try_clone(l2)?), l2)? {
             (Storage::Cpu(out), shape) => Ok((out, shape)),

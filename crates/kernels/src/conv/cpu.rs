@@ -383,6 +383,10 @@ impl CustomOp2 for Forward {
         "conv2d-gemm"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         self.run(s1, l1, s2, l2, None)
     }
@@ -396,6 +400,10 @@ impl CustomOp2 for Forward {
 impl CustomOp3 for Forward {
     fn name(&self) -> &'static str {
         "conv2d-gemm-bias"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
     }
 
     fn cpu_fwd(

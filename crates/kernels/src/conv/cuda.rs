@@ -127,6 +127,10 @@ impl CustomOp2 for CudnnConv {
         "conv2d-cudnn"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         candle_core::bail!("conv2d-cudnn runs on CUDA tensors only")
     }

@@ -55,6 +55,11 @@ impl CustomOp3 for ConvBatchNorm {
         "conv2d-batch-norm-train"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        // The input and the weight for the convolution's gradients, gamma for the BatchNorm's.
+        candle_core::BackwardReads { output: self.activation.high().is_some(), ..candle_core::BackwardReads::ALL }
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,

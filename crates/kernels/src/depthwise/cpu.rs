@@ -121,6 +121,10 @@ impl CustomOp2 for Forward {
         "depthwise-conv2d"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = l1.shape().dims4()?;
         let kernel = l2.shape().dims4()?.2;

@@ -25,6 +25,10 @@ impl CustomOp2 for Grouped {
         "grouped-conv2d"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = l1.shape().dims4()?;
         let (out_channels, group_channels, kernel, _) = l2.shape().dims4()?;

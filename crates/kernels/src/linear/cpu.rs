@@ -224,6 +224,10 @@ impl CustomOp2 for Linear {
         "linear"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         forward(sx, lx, sw, lw, Addends::default(), self.0)
     }
@@ -240,6 +244,10 @@ struct LinearBias(Epilogue);
 impl CustomOp3 for LinearBias {
     fn name(&self) -> &'static str {
         "linear-bias"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
     }
 
     fn cpu_fwd(
@@ -348,6 +356,10 @@ pub(super) struct LinearResidualGrad {
 impl CustomOp3 for LinearResidualGrad {
     fn name(&self) -> &'static str {
         "linear-residual-grad"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
     }
 
     fn cpu_fwd(

@@ -148,6 +148,10 @@ impl CustomOp3 for Linear {
         "linear-cuda"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(
         &self,
         _: &CpuStorage,
@@ -207,6 +211,10 @@ struct LinearResidual {
 impl CustomOp3 for LinearResidual {
     fn name(&self) -> &'static str {
         "linear-residual-cuda"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
     }
 
     fn cpu_fwd(
