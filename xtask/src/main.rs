@@ -56,6 +56,12 @@ enum Command {
         /// Measured runs per figure.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// cpu (the CPU benchmarks above), or cuda:N (xtask built with `--features cuda`): a
+        /// training step at batch 128 for six backbones in f32 and with TF32 convolutions, and
+        /// extraction for the paper's ten, each beside PyTorch with peak GPU memory, and the full
+        /// protocol's GPU-hours at those rates (OUT/bench-gpu.md).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Time the seven scores on N x D synthetic features against the Python reference code.
     ///
@@ -243,7 +249,9 @@ fn main() -> Result<()> {
         Command::BenchData { n, width, height, batch, repeats, python, out } => {
             bench::data::run(&bench::data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())
         }
-        Command::Bench { quick, out, python, repeats } => bench::run(&bench::Settings { quick, out, python, repeats }).map(|_| ()),
+        Command::Bench { quick, out, python, repeats, device } => {
+            bench::run(&bench::Settings { quick, out, python, repeats, device }).map(|_| ())
+        }
         Command::Reproduce { args } => reproduce(&args),
         Command::Slurm { args } => slurm::run(&args),
         Command::Rank { args } => rank::run(&args).map(|_| ()),

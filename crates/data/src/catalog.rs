@@ -163,6 +163,22 @@ pub struct TaskSpec {
     pub alternatives: Vec<String>,
     /// How the reference split the ID set.
     pub faithful: FaithfulSplit,
+    /// The sizes of the authors' split files, where known: what cost estimates assume before a
+    /// results folder has splits of its own (`cargo xtask bench --device cuda:N`'s GPU-hours).
+    #[serde(default)]
+    pub reference_split: Option<ReferenceSplit>,
+}
+
+/// Images in each part of the authors' split of a task (../shared/docs/PROTOCOL.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSplit {
+    /// Training images.
+    pub train: usize,
+    /// Validation images.
+    pub val: usize,
+    /// In-distribution test images.
+    pub test: usize,
 }
 
 /// Every dataset and task of a datasets/ directory.

@@ -51,7 +51,7 @@ pub mod synth;
 pub mod transform;
 
 pub use cache::ImageCache;
-pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Role, TaskSpec, Unlisted};
+pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, ReferenceSplit, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
 pub use decode::{decode_rgb8, load_rgb8};
 pub use error::{Error, Result};

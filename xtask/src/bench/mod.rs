@@ -4,6 +4,7 @@
 //! markdown table of medians with their spread, with the machine's facts.
 
 pub mod data;
+pub mod gpu;
 pub mod machine;
 pub mod measurement;
 pub mod python_env;
@@ -30,10 +31,16 @@ pub struct Settings {
     pub out: PathBuf,
     pub python: Option<PathBuf>,
     pub repeats: usize,
+    /// `cpu` (every CPU benchmark) or `cuda:N` (the GPU's rows, `gpu.rs`).
+    pub device: String,
 }
 
-/// Runs every benchmark and writes OUT/bench.md and OUT/bench.json.
+/// Runs every benchmark and writes OUT/bench.md and OUT/bench.json; on a GPU, its rows
+/// (OUT/bench-gpu.md).
 pub fn run(settings: &Settings) -> Result<String> {
+    if settings.device != "cpu" {
+        return gpu::run(settings);
+    }
     std::fs::create_dir_all(&settings.out)?;
     let python = python_env::interpreter(
         settings.python.as_deref(),
