@@ -9,13 +9,12 @@
 //! OUT/gpu-*); the combined table is OUT/bench-gpu.md.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use medxfer_train::gpu_arithmetic::{GpuArithmetic, Precision};
 use serde_json::Value;
 
-use super::{Settings, machine, python_env, zoo};
+use super::{Settings, machine, zoo};
 
 /// The backbones whose training step the GPU work is measured on.
 const TRAINED: [&str; 6] = ["resnet18", "resnet50", "densenet121", "mobilenetv2_100", "efficientnet_b0", "vit_small_patch16_224"];
@@ -83,12 +82,7 @@ pub fn run(settings: &Settings) -> Result<String> {
     // Fails early, with the reason, in a build without the `cuda` feature or without the GPU;
     // the device goes at once, as each backbone runs in a process of its own.
     medxfer_train::parse_device(&settings.device)?;
-    std::fs::create_dir_all(&settings.out)?;
-    let python = python_env::interpreter(
-        settings.python.as_deref(),
-        Path::new("target/pybench"),
-        &["python/requirements.txt", "python/requirements-torch.txt"],
-    )?;
+    let python = super::output_and_python(settings)?;
     let ten: Vec<String> = medxfer_zoo::Registry::load_default()?.entries().iter().map(|e| e.name.clone()).collect();
     let mut rows = Vec::new();
     for part in &PARTS {

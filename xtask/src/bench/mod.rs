@@ -41,12 +41,7 @@ pub fn run(settings: &Settings) -> Result<String> {
     if settings.device != "cpu" {
         return gpu::run(settings);
     }
-    std::fs::create_dir_all(&settings.out)?;
-    let python = python_env::interpreter(
-        settings.python.as_deref(),
-        Path::new("target/pybench"),
-        &["python/requirements.txt", "python/requirements-torch.txt"],
-    )?;
+    let python = output_and_python(settings)?;
     let started = Instant::now();
     let load_before = machine::load_average();
     let repeats = settings.repeats;
@@ -113,4 +108,15 @@ pub fn run(settings: &Settings) -> Result<String> {
     medxfer_durable::write_atomic(&settings.out.join("bench.json"), serde_json::to_string_pretty(&measurements)?.as_bytes())?;
     println!("{report}");
     Ok(report)
+}
+
+/// Makes OUT, and gives the Python side's interpreter: `--python`, or target/pybench made from
+/// python/requirements*.txt the first time.
+fn output_and_python(settings: &Settings) -> Result<PathBuf> {
+    std::fs::create_dir_all(&settings.out)?;
+    python_env::interpreter(
+        settings.python.as_deref(),
+        Path::new("target/pybench"),
+        &["python/requirements.txt", "python/requirements-torch.txt"],
+    )
 }
