@@ -1,11 +1,10 @@
 //! The f32 CPU kernel: one task per (image, head), reading q, k and v as strided views of the
 //! projection and writing its output columns in place.
 
-use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::composite::{softmax_last_dim, split_heads};
 use crate::elementwise::{lane_max, lane_sum, map_in_place};
 use crate::exp::exp;
 use crate::kernel_input::f32_slice;
@@ -66,21 +65,94 @@ impl CustomOp1 for Attention {
     }
 
     /// With P the attention weights and dO the output's gradient per head: dV = P' dO,
-    /// dS = P (dO V' - rowsum(P dO V')), dQ = dS K scale, dK = dS' Q scale.
+    /// dS = P (dO V' - rowsum(P dO V')), dQ = dS K scale, dK = dS' Q scale ([`Gradient`]).
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (batch, tokens, width) = qkv.dims3()?;
-        let head_dim = width / (3 * self.num_heads);
-        let [q, k, v] = split_heads(&qkv.detach(), self.num_heads)?;
-        let kt = k.transpose(D::Minus2, D::Minus1)?.contiguous()?;
-        let p = softmax_last_dim(&(q.matmul(&kt)? * self.scale)?)?;
-        let d_out = grad.reshape((batch, tokens, self.num_heads, head_dim))?.transpose(1, 2)?.contiguous()?;
-        let dv = p.t()?.contiguous()?.matmul(&d_out)?;
-        let dp = d_out.matmul(&v.t()?.contiguous()?)?;
-        let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)?;
-        let dq = (ds.matmul(&k)? * self.scale)?;
-        let dk = (ds.t()?.contiguous()?.matmul(&q)? * self.scale)?;
-        let dqkv = Tensor::stack(&[dq, dk, dv], 0)?.permute((1, 3, 0, 2, 4))?.contiguous()?;
-        Ok(Some(dqkv.reshape((batch, tokens, width))?))
+        let gradient = Gradient { num_heads: self.num_heads, scale: self.scale };
+        Ok(Some(qkv.detach().contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &gradient)?))
+    }
+}
+
+/// The attention's gradient with respect to the projection, from the projection and the
+/// output's gradient: one task per (image, head), as in the forward pass, which recomputes the
+/// head's weights P and writes its columns of dQ, dK and dV in place. Built from candle's ops
+/// (the composite), the same arithmetic copied every head's q, k, v and the gradient into
+/// tensors of their own, transposed three of them, and stacked and permuted the three
+/// gradients back: 10% of a ViT-S training step on the CPU went to those copies and candle's
+/// element-wise passes.
+struct Gradient {
+    num_heads: usize,
+    scale: f64,
+}
+
+impl CustomOp2 for Gradient {
+    fn name(&self) -> &'static str {
+        "attention-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, tokens, width) = l1.shape().dims3()?;
+        let qkv = f32_slice(s1, l1, "attention gradient", "the qkv projection")?;
+        let grad = f32_slice(s2, l2, "attention gradient", "the output's gradient")?;
+        let (dim, heads) = (width / 3, self.num_heads);
+        let head_dim = dim / heads;
+        if l2.shape().dims() != [batch, tokens, dim] {
+            candle_core::bail!("attention gradient: the output's gradient is {:?}, the output ({batch}, {tokens}, {dim})", l2.shape());
+        }
+        let mut out = vec![0f32; batch * tokens * width];
+        // Every (image, head) pair's columns of dQ, dK and dV, as disjoint views of `out`.
+        let mut tasks = Vec::with_capacity(batch * heads);
+        for (image, chunk) in out.chunks_mut((tokens * width).max(1)).enumerate() {
+            let (mut dq, rest) = MatMut::from_row_major_slice_mut(chunk, tokens, width).split_at_col_mut(dim);
+            let (mut dk, mut dv) = rest.split_at_col_mut(dim);
+            for head in 0..heads {
+                let (q_columns, q_rest) = dq.split_at_col_mut(head_dim);
+                let (k_columns, k_rest) = dk.split_at_col_mut(head_dim);
+                let (v_columns, v_rest) = dv.split_at_col_mut(head_dim);
+                tasks.push((image, head, q_columns, k_columns, v_columns));
+                (dq, dk, dv) = (q_rest, k_rest, v_rest);
+            }
+        }
+        let scale = self.scale as f32;
+        tasks.into_par_iter().for_each_init(
+            || (vec![0f32; tokens * tokens], vec![0f32; tokens * tokens]),
+            |(weights, weight_grads), (image, head, dq, dk, dv)| {
+                let projection = MatRef::from_row_major_slice(&qkv[image * tokens * width..][..tokens * width], tokens, width);
+                let q = projection.subcols(head * head_dim, head_dim);
+                let k = projection.subcols(dim + head * head_dim, head_dim);
+                let v = projection.subcols(2 * dim + head * head_dim, head_dim);
+                let d_out = MatRef::from_row_major_slice(&grad[image * tokens * dim..][..tokens * dim], tokens, dim)
+                    .subcols(head * head_dim, head_dim);
+                // P as the forward pass computed it.
+                crate::product::matmul(
+                    MatMut::from_row_major_slice_mut(weights, tokens, tokens),
+                    Accum::Replace,
+                    q,
+                    k.transpose(),
+                    scale,
+                    Par::Seq,
+                );
+                softmax_rows(weights, tokens);
+                let p = MatRef::from_row_major_slice(weights, tokens, tokens);
+                crate::product::matmul(dv, Accum::Replace, p.transpose(), d_out, 1.0, Par::Seq);
+                crate::product::matmul(
+                    MatMut::from_row_major_slice_mut(weight_grads, tokens, tokens),
+                    Accum::Replace,
+                    d_out,
+                    v.transpose(),
+                    1.0,
+                    Par::Seq,
+                );
+                // dS = P (dP - rowsum(P dP)), over dP in place.
+                for (p_row, d_row) in weights.chunks(tokens).zip(weight_grads.chunks_mut(tokens)) {
+                    let dot: f32 = p_row.iter().zip(d_row.iter()).map(|(p, d)| p * d).sum();
+                    d_row.iter_mut().zip(p_row).for_each(|(d, &p)| *d = p * (*d - dot));
+                }
+                let ds = MatRef::from_row_major_slice(weight_grads, tokens, tokens);
+                crate::product::matmul(dq, Accum::Replace, ds, k, scale, Par::Seq);
+                crate::product::matmul(dk, Accum::Replace, ds.transpose(), q, scale, Par::Seq);
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((batch, tokens, width))))
     }
 }
 
