@@ -833,6 +833,8 @@ struct InputRecord {
     consumers: Vec<std::sync::Weak<crate::tensor::Tensor_>>,
     /// Whether some rule reads its values: a consumer's, or its own op's (its output).
     read: bool,
+    /// Whether it is in `unread` (once).
+    queued: bool,
 }
 
 thread_local! {
@@ -909,11 +911,12 @@ impl UnreadRelease {
                 tensor: input.downgrade(),
                 consumers: Vec::new(),
                 read: !may_free(input),
+                queued: false,
             });
             record.consumers.push(tensor.downgrade());
-            if read {
-                record.read = true;
-            } else if !record.read && record.consumers.len() == 1 {
+            record.read |= read;
+            if !record.read && !record.queued {
+                record.queued = true;
                 self.unread.push(input.id());
             }
         }
