@@ -66,9 +66,10 @@ mod tests {
         }
     }
 
-    /// The forward pass frees what no rule reads (here y * 3 and the sum's input, y * 3 + x),
-    /// and keeps what the caller holds: the gradient is 6x + 1 as with the graph kept, and a
-    /// tensor the forward pass returns keeps its values.
+    /// The forward pass frees what no rule reads (here x * x, 3 x^2 and the sum's input
+    /// 3 x^2 + x; `medxfer-kernels`' memory test counts such bytes) and keeps what the caller
+    /// holds: the gradient is 6x + 1 as with the graph kept, and a tensor the forward pass
+    /// returns keeps its values.
     #[test]
     fn the_training_forward_pass_keeps_what_is_read_or_held() {
         let x = Var::from_tensor(&Tensor::new(&[1f32, -2.0, 0.5], &Device::Cpu).unwrap()).unwrap();
