@@ -1,9 +1,9 @@
 //! ReLU and ReLU6 on the CPU as one pass forward and one pass backward (`mod.rs` says why).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::kernel_input::f32_slice;
+use crate::parallel_output::{Start, build_in_chunks};
 
 /// Elements per parallel chunk: large enough to amortise a task, small enough to spread.
 const CHUNK: usize = 1 << 16;
@@ -20,13 +20,14 @@ impl CustomOp1 for Clamp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, "relu", "the input")?;
-        let mut y = vec![0f32; x.len()];
         let high = self.high;
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, input)| {
+        // Each chunk zeroed by the task that writes it (`parallel_output`).
+        let y = build_in_chunks(x.len(), CHUNK, Start::Zeros, |index, out| {
+            let input = &x[index * CHUNK..][..out.len()];
             for (o, &v) in out.iter_mut().zip(input) {
                 *o = v.max(0.0).min(high);
             }
-        });
+        })?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -51,9 +52,9 @@ impl CustomOp2 for ClampGrad {
         if dy.len() != x.len() {
             candle_core::bail!("relu backward: {} gradients for {} inputs", dy.len(), x.len());
         }
-        let mut dx = vec![0f32; x.len()];
         let high = self.high;
-        dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK))).for_each(|(out, (g, input))| {
+        let dx = build_in_chunks(x.len(), CHUNK, Start::Zeros, |index, out| {
+            let (g, input) = (&dy[index * CHUNK..][..out.len()], &x[index * CHUNK..][..out.len()]);
             for ((o, &g), &v) in out.iter_mut().zip(g).zip(input) {
                 // A bit mask instead of a branch: the compiler vectorises it, and a ReLU's
                 // sign pattern is too random for branch prediction (this loop was 10% of a
@@ -61,7 +62,7 @@ impl CustomOp2 for ClampGrad {
                 let keep = u32::from(v > 0.0) & u32::from(v < high);
                 *o = f32::from_bits(g.to_bits() & keep.wrapping_neg());
             }
-        });
+        })?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -29,6 +29,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 use crate::activation::{FusedActivation, clamp_backward};
+use crate::parallel_output::{Start, build_in_chunks};
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     crate::kernel_input::f32_slice(storage, layout, "batch norm", what)
@@ -127,8 +128,10 @@ impl Normalize {
         let (gamma, beta) = affine.split_at(channels);
         let plane = height * width;
         let high = self.activation.high();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().for_each(|(index, (out, input))| {
+        // Each plane zeroed by the task that writes it, in its cache: `vec![0f32; n]` was a
+        // single-threaded memset over the whole output first (`parallel_output`).
+        let y = build_in_chunks(x.len(), plane, Start::Zeros, |index, out| {
+            let input = &x[index * plane..][..out.len()];
             let c = index % channels;
             // y = (x - mean) * scale + beta in f32 like PyTorch's kernel (constants from f64),
             // centred first so a large mean costs no precision; 16 lanes per instruction.
@@ -143,7 +146,7 @@ impl Normalize {
             if let Some(high) = high {
                 out.iter_mut().for_each(|o| *o = o.max(0.0).min(high));
             }
-        });
+        })?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -305,8 +308,8 @@ impl CustomOp2 for GradInput {
         let (x, dy) = (f32_slice(s1, l1, "the input")?, f32_slice(s2, l2, "the gradient")?);
         let plane = height * width;
         let count = (batch * plane) as f64;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(plane).zip(x.par_chunks(plane).zip(dy.par_chunks(plane))).enumerate().for_each(|(index, (out, (xp, gp)))| {
+        let dx = build_in_chunks(x.len(), plane, Start::Zeros, |index, out| {
+            let (xp, gp) = (&x[index * plane..][..out.len()], &dy[index * plane..][..out.len()]);
             let c = index % channels;
             // dx = a dy - b - (x - mean) k, the per-channel constants in f64, the elementwise
             // part in f32 (as PyTorch's kernel) and centred first.
@@ -318,7 +321,7 @@ impl CustomOp2 for GradInput {
             for ((o, &v), &g) in out.iter_mut().zip(xp).zip(gp) {
                 *o = a * g - b - (v - mean) * k;
             }
-        });
+        })?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
