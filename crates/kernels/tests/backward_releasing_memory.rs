@@ -111,10 +111,11 @@ fn the_residual_linear_layer_keeps_one_output_in_the_graph() {
         drop(y);
         kept
     };
-    // The first products on each thread reserve faer's buffers (twice the L3 cache per thread).
-    kept(true);
-    kept(false);
-    let (fused, separate) = (kept(true), kept(false));
+    // The first product on each thread reserves faer's buffers (twice the L3 cache per thread),
+    // and which rayon thread runs which product varies: the least of several calls is the one
+    // that reserved nothing (a CI run once counted 960 MiB of them in the single call it made).
+    let least = |fused: bool| (0..4).map(|_| kept(fused)).min().unwrap_or(usize::MAX);
+    let (fused, separate) = (least(true), least(false));
     let output = rows * features * 4;
     eprintln!("graph bytes: {fused} as one node, {separate} as a linear layer and an add");
     assert!(fused >= output && fused < output + output / 8, "one node keeps {fused} bytes for a {output}-byte output");
