@@ -25,6 +25,21 @@ fn softmax_rows(scores: &mut [f32], width: usize) {
     }
 }
 
+/// One head's q, k and v of one image: column views of the (tokens, 3 dim) projection.
+fn head_views(qkv: &[f32], (tokens, width): (usize, usize), image: usize, head: usize, head_dim: usize) -> [MatRef<'_, f32>; 3] {
+    let projection = MatRef::from_row_major_slice(&qkv[image * tokens * width..][..tokens * width], tokens, width);
+    let dim = width / 3;
+    [0, 1, 2].map(|part| projection.subcols(part * dim + head * head_dim, head_dim))
+}
+
+/// The head's attention weights P = softmax(q k' scale), written into `scores` (tokens x tokens).
+fn weights_of<'a>(q: MatRef<'_, f32>, k: MatRef<'_, f32>, scale: f32, scores: &'a mut [f32]) -> MatRef<'a, f32> {
+    let tokens = q.nrows();
+    crate::product::matmul(MatMut::from_row_major_slice_mut(scores, tokens, tokens), Accum::Replace, q, k.transpose(), scale, Par::Seq);
+    softmax_rows(scores, tokens);
+    MatRef::from_row_major_slice(scores, tokens, tokens)
+}
+
 impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "attention"
@@ -50,14 +65,8 @@ impl CustomOp1 for Attention {
         tasks.into_par_iter().for_each_init(
             || vec![0f32; tokens * tokens],
             |scores, (image, head, out)| {
-                let projection = MatRef::from_row_major_slice(&qkv[image * tokens * width..][..tokens * width], tokens, width);
-                let q = projection.subcols(head * head_dim, head_dim);
-                let k = projection.subcols(dim + head * head_dim, head_dim);
-                let v = projection.subcols(2 * dim + head * head_dim, head_dim);
-                let s = MatMut::from_row_major_slice_mut(scores, tokens, tokens);
-                crate::product::matmul(s, Accum::Replace, q, k.transpose(), scale, Par::Seq);
-                softmax_rows(scores, tokens);
-                let p = MatRef::from_row_major_slice(scores, tokens, tokens);
+                let [q, k, v] = head_views(qkv, (tokens, width), image, head, head_dim);
+                let p = weights_of(q, k, scale, scores);
                 crate::product::matmul(out, Accum::Replace, p, v, 1.0, Par::Seq);
             },
         );
@@ -116,23 +125,11 @@ impl CustomOp2 for Gradient {
         tasks.into_par_iter().for_each_init(
             || (vec![0f32; tokens * tokens], vec![0f32; tokens * tokens]),
             |(weights, weight_grads), (image, head, dq, dk, dv)| {
-                let projection = MatRef::from_row_major_slice(&qkv[image * tokens * width..][..tokens * width], tokens, width);
-                let q = projection.subcols(head * head_dim, head_dim);
-                let k = projection.subcols(dim + head * head_dim, head_dim);
-                let v = projection.subcols(2 * dim + head * head_dim, head_dim);
+                let [q, k, v] = head_views(qkv, (tokens, width), image, head, head_dim);
                 let d_out = MatRef::from_row_major_slice(&grad[image * tokens * dim..][..tokens * dim], tokens, dim)
                     .subcols(head * head_dim, head_dim);
                 // P as the forward pass computed it.
-                crate::product::matmul(
-                    MatMut::from_row_major_slice_mut(weights, tokens, tokens),
-                    Accum::Replace,
-                    q,
-                    k.transpose(),
-                    scale,
-                    Par::Seq,
-                );
-                softmax_rows(weights, tokens);
-                let p = MatRef::from_row_major_slice(weights, tokens, tokens);
+                let p = weights_of(q, k, scale, weights);
                 crate::product::matmul(dv, Accum::Replace, p.transpose(), d_out, 1.0, Par::Seq);
                 crate::product::matmul(
                     MatMut::from_row_major_slice_mut(weight_grads, tokens, tokens),
