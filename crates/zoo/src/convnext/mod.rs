@@ -75,13 +75,18 @@ impl ConvNextConfig {
 /// (B, C, H, W) -> (B, H x W, C), contiguous.
 fn to_tokens(x: &Tensor) -> Result<Tensor> {
     let (batch, channels, height, width) = x.dims4()?;
-    Ok(x.permute((0, 2, 3, 1))?.contiguous()?.reshape((batch, height * width, channels))?)
+    Ok(medxfer_kernels::to_channels_last(x)?.reshape((batch, height * width, channels))?)
 }
 
 /// (B, H x W, C) -> (B, C, H, W).
 fn to_map(tokens: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    Ok(medxfer_kernels::to_channels_first(&as_map(tokens, height, width)?)?)
+}
+
+/// (B, H x W, C) -> (B, H, W, C), a view.
+fn as_map(tokens: &Tensor, height: usize, width: usize) -> Result<Tensor> {
     let (batch, _, channels) = tokens.dims3()?;
-    Ok(tokens.reshape((batch, height, width, channels))?.permute((0, 3, 1, 2))?.contiguous()?)
+    Ok(tokens.reshape((batch, height, width, channels))?)
 }
 
 /// LayerNorm over the channels of a (B, C, H, W) map (timm's `LayerNorm2d`).
@@ -149,10 +154,9 @@ impl Block {
             tokens = grn.forward_t(&tokens, train)?;
         }
         tokens = self.fc2.forward_t(&tokens, train)?;
-        if let Some(gamma) = &self.gamma {
-            tokens = tokens.broadcast_mul(&tracked(gamma, train))?;
-        }
-        Ok((to_map(&tokens, height, width)? + x)?)
+        // The layer scale, the move back to (B, C, H, W) and the residual add: one op.
+        let gamma = self.gamma.as_ref().map(|gamma| tracked(gamma, train));
+        Ok(medxfer_kernels::channels_last_residual(&as_map(&tokens, height, width)?, gamma.as_ref(), x)?)
     }
 }
 
