@@ -47,6 +47,7 @@ mod activation;
 mod attention;
 mod backward_reads;
 mod batchnorm;
+mod channel_bias;
 mod channels_last;
 mod conv;
 mod conv_batchnorm;
@@ -79,6 +80,7 @@ pub use batchnorm::{
     BatchNormOutput, BatchNormParams, RunningStatistics, batch_norm_eval, batch_norm_train, eval_batch_norm_folds_into_conv,
     update_running_statistics,
 };
+pub use channel_bias::add_channel_bias;
 pub use channels_last::{channels_last_residual, to_channels_first, to_channels_last};
 pub use conv::conv2d;
 #[cfg(feature = "cuda")]

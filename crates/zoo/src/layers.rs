@@ -136,7 +136,7 @@ impl Conv2d {
             medxfer_kernels::grouped_conv2d(x, weight, self.groups, self.stride, self.padding)?
         };
         Ok(match bias {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
+            Some(bias) => medxfer_kernels::add_channel_bias(&y, &bias)?,
             None => y,
         })
     }

@@ -431,7 +431,7 @@ impl CustomOp3 for Forward {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad_input, grad_weight, grad) = self.gradients(input, weight, grad)?;
-        let grad_bias = grad.sum((0, 2, 3))?;
+        let grad_bias = crate::channel_bias::channel_sums(&grad)?;
         Ok((grad_input, Some(grad_weight), Some(grad_bias)))
     }
 }
