@@ -43,8 +43,10 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
 /// relative position bias and shift mask: `qkv` (images x groups, tokens, 3 dim), laid out as
 /// [`attention`] takes it, and `bias` (groups, heads, tokens, tokens), whose group g applies to
 /// entry i x groups + g of the batch (a Swin window's position in its image); one group applies
-/// to every entry. Returns (images x groups, tokens, dim). Written with candle's ops on every
-/// device (the bias's gradient comes with them).
+/// to every entry. Returns (images x groups, tokens, dim). f32 on the CPU takes [`attention`]'s
+/// kernel with the bias added to each head's scores, and the bias's gradient from the same
+/// backward op (each group's and head's dS summed over its entries); other devices and dtypes
+/// take candle's ops.
 pub fn attention_with_bias(qkv: &Tensor, num_heads: usize, scale: f64, bias: &Tensor) -> Result<Tensor> {
     let (batch, tokens, width) = qkv.dims3()?;
     let (groups, heads, rows, columns) = bias.dims4()?;
@@ -55,6 +57,9 @@ pub fn attention_with_bias(qkv: &Tensor, num_heads: usize, scale: f64, bias: &Te
         candle_core::bail!(
             "attention: a bias of shape ({groups}, {heads}, {rows}, {columns}) does not fit {batch} entries of {tokens} tokens and {num_heads} heads"
         );
+    }
+    if is_f32_cpu(qkv) && is_f32_cpu(bias) {
+        return cpu::attention_with_bias(qkv, num_heads, scale, bias);
     }
     composite::attention_with_bias(qkv, num_heads, scale, bias)
 }
@@ -85,6 +90,34 @@ mod tests {
             let ours = (ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap().remove(&qkv).unwrap();
             let theirs = (theirs * &upstream).unwrap().sum_all().unwrap().backward().unwrap().remove(&qkv).unwrap();
             assert!(max_abs((ours - theirs).unwrap()) < 1e-4, "{case}: backward");
+        }
+    }
+
+    /// The biased kernel against the composite, forward and backward (the projection's and the
+    /// bias's gradients): one group for every entry, several groups (Swin's windows), one token.
+    #[test]
+    fn the_biased_cpu_kernel_matches_the_composite_forward_and_backward() {
+        let mut normal = NormalTensors::new(6);
+        for (images, groups, tokens, heads, head_dim) in
+            [(2usize, 1usize, 7usize, 3usize, 4usize), (2, 4, 9, 2, 8), (3, 2, 1, 2, 4), (1, 3, 49, 3, 8)]
+        {
+            let (batch, dim) = (images * groups, heads * head_dim);
+            let qkv = Var::from_tensor(&normal.draw(0.0, 1.5, (batch, tokens, 3 * dim))).unwrap();
+            let bias = Var::from_tensor(&normal.draw(0.0, 2.0, (groups, heads, tokens, tokens))).unwrap();
+            let scale = (head_dim as f64).powf(-0.5);
+            let ours = attention_with_bias(qkv.as_tensor(), heads, scale, bias.as_tensor()).unwrap();
+            let theirs = composite::attention_with_bias(qkv.as_tensor(), heads, scale, bias.as_tensor()).unwrap();
+            assert_eq!(ours.dims(), [batch, tokens, dim]);
+            let case = format!("images {images}, groups {groups}, tokens {tokens}, heads {heads}");
+            assert!(max_abs((&ours - &theirs).unwrap()) < 1e-5, "{case}: forward");
+            let upstream = normal.draw(0.0, 1.0, (batch, tokens, dim));
+            let mut ours = (ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut theirs = (theirs * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            for (what, var) in [("projection", &qkv), ("bias", &bias)] {
+                let (ours, theirs) = (ours.remove(var).unwrap(), theirs.remove(var).unwrap());
+                assert_eq!(ours.dims(), theirs.dims(), "{case}: {what} gradient");
+                assert!(max_abs((ours - theirs).unwrap()) < 1e-4, "{case}: {what} gradient");
+            }
         }
     }
 
