@@ -13,7 +13,7 @@
 
 mod presets;
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -106,10 +106,7 @@ struct GlobalResponseNorm {
 impl GlobalResponseNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (weight, bias) = (tracked(&self.weight, train), tracked(&self.bias, train));
-        let spatial = x.sqr()?.sum_keepdim(1)?.sqrt()?;
-        let normalised = spatial.broadcast_div(&(spatial.mean_keepdim(D::Minus1)? + 1e-6)?)?;
-        let scaled = x.broadcast_mul(&normalised)?.broadcast_mul(&weight)?;
-        Ok((x + scaled.broadcast_add(&bias)?)?)
+        Ok(medxfer_kernels::global_response_norm(x, &weight, &bias)?)
     }
 }
 
