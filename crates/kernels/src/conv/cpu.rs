@@ -132,30 +132,38 @@ impl Geometry {
         &input[b * len..(b + 1) * len]
     }
 
+    /// Calls `visit(row, c, ky, kx, oys, oxs)` for every row (c, ky, kx) of the unfolded input:
+    /// `oys` the output rows among `rows` whose input row lies inside the image, `oxs` the output
+    /// columns whose input column does (either may be empty). The tap-row walk below and the
+    /// padding's zeros share it.
+    fn for_each_tap(&self, rows: Range<usize>, mut visit: impl FnMut(usize, usize, usize, usize, Range<usize>, Range<usize>)) {
+        let k = self.kernel;
+        for c in 0..self.channels {
+            for ky in 0..k {
+                let valid_rows = self.valid_rows(ky, rows.clone());
+                for kx in 0..k {
+                    visit((c * k + ky) * k + kx, c, ky, kx, valid_rows.clone(), self.valid_columns(kx));
+                }
+            }
+        }
+    }
+
     /// Calls `visit(row, oy, iy, ox_range, first_ix)` for every row (c, ky, kx) of the unfolded
     /// input and every output row oy in `rows` whose input row iy lies inside the image (oy
     /// counted from `rows.start`); output column ox in `ox_range` reads input column first_ix +
     /// (ox − ox_range.start)·stride. im2col and col2im share this walk, so they are each other's
     /// transpose by construction.
     fn for_each_tap_row(&self, rows: Range<usize>, mut visit: impl FnMut(usize, usize, usize, Range<usize>, usize)) {
-        let k = self.kernel;
-        for c in 0..self.channels {
-            for ky in 0..k {
-                let valid_rows = self.valid_rows(ky, rows.clone());
-                for kx in 0..k {
-                    let columns = self.valid_columns(kx);
-                    if columns.is_empty() {
-                        continue;
-                    }
-                    let row = (c * k + ky) * k + kx;
-                    for oy in valid_rows.clone() {
-                        let iy = oy * self.stride + ky - self.padding;
-                        let first_ix = columns.start * self.stride + kx - self.padding;
-                        visit(row, oy - rows.start, c * self.height + iy, columns.clone(), first_ix);
-                    }
-                }
+        self.for_each_tap(rows.clone(), |row, c, ky, kx, valid_rows, columns| {
+            if columns.is_empty() {
+                return;
             }
-        }
+            for oy in valid_rows {
+                let iy = oy * self.stride + ky - self.padding;
+                let first_ix = columns.start * self.stride + kx - self.padding;
+                visit(row, oy - rows.start, c * self.height + iy, columns.clone(), first_ix);
+            }
+        });
     }
 
     /// Unfolds output rows `rows` of one image (C, H, W) into the first rows·OW columns of
@@ -177,25 +185,18 @@ impl Geometry {
     /// columns before and after each visited row's run). Zeroing only these, not the whole tile
     /// before the copies, halves the writes of a padded convolution's unfolding.
     fn zero_padding(&self, rows: Range<usize>, columns: &mut [f32], stride_rows: usize) {
-        let (k, ow) = (self.kernel, self.out_width());
-        for c in 0..self.channels {
-            for ky in 0..k {
-                let valid_rows = self.valid_rows(ky, rows.clone());
-                for kx in 0..k {
-                    let valid = self.valid_columns(kx);
-                    let row = (c * k + ky) * k + kx;
-                    let tap = &mut columns[row * stride_rows..][..rows.len() * ow];
-                    for (oy, out_row) in rows.clone().zip(tap.chunks_exact_mut(ow)) {
-                        if valid_rows.contains(&oy) && !valid.is_empty() {
-                            out_row[..valid.start].fill(0.0);
-                            out_row[valid.end..].fill(0.0);
-                        } else {
-                            out_row.fill(0.0);
-                        }
-                    }
+        let ow = self.out_width();
+        self.for_each_tap(rows.clone(), |row, _, _, _, valid_rows, valid| {
+            let tap = &mut columns[row * stride_rows..][..rows.len() * ow];
+            for (oy, out_row) in rows.clone().zip(tap.chunks_exact_mut(ow)) {
+                if valid_rows.contains(&oy) && !valid.is_empty() {
+                    out_row[..valid.start].fill(0.0);
+                    out_row[valid.end..].fill(0.0);
+                } else {
+                    out_row.fill(0.0);
                 }
             }
-        }
+        });
     }
 
     /// The (C·k·k, g·rows·OW) matrix a GEMM multiplies for output rows `rows` of images
