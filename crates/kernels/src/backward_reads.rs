@@ -13,7 +13,8 @@ use crate::activation::FusedActivation;
 pub(crate) const OPERANDS: BackwardReads = BackwardReads { inputs: [true, true, false], output: false };
 
 /// Train-mode BatchNorm's (the input, the weight and bias; a residual as a third operand is not
-/// read): the output only where an activation's mask is taken from it.
-pub(crate) fn batch_norm(activation: FusedActivation) -> BackwardReads {
-    BackwardReads { inputs: [true, true, false], output: activation.high().is_some() }
+/// read): the output only where an activation follows a residual add. Without a residual the
+/// activation's mask is recomputed from the input (`batchnorm/cpu.rs`, `InputMask`).
+pub(crate) fn batch_norm(activation: FusedActivation, residual: bool) -> BackwardReads {
+    BackwardReads { inputs: [true, true, false], output: residual && activation.high().is_some() }
 }

@@ -135,7 +135,7 @@ impl Normalize {
             let c = index % channels;
             // y = (x - mean) * scale + beta in f32 like PyTorch's kernel (constants from f64),
             // centred first so a large mean costs no precision; 16 lanes per instruction.
-            let (mean, scale, shift) = (self.mean[c] as f32, (self.invstd[c] * f64::from(gamma[c])) as f32, beta[c]);
+            let (mean, scale, shift) = self.constants(c, gamma, beta);
             for (o, &v) in out.iter_mut().zip(input) {
                 *o = (v - mean) * scale + shift;
             }
@@ -150,37 +150,80 @@ impl Normalize {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
-    /// Gradients of x, the stacked (gamma, beta) and the residual's (dz itself).
+    /// Channel `c`'s f32 constants of the elementwise pass, (mean, scale, shift): one place, so
+    /// that the backward pass's [`InputMask`] recomputes the forward pass's values to the bit.
+    fn constants(&self, c: usize, gamma: &[f32], beta: &[f32]) -> (f32, f32, f32) {
+        (self.mean[c] as f32, (self.invstd[c] * f64::from(gamma[c])) as f32, beta[c])
+    }
+
+    /// Gradients of x, the stacked (gamma, beta) and, with `residual`, the residual's (dz: the
+    /// upstream gradient masked by the activation).
+    ///
+    /// Without a residual the activation's mask is recomputed from x (`InputMask`) inside the two
+    /// passes that read x anyway, instead of a pass of its own that reads the gradient and y and
+    /// writes dz for the other two to read: five passes over the layer's size instead of eight
+    /// (120 such layers in a DenseNet-121). With a residual, dz is the residual's gradient, so it
+    /// is written out.
     pub(crate) fn gradients(
         &self,
         x: &Tensor,
         affine: &Tensor,
         y: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        residual: bool,
+    ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
         let x = x.contiguous()?;
-        let dz = match self.activation.high() {
-            Some(high) => clamp_backward(grad, y, high)?,
-            None => grad.contiguous()?,
+        let affine_host = affine.to_vec2::<f32>()?;
+        let (gamma, beta) = (&affine_host[0], &affine_host[1]);
+        let (upstream, mask) = match (self.activation.high(), residual) {
+            (Some(high), false) => (grad.contiguous()?, Some(InputMask::new(self, gamma, beta, high))),
+            (Some(high), true) => (clamp_backward(grad, y, high)?, None),
+            (None, _) => (grad.contiguous()?, None),
         };
         // (2, C): sum dz and sum dz * xhat.
-        let sums = x.apply_op2_no_bwd(&dz, &GradSums { mean: self.mean.clone(), invstd: self.invstd.clone() })?;
+        let sums = x.apply_op2_no_bwd(&upstream, &GradSums { mean: self.mean.clone(), invstd: self.invstd.clone(), mask: mask.clone() })?;
         let sums_host = sums.to_vec2::<f64>()?;
         let (sum_dz, sum_dz_xhat) = (&sums_host[0], &sums_host[1]);
-        let gamma = affine.get(0)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
         let grad_x = x.apply_op2_no_bwd(
-            &dz,
+            &upstream,
             &GradInput {
                 mean: self.mean.clone(),
                 invstd: self.invstd.clone(),
-                gamma,
+                gamma: gamma.iter().map(|&g| f64::from(g)).collect(),
                 sum_dy: sum_dz.clone(),
                 sum_dy_xhat: sum_dz_xhat.clone(),
+                mask,
             },
         )?;
         let grad_affine: Vec<f32> = sum_dz_xhat.iter().chain(sum_dz).map(|&v| v as f32).collect();
         let grad_affine = Tensor::from_vec(grad_affine, affine.shape(), x.device())?;
-        Ok((grad_x, grad_affine, dz))
+        Ok((grad_x, grad_affine, residual.then_some(upstream)))
+    }
+}
+
+/// The activation's mask recomputed from x: the upstream gradient kept where
+/// 0 < (x - mean) * scale + shift < high, the forward pass's f32 value before its clamp (so the
+/// same mask as the clamp's backward pass takes from y, to the bit: y = min(max(t, 0), high) is
+/// in (0, high) exactly where t is, and a NaN t fails both).
+#[derive(Debug, Clone)]
+struct InputMask {
+    /// Per channel: (mean, scale, shift), [`Normalize::constants`].
+    constants: Vec<(f32, f32, f32)>,
+    high: f32,
+}
+
+impl InputMask {
+    fn new(normalize: &Normalize, gamma: &[f32], beta: &[f32], high: f32) -> Self {
+        Self { constants: (0..normalize.mean.len()).map(|c| normalize.constants(c, gamma, beta)).collect(), high }
+    }
+
+    /// The gradient `g` of channel `c`'s input value `v`, masked.
+    #[inline(always)]
+    fn apply(&self, (mean, scale, shift): (f32, f32, f32), v: f32, g: f32) -> f32 {
+        let t = (v - mean) * scale + shift;
+        // A bit mask instead of a branch, as the clamp's own backward pass (`ClampGrad`).
+        let keep = u32::from(t > 0.0) & u32::from(t < self.high);
+        f32::from_bits(g.to_bits() & keep.wrapping_neg())
     }
 }
 
@@ -190,7 +233,7 @@ impl CustomOp2 for Normalize {
     }
 
     fn backward_reads(&self) -> candle_core::BackwardReads {
-        crate::backward_reads::batch_norm(self.activation)
+        crate::backward_reads::batch_norm(self.activation, false)
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -198,7 +241,7 @@ impl CustomOp2 for Normalize {
     }
 
     fn bwd(&self, x: &Tensor, affine: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_affine, _) = self.gradients(x, affine, res, grad)?;
+        let (grad_x, grad_affine, _) = self.gradients(x, affine, res, grad, false)?;
         Ok((Some(grad_x), Some(grad_affine)))
     }
 }
@@ -209,7 +252,7 @@ impl CustomOp3 for Normalize {
     }
 
     fn backward_reads(&self) -> candle_core::BackwardReads {
-        crate::backward_reads::batch_norm(self.activation)
+        crate::backward_reads::batch_norm(self.activation, true)
     }
 
     fn cpu_fwd(
@@ -233,8 +276,8 @@ impl CustomOp3 for Normalize {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_affine, dz) = self.gradients(x, affine, res, grad)?;
-        Ok((Some(grad_x), Some(grad_affine), Some(dz)))
+        let (grad_x, grad_affine, dz) = self.gradients(x, affine, res, grad, true)?;
+        Ok((Some(grad_x), Some(grad_affine), dz))
     }
 }
 
@@ -256,10 +299,12 @@ pub(super) fn batch_norm_eval(
     }
 }
 
-/// Per channel: sum dy and sum dy * xhat, (2, C) f64.
+/// Per channel: sum dz and sum dz * xhat, (2, C) f64, where dz is the upstream gradient, or that
+/// gradient masked by `mask`.
 struct GradSums {
     mean: Vec<f64>,
     invstd: Vec<f64>,
+    mask: Option<InputMask>,
 }
 
 impl CustomOp2 for GradSums {
@@ -276,7 +321,18 @@ impl CustomOp2 for GradSums {
             .map(|c| {
                 let (mean, invstd) = (self.mean[c], self.invstd[c]);
                 let (mut sum_dy, mut sum_dy_xhat) = ([0f64; LANES], [0f64; LANES]);
+                // The masked gradient of one plane at a time, in the cache: the same values, in
+                // the same order, as a masked gradient from a pass of its own.
+                let mut masked = vec![0f32; if self.mask.is_some() { plane } else { 0 }];
                 for (xp, gp) in planes(x, channels, c, plane).zip(planes(dy, channels, c, plane)) {
+                    let gp = match &self.mask {
+                        Some(mask) => {
+                            let constants = mask.constants[c];
+                            masked.iter_mut().zip(xp).zip(gp).for_each(|((m, &v), &g)| *m = mask.apply(constants, v, g));
+                            &masked[..]
+                        }
+                        None => gp,
+                    };
                     accumulate(&mut sum_dy, gp, gp, |g, _| g);
                     accumulate(&mut sum_dy_xhat, xp, gp, |v, g| g * (v - mean) * invstd);
                 }
@@ -289,13 +345,14 @@ impl CustomOp2 for GradSums {
     }
 }
 
-/// dx = gamma * invstd / N * (N dy - sum dy - xhat * sum dy xhat).
+/// dx = gamma * invstd / N * (N dz - sum dz - xhat * sum dz xhat), dz as in [`GradSums`].
 struct GradInput {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     gamma: Vec<f64>,
     sum_dy: Vec<f64>,
     sum_dy_xhat: Vec<f64>,
+    mask: Option<InputMask>,
 }
 
 impl CustomOp2 for GradInput {
@@ -318,8 +375,18 @@ impl CustomOp2 for GradInput {
             let b = (factor * self.sum_dy[c]) as f32;
             let k = (factor * self.invstd[c] * self.sum_dy_xhat[c]) as f32;
             let mean = self.mean[c] as f32;
-            for ((o, &v), &g) in out.iter_mut().zip(xp).zip(gp) {
-                *o = a * g - b - (v - mean) * k;
+            match &self.mask {
+                Some(mask) => {
+                    let constants = mask.constants[c];
+                    for ((o, &v), &g) in out.iter_mut().zip(xp).zip(gp) {
+                        *o = a * mask.apply(constants, v, g) - b - (v - mean) * k;
+                    }
+                }
+                None => {
+                    for ((o, &v), &g) in out.iter_mut().zip(xp).zip(gp) {
+                        *o = a * g - b - (v - mean) * k;
+                    }
+                }
             }
         })?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -352,7 +419,7 @@ pub(crate) fn batch_norm_train(
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Var};
+    use candle_core::{DType, Device, Var};
 
     use super::*;
 
@@ -381,6 +448,47 @@ mod tests {
             let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
             assert!((stats[0][c] - mean).abs() <= 1e-12 * mean.abs(), "channel {c} mean {} vs {mean}", stats[0][c]);
             assert!((stats[1][c] - var).abs() <= 1e-9 * var, "channel {c} variance {} vs {var}", stats[1][c]);
+        }
+    }
+
+    /// Without a residual the backward pass takes the activation's mask from x; it must give the
+    /// bits of the mask taken from y by the clamp's own backward pass (`ClampGrad`), followed by
+    /// the unmasked BatchNorm gradients. Channels built so that some values land exactly on
+    /// the kinks: x equal to the channel's mean (0, the values being symmetric) with beta 0
+    /// gives t = 0, with beta 6 gives t = 6.
+    #[test]
+    fn the_mask_from_the_input_equals_the_mask_from_the_output_to_the_bit() {
+        let mut random = crate::test_tensors::NormalTensors::new(5);
+        let (batch, channels, height, width) = (2, 4, 5, 6);
+        let half: Vec<f32> = random.draw(0.0, 2.0, batch * channels * height * width / 2).to_vec1().unwrap();
+        // Each plane is pairs (s, -s), every third pair (the first included) zeros: each
+        // channel's mean is exactly 0.
+        let values: Vec<f32> = (0..batch * channels * height * width)
+            .map(|i| {
+                let pair = i / 2;
+                let s = if pair % 3 == 0 { 0.0 } else { half[pair] };
+                if i % 2 == 0 { s } else { -s }
+            })
+            .collect();
+        let x = Tensor::from_vec(values, (batch, channels, height, width), &Device::Cpu).unwrap();
+        let gamma = Tensor::new(&[1.5f32, 2.0, 0.7, 3.0], &Device::Cpu).unwrap();
+        let beta = Tensor::new(&[0f32, 6.0, 0.0, 6.0], &Device::Cpu).unwrap();
+        let upstream = random.draw(0.0, 1.0, (batch, channels, height, width));
+        for activation in [FusedActivation::Relu, FusedActivation::Relu6] {
+            let (y, mean, var) = batch_norm_train(&x, &gamma, &beta, 1e-5, None, activation).unwrap();
+            assert!(mean.iter().all(|&m| m == 0.0), "{mean:?}");
+            let y_values: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            let high = activation.high().unwrap();
+            assert!(y_values.contains(&0.0) && (high.is_infinite() || y_values.contains(&high)));
+            let affine = Tensor::stack(&[&gamma, &beta], 0).unwrap();
+            let normalize = |activation| Normalize { mean: mean.clone(), invstd: inverse_std(&var, 1e-5), activation };
+            let (grad_x, grad_affine, dz) = normalize(activation).gradients(&x, &affine, &y, &upstream, false).unwrap();
+            assert!(dz.is_none());
+            let masked = clamp_backward(&upstream, &y, high).unwrap();
+            let (expected_x, expected_affine, _) = normalize(FusedActivation::Identity).gradients(&x, &affine, &y, &masked, false).unwrap();
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(bits(&grad_x), bits(&expected_x), "{activation:?}: the input's gradient");
+            assert_eq!(bits(&grad_affine), bits(&expected_affine), "{activation:?}: gamma's and beta's gradients");
         }
     }
 

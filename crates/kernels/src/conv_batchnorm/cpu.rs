@@ -57,7 +57,9 @@ impl CustomOp3 for ConvBatchNorm {
 
     fn backward_reads(&self) -> candle_core::BackwardReads {
         // The input and the weight for the convolution's gradients, gamma for the BatchNorm's.
-        candle_core::BackwardReads { output: self.activation.high().is_some(), ..candle_core::BackwardReads::ALL }
+        // Not the output: without a residual the activation's mask comes from the recomputed
+        // convolution's output (`Normalize::gradients`).
+        candle_core::BackwardReads { output: false, ..candle_core::BackwardReads::ALL }
     }
 
     fn cpu_fwd(
@@ -94,7 +96,7 @@ impl CustomOp3 for ConvBatchNorm {
             candle_core::bail!("conv + batch norm: no saved state (its forward pass has not run, or a backward pass has used it)")
         };
         let normalize = self.normalize(mean, &var);
-        let (grad_conv_out, grad_affine, _) = normalize.gradients(&conv_out, affine, res, grad)?;
+        let (grad_conv_out, grad_affine, _) = normalize.gradients(&conv_out, affine, res, grad, false)?;
         let (grad_x, grad_weight, _) = self.conv.gradients(x, weight, &grad_conv_out)?;
         Ok((grad_x, Some(grad_weight), Some(grad_affine)))
     }
