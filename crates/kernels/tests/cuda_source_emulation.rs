@@ -485,10 +485,13 @@ int main(int argc, char** argv) {
     launch(elementwise, block, [&] {
         bn_forward(x.data(), affine.data(), stats.data(), with_residual ? residual.data() : nullptr, y.data(), channels, plane, total, act);
     });
-    launch(reduce, block, [&] { bn_grad_partial(x.data(), y.data(), dy.data(), stats.data(), partial.data(), batch, channels, plane, slices, act); });
+    // batchnorm/cuda.rs's `gradients`: y for the mask only after a residual add, else null (the
+    // kernels recompute the mask from x).
+    const float* mask_from_y = (act != 0 && with_residual) ? y.data() : nullptr;
+    launch(reduce, block, [&] { bn_grad_partial(x.data(), mask_from_y, dy.data(), affine.data(), stats.data(), partial.data(), batch, channels, plane, slices, act); });
     launch(per_channel, block, [&] { bn_grad_finish(partial.data(), sums.data(), channels, slices); });
     launch(elementwise, block, [&] {
-        bn_grad_input(x.data(), y.data(), dy.data(), affine.data(), stats.data(), sums.data(), out.data(), batch, channels, plane, total, act, with_residual);
+        bn_grad_input(x.data(), mask_from_y, dy.data(), affine.data(), stats.data(), sums.data(), out.data(), batch, channels, plane, total, act, with_residual);
     });
     // batchnorm/cuda.rs's `batch_norm_train`: the mean, and the biased variance times n / (n - 1).
     double count = (double)batch * plane, correction = count / std::max(count - 1.0, 1.0);

@@ -115,11 +115,32 @@ __device__ __forceinline__ float activate(float v, int act) {
     return v;
 }
 
-// Where the activation passes the gradient, judged by its output (PyTorch's kinks give 0).
+// Where the activation passes the gradient, judged by its output or, equally, its input (PyTorch's
+// kinks give 0): y = act(t) is in (0, 6) exactly where t is, and a NaN fails both.
 __device__ __forceinline__ float passes(float y, int act) {
     if (act == 1) return y > 0.f ? 1.f : 0.f;
     if (act == 2) return (y > 0.f && y < 6.f) ? 1.f : 0.f;
     return 1.f;
+}
+
+// (x - mean) scale + shift, each operation rounded on its own (no FMA contraction): the CPU
+// kernel's f32 operations, and the same bits wherever the backward kernels recompute it.
+__device__ __forceinline__ float normalized(float x, float mean, float scale, float shift) {
+    return __fadd_rn(__fmul_rn(__fsub_rn(x, mean), scale), shift);
+}
+
+// Channel c's f32 constants of the elementwise pass: mean, scale and shift.
+struct Constants { float mean, scale, shift; };
+__device__ __forceinline__ Constants constants(const double* stats, const float* affine, int channels, int c) {
+    return Constants{(float)stats[c], (float)(stats[channels + c] * (double)affine[c]), affine[channels + c]};
+}
+
+// The activation's mask at value i: from y where y is given (the block has a residual, added
+// before the activation), else from t recomputed from x (the forward pass's bits), which spares
+// a read of y.
+__device__ __forceinline__ float mask(const float* y, const float* x, size_t i, Constants k, int act) {
+    if (act == 0) return 1.f;
+    return passes(y ? y[i] : normalized(x[i], k.mean, k.scale, k.shift), act);
 }
 
 // Sums a and b over the block (a multiple of 32 threads, at most 1024) into thread 0's, in a
@@ -193,10 +214,9 @@ extern "C" __global__ void bn_forward(const float* __restrict__ x, const float* 
                                       float* __restrict__ y, int channels, int plane, unsigned total, int act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         int c = (int)((i / (unsigned)plane) % (unsigned)channels);
-        float mean = (float)stats[c];
-        float scale = (float)(stats[channels + c] * (double)affine[c]);
-        float v = (x[i] - mean) * scale + affine[channels + c];
-        if (residual) v += residual[i];
+        Constants k = constants(stats, affine, channels, c);
+        float v = normalized(x[i], k.mean, k.scale, k.shift);
+        if (residual) v = __fadd_rn(v, residual[i]);
         y[i] = activate(v, act);
     }
 }
@@ -237,20 +257,22 @@ extern "C" __global__ void bn_running_update(float* __restrict__ running, const 
     if (i < n) running[i] = __fadd_rn(__fmul_rn(running[i], keep), __fmul_rn(batch[i], take));
 }
 
-// Block (s, c) as in bn_stats_partial: the sums of dz and dz * xhat, dz = dy where y passed it.
+// Block (s, c) as in bn_stats_partial: the sums of dz and dz * xhat, dz = dy where the activation
+// passed it (`mask`: y is null where the mask comes from x).
 extern "C" __global__ void bn_grad_partial(const float* __restrict__ x, const float* __restrict__ y,
-                                           const float* __restrict__ dy, const double* __restrict__ stats,
-                                           double* __restrict__ partial, int batch, int channels, int plane,
-                                           int slices, int act) {
+                                           const float* __restrict__ dy, const float* __restrict__ affine,
+                                           const double* __restrict__ stats, double* __restrict__ partial,
+                                           int batch, int channels, int plane, int slices, int act) {
     int s = blockIdx.x, c = blockIdx.y;
     unsigned b0 = (unsigned)((long long)s * batch / slices), b1 = (unsigned)((long long)(s + 1) * batch / slices);
     double mean = stats[c], invstd = stats[channels + c];
+    Constants k = constants(stats, affine, channels, c);
     unsigned count = (b1 - b0) * (unsigned)plane;
     double sum_dz = 0.0, sum_dz_xhat = 0.0;
     for (unsigned j = threadIdx.x; j < count; j += blockDim.x) {
         unsigned image = b0 + j / (unsigned)plane, p = j % (unsigned)plane;
         size_t i = ((size_t)image * channels + c) * plane + p;
-        double dz = (double)(dy[i] * passes(y[i], act));
+        double dz = (double)(dy[i] * mask(y, x, i, k, act));
         sum_dz += dz;
         sum_dz_xhat += dz * ((double)x[i] - mean) * invstd;
     }
@@ -278,7 +300,7 @@ extern "C" __global__ void bn_grad_finish(const double* __restrict__ partial, do
 
 // dx = a dz - b - (x - mean) k with a = gamma invstd, b = a sum_dz / N, k = a invstd sum_dz_xhat / N
 // (constants in f64, the elementwise part in f32 as the CPU kernel); dz also into out[total + i]
-// when the block has a residual.
+// when the block has a residual. y as in bn_grad_partial.
 extern "C" __global__ void bn_grad_input(const float* __restrict__ x, const float* __restrict__ y,
                                          const float* __restrict__ dy, const float* __restrict__ affine,
                                          const double* __restrict__ stats, const double* __restrict__ sums,
@@ -292,9 +314,9 @@ extern "C" __global__ void bn_grad_input(const float* __restrict__ x, const floa
         float a = (float)(factor * n);
         float b = (float)(factor * sums[channels + c]);
         float k = (float)(factor * invstd * sums[c]);
-        float mean = (float)stats[c];
-        float dz = dy[i] * passes(y[i], act);
-        out[i] = a * dz - b - (x[i] - mean) * k;
+        Constants constant = constants(stats, affine, channels, c);
+        float dz = dy[i] * mask(y, x, i, constant, act);
+        out[i] = a * dz - b - (x[i] - constant.mean) * k;
         if (with_residual) out[total + i] = dz;
     }
 }
@@ -332,6 +354,18 @@ fn with_cuda<R>(t: &Tensor, what: &str, f: impl FnOnce(&CudaStorage, &Layout) ->
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cuda(storage) = &*storage else { candle_core::bail!("batch norm: {what} is not on a CUDA device") };
     f(storage, layout)
+}
+
+/// [`with_cuda`] for a tensor that may be absent: `f` gets None then.
+fn with_optional_cuda<R>(
+    t: Option<&Tensor>,
+    what: &str,
+    f: impl FnOnce(Option<(&CudaStorage, &Layout)>) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    match t {
+        Some(t) => with_cuda(t, what, |storage, layout| f(Some((storage, layout)))),
+        None => f(None),
+    }
 }
 
 fn dims(layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
@@ -509,10 +543,10 @@ impl Normalize {
         let grad = grad.contiguous()?;
         let op = Gradients {
             stats: self.stats.clone(),
-            // The kernels read y only for the activation's mask; without an activation they are
-            // given x in its place (same size, never read), as y may have been freed by then
+            // The kernels read y only for the activation's mask after a residual add; otherwise
+            // they take the mask from x (or need none), and y may have been freed by then
             // (`backward_reads`).
-            y: if self.activation == 0 { x.contiguous()? } else { y.contiguous()? },
+            y: (self.activation != 0 && with_residual).then(|| y.contiguous()).transpose()?,
             affine: affine.contiguous()?,
             activation: self.activation,
             with_residual,
@@ -532,8 +566,8 @@ impl CustomOp2 for Normalize {
     }
 
     fn backward_reads(&self) -> candle_core::BackwardReads {
-        // The output only for the activation's mask (`gradients`).
-        candle_core::BackwardReads { inputs: [true, true, false], output: self.activation != 0 }
+        // Not the output: without a residual the activation's mask comes from x (`gradients`).
+        candle_core::BackwardReads { inputs: [true, true, false], output: false }
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -556,7 +590,7 @@ impl CustomOp3 for Normalize {
     }
 
     fn backward_reads(&self) -> candle_core::BackwardReads {
-        // The output only for the activation's mask (`gradients`).
+        // The output only for the activation's mask after the residual add (`gradients`).
         candle_core::BackwardReads { inputs: [true, true, false], output: self.activation != 0 }
     }
 
@@ -678,7 +712,9 @@ fn plane_grid(batch: usize, channels: usize, plane: usize) -> LaunchConfig {
 /// What both backward kernels read besides x and the upstream gradient.
 struct Gradients {
     stats: Tensor,
-    y: Tensor,
+    /// The output, for the activation's mask after a residual add; None where the kernels take
+    /// the mask from x or need none (a null pointer to them).
+    y: Option<Tensor>,
     affine: Tensor,
     activation: i32,
     with_residual: bool,
@@ -709,15 +745,26 @@ impl CustomOp2 for GradientSums<'_> {
         let partial_kernel = KERNELS.function(device, "bn_grad_partial")?;
         let finish_kernel = KERNELS.function(device, "bn_grad_finish")?;
         let (b, c, p, s, act) = (int(batch), int(channels), int(plane), int(slices), self.inner.activation);
-        with_cuda(&self.inner.y, "the output", |ys, yl| {
-            with_cuda(&self.inner.stats, "the statistics", |ss, sl| {
-                let (yv, sv) = (f32_view(ys, yl, "the output")?, f64_view(ss, sl, "the statistics")?);
-                let mut launch = stream.launch_builder(&partial_kernel);
-                launch.arg(&xv).arg(&yv).arg(&gv).arg(&sv).arg(&mut partial).arg(&b).arg(&c).arg(&p).arg(&s).arg(&act);
-                let grid = LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-                // SAFETY: the parameters match the kernel's; x, y and dy hold B·C·P f32 values,
-                // stats 3·C f64, partial C·S·2; each block writes its own two entries.
-                unsafe { launch.launch(grid) }.map_err(driver_error("batch norm kernel"))
+        with_optional_cuda(self.inner.y.as_ref(), "the output", |y| {
+            with_cuda(&self.inner.affine, "the weight and bias", |as_, al| {
+                with_cuda(&self.inner.stats, "the statistics", |ss, sl| {
+                    let yv = y.map(|(ys, yl)| f32_view(ys, yl, "the output")).transpose()?;
+                    let (av, sv) = (f32_view(as_, al, "the weight and bias")?, f64_view(ss, sl, "the statistics")?);
+                    let null: u64 = 0;
+                    let mut launch = stream.launch_builder(&partial_kernel);
+                    launch.arg(&xv);
+                    match &yv {
+                        Some(yv) => launch.arg(yv),
+                        None => launch.arg(&null),
+                    };
+                    launch.arg(&gv).arg(&av).arg(&sv).arg(&mut partial).arg(&b).arg(&c).arg(&p).arg(&s).arg(&act);
+                    let grid =
+                        LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+                    // SAFETY: the parameters match the kernel's; x, y (or a null pointer, which the
+                    // kernel tests) and dy hold B·C·P f32 values, affine 2·C, stats 3·C f64,
+                    // partial C·S·2; each block writes its own two entries.
+                    unsafe { launch.launch(grid) }.map_err(driver_error("batch norm kernel"))
+                })
             })
         })?;
         let mut launch = stream.launch_builder(&finish_kernel);
@@ -746,19 +793,26 @@ impl GradientInput<'_> {
         let kernel = KERNELS.function(device, "bn_grad_input")?;
         let (b, c, p, n, act, residual) =
             (int(batch), int(channels), int(plane), total as u32, self.inner.activation, i32::from(with_residual));
-        with_cuda(&self.inner.y, "the output", |ys, yl| {
+        with_optional_cuda(self.inner.y.as_ref(), "the output", |y| {
             with_cuda(&self.inner.affine, "the weight and bias", |as_, al| {
                 with_cuda(&self.inner.stats, "the statistics", |ss, sl| {
                     with_cuda(&self.sums, "the gradient sums", |us, ul| {
-                        let yv = f32_view(ys, yl, "the output")?;
+                        let yv = y.map(|(ys, yl)| f32_view(ys, yl, "the output")).transpose()?;
                         let av = f32_view(as_, al, "the weight and bias")?;
                         let (sv, uv) = (f64_view(ss, sl, "the statistics")?, f64_view(us, ul, "the gradient sums")?);
+                        let null: u64 = 0;
                         let mut launch = stream.launch_builder(&kernel);
-                        launch.arg(&xv).arg(&yv).arg(&gv).arg(&av).arg(&sv).arg(&uv).arg(&mut out);
+                        launch.arg(&xv);
+                        match &yv {
+                            Some(yv) => launch.arg(yv),
+                            None => launch.arg(&null),
+                        };
+                        launch.arg(&gv).arg(&av).arg(&sv).arg(&uv).arg(&mut out);
                         launch.arg(&b).arg(&c).arg(&p).arg(&n).arg(&act).arg(&residual);
-                        // SAFETY: the parameters match the kernel's; x, y and dy hold `total` f32
-                        // values, out `total` (twice that with a residual, which the flag says),
-                        // affine 2·C f32, stats 3·C and sums 2·C f64.
+                        // SAFETY: the parameters match the kernel's; x, y (or a null pointer, which
+                        // the kernel tests) and dy hold `total` f32 values, out `total` (twice that
+                        // with a residual, which the flag says), affine 2·C f32, stats 3·C and
+                        // sums 2·C f64.
                         unsafe { launch.launch(elementwise(total)) }.map_err(driver_error("batch norm kernel"))
                     })
                 })
