@@ -27,13 +27,36 @@ pub(crate) enum Start<'a> {
 /// shorter): each task fills its chunk as `start` says, then `finish(index, chunk)` completes it.
 /// With `Start::Rows(row)`, `chunk_len` and `len` must be multiples of the row's length, so that
 /// every chunk begins at a row (an error otherwise, as is an empty row with `len` > 0).
-#[allow(unsafe_code)]
 pub(crate) fn build_in_chunks(
     len: usize,
     chunk_len: usize,
     start: Start<'_>,
     finish: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> candle_core::Result<Vec<f32>> {
+    Ok(build_in_chunks_collecting(len, 0, chunk_len, start, finish)?.0)
+}
+
+/// `len` zeros, written in parallel (`vec![0f32; len]` writes them on one thread), for outputs
+/// whose tasks cannot be the chunks' (views across chunks, such as the attention's heads); with
+/// room for `reserve` more values after them.
+pub(crate) fn zeros(len: usize, reserve: usize) -> Vec<f32> {
+    // 64 KiB per task.
+    const CHUNK: usize = 1 << 14;
+    // `Start::Zeros` has no error case; the fallback keeps this free of a panic all the same.
+    build_in_chunks_collecting(len, reserve, CHUNK, Start::Zeros, |_, _| {}).map_or_else(|_| vec![0f32; len], |(values, _)| values)
+}
+
+/// [`build_in_chunks`], also returning what each chunk's `finish` returns (in chunk order), and
+/// with room for `reserve` more values after the `len` (so that appending them does not copy
+/// the buffer).
+#[allow(unsafe_code)]
+pub(crate) fn build_in_chunks_collecting<R: Send>(
+    len: usize,
+    reserve: usize,
+    chunk_len: usize,
+    start: Start<'_>,
+    finish: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
+) -> candle_core::Result<(Vec<f32>, Vec<R>)> {
     let chunk_len = chunk_len.max(1);
     let row = match start {
         Start::Zeros => None,
@@ -51,8 +74,8 @@ pub(crate) fn build_in_chunks(
     {
         candle_core::bail!("output rows of {} values do not divide chunks of {chunk_len} or {len} values", row.len());
     }
-    let mut values = Vec::<f32>::with_capacity(len);
-    values.spare_capacity_mut()[..len].par_chunks_mut(chunk_len).enumerate().for_each(|(index, chunk)| {
+    let mut values = Vec::<f32>::with_capacity(len + reserve);
+    let results = values.spare_capacity_mut()[..len].par_chunks_mut(chunk_len).enumerate().map(|(index, chunk)| {
         match start {
             Start::Zeros => chunk.fill(MaybeUninit::new(0.0)),
             Start::Rows(row) => {
@@ -85,20 +108,21 @@ pub(crate) fn build_in_chunks(
         // SAFETY: `chunk` is initialised (above); `MaybeUninit<f32>` has f32's layout, and the
         // new slice borrows `chunk` exclusively for as long as `chunk` is borrowed.
         let chunk = unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(chunk) as *mut [f32]) };
-        finish(index, chunk);
+        finish(index, chunk)
     });
+    let results: Vec<R> = results.collect();
     // SAFETY: the chunks cover the first `len` slots of the spare capacity (`len` <= capacity),
     // and each was initialised by its task above; a panic in `finish` propagates out of
-    // `for_each` before this line, leaving the vector empty.
+    // `collect` before this line, leaving the vector empty.
     unsafe { values.set_len(len) };
-    Ok(values)
+    Ok((values, results))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{Start, build_in_chunks};
+    use super::{Start, build_in_chunks, build_in_chunks_collecting, zeros};
 
     #[test]
     fn chunks_start_as_asked_and_are_finished_by_index() {
@@ -125,6 +149,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(summed, [11.0, 22.0, 13.0, 23.0, 15.0, 24.0]);
+    }
+
+    /// Each chunk's result comes back in chunk order, and the reserve is room after the values.
+    #[test]
+    fn chunk_results_come_back_in_order_with_room_reserved() {
+        let (values, sums) = build_in_chunks_collecting(10_000, 7, 64, Start::Zeros, |index, chunk| {
+            chunk.iter_mut().enumerate().for_each(|(i, v)| *v = (index * 64 + i) as f32);
+            chunk.iter().sum::<f32>()
+        })
+        .unwrap();
+        assert_eq!(values, (0..10_000).map(|i| i as f32).collect::<Vec<_>>());
+        let want: Vec<f32> = values.chunks(64).map(|chunk| chunk.iter().sum()).collect();
+        assert_eq!(sums, want);
+        assert!(values.capacity() >= 10_007);
+        assert_eq!(zeros(100_003, 0), vec![0f32; 100_003]);
+        assert!(zeros(100, 20).capacity() >= 120);
+        assert!(zeros(0, 0).is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use crate::elementwise::{lane_max, lane_sum, map_in_place};
 use crate::exp::exp;
 use crate::kernel_input::f32_slice;
+use crate::parallel_output::zeros;
 
 struct Attention {
     num_heads: usize,
@@ -64,7 +65,7 @@ impl<'a> ScoreBias<'a> {
 fn forward(qkv: &[f32], (batch, tokens, width): (usize, usize, usize), heads: usize, scale: f64, bias: Option<ScoreBias<'_>>) -> Vec<f32> {
     let dim = width / 3;
     let head_dim = dim / heads;
-    let mut out = vec![0f32; batch * tokens * dim];
+    let mut out = zeros(batch * tokens * dim, 0);
     // Every (image, head) pair's output columns, as disjoint views of `out`.
     let mut tasks = Vec::with_capacity(batch * heads);
     for (image, chunk) in out.chunks_mut((tokens * dim).max(1)).enumerate() {
@@ -165,9 +166,10 @@ impl Gradient {
             candle_core::bail!("attention gradient: the output's gradient is {:?}, the output ({batch}, {tokens}, {dim})", l2.shape());
         }
         let square = tokens * tokens;
-        let mut out = vec![0f32; batch * tokens * width];
+        // Room for the bias's gradient after the projection's (appended below).
+        let mut out = zeros(batch * tokens * width, bias.map_or(0, |bias| bias.values.len()));
         // With a bias, each (image, head) pair's dS, summed into the bias's gradient below.
-        let mut score_grads = vec![0f32; if bias.is_some() { batch * heads * square } else { 0 }];
+        let mut score_grads = zeros(if bias.is_some() { batch * heads * square } else { 0 }, 0);
         let mut score_slots = score_grads.chunks_mut(square.max(1)).map(Some).collect::<Vec<_>>().into_iter();
         // Every (image, head) pair's columns of dQ, dK and dV, as disjoint views of `out`.
         let mut tasks = Vec::with_capacity(batch * heads);

@@ -217,7 +217,7 @@ impl InputMask {
         Self { constants: (0..normalize.mean.len()).map(|c| normalize.constants(c, gamma, beta)).collect(), high }
     }
 
-    /// The gradient `g` of channel `c`'s input value `v`, masked.
+    /// The gradient `g` of an input value `v`, masked, from `v`'s channel's constants.
     #[inline(always)]
     fn apply(&self, (mean, scale, shift): (f32, f32, f32), v: f32, g: f32) -> f32 {
         let t = (v - mean) * scale + shift;

@@ -50,7 +50,7 @@ impl CustomOp2 for Grouped {
             let (_, _, oh, ow) = shape.dims4()?;
             let block = out_group * oh * ow;
             if out.is_empty() {
-                out = vec![0f32; batch * out_channels * oh * ow];
+                out = crate::parallel_output::zeros(batch * out_channels * oh * ow, 0);
                 out_shape = Shape::from((batch, out_channels, oh, ow));
             }
             for (image, y) in out.chunks_exact_mut(out_channels * oh * ow).zip(y_g.chunks_exact(block)) {

@@ -2,10 +2,9 @@
 //! giving the three gradients packed in one buffer.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::elementwise::lane_sum;
-use crate::parallel_output::{Start, build_in_chunks};
+use crate::parallel_output::{Start, build_in_chunks, build_in_chunks_collecting};
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     crate::kernel_input::f32_slice(storage, layout, "layer norm", what)
@@ -111,36 +110,32 @@ impl CustomOp3 for Backward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, weight, grad) = (f32_slice(s1, l1, "the input")?, f32_slice(s2, l2, "the weight")?, f32_slice(s3, l3, "the gradient")?);
         let width = weight.len();
-        let mut grad_x = vec![0f32; x.len()];
         let chunk = width * ROWS_PER_TASK;
         // Each task's rows give their dx and partial sums of dweight and dbias (in f64: ConvNeXt's
-        // first stage sums 200,000 rows), which are then added up.
-        let partials: Vec<Vec<f64>> = grad_x
-            .par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
-            .map(|(grad_x, (x, grad))| {
-                let mut sums = vec![0f64; 2 * width];
-                let mut xhat = vec![0f32; width];
-                for ((dx, row), dy) in grad_x.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(grad.chunks_exact(width)) {
-                    let (mean, rstd) = statistics(row, self.eps);
-                    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                    for j in 0..width {
-                        xhat[j] = (row[j] - mean) * rstd;
-                        let g = dy[j] * weight[j];
-                        sum_g += f64::from(g);
-                        sum_gx += f64::from(g * xhat[j]);
-                        sums[j] += f64::from(dy[j] * xhat[j]);
-                        sums[width + j] += f64::from(dy[j]);
-                    }
-                    let (mean_g, mean_gx) = ((sum_g / width as f64) as f32, (sum_gx / width as f64) as f32);
-                    for j in 0..width {
-                        dx[j] = rstd * (dy[j] * weight[j] - mean_g - xhat[j] * mean_gx);
-                    }
+        // first stage sums 200,000 rows), which are then added up; dx is zeroed by the task that
+        // writes it, with room after it for the sums.
+        let (mut packed, partials) = build_in_chunks_collecting(x.len(), 2 * width, chunk, Start::Zeros, |index, grad_x| {
+            let (x, grad) = (&x[index * chunk..][..grad_x.len()], &grad[index * chunk..][..grad_x.len()]);
+            let mut sums = vec![0f64; 2 * width];
+            let mut xhat = vec![0f32; width];
+            for ((dx, row), dy) in grad_x.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(grad.chunks_exact(width)) {
+                let (mean, rstd) = statistics(row, self.eps);
+                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                for j in 0..width {
+                    xhat[j] = (row[j] - mean) * rstd;
+                    let g = dy[j] * weight[j];
+                    sum_g += f64::from(g);
+                    sum_gx += f64::from(g * xhat[j]);
+                    sums[j] += f64::from(dy[j] * xhat[j]);
+                    sums[width + j] += f64::from(dy[j]);
                 }
-                sums
-            })
-            .collect();
-        let mut packed = grad_x;
+                let (mean_g, mean_gx) = ((sum_g / width as f64) as f32, (sum_gx / width as f64) as f32);
+                for j in 0..width {
+                    dx[j] = rstd * (dy[j] * weight[j] - mean_g - xhat[j] * mean_gx);
+                }
+            }
+            sums
+        })?;
         packed.extend((0..2 * width).map(|j| partials.iter().map(|sums| sums[j]).sum::<f64>() as f32));
         Ok((CpuStorage::F32(packed), Shape::from(x.len() + 2 * width)))
     }

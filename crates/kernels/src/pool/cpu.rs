@@ -11,10 +11,10 @@
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::MaxPool;
 use crate::kernel_input::f32_slice;
+use crate::parallel_output::{Start, build_in_chunks};
 
 impl MaxPool {
     /// Input positions a window starting at output `o` covers along one axis, clipped.
@@ -80,10 +80,10 @@ impl CustomOp1 for MaxPool {
         let (batch, channels, height, width) = layout.shape().dims4()?;
         let x = f32_slice(storage, layout, "max pool", "the input")?;
         let (out_h, out_w) = (self.out_len(height), self.out_len(width));
-        let mut y = vec![0f32; batch * channels * out_h * out_w];
-        y.par_chunks_mut(out_h * out_w).zip(x.par_chunks(height * width)).for_each(|(out, plane)| {
-            self.pool_plane(plane, height, width, out);
-        });
+        // Each plane zeroed by the task that pools into it (`parallel_output`).
+        let y = build_in_chunks(batch * channels * out_h * out_w, out_h * out_w, Start::Zeros, |index, out| {
+            self.pool_plane(&x[index * height * width..][..height * width], height, width, out);
+        })?;
         Ok((CpuStorage::F32(y), Shape::from((batch, channels, out_h, out_w))))
     }
 
@@ -123,11 +123,12 @@ impl CustomOp3 for MaxPoolGrad {
         if x.len() / (height * width) * out_plane != dy.len() || dy.len() != pooled.len() {
             candle_core::bail!("max pool backward: {} gradients for an input of shape {:?}", dy.len(), l1.shape());
         }
-        let mut dx = vec![0f32; x.len()];
-        let inputs = x.par_chunks(height * width).zip(pooled.par_chunks(out_plane)).zip(dy.par_chunks(out_plane));
-        dx.par_chunks_mut(height * width).zip(inputs).for_each(|(out, ((plane, pooled), upstream))| {
-            self.0.scatter_plane(plane, pooled, upstream, height, width, out);
-        });
+        // Each plane zeroed by the task that scatters into it (`parallel_output`).
+        let plane = height * width;
+        let dx = build_in_chunks(x.len(), plane, Start::Zeros, |index, out| {
+            let (pooled, upstream) = (&pooled[index * out_plane..][..out_plane], &dy[index * out_plane..][..out_plane]);
+            self.0.scatter_plane(&x[index * plane..][..plane], pooled, upstream, height, width, out);
+        })?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 

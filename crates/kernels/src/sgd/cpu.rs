@@ -29,7 +29,8 @@ impl FusedStep {
         if grad.len() != n || buffer.is_some_and(|b| b.len() != n) {
             candle_core::bail!("sgd: a parameter of {n} values got {} gradients", grad.len());
         }
-        let mut out = vec![0f32; 2 * n];
+        // Zeroed in parallel: `vec![0f32; 2 * n]` was a single-threaded pass over both halves.
+        let mut out = crate::parallel_output::zeros(2 * n, 0);
         let (new_param, new_buffer) = out.split_at_mut(n);
         new_param.par_chunks_mut(CHUNK).zip(new_buffer.par_chunks_mut(CHUNK)).enumerate().for_each(|(chunk, (p_out, b_out))| {
             let range = chunk * CHUNK..chunk * CHUNK + p_out.len();
