@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use super::{BatchNormOutput, BatchNormParams, RunningStatistics, unbiased_correction};
 use crate::activation::FusedActivation;
@@ -356,6 +356,14 @@ fn with_cuda<R>(t: &Tensor, what: &str, f: impl FnOnce(&CudaStorage, &Layout) ->
     f(storage, layout)
 }
 
+/// Pushes `view` onto `launch`, or without one a null pointer (`null`, 0), which the kernels test.
+fn arg_or_null<'a>(launch: &mut LaunchArgs<'a>, view: Option<&'a CudaView<'_, f32>>, null: &'a u64) {
+    match view {
+        Some(view) => launch.arg(view),
+        None => launch.arg(null),
+    };
+}
+
 /// [`with_cuda`] for a tensor that may be absent: `f` gets None then.
 fn with_optional_cuda<R>(
     t: Option<&Tensor>,
@@ -519,10 +527,7 @@ impl Normalize {
             let null: u64 = 0;
             let mut launch = stream.launch_builder(&kernel);
             launch.arg(&xv).arg(&av).arg(&sv);
-            match &rv {
-                Some(r) => launch.arg(r),
-                None => launch.arg(&null),
-            };
+            arg_or_null(&mut launch, rv.as_ref(), &null);
             launch.arg(&mut y).arg(&c).arg(&p).arg(&n).arg(&act);
             // SAFETY: the parameters match the kernel's: x, residual (or a null pointer, which
             // the kernel tests) and y hold `total` f32 values, affine 2·C, stats 3·C f64.
@@ -686,10 +691,7 @@ impl CustomOp1 for EvalNormalize {
         let null: u64 = 0;
         let mut launch = stream.launch_builder(&kernel);
         launch.arg(&xv).arg(&views[0]).arg(&views[1]).arg(&views[2]).arg(&views[3]);
-        match views.get(4) {
-            Some(residual) => launch.arg(residual),
-            None => launch.arg(&null),
-        };
+        arg_or_null(&mut launch, views.get(4), &null);
         launch.arg(&mut y).arg(&c).arg(&p).arg(&self.eps).arg(&act);
         // SAFETY: the parameters match the kernel's: x, the residual (or a null pointer, which the
         // kernel tests) and y hold B·C·P f32 values, the four per-channel tensors C each (checked
@@ -753,10 +755,7 @@ impl CustomOp2 for GradientSums<'_> {
                     let null: u64 = 0;
                     let mut launch = stream.launch_builder(&partial_kernel);
                     launch.arg(&xv);
-                    match &yv {
-                        Some(yv) => launch.arg(yv),
-                        None => launch.arg(&null),
-                    };
+                    arg_or_null(&mut launch, yv.as_ref(), &null);
                     launch.arg(&gv).arg(&av).arg(&sv).arg(&mut partial).arg(&b).arg(&c).arg(&p).arg(&s).arg(&act);
                     let grid =
                         LaunchConfig { grid_dim: (slices as u32, channels as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
@@ -803,10 +802,7 @@ impl GradientInput<'_> {
                         let null: u64 = 0;
                         let mut launch = stream.launch_builder(&kernel);
                         launch.arg(&xv);
-                        match &yv {
-                            Some(yv) => launch.arg(yv),
-                            None => launch.arg(&null),
-                        };
+                        arg_or_null(&mut launch, yv.as_ref(), &null);
                         launch.arg(&gv).arg(&av).arg(&sv).arg(&uv).arg(&mut out);
                         launch.arg(&b).arg(&c).arg(&p).arg(&n).arg(&act).arg(&residual);
                         // SAFETY: the parameters match the kernel's; x, y (or a null pointer, which
