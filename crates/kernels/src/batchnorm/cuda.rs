@@ -805,10 +805,9 @@ impl GradientInput<'_> {
                         arg_or_null(&mut launch, yv.as_ref(), &null);
                         launch.arg(&gv).arg(&av).arg(&sv).arg(&uv).arg(&mut out);
                         launch.arg(&b).arg(&c).arg(&p).arg(&n).arg(&act).arg(&residual);
-                        // SAFETY: the parameters match the kernel's; x, y (or a null pointer, which
-                        // the kernel tests) and dy hold `total` f32 values, out `total` (twice that
-                        // with a residual, which the flag says), affine 2·C f32, stats 3·C and
-                        // sums 2·C f64.
+                        // SAFETY: the parameters match the kernel's; x, y (or null, which the kernel
+                        // tests) and dy hold `total` f32 values, out `total` (twice that with a residual,
+                        // as the flag says), affine 2·C f32, stats 3·C and sums 2·C f64.
                         unsafe { launch.launch(elementwise(total)) }.map_err(driver_error("batch norm kernel"))
                     })
                 })
