@@ -369,14 +369,15 @@ int main(int argc, char** argv) {
 }
 "#;
 
-/// The eval BatchNorm kernel against the CPU op, to the bit (the README's claim): each
-/// activation with and without a residual, planes of one stretch and of several, a 7x7 map, a
-/// plane shorter than a warp.
+/// The eval BatchNorm kernel against the CPU op, to the bit (the README's claim; SiLU's within
+/// 1e-6, the exponentials differing): each activation with and without a residual, planes of one
+/// stretch and of several, a 7x7 map, a plane shorter than a warp.
 #[test]
 fn the_eval_batch_norm_kernel_computes_the_cpu_ops_bits() {
     use medxfer_kernels::{BatchNormParams, FusedActivation, RunningStatistics};
     let program = Emulated::compile("batchnorm", &kernel_source("batchnorm/cuda.rs"), EVAL_BATCH_NORM_MAIN);
-    let activations = [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2)];
+    let activations =
+        [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2), (FusedActivation::Silu, 3)];
     for (case, (batch, channels, height, width)) in
         [(2usize, 3usize, 7usize, 7usize), (3, 4, 56, 45), (2, 5, 3, 5), (1, 2, 64, 70)].into_iter().enumerate()
     {
@@ -412,7 +413,12 @@ fn the_eval_batch_norm_kernel_computes_the_cpu_ops_bits() {
                     Inputs::default().sizes(&[batch, channels, height * width]).ints(&[code, i32::from(with_residual)]).double(eps);
                 let inputs = inputs.floats(&x).floats(&gamma).floats(&beta).floats(&mean).floats(&var);
                 let emulated = program.run(inputs.floats(if with_residual { &residual } else { &[] }));
-                assert!(bits(&emulated) == bits(&floats(&truth)), "{name}: the outputs differ from the CPU op's");
+                if activation == FusedActivation::Silu {
+                    // The host's expf against the CPU op's `crate::exp`: an ulp or two.
+                    assert_within(&name, &[("output", floats(&truth))], &emulated, 1e-6);
+                } else {
+                    assert!(bits(&emulated) == bits(&floats(&truth)), "{name}: the outputs differ from the CPU op's");
+                }
             }
         }
     }
@@ -517,13 +523,17 @@ int main(int argc, char** argv) {
 fn the_train_batch_norm_kernels_match_the_cpu_op() {
     use medxfer_kernels::{BatchNormParams, FusedActivation};
     let program = Emulated::compile("batchnorm_train", &kernel_source("batchnorm/cuda.rs"), TRAIN_BATCH_NORM_MAIN);
-    let activations = [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2)];
+    let activations =
+        [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2), (FusedActivation::Silu, 3)];
     for (case, (batch, channels, height, width)) in
         [(2usize, 3usize, 5usize, 4usize), (4, 2, 1, 1), (8, 2, 7, 9), (8, 200, 1, 2)].into_iter().enumerate()
     {
         for (activation, code) in activations {
             for with_residual in [false, true] {
-                if channels > 100 && !(activation == FusedActivation::Relu6 && with_residual) {
+                // SiLU after a residual add never reaches the kernels (`batch_norm_train` runs it
+                // as an op of its own).
+                let silu_after_residual = activation == FusedActivation::Silu && with_residual;
+                if silu_after_residual || (channels > 100 && !(activation == FusedActivation::Relu6 && with_residual)) {
                     continue;
                 }
                 let name = format!("{batch}x{channels}x{height}x{width} {activation:?} residual {with_residual}");

@@ -391,8 +391,3 @@ impl LayerNorm {
         Ok(medxfer_kernels::layer_norm(x, &tracked(&self.weight, train), &tracked(&self.bias, train), self.eps)?)
     }
 }
-
-/// min(max(x, 0), 6), one pass each way on the CPU (medxfer-kernels).
-pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    Ok(medxfer_kernels::relu6(x)?)
-}

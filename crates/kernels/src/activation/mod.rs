@@ -20,11 +20,11 @@ use candle_core::{Result, Tensor};
 
 pub(crate) use cpu::clamp_backward;
 pub(crate) use gelu::gelu_in_place;
+pub(crate) use silu::{silu_slope, silu_value};
 
 use crate::kernel_input::is_f32_cpu;
 
-/// The activation a fused BatchNorm applies (after its residual add): the clamps, which need
-/// only their output for the backward pass.
+/// The activation a fused BatchNorm applies (after its residual add, where it has one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedActivation {
     /// No activation.
@@ -33,13 +33,18 @@ pub enum FusedActivation {
     Relu,
     /// min(max(x, 0), 6).
     Relu6,
+    /// x sigmoid(x) (EfficientNet's). Its derivative needs the activation's input, which the
+    /// backward pass recomputes from the BatchNorm's; with a residual, whose value the backward
+    /// pass does not keep, the BatchNorm and the SiLU run as two operations
+    /// ([`crate::batch_norm_train`]).
+    Silu,
 }
 
 impl FusedActivation {
-    /// The clamp's upper bound, None for the identity.
+    /// The clamp's upper bound; None for the identity and SiLU, which are no clamps.
     pub(crate) fn high(self) -> Option<f32> {
         match self {
-            FusedActivation::Identity => None,
+            FusedActivation::Identity | FusedActivation::Silu => None,
             FusedActivation::Relu => Some(f32::INFINITY),
             FusedActivation::Relu6 => Some(6.0),
         }
@@ -51,6 +56,7 @@ impl FusedActivation {
             FusedActivation::Identity => Ok(x.clone()),
             FusedActivation::Relu => relu(x),
             FusedActivation::Relu6 => relu6(x),
+            FusedActivation::Silu => silu(x),
         }
     }
 

@@ -18,14 +18,27 @@ impl Pointwise for Silu {
 
     #[inline(always)]
     fn value(x: f32) -> f32 {
-        x / (1.0 + exp(-x))
+        silu_value(x)
     }
 
     #[inline(always)]
     fn slope(x: f32) -> f32 {
-        let sigmoid = 1.0 / (1.0 + exp(-x));
-        sigmoid * (1.0 + x * (1.0 - sigmoid))
+        silu_slope(x)
     }
+}
+
+/// x / (1 + e^-x): also the fused BatchNorm's (`batchnorm/cpu.rs`), so that both give the same
+/// bits.
+#[inline(always)]
+pub(crate) fn silu_value(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// s (1 + x (1 - s)), s = sigmoid(x): SiLU's derivative, likewise shared.
+#[inline(always)]
+pub(crate) fn silu_slope(x: f32) -> f32 {
+    let sigmoid = 1.0 / (1.0 + exp(-x));
+    sigmoid * (1.0 + x * (1.0 - sigmoid))
 }
 
 #[cfg(test)]

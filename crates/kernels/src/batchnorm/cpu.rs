@@ -1,5 +1,5 @@
 //! Train-mode BatchNorm on the CPU as one fused operation with its own backward pass,
-//! optionally followed by a residual add and a ReLU or ReLU6 in the same pass; and eval mode's,
+//! optionally followed by a residual add and a ReLU, ReLU6 or SiLU in the same pass; and eval mode's,
 //! the same elementwise pass with the running estimates (no backward pass: its inputs are outside
 //! any graph).
 //!
@@ -9,8 +9,8 @@
 //! Here the forward pass computes the per-channel mean and variance in f64 and writes
 //! y = act((x - mean) / sqrt(var + eps) * gamma + beta [+ residual]) in one pass (per-channel
 //! constants in f64, the elementwise arithmetic in f32 as PyTorch's kernels); the backward
-//! pass masks the upstream gradient by the activation (dz), then recomputes x-hat from x and
-//! the stored statistics (PyTorch's formula):
+//! pass takes the upstream gradient through the activation (dz), then recomputes x-hat from x
+//! and the stored statistics (PyTorch's formula):
 //!
 //! ```text
 //! d beta     = sum dz
@@ -28,7 +28,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::activation::{FusedActivation, clamp_backward};
+use crate::activation::{FusedActivation, clamp_backward, silu_slope, silu_value};
+use crate::elementwise;
 use crate::parallel_output::{Start, build_in_chunks};
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -127,7 +128,6 @@ impl Normalize {
         }
         let (gamma, beta) = affine.split_at(channels);
         let plane = height * width;
-        let high = self.activation.high();
         // Each plane zeroed by the task that writes it, in its cache: `vec![0f32; n]` was a
         // single-threaded memset over the whole output first (`parallel_output`).
         let y = build_in_chunks(x.len(), plane, Start::Zeros, |index, out| {
@@ -143,27 +143,35 @@ impl Normalize {
             if let Some(residual) = residual {
                 out.iter_mut().zip(&residual[index * plane..(index + 1) * plane]).for_each(|(o, &r)| *o += r);
             }
-            if let Some(high) = high {
-                out.iter_mut().for_each(|o| *o = o.max(0.0).min(high));
+            match self.activation {
+                FusedActivation::Identity => {}
+                FusedActivation::Relu | FusedActivation::Relu6 => {
+                    let high = self.activation.high().unwrap_or(f32::INFINITY);
+                    out.iter_mut().for_each(|o| *o = o.max(0.0).min(high));
+                }
+                // The plane is in the cache: a second pass over it costs little beside the
+                // exponentials, and keeps SiLU's arithmetic the separate op's (`silu.rs`).
+                FusedActivation::Silu => elementwise::map_in_place(out, silu_value),
             }
         })?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     /// Channel `c`'s f32 constants of the elementwise pass, (mean, scale, shift): one place, so
-    /// that the backward pass's [`InputMask`] recomputes the forward pass's values to the bit.
+    /// that the backward pass's [`InputSlope`] recomputes the forward pass's values to the bit.
     fn constants(&self, c: usize, gamma: &[f32], beta: &[f32]) -> (f32, f32, f32) {
         (self.mean[c] as f32, (self.invstd[c] * f64::from(gamma[c])) as f32, beta[c])
     }
 
     /// Gradients of x, the stacked (gamma, beta) and, with `residual`, the residual's (dz: the
-    /// upstream gradient masked by the activation).
+    /// upstream gradient through the activation).
     ///
-    /// Without a residual the activation's mask is recomputed from x (`InputMask`) inside the two
-    /// passes that read x anyway, instead of a pass of its own that reads the gradient and y and
-    /// writes dz for the other two to read: five passes over the layer's size instead of eight
-    /// (120 such layers in a DenseNet-121). With a residual, dz is the residual's gradient, so it
-    /// is written out.
+    /// Without a residual the activation's mask or slope is recomputed from x (`InputSlope`)
+    /// inside the two passes that read x anyway, instead of a pass of its own that reads the
+    /// gradient and y (or, for SiLU, its input) and writes dz for the other two to read: five
+    /// passes over the layer's size instead of eight (120 such layers in a DenseNet-121), and for
+    /// SiLU no tensor kept between the BatchNorm and the activation. With a residual, dz is the
+    /// residual's gradient, so it is written out.
     pub(crate) fn gradients(
         &self,
         x: &Tensor,
@@ -175,13 +183,17 @@ impl Normalize {
         let x = x.contiguous()?;
         let affine_host = affine.to_vec2::<f32>()?;
         let (gamma, beta) = (&affine_host[0], &affine_host[1]);
-        let (upstream, mask) = match (self.activation.high(), residual) {
-            (Some(high), false) => (grad.contiguous()?, Some(InputMask::new(self, gamma, beta, high))),
-            (Some(high), true) => (clamp_backward(grad, y, high)?, None),
-            (None, _) => (grad.contiguous()?, None),
+        let (upstream, slope) = match (self.activation, residual) {
+            (FusedActivation::Identity, _) => (grad.contiguous()?, None),
+            (activation, false) => (grad.contiguous()?, InputSlope::new(self, gamma, beta, activation)),
+            (FusedActivation::Silu, true) => {
+                candle_core::bail!("batch norm: SiLU after a residual add is not fused (its backward pass would need the sum)")
+            }
+            (activation, true) => (clamp_backward(grad, y, activation.high().unwrap_or(f32::INFINITY))?, None),
         };
         // (2, C): sum dz and sum dz * xhat.
-        let sums = x.apply_op2_no_bwd(&upstream, &GradSums { mean: self.mean.clone(), invstd: self.invstd.clone(), mask: mask.clone() })?;
+        let sums =
+            x.apply_op2_no_bwd(&upstream, &GradSums { mean: self.mean.clone(), invstd: self.invstd.clone(), slope: slope.clone() })?;
         let sums_host = sums.to_vec2::<f64>()?;
         let (sum_dz, sum_dz_xhat) = (&sums_host[0], &sums_host[1]);
         let grad_x = x.apply_op2_no_bwd(
@@ -192,7 +204,7 @@ impl Normalize {
                 gamma: gamma.iter().map(|&g| f64::from(g)).collect(),
                 sum_dy: sum_dz.clone(),
                 sum_dy_xhat: sum_dz_xhat.clone(),
-                mask,
+                slope,
             },
         )?;
         let grad_affine: Vec<f32> = sum_dz_xhat.iter().chain(sum_dz).map(|&v| v as f32).collect();
@@ -201,30 +213,61 @@ impl Normalize {
     }
 }
 
-/// The activation's mask recomputed from x: the upstream gradient kept where
-/// 0 < (x - mean) * scale + shift < high, the forward pass's f32 value before its clamp (so the
-/// same mask as the clamp's backward pass takes from y, to the bit: y = min(max(t, 0), high) is
-/// in (0, high) exactly where t is, and a NaN t fails both).
+/// The activation's derivative at t = (x - mean) * scale + shift, the forward pass's f32 value
+/// before the activation, recomputed from x: the same dz, to the bit, as the activation's own
+/// backward pass gives from what it kept.
+/// - A clamp keeps the upstream gradient where 0 < t < high: the mask its backward pass takes from
+///   y, since y = min(max(t, 0), high) is in (0, high) exactly where t is, and a NaN t fails both.
+/// - SiLU multiplies it by `silu_slope(t)`, what its backward pass computes from its input t.
 #[derive(Debug, Clone)]
-struct InputMask {
+struct InputSlope {
     /// Per channel: (mean, scale, shift), [`Normalize::constants`].
     constants: Vec<(f32, f32, f32)>,
-    high: f32,
+    kind: SlopeKind,
 }
 
-impl InputMask {
-    fn new(normalize: &Normalize, gamma: &[f32], beta: &[f32], high: f32) -> Self {
-        Self { constants: (0..normalize.mean.len()).map(|c| normalize.constants(c, gamma, beta)).collect(), high }
+#[derive(Debug, Clone, Copy)]
+enum SlopeKind {
+    Clamp { high: f32 },
+    Silu,
+}
+
+impl InputSlope {
+    /// None for the identity, which passes the gradient as it is.
+    fn new(normalize: &Normalize, gamma: &[f32], beta: &[f32], activation: FusedActivation) -> Option<Self> {
+        let kind = match activation {
+            FusedActivation::Identity => return None,
+            FusedActivation::Silu => SlopeKind::Silu,
+            FusedActivation::Relu | FusedActivation::Relu6 => SlopeKind::Clamp { high: activation.high()? },
+        };
+        Some(Self { constants: (0..normalize.mean.len()).map(|c| normalize.constants(c, gamma, beta)).collect(), kind })
     }
 
-    /// The gradient `g` of an input value `v`, masked, from `v`'s channel's constants.
-    #[inline(always)]
-    fn apply(&self, (mean, scale, shift): (f32, f32, f32), v: f32, g: f32) -> f32 {
-        let t = (v - mean) * scale + shift;
-        // A bit mask instead of a branch, as the clamp's own backward pass (`ClampGrad`).
-        let keep = u32::from(t > 0.0) & u32::from(t < self.high);
-        f32::from_bits(g.to_bits() & keep.wrapping_neg())
+    /// dz for one plane of channel `c`: its input values `xp`, the upstream gradient `gp`.
+    fn write_plane(&self, c: usize, xp: &[f32], gp: &[f32], out: &mut [f32]) {
+        let constants = self.constants[c];
+        match self.kind {
+            SlopeKind::Clamp { high } => {
+                out.iter_mut().zip(xp).zip(gp).for_each(|((o, &v), &g)| *o = masked(constants, high, v, g));
+            }
+            SlopeKind::Silu => elementwise::map2(out, xp, gp, |v, g| g * silu_slope(normalized(constants, v))),
+        }
     }
+}
+
+/// t = (v - mean) * scale + shift, [`Normalize::run`]'s arithmetic.
+#[inline(always)]
+fn normalized((mean, scale, shift): (f32, f32, f32), v: f32) -> f32 {
+    (v - mean) * scale + shift
+}
+
+/// The gradient `g` of an input value `v` where the clamp to (0, high) passes t, else 0.
+#[inline(always)]
+fn masked(constants: (f32, f32, f32), high: f32, v: f32, g: f32) -> f32 {
+    let t = normalized(constants, v);
+    // A bit mask instead of a branch, as the clamp's own backward pass (`ClampGrad`).
+    let keep = u32::from(t > 0.0) & u32::from(t < high);
+    f32::from_bits(g.to_bits() & keep.wrapping_neg())
 }
 
 impl CustomOp2 for Normalize {
@@ -300,11 +343,11 @@ pub(super) fn batch_norm_eval(
 }
 
 /// Per channel: sum dz and sum dz * xhat, (2, C) f64, where dz is the upstream gradient, or that
-/// gradient masked by `mask`.
+/// gradient through the activation's `slope`.
 struct GradSums {
     mean: Vec<f64>,
     invstd: Vec<f64>,
-    mask: Option<InputMask>,
+    slope: Option<InputSlope>,
 }
 
 impl CustomOp2 for GradSums {
@@ -321,15 +364,14 @@ impl CustomOp2 for GradSums {
             .map(|c| {
                 let (mean, invstd) = (self.mean[c], self.invstd[c]);
                 let (mut sum_dy, mut sum_dy_xhat) = ([0f64; LANES], [0f64; LANES]);
-                // The masked gradient of one plane at a time, in the cache: the same values, in
-                // the same order, as a masked gradient from a pass of its own.
-                let mut masked = vec![0f32; if self.mask.is_some() { plane } else { 0 }];
+                // dz of one plane at a time, in the cache: the same values, in the same order, as
+                // dz from a pass of its own.
+                let mut dz = vec![0f32; if self.slope.is_some() { plane } else { 0 }];
                 for (xp, gp) in planes(x, channels, c, plane).zip(planes(dy, channels, c, plane)) {
-                    let gp = match &self.mask {
-                        Some(mask) => {
-                            let constants = mask.constants[c];
-                            masked.iter_mut().zip(xp).zip(gp).for_each(|((m, &v), &g)| *m = mask.apply(constants, v, g));
-                            &masked[..]
+                    let gp = match &self.slope {
+                        Some(slope) => {
+                            slope.write_plane(c, xp, gp, &mut dz);
+                            &dz[..]
                         }
                         None => gp,
                     };
@@ -352,7 +394,7 @@ struct GradInput {
     gamma: Vec<f64>,
     sum_dy: Vec<f64>,
     sum_dy_xhat: Vec<f64>,
-    mask: Option<InputMask>,
+    slope: Option<InputSlope>,
 }
 
 impl CustomOp2 for GradInput {
@@ -375,12 +417,14 @@ impl CustomOp2 for GradInput {
             let b = (factor * self.sum_dy[c]) as f32;
             let k = (factor * self.invstd[c] * self.sum_dy_xhat[c]) as f32;
             let mean = self.mean[c] as f32;
-            match &self.mask {
-                Some(mask) => {
-                    let constants = mask.constants[c];
+            match self.slope.as_ref().map(|slope| (slope.constants[c], slope.kind)) {
+                Some((constants, SlopeKind::Clamp { high })) => {
                     for ((o, &v), &g) in out.iter_mut().zip(xp).zip(gp) {
-                        *o = a * mask.apply(constants, v, g) - b - (v - mean) * k;
+                        *o = a * masked(constants, high, v, g) - b - (v - mean) * k;
                     }
+                }
+                Some((constants, SlopeKind::Silu)) => {
+                    elementwise::map2(out, xp, gp, |v, g| a * (g * silu_slope(normalized(constants, v))) - b - (v - mean) * k);
                 }
                 None => {
                     for ((o, &v), &g) in out.iter_mut().zip(xp).zip(gp) {
@@ -492,14 +536,52 @@ mod tests {
         }
     }
 
+    /// SiLU fused into the BatchNorm gives the bits of the BatchNorm followed by the SiLU op
+    /// (`silu.rs`) and their two backward passes: the output, and the gradients of x, gamma and
+    /// beta, where the fused backward pass recomputes SiLU's input from x. Values reach both
+    /// tails of the sigmoid (t from about -15 to 15) and t = 0.
+    #[test]
+    fn silu_fused_equals_the_batch_norm_then_the_silu_op_to_the_bit() {
+        let mut random = crate::test_tensors::NormalTensors::new(6);
+        for (batch, channels, height, width) in [(2, 3, 5, 4), (4, 2, 1, 1), (3, 5, 9, 7)] {
+            let shape = (batch, channels, height, width);
+            let x = Var::from_tensor(&(random.draw(0.0, 2.0, shape) + 0.7).unwrap()).unwrap();
+            let gamma = Var::from_tensor(&random.draw(0.0, 5.0, channels)).unwrap();
+            let beta = Var::from_tensor(&random.draw(0.0, 1.0, channels)).unwrap();
+            let upstream = random.draw(0.0, 1.0, shape);
+            let run = |fused: bool| {
+                let y = if fused {
+                    batch_norm_train(&x, &gamma, &beta, 1e-5, None, FusedActivation::Silu).unwrap().0
+                } else {
+                    let (t, _, _) = batch_norm_train(&x, &gamma, &beta, 1e-5, None, FusedActivation::Identity).unwrap();
+                    crate::activation::silu(&t).unwrap()
+                };
+                let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut results = vec![crate::test_tensors::bits(&y)];
+                results.extend([&x, &gamma, &beta].map(|v| crate::test_tensors::bits(grads.get(v.as_tensor()).unwrap())));
+                results
+            };
+            let (fused, separate) = (run(true), run(false));
+            for (what, (ours, theirs)) in
+                ["output", "input gradient", "gamma gradient", "beta gradient"].iter().zip(fused.iter().zip(&separate))
+            {
+                assert!(ours == theirs, "{what} at {shape:?}: the fused SiLU differs from the separate ops");
+            }
+        }
+    }
+
     /// Every fused variant (activation x residual) against the composite in f64: output and
-    /// the gradients of x, gamma, beta and the residual.
+    /// the gradients of x, gamma, beta and the residual. (SiLU with a residual is never this op:
+    /// `batch_norm_train` in `mod.rs` splits it, and its tests cover that.)
     #[test]
     fn matches_the_composite_normalisation_and_its_gradients() {
         let mut random = crate::test_tensors::NormalTensors::new(1);
-        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6];
+        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6, FusedActivation::Silu];
         for (batch, channels, height, width) in [(2, 3, 5, 4), (4, 2, 1, 1), (1, 5, 7, 3), (3, 4, 6, 6)] {
             for (activation, with_residual) in activations.into_iter().flat_map(|a| [(a, false), (a, true)]) {
+                if activation == FusedActivation::Silu && with_residual {
+                    continue;
+                }
                 let case = format!("({batch}, {channels}, {height}, {width}) {activation:?} residual {with_residual}");
                 let shape = (batch, channels, height, width);
                 let x = Var::from_tensor(&(random.draw(0.0, 2.0, shape) + 0.7).unwrap()).unwrap();
@@ -521,6 +603,7 @@ mod tests {
                     FusedActivation::Identity => reference,
                     FusedActivation::Relu => reference.relu().unwrap(),
                     FusedActivation::Relu6 => reference.clamp(0f64, 6f64).unwrap(),
+                    FusedActivation::Silu => reference.silu().unwrap(),
                 };
                 let theirs = (&reference * upstream.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
                 let close = |a: &Tensor, b: &Tensor, what: &str| {

@@ -1,4 +1,4 @@
-//! BatchNorm over channels, optionally followed by a residual add and a ReLU/ReLU6.
+//! BatchNorm over channels, optionally followed by a residual add and a ReLU, ReLU6 or SiLU.
 //!
 //! Train mode: the batch's statistics normalise the input, and come back for the layer's running
 //! estimates. f32 on the CPU runs one fused op with its own backward pass (`cpu.rs`), f32 on a
@@ -50,12 +50,19 @@ pub struct BatchNormOutput {
 
 /// Train-mode BatchNorm of x (B, C, H, W) with the batch's statistics, then `residual` (x's
 /// shape) added and `activation` applied.
+///
+/// SiLU after a residual add runs as an operation of its own: its derivative needs the sum,
+/// which the fused op's backward pass would have to keep (the clamps' need only their output).
 pub fn batch_norm_train(
     x: &Tensor,
     params: BatchNormParams<'_>,
     residual: Option<&Tensor>,
     activation: FusedActivation,
 ) -> Result<BatchNormOutput> {
+    if activation == FusedActivation::Silu && residual.is_some() {
+        let out = batch_norm_train(x, params, residual, FusedActivation::Identity)?;
+        return Ok(BatchNormOutput { y: activation.apply(&out.y)?, ..out });
+    }
     if [x, params.gamma, params.beta].into_iter().all(is_f32_cpu) && residual.is_none_or(is_f32_cpu) {
         let (y, mean, var) = cpu::batch_norm_train(x, params.gamma, params.beta, params.eps, residual, activation)?;
         return from_f64_statistics(y, &mean, &var);
@@ -155,12 +162,14 @@ mod tests {
 
     use super::*;
 
-    /// Each activation once, two of them with a residual.
-    const CASES: [(FusedActivation, bool); 4] = [
+    /// Each activation once, three of them with a residual (SiLU's then runs as its own op).
+    const CASES: [(FusedActivation, bool); 6] = [
         (FusedActivation::Identity, false),
         (FusedActivation::Relu, true),
         (FusedActivation::Relu6, false),
         (FusedActivation::Relu6, true),
+        (FusedActivation::Silu, false),
+        (FusedActivation::Silu, true),
     ];
 
     /// The two implementations are two constructions of one normalisation: the composite in

@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn equals_the_separate_convolution_and_batch_norm() {
         let mut random = crate::test_tensors::NormalTensors::new(11);
-        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6];
+        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6, FusedActivation::Silu];
         let cases = [(3, 4, 5, 3, 1, 1, 9, 7), (2, 3, 6, 7, 2, 3, 13, 10), (1, 24, 4, 3, 1, 1, 70, 41), (5, 6, 3, 1, 2, 0, 8, 8)];
         for ((batch, channels, out, kernel, stride, padding, height, width), activation) in
             cases.into_iter().zip(activations.into_iter().cycle())

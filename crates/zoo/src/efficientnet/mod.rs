@@ -15,7 +15,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, SqueezeExcite, global_avg_pool, make_divisible, relu6};
+use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, SqueezeExcite, global_avg_pool, make_divisible};
 use crate::params::ParamBuilder;
 use arch::{BlockArgs, BlockType};
 use medxfer_kernels::FusedActivation;
@@ -224,10 +224,13 @@ impl EfficientNetConfig {
         }
     }
 
-    fn activation(&self) -> Activation {
+    /// The activation after every BatchNorm but a block's last, fused into it in train mode
+    /// (SiLU's input then not kept for the backward pass, which recomputes it from the
+    /// BatchNorm's).
+    fn activation(&self) -> FusedActivation {
         match self.variant {
-            EfficientNetVariant::MobilenetV2 => Activation::Relu6,
-            _ => Activation::Silu,
+            EfficientNetVariant::MobilenetV2 => FusedActivation::Relu6,
+            _ => FusedActivation::Silu,
         }
     }
 
@@ -250,29 +253,6 @@ impl EfficientNetConfig {
             return Err(format!("depth_multiplier is {:?}; expected more than 0, at most 64", self.depth_multiplier));
         }
         self.stage_blocks().map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Activation {
-    Relu6,
-    Silu,
-}
-
-impl Activation {
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Activation::Relu6 => relu6(x),
-            Activation::Silu => Ok(medxfer_kernels::silu(x)?),
-        }
-    }
-
-    /// `self(norm(conv(x)))`, fused into the BatchNorm where the activation is a clamp.
-    fn after_conv_bn(self, conv: &Conv2d, norm: &BatchNorm2d, x: &Tensor, train: bool) -> Result<Tensor> {
-        match self {
-            Activation::Relu6 => conv.forward_bn_fused(x, norm, None, FusedActivation::Relu6, train),
-            Activation::Silu => self.apply(&conv.forward_bn(x, norm, train)?),
-        }
     }
 }
 
@@ -344,10 +324,10 @@ impl Block {
         Ok(Self { kind: args.kind, convs, norms, se, skip })
     }
 
-    fn forward_t(&self, x: &Tensor, act: Activation, train: bool) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, act: FusedActivation, train: bool) -> Result<Tensor> {
         if self.kind == BlockType::ConvBnAct {
             // conv, BN, activation, then the skip (after the activation).
-            let y = act.after_conv_bn(&self.convs[0], &self.norms[0], x, train)?;
+            let y = self.convs[0].forward_bn_fused(x, &self.norms[0], None, act, train)?;
             return Ok(if self.skip { (y + x)? } else { y });
         }
         let mut y = x.clone();
@@ -357,13 +337,13 @@ impl Block {
             if index == last
                 && let Some(se) = &self.se
             {
-                y = se.forward_t(&y, |t| act.apply(t), train)?;
+                y = se.forward_t(&y, |t| Ok(act.apply(t)?), train)?;
             }
             y = if index == last {
                 // The residual add fused into the last BatchNorm.
                 conv.forward_bn_fused(&y, norm, self.skip.then_some(x), FusedActivation::Identity, train)?
             } else {
-                act.after_conv_bn(conv, norm, &y, train)?
+                conv.forward_bn_fused(&y, norm, None, act, train)?
             };
         }
         Ok(y)
@@ -379,7 +359,7 @@ pub struct EfficientNet {
     conv_head: Conv2d,
     bn2: BatchNorm2d,
     pub(crate) classifier: Linear,
-    act: Activation,
+    act: FusedActivation,
 }
 
 impl EfficientNet {
@@ -409,13 +389,13 @@ impl EfficientNet {
 
     /// The final feature map after conv_head + bn2 + act (timm's `forward_features`).
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.act.after_conv_bn(&self.conv_stem, &self.bn1, x, train)?;
+        let mut y = self.conv_stem.forward_bn_fused(x, &self.bn1, None, self.act, train)?;
         for stage in &self.blocks {
             for block in stage {
                 y = block.forward_t(&y, self.act, train)?;
             }
         }
-        self.act.after_conv_bn(&self.conv_head, &self.bn2, &y, train)
+        self.conv_head.forward_bn_fused(&y, &self.bn2, None, self.act, train)
     }
 
     /// Pooled features (B, num_features).
