@@ -1,5 +1,5 @@
-//! A dense convolution and the train-mode BatchNorm (+ ReLU/ReLU6) after it as one graph node,
-//! for f32 on the CPU.
+//! A dense convolution and the train-mode BatchNorm (+ ReLU, ReLU6 or SiLU) after it as one graph
+//! node, for f32 on the CPU.
 //!
 //! The arithmetic is exactly that of the two separate CPU kernels (`conv/cpu.rs`,
 //! `batchnorm/cpu.rs`), so the
@@ -57,7 +57,7 @@ impl CustomOp3 for ConvBatchNorm {
 
     fn backward_reads(&self) -> candle_core::BackwardReads {
         // The input and the weight for the convolution's gradients, gamma for the BatchNorm's.
-        // Not the output: without a residual the activation's mask comes from the recomputed
+        // Not the output: without a residual the activation's derivative comes from the recomputed
         // convolution's output (`Normalize::gradients`).
         candle_core::BackwardReads { output: false, ..candle_core::BackwardReads::ALL }
     }

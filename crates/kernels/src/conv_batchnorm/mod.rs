@@ -1,4 +1,4 @@
-//! A dense convolution without bias and the train-mode BatchNorm (+ ReLU/ReLU6) after it.
+//! A dense convolution without bias and the train-mode BatchNorm (+ ReLU, ReLU6 or SiLU) after it.
 //!
 //! On the CPU in f32 the two are one graph node (`cpu.rs`): the same arithmetic as the separate
 //! kernels, without candle's zero-filled gradient for the convolution's output. Elsewhere they
