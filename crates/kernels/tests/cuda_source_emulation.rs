@@ -348,20 +348,29 @@ fn the_depthwise_kernels_compute_what_the_cpu_op_does() {
     }
 }
 
+/// batchnorm/cuda.rs's `plane_grid`, its limit on the channels and images (65,535 there) a
+/// parameter here: the tests also run with a limit of 2, where the kernels' loops take the rest.
+const PLANE_GRID: &str = r#"
+dim3 plane_block(int plane) { return dim3{(unsigned)std::clamp((plane + 31) / 32 * 32, 32, 256), 1, 1}; }
+dim3 plane_grid(int batch, int channels, int plane, int limit) {
+    unsigned threads = plane_block(plane).x;
+    unsigned stretches = std::max(1u, (unsigned)((plane + threads * 8 - 1) / (threads * 8)));
+    return dim3{stretches, (unsigned)std::clamp(channels, 1, limit), (unsigned)std::clamp(batch, 1, limit)};
+}
+"#;
+
 const EVAL_BATCH_NORM_MAIN: &str = r#"
 int main(int argc, char** argv) {
     Input in{fopen(argv[1], "rb")};
     int batch = in.value<int>(), channels = in.value<int>(), plane = in.value<int>(), act = in.value<int>(), with_residual = in.value<int>();
+    int limit = in.value<int>();
     double eps = in.value<double>();
     size_t n = (size_t)batch * channels * plane;
     std::vector<float> x = in.floats(n), gamma = in.floats(channels), beta = in.floats(channels), mean = in.floats(channels),
         var = in.floats(channels), residual = with_residual ? in.floats(n) : std::vector<float>(), y(n);
-    // batchnorm/cuda.rs's `plane_grid`.
-    unsigned threads = (unsigned)std::clamp((plane + 31) / 32 * 32, 32, 256);
-    unsigned stretches = std::max(1u, (unsigned)((plane + threads * 8 - 1) / (threads * 8)));
-    launch(dim3{stretches, (unsigned)channels, (unsigned)batch}, dim3{threads, 1, 1}, [&] {
+    launch(plane_grid(batch, channels, plane, limit), plane_block(plane), [&] {
         bn_eval_forward(x.data(), gamma.data(), beta.data(), mean.data(), var.data(), with_residual ? residual.data() : nullptr,
-                        y.data(), channels, plane, eps, act);
+                        y.data(), batch, channels, plane, eps, act);
     });
     FILE* out = fopen(argv[2], "wb");
     write(out, y);
@@ -375,7 +384,7 @@ int main(int argc, char** argv) {
 #[test]
 fn the_eval_batch_norm_kernel_computes_the_cpu_ops_bits() {
     use medxfer_kernels::{BatchNormParams, FusedActivation, RunningStatistics};
-    let program = Emulated::compile("batchnorm", &kernel_source("batchnorm/cuda.rs"), EVAL_BATCH_NORM_MAIN);
+    let program = Emulated::compile("batchnorm", &kernel_source("batchnorm/cuda.rs"), &format!("{PLANE_GRID}{EVAL_BATCH_NORM_MAIN}"));
     let activations =
         [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2), (FusedActivation::Silu, 3)];
     for (case, (batch, channels, height, width)) in
@@ -409,9 +418,10 @@ fn the_eval_batch_norm_kernel_computes_the_cpu_ops_bits() {
                 )
                 .unwrap();
 
-                let inputs =
-                    Inputs::default().sizes(&[batch, channels, height * width]).ints(&[code, i32::from(with_residual)]).double(eps);
-                let inputs = inputs.floats(&x).floats(&gamma).floats(&beta).floats(&mean).floats(&var);
+                // Every other case on a grid of at most 2 channels and 2 images.
+                let limit = if case % 2 == 0 { 2 } else { 65_535 };
+                let inputs = Inputs::default().sizes(&[batch, channels, height * width]).ints(&[code, i32::from(with_residual), limit]);
+                let inputs = inputs.double(eps).floats(&x).floats(&gamma).floats(&beta).floats(&mean).floats(&var);
                 let emulated = program.run(inputs.floats(if with_residual { &residual } else { &[] }));
                 if activation == FusedActivation::Silu {
                     // The host's expf against the CPU op's `crate::exp`: an ulp or two.
@@ -476,28 +486,29 @@ const TRAIN_BATCH_NORM_MAIN: &str = r#"
 int main(int argc, char** argv) {
     Input in{fopen(argv[1], "rb")};
     int batch = in.value<int>(), channels = in.value<int>(), plane = in.value<int>(), act = in.value<int>(), with_residual = in.value<int>();
+    int limit = in.value<int>();
     double eps = in.value<double>();
     unsigned total = (unsigned)batch * channels * plane;
     std::vector<float> x = in.floats(total), affine = in.floats(2 * channels);
     std::vector<float> residual = with_residual ? in.floats(total) : std::vector<float>();
     std::vector<float> dy = in.floats(total), y(total), out(with_residual ? 2 * total : total);
-    // batchnorm/cuda.rs's grids: `slices`, `per_channel`, `elementwise`, 256 threads.
+    // batchnorm/cuda.rs's grids: `slices`, `per_channel` (256 threads), `plane_grid`.
     int slices = std::clamp((1024 + channels - 1) / channels, 1, std::max(batch, 1));
     dim3 reduce{(unsigned)slices, (unsigned)channels, 1}, per_channel{(unsigned)((channels + 255) / 256), 1, 1};
-    dim3 elementwise{std::clamp((total + 255) / 256, 1u, 65535u * 8), 1, 1}, block{256, 1, 1};
+    dim3 elementwise = plane_grid(batch, channels, plane, limit), block{256, 1, 1};
     std::vector<double> partial(channels * slices * 2), stats(3 * channels), sums(2 * channels);
     launch(reduce, block, [&] { bn_stats_partial(x.data(), partial.data(), batch, channels, plane, slices); });
     launch(per_channel, block, [&] { bn_stats_finish(x.data(), partial.data(), stats.data(), batch, channels, plane, slices, eps); });
-    launch(elementwise, block, [&] {
-        bn_forward(x.data(), affine.data(), stats.data(), with_residual ? residual.data() : nullptr, y.data(), channels, plane, total, act);
+    launch(elementwise, plane_block(plane), [&] {
+        bn_forward(x.data(), affine.data(), stats.data(), with_residual ? residual.data() : nullptr, y.data(), batch, channels, plane, act);
     });
     // batchnorm/cuda.rs's `gradients`: y for the mask only after a residual add, else null (the
     // kernels recompute the mask from x).
     const float* mask_from_y = (act != 0 && with_residual) ? y.data() : nullptr;
     launch(reduce, block, [&] { bn_grad_partial(x.data(), mask_from_y, dy.data(), affine.data(), stats.data(), partial.data(), batch, channels, plane, slices, act); });
     launch(per_channel, block, [&] { bn_grad_finish(partial.data(), sums.data(), channels, slices); });
-    launch(elementwise, block, [&] {
-        bn_grad_input(x.data(), mask_from_y, dy.data(), affine.data(), stats.data(), sums.data(), out.data(), batch, channels, plane, total, act, with_residual);
+    launch(elementwise, plane_block(plane), [&] {
+        bn_grad_input(x.data(), mask_from_y, dy.data(), affine.data(), stats.data(), sums.data(), out.data(), batch, channels, plane, act, with_residual);
     });
     // batchnorm/cuda.rs's `batch_norm_train`: the mean, and the biased variance times n / (n - 1).
     double count = (double)batch * plane, correction = count / std::max(count - 1.0, 1.0);
@@ -517,16 +528,21 @@ int main(int argc, char** argv) {
 /// forward pass, the gradient sums and the input gradient) against the CPU op, within the GPU
 /// test's bound (1e-5 relative): output, mean, unbiased variance, the gradients of x, gamma, beta
 /// and the residual; every activation with and without a residual, whole images per slice, a
-/// 1x1 plane, a channel whose large mean must not eat its variance, and (one combination: the
-/// emulation's barriers make its ~1,200 blocks slow) 8 images over 6 slices, unevenly.
+/// 1x1 plane, a channel whose large mean must not eat its variance, one 20x20 image (a slice of
+/// more values than a block's threads, each thread's walk crossing the plane's end), and (one
+/// combination each: the emulation's barriers make their ~1,200 blocks slow) 8 images over 6
+/// slices, unevenly, and 3 images of 12x12 over 2 slices (a walk across images).
 #[test]
 fn the_train_batch_norm_kernels_match_the_cpu_op() {
     use medxfer_kernels::{BatchNormParams, FusedActivation};
-    let program = Emulated::compile("batchnorm_train", &kernel_source("batchnorm/cuda.rs"), TRAIN_BATCH_NORM_MAIN);
+    let program =
+        Emulated::compile("batchnorm_train", &kernel_source("batchnorm/cuda.rs"), &format!("{PLANE_GRID}{TRAIN_BATCH_NORM_MAIN}"));
     let activations =
         [(FusedActivation::Identity, 0i32), (FusedActivation::Relu, 1), (FusedActivation::Relu6, 2), (FusedActivation::Silu, 3)];
     for (case, (batch, channels, height, width)) in
-        [(2usize, 3usize, 5usize, 4usize), (4, 2, 1, 1), (8, 2, 7, 9), (8, 200, 1, 2)].into_iter().enumerate()
+        [(2usize, 3usize, 5usize, 4usize), (4, 2, 1, 1), (8, 2, 7, 9), (8, 200, 1, 2), (1, 2, 20, 20), (3, 600, 12, 12)]
+            .into_iter()
+            .enumerate()
     {
         for (activation, code) in activations {
             for with_residual in [false, true] {
@@ -575,7 +591,9 @@ fn the_train_batch_norm_kernels_match_the_cpu_op() {
                 truth.push(("gamma gradient", gradient(&gv)));
                 truth.push(("beta gradient", gradient(&bv)));
 
-                let inputs = Inputs::default().sizes(&[batch, channels, plane]).ints(&[code, i32::from(with_residual)]).double(eps);
+                // Every other case on a grid of at most 2 channels and 2 images.
+                let limit = if case % 2 == 0 { 2 } else { 65_535 };
+                let inputs = Inputs::default().sizes(&[batch, channels, plane]).ints(&[code, i32::from(with_residual), limit]).double(eps);
                 let inputs = inputs.floats(&x).floats(&gamma).floats(&beta).floats(if with_residual { &residual } else { &[] });
                 assert_within(&name, &truth, &program.run(inputs.floats(&dy)), 1e-5);
             }

@@ -49,9 +49,16 @@ fn f32_cuda(t: &Tensor) -> bool {
     t.device().is_cuda() && t.dtype() == DType::F32
 }
 
-/// Whether the train-mode kernels take these tensors: f32 on a CUDA device.
+/// Whether the train-mode kernels take these tensors: f32 on a CUDA device, not empty (an empty
+/// plane has no first value to shift the sums by, and its walks would divide by zero).
 pub(super) fn applies(x: &Tensor, params: &BatchNormParams<'_>, residual: Option<&Tensor>) -> bool {
-    kernels_enabled() && f32_cuda(x) && f32_cuda(params.gamma) && f32_cuda(params.beta) && residual.is_none_or(f32_cuda) && x.rank() == 4
+    kernels_enabled()
+        && f32_cuda(x)
+        && f32_cuda(params.gamma)
+        && f32_cuda(params.beta)
+        && residual.is_none_or(f32_cuda)
+        && x.rank() == 4
+        && x.elem_count() > 0
 }
 
 /// Whether the eval kernel takes these tensors (x, the four per-channel ones, the residual): f32
@@ -152,6 +159,22 @@ __device__ __forceinline__ float slope(const float* y, const float* x, size_t i,
     return derivative(y ? y[i] : normalized(x[i], k.mean, k.scale, k.shift), act);
 }
 
+// A thread's walk over images [b0, b1) of channel c, value j = threadIdx.x, j + blockDim.x, ... of
+// the slice's (image, position) order, as (image, position) pairs: one division at the start, then
+// additions (a division per value was most of the reductions' arithmetic).
+struct SliceWalk {
+    unsigned image, p, step_images, step_p, end, plane;
+    __device__ SliceWalk(unsigned b0, unsigned b1, unsigned plane_)
+        : image(b0 + threadIdx.x / plane_), p(threadIdx.x % plane_), step_images(blockDim.x / plane_),
+          step_p(blockDim.x % plane_), end(b1), plane(plane_) {}
+    __device__ bool more() const { return image < end; }
+    __device__ void next() {
+        p += step_p;
+        image += step_images;
+        if (p >= plane) { p -= plane; image++; }
+    }
+};
+
 // Sums a and b over the block (a multiple of 32 threads, at most 1024) into thread 0's, in a
 // fixed order.
 __device__ void block_sum2(double &a, double &b) {
@@ -181,11 +204,9 @@ extern "C" __global__ void bn_stats_partial(const float* __restrict__ x, double*
     int s = blockIdx.x, c = blockIdx.y;
     unsigned b0 = (unsigned)((long long)s * batch / slices), b1 = (unsigned)((long long)(s + 1) * batch / slices);
     double shift = (double)x[(size_t)c * plane];
-    unsigned count = (b1 - b0) * (unsigned)plane;
     double sum = 0.0, squares = 0.0;
-    for (unsigned j = threadIdx.x; j < count; j += blockDim.x) {
-        unsigned image = b0 + j / (unsigned)plane, p = j % (unsigned)plane;
-        double d = (double)x[((size_t)image * channels + c) * plane + p] - shift;
+    for (SliceWalk at(b0, b1, (unsigned)plane); at.more(); at.next()) {
+        double d = (double)x[((size_t)at.image * channels + c) * plane + at.p] - shift;
         sum += d;
         squares += d * d;
     }
@@ -216,35 +237,49 @@ extern "C" __global__ void bn_stats_finish(const float* __restrict__ x, const do
     stats[2 * channels + c] = var;
 }
 
+// The elementwise kernels' grid (`plane_grid`): block (s, c, b) covers stretch s of image b's
+// channel c, and goes on to channel c + gridDim.y and image b + gridDim.z where the channels or the
+// batch outnumber the grid (65,535 each way). A thread computes its channel's constants once, not
+// per value, and divides no index.
+#define FOR_EACH_PLANE(c, image)                                              \
+    for (int c = blockIdx.y; c < channels; c += gridDim.y)                   \
+        for (int image = blockIdx.z; image < batch; image += gridDim.z)
+#define FOR_EACH_POSITION(p) \
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < plane; p += gridDim.x * blockDim.x)
+
 // y = act((x - mean) * scale + beta [+ residual]), scale = invstd * gamma, in f32 like the CPU
 // kernel (constants from f64); residual may be null.
 extern "C" __global__ void bn_forward(const float* __restrict__ x, const float* __restrict__ affine,
                                       const double* __restrict__ stats, const float* __restrict__ residual,
-                                      float* __restrict__ y, int channels, int plane, unsigned total, int act) {
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        int c = (int)((i / (unsigned)plane) % (unsigned)channels);
+                                      float* __restrict__ y, int batch, int channels, int plane, int act) {
+    FOR_EACH_PLANE(c, image) {
         Constants k = constants(stats, affine, channels, c);
-        float v = normalized(x[i], k.mean, k.scale, k.shift);
-        if (residual) v = __fadd_rn(v, residual[i]);
-        y[i] = activate(v, act);
+        size_t base = ((size_t)image * channels + c) * plane;
+        FOR_EACH_POSITION(p) {
+            size_t i = base + p;
+            float v = normalized(x[i], k.mean, k.scale, k.shift);
+            if (residual) v = __fadd_rn(v, residual[i]);
+            y[i] = activate(v, act);
+        }
     }
 }
 
-// Eval mode. Block (i, c, b) covers a stretch of image b's channel c:
+// Eval mode, over the elementwise grid:
 // y = act((x - mean[c]) * scale + beta[c] [+ residual]), scale = (float)(gamma[c] / sqrt(var[c] + eps))
 // from f64, each f32 operation rounded on its own as the CPU kernel's (no FMA contraction).
 extern "C" __global__ void bn_eval_forward(const float* __restrict__ x, const float* __restrict__ gamma,
                                            const float* __restrict__ beta, const float* __restrict__ mean,
                                            const float* __restrict__ var, const float* __restrict__ residual,
-                                           float* __restrict__ y, int channels, int plane, double eps, int act) {
-    int c = blockIdx.y;
-    size_t base = ((size_t)blockIdx.z * channels + c) * plane;
-    double invstd = 1.0 / sqrt((double)var[c] + eps);
-    float m = mean[c], scale = (float)(invstd * (double)gamma[c]), shift = beta[c];
-    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < plane; p += gridDim.x * blockDim.x) {
-        float v = __fadd_rn(__fmul_rn(__fsub_rn(x[base + p], m), scale), shift);
-        if (residual) v = __fadd_rn(v, residual[base + p]);
-        y[base + p] = activate(v, act);
+                                           float* __restrict__ y, int batch, int channels, int plane, double eps, int act) {
+    FOR_EACH_PLANE(c, image) {
+        double invstd = 1.0 / sqrt((double)var[c] + eps);
+        float m = mean[c], scale = (float)(invstd * (double)gamma[c]), shift = beta[c];
+        size_t base = ((size_t)image * channels + c) * plane;
+        FOR_EACH_POSITION(p) {
+            float v = __fadd_rn(__fmul_rn(__fsub_rn(x[base + p], m), scale), shift);
+            if (residual) v = __fadd_rn(v, residual[base + p]);
+            y[base + p] = activate(v, act);
+        }
     }
 }
 
@@ -276,11 +311,9 @@ extern "C" __global__ void bn_grad_partial(const float* __restrict__ x, const fl
     unsigned b0 = (unsigned)((long long)s * batch / slices), b1 = (unsigned)((long long)(s + 1) * batch / slices);
     double mean = stats[c], invstd = stats[channels + c];
     Constants k = constants(stats, affine, channels, c);
-    unsigned count = (b1 - b0) * (unsigned)plane;
     double sum_dz = 0.0, sum_dz_xhat = 0.0;
-    for (unsigned j = threadIdx.x; j < count; j += blockDim.x) {
-        unsigned image = b0 + j / (unsigned)plane, p = j % (unsigned)plane;
-        size_t i = ((size_t)image * channels + c) * plane + p;
+    for (SliceWalk at(b0, b1, (unsigned)plane); at.more(); at.next()) {
+        size_t i = ((size_t)at.image * channels + c) * plane + at.p;
         double dz = (double)(dy[i] * slope(y, x, i, k, act));
         sum_dz += dz;
         sum_dz_xhat += dz * ((double)x[i] - mean) * invstd;
@@ -308,25 +341,29 @@ extern "C" __global__ void bn_grad_finish(const double* __restrict__ partial, do
 }
 
 // dx = a dz - b - (x - mean) k with a = gamma invstd, b = a sum_dz / N, k = a invstd sum_dz_xhat / N
-// (constants in f64, the elementwise part in f32 as the CPU kernel); dz also into out[total + i]
-// when the block has a residual. y as in bn_grad_partial.
+// (constants in f64, the elementwise part in f32 as the CPU kernel), over the elementwise grid;
+// dz also into out[total + i] when the block has a residual. y as in bn_grad_partial.
 extern "C" __global__ void bn_grad_input(const float* __restrict__ x, const float* __restrict__ y,
                                          const float* __restrict__ dy, const float* __restrict__ affine,
                                          const double* __restrict__ stats, const double* __restrict__ sums,
                                          float* __restrict__ out, int batch, int channels, int plane,
-                                         unsigned total, int act, int with_residual) {
+                                         int act, int with_residual) {
     double n = (double)batch * plane;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        int c = (int)((i / (unsigned)plane) % (unsigned)channels);
+    size_t total = (size_t)batch * channels * plane;
+    FOR_EACH_PLANE(c, image) {
         double invstd = stats[channels + c];
         double factor = (double)affine[c] * invstd / n;
         float a = (float)(factor * n);
         float b = (float)(factor * sums[channels + c]);
         float k = (float)(factor * invstd * sums[c]);
         Constants constant = constants(stats, affine, channels, c);
-        float dz = dy[i] * slope(y, x, i, constant, act);
-        out[i] = a * dz - b - (x[i] - constant.mean) * k;
-        if (with_residual) out[total + i] = dz;
+        size_t base = ((size_t)image * channels + c) * plane;
+        FOR_EACH_POSITION(p) {
+            size_t i = base + p;
+            float dz = dy[i] * slope(y, x, i, constant, act);
+            out[i] = a * dz - b - (x[i] - constant.mean) * k;
+            if (with_residual) out[total + i] = dz;
+        }
     }
 }
 "#;
@@ -338,12 +375,6 @@ const THREADS: u32 = 256;
 /// Blocks per channel for the reductions: about 1,024 blocks in all, never more than images.
 fn slices(batch: usize, channels: usize) -> usize {
     1024usize.div_ceil(channels).clamp(1, batch.max(1))
-}
-
-/// A grid for an elementwise pass over `total` values (grid-stride loops cover the rest).
-fn elementwise(total: usize) -> LaunchConfig {
-    let blocks = total.div_ceil(THREADS as usize).clamp(1, 65_535 * 8) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 fn per_channel(channels: usize) -> LaunchConfig {
@@ -520,7 +551,7 @@ impl Normalize {
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let device = x.0.device();
         let stream = device.cuda_stream();
-        let (_, channels, plane) = dims(x.1)?;
+        let (batch, channels, plane) = dims(x.1)?;
         let total = x.1.shape().elem_count();
         let xv = f32_view(x.0, x.1, "the input")?;
         let av = f32_view(affine.0, affine.1, "the weight and bias")?;
@@ -530,17 +561,17 @@ impl Normalize {
         }
         let mut y = stream_alloc::<f32>(device, total)?;
         let kernel = KERNELS.function(device, "bn_forward")?;
-        let (c, p, n, act) = (int(channels), int(plane), total as u32, self.activation);
+        let (b, c, p, act) = (int(batch), int(channels), int(plane), self.activation);
         with_cuda(&self.stats, "the statistics", |stats, layout| {
             let sv = f64_view(stats, layout, "the statistics")?;
             let null: u64 = 0;
             let mut launch = stream.launch_builder(&kernel);
             launch.arg(&xv).arg(&av).arg(&sv);
             arg_or_null(&mut launch, rv.as_ref(), &null);
-            launch.arg(&mut y).arg(&c).arg(&p).arg(&n).arg(&act);
+            launch.arg(&mut y).arg(&b).arg(&c).arg(&p).arg(&act);
             // SAFETY: the parameters match the kernel's: x, residual (or a null pointer, which
-            // the kernel tests) and y hold `total` f32 values, affine 2·C, stats 3·C f64.
-            unsafe { launch.launch(elementwise(total)) }.map_err(driver_error("batch norm kernel"))
+            // the kernel tests) and y hold B·C·P f32 values, affine 2·C, stats 3·C f64.
+            unsafe { launch.launch(plane_grid(batch, channels, plane)) }.map_err(driver_error("batch norm kernel"))
         })?;
         Ok((CudaStorage::wrap_cuda_slice(y, device.clone()), x.1.shape().clone()))
     }
@@ -667,9 +698,6 @@ impl CustomOp1 for EvalNormalize {
         let device = storage.device();
         let stream = device.cuda_stream();
         let (batch, channels, plane) = dims(layout)?;
-        if channels > 65_535 || batch > 65_535 {
-            candle_core::bail!("eval batch norm: {:?} has more images or channels than the kernel's grid (65,535)", layout.shape());
-        }
         let total = layout.shape().elem_count();
         let xv = f32_view(storage, layout, "the input")?;
         // Read locks on the other tensors' storages, held for the launch.
@@ -696,28 +724,30 @@ impl CustomOp1 for EvalNormalize {
         }
         let mut y = stream_alloc::<f32>(device, total)?;
         let kernel = KERNELS.function(device, "bn_eval_forward")?;
-        let (c, p, act) = (int(channels), int(plane), self.activation);
+        let (b, c, p, act) = (int(batch), int(channels), int(plane), self.activation);
         let null: u64 = 0;
         let mut launch = stream.launch_builder(&kernel);
         launch.arg(&xv).arg(&views[0]).arg(&views[1]).arg(&views[2]).arg(&views[3]);
         arg_or_null(&mut launch, views.get(4), &null);
-        launch.arg(&mut y).arg(&c).arg(&p).arg(&self.eps).arg(&act);
+        launch.arg(&mut y).arg(&b).arg(&c).arg(&p).arg(&self.eps).arg(&act);
         // SAFETY: the parameters match the kernel's: x, the residual (or a null pointer, which the
         // kernel tests) and y hold B·C·P f32 values, the four per-channel tensors C each (checked
-        // above); block (i, c, b) touches only plane (b, c), and the grid has C·B such planes.
+        // above); each block touches only the planes (b, c) its loops name, all within B·C.
         unsafe { launch.launch(plane_grid(batch, channels, plane)) }.map_err(driver_error("batch norm kernel"))?;
         Ok((CudaStorage::wrap_cuda_slice(y, device.clone()), layout.shape().clone()))
     }
 }
 
-/// A grid of (stretches of a plane, C, B) blocks: a block's threads cover its plane's stretch,
+/// The elementwise kernels' grid, (stretches of a plane, C, B) blocks, C and B each at most the
+/// grid's 65,535 (the kernels' loops take the rest): a block's threads cover its plane's stretch,
 /// the plane rounded up to a multiple of 32 threads and at most 256 (a 7x7 map's 49 values get
 /// 64 threads, not 256).
 fn plane_grid(batch: usize, channels: usize, plane: usize) -> LaunchConfig {
     let threads = (plane.div_ceil(32) * 32).clamp(32, THREADS as usize) as u32;
     // Up to 8 values per thread on large planes, so the per-channel constants amortise.
     let stretches = plane.div_ceil(threads as usize * 8).max(1) as u32;
-    LaunchConfig { grid_dim: (stretches, channels as u32, batch as u32), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    let limit = |n: usize| n.clamp(1, 65_535) as u32;
+    LaunchConfig { grid_dim: (stretches, limit(channels), limit(batch)), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// What both backward kernels read besides x and the upstream gradient.
@@ -799,8 +829,7 @@ impl GradientInput<'_> {
         let with_residual = self.inner.with_residual;
         let mut out = stream_alloc::<f32>(device, if with_residual { 2 * total } else { total })?;
         let kernel = KERNELS.function(device, "bn_grad_input")?;
-        let (b, c, p, n, act, residual) =
-            (int(batch), int(channels), int(plane), total as u32, self.inner.activation, i32::from(with_residual));
+        let (b, c, p, act, residual) = (int(batch), int(channels), int(plane), self.inner.activation, i32::from(with_residual));
         with_optional_cuda(self.inner.y.as_ref(), "the output", |y| {
             with_cuda(&self.inner.affine, "the weight and bias", |as_, al| {
                 with_cuda(&self.inner.stats, "the statistics", |ss, sl| {
@@ -813,11 +842,11 @@ impl GradientInput<'_> {
                         launch.arg(&xv);
                         arg_or_null(&mut launch, yv.as_ref(), &null);
                         launch.arg(&gv).arg(&av).arg(&sv).arg(&uv).arg(&mut out);
-                        launch.arg(&b).arg(&c).arg(&p).arg(&n).arg(&act).arg(&residual);
+                        launch.arg(&b).arg(&c).arg(&p).arg(&act).arg(&residual);
                         // SAFETY: the parameters match the kernel's; x, y (or null, which the kernel
                         // tests) and dy hold `total` f32 values, out `total` (twice that with a residual,
                         // as the flag says), affine 2·C f32, stats 3·C and sums 2·C f64.
-                        unsafe { launch.launch(elementwise(total)) }.map_err(driver_error("batch norm kernel"))
+                        unsafe { launch.launch(plane_grid(batch, channels, plane)) }.map_err(driver_error("batch norm kernel"))
                     })
                 })
             })
@@ -855,15 +884,16 @@ mod tests {
     use crate::test_tensors::{NormalTensors, max_abs};
 
     /// Every activation, with and without a residual, at shapes whose batch is split into several
-    /// slices and not (and a 1x1 plane), against the CPU kernel: output, mean, unbiased variance
-    /// and the gradients of x, gamma, beta and the residual; a channel with a large mean and a
-    /// small spread keeps its variance.
+    /// slices and not (and 1x1 planes, one of them in more images than the grid's 65,535), against
+    /// the CPU kernel: output, mean, unbiased variance and the gradients of x, gamma, beta and the
+    /// residual; a channel with a large mean and a small spread keeps its variance.
     #[test]
     fn the_cuda_kernels_match_the_cpu_kernel() {
         let gpu = crate::test_tensors::gpu();
         let mut random = NormalTensors::new(11);
         let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6, FusedActivation::Silu];
-        for shape in [(2, 3, 5, 4), (4, 2, 1, 1), (8, 2, 7, 9), (3, 600, 3, 3)] {
+        // The last: more images than the elementwise grid has blocks that way (65,535).
+        for shape in [(2, 3, 5, 4), (4, 2, 1, 1), (8, 2, 7, 9), (3, 600, 3, 3), (70_000, 2, 1, 1)] {
             for (activation, with_residual) in activations.into_iter().flat_map(|a| [(a, false), (a, true)]) {
                 let case = format!("{shape:?} {activation:?} residual {with_residual}");
                 let mut x = (random.draw(0.0, 2.0, shape) + 0.7).unwrap();
@@ -905,14 +935,15 @@ mod tests {
     }
     /// Eval mode against the CPU kernel, to the bit (SiLU: within 1e-6 relative, the exponentials
     /// differing): every activation with and without a residual, at planes smaller than a warp, of
-    /// 7x7 (64 threads), of 56x56 (several stretches per plane) and 1x1, and a channel with a large
-    /// mean.
+    /// 7x7 (64 threads), of 56x56 (several stretches per plane) and 1x1 (once in more images than
+    /// the grid's 65,535), and a channel with a large mean.
     #[test]
     fn the_eval_kernel_matches_the_cpu_kernel_to_the_bit() {
         let gpu = crate::test_tensors::gpu();
         let mut random = NormalTensors::new(12);
         let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6, FusedActivation::Silu];
-        for shape in [(2, 3, 5, 4), (3, 70, 7, 7), (2, 4, 56, 56), (5, 600, 1, 1)] {
+        // The last: more images than the grid has blocks that way (65,535).
+        for shape in [(2, 3, 5, 4), (3, 70, 7, 7), (2, 4, 56, 56), (5, 600, 1, 1), (70_000, 2, 1, 1)] {
             for (activation, with_residual) in activations.into_iter().flat_map(|a| [(a, false), (a, true)]) {
                 let case = format!("{shape:?} {activation:?} residual {with_residual}");
                 let x = (random.draw(0.0, 3.0, shape) + 1.0).unwrap();
