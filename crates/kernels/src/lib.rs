@@ -83,13 +83,13 @@ pub use batchnorm::{
 };
 pub use channel_bias::add_channel_bias;
 pub use channels_last::{channels_last_residual, to_channels_first, to_channels_last};
-pub use conv::conv2d;
 #[cfg(feature = "cuda")]
 pub use conv::cuda::largest_cudnn_workspace;
+pub use conv::{conv2d, conv2d_eval};
 pub use conv_batchnorm::conv_batch_norm_train;
 #[cfg(feature = "cuda")]
 pub use cuda_device::{cuda_memory_high_water, cuda_memory_in_use, prepare_cuda_device, reset_cuda_memory_high_water};
-pub use depthwise::depthwise_conv2d;
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_eval};
 pub use gate::channel_gate;
 pub use global_response_norm::global_response_norm;
 pub use gpu_settings::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, gpu_settings, set_gpu_settings};

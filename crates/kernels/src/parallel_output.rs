@@ -21,12 +21,17 @@ pub(crate) enum Start<'a> {
     /// These values (as many as the buffer), each row plus `rows` if given (a residual branch
     /// and a bias, which a product then accumulates onto).
     Values { values: &'a [f32], rows: Option<&'a [f32]> },
+    /// Each of `values` repeated over a plane of `plane` values, the values in turn (a bias per
+    /// channel of an NCHW output, which a product then accumulates onto); chunks hold whole sets
+    /// of planes.
+    Planes { values: &'a [f32], plane: usize },
 }
 
 /// A buffer of `len` values built in parallel, `chunk_len` values per task (the last chunk may be
 /// shorter): each task fills its chunk as `start` says, then `finish(index, chunk)` completes it.
 /// With `Start::Rows(row)`, `chunk_len` and `len` must be multiples of the row's length, so that
-/// every chunk begins at a row (an error otherwise, as is an empty row with `len` > 0).
+/// every chunk begins at a row (an error otherwise, as is an empty row with `len` > 0); likewise
+/// with `Start::Planes` of the planes' total length.
 pub(crate) fn build_in_chunks(
     len: usize,
     chunk_len: usize,
@@ -58,21 +63,23 @@ pub(crate) fn build_in_chunks_collecting<R: Send>(
     finish: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
 ) -> candle_core::Result<(Vec<f32>, Vec<R>)> {
     let chunk_len = chunk_len.max(1);
-    let row = match start {
+    // The length every chunk's start repeats, which must divide the chunks and the buffer.
+    let period = match start {
         Start::Zeros => None,
-        Start::Rows(row) => Some(row),
+        Start::Rows(row) => Some(row.len()),
         Start::Values { values, rows } => {
             if values.len() != len {
                 candle_core::bail!("{} starting values for an output of {len}", values.len());
             }
-            rows
+            rows.map(<[f32]>::len)
         }
+        Start::Planes { values, plane } => Some(values.len() * plane),
     };
-    if let Some(row) = row
+    if let Some(period) = period
         && len > 0
-        && (row.is_empty() || !chunk_len.is_multiple_of(row.len()) || !len.is_multiple_of(row.len()))
+        && (period == 0 || !chunk_len.is_multiple_of(period) || !len.is_multiple_of(period))
     {
-        candle_core::bail!("output rows of {} values do not divide chunks of {chunk_len} or {len} values", row.len());
+        candle_core::bail!("output rows of {period} values do not divide chunks of {chunk_len} or {len} values");
     }
     let mut values = Vec::<f32>::with_capacity(len + reserve);
     let results = values.spare_capacity_mut()[..len].par_chunks_mut(chunk_len).enumerate().map(|(index, chunk)| {
@@ -83,6 +90,11 @@ pub(crate) fn build_in_chunks_collecting<R: Send>(
                     slots.iter_mut().zip(row).for_each(|(slot, &value)| {
                         slot.write(value);
                     });
+                }
+            }
+            Start::Planes { values, plane } => {
+                for (slots, &value) in chunk.chunks_exact_mut(plane).zip(values.iter().cycle()) {
+                    slots.fill(MaybeUninit::new(value));
                 }
             }
             Start::Values { values, rows } => {
@@ -103,8 +115,8 @@ pub(crate) fn build_in_chunks_collecting<R: Send>(
         }
         // Every element of `chunk` was written just above: `fill` writes them all; the values
         // are as many as the buffer (checked on entry), so each chunk has as many; and with
-        // rows the chunk's length is a multiple of the row's (checked on entry), so
-        // `chunks_exact_mut` leaves no remainder.
+        // rows or planes the chunk's length is a multiple of the row's or the planes' (checked
+        // on entry), so `chunks_exact_mut` leaves no remainder.
         // SAFETY: `chunk` is initialised (above); `MaybeUninit<f32>` has f32's layout, and the
         // new slice borrows `chunk` exclusively for as long as `chunk` is borrowed.
         let chunk = unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(chunk) as *mut [f32]) };
@@ -149,6 +161,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(summed, [11.0, 22.0, 13.0, 23.0, 15.0, 24.0]);
+
+        // Planes: 2 images of 3 channels of 2 values, one image per chunk.
+        let planes = build_in_chunks(12, 6, Start::Planes { values: &[1.0, 2.0, 3.0], plane: 2 }, |index, chunk| {
+            chunk[0] += index as f32 * 10.0;
+        })
+        .unwrap();
+        assert_eq!(planes, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 11.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
     }
 
     /// Each chunk's result comes back in chunk order, and the reserve is room after the values.
@@ -173,6 +192,9 @@ mod tests {
         let error = build_in_chunks(12, 5, Start::Rows(&[1.0, 2.0]), |_, _| {}).unwrap_err().to_string();
         assert!(error.contains("rows of 2 values"), "{error}");
         assert!(build_in_chunks(4, 4, Start::Rows(&[]), |_, _| {}).is_err());
+        let error = build_in_chunks(12, 4, Start::Planes { values: &[1.0, 2.0, 3.0], plane: 2 }, |_, _| {}).unwrap_err().to_string();
+        assert!(error.contains("rows of 6 values"), "{error}");
+        assert!(build_in_chunks(4, 4, Start::Planes { values: &[1.0], plane: 0 }, |_, _| {}).is_err());
         let error = build_in_chunks(4, 4, Start::Values { values: &[1.0; 3], rows: None }, |_, _| {}).unwrap_err().to_string();
         assert!(error.contains("3 starting values for an output of 4"), "{error}");
     }

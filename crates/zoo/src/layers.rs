@@ -121,15 +121,29 @@ impl Conv2d {
             Some(bias) => ((bias.detach() * &scale)? + shift)?,
             None => shift,
         };
-        Ok(activation.after_residual(self.convolve(&*self.padded(x)?, &weight, Some(bias))?, residual)?)
+        // The bias, the residual add and the activation on each image's (or plane's) output as
+        // the convolution finishes it (on the CPU in f32; the separate ops elsewhere).
+        let x = self.padded(x)?;
+        let (stride, padding) = (self.stride, self.padding);
+        if self.groups == 1 {
+            return Ok(medxfer_kernels::conv2d_eval(&x, &weight, Some(&bias), stride, padding, residual, activation)?);
+        }
+        if self.is_depthwise(&x)? {
+            return Ok(medxfer_kernels::depthwise_conv2d_eval(&x, &weight, &bias, stride, padding, residual, activation)?);
+        }
+        Ok(activation.after_residual(self.convolve(&x, &weight, Some(bias))?, residual)?)
+    }
+
+    /// One group per input channel and one output channel per group.
+    fn is_depthwise(&self, x: &Tensor) -> Result<bool> {
+        Ok(self.groups == x.dim(1)? && self.weight.dim(0)? == self.groups)
     }
 
     fn convolve(&self, x: &Tensor, weight: &Tensor, bias: Option<Tensor>) -> Result<Tensor> {
         if self.groups == 1 {
             return Ok(medxfer_kernels::conv2d(x, weight, bias.as_ref(), self.stride, self.padding)?);
         }
-        let depthwise = self.groups == x.dim(1)? && self.weight.dim(0)? == self.groups;
-        let y = if depthwise {
+        let y = if self.is_depthwise(x)? {
             medxfer_kernels::depthwise_conv2d(x, weight, self.stride, self.padding)?
         } else {
             // Grouped (ResNeXt, RegNet).

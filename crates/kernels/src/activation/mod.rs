@@ -60,6 +60,23 @@ impl FusedActivation {
         }
     }
 
+    /// `values = self(values + residual)` in place, in the separate operations' f32 arithmetic
+    /// (the sum rounded, then the activation's own formula), so the same bits: the last step of
+    /// the fused CPU kernels, on a part of their output still in the cache.
+    pub(crate) fn apply_in_place(self, values: &mut [f32], residual: Option<&[f32]>) {
+        if let Some(residual) = residual {
+            values.iter_mut().zip(residual).for_each(|(v, &r)| *v += r);
+        }
+        match self {
+            FusedActivation::Identity => {}
+            FusedActivation::Relu | FusedActivation::Relu6 => {
+                let high = self.high().unwrap_or(f32::INFINITY);
+                values.iter_mut().for_each(|v| *v = v.max(0.0).min(high));
+            }
+            FusedActivation::Silu => crate::elementwise::map_in_place(values, silu_value),
+        }
+    }
+
     /// `self(y + residual)` as separate operations: what the fused kernel does in one pass,
     /// for eval mode and other devices.
     pub fn after_residual(self, y: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {

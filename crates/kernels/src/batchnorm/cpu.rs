@@ -1,7 +1,7 @@
 //! Train-mode BatchNorm on the CPU as one fused operation with its own backward pass,
-//! optionally followed by a residual add and a ReLU, ReLU6 or SiLU in the same pass; and eval mode's,
-//! the same elementwise pass with the running estimates (no backward pass: its inputs are outside
-//! any graph).
+//! optionally followed by a residual add and a ReLU, ReLU6 or SiLU in the same pass; and eval
+//! mode's, the same elementwise pass with the running estimates (no backward pass: its inputs are
+//! outside any graph).
 //!
 //! Written with candle's elementwise ops, a train-mode BatchNorm keeps about eight copies of
 //! its input alive for the backward pass (an f64 copy for the statistics, the centred values,
@@ -28,7 +28,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::activation::{FusedActivation, clamp_backward, silu_slope, silu_value};
+use crate::activation::{FusedActivation, clamp_backward, silu_slope};
 use crate::elementwise;
 use crate::parallel_output::{Start, build_in_chunks};
 
@@ -139,20 +139,9 @@ impl Normalize {
             for (o, &v) in out.iter_mut().zip(input) {
                 *o = (v - mean) * scale + shift;
             }
-            // Rounded to f32 before the add, as the separate operations would.
-            if let Some(residual) = residual {
-                out.iter_mut().zip(&residual[index * plane..(index + 1) * plane]).for_each(|(o, &r)| *o += r);
-            }
-            match self.activation {
-                FusedActivation::Identity => {}
-                FusedActivation::Relu | FusedActivation::Relu6 => {
-                    let high = self.activation.high().unwrap_or(f32::INFINITY);
-                    out.iter_mut().for_each(|o| *o = o.max(0.0).min(high));
-                }
-                // The plane is in the cache: a second pass over it costs little beside the
-                // exponentials, and keeps SiLU's arithmetic the separate op's (`silu.rs`).
-                FusedActivation::Silu => elementwise::map_in_place(out, silu_value),
-            }
+            // Rounded to f32 before the residual add, as the separate operations would; then the
+            // activation over the plane, still in the cache.
+            self.activation.apply_in_place(out, residual.map(|residual| &residual[index * plane..][..out.len()]));
         })?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }

@@ -13,6 +13,7 @@ pub(crate) mod cuda;
 
 use candle_core::{Result, Tensor};
 
+use crate::activation::FusedActivation;
 use crate::kernel_input::is_f32_cpu;
 
 /// A one-group convolution of x (B, C, H, W) with weight (O, C, k, k) and an optional bias (O),
@@ -33,4 +34,25 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
         Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// `activation(conv2d(x, weight, bias) + residual)` for inputs outside any graph (eval mode:
+/// extraction, validation). f32 on the CPU: the residual add and the activation run on each
+/// group of images' output right after its products, in the same task, instead of as two
+/// passes of their own over the whole output (the same operations, so the same bits).
+/// Elsewhere, and where any input tracks a gradient, the separate ops.
+pub fn conv2d_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> Result<Tensor> {
+    let inputs = [Some(x), Some(weight), bias, residual];
+    if inputs.iter().flatten().all(|t| is_f32_cpu(t) && !t.track_op()) {
+        return cpu::conv2d_then(x, weight, bias, (stride, padding), residual, activation);
+    }
+    activation.after_residual(conv2d(x, weight, bias, stride, padding)?, residual)
 }

@@ -3,10 +3,11 @@
 
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::Geometry;
+use crate::activation::FusedActivation;
 use crate::parallel_output::{Start, build_in_chunks};
 
 /// The CPU kernels' walk over the taps.
@@ -116,16 +117,17 @@ struct Forward {
     padding: usize,
 }
 
-impl CustomOp2 for Forward {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d"
-    }
-
-    fn backward_reads(&self) -> candle_core::BackwardReads {
-        crate::backward_reads::OPERANDS
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+impl Forward {
+    /// The output, with `then(plane index, plane)` run on each (image, channel) plane in the task
+    /// that has just summed it, still in its cache.
+    fn run_then(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        then: impl Fn(usize, &mut [f32]) + Sync + Send,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = l1.shape().dims4()?;
         let kernel = l2.shape().dims4()?.2;
         let g = Geometry { height, width, kernel, stride: self.stride, padding: self.padding };
@@ -140,8 +142,71 @@ impl CustomOp2 for Forward {
             g.for_each_row(|tap, oy, iy, columns| {
                 columns.add_scaled_input(&mut out[oy * ow..(oy + 1) * ow], taps[tap], &input[iy * width..(iy + 1) * width]);
             });
+            then(plane, out);
         })?;
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
+    }
+}
+
+/// `activation(depthwise(x, w) + bias per channel + residual)` with no backward pass (its inputs
+/// are outside any graph): the bias, the residual and the activation on each plane in the task
+/// that has just summed it, where the channel-bias op and the activations were passes of their
+/// own over the whole output, each into an output of its own. Their operations in their order,
+/// so their bits.
+struct ForwardThen {
+    forward: Forward,
+    residual: Option<Tensor>,
+    activation: FusedActivation,
+}
+
+impl CustomOp3 for ForwardThen {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-bias-then"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, channels, height, width) = l1.shape().dims4()?;
+        let kernel = l2.shape().dims4()?.2;
+        let g = Geometry { height, width, kernel, stride: self.forward.stride, padding: self.forward.padding };
+        let bias = f32_slice(s3, l3, "the bias")?;
+        if bias.len() != channels {
+            candle_core::bail!("depthwise conv: {} biases for {channels} channels", bias.len());
+        }
+        let held = self.residual.as_ref().map(Tensor::storage_and_layout);
+        let residual = crate::kernel_input::held_f32_slice(&held, "depthwise conv", "the residual")?;
+        let plane_len = g.out_height() * g.out_width();
+        if let Some(residual) = residual
+            && residual.len() != batch * channels * plane_len
+        {
+            candle_core::bail!("depthwise conv: a residual of {} values for an output of {}", residual.len(), batch * channels * plane_len);
+        }
+        self.forward.run_then(s1, l1, s2, l2, |plane, out| {
+            let b = bias[plane % channels];
+            out.iter_mut().for_each(|v| *v += b);
+            self.activation.apply_in_place(out, residual.map(|residual| &residual[plane * plane_len..][..out.len()]));
+        })
+    }
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run_then(s1, l1, s2, l2, |_, _| {})
     }
 
     #[cfg(feature = "cuda")]
@@ -250,6 +315,20 @@ pub(super) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, paddi
     x.contiguous()?.apply_op2(&weight.contiguous()?, Forward { stride, padding })
 }
 
+/// [`ForwardThen`]'s convolution, for f32 CPU tensors outside any graph.
+pub(super) fn depthwise_conv2d_then(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    (stride, padding): (usize, usize),
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> candle_core::Result<Tensor> {
+    let residual = residual.map(Tensor::contiguous).transpose()?;
+    let op = ForwardThen { forward: Forward { stride, padding }, residual, activation };
+    x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Var;
@@ -289,6 +368,42 @@ mod tests {
             y = y.reshape(dims).unwrap().narrow(axis + 1, 0, 1).unwrap().squeeze(axis + 1).unwrap();
         }
         y
+    }
+
+    /// The bias, residual and activation on each plane give the bits of the separate depthwise,
+    /// channel-bias, add and activation ops, for each activation with and without a residual at
+    /// strides 1 and 2 and kernels 3 and 5; an input that tracks a gradient takes the separate
+    /// ops and gets its gradient; a bias or residual of the wrong size is an error.
+    #[test]
+    fn the_eval_epilogue_equals_the_separate_ops_to_the_bit() {
+        let mut random = crate::test_tensors::NormalTensors::new(29);
+        let activations = [FusedActivation::Identity, FusedActivation::Relu, FusedActivation::Relu6, FusedActivation::Silu];
+        for (kernel, stride, height, width) in [(3, 1, 9, 7), (3, 2, 9, 8), (5, 2, 11, 10), (5, 1, 6, 6)] {
+            let (x, w) = (random.draw(0.5, 2.0, (2, 3, height, width)), random.draw(0.0, 1.0, (3, 1, kernel, kernel)));
+            let bias = random.draw(1.0, 2.0, 3);
+            let padding = kernel / 2;
+            let separate = crate::channel_bias::add_channel_bias(&depthwise_conv2d(&x, &w, stride, padding).unwrap(), &bias).unwrap();
+            let residual = random.draw(0.0, 3.0, separate.dims());
+            for activation in activations {
+                for r in [None, Some(&residual)] {
+                    let name = format!("k{kernel} s{stride} {height}x{width} {activation:?} residual {}", r.is_some());
+                    let ours = crate::depthwise_conv2d_eval(&x, &w, &bias, stride, padding, r, activation).unwrap();
+                    let theirs = activation.after_residual(separate.clone(), r).unwrap();
+                    assert!(crate::test_tensors::bits(&ours) == crate::test_tensors::bits(&theirs), "{name}");
+                }
+            }
+        }
+        let (x, w) = (Var::from_tensor(&random.draw(0.0, 1.0, (2, 3, 6, 6))).unwrap(), random.draw(0.0, 1.0, (3, 1, 3, 3)));
+        let bias = random.draw(0.0, 1.0, 3);
+        let y = crate::depthwise_conv2d_eval(&x, &w, &bias, 1, 1, None, FusedActivation::Silu).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_some_and(|g| g.dims() == [2, 3, 6, 6]), "a tracked input gets its gradient");
+        let x = x.detach();
+        let error = crate::depthwise_conv2d_eval(&x, &w, &bias.narrow(0, 0, 2).unwrap(), 1, 1, None, FusedActivation::Relu).unwrap_err();
+        assert!(error.to_string().contains("2 biases for 3 channels"), "{error}");
+        let wrong = random.draw(0.0, 1.0, (2, 3, 6, 5));
+        let error = crate::depthwise_conv2d_eval(&x, &w, &bias, 1, 1, Some(&wrong), FusedActivation::Relu).unwrap_err();
+        assert!(error.to_string().contains("a residual of 180 values for an output of 216"), "{error}");
     }
 
     /// At each size, "same" padding (kernel / 2); at stride 1 also none, kernel - 1 and kernel

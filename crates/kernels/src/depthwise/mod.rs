@@ -16,6 +16,7 @@ mod cuda;
 
 use candle_core::{Result, Tensor};
 
+use crate::activation::FusedActivation;
 use crate::kernel_input::is_f32_cpu;
 
 /// The geometry the CPU and CUDA kernels and the composite share: an input plane's size, the
@@ -54,6 +55,28 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usi
         return crate::conv::cuda::conv2d(x, weight, x.dim(1)?, stride, padding);
     }
     composite::depthwise_conv2d(x, weight, stride, padding)
+}
+
+/// `activation(depthwise_conv2d(x, weight) + bias + residual)`, the bias (C) per channel, for
+/// inputs outside any graph (eval mode: extraction, validation). f32 on the CPU: the bias, the
+/// residual and the activation on each plane as the kernel finishes it, instead of passes of
+/// their own over the whole output (the same operations, so the same bits). Elsewhere, and
+/// where any input tracks a gradient, the separate ops.
+pub fn depthwise_conv2d_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    residual: Option<&Tensor>,
+    activation: FusedActivation,
+) -> Result<Tensor> {
+    let inputs = [Some(x), Some(weight), Some(bias), residual];
+    if inputs.iter().flatten().all(|t| is_f32_cpu(t) && !t.track_op()) {
+        return cpu::depthwise_conv2d_then(x, weight, bias, (stride, padding), residual, activation);
+    }
+    let y = crate::channel_bias::add_channel_bias(&depthwise_conv2d(x, weight, stride, padding)?, bias)?;
+    activation.after_residual(y, residual)
 }
 
 #[cfg(test)]

@@ -321,13 +321,7 @@ impl CustomOp3 for LinearResidual {
         }
         let residual = f32_slice(sr, lr, "linear", "the residual")?;
         let held = self.bias.as_ref().map(Tensor::storage_and_layout);
-        let bias = match &held {
-            Some((guard, layout)) => match &**guard {
-                candle_core::Storage::Cpu(storage) => Some(f32_slice(storage, layout, "linear", "the bias")?),
-                _ => candle_core::bail!("linear: the bias is not on the CPU"),
-            },
-            None => None,
-        };
+        let bias = crate::kernel_input::held_f32_slice(&held, "linear", "the bias")?;
         forward(sx, lx, sw, lw, Addends { bias, residual_first: Some(residual), ..Addends::default() }, Epilogue::None)
     }
 }
