@@ -12,6 +12,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod epilogue;
 mod gelu;
 mod pointwise;
 mod silu;
@@ -19,6 +20,7 @@ mod silu;
 use candle_core::{Result, Tensor};
 
 pub(crate) use cpu::clamp_backward;
+pub(crate) use epilogue::Epilogue;
 pub(crate) use gelu::gelu_in_place;
 pub(crate) use silu::{silu_slope, silu_value};
 

@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::activation::FusedActivation;
+use crate::activation::{Epilogue, FusedActivation};
 use crate::parallel_output::{Start, build_in_chunks};
 
 /// Images with fewer output pixels than `GROUP_BELOW` are multiplied several at a time, about
@@ -336,6 +336,13 @@ pub(crate) struct Forward {
 }
 
 impl Forward {
+    /// The batch, the output channels and the geometry of input `l1` and weight `l2`.
+    fn geometry(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, Geometry)> {
+        let (batch, channels, height, width) = l1.shape().dims4()?;
+        let (out_channels, _, kernel, _) = l2.shape().dims4()?;
+        Ok((batch, out_channels, Geometry { channels, height, width, kernel, stride: self.stride, padding: self.padding }))
+    }
+
     pub(crate) fn run(
         &self,
         s1: &CpuStorage,
@@ -358,9 +365,7 @@ impl Forward {
         bias: Option<&[f32]>,
         then: impl Fn(usize, &mut [f32]) + Sync + Send,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = l1.shape().dims4()?;
-        let (out_channels, _, kernel, _) = l2.shape().dims4()?;
-        let g = Geometry { channels, height, width, kernel, stride: self.stride, padding: self.padding };
+        let (batch, out_channels, g) = self.geometry(l1, l2)?;
         let input = f32_slice(s1, l1, "the input")?;
         let weight = row_major(f32_slice(s2, l2, "the weight")?, out_channels, g.patch_len());
         let (pixels, ow) = (g.out_pixels(), g.out_width());
@@ -619,8 +624,7 @@ impl CustomOp2 for GradWeight {
 /// output, each into an output of its own. Their operations in their order, so their bits.
 struct ForwardThen {
     forward: Forward,
-    residual: Option<Tensor>,
-    activation: FusedActivation,
+    epilogue: Epilogue,
 }
 
 impl ForwardThen {
@@ -632,19 +636,9 @@ impl ForwardThen {
         l2: &Layout,
         bias: Option<&[f32]>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = l1.shape().dims4()?;
-        let (out_channels, _, kernel, _) = l2.shape().dims4()?;
-        let g = Geometry { channels, height, width, kernel, stride: self.forward.stride, padding: self.forward.padding };
-        let out_len = batch * out_channels * g.out_pixels();
-        let held = self.residual.as_ref().map(Tensor::storage_and_layout);
-        let residual = crate::kernel_input::held_f32_slice(&held, "conv2d", "the residual")?;
-        if let Some(residual) = residual
-            && residual.len() != out_len
-        {
-            candle_core::bail!("conv2d: a residual of {} values for an output of {out_len}", residual.len());
-        }
-        self.forward.run_then(s1, l1, s2, l2, bias, |first, part| {
-            self.activation.apply_in_place(part, residual.map(|residual| &residual[first..][..part.len()]));
+        let (batch, out_channels, g) = self.forward.geometry(l1, l2)?;
+        self.epilogue.with_residual("conv2d", batch * out_channels * g.out_pixels(), |residual| {
+            self.forward.run_then(s1, l1, s2, l2, bias, |first, part| self.epilogue.apply(residual, first, part))
         })
     }
 }
@@ -686,8 +680,7 @@ pub(super) fn conv2d_then(
     residual: Option<&Tensor>,
     activation: FusedActivation,
 ) -> candle_core::Result<Tensor> {
-    let residual = residual.map(Tensor::contiguous).transpose()?;
-    let op = ForwardThen { forward: Forward { stride, padding }, residual, activation };
+    let op = ForwardThen { forward: Forward { stride, padding }, epilogue: Epilogue::new(residual, activation)? };
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
         Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &op),

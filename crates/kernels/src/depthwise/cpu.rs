@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::activation::FusedActivation;
+use crate::activation::{Epilogue, FusedActivation};
 use crate::parallel_output::{Start, build_in_chunks};
 
 /// The CPU kernels' walk over the taps.
@@ -121,6 +121,13 @@ struct Forward {
 }
 
 impl Forward {
+    /// The batch, the channels and the geometry of input `l1` and weight `l2`.
+    fn geometry(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, Geometry)> {
+        let (batch, channels, height, width) = l1.shape().dims4()?;
+        let kernel = l2.shape().dims4()?.2;
+        Ok((batch, channels, Geometry { height, width, kernel, stride: self.stride, padding: self.padding }))
+    }
+
     /// The output, with `then(plane index, plane)` run on each (image, channel) plane in the task
     /// that has just summed it, still in its cache.
     fn run_then(
@@ -131,9 +138,8 @@ impl Forward {
         l2: &Layout,
         then: impl Fn(usize, &mut [f32]) + Sync + Send,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = l1.shape().dims4()?;
-        let kernel = l2.shape().dims4()?.2;
-        let g = Geometry { height, width, kernel, stride: self.stride, padding: self.padding };
+        let (batch, channels, g) = self.geometry(l1, l2)?;
+        let (height, width, kernel) = (g.height, g.width, g.kernel);
         let input = f32_slice(s1, l1, "the input")?;
         let weight = f32_slice(s2, l2, "the weight")?;
         let (oh, ow) = (g.out_height(), g.out_width());
@@ -158,8 +164,7 @@ impl Forward {
 /// so their bits.
 struct ForwardThen {
     forward: Forward,
-    residual: Option<Tensor>,
-    activation: FusedActivation,
+    epilogue: Epilogue,
 }
 
 impl CustomOp3 for ForwardThen {
@@ -176,25 +181,18 @@ impl CustomOp3 for ForwardThen {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = l1.shape().dims4()?;
-        let kernel = l2.shape().dims4()?.2;
-        let g = Geometry { height, width, kernel, stride: self.forward.stride, padding: self.forward.padding };
+        let (batch, channels, g) = self.forward.geometry(l1, l2)?;
         let bias = f32_slice(s3, l3, "the bias")?;
         if bias.len() != channels {
             candle_core::bail!("depthwise conv: {} biases for {channels} channels", bias.len());
         }
-        let held = self.residual.as_ref().map(Tensor::storage_and_layout);
-        let residual = crate::kernel_input::held_f32_slice(&held, "depthwise conv", "the residual")?;
         let plane_len = g.out_height() * g.out_width();
-        if let Some(residual) = residual
-            && residual.len() != batch * channels * plane_len
-        {
-            candle_core::bail!("depthwise conv: a residual of {} values for an output of {}", residual.len(), batch * channels * plane_len);
-        }
-        self.forward.run_then(s1, l1, s2, l2, |plane, out| {
-            let b = bias[plane % channels];
-            out.iter_mut().for_each(|v| *v += b);
-            self.activation.apply_in_place(out, residual.map(|residual| &residual[plane * plane_len..][..out.len()]));
+        self.epilogue.with_residual("depthwise conv", batch * channels * plane_len, |residual| {
+            self.forward.run_then(s1, l1, s2, l2, |plane, out| {
+                let b = bias[plane % channels];
+                out.iter_mut().for_each(|v| *v += b);
+                self.epilogue.apply(residual, plane * plane_len, out);
+            })
         })
     }
 }
@@ -214,9 +212,7 @@ impl CustomOp2 for Forward {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (_, _, height, width) = l1.shape().dims4()?;
-        let kernel = l2.shape().dims4()?.2;
-        let g = Geometry { height, width, kernel, stride: self.stride, padding: self.padding };
+        let (_, _, g) = self.geometry(l1, l2)?;
         super::cuda::forward(&g, (s1, l1), (s2, l2))
     }
 
@@ -327,8 +323,7 @@ pub(super) fn depthwise_conv2d_then(
     residual: Option<&Tensor>,
     activation: FusedActivation,
 ) -> candle_core::Result<Tensor> {
-    let residual = residual.map(Tensor::contiguous).transpose()?;
-    let op = ForwardThen { forward: Forward { stride, padding }, residual, activation };
+    let op = ForwardThen { forward: Forward { stride, padding }, epilogue: Epilogue::new(residual, activation)? };
     x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
 }
 
