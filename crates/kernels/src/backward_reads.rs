@@ -12,6 +12,10 @@ use crate::activation::FusedActivation;
 /// output, whose gradient is the output's gradient).
 pub(crate) const OPERANDS: BackwardReads = BackwardReads { inputs: [true, true, false], output: false };
 
+/// An op's whose backward pass reads its (first) input alone, not its output: attention's, which
+/// recomputes its weights from the projection.
+pub(crate) const FIRST_OPERAND: BackwardReads = BackwardReads { inputs: [true, false, false], output: false };
+
 /// Train-mode BatchNorm's (the input, the weight and bias; a residual as a third operand is not
 /// read): the output only where an activation follows a residual add. Without a residual the
 /// activation's mask is recomputed from the input (`batchnorm/cpu.rs`, `InputMask`).

@@ -93,6 +93,10 @@ impl CustomOp1 for Attention {
         "attention"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::FIRST_OPERAND
+    }
+
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, tokens, width) = layout.shape().dims3()?;
         let qkv = f32_slice(storage, layout, "attention", "the qkv projection")?;

@@ -3,13 +3,13 @@
 //! each given a zero-filled gradient that is then added into: for ViT-S at batch 128 that is
 //! 119 MB per score tensor, about 0.8 GB per block.
 //!
-//! The forward pass runs without a graph: q, k and v split into head-major blocks by one kernel
-//! of our own (candle's strided copy took 137 us per 39 MB block, five times the memory's time,
-//! and attention made nine such copies per block and step), cuBLAS products (candle's, reading k
-//! and v transposed in place), the scale and softmax as one kernel, one warp per row, and the
-//! heads merged back into rows by one kernel. The node
-//! keeps only the projection; its backward pass recomputes the weights P (one product and one
-//! softmax, as PyTorch's memory-efficient attention recomputes them) and takes
+//! The forward pass runs on the projection's storage, so the node holds nothing but the
+//! projection: q, k and v split into head-major blocks by one kernel of our own (candle's
+//! strided copy took 137 us per 39 MB block, five times the memory's time, and attention made
+//! nine such copies per block and step), cuBLAS products (candle's, reading k and v transposed in
+//! place), the scale and softmax as one kernel, one warp per row, and the heads merged back into
+//! rows by one kernel. The backward pass recomputes the weights P (one product and one softmax,
+//! as PyTorch's memory-efficient attention recomputes them) and takes
 //! dS = scale P (dP - rowsum(P dP)) in one kernel, so the scale needs no pass of its own either.
 
 #![allow(unsafe_code)]
@@ -109,47 +109,59 @@ static KERNELS: NvrtcModule = NvrtcModule::new("medxfer_attention", SOURCE);
 /// Rows per block of the row kernels: one warp each.
 const WARPS: u32 = 8;
 
-/// Attention over an f32 CUDA projection (checked by the caller), one graph node.
+/// Attention over an f32 CUDA projection (checked by the caller), one graph node; the same
+/// op, recording nothing, where the projection tracks no gradient (extraction, validation).
 pub(super) fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> candle_core::Result<Tensor> {
     let qkv = qkv.contiguous()?;
-    if !qkv.track_op() {
-        return forward(&qkv, num_heads, scale);
-    }
-    let attended = forward(&qkv.detach(), num_heads, scale)?;
-    qkv.apply_op2(&attended, Attention { num_heads, scale })
+    let op = Attention { num_heads, scale };
+    if qkv.track_op() { qkv.apply_op1(op) } else { qkv.apply_op1_no_bwd(&op) }
 }
 
-/// softmax(q k' scale) v per head, recording nothing.
-fn forward(qkv: &Tensor, num_heads: usize, scale: f64) -> candle_core::Result<Tensor> {
-    let heads = qkv.apply_op1_no_bwd(&SplitHeads { num_heads, parts: 3 })?;
-    let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
-    let weights = q.matmul(&k.t()?)?.apply_op1_no_bwd(&ScaledSoftmax { scale })?;
-    weights.matmul(&v)?.apply_op1_no_bwd(&MergeHeads)
-}
-
-/// The attention node: its output is the attention computed beforehand (the second operand, a
-/// constant), its backward pass differentiates it with respect to the projection.
+/// The attention node: the forward pass on the projection's storage, so the node holds the
+/// projection and nothing else (before, the attention was computed as tensors and the node
+/// held that result beside its own copy of it until the backward pass: one (batch, tokens, dim)
+/// tensor per block, 39 MB at ViT-S's batch of 128); its backward pass differentiates it with
+/// respect to the projection.
 struct Attention {
     num_heads: usize,
     scale: f64,
 }
 
-impl CustomOp2 for Attention {
+impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "attention-cuda"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::FIRST_OPERAND
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         candle_core::bail!("attention-cuda runs on CUDA tensors only")
     }
 
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, attended: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((attended.try_clone(layout)?, layout.shape().clone()))
+    /// softmax(q k' scale) v per head: q, k and v split into head-major blocks, cuBLAS products
+    /// with the layouts candle's `Tensor::matmul` passes for `q.matmul(&k.t())` and
+    /// `p.matmul(&v)` (the same calls, so the same bits), the heads merged back into rows.
+    fn cuda_fwd(&self, qkv: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (heads, shape) = SplitHeads { num_heads: self.num_heads, parts: 3 }.cuda_fwd(qkv, layout)?;
+        let (_, batch, num_heads, tokens, head_dim) = shape.dims5()?;
+        let block = (batch, num_heads, tokens, head_dim);
+        let part = batch * num_heads * tokens * head_dim;
+        let q = Layout::contiguous(block);
+        let k_t = Layout::contiguous_with_offset(block, part).transpose(2, 3)?;
+        let v = Layout::contiguous_with_offset(block, 2 * part);
+        let rows = Layout::contiguous((batch, num_heads, tokens, tokens));
+        let scores = heads.matmul(&heads, (batch * num_heads, tokens, tokens, head_dim), &q, &k_t)?;
+        let (weights, _) = ScaledSoftmax { scale: self.scale }.cuda_fwd(&scores, &rows)?;
+        drop(scores);
+        let attended = weights.matmul(&heads, (batch * num_heads, tokens, head_dim, tokens), &rows, &v)?;
+        MergeHeads.merge(&[(&attended, &Layout::contiguous(block))])
     }
 
     /// With P the weights and dO the output's gradient per head: dV = P' dO, dP = dO V',
     /// dS = scale P (dP - rowsum(P dP)), dQ = dS K, dK = dS' Q.
-    fn bwd(&self, qkv: &Tensor, _: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let heads = qkv.detach().apply_op1_no_bwd(&SplitHeads { num_heads: self.num_heads, parts: 3 })?;
         let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
         let p = q.matmul(&k.t()?)?.apply_op1_no_bwd(&ScaledSoftmax { scale: self.scale })?;
@@ -159,7 +171,7 @@ impl CustomOp2 for Attention {
         let ds = p.apply_op2_no_bwd(&dp, &ScaledSoftmaxBackward { scale: self.scale })?;
         let dq = ds.matmul(&k)?;
         let dk = ds.t()?.matmul(&q)?;
-        Ok((Some(dq.apply_op3_no_bwd(&dk, &dv, &MergeHeads)?), None))
+        Ok(Some(dq.apply_op3_no_bwd(&dk, &dv, &MergeHeads)?))
     }
 }
 
