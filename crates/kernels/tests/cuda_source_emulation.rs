@@ -829,6 +829,74 @@ fn the_attention_kernels_split_merge_and_soften_as_candle_and_f64_do() {
     }
 }
 
+const BIASED_ATTENTION_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    int entries = in.value<int>(), heads = in.value<int>(), tokens = in.value<int>(), groups = in.value<int>();
+    unsigned limit = in.value<unsigned>();
+    float scale = in.value<float>();
+    double inverse_scale = in.value<double>();
+    int rows = entries * heads * tokens, block_len = heads * tokens * tokens;
+    size_t n = (size_t)rows * tokens, nb = (size_t)groups * block_len;
+    std::vector<float> scores = in.floats(n), bias = in.floats(nb), ds = in.floats(n), p(n), d_bias(nb);
+    // attention/cuda.rs's grids: 8 warps, a row each; 256 threads a bias value each, at most
+    // `limit` blocks (65,535 there; 1 here every other case, so threads loop over values).
+    dim3 block{256, 1, 1}, warp_rows{(unsigned)((rows + 7) / 8), 1, 1};
+    launch(warp_rows, block, [&] { softmax_scaled_biased(scores.data(), bias.data(), p.data(), rows, tokens, scale, heads, groups); });
+    dim3 values{std::clamp((unsigned)((nb + 255) / 256), 1u, limit), 1, 1};
+    launch(values, block, [&] { bias_gradient(ds.data(), d_bias.data(), entries / groups, groups, block_len, inverse_scale); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, p); write(file, d_bias);
+    fclose(file);
+}
+"#;
+
+/// The biased attention kernels (Swin's windows) against f64 arithmetic: the softmax of the
+/// scaled scores plus the bias block of each entry's group (entry e takes group e % groups)
+/// within 1e-6 of a probability, and the bias's gradient, each group's dS = ds / scale summed
+/// over its entries, within 1e-6 of the largest value: one group (the bias alone), several,
+/// Swin's 49-token windows, and rows shorter than a warp.
+#[test]
+fn the_biased_attention_kernels_add_each_groups_bias_and_sum_its_gradient() {
+    let program = Emulated::compile("attention-biased", &kernel_source("attention/cuda.rs"), BIASED_ATTENTION_MAIN);
+    for (case, (groups, images, heads, tokens)) in [(4usize, 2usize, 3usize, 49usize), (1, 3, 2, 49), (3, 2, 2, 5)].into_iter().enumerate()
+    {
+        let name = format!("{groups} groups of {images} images, {heads} heads, {tokens} tokens");
+        let seed = 700 + case as u64 * 10;
+        let entries = groups * images;
+        let rows = entries * heads * tokens;
+        let block = heads * tokens * tokens;
+        let scale = 32f32.powf(-0.5);
+        let scores = normal_values(seed, rows * tokens, 8.0);
+        let bias = normal_values(seed + 1, groups * block, 3.0);
+        let ds = normal_values(seed + 2, rows * tokens, 1.0);
+        let limit = if case % 2 == 1 { 1 } else { 65_535 };
+        let inputs =
+            Inputs::default().sizes(&[entries, heads, tokens, groups]).unsigned(limit).floats(&[scale]).double(1.0 / f64::from(scale));
+        let out = program.run(inputs.floats(&scores).floats(&bias).floats(&ds));
+        let (p, d_bias) = out.split_at(rows * tokens);
+
+        for (row, (s_row, p_row)) in scores.chunks(tokens).zip(p.chunks(tokens)).enumerate() {
+            let (entry, within) = (row / (heads * tokens), row % (heads * tokens));
+            let b_row = &bias[((entry % groups) * heads * tokens + within) * tokens..][..tokens];
+            let biased: Vec<f64> = s_row.iter().zip(b_row).map(|(s, b)| f64::from(*s) * f64::from(scale) + f64::from(*b)).collect();
+            let max = biased.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = biased.iter().map(|v| (v - max).exp()).sum();
+            let error = biased.iter().zip(p_row).map(|(v, o)| ((v - max).exp() / total - f64::from(*o)).abs()).fold(0.0, f64::max);
+            assert!(error < 1e-6, "{name}: softmax row {row} off by {error}");
+        }
+        let expected: Vec<f64> = (0..groups * block)
+            .map(|o| {
+                let (group, rest) = (o / block, o % block);
+                (0..images).map(|image| f64::from(ds[(image * groups + group) * block + rest])).sum::<f64>() / f64::from(scale)
+            })
+            .collect();
+        let largest = expected.iter().fold(1f64, |m, v| m.max(v.abs()));
+        let error = expected.iter().zip(d_bias).map(|(e, o)| (e - f64::from(*o)).abs()).fold(0.0, f64::max) / largest;
+        assert!(error < 1e-6, "{name}: the bias gradient is off by {error} of its largest value");
+    }
+}
+
 const COLUMN_SUMS_MAIN: &str = r#"
 int main(int argc, char** argv) {
     Input in{fopen(argv[1], "rb")};

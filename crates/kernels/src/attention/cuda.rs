@@ -90,6 +90,43 @@ extern "C" __global__ void softmax_scaled(const float* __restrict__ s, float* __
     for (int j = lane; j < width; j += 32) pr[j] *= inverse;
 }
 
+// p = softmax(scale s + bias) over each row, one warp per row, for Swin's windows: the rows are
+// (entry, head, token) of square scores, and entry e's head h adds row (h, token) of bias block
+// e % groups, each block heads x width x width values.
+extern "C" __global__ void softmax_scaled_biased(const float* __restrict__ s, const float* __restrict__ bias,
+                                                 float* __restrict__ p, int rows, int width, float scale,
+                                                 int heads, int groups) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    int entry_rows = heads * width;
+    int entry = row / entry_rows, within = row - entry * entry_rows;
+    const float* sr = s + (size_t)row * width;
+    const float* br = bias + ((size_t)(entry % groups) * entry_rows + within) * width;
+    float* pr = p + (size_t)row * width;
+    float max = __int_as_float(0xff800000);
+    for (int j = lane; j < width; j += 32) max = fmaxf(max, sr[j] * scale + br[j]);
+    max = warp_max(max);
+    float sum = 0.0f;
+    for (int j = lane; j < width; j += 32) { float e = expf(sr[j] * scale + br[j] - max); pr[j] = e; sum += e; }
+    float inverse = 1.0f / warp_sum(sum);
+    for (int j = lane; j < width; j += 32) pr[j] *= inverse;
+}
+
+// The bias's gradient from ds = scale dS (entries x block values, block = heads x tokens x
+// tokens): each of the groups x block values the sum over its group's entries (g, g + groups,
+// ...) of dS, in entry order, in f64; a thread per value, reading along the block.
+extern "C" __global__ void bias_gradient(const float* __restrict__ ds, float* __restrict__ out,
+                                         int images, int groups, int block, double inverse_scale) {
+    size_t n = (size_t)groups * block;
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < n; o += (size_t)gridDim.x * blockDim.x) {
+        size_t group = o / block, rest = o - group * block;
+        double sum = 0.0;
+        for (int image = 0; image < images; ++image) sum += (double)ds[((size_t)image * groups + group) * block + rest];
+        out[o] = (float)(sum * inverse_scale);
+    }
+}
+
 // ds = scale p (dp - sum_j p_j dp_j) over each row, one warp per row.
 extern "C" __global__ void softmax_scaled_backward(const float* __restrict__ p, const float* __restrict__ dp,
                                                    float* __restrict__ ds, int rows, int width, float scale) {
@@ -117,14 +154,77 @@ pub(super) fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> candle_co
     if qkv.track_op() { qkv.apply_op1(op) } else { qkv.apply_op1_no_bwd(&op) }
 }
 
-/// The attention node: the forward pass on the projection's storage, so the node holds the
-/// projection and nothing else (before, the attention was computed as tensors and the node
-/// held that result beside its own copy of it until the backward pass: one (batch, tokens, dim)
-/// tensor per block, 39 MB at ViT-S's batch of 128); its backward pass differentiates it with
-/// respect to the projection.
+/// Attention with an f32 CUDA bias (groups, heads, tokens, tokens) on the scaled scores, shapes
+/// checked by the caller (`super::attention_with_bias`): one graph node of the projection and
+/// the bias, as [`attention`]. candle's composition kept four (entries, heads, tokens, tokens)
+/// tensors per block until the backward pass: for Swin-T at batch 128, 236 MB each in every one
+/// of its twelve blocks.
+pub(super) fn attention_with_bias(qkv: &Tensor, num_heads: usize, scale: f64, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let (qkv, bias) = (qkv.contiguous()?, bias.contiguous()?);
+    let op = Attention { num_heads, scale };
+    if qkv.track_op() || bias.track_op() { qkv.apply_op2(&bias, op) } else { qkv.apply_op2_no_bwd(&bias, &op) }
+}
+
+/// The attention node, of the projection alone ([`CustomOp1`]) or of the projection and a bias
+/// on the scores ([`CustomOp2`]): the forward pass on the projection's storage, so the node
+/// holds its operands and nothing else (before, the attention was computed as tensors and the
+/// node held that result beside its own copy of it until the backward pass: one (batch, tokens,
+/// dim) tensor per block, 39 MB at ViT-S's batch of 128).
 struct Attention {
     num_heads: usize,
     scale: f64,
+}
+
+impl Attention {
+    /// softmax(q k' scale [+ bias]) v per head: q, k and v split into head-major blocks,
+    /// cuBLAS products with the layouts candle's `Tensor::matmul` passes for `q.matmul(&k.t())`
+    /// and `p.matmul(&v)` (the same calls, so the same bits), the heads merged back into rows.
+    fn forward(
+        &self,
+        qkv: &CudaStorage,
+        layout: &Layout,
+        bias: Option<(&CudaStorage, &Layout)>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (heads, shape) = SplitHeads { num_heads: self.num_heads, parts: 3 }.cuda_fwd(qkv, layout)?;
+        let (_, batch, num_heads, tokens, head_dim) = shape.dims5()?;
+        let block = (batch, num_heads, tokens, head_dim);
+        let part = batch * num_heads * tokens * head_dim;
+        let q = Layout::contiguous(block);
+        let k_t = Layout::contiguous_with_offset(block, part).transpose(2, 3)?;
+        let v = Layout::contiguous_with_offset(block, 2 * part);
+        let rows = Layout::contiguous((batch, num_heads, tokens, tokens));
+        let scores = heads.matmul(&heads, (batch * num_heads, tokens, tokens, head_dim), &q, &k_t)?;
+        let softmax = ScaledSoftmax { scale: self.scale };
+        let (weights, _) = match bias {
+            None => CustomOp1::cuda_fwd(&softmax, &scores, &rows)?,
+            Some((bias, bias_layout)) => CustomOp2::cuda_fwd(&softmax, &scores, &rows, bias, bias_layout)?,
+        };
+        drop(scores);
+        let attended = weights.matmul(&heads, (batch * num_heads, tokens, head_dim, tokens), &rows, &v)?;
+        MergeHeads.merge(&[(&attended, &Layout::contiguous(block))])
+    }
+
+    /// With P the weights and dO the output's gradient per head: dV = P' dO, dP = dO V',
+    /// dS = scale P (dP - rowsum(P dP)), dQ = dS K, dK = dS' Q; and with a bias, its gradient:
+    /// each group's dS / scale summed over the entries it applies to ([`BiasGradient`]).
+    fn gradients(&self, qkv: &Tensor, bias: Option<&Tensor>, grad: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let heads = qkv.detach().apply_op1_no_bwd(&SplitHeads { num_heads: self.num_heads, parts: 3 })?;
+        let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        let softmax = ScaledSoftmax { scale: self.scale };
+        let p = match bias {
+            None => scores.apply_op1_no_bwd(&softmax)?,
+            Some(bias) => scores.apply_op2_no_bwd(&bias.detach(), &softmax)?,
+        };
+        let d_out = grad.contiguous()?.apply_op1_no_bwd(&SplitHeads { num_heads: self.num_heads, parts: 1 })?.get(0)?;
+        let dv = p.t()?.matmul(&d_out)?;
+        let dp = d_out.matmul(&v.t()?)?;
+        let ds = p.apply_op2_no_bwd(&dp, &ScaledSoftmaxBackward { scale: self.scale })?;
+        let dq = ds.matmul(&k)?;
+        let dk = ds.t()?.matmul(&q)?;
+        let d_bias = bias.map(|bias| ds.apply_op1_no_bwd(&BiasGradient { groups: bias.dim(0)?, scale: self.scale })).transpose()?;
+        Ok((dq.apply_op3_no_bwd(&dk, &dv, &MergeHeads)?, d_bias))
+    }
 }
 
 impl CustomOp1 for Attention {
@@ -140,38 +240,41 @@ impl CustomOp1 for Attention {
         candle_core::bail!("attention-cuda runs on CUDA tensors only")
     }
 
-    /// softmax(q k' scale) v per head: q, k and v split into head-major blocks, cuBLAS products
-    /// with the layouts candle's `Tensor::matmul` passes for `q.matmul(&k.t())` and
-    /// `p.matmul(&v)` (the same calls, so the same bits), the heads merged back into rows.
     fn cuda_fwd(&self, qkv: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (heads, shape) = SplitHeads { num_heads: self.num_heads, parts: 3 }.cuda_fwd(qkv, layout)?;
-        let (_, batch, num_heads, tokens, head_dim) = shape.dims5()?;
-        let block = (batch, num_heads, tokens, head_dim);
-        let part = batch * num_heads * tokens * head_dim;
-        let q = Layout::contiguous(block);
-        let k_t = Layout::contiguous_with_offset(block, part).transpose(2, 3)?;
-        let v = Layout::contiguous_with_offset(block, 2 * part);
-        let rows = Layout::contiguous((batch, num_heads, tokens, tokens));
-        let scores = heads.matmul(&heads, (batch * num_heads, tokens, tokens, head_dim), &q, &k_t)?;
-        let (weights, _) = ScaledSoftmax { scale: self.scale }.cuda_fwd(&scores, &rows)?;
-        drop(scores);
-        let attended = weights.matmul(&heads, (batch * num_heads, tokens, head_dim, tokens), &rows, &v)?;
-        MergeHeads.merge(&[(&attended, &Layout::contiguous(block))])
+        self.forward(qkv, layout, None)
     }
 
-    /// With P the weights and dO the output's gradient per head: dV = P' dO, dP = dO V',
-    /// dS = scale P (dP - rowsum(P dP)), dQ = dS K, dK = dS' Q.
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let heads = qkv.detach().apply_op1_no_bwd(&SplitHeads { num_heads: self.num_heads, parts: 3 })?;
-        let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
-        let p = q.matmul(&k.t()?)?.apply_op1_no_bwd(&ScaledSoftmax { scale: self.scale })?;
-        let d_out = grad.contiguous()?.apply_op1_no_bwd(&SplitHeads { num_heads: self.num_heads, parts: 1 })?.get(0)?;
-        let dv = p.t()?.matmul(&d_out)?;
-        let dp = d_out.matmul(&v.t()?)?;
-        let ds = p.apply_op2_no_bwd(&dp, &ScaledSoftmaxBackward { scale: self.scale })?;
-        let dq = ds.matmul(&k)?;
-        let dk = ds.t()?.matmul(&q)?;
-        Ok(Some(dq.apply_op3_no_bwd(&dk, &dv, &MergeHeads)?))
+        Ok(Some(self.gradients(qkv, None, grad)?.0))
+    }
+}
+
+impl CustomOp2 for Attention {
+    fn name(&self) -> &'static str {
+        "attention-with-bias-cuda"
+    }
+
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("attention-with-bias-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        qkv: &CudaStorage,
+        layout: &Layout,
+        bias: &CudaStorage,
+        bias_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.forward(qkv, layout, Some((bias, bias_layout)))
+    }
+
+    fn bwd(&self, qkv: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (d_qkv, d_bias) = self.gradients(qkv, Some(bias), grad)?;
+        Ok((Some(d_qkv), d_bias))
     }
 }
 
@@ -377,6 +480,91 @@ impl CustomOp1 for ScaledSoftmax {
     }
 }
 
+/// softmax(scale s + bias) over the last dimension of (entries, heads, tokens, tokens) scores,
+/// with a (groups, heads, tokens, tokens) bias whose group g applies to entries g, g + groups, ...
+impl CustomOp2 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "scaled-softmax-biased-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("scaled-softmax-biased-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        scores: &CudaStorage,
+        layout: &Layout,
+        bias: &CudaStorage,
+        bias_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (entries, heads, tokens, width) = layout.shape().dims4()?;
+        let (groups, bias_heads, bias_rows, bias_width) = bias_layout.shape().dims4()?;
+        let (rows, _) = rows_and_width(layout)?;
+        if (bias_heads, bias_rows, bias_width) != (heads, tokens, width) || tokens != width || groups == 0 || entries % groups != 0 {
+            candle_core::bail!("attention: a bias of shape {:?} for scores of shape {:?}", bias_layout.shape(), layout.shape());
+        }
+        let device = scores.device();
+        let s = input_view::<f32>(scores, layout, "attention", "the scores")?;
+        let b = input_view::<f32>(bias, bias_layout, "attention", "the bias")?;
+        // SAFETY: the kernel writes every element before anything reads it.
+        let mut out = unsafe { device.alloc::<f32>(rows * width) }?;
+        let kernel = KERNELS.function(device, "softmax_scaled_biased")?;
+        let (r, c, scale, h, g) = (rows as i32, width as i32, self.scale as f32, heads as i32, groups as i32);
+        let stream = device.cuda_stream();
+        let mut launch = stream.launch_builder(&kernel);
+        launch.arg(&s).arg(&b).arg(&mut out).arg(&r).arg(&c).arg(&scale).arg(&h).arg(&g);
+        let grid = LaunchConfig { grid_dim: ((rows as u32).div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the parameters match the kernel's; the scores and the output hold rows·width
+        // values, the bias groups·heads·width² (checked above, entries a multiple of groups);
+        // each warp reads its row and its bias row and writes its own output row.
+        unsafe { launch.launch(grid) }.map_err(driver_error("attention kernel"))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), layout.shape().clone()))
+    }
+}
+
+/// The bias's gradient (groups, heads, tokens, tokens) from ds = scale dS of shape (entries,
+/// heads, tokens, tokens): each group's dS summed over its entries, in f64.
+struct BiasGradient {
+    groups: usize,
+    scale: f64,
+}
+
+impl CustomOp1 for BiasGradient {
+    fn name(&self) -> &'static str {
+        "attention-bias-gradient-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("attention-bias-gradient-cuda runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, ds: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (entries, heads, tokens, width) = layout.shape().dims4()?;
+        let block = heads * tokens * width;
+        let count = self.groups * block;
+        if self.groups == 0 || entries % self.groups != 0 || entries > i32::MAX as usize || count > i32::MAX as usize {
+            candle_core::bail!("attention: a bias gradient of {} groups for scores of shape {:?}", self.groups, layout.shape());
+        }
+        let device = ds.device();
+        let source = input_view::<f32>(ds, layout, "attention", "the scores' gradient")?;
+        // SAFETY: the kernel writes every element before anything reads it.
+        let mut out = unsafe { device.alloc::<f32>(count) }?;
+        let kernel = KERNELS.function(device, "bias_gradient")?;
+        let (images, groups, block_len, inverse_scale) =
+            ((entries / self.groups) as i32, self.groups as i32, block as i32, 1.0 / self.scale);
+        let stream = device.cuda_stream();
+        let mut launch = stream.launch_builder(&kernel);
+        launch.arg(&source).arg(&mut out).arg(&images).arg(&groups).arg(&block_len).arg(&inverse_scale);
+        let grid =
+            LaunchConfig { grid_dim: ((count as u32).div_ceil(256).clamp(1, 65_535), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the parameters match the kernel's; ds holds entries·block values (entries =
+        // images·groups), the output groups·block; each thread writes its own values.
+        unsafe { launch.launch(grid) }.map_err(driver_error("attention kernel"))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Shape::from((self.groups, heads, tokens, width))))
+    }
+}
+
 /// The scores' gradient from the weights P and their gradient dP.
 struct ScaledSoftmaxBackward {
     scale: f64,
@@ -434,6 +622,47 @@ mod tests {
                 assert_eq!(max_abs((a - b).unwrap()), 0.0, "{case}: two runs differ");
             }
             let untracked = crate::attention(&qkv.to_device(&gpu).unwrap(), heads, scale).unwrap().to_device(&Device::Cpu).unwrap();
+            assert_eq!(max_abs((untracked - &ours[0]).unwrap()), 0.0, "{case}: the untracked forward pass differs");
+        }
+    }
+
+    /// With a bias on the scores (Swin's windows): the output and the gradients of the projection
+    /// and the bias against the CPU kernel, for one group (the bias alone) and several (a shift
+    /// mask's windows), at Swin-T's first stage's windows and a small odd shape; twice, to the
+    /// bit; and without a gradient to record.
+    #[test]
+    fn the_cuda_op_with_a_bias_matches_the_cpu_kernel() {
+        let gpu = crate::test_tensors::gpu();
+        let mut random = NormalTensors::new(37);
+        for (groups, images, tokens, heads, head_dim) in [(4usize, 2usize, 49usize, 3usize, 32usize), (1, 3, 49, 3, 32), (3, 2, 5, 2, 3)] {
+            let (batch, dim) = (groups * images, heads * head_dim);
+            let qkv = random.draw(0.0, 1.5, (batch, tokens, 3 * dim));
+            let bias = random.draw(0.0, 2.0, (groups, heads, tokens, tokens));
+            let upstream = random.draw(0.0, 1.0, (batch, tokens, dim));
+            let scale = (head_dim as f64).powf(-0.5);
+            let run = |device: &Device| {
+                let x = Var::from_tensor(&qkv.to_device(device).unwrap()).unwrap();
+                let b = Var::from_tensor(&bias.to_device(device).unwrap()).unwrap();
+                let y = crate::attention_with_bias(x.as_tensor(), heads, scale, b.as_tensor()).unwrap();
+                let grads = (&y * upstream.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let cpu = |t: &candle_core::Tensor| t.to_device(&Device::Cpu).unwrap();
+                [cpu(&y), cpu(grads.get(x.as_tensor()).unwrap()), cpu(grads.get(b.as_tensor()).unwrap())]
+            };
+            let (truth, ours, again) = (run(&Device::Cpu), run(&gpu), run(&gpu));
+            let case = format!("{groups} groups of {images} images, tokens {tokens}, heads {heads}");
+            for (what, (expected, actual)) in ["output", "qkv gradient", "bias gradient"].iter().zip(truth.iter().zip(&ours)) {
+                assert_eq!(expected.dims(), actual.dims(), "{case} {what}");
+                let error = max_abs((expected - actual).unwrap()) / max_abs(expected.clone()).max(1.0);
+                eprintln!("{case} {what}: relative error {error:.2e}");
+                assert!(error < 1e-5, "{case} {what}: {error}");
+            }
+            for (a, b) in ours.iter().zip(&again) {
+                assert_eq!(max_abs((a - b).unwrap()), 0.0, "{case}: two runs differ");
+            }
+            let untracked = crate::attention_with_bias(&qkv.to_device(&gpu).unwrap(), heads, scale, &bias.to_device(&gpu).unwrap())
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap();
             assert_eq!(max_abs((untracked - &ours[0]).unwrap()), 0.0, "{case}: the untracked forward pass differs");
         }
     }

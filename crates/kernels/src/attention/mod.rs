@@ -45,8 +45,9 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
 /// entry i x groups + g of the batch (a Swin window's position in its image); one group applies
 /// to every entry. Returns (images x groups, tokens, dim). f32 on the CPU takes [`attention`]'s
 /// kernel with the bias added to each head's scores, and the bias's gradient from the same
-/// backward op (each group's and head's dS summed over its entries); other devices and dtypes
-/// take candle's ops.
+/// backward op (each group's and head's dS summed over its entries); f32 on a CUDA device takes
+/// the CUDA node with the bias added in its softmax kernel and the bias's gradient summed by a
+/// kernel of its own; other devices and dtypes take candle's ops.
 pub fn attention_with_bias(qkv: &Tensor, num_heads: usize, scale: f64, bias: &Tensor) -> Result<Tensor> {
     let (batch, tokens, width) = qkv.dims3()?;
     let (groups, heads, rows, columns) = bias.dims4()?;
@@ -60,6 +61,10 @@ pub fn attention_with_bias(qkv: &Tensor, num_heads: usize, scale: f64, bias: &Te
     }
     if is_f32_cpu(qkv) && is_f32_cpu(bias) {
         return cpu::attention_with_bias(qkv, num_heads, scale, bias);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(qkv) && bias.device().same_device(qkv.device()) && bias.dtype() == candle_core::DType::F32 {
+        return cuda::attention_with_bias(qkv, num_heads, scale, bias);
     }
     composite::attention_with_bias(qkv, num_heads, scale, bias)
 }
