@@ -12,7 +12,8 @@ medxfer's default) unless --conv-nondeterministic (PyTorch's own default).
         [--precision f32|tf32] [--matmul-tf32] [--conv-algorithms heuristic|benchmark]
         [--conv-nondeterministic]
 
-Prints one JSON object: median seconds per batch, images/s, every run, peak resident memory,
+Prints one JSON object: median seconds per batch, images/s, every run (and, of each, the time
+until the host had queued its work, before the wait for it), peak resident memory,
 (on a GPU) peak device memory and, with --train, what the forward pass keeps for the backward pass
 and (on a GPU) the most one step holds.
 """
@@ -53,23 +54,26 @@ def main():
     def sync():
         if gpu:
             torch.cuda.synchronize(device)
-    runs = []
+    runs, issue_runs = [], []
     if args.train:
         model.train()
         y = (torch.arange(args.batch) * 37 % 1000).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
-        def step():
+        def step(start):
+            """One step; returns when the host had queued all of its work, before the wait."""
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
+            issued = time.perf_counter() - start
             sync()
+            return issued
 
         for _ in range(args.warmup):
-            step()
+            step(time.perf_counter())
         for _ in range(args.repeats):
             start = time.perf_counter()
-            step()
+            issue_runs.append(step(start))
             runs.append(time.perf_counter() - start)
         # The timed steps' peak, read before the measuring step resets it.
         peak_device = torch.cuda.max_memory_allocated(device) if gpu else None
@@ -83,10 +87,12 @@ def main():
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 model(x)
+                issue_runs.append(time.perf_counter() - start)
                 sync()
                 runs.append(time.perf_counter() - start)
     seconds = statistics.median(runs)
     print(json.dumps({"seconds": seconds, "images_per_second": args.batch / seconds, "runs": runs,
+                      "issue_runs": issue_runs,
                       "graph_bytes": graph if args.train else None,
                       "step_peak_bytes": step_peak if args.train else None,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

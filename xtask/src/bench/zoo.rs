@@ -69,6 +69,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let mut raw = Vec::new();
     let mut measurements = Vec::new();
     let mut workspaces = Vec::new();
+    let mut issue_times = Vec::new();
     for name in &names {
         let (mut our_rounds, mut their_rounds) = (Vec::new(), Vec::new());
         for round in 1..=settings.rounds.max(1) {
@@ -111,6 +112,9 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
             ours: rates(&ours),
             theirs: theirs.as_ref().map(rates),
         });
+        if settings.device != "cpu" {
+            issue_times.push(issue_time(name, &ours, theirs.as_ref()));
+        }
         let workspace = our_rounds.iter().filter_map(|round| round["largest_cudnn_workspace_bytes"].as_f64()).fold(f64::NAN, f64::max);
         if workspace.is_finite() {
             workspaces.push(format!("{name} {:.0}", workspace / 1048576.0));
@@ -157,6 +161,13 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     } else {
         format!("{report}\nLargest cuDNN workspace, MiB (medxfer): {}.\n", workspaces.join(", "))
     };
+    // On a GPU, whether the host keeps up: where queueing a step takes most of the step, the
+    // launches (not the kernels) set the pace.
+    let report = if issue_times.is_empty() {
+        report
+    } else {
+        format!("{report}\nHost time to queue one step, of the whole step (median ms, medxfer / PyTorch): {}.\n", issue_times.join(", "))
+    };
     let stem = match (settings.train, settings.device.as_str()) {
         (true, "cpu") => "zoo-train",
         (false, "cpu") => "zoo",
@@ -173,20 +184,40 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
 /// peak memory, and the rounds as they came.
 fn pooled(rounds: &[Value], batch: usize) -> Value {
     let runs: Vec<f64> = rounds.iter().flat_map(|round| runs_of(&round["runs"])).collect();
-    let mut sorted = runs.clone();
-    sorted.sort_by(f64::total_cmp);
-    let seconds = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let seconds = median(&runs);
+    let issue_runs: Vec<f64> = rounds.iter().flat_map(|round| runs_of(&round["issue_runs"])).collect();
     let peak = |key: &str| rounds.iter().filter_map(|round| round[key].as_f64()).fold(f64::NAN, f64::max);
     json!({
         "seconds": seconds,
         "images_per_second": batch as f64 / seconds,
         "runs": runs,
+        "issue_seconds": (!issue_runs.is_empty()).then(|| median(&issue_runs)),
         "peak_rss_bytes": peak("peak_rss_bytes"),
         "peak_device_bytes": peak("peak_device_bytes"),
         "graph_bytes": peak("graph_bytes"),
         "step_peak_bytes": peak("step_peak_bytes"),
         "rounds": rounds,
     })
+}
+
+/// One backbone's entry of the host-time line: the time to queue a step, of the whole step,
+/// in ms, on each side ("-" where a side did not say).
+fn issue_time(name: &str, ours: &Value, theirs: Option<&Value>) -> String {
+    let ms = |side: Option<&Value>, key: &str| side.and_then(|v| v[key].as_f64()).map_or("-".to_string(), |s| format!("{:.1}", s * 1e3));
+    format!(
+        "{name} {} of {} / {} of {}",
+        ms(Some(ours), "issue_seconds"),
+        ms(Some(ours), "seconds"),
+        ms(theirs, "issue_seconds"),
+        ms(theirs, "seconds")
+    )
+}
+
+/// The middle value (the upper of the two middle ones), NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
@@ -245,28 +276,35 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
     let labels = Tensor::from_vec((0..batch as u32).map(|i| i * 37 % entry.num_classes as u32).collect::<Vec<u32>>(), batch, &device)?;
     let settings = SgdSettings { learning_rate: 1e-3, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
     let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), settings);
-    let mut step = || -> Result<()> {
-        if train {
+    // One step; returns when the host had queued all of its work, before the read that waits
+    // for it (on a GPU: if that is most of the step, the host's launches are the bottleneck).
+    let mut step = |start: Instant| -> Result<f64> {
+        let issued = if train {
             let loss = medxfer_train::training_forward(|| {
                 let (_, logits) = model.features_and_logits(&images, true)?;
                 Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
             })?;
             optimizer.step(&medxfer_train::backward(&loss)?)?;
+            let issued = start.elapsed().as_secs_f64();
             loss.to_scalar::<f32>()?;
+            issued
         } else {
             let (features, _) = model.features_and_logits(&images, false)?;
-            features.sum_all()?.to_scalar::<f32>()?;
-        }
+            let sum = features.sum_all()?;
+            let issued = start.elapsed().as_secs_f64();
+            sum.to_scalar::<f32>()?;
+            issued
+        };
         medxfer_train::synchronize(&device)?;
-        Ok(())
+        Ok(issued)
     };
     for _ in 0..warmup {
-        step()?;
+        step(Instant::now())?;
     }
-    let mut runs = Vec::new();
+    let (mut runs, mut issue_runs) = (Vec::new(), Vec::new());
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
-        step()?;
+        issue_runs.push(step(start)?);
         runs.push(start.elapsed().as_secs_f64());
     }
     let mut sorted = runs.clone();
@@ -281,6 +319,7 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
             "seconds": seconds,
             "images_per_second": batch as f64 / seconds,
             "runs": runs,
+            "issue_runs": issue_runs,
             "graph_bytes": memory.map(|m| m.graph),
             "step_peak_bytes": memory.and_then(|m| m.step_peak),
             "peak_rss_bytes": machine::peak_rss_bytes(),
@@ -339,4 +378,25 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
         bail!("the PyTorch side failed on {name}: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Rounds pool into one median over all their runs, and their queueing times likewise; a
+    /// side that reports no queueing time (an older PyTorch script) shows "-".
+    #[test]
+    fn rounds_pool_their_runs_and_queueing_times() {
+        let rounds = [json!({"runs": [0.10, 0.30], "issue_runs": [0.01, 0.03]}), json!({"runs": [0.20], "issue_runs": [0.02]})];
+        let ours = pooled(&rounds, 8);
+        assert_eq!(ours["seconds"].as_f64(), Some(0.20));
+        assert_eq!(ours["images_per_second"].as_f64(), Some(40.0));
+        assert_eq!(ours["issue_seconds"].as_f64(), Some(0.02));
+        let theirs = pooled(&[json!({"runs": [0.05]})], 8);
+        assert!(theirs["issue_seconds"].is_null());
+        assert_eq!(issue_time("resnet18", &ours, Some(&theirs)), "resnet18 20.0 of 200.0 / - of 50.0");
+        assert_eq!(issue_time("resnet18", &ours, None), "resnet18 20.0 of 200.0 / - of -");
+    }
 }
