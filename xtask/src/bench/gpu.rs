@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use medxfer_train::gpu_arithmetic::{GpuArithmetic, Precision};
 use serde_json::Value;
 
@@ -84,7 +84,7 @@ pub fn run(settings: &Settings) -> Result<String> {
     medxfer_train::parse_device(&settings.device)?;
     let python = super::output_and_python(settings)?;
     let ten: Vec<String> = medxfer_zoo::Registry::load_default()?.entries().iter().map(|e| e.name.clone()).collect();
-    let mut rows = Vec::new();
+    let (mut rows, mut failures) = (Vec::new(), Vec::new());
     for part in &PARTS {
         let models: Vec<String> = match (part.train, settings.quick) {
             (true, false) => TRAINED.iter().map(|m| m.to_string()).collect(),
@@ -105,7 +105,11 @@ pub fn run(settings: &Settings) -> Result<String> {
             device: settings.device.clone(),
             gpu: GpuArithmetic { precision: part.precision, ..GpuArithmetic::default() },
         };
-        zoo::run(&zoo_settings)?;
+        // A part whose backbones partly failed still gives the others' rows (its report names
+        // the failures); the command fails at the end.
+        if let Err(error) = zoo::run(&zoo_settings) {
+            failures.push(format!("{}: {error:#}", part.title));
+        }
         let written = zoo_settings.out.join(if part.train { "zoo-train-gpu.json" } else { "zoo-gpu.json" });
         let text = std::fs::read(&written).with_context(|| format!("cannot read {}", written.display()))?;
         let models: Vec<Value> = serde_json::from_slice(&text).with_context(|| format!("{}: not bench-zoo's JSON", written.display()))?;
@@ -136,6 +140,9 @@ pub fn run(settings: &Settings) -> Result<String> {
     let report = header + &tables(&rows, &Protocol::reference()?);
     medxfer_durable::write_atomic(&settings.out.join("bench-gpu.md"), report.as_bytes())?;
     println!("{report}");
+    if !failures.is_empty() {
+        bail!("parts of the GPU benchmark failed (bench-gpu.md has the rest): {}", failures.join("; "));
+    }
     Ok(report)
 }
 

@@ -70,16 +70,19 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let mut measurements = Vec::new();
     let mut workspaces = Vec::new();
     let mut issue_times = Vec::new();
+    // A backbone whose worker fails (on either side) gets a row that says so and the others
+    // still run: on a lent GPU's few minutes one failure must not cost the rest of the table.
+    let mut failures = Vec::new();
     for name in &names {
-        let (mut our_rounds, mut their_rounds) = (Vec::new(), Vec::new());
-        for round in 1..=settings.rounds.max(1) {
-            eprintln!("{name}: medxfer (round {round}) ...");
-            our_rounds.push(worker_process(name, settings)?);
-            if let Some(python) = &settings.python {
-                eprintln!("{name}: timm (round {round}) ...");
-                their_rounds.push(python_process(python, name, settings)?);
+        let (our_rounds, their_rounds) = match rounds_of(name, settings) {
+            Ok(rounds) => rounds,
+            Err(error) => {
+                eprintln!("{name}: {error:#}");
+                rows.push(format!("| {name} | failed (below) | | | | |"));
+                failures.push(format!("{name}: {error:#}"));
+                continue;
             }
-        }
+        };
         let ours = pooled(&our_rounds, settings.batch);
         let theirs = (!their_rounds.is_empty()).then(|| pooled(&their_rounds, settings.batch));
         let ours_rate = ours["images_per_second"].as_f64().unwrap_or(f64::NAN);
@@ -174,10 +177,28 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         (true, _) => "zoo-train-gpu",
         (false, _) => "zoo-gpu",
     };
+    let report = if failures.is_empty() { report } else { format!("{report}\nFailed:\n\n- {}\n", failures.join("\n- ")) };
     medxfer_durable::write_atomic(&settings.out.join(format!("{stem}.md")), report.as_bytes())?;
     medxfer_durable::write_atomic(&settings.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&raw)?.as_bytes())?;
     println!("{report}");
+    if !failures.is_empty() {
+        bail!("{} of {} backbones failed (the report has the others): {}", failures.len(), names.len(), failures.join("; "));
+    }
     Ok(measurements)
+}
+
+/// Each side's rounds for one backbone, alternating (ours, theirs, ours, ...).
+fn rounds_of(name: &str, settings: &Settings) -> Result<(Vec<Value>, Vec<Value>)> {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=settings.rounds.max(1) {
+        eprintln!("{name}: medxfer (round {round}) ...");
+        ours.push(worker_process(name, settings)?);
+        if let Some(python) = &settings.python {
+            eprintln!("{name}: timm (round {round}) ...");
+            theirs.push(python_process(python, name, settings)?);
+        }
+    }
+    Ok((ours, theirs))
 }
 
 /// One side's rounds as one result: every timed run, the median rate over them, the largest
