@@ -7,9 +7,10 @@ use candle_core::BackwardReads;
 
 use crate::activation::FusedActivation;
 
-/// A product's or a convolution's: the input and the weight. Not the output; not a third operand
-/// (a bias, whose gradient is a sum of the output's gradient, or a residual added to the
-/// output, whose gradient is the output's gradient).
+/// A product's or a convolution's: the input and the weight (attention with a bias: the
+/// projection and the bias). Not the output; not a third operand (a bias, whose gradient is a
+/// sum of the output's gradient, or a residual added to the output, whose gradient is the
+/// output's gradient).
 pub(crate) const OPERANDS: BackwardReads = BackwardReads { inputs: [true, true, false], output: false };
 
 /// An op's whose backward pass reads its (first) input alone, not its output: attention's, which

@@ -124,6 +124,10 @@ impl CustomOp2 for BiasedAttention {
         "attention-with-bias"
     }
 
+    fn backward_reads(&self) -> candle_core::BackwardReads {
+        crate::backward_reads::OPERANDS
+    }
+
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, tokens, width) = l1.shape().dims3()?;
         let qkv = f32_slice(s1, l1, "attention", "the qkv projection")?;
