@@ -73,6 +73,7 @@ mod product;
 mod sgd;
 #[cfg(test)]
 mod test_tensors;
+mod upload;
 mod views;
 
 pub use activation::{FusedActivation, gelu_erf, relu, relu6, silu};
@@ -99,3 +100,4 @@ pub use linear::{linear, linear_gelu, linear_residual};
 pub use pool::max_pool_3x3_s2_p1;
 pub use product::cpu_product_library;
 pub use sgd::{SgdSettings, SgdUpdate, sgd_update};
+pub use upload::Upload;

@@ -12,6 +12,7 @@ use medxfer_data::{Augment, LoaderConfig, Normalization, batches};
 use medxfer_zoo::Backbone;
 
 use crate::checkpoint::write_tensors;
+use crate::device_batches::DeviceBatches;
 use crate::error::{Error, Result};
 use crate::finetune::SplitData;
 
@@ -48,14 +49,16 @@ pub fn extract(
     let device = model.params().device().clone();
     let (mut features, mut probs) = (Vec::new(), Vec::new());
     let mut done = 0;
-    for batch in batches(split.cache.clone(), split.labels.clone(), config)? {
-        let batch = batch?;
-        let (f, logits) = model.features_and_logits(&batch.images.to_device(&device)?, false)?;
+    let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), config)?, &device);
+    while let Some(batch) = feed.take()? {
+        let (f, logits) = model.features_and_logits(&batch.images, false)?;
+        let batch_probs = (logits.dim(1)? > 0).then(|| candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)).transpose()?;
+        feed.prefetch()?;
         done += f.dim(0)?;
         progress(done, ids.len());
         features.push(f.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
-        if logits.dim(1)? > 0 {
-            probs.push(candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_device(&Device::Cpu)?);
+        if let Some(batch_probs) = batch_probs {
+            probs.push(batch_probs.to_device(&Device::Cpu)?);
         }
     }
     let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();

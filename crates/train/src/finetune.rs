@@ -24,6 +24,7 @@ use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
+use crate::device_batches::DeviceBatches;
 use crate::error::{Error, Result};
 use crate::metrics::{Evaluation, evaluate};
 use crate::schedule::cosine;
@@ -344,13 +345,14 @@ pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSetting
     };
     let device = model.params().device().clone();
     let (mut loss_sum, mut predictions) = (0.0, Vec::with_capacity(split.labels.len()));
-    for batch in batches(split.cache.clone(), split.labels.clone(), config)? {
-        let batch = batch?;
-        let (_, logits) = model.features_and_logits(&batch.images.to_device(&device)?, false)?;
-        let labels = batch.labels.to_device(&device)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
-        loss_sum += f64::from(loss) * batch.indices.len() as f64;
-        predictions.extend(logits.argmax(D::Minus1)?.to_device(&Device::Cpu)?.to_vec1::<u32>()?);
+    let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), config)?, &device);
+    while let Some(batch) = feed.take()? {
+        let (_, logits) = model.features_and_logits(&batch.images, false)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+        let predicted = logits.argmax(D::Minus1)?;
+        feed.prefetch()?;
+        loss_sum += f64::from(loss.to_scalar::<f32>()?) * batch.indices.len() as f64;
+        predictions.extend(predicted.to_device(&Device::Cpu)?.to_vec1::<u32>()?);
     }
     let evaluation = evaluate(&split.labels, &predictions, classes);
     Ok((loss_sum / split.labels.len().max(1) as f64, predictions, evaluation))
@@ -427,20 +429,24 @@ pub fn fine_tune_until(
         };
         let (mut loss_sum, mut seen) = (0.0, 0usize);
         let total = data.train.labels.len().div_ceil(settings.batch_size);
-        for (done, batch) in batches(data.train.cache.clone(), data.train.labels.clone(), config)?.enumerate() {
-            let batch = batch?;
+        let mut feed = DeviceBatches::new(batches(data.train.cache.clone(), data.train.labels.clone(), config)?, &device);
+        let mut done = 0;
+        while let Some(batch) = feed.take()? {
+            done += 1;
             let loss = crate::training_forward(|| {
-                let (_, logits) = model.features_and_logits(&batch.images.to_device(&device)?, true)?;
-                Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?)?)
+                let (_, logits) = model.features_and_logits(&batch.images, true)?;
+                Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels)?)
             })?;
             optimizer.step(&crate::backward(&loss)?)?;
+            // The next batch's copy goes behind this step's work before the loss read waits for it.
+            feed.prefetch()?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
                 return Err(Error::Diverged { epoch: epoch + 1, learning_rate, loss: value });
             }
             loss_sum += value * batch.indices.len() as f64;
             seen += batch.indices.len();
-            progress.batch(epoch + 1, done + 1, total, value);
+            progress.batch(epoch + 1, done, total, value);
         }
         let (val_loss, _, val) = evaluate_split(model, &data.val, settings, data.classes)?;
         let record = EpochRecord {

@@ -34,6 +34,7 @@
 mod backward;
 mod checkpoint;
 mod device;
+mod device_batches;
 mod error;
 mod extract;
 mod finetune;
