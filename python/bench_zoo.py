@@ -10,7 +10,7 @@ medxfer's default) unless --conv-nondeterministic (PyTorch's own default).
 
     python bench_zoo.py NAME --batch 32 --repeats 3 [--warmup 2] [--train] [--device cuda]
         [--precision f32|tf32] [--matmul-tf32] [--conv-algorithms heuristic|benchmark]
-        [--conv-nondeterministic]
+        [--conv-nondeterministic] [--host-batches]
 
 Prints one JSON object: median seconds per batch, images/s, every run (and, of each, the time
 until the host had queued its work, before the wait for it), peak resident memory,
@@ -41,6 +41,8 @@ def main():
     parser.add_argument("--matmul-tf32", action="store_true")
     parser.add_argument("--conv-algorithms", choices=["heuristic", "benchmark"], default="heuristic")
     parser.add_argument("--conv-nondeterministic", action="store_true")
+    parser.add_argument("--host-batches", action="store_true",
+                        help="each step's images start on the host, in pinned memory, moved with non_blocking=True")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu", int(args.device[5:]) if args.device.startswith("cuda:") else None)
     gpu = device.type == "cuda"
@@ -50,6 +52,11 @@ def main():
     torch.backends.cudnn.deterministic = not args.conv_nondeterministic
     model = timm.create_model(args.name, pretrained=False).eval().to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    # As a DataLoader(pin_memory=True) hands batches over, each moved with non_blocking=True.
+    host = x.cpu().pin_memory() if args.host_batches and gpu else (x.cpu() if args.host_batches else None)
+
+    def batch():
+        return x if host is None else host.to(device, non_blocking=True)
 
     def sync():
         if gpu:
@@ -63,7 +70,7 @@ def main():
         def step(start):
             """One step; returns when the host had queued all of its work, before the wait."""
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            torch.nn.functional.cross_entropy(model(batch()), y).backward()
             optimizer.step()
             issued = time.perf_counter() - start
             sync()
@@ -82,11 +89,11 @@ def main():
     else:
         with torch.inference_mode():
             for _ in range(args.warmup):
-                model(x)
+                model(batch())
             sync()
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                model(x)
+                model(batch())
                 issue_runs.append(time.perf_counter() - start)
                 sync()
                 runs.append(time.perf_counter() - start)

@@ -125,6 +125,11 @@ enum Command {
         /// OUT/zoo-gpu.md or OUT/zoo-train-gpu.md.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Each step's images start on the host, as in a training loop: ours move through
+        /// `Upload` (page-locked, queued one step ahead; `MEDXFER_CUDA_UPLOAD=candle`: candle's
+        /// `to_device`), PyTorch's from pinned memory with `non_blocking=True`.
+        #[arg(long)]
+        host_batches: bool,
         /// The GPU's arithmetic, the same on both sides.
         #[command(flatten)]
         gpu: gpu_arithmetic::GpuArithmetic,
@@ -220,6 +225,8 @@ enum Command {
         #[arg(long)]
         train: bool,
         #[arg(long)]
+        host_batches: bool,
+        #[arg(long)]
         device: String,
         #[command(flatten)]
         gpu: gpu_arithmetic::GpuArithmetic,
@@ -243,8 +250,9 @@ fn main() -> Result<()> {
             bench::scores::run(&bench::scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench::scores::worker(&file, repeats, memory_only),
-        Command::BenchZoo { batch, size, repeats, rounds, models, python, out, train, device, gpu } => {
-            bench::zoo::run(&bench::zoo::Settings { batch, size, repeats, rounds, models, python, out, train, device, gpu }).map(|_| ())
+        Command::BenchZoo { batch, size, repeats, rounds, models, python, out, train, device, host_batches, gpu } => {
+            let settings = bench::zoo::Settings { batch, size, repeats, rounds, models, python, out, train, device, host_batches, gpu };
+            bench::zoo::run(&settings).map(|_| ())
         }
         Command::BenchData { n, width, height, batch, repeats, python, out } => {
             bench::data::run(&bench::data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())
@@ -277,8 +285,8 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::BenchZooWorker { model, batch, size, repeats, warmup, train, device, gpu } => {
-            bench::zoo::worker(&model, bench::zoo::Steps { batch, size, warmup, repeats }, train, &device, gpu)
+        Command::BenchZooWorker { model, batch, size, repeats, warmup, train, host_batches, device, gpu } => {
+            bench::zoo::worker(&model, bench::zoo::Steps { batch, size, warmup, repeats, host_batches }, train, &device, gpu)
         }
     }
 }

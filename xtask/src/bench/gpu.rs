@@ -103,6 +103,7 @@ pub fn run(settings: &Settings) -> Result<String> {
             out: settings.out.join(part.directory),
             train: part.train,
             device: settings.device.clone(),
+            host_batches: false,
             gpu: GpuArithmetic { precision: part.precision, ..GpuArithmetic::default() },
         };
         // A part whose backbones partly failed still gives the others' rows (its report names

@@ -68,6 +68,7 @@ pub fn run(settings: &Settings) -> Result<String> {
         out: settings.out.clone(),
         train,
         device: "cpu".into(),
+        host_batches: false,
         gpu: crate::gpu_arithmetic::GpuArithmetic::default(),
     };
     eprintln!("== zoo eval");

@@ -53,6 +53,8 @@ pub struct Settings {
     pub train: bool,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// Each step's images start on the host (moved as a training loop moves them).
+    pub host_batches: bool,
     /// The GPU's arithmetic (both sides).
     pub gpu: GpuArithmetic,
 }
@@ -132,10 +134,15 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
             (STEP_COLUMNS_NOTE, " medxfer graph MiB | timm graph MiB | medxfer step MiB | timm step MiB |", "---:|---:|---:|---:|")
         }
     };
+    let what = format!(
+        "{}{}",
+        if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
+        if settings.host_batches { ", each step's images moved from the host (ours: `Upload`; PyTorch: pinned, non_blocking)" } else { "" }
+    );
     let report = format!(
         "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs ({} rounds of {}, the sides alternating) after {} warm-up steps each. Machine: {}, {} cores (both sides use all of them). \
          Load average {} before, {} after.{}\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |{}\n|---|---:|---:|---:|---:|---:|{}\n{}\n",
-        if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
+        what,
         settings.batch,
         settings.size,
         settings.size,
@@ -255,6 +262,7 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
         ])
         .args(["--device", &settings.device])
         .args(settings.train.then_some("--train"))
+        .args(settings.host_batches.then_some("--host-batches"))
         .args(settings.gpu.options())
         .output()?;
     if !output.status.success() {
@@ -263,17 +271,19 @@ fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-/// A worker's batches: their size, the image size, untimed steps, timed steps.
+/// A worker's batches: their size, the image size, untimed steps, timed steps, and whether each
+/// step's images start on the host.
 pub struct Steps {
     pub batch: usize,
     pub size: usize,
     pub warmup: usize,
     pub repeats: usize,
+    pub host_batches: bool,
 }
 
 /// One backbone's eval (or training-step) throughput, in this process.
 pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArithmetic) -> Result<()> {
-    let Steps { batch, size, warmup, repeats } = steps;
+    let Steps { batch, size, warmup, repeats, host_batches } = steps;
     let registry = Registry::load_default()?;
     // A registry backbone, or any timm model name the zoo builds (`vit_large_patch16_224`),
     // which timm's side creates by the same name.
@@ -294,24 +304,41 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
         var.set(&value).with_context(|| format!("tensor {index}"))?;
     }
     let images = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?.to_dtype(DType::F32)?;
+    // With host batches, each step's images come from the host as a training loop's do: the
+    // next step's moved once this step's work is queued, before its result is read.
+    let on_host = host_batches.then(|| images.to_device(&Device::Cpu)).transpose()?;
+    let mut upload = medxfer_train::Upload::new();
+    let mut next_images = match &on_host {
+        Some(host) => Some(upload.to_device(host, &device)?),
+        None => None,
+    };
     let labels = Tensor::from_vec((0..batch as u32).map(|i| i * 37 % entry.num_classes as u32).collect::<Vec<u32>>(), batch, &device)?;
     let settings = SgdSettings { learning_rate: 1e-3, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
     let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), settings);
     // One step; returns when the host had queued all of its work, before the read that waits
     // for it (on a GPU: if that is most of the step, the host's launches are the bottleneck).
     let mut step = |start: Instant| -> Result<f64> {
+        let images = next_images.take().unwrap_or_else(|| images.clone());
+        let mut prefetch = || -> Result<()> {
+            if let Some(host) = &on_host {
+                next_images = Some(upload.to_device(host, &device)?);
+            }
+            Ok(())
+        };
         let issued = if train {
             let loss = medxfer_train::training_forward(|| {
                 let (_, logits) = model.features_and_logits(&images, true)?;
                 Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
             })?;
             optimizer.step(&medxfer_train::backward(&loss)?)?;
+            prefetch()?;
             let issued = start.elapsed().as_secs_f64();
             loss.to_scalar::<f32>()?;
             issued
         } else {
             let (features, _) = model.features_and_logits(&images, false)?;
             let sum = features.sum_all()?;
+            prefetch()?;
             let issued = start.elapsed().as_secs_f64();
             sum.to_scalar::<f32>()?;
             issued
@@ -389,6 +416,7 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
         .args(["--warmup", &WARMUP_STEPS.to_string()])
         .args(["--device", &settings.device])
         .args(settings.train.then_some("--train"))
+        .args(settings.host_batches.then_some("--host-batches"))
         .args(settings.gpu.options())
         .env("OMP_NUM_THREADS", &cores)
         .env_remove("OPENBLAS_CORETYPE")
