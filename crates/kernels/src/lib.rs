@@ -17,7 +17,8 @@
 //!   convolutions), with the backward pass beside it.
 //!
 //! `gpu_settings` holds the process's GPU arithmetic (TF32 or not, how cuDNN algorithms are
-//! chosen) and `cuda_device` the host-side set-up of a CUDA device for training.
+//! chosen), `cuda_device` the host-side set-up of a CUDA device for training, and `upload` the
+//! way batches reach a GPU (page-locked buffers, the copy queued behind the device's work).
 //!
 //! Every op returns `candle_core::Result`: its failures are candle's (a shape, a device, a dtype),
 //! and callers convert them into their own error types.
