@@ -47,6 +47,8 @@ impl Buffer {
 pub(super) struct PinnedBuffers {
     buffers: [Buffer; 2],
     turn: usize,
+    /// The driver refused page-locked memory once: batches go by `to_device` from then on.
+    refused: bool,
 }
 
 /// Values copied by one task when filling a buffer: large enough that a task's start costs
@@ -56,6 +58,9 @@ const FILL_CHUNK: usize = 1 << 20;
 impl PinnedBuffers {
     pub(super) fn upload(&mut self, tensor: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
         let Device::Cuda(cuda) = device else { candle_core::bail!("upload: not a CUDA device") };
+        if self.refused {
+            return tensor.to_device(device);
+        }
         let tensor = tensor.contiguous()?;
         let (storage, layout) = tensor.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("upload: the batch is not on the CPU") };
@@ -68,7 +73,15 @@ impl PinnedBuffers {
         if buffer.host.as_ref().is_none_or(|host| host.len() < n) {
             buffer.host = None;
             // SAFETY: the buffer's values are written (below) before any copy reads them.
-            buffer.host = Some(unsafe { stream.context().alloc_pinned::<f32>(n) }.map_err(driver_error("upload"))?);
+            match unsafe { stream.context().alloc_pinned::<f32>(n) } {
+                Ok(host) => buffer.host = Some(host),
+                Err(error) => {
+                    // The same values the slower way, rather than a failed run.
+                    eprintln!("medxfer: no page-locked host memory for batches ({error:?}); copying them from pageable memory");
+                    self.refused = true;
+                    return tensor.to_device(device);
+                }
+            }
         }
         let Some(host) = buffer.host.as_mut() else { candle_core::bail!("upload: no buffer") };
         // No copy of this buffer is queued (waited for above), so its own event has nothing to

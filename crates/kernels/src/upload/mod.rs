@@ -9,7 +9,8 @@
 //! page-locked buffers and queues the copy; the training loop does that while the GPU is still
 //! busy with the step before (medxfer-train's loops), so the GPU goes from one step's kernels to
 //! the next batch's copy and on. The values are the same bits either way. On the CPU, for other
-//! dtypes, and with `MEDXFER_CUDA_UPLOAD=candle` (to measure), it is candle's `to_device`.
+//! dtypes, and with `MEDXFER_CUDA_UPLOAD=candle` (to measure), it is candle's `to_device`; so it
+//! is, after a one-line warning, where the driver refuses page-locked memory.
 
 #[cfg(feature = "cuda")]
 mod cuda;
