@@ -16,7 +16,7 @@ use medxfer_zoo::{Backbone, Registry};
 use serde_json::{Value, json};
 
 use super::machine;
-use super::measurement::{Measurement, Unit, runs_of};
+use super::measurement::{Measurement, Unit, median, runs_of};
 use crate::gpu_arithmetic::GpuArithmetic;
 
 /// Untimed steps before the timed ones, on both sides. A training step's second run still
@@ -241,13 +241,6 @@ fn issue_time(name: &str, ours: &Value, theirs: Option<&Value>) -> String {
     )
 }
 
-/// The middle value (the upper of the two middle ones), NaN for none.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn worker_process(name: &str, settings: &Settings) -> Result<Value> {
     let output = Command::new(std::env::current_exe()?)
         .args([
@@ -355,9 +348,7 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
         issue_runs.push(step(start)?);
         runs.push(start.elapsed().as_secs_f64());
     }
-    let mut sorted = runs.clone();
-    sorted.sort_by(f64::total_cmp);
-    let seconds = sorted[sorted.len() / 2];
+    let seconds = median(&runs);
     // The timed steps' high-water mark, read before the measuring step resets it.
     let peak_device_bytes = medxfer_train::device_memory_high_water(&device)?;
     let memory = if train { Some(step_memory(&model, &images, &labels, &mut optimizer, &device)?) } else { None };
