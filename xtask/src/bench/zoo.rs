@@ -137,7 +137,11 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let what = format!(
         "{}{}",
         if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
-        if settings.host_batches { ", each step's images moved from the host (ours: `Upload`; PyTorch: pinned, non_blocking)" } else { "" }
+        match (settings.host_batches, settings.device.as_str()) {
+            (false, _) => "",
+            (true, "cpu") => ", each step's images taken from the host (nothing to move on the CPU)",
+            (true, _) => ", each step's images moved from the host (ours: `Upload`; PyTorch: pinned, non_blocking)",
+        }
     );
     let report = format!(
         "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs ({} rounds of {}, the sides alternating) after {} warm-up steps each. Machine: {}, {} cores (both sides use all of them). \
