@@ -1019,3 +1019,148 @@ fn the_gate_kernels_match_the_cpu_op() {
         assert!(bits(&out[..truth[0].1.len()]) == bits(&truth[0].1), "{name}: the products differ from the CPU op's");
     }
 }
+
+const CHANNELS_LAST_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    unsigned images = in.value<unsigned>(), channels = in.value<unsigned>(), positions = in.value<unsigned>();
+    size_t n = (size_t)images * channels * positions;
+    std::vector<float> x = in.floats(n), branch = in.floats(n), scale = in.floats(channels), shortcut = in.floats(n), dy = in.floats(n);
+    std::vector<float> last(n), first(n), scaled_end(n), plain_end(n), branch_gradient(n), scale_gradient(channels);
+    // channels_last/cuda.rs's grids: a block per tile of each image's matrix, 256 threads; then a
+    // block per channel, a power of two of 32-256 threads.
+    auto tiles = [&](unsigned rows, unsigned cols) { return dim3{images * ((rows + 31) / 32) * ((cols + 31) / 32), 1, 1}; };
+    dim3 block{256, 1, 1};
+    launch(tiles(channels, positions), block, [&] { move_plain(x.data(), last.data(), channels, positions); });
+    launch(tiles(positions, channels), block, [&] { move_plain(last.data(), first.data(), positions, channels); });
+    launch(tiles(positions, channels), block, [&] { move_scaled_onto(branch.data(), scale.data(), shortcut.data(), scaled_end.data(), positions, channels); });
+    launch(tiles(positions, channels), block, [&] { move_onto(branch.data(), shortcut.data(), plain_end.data(), positions, channels); });
+    launch(tiles(channels, positions), block, [&] { move_scaled(dy.data(), scale.data(), branch_gradient.data(), channels, positions); });
+    unsigned parts = images * ((positions + 31) / 32);
+    std::vector<double> partials((size_t)channels * parts);
+    launch(tiles(channels, positions), block, [&] { scale_gradient_partials(dy.data(), branch.data(), partials.data(), channels, positions, parts); });
+    unsigned threads = 1;
+    while (threads < parts) threads *= 2;
+    threads = std::clamp(threads, 32u, 256u);
+    launch(dim3{channels, 1, 1}, dim3{threads, 1, 1}, [&] { scale_gradient_sums(partials.data(), scale_gradient.data(), parts); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, last); write(file, first); write(file, scaled_end); write(file, plain_end); write(file, branch_gradient); write(file, scale_gradient);
+    fclose(file);
+}
+"#;
+
+/// ConvNeXt's moves and block end: both moves, the block end with and without a scale and the
+/// branch's gradient to the CPU ops' bits, the scale's gradient within 1e-6 of f64 sums: sizes
+/// that are no multiple of a tile, one channel, a map of fewer positions than a tile, and one of
+/// more tiles per channel (270) than the summing block has threads (256), so that they loop.
+#[test]
+fn the_channels_last_kernels_move_scale_and_sum_as_the_cpu_ops() {
+    let program = Emulated::compile("channels_last", &kernel_source("channels_last/cuda.rs"), CHANNELS_LAST_MAIN);
+    for (case, (images, channels, height, width)) in
+        [(2usize, 37usize, 5usize, 11usize), (1, 1, 3, 3), (3, 64, 7, 7), (3, 1, 48, 60)].into_iter().enumerate()
+    {
+        let name = format!("{images}x{channels}x{height}x{width}");
+        let (positions, n) = (height * width, images * channels * height * width);
+        let seed = 1000 + 10 * case as u64;
+        let (x, branch, shortcut, dy) = (
+            normal_values(seed, n, 1.0),
+            normal_values(seed + 1, n, 1.0),
+            normal_values(seed + 2, n, 1.0),
+            normal_values(seed + 3, n, 1.0),
+        );
+        let scale: Vec<f32> = normal_values(seed + 4, channels, 0.2).iter().map(|v| v + 0.5).collect();
+        let cpu = |values: &[f32], shape: (usize, usize, usize, usize)| Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap();
+        let map = (images, channels, height, width);
+        let last = medxfer_kernels::to_channels_last(&cpu(&x, map)).unwrap();
+        let end = |scaled: bool| {
+            let (b, s) = (
+                Var::from_tensor(&cpu(&branch, (images, height, width, channels))).unwrap(),
+                Var::from_tensor(&Tensor::new(scale.as_slice(), &Device::Cpu).unwrap()).unwrap(),
+            );
+            let y = medxfer_kernels::channels_last_residual(b.as_tensor(), scaled.then_some(s.as_tensor()), &cpu(&shortcut, map)).unwrap();
+            let grads = (&y * cpu(&dy, map)).unwrap().sum_all().unwrap().backward().unwrap();
+            (floats(&y), floats(grads.get(b.as_tensor()).unwrap()))
+        };
+        let ((scaled_end, branch_gradient), (plain_end, _)) = (end(true), end(false));
+        let exact: Vec<f32> = (0..channels)
+            .map(|c| {
+                let term = |i: usize, p: usize| {
+                    f64::from(dy[(i * channels + c) * positions + p]) * f64::from(branch[(i * positions + p) * channels + c])
+                };
+                (0..images).flat_map(|i| (0..positions).map(move |p| (i, p))).map(|(i, p)| term(i, p)).sum::<f64>() as f32
+            })
+            .collect();
+        let exact_parts = [
+            ("to channels-last", floats(&last)),
+            ("back to channels-first", x.clone()),
+            ("the block end", scaled_end),
+            ("the block end without a scale", plain_end),
+            ("the branch gradient", branch_gradient),
+            ("the scale gradient", exact),
+        ];
+        let out = program.run(
+            Inputs::default()
+                .unsigned(images as u32)
+                .unsigned(channels as u32)
+                .unsigned(positions as u32)
+                .floats(&x)
+                .floats(&branch)
+                .floats(&scale)
+                .floats(&shortcut)
+                .floats(&dy),
+        );
+        assert_within(&name, &exact_parts, &out, 1e-6);
+        for (index, (what, truth)) in exact_parts[..5].iter().enumerate() {
+            assert!(bits(&out[index * n..][..n]) == bits(truth), "{name}: {what} differs from the CPU op's bits");
+        }
+    }
+}
+
+const CHANNEL_BIAS_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    unsigned images = in.value<unsigned>(), channels = in.value<unsigned>(), plane = in.value<unsigned>();
+    unsigned n = images * channels * plane;
+    std::vector<float> x = in.floats(n), bias = in.floats(channels), dy = in.floats(n), y(n), sums(channels);
+    // channel_bias/cuda.rs's grids: elementwise, 256 threads; a block per plane, then per channel,
+    // each a power of two of 32-256 threads.
+    launch(dim3{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1}, dim3{256, 1, 1}, [&] { channel_bias_forward(x.data(), bias.data(), y.data(), n, plane, channels); });
+    auto threads = [](unsigned values) { unsigned t = 1; while (t < values) t *= 2; return std::clamp(t, 32u, 256u); };
+    std::vector<double> partials((size_t)images * channels);
+    launch(dim3{images * channels, 1, 1}, dim3{threads(plane), 1, 1}, [&] { plane_sums(dy.data(), partials.data(), plane, channels, images); });
+    launch(dim3{channels, 1, 1}, dim3{threads(images), 1, 1}, [&] { channel_totals(partials.data(), sums.data(), images); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, y); write(file, sums);
+    fclose(file);
+}
+"#;
+
+/// The channel bias's kernels: the sum to the CPU op's bits, each channel's gradient within 1e-6
+/// of f64 sums: planes of one value, of more values than a block's 256 threads, and more images
+/// (300) than the channel block's threads, so that both sums loop.
+#[test]
+fn the_channel_bias_kernels_add_and_sum_as_the_cpu_op() {
+    let program = Emulated::compile("channel_bias", &kernel_source("channel_bias/cuda.rs"), CHANNEL_BIAS_MAIN);
+    for (case, (images, channels, height, width)) in
+        [(2usize, 3usize, 20usize, 20usize), (300, 2, 1, 1), (3, 5, 7, 7)].into_iter().enumerate()
+    {
+        let name = format!("{images}x{channels}x{height}x{width}");
+        let (plane, n) = (height * width, images * channels * height * width);
+        let seed = 1100 + 10 * case as u64;
+        let (x, bias, dy) = (normal_values(seed, n, 1.0), normal_values(seed + 1, channels, 1.0), normal_values(seed + 2, n, 1.0));
+        let y = medxfer_kernels::add_channel_bias(
+            &Tensor::from_vec(x.clone(), (images, channels, height, width), &Device::Cpu).unwrap(),
+            &Tensor::new(bias.as_slice(), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let exact: Vec<f32> = (0..channels)
+            .map(|c| (0..images).flat_map(|i| dy[(i * channels + c) * plane..][..plane].iter()).map(|v| f64::from(*v)).sum::<f64>() as f32)
+            .collect();
+        let truth = [("sum", floats(&y)), ("bias gradient", exact)];
+        let out = program.run(
+            Inputs::default().unsigned(images as u32).unsigned(channels as u32).unsigned(plane as u32).floats(&x).floats(&bias).floats(&dy),
+        );
+        assert_within(&name, &truth, &out, 1e-6);
+        assert!(bits(&out[..n]) == bits(&truth[0].1), "{name}: the sums differ from the CPU op's");
+    }
+}

@@ -1,7 +1,10 @@
-//! The moves and the block end on the CPU: each image's (rows x columns) matrix transposed a
-//! chunk of output rows per task, in tiles of 64 columns, so that a tile's reads come from 64
-//! source rows that stay in L1 while the chunk's rows are written.
+//! The moves and the block end, and their CPU halves (the CUDA halves are `cuda.rs`'s): each
+//! image's (rows x columns) matrix transposed a chunk of output rows per task, in tiles of 64
+//! columns, so that a tile's reads come from 64 source rows that stay in L1 while the chunk's rows
+//! are written.
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{BackwardReads, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -60,6 +63,19 @@ pub(super) enum Transpose {
     ToChannelsFirst,
 }
 
+impl Transpose {
+    /// The images, each image's (rows, columns) matrix and the output's shape.
+    fn matrices(self, input: &Shape) -> Result<(usize, (usize, usize), Shape)> {
+        let (batch, d1, d2, d3) = input.dims4()?;
+        Ok(match self {
+            // Each image a C x (H W) matrix.
+            Transpose::ToChannelsLast => (batch, (d1, d2 * d3), Shape::from((batch, d2, d3, d1))),
+            // Each image an (H W) x C matrix.
+            Transpose::ToChannelsFirst => (batch, (d1 * d2, d3), Shape::from((batch, d3, d1, d2))),
+        })
+    }
+}
+
 impl CustomOp1 for Transpose {
     fn name(&self) -> &'static str {
         match self {
@@ -74,15 +90,15 @@ impl CustomOp1 for Transpose {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, self.name(), "the input")?;
-        let (batch, d1, d2, d3) = layout.shape().dims4()?;
-        let (matrix, shape) = match self {
-            // Each image a C x (H W) matrix.
-            Transpose::ToChannelsLast => ((d1, d2 * d3), (batch, d2, d3, d1)),
-            // Each image an (H W) x C matrix.
-            Transpose::ToChannelsFirst => ((d1 * d2, d3), (batch, d3, d1, d2)),
-        };
-        let out = transposed(x, batch, matrix, Start::Zeros, |_, v, _, _| v)?;
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
+        let (images, matrix, shape) = self.matrices(layout.shape())?;
+        let out = transposed(x, images, matrix, Start::Zeros, |_, v, _, _| v)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (images, matrix, shape) = self.matrices(layout.shape())?;
+        Ok((super::cuda::transposed((storage, layout), images, matrix, self.name())?, shape))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -100,26 +116,35 @@ pub(super) struct ChannelsLastResidual;
 
 const RESIDUAL: &str = "channels-last-residual";
 
+/// The block end's (images, positions, channels), checked against the shortcut's shape and the
+/// scale's length.
+fn residual_sizes(branch: &Shape, scales: Option<usize>, shortcut: &Shape) -> Result<(usize, usize, usize)> {
+    let (batch, height, width, channels) = branch.dims4()?;
+    if shortcut.dims() != [batch, channels, height, width] {
+        candle_core::bail!("{RESIDUAL}: a shortcut of shape {shortcut:?} for a branch of shape {branch:?}");
+    }
+    if let Some(scales) = scales
+        && scales != channels
+    {
+        candle_core::bail!("{RESIDUAL}: {scales} scales for {channels} channels");
+    }
+    Ok((batch, height * width, channels))
+}
+
 /// The block end's output: each image's (H W) x C branch transposed onto a copy of the shortcut.
 fn residual_forward(
     branch: (&CpuStorage, &Layout),
     scale: Option<&[f32]>,
     shortcut: (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
-    let (batch, height, width, channels) = branch.1.shape().dims4()?;
-    if shortcut.1.shape().dims() != [batch, channels, height, width] {
-        candle_core::bail!("{RESIDUAL}: a shortcut of shape {:?} for a branch of shape {:?}", shortcut.1.shape(), branch.1.shape());
-    }
-    if scale.is_some_and(|s| s.len() != channels) {
-        candle_core::bail!("{RESIDUAL}: {} scales for {channels} channels", scale.map_or(0, <[f32]>::len));
-    }
+    let (batch, positions, channels) = residual_sizes(branch.1.shape(), scale.map(<[f32]>::len), shortcut.1.shape())?;
     let values = f32_slice(branch.0, branch.1, RESIDUAL, "the branch")?;
     let shortcut_values = f32_slice(shortcut.0, shortcut.1, RESIDUAL, "the shortcut")?;
     let start = Start::Values { values: shortcut_values, rows: None };
     // The shortcut plus the (rounded) product: candle's `shortcut + x * gamma`, to the bit.
     let out = match scale {
-        Some(scale) => transposed(values, batch, (height * width, channels), start, |s, v, c, _| s + v * scale[c])?,
-        None => transposed(values, batch, (height * width, channels), start, |s, v, _, _| s + v)?,
+        Some(scale) => transposed(values, batch, (positions, channels), start, |s, v, c, _| s + v * scale[c])?,
+        None => transposed(values, batch, (positions, channels), start, |s, v, _, _| s + v)?,
     };
     Ok((CpuStorage::F32(out), shortcut.1.shape().clone()))
 }
@@ -143,6 +168,12 @@ impl CustomOp2 for ChannelsLastResidual {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         residual_forward((s1, l1), None, (s2, l2))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let sizes = residual_sizes(l1.shape(), None, l2.shape())?;
+        Ok((super::cuda::residual((s1, l1), None, (s2, l2), sizes, RESIDUAL)?, l2.shape().clone()))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -172,6 +203,20 @@ impl CustomOp3 for ChannelsLastResidual {
     ) -> Result<(CpuStorage, Shape)> {
         let scale = f32_slice(s2, l2, RESIDUAL, "the scale")?;
         residual_forward((s1, l1), Some(scale), (s3, l3))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let sizes = residual_sizes(l1.shape(), Some(l2.shape().elem_count()), l3.shape())?;
+        Ok((super::cuda::residual((s1, l1), Some((s2, l2)), (s3, l3), sizes, RESIDUAL)?, l3.shape().clone()))
     }
 
     fn bwd(
@@ -207,6 +252,13 @@ impl CustomOp2 for BranchGradient {
         let out = transposed(dy, batch, (channels, height * width), Start::Zeros, |_, v, _, c| v * scale[c])?;
         Ok((CpuStorage::F32(out), Shape::from((batch, height, width, channels))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (batch, channels, height, width) = l1.shape().dims4()?;
+        let out = super::cuda::branch_gradient((s1, l1), (s2, l2), (batch, channels, height * width), self.name())?;
+        Ok((out, Shape::from((batch, height, width, channels))))
+    }
 }
 
 /// The scale's gradient, (C): for each channel the sum over images and positions of dy times the
@@ -219,10 +271,7 @@ impl CustomOp2 for ScaleGradient {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = l1.shape().dims4()?;
-        if l2.shape().dims() != [batch, height, width, channels] {
-            candle_core::bail!("{}: a branch of shape {:?} for a gradient of shape {:?}", self.name(), l2.shape(), l1.shape());
-        }
+        let (batch, channels, height, width) = self.sizes(l1.shape(), l2.shape())?;
         let dy = f32_slice(s1, l1, self.name(), "the gradient")?;
         let branch = f32_slice(s2, l2, self.name(), "the branch")?;
         let positions = height * width;
@@ -245,6 +294,24 @@ impl CustomOp2 for ScaleGradient {
             .collect();
         let sums = (0..channels).map(|c| per_image.iter().map(|sums| sums[c]).sum::<f64>() as f32).collect();
         Ok((CpuStorage::F32(sums), Shape::from(channels)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (batch, channels, height, width) = self.sizes(l1.shape(), l2.shape())?;
+        let sums = super::cuda::scale_gradient((s1, l1), (s2, l2), (batch, channels, height * width), self.name())?;
+        Ok((sums, Shape::from(channels)))
+    }
+}
+
+impl ScaleGradient {
+    /// dy's (B, C, H, W), checked against the branch's (B, H, W, C).
+    fn sizes(&self, dy: &Shape, branch: &Shape) -> Result<(usize, usize, usize, usize)> {
+        let (batch, channels, height, width) = dy.dims4()?;
+        if branch.dims() != [batch, height, width, channels] {
+            candle_core::bail!("{}: a branch of shape {branch:?} for a gradient of shape {dy:?}", self.name());
+        }
+        Ok((batch, channels, height, width))
     }
 }
 

@@ -7,23 +7,41 @@
 //! end (`x * gamma`, the move back, `+ shortcut`) adds a full-size product, a copy and a sum, and
 //! the layer scale's gradient is candle's reduction over the batch and the positions, whose
 //! strided index arithmetic cost more than either copy: on the Intel VM, 8% and 6% of a
-//! ConvNeXt-T training step. Here f32 on the CPU takes one op per move (`cpu.rs`: a tiled
-//! transpose, a chunk of rows per task) whose backward pass is the opposite move, and one op for
-//! the block end, whose backward pass is one move for the branch (scaled as it goes), the
-//! upstream gradient itself for the shortcut, and the scale's gradient summed in f64. Forward
-//! values and the branch's gradient are candle's bits; the scale's gradient is an f64 sum where
-//! candle's was f32. Other devices and dtypes take candle's ops (`composite`).
+//! ConvNeXt-T training step. Here f32 takes one op per move (`cpu.rs`: a tiled transpose, a chunk
+//! of rows per task; `cuda.rs`: through shared-memory tiles) whose backward pass is the opposite
+//! move, and one op for the block end, whose backward pass is one move for the branch (scaled as
+//! it goes), the upstream gradient itself for the shortcut, and the scale's gradient summed in
+//! f64. Forward values and the branch's gradient are candle's bits on both devices; the scale's
+//! gradient is an f64 sum where candle's was f32. Other dtypes take candle's ops, as a GPU does
+//! with `MEDXFER_CUDA_CHANNELS_LAST=candle`.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use crate::kernel_input::is_f32_cpu;
+
+/// Whether the ops here take `x`: f32 on the CPU or on a CUDA device (`cuda.rs`), not empty.
+fn kernels_take(x: &Tensor) -> bool {
+    x.elem_count() > 0 && (is_f32_cpu(x) || cuda_takes(x))
+}
+
+fn cuda_takes(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    return cuda::applies(x);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        false
+    }
+}
 
 /// x (B, C, H, W) as (B, H, W, C), contiguous: `x.permute((0, 2, 3, 1)).contiguous()`.
 pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
-    if is_f32_cpu(x) && x.elem_count() > 0 {
+    if kernels_take(x) {
         return x.contiguous()?.apply_op1(cpu::Transpose::ToChannelsLast);
     }
     x.permute((0, 2, 3, 1))?.contiguous()
@@ -32,7 +50,7 @@ pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
 /// x (B, H, W, C) as (B, C, H, W), contiguous: `x.permute((0, 3, 1, 2)).contiguous()`.
 pub fn to_channels_first(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
-    if is_f32_cpu(x) && x.elem_count() > 0 {
+    if kernels_take(x) {
         return x.contiguous()?.apply_op1(cpu::Transpose::ToChannelsFirst);
     }
     x.permute((0, 3, 1, 2))?.contiguous()
@@ -55,8 +73,9 @@ pub fn channels_last_residual(branch: &Tensor, scale: Option<&Tensor>, shortcut:
     {
         candle_core::bail!("channels-last residual: a scale of shape {:?} for {channels} channels", scale.dims());
     }
-    let on_cpu = is_f32_cpu(branch) && is_f32_cpu(shortcut) && scale.is_none_or(is_f32_cpu) && branch.elem_count() > 0;
-    if on_cpu {
+    // The others f32 on the branch's device (candle's ops refuse a mixture either way).
+    let beside = |t: &Tensor| t.dtype() == DType::F32 && t.device().same_device(branch.device());
+    if kernels_take(branch) && beside(shortcut) && scale.is_none_or(beside) {
         let (branch, shortcut) = (branch.contiguous()?, shortcut.contiguous()?);
         return match scale {
             Some(scale) => branch.apply_op3(&scale.contiguous()?, &shortcut, cpu::ChannelsLastResidual),

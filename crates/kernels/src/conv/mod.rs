@@ -30,8 +30,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     };
     #[cfg(not(feature = "cuda"))]
     let y = composite::conv2d(x, weight, stride, padding)?;
+    // A GPU's f32 bias as one node (`channel_bias`); elsewhere candle's broadcast add.
     match bias {
-        Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
+        Some(bias) => crate::channel_bias::add_channel_bias(&y, bias),
         None => Ok(y),
     }
 }

@@ -7,7 +7,14 @@
 //! convolution). Here each channel's sum runs in one task over its planes, adding in the same
 //! order in f32 as candle's reduction (image by image, position by position, from zero), so the
 //! gradient keeps candle's bits; the convolution's own bias gradient (`conv/cpu.rs`) uses it too.
+//! On a GPU (`cuda.rs`) the sum is one kernel and each channel's gradient an f64 sum, one block
+//! per plane; every convolution's bias takes this op there.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{BackwardReads, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -23,16 +30,34 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bias.dims() != [channels] {
         candle_core::bail!("channel bias: a bias of shape {:?} for an input of shape {:?}, ({channels}) expected", bias.dims(), x.dims());
     }
-    if is_f32_cpu(x) && is_f32_cpu(bias) && x.elem_count() > 0 {
+    let on_cpu = is_f32_cpu(x) && is_f32_cpu(bias);
+    let on_gpu = cuda_takes(x) && cuda_takes(bias) && x.device().same_device(bias.device());
+    if (on_cpu || on_gpu) && x.elem_count() > 0 {
         return x.contiguous()?.apply_op2(&bias.contiguous()?, ChannelBias);
     }
     x.broadcast_add(&bias.reshape((1, channels, 1, 1))?)
 }
 
+/// f32 on a CUDA device, unless `MEDXFER_CUDA_CHANNEL_BIAS=candle` (`cuda.rs`).
+fn cuda_takes(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    return cuda::applies(x);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
 /// Each channel's sum of `grad` (B, C, H, W) over images and positions, (C): candle's
-/// `grad.sum((0, 2, 3))`, to the bit, in one task per channel for f32 on the CPU.
+/// `grad.sum((0, 2, 3))`, to the bit, in one task per channel for f32 on the CPU; f64 sums on a
+/// GPU (`cuda.rs`).
 pub(crate) fn channel_sums(grad: &Tensor) -> Result<Tensor> {
     let (batch, channels, height, width) = grad.dims4()?;
+    #[cfg(feature = "cuda")]
+    if cuda::applies(grad) && grad.elem_count() > 0 {
+        return grad.contiguous()?.apply_op1_no_bwd(&cuda::ChannelSums);
+    }
     if !is_f32_cpu(grad) || grad.elem_count() == 0 {
         return grad.sum((0, 2, 3));
     }
@@ -85,6 +110,11 @@ impl CustomOp2 for ChannelBias {
             }
         })?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        cuda::forward((s1, l1), (s2, l2), self.name())
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
