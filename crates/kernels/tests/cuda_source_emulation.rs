@@ -1027,8 +1027,8 @@ int main(int argc, char** argv) {
     size_t n = (size_t)images * channels * positions;
     std::vector<float> x = in.floats(n), branch = in.floats(n), scale = in.floats(channels), shortcut = in.floats(n), dy = in.floats(n);
     std::vector<float> last(n), first(n), scaled_end(n), plain_end(n), branch_gradient(n), scale_gradient(channels);
-    // channels_last/cuda.rs's grids: a block per tile of each image's matrix, 256 threads; then a
-    // block per channel, a power of two of 32-256 threads.
+    // channels_last/cuda.rs's grids: a block per tile of each image's matrix, 256 threads; then
+    // channel_bias/cuda.rs's `channel_totals`, a block per channel of a power of two of 32-256.
     auto tiles = [&](unsigned rows, unsigned cols) { return dim3{images * ((rows + 31) / 32) * ((cols + 31) / 32), 1, 1}; };
     dim3 block{256, 1, 1};
     launch(tiles(channels, positions), block, [&] { move_plain(x.data(), last.data(), channels, positions); });
@@ -1042,7 +1042,7 @@ int main(int argc, char** argv) {
     unsigned threads = 1;
     while (threads < parts) threads *= 2;
     threads = std::clamp(threads, 32u, 256u);
-    launch(dim3{channels, 1, 1}, dim3{threads, 1, 1}, [&] { scale_gradient_sums(partials.data(), scale_gradient.data(), parts); });
+    launch(dim3{channels, 1, 1}, dim3{threads, 1, 1}, [&] { channel_totals(partials.data(), scale_gradient.data(), parts); });
     FILE* file = fopen(argv[2], "wb");
     write(file, last); write(file, first); write(file, scaled_end); write(file, plain_end); write(file, branch_gradient); write(file, scale_gradient);
     fclose(file);
@@ -1055,7 +1055,9 @@ int main(int argc, char** argv) {
 /// more tiles per channel (270) than the summing block has threads (256), so that they loop.
 #[test]
 fn the_channels_last_kernels_move_scale_and_sum_as_the_cpu_ops() {
-    let program = Emulated::compile("channels_last", &kernel_source("channels_last/cuda.rs"), CHANNELS_LAST_MAIN);
+    // The scale's gradient ends in the channel bias's `channel_totals`.
+    let kernels = kernel_source("channels_last/cuda.rs") + &kernel_source("channel_bias/cuda.rs");
+    let program = Emulated::compile("channels_last", &kernels, CHANNELS_LAST_MAIN);
     for (case, (images, channels, height, width)) in
         [(2usize, 37usize, 5usize, 11usize), (1, 1, 3, 3), (3, 64, 7, 7), (3, 1, 48, 60)].into_iter().enumerate()
     {

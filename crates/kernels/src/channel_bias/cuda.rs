@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaStorage;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -52,12 +52,13 @@ extern "C" __global__ void plane_sums(const float* __restrict__ dy, double* __re
     if (threadIdx.x == 0) partials[(size_t)(blockIdx.x % channels) * images + blockIdx.x / channels] = partial[0];
 }
 
-// Block c: out[c] = the sum of channel c's images' partials, in the same pattern, rounded once.
-extern "C" __global__ void channel_totals(const double* __restrict__ partials, float* __restrict__ out, unsigned images) {
+// Block c: out[c] = the sum of channel c's parts (partials[c * parts ..]), in the same pattern,
+// rounded once.
+extern "C" __global__ void channel_totals(const double* __restrict__ partials, float* __restrict__ out, unsigned parts) {
     __shared__ double partial[256];
-    size_t base = (size_t)blockIdx.x * images;
+    size_t base = (size_t)blockIdx.x * parts;
     double sum = 0.0;
-    for (unsigned j = threadIdx.x; j < images; j += blockDim.x) sum += partials[base + j];
+    for (unsigned j = threadIdx.x; j < parts; j += blockDim.x) sum += partials[base + j];
     partial[threadIdx.x] = sum;
     __syncthreads();
     for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
@@ -143,18 +144,35 @@ impl CustomOp1 for ChannelSums {
         // against 32 bits), partials images·channels; one block per plane, whose power-of-two
         // size fits the kernel's 256-entry shared array.
         unsafe { launch.launch(grid) }.map_err(driver_error("channel sums"))?;
-        // SAFETY: the second kernel writes every channel's sum (one block each) before anything
-        // reads them.
-        let mut sums = unsafe { device.alloc::<f32>(channels) }?;
-        let second = KERNELS.function(device, "channel_totals")?;
-        let mut launch = stream.launch_builder(&second);
-        launch.arg(&partials).arg(&mut sums).arg(&images32);
-        let grid = LaunchConfig { grid_dim: (channels32, 1, 1), block_dim: (summing_threads(images), 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: partials holds channels·images f64 values and sums channels; one block per
-        // channel, sized as above.
-        unsafe { launch.launch(grid) }.map_err(driver_error("channel sums"))?;
+        let sums = channel_totals(device, &partials, channels, images, self.name())?;
         Ok((CudaStorage::wrap_cuda_slice(sums, device.clone()), Shape::from(channels)))
     }
+}
+
+/// Each channel's total of its `parts` f64 partial sums (`partials`, channel-major), rounded to f32
+/// once: the second pass of the bias's gradient here and of the layer scale's (`channels_last`).
+pub(crate) fn channel_totals(
+    device: &CudaDevice,
+    partials: &CudaSlice<f64>,
+    channels: usize,
+    parts: usize,
+    op: &'static str,
+) -> candle_core::Result<CudaSlice<f32>> {
+    if partials.len() != channels * parts || parts > u32::MAX as usize || channels > i32::MAX as usize {
+        candle_core::bail!("{op}: {} partial sums for {channels} channels of {parts}", partials.len());
+    }
+    // SAFETY: the kernel writes every channel's sum (one block each) before anything reads them.
+    let mut sums = unsafe { device.alloc::<f32>(channels) }?;
+    let kernel = KERNELS.function(device, "channel_totals")?;
+    let stream = device.cuda_stream();
+    let mut launch = stream.launch_builder(&kernel);
+    let parts32 = parts as u32;
+    launch.arg(partials).arg(&mut sums).arg(&parts32);
+    let grid = LaunchConfig { grid_dim: (channels as u32, 1, 1), block_dim: (summing_threads(parts), 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: partials holds channels·parts f64 values (checked) and sums channels; one block per
+    // channel, whose power-of-two size fits the kernel's 256-entry shared array.
+    unsafe { launch.launch(grid) }.map_err(driver_error(op))?;
+    Ok(sums)
 }
 
 /// These run in CUDA builds only, on the GPU `.ci/gpu` lends them.

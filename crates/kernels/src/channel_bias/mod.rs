@@ -14,6 +14,9 @@
 mod cuda;
 
 #[cfg(feature = "cuda")]
+pub(crate) use cuda::channel_totals;
+
+#[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
 use candle_core::{BackwardReads, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

@@ -86,7 +86,7 @@ extern "C" __global__ void move_scaled_onto(const float* __restrict__ in, const 
     move_tile<1, true>(in, scale, addend, out, rows, cols);
 }
 
-// The scale's gradient, first pass. Blocks as move_tile's over dy, each image a (channels x
+// The scale's gradient, first pass (the second is the channel bias's `channel_totals`). Blocks as move_tile's over dy, each image a (channels x
 // positions) matrix; the branch is (positions x channels). Block b writes, for each of its tile's
 // channels c, partials[c * parts + image * tiles_p + tile_p] (parts = images x tiles_p): the sum over
 // the tile's positions of dy[c][p] branch[p][c] in f64, each thread its 4 positions in order,
@@ -119,22 +119,6 @@ extern "C" __global__ void scale_gradient_partials(const float* __restrict__ dy,
         for (unsigned row = 0; row < 8; row++) total += sums[row][lane];
         partials[(size_t)c * parts + (size_t)image * tiles_p + tp] = total;
     }
-}
-
-// The second pass: block c sums channel c's parts, each thread every blockDim-th in order, then a
-// fixed tree (blockDim a power of two, at most 256), rounded to f32 once.
-extern "C" __global__ void scale_gradient_sums(const double* __restrict__ partials, float* __restrict__ out, unsigned parts) {
-    __shared__ double partial[256];
-    size_t base = (size_t)blockIdx.x * parts;
-    double sum = 0.0;
-    for (unsigned j = threadIdx.x; j < parts; j += blockDim.x) sum += partials[base + j];
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[blockIdx.x] = (float)partial[0];
 }
 "#;
 
@@ -263,8 +247,8 @@ pub(super) fn scale_gradient(
     }
     let device = dy.device();
     let stream = device.cuda_stream();
-    // SAFETY: the first kernel writes each channel's `parts` partial sums (every tile of every
-    // image has a block) before the second, queued after it on the same stream, reads them.
+    // SAFETY: the kernel writes each channel's `parts` partial sums (every tile of every image has
+    // a block) before `channel_totals`, queued after it on the same stream, reads them.
     let mut partials: CudaSlice<f64> = unsafe { device.alloc::<f64>(channels * parts) }?;
     let first = KERNELS.function(device, "scale_gradient_partials")?;
     let mut launch = stream.launch_builder(&first);
@@ -273,16 +257,7 @@ pub(super) fn scale_gradient(
     // SAFETY: dy and the branch hold images·channels·positions f32 values (checked), partials
     // channels·parts; each block writes its own tile's partials.
     unsafe { launch.launch(grid) }.map_err(driver_error(op))?;
-    // SAFETY: the second kernel writes every channel's sum (one block each) before anything reads it.
-    let mut sums = unsafe { device.alloc::<f32>(channels) }?;
-    let second = KERNELS.function(device, "scale_gradient_sums")?;
-    let mut launch = stream.launch_builder(&second);
-    launch.arg(&partials).arg(&mut sums).arg(&parts32);
-    let threads = parts.next_power_of_two().clamp(32, 256) as u32;
-    let grid = LaunchConfig { grid_dim: (channels32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: partials holds channels·parts f64 values and sums channels; one block per channel,
-    // whose power-of-two size fits the kernel's 256-entry shared array.
-    unsafe { launch.launch(grid) }.map_err(driver_error(op))?;
+    let sums = crate::channel_bias::channel_totals(device, &partials, channels, parts, op)?;
     Ok(CudaStorage::wrap_cuda_slice(sums, device.clone()))
 }
 
