@@ -32,3 +32,69 @@ fn a_failing_backbone_leaves_the_others_rows_and_fails_the_command() {
     assert!(raw[0]["medxfer"]["issue_seconds"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// A backbone published without a classifier (the foundation models, `num_classes = 0`): the
+/// worker measures its extraction, and its training step with a fresh head as fine-tuning gives
+/// it, where it used to divide by the zero classes and panic.
+#[test]
+fn a_headless_backbone_is_measured_in_eval_and_training() {
+    let models = std::env::temp_dir().join(format!("medxfer-bench-headless-{}", std::process::id()));
+    std::fs::create_dir_all(&models).unwrap();
+    // A ViT as UNI's entry describes one (LayerScale, the class token), a thousandth of its size.
+    let entry = r#"
+name = "tiny_headless"
+paper_name = "a headless ViT"
+hub = "example/tiny-headless"
+feature_dim = 16
+head = "head"
+num_classes = 0
+
+[architecture]
+family = "vit"
+img_size = 32
+patch_size = 16
+embed_dim = 16
+depth = 1
+num_heads = 2
+init_values = 1e-5
+embedding = "class_token"
+
+[preprocessing]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+resize = 32
+crop = 32
+interpolation = "bilinear"
+"#;
+    std::fs::write(models.join("tiny_headless.toml"), entry).unwrap();
+    for train in [false, true] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command.env("MEDXFER_MODELS", &models).args([
+            "bench-zoo-worker",
+            "tiny_headless",
+            "--batch",
+            "3",
+            "--size",
+            "32",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+        ]);
+        if train {
+            command.arg("--train");
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "train {train}: the worker failed:\n{stderr}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().last().unwrap_or_else(|| panic!("train {train}: no output; stderr:\n{stderr}"));
+        let result: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(result["images_per_second"].as_f64().unwrap() > 0.0, "train {train}: {result}");
+        // Training records what its graph held; extraction has no graph.
+        assert_eq!(result["graph_bytes"].as_u64().is_some_and(|bytes| bytes > 0), train, "train {train}: {result}");
+    }
+    std::fs::remove_dir_all(&models).unwrap();
+}

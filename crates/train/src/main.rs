@@ -365,6 +365,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate { model, images, batch } => {
             let (entry, backbone, split, _) = image_split(&model, &images)?;
             let classes = backbone.num_classes()?;
+            if classes == 0 {
+                bail!(
+                    "{} was published without a classifier, so there are no predictions to evaluate: evaluate a fine-tuned checkpoint of it (--checkpoint, --classes), or extract its features (`extract`)",
+                    entry.name
+                );
+            }
             let settings = RunSettings {
                 batch_size: batch,
                 crop: images.transform.crop,

@@ -26,6 +26,32 @@ crop = 224
 interpolation = "bilinear"
 "#;
 
+/// UNI's entry at the size of the zoo's `uni_like` fixture (timm's ViT-L layout, `num_classes` 0).
+const TINY_UNI: &str = r#"
+name = "uni_tiny"
+paper_name = "test"
+hub = "example/uni-tiny"
+feature_dim = 24
+head = "head"
+num_classes = 0
+[architecture]
+family = "vit"
+img_size = 32
+patch_size = 8
+embed_dim = 24
+depth = 2
+num_heads = 3
+init_values = 1e-5
+dynamic_img_size = true
+embedding = "class_token"
+[preprocessing]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+resize = 32
+crop = 32
+interpolation = "bilinear"
+"#;
+
 fn weights() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/resnet_basic_min.safetensors").to_string()
 }
@@ -167,6 +193,12 @@ fn search_extract_and_evaluate_from_the_command_line() {
             .concat(),
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint needs --classes"));
+    // A foundation model published without a classifier (UNI's layout, small) has no predictions.
+    std::fs::write(models.join("uni_tiny.toml"), TINY_UNI).unwrap();
+    let uni_weights = concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/vit/uni_like.safetensors");
+    let output = train(&models, &[&["evaluate", "--model", "uni_tiny", "--weights", uni_weights][..], &image_args].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("uni_tiny was published without a classifier"), "{stderr}");
     // The GPU arithmetic options are refused on the CPU, before anything is written.
     let refused = dir.path().join("refused");
     for options in [&["--precision", "tf32"][..], &["--matmul-tf32"], &["--conv-algorithms", "benchmark"]] {

@@ -293,7 +293,13 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
     let entry = &entry;
     gpu.apply(device)?;
     let device = medxfer_train::parse_device(device)?;
-    let model = Backbone::from_entry(entry, &device)?;
+    let mut model = Backbone::from_entry(entry, &device)?;
+    // A model published without a classifier (the foundation models) trains with a fresh one, as
+    // fine-tuning gives it: ImageNet's 1000 classes, as a timm model on PyTorch's side has.
+    if train && model.num_classes()? == 0 {
+        model.replace_head(1000, 0)?;
+    }
+    let classes = model.num_classes()?.max(1) as u32;
     // Random weights (zeros could meet fast paths); running variances stay positive.
     for (index, (name, var)) in model.params().trainable_vars().into_iter().enumerate() {
         let value =
@@ -309,7 +315,7 @@ pub fn worker(name: &str, steps: Steps, train: bool, device: &str, gpu: GpuArith
         Some(host) => Some(upload.to_device(host, &device)?),
         None => None,
     };
-    let labels = Tensor::from_vec((0..batch as u32).map(|i| i * 37 % entry.num_classes as u32).collect::<Vec<u32>>(), batch, &device)?;
+    let labels = Tensor::from_vec((0..batch as u32).map(|i| i * 37 % classes).collect::<Vec<u32>>(), batch, &device)?;
     let settings = SgdSettings { learning_rate: 1e-3, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
     let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), settings);
     // One step; returns when the host had queued all of its work, before the read that waits
