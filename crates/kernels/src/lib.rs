@@ -76,6 +76,7 @@ mod sgd;
 mod test_tensors;
 mod upload;
 mod views;
+mod window;
 
 pub use activation::{FusedActivation, gelu_erf, relu, relu6, silu};
 pub use attention::{attention, attention_with_bias};

@@ -35,6 +35,7 @@ impl MaxPool {
 
 /// Max pooling 3x3, stride 2, padding 1 (the ResNet and DenseNet stem) of x (B, C, H, W).
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    crate::window::check_fits("max pool", x, (3, 3), 2, 1)?;
     if is_f32_cpu(x) {
         return cpu::max_pool(x, 3, 2, 1);
     }

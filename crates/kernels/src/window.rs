@@ -1,0 +1,78 @@
+//! Whether a sliding window (a convolution's kernel, a pooling window) fits its input: checked
+//! at each public op before any kernel computes an output size, where an input smaller than the
+//! window would subtract below zero (a panic in a debug build, a wrapped size in a release one).
+
+use candle_core::{Result, Tensor};
+
+/// Err, naming `op` and the sizes, unless x (B, C, H, W), padded by `padding` on every side, holds
+/// at least one (kh x kw) window, and the stride is positive.
+pub(crate) fn check_fits(op: &str, x: &Tensor, (kh, kw): (usize, usize), stride: usize, padding: usize) -> Result<()> {
+    let (_, _, height, width) = x.dims4()?;
+    if stride == 0 {
+        candle_core::bail!("{op}: a stride of 0");
+    }
+    if height + 2 * padding < kh || width + 2 * padding < kw {
+        candle_core::bail!(
+            "{op}: a {kh}x{kw} window with padding {padding} does not fit a {height}x{width} input (shape {:?}): the images are too small for this network; give larger ones (a larger resize and crop)",
+            x.dims()
+        );
+    }
+    Ok(())
+}
+
+/// [`check_fits`] for a convolution weight (O, C / groups, kh, kw).
+pub(crate) fn check_kernel_fits(op: &str, x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<()> {
+    let (_, _, kh, kw) = weight.dims4()?;
+    check_fits(op, x, (kh, kw), stride, padding)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::{BatchNormParams, FusedActivation};
+
+    fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap()
+    }
+
+    /// Every public windowed op refuses an input smaller than its window with an error that
+    /// names the sizes (they computed a negative output size before: a debug build panicked),
+    /// and still computes one that the padding makes fit, or that is the window's size exactly.
+    #[test]
+    fn windows_larger_than_the_input_are_errors() {
+        let (gamma, beta) = (zeros(&[4]), zeros(&[4]));
+        let params = BatchNormParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
+        let identity = FusedActivation::Identity;
+        // Each convolution's window is 5x5 unpadded; the pool's 3x3 with padding 1, which only an
+        // empty side does not fit.
+        type Op<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+        let (dense, depthwise, grouped) = (zeros(&[4, 4, 5, 5]), zeros(&[4, 1, 5, 5]), zeros(&[4, 2, 5, 5]));
+        let ops: Vec<(&str, Op<'_>, usize)> = vec![
+            ("conv2d", Box::new(|x| crate::conv2d(x, &dense, None, 1, 0)), 5),
+            ("conv2d", Box::new(|x| crate::conv2d_eval(x, &dense, None, 1, 0, None, identity)), 5),
+            ("conv + batch norm", Box::new(|x| crate::conv_batch_norm_train(x, &dense, 1, 0, params, identity).map(|o| o.y)), 5),
+            ("depthwise conv", Box::new(|x| crate::depthwise_conv2d(x, &depthwise, 1, 0)), 5),
+            ("depthwise conv", Box::new(|x| crate::depthwise_conv2d_eval(x, &depthwise, &gamma, 1, 0, None, identity)), 5),
+            ("grouped conv", Box::new(|x| crate::grouped_conv2d(x, &grouped, 2, 1, 0)), 5),
+            ("max pool", Box::new(crate::max_pool_3x3_s2_p1), 1),
+        ];
+        for (name, op, fits) in &ops {
+            let too_small: &[(usize, usize)] = if *name == "max pool" { &[(0, 0), (0, 5), (5, 0)] } else { &[(3, 3), (0, 0), (7, 2)] };
+            for &small in too_small {
+                let x = zeros(&[2, 4, small.0, small.1]);
+                let error = op(&x).map(|y| format!("an output of {:?}", y.dims())).unwrap_err().to_string();
+                assert!(
+                    error.starts_with(name) && error.contains("does not fit") && error.contains("too small"),
+                    "{name} {small:?}: {error}"
+                );
+            }
+            let x = zeros(&[2, 4, *fits, *fits]);
+            let y = op(&x).unwrap_or_else(|e| panic!("{name} at the window's size: {e}"));
+            assert_eq!(y.dims()[2..], [1, 1], "{name}: one output where the window just fits");
+        }
+        let error = crate::conv2d(&zeros(&[1, 4, 8, 8]), &dense, None, 0, 0).unwrap_err().to_string();
+        assert!(error.contains("stride of 0"), "{error}");
+    }
+}
