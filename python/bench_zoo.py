@@ -10,7 +10,12 @@ medxfer's default) unless --conv-nondeterministic (PyTorch's own default).
 
     python bench_zoo.py NAME --batch 32 --repeats 3 [--warmup 2] [--train] [--device cuda]
         [--precision f32|tf32] [--matmul-tf32] [--conv-algorithms heuristic|benchmark]
-        [--conv-nondeterministic] [--host-batches]
+        [--conv-nondeterministic] [--host-batches] [--vit-config JSON]
+
+NAME is a timm model name; with --vit-config (a registry ViT that is not one, such as the
+foundation models: its `[architecture]` as medxfer's VitConfig serialises it) timm's
+VisionTransformer is built from that configuration instead, with a 1000-class head to train
+(as medxfer's side gives a model published without one) and none for extraction.
 
 Prints one JSON object: median seconds per batch, images/s, every run (and, of each, the time
 until the host had queued its work, before the wait for it), peak resident memory,
@@ -19,13 +24,32 @@ and (on a GPU) the most one step holds.
 """
 
 import argparse
+import functools
 import json
 import resource
 import statistics
+import sys
 import time
 
 import timm
 import torch
+from timm.layers import SwiGLUPacked
+from timm.models.vision_transformer import VisionTransformer
+
+
+def vit_from_config(config, train):
+    """timm's VisionTransformer for a medxfer VitConfig (its keyword names are timm's, but for
+    the MLP, the LayerNorm's epsilon and the pooling's spelling)."""
+    if config.get("attn_pool") or config["embedding"] == "attentional_pool" or config["distilled"]:
+        sys.exit("no timm VisionTransformer has this model's pooler or distillation head")
+    kwargs = {key: config[key] for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                                            "init_values", "class_token", "reg_tokens", "no_embed_class", "pre_norm", "fc_norm",
+                                            "dynamic_img_size")}
+    kwargs["global_pool"] = {"token": "token", "avg": "avg", "none": ""}[config["global_pool"]]
+    kwargs["norm_layer"] = functools.partial(torch.nn.LayerNorm, eps=config["layer_norm_eps"])
+    if config["mlp"] == "swiglu_packed":
+        kwargs.update(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU)
+    return VisionTransformer(num_classes=1000 if train else 0, **kwargs)
 
 
 def main():
@@ -43,6 +67,7 @@ def main():
     parser.add_argument("--conv-nondeterministic", action="store_true")
     parser.add_argument("--host-batches", action="store_true",
                         help="each step's images start on the host, in pinned memory, moved with non_blocking=True")
+    parser.add_argument("--vit-config", help="a registry ViT's configuration (JSON), built instead of NAME")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu", int(args.device[5:]) if args.device.startswith("cuda:") else None)
     gpu = device.type == "cuda"
@@ -50,7 +75,10 @@ def main():
     torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     torch.backends.cudnn.benchmark = args.conv_algorithms == "benchmark"
     torch.backends.cudnn.deterministic = not args.conv_nondeterministic
-    model = timm.create_model(args.name, pretrained=False).eval().to(device)
+    if args.vit_config:
+        model = vit_from_config(json.loads(args.vit_config), args.train).eval().to(device)
+    else:
+        model = timm.create_model(args.name, pretrained=False).eval().to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     # As a DataLoader(pin_memory=True) hands batches over, each moved with non_blocking=True.
     host = x.cpu().pin_memory() if args.host_batches and gpu else (x.cpu() if args.host_batches else None)

@@ -408,11 +408,25 @@ fn step_memory(model: &Backbone, images: &Tensor, labels: &Tensor, optimizer: &m
     Ok(StepMemory { graph, step_peak })
 }
 
+/// A registry ViT that is no timm model (the foundation models: their hub repos are their
+/// authors'), as the JSON of its configuration, which the PyTorch side builds timm's
+/// `VisionTransformer` from; None for the others, which timm builds by name.
+fn vit_config_for_timm(name: &str) -> Result<Option<String>> {
+    let registry = Registry::load_default()?;
+    let Ok(entry) = registry.get(name) else { return Ok(None) };
+    match &entry.architecture {
+        medxfer_zoo::Architecture::Vit(config) if !entry.hub.starts_with("timm/") => Ok(Some(serde_json::to_string(config)?)),
+        _ => Ok(None),
+    }
+}
+
 fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Value> {
     let cores = machine::cores().to_string();
+    let vit_config = vit_config_for_timm(name)?;
     let output = Command::new(python)
         .arg("python/bench_zoo.py")
         .arg(name)
+        .args(vit_config.iter().flat_map(|config| ["--vit-config", config.as_str()]))
         .args(["--batch", &settings.batch.to_string(), "--size", &settings.size.to_string(), "--repeats", &settings.repeats.to_string()])
         .args(["--warmup", &WARMUP_STEPS.to_string()])
         .args(["--device", &settings.device])
@@ -434,6 +448,24 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The foundation ViTs go to PyTorch as their configuration (UNI's ViT-L with LayerScale,
+    /// Virchow2's SwiGLU and registers); registry ViTs from timm's hub and the ConvNets by
+    /// name; a name outside the registry as it is.
+    #[test]
+    fn foundation_vits_go_to_pytorch_as_their_configuration() {
+        let config = |name: &str| vit_config_for_timm(name).unwrap().map(|json| serde_json::from_str::<Value>(&json).unwrap());
+        let uni = config("uni").unwrap();
+        assert_eq!((uni["embed_dim"].as_u64(), uni["depth"].as_u64(), uni["init_values"].as_f64()), (Some(1024), Some(24), Some(1e-5)));
+        let virchow2 = config("virchow2").unwrap();
+        assert_eq!(
+            (virchow2["mlp"].as_str(), virchow2["reg_tokens"].as_u64(), virchow2["global_pool"].as_str()),
+            (Some("swiglu_packed"), Some(4), Some("none"))
+        );
+        for by_name in ["vit_small_patch16_224", "resnet18", "convnext_tiny", "vit_large_patch16_224"] {
+            assert!(config(by_name).is_none(), "{by_name} went as a configuration");
+        }
+    }
 
     /// Rounds pool into one median over all their runs, and their queueing times likewise; a
     /// side that reports no queueing time (an older PyTorch script) shows "-".
