@@ -27,10 +27,13 @@ impl NormalTensors {
     }
 }
 
-/// The largest absolute entry of an f32 tensor (of a difference, in the tests).
+/// The largest absolute entry of an f32 tensor (of a difference, in the tests), on any device;
+/// infinite where an entry is NaN, which candle's `max` would pass over (so a NaN in one side of
+/// a comparison fails it).
 pub(crate) fn max_abs(t: Tensor) -> f32 {
-    let value = t.abs().and_then(|a| a.flatten_all()).and_then(|a| a.max(0)).and_then(|a| a.to_scalar::<f32>());
-    value.unwrap_or_else(|error| panic!("max_abs: {error}"))
+    let values = t.to_device(&Device::Cpu).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
+    let values = values.unwrap_or_else(|error| panic!("max_abs: {error}"));
+    values.iter().fold(0f32, |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v.abs()) })
 }
 
 /// The bits of an f32 tensor's values, on any device: for the tests that hold two paths to the

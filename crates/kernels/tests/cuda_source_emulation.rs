@@ -243,7 +243,8 @@ impl Inputs {
 }
 
 /// Splits `emulated` into the lengths of `truth`'s parts and holds each part within `bound` of
-/// the truth, relative to the part's largest value (at least 1).
+/// the truth, relative to the part's largest value (at least 1); a NaN where the truth has a
+/// number fails.
 fn assert_within(name: &str, truth: &[(&str, Vec<f32>)], emulated: &[f32], bound: f32) {
     assert_eq!(emulated.len(), truth.iter().map(|(_, v)| v.len()).sum::<usize>(), "{name}: output length");
     let mut rest = emulated;
@@ -251,7 +252,10 @@ fn assert_within(name: &str, truth: &[(&str, Vec<f32>)], emulated: &[f32], bound
         let (ours, tail) = rest.split_at(expected.len());
         rest = tail;
         let largest = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let error = expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
+        // A NaN difference counts as infinite (f32::max would pass over it).
+        let error =
+            expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+                / largest;
         assert!(error < bound, "{name}: {what} relative error {error} (bound {bound})");
     }
 }
@@ -1164,5 +1168,74 @@ fn the_channel_bias_kernels_add_and_sum_as_the_cpu_op() {
         );
         assert_within(&name, &truth, &out, 1e-6);
         assert!(bits(&out[..n]) == bits(&truth[0].1), "{name}: the sums differ from the CPU op's");
+    }
+}
+
+const GRN_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    Input in{fopen(argv[1], "rb")};
+    unsigned images = in.value<unsigned>(), tokens = in.value<unsigned>(), channels = in.value<unsigned>();
+    double eps = in.value<double>();
+    unsigned n = images * tokens * channels, per_channel = images * channels;
+    std::vector<float> x = in.floats(n), weight = in.floats(channels), bias = in.floats(channels), dy = in.floats(n);
+    std::vector<float> y(n), scales(per_channel), out(n + 2 * channels);
+    std::vector<double> squares(per_channel), products(per_channel), sums(per_channel), through(per_channel), direct(per_channel), weight_part(per_channel);
+    // global_response_norm/cuda.rs's grids: a block per (image, 32 channels) of 256 threads; a
+    // 256-thread block per image; elementwise, 256 threads; a thread per channel.
+    dim3 block{256, 1, 1}, sums_grid{images * ((channels + 31) / 32), 1, 1}, per_image{images, 1, 1};
+    dim3 each{std::clamp((n + 255) / 256, 1u, 65535u * 8), 1, 1};
+    launch(sums_grid, block, [&] { grn_squares(x.data(), squares.data(), tokens, channels); });
+    launch(per_image, block, [&] { grn_scales(squares.data(), scales.data(), channels, eps); });
+    launch(each, block, [&] { grn_forward(x.data(), scales.data(), weight.data(), bias.data(), y.data(), n, tokens, channels); });
+    launch(sums_grid, block, [&] { grn_gradient_sums(x.data(), dy.data(), squares.data(), products.data(), sums.data(), tokens, channels); });
+    launch(per_image, block, [&] { grn_backward_constants(squares.data(), products.data(), weight.data(), through.data(), direct.data(), weight_part.data(), channels, eps); });
+    launch(each, block, [&] { grn_input_gradient(x.data(), dy.data(), through.data(), direct.data(), out.data(), n, tokens, channels); });
+    launch(dim3{(channels + 255) / 256, 1, 1}, block, [&] { grn_parameter_gradients(weight_part.data(), sums.data(), out.data(), n, images, channels); });
+    FILE* file = fopen(argv[2], "wb");
+    write(file, y); write(file, out);
+    fclose(file);
+}
+"#;
+
+/// ConvNeXt V2's Global Response Normalization kernels against the CPU op: the output and the
+/// three gradients within 1e-6 of each one's largest value (the f64 sums add in another order):
+/// several images, one token, a channel that is zero everywhere (its gradient through the norm
+/// is zero), and more channels (300) than the per-image blocks' threads, so that they loop.
+#[test]
+fn the_global_response_norm_kernels_match_the_cpu_op() {
+    let program = Emulated::compile("grn", &kernel_source("global_response_norm/cuda.rs"), GRN_MAIN);
+    for (case, (images, tokens, channels)) in [(2usize, 49usize, 37usize), (1, 1, 5), (3, 20, 300)].into_iter().enumerate() {
+        let name = format!("{images}x{tokens}x{channels}");
+        let n = images * tokens * channels;
+        let seed = 1200 + 10 * case as u64;
+        // Channel 1 zero everywhere.
+        let x: Vec<f32> = normal_values(seed, n, 1.0).iter().enumerate().map(|(i, v)| if i % channels == 1 { 0.0 } else { *v }).collect();
+        let weight: Vec<f32> = normal_values(seed + 1, channels, 0.5).iter().map(|v| v + 0.3).collect();
+        let (bias, dy) = (normal_values(seed + 2, channels, 0.5), normal_values(seed + 3, n, 1.0));
+        let vector = |values: &[f32]| Var::from_tensor(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap();
+        let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (images, tokens, channels), &Device::Cpu).unwrap()).unwrap();
+        let (wv, bv) = (vector(&weight), vector(&bias));
+        let y = medxfer_kernels::global_response_norm(xv.as_tensor(), wv.as_tensor(), bv.as_tensor()).unwrap();
+        let upstream = Tensor::from_vec(dy.clone(), (images, tokens, channels), &Device::Cpu).unwrap();
+        let grads = (&y * upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let gradient = |v: &Var| floats(grads.get(v.as_tensor()).unwrap());
+        let truth = [
+            ("output", floats(&y)),
+            ("input gradient", gradient(&xv)),
+            ("weight gradient", gradient(&wv)),
+            ("bias gradient", gradient(&bv)),
+        ];
+        let out = program.run(
+            Inputs::default()
+                .unsigned(images as u32)
+                .unsigned(tokens as u32)
+                .unsigned(channels as u32)
+                .double(1e-6)
+                .floats(&x)
+                .floats(&weight)
+                .floats(&bias)
+                .floats(&dy),
+        );
+        assert_within(&name, &truth, &out, 1e-6);
     }
 }

@@ -8,9 +8,14 @@
 //! per image computes its norms in f64 and writes its output; the backward pass recomputes them
 //! and gives dx, the weight's and the bias's gradients from one pass over dy·x per image (the
 //! per-image sums added in image order). Where a channel's norm is zero its gradient through the
-//! norm is zero, as PyTorch's `torch.norm` takes it (candle's `sqrt` would give NaN). Other
-//! devices and dtypes take candle's ops.
+//! norm is zero, as PyTorch's `torch.norm` takes it (candle's `sqrt` would give NaN). On a GPU
+//! the same formulas run as a few kernels each way (`cuda.rs`). Other dtypes take candle's ops.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -28,13 +33,26 @@ pub fn global_response_norm(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Resul
             candle_core::bail!("global response norm: a {name} of shape {:?} for tokens of shape {:?}", t.dims(), x.dims());
         }
     }
-    if is_f32_cpu(x) && is_f32_cpu(weight) && is_f32_cpu(bias) && x.elem_count() > 0 {
+    let on_cpu = is_f32_cpu(x) && is_f32_cpu(weight) && is_f32_cpu(bias);
+    let on_gpu = [x, weight, bias].iter().all(|t| cuda_takes(t) && t.device().same_device(x.device()));
+    if (on_cpu || on_gpu) && x.elem_count() > 0 {
         return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, GlobalResponseNorm);
     }
     let spatial = x.sqr()?.sum_keepdim(1)?.sqrt()?;
     let normalised = spatial.broadcast_div(&(spatial.mean_keepdim(D::Minus1)? + EPS)?)?;
     let scaled = x.broadcast_mul(&normalised)?.broadcast_mul(weight)?;
     x + scaled.broadcast_add(bias)?
+}
+
+/// f32 on a CUDA device, unless `MEDXFER_CUDA_GRN=candle` (`cuda.rs`).
+fn cuda_takes(t: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    return cuda::applies(t);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = t;
+        false
+    }
 }
 
 /// One image's norms s[c] (f64) and their scale n[c] = s[c] / (mean s + eps), from its (N, C)
@@ -86,6 +104,19 @@ impl CustomOp3 for GlobalResponseNorm {
             }
         })?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        cuda::forward((s1, l1), (s2, l2), (s3, l3), self.name())
     }
 
     fn bwd(
@@ -173,6 +204,19 @@ impl CustomOp3 for Gradients {
         out.extend(d_weight.iter().chain(&d_bias).map(|&v| v as f32));
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        cuda::gradients((s1, l1), (s2, l2), (s3, l3), self.name())
     }
 }
 
