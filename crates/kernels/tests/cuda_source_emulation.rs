@@ -252,12 +252,15 @@ fn assert_within(name: &str, truth: &[(&str, Vec<f32>)], emulated: &[f32], bound
         let (ours, tail) = rest.split_at(expected.len());
         rest = tail;
         let largest = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-        // A NaN difference counts as infinite (f32::max would pass over it).
-        let error =
-            expected.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
-                / largest;
+        let error = worst(expected.iter().zip(ours).map(|(a, b)| f64::from((a - b).abs()))) as f32 / largest;
         assert!(error < bound, "{name}: {what} relative error {error} (bound {bound})");
     }
+}
+
+/// The largest of some absolute differences, infinite where one is NaN (`f64::max` would pass
+/// over it, and a kernel that computes NaN would pass).
+fn worst(differences: impl Iterator<Item = f64>) -> f64 {
+    differences.fold(0.0, |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) })
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -479,7 +482,7 @@ fn the_activation_kernels_match_the_cpu_ops() {
         let (emulated_y, emulated_dx) = (&out[at * n..(at + 1) * n], &out[(at + 1) * n..(at + 2) * n]);
         let relative = |truth: &[f32], ours: &[f32]| {
             let largest = truth.iter().fold(1f32, |m, v| m.max(v.abs()));
-            truth.iter().zip(ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest
+            worst(truth.iter().zip(ours).map(|(a, b)| f64::from((a - b).abs()))) as f32 / largest
         };
         let (forward, backward) = (relative(&floats(&y), emulated_y), relative(&floats(&dx), emulated_dx));
         assert!(forward < 1e-6 && backward < backward_bound, "{name}: forward {forward:.2e}, backward {backward:.2e}");
@@ -818,7 +821,7 @@ fn the_attention_kernels_split_merge_and_soften_as_candle_and_f64_do() {
             let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = scaled.iter().map(|v| (v - max).exp()).sum();
             let expected: Vec<f64> = scaled.iter().map(|v| (v - max).exp() / total).collect();
-            let error = expected.iter().zip(p_row).map(|(e, o)| (e - f64::from(*o)).abs()).fold(0.0, f64::max);
+            let error = worst(expected.iter().zip(p_row).map(|(e, o)| (e - f64::from(*o)).abs()));
             assert!(error < 1e-6, "{name}: softmax row {row} off by {error}");
             // The backward pass from the kernel's own p, as the op computes it.
             let dot: f64 = p_row.iter().zip(dp_row).map(|(p, d)| f64::from(*p) * f64::from(*d)).sum();
@@ -827,7 +830,7 @@ fn the_attention_kernels_split_merge_and_soften_as_candle_and_f64_do() {
             // Relative to the terms before dp - dot cancels: f32 rounds those, not the difference.
             let terms = p_row.iter().zip(dp_row).map(|(p, d)| f64::from(scale) * f64::from(*p) * (f64::from(*d).abs() + dot.abs()));
             let largest = terms.fold(f64::MIN_POSITIVE, f64::max);
-            let error = expected.iter().zip(ds_row).map(|(e, o)| (e - f64::from(*o)).abs()).fold(0.0, f64::max) / largest;
+            let error = worst(expected.iter().zip(ds_row).map(|(e, o)| (e - f64::from(*o)).abs())) / largest;
             assert!(error < 1e-6, "{name}: softmax backward row {row} off by {error} of its terms");
         }
     }
@@ -886,7 +889,7 @@ fn the_biased_attention_kernels_add_each_groups_bias_and_sum_its_gradient() {
             let biased: Vec<f64> = s_row.iter().zip(b_row).map(|(s, b)| f64::from(*s) * f64::from(scale) + f64::from(*b)).collect();
             let max = biased.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = biased.iter().map(|v| (v - max).exp()).sum();
-            let error = biased.iter().zip(p_row).map(|(v, o)| ((v - max).exp() / total - f64::from(*o)).abs()).fold(0.0, f64::max);
+            let error = worst(biased.iter().zip(p_row).map(|(v, o)| ((v - max).exp() / total - f64::from(*o)).abs()));
             assert!(error < 1e-6, "{name}: softmax row {row} off by {error}");
         }
         let expected: Vec<f64> = (0..groups * block)
@@ -896,7 +899,7 @@ fn the_biased_attention_kernels_add_each_groups_bias_and_sum_its_gradient() {
             })
             .collect();
         let largest = expected.iter().fold(1f64, |m, v| m.max(v.abs()));
-        let error = expected.iter().zip(d_bias).map(|(e, o)| (e - f64::from(*o)).abs()).fold(0.0, f64::max) / largest;
+        let error = worst(expected.iter().zip(d_bias).map(|(e, o)| (e - f64::from(*o)).abs())) / largest;
         assert!(error < 1e-6, "{name}: the bias gradient is off by {error} of its largest value");
     }
 }
