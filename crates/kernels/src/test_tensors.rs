@@ -27,11 +27,12 @@ impl NormalTensors {
     }
 }
 
-/// The largest absolute entry of an f32 tensor (of a difference, in the tests), on any device;
+/// The largest absolute entry of a tensor (of a difference, in the tests), on any device, in f32;
 /// infinite where an entry is NaN, which candle's `max` would pass over (so a NaN in one side of
 /// a comparison fails it).
 pub(crate) fn max_abs(t: Tensor) -> f32 {
-    let values = t.to_device(&Device::Cpu).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
+    let wide = t.to_device(&Device::Cpu).and_then(|t| t.to_dtype(candle_core::DType::F32));
+    let values = wide.and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
     let values = values.unwrap_or_else(|error| panic!("max_abs: {error}"));
     values.iter().fold(0f32, |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v.abs()) })
 }
@@ -48,4 +49,9 @@ pub(crate) fn bits(t: &Tensor) -> Vec<u32> {
 #[allow(clippy::expect_used)]
 pub(crate) fn gpu() -> Device {
     Device::new_cuda(0).expect("medxfer-kernels' tests in a `cuda` build need a GPU (.ci/gpu runs them on one)")
+}
+
+/// The largest |a - b| over the entries ([`max_abs`]: a NaN makes it infinite).
+pub(crate) fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs((a - b).unwrap_or_else(|error| panic!("max_difference: {error}")))
 }

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -74,8 +76,7 @@ fn run_writes_timms_features_and_logits() {
     let ours = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(&input, &Device::Cpu).unwrap();
     for key in ["features", "logits"] {
-        let difference =
-            (&ours[key] - &reference[key]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let difference = common::max_abs_difference(&ours[key], &reference[key]);
         assert!(difference < 1e-4, "{key}: {difference}");
     }
 
@@ -113,7 +114,7 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     // fast_image_resize and PIL round differently by at most a grey level here and there.
     let ours = medxfer_zoo::eval_tensor(&fixtures().join("classify.png"), &preprocessing, &Device::Cpu).unwrap();
     let difference = (&ours - &reference["input"]).unwrap().abs().unwrap();
-    let worst = difference.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let worst = common::max_abs(&difference);
     let mean = difference.mean_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(worst <= 2.5 / 255.0 / 0.224 && mean < 0.005, "worst {worst}, mean {mean}");
 

@@ -36,8 +36,8 @@ fn reference(name: &str) -> HashMap<String, Tensor> {
 /// max|ours - timm| <= 1e-4 * max(1, max|timm|).
 fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
-    let difference = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = theirs.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    let difference = common::max_abs_difference(ours, theirs);
+    let scale = common::max_abs(theirs).max(1.0);
     assert!(difference <= 1e-4 * scale, "{what}: max difference {difference}, scale {scale}");
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -47,8 +49,7 @@ fn a_cached_hub_model_loads_offline() {
     let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("resnet_basic_min_ref.safetensors"), &Device::Cpu).unwrap();
     let (_, logits) = model.features_and_logits(&reference["input"], false).unwrap();
-    let difference =
-        (logits - &reference["logits"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let difference = common::max_abs_difference(logits, &reference["logits"]);
     assert!(difference < 1e-4, "{difference}");
 
     let error = hub_file("timm/not_cached.x", WEIGHTS_FILE, &options).unwrap_err().to_string();
@@ -90,8 +91,7 @@ fn a_hub_id_outside_the_registry_is_built_from_its_timm_config() {
     let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("vit_min_ref.safetensors"), &Device::Cpu).unwrap();
     let (_, logits) = model.features_and_logits(&reference["input"], false).unwrap();
-    let difference =
-        (logits - &reference["logits"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let difference = common::max_abs_difference(logits, &reference["logits"]);
     assert!(difference < 1e-4, "{difference}");
     std::fs::remove_dir_all(&cache).ok();
 }
@@ -378,8 +378,7 @@ fn a_repo_with_only_a_pickle_and_a_transformers_config_is_a_backbone() {
     let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("vit/hf_dinov2_registers_ref.safetensors"), &Device::Cpu).unwrap();
     let features = model.features(&reference["input"], false).unwrap();
-    let difference =
-        (features - &reference["features"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let difference = common::max_abs_difference(features, &reference["features"]);
     assert!(difference < 1e-4, "{difference}");
     // Offline afterwards: the cached pickle is found without asking the hub for the others.
     let offline = HubOptions { offline: true, ..options };

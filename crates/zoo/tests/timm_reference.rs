@@ -39,8 +39,8 @@ fn device() -> Device {
 fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
     let (ours, theirs) = (ours.to_device(&Device::Cpu).unwrap(), &theirs.to_device(&Device::Cpu).unwrap());
     assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
-    let difference = (&ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = theirs.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    let difference = common::max_abs_difference(&ours, theirs);
+    let scale = common::max_abs(theirs).max(1.0);
     let tolerance = if device().is_cpu() { 1e-4 } else { 5e-4 };
     eprintln!("{what}: relative difference {:.2e}", difference / scale);
     assert!(difference <= tolerance * scale, "{what}: max difference {difference}, scale {scale}");
@@ -192,7 +192,7 @@ fn a_replaced_head_is_fresh_seeded_trainable_and_keeps_the_features() {
     // PyTorch's default bound 1/sqrt(fan_in), fan_in = 32 here; the same seed, the same head.
     let weight = model.params().var("fc.weight").unwrap();
     assert_eq!(weight.dims(), &[3, 32]);
-    let largest = weight.as_tensor().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let largest = common::max_abs(weight.as_tensor());
     assert!(largest <= 1.0 / 32f32.sqrt() && largest > 0.5 / 32f32.sqrt(), "{largest}");
     let mut again = loaded(name, architecture);
     again.replace_head(3, 7).unwrap();

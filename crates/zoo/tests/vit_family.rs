@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -30,8 +32,8 @@ fn reference(name: &str) -> HashMap<String, Tensor> {
 /// max|ours - timm| <= 1e-4 * max(1, max|timm|).
 fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
-    let difference = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = theirs.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    let difference = common::max_abs_difference(ours, theirs);
+    let scale = common::max_abs(theirs).max(1.0);
     eprintln!("{what}: relative difference {:.2e}", difference / scale);
     assert!(difference <= 1e-4 * scale, "{what}: max difference {difference}, scale {scale}");
 }
@@ -259,8 +261,8 @@ fn conch_like_towers_give_the_cards_embedding_through_the_attentional_pooler() {
     let half = Backbone::load_in("conch_like", &Architecture::Vit(coca_config(conch)), 0, &weights, &Device::Cpu, DType::F16).unwrap();
     let features = half.features(&reference["input"].to_dtype(DType::F16).unwrap(), false).unwrap().to_dtype(DType::F32).unwrap();
     let truth = &reference["features"];
-    let difference = (&features - truth).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = truth.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let difference = common::max_abs_difference(&features, truth);
+    let scale = common::max_abs(truth);
     assert!(difference > 0.0 && difference <= 1e-2 * scale, "f16 embedding: {difference} at scale {scale}");
     // The same tower with the trunk's class token as its embedding: the poolers are left out.
     let trunk = VitConfig { embedding: Embedding::ClassToken, attn_pool: None, ..coca_config(conch) };
@@ -355,8 +357,8 @@ fn half_precision_extraction_stays_near_the_f32_truth() {
         assert_eq!(features.dtype(), dtype);
         let features = features.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
         let truth = &reference["features"];
-        let difference = (&features - truth).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        let scale = truth.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let difference = common::max_abs_difference(&features, truth);
+        let scale = common::max_abs(truth);
         // bf16 keeps 8 bits of mantissa: a few parts in a hundred through two blocks.
         let tolerance = if dtype == DType::BF16 { 5e-2 } else { 1e-2 };
         eprintln!("{dtype:?}: relative difference {:.2e}", difference / scale);

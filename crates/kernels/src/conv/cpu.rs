@@ -704,10 +704,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::conv::conv2d;
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::test_tensors::max_difference;
 
     /// (batch, channels, out channels, kernel, stride, padding, height, width): odd and even
     /// sizes, unequal height/width remainders at stride 2, every stride/padding the backbones

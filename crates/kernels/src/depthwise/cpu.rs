@@ -332,10 +332,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::test_tensors::max_difference;
 
     /// The same convolution from shifted views (pad, narrow, multiply, add), every op of which
     /// candle differentiates; stride 2 keeps every other row and column of the stride-1 result.

@@ -88,10 +88,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::test_tensors::max_difference;
 
     /// The path CUDA takes, run in f64 on the CPU, against the direct CPU kernel in f32.
     #[test]

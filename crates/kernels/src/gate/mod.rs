@@ -137,7 +137,7 @@ mod tests {
     use super::*;
 
     fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+        f64::from(crate::test_tensors::max_difference(&a.to_dtype(DType::F64).unwrap(), &b.to_dtype(DType::F64).unwrap()))
     }
 
     /// The op and both gradients against candle's broadcast product in f64, at planes shorter

@@ -228,8 +228,7 @@ mod tests {
     use crate::test_tensors::NormalTensors;
 
     fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
-        let difference = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        difference.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+        f64::from(crate::test_tensors::max_difference(&a.to_dtype(DType::F64).unwrap(), &b.to_dtype(DType::F64).unwrap()))
     }
 
     /// The op and its three gradients against candle's ops in f64 (the composite), relative to

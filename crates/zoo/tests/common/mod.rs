@@ -1,7 +1,12 @@
 //! What more than one of the zoo's test binaries checks.
 
-use candle_core::Tensor;
+// Each test binary includes this module and uses a part of it.
+#![allow(dead_code)]
+
+use std::borrow::Borrow;
+
 use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor};
 use medxfer_zoo::Backbone;
 
 /// The train-mode logits, with the intermediates no backward rule reads freed during the
@@ -24,4 +29,21 @@ pub fn assert_gradients_as_with_the_graph_kept(name: &str, model: &Backbone, inp
     for (key, var) in model.params().trainable_vars() {
         assert_eq!(bits(grads, var.as_tensor()), bits(&kept, var.as_tensor()), "{name}: {key}'s gradient, freed on the way and kept");
     }
+}
+
+/// The largest |t| over the entries, on any device and dtype; infinite where an entry is NaN,
+/// which candle's `max` would pass over (so a NaN fails every bound).
+pub fn max_abs(t: impl Borrow<Tensor>) -> f32 {
+    let values = t
+        .borrow()
+        .to_device(&Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>());
+    values.unwrap().iter().fold(0f32, |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v.abs()) })
+}
+
+/// The largest |a - b| over the entries, likewise.
+pub fn max_abs_difference(a: impl Borrow<Tensor>, b: impl Borrow<Tensor>) -> f32 {
+    max_abs((a.borrow() - b.borrow()).unwrap())
 }
