@@ -139,6 +139,31 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// A score's iterative optimisation stopped without converging (PACTran-Gauss, LogME's
+    /// fixed point): the value where it stopped is no score.
+    #[error("{metric}: the optimiser stopped at {value} without converging: {why}")]
+    NotConverged {
+        /// The score.
+        metric: &'static str,
+        /// The objective where it stopped.
+        value: f64,
+        /// Why it stopped.
+        why: &'static str,
+    },
+
+    /// A score's own parameter is out of its range.
+    #[error("{metric}: {name} is {value}; {why}")]
+    InvalidParameter {
+        /// The score.
+        metric: &'static str,
+        /// The parameter.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// What it must be.
+        why: &'static str,
+    },
+
     /// A score came out non-finite although its inputs were valid.
     #[error("{metric} came out non-finite ({value}): {why}")]
     NonFiniteScore {

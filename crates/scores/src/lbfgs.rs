@@ -127,11 +127,7 @@ pub(crate) fn minimize(
             if max_abs(&gradient) <= STALLED_GRADIENT {
                 return Ok(Minimum { x, value });
             }
-            return Err(Error::NonFiniteScore {
-                metric: what,
-                value,
-                why: "the optimiser's line search found no decrease away from the optimum",
-            });
+            return Err(Error::NotConverged { metric: what, value, why: "its line search found no decrease away from the optimum" });
         };
         let s: Vec<f64> = trial.iter().zip(&x).map(|(t, x)| t - x).collect();
         let y: Vec<f64> = trial_gradient.iter().zip(&gradient).map(|(t, g)| t - g).collect();
@@ -146,7 +142,7 @@ pub(crate) fn minimize(
         std::mem::swap(&mut gradient, &mut trial_gradient);
         value = trial_value;
     }
-    Err(Error::NonFiniteScore { metric: what, value, why: "the optimiser did not converge within its iteration limit" })
+    Err(Error::NotConverged { metric: what, value, why: "it reached its iteration limit" })
 }
 
 #[cfg(test)]

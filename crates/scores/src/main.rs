@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use medxfer_scores::{Correlation, Metric, correlate, read_feature_file, score_all, score_set};
+use medxfer_scores::{Correlation, Metric, SharedAnalysis, correlate, read_feature_file, score_set};
 use serde_json::{Map, Value, json};
 
 /// Transferability scores and rank correlations, as Chaves et al. 2023 computed them.
@@ -105,12 +105,23 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
         );
     }
     let start = Instant::now();
-    // One call, so the scores share the covariance and Gram decompositions.
-    let values = score_all(&input, &runnable).with_context(|| format!("{}: scoring failed", file.display()))?;
+    // The scores share the covariance and Gram decompositions (as `score_all`), and each is
+    // computed on its own, so that one that fails on these features leaves the others.
+    let shared = SharedAnalysis::new(&input);
+    shared.prepare(&runnable);
+    let mut results: Vec<(Metric, Result<f64, medxfer_scores::Error>)> = Vec::new();
+    for metric in runnable {
+        if !results.iter().any(|(m, _)| *m == metric) {
+            results.push((metric, shared.score(metric)));
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
     let note = (!skipped.is_empty()).then(|| format!("{} skipped: the file has no `probs` tensor (source probabilities)", names(&skipped)));
+    let failures: Vec<String> = results.iter().filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{m}: {e}"))).collect();
     if json {
-        let object: Map<String, Value> = values.iter().map(|(m, v)| (m.to_string(), json!(v))).collect();
+        // A score that failed is null; its error goes to stderr.
+        let object: Map<String, Value> =
+            results.iter().map(|(m, r)| (m.to_string(), r.as_ref().map_or(Value::Null, |v| json!(v)))).collect();
         println!("{}", Value::Object(object));
         if let Some(note) = note {
             eprintln!("note: {note}");
@@ -118,13 +129,25 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
     } else {
         println!("{}: N = {}, D = {}, C = {}", file.display(), input.num_samples(), input.feature_dim(), input.num_classes());
         println!("{:<18} {:>20}", "metric", "value");
-        for (metric, value) in &values {
-            println!("{:<18} {:>20.12}", metric.as_str(), value);
+        for (metric, result) in &results {
+            match result {
+                Ok(value) => println!("{:<18} {:>20.12}", metric.as_str(), value),
+                Err(_) => println!("{:<18} {:>20}", metric.as_str(), "failed (below)"),
+            }
         }
-        println!("({} metric(s) in {seconds:.3} s)", values.len());
+        println!("({} metric(s) in {seconds:.3} s)", results.len());
         if let Some(note) = note {
             println!("{note}");
         }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{}: {} of {} score(s) failed on these features (the others are above): {}",
+            file.display(),
+            failures.len(),
+            results.len(),
+            failures.join("; ")
+        );
     }
     Ok(())
 }

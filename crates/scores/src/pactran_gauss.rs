@@ -53,7 +53,12 @@ pub fn pactran_gauss_with(input: &ScoreInput, lambda: f64) -> Result<f64> {
 
 pub(crate) fn pactran_gauss_of(analysis: &FeatureAnalysis<'_>, lambda: f64) -> Result<f64> {
     if !(lambda > 0.0 && lambda.is_finite()) {
-        return Err(Error::NonFiniteScore { metric: "pactran_gauss", value: lambda, why: "lambda must be a positive number" });
+        return Err(Error::InvalidParameter {
+            metric: "pactran_gauss",
+            name: "lambda",
+            value: lambda,
+            why: "it must be a positive number",
+        });
     }
     // Features extracted in f32 (every feature file) are kept in f32, exactly: an evaluation is
     // bound by reading them from memory (some 10 ms for 10,000 x 2048 here, 250 evaluations to

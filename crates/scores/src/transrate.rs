@@ -140,7 +140,7 @@ fn check_eps(eps: f64) -> Result<()> {
     if eps.is_finite() && eps > 0.0 {
         Ok(())
     } else {
-        Err(Error::NonFiniteScore { metric: "transrate", value: eps, why: "epsilon must be a positive number" })
+        Err(Error::InvalidParameter { metric: "transrate", name: "epsilon", value: eps, why: "it must be a positive number" })
     }
 }
 

@@ -138,6 +138,28 @@ fn without_probs_label_scores_are_left_out_and_the_output_says_so() {
     assert_clean_failure(&output, &["no_probs.safetensors", "probs"]);
 }
 
+/// Features with no variance (every sample alike): TransRate's official normalisation divides
+/// by a zero norm, so it fails; the other scores are still computed and printed (its value is
+/// null), the error names it, and the command fails.
+#[test]
+fn a_score_that_fails_on_the_features_leaves_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let constant = ScoreInput::new(Mat::from_fn(10, 4, |_, _| 1.0), &[0, 1, 0, 1, 0, 1, 0, 1, 0, 1]).unwrap();
+    let path = write_input(dir.path(), "constant.safetensors", &constant);
+    let output = run(&["score", path.to_str().unwrap(), "--json", "--metrics", "h_score,transrate_official,gbc"]);
+    assert_clean_failure(&output, &["constant.safetensors", "1 of 3 score(s) failed", "transrate_official: ", "zero norm"]);
+    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // No feature separates the classes: H-score is 0.
+    assert_eq!(ours["h_score"].as_f64().map(f64::abs), Some(0.0), "{ours}");
+    assert!(ours["gbc"].as_f64().is_some(), "{ours}");
+    assert!(ours["transrate_official"].is_null(), "{ours}");
+
+    let output = run(&["score", path.to_str().unwrap(), "--metrics", "h_score,transrate_official"]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("transrate_official       failed (below)") && table.contains("h_score "), "{table}");
+    assert_eq!(output.status.code(), Some(1));
+}
+
 #[test]
 fn a_truncated_file_names_the_file_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
