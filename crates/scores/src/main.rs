@@ -166,10 +166,26 @@ fn score_files(files: &[PathBuf], metrics: Option<Vec<String>>, json: bool) -> R
         }
         None => Metric::every().filter(|m| has_probs || !m.needs_source_probs()).collect(),
     };
-    let scores = score_set(&inputs, &requested).context("scoring the set failed")?;
+    // All at once (the scores share each file's decompositions); where one fails, each score on
+    // its own, so that the failure does not cost the others.
+    let results: Vec<(Metric, Result<Vec<f64>, medxfer_scores::Error>)> = match score_set(&inputs, &requested) {
+        Ok(scores) => scores.into_iter().map(|(metric, values)| (metric, Ok(values))).collect(),
+        Err(_) => {
+            let mut results: Vec<(Metric, Result<Vec<f64>, medxfer_scores::Error>)> = Vec::new();
+            for &metric in &requested {
+                if !results.iter().any(|(m, _)| *m == metric) {
+                    results.push((metric, score_set(&inputs, &[metric]).map(|mut scores| scores.remove(0).1)));
+                }
+            }
+            results
+        }
+    };
+    let failures: Vec<String> = results.iter().filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{m}: {e}"))).collect();
     let listed: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     if json {
-        let object: Map<String, Value> = scores.iter().map(|(m, values)| (m.to_string(), json!(values))).collect();
+        // A score that failed is null; its error goes to stderr.
+        let object: Map<String, Value> =
+            results.iter().map(|(m, r)| (m.to_string(), r.as_ref().map_or(Value::Null, |v| json!(v)))).collect();
         println!("{}", json!({"files": listed, "scores": object}));
     } else {
         print!("{:<18}", "metric");
@@ -177,16 +193,20 @@ fn score_files(files: &[PathBuf], metrics: Option<Vec<String>>, json: bool) -> R
             print!(" {:>16}", format!("file {}", index + 1));
         }
         println!();
-        for (metric, values) in &scores {
+        for (metric, result) in &results {
             print!("{:<18}", metric.as_str());
-            for value in values {
-                print!(" {value:>16.10}");
+            match result {
+                Ok(values) => values.iter().for_each(|value| print!(" {value:>16.10}")),
+                Err(_) => print!(" failed (below)"),
             }
             println!();
         }
         for (index, file) in listed.iter().enumerate() {
             println!("file {}: {file}", index + 1);
         }
+    }
+    if !failures.is_empty() {
+        bail!("{} of {} score(s) failed on this set (the others are above): {}", failures.len(), results.len(), failures.join("; "));
     }
     Ok(())
 }

@@ -107,6 +107,13 @@ fn score_set_json_holds_ncti_and_refuses_features_too_narrow_for_its_pca() {
     let narrow = fixtures().join("scores/four_class.safetensors").display().to_string();
     let refused = run(&["score-set", &files[0], &narrow, "--metrics", "ncti"]);
     assert_clean_failure(&refused, &["NCTI", "needs at least 64 features, got 20"]);
+    // With another score beside it, that one is still computed for both files; NCTI is null.
+    let partial = run(&["score-set", &files[0], &narrow, "--metrics", "ncti,transrate", "--json"]);
+    assert_clean_failure(&partial, &["1 of 2 score(s) failed", "ncti: "]);
+    let ours: Value = serde_json::from_slice(&partial.stdout).unwrap();
+    assert!(ours["scores"]["ncti"].is_null(), "{ours}");
+    let transrate = ours["scores"]["transrate"].as_array().unwrap();
+    assert!(transrate.len() == 2 && transrate.iter().all(|v| v.as_f64().is_some_and(f64::is_finite)), "{ours}");
 }
 
 fn write_input(dir: &Path, name: &str, input: &ScoreInput) -> PathBuf {
