@@ -91,6 +91,9 @@ impl ImageCache {
         });
         let mut slots = Vec::with_capacity(entries.len());
         let mut offset = 0u64;
+        // Every image is read even after one fails, so that the error lists them all at once
+        // (a folder of the user's may hold several); nothing is written after the first.
+        let mut problems = Vec::new();
         for chunk in entries.chunks(CHUNK) {
             let images: Vec<Result<RgbImage>> = chunk
                 .par_iter()
@@ -101,7 +104,14 @@ impl ImageCache {
                 })
                 .collect();
             for image in images {
-                let image = image?;
+                let image = match image {
+                    Ok(image) if problems.is_empty() => image,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        problems.push(error.to_string());
+                        continue;
+                    }
+                };
                 let slot = Slot { offset, width: image.width(), height: image.height() };
                 writer.write_all(image.as_raw()).map_err(|e| Error::io(partial, e))?;
                 offset += image.as_raw().len() as u64;
@@ -110,6 +120,9 @@ impl ImageCache {
             if let Some(bar) = &bar {
                 bar.inc(chunk.len() as u64);
             }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Unreadable { total: entries.len(), problems });
         }
         writer.into_inner().map_err(|e| Error::io(partial, e.error()))?;
         pending.commit()?;

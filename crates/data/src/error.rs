@@ -24,6 +24,16 @@ pub enum Error {
         problem: String,
     },
 
+    /// Images that could not be read (decoded, or resized within the limits), every one of them:
+    /// the image cache is built only from a folder whose images all read.
+    #[error("{} of {total} image(s) could not be read; remove or replace them, then run again:{}", .problems.len(), listed(.problems))]
+    Unreadable {
+        /// The images asked for.
+        total: usize,
+        /// Each unreadable image's error (which names its file).
+        problems: Vec<String>,
+    },
+
     /// A configuration value (datasets/*.toml, a CLI argument) is wrong.
     #[error("{source_name}: {problem}")]
     Config {
@@ -50,6 +60,16 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+/// The first 20 problems, a line each, and how many more.
+fn listed(problems: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut text: String = problems.iter().take(SHOWN).map(|problem| format!("\n  {problem}")).collect();
+    if problems.len() > SHOWN {
+        text.push_str(&format!("\n  ... and {} more", problems.len() - SHOWN));
+    }
+    text
+}
+
 impl From<medxfer_durable::Error> for Error {
     fn from(error: medxfer_durable::Error) -> Self {
         Self::Io { path: error.path().to_path_buf(), problem: error.problem() }
@@ -68,3 +88,18 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list stops at 20 problems and counts the rest.
+    #[test]
+    fn a_long_list_of_unreadable_images_is_cut_and_counted() {
+        let problems: Vec<String> = (0..25).map(|i| format!("image{i}.png: cannot decode")).collect();
+        let message = Error::Unreadable { total: 40, problems }.to_string();
+        assert!(message.starts_with("25 of 40 image(s) could not be read"), "{message}");
+        assert_eq!(message.lines().filter(|line| line.starts_with("  image")).count(), 20, "{message}");
+        assert!(message.contains("image19.png") && !message.contains("image20.png") && message.ends_with("... and 5 more"), "{message}");
+    }
+}

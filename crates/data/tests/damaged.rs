@@ -113,20 +113,36 @@ fn a_sliver_is_refused_before_its_resize_is_allocated() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A truncated JPEG stops the cache build, naming it; with other unreadable files (an empty one,
+/// another truncated one later in the list, in another chunk of the build), one error lists
+/// them all, so that a folder is mended in one pass.
 #[test]
-fn a_truncated_jpeg_stops_the_cache_build_naming_it() {
+fn a_truncated_jpeg_stops_the_cache_build_naming_it_and_every_other_unreadable_image() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("images");
     std::fs::create_dir_all(&root).unwrap();
     let bytes = std::fs::read(formats().join("gray.jpg")).unwrap();
     std::fs::write(root.join("whole.jpg"), &bytes).unwrap();
     std::fs::write(root.join("partial.jpg"), &bytes[..bytes.len() * 3 / 4]).unwrap();
-    let entries: Vec<Entry> = ["whole.jpg", "partial.jpg"]
-        .iter()
-        .map(|p| Entry { path: (*p).into(), label: 0, group: (*p).into(), split: Part::Train })
-        .collect();
+    let entry = |p: &str| Entry { path: p.into(), label: 0, group: p.into(), split: Part::Train };
+    let entries = vec![entry("whole.jpg"), entry("partial.jpg")];
     let error = ImageCache::open_or_build(&dir.path().join("cache"), "test", &root, &entries, 32, false).unwrap_err().to_string();
     assert!(error.contains("partial.jpg") && error.contains("image file is truncated"), "{error}");
+
+    std::fs::write(root.join("empty.jpg"), b"").unwrap();
+    std::fs::write(root.join("late.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut entries: Vec<Entry> = (0..300).map(|_| entry("whole.jpg")).collect();
+    entries.insert(1, entry("partial.jpg"));
+    entries.insert(5, entry("empty.jpg"));
+    entries.push(entry("late.jpg"));
+    let error = ImageCache::open_or_build(&dir.path().join("cache"), "test", &root, &entries, 32, false).unwrap_err().to_string();
+    assert!(error.starts_with("3 of 303 image(s) could not be read; remove or replace them"), "{error}");
+    for name in ["partial.jpg", "empty.jpg", "late.jpg"] {
+        assert_eq!(error.matches(name).count(), 1, "{name} once in: {error}");
+    }
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path().join("cache")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "a failed build left {left:?}");
 }
 
 fn cheng_error(path: &Path) -> String {
