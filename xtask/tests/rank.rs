@@ -271,6 +271,40 @@ fn a_truncated_image_in_the_folder_stops_rank_naming_it() {
     assert!(stderr.contains("partial.jpg") && stderr.contains("image file is truncated"), "{stderr}");
 }
 
+/// A candidate whose weights cannot be had (here: its checkpoint file is missing; in use, a gated
+/// repo whose terms were not accepted) leaves the others ranked: the table and ranking.csv hold
+/// them, the table names it with its error, and the command fails saying so. Once mended, a rerun
+/// ranks all three.
+#[test]
+fn a_candidate_without_weights_leaves_the_others_ranked() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    let (out, results) = (dir.path().join("out"), dir.path().join("no results"));
+    let checkpoint = dir.path().join("weights/densenet_min.safetensors");
+    let kept = dir.path().join("densenet_min.safetensors");
+    std::fs::rename(&checkpoint, &kept).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("rank")
+        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str(), "--results".as_ref(), results.as_os_str()])
+        .args(["--models".as_ref(), dir.path().join("models").as_os_str(), "--weights".as_ref(), dir.path().join("weights").as_os_str()])
+        .args(["--resize", "72", "--crop", "64"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "the command succeeded:\n{stdout}");
+    assert!(stderr.contains("1 of 3 candidates could not be ranked (densenet_min)"), "{stderr}");
+    let not_ranked = stdout.split("Not ranked").nth(1).unwrap_or_else(|| panic!("no Not ranked section:\n{stdout}"));
+    assert!(not_ranked.contains("- densenet_min: ") && not_ranked.contains("densenet_min.safetensors"), "{not_ranked}");
+    let ranked: Vec<String> = read_csv(&out.join("ranking.csv")).iter().map(|row| row["backbone"].clone()).collect();
+    assert_eq!(ranked.len(), 2, "{ranked:?}");
+    assert!(ranked.contains(&"resnet_basic_min".to_string()) && ranked.contains(&"vit_min".to_string()), "{ranked:?}");
+
+    std::fs::rename(&kept, &checkpoint).unwrap();
+    rank(dir.path(), &images, &out, &results, &[]);
+    assert_eq!(read_csv(&out.join("ranking.csv")).len(), 3);
+}
+
 /// A foundation model as published: no classifier, registers, a packed SwiGLU its config does
 /// not state, and its authors' embedding (Virchow's class token and patch mean): rank extracts
 /// its 2 x 32 features at the folder's 64 px (its positions resampled from 28 px), scores what

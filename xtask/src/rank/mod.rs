@@ -283,47 +283,66 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let mut scored = Vec::new();
     // Each candidate's feature file, for --bootstrap.
     let mut scored_files: Vec<(String, PathBuf)> = Vec::new();
+    // Candidates whose weights could not be had or whose extraction failed (a gated repo whose
+    // terms were not accepted, no network): the others are still ranked, and the command fails
+    // at the end, naming them.
+    let mut not_ranked: Vec<(String, String)> = Vec::new();
     for entry in &candidates {
-        // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
-        // under a name, never share a cached result.
-        let identity = weights.identity(entry)?;
-        let key = format!("{}-{}{}", folder_name(&entry.name), identity.short(), args.dtype.key_suffix());
-        let summary = features_dir.join(format!("{key}.json"));
-        let features_file = features_dir.join(format!("{key}.safetensors"));
-        let cached = std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok());
-        // A cached result from before the newer scores is rescored from its kept features.
-        let cached = match cached {
-            Some(old) if lacks_a_score(&old.scores, &old.errors) && features_file.exists() => {
-                let scores = score_file(&features_file)?;
-                let result = Scored { scores: scores.values, errors: scores.errors, ..old };
-                medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
-                Some(result)
+        let candidate = || -> Result<(Scored, PathBuf)> {
+            // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
+            // under a name, never share a cached result.
+            let identity = weights.identity(entry)?;
+            let key = format!("{}-{}{}", folder_name(&entry.name), identity.short(), args.dtype.key_suffix());
+            let summary = features_dir.join(format!("{key}.json"));
+            let features_file = features_dir.join(format!("{key}.safetensors"));
+            let cached = std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok());
+            // A cached result from before the newer scores is rescored from its kept features.
+            let cached = match cached {
+                Some(old) if lacks_a_score(&old.scores, &old.errors) && features_file.exists() => {
+                    let scores = score_file(&features_file)?;
+                    let result = Scored { scores: scores.values, errors: scores.errors, ..old };
+                    medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
+                    Some(result)
+                }
+                other => other,
+            };
+            let result = match cached {
+                Some(cached) => cached,
+                None => {
+                    let start = Instant::now();
+                    let file = weights.file(entry)?;
+                    let model = load_pretrained_in(entry, &file, &device, args.dtype.dtype())
+                        .with_context(|| format!("loading {}", file.display()))?;
+                    let path = features_dir.join(format!("{key}.safetensors"));
+                    let settings = ExtractSettings { normalization: normalization(entry), crop: args.crop, batch_size: 32 };
+                    extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
+                    let extraction_seconds = start.elapsed().as_secs_f64();
+                    let scores = score_file(&path)?;
+                    let result =
+                        Scored { feature_dim: entry.feature_dim, extraction_seconds, scores: scores.values, errors: scores.errors };
+                    medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
+                    result
+                }
+            };
+            Ok((result, features_file))
+        };
+        let (result, features_file) = match candidate() {
+            Ok(scored) => scored,
+            Err(error) => {
+                eprintln!("warning: {}: not ranked: {error:#}", entry.name);
+                not_ranked.push((entry.name.clone(), format!("{error:#}")));
+                continue;
             }
-            other => other,
         };
         scored_files.push((entry.name.clone(), features_file));
-        let result = match cached {
-            Some(cached) => cached,
-            None => {
-                let start = Instant::now();
-                let file = weights.file(entry)?;
-                let model =
-                    load_pretrained_in(entry, &file, &device, args.dtype.dtype()).with_context(|| format!("loading {}", file.display()))?;
-                let path = features_dir.join(format!("{key}.safetensors"));
-                let settings = ExtractSettings { normalization: normalization(entry), crop: args.crop, batch_size: 32 };
-                extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
-                let extraction_seconds = start.elapsed().as_secs_f64();
-                let scores = score_file(&path)?;
-                let result = Scored { feature_dim: entry.feature_dim, extraction_seconds, scores: scores.values, errors: scores.errors };
-                medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
-                result
-            }
-        };
         if !result.errors.is_empty() {
             eprintln!("warning: {}: some scores failed: {:?}", entry.name, result.errors);
         }
         eprintln!("{}: scored ({} features, extraction {:.1} s)", entry.name, result.feature_dim, result.extraction_seconds);
         scored.push((entry.name.clone(), result.feature_dim, result.extraction_seconds, result.scores));
+    }
+    if scored.is_empty() {
+        bail!("no candidate could be ranked:\n{}", not_ranked_list(&not_ranked));
     }
     let consensus = Consensus::parse(&args.consensus)?;
     let mut rows = rank(&scored, &consensus);
@@ -385,13 +404,35 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         table.push('\n');
         table.push_str(&bootstrap::render(&firsts, resamples));
     }
+    if !not_ranked.is_empty() {
+        let _ = write!(
+            table,
+            "\nNot ranked (mend each and run again; the candidates above are kept and not extracted again):\n{}\n",
+            not_ranked_list(&not_ranked)
+        );
+    }
     let trust = trust_statement(&args.results)?;
     println!("{table}\n{tuning}{trust}");
     write_csv(&args.out.join("ranking.csv"), &rows)?;
     medxfer_durable::write_atomic(&args.out.join("ranking.md"), format!("{table}\n{tuning}{trust}").as_bytes())?;
     figure::write(&args.out.join("ranking"), &rows)?;
     println!("wrote {} (ranking.csv, ranking.md, ranking.svg, ranking.png)", args.out.display());
+    if !not_ranked.is_empty() {
+        let names: Vec<&str> = not_ranked.iter().map(|(name, _)| name.as_str()).collect();
+        bail!(
+            "{} of {} candidates could not be ranked ({}); the ranking of the others is in {}",
+            not_ranked.len(),
+            candidates.len(),
+            names.join(", "),
+            args.out.display()
+        );
+    }
     Ok(rows)
+}
+
+/// The candidates that were not ranked, a markdown bullet each with its error.
+fn not_ranked_list(not_ranked: &[(String, String)]) -> String {
+    not_ranked.iter().map(|(name, error)| format!("- {name}: {error}")).collect::<Vec<_>>().join("\n")
 }
 
 /// The scores present in the rows, the paper's seven first.
