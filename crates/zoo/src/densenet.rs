@@ -133,6 +133,16 @@ impl DenseNet {
                 y = Tensor::cat(&[&y, &h], 1)?;
             }
             if let Some(transition) = self.transitions.get(index) {
+                let (_, _, height, width) = y.dims4()?;
+                if height < 2 || width < 2 {
+                    // candle's pool would say only that its window is larger than the map.
+                    return Err(candle_core::Error::Msg(format!(
+                        "densenet: transition {}'s 2x2 average pool does not fit a {height}x{width} map (input {:?}): the images are too small for this network; give larger ones (a larger resize and crop)",
+                        index + 1,
+                        x.dims()
+                    ))
+                    .into());
+                }
                 y = transition
                     .conv
                     .forward_t(&transition.norm.forward_fused(&y, None, FusedActivation::Relu, train)?, train)?

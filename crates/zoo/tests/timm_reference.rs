@@ -69,6 +69,26 @@ fn cases() -> Vec<(&'static str, Architecture)> {
     ]
 }
 
+/// Images smaller than a window somewhere in the network are errors that say so and give the
+/// fix, never a panic: DenseNet's transitions (candle's pool), ResNet's and ViT's convolutions
+/// (the kernels' window check).
+#[test]
+fn images_too_small_for_a_network_are_errors_naming_the_fix() {
+    let architectures = cases();
+    for (name, side) in [("densenet_min", 8), ("resnet_basic_min", 0), ("vit_min", 8)] {
+        let architecture = &architectures.iter().find(|(case, _)| *case == name).unwrap().1;
+        let model = Backbone::new(name, architecture, 10, &Device::Cpu).unwrap();
+        let input = Tensor::zeros((1, 3, side, side), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for train in [false, true] {
+            let error = model.features_and_logits(&input, train).map(|_| "an output").unwrap_err().to_string();
+            assert!(
+                error.contains("does not fit") && error.contains("too small") && error.contains("larger"),
+                "{name} at {side} px: {error}"
+            );
+        }
+    }
+}
+
 fn loaded(name: &str, architecture: &Architecture) -> Backbone {
     let model = Backbone::new(name, architecture, 10, &device()).unwrap();
     let report = model.load_weights(&fixtures().join(format!("{name}.safetensors")), true).unwrap();
