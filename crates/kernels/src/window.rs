@@ -20,9 +20,19 @@ pub(crate) fn check_fits(op: &str, x: &Tensor, (kh, kw): (usize, usize), stride:
     Ok(())
 }
 
-/// [`check_fits`] for a convolution weight (O, C / groups, kh, kw).
-pub(crate) fn check_kernel_fits(op: &str, x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<()> {
-    let (_, _, kh, kw) = weight.dims4()?;
+/// [`check_fits`] for a convolution weight (O, C / groups, kh, kw) in `groups` groups, and its
+/// input channels against x's (a mismatch reached the kernels' own length assertions).
+pub(crate) fn check_kernel_fits(op: &str, x: &Tensor, weight: &Tensor, groups: usize, stride: usize, padding: usize) -> Result<()> {
+    let (_, channels, _, _) = x.dims4()?;
+    let (out_channels, group_channels, kh, kw) = weight.dims4()?;
+    if groups == 0 || group_channels * groups != channels || out_channels % groups != 0 {
+        candle_core::bail!(
+            "{op}: a weight of shape {:?} in {groups} group(s) takes {} input channels, not the {channels} of an input of shape {:?}",
+            weight.dims(),
+            group_channels * groups,
+            x.dims()
+        );
+    }
     check_fits(op, x, (kh, kw), stride, padding)
 }
 
@@ -74,5 +84,26 @@ mod tests {
         }
         let error = crate::conv2d(&zeros(&[1, 4, 8, 8]), &dense, None, 0, 0).unwrap_err().to_string();
         assert!(error.contains("stride of 0"), "{error}");
+    }
+
+    /// An input whose channels are not the weight's (a grey image to an RGB stem) is an error that
+    /// names both, where the CPU kernel's length assertion panicked (the grouped convolution
+    /// checks its groups itself).
+    #[test]
+    fn an_input_with_other_channels_than_the_weight_is_an_error() {
+        let (gamma, beta) = (zeros(&[4]), zeros(&[4]));
+        let params = BatchNormParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
+        let identity = FusedActivation::Identity;
+        let (x, dense) = (zeros(&[2, 1, 8, 8]), zeros(&[4, 3, 3, 3]));
+        let errors = [
+            crate::conv2d(&x, &dense, None, 1, 1).map(|_| ()),
+            crate::conv2d_eval(&x, &dense, None, 1, 1, None, identity).map(|_| ()),
+            crate::conv_batch_norm_train(&x, &dense, 1, 1, params, identity).map(|_| ()),
+            crate::depthwise_conv2d(&zeros(&[2, 4, 8, 8]), &zeros(&[4, 2, 3, 3]), 1, 1).map(|_| ()),
+        ];
+        for error in errors {
+            let error = error.unwrap_err().to_string();
+            assert!(error.contains("input channels, not the"), "{error}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use crate::kernel_input::is_f32_cpu;
 /// A one-group convolution of x (B, C, H, W) with weight (O, C, k, k) and an optional bias (O),
 /// at `stride`, with `padding` zeros on every side.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    crate::window::check_kernel_fits("conv2d", x, weight, stride, padding)?;
+    crate::window::check_kernel_fits("conv2d", x, weight, 1, stride, padding)?;
     if is_f32_cpu(x) && is_f32_cpu(weight) && bias.is_none_or(is_f32_cpu) {
         return cpu::conv2d(x, weight, bias, stride, padding);
     }
@@ -52,7 +52,7 @@ pub fn conv2d_eval(
     residual: Option<&Tensor>,
     activation: FusedActivation,
 ) -> Result<Tensor> {
-    crate::window::check_kernel_fits("conv2d", x, weight, stride, padding)?;
+    crate::window::check_kernel_fits("conv2d", x, weight, 1, stride, padding)?;
     let inputs = [Some(x), Some(weight), bias, residual];
     if inputs.iter().flatten().all(|t| is_f32_cpu(t) && !t.track_op()) {
         return cpu::conv2d_then(x, weight, bias, (stride, padding), residual, activation);

@@ -23,7 +23,7 @@ pub fn conv_batch_norm_train(
     params: BatchNormParams<'_>,
     activation: FusedActivation,
 ) -> Result<BatchNormOutput> {
-    crate::window::check_kernel_fits("conv + batch norm", x, weight, stride, padding)?;
+    crate::window::check_kernel_fits("conv + batch norm", x, weight, 1, stride, padding)?;
     if [x, weight, params.gamma, params.beta].into_iter().all(is_f32_cpu) {
         let norm = (params.gamma, params.beta, params.eps);
         let (y, mean, var) = cpu::conv_batch_norm_train(x, weight, (stride, padding), norm, activation)?;

@@ -43,7 +43,7 @@ impl Geometry {
 /// A depthwise convolution of x (B, C, H, W) with weight (C, 1, K, K) at `stride`, with
 /// `padding` zeros on every side.
 pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    crate::window::check_kernel_fits("depthwise conv", x, weight, stride, padding)?;
+    crate::window::check_kernel_fits("depthwise conv", x, weight, x.dim(1)?, stride, padding)?;
     if is_f32_cpu(x) && is_f32_cpu(weight) {
         return cpu::depthwise_conv2d(x, weight, stride, padding);
     }
@@ -72,7 +72,7 @@ pub fn depthwise_conv2d_eval(
     residual: Option<&Tensor>,
     activation: FusedActivation,
 ) -> Result<Tensor> {
-    crate::window::check_kernel_fits("depthwise conv", x, weight, stride, padding)?;
+    crate::window::check_kernel_fits("depthwise conv", x, weight, x.dim(1)?, stride, padding)?;
     let inputs = [Some(x), Some(weight), Some(bias), residual];
     // SiLU keeps the separate ops: EfficientNet-B0's extraction measured 2-5% slower with it (or
     // with the bias alone) in the kernel's epilogue, where MobileNetV2's gained 20% with ReLU6.

@@ -25,7 +25,7 @@ pub fn grouped_conv2d(x: &Tensor, weight: &Tensor, groups: usize, stride: usize,
             weight.dims()
         );
     }
-    crate::window::check_kernel_fits("grouped conv", x, weight, stride, padding)?;
+    crate::window::check_kernel_fits("grouped conv", x, weight, groups, stride, padding)?;
     if is_f32_cpu(x) && is_f32_cpu(weight) {
         return cpu::grouped_conv2d(x, weight, groups, stride, padding);
     }
