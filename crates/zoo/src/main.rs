@@ -204,6 +204,9 @@ fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &
     let Some(images) = tensors.get("input") else {
         bail!("{}: no tensor named 'input' (B x 3 x H x W, f32, normalised)", input.display());
     };
+    if images.rank() != 4 || images.dim(1)? != 3 {
+        bail!("{}: 'input' has shape {:?}; the backbones take B x 3 x H x W (RGB images, normalised)", input.display(), images.dims());
+    }
     let (features, logits) = model.features_and_logits(&images.to_dtype(candle_core::DType::F32)?, false)?;
     let outputs = HashMap::from([("features".to_string(), features), ("logits".to_string(), logits)]);
     let pending = medxfer_durable::PendingFile::new(output)?;

@@ -99,6 +99,21 @@ fn run_writes_timms_features_and_logits() {
     ]);
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && message.contains("/nonexistent.safetensors") && !message.contains("panicked"), "{message}");
+
+    // Grey images and a missing batch dimension are refused naming the file and the shape
+    // expected (a grey batch reached the stem's kernel and panicked).
+    for shape in [vec![2usize, 1, 32, 32], vec![3, 32, 32]] {
+        let bad = dir.path().join("bad.safetensors");
+        let zeros = candle_core::Tensor::zeros(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("input".to_string(), zeros)]), &bad).unwrap();
+        let args = ["--models", models, "run", "--model", "resnet_basic_min", "--weights", weights.to_str().unwrap()];
+        let output = zoo(&[&args[..], &["--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()]].concat());
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && message.contains("bad.safetensors") && message.contains("B x 3 x H x W"),
+            "{shape:?}: {message}"
+        );
+    }
 }
 
 #[test]
