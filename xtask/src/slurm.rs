@@ -99,6 +99,10 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
     if args.gpus.is_some_and(|g| g > 0) && !parsed.args.device_is_gpu() {
         bail!("--gpus asks for GPUs but the study runs on {}; add `--device cuda:0` after `--`", parsed.args.device);
     }
+    if args.cpus == 0 {
+        bail!("--cpus 0: each task needs at least 1 CPU");
+    }
+    parsed.args.check().context("the arguments after `--` would fail in every job")?;
     let binary = match &args.binary {
         Some(path) => absolute(path)?,
         None => std::env::current_exe().context("cannot find this program's path; give --binary")?,
@@ -197,5 +201,48 @@ mod tests {
             let output = std::process::Command::new("bash").arg("-c").arg(format!("printf %s {}", quote(text))).output().unwrap();
             assert_eq!(String::from_utf8(output.stdout).unwrap(), text);
         }
+    }
+
+    /// Arguments that would fail in every job are refused at submission, naming the problem,
+    /// and nothing is written.
+    #[test]
+    fn arguments_every_job_would_fail_on_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("study");
+        let args = |reproduce: &[&str]| SlurmArgs {
+            out: out.clone(),
+            shards: 2,
+            partition: None,
+            gpus: None,
+            time: "01:00:00".into(),
+            finish_time: "01:00:00".into(),
+            cpus: 2,
+            mem: None,
+            extra: Vec::new(),
+            binary: Some("/bin/true".into()),
+            submit: false,
+            reproduce: reproduce.iter().map(|a| a.to_string()).collect(),
+        };
+        let cases = [
+            (SlurmArgs { shards: 0, ..args(&[]) }, "--shards must be at least 1"),
+            (SlurmArgs { cpus: 0, ..args(&[]) }, "--cpus 0"),
+            (SlurmArgs { gpus: Some(1), ..args(&[]) }, "add `--device cuda:0`"),
+            (args(&["--shard", "0/2"]), "the scripts set them"),
+            (args(&["--epochs", "0"]), "--epochs 0: a run needs at least 1 epoch"),
+            (args(&["--trials", "0"]), "--trials 0"),
+            (args(&["--crop", "0"]), "the crop is 0"),
+            (args(&["--tasks", "lung"]), "unknown task"),
+            (args(&["--splits", "random"]), "expected faithful, grouped or authors:DIR"),
+            (args(&["--dtype", "bf16"]), "--dtype bf16 needs a GPU"),
+            (args(&["--no-such-option"]), "not valid for reproduce"),
+        ];
+        for (case, expected) in cases {
+            let message = format!("{:#}", write(&case).unwrap_err());
+            assert!(message.contains(expected), "{:?}: {message}", case.reproduce);
+            assert!(!out.exists(), "{:?}: wrote {}", case.reproduce, out.display());
+        }
+        // The same arguments, mended, are written.
+        let scripts = write(&args(&["--epochs", "2", "--tasks", "breast"])).unwrap();
+        assert!(std::fs::read_to_string(scripts.array).unwrap().contains("reproduce --epochs 2 --tasks breast --out"));
     }
 }

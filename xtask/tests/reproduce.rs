@@ -625,6 +625,23 @@ fn sizes_from_the_command_line_are_checked_before_anything_starts() {
     }
     let output = xtask().args(["rank", "--images", dir.path().to_str().unwrap(), "--crop", "0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("the crop is 0"));
+    // So is a budget no run can train with (it would stop the study at its first search, after
+    // the extraction), in the demo too, before its pretraining.
+    let demo_cache = dir.path().join("demo-cache");
+    for (budget, expected) in [
+        (&["--epochs", "0"][..], "--epochs 0: a run needs at least 1 epoch"),
+        (&["--batch", "0"], "--batch 0"),
+        (&["--trials", "0"], "--trials 0: a search needs at least 1 trial"),
+        (&["--patience", "0"], "--patience 0"),
+        (&["--halving", "1"], "eta must be at least 2"),
+        (&["--halving", "3", "--halving-min-epochs", "0"], "the first rung at least 1 epoch"),
+        (&["--demo", "--demo-cache", demo_cache.to_str().unwrap(), "--trials", "0"], "--trials 0"),
+    ] {
+        let output = xtask().args(["reproduce", "--out", out.to_str().unwrap()]).args(budget).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{budget:?}: {stderr}");
+        assert!(!out.exists() && !demo_cache.exists(), "nothing written");
+    }
     // So is a precision the device cannot run.
     let output = xtask().args(["reproduce", "--out", out.to_str().unwrap(), "--dtype", "bf16"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

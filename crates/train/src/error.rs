@@ -29,6 +29,18 @@ pub enum Error {
     /// A setting is out of range.
     #[error("{0}")]
     Config(String),
+    /// A run folder holds a run made with other settings than the ones asked for.
+    #[error(
+        "{}: this run was made with other settings: {}. Give the recorded values to continue it, or another --out for a new run",
+        dir.display(),
+        differences.join("; ")
+    )]
+    OtherSettings {
+        /// The run's folder.
+        dir: std::path::PathBuf,
+        /// Each differing setting: its recorded value, the one asked for, its option.
+        differences: Vec<String>,
+    },
     /// A file could not be read or written.
     #[error("{path}: {problem}")]
     Io {

@@ -6,9 +6,12 @@
 //! validation balanced accuracy), evaluated on the test split and the OOD set.
 //!
 //! A run lives in its own directory: `epoch-NNNN.safetensors` (model, optimizer, state; the
-//! two newest), `best.safetensors`, `history.jsonl`, and `outcome.json` when complete. A
+//! two newest), `best.safetensors`, `history.jsonl`, `run-settings.json` (checked whenever the
+//! run is continued or read back: `run_record`), and `outcome.json` when complete. A
 //! complete run is never redone; an interrupted one resumes from its newest loadable
 //! checkpoint and, on the CPU, ends exactly as an uninterrupted run would.
+
+pub(crate) mod run_record;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +26,7 @@ use medxfer_data::{
 use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
 
+pub use self::run_record::RUN_SETTINGS_FILE;
 use crate::checkpoint;
 use crate::device_batches::DeviceBatches;
 use crate::error::{Error, Result};
@@ -108,7 +112,46 @@ impl TrainingOptions {
     }
 }
 
+impl TrainingOptions {
+    /// Refuses options no run can train with, naming the option, before any work starts.
+    pub fn check(&self) -> Result<()> {
+        check_budget(self.epochs, self.batch_size, self.patience)
+    }
+}
+
+/// `--epochs`, `--batch` and `--patience` of at least 1.
+fn check_budget(epochs: usize, batch_size: usize, patience: Option<usize>) -> Result<()> {
+    if epochs == 0 {
+        return Err(Error::Config("--epochs 0: a run needs at least 1 epoch".into()));
+    }
+    if batch_size == 0 {
+        return Err(Error::Config("--batch 0: a run needs a batch of at least 1 image".into()));
+    }
+    if patience == Some(0) {
+        return Err(Error::Config(
+            "--patience 0: early stopping would end every run after its first epoch; give at least 1, or leave it out to train every epoch as the reference"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl RunSettings {
+    /// Refuses settings no run can train with: [`TrainingOptions::check`]'s, and a negative or
+    /// non-finite learning rate or weight decay (torch.optim.SGD refuses negative ones; a NaN one
+    /// would train nothing and be reported as a diverged run, as if the model were at fault).
+    pub fn check(&self) -> Result<()> {
+        check_budget(self.epochs, self.batch_size, self.patience)?;
+        for (name, value) in [("learning rate", self.learning_rate), ("weight decay", self.weight_decay)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(Error::Config(format!(
+                    "the {name} is {value}: it must be a finite number of at least 0 (--lr 0.01, --wd 1e-4)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The settings every trial of a search shares (its learning rate and weight decay 0 until
     /// a trial sets its point's).
     pub fn from_options(options: &TrainingOptions, normalization: Normalization) -> Self {
@@ -376,13 +419,13 @@ pub fn fine_tune_until(
     until: usize,
     progress: &mut dyn Progress,
 ) -> Result<Option<RunOutcome>> {
+    settings.check()?;
+    run_record::check(dir, settings)?;
     if let Some(outcome) = finished(dir) {
         return Ok(Some(outcome));
     }
-    if settings.epochs == 0 || settings.batch_size == 0 {
-        return Err(Error::Config("a run needs at least one epoch and a batch size of at least 1".into()));
-    }
     std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    run_record::record(dir, settings)?;
     let device = model.params().device().clone();
     let sgd = SgdSettings {
         learning_rate: settings.learning_rate,

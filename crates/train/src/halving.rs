@@ -153,6 +153,7 @@ pub fn search_with_halving(
 ) -> Result<HalvingSummary> {
     let SearchSettings { base, trials, shard } = *settings;
     let base = &base;
+    search::check_trials(trials)?;
     check_started(dir, &Started { halving, epochs: base.epochs, trials })?;
     let all = halton_points(trials);
     let mut members: Vec<usize> = (0..trials).collect();

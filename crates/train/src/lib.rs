@@ -56,8 +56,8 @@ pub use device::{
 pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};
 pub use finetune::{
-    BEST_FILE, EpochRecord, HISTORY_FILE, OUTCOME_FILE, Progress, RunData, RunOutcome, RunSettings, Selection, SplitData, TrainingOptions,
-    evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, model_tensors, restore_model,
+    BEST_FILE, EpochRecord, HISTORY_FILE, OUTCOME_FILE, Progress, RUN_SETTINGS_FILE, RunData, RunOutcome, RunSettings, Selection,
+    SplitData, TrainingOptions, evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, model_tensors, restore_model,
 };
 pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, search_with_halving};
 /// Re-exported: the normalisation a run's images take is medxfer-data's.
@@ -69,8 +69,8 @@ pub use models::{load_fine_tuned, load_pretrained, load_pretrained_in, start_fin
 pub use progress_bar::{EpochBar, epoch_line};
 pub use schedule::{ETA_MIN, cosine};
 pub use search::{
-    DIVERGED_FILE, LOCK_FILE, STALE_AFTER, SUMMARY_FILE, SearchProgress, SearchSettings, SearchSummary, Shard, Trial, search, select_best,
-    summarize_search, trial_dir,
+    DIVERGED_FILE, LOCK_FILE, STALE_AFTER, SUMMARY_FILE, SearchProgress, SearchSettings, SearchSummary, Shard, Trial, check_trials, search,
+    select_best, summarize_search, trial_dir,
 };
 pub use search_space::{TRIALS, TrialPoint, halton_points, unit_point};
 pub use sgd::{NesterovSgd, SgdSettings};

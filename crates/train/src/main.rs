@@ -306,9 +306,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Finetune { model, data, train, lr, wd, out } => {
             let (entry, weights, device) = resolve(&model)?;
-            let run_data = run_data(&data)?;
             let base = RunSettings::from_options(&options(&train, &data.transform), normalization(&entry, data.transform.fix_std));
             let settings = RunSettings { learning_rate: lr, weight_decay: wd, ..base };
+            // Before the images are cached (minutes for a real dataset).
+            settings.check()?;
+            let run_data = run_data(&data)?;
             let backbone = start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device)?;
             let mut bar = EpochBar::new(settings.epochs);
             let outcome = fine_tune(&backbone, &run_data, &settings, &out, &mut bar);
@@ -318,18 +320,23 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Search { model, data, train, trials, shard, out, halving, halving_min_epochs, compare_with } => {
             let (entry, weights, device) = resolve(&model)?;
+            let training = options(&train, &data.transform);
+            training.check()?;
+            medxfer_train::check_trials(trials)?;
+            let halving = halving.map(|eta| Halving::new(eta, halving_min_epochs)).transpose()?;
             let run_data = run_data(&data)?;
-            let base = RunSettings::from_options(&options(&train, &data.transform), normalization(&entry, data.transform.fix_std));
+            let base = RunSettings::from_options(&training, normalization(&entry, data.transform.fix_std));
             let settings = SearchSettings { base, trials, shard: Shard::parse(&shard)? };
             let make = || start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device);
             let mut bar = EpochBar::new(base.epochs);
             let summary = match halving {
                 None => search(&make, &run_data, &settings, &out, &mut bar).map_err(anyhow::Error::from),
-                Some(eta) => Halving::new(eta, halving_min_epochs).map_err(anyhow::Error::from).and_then(|halving| {
-                    let summary = medxfer_train::search_with_halving(&make, &run_data, &settings, halving, &out, &mut bar)?;
-                    print_halving(&summary, compare_with.as_deref())?;
-                    Ok(summary.search)
-                }),
+                Some(halving) => medxfer_train::search_with_halving(&make, &run_data, &settings, halving, &out, &mut bar)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|summary| {
+                        print_halving(&summary, compare_with.as_deref())?;
+                        Ok(summary.search)
+                    }),
             };
             bar.finish();
             let summary = summary?;

@@ -161,12 +161,21 @@ pub fn search(
     progress: &mut dyn SearchProgress,
 ) -> Result<SearchSummary> {
     let SearchSettings { base, trials, shard } = settings;
+    check_trials(*trials)?;
     for point in halton_points(*trials).into_iter().filter(|p| shard.takes(p.index)) {
         advance_trial(make_model, data, base, &point, dir, base.epochs, progress)?;
     }
     let summary = summarize_search(dir, *trials);
     write_summary(dir, &summary)?;
     Ok(summary)
+}
+
+/// `--trials` of at least 1: a search of none has no A_opt.
+pub fn check_trials(trials: usize) -> Result<()> {
+    if trials == 0 {
+        return Err(Error::Config("--trials 0: a search needs at least 1 trial (the reference's 75)".into()));
+    }
+    Ok(())
 }
 
 /// Writes `dir`/search.json atomically.
@@ -194,12 +203,15 @@ pub(crate) fn advance_trial(
     until: usize,
     progress: &mut dyn SearchProgress,
 ) -> Result<bool> {
+    let trial = trial_dir(dir, point.index);
+    let settings = RunSettings { learning_rate: point.learning_rate, weight_decay: point.weight_decay, ..*base };
+    // A finished trial is read back as this search's: it must have been trained as this search
+    // asks.
+    finetune::run_record::check(&trial, &settings)?;
     if reached(dir, point.index, until) {
         return Ok(true);
     }
-    let trial = trial_dir(dir, point.index);
     let Some(lock) = Claim::take(&trial.join(LOCK_FILE), STALE_AFTER)? else { return Ok(false) };
-    let settings = RunSettings { learning_rate: point.learning_rate, weight_decay: point.weight_decay, ..*base };
     let model = make_model()?;
     let result =
         finetune::fine_tune_until(&model, data, &settings, &trial, until, &mut TrialProgress { point, lock: &lock, search: progress });

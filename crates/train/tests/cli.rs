@@ -199,8 +199,27 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let output = train(&models, &[&["evaluate", "--model", "uni_tiny", "--weights", uni_weights][..], &image_args].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("uni_tiny was published without a classifier"), "{stderr}");
+    // A budget no run can train with, or a rate out of range, is refused before the images are
+    // cached (minutes for a real dataset) and before anything is written.
+    let (fresh_cache, refused) = (dir.path().join("fresh-cache"), dir.path().join("refused"));
+    let fresh_cache_s = fresh_cache.to_str().unwrap();
+    let data_args: Vec<&str> = common[..common.len() - 4].iter().map(|a| if *a == cache_s { fresh_cache_s } else { a }).collect();
+    let cases: [(&[&str], &str); 7] = [
+        (&["search", "--trials", "0", "--epochs", "2", "--batch", "8"], "--trials 0: a search needs at least 1 trial"),
+        (&["search", "--epochs", "0", "--batch", "8"], "--epochs 0: a run needs at least 1 epoch"),
+        (&["search", "--epochs", "2", "--batch", "0"], "--batch 0"),
+        (&["search", "--epochs", "2", "--batch", "8", "--patience", "0"], "--patience 0: early stopping would end every run"),
+        (&["search", "--epochs", "2", "--batch", "8", "--halving", "1"], "eta must be at least 2"),
+        (&["finetune", "--epochs", "2", "--batch", "8", "--lr=-0.1", "--wd", "0"], "the learning rate is -0.1"),
+        (&["finetune", "--epochs", "2", "--batch", "8", "--lr", "0.1", "--wd", "NaN"], "the weight decay is NaN"),
+    ];
+    for (options, message) in cases {
+        let output = train(&models, &[&options[..1], &data_args, &options[1..], &["--out", refused.to_str().unwrap()]].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(message), "{options:?}: {stderr}");
+        assert!(!fresh_cache.exists() && !refused.exists(), "{options:?}: the refused command cached images or wrote its --out");
+    }
     // The GPU arithmetic options are refused on the CPU, before anything is written.
-    let refused = dir.path().join("refused");
     for options in [&["--precision", "tf32"][..], &["--matmul-tf32"], &["--conv-algorithms", "benchmark"]] {
         let output = train(&models, &[&["search"][..], &common, options, &["--out", refused.to_str().unwrap()]].concat());
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -154,6 +154,32 @@ fn a_run_whose_loss_explodes_says_it_diverged() {
     }
 }
 
+/// A negative or non-finite learning rate or weight decay is refused before anything is
+/// written (torch.optim.SGD refuses negative ones; a NaN one would pass for a diverged run).
+#[test]
+fn a_learning_rate_or_weight_decay_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let cases = [
+        (-0.01, 1e-4, "learning rate"),
+        (f64::NAN, 1e-4, "learning rate"),
+        (0.01, -1e-4, "weight decay"),
+        (0.01, f64::INFINITY, "weight decay"),
+    ];
+    for (learning_rate, weight_decay, named) in cases {
+        let settings = RunSettings { learning_rate, weight_decay, ..settings(1) };
+        let run = dir.path().join("refused");
+        match fine_tune(&model(), &data, &settings, &run, &mut |_: &EpochRecord| panic!("trained")) {
+            Err(medxfer_train::Error::Config(message)) => assert!(message.contains(named), "{message}"),
+            other => panic!("lr {learning_rate}, wd {weight_decay}: expected a refusal, got {other:?}"),
+        }
+        assert!(!run.exists(), "a refused run left {}", run.display());
+    }
+    // A rate of 0 (a frozen model, a baseline) is a run.
+    let settings = RunSettings { learning_rate: 0.0, weight_decay: 0.0, ..settings(1) };
+    fine_tune(&model(), &data, &settings, &dir.path().join("zero"), &mut |_: &EpochRecord| {}).unwrap();
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_result_even_from_a_truncated_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,6 +365,36 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     let points = medxfer_train::halton_points(4);
     assert!(summary.finished.iter().all(|t| t.outcome.learning_rate == points[t.index].learning_rate));
     assert!(search_dir.join("search.json").exists());
+    // The finished trials are not passed off as those of a search with other settings.
+    let longer = SearchSettings { base: settings(2), trials: 4, shard: Shard::ALL };
+    let error = search(&make, &data, &longer, &search_dir, &mut |_: &TrialPoint, _: &EpochRecord| panic!("trained")).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("trial-000") && message.contains("epochs was 1, this run asks for 2 (--epochs)"), "{message}");
+}
+
+/// A run continued or read back with other settings than it was made with is refused, naming
+/// each one, where it would have resumed under the new ones (a history of two schedules) or
+/// passed off the old outcome as the new run's.
+#[test]
+fn a_run_continued_with_other_settings_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let run = dir.path().join("run");
+    let quiet = &mut |_: &EpochRecord| {};
+    assert!(medxfer_train::fine_tune_until(&model(), &data, &settings(2), &run, 1, quiet).unwrap().is_none());
+    let refused = |other: &RunSettings, named: &[&str]| {
+        let error = fine_tune(&model(), &data, other, &run, &mut |_: &EpochRecord| panic!("trained")).unwrap_err();
+        assert!(matches!(error, medxfer_train::Error::OtherSettings { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains(&run.display().to_string()) && named.iter().all(|n| message.contains(n)), "{message}");
+    };
+    refused(&settings(3), &["epochs was 2, this run asks for 3"]);
+    refused(&RunSettings { learning_rate: 0.05, batch_size: 8, ..settings(2) }, &["learning_rate was 0.02", "batch_size was 16"]);
+    assert_eq!(history(&run).len(), 1);
+    let outcome = fine_tune(&model(), &data, &settings(2), &run, quiet).unwrap();
+    assert_eq!(outcome.epochs_run, 2);
+    refused(&RunSettings { weight_decay: 0.0, ..settings(2) }, &["weight_decay was 0.0001, this run asks for 0.0 (--wd)"]);
+    assert_eq!(fine_tune(&model(), &data, &settings(2), &run, quiet).unwrap(), outcome);
 }
 
 #[test]

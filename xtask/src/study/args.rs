@@ -114,6 +114,14 @@ pub struct ReproduceArgs {
     pub demo_cache: Option<PathBuf>,
 }
 
+/// What [`ReproduceArgs::budget`] resolves and checks.
+struct Budget {
+    resize: u32,
+    trials: usize,
+    options: TrainingOptions,
+    halving: Option<medxfer_train::Halving>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SelectArg {
     ValLoss,
@@ -126,23 +134,67 @@ impl ReproduceArgs {
         self.device.starts_with("cuda")
     }
 
-    /// The study these arguments ask for; `command` is recorded in the report.
-    pub fn study(&self, command: String) -> Result<Study> {
+    /// Refuses, before any work, arguments no study can run with: sizes, budgets, a precision
+    /// the device cannot run, tasks, splits and shard. `slurm` calls it on the arguments it
+    /// passes through, so that a mistake is found at submission, not in every array task.
+    pub fn check(&self) -> Result<()> {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
-        let search = demo.as_ref().map(|c| c.search.clone());
-        let resize = self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256);
-        let crop = self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224);
-        medxfer_data::transform::check_sizes(resize, crop)?;
-        if self.dtype == ExtractDtype::Bf16 && !self.device_is_gpu() {
-            bail!("--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there");
-        }
-        self.gpu.apply(&self.device)?;
-        let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
+        self.budget(demo.as_ref())?;
+        self.tasks()?;
+        SplitChoice::parse(&self.splits)?;
+        Shard::parse(&self.shard)?;
+        Ok(())
+    }
+
+    fn tasks(&self) -> Result<(Catalog, Vec<medxfer_data::TaskSpec>)> {
         let catalog = Catalog::load_default()?;
         let tasks = self.tasks.iter().map(|t| catalog.task(t).cloned()).collect::<medxfer_data::Result<Vec<_>>>()?;
         if tasks.is_empty() {
             bail!("--tasks names no task");
         }
+        Ok((catalog, tasks))
+    }
+
+    /// The sizes, the search's budget and the GPU arithmetic, the demo's where not given, each
+    /// checked.
+    fn budget(&self, demo: Option<&crate::demo::DemoConfig>) -> Result<Budget> {
+        let search = demo.map(|c| c.search.clone());
+        let resize = self.resize.or(search.as_ref().map(|s| s.resize)).unwrap_or(256);
+        let crop = self.crop.or(search.as_ref().map(|s| s.crop)).unwrap_or(224);
+        medxfer_data::transform::check_sizes(resize, crop)?;
+        let pick = |given: Option<usize>, demo: Option<usize>, reference: usize| given.or(demo).unwrap_or(reference);
+        let trials = pick(self.trials, search.as_ref().map(|s| s.trials), 75);
+        let selection = match self.select {
+            SelectArg::ValLoss => Selection::ValLoss,
+            SelectArg::ValBalancedAccuracy => Selection::ValBalancedAccuracy,
+        };
+        let options = TrainingOptions {
+            epochs: pick(self.epochs, search.as_ref().map(|s| s.epochs), 100),
+            batch_size: pick(self.batch, search.as_ref().map(|s| s.batch), 128),
+            seed: self.seed,
+            selection,
+            patience: self.patience,
+            crop,
+        };
+        // A budget no run can train with would otherwise stop the study at its first search,
+        // hours in.
+        options.check()?;
+        medxfer_train::check_trials(trials)?;
+        let halving = self.halving.map(|eta| medxfer_train::Halving::new(eta, self.halving_min_epochs)).transpose()?;
+        if self.dtype == ExtractDtype::Bf16 && !self.device_is_gpu() {
+            bail!("--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there");
+        }
+        self.gpu.apply(&self.device)?;
+        Ok(Budget { resize, trials, options, halving })
+    }
+
+    /// The study these arguments ask for; `command` is recorded in the report.
+    pub fn study(&self, command: String) -> Result<Study> {
+        let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
+        // Before any work (the demo's pretraining, a real dataset's extraction).
+        let Budget { resize, trials, options, halving } = self.budget(demo.as_ref())?;
+        let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
+        let (catalog, tasks) = self.tasks()?;
         let registry = match (&self.models, &demo) {
             (Some(dir), _) => Registry::load(dir)?,
             (None, Some(_)) => crate::demo::registry()?,
@@ -153,10 +205,6 @@ impl ReproduceArgs {
         if backbones.len() < 2 {
             eprintln!("warning: with {} backbone(s) there is nothing to rank; the correlations need at least two", backbones.len());
         }
-        let selection = match self.select {
-            SelectArg::ValLoss => Selection::ValLoss,
-            SelectArg::ValBalancedAccuracy => Selection::ValBalancedAccuracy,
-        };
         let (data, weights) = match &demo {
             Some(config) => {
                 let data = self.data.clone().unwrap_or_else(|| out.join("demo-data"));
@@ -180,7 +228,6 @@ impl ReproduceArgs {
                 },
             ),
         };
-        let pick = |given: Option<usize>, demo: Option<usize>, reference: usize| given.or(demo).unwrap_or(reference);
         Ok(Study {
             data,
             layout: Layout::new(&out),
@@ -189,20 +236,13 @@ impl ReproduceArgs {
             backbones,
             weights,
             splits: SplitChoice::parse(&self.splits)?,
-            trials: pick(self.trials, search.as_ref().map(|s| s.trials), 75),
-            options: TrainingOptions {
-                epochs: pick(self.epochs, search.as_ref().map(|s| s.epochs), 100),
-                batch_size: pick(self.batch, search.as_ref().map(|s| s.batch), 128),
-                seed: self.seed,
-                selection,
-                patience: self.patience,
-                crop,
-            },
+            trials,
+            options,
             device: self.device.clone(),
             shard: Shard::parse(&self.shard)?,
             resize,
             fix_std: self.fix_std,
-            halving: self.halving.map(|eta| medxfer_train::Halving::new(eta, self.halving_min_epochs)).transpose()?,
+            halving,
             extend: self.extend,
             extract_batch: 32,
             extract_dtype: self.dtype,

@@ -1,0 +1,162 @@
+//! What shaped a run, recorded in its folder (`run-settings.json`) when it starts and compared
+//! whenever it is continued or read back as finished: a rerun of `medxfer-train finetune` or
+//! `search` into the same `--out` with another `--lr`, `--epochs`, `--batch`, ... is refused
+//! naming the setting, where it would otherwise have resumed the old run under the new settings
+//! (a schedule of two lengths in one history) or returned the old run's outcome as the new one's.
+//! `cargo xtask reproduce` refuses such reruns earlier, from its own per-folder record; this one
+//! guards every run, whoever starts it.
+//!
+//! Values are kept as text (Rust's shortest round-trip formatting for numbers), so that a value
+//! compares equal to itself exactly however the file was parsed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{RunSettings, Selection};
+use crate::error::{Error, Result};
+
+/// The record's file name, in a run's folder.
+pub const RUN_SETTINGS_FILE: &str = "run-settings.json";
+
+/// A run's settings as setting name -> value as text.
+fn as_text(settings: &RunSettings) -> BTreeMap<&'static str, String> {
+    let RunSettings {
+        epochs,
+        batch_size,
+        seed,
+        learning_rate,
+        weight_decay,
+        momentum,
+        selection,
+        patience,
+        normalization,
+        train_transform,
+        crop,
+    } = settings;
+    let selection = match selection {
+        Selection::ValLoss => "val-loss",
+        Selection::ValBalancedAccuracy => "val-balanced-accuracy",
+    };
+    BTreeMap::from([
+        ("epochs", epochs.to_string()),
+        ("batch_size", batch_size.to_string()),
+        ("seed", seed.to_string()),
+        ("learning_rate", format!("{learning_rate:?}")),
+        ("weight_decay", format!("{weight_decay:?}")),
+        ("momentum", format!("{momentum:?}")),
+        ("selection", selection.to_string()),
+        ("patience", patience.map_or("none".to_string(), |p| p.to_string())),
+        ("normalization_mean", format!("{:?}", normalization.mean)),
+        ("normalization_std", format!("{:?}", normalization.std)),
+        ("train_crop", train_transform.size.to_string()),
+        ("train_scale", format!("{:?}", train_transform.scale)),
+        ("train_ratio", format!("{:?}", train_transform.ratio)),
+        ("train_degrees", format!("{:?}", train_transform.degrees)),
+        ("train_hue", format!("{:?}", train_transform.hue)),
+        ("crop", crop.to_string()),
+    ])
+}
+
+/// The command-line option that sets `setting`, for the message.
+fn option(setting: &str) -> &'static str {
+    match setting {
+        "epochs" => "--epochs",
+        "batch_size" => "--batch",
+        "seed" => "--seed",
+        "learning_rate" => "--lr",
+        "weight_decay" => "--wd",
+        "selection" => "--select",
+        "patience" => "--patience",
+        "normalization_mean" | "normalization_std" => "--fix-std, or the backbone's preprocessing",
+        "crop" | "train_crop" => "--crop",
+        _ => "no option: the run was made by another version or by hand",
+    }
+}
+
+/// Refuses `settings` when `dir` holds a run recorded with other ones; a folder without a
+/// record (no run yet, or one made before runs were recorded) passes.
+pub fn check(dir: &Path, settings: &RunSettings) -> Result<()> {
+    let path = dir.join(RUN_SETTINGS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Io { path, problem: e.to_string() }),
+    };
+    let recorded: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+        path: path.clone(),
+        problem: format!(
+            "not a run-settings record ({e}): medxfer-train writes it when a run starts; restore it, or start the run again in a new --out"
+        ),
+    })?;
+    let asked = as_text(settings);
+    let none = "(not recorded)".to_string();
+    let differences: Vec<String> = asked
+        .keys()
+        .copied()
+        .chain(recorded.keys().map(String::as_str))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|setting| {
+            let (then, now) = (recorded.get(setting).unwrap_or(&none), asked.get(setting).unwrap_or(&none));
+            (then != now).then(|| format!("{setting} was {then}, this run asks for {now} ({})", option(setting)))
+        })
+        .collect();
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::OtherSettings { dir: dir.to_path_buf(), differences })
+}
+
+/// Records `settings` in `dir` unless a record is there already (which [`check`] compared).
+pub fn record(dir: &Path, settings: &RunSettings) -> Result<()> {
+    let path = dir.join(RUN_SETTINGS_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec_pretty(&as_text(settings)).map_err(|e| Error::Io { path: path.clone(), problem: e.to_string() })?;
+    Ok(medxfer_durable::write_atomic(&path, &json)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::Normalization;
+
+    fn settings() -> RunSettings {
+        RunSettings::reference(0.1 + 0.2, 1e-5, Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, false))
+    }
+
+    #[test]
+    fn a_record_compares_equal_to_its_settings_and_names_each_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        check(dir.path(), &settings()).unwrap();
+        record(dir.path(), &settings()).unwrap();
+        // 0.1 + 0.2 is not 0.3: the text keeps every bit.
+        check(dir.path(), &settings()).unwrap();
+        let other = RunSettings { learning_rate: 0.3, epochs: 20, ..settings() };
+        match check(dir.path(), &other) {
+            Err(Error::OtherSettings { differences, .. }) => {
+                assert_eq!(differences.len(), 2, "{differences:?}");
+                assert!(differences[0].starts_with("epochs was 100, this run asks for 20 (--epochs)"), "{differences:?}");
+                assert!(
+                    differences[1].starts_with("learning_rate was 0.30000000000000004, this run asks for 0.3 (--lr)"),
+                    "{differences:?}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // A second record does not replace the first.
+        record(dir.path(), &other).unwrap();
+        assert!(check(dir.path(), &other).is_err());
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RUN_SETTINGS_FILE), b"{\"epochs\": ").unwrap();
+        let message = check(dir.path(), &settings()).unwrap_err().to_string();
+        assert!(message.contains(RUN_SETTINGS_FILE) && message.contains("new --out"), "{message}");
+    }
+}
