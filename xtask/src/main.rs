@@ -273,9 +273,15 @@ fn main() -> Result<()> {
                 Some(names) => names.iter().map(|n| n.parse::<medxfer_scores::Metric>()).collect::<Result<Vec<_>, _>>()?,
                 None => report::image_bootstrap::CHEAP.to_vec(),
             };
-            let (scores, taus) =
-                report::image_bootstrap::run(&report::image_bootstrap::Settings { results: results.clone(), resamples, metrics, seed })?;
-            let cost = taus.first().map_or(0.0, |t| t.seconds_per_resample);
+            let names: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
+            let (scores, taus) = report::image_bootstrap::run(&report::image_bootstrap::Settings {
+                results: results.clone(),
+                resamples,
+                metrics: metrics.clone(),
+                seed,
+            })?;
+            // The rows kept from an earlier run carry that run's cost.
+            let cost = taus.iter().find(|t| names.contains(&t.metric.as_str())).map_or(0.0, |t| t.seconds_per_resample);
             println!(
                 "{}: {} score intervals, {} tau-b intervals ({cost:.2} s per resample of the first task); run `cargo xtask report --results {}` to draw them",
                 results.display(),

@@ -288,6 +288,60 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     let svg = std::fs::read_to_string(out.join("fig3.svg")).unwrap();
     let reference_svg = std::fs::read_to_string(reference_out.join("fig3.svg")).unwrap();
     assert!(svg.len() > reference_svg.len(), "error bars drawn");
+
+    // A score added later joins the intervals already there, which stay as they were.
+    let bootstrap = |args: &[&str]| xtask().args(["image-bootstrap", "--results", out.to_str().unwrap()]).args(args).output().unwrap();
+    check(bootstrap(&["--resamples", "12", "--metrics", "gbc"]));
+    let merged = read_csv(&out.join("image_bootstrap_scores.csv"));
+    assert_eq!(merged.len(), intervals.len() / 3 * 4);
+    let without_gbc: Vec<_> = merged.iter().filter(|r| r["metric"] != "gbc").cloned().collect();
+    assert_eq!(without_gbc, intervals, "the earlier intervals kept, in their order");
+    let merged_taus = read_csv(&out.join("image_bootstrap_tau.csv"));
+    assert_eq!(merged_taus.iter().filter(|r| r["metric"] != "gbc").cloned().collect::<Vec<_>>(), taus);
+    assert_eq!(merged_taus.iter().filter(|r| r["metric"] == "gbc").count(), TASKS.len() * 2);
+    // No resamples, or a damaged earlier file, is refused before any work and changes nothing.
+    let kept = std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap();
+    let output = bootstrap(&["--resamples", "0"]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--resamples 0"));
+    let kept_taus = std::fs::read(out.join("image_bootstrap_tau.csv")).unwrap();
+    std::fs::write(out.join("image_bootstrap_tau.csv"), "task,setting\n").unwrap();
+    let output = bootstrap(&["--resamples", "12", "--metrics", "gbc"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("image_bootstrap_tau.csv") && stderr.contains("start afresh"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap(), kept);
+    std::fs::write(out.join("image_bootstrap_tau.csv"), kept_taus).unwrap();
+
+    // Intervals of another study state are not shown as this one's: with a backbone's accuracies
+    // gone (Table 2 then has one backbone fewer), each tau-b interval over images is marked
+    // stale, and a score interval around another value than scores.csv's is left out.
+    check(bootstrap(&["--resamples", "12", "--metrics", "h_score,leep,pactran_dir,gbc"]));
+    let dropped = BACKBONES.split(',').next().unwrap();
+    let performance = std::fs::read_to_string(out.join("performance.csv")).unwrap();
+    let fewer: String = performance.lines().filter(|l| !l.contains(&format!(",{dropped},"))).map(|l| format!("{l}\n")).collect();
+    assert!(fewer.len() < performance.len());
+    std::fs::write(out.join("performance.csv"), fewer).unwrap();
+    let output = check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("score interval"), "per-model scores did not change");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let stale = format!("stale: over {} backbones, the table has {}", BACKBONES.split(',').count(), BACKBONES.split(',').count() - 1);
+    let image_rows: Vec<&str> = report.lines().filter(|l| l.starts_with("| brain · id |") && l.contains("leep")).collect();
+    assert!(!image_rows.is_empty() && image_rows.iter().all(|l| l.contains(&stale)), "{image_rows:?}");
+    std::fs::write(out.join("performance.csv"), performance).unwrap();
+    let scores_text = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    let (line, rest) = scores_text.split_once('\n').unwrap();
+    let changed_row = rest.lines().position(|l| l.contains(",h_score,")).unwrap();
+    let changed: String = std::iter::once(line.to_string())
+        .chain(
+            rest.lines()
+                .enumerate()
+                .map(|(i, l)| if i == changed_row { format!("{},12345", l.rsplit_once(',').unwrap().0) } else { l.to_string() }),
+        )
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(out.join("scores.csv"), changed).unwrap();
+    let output = check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("warning: 1 score interval(s)"), "{stderr}");
 }
 
 #[test]

@@ -97,6 +97,16 @@ pub const TAU_INTERVAL_COLUMNS: [&str; 8] = ["task", "setting", "metric", "n", "
 /// The whole bootstrap; writes the two CSV files into the results folder.
 pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)> {
     let out = &settings.results;
+    if settings.resamples == 0 {
+        bail!(
+            "--resamples 0: an interval needs resamples (200 by default; a 95% interval rests on its 2.5% tails, so 1,000 or more for a publication)"
+        );
+    }
+    if settings.metrics.is_empty() {
+        bail!("--metrics names no score");
+    }
+    // Read before the hours of resampling, so that a damaged file stops the run at once.
+    let earlier = read(out).context("reading the intervals an earlier image-bootstrap wrote (remove both files to start afresh)")?;
     let performance = results::read_performance(out)?;
     let seed = match settings.seed {
         Some(seed) => seed,
@@ -194,6 +204,17 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                 seconds_per_resample,
             });
         }
+    }
+    // The intervals of scores this run did not recompute stay: adding a score later (`--metrics
+    // n_leep` after the default cheap ones) must not discard hours of resampling. Rows stay in
+    // (task, setting, score) order, each group's backbones in their order.
+    if let Some((earlier_scores, earlier_taus)) = earlier {
+        let recomputed = |metric: &str| settings.metrics.iter().any(|m| m.as_str() == metric);
+        score_rows.extend(earlier_scores.into_iter().filter(|r| !recomputed(&r.metric)));
+        tau_rows.extend(earlier_taus.into_iter().filter(|r| !recomputed(&r.metric)));
+        let order = |metric: &str| (metric.parse::<Metric>().ok(), metric.to_string());
+        score_rows.sort_by_cached_key(|r| (r.task.clone(), r.setting, order(&r.metric)));
+        tau_rows.sort_by_cached_key(|r| (r.task.clone(), r.setting, order(&r.metric)));
     }
     results::write_rows(&out.join(SCORE_INTERVALS_CSV), &SCORE_INTERVAL_COLUMNS, &score_rows)?;
     results::write_rows(&out.join(TAU_INTERVALS_CSV), &TAU_INTERVAL_COLUMNS, &tau_rows)?;

@@ -74,7 +74,12 @@ pub fn run(out: &Path) -> Result<Written> {
     let mut panels = table::panels(&scores, &performance);
     let images = image_bootstrap::read(out)?;
     if let Some((intervals, _)) = &images {
-        table::attach_score_intervals(&mut panels, intervals);
+        let stale = table::attach_score_intervals(&mut panels, intervals);
+        if stale > 0 {
+            eprintln!(
+                "warning: {stale} score interval(s) of image_bootstrap_scores.csv are around other values than scores.csv's (the study changed since): left out of the figures; rerun `cargo xtask image-bootstrap`"
+            );
+        }
     }
     let bootstrap = provenance.as_ref().map(|p| p.bootstrap).unwrap_or_default();
     let rows: Vec<Table2Row> = panels.iter().map(|p| p.correlation(bootstrap)).collect();
@@ -332,6 +337,12 @@ fn images_markdown(rows: &[Table2Row], taus: Option<&[image_bootstrap::TauInterv
             (Some(l), Some(h)) => format!("[{l:.2}, {h:.2}]"),
             _ => "–".to_string(),
         };
+        // Resampled over another set of backbones than the table's: not this tau-b's interval.
+        let over_images = if tau.n == row.n {
+            interval(tau.low, tau.high)
+        } else {
+            format!("stale: over {} backbones, the table has {}; rerun image-bootstrap", tau.n, row.n)
+        };
         let _ = writeln!(
             text,
             "| {} · {} | {} | {} | {} | {} | {} |",
@@ -340,7 +351,7 @@ fn images_markdown(rows: &[Table2Row], taus: Option<&[image_bootstrap::TauInterv
             tau.metric,
             number(row.tau_b),
             interval(row.ci_low, row.ci_high),
-            interval(tau.low, tau.high),
+            over_images,
             tau.resamples
         );
     }

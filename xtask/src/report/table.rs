@@ -191,16 +191,28 @@ pub fn panels(scores: &[ScoreRow], performance: &[PerformanceRow]) -> Vec<Panel>
     panels
 }
 
-/// Gives each panel's points their score intervals over image resamples.
-pub fn attach_score_intervals(panels: &mut [Panel], intervals: &[super::image_bootstrap::ScoreInterval]) {
+/// Gives each panel's points their score intervals over image resamples. An interval around
+/// another value than the point's score is stale (the features were extracted again, or a score
+/// defined over the set of backbones changed with the set since `image-bootstrap` ran) and is
+/// left out; the number left out is returned.
+pub fn attach_score_intervals(panels: &mut [Panel], intervals: &[super::image_bootstrap::ScoreInterval]) -> usize {
+    let mut stale = 0;
     for panel in panels {
         for (point, slot) in panel.points.iter().zip(panel.score_intervals.iter_mut()) {
-            *slot = intervals
+            let found = intervals
                 .iter()
-                .find(|i| i.task == panel.task && i.setting == panel.setting && i.metric == panel.metric && i.backbone == point.0)
-                .map(|i| (i.low, i.high));
+                .find(|i| i.task == panel.task && i.setting == panel.setting && i.metric == panel.metric && i.backbone == point.0);
+            *slot = match found {
+                Some(i) if (i.value - point.1).abs() <= 1e-9 * point.1.abs().max(1.0) => Some((i.low, i.high)),
+                Some(_) => {
+                    stale += 1;
+                    None
+                }
+                None => None,
+            };
         }
     }
+    stale
 }
 
 /// The published Table 2 tau-b values (PROTOCOL.md), keyed by (task, setting, metric).
