@@ -215,6 +215,15 @@ fn names(metrics: &[Metric]) -> String {
     metrics.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// One group's rows of a CSV file being correlated.
+struct Group {
+    key: String,
+    xs: Vec<f64>,
+    ys: Vec<f64>,
+    /// The first line holding a value that is not finite, and what it holds.
+    not_finite: Option<(usize, String)>,
+}
+
 fn correlate_csv(file: &Path, x: &str, y: &str, group: Option<&str>, json: bool) -> Result<()> {
     let mut reader = csv::Reader::from_path(file).with_context(|| format!("cannot open {}", file.display()))?;
     let headers = reader.headers().with_context(|| format!("{}: cannot read the header row", file.display()))?.clone();
@@ -225,7 +234,7 @@ fn correlate_csv(file: &Path, x: &str, y: &str, group: Option<&str>, json: bool)
     };
     let (x_col, y_col) = (column(x)?, column(y)?);
     let group_col = group.map(column).transpose()?;
-    let mut groups: BTreeMap<usize, (String, Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut groups: BTreeMap<usize, Group> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
@@ -245,21 +254,34 @@ fn correlate_csv(file: &Path, x: &str, y: &str, group: Option<&str>, json: bool)
                 order.len() - 1
             }
         };
-        let entry = groups.entry(slot).or_insert_with(|| (key, Vec::new(), Vec::new()));
-        entry.1.push(xv);
-        entry.2.push(yv);
+        let entry = groups.entry(slot).or_insert_with(|| Group { key, xs: Vec::new(), ys: Vec::new(), not_finite: None });
+        entry.xs.push(xv);
+        entry.ys.push(yv);
+        if entry.not_finite.is_none() {
+            entry.not_finite =
+                [(x, xv), (y, yv)].into_iter().find(|(_, v)| !v.is_finite()).map(|(name, v)| (line, format!("{v} in column '{name}'")));
+        }
     }
     if groups.is_empty() {
         bail!("{}: no data rows", file.display());
     }
-    let results: Vec<(String, usize, Result<Correlation, medxfer_scores::Error>)> =
-        groups.into_values().map(|(key, xs, ys)| (key, xs.len(), correlate(&xs, &ys))).collect();
+    // A NaN (a score that failed) is named by its line, not by its place among the group's values.
+    let results: Vec<(String, usize, Result<Correlation, String>)> = groups
+        .into_values()
+        .map(|group| {
+            let result = match group.not_finite {
+                Some((line, what)) => Err(format!("line {line} holds {what}: remove such rows, or fill in the value")),
+                None => correlate(&group.xs, &group.ys).map_err(|e| e.to_string()),
+            };
+            (group.key, group.xs.len(), result)
+        })
+        .collect();
     if json {
         let list: Vec<Value> = results
             .iter()
             .map(|(key, n, result)| match result {
                 Ok(c) => json!({"group": key, "n": c.n, "tau_b": c.tau_b, "p_value": c.p_value, "weighted_tau": c.weighted_tau, "pearson": c.pearson, "spearman": c.spearman}),
-                Err(e) => json!({"group": key, "n": n, "tau_b": null, "p_value": null, "weighted_tau": null, "pearson": null, "spearman": null, "error": e.to_string()}),
+                Err(e) => json!({"group": key, "n": n, "tau_b": null, "p_value": null, "weighted_tau": null, "pearson": null, "spearman": null, "error": e}),
             })
             .collect();
         println!("{}", Value::Array(list));

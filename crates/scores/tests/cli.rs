@@ -250,4 +250,11 @@ fn correlate_names_a_missing_column_and_a_bad_cell() {
     assert_clean_failure(&output, &["table.csv", "'accuracy'", "score, acc"]);
     let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "acc"]);
     assert_clean_failure(&output, &["table.csv", "line 3", "'abc'"]);
+    // A NaN (a score that failed) is named by its line in that group's row; other groups stand.
+    std::fs::write(&csv, "score,acc,task\n1,0.5,a\n2,0.6,b\n3,0.7,b\n4,NaN,a\n5,0.9,a\n").unwrap();
+    let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "acc", "--group", "task", "--json"]);
+    let list: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(list[0]["group"], "a");
+    assert_eq!(list[0]["error"], "line 5 holds NaN in column 'acc': remove such rows, or fill in the value");
+    assert_eq!((list[1]["group"].as_str(), list[1]["tau_b"].as_f64()), (Some("b"), Some(1.0)));
 }
