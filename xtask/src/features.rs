@@ -35,6 +35,16 @@ impl ExtractDtype {
         }
     }
 
+    /// Refuses a precision `device` (`--device`) cannot extract in, before any work.
+    pub fn check_device(self, device: &str) -> Result<()> {
+        if self == ExtractDtype::Bf16 && !device.starts_with("cuda") {
+            anyhow::bail!(
+                "--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there"
+            );
+        }
+        Ok(())
+    }
+
     /// The option's value, as records and reports write it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -271,6 +271,42 @@ fn a_truncated_image_in_the_folder_stops_rank_naming_it() {
     assert!(stderr.contains("partial.jpg") && stderr.contains("image file is truncated"), "{stderr}");
 }
 
+/// Options rank cannot run with are refused before the images are read or cached (the
+/// extraction after takes minutes to hours), each naming the option.
+#[test]
+fn options_rank_cannot_run_with_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    let out = dir.path().join("out");
+    for (options, expected) in [
+        (&["--consensus", "logme,hscore"][..], "--consensus"),
+        (&["--bootstrap", "0"], "--bootstrap 0"),
+        (&["--dtype", "bf16"], "--dtype bf16 needs a GPU"),
+        (&["--finetune-top", "0"], "--finetune-top 0"),
+        (&["--finetune-top", "2", "--epochs", "0"], "--epochs 0"),
+        (&["--finetune-top", "2", "--batch", "0"], "--batch 0"),
+        (&["--finetune-top", "2", "--trials", "0"], "--trials 0"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .arg("rank")
+            .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str()])
+            .args([
+                "--models".as_ref(),
+                dir.path().join("models").as_os_str(),
+                "--weights".as_ref(),
+                dir.path().join("weights").as_os_str(),
+            ])
+            .args(["--resize", "72", "--crop", "64"])
+            .args(options)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{options:?}: {stderr}");
+        assert!(!out.exists(), "{options:?}: wrote {}", out.display());
+    }
+}
+
 /// A candidate whose weights cannot be had (here: its checkpoint file is missing; in use, a gated
 /// repo whose terms were not accepted) leaves the others ranked: the table and ranking.csv hold
 /// them, the table names it with its error, and the command fails saying so. Once mended, a rerun

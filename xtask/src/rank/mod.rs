@@ -239,8 +239,26 @@ fn normalization(entry: &ModelEntry) -> Normalization {
 }
 
 /// `cargo xtask rank`.
+/// What `--finetune-top` trains each run with.
+fn tuning_options(args: &RankArgs) -> TrainingOptions {
+    TrainingOptions { epochs: args.epochs, batch_size: args.batch, seed: args.seed, crop: args.crop, ..TrainingOptions::reference() }
+}
+
 pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     medxfer_data::transform::check_sizes(args.resize, args.crop)?;
+    // Every option is checked before the extraction, which takes minutes to hours.
+    let consensus = Consensus::parse(&args.consensus)?;
+    args.dtype.check_device(&args.device)?;
+    if args.bootstrap == Some(0) {
+        bail!("--bootstrap 0: give the number of image resamples (100 or more), or leave it out");
+    }
+    if let Some(top) = args.finetune_top {
+        if top == 0 {
+            bail!("--finetune-top 0: give how many of the top-ranked backbones to fine-tune (at least 1), or leave it out");
+        }
+        tuning_options(args).check()?;
+        medxfer_train::check_trials(args.trials)?;
+    }
     let images = LabelledImages::read(&args.images)?;
     let registry = match &args.models {
         Some(dir) => Registry::load(dir)?,
@@ -344,7 +362,6 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     if scored.is_empty() {
         bail!("no candidate could be ranked:\n{}", not_ranked_list(&not_ranked));
     }
-    let consensus = Consensus::parse(&args.consensus)?;
     let mut rows = rank(&scored, &consensus);
 
     let mut tuning = String::new();
@@ -362,15 +379,11 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
             let file = weights.file(entry)?;
             let make = || start_fine_tuning(entry, &file, images.classes.len(), args.seed, &device);
-            let options = TrainingOptions {
-                epochs: args.epochs,
-                batch_size: args.batch,
-                seed: args.seed,
-                crop: args.crop,
-                ..TrainingOptions::reference()
+            let settings = SearchSettings {
+                base: RunSettings::from_options(&tuning_options(args), normalization(entry)),
+                trials: args.trials,
+                shard: Shard::ALL,
             };
-            let settings =
-                SearchSettings { base: RunSettings::from_options(&options, normalization(entry)), trials: args.trials, shard: Shard::ALL };
             // Keyed by everything that shapes a run but the number of trials (a longer search
             // continues a shorter one): the images, the weights, the transforms, the budget.
             let shaping = format!(

@@ -181,9 +181,7 @@ impl ReproduceArgs {
         options.check()?;
         medxfer_train::check_trials(trials)?;
         let halving = self.halving.map(|eta| medxfer_train::Halving::new(eta, self.halving_min_epochs)).transpose()?;
-        if self.dtype == ExtractDtype::Bf16 && !self.device_is_gpu() {
-            bail!("--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there");
-        }
+        self.dtype.check_device(&self.device)?;
         self.gpu.apply(&self.device)?;
         Ok(Budget { resize, trials, options, halving })
     }
