@@ -22,7 +22,8 @@ pub struct Record {
 /// Something wrong with one file; `check` reports them all at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// The file, relative to the dataset root.
+    /// The file: an image relative to the dataset root; the layout's own files (the root
+    /// itself, a ground-truth CSV) with the root in front, as the command was given it.
     pub path: PathBuf,
     /// What is wrong with it.
     pub problem: String,

@@ -55,6 +55,13 @@ fn admit(scan: &mut Scan, spec: &DatasetSpec, path: &str, class: &str, group: St
     }
 }
 
+/// Where a problem's file is: an image's path is relative to the root; the layout's own files
+/// (the root itself, a ground-truth CSV) are given with the root already in front, which a
+/// second join would repeat for a relative root (`data/isic/data/isic/...csv`).
+fn located(root: &Path, path: &Path) -> std::path::PathBuf {
+    if path.is_absolute() || path.starts_with(root) { path.to_path_buf() } else { root.join(path) }
+}
+
 /// The records of the dataset under `root`, for a step that needs it whole: a missing folder or
 /// any problem is an error naming the first problem and the command that lists them all.
 pub fn scan_clean(spec: &DatasetSpec, root: &Path) -> Result<Vec<Record>> {
@@ -68,7 +75,7 @@ pub fn scan_clean(spec: &DatasetSpec, root: &Path) -> Result<Vec<Record>> {
     match scan.problems.first() {
         None => Ok(scan.records),
         Some(first) => Err(Error::Format {
-            path: root.join(&first.path),
+            path: located(root, &first.path),
             problem: format!(
                 "{}; {} has {} problem(s) in all: `medxfer-data check {} --root {}` lists them",
                 first.problem,
@@ -78,5 +85,22 @@ pub fn scan_clean(spec: &DatasetSpec, root: &Path) -> Result<Vec<Record>> {
                 root.display()
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_problem_is_located_once_under_a_relative_or_absolute_root() {
+        let relative = Path::new("data/isic");
+        assert_eq!(located(relative, Path::new("ISIC_0000000.jpg")), Path::new("data/isic/ISIC_0000000.jpg"));
+        assert_eq!(located(relative, relative), relative);
+        assert_eq!(located(relative, &relative.join("truth.csv")), Path::new("data/isic/truth.csv"));
+        let absolute = Path::new("/data/isic");
+        assert_eq!(located(absolute, Path::new("a/b.jpg")), Path::new("/data/isic/a/b.jpg"));
+        assert_eq!(located(absolute, &absolute.join("truth.csv")), Path::new("/data/isic/truth.csv"));
     }
 }
