@@ -167,7 +167,24 @@ pub fn combine_set_level(scores: &[ScoreRow]) -> Vec<ScoreRow> {
 }
 
 pub fn read_performance(dir: &Path) -> Result<Vec<PerformanceRow>> {
-    read_rows(&dir.join(PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, |r: &PerformanceRow| (r.task.clone(), r.setting, r.backbone.clone()))
+    let path = dir.join(PERFORMANCE_CSV);
+    let rows = read_rows(&path, &PERFORMANCE_COLUMNS, |r: &PerformanceRow| (r.task.clone(), r.setting, r.backbone.clone()))?;
+    // Typed-in results (published numbers, another tool's) are where a percentage or a blank
+    // read as NaN gets in; every correlation and pick would silently use it.
+    for (i, row) in rows.iter().enumerate() {
+        for (column, value) in
+            [("val_balanced_accuracy", row.val_balanced_accuracy), ("test_balanced_accuracy", Some(row.test_balanced_accuracy))]
+        {
+            if let Some(value) = value.filter(|v| !(0.0..=1.0).contains(v)) {
+                bail!(
+                    "{}: row {}: {column} is {value}; a balanced accuracy lies between 0 and 1 (a percentage? divide it by 100)",
+                    path.display(),
+                    i + 2
+                );
+            }
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -238,12 +238,12 @@ fn normalization(entry: &ModelEntry) -> Normalization {
     Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, true)
 }
 
-/// `cargo xtask rank`.
 /// What `--finetune-top` trains each run with.
 fn tuning_options(args: &RankArgs) -> TrainingOptions {
     TrainingOptions { epochs: args.epochs, batch_size: args.batch, seed: args.seed, crop: args.crop, ..TrainingOptions::reference() }
 }
 
+/// `cargo xtask rank`.
 pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     medxfer_data::transform::check_sizes(args.resize, args.crop)?;
     // Every option is checked before the extraction, which takes minutes to hours.

@@ -240,22 +240,27 @@ fn report_markdown(
     text.push_str("\nFigures: fig3.svg / fig3.png (in-distribution), fig3_ood.svg / fig3_ood.png (OOD), fig_tau_forest.svg / fig_tau_forest.png (tau-b with its interval per score and task).\n\n");
     text.push_str(&uncertainty_markdown(rows, panels, &tasks, &metrics, bootstrap, provenance.is_some()));
 
-    text.push_str("## Best backbone per task\n\nBy balanced accuracy, and the backbone each score ranks first with its top-1 regret (best accuracy minus the accuracy of the score's pick).\n\n");
+    text.push_str("## Best backbone per task\n\nBy balanced accuracy, and the backbone each score ranks first with its top-1 regret (best accuracy minus the accuracy of the score's pick; the best over every backbone, also one the score could not be computed for).\n\n");
     let _ = writeln!(text, "| task · setting | best by accuracy | {} |", metrics.join(" | "));
     let _ = writeln!(text, "|---|---|{}", "---|".repeat(metrics.len()));
     for setting in Setting::BOTH {
         for task in &tasks {
             let task_panels: Vec<&Panel> = panels.iter().filter(|p| &p.task == task && p.setting == setting).collect();
-            let Some(first) = task_panels.first() else { continue };
-            let best = first.points.iter().max_by(|a, b| a.2.total_cmp(&b.2));
+            if task_panels.is_empty() {
+                continue;
+            }
+            // Over every backbone with an accuracy: a panel holds only those its score was
+            // computed for, and the one a score failed on may be the best.
+            let best = performance
+                .iter()
+                .filter(|r| &r.task == task && r.setting == setting)
+                .max_by(|a, b| a.test_balanced_accuracy.total_cmp(&b.test_balanced_accuracy).then_with(|| b.backbone.cmp(&a.backbone)));
             let Some(best) = best else { continue };
-            let _ = write!(text, "| {task} · {} | {} ({:.3}) |", setting.as_str(), best.0, best.2);
+            let _ = write!(text, "| {task} · {} | {} ({:.3}) |", setting.as_str(), best.backbone, best.test_balanced_accuracy);
             for metric in &metrics {
-                match task_panels.iter().find(|p| &p.metric == metric) {
-                    Some(panel) => {
-                        let pick = panel.pick().map_or("–", |p| p.0.as_str());
-                        let regret = medxfer_scores::top1_regret(&panel.oriented_scores(), &panel.accuracies()).ok();
-                        let _ = write!(text, " {pick} (regret {}) |", number(regret));
+                match task_panels.iter().find(|p| &p.metric == metric).and_then(|panel| panel.pick()) {
+                    Some((pick, _, accuracy)) => {
+                        let _ = write!(text, " {pick} (regret {}) |", number(Some(best.test_balanced_accuracy - accuracy)));
                     }
                     None => text.push_str(" – |"),
                 }
@@ -569,6 +574,44 @@ mod tests {
         assert!(svg.contains("brain · leep") && svg.contains("net7") && svg.contains("τb = 1.000"), "labels missing from the SVG");
         let png = image::open(dir.path().join("fig3.png")).unwrap();
         assert_eq!((png.width(), png.height()), (3 * 330, 290 + 50));
+    }
+
+    /// A score that failed on the best backbone does not hide it: the best by accuracy and
+    /// each score's regret are over every backbone.
+    #[test]
+    fn the_best_backbone_counts_one_a_score_failed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut scores, _) = write_results(dir.path());
+        for row in scores.iter_mut().filter(|r| r.backbone == "net9" && r.metric == "leep") {
+            row.value = f64::NAN;
+        }
+        results::write_rows(&dir.path().join(results::SCORES_CSV), &SCORE_COLUMNS, &scores).unwrap();
+        run(dir.path()).unwrap();
+        let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        // LEEP, without net9, picks net8 (0.82): 0.04 below net9 (0.86); GBC's net0 is 0.36 below.
+        assert!(
+            report.contains("| brain · id | net9 (0.860) | net8 (regret 0.040) | net0 (regret 0.360) | net9 (regret 0.000) |"),
+            "{report}"
+        );
+    }
+
+    /// An accuracy outside [0, 1] (a percentage typed into the table) is refused, naming the row.
+    #[test]
+    fn an_accuracy_outside_zero_to_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut performance) = write_results(dir.path());
+        performance[3].test_balanced_accuracy = 86.0;
+        results::write_rows(&dir.path().join(results::PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, &performance).unwrap();
+        let message = run(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("performance.csv: row 5: test_balanced_accuracy is 86") && message.contains("divide it by 100"),
+            "{message}"
+        );
+        performance[3].test_balanced_accuracy = 0.86;
+        performance[4].val_balanced_accuracy = Some(f64::NAN);
+        results::write_rows(&dir.path().join(results::PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, &performance).unwrap();
+        let message = run(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("row 6: val_balanced_accuracy is NaN"), "{message}");
     }
 
     #[test]
