@@ -70,16 +70,21 @@ fn image_folder(dir: &Path, per_class: usize) -> PathBuf {
 }
 
 /// `xtask rank` on `images` with the registry `registry` wrote in `dir`, at 72/64 px, trusting
-/// `results`, and `extra` arguments.
-fn rank(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+/// `results`, and `extra` arguments, succeeding or not.
+fn rank_output(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("rank")
         .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str(), "--results".as_ref(), results.as_os_str()])
         .args(["--models".as_ref(), dir.join("models").as_os_str(), "--weights".as_ref(), dir.join("weights").as_os_str()])
         .args(["--resize", "72", "--crop", "64"])
         .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`rank_output`], which must succeed.
+fn rank(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&str]) -> Output {
+    let output = rank_output(dir, images, out, results, extra);
     assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     output
 }
@@ -259,13 +264,7 @@ fn a_truncated_image_in_the_folder_stops_rank_naming_it() {
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
         .unwrap();
     std::fs::write(images.join("lesion/partial.jpg"), &bytes[..bytes.len() / 2]).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("rank")
-        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), dir.path().join("out").as_os_str()])
-        .args(["--models".as_ref(), dir.path().join("models").as_os_str(), "--weights".as_ref(), dir.path().join("weights").as_os_str()])
-        .args(["--resize", "72", "--crop", "64"])
-        .output()
-        .unwrap();
+    let output = rank_output(dir.path(), &images, &dir.path().join("out"), &dir.path().join("no study"), &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("partial.jpg") && stderr.contains("image file is truncated"), "{stderr}");
@@ -288,19 +287,7 @@ fn options_rank_cannot_run_with_are_refused_before_any_work() {
         (&["--finetune-top", "2", "--batch", "0"], "--batch 0"),
         (&["--finetune-top", "2", "--trials", "0"], "--trials 0"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .arg("rank")
-            .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str()])
-            .args([
-                "--models".as_ref(),
-                dir.path().join("models").as_os_str(),
-                "--weights".as_ref(),
-                dir.path().join("weights").as_os_str(),
-            ])
-            .args(["--resize", "72", "--crop", "64"])
-            .args(options)
-            .output()
-            .unwrap();
+        let output = rank_output(dir.path(), &images, &out, &dir.path().join("no study"), options);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(expected), "{options:?}: {stderr}");
         assert!(!out.exists(), "{options:?}: wrote {}", out.display());
@@ -320,13 +307,7 @@ fn a_candidate_without_weights_leaves_the_others_ranked() {
     let checkpoint = dir.path().join("weights/densenet_min.safetensors");
     let kept = dir.path().join("densenet_min.safetensors");
     std::fs::rename(&checkpoint, &kept).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("rank")
-        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str(), "--results".as_ref(), results.as_os_str()])
-        .args(["--models".as_ref(), dir.path().join("models").as_os_str(), "--weights".as_ref(), dir.path().join("weights").as_os_str()])
-        .args(["--resize", "72", "--crop", "64"])
-        .output()
-        .unwrap();
+    let output = rank_output(dir.path(), &images, &out, &results, &[]);
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(!output.status.success(), "the command succeeded:\n{stdout}");
     assert!(stderr.contains("1 of 3 candidates could not be ranked (densenet_min)"), "{stderr}");
@@ -395,12 +376,12 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     let half_row = half_rows.iter().find(|r| r["backbone"] == "virchow2_like").unwrap();
     let (f32_logme, f16_logme) = (row["logme"].parse::<f64>().unwrap(), half_row["logme"].parse::<f64>().unwrap());
     assert!(f16_logme.is_finite() && f32_logme.is_finite(), "{f32_logme} {f16_logme}");
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("rank")
-        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), dir.path().join("bf16").as_os_str()])
-        .args(["--models".as_ref(), dir.path().join("models").as_os_str(), "--weights".as_ref(), dir.path().join("weights").as_os_str()])
-        .args(["--resize", "72", "--crop", "64", "--backbones", "vit_min", "--dtype", "bf16"])
-        .output()
-        .unwrap();
+    let output = rank_output(
+        dir.path(),
+        &images,
+        &dir.path().join("bf16"),
+        &dir.path().join("no study"),
+        &["--backbones", "vit_min", "--dtype", "bf16"],
+    );
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("bf16 needs a GPU"));
 }
