@@ -67,6 +67,16 @@ struct Started {
     trials: usize,
 }
 
+impl Started {
+    /// As the command line gives them.
+    fn options(&self) -> String {
+        format!(
+            "--halving {} --halving-min-epochs {} --epochs {} --trials {}",
+            self.halving.eta, self.halving.min_epochs, self.epochs, self.trials
+        )
+    }
+}
+
 const STARTED_FILE: &str = "halving.json";
 /// How often a worker waiting at a rung looks again.
 const POLL: Duration = Duration::from_secs(10);
@@ -124,8 +134,10 @@ fn check_started(dir: &Path, started: &Started) -> Result<()> {
             let before: Started = serde_json::from_slice(&bytes).map_err(|e| Error::Io { path: path.clone(), problem: e.to_string() })?;
             if &before != started {
                 return Err(Error::Config(format!(
-                    "{}: this search was started with {before:?}, not {started:?}; use another --out or the same settings",
-                    path.display()
+                    "{}: this search was started with {}, not {}; use another --out or the same settings",
+                    path.display(),
+                    before.options(),
+                    started.options()
                 )));
             }
             Ok(())

@@ -308,7 +308,7 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     )
     .unwrap_err()
     .to_string();
-    assert!(error.contains("halving.json") && error.contains("started with"), "{error}");
+    assert!(error.contains("halving.json") && error.contains("started with --halving 2 --halving-min-epochs 1 --epochs 4 --trials 6, not --halving 3 --halving-min-epochs 1 --epochs 4 --trials 6"), "{error}");
 }
 
 #[test]
