@@ -324,6 +324,10 @@ fn run(cli: Cli) -> Result<()> {
             training.check()?;
             medxfer_train::check_trials(trials)?;
             let halving = halving.map(|eta| Halving::new(eta, halving_min_epochs)).transpose()?;
+            // Read after the search, which takes hours: a mistyped folder is caught now.
+            if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.is_dir()) {
+                bail!("--compare-with {}: no such folder; give the --out of a finished full search", dir.display());
+            }
             let run_data = run_data(&data)?;
             let base = RunSettings::from_options(&training, normalization(&entry, data.transform.fix_std));
             let settings = SearchSettings { base, trials, shard: Shard::parse(&shard)? };
