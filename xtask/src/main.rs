@@ -320,5 +320,13 @@ fn reproduce(args: &study::args::ReproduceArgs) -> Result<()> {
             study.shard.index, study.shard.count
         );
     }
+    if !outcome.failed.is_empty() {
+        anyhow::bail!(
+            "{} failed (the rest ran; mend these and run the same command again, which does only what is left):
+  {}",
+            outcome.failed.len(),
+            outcome.failed.join("\n  ")
+        );
+    }
     Ok(())
 }

@@ -417,6 +417,45 @@ fn three_concurrent_shards_and_a_final_pass_equal_one_process() {
     assert_eq!(results_of(&out), results_of(single));
 }
 
+/// `--keep-going`: a unit that fails (here its backbone's weights are missing, as from a gated hub
+/// repository whose terms were not accepted) is named at the end and the other units run, the
+/// report covering them; a rerun once mended finishes the study to the uninterrupted run's
+/// tables. Without it the study stops at the first failure.
+#[test]
+fn keep_going_runs_the_other_units_and_a_rerun_finishes_the_study() {
+    let (shared, single) = reference();
+    let weights = shared.join("keep-going-weights");
+    copy_tree(&shared.join("cache/weights"), &weights);
+    let (held_back, aside) = (weights.join("tiny_vit_b.safetensors"), shared.join("tiny_vit_b.aside"));
+    std::fs::rename(&held_back, &aside).unwrap();
+    let out = shared.join("keep-going");
+    let args = [demo_args(shared, &out), vec!["--weights".into(), weights.to_str().unwrap().into()]].concat();
+    let output = xtask().args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("skin · tiny_vit_b failed") && stderr.contains("tiny_vit_b.safetensors"),
+        "{stderr}"
+    );
+    assert!(!out.join("runs/breast").exists(), "the study went on past the failure");
+
+    let output = xtask().args(&args).arg("--keep-going").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("3 failed (the rest ran"), "{stderr}");
+    for task in TASKS {
+        assert!(stderr.contains(&format!("  {task} · tiny_vit_b: ")), "{task}: {stderr}");
+    }
+    let performance = read_csv(&out.join("performance.csv"));
+    assert_eq!(performance.len(), TASKS.len() * 2 * 2, "the two other backbones of every task, ID and OOD");
+    assert!(performance.iter().all(|r| r["backbone"] != "tiny_vit_b"));
+    assert!(out.join("report.md").exists());
+    let log = std::fs::read_to_string(out.join("reproduce.log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.split_once(' ').is_some_and(|(_, text)| text.starts_with("failed: "))).count(), 3, "{log}");
+
+    std::fs::rename(&aside, &held_back).unwrap();
+    check(xtask().args(&args).output().unwrap());
+    assert_eq!(results_of(&out), results_of(single));
+}
+
 #[test]
 fn missing_data_is_named_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();

@@ -100,6 +100,12 @@ pub struct ReproduceArgs {
     /// folder.
     #[arg(long)]
     pub extend: bool,
+    /// Go on with the other units (task x backbone) when one fails (weights that cannot be had,
+    /// a task's data missing, a failed extraction), as `make -k`: the report covers the units
+    /// that finished, and the command then fails naming each unit that did not. A rerun after
+    /// mending does only what is left. Without it the study stops at the first failure.
+    #[arg(long)]
+    pub keep_going: bool,
     /// The first rung's epochs under --halving.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub halving_min_epochs: usize,
@@ -242,6 +248,7 @@ impl ReproduceArgs {
             fix_std: self.fix_std,
             halving,
             extend: self.extend,
+            keep_going: self.keep_going,
             extract_batch: 32,
             extract_dtype: self.dtype,
             gpu: self.gpu,

@@ -54,6 +54,8 @@ pub struct Study {
     pub halving: Option<medxfer_train::Halving>,
     /// A results folder's searches may grow by trials (`--extend`).
     pub extend: bool,
+    /// A failing unit is recorded and the others run on (`--keep-going`).
+    pub keep_going: bool,
     /// Batch of feature extraction (the reference's 32).
     pub extract_batch: usize,
     /// Precision of the pretrained-feature extraction (f32 unless `--dtype`).
@@ -210,6 +212,8 @@ pub struct Outcome {
     pub units: usize,
     /// Whether the tables and the report were written (unsharded runs).
     pub reported: bool,
+    /// Under `--keep-going`, each unit (or task) that failed, with its error.
+    pub failed: Vec<String>,
 }
 
 /// Runs every step still to do for this shard; unsharded, writes the tables and the report.
@@ -220,18 +224,41 @@ pub fn run(study: &Study) -> Result<Outcome> {
     let log = layout::Log::new(study.layout.log());
     let mut provenance = study.provenance();
     let mut outcome = Outcome::default();
+    // Under --keep-going a failure is logged and kept, and the run goes on; otherwise it stops
+    // the run.
+    let mut failure = |what: String, error: anyhow::Error| -> Result<()> {
+        if !study.keep_going {
+            return Err(error.context(format!("{what} failed")));
+        }
+        log.line(&format!("failed: {what}: {error:#}"));
+        eprintln!("{what} failed (going on, --keep-going): {error:#}");
+        outcome.failed.push(format!("{what}: {error:#}"));
+        Ok(())
+    };
+    let mut units = 0;
+    let mut complete = 0;
     for (t, task) in study.tasks.iter().enumerate() {
-        let data = TaskData::load(study, task)?;
+        units += study.backbones.len();
+        let data = match TaskData::load(study, task) {
+            Ok(data) => data,
+            Err(error) => {
+                failure(format!("task {}", task.name), error)?;
+                continue;
+            }
+        };
         provenance.splits.push(data.split.note.clone());
         for (b, entry) in study.backbones.iter().enumerate() {
             let unit_index = t * study.backbones.len() + b;
             let unit = unit::Unit { study, task, entry, data: &data, device: &device, log: &log, mine: study.shard.takes(unit_index) };
-            outcome.units += 1;
-            if unit.run()? {
-                outcome.complete += 1;
+            match unit.run() {
+                Ok(true) => complete += 1,
+                Ok(false) => {}
+                Err(error) => failure(format!("{} · {}", task.name, entry.name), error)?,
             }
         }
     }
+    outcome.units = units;
+    outcome.complete = complete;
     if study.shard.count == 1 {
         crate::report::write_provenance(&study.layout.out, &provenance)?;
         unit::write_tables(study)?;
