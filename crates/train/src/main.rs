@@ -204,6 +204,14 @@ enum PartArg {
     Test,
 }
 
+fn part_of(part: PartArg) -> Part {
+    match part {
+        PartArg::Train => Part::Train,
+        PartArg::Val => Part::Val,
+        PartArg::Test => Part::Test,
+    }
+}
+
 fn main() -> ExitCode {
     medxfer_cli::keep_freed_memory();
     medxfer_cli::exit_code(run(Cli::parse()))
@@ -416,15 +424,17 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     let spec = catalog.dataset(&images.dataset)?;
     let entries = match &images.manifest {
         Some(path) => {
-            let part = match images.part {
-                PartArg::Train => Part::Train,
-                PartArg::Val => Part::Val,
-                PartArg::Test => Part::Test,
-            };
+            let part = part_of(images.part);
             read_manifest(path)?.into_iter().filter(|e| e.split == part).collect()
         }
         None => ood_entries(&scan_dataset(spec, &images.root)?.records),
     };
+    if entries.is_empty() {
+        match &images.manifest {
+            Some(path) => bail!("{}: no {} images in this manifest; choose another --part", path.display(), part_of(images.part).name()),
+            None => bail!("{}: no images of {} found", images.root.display(), spec.name),
+        }
+    }
     let labels: BTreeMap<u32, usize> = entries.iter().fold(BTreeMap::new(), |mut m, e| {
         *m.entry(e.label).or_default() += 1;
         m

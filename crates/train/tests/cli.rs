@@ -193,6 +193,24 @@ fn search_extract_and_evaluate_from_the_command_line() {
             .concat(),
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint needs --classes"));
+    // A part the manifest has no image of is named (an empty extraction or evaluation was a
+    // bare tensor error).
+    let without_test = dir.path().join("without-test.csv");
+    let kept: String =
+        std::fs::read_to_string(&manifest).unwrap().lines().filter(|l| !l.ends_with(",test")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&without_test, kept).unwrap();
+    let empty_part: Vec<&str> =
+        image_args.iter().map(|a| if *a == manifest.to_str().unwrap() { without_test.to_str().unwrap() } else { a }).collect();
+    for command in ["extract", "evaluate"] {
+        let out = dir.path().join("empty.safetensors");
+        let extra = if command == "extract" { vec!["--out", out.to_str().unwrap()] } else { vec![] };
+        let output = train(
+            &models,
+            &[&[command, "--model", "resnet_tiny", "--weights", &weights][..], &empty_part, &["--part", "test"], &extra].concat(),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("without-test.csv: no test images in this manifest"), "{command}: {stderr}");
+    }
     // A foundation model published without a classifier (UNI's layout, small) has no predictions.
     std::fs::write(models.join("uni_tiny.toml"), TINY_UNI).unwrap();
     let uni_weights = concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/vit/uni_like.safetensors");
