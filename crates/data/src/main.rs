@@ -213,6 +213,15 @@ struct SplitRequest<'a> {
     out: &'a Path,
 }
 
+/// A split source as its option spells it.
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Authors => "authors",
+        Source::Faithful => "faithful",
+        Source::Grouped => "grouped",
+    }
+}
+
 fn split(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
     let task = catalog.task(request.task)?;
     let spec = catalog.dataset(request.dataset.unwrap_or(&task.id))?;
@@ -234,6 +243,22 @@ fn split(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
         files_checksum: files_checksum(request.root, &entries)?,
         leakage: Some(leakage.clone().into()),
     };
+    // A split already there is what every run made from it trained on: another one written
+    // over it would change their images under them.
+    let existing = request.out.join(medxfer_data::MANIFEST_CSV);
+    if existing.exists() && read_manifest(&existing)? != entries {
+        let made = std::fs::read(request.out.join(medxfer_data::MANIFEST_JSON))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<ManifestInfo>(&bytes).ok())
+            .map_or(String::new(), |before| format!(" ({} {} split, seed {})", before.dataset, source_name(before.source), before.seed));
+        bail!(
+            "{} holds another split{made}; writing this one ({} {}, seed {}) over it would change the images of every run made from it: give another --out, or remove that folder first",
+            existing.display(),
+            spec.name,
+            source_name(request.source),
+            request.seed
+        );
+    }
     let (csv_path, _) = write_manifest(request.out, &entries, &info)?;
     println!("{}: {} images, {:?}", csv_path.display(), entries.len(), info.counts);
     println!(

@@ -98,4 +98,22 @@ fn split_writes_a_manifest_and_reports_leakage() {
     let output =
         medxfer_data(&["split", "breast", "--root", root.to_str().unwrap(), "--source", "authors", "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("--authors-dir"));
+
+    // The same split again is a no-op; another one over it is refused and leaves it as it was.
+    let manifest = std::fs::read(out.join("manifest.csv")).unwrap();
+    let split = |args: &[&str]| {
+        medxfer_data(&[&["split", "breast", "--root", root.to_str().unwrap(), "--out", out.to_str().unwrap()][..], args].concat())
+    };
+    assert!(split(&["--source", "grouped"]).status.success());
+    for other in [&["--source", "faithful"][..], &["--source", "faithful", "--seed", "1"]] {
+        let output = split(other);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success()
+                && stderr.contains("holds another split (breakhis grouped split, seed 0)")
+                && stderr.contains("another --out"),
+            "{other:?}: {stderr}"
+        );
+        assert_eq!(std::fs::read(out.join("manifest.csv")).unwrap(), manifest);
+    }
 }
