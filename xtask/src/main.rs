@@ -54,7 +54,7 @@ enum Command {
         #[arg(long)]
         python: Option<PathBuf>,
         /// Measured runs per figure.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         repeats: usize,
         /// cpu (the CPU benchmarks above), or cuda:N (xtask built with `--features cuda`): a
         /// training step at batch 128 for six backbones in f32 and with TF32 convolutions, and
@@ -70,16 +70,16 @@ enum Command {
     /// python/requirements.txt the first time (target/pyref).
     BenchScores {
         /// Samples.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = at_least_one())]
         n: usize,
         /// Feature dimension.
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 2048, value_parser = at_least_one())]
         d: usize,
         /// Target class counts, one benchmark each.
         #[arg(long, value_delimiter = ',', default_values_t = [2, 4])]
         classes: Vec<usize>,
         /// Runs per measurement; the median is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         repeats: usize,
         /// Python interpreter with the reference stack; made in target/pyref if not given.
         #[arg(long)]
@@ -99,15 +99,15 @@ enum Command {
     /// Writes OUT/zoo.md. The PyTorch side needs an interpreter with torch and timm
     /// (python/requirements-torch.txt); without --python only medxfer is measured.
     BenchZoo {
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = at_least_one())]
         batch: usize,
-        #[arg(long, default_value_t = 224)]
+        #[arg(long, default_value_t = 224, value_parser = at_least_one())]
         size: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         repeats: usize,
         /// Run each side this many times, alternately, and pool the runs (a machine whose
         /// speed drifts then affects both sides alike).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
         rounds: usize,
         /// Comma-separated registry names (all by default).
         #[arg(long, value_delimiter = ',')]
@@ -141,16 +141,16 @@ enum Command {
     /// (python/requirements-torch.txt); without --python only medxfer is measured.
     BenchData {
         /// JPEGs to generate (kept in OUT/data-images between runs).
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = 512, value_parser = at_least_one())]
         n: usize,
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
         width: u32,
-        #[arg(long, default_value_t = 450)]
+        #[arg(long, default_value_t = 450, value_parser = clap::value_parser!(u32).range(1..))]
         height: u32,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = at_least_one())]
         batch: usize,
         /// Measurements of each side (the table shows the median).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
         repeats: usize,
         #[arg(long)]
         python: Option<PathBuf>,
@@ -213,11 +213,11 @@ enum Command {
     #[command(hide = true)]
     BenchZooWorker {
         model: String,
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         batch: usize,
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         size: usize,
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         repeats: usize,
         /// Untimed steps first (a profiler that should see one step sets 0).
         #[arg(long, default_value_t = bench::zoo::WARMUP_STEPS)]
@@ -241,6 +241,12 @@ enum Command {
         #[arg(long)]
         memory_only: bool,
     },
+}
+
+/// A count or size of at least 1: a benchmark of no images, runs or features measures nothing
+/// (and divided by zero).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 fn main() -> Result<()> {
@@ -329,4 +335,31 @@ fn reproduce(args: &study::args::ReproduceArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A benchmark of no images, runs, features or rounds is refused when the command is parsed
+    /// (bench-zoo --batch 0 divided by zero after loading the model).
+    #[test]
+    fn benchmark_counts_of_zero_are_refused_by_the_parser() {
+        for args in [
+            &["bench-zoo", "--batch", "0"][..],
+            &["bench-zoo", "--size", "0"],
+            &["bench-zoo", "--repeats", "0"],
+            &["bench-zoo", "--rounds", "0"],
+            &["bench-scores", "--d", "0"],
+            &["bench-data", "--width", "0"],
+            &["bench-data", "--batch", "0"],
+            &["bench", "--repeats", "0"],
+            &["bench-zoo-worker", "resnet18", "--batch", "0", "--size", "8", "--repeats", "1", "--device", "cpu"],
+        ] {
+            let error = Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains("invalid value '0'") && error.contains("0 is not in 1.."), "{args:?}: {error}");
+        }
+        assert!(Cli::try_parse_from(["xtask", "bench-zoo", "--batch", "1", "--rounds", "2"]).is_ok());
+    }
 }
