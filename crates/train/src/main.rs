@@ -279,6 +279,26 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     let id = catalog.dataset(&task.id)?;
     let manifest = args.split.join(medxfer_data::MANIFEST_CSV);
     let entries = read_manifest(&manifest)?;
+    // A split of another task (a brain split for --task breast) trains a head of the wrong size,
+    // or indexes past it.
+    let info_path = args.split.join(medxfer_data::MANIFEST_JSON);
+    if let Some(info) = std::fs::read(&info_path).ok().and_then(|bytes| serde_json::from_slice::<medxfer_data::ManifestInfo>(&bytes).ok())
+        && info.task != task.name
+    {
+        bail!("{}: this is a split of task {}, not of --task {}", info_path.display(), info.task, task.name);
+    }
+    if let Some(entry) = entries.iter().find(|e| e.label as usize >= task.classes.len()) {
+        bail!(
+            "{}: {} has label {}, but task {} has {} classes ({}): is this a split of task {}?",
+            manifest.display(),
+            entry.path,
+            entry.label,
+            task.name,
+            task.classes.len(),
+            task.classes.join(", "),
+            task.name
+        );
+    }
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{}-{}", id.name, p.name()), args.transform.resize);
     let (train, val, test) = (build(Part::Train)?, build(Part::Val)?, build(Part::Test)?);

@@ -241,6 +241,32 @@ fn search_extract_and_evaluate_from_the_command_line() {
         assert!(!output.status.success() && stderr.contains(message), "{options:?}: {stderr}");
         assert!(!fresh_cache.exists() && !refused.exists(), "{options:?}: the refused command cached images or wrote its --out");
     }
+    // A split of another task is refused before anything is cached or trained: by its
+    // manifest.json, or without one by a label the task does not have.
+    let other_task: Vec<&str> = data_args.iter().map(|a| if *a == "breast" { "brain" } else { a }).collect();
+    let output =
+        train(&models, &[&["search"][..], &other_task, &["--epochs", "2", "--batch", "8", "--out", refused.to_str().unwrap()]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("this is a split of task breast, not of --task brain"), "{stderr}");
+    let relabelled = dir.path().join("relabelled");
+    std::fs::create_dir_all(&relabelled).unwrap();
+    let text = std::fs::read_to_string(split.join("manifest.csv")).unwrap();
+    let (header, rows) = text.split_once('\n').unwrap();
+    let (first, rest) = rows.split_once('\n').unwrap();
+    let (path, after) = first.split_once(',').unwrap();
+    let (_, after) = after.split_once(',').unwrap();
+    std::fs::write(relabelled.join("manifest.csv"), format!("{header}\n{path},7,{after}\n{rest}")).unwrap();
+    let relabelled_args: Vec<&str> = data_args.iter().map(|a| if *a == split_s { relabelled.to_str().unwrap() } else { a }).collect();
+    let output = train(
+        &models,
+        &[&["search"][..], &relabelled_args, &["--epochs", "2", "--batch", "8", "--out", refused.to_str().unwrap()]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains(&format!("{path} has label 7, but task breast has 2 classes (benign, malignant)")),
+        "{stderr}"
+    );
+    assert!(!fresh_cache.exists() && !refused.exists());
     // The GPU arithmetic options are refused on the CPU, before anything is written.
     for options in [&["--precision", "tf32"][..], &["--matmul-tf32"], &["--conv-algorithms", "benchmark"]] {
         let output = train(&models, &[&["search"][..], &common, options, &["--out", refused.to_str().unwrap()]].concat());
