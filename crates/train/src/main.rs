@@ -410,6 +410,11 @@ fn run(cli: Cli) -> Result<()> {
                     entry.name
                 );
             }
+            if let Some(&label) = split.labels.iter().max().filter(|&&l| l as usize >= classes) {
+                bail!(
+                    "the images have label {label}, but the model has {classes} classes: give the checkpoint of a model fine-tuned on this task (--checkpoint, --classes)"
+                );
+            }
             let settings = RunSettings {
                 batch_size: batch,
                 crop: images.transform.crop,

@@ -267,6 +267,22 @@ fn search_extract_and_evaluate_from_the_command_line() {
         "{stderr}"
     );
     assert!(!fresh_cache.exists() && !refused.exists());
+    // So is evaluating a model on labels its head does not have.
+    let relabelled_manifest = relabelled.join("manifest.csv");
+    let relabelled_images: Vec<&str> =
+        image_args.iter().map(|a| if *a == manifest.to_str().unwrap() { relabelled_manifest.to_str().unwrap() } else { a }).collect();
+    let part = first.rsplit(',').next().unwrap();
+    let output = train(
+        &models,
+        &[
+            &["evaluate", "--model", "resnet_tiny", "--weights", &weights][..],
+            &relabelled_images,
+            &["--part", part, "--checkpoint", best.to_str().unwrap(), "--classes", "2"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("the images have label 7, but the model has 2 classes"), "{stderr}");
     // The GPU arithmetic options are refused on the CPU, before anything is written.
     for options in [&["--precision", "tf32"][..], &["--matmul-tf32"], &["--conv-algorithms", "benchmark"]] {
         let output = train(&models, &[&["search"][..], &common, options, &["--out", refused.to_str().unwrap()]].concat());
