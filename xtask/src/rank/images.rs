@@ -135,23 +135,32 @@ fn from_csv(csv_path: &Path) -> Result<LabelledImages> {
         bail!("{}: the header is `{}`; expected columns path and label", csv_path.display(), header.join(","));
     };
     let mut rows = Vec::new();
+    // Each file once: listed twice it would be counted twice, and could land in train and test.
+    let mut lines: BTreeMap<PathBuf, usize> = BTreeMap::new();
     for (line, row) in reader.records().enumerate() {
-        let row = row.with_context(|| format!("{}: line {}", csv_path.display(), line + 2))?;
+        let line = line + 2;
+        let row = row.with_context(|| format!("{}: line {line}", csv_path.display()))?;
         let (path, label) = (row.get(path_column).unwrap_or(""), row.get(label_column).unwrap_or(""));
         if path.is_empty() || label.is_empty() {
-            bail!("{}: line {}: empty path or label", csv_path.display(), line + 2);
+            bail!("{}: line {line}: empty path or label", csv_path.display());
         }
         if !root.join(path).is_file() {
-            bail!("{}: line {}: {} does not exist", csv_path.display(), line + 2, root.join(path).display());
+            bail!("{}: line {line}: {} does not exist", csv_path.display(), root.join(path).display());
+        }
+        let real = std::fs::canonicalize(root.join(path)).with_context(|| format!("cannot resolve {}", root.join(path).display()))?;
+        if let Some(first) = lines.insert(real, line) {
+            bail!("{}: line {line}: {path} is listed already on line {first}; list each image once", csv_path.display());
         }
         rows.push((path.to_string(), label.to_string()));
     }
-    // Integer labels keep their order; names are sorted.
+    // Integer labels in numeric order when every label is one; names (or a mix) sorted as text.
+    // (A comparison that mixed the two would not be an order: 9 < 10 < "1a" < 9.)
     let mut classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
-    classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        _ => a.cmp(b),
-    });
+    if classes.iter().all(|l| l.parse::<i64>().is_ok()) {
+        classes.sort_by_key(|l| l.parse::<i64>().unwrap_or_default());
+    } else {
+        classes.sort();
+    }
     classes.dedup();
     let records = rows
         .into_iter()
@@ -202,6 +211,14 @@ mod tests {
             format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("line 2: ")
                 && format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("missing.png does not exist")
         );
+        // One image listed twice (here once through `./`) would be counted twice.
+        std::fs::write(&csv, "path,label\nbenign/a.png,0\nmalignant/c.png,1\n./benign/a.png,0\n").unwrap();
+        let message = format!("{:#}", LabelledImages::read(&csv).unwrap_err());
+        assert!(message.contains("line 4: ./benign/a.png is listed already on line 2"), "{message}");
+        // Labels that are not all integers sort as text: 9, 10 and 1a compared as numbers where
+        // they can be would go round in a circle (9 < 10 < 1a < 9).
+        std::fs::write(&csv, "path,label\nbenign/a.png,9\nmalignant/c.png,10\nbenign/sub/b.PNG,1a\n").unwrap();
+        assert_eq!(LabelledImages::read(&csv).unwrap().classes, ["10", "1a", "9"]);
         std::fs::remove_dir_all(root.join("malignant")).unwrap();
         assert!(format!("{:#}", LabelledImages::read(&root).unwrap_err()).contains("ranking needs at least two"));
     }
