@@ -154,7 +154,15 @@ impl ReproduceArgs {
 
     fn tasks(&self) -> Result<(Catalog, Vec<medxfer_data::TaskSpec>)> {
         let catalog = Catalog::load_default()?;
-        let tasks = self.tasks.iter().map(|t| catalog.task(t).cloned()).collect::<medxfer_data::Result<Vec<_>>>()?;
+        let mut tasks: Vec<medxfer_data::TaskSpec> = Vec::new();
+        for name in &self.tasks {
+            let task = catalog.task(name)?;
+            // Once each, as --backbones: a task named twice would put each of its rows twice in
+            // the tables, which the report refuses after the whole study.
+            if !tasks.iter().any(|t| t.name == task.name) {
+                tasks.push(task.clone());
+            }
+        }
         if tasks.is_empty() {
             bail!("--tasks names no task");
         }
@@ -256,5 +264,29 @@ impl ReproduceArgs {
             demo: demo.is_some(),
             command,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Reproduce {
+        #[command(flatten)]
+        args: ReproduceArgs,
+    }
+
+    /// A task named twice is one task, in the order first named (as a backbone named twice).
+    #[test]
+    fn a_task_named_twice_is_studied_once() {
+        let parsed = Reproduce::try_parse_from(["reproduce", "--tasks", "breast,skin,breast"]).unwrap();
+        let (_, tasks) = parsed.args.tasks().unwrap();
+        assert_eq!(tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["breast", "skin"]);
+        let parsed = Reproduce::try_parse_from(["reproduce", "--tasks", "lung"]).unwrap();
+        assert!(format!("{:#}", parsed.args.tasks().unwrap_err()).contains("unknown task"));
     }
 }
