@@ -275,10 +275,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::ImageBootstrap { results, resamples, metrics, seed } => {
-            let metrics = match metrics {
+            let mut metrics = match metrics {
                 Some(names) => names.iter().map(|n| n.parse::<medxfer_scores::Metric>()).collect::<Result<Vec<_>, _>>()?,
                 None => report::image_bootstrap::CHEAP.to_vec(),
             };
+            // Once each: a score named twice would write its rows twice, which `report` refuses.
+            let mut seen = std::collections::BTreeSet::new();
+            metrics.retain(|m| seen.insert(*m));
             let names: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
             let (scores, taus) = report::image_bootstrap::run(&report::image_bootstrap::Settings {
                 results: results.clone(),
