@@ -74,6 +74,13 @@ impl ImageCache {
     /// Opens the cache of `entries` (images under `root`) in `dir`, building it first if it is
     /// missing or stale. `progress` draws a progress bar while building.
     pub fn open_or_build(dir: &Path, dataset: &str, root: &Path, entries: &[Entry], short_side: u32, progress: bool) -> Result<Self> {
+        // Once for all, where each image would otherwise fail on its own.
+        if !(1..=crate::transform::MAX_SIDE).contains(&short_side) {
+            return Err(Error::Config {
+                source_name: format!("the image cache of {dataset}"),
+                problem: format!("a shorter side of {short_side} px; expected 1 to {} (the study's is 256)", crate::transform::MAX_SIDE),
+            });
+        }
         let checksum = files_stamp(root, entries)?;
         let key = format!("{dataset}-s{short_side}-{}", &checksum[..16]);
         let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));

@@ -52,6 +52,12 @@ fn the_cache_holds_each_image_decoded_and_resized_and_is_reused() {
     std::fs::write(root.join(&entries[1].path), b"not a png").unwrap();
     let error = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, 16, false).unwrap_err().to_string();
     assert!(error.contains(&entries[1].path), "{error}");
+    // A shorter side no image can have is one error, before any image is read (it was one per
+    // image: "cannot resize a 35x23 image to 0x0 ... and 172 more").
+    for side in [0, transform::MAX_SIDE + 1] {
+        let error = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, side, false).unwrap_err().to_string();
+        assert!(error.contains(&format!("a shorter side of {side} px; expected 1 to 16384")) && !error.contains(".png"), "{error}");
+    }
 }
 
 #[test]
