@@ -166,6 +166,12 @@ fn inspect(entry: &ModelEntry, weights: Option<&Path>) -> Result<()> {
 }
 
 fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, classes: &Path) -> Result<()> {
+    if entry.num_classes == 0 {
+        bail!(
+            "{} was published without a classifier, so it has no classes to rank: its features are what it gives (`medxfer-zoo run`, `medxfer-train extract`)",
+            entry.name
+        );
+    }
     let names: Vec<String> = std::fs::read_to_string(classes)
         .with_context(|| format!("cannot read the class names {}", classes.display()))?
         .lines()

@@ -30,6 +30,32 @@ fn list_shows_the_ten_backbones_with_timms_parameter_counts() {
     assert!(text.lines().any(|l| l.starts_with("resnet50 ") && l.contains("25557032") && l.contains("timm/resnet50.a1_in1k")), "{text}");
 }
 
+/// UNI's layout (a ViT published without a classifier), small: `fixtures/vit/uni_like`.
+const TINY_UNI: &str = r#"
+name = "uni_tiny"
+paper_name = "test"
+hub = "example/uni-tiny"
+feature_dim = 24
+head = "head"
+num_classes = 0
+[architecture]
+family = "vit"
+img_size = 32
+patch_size = 8
+embed_dim = 24
+depth = 2
+num_heads = 3
+init_values = 1e-5
+dynamic_img_size = true
+embedding = "class_token"
+[preprocessing]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+resize = 32
+crop = 32
+interpolation = "bilinear"
+"#;
+
 const TINY_ENTRY: &str = r#"name = "resnet_basic_min"
 paper_name = "test"
 hub = "timm/resnet_basic_min.test"
@@ -158,4 +184,20 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     let printed: Vec<String> = text.lines().skip(1).map(|l| l.split_whitespace().last().unwrap().to_string()).collect();
     let expected: Vec<String> = order.iter().take(5).map(|i| format!("class_{i}")).collect();
     assert_eq!(printed, expected, "{text}");
+
+    // A backbone published without a classifier (UNI's layout) has no classes to rank: said so,
+    // where the class-name check said to pass --classes.
+    std::fs::write(dir.path().join("uni_tiny.toml"), TINY_UNI).unwrap();
+    let uni_weights = fixtures().join("vit/uni_like.safetensors");
+    let output = zoo(&[
+        "--models",
+        dir.path().to_str().unwrap(),
+        "classify",
+        "uni_tiny",
+        image.to_str().unwrap(),
+        "--weights",
+        uni_weights.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("uni_tiny was published without a classifier"), "{stderr}");
 }
