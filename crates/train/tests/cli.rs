@@ -27,30 +27,7 @@ interpolation = "bilinear"
 "#;
 
 /// UNI's entry at the size of the zoo's `uni_like` fixture (timm's ViT-L layout, `num_classes` 0).
-const TINY_UNI: &str = r#"
-name = "uni_tiny"
-paper_name = "test"
-hub = "example/uni-tiny"
-feature_dim = 24
-head = "head"
-num_classes = 0
-[architecture]
-family = "vit"
-img_size = 32
-patch_size = 8
-embed_dim = 24
-depth = 2
-num_heads = 3
-init_values = 1e-5
-dynamic_img_size = true
-embedding = "class_token"
-[preprocessing]
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-resize = 32
-crop = 32
-interpolation = "bilinear"
-"#;
+const TINY_UNI: &str = include_str!("../../zoo/tests/fixtures/vit/uni_like.toml");
 
 fn weights() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../zoo/tests/fixtures/resnet_basic_min.safetensors").to_string()

@@ -30,31 +30,9 @@ fn list_shows_the_ten_backbones_with_timms_parameter_counts() {
     assert!(text.lines().any(|l| l.starts_with("resnet50 ") && l.contains("25557032") && l.contains("timm/resnet50.a1_in1k")), "{text}");
 }
 
-/// UNI's layout (a ViT published without a classifier), small: `fixtures/vit/uni_like`.
-const TINY_UNI: &str = r#"
-name = "uni_tiny"
-paper_name = "test"
-hub = "example/uni-tiny"
-feature_dim = 24
-head = "head"
-num_classes = 0
-[architecture]
-family = "vit"
-img_size = 32
-patch_size = 8
-embed_dim = 24
-depth = 2
-num_heads = 3
-init_values = 1e-5
-dynamic_img_size = true
-embedding = "class_token"
-[preprocessing]
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-resize = 32
-crop = 32
-interpolation = "bilinear"
-"#;
+/// UNI's layout (a ViT published without a classifier), small: the registry entry of
+/// `fixtures/vit/uni_like.safetensors`.
+const TINY_UNI: &str = include_str!("fixtures/vit/uni_like.toml");
 
 const TINY_ENTRY: &str = r#"name = "resnet_basic_min"
 paper_name = "test"
