@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use medxfer_data::Entry;
 use medxfer_scores::faer::Mat;
 use medxfer_scores::{Metric, ScoreInput, SourceProbs, read_feature_file, score_all, set_terms};
@@ -38,9 +38,7 @@ impl ExtractDtype {
     /// Refuses a precision `device` (`--device`) cannot extract in, before any work.
     pub fn check_device(self, device: &str) -> Result<()> {
         if self == ExtractDtype::Bf16 && !device.starts_with("cuda") {
-            anyhow::bail!(
-                "--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there"
-            );
+            bail!("--dtype bf16 needs a GPU (--device cuda:N): candle 0.11 has no bf16 matrix product on the CPU; use --dtype f16 there");
         }
         Ok(())
     }

@@ -61,7 +61,9 @@ pub use layouts::{
 };
 pub use limits::MAX_PIXELS;
 pub use loader::{Augment, Batch, Batches, LoaderConfig, batches, epoch_order};
-pub use manifest::{LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, files_checksum, read_manifest, split_counts, write_manifest};
+pub use manifest::{
+    LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, files_checksum, read_manifest, read_manifest_info, split_counts, write_manifest,
+};
 pub use record::{Problem, Record, Scan};
 pub use split::{
     Entry, Leakage, Part, Source, authors_csvs, authors_split, authors_split_from_csvs, check_classes, faithful_split, grouped_split,

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use medxfer_data::{
-    Catalog, CheckOptions, ManifestInfo, Role, Source, files_checksum, ood_entries, read_manifest, scan_clean, scan_dataset, split_counts,
-    split_task, write_manifest,
+    Catalog, CheckOptions, ManifestInfo, Role, Source, files_checksum, ood_entries, read_manifest, read_manifest_info, scan_clean,
+    scan_dataset, split_counts, split_task, write_manifest,
 };
 
 #[derive(Parser)]
@@ -213,15 +213,6 @@ struct SplitRequest<'a> {
     out: &'a Path,
 }
 
-/// A split source as its option spells it.
-fn source_name(source: Source) -> &'static str {
-    match source {
-        Source::Authors => "authors",
-        Source::Faithful => "faithful",
-        Source::Grouped => "grouped",
-    }
-}
-
 fn split(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
     let task = catalog.task(request.task)?;
     let spec = catalog.dataset(request.dataset.unwrap_or(&task.id))?;
@@ -247,15 +238,13 @@ fn split(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
     // over it would change their images under them.
     let existing = request.out.join(medxfer_data::MANIFEST_CSV);
     if existing.exists() && read_manifest(&existing)? != entries {
-        let made = std::fs::read(request.out.join(medxfer_data::MANIFEST_JSON))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<ManifestInfo>(&bytes).ok())
-            .map_or(String::new(), |before| format!(" ({} {} split, seed {})", before.dataset, source_name(before.source), before.seed));
+        let made = read_manifest_info(request.out)
+            .map_or(String::new(), |before| format!(" ({} {} split, seed {})", before.dataset, before.source.as_str(), before.seed));
         bail!(
             "{} holds another split{made}; writing this one ({} {}, seed {}) over it would change the images of every run made from it: give another --out, or remove that folder first",
             existing.display(),
             spec.name,
-            source_name(request.source),
+            request.source.as_str(),
             request.seed
         );
     }

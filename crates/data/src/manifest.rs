@@ -102,6 +102,13 @@ pub fn write_manifest(dir: &Path, entries: &[Entry], info: &ManifestInfo) -> Res
     Ok((csv_path, json_path))
 }
 
+/// The manifest.json beside the manifest in `dir`, when there is one that reads (a split made by
+/// hand, or by another tool, may have none).
+pub fn read_manifest_info(dir: &Path) -> Option<ManifestInfo> {
+    let bytes = std::fs::read(dir.join(MANIFEST_JSON)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Reads a manifest.csv back.
 pub fn read_manifest(path: &Path) -> Result<Vec<Entry>> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;

@@ -53,6 +53,17 @@ pub enum Source {
     Grouped,
 }
 
+impl Source {
+    /// As `--source` and manifest.json spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Authors => "authors",
+            Source::Faithful => "faithful",
+            Source::Grouped => "grouped",
+        }
+    }
+}
+
 /// One image of a split.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {

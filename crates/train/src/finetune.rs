@@ -110,9 +110,7 @@ impl TrainingOptions {
     pub fn reference() -> Self {
         Self { epochs: 100, batch_size: 128, seed: 0, selection: Selection::ValLoss, patience: None, crop: 224 }
     }
-}
 
-impl TrainingOptions {
     /// Refuses options no run can train with, naming the option, before any work starts.
     pub fn check(&self) -> Result<()> {
         check_budget(self.epochs, self.batch_size, self.patience)

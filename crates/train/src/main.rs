@@ -281,11 +281,13 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     let entries = read_manifest(&manifest)?;
     // A split of another task (a brain split for --task breast) trains a head of the wrong size,
     // or indexes past it.
-    let info_path = args.split.join(medxfer_data::MANIFEST_JSON);
-    if let Some(info) = std::fs::read(&info_path).ok().and_then(|bytes| serde_json::from_slice::<medxfer_data::ManifestInfo>(&bytes).ok())
-        && info.task != task.name
-    {
-        bail!("{}: this is a split of task {}, not of --task {}", info_path.display(), info.task, task.name);
+    if let Some(info) = medxfer_data::read_manifest_info(&args.split).filter(|info| info.task != task.name) {
+        bail!(
+            "{}: this is a split of task {}, not of --task {}",
+            args.split.join(medxfer_data::MANIFEST_JSON).display(),
+            info.task,
+            task.name
+        );
     }
     if let Some(entry) = entries.iter().find(|e| e.label as usize >= task.classes.len()) {
         bail!(
