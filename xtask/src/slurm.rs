@@ -2,6 +2,8 @@
 //! $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT` against the shared results directory; a job
 //! that depends on the whole array (afterok) runs `reproduce` unsharded, which does what the
 //! shards left (OOD steps of searches finished last) and writes the tables and the report.
+//! With `--keep-going` an array task that had a unit fail still exits non-zero, so the final
+//! job waits for the array's end whatever it was (afterany): otherwise it would never start.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -156,8 +158,13 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
         "# After every shard: what they left (the OOD steps of searches finished last), the\n# tables, the figures and the report.",
         "",
     );
+    let (dependency, when) = if parsed.args.keep_going {
+        ("afterany", "once every array task ended (succeeded or not: --keep-going)")
+    } else {
+        ("afterok", "once every array task succeeded")
+    };
     let submit = format!(
-        "#!/bin/bash\n# Submits the array, then the final job once every array task succeeded.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\narray=$(sbatch --parsable array.sbatch)\narray=${{array%%;*}}\nfinish=$(sbatch --parsable --dependency=afterok:$array finish.sbatch)\nfinish=${{finish%%;*}}\necho \"submitted array job $array ({} tasks) and the final job $finish\"\necho \"$array $finish\" > jobs\n",
+        "#!/bin/bash\n# Submits the array, then the final job {when}.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\narray=$(sbatch --parsable array.sbatch)\narray=${{array%%;*}}\nfinish=$(sbatch --parsable --dependency={dependency}:$array finish.sbatch)\nfinish=${{finish%%;*}}\necho \"submitted array job $array ({} tasks) and the final job $finish\"\necho \"$array $finish\" > jobs\n",
         args.shards
     );
     let scripts = Scripts { array: dir.join("array.sbatch"), finish: dir.join("finish.sbatch"), submit: dir.join("submit.sh") };

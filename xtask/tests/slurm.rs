@@ -3,7 +3,8 @@
 //! munge) started by the test as root without systemd — munged as the munge user with a
 //! generated key, slurmctld and slurmd with a slurm.conf naming this host (CPUs=2,
 //! proctrack/linuxproc, task/none, cons_tres) — the generated script submitted for a small
-//! demo with three array tasks, and the merged results compared with one process's. `.ci/run`
+//! demo with three array tasks, and the merged results compared with one process's; then again
+//! with `--keep-going` and one backbone's weights missing, whose final job must still run. `.ci/run`
 //! installs the packages and sets MEDXFER_REQUIRE_SLURM=1, so there the test cannot skip.
 
 use std::io::Read;
@@ -127,8 +128,36 @@ impl Cluster {
     }
 
     fn job_state(&self, job: &str) -> String {
+        self.job_field(job, "JobState")
+    }
+
+    fn job_field(&self, job: &str, field: &str) -> String {
         let text = stdout(self.command("scontrol").args(["show", "job", job]));
-        text.split_whitespace().find_map(|field| field.strip_prefix("JobState=")).unwrap_or("?").to_string()
+        let prefix = format!("{field}=");
+        text.split_whitespace().find_map(|f| f.strip_prefix(prefix.as_str())).unwrap_or("?").to_string()
+    }
+
+    /// Waits for the final job of the study in `out` to end; its state (COMPLETED, FAILED, ...).
+    /// A final job that can never start (its dependency cannot be met) fails the test.
+    fn wait_for_final_job(&self, out: &Path, finish: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let state = self.job_state(finish);
+            let logs = || {
+                let dir = out.join("slurm/logs");
+                let jobs: String = std::fs::read_dir(&dir)
+                    .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default();
+                format!("{jobs}\n{}", self.logs())
+            };
+            if !["PENDING", "CONFIGURING", "RUNNING", "COMPLETING"].contains(&state.as_str()) {
+                return state;
+            }
+            let reason = self.job_field(finish, "Reason");
+            assert!(reason != "DependencyNeverSatisfied", "the final job can never start ({reason}):\n{}", logs());
+            assert!(start.elapsed() < Duration::from_secs(600), "not done after 10 minutes (final job {state}):\n{}", logs());
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn logs(&self) -> String {
@@ -165,6 +194,11 @@ fn demo_args(shared: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The log of job `name` (e.g. medxfer-report-12) of the study in `out`; empty if none.
+fn log_of(out: &Path, name: &str) -> String {
+    std::fs::read_to_string(out.join(format!("slurm/logs/{name}.out"))).unwrap_or_default()
+}
+
 fn tables(out: &Path) -> Vec<Vec<u8>> {
     ["scores.csv", "performance.csv", "table2.csv"]
         .iter()
@@ -173,7 +207,7 @@ fn tables(out: &Path) -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn the_generated_job_array_runs_on_a_real_slurm_and_equals_one_process() {
+fn the_generated_job_array_runs_on_a_real_slurm_and_equals_one_process_and_keeps_going_past_a_failure() {
     let shared = tempfile::tempdir().unwrap();
     let Some(cluster) = Cluster::start(&shared.path().join("cluster")) else { return };
     let xtask = env!("CARGO_BIN_EXE_xtask");
@@ -191,42 +225,56 @@ fn the_generated_job_array_runs_on_a_real_slurm_and_equals_one_process() {
     assert!(submitted.contains("submitted array job"), "{submitted}");
     let jobs = std::fs::read_to_string(out.join("slurm/jobs")).unwrap();
     let (array, finish) = jobs.trim().split_once(' ').unwrap();
-    let start = Instant::now();
-    loop {
-        let state = cluster.job_state(finish);
-        if state == "COMPLETED" {
-            break;
-        }
-        let logs = || {
-            let dir = out.join("slurm/logs");
-            let jobs: String = std::fs::read_dir(&dir)
-                .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect::<Vec<_>>().join("\n"))
-                .unwrap_or_default();
-            format!("{jobs}\n{}", cluster.logs())
-        };
-        assert!(
-            !["FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"].contains(&state.as_str()),
-            "final job {state}:\n{}",
-            logs()
-        );
-        assert!(start.elapsed() < Duration::from_secs(600), "not done after 10 minutes (final job {state}):\n{}", logs());
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let state = cluster.wait_for_final_job(&out, finish);
+    assert_eq!(state, "COMPLETED", "{}", log_of(&out, &format!("medxfer-report-{finish}")));
     for task in 0..3 {
         assert_eq!(cluster.job_state(&format!("{array}_{task}")), "COMPLETED");
     }
 
     // Each array task wrote its own log, and every trial's one epoch ran exactly once.
-    let logs: Vec<String> =
-        (0..3).map(|t| std::fs::read_to_string(out.join(format!("slurm/logs/medxfer-study-{array}_{t}.out"))).unwrap()).collect();
+    let logs: Vec<String> = (0..3).map(|t| log_of(&out, &format!("medxfer-study-{array}_{t}"))).collect();
     for (t, log) in logs.iter().enumerate() {
         assert!(log.contains(&format!("shard {t}/3 done")), "array task {t}:\n{log}");
     }
     let epochs: usize = logs.iter().map(|l| l.lines().filter(|line| line.contains("epoch   1 ")).count()).sum();
     assert_eq!(epochs, 3 * 3 * 2, "3 tasks x 3 backbones x 2 trials, each once:\n{}", logs.join("\n"));
-    let finish_log = std::fs::read_to_string(out.join(format!("slurm/logs/medxfer-report-{finish}.out"))).unwrap();
+    let finish_log = log_of(&out, &format!("medxfer-report-{finish}"));
     assert!(finish_log.contains("9 of 9 units complete"), "{finish_log}");
     assert_eq!(tables(&out), tables(&single), "the merged results differ from one process's");
+
+    // With --keep-going, a backbone whose weights cannot be had fails its array task, but the
+    // final job still runs: it tries that backbone's units again, writes the report from the
+    // others and fails naming each one.
+    let weights = shared.path().join("weights-but-one");
+    std::fs::create_dir_all(&weights).unwrap();
+    for entry in std::fs::read_dir(shared.path().join("cache/weights")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "tiny_vit_b.safetensors" {
+            std::fs::copy(&path, weights.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = shared.path().join("keep-going");
+    run(cluster
+        .command(xtask)
+        .args(["slurm", "--out", out.to_str().unwrap(), "--shards", "3", "--cpus", "1", "--time", "00:30:00", "--submit", "--"])
+        .args(demo_args(shared.path()))
+        .args(["--keep-going", "--weights", weights.to_str().unwrap()]));
+    let jobs = std::fs::read_to_string(out.join("slurm/jobs")).unwrap();
+    let (array, finish) = jobs.trim().split_once(' ').unwrap();
+    let state = cluster.wait_for_final_job(&out, finish);
+    let finish_log = log_of(&out, &format!("medxfer-report-{finish}"));
+    assert_eq!(state, "FAILED", "{finish_log}");
+    assert!(finish_log.contains("3 failed (the rest ran"), "{finish_log}");
+    let failed: Vec<usize> = (0..3).filter(|t| cluster.job_state(&format!("{array}_{t}")) == "FAILED").collect();
+    assert!(!failed.is_empty(), "no array task failed");
+    for t in &failed {
+        let log = log_of(&out, &format!("medxfer-study-{array}_{t}"));
+        assert!(log.contains("tiny_vit_b"), "array task {t}:\n{log}");
+    }
+    let performance = std::fs::read_to_string(out.join("performance.csv")).unwrap();
+    assert_eq!(performance.lines().count(), 1 + 3 * 2 * 2, "the two other backbones of every task, ID and OOD:\n{performance}");
+    assert!(!performance.contains("tiny_vit_b"), "{performance}");
+    assert!(out.join("report.md").exists());
 
     let pids = cluster.pids();
     drop(cluster);
