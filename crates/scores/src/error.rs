@@ -184,6 +184,17 @@ pub enum Error {
         metric: &'static str,
     },
 
+    /// The models of a set were not scored on the same samples (labels differ).
+    #[error(
+        "model {model} of the set was not scored on the same samples as model 1: {problem}; a set compares models on the same images, in the same order (extract every model's features from one split)"
+    )]
+    NotTheSameSamples {
+        /// The model, counting from 1.
+        model: usize,
+        /// How its samples differ.
+        problem: String,
+    },
+
     /// A correlation is undefined because one side is constant.
     #[error("{what} is undefined: the {side} values are all equal")]
     ConstantInput {

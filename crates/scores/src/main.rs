@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use medxfer_scores::{Correlation, Metric, SharedAnalysis, correlate, read_feature_file, score_set};
+use medxfer_scores::{Correlation, Metric, SharedAnalysis, check_same_samples, correlate, read_feature_file, score_set};
 use serde_json::{Map, Value, json};
 
 /// Transferability scores and rank correlations, as Chaves et al. 2023 computed them.
@@ -154,6 +154,13 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
 
 fn score_files(files: &[PathBuf], metrics: Option<Vec<String>>, json: bool) -> Result<()> {
     let inputs = files.iter().map(|file| read_feature_file(file)).collect::<Result<Vec<_>, _>>()?;
+    if let Err(error) = check_same_samples(&inputs) {
+        let model = match &error {
+            medxfer_scores::Error::NotTheSameSamples { model, .. } => *model,
+            _ => 1,
+        };
+        bail!("{} and {}: {error}", files[0].display(), files[model - 1].display());
+    }
     let has_probs = inputs.iter().all(|input| input.source_probs().is_some());
     let requested: Vec<Metric> = match metrics {
         Some(asked) => {

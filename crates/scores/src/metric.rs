@@ -258,6 +258,7 @@ impl<'a> SharedAnalysis<'a> {
 /// order): the per-model scores model by model (sharing decompositions as [`score_all`]), the
 /// set-level ones from the models' terms together. Returns, per metric, one value per model.
 pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metric, Vec<f64>)>> {
+    check_same_samples(inputs)?;
     let per_model: Vec<Metric> = metrics.iter().copied().filter(|m| !m.is_set_level()).collect();
     let set_level: Vec<Metric> = Metric::SET_LEVEL.into_iter().filter(|m| metrics.contains(m)).collect();
     let mut by_model = Vec::with_capacity(inputs.len());
@@ -283,6 +284,25 @@ pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metri
         out.push((metric, values));
     }
     Ok(out)
+}
+
+/// Refuses a set whose models were not scored on the same samples: each one's labels must be
+/// the first's, sample by sample. (A set-level score min-max scales the models' terms against
+/// each other, and the per-model scores are compared with each other: on other images neither
+/// means anything.)
+pub fn check_same_samples(inputs: &[ScoreInput]) -> Result<()> {
+    let Some(first) = inputs.first() else { return Ok(()) };
+    for (index, input) in inputs.iter().enumerate().skip(1) {
+        let problem = if input.num_samples() != first.num_samples() {
+            format!("it has {} samples, model 1 has {}", input.num_samples(), first.num_samples())
+        } else if let Some(sample) = input.labels().iter().zip(first.labels()).position(|(a, b)| a != b) {
+            format!("sample {sample} has label {}, model 1's has {}", input.labels()[sample], first.labels()[sample])
+        } else {
+            continue;
+        };
+        return Err(Error::NotTheSameSamples { model: index + 1, problem });
+    }
+    Ok(())
 }
 
 /// The per-model terms of a set-level metric for one model, in [`Metric::terms`]' order (empty
@@ -335,5 +355,27 @@ mod tests {
             assert_eq!(serde_json::to_string(&metric).unwrap(), format!("\"{}\"", metric.as_str()));
         }
         assert!("hscore".parse::<Metric>().is_err());
+    }
+
+    /// A set's models must share their samples' labels, sample by sample; another order of the
+    /// same labels, or fewer samples, is another set of images.
+    #[test]
+    fn a_set_of_models_scored_on_other_samples_is_refused() {
+        let model = |labels: &[i64]| {
+            let features = faer::Mat::from_fn(labels.len(), 2, |i, j| (i * 3 + j * 7) as f64 % 5.0 + labels[i] as f64);
+            ScoreInput::new(features, labels).unwrap()
+        };
+        let labels = [0, 1, 0, 1, 0, 1, 0, 1];
+        let same = [model(&labels), model(&labels), model(&labels)];
+        assert_eq!(score_set(&same, &[Metric::HScore]).unwrap()[0].1.len(), 3);
+        for (other, problem) in
+            [(&[1, 0, 0, 1, 0, 1, 0, 1][..], "sample 0 has label 1, model 1's has 0"), (&labels[..6], "it has 6 samples, model 1 has 8")]
+        {
+            let set = [model(&labels), model(&labels), model(other)];
+            match score_set(&set, &[Metric::HScore]) {
+                Err(error @ Error::NotTheSameSamples { model: 3, .. }) => assert!(error.to_string().contains(problem), "{error}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

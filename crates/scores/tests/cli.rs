@@ -103,8 +103,13 @@ fn score_set_json_holds_ncti_and_refuses_features_too_narrow_for_its_pca() {
     for (value, reference) in ours["scores"]["ncti"].as_array().unwrap().iter().zip(set["ncti"].as_array().unwrap()) {
         assert!((value.as_f64().unwrap() - reference.as_f64().unwrap()).abs() <= 1e-8, "{value} vs {reference}");
     }
-    // four_class has 20 features: NCTI's PCA to 64 cannot run, and the error says why.
-    let narrow = fixtures().join("scores/four_class.safetensors").display().to_string();
+    // The first model's first 20 features, as a model of the same images: NCTI's PCA to 64
+    // cannot run, and the error says why.
+    let dir = tempfile::tempdir().unwrap();
+    let first = medxfer_scores::read_feature_file(Path::new(&files[0])).unwrap();
+    let labels: Vec<i64> = first.labels().iter().map(|&l| l as i64).collect();
+    let columns = |width: usize| Mat::from_fn(first.num_samples(), width, |i, j| first.features()[(i, j)]);
+    let narrow = write_input(dir.path(), "narrow.safetensors", &ScoreInput::new(columns(20), &labels).unwrap()).display().to_string();
     let refused = run(&["score-set", &files[0], &narrow, "--metrics", "ncti"]);
     assert_clean_failure(&refused, &["NCTI", "needs at least 64 features, got 20"]);
     // With another score beside it, that one is still computed for both files; NCTI is null.
@@ -114,6 +119,25 @@ fn score_set_json_holds_ncti_and_refuses_features_too_narrow_for_its_pca() {
     assert!(ours["scores"]["ncti"].is_null(), "{ours}");
     let transrate = ours["scores"]["transrate"].as_array().unwrap();
     assert!(transrate.len() == 2 && transrate.iter().all(|v| v.as_f64().is_some_and(f64::is_finite)), "{ours}");
+
+    // A model of other images is refused, naming both files and how its samples differ: another
+    // label (two samples swapped), fewer samples, another task's features.
+    let mut swapped = labels.clone();
+    let other = swapped.iter().position(|&l| l != swapped[0]).unwrap();
+    swapped.swap(0, other);
+    let swapped = write_input(dir.path(), "swapped.safetensors", &ScoreInput::new(columns(70), &swapped).unwrap());
+    let fewer = ScoreInput::new(Mat::from_fn(290, 70, |i, j| first.features()[(i, j)]), &labels[..290]).unwrap();
+    let fewer = write_input(dir.path(), "fewer.safetensors", &fewer);
+    let four_class = fixtures().join("scores/four_class.safetensors");
+    for (file, problem) in [
+        (&swapped, format!("sample 0 has label {}, model 1's has {}", labels[other], labels[0])),
+        (&fewer, "it has 290 samples, model 1 has 300".to_string()),
+        (&four_class, "it has 240 samples, model 1 has 300".to_string()),
+    ] {
+        let refused = run(&["score-set", &files[0], &files[1], file.to_str().unwrap()]);
+        assert_clean_failure(&refused, &[&problem, "model 3 of the set", file.to_str().unwrap(), "from one split"]);
+        assert!(refused.stdout.is_empty(), "nothing is scored: {}", String::from_utf8_lossy(&refused.stdout));
+    }
 }
 
 fn write_input(dir: &Path, name: &str, input: &ScoreInput) -> PathBuf {

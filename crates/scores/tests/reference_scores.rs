@@ -11,10 +11,10 @@ use serde_json::Value;
 /// Deterministic scores agree with the reference to this relative error.
 const EXACT_RELATIVE: f64 = 1e-8;
 /// N-LEEP's mixture starts from k-means++ with another random stream than numpy's. On data whose
-/// clusters every start finds (scikit-learn gives one value over 20 seeds), ours agrees to this.
+/// clusters every start finds (scikit-learn gives one value over 100 seeds), ours agrees to this.
 const N_LEEP_CLUSTERED: f64 = 1e-6;
 /// Elsewhere scikit-learn's own value moves with its seed (by up to 0.08 on these cases); ours
-/// must fall inside the range of its values over 20 seeds, widened by this.
+/// must fall inside the range of its values over 100 seeds, widened by this.
 const N_LEEP_SEED_MARGIN: f64 = 5e-3;
 
 fn fixtures() -> PathBuf {
@@ -42,7 +42,8 @@ fn every_score_matches_the_reference_code() {
                 let relative = (value - reference).abs() / reference.abs().max(1e-300);
                 assert!(relative <= EXACT_RELATIVE, "{name}/{metric}: ours {value}, reference {reference}, relative error {relative:e}");
             }
-            if metric == Metric::NLeep {
+            // Null where 100 of scikit-learn's starts do not bound N-LEEP's spread (make_fixtures.py).
+            if metric == Metric::NLeep && !case["n_leep_seed_range"].is_null() {
                 let range = &case["n_leep_seed_range"];
                 let (low, high) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
                 assert!(
