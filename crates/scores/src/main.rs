@@ -234,10 +234,21 @@ struct Group {
 fn correlate_csv(file: &Path, x: &str, y: &str, group: Option<&str>, json: bool) -> Result<()> {
     let mut reader = csv::Reader::from_path(file).with_context(|| format!("cannot open {}", file.display()))?;
     let headers = reader.headers().with_context(|| format!("{}: cannot read the header row", file.display()))?.clone();
+    if headers.is_empty() {
+        bail!("{}: the file is empty; it needs a header row naming the columns, then one row per sample", file.display());
+    }
     let column = |name: &str| -> Result<usize> {
-        headers.iter().position(|h| h == name).with_context(|| {
-            format!("{}: no column named '{name}'; the columns are: {}", file.display(), headers.iter().collect::<Vec<_>>().join(", "))
-        })
+        let found: Vec<usize> = headers.iter().enumerate().filter(|(_, h)| *h == name).map(|(i, _)| i).collect();
+        match found[..] {
+            [index] => Ok(index),
+            [] => bail!("{}: no column named '{name}'; the columns are: {}", file.display(), headers.iter().collect::<Vec<_>>().join(", ")),
+            _ => bail!(
+                "{}: {} columns are named '{name}' (columns {}); rename all but one",
+                file.display(),
+                found.len(),
+                found.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(" and ")
+            ),
+        }
     };
     let (x_col, y_col) = (column(x)?, column(y)?);
     let group_col = group.map(column).transpose()?;

@@ -274,6 +274,13 @@ fn correlate_names_a_missing_column_and_a_bad_cell() {
     assert_clean_failure(&output, &["table.csv", "'accuracy'", "score, acc"]);
     let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "acc"]);
     assert_clean_failure(&output, &["table.csv", "line 3", "'abc'"]);
+    // A column named twice is ambiguous (it took the first); an empty file says so.
+    std::fs::write(&csv, "acc,score,acc\n0.5,1,0.6\n0.7,2,0.4\n").unwrap();
+    let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "acc"]);
+    assert_clean_failure(&output, &["table.csv", "2 columns are named 'acc' (columns 1 and 3)"]);
+    std::fs::write(&csv, "").unwrap();
+    let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "acc"]);
+    assert_clean_failure(&output, &["table.csv: the file is empty"]);
     // A NaN (a score that failed) is named by its line in that group's row; other groups stand.
     std::fs::write(&csv, "score,acc,task\n1,0.5,a\n2,0.6,b\n3,0.7,b\n4,NaN,a\n5,0.9,a\n").unwrap();
     let output = run(&["correlate", csv.to_str().unwrap(), "--x", "score", "--y", "acc", "--group", "task", "--json"]);
