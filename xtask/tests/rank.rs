@@ -5,6 +5,7 @@
 //! rerun reuses them, and --finetune-top tunes only the shortlist.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -70,11 +71,15 @@ fn image_folder(dir: &Path, per_class: usize) -> PathBuf {
 }
 
 /// `xtask rank` on `images` with the registry `registry` wrote in `dir`, at 72/64 px, trusting
-/// `results`, and `extra` arguments, succeeding or not.
-fn rank_output(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&str]) -> Output {
+/// `results` (the paper's Table 2 where None: run in `dir`, which has no ./results), and `extra`
+/// arguments, succeeding or not.
+fn rank_output(dir: &Path, images: &Path, out: &Path, results: Option<&Path>, extra: &[&str]) -> Output {
+    let results: Vec<&OsStr> = results.map(|r| vec!["--results".as_ref(), r.as_os_str()]).unwrap_or_default();
     Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(dir)
         .arg("rank")
-        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str(), "--results".as_ref(), results.as_os_str()])
+        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str()])
+        .args(results)
         .args(["--models".as_ref(), dir.join("models").as_os_str(), "--weights".as_ref(), dir.join("weights").as_os_str()])
         .args(["--resize", "72", "--crop", "64"])
         .args(extra)
@@ -83,7 +88,7 @@ fn rank_output(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&
 }
 
 /// [`rank_output`], which must succeed.
-fn rank(dir: &Path, images: &Path, out: &Path, results: &Path, extra: &[&str]) -> Output {
+fn rank(dir: &Path, images: &Path, out: &Path, results: Option<&Path>, extra: &[&str]) -> Output {
     let output = rank_output(dir, images, out, results, extra);
     assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     output
@@ -116,8 +121,7 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     registry(dir.path());
     let images = image_folder(dir.path(), 20);
     let out = dir.path().join("ranked");
-    let no_study = dir.path().join("no study");
-    let first = String::from_utf8(rank(dir.path(), &images, &out, &no_study, &[]).stdout).unwrap();
+    let first = String::from_utf8(rank(dir.path(), &images, &out, None, &[]).stdout).unwrap();
     let rows = read_csv(&out.join("ranking.csv"));
     assert_eq!(rows.len(), 3);
     // Ranks follow the values (1 = highest, ties averaged) and the consensus is their mean;
@@ -157,7 +161,7 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
 
     // A rerun extracts nothing again.
     let modified = std::fs::metadata(&vit_files[0]).unwrap().modified().unwrap();
-    rank(dir.path(), &images, &out, &no_study, &[]);
+    rank(dir.path(), &images, &out, None, &[]);
     assert_eq!(std::fs::metadata(&vit_files[0]).unwrap().modified().unwrap(), modified);
     // Other weights under the same name are another backbone: extracted and scored anew, the
     // first result kept under its own weights' key.
@@ -168,7 +172,7 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     tensors.insert("head.bias".into(), (bias + 1.0).unwrap());
     candle_core::safetensors::save(&tensors, &weights).unwrap();
     let swapped = read_csv(&{
-        rank(dir.path(), &images, &out, &no_study, &[]);
+        rank(dir.path(), &images, &out, None, &[]);
         out.join("ranking.csv")
     });
     assert_eq!(keyed(&features_dir, "vit_min", "safetensors").len(), 2);
@@ -179,8 +183,7 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     // The shortlist: only the consensus winner is tuned (on a 70/10/20 split, scored on its
     // train part), and the saving is stated.
     let tuned_out = dir.path().join("tuned");
-    let tuned =
-        rank(dir.path(), &images, &tuned_out, &no_study, &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]);
+    let tuned = rank(dir.path(), &images, &tuned_out, None, &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]);
     let tuned = String::from_utf8(tuned.stdout).unwrap();
     let rows = read_csv(&tuned_out.join("ranking.csv"));
     let accuracy: f64 = rows[0]["test_balanced_accuracy"].parse().unwrap();
@@ -212,7 +215,7 @@ fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
         "task,setting,metric,n,tau_b,p_value,weighted_tau\nskin,id,logme,10,0.5,0.04,0.6\nbrain,id,logme,10,0.1,0.7,0.2\nskin,ood,logme,10,-0.2,0.4,\n",
     )
     .unwrap();
-    let output = rank(dir.path(), &images, &dir.path().join("out"), &study, &["--backbones", "resnet_basic_min,vit_min"]);
+    let output = rank(dir.path(), &images, &dir.path().join("out"), Some(&study), &["--backbones", "resnet_basic_min,vit_min"]);
     let text = String::from_utf8(output.stdout).unwrap();
     // A table2.csv from before the interval columns still reads.
     assert!(text.contains(&format!("from the study in {}", study.display())), "{text}");
@@ -235,7 +238,7 @@ fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
         dir.path(),
         &images,
         &dir.path().join("out"),
-        &study,
+        Some(&study),
         &["--backbones", "resnet_basic_min,vit_min", "--consensus", "all", "--bootstrap", "2"],
     );
     let text = String::from_utf8(output.stdout).unwrap();
@@ -251,6 +254,19 @@ fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
     for column in 0..rows[0].len() {
         assert!(rows[0][column] + rows[1][column] >= 100.0, "{shares}");
     }
+
+    // Without --results, ./results is the study where it holds a table2.csv.
+    std::fs::rename(&study, dir.path().join("results")).unwrap();
+    let output = rank(dir.path(), &images, &dir.path().join("out"), None, &["--backbones", "resnet_basic_min,vit_min"]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("from the study in results") && text.contains("| sfda | 0.40 | – |"), "{text}");
+    // A --results folder without one (a typo) is refused before any image is read; it used
+    // to fall back to the paper's numbers after the extraction.
+    let elsewhere = dir.path().join("elsewhere");
+    let output = rank_output(dir.path(), &images, &elsewhere, Some(&study), &["--backbones", "resnet_basic_min,vit_min"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains(&format!("--results {}: no table2.csv there", study.display())), "{stderr}");
+    assert!(!elsewhere.exists(), "rank went on to extract");
 }
 
 #[test]
@@ -264,7 +280,7 @@ fn a_truncated_image_in_the_folder_stops_rank_naming_it() {
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
         .unwrap();
     std::fs::write(images.join("lesion/partial.jpg"), &bytes[..bytes.len() / 2]).unwrap();
-    let output = rank_output(dir.path(), &images, &dir.path().join("out"), &dir.path().join("no study"), &[]);
+    let output = rank_output(dir.path(), &images, &dir.path().join("out"), None, &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("partial.jpg") && stderr.contains("image file is truncated"), "{stderr}");
@@ -287,7 +303,7 @@ fn options_rank_cannot_run_with_are_refused_before_any_work() {
         (&["--finetune-top", "2", "--batch", "0"], "--batch 0"),
         (&["--finetune-top", "2", "--trials", "0"], "--trials 0"),
     ] {
-        let output = rank_output(dir.path(), &images, &out, &dir.path().join("no study"), options);
+        let output = rank_output(dir.path(), &images, &out, None, options);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(expected), "{options:?}: {stderr}");
         assert!(!out.exists(), "{options:?}: wrote {}", out.display());
@@ -303,11 +319,11 @@ fn a_candidate_without_weights_leaves_the_others_ranked() {
     let dir = tempfile::tempdir().unwrap();
     registry(dir.path());
     let images = image_folder(dir.path(), 4);
-    let (out, results) = (dir.path().join("out"), dir.path().join("no results"));
+    let out = dir.path().join("out");
     let checkpoint = dir.path().join("weights/densenet_min.safetensors");
     let kept = dir.path().join("densenet_min.safetensors");
     std::fs::rename(&checkpoint, &kept).unwrap();
-    let output = rank_output(dir.path(), &images, &out, &results, &[]);
+    let output = rank_output(dir.path(), &images, &out, None, &[]);
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(!output.status.success(), "the command succeeded:\n{stdout}");
     assert!(stderr.contains("1 of 3 candidates could not be ranked (densenet_min)"), "{stderr}");
@@ -318,7 +334,7 @@ fn a_candidate_without_weights_leaves_the_others_ranked() {
     assert!(ranked.contains(&"resnet_basic_min".to_string()) && ranked.contains(&"vit_min".to_string()), "{ranked:?}");
 
     std::fs::rename(&kept, &checkpoint).unwrap();
-    rank(dir.path(), &images, &out, &results, &[]);
+    rank(dir.path(), &images, &out, None, &[]);
     assert_eq!(read_csv(&out.join("ranking.csv")).len(), 3);
 }
 
@@ -342,7 +358,7 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
         dir.path(),
         &images,
         &out,
-        &dir.path().join("no study"),
+        None,
         &["--backbones", "virchow2_like,vit_min", "--finetune-top", "2", "--trials", "1", "--epochs", "1", "--batch", "8"],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -366,8 +382,7 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     // Half precision extraction: features of their own (keyed by the precision), scores close to
     // f32's; bf16 needs a GPU and says so.
     let half = dir.path().join("half");
-    let output =
-        rank(dir.path(), &images, &half, &dir.path().join("no study"), &["--backbones", "virchow2_like,vit_min", "--dtype", "f16"]);
+    let output = rank(dir.path(), &images, &half, None, &["--backbones", "virchow2_like,vit_min", "--dtype", "f16"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let half_dir = std::fs::read_dir(half.join("features")).unwrap().next().unwrap().unwrap().path();
     let names: Vec<String> = std::fs::read_dir(&half_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -376,12 +391,6 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     let half_row = half_rows.iter().find(|r| r["backbone"] == "virchow2_like").unwrap();
     let (f32_logme, f16_logme) = (row["logme"].parse::<f64>().unwrap(), half_row["logme"].parse::<f64>().unwrap());
     assert!(f16_logme.is_finite() && f32_logme.is_finite(), "{f32_logme} {f16_logme}");
-    let output = rank_output(
-        dir.path(),
-        &images,
-        &dir.path().join("bf16"),
-        &dir.path().join("no study"),
-        &["--backbones", "vit_min", "--dtype", "bf16"],
-    );
+    let output = rank_output(dir.path(), &images, &dir.path().join("bf16"), None, &["--backbones", "vit_min", "--dtype", "bf16"]);
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("bf16 needs a GPU"));
 }

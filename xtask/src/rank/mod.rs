@@ -79,9 +79,9 @@ pub struct RankArgs {
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
     /// A study's results (reproduce --out) whose table2.csv says how far the scores can be
-    /// trusted; the paper's Table 2 when absent.
-    #[arg(long, default_value = "results")]
-    pub results: PathBuf,
+    /// trusted; by default ./results where it holds one, else the paper's Table 2.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
     /// The scores whose mean rank is the consensus: `paper` (the paper's seven), `all` (every
     /// score, the newer ones too), or a comma-separated list of score names.
     #[arg(long, default_value = "paper")]
@@ -259,6 +259,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         tuning_options(args).check()?;
         medxfer_train::check_trials(args.trials)?;
     }
+    let trust = trust_statement(trusted_results(args.results.as_deref())?)?;
     let images = LabelledImages::read(&args.images)?;
     let registry = match &args.models {
         Some(dir) => Registry::load(dir)?,
@@ -424,7 +425,6 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             not_ranked_list(&not_ranked)
         );
     }
-    let trust = trust_statement(&args.results)?;
     println!("{table}\n{tuning}{trust}");
     write_csv(&args.out.join("ranking.csv"), &rows)?;
     medxfer_durable::write_atomic(&args.out.join("ranking.md"), format!("{table}\n{tuning}{trust}").as_bytes())?;
@@ -552,10 +552,25 @@ impl EarlierTable2Row {
     }
 }
 
-/// How well each score ranked backbones in a study: the mean tau-b over tasks, ID and OOD.
-pub fn trust_statement(results: &Path) -> Result<String> {
-    let table = results.join("table2.csv");
-    let (source, cells): (String, Vec<(Setting, String, f64)>) = if table.exists() {
+/// The study whose Table 2 says how far to trust the scores: `--results DIR` (which must hold a
+/// table2.csv: a typo must not fall back to the paper's numbers unnoticed), else ./results
+/// where it holds one; None for the paper's.
+fn trusted_results(given: Option<&Path>) -> Result<Option<&Path>> {
+    match given {
+        Some(dir) if !dir.join("table2.csv").is_file() => bail!(
+            "--results {}: no table2.csv there; give a study's results folder (reproduce --out, or `cargo xtask report --results DIR` to write its table), or leave --results out for the paper's Table 2",
+            dir.display()
+        ),
+        Some(dir) => Ok(Some(dir)),
+        None => Ok(Some(Path::new("results")).filter(|dir| dir.join("table2.csv").is_file())),
+    }
+}
+
+/// How well each score ranked backbones in a study (`results`, holding a table2.csv), or in the
+/// paper (None): the mean tau-b over tasks, ID and OOD.
+pub fn trust_statement(results: Option<&Path>) -> Result<String> {
+    let (source, cells): (String, Vec<(Setting, String, f64)>) = if let Some(results) = results {
+        let table = results.join("table2.csv");
         // A table2.csv from before the intervals (its first seven columns) reads too.
         let rows: Vec<(Setting, String, Option<f64>)> = match crate::results::read_rows(&table, &TABLE2_COLUMNS, Table2Row::key) {
             Ok(rows) => rows.into_iter().map(|r: Table2Row| (r.setting, r.metric, r.tau_b)).collect(),
@@ -628,7 +643,7 @@ mod tests {
 
     #[test]
     fn the_trust_statement_averages_the_published_table_without_results() {
-        let text = trust_statement(Path::new("/nonexistent")).unwrap();
+        let text = trust_statement(None).unwrap();
         // LogME ID: (0.584 + 0.378 - 0.067) / 3 = 0.298; NCE OOD: (0.156 + 0.778 + 0.911) / 3 = 0.615.
         assert!(text.contains("| logme | 0.30 | -0.01 |"), "{text}");
         assert!(text.contains("| nce | -0.10 | 0.62 |"), "{text}");
