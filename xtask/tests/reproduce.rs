@@ -251,18 +251,51 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("copy");
     copy_tree(reference_out, &out);
-    let run = || {
-        check(
-            xtask()
-                .args(["image-bootstrap", "--results", out.to_str().unwrap(), "--resamples", "12", "--metrics", "h_score,leep,pactran_dir"])
-                .output()
-                .unwrap(),
-        )
+    let command = || {
+        let mut command = xtask();
+        command.args(["image-bootstrap", "--results", out.to_str().unwrap(), "--resamples", "12", "--metrics", "h_score,leep,pactran_dir"]);
+        command
     };
+    let run = || String::from_utf8(check(command().output().unwrap()).stderr).unwrap();
     run();
     let first = std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap();
+    // tau-b's intervals without the time each resample took.
+    let taus_but_time = || {
+        let mut rows = read_csv(&out.join("image_bootstrap_tau.csv"));
+        rows.iter_mut().for_each(|row| _ = row.remove("seconds_per_resample"));
+        rows
+    };
+    let first_taus = taus_but_time();
+    // Each (task, setting) is kept as it finishes: the same command again takes every one.
+    let cells = out.join("image_bootstrap");
+    let again = run();
+    assert_eq!(again.matches("resampled before with these settings").count(), TASKS.len() * 2, "{again}");
+    assert_eq!(std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap(), first);
+    std::fs::remove_dir_all(&cells).unwrap();
     run();
     assert_eq!(std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap(), first, "the same seed, the same draws");
+    assert_eq!(taus_but_time(), first_taus);
+    // Killed after its first cell (and before writing the files), a rerun resamples only the
+    // others, and the files are the uninterrupted run's.
+    std::fs::remove_dir_all(&cells).unwrap();
+    for file in ["image_bootstrap_scores.csv", "image_bootstrap_tau.csv"] {
+        std::fs::remove_file(out.join(file)).unwrap();
+    }
+    let mut child = command().stderr(Stdio::null()).spawn().unwrap();
+    let done =
+        || std::fs::read_dir(&cells).map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count());
+    while done().unwrap_or(0) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "image-bootstrap ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = done().unwrap();
+    assert!(kept < TASKS.len() * 2 && !out.join("image_bootstrap_scores.csv").exists(), "killed after {kept} cells");
+    let resumed = run();
+    assert_eq!(resumed.matches("resampled before with these settings").count(), kept, "{resumed}");
+    assert_eq!(std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap(), first);
+    assert_eq!(taus_but_time(), first_taus);
     let intervals = read_csv(&out.join("image_bootstrap_scores.csv"));
     let scores = read_csv(&out.join("scores.csv"));
     assert_eq!(intervals.len(), TASKS.len() * 2 * BACKBONES.split(',').count() * 3);

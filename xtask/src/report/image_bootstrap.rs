@@ -92,9 +92,41 @@ impl TauInterval {
     }
 }
 
+/// Where each (task, setting)'s intervals are kept with what made them (`<task>-<setting>.json`).
+pub const CELLS_DIR: &str = "image_bootstrap";
+
+/// What made one (task, setting)'s intervals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CellKey {
+    resamples: usize,
+    seed: u64,
+    metrics: Vec<String>,
+    /// Each backbone, its fixed accuracy and its feature file's checksum, in order.
+    backbones: Vec<(String, f64, String)>,
+}
+
+/// One (task, setting)'s intervals, as `image-bootstrap` keeps them between runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct Cell {
+    key: CellKey,
+    scores: Vec<ScoreInterval>,
+    taus: Vec<TauInterval>,
+}
+
+/// The cell kept at `path`; None where there is none, or (with a warning) where it cannot be
+/// read: it is then resampled again.
+fn read_cell(path: &Path) -> Option<Cell> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text)
+        .inspect_err(|error| eprintln!("warning: {} cannot be read ({error}); resampling that cell again", path.display()))
+        .ok()
+}
+
 pub const TAU_INTERVAL_COLUMNS: [&str; 8] = ["task", "setting", "metric", "n", "resamples", "low", "high", "seconds_per_resample"];
 
-/// The whole bootstrap; writes the two CSV files into the results folder.
+/// The whole bootstrap; writes the two CSV files into the results folder, and each (task,
+/// setting)'s intervals into its [`CELLS_DIR`] as soon as they are done, which a rerun with the
+/// same settings reuses.
 pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)> {
     let out = &settings.results;
     if settings.resamples == 0 {
@@ -141,69 +173,36 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                 other.0
             );
         }
-        eprintln!("{task} {}: {} backbones, {} resamples ...", setting.as_str(), members.len(), settings.resamples);
-        let start = Instant::now();
-        let inputs: Vec<&ScoreInput> = members.iter().map(|m| &m.2).collect();
-        let (observed, failures) = set_scores(&inputs, &settings.metrics);
-        // A score that cannot be computed on the full images gets no interval; say why once
-        // (too few images for ETran's energy term, fewer than 64 features for NCTI's PCA, ...).
-        for (metric, why) in &failures {
-            eprintln!("{task} {}: {} left out: {why}", setting.as_str(), metric.as_str());
-        }
-        // values[backbone][metric] -> one value per resample (NaN where the score failed).
-        let mut values: Vec<BTreeMap<Metric, Vec<f64>>> = vec![BTreeMap::new(); members.len()];
-        let mut rng = cell_rng(bootstrap, &format!("images/{task}/{}", setting.as_str()));
-        for _ in 0..settings.resamples {
-            let picks = stratified_draw(members[0].2.labels(), &mut rng);
-            let drawn = members.iter().map(|m| resampled(&m.2, &picks)).collect::<Result<Vec<_>>>()?;
-            let (scores, _) = set_scores(&drawn.iter().collect::<Vec<_>>(), &settings.metrics);
-            for (scores, store) in scores.iter().zip(values.iter_mut()) {
-                for &metric in &settings.metrics {
-                    store.entry(metric).or_default().push(scores.get(&metric).copied().unwrap_or(f64::NAN));
-                }
-            }
-        }
-        let seconds_per_resample = start.elapsed().as_secs_f64() / settings.resamples.max(1) as f64;
-        let accuracies: Vec<f64> = members.iter().map(|m| m.1).collect();
-        for &metric in &settings.metrics {
-            for ((member, observed), store) in members.iter().zip(&observed).zip(&values) {
-                let (Some(&value), Some(drawn)) = (observed.get(&metric), store.get(&metric)) else { continue };
-                let mut finite: Vec<f64> = drawn.iter().copied().filter(|v| v.is_finite()).collect();
-                if finite.len() * 2 < settings.resamples {
-                    continue;
-                }
-                finite.sort_by(f64::total_cmp);
-                score_rows.push(ScoreInterval {
-                    task: task.clone(),
-                    setting: *setting,
-                    metric: metric.as_str().to_string(),
-                    backbone: member.0.clone(),
-                    value,
-                    low: quantile(&finite, 0.025),
-                    high: quantile(&finite, 0.975),
-                });
-            }
-            let sign = if metric.direction() == medxfer_scores::Direction::Lower { -1.0 } else { 1.0 };
-            let mut taus: Vec<f64> = (0..settings.resamples)
-                .filter_map(|r| {
-                    let x: Option<Vec<f64>> =
-                        values.iter().map(|v| v.get(&metric).map(|d| sign * d[r]).filter(|x| x.is_finite())).collect();
-                    kendall_tau_b(&x?, &accuracies).ok().map(|k| k.tau).filter(|t| t.is_finite())
+        // A cell done before with the same resamples, seed, scores, backbones, accuracies and
+        // feature files is taken as it is: a killed run loses at most the cell it was in.
+        let key = CellKey {
+            resamples: settings.resamples,
+            seed,
+            metrics: settings.metrics.iter().map(|m| m.as_str().to_string()).collect(),
+            backbones: members
+                .iter()
+                .map(|(backbone, accuracy, _)| {
+                    Ok((backbone.clone(), *accuracy, crate::weights::checksum(&feature_file(out, task, backbone, *setting))?))
                 })
-                .collect();
-            taus.sort_by(f64::total_cmp);
-            let enough = !taus.is_empty() && taus.len() * 2 >= settings.resamples;
-            tau_rows.push(TauInterval {
-                task: task.clone(),
-                setting: *setting,
-                metric: metric.as_str().to_string(),
-                n: members.len(),
-                resamples: taus.len(),
-                low: enough.then(|| quantile(&taus, 0.025)),
-                high: enough.then(|| quantile(&taus, 0.975)),
-                seconds_per_resample,
-            });
-        }
+                .collect::<Result<_>>()?,
+        };
+        let cell_path = out.join(CELLS_DIR).join(format!("{task}-{}.json", setting.as_str()));
+        let cell = match read_cell(&cell_path) {
+            Some(cell) if cell.key == key => {
+                eprintln!("{task} {}: resampled before with these settings, taken from {}", setting.as_str(), cell_path.display());
+                cell
+            }
+            _ => {
+                let (scores, taus) = cell_intervals(task, *setting, &members, settings, bootstrap)?;
+                let cell = Cell { key, scores, taus };
+                let text = serde_json::to_string_pretty(&cell)?;
+                medxfer_durable::write_atomic(&cell_path, text.as_bytes())
+                    .with_context(|| format!("cannot write {}", cell_path.display()))?;
+                cell
+            }
+        };
+        score_rows.extend(cell.scores);
+        tau_rows.extend(cell.taus);
     }
     // The intervals of scores this run did not recompute stay: adding a score later (`--metrics
     // n_leep` after the default cheap ones) must not discard hours of resampling. Rows stay in
@@ -218,6 +217,81 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
     }
     results::write_rows(&out.join(SCORE_INTERVALS_CSV), &SCORE_INTERVAL_COLUMNS, &score_rows)?;
     results::write_rows(&out.join(TAU_INTERVALS_CSV), &TAU_INTERVAL_COLUMNS, &tau_rows)?;
+    Ok((score_rows, tau_rows))
+}
+
+/// One (task, setting)'s intervals: `settings.resamples` stratified draws of the images, every
+/// backbone rescored on each.
+fn cell_intervals(
+    task: &str,
+    setting: Setting,
+    members: &[(String, f64, ScoreInput)],
+    settings: &Settings,
+    bootstrap: BootstrapSettings,
+) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)> {
+    let (mut score_rows, mut tau_rows) = (Vec::new(), Vec::new());
+    eprintln!("{task} {}: {} backbones, {} resamples ...", setting.as_str(), members.len(), settings.resamples);
+    let start = Instant::now();
+    let inputs: Vec<&ScoreInput> = members.iter().map(|m| &m.2).collect();
+    let (observed, failures) = set_scores(&inputs, &settings.metrics);
+    // A score that cannot be computed on the full images gets no interval; say why once
+    // (too few images for ETran's energy term, fewer than 64 features for NCTI's PCA, ...).
+    for (metric, why) in &failures {
+        eprintln!("{task} {}: {} left out: {why}", setting.as_str(), metric.as_str());
+    }
+    // values[backbone][metric] -> one value per resample (NaN where the score failed).
+    let mut values: Vec<BTreeMap<Metric, Vec<f64>>> = vec![BTreeMap::new(); members.len()];
+    let mut rng = cell_rng(bootstrap, &format!("images/{task}/{}", setting.as_str()));
+    for _ in 0..settings.resamples {
+        let picks = stratified_draw(members[0].2.labels(), &mut rng);
+        let drawn = members.iter().map(|m| resampled(&m.2, &picks)).collect::<Result<Vec<_>>>()?;
+        let (scores, _) = set_scores(&drawn.iter().collect::<Vec<_>>(), &settings.metrics);
+        for (scores, store) in scores.iter().zip(values.iter_mut()) {
+            for &metric in &settings.metrics {
+                store.entry(metric).or_default().push(scores.get(&metric).copied().unwrap_or(f64::NAN));
+            }
+        }
+    }
+    let seconds_per_resample = start.elapsed().as_secs_f64() / settings.resamples.max(1) as f64;
+    let accuracies: Vec<f64> = members.iter().map(|m| m.1).collect();
+    for &metric in &settings.metrics {
+        for ((member, observed), store) in members.iter().zip(&observed).zip(&values) {
+            let (Some(&value), Some(drawn)) = (observed.get(&metric), store.get(&metric)) else { continue };
+            let mut finite: Vec<f64> = drawn.iter().copied().filter(|v| v.is_finite()).collect();
+            if finite.len() * 2 < settings.resamples {
+                continue;
+            }
+            finite.sort_by(f64::total_cmp);
+            score_rows.push(ScoreInterval {
+                task: task.to_string(),
+                setting,
+                metric: metric.as_str().to_string(),
+                backbone: member.0.clone(),
+                value,
+                low: quantile(&finite, 0.025),
+                high: quantile(&finite, 0.975),
+            });
+        }
+        let sign = if metric.direction() == medxfer_scores::Direction::Lower { -1.0 } else { 1.0 };
+        let mut taus: Vec<f64> = (0..settings.resamples)
+            .filter_map(|r| {
+                let x: Option<Vec<f64>> = values.iter().map(|v| v.get(&metric).map(|d| sign * d[r]).filter(|x| x.is_finite())).collect();
+                kendall_tau_b(&x?, &accuracies).ok().map(|k| k.tau).filter(|t| t.is_finite())
+            })
+            .collect();
+        taus.sort_by(f64::total_cmp);
+        let enough = !taus.is_empty() && taus.len() * 2 >= settings.resamples;
+        tau_rows.push(TauInterval {
+            task: task.to_string(),
+            setting,
+            metric: metric.as_str().to_string(),
+            n: members.len(),
+            resamples: taus.len(),
+            low: enough.then(|| quantile(&taus, 0.025)),
+            high: enough.then(|| quantile(&taus, 0.975)),
+            seconds_per_resample,
+        });
+    }
     Ok((score_rows, tau_rows))
 }
 
