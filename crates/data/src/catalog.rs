@@ -40,6 +40,17 @@ pub enum Role {
     AlternativeId,
 }
 
+impl Role {
+    /// As the catalog's TOML spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Id => "id",
+            Role::Ood => "ood",
+            Role::AlternativeId => "alternative-id",
+        }
+    }
+}
+
 /// Counts of the complete real dataset after the label map, for `check`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -111,14 +111,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::List => {
             println!("{:<20} {:<8} {:<15} {:>7}  title", "dataset", "task", "role", "images");
             for d in &catalog.datasets {
-                println!(
-                    "{:<20} {:<8} {:<15} {:>7}  {}",
-                    d.name,
-                    d.task,
-                    format!("{:?}", d.role).to_lowercase(),
-                    d.expected.images,
-                    d.title
-                );
+                println!("{:<20} {:<8} {:<15} {:>7}  {}", d.name, d.task, d.role.as_str(), d.expected.images, d.title);
             }
             println!();
             for t in &catalog.tasks {

@@ -7,6 +7,30 @@ fn medxfer_data(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_medxfer-data")).args(args).output().unwrap()
 }
 
+/// `list` shows every dataset of the catalog with its task, its role as the TOML spells it
+/// (Cheng's showed as "alternativeid") and its image count.
+#[test]
+fn list_shows_each_dataset_as_its_toml_describes_it() {
+    let output = medxfer_data(&["list"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let catalog = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(catalog).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") || path.ends_with("tasks.toml") {
+            continue;
+        }
+        let spec: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let field = |name: &str| spec[name].as_str().unwrap().to_string();
+        let images = spec["expected"]["images"].as_integer().unwrap().to_string();
+        let words = [field("name"), field("task"), field("role"), images];
+        assert!(text.lines().any(|line| line.split_whitespace().take(4).eq(words.iter().map(String::as_str))), "{words:?} not in:\n{text}");
+        seen += 1;
+    }
+    assert_eq!(seen, 7, "the six datasets and Cheng's");
+}
+
 #[test]
 fn synth_then_check_reports_counts_and_problems_as_json() {
     let dir = tempfile::tempdir().unwrap();
