@@ -122,6 +122,7 @@ fn classify(error: &ApiError, repo_id: &str) -> Failure {
 /// from the cache, else downloaded, waiting for another process's download of it and retrying
 /// a failing network as `options.retry` says.
 pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<PathBuf> {
+    check_repo_id(repo_id)?;
     let cache = options.cache();
     let cached = || options.cache().repo(Repo::model(repo_id.to_string())).get(filename);
     if let Some(path) = cached() {
@@ -177,13 +178,32 @@ pub fn hub_file(repo_id: &str, filename: &str, options: &HubOptions) -> Result<P
             Failure::Passing => {
                 failures += 1;
                 if failures >= options.retry.attempts {
-                    return Err(not_cached(format!("the download failed {failures} time(s), the last: {error}")));
+                    return Err(not_cached(format!(
+                        "the download failed {failures} time(s) (on a machine without network, HF_HUB_OFFLINE=1 fails at once instead), the last: {error}"
+                    )));
                 }
                 eprintln!("{repo_id}/{filename}: the download failed ({error}); trying again in {:.0} s", delay.as_secs_f64());
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+/// Refuses what cannot be a hub repo id (`owner/name`, each of letters, digits, `-`, `_` and
+/// `.`, without `..`), before any cache lookup or download: a typo such as `timm/resnet50/a1`
+/// would otherwise be retried as a failing download for a minute.
+pub fn check_repo_id(repo_id: &str) -> Result<()> {
+    let part_ok =
+        |part: &str| !part.is_empty() && !part.contains("..") && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    match repo_id.split_once('/') {
+        Some((owner, name)) if part_ok(owner) && part_ok(name) => Ok(()),
+        _ => Err(Error::Config {
+            source_name: repo_id.to_string(),
+            problem: "not a registry name, and not a hub repo id (owner/name of letters, digits, '-', '_' and '.', e.g. \
+                      timm/resnet50.a1_in1k)"
+                .to_string(),
+        }),
     }
 }
 

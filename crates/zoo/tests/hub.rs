@@ -282,6 +282,18 @@ fn a_gated_or_missing_repo_is_said_so_at_once() {
     let error = hub_file("timm/no_such_model", WEIGHTS_FILE, &online(cache.path(), endpoint, retry)).unwrap_err().to_string();
     assert!(error.contains("no such repo or file") && error.contains("timm/no_such_model"), "{error}");
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1, "not retried");
+    // What cannot be a repo id is refused without asking the hub (a typo was retried as a
+    // failing download).
+    let (endpoint, served) = serve_status("404 Not Found");
+    for typo in ["timm/resnet50/a1_in1k", "timm/", "/resnet50", "timm/resnet 50", "timm/../x"] {
+        let error = hub_file(typo, WEIGHTS_FILE, &online(cache.path(), endpoint.clone(), retry)).unwrap_err().to_string();
+        assert!(error.contains(typo) && error.contains("not a hub repo id (owner/name"), "{error}");
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // A download failing for the network's sake says how to fail at once on an offline machine.
+    let (endpoint, _) = serve_status("503 Service Unavailable");
+    let error = hub_file("timm/down.test", WEIGHTS_FILE, &online(cache.path(), endpoint, HubRetry { attempts: 2, ..retry })).unwrap_err();
+    assert!(error.to_string().contains("HF_HUB_OFFLINE=1"), "{error}");
 }
 
 #[test]
