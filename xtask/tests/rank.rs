@@ -308,6 +308,26 @@ fn options_rank_cannot_run_with_are_refused_before_any_work() {
         assert!(!output.status.success() && stderr.contains(expected), "{options:?}: {stderr}");
         assert!(!out.exists(), "{options:?}: wrote {}", out.display());
     }
+    // A class of two images gets none to train on from --finetune-top's 70/10/20 split (it was
+    // found by the scores after the extraction); three are enough.
+    for name in ["02.png", "03.png"] {
+        std::fs::remove_file(images.join("lesion").join(name)).unwrap();
+    }
+    let output = rank_output(dir.path(), &images, &out, None, &["--finetune-top", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("class 'lesion' has 2 image(s)") && stderr.contains("none of in train"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "wrote {}", out.display());
+    std::fs::copy(images.join("lesion/00.png"), images.join("lesion/02.png")).unwrap();
+    rank(
+        dir.path(),
+        &images,
+        &out,
+        None,
+        &["--backbones", "resnet_basic_min", "--finetune-top", "1", "--trials", "1", "--epochs", "1", "--batch", "2"],
+    );
 }
 
 /// A candidate whose weights cannot be had (here: its checkpoint file is missing; in use, a gated

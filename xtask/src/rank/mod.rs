@@ -276,18 +276,22 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     args.gpu.apply(&args.device)?;
     let device = medxfer_train::parse_device(&args.device)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
-
     // With fine-tuning, a stratified split whose train part alone is scored.
     let entries: Vec<Entry> = match args.finetune_top {
-        Some(_) => faithful_split(&images.records, &FaithfulSplit::Stratified { val: 0.1, test: 0.2 }, args.seed)?,
+        Some(_) => {
+            let entries = faithful_split(&images.records, &FaithfulSplit::Stratified { val: 0.1, test: 0.2 }, args.seed)?;
+            check_every_part_has_every_class(&entries, &images)?;
+            entries
+        }
         None => images
             .records
             .iter()
             .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Train })
             .collect(),
     };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
+
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let cache_dir = args.out.join("cache");
     let split_data = |part_entries: &[Entry], name: &str| -> Result<SplitData> {
@@ -550,6 +554,30 @@ impl EarlierTable2Row {
     fn key(&self) -> (String, Setting, String) {
         (self.task.clone(), self.setting, self.metric.clone())
     }
+}
+
+/// Fine-tuning scores the train part, selects by the val part's balanced accuracy and reports
+/// the test part's: each needs an image of every class. A class of one or two images gets none
+/// to train on from the 70/10/20 split (its held-out shares round up), which the scores found
+/// only after the extraction ("the labels hold 1 class").
+fn check_every_part_has_every_class(entries: &[Entry], images: &LabelledImages) -> Result<()> {
+    for (label, class) in images.classes.iter().enumerate() {
+        let lacking: Vec<&str> = Part::ALL
+            .into_iter()
+            .filter(|&part| !entries.iter().any(|e| e.split == part && e.label as usize == label))
+            .map(Part::name)
+            .collect();
+        if !lacking.is_empty() {
+            let count = entries.iter().filter(|e| e.label as usize == label).count();
+            bail!(
+                "{}: class '{class}' has {count} image(s), which the 70/10/20 split of --finetune-top leaves none of in {}; \
+                 it needs at least 3 images of every class: add images of '{class}', or leave --finetune-top out (the scores alone use every image)",
+                images.root.display(),
+                lacking.join(" and ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The study whose Table 2 says how far to trust the scores: `--results DIR` (which must hold a
