@@ -31,6 +31,18 @@ fn a_failing_backbone_leaves_the_others_rows_and_fails_the_command() {
     assert_eq!(models, ["resnet18"]);
     assert!(raw[0]["medxfer"]["issue_seconds"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&out).unwrap();
+
+    // A device no worker can open fails once, before any worker (each backbone's worker
+    // failed on it in turn).
+    let device = if cfg!(feature = "cuda") { "gpu" } else { "cuda:0" };
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bench-zoo", "--models", "resnet18,resnet34", "--device", device, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.matches(&format!("--device {device}")).count() == 1, "{stderr}");
+    assert!(!stderr.contains("worker") && !out.exists(), "{stderr}");
 }
 
 /// A backbone published without a classifier (the foundation models, `num_classes = 0`): the

@@ -781,6 +781,18 @@ fn sizes_from_the_command_line_are_checked_before_anything_starts() {
         assert!(!output.status.success() && stderr.contains(gpu[0]) && stderr.contains("--device cuda:N"), "{gpu:?}: {stderr}");
         assert!(!out.exists(), "nothing written");
     }
+    // And a device this build cannot open, before the demo's pretraining (it came after).
+    let mut devices = vec![("gpu", "expected cpu or cuda:N")];
+    if !cfg!(feature = "cuda") {
+        devices.push(("cuda:0", "built without CUDA"));
+    }
+    for (device, expected) in devices {
+        let demo = ["--demo", "--demo-cache", demo_cache.to_str().unwrap(), "--device", device];
+        let output = xtask().args(["reproduce", "--out", out.to_str().unwrap()]).args(demo).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{device}: {stderr}");
+        assert!(!out.exists() && !demo_cache.exists(), "{device}: pretrained or wrote");
+    }
 }
 
 #[test]

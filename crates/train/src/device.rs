@@ -7,8 +7,25 @@ use crate::{Error, Result};
 /// Parses `cpu` or `cuda:N` and opens the device; a GPU is set up for training
 /// (medxfer-kernels' `prepare_cuda_device`: no per-tensor CUDA events, freed memory kept for reuse).
 pub fn parse_device(name: &str) -> Result<Device> {
+    let Some(index) = gpu_index(name)? else { return Ok(Device::Cpu) };
+    let device = Device::new_cuda(index)?;
+    #[cfg(feature = "cuda")]
+    medxfer_kernels::prepare_cuda_device(&device)?;
+    Ok(device)
+}
+
+/// Checks a `--device` name without opening the device: `cpu`, or `cuda:N` in a build with
+/// CUDA. For commands that do other work before they open it (the demo's pretraining, a
+/// benchmark's Python side), so that a build without CUDA is named first.
+pub fn check_device_name(name: &str) -> Result<()> {
+    gpu_index(name).map(|_| ())
+}
+
+/// None for `cpu`, the index of `cuda:N`; an error for anything else, and for a GPU in a build
+/// without CUDA.
+fn gpu_index(name: &str) -> Result<Option<usize>> {
     if name == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(None);
     }
     let Some(index) = name.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) else {
         return Err(Error::Config(format!("--device {name}: expected cpu or cuda:N (cuda:0 for the first GPU)")));
@@ -18,10 +35,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
             "--device {name}: this binary was built without CUDA; rebuild with `--features cuda` (README, \"CUDA\")"
         )));
     }
-    let device = Device::new_cuda(index)?;
-    #[cfg(feature = "cuda")]
-    medxfer_kernels::prepare_cuda_device(&device)?;
-    Ok(device)
+    Ok(Some(index))
 }
 
 /// The most device memory tensors have held at once in this process (`None` on the CPU, or in a

@@ -51,7 +51,8 @@ mod sgd;
 pub use backward::{backward, training_forward};
 pub use checkpoint::{read_tensors, write_tensors};
 pub use device::{
-    device_memory_high_water, device_memory_in_use, largest_cudnn_workspace, parse_device, reset_device_memory_high_water, synchronize,
+    check_device_name, device_memory_high_water, device_memory_in_use, largest_cudnn_workspace, parse_device,
+    reset_device_memory_high_water, synchronize,
 };
 pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};

@@ -60,6 +60,8 @@ pub struct Settings {
 }
 
 pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
+    // Before any worker: each would fail on its own, backbone after backbone.
+    medxfer_train::check_device_name(&settings.device)?;
     fs::create_dir_all(&settings.out)?;
     let registry = Registry::load_default()?;
     let names: Vec<String> = match &settings.models {
