@@ -245,14 +245,16 @@ fn print_halving(summary: &HalvingSummary, full: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The registry entry, its pretrained weights file and the device.
+/// The registry entry, its pretrained weights file and the device (opened first: a device this
+/// build cannot open was found after the weights' download).
 fn resolve(args: &ModelArgs) -> Result<(ModelEntry, PathBuf, Device)> {
+    let device = device(args)?;
     let entry = Registry::load_default()?.resolve(&args.model, &HubOptions::from_env())?;
     let weights = match &args.weights {
         Some(path) => path.clone(),
         None => weights_file(&entry, &HubOptions::from_env())?,
     };
-    Ok((entry, weights, device(args)?))
+    Ok((entry, weights, device))
 }
 
 /// The device, with the GPU arithmetic options in force (refused on the CPU).
@@ -436,8 +438,8 @@ fn run(cli: Cli) -> Result<()> {
 fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Backbone, SplitData, Vec<String>)> {
     let backbone_and_entry = match (&images.checkpoint, images.classes) {
         (Some(checkpoint), Some(classes)) => {
-            let entry = Registry::load_default()?.resolve(&model.model, &HubOptions::from_env())?;
             let device = device(model)?;
+            let entry = Registry::load_default()?.resolve(&model.model, &HubOptions::from_env())?;
             (load_fine_tuned(&entry, checkpoint, classes, &device)?, entry)
         }
         (Some(_), None) => bail!("--checkpoint needs --classes, the number of classes of its head"),

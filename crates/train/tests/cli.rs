@@ -267,6 +267,26 @@ fn search_extract_and_evaluate_from_the_command_line() {
         assert!(!output.status.success() && stderr.contains(&options.join(" ")) && stderr.contains("cuda:N"), "{options:?}: {stderr}");
         assert!(!refused.exists(), "{options:?}: the refused search wrote {}", refused.display());
     }
+    // A device this build cannot open is refused before the model's weights are looked for on
+    // the hub (an unreachable one here: asking it would retry for a minute).
+    let device = if cfg!(feature = "cuda") { "gpu" } else { "cuda:0" };
+    let extract = ["--dataset", "breakhis", "--root", "nowhere", "--cache", fresh_cache_s];
+    assert_eq!(data_args[..4], ["--model", "resnet_tiny", "--weights", weights.as_str()]);
+    for (command, arguments) in [("search", &data_args[4..]), ("extract", &extract[..])] {
+        let started = std::time::Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_medxfer-train"))
+            .env("MEDXFER_MODELS", &models)
+            .env("HF_HOME", dir.path().join("empty-hub"))
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .args([command, "--model", "resnet_tiny", "--device", device])
+            .args(arguments)
+            .args(["--out", refused.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(&format!("--device {device}")), "{command}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{command}: asked the hub first ({stderr})");
+    }
 }
 
 #[test]
