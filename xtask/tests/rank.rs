@@ -308,6 +308,22 @@ fn options_rank_cannot_run_with_are_refused_before_any_work() {
         assert!(!output.status.success() && stderr.contains(expected), "{options:?}: {stderr}");
         assert!(!out.exists(), "{options:?}: wrote {}", out.display());
     }
+    // A device this build cannot open is refused before a hub id among the candidates is
+    // looked up (an unreachable hub here: asking it would retry for a minute).
+    let device = if cfg!(feature = "cuda") { "gpu" } else { "cuda:0" };
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(dir.path())
+        .env("HF_HOME", dir.path().join("empty-hub"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .arg("rank")
+        .args(["--images".as_ref(), images.as_os_str(), "--out".as_ref(), out.as_os_str()])
+        .args(["--backbones", "timm/resnet18.a1_in1k", "--device", device])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains(&format!("--device {device}")), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5) && !out.exists(), "asked the hub first: {stderr}");
     // A class of two images gets none to train on from --finetune-top's 70/10/20 split (it was
     // found by the scores after the extraction); three are enough.
     for name in ["02.png", "03.png"] {

@@ -248,6 +248,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     medxfer_data::transform::check_sizes(args.resize, args.crop)?;
     // Every option is checked before the extraction, which takes minutes to hours.
     let consensus = Consensus::parse(&args.consensus)?;
+    medxfer_train::check_device_name(&args.device)?;
     args.dtype.check_device(&args.device)?;
     if args.bootstrap == Some(0) {
         bail!("--bootstrap 0: give the number of image resamples (100 or more), or leave it out");
