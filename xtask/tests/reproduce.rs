@@ -376,6 +376,24 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     let output = check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("warning: 1 score interval(s)"), "{stderr}");
+
+    // A backbone's feature file gone: the others are resampled, with a warning. The study's CSV
+    // files without its features/ folder (copied from another machine): refused, naming what is
+    // missing; it used to write no interval and say it had.
+    let held_back = out.join("features").join(TASKS[0]).join(BACKBONES.split(',').next().unwrap()).join("id.safetensors");
+    std::fs::rename(&held_back, dir.path().join("held-back.safetensors")).unwrap();
+    let stderr = String::from_utf8(check(bootstrap(&["--resamples", "2", "--metrics", "h_score"])).stderr).unwrap();
+    let count = BACKBONES.split(',').count();
+    assert!(stderr.contains(&format!("warning: {} id: 1 of {count} backbones have no feature file", TASKS[0])), "{stderr}");
+    std::fs::remove_dir_all(out.join("features")).unwrap();
+    let kept = std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap();
+    let output = bootstrap(&["--resamples", "2", "--metrics", "h_score"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("no task has the feature files of two backbones") && stderr.contains("features/"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out.join("image_bootstrap_scores.csv")).unwrap(), kept, "nothing written");
 }
 
 #[test]

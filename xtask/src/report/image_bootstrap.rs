@@ -150,6 +150,9 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
         groups.entry((row.task.clone(), row.setting)).or_default().push((row.backbone.clone(), row.test_balanced_accuracy));
     }
     let (mut score_rows, mut tau_rows) = (Vec::new(), Vec::new());
+    // Feature files performance.csv's rows call for but the folder lacks.
+    let mut missing: Vec<PathBuf> = Vec::new();
+    let mut resampled_cells = 0;
     for ((task, setting), backbones) in &groups {
         let mut members: Vec<(String, f64, ScoreInput)> = Vec::new();
         for (backbone, accuracy) in backbones {
@@ -160,11 +163,24 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                     *accuracy,
                     read_feature_file(&path).with_context(|| format!("reading {}", path.display()))?,
                 ));
+            } else {
+                missing.push(path);
             }
+        }
+        if members.len() < backbones.len() {
+            eprintln!(
+                "warning: {task} {}: {} of {} backbones have no feature file in {}; {}",
+                setting.as_str(),
+                backbones.len() - members.len(),
+                backbones.len(),
+                out.join("features").join(task).display(),
+                if members.len() < 2 { "left out (a tau-b needs two)" } else { "resampling the others" }
+            );
         }
         if members.len() < 2 {
             continue;
         }
+        resampled_cells += 1;
         if let Some(other) = members.iter().find(|m| m.2.labels() != members[0].2.labels()) {
             bail!(
                 "{task} {}: {}'s and {}'s feature files do not cover the same images; rerun reproduce",
@@ -203,6 +219,14 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
         };
         score_rows.extend(cell.scores);
         tau_rows.extend(cell.taus);
+    }
+    if resampled_cells == 0 {
+        bail!(
+            "{}: no task has the feature files of two backbones to resample (the first missing: {}); image-bootstrap rescores \
+             the features reproduce kept: copy the study's features/ folder along with its CSV files",
+            out.display(),
+            missing.first().map_or_else(|| "none; performance.csv has no rows".to_string(), |p| p.display().to_string())
+        );
     }
     // The intervals of scores this run did not recompute stay: adding a score later (`--metrics
     // n_leep` after the default cheap ones) must not discard hours of resampling. Rows stay in
