@@ -308,6 +308,14 @@ fn options_rank_cannot_run_with_are_refused_before_any_work() {
         assert!(!output.status.success() && stderr.contains(expected), "{options:?}: {stderr}");
         assert!(!out.exists(), "{options:?}: wrote {}", out.display());
     }
+    // An --out inside the image folder (whose ranking.png the next run read as a class of its
+    // own) is refused, also through `..`.
+    for inside in [images.join("rank"), images.join("x/../ranked")] {
+        let output = rank_output(dir.path(), &images, &inside, None, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("is inside --images"), "{}: {stderr}", inside.display());
+        assert!(!images.join("rank").exists() && !images.join("ranked").exists());
+    }
     // A device this build cannot open is refused before a hub id among the candidates is
     // looked up (an unreachable hub here: asking it would retry for a minute).
     let device = if cfg!(feature = "cuda") { "gpu" } else { "cuda:0" };

@@ -261,6 +261,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         medxfer_train::check_trials(args.trials)?;
     }
     let trust = trust_statement(trusted_results(args.results.as_deref())?)?;
+    check_out_is_outside(&args.images, &args.out)?;
     let images = LabelledImages::read(&args.images)?;
     let registry = match &args.models {
         Some(dir) => Registry::load(dir)?,
@@ -555,6 +556,42 @@ impl EarlierTable2Row {
     fn key(&self) -> (String, Setting, String) {
         (self.task.clone(), self.setting, self.metric.clone())
     }
+}
+
+/// `--out` inside the `--images` folder would be read as images on the next run: its
+/// ranking.png (and any image under it) as one more class (seen: a class "rank" of one image).
+fn check_out_is_outside(images: &Path, out: &Path) -> Result<()> {
+    if !images.is_dir() {
+        return Ok(());
+    }
+    // `.` and `..` taken lexically, then links resolved as far as the path exists (`out`
+    // usually does not yet).
+    let resolve = |path: &Path| -> Result<PathBuf> {
+        let mut lexical = PathBuf::new();
+        for part in std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => _ = lexical.pop(),
+                other => lexical.push(other),
+            }
+        }
+        let mut existing = lexical.as_path();
+        while !existing.exists()
+            && let Some(parent) = existing.parent()
+        {
+            existing = parent;
+        }
+        let rest = lexical.strip_prefix(existing).unwrap_or(Path::new(""));
+        Ok(std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf()).join(rest))
+    };
+    if resolve(out)?.starts_with(resolve(images)?) {
+        bail!(
+            "--out {} is inside --images {}: its files (ranking.png, the cached features) would be read as images of one more class next time; give --out a folder outside it",
+            out.display(),
+            images.display()
+        );
+    }
+    Ok(())
 }
 
 /// Fine-tuning scores the train part, selects by the val part's balanced accuracy and reports
