@@ -52,7 +52,7 @@ enum Command {
         /// The checkpoint (default: the hub's).
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// One class name per line (default: the 1000 ImageNet classes shipped in models/).
+        /// One class name per line (default: the ImageNet names shipped in models/ for a 1000-class head, the class indices for any other).
         #[arg(long)]
         classes: Option<PathBuf>,
     },
@@ -95,10 +95,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect { model, weights } => inspect(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref()),
-        Command::Classify { model, images, weights, classes } => {
-            let classes = classes.unwrap_or_else(|| cli.models.clone().unwrap_or_else(Registry::default_dir).join("imagenet_classes.txt"));
-            classify(&registry.resolve(&model, &HubOptions::from_env())?, &images, weights.as_deref(), &classes)
-        }
+        Command::Classify { model, images, weights, classes } => classify(
+            &registry.resolve(&model, &HubOptions::from_env())?,
+            &images,
+            weights.as_deref(),
+            classes.as_deref(),
+            cli.models.as_deref(),
+        ),
         Command::Run { model, weights, input, output, num_classes } => {
             run_model(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref(), &input, &output, num_classes)
         }
@@ -165,27 +168,46 @@ fn inspect(entry: &ModelEntry, weights: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, classes: &Path) -> Result<()> {
+/// The ImageNet class names shipped with the registry.
+const IMAGENET_CLASSES: &str = "imagenet_classes.txt";
+
+/// The top-5 classes of each image. Without `--classes`, a 1000-class head gets the ImageNet
+/// names (from the `--models` folder, else the workspace's), any other head its class indices.
+fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, classes: Option<&Path>, models: Option<&Path>) -> Result<()> {
     if entry.num_classes == 0 {
         bail!(
             "{} was published without a classifier, so it has no classes to rank: its features are what it gives (`medxfer-zoo run`, `medxfer-train extract`)",
             entry.name
         );
     }
-    let names: Vec<String> = std::fs::read_to_string(classes)
-        .with_context(|| format!("cannot read the class names {}", classes.display()))?
-        .lines()
-        .map(str::to_string)
-        .collect();
-    if names.len() != entry.num_classes {
-        bail!(
-            "{} holds {} class names but {} has {} classes; pass --classes",
-            classes.display(),
-            names.len(),
-            entry.name,
-            entry.num_classes
-        );
-    }
+    let imagenet = models
+        .map(|dir| dir.join(IMAGENET_CLASSES))
+        .filter(|file| file.is_file())
+        .unwrap_or_else(|| Registry::default_dir().join(IMAGENET_CLASSES));
+    let names: Vec<String> = match classes {
+        None if entry.num_classes != 1000 => {
+            eprintln!("note: {} has {} classes and no --classes file names them: classes shown by index", entry.name, entry.num_classes);
+            (0..entry.num_classes).map(|class| format!("class {class}")).collect()
+        }
+        given => {
+            let file = given.unwrap_or(&imagenet);
+            let names: Vec<String> = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the class names {}", file.display()))?
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if names.len() != entry.num_classes {
+                bail!(
+                    "{} holds {} class names but {} has {} classes; pass --classes with one name per line",
+                    file.display(),
+                    names.len(),
+                    entry.name,
+                    entry.num_classes
+                );
+            }
+            names
+        }
+    };
     let device = Device::Cpu;
     let model = Backbone::load_entry(entry, &weights_path(entry, weights)?, &device)?;
     for path in images {

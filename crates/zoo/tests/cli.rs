@@ -162,6 +162,23 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     let printed: Vec<String> = text.lines().skip(1).map(|l| l.split_whitespace().last().unwrap().to_string()).collect();
     let expected: Vec<String> = order.iter().take(5).map(|i| format!("class_{i}")).collect();
     assert_eq!(printed, expected, "{text}");
+    // Without --classes, a head of other than ImageNet's 1000 classes shows its indices (it
+    // looked for imagenet_classes.txt in --models and failed).
+    let classify = |extra: &[&str]| {
+        let args = ["--models", dir.path().to_str().unwrap(), "classify", "resnet_basic_min", image.to_str().unwrap()];
+        zoo(&[&args[..], &["--weights", weights.to_str().unwrap()], extra].concat())
+    };
+    let output = classify(&[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let printed: Vec<String> = text.lines().skip(1).map(|l| l.split_whitespace().nth(1).unwrap().to_string()).collect();
+    assert_eq!(printed, order.iter().take(5).map(|i| i.to_string()).collect::<Vec<_>>(), "{text}");
+    assert!(text.lines().skip(1).all(|l| l.ends_with(&format!("class {}", l.split_whitespace().nth(1).unwrap()))), "{text}");
+    // A --classes file of another length is refused.
+    std::fs::write(dir.path().join("two.txt"), "a\nb\n").unwrap();
+    let output = classify(&["--classes", dir.path().join("two.txt").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("holds 2 class names but resnet_basic_min has 10 classes"), "{stderr}");
 
     // A backbone published without a classifier (UNI's layout) has no classes to rank: said so,
     // where the class-name check said to pass --classes.
