@@ -212,8 +212,15 @@ fn split(catalog: &Catalog, request: &SplitRequest<'_>) -> Result<()> {
     if spec.task != task.name || spec.role == Role::Ood {
         bail!("{} is not an in-distribution dataset of task {}", spec.name, task.name);
     }
-    if request.source == Source::Authors && request.authors_dir.is_none() {
-        bail!("--source authors needs --authors-dir, the folder of the authors' split CSVs");
+    match (request.source, request.authors_dir) {
+        (Source::Authors, None) => bail!("--source authors needs --authors-dir, the folder of the authors' split CSVs"),
+        // Left out, the authors' split would silently not be the one made.
+        (source, Some(dir)) if source != Source::Authors => bail!(
+            "--authors-dir {} is only read with --source authors (this split is --source {}); add --source authors to split as the authors did",
+            dir.display(),
+            source.as_str()
+        ),
+        _ => {}
     }
     let records = scan_clean(spec, request.root)?;
     let (entries, leakage) = split_task(&records, spec, task, request.source, request.authors_dir, request.seed)?;

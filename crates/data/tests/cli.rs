@@ -122,6 +122,14 @@ fn split_writes_a_manifest_and_reports_leakage() {
     let output =
         medxfer_data(&["split", "breast", "--root", root.to_str().unwrap(), "--source", "authors", "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("--authors-dir"));
+    // The authors' folder without --source authors: refused (it was ignored, and the split
+    // made was the faithful one).
+    let elsewhere = out.with_file_name("elsewhere");
+    let output =
+        medxfer_data(&["split", "breast", "--root", root.to_str().unwrap(), "--authors-dir", "/tmp", "--out", elsewhere.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("only read with --source authors"), "{stderr}");
+    assert!(!elsewhere.exists());
 
     // The same split again is a no-op; another one over it is refused and leaves it as it was.
     let manifest = std::fs::read(out.join("manifest.csv")).unwrap();
