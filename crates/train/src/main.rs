@@ -443,7 +443,11 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
             (load_fine_tuned(&entry, checkpoint, classes, &device)?, entry)
         }
         (Some(_), None) => bail!("--checkpoint needs --classes, the number of classes of its head"),
-        (None, _) => {
+        // Left out, the pretrained model would be used without a word.
+        (None, Some(classes)) => bail!(
+            "--classes {classes} is the head size of a fine-tuned --checkpoint; give the checkpoint (a run's best.safetensors), or leave --classes out for the pretrained model"
+        ),
+        (None, None) => {
             let (entry, weights, device) = resolve(model)?;
             (load_pretrained(&entry, &weights, &device)?, entry)
         }

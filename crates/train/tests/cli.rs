@@ -170,6 +170,11 @@ fn search_extract_and_evaluate_from_the_command_line() {
             .concat(),
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint needs --classes"));
+    // --classes alone was ignored: the pretrained model evaluated as if it were the checkpoint.
+    let output =
+        train(&models, &[&["evaluate", "--model", "resnet_tiny", "--weights", &weights][..], &image_args, &["--classes", "2"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--classes 2 is the head size of a fine-tuned --checkpoint"), "{stderr}");
     // A part the manifest has no image of is named (an empty extraction or evaluation was a
     // bare tensor error).
     let without_test = dir.path().join("without-test.csv");
