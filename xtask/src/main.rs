@@ -365,4 +365,28 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["xtask", "bench-zoo", "--batch", "1", "--rounds", "2"]).is_ok());
     }
+
+    /// An option that only means something beside another is refused without it (each was
+    /// ignored: the study ran without halving, the demo's cache option on a real study, a
+    /// ranking without fine-tuning).
+    #[test]
+    fn an_option_without_the_one_it_belongs_to_is_refused_by_the_parser() {
+        for (args, needed) in [
+            (&["reproduce", "--halving-min-epochs", "2"][..], "--halving <ETA>"),
+            (&["reproduce", "--demo-cache", "cache"], "--demo"),
+            (&["rank", "--images", "x", "--epochs", "3"], "--finetune-top <K>"),
+            (&["rank", "--images", "x", "--trials", "3"], "--finetune-top <K>"),
+            (&["rank", "--images", "x", "--batch", "3"], "--finetune-top <K>"),
+        ] {
+            let error = Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains("required arguments were not provided") && error.contains(needed), "{args:?}: {error}");
+        }
+        for args in [
+            &["reproduce", "--halving", "3", "--halving-min-epochs", "2"][..],
+            &["reproduce", "--demo", "--demo-cache", "cache"],
+            &["rank", "--images", "x", "--finetune-top", "2", "--epochs", "3", "--trials", "2", "--batch", "4"],
+        ] {
+            assert!(Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).is_ok(), "{args:?}");
+        }
+    }
 }

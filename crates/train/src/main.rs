@@ -142,7 +142,7 @@ enum Command {
         #[arg(long, value_name = "ETA")]
         halving: Option<usize>,
         /// The first rung's epochs under --halving.
-        #[arg(long, default_value_t = 4, value_name = "N")]
+        #[arg(long, default_value_t = 4, value_name = "N", requires = "halving")]
         halving_min_epochs: usize,
         /// A finished full search of the same trials: say whether halving chose its A_opt.
         #[arg(long, value_name = "DIR", requires = "halving")]

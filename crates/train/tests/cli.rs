@@ -204,12 +204,13 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let (fresh_cache, refused) = (dir.path().join("fresh-cache"), dir.path().join("refused"));
     let fresh_cache_s = fresh_cache.to_str().unwrap();
     let data_args: Vec<&str> = common[..common.len() - 4].iter().map(|a| if *a == cache_s { fresh_cache_s } else { a }).collect();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["search", "--trials", "0", "--epochs", "2", "--batch", "8"], "--trials 0: a search needs at least 1 trial"),
         (&["search", "--epochs", "0", "--batch", "8"], "--epochs 0: a run needs at least 1 epoch"),
         (&["search", "--epochs", "2", "--batch", "0"], "--batch 0"),
         (&["search", "--epochs", "2", "--batch", "8", "--patience", "0"], "--patience 0: early stopping would end every run"),
         (&["search", "--epochs", "2", "--batch", "8", "--halving", "1"], "eta must be at least 2"),
+        (&["search", "--epochs", "2", "--batch", "8", "--halving-min-epochs", "2"], "--halving <ETA>"),
         (
             &["search", "--epochs", "2", "--batch", "8", "--halving", "2", "--compare-with", "no-such-search"],
             "--compare-with no-such-search: no such folder",

@@ -48,13 +48,14 @@ pub struct RankArgs {
     /// 70/10/20 split of the images (the scores then use its train part only).
     #[arg(long, value_name = "K")]
     pub finetune_top: Option<usize>,
-    /// Halton points per fine-tuned backbone.
-    #[arg(long, default_value_t = 8)]
+    /// Halton points per fine-tuned backbone (with --finetune-top).
+    #[arg(long, default_value_t = 8, requires = "finetune_top")]
     pub trials: usize,
-    /// Epochs per run.
-    #[arg(long, default_value_t = 10)]
+    /// Epochs per run (with --finetune-top).
+    #[arg(long, default_value_t = 10, requires = "finetune_top")]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Images per training step (with --finetune-top).
+    #[arg(long, default_value_t = 32, requires = "finetune_top")]
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -107,7 +107,7 @@ pub struct ReproduceArgs {
     #[arg(long)]
     pub keep_going: bool,
     /// The first rung's epochs under --halving.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = 4, value_name = "N", requires = "halving")]
     pub halving_min_epochs: usize,
     /// The embedded demo: synthetic source set, ten small backbones pretrained on it (cached),
     /// synthetic replicas of the six datasets; no data or network needed (a few minutes on a
@@ -116,7 +116,7 @@ pub struct ReproduceArgs {
     pub demo: bool,
     /// Where the demo caches its source set and pretrained backbones [default:
     /// $MEDXFER_CACHE/demo or ~/.cache/medxfer/demo].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "demo")]
     pub demo_cache: Option<PathBuf>,
 }
 
