@@ -42,6 +42,7 @@ pub struct Settings {
 }
 
 pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
+    check_sizes(settings)?;
     fs::create_dir_all(&settings.out).with_context(|| format!("cannot create {}", settings.out.display()))?;
     let python = if settings.no_python {
         None
@@ -256,6 +257,26 @@ fn write_synthetic(path: &Path, n: usize, d: usize, classes: usize, seed: u64) -
     Ok(())
 }
 
+/// Every score is timed, so the synthetic features must be large enough for each: NCTI's PCA to
+/// 64 components, ETran's energy term (200 samples), N-LEEP's mixture (5 components per class).
+/// Too small, the worker failed on the first such score after the others' timings.
+fn check_sizes(settings: &Settings) -> Result<()> {
+    if let Some(&classes) = settings.classes.iter().find(|&&c| c < 2) {
+        bail!("--classes {classes}: a score needs at least 2 classes");
+    }
+    let most_classes = settings.classes.iter().copied().max().unwrap_or(2);
+    let needed_n = (5 * most_classes).max(200);
+    if settings.n < needed_n || settings.d < 64 {
+        bail!(
+            "--n {} --d {}: every score is timed, and NCTI needs 64 features, ETran 200 samples and N-LEEP 5 per class ({most_classes} \
+             classes); give --n {needed_n} --d 64 or more",
+            settings.n,
+            settings.d
+        );
+    }
+    Ok(())
+}
+
 fn worker_process(file: &Path, repeats: usize, memory_only: bool) -> Result<Value> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
@@ -429,4 +450,37 @@ fn python_process(python: &Path, file: &Path, repeats: usize) -> Result<Value> {
         bail!("the Python reference failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes some score cannot run at are refused before any file is written (the worker failed
+    /// on NCTI after timing the others); the smallest every score runs at pass the check.
+    #[test]
+    fn sizes_too_small_for_a_score_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |n: usize, d: usize, classes: Vec<usize>| Settings {
+            n,
+            d,
+            classes,
+            repeats: 1,
+            python: None,
+            no_python: true,
+            keep_data: false,
+            out: dir.path().join("out"),
+        };
+        for (n, d, classes, expected) in [
+            (199, 64, vec![2], "give --n 200 --d 64"),
+            (200, 63, vec![2], "give --n 200 --d 64"),
+            (499, 64, vec![100], "give --n 500 --d 64"),
+            (200, 64, vec![1], "--classes 1"),
+        ] {
+            let error = run(&settings(n, d, classes)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{n} {d}: {error}");
+            assert!(!dir.path().join("out").exists());
+        }
+        check_sizes(&settings(200, 64, vec![2, 40])).unwrap();
+    }
 }
