@@ -98,6 +98,32 @@ pub fn extract_features(
     Ok(())
 }
 
+/// Whether `path` is a whole safetensors file: its header reads and the file is as long as the
+/// header says. Reads the header only (a study's feature files are hundreds of MB each).
+pub fn is_whole_safetensors(path: &Path) -> bool {
+    use std::io::Read;
+    let whole = || -> Option<bool> {
+        let mut file = std::fs::File::open(path).ok()?;
+        let length = file.metadata().ok()?.len();
+        let mut size = [0u8; 8];
+        file.read_exact(&mut size).ok()?;
+        let header_length = u64::from_le_bytes(size);
+        if header_length > 100 << 20 || 8 + header_length > length {
+            return Some(false);
+        }
+        let mut header = vec![0u8; usize::try_from(header_length).ok()?];
+        file.read_exact(&mut header).ok()?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+        let data_end = header
+            .iter()
+            .filter(|(name, _)| *name != "__metadata__")
+            .map(|(_, tensor)| tensor["data_offsets"][1].as_u64())
+            .try_fold(0u64, |end, offset| offset.map(|o| end.max(o)))?;
+        Some(8 + header_length + data_end == length)
+    };
+    whole().unwrap_or(false)
+}
+
 /// Every per-model score of a feature file (the paper's seven, then the newer ones) and the
 /// per-model terms of the set-level scores (`etran_energy`, `ncti_seli`, ...; combined across
 /// backbones when the tables are written); a score that fails is recorded, not fatal.
@@ -193,5 +219,29 @@ mod tests {
             drawn.sort_unstable();
             assert_eq!(drawn, [0, 0, 1, 1, 1, 2, 2, 2, 2]);
         }
+    }
+
+    /// A feature file is whole as written; cut short, grown, emptied, missing or not a
+    /// safetensors file at all, it is not.
+    #[test]
+    fn a_whole_safetensors_file_is_told_from_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        let features = candle_core::Tensor::arange(0f32, 24.0, &candle_core::Device::Cpu).unwrap().reshape((6, 4)).unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("features".to_string(), features)]), &path).unwrap();
+        assert!(is_whole_safetensors(&path));
+        let bytes = std::fs::read(&path).unwrap();
+        let damaged = dir.path().join("damaged.safetensors");
+        for (what, contents) in [
+            ("cut short", bytes[..bytes.len() - 1].to_vec()),
+            ("grown", [&bytes[..], &[0]].concat()),
+            ("header only", bytes[..bytes.len() - 96].to_vec()),
+            ("empty", Vec::new()),
+            ("text", b"not a safetensors file at all".to_vec()),
+        ] {
+            std::fs::write(&damaged, contents).unwrap();
+            assert!(!is_whole_safetensors(&damaged), "{what}");
+        }
+        assert!(!is_whole_safetensors(&dir.path().join("missing.safetensors")));
     }
 }

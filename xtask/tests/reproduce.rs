@@ -418,6 +418,33 @@ fn a_finished_study_reruns_without_training_and_plans_nothing() {
     assert_eq!(plan.lines().filter(|l| l.contains(" done ") && l.ends_with(" 0 s")).count(), 9, "{plan}");
 }
 
+/// A feature file lost or damaged since (a disk, a hand) is extracted and scored again by the
+/// next run, to the byte: the unit was called complete without it, and image-bootstrap, which
+/// reads it, said to run the extraction again, which nothing did.
+#[test]
+fn a_lost_or_damaged_feature_file_is_made_again() {
+    let (shared, reference_out) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("copy");
+    copy_tree(reference_out, &out);
+    let (lost, damaged) = ("features/skin/tiny_vit_b/id.safetensors", "features/brain/tiny_resnet_basic/ood.safetensors");
+    std::fs::remove_file(out.join(lost)).unwrap();
+    let bytes = std::fs::read(out.join(damaged)).unwrap();
+    std::fs::write(out.join(damaged), &bytes[..bytes.len() / 2]).unwrap();
+    let stderr = String::from_utf8(check(xtask().args(demo_args(shared, &out)).output().unwrap()).stderr).unwrap();
+    assert!(
+        stderr.contains("skin tiny_vit_b: id features missing") && stderr.contains("brain tiny_resnet_basic: ood features damaged"),
+        "{stderr}"
+    );
+    for file in [lost, damaged] {
+        assert!(std::fs::read(out.join(file)).unwrap() == std::fs::read(reference_out.join(file)).unwrap(), "{file} differs");
+    }
+    assert_eq!(results_of(&out), results_of(reference_out));
+    // Whole again: the next run leaves them be.
+    let stderr = String::from_utf8(check(xtask().args(demo_args(shared, &out)).output().unwrap()).stderr).unwrap();
+    assert!(!stderr.contains("extracted and scored again"), "{stderr}");
+}
+
 /// The tables a run ends with, and the trial results (outcome.json) it left.
 fn results_of(out: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let read = |name: &str| std::fs::read(out.join(name)).unwrap_or_else(|e| panic!("{}: {e}", out.join(name).display()));

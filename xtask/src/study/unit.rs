@@ -56,6 +56,9 @@ impl Unit<'_> {
         for step in [Step::Features, Step::Search] {
             self.study.record(step, task, self.entry, &weights)?;
         }
+        if self.mine {
+            self.redo_if_features_lost(Setting::Id)?;
+        }
         if self.mine && !layout.scores(task, backbone, Setting::Id).exists() {
             self.pretrained_scores()?;
         }
@@ -78,6 +81,9 @@ impl Unit<'_> {
                     .with_context(|| format!("cannot remove {}", path.display()))?;
             }
         }
+        if self.mine {
+            self.redo_if_features_lost(Setting::Ood)?;
+        }
         if self.mine && !layout.scores(task, backbone, Setting::Ood).exists() {
             self.ood_scores(best.index)?;
         }
@@ -85,6 +91,34 @@ impl Unit<'_> {
             self.add_newer_scores(Setting::Ood)?;
         }
         Ok(layout.scores(task, backbone, Setting::Id).exists() && layout.scores(task, backbone, Setting::Ood).exists())
+    }
+
+    /// A setting's scores whose feature file is gone or damaged since (a disk, a hand) are
+    /// redone with it: `image-bootstrap` and later scores read the kept features, and a rerun
+    /// used to call the unit complete without them. Extraction is deterministic, so the
+    /// features come back as they were on the same machine and settings.
+    fn redo_if_features_lost(&self, setting: Setting) -> Result<()> {
+        let layout = &self.study.layout;
+        let scores = layout.scores(&self.task.name, &self.entry.name, setting);
+        let features = layout.features(&self.task.name, &self.entry.name, setting);
+        if !scores.exists() || crate::features::is_whole_safetensors(&features) {
+            return Ok(());
+        }
+        let what = format!(
+            "{}: {} features {} ({}); extracted and scored again",
+            self.name(),
+            setting.as_str(),
+            if features.exists() { "damaged" } else { "missing" },
+            features.display()
+        );
+        eprintln!("{what}");
+        self.log.line(&what);
+        for path in [&features, &scores] {
+            std::fs::remove_file(path)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// The trial whose model made the unit's OOD scores, when they exist.
