@@ -154,12 +154,11 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
 
 fn score_files(files: &[PathBuf], metrics: Option<Vec<String>>, json: bool) -> Result<()> {
     let inputs = files.iter().map(|file| read_feature_file(file)).collect::<Result<Vec<_>, _>>()?;
-    if let Err(error) = check_same_samples(&inputs) {
-        let model = match &error {
-            medxfer_scores::Error::NotTheSameSamples { model, .. } => *model,
-            _ => 1,
-        };
-        bail!("{} and {}: {error}", files[0].display(), files[model - 1].display());
+    match check_same_samples(&inputs) {
+        Err(error @ medxfer_scores::Error::NotTheSameSamples { model, .. }) => {
+            bail!("{} (model {model}) and {} (model 1): {error}", files[model - 1].display(), files[0].display())
+        }
+        other => other?,
     }
     let has_probs = inputs.iter().all(|input| input.source_probs().is_some());
     let requested: Vec<Metric> = match metrics {
