@@ -431,6 +431,19 @@ fn a_lost_or_damaged_feature_file_is_made_again() {
     std::fs::remove_file(out.join(lost)).unwrap();
     let bytes = std::fs::read(out.join(damaged)).unwrap();
     std::fs::write(out.join(damaged), &bytes[..bytes.len() / 2]).unwrap();
+    // --plan shows them to do (it said done).
+    let plan = String::from_utf8(check(xtask().args(demo_args(shared, &out)).arg("--plan").output().unwrap()).stdout).unwrap();
+    let row = |task: &str, backbone: &str| {
+        plan.lines().find(|l| l.split_whitespace().take(2).eq([task, backbone])).unwrap_or_else(|| panic!("{plan}")).to_string()
+    };
+    // task, backbone, S_id, trials, epochs left, OOD, ...
+    let columns = |task: &str, backbone: &str| row(task, backbone).split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!((columns("skin", "tiny_vit_b")[2].as_str(), columns("skin", "tiny_vit_b")[6].as_str()), ("to", "done"), "{plan}");
+    assert_eq!(
+        (columns("brain", "tiny_resnet_basic")[2].as_str(), columns("brain", "tiny_resnet_basic")[5].as_str()),
+        ("done", "to"),
+        "{plan}"
+    );
     let stderr = String::from_utf8(check(xtask().args(demo_args(shared, &out)).output().unwrap()).stderr).unwrap();
     assert!(
         stderr.contains("skin tiny_vit_b: id features missing") && stderr.contains("brain tiny_resnet_basic: ood features damaged"),

@@ -64,15 +64,20 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
                 _ if epochs_left == 0 => Some(0.0),
                 _ => None,
             };
+            // Scores whose feature file is lost or damaged are done again by the run.
+            let scored = |setting: Setting| {
+                layout.scores(&task.name, &entry.name, setting).exists()
+                    && crate::features::is_whole_safetensors(&layout.features(&task.name, &entry.name, setting))
+            };
             units.push(UnitPlan {
                 task: task.name.clone(),
                 backbone: entry.name.clone(),
-                id_scores: layout.scores(&task.name, &entry.name, Setting::Id).exists(),
+                id_scores: scored(Setting::Id),
                 finished: summary.finished.len(),
                 diverged: summary.diverged.len(),
                 pending: summary.pending.len(),
                 epochs_left,
-                ood: layout.scores(&task.name, &entry.name, Setting::Ood).exists(),
+                ood: scored(Setting::Ood),
                 seconds,
             });
         }
