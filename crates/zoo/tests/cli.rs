@@ -143,17 +143,13 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     std::fs::write(dir.path().join("classes.txt"), names.join("\n")).unwrap();
     let weights = fixtures().join("resnet_basic_min.safetensors");
     let image = fixtures().join("classify.png");
-    let output = zoo(&[
-        "--models",
-        dir.path().to_str().unwrap(),
-        "classify",
-        "resnet_basic_min",
-        image.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--classes",
-        dir.path().join("classes.txt").to_str().unwrap(),
-    ]);
+    // `classify MODEL` on the image with its weights and `extra` arguments.
+    let classify_with = |model: &str, weights: &std::path::Path, extra: &[&str]| {
+        let args = ["--models", dir.path().to_str().unwrap(), "classify", model, image.to_str().unwrap()];
+        zoo(&[&args[..], &["--weights", weights.to_str().unwrap()], extra].concat())
+    };
+    let classify = |extra: &[&str]| classify_with("resnet_basic_min", &weights, extra);
+    let output = classify(&["--classes", dir.path().join("classes.txt").to_str().unwrap()]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).unwrap();
     let probs: Vec<f32> = reference["probs"].to_vec1().unwrap();
@@ -164,10 +160,6 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     assert_eq!(printed, expected, "{text}");
     // Without --classes, a head of other than ImageNet's 1000 classes shows its indices (it
     // looked for imagenet_classes.txt in --models and failed).
-    let classify = |extra: &[&str]| {
-        let args = ["--models", dir.path().to_str().unwrap(), "classify", "resnet_basic_min", image.to_str().unwrap()];
-        zoo(&[&args[..], &["--weights", weights.to_str().unwrap()], extra].concat())
-    };
     let output = classify(&[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).unwrap();
@@ -184,15 +176,7 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     // where the class-name check said to pass --classes.
     std::fs::write(dir.path().join("uni_tiny.toml"), TINY_UNI).unwrap();
     let uni_weights = fixtures().join("vit/uni_like.safetensors");
-    let output = zoo(&[
-        "--models",
-        dir.path().to_str().unwrap(),
-        "classify",
-        "uni_tiny",
-        image.to_str().unwrap(),
-        "--weights",
-        uni_weights.to_str().unwrap(),
-    ]);
+    let output = classify_with("uni_tiny", &uni_weights, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("uni_tiny was published without a classifier"), "{stderr}");
 }

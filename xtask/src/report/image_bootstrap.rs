@@ -154,52 +154,40 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
     let mut missing: Vec<PathBuf> = Vec::new();
     let mut resampled_cells = 0;
     for ((task, setting), backbones) in &groups {
-        let mut members: Vec<(String, f64, ScoreInput)> = Vec::new();
+        // (backbone, accuracy, feature file) of each backbone whose file is there.
+        let mut present: Vec<(&String, f64, PathBuf)> = Vec::new();
         for (backbone, accuracy) in backbones {
             let path = feature_file(out, task, backbone, *setting);
             if path.exists() {
-                members.push((
-                    backbone.clone(),
-                    *accuracy,
-                    read_feature_file(&path).with_context(|| format!("reading {}", path.display()))?,
-                ));
+                present.push((backbone, *accuracy, path));
             } else {
                 missing.push(path);
             }
         }
-        if members.len() < backbones.len() {
+        if present.len() < backbones.len() {
             eprintln!(
                 "warning: {task} {}: {} of {} backbones have no feature file in {}; {}",
                 setting.as_str(),
-                backbones.len() - members.len(),
+                backbones.len() - present.len(),
                 backbones.len(),
                 out.join("features").join(task).display(),
-                if members.len() < 2 { "left out (a tau-b needs two)" } else { "resampling the others" }
+                if present.len() < 2 { "left out (a tau-b needs two)" } else { "resampling the others" }
             );
         }
-        if members.len() < 2 {
+        if present.len() < 2 {
             continue;
         }
         resampled_cells += 1;
-        if let Some(other) = members.iter().find(|m| m.2.labels() != members[0].2.labels()) {
-            bail!(
-                "{task} {}: {}'s and {}'s feature files do not cover the same images; rerun reproduce",
-                setting.as_str(),
-                members[0].0,
-                other.0
-            );
-        }
         // A cell done before with the same resamples, seed, scores, backbones, accuracies and
-        // feature files is taken as it is: a killed run loses at most the cell it was in.
+        // feature files is taken as it is, its feature files not read: a killed run loses at
+        // most the cell it was in.
         let key = CellKey {
             resamples: settings.resamples,
             seed,
             metrics: settings.metrics.iter().map(|m| m.as_str().to_string()).collect(),
-            backbones: members
+            backbones: present
                 .iter()
-                .map(|(backbone, accuracy, _)| {
-                    Ok((backbone.clone(), *accuracy, crate::weights::checksum(&feature_file(out, task, backbone, *setting))?))
-                })
+                .map(|(backbone, accuracy, path)| Ok(((*backbone).clone(), *accuracy, crate::weights::checksum(path)?)))
                 .collect::<Result<_>>()?,
         };
         let cell_path = out.join(CELLS_DIR).join(format!("{task}-{}.json", setting.as_str()));
@@ -209,6 +197,21 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                 cell
             }
             _ => {
+                let members: Vec<(String, f64, ScoreInput)> = present
+                    .iter()
+                    .map(|(backbone, accuracy, path)| {
+                        let input = read_feature_file(path).with_context(|| format!("reading {}", path.display()))?;
+                        Ok(((*backbone).clone(), *accuracy, input))
+                    })
+                    .collect::<Result<_>>()?;
+                if let Some(other) = members.iter().find(|m| m.2.labels() != members[0].2.labels()) {
+                    bail!(
+                        "{task} {}: {}'s and {}'s feature files do not cover the same images; rerun reproduce",
+                        setting.as_str(),
+                        members[0].0,
+                        other.0
+                    );
+                }
                 let (scores, taus) = cell_intervals(task, *setting, &members, settings, bootstrap)?;
                 let cell = Cell { key, scores, taus };
                 let text = serde_json::to_string_pretty(&cell)?;
