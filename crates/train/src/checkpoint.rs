@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 
 /// The metadata key holding the run state.
-const STATE_KEY: &str = "medxfer.run_state";
+pub const STATE_KEY: &str = "medxfer.run_state";
 /// The prefix of optimizer tensors.
 pub const OPTIMIZER_PREFIX: &str = "optimizer.";
 

@@ -350,11 +350,20 @@ pub fn restore_model(model: &Backbone, tensors: &HashMap<String, Tensor>, source
     let store = model.params();
     let names = store.names();
     if names.len() != tensors.len() {
+        let mut lacking: Vec<&String> = names.iter().filter(|name| !tensors.contains_key(*name)).collect();
+        let mut foreign: Vec<&String> = tensors.keys().filter(|name| store.var(name).is_none()).collect();
+        lacking.sort();
+        foreign.sort();
+        let first = |names: &[&String]| names.first().map(|name| format!(" (first: {name})")).unwrap_or_default();
         return Err(Error::Checkpoint(format!(
-            "{} holds {} model tensors, the model has {}",
+            "{} holds {} model tensors, the model has {}: {} of the model's are not in it{}, {} in it are not the model's{}",
             source.display(),
             tensors.len(),
-            names.len()
+            names.len(),
+            lacking.len(),
+            first(&lacking),
+            foreign.len(),
+            first(&foreign)
         )));
     }
     for name in names {

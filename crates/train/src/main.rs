@@ -185,10 +185,12 @@ struct ImageArgs {
     manifest: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "train")]
     part: PartArg,
-    /// A fine-tuned model (a run's best.safetensors) with this many classes; without it, the
-    /// pretrained model with its ImageNet head.
+    /// A fine-tuned model (a run's best.safetensors, or one of its epoch-NNNN.safetensors);
+    /// without it, the pretrained model with its ImageNet head.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// The classes the checkpoint's head must have (checked; read off the checkpoint when left
+    /// out).
     #[arg(long)]
     classes: Option<usize>,
     #[arg(long)]
@@ -410,13 +412,13 @@ fn run(cli: Cli) -> Result<()> {
             let classes = backbone.num_classes()?;
             if classes == 0 {
                 bail!(
-                    "{} was published without a classifier, so there are no predictions to evaluate: evaluate a fine-tuned checkpoint of it (--checkpoint, --classes), or extract its features (`extract`)",
+                    "{} was published without a classifier, so there are no predictions to evaluate: evaluate a fine-tuned checkpoint of it (--checkpoint), or extract its features (`extract`)",
                     entry.name
                 );
             }
             if let Some(&label) = split.labels.iter().max().filter(|&&l| l as usize >= classes) {
                 bail!(
-                    "the images have label {label}, but the model has {classes} classes: give the checkpoint of a model fine-tuned on this task (--checkpoint, --classes)"
+                    "the images have label {label}, but the model has {classes} classes: give the checkpoint of a model fine-tuned on this task (--checkpoint)"
                 );
             }
             let settings = RunSettings {
@@ -437,12 +439,11 @@ fn run(cli: Cli) -> Result<()> {
 /// evaluate.
 fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Backbone, SplitData, Vec<String>)> {
     let backbone_and_entry = match (&images.checkpoint, images.classes) {
-        (Some(checkpoint), Some(classes)) => {
+        (Some(checkpoint), classes) => {
             let device = device(model)?;
             let entry = Registry::load_default()?.resolve(&model.model, &HubOptions::from_env())?;
             (load_fine_tuned(&entry, checkpoint, classes, &device)?, entry)
         }
-        (Some(_), None) => bail!("--checkpoint needs --classes, the number of classes of its head"),
         // Left out, the pretrained model would be used without a word.
         (None, Some(classes)) => bail!(
             "--classes {classes} is the head size of a fine-tuned --checkpoint; give the checkpoint (a run's best.safetensors), or leave --classes out for the pretrained model"

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::Device;
 use medxfer_zoo::{Backbone, ModelEntry};
 
-use crate::checkpoint::read_tensors;
+use crate::checkpoint::{OPTIMIZER_PREFIX, STATE_KEY, read_tensors};
 use crate::error::{Error, Result};
 use crate::finetune::restore_model;
 
@@ -30,17 +30,42 @@ pub fn start_fine_tuning(entry: &ModelEntry, weights: &Path, classes: usize, see
     Ok(model)
 }
 
-/// A run's kept model (its `best.safetensors`, or any epoch checkpoint) with its
-/// `classes`-way head.
-pub fn load_fine_tuned(entry: &ModelEntry, checkpoint: &Path, classes: usize, device: &Device) -> Result<Backbone> {
-    let (tensors, _) = read_tensors(checkpoint, device)?;
+/// A run's kept model (its `best.safetensors`, or any epoch checkpoint: its optimizer state is
+/// left out) with a `classes`-way head; `None` takes the checkpoint's own head size.
+pub fn load_fine_tuned(entry: &ModelEntry, checkpoint: &Path, classes: Option<usize>, device: &Device) -> Result<Backbone> {
+    let (mut tensors, metadata) = read_tensors(checkpoint, device)?;
+    if metadata.contains_key(STATE_KEY) {
+        tensors.retain(|name, _| !name.starts_with(OPTIMIZER_PREFIX));
+    }
+    // A run's checkpoint holds the model's own tensors; PyTorch's state dicts hold BatchNorm's
+    // batch counter beside them.
+    if let Some(counter) = tensors.keys().find(|name| name.ends_with("num_batches_tracked")) {
+        return Err(Error::Checkpoint(format!(
+            "{} holds {counter}: it is a PyTorch state dict (pretrained timm weights?), not a medxfer run's checkpoint; give pretrained weights with --weights and no --checkpoint",
+            checkpoint.display()
+        )));
+    }
+    let head = format!("{}.weight", entry.architecture.head_key());
+    let Some(head_classes) = tensors.get(&head).and_then(|w| w.dims().first().copied()) else {
+        return Err(Error::Checkpoint(format!(
+            "{} holds no classifier {head}, so it is not a fine-tuned {}: give a run's best.safetensors",
+            checkpoint.display(),
+            entry.name
+        )));
+    };
+    if let Some(classes) = classes.filter(|&c| c != head_classes) {
+        return Err(Error::Checkpoint(format!(
+            "{}: its head has {head_classes} classes, not {classes}: give the checkpoint of a model fine-tuned on this task",
+            checkpoint.display()
+        )));
+    }
     // The architecture as the checkpoint's tensors complete it (a ViT's options its
     // configuration left at timm's defaults), as when the run started.
     let shapes = tensors.iter().map(|(name, tensor)| (name.clone(), tensor.dims().to_vec())).collect();
     let architecture =
         entry.architecture.fit_to_shapes(&shapes).map_err(|problem| Error::Config(format!("{}: {problem}", checkpoint.display())))?;
     let mut model = Backbone::new(&entry.name, &architecture, entry.num_classes, device)?;
-    model.replace_head(classes, 0)?;
+    model.replace_head(head_classes, 0)?;
     restore_model(&model, &tensors, checkpoint)?;
     Ok(model)
 }

@@ -164,12 +164,33 @@ fn search_extract_and_evaluate_from_the_command_line() {
     // Bad input names the problem.
     let output = train(&models, &[&["search"][..], &common, &["--shard", "2/2", "--out", search_s]].concat());
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected i/n"));
-    let output = train(
-        &models,
-        &[&["evaluate", "--model", "resnet_tiny", "--weights", &weights][..], &image_args, &["--checkpoint", best.to_str().unwrap()]]
-            .concat(),
-    );
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint needs --classes"));
+    // Without --classes the head's size is read off the checkpoint; an epoch checkpoint (its
+    // optimizer state beside the model) evaluates as the model of that epoch.
+    let evaluate_checkpoint = |checkpoint: &Path, classes: &[&str]| {
+        let args = [
+            &["evaluate", "--model", "resnet_tiny", "--weights", &weights][..],
+            &image_args,
+            &["--part", "test", "--checkpoint", checkpoint.to_str().unwrap()],
+            classes,
+        ]
+        .concat();
+        train(&models, &args)
+    };
+    let kept_epoch = outcome["best_epoch"].as_u64().unwrap();
+    let epoch_file = search.join(format!("trial-000/epoch-{kept_epoch:04}.safetensors"));
+    for checkpoint in [&best, &epoch_file] {
+        let without: serde_json::Value = serde_json::from_str(&ok(&evaluate_checkpoint(checkpoint, &[]))).unwrap();
+        for key in ["balanced_accuracy", "accuracy", "recall", "confusion"] {
+            assert_eq!(without[key], outcome["test"][key], "{}: {key}", checkpoint.display());
+        }
+    }
+    let output = evaluate_checkpoint(&best, &["--classes", "3"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("its head has 2 classes, not 3"), "{stderr}");
+    // Pretrained weights given as the checkpoint are named as such.
+    let output = evaluate_checkpoint(Path::new(&weights), &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("is a PyTorch state dict"), "{stderr}");
     // --classes alone was ignored: the pretrained model evaluated as if it were the checkpoint.
     let output =
         train(&models, &[&["evaluate", "--model", "resnet_tiny", "--weights", &weights][..], &image_args, &["--classes", "2"]].concat());

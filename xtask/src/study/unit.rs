@@ -236,7 +236,7 @@ impl Unit<'_> {
         let checkpoint = trial_dir(&layout.runs(&self.task.name, &self.entry.name), trial).join(BEST_FILE);
         let features = layout.features(&self.task.name, &self.entry.name, Setting::Ood);
         if !features.exists() {
-            let model = load_fine_tuned(self.entry, &checkpoint, self.task.classes.len(), self.device)?;
+            let model = load_fine_tuned(self.entry, &checkpoint, Some(self.task.classes.len()), self.device)?;
             self.extract(&model, &self.data.ood, &self.data.split.ood, &features)?;
         }
         let mut scores = score_file(&features)?;
