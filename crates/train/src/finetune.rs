@@ -427,12 +427,13 @@ pub fn fine_tune_until(
     progress: &mut dyn Progress,
 ) -> Result<Option<RunOutcome>> {
     settings.check()?;
-    run_record::check(dir, settings)?;
+    let inputs = run_record::RunInputs::of(model.name(), data);
+    run_record::check(dir, settings, &inputs)?;
     if let Some(outcome) = finished(dir) {
         return Ok(Some(outcome));
     }
     std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    run_record::record(dir, settings)?;
+    run_record::record(dir, settings, &inputs)?;
     let device = model.params().device().clone();
     let sgd = SgdSettings {
         learning_rate: settings.learning_rate,

@@ -163,7 +163,7 @@ pub fn search_with_halving(
     dir: &Path,
     progress: &mut dyn SearchProgress,
 ) -> Result<HalvingSummary> {
-    let SearchSettings { base, trials, shard } = *settings;
+    let SearchSettings { model, base, trials, shard } = *settings;
     let base = &base;
     search::check_trials(trials)?;
     check_started(dir, &Started { halving, epochs: base.epochs, trials })?;
@@ -185,7 +185,7 @@ pub fn search_with_halving(
         loop {
             let mut held_elsewhere = false;
             for &index in &order {
-                held_elsewhere |= !advance_trial(make_model, data, base, &all[index], dir, until, progress)?;
+                held_elsewhere |= !advance_trial((model, make_model), data, base, &all[index], dir, until, progress)?;
             }
             if !held_elsewhere {
                 break;

@@ -22,7 +22,7 @@
 //! let normalization = Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, false);
 //! let base = RunSettings::from_options(&TrainingOptions::reference(), normalization);
 //! let make = || medxfer_train::start_fine_tuning(entry, weights, data.classes, 0, &device);
-//! let settings = SearchSettings { base, trials: 75, shard: Shard::ALL };
+//! let settings = SearchSettings { model: &entry.name, base, trials: 75, shard: Shard::ALL };
 //! let quiet = &mut |_: &medxfer_train::TrialPoint, _: &medxfer_train::EpochRecord| {};
 //! let summary = medxfer_train::search(&make, data, &settings, Path::new("runs/resnet18"), quiet)?;
 //! println!("A_opt: {:?}", summary.best.map(|trial| trial.index));

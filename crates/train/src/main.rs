@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let run_data = run_data(&data)?;
             let base = RunSettings::from_options(&training, normalization(&entry, data.transform.fix_std));
-            let settings = SearchSettings { base, trials, shard: Shard::parse(&shard)? };
+            let settings = SearchSettings { model: &entry.name, base, trials, shard: Shard::parse(&shard)? };
             let make = || start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device);
             let mut bar = EpochBar::new(base.epochs);
             let summary = match halving {

@@ -45,7 +45,10 @@ impl Shard {
 /// A search's shape: the settings every trial shares (each trial sets its own Halton point's
 /// learning rate and weight decay), how many points, and this worker's share.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SearchSettings {
+pub struct SearchSettings<'a> {
+    /// The backbone searched (its registry name, as `make_model` builds it): a finished trial of
+    /// another one is not read back as this search's.
+    pub model: &'a str,
     /// What every trial shares.
     pub base: RunSettings,
     /// Halton points (the reference's 75).
@@ -160,10 +163,10 @@ pub fn search(
     dir: &Path,
     progress: &mut dyn SearchProgress,
 ) -> Result<SearchSummary> {
-    let SearchSettings { base, trials, shard } = settings;
+    let SearchSettings { model, base, trials, shard } = settings;
     check_trials(*trials)?;
     for point in halton_points(*trials).into_iter().filter(|p| shard.takes(p.index)) {
-        advance_trial(make_model, data, base, &point, dir, base.epochs, progress)?;
+        advance_trial((model, make_model), data, base, &point, dir, base.epochs, progress)?;
     }
     let summary = summarize_search(dir, *trials);
     write_summary(dir, &summary)?;
@@ -195,7 +198,7 @@ pub(crate) fn reached(dir: &Path, index: usize, until: usize) -> bool {
 /// already or another live worker holds it; a diverged run is recorded in diverged.json.
 /// False when another worker holds the trial.
 pub(crate) fn advance_trial(
-    make_model: &dyn Fn() -> Result<Backbone>,
+    (model_name, make_model): (&str, &dyn Fn() -> Result<Backbone>),
     data: &RunData,
     base: &RunSettings,
     point: &TrialPoint,
@@ -207,7 +210,7 @@ pub(crate) fn advance_trial(
     let settings = RunSettings { learning_rate: point.learning_rate, weight_decay: point.weight_decay, ..*base };
     // A finished trial is read back as this search's: it must have been trained as this search
     // asks.
-    finetune::run_record::check(&trial, &settings)?;
+    finetune::run_record::check(&trial, &settings, &finetune::run_record::RunInputs::of(model_name, data))?;
     if reached(dir, point.index, until) {
         return Ok(true);
     }

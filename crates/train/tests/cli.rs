@@ -107,6 +107,19 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let output = train(&models, &search_args("0/1"));
     assert!(ok(&output).contains("2 of 2 trials finished"));
     assert!(!String::from_utf8_lossy(&output.stderr).contains("epoch "), "a finished search retrained");
+    // Another backbone, or images decoded to another size, into the same --out: the finished
+    // trials were read back as theirs.
+    std::fs::write(models.join("resnet_other.toml"), TINY_RESNET.replace("\"resnet_tiny\"", "\"resnet_other\"")).unwrap();
+    let other_model: Vec<&str> = search_args("0/1").into_iter().map(|a| if a == "resnet_tiny" { "resnet_other" } else { a }).collect();
+    let other_resize: Vec<&str> = search_args("0/1").into_iter().map(|a| if a == "40" { "48" } else { a }).collect();
+    for (args, difference) in [
+        (other_model, "model was resnet_tiny, this run asks for resnet_other (--model)"),
+        (other_resize, "resize was 40, this run asks for 48 (--resize)"),
+    ] {
+        let output = train(&models, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(difference), "{stderr}");
+    }
 
     // Successive halving over the same two trials: both for one epoch, the better one to two;
     // compared with the full search above.

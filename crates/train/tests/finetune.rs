@@ -230,12 +230,13 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     let base = settings(4);
     let make = || Ok(model());
     let quiet = &mut |_: &TrialPoint, _: &EpochRecord| {};
-    let full = search(&make, &data, &SearchSettings { base, trials: 6, shard: Shard::ALL }, &full_dir, quiet).unwrap();
+    let full =
+        search(&make, &data, &SearchSettings { model: "resnet_basic_min", base, trials: 6, shard: Shard::ALL }, &full_dir, quiet).unwrap();
     let halving = Halving::new(2, 1).unwrap();
     let halved = medxfer_train::search_with_halving(
         &make,
         &data,
-        &SearchSettings { base, trials: 6, shard: Shard::ALL },
+        &SearchSettings { model: "resnet_basic_min", base, trials: 6, shard: Shard::ALL },
         halving,
         &halving_dir,
         quiet,
@@ -290,7 +291,7 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     let again = medxfer_train::search_with_halving(
         &make,
         &data,
-        &SearchSettings { base, trials: 6, shard: Shard::ALL },
+        &SearchSettings { model: "resnet_basic_min", base, trials: 6, shard: Shard::ALL },
         halving,
         &halving_dir,
         &mut |_: &TrialPoint, _: &EpochRecord| panic!("trained again"),
@@ -301,7 +302,7 @@ fn successive_halving_promotes_the_best_continues_them_exactly_and_trains_less()
     let error = medxfer_train::search_with_halving(
         &make,
         &data,
-        &SearchSettings { base, trials: 6, shard: Shard::ALL },
+        &SearchSettings { model: "resnet_basic_min", base, trials: 6, shard: Shard::ALL },
         other,
         &halving_dir,
         quiet,
@@ -326,7 +327,7 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     let summary = search(
         &make,
         &data,
-        &SearchSettings { base, trials: 4, shard: Shard::parse("0/2").unwrap() },
+        &SearchSettings { model: "resnet_basic_min", base, trials: 4, shard: Shard::parse("0/2").unwrap() },
         &search_dir,
         &mut |p: &TrialPoint, _: &EpochRecord| ran.push(p.index),
     )
@@ -340,7 +341,7 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     search(
         &make,
         &data,
-        &SearchSettings { base, trials: 4, shard: Shard::parse("0/2").unwrap() },
+        &SearchSettings { model: "resnet_basic_min", base, trials: 4, shard: Shard::parse("0/2").unwrap() },
         &search_dir,
         &mut |p: &TrialPoint, _: &EpochRecord| ran.push(p.index),
     )
@@ -351,7 +352,7 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     let summary = search(
         &make,
         &data,
-        &SearchSettings { base, trials: 4, shard: Shard::parse("1/2").unwrap() },
+        &SearchSettings { model: "resnet_basic_min", base, trials: 4, shard: Shard::parse("1/2").unwrap() },
         &search_dir,
         &mut |p: &TrialPoint, _: &EpochRecord| ran.push(p.index),
     )
@@ -366,7 +367,7 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     assert!(summary.finished.iter().all(|t| t.outcome.learning_rate == points[t.index].learning_rate));
     assert!(search_dir.join("search.json").exists());
     // The finished trials are not passed off as those of a search with other settings.
-    let longer = SearchSettings { base: settings(2), trials: 4, shard: Shard::ALL };
+    let longer = SearchSettings { model: "resnet_basic_min", base: settings(2), trials: 4, shard: Shard::ALL };
     let error = search(&make, &data, &longer, &search_dir, &mut |_: &TrialPoint, _: &EpochRecord| panic!("trained")).unwrap_err();
     let message = error.to_string();
     assert!(message.contains("trial-000") && message.contains("epochs was 1, this run asks for 2 (--epochs)"), "{message}");

@@ -244,6 +244,11 @@ impl Backbone {
         &self.store
     }
 
+    /// The registry entry's name the model was built under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Its architecture.
     pub fn architecture(&self) -> &Architecture {
         &self.architecture

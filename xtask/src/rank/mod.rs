@@ -388,6 +388,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             let file = weights.file(entry)?;
             let make = || start_fine_tuning(entry, &file, images.classes.len(), args.seed, &device);
             let settings = SearchSettings {
+                model: &entry.name,
                 base: RunSettings::from_options(&tuning_options(args), normalization(entry)),
                 trials: args.trials,
                 shard: Shard::ALL,

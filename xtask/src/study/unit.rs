@@ -201,7 +201,7 @@ impl Unit<'_> {
         let classes = self.task.classes.len();
         let make = || start_fine_tuning(self.entry, &weights, classes, study.options.seed, self.device);
         let base = RunSettings::from_options(&study.options, self.normalization());
-        let settings = SearchSettings { base, trials: study.trials, shard: study.shard };
+        let settings = SearchSettings { model: &self.entry.name, base, trials: study.trials, shard: study.shard };
         let start = Instant::now();
         let run = |progress: &mut dyn SearchProgress| match study.halving {
             None => search(&make, &self.data.run, &settings, &dir, progress),

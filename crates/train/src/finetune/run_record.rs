@@ -12,14 +12,53 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{RunSettings, Selection};
+use super::{RunData, RunSettings, Selection, SplitData};
 use crate::error::{Error, Result};
 
 /// The record's file name, in a run's folder.
 pub const RUN_SETTINGS_FILE: &str = "run-settings.json";
 
+/// What shaped a run beyond its settings: the backbone, and the images it trains and chooses
+/// its epoch on (their decoded size, their count per class).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInputs {
+    /// The backbone's registry name.
+    pub model: String,
+    /// The shorter side the images were decoded to.
+    pub resize: u32,
+    /// Train images per class, as text: `{0: 20, 1: 11}`.
+    pub train_images: String,
+    /// Validation images per class.
+    pub val_images: String,
+}
+
+impl RunInputs {
+    /// The inputs of a run of `model` on `data`.
+    pub fn of(model: &str, data: &RunData) -> Self {
+        Self {
+            model: model.to_string(),
+            resize: data.train.cache.short_side(),
+            train_images: per_class(&data.train),
+            val_images: per_class(&data.val),
+        }
+    }
+}
+
+/// Settings recorded since a later version: a record without them (a run started before) passes
+/// on them, where the others must all be there.
+const LATER_SETTINGS: [&str; 4] = ["model", "resize", "train_images", "val_images"];
+
+/// Images per class of a split, as text.
+fn per_class(split: &SplitData) -> String {
+    let counts = split.labels.iter().fold(BTreeMap::<u32, usize>::new(), |mut counts, &label| {
+        *counts.entry(label).or_default() += 1;
+        counts
+    });
+    format!("{counts:?}")
+}
+
 /// A run's settings as setting name -> value as text.
-fn as_text(settings: &RunSettings) -> BTreeMap<&'static str, String> {
+fn as_text(settings: &RunSettings, inputs: &RunInputs) -> BTreeMap<&'static str, String> {
     let RunSettings {
         epochs,
         batch_size,
@@ -54,6 +93,10 @@ fn as_text(settings: &RunSettings) -> BTreeMap<&'static str, String> {
         ("train_degrees", format!("{:?}", train_transform.degrees)),
         ("train_hue", format!("{:?}", train_transform.hue)),
         ("crop", crop.to_string()),
+        ("model", inputs.model.clone()),
+        ("resize", inputs.resize.to_string()),
+        ("train_images", inputs.train_images.clone()),
+        ("val_images", inputs.val_images.clone()),
     ])
 }
 
@@ -69,13 +112,16 @@ fn option(setting: &str) -> &'static str {
         "patience" => "--patience",
         "normalization_mean" | "normalization_std" => "--fix-std, or the backbone's preprocessing",
         "crop" | "train_crop" => "--crop",
+        "model" => "--model",
+        "resize" => "--resize",
+        "train_images" | "val_images" => "--split, --root",
         _ => "no option: the run was made by another version or by hand",
     }
 }
 
-/// Refuses `settings` when `dir` holds a run recorded with other ones; a folder without a
-/// record (no run yet, or one made before runs were recorded) passes.
-pub fn check(dir: &Path, settings: &RunSettings) -> Result<()> {
+/// Refuses `settings` and `inputs` when `dir` holds a run recorded with other ones; a folder
+/// without a record (no run yet, or one made before runs were recorded) passes.
+pub fn check(dir: &Path, settings: &RunSettings, inputs: &RunInputs) -> Result<()> {
     let path = dir.join(RUN_SETTINGS_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -88,7 +134,8 @@ pub fn check(dir: &Path, settings: &RunSettings) -> Result<()> {
             "not a run-settings record ({e}): medxfer-train writes it when a run starts; restore it, or start the run again in a new --out"
         ),
     })?;
-    let asked = as_text(settings);
+    let mut asked = as_text(settings, inputs);
+    asked.retain(|setting, _| recorded.contains_key(*setting) || !LATER_SETTINGS.contains(setting));
     let none = "(not recorded)".to_string();
     let differences: Vec<String> = asked
         .keys()
@@ -108,12 +155,13 @@ pub fn check(dir: &Path, settings: &RunSettings) -> Result<()> {
 }
 
 /// Records `settings` in `dir` unless a record is there already (which [`check`] compared).
-pub fn record(dir: &Path, settings: &RunSettings) -> Result<()> {
+pub fn record(dir: &Path, settings: &RunSettings, inputs: &RunInputs) -> Result<()> {
     let path = dir.join(RUN_SETTINGS_FILE);
     if path.exists() {
         return Ok(());
     }
-    let json = serde_json::to_vec_pretty(&as_text(settings)).map_err(|e| Error::Io { path: path.clone(), problem: e.to_string() })?;
+    let json =
+        serde_json::to_vec_pretty(&as_text(settings, inputs)).map_err(|e| Error::Io { path: path.clone(), problem: e.to_string() })?;
     Ok(medxfer_durable::write_atomic(&path, &json)?)
 }
 
@@ -128,15 +176,19 @@ mod tests {
         RunSettings::reference(0.1 + 0.2, 1e-5, Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, false))
     }
 
+    fn inputs() -> RunInputs {
+        RunInputs { model: "resnet18".into(), resize: 256, train_images: "{0: 20, 1: 11}".into(), val_images: "{0: 4, 1: 3}".into() }
+    }
+
     #[test]
     fn a_record_compares_equal_to_its_settings_and_names_each_difference() {
         let dir = tempfile::tempdir().unwrap();
-        check(dir.path(), &settings()).unwrap();
-        record(dir.path(), &settings()).unwrap();
+        check(dir.path(), &settings(), &inputs()).unwrap();
+        record(dir.path(), &settings(), &inputs()).unwrap();
         // 0.1 + 0.2 is not 0.3: the text keeps every bit.
-        check(dir.path(), &settings()).unwrap();
+        check(dir.path(), &settings(), &inputs()).unwrap();
         let other = RunSettings { learning_rate: 0.3, epochs: 20, ..settings() };
-        match check(dir.path(), &other) {
+        match check(dir.path(), &other, &inputs()) {
             Err(Error::OtherSettings { differences, .. }) => {
                 assert_eq!(differences.len(), 2, "{differences:?}");
                 assert!(differences[0].starts_with("epochs was 100, this run asks for 20 (--epochs)"), "{differences:?}");
@@ -148,15 +200,43 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         // A second record does not replace the first.
-        record(dir.path(), &other).unwrap();
-        assert!(check(dir.path(), &other).is_err());
+        record(dir.path(), &other, &inputs()).unwrap();
+        assert!(check(dir.path(), &other, &inputs()).is_err());
+    }
+
+    #[test]
+    fn another_backbone_or_other_images_are_refused_and_an_older_record_passes_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        record(dir.path(), &settings(), &inputs()).unwrap();
+        let cases = [
+            (RunInputs { model: "resnet50".into(), ..inputs() }, "model was resnet18, this run asks for resnet50 (--model)"),
+            (RunInputs { resize: 128, ..inputs() }, "resize was 256, this run asks for 128 (--resize)"),
+            (
+                RunInputs { val_images: "{0: 5, 1: 3}".into(), ..inputs() },
+                "val_images was {0: 4, 1: 3}, this run asks for {0: 5, 1: 3} (--split, --root)",
+            ),
+        ];
+        for (other, difference) in cases {
+            match check(dir.path(), &settings(), &other) {
+                Err(Error::OtherSettings { differences, .. }) => assert_eq!(differences, [difference]),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        // A record written before these were recorded holds only the settings.
+        let path = dir.path().join(RUN_SETTINGS_FILE);
+        let mut older: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        older.retain(|setting, _| !LATER_SETTINGS.contains(&setting.as_str()));
+        assert_eq!(older.len(), as_text(&settings(), &inputs()).len() - LATER_SETTINGS.len());
+        std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
+        check(dir.path(), &settings(), &RunInputs { model: "resnet50".into(), ..inputs() }).unwrap();
+        assert!(check(dir.path(), &RunSettings { epochs: 20, ..settings() }, &inputs()).is_err(), "the settings are still compared");
     }
 
     #[test]
     fn a_damaged_record_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(RUN_SETTINGS_FILE), b"{\"epochs\": ").unwrap();
-        let message = check(dir.path(), &settings()).unwrap_err().to_string();
+        let message = check(dir.path(), &settings(), &inputs()).unwrap_err().to_string();
         assert!(message.contains(RUN_SETTINGS_FILE) && message.contains("new --out"), "{message}");
     }
 }
