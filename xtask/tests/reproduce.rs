@@ -851,6 +851,21 @@ fn sizes_from_the_command_line_are_checked_before_anything_starts() {
         assert!(!output.status.success() && stderr.contains(expected), "{device}: {stderr}");
         assert!(!out.exists() && !demo_cache.exists(), "{device}: pretrained or wrote");
     }
+    // And the authors' split CSVs that are not there (found on reaching the task, after the
+    // demo's pretraining).
+    let authors = dir.path().join("authors");
+    std::fs::create_dir_all(authors.join("brain")).unwrap();
+    let missing_folder = format!("authors:{}", dir.path().join("no-such-folder").display());
+    let missing_task = format!("authors:{}", authors.display());
+    for (splits, expected) in
+        [(missing_folder.as_str(), "no-such-folder: no such folder"), (missing_task.as_str(), "task brain's CSVs go in")]
+    {
+        let demo = ["--demo", "--demo-cache", demo_cache.to_str().unwrap(), "--tasks", "brain", "--splits", splits];
+        let output = xtask().args(["reproduce", "--out", out.to_str().unwrap()]).args(demo).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{splits}: {stderr}");
+        assert!(!out.exists() && !demo_cache.exists(), "{splits}: pretrained or wrote");
+    }
 }
 
 #[test]

@@ -159,11 +159,6 @@ fn split_units(records: &[Record], rule: &FaithfulSplit, seed: u64, unit_of: imp
     Ok(entries)
 }
 
-/// Reads the authors' split CSVs (`image,label` + extra columns, absolute paths under
-/// `spec.authors_prefix`) and matches each row to a scanned record by path suffix, so the
-/// authors' renamed or flattened roots (`/pad-ufes-20/images/PAT_…png`) find the files where
-/// they really are. A row whose file is not found, or whose label disagrees with the label
-/// map, is a problem.
 /// The authors' split CSVs in `dir`: a file name containing "train", "val" or "test" gives its
 /// part; train and test must be there.
 pub fn authors_csvs(dir: &Path) -> Result<Vec<(Part, std::path::PathBuf)>> {

@@ -146,10 +146,16 @@ impl ReproduceArgs {
     pub fn check(&self) -> Result<()> {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
         self.budget(demo.as_ref())?;
-        self.tasks()?;
-        SplitChoice::parse(&self.splits)?;
+        let (_, tasks) = self.tasks()?;
+        let layout = Layout::new(&self.out_dir(demo.is_some()));
+        super::splits::check_authors_csvs(&SplitChoice::parse(&self.splits)?, &tasks, |task| layout.splits(task))?;
         Shard::parse(&self.shard)?;
         Ok(())
+    }
+
+    /// The results folder: --out, or the default for a study or the demo.
+    fn out_dir(&self, demo: bool) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(if demo { "results-demo" } else { "results" }))
     }
 
     fn tasks(&self) -> Result<(Catalog, Vec<medxfer_data::TaskSpec>)> {
@@ -207,8 +213,11 @@ impl ReproduceArgs {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
         // Before any work (the demo's pretraining, a real dataset's extraction).
         let Budget { resize, trials, options, halving } = self.budget(demo.as_ref())?;
-        let out = self.out.clone().unwrap_or_else(|| PathBuf::from(if demo.is_some() { "results-demo" } else { "results" }));
+        let out = self.out_dir(demo.is_some());
         let (catalog, tasks) = self.tasks()?;
+        let splits = SplitChoice::parse(&self.splits)?;
+        let layout = Layout::new(&out);
+        super::splits::check_authors_csvs(&splits, &tasks, |task| layout.splits(task))?;
         let registry = match (&self.models, &demo) {
             (Some(dir), _) => Registry::load(dir)?,
             (None, Some(_)) => crate::demo::registry()?,
@@ -244,12 +253,12 @@ impl ReproduceArgs {
         };
         Ok(Study {
             data,
-            layout: Layout::new(&out),
+            layout,
             catalog,
             tasks,
             backbones,
             weights,
-            splits: SplitChoice::parse(&self.splits)?,
+            splits,
             trials,
             options,
             device: self.device.clone(),

@@ -41,6 +41,22 @@ impl SplitChoice {
     }
 }
 
+/// Refuses `--splits authors:DIR` before any work where a task whose split is not written yet
+/// (no `split.json` under `splits(task)`) lacks its CSVs in DIR/<task>/: the study found it only
+/// on reaching the task, after the demo's pretraining or the tasks before it.
+pub fn check_authors_csvs(choice: &SplitChoice, tasks: &[TaskSpec], splits: impl Fn(&str) -> PathBuf) -> Result<()> {
+    let SplitChoice::Authors(dir) = choice else { return Ok(()) };
+    if !dir.is_dir() {
+        bail!("--splits authors:{}: no such folder; it holds one folder of the authors' split CSVs per task (DIR/<task>/)", dir.display());
+    }
+    for task in tasks.iter().filter(|task| !splits(&task.name).join(NOTE_FILE).exists()) {
+        medxfer_data::authors_csvs(&dir.join(&task.name)).with_context(|| {
+            format!("--splits authors:{}: task {}'s CSVs go in {}", dir.display(), task.name, dir.join(&task.name).display())
+        })?;
+    }
+    Ok(())
+}
+
 /// One task's four parts and the datasets' roots.
 #[derive(Debug, Clone)]
 pub struct TaskSplit {
@@ -162,6 +178,33 @@ mod tests {
 
     use super::*;
     use std::collections::BTreeMap;
+
+    /// `--splits authors:DIR` without the CSVs a task needs is refused; a task whose split is
+    /// written needs none (a resumed study whose CSVs moved).
+    #[test]
+    fn the_authors_csvs_are_checked_only_for_the_splits_still_to_make() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::load_default().unwrap();
+        let tasks = vec![catalog.task("brain").unwrap().clone(), catalog.task("breast").unwrap().clone()];
+        let (authors, out) = (dir.path().join("authors"), dir.path().join("out"));
+        let splits = |task: &str| out.join(task);
+        let choice = SplitChoice::Authors(authors.clone());
+        let message = |choice: &SplitChoice| format!("{:#}", check_authors_csvs(choice, &tasks, splits).unwrap_err());
+        assert!(message(&choice).contains("authors: no such folder"), "{}", message(&choice));
+        for part in ["train", "test"] {
+            std::fs::create_dir_all(authors.join("brain")).unwrap();
+            std::fs::write(authors.join("brain").join(format!("brain_{part}.csv")), "image,label\n").unwrap();
+        }
+        assert!(message(&choice).contains("task breast's CSVs go in") && message(&choice).contains("cannot list"), "{}", message(&choice));
+        std::fs::create_dir_all(authors.join("breast")).unwrap();
+        let text = message(&choice);
+        assert!(text.contains("task breast's CSVs go in") && text.contains("no CSV whose name contains \"train\""), "{text}");
+        // Breast's split written already: nothing more to read.
+        std::fs::create_dir_all(out.join("breast")).unwrap();
+        std::fs::write(out.join("breast").join(NOTE_FILE), "{}").unwrap();
+        check_authors_csvs(&choice, &tasks, splits).unwrap();
+        check_authors_csvs(&SplitChoice::Faithful, &tasks, |_: &str| dir.path().join("none")).unwrap();
+    }
 
     /// The breast task from a BreakHis replica and the authors' CSVs: every third image to test,
     /// every fifth of the rest to val.
