@@ -115,7 +115,20 @@ pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
         read_rows(&dir.join(SCORES_CSV), &SCORE_COLUMNS, |r: &ScoreRow| (r.task.clone(), r.setting, r.backbone.clone(), r.metric.clone()))?;
     for (i, row) in rows.iter().enumerate() {
         if !is_score_key(&row.metric) {
-            bail!("{}: row {}: unknown metric '{}'", dir.join(SCORES_CSV).display(), i + 2, row.metric);
+            let loose = medxfer_scores::loose_spelling(&row.metric);
+            let hint = score_keys()
+                .into_iter()
+                .find(|key| medxfer_scores::loose_spelling(key) == loose)
+                .map(|key| format!(": did you mean '{key}'?"))
+                .unwrap_or_default();
+            bail!(
+                "{}: row {}: unknown metric '{}'{hint}; a metric is one of {} (or a set-level score's term, {})",
+                dir.join(SCORES_CSV).display(),
+                i + 2,
+                row.metric,
+                Metric::every().map(Metric::as_str).collect::<Vec<_>>().join(", "),
+                set_level_terms().join(", ")
+            );
         }
     }
     Ok(rows)
@@ -123,7 +136,17 @@ pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
 
 /// A metric name, or the `<metric>_<term>` name of a set-level metric's per-model term.
 pub fn is_score_key(name: &str) -> bool {
-    name.parse::<Metric>().is_ok() || Metric::SET_LEVEL.iter().any(|m| m.terms().iter().any(|t| m.term_key(t) == name))
+    score_keys().iter().any(|key| key == name)
+}
+
+/// Every name scores.csv's metric column may hold: the metrics, then the set-level terms.
+fn score_keys() -> Vec<String> {
+    Metric::every().map(|m| m.as_str().to_string()).chain(set_level_terms()).collect()
+}
+
+/// The `<metric>_<term>` names of the set-level metrics' per-model terms.
+fn set_level_terms() -> Vec<String> {
+    Metric::SET_LEVEL.iter().flat_map(|m| m.terms().iter().map(move |t| m.term_key(t))).collect()
 }
 
 /// The set-level scores (ETran, NCTI) of each (task, setting) from the backbones' stored terms,
@@ -230,7 +253,15 @@ mod tests {
         assert!(error.contains("scores.csv") && error.contains("task,setting,model,metric,value") && error.contains("expected"), "{error}");
         std::fs::write(dir.path().join(SCORES_CSV), "task,setting,backbone,metric,value\nskin,id,resnet18,leap,-0.5\n").unwrap();
         let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
-        assert!(error.contains("row 2") && error.contains("leap"), "{error}");
+        assert!(error.contains("row 2") && error.contains("leap") && !error.contains("did you mean"), "{error}");
+        // Names typed as the paper prints them are a score's, spelled otherwise.
+        for (typed, meant) in [("LogME", "logme"), ("H-score", "h_score"), ("NCTI_SeLi", "ncti_seli")] {
+            std::fs::write(dir.path().join(SCORES_CSV), format!("task,setting,backbone,metric,value\nskin,id,resnet18,{typed},-0.5\n"))
+                .unwrap();
+            let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
+            assert!(error.contains(&format!("unknown metric '{typed}': did you mean '{meant}'?")), "{error}");
+            assert!(error.contains("pactran_gauss") && error.contains("etran_energy"), "the known names: {error}");
+        }
     }
 
     #[test]

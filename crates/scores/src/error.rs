@@ -105,13 +105,15 @@ pub enum Error {
         metric: &'static str,
     },
 
-    /// A metric name that is not one of the seven.
-    #[error(
-        "unknown metric '{name}'; the metrics are h_score, nce, leep, n_leep, logme, reg_h_score, gbc, and beyond the paper transrate, transrate_official, sfda, pactran_dir, pactran_gam, etran"
-    )]
+    /// A metric name that is not one of the scores.
+    #[error("unknown metric '{name}'{hint}; the metrics are {known}")]
     UnknownMetric {
         /// The name given.
         name: String,
+        /// ": did you mean ..." where the name is a score's spelled otherwise, else empty.
+        hint: String,
+        /// Every score's name, the paper's seven first.
+        known: String,
     },
 
     /// The Gaussian mixture of N-LEEP met a covariance that is not positive definite.
@@ -173,6 +175,16 @@ pub enum Error {
         value: f64,
         /// The likely cause.
         why: &'static str,
+    },
+
+    /// Terms to combine that are not a set-level score's (another count per model, or a
+    /// per-model score).
+    #[error("{metric}: the terms to combine must be a set-level score's (etran, ncti), {expected} per model")]
+    MalformedTerms {
+        /// The metric.
+        metric: &'static str,
+        /// Terms per model the metric has.
+        expected: usize,
     },
 
     /// A score defined over a set of models was asked of one.

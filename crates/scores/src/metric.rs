@@ -153,7 +153,26 @@ impl FromStr for Metric {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self> {
-        Metric::every().find(|m| m.as_str() == name).ok_or_else(|| Error::UnknownMetric { name: name.to_string() })
+        Metric::every().find(|m| m.as_str() == name).ok_or_else(|| Error::unknown_metric(name))
+    }
+}
+
+/// A name with case and separators left out (`H-score`, `LogME`, `reg_h_score` -> `hscore`,
+/// `logme`, `reghscore`), for the names people type.
+pub fn loose_spelling(name: &str) -> String {
+    name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
+}
+
+impl Error {
+    /// [`Error::UnknownMetric`] for `name`, with the score it is a spelling of, if any.
+    pub fn unknown_metric(name: &str) -> Self {
+        let loose = loose_spelling(name);
+        let hint = Metric::every()
+            .find(|m| loose_spelling(m.as_str()) == loose)
+            .map(|m| format!(": did you mean '{}'?", m.as_str()))
+            .unwrap_or_default();
+        let known = Metric::every().map(Metric::as_str).collect::<Vec<_>>().join(", ");
+        Error::UnknownMetric { name: name.to_string(), hint, known }
     }
 }
 
@@ -329,7 +348,7 @@ fn terms_of(analysis: &FeatureAnalysis<'_>, metric: Metric) -> Result<Vec<f64>> 
 /// order): what [`score_set`] computes, from stored terms.
 pub fn combine_terms(metric: Metric, terms: &[Vec<f64>]) -> Result<Vec<f64>> {
     let width = metric.terms().len();
-    let malformed = || Error::UnknownMetric { name: format!("{metric} terms ({width} per model expected)") };
+    let malformed = || Error::MalformedTerms { metric: metric.as_str(), expected: width };
     if terms.iter().any(|t| t.len() != width) {
         return Err(malformed());
     }
@@ -347,6 +366,25 @@ pub fn combine_terms(metric: Metric, terms: &[Vec<f64>]) -> Result<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_name_lists_every_score_and_names_the_one_it_spells() {
+        for (typed, meant) in [
+            ("LogME", Some("logme")),
+            ("H-score", Some("h_score")),
+            ("N-LEEP", Some("n_leep")),
+            ("PACTran_Gauss", Some("pactran_gauss")),
+            ("hscore2", None),
+        ] {
+            let message = typed.parse::<Metric>().unwrap_err().to_string();
+            match meant {
+                Some(meant) => assert!(message.starts_with(&format!("unknown metric '{typed}': did you mean '{meant}'?;")), "{message}"),
+                None => assert!(message.starts_with(&format!("unknown metric '{typed}'; the metrics are")), "{message}"),
+            }
+            // The list is the scores', not a copy of it that drifts: these two were missing.
+            assert!(message.ends_with("etran, ncti") && message.contains("pactran_gauss"), "{message}");
+        }
+    }
 
     #[test]
     fn names_round_trip_through_display_from_str_and_serde() {
