@@ -93,11 +93,11 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
     let theirs_once = |python: &Path| -> Result<Value> {
         eprintln!("PIL + torchvision ...");
         let output = Command::new(python)
-            .arg("python/bench_data.py")
+            .arg(super::python_env::workspace("python/bench_data.py"))
             .arg(&images_dir)
             .args(["--workers", &cores.to_string(), "--batch", &settings.batch.to_string()])
             .output()
-            .context("cannot run the Python side")?;
+            .with_context(|| format!("cannot run the Python side ({})", python.display()))?;
         if !output.status.success() {
             bail!("the Python side failed: {}", String::from_utf8_lossy(&output.stderr));
         }

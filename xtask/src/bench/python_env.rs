@@ -6,19 +6,34 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// `given`, or `venv`'s interpreter, creating the environment from `requirements` when missing
-/// (or when a requirements file changed since).
+/// A path of the workspace (`python/bench_zoo.py`, `target/pyref`) wherever the command runs: under
+/// the current folder when it is the workspace's root, else under the checkout this xtask was
+/// built in (`cargo xtask` run from a subfolder found no script, after timing its own side).
+pub fn workspace(relative: impl AsRef<Path>) -> PathBuf {
+    let here = ["Cargo.toml", "python", "xtask"].iter().all(|entry| Path::new(entry).exists());
+    let root = if here { PathBuf::new() } else { Path::new(env!("CARGO_MANIFEST_DIR")).join("..") };
+    root.join(relative)
+}
+
+/// `given`, or the interpreter of the workspace's `venv`, creating the environment from the
+/// workspace's `requirements` when missing (or when a requirements file changed since).
 pub fn interpreter(given: Option<&Path>, venv: &Path, requirements: &[&str]) -> Result<PathBuf> {
     if let Some(python) = given {
         return Ok(python.to_path_buf());
     }
+    let venv = &workspace(venv);
+    let requirements: Vec<PathBuf> = requirements.iter().map(workspace).collect();
     let python = venv.join("bin/python");
     let stamp = venv.join("requirements.stamp");
-    let wanted: String = requirements.iter().map(|r| std::fs::read_to_string(r).unwrap_or_default()).collect();
+    let wanted = requirements
+        .iter()
+        .map(|r| std::fs::read_to_string(r).with_context(|| format!("cannot read {}", r.display())))
+        .collect::<Result<String>>()?;
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
     }
-    eprintln!("creating the Python environment {} from {} (PyPI; once) ...", venv.display(), requirements.join(", "));
+    let listed = |separator: &str| requirements.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(separator);
+    eprintln!("creating the Python environment {} from {} (PyPI; once) ...", venv.display(), listed(", "));
     // A fresh environment: what the old one held may conflict with the new pins.
     if venv.exists() {
         std::fs::remove_dir_all(venv).with_context(|| format!("cannot remove the outdated {}", venv.display()))?;
@@ -29,11 +44,11 @@ pub fn interpreter(given: Option<&Path>, venv: &Path, requirements: &[&str]) -> 
     }
     let mut pip = Command::new(&python);
     pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
-    for requirement in requirements {
-        pip.args(["-r", requirement]);
+    for requirement in &requirements {
+        pip.arg("-r").arg(requirement);
     }
     if !pip.status()?.success() {
-        bail!("pip install -r {} failed; pass --python with an interpreter that has them", requirements.join(" -r "));
+        bail!("pip install -r {} failed; pass --python with an interpreter that has them", listed(" -r "));
     }
     medxfer_durable::write_atomic(&stamp, wanted.as_bytes())?;
     Ok(python)
@@ -43,6 +58,15 @@ pub fn interpreter(given: Option<&Path>, venv: &Path, requirements: &[&str]) -> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Tests run in xtask/, a subfolder of the workspace, as `cargo xtask` run from one does.
+    #[test]
+    fn the_workspace_files_are_found_from_a_subfolder() {
+        assert!(!Path::new("python").exists(), "this test needs a folder other than the workspace root");
+        for file in ["python/bench_scores.py", "python/bench_zoo.py", "python/bench_data.py", "python/requirements.txt"] {
+            assert!(workspace(file).is_file(), "{}", workspace(file).display());
+        }
+    }
 
     #[test]
     fn the_environment_is_made_once_and_remade_when_the_requirements_change() {

@@ -434,7 +434,7 @@ fn floor(input: &ScoreInput) -> Result<Value> {
 fn python_process(python: &Path, file: &Path, repeats: usize) -> Result<Value> {
     let cores = machine::cores().to_string();
     let output = Command::new(python)
-        .arg("python/bench_scores.py")
+        .arg(super::python_env::workspace("python/bench_scores.py"))
         .arg(file)
         .args(["--repeats", &repeats.to_string()])
         // Give numpy its best kernels: these two, set on some machines for old OpenBLAS builds,
@@ -443,9 +443,9 @@ fn python_process(python: &Path, file: &Path, repeats: usize) -> Result<Value> {
         .env_remove("OPENBLAS_L2_SIZE")
         .env("OPENBLAS_NUM_THREADS", &cores)
         .env("OMP_NUM_THREADS", &cores)
-        .env("PYTHONPATH", "python")
+        .env("PYTHONPATH", super::python_env::workspace("python"))
         .output()
-        .context("cannot run the Python reference")?;
+        .with_context(|| format!("cannot run the Python reference ({})", python.display()))?;
     if !output.status.success() {
         bail!("the Python reference failed: {}", String::from_utf8_lossy(&output.stderr));
     }

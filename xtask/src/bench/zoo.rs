@@ -426,7 +426,7 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
     let cores = machine::cores().to_string();
     let vit_config = vit_config_for_timm(name)?;
     let output = Command::new(python)
-        .arg("python/bench_zoo.py")
+        .arg(super::python_env::workspace("python/bench_zoo.py"))
         .arg(name)
         .args(vit_config.iter().flat_map(|config| ["--vit-config", config.as_str()]))
         .args(["--batch", &settings.batch.to_string(), "--size", &settings.size.to_string(), "--repeats", &settings.repeats.to_string()])
@@ -439,7 +439,7 @@ fn python_process(python: &Path, name: &str, settings: &Settings) -> Result<Valu
         .env_remove("OPENBLAS_CORETYPE")
         .env_remove("OPENBLAS_L2_SIZE")
         .output()
-        .context("cannot run the PyTorch side")?;
+        .with_context(|| format!("cannot run the PyTorch side ({})", python.display()))?;
     if !output.status.success() {
         bail!("the PyTorch side failed on {name}: {}", String::from_utf8_lossy(&output.stderr));
     }
