@@ -71,6 +71,16 @@ pub fn run(out: &Path) -> Result<Written> {
     let scores = results::read_scores(out)?;
     let performance = results::read_performance(out)?;
     let provenance = read_provenance(out)?;
+    let unmatched = table::unmatched(&scores, &performance);
+    if !unmatched.is_empty() {
+        eprintln!(
+            "warning: {} row(s) of one file have no counterpart in the other, so they are in no correlation (a backbone named otherwise in the two?):",
+            unmatched.len()
+        );
+        for line in &unmatched {
+            eprintln!("  {line}");
+        }
+    }
     let mut panels = table::panels(&scores, &performance);
     let images = image_bootstrap::read(out)?;
     if let Some((intervals, _)) = &images {
@@ -112,6 +122,10 @@ pub fn run(out: &Path) -> Result<Written> {
     }
     let mut report = report_markdown(&rows, &panels, &performance, &scores, provenance.as_ref(), bootstrap);
     report.push_str(&images_markdown(&rows, images.as_ref().map(|i| i.1.as_slice())));
+    if !unmatched.is_empty() {
+        report.push_str("\n## Rows in no correlation\n\nA score without the backbone's accuracy, or an accuracy without its scores:\n\n");
+        report.extend(unmatched.iter().map(|line| format!("- {line}\n")));
+    }
     let records = crate::recorded::records_in(out)?;
     if !records.is_empty() {
         report.push_str("\n## Settings recorded with the results\n\nRead from each step's settings.json (what made the files, whatever command ran last):\n\n");

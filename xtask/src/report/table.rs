@@ -8,7 +8,7 @@ use medxfer_scores::{Direction, Metric};
 use serde::{Deserialize, Serialize};
 
 use super::uncertainty::{self, BootstrapSettings};
-use crate::results::{PerformanceRow, ScoreRow, Setting};
+use crate::results::{PERFORMANCE_CSV, PerformanceRow, SCORES_CSV, ScoreRow, Setting};
 
 /// The three tasks in the order the study lists them; others follow alphabetically.
 const TASK_ORDER: [&str; 3] = ["skin", "breast", "brain"];
@@ -160,6 +160,30 @@ pub fn metrics(scores: &[ScoreRow]) -> Vec<String> {
     Metric::every().map(|m| m.as_str().to_string()).filter(|m| scores.iter().any(|r| &r.metric == m)).collect()
 }
 
+/// The (task, setting, backbone)s one file has and the other lacks: a backbone named otherwise in
+/// the two (`ResNet50` and `resnet50`, typed-in results) would drop out of every correlation
+/// unsaid. One line each, naming the file that lacks it and a spelling it may have there.
+pub fn unmatched(scores: &[ScoreRow], performance: &[PerformanceRow]) -> Vec<String> {
+    let scored: BTreeSet<(&str, Setting, &str)> = scores.iter().map(|r| (r.task.as_str(), r.setting, r.backbone.as_str())).collect();
+    let measured: BTreeSet<(&str, Setting, &str)> = performance.iter().map(|r| (r.task.as_str(), r.setting, r.backbone.as_str())).collect();
+    let lacking = |have: &BTreeSet<(&str, Setting, &str)>, other: &BTreeSet<(&str, Setting, &str)>, lacks: &str| {
+        have.difference(other)
+            .map(|&(task, setting, backbone)| {
+                let loose = medxfer_scores::loose_spelling(backbone);
+                let spelled = other
+                    .iter()
+                    .find(|(t, s, b)| *t == task && *s == setting && medxfer_scores::loose_spelling(b) == loose)
+                    .map(|(_, _, b)| format!(" (it has {b:?})"))
+                    .unwrap_or_default();
+                format!("{task} {} {backbone}: not in {lacks}{spelled}", setting.as_str())
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut lines = lacking(&scored, &measured, PERFORMANCE_CSV);
+    lines.extend(lacking(&measured, &scored, SCORES_CSV));
+    lines
+}
+
 /// Every (task, setting, metric) panel that has at least one point, tasks in the study's order,
 /// ID before OOD, metrics in the paper's order.
 pub fn panels(scores: &[ScoreRow], performance: &[PerformanceRow]) -> Vec<Panel> {
@@ -235,6 +259,33 @@ mod tests {
 
     fn score(task: &str, setting: Setting, backbone: &str, metric: &str, value: f64) -> ScoreRow {
         ScoreRow { task: task.into(), setting, backbone: backbone.into(), metric: metric.into(), value }
+    }
+
+    #[test]
+    fn rows_without_their_counterpart_are_named_with_the_spelling_the_other_file_has() {
+        let scores = [
+            score("skin", Setting::Id, "ResNet-50", "leep", -1.0),
+            score("skin", Setting::Id, "resnet18", "leep", -1.1),
+            score("skin", Setting::Id, "resnet18", "logme", 0.5),
+            score("skin", Setting::Ood, "resnet18", "leep", -1.2),
+            score("brain", Setting::Id, "vit_small", "leep", -0.9),
+        ];
+        let performance = [
+            accuracy("skin", Setting::Id, "resnet50", 0.7),
+            accuracy("skin", Setting::Id, "resnet18", 0.6),
+            accuracy("skin", Setting::Ood, "resnet18", 0.5),
+            accuracy("skin", Setting::Ood, "densenet121", 0.55),
+        ];
+        assert_eq!(
+            unmatched(&scores, &performance),
+            [
+                "brain id vit_small: not in performance.csv",
+                "skin id ResNet-50: not in performance.csv (it has \"resnet50\")",
+                "skin id resnet50: not in scores.csv (it has \"ResNet-50\")",
+                "skin ood densenet121: not in scores.csv",
+            ]
+        );
+        assert!(unmatched(&scores[1..4], &performance[1..3]).is_empty());
     }
 
     fn accuracy(task: &str, setting: Setting, backbone: &str, value: f64) -> PerformanceRow {
