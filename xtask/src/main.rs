@@ -271,7 +271,18 @@ fn main() -> Result<()> {
         Command::Rank { args } => rank::run(&args).map(|_| ()),
         Command::Report { results } => {
             let written = report::run(&results)?;
-            println!("{}: {} correlations; wrote {}", results.display(), written.table.len(), written.files.join(", "));
+            // A cell of fewer than two backbones, or with a constant side, has no tau-b.
+            let defined = written.table.iter().filter(|row| row.tau_b.is_some()).count();
+            let undefined = match written.table.len() - defined {
+                0 => String::new(),
+                n => format!(" ({n} undefined: fewer than two backbones, or every value equal)"),
+            };
+            println!(
+                "{}: {defined} of {} correlations defined{undefined}; wrote {}",
+                results.display(),
+                written.table.len(),
+                written.files.join(", ")
+            );
             Ok(())
         }
         Command::ImageBootstrap { results, resamples, metrics, seed } => {

@@ -355,7 +355,22 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     assert!(fewer.len() < performance.len());
     std::fs::write(out.join("performance.csv"), fewer).unwrap();
     let output = check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
-    assert!(!String::from_utf8_lossy(&output.stderr).contains("score interval"), "per-model scores did not change");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("score interval"), "per-model scores did not change");
+    // The backbone's scores, now without accuracies, are named as in no correlation.
+    let unmatched = TASKS.len() * 2;
+    assert!(stderr.contains(&format!("warning: {unmatched} row(s) of one file have no counterpart")), "{stderr}");
+    assert!(stderr.contains(&format!("{} id {dropped}: not in performance.csv", TASKS[0])), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let table = read_csv(&out.join("table2.csv"));
+    let defined = table.iter().filter(|r| !r["tau_b"].is_empty()).count();
+    let (cells, undefined) = (table.len(), table.len() - defined);
+    // Two backbones left: a tie in either column leaves a cell undefined.
+    let counted = match undefined {
+        0 => format!("{defined} of {cells} correlations defined;"),
+        _ => format!("{defined} of {cells} correlations defined ({undefined} undefined: fewer than two backbones, or every value equal)"),
+    };
+    assert!(stdout.contains(&counted), "{counted}: {stdout}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let stale = format!("stale: over {} backbones, the table has {}", BACKBONES.split(',').count(), BACKBONES.split(',').count() - 1);
     let image_rows: Vec<&str> = report.lines().filter(|l| l.starts_with("| brain · id |") && l.contains("leep")).collect();
