@@ -62,7 +62,8 @@ pub use layouts::{
 pub use limits::MAX_PIXELS;
 pub use loader::{Augment, Batch, Batches, LoaderConfig, batches, epoch_order};
 pub use manifest::{
-    LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, files_checksum, read_manifest, read_manifest_info, split_counts, write_manifest,
+    LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, files_checksum, read_manifest, read_manifest_info, read_manifest_of,
+    split_counts, write_manifest,
 };
 pub use record::{Problem, Record, Scan};
 pub use split::{

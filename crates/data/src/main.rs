@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use medxfer_data::{
-    Catalog, CheckOptions, ManifestInfo, Role, Source, files_checksum, ood_entries, read_manifest, read_manifest_info, scan_clean,
-    scan_dataset, split_counts, split_task, write_manifest,
+    Catalog, CheckOptions, ManifestInfo, Role, Source, files_checksum, ood_entries, read_manifest, read_manifest_info, read_manifest_of,
+    scan_clean, scan_dataset, split_counts, split_task, write_manifest,
 };
 
 #[derive(Parser)]
@@ -44,8 +44,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Splits a task's ID dataset into train/val/test and writes manifest.csv + manifest.json;
-    /// also writes the OOD set's manifest under OUT/ood.
+    /// Splits a task's ID dataset into train/val/test and writes manifest.csv + manifest.json.
     Split {
         task: String,
         /// The ID dataset's root (the OOD set is not needed for the split).
@@ -145,9 +144,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cache { dataset, root, manifest, out, short_side } => {
             let spec = catalog.dataset(&dataset)?;
             let entries = match manifest {
-                Some(path) => read_manifest(&path)?,
+                Some(path) => read_manifest_of(&path, &spec.name)?,
                 None => ood_entries(&scan_dataset(spec, &root)?.records),
             };
+            // An empty cache was written and called a success (--root of another dataset).
+            if entries.is_empty() {
+                bail!("{}: no images of {} found: is --root the folder of {}?", root.display(), spec.name, spec.name);
+            }
             let start = std::time::Instant::now();
             let cache = medxfer_data::ImageCache::open_or_build(&out, &spec.name, &root, &entries, short_side, true)?;
             println!("{} images cached in {} ({:.1} s)", cache.len(), out.display(), start.elapsed().as_secs_f64());

@@ -109,6 +109,24 @@ pub fn read_manifest_info(dir: &Path) -> Option<ManifestInfo> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Reads the manifest.csv at `path` back as a manifest of `dataset`: refused when the
+/// manifest.json beside it says it is another dataset's (a BreakHis split given with
+/// `--dataset bach` failed on its first image, "No such file", with the path under the wrong
+/// root).
+pub fn read_manifest_of(path: &Path, dataset: &str) -> Result<Vec<Entry>> {
+    let info = path.parent().and_then(read_manifest_info);
+    if let Some(info) = info.filter(|info| info.dataset != dataset) {
+        return Err(Error::format(
+            path,
+            format!(
+                "this is a manifest of {} (task {}), not of {dataset}: give that dataset, or a manifest of {dataset}",
+                info.dataset, info.task
+            ),
+        ));
+    }
+    read_manifest(path)
+}
+
 /// Reads a manifest.csv back.
 pub fn read_manifest(path: &Path) -> Result<Vec<Entry>> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! The medxfer-data binary: synth, check (text and JSON), split.
+//! The medxfer-data binary: synth, check (text and JSON), split, cache.
 
 use std::process::Command;
 
@@ -148,4 +148,38 @@ fn split_writes_a_manifest_and_reports_leakage() {
         );
         assert_eq!(std::fs::read(out.join("manifest.csv")).unwrap(), manifest);
     }
+}
+
+/// `cache` of a split's manifest; a manifest of another dataset, or a --root without the
+/// dataset's images, are refused and write nothing (the second wrote an empty cache and said
+/// "0 images cached").
+#[test]
+fn cache_builds_from_a_manifest_and_refuses_another_dataset_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let (breakhis, bach, split) = (dir.path().join("breakhis"), dir.path().join("bach"), dir.path().join("split"));
+    assert!(medxfer_data(&["synth", "breakhis", "--out", breakhis.to_str().unwrap(), "--n", "4"]).status.success());
+    assert!(medxfer_data(&["synth", "bach", "--out", bach.to_str().unwrap(), "--n", "3"]).status.success());
+    assert!(medxfer_data(&["split", "breast", "--root", breakhis.to_str().unwrap(), "--out", split.to_str().unwrap()]).status.success());
+    let manifest = split.join("manifest.csv");
+    let images = std::fs::read_to_string(&manifest).unwrap().lines().count() - 1;
+    let cache = |dataset: &str, root: &std::path::Path, out: &std::path::Path, manifest: Option<&std::path::Path>| {
+        let mut args = vec!["cache", dataset, "--root", root.to_str().unwrap(), "--out", out.to_str().unwrap(), "--short-side", "24"];
+        if let Some(manifest) = manifest {
+            args.extend(["--manifest", manifest.to_str().unwrap()]);
+        }
+        medxfer_data(&args)
+    };
+    let built = dir.path().join("cache");
+    let output = cache("breakhis", &breakhis, &built, Some(&manifest));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with(&format!("{images} images cached")));
+
+    let refused = dir.path().join("refused");
+    let output = cache("bach", &bach, &refused, Some(&manifest));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("this is a manifest of breakhis (task breast), not of bach"), "{stderr}");
+    let output = cache("breakhis", &bach, &refused, None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("no images of breakhis found: is --root the folder of breakhis?"), "{stderr}");
+    assert!(!refused.exists(), "a refused cache wrote its folder");
 }

@@ -459,7 +459,7 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     let entries = match &images.manifest {
         Some(path) => {
             let part = part_of(images.part);
-            read_manifest(path)?.into_iter().filter(|e| e.split == part).collect()
+            medxfer_data::read_manifest_of(path, &spec.name)?.into_iter().filter(|e| e.split == part).collect()
         }
         None => ood_entries(&scan_dataset(spec, &images.root)?.records),
     };

@@ -200,6 +200,12 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let output = evaluate_checkpoint(&best, &["--classes", "3"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("its head has 2 classes, not 3"), "{stderr}");
+    // A manifest of another dataset (the BreakHis split with --dataset bach) is named as such;
+    // it failed on its first image, under the wrong root.
+    let other_dataset: Vec<&str> = image_args.iter().map(|a| if *a == "breakhis" { "bach" } else { a }).collect();
+    let output = train(&models, &[&["evaluate", "--model", "resnet_tiny", "--weights", &weights][..], &other_dataset].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("this is a manifest of breakhis (task breast), not of bach"), "{stderr}");
     // Pretrained weights given as the checkpoint are named as such.
     let output = evaluate_checkpoint(Path::new(&weights), &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
