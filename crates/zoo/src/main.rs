@@ -46,7 +46,7 @@ enum Command {
     Classify {
         /// A registry name or hub repo id.
         model: String,
-        /// JPEG, PNG, TIFF or BMP files.
+        /// JPEG, PNG, TIFF or BMP files, or folders: every such file in a folder, by name.
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// The checkpoint (default: the hub's).
@@ -95,17 +95,50 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect { model, weights } => inspect(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref()),
-        Command::Classify { model, images, weights, classes } => classify(
-            &registry.resolve(&model, &HubOptions::from_env())?,
-            &images,
-            weights.as_deref(),
-            classes.as_deref(),
-            cli.models.as_deref(),
-        ),
+        Command::Classify { model, images, weights, classes } => {
+            // Before the model is looked up (on the hub, for a repo id) and loaded.
+            let images = image_files(&images)?;
+            let entry = registry.resolve(&model, &HubOptions::from_env())?;
+            classify(&entry, &images, weights.as_deref(), classes.as_deref(), cli.models.as_deref())
+        }
         Command::Run { model, weights, input, output, num_classes } => {
             run_model(&registry.resolve(&model, &HubOptions::from_env())?, weights.as_deref(), &input, &output, num_classes)
         }
     }
+}
+
+/// The images `paths` name: each file as given, and every JPEG, PNG, TIFF or BMP file of each
+/// folder in name order (a folder was read as one undecodable image). A path that does not exist,
+/// or a folder without images, is an error.
+fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            if !path.exists() {
+                bail!("{}: no such file", path.display());
+            }
+            files.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .map(|item| item.map(|item| item.path()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .into_iter()
+            .filter(|file| {
+                file.is_file()
+                    && file.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            })
+            .collect();
+        if found.is_empty() {
+            bail!("{}: a folder without JPEG, PNG, TIFF or BMP files (sub-folders are not read)", path.display());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
 }
 
 fn family(entry: &ModelEntry) -> String {
