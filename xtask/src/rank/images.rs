@@ -58,6 +58,17 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     classes.sort();
+    // ImageFolder's split layout (DIR/train/<class>/...) read as classes train, val and test:
+    // the ranking would score how well each backbone tells the splits apart.
+    const SPLIT_NAMES: [&str; 7] = ["train", "training", "val", "valid", "validation", "test", "testing"];
+    if classes.len() >= 2 && classes.iter().all(|class| SPLIT_NAMES.contains(&class.to_ascii_lowercase().as_str())) {
+        bail!(
+            "{}: its folders are {}: the parts of a split, not classes; give the part to rank on (--images {}), whose subfolders are the classes",
+            root.display(),
+            classes.join(", "),
+            root.join(&classes[classes.iter().position(|c| c.to_ascii_lowercase().starts_with("train")).unwrap_or(0)]).display()
+        );
+    }
     let mut records = Vec::new();
     // Each file once, by its real path: a link to a folder or file already listed adds nothing,
     // and one file under two class folders has no label.
@@ -195,6 +206,15 @@ mod tests {
         }
         let folder = LabelledImages::read(&root).unwrap();
         assert_eq!(folder.classes, ["benign", "malignant"]);
+        // A split's layout is not taken for classes.
+        let split = dir.path().join("split");
+        for file in ["train/benign/a.png", "train/malignant/b.png", "Val/benign/c.png", "Val/malignant/d.png"] {
+            png(&split.join(file));
+        }
+        let error = LabelledImages::read(&split).unwrap_err().to_string();
+        assert!(error.contains("its folders are Val, train: the parts of a split, not classes"), "{error}");
+        assert!(error.contains(&format!("--images {}", split.join("train").display())), "{error}");
+        assert_eq!(LabelledImages::read(&split.join("train")).unwrap().classes, ["benign", "malignant"]);
         let paths: Vec<(&str, u32)> = folder.records.iter().map(|r| (r.path.as_str(), r.label)).collect();
         assert_eq!(paths, [("benign/a.png", 0), ("benign/sub/b.PNG", 0), ("malignant/c.png", 1)]);
 
