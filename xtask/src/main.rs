@@ -400,4 +400,30 @@ mod tests {
             assert!(Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).is_ok(), "{args:?}");
         }
     }
+
+    /// `slurm --sbatch --account=abc`, as its help shows it, is an #SBATCH line (clap read
+    /// --account as an option of its own and refused it), and reproduce's arguments still go
+    /// after `--`.
+    #[test]
+    fn an_sbatch_line_may_start_with_dashes() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "slurm",
+            "--out",
+            "o",
+            "--sbatch",
+            "--account=abc",
+            "--sbatch",
+            "--qos=high",
+            "--",
+            "--epochs",
+            "2",
+        ])
+        .unwrap();
+        let Command::Slurm { args } = cli.command else { panic!("not slurm") };
+        assert_eq!(
+            (args.extra, args.reproduce),
+            (vec!["--account=abc".to_string(), "--qos=high".into()], vec!["--epochs".to_string(), "2".into()])
+        );
+    }
 }

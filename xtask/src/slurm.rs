@@ -40,7 +40,7 @@ pub struct SlurmArgs {
     #[arg(long)]
     pub mem: Option<String>,
     /// Extra #SBATCH lines (e.g. --account=abc), repeatable.
-    #[arg(long = "sbatch")]
+    #[arg(long = "sbatch", allow_hyphen_values = true)]
     pub extra: Vec<String>,
     /// The xtask binary the jobs run (this one by default; build it with --release).
     #[arg(long)]
@@ -71,6 +71,51 @@ fn quote(text: &str) -> String {
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     if path.is_absolute() { Ok(path.to_path_buf()) } else { Ok(std::env::current_dir()?.join(path)) }
+}
+
+/// Refuses a time limit sbatch would reject ("2days"), in each job's script, at submission:
+/// minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+/// days-hours:minutes:seconds, or UNLIMITED/INFINITE.
+fn check_time(option: &str, text: &str) -> Result<()> {
+    let numbers = |part: &str, most: usize| {
+        let fields: Vec<&str> = part.split(':').collect();
+        fields.len() <= most && fields.iter().all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_digit()))
+    };
+    let valid = ["unlimited", "infinite"].contains(&text.to_ascii_lowercase().as_str())
+        || match text.split_once('-') {
+            Some((days, rest)) => numbers(days, 1) && numbers(rest, 3),
+            None => numbers(text, 3),
+        };
+    if !valid {
+        bail!("{option} {text:?}: not a Slurm time limit; give minutes, HH:MM:SS or D-HH:MM:SS (e.g. 2-00:00:00)");
+    }
+    Ok(())
+}
+
+/// Refuses what would break or void an #SBATCH line: a line break or a space in a value (the
+/// rest of the line is not read), memory without a unit below 1 GB (Slurm reads a bare number
+/// as MB: `--mem 32` asks for 32 MB).
+fn check_directives(args: &SlurmArgs) -> Result<()> {
+    check_time("--time", &args.time)?;
+    check_time("--finish-time", &args.finish_time)?;
+    let values = [("--partition", args.partition.as_deref()), ("--mem", args.mem.as_deref())];
+    for (option, value) in
+        values.into_iter().filter_map(|(o, v)| v.map(|v| (o, v))).chain(args.extra.iter().map(|e| ("--sbatch", e.as_str())))
+    {
+        if value.is_empty() || value.contains(['\n', '\r']) || (option != "--sbatch" && value.contains(char::is_whitespace)) {
+            bail!("{option} {value:?}: an #SBATCH value is one word on one line");
+        }
+    }
+    if let Some(mem) = &args.mem {
+        let digits = mem.trim_end_matches(|c: char| "KMGTkmgt".contains(c));
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || mem.len() - digits.len() > 1 {
+            bail!("--mem {mem:?}: give a number and a unit, e.g. 32G");
+        }
+        if digits.len() == mem.len() && digits.parse::<u64>().is_ok_and(|mb| mb < 1024) {
+            bail!("--mem {mem}: Slurm reads a number without a unit as MB, too little for the study; {mem}G?");
+        }
+    }
+    Ok(())
 }
 
 /// The files written.
@@ -104,8 +149,10 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
     if args.cpus == 0 {
         bail!("--cpus 0: each task needs at least 1 CPU");
     }
+    check_directives(args)?;
     parsed.args.check().context("the arguments after `--` would fail in every job")?;
     let binary = match &args.binary {
+        Some(path) if !path.is_file() => bail!("--binary {}: no such file; build it with `cargo build --release -p xtask`", path.display()),
         Some(path) => absolute(path)?,
         None => std::env::current_exe().context("cannot find this program's path; give --binary")?,
     };
@@ -242,11 +289,26 @@ mod tests {
             (args(&["--splits", "random"]), "expected faithful, grouped or authors:DIR"),
             (args(&["--dtype", "bf16"]), "--dtype bf16 needs a GPU"),
             (args(&["--no-such-option"]), "not valid for reproduce"),
+            (SlurmArgs { time: "2days".into(), ..args(&[]) }, "--time \"2days\": not a Slurm time limit"),
+            (SlurmArgs { finish_time: "1:2:3:4".into(), ..args(&[]) }, "--finish-time \"1:2:3:4\": not a Slurm time limit"),
+            (SlurmArgs { time: "1-".into(), ..args(&[]) }, "not a Slurm time limit"),
+            (SlurmArgs { partition: Some("gpu a100".into()), ..args(&[]) }, "--partition \"gpu a100\": an #SBATCH value is one word"),
+            (SlurmArgs { extra: vec!["--account=abc\n#SBATCH --x".into()], ..args(&[]) }, "--sbatch"),
+            (SlurmArgs { mem: Some("32".into()), ..args(&[]) }, "--mem 32: Slurm reads a number without a unit as MB"),
+            (SlurmArgs { mem: Some("32GB".into()), ..args(&[]) }, "--mem \"32GB\": give a number and a unit"),
+            (SlurmArgs { binary: Some(dir.path().join("no-xtask")), ..args(&[]) }, "no-xtask: no such file"),
         ];
         for (case, expected) in cases {
             let message = format!("{:#}", write(&case).unwrap_err());
             assert!(message.contains(expected), "{:?}: {message}", case.reproduce);
             assert!(!out.exists(), "{:?}: wrote {}", case.reproduce, out.display());
+        }
+        // Every form sbatch takes passes.
+        for time in ["90", "90:30", "12:00:00", "2-12", "2-12:30", "2-00:00:00", "UNLIMITED"] {
+            check_time("--time", time).unwrap();
+        }
+        for mem in ["32G", "4096", "500m", "1T"] {
+            check_directives(&SlurmArgs { mem: Some(mem.into()), ..args(&[]) }).unwrap();
         }
         // The same arguments, mended, are written.
         let scripts = write(&args(&["--epochs", "2", "--tasks", "breast"])).unwrap();
