@@ -30,6 +30,20 @@ fn a_failing_backbone_leaves_the_others_rows_and_fails_the_command() {
     let models: Vec<&str> = raw.as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
     assert_eq!(models, ["resnet18"]);
     assert!(raw[0]["medxfer"]["issue_seconds"].as_f64().unwrap() > 0.0);
+    // What the rates are is recorded, and `reproduce --rates` refuses eval rates as training
+    // rates (the plan's hours came out about three times too few).
+    assert_eq!((&raw[0]["train"], &raw[0]["batch"], &raw[0]["size"]), (&false.into(), &1.into(), &32.into()));
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["reproduce", "--demo", "--plan", "--rates"])
+        .arg(out.join("zoo.json"))
+        .arg("--out")
+        .arg(out.join("study"))
+        .arg("--demo-cache")
+        .arg(out.join("demo-cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("eval rates (bench-zoo without --train)"), "{stderr}");
     std::fs::remove_dir_all(&out).unwrap();
 
     // A device no worker can open fails once, before any worker (each backbone's worker

@@ -271,7 +271,12 @@ impl ReproduceArgs {
             extract_batch: 32,
             extract_dtype: self.dtype,
             gpu: self.gpu,
-            benchmarked_rates: self.rates.as_deref().map(super::plan::read_rates).transpose()?.unwrap_or_default(),
+            benchmarked_rates: self
+                .rates
+                .as_deref()
+                .map(|path| super::plan::read_rates(path, options.batch_size, options.crop))
+                .transpose()?
+                .unwrap_or_default(),
             demo: demo.is_some(),
             command,
         })

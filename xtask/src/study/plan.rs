@@ -86,14 +86,29 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
 }
 
 /// Training images per second by backbone from `bench-zoo --train`'s JSON (a list of
-/// `{"model", "medxfer": {"images_per_second"}}`).
-pub fn read_rates(path: &std::path::Path) -> Result<BTreeMap<String, f64>> {
+/// `{"model", "train", "batch", "size", "medxfer": {"images_per_second"}}`; files written before
+/// `train`, `batch` and `size` were recorded are taken as they are). Eval rates (`bench-zoo`
+/// without `--train`, about three times the training rate) are refused; rates measured at
+/// another batch or image size than the study's (`batch`, `crop`) are taken with a warning.
+pub fn read_rates(path: &std::path::Path, batch: usize, crop: u32) -> Result<BTreeMap<String, f64>> {
     use anyhow::Context as _;
     let text = std::fs::read(path).with_context(|| format!("cannot read --rates {}", path.display()))?;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&text)
         .with_context(|| format!("--rates {}: not the JSON list `bench-zoo --train` writes (zoo-train*.json)", path.display()))?;
     let mut rates = BTreeMap::new();
+    let mut other_sizes = std::collections::BTreeSet::new();
     for row in rows {
+        if row["train"] == serde_json::Value::Bool(false) {
+            anyhow::bail!(
+                "--rates {}: eval rates (bench-zoo without --train), not training rates; give the zoo-train*.json of `cargo xtask bench-zoo --train`",
+                path.display()
+            );
+        }
+        if let (Some(measured_batch), Some(size)) = (row["batch"].as_u64(), row["size"].as_u64())
+            && (measured_batch, size) != (batch as u64, u64::from(crop))
+        {
+            other_sizes.insert((measured_batch, size));
+        }
         let (Some(model), true) = (row["model"].as_str(), row["medxfer"].is_object()) else {
             anyhow::bail!("--rates {}: a row without `model` and `medxfer.images_per_second`: {row}", path.display());
         };
@@ -101,6 +116,12 @@ pub fn read_rates(path: &std::path::Path) -> Result<BTreeMap<String, f64>> {
         if let Some(rate) = row["medxfer"]["images_per_second"].as_f64().filter(|r| r.is_finite() && *r > 0.0) {
             rates.insert(model.to_string(), rate);
         }
+    }
+    for (measured_batch, size) in other_sizes {
+        eprintln!(
+            "warning: --rates {}: measured at batch {measured_batch}, {size} px, the study trains at batch {batch}, {crop} px: the hours are an estimate at another size",
+            path.display()
+        );
     }
     Ok(rates)
 }
@@ -196,11 +217,25 @@ mod tests {
                        {"model": "vit_small_patch16_224", "medxfer": {"images_per_second": null}, "timm": null}]"#;
         std::fs::write(&path, rows).unwrap();
         // A failed measurement (null) is no rate.
-        assert_eq!(read_rates(&path).unwrap(), BTreeMap::from([("resnet50".to_string(), 592.7)]));
+        assert_eq!(read_rates(&path, 128, 224).unwrap(), BTreeMap::from([("resnet50".to_string(), 592.7)]));
         std::fs::write(&path, r#"{"seconds": 1}"#).unwrap();
-        let error = format!("{:#}", read_rates(&path).unwrap_err());
+        let error = format!("{:#}", read_rates(&path, 128, 224).unwrap_err());
         assert!(error.contains("zoo-train") && error.contains(&path.display().to_string()), "{error}");
         std::fs::write(&path, r#"[{"name": "resnet50"}]"#).unwrap();
-        assert!(format!("{:#}", read_rates(&path).unwrap_err()).contains("medxfer.images_per_second"));
+        assert!(format!("{:#}", read_rates(&path, 128, 224).unwrap_err()).contains("medxfer.images_per_second"));
+        // Eval rates, as bench-zoo without --train records them, are not training rates.
+        std::fs::write(
+            &path,
+            r#"[{"model": "resnet50", "train": false, "batch": 128, "size": 224, "medxfer": {"images_per_second": 1800.0}}]"#,
+        )
+        .unwrap();
+        let error = format!("{:#}", read_rates(&path, 128, 224).unwrap_err());
+        assert!(error.contains("eval rates (bench-zoo without --train)"), "{error}");
+        std::fs::write(
+            &path,
+            r#"[{"model": "resnet50", "train": true, "batch": 32, "size": 64, "medxfer": {"images_per_second": 900.0}}]"#,
+        )
+        .unwrap();
+        assert_eq!(read_rates(&path, 128, 224).unwrap(), BTreeMap::from([("resnet50".to_string(), 900.0)]));
     }
 }
