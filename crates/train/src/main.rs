@@ -386,6 +386,20 @@ fn run(cli: Cli) -> Result<()> {
                 summary.diverged.len(),
                 summary.pending.len()
             );
+            // A longer search ran here before (Halton points nest, so its first trials are this
+            // one's): said, as A_opt is now chosen among fewer trials than the folder holds.
+            let last_trial = std::fs::read_dir(&out)
+                .into_iter()
+                .flatten()
+                .filter_map(|item| item.ok()?.file_name().to_str()?.strip_prefix("trial-")?.parse::<usize>().ok())
+                .max();
+            if let Some(last) = last_trial.filter(|&last| last >= trials) {
+                println!(
+                    "note: {} also holds trials up to {last} of a longer search; this one reads the first {trials} (give --trials {} to read them all)",
+                    out.display(),
+                    last + 1
+                );
+            }
             if let Some(best) = &summary.best {
                 println!(
                     "A_opt: trial {} (lr {:.3e}, wd {:.3e}), val balanced accuracy {:.4}, test balanced accuracy {}",

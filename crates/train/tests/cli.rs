@@ -107,6 +107,16 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let output = train(&models, &search_args("0/1"));
     assert!(ok(&output).contains("2 of 2 trials finished"));
     assert!(!String::from_utf8_lossy(&output.stderr).contains("epoch "), "a finished search retrained");
+    // A shorter search over the folder reads its first trials, and says the folder holds more;
+    // the full one again reads them all.
+    let mut shorter = search_args("0/1");
+    let trials = shorter.iter().position(|a| *a == "--trials").unwrap() + 1;
+    shorter[trials] = "1";
+    let stdout = ok(&train(&models, &shorter));
+    assert!(stdout.contains("1 of 1 trials finished") && stdout.contains("also holds trials up to 1 of a longer search"), "{stdout}");
+    assert!(stdout.contains("give --trials 2 to read them all"), "{stdout}");
+    let stdout = ok(&train(&models, &search_args("0/1")));
+    assert!(stdout.contains("2 of 2 trials finished") && !stdout.contains("longer search"), "{stdout}");
     // Another backbone, or images decoded to another size, into the same --out: the finished
     // trials were read back as theirs.
     std::fs::write(models.join("resnet_other.toml"), TINY_RESNET.replace("\"resnet_tiny\"", "\"resnet_other\"")).unwrap();
