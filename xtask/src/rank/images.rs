@@ -26,6 +26,13 @@ impl LabelledImages {
         } else {
             bail!("{}: not a folder of class subfolders nor a .csv file of path,label", images.display());
         };
+        if found.classes.is_empty() {
+            bail!(
+                "{}: no class subfolders; put each class's images in a subfolder named after it ({}/<class>/...), or give a CSV of path,label",
+                images.display(),
+                images.display()
+            );
+        }
         if found.classes.len() < 2 {
             bail!("{}: {} class(es) found ({:?}); ranking needs at least two", images.display(), found.classes.len(), found.classes);
         }
@@ -241,6 +248,11 @@ mod tests {
         assert_eq!(LabelledImages::read(&csv).unwrap().classes, ["10", "1a", "9"]);
         std::fs::remove_dir_all(root.join("malignant")).unwrap();
         assert!(format!("{:#}", LabelledImages::read(&root).unwrap_err()).contains("ranking needs at least two"));
+        // Images straight in the folder: the layout is said ("0 class(es) found ([])" was).
+        let flat = dir.path().join("flat");
+        png(&flat.join("a.png"));
+        let message = format!("{:#}", LabelledImages::read(&flat).unwrap_err());
+        assert!(message.contains("no class subfolders; put each class's images in a subfolder named after it"), "{message}");
     }
 
     #[test]
