@@ -150,12 +150,12 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
         bail!("--cpus 0: each task needs at least 1 CPU");
     }
     check_directives(args)?;
-    parsed.args.check().context("the arguments after `--` would fail in every job")?;
     let binary = match &args.binary {
         Some(path) if !path.is_file() => bail!("--binary {}: no such file; build it with `cargo build --release -p xtask`", path.display()),
         Some(path) => absolute(path)?,
         None => std::env::current_exe().context("cannot find this program's path; give --binary")?,
     };
+    parsed.args.check().context("the arguments after `--` would fail in every job")?;
     let workdir = std::env::current_dir()?;
     let dir = out.join("slurm");
     let logs = dir.join("logs");
@@ -297,6 +297,7 @@ mod tests {
             (SlurmArgs { mem: Some("32".into()), ..args(&[]) }, "--mem 32: Slurm reads a number without a unit as MB"),
             (SlurmArgs { mem: Some("32GB".into()), ..args(&[]) }, "--mem \"32GB\": give a number and a unit"),
             (SlurmArgs { binary: Some(dir.path().join("no-xtask")), ..args(&[]) }, "no-xtask: no such file"),
+            (args(&["--tasks", "breast", "--data", "/no/data"]), "--data /no/data: no folder /no/data/breakhis (task breast's ID set)"),
         ];
         for (case, expected) in cases {
             let message = format!("{:#}", write(&case).unwrap_err());
@@ -311,7 +312,12 @@ mod tests {
             check_directives(&SlurmArgs { mem: Some(mem.into()), ..args(&[]) }).unwrap();
         }
         // The same arguments, mended, are written.
-        let scripts = write(&args(&["--epochs", "2", "--tasks", "breast"])).unwrap();
-        assert!(std::fs::read_to_string(scripts.array).unwrap().contains("reproduce --epochs 2 --tasks breast --out"));
+        let data = dir.path().join("data");
+        for dataset in ["breakhis", "bach"] {
+            std::fs::create_dir_all(data.join(dataset)).unwrap();
+        }
+        let scripts = write(&args(&["--epochs", "2", "--tasks", "breast", "--data", data.to_str().unwrap()])).unwrap();
+        let expected = format!("reproduce --epochs 2 --tasks breast --data {} --out", data.display());
+        assert!(std::fs::read_to_string(scripts.array).unwrap().contains(&expected));
     }
 }

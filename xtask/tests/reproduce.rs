@@ -581,7 +581,11 @@ fn missing_data_is_named_with_the_fix() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("nowhere/breakhis: no such folder") && stderr.contains("--data"), "{stderr}");
+    // Every missing folder at once, before any work (each task found its own on reaching it).
+    for missing in ["nowhere/breakhis (task breast's ID set)", "nowhere/bach (task breast's OOD set)"] {
+        assert!(stderr.contains(missing) && stderr.contains("--data"), "{missing}: {stderr}");
+    }
+    assert!(!dir.path().join("out").exists(), "refused before writing");
     let output = xtask().args(["reproduce", "--splits", "authors", "--out", dir.path().join("out").to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected faithful, grouped or authors:DIR"));
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask reproduce`'s command line, turned into a [`Study`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -150,6 +150,9 @@ impl ReproduceArgs {
         let layout = Layout::new(&self.out_dir(demo.is_some()));
         super::splits::check_authors_csvs(&SplitChoice::parse(&self.splits)?, &tasks, |task| layout.splits(task))?;
         Shard::parse(&self.shard)?;
+        if demo.is_none() {
+            check_data_folders(&tasks, self.data.as_deref().unwrap_or(Path::new("data")))?;
+        }
         Ok(())
     }
 
@@ -243,13 +246,17 @@ impl ReproduceArgs {
                 };
                 (data, Weights::Dir(weights))
             }
-            None => (
-                self.data.clone().unwrap_or_else(|| PathBuf::from("data")),
-                match &self.weights {
+            None => {
+                let data = self.data.clone().unwrap_or_else(|| PathBuf::from("data"));
+                if !self.plan {
+                    check_data_folders(&tasks, &data)?;
+                }
+                let weights = match &self.weights {
                     Some(dir) => Weights::Dir(dir.clone()),
                     None => Weights::Hub(hub),
-                },
-            ),
+                };
+                (data, weights)
+            }
         };
         Ok(Study {
             data,
@@ -281,6 +288,26 @@ impl ReproduceArgs {
             command,
         })
     }
+}
+
+/// Refuses, before any work, a `--data` folder without a task's ID or OOD dataset: each task
+/// found its data only when the study reached it, after the tasks before it (days on the real
+/// study). Every missing folder is named at once.
+fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path) -> Result<()> {
+    let missing: Vec<String> = tasks
+        .iter()
+        .flat_map(|task| [(&task.id, "ID", &task.name), (&task.ood, "OOD", &task.name)])
+        .filter(|(dataset, _, _)| !data.join(dataset.as_str()).is_dir())
+        .map(|(dataset, role, task)| format!("{} (task {task}'s {role} set)", data.join(dataset.as_str()).display()))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "--data {}: no folder {}; each dataset goes in DATA/<name>/ as datasets/README.md says (`medxfer-data check` reads one), or choose fewer --tasks",
+            data.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
