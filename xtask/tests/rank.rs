@@ -180,6 +180,33 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     assert_ne!(leep(&swapped), leep(&rows), "the swapped weights were scored, not the cached result");
     std::fs::write(&weights, original).unwrap();
 
+    // The same files relabelled (a CSV of labels corrected) are scored anew: their cached scores,
+    // keyed by the files alone, were taken.
+    let labels_csv = dir.path().join("labels.csv");
+    let listing = |relabelled: usize| -> String {
+        let mut text = String::from("path,label\n");
+        for (label, class) in ["clear", "lesion"].iter().enumerate() {
+            for i in 0..20 {
+                let label = if i < relabelled { 1 - label } else { label };
+                text.push_str(&format!("my images/{class}/{i:02}.png,{}\n", ["clear", "lesion"][label]));
+            }
+        }
+        text
+    };
+    let (csv_out, fresh_out) = (dir.path().join("from-csv"), dir.path().join("fresh"));
+    std::fs::write(&labels_csv, listing(0)).unwrap();
+    rank(dir.path(), &labels_csv, &csv_out, None, &[]);
+    let as_labelled = read_csv(&csv_out.join("ranking.csv"));
+    std::fs::write(&labels_csv, listing(6)).unwrap();
+    rank(dir.path(), &labels_csv, &csv_out, None, &[]);
+    rank(dir.path(), &labels_csv, &fresh_out, None, &[]);
+    let (relabelled, fresh) = (read_csv(&csv_out.join("ranking.csv")), read_csv(&fresh_out.join("ranking.csv")));
+    assert_ne!(leep(&relabelled), leep(&as_labelled), "the relabelled images were scored, not the cached result");
+    let scores = |rows: &[BTreeMap<String, String>]| {
+        rows.iter().map(|r| (r["backbone"].clone(), r["leep"].clone(), r["logme"].clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(scores(&relabelled), scores(&fresh));
+
     // The shortlist: only the consensus winner is tuned (on a 70/10/20 split, scored on its
     // train part), and the saving is stated.
     let tuned_out = dir.path().join("tuned");

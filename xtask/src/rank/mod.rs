@@ -302,7 +302,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     let train_entries = part(Part::Train);
     let train = split_data(&train_entries, "train")?;
-    let checksum = medxfer_data::files_checksum(&images.root, &train_entries)?;
+    let checksum = labelled_checksum(&images.root, &train_entries)?;
     let features_dir = args.out.join("features").join(format!("{}-r{}-c{}", &checksum[..16], args.resize, args.crop));
     std::fs::create_dir_all(&features_dir)?;
 
@@ -396,8 +396,13 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             // Keyed by everything that shapes a run but the number of trials (a longer search
             // continues a shorter one): the images, the weights, the transforms, the budget.
             let shaping = format!(
-                "{checksum} resize {} crop {} epochs {} batch {} seed {}",
-                args.resize, args.crop, args.epochs, args.batch, args.seed
+                "{} resize {} crop {} epochs {} batch {} seed {}",
+                labelled_checksum(&images.root, &entries)?,
+                args.resize,
+                args.crop,
+                args.epochs,
+                args.batch,
+                args.seed
             );
             let run_key = &blake3::hash(shaping.as_bytes()).to_hex()[..12];
             let dir = args.out.join("runs").join(format!("{}-{}-{run_key}", folder_name(&entry.name), weights.identity(entry)?.short()));
@@ -600,6 +605,20 @@ fn check_out_is_outside(images: &Path, out: &Path) -> Result<()> {
 /// the test part's: each needs an image of every class. A class of one or two images gets none
 /// to train on from the 70/10/20 split (its held-out shares round up), which the scores found
 /// only after the extraction ("the labels hold 1 class").
+/// What cached features and runs were made from: the files (paths and sizes) and each one's label
+/// and part. The same files relabelled (a CSV of labels corrected) are other images to score:
+/// keyed by the files alone, their cached scores, computed with the old labels, were reused.
+fn labelled_checksum(root: &Path, entries: &[Entry]) -> Result<String> {
+    let mut labelled: Vec<String> = entries.iter().map(|e| format!("{}\t{}\t{}\n", e.path, e.label, e.split.name())).collect();
+    labelled.sort();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(medxfer_data::files_checksum(root, entries)?.as_bytes());
+    labelled.iter().for_each(|line| {
+        hasher.update(line.as_bytes());
+    });
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 fn check_every_part_has_every_class(entries: &[Entry], images: &LabelledImages) -> Result<()> {
     for (label, class) in images.classes.iter().enumerate() {
         let lacking: Vec<&str> = Part::ALL
