@@ -207,6 +207,32 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     };
     assert_eq!(scores(&relabelled), scores(&fresh));
 
+    // Images edited in place at the same size (uncompressed BMPs) are scored anew too: keyed by
+    // paths and sizes, the scores of the old pixels were taken.
+    let bmps = dir.path().join("bmp images");
+    for class in ["clear", "lesion"] {
+        std::fs::create_dir_all(bmps.join(class)).unwrap();
+        for i in 0..20 {
+            let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap();
+            image.save(bmps.join(class).join(format!("{i:02}.bmp"))).unwrap();
+        }
+    }
+    let (bmp_out, bmp_fresh) = (dir.path().join("bmp-ranked"), dir.path().join("bmp-fresh"));
+    rank(dir.path(), &bmps, &bmp_out, None, &[]);
+    let before = read_csv(&bmp_out.join("ranking.csv"));
+    for i in 0..10 {
+        let path = bmps.join("clear").join(format!("{i:02}.bmp"));
+        let (length, mut image) = (std::fs::metadata(&path).unwrap().len(), image::open(&path).unwrap().to_rgb8());
+        image::imageops::invert(&mut image);
+        image.save(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), length, "the same size");
+    }
+    rank(dir.path(), &bmps, &bmp_out, None, &[]);
+    rank(dir.path(), &bmps, &bmp_fresh, None, &[]);
+    let (edited, fresh) = (read_csv(&bmp_out.join("ranking.csv")), read_csv(&bmp_fresh.join("ranking.csv")));
+    assert_ne!(scores(&edited), scores(&before), "the edited images were scored, not the cached result");
+    assert_eq!(scores(&edited), scores(&fresh));
+
     // The shortlist: only the consensus winner is tuned (on a 70/10/20 split, scored on its
     // train part), and the saving is stated.
     let tuned_out = dir.path().join("tuned");

@@ -156,6 +156,12 @@ impl ImageCache {
         Ok(Some(Self { file, data_path: data_path.to_path_buf(), index }))
     }
 
+    /// What the cache was made from: the dataset's name, the resize and a checksum of the files'
+    /// paths, sizes and modification times (an image edited in place changes it).
+    pub fn key(&self) -> &str {
+        &self.index.key
+    }
+
     /// Images in the cache.
     pub fn len(&self) -> usize {
         self.index.slots.len()

@@ -302,7 +302,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     let train_entries = part(Part::Train);
     let train = split_data(&train_entries, "train")?;
-    let checksum = labelled_checksum(&images.root, &train_entries)?;
+    let checksum = labelled_checksum(&[&train], &train_entries);
     let features_dir = args.out.join("features").join(format!("{}-r{}-c{}", &checksum[..16], args.resize, args.crop));
     std::fs::create_dir_all(&features_dir)?;
 
@@ -397,7 +397,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             // continues a shorter one): the images, the weights, the transforms, the budget.
             let shaping = format!(
                 "{} resize {} crop {} epochs {} batch {} seed {}",
-                labelled_checksum(&images.root, &entries)?,
+                labelled_checksum(&[&data.train, &data.val, data.test.as_ref().context("the tuning split has a test part")?], &entries),
                 args.resize,
                 args.crop,
                 args.epochs,
@@ -605,18 +605,22 @@ fn check_out_is_outside(images: &Path, out: &Path) -> Result<()> {
 /// the test part's: each needs an image of every class. A class of one or two images gets none
 /// to train on from the 70/10/20 split (its held-out shares round up), which the scores found
 /// only after the extraction ("the labels hold 1 class").
-/// What cached features and runs were made from: the files (paths and sizes) and each one's label
-/// and part. The same files relabelled (a CSV of labels corrected) are other images to score:
-/// keyed by the files alone, their cached scores, computed with the old labels, were reused.
-fn labelled_checksum(root: &Path, entries: &[Entry]) -> Result<String> {
+/// What cached features and runs were made from: the images as their caches were made (paths,
+/// sizes, modification times and the resize) and each one's label and part. Keyed by the files'
+/// paths and sizes alone, the scores of the old labels were reused for the same files relabelled
+/// (a CSV of labels corrected), and those of the old pixels for an image edited in place at the
+/// same size (an uncompressed TIFF or BMP).
+fn labelled_checksum(parts: &[&SplitData], entries: &[Entry]) -> String {
     let mut labelled: Vec<String> = entries.iter().map(|e| format!("{}\t{}\t{}\n", e.path, e.label, e.split.name())).collect();
     labelled.sort();
     let mut hasher = blake3::Hasher::new();
-    hasher.update(medxfer_data::files_checksum(root, entries)?.as_bytes());
+    for part in parts {
+        hasher.update(part.cache.key().as_bytes());
+    }
     labelled.iter().for_each(|line| {
         hasher.update(line.as_bytes());
     });
-    Ok(hasher.finalize().to_hex().to_string())
+    hasher.finalize().to_hex().to_string()
 }
 
 fn check_every_part_has_every_class(entries: &[Entry], images: &LabelledImages) -> Result<()> {
