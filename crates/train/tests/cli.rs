@@ -216,6 +216,21 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let output = train(&models, &[&["evaluate", "--model", "resnet_tiny", "--weights", &weights][..], &other_dataset].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("this is a manifest of breakhis (task breast), not of bach"), "{stderr}");
+    // The features written over the model they come from are refused, and the model kept.
+    let kept = std::fs::read(&best).unwrap();
+    let output = train(
+        &models,
+        &[
+            &["extract", "--model", "resnet_tiny", "--weights", &weights][..],
+            &image_args,
+            &["--checkpoint", best.to_str().unwrap()],
+            &["--out", best.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("is the --checkpoint file"), "{stderr}");
+    assert_eq!(std::fs::read(&best).unwrap(), kept);
     // Pretrained weights given as the checkpoint are named as such.
     let output = evaluate_checkpoint(Path::new(&weights), &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
