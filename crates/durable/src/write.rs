@@ -150,9 +150,35 @@ pub fn create_dir_atomic<E: From<Error>>(target: &Path, fill: impl FnOnce(&Path)
     }
 }
 
+/// Whether `a` and `b` name one existing file, through links, `..` and relative forms: a
+/// command whose output is one of its inputs (`--out` the model's own checkpoint) would replace
+/// that input, so callers refuse it before the work.
+pub fn is_same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_file_is_recognised_through_other_spellings_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("best.safetensors");
+        std::fs::write(&file, b"model").unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        let dotted = dir.path().join("sub/../best.safetensors");
+        let link = dir.path().join("link.safetensors");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(is_same_file(&file, &dotted) && is_same_file(&link, &file));
+        let other = dir.path().join("features.safetensors");
+        std::fs::write(&other, b"model").unwrap();
+        assert!(!is_same_file(&file, &other), "equal content is not the same file");
+        assert!(!is_same_file(&file, &dir.path().join("missing.safetensors")), "an output not written yet is no input");
+    }
 
     #[test]
     fn temporary_names_are_hidden_unique_and_beside_the_target() {

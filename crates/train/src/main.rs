@@ -414,10 +414,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Extract { model, images, batch, out } => {
             // The features file replaced the model it was extracted with (seen: --checkpoint
             // best.safetensors --out best.safetensors).
-            let same_file =
-                |input: &Path| std::fs::canonicalize(input).ok().is_some_and(|a| std::fs::canonicalize(&out).is_ok_and(|b| a == b));
             for (option, input) in [("--checkpoint", images.checkpoint.as_deref()), ("--weights", model.weights.as_deref())] {
-                if let Some(input) = input.filter(|input| same_file(input)) {
+                if let Some(input) = input.filter(|input| medxfer_durable::is_same_file(input, &out)) {
                     bail!(
                         "--out {} is the {option} file: writing the features there would replace the model; give another --out",
                         input.display()

@@ -258,6 +258,12 @@ fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, clas
 }
 
 fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &Path, num_classes: Option<usize>) -> Result<()> {
+    // The outputs would replace the weights or the inputs they were computed from.
+    for (option, given) in [("--weights", weights), ("--input", Some(input))] {
+        if let Some(given) = given.filter(|given| medxfer_durable::is_same_file(given, output)) {
+            bail!("--output {} is the {option} file: writing there would replace it; give another --output", given.display());
+        }
+    }
     let device = Device::Cpu;
     let path = weights_path(entry, weights)?;
     let model = Backbone::load(&entry.name, &entry.architecture, num_classes.unwrap_or(entry.num_classes), &path, &device)?;

@@ -118,6 +118,19 @@ fn run_writes_timms_features_and_logits() {
             "{shape:?}: {message}"
         );
     }
+    // The outputs written over the weights or the inputs are refused, and those kept (the
+    // weights file became the features). On copies: the fixtures are committed.
+    let (weights, input) = (dir.path().join("weights.safetensors"), dir.path().join("input.safetensors"));
+    std::fs::copy(fixtures().join("resnet_basic_min.safetensors"), &weights).unwrap();
+    std::fs::copy(fixtures().join("resnet_basic_min_ref.safetensors"), &input).unwrap();
+    let (kept_weights, kept_input) = (std::fs::read(&weights).unwrap(), std::fs::read(&input).unwrap());
+    for (over, option) in [(&weights, "--weights"), (&input, "--input")] {
+        let args = ["--models", models, "run", "--model", "resnet_basic_min", "--weights", weights.to_str().unwrap()];
+        let output = zoo(&[&args[..], &["--input", input.to_str().unwrap(), "--output", over.to_str().unwrap()]].concat());
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && message.contains(&format!("is the {option} file")), "{option}: {message}");
+    }
+    assert_eq!((std::fs::read(&weights).unwrap(), std::fs::read(&input).unwrap()), (kept_weights, kept_input));
 }
 
 #[test]
