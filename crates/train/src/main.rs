@@ -412,8 +412,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Extract { model, images, batch, out } => {
-            // The features file replaced the model it was extracted with (seen: --checkpoint
-            // best.safetensors --out best.safetensors).
+            // `--checkpoint best.safetensors --out best.safetensors` replaced the model with its
+            // features.
             for (option, input) in [("--checkpoint", images.checkpoint.as_deref()), ("--weights", model.weights.as_deref())] {
                 if let Some(input) = input.filter(|input| medxfer_durable::is_same_file(input, &out)) {
                     bail!(

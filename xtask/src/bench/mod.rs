@@ -11,7 +11,7 @@ pub mod python_env;
 pub mod scores;
 pub mod zoo;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -117,7 +117,7 @@ fn output_and_python(settings: &Settings) -> Result<PathBuf> {
     std::fs::create_dir_all(&settings.out)?;
     python_env::interpreter(
         settings.python.as_deref(),
-        std::path::Path::new("target/pybench"),
+        Path::new("target/pybench"),
         &["python/requirements.txt", "python/requirements-torch.txt"],
     )
 }

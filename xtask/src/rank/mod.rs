@@ -601,10 +601,6 @@ fn check_out_is_outside(images: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Fine-tuning scores the train part, selects by the val part's balanced accuracy and reports
-/// the test part's: each needs an image of every class. A class of one or two images gets none
-/// to train on from the 70/10/20 split (its held-out shares round up), which the scores found
-/// only after the extraction ("the labels hold 1 class").
 /// What cached features and runs were made from: the images as their caches were made (paths,
 /// sizes, modification times and the resize) and each one's label and part. Keyed by the files'
 /// paths and sizes alone, the scores of the old labels were reused for the same files relabelled
@@ -623,6 +619,10 @@ fn labelled_checksum(parts: &[&SplitData], entries: &[Entry]) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
+/// Fine-tuning scores the train part, selects by the val part's balanced accuracy and reports
+/// the test part's: each needs an image of every class. A class of one or two images gets none
+/// to train on from the 70/10/20 split (its held-out shares round up), which the scores found
+/// only after the extraction ("the labels hold 1 class").
 fn check_every_part_has_every_class(entries: &[Entry], images: &LabelledImages) -> Result<()> {
     for (label, class) in images.classes.iter().enumerate() {
         let lacking: Vec<&str> = Part::ALL
