@@ -104,6 +104,11 @@ pub struct DatasetSpec {
     pub group_key: String,
     /// Class name as the layout spells it -> task label. Other classes are dropped.
     pub labels: BTreeMap<String, u32>,
+    /// How an alternative ID set is split when it stands in for the task's: the task's own rule
+    /// assumes the ID set's layout (brain's Training/ and Testing/ folders), which another set
+    /// lacks. An alternative set must give one; the task's ID set follows the task's.
+    #[serde(default)]
+    pub split: Option<FaithfulSplit>,
     #[serde(default)]
     dropped: Dropped,
     /// Counts of the complete real dataset.
@@ -267,6 +272,12 @@ impl Catalog {
         for dataset in &self.datasets {
             if !self.tasks.iter().any(|t| t.name == dataset.task) {
                 return fail(format!("{}.toml names task {:?}, which tasks.toml does not define", dataset.name, dataset.task));
+            }
+            if dataset.role == Role::AlternativeId && dataset.split.is_none() {
+                return fail(format!(
+                    "{}.toml is an alternative ID set without `split`, the rule it is split by (its task's rule assumes the task's own ID set)",
+                    dataset.name
+                ));
             }
         }
         Ok(())

@@ -257,28 +257,38 @@ pub fn split_task(
     authors_dir: Option<&Path>,
     seed: u64,
 ) -> Result<(Vec<Entry>, Leakage)> {
+    // An alternative ID set (Cheng's for brain) by its own rule: the task's assumes the layout of
+    // the task's ID set ("images outside Training/ and Testing/").
+    let rule = spec.split.as_ref().unwrap_or(&task.faithful);
     let entries = match source {
-        Source::Faithful => faithful_split(records, &task.faithful, seed)?,
-        Source::Grouped => grouped_split(records, &task.faithful, seed)?,
+        Source::Faithful => faithful_split(records, rule, seed)?,
+        Source::Grouped => grouped_split(records, rule, seed)?,
         Source::Authors => {
             let dir = authors_dir.ok_or_else(|| Error::Split("the authors' split needs the folder of their CSVs".into()))?;
             authors_split(records, spec, dir)?
         }
     };
-    check_classes(&entries, task)?;
+    // Of the classes the dataset has: Cheng's set has no brain scan without a tumour.
+    let labels: BTreeSet<u32> = spec.labels.values().copied().collect();
+    check_classes_among(&entries, task, &labels)?;
     let leakage = leakage(&entries);
     Ok((entries, leakage))
 }
 
 /// Every class must occur in train and in test (val too, when it exists).
 pub fn check_classes(entries: &[Entry], task: &TaskSpec) -> Result<()> {
+    check_classes_among(entries, task, &(0..task.classes.len() as u32).collect())
+}
+
+/// [`check_classes`] over the task's classes `labels` only (those a dataset has).
+fn check_classes_among(entries: &[Entry], task: &TaskSpec, labels: &BTreeSet<u32>) -> Result<()> {
     let mut counts: BTreeMap<(Part, u32), usize> = BTreeMap::new();
     for entry in entries {
         *counts.entry((entry.split, entry.label)).or_default() += 1;
     }
     let has_val = entries.iter().any(|e| e.split == Part::Val);
     for part in Part::ALL.into_iter().filter(|&p| p != Part::Val || has_val) {
-        for (label, class) in task.classes.iter().enumerate() {
+        for (label, class) in task.classes.iter().enumerate().filter(|(label, _)| labels.contains(&(*label as u32))) {
             if !counts.contains_key(&(part, label as u32)) {
                 return Err(Error::Split(format!(
                     "the {} split has no image of class {label} ({class}); a split needs every class (more data, or other fractions)",

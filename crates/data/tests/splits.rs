@@ -7,7 +7,7 @@ use std::path::Path;
 
 use medxfer_data::{
     Catalog, Entry, FaithfulSplit, ManifestInfo, Part, Record, Source, authors_split_from_csvs, check_classes, faithful_split,
-    files_checksum, grouped_split, leakage, ood_entries, read_manifest, scan_dataset, split_counts, synth, write_manifest,
+    files_checksum, grouped_split, leakage, ood_entries, read_manifest, scan_dataset, split_counts, split_task, synth, write_manifest,
 };
 
 fn records(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Record>) {
@@ -113,6 +113,59 @@ fn authors_csvs_are_re_rooted_by_path_suffix_and_checked() {
     std::fs::write(&csv, "path,class\nx,1\n").unwrap();
     let error = authors_split_from_csvs(&records, spec, &[(Part::Test, csv.as_path())]).unwrap_err().to_string();
     assert!(error.contains("pad_test.csv") && error.contains("expected columns image and label"), "{error}");
+}
+
+/// Cheng's set standing in for the brain task's ID set: split by its own rule (the task's needs the
+/// Kaggle set's Training/ and Testing/ folders, and refused it: "images outside Training/ and
+/// Testing/"), and checked over the classes it has (it has no scan without a tumour).
+#[test]
+fn an_alternative_id_set_is_split_by_its_own_rule_over_its_own_classes() {
+    let catalog = Catalog::load_default().unwrap();
+    let (cheng, brain) = (catalog.dataset("cheng").unwrap(), catalog.task("brain").unwrap());
+    assert_eq!(cheng.split, Some(FaithfulSplit::Stratified { val: 0.1, test: 0.2 }));
+    let (_dir, cheng_records) = records("cheng", 10);
+    for source in [Source::Faithful, Source::Grouped] {
+        let (entries, leakage) = split_task(&cheng_records, cheng, brain, source, None, 0).unwrap();
+        assert_eq!(entries.len(), cheng_records.len(), "{source:?}");
+        let c = counts(&entries);
+        for part in Part::ALL {
+            let labels: BTreeSet<u32> = c.keys().filter(|(p, _)| *p == part).map(|(_, label)| *label).collect();
+            assert_eq!(labels, BTreeSet::from([1, 2, 3]), "{source:?} {part:?}");
+        }
+        if source == Source::Grouped {
+            assert_eq!(leakage.groups_across_splits, 0, "no patient in two parts");
+        }
+    }
+    // The faithful rule is the stratified 70/10/20 by hand: of 10 per class, test ceil(2) = 2,
+    // val ceil(1) = 1, train 7.
+    let (faithful, _) = split_task(&cheng_records, cheng, brain, Source::Faithful, None, 0).unwrap();
+    assert!((1..=3).all(|label| counts(&faithful)[&(Part::Train, label)] == 7), "{:?}", counts(&faithful));
+    // The task's ID set still needs all four classes.
+    let kaggle = catalog.dataset("brain-tumor-kaggle").unwrap();
+    let (_kaggle_dir, kaggle_records) = records("brain-tumor-kaggle", 6);
+    let without_no_tumour: Vec<Record> = kaggle_records.into_iter().filter(|r| r.label != 0).collect();
+    let error = split_task(&without_no_tumour, kaggle, brain, Source::Faithful, None, 0).unwrap_err().to_string();
+    assert!(error.contains("no image of class 0 (no_tumor)"), "{error}");
+}
+
+/// An alternative ID set's TOML without its rule is refused when the catalog loads, not when a
+/// split is asked of it.
+#[test]
+fn an_alternative_id_set_without_its_split_rule_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for item in std::fs::read_dir(Catalog::default_dir()).unwrap() {
+        let path = item.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    Catalog::load(dir.path()).unwrap();
+    let toml = std::fs::read_to_string(dir.path().join("cheng.toml")).unwrap();
+    let without: String = toml.lines().filter(|line| !line.starts_with("split = ")).map(|line| format!("{line}\n")).collect();
+    assert!(without.len() < toml.len());
+    std::fs::write(dir.path().join("cheng.toml"), without).unwrap();
+    let error = Catalog::load(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("cheng.toml is an alternative ID set without `split`"), "{error}");
 }
 
 #[test]

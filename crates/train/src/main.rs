@@ -280,7 +280,6 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     medxfer_data::transform::check_sizes(args.transform.resize, args.transform.crop)?;
     let catalog = Catalog::load_default()?;
     let task = catalog.task(&args.task)?;
-    let id = catalog.dataset(&task.id)?;
     let manifest = args.split.join(medxfer_data::MANIFEST_CSV);
     let entries = read_manifest(&manifest)?;
     // A split of another task (a brain split for --task breast) trains a head of the wrong size,
@@ -305,8 +304,10 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
             task.name
         );
     }
+    // The split's own dataset where its manifest.json says it (an alternative ID set, Cheng's).
+    let dataset = medxfer_data::read_manifest_info(&args.split).map_or_else(|| task.id.clone(), |info| info.dataset);
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
-    let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{}-{}", id.name, p.name()), args.transform.resize);
+    let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{dataset}-{}", p.name()), args.transform.resize);
     let (train, val, test) = (build(Part::Train)?, build(Part::Val)?, build(Part::Test)?);
     if train.labels.is_empty() || val.labels.is_empty() {
         bail!("{}: the split needs train and val images", manifest.display());
