@@ -36,7 +36,7 @@ pub fn read_feature_file(path: &Path) -> Result<ScoreInput> {
     })?;
     let features = float_matrix(path, "features", &features)?;
     let labels = tensors.tensor("labels").map_err(|_| file_error(path, "has no tensor named 'labels' (N integers 0..C-1)"))?;
-    let labels = integer_vector(path, &labels)?;
+    let labels = close_label_gaps(integer_vector(path, &labels)?);
     let input = ScoreInput::new(features, &labels).map_err(|e| file_error(path, e.to_string()))?;
     let Ok(probs) = tensors.tensor("probs") else {
         return Ok(input);
@@ -122,6 +122,20 @@ fn float_matrix(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Mat<f6
         other => return Err(file_error(path, format!("tensor '{name}' has dtype {other:?}; it must be F32 or F64"))),
     }
     Ok(matrix)
+}
+
+/// A file's labels are its task's, and a dataset without some of the task's classes leaves gaps
+/// (Cheng's set has no brain scan without a tumour: labels 1, 2, 3 of the brain task's 0..3),
+/// which `ScoreInput` refuses. They are closed keeping their order, as every score depends only
+/// on which samples share a class. Negative labels are left for `ScoreInput` to refuse.
+fn close_label_gaps(labels: Vec<i64>) -> Vec<i64> {
+    let present: std::collections::BTreeSet<i64> = labels.iter().copied().collect();
+    let dense = present.iter().zip(0..).all(|(&label, index)| label == index);
+    if dense || present.first().is_some_and(|&lowest| lowest < 0) {
+        return labels;
+    }
+    let index: std::collections::BTreeMap<i64, i64> = present.into_iter().zip(0..).collect();
+    labels.iter().map(|label| index[label]).collect()
 }
 
 fn integer_vector(path: &Path, view: &TensorView<'_>) -> Result<Vec<i64>> {

@@ -56,3 +56,40 @@ fn n_leep_needs_five_samples_per_class_at_least() {
     let error = score_all(&input, &[Metric::NLeep]).unwrap_err();
     assert!(error.to_string().contains("needs at least 10 samples"), "{error}");
 }
+
+/// A feature file whose labels skip some of its task's classes (Cheng's set: brain labels 1, 2,
+/// 3, no 0) is scored as the same partition with the gaps closed: every score equals that of the
+/// file labelled 0..C-1 (the file was refused: "class(es) [0] have no sample").
+#[test]
+fn a_feature_file_whose_labels_skip_classes_is_scored_as_the_same_partition() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scores/four_class.safetensors");
+    let bytes = std::fs::read(fixture).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let labels: Vec<i64> =
+        file.tensor("labels").unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(labels.iter().copied().collect::<std::collections::BTreeSet<_>>(), (0..4).collect());
+    let dir = tempfile::tempdir().unwrap();
+    let relabelled = dir.path().join("relabelled.safetensors");
+    // The fixture with each label mapped by `map`, read back.
+    let read_relabelled = |map: &dyn Fn(i64) -> i64| {
+        let data: Vec<u8> = labels.iter().flat_map(|&l| map(l).to_le_bytes()).collect();
+        let views = file.names().into_iter().map(|name| {
+            let view = file.tensor(name).unwrap();
+            let view = match name {
+                "labels" => safetensors::tensor::TensorView::new(view.dtype(), view.shape().to_vec(), &data).unwrap(),
+                _ => view,
+            };
+            (name.to_string(), view)
+        });
+        safetensors::serialize_to_file(views, None, &relabelled).unwrap();
+        medxfer_scores::read_feature_file(&relabelled)
+    };
+    // 0, 1, 2, 3 -> 1, 3, 4, 7: order kept, gaps between.
+    let closed = read_relabelled(&|l| [1, 3, 4, 7][l as usize]).unwrap();
+    let original = medxfer_scores::read_feature_file(fixture.as_ref()).unwrap();
+    let metrics: Vec<Metric> = Metric::per_model().collect();
+    assert_eq!(score_all(&closed, &metrics).unwrap(), score_all(&original, &metrics).unwrap());
+    // Negative labels are still refused.
+    let error = read_relabelled(&|l| l - 1).unwrap_err().to_string();
+    assert!(error.contains("has label -1"), "{error}");
+}
