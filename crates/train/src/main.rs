@@ -276,6 +276,21 @@ fn split_data(root: &Path, entries: &[Entry], cache: &Path, name: &str, resize: 
     Ok(split)
 }
 
+/// Refuses a `--root` that lacks some of a manifest's images, before any is cached: another
+/// dataset's folder failed on the first image it lacked, while caching.
+fn check_root_holds(root: &Path, entries: &[Entry], dataset: &str) -> Result<()> {
+    let missing: Vec<&str> = entries.iter().filter(|e| !root.join(&e.path).is_file()).map(|e| e.path.as_str()).collect();
+    if let Some(first) = missing.first() {
+        bail!(
+            "--root {}: {} of the split's {} images are not there (the first: {first}); give the folder of {dataset} the split was made from",
+            root.display(),
+            missing.len(),
+            entries.len()
+        );
+    }
+    Ok(())
+}
+
 fn run_data(args: &DataArgs) -> Result<RunData> {
     medxfer_data::transform::check_sizes(args.transform.resize, args.transform.crop)?;
     let catalog = Catalog::load_default()?;
@@ -306,6 +321,7 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     }
     // The split's own dataset where its manifest.json says it (an alternative ID set, Cheng's).
     let dataset = medxfer_data::read_manifest_info(&args.split).map_or_else(|| task.id.clone(), |info| info.dataset);
+    check_root_holds(&args.root, &entries, &dataset)?;
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{dataset}-{}", p.name()), args.transform.resize);
     let (train, val, test) = (build(Part::Train)?, build(Part::Val)?, build(Part::Test)?);
@@ -501,6 +517,7 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     eprintln!("{}: {} images, per label {labels:?}", spec.name, entries.len());
     let ids = entries.iter().map(|e| e.path.clone()).collect();
     medxfer_data::transform::check_sizes(images.transform.resize, images.transform.crop)?;
+    check_root_holds(&images.root, &entries, &spec.name)?;
     let split = split_data(&images.root, &entries, &images.cache, &spec.name, images.transform.resize)?;
     Ok((entry, backbone, split, ids))
 }

@@ -289,6 +289,17 @@ fn search_extract_and_evaluate_from_the_command_line() {
         assert!(!output.status.success() && stderr.contains(message), "{options:?}: {stderr}");
         assert!(!fresh_cache.exists() && !refused.exists(), "{options:?}: the refused command cached images or wrote its --out");
     }
+    // A --root without the split's images (another dataset's folder) is named as such before any
+    // image is cached (caching failed on the first file it lacked).
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let other_root: Vec<&str> = data_args.iter().map(|a| if *a == root_s { elsewhere.to_str().unwrap() } else { a }).collect();
+    let output =
+        train(&models, &[&["search"][..], &other_root, &["--epochs", "2", "--batch", "8", "--out", refused.to_str().unwrap()]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("{} of the split's {} images are not there", entries.len(), entries.len());
+    assert!(!output.status.success() && stderr.contains(&expected) && stderr.contains("the folder of breakhis"), "{stderr}");
+    assert!(!fresh_cache.exists() && !refused.exists());
     // A split of another task is refused before anything is cached or trained: by its
     // manifest.json, or without one by a label the task does not have.
     let other_task: Vec<&str> = data_args.iter().map(|a| if *a == "breast" { "brain" } else { a }).collect();
