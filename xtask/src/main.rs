@@ -257,10 +257,12 @@ fn main() -> Result<()> {
         }
         Command::BenchScoresWorker { file, repeats, memory_only } => bench::scores::worker(&file, repeats, memory_only),
         Command::BenchZoo { batch, size, repeats, rounds, models, python, out, train, device, host_batches, gpu } => {
+            python.as_deref().map(bench::python_env::check_starts).transpose()?;
             let settings = bench::zoo::Settings { batch, size, repeats, rounds, models, python, out, train, device, host_batches, gpu };
             bench::zoo::run(&settings).map(|_| ())
         }
         Command::BenchData { n, width, height, batch, repeats, python, out } => {
+            python.as_deref().map(bench::python_env::check_starts).transpose()?;
             bench::data::run(&bench::data::Settings { n, width, height, batch, repeats, python, out }).map(|_| ())
         }
         Command::Bench { quick, out, python, repeats, device } => {

@@ -15,10 +15,21 @@ pub fn workspace(relative: impl AsRef<Path>) -> PathBuf {
     root.join(relative)
 }
 
+/// Refuses, before any measurement, a `--python` that does not start (a mistyped path): the
+/// Python side runs after ours, and failed only once ours had been timed, minutes in.
+pub fn check_starts(python: &Path) -> Result<()> {
+    let output = Command::new(python).arg("--version").output().with_context(|| format!("--python {}: cannot run it", python.display()))?;
+    if !output.status.success() {
+        bail!("--python {}: `--version` failed: {}", python.display(), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
 /// `given`, or the interpreter of the workspace's `venv`, creating the environment from the
 /// workspace's `requirements` when missing (or when a requirements file changed since).
 pub fn interpreter(given: Option<&Path>, venv: &Path, requirements: &[&str]) -> Result<PathBuf> {
     if let Some(python) = given {
+        check_starts(python)?;
         return Ok(python.to_path_buf());
     }
     let venv = &workspace(venv);
@@ -75,9 +86,14 @@ mod tests {
         // No packages: the logic without a download.
         std::fs::write(&requirements, "# nothing pinned yet\n").unwrap();
         let venv = dir.path().join("venv");
-        let given = Path::new("/usr/bin/python3-of-the-user");
+        // The user's interpreter (python3 from PATH) is taken as given; one that does not start is
+        // refused before any measurement.
+        let given = Path::new("python3");
         assert_eq!(interpreter(Some(given), &venv, &[requirements.to_str().unwrap()]).unwrap(), given);
         assert!(!venv.exists(), "a given interpreter makes no environment");
+        let missing = Path::new("/usr/bin/python3-of-no-one");
+        let error = format!("{:#}", interpreter(Some(missing), &venv, &[requirements.to_str().unwrap()]).unwrap_err());
+        assert!(error.contains("--python /usr/bin/python3-of-no-one: cannot run it"), "{error}");
 
         let python = interpreter(None, &venv, &[requirements.to_str().unwrap()]).unwrap();
         assert!(python.ends_with("bin/python") && python.exists());
