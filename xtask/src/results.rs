@@ -66,6 +66,15 @@ pub const PERFORMANCE_COLUMNS: [&str; 9] =
 
 /// Rows of a results CSV whose header must be exactly `columns`, with the line each starts on.
 fn read_lines<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<(u64, T)>> {
+    if !path.exists() {
+        let folder = path.parent().unwrap_or(Path::new("."));
+        let what = if folder.is_dir() { "has no" } else { "is not a folder, so no" };
+        bail!(
+            "{} {what} {}: give --results a study's results folder (reproduce's --out), which holds scores.csv and performance.csv",
+            folder.display(),
+            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        );
+    }
     let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = reader.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
     if header.iter().ne(columns.iter().copied()) {
@@ -248,6 +257,11 @@ mod tests {
         assert_eq!(text.lines().nth(2).unwrap(), "skin,ood,resnet18,,0.5,,,,");
         assert_eq!(read_performance(dir.path()).unwrap(), rows);
 
+        // A folder without the file, or no folder: said in those words ("No such file or directory").
+        let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
+        assert!(error.contains("has no scores.csv: give --results a study's results folder"), "{error}");
+        let error = format!("{:#}", read_scores(&dir.path().join("nowhere")).unwrap_err());
+        assert!(error.contains("nowhere is not a folder, so no scores.csv"), "{error}");
         std::fs::write(dir.path().join(SCORES_CSV), "task,setting,model,metric,value\nskin,id,resnet18,leep,-0.5\n").unwrap();
         let error = format!("{:#}", read_scores(dir.path()).unwrap_err());
         assert!(error.contains("scores.csv") && error.contains("task,setting,model,metric,value") && error.contains("expected"), "{error}");
