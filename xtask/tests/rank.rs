@@ -369,6 +369,19 @@ fn options_rank_cannot_run_with_are_refused_before_any_work() {
         assert!(!output.status.success() && stderr.contains("is inside --images"), "{}: {stderr}", inside.display());
         assert!(!images.join("rank").exists() && !images.join("ranked").exists());
     }
+    // The study's results folder as --out (the ranking's features/, cache/ and runs/ among the
+    // study's): refused, given as --results or found as ./results.
+    let study = dir.path().join("results");
+    std::fs::create_dir_all(&study).unwrap();
+    std::fs::write(study.join("table2.csv"), "task,setting,metric,scope,n,tau_b,p_value,p_permutation,ci_low,ci_high,weighted_tau\n")
+        .unwrap();
+    for results in [Some(study.as_path()), None] {
+        let output = rank_output(dir.path(), &images, &study, results, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("is the study's results folder"), "{results:?}: {stderr}");
+        assert_eq!(std::fs::read_dir(&study).unwrap().count(), 1, "{results:?}: wrote into the study");
+    }
+    std::fs::remove_dir_all(&study).unwrap();
     // A device this build cannot open is refused before a hub id among the candidates is
     // looked up (an unreachable hub here: asking it would retry for a minute).
     let device = if cfg!(feature = "cuda") { "gpu" } else { "cuda:0" };

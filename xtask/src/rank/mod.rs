@@ -261,7 +261,16 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         tuning_options(args).check()?;
         medxfer_train::check_trials(args.trials)?;
     }
-    let trust = trust_statement(trusted_results(args.results.as_deref())?)?;
+    let results = trusted_results(args.results.as_deref())?;
+    // The ranking's features/, cache/ and runs/ would sit among the study's own.
+    if let Some(results) = results.filter(|results| medxfer_durable::is_same_file(results, &args.out)) {
+        bail!(
+            "--out {} is the study's results folder ({}): the ranking's features, cache and runs would mix with the study's; give --out a folder of its own",
+            args.out.display(),
+            results.display()
+        );
+    }
+    let trust = trust_statement(results)?;
     check_out_is_outside(&args.images, &args.out)?;
     let images = LabelledImages::read(&args.images)?;
     let registry = match &args.models {
