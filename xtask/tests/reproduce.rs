@@ -661,7 +661,6 @@ fn a_change_of_settings_is_refused_by_name_and_extend_grows_the_searches() {
         ("--resize", "40", "resize: made with 36, this run asks for 40"),
         ("--patience", "2", "patience: made with none, this run asks for 2"),
         ("--select", "val-balanced-accuracy", "selection: made with ValLoss"),
-        ("--halving", "2", "halving: made with none"),
         ("--splits", "grouped", "--splits"),
         ("--dtype", "f16", "dtype: made with f32, this run asks for f16"),
     ] {
@@ -669,6 +668,10 @@ fn a_change_of_settings_is_refused_by_name_and_extend_grows_the_searches() {
         assert!(message.contains(setting), "{option} {value}: {message}");
         assert!(message.contains("new --out") || message.contains("another --out"), "{option}: {message}");
     }
+    // Halving with a first rung of 4 epochs in a study of 1 would stop nothing: refused as such
+    // before the record is compared.
+    let message = refused(&with_option(args.clone(), "--halving", "2"));
+    assert!(message.contains("--halving-min-epochs 4 is not below --epochs 1"), "{message}");
     let mut fix_std = args.clone();
     fix_std.push("--fix-std".into());
     assert!(refused(&fix_std).contains("normalization: made with mean"));

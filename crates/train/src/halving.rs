@@ -92,6 +92,18 @@ impl Halving {
         Ok(Self { eta, min_epochs })
     }
 
+    /// Refuses a first rung at or beyond a run's `epochs`: every trial would then train to its
+    /// end as in the full search, and the study would still report halving as a deviation.
+    pub fn check_epochs(&self, epochs: usize) -> Result<()> {
+        if self.min_epochs >= epochs {
+            return Err(Error::Config(format!(
+                "--halving-min-epochs {} is not below --epochs {epochs}: no rung would stop a trial early, so the search would be the full one; give a first rung below {epochs}, or leave --halving out",
+                self.min_epochs
+            )));
+        }
+        Ok(())
+    }
+
     /// The epochs each rung trains to: min, min·eta, ... below `epochs`, then `epochs`.
     pub fn boundaries(&self, epochs: usize) -> Vec<usize> {
         let mut boundaries = Vec::new();
@@ -265,5 +277,11 @@ mod tests {
         assert_eq!(Halving::new(3, 100).unwrap().boundaries(100), vec![100]);
         assert!(Halving::new(1, 4).is_err());
         assert!(Halving::new(3, 0).is_err());
+        // A first rung at the last epoch or beyond stops no trial early.
+        Halving::new(2, 1).unwrap().check_epochs(2).unwrap();
+        for (min, epochs) in [(4, 4), (4, 2)] {
+            let message = Halving::new(2, min).unwrap().check_epochs(epochs).unwrap_err().to_string();
+            assert!(message.contains(&format!("--halving-min-epochs {min} is not below --epochs {epochs}")), "{message}");
+        }
     }
 }

@@ -375,9 +375,15 @@ fn run(cli: Cli) -> Result<()> {
             training.check()?;
             medxfer_train::check_trials(trials)?;
             let halving = halving.map(|eta| Halving::new(eta, halving_min_epochs)).transpose()?;
+            halving.map(|h| h.check_epochs(train.epochs)).transpose()?;
             // Read after the search, which takes hours: a mistyped folder is caught now.
             if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.is_dir()) {
                 bail!("--compare-with {}: no such folder; give the --out of a finished full search", dir.display());
+            }
+            // A folder that is no search (its split, say) failed on its search.json after the
+            // halving search, hours in.
+            if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.join(SUMMARY_FILE).is_file()) {
+                bail!("--compare-with {}: no {SUMMARY_FILE}, so not a search; give the --out of a finished full search", dir.display());
             }
             let run_data = run_data(&data)?;
             let base = RunSettings::from_options(&training, normalization(&entry, data.transform.fix_std));

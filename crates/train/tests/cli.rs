@@ -269,7 +269,7 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let (fresh_cache, refused) = (dir.path().join("fresh-cache"), dir.path().join("refused"));
     let fresh_cache_s = fresh_cache.to_str().unwrap();
     let data_args: Vec<&str> = common[..common.len() - 4].iter().map(|a| if *a == cache_s { fresh_cache_s } else { a }).collect();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["search", "--trials", "0", "--epochs", "2", "--batch", "8"], "--trials 0: a search needs at least 1 trial"),
         (&["search", "--epochs", "0", "--batch", "8"], "--epochs 0: a run needs at least 1 epoch"),
         (&["search", "--epochs", "2", "--batch", "0"], "--batch 0"),
@@ -277,9 +277,14 @@ fn search_extract_and_evaluate_from_the_command_line() {
         (&["search", "--epochs", "2", "--batch", "8", "--halving", "1"], "eta must be at least 2"),
         (&["search", "--epochs", "2", "--batch", "8", "--halving-min-epochs", "2"], "--halving <ETA>"),
         (
-            &["search", "--epochs", "2", "--batch", "8", "--halving", "2", "--compare-with", "no-such-search"],
+            &["search", "--epochs", "2", "--batch", "8", "--halving", "2", "--halving-min-epochs", "1", "--compare-with", "no-such-search"],
             "--compare-with no-such-search: no such folder",
         ),
+        (
+            &["search", "--epochs", "2", "--batch", "8", "--halving", "2", "--halving-min-epochs", "1", "--compare-with", split_s],
+            "split: no search.json, so not a search",
+        ),
+        (&["search", "--epochs", "2", "--batch", "8", "--halving", "2"], "--halving-min-epochs 4 is not below --epochs 2"),
         (&["finetune", "--epochs", "2", "--batch", "8", "--lr=-0.1", "--wd", "0"], "the learning rate is -0.1"),
         (&["finetune", "--epochs", "2", "--batch", "8", "--lr", "0.1", "--wd", "NaN"], "the weight decay is NaN"),
     ];

@@ -204,6 +204,7 @@ impl ReproduceArgs {
         options.check()?;
         medxfer_train::check_trials(trials)?;
         let halving = self.halving.map(|eta| medxfer_train::Halving::new(eta, self.halving_min_epochs)).transpose()?;
+        halving.map(|h| h.check_epochs(options.epochs)).transpose()?;
         // A GPU in a build without CUDA was found after the demo's pretraining.
         medxfer_train::check_device_name(&self.device)?;
         self.dtype.check_device(&self.device)?;
