@@ -295,17 +295,24 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     medxfer_data::transform::check_sizes(args.transform.resize, args.transform.crop)?;
     let catalog = Catalog::load_default()?;
     let task = catalog.task(&args.task)?;
-    let manifest = args.split.join(medxfer_data::MANIFEST_CSV);
+    // The split's folder, or its manifest.csv given as the file itself (as `--manifest` takes it).
+    let split = match &args.split {
+        file if file.is_file() => file.parent().unwrap_or(Path::new(".")),
+        folder => folder.as_path(),
+    };
+    if !split.join(medxfer_data::MANIFEST_CSV).is_file() {
+        bail!(
+            "--split {}: no {} there; give the folder `medxfer-data split --out` wrote",
+            args.split.display(),
+            medxfer_data::MANIFEST_CSV
+        );
+    }
+    let manifest = split.join(medxfer_data::MANIFEST_CSV);
     let entries = read_manifest(&manifest)?;
     // A split of another task (a brain split for --task breast) trains a head of the wrong size,
     // or indexes past it.
-    if let Some(info) = medxfer_data::read_manifest_info(&args.split).filter(|info| info.task != task.name) {
-        bail!(
-            "{}: this is a split of task {}, not of --task {}",
-            args.split.join(medxfer_data::MANIFEST_JSON).display(),
-            info.task,
-            task.name
-        );
+    if let Some(info) = medxfer_data::read_manifest_info(split).filter(|info| info.task != task.name) {
+        bail!("{}: this is a split of task {}, not of --task {}", split.join(medxfer_data::MANIFEST_JSON).display(), info.task, task.name);
     }
     if let Some(entry) = entries.iter().find(|e| e.label as usize >= task.classes.len()) {
         bail!(
@@ -320,7 +327,7 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
         );
     }
     // The split's own dataset where its manifest.json says it (an alternative ID set, Cheng's).
-    let dataset = medxfer_data::read_manifest_info(&args.split).map_or_else(|| task.id.clone(), |info| info.dataset);
+    let dataset = medxfer_data::read_manifest_info(split).map_or_else(|| task.id.clone(), |info| info.dataset);
     check_root_holds(&args.root, &entries, &dataset)?;
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{dataset}-{}", p.name()), args.transform.resize);

@@ -107,6 +107,15 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let output = train(&models, &search_args("0/1"));
     assert!(ok(&output).contains("2 of 2 trials finished"));
     assert!(!String::from_utf8_lossy(&output.stderr).contains("epoch "), "a finished search retrained");
+    // The split's manifest.csv given as --split reads as its folder; a folder without one is
+    // named (it was "<root>/manifest.csv: No such file", or "Not a directory").
+    let manifest_file = split.join("manifest.csv");
+    let as_file: Vec<&str> =
+        search_args("0/1").into_iter().map(|a| if a == split_s { manifest_file.to_str().unwrap() } else { a }).collect();
+    assert!(ok(&train(&models, &as_file)).contains("2 of 2 trials finished"));
+    let no_split: Vec<&str> = search_args("0/1").into_iter().map(|a| if a == split_s { root_s } else { a }).collect();
+    let stderr = String::from_utf8_lossy(&train(&models, &no_split).stderr).into_owned();
+    assert!(stderr.contains("no manifest.csv there; give the folder `medxfer-data split --out` wrote"), "{stderr}");
     // A shorter search over the folder reads its first trials, and says the folder holds more;
     // the full one again reads them all.
     let mut shorter = search_args("0/1");
