@@ -50,7 +50,7 @@ struct DataArgs {
     /// The ID dataset's root folder.
     #[arg(long)]
     root: PathBuf,
-    /// The folder of the split's manifest.csv (from `medxfer-data split`).
+    /// The folder of the split's manifest.csv (from `medxfer-data split`), or that file.
     #[arg(long)]
     split: PathBuf,
     /// The task's OOD dataset root: the kept model is evaluated on it too.
