@@ -259,6 +259,9 @@ impl ReproduceArgs {
                 (data, weights)
             }
         };
+        if let (Some(dir), false) = (&self.weights, self.plan) {
+            check_weights_files(dir, &backbones, self.keep_going)?;
+        }
         Ok(Study {
             data,
             layout,
@@ -309,6 +312,33 @@ fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path) -> Result<(
         );
     }
     Ok(())
+}
+
+/// Refuses, before any work, a `--weights` folder without some backbone's file (each unit found
+/// its own on reaching it, after the others' work); with `--keep-going` the others run, said.
+fn check_weights_files(dir: &Path, backbones: &[medxfer_zoo::ModelEntry], keep_going: bool) -> Result<()> {
+    let missing: Vec<String> = backbones
+        .iter()
+        .map(|entry| dir.join(format!("{}.safetensors", crate::weights::folder_name(&entry.name))))
+        .filter(|path| !path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+    match (missing.is_empty(), keep_going) {
+        (true, _) => Ok(()),
+        (false, true) => {
+            eprintln!(
+                "warning: --weights {}: no {} (--keep-going: those backbones' units will fail, the others run)",
+                dir.display(),
+                missing.join(", ")
+            );
+            Ok(())
+        }
+        (false, false) => bail!(
+            "--weights {}: no {}; put each backbone's weights there as <name>.safetensors, drop --weights to use the hub, or leave those out of --backbones",
+            dir.display(),
+            missing.join(", ")
+        ),
+    }
 }
 
 #[cfg(test)]
