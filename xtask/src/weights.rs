@@ -44,7 +44,7 @@ impl Weights {
         match self {
             Weights::Hub(options) => Ok(weights_file(entry, options)?),
             Weights::Dir(dir) => {
-                let path = dir.join(format!("{}.safetensors", folder_name(&entry.name)));
+                let path = file_in(dir, &entry.name);
                 if !path.exists() {
                     anyhow::bail!("{}: no weights for {}; put them there or drop --weights to use the hub", path.display(), entry.name);
                 }
@@ -62,6 +62,11 @@ impl Weights {
         };
         Ok(WeightsIdentity { checksum: checksum(&path)?, source })
     }
+}
+
+/// Where a `--weights` folder holds `backbone`'s weights: DIR/<backbone>.safetensors.
+pub fn file_in(dir: &Path, backbone: &str) -> PathBuf {
+    dir.join(format!("{}.safetensors", folder_name(backbone)))
 }
 
 /// A backbone name as one path component: a hub id's `/` becomes `--`, as the hub cache writes it.

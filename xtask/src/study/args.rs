@@ -319,7 +319,7 @@ fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path) -> Result<(
 fn check_weights_files(dir: &Path, backbones: &[medxfer_zoo::ModelEntry], keep_going: bool) -> Result<()> {
     let missing: Vec<String> = backbones
         .iter()
-        .map(|entry| dir.join(format!("{}.safetensors", crate::weights::folder_name(&entry.name))))
+        .map(|entry| crate::weights::file_in(dir, &entry.name))
         .filter(|path| !path.is_file())
         .map(|path| path.display().to_string())
         .collect();
