@@ -124,10 +124,8 @@ pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
         read_rows(&dir.join(SCORES_CSV), &SCORE_COLUMNS, |r: &ScoreRow| (r.task.clone(), r.setting, r.backbone.clone(), r.metric.clone()))?;
     for (i, row) in rows.iter().enumerate() {
         if !is_score_key(&row.metric) {
-            let loose = medxfer_scores::loose_spelling(&row.metric);
-            let hint = score_keys()
-                .into_iter()
-                .find(|key| medxfer_scores::loose_spelling(key) == loose)
+            let keys = score_keys();
+            let hint = medxfer_scores::spelled_like(&row.metric, keys.iter().map(String::as_str))
                 .map(|key| format!(": did you mean '{key}'?"))
                 .unwrap_or_default();
             bail!(

@@ -248,9 +248,7 @@ fn the_demo_writes_every_result_and_each_number_agrees_with_its_source() {
 #[test]
 fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them() {
     let (_, reference_out) = reference();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("copy");
-    copy_tree(reference_out, &out);
+    let (dir, out) = copy_of_reference();
     let command = || {
         let mut command = xtask();
         command.args(["image-bootstrap", "--results", out.to_str().unwrap(), "--resamples", "12", "--metrics", "h_score,leep,pactran_dir"]);
@@ -439,9 +437,7 @@ fn a_finished_study_reruns_without_training_and_plans_nothing() {
 #[test]
 fn a_lost_or_damaged_feature_file_is_made_again() {
     let (shared, reference_out) = reference();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("copy");
-    copy_tree(reference_out, &out);
+    let (_dir, out) = copy_of_reference();
     let (lost, damaged) = ("features/skin/tiny_vit_b/id.safetensors", "features/brain/tiny_resnet_basic/ood.safetensors");
     std::fs::remove_file(out.join(lost)).unwrap();
     let bytes = std::fs::read(out.join(damaged)).unwrap();
@@ -616,6 +612,14 @@ fn a_halving_study_chooses_a_opt_among_the_last_rung_and_says_so() {
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("successive halving (eta 2, first rung 1 epochs)"), "{report}");
+}
+
+/// The reference study copied into a fresh temporary folder (kept alive by the first value).
+fn copy_of_reference() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("copy");
+    copy_tree(&reference().1, &out);
+    (dir, out)
 }
 
 /// A copy of a results folder (files only; the copy is what a user would move elsewhere).

@@ -59,7 +59,7 @@ pub use h_score::h_score;
 pub use input::{ScoreInput, SourceProbs};
 pub use leep::leep;
 pub use logme::logme;
-pub use metric::{Direction, Metric, SharedAnalysis, check_same_samples, combine_terms, loose_spelling, score_all, score_set, set_terms};
+pub use metric::{Direction, Metric, SharedAnalysis, check_same_samples, combine_terms, score_all, score_set, set_terms, spelled_like};
 pub use n_leep::{NLeepConfig, n_leep, n_leep_with};
 pub use nce::nce;
 pub use ncti::{LdaWithinFactor, NCTI_PCA_DIMS, NctiTerms, ncti_combine, ncti_terms, ncti_terms_with};

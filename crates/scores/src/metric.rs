@@ -157,20 +157,18 @@ impl FromStr for Metric {
     }
 }
 
-/// A name with case and separators left out (`H-score`, `LogME`, `reg_h_score` -> `hscore`,
-/// `logme`, `reghscore`), for the names people type.
-pub fn loose_spelling(name: &str) -> String {
-    name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
+/// The one of `known` that `name` spells with other case or separators (`H-score`, `LogME` ->
+/// `h_score`, `logme`), for the names people type.
+pub fn spelled_like<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let loose = |name: &str| name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect::<String>();
+    let name = loose(name);
+    known.into_iter().find(|known| loose(known) == name)
 }
 
 impl Error {
     /// [`Error::UnknownMetric`] for `name`, with the score it is a spelling of, if any.
     pub fn unknown_metric(name: &str) -> Self {
-        let loose = loose_spelling(name);
-        let hint = Metric::every()
-            .find(|m| loose_spelling(m.as_str()) == loose)
-            .map(|m| format!(": did you mean '{}'?", m.as_str()))
-            .unwrap_or_default();
+        let hint = spelled_like(name, Metric::every().map(Metric::as_str)).map(|m| format!(": did you mean '{m}'?")).unwrap_or_default();
         let known = Metric::every().map(Metric::as_str).collect::<Vec<_>>().join(", ");
         Error::UnknownMetric { name: name.to_string(), hint, known }
     }
@@ -309,9 +307,10 @@ pub fn score_set(inputs: &[ScoreInput], metrics: &[Metric]) -> Result<Vec<(Metri
 /// the first's, sample by sample. (A set-level score min-max scales the models' terms against
 /// each other, and the per-model scores are compared with each other: on other images neither
 /// means anything.)
-pub fn check_same_samples(inputs: &[ScoreInput]) -> Result<()> {
-    let Some(first) = inputs.first() else { return Ok(()) };
-    for (index, input) in inputs.iter().enumerate().skip(1) {
+pub fn check_same_samples<'a>(inputs: impl IntoIterator<Item = &'a ScoreInput>) -> Result<()> {
+    let mut inputs = inputs.into_iter().enumerate();
+    let Some((_, first)) = inputs.next() else { return Ok(()) };
+    for (index, input) in inputs {
         let problem = if input.num_samples() != first.num_samples() {
             format!("it has {} samples, model 1 has {}", input.num_samples(), first.num_samples())
         } else if let Some(sample) = input.labels().iter().zip(first.labels()).position(|(a, b)| a != b) {

@@ -70,8 +70,8 @@ pub use models::{load_fine_tuned, load_pretrained, load_pretrained_in, start_fin
 pub use progress_bar::{EpochBar, epoch_line};
 pub use schedule::{ETA_MIN, cosine};
 pub use search::{
-    DIVERGED_FILE, LOCK_FILE, STALE_AFTER, SUMMARY_FILE, SearchProgress, SearchSettings, SearchSummary, Shard, Trial, check_trials, search,
-    select_best, summarize_search, trial_dir,
+    DIVERGED_FILE, LOCK_FILE, STALE_AFTER, SUMMARY_FILE, SearchProgress, SearchSettings, SearchSummary, Shard, Trial, check_trials,
+    last_trial_dir, search, select_best, summarize_search, trial_dir,
 };
 pub use search_space::{TRIALS, TrialPoint, halton_points, unit_point};
 pub use sgd::{NesterovSgd, SgdSettings};

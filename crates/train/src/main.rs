@@ -418,12 +418,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             // A longer search ran here before (Halton points nest, so its first trials are this
             // one's): said, as A_opt is now chosen among fewer trials than the folder holds.
-            let last_trial = std::fs::read_dir(&out)
-                .into_iter()
-                .flatten()
-                .filter_map(|item| item.ok()?.file_name().to_str()?.strip_prefix("trial-")?.parse::<usize>().ok())
-                .max();
-            if let Some(last) = last_trial.filter(|&last| last >= trials) {
+            if let Some(last) = medxfer_train::last_trial_dir(&out).filter(|&last| last >= trials) {
                 println!(
                     "note: {} also holds trials up to {last} of a longer search; this one reads the first {trials} (give --trials {} to read them all)",
                     out.display(),

@@ -129,6 +129,12 @@ pub fn trial_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("trial-{index:03}"))
 }
 
+/// The highest index of a trial folder in `dir` ([`trial_dir`]'s names), None without any.
+pub fn last_trial_dir(dir: &Path) -> Option<usize> {
+    let names = std::fs::read_dir(dir).ok()?;
+    names.filter_map(|item| item.ok()?.file_name().to_str()?.strip_prefix("trial-")?.parse().ok()).max()
+}
+
 /// A_opt: the best validation balanced accuracy of the kept epoch; ties go to the lower
 /// validation loss, then to the lower index.
 pub fn select_best(trials: &[Trial]) -> Option<&Trial> {

@@ -63,7 +63,7 @@ pub use hub::{
     CONFIG_FILE, HubOptions, HubRetry, PROCESSOR_FILE, WEIGHTS_FILE, WEIGHTS_FILES, hub_file, looks_like_hub_id, pretrained, weights_file,
 };
 pub use params::ParamStore;
-pub use preprocess::eval_tensor;
+pub use preprocess::{IMAGE_EXTENSIONS, eval_tensor, is_image_file};
 pub use registry::Registry;
 pub use regnet::{RegNetConfig, RegNetStage, regnet_preset};
 pub use resnet::{BlockAttention, BlockKind, ResNetConfig, StemType, resnet_preset};

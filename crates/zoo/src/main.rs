@@ -111,7 +111,6 @@ fn run(cli: Cli) -> Result<()> {
 /// folder in name order (a folder was read as one undecodable image). A path that does not exist,
 /// or a folder without images, is an error.
 fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
     let mut files = Vec::new();
     for path in paths {
         if !path.is_dir() {
@@ -127,10 +126,7 @@ fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .collect::<std::io::Result<Vec<_>>>()
             .with_context(|| format!("cannot list {}", path.display()))?
             .into_iter()
-            .filter(|file| {
-                file.is_file()
-                    && file.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            })
+            .filter(|file| file.is_file() && medxfer_zoo::is_image_file(file))
             .collect();
         if found.is_empty() {
             bail!("{}: a folder without JPEG, PNG, TIFF or BMP files (sub-folders are not read)", path.display());

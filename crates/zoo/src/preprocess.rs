@@ -12,6 +12,15 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use crate::entry::Preprocessing;
 use crate::error::{Error, Result};
 
+/// The image formats the workspace decodes (the `image` crate's features it builds with), as file
+/// extensions.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
+
+/// Whether `path` names an image by its extension (any case).
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 fn image_error(path: &Path, problem: impl Into<String>) -> Error {
     Error::Image { path: path.to_path_buf(), problem: problem.into() }
 }

@@ -37,8 +37,12 @@ pub fn first_places(files: &[(String, PathBuf)], resamples: usize, seed: u64, co
         .map(|(_, path)| read_feature_file(path).with_context(|| format!("--bootstrap reads {}", path.display())))
         .collect::<Result<_>>()?;
     let Some(first) = inputs.first() else { bail!("--bootstrap: no candidates") };
-    if let Some((name, _)) = files.iter().zip(&inputs).find(|(_, input)| input.labels() != first.labels()) {
-        bail!("--bootstrap: {}'s features do not cover the same images as {}'s; delete the rank cache and rerun", name.0, files[0].0);
+    if let Err(medxfer_scores::Error::NotTheSameSamples { model, problem }) = medxfer_scores::check_same_samples(&inputs) {
+        bail!(
+            "--bootstrap: {}'s features do not cover the same images as {}'s ({problem}); delete the rank cache and rerun",
+            files[model - 1].0,
+            files[0].0
+        );
     }
     let candidates: Vec<String> = files.iter().map(|(name, _)| name.clone()).collect();
     let mut columns: Vec<String> = Metric::every().map(|m| m.as_str().to_string()).collect();
@@ -99,4 +103,26 @@ pub fn render(firsts: &FirstPlaces, resamples: usize) -> String {
     }
     text.push_str("\nA tie for first counts for each tied candidate. A share far from 100% says the ranking would change with another sample of these images.\n");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Two candidates' cached features of other images (other labels, sample by sample) are
+    /// refused, naming both and the first sample that differs.
+    #[test]
+    fn features_of_other_images_are_refused_naming_the_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, labels: &[i64]| {
+            let features = faer::Mat::from_fn(labels.len(), 3, |i, j| (i * 7 + j * 3) as f64 % 5.0);
+            let path = dir.path().join(format!("{name}.safetensors"));
+            medxfer_scores::write_feature_file(&path, &ScoreInput::new(features, labels).unwrap()).unwrap();
+            (name.to_string(), path)
+        };
+        let files = [write("a", &[0, 1, 0, 1, 0, 1]), write("b", &[0, 1, 1, 0, 0, 1])];
+        let error = first_places(&files, 2, 0, &Consensus::parse("paper").unwrap()).unwrap_err().to_string();
+        assert!(error.contains("b's features do not cover the same images as a's (sample 2 has label 1, model 1's has 0)"), "{error}");
+    }
 }

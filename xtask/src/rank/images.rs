@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use medxfer_data::Record;
 
-const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
-
 /// Labelled images: records (paths relative to `root`) and the class names in label order.
 #[derive(Debug, Clone)]
 pub struct LabelledImages {
@@ -49,10 +47,6 @@ impl LabelledImages {
     }
 }
 
-fn is_image(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 fn record(path: String, class: &str, label: u32) -> Record {
     Record { group: path.clone(), path, class: class.to_string(), label, origin: String::new() }
 }
@@ -73,7 +67,7 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
             "{}: its folders are {}: the parts of a split, not classes; give the part to rank on (--images {}), whose subfolders are the classes",
             root.display(),
             classes.join(", "),
-            root.join(&classes[classes.iter().position(|c| c.to_ascii_lowercase().starts_with("train")).unwrap_or(0)]).display()
+            root.join(classes.iter().find(|c| c.to_ascii_lowercase().starts_with("train")).unwrap_or(&classes[0])).display()
         );
     }
     let mut records = Vec::new();
@@ -83,7 +77,7 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
     for (label, class) in classes.iter().enumerate() {
         // The file itself before any link to it, then name order.
         let mut candidates = Vec::new();
-        for file in walk(&root.join(class))?.into_iter().filter(|f| is_image(f)) {
+        for file in walk(&root.join(class))?.into_iter().filter(|f| medxfer_zoo::is_image_file(f)) {
             let real = std::fs::canonicalize(&file).with_context(|| format!("cannot resolve {}", file.display()))?;
             let through_link =
                 std::fs::canonicalize(file.parent().unwrap_or(root)).ok().map(|p| p.join(file.file_name().unwrap_or_default()))
@@ -108,7 +102,7 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         }
         files.sort();
         if files.is_empty() {
-            bail!("{}: no images ({}) in this class folder", root.join(class).display(), EXTENSIONS.join(", "));
+            bail!("{}: no images ({}) in this class folder", root.join(class).display(), medxfer_zoo::IMAGE_EXTENSIONS.join(", "));
         }
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }

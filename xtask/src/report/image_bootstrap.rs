@@ -204,12 +204,14 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                         Ok(((*backbone).clone(), *accuracy, input))
                     })
                     .collect::<Result<_>>()?;
-                if let Some(other) = members.iter().find(|m| m.2.labels() != members[0].2.labels()) {
+                if let Err(medxfer_scores::Error::NotTheSameSamples { model, problem }) =
+                    medxfer_scores::check_same_samples(members.iter().map(|member| &member.2))
+                {
                     bail!(
-                        "{task} {}: {}'s and {}'s feature files do not cover the same images; rerun reproduce",
+                        "{task} {}: {}'s and {}'s feature files do not cover the same images ({problem}); rerun reproduce",
                         setting.as_str(),
                         members[0].0,
-                        other.0
+                        members[model - 1].0
                     );
                 }
                 let (scores, taus) = cell_intervals(task, *setting, &members, settings, bootstrap)?;

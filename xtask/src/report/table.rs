@@ -169,12 +169,8 @@ pub fn unmatched(scores: &[ScoreRow], performance: &[PerformanceRow]) -> Vec<Str
     let lacking = |have: &BTreeSet<(&str, Setting, &str)>, other: &BTreeSet<(&str, Setting, &str)>, lacks: &str| {
         have.difference(other)
             .map(|&(task, setting, backbone)| {
-                let loose = medxfer_scores::loose_spelling(backbone);
-                let spelled = other
-                    .iter()
-                    .find(|(t, s, b)| *t == task && *s == setting && medxfer_scores::loose_spelling(b) == loose)
-                    .map(|(_, _, b)| format!(" (it has {b:?})"))
-                    .unwrap_or_default();
+                let there = other.iter().filter(|(t, s, _)| *t == task && *s == setting).map(|(_, _, b)| *b);
+                let spelled = medxfer_scores::spelled_like(backbone, there).map(|b| format!(" (it has {b:?})")).unwrap_or_default();
                 format!("{task} {} {backbone}: not in {lacks}{spelled}", setting.as_str())
             })
             .collect::<Vec<_>>()
