@@ -251,6 +251,7 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 
 fn main() -> Result<()> {
     medxfer_cli::keep_freed_memory();
+    medxfer_cli::stop_quietly_when_output_closes();
     match Cli::parse().command {
         Command::BenchScores { n, d, classes, repeats, python, no_python, keep_data, out } => {
             bench::scores::run(&bench::scores::Settings { n, d, classes, repeats, python, no_python, keep_data, out }).map(|_| ())

@@ -62,10 +62,10 @@ const ALLOWED_DEPENDENCIES: [(&str, &[&str]); 9] = [
     ("medxfer-durable", &[]),
     ("medxfer-mutate", &[]),
     ("medxfer-cli", &[]),
-    ("medxfer-scores", &["medxfer-durable"]),
+    ("medxfer-scores", &["medxfer-durable", "medxfer-cli"]),
     ("medxfer-kernels", &[]),
     ("medxfer-zoo", &["medxfer-kernels", "medxfer-durable", "medxfer-cli"]),
-    ("medxfer-data", &["medxfer-durable"]),
+    ("medxfer-data", &["medxfer-durable", "medxfer-cli"]),
     ("medxfer-train", &["medxfer-zoo", "medxfer-kernels", "medxfer-data", "medxfer-durable", "medxfer-cli"]),
     ("xtask", &["medxfer-scores", "medxfer-zoo", "medxfer-data", "medxfer-train", "medxfer-durable", "medxfer-cli"]),
 ];

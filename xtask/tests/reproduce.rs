@@ -410,6 +410,25 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
 }
 
 #[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    // `cargo xtask reproduce --plan | head -3`: the reader goes before the plan is written. It
+    // panicked ("failed printing to stdout: Broken pipe"); --plan starts and writes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results");
+    let output = medxfer_cli::output_with_stdout_closed(xtask().env("MEDXFER_CACHE", dir.path().join("cache")).args([
+        "reproduce".as_ref(),
+        "--demo".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--plan".as_ref(),
+    ]))
+    .unwrap();
+    assert_eq!(output.status.code(), Some(i32::from(medxfer_cli::CLOSED_OUTPUT_STATUS)), "{output:?}");
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_finished_study_reruns_without_training_and_plans_nothing() {
     let (shared, out) = reference();
     let log_before = std::fs::read_to_string(out.join("reproduce.log")).unwrap();

@@ -8,6 +8,7 @@
 //! // Each binary declares mimalloc its allocator (`#[global_allocator]`), then:
 //! fn main() -> ExitCode {
 //!     medxfer_cli::keep_freed_memory();
+//!     medxfer_cli::stop_quietly_when_output_closes();
 //!     medxfer_cli::exit_code(run())
 //! }
 //! # fn run() -> anyhow::Result<()> { Ok(()) }
@@ -16,16 +17,20 @@
 #![warn(missing_docs)]
 
 mod allocator;
+mod closed_output;
 
 use std::process::ExitCode;
 
 pub use allocator::keep_freed_memory;
+pub use closed_output::{CLOSED_OUTPUT_STATUS, output_with_stdout_closed, stop_quietly_when_output_closes};
 
 /// Success, or the error with its chain of causes on stderr (`error: what: why: ...`) and a
-/// failing exit code.
+/// failing exit code; a write to a closed output pipe ends quietly with
+/// [`CLOSED_OUTPUT_STATUS`], as [`stop_quietly_when_output_closes`] says why.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if closed_output::is_closed_output_error(&error) => ExitCode::from(CLOSED_OUTPUT_STATUS),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

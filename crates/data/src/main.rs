@@ -95,12 +95,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    medxfer_cli::stop_quietly_when_output_closes();
     match run(Cli::parse()) {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(error) => medxfer_cli::exit_code(Err(error)),
     }
 }
 

@@ -32,6 +32,14 @@ fn list_shows_each_dataset_as_its_toml_describes_it() {
 }
 
 #[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    // `medxfer-data list | head -3`: it panicked ("failed printing to stdout: Broken pipe").
+    let output = medxfer_cli::output_with_stdout_closed(Command::new(env!("CARGO_BIN_EXE_medxfer-data")).arg("list")).unwrap();
+    assert_eq!(output.status.code(), Some(i32::from(medxfer_cli::CLOSED_OUTPUT_STATUS)), "{output:?}");
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
 fn synth_then_check_reports_counts_and_problems_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("bach");

@@ -32,6 +32,23 @@ fn assert_clean_failure(output: &Output, needles: &[&str]) {
 }
 
 #[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    // `medxfer-scores correlate ... | head -1`: it panicked ("failed printing to stdout: Broken pipe").
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scores_vs_accuracy.csv");
+    let output = medxfer_cli::output_with_stdout_closed(Command::new(env!("CARGO_BIN_EXE_medxfer-scores")).args([
+        "correlate".as_ref(),
+        example.as_os_str(),
+        "--x".as_ref(),
+        "logme".as_ref(),
+        "--y".as_ref(),
+        "test_balanced_accuracy".as_ref(),
+    ]))
+    .unwrap();
+    assert_eq!(output.status.code(), Some(i32::from(medxfer_cli::CLOSED_OUTPUT_STATUS)), "{output:?}");
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
 fn score_json_holds_every_metric_with_the_reference_values() {
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
     let file = fixtures().join("scores/four_class.safetensors");

@@ -216,6 +216,7 @@ fn part_of(part: PartArg) -> Part {
 
 fn main() -> ExitCode {
     medxfer_cli::keep_freed_memory();
+    medxfer_cli::stop_quietly_when_output_closes();
     medxfer_cli::exit_code(run(Cli::parse()))
 }
 

@@ -107,6 +107,15 @@ fn search_extract_and_evaluate_from_the_command_line() {
     let output = train(&models, &search_args("0/1"));
     assert!(ok(&output).contains("2 of 2 trials finished"));
     assert!(!String::from_utf8_lossy(&output.stderr).contains("epoch "), "a finished search retrained");
+    // Its summary printed into a pipe whose reader has gone (`| head` that ended): the command
+    // stops quietly with the status of a process SIGPIPE ended; it panicked ("failed printing to
+    // stdout: Broken pipe").
+    let closed = medxfer_cli::output_with_stdout_closed(
+        Command::new(env!("CARGO_BIN_EXE_medxfer-train")).env("MEDXFER_MODELS", &models).args(search_args("0/1")),
+    )
+    .unwrap();
+    assert_eq!(closed.status.code(), Some(i32::from(medxfer_cli::CLOSED_OUTPUT_STATUS)), "{closed:?}");
+    assert!(!String::from_utf8_lossy(&closed.stderr).contains("panicked"), "{closed:?}");
     // The split's manifest.csv given as --split reads as its folder; a folder without one is
     // named (it was "<root>/manifest.csv: No such file", or "Not a directory").
     let manifest_file = split.join("manifest.csv");

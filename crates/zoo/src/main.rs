@@ -77,6 +77,7 @@ enum Command {
 
 fn main() -> ExitCode {
     medxfer_cli::keep_freed_memory();
+    medxfer_cli::stop_quietly_when_output_closes();
     medxfer_cli::exit_code(run(Cli::parse()))
 }
 

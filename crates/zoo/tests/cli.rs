@@ -56,6 +56,15 @@ interpolation = "bilinear"
 "#;
 
 #[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    // `medxfer-zoo list | head -3`: the reader goes before the table is written. It panicked
+    // ("failed printing to stdout: Broken pipe", exit 101).
+    let output = medxfer_cli::output_with_stdout_closed(Command::new(env!("CARGO_BIN_EXE_medxfer-zoo")).arg("list")).unwrap();
+    assert_eq!(output.status.code(), Some(i32::from(medxfer_cli::CLOSED_OUTPUT_STATUS)), "{output:?}");
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
 fn run_writes_timms_features_and_logits() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tiny.toml"), TINY_ENTRY).unwrap();
