@@ -46,6 +46,14 @@ impl Registry {
             groups.insert(name, group);
         }
         let mut names: Vec<&str> = entries.iter().chain(groups.values().flatten()).map(|e| e.name.as_str()).collect();
+        if names.is_empty() {
+            // Else `list` printed an empty table and every name was "not in the registry; known
+            // backbones: " (nothing): the folder is the mistake, not the name.
+            return Err(config_error(
+                dir,
+                "no model entry here (no *.toml in it or its subfolders); give --models (or MEDXFER_MODELS) the workspace's models/ directory".into(),
+            ));
+        }
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(config_error(dir, format!("two files name the backbone '{}'", pair[0])));

@@ -55,6 +55,11 @@ fn an_inconsistent_entry_is_refused_with_its_file_named() {
     std::fs::write(dir.join("resnet18.toml"), text.replace("family = \"resnet\"", "family = \"alexnet\"")).unwrap();
     let error = Registry::load(&dir).unwrap_err().to_string();
     assert!(error.contains("resnet18.toml") && error.contains("alexnet"), "{error}");
+    // A folder without any entry (a wrong --models) is named as the mistake; it listed nothing.
+    std::fs::remove_file(dir.join("resnet18.toml")).unwrap();
+    std::fs::create_dir_all(dir.join("empty_group")).unwrap();
+    let error = Registry::load(&dir).unwrap_err().to_string();
+    assert!(error.contains(&dir.display().to_string()) && error.contains("no model entry here"), "{error}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
