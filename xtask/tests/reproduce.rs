@@ -601,6 +601,24 @@ fn missing_data_is_named_with_the_fix() {
         assert!(stderr.contains(missing) && stderr.contains("--data"), "{missing}: {stderr}");
     }
     assert!(!dir.path().join("out").exists(), "refused before writing");
+    // An --out inside a dataset's folder (its figures were read as BreakHis images next time),
+    // however it is spelled.
+    let data = dir.path().join("data");
+    for name in ["breakhis", "bach"] {
+        std::fs::create_dir_all(data.join(name)).unwrap();
+    }
+    for out in [data.join("bach/results"), data.join("breakhis/../bach/./results"), data.join("bach")] {
+        let output = xtask()
+            .args(["reproduce".as_ref(), "--data".as_ref(), data.as_os_str(), "--tasks".as_ref(), "breast".as_ref()])
+            .args(["--backbones", "resnet18,resnet34"])
+            .args(["--out".as_ref(), out.as_os_str()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let expected = format!("is inside the dataset folder {}", data.join("bach").display());
+        assert!(!output.status.success() && stderr.contains(&expected), "{}: {stderr}", out.display());
+    }
+    assert_eq!(std::fs::read_dir(data.join("bach")).unwrap().count(), 0, "refused before writing");
     let output = xtask().args(["reproduce", "--splits", "authors", "--out", dir.path().join("out").to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected faithful, grouped or authors:DIR"));
 }

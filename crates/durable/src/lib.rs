@@ -44,4 +44,4 @@ mod write;
 pub use claim::Claim;
 pub use error::{Error, Result};
 pub use log::append_line;
-pub use write::{PendingFile, create_dir_atomic, is_leftover, is_same_file, write_atomic, write_atomic_with};
+pub use write::{PendingFile, create_dir_atomic, is_leftover, is_same_file, is_within, write_atomic, write_atomic_with};

@@ -160,6 +160,36 @@ pub fn is_same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether `path` is `folder` or lies under it, through links, `..` and relative forms, where
+/// `path` need not exist yet (an output folder usually does not): its `.` and `..` are taken
+/// lexically, then links resolved as far as it exists. An output written inside an input folder
+/// would be read as input next time (a figure as an image of one more class), so callers refuse
+/// it before the work.
+pub fn is_within(path: &Path, folder: &Path) -> bool {
+    let resolve = |path: &Path| -> Option<PathBuf> {
+        let mut lexical = PathBuf::new();
+        for part in std::path::absolute(path).ok()?.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => _ = lexical.pop(),
+                other => lexical.push(other),
+            }
+        }
+        let mut existing = lexical.as_path();
+        while !existing.exists()
+            && let Some(parent) = existing.parent()
+        {
+            existing = parent;
+        }
+        let rest = lexical.strip_prefix(existing).unwrap_or(Path::new(""));
+        Some(std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf()).join(rest))
+    };
+    match (resolve(path), resolve(folder)) {
+        (Some(path), Some(folder)) => path.starts_with(folder),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +208,29 @@ mod tests {
         std::fs::write(&other, b"model").unwrap();
         assert!(!is_same_file(&file, &other), "equal content is not the same file");
         assert!(!is_same_file(&file, &dir.path().join("missing.safetensors")), "an output not written yet is no input");
+    }
+
+    #[test]
+    fn a_path_under_a_folder_is_recognised_through_other_spellings_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(images.join("benign")).unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&images, &link).unwrap();
+        for inside in [
+            images.clone(),
+            images.join("results"),
+            images.join("benign/../results/deeper"),
+            link.join("results"),
+            dir.path().join("elsewhere/../images/new"),
+        ] {
+            assert!(is_within(&inside, &images), "{}", inside.display());
+            assert!(is_within(&inside, &link), "{} under the link", inside.display());
+        }
+        for outside in [dir.path().join("images-results"), dir.path().join("images/../results"), dir.path().to_path_buf()] {
+            assert!(!is_within(&outside, &images), "{}", outside.display());
+        }
     }
 
     #[test]

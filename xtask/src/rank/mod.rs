@@ -580,27 +580,7 @@ fn check_out_is_outside(images: &Path, out: &Path) -> Result<()> {
     if !images.is_dir() {
         return Ok(());
     }
-    // `.` and `..` taken lexically, then links resolved as far as the path exists (`out`
-    // usually does not yet).
-    let resolve = |path: &Path| -> Result<PathBuf> {
-        let mut lexical = PathBuf::new();
-        for part in std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?.components() {
-            match part {
-                std::path::Component::CurDir => {}
-                std::path::Component::ParentDir => _ = lexical.pop(),
-                other => lexical.push(other),
-            }
-        }
-        let mut existing = lexical.as_path();
-        while !existing.exists()
-            && let Some(parent) = existing.parent()
-        {
-            existing = parent;
-        }
-        let rest = lexical.strip_prefix(existing).unwrap_or(Path::new(""));
-        Ok(std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf()).join(rest))
-    };
-    if resolve(out)?.starts_with(resolve(images)?) {
+    if medxfer_durable::is_within(out, images) {
         bail!(
             "--out {} is inside --images {}: its files (ranking.png, the cached features) would be read as images of one more class next time; give --out a folder outside it",
             out.display(),

@@ -151,7 +151,7 @@ impl ReproduceArgs {
         super::splits::check_authors_csvs(&SplitChoice::parse(&self.splits)?, &tasks, |task| layout.splits(task))?;
         Shard::parse(&self.shard)?;
         if demo.is_none() {
-            check_data_folders(&tasks, self.data.as_deref().unwrap_or(Path::new("data")))?;
+            check_data_folders(&tasks, self.data.as_deref().unwrap_or(Path::new("data")), &self.out_dir(false))?;
         }
         Ok(())
     }
@@ -250,7 +250,7 @@ impl ReproduceArgs {
             None => {
                 let data = self.data.clone().unwrap_or_else(|| PathBuf::from("data"));
                 if !self.plan {
-                    check_data_folders(&tasks, &data)?;
+                    check_data_folders(&tasks, &data, &out)?;
                 }
                 let weights = match &self.weights {
                     Some(dir) => Weights::Dir(dir.clone()),
@@ -296,8 +296,22 @@ impl ReproduceArgs {
 
 /// Refuses, before any work, a `--data` folder without a task's ID or OOD dataset: each task
 /// found its data only when the study reached it, after the tasks before it (days on the real
-/// study). Every missing folder is named at once.
-fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path) -> Result<()> {
+/// study). Every missing folder is named at once. So is an `--out` inside a dataset's folder: the
+/// study's figures there were read as the dataset's images next time (seen: BreakHis refused
+/// `results/fig3.png` as "not a BreakHis image name", for this study's rerun and every other).
+fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path, out: &Path) -> Result<()> {
+    if let Some(dataset) = tasks
+        .iter()
+        .flat_map(|task| [&task.id, &task.ood])
+        .map(|dataset| data.join(dataset.as_str()))
+        .find(|folder| folder.is_dir() && medxfer_durable::is_within(out, folder))
+    {
+        bail!(
+            "--out {} is inside the dataset folder {}: the study's figures and files there would be read as the dataset's next time; give --out a folder outside --data's datasets",
+            out.display(),
+            dataset.display()
+        );
+    }
     let missing: Vec<String> = tasks
         .iter()
         .flat_map(|task| [(&task.id, "ID", &task.name), (&task.ood, "OOD", &task.name)])
