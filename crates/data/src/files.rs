@@ -1,7 +1,7 @@
 //! Finding a layout's files at whatever nesting depth a mirror put them (BreakHis and NINS are
 //! often double-nested; PAD-UFES-20's images sit in `imgs_part_*` folders or flattened).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 pub struct FileIndex {
     pub root: PathBuf,
     pub files: Vec<String>,
+    /// The entries of `files` whose real names are not UTF-8: listed with U+FFFD in their place,
+    /// so a layout's rules see them, but no path written from them opens the file.
+    pub not_utf8: BTreeSet<String>,
 }
 
 impl FileIndex {
@@ -21,16 +24,21 @@ impl FileIndex {
             return Err(Error::io(root, "not a directory: pass --root the folder the dataset archive was extracted into"));
         }
         let mut files = Vec::new();
+        let mut not_utf8 = BTreeSet::new();
         for entry in walkdir::WalkDir::new(root).follow_links(true) {
             let entry = entry.map_err(|e| Error::io(e.path().unwrap_or(root).to_path_buf(), &e))?;
             if entry.file_type().is_file() {
                 let relative = entry.path().strip_prefix(root).map_err(|e| Error::io(entry.path(), e))?;
                 let parts: Vec<_> = relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-                files.push(parts.join("/"));
+                let joined = parts.join("/");
+                if relative.to_str().is_none() {
+                    not_utf8.insert(joined.clone());
+                }
+                files.push(joined);
             }
         }
         files.sort();
-        Ok(Self { root: root.to_path_buf(), files })
+        Ok(Self { root: root.to_path_buf(), files, not_utf8 })
     }
 
     /// The absolute path of a relative one.

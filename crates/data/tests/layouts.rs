@@ -191,3 +191,35 @@ fn bad_input_is_reported_with_the_file_and_the_fix() {
     let error = read_cheng(&fake, false).unwrap_err().to_string();
     assert!(error.contains("1.mat") && error.contains("MATLAB v7.3"), "{error}");
 }
+
+/// An image whose name is not UTF-8 (a Latin-1 name from an old archive) is a problem naming the
+/// fix: its path in a manifest (text) would name another file. Kaggle's reader reported it as
+/// "cannot read: No such file or directory" (seen); BreakHis's as a name not of its pattern.
+#[test]
+fn an_image_whose_name_is_not_utf8_is_a_problem_with_the_fix() {
+    use std::os::unix::ffi::OsStrExt;
+    let catalog = catalog();
+    for (dataset, folder, copied) in [("brain-tumor-kaggle", "Training/glioma_tumor", "gg (1).jpg"), ("breakhis", "", "")] {
+        let (dir, _, before) = replica_scan(dataset, 3);
+        let (folder, copied) = if dataset == "breakhis" {
+            let first = Path::new(&before.records[0].path);
+            (first.parent().unwrap().to_path_buf(), first.file_name().unwrap().to_str().unwrap().to_string())
+        } else {
+            (Path::new(folder).to_path_buf(), copied.to_string())
+        };
+        // The copied file's name with one byte made Latin-1's e-acute (0xE9): not UTF-8.
+        let mut name = copied.as_bytes().to_vec();
+        name.insert(name.iter().rposition(|&b| b == b'.').unwrap(), 0xE9);
+        let odd = folder.join(std::ffi::OsStr::from_bytes(&name));
+        std::fs::copy(dir.path().join(&folder).join(&copied), dir.path().join(&odd)).unwrap();
+        let scan = scan_dataset(catalog.dataset(dataset).unwrap(), dir.path()).unwrap();
+        assert_eq!(scan.records, before.records, "{dataset}: the others are read as before");
+        assert_eq!(scan.problems.len(), 1, "{dataset}: {:?}", scan.problems);
+        assert_eq!(scan.problems[0].path, Path::new(&odd.to_string_lossy().into_owned()), "{dataset}");
+        assert!(
+            scan.problems[0].problem.contains("not valid UTF-8") && scan.problems[0].problem.contains("rename it"),
+            "{dataset}: {:?}",
+            scan.problems
+        );
+    }
+}

@@ -56,8 +56,8 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         .with_context(|| format!("cannot list {}", root.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+        .map(|e| e.file_name().into_string().map_err(|_| not_utf8(&e.path())))
+        .collect::<Result<_>>()?;
     classes.sort();
     // ImageFolder's split layout (DIR/train/<class>/...) read as classes train, val and test:
     // the ranking would score how well each backbone tells the splits apart.
@@ -82,7 +82,7 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
             let through_link =
                 std::fs::canonicalize(file.parent().unwrap_or(root)).ok().map(|p| p.join(file.file_name().unwrap_or_default()))
                     != Some(real.clone());
-            let relative = file.strip_prefix(root).unwrap_or(&file).to_string_lossy().replace('\\', "/");
+            let relative = file.strip_prefix(root).unwrap_or(&file).to_str().ok_or_else(|| not_utf8(&file))?.replace('\\', "/");
             candidates.push((through_link, relative, real));
         }
         candidates.sort();
@@ -107,6 +107,16 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }
     Ok(LabelledImages { root: root.to_path_buf(), records, classes })
+}
+
+/// A file or class folder whose name is not UTF-8 (a Latin-1 name from an old archive): the
+/// cached features' lists and ranking.csv are text, where its name would stand for another file
+/// (it was read as "No such file or directory", seen).
+fn not_utf8(path: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: its name is not valid UTF-8 (shown here with \u{FFFD}), which the rank cache's lists cannot hold; rename it",
+        path.display()
+    )
 }
 
 /// The files under `dir`, links followed, in name order; hidden entries skipped. A link back to
@@ -192,6 +202,26 @@ mod tests {
     fn png(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         image::RgbImage::new(4, 4).save(path).unwrap();
+    }
+
+    /// A file or class folder whose name is not UTF-8 is refused naming it and the fix; the file
+    /// was listed under a name that opened nothing ("No such file or directory", seen).
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_with_the_fix() {
+        use std::os::unix::ffi::OsStrExt;
+        let latin1 = |name: &[u8]| std::ffi::OsStr::from_bytes(name).to_os_string();
+        let (file, class) = (Path::new("benign").join(latin1(b"caf\xe9.png")), PathBuf::from(latin1(b"b\xe9nin")));
+        // (the image added, the name the error gives)
+        for (odd, named) in [(file.clone(), file), (class.join("a.png"), class)] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("images");
+            for file in [Path::new("benign/a.png"), Path::new("malignant/c.png"), &odd] {
+                png(&root.join(file));
+            }
+            let error = format!("{:#}", LabelledImages::read(&root).unwrap_err());
+            assert!(error.contains(&root.join(named).display().to_string()), "{error}");
+            assert!(error.contains("not valid UTF-8") && error.contains("rename it"), "{error}");
+        }
     }
 
     #[test]

@@ -35,7 +35,25 @@ pub fn scan_dataset(spec: &DatasetSpec, root: &Path) -> Result<Scan> {
         LayoutKind::Cheng => cheng::scan(spec, &index)?,
         LayoutKind::Nins => nins::scan(spec, &index)?,
     };
-    Ok(scan.finish())
+    Ok(refuse_names_not_utf8(scan, &index).finish())
+}
+
+/// An image the layout takes whose name is not UTF-8 is a problem, not a record: its path in a
+/// manifest (text) would name another file, and `check` said "cannot read: No such file or
+/// directory" of a file the user can see (seen). A layout's own problem with such a file (it
+/// could not be read for its hash) gives way to this one, which says what to do.
+fn refuse_names_not_utf8(mut scan: Scan, index: &FileIndex) -> Scan {
+    let not_utf8 = |path: &str| index.not_utf8.contains(path);
+    let (unnamed, records): (Vec<Record>, Vec<Record>) = scan.records.into_iter().partition(|r| not_utf8(&r.path));
+    scan.records = records;
+    let mut named: Vec<String> = unnamed.into_iter().map(|r| r.path).collect();
+    named.extend(scan.problems.extract_if(.., |p| p.path.to_str().is_some_and(not_utf8)).filter_map(|p| p.path.to_str().map(String::from)));
+    named.sort();
+    named.dedup();
+    for path in named {
+        scan.problem(path, "its name is not valid UTF-8 (shown here with \u{FFFD}), which the split manifests cannot hold; rename it");
+    }
+    scan
 }
 
 /// Adds an image of `class` to the scan: a record when the label map keeps the class, a drop
