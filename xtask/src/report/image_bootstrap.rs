@@ -137,6 +137,9 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
     if settings.metrics.is_empty() {
         bail!("--metrics names no score");
     }
+    if let Some(warning) = few_resamples_warning(settings.resamples) {
+        eprintln!("warning: {warning}");
+    }
     // Read before the hours of resampling, so that a damaged file stops the run at once.
     let earlier = read(out).context("reading the intervals an earlier image-bootstrap wrote (remove both files to start afresh)")?;
     let performance = results::read_performance(out)?;
@@ -324,6 +327,17 @@ fn cell_intervals(
     Ok((score_rows, tau_rows))
 }
 
+/// Below 40 resamples a 2.5% tail holds less than one of them: the "95% interval" is then the
+/// range of a few draws (with 1, a point), which reads as a precision the run did not measure.
+/// Said, not refused: a few resamples are a fair smoke test.
+fn few_resamples_warning(resamples: usize) -> Option<String> {
+    (resamples * 25 < 1000).then(|| {
+        format!(
+            "--resamples {resamples}: each 2.5% tail of a 95% interval holds less than one resample, so the intervals are the range of {resamples} draw(s), narrower than the truth; use 200 or more (1,000 for a publication)"
+        )
+    })
+}
+
 /// Each backbone's scores on the same images: the per-model ones from one shared analysis per
 /// backbone (a failure leaves that score out), the set-level ones combined over the backbones
 /// from their terms (left out everywhere where a backbone's terms fail); and, per score left out
@@ -390,6 +404,17 @@ mod tests {
     use medxfer_scores::score_set;
 
     use super::*;
+
+    /// The bound where 2.5% of the resamples is one resample: 40.
+    #[test]
+    fn fewer_than_forty_resamples_are_said_to_give_no_real_tail() {
+        for resamples in [1, 5, 39] {
+            let warning = few_resamples_warning(resamples).expect("warned");
+            assert!(warning.contains(&format!("--resamples {resamples}")) && warning.contains("200 or more"), "{warning}");
+        }
+        assert_eq!(few_resamples_warning(40), None);
+        assert_eq!(few_resamples_warning(200), None);
+    }
 
     /// Three backbones' features of the same 240 images: the per-model scores are score_all's,
     /// and ETran, defined over the set, is score_set's combination over the three.
