@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::host::host_name;
+use crate::host::{host_name, process_has_ended};
 use crate::write::PendingFile;
 
 /// This process's hold on a unit of work: a lock file holding `{"host":...,"pid":...}`,
@@ -28,7 +28,7 @@ fn holder(text: &str) -> Option<(&str, u32)> {
 /// process table of another host cannot be read; an unreadable file holds nobody).
 fn holder_is_gone(text: &str) -> bool {
     match holder(text) {
-        Some((host, pid)) => host == host_name() && !Path::new(&format!("/proc/{pid}")).exists(),
+        Some((host, pid)) => host == host_name() && process_has_ended(pid),
         None => true,
     }
 }

@@ -16,6 +16,12 @@ pub(crate) fn host_name() -> &'static str {
     })
 }
 
+/// Whether process `pid` of this host has ended, as far as can be told: Linux's process table
+/// lacks it. Where there is no /proc to read, nothing is known to have ended.
+pub(crate) fn process_has_ended(pid: u32) -> bool {
+    std::path::Path::new("/proc/self").exists() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The host name with every character but letters, digits, '.' and '_' as '_': a part of a
 /// file name that the '-' separating it from the next part cannot be confused with.
 pub(crate) fn file_name_host() -> &'static str {

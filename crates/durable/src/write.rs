@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
-use crate::host::file_name_host;
+use crate::host::{file_name_host, process_has_ended};
 
 /// Calls of this process so far: the last part of a temporary name.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -28,6 +28,28 @@ fn temporary_path(target: &Path) -> PathBuf {
 pub fn is_leftover(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
     name.starts_with('.') && name.ends_with(".partial")
+}
+
+/// Removes the temporary files of `target` whose writers, on this host, have ended: a cache
+/// build killed and started again left a hidden `.partial` of the whole cache (gigabytes for
+/// ISIC at 256 px) per kill, and a training run one checkpoint per kill. Another host's are
+/// kept: whether their writer lives cannot be told from here. Best effort: a file that cannot be
+/// listed or removed is left as it was.
+fn remove_files_of_ended_writers(target: &Path) {
+    let (Some(folder), Some(name)) = (target.parent(), target.file_name()) else { return };
+    let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+    let prefix = format!(".{}.{}-", name.to_string_lossy(), file_name_host());
+    let Ok(entries) = std::fs::read_dir(folder) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        // `.NAME.HOST-PID-CALL.partial`, as `temporary_path` names them.
+        let Some(pid_and_call) = file.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".partial")) else { continue };
+        let Some(Ok(pid)) = pid_and_call.split_once('-').map(|(pid, _)| pid.parse::<u32>()) else { continue };
+        if pid != std::process::id() && process_has_ended(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Creates the folder `path` will live in.
@@ -66,9 +88,11 @@ pub struct PendingFile {
 }
 
 impl PendingFile {
-    /// A temporary name for `target` (whose folder is created if missing).
+    /// A temporary name for `target` (whose folder is created if missing). The temporary files
+    /// of `target` that killed writers of this host left are removed first.
     pub fn new(target: &Path) -> Result<Self> {
         create_parent(target)?;
+        remove_files_of_ended_writers(target);
         Ok(Self { temporary: temporary_path(target), target: target.to_path_buf(), done: false })
     }
 
@@ -208,6 +232,39 @@ mod tests {
         std::fs::write(&other, b"model").unwrap();
         assert!(!is_same_file(&file, &other), "equal content is not the same file");
         assert!(!is_same_file(&file, &dir.path().join("missing.safetensors")), "an output not written yet is no input");
+    }
+
+    /// A killed writer's temporary file (the process is gone) goes when the file is written
+    /// again; a live writer's, another host's and another file's stay.
+    #[test]
+    fn a_new_write_removes_what_ended_writers_of_this_host_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("breakhis-s256.rgb8");
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        let ended_pid = ended.id();
+        ended.wait().unwrap();
+        let mut live = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let host = file_name_host();
+        let name = |host: &str, pid: u32| dir.path().join(format!(".breakhis-s256.rgb8.{host}-{pid}-0.partial"));
+        let left = [
+            (name(host, ended_pid), false),
+            (name(host, live.id()), true),
+            (name(host, std::process::id()), true),
+            (name("another_node", ended_pid), true),
+            (dir.path().join(format!(".bach-s256.rgb8.{host}-{ended_pid}-0.partial")), true),
+        ];
+        for (path, _) in &left {
+            std::fs::write(path, b"half a cache").unwrap();
+        }
+        let pending = PendingFile::new(&target).unwrap();
+        std::fs::write(pending.path(), b"the cache").unwrap();
+        pending.commit().unwrap();
+        live.kill().unwrap();
+        live.wait().unwrap();
+        for (path, kept) in left {
+            assert_eq!(path.exists(), kept, "{}", path.display());
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"the cache");
     }
 
     #[test]
