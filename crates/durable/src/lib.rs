@@ -9,7 +9,8 @@
 //!   [`create_dir_atomic`] for whole folders) writes to a temporary name unique to this host,
 //!   process and call, fsyncs the file, renames it into place and fsyncs the folder. A reader
 //!   sees the old file or the new one, never a mixture; after a crash at any instant, at worst
-//!   a temporary file is left (hidden, ending in `.partial`).
+//!   a temporary file is left (hidden, ending in `.partial`), which the next [`PendingFile`] of
+//!   the same file on that host removes.
 //! - **A log line is one write.** [`append_line`] opens the log for appending, so lines from
 //!   concurrent processes do not interleave.
 //! - **A unit of work is claimed before it is done.** [`Claim`] is a lock file naming host and
