@@ -183,8 +183,10 @@ struct ImageArgs {
     /// A manifest.csv and the part of it to use; without it, every image the task uses.
     #[arg(long)]
     manifest: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "train")]
-    part: PartArg,
+    /// The part of --manifest (train by default). Without --manifest there are no parts: it was
+    /// ignored, and every image of the dataset was read as if it were the part asked for.
+    #[arg(long, value_enum, requires = "manifest")]
+    part: Option<PartArg>,
     /// A fine-tuned model (a run's best.safetensors, or one of its epoch-NNNN.safetensors);
     /// without it, the pretrained model with its ImageNet head.
     #[arg(long)]
@@ -508,14 +510,18 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     let spec = catalog.dataset(&images.dataset)?;
     let entries = match &images.manifest {
         Some(path) => {
-            let part = part_of(images.part);
+            let part = part_of(images.part.unwrap_or(PartArg::Train));
             medxfer_data::read_manifest_of(path, &spec.name)?.into_iter().filter(|e| e.split == part).collect()
         }
         None => ood_entries(&scan_dataset(spec, &images.root)?.records),
     };
     if entries.is_empty() {
         match &images.manifest {
-            Some(path) => bail!("{}: no {} images in this manifest; choose another --part", path.display(), part_of(images.part).name()),
+            Some(path) => bail!(
+                "{}: no {} images in this manifest; choose another --part",
+                path.display(),
+                part_of(images.part.unwrap_or(PartArg::Train)).name()
+            ),
             None => bail!("{}: no images of {} found", images.root.display(), spec.name),
         }
     }
