@@ -123,6 +123,18 @@ pub fn read_scores(dir: &Path) -> Result<Vec<ScoreRow>> {
     let rows: Vec<ScoreRow> =
         read_rows(&dir.join(SCORES_CSV), &SCORE_COLUMNS, |r: &ScoreRow| (r.task.clone(), r.setting, r.backbone.clone(), r.metric.clone()))?;
     for (i, row) in rows.iter().enumerate() {
+        // NaN stands for a score that failed on that backbone (left out of its correlations);
+        // an infinite value no score gives and no step writes was left out the same way unsaid.
+        if row.value.is_infinite() {
+            bail!(
+                "{}: row {}: {} of {} is {}; a score is a finite number (NaN where it could not be computed)",
+                dir.join(SCORES_CSV).display(),
+                i + 2,
+                row.metric,
+                row.backbone,
+                row.value
+            );
+        }
         if !is_score_key(&row.metric) {
             let keys = score_keys();
             let hint = medxfer_scores::spelled_like(&row.metric, keys.iter().map(String::as_str))

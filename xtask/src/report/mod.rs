@@ -628,6 +628,20 @@ mod tests {
         assert!(message.contains("row 6: val_balanced_accuracy is NaN"), "{message}");
     }
 
+    /// An infinite score (typed in; no step writes one) is refused, naming the row: it was left
+    /// out of its correlations unsaid (seen: n = 9 of 10 in table2.csv). NaN, a failed score,
+    /// is left out as before.
+    #[test]
+    fn an_infinite_score_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut scores, _) = write_results(dir.path());
+        scores[2].value = f64::NEG_INFINITY;
+        results::write_rows(&dir.path().join(results::SCORES_CSV), &SCORE_COLUMNS, &scores).unwrap();
+        let message = run(dir.path()).unwrap_err().to_string();
+        let expected = format!("scores.csv: row 4: {} of {} is -inf; a score is a finite number", scores[2].metric, scores[2].backbone);
+        assert!(message.contains(&expected), "{message}");
+    }
+
     #[test]
     fn provenance_and_the_published_values_appear_in_the_report() {
         let dir = tempfile::tempdir().unwrap();
