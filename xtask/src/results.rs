@@ -78,7 +78,13 @@ fn read_lines<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<
     let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = reader.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
     if header.iter().ne(columns.iter().copied()) {
-        bail!("{}: the header is `{}`; expected `{}`", path.display(), header.iter().collect::<Vec<_>>().join(","), columns.join(","));
+        bail!(
+            "{}: the header is `{}`; expected `{}`{}",
+            path.display(),
+            header.iter().collect::<Vec<_>>().join(","),
+            columns.join(","),
+            separator_hint(&header)
+        );
     }
     let mut rows = Vec::new();
     for record in reader.records() {
@@ -88,6 +94,17 @@ fn read_lines<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<
         rows.push((line, row));
     }
     Ok(rows)
+}
+
+/// What to do about a header read as one column because its file is separated otherwise: a
+/// spreadsheet saved in a locale whose decimal mark is the comma writes `;`, and "save as text"
+/// writes tabs. Empty when the header is not one such column.
+pub fn separator_hint(header: &csv::StringRecord) -> String {
+    let only = if header.len() == 1 { header.get(0).unwrap_or_default() } else { "" };
+    match [';', '\t'].into_iter().find(|&c| only.contains(c)) {
+        Some(separator) => format!(" (its columns are separated by {separator:?}: save it comma-separated, with '.' as the decimal mark)"),
+        None => String::new(),
+    }
 }
 
 /// Rows of a results CSV whose header must be exactly `columns` and where no two rows share a

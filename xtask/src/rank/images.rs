@@ -151,10 +151,16 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 fn from_csv(csv_path: &Path) -> Result<LabelledImages> {
     let root = csv_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut reader = csv::Reader::from_path(csv_path).with_context(|| format!("cannot read {}", csv_path.display()))?;
-    let header: Vec<String> = reader.headers()?.iter().map(str::to_string).collect();
+    let header_record = reader.headers()?.clone();
+    let header: Vec<String> = header_record.iter().map(str::to_string).collect();
     let column = |name: &str| header.iter().position(|h| h == name);
     let (Some(path_column), Some(label_column)) = (column("path"), column("label")) else {
-        bail!("{}: the header is `{}`; expected columns path and label", csv_path.display(), header.join(","));
+        bail!(
+            "{}: the header is `{}`; expected columns path and label{}",
+            csv_path.display(),
+            header.join(","),
+            crate::results::separator_hint(&header_record)
+        );
     };
     let mut rows = Vec::new();
     // Each file once: listed twice it would be counted twice, and could land in train and test.

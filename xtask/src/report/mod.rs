@@ -628,6 +628,24 @@ mod tests {
         assert!(message.contains("row 6: val_balanced_accuracy is NaN"), "{message}");
     }
 
+    /// A table saved by a spreadsheet with ';' or tabs between its columns is named as such.
+    #[test]
+    fn a_table_separated_otherwise_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        write_results(dir.path());
+        let path = dir.path().join(results::PERFORMANCE_CSV);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (separator, named) in [(";", "';'"), ("\t", "'\\t'")] {
+            std::fs::write(&path, text.replace(',', separator)).unwrap();
+            let message = run(dir.path()).unwrap_err().to_string();
+            assert!(message.contains(&format!("its columns are separated by {named}: save it comma-separated")), "{message}");
+        }
+        // A header that is merely wrong says only that.
+        std::fs::write(&path, text.replacen("task,", "tsk,", 1)).unwrap();
+        let message = run(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("the header is `tsk,") && !message.contains("separated by"), "{message}");
+    }
+
     /// An infinite score (typed in; no step writes one) is refused, naming the row: it was left
     /// out of its correlations unsaid (seen: n = 9 of 10 in table2.csv). NaN, a failed score,
     /// is left out as before.
