@@ -254,6 +254,31 @@ fn classify(entry: &ModelEntry, images: &[PathBuf], weights: Option<&Path>, clas
     Ok(())
 }
 
+/// What `run` checks of its input before the model sees it: a NaN or infinity (written through
+/// to every feature and logit, unsaid: seen), and values no normalisation gives, pixels in
+/// 0..255 (normalised with ImageNet's mean and std they lie within about -2.2..2.7).
+fn check_normalised(input: &Path, images: &Tensor) -> Result<()> {
+    let values = images.flatten_all()?.to_vec1::<f32>()?;
+    let per_image = values.len() / images.dim(0)?.max(1);
+    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: 'input' holds {} (image {}, value {} of {per_image}); every value must be a number",
+            input.display(),
+            values[at],
+            at / per_image,
+            at % per_image
+        );
+    }
+    let largest = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if largest > 20.0 {
+        eprintln!(
+            "warning: {}: 'input' reaches {largest}, which no normalisation gives: pixels in 0..255? The backbones take (pixel / 255 - mean) / std, with the model's mean and std (`medxfer-zoo inspect`)",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &Path, num_classes: Option<usize>) -> Result<()> {
     // The outputs would replace the weights or the inputs they were computed from.
     for (option, given) in [("--weights", weights), ("--input", Some(input))] {
@@ -271,7 +296,9 @@ fn run_model(entry: &ModelEntry, weights: Option<&Path>, input: &Path, output: &
     if images.rank() != 4 || images.dim(1)? != 3 {
         bail!("{}: 'input' has shape {:?}; the backbones take B x 3 x H x W (RGB images, normalised)", input.display(), images.dims());
     }
-    let (features, logits) = model.features_and_logits(&images.to_dtype(candle_core::DType::F32)?, false)?;
+    let images = images.to_dtype(candle_core::DType::F32)?;
+    check_normalised(input, &images)?;
+    let (features, logits) = model.features_and_logits(&images, false)?;
     let outputs = HashMap::from([("features".to_string(), features), ("logits".to_string(), logits)]);
     let pending = medxfer_durable::PendingFile::new(output)?;
     candle_core::safetensors::save(&outputs, pending.path()).with_context(|| format!("cannot write {}", output.display()))?;

@@ -127,6 +127,31 @@ fn run_writes_timms_features_and_logits() {
             "{shape:?}: {message}"
         );
     }
+    // A NaN in the input is refused, naming where (it went through to every feature and logit,
+    // unsaid); pixels in 0..255 that were never normalised are warned of, the run goes on.
+    let reference = candle_core::safetensors::load(&input, &Device::Cpu).unwrap();
+    let good = reference["input"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let dims = reference["input"].dims().to_vec();
+    for (position, value, refused) in [(good.len() - 5, f32::NAN, true), (7, 254.0, false)] {
+        let mut values = good.clone();
+        values[position] = value;
+        let bad = dir.path().join("odd.safetensors");
+        let tensor = candle_core::Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("input".to_string(), tensor)]), &bad).unwrap();
+        let args = ["--models", models, "run", "--model", "resnet_basic_min", "--weights", weights.to_str().unwrap()];
+        let output = zoo(&[&args[..], &["--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()]].concat());
+        let message = String::from_utf8_lossy(&output.stderr);
+        let per_image = good.len() / dims[0];
+        if refused {
+            let at = format!("'input' holds NaN (image {}, value {} of {per_image})", position / per_image, position % per_image);
+            assert!(!output.status.success() && message.contains(&at), "{message}");
+        } else {
+            assert!(
+                output.status.success() && message.contains("'input' reaches 254") && message.contains("pixels in 0..255?"),
+                "{message}"
+            );
+        }
+    }
     // The outputs written over the weights or the inputs are refused, and those kept (the
     // weights file became the features). On copies: the fixtures are committed.
     let (weights, input) = (dir.path().join("weights.safetensors"), dir.path().join("input.safetensors"));
