@@ -478,6 +478,12 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     // says so.
     assert_eq!((row["leep"].as_str(), row["nce"].as_str()), ("", ""), "no source classifier: {row:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("needs the source model's probabilities"));
+    // ranking.md, the file that is kept, says so too: the columns were gone, unsaid (seen).
+    let ranking = std::fs::read_to_string(out.join("ranking.md")).unwrap();
+    for metric in ["nce", "leep"] {
+        let line = format!("- {metric}, so the consensus is over the others: failed on virchow2_like (");
+        assert!(ranking.contains(&line) && ranking.contains("needs the source model's probabilities"), "{metric}: {ranking}");
+    }
     for metric in ["h_score", "n_leep", "logme", "reg_h_score", "gbc"] {
         assert!(row[metric].parse::<f64>().unwrap().is_finite(), "{metric}: {row:?}");
     }

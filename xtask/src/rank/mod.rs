@@ -322,6 +322,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     // terms were not accepted, no network): the others are still ranked, and the command fails
     // at the end, naming them.
     let mut not_ranked: Vec<(String, String)> = Vec::new();
+    // Each candidate's failed scores and why, for the note on the scores the table lacks.
+    let mut failed: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     for entry in &candidates {
         let candidate = || -> Result<(Scored, PathBuf)> {
             // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
@@ -372,6 +374,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         scored_files.push((entry.name.clone(), features_file));
         if !result.errors.is_empty() {
             eprintln!("warning: {}: some scores failed: {:?}", entry.name, result.errors);
+            failed.push((entry.name.clone(), result.errors.clone()));
         }
         eprintln!("{}: scored ({} features, extraction {:.1} s)", entry.name, result.feature_dim, result.extraction_seconds);
         scored.push((entry.name.clone(), result.feature_dim, result.extraction_seconds, result.scores));
@@ -435,6 +438,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     }
 
     let mut table = render(&rows, &consensus);
+    table.push_str(&left_out_scores(&rows, &failed, &consensus));
     if let Some(resamples) = args.bootstrap {
         let firsts = bootstrap::first_places(&scored_files, resamples, args.seed, &consensus)?;
         table.push('\n');
@@ -473,6 +477,36 @@ fn not_ranked_list(not_ranked: &[(String, String)]) -> String {
 /// The scores present in the rows, the paper's seven first.
 fn present_metrics(rows: &[RankRow]) -> Vec<Metric> {
     Metric::every().filter(|m| rows.iter().any(|r| r.scores.contains_key(m.as_str()))).collect()
+}
+
+/// The scores the table lacks and why, for ranking.md: a score ranks the candidates only when
+/// every one has it, so one that failed on a candidate (N-LEEP's mixture on a small folder; LEEP
+/// and NCE on a foundation model, which has no ImageNet head) left its column, and its share of
+/// the consensus, out of the table with the reasons on stderr alone (seen). Empty when none is.
+fn left_out_scores(rows: &[RankRow], failed: &[(String, BTreeMap<String, String>)], consensus: &Consensus) -> String {
+    let present = present_metrics(rows);
+    let mut text = String::new();
+    for metric in Metric::every().filter(|m| !present.contains(m)) {
+        // reason -> the candidates it stopped.
+        let mut reasons: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (candidate, errors) in failed {
+            if let Some(reason) = errors.get(metric.as_str()) {
+                reasons.entry(reason.as_str()).or_default().push(candidate.as_str());
+            }
+        }
+        let why = if reasons.is_empty() {
+            "not computed for every candidate".to_string()
+        } else {
+            let each: Vec<String> = reasons.iter().map(|(reason, candidates)| format!("{} ({reason})", candidates.join(", "))).collect();
+            format!("failed on {}", each.join("; "))
+        };
+        let counted = if consensus.includes(metric) { ", so the consensus is over the others" } else { "" };
+        let _ = writeln!(text, "- {}{counted}: {why}", header(metric));
+    }
+    if text.is_empty() {
+        return text;
+    }
+    format!("\nScores left out (a score ranks the candidates only when every one of them has it):\n{text}")
 }
 
 /// A score's column header: † beyond the paper, ↓ lower is better.
@@ -719,6 +753,32 @@ mod tests {
         let order: Vec<(&str, f64)> = rows.iter().map(|r| (r.backbone.as_str(), r.consensus)).collect();
         assert_eq!(order, [("b", 1.0), ("c", 2.0), ("a", 3.0)]);
         assert!(!rows[0].scores.contains_key("leep"));
+    }
+
+    /// The scores the table lacks are named with each candidate's reason, and whether the
+    /// consensus counted them; with every score present there is no note.
+    #[test]
+    fn scores_left_out_of_the_table_are_named_with_their_reasons() {
+        let every = |skip: &[&str]| -> BTreeMap<String, f64> {
+            Metric::every().filter(|m| !skip.contains(&m.as_str())).map(|m| (m.as_str().to_string(), 1.0)).collect()
+        };
+        let candidates = [("a".to_string(), 8, 0.1, every(&["leep", "sfda"])), ("b".into(), 8, 0.1, every(&["sfda"]))];
+        let failed = [
+            ("a".to_string(), BTreeMap::from([("leep".to_string(), "needs the source model's probabilities".to_string())])),
+            ("b".into(), BTreeMap::new()),
+        ];
+        let note = left_out_scores(&rank(&candidates, &Consensus::Paper), &failed, &Consensus::Paper);
+        let lines: Vec<&str> = note.lines().filter(|l| l.starts_with("- ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "- leep, so the consensus is over the others: failed on a (needs the source model's probabilities)",
+                "- sfda †: not computed for every candidate",
+            ],
+            "{note}"
+        );
+        let all = [("a".to_string(), 8, 0.1, every(&[])), ("b".into(), 8, 0.1, every(&[]))];
+        assert_eq!(left_out_scores(&rank(&all, &Consensus::All), &[], &Consensus::All), "");
     }
 
     #[test]
