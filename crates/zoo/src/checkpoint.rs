@@ -68,6 +68,28 @@ pub fn read_checkpoint(path: &Path, store: &ParamStore) -> Result<Vec<(String, T
     Ok(tensors)
 }
 
+/// How to get a damaged weights file again. One in the Hugging Face cache
+/// (`models--ORG--NAME/snapshots/REV/FILE`, a link to `blobs/HASH`) stays there: the hub is asked
+/// only for files the cache lacks, so "download it again" did nothing until the file was removed.
+fn redownload(path: &Path) -> String {
+    let parts: Vec<&str> = path.iter().filter_map(|p| p.to_str()).collect();
+    let snapshot = parts.iter().rposition(|p| *p == "snapshots").filter(|&i| i > 0 && i + 2 < parts.len());
+    let repo = snapshot.and_then(|i| parts[i - 1].strip_prefix("models--")).map(|repo| repo.replacen("--", "/", 1));
+    match repo {
+        Some(repo) => {
+            let blob = std::fs::read_link(path)
+                .ok()
+                .and_then(|_| std::fs::canonicalize(path).ok())
+                .map(|blob| format!(" and the blob it links to ({})", blob.display()));
+            format!(
+                "it is in the Hugging Face cache, which the hub is not asked again for: delete it{}, then run `medxfer-zoo fetch {repo}`",
+                blob.unwrap_or_default()
+            )
+        }
+        None => "download or export it again".into(),
+    }
+}
+
 /// The largest safetensors header read (the real ones are kilobytes to a few megabytes).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
@@ -78,7 +100,7 @@ const MAX_HEADER_BYTES: u64 = 100 << 20;
 fn read_safetensors(path: &Path, device: &candle_core::Device) -> Result<Vec<(String, Tensor)>> {
     use std::io::{Read, Seek, SeekFrom};
     let bad = |problem: String| Error::Checkpoint { path: path.to_path_buf(), problem };
-    let damaged = |what: String| bad(format!("not a valid safetensors file ({what}); it may be truncated: download or export it again"));
+    let damaged = |what: String| bad(format!("not a valid safetensors file ({what}); it may be truncated: {}", redownload(path)));
     let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
     let file_len = file.metadata().map_err(|e| bad(format!("cannot read the file: {e}")))?.len();
     let mut length = [0u8; 8];
@@ -152,11 +174,12 @@ fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>> {
         match outcome {
             Ok(Ok(tensors)) => Ok(tensors),
             Ok(Err(e)) => Err(bad(format!(
-                "not a readable PyTorch checkpoint ({e}); it may be truncated or in a layout other than torch.save's zip: download it again, \
-                 or convert it to safetensors"
+                "not a readable PyTorch checkpoint ({e}); it may be truncated or in a layout other than torch.save's zip: {}, \
+                 or convert it to safetensors",
+                redownload(path)
             ))),
             Err(_) => {
-                Err(bad("a damaged PyTorch checkpoint (its pickle does not describe tensors consistently): download it again".into()))
+                Err(bad(format!("a damaged PyTorch checkpoint (its pickle does not describe tensors consistently): {}", redownload(path))))
             }
         }
     };

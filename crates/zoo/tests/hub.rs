@@ -24,16 +24,9 @@ fn fake_cache(root: &Path, repo: &str, revision: &str, file: &Path) {
     std::fs::copy(file, snapshot.join(WEIGHTS_FILE)).unwrap();
 }
 
-#[test]
-fn a_cached_hub_model_loads_offline() {
-    let cache = std::env::temp_dir().join(format!("medxfer-hub-{}", std::process::id()));
-    let repo = "timm/resnet_basic_min.test_in1k";
-    fake_cache(&cache, repo, "0123abcd", &fixtures().join("resnet_basic_min.safetensors"));
-    let options = HubOptions { cache_dir: Some(cache.clone()), offline: true, progress: false, ..HubOptions::default() };
-    let path = hub_file(repo, WEIGHTS_FILE, &options).unwrap();
-    assert!(path.ends_with("snapshots/0123abcd/model.safetensors"), "{}", path.display());
-
-    let entry = ModelEntry {
+/// The small ResNet of the fixtures as a registry entry of hub repo `repo`.
+fn tiny_resnet_entry(repo: &str) -> ModelEntry {
+    ModelEntry {
         name: "resnet_basic_min".into(),
         paper_name: "test".into(),
         hub: repo.into(),
@@ -45,8 +38,19 @@ fn a_cached_hub_model_loads_offline() {
             ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1])
         }),
         preprocessing: Preprocessing { mean: [0.5; 3], std: [0.5; 3], resize: 256, crop: 224, interpolation: "bilinear".into() },
-    };
-    let model = medxfer_zoo::pretrained(&entry, &options, &Device::Cpu).unwrap();
+    }
+}
+
+#[test]
+fn a_cached_hub_model_loads_offline() {
+    let cache = std::env::temp_dir().join(format!("medxfer-hub-{}", std::process::id()));
+    let repo = "timm/resnet_basic_min.test_in1k";
+    fake_cache(&cache, repo, "0123abcd", &fixtures().join("resnet_basic_min.safetensors"));
+    let options = HubOptions { cache_dir: Some(cache.clone()), offline: true, progress: false, ..HubOptions::default() };
+    let path = hub_file(repo, WEIGHTS_FILE, &options).unwrap();
+    assert!(path.ends_with("snapshots/0123abcd/model.safetensors"), "{}", path.display());
+
+    let model = medxfer_zoo::pretrained(&tiny_resnet_entry(repo), &options, &Device::Cpu).unwrap();
     let reference = candle_core::safetensors::load(fixtures().join("resnet_basic_min_ref.safetensors"), &Device::Cpu).unwrap();
     let (_, logits) = model.features_and_logits(&reference["input"], false).unwrap();
     let difference = common::max_abs_difference(logits, &reference["logits"]);
@@ -222,6 +226,32 @@ fn a_flaky_network_is_retried_and_a_missing_file_is_not() {
     let (endpoint, _) = serve(body, 10, std::time::Duration::ZERO);
     let error = hub_file("timm/down.test", WEIGHTS_FILE, &online(cache.path(), endpoint, HubRetry { attempts: 2, ..retry })).unwrap_err();
     assert!(error.to_string().contains("failed 2 time(s)") && error.to_string().contains("timm/down.test"), "{error}");
+}
+
+/// A damaged weights file in the hub cache stays there (the hub is asked only for files the
+/// cache lacks), so "download it again" did nothing: the error says what to delete and what to
+/// run, and doing that gives the whole file back.
+#[test]
+fn a_damaged_cached_file_is_named_with_how_to_fetch_it_again() {
+    let cache = tempfile::tempdir().unwrap();
+    let body = std::fs::read(fixtures().join("resnet_basic_min.safetensors")).unwrap();
+    let (endpoint, _) = serve(body.clone(), 0, std::time::Duration::ZERO);
+    let retry =
+        HubRetry { attempts: 2, first_delay: std::time::Duration::from_millis(50), wait_for_others: std::time::Duration::from_secs(60) };
+    let options = online(cache.path(), endpoint, retry);
+    let repo = "timm/damaged.test";
+    let path = hub_file(repo, WEIGHTS_FILE, &options).unwrap();
+    let blob = std::fs::canonicalize(&path).unwrap();
+    assert_ne!(blob, path, "hf-hub links the snapshot's file to its blob");
+    std::fs::write(&blob, &body[..body.len() / 2]).unwrap();
+    let error = medxfer_zoo::pretrained(&tiny_resnet_entry(repo), &options, &Device::Cpu).unwrap_err().to_string();
+    let fix = format!("delete it and the blob it links to ({}), then run `medxfer-zoo fetch {repo}`", blob.display());
+    assert!(error.contains(&path.display().to_string()) && error.contains(&fix), "{error}");
+    // As it says.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&blob).unwrap();
+    assert_eq!(std::fs::read(hub_file(repo, WEIGHTS_FILE, &options).unwrap()).unwrap(), body);
+    medxfer_zoo::pretrained(&tiny_resnet_entry(repo), &options, &Device::Cpu).unwrap();
 }
 
 #[test]
