@@ -481,9 +481,14 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     // ranking.md, the file that is kept, says so too: the columns were gone, unsaid (seen).
     let ranking = std::fs::read_to_string(out.join("ranking.md")).unwrap();
     for metric in ["nce", "leep"] {
-        let line = format!("- {metric}, so the consensus is over the others: failed on virchow2_like (");
+        let line = format!("- {metric} (in the consensus): failed on virchow2_like (");
         assert!(ranking.contains(&line) && ranking.contains("needs the source model's probabilities"), "{metric}: {ranking}");
     }
+    // A consensus of those two alone ranks nothing: refused (the table and the shortlist went by
+    // name, every consensus NaN).
+    let output = rank_output(dir.path(), &images, &out, None, &["--backbones", "virchow2_like,vit_min", "--consensus", "nce,leep"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("none of nce, leep ranks every candidate"), "{stderr}");
     for metric in ["h_score", "n_leep", "logme", "reg_h_score", "gbc"] {
         assert!(row[metric].parse::<f64>().unwrap().is_finite(), "{metric}: {row:?}");
     }

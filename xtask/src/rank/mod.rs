@@ -383,6 +383,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         bail!("no candidate could be ranked:\n{}", not_ranked_list(&not_ranked));
     }
     let mut rows = rank(&scored, &consensus);
+    check_consensus_ranks(&rows, &failed, &consensus)?;
 
     let mut tuning = String::new();
     if let Some(k) = args.finetune_top {
@@ -500,13 +501,29 @@ fn left_out_scores(rows: &[RankRow], failed: &[(String, BTreeMap<String, String>
             let each: Vec<String> = reasons.iter().map(|(reason, candidates)| format!("{} ({reason})", candidates.join(", "))).collect();
             format!("failed on {}", each.join("; "))
         };
-        let counted = if consensus.includes(metric) { ", so the consensus is over the others" } else { "" };
+        let counted = if consensus.includes(metric) { " (in the consensus)" } else { "" };
         let _ = writeln!(text, "- {}{counted}: {why}", header(metric));
     }
     if text.is_empty() {
         return text;
     }
-    format!("\nScores left out (a score ranks the candidates only when every one of them has it):\n{text}")
+    format!(
+        "\nScores left out (a score ranks the candidates only when every one of them has it; the consensus is over those of its scores the table has):\n{text}"
+    )
+}
+
+/// Refuses a consensus none of whose scores ranks every candidate: each candidate's consensus
+/// was then NaN and the table, and `--finetune-top`'s shortlist, went by name (seen with
+/// `--consensus n_leep` on a folder too small for N-LEEP's mixture).
+fn check_consensus_ranks(rows: &[RankRow], failed: &[(String, BTreeMap<String, String>)], consensus: &Consensus) -> Result<()> {
+    if rows.iter().any(|row| !row.consensus.is_nan()) {
+        return Ok(());
+    }
+    bail!(
+        "--consensus: none of {} ranks every candidate, so there is no ranking to give:{}give --consensus scores the table has (the candidates' features are cached: a rerun only rescores)",
+        consensus.describe(),
+        left_out_scores(rows, failed, consensus)
+    )
 }
 
 /// A score's column header: † beyond the paper, ↓ lower is better.
@@ -772,13 +789,20 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "- leep, so the consensus is over the others: failed on a (needs the source model's probabilities)",
+                "- leep (in the consensus): failed on a (needs the source model's probabilities)",
                 "- sfda †: not computed for every candidate",
             ],
             "{note}"
         );
         let all = [("a".to_string(), 8, 0.1, every(&[])), ("b".into(), 8, 0.1, every(&[]))];
         assert_eq!(left_out_scores(&rank(&all, &Consensus::All), &[], &Consensus::All), "");
+        // A consensus of scores the table lacks ranks nothing: refused, with the reasons (the
+        // table went by name).
+        let sfda_only = Consensus::parse("sfda,leep").unwrap();
+        let error = check_consensus_ranks(&rank(&candidates, &sfda_only), &failed, &sfda_only).unwrap_err().to_string();
+        assert!(error.contains("none of sfda, leep ranks every candidate") && error.contains("failed on a (needs the source"), "{error}");
+        let with_logme = Consensus::parse("sfda,logme").unwrap();
+        check_consensus_ranks(&rank(&candidates, &with_logme), &failed, &with_logme).unwrap();
     }
 
     #[test]
