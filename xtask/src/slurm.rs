@@ -298,6 +298,12 @@ mod tests {
             (SlurmArgs { mem: Some("32GB".into()), ..args(&[]) }, "--mem \"32GB\": give a number and a unit"),
             (SlurmArgs { binary: Some(dir.path().join("no-xtask")), ..args(&[]) }, "no-xtask: no such file"),
             (args(&["--tasks", "breast", "--data", "/no/data"]), "--data /no/data: no folder /no/data/breakhis (task breast's ID set)"),
+            // A --weights folder without a backbone's file, found by name alone (a hub id is not
+            // looked up): every array task refused it at its start, after its wait in the queue.
+            (
+                args(&["--demo", "--backbones", "tiny_vit_a,timm/resnet50.tv_in1k", "--weights", "/no/weights"]),
+                "--weights /no/weights: no /no/weights/tiny_vit_a.safetensors, /no/weights/timm--resnet50.tv_in1k.safetensors",
+            ),
         ];
         for (case, expected) in cases {
             let message = format!("{:#}", write(&case).unwrap_err());
@@ -319,5 +325,12 @@ mod tests {
         let scripts = write(&args(&["--epochs", "2", "--tasks", "breast", "--data", data.to_str().unwrap()])).unwrap();
         let expected = format!("reproduce --epochs 2 --tasks breast --data {} --out", data.display());
         assert!(std::fs::read_to_string(scripts.array).unwrap().contains(&expected));
+        let weights = dir.path().join("weights");
+        std::fs::create_dir_all(&weights).unwrap();
+        for file in ["tiny_vit_a.safetensors", "timm--resnet50.tv_in1k.safetensors"] {
+            std::fs::write(weights.join(file), b"weights").unwrap();
+        }
+        let weights_args = ["--demo", "--backbones", "tiny_vit_a,timm/resnet50.tv_in1k", "--weights", weights.to_str().unwrap()];
+        write(&args(&weights_args)).unwrap();
     }
 }

@@ -173,6 +173,30 @@ impl Registry {
         Ok(selected)
     }
 
+    /// The names [`Registry::select`] gives the backbones `names` asks for, without asking the hub:
+    /// a hub id outside the registry is named by itself. For checks that must not need the
+    /// network (a Slurm login node checking a `--weights` folder before submitting).
+    pub fn names(&self, names: &[String]) -> Result<Vec<String>> {
+        let mut selected: Vec<String> = Vec::new();
+        for name in names {
+            let more: Vec<String> = match (name.as_str(), self.groups.get(name)) {
+                ("all", _) => self.entries.iter().map(|e| e.name.clone()).collect(),
+                (_, Some(group)) => group.iter().map(|e| e.name.clone()).collect(),
+                _ => match self.get(name) {
+                    Ok(entry) => vec![entry.name.clone()],
+                    Err(_) if name.contains('/') => vec![name.clone()],
+                    Err(error) => return Err(error),
+                },
+            };
+            for name in more {
+                if !selected.contains(&name) {
+                    selected.push(name);
+                }
+            }
+        }
+        Ok(selected)
+    }
+
     /// The entry of a name or of a hub repo id, in `models/` or one of its groups.
     pub fn get(&self, name_or_hub: &str) -> Result<&ModelEntry> {
         let mut all = self.entries.iter().chain(self.groups.values().flatten());

@@ -141,7 +141,7 @@ impl ReproduceArgs {
     }
 
     /// Refuses, before any work, arguments no study can run with: sizes, budgets, a precision
-    /// the device cannot run, tasks, splits and shard. `slurm` calls it on the arguments it
+    /// the device cannot run, tasks, splits, shard, missing dataset folders and weights files. `slurm` calls it on the arguments it
     /// passes through, so that a mistake is found at submission, not in every array task.
     pub fn check(&self) -> Result<()> {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
@@ -153,7 +153,20 @@ impl ReproduceArgs {
         if demo.is_none() {
             check_data_folders(&tasks, self.data.as_deref().unwrap_or(Path::new("data")), &self.out_dir(false))?;
         }
+        // By name alone: a hub id is not looked up on a login node, which may have no network.
+        if let Some(dir) = &self.weights {
+            check_weights_files(dir, &self.registry(demo.is_some())?.names(&self.backbones)?, self.keep_going)?;
+        }
         Ok(())
+    }
+
+    /// The model registry: --models, else the demo's or the workspace's.
+    fn registry(&self, demo: bool) -> Result<Registry> {
+        Ok(match (&self.models, demo) {
+            (Some(dir), _) => Registry::load(dir)?,
+            (None, true) => crate::demo::registry()?,
+            (None, false) => Registry::load_default()?,
+        })
     }
 
     /// The results folder: --out, or the default for a study or the demo.
@@ -222,11 +235,7 @@ impl ReproduceArgs {
         let splits = SplitChoice::parse(&self.splits)?;
         let layout = Layout::new(&out);
         super::splits::check_authors_csvs(&splits, &tasks, |task| layout.splits(task))?;
-        let registry = match (&self.models, &demo) {
-            (Some(dir), _) => Registry::load(dir)?,
-            (None, Some(_)) => crate::demo::registry()?,
-            (None, None) => Registry::load_default()?,
-        };
+        let registry = self.registry(demo.is_some())?;
         let hub = HubOptions::from_env();
         let backbones = registry.select(&self.backbones, &hub)?;
         if backbones.len() < 2 {
@@ -260,7 +269,7 @@ impl ReproduceArgs {
             }
         };
         if let (Some(dir), false) = (&self.weights, self.plan) {
-            check_weights_files(dir, &backbones, self.keep_going)?;
+            check_weights_files(dir, &backbones.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), self.keep_going)?;
         }
         Ok(Study {
             data,
@@ -330,10 +339,10 @@ fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path, out: &Path)
 
 /// Refuses, before any work, a `--weights` folder without some backbone's file (each unit found
 /// its own on reaching it, after the others' work); with `--keep-going` the others run, said.
-fn check_weights_files(dir: &Path, backbones: &[medxfer_zoo::ModelEntry], keep_going: bool) -> Result<()> {
+fn check_weights_files(dir: &Path, backbones: &[String], keep_going: bool) -> Result<()> {
     let missing: Vec<String> = backbones
         .iter()
-        .map(|entry| crate::weights::file_in(dir, &entry.name))
+        .map(|name| crate::weights::file_in(dir, name))
         .filter(|path| !path.is_file())
         .map(|path| path.display().to_string())
         .collect();
