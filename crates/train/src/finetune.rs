@@ -26,7 +26,7 @@ use medxfer_data::{
 use medxfer_zoo::Backbone;
 use serde::{Deserialize, Serialize};
 
-pub use self::run_record::RUN_SETTINGS_FILE;
+pub use self::run_record::{RUN_SETTINGS_FILE, recorded as recorded_run_settings};
 use crate::checkpoint;
 use crate::device_batches::DeviceBatches;
 use crate::error::{Error, Result};

@@ -225,6 +225,30 @@ fn search_extract_and_evaluate_from_the_command_line() {
             assert_eq!(without[key], outcome["test"][key], "{}: {key}", checkpoint.display());
         }
     }
+    // Without --resize and --crop, the run's (40/32, in its run-settings.json), not the
+    // protocol's 256/224: evaluated at those it scored otherwise, unsaid.
+    let trained_sizes = &image_args[..image_args.len() - 4];
+    assert_eq!(image_args[image_args.len() - 4..], ["--resize", "40", "--crop", "32"]);
+    let args = [
+        &["evaluate", "--model", "resnet_tiny", "--weights", &weights][..],
+        trained_sizes,
+        &["--part", "test", "--checkpoint", best.to_str().unwrap()],
+    ]
+    .concat();
+    let output = train(&models, &args);
+    let report: serde_json::Value = serde_json::from_str(&ok(&output)).unwrap();
+    assert_eq!(report["confusion"], outcome["test"]["confusion"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("as its run trained: resize 40, crop 32"));
+    // The checkpoint of another backbone, even one of the same architecture, is refused.
+    std::fs::write(models.join("resnet_twin.toml"), TINY_RESNET.replace("\"resnet_tiny\"", "\"resnet_twin\"")).unwrap();
+    let twin: Vec<&str> = args.iter().map(|a| if *a == "resnet_tiny" { "resnet_twin" } else { a }).collect();
+    let output = train(&models, &twin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("was fine-tuned from resnet_tiny") && stderr.contains("give --model resnet_tiny"),
+        "{stderr}"
+    );
+    std::fs::remove_file(models.join("resnet_twin.toml")).unwrap();
     let output = evaluate_checkpoint(&best, &["--classes", "3"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("its head has 2 classes, not 3"), "{stderr}");

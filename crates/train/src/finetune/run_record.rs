@@ -122,18 +122,7 @@ fn option(setting: &str) -> &'static str {
 /// Refuses `settings` and `inputs` when `dir` holds a run recorded with other ones; a folder
 /// without a record (no run yet, or one made before runs were recorded) passes.
 pub fn check(dir: &Path, settings: &RunSettings, inputs: &RunInputs) -> Result<()> {
-    let path = dir.join(RUN_SETTINGS_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::Io { path, problem: e.to_string() }),
-    };
-    let recorded: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
-        path: path.clone(),
-        problem: format!(
-            "not a run-settings record ({e}): medxfer-train writes it when a run starts; restore it, or start the run again in a new --out"
-        ),
-    })?;
+    let Some(recorded) = recorded(dir)? else { return Ok(()) };
     let mut asked = as_text(settings, inputs);
     asked.retain(|setting, _| recorded.contains_key(*setting) || !LATER_SETTINGS.contains(setting));
     let none = "(not recorded)".to_string();
@@ -152,6 +141,24 @@ pub fn check(dir: &Path, settings: &RunSettings, inputs: &RunInputs) -> Result<(
         return Ok(());
     }
     Err(Error::OtherSettings { dir: dir.to_path_buf(), differences })
+}
+
+/// The settings recorded in the run folder `dir` (setting name -> value as text), or `None`
+/// where it holds no record (no run, or one made before runs were recorded).
+pub fn recorded(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
+    let path = dir.join(RUN_SETTINGS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Io { path, problem: e.to_string() }),
+    };
+    let recorded = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+        path: path.clone(),
+        problem: format!(
+            "not a run-settings record ({e}): medxfer-train writes it when a run starts; restore it, or start the run again in a new --out"
+        ),
+    })?;
+    Ok(Some(recorded))
 }
 
 /// Records `settings` in `dir` unless a record is there already (which [`check`] compared).
