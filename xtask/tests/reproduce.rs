@@ -450,6 +450,29 @@ fn a_finished_study_reruns_without_training_and_plans_nothing() {
     assert_eq!(plan.lines().filter(|l| l.contains(" done ") && l.ends_with(" 0 s")).count(), 9, "{plan}");
 }
 
+/// A rerun naming fewer tasks or backbones than the folder holds writes the tables over those
+/// alone, and says so, naming the others and the fix (the full tables were replaced unsaid).
+#[test]
+fn a_rerun_over_fewer_backbones_says_its_tables_cover_only_those() {
+    let (shared, _) = reference();
+    let (_dir, out) = copy_of_reference();
+    let args = with_option(demo_args(shared, &out), "--backbones", "tiny_resnet_basic,tiny_vit_b");
+    let output = check(xtask().args(&args).output().unwrap());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("also holds results of --backbones tiny_densenet_b, which this run does not name"), "{stderr}");
+    let backbones: std::collections::BTreeSet<String> =
+        read_csv(&out.join("performance.csv")).into_iter().map(|row| row["backbone"].clone()).collect();
+    assert_eq!(backbones.len(), 2, "the tables are this run's: {backbones:?}");
+    let mut args = demo_args(shared, &out);
+    args.extend(["--tasks", "breast"].map(String::from));
+    let stderr = String::from_utf8_lossy(&check(xtask().args(&args).output().unwrap()).stderr).into_owned();
+    assert!(stderr.contains("also holds results of --tasks brain,skin, which"), "{stderr}");
+    // Named again, all of them: the full tables, and no warning.
+    let output = check(xtask().args(demo_args(shared, &out)).output().unwrap());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("also holds"));
+    assert_eq!(read_csv(&out.join("performance.csv")).len(), 18);
+}
+
 /// A feature file lost or damaged since (a disk, a hand) is extracted and scored again by the
 /// next run, to the byte: the unit was called complete without it, and image-bootstrap, which
 /// reads it, said to run the extraction again, which nothing did.

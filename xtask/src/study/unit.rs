@@ -1,6 +1,7 @@
 //! Steps 2-6 for one unit (task x backbone), each skipped when its file exists, and step 7's
 //! tables from those files.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -265,8 +266,47 @@ fn head_balanced_accuracy(path: &Path, classes: usize) -> Result<f64> {
     Ok(medxfer_train::evaluate(&truth, &predicted, classes).balanced_accuracy)
 }
 
+/// The tasks and backbones whose features or runs the results folder holds beyond this run's
+/// --tasks and --backbones (folder names: a hub id's `/` is `--`). The tables cover this run's
+/// units only, so a rerun of a finished ten-backbone study with `--backbones a,b` rewrote
+/// scores.csv, performance.csv, Table 2 and the report over those two (seen); said, with the fix.
+fn beyond_selection(study: &Study) -> (BTreeSet<String>, BTreeSet<String>) {
+    let tasks: BTreeSet<String> = study.tasks.iter().map(|task| task.name.clone()).collect();
+    let backbones: BTreeSet<String> = study.backbones.iter().map(|entry| crate::weights::folder_name(&entry.name)).collect();
+    let (mut other_tasks, mut other_backbones) = (BTreeSet::new(), BTreeSet::new());
+    for root in [study.layout.out.join("features"), study.layout.out.join("runs")] {
+        let Ok(task_dirs) = std::fs::read_dir(&root) else { continue };
+        for task in task_dirs.flatten().filter(|t| t.path().is_dir()) {
+            let task_name = task.file_name().to_string_lossy().into_owned();
+            let Ok(units) = std::fs::read_dir(task.path()) else { continue };
+            for unit in units.flatten().filter(|u| u.path().is_dir()) {
+                let backbone = unit.file_name().to_string_lossy().into_owned();
+                if !tasks.contains(&task_name) {
+                    other_tasks.insert(task_name.clone());
+                } else if !backbones.contains(&backbone) {
+                    // As --backbones takes it: a hub id's one `/`.
+                    other_backbones.insert(backbone.replacen("--", "/", 1));
+                }
+            }
+        }
+    }
+    (other_tasks, other_backbones)
+}
+
 /// Step 7: scores.csv and performance.csv from every unit's files (what exists so far).
 pub fn write_tables(study: &Study) -> Result<()> {
+    let (other_tasks, other_backbones) = beyond_selection(study);
+    if !other_tasks.is_empty() || !other_backbones.is_empty() {
+        let list = |option: &str, names: &BTreeSet<String>| {
+            (!names.is_empty()).then(|| format!("{option} {}", names.iter().cloned().collect::<Vec<_>>().join(",")))
+        };
+        let beyond: Vec<String> = [list("--tasks", &other_tasks), list("--backbones", &other_backbones)].into_iter().flatten().collect();
+        eprintln!(
+            "warning: {} also holds results of {}, which this run does not name: the tables and the report cover this run's tasks and backbones only; name those too (nothing finished is trained again) for tables over all of them",
+            study.layout.out.display(),
+            beyond.join(" and ")
+        );
+    }
     let layout = &study.layout;
     let (mut scores, mut performance) = (Vec::new(), Vec::new());
     for task in &study.tasks {
