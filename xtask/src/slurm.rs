@@ -234,9 +234,22 @@ pub fn run(args: &SlurmArgs) -> Result<()> {
     let scripts = write(args)?;
     println!("wrote {}, {} and {}", scripts.array.display(), scripts.finish.display(), scripts.submit.display());
     if args.submit {
+        // Asked only after a failure, where it tells the two apart: no Slurm here, or Slurm's
+        // own refusal (its message above; "is sbatch on PATH?" misled there).
+        let sbatch_here =
+            || std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("sbatch").is_file()));
         let status = std::process::Command::new("bash").arg(&scripts.submit).status().context("cannot run bash")?;
         if !status.success() {
-            bail!("{} failed ({status}); is sbatch on PATH?", scripts.submit.display());
+            let why = if sbatch_here() {
+                "sbatch's own message is above (submit.sh stops at the first refusal: check `squeue --me` for a job it did submit)"
+            } else {
+                "sbatch is not on PATH: submit from a Slurm login node"
+            };
+            bail!(
+                "{} failed ({status}): {why}; the scripts are written, run `bash {}` once that is mended",
+                scripts.submit.display(),
+                scripts.submit.display()
+            );
         }
     } else {
         println!("submit with: bash {}", scripts.submit.display());

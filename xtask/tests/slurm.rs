@@ -289,3 +289,35 @@ fn the_generated_job_array_runs_on_a_real_slurm_and_equals_one_process_and_keeps
     }
     assert!(!pids.iter().any(running), "daemons still running: {pids:?}");
 }
+
+/// `--submit` where sbatch fails says which failure it is: no sbatch on PATH, or sbatch's own
+/// refusal (printed above it), where it asked "is sbatch on PATH?" of both. Against stand-ins on
+/// a PATH of the test's own: bash and dirname, then a refusing sbatch.
+#[test]
+fn a_failed_submission_says_whether_sbatch_is_missing_or_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["bash", "dirname"] {
+        let found = ["/bin", "/usr/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file()).expect(tool);
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    let submit = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .env("PATH", &bin)
+            .args(["slurm", "--out", dir.path().join(out).to_str().unwrap(), "--shards", "2", "--submit", "--", "--demo"])
+            .output()
+            .unwrap()
+    };
+    let output = submit("no-slurm");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("sbatch is not on PATH: submit from a Slurm login node"), "{stderr}");
+    let sbatch = bin.join("sbatch");
+    std::fs::write(&sbatch, "#!/bin/bash\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = submit("refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("Invalid account") && stderr.contains("sbatch's own message is above"), "{stderr}");
+    assert!(dir.path().join("refused/slurm/submit.sh").is_file(), "the scripts are kept for a later submission");
+}
