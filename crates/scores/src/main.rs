@@ -148,6 +148,14 @@ fn score(file: &Path, metrics: Option<Vec<String>>, json: bool) -> Result<()> {
 }
 
 fn score_files(files: &[PathBuf], metrics: Option<Vec<String>>, json: bool) -> Result<()> {
+    // One candidate twice (a typo, or a link to it) weighs twice in the scaling across the
+    // files that ETran and NCTI do; with two files it left ETran "undefined: the models' values
+    // are all equal" (seen), naming no file.
+    for (later, file) in files.iter().enumerate() {
+        if let Some(earlier) = files[..later].iter().position(|other| medxfer_durable::is_same_file(other, file)) {
+            bail!("{} is given twice (files {} and {}): give each candidate's feature file once", file.display(), earlier + 1, later + 1);
+        }
+    }
     let inputs = files.iter().map(|file| read_feature_file(file)).collect::<Result<Vec<_>, _>>()?;
     match check_same_samples(&inputs) {
         Err(error @ medxfer_scores::Error::NotTheSameSamples { model, .. }) => {

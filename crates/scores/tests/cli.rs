@@ -112,6 +112,18 @@ fn score_set_json_holds_etran_over_the_files_as_the_reference_combines_it() {
     assert_clean_failure(&one, &["etran is defined over a set", "score-set"]);
 }
 
+/// The same file twice (here once through a link) is refused, naming both places.
+#[test]
+fn score_set_refuses_one_file_given_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("again.safetensors");
+    std::os::unix::fs::symlink(fixtures().join("scores/set_a.safetensors"), &link).unwrap();
+    let a = fixtures().join("scores/set_a.safetensors");
+    let b = fixtures().join("scores/set_b.safetensors");
+    let output = run(&["score-set", a.to_str().unwrap(), b.to_str().unwrap(), link.to_str().unwrap(), "--metrics", "etran"]);
+    assert_clean_failure(&output, &["again.safetensors is given twice (files 1 and 3)", "each candidate's feature file once"]);
+}
+
 #[test]
 fn score_set_json_holds_ncti_and_refuses_features_too_narrow_for_its_pca() {
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("scores_expected.json")).unwrap()).unwrap();
