@@ -273,7 +273,7 @@ fn main() -> Result<()> {
         Command::Slurm { args } => slurm::run(&args),
         Command::Rank { args } => rank::run(&args).map(|_| ()),
         Command::Report { results } => {
-            let written = report::run(&results)?;
+            let written = report::run(&results, report::NothingToCorrelate::Refuse)?;
             // A cell of fewer than two backbones, or with a constant side, has no tau-b.
             let defined = written.table.iter().filter(|row| row.tau_b.is_some()).count();
             let undefined = match written.table.len() - defined {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::results::{self, PerformanceRow, ScoreRow, Setting};
@@ -65,9 +65,19 @@ pub struct Written {
     pub files: Vec<String>,
 }
 
+/// What `run` does where no backbone has both a score and an accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NothingToCorrelate {
+    /// Writes the empty tables: a study none of whose units finished says so in its report.
+    Write,
+    /// Refuses, keeping the files there: `cargo xtask report` on an emptied or mistyped CSV
+    /// replaced a study's Table 2, figures and report with empty ones (seen).
+    Refuse,
+}
+
 /// Reads OUT/scores.csv and OUT/performance.csv and writes table2.csv, table2.md, fig3.{svg,png},
 /// fig3_ood.{svg,png} and report.md beside them.
-pub fn run(out: &Path) -> Result<Written> {
+pub fn run(out: &Path, nothing: NothingToCorrelate) -> Result<Written> {
     let scores = results::read_scores(out)?;
     let performance = results::read_performance(out)?;
     let provenance = read_provenance(out)?;
@@ -82,6 +92,14 @@ pub fn run(out: &Path) -> Result<Written> {
         }
     }
     let mut panels = table::panels(&scores, &performance);
+    if panels.is_empty() && nothing == NothingToCorrelate::Refuse {
+        bail!(
+            "{}: no (task, setting, backbone) has both a score in scores.csv ({} row(s)) and an accuracy in performance.csv ({} row(s)), so there is nothing to correlate; the tables, figures and report there are left as they were",
+            out.display(),
+            scores.len(),
+            performance.len()
+        );
+    }
     let images = image_bootstrap::read(out)?;
     if let Some((intervals, _)) = &images {
         let stale = table::attach_score_intervals(&mut panels, intervals);
@@ -522,7 +540,7 @@ mod tests {
     fn report_writes_every_file_from_the_two_tables() {
         let dir = tempfile::tempdir().unwrap();
         write_results(dir.path());
-        let written = run(dir.path()).unwrap();
+        let written = run(dir.path(), NothingToCorrelate::Refuse).unwrap();
         for file in [
             "table2.csv",
             "table2.md",
@@ -600,7 +618,7 @@ mod tests {
             row.value = f64::NAN;
         }
         results::write_rows(&dir.path().join(results::SCORES_CSV), &SCORE_COLUMNS, &scores).unwrap();
-        run(dir.path()).unwrap();
+        run(dir.path(), NothingToCorrelate::Refuse).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         // LEEP, without net9, picks net8 (0.82): 0.04 below net9 (0.86); GBC's net0 is 0.36 below.
         assert!(
@@ -616,7 +634,7 @@ mod tests {
         let (_, mut performance) = write_results(dir.path());
         performance[3].test_balanced_accuracy = 86.0;
         results::write_rows(&dir.path().join(results::PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, &performance).unwrap();
-        let message = run(dir.path()).unwrap_err().to_string();
+        let message = run(dir.path(), NothingToCorrelate::Refuse).unwrap_err().to_string();
         assert!(
             message.contains("performance.csv: row 5: test_balanced_accuracy is 86") && message.contains("divide it by 100"),
             "{message}"
@@ -624,8 +642,36 @@ mod tests {
         performance[3].test_balanced_accuracy = 0.86;
         performance[4].val_balanced_accuracy = Some(f64::NAN);
         results::write_rows(&dir.path().join(results::PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, &performance).unwrap();
-        let message = run(dir.path()).unwrap_err().to_string();
+        let message = run(dir.path(), NothingToCorrelate::Refuse).unwrap_err().to_string();
         assert!(message.contains("row 6: val_balanced_accuracy is NaN"), "{message}");
+    }
+
+    /// A scores.csv or performance.csv with no row matching the other's (emptied, or every
+    /// backbone named otherwise) is refused before anything is written; the files there stay.
+    #[test]
+    fn nothing_to_correlate_is_refused_and_the_tables_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (scores, performance) = write_results(dir.path());
+        run(dir.path(), NothingToCorrelate::Refuse).unwrap();
+        let written: Vec<Vec<u8>> =
+            ["table2.csv", "report.md", "fig3.svg"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+        let renamed: Vec<PerformanceRow> =
+            performance.iter().map(|r| PerformanceRow { backbone: format!("{}x", r.backbone), ..r.clone() }).collect();
+        for (scores, performance) in [(&scores[..0], &performance[..]), (&scores[..], &renamed[..])] {
+            results::write_rows(&dir.path().join(results::SCORES_CSV), &SCORE_COLUMNS, scores).unwrap();
+            results::write_rows(&dir.path().join(results::PERFORMANCE_CSV), &PERFORMANCE_COLUMNS, performance).unwrap();
+            let message = run(dir.path(), NothingToCorrelate::Refuse).unwrap_err().to_string();
+            assert!(message.contains("nothing to correlate") && message.contains("left as they were"), "{message}");
+            let kept: Vec<Vec<u8>> =
+                ["table2.csv", "report.md", "fig3.svg"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+            assert_eq!(kept, written);
+            // The study's own step writes the empty report instead.
+            let empty = tempfile::tempdir().unwrap();
+            for name in [results::SCORES_CSV, results::PERFORMANCE_CSV] {
+                std::fs::copy(dir.path().join(name), empty.path().join(name)).unwrap();
+            }
+            assert!(run(empty.path(), NothingToCorrelate::Write).unwrap().table.is_empty());
+        }
     }
 
     /// A table saved by a spreadsheet with ';' or tabs between its columns is named as such.
@@ -637,12 +683,12 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         for (separator, named) in [(";", "';'"), ("\t", "'\\t'")] {
             std::fs::write(&path, text.replace(',', separator)).unwrap();
-            let message = run(dir.path()).unwrap_err().to_string();
+            let message = run(dir.path(), NothingToCorrelate::Refuse).unwrap_err().to_string();
             assert!(message.contains(&format!("its columns are separated by {named}: save it comma-separated")), "{message}");
         }
         // A header that is merely wrong says only that.
         std::fs::write(&path, text.replacen("task,", "tsk,", 1)).unwrap();
-        let message = run(dir.path()).unwrap_err().to_string();
+        let message = run(dir.path(), NothingToCorrelate::Refuse).unwrap_err().to_string();
         assert!(message.contains("the header is `tsk,") && !message.contains("separated by"), "{message}");
     }
 
@@ -655,7 +701,7 @@ mod tests {
         let (mut scores, _) = write_results(dir.path());
         scores[2].value = f64::NEG_INFINITY;
         results::write_rows(&dir.path().join(results::SCORES_CSV), &SCORE_COLUMNS, &scores).unwrap();
-        let message = run(dir.path()).unwrap_err().to_string();
+        let message = run(dir.path(), NothingToCorrelate::Refuse).unwrap_err().to_string();
         let expected = format!("scores.csv: row 4: {} of {} is -inf; a score is a finite number", scores[2].metric, scores[2].backbone);
         assert!(message.contains(&expected), "{message}");
     }
@@ -683,7 +729,7 @@ mod tests {
             ..Provenance::default()
         };
         std::fs::write(dir.path().join(PROVENANCE_FILE), serde_json::to_vec(&provenance).unwrap()).unwrap();
-        run(dir.path()).unwrap();
+        run(dir.path(), NothingToCorrelate::Refuse).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(report.contains("- patient-grouped splits (--splits grouped)"), "{report}");
         assert!(report.contains("| brain | brain-tumor-kaggle | nins | grouped | 5 |"), "{report}");
@@ -691,6 +737,6 @@ mod tests {
         assert!(report.contains("| brain · id | | 0.090 | 0.135 |"), "{report}");
 
         std::fs::write(dir.path().join(PROVENANCE_FILE), "{").unwrap();
-        assert!(format!("{:#}", run(dir.path()).unwrap_err()).contains("study.json"));
+        assert!(format!("{:#}", run(dir.path(), NothingToCorrelate::Refuse).unwrap_err()).contains("study.json"));
     }
 }

@@ -262,7 +262,7 @@ pub fn run(study: &Study) -> Result<Outcome> {
     if study.shard.count == 1 {
         crate::report::write_provenance(&study.layout.out, &provenance)?;
         unit::write_tables(study)?;
-        crate::report::run(&study.layout.out)?;
+        crate::report::run(&study.layout.out, crate::report::NothingToCorrelate::Write)?;
         outcome.reported = true;
         log.line(&format!("report: {} of {} units complete", outcome.complete, outcome.units));
     }
