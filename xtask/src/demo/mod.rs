@@ -79,13 +79,20 @@ pub fn registry() -> Result<Registry> {
     Ok(Registry::load(&demo_dir().join("models"))?)
 }
 
-/// Where the demo keeps what it makes once: `MEDXFER_CACHE` or ~/.cache/medxfer, then demo/.
+/// Where the demo keeps what it makes once: `MEDXFER_CACHE`, else the XDG cache folder
+/// (`XDG_CACHE_HOME`, which clusters point at scratch space, else ~/.cache) under medxfer/;
+/// then demo/.
 pub fn default_cache() -> PathBuf {
-    let base = std::env::var_os("MEDXFER_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/medxfer")))
-        .unwrap_or_else(|| PathBuf::from(".cache/medxfer"));
-    base.join("demo")
+    cache_under(|name| std::env::var_os(name)).join("demo")
+}
+
+/// The medxfer cache folder, from the environment `var` reads.
+fn cache_under(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let set = |name: &str| var(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    set("MEDXFER_CACHE")
+        .or_else(|| set("XDG_CACHE_HOME").map(|cache| cache.join("medxfer")))
+        .or_else(|| set("HOME").map(|home| home.join(".cache/medxfer")))
+        .unwrap_or_else(|| PathBuf::from(".cache/medxfer"))
 }
 
 /// The six datasets' replicas under `data` (DATA/<dataset>), written once.
@@ -252,4 +259,22 @@ fn source_data(config: &DemoConfig, dir: &Path) -> Result<RunData> {
         ood: None,
         classes: SourcePainter::CLASSES as usize,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MEDXFER_CACHE first, then XDG_CACHE_HOME/medxfer, then ~/.cache/medxfer; an empty
+    /// variable counts as unset (as the XDG spec says).
+    #[test]
+    fn the_cache_folder_follows_the_environment_in_order() {
+        let with =
+            |pairs: &[(&str, &str)]| cache_under(|name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).into()));
+        let all = [("MEDXFER_CACHE", "/m"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
+        assert_eq!(with(&all), Path::new("/m"));
+        assert_eq!(with(&all[1..]), Path::new("/x/medxfer"));
+        assert_eq!(with(&[("XDG_CACHE_HOME", ""), ("HOME", "/h")]), Path::new("/h/.cache/medxfer"));
+        assert_eq!(with(&[]), Path::new(".cache/medxfer"));
+    }
 }

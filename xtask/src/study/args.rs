@@ -115,7 +115,7 @@ pub struct ReproduceArgs {
     #[arg(long)]
     pub demo: bool,
     /// Where the demo caches its source set and pretrained backbones [default:
-    /// $MEDXFER_CACHE/demo or ~/.cache/medxfer/demo].
+    /// $MEDXFER_CACHE/demo, else $XDG_CACHE_HOME/medxfer/demo, else ~/.cache/medxfer/demo].
     #[arg(long, value_name = "DIR", requires = "demo")]
     pub demo_cache: Option<PathBuf>,
 }
