@@ -6,7 +6,17 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Every file under a root, relative, with `/` separators, sorted.
+/// Whether a file or folder name is an operating system's bookkeeping, never a dataset's: hidden
+/// names (`.DS_Store`, macOS's AppleDouble `._IMAGE.png` beside each image copied to a foreign
+/// disk) and the `__MACOSX/` folder a zip made on a Mac unpacks. A BreakHis folder unzipped so
+/// failed its check on `._SOB_....png`, "not a BreakHis image name" (seen).
+pub fn is_os_bookkeeping(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.') || name == "__MACOSX"
+}
+
+/// Every file under a root, relative, with `/` separators, sorted; the operating system's
+/// bookkeeping ([`is_os_bookkeeping`]) left out.
 #[derive(Debug, Clone)]
 pub struct FileIndex {
     pub root: PathBuf,
@@ -25,7 +35,8 @@ impl FileIndex {
         }
         let mut files = Vec::new();
         let mut not_utf8 = BTreeSet::new();
-        for entry in walkdir::WalkDir::new(root).follow_links(true) {
+        let walk = walkdir::WalkDir::new(root).follow_links(true).into_iter();
+        for entry in walk.filter_entry(|e| e.depth() == 0 || !is_os_bookkeeping(e.file_name())) {
             let entry = entry.map_err(|e| Error::io(e.path().unwrap_or(root).to_path_buf(), &e))?;
             if entry.file_type().is_file() {
                 let relative = entry.path().strip_prefix(root).map_err(|e| Error::io(entry.path(), e))?;

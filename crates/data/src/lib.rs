@@ -55,6 +55,7 @@ pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Ref
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
 pub use decode::{decode_rgb8, load_rgb8};
 pub use error::{Error, Result};
+pub use files::is_os_bookkeeping;
 pub use layouts::{
     BreakhisName, ChengSlice, ISIC_CLASSES, ISIC_GROUND_TRUTH, ISIC_METADATA, PAD_COLUMNS, PAD_METADATA, parse_breakhis_name, read_cheng,
     scan_clean, scan_dataset,

@@ -223,3 +223,27 @@ fn an_image_whose_name_is_not_utf8_is_a_problem_with_the_fix() {
         );
     }
 }
+
+/// A dataset unzipped from an archive made on a Mac holds `__MACOSX/` and AppleDouble `._NAME`
+/// files beside the images (and `.DS_Store`): none is the dataset's. BreakHis's check failed on
+/// them, "not a BreakHis image name" (seen).
+#[test]
+fn a_mac_archive_s_bookkeeping_is_not_read_as_images() {
+    let catalog = catalog();
+    for dataset in ["breakhis", "brain-tumor-kaggle", "isic2019"] {
+        let (dir, _, before) = replica_scan(dataset, 3);
+        for record in before.records.iter().take(3) {
+            let path = Path::new(&record.path);
+            let apple_double = format!("._{}", path.file_name().unwrap().to_str().unwrap());
+            for folder in [dir.path().to_path_buf(), dir.path().join("__MACOSX")] {
+                let parent = folder.join(path.parent().unwrap());
+                std::fs::create_dir_all(&parent).unwrap();
+                std::fs::write(parent.join(&apple_double), b"\x00\x05\x16\x07 AppleDouble").unwrap();
+                std::fs::write(parent.join(".DS_Store"), b"\x00\x00\x00\x01Bud1").unwrap();
+            }
+        }
+        let scan = scan_dataset(catalog.dataset(dataset).unwrap(), dir.path()).unwrap();
+        assert_eq!(scan.records, before.records, "{dataset}");
+        assert!(scan.problems.is_empty(), "{dataset}: {:?}", scan.problems);
+    }
+}

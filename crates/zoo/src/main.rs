@@ -127,7 +127,10 @@ fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .collect::<std::io::Result<Vec<_>>>()
             .with_context(|| format!("cannot list {}", path.display()))?
             .into_iter()
+            // Hidden files too are passed over: a Mac's AppleDouble `._IMAGE.png` beside each
+            // image copied to a foreign disk stopped the folder, "cannot decode" (seen).
             .filter(|file| file.is_file() && medxfer_zoo::is_image_file(file))
+            .filter(|file| !file.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.')))
             .collect();
         if found.is_empty() {
             bail!("{}: a folder without JPEG, PNG, TIFF or BMP files (sub-folders are not read)", path.display());

@@ -235,6 +235,8 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
         std::fs::copy(&image, folder.join(name)).unwrap();
     }
     std::fs::write(folder.join("notes.txt"), "not an image").unwrap();
+    // A Mac's AppleDouble file beside an image is no image (it stopped the folder: "cannot decode").
+    std::fs::write(folder.join("._a.png"), b"\x00\x05\x16\x07").unwrap();
     let args = ["--models", dir.path().to_str().unwrap(), "classify", "resnet_basic_min", folder.to_str().unwrap()];
     let output = zoo(&[&args[..], &["--weights", weights.to_str().unwrap()]].concat());
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -55,7 +55,7 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
     let mut classes: Vec<String> = std::fs::read_dir(root)
         .with_context(|| format!("cannot list {}", root.display()))?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.path().is_dir() && !medxfer_data::is_os_bookkeeping(&e.file_name()))
         .map(|e| e.file_name().into_string().map_err(|_| not_utf8(&e.path())))
         .collect::<Result<_>>()?;
     classes.sort();
@@ -119,7 +119,8 @@ fn not_utf8(path: &Path) -> anyhow::Error {
     )
 }
 
-/// The files under `dir`, links followed, in name order; hidden entries skipped. A link back to
+/// The files under `dir`, links followed, in name order; the OS's bookkeeping skipped (hidden
+/// entries, `__MACOSX/`). A link back to
 /// a folder above it (a loop) is skipped with a warning instead of being walked again and again.
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -127,7 +128,7 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
         .follow_links(true)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+        .filter_entry(|e| e.depth() == 0 || !medxfer_data::is_os_bookkeeping(e.file_name()));
     for entry in entries {
         match entry {
             Ok(entry) if entry.file_type().is_file() => files.push(entry.into_path()),
@@ -228,6 +229,25 @@ mod tests {
             assert!(error.contains(&root.join(named).display().to_string()), "{error}");
             assert!(error.contains("not valid UTF-8") && error.contains("rename it"), "{error}");
         }
+    }
+
+    /// A folder unzipped from a Mac's archive: its `__MACOSX/` is no class (it was one, of
+    /// undecodable AppleDouble files), nor are the `._NAME` files beside the images.
+    #[test]
+    fn a_mac_archive_s_bookkeeping_is_no_class_and_no_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        for file in ["benign/a.png", "malignant/c.png"] {
+            png(&root.join(file));
+        }
+        for file in ["__MACOSX/benign/._a.png", "benign/._a.png", "malignant/.DS_Store"] {
+            std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+            std::fs::write(root.join(file), b"\x00\x05\x16\x07").unwrap();
+        }
+        let images = LabelledImages::read(&root).unwrap();
+        assert_eq!(images.classes, ["benign", "malignant"]);
+        let paths: Vec<&str> = images.records.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["benign/a.png", "malignant/c.png"]);
     }
 
     #[test]
