@@ -245,13 +245,15 @@ mod tests {
         ended.wait().unwrap();
         let mut live = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let host = file_name_host();
-        let name = |host: &str, pid: u32| dir.path().join(format!(".breakhis-s256.rgb8.{host}-{pid}-0.partial"));
+        // A call number this process's own writes never reach: this test's PendingFile takes a
+        // name of this process's too (with call 0, it took the stand-in's, seen once).
+        let name = |host: &str, pid: u32| dir.path().join(format!(".breakhis-s256.rgb8.{host}-{pid}-{}.partial", u64::MAX));
         let left = [
             (name(host, ended_pid), false),
             (name(host, live.id()), true),
             (name(host, std::process::id()), true),
             (name("another_node", ended_pid), true),
-            (dir.path().join(format!(".bach-s256.rgb8.{host}-{ended_pid}-0.partial")), true),
+            (dir.path().join(format!(".bach-s256.rgb8.{host}-{ended_pid}-{}.partial", u64::MAX)), true),
         ];
         for (path, _) in &left {
             std::fs::write(path, b"half a cache").unwrap();
