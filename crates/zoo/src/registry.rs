@@ -157,20 +157,8 @@ impl Registry {
     /// The backbones a list of names asks for: `all` (the study's backbones), a group's name
     /// (its backbones), a registry name or hub id (that one; [`Registry::resolve`]).
     pub fn select(&self, names: &[String], hub: &HubOptions) -> Result<Vec<ModelEntry>> {
-        let mut selected: Vec<ModelEntry> = Vec::new();
-        for name in names {
-            let more = match (name.as_str(), self.groups.get(name)) {
-                ("all", _) => self.entries.clone(),
-                (_, Some(group)) => group.clone(),
-                _ => vec![self.resolve(name, hub)?],
-            };
-            for entry in more {
-                if !selected.iter().any(|e| e.name == entry.name) {
-                    selected.push(entry);
-                }
-            }
-        }
-        Ok(selected)
+        // Each once by name (a hub id outside the registry is built under that name).
+        self.names(names)?.iter().map(|name| self.resolve(name, hub)).collect()
     }
 
     /// The names [`Registry::select`] gives the backbones `names` asks for, without asking the hub:
