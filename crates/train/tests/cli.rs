@@ -290,29 +290,23 @@ fn search_extract_and_evaluate_from_the_command_line() {
     std::fs::write(&without_test, kept).unwrap();
     let empty_part: Vec<&str> =
         image_args.iter().map(|a| if *a == manifest.to_str().unwrap() { without_test.to_str().unwrap() } else { a }).collect();
-    for command in ["extract", "evaluate"] {
-        let out = dir.path().join("empty.safetensors");
-        let extra = if command == "extract" { vec!["--out", out.to_str().unwrap()] } else { vec![] };
-        let output = train(
-            &models,
-            &[&[command, "--model", "resnet_tiny", "--weights", &weights][..], &empty_part, &["--part", "test"], &extra].concat(),
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success() && stderr.contains("without-test.csv: no test images in this manifest"), "{command}: {stderr}");
-    }
-    // --part without --manifest: there are no parts, and every image of the dataset was read as
-    // the part asked for (seen: "--part val" extracted all 192 images of a BreakHis replica).
+    // And --part without --manifest: there are no parts, and every image of the dataset was read
+    // as the part asked for (seen: "--part val" extracted all 192 images of a BreakHis replica).
     let no_manifest: Vec<&str> = image_args.iter().copied().filter(|a| *a != "--manifest" && *a != manifest.to_str().unwrap()).collect();
-    for command in ["extract", "evaluate"] {
-        let out = dir.path().join("all-as-val.safetensors");
-        let extra = if command == "extract" { vec!["--out", out.to_str().unwrap()] } else { vec![] };
-        let output = train(
-            &models,
-            &[&[command, "--model", "resnet_tiny", "--weights", &weights][..], &no_manifest, &["--part", "val"], &extra].concat(),
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success() && stderr.contains("--manifest <MANIFEST>"), "{command}: {stderr}");
-        assert!(!out.exists());
+    for (images, part, message) in
+        [(&empty_part, "test", "without-test.csv: no test images in this manifest"), (&no_manifest, "val", "--manifest <MANIFEST>")]
+    {
+        for command in ["extract", "evaluate"] {
+            let out = dir.path().join("refused.safetensors");
+            let extra = if command == "extract" { vec!["--out", out.to_str().unwrap()] } else { vec![] };
+            let output = train(
+                &models,
+                &[&[command, "--model", "resnet_tiny", "--weights", &weights][..], images, &["--part", part], &extra].concat(),
+            );
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success() && stderr.contains(message), "{command} --part {part}: {stderr}");
+            assert!(!out.exists());
+        }
     }
     // A foundation model published without a classifier (UNI's layout, small) has no predictions.
     std::fs::write(models.join("uni_tiny.toml"), TINY_UNI).unwrap();

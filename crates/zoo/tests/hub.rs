@@ -211,13 +211,17 @@ fn online(cache: &Path, endpoint: String, retry: HubRetry) -> HubOptions {
     HubOptions { cache_dir: Some(cache.to_path_buf()), offline: false, progress: false, endpoint: Some(endpoint), retry }
 }
 
+/// `attempts` tries 50 ms apart at first, a minute's wait for another process's download.
+fn quick_retry(attempts: u32) -> HubRetry {
+    HubRetry { attempts, first_delay: std::time::Duration::from_millis(50), wait_for_others: std::time::Duration::from_secs(60) }
+}
+
 #[test]
 fn a_flaky_network_is_retried_and_a_missing_file_is_not() {
     let cache = tempfile::tempdir().unwrap();
     let body = std::fs::read(fixtures().join("resnet_basic_min.safetensors")).unwrap();
     let (endpoint, served) = serve(body.clone(), 3, std::time::Duration::ZERO);
-    let retry =
-        HubRetry { attempts: 5, first_delay: std::time::Duration::from_millis(50), wait_for_others: std::time::Duration::from_secs(60) };
+    let retry = quick_retry(5);
     let path = hub_file("timm/flaky.test", WEIGHTS_FILE, &online(cache.path(), endpoint.clone(), retry)).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), body);
     assert!(path.ends_with("snapshots/c0ffee/model.safetensors"), "{}", path.display());
@@ -236,9 +240,7 @@ fn a_damaged_cached_file_is_named_with_how_to_fetch_it_again() {
     let cache = tempfile::tempdir().unwrap();
     let body = std::fs::read(fixtures().join("resnet_basic_min.safetensors")).unwrap();
     let (endpoint, _) = serve(body.clone(), 0, std::time::Duration::ZERO);
-    let retry =
-        HubRetry { attempts: 2, first_delay: std::time::Duration::from_millis(50), wait_for_others: std::time::Duration::from_secs(60) };
-    let options = online(cache.path(), endpoint, retry);
+    let options = online(cache.path(), endpoint, quick_retry(2));
     let repo = "timm/damaged.test";
     let path = hub_file(repo, WEIGHTS_FILE, &options).unwrap();
     let blob = std::fs::canonicalize(&path).unwrap();
