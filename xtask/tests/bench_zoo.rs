@@ -32,7 +32,10 @@ fn a_failing_backbone_leaves_the_others_rows_and_fails_the_command() {
     assert!(raw[0]["medxfer"]["issue_seconds"].as_f64().unwrap() > 0.0);
     // What the rates are is recorded, and `reproduce --rates` refuses eval rates as training
     // rates (the plan's hours came out about three times too few).
-    assert_eq!((&raw[0]["train"], &raw[0]["batch"], &raw[0]["size"]), (&false.into(), &1.into(), &32.into()));
+    assert_eq!(
+        (&raw[0]["train"], &raw[0]["batch"], &raw[0]["size"], &raw[0]["device"]),
+        (&false.into(), &1.into(), &32.into(), &"cpu".into())
+    );
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["reproduce", "--demo", "--plan", "--rates"])
         .arg(out.join("zoo.json"))

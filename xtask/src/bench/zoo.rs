@@ -126,8 +126,9 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         if workspace.is_finite() {
             workspaces.push(format!("{name} {:.0}", workspace / 1048576.0));
         }
-        // What `reproduce --rates` needs to know of the rates: training or eval, and at what size.
-        raw.push(json!({"model": name, "train": settings.train, "batch": settings.batch, "size": settings.size, "medxfer": ours, "timm": theirs}));
+        // What `reproduce --rates` needs to know of the rates: training or eval, at what size, on
+        // what device.
+        raw.push(json!({"model": name, "train": settings.train, "batch": settings.batch, "size": settings.size, "device": settings.device, "medxfer": ours, "timm": theirs}));
     }
     // A training table's memory columns: the graph on either device, and each step's peak on a GPU.
     let (memory_note, memory_header, memory_alignment) = match (settings.train, settings.device.as_str()) {

@@ -294,7 +294,13 @@ impl ReproduceArgs {
             benchmarked_rates: self
                 .rates
                 .as_deref()
-                .map(|path| super::plan::read_rates(path, options.batch_size, options.crop))
+                .map(|path| -> Result<_> {
+                    let (rates, warnings) = super::plan::read_rates(path, options.batch_size, options.crop, &self.device)?;
+                    for warning in warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    Ok(rates)
+                })
                 .transpose()?
                 .unwrap_or_default(),
             demo: demo.is_some(),

@@ -86,17 +86,21 @@ pub fn plan(study: &Study) -> Vec<UnitPlan> {
 }
 
 /// Training images per second by backbone from `bench-zoo --train`'s JSON (a list of
-/// `{"model", "train", "batch", "size", "medxfer": {"images_per_second"}}`; files written before
-/// `train`, `batch` and `size` were recorded are taken as they are). Eval rates (`bench-zoo`
-/// without `--train`, about three times the training rate) are refused; rates measured at
-/// another batch or image size than the study's (`batch`, `crop`) are taken with a warning.
-pub fn read_rates(path: &std::path::Path, batch: usize, crop: u32) -> Result<BTreeMap<String, f64>> {
+/// `{"model", "train", "batch", "size", "device", "medxfer": {"images_per_second"}}`; files
+/// written before `train`, `batch`, `size` and `device` were recorded are taken as they are), and
+/// what to warn of. Eval rates (`bench-zoo` without `--train`, about three times the training
+/// rate) are refused; rates measured at another batch or image size than the study's (`batch`,
+/// `crop`), or on another kind of device than its `device` (CPU rates for a GPU study made its
+/// hours some fifty times too many, unsaid), are taken with a warning.
+pub fn read_rates(path: &std::path::Path, batch: usize, crop: u32, device: &str) -> Result<(BTreeMap<String, f64>, Vec<String>)> {
     use anyhow::Context as _;
     let text = std::fs::read(path).with_context(|| format!("cannot read --rates {}", path.display()))?;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&text)
         .with_context(|| format!("--rates {}: not the JSON list `bench-zoo --train` writes (zoo-train*.json)", path.display()))?;
     let mut rates = BTreeMap::new();
     let mut other_sizes = std::collections::BTreeSet::new();
+    let mut other_devices = std::collections::BTreeSet::new();
+    let kind = |device: &str| if device.starts_with("cuda") { "a GPU" } else { "the CPU" };
     for row in rows {
         if row["train"] == serde_json::Value::Bool(false) {
             anyhow::bail!(
@@ -109,6 +113,9 @@ pub fn read_rates(path: &std::path::Path, batch: usize, crop: u32) -> Result<BTr
         {
             other_sizes.insert((measured_batch, size));
         }
+        if let Some(measured_on) = row["device"].as_str().filter(|measured_on| kind(measured_on) != kind(device)) {
+            other_devices.insert(measured_on.to_string());
+        }
         let (Some(model), true) = (row["model"].as_str(), row["medxfer"].is_object()) else {
             anyhow::bail!("--rates {}: a row without `model` and `medxfer.images_per_second`: {row}", path.display());
         };
@@ -117,13 +124,23 @@ pub fn read_rates(path: &std::path::Path, batch: usize, crop: u32) -> Result<BTr
             rates.insert(model.to_string(), rate);
         }
     }
-    for (measured_batch, size) in other_sizes {
-        eprintln!(
-            "warning: --rates {}: measured at batch {measured_batch}, {size} px, the study trains at batch {batch}, {crop} px: the hours are an estimate at another size",
-            path.display()
-        );
-    }
-    Ok(rates)
+    let mut warnings: Vec<String> = other_sizes
+        .into_iter()
+        .map(|(measured_batch, size)| {
+            format!(
+                "--rates {}: measured at batch {measured_batch}, {size} px, the study trains at batch {batch}, {crop} px: the hours are an estimate at another size",
+                path.display()
+            )
+        })
+        .collect();
+    warnings.extend(other_devices.into_iter().map(|measured_on| {
+        format!(
+            "--rates {}: measured on {measured_on}, the study runs on {device} ({}): the hours are not this study's; measure with `bench-zoo --train --device {device}`",
+            path.display(),
+            kind(device)
+        )
+    }));
+    Ok((rates, warnings))
 }
 
 /// The plan as a table and a total.
@@ -217,25 +234,39 @@ mod tests {
                        {"model": "vit_small_patch16_224", "medxfer": {"images_per_second": null}, "timm": null}]"#;
         std::fs::write(&path, rows).unwrap();
         // A failed measurement (null) is no rate.
-        assert_eq!(read_rates(&path, 128, 224).unwrap(), BTreeMap::from([("resnet50".to_string(), 592.7)]));
+        assert_eq!(read_rates(&path, 128, 224, "cuda:0").unwrap().0, BTreeMap::from([("resnet50".to_string(), 592.7)]));
         std::fs::write(&path, r#"{"seconds": 1}"#).unwrap();
-        let error = format!("{:#}", read_rates(&path, 128, 224).unwrap_err());
+        let error = format!("{:#}", read_rates(&path, 128, 224, "cuda:0").unwrap_err());
         assert!(error.contains("zoo-train") && error.contains(&path.display().to_string()), "{error}");
         std::fs::write(&path, r#"[{"name": "resnet50"}]"#).unwrap();
-        assert!(format!("{:#}", read_rates(&path, 128, 224).unwrap_err()).contains("medxfer.images_per_second"));
+        assert!(format!("{:#}", read_rates(&path, 128, 224, "cuda:0").unwrap_err()).contains("medxfer.images_per_second"));
         // Eval rates, as bench-zoo without --train records them, are not training rates.
         std::fs::write(
             &path,
             r#"[{"model": "resnet50", "train": false, "batch": 128, "size": 224, "medxfer": {"images_per_second": 1800.0}}]"#,
         )
         .unwrap();
-        let error = format!("{:#}", read_rates(&path, 128, 224).unwrap_err());
+        let error = format!("{:#}", read_rates(&path, 128, 224, "cuda:0").unwrap_err());
         assert!(error.contains("eval rates (bench-zoo without --train)"), "{error}");
         std::fs::write(
             &path,
             r#"[{"model": "resnet50", "train": true, "batch": 32, "size": 64, "medxfer": {"images_per_second": 900.0}}]"#,
         )
         .unwrap();
-        assert_eq!(read_rates(&path, 128, 224).unwrap(), BTreeMap::from([("resnet50".to_string(), 900.0)]));
+        let (rates, warnings) = read_rates(&path, 128, 224, "cuda:0").unwrap();
+        assert_eq!(rates, BTreeMap::from([("resnet50".to_string(), 900.0)]));
+        assert!(matches!(warnings.as_slice(), [one] if one.contains("measured at batch 32, 64 px")), "{warnings:?}");
+        // CPU rates for a GPU study, or GPU rates for a CPU one: warned; another GPU is no warning.
+        std::fs::write(
+            &path,
+            r#"[{"model": "resnet50", "train": true, "batch": 128, "size": 224, "device": "cpu", "medxfer": {"images_per_second": 27.0}}]"#,
+        )
+        .unwrap();
+        let (_, warnings) = read_rates(&path, 128, 224, "cuda:0").unwrap();
+        assert!(matches!(warnings.as_slice(), [one] if one.contains("measured on cpu, the study runs on cuda:0 (a GPU)")), "{warnings:?}");
+        assert!(read_rates(&path, 128, 224, "cpu").unwrap().1.is_empty());
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("\"cpu\"", "\"cuda:1\"")).unwrap();
+        assert!(read_rates(&path, 128, 224, "cuda:0").unwrap().1.is_empty());
+        assert_eq!(read_rates(&path, 128, 224, "cpu").unwrap().1.len(), 1);
     }
 }
