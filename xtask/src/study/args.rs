@@ -141,8 +141,9 @@ impl ReproduceArgs {
     }
 
     /// Refuses, before any work, arguments no study can run with: sizes, budgets, a precision
-    /// the device cannot run, tasks, splits, shard, missing dataset folders and weights files. `slurm` calls it on the arguments it
-    /// passes through, so that a mistake is found at submission, not in every array task.
+    /// the device cannot run, tasks, splits, shard, missing dataset folders and weights files.
+    /// `slurm` calls it on the arguments it passes through, so that a mistake is found at
+    /// submission, not in every array task.
     pub fn check(&self) -> Result<()> {
         let demo = if self.demo { Some(crate::demo::DemoConfig::load()?) } else { None };
         self.budget(demo.as_ref())?;
