@@ -394,6 +394,7 @@ fn run(cli: Cli) -> Result<()> {
             let settings = RunSettings { learning_rate: lr, weight_decay: wd, ..base };
             // Before the images are cached (minutes for a real dataset).
             settings.check()?;
+            check_out_folder(&out)?;
             let run_data = run_data(&data)?;
             let backbone = start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device)?;
             let mut bar = EpochBar::new(settings.epochs);
@@ -407,6 +408,7 @@ fn run(cli: Cli) -> Result<()> {
             let training = options(&train, &data.transform);
             training.check()?;
             medxfer_train::check_trials(trials)?;
+            check_out_folder(&out)?;
             let halving = halving.map(|eta| Halving::new(eta, halving_min_epochs)).transpose()?;
             halving.map(|h| h.check_epochs(train.epochs)).transpose()?;
             // Read after the search, which takes hours: a mistyped folder is caught now.
@@ -558,6 +560,15 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     check_root_holds(&images.root, &entries, &spec.name)?;
     let split = split_data(&images.root, &entries, &images.cache, &spec.name, transform.resize)?;
     Ok((entry, backbone, split, ids, transform))
+}
+
+/// A run's or search's `--out` is a folder: an existing file there failed after the images were
+/// cached, "run-settings.json: Not a directory" (seen).
+fn check_out_folder(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {} is a file; a run writes a folder of files (its checkpoints, history, outcome): give a folder", out.display());
+    }
+    Ok(())
 }
 
 /// The transforms to evaluate or extract a fine-tuned checkpoint with. It was trained on images

@@ -344,6 +344,18 @@ fn search_extract_and_evaluate_from_the_command_line() {
         assert!(!output.status.success() && stderr.contains(message), "{options:?}: {stderr}");
         assert!(!fresh_cache.exists() && !refused.exists(), "{options:?}: the refused command cached images or wrote its --out");
     }
+    // An --out that is a file failed after the images were cached ("run-settings.json: Not a
+    // directory").
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "kept").unwrap();
+    for options in
+        [&["finetune", "--epochs", "2", "--batch", "8", "--lr", "0.1", "--wd", "0"][..], &["search", "--epochs", "2", "--batch", "8"]]
+    {
+        let output = train(&models, &[&options[..1], &data_args, &options[1..], &["--out", a_file.to_str().unwrap()]].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("is a file; a run writes a folder"), "{options:?}: {stderr}");
+        assert!(!fresh_cache.exists() && std::fs::read_to_string(&a_file).unwrap() == "kept", "{options:?}");
+    }
     // A --root without the split's images (another dataset's folder) is named as such before any
     // image is cached (caching failed on the first file it lacked).
     let elsewhere = dir.path().join("elsewhere");
