@@ -43,12 +43,6 @@ fn is_closed_output_panic(message: &str) -> bool {
     failed_print && message.ends_with(&format!("(os error {EPIPE})"))
 }
 
-/// Whether an error returned by the command was a write to a closed pipe (a `writeln!` to a
-/// locked stdout propagated with `?`): such a command ends as a closed `println!` does.
-pub(crate) fn is_closed_output_error(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
-}
-
 /// Runs `command` as its reader would have it after a `| head` that has gone: stdout a pipe
 /// whose reading end is already closed, so its first write fails; stderr captured. For the
 /// binaries' tests of [`stop_quietly_when_output_closes`].
@@ -73,7 +67,5 @@ mod tests {
         // A full disk or any other panic keeps its default report.
         assert!(!is_closed_output_panic(&format!("failed printing to stdout: {}", io::Error::from_raw_os_error(28))));
         assert!(!is_closed_output_panic(&format!("index out of bounds: {raw}")));
-        assert!(is_closed_output_error(&anyhow::Error::new(raw).context("writing the table")));
-        assert!(!is_closed_output_error(&anyhow::anyhow!("Broken pipe")));
     }
 }

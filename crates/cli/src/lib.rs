@@ -25,12 +25,10 @@ pub use allocator::keep_freed_memory;
 pub use closed_output::{CLOSED_OUTPUT_STATUS, output_with_stdout_closed, stop_quietly_when_output_closes};
 
 /// Success, or the error with its chain of causes on stderr (`error: what: why: ...`) and a
-/// failing exit code; a write to a closed output pipe ends quietly with
-/// [`CLOSED_OUTPUT_STATUS`], as [`stop_quietly_when_output_closes`] says why.
+/// failing exit code.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) if closed_output::is_closed_output_error(&error) => ExitCode::from(CLOSED_OUTPUT_STATUS),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
