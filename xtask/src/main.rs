@@ -121,7 +121,7 @@ enum Command {
         /// instead of the eval forward; writes OUT/zoo-train.md.
         #[arg(long)]
         train: bool,
-        /// cpu, or cuda:N for a GPU (xtask built with `--features cuda`); GPU results go to
+        /// cpu, or cuda:N for a GPU (`cuda` is cuda:0; xtask built with `--features cuda`); GPU results go to
         /// OUT/zoo-gpu.md or OUT/zoo-train-gpu.md.
         #[arg(long, default_value = "cpu")]
         device: String,

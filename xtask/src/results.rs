@@ -75,7 +75,10 @@ fn read_lines<T: DeserializeOwned>(path: &Path, columns: &[&str]) -> Result<Vec<
             path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
         );
     }
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Spaces around a field (typed-in or spreadsheet results: " 0.85 ", "resnet18 ") are not
+    // part of it: a number failed to parse ("invalid float literal"), a name matched nothing.
+    let mut reader =
+        csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = reader.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
     if header.iter().ne(columns.iter().copied()) {
         bail!(
@@ -282,6 +285,10 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(PERFORMANCE_CSV)).unwrap();
         assert_eq!(text.lines().next().unwrap(), PERFORMANCE_COLUMNS.join(","));
         assert_eq!(text.lines().nth(2).unwrap(), "skin,ood,resnet18,,0.5,,,,");
+        assert_eq!(read_performance(dir.path()).unwrap(), rows);
+        // Typed in a spreadsheet, with spaces around the fields: the same rows.
+        let spaced: String = text.lines().map(|line| format!(" {} \n", line.replace(',', " , "))).collect();
+        std::fs::write(dir.path().join(PERFORMANCE_CSV), spaced).unwrap();
         assert_eq!(read_performance(dir.path()).unwrap(), rows);
 
         // A folder without the file, or no folder: said in those words ("No such file or directory").

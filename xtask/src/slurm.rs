@@ -69,6 +69,26 @@ fn quote(text: &str) -> String {
     }
 }
 
+/// A path as the value of an #SBATCH file option: '%' doubled (Slurm expands `%x`, `%A` ... in
+/// file names), and where it has a space, a '"', a backslash or a '#', in double quotes with those
+/// escaped: sbatch ends an unquoted value at a space and the line at an unescaped '#' (seen
+/// against a real Slurm: "Invalid directive found in batch script: going" for a folder "keep going").
+fn sbatch_path(path: &str) -> String {
+    let path = path.replace('%', "%%");
+    if !path.contains(|c: char| c.is_whitespace() || "\"\\#".contains(c)) {
+        return path;
+    }
+    let mut quoted = String::from("\"");
+    for c in path.chars() {
+        if "\"\\#".contains(c) {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
 fn absolute(path: &Path) -> Result<PathBuf> {
     if path.is_absolute() { Ok(path.to_path_buf()) } else { Ok(std::env::current_dir()?.join(path)) }
 }
@@ -194,14 +214,14 @@ pub fn write(args: &SlurmArgs) -> Result<Scripts> {
     let array = script(
         "medxfer-study",
         &args.time,
-        &[format!("--array=0-{}", args.shards - 1), format!("--output={}/%x-%A_%a.out", logs.display())],
+        &[format!("--array=0-{}", args.shards - 1), format!("--output={}/%x-%A_%a.out", sbatch_path(&logs.display().to_string()))],
         "# One shard of the study: units i, i+n, ... and trials i, i+n, ... of every search; a rerun\n# of the same array (after a failure or a time limit) continues where it stopped.",
         " --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\"",
     );
     let finish = script(
         "medxfer-report",
         &args.finish_time,
-        &[format!("--output={}/%x-%j.out", logs.display())],
+        &[format!("--output={}/%x-%j.out", sbatch_path(&logs.display().to_string()))],
         "# After every shard: what they left (the OOD steps of searches finished last), the\n# tables, the figures and the report.",
         "",
     );
@@ -248,11 +268,11 @@ pub fn run(args: &SlurmArgs) -> Result<()> {
             bail!(
                 "{} failed ({status}): {why}; the scripts are written, run `bash {}` once that is mended",
                 scripts.submit.display(),
-                scripts.submit.display()
+                quote(&scripts.submit.display().to_string())
             );
         }
     } else {
-        println!("submit with: bash {}", scripts.submit.display());
+        println!("submit with: bash {}", quote(&scripts.submit.display().to_string()));
     }
     Ok(())
 }
@@ -261,6 +281,18 @@ pub fn run(args: &SlurmArgs) -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// By hand, from sbatch's reading of an #SBATCH line (a '"' toggles quoting, a backslash
+    /// takes the next character as it is, an unquoted space ends the value, an unescaped '#'
+    /// the line) and its file-name patterns ('%%' is a '%'); a real Slurm reads the quoted form
+    /// in the Slurm test.
+    #[test]
+    fn an_output_folder_is_written_as_sbatch_reads_it() {
+        assert_eq!(sbatch_path("/scratch/me/results/slurm/logs"), "/scratch/me/results/slurm/logs");
+        assert_eq!(sbatch_path("/scratch/50%/logs"), "/scratch/50%%/logs");
+        assert_eq!(sbatch_path("/scratch/keep going #2/logs"), r#""/scratch/keep going \#2/logs""#);
+        assert_eq!(sbatch_path(r#"/a "b"\c"#), r#""/a \"b\"\\c""#);
+    }
 
     #[test]
     fn quoting_survives_bash() {

@@ -339,6 +339,106 @@ fn a_truncated_image_in_the_folder_stops_rank_naming_it() {
     assert!(stderr.contains("partial.jpg") && stderr.contains("image file is truncated"), "{stderr}");
 }
 
+/// A metadata CSV as published (HAM10000's: lesion_id,image_id,dx, image ids without an
+/// extension, the images in a folder of their own) is read as it is with --csv-columns and
+/// --images-root, and --finetune-top's split keeps each lesion in one part (finetune_split.csv).
+#[test]
+fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let folder = image_folder(dir.path(), 12);
+    let images = dir.path().join("HAM10000_images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut csv = String::from("lesion_id,image_id,dx\n");
+    for (class, dx) in [("clear", "nv"), ("lesion", "mel")] {
+        for i in 0..12 {
+            let id = format!("ISIC_{dx}{i:02}");
+            std::fs::copy(folder.join(class).join(format!("{i:02}.png")), images.join(format!("{id}.png"))).unwrap();
+            // Three images per lesion.
+            csv.push_str(&format!("HAM_{dx}{},{id},{dx}\n", i / 3));
+        }
+    }
+    let metadata = dir.path().join("metadata").join("HAM10000_metadata.csv");
+    std::fs::create_dir_all(metadata.parent().unwrap()).unwrap();
+    std::fs::write(&metadata, &csv).unwrap();
+    let out = dir.path().join("out");
+    let columns = ["--csv-columns", "image_id,dx,lesion_id", "--images-root", images.to_str().unwrap()];
+    let tuning = ["--backbones", "resnet_basic_min,vit_min", "--finetune-top", "1", "--trials", "1", "--epochs", "1", "--batch", "8"];
+    let output = rank(dir.path(), &metadata, &out, None, &[&columns[..], &tuning].concat());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("24 images, {\"mel\": 12, \"nv\": 12}"));
+    let split = read_csv(&out.join("finetune_split.csv"));
+    assert_eq!(split.len(), 24);
+    let mut parts: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for row in &split {
+        assert!(row["path"].ends_with(".png") && images.join(&row["path"]).is_file(), "{row:?}");
+        parts.entry(row["group"].as_str()).or_default().insert(row["split"].as_str());
+    }
+    assert_eq!(parts.len(), 8, "{parts:?}");
+    assert!(parts.values().all(|p| p.len() == 1), "a lesion in two parts: {parts:?}");
+    // Two lesions of a class cannot fill three parts: said in lesions, not images.
+    let two_lesions = metadata.with_file_name("two_lesions.csv");
+    std::fs::write(&two_lesions, csv.replace("HAM_mel2", "HAM_mel0").replace("HAM_mel3", "HAM_mel1")).unwrap();
+    let output = rank_output(dir.path(), &two_lesions, &dir.path().join("refused"), None, &[&columns[..], &tuning].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("class 'mel' has 2 group(s)") && stderr.contains("at least 3 groups"), "{stderr}");
+    // Given with a folder of class subfolders, which they do not read: refused.
+    let output = rank_output(dir.path(), &folder, &dir.path().join("refused"), None, &columns);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--csv-columns and --images-root read a CSV"), "{stderr}");
+    // Without --csv-columns, the header is named with the option that reads it.
+    let output = rank_output(dir.path(), &metadata, &dir.path().join("refused"), None, &["--backbones", "vit_min"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("expected columns path and label (or name yours with --csv-columns"), "{stderr}");
+}
+
+/// A candidate's entry edited after its features were cached (its std corrected, another
+/// embedding): extracted again, where the cached features were reused; unedited, not.
+#[test]
+fn an_entry_edited_since_its_features_were_cached_is_extracted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    let out = dir.path().join("out");
+    let extract = &["--backbones", "resnet_basic_min,vit_min"];
+    rank(dir.path(), &images, &out, None, extract);
+    let features_dir = std::fs::read_dir(out.join("features")).unwrap().next().unwrap().unwrap().path();
+    let file = keyed(&features_dir, "resnet_basic_min", "safetensors").remove(0);
+    let before = std::fs::read(&file).unwrap();
+    let output = rank(dir.path(), &images, &out, None, extract);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("extracting again"), "{}", String::from_utf8_lossy(&output.stderr));
+    let toml = dir.path().join("models/resnet_basic_min.toml");
+    std::fs::write(&toml, std::fs::read_to_string(&toml).unwrap().replace("std = [0.229, 0.224, 0.225]", "std = [0.5, 0.5, 0.5]")).unwrap();
+    let output = rank(dir.path(), &images, &out, None, extract);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("resnet_basic_min: its entry's normalisation or architecture changed") && !stderr.contains("vit_min: its"),
+        "{stderr}"
+    );
+    assert_ne!(std::fs::read(&file).unwrap(), before, "the features of the old normalisation were kept");
+}
+
+/// Radiographs exported from DICOM: 12-bit data in 16-bit PNGs reach the backbones near black
+/// (their high byte, 0..15 of 255). The ranking still runs, and says so on stderr and in
+/// ranking.md, counting them; the 8-bit and full-range 16-bit images are not counted.
+#[test]
+fn twelve_bit_radiographs_are_ranked_with_a_near_black_note() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    for (class, name, top) in [("clear", "dicom-a.png", 4095u32), ("lesion", "dicom-b.png", 3000), ("lesion", "full.png", 65535)] {
+        let image =
+            image::ImageBuffer::<image::Luma<u16>, _>::from_fn(48, 40, |x, y| image::Luma([((x * 40 + y) * top / (48 * 40)) as u16]));
+        image.save(images.join(class).join(name)).unwrap();
+    }
+    let out = dir.path().join("out");
+    let output = rank(dir.path(), &images, &out, None, &["--backbones", "resnet_basic_min"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("2 of 11 images hold 16-bit samples all under 4096"), "{stderr}");
+    let ranking = std::fs::read_to_string(out.join("ranking.md")).unwrap();
+    assert!(ranking.contains("Near-black images: 2 of the 11 scored images"), "{ranking}");
+    assert!(ranking.contains("clear/dicom-a.png"), "{ranking}");
+}
+
 /// Options rank cannot run with are refused before the images are read or cached (the
 /// extraction after takes minutes to hours), each naming the option.
 #[test]
@@ -472,6 +572,13 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
         &["--backbones", "virchow2_like,vit_min", "--finetune-top", "2", "--trials", "1", "--epochs", "1", "--batch", "8"],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The features of the tuning split's train part, read before the run below adds those of all
+    // 20 images in a second folder (which of the two `read_dir` gave first varied by run).
+    let features_dir = std::fs::read_dir(out.join("features")).unwrap().next().unwrap().unwrap().path();
+    let bytes = std::fs::read(&keyed(&features_dir, "virchow2_like", "safetensors")[0]).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("features").unwrap().shape(), [14, 64], "70% of 20 images, the class token and the patch mean");
+    assert!(file.tensor("probs").is_err(), "no source probabilities");
     let rows = read_csv(&out.join("ranking.csv"));
     let row = rows.iter().find(|r| r["backbone"] == "virchow2_like").unwrap();
     // LEEP and NCE need the source classifier's probabilities; the ranking leaves them out and
@@ -484,6 +591,9 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
         let line = format!("- {metric} (in the consensus): failed on virchow2_like (");
         assert!(ranking.contains(&line) && ranking.contains("needs the source model's probabilities"), "{metric}: {ranking}");
     }
+    // Its authors resize bicubically, the ranking (as the study) bilinearly: said, of it alone.
+    let note = "shorter side 72 (bilinear) and centre crop 64, each normalised with its own mean and std";
+    assert!(ranking.contains(note) && ranking.contains("differs for virchow2_like (72 / 64, bicubic)."), "{ranking}");
     // A consensus of those two alone ranks nothing: refused (the table and the shortlist went by
     // name, every consensus NaN).
     let output = rank_output(dir.path(), &images, &out, None, &["--backbones", "virchow2_like,vit_min", "--consensus", "nce,leep"]);
@@ -494,11 +604,6 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     }
     let accuracy: f64 = row["test_balanced_accuracy"].parse().unwrap();
     assert!((0.0..=1.0).contains(&accuracy), "tuned with a fresh head: {row:?}");
-    let features_dir = std::fs::read_dir(out.join("features")).unwrap().next().unwrap().unwrap().path();
-    let bytes = std::fs::read(&keyed(&features_dir, "virchow2_like", "safetensors")[0]).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(file.tensor("features").unwrap().shape(), [14, 64], "70% of 20 images, the class token and the patch mean");
-    assert!(file.tensor("probs").is_err(), "no source probabilities");
 
     // Half precision extraction: features of their own (keyed by the precision), scores close to
     // f32's; bf16 needs a GPU and says so.

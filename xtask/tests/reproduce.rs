@@ -642,6 +642,19 @@ fn missing_data_is_named_with_the_fix() {
         assert!(!output.status.success() && stderr.contains(&expected), "{}: {stderr}", out.display());
     }
     assert_eq!(std::fs::read_dir(data.join("bach")).unwrap().count(), 0, "refused before writing");
+    // A dataset folder named as its download names it (BreakHis, not breakhis) is pointed at.
+    let renamed = dir.path().join("renamed");
+    std::fs::create_dir_all(renamed.join("BreakHis")).unwrap();
+    std::fs::create_dir_all(renamed.join("bach")).unwrap();
+    let output = xtask()
+        .args(["reproduce".as_ref(), "--data".as_ref(), renamed.as_os_str(), "--tasks".as_ref(), "breast".as_ref()])
+        .args(["--backbones", "resnet18,resnet34", "--out", dir.path().join("out").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected =
+        format!("no folder {} (task breast's ID set; BreakHis is there: rename it breakhis)", renamed.join("breakhis").display());
+    assert!(!output.status.success() && stderr.contains(&expected), "{stderr}");
     let output = xtask().args(["reproduce", "--splits", "authors", "--out", dir.path().join("out").to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected faithful, grouped or authors:DIR"));
 }
@@ -926,7 +939,7 @@ fn sizes_from_the_command_line_are_checked_before_anything_starts() {
         assert!(!out.exists(), "nothing written");
     }
     // And a device this build cannot open, before the demo's pretraining (it came after).
-    let mut devices = vec![("gpu", "expected cpu or cuda:N")];
+    let mut devices = vec![("gpu", "expected cpu, cuda or cuda:N")];
     if !cfg!(feature = "cuda") {
         devices.push(("cuda:0", "built without CUDA"));
     }

@@ -253,7 +253,9 @@ fn the_generated_job_array_runs_on_a_real_slurm_and_equals_one_process_and_keeps
             std::fs::copy(&path, weights.join(path.file_name().unwrap())).unwrap();
         }
     }
-    let out = shared.path().join("keep-going");
+    // A results folder whose name has a space, a '#' and a '%' (each broke the #SBATCH --output
+    // line: the space and the '#' end its value, Slurm expands the '%').
+    let out = shared.path().join("keep going #2 50%");
     run(cluster
         .command(xtask)
         .args(["slurm", "--out", out.to_str().unwrap(), "--shards", "3", "--cpus", "1", "--time", "00:30:00", "--submit", "--"])

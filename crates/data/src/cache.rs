@@ -19,7 +19,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::load_rgb8;
+use crate::decode::{FAINT_16BIT_BELOW, load_image};
 use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::transform::resize_shorter;
@@ -38,6 +38,9 @@ struct Index {
     short_side: u32,
     paths: Vec<String>,
     slots: Vec<Slot>,
+    /// The images whose 16-bit samples came out near black (caches written before kept none).
+    #[serde(default)]
+    faint: Vec<String>,
 }
 
 /// An opened cache: `read(i)` is image i of the entries it was built from, in their order.
@@ -101,18 +104,25 @@ impl ImageCache {
         // Every image is read even after one fails, so that the error lists them all at once
         // (a folder of the user's may hold several); nothing is written after the first.
         let mut problems = Vec::new();
+        let mut faint_images = Vec::new();
         for chunk in entries.chunks(CHUNK) {
-            let images: Vec<Result<RgbImage>> = chunk
+            let images: Vec<Result<(RgbImage, bool)>> = chunk
                 .par_iter()
                 .map(|entry| {
                     let path = root.join(&entry.path);
-                    let image = load_rgb8(&path)?;
-                    resize_shorter(&image, short_side).map_err(|e| Error::format(&path, e.to_string()))
+                    let decoded = load_image(&path)?;
+                    let image = resize_shorter(&decoded.image, short_side).map_err(|e| Error::format(&path, e.to_string()))?;
+                    Ok((image, decoded.faint))
                 })
                 .collect();
-            for image in images {
+            for (entry, image) in chunk.iter().zip(images) {
                 let image = match image {
-                    Ok(image) if problems.is_empty() => image,
+                    Ok((image, faint)) if problems.is_empty() => {
+                        if faint {
+                            faint_images.push(entry.path.clone());
+                        }
+                        image
+                    }
                     Ok(_) => continue,
                     Err(error) => {
                         problems.push(error.to_string());
@@ -133,7 +143,18 @@ impl ImageCache {
         }
         writer.into_inner().map_err(|e| Error::io(partial, e.error()))?;
         pending.commit()?;
-        let index = Index { key: key.clone(), short_side, paths: entries.iter().map(|e| e.path.clone()).collect(), slots };
+        if let Some(first) = faint_images.first() {
+            eprintln!(
+                "warning: {dataset}: {} of {} images hold 16-bit samples all under {FAINT_16BIT_BELOW} (12-bit data, as DICOM exports store it), e.g. {}: \
+                 reduced to their high byte, as Pillow reduces 16-bit RGB, they span 0..15 of 255 and reach the backbones near black; \
+                 export them to 8 bits with the intensity window you read them with",
+                faint_images.len(),
+                entries.len(),
+                root.join(first).display()
+            );
+        }
+        let index =
+            Index { key: key.clone(), short_side, paths: entries.iter().map(|e| e.path.clone()).collect(), slots, faint: faint_images };
         let json = serde_json::to_vec(&index).map_err(|e| Error::format(&index_path, e.to_string()))?;
         medxfer_durable::write_atomic(&index_path, &json)?;
         if let Some(bar) = bar {
@@ -175,6 +196,12 @@ impl ImageCache {
     /// The resize the cache was built with.
     pub fn short_side(&self) -> u32 {
         self.index.short_side
+    }
+
+    /// The images (their paths under the dataset's folder) whose 16-bit samples were all under
+    /// [`FAINT_16BIT_BELOW`]: near black once reduced to 8 bits.
+    pub fn faint_images(&self) -> &[String] {
+        &self.index.faint
     }
 
     /// Image `i` (in the order of the entries the cache was built from).

@@ -113,12 +113,32 @@ pub struct DatasetSpec {
     dropped: Dropped,
     /// Counts of the complete real dataset.
     pub expected: Expected,
+    /// Other downloads taken for this one, known by their class folders.
+    #[serde(default, rename = "lookalike")]
+    pub lookalikes: Vec<Lookalike>,
+}
+
+/// Another dataset whose download is taken for this one (Kaggle's most downloaded brain MRI set
+/// for the paper's): an image of one of its classes is named as that set's, with where to get the
+/// right one, where it was only "not in the TOML".
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lookalike {
+    /// Its full name.
+    pub title: String,
+    /// Its class folders that this dataset lacks.
+    pub classes: Vec<String>,
 }
 
 impl DatasetSpec {
     /// The task label of a class, or None when the class is dropped.
     pub fn label_of(&self, class: &str) -> Option<u32> {
         self.labels.get(class).copied()
+    }
+
+    /// The other download that has `class` among its class folders, if one is known.
+    pub fn lookalike_of(&self, class: &str) -> Option<&Lookalike> {
+        self.lookalikes.iter().find(|lookalike| lookalike.classes.iter().any(|c| c == class))
     }
 
     /// Classes the label map drops on purpose (as opposed to unknown ones).

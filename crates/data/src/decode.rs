@@ -3,6 +3,11 @@
 //! byte (Pillow's unpacking of 48-bit TIFF; `image`'s own `to_rgb8` rounds v/257 instead), no
 //! EXIF rotation. Cheng's int16 MRI slices are min-max scaled per image.
 //!
+//! 16-bit grayscale, which no dataset of the study holds, is reduced to its high byte too, as
+//! 16-bit RGB is: Pillow 13's `convert("RGB")` clips such samples at 255 instead, which makes most
+//! of an image white. A user's 12-bit radiographs stored in 16 bits (DICOM exports) keep only
+//! 0..15 of 255 that way: [`Decoded::faint`] says so, and the image cache warns of them.
+//!
 //! A damaged or hostile file is an error naming it, never a silently filled image or an
 //! allocation the machine cannot make: a JPEG whose data ends before its end-of-image marker
 //! (a partial download) is refused as Pillow refuses it ("image file is truncated"; `image`'s
@@ -17,17 +22,41 @@ use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, MAX_PIXELS};
 
+/// Below this, every 16-bit sample of an image keeps a high byte of at most 15 (12-bit data).
+pub const FAINT_16BIT_BELOW: u16 = 1 << 12;
+
+/// An image as RGB8, and what the reduction to 8 bits lost.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The image as the backbones see it.
+    pub image: RgbImage,
+    /// Its samples were 16-bit ones all under [`FAINT_16BIT_BELOW`] (alpha aside): reduced to
+    /// their high byte, they span at most 0..15 of 255 and the image is near black.
+    pub faint: bool,
+}
+
 /// Decodes the image at `path` to RGB8.
 pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
+    load_image(path).map(|decoded| decoded.image)
+}
+
+/// Decodes the image at `path` to RGB8, saying whether it came out faint.
+pub fn load_image(path: &Path) -> Result<Decoded> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat")) {
-        return cheng_rgb8(path);
+        return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_rgb8(path, &bytes)
+    decode_image(path, &bytes)
 }
 
 /// Decodes `bytes`, the content of `path` (named in errors), to RGB8.
 pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    decode_image(path, bytes).map(|decoded| decoded.image)
+}
+
+/// Decodes `bytes`, the content of `path` (named in errors), to RGB8, saying whether it came
+/// out faint.
+fn decode_image(path: &Path, bytes: &[u8]) -> Result<Decoded> {
     let corrupt =
         |e: image::ImageError| Error::format(path, format!("cannot decode the image ({e}); the file may be truncated or corrupt"));
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
@@ -43,7 +72,23 @@ pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     let decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     check_pixels(path, width, height)?;
-    Ok(to_rgb8(DynamicImage::from_decoder(decoder).map_err(corrupt)?))
+    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    let faint = is_faint_16bit(&image);
+    Ok(Decoded { image: to_rgb8(image), faint })
+}
+
+/// Whether `image` has 16-bit samples, all under [`FAINT_16BIT_BELOW`] (alpha aside).
+fn is_faint_16bit(image: &DynamicImage) -> bool {
+    fn below(mut samples: impl Iterator<Item = u16>) -> bool {
+        samples.all(|v| v < FAINT_16BIT_BELOW)
+    }
+    match image {
+        DynamicImage::ImageLuma16(gray) => below(gray.pixels().map(|p| p.0[0])),
+        DynamicImage::ImageLumaA16(gray) => below(gray.pixels().map(|p| p.0[0])),
+        DynamicImage::ImageRgb16(rgb) => below(rgb.as_raw().iter().copied()),
+        DynamicImage::ImageRgba16(rgba) => below(rgba.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2]])),
+        _ => false,
+    }
 }
 
 /// Refuses an image over [`MAX_PIXELS`] before anything is allocated for it.

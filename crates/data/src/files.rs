@@ -62,12 +62,22 @@ impl FileIndex {
         self.files.iter().map(String::as_str).filter(move |f| f.to_ascii_lowercase().ends_with(suffix))
     }
 
+    /// What to say when the layout's `marker` (a file or folder its paths start at) is nowhere
+    /// under the root: the folder above that holds it, as the root to give (a root one level too
+    /// deep, `Photos/` or `ISIC_2019_Training_Input/` itself, was only "the right --root?").
+    pub fn wrong_root_hint(&self, marker: &str) -> String {
+        match self.root.ancestors().skip(1).take(2).find(|folder| folder.join(marker).exists()) {
+            Some(folder) => format!("{} holds {marker}: give that folder as --root", folder.display()),
+            None => "is it the right --root?".to_string(),
+        }
+    }
+
     /// The one file called `name` anywhere under the root, or an error saying none or several.
     pub fn unique_file(&self, name: &str) -> Result<&str> {
         let found: Vec<&str> = self.files.iter().map(String::as_str).filter(|f| file_name(f) == name).collect();
         match found.as_slice() {
             [one] => Ok(one),
-            [] => Err(Error::io(&self.root, format!("no {name} anywhere under this folder; is it the right --root?"))),
+            [] => Err(Error::io(&self.root, format!("no {name} anywhere under this folder; {}", self.wrong_root_hint(name)))),
             many => {
                 Err(Error::io(&self.root, format!("{name} found {} times ({}); point --root at one copy", many.len(), many.join(", "))))
             }

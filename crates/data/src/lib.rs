@@ -6,6 +6,7 @@
 //!   [`Scan`] of the records the task uses, deliberate drops, and every problem met;
 //!   [`scan_clean`] refuses a folder with problems; [`check_dataset`] reports them all.
 //! - [`load_rgb8`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
+//!   [`load_image`] also says whether 16-bit samples came out faint (12-bit data).
 //! - Splits from the authors' CSVs, the reference procedure or over groups ([`split_task`],
 //!   [`faithful_split`], [`grouped_split`], [`authors_split`]), their [`leakage`], and the
 //!   manifest a split is written as ([`write_manifest`], [`read_manifest`]).
@@ -51,9 +52,9 @@ pub mod synth;
 pub mod transform;
 
 pub use cache::ImageCache;
-pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, ReferenceSplit, Role, TaskSpec, Unlisted};
+pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Lookalike, ReferenceSplit, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
-pub use decode::{decode_rgb8, load_rgb8};
+pub use decode::{Decoded, FAINT_16BIT_BELOW, decode_rgb8, load_image, load_rgb8};
 pub use error::{Error, Result};
 pub use files::is_os_bookkeeping;
 pub use layouts::{
@@ -63,8 +64,8 @@ pub use layouts::{
 pub use limits::MAX_PIXELS;
 pub use loader::{Augment, Batch, Batches, LoaderConfig, batches, epoch_order};
 pub use manifest::{
-    LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, files_checksum, read_manifest, read_manifest_info, read_manifest_of,
-    split_counts, write_manifest,
+    LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, changed_manifest_files, files_checksum, read_manifest, read_manifest_info,
+    read_manifest_of, split_counts, write_manifest,
 };
 pub use record::{Problem, Record, Scan};
 pub use split::{

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use medxfer_data::{
-    Catalog, CheckOptions, ManifestInfo, Role, Source, files_checksum, ood_entries, read_manifest, read_manifest_info, read_manifest_of,
-    scan_clean, scan_dataset, split_counts, split_task, write_manifest,
+    Catalog, CheckOptions, ManifestInfo, Role, Source, changed_manifest_files, files_checksum, ood_entries, read_manifest,
+    read_manifest_info, read_manifest_of, scan_clean, scan_dataset, split_counts, split_task, write_manifest,
 };
 
 #[derive(Parser)]
@@ -141,10 +141,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Cache { dataset, root, manifest, out, short_side } => {
             let spec = catalog.dataset(&dataset)?;
-            let entries = match manifest {
-                Some(path) => read_manifest_of(&path, &spec.name)?,
+            let entries = match &manifest {
+                Some(path) => read_manifest_of(path, &spec.name)?,
                 None => ood_entries(&scan_dataset(spec, &root)?.records),
             };
+            if let Some(changed) =
+                manifest.as_deref().and_then(Path::parent).map(|dir| changed_manifest_files(dir, &root)).transpose()?.flatten()
+            {
+                eprintln!("warning: {changed}");
+            }
             // An empty cache was written and called a success (--root of another dataset).
             if entries.is_empty() {
                 bail!("{}: no images of {} found: is --root the folder of {}?", root.display(), spec.name, spec.name);
@@ -176,7 +181,8 @@ fn check(catalog: &Catalog, dataset: &str, root: &Path, options: CheckOptions, j
             println!("{label:<6} {:>8} {expected:>10}", report.per_label.get(label).copied().unwrap_or(0));
         }
         println!("{:<6} {:>8} {:>10}", "all", report.images, spec.expected.images);
-        if report.decoded > 0 {
+        // `--fast` alone skips decoding; a folder without any image the task uses has none to decode.
+        if options.decode {
             println!("{} image(s) decoded", report.decoded);
         } else {
             println!("images not decoded (--fast): corrupt or truncated files are not looked for");

@@ -127,6 +127,29 @@ pub fn read_manifest_of(path: &Path, dataset: &str) -> Result<Vec<Entry>> {
     read_manifest(path)
 }
 
+/// Whether the images under `root` are still the files the split in `dir` was made from: the
+/// checksum of their paths and sizes against the one its manifest.json records (a copy of the
+/// data resized or recompressed in place since, or another release of it, trains under the same
+/// names). `None` when they are, where there is no manifest.json to compare with, or where some
+/// images are not there (a run of one part needs that part's alone, and its caller checks them);
+/// else what differs, for a warning.
+pub fn changed_manifest_files(dir: &Path, root: &Path) -> Result<Option<String>> {
+    let Some(info) = read_manifest_info(dir) else { return Ok(None) };
+    let entries = read_manifest(&dir.join(MANIFEST_CSV))?;
+    // An image that cannot be read for its size is not there (its caller refuses those it needs).
+    match files_checksum(root, &entries) {
+        Ok(checksum) if checksum != info.files_checksum => {}
+        _ => return Ok(None),
+    }
+    Ok(Some(format!(
+        "{}: the split's {} images are not the files it was made from: their sizes are not those {} recorded (images replaced, resized or recompressed since the split, or another release of {}); they are used as they are now, and the results describe them",
+        root.display(),
+        entries.len(),
+        dir.join(MANIFEST_JSON).display(),
+        info.dataset
+    )))
+}
+
 /// Reads a manifest.csv back.
 pub fn read_manifest(path: &Path) -> Result<Vec<Entry>> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| Error::io(path, e))?;

@@ -180,6 +180,24 @@ pub fn authors_csvs(dir: &Path) -> Result<Vec<(Part, std::path::PathBuf)>> {
         }
     }
     found.sort();
+    // A copy saved beside a CSV ("train (copy).csv", "trainval.csv") was read as a second one of
+    // the same part, doubling its images (seen: 321 of 192).
+    for part in Part::ALL {
+        let names: Vec<String> = found
+            .iter()
+            .filter(|(p, _)| *p == part)
+            .map(|(_, path)| path.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .collect();
+        if names.len() > 1 {
+            return Err(Error::Split(format!(
+                "{}: {} CSVs for the {} part ({}); keep one CSV per part there (its name containing train, val or test) and move the others away",
+                dir.display(),
+                names.len(),
+                part.name(),
+                names.join(", ")
+            )));
+        }
+    }
     Ok(found)
 }
 
@@ -191,7 +209,7 @@ pub fn authors_split(records: &[Record], spec: &DatasetSpec, dir: &Path) -> Resu
     let (entries, problems) = authors_split_from_csvs(records, spec, &refs)?;
     match problems.first() {
         Some(first) => Err(Error::Split(format!(
-            "{} row(s) of the authors' CSVs do not match the data; the first: {}: {}",
+            "{} row(s) of the authors' CSVs do not match the data or repeat an image; the first: {}: {}",
             problems.len(),
             first.path.display(),
             first.problem
@@ -208,6 +226,9 @@ pub fn authors_split_from_csvs(records: &[Record], spec: &DatasetSpec, csvs: &[(
         by_name.entry(crate::files::file_name(&record.path)).or_default().push(record);
     }
     let (mut entries, mut problems) = (Vec::new(), Vec::new());
+    // Where each image was first listed: the paper's CSVs list every image once, so a second row
+    // of an image (in another part, it is tested on what it trained on) is a problem.
+    let mut listed: HashMap<String, (String, usize)> = HashMap::new();
     for &(part, csv_path) in csvs {
         let mut reader = csv::Reader::from_path(csv_path).map_err(|e| Error::io(csv_path, e))?;
         let header = reader.headers().map_err(|e| Error::format(csv_path, e.to_string()))?.clone();
@@ -233,6 +254,12 @@ pub fn authors_split_from_csvs(records: &[Record], spec: &DatasetSpec, csvs: &[(
                 report(if tied { format!("{image} matches several files") } else { format!("{image} is not among the scanned images") });
                 continue;
             };
+            let here = (csv_path.file_name().unwrap_or_default().to_string_lossy().into_owned(), line + 2);
+            if let Some((first_csv, first_line)) = listed.get(&record.path) {
+                report(format!("{image} is listed again (first at {first_csv} line {first_line}); each image belongs to one part, once"));
+                continue;
+            }
+            listed.insert(record.path.clone(), here);
             match label.parse::<u32>() {
                 Ok(label) if label == record.label => {
                     entries.push(Entry { path: record.path.clone(), label, group: record.group.clone(), split: part });

@@ -127,3 +127,33 @@ fn an_image_rewritten_at_the_same_size_is_not_answered_from_the_cache() {
     assert_eq!(rebuilt.read(0).unwrap(), expected);
     assert_ne!(cache.read(0).unwrap(), expected, "the old cache held the old pixels");
 }
+
+#[test]
+fn sixteen_bit_images_keep_their_high_byte_and_twelve_bit_ones_are_named_faint() {
+    use image::{ImageBuffer, Luma, Rgb};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    // 12-bit samples (a DICOM export), full 16-bit ones, 12-bit RGB, 8-bit gray.
+    let twelve_bit = ImageBuffer::<Luma<u16>, _>::from_fn(8, 8, |x, y| Luma([((x * 8 + y) * 64).min(4095) as u16]));
+    twelve_bit.save(root.join("mri.png")).unwrap();
+    ImageBuffer::<Luma<u16>, _>::from_fn(8, 8, |x, y| Luma([(x * 8 + y) as u16 * 1024 + 1023])).save(root.join("full.png")).unwrap();
+    ImageBuffer::<Rgb<u16>, _>::from_fn(8, 8, |x, _| Rgb([x as u16 * 500, 4095, 0])).save(root.join("rgb12.png")).unwrap();
+    ImageBuffer::<Luma<u8>, _>::from_fn(8, 8, |x, _| Luma([x as u8])).save(root.join("gray8.png")).unwrap();
+    let entries: Vec<Entry> = ["mri.png", "full.png", "rgb12.png", "gray8.png"]
+        .iter()
+        .map(|path| Entry { path: (*path).to_string(), label: 0, group: (*path).to_string(), split: medxfer_data::Part::Train })
+        .collect();
+    let cache_dir = dir.path().join("cache");
+    let cache = ImageCache::open_or_build(&cache_dir, "radiographs", &root, &entries, 8, false).unwrap();
+    assert_eq!(cache.faint_images(), ["mri.png", "rgb12.png"]);
+    // The high byte, by hand: 4095 >> 8 = 15 at most, the full-range image's top row 1023 >> 8 = 3.
+    let mri = cache.read(0).unwrap();
+    assert_eq!(mri.get_pixel(7, 7).0, [15, 15, 15]);
+    assert_eq!(mri.get_pixel(1, 0).0, [(512u16 >> 8) as u8; 3]);
+    assert_eq!(cache.read(1).unwrap().get_pixel(7, 7).0, [((63 * 1024 + 1023) >> 8) as u8; 3]);
+    assert_eq!(cache.read(2).unwrap().get_pixel(7, 0).0, [(3500u16 >> 8) as u8, 15, 0]);
+    // Reopened, the cache still says which images came out faint.
+    let reopened = ImageCache::open_or_build(&cache_dir, "radiographs", &root, &entries, 8, false).unwrap();
+    assert_eq!(reopened.faint_images(), ["mri.png", "rgb12.png"]);
+}

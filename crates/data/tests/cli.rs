@@ -93,6 +93,13 @@ fn check_finds_a_truncated_jpeg_by_default_and_fast_skips_decoding() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!((report["decoded"].as_u64(), report["problems"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    // A folder holding no image the task uses says it decoded none, not that --fast was given.
+    let unknown = dir.path().join("unknown");
+    std::fs::create_dir_all(unknown.join("Training/astrocytoma")).unwrap();
+    std::fs::copy(&victim, unknown.join("Training/astrocytoma/a.jpg")).unwrap();
+    let output = medxfer_data(&["check", "brain-tumor-kaggle", "--root", unknown.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("0 image(s) decoded") && !stdout.contains("--fast"), "{stdout}");
 }
 
 #[test]
@@ -181,6 +188,17 @@ fn cache_builds_from_a_manifest_and_refuses_another_dataset_s() {
     let output = cache("breakhis", &breakhis, &built, Some(&manifest));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).starts_with(&format!("{images} images cached")));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("not the files it was made from"));
+    // One image replaced in place under its name (a resized or recompressed copy of the data): the
+    // cache is built from the files as they are, and says the split was made from others.
+    let first = std::fs::read_to_string(&manifest).unwrap().lines().nth(1).unwrap().split(',').next().unwrap().to_string();
+    let (width, height) = image::image_dimensions(breakhis.join(&first)).unwrap();
+    image::RgbImage::from_pixel(width, height, image::Rgb([200, 120, 180])).save(breakhis.join(&first)).unwrap();
+    let output = cache("breakhis", &breakhis, &dir.path().join("cache2"), Some(&manifest));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let warning = format!("{}: the split's {images} images are not the files it was made from", breakhis.display());
+    assert!(stderr.contains(&warning) && stderr.contains(&split.join("manifest.json").display().to_string()), "{stderr}");
 
     let refused = dir.path().join("refused");
     let output = cache("bach", &bach, &refused, Some(&manifest));

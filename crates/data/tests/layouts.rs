@@ -170,6 +170,32 @@ fn bad_input_is_reported_with_the_file_and_the_fix() {
     let scan = scan_dataset(catalog.dataset("brain-tumor-kaggle").unwrap(), dir.path()).unwrap();
     assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
     assert!(scan.problems[0].problem.contains("\"astrocytoma\" is not in brain-tumor-kaggle.toml"));
+    assert!(!scan.problems[0].problem.contains("a class of"), "no other download has astrocytoma: {:?}", scan.problems);
+    // A root one level too deep names the folder to give: BACH's Photos/ given itself (its name
+    // is part of the layout).
+    let (dir, _, _) = replica_scan("bach", 2);
+    let photos = walkdir::WalkDir::new(dir.path()).into_iter().flatten().find(|e| e.file_name() == "Photos").unwrap().into_path();
+    let error = scan_dataset(catalog.dataset("bach").unwrap(), &photos).unwrap_err().to_string();
+    assert!(error.contains(&format!("{} holds Photos: give that folder as --root", photos.parent().unwrap().display())), "{error}");
+    // ISIC's image folder given itself: the ground truth is one level up.
+    let (dir, _, _) = replica_scan("isic2019", 2);
+    let error = scan_dataset(catalog.dataset("isic2019").unwrap(), &dir.path().join("ISIC_2019_Training_Input")).unwrap_err().to_string();
+    let expected = format!("{} holds ISIC_2019_Training_GroundTruth.csv: give that folder as --root", dir.path().display());
+    assert!(error.contains(&expected), "{error}");
+    let error = scan_dataset(catalog.dataset("bach").unwrap(), dir.path()).unwrap_err().to_string();
+    assert!(error.contains("is it the right --root?"), "{error}");
+    // Kaggle's most downloaded brain MRI set, taken for the paper's: named, with the right one.
+    let (dir, _, before) = replica_scan("brain-tumor-kaggle", 2);
+    for part in ["Training", "Testing"] {
+        for (sartaj, nickparvar) in
+            [("glioma_tumor", "glioma"), ("meningioma_tumor", "meningioma"), ("no_tumor", "notumor"), ("pituitary_tumor", "pituitary")]
+        {
+            std::fs::rename(dir.path().join(part).join(sartaj), dir.path().join(part).join(nickparvar)).unwrap();
+        }
+    }
+    let error = medxfer_data::scan_clean(catalog.dataset("brain-tumor-kaggle").unwrap(), dir.path()).unwrap_err().to_string();
+    let expected = "a class of Brain Tumor MRI Dataset, Masoud Nickparvar (Kaggle, 7,023 images), not of Brain Tumor Classification (MRI), Sartaj Bhuvaji (Kaggle): the study's is at https://www.kaggle.com/datasets/sartajbhuvaji/brain-tumor-classification-mri";
+    assert!(error.contains(expected) && error.contains(&format!("{} problem(s) in all", before.records.len())), "{error}");
 
     let (dir, _, before) = replica_scan("pad-ufes-20", 3);
     let melanoma = before.records.iter().find(|r| r.label == 1).unwrap();

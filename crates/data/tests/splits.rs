@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use medxfer_data::{
-    Catalog, Entry, FaithfulSplit, ManifestInfo, Part, Record, Source, authors_split_from_csvs, check_classes, faithful_split,
-    files_checksum, grouped_split, leakage, ood_entries, read_manifest, scan_dataset, split_counts, split_task, synth, write_manifest,
+    Catalog, Entry, FaithfulSplit, ManifestInfo, Part, Record, Source, authors_split, authors_split_from_csvs, check_classes,
+    faithful_split, files_checksum, grouped_split, leakage, ood_entries, read_manifest, scan_dataset, split_counts, split_task, synth,
+    write_manifest,
 };
 
 fn records(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Record>) {
@@ -113,6 +114,38 @@ fn authors_csvs_are_re_rooted_by_path_suffix_and_checked() {
     std::fs::write(&csv, "path,class\nx,1\n").unwrap();
     let error = authors_split_from_csvs(&records, spec, &[(Part::Test, csv.as_path())]).unwrap_err().to_string();
     assert!(error.contains("pad_test.csv") && error.contains("expected columns image and label"), "{error}");
+}
+
+/// An image listed twice (in two parts, it is tested on what it trained on) and a second CSV of
+/// one part (a copy saved beside it) are refused, naming the rows and the files: both were read as
+/// more images (seen: a manifest of 321 rows from 192 images).
+#[test]
+fn authors_csvs_listing_an_image_twice_or_twice_one_part_are_refused() {
+    let catalog = Catalog::load_default().unwrap();
+    let spec = catalog.dataset("pad-ufes-20").unwrap();
+    let (dir, records) = records("pad-ufes-20", 3);
+    let authors = dir.path().join("authors");
+    std::fs::create_dir_all(&authors).unwrap();
+    let row = |r: &Record| format!("/pad-ufes-20/images/{},{}\n", r.path.rsplit('/').next().unwrap(), r.label);
+    let train: Vec<&Record> = records.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, r)| r).collect();
+    let test: Vec<&Record> = records.iter().enumerate().filter(|(i, _)| i % 3 == 0).map(|(_, r)| r).collect();
+    let csv = |rows: &[&Record]| format!("image,label\n{}", rows.iter().map(|r| row(r)).collect::<String>());
+    std::fs::write(authors.join("pad_train.csv"), csv(&train)).unwrap();
+    std::fs::write(authors.join("pad_test.csv"), csv(&test)).unwrap();
+    let entries = authors_split(&records, spec, &authors).unwrap();
+    assert_eq!(entries.len(), records.len());
+    assert_eq!(entries.iter().filter(|e| e.split == Part::Test).count(), test.len());
+
+    // The first training image listed in the test CSV too, as its last row.
+    std::fs::write(authors.join("pad_test.csv"), format!("{}{}", csv(&test), row(train[0]))).unwrap();
+    let error = authors_split(&records, spec, &authors).unwrap_err().to_string();
+    let repeated = format!("pad_test.csv: line {}: /pad-ufes-20/images/", test.len() + 2);
+    assert!(error.contains(&repeated) && error.contains("listed again (first at pad_train.csv line 2)"), "{error}");
+
+    std::fs::write(authors.join("pad_test.csv"), csv(&test)).unwrap();
+    std::fs::write(authors.join("pad_train (copy).csv"), csv(&train)).unwrap();
+    let error = authors_split(&records, spec, &authors).unwrap_err().to_string();
+    assert!(error.contains("2 CSVs for the train part (pad_train (copy).csv, pad_train.csv)"), "{error}");
 }
 
 /// Cheng's set standing in for the brain task's ID set: split by its own rule (the task's needs the

@@ -21,14 +21,16 @@ pub fn check_device_name(name: &str) -> Result<()> {
     gpu_index(name).map(|_| ())
 }
 
-/// None for `cpu`, the index of `cuda:N`; an error for anything else, and for a GPU in a build
+/// None for `cpu`, the index of `cuda:N` (plain `cuda` is the first GPU, as in PyTorch, which
+/// researchers type; it was refused); an error for anything else, and for a GPU in a build
 /// without CUDA.
 fn gpu_index(name: &str) -> Result<Option<usize>> {
     if name == "cpu" {
         return Ok(None);
     }
-    let Some(index) = name.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) else {
-        return Err(Error::Config(format!("--device {name}: expected cpu or cuda:N (cuda:0 for the first GPU)")));
+    let index = if name == "cuda" { Some(0) } else { name.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) };
+    let Some(index) = index else {
+        return Err(Error::Config(format!("--device {name}: expected cpu, cuda or cuda:N (cuda:0, or cuda, for the first GPU)")));
     };
     if !cfg!(feature = "cuda") {
         return Err(Error::Config(format!(
@@ -90,11 +92,20 @@ mod tests {
     #[test]
     fn names_the_cpu_and_rejects_the_rest_with_the_fix() {
         assert!(parse_device("cpu").unwrap().is_cpu());
-        let error = parse_device("gpu0").unwrap_err().to_string();
-        assert!(error.contains("expected cpu or cuda:N"), "{error}");
+        for refused in ["gpu0", "cuda0", "cuda:", "CUDA"] {
+            let error = parse_device(refused).unwrap_err().to_string();
+            assert!(error.contains("expected cpu, cuda or cuda:N"), "{refused}: {error}");
+        }
+        // PyTorch's plain `cuda` is the first GPU, as `cuda:0` (in a build with CUDA; without,
+        // it is refused below as cuda:0 is).
+        if cfg!(feature = "cuda") {
+            assert_eq!(gpu_index("cuda").unwrap(), Some(0));
+        }
         if !cfg!(feature = "cuda") {
-            let error = parse_device("cuda:0").unwrap_err().to_string();
-            assert!(error.contains("--features cuda"), "{error}");
+            for gpu in ["cuda:0", "cuda"] {
+                let error = parse_device(gpu).unwrap_err().to_string();
+                assert!(error.contains("--features cuda"), "{gpu}: {error}");
+            }
         }
     }
 }

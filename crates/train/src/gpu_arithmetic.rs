@@ -78,7 +78,7 @@ impl GpuArithmetic {
     pub fn apply(&self, device: &str) -> Result<()> {
         if *self != GpuArithmetic::default() && !device.starts_with("cuda") {
             return Err(Error::Config(format!(
-                "{} only apply on a GPU (--device cuda:N): the CPU computes in f32 with its own kernels, which these options do not steer",
+                "{}: GPU arithmetic options apply on a GPU only (--device cuda:N); the CPU computes in f32 with its own kernels, which they do not steer",
                 self.options().join(" ")
             )));
         }

@@ -35,7 +35,7 @@ struct ModelArgs {
     /// Pretrained weights from this safetensors file instead of the hub.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// cpu, or cuda:N (needs a build with --features cuda).
+    /// cpu, or cuda:N (`cuda` is cuda:0; needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -355,6 +355,9 @@ fn run_data(args: &DataArgs) -> Result<RunData> {
     // The split's own dataset where its manifest.json says it (an alternative ID set, Cheng's).
     let dataset = medxfer_data::read_manifest_info(split).map_or_else(|| task.id.clone(), |info| info.dataset);
     check_root_holds(&args.root, &entries, &dataset)?;
+    if let Some(changed) = medxfer_data::changed_manifest_files(split, &args.root)? {
+        eprintln!("warning: --root {changed}");
+    }
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let build = |p: Part| split_data(&args.root, &part(p), &args.cache, &format!("{dataset}-{}", p.name()), transform.resize);
     let (train, val, test) = (build(Part::Train)?, build(Part::Val)?, build(Part::Test)?);
@@ -558,6 +561,16 @@ fn image_split(model: &ModelArgs, images: &ImageArgs) -> Result<(ModelEntry, Bac
     let ids = entries.iter().map(|e| e.path.clone()).collect();
     medxfer_data::transform::check_sizes(transform.resize, transform.crop)?;
     check_root_holds(&images.root, &entries, &spec.name)?;
+    if let Some(changed) = images
+        .manifest
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|dir| medxfer_data::changed_manifest_files(dir, &images.root))
+        .transpose()?
+        .flatten()
+    {
+        eprintln!("warning: --root {changed}");
+    }
     let split = split_data(&images.root, &entries, &images.cache, &spec.name, transform.resize)?;
     Ok((entry, backbone, split, ids, transform))
 }

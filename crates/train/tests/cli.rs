@@ -438,6 +438,42 @@ fn search_extract_and_evaluate_from_the_command_line() {
     }
 }
 
+/// The split's images replaced under their names since the split (a copy of the data resized or
+/// recompressed in place): extraction runs on the files as they are, and says the split was made
+/// from others; on the files it was made from, it says nothing.
+#[test]
+fn a_split_whose_images_changed_since_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, root, split, cache, entries) = setup(dir.path(), 3, 1);
+    let (weights, manifest) = (weights(), split.join("manifest.csv"));
+    let (root_s, split_s, cache_s, manifest_s) =
+        (root.to_str().unwrap(), split.to_str().unwrap(), cache.to_str().unwrap(), manifest.to_str().unwrap());
+    let sizes = ["--cache", cache_s, "--resize", "40", "--crop", "32"];
+    let extract = |out: &str| {
+        let images = ["--dataset", "breakhis", "--root", root_s, "--manifest", manifest_s, "--part", "val", "--out", out];
+        let output = train(&models, &[&["extract", "--model", "resnet_tiny", "--weights", &weights][..], &images, &sizes].concat());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let warning = format!("--root {}: the split's {} images are not the files it was made from", root.display(), entries.len());
+    let stderr = extract(dir.path().join("a.safetensors").to_str().unwrap());
+    assert!(!stderr.contains("not the files it was made from"), "{stderr}");
+    let image = root.join(&entries[0].path);
+    let (width, height) = image::image_dimensions(&image).unwrap();
+    image::RgbImage::from_pixel(width, height, image::Rgb([90, 40, 140])).save(&image).unwrap();
+    let stderr = extract(dir.path().join("b.safetensors").to_str().unwrap());
+    assert!(stderr.contains(&warning), "{stderr}");
+    // Fine-tuning on the split's folder says so too.
+    let run = dir.path().join("run");
+    let data = ["--task", "breast", "--root", root_s, "--split", split_s, "--epochs", "1", "--batch", "8", "--lr", "0.01", "--wd", "0"];
+    let output = train(
+        &models,
+        &[&["finetune", "--model", "resnet_tiny", "--weights", &weights][..], &data, &sizes, &["--out", run.to_str().unwrap()]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains(&warning), "{stderr}");
+}
+
 #[test]
 fn a_finetune_killed_mid_run_resumes_to_the_uninterrupted_result() {
     let dir = tempfile::tempdir().unwrap();

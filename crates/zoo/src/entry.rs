@@ -146,9 +146,12 @@ pub struct Preprocessing {
     pub resize: usize,
     /// Side of the centre crop.
     pub crop: usize,
-    /// The resize filter timm names (`bilinear`, `bicubic`).
+    /// The resize filter timm names ([`INTERPOLATIONS`]), which `classify` resizes with.
     pub interpolation: String,
 }
+
+/// The resize filters an entry may name: PIL's, as timm names them.
+pub const INTERPOLATIONS: [&str; 2] = ["bilinear", "bicubic"];
 
 impl Preprocessing {
     /// Sizes and statistics a transform can use: the problem, in words, or `Ok`.
@@ -161,6 +164,10 @@ impl Preprocessing {
         }
         if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
             return Err(format!("mean {:?} and std {:?} must be finite numbers, std above 0", self.mean, self.std));
+        }
+        // A misspelt or other filter ran as bilinear, unsaid (seen: "lanczos").
+        if !INTERPOLATIONS.contains(&self.interpolation.as_str()) {
+            return Err(format!("interpolation {:?}: expected one of {INTERPOLATIONS:?} (timm's names)", self.interpolation));
         }
         Ok(())
     }

@@ -57,7 +57,7 @@ pub use checkpoint::{KeyReport, read_checkpoint};
 pub use convnext::{ConvNextConfig, convnext_preset};
 pub use densenet::DenseNetConfig;
 pub use efficientnet::{DepthMultiplier, EfficientNetConfig, EfficientNetVariant, Padding, efficientnet_preset};
-pub use entry::{Architecture, ModelEntry, Preprocessing};
+pub use entry::{Architecture, INTERPOLATIONS, ModelEntry, Preprocessing};
 pub use error::{Error, Result};
 pub use hub::{
     CONFIG_FILE, HubOptions, HubRetry, PROCESSOR_FILE, WEIGHTS_FILE, WEIGHTS_FILES, hub_file, looks_like_hub_id, pretrained, weights_file,

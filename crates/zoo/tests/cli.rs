@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -117,7 +117,7 @@ fn run_writes_timms_features_and_logits() {
     // expected (a grey batch reached the stem's kernel and panicked).
     for shape in [vec![2usize, 1, 32, 32], vec![3, 32, 32]] {
         let bad = dir.path().join("bad.safetensors");
-        let zeros = candle_core::Tensor::zeros(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let zeros = Tensor::zeros(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap();
         candle_core::safetensors::save(&std::collections::HashMap::from([("input".to_string(), zeros)]), &bad).unwrap();
         let args = ["--models", models, "run", "--model", "resnet_basic_min", "--weights", weights.to_str().unwrap()];
         let output = zoo(&[&args[..], &["--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()]].concat());
@@ -136,7 +136,7 @@ fn run_writes_timms_features_and_logits() {
         let mut values = good.clone();
         values[position] = value;
         let bad = dir.path().join("odd.safetensors");
-        let tensor = candle_core::Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).unwrap();
+        let tensor = Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).unwrap();
         candle_core::safetensors::save(&std::collections::HashMap::from([("input".to_string(), tensor)]), &bad).unwrap();
         let args = ["--models", models, "run", "--model", "resnet_basic_min", "--weights", weights.to_str().unwrap()];
         let output = zoo(&[&args[..], &["--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()]].concat());
@@ -183,6 +183,22 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     let worst = common::max_abs(&difference);
     let mean = difference.mean_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(worst <= 2.5 / 255.0 / 0.224 && mean < 0.005, "worst {worst}, mean {mean}");
+
+    // A bicubic backbone (25 of the registry's) resizes with PIL's bicubic (Catmull-Rom); it was
+    // resized bilinearly. The truth: PIL's own bicubic resize (make_classify_bicubic.py).
+    let bicubic_reference = candle_core::safetensors::load(fixtures().join("classify_bicubic_ref.safetensors"), &Device::Cpu).unwrap();
+    let bicubic = medxfer_zoo::Preprocessing { interpolation: "bicubic".into(), ..preprocessing.clone() };
+    let ours_bicubic = medxfer_zoo::eval_tensor(&fixtures().join("classify.png"), &bicubic, &Device::Cpu).unwrap();
+    let error = |a: &Tensor, b: &Tensor| {
+        let difference = (a - b).unwrap().abs().unwrap();
+        (common::max_abs(&difference), difference.mean_all().unwrap().to_scalar::<f32>().unwrap())
+    };
+    let (worst, mean) = error(&ours_bicubic, &bicubic_reference["input"]);
+    let (_, mean_to_bilinear) = error(&ours_bicubic, &reference["input"]);
+    assert!(
+        worst <= 2.5 / 255.0 / 0.224 && mean < 0.002 && mean_to_bilinear > 3.0 * mean,
+        "worst {worst}, mean {mean}, to bilinear {mean_to_bilinear}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tiny.toml"), TINY_ENTRY).unwrap();

@@ -120,6 +120,7 @@ fn hostile_sizes_in_a_config_json_are_refused_naming_the_file() {
         (vit("", r#""crop_pct": -1.5"#), "crop_pct is -1.5"),
         (vit("", r#""crop_pct": 7.5"#), "crop_pct is 7.5"),
         (vit("", r#""std": [0.5, 0, 0.5]"#), "std above 0"),
+        (vit("", r#""interpolation": "lanczos""#), r#"interpolation "lanczos": expected one of ["bilinear", "bicubic"]"#),
         (r#"{"architecture": "resnet50", "num_classes": 0}"#.to_string(), "num_classes is 0"),
         (r#"{"architecture": "resnet50", "num_classes": 18446744073709551615}"#.to_string(), "num_classes is"),
         (r#"{"architecture": "resnet50", "model_args": {"layers": [3, 0, 6, 3]}}"#.to_string(), "block count (layers) is 0"),

@@ -55,6 +55,10 @@ fn an_inconsistent_entry_is_refused_with_its_file_named() {
     std::fs::write(dir.join("resnet18.toml"), text.replace("family = \"resnet\"", "family = \"alexnet\"")).unwrap();
     let error = Registry::load(&dir).unwrap_err().to_string();
     assert!(error.contains("resnet18.toml") && error.contains("alexnet"), "{error}");
+    // A resize filter classify does not have was resized bilinearly, unsaid.
+    std::fs::write(dir.join("resnet18.toml"), text.replace("interpolation = \"bilinear\"", "interpolation = \"lanczos\"")).unwrap();
+    let error = Registry::load(&dir).unwrap_err().to_string();
+    assert!(error.contains("resnet18.toml") && error.contains("interpolation \"lanczos\""), "{error}");
     // A folder without any entry (a wrong --models) is named as the mistake; it listed nothing.
     std::fs::remove_file(dir.join("resnet18.toml")).unwrap();
     std::fs::create_dir_all(dir.join("empty_group")).unwrap();

@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::RankRow;
-use crate::report::figure::{FONT, register_font};
+use crate::report::figure::{FONT, register_font, write_svg_and_png};
 
 const PANEL: (u32, u32) = (340, 60);
 const BAR_HEIGHT: u32 = 22;
@@ -25,8 +25,8 @@ pub fn write(stem: &Path, rows: &[RankRow]) -> Result<()> {
     let panel_rows = (metrics.len() as u32).div_ceil(columns).max(1);
     let panel_height = PANEL.1 + BAR_HEIGHT * rows.len() as u32;
     let size = (PANEL.0 * columns + 140, panel_height * panel_rows + 40);
-    draw(SVGBackend::new(&stem.with_extension("svg"), size).into_drawing_area(), rows, &metrics, (panel_rows, columns))?;
-    draw(BitMapBackend::new(&stem.with_extension("png"), size).into_drawing_area(), rows, &metrics, (panel_rows, columns))
+    let grid = (panel_rows, columns);
+    write_svg_and_png(stem, size, |area| draw(area, rows, &metrics, grid), |area| draw(area, rows, &metrics, grid))
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, rows: &[RankRow], metrics: &[String], grid: (u32, u32)) -> Result<()> {

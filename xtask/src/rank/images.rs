@@ -1,11 +1,56 @@
 //! The practitioner's images: a folder with one subfolder per class, or a CSV of `path,label`
-//! (paths relative to the CSV's folder, or absolute).
+//! (paths relative to the CSV's folder, or absolute), or of the columns [`CsvColumns`] names.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use medxfer_data::Record;
+
+/// Which columns of a CSV hold what, and where its relative paths are.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CsvColumns {
+    /// With a CSV: its path and label columns, and optionally a group column (a patient or lesion
+    /// id), as PATH,LABEL[,GROUP]. A path without an extension is looked for as .jpg, .png ... (an
+    /// image id); with a group column, --finetune-top keeps each group in one part of its split.
+    #[arg(long, value_name = "PATH,LABEL[,GROUP]", value_parser = parse_columns)]
+    pub csv_columns: Option<ColumnNames>,
+    /// With a CSV: the folder its relative paths are under (by default the CSV's own).
+    #[arg(long, value_name = "DIR")]
+    pub images_root: Option<PathBuf>,
+}
+
+/// The path, label and optional group columns' names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnNames(Vec<String>);
+
+/// Two or three column names, none empty.
+fn parse_columns(text: &str) -> std::result::Result<ColumnNames, String> {
+    let names: Vec<String> = text.split(',').map(|name| name.trim().to_string()).collect();
+    if !(2..=3).contains(&names.len()) || names.iter().any(String::is_empty) {
+        return Err(format!("{text:?}: expected the path and label columns' names and optionally the group's, as PATH,LABEL[,GROUP]"));
+    }
+    Ok(ColumnNames(names))
+}
+
+impl CsvColumns {
+    fn names(&self) -> (&str, &str, Option<&str>) {
+        match self.csv_columns.as_ref().map(|names| names.0.as_slice()) {
+            Some([path, label]) => (path, label, None),
+            Some([path, label, group]) => (path, label, Some(group)),
+            _ => ("path", "label", None),
+        }
+    }
+
+    /// Whether the CSV names a group column.
+    pub fn grouped(&self) -> bool {
+        self.names().2.is_some()
+    }
+
+    fn given(&self) -> bool {
+        self.csv_columns.is_some() || self.images_root.is_some()
+    }
+}
 
 /// Labelled images: records (paths relative to `root`) and the class names in label order.
 #[derive(Debug, Clone)]
@@ -16,11 +61,14 @@ pub struct LabelledImages {
 }
 
 impl LabelledImages {
-    pub fn read(images: &Path) -> Result<Self> {
+    pub fn read(images: &Path, csv: &CsvColumns) -> Result<Self> {
         let found = if images.is_dir() {
+            if csv.given() {
+                bail!("--csv-columns and --images-root read a CSV; {} is a folder of class subfolders", images.display());
+            }
             from_folder(images)?
         } else if images.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
-            from_csv(images)?
+            from_csv(images, csv)?
         } else {
             bail!("{}: not a folder of class subfolders nor a .csv file of path,label", images.display());
         };
@@ -149,17 +197,59 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn from_csv(csv_path: &Path) -> Result<LabelledImages> {
-    let root = csv_path.parent().map(Path::to_path_buf).unwrap_or_default();
+/// `path` under `root`; written with Windows' separators (a CSV saved on Windows), with '/';
+/// or where it names an image id without an extension (HAM10000's `image_id`, ISIC's
+/// `image`), the one image file of that name.
+fn resolve(root: &Path, path: &str) -> Option<String> {
+    if root.join(path).is_file() {
+        return Some(path.to_string());
+    }
+    if path.contains('\\') {
+        return resolve(root, &path.replace('\\', "/"));
+    }
+    if Path::new(path).extension().is_some() {
+        return None;
+    }
+    let found: Vec<String> = medxfer_zoo::IMAGE_EXTENSIONS
+        .iter()
+        .flat_map(|extension| [extension.to_string(), extension.to_ascii_uppercase()])
+        .map(|extension| format!("{path}.{extension}"))
+        .filter(|candidate| root.join(candidate).is_file())
+        .collect();
+    match found.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// Where a CSV's relative paths were looked for, for a path that is not there.
+fn where_hint(columns: &CsvColumns) -> &'static str {
+    if columns.images_root.is_some() { "" } else { " (relative paths are under the CSV's folder; --images-root names another)" }
+}
+
+fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
+    let root = match &columns.images_root {
+        Some(root) if !root.is_dir() => bail!("--images-root {}: no such folder", root.display()),
+        Some(root) => root.clone(),
+        None => csv_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
     let mut reader = csv::Reader::from_path(csv_path).with_context(|| format!("cannot read {}", csv_path.display()))?;
     let header_record = reader.headers()?.clone();
     let header: Vec<String> = header_record.iter().map(str::to_string).collect();
     let column = |name: &str| header.iter().position(|h| h == name);
-    let (Some(path_column), Some(label_column)) = (column("path"), column("label")) else {
+    let (path_name, label_name, group_name) = columns.names();
+    let group_column = match group_name {
+        Some(name) => Some(column(name).with_context(|| {
+            format!("{}: no column {name:?} (--csv-columns' group) in the header `{}`", csv_path.display(), header.join(","))
+        })?),
+        None => None,
+    };
+    let (Some(path_column), Some(label_column)) = (column(path_name), column(label_name)) else {
         bail!(
-            "{}: the header is `{}`; expected columns path and label{}",
+            "{}: the header is `{}`; expected columns {path_name} and {label_name}{}{}",
             csv_path.display(),
             header.join(","),
+            if columns.csv_columns.is_none() { " (or name yours with --csv-columns PATH,LABEL)" } else { "" },
             crate::results::separator_hint(&header_record)
         );
     };
@@ -169,22 +259,28 @@ fn from_csv(csv_path: &Path) -> Result<LabelledImages> {
     for (line, row) in reader.records().enumerate() {
         let line = line + 2;
         let row = row.with_context(|| format!("{}: line {line}", csv_path.display()))?;
-        let (path, label) = (row.get(path_column).unwrap_or(""), row.get(label_column).unwrap_or(""));
-        if path.is_empty() || label.is_empty() {
+        // A spreadsheet's stray spaces ("mel " beside "mel") made a class of their own.
+        let (path, label) = (row.get(path_column).unwrap_or(""), row.get(label_column).unwrap_or("").trim());
+        if path.trim().is_empty() || label.is_empty() {
             bail!("{}: line {line}: empty path or label", csv_path.display());
         }
-        if !root.join(path).is_file() {
-            bail!("{}: line {line}: {} does not exist", csv_path.display(), root.join(path).display());
-        }
-        let real = std::fs::canonicalize(root.join(path)).with_context(|| format!("cannot resolve {}", root.join(path).display()))?;
+        let Some(path) = resolve(&root, path).or_else(|| resolve(&root, path.trim())) else {
+            bail!("{}: line {line}: {} does not exist{}", csv_path.display(), root.join(path).display(), where_hint(columns));
+        };
+        let real = std::fs::canonicalize(root.join(&path)).with_context(|| format!("cannot resolve {}", root.join(&path).display()))?;
         if let Some(first) = lines.insert(real, line) {
             bail!("{}: line {line}: {path} is listed already on line {first}; list each image once", csv_path.display());
         }
-        rows.push((path.to_string(), label.to_string()));
+        let group = match group_column.map(|column| row.get(column).unwrap_or("").trim()) {
+            Some("") => bail!("{}: line {line}: empty group", csv_path.display()),
+            Some(group) => group.to_string(),
+            None => path.clone(),
+        };
+        rows.push((path, label.to_string(), group));
     }
     // Integer labels in numeric order when every label is one; names (or a mix) sorted as text.
     // (A comparison that mixed the two would not be an order: 9 < 10 < "1a" < 9.)
-    let mut classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
+    let mut classes: Vec<String> = rows.iter().map(|(_, l, _)| l.clone()).collect();
     if classes.iter().all(|l| l.parse::<i64>().is_ok()) {
         classes.sort_by_key(|l| l.parse::<i64>().unwrap_or_default());
     } else {
@@ -193,9 +289,9 @@ fn from_csv(csv_path: &Path) -> Result<LabelledImages> {
     classes.dedup();
     let records = rows
         .into_iter()
-        .map(|(path, label)| {
+        .map(|(path, label, group)| {
             let index = classes.iter().position(|c| *c == label).unwrap_or(0);
-            record(path, &label, index as u32)
+            Record { group, ..record(path, &label, index as u32) }
         })
         .collect();
     Ok(LabelledImages { root, records, classes })
@@ -225,7 +321,7 @@ mod tests {
             for file in [Path::new("benign/a.png"), Path::new("malignant/c.png"), &odd] {
                 png(&root.join(file));
             }
-            let error = format!("{:#}", LabelledImages::read(&root).unwrap_err());
+            let error = format!("{:#}", LabelledImages::read(&root, &CsvColumns::default()).unwrap_err());
             assert!(error.contains(&root.join(named).display().to_string()), "{error}");
             assert!(error.contains("not valid UTF-8") && error.contains("rename it"), "{error}");
         }
@@ -244,7 +340,7 @@ mod tests {
             std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
             std::fs::write(root.join(file), b"\x00\x05\x16\x07").unwrap();
         }
-        let images = LabelledImages::read(&root).unwrap();
+        let images = LabelledImages::read(&root, &CsvColumns::default()).unwrap();
         assert_eq!(images.classes, ["benign", "malignant"]);
         let paths: Vec<&str> = images.records.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["benign/a.png", "malignant/c.png"]);
@@ -261,47 +357,58 @@ mod tests {
                 png(&root.join(file));
             }
         }
-        let folder = LabelledImages::read(&root).unwrap();
+        let folder = LabelledImages::read(&root, &CsvColumns::default()).unwrap();
         assert_eq!(folder.classes, ["benign", "malignant"]);
         // A split's layout is not taken for classes.
         let split = dir.path().join("split");
         for file in ["train/benign/a.png", "train/malignant/b.png", "Val/benign/c.png", "Val/malignant/d.png"] {
             png(&split.join(file));
         }
-        let error = LabelledImages::read(&split).unwrap_err().to_string();
+        let error = LabelledImages::read(&split, &CsvColumns::default()).unwrap_err().to_string();
         assert!(error.contains("its folders are Val, train: the parts of a split, not classes"), "{error}");
         assert!(error.contains(&format!("--images {}", split.join("train").display())), "{error}");
-        assert_eq!(LabelledImages::read(&split.join("train")).unwrap().classes, ["benign", "malignant"]);
+        assert_eq!(LabelledImages::read(&split.join("train"), &CsvColumns::default()).unwrap().classes, ["benign", "malignant"]);
         let paths: Vec<(&str, u32)> = folder.records.iter().map(|r| (r.path.as_str(), r.label)).collect();
         assert_eq!(paths, [("benign/a.png", 0), ("benign/sub/b.PNG", 0), ("malignant/c.png", 1)]);
 
         let csv = root.join("labels.csv");
         std::fs::write(&csv, "path,label,site\nmalignant/c.png,10,x\nbenign/a.png,2,y\n").unwrap();
-        let listed = LabelledImages::read(&csv).unwrap();
+        let listed = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
         assert_eq!(listed.classes, ["2", "10"], "integer labels in numeric order");
         assert_eq!(listed.records[0].label, 1);
 
         std::fs::write(&csv, "file,class\na.png,0\n").unwrap();
-        assert!(format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("expected columns path and label"));
+        assert!(
+            format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err()).contains("expected columns path and label")
+        );
         std::fs::write(&csv, "path,label\nbenign/missing.png,0\nmalignant/c.png,1\n").unwrap();
         assert!(
-            format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("line 2: ")
-                && format!("{:#}", LabelledImages::read(&csv).unwrap_err()).contains("missing.png does not exist")
+            format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err()).contains("line 2: ")
+                && format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err()).contains("missing.png does not exist")
         );
+        // A spreadsheet's stray spaces around a label or a path are not part of them.
+        std::fs::write(&csv, "path,label\nbenign/a.png,benign \n malignant/c.png ,malignant\nbenign/sub/b.PNG, benign\n").unwrap();
+        let spaced = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        assert_eq!(spaced.classes, ["benign", "malignant"]);
+        assert_eq!(spaced.records[1].path, "malignant/c.png");
+        // Saved on Windows: its separators are read as '/' (the file was "does not exist").
+        std::fs::write(&csv, "path,label\r\nbenign\\sub\\b.PNG,0\r\nmalignant\\c.png,1\r\n").unwrap();
+        let windows = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        assert_eq!(windows.records.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["benign/sub/b.PNG", "malignant/c.png"]);
         // One image listed twice (here once through `./`) would be counted twice.
         std::fs::write(&csv, "path,label\nbenign/a.png,0\nmalignant/c.png,1\n./benign/a.png,0\n").unwrap();
-        let message = format!("{:#}", LabelledImages::read(&csv).unwrap_err());
+        let message = format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err());
         assert!(message.contains("line 4: ./benign/a.png is listed already on line 2"), "{message}");
         // Labels that are not all integers sort as text: 9, 10 and 1a compared as numbers where
         // they can be would go round in a circle (9 < 10 < 1a < 9).
         std::fs::write(&csv, "path,label\nbenign/a.png,9\nmalignant/c.png,10\nbenign/sub/b.PNG,1a\n").unwrap();
-        assert_eq!(LabelledImages::read(&csv).unwrap().classes, ["10", "1a", "9"]);
+        assert_eq!(LabelledImages::read(&csv, &CsvColumns::default()).unwrap().classes, ["10", "1a", "9"]);
         std::fs::remove_dir_all(root.join("malignant")).unwrap();
-        assert!(format!("{:#}", LabelledImages::read(&root).unwrap_err()).contains("ranking needs at least two"));
+        assert!(format!("{:#}", LabelledImages::read(&root, &CsvColumns::default()).unwrap_err()).contains("ranking needs at least two"));
         // Images straight in the folder: the layout is said ("0 class(es) found ([])" was).
         let flat = dir.path().join("flat");
         png(&flat.join("a.png"));
-        let message = format!("{:#}", LabelledImages::read(&flat).unwrap_err());
+        let message = format!("{:#}", LabelledImages::read(&flat, &CsvColumns::default()).unwrap_err());
         assert!(message.contains("no class subfolders; put each class's images in a subfolder named after it"), "{message}");
     }
 
@@ -320,7 +427,7 @@ mod tests {
             |m: &mut medxfer_mutate::Mutator| m.text(original),
             |text: &String| {
                 std::fs::write(&csv, text).unwrap();
-                if let Err(error) = LabelledImages::read(&csv) {
+                if let Err(error) = LabelledImages::read(&csv, &CsvColumns::default()) {
                     assert!(format!("{error:#}").contains("labels.csv"), "{error:#}");
                 }
             },
@@ -341,17 +448,17 @@ mod tests {
         std::os::unix::fs::symlink(".", root.join("benign/loop")).unwrap();
         std::os::unix::fs::symlink(root.join("benign"), root.join("benign/again")).unwrap();
         std::os::unix::fs::symlink(root.join("malignant/c.png"), root.join("malignant/c-link.png")).unwrap();
-        let found = LabelledImages::read(&root).unwrap();
+        let found = LabelledImages::read(&root, &CsvColumns::default()).unwrap();
         let paths: Vec<(&str, u32)> = found.records.iter().map(|r| (r.path.as_str(), r.label)).collect();
         assert_eq!(paths, [("benign/a.png", 0), ("benign/b.png", 0), ("malignant/c.png", 1), ("malignant/d.png", 1)]);
         // A class folder that links into another class: one file with two labels.
         std::os::unix::fs::symlink(root.join("benign/a.png"), root.join("malignant/a.png")).unwrap();
-        let message = format!("{:#}", LabelledImages::read(&root).unwrap_err());
+        let message = format!("{:#}", LabelledImages::read(&root, &CsvColumns::default()).unwrap_err());
         assert!(message.contains("benign/a.png") && message.contains("malignant/a.png") && message.contains("two classes"), "{message}");
         // A class folder that is itself a link is walked.
         std::fs::remove_file(root.join("malignant/a.png")).unwrap();
         std::fs::rename(root.join("malignant"), dir.path().join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("malignant")).unwrap();
-        assert_eq!(LabelledImages::read(&root).unwrap().records.len(), 4);
+        assert_eq!(LabelledImages::read(&root, &CsvColumns::default()).unwrap().records.len(), 4);
     }
 }

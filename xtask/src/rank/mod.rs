@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split};
+use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split, grouped_split};
 use medxfer_scores::{Direction, Metric};
 use medxfer_train::{
     EpochBar, ExtractSettings, RunData, RunSettings, SearchSettings, Shard, SplitData, TrainingOptions, load_pretrained_in, search,
@@ -28,6 +28,7 @@ use crate::features::{ExtractDtype, FeatureScores, extract_features, score_file}
 use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
 use crate::results::Setting;
 use crate::weights::{Weights, folder_name};
+pub use images::CsvColumns;
 use images::LabelledImages;
 
 #[derive(Debug, Clone, Args)]
@@ -35,17 +36,22 @@ pub struct RankArgs {
     /// A folder with one subfolder of images per class, or a CSV of path,label.
     #[arg(long)]
     pub images: PathBuf,
+    /// The columns a CSV's images are read from: a metadata file as published (HAM10000's
+    /// `--csv-columns image_id,dx,lesion_id`) is taken as it is.
+    #[command(flatten)]
+    pub csv: CsvColumns,
     /// `all` (the registry), or comma-separated registry names or timm hub ids (timm/<id>).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub backbones: Vec<String>,
     /// Where the ranking, its figure, the cached features and any fine-tuning runs go.
     #[arg(long, default_value = "rank")]
     pub out: PathBuf,
-    /// cpu, or cuda:N (a build with --features cuda).
+    /// cpu, or cuda:N (`cuda` is cuda:0; a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Then fine-tune the top K by consensus with a small Halton search, on a stratified
-    /// 70/10/20 split of the images (the scores then use its train part only).
+    /// 70/10/20 split of the images, or of their groups (--csv-columns' third), written to
+    /// OUT/finetune_split.csv (the scores then use its train part only).
     #[arg(long, value_name = "K")]
     pub finetune_top: Option<usize>,
     /// Halton points per fine-tuned backbone (with --finetune-top).
@@ -145,6 +151,19 @@ struct Scored {
     extraction_seconds: f64,
     scores: BTreeMap<String, f64>,
     errors: BTreeMap<String, String>,
+    /// What of the candidate's entry shaped its features ([`entry_shaping`]); absent in a cache
+    /// written before it was recorded, which is trusted as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shaping: Option<String>,
+}
+
+/// What of a registry entry shapes its features beyond its weights, the images and the sizes
+/// (which key the cache already): its normalisation and its architecture, the embedding recipe
+/// included. An entry edited since (a corrected std, `embedding = "class_token"`) reused the
+/// features cached before, unsaid (read off the code: the key was the name and the weights).
+fn entry_shaping(entry: &ModelEntry) -> Result<String> {
+    let normalization = normalization(entry);
+    Ok(format!("mean {:?} std {:?} {}", normalization.mean, normalization.std, serde_json::to_string(&entry.architecture)?))
 }
 
 /// One row of the ranking.
@@ -272,7 +291,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     }
     let trust = trust_statement(results)?;
     check_out_is_outside(&args.images, &args.out)?;
-    let images = LabelledImages::read(&args.images)?;
+    let images = LabelledImages::read(&args.images, &args.csv)?;
     let registry = match &args.models {
         Some(dir) => Registry::load(dir)?,
         None => Registry::load_default()?,
@@ -291,7 +310,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     // With fine-tuning, a stratified split whose train part alone is scored.
     let entries: Vec<Entry> = match args.finetune_top {
         Some(_) => {
-            let entries = faithful_split(&images.records, &FaithfulSplit::Stratified { val: 0.1, test: 0.2 }, args.seed)?;
+            // With a group column, each group (a patient, a lesion) in one part: its images in
+            // train and test would measure how well a backbone recognises the patient.
+            let rule = FaithfulSplit::Stratified { val: 0.1, test: 0.2 };
+            let entries = if args.csv.grouped() {
+                grouped_split(&images.records, &rule, args.seed)?
+            } else {
+                faithful_split(&images.records, &rule, args.seed)?
+            };
             check_every_part_has_every_class(&entries, &images)?;
             entries
         }
@@ -303,6 +329,10 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
+    if args.finetune_top.is_some() {
+        // As `path,label,group,split`, paths under the images' folder, as a study writes its parts.
+        crate::study::splits::write_entries(&args.out.join(SPLIT_CSV), &entries)?;
+    }
 
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
     let cache_dir = args.out.join("cache");
@@ -332,7 +362,18 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             let key = format!("{}-{}{}", folder_name(&entry.name), identity.short(), args.dtype.key_suffix());
             let summary = features_dir.join(format!("{key}.json"));
             let features_file = features_dir.join(format!("{key}.safetensors"));
+            let shaping = entry_shaping(entry)?;
             let cached = std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok());
+            let cached = match cached {
+                Some(old) if old.shaping.as_ref().is_some_and(|recorded| *recorded != shaping) => {
+                    eprintln!(
+                        "{}: its entry's normalisation or architecture changed since its features were cached: extracting again",
+                        entry.name
+                    );
+                    None
+                }
+                other => other,
+            };
             // A cached result from before the newer scores is rescored from its kept features.
             let cached = match cached {
                 Some(old) if lacks_a_score(&old.scores, &old.errors) && features_file.exists() => {
@@ -355,8 +396,13 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                     extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
                     let extraction_seconds = start.elapsed().as_secs_f64();
                     let scores = score_file(&path)?;
-                    let result =
-                        Scored { feature_dim: entry.feature_dim, extraction_seconds, scores: scores.values, errors: scores.errors };
+                    let result = Scored {
+                        feature_dim: entry.feature_dim,
+                        extraction_seconds,
+                        scores: scores.values,
+                        errors: scores.errors,
+                        shaping: Some(shaping),
+                    };
                     medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
                     result
                 }
@@ -440,6 +486,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
 
     let mut table = render(&rows, &consensus);
     table.push_str(&left_out_scores(&rows, &failed, &consensus));
+    table.push_str(&faint_images_note(train.cache.faint_images(), train.cache.len()));
+    table.push_str(&own_preprocessing_note(&candidates, args.resize, args.crop));
     if let Some(resamples) = args.bootstrap {
         let firsts = bootstrap::first_places(&scored_files, resamples, args.seed, &consensus)?;
         table.push('\n');
@@ -509,6 +557,48 @@ fn left_out_scores(rows: &[RankRow], failed: &[(String, BTreeMap<String, String>
     }
     format!(
         "\nScores left out (a score ranks the candidates only when every one of them has it; the consensus is over those of its scores the table has):\n{text}"
+    )
+}
+
+/// The scored images that reached the backbones near black, for ranking.md: 12-bit data in
+/// 16-bit files (radiographs exported from DICOM) keep 0..15 of 255 once reduced to 8 bits, and
+/// the ranking then says how the backbones see black images; the cache's warning goes by on
+/// stderr. Empty when none is.
+fn faint_images_note(faint: &[String], scored: usize) -> String {
+    let Some(first) = faint.first() else { return String::new() };
+    format!(
+        "\nNear-black images: {} of the {scored} scored images hold 16-bit samples all under {} (12-bit data), e.g. {first}; reduced to 8 bits they span 0..15 of 255, so these scores describe near-black images. Export them to 8 bits with your intensity window and rank again.\n",
+        faint.len(),
+        medxfer_data::FAINT_16BIT_BELOW
+    )
+}
+
+/// Where `--finetune-top` writes its split: which images the shortlist's test accuracy is of.
+pub const SPLIT_CSV: &str = "finetune_split.csv";
+
+/// The candidates whose authors preprocess otherwise than this ranking, for ranking.md: every
+/// candidate is scored (and fine-tuned) on the same pixels, `--resize` with the study's bilinear
+/// filter and `--crop`, normalised with its own mean and std, so that the scores compare the
+/// backbones and not their inputs; CONCH's authors use 448 px bicubic, RAD-DINO's 518 px, and
+/// the README had said each was run with its own. Empty when none differs.
+fn own_preprocessing_note(candidates: &[ModelEntry], resize: u32, crop: u32) -> String {
+    let differing: Vec<String> = candidates
+        .iter()
+        .filter(|entry| {
+            let own = &entry.preprocessing;
+            (own.resize, own.crop, own.interpolation.as_str()) != (resize as usize, crop as usize, "bilinear")
+        })
+        .map(|entry| {
+            let own = &entry.preprocessing;
+            format!("{} ({} / {}, {})", entry.name, own.resize, own.crop, own.interpolation)
+        })
+        .collect();
+    if differing.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nPreprocessing: every candidate saw the same images, shorter side {resize} (bilinear) and centre crop {crop}, each normalised with its own mean and std, as `--finetune-top` trains them; their authors' own eval preprocessing (resize / crop, filter) differs for {}. `--resize`/`--crop` set the ranking's; `medxfer-zoo classify` runs a backbone with its own.\n",
+        differing.join(", ")
     )
 }
 
@@ -672,9 +762,13 @@ fn check_every_part_has_every_class(entries: &[Entry], images: &LabelledImages) 
             .collect();
         if !lacking.is_empty() {
             let count = entries.iter().filter(|e| e.label as usize == label).count();
+            // Split by groups (--csv-columns' third), a class needs three groups, not images.
+            let groups: std::collections::BTreeSet<&str> =
+                entries.iter().filter(|e| e.label as usize == label).map(|e| e.group.as_str()).collect();
+            let (units, unit) = if groups.len() < count { (groups.len(), "group") } else { (count, "image") };
             bail!(
-                "{}: class '{class}' has {count} image(s), which the 70/10/20 split of --finetune-top leaves none of in {}; \
-                 it needs at least 3 images of every class: add images of '{class}', or leave --finetune-top out (the scores alone use every image)",
+                "{}: class '{class}' has {units} {unit}(s), which the 70/10/20 split of --finetune-top leaves none of in {}; \
+                 it needs at least 3 {unit}s of every class: add images of '{class}', or leave --finetune-top out (the scores alone use every image)",
                 images.root.display(),
                 lacking.join(" and ")
             );

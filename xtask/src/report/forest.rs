@@ -8,7 +8,7 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::figure::{FONT, register_font};
+use super::figure::{FONT, register_font, write_svg_and_png};
 use super::table::{Table2Row, scope};
 use crate::results::Setting;
 
@@ -44,8 +44,7 @@ pub fn write(stem: &Path, rows: &[Table2Row]) -> Result<()> {
     let settings: Vec<Setting> = Setting::BOTH.into_iter().filter(|s| rows.iter().any(|r| r.setting == *s)).collect();
     let size = (PANEL_WIDTH * settings.len() as u32 + 60, ROW_HEIGHT * metrics.len() as u32 + MARGINS);
     let forest = Forest { rows, metrics, tasks, settings };
-    forest.draw(SVGBackend::new(&stem.with_extension("svg"), size).into_drawing_area())?;
-    forest.draw(BitMapBackend::new(&stem.with_extension("png"), size).into_drawing_area())
+    write_svg_and_png(stem, size, |area| forest.draw(area), |area| forest.draw(area))
 }
 
 struct Forest<'a> {

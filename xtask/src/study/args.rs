@@ -45,7 +45,7 @@ pub struct ReproduceArgs {
     pub batch: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, or cuda:N (a build with --features cuda).
+    /// cpu, or cuda:N (`cuda` is cuda:0; a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// This worker's share i/n: units (task x backbone) i, i+n, ... for extraction and scores,
@@ -332,7 +332,10 @@ fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path, out: &Path)
         .iter()
         .flat_map(|task| [(&task.id, "ID", &task.name), (&task.ood, "OOD", &task.name)])
         .filter(|(dataset, _, _)| !data.join(dataset.as_str()).is_dir())
-        .map(|(dataset, role, task)| format!("{} (task {task}'s {role} set)", data.join(dataset.as_str()).display()))
+        .map(|(dataset, role, task)| {
+            let near = near_named_folder(data, dataset).map_or(String::new(), |near| format!("; {near} is there: rename it {dataset}"));
+            format!("{} (task {task}'s {role} set{near})", data.join(dataset.as_str()).display())
+        })
         .collect();
     if !missing.is_empty() {
         bail!(
@@ -342,6 +345,23 @@ fn check_data_folders(tasks: &[medxfer_data::TaskSpec], data: &Path, out: &Path)
         );
     }
     Ok(())
+}
+
+/// A folder of `data` named as `dataset` but for case and separators (`BreakHis`, `ISIC_2019`,
+/// `brain_tumor_kaggle`): the names a download or a colleague's layout gives, which the study's
+/// `DATA/<name>` does not find.
+fn near_named_folder(data: &Path, dataset: &str) -> Option<String> {
+    let key = |name: &str| name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect::<String>();
+    let wanted = key(dataset);
+    let mut near: Vec<String> = std::fs::read_dir(data)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().is_dir())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| key(name) == wanted)
+        .collect();
+    near.sort();
+    near.into_iter().next()
 }
 
 /// Refuses, before any work, a `--weights` folder without some backbone's file (each unit found

@@ -143,7 +143,8 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
     Ok(TaskSplit { train, val, test, ood, id_root, ood_root, note })
 }
 
-fn write_entries(path: &Path, entries: &[Entry]) -> Result<()> {
+/// `entries` as a CSV of `path,label,group,split`, written atomically.
+pub fn write_entries(path: &Path, entries: &[Entry]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for entry in entries {
         writer.serialize(entry)?;

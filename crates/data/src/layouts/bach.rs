@@ -11,7 +11,10 @@ pub fn scan(spec: &DatasetSpec, index: &FileIndex) -> Result<Scan> {
     let photos: Vec<&str> =
         index.with_extension(".tif").chain(index.with_extension(".tiff")).filter(|f| ancestor(f, 2) == Some("Photos")).collect();
     if photos.is_empty() {
-        return Err(Error::io(&index.root, "no Photos/<Class>/*.tif anywhere under this folder; is it the right --root?"));
+        return Err(Error::io(
+            &index.root,
+            format!("no Photos/<Class>/*.tif anywhere under this folder; {}", index.wrong_root_hint("Photos")),
+        ));
     }
     for path in photos {
         let class = ancestor(path, 1).unwrap_or_default();

@@ -18,7 +18,7 @@ pub fn scan(spec: &DatasetSpec, index: &FileIndex) -> Result<Scan> {
     if images.is_empty() {
         return Err(Error::io(
             &index.root,
-            "no Training/<class>/*.jpg or Testing/<class>/*.jpg under this folder; is it the right --root?",
+            format!("no Training/<class>/*.jpg or Testing/<class>/*.jpg under this folder; {}", index.wrong_root_hint("Training")),
         ));
     }
     let hashes: Vec<std::result::Result<String, String>> = images

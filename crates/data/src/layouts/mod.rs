@@ -62,14 +62,19 @@ fn admit(scan: &mut Scan, spec: &DatasetSpec, path: &str, class: &str, group: St
     match spec.label_of(class) {
         Some(label) => scan.records.push(Record { path: path.into(), class: class.into(), label, group, origin: origin.into() }),
         None if spec.knows(class) => scan.dropped += 1,
-        None => scan.problem(
-            path,
-            format!(
-                "class {class:?} is not in {}.toml (mapped: {})",
-                spec.name,
-                spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        ),
+        None => {
+            let other_download = spec.lookalike_of(class).map_or(String::new(), |lookalike| {
+                format!("; a class of {}, not of {}: the study's is at {}", lookalike.title, spec.title, spec.source)
+            });
+            scan.problem(
+                path,
+                format!(
+                    "class {class:?} is not in {}.toml (mapped: {}){other_download}",
+                    spec.name,
+                    spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        }
     }
 }
 
