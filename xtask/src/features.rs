@@ -2,7 +2,7 @@
 //! feature file (with a progress bar), the scores of a feature file, and the stratified resample
 //! of its images.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Result, bail};
@@ -168,17 +168,36 @@ pub fn lacks_a_score(scores: &FeatureScores) -> bool {
         || Metric::SET_LEVEL.iter().any(|m| !scores.errors.contains_key(m.as_str()) && m.terms().iter().any(|t| !recorded(&m.term_key(t))))
 }
 
-/// The stratified resample: for each class, as many draws with replacement from its rows.
-pub fn stratified_draw(labels: &[usize], rng: &mut impl Rng) -> Vec<usize> {
-    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-    for (i, &label) in labels.iter().enumerate() {
-        by_class[label].push(i);
+/// The stratified cluster resample, for images that come in groups (a patient's or a lesion's
+/// several images, whose features are alike): the groups are drawn with replacement, each with
+/// all its rows, within strata of the groups holding the same classes, each stratum keeping its
+/// number of groups (so every class stays present). Drawing images one by one would treat a
+/// patient's ten images as ten patients and show a ranking steadier than it is. With one image
+/// per group it is the image draw (for each class, as many draws with replacement from its
+/// rows), draw for draw.
+pub fn grouped_stratified_draw(labels: &[usize], groups: &[String], rng: &mut impl Rng) -> Vec<usize> {
+    // The groups in order of first appearance, each with its rows.
+    let mut index_of: HashMap<&str, usize> = HashMap::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    for (row, group) in groups.iter().enumerate() {
+        let index = *index_of.entry(group.as_str()).or_insert_with(|| {
+            members.push(Vec::new());
+            members.len() - 1
+        });
+        members[index].push(row);
+    }
+    // Strata keyed by the classes a group holds, in the order of their smallest class.
+    let mut strata: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+    for (index, rows) in members.iter().enumerate() {
+        let mut classes: Vec<usize> = rows.iter().map(|&row| labels[row]).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        strata.entry(classes).or_default().push(index);
     }
     let mut picks = Vec::with_capacity(labels.len());
-    for rows in &by_class {
-        for _ in 0..rows.len() {
-            picks.push(rows[rng.random_range(0..rows.len())]);
+    for stratum in strata.values() {
+        for _ in 0..stratum.len() {
+            picks.extend_from_slice(&members[stratum[rng.random_range(0..stratum.len())]]);
         }
     }
     picks
@@ -207,18 +226,79 @@ mod tests {
 
     use super::*;
 
-    /// Every class keeps its count and draws only its own rows.
+    /// The stratified resample of images: for each class, as many draws with replacement from
+    /// its rows (the draw before groups were drawn whole).
+    fn stratified_draw(labels: &[usize], rng: &mut impl Rng) -> Vec<usize> {
+        let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+        for (i, &label) in labels.iter().enumerate() {
+            by_class[label].push(i);
+        }
+        let mut picks = Vec::with_capacity(labels.len());
+        for rows in &by_class {
+            for _ in 0..rows.len() {
+                picks.push(rows[rng.random_range(0..rows.len())]);
+            }
+        }
+        picks
+    }
+
+    /// With one image per group, every class keeps its count and draws only its own rows.
     #[test]
     fn the_stratified_draw_keeps_each_class_and_its_count() {
         let labels = [0, 1, 1, 2, 0, 1, 2, 2, 2];
+        let singletons: Vec<String> = (0..labels.len()).map(|i| i.to_string()).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..50 {
-            let picks = stratified_draw(&labels, &mut rng);
+            let picks = grouped_stratified_draw(&labels, &singletons, &mut rng);
             assert_eq!(picks.len(), labels.len());
             let mut drawn: Vec<usize> = picks.iter().map(|&i| labels[i]).collect();
             drawn.sort_unstable();
             assert_eq!(drawn, [0, 0, 1, 1, 1, 2, 2, 2, 2]);
         }
+    }
+
+    /// One image per group is the image draw, pick for pick (rank's ungrouped images keep their
+    /// resamples); with groups, every group comes whole, each stratum of groups with the same
+    /// classes keeps its number of groups, and every class stays present.
+    #[test]
+    fn the_grouped_draw_takes_whole_groups_within_strata() {
+        let labels = [0, 1, 1, 2, 0, 1, 2, 2, 2];
+        let singletons: Vec<String> = (0..labels.len()).map(|i| format!("image{i}")).collect();
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(5), ChaCha8Rng::seed_from_u64(5));
+        for _ in 0..50 {
+            assert_eq!(grouped_stratified_draw(&labels, &singletons, &mut a), stratified_draw(&labels, &mut b));
+        }
+        // Patients: p holds rows 0, 4 (class 0); q rows 1, 2 (class 1); r rows 3, 6, 7 (class 2);
+        // s row 5 (class 1); t row 8 (class 2), u rows 9, 10 (classes 0 and 2: a stratum alone).
+        let labels = [0, 1, 1, 2, 0, 1, 2, 2, 2, 0, 2];
+        let groups: Vec<String> = ["p", "q", "q", "r", "p", "s", "r", "r", "t", "u", "u"].iter().map(|g| g.to_string()).collect();
+        let rows_of = |g: &str| -> Vec<usize> { (0..groups.len()).filter(|&i| groups[i] == g).collect() };
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut seen = BTreeMap::new();
+        for _ in 0..200 {
+            let picks = grouped_stratified_draw(&labels, &groups, &mut rng);
+            // Cut the picks into whole groups, in draw order.
+            let mut drawn = Vec::new();
+            let mut rest = &picks[..];
+            while let Some(&row) = rest.first() {
+                let whole = rows_of(&groups[row]);
+                assert_eq!(&rest[..whole.len()], &whole[..], "{picks:?}");
+                drawn.push(groups[row].clone());
+                rest = &rest[whole.len()..];
+            }
+            // Strata [0]: p; [0, 2]: u; [1]: q, s; [2]: r, t.
+            assert_eq!(drawn.len(), 6, "{drawn:?}");
+            assert_eq!(drawn[0], "p");
+            assert_eq!(drawn[1], "u");
+            assert!(drawn[2..4].iter().all(|g| g == "q" || g == "s"), "{drawn:?}");
+            assert!(drawn[4..6].iter().all(|g| g == "r" || g == "t"), "{drawn:?}");
+            for group in drawn {
+                *seen.entry(group).or_insert(0) += 1;
+            }
+        }
+        // Every group of a stratum of several is drawn, and more than once in 200 resamples.
+        assert!(["q", "r", "s", "t"].iter().all(|g| seen[*g] > 100), "{seen:?}");
     }
 
     /// A feature file is whole as written; cut short, grown, emptied, missing or not a
@@ -228,7 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("features.safetensors");
         let features = candle_core::Tensor::arange(0f32, 24.0, &candle_core::Device::Cpu).unwrap().reshape((6, 4)).unwrap();
-        candle_core::safetensors::save(&std::collections::HashMap::from([("features".to_string(), features)]), &path).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("features".to_string(), features)]), &path).unwrap();
         assert!(is_whole_safetensors(&path));
         let bytes = std::fs::read(&path).unwrap();
         let damaged = dir.path().join("damaged.safetensors");

@@ -190,7 +190,7 @@ enum Command {
         results: PathBuf,
     },
     /// How much of each tau-b's spread comes from the sample of images: resamples the images
-    /// of every task (within each class, with replacement), recomputes the scores on each
+    /// of every task (within each class, with replacement; a patient's images together), recomputes the scores on each
     /// backbone's stored features, keeps the fine-tuned accuracies fixed, and writes
     /// image_bootstrap_scores.csv and image_bootstrap_tau.csv into the results folder; `report`
     /// then draws Fig. 3's error bars and sets the intervals beside those over backbones.
@@ -208,6 +208,10 @@ enum Command {
         /// The seed; study.json's bootstrap seed by default.
         #[arg(long)]
         seed: Option<u64>,
+        /// What one draw takes: a group of the split (a patient, a lesion, a slide) with all its
+        /// images, or each image on its own (a dataset without groups draws images either way).
+        #[arg(long, value_enum, default_value = "groups")]
+        resample_by: report::image_bootstrap::ResampleBy,
     },
     /// One zoo measurement in a fresh process (run by bench-zoo).
     #[command(hide = true)]
@@ -288,7 +292,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::ImageBootstrap { results, resamples, metrics, seed } => {
+        Command::ImageBootstrap { results, resamples, metrics, seed, resample_by } => {
             let mut metrics = match metrics {
                 Some(names) => names.iter().map(|n| n.parse::<medxfer_scores::Metric>()).collect::<Result<Vec<_>, _>>()?,
                 None => report::image_bootstrap::CHEAP.to_vec(),
@@ -302,6 +306,7 @@ fn main() -> Result<()> {
                 resamples,
                 metrics: metrics.clone(),
                 seed,
+                resample_by,
             })?;
             // The rows kept from an earlier run carry that run's cost.
             let cost = taus.iter().find(|t| names.contains(&t.metric.as_str())).map_or(0.0, |t| t.seconds_per_resample);

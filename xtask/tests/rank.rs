@@ -296,7 +296,8 @@ fn the_trust_statement_reads_a_study_s_table2_when_there_is_one() {
     );
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("| sfda | 0.40 | – |") && text.contains("mean rank over every score"), "{text}");
-    let shares = text.split("How often each candidate comes first").nth(1).unwrap_or_else(|| panic!("{text}"));
+    let shares =
+        text.split("How often each candidate comes first when the images are resampled").nth(1).unwrap_or_else(|| panic!("{text}"));
     // Each score's shares over the two candidates add to at least 100% (ties count for both).
     let rows: Vec<Vec<f64>> = shares
         .lines()
@@ -364,7 +365,7 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     let out = dir.path().join("out");
     let columns = ["--csv-columns", "image_id,dx,lesion_id", "--images-root", images.to_str().unwrap()];
     let tuning = ["--backbones", "resnet_basic_min,vit_min", "--finetune-top", "1", "--trials", "1", "--epochs", "1", "--batch", "8"];
-    let output = rank(dir.path(), &metadata, &out, None, &[&columns[..], &tuning].concat());
+    let output = rank(dir.path(), &metadata, &out, None, &[&columns[..], &tuning, &["--bootstrap", "3"]].concat());
     assert!(String::from_utf8_lossy(&output.stderr).contains("24 images, {\"mel\": 12, \"nv\": 12}"));
     let split = read_csv(&out.join("finetune_split.csv"));
     assert_eq!(split.len(), 24);
@@ -375,6 +376,10 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     }
     assert_eq!(parts.len(), 8, "{parts:?}");
     assert!(parts.values().all(|p| p.len() == 1), "a lesion in two parts: {parts:?}");
+    // The bootstrap resamples the scored (train) part's lesions, not its images.
+    let train_lesions = parts.values().filter(|p| p.contains("train")).count();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains(&format!("when the {train_lesions} groups are resampled, each with all its images (3 stratified")), "{text}");
     // Two lesions of a class cannot fill three parts: said in lesions, not images.
     let two_lesions = metadata.with_file_name("two_lesions.csv");
     std::fs::write(&two_lesions, csv.replace("HAM_mel2", "HAM_mel0").replace("HAM_mel3", "HAM_mel1")).unwrap();

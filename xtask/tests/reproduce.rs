@@ -313,9 +313,24 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     }
     let taus = read_csv(&out.join("image_bootstrap_tau.csv"));
     assert_eq!(taus.len(), TASKS.len() * 2 * 3);
+    // Each draw took a group of the split (a patient, a lesion) with all its images: each row
+    // says how many images and groups, as the split's CSV of the part has them.
+    let mut drawn = BTreeMap::new();
+    for tau in &taus {
+        let part = if tau["setting"] == "id" { "train" } else { "ood" };
+        let split = read_csv(&out.join("splits").join(&tau["task"]).join(format!("{part}.csv")));
+        let groups: std::collections::BTreeSet<&str> = split.iter().map(|r| r["group"].as_str()).collect();
+        assert_eq!((tau["images"].parse().unwrap(), tau["groups"].parse().unwrap()), (split.len(), groups.len()), "{tau:?}");
+        drawn.insert(format!("| {} · {} | {} |", tau["task"], tau["setting"], tau["metric"]), (split.len(), groups.len()));
+    }
+    assert!(drawn.values().any(|(images, groups)| groups < images), "the demo's breast patients hold several images each: {drawn:?}");
     check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## How much comes from the sample of images") && report.contains("| brain · id | leep |"), "{report}");
+    for (row, (images, groups)) in &drawn {
+        let said = if groups < images { format!("| {groups} groups of {images} images |") } else { format!("| {images} images |") };
+        assert!(report.lines().any(|l| l.starts_with(row.as_str()) && l.contains(&said)), "{row} {said}: {report}");
+    }
     let svg = std::fs::read_to_string(out.join("fig3.svg")).unwrap();
     let reference_svg = std::fs::read_to_string(reference_out.join("fig3.svg")).unwrap();
     assert!(svg.len() > reference_svg.len(), "error bars drawn");
@@ -389,6 +404,48 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     let output = check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("warning: 1 score interval(s)"), "{stderr}");
+
+    // Drawn image by image, each cell is resampled again (the draws are others), every image
+    // its own group, and where patients hold several images the score intervals differ.
+    let score_intervals = |task: &str| -> Vec<(String, String)> {
+        let rows = read_csv(&out.join("image_bootstrap_scores.csv"));
+        rows.iter()
+            .filter(|r| r["task"] == task && r["setting"] == "id" && r["metric"] == "h_score")
+            .map(|r| (r["low"].clone(), r["high"].clone()))
+            .collect()
+    };
+    // The task whose patients hold the most images each.
+    let several =
+        drawn.iter().filter(|(row, _)| row.contains(" · id | h_score")).min_by_key(|(_, (images, groups))| groups * 1000 / images).unwrap();
+    let task = several.0.trim_start_matches("| ").split(' ').next().unwrap().to_string();
+    let grouped = score_intervals(&task);
+    let four = ["--resamples", "12", "--metrics", "h_score,leep,pactran_dir,gbc"];
+    let stderr = String::from_utf8(check(bootstrap(&[&four[..], &["--resample-by", "images"]].concat())).stderr).unwrap();
+    assert!(!stderr.contains("resampled before"), "{stderr}");
+    let by_images = read_csv(&out.join("image_bootstrap_tau.csv"));
+    assert!(by_images.iter().all(|r| r["groups"] == r["images"]), "{by_images:?}");
+    let (intervals_by_images, backbones) = (score_intervals(&task), BACKBONES.split(',').count());
+    assert_eq!((grouped.len(), intervals_by_images.len()), (backbones, backbones), "{task}");
+    assert!(grouped.iter().zip(&intervals_by_images).all(|(g, i)| g != i), "{task} {several:?}: {grouped:?} {intervals_by_images:?}");
+    // A tau-b file written before the images and groups were recorded is still read; its rows
+    // say nothing of what was drawn.
+    let text = std::fs::read_to_string(out.join("image_bootstrap_tau.csv")).unwrap();
+    let older: String = text.lines().map(|l| format!("{}\n", l.rsplitn(3, ',').nth(2).unwrap())).collect();
+    assert!(older.starts_with("task,setting,metric,n,resamples,low,high,seconds_per_resample\n"), "{older}");
+    std::fs::write(out.join("image_bootstrap_tau.csv"), older).unwrap();
+    check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let rows: Vec<&str> = report.lines().filter(|l| drawn.keys().any(|row| l.starts_with(row.as_str()))).collect();
+    assert_eq!(rows.len(), drawn.len(), "{report}");
+    assert!(rows.iter().all(|l| l.split('|').nth(6) == Some(" – ")), "{rows:?}");
+    // Without the study's splits/ (the CSVs and features copied alone), drawing groups is
+    // refused with the fix; drawing images needs no split.
+    std::fs::rename(out.join("splits"), dir.path().join("splits-away")).unwrap();
+    let output = bootstrap(&four);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("copy the study's splits/ folder too, or pass --resample-by images"), "{stderr}");
+    check(bootstrap(&[&four[..], &["--resample-by", "images"]].concat()));
+    std::fs::rename(dir.path().join("splits-away"), out.join("splits")).unwrap();
 
     // A backbone's feature file gone: the others are resampled, with a warning. The study's CSV
     // files without its features/ folder (copied from another machine): refused, naming what is

@@ -1,7 +1,8 @@
 //! `rank --bootstrap B`: how stable is the ranking under another sample of images? Each
 //! resample draws the images again with replacement within each class (the class counts kept,
 //! so every class stays present), the same draw for every candidate; every candidate is rescored
-//! on it, and the candidate each score puts first is counted.
+//! on it, and the candidate each score puts first is counted. Images in groups (a CSV's group
+//! column: a patient, a lesion) are drawn a group at a time, each group with all its images.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{Consensus, rank};
-use crate::features::{resampled, score_input, stratified_draw};
+use crate::features::{grouped_stratified_draw, resampled, score_input};
 
 /// How often each candidate came first, per score and for the consensus.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,11 +27,21 @@ pub struct FirstPlaces {
     pub counts: Vec<Vec<usize>>,
     /// Resamples on which each column ranked the candidates.
     pub ranked: Vec<usize>,
+    /// How many groups were resampled, where some group holds several images.
+    pub groups: Option<usize>,
     pub seconds: f64,
 }
 
-/// Rescores every candidate's features on `resamples` stratified resamples of the images.
-pub fn first_places(files: &[(String, PathBuf)], resamples: usize, seed: u64, consensus: &Consensus) -> Result<FirstPlaces> {
+/// Rescores every candidate's features on `resamples` stratified resamples of the images, drawn
+/// by `groups` (one per feature row, in the rows' order; each image its own group where the
+/// images have none).
+pub fn first_places(
+    files: &[(String, PathBuf)],
+    groups: &[String],
+    resamples: usize,
+    seed: u64,
+    consensus: &Consensus,
+) -> Result<FirstPlaces> {
     let start = Instant::now();
     let inputs: Vec<ScoreInput> = files
         .iter()
@@ -44,6 +55,15 @@ pub fn first_places(files: &[(String, PathBuf)], resamples: usize, seed: u64, co
             files[0].0
         );
     }
+    if groups.len() != first.labels().len() {
+        bail!(
+            "--bootstrap: {}'s features hold {} images, the split {}; delete the rank cache and rerun",
+            files[0].0,
+            first.labels().len(),
+            groups.len()
+        );
+    }
+    let distinct = groups.iter().collect::<std::collections::HashSet<_>>().len();
     let candidates: Vec<String> = files.iter().map(|(name, _)| name.clone()).collect();
     let mut columns: Vec<String> = Metric::every().map(|m| m.as_str().to_string()).collect();
     columns.push("consensus".to_string());
@@ -51,7 +71,7 @@ pub fn first_places(files: &[(String, PathBuf)], resamples: usize, seed: u64, co
     let mut ranked = vec![0usize; columns.len()];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..resamples {
-        let picks = stratified_draw(first.labels(), &mut rng);
+        let picks = grouped_stratified_draw(first.labels(), groups, &mut rng);
         let mut scored = Vec::with_capacity(inputs.len());
         for (name, input) in candidates.iter().zip(&inputs) {
             let scores = score_input(&resampled(input, &picks)?);
@@ -82,14 +102,19 @@ pub fn first_places(files: &[(String, PathBuf)], resamples: usize, seed: u64, co
         columns: keep.iter().map(|&c| columns[c].clone()).collect(),
         counts: counts.iter().map(|row| keep.iter().map(|&c| row[c]).collect()).collect(),
         ranked: keep.iter().map(|&c| ranked[c]).collect(),
+        groups: (distinct < groups.len()).then_some(distinct),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
 /// The first-place shares as markdown.
 pub fn render(firsts: &FirstPlaces, resamples: usize) -> String {
+    let what = match firsts.groups {
+        Some(groups) => format!("the {groups} groups are resampled, each with all its images ({resamples} stratified bootstrap resamples"),
+        None => format!("the images are resampled ({resamples} stratified bootstrap resamples"),
+    };
     let mut text = format!(
-        "How often each candidate comes first when the images are resampled ({resamples} stratified bootstrap resamples, every candidate rescored on each; {:.1} s):\n\n| backbone | {} |\n|---|{}\n",
+        "How often each candidate comes first when {what}, every candidate rescored on each; {:.1} s):\n\n| backbone | {} |\n|---|{}\n",
         firsts.seconds,
         firsts.columns.join(" | "),
         "---:|".repeat(firsts.columns.len())
@@ -122,7 +147,10 @@ mod tests {
             (name.to_string(), path)
         };
         let files = [write("a", &[0, 1, 0, 1, 0, 1]), write("b", &[0, 1, 1, 0, 0, 1])];
-        let error = first_places(&files, 2, 0, &Consensus::parse("paper").unwrap()).unwrap_err().to_string();
+        let groups: Vec<String> = (0..6).map(|i| i.to_string()).collect();
+        let error = first_places(&files[..1], &groups[..5], 2, 0, &Consensus::parse("paper").unwrap()).unwrap_err().to_string();
+        assert!(error.contains("a's features hold 6 images, the split 5; delete the rank cache"), "{error}");
+        let error = first_places(&files, &groups, 2, 0, &Consensus::parse("paper").unwrap()).unwrap_err().to_string();
         assert!(error.contains("b's features do not cover the same images as a's (sample 2 has label 1, model 1's has 0)"), "{error}");
     }
 }

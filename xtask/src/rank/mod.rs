@@ -489,7 +489,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     table.push_str(&faint_images_note(train.cache.faint_images(), train.cache.len()));
     table.push_str(&own_preprocessing_note(&candidates, args.resize, args.crop));
     if let Some(resamples) = args.bootstrap {
-        let firsts = bootstrap::first_places(&scored_files, resamples, args.seed, &consensus)?;
+        let groups: Vec<String> = train_entries.iter().map(|e| e.group.clone()).collect();
+        let firsts = bootstrap::first_places(&scored_files, &groups, resamples, args.seed, &consensus)?;
         table.push('\n');
         table.push_str(&bootstrap::render(&firsts, resamples));
     }

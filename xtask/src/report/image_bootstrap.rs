@@ -1,6 +1,7 @@
 //! `cargo xtask image-bootstrap`: how much of a tau-b's spread comes from the sample of target
 //! images? For each task and setting the images are resampled with replacement within each class
-//! (the same draw for every backbone), each backbone's scores are recomputed on its stored
+//! (the same draw for every backbone; by default a group at a time, each patient, lesion or
+//! slide of the split with all its images, `--resample-by images` drawing images one by one), each backbone's scores are recomputed on its stored
 //! features of the resample, and tau-b is taken against the fine-tuned accuracies, which stay
 //! fixed (retraining per resample is what the study cannot afford). A score defined over the set
 //! of backbones (ETran, NCTI) is recombined on each resample from every backbone's terms on it.
@@ -16,7 +17,7 @@ use medxfer_scores::{Metric, ScoreInput, SharedAnalysis, combine_terms, kendall_
 use serde::{Deserialize, Serialize};
 
 use super::uncertainty::{BootstrapSettings, cell_rng, quantile};
-use crate::features::{resampled, stratified_draw};
+use crate::features::{grouped_stratified_draw, resampled};
 use crate::results::{self, Setting};
 use crate::weights::folder_name;
 
@@ -49,6 +50,27 @@ pub struct Settings {
     pub metrics: Vec<Metric>,
     /// The bootstrap seed; study.json's when absent.
     pub seed: Option<u64>,
+    pub resample_by: ResampleBy,
+}
+
+/// What one draw of the bootstrap takes (`image-bootstrap --resample-by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResampleBy {
+    /// A group of the split (a patient, a lesion, a slide) with all its images: a patient's
+    /// images are alike, and drawn one by one they count as that many patients, which narrows
+    /// the intervals. A dataset without groups has one image per group.
+    Groups,
+    /// Each image on its own.
+    Images,
+}
+
+impl ResampleBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Groups => "groups",
+            Self::Images => "images",
+        }
+    }
 }
 
 /// One backbone's score on the full images and its 95% interval over the image resamples.
@@ -84,6 +106,12 @@ pub struct TauInterval {
     pub high: Option<f64>,
     /// What one resample cost: every backbone rescored.
     pub seconds_per_resample: f64,
+    /// The images of the set, and the groups drawn (as many as the images where each is drawn
+    /// on its own); 0 in a file written before they were recorded.
+    #[serde(default)]
+    pub images: usize,
+    #[serde(default)]
+    pub groups: usize,
 }
 
 impl TauInterval {
@@ -103,6 +131,13 @@ struct CellKey {
     metrics: Vec<String>,
     /// Each backbone, its fixed accuracy and its feature file's checksum, in order.
     backbones: Vec<(String, f64, String)>,
+    /// `groups` or `images`; cells kept before the option existed drew images.
+    #[serde(default = "images_by_default")]
+    resample_by: String,
+}
+
+fn images_by_default() -> String {
+    ResampleBy::Images.as_str().to_string()
 }
 
 /// One (task, setting)'s intervals, as `image-bootstrap` keeps them between runs.
@@ -122,7 +157,11 @@ fn read_cell(path: &Path) -> Option<Cell> {
         .ok()
 }
 
-pub const TAU_INTERVAL_COLUMNS: [&str; 8] = ["task", "setting", "metric", "n", "resamples", "low", "high", "seconds_per_resample"];
+pub const TAU_INTERVAL_COLUMNS: [&str; 10] =
+    ["task", "setting", "metric", "n", "resamples", "low", "high", "seconds_per_resample", "images", "groups"];
+/// The tau-b intervals' columns before the images and groups drawn were recorded: still read.
+const TAU_INTERVAL_COLUMNS_BEFORE_GROUPS: [&str; 8] =
+    ["task", "setting", "metric", "n", "resamples", "low", "high", "seconds_per_resample"];
 
 /// The whole bootstrap; writes the two CSV files into the results folder, and each (task,
 /// setting)'s intervals into its [`CELLS_DIR`] as soon as they are done, which a rerun with the
@@ -188,6 +227,7 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
             resamples: settings.resamples,
             seed,
             metrics: settings.metrics.iter().map(|m| m.as_str().to_string()).collect(),
+            resample_by: settings.resample_by.as_str().to_string(),
             backbones: present
                 .iter()
                 .map(|(backbone, accuracy, path)| Ok(((*backbone).clone(), *accuracy, crate::weights::checksum(path)?)))
@@ -217,7 +257,11 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                         members[model - 1].0
                     );
                 }
-                let (scores, taus) = cell_intervals(task, *setting, &members, settings, bootstrap)?;
+                let groups = match settings.resample_by {
+                    ResampleBy::Groups => split_groups(out, task, *setting, members[0].2.labels().len())?,
+                    ResampleBy::Images => (0..members[0].2.labels().len()).map(|i| i.to_string()).collect(),
+                };
+                let (scores, taus) = cell_intervals(task, *setting, &members, &groups, settings, bootstrap)?;
                 let cell = Cell { key, scores, taus };
                 let text = serde_json::to_string_pretty(&cell)?;
                 medxfer_durable::write_atomic(&cell_path, text.as_bytes())
@@ -252,12 +296,40 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
     Ok((score_rows, tau_rows))
 }
 
-/// One (task, setting)'s intervals: `settings.resamples` stratified draws of the images, every
-/// backbone rescored on each.
+/// Each feature row's group: the split's group column of the part the setting's features were
+/// extracted from (the train part for `id`, the OOD set for `ood`), row for row.
+fn split_groups(out: &Path, task: &str, setting: Setting, rows: usize) -> Result<Vec<String>> {
+    let part = match setting {
+        Setting::Id => "train",
+        Setting::Ood => "ood",
+    };
+    let path = out.join("splits").join(task).join(format!("{part}.csv"));
+    if !path.exists() {
+        bail!(
+            "{}: not there, and it says which images are one patient's (a group, drawn whole by --resample-by groups): \
+             copy the study's splits/ folder too, or pass --resample-by images",
+            path.display()
+        );
+    }
+    let entries = medxfer_data::read_manifest(&path)?;
+    if entries.len() != rows {
+        bail!(
+            "{}: {} images, the {task} {} feature files {rows}: the features were extracted from another split; rerun reproduce",
+            path.display(),
+            entries.len(),
+            setting.as_str()
+        );
+    }
+    Ok(entries.into_iter().map(|e| e.group).collect())
+}
+
+/// One (task, setting)'s intervals: `settings.resamples` stratified draws of the images by their
+/// `groups` (one per feature row), every backbone rescored on each.
 fn cell_intervals(
     task: &str,
     setting: Setting,
     members: &[(String, f64, ScoreInput)],
+    groups: &[String],
     settings: &Settings,
     bootstrap: BootstrapSettings,
 ) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)> {
@@ -275,7 +347,7 @@ fn cell_intervals(
     let mut values: Vec<BTreeMap<Metric, Vec<f64>>> = vec![BTreeMap::new(); members.len()];
     let mut rng = cell_rng(bootstrap, &format!("images/{task}/{}", setting.as_str()));
     for _ in 0..settings.resamples {
-        let picks = stratified_draw(members[0].2.labels(), &mut rng);
+        let picks = grouped_stratified_draw(members[0].2.labels(), groups, &mut rng);
         let drawn = members.iter().map(|m| resampled(&m.2, &picks)).collect::<Result<Vec<_>>>()?;
         let (scores, _) = set_scores(&drawn.iter().collect::<Vec<_>>(), &settings.metrics);
         for (scores, store) in scores.iter().zip(values.iter_mut()) {
@@ -322,6 +394,8 @@ fn cell_intervals(
             low: enough.then(|| quantile(&taus, 0.025)),
             high: enough.then(|| quantile(&taus, 0.975)),
             seconds_per_resample,
+            images: groups.len(),
+            groups: groups.iter().collect::<std::collections::HashSet<_>>().len(),
         });
     }
     Ok((score_rows, tau_rows))
@@ -394,8 +468,19 @@ pub fn read(out: &Path) -> Result<Option<(Vec<ScoreInterval>, Vec<TauInterval>)>
     }
     Ok(Some((
         results::read_rows(&scores, &SCORE_INTERVAL_COLUMNS, ScoreInterval::key)?,
-        results::read_rows(&taus, &TAU_INTERVAL_COLUMNS, TauInterval::key)?,
+        results::read_rows(&taus, tau_columns(&taus), TauInterval::key)?,
     )))
+}
+
+/// The columns the tau-b intervals at `path` were written with: the current ones, or those of
+/// a file written before the groups were recorded (read with 0 images and groups).
+fn tau_columns(path: &Path) -> &'static [&'static str] {
+    let header = std::fs::read_to_string(path).ok().and_then(|text| text.lines().next().map(|line| line.trim().to_string()));
+    if header.as_deref() == Some(&TAU_INTERVAL_COLUMNS_BEFORE_GROUPS.join(",")) {
+        &TAU_INTERVAL_COLUMNS_BEFORE_GROUPS
+    } else {
+        &TAU_INTERVAL_COLUMNS
+    }
 }
 
 #[cfg(test)]

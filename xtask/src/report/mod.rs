@@ -364,10 +364,12 @@ fn images_markdown(rows: &[Table2Row], taus: Option<&[image_bootstrap::TauInterv
     let cost: f64 = taus.iter().map(|t| t.seconds_per_resample).fold(0.0, f64::max);
     let _ = writeln!(
         text,
-        "The images of each task resampled within each class, every backbone's scores recomputed on its stored features, the fine-tuned accuracies fixed (image_bootstrap_tau.csv; the slowest task cost {cost:.2} s per resample). \
+        "The images of each task resampled within each class (a group of the split at a time, a patient or lesion with all its images, unless `--resample-by images`), every backbone's scores recomputed on its stored features, the fine-tuned accuracies fixed (image_bootstrap_tau.csv; the slowest task cost {cost:.2} s per resample). \
          Where the interval over images is much narrower than the one over backbones, the spread comes from which backbones were compared, not from the images.\n"
     );
-    text.push_str("| task · setting | score | tau-b | over backbones | over images | resamples |\n|---|---|---:|---|---|---:|\n");
+    text.push_str(
+        "| task · setting | score | tau-b | over backbones | over images | drawn | resamples |\n|---|---|---:|---|---|---|---:|\n",
+    );
     for tau in taus {
         let Some(row) = rows.iter().find(|r| r.task == tau.task && r.setting == tau.setting && r.metric == tau.metric) else { continue };
         let interval = |low: Option<f64>, high: Option<f64>| match (low, high) {
@@ -380,9 +382,15 @@ fn images_markdown(rows: &[Table2Row], taus: Option<&[image_bootstrap::TauInterv
         } else {
             format!("stale: over {} backbones, the table has {}; rerun image-bootstrap", tau.n, row.n)
         };
+        // What one draw took: groups, or images one by one (0: a file written before they were recorded).
+        let drawn = match (tau.images, tau.groups) {
+            (0, _) => "–".to_string(),
+            (images, groups) if groups == images => format!("{images} images"),
+            (images, groups) => format!("{groups} groups of {images} images"),
+        };
         let _ = writeln!(
             text,
-            "| {} · {} | {} | {} | {} | {} | {} |",
+            "| {} · {} | {} | {} | {} | {} | {drawn} | {} |",
             tau.task,
             tau.setting.as_str(),
             tau.metric,
