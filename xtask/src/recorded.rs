@@ -23,6 +23,12 @@ pub const WEIGHTS_SOURCE: &str = "weights_source";
 /// The extraction precision of the pretrained features (`--dtype`), recorded by the features step.
 pub const DTYPE: &str = "dtype";
 
+/// The backbone's `[architecture]` as its models/ entry gives it (JSON): an entry edited since
+/// (`embedding`, `global_pool`, a depth) makes other features from the same weights, which the
+/// weights' checksum does not see. Recorded since 2026-12; a record without it is trusted, as
+/// before (nothing says what it was made with).
+pub const ARCHITECTURE: &str = "architecture";
+
 /// Settings recorded only since a later version, with the value every earlier record was made
 /// with: a record without one compares as that value.
 const LATER_SETTINGS: [(&str, &str); 1] = [(DTYPE, "f32")];
@@ -106,6 +112,7 @@ pub fn compare(recorded: &BTreeMap<String, String>, current: &BTreeMap<String, S
         .filter_map(|(key, recorded, current)| match (recorded.as_ref(), current) {
             (Some(r), Some(c)) if r == c => None,
             (Some(_), None) if key == WEIGHTS => None,
+            (None, Some(_)) if key == ARCHITECTURE => None,
             (r, c) => Some(Difference {
                 setting: key.clone(),
                 recorded: r.cloned().unwrap_or_else(|| "(not recorded)".into()),
@@ -145,7 +152,8 @@ pub fn describe(records: &[(PathBuf, Recorded)]) -> String {
             let settings: Vec<(String, String)> = record
                 .settings
                 .iter()
-                .filter(|(k, _)| k.as_str() != WEIGHTS && k.as_str() != WEIGHTS_SOURCE)
+                // Per backbone, as its models/ entry says: each backbone's set otherwise.
+                .filter(|(k, _)| ![WEIGHTS, WEIGHTS_SOURCE, ARCHITECTURE].contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             sets.entry(settings).or_default().push(format!("{} {}", record.task, record.backbone));
@@ -231,5 +239,18 @@ mod tests {
             [Difference { setting: DTYPE.into(), recorded: "f16".into(), asked: "f32".into() }]
         );
         assert_eq!(compare(&earlier, &earlier.clone()), []);
+    }
+
+    /// A record made before the architecture was recorded is trusted; one recorded compares.
+    #[test]
+    fn an_architecture_is_compared_once_recorded() {
+        let settings =
+            |pairs: &[(&str, &str)]| -> BTreeMap<String, String> { pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let now = settings(&[("crop", "224"), (ARCHITECTURE, "{\"depth\":12}")]);
+        assert!(compare(&settings(&[("crop", "224")]), &now).is_empty());
+        assert_eq!(
+            compare(&settings(&[("crop", "224"), (ARCHITECTURE, "{\"depth\":6}")]), &now),
+            [Difference { setting: ARCHITECTURE.into(), recorded: "{\"depth\":6}".into(), asked: "{\"depth\":12}".into() }]
+        );
     }
 }

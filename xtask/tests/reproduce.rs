@@ -802,6 +802,23 @@ fn a_change_of_settings_is_refused_by_name_and_extend_grows_the_searches() {
         assert!(message.contains(setting), "{option} {value}: {message}");
         assert!(message.contains("new --out") || message.contains("another --out"), "{option}: {message}");
     }
+    // A backbone's models/ entry edited since (another [architecture] over the same weights, which
+    // their checksum cannot tell): refused, naming it. The same entries from another folder are
+    // the same backbones: the plan has nothing to refuse.
+    let models = shared.join("edited-models");
+    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/models"), &models);
+    let mut edited = args.clone();
+    edited.extend(["--models".to_string(), models.to_str().unwrap().to_string()]);
+    let plan = String::from_utf8(check(xtask().args(&edited).arg("--plan").output().unwrap()).stdout).unwrap();
+    assert!(!plan.contains("would refuse"), "{plan}");
+    let vit = models.join("tiny_vit_b.toml");
+    let toml = std::fs::read_to_string(&vit).unwrap();
+    assert_eq!(toml.matches("num_heads = 2").count(), 1);
+    std::fs::write(&vit, toml.replace("num_heads = 2", "num_heads = 4")).unwrap();
+    let message = refused(&edited);
+    let said = ["architecture: num_heads: made with 2, the entry now gives 4 (", "tiny_vit_b", "restore its [architecture]"];
+    assert!(said.iter().all(|s| message.contains(s)), "{message}");
+    assert!(!message.contains("tiny_resnet_basic"), "only the edited entry: {message}");
     // Halving with a first rung of 4 epochs in a study of 1 would stop nothing: refused as such
     // before the record is compared.
     let message = refused(&with_option(args.clone(), "--halving", "2"));

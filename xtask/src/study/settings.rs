@@ -11,13 +11,13 @@ use anyhow::{Result, bail};
 use medxfer_zoo::ModelEntry;
 
 use super::Study;
-use crate::recorded::{DTYPE, Difference, Recorded, SETTINGS_FILE, Step, WEIGHTS, WEIGHTS_SOURCE, compare, read};
+use crate::recorded::{ARCHITECTURE, DTYPE, Difference, Recorded, SETTINGS_FILE, Step, WEIGHTS, WEIGHTS_SOURCE, compare, read};
 use crate::weights::WeightsIdentity;
 
 impl Study {
     /// The settings a step's result depends on, as this run would use them; the weights'
     /// identity when known (it needs the weights file).
-    pub fn shaping(&self, step: Step, entry: &ModelEntry, weights: Option<&WeightsIdentity>) -> BTreeMap<String, String> {
+    pub fn shaping(&self, step: Step, entry: &ModelEntry, weights: Option<&WeightsIdentity>) -> Result<BTreeMap<String, String>> {
         let options = &self.options;
         let normalization = medxfer_data::Normalization::study(entry.preprocessing.mean, entry.preprocessing.std, self.fix_std);
         let mut settings: BTreeMap<String, String> = [
@@ -27,6 +27,7 @@ impl Study {
             ("crop", options.crop.to_string()),
             ("normalization", format!("mean {:?} std {:?}", normalization.mean, normalization.std)),
             ("precision", self.gpu.recorded()),
+            (ARCHITECTURE, serde_json::to_string(&entry.architecture)?),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -51,7 +52,7 @@ impl Study {
             settings.insert(WEIGHTS.to_string(), identity.checksum.clone());
             settings.insert(WEIGHTS_SOURCE.to_string(), identity.source.clone());
         }
-        settings
+        Ok(settings)
     }
 
     /// Where a step's record lives.
@@ -76,7 +77,7 @@ impl Study {
                         refuse_unrecorded(&path)?;
                         continue;
                     };
-                    for difference in compare(&recorded.settings, &self.shaping(step, entry, None)) {
+                    for difference in compare(&recorded.settings, &self.shaping(step, entry, None)?) {
                         if difference.setting == WEIGHTS || self.extends(&difference) {
                             continue;
                         }
@@ -90,6 +91,16 @@ impl Study {
         }
         let mut message = format!("{} holds results made with other settings than this run asks for:\n", self.layout.out.display());
         for (difference, paths) in &differences {
+            if difference.setting == ARCHITECTURE {
+                let _ = writeln!(
+                    message,
+                    "  architecture: {} ({} folder(s), e.g. {}); the backbone's models/ entry was edited since: restore its [architecture] to continue them",
+                    changed_fields(&difference.recorded, &difference.asked),
+                    paths.len(),
+                    paths[0].display()
+                );
+                continue;
+            }
             let _ = writeln!(
                 message,
                 "  {}: made with {}, this run asks for {} ({} folder(s), e.g. {}); rerun with {} {} to continue them",
@@ -121,7 +132,7 @@ impl Study {
     /// is rewritten with this run's.
     pub fn record(&self, step: Step, task: &str, entry: &ModelEntry, weights: &WeightsIdentity) -> Result<()> {
         let path = self.settings_path(step, task, &entry.name);
-        let current = self.shaping(step, entry, Some(weights));
+        let current = self.shaping(step, entry, Some(weights))?;
         let record = Recorded { step, task: task.to_string(), backbone: entry.name.clone(), settings: current.clone() };
         let Some(recorded) = read(&path)? else {
             medxfer_durable::write_atomic(&path, &serde_json::to_vec_pretty(&record)?)?;
@@ -170,6 +181,24 @@ fn refuse_unrecorded(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The fields two architectures (JSON objects) differ in, as "num_heads: made with 2, the
+/// entry now gives 4"; the whole of each where they are not objects.
+fn changed_fields(recorded: &str, asked: &str) -> String {
+    let object = |text: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok();
+    let (Some(recorded_fields), Some(asked_fields)) = (object(recorded), object(asked)) else {
+        return format!("made with {recorded}, the entry now gives {asked}");
+    };
+    let mut keys: Vec<&String> = recorded_fields.keys().chain(asked_fields.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let shown = |value: Option<&serde_json::Value>| value.map_or_else(|| "(absent)".to_string(), ToString::to_string);
+    keys.into_iter()
+        .filter(|key| recorded_fields.get(*key) != asked_fields.get(*key))
+        .map(|key| format!("{key}: made with {}, the entry now gives {}", shown(recorded_fields.get(key)), shown(asked_fields.get(key))))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn more(difference: &Difference) -> bool {
     matches!((difference.recorded.parse::<usize>(), difference.asked.parse::<usize>()), (Ok(r), Ok(a)) if a > r)
 }
@@ -192,5 +221,19 @@ mod tests {
         std::fs::write(folder.join("search.json"), b"{}").unwrap();
         let error = refuse_unrecorded(&record).unwrap_err().to_string();
         assert!(error.contains("without a record") && error.contains("resnet18"), "{error}");
+    }
+
+    /// Only the fields that differ, a field gone or added said as absent; text that is not an
+    /// object, whole.
+    #[test]
+    fn an_edited_architecture_is_told_by_its_changed_fields() {
+        let recorded = r#"{"family":"vit","depth":12,"num_heads":6,"embedding":"pool"}"#;
+        let asked = r#"{"family":"vit","depth":12,"num_heads":12,"reg_tokens":4}"#;
+        assert_eq!(
+            changed_fields(recorded, asked),
+            "embedding: made with \"pool\", the entry now gives (absent); num_heads: made with 6, the entry now gives 12; \
+             reg_tokens: made with (absent), the entry now gives 4"
+        );
+        assert_eq!(changed_fields("vit", recorded), format!("made with vit, the entry now gives {recorded}"));
     }
 }
