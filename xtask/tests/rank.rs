@@ -380,6 +380,20 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     let train_lesions = parts.values().filter(|p| p.contains("train")).count();
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains(&format!("when the {train_lesions} groups are resampled, each with all its images (3 stratified")), "{text}");
+    // That split (path,label,group,split, as a study's manifests) read back: its group column
+    // is taken unasked, and the bootstrap draws its 8 lesions.
+    let again = dir.path().join("again");
+    let output = rank(
+        dir.path(),
+        &out.join("finetune_split.csv"),
+        &again,
+        None,
+        &["--images-root", images.to_str().unwrap(), "--backbones", "vit_min", "--bootstrap", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("finetune_split.csv: 8 groups in its \"group\" column"), "{stderr}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("when the 8 groups are resampled"), "{text}");
     // Two lesions of a class cannot fill three parts: said in lesions, not images.
     let two_lesions = metadata.with_file_name("two_lesions.csv");
     std::fs::write(&two_lesions, csv.replace("HAM_mel2", "HAM_mel0").replace("HAM_mel3", "HAM_mel1")).unwrap();

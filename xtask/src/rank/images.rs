@@ -12,7 +12,9 @@ use medxfer_data::Record;
 pub struct CsvColumns {
     /// With a CSV: its path and label columns, and optionally a group column (a patient or lesion
     /// id), as PATH,LABEL[,GROUP]. A path without an extension is looked for as .jpg, .png ... (an
-    /// image id); with a group column, --finetune-top keeps each group in one part of its split.
+    /// image id); with a group column, --finetune-top keeps each group in one part of its split
+    /// and --bootstrap draws groups. Without this option, columns path and label, and a column
+    /// named group where there is one.
     #[arg(long, value_name = "PATH,LABEL[,GROUP]", value_parser = parse_columns)]
     pub csv_columns: Option<ColumnNames>,
     /// With a CSV: the folder its relative paths are under (by default the CSV's own).
@@ -42,11 +44,6 @@ impl CsvColumns {
         }
     }
 
-    /// Whether the CSV names a group column.
-    pub fn grouped(&self) -> bool {
-        self.names().2.is_some()
-    }
-
     fn given(&self) -> bool {
         self.csv_columns.is_some() || self.images_root.is_some()
     }
@@ -58,6 +55,9 @@ pub struct LabelledImages {
     pub root: PathBuf,
     pub records: Vec<Record>,
     pub classes: Vec<String>,
+    /// The CSV column whose values group the images (a patient, a lesion): --csv-columns' third,
+    /// or a column named `group` (a study's split manifest, rank's finetune_split.csv).
+    pub group_column: Option<String>,
 }
 
 impl LabelledImages {
@@ -154,7 +154,7 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         }
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }
-    Ok(LabelledImages { root: root.to_path_buf(), records, classes })
+    Ok(LabelledImages { root: root.to_path_buf(), records, classes, group_column: None })
 }
 
 /// A file or class folder whose name is not UTF-8 (a Latin-1 name from an old archive): the
@@ -238,6 +238,8 @@ fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
     let header: Vec<String> = header_record.iter().map(str::to_string).collect();
     let column = |name: &str| header.iter().position(|h| h == name);
     let (path_name, label_name, group_name) = columns.names();
+    // A manifest's own group column (path,label,group,split) is read as such unasked.
+    let group_name = group_name.or_else(|| (columns.csv_columns.is_none() && column("group").is_some()).then_some("group"));
     let group_column = match group_name {
         Some(name) => Some(column(name).with_context(|| {
             format!("{}: no column {name:?} (--csv-columns' group) in the header `{}`", csv_path.display(), header.join(","))
@@ -294,7 +296,7 @@ fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
             Record { group, ..record(path, &label, index as u32) }
         })
         .collect();
-    Ok(LabelledImages { root, records, classes })
+    Ok(LabelledImages { root, records, classes, group_column: group_name.map(str::to_string) })
 }
 
 #[cfg(test)]

@@ -313,7 +313,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             // With a group column, each group (a patient, a lesion) in one part: its images in
             // train and test would measure how well a backbone recognises the patient.
             let rule = FaithfulSplit::Stratified { val: 0.1, test: 0.2 };
-            let entries = if args.csv.grouped() {
+            let entries = if images.group_column.is_some() {
                 grouped_split(&images.records, &rule, args.seed)?
             } else {
                 faithful_split(&images.records, &rule, args.seed)?
@@ -329,6 +329,13 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
+    if let Some(column) = &images.group_column {
+        let groups = images.records.iter().map(|r| r.group.as_str()).collect::<std::collections::HashSet<_>>().len();
+        eprintln!(
+            "{}: {groups} groups in its {column:?} column: each stays in one part of --finetune-top's split, and --bootstrap draws groups, not images",
+            args.images.display()
+        );
+    }
     if args.finetune_top.is_some() {
         // As `path,label,group,split`, paths under the images' folder, as a study writes its parts.
         crate::study::splits::write_entries(&args.out.join(SPLIT_CSV), &entries)?;
