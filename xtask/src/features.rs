@@ -186,7 +186,8 @@ pub fn grouped_stratified_draw(labels: &[usize], groups: &[String], rng: &mut im
         });
         members[index].push(row);
     }
-    // Strata keyed by the classes a group holds, in the order of their smallest class.
+    // Strata keyed by the classes a group holds, in the order of those class lists ([0] before
+    // [0, 2] before [1]), which for one class per group is the class order.
     let mut strata: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
     for (index, rows) in members.iter().enumerate() {
         let mut classes: Vec<usize> = rows.iter().map(|&row| labels[row]).collect();

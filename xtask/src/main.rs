@@ -190,8 +190,9 @@ enum Command {
         results: PathBuf,
     },
     /// How much of each tau-b's spread comes from the sample of images: resamples the images
-    /// of every task (within each class, with replacement; a patient's images together), recomputes the scores on each
-    /// backbone's stored features, keeps the fine-tuned accuracies fixed, and writes
+    /// of every task (within each class, with replacement; a patient's images together),
+    /// recomputes the scores on each backbone's stored features, keeps the fine-tuned
+    /// accuracies fixed, and writes
     /// image_bootstrap_scores.csv and image_bootstrap_tau.csv into the results folder; `report`
     /// then draws Fig. 3's error bars and sets the intervals beside those over backbones.
     ImageBootstrap {

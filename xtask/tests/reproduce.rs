@@ -446,6 +446,19 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     assert!(!output.status.success() && stderr.contains("copy the study's splits/ folder too, or pass --resample-by images"), "{stderr}");
     check(bootstrap(&[&four[..], &["--resample-by", "images"]].concat()));
     std::fs::rename(dir.path().join("splits-away"), out.join("splits")).unwrap();
+    // A split whose labels are not the features' (edited, or another study's) is refused, naming
+    // the line.
+    let train_csv = out.join("splits").join(&task).join("train.csv");
+    let kept_split = std::fs::read_to_string(&train_csv).unwrap();
+    let mut lines: Vec<String> = kept_split.lines().map(String::from).collect();
+    let mut fields: Vec<String> = lines[1].split(',').map(String::from).collect();
+    fields[1] = if fields[1] == "0" { "1".into() } else { "0".into() };
+    lines[1] = fields.join(",");
+    std::fs::write(&train_csv, lines.join("\n") + "\n").unwrap();
+    let output = bootstrap(&["--resamples", "5", "--metrics", "h_score"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("train.csv: line 2 has label") && stderr.contains("another split"), "{stderr}");
+    std::fs::write(&train_csv, kept_split).unwrap();
 
     // A backbone's feature file gone: the others are resampled, with a warning. The study's CSV
     // files without its features/ folder (copied from another machine): refused, naming what is

@@ -1,8 +1,8 @@
 //! `cargo xtask image-bootstrap`: how much of a tau-b's spread comes from the sample of target
 //! images? For each task and setting the images are resampled with replacement within each class
 //! (the same draw for every backbone; by default a group at a time, each patient, lesion or
-//! slide of the split with all its images, `--resample-by images` drawing images one by one), each backbone's scores are recomputed on its stored
-//! features of the resample, and tau-b is taken against the fine-tuned accuracies, which stay
+//! slide of the split with all its images, `--resample-by images` drawing images one by one),
+//! each backbone's scores are recomputed on its stored features of the resample, and tau-b is taken against the fine-tuned accuracies, which stay
 //! fixed (retraining per resample is what the study cannot afford). A score defined over the set
 //! of backbones (ETran, NCTI) is recombined on each resample from every backbone's terms on it.
 //! Writes each score's 95% interval per backbone (Fig. 3's error bars) and each tau-b's interval
@@ -258,7 +258,7 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                     );
                 }
                 let groups = match settings.resample_by {
-                    ResampleBy::Groups => split_groups(out, task, *setting, members[0].2.labels().len())?,
+                    ResampleBy::Groups => split_groups(out, task, *setting, members[0].2.labels())?,
                     ResampleBy::Images => (0..members[0].2.labels().len()).map(|i| i.to_string()).collect(),
                 };
                 let (scores, taus) = cell_intervals(task, *setting, &members, &groups, settings, bootstrap)?;
@@ -297,13 +297,14 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
 }
 
 /// Each feature row's group: the split's group column of the part the setting's features were
-/// extracted from (the train part for `id`, the OOD set for `ood`), row for row.
-fn split_groups(out: &Path, task: &str, setting: Setting, rows: usize) -> Result<Vec<String>> {
+/// extracted from (the train part for `id`, the OOD set for `ood`), row for row: its labels
+/// must be the features' `labels`.
+fn split_groups(out: &Path, task: &str, setting: Setting, labels: &[usize]) -> Result<Vec<String>> {
     let part = match setting {
         Setting::Id => "train",
         Setting::Ood => "ood",
     };
-    let path = out.join("splits").join(task).join(format!("{part}.csv"));
+    let path = crate::study::layout::Layout::new(out).splits(task).join(format!("{part}.csv"));
     if !path.exists() {
         bail!(
             "{}: not there, and it says which images are one patient's (a group, drawn whole by --resample-by groups): \
@@ -312,13 +313,18 @@ fn split_groups(out: &Path, task: &str, setting: Setting, rows: usize) -> Result
         );
     }
     let entries = medxfer_data::read_manifest(&path)?;
-    if entries.len() != rows {
-        bail!(
-            "{}: {} images, the {task} {} feature files {rows}: the features were extracted from another split; rerun reproduce",
+    let other_split = |what: String| {
+        anyhow::anyhow!(
+            "{}: {what}: the {task} {} features were extracted from another split; rerun reproduce",
             path.display(),
-            entries.len(),
             setting.as_str()
-        );
+        )
+    };
+    if entries.len() != labels.len() {
+        return Err(other_split(format!("{} images, the feature files {}", entries.len(), labels.len())));
+    }
+    if let Some(row) = (0..labels.len()).find(|&row| entries[row].label as usize != labels[row]) {
+        return Err(other_split(format!("line {} has label {}, the features' row {row} {}", row + 2, entries[row].label, labels[row])));
     }
     Ok(entries.into_iter().map(|e| e.group).collect())
 }

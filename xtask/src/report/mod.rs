@@ -364,7 +364,7 @@ fn images_markdown(rows: &[Table2Row], taus: Option<&[image_bootstrap::TauInterv
     let cost: f64 = taus.iter().map(|t| t.seconds_per_resample).fold(0.0, f64::max);
     let _ = writeln!(
         text,
-        "The images of each task resampled within each class (a group of the split at a time, a patient or lesion with all its images, unless `--resample-by images`), every backbone's scores recomputed on its stored features, the fine-tuned accuracies fixed (image_bootstrap_tau.csv; the slowest task cost {cost:.2} s per resample). \
+        "The images of each task resampled within each class (a group of the split at a time, a patient or lesion with all its images, or image by image with `--resample-by images`: the drawn column says which), every backbone's scores recomputed on its stored features, the fine-tuned accuracies fixed (image_bootstrap_tau.csv; the slowest task cost {cost:.2} s per resample). \
          Where the interval over images is much narrower than the one over backbones, the spread comes from which backbones were compared, not from the images.\n"
     );
     text.push_str(
