@@ -58,6 +58,9 @@ pub struct LabelledImages {
     /// The CSV column whose values group the images (a patient, a lesion): --csv-columns' third,
     /// or a column named `group` (a study's split manifest, rank's finetune_split.csv).
     pub group_column: Option<String>,
+    /// Images whose group cell is empty, each then a group of its own (ISIC's metadata leaves
+    /// lesion_id empty for a part of its images; the dataset reader does the same).
+    pub ungrouped: usize,
 }
 
 impl LabelledImages {
@@ -154,7 +157,7 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         }
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }
-    Ok(LabelledImages { root: root.to_path_buf(), records, classes, group_column: None })
+    Ok(LabelledImages { root: root.to_path_buf(), records, classes, group_column: None, ungrouped: 0 })
 }
 
 /// A file or class folder whose name is not UTF-8 (a Latin-1 name from an old archive): the
@@ -258,6 +261,7 @@ fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
     let mut rows = Vec::new();
     // Each file once: listed twice it would be counted twice, and could land in train and test.
     let mut lines: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let mut ungrouped = 0;
     for (line, row) in reader.records().enumerate() {
         let line = line + 2;
         let row = row.with_context(|| format!("{}: line {line}", csv_path.display()))?;
@@ -274,7 +278,10 @@ fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
             bail!("{}: line {line}: {path} is listed already on line {first}; list each image once", csv_path.display());
         }
         let group = match group_column.map(|column| row.get(column).unwrap_or("").trim()) {
-            Some("") => bail!("{}: line {line}: empty group", csv_path.display()),
+            Some("") => {
+                ungrouped += 1;
+                path.clone()
+            }
             Some(group) => group.to_string(),
             None => path.clone(),
         };
@@ -296,7 +303,7 @@ fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
             Record { group, ..record(path, &label, index as u32) }
         })
         .collect();
-    Ok(LabelledImages { root, records, classes, group_column: group_name.map(str::to_string) })
+    Ok(LabelledImages { root, records, classes, group_column: group_name.map(str::to_string), ungrouped })
 }
 
 #[cfg(test)]
@@ -307,6 +314,31 @@ mod tests {
     fn png(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         image::RgbImage::new(4, 4).save(path).unwrap();
+    }
+
+    /// A group column is read as given, or unasked when named `group`; an empty cell (ISIC's
+    /// images without a lesion_id) makes the image a group of its own, counted.
+    #[test]
+    fn groups_are_read_and_an_image_without_one_is_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c", "d"] {
+            png(&dir.path().join(format!("{name}.png")));
+        }
+        let csv = dir.path().join("metadata.csv");
+        std::fs::write(&csv, "image,dx,lesion_id\na.png,mel,L1\nb.png,mel,L1\nc.png,nv,\nd.png,nv, \n").unwrap();
+        let columns = CsvColumns { csv_columns: Some(parse_columns("image,dx,lesion_id").unwrap()), images_root: None };
+        let images = LabelledImages::read(&csv, &columns).unwrap();
+        let groups: Vec<&str> = images.records.iter().map(|r| r.group.as_str()).collect();
+        assert_eq!(groups, ["L1", "L1", "c.png", "d.png"]);
+        assert_eq!((images.group_column.as_deref(), images.ungrouped), (Some("lesion_id"), 2));
+        // Named `group`, it is taken without --csv-columns; a CSV without one has none.
+        std::fs::write(&csv, "path,label,group,split\na.png,0,p1,train\nb.png,0,p1,train\nc.png,1,p2,train\n").unwrap();
+        let images = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        assert_eq!(images.records.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(), ["p1", "p1", "p2"]);
+        assert_eq!((images.group_column.as_deref(), images.ungrouped), (Some("group"), 0));
+        std::fs::write(&csv, "path,label\na.png,0\nc.png,1\n").unwrap();
+        let images = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        assert_eq!((images.group_column, images.records[0].group.as_str()), (None, "a.png"));
     }
 
     /// A file or class folder whose name is not UTF-8 is refused naming it and the fix; the file

@@ -331,8 +331,12 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
     if let Some(column) = &images.group_column {
         let groups = images.records.iter().map(|r| r.group.as_str()).collect::<std::collections::HashSet<_>>().len();
+        let ungrouped = match images.ungrouped {
+            0 => String::new(),
+            n => format!(" ({n} of them images with the cell empty, each a group of its own)"),
+        };
         eprintln!(
-            "{}: {groups} groups in its {column:?} column: each stays in one part of --finetune-top's split, and --bootstrap draws groups, not images",
+            "{}: {groups} groups in its {column:?} column{ungrouped}: each stays in one part of --finetune-top's split, and --bootstrap draws groups, not images",
             args.images.display()
         );
     }
