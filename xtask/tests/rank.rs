@@ -391,9 +391,32 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
         &["--images-root", images.to_str().unwrap(), "--backbones", "vit_min", "--bootstrap", "2"],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("finetune_split.csv: 8 groups in its \"group\" column"), "{stderr}");
+    assert!(stderr.contains("finetune_split.csv: 8 groups by its \"group\" column"), "{stderr}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("when the 8 groups are resampled"), "{text}");
+    // The same images as a folder of patients' subfolders (CLASS/<lesion>/<image>), grouped by
+    // --group-by-subfolder: the split keeps each lesion whole, and the bootstrap draws lesions.
+    let nested = dir.path().join("nested");
+    for (class, dx) in [("clear", "nv"), ("lesion", "mel")] {
+        for i in 0..12 {
+            let target = nested.join(class).join(format!("HAM_{dx}{}", i / 3)).join(format!("{i:02}.png"));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(folder.join(class).join(format!("{i:02}.png")), target).unwrap();
+        }
+    }
+    let nested_out = dir.path().join("nested-out");
+    let output = rank(dir.path(), &nested, &nested_out, None, &[&["--group-by-subfolder", "--bootstrap", "2"][..], &tuning].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nested: 8 groups by the subfolders of its class folders"), "{stderr}");
+    let mut nested_parts: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for row in read_csv(&nested_out.join("finetune_split.csv")) {
+        assert_eq!(row["group"], row["path"].split('/').nth(1).unwrap(), "{row:?}");
+        nested_parts.entry(row["group"].clone()).or_default().insert(row["split"].clone());
+    }
+    assert!(nested_parts.len() == 8 && nested_parts.values().all(|p| p.len() == 1), "{nested_parts:?}");
+    let train_lesions = nested_parts.values().filter(|p| p.contains("train")).count();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains(&format!("when the {train_lesions} groups are resampled")), "{text}");
     // Two lesions of a class cannot fill three parts: said in lesions, not images.
     let two_lesions = metadata.with_file_name("two_lesions.csv");
     std::fs::write(&two_lesions, csv.replace("HAM_mel2", "HAM_mel0").replace("HAM_mel3", "HAM_mel1")).unwrap();

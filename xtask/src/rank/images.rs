@@ -1,5 +1,6 @@
-//! The practitioner's images: a folder with one subfolder per class, or a CSV of `path,label`
-//! (paths relative to the CSV's folder, or absolute), or of the columns [`CsvColumns`] names.
+//! The practitioner's images: a folder with one subfolder per class (and optionally one
+//! subfolder per patient or slide under each), or a CSV of `path,label` (paths relative to the
+//! CSV's folder, or absolute), or of the columns [`ImagesReading`] names.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,9 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use medxfer_data::Record;
 
-/// Which columns of a CSV hold what, and where its relative paths are.
+/// How `--images` is read: which columns of a CSV hold what and where its relative paths are,
+/// or whether a folder's second level groups its images.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct CsvColumns {
+pub struct ImagesReading {
     /// With a CSV: its path and label columns, and optionally a group column (a patient or lesion
     /// id), as PATH,LABEL[,GROUP]. A path without an extension is looked for as .jpg, .png ... (an
     /// image id); with a group column, --finetune-top keeps each group in one part of its split
@@ -20,6 +22,11 @@ pub struct CsvColumns {
     /// With a CSV: the folder its relative paths are under (by default the CSV's own).
     #[arg(long, value_name = "DIR")]
     pub images_root: Option<PathBuf>,
+    /// With a folder: the subfolder under each class folder is a group (a patient, a slide:
+    /// CLASS/<patient>/<image>), one name under two classes one group; --finetune-top keeps each
+    /// group in one part of its split and --bootstrap draws groups.
+    #[arg(long)]
+    pub group_by_subfolder: bool,
 }
 
 /// The path, label and optional group columns' names.
@@ -35,7 +42,7 @@ fn parse_columns(text: &str) -> std::result::Result<ColumnNames, String> {
     Ok(ColumnNames(names))
 }
 
-impl CsvColumns {
+impl ImagesReading {
     fn names(&self) -> (&str, &str, Option<&str>) {
         match self.csv_columns.as_ref().map(|names| names.0.as_slice()) {
             Some([path, label]) => (path, label, None),
@@ -44,7 +51,7 @@ impl CsvColumns {
         }
     }
 
-    fn given(&self) -> bool {
+    fn csv_given(&self) -> bool {
         self.csv_columns.is_some() || self.images_root.is_some()
     }
 }
@@ -55,22 +62,30 @@ pub struct LabelledImages {
     pub root: PathBuf,
     pub records: Vec<Record>,
     pub classes: Vec<String>,
-    /// The CSV column whose values group the images (a patient, a lesion): --csv-columns' third,
-    /// or a column named `group` (a study's split manifest, rank's finetune_split.csv).
-    pub group_column: Option<String>,
-    /// Images whose group cell is empty, each then a group of its own (ISIC's metadata leaves
-    /// lesion_id empty for a part of its images; the dataset reader does the same).
+    /// What groups the images (a patient, a lesion, a slide), for the reader: a CSV's column
+    /// (--csv-columns' third, or one named `group`: a study's split manifest, rank's
+    /// finetune_split.csv) or a folder's subfolders (--group-by-subfolder).
+    pub grouped_by: Option<String>,
+    /// Images without a group (an empty cell: ISIC's metadata leaves lesion_id empty for a part
+    /// of its images, as the dataset reader does; an image right in its class folder), each a
+    /// group of its own.
     pub ungrouped: usize,
 }
 
 impl LabelledImages {
-    pub fn read(images: &Path, csv: &CsvColumns) -> Result<Self> {
+    pub fn read(images: &Path, csv: &ImagesReading) -> Result<Self> {
         let found = if images.is_dir() {
-            if csv.given() {
+            if csv.csv_given() {
                 bail!("--csv-columns and --images-root read a CSV; {} is a folder of class subfolders", images.display());
             }
-            from_folder(images)?
+            from_folder(images, csv.group_by_subfolder)?
         } else if images.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            if csv.group_by_subfolder {
+                bail!(
+                    "--group-by-subfolder groups a folder's images; {} is a CSV, whose groups are a column (--csv-columns PATH,LABEL,GROUP)",
+                    images.display()
+                );
+            }
             from_csv(images, csv)?
         } else {
             bail!("{}: not a folder of class subfolders nor a .csv file of path,label", images.display());
@@ -102,7 +117,7 @@ fn record(path: String, class: &str, label: u32) -> Record {
     Record { group: path.clone(), path, class: class.to_string(), label, origin: String::new() }
 }
 
-fn from_folder(root: &Path) -> Result<LabelledImages> {
+fn from_folder(root: &Path, group_by_subfolder: bool) -> Result<LabelledImages> {
     let mut classes: Vec<String> = std::fs::read_dir(root)
         .with_context(|| format!("cannot list {}", root.display()))?
         .filter_map(|e| e.ok())
@@ -157,7 +172,25 @@ fn from_folder(root: &Path) -> Result<LabelledImages> {
         }
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }
-    Ok(LabelledImages { root: root.to_path_buf(), records, classes, group_column: None, ungrouped: 0 })
+    let mut ungrouped = 0;
+    if group_by_subfolder {
+        // CLASS/<group>/.../<image>: the group by its name alone, so that a slide's tiles under
+        // two classes are one slide.
+        for record in &mut records {
+            match record.path.split('/').collect::<Vec<_>>().as_slice() {
+                [_, group, _, ..] => record.group = (*group).to_string(),
+                _ => ungrouped += 1,
+            }
+        }
+        if ungrouped == records.len() {
+            bail!(
+                "{}: --group-by-subfolder, but every image is right in its class folder: no subfolder to group by (CLASS/<patient>/<image>); drop the option",
+                root.display()
+            );
+        }
+    }
+    let grouped_by = group_by_subfolder.then(|| "the subfolders of its class folders".to_string());
+    Ok(LabelledImages { root: root.to_path_buf(), records, classes, grouped_by, ungrouped })
 }
 
 /// A file or class folder whose name is not UTF-8 (a Latin-1 name from an old archive): the
@@ -226,11 +259,11 @@ fn resolve(root: &Path, path: &str) -> Option<String> {
 }
 
 /// Where a CSV's relative paths were looked for, for a path that is not there.
-fn where_hint(columns: &CsvColumns) -> &'static str {
+fn where_hint(columns: &ImagesReading) -> &'static str {
     if columns.images_root.is_some() { "" } else { " (relative paths are under the CSV's folder; --images-root names another)" }
 }
 
-fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
+fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> {
     let root = match &columns.images_root {
         Some(root) if !root.is_dir() => bail!("--images-root {}: no such folder", root.display()),
         Some(root) => root.clone(),
@@ -303,7 +336,8 @@ fn from_csv(csv_path: &Path, columns: &CsvColumns) -> Result<LabelledImages> {
             Record { group, ..record(path, &label, index as u32) }
         })
         .collect();
-    Ok(LabelledImages { root, records, classes, group_column: group_name.map(str::to_string), ungrouped })
+    let grouped_by = group_name.map(|name| format!("its {name:?} column"));
+    Ok(LabelledImages { root, records, classes, grouped_by, ungrouped })
 }
 
 #[cfg(test)]
@@ -326,19 +360,58 @@ mod tests {
         }
         let csv = dir.path().join("metadata.csv");
         std::fs::write(&csv, "image,dx,lesion_id\na.png,mel,L1\nb.png,mel,L1\nc.png,nv,\nd.png,nv, \n").unwrap();
-        let columns = CsvColumns { csv_columns: Some(parse_columns("image,dx,lesion_id").unwrap()), images_root: None };
+        let columns = ImagesReading { csv_columns: Some(parse_columns("image,dx,lesion_id").unwrap()), ..ImagesReading::default() };
         let images = LabelledImages::read(&csv, &columns).unwrap();
         let groups: Vec<&str> = images.records.iter().map(|r| r.group.as_str()).collect();
         assert_eq!(groups, ["L1", "L1", "c.png", "d.png"]);
-        assert_eq!((images.group_column.as_deref(), images.ungrouped), (Some("lesion_id"), 2));
+        assert_eq!((images.grouped_by.as_deref(), images.ungrouped), (Some("its \"lesion_id\" column"), 2));
         // Named `group`, it is taken without --csv-columns; a CSV without one has none.
         std::fs::write(&csv, "path,label,group,split\na.png,0,p1,train\nb.png,0,p1,train\nc.png,1,p2,train\n").unwrap();
-        let images = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        let images = LabelledImages::read(&csv, &ImagesReading::default()).unwrap();
         assert_eq!(images.records.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(), ["p1", "p1", "p2"]);
-        assert_eq!((images.group_column.as_deref(), images.ungrouped), (Some("group"), 0));
+        assert_eq!((images.grouped_by.as_deref(), images.ungrouped), (Some("its \"group\" column"), 0));
         std::fs::write(&csv, "path,label\na.png,0\nc.png,1\n").unwrap();
-        let images = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
-        assert_eq!((images.group_column, images.records[0].group.as_str()), (None, "a.png"));
+        let images = LabelledImages::read(&csv, &ImagesReading::default()).unwrap();
+        assert_eq!((images.grouped_by, images.records[0].group.as_str()), (None, "a.png"));
+    }
+
+    /// --group-by-subfolder: the folder under each class folder is the group, by its name (a
+    /// slide's tiles under two classes one slide); an image right in its class folder is its own
+    /// group, counted; with no subfolder at all, or with a CSV, the option is refused.
+    #[test]
+    fn a_folder_s_subfolders_group_its_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tiles");
+        for file in ["tumor/slide1/a.png", "tumor/slide1/b.png", "tumor/slide2/x/c.png", "normal/slide1/d.png", "normal/e.png"] {
+            png(&root.join(file));
+        }
+        let by_subfolder = ImagesReading { group_by_subfolder: true, ..ImagesReading::default() };
+        let images = LabelledImages::read(&root, &by_subfolder).unwrap();
+        let groups: Vec<(&str, &str)> = images.records.iter().map(|r| (r.path.as_str(), r.group.as_str())).collect();
+        assert_eq!(
+            groups,
+            [
+                ("normal/e.png", "normal/e.png"),
+                ("normal/slide1/d.png", "slide1"),
+                ("tumor/slide1/a.png", "slide1"),
+                ("tumor/slide1/b.png", "slide1"),
+                ("tumor/slide2/x/c.png", "slide2")
+            ]
+        );
+        assert_eq!((images.grouped_by.as_deref(), images.ungrouped), (Some("the subfolders of its class folders"), 1));
+        // Without the option, each image is its own group.
+        let images = LabelledImages::read(&root, &ImagesReading::default()).unwrap();
+        assert!(images.records.iter().all(|r| r.group == r.path) && images.grouped_by.is_none());
+        let flat = dir.path().join("flat");
+        for file in ["tumor/a.png", "normal/b.png"] {
+            png(&flat.join(file));
+        }
+        let error = LabelledImages::read(&flat, &by_subfolder).unwrap_err().to_string();
+        assert!(error.contains("every image is right in its class folder") && error.contains("drop the option"), "{error}");
+        let csv = dir.path().join("list.csv");
+        std::fs::write(&csv, "path,label\nflat/tumor/a.png,1\nflat/normal/b.png,0\n").unwrap();
+        let error = LabelledImages::read(&csv, &by_subfolder).unwrap_err().to_string();
+        assert!(error.contains("is a CSV, whose groups are a column (--csv-columns PATH,LABEL,GROUP)"), "{error}");
     }
 
     /// A file or class folder whose name is not UTF-8 is refused naming it and the fix; the file
@@ -355,7 +428,7 @@ mod tests {
             for file in [Path::new("benign/a.png"), Path::new("malignant/c.png"), &odd] {
                 png(&root.join(file));
             }
-            let error = format!("{:#}", LabelledImages::read(&root, &CsvColumns::default()).unwrap_err());
+            let error = format!("{:#}", LabelledImages::read(&root, &ImagesReading::default()).unwrap_err());
             assert!(error.contains(&root.join(named).display().to_string()), "{error}");
             assert!(error.contains("not valid UTF-8") && error.contains("rename it"), "{error}");
         }
@@ -374,7 +447,7 @@ mod tests {
             std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
             std::fs::write(root.join(file), b"\x00\x05\x16\x07").unwrap();
         }
-        let images = LabelledImages::read(&root, &CsvColumns::default()).unwrap();
+        let images = LabelledImages::read(&root, &ImagesReading::default()).unwrap();
         assert_eq!(images.classes, ["benign", "malignant"]);
         let paths: Vec<&str> = images.records.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["benign/a.png", "malignant/c.png"]);
@@ -391,58 +464,61 @@ mod tests {
                 png(&root.join(file));
             }
         }
-        let folder = LabelledImages::read(&root, &CsvColumns::default()).unwrap();
+        let folder = LabelledImages::read(&root, &ImagesReading::default()).unwrap();
         assert_eq!(folder.classes, ["benign", "malignant"]);
         // A split's layout is not taken for classes.
         let split = dir.path().join("split");
         for file in ["train/benign/a.png", "train/malignant/b.png", "Val/benign/c.png", "Val/malignant/d.png"] {
             png(&split.join(file));
         }
-        let error = LabelledImages::read(&split, &CsvColumns::default()).unwrap_err().to_string();
+        let error = LabelledImages::read(&split, &ImagesReading::default()).unwrap_err().to_string();
         assert!(error.contains("its folders are Val, train: the parts of a split, not classes"), "{error}");
         assert!(error.contains(&format!("--images {}", split.join("train").display())), "{error}");
-        assert_eq!(LabelledImages::read(&split.join("train"), &CsvColumns::default()).unwrap().classes, ["benign", "malignant"]);
+        assert_eq!(LabelledImages::read(&split.join("train"), &ImagesReading::default()).unwrap().classes, ["benign", "malignant"]);
         let paths: Vec<(&str, u32)> = folder.records.iter().map(|r| (r.path.as_str(), r.label)).collect();
         assert_eq!(paths, [("benign/a.png", 0), ("benign/sub/b.PNG", 0), ("malignant/c.png", 1)]);
 
         let csv = root.join("labels.csv");
         std::fs::write(&csv, "path,label,site\nmalignant/c.png,10,x\nbenign/a.png,2,y\n").unwrap();
-        let listed = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        let listed = LabelledImages::read(&csv, &ImagesReading::default()).unwrap();
         assert_eq!(listed.classes, ["2", "10"], "integer labels in numeric order");
         assert_eq!(listed.records[0].label, 1);
 
         std::fs::write(&csv, "file,class\na.png,0\n").unwrap();
         assert!(
-            format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err()).contains("expected columns path and label")
+            format!("{:#}", LabelledImages::read(&csv, &ImagesReading::default()).unwrap_err()).contains("expected columns path and label")
         );
         std::fs::write(&csv, "path,label\nbenign/missing.png,0\nmalignant/c.png,1\n").unwrap();
         assert!(
-            format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err()).contains("line 2: ")
-                && format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err()).contains("missing.png does not exist")
+            format!("{:#}", LabelledImages::read(&csv, &ImagesReading::default()).unwrap_err()).contains("line 2: ")
+                && format!("{:#}", LabelledImages::read(&csv, &ImagesReading::default()).unwrap_err())
+                    .contains("missing.png does not exist")
         );
         // A spreadsheet's stray spaces around a label or a path are not part of them.
         std::fs::write(&csv, "path,label\nbenign/a.png,benign \n malignant/c.png ,malignant\nbenign/sub/b.PNG, benign\n").unwrap();
-        let spaced = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        let spaced = LabelledImages::read(&csv, &ImagesReading::default()).unwrap();
         assert_eq!(spaced.classes, ["benign", "malignant"]);
         assert_eq!(spaced.records[1].path, "malignant/c.png");
         // Saved on Windows: its separators are read as '/' (the file was "does not exist").
         std::fs::write(&csv, "path,label\r\nbenign\\sub\\b.PNG,0\r\nmalignant\\c.png,1\r\n").unwrap();
-        let windows = LabelledImages::read(&csv, &CsvColumns::default()).unwrap();
+        let windows = LabelledImages::read(&csv, &ImagesReading::default()).unwrap();
         assert_eq!(windows.records.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["benign/sub/b.PNG", "malignant/c.png"]);
         // One image listed twice (here once through `./`) would be counted twice.
         std::fs::write(&csv, "path,label\nbenign/a.png,0\nmalignant/c.png,1\n./benign/a.png,0\n").unwrap();
-        let message = format!("{:#}", LabelledImages::read(&csv, &CsvColumns::default()).unwrap_err());
+        let message = format!("{:#}", LabelledImages::read(&csv, &ImagesReading::default()).unwrap_err());
         assert!(message.contains("line 4: ./benign/a.png is listed already on line 2"), "{message}");
         // Labels that are not all integers sort as text: 9, 10 and 1a compared as numbers where
         // they can be would go round in a circle (9 < 10 < 1a < 9).
         std::fs::write(&csv, "path,label\nbenign/a.png,9\nmalignant/c.png,10\nbenign/sub/b.PNG,1a\n").unwrap();
-        assert_eq!(LabelledImages::read(&csv, &CsvColumns::default()).unwrap().classes, ["10", "1a", "9"]);
+        assert_eq!(LabelledImages::read(&csv, &ImagesReading::default()).unwrap().classes, ["10", "1a", "9"]);
         std::fs::remove_dir_all(root.join("malignant")).unwrap();
-        assert!(format!("{:#}", LabelledImages::read(&root, &CsvColumns::default()).unwrap_err()).contains("ranking needs at least two"));
+        assert!(
+            format!("{:#}", LabelledImages::read(&root, &ImagesReading::default()).unwrap_err()).contains("ranking needs at least two")
+        );
         // Images straight in the folder: the layout is said ("0 class(es) found ([])" was).
         let flat = dir.path().join("flat");
         png(&flat.join("a.png"));
-        let message = format!("{:#}", LabelledImages::read(&flat, &CsvColumns::default()).unwrap_err());
+        let message = format!("{:#}", LabelledImages::read(&flat, &ImagesReading::default()).unwrap_err());
         assert!(message.contains("no class subfolders; put each class's images in a subfolder named after it"), "{message}");
     }
 
@@ -461,7 +537,7 @@ mod tests {
             |m: &mut medxfer_mutate::Mutator| m.text(original),
             |text: &String| {
                 std::fs::write(&csv, text).unwrap();
-                if let Err(error) = LabelledImages::read(&csv, &CsvColumns::default()) {
+                if let Err(error) = LabelledImages::read(&csv, &ImagesReading::default()) {
                     assert!(format!("{error:#}").contains("labels.csv"), "{error:#}");
                 }
             },
@@ -482,17 +558,17 @@ mod tests {
         std::os::unix::fs::symlink(".", root.join("benign/loop")).unwrap();
         std::os::unix::fs::symlink(root.join("benign"), root.join("benign/again")).unwrap();
         std::os::unix::fs::symlink(root.join("malignant/c.png"), root.join("malignant/c-link.png")).unwrap();
-        let found = LabelledImages::read(&root, &CsvColumns::default()).unwrap();
+        let found = LabelledImages::read(&root, &ImagesReading::default()).unwrap();
         let paths: Vec<(&str, u32)> = found.records.iter().map(|r| (r.path.as_str(), r.label)).collect();
         assert_eq!(paths, [("benign/a.png", 0), ("benign/b.png", 0), ("malignant/c.png", 1), ("malignant/d.png", 1)]);
         // A class folder that links into another class: one file with two labels.
         std::os::unix::fs::symlink(root.join("benign/a.png"), root.join("malignant/a.png")).unwrap();
-        let message = format!("{:#}", LabelledImages::read(&root, &CsvColumns::default()).unwrap_err());
+        let message = format!("{:#}", LabelledImages::read(&root, &ImagesReading::default()).unwrap_err());
         assert!(message.contains("benign/a.png") && message.contains("malignant/a.png") && message.contains("two classes"), "{message}");
         // A class folder that is itself a link is walked.
         std::fs::remove_file(root.join("malignant/a.png")).unwrap();
         std::fs::rename(root.join("malignant"), dir.path().join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("malignant")).unwrap();
-        assert_eq!(LabelledImages::read(&root, &CsvColumns::default()).unwrap().records.len(), 4);
+        assert_eq!(LabelledImages::read(&root, &ImagesReading::default()).unwrap().records.len(), 4);
     }
 }

@@ -28,7 +28,7 @@ use crate::features::{ExtractDtype, FeatureScores, extract_features, score_file}
 use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
 use crate::results::Setting;
 use crate::weights::{Weights, folder_name};
-pub use images::CsvColumns;
+pub use images::ImagesReading;
 use images::LabelledImages;
 
 #[derive(Debug, Clone, Args)]
@@ -39,7 +39,7 @@ pub struct RankArgs {
     /// The columns a CSV's images are read from: a metadata file as published (HAM10000's
     /// `--csv-columns image_id,dx,lesion_id`) is taken as it is.
     #[command(flatten)]
-    pub csv: CsvColumns,
+    pub reading: ImagesReading,
     /// `all` (the registry), or comma-separated registry names or timm hub ids (timm/<id>).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub backbones: Vec<String>,
@@ -291,7 +291,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     }
     let trust = trust_statement(results)?;
     check_out_is_outside(&args.images, &args.out)?;
-    let images = LabelledImages::read(&args.images, &args.csv)?;
+    let images = LabelledImages::read(&args.images, &args.reading)?;
     let registry = match &args.models {
         Some(dir) => Registry::load(dir)?,
         None => Registry::load_default()?,
@@ -313,7 +313,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             // With a group column, each group (a patient, a lesion) in one part: its images in
             // train and test would measure how well a backbone recognises the patient.
             let rule = FaithfulSplit::Stratified { val: 0.1, test: 0.2 };
-            let entries = if images.group_column.is_some() {
+            let entries = if images.grouped_by.is_some() {
                 grouped_split(&images.records, &rule, args.seed)?
             } else {
                 faithful_split(&images.records, &rule, args.seed)?
@@ -329,14 +329,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
-    if let Some(column) = &images.group_column {
+    if let Some(grouped_by) = &images.grouped_by {
         let groups = images.records.iter().map(|r| r.group.as_str()).collect::<std::collections::HashSet<_>>().len();
         let ungrouped = match images.ungrouped {
             0 => String::new(),
-            n => format!(" ({n} of them images with the cell empty, each a group of its own)"),
+            n => format!(" ({n} of them images without one, each a group of its own)"),
         };
         eprintln!(
-            "{}: {groups} groups in its {column:?} column{ungrouped}: each stays in one part of --finetune-top's split, and --bootstrap draws groups, not images",
+            "{}: {groups} groups by {grouped_by}{ungrouped}: each stays in one part of --finetune-top's split, and --bootstrap draws groups, not images",
             args.images.display()
         );
     }
