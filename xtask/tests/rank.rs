@@ -423,6 +423,23 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     let output = rank_output(dir.path(), &two_lesions, &dir.path().join("refused"), None, &[&columns[..], &tuning].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("class 'mel' has 2 group(s)") && stderr.contains("at least 3 groups"), "{stderr}");
+    // Three lesions, one of ten images and two of one: the 20% test part (3 images) takes a small
+    // one, and the large one fills train past its share, leaving val none: said so, not "at least 3".
+    let mut unequal = String::from("lesion_id,image_id,dx\n");
+    for line in csv.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let index: usize = fields[1][fields[1].len() - 2..].parse().unwrap();
+        let lesion = if fields[2] == "mel" { ["HAM_mel_big", "HAM_mel_a", "HAM_mel_b"][index.saturating_sub(9)] } else { fields[0] };
+        unequal.push_str(&format!("{lesion},{},{}\n", fields[1], fields[2]));
+    }
+    let unequal_csv = metadata.with_file_name("unequal.csv");
+    std::fs::write(&unequal_csv, unequal).unwrap();
+    let output = rank_output(dir.path(), &unequal_csv, &dir.path().join("refused"), None, &[&columns[..], &tuning].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("class 'mel' has 3 group(s)") && stderr.contains("too unequal in size"),
+        "{stderr}"
+    );
     // Given with a folder of class subfolders, which they do not read: refused.
     let output = rank_output(dir.path(), &folder, &dir.path().join("refused"), None, &columns);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -497,6 +514,8 @@ fn options_rank_cannot_run_with_are_refused_before_any_work() {
         (&["--finetune-top", "2", "--epochs", "0"], "--epochs 0"),
         (&["--finetune-top", "2", "--batch", "0"], "--batch 0"),
         (&["--finetune-top", "2", "--trials", "0"], "--trials 0"),
+        (&["--group-by-subfolder", "0"], "0 is not in 1.."),
+        (&["--group-by-subfolder"], "--group-by-subfolder 1, but no image is in a subfolder that deep"),
     ] {
         let output = rank_output(dir.path(), &images, &out, None, options);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -24,9 +24,10 @@ pub struct ImagesReading {
     pub images_root: Option<PathBuf>,
     /// With a folder: the subfolder under each class folder is a group (a patient, a slide:
     /// CLASS/<patient>/<image>), one name under two classes one group; --finetune-top keeps each
-    /// group in one part of its split and --bootstrap draws groups.
-    #[arg(long)]
-    pub group_by_subfolder: bool,
+    /// group in one part of its split and --bootstrap draws groups. LEVEL picks a deeper one
+    /// (BreakHis's CLASS/SOB/<type>/<patient>/<magnification>/: 3).
+    #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "1", value_parser = clap::value_parser!(u16).range(1..))]
+    pub group_by_subfolder: Option<u16>,
 }
 
 /// The path, label and optional group columns' names.
@@ -80,7 +81,7 @@ impl LabelledImages {
             }
             from_folder(images, csv.group_by_subfolder)?
         } else if images.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
-            if csv.group_by_subfolder {
+            if csv.group_by_subfolder.is_some() {
                 bail!(
                     "--group-by-subfolder groups a folder's images; {} is a CSV, whose groups are a column (--csv-columns PATH,LABEL,GROUP)",
                     images.display()
@@ -117,7 +118,7 @@ fn record(path: String, class: &str, label: u32) -> Record {
     Record { group: path.clone(), path, class: class.to_string(), label, origin: String::new() }
 }
 
-fn from_folder(root: &Path, group_by_subfolder: bool) -> Result<LabelledImages> {
+fn from_folder(root: &Path, group_by_subfolder: Option<u16>) -> Result<LabelledImages> {
     let mut classes: Vec<String> = std::fs::read_dir(root)
         .with_context(|| format!("cannot list {}", root.display()))?
         .filter_map(|e| e.ok())
@@ -173,23 +174,28 @@ fn from_folder(root: &Path, group_by_subfolder: bool) -> Result<LabelledImages> 
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }
     let mut ungrouped = 0;
-    if group_by_subfolder {
-        // CLASS/<group>/.../<image>: the group by its name alone, so that a slide's tiles under
-        // two classes are one slide.
+    if let Some(level) = group_by_subfolder.map(usize::from) {
+        // CLASS/<level 1>/.../<group>/.../<image>: the group by its name alone, so that a slide's
+        // tiles under two classes are one slide; an image less deep is its own.
         for record in &mut records {
-            match record.path.split('/').collect::<Vec<_>>().as_slice() {
-                [_, group, _, ..] => record.group = (*group).to_string(),
+            let parts: Vec<&str> = record.path.split('/').collect();
+            match parts.get(level) {
+                Some(group) if level + 1 < parts.len() => record.group = (*group).to_string(),
                 _ => ungrouped += 1,
             }
         }
         if ungrouped == records.len() {
             bail!(
-                "{}: --group-by-subfolder, but every image is right in its class folder: no subfolder to group by (CLASS/<patient>/<image>); drop the option",
+                "{}: --group-by-subfolder {level}, but no image is in a subfolder that deep under its class folder (CLASS/<level 1>/.../<image>): \
+                 give the level of the patient's folder, or drop the option",
                 root.display()
             );
         }
     }
-    let grouped_by = group_by_subfolder.then(|| "the subfolders of its class folders".to_string());
+    let grouped_by = group_by_subfolder.map(|level| match level {
+        1 => "the subfolders of its class folders".to_string(),
+        level => format!("the subfolders {level} levels under its class folders"),
+    });
     Ok(LabelledImages { root: root.to_path_buf(), records, classes, grouped_by, ungrouped })
 }
 
@@ -385,7 +391,7 @@ mod tests {
         for file in ["tumor/slide1/a.png", "tumor/slide1/b.png", "tumor/slide2/x/c.png", "normal/slide1/d.png", "normal/e.png"] {
             png(&root.join(file));
         }
-        let by_subfolder = ImagesReading { group_by_subfolder: true, ..ImagesReading::default() };
+        let by_subfolder = ImagesReading { group_by_subfolder: Some(1), ..ImagesReading::default() };
         let images = LabelledImages::read(&root, &by_subfolder).unwrap();
         let groups: Vec<(&str, &str)> = images.records.iter().map(|r| (r.path.as_str(), r.group.as_str())).collect();
         assert_eq!(
@@ -407,7 +413,21 @@ mod tests {
             png(&flat.join(file));
         }
         let error = LabelledImages::read(&flat, &by_subfolder).unwrap_err().to_string();
-        assert!(error.contains("every image is right in its class folder") && error.contains("drop the option"), "{error}");
+        assert!(
+            error.contains("--group-by-subfolder 1, but no image is in a subfolder that deep") && error.contains("drop the option"),
+            "{error}"
+        );
+        // A deeper level: BreakHis's CLASS/SOB/<type>/<patient>/<magnification>/<image>.
+        let breakhis = dir.path().join("breakhis");
+        for file in ["benign/SOB/adenosis/P1/100X/a.png", "benign/SOB/adenosis/P1/40X/b.png", "malignant/SOB/ductal/P2/40X/c.png"] {
+            png(&breakhis.join(file));
+        }
+        let images = LabelledImages::read(&breakhis, &ImagesReading { group_by_subfolder: Some(3), ..ImagesReading::default() }).unwrap();
+        assert_eq!(images.records.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(), ["P1", "P1", "P2"]);
+        assert_eq!(images.grouped_by.as_deref(), Some("the subfolders 3 levels under its class folders"));
+        let error =
+            LabelledImages::read(&breakhis, &ImagesReading { group_by_subfolder: Some(5), ..ImagesReading::default() }).unwrap_err();
+        assert!(error.to_string().contains("--group-by-subfolder 5, but no image"), "{error}");
         let csv = dir.path().join("list.csv");
         std::fs::write(&csv, "path,label\nflat/tumor/a.png,1\nflat/normal/b.png,0\n").unwrap();
         let error = LabelledImages::read(&csv, &by_subfolder).unwrap_err().to_string();

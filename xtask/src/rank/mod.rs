@@ -778,9 +778,16 @@ fn check_every_part_has_every_class(entries: &[Entry], images: &LabelledImages) 
             let groups: std::collections::BTreeSet<&str> =
                 entries.iter().filter(|e| e.label as usize == label).map(|e| e.group.as_str()).collect();
             let (units, unit) = if groups.len() < count { (groups.len(), "group") } else { (count, "image") };
+            // Three images always fill the three parts; three groups of unequal sizes may not (the
+            // parts are sized in images, each group kept whole).
+            let needed = if units < 3 {
+                format!("it needs at least 3 {unit}s of every class")
+            } else {
+                "kept whole, they are too unequal in size to fill parts sized 70/10/20 in images".to_string()
+            };
             bail!(
                 "{}: class '{class}' has {units} {unit}(s), which the 70/10/20 split of --finetune-top leaves none of in {}; \
-                 it needs at least 3 {unit}s of every class: add images of '{class}', or leave --finetune-top out (the scores alone use every image)",
+                 {needed}: add images of '{class}', or leave --finetune-top out (the scores alone use every image)",
                 images.root.display(),
                 lacking.join(" and ")
             );
