@@ -304,7 +304,8 @@ fn split_groups(out: &Path, task: &str, setting: Setting, labels: &[usize]) -> R
         Setting::Id => "train",
         Setting::Ood => "ood",
     };
-    let path = crate::study::layout::Layout::new(out).splits(task).join(format!("{part}.csv"));
+    // Layout::splits's folder: the report reads a results folder without depending on the study.
+    let path = out.join("splits").join(task).join(format!("{part}.csv"));
     if !path.exists() {
         bail!(
             "{}: not there, and it says which images are one patient's (a group, drawn whole by --resample-by groups): \
