@@ -327,6 +327,12 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## How much comes from the sample of images") && report.contains("| brain · id | leep |"), "{report}");
+    // Score intervals wholly on one side of the full-image score (a resample's repeated images
+    // move some scores) are counted in the report, as the intervals file has them.
+    let one_sided = intervals.iter().filter(|r| number(r, "value") < number(r, "low") || number(r, "value") > number(r, "high")).count();
+    let said = format!("{one_sided} of {} score intervals lie wholly on one side", intervals.len());
+    assert_eq!(report.contains(&said), one_sided > 0, "{said}: {report}");
+    assert_eq!(report.contains("lie wholly on one side"), one_sided > 0, "{report}");
     for (row, (images, groups)) in &drawn {
         let said = if groups < images { format!("| {groups} groups of {images} images |") } else { format!("| {images} images |") };
         assert!(report.lines().any(|l| l.starts_with(row.as_str()) && l.contains(&said)), "{row} {said}: {report}");
