@@ -174,34 +174,52 @@ pub fn lacks_a_score(scores: &FeatureScores) -> bool {
 /// number of groups (so every class stays present). Drawing images one by one would treat a
 /// patient's ten images as ten patients and show a ranking steadier than it is. With one image
 /// per group it is the image draw (for each class, as many draws with replacement from its
-/// rows), draw for draw.
-pub fn grouped_stratified_draw(labels: &[usize], groups: &[String], rng: &mut impl Rng) -> Vec<usize> {
-    // The groups in order of first appearance, each with its rows.
-    let mut index_of: HashMap<&str, usize> = HashMap::new();
-    let mut members: Vec<Vec<usize>> = Vec::new();
-    for (row, group) in groups.iter().enumerate() {
-        let index = *index_of.entry(group.as_str()).or_insert_with(|| {
-            members.push(Vec::new());
-            members.len() - 1
-        });
-        members[index].push(row);
-    }
-    // Strata keyed by the classes a group holds, in the order of those class lists ([0] before
-    // [0, 2] before [1]), which for one class per group is the class order.
-    let mut strata: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
-    for (index, rows) in members.iter().enumerate() {
-        let mut classes: Vec<usize> = rows.iter().map(|&row| labels[row]).collect();
-        classes.sort_unstable();
-        classes.dedup();
-        strata.entry(classes).or_default().push(index);
-    }
-    let mut picks = Vec::with_capacity(labels.len());
-    for stratum in strata.values() {
-        for _ in 0..stratum.len() {
-            picks.extend_from_slice(&members[stratum[rng.random_range(0..stratum.len())]]);
+/// rows), draw for draw. Built once, drawn from on every resample.
+pub struct GroupedDraw {
+    /// Each group's rows, groups in order of first appearance.
+    members: Vec<Vec<usize>>,
+    /// Each stratum's groups, strata in the order of their class lists ([0] before [0, 2]
+    /// before [1]), which for one class per group is the class order.
+    strata: Vec<Vec<usize>>,
+}
+
+impl GroupedDraw {
+    /// `groups` holds one group name per row of `labels`.
+    pub fn new(labels: &[usize], groups: &[String]) -> Self {
+        let mut index_of: HashMap<&str, usize> = HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (row, group) in groups.iter().enumerate() {
+            let index = *index_of.entry(group.as_str()).or_insert_with(|| {
+                members.push(Vec::new());
+                members.len() - 1
+            });
+            members[index].push(row);
         }
+        let mut strata: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+        for (index, rows) in members.iter().enumerate() {
+            let mut classes: Vec<usize> = rows.iter().map(|&row| labels[row]).collect();
+            classes.sort_unstable();
+            classes.dedup();
+            strata.entry(classes).or_default().push(index);
+        }
+        Self { members, strata: strata.into_values().collect() }
     }
-    picks
+
+    /// How many groups there are.
+    pub fn groups(&self) -> usize {
+        self.members.len()
+    }
+
+    /// One resample's rows.
+    pub fn draw(&self, rng: &mut impl Rng) -> Vec<usize> {
+        let mut picks = Vec::new();
+        for stratum in &self.strata {
+            for _ in 0..stratum.len() {
+                picks.extend_from_slice(&self.members[stratum[rng.random_range(0..stratum.len())]]);
+            }
+        }
+        picks
+    }
 }
 
 /// The rows `picks` of an input, as a new input.
@@ -251,7 +269,7 @@ mod tests {
         let singletons: Vec<String> = (0..labels.len()).map(|i| i.to_string()).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..50 {
-            let picks = grouped_stratified_draw(&labels, &singletons, &mut rng);
+            let picks = GroupedDraw::new(&labels, &singletons).draw(&mut rng);
             assert_eq!(picks.len(), labels.len());
             let mut drawn: Vec<usize> = picks.iter().map(|&i| labels[i]).collect();
             drawn.sort_unstable();
@@ -268,7 +286,7 @@ mod tests {
         let singletons: Vec<String> = (0..labels.len()).map(|i| format!("image{i}")).collect();
         let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(5), ChaCha8Rng::seed_from_u64(5));
         for _ in 0..50 {
-            assert_eq!(grouped_stratified_draw(&labels, &singletons, &mut a), stratified_draw(&labels, &mut b));
+            assert_eq!(GroupedDraw::new(&labels, &singletons).draw(&mut a), stratified_draw(&labels, &mut b));
         }
         // Patients: p holds rows 0, 4 (class 0); q rows 1, 2 (class 1); r rows 3, 6, 7 (class 2);
         // s row 5 (class 1); t row 8 (class 2), u rows 9, 10 (classes 0 and 2: a stratum alone).
@@ -278,7 +296,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let mut seen = BTreeMap::new();
         for _ in 0..200 {
-            let picks = grouped_stratified_draw(&labels, &groups, &mut rng);
+            let picks = GroupedDraw::new(&labels, &groups).draw(&mut rng);
             // Cut the picks into whole groups, in draw order.
             let mut drawn = Vec::new();
             let mut rest = &picks[..];

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{Consensus, rank};
-use crate::features::{grouped_stratified_draw, resampled, score_input};
+use crate::features::{GroupedDraw, resampled, score_input};
 
 /// How often each candidate came first, per score and for the consensus.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +63,7 @@ pub fn first_places(
             groups.len()
         );
     }
-    let distinct = groups.iter().collect::<std::collections::HashSet<_>>().len();
+    let draw = GroupedDraw::new(first.labels(), groups);
     let candidates: Vec<String> = files.iter().map(|(name, _)| name.clone()).collect();
     let mut columns: Vec<String> = Metric::every().map(|m| m.as_str().to_string()).collect();
     columns.push("consensus".to_string());
@@ -71,7 +71,7 @@ pub fn first_places(
     let mut ranked = vec![0usize; columns.len()];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..resamples {
-        let picks = grouped_stratified_draw(first.labels(), groups, &mut rng);
+        let picks = draw.draw(&mut rng);
         let mut scored = Vec::with_capacity(inputs.len());
         for (name, input) in candidates.iter().zip(&inputs) {
             let scores = score_input(&resampled(input, &picks)?);
@@ -102,7 +102,7 @@ pub fn first_places(
         columns: keep.iter().map(|&c| columns[c].clone()).collect(),
         counts: counts.iter().map(|row| keep.iter().map(|&c| row[c]).collect()).collect(),
         ranked: keep.iter().map(|&c| ranked[c]).collect(),
-        groups: (distinct < groups.len()).then_some(distinct),
+        groups: (draw.groups() < groups.len()).then_some(draw.groups()),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -17,7 +17,7 @@ use medxfer_scores::{Metric, ScoreInput, SharedAnalysis, combine_terms, kendall_
 use serde::{Deserialize, Serialize};
 
 use super::uncertainty::{BootstrapSettings, cell_rng, quantile};
-use crate::features::{grouped_stratified_draw, resampled};
+use crate::features::{GroupedDraw, resampled};
 use crate::results::{self, Setting};
 use crate::weights::folder_name;
 
@@ -353,8 +353,9 @@ fn cell_intervals(
     // values[backbone][metric] -> one value per resample (NaN where the score failed).
     let mut values: Vec<BTreeMap<Metric, Vec<f64>>> = vec![BTreeMap::new(); members.len()];
     let mut rng = cell_rng(bootstrap, &format!("images/{task}/{}", setting.as_str()));
+    let draw = GroupedDraw::new(members[0].2.labels(), groups);
     for _ in 0..settings.resamples {
-        let picks = grouped_stratified_draw(members[0].2.labels(), groups, &mut rng);
+        let picks = draw.draw(&mut rng);
         let drawn = members.iter().map(|m| resampled(&m.2, &picks)).collect::<Result<Vec<_>>>()?;
         let (scores, _) = set_scores(&drawn.iter().collect::<Vec<_>>(), &settings.metrics);
         for (scores, store) in scores.iter().zip(values.iter_mut()) {
@@ -402,7 +403,7 @@ fn cell_intervals(
             high: enough.then(|| quantile(&taus, 0.975)),
             seconds_per_resample,
             images: groups.len(),
-            groups: groups.iter().collect::<std::collections::HashSet<_>>().len(),
+            groups: draw.groups(),
         });
     }
     Ok((score_rows, tau_rows))
