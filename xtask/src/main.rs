@@ -213,6 +213,11 @@ enum Command {
         /// images, or each image on its own (a dataset without groups draws images either way).
         #[arg(long, value_enum, default_value = "groups")]
         resample_by: report::image_bootstrap::ResampleBy,
+        /// How each 95% interval is read off the resamples: their 2.5% and 97.5% quantiles, or
+        /// those quantiles bias-corrected (Efron's BC) for scores that rise on the images a
+        /// resample repeats.
+        #[arg(long, value_enum, default_value = "percentile")]
+        interval: report::image_bootstrap::Interval,
     },
     /// One zoo measurement in a fresh process (run by bench-zoo).
     #[command(hide = true)]
@@ -293,7 +298,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::ImageBootstrap { results, resamples, metrics, seed, resample_by } => {
+        Command::ImageBootstrap { results, resamples, metrics, seed, resample_by, interval } => {
             let mut metrics = match metrics {
                 Some(names) => names.iter().map(|n| n.parse::<medxfer_scores::Metric>()).collect::<Result<Vec<_>, _>>()?,
                 None => report::image_bootstrap::CHEAP.to_vec(),
@@ -308,6 +313,7 @@ fn main() -> Result<()> {
                 metrics: metrics.clone(),
                 seed,
                 resample_by,
+                interval,
             })?;
             // The rows kept from an earlier run carry that run's cost.
             let cost = taus.iter().find(|t| names.contains(&t.metric.as_str())).map_or(0.0, |t| t.seconds_per_resample);

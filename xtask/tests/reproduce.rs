@@ -341,6 +341,39 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     let reference_svg = std::fs::read_to_string(reference_out.join("fig3.svg")).unwrap();
     assert!(svg.len() > reference_svg.len(), "error bars drawn");
 
+    // Bias-corrected, over the same draws (the same seed and groups), each cell is resampled
+    // again and each score interval moves the way its resamples lie off the value: down where
+    // the percentile interval lay wholly above it, up where below; the tau-b file and the report
+    // say how the intervals were read.
+    let mut corrected_command = command();
+    let stderr = String::from_utf8(check(corrected_command.args(["--interval", "bias-corrected"]).output().unwrap()).stderr).unwrap();
+    assert!(!stderr.contains("resampled before"), "{stderr}");
+    let corrected = read_csv(&out.join("image_bootstrap_scores.csv"));
+    assert_eq!(corrected.len(), intervals.len());
+    let mut moved = 0;
+    for (percentile, corrected) in intervals.iter().zip(&corrected) {
+        let key = |row: &BTreeMap<String, String>| ["task", "setting", "metric", "backbone", "value"].map(|c| row[c].clone());
+        assert_eq!(key(percentile), key(corrected));
+        let (value, low, high) = (number(percentile, "value"), number(percentile, "low"), number(percentile, "high"));
+        let (corrected_low, corrected_high) = (number(corrected, "low"), number(corrected, "high"));
+        if value < low {
+            assert!(corrected_low <= low && corrected_high <= high, "{percentile:?} {corrected:?}");
+        } else if value > high {
+            assert!(corrected_low >= low && corrected_high >= high, "{percentile:?} {corrected:?}");
+        }
+        moved += usize::from((value < low || value > high) && (corrected_low, corrected_high) != (low, high));
+    }
+    assert!(moved > 0, "some one-sided interval moved: {corrected:?}");
+    assert!(read_csv(&out.join("image_bootstrap_tau.csv")).iter().all(|r| r["interval"] == "bias-corrected"));
+    check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("each 95% interval bias-corrected (`--interval bias-corrected`"), "{report}");
+    // Back to percentile intervals, the same as before (but for the time each resample took).
+    run();
+    assert_eq!(read_csv(&out.join("image_bootstrap_scores.csv")), intervals);
+    let taus = read_csv(&out.join("image_bootstrap_tau.csv"));
+    assert!(taus.iter().all(|r| r["interval"] == "percentile"), "{taus:?}");
+
     // A score added later joins the intervals already there, which stay as they were (named
     // twice, it is computed once: its rows twice would be refused by `report`).
     let bootstrap = |args: &[&str]| xtask().args(["image-bootstrap", "--results", out.to_str().unwrap()]).args(args).output().unwrap();
@@ -433,10 +466,16 @@ fn the_image_bootstrap_recomputes_the_study_s_scores_and_the_report_shows_them()
     let (intervals_by_images, backbones) = (score_intervals(&task), BACKBONES.split(',').count());
     assert_eq!((grouped.len(), intervals_by_images.len()), (backbones, backbones), "{task}");
     assert!(grouped.iter().zip(&intervals_by_images).all(|(g, i)| g != i), "{task} {several:?}: {grouped:?} {intervals_by_images:?}");
-    // A tau-b file written before the images and groups were recorded is still read; its rows
-    // say nothing of what was drawn.
+    // A tau-b file written before the interval was a choice is read as percentile intervals,
+    // and one written before the images and groups were recorded says nothing of what was drawn.
     let text = std::fs::read_to_string(out.join("image_bootstrap_tau.csv")).unwrap();
-    let older: String = text.lines().map(|l| format!("{}\n", l.rsplitn(3, ',').nth(2).unwrap())).collect();
+    let without =
+        |columns: usize| -> String { text.lines().map(|l| format!("{}\n", l.rsplitn(columns + 1, ',').nth(columns).unwrap())).collect() };
+    std::fs::write(out.join("image_bootstrap_tau.csv"), without(1)).unwrap();
+    check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("each 95% interval the resamples' 2.5% and 97.5% quantiles (image_bootstrap_tau.csv"), "{report}");
+    let older = without(3);
     assert!(older.starts_with("task,setting,metric,n,resamples,low,high,seconds_per_resample\n"), "{older}");
     std::fs::write(out.join("image_bootstrap_tau.csv"), older).unwrap();
     check(xtask().args(["report", "--results", out.to_str().unwrap()]).output().unwrap());

@@ -362,12 +362,20 @@ fn images_markdown(rows: &[Table2Row], intervals: Option<(&[image_bootstrap::Sco
         return text;
     };
     let cost: f64 = taus.iter().map(|t| t.seconds_per_resample).fold(0.0, f64::max);
+    let bias_corrected = |t: &image_bootstrap::TauInterval| t.interval == image_bootstrap::Interval::BiasCorrected;
+    let read_off = if taus.iter().all(bias_corrected) {
+        "each 95% interval bias-corrected (`--interval bias-corrected`, Efron's BC: the 2.5% and 97.5% quantiles of the resamples shifted by how far their median lies off the value on the full images)"
+    } else if taus.iter().any(bias_corrected) {
+        "each 95% interval the resamples' 2.5% and 97.5% quantiles or, where image_bootstrap_tau.csv's interval column says so, those quantiles bias-corrected"
+    } else {
+        "each 95% interval the resamples' 2.5% and 97.5% quantiles"
+    };
     let _ = writeln!(
         text,
-        "The images of each task resampled within each class (a group of the split at a time, a patient or lesion with all its images, or image by image with `--resample-by images`: the drawn column says which), every backbone's scores recomputed on its stored features, the fine-tuned accuracies fixed (image_bootstrap_tau.csv; the slowest task cost {cost:.2} s per resample). \
+        "The images of each task resampled within each class (a group of the split at a time, a patient or lesion with all its images, or image by image with `--resample-by images`: the drawn column says which), every backbone's scores recomputed on its stored features, the fine-tuned accuracies fixed, {read_off} (image_bootstrap_tau.csv; the slowest task cost {cost:.2} s per resample). \
          Where the interval over images is much narrower than the one over backbones, the spread comes from which backbones were compared, not from the images.\n"
     );
-    text.push_str(&one_sided_note(scores));
+    text.push_str(&one_sided_note(scores, taus.iter().all(bias_corrected)));
     text.push_str(
         "| task · setting | score | tau-b | over backbones | over images | drawn | resamples |\n|---|---|---:|---|---|---|---:|\n",
     );
@@ -407,8 +415,9 @@ fn images_markdown(rows: &[Table2Row], intervals: Option<(&[image_bootstrap::Sco
 /// The score intervals that lie wholly on one side of the score on the full images, per score:
 /// a resample repeats about a third of its images, and scores that reward fitting few distinct
 /// points rise on repeats (measured on the demo study: README), so such an interval holds that
-/// bias as well as the spread. Empty where there is none.
-fn one_sided_note(scores: &[image_bootstrap::ScoreInterval]) -> String {
+/// bias as well as the spread. Bias-corrected, one still lies there where (nearly) every
+/// resample does. Empty where there is none.
+fn one_sided_note(scores: &[image_bootstrap::ScoreInterval], bias_corrected: bool) -> String {
     let mut per_metric: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for interval in scores {
         let counts = per_metric.entry(interval.metric.as_str()).or_default();
@@ -423,9 +432,14 @@ fn one_sided_note(scores: &[image_bootstrap::ScoreInterval]) -> String {
     }
     let listed: Vec<String> =
         per_metric.iter().filter(|(_, c)| c.0 > 0).map(|(metric, (off, all))| format!("{metric} {off} of {all}")).collect();
+    let remedy = if bias_corrected {
+        "bias-corrected as these are, such an interval still lies off the score where (nearly) every resample does, which no reading of the resamples undoes"
+    } else {
+        "`--interval bias-corrected` moves the intervals back by the resamples' median shift where some resamples fall on each side"
+    };
     format!(
         "{one_sided} of {} score intervals lie wholly on one side of the score on the full images ({}): a resample repeats about a third of its images, \
-         and these scores move on repeats, so their intervals hold that bias as well as the spread, and so may the tau-b intervals built on them.\n\n",
+         and these scores move on repeats, so their intervals hold that bias as well as the spread, and so may the tau-b intervals built on them; {remedy}.\n\n",
         scores.len(),
         listed.join(", ")
     )
