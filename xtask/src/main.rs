@@ -6,6 +6,7 @@ mod clock;
 mod demo;
 mod features;
 use medxfer_train::gpu_arithmetic;
+mod predict;
 mod rank;
 mod recorded;
 mod report;
@@ -180,6 +181,13 @@ enum Command {
         #[command(flatten)]
         args: Box<rank::RankArgs>,
     },
+    /// Applies the backbone `rank --finetune-top` fine-tuned best (or --backbone's) to new
+    /// images: each image's predicted class and every class's probability, as a CSV
+    /// (RANKING/predictions.csv by default).
+    Predict {
+        #[command(flatten)]
+        args: predict::PredictArgs,
+    },
     /// Table 2, Fig. 3 and report.md from a results folder's scores.csv and performance.csv
     /// alone (results from another machine, or published numbers, tabulate the same way).
     ///
@@ -282,6 +290,25 @@ fn main() -> Result<()> {
         Command::Reproduce { args } => reproduce(&args),
         Command::Slurm { args } => slurm::run(&args),
         Command::Rank { args } => rank::run(&args).map(|_| ()),
+        Command::Predict { args } => {
+            let predicted = predict::run(&args)?;
+            let counts: Vec<String> = predicted.counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
+            println!(
+                "{}: {} images predicted by {} ({}); wrote {}",
+                args.images.display(),
+                predicted.counts.values().sum::<usize>(),
+                predicted.backbone,
+                counts.join(", "),
+                predicted.file.display()
+            );
+            if let Some(evaluation) = &predicted.evaluation {
+                println!(
+                    "Against the class folders the images sit in: balanced accuracy {:.3}, accuracy {:.3}",
+                    evaluation.balanced_accuracy, evaluation.accuracy
+                );
+            }
+            Ok(())
+        }
         Command::Report { results } => {
             let written = report::run(&results, report::NothingToCorrelate::Refuse)?;
             // A cell of fewer than two backbones, or with a constant side, has no tau-b.

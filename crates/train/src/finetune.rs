@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 use medxfer_data::{
     Augment, Entry, ImageCache, LoaderConfig, batches,
     transform::{Normalization, TrainTransform},
@@ -385,17 +385,9 @@ pub fn restore_model(model: &Backbone, tensors: &HashMap<String, Tensor>, source
 
 /// Mean cross-entropy, predictions and metrics of `model` on a split (eval transform).
 pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSettings, classes: usize) -> Result<(f64, Vec<u32>, Evaluation)> {
-    let config = LoaderConfig {
-        batch_size: settings.batch_size,
-        shuffle: false,
-        seed: settings.seed,
-        epoch: 0,
-        augment: Augment::Eval { crop: settings.crop },
-        normalization: settings.normalization,
-    };
     let device = model.params().device().clone();
     let (mut loss_sum, mut predictions) = (0.0, Vec::with_capacity(split.labels.len()));
-    let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), config)?, &device);
+    let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), eval_loader(settings))?, &device);
     while let Some(batch) = feed.take()? {
         let (_, logits) = model.features_and_logits(&batch.images, false)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
@@ -406,6 +398,34 @@ pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSetting
     }
     let evaluation = evaluate(&split.labels, &predictions, classes);
     Ok((loss_sum / split.labels.len().max(1) as f64, predictions, evaluation))
+}
+
+/// Each image's class probabilities (the softmax of its logits), in the split's order, the
+/// images prepared as [`evaluate_split`] prepares them (centre crop, no augmentation); the
+/// split's labels are not read.
+pub fn predict_split(model: &Backbone, split: &SplitData, settings: &RunSettings) -> Result<Vec<Vec<f32>>> {
+    let device = model.params().device().clone();
+    let mut probabilities = Vec::with_capacity(split.labels.len());
+    let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), eval_loader(settings))?, &device);
+    while let Some(batch) = feed.take()? {
+        let (_, logits) = model.features_and_logits(&batch.images, false)?;
+        let batch_probabilities = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+        feed.prefetch()?;
+        probabilities.extend(batch_probabilities.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
+    }
+    Ok(probabilities)
+}
+
+/// How [`evaluate_split`] and [`predict_split`] read a split: in order, centre-cropped.
+fn eval_loader(settings: &RunSettings) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: settings.batch_size,
+        shuffle: false,
+        seed: settings.seed,
+        epoch: 0,
+        augment: Augment::Eval { crop: settings.crop },
+        normalization: settings.normalization,
+    }
 }
 
 /// Runs (or resumes, or returns the finished result of) one fine-tuning run in `dir`. `model`

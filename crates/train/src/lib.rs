@@ -58,7 +58,7 @@ pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};
 pub use finetune::{
     BEST_FILE, EpochRecord, HISTORY_FILE, OUTCOME_FILE, Progress, RUN_SETTINGS_FILE, RunData, RunOutcome, RunSettings, Selection,
-    SplitData, TrainingOptions, evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, model_tensors,
+    SplitData, TrainingOptions, evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, model_tensors, predict_split,
     recorded_run_settings, restore_model,
 };
 pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, search_with_halving};

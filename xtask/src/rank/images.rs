@@ -212,7 +212,7 @@ fn not_utf8(path: &Path) -> anyhow::Error {
 /// The files under `dir`, links followed, in name order; the OS's bookkeeping skipped (hidden
 /// entries, `__MACOSX/`). A link back to
 /// a folder above it (a loop) is skipped with a warning instead of being walked again and again.
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let entries = walkdir::WalkDir::new(dir)
         .follow_links(true)

@@ -5,6 +5,7 @@
 //! medical data, from the study's own Table 2 when present, else the paper's.
 
 mod bootstrap;
+pub mod card;
 mod figure;
 pub mod images;
 
@@ -453,6 +454,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             classes: images.classes.len(),
         };
         let start = Instant::now();
+        card::ModelCard::remove_all(&args.out)?;
         for row in rows.iter_mut().take(k) {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
             let file = weights.file(entry)?;
@@ -480,7 +482,23 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             let summary = search(&make, &data, &settings, &dir, &mut bar);
             bar.finish();
             let summary = summary?;
-            row.test_balanced_accuracy = summary.best.and_then(|b| b.outcome.test.map(|t| t.balanced_accuracy));
+            row.test_balanced_accuracy = summary.best.as_ref().and_then(|b| b.outcome.test.as_ref().map(|t| t.balanced_accuracy));
+            if let Some(best) = &summary.best {
+                let checkpoint = medxfer_train::trial_dir(&dir, best.index).join(medxfer_train::BEST_FILE);
+                let normalization = normalization(entry);
+                card::ModelCard {
+                    backbone: entry.name.clone(),
+                    models: args.models.as_deref().map(std::path::absolute).transpose()?,
+                    checkpoint: checkpoint.strip_prefix(&args.out).unwrap_or(&checkpoint).to_path_buf(),
+                    classes: images.classes.clone(),
+                    resize: args.resize,
+                    crop: args.crop,
+                    mean: normalization.mean,
+                    std: normalization.std,
+                    test_balanced_accuracy: row.test_balanced_accuracy,
+                }
+                .write(&args.out)?;
+            }
         }
         let all = rows.len() * args.trials * args.epochs;
         let tuned = k * args.trials * args.epochs;
@@ -492,6 +510,12 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             args.epochs,
             start.elapsed().as_secs_f64(),
             100.0 * (all - tuned) as f64 / all.max(1) as f64
+        );
+        let _ = writeln!(
+            tuning,
+            "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best test balanced accuracy to new images.",
+            args.out.join(card::CARDS_DIR).display(),
+            args.out.display()
         );
     }
 

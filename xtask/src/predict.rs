@@ -1,0 +1,210 @@
+//! `cargo xtask predict`: the fine-tuned backbone `rank --finetune-top` found best, applied to
+//! new images. Each image is prepared as the model's test images were (shorter side, centre
+//! crop, normalisation from its card) and gets its predicted class and every class's
+//! probability, one CSV row per image. Where each image sits in a folder named after one of
+//! the classes (a labelled test folder, rank's finetune_split.csv), the balanced accuracy
+//! against those folders is given too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use medxfer_data::{Entry, Normalization, Part};
+use medxfer_train::{RunSettings, SplitData, load_fine_tuned, predict_split};
+use medxfer_zoo::{HubOptions, Registry};
+
+use crate::rank::card::ModelCard;
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// rank's --out folder, where `--finetune-top` wrote a card per fine-tuned backbone (models/).
+    #[arg(long)]
+    pub ranking: PathBuf,
+    /// The fine-tuned backbone to apply; by default the one with the best test balanced accuracy.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// The images: a folder (every image under it, at any depth) or a CSV file with a `path`
+    /// column (rank's finetune_split.csv, a study's split manifest).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// The folder a CSV's relative paths are under (the CSV's own folder by default).
+    #[arg(long, value_name = "DIR")]
+    pub images_root: Option<PathBuf>,
+    /// The predictions' CSV file (RANKING/predictions.csv by default).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The model registry (the one rank read, as its card records, by default).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+}
+
+/// What `predict` wrote.
+#[derive(Debug)]
+pub struct Predicted {
+    pub backbone: String,
+    pub file: PathBuf,
+    /// Images per predicted class, every class listed.
+    pub counts: BTreeMap<String, usize>,
+    /// Against the class folders the images sit in, where every image's first folder is a class.
+    pub evaluation: Option<medxfer_train::Evaluation>,
+}
+
+pub fn run(args: &PredictArgs) -> Result<Predicted> {
+    medxfer_train::check_device_name(&args.device)?;
+    let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
+    let checkpoint = card.checkpoint_in(&args.ranking)?;
+    let (root, paths) = image_paths(&args.images, args.images_root.as_deref())?;
+    let registry = match args.models.as_ref().or(card.models.as_ref()) {
+        Some(dir) => Registry::load(dir)?,
+        None => Registry::load_default()?,
+    };
+    let entry = registry.resolve(&card.backbone, &HubOptions::from_env()).with_context(|| {
+        format!("{} was fine-tuned from {}: pass the registry folder rank read it from (--models)", checkpoint.display(), card.backbone)
+    })?;
+    let device = medxfer_train::parse_device(&args.device)?;
+    let model = load_fine_tuned(&entry, &checkpoint, Some(card.classes.len()), &device)?;
+    eprintln!(
+        "{}: {} fine-tuned ({}), {} classes; {} images from {}",
+        checkpoint.display(),
+        card.backbone,
+        card.test_balanced_accuracy.map_or_else(|| "no test accuracy".to_string(), |a| format!("test balanced accuracy {a:.3}")),
+        card.classes.len(),
+        paths.len(),
+        args.images.display()
+    );
+    // Labels are not read; the cache wants one per image.
+    let entries: Vec<Entry> =
+        paths.iter().map(|path| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test }).collect();
+    let split = SplitData::cached(&args.ranking.join("cache"), "predict", &root, &entries, card.resize, true)?;
+    let settings = RunSettings {
+        batch_size: args.batch,
+        crop: card.crop,
+        ..RunSettings::reference(0.0, 0.0, Normalization { mean: card.mean, std: card.std })
+    };
+    let probabilities = predict_split(&model, &split, &settings)?;
+    let file = args.out.clone().unwrap_or_else(|| args.ranking.join("predictions.csv"));
+    let (predicted, counts) = write_predictions(&file, &card.classes, &paths, &probabilities)?;
+    let folder_class = |path: &String| path.split('/').next().and_then(|first| card.classes.iter().position(|c| c == first));
+    let truth: Option<Vec<u32>> = paths.iter().map(|path| folder_class(path).map(|label| label as u32)).collect();
+    let evaluation = truth.map(|truth| medxfer_train::evaluate(&truth, &predicted, card.classes.len()));
+    Ok(Predicted { backbone: card.backbone, file, counts, evaluation })
+}
+
+/// The card of `backbone`, or of the fine-tuned backbone with the best test balanced accuracy
+/// (the first by name of those tied).
+fn chosen_card(ranking: &Path, backbone: Option<&str>) -> Result<ModelCard> {
+    let cards = ModelCard::read_all(ranking)?;
+    if cards.is_empty() {
+        bail!(
+            "{}: no fine-tuned backbone (no {}/ folder of cards): `cargo xtask rank --finetune-top K --out {}` fine-tunes the top K and writes them",
+            ranking.display(),
+            crate::rank::card::CARDS_DIR,
+            ranking.display()
+        );
+    }
+    let names = || cards.iter().map(|c| c.backbone.as_str()).collect::<Vec<_>>().join(", ");
+    match backbone {
+        Some(name) => cards
+            .iter()
+            .find(|c| c.backbone == name)
+            .cloned()
+            .with_context(|| format!("--backbone {name}: not fine-tuned in {} (fine-tuned: {})", ranking.display(), names())),
+        None => {
+            let accuracy = |card: &ModelCard| card.test_balanced_accuracy.unwrap_or(f64::NEG_INFINITY);
+            let best = cards.iter().fold(&cards[0], |best, card| if accuracy(card) > accuracy(best) { card } else { best });
+            Ok(best.clone())
+        }
+    }
+}
+
+/// The folder the images are under and each image's path under it: every image file under a
+/// folder (in name order), or a CSV's `path` column.
+fn image_paths(images: &Path, images_root: Option<&Path>) -> Result<(PathBuf, Vec<String>)> {
+    if images.is_dir() {
+        if images_root.is_some() {
+            bail!("--images-root is where a CSV's paths are; --images {} is a folder: leave --images-root out", images.display());
+        }
+        let mut paths = Vec::new();
+        for file in crate::rank::images::walk(images)?.into_iter().filter(|f| medxfer_zoo::is_image_file(f)) {
+            let relative = file.strip_prefix(images).unwrap_or(&file);
+            let relative = relative.to_str().with_context(|| format!("{}: its name is not valid UTF-8; rename it", file.display()))?;
+            paths.push(relative.replace('\\', "/"));
+        }
+        if paths.is_empty() {
+            bail!("{}: no images ({}) in this folder or below it", images.display(), medxfer_zoo::IMAGE_EXTENSIONS.join(", "));
+        }
+        return Ok((images.to_path_buf(), paths));
+    }
+    if !images.is_file() {
+        bail!("--images {}: no such folder or file", images.display());
+    }
+    let root = match images_root {
+        Some(root) if !root.is_dir() => bail!("--images-root {}: no such folder", root.display()),
+        Some(root) => root.to_path_buf(),
+        None => images.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let mut reader = csv::Reader::from_path(images).with_context(|| format!("cannot read {}", images.display()))?;
+    let header = reader.headers().with_context(|| format!("cannot read {}", images.display()))?.clone();
+    let Some(column) = header.iter().position(|h| h == "path") else {
+        bail!(
+            "{}: the header is `{}`; expected a column named path (each image's path, relative to --images-root or the CSV's folder){}",
+            images.display(),
+            header.iter().collect::<Vec<_>>().join(","),
+            crate::results::separator_hint(&header)
+        );
+    };
+    let mut paths = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: line {}", images.display(), line + 2))?;
+        let path = record.get(column).unwrap_or_default().replace('\\', "/");
+        if !root.join(&path).is_file() {
+            bail!(
+                "{}: line {}: {} is not there{}",
+                images.display(),
+                line + 2,
+                root.join(&path).display(),
+                if images_root.is_some() { "" } else { " (relative paths are under the CSV's folder; --images-root names another)" }
+            );
+        }
+        paths.push(path);
+    }
+    if paths.is_empty() {
+        bail!("{}: no rows", images.display());
+    }
+    Ok((root, paths))
+}
+
+/// `path,predicted,probability` and one `p_<class>` column per class, in the images' order;
+/// written atomically. Returns each image's predicted class and the images per class.
+fn write_predictions(
+    file: &Path,
+    classes: &[String],
+    paths: &[String],
+    probabilities: &[Vec<f32>],
+) -> Result<(Vec<u32>, BTreeMap<String, usize>)> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["path".to_string(), "predicted".into(), "probability".into()];
+    header.extend(classes.iter().map(|c| format!("p_{c}")));
+    writer.write_record(&header)?;
+    let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
+    let mut predicted = Vec::with_capacity(paths.len());
+    for (path, row) in paths.iter().zip(probabilities) {
+        // The first of equal probabilities, as argmax takes it.
+        let (best, probability) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
+        let class = classes.get(best).context("the model has more outputs than the card has classes")?;
+        *counts.entry(class.clone()).or_default() += 1;
+        predicted.push(best as u32);
+        let mut record = vec![path.clone(), class.clone(), probability.to_string()];
+        record.extend(row.iter().map(f32::to_string));
+        writer.write_record(&record)?;
+    }
+    let bytes = writer.into_inner().context("flushing CSV")?;
+    medxfer_durable::write_atomic(file, &bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    Ok((predicted, counts))
+}
