@@ -99,6 +99,9 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
 /// The card of `backbone`, or of the fine-tuned backbone with the best test balanced accuracy
 /// (the first by name of those tied).
 fn chosen_card(ranking: &Path, backbone: Option<&str>) -> Result<ModelCard> {
+    if !ranking.is_dir() {
+        bail!("--ranking {}: no such folder; give the --out folder of `cargo xtask rank --finetune-top K`", ranking.display());
+    }
     let cards = ModelCard::read_all(ranking)?;
     if cards.is_empty() {
         bail!(
