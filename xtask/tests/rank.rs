@@ -779,6 +779,9 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("predicted by {other}")), "{output:?}");
 
     // What it cannot do, refused with the fix.
+    let output = predict(dir.path(), &dir.path().join("nowhere"), &nested, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("nowhere: no such folder; give the --out folder of `cargo xtask rank"), "{stderr}");
     let output = predict(dir.path(), &out, &nested, &["--backbone", "densenet_min"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
