@@ -15,8 +15,10 @@ pub struct ImagesReading {
     /// With a CSV: its path and label columns, and optionally a group column (a patient or lesion
     /// id), as PATH,LABEL[,GROUP]. A path without an extension is looked for as .jpg, .png ... (an
     /// image id); with a group column, --finetune-top keeps each group in one part of its split
-    /// and --bootstrap draws groups. Without this option, columns path and label, and a column
-    /// named group where there is one.
+    /// and --bootstrap draws groups. A one-hot CSV (ISIC's ground truth: a column per class
+    /// holding 1 or 0) names its class columns joined by '+' as LABEL (image,MEL+NV+BCC+...): each
+    /// image is of the one whose cell is 1, and the classes keep that order. Without this option,
+    /// columns path and label, and a column named group where there is one.
     #[arg(long, value_name = "PATH,LABEL[,GROUP]", value_parser = parse_columns)]
     pub csv_columns: Option<ColumnNames>,
     /// With a CSV: the folder its relative paths are under (by default the CSV's own).
@@ -34,11 +36,15 @@ pub struct ImagesReading {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnNames(Vec<String>);
 
-/// Two or three column names, none empty.
+/// Two or three column names, none empty (nor any of a one-hot label's).
 fn parse_columns(text: &str) -> std::result::Result<ColumnNames, String> {
     let names: Vec<String> = text.split(',').map(|name| name.trim().to_string()).collect();
     if !(2..=3).contains(&names.len()) || names.iter().any(String::is_empty) {
         return Err(format!("{text:?}: expected the path and label columns' names and optionally the group's, as PATH,LABEL[,GROUP]"));
+    }
+    let one_hot: Vec<&str> = names[1].split('+').map(str::trim).collect();
+    if one_hot.len() > 1 && one_hot.iter().any(|name| name.is_empty()) {
+        return Err(format!("{text:?}: a one-hot label names each class's column, joined by '+' (image,MEL+NV+BCC)"));
     }
     Ok(ColumnNames(names))
 }
@@ -264,6 +270,25 @@ fn resolve(root: &Path, path: &str) -> Option<String> {
     }
 }
 
+/// The class of a one-hot row: the one of `names` (its `columns`) whose cell is 1 (as ISIC
+/// writes it, 1.0), every other 0.
+fn one_hot_label<'a>(row: &csv::StringRecord, columns: &[usize], names: &[&'a str]) -> Result<&'a str> {
+    let mut ones = Vec::new();
+    for (&column, &name) in columns.iter().zip(names) {
+        let cell = row.get(column).unwrap_or("").trim();
+        match cell.parse::<f64>() {
+            Ok(1.0) => ones.push(name),
+            Ok(0.0) => {}
+            _ => bail!("{name} holds {cell:?}; a one-hot label's columns hold 1 for the image's class and 0 for the others"),
+        }
+    }
+    match ones.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("no class column ({}) holds 1; give each image its class, or leave the row out", names.join(", ")),
+        several => bail!("{} each hold 1; a one-hot label gives each image one class", several.join(" and ")),
+    }
+}
+
 /// Where a CSV's relative paths were looked for, for a path that is not there.
 fn where_hint(columns: &ImagesReading) -> &'static str {
     if columns.images_root.is_some() { "" } else { " (relative paths are under the CSV's folder; --images-root names another)" }
@@ -288,15 +313,22 @@ fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> 
         })?),
         None => None,
     };
-    let (Some(path_column), Some(label_column)) = (column(path_name), column(label_name)) else {
+    // LABEL is one column, or a one-hot label's columns joined by '+'.
+    let label_names: Vec<&str> = label_name.split('+').map(str::trim).collect();
+    let label_columns: Option<Vec<usize>> = label_names.iter().map(|name| column(name)).collect();
+    let (Some(path_column), Some(label_columns)) = (column(path_name), label_columns) else {
+        let missing: Vec<&str> =
+            std::iter::once(path_name).chain(label_names.iter().copied()).filter(|name| column(name).is_none()).collect();
         bail!(
-            "{}: the header is `{}`; expected columns {path_name} and {label_name}{}{}",
+            "{}: the header is `{}`; expected columns {path_name} and {label_name} ({} missing){}{}",
             csv_path.display(),
             header.join(","),
+            missing.join(", "),
             if columns.csv_columns.is_none() { " (or name yours with --csv-columns PATH,LABEL)" } else { "" },
             crate::results::separator_hint(&header_record)
         );
     };
+    let one_hot = label_columns.len() > 1;
     let mut rows = Vec::new();
     // Each file once: listed twice it would be counted twice, and could land in train and test.
     let mut lines: BTreeMap<PathBuf, usize> = BTreeMap::new();
@@ -304,8 +336,13 @@ fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> 
     for (line, row) in reader.records().enumerate() {
         let line = line + 2;
         let row = row.with_context(|| format!("{}: line {line}", csv_path.display()))?;
-        // A spreadsheet's stray spaces ("mel " beside "mel") made a class of their own.
-        let (path, label) = (row.get(path_column).unwrap_or(""), row.get(label_column).unwrap_or("").trim());
+        let path = row.get(path_column).unwrap_or("");
+        let label = if one_hot {
+            one_hot_label(&row, &label_columns, &label_names).with_context(|| format!("{}: line {line}", csv_path.display()))?
+        } else {
+            // A spreadsheet's stray spaces ("mel " beside "mel") made a class of their own.
+            row.get(label_columns[0]).unwrap_or("").trim()
+        };
         if path.trim().is_empty() || label.is_empty() {
             bail!("{}: line {line}: empty path or label", csv_path.display());
         }
@@ -327,14 +364,22 @@ fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> 
         rows.push((path, label.to_string(), group));
     }
     // Integer labels in numeric order when every label is one; names (or a mix) sorted as text.
-    // (A comparison that mixed the two would not be an order: 9 < 10 < "1a" < 9.)
+    // (A comparison that mixed the two would not be an order: 9 < 10 < "1a" < 9.) One-hot
+    // classes in the columns' order, those no image has left out (ISIC 2019's UNK), said.
     let mut classes: Vec<String> = rows.iter().map(|(_, l, _)| l.clone()).collect();
-    if classes.iter().all(|l| l.parse::<i64>().is_ok()) {
+    if one_hot {
+        let (present, absent): (Vec<&str>, Vec<&str>) = label_names.iter().partition(|name| classes.iter().any(|c| c == *name));
+        if !absent.is_empty() {
+            eprintln!("{}: no image is of {}; left out of the classes", csv_path.display(), absent.join(", "));
+        }
+        classes = present.into_iter().map(str::to_string).collect();
+    } else if classes.iter().all(|l| l.parse::<i64>().is_ok()) {
         classes.sort_by_key(|l| l.parse::<i64>().unwrap_or_default());
+        classes.dedup();
     } else {
         classes.sort();
+        classes.dedup();
     }
-    classes.dedup();
     let records = rows
         .into_iter()
         .map(|(path, label, group)| {
@@ -354,6 +399,46 @@ mod tests {
     fn png(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         image::RgbImage::new(4, 4).save(path).unwrap();
+    }
+
+    /// ISIC's one-hot ground truth (image ids without extension, a column per class holding 1.0
+    /// or 0.0, UNK held by none): each image is of its column holding 1, the classes in the
+    /// columns' order, UNK left out; a row with two classes, none, or another value is refused
+    /// naming the line, and so is a class column the header lacks.
+    #[test]
+    fn a_one_hot_csv_gives_each_image_the_class_whose_column_holds_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002", "ISIC_0000003"] {
+            png(&dir.path().join(format!("{name}.png")));
+        }
+        let csv = dir.path().join("ISIC_2019_Training_GroundTruth.csv");
+        let header = "image,MEL,NV,BCC,UNK\n";
+        let rows =
+            "ISIC_0000000,0.0,1.0,0.0,0.0\nISIC_0000001,1.0,0.0,0.0,0.0\nISIC_0000002,0.0,0.0,1.0,0.0\nISIC_0000003,0.0,1.0,0.0,0.0\n";
+        std::fs::write(&csv, format!("{header}{rows}")).unwrap();
+        let columns = ImagesReading { csv_columns: Some(parse_columns("image,NV+MEL+BCC+UNK").unwrap()), ..ImagesReading::default() };
+        let images = LabelledImages::read(&csv, &columns).unwrap();
+        assert_eq!(images.classes, ["NV", "MEL", "BCC"]);
+        let read: Vec<(&str, &str, u32)> = images.records.iter().map(|r| (r.path.as_str(), r.class.as_str(), r.label)).collect();
+        assert_eq!(
+            read,
+            [("ISIC_0000000.png", "NV", 0), ("ISIC_0000001.png", "MEL", 1), ("ISIC_0000002.png", "BCC", 2), ("ISIC_0000003.png", "NV", 0)]
+        );
+        for (bad_row, said) in [
+            ("ISIC_0000002,1.0,0.0,1.0,0.0", "line 4: MEL and BCC each hold 1"),
+            ("ISIC_0000002,0.0,0.0,0.0,0.0", "line 4: no class column (NV, MEL, BCC, UNK) holds 1"),
+            ("ISIC_0000002,0.0,0.5,0.5,0.0", "line 4: NV holds \"0.5\""),
+        ] {
+            let edited = rows.replace("ISIC_0000002,0.0,0.0,1.0,0.0", bad_row);
+            std::fs::write(&csv, format!("{header}{edited}")).unwrap();
+            let error = format!("{:#}", LabelledImages::read(&csv, &columns).unwrap_err());
+            assert!(error.contains(said), "{error}");
+        }
+        std::fs::write(&csv, format!("{header}{rows}")).unwrap();
+        let columns = ImagesReading { csv_columns: Some(parse_columns("image,MEL+NV+SCC").unwrap()), ..ImagesReading::default() };
+        let error = LabelledImages::read(&csv, &columns).unwrap_err().to_string();
+        assert!(error.contains("the header is `image,MEL,NV,BCC,UNK`; expected columns image and MEL+NV+SCC (SCC missing)"), "{error}");
+        assert!(parse_columns("image,MEL+").is_err() && parse_columns("image,MEL+NV").is_ok());
     }
 
     /// A group column is read as given, or unasked when named `group`; an empty cell (ISIC's
