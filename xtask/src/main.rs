@@ -303,8 +303,8 @@ fn main() -> Result<()> {
             );
             if let Some(evaluation) = &predicted.evaluation {
                 println!(
-                    "Against the class folders the images sit in: balanced accuracy {:.3}, accuracy {:.3}",
-                    evaluation.balanced_accuracy, evaluation.accuracy
+                    "Against {}: balanced accuracy {:.3}, accuracy {:.3}",
+                    predicted.evaluated_against, evaluation.balanced_accuracy, evaluation.accuracy
                 );
             }
             Ok(())

@@ -1,9 +1,9 @@
 //! `cargo xtask predict`: the fine-tuned backbone `rank --finetune-top` found best, applied to
 //! new images. Each image is prepared as the model's test images were (shorter side, centre
 //! crop, normalisation from its card) and gets its predicted class and every class's
-//! probability, one CSV row per image. Where each image sits in a folder named after one of
-//! the classes (a labelled test folder, rank's finetune_split.csv), the balanced accuracy
-//! against those folders is given too.
+//! probability, one CSV row per image. Where the images' classes are known (a label column
+//! named by --csv-columns, or each image in a folder named after one of the classes: a labelled
+//! test folder, rank's finetune_split.csv), the balanced accuracy against them is given too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,9 +25,15 @@ pub struct PredictArgs {
     #[arg(long)]
     pub backbone: Option<String>,
     /// The images: a folder (every image under it, at any depth) or a CSV file with a `path`
-    /// column (rank's finetune_split.csv, a study's split manifest).
+    /// column (rank's finetune_split.csv, a study's split manifest) or the columns
+    /// --csv-columns names.
     #[arg(long)]
     pub images: PathBuf,
+    /// With a CSV: its path column, and optionally its label column (class names, or a one-hot
+    /// label's class columns joined by '+', as rank reads them) to measure the predictions
+    /// against, as PATH[,LABEL]. A path without an extension is looked for as .jpg, .png ...
+    #[arg(long, value_name = "PATH[,LABEL]")]
+    pub csv_columns: Option<String>,
     /// The folder a CSV's relative paths are under (the CSV's own folder by default).
     #[arg(long, value_name = "DIR")]
     pub images_root: Option<PathBuf>,
@@ -51,15 +57,19 @@ pub struct Predicted {
     pub file: PathBuf,
     /// Images per predicted class, every class listed.
     pub counts: BTreeMap<String, usize>,
-    /// Against the class folders the images sit in, where every image's first folder is a class.
+    /// Against the CSV's label column, or the class folders the images sit in where every
+    /// image's first folder is a class.
     pub evaluation: Option<medxfer_train::Evaluation>,
+    /// What `evaluation` is against, in words.
+    pub evaluated_against: &'static str,
 }
 
 pub fn run(args: &PredictArgs) -> Result<Predicted> {
     medxfer_train::check_device_name(&args.device)?;
     let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
     let checkpoint = card.checkpoint_in(&args.ranking)?;
-    let (root, paths) = image_paths(&args.images, args.images_root.as_deref())?;
+    let images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
+    let (root, paths) = (&images.root, &images.paths);
     let registry = match args.models.as_ref().or(card.models.as_ref()) {
         Some(dir) => Registry::load(dir)?,
         None => Registry::load_default()?,
@@ -81,7 +91,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     // Labels are not read; the cache wants one per image.
     let entries: Vec<Entry> =
         paths.iter().map(|path| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test }).collect();
-    let split = SplitData::cached(&args.ranking.join("cache"), "predict", &root, &entries, card.resize, true)?;
+    let split = SplitData::cached(&args.ranking.join("cache"), "predict", root, &entries, card.resize, true)?;
     let settings = RunSettings {
         batch_size: args.batch,
         crop: card.crop,
@@ -89,11 +99,30 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     };
     let probabilities = predict_split(&model, &split, &settings)?;
     let file = args.out.clone().unwrap_or_else(|| args.ranking.join("predictions.csv"));
-    let (predicted, counts) = write_predictions(&file, &card.classes, &paths, &probabilities)?;
-    let folder_class = |path: &String| path.split('/').next().and_then(|first| card.classes.iter().position(|c| c == first));
-    let truth: Option<Vec<u32>> = paths.iter().map(|path| folder_class(path).map(|label| label as u32)).collect();
+    let (predicted, counts) = write_predictions(&file, &card.classes, paths, &probabilities)?;
+    let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
+    let truth: Option<Vec<u32>> = match &images.labels {
+        Some(labels) => Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(row, label)| {
+                    class_index(label).with_context(|| {
+                        format!(
+                            "{}: line {}: label {label:?} is not one of the model's classes ({})",
+                            args.images.display(),
+                            row + 2,
+                            card.classes.join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
+        None => paths.iter().map(|path| path.split('/').next().and_then(class_index)).collect(),
+    };
     let evaluation = truth.map(|truth| medxfer_train::evaluate(&truth, &predicted, card.classes.len()));
-    Ok(Predicted { backbone: card.backbone, file, counts, evaluation })
+    let evaluated_against = if images.labels.is_some() { "the CSV's label column" } else { "the class folders the images sit in" };
+    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against })
 }
 
 /// The card of `backbone`, or of the fine-tuned backbone with the best test balanced accuracy
@@ -126,12 +155,19 @@ fn chosen_card(ranking: &Path, backbone: Option<&str>) -> Result<ModelCard> {
     }
 }
 
-/// The folder the images are under and each image's path under it: every image file under a
-/// folder (in name order), or a CSV's `path` column.
-fn image_paths(images: &Path, images_root: Option<&Path>) -> Result<(PathBuf, Vec<String>)> {
+/// The images to predict: the folder they are under, each one's path under it, and each one's
+/// class where a CSV's label column gives it.
+struct Images {
+    root: PathBuf,
+    paths: Vec<String>,
+    labels: Option<Vec<String>>,
+}
+
+/// Every image file under a folder (in name order), or a CSV's path column (and label column).
+fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&str>) -> Result<Images> {
     if images.is_dir() {
-        if images_root.is_some() {
-            bail!("--images-root is where a CSV's paths are; --images {} is a folder: leave --images-root out", images.display());
+        if images_root.is_some() || csv_columns.is_some() {
+            bail!("--images-root and --csv-columns read a CSV; --images {} is a folder: leave them out", images.display());
         }
         let mut paths = Vec::new();
         for file in crate::rank::images::walk(images)?.into_iter().filter(|f| medxfer_zoo::is_image_file(f)) {
@@ -142,7 +178,7 @@ fn image_paths(images: &Path, images_root: Option<&Path>) -> Result<(PathBuf, Ve
         if paths.is_empty() {
             bail!("{}: no images ({}) in this folder or below it", images.display(), medxfer_zoo::IMAGE_EXTENSIONS.join(", "));
         }
-        return Ok((images.to_path_buf(), paths));
+        return Ok(Images { root: images.to_path_buf(), paths, labels: None });
     }
     if !images.is_file() {
         bail!("--images {}: no such folder or file", images.display());
@@ -152,35 +188,57 @@ fn image_paths(images: &Path, images_root: Option<&Path>) -> Result<(PathBuf, Ve
         Some(root) => root.to_path_buf(),
         None => images.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
+    let (path_name, label_name) = match csv_columns.map(|text| text.split(',').map(str::trim).collect::<Vec<_>>()).as_deref() {
+        None => ("path", None),
+        Some([path]) if !path.is_empty() => (*path, None),
+        Some([path, label]) if !path.is_empty() && !label.split('+').any(str::is_empty) => (*path, Some(*label)),
+        Some(_) => bail!(
+            "--csv-columns {:?}: expected the path column's name and optionally the label's, as PATH[,LABEL]",
+            csv_columns.unwrap_or_default()
+        ),
+    };
     let mut reader = csv::Reader::from_path(images).with_context(|| format!("cannot read {}", images.display()))?;
     let header = reader.headers().with_context(|| format!("cannot read {}", images.display()))?.clone();
-    let Some(column) = header.iter().position(|h| h == "path") else {
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let label_names: Vec<&str> = label_name.map(|label| label.split('+').collect()).unwrap_or_default();
+    let label_columns: Option<Vec<usize>> = label_names.iter().map(|name| column(name)).collect();
+    let (Some(path_column), Some(label_columns)) = (column(path_name), label_columns) else {
         bail!(
-            "{}: the header is `{}`; expected a column named path (each image's path, relative to --images-root or the CSV's folder){}",
+            "{}: the header is `{}`; expected a column named {path_name}{} (each image's path, relative to --images-root or the CSV's folder){}",
             images.display(),
             header.iter().collect::<Vec<_>>().join(","),
+            label_name.map_or_else(String::new, |label| format!(" and {label}")),
             crate::results::separator_hint(&header)
         );
     };
-    let mut paths = Vec::new();
+    let (mut paths, mut labels) = (Vec::new(), Vec::new());
     for (line, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("{}: line {}", images.display(), line + 2))?;
-        let path = record.get(column).unwrap_or_default().replace('\\', "/");
-        if !root.join(&path).is_file() {
+        let line = line + 2;
+        let record = record.with_context(|| format!("{}: line {line}", images.display()))?;
+        let given = record.get(path_column).unwrap_or_default();
+        let Some(path) = crate::rank::images::resolve(&root, given.trim()) else {
             bail!(
-                "{}: line {}: {} is not there{}",
+                "{}: line {line}: {} is not there{}",
                 images.display(),
-                line + 2,
-                root.join(&path).display(),
+                root.join(given).display(),
                 if images_root.is_some() { "" } else { " (relative paths are under the CSV's folder; --images-root names another)" }
             );
-        }
+        };
         paths.push(path);
+        match label_columns.as_slice() {
+            [] => {}
+            [one] => labels.push(record.get(*one).unwrap_or_default().trim().to_string()),
+            several => labels.push(
+                crate::rank::images::one_hot_label(&record, several, &label_names)
+                    .with_context(|| format!("{}: line {line}", images.display()))?
+                    .to_string(),
+            ),
+        }
     }
     if paths.is_empty() {
         bail!("{}: no rows", images.display());
     }
-    Ok((root, paths))
+    Ok(Images { root, paths, labels: label_name.map(|_| labels) })
 }
 
 /// `path,predicted,probability` and one `p_<class>` column per class, in the images' order;

@@ -758,6 +758,28 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let predicted: Vec<&str> = rows.iter().map(|r| r["predicted"].as_str()).collect();
     assert!((balanced_accuracy(&truth, &predicted) - accuracy).abs() < 1e-12, "{truth:?} {predicted:?}: {accuracy}");
 
+    // Measured against a label column --csv-columns names (here each image's other class), not
+    // the folders; a label the model lacks is refused, naming the line.
+    let flip = |class: &str| if class == "clear" { "lesion" } else { "clear" };
+    let flipped: Vec<&str> = truth.iter().map(|class| flip(class)).collect();
+    let labelled_csv = dir.path().join("labelled.csv");
+    let lines: Vec<String> = test.iter().zip(&flipped).map(|(path, class)| format!("{path},{class}")).collect();
+    std::fs::write(&labelled_csv, format!("file,diagnosis\n{}\n", lines.join("\n"))).unwrap();
+    let columns = ["--csv-columns", "file,diagnosis", "--images-root", images.to_str().unwrap()];
+    let output = predict(dir.path(), &out, &labelled_csv, &columns);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let against_labels = format!("Against the CSV's label column: balanced accuracy {:.3}", balanced_accuracy(&flipped, &predicted));
+    assert!(stdout.contains(&against_labels), "{against_labels}: {stdout}");
+    std::fs::write(&labelled_csv, format!("file,diagnosis\n{}\n{},nevus\n", lines.join("\n"), test[0])).unwrap();
+    let output = predict(dir.path(), &out, &labelled_csv, &columns);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = test.len() + 2;
+    assert!(
+        !output.status.success()
+            && stderr.contains(&format!("line {line}: label \"nevus\" is not one of the model's classes (clear, lesion)")),
+        "{stderr}"
+    );
+
     // A folder, its images two levels down (not in class folders: no accuracy), gets the same
     // probabilities image for image; --backbone names the other fine-tuned one.
     let nested = dir.path().join("new scans");

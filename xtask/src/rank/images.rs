@@ -248,7 +248,7 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 /// `path` under `root`; written with Windows' separators (a CSV saved on Windows), with '/';
 /// or where it names an image id without an extension (HAM10000's `image_id`, ISIC's
 /// `image`), the one image file of that name.
-fn resolve(root: &Path, path: &str) -> Option<String> {
+pub fn resolve(root: &Path, path: &str) -> Option<String> {
     if root.join(path).is_file() {
         return Some(path.to_string());
     }
@@ -272,7 +272,7 @@ fn resolve(root: &Path, path: &str) -> Option<String> {
 
 /// The class of a one-hot row: the one of `names` (its `columns`) whose cell is 1 (as ISIC
 /// writes it, 1.0), every other 0.
-fn one_hot_label<'a>(row: &csv::StringRecord, columns: &[usize], names: &[&'a str]) -> Result<&'a str> {
+pub fn one_hot_label<'a>(row: &csv::StringRecord, columns: &[usize], names: &[&'a str]) -> Result<&'a str> {
     let mut ones = Vec::new();
     for (&column, &name) in columns.iter().zip(names) {
         let cell = row.get(column).unwrap_or("").trim();
