@@ -45,6 +45,9 @@ pub struct PredictArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The GPU's arithmetic (f32 everywhere by default).
+    #[command(flatten)]
+    pub gpu: crate::gpu_arithmetic::GpuArithmetic,
     /// The model registry (the one rank read, as its card records, by default).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
@@ -66,6 +69,7 @@ pub struct Predicted {
 
 pub fn run(args: &PredictArgs) -> Result<Predicted> {
     medxfer_train::check_device_name(&args.device)?;
+    args.gpu.apply(&args.device)?;
     let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
     let checkpoint = card.checkpoint_in(&args.ranking)?;
     let images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
