@@ -143,10 +143,29 @@ fn split_units(records: &[Record], rule: &FaithfulSplit, seed: u64, unit_of: imp
         let mut targets = [test_target.min(total), val_target.min(total - test_target.min(total)), 0];
         targets[2] = total - targets[0] - targets[1];
         let mut filled = [0usize; 3];
-        for (unit, size) in units.iter() {
+        let mut chosen_parts = Vec::with_capacity(units.len());
+        for (_, size) in units.iter() {
             let deficit = |i: usize| targets[i] as i64 - filled[i] as i64;
             let chosen = (0..3).fold(0, |best, i| if deficit(i) > deficit(best) { i } else { best });
             filled[chosen] += size;
+            chosen_parts.push(chosen);
+        }
+        // A few units of very unequal sizes can leave a part that has a target empty (three
+        // patients of 10, 1 and 1 images: the large one fills train past its share, the small
+        // ones test and train). Each such part then takes the smallest unit of the part holding
+        // the most, which keeps one: the proportions give way, not the part. A split the greedy
+        // filled is left as it is.
+        for part in 0..3 {
+            let count = |p: usize| chosen_parts.iter().filter(|&&c| c == p).count();
+            if targets[part] == 0 || count(part) > 0 {
+                continue;
+            }
+            let Some(donor) = (0..3).filter(|&d| count(d) >= 2).max_by_key(|&d| count(d)) else { break };
+            if let Some(smallest) = (0..units.len()).filter(|&i| chosen_parts[i] == donor).min_by_key(|&i| units[i].1) {
+                chosen_parts[smallest] = part;
+            }
+        }
+        for ((unit, _), chosen) in units.iter().zip(chosen_parts) {
             assignment.insert(unit.clone(), [Part::Test, Part::Val, Part::Train][chosen]);
         }
     }

@@ -64,6 +64,35 @@ fn grouped_splits_keep_every_group_in_one_split() {
     }
 }
 
+/// Three patients of a class with 10, 1 and 1 images: sized in images, the large one fills
+/// train past its share and the small ones test and train, leaving val none. Each part gets one
+/// patient instead, for every seed (the shuffle decides which small one goes where); a class of
+/// many small patients keeps its 70/10/20 in images.
+#[test]
+fn a_few_unequal_groups_still_give_every_part_one() {
+    let record = |path: String, label: u32, group: &str| Record {
+        group: group.to_string(),
+        path,
+        class: label.to_string(),
+        label,
+        origin: String::new(),
+    };
+    let mut records: Vec<Record> = (0..10).map(|i| record(format!("mel/big-{i}.png"), 0, "big")).collect();
+    records.extend([record("mel/a.png".into(), 0, "a"), record("mel/b.png".into(), 0, "b")]);
+    records.extend((0..40).map(|i| record(format!("nv/{i}.png"), 1, &format!("nv{i}"))));
+    let rule = FaithfulSplit::Stratified { val: 0.1, test: 0.2 };
+    for seed in 0..20 {
+        let entries = grouped_split(&records, &rule, seed).unwrap();
+        let mel_groups =
+            |part: Part| entries.iter().filter(|e| e.label == 0 && e.split == part).map(|e| e.group.as_str()).collect::<BTreeSet<_>>();
+        let groups: Vec<BTreeSet<&str>> = Part::ALL.into_iter().map(mel_groups).collect();
+        assert!(groups.iter().all(|g| g.len() == 1), "seed {seed}: {groups:?}");
+        assert_eq!(groups.iter().flatten().copied().collect::<BTreeSet<_>>(), BTreeSet::from(["a", "b", "big"]), "seed {seed}");
+        let counts = counts(&entries);
+        assert_eq!((counts[&(Part::Train, 1)], counts[&(Part::Val, 1)], counts[&(Part::Test, 1)]), (28, 4, 8), "seed {seed}");
+    }
+}
+
 #[test]
 fn brain_by_origin_tests_on_testing_and_grouped_drops_its_duplicates_of_training() {
     let (_dir, records) = records("brain-tumor-kaggle", 6);

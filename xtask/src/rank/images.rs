@@ -317,13 +317,14 @@ fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> 
     let label_names: Vec<&str> = label_name.split('+').map(str::trim).collect();
     let label_columns: Option<Vec<usize>> = label_names.iter().map(|name| column(name)).collect();
     let (Some(path_column), Some(label_columns)) = (column(path_name), label_columns) else {
+        // Of a one-hot label's many columns, which are missing.
         let missing: Vec<&str> =
             std::iter::once(path_name).chain(label_names.iter().copied()).filter(|name| column(name).is_none()).collect();
         bail!(
-            "{}: the header is `{}`; expected columns {path_name} and {label_name} ({} missing){}{}",
+            "{}: the header is `{}`; expected columns {path_name} and {label_name}{}{}{}",
             csv_path.display(),
             header.join(","),
-            missing.join(", "),
+            if label_names.len() > 1 { format!(" ({} missing)", missing.join(", ")) } else { String::new() },
             if columns.csv_columns.is_none() { " (or name yours with --csv-columns PATH,LABEL)" } else { "" },
             crate::results::separator_hint(&header_record)
         );

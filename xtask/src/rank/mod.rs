@@ -801,17 +801,12 @@ fn check_every_part_has_every_class(entries: &[Entry], images: &LabelledImages) 
             // Split by groups (--csv-columns' third), a class needs three groups, not images.
             let groups: std::collections::BTreeSet<&str> =
                 entries.iter().filter(|e| e.label as usize == label).map(|e| e.group.as_str()).collect();
+            // Three images, or three groups however unequal in size (the split then gives each
+            // part one), always fill the three parts.
             let (units, unit) = if groups.len() < count { (groups.len(), "group") } else { (count, "image") };
-            // Three images always fill the three parts; three groups of unequal sizes may not (the
-            // parts are sized in images, each group kept whole).
-            let needed = if units < 3 {
-                format!("it needs at least 3 {unit}s of every class")
-            } else {
-                "kept whole, they are too unequal in size to fill parts sized 70/10/20 in images".to_string()
-            };
             bail!(
                 "{}: class '{class}' has {units} {unit}(s), which the 70/10/20 split of --finetune-top leaves none of in {}; \
-                 {needed}: add images of '{class}', or leave --finetune-top out (the scores alone use every image)",
+                 it needs at least 3 {unit}s of every class: add images of '{class}', or leave --finetune-top out (the scores alone use every image)",
                 images.root.display(),
                 lacking.join(" and ")
             );
