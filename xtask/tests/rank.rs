@@ -369,6 +369,10 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("24 images, {\"mel\": 12, \"nv\": 12}"));
     let split = read_csv(&out.join("finetune_split.csv"));
     assert_eq!(split.len(), 24);
+    // Each label is the image's class by name, as the metadata's dx column gives it.
+    let dx: BTreeMap<String, String> =
+        csv.lines().skip(1).map(|line| line.split(',').collect::<Vec<_>>()).map(|f| (format!("{}.png", f[1]), f[2].to_string())).collect();
+    assert!(split.iter().all(|row| dx.get(&row["path"]) == Some(&row["label"])), "{split:?} {dx:?}");
     let mut parts: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
     for row in &split {
         assert!(row["path"].ends_with(".png") && images.join(&row["path"]).is_file(), "{row:?}");
@@ -392,6 +396,7 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("finetune_split.csv: 8 groups by its \"group\" column"), "{stderr}");
+    assert!(stderr.contains("24 images, {\"mel\": 12, \"nv\": 12}"), "the classes by name: {stderr}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("when the 8 groups are resampled"), "{text}");
     // The same images as a folder of patients' subfolders (CLASS/<lesion>/<image>), grouped by
@@ -779,6 +784,20 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         !output.status.success()
             && stderr.contains(&format!("line {line}: label \"nevus\" is not one of the model's classes (clear, lesion)")),
         "{stderr}"
+    );
+
+    // rank's split names each image's class in its label column: measured against it, the
+    // whole split scores as against its class folders.
+    let split_csv = out.join("finetune_split.csv");
+    let root = ["--images-root", images.to_str().unwrap()];
+    let by_folder = String::from_utf8(predict(dir.path(), &out, &split_csv, &root).stdout).unwrap();
+    let by_label =
+        String::from_utf8(predict(dir.path(), &out, &split_csv, &[&root[..], &["--csv-columns", "path,label"]].concat()).stdout).unwrap();
+    let accuracy_of = |text: &str, against: &str| text.split(against).nth(1).map(|rest| rest.lines().next().unwrap_or("").to_string());
+    let folder_accuracy = accuracy_of(&by_folder, "Against the class folders the images sit in");
+    assert!(
+        folder_accuracy.is_some() && folder_accuracy == accuracy_of(&by_label, "Against the CSV's label column"),
+        "{by_folder}\n{by_label}"
     );
 
     // A folder, its images two levels down (not in class folders: no accuracy), gets the same

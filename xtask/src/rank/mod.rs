@@ -342,8 +342,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         );
     }
     if args.finetune_top.is_some() {
-        // As `path,label,group,split`, paths under the images' folder, as a study writes its parts.
-        crate::study::splits::write_entries(&args.out.join(SPLIT_CSV), &entries)?;
+        write_split(&args.out.join(SPLIT_CSV), &entries, &images.classes)?;
     }
 
     let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
@@ -611,6 +610,27 @@ fn faint_images_note(faint: &[String], scored: usize) -> String {
 
 /// Where `--finetune-top` writes its split: which images the shortlist's test accuracy is of.
 pub const SPLIT_CSV: &str = "finetune_split.csv";
+
+/// `--finetune-top`'s split as `path,label,group,split` (paths under the images' folder, as a
+/// study writes its parts), each label its class's name: read back (`rank --images
+/// finetune_split.csv`, `predict --csv-columns path,label`) the classes keep their names, which
+/// a study's numeric labels would turn into 0, 1, ...
+fn write_split(path: &Path, entries: &[Entry], classes: &[String]) -> Result<()> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        path: &'a str,
+        label: &'a str,
+        group: &'a str,
+        split: Part,
+    }
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for entry in entries {
+        let label = classes.get(entry.label as usize).with_context(|| format!("{}: label {} has no class", entry.path, entry.label))?;
+        writer.serialize(Row { path: &entry.path, label, group: &entry.group, split: entry.split })?;
+    }
+    let bytes = writer.into_inner().context("flushing CSV")?;
+    medxfer_durable::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// The candidates whose authors preprocess otherwise than this ranking, for ranking.md: every
 /// candidate is scored (and fine-tuned) on the same pixels, `--resize` with the study's bilinear
