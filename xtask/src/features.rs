@@ -87,15 +87,22 @@ pub fn extract_features(
     label: &str,
 ) -> Result<()> {
     let ids: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
-    let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
+    let prefix = format!("{label}: features of {}", out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
+    let bar = image_bar(ids.len(), prefix);
+    medxfer_train::extract(model, split, &ids, settings, out, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// A progress bar over `images` images, named by `prefix` (drawn only on a terminal).
+pub fn image_bar(images: usize, prefix: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(images as u64).with_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images  {elapsed} (ETA {eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    bar.set_prefix(format!("{label}: features of {}", out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()));
-    medxfer_train::extract(model, split, &ids, settings, out, &mut |done, _| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
-    Ok(())
+    bar.set_prefix(prefix);
+    bar
 }
 
 /// Whether `path` is a whole safetensors file: its header reads and the file is as long as the

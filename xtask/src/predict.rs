@@ -101,7 +101,9 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         crop: card.crop,
         ..RunSettings::reference(0.0, 0.0, Normalization { mean: card.mean, std: card.std })
     };
-    let probabilities = predict_split(&model, &split, &settings)?;
+    let bar = crate::features::image_bar(paths.len(), format!("{}: predicting", card.backbone));
+    let probabilities = predict_split(&model, &split, &settings, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
     let file = args.out.clone().unwrap_or_else(|| args.ranking.join("predictions.csv"));
     let (predicted, counts) = write_predictions(&file, &card.classes, paths, &probabilities)?;
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);

@@ -402,8 +402,13 @@ pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSetting
 
 /// Each image's class probabilities (the softmax of its logits), in the split's order, the
 /// images prepared as [`evaluate_split`] prepares them (centre crop, no augmentation); the
-/// split's labels are not read.
-pub fn predict_split(model: &Backbone, split: &SplitData, settings: &RunSettings) -> Result<Vec<Vec<f32>>> {
+/// split's labels are not read. `progress(images done, images)` after each batch.
+pub fn predict_split(
+    model: &Backbone,
+    split: &SplitData,
+    settings: &RunSettings,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f32>>> {
     let device = model.params().device().clone();
     let mut probabilities = Vec::with_capacity(split.labels.len());
     let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), eval_loader(settings))?, &device);
@@ -412,6 +417,7 @@ pub fn predict_split(model: &Backbone, split: &SplitData, settings: &RunSettings
         let batch_probabilities = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
         feed.prefetch()?;
         probabilities.extend(batch_probabilities.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
+        progress(probabilities.len(), split.labels.len());
     }
     Ok(probabilities)
 }
