@@ -763,6 +763,15 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let truth: Vec<&str> = test.iter().map(|path| path.split('/').next().unwrap()).collect();
     let predicted: Vec<&str> = rows.iter().map(|r| r["predicted"].as_str()).collect();
     assert!((balanced_accuracy(&truth, &predicted) - accuracy).abs() < 1e-12, "{truth:?} {predicted:?}: {accuracy}");
+    // ranking.md's recall of each class for that backbone is the share of its test images
+    // predicted as it.
+    let recall = |class: &str| {
+        let of_class: Vec<usize> = (0..truth.len()).filter(|&i| truth[i] == class).collect();
+        of_class.iter().filter(|&&i| predicted[i] == class).count() as f64 / of_class.len() as f64
+    };
+    let row = format!("| {best} | {:.2} | {:.2} | {accuracy:.3} |", recall("clear"), recall("lesion"));
+    let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
+    assert!(ranking_md.contains("| backbone | clear | lesion | balanced accuracy |") && ranking_md.contains(&row), "{row}: {ranking_md}");
 
     // Measured against a label column --csv-columns names (here each image's other class), not
     // the folders; a label the model lacks is refused, naming the line.

@@ -454,6 +454,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         };
         let start = Instant::now();
         card::ModelCard::remove_all(&args.out)?;
+        // Each tuned backbone's kept model on the test part, for the per-class table.
+        let mut tested: Vec<(String, medxfer_train::Evaluation)> = Vec::new();
         for row in rows.iter_mut().take(k) {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
             let file = weights.file(entry)?;
@@ -482,6 +484,9 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             bar.finish();
             let summary = summary?;
             row.test_balanced_accuracy = summary.best.as_ref().and_then(|b| b.outcome.test.as_ref().map(|t| t.balanced_accuracy));
+            if let Some(test) = summary.best.as_ref().and_then(|b| b.outcome.test.clone()) {
+                tested.push((entry.name.clone(), test));
+            }
             if let Some(best) = &summary.best {
                 let checkpoint = medxfer_train::trial_dir(&dir, best.index).join(medxfer_train::BEST_FILE);
                 let normalization = normalization(entry);
@@ -510,6 +515,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             start.elapsed().as_secs_f64(),
             100.0 * (all - tuned) as f64 / all.max(1) as f64
         );
+        tuning.push_str(&per_class_recall(&tested, &images.classes));
         let _ = writeln!(
             tuning,
             "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best test balanced accuracy to new images.",
@@ -606,6 +612,27 @@ fn faint_images_note(faint: &[String], scored: usize) -> String {
         faint.len(),
         medxfer_data::FAINT_16BIT_BELOW
     )
+}
+
+/// The fine-tuned backbones' recall of each class on the test part (a diagnosis's sensitivity):
+/// a balanced accuracy can hide a class the model never finds. Empty without any.
+fn per_class_recall(tested: &[(String, medxfer_train::Evaluation)], classes: &[String]) -> String {
+    if tested.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "\nRecall of each class on the test part (the share of its images the fine-tuned model finds):\n\n| backbone | {} | balanced accuracy |\n|---|{}---:|\n",
+        classes.join(" | "),
+        "---:|".repeat(classes.len())
+    );
+    for (backbone, evaluation) in tested {
+        let recalls: Vec<String> = (0..classes.len())
+            .map(|class| evaluation.recall.get(class).copied().flatten().map_or_else(|| "–".to_string(), |r| format!("{r:.2}")))
+            .collect();
+        let _ = writeln!(text, "| {backbone} | {} | {:.3} |", recalls.join(" | "), evaluation.balanced_accuracy);
+    }
+    text.push('\n');
+    text
 }
 
 /// Where `--finetune-top` writes its split: which images the shortlist's test accuracy is of.
@@ -905,6 +932,20 @@ pub fn trust_statement(results: Option<&Path>) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hand-counted: class a's 2 images both found (1.00), b's 4 once (0.25), c without test
+    /// images (–); the balanced accuracy is over the classes present, (1 + 0.25) / 2.
+    #[test]
+    fn the_per_class_table_gives_each_class_its_recall_in_order() {
+        let evaluation = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3);
+        let classes = ["a", "b", "c"].map(String::from);
+        let table = per_class_recall(&[("net".to_string(), evaluation)], &classes);
+        assert!(
+            table.contains("| backbone | a | b | c | balanced accuracy |\n|---|---:|---:|---:|---:|\n| net | 1.00 | 0.25 | – | 0.625 |"),
+            "{table}"
+        );
+        assert_eq!(per_class_recall(&[], &classes), "");
+    }
 
     #[test]
     fn ranks_are_descending_with_ties_averaged_and_the_consensus_is_their_mean() {
