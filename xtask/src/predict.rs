@@ -206,7 +206,7 @@ fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&s
     let mut reader = csv::Reader::from_path(images).with_context(|| format!("cannot read {}", images.display()))?;
     let header = reader.headers().with_context(|| format!("cannot read {}", images.display()))?.clone();
     let column = |name: &str| header.iter().position(|h| h == name);
-    let label_names: Vec<&str> = label_name.map(|label| label.split('+').collect()).unwrap_or_default();
+    let label_names: Vec<&str> = label_name.map(|label| label.split('+').map(str::trim).collect()).unwrap_or_default();
     let label_columns: Option<Vec<usize>> = label_names.iter().map(|name| column(name)).collect();
     let (Some(path_column), Some(label_columns)) = (column(path_name), label_columns) else {
         bail!(

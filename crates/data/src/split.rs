@@ -151,10 +151,10 @@ fn split_units(records: &[Record], rule: &FaithfulSplit, seed: u64, unit_of: imp
             chosen_parts.push(chosen);
         }
         // A few units of very unequal sizes can leave a part that has a target empty (three
-        // patients of 10, 1 and 1 images: the large one fills train past its share, the small
-        // ones test and train). Each such part then takes the smallest unit of the part holding
-        // the most, which keeps one: the proportions give way, not the part. A split the greedy
-        // filled is left as it is.
+        // patients of 10, 1 and 1 images at 70/10/20: the large one fills train past its share,
+        // both small ones go to test, whose 3 images neither fills). Each such part then takes
+        // the smallest unit of the part holding the most, which keeps one: the proportions give
+        // way, not the part. A split the greedy filled is left as it is.
         for part in 0..3 {
             let count = |p: usize| chosen_parts.iter().filter(|&&c| c == p).count();
             if targets[part] == 0 || count(part) > 0 {
