@@ -859,3 +859,38 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     rank(dir.path(), &images, &out, None, &[&two[..], &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]].concat());
     assert_eq!(std::fs::read_dir(out.join("models")).unwrap().count(), 1);
 }
+
+/// A candidate of the same weights, architecture and normalisation as an earlier one (one file
+/// under two names) is left out, said on stderr and in ranking.md: it would tie with it under
+/// every score. With another normalisation its features differ, and it is ranked.
+#[test]
+fn the_same_model_under_two_names_is_ranked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let (models, weights) = (dir.path().join("models"), dir.path().join("weights"));
+    let entry = std::fs::read_to_string(models.join("resnet_basic_min.toml")).unwrap();
+    for (name, toml) in [
+        ("resnet_twin", entry.replace("resnet_basic_min", "resnet_twin")),
+        (
+            "resnet_other_norm",
+            entry.replace("resnet_basic_min", "resnet_other_norm").replace("mean = [0.485, 0.456, 0.406]", "mean = [0.5, 0.5, 0.5]"),
+        ),
+    ] {
+        assert_ne!(toml, entry);
+        std::fs::write(models.join(format!("{name}.toml")), toml).unwrap();
+        std::fs::copy(weights.join("resnet_basic_min.safetensors"), weights.join(format!("{name}.safetensors"))).unwrap();
+    }
+    let images = image_folder(dir.path(), 6);
+    let out = dir.path().join("out");
+    let output = rank(dir.path(), &images, &out, None, &["--backbones", "resnet_basic_min,resnet_twin,resnet_other_norm,vit_min"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("resnet_twin: the same weights, architecture and normalisation as resnet_basic_min: left out"), "{stderr}");
+    let ranked: std::collections::BTreeSet<String> =
+        read_csv(&out.join("ranking.csv")).into_iter().map(|r| r["backbone"].clone()).collect();
+    assert_eq!(ranked, ["resnet_basic_min", "resnet_other_norm", "vit_min"].map(String::from).into());
+    let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
+    assert!(
+        ranking_md.contains("Left out as the same model as a candidate above") && ranking_md.contains("resnet_twin (as resnet_basic_min)"),
+        "{ranking_md}"
+    );
+}

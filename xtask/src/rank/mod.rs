@@ -365,7 +365,23 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let mut not_ranked: Vec<(String, String)> = Vec::new();
     // Each candidate's failed scores and why, for the note on the scores the table lacks.
     let mut failed: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    // Candidates of the same weights, architecture and normalisation (a registry name and the hub
+    // id it loads, one file under two names) give the same features: they would tie under every
+    // score, and --finetune-top would tune the one model twice. Each later one is left out, said.
+    let mut models_seen: Vec<(String, String, String)> = Vec::new();
+    let mut same_models: Vec<(String, String)> = Vec::new();
     for entry in &candidates {
+        if let (Ok(identity), Ok(shaping)) = (weights.identity(entry), entry_shaping(entry)) {
+            if let Some((_, _, first)) = models_seen.iter().find(|(checksum, seen, _)| *checksum == identity.checksum && *seen == shaping) {
+                eprintln!(
+                    "{}: the same weights, architecture and normalisation as {first}: left out, it would tie with it everywhere",
+                    entry.name
+                );
+                same_models.push((entry.name.clone(), first.clone()));
+                continue;
+            }
+            models_seen.push((identity.checksum, shaping, entry.name.clone()));
+        }
         let candidate = || -> Result<(Scored, PathBuf)> {
             // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
             // under a name, never share a cached result.
@@ -533,6 +549,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         let firsts = bootstrap::first_places(&scored_files, &groups, resamples, args.seed, &consensus)?;
         table.push('\n');
         table.push_str(&bootstrap::render(&firsts, resamples));
+    }
+    if !same_models.is_empty() {
+        let listed: Vec<String> = same_models.iter().map(|(name, first)| format!("{name} (as {first})")).collect();
+        let _ = writeln!(
+            table,
+            "\nLeft out as the same model as a candidate above (the same weights, architecture and normalisation, so the same features): {}.",
+            listed.join(", ")
+        );
     }
     if !not_ranked.is_empty() {
         let _ = write!(
