@@ -21,7 +21,8 @@ pub struct PredictArgs {
     /// rank's --out folder, where `--finetune-top` wrote a card per fine-tuned backbone (models/).
     #[arg(long)]
     pub ranking: PathBuf,
-    /// The fine-tuned backbone to apply; by default the one with the best test balanced accuracy.
+    /// The fine-tuned backbone to apply; by default the one with the best validation balanced
+    /// accuracy (chosen on val, its test accuracy stays an estimate the choice did not see).
     #[arg(long)]
     pub backbone: Option<String>,
     /// The images: a folder (every image under it, at any depth) or a CSV file with a `path`
@@ -87,7 +88,11 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         "{}: {} fine-tuned ({}), {} classes; {} images from {}",
         checkpoint.display(),
         card.backbone,
-        card.test_balanced_accuracy.map_or_else(|| "no test accuracy".to_string(), |a| format!("test balanced accuracy {a:.3}")),
+        match (card.val_balanced_accuracy, card.test_balanced_accuracy) {
+            (Some(val), Some(test)) => format!("balanced accuracy {val:.3} on val, {test:.3} on test"),
+            (_, Some(test)) => format!("test balanced accuracy {test:.3}"),
+            _ => "no test accuracy".to_string(),
+        },
         card.classes.len(),
         paths.len(),
         args.images.display()
@@ -131,8 +136,9 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against })
 }
 
-/// The card of `backbone`, or of the fine-tuned backbone with the best test balanced accuracy
-/// (the first by name of those tied).
+/// The card of `backbone`, or of the fine-tuned backbone with the best validation balanced
+/// accuracy (of those tied, the best on test, then the first by name). Chosen by test, the
+/// winner's test accuracy would be the best of several noisy estimates, biased upward.
 fn chosen_card(ranking: &Path, backbone: Option<&str>) -> Result<ModelCard> {
     if !ranking.is_dir() {
         bail!("--ranking {}: no such folder; give the --out folder of `cargo xtask rank --finetune-top K`", ranking.display());
@@ -154,8 +160,11 @@ fn chosen_card(ranking: &Path, backbone: Option<&str>) -> Result<ModelCard> {
             .cloned()
             .with_context(|| format!("--backbone {name}: not fine-tuned in {} (fine-tuned: {})", ranking.display(), names())),
         None => {
-            let accuracy = |card: &ModelCard| card.test_balanced_accuracy.unwrap_or(f64::NEG_INFINITY);
-            let best = cards.iter().fold(&cards[0], |best, card| if accuracy(card) > accuracy(best) { card } else { best });
+            let merit = |card: &ModelCard| {
+                let or_worst = |accuracy: Option<f64>| accuracy.filter(|a| a.is_finite()).unwrap_or(f64::NEG_INFINITY);
+                (or_worst(card.val_balanced_accuracy), or_worst(card.test_balanced_accuracy))
+            };
+            let best = cards.iter().fold(&cards[0], |best, card| if merit(card) > merit(best) { card } else { best });
             Ok(best.clone())
         }
     }
@@ -274,4 +283,37 @@ fn write_predictions(
     let bytes = writer.into_inner().context("flushing CSV")?;
     medxfer_durable::write_atomic(file, &bytes).with_context(|| format!("cannot write {}", file.display()))?;
     Ok((predicted, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// By validation balanced accuracy, then test, then name: b's best test accuracy does not win
+    /// it; of a and c, equal on val, c's better test does. --backbone takes the one named.
+    #[test]
+    fn the_card_is_chosen_by_validation_then_test() {
+        let dir = tempfile::tempdir().unwrap();
+        for (backbone, val, test) in [("a", 0.9, 0.6), ("b", 0.7, 0.95), ("c", 0.9, 0.7), ("d", f64::NAN, 0.99)] {
+            ModelCard {
+                backbone: backbone.to_string(),
+                models: None,
+                checkpoint: PathBuf::from("x.safetensors"),
+                classes: vec!["x".into(), "y".into()],
+                resize: 36,
+                crop: 32,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+                val_balanced_accuracy: Some(val),
+                test_balanced_accuracy: Some(test),
+            }
+            .write(dir.path())
+            .unwrap();
+        }
+        assert_eq!(chosen_card(dir.path(), None).unwrap().backbone, "c");
+        assert_eq!(chosen_card(dir.path(), Some("b")).unwrap().backbone, "b");
+        let error = chosen_card(dir.path(), Some("e")).unwrap_err().to_string();
+        assert!(error.contains("--backbone e: not fine-tuned") && error.contains("(fine-tuned: a, b, c, d)"), "{error}");
+    }
 }

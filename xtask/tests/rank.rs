@@ -735,12 +735,25 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     assert!(ranked.contains("`cargo xtask predict --ranking"), "{ranked}");
     let accuracies: BTreeMap<String, f64> =
         read_csv(&out.join("ranking.csv")).iter().map(|r| (r["backbone"].clone(), r["test_balanced_accuracy"].parse().unwrap())).collect();
-    // The best by test balanced accuracy; of equal ones the first by name.
-    let best = accuracies.iter().fold(None::<(&String, f64)>, |best, (name, &a)| match best {
-        Some((_, b)) if b >= a => best,
-        _ => Some((name, a)),
-    });
-    let (best, accuracy) = best.unwrap();
+    // The best by validation balanced accuracy (the kept epoch's, as history.jsonl has it), then
+    // by test; of equal ones the first by name. Its card's test accuracy is ranking.csv's.
+    let mut merits: Vec<(f64, f64, String)> = Vec::new();
+    for (backbone, &test_accuracy) in &accuracies {
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("models").join(format!("{backbone}.json"))).unwrap()).unwrap();
+        assert_eq!(card["test_balanced_accuracy"].as_f64(), Some(test_accuracy), "{card}");
+        let run = out.join(card["checkpoint"].as_str().unwrap()).parent().unwrap().to_path_buf();
+        let best_epoch = std::fs::read_to_string(run.join("history.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .min_by(|a, b| a["val_loss"].as_f64().unwrap().total_cmp(&b["val_loss"].as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(card["val_balanced_accuracy"], best_epoch["val_balanced_accuracy"], "the kept (lowest val loss) epoch's: {card}");
+        merits.push((card["val_balanced_accuracy"].as_f64().unwrap(), test_accuracy, backbone.clone()));
+    }
+    let (_, accuracy, best) = merits.iter().fold(merits[0].clone(), |best, m| if (m.0, m.1) > (best.0, best.1) { m.clone() } else { best });
+    let best = &best;
     let test: Vec<String> =
         read_csv(&out.join("finetune_split.csv")).into_iter().filter(|r| r["split"] == "test").map(|r| r["path"].clone()).collect();
     let test_csv = dir.path().join("test.csv");

@@ -27,7 +27,11 @@ pub struct ModelCard {
     pub crop: u32,
     pub mean: [f64; 3],
     pub std: [f64; 3],
-    /// On the test part of rank's split (finetune_split.csv).
+    /// The kept epoch's on the val part of rank's split (finetune_split.csv): what `predict`
+    /// chooses by, so that the test part's stays an estimate the choice did not see.
+    #[serde(default)]
+    pub val_balanced_accuracy: Option<f64>,
+    /// On the test part of rank's split.
     pub test_balanced_accuracy: Option<f64>,
 }
 

@@ -515,6 +515,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                     crop: args.crop,
                     mean: normalization.mean,
                     std: normalization.std,
+                    val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
                     test_balanced_accuracy: row.test_balanced_accuracy,
                 }
                 .write(&args.out)?;
@@ -534,7 +535,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         tuning.push_str(&per_class_recall(&tested, &images.classes));
         let _ = writeln!(
             tuning,
-            "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best test balanced accuracy to new images.",
+            "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best validation balanced accuracy to new images (chosen on val, so its test accuracy stays an estimate the choice did not see).",
             args.out.join(card::CARDS_DIR).display(),
             args.out.display()
         );
