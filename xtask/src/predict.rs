@@ -25,7 +25,7 @@ pub struct PredictArgs {
     /// accuracy (chosen on val, its test accuracy stays an estimate the choice did not see).
     #[arg(long)]
     pub backbone: Option<String>,
-    /// The images: a folder (every image under it, at any depth) or a CSV file with a `path`
+    /// The images: one image, a folder (every image under it, at any depth) or a CSV file with a `path`
     /// column (rank's finetune_split.csv, a study's split manifest) or the columns
     /// --csv-columns names.
     #[arg(long)]
@@ -197,6 +197,17 @@ fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&s
     }
     if !images.is_file() {
         bail!("--images {}: no such folder or file", images.display());
+    }
+    if medxfer_zoo::is_image_file(images) {
+        if images_root.is_some() || csv_columns.is_some() {
+            bail!("--images-root and --csv-columns read a CSV; --images {} is an image: leave them out", images.display());
+        }
+        let name = images
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: its name is not valid UTF-8; rename it", images.display()))?;
+        let root = images.parent().map(Path::to_path_buf).unwrap_or_default();
+        return Ok(Images { root, paths: vec![name.to_string()], labels: None });
     }
     let root = match images_root {
         Some(root) if !root.is_dir() => bail!("--images-root {}: no such folder", root.display()),

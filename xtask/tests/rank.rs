@@ -838,6 +838,18 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         let same = from_folder.iter().find(|r| r["path"] == copied).unwrap_or_else(|| panic!("{copied}: {from_folder:?}"));
         assert_eq!((&same["p_clear"], &same["p_lesion"]), (&row["p_clear"], &row["p_lesion"]));
     }
+    // One image alone: the probabilities it has in the folder (to f32 rounding: a batch of one
+    // takes another GEMM blocking than a batch of eight).
+    let single = dir.path().join("single.csv");
+    let one = &from_folder[0];
+    let output = predict(dir.path(), &out, &nested.join(&one["path"]), &["--out", single.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let alone = read_csv(&single);
+    assert_eq!(alone.len(), 1);
+    for class in ["p_clear", "p_lesion"] {
+        let (a, b): (f64, f64) = (alone[0][class].parse().unwrap(), one[class].parse().unwrap());
+        assert!((a - b).abs() < 1e-5, "{class}: {a} alone, {b} in the folder");
+    }
     let other = accuracies.keys().find(|name| *name != best).unwrap();
     let output = predict(dir.path(), &out, &nested, &["--backbone", other]);
     assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("predicted by {other}")), "{output:?}");
