@@ -15,6 +15,7 @@ use medxfer_train::{RunSettings, SplitData, load_fine_tuned, predict_split};
 use medxfer_zoo::{HubOptions, Registry};
 
 use crate::rank::card::ModelCard;
+use crate::rank::images::LabelColumns;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -226,9 +227,8 @@ fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&s
     let mut reader = csv::Reader::from_path(images).with_context(|| format!("cannot read {}", images.display()))?;
     let header = reader.headers().with_context(|| format!("cannot read {}", images.display()))?.clone();
     let column = |name: &str| header.iter().position(|h| h == name);
-    let label_names: Vec<&str> = label_name.map(|label| label.split('+').map(str::trim).collect()).unwrap_or_default();
-    let label_columns: Option<Vec<usize>> = label_names.iter().map(|name| column(name)).collect();
-    let (Some(path_column), Some(label_columns)) = (column(path_name), label_columns) else {
+    let labels = label_name.map(|label| LabelColumns::find(label, column)).transpose();
+    let (Some(path_column), Ok(label_columns)) = (column(path_name), labels) else {
         bail!(
             "{}: the header is `{}`; expected a column named {path_name}{} (each image's path, relative to --images-root or the CSV's folder){}",
             images.display(),
@@ -251,14 +251,8 @@ fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&s
             );
         };
         paths.push(path);
-        match label_columns.as_slice() {
-            [] => {}
-            [one] => labels.push(record.get(*one).unwrap_or_default().trim().to_string()),
-            several => labels.push(
-                crate::rank::images::one_hot_label(&record, several, &label_names)
-                    .with_context(|| format!("{}: line {line}", images.display()))?
-                    .to_string(),
-            ),
+        if let Some(label_columns) = &label_columns {
+            labels.push(label_columns.of(&record).with_context(|| format!("{}: line {line}", images.display()))?);
         }
     }
     if paths.is_empty() {
@@ -275,10 +269,9 @@ fn write_predictions(
     paths: &[String],
     probabilities: &[Vec<f32>],
 ) -> Result<(Vec<u32>, BTreeMap<String, usize>)> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["path".to_string(), "predicted".into(), "probability".into()];
     header.extend(classes.iter().map(|c| format!("p_{c}")));
-    writer.write_record(&header)?;
+    let mut records = Vec::with_capacity(paths.len());
     let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
     let mut predicted = Vec::with_capacity(paths.len());
     for (path, row) in paths.iter().zip(probabilities) {
@@ -289,10 +282,9 @@ fn write_predictions(
         predicted.push(best as u32);
         let mut record = vec![path.clone(), class.clone(), probability.to_string()];
         record.extend(row.iter().map(f32::to_string));
-        writer.write_record(&record)?;
+        records.push(record);
     }
-    let bytes = writer.into_inner().context("flushing CSV")?;
-    medxfer_durable::write_atomic(file, &bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    crate::results::write_rows(file, &header.iter().map(String::as_str).collect::<Vec<_>>(), &records)?;
     Ok((predicted, counts))
 }
 

@@ -270,22 +270,49 @@ pub fn resolve(root: &Path, path: &str) -> Option<String> {
     }
 }
 
-/// The class of a one-hot row: the one of `names` (its `columns`) whose cell is 1 (as ISIC
-/// writes it, 1.0), every other 0.
-pub fn one_hot_label<'a>(row: &csv::StringRecord, columns: &[usize], names: &[&'a str]) -> Result<&'a str> {
-    let mut ones = Vec::new();
-    for (&column, &name) in columns.iter().zip(names) {
-        let cell = row.get(column).unwrap_or("").trim();
-        match cell.parse::<f64>() {
-            Ok(1.0) => ones.push(name),
-            Ok(0.0) => {}
-            _ => bail!("{name} holds {cell:?}; a one-hot label's columns hold 1 for the image's class and 0 for the others"),
+/// A CSV's label: one column, or a one-hot label's class columns (LABEL as `MEL+NV+BCC`), found
+/// in its header. rank and predict read labels through it.
+pub struct LabelColumns<'a> {
+    /// The columns' names, in the order given (a one-hot label's classes).
+    pub names: Vec<&'a str>,
+    columns: Vec<usize>,
+}
+
+impl<'a> LabelColumns<'a> {
+    /// `label`'s columns by `column` (a header lookup), or the names the header lacks.
+    pub fn find(label: &'a str, column: impl Fn(&str) -> Option<usize>) -> std::result::Result<Self, Vec<&'a str>> {
+        let names: Vec<&str> = label.split('+').map(str::trim).collect();
+        match names.iter().map(|name| column(name)).collect::<Option<Vec<usize>>>() {
+            Some(columns) => Ok(Self { names, columns }),
+            None => Err(names.into_iter().filter(|name| column(name).is_none()).collect()),
         }
     }
-    match ones.as_slice() {
-        [one] => Ok(one),
-        [] => bail!("no class column ({}) holds 1; give each image its class, or leave the row out", names.join(", ")),
-        several => bail!("{} each hold 1; a one-hot label gives each image one class", several.join(" and ")),
+
+    pub fn is_one_hot(&self) -> bool {
+        self.columns.len() > 1
+    }
+
+    /// A row's class: its label cell, trimmed (a spreadsheet's stray spaces, "mel " beside
+    /// "mel", made a class of their own), or of a one-hot row the column whose cell is 1 (as
+    /// ISIC writes it, 1.0), every other 0.
+    pub fn of(&self, row: &csv::StringRecord) -> Result<String> {
+        if let [column] = self.columns.as_slice() {
+            return Ok(row.get(*column).unwrap_or("").trim().to_string());
+        }
+        let mut ones = Vec::new();
+        for (&column, &name) in self.columns.iter().zip(&self.names) {
+            let cell = row.get(column).unwrap_or("").trim();
+            match cell.parse::<f64>() {
+                Ok(1.0) => ones.push(name),
+                Ok(0.0) => {}
+                _ => bail!("{name} holds {cell:?}; a one-hot label's columns hold 1 for the image's class and 0 for the others"),
+            }
+        }
+        match ones.as_slice() {
+            [one] => Ok(one.to_string()),
+            [] => bail!("no class column ({}) holds 1; give each image its class, or leave the row out", self.names.join(", ")),
+            several => bail!("{} each hold 1; a one-hot label gives each image one class", several.join(" and ")),
+        }
     }
 }
 
@@ -313,23 +340,20 @@ fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> 
         })?),
         None => None,
     };
-    // LABEL is one column, or a one-hot label's columns joined by '+'.
-    let label_names: Vec<&str> = label_name.split('+').map(str::trim).collect();
-    let label_columns: Option<Vec<usize>> = label_names.iter().map(|name| column(name)).collect();
-    let (Some(path_column), Some(label_columns)) = (column(path_name), label_columns) else {
+    let labels = LabelColumns::find(label_name, column);
+    let (Some(path_column), Ok(labels)) = (column(path_name), &labels) else {
         // Of a one-hot label's many columns, which are missing.
         let missing: Vec<&str> =
-            std::iter::once(path_name).chain(label_names.iter().copied()).filter(|name| column(name).is_none()).collect();
+            column(path_name).is_none().then_some(path_name).into_iter().chain(labels.err().unwrap_or_default()).collect();
         bail!(
             "{}: the header is `{}`; expected columns {path_name} and {label_name}{}{}{}",
             csv_path.display(),
             header.join(","),
-            if label_names.len() > 1 { format!(" ({} missing)", missing.join(", ")) } else { String::new() },
+            if label_name.contains('+') { format!(" ({} missing)", missing.join(", ")) } else { String::new() },
             if columns.csv_columns.is_none() { " (or name yours with --csv-columns PATH,LABEL)" } else { "" },
             crate::results::separator_hint(&header_record)
         );
     };
-    let one_hot = label_columns.len() > 1;
     let mut rows = Vec::new();
     // Each file once: listed twice it would be counted twice, and could land in train and test.
     let mut lines: BTreeMap<PathBuf, usize> = BTreeMap::new();
@@ -338,12 +362,7 @@ fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> 
         let line = line + 2;
         let row = row.with_context(|| format!("{}: line {line}", csv_path.display()))?;
         let path = row.get(path_column).unwrap_or("");
-        let label = if one_hot {
-            one_hot_label(&row, &label_columns, &label_names).with_context(|| format!("{}: line {line}", csv_path.display()))?
-        } else {
-            // A spreadsheet's stray spaces ("mel " beside "mel") made a class of their own.
-            row.get(label_columns[0]).unwrap_or("").trim()
-        };
+        let label = labels.of(&row).with_context(|| format!("{}: line {line}", csv_path.display()))?;
         if path.trim().is_empty() || label.is_empty() {
             bail!("{}: line {line}: empty path or label", csv_path.display());
         }
@@ -362,14 +381,14 @@ fn from_csv(csv_path: &Path, columns: &ImagesReading) -> Result<LabelledImages> 
             Some(group) => group.to_string(),
             None => path.clone(),
         };
-        rows.push((path, label.to_string(), group));
+        rows.push((path, label, group));
     }
     // Integer labels in numeric order when every label is one; names (or a mix) sorted as text.
     // (A comparison that mixed the two would not be an order: 9 < 10 < "1a" < 9.) One-hot
     // classes in the columns' order, those no image has left out (ISIC 2019's UNK), said.
     let mut classes: Vec<String> = rows.iter().map(|(_, l, _)| l.clone()).collect();
-    if one_hot {
-        let (present, absent): (Vec<&str>, Vec<&str>) = label_names.iter().partition(|name| classes.iter().any(|c| c == *name));
+    if labels.is_one_hot() {
+        let (present, absent): (Vec<&str>, Vec<&str>) = labels.names.iter().partition(|name| classes.iter().any(|c| c == *name));
         if !absent.is_empty() {
             eprintln!("{}: no image is of {}; left out of the classes", csv_path.display(), absent.join(", "));
         }

@@ -717,13 +717,14 @@ fn write_split(path: &Path, entries: &[Entry], classes: &[String]) -> Result<()>
         group: &'a str,
         split: Part,
     }
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for entry in entries {
-        let label = classes.get(entry.label as usize).with_context(|| format!("{}: label {} has no class", entry.path, entry.label))?;
-        writer.serialize(Row { path: &entry.path, label, group: &entry.group, split: entry.split })?;
-    }
-    let bytes = writer.into_inner().context("flushing CSV")?;
-    medxfer_durable::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+    let rows: Vec<Row> = entries
+        .iter()
+        .map(|entry| {
+            let label = classes.get(entry.label as usize).with_context(|| format!("{}: label {} has no class", entry.path, entry.label))?;
+            Ok(Row { path: &entry.path, label, group: &entry.group, split: entry.split })
+        })
+        .collect::<Result<_>>()?;
+    crate::results::write_rows(path, &["path", "label", "group", "split"], &rows)
 }
 
 /// The candidates whose authors preprocess otherwise than this ranking, for ranking.md: every
