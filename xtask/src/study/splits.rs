@@ -144,7 +144,7 @@ pub fn prepare(catalog: &Catalog, task: &TaskSpec, data: &Path, choice: &SplitCh
 }
 
 /// `entries` as a CSV of `path,label,group,split`, written atomically.
-pub fn write_entries(path: &Path, entries: &[Entry]) -> Result<()> {
+fn write_entries(path: &Path, entries: &[Entry]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for entry in entries {
         writer.serialize(entry)?;
