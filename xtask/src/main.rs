@@ -307,6 +307,20 @@ fn main() -> Result<()> {
                     predicted.evaluated_against, evaluation.balanced_accuracy, evaluation.accuracy
                 );
             }
+            if let Some(calibration) = &predicted.calibration {
+                println!(
+                    "Their probabilities ({}): ECE {:.3} ({} bins), NLL {:.3}, Brier {:.3}",
+                    if args.calibrated {
+                        format!("at temperature {:.3}", predicted.temperature)
+                    } else {
+                        "as the model gives them".to_string()
+                    },
+                    calibration.expected_calibration_error,
+                    medxfer_train::calibration::ECE_BINS,
+                    calibration.negative_log_likelihood,
+                    calibration.brier
+                );
+            }
             Ok(())
         }
         Command::Report { results } => {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::{Entry, Normalization, Part};
-use medxfer_train::{RunSettings, SplitData, load_fine_tuned, predict_split};
+use medxfer_train::calibration::{self, Calibration};
+use medxfer_train::{RunSettings, SplitData, load_fine_tuned, logits_split};
 use medxfer_zoo::{HubOptions, Registry};
 
 use crate::rank::card::ModelCard;
@@ -39,6 +40,11 @@ pub struct PredictArgs {
     /// The folder a CSV's relative paths are under (the CSV's own folder by default).
     #[arg(long, value_name = "DIR")]
     pub images_root: Option<PathBuf>,
+    /// Divide the logits by the temperature rank fitted on the val part (temperature scaling,
+    /// Guo et al. 2017) before the softmax: the same predicted classes, probabilities that match
+    /// how often the model is right. By default the probabilities are as the model gives them.
+    #[arg(long)]
+    pub calibrated: bool,
     /// The predictions' CSV file (RANKING/predictions.csv by default).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -67,6 +73,10 @@ pub struct Predicted {
     pub evaluation: Option<medxfer_train::Evaluation>,
     /// What `evaluation` is against, in words.
     pub evaluated_against: &'static str,
+    /// The temperature the logits were divided by (1 without --calibrated).
+    pub temperature: f64,
+    /// The written probabilities' calibration against the same classes as `evaluation`.
+    pub calibration: Option<Calibration>,
 }
 
 pub fn run(args: &PredictArgs) -> Result<Predicted> {
@@ -74,6 +84,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     args.gpu.apply(&args.device)?;
     let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
     let checkpoint = card.checkpoint_in(&args.ranking)?;
+    let temperature = if args.calibrated { card_temperature(&card)? } else { 1.0 };
     let images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     let (root, paths) = (&images.root, &images.paths);
     let registry = match args.models.as_ref().or(card.models.as_ref()) {
@@ -108,8 +119,12 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         ..RunSettings::reference(0.0, 0.0, Normalization { mean: card.mean, std: card.std })
     };
     let bar = crate::features::image_bar(paths.len(), format!("{}: predicting", card.backbone));
-    let probabilities = predict_split(&model, &split, &settings, &mut |done, _| bar.set_position(done as u64))?;
+    let logits = logits_split(&model, &split, &settings, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
+    if args.calibrated {
+        eprintln!("calibrated: the logits divided by {temperature:.3}, the temperature fitted on rank's val part");
+    }
+    let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, temperature)).collect();
     let file = args.out.clone().unwrap_or_else(|| args.ranking.join("predictions.csv"));
     let (predicted, counts) = write_predictions(&file, &card.classes, paths, &probabilities)?;
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
@@ -132,9 +147,25 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         ),
         None => paths.iter().map(|path| path.split('/').next().and_then(class_index)).collect(),
     };
-    let evaluation = truth.map(|truth| medxfer_train::evaluate(&truth, &predicted, card.classes.len()));
+    let evaluation = truth.as_ref().map(|truth| medxfer_train::evaluate(truth, &predicted, card.classes.len()));
+    let calibration = truth.as_ref().map(|truth| calibration::calibration(&logits, truth, temperature));
     let evaluated_against = if images.labels.is_some() { "the CSV's label column" } else { "the class folders the images sit in" };
-    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against })
+    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against, temperature, calibration })
+}
+
+/// The temperature `--calibrated` divides the logits by: the card's, or why it has none.
+fn card_temperature(card: &ModelCard) -> Result<f64> {
+    match (card.temperature, &card.uncalibrated_because) {
+        (Some(temperature), _) if temperature.is_finite() && temperature > 0.0 => Ok(temperature),
+        (_, Some(because)) => bail!(
+            "--calibrated: rank fitted no temperature for {} on its val part ({because}); leave --calibrated out for the probabilities as the model gives them",
+            card.backbone
+        ),
+        _ => bail!(
+            "--calibrated: {}'s card has no temperature (written before rank fitted one); rerun the same `cargo xtask rank --finetune-top K` (its runs are reused) to add it",
+            card.backbone
+        ),
+    }
 }
 
 /// The card of `backbone`, or of the fine-tuned backbone with the best validation balanced
@@ -267,7 +298,7 @@ fn write_predictions(
     file: &Path,
     classes: &[String],
     paths: &[String],
-    probabilities: &[Vec<f32>],
+    probabilities: &[Vec<f64>],
 ) -> Result<(Vec<u32>, BTreeMap<String, usize>)> {
     let mut header = vec!["path".to_string(), "predicted".into(), "probability".into()];
     header.extend(classes.iter().map(|c| format!("p_{c}")));
@@ -276,12 +307,13 @@ fn write_predictions(
     let mut predicted = Vec::with_capacity(paths.len());
     for (path, row) in paths.iter().zip(probabilities) {
         // The first of equal probabilities, as argmax takes it.
-        let (best, probability) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
+        let (best, probability) = row.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
         let class = classes.get(best).context("the model has more outputs than the card has classes")?;
         *counts.entry(class.clone()).or_default() += 1;
         predicted.push(best as u32);
-        let mut record = vec![path.clone(), class.clone(), probability.to_string()];
-        record.extend(row.iter().map(f32::to_string));
+        // As f32: the logits' own precision, and the shortest text that reads back the same.
+        let mut record = vec![path.clone(), class.clone(), (probability as f32).to_string()];
+        record.extend(row.iter().map(|&p| (p as f32).to_string()));
         records.push(record);
     }
     crate::results::write_rows(file, &header.iter().map(String::as_str).collect::<Vec<_>>(), &records)?;
@@ -310,6 +342,8 @@ mod tests {
                 std: [0.5; 3],
                 val_balanced_accuracy: Some(val),
                 test_balanced_accuracy: Some(test),
+                temperature: None,
+                uncalibrated_because: None,
             }
             .write(dir.path())
             .unwrap();

@@ -713,6 +713,33 @@ fn balanced_accuracy(truth: &[&str], predicted: &[&str]) -> f64 {
     recalls.iter().sum::<f64>() / recalls.len() as f64
 }
 
+/// Softmax of two logits.
+fn softmax2(logits: [f64; 2]) -> [f64; 2] {
+    let max = logits[0].max(logits[1]);
+    let e = [(logits[0] - max).exp(), (logits[1] - max).exp()];
+    [e[0] / (e[0] + e[1]), e[1] / (e[0] + e[1])]
+}
+
+/// The 15-bin ECE (Guo et al.'s (lower, upper] bins), mean NLL and Brier score of two-class
+/// probabilities, written out here as their definitions read.
+fn calibration_of(probabilities: &[[f64; 2]], labels: &[usize]) -> (f64, f64, f64) {
+    let n = labels.len() as f64;
+    let mut bins = vec![(0.0, 0.0, 0usize); 15];
+    let (mut nll, mut brier) = (0.0, 0.0);
+    for (p, &y) in probabilities.iter().zip(labels) {
+        let predicted = usize::from(p[1] > p[0]);
+        let confidence = p[predicted];
+        let bin = (0..15).find(|&b| confidence <= (b + 1) as f64 / 15.0).unwrap();
+        bins[bin].0 += confidence;
+        bins[bin].1 += if predicted == y { 1.0 } else { 0.0 };
+        bins[bin].2 += 1;
+        nll -= p[y].ln();
+        brier += (1.0 - p[y]).powi(2) + p[1 - y].powi(2);
+    }
+    let ece = bins.iter().map(|(confidence, right, _)| (right - confidence).abs() / n).sum();
+    (ece, nll / n, brier / n)
+}
+
 /// `predict` applies the fine-tuned shortlist to new images. On the test part of rank's own split
 /// it gives the test balanced accuracy the search measured (the same model, images and
 /// preprocessing, reached another way: predict's softmax, not the search's evaluation); each
@@ -785,6 +812,77 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let row = format!("| {best} | {:.2} | {:.2} | {accuracy:.3} |", recall("clear"), recall("lesion"));
     let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
     assert!(ranking_md.contains("| backbone | clear | lesion | balanced accuracy |") && ranking_md.contains(&row), "{row}: {ranking_md}");
+
+    // ranking.md's calibration row for it: the ECE, NLL and Brier score of these probabilities.
+    let of_truth = |row: &BTreeMap<String, String>, class: &str| row[&format!("p_{class}")].parse::<f64>().unwrap();
+    let probabilities: Vec<[f64; 2]> = rows.iter().map(|r| [of_truth(r, "clear"), of_truth(r, "lesion")]).collect();
+    let labels: Vec<usize> = truth.iter().map(|class| usize::from(*class == "lesion")).collect();
+    let row = format!("| {best} | ");
+    let calibration_row = ranking_md.lines().skip_while(|l| !l.starts_with("| backbone | temperature |")).find(|l| l.starts_with(&row));
+    let cells: Vec<&str> = calibration_row.unwrap_or_else(|| panic!("{ranking_md}")).split(" | ").collect();
+    let (ece, nll, brier) = calibration_of(&probabilities, &labels);
+    assert_eq!(cells[2..5], [format!("{ece:.3}"), format!("{nll:.3}"), format!("{brier:.3}")], "{ranking_md}");
+    // Each card's temperature minimises the likelihood of the val part's labels under its
+    // probabilities divided by it (here recomputed from predict's uncalibrated probabilities on
+    // the val images), or the card says why there is none.
+    let val: Vec<String> =
+        read_csv(&out.join("finetune_split.csv")).into_iter().filter(|r| r["split"] == "val").map(|r| r["path"].clone()).collect();
+    let val_csv = dir.path().join("val.csv");
+    std::fs::write(&val_csv, format!("path\n{}\n", val.join("\n"))).unwrap();
+    let val_labels: Vec<usize> = val.iter().map(|path| usize::from(path.starts_with("lesion/"))).collect();
+    let mut fitted = 0;
+    for backbone in accuracies.keys() {
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("models").join(format!("{backbone}.json"))).unwrap()).unwrap();
+        let val_out = dir.path().join(format!("val-{backbone}.csv"));
+        let output = predict(
+            dir.path(),
+            &out,
+            &val_csv,
+            &["--images-root", images.to_str().unwrap(), "--out", val_out.to_str().unwrap(), "--backbone", backbone],
+        );
+        assert!(output.status.success(), "{output:?}");
+        let log_p: Vec<[f64; 2]> = read_csv(&val_out).iter().map(|r| [of_truth(r, "clear").ln(), of_truth(r, "lesion").ln()]).collect();
+        let tempered_nll = |t: f64| {
+            let tempered: Vec<[f64; 2]> = log_p.iter().map(|l| softmax2([l[0] / t, l[1] / t])).collect();
+            calibration_of(&tempered, &val_labels).1
+        };
+        // --calibrated: the same classes, the probabilities the temperature gives; refused with
+        // the reason where the card has none.
+        let calibrated_csv = dir.path().join(format!("calibrated-{backbone}.csv"));
+        let calibrated_args =
+            ["--images-root", images.to_str().unwrap(), "--out", calibrated_csv.to_str().unwrap(), "--backbone", backbone];
+        let output = predict(dir.path(), &out, &val_csv, &[&calibrated_args[..], &["--calibrated"]].concat());
+        match card["temperature"].as_f64() {
+            Some(t) => {
+                fitted += 1;
+                // The likelihood's minimum by golden-section search over [0.05, 20].
+                let (mut low, mut high) = (0.05_f64, 20.0_f64);
+                let golden = (5.0_f64.sqrt() - 1.0) / 2.0;
+                for _ in 0..200 {
+                    let (a, b) = (high - golden * (high - low), low + golden * (high - low));
+                    if tempered_nll(a) < tempered_nll(b) { high = b } else { low = a }
+                }
+                assert!((t - (low + high) / 2.0).abs() < 1e-4 * t, "{backbone}: {t}, the val part's minimum at {low}");
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                assert!(output.status.success() && stdout.contains(&format!("at temperature {t:.3}")), "{output:?}");
+                for (raw, calibrated) in read_csv(&val_out).iter().zip(read_csv(&calibrated_csv)) {
+                    let expected = softmax2([of_truth(raw, "clear").ln() / t, of_truth(raw, "lesion").ln() / t]);
+                    assert!((of_truth(&calibrated, "clear") - expected[0]).abs() < 1e-5, "{raw:?} {calibrated:?} at {t}");
+                    assert_eq!(calibrated["predicted"], raw["predicted"]);
+                }
+            }
+            None => {
+                let because = card["uncalibrated_because"].as_str().unwrap();
+                let all_right = log_p.iter().zip(&val_labels).all(|(l, &y)| l[y] >= l[1 - y]);
+                assert!(all_right == because.contains("is classified right"), "{backbone}: {because}");
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert!(!output.status.success() && stderr.contains("--calibrated: rank fitted no temperature"), "{stderr}");
+            }
+        }
+    }
+    // The two backbones here: one has a temperature, the other a val part all classified right.
+    assert_eq!(fitted, 1);
 
     // Measured against a label column --csv-columns names (here each image's other class), not
     // the folders; a label the model lacks is refused, naming the line.
@@ -881,8 +979,23 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
 
     // A shorter shortlist tuned later leaves only its own card: the earlier ones would be taken
     // for this ranking's.
-    rank(dir.path(), &images, &out, None, &[&two[..], &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]].concat());
-    assert_eq!(std::fs::read_dir(out.join("models")).unwrap().count(), 1);
+    // The best's kept model is gone (removed above): its card, if it is the one tuned, says so
+    // in place of a temperature, and rank still writes the ranking.
+    let output = rank(
+        dir.path(),
+        &images,
+        &out,
+        None,
+        &[&two[..], &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8"]].concat(),
+    );
+    let cards: Vec<_> = std::fs::read_dir(out.join("models")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(cards.len(), 1);
+    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
+    if card["backbone"] == best.as_str() {
+        let because = card["uncalibrated_because"].as_str().unwrap_or_default();
+        assert!(card["temperature"].is_null() && because.contains("its kept model could not be read"), "{card}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("warning: {best}: no calibration")), "{output:?}");
+    }
 }
 
 /// A candidate of the same weights, architecture and normalisation as an earlier one (one file

@@ -400,29 +400,30 @@ pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSetting
     Ok((loss_sum / split.labels.len().max(1) as f64, predictions, evaluation))
 }
 
-/// Each image's class probabilities (the softmax of its logits), in the split's order, the
-/// images prepared as [`evaluate_split`] prepares them (centre crop, no augmentation); the
-/// split's labels are not read. `progress(images done, images)` after each batch.
-pub fn predict_split(
+/// Each image's logits (the head's outputs, in f32), in the split's order, the images prepared as
+/// [`evaluate_split`] prepares them (centre crop, no augmentation); the split's labels are not
+/// read. Their softmax is the class probabilities ([`crate::calibration::probabilities`], at
+/// temperature 1). `progress(images done, images)` after each batch.
+pub fn logits_split(
     model: &Backbone,
     split: &SplitData,
     settings: &RunSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f32>>> {
     let device = model.params().device().clone();
-    let mut probabilities = Vec::with_capacity(split.labels.len());
+    let mut logits_of = Vec::with_capacity(split.labels.len());
     let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), eval_loader(settings))?, &device);
     while let Some(batch) = feed.take()? {
         let (_, logits) = model.features_and_logits(&batch.images, false)?;
-        let batch_probabilities = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+        let logits = logits.to_dtype(DType::F32)?;
         feed.prefetch()?;
-        probabilities.extend(batch_probabilities.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
-        progress(probabilities.len(), split.labels.len());
+        logits_of.extend(logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
+        progress(logits_of.len(), split.labels.len());
     }
-    Ok(probabilities)
+    Ok(logits_of)
 }
 
-/// How [`evaluate_split`] and [`predict_split`] read a split: in order, centre-cropped.
+/// How [`evaluate_split`] and [`logits_split`] read a split: in order, centre-cropped.
 fn eval_loader(settings: &RunSettings) -> LoaderConfig {
     LoaderConfig {
         batch_size: settings.batch_size,

@@ -9,6 +9,8 @@
 //!   its own folder, shared by workers ([`Shard`], one claim per trial); A_opt
 //!   ([`select_best`]). [`search_with_halving`]: successive halving over them (a named option).
 //! - [`extract`]: the feature files medxfer-scores reads.
+//! - [`calibration`]: how far a fine-tuned model's probabilities can be read as such (NLL, ECE,
+//!   Brier) and temperature scaling fitted on the validation images ([`logits_split`]).
 //! - [`parse_device`]: `cpu` or `cuda:N` (the `cuda` feature builds candle's CUDA backend);
 //!   [`gpu_arithmetic`]: the `--precision`, `--matmul-tf32` and `--conv-algorithms` options.
 //!
@@ -32,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod backward;
+pub mod calibration;
 mod checkpoint;
 mod device;
 mod device_batches;
@@ -58,7 +61,7 @@ pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};
 pub use finetune::{
     BEST_FILE, EpochRecord, HISTORY_FILE, OUTCOME_FILE, Progress, RUN_SETTINGS_FILE, RunData, RunOutcome, RunSettings, Selection,
-    SplitData, TrainingOptions, evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, model_tensors, predict_split,
+    SplitData, TrainingOptions, evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, logits_split, model_tensors,
     recorded_run_settings, restore_model,
 };
 pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, search_with_halving};

@@ -33,6 +33,13 @@ pub struct ModelCard {
     pub val_balanced_accuracy: Option<f64>,
     /// On the test part of rank's split.
     pub test_balanced_accuracy: Option<f64>,
+    /// The temperature the logits are divided by for calibrated probabilities (`predict
+    /// --calibrated`), fitted on the val part by likelihood; None where none could be fitted
+    /// (`uncalibrated_because` says why) or the card is older than the fit.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub uncalibrated_because: Option<String>,
 }
 
 impl ModelCard {

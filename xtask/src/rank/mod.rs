@@ -5,6 +5,7 @@
 //! medical data, from the study's own Table 2 when present, else the paper's.
 
 mod bootstrap;
+mod calibration;
 pub mod card;
 mod figure;
 pub mod images;
@@ -470,18 +471,16 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         };
         let start = Instant::now();
         card::ModelCard::remove_all(&args.out)?;
-        // Each tuned backbone's kept model on the test part, for the per-class table.
+        // Each tuned backbone's kept model on the test part, for the per-class and calibration
+        // tables.
         let mut tested: Vec<(String, medxfer_train::Evaluation)> = Vec::new();
+        let mut calibrated = Vec::new();
         for row in rows.iter_mut().take(k) {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
             let file = weights.file(entry)?;
             let make = || start_fine_tuning(entry, &file, images.classes.len(), args.seed, &device);
-            let settings = SearchSettings {
-                model: &entry.name,
-                base: RunSettings::from_options(&tuning_options(args), normalization(entry)),
-                trials: args.trials,
-                shard: Shard::ALL,
-            };
+            let base = RunSettings::from_options(&tuning_options(args), normalization(entry));
+            let settings = SearchSettings { model: &entry.name, base, trials: args.trials, shard: Shard::ALL };
             // Keyed by everything that shapes a run but the number of trials (a longer search
             // continues a shorter one): the images, the weights, the transforms, the budget.
             let shaping = format!(
@@ -506,6 +505,12 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             if let Some(best) = &summary.best {
                 let checkpoint = medxfer_train::trial_dir(&dir, best.index).join(medxfer_train::BEST_FILE);
                 let normalization = normalization(entry);
+                // An aid to reading the probabilities, not the ranking: a kept model that cannot be
+                // read (deleted to save space) leaves the card without a temperature, saying why.
+                let calibration = calibration::measure(entry, &checkpoint, &data, &base, &device);
+                if let Err(error) = &calibration {
+                    eprintln!("warning: {}: no calibration: {error:#}", entry.name);
+                }
                 card::ModelCard {
                     backbone: entry.name.clone(),
                     models: args.models.as_deref().map(std::path::absolute).transpose()?,
@@ -517,8 +522,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                     std: normalization.std,
                     val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
                     test_balanced_accuracy: row.test_balanced_accuracy,
+                    temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),
+                    uncalibrated_because: match &calibration {
+                        Ok(c) => c.temperature.as_ref().err().map(ToString::to_string),
+                        Err(error) => Some(format!("its kept model could not be read: {error:#}")),
+                    },
                 }
                 .write(&args.out)?;
+                calibrated.extend(calibration.ok());
             }
         }
         let all = rows.len() * args.trials * args.epochs;
@@ -533,6 +544,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             100.0 * (all - tuned) as f64 / all.max(1) as f64
         );
         tuning.push_str(&per_class_recall(&tested, &images.classes, args.seed));
+        tuning.push_str(&calibration::render(&calibrated, data.val.labels.len(), data.test.as_ref().map_or(0, |t| t.labels.len())));
         let _ = writeln!(
             tuning,
             "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best validation balanced accuracy to new images (chosen on val, so its test accuracy stays an estimate the choice did not see).",

@@ -1,0 +1,111 @@
+//! `rank --finetune-top`'s calibration table: how far each fine-tuned model's probabilities can
+//! be read as probabilities on the test part, as the model gives them and divided by the
+//! temperature fitted on the val part (temperature scaling, Guo et al. 2017), which `predict
+//! --calibrated` applies.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use medxfer_train::calibration::{self, Calibration, ECE_BINS, TemperatureError};
+use medxfer_train::{RunData, RunSettings, logits_split};
+use medxfer_zoo::ModelEntry;
+
+/// One fine-tuned backbone's calibration on the test part.
+pub struct Calibrated {
+    pub backbone: String,
+    /// Fitted on the val part's images.
+    pub temperature: Result<f64, TemperatureError>,
+    /// The probabilities as the model gives them (temperature 1).
+    pub raw: Calibration,
+    /// Divided by the fitted temperature, where one was.
+    pub scaled: Option<Calibration>,
+}
+
+/// The kept model in `checkpoint` on `data`'s val part (the temperature's fit) and test part.
+pub fn measure(
+    entry: &ModelEntry,
+    checkpoint: &Path,
+    data: &RunData,
+    settings: &RunSettings,
+    device: &candle_core::Device,
+) -> Result<Calibrated> {
+    let model = medxfer_train::load_fine_tuned(entry, checkpoint, Some(data.classes), device)?;
+    let val = logits_split(&model, &data.val, settings, &mut |_, _| {})?;
+    let temperature = calibration::fit_temperature(&val, &data.val.labels);
+    let (raw, scaled) = match &data.test {
+        Some(test) => {
+            let logits = logits_split(&model, test, settings, &mut |_, _| {})?;
+            (
+                calibration::calibration(&logits, &test.labels, 1.0),
+                temperature.as_ref().ok().map(|&t| calibration::calibration(&logits, &test.labels, t)),
+            )
+        }
+        None => anyhow::bail!("the tuning split has no test part"),
+    };
+    Ok(Calibrated { backbone: entry.name.clone(), temperature, raw, scaled })
+}
+
+/// ranking.md's calibration table (empty without tuned backbones).
+pub fn render(calibrated: &[Calibrated], val_images: usize, test_images: usize) -> String {
+    if calibrated.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "\nCalibration on the test part ({test_images} images; lower is better in each column): the probabilities as the model gives them, \
+         and divided by a temperature fitted on the val part's {val_images} images by likelihood (temperature scaling, Guo et al. 2017: \
+         the same predicted classes; `cargo xtask predict --calibrated` applies it). ECE: the expected calibration error over \
+         {ECE_BINS} confidence bins; NLL: the mean negative log-likelihood of the true class, in nats; Brier: the squared error \
+         summed over classes. Fitted on few images, a temperature can \
+         make the test's columns worse.\n\n\
+         | backbone | temperature | ECE | NLL | Brier | ECE, scaled | NLL, scaled | Brier, scaled |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let mut unfitted = Vec::new();
+    for row in calibrated {
+        let cells = |c: Option<&Calibration>| match c {
+            Some(c) => {
+                format!("{:.3} | {:.3} | {:.3}", c.expected_calibration_error, c.negative_log_likelihood, c.brier)
+            }
+            None => "– | – | –".to_string(),
+        };
+        let temperature = match &row.temperature {
+            Ok(t) => format!("{t:.3}"),
+            Err(error) => {
+                unfitted.push(format!("{}: {error}", row.backbone));
+                "–".to_string()
+            }
+        };
+        let _ = writeln!(text, "| {} | {temperature} | {} | {} |", row.backbone, cells(Some(&row.raw)), cells(row.scaled.as_ref()));
+    }
+    if !unfitted.is_empty() {
+        let _ = writeln!(
+            text,
+            "\nNo temperature on the val part for {} (more images, or a val part with errors to learn from, would give one).\n",
+            unfitted.join("; ")
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_table_gives_each_backbone_its_row_and_says_why_a_temperature_is_missing() {
+        let raw = Calibration { negative_log_likelihood: 0.41, expected_calibration_error: 0.12, brier: 0.2 };
+        let scaled = Calibration { negative_log_likelihood: 0.3, expected_calibration_error: 0.05, brier: 0.18 };
+        let rows = [
+            Calibrated { backbone: "a".into(), temperature: Ok(1.8), raw, scaled: Some(scaled) },
+            Calibrated { backbone: "b".into(), temperature: Err(TemperatureError::Separated(12)), raw, scaled: None },
+        ];
+        let table = render(&rows, 12, 24);
+        assert!(table.contains("(24 images;") && table.contains("val part's 12 images"), "{table}");
+        assert!(table.contains("| a | 1.800 | 0.120 | 0.410 | 0.200 | 0.050 | 0.300 | 0.180 |"), "{table}");
+        assert!(table.contains("| b | – | 0.120 | 0.410 | 0.200 | – | – | – |"), "{table}");
+        assert!(table.contains("No temperature on the val part for b: every one of the 12 images is classified right"), "{table}");
+        assert_eq!(render(&[], 1, 1), "");
+    }
+}
