@@ -951,6 +951,16 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let other = accuracies.keys().find(|name| *name != best).unwrap();
     let output = predict(dir.path(), &out, &nested, &["--backbone", other]);
     assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("predicted by {other}")), "{output:?}");
+    // Of the decoded images of every set predicted above, the cache keeps the last set's only
+    // (the nested folder's, here reused by --backbone); rank's own parts stay.
+    let mut cached: Vec<String> =
+        std::fs::read_dir(out.join("cache")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    cached.sort();
+    let predicted_sets: Vec<&String> = cached.iter().filter(|name| name.starts_with("predict-")).collect();
+    assert_eq!(predicted_sets.len(), 2, "{cached:?}");
+    for part in ["train-", "val-", "test-"] {
+        assert!(cached.iter().filter(|name| name.starts_with(part)).count() >= 2, "{part}: {cached:?}");
+    }
 
     // What it cannot do, refused with the fix.
     let output = predict(dir.path(), &dir.path().join("nowhere"), &nested, &[]);
