@@ -301,6 +301,9 @@ fn main() -> Result<()> {
                 counts.join(", "),
                 predicted.file.display()
             );
+            if let Some((count, listing)) = &predicted.unreadable {
+                println!("{count} unreadable image(s) left out (--skip-unreadable), each listed with its error in {}", listing.display());
+            }
             if let Some(evaluation) = &predicted.evaluation {
                 println!(
                     "Against {}: balanced accuracy {:.3}, accuracy {:.3}",

@@ -45,6 +45,11 @@ pub struct PredictArgs {
     /// how often the model is right. By default the probabilities are as the model gives them.
     #[arg(long)]
     pub calibrated: bool,
+    /// Predict the images that can be read and list the others (path,error) in
+    /// `<predictions>-unreadable.csv` beside the predictions; by default an unreadable image stops
+    /// the run, every one of them named.
+    #[arg(long)]
+    pub skip_unreadable: bool,
     /// The predictions' CSV file (RANKING/predictions.csv by default).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -77,6 +82,8 @@ pub struct Predicted {
     pub temperature: f64,
     /// The written probabilities' calibration against the same classes as `evaluation`.
     pub calibration: Option<Calibration>,
+    /// Images left out as unreadable (--skip-unreadable), and the file listing them.
+    pub unreadable: Option<(usize, PathBuf)>,
 }
 
 pub fn run(args: &PredictArgs) -> Result<Predicted> {
@@ -85,8 +92,28 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
     let checkpoint = card.checkpoint_in(&args.ranking)?;
     let temperature = if args.calibrated { card_temperature(&card)? } else { 1.0 };
-    let images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
-    let (root, paths) = (&images.root, &images.paths);
+    let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
+    // The label column's classes, checked before any image is read.
+    let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
+    let csv_truth: Option<Vec<u32>> = match &images.labels {
+        Some(labels) => Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(row, label)| {
+                    class_index(label).with_context(|| {
+                        format!(
+                            "{}: line {}: label {label:?} is not one of the model's classes ({})",
+                            args.images.display(),
+                            row + 2,
+                            card.classes.join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
+        None => None,
+    };
     let registry = match args.models.as_ref().or(card.models.as_ref()) {
         Some(dir) => Registry::load(dir)?,
         None => Registry::load_default()?,
@@ -106,15 +133,21 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
             _ => "no test accuracy".to_string(),
         },
         card.classes.len(),
-        paths.len(),
+        images.paths.len(),
         args.images.display()
     );
-    // Labels are not read; the cache wants one per image.
-    let entries: Vec<Entry> =
-        paths.iter().map(|path| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test }).collect();
+    let file = args.out.clone().unwrap_or_else(|| args.ranking.join("predictions.csv"));
     let cache_dir = args.ranking.join("cache");
-    let split = SplitData::cached(&cache_dir, PREDICT_CACHE, root, &entries, card.resize, true)?;
+    let listing = unreadable_file(&file);
+    let (split, readable) = cached_images(&cache_dir, &mut images, card.resize, args.skip_unreadable, &listing)?;
+    let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
+    // The labels of the images predicted, where some were left out.
+    let csv_truth = match (csv_truth, &readable) {
+        (Some(truth), Some(readable)) => Some(truth.into_iter().zip(readable).filter(|(_, r)| **r).map(|(t, _)| t).collect()),
+        (truth, _) => truth,
+    };
     prune_prediction_caches(&cache_dir, split.cache.key());
+    let paths = &images.paths;
     let settings = RunSettings {
         batch_size: args.batch,
         crop: card.crop,
@@ -127,32 +160,81 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         eprintln!("calibrated: the logits divided by {temperature:.3}, the temperature fitted on rank's val part");
     }
     let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, temperature)).collect();
-    let file = args.out.clone().unwrap_or_else(|| args.ranking.join("predictions.csv"));
     let (predicted, counts) = write_predictions(&file, &card.classes, paths, &probabilities)?;
-    let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
-    let truth: Option<Vec<u32>> = match &images.labels {
-        Some(labels) => Some(
-            labels
-                .iter()
-                .enumerate()
-                .map(|(row, label)| {
-                    class_index(label).with_context(|| {
-                        format!(
-                            "{}: line {}: label {label:?} is not one of the model's classes ({})",
-                            args.images.display(),
-                            row + 2,
-                            card.classes.join(", ")
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?,
-        ),
+    let truth: Option<Vec<u32>> = match csv_truth {
+        Some(truth) => Some(truth),
         None => paths.iter().map(|path| path.split('/').next().and_then(class_index)).collect(),
     };
+    if let Some(truth) = &truth {
+        anyhow::ensure!(
+            truth.len() == predicted.len(),
+            "{} labels for {} predictions: the label column lost its alignment",
+            truth.len(),
+            predicted.len()
+        );
+    }
     let evaluation = truth.as_ref().map(|truth| medxfer_train::evaluate(truth, &predicted, card.classes.len()));
     let calibration = truth.as_ref().map(|truth| calibration::calibration(&logits, truth, temperature));
     let evaluated_against = if images.labels.is_some() { "the CSV's label column" } else { "the class folders the images sit in" };
-    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against, temperature, calibration })
+    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against, temperature, calibration, unreadable })
+}
+
+/// Where `--skip-unreadable` lists the images it left out: beside the predictions,
+/// `<name>-unreadable.csv`.
+fn unreadable_file(predictions: &Path) -> PathBuf {
+    let stem = predictions.file_stem().map_or_else(|| "predictions".into(), |s| s.to_string_lossy());
+    predictions.with_file_name(format!("{stem}-unreadable.csv"))
+}
+
+/// The decoded images' cache. An image that cannot be read stops the run with every such image
+/// listed, as rank and the study do, unless `skip` (--skip-unreadable): then the unreadable ones
+/// (each image decoded once more to tell which, only on this path) are left out of
+/// `images.paths` and listed in `listing` as path,error, and which of the images given were
+/// readable is returned. A listing of an earlier run's is removed where none is left out, so that
+/// it never describes another run.
+fn cached_images(cache_dir: &Path, images: &mut Images, resize: u32, skip: bool, listing: &Path) -> Result<(SplitData, Option<Vec<bool>>)> {
+    // Labels are not read; the cache wants one per image.
+    let entries = |paths: &[String]| -> Vec<Entry> {
+        paths.iter().map(|path| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test }).collect()
+    };
+    let first = SplitData::cached(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), resize, true);
+    let split = match first {
+        Err(medxfer_train::Error::Data(medxfer_data::Error::Unreadable { .. })) if skip => None,
+        Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) => {
+            bail!("{unreadable}\n(or pass --skip-unreadable: the others are predicted, these listed in {})", listing.display())
+        }
+        other => Some(other?),
+    };
+    let split = match split {
+        Some(split) => split,
+        None => {
+            use rayon::prelude::*;
+            let errors: Vec<Option<String>> = images
+                .paths
+                .par_iter()
+                .map(|path| medxfer_data::load_image(&images.root.join(path)).err().map(|e| e.to_string()))
+                .collect();
+            let rows: Vec<Vec<String>> = images
+                .paths
+                .iter()
+                .zip(&errors)
+                .filter_map(|(path, error)| error.as_ref().map(|error| vec![path.clone(), error.clone()]))
+                .collect();
+            if rows.len() == images.paths.len() {
+                bail!("none of the {} images could be read (the first: {})", rows.len(), rows[0][1]);
+            }
+            let readable: Vec<bool> = errors.iter().map(Option::is_none).collect();
+            images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
+            crate::results::write_rows(listing, &["path", "error"], &rows)?;
+            eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
+            let split = SplitData::cached(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), resize, true)?;
+            return Ok((split, Some(readable)));
+        }
+    };
+    if listing.exists() {
+        std::fs::remove_file(listing).with_context(|| format!("cannot remove {} (an earlier run's list)", listing.display()))?;
+    }
+    Ok((split, None))
 }
 
 /// The temperature `--calibrated` divides the logits by: the card's, or why it has none.

@@ -962,6 +962,68 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         assert!(cached.iter().filter(|name| name.starts_with(part)).count() >= 2, "{part}: {cached:?}");
     }
 
+    // An unreadable image (not an image; a truncated PNG) stops the run naming each, unless
+    // --skip-unreadable: the others get the probabilities they have beside it, and the two are
+    // listed with their errors beside the predictions. Mended, the list goes.
+    let mixed = dir.path().join("incoming");
+    std::fs::create_dir_all(&mixed).unwrap();
+    // Both classes: the first two images by name (clear) and the last (lesion).
+    for row in from_folder.iter().take(2).chain(from_folder.last()) {
+        std::fs::copy(nested.join(&row["path"]), mixed.join(row["path"].rsplit('/').next().unwrap())).unwrap();
+    }
+    std::fs::write(mixed.join("notes.png"), b"not an image").unwrap();
+    let whole = std::fs::read(nested.join(&from_folder[0]["path"])).unwrap();
+    std::fs::write(mixed.join("cut.png"), &whole[..whole.len() / 2]).unwrap();
+    let mixed_csv = dir.path().join("mixed.csv");
+    let output = predict(dir.path(), &out, &mixed, &["--out", mixed_csv.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("2 of 5 image(s) could not be read")
+            && stderr.contains("notes.png")
+            && stderr.contains("cut.png")
+            && stderr.contains("--skip-unreadable"),
+        "{stderr}"
+    );
+    let output = predict(dir.path(), &out, &mixed, &["--out", mixed_csv.to_str().unwrap(), "--skip-unreadable"]);
+    let listing = dir.path().join("mixed-unreadable.csv");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("2 unreadable image(s) left out"), "{output:?}");
+    let predicted_mixed = read_csv(&mixed_csv);
+    assert_eq!(predicted_mixed.len(), 3);
+    for row in &predicted_mixed {
+        let same = from_folder.iter().find(|r| r["path"].ends_with(&format!("/{}", row["path"]))).unwrap();
+        // To f32 rounding: a batch of three blocks its GEMMs otherwise.
+        let (a, b): (f64, f64) = (same["p_clear"].parse().unwrap(), row["p_clear"].parse().unwrap());
+        assert!((a - b).abs() < 1e-5 && same["predicted"] == row["predicted"], "{same:?} {row:?}");
+    }
+    let unreadable = read_csv(&listing);
+    let listed: Vec<&str> = unreadable.iter().map(|r| r["path"].as_str()).collect();
+    assert_eq!(listed, ["cut.png", "notes.png"]);
+    assert!(unreadable.iter().all(|r| r["error"].contains(&r["path"])), "{unreadable:?}");
+    // The same images in a CSV with labels: measured against the readable ones' labels; a label
+    // the model lacks is refused before any image is read, naming the CSV's own line.
+    let class_of = |name: &str| name.split('-').next().unwrap().to_string();
+    let mut lines: Vec<String> = predicted_mixed.iter().map(|r| format!("{},{}", r["path"], class_of(&r["path"]))).collect();
+    lines.insert(0, "cut.png,clear".into());
+    lines.insert(2, "notes.png,lesion".into());
+    let labelled_mixed = dir.path().join("mixed-labelled.csv");
+    std::fs::write(&labelled_mixed, format!("file,diagnosis\n{}\n", lines.join("\n"))).unwrap();
+    let columns = ["--csv-columns", "file,diagnosis", "--images-root", mixed.to_str().unwrap(), "--out", mixed_csv.to_str().unwrap()];
+    let output = predict(dir.path(), &out, &labelled_mixed, &[&columns[..], &["--skip-unreadable"]].concat());
+    let truth: Vec<String> = predicted_mixed.iter().map(|r| class_of(&r["path"])).collect();
+    let truth: Vec<&str> = truth.iter().map(String::as_str).collect();
+    let predicted: Vec<&str> = predicted_mixed.iter().map(|r| r["predicted"].as_str()).collect();
+    let against = format!("Against the CSV's label column: balanced accuracy {:.3}", balanced_accuracy(&truth, &predicted));
+    assert!(output.status.success() && String::from_utf8_lossy(&output.stdout).contains(&against), "{against}: {output:?}");
+    std::fs::write(&labelled_mixed, format!("file,diagnosis\n{}\n{},nevus\n", lines.join("\n"), predicted_mixed[0]["path"])).unwrap();
+    let output = predict(dir.path(), &out, &labelled_mixed, &columns);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("line 7: label \"nevus\" is not one of the model's classes"), "{stderr}");
+    std::fs::remove_file(mixed.join("notes.png")).unwrap();
+    std::fs::remove_file(mixed.join("cut.png")).unwrap();
+    assert!(predict(dir.path(), &out, &mixed, &["--out", mixed_csv.to_str().unwrap()]).status.success());
+    assert!(!listing.exists());
+
     // What it cannot do, refused with the fix.
     let output = predict(dir.path(), &dir.path().join("nowhere"), &nested, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
