@@ -306,8 +306,11 @@ fn main() -> Result<()> {
             }
             if let Some(evaluation) = &predicted.evaluation {
                 println!(
-                    "Against {}: balanced accuracy {:.3}, accuracy {:.3}",
-                    predicted.evaluated_against, evaluation.balanced_accuracy, evaluation.accuracy
+                    "Against {}: balanced accuracy {:.3}, accuracy {:.3}{}",
+                    predicted.evaluated_against,
+                    evaluation.balanced_accuracy,
+                    evaluation.accuracy,
+                    predicted.auroc.map_or_else(String::new, |auroc| format!(", AUROC {auroc:.3} (one-vs-rest, the classes' mean)"))
                 );
             }
             if let Some(calibration) = &predicted.calibration {

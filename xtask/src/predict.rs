@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::{Entry, Normalization, Part};
 use medxfer_train::calibration::{self, Calibration};
-use medxfer_train::{RunSettings, SplitData, load_fine_tuned, logits_split};
+use medxfer_train::{RunSettings, SplitData, load_fine_tuned, logits_split, macro_auroc, one_vs_rest_auroc};
 use medxfer_zoo::{HubOptions, Registry};
 
 use crate::rank::card::ModelCard;
@@ -82,6 +82,8 @@ pub struct Predicted {
     pub temperature: f64,
     /// The written probabilities' calibration against the same classes as `evaluation`.
     pub calibration: Option<Calibration>,
+    /// Their macro one-vs-rest AUROC against the same classes.
+    pub auroc: Option<f64>,
     /// Images left out as unreadable (--skip-unreadable), and the file listing them.
     pub unreadable: Option<(usize, PathBuf)>,
 }
@@ -175,8 +177,9 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     }
     let evaluation = truth.as_ref().map(|truth| medxfer_train::evaluate(truth, &predicted, card.classes.len()));
     let calibration = truth.as_ref().map(|truth| calibration::calibration(&logits, truth, temperature));
+    let auroc = truth.as_ref().and_then(|truth| macro_auroc(&one_vs_rest_auroc(&probabilities, truth, card.classes.len())));
     let evaluated_against = if images.labels.is_some() { "the CSV's label column" } else { "the class folders the images sit in" };
-    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against, temperature, calibration, unreadable })
+    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against, temperature, calibration, auroc, unreadable })
 }
 
 /// Where `--skip-unreadable` lists the images it left out: beside the predictions,

@@ -813,6 +813,31 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
     assert!(ranking_md.contains("| backbone | clear | lesion | balanced accuracy |") && ranking_md.contains(&row), "{row}: {ranking_md}");
 
+    // Its AUROC there: the share of (lesion, clear) pairs of test images where the lesion image
+    // has the higher p_lesion, ties half (both classes' one-vs-rest AUROC, so their mean too).
+    let p_lesion = |class: &str| -> Vec<f64> {
+        rows.iter().zip(&truth).filter(|(_, t)| **t == class).map(|(r, _)| r["p_lesion"].parse().unwrap()).collect()
+    };
+    let (lesions, clears) = (p_lesion("lesion"), p_lesion("clear"));
+    let pairs: f64 = lesions
+        .iter()
+        .flat_map(|l| {
+            clears.iter().map(move |c| {
+                if l > c {
+                    1.0
+                } else if l == c {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+        })
+        .sum();
+    let auroc = pairs / (lesions.len() * clears.len()) as f64;
+    let best_line = ranking_md.lines().find(|line| line.starts_with(&row)).unwrap();
+    assert!(best_line.ends_with(&format!("] | {auroc:.3} |")), "{auroc}: {best_line}");
+    assert!(stdout.contains(&format!("AUROC {auroc:.3}")), "{auroc}: {stdout}");
+
     // ranking.md's calibration row for it: the ECE, NLL and Brier score of these probabilities.
     let of_truth = |row: &BTreeMap<String, String>, class: &str| row[&format!("p_{class}")].parse::<f64>().unwrap();
     let probabilities: Vec<[f64; 2]> = rows.iter().map(|r| [of_truth(r, "clear"), of_truth(r, "lesion")]).collect();

@@ -69,7 +69,7 @@ pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, 
 pub use medxfer_data::Normalization;
 /// Re-exported: the GPU's arithmetic (TF32 or not, cuDNN's algorithm choice) is medxfer-kernels'.
 pub use medxfer_kernels::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, Upload, cpu_product_library, set_gpu_settings};
-pub use metrics::{Evaluation, evaluate};
+pub use metrics::{Evaluation, evaluate, macro_auroc, one_vs_rest_auroc};
 pub use models::{load_fine_tuned, load_pretrained, load_pretrained_in, start_fine_tuning};
 pub use progress_bar::{EpochBar, epoch_line};
 pub use schedule::{ETA_MIN, cosine};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use medxfer_train::calibration::{self, Calibration, ECE_BINS, TemperatureError};
-use medxfer_train::{RunData, RunSettings, logits_split};
+use medxfer_train::{RunData, RunSettings, logits_split, macro_auroc, one_vs_rest_auroc};
 use medxfer_zoo::ModelEntry;
 
 /// One fine-tuned backbone's calibration on the test part.
@@ -20,6 +20,8 @@ pub struct Calibrated {
     pub raw: Calibration,
     /// Divided by the fitted temperature, where one was.
     pub scaled: Option<Calibration>,
+    /// The test part's macro one-vs-rest AUROC, from the probabilities as the model gives them.
+    pub auroc: Option<f64>,
 }
 
 /// The kept model in `checkpoint` on `data`'s val part (the temperature's fit) and test part.
@@ -33,17 +35,16 @@ pub fn measure(
     let model = medxfer_train::load_fine_tuned(entry, checkpoint, Some(data.classes), device)?;
     let val = logits_split(&model, &data.val, settings, &mut |_, _| {})?;
     let temperature = calibration::fit_temperature(&val, &data.val.labels);
-    let (raw, scaled) = match &data.test {
-        Some(test) => {
-            let logits = logits_split(&model, test, settings, &mut |_, _| {})?;
-            (
-                calibration::calibration(&logits, &test.labels, 1.0),
-                temperature.as_ref().ok().map(|&t| calibration::calibration(&logits, &test.labels, t)),
-            )
-        }
-        None => anyhow::bail!("the tuning split has no test part"),
-    };
-    Ok(Calibrated { backbone: entry.name.clone(), temperature, raw, scaled })
+    let Some(test) = &data.test else { anyhow::bail!("the tuning split has no test part") };
+    let logits = logits_split(&model, test, settings, &mut |_, _| {})?;
+    let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, 1.0)).collect();
+    Ok(Calibrated {
+        backbone: entry.name.clone(),
+        raw: calibration::calibration(&logits, &test.labels, 1.0),
+        scaled: temperature.as_ref().ok().map(|&t| calibration::calibration(&logits, &test.labels, t)),
+        temperature,
+        auroc: macro_auroc(&one_vs_rest_auroc(&probabilities, &test.labels, data.classes)),
+    })
 }
 
 /// ranking.md's calibration table (empty without tuned backbones).
@@ -98,8 +99,8 @@ mod tests {
         let raw = Calibration { negative_log_likelihood: 0.41, expected_calibration_error: 0.12, brier: 0.2 };
         let scaled = Calibration { negative_log_likelihood: 0.3, expected_calibration_error: 0.05, brier: 0.18 };
         let rows = [
-            Calibrated { backbone: "a".into(), temperature: Ok(1.8), raw, scaled: Some(scaled) },
-            Calibrated { backbone: "b".into(), temperature: Err(TemperatureError::Separated(12)), raw, scaled: None },
+            Calibrated { backbone: "a".into(), temperature: Ok(1.8), raw, scaled: Some(scaled), auroc: None },
+            Calibrated { backbone: "b".into(), temperature: Err(TemperatureError::Separated(12)), raw, scaled: None, auroc: None },
         ];
         let table = render(&rows, 12, 24);
         assert!(table.contains("(24 images;") && table.contains("val part's 12 images"), "{table}");

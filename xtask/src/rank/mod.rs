@@ -473,7 +473,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         card::ModelCard::remove_all(&args.out)?;
         // Each tuned backbone's kept model on the test part, for the per-class and calibration
         // tables.
-        let mut tested: Vec<(String, medxfer_train::Evaluation)> = Vec::new();
+        let mut tested: Vec<(String, medxfer_train::Evaluation, Option<f64>)> = Vec::new();
         let mut calibrated = Vec::new();
         for row in rows.iter_mut().take(k) {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
@@ -499,9 +499,6 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             bar.finish();
             let summary = summary?;
             row.test_balanced_accuracy = summary.best.as_ref().and_then(|b| b.outcome.test.as_ref().map(|t| t.balanced_accuracy));
-            if let Some(test) = summary.best.as_ref().and_then(|b| b.outcome.test.clone()) {
-                tested.push((entry.name.clone(), test));
-            }
             if let Some(best) = &summary.best {
                 let checkpoint = medxfer_train::trial_dir(&dir, best.index).join(medxfer_train::BEST_FILE);
                 let normalization = normalization(entry);
@@ -510,6 +507,9 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                 let calibration = calibration::measure(entry, &checkpoint, &data, &base, &device);
                 if let Err(error) = &calibration {
                     eprintln!("warning: {}: no calibration: {error:#}", entry.name);
+                }
+                if let Some(test) = best.outcome.test.clone() {
+                    tested.push((entry.name.clone(), test, calibration.as_ref().ok().and_then(|c| c.auroc)));
                 }
                 card::ModelCard {
                     backbone: entry.name.clone(),
@@ -657,19 +657,21 @@ const POSTERIOR_DRAWS: usize = 10_000;
 /// The fine-tuned backbones' recall of each class on the test part (a diagnosis's sensitivity):
 /// a balanced accuracy can hide a class the model never finds; and the balanced accuracy's 95%
 /// interval (a few dozen test images leave it wide). Empty without any.
-fn per_class_recall(tested: &[(String, medxfer_train::Evaluation)], classes: &[String], seed: u64) -> String {
+fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, Option<f64>)], classes: &[String], seed: u64) -> String {
     if tested.is_empty() {
         return String::new();
     }
     let mut text = format!(
         "\nRecall of each class on the test part (the share of its images the fine-tuned model finds), and the balanced accuracy with its 95% interval \
          (the balanced accuracy's posterior, Brodersen et al. 2010, each class's recall Beta(found + 1/2, missed + 1/2), {POSTERIOR_DRAWS} draws; \
-         the test images counted one by one, so with several images per patient narrower than the truth):\n\n\
-         | backbone | {} | balanced accuracy | 95% interval |\n|---|{}---:|---|\n",
+         the test images counted one by one, so with several images per patient narrower than the truth), and the AUROC (each class's area \
+         under the ROC curve against the others from the model's probabilities, averaged over the classes: the chance that an image of a \
+         class gets a higher probability of it than an image of another, whatever threshold is later chosen):\n\n\
+         | backbone | {} | balanced accuracy | 95% interval | AUROC |\n|---|{}---:|---|---:|\n",
         classes.join(" | "),
         "---:|".repeat(classes.len())
     );
-    for (backbone, evaluation) in tested {
+    for (backbone, evaluation, auroc) in tested {
         let recalls: Vec<String> = (0..classes.len())
             .map(|class| evaluation.recall.get(class).copied().flatten().map_or_else(|| "–".to_string(), |r| format!("{r:.2}")))
             .collect();
@@ -679,7 +681,8 @@ fn per_class_recall(tested: &[(String, medxfer_train::Evaluation)], classes: &[S
         );
         let interval = balanced_accuracy_interval(&evaluation.confusion, POSTERIOR_DRAWS, &mut rng)
             .map_or_else(|| "–".to_string(), |(low, high)| format!("[{low:.3}, {high:.3}]"));
-        let _ = writeln!(text, "| {backbone} | {} | {:.3} | {interval} |", recalls.join(" | "), evaluation.balanced_accuracy);
+        let auroc = auroc.map_or_else(|| "–".to_string(), |auroc| format!("{auroc:.3}"));
+        let _ = writeln!(text, "| {backbone} | {} | {:.3} | {interval} | {auroc} |", recalls.join(" | "), evaluation.balanced_accuracy);
     }
     text.push('\n');
     text
@@ -1019,11 +1022,18 @@ mod tests {
     fn the_per_class_table_gives_each_class_its_recall_in_order() {
         let evaluation = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3);
         let classes = ["a", "b", "c"].map(String::from);
-        let table = per_class_recall(&[("net".to_string(), evaluation)], &classes, 0);
+        let table = per_class_recall(
+            &[("net".to_string(), evaluation.clone(), Some(0.8125)), ("other".to_string(), evaluation, None)],
+            &classes,
+            0,
+        );
         assert!(
-            table.contains("| backbone | a | b | c | balanced accuracy | 95% interval |\n|---|---:|---:|---:|---:|---|\n| net | 1.00 | 0.25 | – | 0.625 | [0.2"),
+            table.contains(
+                "| backbone | a | b | c | balanced accuracy | 95% interval | AUROC |\n|---|---:|---:|---:|---:|---|---:|\n| net | 1.00 | 0.25 | – | 0.625 | [0.2"
+            ),
             "{table}"
         );
+        assert!(table.contains("] | 0.812 |\n| other |") && table.contains("] | – |\n"), "{table}");
         assert_eq!(per_class_recall(&[], &classes, 0), "");
     }
 
