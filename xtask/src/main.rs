@@ -313,6 +313,18 @@ fn main() -> Result<()> {
                     predicted.auroc.map_or_else(String::new, |auroc| format!(", AUROC {auroc:.3} (one-vs-rest, the classes' mean)"))
                 );
             }
+            if let Some(referral) = &predicted.referral {
+                println!(
+                    "Referred for review (largest probability below {}): {} of {}{}",
+                    referral.threshold,
+                    referral.referred,
+                    predicted.counts.values().sum::<usize>(),
+                    referral.kept.as_ref().map_or_else(String::new, |kept| format!(
+                        "; on the others, balanced accuracy {:.3}, accuracy {:.3}",
+                        kept.balanced_accuracy, kept.accuracy
+                    ))
+                );
+            }
             if let Some(calibration) = &predicted.calibration {
                 println!(
                     "Their probabilities ({}): ECE {:.3} ({} bins), NLL {:.3}, Brier {:.3}",

@@ -45,6 +45,11 @@ pub struct PredictArgs {
     /// how often the model is right. By default the probabilities are as the model gives them.
     #[arg(long)]
     pub calibrated: bool,
+    /// Mark each image whose largest probability (calibrated, with --calibrated) is below P for a
+    /// person to review: a `refer` column (yes/no), and where the classes are known the balanced
+    /// accuracy on the images not referred (the model's share of the work) beside the count.
+    #[arg(long, value_name = "P", value_parser = open_unit_interval)]
+    pub refer_below: Option<f64>,
     /// Predict the images that can be read and list the others (path,error) in
     /// `<predictions>-unreadable.csv` beside the predictions; by default an unreadable image stops
     /// the run, every one of them named.
@@ -84,6 +89,9 @@ pub struct Predicted {
     pub calibration: Option<Calibration>,
     /// Their macro one-vs-rest AUROC against the same classes.
     pub auroc: Option<f64>,
+    /// With --refer-below: the images referred, and the evaluation of the others where the
+    /// classes are known.
+    pub referral: Option<Referral>,
     /// Images left out as unreadable (--skip-unreadable), and the file listing them.
     pub unreadable: Option<(usize, PathBuf)>,
 }
@@ -162,7 +170,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         eprintln!("calibrated: the logits divided by {temperature:.3}, the temperature fitted on rank's val part");
     }
     let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, temperature)).collect();
-    let (predicted, counts) = write_predictions(&file, &card.classes, paths, &probabilities)?;
+    let Written { predicted, counts, referred } = write_predictions(&file, &card.classes, paths, &probabilities, args.refer_below)?;
     let truth: Option<Vec<u32>> = match csv_truth {
         Some(truth) => Some(truth),
         None => paths.iter().map(|path| path.split('/').next().and_then(class_index)).collect(),
@@ -178,8 +186,20 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let evaluation = truth.as_ref().map(|truth| medxfer_train::evaluate(truth, &predicted, card.classes.len()));
     let calibration = truth.as_ref().map(|truth| calibration::calibration(&logits, truth, temperature));
     let auroc = truth.as_ref().and_then(|truth| macro_auroc(&one_vs_rest_auroc(&probabilities, truth, card.classes.len())));
+    let referral = args.refer_below.map(|threshold| Referral::of(threshold, &referred, truth.as_deref(), &predicted, card.classes.len()));
     let evaluated_against = if images.labels.is_some() { "the CSV's label column" } else { "the class folders the images sit in" };
-    Ok(Predicted { backbone: card.backbone, file, counts, evaluation, evaluated_against, temperature, calibration, auroc, unreadable })
+    Ok(Predicted {
+        backbone: card.backbone,
+        file,
+        counts,
+        evaluation,
+        evaluated_against,
+        temperature,
+        calibration,
+        auroc,
+        referral,
+        unreadable,
+    })
 }
 
 /// Where `--skip-unreadable` lists the images it left out: beside the predictions,
@@ -279,6 +299,38 @@ fn prune_prediction_caches(cache_dir: &Path, kept: &str) {
         {
             eprintln!("warning: cannot remove an earlier prediction's cache {}: {error}", path.display());
         }
+    }
+}
+
+/// What --refer-below did.
+#[derive(Debug)]
+pub struct Referral {
+    pub threshold: f64,
+    /// Images whose largest probability is below the threshold.
+    pub referred: usize,
+    /// The others' evaluation against the known classes (None without them, or none left).
+    pub kept: Option<medxfer_train::Evaluation>,
+}
+
+impl Referral {
+    /// Of `referred` (per image), and the others' predictions measured against `truth`.
+    fn of(threshold: f64, referred: &[bool], truth: Option<&[u32]>, predicted: &[u32], classes: usize) -> Self {
+        let kept = |values: &[u32]| -> Vec<u32> { values.iter().zip(referred).filter(|(_, r)| !**r).map(|(v, _)| *v).collect() };
+        Referral {
+            threshold,
+            referred: referred.iter().filter(|r| **r).count(),
+            kept: truth
+                .filter(|_| referred.iter().any(|r| !r))
+                .map(|truth| medxfer_train::evaluate(&kept(truth), &kept(predicted), classes)),
+        }
+    }
+}
+
+/// A probability strictly between 0 and 1, for --refer-below.
+fn open_unit_interval(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
+        _ => Err(format!("{text:?}: expected a probability between 0 and 1 (exclusive), such as 0.8")),
     }
 }
 
@@ -406,16 +458,30 @@ fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&s
     Ok(Images { root, paths, labels: label_name.map(|_| labels) })
 }
 
-/// `path,predicted,probability` and one `p_<class>` column per class, in the images' order;
-/// written atomically. Returns each image's predicted class and the images per class.
+/// What [`write_predictions`] wrote, per image.
+struct Written {
+    /// The predicted class.
+    predicted: Vec<u32>,
+    /// Images per predicted class, every class listed.
+    counts: BTreeMap<String, usize>,
+    /// Whether --refer-below marked it for review.
+    referred: Vec<bool>,
+}
+
+/// `path,predicted,probability` and one `p_<class>` column per class, in the images' order, and
+/// with `refer_below` a `refer` column (yes where the largest probability is below it); written
+/// atomically.
 fn write_predictions(
     file: &Path,
     classes: &[String],
     paths: &[String],
     probabilities: &[Vec<f64>],
-) -> Result<(Vec<u32>, BTreeMap<String, usize>)> {
+    refer_below: Option<f64>,
+) -> Result<Written> {
     let mut header = vec!["path".to_string(), "predicted".into(), "probability".into()];
     header.extend(classes.iter().map(|c| format!("p_{c}")));
+    header.extend(refer_below.map(|_| "refer".to_string()));
+    let mut referred = Vec::with_capacity(paths.len());
     let mut records = Vec::with_capacity(paths.len());
     let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
     let mut predicted = Vec::with_capacity(paths.len());
@@ -428,10 +494,15 @@ fn write_predictions(
         // As f32: the logits' own precision, and the shortest text that reads back the same.
         let mut record = vec![path.clone(), class.clone(), (probability as f32).to_string()];
         record.extend(row.iter().map(|&p| (p as f32).to_string()));
+        let refer = refer_below.is_some_and(|threshold| probability < threshold);
+        if refer_below.is_some() {
+            record.push(if refer { "yes" } else { "no" }.to_string());
+        }
+        referred.push(refer);
         records.push(record);
     }
     crate::results::write_rows(file, &header.iter().map(String::as_str).collect::<Vec<_>>(), &records)?;
-    Ok((predicted, counts))
+    Ok(Written { predicted, counts, referred })
 }
 
 #[cfg(test)]
@@ -466,5 +537,20 @@ mod tests {
         assert_eq!(chosen_card(dir.path(), Some("b")).unwrap().backbone, "b");
         let error = chosen_card(dir.path(), Some("e")).unwrap_err().to_string();
         assert!(error.contains("--backbone e: not fine-tuned") && error.contains("(fine-tuned: a, b, c, d)"), "{error}");
+    }
+
+    /// The images not referred are measured alone: here the two wrong ones are referred, so the
+    /// rest is all right.
+    #[test]
+    fn the_images_not_referred_are_measured_alone() {
+        let truth = [0, 0, 1, 1, 1];
+        let predicted = [0, 1, 1, 0, 1];
+        let referred = [false, true, false, true, false];
+        let referral = Referral::of(0.8, &referred, Some(&truth), &predicted, 2);
+        assert_eq!(referral.referred, 2);
+        let kept = referral.kept.unwrap();
+        assert_eq!((kept.balanced_accuracy, kept.confusion), (1.0, vec![vec![1, 0], vec![0, 2]]));
+        assert!(Referral::of(0.8, &[true; 5], Some(&truth), &predicted, 2).kept.is_none());
+        assert!(Referral::of(0.8, &referred, None, &predicted, 2).kept.is_none());
     }
 }

@@ -813,6 +813,36 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
     assert!(ranking_md.contains("| backbone | clear | lesion | balanced accuracy |") && ranking_md.contains(&row), "{row}: {ranking_md}");
 
+    // --refer-below P: the images whose largest probability is below P are marked for review,
+    // and the others measured alone. P between the middle two of these probabilities.
+    let mut largest: Vec<f64> = rows.iter().map(|r| r["probability"].parse().unwrap()).collect();
+    largest.sort_by(f64::total_cmp);
+    let threshold = (largest[largest.len() / 2 - 1] + largest[largest.len() / 2]) / 2.0;
+    let referred_csv = dir.path().join("referred.csv");
+    let refer_args = ["--images-root", images.to_str().unwrap(), "--out", referred_csv.to_str().unwrap()];
+    let output = predict(dir.path(), &out, &test_csv, &[&refer_args[..], &["--refer-below", &threshold.to_string()]].concat());
+    let refer_rows = read_csv(&referred_csv);
+    let refer: Vec<bool> = refer_rows.iter().map(|r| r["refer"] == "yes").collect();
+    for (row, &referred) in refer_rows.iter().zip(&refer) {
+        assert_eq!(referred, row["probability"].parse::<f64>().unwrap() < threshold, "{row:?} at {threshold}");
+    }
+    let kept = |values: &[&str]| -> Vec<String> { values.iter().zip(&refer).filter(|(_, r)| !**r).map(|(v, _)| v.to_string()).collect() };
+    let predicted_here: Vec<&str> = refer_rows.iter().map(|r| r["predicted"].as_str()).collect();
+    let (kept_truth, kept_predicted) = (kept(&truth), kept(&predicted_here));
+    let summary = format!(
+        "Referred for review (largest probability below {threshold}): {} of {}; on the others, balanced accuracy {:.3}",
+        refer.iter().filter(|r| **r).count(),
+        test.len(),
+        balanced_accuracy(
+            &kept_truth.iter().map(String::as_str).collect::<Vec<_>>(),
+            &kept_predicted.iter().map(String::as_str).collect::<Vec<_>>()
+        )
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&summary), "{summary}: {output:?}");
+    let output = predict(dir.path(), &out, &test_csv, &[&refer_args[..], &["--refer-below", "1.5"]].concat());
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected a probability between 0 and 1"), "{output:?}");
+
     // Its AUROC there: the share of (lesion, clear) pairs of test images where the lesion image
     // has the higher p_lesion, ties half (both classes' one-vs-rest AUROC, so their mean too).
     let p_lesion = |class: &str| -> Vec<f64> {
