@@ -20,8 +20,47 @@ pub struct Calibrated {
     pub raw: Calibration,
     /// Divided by the fitted temperature, where one was.
     pub scaled: Option<Calibration>,
-    /// The test part's macro one-vs-rest AUROC, from the probabilities as the model gives them.
-    pub auroc: Option<f64>,
+    /// The test part's macro one-vs-rest AUROC, from the probabilities as the model gives them,
+    /// and its 95% interval ([`auroc_interval`]).
+    pub auroc: Option<(f64, Option<(f64, f64)>)>,
+}
+
+/// Resamples of [`auroc_interval`].
+pub const AUROC_RESAMPLES: usize = 2_000;
+
+/// The macro AUROC's 95% percentile bootstrap interval: the test images drawn with replacement
+/// within each class (each class keeps its count, so every resample has every class the images
+/// have), the AUROC recomputed on each. For two classes it matches DeLong's interval on large
+/// samples. None where the images give no AUROC.
+pub fn auroc_interval(
+    probabilities: &[Vec<f64>],
+    labels: &[u32],
+    classes: usize,
+    resamples: usize,
+    rng: &mut impl rand::Rng,
+) -> Option<(f64, f64)> {
+    macro_auroc(&one_vs_rest_auroc(probabilities, labels, classes))?;
+    let by_class: Vec<Vec<usize>> = (0..classes)
+        .map(|class| (0..labels.len()).filter(|&i| labels[i] as usize == class).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .collect();
+    let mut values = Vec::with_capacity(resamples);
+    let (mut drawn_probabilities, mut drawn_labels) = (Vec::with_capacity(labels.len()), Vec::with_capacity(labels.len()));
+    for _ in 0..resamples {
+        drawn_probabilities.clear();
+        drawn_labels.clear();
+        for members in &by_class {
+            for _ in 0..members.len() {
+                let i = members[rng.random_range(0..members.len())];
+                drawn_probabilities.push(probabilities[i].clone());
+                drawn_labels.push(labels[i]);
+            }
+        }
+        values.extend(macro_auroc(&one_vs_rest_auroc(&drawn_probabilities, &drawn_labels, classes)));
+    }
+    values.sort_by(f64::total_cmp);
+    let quantile = crate::report::uncertainty::quantile;
+    Some((quantile(&values, 0.025), quantile(&values, 0.975)))
 }
 
 /// The kept model in `checkpoint` on `data`'s val part (the temperature's fit) and test part.
@@ -31,6 +70,7 @@ pub fn measure(
     data: &RunData,
     settings: &RunSettings,
     device: &candle_core::Device,
+    rng: &mut impl rand::Rng,
 ) -> Result<Calibrated> {
     let model = medxfer_train::load_fine_tuned(entry, checkpoint, Some(data.classes), device)?;
     let val = logits_split(&model, &data.val, settings, &mut |_, _| {})?;
@@ -43,7 +83,8 @@ pub fn measure(
         raw: calibration::calibration(&logits, &test.labels, 1.0),
         scaled: temperature.as_ref().ok().map(|&t| calibration::calibration(&logits, &test.labels, t)),
         temperature,
-        auroc: macro_auroc(&one_vs_rest_auroc(&probabilities, &test.labels, data.classes)),
+        auroc: macro_auroc(&one_vs_rest_auroc(&probabilities, &test.labels, data.classes))
+            .map(|auroc| (auroc, auroc_interval(&probabilities, &test.labels, data.classes, AUROC_RESAMPLES, rng))),
     })
 }
 
@@ -93,6 +134,30 @@ pub fn render(calibrated: &[Calibrated], val_images: usize, test_images: usize) 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Two classes, 100 images each (scores (37 i mod 101) / 101, the positives' raised by 0.3):
+    /// DeLong et al.'s (1988) interval, AUROC +- 1.96 sqrt(V10 / m + V01 / n) from the
+    /// placements' sample variances (numpy), is [0.68681, 0.81739] around 0.7521; the bootstrap's
+    /// is close to it (numpy's own 10,000 resamples gave [0.6834, 0.8147]).
+    #[test]
+    fn the_auroc_interval_matches_delong_s_on_two_classes() {
+        let labels: Vec<u32> = (0..200).map(|i| i % 2).collect();
+        let probabilities: Vec<Vec<f64>> = (0..200)
+            .map(|i: u32| {
+                let p = f64::from((i * 37) % 101) / 101.0 + 0.3 * f64::from(i % 2);
+                vec![1.0 - p, p]
+            })
+            .collect();
+        let auroc = macro_auroc(&one_vs_rest_auroc(&probabilities, &labels, 2)).unwrap();
+        assert!((auroc - 0.7521).abs() < 1e-12, "{auroc}");
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
+        let (low, high) = auroc_interval(&probabilities, &labels, 2, 10_000, &mut rng).unwrap();
+        assert!((low - 0.686_813_8).abs() < 0.01 && (high - 0.817_386_2).abs() < 0.01, "[{low}, {high}]");
+        // Perfectly separated, every resample is too; one class alone has none.
+        let separated: Vec<Vec<f64>> = labels.iter().map(|&y| if y == 1 { vec![0.2, 0.8] } else { vec![0.9, 0.1] }).collect();
+        assert_eq!(auroc_interval(&separated, &labels, 2, 100, &mut rng), Some((1.0, 1.0)));
+        assert_eq!(auroc_interval(&separated, &[1; 200], 2, 100, &mut rng), None);
+    }
 
     #[test]
     fn the_table_gives_each_backbone_its_row_and_says_why_a_temperature_is_missing() {

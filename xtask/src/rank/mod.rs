@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use calibration::AUROC_RESAMPLES;
 use clap::Args;
 use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split, grouped_split};
 use medxfer_scores::{Direction, Metric};
@@ -473,7 +474,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         card::ModelCard::remove_all(&args.out)?;
         // Each tuned backbone's kept model on the test part, for the per-class and calibration
         // tables.
-        let mut tested: Vec<(String, medxfer_train::Evaluation, Option<f64>)> = Vec::new();
+        let mut tested: Vec<(String, medxfer_train::Evaluation, AurocCell)> = Vec::new();
         let mut calibrated = Vec::new();
         for row in rows.iter_mut().take(k) {
             let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
@@ -504,7 +505,11 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                 let normalization = normalization(entry);
                 // An aid to reading the probabilities, not the ranking: a kept model that cannot be
                 // read (deleted to save space) leaves the card without a temperature, saying why.
-                let calibration = calibration::measure(entry, &checkpoint, &data, &base, &device);
+                let mut rng = crate::report::uncertainty::cell_rng(
+                    crate::report::uncertainty::BootstrapSettings { resamples: AUROC_RESAMPLES, seed: args.seed },
+                    &format!("test-auroc/{}", entry.name),
+                );
+                let calibration = calibration::measure(entry, &checkpoint, &data, &base, &device, &mut rng);
                 if let Err(error) = &calibration {
                     eprintln!("warning: {}: no calibration: {error:#}", entry.name);
                 }
@@ -657,7 +662,10 @@ const POSTERIOR_DRAWS: usize = 10_000;
 /// The fine-tuned backbones' recall of each class on the test part (a diagnosis's sensitivity):
 /// a balanced accuracy can hide a class the model never finds; and the balanced accuracy's 95%
 /// interval (a few dozen test images leave it wide). Empty without any.
-fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, Option<f64>)], classes: &[String], seed: u64) -> String {
+/// A backbone's test AUROC and its interval, where they could be had.
+type AurocCell = Option<(f64, Option<(f64, f64)>)>;
+
+fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], classes: &[String], seed: u64) -> String {
     if tested.is_empty() {
         return String::new();
     }
@@ -666,8 +674,9 @@ fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, Option<f64>)],
          (the balanced accuracy's posterior, Brodersen et al. 2010, each class's recall Beta(found + 1/2, missed + 1/2), {POSTERIOR_DRAWS} draws; \
          the test images counted one by one, so with several images per patient narrower than the truth), and the AUROC (each class's area \
          under the ROC curve against the others from the model's probabilities, averaged over the classes: the chance that an image of a \
-         class gets a higher probability of it than an image of another, whatever threshold is later chosen):\n\n\
-         | backbone | {} | balanced accuracy | 95% interval | AUROC |\n|---|{}---:|---|---:|\n",
+         class gets a higher probability of it than an image of another, whatever threshold is later chosen; its 95% interval from \
+         {AUROC_RESAMPLES} resamples of the test images within each class):\n\n\
+         | backbone | {} | balanced accuracy | 95% interval | AUROC | 95% interval |\n|---|{}---:|---|---:|---|\n",
         classes.join(" | "),
         "---:|".repeat(classes.len())
     );
@@ -681,7 +690,11 @@ fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, Option<f64>)],
         );
         let interval = balanced_accuracy_interval(&evaluation.confusion, POSTERIOR_DRAWS, &mut rng)
             .map_or_else(|| "–".to_string(), |(low, high)| format!("[{low:.3}, {high:.3}]"));
-        let auroc = auroc.map_or_else(|| "–".to_string(), |auroc| format!("{auroc:.3}"));
+        let auroc = match auroc {
+            Some((auroc, Some((low, high)))) => format!("{auroc:.3} | [{low:.3}, {high:.3}]"),
+            Some((auroc, None)) => format!("{auroc:.3} | –"),
+            None => "– | –".to_string(),
+        };
         let _ = writeln!(text, "| {backbone} | {} | {:.3} | {interval} | {auroc} |", recalls.join(" | "), evaluation.balanced_accuracy);
     }
     text.push('\n');
@@ -1023,17 +1036,17 @@ mod tests {
         let evaluation = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3);
         let classes = ["a", "b", "c"].map(String::from);
         let table = per_class_recall(
-            &[("net".to_string(), evaluation.clone(), Some(0.8125)), ("other".to_string(), evaluation, None)],
+            &[("net".to_string(), evaluation.clone(), Some((0.8125, Some((0.7, 0.9))))), ("other".to_string(), evaluation, None)],
             &classes,
             0,
         );
         assert!(
             table.contains(
-                "| backbone | a | b | c | balanced accuracy | 95% interval | AUROC |\n|---|---:|---:|---:|---:|---|---:|\n| net | 1.00 | 0.25 | – | 0.625 | [0.2"
+                "| backbone | a | b | c | balanced accuracy | 95% interval | AUROC | 95% interval |\n|---|---:|---:|---:|---:|---|---:|---|\n| net | 1.00 | 0.25 | – | 0.625 | [0.2"
             ),
             "{table}"
         );
-        assert!(table.contains("] | 0.812 |\n| other |") && table.contains("] | – |\n"), "{table}");
+        assert!(table.contains("] | 0.812 | [0.700, 0.900] |\n| other |") && table.contains("] | – | – |\n"), "{table}");
         assert_eq!(per_class_recall(&[], &classes, 0), "");
     }
 
