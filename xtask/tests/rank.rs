@@ -877,6 +877,11 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let cells: Vec<&str> = calibration_row.unwrap_or_else(|| panic!("{ranking_md}")).split(" | ").collect();
     let (ece, nll, brier) = calibration_of(&probabilities, &labels);
     assert_eq!(cells[2..5], [format!("{ece:.3}"), format!("{nll:.3}"), format!("{brier:.3}")], "{ranking_md}");
+    // Its reliability diagram's panel, with that ECE; one panel per fine-tuned backbone.
+    let diagram = std::fs::read_to_string(out.join("ranking_calibration.svg")).unwrap();
+    assert!(diagram.contains(&format!("{best}: ECE {ece:.3}")), "{diagram}");
+    assert!(accuracies.keys().all(|backbone| diagram.contains(&format!("{backbone}: ECE "))));
+    assert!(out.join("ranking_calibration.png").is_file());
     // Each card's temperature minimises the likelihood of the val part's labels under its
     // probabilities divided by it (here recomputed from predict's uncalibrated probabilities on
     // the val images), or the card says why there is none.

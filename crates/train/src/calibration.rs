@@ -136,12 +136,26 @@ pub fn calibration(logits: &[Vec<f32>], labels: &[u32], temperature: f64) -> Cal
     }
 }
 
-/// The expected calibration error (Naeini et al. 2015, as Guo et al. compute it): the images
+/// One confidence bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReliabilityBin {
+    /// The bin's lowest confidence (excluded).
+    pub lower: f64,
+    /// The bin's highest confidence (included).
+    pub upper: f64,
+    /// Images whose confidence (largest probability) falls in it.
+    pub count: usize,
+    /// Their mean confidence (0 for an empty bin).
+    pub confidence: f64,
+    /// The share of them predicted right (0 for an empty bin).
+    pub accuracy: f64,
+}
+
+/// The reliability diagram's bins (DeGroot and Fienberg 1983, as Guo et al. draw it): the images
 /// binned by their confidence (the largest probability) into `bins` equal-width bins, (lower,
-/// upper], and the gap between each bin's accuracy and its mean confidence averaged with the
-/// bin's share of the images as weight. The prediction is the first of equal largest
-/// probabilities, as argmax takes it.
-pub fn expected_calibration_error(probabilities: &[Vec<f64>], labels: &[u32], bins: usize) -> f64 {
+/// upper], each with its mean confidence and accuracy. The prediction is the first of equal
+/// largest probabilities, as argmax takes it.
+pub fn reliability(probabilities: &[Vec<f64>], labels: &[u32], bins: usize) -> Vec<ReliabilityBin> {
     let bins = bins.max(1);
     let (mut confidence, mut correct, mut count) = (vec![0.0; bins], vec![0.0; bins], vec![0usize; bins]);
     for (row, &label) in probabilities.iter().zip(labels) {
@@ -152,8 +166,26 @@ pub fn expected_calibration_error(probabilities: &[Vec<f64>], labels: &[u32], bi
         correct[bin] += f64::from(u8::from(predicted == label as usize));
         count[bin] += 1;
     }
+    (0..bins)
+        .map(|b| {
+            let n = count[b].max(1) as f64;
+            ReliabilityBin {
+                lower: b as f64 / bins as f64,
+                upper: (b + 1) as f64 / bins as f64,
+                count: count[b],
+                confidence: confidence[b] / n,
+                accuracy: correct[b] / n,
+            }
+        })
+        .collect()
+}
+
+/// The expected calibration error (Naeini et al. 2015, as Guo et al. compute it): the gap
+/// between each [`reliability`] bin's accuracy and its mean confidence, averaged with the bin's
+/// share of the images as weight.
+pub fn expected_calibration_error(probabilities: &[Vec<f64>], labels: &[u32], bins: usize) -> f64 {
     let n = probabilities.len().max(1) as f64;
-    (0..bins).filter(|&b| count[b] > 0).map(|b| (correct[b] - confidence[b]).abs() / n).sum()
+    reliability(probabilities, labels, bins).iter().map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs()).sum()
 }
 
 #[cfg(test)]
@@ -254,6 +286,21 @@ mod tests {
         let ece = expected_calibration_error(&probabilities, &[2, 1, 0], 2);
         let closed = 2.0 / 3.0 * (0.5 - 0.45_f64).abs() + (1.0 - 0.9) / 3.0;
         assert!((ece - closed).abs() < 1e-12, "{ece} against {closed}");
+    }
+
+    /// The hand-made bins above, as the diagram has them.
+    #[test]
+    fn the_reliability_bins_hold_each_bin_s_confidence_and_accuracy() {
+        let probabilities = vec![vec![0.94, 0.06], vec![0.04, 0.96], vec![0.5, 0.5], vec![0.4, 0.6]];
+        let bins = reliability(&probabilities, &[0, 0, 0, 0], 15);
+        assert_eq!(bins.len(), 15);
+        let filled: Vec<(usize, usize, f64, f64)> =
+            bins.iter().enumerate().filter(|(_, b)| b.count > 0).map(|(i, b)| (i, b.count, b.confidence, b.accuracy)).collect();
+        assert_eq!(filled.len(), 3, "{filled:?}");
+        assert_eq!((filled[0].0, filled[0].1, filled[0].3), (7, 1, 1.0));
+        assert_eq!((filled[1].0, filled[1].1, filled[1].3), (8, 1, 0.0));
+        assert_eq!((filled[2].0, filled[2].1, filled[2].3), (14, 2, 0.5));
+        assert!((filled[2].2 - 0.95).abs() < 1e-12 && (bins[14].upper - 1.0).abs() < 1e-12 && bins[7].lower == 7.0 / 15.0);
     }
 
     #[test]

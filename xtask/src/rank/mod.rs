@@ -9,6 +9,7 @@ mod calibration;
 pub mod card;
 mod figure;
 pub mod images;
+mod reliability_figure;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -550,6 +551,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         );
         tuning.push_str(&per_class_recall(&tested, &images.classes, args.seed));
         tuning.push_str(&calibration::render(&calibrated, data.val.labels.len(), data.test.as_ref().map_or(0, |t| t.labels.len())));
+        reliability_figure::write(&args.out.join("ranking_calibration"), &calibrated)?;
         let _ = writeln!(
             tuning,
             "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best validation balanced accuracy to new images (chosen on val, so its test accuracy stays an estimate the choice did not see).",
