@@ -1,0 +1,196 @@
+//! The images `predict` reads: one image, a folder (at any depth) or a CSV's path column (and
+//! label column), decoded into the ranking's cache, with the unreadable ones left out and listed
+//! where asked.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use medxfer_data::{Entry, Part};
+use medxfer_train::SplitData;
+
+use crate::rank::images::LabelColumns;
+
+/// The images to predict: the folder they are under, each one's path under it, and each one's
+/// class where a CSV's label column gives it.
+pub struct Images {
+    pub root: PathBuf,
+    pub paths: Vec<String>,
+    pub labels: Option<Vec<String>>,
+}
+
+/// Every image file under a folder (in name order), or a CSV's path column (and label column).
+pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&str>) -> Result<Images> {
+    if images.is_dir() {
+        if images_root.is_some() || csv_columns.is_some() {
+            bail!("--images-root and --csv-columns read a CSV; --images {} is a folder: leave them out", images.display());
+        }
+        let mut paths = Vec::new();
+        for file in crate::rank::images::walk(images)?.into_iter().filter(|f| medxfer_zoo::is_image_file(f)) {
+            let relative = file.strip_prefix(images).unwrap_or(&file);
+            let relative = relative.to_str().with_context(|| format!("{}: its name is not valid UTF-8; rename it", file.display()))?;
+            paths.push(relative.replace('\\', "/"));
+        }
+        if paths.is_empty() {
+            bail!("{}: no images ({}) in this folder or below it", images.display(), medxfer_zoo::IMAGE_EXTENSIONS.join(", "));
+        }
+        return Ok(Images { root: images.to_path_buf(), paths, labels: None });
+    }
+    if !images.is_file() {
+        bail!("--images {}: no such folder or file", images.display());
+    }
+    if medxfer_zoo::is_image_file(images) {
+        if images_root.is_some() || csv_columns.is_some() {
+            bail!("--images-root and --csv-columns read a CSV; --images {} is an image: leave them out", images.display());
+        }
+        let name = images
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: its name is not valid UTF-8; rename it", images.display()))?;
+        let root = images.parent().map(Path::to_path_buf).unwrap_or_default();
+        return Ok(Images { root, paths: vec![name.to_string()], labels: None });
+    }
+    let root = match images_root {
+        Some(root) if !root.is_dir() => bail!("--images-root {}: no such folder", root.display()),
+        Some(root) => root.to_path_buf(),
+        None => images.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let (path_name, label_name) = match csv_columns.map(|text| text.split(',').map(str::trim).collect::<Vec<_>>()).as_deref() {
+        None => ("path", None),
+        Some([path]) if !path.is_empty() => (*path, None),
+        Some([path, label]) if !path.is_empty() && !label.split('+').any(str::is_empty) => (*path, Some(*label)),
+        Some(_) => bail!(
+            "--csv-columns {:?}: expected the path column's name and optionally the label's, as PATH[,LABEL]",
+            csv_columns.unwrap_or_default()
+        ),
+    };
+    let mut reader = csv::Reader::from_path(images).with_context(|| format!("cannot read {}", images.display()))?;
+    let header = reader.headers().with_context(|| format!("cannot read {}", images.display()))?.clone();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let labels = label_name.map(|label| LabelColumns::find(label, column)).transpose();
+    let (Some(path_column), Ok(label_columns)) = (column(path_name), labels) else {
+        bail!(
+            "{}: the header is `{}`; expected a column named {path_name}{} (each image's path, relative to --images-root or the CSV's folder){}",
+            images.display(),
+            header.iter().collect::<Vec<_>>().join(","),
+            label_name.map_or_else(String::new, |label| format!(" and {label}")),
+            crate::results::separator_hint(&header)
+        );
+    };
+    let (mut paths, mut labels) = (Vec::new(), Vec::new());
+    for (line, record) in reader.records().enumerate() {
+        let line = line + 2;
+        let record = record.with_context(|| format!("{}: line {line}", images.display()))?;
+        let given = record.get(path_column).unwrap_or_default();
+        let Some(path) = crate::rank::images::resolve(&root, given.trim()) else {
+            bail!(
+                "{}: line {line}: {} is not there{}",
+                images.display(),
+                root.join(given).display(),
+                if images_root.is_some() { "" } else { " (relative paths are under the CSV's folder; --images-root names another)" }
+            );
+        };
+        paths.push(path);
+        if let Some(label_columns) = &label_columns {
+            labels.push(label_columns.of(&record).with_context(|| format!("{}: line {line}", images.display()))?);
+        }
+    }
+    if paths.is_empty() {
+        bail!("{}: no rows", images.display());
+    }
+    Ok(Images { root, paths, labels: label_name.map(|_| labels) })
+}
+
+/// Where `--skip-unreadable` lists the images it left out: beside the predictions,
+/// `<name>-unreadable.csv`.
+pub fn unreadable_file(predictions: &Path) -> PathBuf {
+    let stem = predictions.file_stem().map_or_else(|| "predictions".into(), |s| s.to_string_lossy());
+    predictions.with_file_name(format!("{stem}-unreadable.csv"))
+}
+
+/// The decoded images' cache. An image that cannot be read stops the run with every such image
+/// listed, as rank and the study do, unless `skip` (--skip-unreadable): then the unreadable ones
+/// (each image decoded once more to tell which, only on this path) are left out of
+/// `images.paths` and listed in `listing` as path,error, and which of the images given were
+/// readable is returned. A listing of an earlier run's is removed where none is left out, so that
+/// it never describes another run.
+pub fn cached_images(
+    cache_dir: &Path,
+    images: &mut Images,
+    resize: u32,
+    skip: bool,
+    listing: &Path,
+) -> Result<(SplitData, Option<Vec<bool>>)> {
+    // Labels are not read; the cache wants one per image.
+    let entries = |paths: &[String]| -> Vec<Entry> {
+        paths.iter().map(|path| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test }).collect()
+    };
+    let first = SplitData::cached(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), resize, true);
+    let split = match first {
+        Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) if skip => Err(unreadable),
+        Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) => {
+            bail!("{unreadable}\n(or pass --skip-unreadable: the others are predicted, these listed in {})", listing.display())
+        }
+        other => Ok(other?),
+    };
+    let split = match split {
+        Ok(split) => split,
+        Err(unreadable) => {
+            use rayon::prelude::*;
+            let errors: Vec<Option<String>> = images
+                .paths
+                .par_iter()
+                .map(|path| medxfer_data::load_image(&images.root.join(path)).err().map(|e| e.to_string()))
+                .collect();
+            let rows: Vec<Vec<String>> = images
+                .paths
+                .iter()
+                .zip(&errors)
+                .filter_map(|(path, error)| error.as_ref().map(|error| vec![path.clone(), error.clone()]))
+                .collect();
+            // Every image decodes: what failed was the resize (an image past the limits).
+            if rows.is_empty() {
+                return Err(unreadable.into());
+            }
+            if rows.len() == images.paths.len() {
+                bail!("none of the {} images could be read (the first: {})", rows.len(), rows[0][1]);
+            }
+            let readable: Vec<bool> = errors.iter().map(Option::is_none).collect();
+            images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
+            crate::results::write_rows(listing, &["path", "error"], &rows)?;
+            eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
+            let split = SplitData::cached(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), resize, true)?;
+            return Ok((split, Some(readable)));
+        }
+    };
+    if listing.exists() {
+        std::fs::remove_file(listing).with_context(|| format!("cannot remove {} (an earlier run's list)", listing.display()))?;
+    }
+    Ok((split, None))
+}
+
+/// The name of predict's decoded images in the ranking's cache folder.
+const PREDICT_CACHE: &str = "predict";
+
+/// Removes the decoded images of earlier predictions on other images from the ranking's cache,
+/// keeping this run's (`kept`, its key): one cache per set of new images would grow with every
+/// folder predicted (about 0.2 MB an image at the study's 256 px), while the same images
+/// predicted again (another --backbone, --calibrated) still reuse theirs. Another process's
+/// cache still open stays readable (its file handle outlives the name); a file that cannot be
+/// removed is left with a warning.
+pub fn prune_prediction_caches(cache_dir: &Path, kept: &str) {
+    let Ok(listing) = std::fs::read_dir(cache_dir) else { return };
+    let prefix = format!("{PREDICT_CACHE}-");
+    for path in listing.filter_map(|entry| entry.ok().map(|e| e.path())) {
+        let (Some(stem), Some(extension)) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|e| e.to_str())) else {
+            continue;
+        };
+        // Temporary files of a cache being written start with '.', never with the prefix.
+        if stem.starts_with(&prefix)
+            && stem != kept
+            && matches!(extension, "json" | "rgb8")
+            && let Err(error) = std::fs::remove_file(&path)
+        {
+            eprintln!("warning: cannot remove an earlier prediction's cache {}: {error}", path.display());
+        }
+    }
+}
