@@ -4,6 +4,7 @@
 mod bench;
 mod clock;
 mod demo;
+mod export;
 mod features;
 use medxfer_train::gpu_arithmetic;
 mod predict;
@@ -188,6 +189,13 @@ enum Command {
         #[command(flatten)]
         args: predict::PredictArgs,
     },
+    /// Writes a backbone `rank --finetune-top` fine-tuned (by default the one predict applies) as
+    /// a PyTorch state dict in safetensors, timm's key names, the classes and preprocessing in its
+    /// metadata: for a PyTorch pipeline.
+    Export {
+        #[command(flatten)]
+        args: export::ExportArgs,
+    },
     /// Table 2, Fig. 3 and report.md from a results folder's scores.csv and performance.csv
     /// alone (results from another machine, or published numbers, tabulate the same way).
     ///
@@ -290,6 +298,18 @@ fn main() -> Result<()> {
         Command::Reproduce { args } => reproduce(&args),
         Command::Slurm { args } => slurm::run(&args),
         Command::Rank { args } => rank::run(&args).map(|_| ()),
+        Command::Export { args } => {
+            let exported = export::run(&args)?;
+            println!(
+                "{}: {} fine-tuned, {} tensors, {} classes; in Python:\n{}",
+                exported.file.display(),
+                exported.backbone,
+                exported.tensors,
+                exported.classes,
+                export::python_hint(&exported, &exported.file)
+            );
+            Ok(())
+        }
         Command::Predict { args } => {
             let predicted = predict::run(&args)?;
             let counts: Vec<String> = predicted.counts.iter().map(|(class, n)| format!("{class} {n}")).collect();

@@ -713,6 +713,27 @@ fn balanced_accuracy(truth: &[&str], predicted: &[&str]) -> f64 {
     recalls.iter().sum::<f64>() / recalls.len() as f64
 }
 
+/// Each tensor's dtype and shape, by name.
+type TensorShapes = BTreeMap<String, (String, Vec<u64>)>;
+
+/// A safetensors file's tensors and metadata, read from its JSON header.
+fn safetensors_header(path: &Path) -> (TensorShapes, BTreeMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    let mut tensors = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
+    for (name, value) in header {
+        if name == "__metadata__" {
+            metadata = value.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
+        } else {
+            let shape = value["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+            tensors.insert(name, (value["dtype"].as_str().unwrap().to_string(), shape));
+        }
+    }
+    (tensors, metadata)
+}
+
 /// Softmax of two logits.
 fn softmax2(logits: [f64; 2]) -> [f64; 2] {
     let max = logits[0].max(logits[1]);
@@ -1083,6 +1104,30 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     std::fs::remove_file(mixed.join("cut.png")).unwrap();
     assert!(predict(dir.path(), &out, &mixed, &["--out", mixed_csv.to_str().unwrap()]).status.success());
     assert!(!listing.exists());
+
+    // export: each fine-tuned model as a PyTorch state dict timm loads strictly. Its tensors are
+    // those of timm's own state dict (the fixture, written by timm), same names, shapes and
+    // dtypes, num_batches_tracked included, but the head's, which has 2 classes where timm's
+    // has 10; the classes are in the metadata.
+    for backbone in accuracies.keys() {
+        let exported = dir.path().join(format!("{backbone}-export.safetensors"));
+        let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(dir.path())
+            .args(["export", "--ranking", out.to_str().unwrap(), "--backbone", backbone, "--out", exported.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("model.load_state_dict(load_file("), "{output:?}");
+        let (ours, metadata) = safetensors_header(&exported);
+        let (timm, _) = safetensors_header(&Path::new(FIXTURES).join(format!("{backbone}.safetensors")));
+        assert_eq!(ours.keys().collect::<Vec<_>>(), timm.keys().collect::<Vec<_>>(), "{backbone}");
+        let head = if backbone == "vit_min" { "head." } else { "fc." };
+        for (name, (dtype, shape)) in &timm {
+            let expected = if name.starts_with(head) { [&[2][..], &shape[1..]].concat() } else { shape.clone() };
+            assert_eq!(ours[name], (dtype.clone(), expected), "{backbone}: {name}");
+        }
+        assert_eq!(metadata["medxfer.classes"], "[\"clear\",\"lesion\"]");
+    }
 
     // What it cannot do, refused with the fix.
     let output = predict(dir.path(), &dir.path().join("nowhere"), &nested, &[]);

@@ -254,7 +254,7 @@ fn open_unit_interval(text: &str) -> std::result::Result<f64, String> {
 /// The card of `backbone`, or of the fine-tuned backbone with the best validation balanced
 /// accuracy (of those tied, the best on test, then the first by name). Chosen by test, the
 /// winner's test accuracy would be the best of several noisy estimates, biased upward.
-fn chosen_card(ranking: &Path, backbone: Option<&str>) -> Result<ModelCard> {
+pub fn chosen_card(ranking: &Path, backbone: Option<&str>) -> Result<ModelCard> {
     if !ranking.is_dir() {
         bail!("--ranking {}: no such folder; give the --out folder of `cargo xtask rank --finetune-top K`", ranking.display());
     }
