@@ -365,7 +365,9 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     let out = dir.path().join("out");
     let columns = ["--csv-columns", "image_id,dx,lesion_id", "--images-root", images.to_str().unwrap()];
     let tuning = ["--backbones", "resnet_basic_min,vit_min", "--finetune-top", "1", "--trials", "1", "--epochs", "1", "--batch", "8"];
-    let output = rank(dir.path(), &metadata, &out, None, &[&columns[..], &tuning, &["--bootstrap", "3"]].concat());
+    // Three epochs: the tuned model's test AUROC then lies strictly between 0 and 1 (checked below).
+    let longer = ["--backbones", "resnet_basic_min,vit_min", "--finetune-top", "1", "--trials", "1", "--epochs", "3", "--batch", "8"];
+    let output = rank(dir.path(), &metadata, &out, None, &[&columns[..], &longer, &["--bootstrap", "3"]].concat());
     assert!(String::from_utf8_lossy(&output.stderr).contains("24 images, {\"mel\": 12, \"nv\": 12}"));
     let split = read_csv(&out.join("finetune_split.csv"));
     assert_eq!(split.len(), 24);
@@ -380,6 +382,18 @@ fn a_published_metadata_csv_is_ranked_with_its_groups_kept_whole() {
     }
     assert_eq!(parts.len(), 8, "{parts:?}");
     assert!(parts.values().all(|p| p.len() == 1), "a lesion in two parts: {parts:?}");
+    // One lesion of each class in the test part: its AUROC's interval, drawn a lesion at a time,
+    // is that AUROC alone (every resample is the test part itself), where drawn image by image it
+    // would spread.
+    let test_lesions: std::collections::BTreeSet<&str> =
+        split.iter().filter(|r| r["split"] == "test").map(|r| r["group"].as_str()).collect();
+    assert_eq!(test_lesions.len(), 2, "{test_lesions:?}");
+    let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
+    let tuned = ranking_md.lines().skip_while(|l| !l.starts_with("| backbone | mel | nv |")).nth(2).unwrap();
+    let cells: Vec<&str> = tuned.split(" | ").collect();
+    let auroc = cells[cells.len() - 2];
+    assert!(auroc != "0.000" && auroc != "1.000", "drawn image by image, it would not spread either: {tuned}");
+    assert_eq!(cells[cells.len() - 1], format!("[{auroc}, {auroc}] |"), "{tuned}");
     // The bootstrap resamples the scored (train) part's lesions, not its images.
     let train_lesions = parts.values().filter(|p| p.contains("train")).count();
     let text = String::from_utf8(output.stdout).unwrap();

@@ -11,6 +11,8 @@ use medxfer_train::calibration::{self, Calibration, ECE_BINS, ReliabilityBin, Te
 use medxfer_train::{RunData, RunSettings, logits_split, macro_auroc, one_vs_rest_auroc};
 use medxfer_zoo::ModelEntry;
 
+use crate::features::GroupedDraw;
+
 /// One fine-tuned backbone's calibration on the test part.
 pub struct Calibrated {
     pub backbone: String,
@@ -31,34 +33,28 @@ pub struct Calibrated {
 /// Resamples of [`auroc_interval`].
 pub const AUROC_RESAMPLES: usize = 2_000;
 
-/// The macro AUROC's 95% percentile bootstrap interval: the test images drawn with replacement
-/// within each class (each class keeps its count, so every resample has every class the images
-/// have), the AUROC recomputed on each. For two classes it matches DeLong's interval on large
-/// samples. None where the images give no AUROC.
+/// The macro AUROC's 95% percentile bootstrap interval: the test images' groups (`groups`, one
+/// per image: a patient, a lesion; each image its own where there are none) drawn with
+/// replacement within strata of groups of the same classes, each with all its images
+/// ([`GroupedDraw`], as `image-bootstrap` and `--bootstrap` draw), the AUROC recomputed on each.
+/// A patient's images are alike, and drawn one by one they would narrow the interval. With one
+/// image per group, for two classes it matches DeLong's interval on large samples. None where
+/// the images give no AUROC.
 pub fn auroc_interval(
     probabilities: &[Vec<f64>],
     labels: &[u32],
+    groups: &[String],
     classes: usize,
     resamples: usize,
     rng: &mut impl rand::Rng,
 ) -> Option<(f64, f64)> {
     macro_auroc(&one_vs_rest_auroc(probabilities, labels, classes))?;
-    let by_class: Vec<Vec<usize>> = (0..classes)
-        .map(|class| (0..labels.len()).filter(|&i| labels[i] as usize == class).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .collect();
+    let draw = GroupedDraw::new(&labels.iter().map(|&l| l as usize).collect::<Vec<_>>(), groups);
     let mut values = Vec::with_capacity(resamples);
-    let (mut drawn_probabilities, mut drawn_labels) = (Vec::with_capacity(labels.len()), Vec::with_capacity(labels.len()));
     for _ in 0..resamples {
-        drawn_probabilities.clear();
-        drawn_labels.clear();
-        for members in &by_class {
-            for _ in 0..members.len() {
-                let i = members[rng.random_range(0..members.len())];
-                drawn_probabilities.push(probabilities[i].clone());
-                drawn_labels.push(labels[i]);
-            }
-        }
+        let picks = draw.draw(rng);
+        let drawn_probabilities: Vec<Vec<f64>> = picks.iter().map(|&i| probabilities[i].clone()).collect();
+        let drawn_labels: Vec<u32> = picks.iter().map(|&i| labels[i]).collect();
         values.extend(macro_auroc(&one_vs_rest_auroc(&drawn_probabilities, &drawn_labels, classes)));
     }
     values.sort_by(f64::total_cmp);
@@ -71,6 +67,7 @@ pub fn measure(
     entry: &ModelEntry,
     checkpoint: &Path,
     data: &RunData,
+    test_groups: &[String],
     settings: &RunSettings,
     device: &candle_core::Device,
     rng: &mut impl rand::Rng,
@@ -92,7 +89,7 @@ pub fn measure(
         }),
         temperature,
         auroc: macro_auroc(&one_vs_rest_auroc(&probabilities, &test.labels, data.classes))
-            .map(|auroc| (auroc, auroc_interval(&probabilities, &test.labels, data.classes, AUROC_RESAMPLES, rng))),
+            .map(|auroc| (auroc, auroc_interval(&probabilities, &test.labels, test_groups, data.classes, AUROC_RESAMPLES, rng))),
     })
 }
 
@@ -151,6 +148,7 @@ mod tests {
     #[test]
     fn the_auroc_interval_matches_delong_s_on_two_classes() {
         let labels: Vec<u32> = (0..200).map(|i| i % 2).collect();
+        let each_its_own: Vec<String> = (0..200).map(|i| i.to_string()).collect();
         let probabilities: Vec<Vec<f64>> = (0..200)
             .map(|i: u32| {
                 let p = f64::from((i * 37) % 101) / 101.0 + 0.3 * f64::from(i % 2);
@@ -160,12 +158,26 @@ mod tests {
         let auroc = macro_auroc(&one_vs_rest_auroc(&probabilities, &labels, 2)).unwrap();
         assert!((auroc - 0.7521).abs() < 1e-12, "{auroc}");
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
-        let (low, high) = auroc_interval(&probabilities, &labels, 2, 10_000, &mut rng).unwrap();
+        let (low, high) = auroc_interval(&probabilities, &labels, &each_its_own, 2, 10_000, &mut rng).unwrap();
         assert!((low - 0.686_813_8).abs() < 0.01 && (high - 0.817_386_2).abs() < 0.01, "[{low}, {high}]");
         // Perfectly separated, every resample is too; one class alone has none.
         let separated: Vec<Vec<f64>> = labels.iter().map(|&y| if y == 1 { vec![0.2, 0.8] } else { vec![0.9, 0.1] }).collect();
-        assert_eq!(auroc_interval(&separated, &labels, 2, 100, &mut rng), Some((1.0, 1.0)));
-        assert_eq!(auroc_interval(&separated, &[1; 200], 2, 100, &mut rng), None);
+        assert_eq!(auroc_interval(&separated, &labels, &each_its_own, 2, 100, &mut rng), Some((1.0, 1.0)));
+        assert_eq!(auroc_interval(&separated, &[1; 200], &each_its_own, 2, 100, &mut rng), None);
+        // Twenty patients of ten alike images each (patient p holds the images i with i mod 20 =
+        // p, all of class p mod 2): drawn by patient the interval is wider than drawn image by
+        // image, which counts the 200 images as 200 patients.
+        let patients: Vec<String> = (0..200).map(|i| (i % 20).to_string()).collect();
+        let alike: Vec<Vec<f64>> = (0..200)
+            .map(|i: u32| {
+                let p = f64::from(((i % 20) * 7) % 11) / 11.0 + 0.2 * f64::from(i % 2);
+                vec![1.0 - p, p]
+            })
+            .collect();
+        let width = |(low, high): (f64, f64)| high - low;
+        let by_image = auroc_interval(&alike, &labels, &each_its_own, 2, 2_000, &mut rng).unwrap();
+        let by_patient = auroc_interval(&alike, &labels, &patients, 2, 2_000, &mut rng).unwrap();
+        assert!(width(by_patient) > 2.0 * width(by_image), "by patient {by_patient:?}, by image {by_image:?}");
     }
 
     #[test]

@@ -473,6 +473,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         };
         let start = Instant::now();
         card::ModelCard::remove_all(&args.out)?;
+        let test_groups: Vec<String> = part(Part::Test).into_iter().map(|e| e.group).collect();
         // Each tuned backbone's kept model on the test part, for the per-class and calibration
         // tables.
         let mut tested: Vec<(String, medxfer_train::Evaluation, AurocCell)> = Vec::new();
@@ -510,7 +511,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                     crate::report::uncertainty::BootstrapSettings { resamples: AUROC_RESAMPLES, seed: args.seed },
                     &format!("test-auroc/{}", entry.name),
                 );
-                let calibration = calibration::measure(entry, &checkpoint, &data, &base, &device, &mut rng);
+                let calibration = calibration::measure(entry, &checkpoint, &data, &test_groups, &base, &device, &mut rng);
                 if let Err(error) = &calibration {
                     eprintln!("warning: {}: no calibration: {error:#}", entry.name);
                 }
@@ -677,7 +678,8 @@ fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], c
          the test images counted one by one, so with several images per patient narrower than the truth), and the AUROC (each class's area \
          under the ROC curve against the others from the model's probabilities, averaged over the classes: the chance that an image of a \
          class gets a higher probability of it than an image of another, whatever threshold is later chosen; its 95% interval from \
-         {AUROC_RESAMPLES} resamples of the test images within each class):\n\n\
+         {AUROC_RESAMPLES} resamples of the test part within each class, a group (a patient, a lesion) at a time with all its images \
+         where the images come in groups):\n\n\
          | backbone | {} | balanced accuracy | 95% interval | AUROC | 95% interval |\n|---|{}---:|---|---:|---|\n",
         classes.join(" | "),
         "---:|".repeat(classes.len())
