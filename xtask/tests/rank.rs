@@ -973,6 +973,9 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
                 assert!(all_right == because.contains("is classified right"), "{backbone}: {because}");
                 let stderr = String::from_utf8_lossy(&output.stderr);
                 assert!(!output.status.success() && stderr.contains("--calibrated: rank fitted no temperature"), "{stderr}");
+                // The other one has a temperature, and the error names it.
+                let other = accuracies.keys().find(|name| *name != backbone).unwrap();
+                assert!(stderr.contains(&format!("--backbone one that has one ({other})")), "{stderr}");
             }
         }
     }

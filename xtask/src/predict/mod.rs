@@ -103,7 +103,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     args.gpu.apply(&args.device)?;
     let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
     let checkpoint = card.checkpoint_in(&args.ranking)?;
-    let temperature = if args.calibrated { card_temperature(&card)? } else { 1.0 };
+    let temperature = if args.calibrated { card_temperature(&card, &args.ranking)? } else { 1.0 };
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     // The label column's classes, checked before any image is read.
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
@@ -204,14 +204,23 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     })
 }
 
-/// The temperature `--calibrated` divides the logits by: the card's, or why it has none.
-fn card_temperature(card: &ModelCard) -> Result<f64> {
+/// The temperature `--calibrated` divides the logits by: the card's, or why it has none (and
+/// which of the ranking's other fine-tuned backbones have one).
+fn card_temperature(card: &ModelCard, ranking: &Path) -> Result<f64> {
     match (card.temperature, &card.uncalibrated_because) {
         (Some(temperature), _) if temperature.is_finite() && temperature > 0.0 => Ok(temperature),
-        (_, Some(because)) => bail!(
-            "--calibrated: rank fitted no temperature for {} on its val part ({because}); leave --calibrated out for the probabilities as the model gives them",
-            card.backbone
-        ),
+        (_, Some(because)) => {
+            let others: Vec<String> =
+                ModelCard::read_all(ranking)?.into_iter().filter(|c| c.temperature.is_some()).map(|c| c.backbone).collect();
+            let others = match others.as_slice() {
+                [] => String::new(),
+                names => format!(", or --backbone one that has one ({})", names.join(", ")),
+            };
+            bail!(
+                "--calibrated: rank fitted no temperature for {} on its val part ({because}); leave --calibrated out for the probabilities as the model gives them{others}",
+                card.backbone
+            )
+        }
         _ => bail!(
             "--calibrated: {}'s card has no temperature (written before rank fitted one); rerun the same `cargo xtask rank --finetune-top K` (its runs are reused) to add it",
             card.backbone

@@ -1,7 +1,8 @@
-//! `rank --finetune-top`'s calibration table: how far each fine-tuned model's probabilities can
-//! be read as probabilities on the test part, as the model gives them and divided by the
-//! temperature fitted on the val part (temperature scaling, Guo et al. 2017), which `predict
-//! --calibrated` applies.
+//! What `rank --finetune-top` measures of each fine-tuned model's probabilities on the test
+//! part: how far they can be read as probabilities (the calibration table and the reliability
+//! diagram's bins), as the model gives them and divided by the temperature fitted on the val part
+//! (temperature scaling, Guo et al. 2017), which `predict --calibrated` applies; and how well
+//! they order the images (the AUROC and its interval, for the per-class table).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,7 +14,7 @@ use medxfer_zoo::ModelEntry;
 
 use crate::features::GroupedDraw;
 
-/// One fine-tuned backbone's calibration on the test part.
+/// One fine-tuned backbone's probabilities on the test part, measured.
 pub struct Calibrated {
     pub backbone: String,
     /// Fitted on the val part's images.
@@ -22,8 +23,9 @@ pub struct Calibrated {
     pub raw: Calibration,
     /// Divided by the fitted temperature, where one was.
     pub scaled: Option<Calibration>,
-    /// The reliability diagram's bins, as given and divided by the temperature.
+    /// The reliability diagram's bins, as the model gives the probabilities.
     pub reliability_raw: Vec<ReliabilityBin>,
+    /// And divided by the fitted temperature, where one was.
     pub reliability_scaled: Option<Vec<ReliabilityBin>>,
     /// The test part's macro one-vs-rest AUROC, from the probabilities as the model gives them,
     /// and its 95% interval ([`auroc_interval`]).

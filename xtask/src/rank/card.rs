@@ -38,6 +38,7 @@ pub struct ModelCard {
     /// (`uncalibrated_because` says why) or the card is older than the fit.
     #[serde(default)]
     pub temperature: Option<f64>,
+    /// Why `temperature` is None, where rank fitted none.
     #[serde(default)]
     pub uncalibrated_because: Option<String>,
 }

@@ -505,12 +505,12 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             if let Some(best) = &summary.best {
                 let checkpoint = medxfer_train::trial_dir(&dir, best.index).join(medxfer_train::BEST_FILE);
                 let normalization = normalization(entry);
-                // An aid to reading the probabilities, not the ranking: a kept model that cannot be
-                // read (deleted to save space) leaves the card without a temperature, saying why.
                 let mut rng = crate::report::uncertainty::cell_rng(
                     crate::report::uncertainty::BootstrapSettings { resamples: AUROC_RESAMPLES, seed: args.seed },
                     &format!("test-auroc/{}", entry.name),
                 );
+                // An aid to reading the probabilities, not the ranking: a kept model that cannot be
+                // read (deleted to save space) leaves the card without a temperature, saying why.
                 let calibration = calibration::measure(entry, &checkpoint, &data, &test_groups, &base, &device, &mut rng);
                 if let Err(error) = &calibration {
                     eprintln!("warning: {}: no calibration: {error:#}", entry.name);
@@ -559,6 +559,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             args.out.join(card::CARDS_DIR).display(),
             args.out.display()
         );
+        // A paragraph of its own: the trust statement follows.
+        tuning.push('\n');
     }
 
     let mut table = render(&rows, &consensus);
@@ -662,12 +664,13 @@ fn faint_images_note(faint: &[String], scored: usize) -> String {
 /// Draws from each balanced accuracy's posterior behind its interval.
 const POSTERIOR_DRAWS: usize = 10_000;
 
-/// The fine-tuned backbones' recall of each class on the test part (a diagnosis's sensitivity):
-/// a balanced accuracy can hide a class the model never finds; and the balanced accuracy's 95%
-/// interval (a few dozen test images leave it wide). Empty without any.
 /// A backbone's test AUROC and its interval, where they could be had.
 type AurocCell = Option<(f64, Option<(f64, f64)>)>;
 
+/// The fine-tuned backbones' recall of each class on the test part (a diagnosis's sensitivity):
+/// a balanced accuracy can hide a class the model never finds; the balanced accuracy's 95%
+/// interval (a few dozen test images leave it wide); and the AUROC with its interval. Empty
+/// without any.
 fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], classes: &[String], seed: u64) -> String {
     if tested.is_empty() {
         return String::new();
