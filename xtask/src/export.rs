@@ -7,10 +7,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
-use medxfer_zoo::{HubOptions, Registry};
 
 use crate::predict::chosen_card;
 
@@ -48,16 +47,8 @@ pub const PREPROCESSING_KEY: &str = "medxfer.preprocessing";
 
 pub fn run(args: &ExportArgs) -> Result<Exported> {
     let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
-    let checkpoint = card.checkpoint_in(&args.ranking)?;
-    let registry = match args.models.as_ref().or(card.models.as_ref()) {
-        Some(dir) => Registry::load(dir)?,
-        None => Registry::load_default()?,
-    };
-    let entry = registry.resolve(&card.backbone, &HubOptions::from_env()).with_context(|| {
-        format!("{} was fine-tuned from {}: pass the registry folder rank read it from (--models)", checkpoint.display(), card.backbone)
-    })?;
     // Loaded into its architecture first: what is written is what the model holds, checked.
-    let model = medxfer_train::load_fine_tuned(&entry, &checkpoint, Some(card.classes.len()), &Device::Cpu)?;
+    let (entry, model) = card.load(&args.ranking, args.models.as_deref(), &Device::Cpu)?;
     let mut tensors = medxfer_train::model_tensors(&model)?;
     add_batch_counters(&mut tensors)?;
     let metadata = HashMap::from([

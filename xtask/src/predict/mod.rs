@@ -12,8 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::Normalization;
 use medxfer_train::calibration::{self, Calibration};
-use medxfer_train::{RunSettings, load_fine_tuned, logits_split, macro_auroc, one_vs_rest_auroc};
-use medxfer_zoo::{HubOptions, Registry};
+use medxfer_train::{RunSettings, logits_split, macro_auroc, one_vs_rest_auroc};
 
 use crate::rank::card::ModelCard;
 use images::{cached_images, image_paths, prune_prediction_caches, unreadable_file};
@@ -126,15 +125,8 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         ),
         None => None,
     };
-    let registry = match args.models.as_ref().or(card.models.as_ref()) {
-        Some(dir) => Registry::load(dir)?,
-        None => Registry::load_default()?,
-    };
-    let entry = registry.resolve(&card.backbone, &HubOptions::from_env()).with_context(|| {
-        format!("{} was fine-tuned from {}: pass the registry folder rank read it from (--models)", checkpoint.display(), card.backbone)
-    })?;
     let device = medxfer_train::parse_device(&args.device)?;
-    let model = load_fine_tuned(&entry, &checkpoint, Some(card.classes.len()), &device)?;
+    let (_, model) = card.load(&args.ranking, args.models.as_deref(), &device)?;
     eprintln!(
         "{}: {} fine-tuned ({}), {} classes; {} images from {}",
         checkpoint.display(),

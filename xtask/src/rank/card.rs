@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::weights::folder_name;
@@ -77,6 +79,21 @@ impl ModelCard {
             std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// The fine-tuned model, loaded on `device`, with its registry entry: the backbone resolved
+    /// in `models` (else the registry rank read, as the card records, else the default one).
+    pub fn load(&self, out: &Path, models: Option<&Path>, device: &Device) -> Result<(ModelEntry, Backbone)> {
+        let checkpoint = self.checkpoint_in(out)?;
+        let registry = match models.or(self.models.as_deref()) {
+            Some(dir) => Registry::load(dir)?,
+            None => Registry::load_default()?,
+        };
+        let entry = registry.resolve(&self.backbone, &HubOptions::from_env()).with_context(|| {
+            format!("{} was fine-tuned from {}: pass the registry folder rank read it from (--models)", checkpoint.display(), self.backbone)
+        })?;
+        let model = medxfer_train::load_fine_tuned(&entry, &checkpoint, Some(self.classes.len()), device)?;
+        Ok((entry, model))
     }
 
     /// The kept model's file, which must be there.
