@@ -105,7 +105,7 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[u32]) -> Result<f64, Tempe
 }
 
 /// How well a set of probabilities matches what happened.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     /// Mean negative log-likelihood of the true classes (the cross-entropy), in nats.
     pub negative_log_likelihood: f64,
@@ -114,6 +114,8 @@ pub struct Calibration {
     /// Mean over images of the squared distance between the probabilities and the one-hot truth
     /// (Brier 1950, summed over classes).
     pub brier: f64,
+    /// The [`reliability`] diagram's [`ECE_BINS`] bins the ECE is computed from.
+    pub reliability: Vec<ReliabilityBin>,
 }
 
 /// The calibration of softmax(logits / temperature) against `labels` (labels within the logits,
@@ -129,10 +131,12 @@ pub fn calibration(logits: &[Vec<f32>], labels: &[u32], temperature: f64) -> Cal
         brier += p.iter().enumerate().map(|(c, &p)| if c == label as usize { (1.0 - p).powi(2) } else { p * p }).sum::<f64>();
         probabilities_of.push(p);
     }
+    let reliability = reliability(&probabilities_of, labels, ECE_BINS);
     Calibration {
         negative_log_likelihood: nll / n,
-        expected_calibration_error: expected_calibration_error(&probabilities_of, labels, ECE_BINS),
+        expected_calibration_error: error_of_bins(&reliability, probabilities_of.len()),
         brier: brier / n,
+        reliability,
     }
 }
 
@@ -184,8 +188,13 @@ pub fn reliability(probabilities: &[Vec<f64>], labels: &[u32], bins: usize) -> V
 /// between each [`reliability`] bin's accuracy and its mean confidence, averaged with the bin's
 /// share of the images as weight.
 pub fn expected_calibration_error(probabilities: &[Vec<f64>], labels: &[u32], bins: usize) -> f64 {
-    let n = probabilities.len().max(1) as f64;
-    reliability(probabilities, labels, bins).iter().map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs()).sum()
+    error_of_bins(&reliability(probabilities, labels, bins), probabilities.len())
+}
+
+/// The ECE of `images` images' bins.
+fn error_of_bins(bins: &[ReliabilityBin], images: usize) -> f64 {
+    let n = images.max(1) as f64;
+    bins.iter().map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs()).sum()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use medxfer_train::calibration::{self, Calibration, ECE_BINS, ReliabilityBin, TemperatureError};
+use medxfer_train::calibration::{self, Calibration, ECE_BINS, TemperatureError};
 use medxfer_train::{RunData, RunSettings, logits_split, macro_auroc, one_vs_rest_auroc};
 use medxfer_zoo::ModelEntry;
 
@@ -23,10 +23,6 @@ pub struct Calibrated {
     pub raw: Calibration,
     /// Divided by the fitted temperature, where one was.
     pub scaled: Option<Calibration>,
-    /// The reliability diagram's bins, as the model gives the probabilities.
-    pub reliability_raw: Vec<ReliabilityBin>,
-    /// And divided by the fitted temperature, where one was.
-    pub reliability_scaled: Option<Vec<ReliabilityBin>>,
     /// The test part's macro one-vs-rest AUROC, from the probabilities as the model gives them,
     /// and its 95% interval ([`auroc_interval`]).
     pub auroc: Option<(f64, Option<(f64, f64)>)>,
@@ -84,11 +80,6 @@ pub fn measure(
         backbone: entry.name.clone(),
         raw: calibration::calibration(&logits, &test.labels, 1.0),
         scaled: temperature.as_ref().ok().map(|&t| calibration::calibration(&logits, &test.labels, t)),
-        reliability_raw: calibration::reliability(&probabilities, &test.labels, ECE_BINS),
-        reliability_scaled: temperature.as_ref().ok().map(|&t| {
-            let scaled: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, t)).collect();
-            calibration::reliability(&scaled, &test.labels, ECE_BINS)
-        }),
         temperature,
         auroc: macro_auroc(&one_vs_rest_auroc(&probabilities, &test.labels, data.classes))
             .map(|auroc| (auroc, auroc_interval(&probabilities, &test.labels, test_groups, data.classes, AUROC_RESAMPLES, rng))),
@@ -184,27 +175,11 @@ mod tests {
 
     #[test]
     fn the_table_gives_each_backbone_its_row_and_says_why_a_temperature_is_missing() {
-        let raw = Calibration { negative_log_likelihood: 0.41, expected_calibration_error: 0.12, brier: 0.2 };
-        let scaled = Calibration { negative_log_likelihood: 0.3, expected_calibration_error: 0.05, brier: 0.18 };
+        let raw = Calibration { negative_log_likelihood: 0.41, expected_calibration_error: 0.12, brier: 0.2, reliability: Vec::new() };
+        let scaled = Calibration { negative_log_likelihood: 0.3, expected_calibration_error: 0.05, brier: 0.18, reliability: Vec::new() };
         let rows = [
-            Calibrated {
-                backbone: "a".into(),
-                temperature: Ok(1.8),
-                raw,
-                scaled: Some(scaled),
-                reliability_raw: Vec::new(),
-                reliability_scaled: None,
-                auroc: None,
-            },
-            Calibrated {
-                backbone: "b".into(),
-                temperature: Err(TemperatureError::Separated(12)),
-                raw,
-                scaled: None,
-                reliability_raw: Vec::new(),
-                reliability_scaled: None,
-                auroc: None,
-            },
+            Calibrated { backbone: "a".into(), temperature: Ok(1.8), raw: raw.clone(), scaled: Some(scaled), auroc: None },
+            Calibrated { backbone: "b".into(), temperature: Err(TemperatureError::Separated(12)), raw, scaled: None, auroc: None },
         ];
         let table = render(&rows, 12, 24);
         assert!(table.contains("(24 images;") && table.contains("val part's 12 images"), "{table}");

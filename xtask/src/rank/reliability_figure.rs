@@ -76,16 +76,18 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, calibrated: &[Calibrat
         let filled = |bins: &[ReliabilityBin]| -> Vec<ReliabilityBin> { bins.iter().filter(|b| b.count > 0).copied().collect() };
         chart
             .draw_series(
-                filled(&row.reliability_raw)
+                filled(&row.raw.reliability)
                     .into_iter()
                     .map(|b| Rectangle::new([(b.lower, 0.0), (b.upper, b.accuracy)], raw_colour.filled())),
             )
             .map_err(plot_error)?;
         // Over the bars, so that it shows where they stop short of it or pass it.
         chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.6))).map_err(plot_error)?;
-        if let Some(scaled) = &row.reliability_scaled {
+        if let Some(scaled) = &row.scaled {
             chart
-                .draw_series(filled(scaled).into_iter().map(|b| Circle::new((b.confidence, b.accuracy), 4, scaled_colour.filled())))
+                .draw_series(
+                    filled(&scaled.reliability).into_iter().map(|b| Circle::new((b.confidence, b.accuracy), 4, scaled_colour.filled())),
+                )
                 .map_err(plot_error)?;
         }
     }
