@@ -11,7 +11,7 @@ use crate::densenet::DenseNet;
 use crate::efficientnet::EfficientNet;
 use crate::entry::{Architecture, ModelEntry};
 use crate::error::{Error, Result};
-use crate::layers::Linear;
+use crate::layers::{Linear, global_avg_pool};
 use crate::params::ParamStore;
 use crate::regnet::RegNet;
 use crate::resnet::ResNet;
@@ -159,15 +159,16 @@ impl Backbone {
 
     /// The pooled features (B, num_features): the classifier's input (a ViT's embedding recipe).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = &self.input(x)?;
+        self.pool(&self.feature_map(x, train)?, train)
+    }
+
+    /// The pooled features from the final feature map (what `features` does after `feature_map`).
+    pub fn pool(&self, map: &Tensor, train: bool) -> Result<Tensor> {
         match &self.network {
-            Network::ResNet(net) => net.features(x, train),
-            Network::DenseNet(net) => net.features(x, train),
-            Network::EfficientNet(net) => net.features(x, train),
-            Network::Vit(net) => net.features(x, train),
-            Network::ConvNext(net) => net.features(x, train),
-            Network::Swin(net) => net.features(x, train),
-            Network::RegNet(net) => net.features(x, train),
+            Network::ResNet(_) | Network::DenseNet(_) | Network::EfficientNet(_) | Network::RegNet(_) => global_avg_pool(map),
+            Network::Vit(net) => net.pool(map, train),
+            Network::ConvNext(net) => net.pool(map, train),
+            Network::Swin(net) => net.pool(map),
         }
     }
 
@@ -189,16 +190,22 @@ impl Backbone {
     /// in the graph; else running statistics and no graph kept). A model published without a
     /// classifier gives (B, 0) logits.
     pub fn features_and_logits(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let x = &self.input(x)?;
-        let (features, classifier) = match &self.network {
-            Network::Vit(net) => return net.features_and_logits(x, train),
-            Network::ResNet(net) => (net.features(x, train)?, &net.fc),
-            Network::DenseNet(net) => (net.features(x, train)?, &net.classifier),
-            Network::EfficientNet(net) => (net.features(x, train)?, &net.classifier),
-            Network::ConvNext(net) => (net.features(x, train)?, &net.fc),
-            Network::Swin(net) => (net.features(x, train)?, &net.fc),
-            Network::RegNet(net) => (net.features(x, train)?, &net.fc),
+        self.head(&self.feature_map(x, train)?, train)
+    }
+
+    /// The pooled features and the logits from the final feature map: the network after
+    /// `feature_map` (Grad-CAM differentiates the class scores through it).
+    pub fn head(&self, map: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let classifier = match &self.network {
+            Network::Vit(net) => return net.head(map, train),
+            Network::ResNet(net) => &net.fc,
+            Network::DenseNet(net) => &net.classifier,
+            Network::EfficientNet(net) => &net.classifier,
+            Network::ConvNext(net) => &net.fc,
+            Network::Swin(net) => &net.fc,
+            Network::RegNet(net) => &net.fc,
         };
+        let features = self.pool(map, train)?;
         let logits = classifier.forward_t(&features, train)?;
         Ok((features, logits))
     }
@@ -234,8 +241,16 @@ impl Backbone {
         })
     }
 
+    /// The ViT inside, for Grad-CAM's target layer.
+    pub(crate) fn vit(&self) -> Option<&Vit> {
+        match &self.network {
+            Network::Vit(net) => Some(net),
+            _ => None,
+        }
+    }
+
     /// Images in the model's dtype (the loader gives f32).
-    fn input(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn input(&self, x: &Tensor) -> Result<Tensor> {
         Ok(if x.dtype() == self.store.dtype() { x.clone() } else { x.to_dtype(self.store.dtype())? })
     }
 

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, max_pool_3x3_s2_p1};
+use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, max_pool_3x3_s2_p1};
 use crate::params::ParamBuilder;
 use medxfer_kernels::FusedActivation;
 
@@ -150,10 +150,5 @@ impl DenseNet {
             }
         }
         self.norm5.forward_fused(&y, None, FusedActivation::Relu, train)
-    }
-
-    /// Pooled features (B, num_features).
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        global_avg_pool(&self.feature_map(x, train)?)
     }
 }

@@ -38,6 +38,7 @@ mod densenet;
 mod efficientnet;
 mod entry;
 mod error;
+mod grad_cam;
 mod hub;
 mod layers;
 mod params;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use medxfer_zoo::{Architecture, Backbone, BlockKind, DenseNetConfig, DepthMultiplier, EfficientNetConfig, ResNetConfig, VitConfig};
+use medxfer_zoo::{Architecture, Backbone, DenseNetConfig, EfficientNetConfig, ResNetConfig, VitConfig};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -46,35 +46,12 @@ fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert!(difference <= tolerance * scale, "{what}: max difference {difference}, scale {scale}");
 }
 
-fn cases() -> Vec<(&'static str, Architecture)> {
-    vec![
-        (
-            "resnet_basic_min",
-            Architecture::ResNet(ResNetConfig { channels: [64, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1]) }),
-        ),
-        (
-            "resnet_bottleneck_min",
-            Architecture::ResNet(ResNetConfig { channels: [4, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Bottleneck, [1, 1, 1, 1]) }),
-        ),
-        ("densenet_min", Architecture::DenseNet(DenseNetConfig { growth_rate: 2, block_config: vec![2, 1, 1, 1], bn_size: 4 })),
-        (
-            "mobilenetv2_min",
-            Architecture::EfficientNet(EfficientNetConfig {
-                depth_multiplier: DepthMultiplier::Uniform(0.5),
-                ..EfficientNetConfig::mobilenetv2(0.35)
-            }),
-        ),
-        ("efficientnet_min", Architecture::EfficientNet(EfficientNetConfig::efficientnet(0.3, 0.5))),
-        ("vit_min", Architecture::Vit(VitConfig::new(64, 16, 24, 2, 3))),
-    ]
-}
-
 /// Images smaller than a window somewhere in the network are errors that say so and give the
 /// fix, never a panic: DenseNet's transitions (candle's pool), ResNet's and ViT's convolutions
 /// (the kernels' window check).
 #[test]
 fn images_too_small_for_a_network_are_errors_naming_the_fix() {
-    let architectures = cases();
+    let architectures = common::paper_fixtures();
     for (name, side) in [("densenet_min", 8), ("resnet_basic_min", 0), ("vit_min", 8)] {
         let architecture = &architectures.iter().find(|(case, _)| *case == name).unwrap().1;
         let model = Backbone::new(name, architecture, 10, &Device::Cpu).unwrap();
@@ -98,7 +75,7 @@ fn loaded(name: &str, architecture: &Architecture) -> Backbone {
 
 #[test]
 fn eval_outputs_match_timm() {
-    for (name, architecture) in cases() {
+    for (name, architecture) in common::paper_fixtures() {
         let model = loaded(name, &architecture);
         let reference = reference(name);
         for suffix in ["", "_rect"] {
@@ -117,7 +94,7 @@ fn eval_outputs_match_timm() {
 
 #[test]
 fn train_mode_outputs_running_statistics_and_gradients_match_timm() {
-    for (name, architecture) in cases() {
+    for (name, architecture) in common::paper_fixtures() {
         let model = loaded(name, &architecture);
         let reference = reference(name);
         // The forward pass as training runs it: what no backward rule reads is freed on the way.
@@ -180,7 +157,7 @@ fn the_ten_full_size_backbones_have_timms_parameter_counts_and_shapes() {
 
 #[test]
 fn a_checkpoint_that_does_not_fit_names_what_is_wrong() {
-    let (name, architecture) = &cases()[0];
+    let (name, architecture) = &common::paper_fixtures()[0];
     // The bottleneck checkpoint in the basic model: wrong keys and shapes.
     let model = Backbone::new(name, architecture, 10, &device()).unwrap();
     let error = model.load_weights(&fixtures().join("resnet_bottleneck_min.safetensors"), true).unwrap_err().to_string();
@@ -200,7 +177,7 @@ fn a_checkpoint_that_does_not_fit_names_what_is_wrong() {
 
 #[test]
 fn a_replaced_head_is_fresh_seeded_trainable_and_keeps_the_features() {
-    let (name, architecture) = &cases()[0];
+    let (name, architecture) = &common::paper_fixtures()[0];
     let mut model = loaded(name, architecture);
     let reference = reference(name);
     let features_before = model.features(&reference["input"], false).unwrap();
@@ -232,7 +209,7 @@ fn a_replaced_head_is_fresh_seeded_trainable_and_keeps_the_features() {
 #[test]
 fn torchvision_checkpoints_load_under_timms_names_and_give_torchvisions_outputs() {
     let cases = [("tv_mobilenetv2_min", "mobilenetv2_min"), ("tv_efficientnet_min", "efficientnet_min"), ("tv_vit_min", "vit_min")];
-    let architectures = self::cases();
+    let architectures = common::paper_fixtures();
     for (file, twin) in cases {
         let architecture = &architectures.iter().find(|(name, _)| *name == twin).unwrap().1;
         let model = Backbone::new(file, architecture, 10, &device()).unwrap();
@@ -263,7 +240,7 @@ fn a_vit_checkpoint_runs_at_another_image_size_with_timms_resampled_positions() 
 
 #[test]
 fn eval_mode_keeps_no_graph_train_mode_does() {
-    let (name, architecture) = &cases()[2];
+    let (name, architecture) = &common::paper_fixtures()[2];
     let model = loaded(name, architecture);
     let reference = reference(name);
     let (_, eval_logits) = model.features_and_logits(&reference["input"], false).unwrap();

@@ -216,9 +216,8 @@ impl ConvNext {
         Ok(y)
     }
 
-    /// Pooled and normalised features (B, num_features): timm's pre-logits.
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let pooled = self.feature_map(x, train)?.mean((2, 3))?;
-        self.head_norm.forward_t(&pooled, train)
+    /// Pooled and normalised features (B, num_features) from the feature map: timm's pre-logits.
+    pub fn pool(&self, map: &Tensor, train: bool) -> Result<Tensor> {
+        self.head_norm.forward_t(&map.mean((2, 3))?, train)
     }
 }

@@ -15,7 +15,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, SqueezeExcite, global_avg_pool, make_divisible};
+use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, SqueezeExcite, make_divisible};
 use crate::params::ParamBuilder;
 use arch::{BlockArgs, BlockType};
 use medxfer_kernels::FusedActivation;
@@ -396,11 +396,6 @@ impl EfficientNet {
             }
         }
         self.conv_head.forward_bn_fused(&y, &self.bn2, None, self.act, train)
-    }
-
-    /// Pooled features (B, num_features).
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        global_avg_pool(&self.feature_map(x, train)?)
     }
 }
 

@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::layers::{ConvNorm, ConvSpec, Linear, SqueezeExcite, global_avg_pool};
+use crate::layers::{ConvNorm, ConvSpec, Linear, SqueezeExcite};
 use crate::params::ParamBuilder;
 use medxfer_kernels::FusedActivation;
 pub use presets::{REGNET_PRESETS, regnet_preset, regnet_unsupported};
@@ -222,10 +222,5 @@ impl RegNet {
             }
         }
         Ok(y)
-    }
-
-    /// Pooled features (B, num_features).
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        global_avg_pool(&self.feature_map(x, train)?)
     }
 }

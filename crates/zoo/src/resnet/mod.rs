@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::layers::{
-    BatchNorm2d, Conv2d, ConvNorm, ConvSpec, Linear, SqueezeExcite, avg_pool_2x2_ceil, global_avg_pool, make_divisible, max_pool_3x3_s2_p1,
+    BatchNorm2d, Conv2d, ConvNorm, ConvSpec, Linear, SqueezeExcite, avg_pool_2x2_ceil, make_divisible, max_pool_3x3_s2_p1,
 };
 use crate::params::ParamBuilder;
 use medxfer_kernels::FusedActivation;
@@ -344,11 +344,6 @@ impl ResNet {
             }
         }
         Ok(y)
-    }
-
-    /// Pooled features (B, num_features).
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        global_avg_pool(&self.feature_map(x, train)?)
     }
 }
 

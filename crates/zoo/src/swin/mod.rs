@@ -364,9 +364,8 @@ impl Swin {
         self.norm.forward_t(&y, train)
     }
 
-    /// Pooled features (B, num_features): the mean over the token grid.
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let tokens = self.feature_map(x, train)?;
+    /// Pooled features (B, num_features) from the tokens: their mean over the grid.
+    pub fn pool(&self, tokens: &Tensor) -> Result<Tensor> {
         let (batch, height, width, dim) = tokens.dims4()?;
         Ok(tokens.reshape((batch, height * width, dim))?.mean(D::Minus2)?)
     }

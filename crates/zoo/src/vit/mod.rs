@@ -91,9 +91,14 @@ struct Block {
 
 impl Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = residual_branch(x, self.ls1.as_ref(), train, |residual| {
-            self.attn.forward_t(&self.norm1.forward_t(x, train)?, residual, train)
-        })?;
+        self.forward_from_norm1(x, &self.norm1.forward_t(x, train)?, train)
+    }
+
+    /// The block given its input `x` and norm1's output of it apart: a gradient taken with
+    /// respect to `normed` is then norm1's output's (through the attention branch alone), as a
+    /// hook on that module sees it.
+    fn forward_from_norm1(&self, x: &Tensor, normed: &Tensor, train: bool) -> Result<Tensor> {
+        let x = residual_branch(x, self.ls1.as_ref(), train, |residual| self.attn.forward_t(normed, residual, train))?;
         residual_branch(&x, self.ls2.as_ref(), train, |residual| self.mlp.forward_t(&self.norm2.forward_t(&x, train)?, residual, train))
     }
 }
@@ -278,6 +283,38 @@ impl Vit {
     /// The tokens after the blocks and the final norm (B, prefix + patches, dim), timm's
     /// `forward_features`.
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.tokens_through(x, self.blocks.len(), train)?;
+        self.final_norm(&y, train)
+    }
+
+    /// Grad-CAM's target layer, as pytorch-grad-cam's recipe for ViTs (`blocks[-1].norm1`): the
+    /// tokens entering the last block, and that block's norm1 of them.
+    pub fn last_block_norm1(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let Some(last) = self.blocks.last() else {
+            return Err(Error::Config { source_name: "vit".into(), problem: "a ViT without blocks has no last block".into() });
+        };
+        let input = self.tokens_through(x, self.blocks.len() - 1, train)?;
+        let normed = last.norm1.forward_t(&input, train)?;
+        Ok((input, normed))
+    }
+
+    /// `feature_map`'s tokens from what `last_block_norm1` gives.
+    pub fn feature_map_from_norm1(&self, input: &Tensor, normed: &Tensor, train: bool) -> Result<Tensor> {
+        let Some(last) = self.blocks.last() else {
+            return Err(Error::Config { source_name: "vit".into(), problem: "a ViT without blocks has no last block".into() });
+        };
+        self.final_norm(&last.forward_from_norm1(input, normed, train)?, train)
+    }
+
+    fn final_norm(&self, y: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.norm {
+            Some(norm) => norm.forward_t(y, train),
+            None => Ok(y.clone()),
+        }
+    }
+
+    /// The tokens after the patch embedding and the first `blocks` blocks.
+    fn tokens_through(&self, x: &Tensor, blocks: usize, train: bool) -> Result<Tensor> {
         let (_, _, height, width) = x.dims4()?;
         let patches = self.patch_embed.forward_t(x, train)?;
         let (batch, dim, grid_h, grid_w) = patches.dims4()?;
@@ -320,13 +357,10 @@ impl Vit {
         if let Some(norm_pre) = &self.norm_pre {
             y = norm_pre.forward_t(&y, train)?;
         }
-        for block in &self.blocks {
+        for block in &self.blocks[..blocks] {
             y = block.forward_t(&y, train)?;
         }
-        match &self.norm {
-            Some(norm) => norm.forward_t(&y, train),
-            None => Ok(y),
-        }
+        Ok(y)
     }
 
     fn patch_mean(&self, tokens: &Tensor) -> Result<Tensor> {
@@ -336,7 +370,7 @@ impl Vit {
     }
 
     /// The features (B, num_features) from the tokens.
-    fn pool(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn pool(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
         let class = || -> Result<Tensor> { Ok(tokens.narrow(1, 0, 1)?.squeeze(1)?) };
         let features = match self.config.embedding {
             Embedding::Pool => {
@@ -366,16 +400,11 @@ impl Vit {
         Ok(features.contiguous()?)
     }
 
-    /// The features (B, num_features).
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.pool(&self.feature_map(x, train)?, train)
-    }
-
-    /// Features and logits; a model without a head gives (B, 0) logits. A distilled model's
-    /// logits are the mean of its two heads on their own tokens (timm's eval output).
-    pub fn features_and_logits(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let tokens = self.feature_map(x, train)?;
-        let features = self.pool(&tokens, train)?;
+    /// Features and logits from the tokens; a model without a head gives (B, 0) logits. A
+    /// distilled model's logits are the mean of its two heads on their own tokens (timm's eval
+    /// output).
+    pub fn head(&self, tokens: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let features = self.pool(tokens, train)?;
         let logits = match (&self.head, &self.head_dist) {
             (Some(head), Some(head_dist)) if self.config.embedding == Embedding::Pool => {
                 let token = |i: usize| -> Result<Tensor> { Ok(tokens.narrow(1, i, 1)?.squeeze(1)?.contiguous()?) };

@@ -7,7 +7,7 @@ use std::borrow::Borrow;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
-use medxfer_zoo::Backbone;
+use medxfer_zoo::{Architecture, Backbone, BlockKind, DenseNetConfig, DepthMultiplier, EfficientNetConfig, ResNetConfig, VitConfig};
 
 /// The train-mode logits, with the intermediates no backward rule reads freed during the
 /// forward pass as training frees them (`release_unread`).
@@ -46,4 +46,28 @@ pub fn max_abs(t: impl Borrow<Tensor>) -> f32 {
 /// The largest |a - b| over the entries, likewise.
 pub fn max_abs_difference(a: impl Borrow<Tensor>, b: impl Borrow<Tensor>) -> f32 {
     max_abs((a.borrow() - b.borrow()).unwrap())
+}
+
+/// The paper's families' fixtures (fixtures/make_fixtures.py's CONFIGS) and their architectures.
+pub fn paper_fixtures() -> Vec<(&'static str, Architecture)> {
+    vec![
+        (
+            "resnet_basic_min",
+            Architecture::ResNet(ResNetConfig { channels: [64, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Basic, [1, 1, 1, 1]) }),
+        ),
+        (
+            "resnet_bottleneck_min",
+            Architecture::ResNet(ResNetConfig { channels: [4, 8, 16, 32], ..ResNetConfig::plain(BlockKind::Bottleneck, [1, 1, 1, 1]) }),
+        ),
+        ("densenet_min", Architecture::DenseNet(DenseNetConfig { growth_rate: 2, block_config: vec![2, 1, 1, 1], bn_size: 4 })),
+        (
+            "mobilenetv2_min",
+            Architecture::EfficientNet(EfficientNetConfig {
+                depth_multiplier: DepthMultiplier::Uniform(0.5),
+                ..EfficientNetConfig::mobilenetv2(0.35)
+            }),
+        ),
+        ("efficientnet_min", Architecture::EfficientNet(EfficientNetConfig::efficientnet(0.3, 0.5))),
+        ("vit_min", Architecture::Vit(VitConfig::new(64, 16, 24, 2, 3))),
+    ]
 }
