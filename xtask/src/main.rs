@@ -324,6 +324,14 @@ fn main() -> Result<()> {
             if let Some((count, listing)) = &predicted.unreadable {
                 println!("{count} unreadable image(s) left out (--skip-unreadable), each listed with its error in {}", listing.display());
             }
+            if let Some((count, dir)) = &predicted.saliency {
+                let class =
+                    args.saliency_class.as_deref().map_or_else(|| "its predicted class".to_string(), |class| format!("class {class}"));
+                println!(
+                    "{count} saliency map(s) (Grad-CAM, the evidence for {class}) drawn over the crops the model saw, in {}",
+                    dir.display()
+                );
+            }
             if let Some(evaluation) = &predicted.evaluation {
                 println!(
                     "Against {}: balanced accuracy {:.3}, accuracy {:.3}{}",

@@ -848,6 +848,46 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
     assert!(ranking_md.contains("| backbone | clear | lesion | balanced accuracy |") && ranking_md.contains(&row), "{row}: {ranking_md}");
 
+    // --saliency DIR: an overlay per image, of the crop's size, at the image's path under DIR
+    // with .png appended. --saliency-class C draws the evidence for C instead of the predicted
+    // class: the same file, byte for byte, for each image predicted as C, and another for some
+    // image predicted as the other class (in batches of 3, so across batches too: each image's
+    // map is of its own class). A class the model lacks is refused before any work.
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("models").join(format!("{best}.json"))).unwrap()).unwrap();
+    let crop = card["crop"].as_u64().unwrap() as u32;
+    let drawn = |name: &str, extra: &[&str]| {
+        let folder = dir.path().join(name);
+        let args = [&root_and_out[..], &["--batch", "3", "--saliency", folder.to_str().unwrap()], extra].concat();
+        let output = predict(dir.path(), &out, &test_csv, &args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success() && stdout.contains(&format!("{} saliency map(s)", test.len())), "{stdout}{output:?}");
+        test.iter().map(|path| std::fs::read(folder.join(format!("{path}.png"))).unwrap()).collect::<Vec<_>>()
+    };
+    let own = drawn("saliency", &[]);
+    for png in &own {
+        let overlay = image::load_from_memory(png).unwrap();
+        assert_eq!((overlay.width(), overlay.height()), (crop, crop));
+    }
+    let of_lesion = drawn("saliency-lesion", &["--saliency-class", "lesion"]);
+    let (mut same, mut other) = (0, 0);
+    for ((row, own), lesion) in rows.iter().zip(&own).zip(&of_lesion) {
+        if row["predicted"] == "lesion" {
+            assert!(own == lesion, "{}: predicted lesion, yet its map for lesion differs", row["path"]);
+            same += 1;
+        } else if own != lesion {
+            other += 1;
+        }
+    }
+    assert!(same > 0 && other > 0, "{same} images predicted lesion, {other} others drawn apart");
+    let output = predict(dir.path(), &out, &test_csv, &[&root_and_out[..], &["--saliency", "x", "--saliency-class", "nevus"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("--saliency-class \"nevus\": not one of the model's classes (clear, lesion)"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("x").exists());
+
     // --refer-below P: the images whose largest probability is below P are marked for review,
     // and the others measured alone. P between the middle two of these probabilities.
     let mut largest: Vec<f64> = rows.iter().map(|r| r["probability"].parse().unwrap()).collect();

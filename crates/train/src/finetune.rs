@@ -424,7 +424,7 @@ pub fn logits_split(
 }
 
 /// How [`evaluate_split`] and [`logits_split`] read a split: in order, centre-cropped.
-fn eval_loader(settings: &RunSettings) -> LoaderConfig {
+pub(crate) fn eval_loader(settings: &RunSettings) -> LoaderConfig {
     LoaderConfig {
         batch_size: settings.batch_size,
         shuffle: false,

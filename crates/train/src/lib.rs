@@ -11,6 +11,7 @@
 //! - [`extract`]: the feature files medxfer-scores reads.
 //! - [`calibration`]: how far a fine-tuned model's probabilities can be read as such (NLL, ECE,
 //!   Brier) and temperature scaling fitted on the validation images ([`logits_split`]).
+//! - [`SaliencyBatches`]: Grad-CAM maps of a fine-tuned model over a split, on the crops it saw.
 //! - [`parse_device`]: `cpu` or `cuda:N` (the `cuda` feature builds candle's CUDA backend);
 //!   [`gpu_arithmetic`]: the `--precision`, `--matmul-tf32` and `--conv-algorithms` options.
 //!
@@ -46,6 +47,7 @@ mod halving;
 mod metrics;
 mod models;
 mod progress_bar;
+mod saliency;
 mod schedule;
 mod search;
 mod search_space;
@@ -72,6 +74,7 @@ pub use medxfer_kernels::{ConvAlgorithmSearch, ConvPrecision, GpuSettings, Uploa
 pub use metrics::{Evaluation, evaluate, macro_auroc, one_vs_rest_auroc};
 pub use models::{load_fine_tuned, load_pretrained, load_pretrained_in, start_fine_tuning};
 pub use progress_bar::{EpochBar, epoch_line};
+pub use saliency::{SaliencyBatch, SaliencyBatches};
 pub use schedule::{ETA_MIN, cosine};
 pub use search::{
     DIVERGED_FILE, LOCK_FILE, STALE_AFTER, SUMMARY_FILE, SearchProgress, SearchSettings, SearchSummary, Shard, Trial, check_trials,

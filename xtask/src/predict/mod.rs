@@ -12,12 +12,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::Normalization;
 use medxfer_train::calibration::{self, Calibration};
-use medxfer_train::{RunSettings, logits_split, macro_auroc, one_vs_rest_auroc};
+use medxfer_train::{RunSettings, SaliencyBatches, logits_split, macro_auroc, one_vs_rest_auroc};
 
 use crate::rank::card::ModelCard;
 use images::{cached_images, image_paths, prune_prediction_caches, unreadable_file};
 
 mod images;
+mod saliency;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -56,6 +57,14 @@ pub struct PredictArgs {
     /// the run, every one of them named.
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// Draw where in each image the model found the evidence for its predicted class (Grad-CAM on
+    /// the crop it saw) to DIR, one PNG per image at its path under the images' folder with
+    /// `.png` appended.
+    #[arg(long, value_name = "DIR")]
+    pub saliency: Option<PathBuf>,
+    /// With --saliency: the evidence for this class in every image, not for the predicted one.
+    #[arg(long, value_name = "CLASS", requires = "saliency")]
+    pub saliency_class: Option<String>,
     /// The predictions' CSV file (RANKING/predictions.csv by default).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -95,6 +104,8 @@ pub struct Predicted {
     pub referral: Option<Referral>,
     /// Images left out as unreadable (--skip-unreadable), and the file listing them.
     pub unreadable: Option<(usize, PathBuf)>,
+    /// With --saliency: the overlays written, and their folder.
+    pub saliency: Option<(usize, PathBuf)>,
 }
 
 pub fn run(args: &PredictArgs) -> Result<Predicted> {
@@ -122,6 +133,13 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
                     })
                 })
                 .collect::<Result<_>>()?,
+        ),
+        None => None,
+    };
+    let saliency_class = match &args.saliency_class {
+        Some(name) => Some(
+            class_index(name)
+                .with_context(|| format!("--saliency-class {name:?}: not one of the model's classes ({})", card.classes.join(", ")))?,
         ),
         None => None,
     };
@@ -181,6 +199,21 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let calibration = truth.as_ref().map(|truth| calibration::calibration(&logits, truth, temperature));
     let auroc = truth.as_ref().and_then(|truth| macro_auroc(&one_vs_rest_auroc(&probabilities, truth, card.classes.len())));
     let referral = args.refer_below.map(|threshold| Referral::of(threshold, &referred, truth.as_deref(), &predicted, card.classes.len()));
+    let saliency = match &args.saliency {
+        Some(dir) => {
+            let classes = match saliency_class {
+                Some(class) => vec![class; predicted.len()],
+                None => predicted.clone(),
+            };
+            let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
+            let mut batches = SaliencyBatches::new(&model, &split, &settings, &classes)?;
+            let written =
+                saliency::write_overlays(dir, paths, &settings.normalization, &mut batches, &|done| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            Some((written, dir.clone()))
+        }
+        None => None,
+    };
     let evaluated_against = if images.labels.is_some() { "the CSV's label column" } else { "the class folders the images sit in" };
     Ok(Predicted {
         backbone: card.backbone,
@@ -193,6 +226,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         auroc,
         referral,
         unreadable,
+        saliency,
     })
 }
 
