@@ -5,7 +5,8 @@
 //! timm's `EfficientNet` class, ViT) built from its [`Architecture`], its tensors in a
 //! [`ParamStore`] under timm's state_dict names, so a timm checkpoint loads as is (torchvision
 //! state dicts are renamed). It gives its pooled `features` (the classifier's input) and its
-//! `logits`; as a candle-nn [`ModuleT`](candle_nn::ModuleT) it gives the logits.
+//! `logits`; as a candle-nn [`ModuleT`](candle_nn::ModuleT) it gives the logits; `grad_cam` gives
+//! where in an image the evidence for a class lies.
 //!
 //! Where backbones come from: the [`Registry`] of models/*.toml ([`ModelEntry`]: hub repo,
 //! architecture, [`Preprocessing`]), or any timm hub repo's `config.json`
