@@ -290,20 +290,20 @@ impl Vit {
     /// Grad-CAM's target layer, as pytorch-grad-cam's recipe for ViTs (`blocks[-1].norm1`): the
     /// tokens entering the last block, and that block's norm1 of them.
     pub fn last_block_norm1(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let Some(last) = self.blocks.last() else {
-            return Err(Error::Config { source_name: "vit".into(), problem: "a ViT without blocks has no last block".into() });
-        };
-        let input = self.tokens_through(x, self.blocks.len() - 1, train)?;
-        let normed = last.norm1.forward_t(&input, train)?;
+        let input = self.tokens_through(x, self.blocks.len().saturating_sub(1), train)?;
+        let normed = self.last_block()?.norm1.forward_t(&input, train)?;
         Ok((input, normed))
     }
 
     /// `feature_map`'s tokens from what `last_block_norm1` gives.
     pub fn feature_map_from_norm1(&self, input: &Tensor, normed: &Tensor, train: bool) -> Result<Tensor> {
-        let Some(last) = self.blocks.last() else {
-            return Err(Error::Config { source_name: "vit".into(), problem: "a ViT without blocks has no last block".into() });
-        };
-        self.final_norm(&last.forward_from_norm1(input, normed, train)?, train)
+        self.final_norm(&self.last_block()?.forward_from_norm1(input, normed, train)?, train)
+    }
+
+    fn last_block(&self) -> Result<&Block> {
+        self.blocks
+            .last()
+            .ok_or_else(|| Error::Config { source_name: "vit".into(), problem: "a ViT without blocks has no last block".into() })
     }
 
     fn final_norm(&self, y: &Tensor, train: bool) -> Result<Tensor> {
