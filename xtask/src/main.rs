@@ -12,6 +12,7 @@ mod rank;
 mod recorded;
 mod report;
 mod results;
+mod saliency;
 mod slurm;
 mod study;
 mod weights;

@@ -713,6 +713,15 @@ fn predict(dir: &Path, out: &Path, images: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Whether `part` appears in `image` at some place, pixel for pixel.
+fn contains(image: &image::RgbImage, part: &image::RgbImage) -> bool {
+    let (width, height) = part.dimensions();
+    (0..=image.height().saturating_sub(height)).any(|y| {
+        (0..=image.width().saturating_sub(width))
+            .any(|x| (0..height).all(|dy| (0..width).all(|dx| image.get_pixel(x + dx, y + dy) == part.get_pixel(dx, dy))))
+    })
+}
+
 /// The share of each class's images predicted as it, averaged over the classes (written out
 /// here, apart from medxfer-train's metrics).
 fn balanced_accuracy(truth: &[&str], predicted: &[&str]) -> f64 {
@@ -880,6 +889,34 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         }
     }
     assert!(same > 0 && other > 0, "{same} images predicted lesion, {other} others drawn apart");
+    // rank's ranking_saliency.png holds, for each tuned backbone, the overlay predict draws of
+    // each of six test images (the first of each class, then the second of each, ...), enlarged
+    // by a whole factor to at least 128 px: each is found in it, pixel for pixel.
+    assert!(ranking_md.contains("Where each looks: ranking_saliency.png draws"), "{ranking_md}");
+    let figure = image::open(out.join("ranking_saliency.png")).unwrap().to_rgb8();
+    let mut chosen = Vec::new();
+    for round in 0.. {
+        let before = chosen.len();
+        for class in ["clear", "lesion"] {
+            if let Some(index) = (0..test.len()).filter(|&i| truth[i] == class).nth(round) {
+                chosen.push(index);
+            }
+        }
+        if chosen.len() == before || chosen.len() >= 6 {
+            break;
+        }
+    }
+    chosen.truncate(6);
+    let other_backbone = accuracies.keys().find(|name| *name != best).unwrap();
+    let of_other = drawn("saliency-other", &["--backbone", other_backbone]);
+    let factor = 128u32.div_ceil(crop);
+    for (backbone, overlays) in [(best, &own), (other_backbone, &of_other)] {
+        for &index in &chosen {
+            let overlay = image::load_from_memory(&overlays[index]).unwrap().to_rgb8();
+            let enlarged = image::imageops::resize(&overlay, crop * factor, crop * factor, image::imageops::FilterType::Nearest);
+            assert!(contains(&figure, &enlarged), "{backbone}: {}'s overlay is not in ranking_saliency.png", test[index]);
+        }
+    }
     let output = predict(dir.path(), &out, &test_csv, &[&root_and_out[..], &["--saliency", "x", "--saliency-class", "nevus"]].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

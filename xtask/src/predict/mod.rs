@@ -18,7 +18,6 @@ use crate::rank::card::ModelCard;
 use images::{cached_images, image_paths, prune_prediction_caches, unreadable_file};
 
 mod images;
-mod saliency;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -208,7 +207,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
             let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
             let mut batches = SaliencyBatches::new(&model, &split, &settings, &classes)?;
             let written =
-                saliency::write_overlays(dir, paths, &settings.normalization, &mut batches, &|done| bar.set_position(done as u64))?;
+                crate::saliency::write_overlays(dir, paths, &settings.normalization, &mut batches, &|done| bar.set_position(done as u64))?;
             bar.finish_and_clear();
             Some((written, dir.clone()))
         }

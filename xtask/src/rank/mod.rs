@@ -10,6 +10,7 @@ pub mod card;
 mod figure;
 pub mod images;
 mod reliability_figure;
+mod saliency_figure;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -473,7 +474,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         };
         let start = Instant::now();
         card::ModelCard::remove_all(&args.out)?;
-        let test_groups: Vec<String> = part(Part::Test).into_iter().map(|e| e.group).collect();
+        let test_entries = part(Part::Test);
+        let test_groups: Vec<String> = test_entries.iter().map(|e| e.group.clone()).collect();
+        // The few test images every tuned backbone's saliency is drawn on, decoded apart.
+        let test_labels: Vec<u32> = test_entries.iter().map(|e| e.label).collect();
+        let chosen = saliency_figure::chosen_images(&test_labels, saliency_figure::SALIENCY_IMAGES);
+        let chosen_entries: Vec<Entry> = chosen.iter().map(|&i| test_entries[i].clone()).collect();
+        let saliency_images = SplitData::cached(&cache_dir, "saliency", &images.root, &chosen_entries, args.resize, false)?;
+        let mut saliency_rows = Vec::new();
         // Each tuned backbone's kept model on the test part, for the per-class and calibration
         // tables.
         let mut tested: Vec<(String, medxfer_train::Evaluation, AurocCell)> = Vec::new();
@@ -515,6 +523,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                 if let Err(error) = &calibration {
                     eprintln!("warning: {}: no calibration: {error:#}", entry.name);
                 }
+                let model = medxfer_train::load_fine_tuned(entry, &checkpoint, Some(data.classes), &device);
+                match model
+                    .map_err(anyhow::Error::from)
+                    .and_then(|model| saliency_figure::row(&entry.name, &model, &saliency_images, &base))
+                {
+                    Ok(row) => saliency_rows.push(row),
+                    Err(error) => eprintln!("warning: {}: no saliency maps: {error:#}", entry.name),
+                }
                 if let Some(test) = best.outcome.test.clone() {
                     tested.push((entry.name.clone(), test, calibration.as_ref().ok().and_then(|c| c.auroc)));
                 }
@@ -553,6 +569,9 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         tuning.push_str(&per_class_recall(&tested, &images.classes, args.seed));
         tuning.push_str(&calibration::render(&calibrated, data.val.labels.len(), data.test.as_ref().map_or(0, |t| t.labels.len())));
         reliability_figure::write(&args.out.join("ranking_calibration"), &calibrated)?;
+        let chosen_labels: Vec<u32> = chosen_entries.iter().map(|e| e.label).collect();
+        saliency_figure::write(&args.out.join("ranking_saliency.png"), &saliency_rows, &chosen_labels, &images.classes)?;
+        tuning.push_str(&saliency_figure::render(&saliency_rows));
         let _ = writeln!(
             tuning,
             "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best validation balanced accuracy to new images (chosen on val, so its test accuracy stays an estimate the choice did not see).",

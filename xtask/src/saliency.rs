@@ -1,6 +1,6 @@
-//! `predict --saliency DIR`: where in each image the model found the evidence for its class.
-//! Each image's Grad-CAM map (medxfer-train's [`SaliencyBatches`]) drawn over the crop the model
-//! saw, as pytorch-grad-cam's `show_cam_on_image` draws it: the map scaled to [0, 1] by its own
+//! Where in each image a fine-tuned model found the evidence for a class, for `predict
+//! --saliency DIR` and rank's ranking_saliency.png. Each image's Grad-CAM map (medxfer-train's
+//! [`SaliencyBatches`]) drawn over the crop the model saw, as pytorch-grad-cam's `show_cam_on_image` draws it: the map scaled to [0, 1] by its own
 //! minimum and maximum, coloured (viridis, where pytorch-grad-cam uses jet: a perceptually even
 //! scale that reads in grey and to colour-blind eyes), and mixed half and half with the crop.
 
@@ -69,7 +69,7 @@ fn overlay_files(dir: &Path, paths: &[String]) -> Result<Vec<PathBuf>> {
 }
 
 /// Image `row` of the batch: its crop, the normalisation undone, mixed with its coloured map.
-fn overlay(batch: &SaliencyBatch, row: usize, normalization: &Normalization) -> Result<image::RgbImage> {
+pub fn overlay(batch: &SaliencyBatch, row: usize, normalization: &Normalization) -> Result<image::RgbImage> {
     let crop = batch.crops.get(row)?.to_vec3::<f32>()?;
     let map = batch.maps.get(row)?.flatten_all()?.to_vec1::<f32>()?;
     let (height, width) = (crop[0].len(), crop[0][0].len());
