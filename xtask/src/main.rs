@@ -329,8 +329,9 @@ fn main() -> Result<()> {
                 let class =
                     args.saliency_class.as_deref().map_or_else(|| "its predicted class".to_string(), |class| format!("class {class}"));
                 println!(
-                    "{count} saliency map(s) (Grad-CAM, the evidence for {class}) drawn over the crops the model saw, in {}",
-                    dir.display()
+                    "{count} saliency map(s) (Grad-CAM, the evidence for {class}) drawn over the crops the model saw, in {}; {} lists them, the least sure first",
+                    dir.display(),
+                    dir.join("index.html").display()
                 );
             }
             if let Some(evaluation) = &predicted.evaluation {

@@ -24,7 +24,7 @@ pub fn write_overlays(
     batches: &mut SaliencyBatches<'_>,
     progress: &dyn Fn(usize),
 ) -> Result<usize> {
-    let files = overlay_files(dir, paths)?;
+    let files: Vec<PathBuf> = overlay_names(paths)?.iter().map(|name| dir.join(name)).collect();
     let mut written = 0;
     while let Some(batch) = batches.next_batch()? {
         if written == 0 && batch.grid == (1, 1) {
@@ -48,14 +48,15 @@ pub fn write_overlays(
     Ok(written)
 }
 
-/// Each image's overlay file: its path's own components under `dir` (a CSV's absolute path or
-/// `..` cannot lead out of it), `.png` appended; two images that would share one are refused.
-fn overlay_files(dir: &Path, paths: &[String]) -> Result<Vec<PathBuf>> {
+/// Each image's overlay file under the overlays' folder: its path's own components (a CSV's
+/// absolute path or `..` cannot lead out of the folder), `.png` appended; two images that would
+/// share one are refused.
+fn overlay_names(paths: &[String]) -> Result<Vec<PathBuf>> {
     let mut seen: HashMap<PathBuf, &str> = HashMap::new();
     paths
         .iter()
         .map(|path| {
-            let mut file = dir.to_path_buf();
+            let mut file = PathBuf::new();
             let parts: Vec<_> = Path::new(path).components().filter_map(|c| if let Component::Normal(part) = c { Some(part) } else { None }).collect();
             let Some((name, folders)) = parts.split_last() else { bail!("--saliency: the image path {path:?} names no file") };
             file.extend(folders);
@@ -66,6 +67,83 @@ fn overlay_files(dir: &Path, paths: &[String]) -> Result<Vec<PathBuf>> {
             Ok(file)
         })
         .collect()
+}
+
+/// One image's line on the review page.
+pub struct Reviewed<'a> {
+    pub path: &'a str,
+    pub predicted: &'a str,
+    /// The predicted class's probability (calibrated with --calibrated).
+    pub probability: f64,
+    /// Its class, where known.
+    pub truth: Option<&'a str>,
+    /// With --refer-below: whether it is referred.
+    pub referred: Option<bool>,
+}
+
+/// `dir`/index.html: each image's overlay with its path, prediction and probability (its class
+/// beside, where known, a wrong prediction marked; the referred marked), the least sure first,
+/// so that a person reading from the top sees first what the model is least sure of.
+pub fn write_review_page(dir: &Path, heading: &str, images: &[Reviewed<'_>]) -> Result<PathBuf> {
+    let paths: Vec<String> = images.iter().map(|image| image.path.to_string()).collect();
+    let names = overlay_names(&paths)?;
+    let mut order: Vec<usize> = (0..images.len()).collect();
+    order.sort_by(|&a, &b| images[a].probability.total_cmp(&images[b].probability));
+    let known = images.iter().any(|image| image.truth.is_some());
+    let triaged = images.iter().any(|image| image.referred.is_some());
+    let mut page = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{0}</title>\n\
+         <style>body{{font-family:sans-serif}}td{{padding:4px 10px}}.wrong{{color:#b00}}.refer{{background:#fff3cd}}</style></head><body>\n\
+         <h1>{0}</h1>\n<p>{1} images, the least sure first. Each map is Grad-CAM: where in the crop the model saw it found the \
+         evidence for the class (yellow most, dark least).</p>\n<table>\n\
+         <tr><th>saliency</th><th>image</th><th>predicted</th><th>probability</th>{2}{3}</tr>\n",
+        html_text(heading),
+        images.len(),
+        if known { "<th>class</th>" } else { "" },
+        if triaged { "<th>refer</th>" } else { "" },
+    );
+    for &index in &order {
+        let image = &images[index];
+        let wrong = image.truth.is_some_and(|truth| truth != image.predicted);
+        page.push_str(&format!(
+            "<tr{}><td><img src=\"{}\" width=\"160\" loading=\"lazy\"></td><td>{}</td><td{}>{}</td><td>{:.3}</td>{}{}</tr>\n",
+            if image.referred == Some(true) { " class=\"refer\"" } else { "" },
+            url_path(&names[index]),
+            html_text(image.path),
+            if wrong { " class=\"wrong\"" } else { "" },
+            html_text(image.predicted),
+            image.probability,
+            image.truth.map_or_else(String::new, |truth| format!("<td>{}</td>", html_text(truth))),
+            image.referred.map_or_else(String::new, |referred| format!("<td>{}</td>", if referred { "yes" } else { "no" })),
+        ));
+    }
+    page.push_str("</table>\n</body></html>\n");
+    let file = dir.join("index.html");
+    medxfer_durable::write_atomic(&file, page.as_bytes())?;
+    Ok(file)
+}
+
+/// Text as HTML shows it literally.
+fn html_text(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// A relative file path as a URL path: each component's bytes outside RFC 3986's unreserved set
+/// percent-encoded (a space, `#`, `?` or `%` would otherwise end or bend the link).
+fn url_path(path: &Path) -> String {
+    let components: Vec<String> = path
+        .iter()
+        .map(|part| {
+            part.to_string_lossy()
+                .bytes()
+                .map(|byte| match byte {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(byte).to_string(),
+                    _ => format!("%{byte:02X}"),
+                })
+                .collect()
+        })
+        .collect();
+    components.join("/")
 }
 
 /// Image `row` of the batch: its crop, the normalisation undone, mixed with its coloured map.
@@ -124,11 +202,31 @@ mod tests {
     }
 
     #[test]
+    fn the_review_page_puts_the_least_sure_first_and_links_each_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let reviewed = |path, predicted, probability, truth, referred| Reviewed { path, predicted, probability, truth, referred };
+        let images = [
+            reviewed("lesion/a b#1.jpg", "lesion", 0.9, Some("lesion"), Some(false)),
+            reviewed("clear/<c>.jpg", "lesion", 0.55, Some("clear"), Some(true)),
+            reviewed("clear/d.jpg", "clear", 0.7, Some("clear"), Some(true)),
+        ];
+        let page = std::fs::read_to_string(write_review_page(dir.path(), "m & n", &images).unwrap()).unwrap();
+        assert!(page.contains("<title>m &amp; n</title>"), "{page}");
+        let at = |text: &str| page.find(text).unwrap_or_else(|| panic!("{text} not in {page}"));
+        assert!(at("clear/&lt;c&gt;.jpg") < at("clear/d.jpg") && at("clear/d.jpg") < at("lesion/a b#1.jpg"));
+        assert!(page.contains("src=\"lesion/a%20b%231.jpg.png\"") && page.contains("src=\"clear/%3Cc%3E.jpg.png\""), "{page}");
+        // The wrong prediction is marked, and each referred row.
+        assert!(page.contains("<tr class=\"refer\"><td><img src=\"clear/%3Cc%3E.jpg.png\""), "{page}");
+        assert_eq!(page.matches("class=\"wrong\"").count(), 1);
+        assert_eq!(page.matches("<tr class=\"refer\">").count(), 2);
+    }
+
+    #[test]
     fn overlay_files_stay_under_the_folder_and_never_share_a_name() {
-        let dir = Path::new("/out");
-        let files = overlay_files(dir, &["glioma/a.jpg".into(), "/data/b.png".into(), "../c.jpg".into(), "a.jpg".into()]).unwrap();
-        assert_eq!(files, [dir.join("glioma/a.jpg.png"), dir.join("data/b.png.png"), dir.join("c.jpg.png"), dir.join("a.jpg.png")]);
-        let error = overlay_files(dir, &["x/a.jpg".into(), "../x/a.jpg".into()]).unwrap_err().to_string();
+        let files = overlay_names(&["glioma/a.jpg".into(), "/data/b.png".into(), "../c.jpg".into(), "a.jpg".into()]).unwrap();
+        let expected: Vec<PathBuf> = ["glioma/a.jpg.png", "data/b.png.png", "c.jpg.png", "a.jpg.png"].iter().map(PathBuf::from).collect();
+        assert_eq!(files, expected);
+        let error = overlay_names(&["x/a.jpg".into(), "../x/a.jpg".into()]).unwrap_err().to_string();
         assert!(error.contains("x/a.jpg and ../x/a.jpg"), "{error}");
     }
 }

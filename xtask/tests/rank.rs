@@ -874,6 +874,15 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         test.iter().map(|path| std::fs::read(folder.join(format!("{path}.png"))).unwrap()).collect::<Vec<_>>()
     };
     let own = drawn("saliency", &[]);
+    // Its index.html lists every image with its overlay, the least sure first.
+    let page = std::fs::read_to_string(dir.path().join("saliency").join("index.html")).unwrap();
+    let mut least_sure_first: Vec<&BTreeMap<String, String>> = rows.iter().collect();
+    least_sure_first.sort_by(|a, b| a["probability"].parse::<f64>().unwrap().total_cmp(&b["probability"].parse().unwrap()));
+    let places: Vec<usize> = least_sure_first
+        .iter()
+        .map(|row| page.find(&format!("<img src=\"{}.png\"", row["path"])).unwrap_or_else(|| panic!("{}: {page}", row["path"])))
+        .collect();
+    assert!(places.is_sorted(), "{places:?}");
     for png in &own {
         let overlay = image::load_from_memory(png).unwrap();
         assert_eq!((overlay.width(), overlay.height()), (crop, crop));

@@ -15,6 +15,7 @@ use medxfer_train::calibration::{self, Calibration};
 use medxfer_train::{RunSettings, SaliencyBatches, logits_split, macro_auroc, one_vs_rest_auroc};
 
 use crate::rank::card::ModelCard;
+use crate::saliency::Reviewed;
 use images::{cached_images, image_paths, prune_prediction_caches, unreadable_file};
 
 mod images;
@@ -103,7 +104,7 @@ pub struct Predicted {
     pub referral: Option<Referral>,
     /// Images left out as unreadable (--skip-unreadable), and the file listing them.
     pub unreadable: Option<(usize, PathBuf)>,
-    /// With --saliency: the overlays written, and their folder.
+    /// With --saliency: the overlays written, and their folder (its index.html lists them).
     pub saliency: Option<(usize, PathBuf)>,
 }
 
@@ -209,6 +210,17 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
             let written =
                 crate::saliency::write_overlays(dir, paths, &settings.normalization, &mut batches, &|done| bar.set_position(done as u64))?;
             bar.finish_and_clear();
+            let reviewed: Vec<Reviewed<'_>> = (0..paths.len())
+                .map(|i| Reviewed {
+                    path: &paths[i],
+                    predicted: &card.classes[predicted[i] as usize],
+                    probability: probabilities[i][predicted[i] as usize],
+                    truth: truth.as_ref().map(|truth| card.classes[truth[i] as usize].as_str()),
+                    referred: args.refer_below.map(|_| referred[i]),
+                })
+                .collect();
+            let heading = format!("{} on {}", card.backbone, args.images.display());
+            crate::saliency::write_review_page(dir, &heading, &reviewed)?;
             Some((written, dir.clone()))
         }
         None => None,
