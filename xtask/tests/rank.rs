@@ -702,6 +702,36 @@ fn a_headless_foundation_model_is_ranked_and_tuned() {
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("bf16 needs a GPU"));
 }
 
+/// Another set of images ranked and tuned into the same OUT (here the folder less two images)
+/// leaves one decoded set per part in OUT/cache, this run's: the earlier set's are removed.
+#[test]
+fn ranking_other_images_into_the_same_out_keeps_their_caches_only() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 10);
+    let out = dir.path().join("ranked");
+    let tuning = ["--backbones", "resnet_basic_min", "--finetune-top", "1", "--trials", "1", "--epochs", "1", "--batch", "8"];
+    let cached = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(out.join("cache")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    rank(dir.path(), &images, &out, None, &tuning);
+    let first = cached();
+    std::fs::remove_file(images.join("clear/00.png")).unwrap();
+    std::fs::remove_file(images.join("lesion/00.png")).unwrap();
+    rank(dir.path(), &images, &out, None, &tuning);
+    let second = cached();
+    for part in ["train-", "val-", "test-", "saliency-"] {
+        let of_part = |names: &[String]| names.iter().filter(|name| name.starts_with(part)).cloned().collect::<Vec<_>>();
+        let (before, after) = (of_part(&first), of_part(&second));
+        assert_eq!(after.len(), 2, "{part}: {second:?}");
+        assert!(after.iter().any(|name| name.ends_with(".json")) && after.iter().any(|name| name.ends_with(".rgb8")), "{after:?}");
+        assert!(before.len() == 2 && before != after, "{part}: {first:?} then {second:?}");
+    }
+}
+
 /// `xtask predict --ranking OUT --images IMAGES` and `extra`, run in `dir`.
 fn predict(dir: &Path, out: &Path, images: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))

@@ -173,24 +173,8 @@ const PREDICT_CACHE: &str = "predict";
 
 /// Removes the decoded images of earlier predictions on other images from the ranking's cache,
 /// keeping this run's (`kept`, its key): one cache per set of new images would grow with every
-/// folder predicted (about 0.2 MB an image at the study's 256 px), while the same images
-/// predicted again (another --backbone, --calibrated) still reuse theirs. Another process's
-/// cache still open stays readable (its file handle outlives the name); a file that cannot be
-/// removed is left with a warning.
+/// folder predicted, while the same images predicted again (another --backbone, --calibrated)
+/// still reuse theirs.
 pub fn prune_prediction_caches(cache_dir: &Path, kept: &str) {
-    let Ok(listing) = std::fs::read_dir(cache_dir) else { return };
-    let prefix = format!("{PREDICT_CACHE}-");
-    for path in listing.filter_map(|entry| entry.ok().map(|e| e.path())) {
-        let (Some(stem), Some(extension)) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|e| e.to_str())) else {
-            continue;
-        };
-        // Temporary files of a cache being written start with '.', never with the prefix.
-        if stem.starts_with(&prefix)
-            && stem != kept
-            && matches!(extension, "json" | "rgb8")
-            && let Err(error) = std::fs::remove_file(&path)
-        {
-            eprintln!("warning: cannot remove an earlier prediction's cache {}: {error}", path.display());
-        }
-    }
+    crate::rank::images::prune_caches(cache_dir, PREDICT_CACHE, kept);
 }

@@ -356,6 +356,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     let train_entries = part(Part::Train);
     let train = split_data(&train_entries, "train")?;
+    // An earlier image set's parts, decoded into the same OUT, are not read again.
+    images::prune_caches(&cache_dir, "train", train.cache.key());
     let checksum = labelled_checksum(&[&train], &train_entries);
     let features_dir = args.out.join("features").join(format!("{}-r{}-c{}", &checksum[..16], args.resize, args.crop));
     std::fs::create_dir_all(&features_dir)?;
@@ -472,6 +474,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             ood: None,
             classes: images.classes.len(),
         };
+        images::prune_caches(&cache_dir, "val", data.val.cache.key());
+        images::prune_caches(&cache_dir, "test", data.test.as_ref().map_or("", |test| test.cache.key()));
         let start = Instant::now();
         card::ModelCard::remove_all(&args.out)?;
         let test_entries = part(Part::Test);
@@ -481,6 +485,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         let chosen = saliency_figure::chosen_images(&test_labels, saliency_figure::SALIENCY_IMAGES);
         let chosen_entries: Vec<Entry> = chosen.iter().map(|&i| test_entries[i].clone()).collect();
         let saliency_images = SplitData::cached(&cache_dir, "saliency", &images.root, &chosen_entries, args.resize, false)?;
+        images::prune_caches(&cache_dir, "saliency", saliency_images.cache.key());
         let mut saliency_rows = Vec::new();
         // Each tuned backbone's kept model on the test part, for the per-class and calibration
         // tables.
