@@ -887,6 +887,49 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     let ranking_md = std::fs::read_to_string(out.join("ranking.md")).unwrap();
     assert!(ranking_md.contains("| backbone | clear | lesion | balanced accuracy |") && ranking_md.contains(&row), "{row}: {ranking_md}");
 
+    // --tta flip / dihedral: each image's probabilities are the softmax of its logits averaged over
+    // the views, which are those the model gives each view's image written to disk and predicted
+    // alone (the mean of log-probabilities differs from the mean of the logits by a constant per
+    // view, which the softmax drops).
+    type Turn = fn(&image::DynamicImage) -> image::DynamicImage;
+    let turns: [Turn; 8] = [
+        |i| i.clone(),
+        |i| i.fliph(),
+        |i| i.rotate90(),
+        |i| i.rotate90().fliph(),
+        |i| i.rotate180(),
+        |i| i.rotate180().fliph(),
+        |i| i.rotate270(),
+        |i| i.rotate270().fliph(),
+    ];
+    let mut log_probabilities: Vec<Vec<[f64; 2]>> = Vec::new();
+    for (k, turn) in turns.iter().enumerate() {
+        let folder = dir.path().join(format!("view-{k}"));
+        for path in &test {
+            std::fs::create_dir_all(folder.join(path).parent().unwrap()).unwrap();
+            turn(&image::open(images.join(path)).unwrap()).save(folder.join(path)).unwrap();
+        }
+        let file = dir.path().join(format!("view-{k}.csv"));
+        let output = predict(dir.path(), &out, &folder, &["--out", file.to_str().unwrap()]);
+        assert!(output.status.success(), "{output:?}");
+        let by_path: BTreeMap<String, [f64; 2]> = read_csv(&file)
+            .into_iter()
+            .map(|r| (r["path"].clone(), [r["p_clear"].parse::<f64>().unwrap().ln(), r["p_lesion"].parse::<f64>().unwrap().ln()]))
+            .collect();
+        log_probabilities.push(test.iter().map(|path| by_path[path]).collect());
+    }
+    for (tta, count) in [("flip", 2), ("dihedral", 8)] {
+        let file = dir.path().join(format!("tta-{tta}.csv"));
+        let output = predict(dir.path(), &out, &test_csv, &["--images-root", images.to_str().unwrap(), "--out", file.to_str().unwrap(), "--tta", tta]);
+        assert!(output.status.success() && String::from_utf8_lossy(&output.stderr).contains(&format!("averaged over {count} views")), "{output:?}");
+        for (i, row) in read_csv(&file).iter().enumerate() {
+            let mean = |class: usize| log_probabilities[..count].iter().map(|view| view[i][class]).sum::<f64>() / count as f64;
+            let expected = softmax2([mean(0), mean(1)]);
+            let p_clear: f64 = row["p_clear"].parse().unwrap();
+            assert!((p_clear - expected[0]).abs() < 1e-4, "{tta}: {}: {p_clear} against {}", row["path"], expected[0]);
+        }
+    }
+
     // --saliency DIR: an overlay per image, of the crop's size, at the image's path under DIR
     // with .png appended. --saliency-class C draws the evidence for C instead of the predicted
     // class: the same file, byte for byte, for each image predicted as C, and another for some

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{Evaluation, evaluate};
 use crate::schedule::cosine;
 use crate::sgd::{NesterovSgd, SgdSettings};
+use crate::views::Views;
 
 /// Which epoch a run keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,12 +411,32 @@ pub fn logits_split(
     settings: &RunSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f32>>> {
+    logits_split_views(model, split, settings, Views::Crop, progress)
+}
+
+/// [`logits_split`] with test-time augmentation: each image's logits averaged over the `views`
+/// of its crop (the crop alone gives `logits_split`'s, bit for bit).
+pub fn logits_split_views(
+    model: &Backbone,
+    split: &SplitData,
+    settings: &RunSettings,
+    views: Views,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f32>>> {
     let device = model.params().device().clone();
     let mut logits_of = Vec::with_capacity(split.labels.len());
     let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), eval_loader(settings))?, &device);
     while let Some(batch) = feed.take()? {
-        let (_, logits) = model.features_and_logits(&batch.images, false)?;
-        let logits = logits.to_dtype(DType::F32)?;
+        let mut sum: Option<Tensor> = None;
+        for view in views.of(&batch.images)? {
+            let logits = model.features_and_logits(&view, false)?.1.to_dtype(DType::F32)?;
+            sum = Some(match sum {
+                Some(sum) => (sum + logits)?,
+                None => logits,
+            });
+        }
+        let sum = sum.ok_or_else(|| Error::Config("no view of the crops".into()))?;
+        let logits = if views.count() == 1 { sum } else { (sum / views.count() as f64)? };
         feed.prefetch()?;
         logits_of.extend(logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
         progress(logits_of.len(), split.labels.len());

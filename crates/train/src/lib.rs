@@ -52,6 +52,7 @@ mod schedule;
 mod search;
 mod search_space;
 mod sgd;
+mod views;
 
 pub use backward::{backward, training_forward};
 pub use checkpoint::{read_tensors, write_tensors};
@@ -63,8 +64,8 @@ pub use error::{Error, Result};
 pub use extract::{ExtractSettings, IDS_KEY, extract};
 pub use finetune::{
     BEST_FILE, EpochRecord, HISTORY_FILE, OUTCOME_FILE, Progress, RUN_SETTINGS_FILE, RunData, RunOutcome, RunSettings, Selection,
-    SplitData, TrainingOptions, evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, logits_split, model_tensors,
-    recorded_run_settings, restore_model,
+    SplitData, TrainingOptions, evaluate_split, fine_tune, fine_tune_until, finished, history, kept_epoch, logits_split,
+    logits_split_views, model_tensors, recorded_run_settings, restore_model,
 };
 pub use halving::{Comparison, Halving, HalvingSummary, Rung, compare_with_full, search_with_halving};
 /// Re-exported: the normalisation a run's images take is medxfer-data's.
@@ -82,3 +83,4 @@ pub use search::{
 };
 pub use search_space::{TRIALS, TrialPoint, halton_points, unit_point};
 pub use sgd::{NesterovSgd, SgdSettings};
+pub use views::Views;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::Normalization;
 use medxfer_train::calibration::{self, Calibration};
-use medxfer_train::{RunSettings, SaliencyBatches, logits_split, macro_auroc, one_vs_rest_auroc};
+use medxfer_train::{RunSettings, SaliencyBatches, Views, logits_split_views, macro_auroc, one_vs_rest_auroc};
 
 use crate::rank::card::ModelCard;
 use crate::saliency::Reviewed;
@@ -57,6 +57,12 @@ pub struct PredictArgs {
     /// the run, every one of them named.
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// Test-time augmentation: average each image's logits over views of its crop (the mirror
+    /// image with `flip`; the eight quarter turns and mirrors with `dihedral`, for images with no
+    /// up or left such as dermoscopy and histopathology). rank measured the model on the crop
+    /// alone, and fitted the temperature there.
+    #[arg(long, value_enum, default_value_t = Views::Crop)]
+    pub tta: Views,
     /// Draw where in each image the model found the evidence for its predicted class (Grad-CAM on
     /// the crop it saw) to DIR, one PNG per image at its path under the images' folder with
     /// `.png` appended.
@@ -176,8 +182,11 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         ..RunSettings::reference(0.0, 0.0, Normalization { mean: card.mean, std: card.std })
     };
     let bar = crate::features::image_bar(paths.len(), format!("{}: predicting", card.backbone));
-    let logits = logits_split(&model, &split, &settings, &mut |done, _| bar.set_position(done as u64))?;
+    let logits = logits_split_views(&model, &split, &settings, args.tta, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
+    if args.tta != Views::Crop {
+        eprintln!("test-time augmentation: each image's logits averaged over {} views of its crop", args.tta.count());
+    }
     if args.calibrated {
         eprintln!("calibrated: the logits divided by {temperature:.3}, the temperature fitted on rank's val part");
     }
