@@ -920,8 +920,16 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     }
     for (tta, count) in [("flip", 2), ("dihedral", 8)] {
         let file = dir.path().join(format!("tta-{tta}.csv"));
-        let output = predict(dir.path(), &out, &test_csv, &["--images-root", images.to_str().unwrap(), "--out", file.to_str().unwrap(), "--tta", tta]);
-        assert!(output.status.success() && String::from_utf8_lossy(&output.stderr).contains(&format!("averaged over {count} views")), "{output:?}");
+        let output = predict(
+            dir.path(),
+            &out,
+            &test_csv,
+            &["--images-root", images.to_str().unwrap(), "--out", file.to_str().unwrap(), "--tta", tta],
+        );
+        assert!(
+            output.status.success() && String::from_utf8_lossy(&output.stderr).contains(&format!("averaged over {count} views")),
+            "{output:?}"
+        );
         for (i, row) in read_csv(&file).iter().enumerate() {
             let mean = |class: usize| log_probabilities[..count].iter().map(|view| view[i][class]).sum::<f64>() / count as f64;
             let expected = softmax2([mean(0), mean(1)]);
@@ -1006,6 +1014,12 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         "{stderr}"
     );
     assert!(!dir.path().join("x").exists());
+    // Overlays inside the images' folder would be read as images by the next run on it.
+    let inside = images.join("maps");
+    let output = predict(dir.path(), &out, &images, &["--saliency", inside.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("inside --images") && stderr.contains("outside it"), "{stderr}");
+    assert!(!inside.exists());
 
     // --refer-below P: the images whose largest probability is below P are marked for review,
     // and the others measured alone. P between the middle two of these probabilities.

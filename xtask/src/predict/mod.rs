@@ -65,7 +65,8 @@ pub struct PredictArgs {
     pub tta: Views,
     /// Draw where in each image the model found the evidence for its predicted class (Grad-CAM on
     /// the crop it saw) to DIR, one PNG per image at its path under the images' folder with
-    /// `.png` appended.
+    /// `.png` appended, and DIR/index.html listing them, the least sure first. The maps are of
+    /// the crop itself, whatever --tta averages.
     #[arg(long, value_name = "DIR")]
     pub saliency: Option<PathBuf>,
     /// With --saliency: the evidence for this class in every image, not for the predicted one.
@@ -142,6 +143,16 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         ),
         None => None,
     };
+    if let Some(dir) = &args.saliency
+        && args.images.is_dir()
+        && std::path::absolute(dir)?.starts_with(std::path::absolute(&args.images)?)
+    {
+        bail!(
+            "--saliency {}: inside --images {}, so the overlays would be read as images by the next run on that folder; give a folder outside it",
+            dir.display(),
+            args.images.display()
+        );
+    }
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(
             class_index(name)
