@@ -1,8 +1,9 @@
 //! Where in each image a fine-tuned model found the evidence for a class, for `predict
 //! --saliency DIR` and rank's ranking_saliency.png. Each image's Grad-CAM map (medxfer-train's
-//! [`SaliencyBatches`]) drawn over the crop the model saw, as pytorch-grad-cam's `show_cam_on_image` draws it: the map scaled to [0, 1] by its own
-//! minimum and maximum, coloured (viridis, where pytorch-grad-cam uses jet: a perceptually even
-//! scale that reads in grey and to colour-blind eyes), and mixed half and half with the crop.
+//! [`SaliencyBatches`]) drawn over the crop the model saw, as pytorch-grad-cam's
+//! `show_cam_on_image` draws it: the map scaled to [0, 1] by its own minimum and maximum,
+//! coloured (viridis, where pytorch-grad-cam uses jet: a perceptually even scale that reads in
+//! grey and to colour-blind eyes), and mixed half and half with the crop.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};

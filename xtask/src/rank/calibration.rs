@@ -5,12 +5,11 @@
 //! they order the images (the AUROC and its interval, for the per-class table).
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::Result;
 use medxfer_train::calibration::{self, Calibration, ECE_BINS, TemperatureError};
 use medxfer_train::{RunData, RunSettings, logits_split, macro_auroc, one_vs_rest_auroc};
-use medxfer_zoo::ModelEntry;
+use medxfer_zoo::Backbone;
 
 use crate::features::GroupedDraw;
 
@@ -60,24 +59,22 @@ pub fn auroc_interval(
     Some((quantile(&values, 0.025), quantile(&values, 0.975)))
 }
 
-/// The kept model in `checkpoint` on `data`'s val part (the temperature's fit) and test part.
+/// The kept `model` of `backbone` on `data`'s val part (the temperature's fit) and test part.
 pub fn measure(
-    entry: &ModelEntry,
-    checkpoint: &Path,
+    backbone: &str,
+    model: &Backbone,
     data: &RunData,
     test_groups: &[String],
     settings: &RunSettings,
-    device: &candle_core::Device,
     rng: &mut impl rand::Rng,
 ) -> Result<Calibrated> {
-    let model = medxfer_train::load_fine_tuned(entry, checkpoint, Some(data.classes), device)?;
-    let val = logits_split(&model, &data.val, settings, &mut |_, _| {})?;
+    let val = logits_split(model, &data.val, settings, &mut |_, _| {})?;
     let temperature = calibration::fit_temperature(&val, &data.val.labels);
     let Some(test) = &data.test else { anyhow::bail!("the tuning split has no test part") };
-    let logits = logits_split(&model, test, settings, &mut |_, _| {})?;
+    let logits = logits_split(model, test, settings, &mut |_, _| {})?;
     let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, 1.0)).collect();
     Ok(Calibrated {
-        backbone: entry.name.clone(),
+        backbone: backbone.to_string(),
         raw: calibration::calibration(&logits, &test.labels, 1.0),
         scaled: temperature.as_ref().ok().map(|&t| calibration::calibration(&logits, &test.labels, t)),
         temperature,

@@ -524,11 +524,14 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
                 );
                 // An aid to reading the probabilities, not the ranking: a kept model that cannot be
                 // read (deleted to save space) leaves the card without a temperature, saying why.
-                let calibration = calibration::measure(entry, &checkpoint, &data, &test_groups, &base, &device, &mut rng);
+                let model = medxfer_train::load_fine_tuned(entry, &checkpoint, Some(data.classes), &device);
+                let calibration = match &model {
+                    Ok(model) => calibration::measure(&entry.name, model, &data, &test_groups, &base, &mut rng),
+                    Err(error) => Err(anyhow::anyhow!("{error}")),
+                };
                 if let Err(error) = &calibration {
                     eprintln!("warning: {}: no calibration: {error:#}", entry.name);
                 }
-                let model = medxfer_train::load_fine_tuned(entry, &checkpoint, Some(data.classes), &device);
                 match model
                     .map_err(anyhow::Error::from)
                     .and_then(|model| saliency_figure::row(&entry.name, &model, &saliency_images, &base))
