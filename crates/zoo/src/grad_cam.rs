@@ -2,12 +2,14 @@
 //! layer's activations, each channel weighted by the class score's gradient averaged over the
 //! positions, summed over the channels; the sum's positive part.
 //!
-//! The target layer per family is the one pytorch-grad-cam's recipes name: a ConvNet's final
-//! feature map (timm's `forward_features`: after DenseNet's norm5 and ReLU, EfficientNet's
-//! conv_head, ConvNeXt's last stage), Swin's final norm's token grid, and a ViT's last block's
-//! norm1 (`blocks[-1].norm1`; the final tokens of a ViT pooled by its class token pass no
-//! gradient to its patches). For a ConvNet whose mean-pooled map feeds a linear classifier this
-//! is CAM (Zhou et al. 2016) divided by the positions' count.
+//! The target layer per family: a ConvNet's final feature map as timm's `forward_features` ends
+//! it (ResNet's layer4, as pytorch-grad-cam's recipe; DenseNet's norm5 after its ReLU, where the
+//! recipe for torchvision's takes it before; EfficientNet's conv_head; ConvNeXt's last stage),
+//! Swin's token grid after the final norm (the map its head's mean pool reads; pytorch-grad-cam's
+//! example takes the last block's norm1 instead), and a ViT's last block's norm1 (the recipe,
+//! `blocks[-1].norm1`: the final tokens of a ViT pooled by its class token pass no gradient to
+//! its patches). For a network whose mean-pooled map feeds a linear classifier this is CAM (Zhou
+//! et al. 2016) divided by the positions' count.
 
 use candle_core::{D, DType, Tensor, Var};
 

@@ -1,10 +1,10 @@
 //! Grad-CAM against PyTorch's autograd on timm's models: fixtures/make_grad_cam_fixtures.py
-//! took the gradient of each image's class score with respect to pytorch-grad-cam's target
-//! layer (a ConvNet's and Swin's `forward_features`, a ViT's `blocks[-1].norm1` through a
-//! hook) in float64, and wrote the maps. Every family and head the zoo has: mean-pooled linear
-//! heads (ResNet, DenseNet, MobileNetV2, EfficientNet, RegNet), ConvNeXt's normed head, Swin's
-//! token grid, ViTs pooled by the class token, by the patch mean after registers, with
-//! LayerScale, and distilled (two heads).
+//! took the gradient of each image's class score with respect to the target layer (a ConvNet's
+//! and Swin's `forward_features`, a ViT's `blocks[-1].norm1` through a hook, as
+//! pytorch-grad-cam's recipe) in float64, and wrote the maps. Every family and head the zoo
+//! has: mean-pooled linear heads (ResNet, DenseNet, MobileNetV2, EfficientNet, RegNet),
+//! ConvNeXt's normed head, Swin's token grid, ViTs pooled by the class token, by the patch mean
+//! after registers, with LayerScale, and distilled (two heads).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
