@@ -108,9 +108,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The images `paths` name: each file as given, and every JPEG, PNG, TIFF or BMP file of each
-/// folder in name order (a folder was read as one undecodable image). A path that does not exist,
-/// or a folder without images, is an error.
+/// The images `paths` name: each file as given, and every JPEG, PNG, TIFF or BMP file under each
+/// folder, at any depth, in path order (a folder was read as one undecodable image). A path that
+/// does not exist, or a folder without images, is an error.
 fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
@@ -121,24 +121,34 @@ fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             files.push(path.clone());
             continue;
         }
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .map(|item| item.map(|item| item.path()))
-            .collect::<std::io::Result<Vec<_>>>()
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .into_iter()
-            // Hidden files too are passed over: a Mac's AppleDouble `._IMAGE.png` beside each
-            // image copied to a foreign disk stopped the folder, "cannot decode" (seen).
-            .filter(|file| file.is_file() && medxfer_zoo::is_image_file(file))
-            .filter(|file| !file.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.')))
-            .collect();
+        let mut found = Vec::new();
+        images_under(path, &mut found)?;
         if found.is_empty() {
-            bail!("{}: a folder without JPEG, PNG, TIFF or BMP files (sub-folders are not read)", path.display());
+            bail!("{}: a folder without JPEG, PNG, TIFF or BMP files in it or below it", path.display());
         }
         found.sort();
         files.extend(found);
     }
     Ok(files)
+}
+
+/// Every image file under `dir`, at any depth. Hidden files and folders are passed over: a Mac's
+/// AppleDouble `._IMAGE.png` beside each image copied to a foreign disk stopped the folder,
+/// "cannot decode" (seen). Linked folders are not followed (a link to a parent would never end).
+fn images_under(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+    for item in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let item = item.with_context(|| format!("cannot list {}", dir.display()))?;
+        let path = item.path();
+        if item.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if item.file_type().with_context(|| format!("cannot read {}", path.display()))?.is_dir() {
+            images_under(&path, found)?;
+        } else if path.is_file() && medxfer_zoo::is_image_file(&path) {
+            found.push(path);
+        }
+    }
+    Ok(())
 }
 
 fn family(entry: &ModelEntry) -> String {

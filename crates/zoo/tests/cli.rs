@@ -243,8 +243,8 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("uni_tiny was published without a classifier"), "{stderr}");
 
-    // A folder is every image in it, by name (it was read as one undecodable image); what is not
-    // an image is passed over, and a folder without one is refused.
+    // A folder is every image in it and below it, by path (it was read as one undecodable image);
+    // what is not an image, and what is hidden, is passed over; a folder without one is refused.
     let folder = dir.path().join("images");
     std::fs::create_dir_all(&folder).unwrap();
     for name in ["b.PNG", "a.png"] {
@@ -253,18 +253,25 @@ fn classify_preprocesses_as_torchvision_and_ranks_as_timm() {
     std::fs::write(folder.join("notes.txt"), "not an image").unwrap();
     // A Mac's AppleDouble file beside an image is no image (it stopped the folder: "cannot decode").
     std::fs::write(folder.join("._a.png"), b"\x00\x05\x16\x07").unwrap();
+    std::fs::create_dir_all(folder.join("ward 2/day 1")).unwrap();
+    std::fs::copy(&image, folder.join("ward 2/day 1/c.jpg.png")).unwrap();
+    std::fs::create_dir_all(folder.join(".thumbnails")).unwrap();
+    std::fs::write(folder.join(".thumbnails/a.png"), b"not a png").unwrap();
     let args = ["--models", dir.path().to_str().unwrap(), "classify", "resnet_basic_min", folder.to_str().unwrap()];
     let output = zoo(&[&args[..], &["--weights", weights.to_str().unwrap()]].concat());
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).unwrap();
     let named: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
-    assert_eq!(named, [folder.join("a.png").to_str().unwrap(), folder.join("b.PNG").to_str().unwrap()], "{text}");
-    let ranked = |image: usize| text.lines().skip(1 + image * 6).take(5).map(|l| l.split_whitespace().nth(1).unwrap().to_string());
+    let nested = folder.join("ward 2/day 1/c.jpg.png");
+    assert_eq!(named, [folder.join("a.png").to_str().unwrap(), folder.join("b.PNG").to_str().unwrap(), nested.to_str().unwrap()], "{text}");
+    let ranked = |image: usize| {
+        text.lines().skip(1 + image * 6).take(5).map(|l| l.split_whitespace().nth(1).unwrap().to_string()).collect::<Vec<_>>()
+    };
     let expected: Vec<String> = order.iter().take(5).map(|i| i.to_string()).collect();
-    assert_eq!((ranked(0).collect::<Vec<_>>(), ranked(1).collect::<Vec<_>>()), (expected.clone(), expected), "{text}");
+    assert_eq!([ranked(0), ranked(1), ranked(2)], [expected.clone(), expected.clone(), expected], "{text}");
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let output = zoo(&["--models", dir.path().to_str().unwrap(), "classify", "resnet_basic_min", empty.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("a folder without JPEG, PNG, TIFF or BMP files"), "{stderr}");
+    assert!(!output.status.success() && stderr.contains("a folder without JPEG, PNG, TIFF or BMP files in it or below it"), "{stderr}");
 }
