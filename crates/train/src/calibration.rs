@@ -37,6 +37,12 @@ pub fn probabilities(logits: &[f32], temperature: f64) -> Vec<f64> {
     log_p.iter().map(|l| l.exp()).collect()
 }
 
+/// The predicted class and its probability: the first of equal largest probabilities, as
+/// argmax takes it.
+pub fn most_probable(probabilities: &[f64]) -> (usize, f64) {
+    probabilities.iter().enumerate().fold((0, f64::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
+}
+
 /// `log softmax(inverse_temperature * logits)`, computed stably.
 fn log_softmax(logits: &[f32], inverse_temperature: f64) -> Vec<f64> {
     let scaled: Vec<f64> = logits.iter().map(|&z| inverse_temperature * f64::from(z)).collect();
@@ -157,13 +163,12 @@ pub struct ReliabilityBin {
 
 /// The reliability diagram's bins (DeGroot and Fienberg 1983, as Guo et al. draw it): the images
 /// binned by their confidence (the largest probability) into `bins` equal-width bins, (lower,
-/// upper], each with its mean confidence and accuracy. The prediction is the first of equal
-/// largest probabilities, as argmax takes it.
+/// upper], each with its mean confidence and accuracy; the prediction is [`most_probable`]'s.
 pub fn reliability(probabilities: &[Vec<f64>], labels: &[u32], bins: usize) -> Vec<ReliabilityBin> {
     let bins = bins.max(1);
     let (mut confidence, mut correct, mut count) = (vec![0.0; bins], vec![0.0; bins], vec![0usize; bins]);
     for (row, &label) in probabilities.iter().zip(labels) {
-        let (predicted, top) = row.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
+        let (predicted, top) = most_probable(row);
         // (lower, upper]: the bin whose upper edge is the first at or above the confidence.
         let bin = ((top * bins as f64).ceil() as usize).clamp(1, bins) - 1;
         confidence[bin] += top;

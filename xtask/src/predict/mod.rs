@@ -379,8 +379,7 @@ fn write_predictions(
     let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
     let mut predicted = Vec::with_capacity(paths.len());
     for (path, row) in paths.iter().zip(probabilities) {
-        // The first of equal probabilities, as argmax takes it.
-        let (best, probability) = row.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
+        let (best, probability) = calibration::most_probable(row);
         let class = classes.get(best).context("the model has more outputs than the card has classes")?;
         *counts.entry(class.clone()).or_default() += 1;
         predicted.push(best as u32);

@@ -69,9 +69,7 @@ pub fn row(backbone: &str, model: &Backbone, images: &SplitData, settings: &RunS
     let predicted: Vec<(u32, f64)> = logits_split(model, images, settings, &mut |_, _| {})?
         .iter()
         .map(|logits| {
-            let probabilities = calibration::probabilities(logits, 1.0);
-            // The first of equal probabilities, as predict takes it.
-            let (class, p) = probabilities.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
+            let (class, p) = calibration::most_probable(&calibration::probabilities(logits, 1.0));
             (class as u32, p)
         })
         .collect();
