@@ -3,19 +3,15 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::RankRow;
-use crate::report::figure::{FONT, register_font, write_svg_and_png};
+use crate::report::figure::{FONT, plot_error, register_font, write_svg_and_png};
 
 const PANEL: (u32, u32) = (340, 60);
 const BAR_HEIGHT: u32 = 22;
-
-fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
-    anyhow!("drawing the ranking: {error:?}")
-}
 
 pub fn write(stem: &Path, rows: &[RankRow]) -> Result<()> {
     register_font();
@@ -30,11 +26,11 @@ pub fn write(stem: &Path, rows: &[RankRow]) -> Result<()> {
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, rows: &[RankRow], metrics: &[String], grid: (u32, u32)) -> Result<()> {
-    root.fill(&WHITE).map_err(plot_error)?;
+    root.fill(&WHITE).map_err(plot_error("the ranking"))?;
     let (title, body) = root.split_vertically(40);
     title
         .draw(&Text::new("Scores of each candidate (best consensus on top)", (12, 12), (FONT, 18).into_font().color(&BLACK)))
-        .map_err(plot_error)?;
+        .map_err(plot_error("the ranking"))?;
     let cells = body.split_evenly((grid.0 as usize, grid.1 as usize));
     let names: Vec<String> = rows.iter().map(|r| r.backbone.clone()).collect();
     for (cell, metric) in cells.iter().zip(metrics) {
@@ -53,7 +49,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, rows: &[RankRow], metr
             .x_label_area_size(24)
             .y_label_area_size(130)
             .build_cartesian_2d(left..high + pad, (0..n.saturating_sub(1)).into_segmented())
-            .map_err(plot_error)?;
+            .map_err(plot_error("the ranking"))?;
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -66,14 +62,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, rows: &[RankRow], metr
             .x_labels(4)
             .label_style((FONT, 10))
             .draw()
-            .map_err(plot_error)?;
+            .map_err(plot_error("the ranking"))?;
         chart
             .draw_series(values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| {
                 let y = n - 1 - i;
                 let colour = if i == 0 { RGBColor(40, 110, 200) } else { RGBColor(150, 170, 200) };
                 Rectangle::new([(left, SegmentValue::Exact(y)), (*v, SegmentValue::Exact(y + 1))], colour.filled())
             }))
-            .map_err(plot_error)?;
+            .map_err(plot_error("the ranking"))?;
     }
-    root.present().map_err(plot_error)
+    root.present().map_err(plot_error("the ranking"))
 }

@@ -11,13 +11,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::calibration::Calibrated;
-use crate::report::figure::{FONT, register_font, write_svg_and_png};
+use crate::report::figure::{FONT, plot_error, register_font, write_svg_and_png};
 
 const PANEL: (u32, u32) = (300, 300);
-
-fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
-    anyhow!("drawing the reliability diagram: {error:?}")
-}
 
 /// Writes `stem`.svg and `stem`.png; without a fine-tuned backbone to draw, removes an earlier
 /// shortlist's, which would be taken for this one's.
@@ -39,7 +35,7 @@ pub fn write(stem: &Path, calibrated: &[Calibrated]) -> Result<()> {
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, calibrated: &[Calibrated], grid: (u32, u32)) -> Result<()> {
-    root.fill(&WHITE).map_err(plot_error)?;
+    root.fill(&WHITE).map_err(plot_error("the reliability diagram"))?;
     let (title, body) = root.split_vertically(40);
     title
         .draw(&Text::new(
@@ -47,7 +43,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, calibrated: &[Calibrat
             (12, 12),
             (FONT, 16).into_font().color(&BLACK),
         ))
-        .map_err(plot_error)?;
+        .map_err(plot_error("the reliability diagram"))?;
     let raw_colour = RGBColor(150, 170, 200);
     let scaled_colour = RGBColor(210, 100, 30);
     for (cell, row) in body.split_evenly((grid.0 as usize, grid.1 as usize)).iter().zip(calibrated) {
@@ -63,7 +59,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, calibrated: &[Calibrat
             .x_label_area_size(30)
             .y_label_area_size(36)
             .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-            .map_err(plot_error)?;
+            .map_err(plot_error("the reliability diagram"))?;
         chart
             .configure_mesh()
             .x_desc("confidence")
@@ -72,7 +68,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, calibrated: &[Calibrat
             .y_labels(6)
             .label_style((FONT, 10))
             .draw()
-            .map_err(plot_error)?;
+            .map_err(plot_error("the reliability diagram"))?;
         let filled = |bins: &[ReliabilityBin]| -> Vec<ReliabilityBin> { bins.iter().filter(|b| b.count > 0).copied().collect() };
         chart
             .draw_series(
@@ -80,16 +76,16 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, calibrated: &[Calibrat
                     .into_iter()
                     .map(|b| Rectangle::new([(b.lower, 0.0), (b.upper, b.accuracy)], raw_colour.filled())),
             )
-            .map_err(plot_error)?;
+            .map_err(plot_error("the reliability diagram"))?;
         // Over the bars, so that it shows where they stop short of it or pass it.
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.6))).map_err(plot_error)?;
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.6))).map_err(plot_error("the reliability diagram"))?;
         if let Some(scaled) = &row.scaled {
             chart
                 .draw_series(
                     filled(&scaled.reliability).into_iter().map(|b| Circle::new((b.confidence, b.accuracy), 4, scaled_colour.filled())),
                 )
-                .map_err(plot_error)?;
+                .map_err(plot_error("the reliability diagram"))?;
         }
     }
-    root.present().map_err(plot_error)
+    root.present().map_err(plot_error("the reliability diagram"))
 }

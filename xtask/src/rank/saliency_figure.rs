@@ -13,7 +13,7 @@ use medxfer_train::{RunSettings, SaliencyBatches, SplitData, logits_split};
 use medxfer_zoo::Backbone;
 use plotters::prelude::*;
 
-use crate::report::figure::{FONT, register_font};
+use crate::report::figure::{FONT, plot_error, register_font};
 use crate::saliency::overlay;
 
 /// Test images drawn per backbone.
@@ -26,10 +26,6 @@ const TITLE_HEIGHT: u32 = 36;
 const HEADER_HEIGHT: u32 = 22;
 const CAPTION_HEIGHT: u32 = 22;
 const GAP: u32 = 8;
-
-fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
-    anyhow!("drawing the saliency figure: {error:?}")
-}
 
 /// Up to `count` images of the part (indices into `labels`): the first of each class in order,
 /// then the second of each, and so on, so every class is seen before any twice.
@@ -165,7 +161,7 @@ pub fn write(file: &Path, rows: &[SaliencyRow], truth: &[u32], class_names: &[St
         let text = |content: &str, at: (u32, u32), size: u32, room: u32| {
             let font = (FONT, size).into_font();
             let fitted = fitted(content, room, |candidate| font.box_size(candidate).map_or(0, |(w, _)| w));
-            root.draw(&Text::new(fitted, (at.0 as i32, at.1 as i32), font.color(&BLACK))).map_err(plot_error)
+            root.draw(&Text::new(fitted, (at.0 as i32, at.1 as i32), font.color(&BLACK))).map_err(plot_error("the saliency figure"))
         };
         text("Grad-CAM of each fine-tuned model for the class it predicts; each test image's class above it", (GAP, 10), 15, width - GAP)?;
         let name = |class: u32| class_names.get(class as usize).map_or("?", String::as_str);
@@ -183,7 +179,7 @@ pub fn write(file: &Path, rows: &[SaliencyRow], truth: &[u32], class_names: &[St
                 text(&format!("{}{probability}", fitted(name(*class), room, |t| font_width(t, 12))), (x, y + side + 4), 12, side)?;
             }
         }
-        root.present().map_err(plot_error)?;
+        root.present().map_err(plot_error("the saliency figure"))?;
     }
     let mut png = Vec::new();
     canvas.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;

@@ -27,8 +27,9 @@ pub fn register_font() {
     });
 }
 
-fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
-    anyhow!("drawing the figure: {error:?}")
+/// The error of drawing `figure` (plotters' errors say what failed, not in which figure).
+pub fn plot_error<E: std::fmt::Debug>(figure: &str) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |error| anyhow!("drawing {figure}: {error:?}")
 }
 
 /// Draws one figure as SVG and as PNG in memory, then writes `stem`.svg and `stem`.png through
@@ -82,9 +83,9 @@ struct Grid<'a> {
 
 impl Grid<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>, panels: &[&Panel]) -> Result<()> {
-        root.fill(&WHITE).map_err(plot_error)?;
+        root.fill(&WHITE).map_err(plot_error("the figure"))?;
         let (title, body) = root.split_vertically(TITLE_HEIGHT);
-        title.draw(&Text::new(self.title.to_string(), (12, 14), (FONT, 20).into_font().color(&BLACK))).map_err(plot_error)?;
+        title.draw(&Text::new(self.title.to_string(), (12, 14), (FONT, 20).into_font().color(&BLACK))).map_err(plot_error("the figure"))?;
         let cells = body.split_evenly((self.rows.len().max(1), self.columns.len().max(1)));
         for panel in panels {
             let row = self.rows.iter().position(|r| *r == panel.task).unwrap_or(0);
@@ -93,7 +94,7 @@ impl Grid<'_> {
                 self.panel(cell, panel)?;
             }
         }
-        root.present().map_err(plot_error)
+        root.present().map_err(plot_error("the figure"))
     }
 
     fn panel<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, panel: &Panel) -> Result<()> {
@@ -110,7 +111,7 @@ impl Grid<'_> {
             .x_label_area_size(26)
             .y_label_area_size(54)
             .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(plot_error)?;
+            .map_err(plot_error("the figure"))?;
         let x_step = (x1 - x0).abs();
         chart
             .configure_mesh()
@@ -123,17 +124,17 @@ impl Grid<'_> {
             .y_desc(self.y_label)
             .axis_desc_style((FONT, 10))
             .draw()
-            .map_err(plot_error)?;
+            .map_err(plot_error("the figure"))?;
         if let Some((intercept, slope)) = least_squares(&x, &y) {
             let line = [(x0, intercept + slope * x0), (x1, intercept + slope * x1)];
-            chart.draw_series(LineSeries::new(line, BLUE.mix(0.55).stroke_width(2))).map_err(plot_error)?;
+            chart.draw_series(LineSeries::new(line, BLUE.mix(0.55).stroke_width(2))).map_err(plot_error("the figure"))?;
         }
         // Each score's 95% interval over image resamples (image-bootstrap), where it exists.
         for ((_, _, accuracy), interval) in panel.points.iter().zip(&panel.score_intervals) {
             if let Some((low, high)) = interval {
                 chart
                     .draw_series(LineSeries::new([(*low, *accuracy), (*high, *accuracy)], RGBColor(200, 40, 40).mix(0.6).stroke_width(1)))
-                    .map_err(plot_error)?;
+                    .map_err(plot_error("the figure"))?;
             }
         }
         chart
@@ -142,12 +143,12 @@ impl Grid<'_> {
                     + Circle::new((0, 0), 4, RGBColor(200, 40, 40).filled())
                     + Text::new(name.clone(), (5, -12), (FONT, 10).into_font().color(&BLACK))
             }))
-            .map_err(plot_error)?;
+            .map_err(plot_error("the figure"))?;
         // tau-b of the oriented score: positive when the score agrees with accuracy, also where
         // lower is better (and the points fall from left to right).
         let tau = panel.tau_b().map_or("τb undefined".to_string(), |t| format!("τb = {t:.3}"));
         let (width, _) = area.dim_in_pixel();
-        area.draw(&Text::new(tau, (width as i32 - 100, 30), (FONT, 13).into_font().color(&BLUE))).map_err(plot_error)?;
+        area.draw(&Text::new(tau, (width as i32 - 100, 30), (FONT, 13).into_font().color(&BLUE))).map_err(plot_error("the figure"))?;
         Ok(())
     }
 }
@@ -209,13 +210,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stem = dir.path().join("fig");
         let red_square = |area: DrawingArea<BitMapBackend<'_>, Shift>| -> Result<()> {
-            area.fill(&WHITE).map_err(plot_error)?;
-            area.draw(&Rectangle::new([(10, 10), (20, 20)], RED.filled())).map_err(plot_error)?;
-            area.present().map_err(plot_error)
+            area.fill(&WHITE).map_err(plot_error("the figure"))?;
+            area.draw(&Rectangle::new([(10, 10), (20, 20)], RED.filled())).map_err(plot_error("the figure"))?;
+            area.present().map_err(plot_error("the figure"))
         };
         let svg_text = |area: DrawingArea<SVGBackend<'_>, Shift>| -> Result<()> {
-            area.draw(&Text::new("first", (5, 5), (FONT, 12).into_font())).map_err(plot_error)?;
-            area.present().map_err(plot_error)
+            area.draw(&Text::new("first", (5, 5), (FONT, 12).into_font())).map_err(plot_error("the figure"))?;
+            area.present().map_err(plot_error("the figure"))
         };
         write_svg_and_png(&stem, (40, 30), svg_text, red_square).unwrap();
         let png = image::open(stem.with_extension("png")).unwrap().to_rgb8();
@@ -228,8 +229,8 @@ mod tests {
             &stem,
             (40, 30),
             |area| {
-                area.draw(&Text::new("second", (5, 5), (FONT, 12).into_font())).map_err(plot_error)?;
-                area.present().map_err(plot_error)
+                area.draw(&Text::new("second", (5, 5), (FONT, 12).into_font())).map_err(plot_error("the figure"))?;
+                area.present().map_err(plot_error("the figure"))
             },
             |_| Err(anyhow!("drawing failed")),
         );

@@ -8,7 +8,7 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::figure::{FONT, register_font, write_svg_and_png};
+use super::figure::{FONT, plot_error, register_font, write_svg_and_png};
 use super::table::{Table2Row, scope};
 use crate::results::Setting;
 
@@ -23,10 +23,6 @@ const TASK_COLOURS: [RGBColor; 6] = [
     RGBColor(220, 130, 20),
     RGBColor(90, 90, 90),
 ];
-
-fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing the forest plot: {error:?}")
-}
 
 /// Writes `stem`.svg and `stem`.png from Table 2's rows.
 pub fn write(stem: &Path, rows: &[Table2Row]) -> Result<()> {
@@ -56,7 +52,7 @@ struct Forest<'a> {
 
 impl Forest<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<()> {
-        root.fill(&WHITE).map_err(plot_error)?;
+        root.fill(&WHITE).map_err(plot_error("the forest plot"))?;
         let (title, body) = root.split_vertically(40);
         title
             .draw(&Text::new(
@@ -64,7 +60,7 @@ impl Forest<'_> {
                 (12, 12),
                 (FONT, 17).into_font().color(&BLACK),
             ))
-            .map_err(plot_error)?;
+            .map_err(plot_error("the forest plot"))?;
         let (panels_area, legend) = body.split_horizontally(PANEL_WIDTH * self.settings.len() as u32);
         let panels = panels_area.split_evenly((1, self.settings.len().max(1)));
         for (area, setting) in panels.iter().zip(&self.settings) {
@@ -73,10 +69,12 @@ impl Forest<'_> {
         for (i, task) in self.tasks.iter().enumerate() {
             let colour = TASK_COLOURS[i % TASK_COLOURS.len()];
             let y = 30 + 18 * i as i32;
-            legend.draw(&Circle::new((6, y), 4, colour.filled())).map_err(plot_error)?;
-            legend.draw(&Text::new(task.to_string(), (14, y - 6), (FONT, 11).into_font().color(&BLACK))).map_err(plot_error)?;
+            legend.draw(&Circle::new((6, y), 4, colour.filled())).map_err(plot_error("the forest plot"))?;
+            legend
+                .draw(&Text::new(task.to_string(), (14, y - 6), (FONT, 11).into_font().color(&BLACK)))
+                .map_err(plot_error("the forest plot"))?;
         }
-        root.present().map_err(plot_error)
+        root.present().map_err(plot_error("the forest plot"))
     }
 
     fn panel<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, setting: Setting) -> Result<()> {
@@ -89,7 +87,7 @@ impl Forest<'_> {
             .x_label_area_size(28)
             .y_label_area_size(120)
             .build_cartesian_2d(-1.05f64..1.05f64, -0.5f64..count - 0.5)
-            .map_err(plot_error)?;
+            .map_err(plot_error("the forest plot"))?;
         chart
             .configure_mesh()
             .x_labels(5)
@@ -108,8 +106,8 @@ impl Forest<'_> {
             .axis_desc_style((FONT, 10))
             .light_line_style(WHITE)
             .draw()
-            .map_err(plot_error)?;
-        chart.draw_series(LineSeries::new([(0.0, -0.5), (0.0, count - 0.5)], BLACK.mix(0.4))).map_err(plot_error)?;
+            .map_err(plot_error("the forest plot"))?;
+        chart.draw_series(LineSeries::new([(0.0, -0.5), (0.0, count - 0.5)], BLACK.mix(0.4))).map_err(plot_error("the forest plot"))?;
         let spread = 0.6 / self.tasks.len().max(1) as f64;
         for (row_index, metric) in self.metrics.iter().enumerate() {
             let centre = count - 1.0 - row_index as f64;
@@ -119,9 +117,11 @@ impl Forest<'_> {
                 let y = centre + 0.3 - spread * (task_index as f64 + 0.5);
                 let colour = TASK_COLOURS[task_index % TASK_COLOURS.len()];
                 if let (Some(low), Some(high)) = (row.ci_low, row.ci_high) {
-                    chart.draw_series(LineSeries::new([(low, y), (high, y)], colour.stroke_width(2))).map_err(plot_error)?;
+                    chart
+                        .draw_series(LineSeries::new([(low, y), (high, y)], colour.stroke_width(2)))
+                        .map_err(plot_error("the forest plot"))?;
                 }
-                chart.draw_series(std::iter::once(Circle::new((tau, y), 4, colour.filled()))).map_err(plot_error)?;
+                chart.draw_series(std::iter::once(Circle::new((tau, y), 4, colour.filled()))).map_err(plot_error("the forest plot"))?;
             }
         }
         Ok(())
