@@ -732,6 +732,34 @@ fn ranking_other_images_into_the_same_out_keeps_their_caches_only() {
     }
 }
 
+/// `image` as an uncompressed 8-bit RGB DICOM file (explicit VR little endian) at `path`.
+fn write_rgb_dicom(path: &Path, image: &image::RgbImage) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    let (width, height) = image.dimensions();
+    let us = |tag, value: u32| DataElement::new(tag, VR::US, PrimitiveValue::from(value as u16));
+    let object = dicom_object::InMemDicomObject::from_element_iter([
+        DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.1")),
+        us(tags::SAMPLES_PER_PIXEL, 3),
+        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("RGB")),
+        us(tags::PLANAR_CONFIGURATION, 0),
+        us(tags::ROWS, height),
+        us(tags::COLUMNS, width),
+        us(tags::BITS_ALLOCATED, 8),
+        us(tags::BITS_STORED, 8),
+        us(tags::HIGH_BIT, 7),
+        us(tags::PIXEL_REPRESENTATION, 0),
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(image.as_raw().clone())),
+    ]);
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
+        .media_storage_sop_instance_uid("1.2.826.0.1.3680043.1");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    object.with_meta(meta).unwrap().write_to_file(path).unwrap();
+}
+
 /// `xtask predict --ranking OUT --images IMAGES` and `extra`, run in `dir`.
 fn predict(dir: &Path, out: &Path, images: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -936,6 +964,29 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
             let p_clear: f64 = row["p_clear"].parse().unwrap();
             assert!((p_clear - expected[0]).abs() < 1e-4, "{tta}: {}: {p_clear} against {}", row["path"], expected[0]);
         }
+    }
+
+    // A folder of DICOM files (the test images as 8-bit RGB DICOMs, named as PACS exports name
+    // them: without extension, by UID, or .dcm) is read at any depth and predicted as the same
+    // images as PNGs are: the same probabilities.
+    let scans = dir.path().join("scans");
+    let mut dicom_names = Vec::new();
+    for (i, path) in test.iter().enumerate() {
+        let name = match i % 3 {
+            0 => format!("IM{i:06}"),
+            1 => format!("series 1/1.2.826.0.1.3680043.{i}"),
+            _ => format!("{}.dcm", path.replace('/', "-")),
+        };
+        write_rgb_dicom(&scans.join(&name), &image::open(images.join(path)).unwrap().to_rgb8());
+        dicom_names.push(name);
+    }
+    let file = dir.path().join("scans.csv");
+    let output = predict(dir.path(), &out, &scans, &["--out", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let from_dicom: BTreeMap<String, String> = read_csv(&file).into_iter().map(|r| (r["path"].clone(), r["p_clear"].clone())).collect();
+    assert_eq!(from_dicom.len(), test.len(), "{from_dicom:?}");
+    for (name, row) in dicom_names.iter().zip(&rows) {
+        assert_eq!(from_dicom.get(name), Some(&row["p_clear"]), "{name}: {}", row["path"]);
     }
 
     // --saliency DIR: an overlay per image, of the crop's size, at the image's path under DIR

@@ -5,22 +5,24 @@
 //!
 //! 16-bit grayscale, which no dataset of the study holds, is reduced to its high byte too, as
 //! 16-bit RGB is: Pillow 13's `convert("RGB")` clips such samples at 255 instead, which makes most
-//! of an image white. A user's 12-bit radiographs stored in 16 bits (DICOM exports) keep only
-//! 0..15 of 255 that way: [`Decoded::faint`] says so, and the image cache warns of them.
+//! of an image white. A user's 12-bit radiographs exported as 16-bit PNG or TIFF keep only
+//! 0..15 of 255 that way: [`Decoded::faint`] says so, and the image cache warns of them. DICOM
+//! files themselves carry their display (rescale, window) and go through it (`dicom.rs`).
 //!
 //! A damaged or hostile file is an error naming it, never a silently filled image or an
 //! allocation the machine cannot make: a JPEG whose data ends before its end-of-image marker
 //! (a partial download) is refused as Pillow refuses it ("image file is truncated"; `image`'s
-//! decoder would fill the missing part), and no image over [`MAX_PIXELS`] is decoded.
+//! decoder would fill the missing part), and no image over [`MAX_PIXELS`](crate::MAX_PIXELS) is decoded.
 
 use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
+use crate::dicom::{dicom_rgb8, is_dicom};
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
-use crate::limits::{MAX_DECODER_BYTES, MAX_PIXELS};
+use crate::limits::{MAX_DECODER_BYTES, check_pixels};
 
 /// Below this, every 16-bit sample of an image keeps a high byte of at most 15 (12-bit data).
 pub const FAINT_16BIT_BELOW: u16 = 1 << 12;
@@ -33,6 +35,18 @@ pub struct Decoded {
     /// Its samples were 16-bit ones all under [`FAINT_16BIT_BELOW`] (alpha aside): reduced to
     /// their high byte, they span at most 0..15 of 255 and the image is near black.
     pub faint: bool,
+}
+
+/// The extensions of the image files [`load_image`] reads (any case): the formats of the study's
+/// datasets and DICOM.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "dcm", "dicom"];
+
+/// Whether `path` is an image file [`load_image`] reads, by its extension, or, for a name without
+/// one (or with a number for one, as DICOM exports name their files), by the DICOM magic word in
+/// its first 132 bytes.
+pub fn is_image_file(path: &Path) -> bool {
+    let known = path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+    known || crate::dicom::is_unnamed_dicom(path)
 }
 
 /// Decodes the image at `path` to RGB8.
@@ -59,6 +73,9 @@ pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
 fn decode_image(path: &Path, bytes: &[u8]) -> Result<Decoded> {
     let corrupt =
         |e: image::ImageError| Error::format(path, format!("cannot decode the image ({e}); the file may be truncated or corrupt"));
+    if is_dicom(path, bytes) {
+        return dicom_rgb8(path, bytes).map(|image| Decoded { image, faint: false });
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
         return Err(Error::format(
@@ -89,23 +106,6 @@ fn is_faint_16bit(image: &DynamicImage) -> bool {
         DynamicImage::ImageRgba16(rgba) => below(rgba.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2]])),
         _ => false,
     }
-}
-
-/// Refuses an image over [`MAX_PIXELS`] before anything is allocated for it.
-fn check_pixels(path: &Path, width: u32, height: u32) -> Result<()> {
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > MAX_PIXELS {
-        return Err(Error::format(
-            path,
-            format!(
-                "the image is {width} x {height} = {pixels} pixels, over the limit of {MAX_PIXELS} (a decompression bomb or not an image of the study)"
-            ),
-        ));
-    }
-    if pixels == 0 {
-        return Err(Error::format(path, format!("the image is {width} x {height}: it has no pixels")));
-    }
-    Ok(())
 }
 
 /// Whether a JPEG's marker structure runs to its end-of-image marker (EOI): headers by their

@@ -7,6 +7,8 @@
 //!   [`scan_clean`] refuses a folder with problems; [`check_dataset`] reports them all.
 //! - [`load_rgb8`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
 //!   [`load_image`] also says whether 16-bit samples came out faint (12-bit data).
+//!   DICOM files go through the standard's display pipeline (rescale, window or VOI LUT table,
+//!   MONOCHROME1 inverted); [`is_image_file`] tells the files it reads, DICOM without extension too.
 //! - Splits from the authors' CSVs, the reference procedure or over groups ([`split_task`],
 //!   [`faithful_split`], [`grouped_split`], [`authors_split`]), their [`leakage`], and the
 //!   manifest a split is written as ([`write_manifest`], [`read_manifest`]).
@@ -39,6 +41,7 @@ mod cache;
 mod catalog;
 mod check;
 mod decode;
+mod dicom;
 mod error;
 mod files;
 mod layouts;
@@ -54,7 +57,7 @@ pub mod transform;
 pub use cache::ImageCache;
 pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Lookalike, ReferenceSplit, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
-pub use decode::{Decoded, FAINT_16BIT_BELOW, decode_rgb8, load_image, load_rgb8};
+pub use decode::{Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, decode_rgb8, is_image_file, load_image, load_rgb8};
 pub use error::{Error, Result};
 pub use files::is_os_bookkeeping;
 pub use layouts::{

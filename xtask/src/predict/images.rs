@@ -25,20 +25,20 @@ pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Optio
             bail!("--images-root and --csv-columns read a CSV; --images {} is a folder: leave them out", images.display());
         }
         let mut paths = Vec::new();
-        for file in crate::rank::images::walk(images)?.into_iter().filter(|f| medxfer_zoo::is_image_file(f)) {
+        for file in crate::rank::images::walk(images)?.into_iter().filter(|f| medxfer_data::is_image_file(f)) {
             let relative = file.strip_prefix(images).unwrap_or(&file);
             let relative = relative.to_str().with_context(|| format!("{}: its name is not valid UTF-8; rename it", file.display()))?;
             paths.push(relative.replace('\\', "/"));
         }
         if paths.is_empty() {
-            bail!("{}: no images ({}) in this folder or below it", images.display(), medxfer_zoo::IMAGE_EXTENSIONS.join(", "));
+            bail!("{}: no images ({}) in this folder or below it", images.display(), medxfer_data::IMAGE_EXTENSIONS.join(", "));
         }
         return Ok(Images { root: images.to_path_buf(), paths, labels: None });
     }
     if !images.is_file() {
         bail!("--images {}: no such folder or file", images.display());
     }
-    if medxfer_zoo::is_image_file(images) {
+    if medxfer_data::is_image_file(images) {
         if images_root.is_some() || csv_columns.is_some() {
             bail!("--images-root and --csv-columns read a CSV; --images {} is an image: leave them out", images.display());
         }

@@ -150,7 +150,7 @@ fn from_folder(root: &Path, group_by_subfolder: Option<u16>) -> Result<LabelledI
     for (label, class) in classes.iter().enumerate() {
         // The file itself before any link to it, then name order.
         let mut candidates = Vec::new();
-        for file in walk(&root.join(class))?.into_iter().filter(|f| medxfer_zoo::is_image_file(f)) {
+        for file in walk(&root.join(class))?.into_iter().filter(|f| medxfer_data::is_image_file(f)) {
             let real = std::fs::canonicalize(&file).with_context(|| format!("cannot resolve {}", file.display()))?;
             let through_link =
                 std::fs::canonicalize(file.parent().unwrap_or(root)).ok().map(|p| p.join(file.file_name().unwrap_or_default()))
@@ -175,7 +175,7 @@ fn from_folder(root: &Path, group_by_subfolder: Option<u16>) -> Result<LabelledI
         }
         files.sort();
         if files.is_empty() {
-            bail!("{}: no images ({}) in this class folder", root.join(class).display(), medxfer_zoo::IMAGE_EXTENSIONS.join(", "));
+            bail!("{}: no images ({}) in this class folder", root.join(class).display(), medxfer_data::IMAGE_EXTENSIONS.join(", "));
         }
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }
@@ -281,7 +281,7 @@ pub fn resolve(root: &Path, path: &str) -> Option<String> {
     if Path::new(path).extension().is_some() {
         return None;
     }
-    let found: Vec<String> = medxfer_zoo::IMAGE_EXTENSIONS
+    let found: Vec<String> = medxfer_data::IMAGE_EXTENSIONS
         .iter()
         .flat_map(|extension| [extension.to_string(), extension.to_ascii_uppercase()])
         .map(|extension| format!("{path}.{extension}"))

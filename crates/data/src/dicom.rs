@@ -1,0 +1,237 @@
+//! DICOM files to RGB8: a user's radiographs, CT, MR and dermoscopy images as scanners and PACS
+//! exports write them (DICOM Part 10, one frame), through DICOM PS3.3's grayscale pipeline as
+//! viewers and pydicom's `apply_modality_lut` + `apply_voi_lut` apply it.
+//!
+//! dicom-rs parses the file and decodes its pixel data (native, deflate, RLE, JPEG baseline,
+//! extended and lossless); the display steps are here, each the standard's formula, so that the
+//! 8-bit image is the one pydicom shows, whatever the crate's own image conversion does:
+//! 1. the Modality LUT: rescale slope and intercept (CT's Hounsfield units);
+//! 2. the VOI LUT: the file's first VOI LUT table if it has one (pydicom's `prefer_lut`), else
+//!    its first window with its VOI LUT function (LINEAR, LINEAR_EXACT, SIGMOID; C.11.2.1.2,
+//!    C.11.2.1.3). With neither, a 16-bit image is min-max scaled (what the file leaves to the
+//!    viewer; the Cheng slices are scaled so too) and an 8-bit one stays as stored;
+//! 3. MONOCHROME1 (a radiograph stored white-is-low) inverted, gray replicated to RGB.
+//!
+//! Colour (RGB, and the YBR of JPEG-compressed dermoscopy and ultrasound) is taken as decoded.
+//! A file of several frames (a cine loop, an enhanced CT volume) is refused: the backbones
+//! classify one 2-D image, and which frame is meant is the user's call.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+use dicom_object::file::ReadPreamble;
+use dicom_pixeldata::{
+    ConvertOptions, DecodedPixelData, ModalityLutOption, PhotometricInterpretation, PixelDecoder, VoiLutFunction, VoiLutOption, WindowLevel,
+};
+use image::RgbImage;
+
+use crate::error::{Error, Result};
+use crate::limits::check_pixels;
+
+/// Where a Part 10 file's magic word sits: after its 128-byte preamble.
+const MAGIC_AT: usize = 128;
+
+/// Whether `bytes` (of `path`) are a DICOM file: the `.dcm`/`.dicom` extension, or the `DICM`
+/// magic after the preamble (PACS exports name their files `IM000001`, without extension).
+pub(crate) fn is_dicom(path: &Path, bytes: &[u8]) -> bool {
+    has_dicom_extension(path) || has_magic(bytes)
+}
+
+/// Whether `path` ends in `.dcm` or `.dicom` (any case).
+fn has_dicom_extension(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("dcm") || e.eq_ignore_ascii_case("dicom"))
+}
+
+/// Whether the file at `path`, whose name has no extension or a number for one (a PACS export's
+/// `IM000001`, a UID-named `1.2.840.113619.2.55.3.320`), is a DICOM image file by its magic word.
+/// A DICOMDIR (the index a DICOM disc or export carries) is not an image.
+pub(crate) fn is_unnamed_dicom(path: &Path) -> bool {
+    let numeric = |e: &std::ffi::OsStr| e.to_str().is_some_and(|e| e.bytes().all(|b| b.is_ascii_digit()));
+    if !path.extension().is_none_or(numeric) || path.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR")) {
+        return false;
+    }
+    let mut head = [0_u8; MAGIC_AT + 4];
+    std::fs::File::open(path).and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head)).is_ok() && has_magic(&head)
+}
+
+fn has_magic(bytes: &[u8]) -> bool {
+    bytes.get(MAGIC_AT..MAGIC_AT + 4) == Some(b"DICM")
+}
+
+/// The one frame of the DICOM file `bytes` (the content of `path`, named in errors) as RGB8.
+///
+/// dicom-rs's decoders index into what a damaged file says without checking every length (its
+/// RLE decoder, seen in the mutation tests): a panic there is this file's error, not the end of
+/// the process. A damaged length field makes its parser reserve that many bytes (up to 4 GiB)
+/// before the read fails: a second's work, an error all the same.
+pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    match std::panic::catch_unwind(|| read_dicom(path, bytes)) {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()));
+            Err(Error::format(
+                path,
+                format!(
+                    "a damaged DICOM file: its decoder failed on it ({}); export it again from the PACS or viewer",
+                    message.unwrap_or_else(|| "no message".into())
+                ),
+            ))
+        }
+    }
+}
+
+fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    let problem = |what: String| Error::format(path, what);
+    let preamble = if has_magic(bytes) {
+        ReadPreamble::Always
+    } else if bytes.starts_with(b"DICM") {
+        ReadPreamble::Never
+    } else {
+        return Err(problem(
+            "not a DICOM Part 10 file (no DICM magic word after a 128-byte preamble): a truncated copy, or a bare data set an older system wrote; export it again from the PACS or viewer"
+                .into(),
+        ));
+    };
+    let object = OpenFileOptions::new()
+        .read_preamble(preamble)
+        .from_reader(Cursor::new(bytes))
+        .map_err(|e| problem(format!("cannot read the DICOM file ({e}); it may be truncated or corrupt")))?;
+    if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(problem(
+            "the DICOM file holds no image (no Pixel Data): a DICOMDIR, a report or a presentation state; leave it out of the image folder"
+                .into(),
+        ));
+    }
+    let attribute = |tag, name: &str| -> Result<u32> {
+        let value = object.element(tag).map_err(|_| problem(format!("the DICOM file has no {name}")))?;
+        value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's {name} is not a number ({e})")))
+    };
+    let (rows, columns) = (attribute(tags::ROWS, "Rows")?, attribute(tags::COLUMNS, "Columns")?);
+    check_pixels(path, columns, rows)?;
+    let frames = match object.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
+        Some(value) => value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's Number of Frames is not a number ({e})")))?,
+        None => 1,
+    };
+    if frames != 1 {
+        return Err(problem(format!(
+            "the DICOM file holds {frames} frames (a cine loop or a volume); medxfer classifies one 2-D image per file: export the frame or slice to classify as its own file"
+        )));
+    }
+    let bits_allocated = attribute(tags::BITS_ALLOCATED, "Bits Allocated")?;
+    let bits_stored = attribute(tags::BITS_STORED, "Bits Stored")?;
+    // dicom-rs's lookup tables assume these (and panic otherwise): checked here first.
+    if !matches!(bits_allocated, 8 | 16) || bits_stored == 0 || bits_stored > bits_allocated {
+        return Err(problem(format!(
+            "the DICOM file stores {bits_stored} of {bits_allocated} bits per sample; medxfer reads 8- and 16-bit images (1 to 16 bits stored)"
+        )));
+    }
+    let pixels =
+        object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG 2000, JPEG-LS)")))?;
+    let image = match pixels.photometric_interpretation() {
+        PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => gray_rgb8(&pixels).map_err(problem)?,
+        _ if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {
+            let samples: Vec<u8> = pixels.to_vec_frame(0).map_err(|e| problem(format!("cannot read the DICOM colour samples ({e})")))?;
+            RgbImage::from_raw(columns, rows, samples)
+                .ok_or_else(|| problem("the DICOM colour samples do not fill Rows x Columns".into()))?
+        }
+        other => {
+            return Err(problem(format!(
+                "the DICOM file's image is {other} with {} samples of {} bits; medxfer reads MONOCHROME1/2 and 8-bit RGB/YBR",
+                pixels.samples_per_pixel(),
+                pixels.bits_allocated()
+            )));
+        }
+    };
+    Ok(image)
+}
+
+/// A grayscale frame through the Modality and VOI LUTs to 8 bits, gray replicated.
+fn gray_rgb8(pixels: &DecodedPixelData<'_>) -> std::result::Result<RgbImage, String> {
+    let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::Default).with_voi_lut(VoiLutOption::Identity);
+    let modality: Vec<f64> = pixels.to_vec_frame_with_options(0, &options).map_err(|e| format!("cannot read the DICOM samples ({e})"))?;
+    let table = pixels.voi_lut_sequence().map_err(|e| format!("cannot read the DICOM VOI LUT Sequence ({e})"))?.and_then(|t| t.first());
+    let window = pixels.window().map_err(|e| format!("cannot read the DICOM window ({e})"))?.and_then(|w| w.first().copied());
+    let unit: Vec<f64> = if let Some(table) = table {
+        // Values below the table's first mapped value take its first entry, above its end its
+        // last (C.11.2.1.1); the entries span the bits they use, at most the declared depth
+        // (a CR's 12-bit table declared 16 bits would come out near black; dicom-rs reads it so).
+        let last = table.data.len().checked_sub(1).ok_or("the DICOM VOI LUT table is empty")?;
+        let used = u16::BITS - table.data.iter().copied().max().unwrap_or(0).leading_zeros();
+        let declared = u32::from(table.bits_stored);
+        let bits = if used == 0 || used > declared { declared } else { used };
+        if !(1..=16).contains(&bits) {
+            return Err(format!("the DICOM VOI LUT table declares {declared} bits per entry; the standard allows 8 to 16"));
+        }
+        let top = f64::from((1_u32 << bits) - 1);
+        modality
+            .iter()
+            .map(|&v| {
+                let index = (v.round() - f64::from(table.min_pixel_value)).clamp(0.0, last as f64) as usize;
+                f64::from(table.data[index]) / top
+            })
+            .collect()
+    } else if let Some(window) = window {
+        let function = pixels
+            .voi_lut_function()
+            .map_err(|e| format!("cannot read the DICOM VOI LUT Function ({e})"))?
+            .and_then(|f| f.first().copied());
+        let function = function.unwrap_or(VoiLutFunction::Linear);
+        let windowed = |v| windowed(function, window, v);
+        check_window(function, window)?;
+        modality.iter().map(|&v| windowed(v)).collect()
+    } else if pixels.bits_allocated() == 8 {
+        modality.iter().map(|&v| v / 255.0).collect()
+    } else {
+        let (low, high) = modality.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        modality.iter().map(|&v| if high > low { (v - low) / (high - low) } else { 0.0 }).collect()
+    };
+    let invert = *pixels.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
+    let gray: Vec<u8> = unit
+        .into_iter()
+        .map(|u| {
+            let u = if invert { 1.0 - u.clamp(0.0, 1.0) } else { u.clamp(0.0, 1.0) };
+            // Half up, as a viewer's lookup table rounds.
+            (u * 255.0 + 0.5).floor() as u8
+        })
+        .collect();
+    let (width, height) = (pixels.columns(), pixels.rows());
+    if gray.len() != width as usize * height as usize {
+        return Err(format!("the DICOM file's {} samples do not fill its {width} x {height} image", gray.len()));
+    }
+    Ok(RgbImage::from_fn(width, height, |x, y| image::Rgb([gray[y as usize * width as usize + x as usize]; 3])))
+}
+
+/// A window the standard allows: width at least 1 for LINEAR, above 0 otherwise.
+fn check_window(function: VoiLutFunction, window: WindowLevel) -> std::result::Result<(), String> {
+    let least = if function == VoiLutFunction::Linear { 1.0 } else { f64::MIN_POSITIVE };
+    if window.width >= least && window.center.is_finite() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the DICOM window (center {}, width {}) is not one the standard allows for {function:?} (width at least 1 for LINEAR, above 0 otherwise); correct the file's Window Width",
+            window.center, window.width
+        ))
+    }
+}
+
+/// A modality value through a window to 0..=1 (PS3.3 C.11.2.1.2.1, C.11.2.1.3.1-2).
+fn windowed(function: VoiLutFunction, window: WindowLevel, value: f64) -> f64 {
+    let WindowLevel { center, width } = window;
+    match function {
+        VoiLutFunction::Sigmoid => 1.0 / (1.0 + (-4.0 * (value - center) / width).exp()),
+        linear => {
+            // LINEAR centres half a level below and spans one less than LINEAR_EXACT.
+            let (center, width) = if linear == VoiLutFunction::Linear { (center - 0.5, width - 1.0) } else { (center, width) };
+            if value <= center - width / 2.0 {
+                0.0
+            } else if value > center + width / 2.0 || width == 0.0 {
+                // (A LINEAR window of width 1 is a threshold: nothing lies strictly inside it.)
+                1.0
+            } else {
+                (value - center) / width + 0.5
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+#![allow(clippy::unwrap_used)]
+//! DICOM files decoded as pydicom displays them (tests/fixtures/make_dicom.py: the Modality and
+//! VOI LUTs, MONOCHROME1 inverted, to 8 bits), and the files a user's folder may hold that are
+//! not one 2-D image, refused with the file named.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use medxfer_data::{decode_rgb8, load_image, load_rgb8};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dicom"))
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn every_dicom_case_decodes_as_pydicom_displays_it() {
+    let expected = expected();
+    // Uncompressed, RLE: the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and libjpeg-turbo
+    // (Pillow) differ in IDCT and chroma upsampling by a few levels, as for the plain JPEGs.
+    for (name, max_allowed, mean_allowed) in [
+        ("ct_window.dcm", 0, 0.0),
+        ("IM000001", 0, 0.0),
+        ("mr_12bit_minmax.dcm", 0, 0.0),
+        ("cr_monochrome1.dcm", 0, 0.0),
+        ("sigmoid.dcm", 0, 0.0),
+        ("voi_lut.dcm", 0, 0.0),
+        ("rgb_implicit.dcm", 0, 0.0),
+        ("mr_rle.dcm", 0, 0.0),
+        ("gray_jpeg.dcm", 2, 0.5),
+        ("dermoscopy_ybr_jpeg.dcm", 3, 1.0),
+    ] {
+        let decoded = load_image(&fixtures().join(name)).unwrap();
+        assert!(!decoded.faint, "{name}: a displayed DICOM is never faint");
+        let ours = decoded.image;
+        let theirs = &expected[name];
+        let (height, width, _) = theirs.dims3().unwrap();
+        assert_eq!(ours.dimensions(), (width as u32, height as u32), "{name}");
+        let theirs = theirs.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let differences: Vec<u8> = ours.as_raw().iter().zip(&theirs).map(|(a, b)| a.abs_diff(*b)).collect();
+        let max = differences.iter().copied().max().unwrap();
+        let mean = differences.iter().map(|&d| f64::from(d)).sum::<f64>() / differences.len() as f64;
+        assert!(max <= max_allowed && mean <= mean_allowed, "{name}: max difference {max}, mean {mean:.3}");
+        // Every case spans most of the range: a wrong window or inversion would not.
+        let (low, high) = (theirs.iter().min().unwrap(), theirs.iter().max().unwrap());
+        assert!(high - low > 150, "{name}: the fixture spans {low}..{high}");
+    }
+}
+
+#[test]
+fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() {
+    for (name, expected) in
+        [("two_frames.dcm", "holds 2 frames"), ("no_pixels.dcm", "no Pixel Data"), ("zero_width_window.dcm", "width at least 1 for LINEAR")]
+    {
+        let path = fixtures().join(name);
+        let error = load_rgb8(&path).unwrap_err().to_string();
+        assert!(error.starts_with(&path.display().to_string()) && error.contains(expected), "{name}: {error}");
+    }
+}
+
+#[test]
+fn a_damaged_dicom_file_is_an_error_naming_it_wherever_it_is_cut() {
+    let path = fixtures().join("ct_window.dcm");
+    let bytes = std::fs::read(&path).unwrap();
+    let whole = decode_rgb8(&path, &bytes).unwrap();
+    // Cut in the preamble, the file meta group, the data set's attributes and the pixel data
+    // (the last 216 bytes: 9 x 12 16-bit samples).
+    for cut in [0, 100, 131, 140, 300, 500, bytes.len() - 216, bytes.len() - 100, bytes.len() - 1] {
+        let error = decode_rgb8(&path, &bytes[..cut]).map(|image| image == whole);
+        let error = error.unwrap_err().to_string();
+        assert!(error.starts_with(&path.display().to_string()), "cut at {cut}: {error}");
+    }
+    // An RLE frame whose header claims 1000 segments: dicom-rs's decoder slices past its
+    // fragment (a panic there), which is this file's error.
+    let path = fixtures().join("mr_rle.dcm");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = [2, 0, 0, 0, 64, 0, 0, 0];
+    let at = bytes.windows(8).position(|w| w == header).unwrap();
+    bytes[at..at + 4].copy_from_slice(&1000_u32.to_le_bytes());
+    let error = decode_rgb8(&path, &bytes).unwrap_err().to_string();
+    assert!(error.starts_with(&path.display().to_string()) && error.contains("a damaged DICOM file"), "{error}");
+    // A JPEG renamed .dcm is not taken for a JPEG either.
+    let jpeg = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats/gray.jpg"));
+    let renamed = fixtures().join("renamed.dcm");
+    let error = decode_rgb8(&renamed, &std::fs::read(jpeg).unwrap()).unwrap_err().to_string();
+    assert!(error.contains("not a DICOM Part 10 file"), "{error}");
+}
+
+#[test]
+fn a_folder_s_dicom_files_are_found_by_extension_or_by_their_magic_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let ct = std::fs::read(fixtures().join("ct_window.dcm")).unwrap();
+    let jpeg = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats/gray.jpg")).unwrap();
+    for (name, bytes, image) in [
+        ("slice.DCM", &ct, true),
+        ("slice.dicom", &ct, true),
+        ("IM000001", &ct, true),
+        // A UID-named file: its "extension" is the UID's last number.
+        ("1.2.840.113619.2.55.3.320", &ct, true),
+        ("photo.jpg", &jpeg, true),
+        // The index of a DICOM export holds the magic word and no image.
+        ("DICOMDIR", &ct, false),
+        ("README", &jpeg, false),
+        ("notes.txt", &ct, false),
+        ("scan.v2", &ct, false),
+        ("empty", &Vec::new(), false),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(medxfer_data::is_image_file(&path), image, "{name}");
+        if image {
+            load_rgb8(&path).unwrap();
+        }
+    }
+}
