@@ -29,9 +29,9 @@ pub struct PredictArgs {
     /// accuracy (chosen on val, its test accuracy stays an estimate the choice did not see).
     #[arg(long)]
     pub backbone: Option<String>,
-    /// The images: one image, a folder (every image under it, at any depth) or a CSV file with a `path`
-    /// column (rank's finetune_split.csv, a study's split manifest) or the columns
-    /// --csv-columns names.
+    /// The images (JPEG, PNG, TIFF, BMP, DICOM): one image, a folder (every image under it, at any
+    /// depth) or a CSV file with a `path` column (rank's finetune_split.csv, a study's split
+    /// manifest) or the columns --csv-columns names.
     #[arg(long)]
     pub images: PathBuf,
     /// With a CSV: its path column, and optionally its label column (class names, or a one-hot
