@@ -3,8 +3,9 @@
 //! viewers and pydicom's `apply_modality_lut` + `apply_voi_lut` apply it.
 //!
 //! dicom-rs parses the file and decodes its pixel data (native, deflate, RLE, JPEG baseline,
-//! extended and lossless); the display steps are here, each the standard's formula, so that the
-//! 8-bit image is the one pydicom shows, whatever the crate's own image conversion does:
+//! extended and lossless, JPEG 2000 through openjp2, OpenJPEG's Rust port); the display steps
+//! are here, each the standard's formula, so that the 8-bit image is the one pydicom shows,
+//! whatever the crate's own image conversion does:
 //! 1. the Modality LUT: rescale slope and intercept (CT's Hounsfield units);
 //! 2. the VOI LUT: the file's first VOI LUT table if it has one (pydicom's `prefer_lut`), else
 //!    its first window with its VOI LUT function (LINEAR, LINEAR_EXACT, SIGMOID; C.11.2.1.2,
@@ -58,6 +59,25 @@ pub(crate) fn is_unnamed_dicom(path: &Path) -> bool {
 
 fn has_magic(bytes: &[u8]) -> bool {
     bytes.get(MAGIC_AT..MAGIC_AT + 4) == Some(b"DICM")
+}
+
+/// The Patient ID (0010,0020) of the image file at `path`, read from its header (the pixel data
+/// left unread); `None` for a file that is not DICOM or whose ID is absent or blank. A DICOM file
+/// whose header cannot be read is an error naming it.
+pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
+    let mut head = Vec::with_capacity(MAGIC_AT + 4);
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, (MAGIC_AT + 4) as u64), &mut head).map_err(|e| Error::io(path, e))?;
+    if !is_dicom(path, &head) {
+        return Ok(None);
+    }
+    let object = std::panic::catch_unwind(|| OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path))
+        .map_err(|_| Error::format(path, "a damaged DICOM file: its parser failed on it; export it again from the PACS or viewer"))?
+        .map_err(|e| Error::format(path, format!("cannot read the DICOM header ({e}); it may be truncated or corrupt")))?;
+    let Some(element) = object.element_opt(tags::PATIENT_ID).ok().flatten() else { return Ok(None) };
+    let id = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's Patient ID is not text ({e})")))?;
+    let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    Ok((!id.is_empty()).then(|| id.to_string()))
 }
 
 /// The one frame of the DICOM file `bytes` (the content of `path`, named in errors) as RGB8.
@@ -128,7 +148,7 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
         )));
     }
     let pixels =
-        object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG 2000, JPEG-LS)")))?;
+        object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG-LS, JPEG XL)")))?;
     let image = match pixels.photometric_interpretation() {
         PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => gray_rgb8(&pixels).map_err(problem)?,
         _ if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {

@@ -20,7 +20,7 @@ fn expected() -> HashMap<String, Tensor> {
 #[test]
 fn every_dicom_case_decodes_as_pydicom_displays_it() {
     let expected = expected();
-    // Uncompressed, RLE: the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and libjpeg-turbo
+    // Uncompressed, RLE, JPEG 2000 lossless: the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and libjpeg-turbo
     // (Pillow) differ in IDCT and chroma upsampling by a few levels, as for the plain JPEGs.
     for (name, max_allowed, mean_allowed) in [
         ("ct_window.dcm", 0, 0.0),
@@ -31,6 +31,7 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
         ("voi_lut.dcm", 0, 0.0),
         ("rgb_implicit.dcm", 0, 0.0),
         ("mr_rle.dcm", 0, 0.0),
+        ("mr_j2k.dcm", 0, 0.0),
         ("gray_jpeg.dcm", 2, 0.5),
         ("dermoscopy_ybr_jpeg.dcm", 3, 1.0),
     ] {
@@ -116,4 +117,21 @@ fn a_folder_s_dicom_files_are_found_by_extension_or_by_their_magic_word() {
             load_rgb8(&path).unwrap();
         }
     }
+}
+
+#[test]
+fn a_dicom_file_s_patient_id_is_read_from_its_header() {
+    let id = |name: &str| medxfer_data::dicom_patient_id(&fixtures().join(name));
+    assert_eq!(id("ct_window.dcm").unwrap().as_deref(), Some("TJ-0042"));
+    assert_eq!(id("IM000001").unwrap().as_deref(), Some("TJ-0042"));
+    assert_eq!(id("mr_12bit_minmax.dcm").unwrap(), None);
+    assert_eq!(id("expected.safetensors").unwrap(), None);
+    let formats = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats"));
+    assert_eq!(medxfer_data::dicom_patient_id(&formats.join("gray.jpg")).unwrap(), None);
+    // A header cut short: an error naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.dcm");
+    std::fs::write(&cut, &std::fs::read(fixtures().join("ct_window.dcm")).unwrap()[..200]).unwrap();
+    let error = medxfer_data::dicom_patient_id(&cut).unwrap_err().to_string();
+    assert!(error.starts_with(&cut.display().to_string()), "{error}");
 }

@@ -48,7 +48,9 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
     let path = Path::new("/data/mutant.dcm");
     // Fewer mutants than for the other formats: one in ten damages a length field, which costs
     // dicom-rs's parser a second's reservation before its error.
-    for (i, name) in ["ct_window.dcm", "voi_lut.dcm", "rgb_implicit.dcm", "mr_rle.dcm", "dermoscopy_ybr_jpeg.dcm"].iter().enumerate() {
+    for (i, name) in
+        ["ct_window.dcm", "voi_lut.dcm", "rgb_implicit.dcm", "mr_rle.dcm", "mr_j2k.dcm", "dermoscopy_ybr_jpeg.dcm"].iter().enumerate()
+    {
         let original = std::fs::read(dicom.join(name)).unwrap();
         let mut decoded = 0;
         assert_none(never_panics(

@@ -30,6 +30,12 @@ pub struct ImagesReading {
     /// (BreakHis's CLASS/SOB/<type>/<patient>/<magnification>/: 3).
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "1", value_parser = clap::value_parser!(u16).range(1..))]
     pub group_by_subfolder: Option<u16>,
+    /// Each DICOM file's Patient ID (0010,0020) is its group, read from its header: one patient's
+    /// images stay in one part of --finetune-top's split whatever folders they sit in, and
+    /// --bootstrap draws patients. Images without one (not DICOM, or the ID blank) are each their
+    /// own group.
+    #[arg(long, conflicts_with = "group_by_subfolder")]
+    pub group_by_dicom_patient: bool,
 }
 
 /// The path, label and optional group columns' names.
@@ -97,6 +103,13 @@ impl LabelledImages {
         } else {
             bail!("{}: not a folder of class subfolders nor a .csv file of path,label", images.display());
         };
+        let mut found = found;
+        if csv.group_by_dicom_patient {
+            if let Some(grouped_by) = &found.grouped_by {
+                bail!("--group-by-dicom-patient: {} is already grouped by {grouped_by}; keep one of the two", images.display());
+            }
+            group_by_dicom_patient(&mut found)?;
+        }
         if found.classes.is_empty() {
             bail!(
                 "{}: no class subfolders; put each class's images in a subfolder named after it ({}/<class>/...), or give a CSV of path,label",
@@ -118,6 +131,26 @@ impl LabelledImages {
         }
         counts
     }
+}
+
+/// Each image's group is its DICOM Patient ID; those without one stay their own.
+fn group_by_dicom_patient(images: &mut LabelledImages) -> Result<()> {
+    let mut ungrouped = 0;
+    for record in &mut images.records {
+        match medxfer_data::dicom_patient_id(&images.root.join(&record.path))? {
+            Some(id) => record.group = id,
+            None => ungrouped += 1,
+        }
+    }
+    if ungrouped == images.records.len() {
+        bail!(
+            "{}: --group-by-dicom-patient, but no image is a DICOM file with a Patient ID (anonymised away, or not DICOM): group by folder (--group-by-subfolder) or a CSV's column, or drop the option",
+            images.root.display()
+        );
+    }
+    images.grouped_by = Some("the DICOM Patient ID of its files".into());
+    images.ungrouped = ungrouped;
+    Ok(())
 }
 
 fn record(path: String, class: &str, label: u32) -> Record {
@@ -507,6 +540,60 @@ mod tests {
         std::fs::write(&csv, "path,label\na.png,0\nc.png,1\n").unwrap();
         let images = LabelledImages::read(&csv, &ImagesReading::default()).unwrap();
         assert_eq!((images.grouped_by, images.records[0].group.as_str()), (None, "a.png"));
+    }
+
+    /// --group-by-dicom-patient: each DICOM file's Patient ID is its group, across classes and
+    /// folders; a PNG or a DICOM file without an ID is its own group, counted; a folder without
+    /// any ID, or a CSV already grouped, is refused.
+    #[test]
+    fn dicom_files_are_grouped_by_their_patient_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("scans");
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/data/tests/fixtures/dicom");
+        // The fixture's patient, and another by its ID's bytes replaced (the same length).
+        let tj42 = std::fs::read(fixtures.join("ct_window.dcm")).unwrap();
+        let at = tj42.windows(7).position(|w| w == b"TJ-0042").unwrap();
+        let mut tj43 = tj42.clone();
+        tj43[at..at + 7].copy_from_slice(b"TJ-0043");
+        let anonymous = std::fs::read(fixtures.join("mr_12bit_minmax.dcm")).unwrap();
+        for (file, bytes) in
+            [("tumour/series 1/IM000001", &tj42), ("tumour/x.dcm", &tj43), ("normal/study/1.2.840.5", &tj42), ("normal/y.dcm", &anonymous)]
+        {
+            std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+            std::fs::write(root.join(file), bytes).unwrap();
+        }
+        png(&root.join("normal/z.png"));
+        let by_patient = ImagesReading { group_by_dicom_patient: true, ..ImagesReading::default() };
+        let images = LabelledImages::read(&root, &by_patient).unwrap();
+        let groups: Vec<(&str, &str)> = images.records.iter().map(|r| (r.path.as_str(), r.group.as_str())).collect();
+        assert_eq!(
+            groups,
+            [
+                ("normal/study/1.2.840.5", "TJ-0042"),
+                ("normal/y.dcm", "normal/y.dcm"),
+                ("normal/z.png", "normal/z.png"),
+                ("tumour/series 1/IM000001", "TJ-0042"),
+                ("tumour/x.dcm", "TJ-0043"),
+            ]
+        );
+        assert_eq!((images.grouped_by.as_deref(), images.ungrouped), (Some("the DICOM Patient ID of its files"), 2));
+        for file in ["tumour/series 1/IM000001", "tumour/x.dcm", "normal/study/1.2.840.5"] {
+            std::fs::remove_file(root.join(file)).unwrap();
+        }
+        png(&root.join("tumour/w.png"));
+        let error = LabelledImages::read(&root, &by_patient).unwrap_err().to_string();
+        assert!(error.contains("no image is a DICOM file with a Patient ID"), "{error}");
+        let csv = dir.path().join("split.csv");
+        std::fs::write(
+            &csv,
+            "path,label,group
+scans/normal/y.dcm,0,p1
+scans/tumour/w.png,1,p2
+",
+        )
+        .unwrap();
+        let error = LabelledImages::read(&csv, &by_patient).unwrap_err().to_string();
+        assert!(error.contains("already grouped by its \"group\" column"), "{error}");
     }
 
     /// --group-by-subfolder: the folder under each class folder is the group, by its name (a
