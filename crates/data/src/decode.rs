@@ -12,14 +12,15 @@
 //! A damaged or hostile file is an error naming it, never a silently filled image or an
 //! allocation the machine cannot make: a JPEG whose data ends before its end-of-image marker
 //! (a partial download) is refused as Pillow refuses it ("image file is truncated"; `image`'s
-//! decoder would fill the missing part), and no image over [`MAX_PIXELS`](crate::MAX_PIXELS) is decoded.
+//! decoder would fill the missing part), and no image over [`MAX_PIXELS`](crate::MAX_PIXELS) is
+//! decoded.
 
 use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use crate::dicom::{dicom_rgb8, is_dicom};
+use crate::dicom::{dicom_rgb8, is_dicom, is_unnamed_dicom};
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
@@ -46,7 +47,7 @@ pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "tif", "tiff", "b
 /// its first 132 bytes.
 pub fn is_image_file(path: &Path) -> bool {
     let known = path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-    known || crate::dicom::is_unnamed_dicom(path)
+    known || is_unnamed_dicom(path)
 }
 
 /// Decodes the image at `path` to RGB8.

@@ -3,25 +3,22 @@
 //! VOI LUTs, MONOCHROME1 inverted, to 8 bits), and the files a user's folder may hold that are
 //! not one 2-D image, refused with the file named.
 
-use std::collections::HashMap;
+mod common;
+
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
 use medxfer_data::{decode_rgb8, load_image, load_rgb8};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dicom"))
-}
-
-fn expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap()
+    common::fixtures("dicom")
 }
 
 #[test]
 fn every_dicom_case_decodes_as_pydicom_displays_it() {
-    let expected = expected();
-    // Uncompressed, RLE, JPEG 2000 lossless: the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and libjpeg-turbo
-    // (Pillow) differ in IDCT and chroma upsampling by a few levels, as for the plain JPEGs.
+    let expected = common::expected(&fixtures());
+    // Uncompressed, RLE, JPEG 2000 lossless: the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and
+    // libjpeg-turbo (Pillow) differ in IDCT and chroma upsampling by a few levels, as for the
+    // plain JPEGs.
     for (name, max_allowed, mean_allowed) in [
         ("ct_window.dcm", 0, 0.0),
         ("IM000001", 0, 0.0),
@@ -37,14 +34,7 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
     ] {
         let decoded = load_image(&fixtures().join(name)).unwrap();
         assert!(!decoded.faint, "{name}: a displayed DICOM is never faint");
-        let ours = decoded.image;
-        let theirs = &expected[name];
-        let (height, width, _) = theirs.dims3().unwrap();
-        assert_eq!(ours.dimensions(), (width as u32, height as u32), "{name}");
-        let theirs = theirs.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-        let differences: Vec<u8> = ours.as_raw().iter().zip(&theirs).map(|(a, b)| a.abs_diff(*b)).collect();
-        let max = differences.iter().copied().max().unwrap();
-        let mean = differences.iter().map(|&d| f64::from(d)).sum::<f64>() / differences.len() as f64;
+        let (max, mean, theirs) = common::differences(name, &decoded.image, &expected[name]);
         assert!(max <= max_allowed && mean <= mean_allowed, "{name}: max difference {max}, mean {mean:.3}");
         // Every case spans most of the range: a wrong window or inversion would not.
         let (low, high) = (theirs.iter().min().unwrap(), theirs.iter().max().unwrap());
@@ -85,7 +75,7 @@ fn a_damaged_dicom_file_is_an_error_naming_it_wherever_it_is_cut() {
     let error = decode_rgb8(&path, &bytes).unwrap_err().to_string();
     assert!(error.starts_with(&path.display().to_string()) && error.contains("a damaged DICOM file"), "{error}");
     // A JPEG renamed .dcm is not taken for a JPEG either.
-    let jpeg = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats/gray.jpg"));
+    let jpeg = common::fixtures("formats").join("gray.jpg");
     let renamed = fixtures().join("renamed.dcm");
     let error = decode_rgb8(&renamed, &std::fs::read(jpeg).unwrap()).unwrap_err().to_string();
     assert!(error.contains("not a DICOM Part 10 file"), "{error}");
@@ -95,7 +85,7 @@ fn a_damaged_dicom_file_is_an_error_naming_it_wherever_it_is_cut() {
 fn a_folder_s_dicom_files_are_found_by_extension_or_by_their_magic_word() {
     let dir = tempfile::tempdir().unwrap();
     let ct = std::fs::read(fixtures().join("ct_window.dcm")).unwrap();
-    let jpeg = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats/gray.jpg")).unwrap();
+    let jpeg = std::fs::read(common::fixtures("formats").join("gray.jpg")).unwrap();
     for (name, bytes, image) in [
         ("slice.DCM", &ct, true),
         ("slice.dicom", &ct, true),
@@ -126,8 +116,7 @@ fn a_dicom_file_s_patient_id_is_read_from_its_header() {
     assert_eq!(id("IM000001").unwrap().as_deref(), Some("TJ-0042"));
     assert_eq!(id("mr_12bit_minmax.dcm").unwrap(), None);
     assert_eq!(id("expected.safetensors").unwrap(), None);
-    let formats = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats"));
-    assert_eq!(medxfer_data::dicom_patient_id(&formats.join("gray.jpg")).unwrap(), None);
+    assert_eq!(medxfer_data::dicom_patient_id(&common::fixtures("formats").join("gray.jpg")).unwrap(), None);
     // A header cut short: an error naming the file.
     let dir = tempfile::tempdir().unwrap();
     let cut = dir.path().join("cut.dcm");

@@ -2,18 +2,20 @@
 //! Decoding the formats of the real datasets against Pillow's `convert("RGB")` of the same files
 //! (tests/fixtures/make_formats.py), and a Cheng file as MATLAB itself lays it out.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use medxfer_data::{load_rgb8, read_cheng};
 
 fn formats() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/formats"))
+    common::fixtures("formats")
 }
 
 fn expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(formats().join("expected.safetensors"), &Device::Cpu).unwrap()
+    common::expected(&formats())
 }
 
 #[test]
@@ -34,13 +36,7 @@ fn every_format_decodes_as_pillow_converts_it() {
         ("exif_rotated.jpg", 6, 1.0),
     ] {
         let ours = load_rgb8(&formats().join(name)).unwrap();
-        let theirs = &expected[name];
-        let (height, width, _) = theirs.dims3().unwrap();
-        assert_eq!(ours.dimensions(), (width as u32, height as u32), "{name}");
-        let theirs = theirs.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-        let differences: Vec<u8> = ours.as_raw().iter().zip(&theirs).map(|(a, b)| a.abs_diff(*b)).collect();
-        let max = differences.iter().copied().max().unwrap();
-        let mean = differences.iter().map(|&d| f64::from(d)).sum::<f64>() / differences.len() as f64;
+        let (max, mean, _) = common::differences(name, &ours, &expected[name]);
         assert!(max <= max_allowed && mean <= mean_allowed, "{name}: max difference {max}, mean {mean:.3}");
     }
 }

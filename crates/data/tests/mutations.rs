@@ -17,56 +17,42 @@ fn assert_none(failures: Vec<String>) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn mutated_images_decode_or_fail_naming_the_file() {
-    let path = Path::new("/data/mutant");
-    for (i, name) in
-        ["lzw.tif", "two_pages.tif", "rgb16.tif", "rgba.png", "palette.png", "gray.jpg", "cmyk.jpg", "exif_rotated.jpg"].iter().enumerate()
-    {
-        let original = std::fs::read(formats().join(name)).unwrap();
+/// `count` mutants of each of `names` under `dir`, decoded as the content of `path`: an image (then
+/// resized, as the cache does next) or an error naming `path`, never a panic; not every mutant
+/// decodes.
+fn mutated_files_decode_or_fail(dir: &Path, names: &[&str], path: &Path, count: u64, first_seed: u64) {
+    for (i, name) in names.iter().enumerate() {
+        let original = std::fs::read(dir.join(name)).unwrap();
         let mut decoded = 0;
         assert_none(never_panics(
-            250,
-            i as u64,
+            count,
+            first_seed + i as u64,
             |m: &mut Mutator| m.bytes(&original),
             |bytes: &Vec<u8>| match decode_rgb8(path, bytes) {
                 Ok(image) => {
                     decoded += 1;
-                    // What the cache does next.
                     let _ = transform::resize_shorter(&image, 36);
                 }
-                Err(error) => assert!(error.to_string().contains("/data/mutant"), "{name}: {error}"),
+                Err(error) => assert!(error.to_string().contains(&path.display().to_string()), "{name}: {error}"),
             },
         ));
-        assert!(decoded < 250, "{name}: every mutant decoded");
+        assert!(decoded < count, "{name}: every mutant decoded");
     }
+}
+
+#[test]
+fn mutated_images_decode_or_fail_naming_the_file() {
+    let names = ["lzw.tif", "two_pages.tif", "rgb16.tif", "rgba.png", "palette.png", "gray.jpg", "cmyk.jpg", "exif_rotated.jpg"];
+    mutated_files_decode_or_fail(&formats(), &names, Path::new("/data/mutant"), 250, 0);
 }
 
 #[test]
 fn mutated_dicom_files_decode_or_fail_naming_the_file() {
     let dicom = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dicom"));
-    let path = Path::new("/data/mutant.dcm");
     // Fewer mutants than for the other formats: one in ten damages a length field, which costs
     // dicom-rs's parser a second's reservation before its error.
-    for (i, name) in
-        ["ct_window.dcm", "voi_lut.dcm", "rgb_implicit.dcm", "mr_rle.dcm", "mr_j2k.dcm", "dermoscopy_ybr_jpeg.dcm"].iter().enumerate()
-    {
-        let original = std::fs::read(dicom.join(name)).unwrap();
-        let mut decoded = 0;
-        assert_none(never_panics(
-            24,
-            100 + i as u64,
-            |m: &mut Mutator| m.bytes(&original),
-            |bytes: &Vec<u8>| match decode_rgb8(path, bytes) {
-                Ok(image) => {
-                    decoded += 1;
-                    let _ = transform::resize_shorter(&image, 36);
-                }
-                Err(error) => assert!(error.to_string().contains("/data/mutant.dcm"), "{name}: {error}"),
-            },
-        ));
-        assert!(decoded < 24, "{name}: every mutant decoded");
-    }
+    let names = ["ct_window.dcm", "voi_lut.dcm", "rgb_implicit.dcm", "mr_rle.dcm", "mr_j2k.dcm", "dermoscopy_ybr_jpeg.dcm"];
+    mutated_files_decode_or_fail(&dicom, &names, Path::new("/data/mutant.dcm"), 24, 100);
 }
 
 #[test]

@@ -12,8 +12,9 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use crate::entry::{INTERPOLATIONS, Preprocessing};
 use crate::error::{Error, Result};
 
-/// The image formats the workspace decodes (the `image` crate's features it builds with), as file
-/// extensions.
+/// The image formats `classify` and [`eval_tensor`] decode (the `image` crate's features the
+/// workspace builds with), as file extensions; medxfer-data's list, which rank and predict read
+/// by, adds DICOM.
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
 
 /// Whether `path` names an image by its extension (any case).

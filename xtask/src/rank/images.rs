@@ -87,7 +87,7 @@ pub struct LabelledImages {
 
 impl LabelledImages {
     pub fn read(images: &Path, csv: &ImagesReading) -> Result<Self> {
-        let found = if images.is_dir() {
+        let mut found = if images.is_dir() {
             if csv.csv_given() {
                 bail!("--csv-columns and --images-root read a CSV; {} is a folder of class subfolders", images.display());
             }
@@ -103,7 +103,6 @@ impl LabelledImages {
         } else {
             bail!("{}: not a folder of class subfolders nor a .csv file of path,label", images.display());
         };
-        let mut found = found;
         if csv.group_by_dicom_patient {
             if let Some(grouped_by) = &found.grouped_by {
                 bail!("--group-by-dicom-patient: {} is already grouped by {grouped_by}; keep one of the two", images.display());
