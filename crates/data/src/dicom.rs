@@ -13,19 +13,28 @@
 //!    viewer; the Cheng slices are scaled so too) and an 8-bit one stays as stored;
 //! 3. MONOCHROME1 (a radiograph stored white-is-low) inverted, gray replicated to RGB.
 //!
-//! Colour (RGB, and the YBR of JPEG-compressed dermoscopy and ultrasound) is taken as decoded.
+//! Colour is 8-bit RGB as pydicom's `pixel_array` gives it: JPEG's YBR as the JPEG decoder
+//! converts it (dermoscopy), uncompressed or RLE YBR_FULL and YBR_FULL_422 (ultrasound,
+//! endoscopy) through the standard's matrix, planes interleaved.
 //! A file of several frames (a cine loop, an enhanced CT volume) is refused: the backbones
 //! classify one 2-D image, and which frame is meant is the user's call.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use dicom_dictionary_std::tags;
-use dicom_object::OpenFileOptions;
+use dicom_core::Length;
+use dicom_dictionary_std::{tags, uids};
+use dicom_encoding::Codec;
+use dicom_encoding::decode::{Decode, file_header_decoder};
 use dicom_object::file::ReadPreamble;
+use dicom_object::{FileMetaTable, OpenFileOptions};
+use dicom_parser::DataSetReader;
+use dicom_parser::dataset::DataToken;
 use dicom_pixeldata::{
-    ConvertOptions, DecodedPixelData, ModalityLutOption, PhotometricInterpretation, PixelDecoder, VoiLutFunction, VoiLutOption, WindowLevel,
+    ConvertOptions, DecodedPixelData, ModalityLutOption, PhotometricInterpretation, PixelDecoder, PlanarConfiguration, VoiLutFunction,
+    VoiLutOption, WindowLevel,
 };
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 use image::RgbImage;
 
 use crate::error::{Error, Result};
@@ -53,8 +62,14 @@ pub(crate) fn is_unnamed_dicom(path: &Path) -> bool {
     if !path.extension().is_none_or(numeric) || path.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR")) {
         return false;
     }
-    let mut head = [0_u8; MAGIC_AT + 4];
-    std::fs::File::open(path).and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head)).is_ok() && has_magic(&head)
+    read_head(path).is_ok_and(|head| has_magic(&head))
+}
+
+/// The first bytes of the file at `path`, up to its magic word (fewer for a shorter file).
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(MAGIC_AT + 4);
+    std::fs::File::open(path)?.take((MAGIC_AT + 4) as u64).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 fn has_magic(bytes: &[u8]) -> bool {
@@ -65,15 +80,23 @@ fn has_magic(bytes: &[u8]) -> bool {
 /// left unread); `None` for a file that is not DICOM or whose ID is absent or blank. A DICOM file
 /// whose header cannot be read is an error naming it.
 pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
-    let mut head = Vec::with_capacity(MAGIC_AT + 4);
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, (MAGIC_AT + 4) as u64), &mut head).map_err(|e| Error::io(path, e))?;
+    let head = read_head(path).map_err(|e| Error::io(path, e))?;
     if !is_dicom(path, &head) {
         return Ok(None);
     }
-    let object = std::panic::catch_unwind(|| OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path))
-        .map_err(|_| Error::format(path, "a damaged DICOM file: its parser failed on it; export it again from the PACS or viewer"))?
-        .map_err(|e| Error::format(path, format!("cannot read the DICOM header ({e}); it may be truncated or corrupt")))?;
+    let read_header = || {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut source = std::io::BufReader::new(file);
+        source.seek(SeekFrom::Start(if has_magic(&head) { MAGIC_AT as u64 } else { 0 })).map_err(|e| Error::io(path, e))?;
+        check_lengths(path, &mut source, size, true)?;
+        OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(path)
+            .map_err(|e| Error::format(path, format!("cannot read the DICOM header ({e}); it may be truncated or corrupt")))
+    };
+    let object = std::panic::catch_unwind(read_header)
+        .map_err(|_| Error::format(path, "a damaged DICOM file: its parser failed on it; export it again from the PACS or viewer"))??;
     let Some(element) = object.element_opt(tags::PATIENT_ID).ok().flatten() else { return Ok(None) };
     let id = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's Patient ID is not text ({e})")))?;
     let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
@@ -84,8 +107,8 @@ pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
 ///
 /// dicom-rs's decoders index into what a damaged file says without checking every length (its
 /// RLE decoder, seen in the mutation tests): a panic there is this file's error, not the end of
-/// the process. A damaged length field makes its parser reserve that many bytes (up to 4 GiB)
-/// before the read fails: a second's work, an error all the same.
+/// the process. Its parser zero-fills the length an element states before reading it: a length
+/// beyond the file is refused first (`check_lengths`).
 pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     match std::panic::catch_unwind(|| read_dicom(path, bytes)) {
         Ok(outcome) => outcome,
@@ -104,16 +127,19 @@ pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
 
 fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     let problem = |what: String| Error::format(path, what);
-    let preamble = if has_magic(bytes) {
-        ReadPreamble::Always
+    let (preamble, magic) = if has_magic(bytes) {
+        (ReadPreamble::Always, MAGIC_AT)
     } else if bytes.starts_with(b"DICM") {
-        ReadPreamble::Never
+        (ReadPreamble::Never, 0)
     } else {
         return Err(problem(
             "not a DICOM Part 10 file (no DICM magic word after a 128-byte preamble): a truncated copy, or a bare data set an older system wrote; export it again from the PACS or viewer"
                 .into(),
         ));
     };
+    let mut source = Cursor::new(bytes);
+    source.set_position(magic as u64);
+    check_lengths(path, &mut source, bytes.len() as u64, false)?;
     let object = OpenFileOptions::new()
         .read_preamble(preamble)
         .from_reader(Cursor::new(bytes))
@@ -151,20 +177,148 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
         object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG-LS, JPEG XL)")))?;
     let image = match pixels.photometric_interpretation() {
         PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => gray_rgb8(&pixels).map_err(problem)?,
-        _ if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {
-            let samples: Vec<u8> = pixels.to_vec_frame(0).map_err(|e| problem(format!("cannot read the DICOM colour samples ({e})")))?;
-            RgbImage::from_raw(columns, rows, samples)
-                .ok_or_else(|| problem("the DICOM colour samples do not fill Rows x Columns".into()))?
+        decoded if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {
+            // JPEG and JPEG 2000 decoders convert to RGB and dicom-rs says so; its RLE decoder
+            // relabels the samples RGB but leaves them in the file's colour space.
+            let rle = object.meta().transfer_syntax() == uids::RLE_LOSSLESS;
+            let space = if rle { stored_photometric(&object).map_err(problem)? } else { decoded.clone() };
+            colour_rgb8(&pixels, &space).map_err(problem)?
         }
         other => {
             return Err(problem(format!(
-                "the DICOM file's image is {other} with {} samples of {} bits; medxfer reads MONOCHROME1/2 and 8-bit RGB/YBR",
+                "the DICOM file's image is {other} with {} samples of {} bits; medxfer reads MONOCHROME1/2 and 8-bit RGB, YBR_FULL and YBR_FULL_422",
                 pixels.samples_per_pixel(),
                 pixels.bits_allocated()
             )));
         }
     };
     Ok(image)
+}
+
+/// That no element of the DICOM file `source` (at its magic word; `size` bytes in all) states a
+/// length beyond the file's size, up to its Pixel Data if `until_pixels`. dicom-rs's parser
+/// zero-fills a value's stated length before reading it, so a damaged length field (one flipped
+/// bit makes 12 bytes 4 GiB) would cost seconds and gigabytes per file (per decoding thread)
+/// before its error. The file meta group (explicit VR little endian) and the data set are walked
+/// with dicom-rs's own header decoder and token reader, which yield each header before the value
+/// is read. A deflated data set is left to dicom-rs (its inflated size is unknown beforehand).
+/// What these walks cannot parse, dicom-rs's parse after them reports.
+fn check_lengths<R: Read + Seek>(path: &Path, source: &mut R, size: u64, until_pixels: bool) -> Result<()> {
+    let too_long_for = |length: Length| {
+        length.get().filter(|&l| u64::from(l) > size).map(|l| {
+            Error::format(
+                path,
+                format!(
+                    "a damaged DICOM file: an element states {l} bytes, more than the whole file's {size}; export it again from the PACS or viewer"
+                ),
+            )
+        })
+    };
+    let Ok(magic) = source.stream_position() else { return Ok(()) };
+    // The file meta group as dicom-rs reads it: its group length first, then elements until
+    // that many bytes are read, whatever their tags.
+    let decoder = file_header_decoder();
+    if source.seek(SeekFrom::Current(4)).is_ok()
+        && let Ok((first, _)) = decoder.decode_header(source)
+        && first.tag == tags::FILE_META_INFORMATION_GROUP_LENGTH
+        && first.len == Length(4)
+    {
+        let mut group_length = [0_u8; 4];
+        if source.read_exact(&mut group_length).is_ok() {
+            let (group_length, mut read) = (u64::from(u32::from_le_bytes(group_length)), 0);
+            while read < group_length {
+                let Ok((header, header_size)) = decoder.decode_header(source) else { break };
+                if let Some(error) = too_long_for(header.len) {
+                    return Err(error);
+                }
+                let length = u64::from(header.len.get().unwrap_or(0));
+                if source.seek(SeekFrom::Current(length as i64)).is_err() {
+                    break;
+                }
+                read += header_size as u64 + length;
+            }
+        }
+    }
+    if source.seek(SeekFrom::Start(magic)).is_err() {
+        return Ok(());
+    }
+    let Ok(meta) = FileMetaTable::from_reader(&mut *source) else { return Ok(()) };
+    let Some(syntax) = TransferSyntaxRegistry.get(meta.transfer_syntax()) else { return Ok(()) };
+    if !matches!(syntax.codec(), Codec::None | Codec::EncapsulatedPixelData(..)) {
+        return Ok(());
+    }
+    let Ok(tokens) = DataSetReader::new_with_ts(source, syntax) else { return Ok(()) };
+    for token in tokens {
+        let (length, pixels) = match token {
+            Ok(DataToken::ElementHeader(header)) => (header.len, header.tag == tags::PIXEL_DATA),
+            Ok(DataToken::SequenceStart { len, .. } | DataToken::ItemStart { len }) => (len, false),
+            Ok(DataToken::PixelSequenceStart) => (Length(0), true),
+            Ok(_) => continue,
+            Err(_) => break,
+        };
+        if let Some(error) = too_long_for(length) {
+            return Err(error);
+        }
+        if pixels && until_pixels {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The Photometric Interpretation the file states (dicom-rs reports the decoded one).
+fn stored_photometric(object: &dicom_object::DefaultDicomObject) -> std::result::Result<PhotometricInterpretation, String> {
+    let element =
+        object.element(tags::PHOTOMETRIC_INTERPRETATION).map_err(|_| "the DICOM file has no Photometric Interpretation".to_string())?;
+    let name = element.to_str().map_err(|e| format!("the DICOM file's Photometric Interpretation is not text ({e})"))?;
+    Ok(PhotometricInterpretation::from(name.trim_matches(|c: char| c.is_whitespace() || c == '\0')))
+}
+
+/// An 8-bit, 3-sample frame in colour space `space` as RGB, as pydicom's `pixel_array` converts
+/// it: planes (Planar Configuration 1) interleaved, YBR_FULL_422's chrominance pair given to
+/// both of its pixels, YBR_FULL through PS3.3 C.7.6.3.1.2's full-range matrix. Other colour
+/// spaces (YBR_PARTIAL_*, PALETTE COLOR) are refused by name.
+fn colour_rgb8(pixels: &DecodedPixelData<'_>, space: &PhotometricInterpretation) -> std::result::Result<RgbImage, String> {
+    let (width, height) = (pixels.columns(), pixels.rows());
+    let count = width as usize * height as usize;
+    let data = pixels.data();
+    let mut samples = match space {
+        PhotometricInterpretation::YbrFull422 => {
+            if width % 2 != 0 || data.len() < count * 2 {
+                return Err(format!(
+                    "the DICOM file's YBR_FULL_422 samples do not fill its {width} x {height} image (an even width, two bytes per pixel)"
+                ));
+            }
+            data[..count * 2].chunks_exact(4).flat_map(|pair| [pair[0], pair[2], pair[3], pair[1], pair[2], pair[3]]).collect()
+        }
+        PhotometricInterpretation::Rgb | PhotometricInterpretation::YbrFull => {
+            let data =
+                data.get(..count * 3).ok_or_else(|| format!("the DICOM file's colour samples do not fill its {width} x {height} image"))?;
+            match pixels.planar_configuration() {
+                PlanarConfiguration::Standard => data.to_vec(),
+                PlanarConfiguration::PixelFirst => (0..count).flat_map(|i| [data[i], data[count + i], data[2 * count + i]]).collect(),
+            }
+        }
+        other => {
+            return Err(format!("the DICOM file's colour is {other}; medxfer reads RGB, YBR_FULL and YBR_FULL_422: convert it to RGB"));
+        }
+    };
+    if *space != PhotometricInterpretation::Rgb {
+        samples.chunks_exact_mut(3).for_each(ybr_full_to_rgb);
+    }
+    RgbImage::from_raw(width, height, samples).ok_or_else(|| "the DICOM colour samples do not fill Rows x Columns".into())
+}
+
+/// One YBR_FULL pixel to RGB in place: pydicom's `convert_color_space` (f32, the matrix of
+/// PS3.3 C.7.6.3.1.2 inverted, rounded half up, clipped).
+fn ybr_full_to_rgb(pixel: &mut [u8]) {
+    const GREEN_FROM_CB: f32 = (-0.114 * 1.772 / 0.587) as f32;
+    const GREEN_FROM_CR: f32 = (-0.299 * 1.402 / 0.587) as f32;
+    let (y, cb, cr) = (f32::from(pixel[0]), f32::from(pixel[1]) - 128.0, f32::from(pixel[2]) - 128.0);
+    let rgb = [y + 1.402 * cr, y + GREEN_FROM_CB * cb + GREEN_FROM_CR * cr, y + 1.772 * cb];
+    for (out, value) in pixel.iter_mut().zip(rgb) {
+        *out = (value + 0.5).floor().clamp(0.0, 255.0) as u8;
+    }
 }
 
 /// A grayscale frame through the Modality and VOI LUTs to 8 bits, gray replicated.
@@ -198,9 +352,8 @@ fn gray_rgb8(pixels: &DecodedPixelData<'_>) -> std::result::Result<RgbImage, Str
             .map_err(|e| format!("cannot read the DICOM VOI LUT Function ({e})"))?
             .and_then(|f| f.first().copied());
         let function = function.unwrap_or(VoiLutFunction::Linear);
-        let windowed = |v| windowed(function, window, v);
         check_window(function, window)?;
-        modality.iter().map(|&v| windowed(v)).collect()
+        modality.iter().map(|&v| windowed(function, window, v)).collect()
     } else if pixels.bits_allocated() == 8 {
         modality.iter().map(|&v| v / 255.0).collect()
     } else {
@@ -208,19 +361,19 @@ fn gray_rgb8(pixels: &DecodedPixelData<'_>) -> std::result::Result<RgbImage, Str
         modality.iter().map(|&v| if high > low { (v - low) / (high - low) } else { 0.0 }).collect()
     };
     let invert = *pixels.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
-    let gray: Vec<u8> = unit
+    let (width, height) = (pixels.columns(), pixels.rows());
+    if unit.len() != width as usize * height as usize {
+        return Err(format!("the DICOM file's {} samples do not fill its {width} x {height} image", unit.len()));
+    }
+    let rgb = unit
         .into_iter()
-        .map(|u| {
+        .flat_map(|u| {
             let u = if invert { 1.0 - u.clamp(0.0, 1.0) } else { u.clamp(0.0, 1.0) };
             // Half up, as a viewer's lookup table rounds.
-            (u * 255.0 + 0.5).floor() as u8
+            [(u * 255.0 + 0.5).floor() as u8; 3]
         })
         .collect();
-    let (width, height) = (pixels.columns(), pixels.rows());
-    if gray.len() != width as usize * height as usize {
-        return Err(format!("the DICOM file's {} samples do not fill its {width} x {height} image", gray.len()));
-    }
-    Ok(RgbImage::from_fn(width, height, |x, y| image::Rgb([gray[y as usize * width as usize + x as usize]; 3])))
+    RgbImage::from_raw(width, height, rgb).ok_or_else(|| "the DICOM samples do not fill Rows x Columns".into())
 }
 
 /// A window the standard allows: width at least 1 for LINEAR, above 0 otherwise.

@@ -27,6 +27,10 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
         ("sigmoid.dcm", 0, 0.0),
         ("voi_lut.dcm", 0, 0.0),
         ("rgb_implicit.dcm", 0, 0.0),
+        ("rgb_planar.dcm", 0, 0.0),
+        ("us_ybr_full.dcm", 0, 0.0),
+        ("us_ybr_full_422.dcm", 0, 0.0),
+        ("us_ybr_rle.dcm", 0, 0.0),
         ("mr_rle.dcm", 0, 0.0),
         ("mr_j2k.dcm", 0, 0.0),
         ("gray_jpeg.dcm", 2, 0.5),
@@ -44,9 +48,12 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
 
 #[test]
 fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() {
-    for (name, expected) in
-        [("two_frames.dcm", "holds 2 frames"), ("no_pixels.dcm", "no Pixel Data"), ("zero_width_window.dcm", "width at least 1 for LINEAR")]
-    {
+    for (name, expected) in [
+        ("two_frames.dcm", "holds 2 frames"),
+        ("no_pixels.dcm", "no Pixel Data"),
+        ("zero_width_window.dcm", "width at least 1 for LINEAR"),
+        ("palette.dcm", "PALETTE COLOR with 1 samples of 8 bits"),
+    ] {
         let path = fixtures().join(name);
         let error = load_rgb8(&path).unwrap_err().to_string();
         assert!(error.starts_with(&path.display().to_string()) && error.contains(expected), "{name}: {error}");
@@ -79,6 +86,28 @@ fn a_damaged_dicom_file_is_an_error_naming_it_wherever_it_is_cut() {
     let renamed = fixtures().join("renamed.dcm");
     let error = decode_rgb8(&renamed, &std::fs::read(jpeg).unwrap()).unwrap_err().to_string();
     assert!(error.contains("not a DICOM Part 10 file"), "{error}");
+}
+
+#[test]
+fn a_length_field_beyond_the_file_is_refused_before_it_is_read() {
+    // dicom-rs would zero-fill the stated length (here 2 GiB) before failing: seconds and
+    // gigabytes per file. In the file meta group (its File Meta Information Version, OB) and in
+    // the data set (the Pixel Data, OW).
+    let path = fixtures().join("ct_window.dcm");
+    let original = std::fs::read(&path).unwrap();
+    for header in [&[0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0][..], &[0xe0, 0x7f, 0x10, 0x00, b'O', b'W', 0, 0]] {
+        let mut bytes = original.clone();
+        let at = bytes.windows(8).position(|w| w == header).unwrap() + 8;
+        bytes[at..at + 4].copy_from_slice(&0x7fff_fff0_u32.to_le_bytes());
+        let error = decode_rgb8(&path, &bytes).unwrap_err().to_string();
+        assert!(error.contains("states 2147483632 bytes, more than the whole file's 864"), "{error}");
+        // Reading the Patient ID alone (the header up to the Pixel Data) checks them too.
+        let dir = tempfile::tempdir().unwrap();
+        let damaged = dir.path().join("IM000002");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let error = medxfer_data::dicom_patient_id(&damaged).unwrap_err().to_string();
+        assert!(error.starts_with(&damaged.display().to_string()) && error.contains("more than the whole file's 864"), "{error}");
+    }
 }
 
 #[test]
