@@ -575,7 +575,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
             start.elapsed().as_secs_f64(),
             100.0 * (all - tuned) as f64 / all.max(1) as f64
         );
-        tuning.push_str(&per_class_recall(&tested, &images.classes, args.seed));
+        let shares = group_shares(&test_entries, images.classes.len());
+        tuning.push_str(&per_class_recall(&tested, &images.classes, &shares, args.seed));
         tuning.push_str(&calibration::render(&calibrated, data.val.labels.len(), data.test.as_ref().map_or(0, |t| t.labels.len())));
         reliability_figure::write(&args.out.join("ranking_calibration"), &calibrated)?;
         let chosen_labels: Vec<u32> = chosen_entries.iter().map(|e| e.label).collect();
@@ -699,14 +700,15 @@ type AurocCell = Option<(f64, Option<(f64, f64)>)>;
 /// a balanced accuracy can hide a class the model never finds; the balanced accuracy's 95%
 /// interval (a few dozen test images leave it wide); and the AUROC with its interval. Empty
 /// without any.
-fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], classes: &[String], seed: u64) -> String {
+fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], classes: &[String], shares: &[f64], seed: u64) -> String {
     if tested.is_empty() {
         return String::new();
     }
     let mut text = format!(
         "\nRecall of each class on the test part (the share of its images the fine-tuned model finds), and the balanced accuracy with its 95% interval \
          (the balanced accuracy's posterior, Brodersen et al. 2010, each class's recall Beta(found + 1/2, missed + 1/2), {POSTERIOR_DRAWS} draws; \
-         the test images counted one by one, so with several images per patient narrower than the truth), and the AUROC (each class's area \
+         where the images come in groups, found and missed weighed by the class's groups per image, as if a group's images agreed, so that \
+         several images of one patient do not narrow it as independent ones would), and the AUROC (each class's area \
          under the ROC curve against the others from the model's probabilities, averaged over the classes: the chance that an image of a \
          class gets a higher probability of it than an image of another, whatever threshold is later chosen; its 95% interval from \
          {AUROC_RESAMPLES} resamples of the test part within each class, a group (a patient, a lesion) at a time with all its images \
@@ -723,7 +725,7 @@ fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], c
             crate::report::uncertainty::BootstrapSettings { resamples: POSTERIOR_DRAWS, seed },
             &format!("test/{backbone}"),
         );
-        let interval = balanced_accuracy_interval(&evaluation.confusion, POSTERIOR_DRAWS, &mut rng)
+        let interval = balanced_accuracy_interval(&evaluation.confusion, shares, POSTERIOR_DRAWS, &mut rng)
             .map_or_else(|| "–".to_string(), |(low, high)| format!("[{low:.3}, {high:.3}]"));
         let auroc = match auroc {
             Some((auroc, Some((low, high)))) => format!("{auroc:.3} | [{low:.3}, {high:.3}]"),
@@ -743,8 +745,11 @@ fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], c
 /// The prior is Jeffreys' Beta(1/2, 1/2), whose interval for a proportion Brown, Cai and DasGupta
 /// (2001) recommend for its coverage; Brodersen's uniform prior pulls a test part of a few images
 /// a class far toward 0.5 (6 of 6 found: a mean of 0.875). Resampling the images instead gives a
-/// class found every time no spread at all. None without a class present.
-fn balanced_accuracy_interval(confusion: &[Vec<usize>], draws: usize, rng: &mut impl rand::Rng) -> Option<(f64, f64)> {
+/// class found every time no spread at all. Class c's counts are weighed by `shares[c]`, its
+/// groups per image (`group_shares`): a patient's images are not independent draws, and counting
+/// each group once (Kish's design effect at its largest, every image of a group alike) keeps
+/// several images per patient from narrowing the interval. None without a class present.
+fn balanced_accuracy_interval(confusion: &[Vec<usize>], shares: &[f64], draws: usize, rng: &mut impl rand::Rng) -> Option<(f64, f64)> {
     use rand_distr::{Beta, Distribution};
     let recalls: Vec<Beta<f64>> = confusion
         .iter()
@@ -752,7 +757,8 @@ fn balanced_accuracy_interval(confusion: &[Vec<usize>], draws: usize, rng: &mut 
         .filter_map(|(class, row)| {
             let total: usize = row.iter().sum();
             let found = row.get(class).copied().unwrap_or(0);
-            (total > 0).then(|| Beta::new(found as f64 + 0.5, (total - found) as f64 + 0.5).ok()).flatten()
+            let share = shares.get(class).copied().unwrap_or(1.0);
+            (total > 0).then(|| Beta::new(found as f64 * share + 0.5, (total - found) as f64 * share + 0.5).ok()).flatten()
         })
         .collect();
     if recalls.is_empty() {
@@ -763,6 +769,18 @@ fn balanced_accuracy_interval(confusion: &[Vec<usize>], draws: usize, rng: &mut 
     values.sort_by(f64::total_cmp);
     let quantile = crate::report::uncertainty::quantile;
     Some((quantile(&values, 0.025), quantile(&values, 0.975)))
+}
+
+/// Each class's distinct groups per image among `entries` (1 where every image is its own group,
+/// as without groups; 1 for a class without images).
+fn group_shares(entries: &[Entry], classes: usize) -> Vec<f64> {
+    (0..classes as u32)
+        .map(|class| {
+            let images: Vec<&str> = entries.iter().filter(|e| e.label == class).map(|e| e.group.as_str()).collect();
+            let groups = images.iter().collect::<std::collections::BTreeSet<_>>().len();
+            if images.is_empty() { 1.0 } else { groups as f64 / images.len() as f64 }
+        })
+        .collect()
 }
 
 /// Where `--finetune-top` writes its split: which images the shortlist's test accuracy is of.
@@ -1073,6 +1091,7 @@ mod tests {
         let table = per_class_recall(
             &[("net".to_string(), evaluation.clone(), Some((0.8125, Some((0.7, 0.9))))), ("other".to_string(), evaluation, None)],
             &classes,
+            &[1.0; 3],
             0,
         );
         assert!(
@@ -1082,26 +1101,42 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("] | 0.812 | [0.700, 0.900] |\n| other |") && table.contains("] | – | – |\n"), "{table}");
-        assert_eq!(per_class_recall(&[], &classes, 0), "");
+        assert_eq!(per_class_recall(&[], &classes, &[1.0; 3], 0), "");
     }
 
     /// The posterior's central 95% against scipy: for that confusion, (X + Y) / 2 with X ~
     /// Beta(2.5, 0.5) (2 of 2 found) and Y ~ Beta(1.5, 3.5) (1 of 4), its quantiles from 2e7
     /// draws of scipy.stats.beta (numpy's generator, seed 0): 0.2763 and 0.8167; every image
-    /// found (1 of 1, 2 of 2): 0.4360 and 0.9926, not a point. 10,000 draws here hold the
-    /// quantiles to about 0.003.
+    /// found (1 of 1, 2 of 2): 0.4360 and 0.9926, not a point; 4 of 4 and 2 of 8 (Beta(4.5, 0.5),
+    /// Beta(2.5, 6.5)): 0.3858 and 0.7688. 10,000 draws here hold the quantiles to about 0.003.
     #[test]
     fn the_test_interval_is_the_balanced_accuracy_s_posterior() {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let close = |(low, high): (f64, f64), (l, h): (f64, f64)| (low - l).abs() < 0.01 && (high - h).abs() < 0.01;
         let confusion = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3).confusion;
-        let interval = balanced_accuracy_interval(&confusion, 10_000, &mut rng).unwrap();
+        let interval = balanced_accuracy_interval(&confusion, &[1.0; 3], 10_000, &mut rng).unwrap();
         assert!(close(interval, (0.27632, 0.81669)), "{interval:?}");
         let perfect = medxfer_train::evaluate(&[0, 1, 1], &[0, 1, 1], 2).confusion;
-        let interval = balanced_accuracy_interval(&perfect, 10_000, &mut rng).unwrap();
+        let interval = balanced_accuracy_interval(&perfect, &[1.0; 2], 10_000, &mut rng).unwrap();
         assert!(close(interval, (0.43602, 0.99257)), "{interval:?}");
-        assert_eq!(balanced_accuracy_interval(&[vec![0, 0], vec![0, 0]], 100, &mut rng), None);
+        assert_eq!(balanced_accuracy_interval(&[vec![0, 0], vec![0, 0]], &[1.0; 2], 100, &mut rng), None);
+        // Each patient imaged twice: twice the images of the same patients, whose groups per image
+        // (one half) give the first case's posterior back; counted as images, a narrower one.
+        let twice = medxfer_train::evaluate(&[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1], &[0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0], 3).confusion;
+        let interval = balanced_accuracy_interval(&twice, &[0.5; 3], 10_000, &mut rng).unwrap();
+        assert!(close(interval, (0.27632, 0.81669)), "{interval:?}");
+        let as_images = balanced_accuracy_interval(&twice, &[1.0; 3], 10_000, &mut rng).unwrap();
+        assert!(close(as_images, (0.38575, 0.76883)), "{as_images:?}");
+    }
+
+    /// Hand-counted: class 0's three images are of two patients, class 1's two of two, class 2
+    /// has none.
+    #[test]
+    fn each_class_s_groups_per_image_are_counted_among_its_images() {
+        let entry = |label: u32, group: &str| Entry { path: format!("{group}-{label}.png"), label, group: group.into(), split: Part::Test };
+        let entries = [entry(0, "p1"), entry(1, "q"), entry(0, "p1"), entry(0, "p2"), entry(1, "p1")];
+        assert_eq!(group_shares(&entries, 3), [2.0 / 3.0, 1.0, 1.0]);
     }
 
     #[test]
