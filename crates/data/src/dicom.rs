@@ -80,22 +80,28 @@ fn has_magic(bytes: &[u8]) -> bool {
 /// left unread); `None` for a file that is not DICOM or whose ID is absent or blank. A DICOM file
 /// whose header cannot be read is an error naming it.
 pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
-    let head = read_head(path).map_err(|e| Error::io(path, e))?;
+    // One open file for the magic word, the length check and the header: a PACS export is
+    // thousands of files, often on a network share.
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut source = std::io::BufReader::new(file);
+    let mut head = Vec::with_capacity(MAGIC_AT + 4);
+    (&mut source).take((MAGIC_AT + 4) as u64).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
     if !is_dicom(path, &head) {
         return Ok(None);
     }
     let read_header = || {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut source = std::io::BufReader::new(file);
-        source.seek(SeekFrom::Start(if has_magic(&head) { MAGIC_AT as u64 } else { 0 })).map_err(|e| Error::io(path, e))?;
+        let magic = if has_magic(&head) { MAGIC_AT as u64 } else { 0 };
+        source.seek(SeekFrom::Start(magic)).map_err(|e| Error::io(path, e))?;
         check_lengths(path, &mut source, size, true)?;
+        source.seek(SeekFrom::Start(magic)).map_err(|e| Error::io(path, e))?;
         OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
-            .open_file(path)
+            .read_preamble(ReadPreamble::Never)
+            .from_reader(&mut source)
             .map_err(|e| Error::format(path, format!("cannot read the DICOM header ({e}); it may be truncated or corrupt")))
     };
-    let object = std::panic::catch_unwind(read_header)
+    let object = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read_header))
         .map_err(|_| Error::format(path, "a damaged DICOM file: its parser failed on it; export it again from the PACS or viewer"))??;
     let Some(element) = object.element_opt(tags::PATIENT_ID).ok().flatten() else { return Ok(None) };
     let id = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's Patient ID is not text ({e})")))?;

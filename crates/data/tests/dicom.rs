@@ -146,8 +146,14 @@ fn a_dicom_file_s_patient_id_is_read_from_its_header() {
     assert_eq!(id("mr_12bit_minmax.dcm").unwrap(), None);
     assert_eq!(id("expected.safetensors").unwrap(), None);
     assert_eq!(medxfer_data::dicom_patient_id(&common::fixtures("formats").join("gray.jpg")).unwrap(), None);
-    // A header cut short: an error naming the file.
     let dir = tempfile::tempdir().unwrap();
+    // A file an older system wrote without the 128-byte preamble (it starts at the magic word),
+    // found by its extension: the same header, the same ID and image.
+    let bare = dir.path().join("bare.dcm");
+    std::fs::write(&bare, &std::fs::read(fixtures().join("ct_window.dcm")).unwrap()[128..]).unwrap();
+    assert_eq!(medxfer_data::dicom_patient_id(&bare).unwrap().as_deref(), Some("TJ-0042"));
+    assert_eq!(load_rgb8(&bare).unwrap(), load_rgb8(&fixtures().join("ct_window.dcm")).unwrap());
+    // A header cut short: an error naming the file.
     let cut = dir.path().join("cut.dcm");
     std::fs::write(&cut, &std::fs::read(fixtures().join("ct_window.dcm")).unwrap()[..200]).unwrap();
     let error = medxfer_data::dicom_patient_id(&cut).unwrap_err().to_string();
