@@ -3,7 +3,8 @@
 //! viewers and pydicom's `apply_modality_lut` + `apply_voi_lut` apply it.
 //!
 //! dicom-rs parses the file and decodes its pixel data (native, deflate, RLE, JPEG baseline,
-//! extended and lossless, JPEG 2000 through openjp2, OpenJPEG's Rust port); the display steps
+//! extended and lossless, JPEG 2000 through openjp2, OpenJPEG's Rust port; grayscale JPEG-LS,
+//! which it decodes only through CharLS's C++, through pure_jpegls here); the display steps
 //! are here, each the standard's formula, so that the 8-bit image is the one pydicom shows,
 //! whatever the crate's own image conversion does:
 //! 1. the Modality LUT: rescale slope and intercept (CT's Hounsfield units);
@@ -22,12 +23,13 @@
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use dicom_core::Length;
+use dicom_core::value::Value;
+use dicom_core::{DataElement, Length, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::Codec;
 use dicom_encoding::decode::{Decode, file_header_decoder};
 use dicom_object::file::ReadPreamble;
-use dicom_object::{FileMetaTable, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions};
 use dicom_parser::DataSetReader;
 use dicom_parser::dataset::DataToken;
 use dicom_pixeldata::{
@@ -146,7 +148,7 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     let mut source = Cursor::new(bytes);
     source.set_position(magic as u64);
     check_lengths(path, &mut source, bytes.len() as u64, false)?;
-    let object = OpenFileOptions::new()
+    let mut object = OpenFileOptions::new()
         .read_preamble(preamble)
         .from_reader(Cursor::new(bytes))
         .map_err(|e| problem(format!("cannot read the DICOM file ({e}); it may be truncated or corrupt")))?;
@@ -179,8 +181,22 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
             "the DICOM file stores {bits_stored} of {bits_allocated} bits per sample; medxfer reads 8- and 16-bit images (1 to 16 bits stored)"
         )));
     }
+    if [uids::JPEGLS_LOSSLESS, uids::JPEGLS_NEAR_LOSSLESS].contains(&object.meta().transfer_syntax()) {
+        let samples = match object.element_opt(tags::SAMPLES_PER_PIXEL).ok().flatten() {
+            Some(value) => {
+                value.to_int::<u16>().map_err(|e| problem(format!("the DICOM file's Samples per Pixel is not a number ({e})")))?
+            }
+            None => 1,
+        };
+        if samples != 1 {
+            return Err(problem(format!(
+                "the DICOM file is colour ({samples} samples per pixel) compressed as JPEG-LS, which medxfer reads in grayscale only; export it uncompressed, or as JPEG 2000 or RLE"
+            )));
+        }
+        decode_jpeg_ls(&mut object, (columns, rows), bits_allocated, bits_stored).map_err(problem)?;
+    }
     let pixels =
-        object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG-LS, JPEG XL)")))?;
+        object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG XL, colour JPEG-LS)")))?;
     let image = match pixels.photometric_interpretation() {
         PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => gray_rgb8(&pixels).map_err(problem)?,
         decoded if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {
@@ -272,8 +288,46 @@ fn check_lengths<R: Read + Seek>(path: &Path, source: &mut R, size: u64, until_p
     Ok(())
 }
 
+/// The one grayscale frame of a JPEG-LS file (lossless or near-lossless) put back in `object` as
+/// native samples in explicit VR little endian, which dicom-rs's pipeline then reads as any
+/// uncompressed file. JPEG-LS codes a signed image as its Bits Stored-bit two's complement, which
+/// is what native data holds in its low Bits Stored bits; dicom-rs reads those alone, sign and all
+/// (its lookup tables span Bits Stored bits), as pydicom reads the codec's output.
+fn decode_jpeg_ls(
+    object: &mut DefaultDicomObject,
+    (columns, rows): (u32, u32),
+    bits_allocated: u32,
+    bits_stored: u32,
+) -> std::result::Result<(), String> {
+    let element = object.element(tags::PIXEL_DATA).map_err(|e| format!("the DICOM file has no Pixel Data ({e})"))?;
+    let Value::PixelSequence(sequence) = element.value() else {
+        return Err("the DICOM file says JPEG-LS, but its Pixel Data is not encapsulated (fragments); export it again".into());
+    };
+    // One frame: every fragment is part of it.
+    let stream: Vec<u8> = sequence.fragments().iter().flatten().copied().collect();
+    let (samples, _, _) = jpegls::decode(&stream, columns, rows).map_err(|e| {
+        format!("cannot decode the DICOM file's JPEG-LS image ({e}); it may be truncated, or a colour or interleaved stream medxfer does not read")
+    })?;
+    if samples.len() != columns as usize * rows as usize {
+        return Err(format!("the DICOM file's JPEG-LS image holds {} samples, not its {columns} x {rows}", samples.len()));
+    }
+    if let Some(&beyond) = samples.iter().find(|&&v| u32::from(v) >> bits_stored != 0) {
+        return Err(format!(
+            "the DICOM file's JPEG-LS image has a sample of {beyond}, beyond its {bits_stored} bits stored; correct its Bits Stored"
+        ));
+    }
+    let native: Vec<u8> = match bits_allocated {
+        8 => samples.iter().map(|&v| v as u8).collect(),
+        _ => samples.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+    };
+    let vr = if bits_allocated == 8 { VR::OB } else { VR::OW };
+    object.put(DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::from(native)));
+    object.update_meta(|meta| meta.set_transfer_syntax(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN));
+    Ok(())
+}
+
 /// The Photometric Interpretation the file states (dicom-rs reports the decoded one).
-fn stored_photometric(object: &dicom_object::DefaultDicomObject) -> std::result::Result<PhotometricInterpretation, String> {
+fn stored_photometric(object: &DefaultDicomObject) -> std::result::Result<PhotometricInterpretation, String> {
     let element =
         object.element(tags::PHOTOMETRIC_INTERPRETATION).map_err(|_| "the DICOM file has no Photometric Interpretation".to_string())?;
     let name = element.to_str().map_err(|e| format!("the DICOM file's Photometric Interpretation is not text ({e})"))?;

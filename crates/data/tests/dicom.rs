@@ -16,7 +16,8 @@ fn fixtures() -> PathBuf {
 #[test]
 fn every_dicom_case_decodes_as_pydicom_displays_it() {
     let expected = common::expected(&fixtures());
-    // Uncompressed, RLE, JPEG 2000 lossless: the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and
+    // Uncompressed, RLE, JPEG 2000 lossless, JPEG-LS (near-lossless too: pure_jpegls and CharLS
+    // reconstruct the same samples): the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and
     // libjpeg-turbo (Pillow) differ in IDCT and chroma upsampling by a few levels, as for the
     // plain JPEGs.
     for (name, max_allowed, mean_allowed) in [
@@ -33,6 +34,9 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
         ("us_ybr_rle.dcm", 0, 0.0),
         ("mr_rle.dcm", 0, 0.0),
         ("mr_j2k.dcm", 0, 0.0),
+        ("ct_jpegls.dcm", 0, 0.0),
+        ("mr_jpegls.dcm", 0, 0.0),
+        ("xa_jpegls_near.dcm", 0, 0.0),
         ("gray_jpeg.dcm", 2, 0.5),
         ("dermoscopy_ybr_jpeg.dcm", 3, 1.0),
     ] {
@@ -53,11 +57,23 @@ fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() 
         ("no_pixels.dcm", "no Pixel Data"),
         ("zero_width_window.dcm", "width at least 1 for LINEAR"),
         ("palette.dcm", "PALETTE COLOR with 1 samples of 8 bits"),
+        ("rgb_jpegls.dcm", "colour (3 samples per pixel) compressed as JPEG-LS"),
     ] {
         let path = fixtures().join(name);
         let error = load_rgb8(&path).unwrap_err().to_string();
         assert!(error.starts_with(&path.display().to_string()) && error.contains(expected), "{name}: {error}");
     }
+    // A JPEG-LS image whose samples use more bits than the file says it stores (Bits Stored
+    // edited from 12 to 10): refused, not cut to the low bits.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bits.dcm");
+    let mut bytes = std::fs::read(fixtures().join("ct_jpegls.dcm")).unwrap();
+    let bits_stored = [0x28, 0x00, 0x01, 0x01, b'U', b'S', 2, 0, 12, 0];
+    let at = bytes.windows(bits_stored.len()).position(|w| w == bits_stored).unwrap();
+    bytes[at + 8] = 10;
+    std::fs::write(&path, &bytes).unwrap();
+    let error = load_rgb8(&path).unwrap_err().to_string();
+    assert!(error.starts_with(&path.display().to_string()) && error.contains("beyond its 10 bits stored"), "{error}");
 }
 
 #[test]
@@ -143,6 +159,7 @@ fn a_dicom_file_s_patient_id_is_read_from_its_header() {
     let id = |name: &str| medxfer_data::dicom_patient_id(&fixtures().join(name));
     assert_eq!(id("ct_window.dcm").unwrap().as_deref(), Some("TJ-0042"));
     assert_eq!(id("IM000001").unwrap().as_deref(), Some("TJ-0042"));
+    assert_eq!(id("ct_jpegls.dcm").unwrap().as_deref(), Some("TJ-0043"));
     assert_eq!(id("mr_12bit_minmax.dcm").unwrap(), None);
     assert_eq!(id("expected.safetensors").unwrap(), None);
     assert_eq!(medxfer_data::dicom_patient_id(&common::fixtures("formats").join("gray.jpg")).unwrap(), None);

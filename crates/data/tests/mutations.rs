@@ -61,6 +61,8 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
         "mr_rle.dcm",
         "mr_j2k.dcm",
         "dermoscopy_ybr_jpeg.dcm",
+        "ct_jpegls.dcm",
+        "xa_jpegls_near.dcm",
     ];
     mutated_files_decode_or_fail(&dicom, &names, Path::new("/data/mutant.dcm"), 250, 100);
 }
