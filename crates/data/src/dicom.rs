@@ -201,9 +201,15 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
         PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => gray_rgb8(&pixels).map_err(problem)?,
         decoded if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {
             // JPEG and JPEG 2000 decoders convert to RGB and dicom-rs says so; its RLE decoder
-            // relabels the samples RGB but leaves them in the file's colour space.
+            // relabels the samples RGB but leaves them in the file's colour space. RLE codes
+            // every pixel's three samples: a file labelled YBR_FULL_422 (the standard does not
+            // allow it under RLE) holds YBR_FULL, as pydicom reads it.
             let rle = object.meta().transfer_syntax() == uids::RLE_LOSSLESS;
-            let space = if rle { stored_photometric(&object).map_err(problem)? } else { decoded.clone() };
+            let space = match rle.then(|| stored_photometric(&object)).transpose().map_err(problem)? {
+                Some(PhotometricInterpretation::YbrFull422) => PhotometricInterpretation::YbrFull,
+                Some(stored) => stored,
+                None => decoded.clone(),
+            };
             colour_rgb8(&pixels, &space).map_err(problem)?
         }
         other => {

@@ -32,6 +32,7 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
         ("us_ybr_full.dcm", 0, 0.0),
         ("us_ybr_full_422.dcm", 0, 0.0),
         ("us_ybr_rle.dcm", 0, 0.0),
+        ("us_ybr_422_rle.dcm", 0, 0.0),
         ("mr_rle.dcm", 0, 0.0),
         ("mr_j2k.dcm", 0, 0.0),
         ("ct_jpegls.dcm", 0, 0.0),
