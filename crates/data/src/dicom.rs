@@ -3,7 +3,7 @@
 //! viewers and pydicom's `apply_modality_lut` + `apply_voi_lut` apply it.
 //!
 //! dicom-rs parses the file and decodes its pixel data (native, deflate, RLE, JPEG baseline,
-//! extended and lossless, JPEG 2000 through openjp2, OpenJPEG's Rust port; grayscale JPEG-LS,
+//! extended and lossless, JPEG 2000 and HTJ2K through openjp2, OpenJPEG's Rust port; grayscale JPEG-LS,
 //! which it decodes only through CharLS's C++, through pure_jpegls here); the display steps
 //! are here, each the standard's formula, so that the 8-bit image is the one pydicom shows,
 //! whatever the crate's own image conversion does:
@@ -195,6 +195,10 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
         }
         decode_jpeg_ls(&mut object, (columns, rows), bits_allocated, bits_stored).map_err(problem)?;
     }
+    let j2k = [uids::JPEG2000_LOSSLESS, uids::JPEG2000, uids::HTJ2K_LOSSLESS, uids::HTJ2K_LOSSLESS_RPCL, uids::HTJ2K];
+    if j2k.contains(&object.meta().transfer_syntax()) {
+        check_j2k_size(&object, (columns, rows)).map_err(problem)?;
+    }
     let pixels =
         object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG XL, colour JPEG-LS)")))?;
     let image = match pixels.photometric_interpretation() {
@@ -329,6 +333,28 @@ fn decode_jpeg_ls(
     let vr = if bits_allocated == 8 { VR::OB } else { VR::OW };
     object.put(DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::from(native)));
     object.update_meta(|meta| meta.set_transfer_syntax(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN));
+    Ok(())
+}
+
+/// That the JPEG 2000 (or HTJ2K) codestream's image is the file's Columns x Rows (PS3.5 A.4.4),
+/// read from its SIZ marker segment before decoding: openjp2 decodes whatever size a damaged
+/// codestream states (a flipped bit: millions of columns, gigabytes and seconds) before dicom-rs
+/// finds the samples do not fit. A stream without SIZ where it belongs is left to the decoder.
+fn check_j2k_size(object: &DefaultDicomObject, (columns, rows): (u32, u32)) -> std::result::Result<(), String> {
+    let Ok(element) = object.element(tags::PIXEL_DATA) else { return Ok(()) };
+    let Value::PixelSequence(sequence) = element.value() else { return Ok(()) };
+    let Some(first) = sequence.fragments().first() else { return Ok(()) };
+    // SOC, then SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz (big-endian), as the codestream
+    // begins; a JP2 wrapper (which DICOM does not allow, and some systems write) holds it later.
+    let Some(at) = first.windows(4).position(|w| w == [0xff, 0x4f, 0xff, 0x51]) else { return Ok(()) };
+    let Some(siz) = first.get(at + 4..at + 4 + 22) else { return Ok(()) };
+    let word = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
+    let (width, height) = (word(4).wrapping_sub(word(12)), word(8).wrapping_sub(word(16)));
+    if (width, height) != (columns, rows) {
+        return Err(format!(
+            "a damaged DICOM file: its JPEG 2000 image states {width} x {height} pixels, its header {columns} x {rows}; export it again from the PACS or viewer"
+        ));
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ fn fixtures() -> PathBuf {
 #[test]
 fn every_dicom_case_decodes_as_pydicom_displays_it() {
     let expected = common::expected(&fixtures());
-    // Uncompressed, RLE, JPEG 2000 lossless, JPEG-LS (near-lossless too: pure_jpegls and CharLS
+    // Uncompressed, RLE, JPEG 2000 and HTJ2K lossless, JPEG-LS (near-lossless too: pure_jpegls and CharLS
     // reconstruct the same samples): the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and
     // libjpeg-turbo (Pillow) differ in IDCT and chroma upsampling by a few levels, as for the
     // plain JPEGs.
@@ -35,6 +35,7 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
         ("us_ybr_422_rle.dcm", 0, 0.0),
         ("mr_rle.dcm", 0, 0.0),
         ("mr_j2k.dcm", 0, 0.0),
+        ("mr_htj2k.dcm", 0, 0.0),
         ("ct_jpegls.dcm", 0, 0.0),
         ("mr_jpegls.dcm", 0, 0.0),
         ("xa_jpegls_near.dcm", 0, 0.0),
@@ -63,6 +64,15 @@ fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() 
         let path = fixtures().join(name);
         let error = load_rgb8(&path).unwrap_err().to_string();
         assert!(error.starts_with(&path.display().to_string()) && error.contains(expected), "{name}: {error}");
+    }
+    // A JPEG 2000 and an HTJ2K codestream whose size field says 16 million columns (one flipped
+    // byte): refused from the SIZ segment, before openjp2 would decode 600 million pixels (4 s).
+    for name in ["mr_j2k.dcm", "mr_htj2k.dcm"] {
+        let mut bytes = std::fs::read(fixtures().join(name)).unwrap();
+        let siz = bytes.windows(4).position(|w| w == [0xff, 0x4f, 0xff, 0x51]).unwrap() + 4;
+        bytes[siz + 5] = 0xff;
+        let error = decode_rgb8(&fixtures().join(name), &bytes).unwrap_err().to_string();
+        assert!(error.contains("its JPEG 2000 image states 16711720 x 36 pixels, its header 40 x 36"), "{name}: {error}");
     }
     // A JPEG-LS image whose samples use more bits than the file says it stores (Bits Stored
     // edited from 12 to 10): refused, not cut to the low bits.

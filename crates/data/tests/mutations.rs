@@ -61,6 +61,7 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
         "mr_rle.dcm",
         "mr_j2k.dcm",
         "dermoscopy_ybr_jpeg.dcm",
+        "mr_htj2k.dcm",
         "ct_jpegls.dcm",
         "xa_jpegls_near.dcm",
     ];
