@@ -181,6 +181,7 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
             "the DICOM file stores {bits_stored} of {bits_allocated} bits per sample; medxfer reads 8- and 16-bit images (1 to 16 bits stored)"
         )));
     }
+    check_stated_size(&object, (columns, rows)).map_err(problem)?;
     if [uids::JPEGLS_LOSSLESS, uids::JPEGLS_NEAR_LOSSLESS].contains(&object.meta().transfer_syntax()) {
         let samples = match object.element_opt(tags::SAMPLES_PER_PIXEL).ok().flatten() {
             Some(value) => {
@@ -194,10 +195,6 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
             )));
         }
         decode_jpeg_ls(&mut object, (columns, rows), bits_allocated, bits_stored).map_err(problem)?;
-    }
-    let j2k = [uids::JPEG2000_LOSSLESS, uids::JPEG2000, uids::HTJ2K_LOSSLESS, uids::HTJ2K_LOSSLESS_RPCL, uids::HTJ2K];
-    if j2k.contains(&object.meta().transfer_syntax()) {
-        check_j2k_size(&object, (columns, rows)).map_err(problem)?;
     }
     let pixels =
         object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG XL, colour JPEG-LS)")))?;
@@ -336,26 +333,55 @@ fn decode_jpeg_ls(
     Ok(())
 }
 
-/// That the JPEG 2000 (or HTJ2K) codestream's image is the file's Columns x Rows (PS3.5 A.4.4),
-/// read from its SIZ marker segment before decoding: openjp2 decodes whatever size a damaged
-/// codestream states (a flipped bit: millions of columns, gigabytes and seconds) before dicom-rs
-/// finds the samples do not fit. A stream without SIZ where it belongs is left to the decoder.
-fn check_j2k_size(object: &DefaultDicomObject, (columns, rows): (u32, u32)) -> std::result::Result<(), String> {
+/// That an encapsulated image's own header (a JPEG frame header, a JPEG 2000 or HTJ2K SIZ
+/// segment) states the file's Columns x Rows (PS3.5 A.4), checked before decoding: the JPEG and
+/// JPEG 2000 decoders allocate and decode whatever size a damaged stream states (one flipped byte:
+/// a billion pixels, gigabytes and seconds) before dicom-rs finds the samples do not fit. A
+/// stream whose header is not where it belongs is left to its decoder.
+fn check_stated_size(object: &DefaultDicomObject, (columns, rows): (u32, u32)) -> std::result::Result<(), String> {
     let Ok(element) = object.element(tags::PIXEL_DATA) else { return Ok(()) };
     let Value::PixelSequence(sequence) = element.value() else { return Ok(()) };
     let Some(first) = sequence.fragments().first() else { return Ok(()) };
-    // SOC, then SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz (big-endian), as the codestream
-    // begins; a JP2 wrapper (which DICOM does not allow, and some systems write) holds it later.
-    let Some(at) = first.windows(4).position(|w| w == [0xff, 0x4f, 0xff, 0x51]) else { return Ok(()) };
-    let Some(siz) = first.get(at + 4..at + 4 + 22) else { return Ok(()) };
-    let word = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
-    let (width, height) = (word(4).wrapping_sub(word(12)), word(8).wrapping_sub(word(16)));
-    if (width, height) != (columns, rows) {
+    let Some((kind, width, height)) = stated_size(first) else { return Ok(()) };
+    // A JPEG may leave its height to a DNL marker after the first scan (a height of 0).
+    if width != columns || (height != rows && !(kind == "JPEG" && height == 0)) {
         return Err(format!(
-            "a damaged DICOM file: its JPEG 2000 image states {width} x {height} pixels, its header {columns} x {rows}; export it again from the PACS or viewer"
+            "a damaged DICOM file: its {kind} image states {width} x {height} pixels, its header {columns} x {rows}; export it again from the PACS or viewer"
         ));
     }
     Ok(())
+}
+
+/// The stream's kind and the width and height its header states: a JPEG's (any process, JPEG-LS
+/// too) first frame header, found by walking the marker segments from SOI; a JPEG 2000
+/// codestream's SIZ (SOC then SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, big-endian), at the start
+/// or inside a JP2 wrapper, which DICOM does not allow and some systems write.
+fn stated_size(stream: &[u8]) -> Option<(&'static str, u32, u32)> {
+    let word = |at: usize| stream.get(at..at + 2).map(|b| u32::from(u16::from_be_bytes([b[0], b[1]])));
+    if stream.starts_with(&[0xff, 0xd8]) {
+        let mut at = 2;
+        loop {
+            let marker = stream.get(at..at + 2)?;
+            if marker[0] != 0xff {
+                return None;
+            }
+            match marker[1] {
+                // Fill bytes before a marker.
+                0xff => at += 1,
+                // SOF0-3, 5-7, 9-11, 13-15 and JPEG-LS's SOF55: P, Y, X after the length.
+                0xc0..=0xc3 | 0xc5..=0xc7 | 0xc9..=0xcb | 0xcd..=0xcf | 0xf7 => {
+                    return Some(("JPEG", word(at + 7)?, word(at + 5)?));
+                }
+                // The first scan came before any frame header: not a stream to judge.
+                0xda | 0xd9 => return None,
+                _ => at += 2 + word(at + 2)? as usize,
+            }
+        }
+    }
+    let at = stream.windows(4).position(|w| w == [0xff, 0x4f, 0xff, 0x51])?;
+    let siz = stream.get(at + 4..at + 4 + 22)?;
+    let word = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
+    Some(("JPEG 2000", word(4).wrapping_sub(word(12)), word(8).wrapping_sub(word(16))))
 }
 
 /// The Photometric Interpretation the file states (dicom-rs reports the decoded one).

@@ -65,14 +65,23 @@ fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() 
         let error = load_rgb8(&path).unwrap_err().to_string();
         assert!(error.starts_with(&path.display().to_string()) && error.contains(expected), "{name}: {error}");
     }
-    // A JPEG 2000 and an HTJ2K codestream whose size field says 16 million columns (one flipped
-    // byte): refused from the SIZ segment, before openjp2 would decode 600 million pixels (4 s).
-    for name in ["mr_j2k.dcm", "mr_htj2k.dcm"] {
+    // A stream whose own header states another width than the file's (one byte of it set to
+    // 0xff): refused from that header, before the decoder allocates and decodes it (a JPEG 2000
+    // of 600 million pixels took openjp2 4 s, a JPEG of 1.3 billion jpeg-decoder 6 s). A JPEG
+    // frame header's width (JPEG-LS's too) starts 7 bytes after its marker (after the length,
+    // precision and height); a JPEG 2000 SIZ segment's, Xsiz, 6 after (after Lsiz and Rsiz): its
+    // second byte set.
+    for (name, header, at, expected) in [
+        ("mr_j2k.dcm", [0xff, 0x51], 7, "its JPEG 2000 image states 16711720 x 36 pixels, its header 40 x 36"),
+        ("mr_htj2k.dcm", [0xff, 0x51], 7, "its JPEG 2000 image states 16711720 x 36 pixels, its header 40 x 36"),
+        ("gray_jpeg.dcm", [0xff, 0xc0], 7, "its JPEG image states 65292 x 9 pixels, its header 12 x 9"),
+        ("ct_jpegls.dcm", [0xff, 0xf7], 7, "its JPEG image states 65292 x 9 pixels, its header 12 x 9"),
+    ] {
         let mut bytes = std::fs::read(fixtures().join(name)).unwrap();
-        let siz = bytes.windows(4).position(|w| w == [0xff, 0x4f, 0xff, 0x51]).unwrap() + 4;
-        bytes[siz + 5] = 0xff;
+        let marker = bytes.windows(2).position(|w| w == header).unwrap();
+        bytes[marker + at] = 0xff;
         let error = decode_rgb8(&fixtures().join(name), &bytes).unwrap_err().to_string();
-        assert!(error.contains("its JPEG 2000 image states 16711720 x 36 pixels, its header 40 x 36"), "{name}: {error}");
+        assert!(error.contains(expected), "{name}: {error}");
     }
     // A JPEG-LS image whose samples use more bits than the file says it stores (Bits Stored
     // edited from 12 to 10): refused, not cut to the low bits.
