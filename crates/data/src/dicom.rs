@@ -378,7 +378,15 @@ fn stated_size(stream: &[u8]) -> Option<(&'static str, u32, u32)> {
             }
         }
     }
-    let at = stream.windows(4).position(|w| w == [0xff, 0x4f, 0xff, 0x51])?;
+    // Searched for only inside a JP2 wrapper (its signature box first): RLE's and other
+    // streams' bytes may hold the two markers by chance.
+    let at = if stream.starts_with(&[0xff, 0x4f, 0xff, 0x51]) {
+        0
+    } else if stream.starts_with(&[0, 0, 0, 0x0c, b'j', b'P', b' ', b' ']) {
+        stream.windows(4).position(|w| w == [0xff, 0x4f, 0xff, 0x51])?
+    } else {
+        return None;
+    };
     let siz = stream.get(at + 4..at + 4 + 22)?;
     let word = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
     Some(("JPEG 2000", word(4).wrapping_sub(word(12)), word(8).wrapping_sub(word(16))))
@@ -524,5 +532,46 @@ fn windowed(function: VoiLutFunction, window: WindowLevel, value: f64) -> f64 {
                 (value - center) / width + 0.5
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stated_size;
+
+    /// A JPEG 2000 codestream's start: SOC, SIZ (Lsiz 41, Rsiz 0), Xsiz 40 + 3, Ysiz 36 + 5,
+    /// XOsiz 3, YOsiz 5, then the rest of SIZ.
+    fn codestream() -> Vec<u8> {
+        let mut bytes = vec![0xff, 0x4f, 0xff, 0x51, 0, 41, 0, 0];
+        for value in [43_u32, 41, 3, 5] {
+            bytes.extend(value.to_be_bytes());
+        }
+        bytes.extend([0; 24]);
+        bytes
+    }
+
+    #[test]
+    fn a_stream_s_own_header_gives_its_size() {
+        // The image is the reference grid less its offset.
+        assert_eq!(stated_size(&codestream()), Some(("JPEG 2000", 40, 36)));
+        // Inside a JP2 wrapper: the signature box, a file type box, then the codestream box.
+        let mut jp2 = vec![0, 0, 0, 0x0c, b'j', b'P', b' ', b' ', 0x0d, 0x0a, 0x87, 0x0a];
+        jp2.extend([0, 0, 0, 0x14, b'f', b't', b'y', b'p', b'j', b'p', b'2', b' ', 0, 0, 0, 0, b'j', b'p', b'2', b' ']);
+        jp2.extend([0, 0, 0, 0, b'j', b'p', b'2', b'c']);
+        jp2.extend(codestream());
+        assert_eq!(stated_size(&jp2), Some(("JPEG 2000", 40, 36)));
+        // The markers inside another stream's bytes (an RLE segment's) are not a header.
+        let mut rle = vec![1, 0, 0, 0, 64, 0, 0, 0];
+        rle.extend(codestream());
+        assert_eq!(stated_size(&rle), None);
+        // A JPEG: SOI, an APP0 segment of 16 bytes, fill bytes, then SOF2 (progressive): P 8,
+        // Y 9, X 12.
+        let mut jpeg = vec![0xff, 0xd8, 0xff, 0xe0, 0, 16];
+        jpeg.extend([0; 14]);
+        jpeg.extend([0xff, 0xff, 0xc2, 0, 11, 8, 0, 9, 0, 12, 1, 1, 0x11, 0]);
+        assert_eq!(stated_size(&jpeg), Some(("JPEG", 12, 9)));
+        // A scan before any frame header, and a stream cut inside a segment: no size to judge.
+        assert_eq!(stated_size(&[0xff, 0xd8, 0xff, 0xda, 0, 8, 1, 1, 0, 0, 0x3f, 0]), None);
+        assert_eq!(stated_size(&jpeg[..24]), None);
     }
 }
