@@ -16,8 +16,8 @@ fn fixtures() -> PathBuf {
 #[test]
 fn every_dicom_case_decodes_as_pydicom_displays_it() {
     let expected = common::expected(&fixtures());
-    // Uncompressed, RLE, JPEG 2000 and HTJ2K lossless, JPEG-LS (near-lossless too: pure_jpegls and CharLS
-    // reconstruct the same samples): the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and
+    // Uncompressed, RLE, JPEG 2000 and HTJ2K lossless, JPEG-LS (near-lossless too: pure_jpegls and
+    // CharLS reconstruct the same samples): the same 8 bits. JPEG: jpeg-decoder (dicom-rs) and
     // libjpeg-turbo (Pillow) differ in IDCT and chroma upsampling by a few levels, as for the
     // plain JPEGs.
     for (name, max_allowed, mean_allowed) in [
@@ -67,10 +67,10 @@ fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() 
     }
     // A stream whose own header states another width than the file's (one byte of it set to
     // 0xff): refused from that header, before the decoder allocates and decodes it (a JPEG 2000
-    // of 600 million pixels took openjp2 4 s, a JPEG of 1.3 billion jpeg-decoder 6 s). A JPEG
-    // frame header's width (JPEG-LS's too) starts 7 bytes after its marker (after the length,
-    // precision and height); a JPEG 2000 SIZ segment's, Xsiz, 6 after (after Lsiz and Rsiz): its
-    // second byte set.
+    // of 600 million pixels took openjp2 4 s, a JPEG of 1.3 billion jpeg-decoder 6 s). The byte
+    // 7 after the header's marker: a JPEG frame header's width's first (after the length,
+    // precision and height; JPEG-LS's too), a JPEG 2000 SIZ segment's Xsiz's second (after Lsiz
+    // and Rsiz).
     for (name, header, at, expected) in [
         ("mr_j2k.dcm", [0xff, 0x51], 7, "its JPEG 2000 image states 16711720 x 36 pixels, its header 40 x 36"),
         ("mr_htj2k.dcm", [0xff, 0x51], 7, "its JPEG 2000 image states 16711720 x 36 pixels, its header 40 x 36"),
