@@ -12,7 +12,8 @@
 //!    its first window with its VOI LUT function (LINEAR, LINEAR_EXACT, SIGMOID; C.11.2.1.2,
 //!    C.11.2.1.3). With neither, a 16-bit image is min-max scaled (what the file leaves to the
 //!    viewer; the Cheng slices are scaled so too) and an 8-bit one stays as stored;
-//! 3. MONOCHROME1 (a radiograph stored white-is-low) inverted, gray replicated to RGB.
+//! 3. MONOCHROME1 (a radiograph stored white-is-low) or a Presentation LUT Shape of INVERSE
+//!    inverted (once, where both), gray replicated to RGB.
 //!
 //! Colour is 8-bit RGB as pydicom's `pixel_array` gives it: JPEG's YBR as the JPEG decoder
 //! converts it (dermoscopy), uncompressed or RLE YBR_FULL and YBR_FULL_422 (ultrasound,
@@ -199,7 +200,9 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     let pixels =
         object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG XL, colour JPEG-LS)")))?;
     let image = match pixels.photometric_interpretation() {
-        PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => gray_rgb8(&pixels).map_err(problem)?,
+        PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => {
+            gray_rgb8(&pixels, presentation_inverse(&object).map_err(problem)?).map_err(problem)?
+        }
         decoded if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {
             // JPEG and JPEG 2000 decoders convert to RGB and dicom-rs says so; its RLE decoder
             // relabels the samples RGB but leaves them in the file's colour space. RLE codes
@@ -392,6 +395,20 @@ fn stated_size(stream: &[u8]) -> Option<(&'static str, u32, u32)> {
     Some(("JPEG 2000", word(4).wrapping_sub(word(12)), word(8).wrapping_sub(word(16))))
 }
 
+/// Whether the file's Presentation LUT Shape (2050,0020) is INVERSE: the displayed output
+/// inverted (PS3.3 C.11.6.1), as some radiographs store white-is-low in MONOCHROME2. The DX IOD
+/// requires INVERSE of every MONOCHROME1 image: the same inversion, done once. A Presentation
+/// LUT table (a Sequence, rare outside presentation states) is not applied.
+fn presentation_inverse(object: &DefaultDicomObject) -> std::result::Result<bool, String> {
+    let Some(element) = object.element_opt(tags::PRESENTATION_LUT_SHAPE).ok().flatten() else { return Ok(false) };
+    let shape = element.to_str().map_err(|e| format!("the DICOM file's Presentation LUT Shape is not text ({e})"))?;
+    match shape.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_ascii_uppercase().as_str() {
+        "INVERSE" => Ok(true),
+        "IDENTITY" | "" => Ok(false),
+        other => Err(format!("the DICOM file's Presentation LUT Shape is {other}; the standard allows IDENTITY and INVERSE")),
+    }
+}
+
 /// The Photometric Interpretation the file states (dicom-rs reports the decoded one).
 fn stored_photometric(object: &DefaultDicomObject) -> std::result::Result<PhotometricInterpretation, String> {
     let element =
@@ -447,8 +464,9 @@ fn ybr_full_to_rgb(pixel: &mut [u8]) {
     }
 }
 
-/// A grayscale frame through the Modality and VOI LUTs to 8 bits, gray replicated.
-fn gray_rgb8(pixels: &DecodedPixelData<'_>) -> std::result::Result<RgbImage, String> {
+/// A grayscale frame through the Modality and VOI LUTs to 8 bits, gray replicated; inverted where
+/// it is MONOCHROME1 or `inverse` (its Presentation LUT Shape).
+fn gray_rgb8(pixels: &DecodedPixelData<'_>, inverse: bool) -> std::result::Result<RgbImage, String> {
     let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::Default).with_voi_lut(VoiLutOption::Identity);
     let modality: Vec<f64> = pixels.to_vec_frame_with_options(0, &options).map_err(|e| format!("cannot read the DICOM samples ({e})"))?;
     let table = pixels.voi_lut_sequence().map_err(|e| format!("cannot read the DICOM VOI LUT Sequence ({e})"))?.and_then(|t| t.first());
@@ -486,7 +504,7 @@ fn gray_rgb8(pixels: &DecodedPixelData<'_>) -> std::result::Result<RgbImage, Str
         let (low, high) = modality.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         modality.iter().map(|&v| if high > low { (v - low) / (high - low) } else { 0.0 }).collect()
     };
-    let invert = *pixels.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
+    let invert = inverse || *pixels.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
     let (width, height) = (pixels.columns(), pixels.rows());
     if unit.len() != width as usize * height as usize {
         return Err(format!("the DICOM file's {} samples do not fill its {width} x {height} image", unit.len()));

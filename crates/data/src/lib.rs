@@ -8,7 +8,7 @@
 //! - [`load_rgb8`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
 //!   [`load_image`] also says whether 16-bit samples came out faint (12-bit data).
 //!   DICOM files go through the standard's display pipeline (rescale, window or VOI LUT table,
-//!   MONOCHROME1 inverted); [`is_image_file`] tells the files it reads, DICOM without extension too.
+//!   MONOCHROME1 or INVERSE inverted); [`is_image_file`] tells the files it reads, DICOM without extension too.
 //! - Splits from the authors' CSVs, the reference procedure or over groups ([`split_task`],
 //!   [`faithful_split`], [`grouped_split`], [`authors_split`]), their [`leakage`], and the
 //!   manifest a split is written as ([`write_manifest`], [`read_manifest`]).

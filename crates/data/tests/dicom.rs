@@ -25,6 +25,8 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
         ("IM000001", 0, 0.0),
         ("mr_12bit_minmax.dcm", 0, 0.0),
         ("cr_monochrome1.dcm", 0, 0.0),
+        ("dx_inverse.dcm", 0, 0.0),
+        ("dx_monochrome1_inverse.dcm", 0, 0.0),
         ("sigmoid.dcm", 0, 0.0),
         ("voi_lut.dcm", 0, 0.0),
         ("rgb_implicit.dcm", 0, 0.0),
@@ -83,6 +85,12 @@ fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() 
         let error = decode_rgb8(&fixtures().join(name), &bytes).unwrap_err().to_string();
         assert!(error.contains(expected), "{name}: {error}");
     }
+    // A Presentation LUT Shape the standard does not define: refused, not guessed.
+    let mut bytes = std::fs::read(fixtures().join("dx_inverse.dcm")).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"INVERSE").unwrap();
+    bytes[at..at + 7].copy_from_slice(b"REVERSE");
+    let error = decode_rgb8(&fixtures().join("dx_inverse.dcm"), &bytes).unwrap_err().to_string();
+    assert!(error.contains("Presentation LUT Shape is REVERSE; the standard allows IDENTITY and INVERSE"), "{error}");
     // A JPEG-LS image whose samples use more bits than the file says it stores (Bits Stored
     // edited from 12 to 10): refused, not cut to the low bits.
     let dir = tempfile::tempdir().unwrap();
