@@ -11,23 +11,15 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
 
-use crate::predict::chosen_card;
+use crate::predict::FineTunedModel;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// rank's --out folder, where `--finetune-top` wrote a card per fine-tuned backbone (models/).
-    #[arg(long)]
-    pub ranking: PathBuf,
-    /// The fine-tuned backbone to export; by default the one `predict` applies (the best
-    /// validation balanced accuracy).
-    #[arg(long)]
-    pub backbone: Option<String>,
+    #[command(flatten)]
+    pub model: FineTunedModel,
     /// The safetensors file to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// The model registry (the one rank read, as its card records, by default).
-    #[arg(long, value_name = "DIR")]
-    pub models: Option<PathBuf>,
 }
 
 /// What `export` wrote.
@@ -46,9 +38,9 @@ pub const CLASSES_KEY: &str = "medxfer.classes";
 pub const PREPROCESSING_KEY: &str = "medxfer.preprocessing";
 
 pub fn run(args: &ExportArgs) -> Result<Exported> {
-    let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
+    let card = args.model.card()?;
     // Loaded into its architecture first: what is written is what the model holds, checked.
-    let (entry, model) = card.load(&args.ranking, args.models.as_deref(), &Device::Cpu)?;
+    let (entry, model) = args.model.load(&card, &Device::Cpu)?;
     let mut tensors = medxfer_train::model_tensors(&model)?;
     add_batch_counters(&mut tensors)?;
     let metadata = HashMap::from([

@@ -20,15 +20,37 @@ use images::{cached_images, image_paths, prune_prediction_caches, unreadable_fil
 
 mod images;
 
+/// Which fine-tuned model `predict` and `export` take: rank's output and a backbone of it.
 #[derive(Debug, Args)]
-pub struct PredictArgs {
+pub struct FineTunedModel {
     /// rank's --out folder, where `--finetune-top` wrote a card per fine-tuned backbone (models/).
     #[arg(long)]
     pub ranking: PathBuf,
-    /// The fine-tuned backbone to apply; by default the one with the best validation balanced
-    /// accuracy (chosen on val, its test accuracy stays an estimate the choice did not see).
+    /// The fine-tuned backbone; by default the one with the best validation balanced accuracy
+    /// (chosen on val, its test accuracy stays an estimate the choice did not see).
     #[arg(long)]
     pub backbone: Option<String>,
+    /// The model registry (the one rank read, as its card records, by default).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+}
+
+impl FineTunedModel {
+    /// The chosen backbone's card.
+    pub fn card(&self) -> Result<ModelCard> {
+        chosen_card(&self.ranking, self.backbone.as_deref())
+    }
+
+    /// `card`'s model with its fine-tuned weights, on `device`, and its registry entry.
+    pub fn load(&self, card: &ModelCard, device: &candle_core::Device) -> Result<(medxfer_zoo::ModelEntry, medxfer_zoo::Backbone)> {
+        card.load(&self.ranking, self.models.as_deref(), device)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: FineTunedModel,
     /// The images (JPEG, PNG, TIFF, BMP, DICOM): one image, a folder (every image under it, at any
     /// depth) or a CSV file with a `path` column (rank's finetune_split.csv, a study's split
     /// manifest) or the columns --csv-columns names.
@@ -83,9 +105,6 @@ pub struct PredictArgs {
     /// The GPU's arithmetic (f32 everywhere by default).
     #[command(flatten)]
     pub gpu: crate::gpu_arithmetic::GpuArithmetic,
-    /// The model registry (the one rank read, as its card records, by default).
-    #[arg(long, value_name = "DIR")]
-    pub models: Option<PathBuf>,
 }
 
 /// What `predict` wrote.
@@ -118,9 +137,10 @@ pub struct Predicted {
 pub fn run(args: &PredictArgs) -> Result<Predicted> {
     medxfer_train::check_device_name(&args.device)?;
     args.gpu.apply(&args.device)?;
-    let card = chosen_card(&args.ranking, args.backbone.as_deref())?;
-    let checkpoint = card.checkpoint_in(&args.ranking)?;
-    let temperature = if args.calibrated { card_temperature(&card, &args.ranking)? } else { 1.0 };
+    let ranking = &args.model.ranking;
+    let card = args.model.card()?;
+    let checkpoint = card.checkpoint_in(ranking)?;
+    let temperature = if args.calibrated { card_temperature(&card, ranking)? } else { 1.0 };
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     // The label column's classes, checked before any image is read.
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
@@ -161,7 +181,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         None => None,
     };
     let device = medxfer_train::parse_device(&args.device)?;
-    let (_, model) = card.load(&args.ranking, args.models.as_deref(), &device)?;
+    let (_, model) = args.model.load(&card, &device)?;
     eprintln!(
         "{}: {} fine-tuned ({}), {} classes; {} images from {}",
         checkpoint.display(),
@@ -175,8 +195,8 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         images.paths.len(),
         args.images.display()
     );
-    let file = args.out.clone().unwrap_or_else(|| args.ranking.join("predictions.csv"));
-    let cache_dir = args.ranking.join("cache");
+    let file = args.out.clone().unwrap_or_else(|| ranking.join("predictions.csv"));
+    let cache_dir = ranking.join("cache");
     let listing = unreadable_file(&file);
     let (split, readable) = cached_images(&cache_dir, &mut images, card.resize, args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
