@@ -3,9 +3,10 @@
 //! (the page cache keeps it in memory, as a memory map would; the workspace forbids `unsafe`,
 //! which mapping needs) and never decode a JPEG again.
 //!
-//! The cache is keyed by the dataset name, the resize and a checksum of the files it covers
-//! (paths, sizes and modification times), so a changed dataset or split builds a new one, even
-//! when an image is rewritten at the same size (an uncompressed TIFF or BMP). Both files are written
+//! The cache is keyed by the dataset name, the resize, the decoder's revision and a checksum of
+//! the files it covers (paths, sizes and modification times), so a changed dataset or split, or a
+//! decoder that makes other pixels of some file, builds a new one, even when an image is
+//! rewritten at the same size (an uncompressed TIFF or BMP). Both files are written
 //! through medxfer-durable (a temporary file of this process, renamed when complete), the index
 //! last: a killed build leaves no half cache behind, and shards building the same cache at once
 //! each write their own.
@@ -19,7 +20,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{FAINT_16BIT_BELOW, load_image};
+use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, load_image};
 use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::transform::resize_shorter;
@@ -85,7 +86,7 @@ impl ImageCache {
             });
         }
         let checksum = files_stamp(root, entries)?;
-        let key = format!("{dataset}-s{short_side}-{}", &checksum[..16]);
+        let key = format!("{dataset}-s{short_side}-d{DECODE_REVISION}-{}", &checksum[..16]);
         let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));
         if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {
             return Ok(cache);

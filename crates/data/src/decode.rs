@@ -25,6 +25,13 @@ use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
 
+/// The revision of what decoding makes of a file. Raise it with any change that gives some file
+/// other pixels (a DICOM display step, a colour conversion, a codec): image caches are keyed by it,
+/// so those an earlier decoder made are rebuilt, not read (a radiograph cached as a negative before
+/// its Presentation LUT Shape was read would stay one), and rank's features, keyed by the caches,
+/// are extracted again. 2: DICOM's Presentation LUT Shape, RLE labelled YBR_FULL_422, JPEG-LS.
+pub const DECODE_REVISION: u32 = 2;
+
 /// Below this, every 16-bit sample of an image keeps a high byte of at most 15 (12-bit data).
 pub const FAINT_16BIT_BELOW: u16 = 1 << 12;
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use medxfer_data::{
-    Augment, Catalog, Entry, ImageCache, LoaderConfig, batches, epoch_order, load_rgb8, ood_entries, scan_dataset, synth,
+    Augment, Catalog, DECODE_REVISION, Entry, ImageCache, LoaderConfig, batches, epoch_order, load_rgb8, ood_entries, scan_dataset, synth,
     transform::{self, Normalization, TrainTransform},
 };
 
@@ -25,6 +25,9 @@ fn the_cache_holds_each_image_decoded_and_resized_and_is_reused() {
     let (root, cache_dir) = (dir.path().join("data"), dir.path().join("cache"));
     let cache = ImageCache::open_or_build(&cache_dir, "pad-ufes-20", &root, &entries, 16, false).unwrap();
     assert_eq!(cache.len(), entries.len());
+    // Keyed by the decoder's revision too: a cache an earlier decoder made (other pixels for some
+    // file) has another name and is not read.
+    assert!(cache.key().starts_with(&format!("pad-ufes-20-s16-d{DECODE_REVISION}-")), "{}", cache.key());
     for (i, entry) in entries.iter().enumerate() {
         let expected = transform::resize_shorter(&load_rgb8(&root.join(&entry.path)).unwrap(), 16).unwrap();
         assert_eq!(cache.read(i).unwrap(), expected, "{}", entry.path);
