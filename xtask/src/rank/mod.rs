@@ -11,30 +11,29 @@ mod figure;
 pub mod images;
 mod reliability_figure;
 mod saliency_figure;
+mod scoring;
+mod shortlist;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use calibration::AUROC_RESAMPLES;
 use clap::Args;
 use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split, grouped_split};
 use medxfer_scores::{Direction, Metric};
-use medxfer_train::{
-    EpochBar, ExtractSettings, RunData, RunSettings, SearchSettings, Shard, SplitData, TrainingOptions, load_pretrained_in, search,
-    start_fine_tuning,
-};
+use medxfer_train::{SplitData, TrainingOptions};
 use medxfer_zoo::{HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::features::{ExtractDtype, FeatureScores, extract_features, score_file};
+use crate::features::ExtractDtype;
 use crate::report::table::{TABLE2_COLUMNS, Table2Row, paper_tau_b};
 use crate::results::Setting;
-use crate::weights::{Weights, folder_name};
+use crate::weights::Weights;
 pub use images::ImagesReading;
 use images::LabelledImages;
+use scoring::{ScoredCandidates, ScoringInputs, score_candidates};
+use shortlist::Shortlist;
 
 #[derive(Debug, Clone, Args)]
 pub struct RankArgs {
@@ -150,28 +149,6 @@ impl Consensus {
     }
 }
 
-/// One candidate's cached extraction and scores (OUT/features/<key>/<backbone>.json).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Scored {
-    feature_dim: usize,
-    extraction_seconds: f64,
-    scores: BTreeMap<String, f64>,
-    errors: BTreeMap<String, String>,
-    /// What of the candidate's entry shaped its features ([`entry_shaping`]); absent in a cache
-    /// written before it was recorded, which is trusted as it was.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    shaping: Option<String>,
-}
-
-/// What of a registry entry shapes its features beyond its weights, the images and the sizes
-/// (which key the cache already): its normalisation and its architecture, the embedding recipe
-/// included. An entry edited since (a corrected std, `embedding = "class_token"`) reused the
-/// features cached before, unsaid (read off the code: the key was the name and the weights).
-fn entry_shaping(entry: &ModelEntry) -> Result<String> {
-    let normalization = normalization(entry);
-    Ok(format!("mean {:?} std {:?} {}", normalization.mean, normalization.std, serde_json::to_string(&entry.architecture)?))
-}
-
 /// One row of the ranking.
 #[derive(Debug, Clone, Serialize)]
 pub struct RankRow {
@@ -254,10 +231,6 @@ pub fn rank(candidates: &[(String, usize, f64, BTreeMap<String, f64>)], consensu
     rows
 }
 
-fn lacks_a_score(values: &BTreeMap<String, f64>, errors: &BTreeMap<String, String>) -> bool {
-    crate::features::lacks_a_score(&FeatureScores { values: values.clone(), errors: errors.clone(), ..FeatureScores::default() })
-}
-
 /// The backbone's own normalisation (ImageNet's std 0.229, not the reference's typo: ranking is
 /// not the reproduction).
 fn normalization(entry: &ModelEntry) -> Normalization {
@@ -271,21 +244,7 @@ fn tuning_options(args: &RankArgs) -> TrainingOptions {
 
 /// `cargo xtask rank`.
 pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
-    medxfer_data::transform::check_sizes(args.resize, args.crop)?;
-    // Every option is checked before the extraction, which takes minutes to hours.
-    let consensus = Consensus::parse(&args.consensus)?;
-    medxfer_train::check_device_name(&args.device)?;
-    args.dtype.check_device(&args.device)?;
-    if args.bootstrap == Some(0) {
-        bail!("--bootstrap 0: give the number of image resamples (100 or more), or leave it out");
-    }
-    if let Some(top) = args.finetune_top {
-        if top == 0 {
-            bail!("--finetune-top 0: give how many of the top-ranked backbones to fine-tune (at least 1), or leave it out");
-        }
-        tuning_options(args).check()?;
-        medxfer_train::check_trials(args.trials)?;
-    }
+    let consensus = check_options(args)?;
     let results = trusted_results(args.results.as_deref())?;
     // The ranking's features/, cache/ and runs/ would sit among the study's own.
     if let Some(results) = results.filter(|results| medxfer_durable::is_same_file(results, &args.out)) {
@@ -313,284 +272,51 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     args.gpu.apply(&args.device)?;
     let device = medxfer_train::parse_device(&args.device)?;
-    // With fine-tuning, a stratified split whose train part alone is scored.
-    let entries: Vec<Entry> = match args.finetune_top {
-        Some(_) => {
-            // With a group column, each group (a patient, a lesion) in one part: its images in
-            // train and test would measure how well a backbone recognises the patient.
-            let rule = FaithfulSplit::Stratified { val: 0.1, test: 0.2 };
-            let entries = if images.grouped_by.is_some() {
-                grouped_split(&images.records, &rule, args.seed)?
-            } else {
-                faithful_split(&images.records, &rule, args.seed)?
-            };
-            check_every_part_has_every_class(&entries, &images)?;
-            entries
-        }
-        None => images
-            .records
-            .iter()
-            .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Train })
-            .collect(),
-    };
+    let entries = split(args, &images)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
-    if let Some(grouped_by) = &images.grouped_by {
-        let groups = images.records.iter().map(|r| r.group.as_str()).collect::<std::collections::HashSet<_>>().len();
-        let ungrouped = match images.ungrouped {
-            0 => String::new(),
-            n => format!(" ({n} of them images without one, each a group of its own)"),
-        };
-        eprintln!(
-            "{}: {groups} groups by {grouped_by}{ungrouped}: each stays in one part of --finetune-top's split, and --bootstrap draws groups, not images",
-            args.images.display()
-        );
-    }
+    describe_images(args, &images);
     if args.finetune_top.is_some() {
         write_split(&args.out.join(SPLIT_CSV), &entries, &images.classes)?;
     }
 
-    let part = |p: Part| entries.iter().filter(|e| e.split == p).cloned().collect::<Vec<_>>();
-    let cache_dir = args.out.join("cache");
-    let split_data = |part_entries: &[Entry], name: &str| -> Result<SplitData> {
-        Ok(SplitData::cached(&cache_dir, name, &images.root, part_entries, args.resize, true)?)
-    };
-    let train_entries = part(Part::Train);
-    let train = split_data(&train_entries, "train")?;
+    let train_entries = part_of(&entries, Part::Train);
+    let train = decoded_part(args, &images, &train_entries, "train")?;
     // An earlier image set's parts, decoded into the same OUT, are not read again.
-    images::prune_caches(&cache_dir, "train", train.cache.key());
+    images::prune_caches(&args.out.join("cache"), "train", train.cache.key());
     let checksum = labelled_checksum(&[&train], &train_entries);
     let features_dir = args.out.join("features").join(format!("{}-r{}-c{}", &checksum[..16], args.resize, args.crop));
     std::fs::create_dir_all(&features_dir)?;
-
-    let mut scored = Vec::new();
-    // Each candidate's feature file, for --bootstrap.
-    let mut scored_files: Vec<(String, PathBuf)> = Vec::new();
-    // Candidates whose weights could not be had or whose extraction failed (a gated repo whose
-    // terms were not accepted, no network): the others are still ranked, and the command fails
-    // at the end, naming them.
-    let mut not_ranked: Vec<(String, String)> = Vec::new();
-    // Each candidate's failed scores and why, for the note on the scores the table lacks.
-    let mut failed: Vec<(String, BTreeMap<String, String>)> = Vec::new();
-    // Candidates of the same weights, architecture and normalisation (a registry name and the hub
-    // id it loads, one file under two names) give the same features: they would tie under every
-    // score, and --finetune-top would tune the one model twice. Each later one is left out, said.
-    let mut models_seen: Vec<(String, String, String)> = Vec::new();
-    let mut same_models: Vec<(String, String)> = Vec::new();
-    for entry in &candidates {
-        if let (Ok(identity), Ok(shaping)) = (weights.identity(entry), entry_shaping(entry)) {
-            if let Some((_, _, first)) = models_seen.iter().find(|(checksum, seen, _)| *checksum == identity.checksum && *seen == shaping) {
-                eprintln!(
-                    "{}: the same weights, architecture and normalisation as {first}: left out, it would tie with it everywhere",
-                    entry.name
-                );
-                same_models.push((entry.name.clone(), first.clone()));
-                continue;
-            }
-            models_seen.push((identity.checksum, shaping, entry.name.clone()));
-        }
-        let candidate = || -> Result<(Scored, PathBuf)> {
-            // Keyed by the weights' content: two checkpoints of one architecture, or weights swapped
-            // under a name, never share a cached result.
-            let identity = weights.identity(entry)?;
-            let key = format!("{}-{}{}", folder_name(&entry.name), identity.short(), args.dtype.key_suffix());
-            let summary = features_dir.join(format!("{key}.json"));
-            let features_file = features_dir.join(format!("{key}.safetensors"));
-            let shaping = entry_shaping(entry)?;
-            let cached = std::fs::read(&summary).ok().and_then(|b| serde_json::from_slice::<Scored>(&b).ok());
-            let cached = match cached {
-                Some(old) if old.shaping.as_ref().is_some_and(|recorded| *recorded != shaping) => {
-                    eprintln!(
-                        "{}: its entry's normalisation or architecture changed since its features were cached: extracting again",
-                        entry.name
-                    );
-                    None
-                }
-                other => other,
-            };
-            // A cached result from before the newer scores is rescored from its kept features.
-            let cached = match cached {
-                Some(old) if lacks_a_score(&old.scores, &old.errors) && features_file.exists() => {
-                    let scores = score_file(&features_file)?;
-                    let result = Scored { scores: scores.values, errors: scores.errors, ..old };
-                    medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
-                    Some(result)
-                }
-                other => other,
-            };
-            let result = match cached {
-                Some(cached) => cached,
-                None => {
-                    let start = Instant::now();
-                    let file = weights.file(entry)?;
-                    let model = load_pretrained_in(entry, &file, &device, args.dtype.dtype())
-                        .with_context(|| format!("loading {}", file.display()))?;
-                    let path = features_dir.join(format!("{key}.safetensors"));
-                    let settings = ExtractSettings { normalization: normalization(entry), crop: args.crop, batch_size: 32 };
-                    extract_features(&model, &train, &train_entries, &settings, &path, &entry.name)?;
-                    let extraction_seconds = start.elapsed().as_secs_f64();
-                    let scores = score_file(&path)?;
-                    let result = Scored {
-                        feature_dim: entry.feature_dim,
-                        extraction_seconds,
-                        scores: scores.values,
-                        errors: scores.errors,
-                        shaping: Some(shaping),
-                    };
-                    medxfer_durable::write_atomic(&summary, &serde_json::to_vec_pretty(&result)?)?;
-                    result
-                }
-            };
-            Ok((result, features_file))
-        };
-        let (result, features_file) = match candidate() {
-            Ok(scored) => scored,
-            Err(error) => {
-                eprintln!("warning: {}: not ranked: {error:#}", entry.name);
-                not_ranked.push((entry.name.clone(), format!("{error:#}")));
-                continue;
-            }
-        };
-        scored_files.push((entry.name.clone(), features_file));
-        if !result.errors.is_empty() {
-            eprintln!("warning: {}: some scores failed: {:?}", entry.name, result.errors);
-            failed.push((entry.name.clone(), result.errors.clone()));
-        }
-        eprintln!("{}: scored ({} features, extraction {:.1} s)", entry.name, result.feature_dim, result.extraction_seconds);
-        scored.push((entry.name.clone(), result.feature_dim, result.extraction_seconds, result.scores));
-    }
+    let inputs = ScoringInputs {
+        weights: &weights,
+        train: &train,
+        train_entries: &train_entries,
+        features_dir: &features_dir,
+        dtype: args.dtype,
+        crop: args.crop,
+        device: &device,
+    };
+    let ScoredCandidates { scored, files, not_ranked, failed, same_models } = score_candidates(&candidates, &inputs);
     if scored.is_empty() {
         bail!("no candidate could be ranked:\n{}", not_ranked_list(&not_ranked));
     }
     let mut rows = rank(&scored, &consensus);
     check_consensus_ranks(&rows, &failed, &consensus)?;
 
-    let mut tuning = String::new();
-    if let Some(k) = args.finetune_top {
-        let k = k.min(rows.len());
-        let data = RunData {
-            train: train.clone(),
-            val: split_data(&part(Part::Val), "val")?,
-            test: Some(split_data(&part(Part::Test), "test")?),
-            ood: None,
-            classes: images.classes.len(),
-        };
-        images::prune_caches(&cache_dir, "val", data.val.cache.key());
-        images::prune_caches(&cache_dir, "test", data.test.as_ref().map_or("", |test| test.cache.key()));
-        let start = Instant::now();
-        card::ModelCard::remove_all(&args.out)?;
-        let test_entries = part(Part::Test);
-        let test_groups: Vec<String> = test_entries.iter().map(|e| e.group.clone()).collect();
-        // The few test images every tuned backbone's saliency is drawn on, decoded apart.
-        let test_labels: Vec<u32> = test_entries.iter().map(|e| e.label).collect();
-        let chosen = saliency_figure::chosen_images(&test_labels, saliency_figure::SALIENCY_IMAGES);
-        let chosen_entries: Vec<Entry> = chosen.iter().map(|&i| test_entries[i].clone()).collect();
-        let saliency_images = SplitData::cached(&cache_dir, "saliency", &images.root, &chosen_entries, args.resize, false)?;
-        images::prune_caches(&cache_dir, "saliency", saliency_images.cache.key());
-        let mut saliency_rows = Vec::new();
-        // Each tuned backbone's kept model on the test part, for the per-class and calibration
-        // tables.
-        let mut tested: Vec<(String, medxfer_train::Evaluation, AurocCell)> = Vec::new();
-        let mut calibrated = Vec::new();
-        for row in rows.iter_mut().take(k) {
-            let entry = candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
-            let file = weights.file(entry)?;
-            let make = || start_fine_tuning(entry, &file, images.classes.len(), args.seed, &device);
-            let base = RunSettings::from_options(&tuning_options(args), normalization(entry));
-            let settings = SearchSettings { model: &entry.name, base, trials: args.trials, shard: Shard::ALL };
-            // Keyed by everything that shapes a run but the number of trials (a longer search
-            // continues a shorter one): the images, the weights, the transforms, the budget.
-            let shaping = format!(
-                "{} resize {} crop {} epochs {} batch {} seed {}",
-                labelled_checksum(&[&data.train, &data.val, data.test.as_ref().context("the tuning split has a test part")?], &entries),
-                args.resize,
-                args.crop,
-                args.epochs,
-                args.batch,
-                args.seed
-            );
-            let run_key = &blake3::hash(shaping.as_bytes()).to_hex()[..12];
-            let dir = args.out.join("runs").join(format!("{}-{}-{run_key}", folder_name(&entry.name), weights.identity(entry)?.short()));
-            let mut bar = EpochBar::new(args.epochs);
-            let summary = search(&make, &data, &settings, &dir, &mut bar);
-            bar.finish();
-            let summary = summary?;
-            row.test_balanced_accuracy = summary.best.as_ref().and_then(|b| b.outcome.test.as_ref().map(|t| t.balanced_accuracy));
-            if let Some(best) = &summary.best {
-                let checkpoint = medxfer_train::trial_dir(&dir, best.index).join(medxfer_train::BEST_FILE);
-                let normalization = normalization(entry);
-                let mut rng = crate::report::uncertainty::cell_rng(
-                    crate::report::uncertainty::BootstrapSettings { resamples: AUROC_RESAMPLES, seed: args.seed },
-                    &format!("test-auroc/{}", entry.name),
-                );
-                // An aid to reading the probabilities, not the ranking: a kept model that cannot be
-                // read (deleted to save space) leaves the card without a temperature, saying why.
-                let model = medxfer_train::load_fine_tuned(entry, &checkpoint, Some(data.classes), &device);
-                let calibration = match &model {
-                    Ok(model) => calibration::measure(&entry.name, model, &data, &test_groups, &base, &mut rng),
-                    Err(error) => Err(anyhow::anyhow!("{error}")),
-                };
-                if let Err(error) = &calibration {
-                    eprintln!("warning: {}: no calibration: {error:#}", entry.name);
-                }
-                match model
-                    .map_err(anyhow::Error::from)
-                    .and_then(|model| saliency_figure::row(&entry.name, &model, &saliency_images, &base))
-                {
-                    Ok(row) => saliency_rows.push(row),
-                    Err(error) => eprintln!("warning: {}: no saliency maps: {error:#}", entry.name),
-                }
-                if let Some(test) = best.outcome.test.clone() {
-                    tested.push((entry.name.clone(), test, calibration.as_ref().ok().and_then(|c| c.auroc)));
-                }
-                card::ModelCard {
-                    backbone: entry.name.clone(),
-                    models: args.models.as_deref().map(std::path::absolute).transpose()?,
-                    checkpoint: checkpoint.strip_prefix(&args.out).unwrap_or(&checkpoint).to_path_buf(),
-                    classes: images.classes.clone(),
-                    resize: args.resize,
-                    crop: args.crop,
-                    mean: normalization.mean,
-                    std: normalization.std,
-                    val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
-                    test_balanced_accuracy: row.test_balanced_accuracy,
-                    temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),
-                    uncalibrated_because: match &calibration {
-                        Ok(c) => c.temperature.as_ref().err().map(ToString::to_string),
-                        Err(error) => Some(format!("its kept model could not be read: {error:#}")),
-                    },
-                }
-                .write(&args.out)?;
-                calibrated.extend(calibration.ok());
-            }
+    let tuning = match args.finetune_top {
+        Some(k) => {
+            let shortlist = Shortlist {
+                args,
+                candidates: &candidates,
+                weights: &weights,
+                images: &images,
+                entries: &entries,
+                train: &train,
+                device: &device,
+            };
+            shortlist.tune(&mut rows, k)?
         }
-        let all = rows.len() * args.trials * args.epochs;
-        let tuned = k * args.trials * args.epochs;
-        let _ = writeln!(
-            tuning,
-            "Fine-tuned the top {k} of {} candidates ({} Halton points x {} epochs each, {:.0} s): {tuned} of {all} epochs, {:.0}% of tuning them all saved.",
-            rows.len(),
-            args.trials,
-            args.epochs,
-            start.elapsed().as_secs_f64(),
-            100.0 * (all - tuned) as f64 / all.max(1) as f64
-        );
-        let shares = group_shares(&test_entries, images.classes.len());
-        tuning.push_str(&per_class_recall(&tested, &images.classes, &shares, args.seed));
-        tuning.push_str(&calibration::render(&calibrated, data.val.labels.len(), data.test.as_ref().map_or(0, |t| t.labels.len())));
-        reliability_figure::write(&args.out.join("ranking_calibration"), &calibrated)?;
-        let chosen_labels: Vec<u32> = chosen_entries.iter().map(|e| e.label).collect();
-        saliency_figure::write(&args.out.join("ranking_saliency.png"), &saliency_rows, &chosen_labels, &images.classes)?;
-        tuning.push_str(&saliency_figure::render(&saliency_rows));
-        let _ = writeln!(
-            tuning,
-            "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best validation balanced accuracy to new images (chosen on val, so its test accuracy stays an estimate the choice did not see).",
-            args.out.join(card::CARDS_DIR).display(),
-            args.out.display()
-        );
-        // A paragraph of its own: the trust statement follows.
-        tuning.push('\n');
-    }
+        None => String::new(),
+    };
 
     let mut table = render(&rows, &consensus);
     table.push_str(&left_out_scores(&rows, &failed, &consensus));
@@ -598,7 +324,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     table.push_str(&own_preprocessing_note(&candidates, args.resize, args.crop));
     if let Some(resamples) = args.bootstrap {
         let groups: Vec<String> = train_entries.iter().map(|e| e.group.clone()).collect();
-        let firsts = bootstrap::first_places(&scored_files, &groups, resamples, args.seed, &consensus)?;
+        let firsts = bootstrap::first_places(&files, &groups, resamples, args.seed, &consensus)?;
         table.push('\n');
         table.push_str(&bootstrap::render(&firsts, resamples));
     }
@@ -633,6 +359,73 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         );
     }
     Ok(rows)
+}
+
+/// Every option checked before the extraction, which takes minutes to hours; the consensus.
+fn check_options(args: &RankArgs) -> Result<Consensus> {
+    medxfer_data::transform::check_sizes(args.resize, args.crop)?;
+    let consensus = Consensus::parse(&args.consensus)?;
+    medxfer_train::check_device_name(&args.device)?;
+    args.dtype.check_device(&args.device)?;
+    if args.bootstrap == Some(0) {
+        bail!("--bootstrap 0: give the number of image resamples (100 or more), or leave it out");
+    }
+    if let Some(top) = args.finetune_top {
+        if top == 0 {
+            bail!("--finetune-top 0: give how many of the top-ranked backbones to fine-tune (at least 1), or leave it out");
+        }
+        tuning_options(args).check()?;
+        medxfer_train::check_trials(args.trials)?;
+    }
+    Ok(consensus)
+}
+
+/// Every image with its part: with fine-tuning, a stratified 70/10/20 split whose train part
+/// alone is scored; without, every image in train.
+fn split(args: &RankArgs, images: &LabelledImages) -> Result<Vec<Entry>> {
+    if args.finetune_top.is_none() {
+        return Ok(images
+            .records
+            .iter()
+            .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Train })
+            .collect());
+    }
+    // With a group column, each group (a patient, a lesion) in one part: its images in train
+    // and test would measure how well a backbone recognises the patient.
+    let rule = FaithfulSplit::Stratified { val: 0.1, test: 0.2 };
+    let entries = if images.grouped_by.is_some() {
+        grouped_split(&images.records, &rule, args.seed)?
+    } else {
+        faithful_split(&images.records, &rule, args.seed)?
+    };
+    check_every_part_has_every_class(&entries, images)?;
+    Ok(entries)
+}
+
+/// The images and their classes (and groups) on stderr, before the long work.
+fn describe_images(args: &RankArgs, images: &LabelledImages) {
+    eprintln!("{}: {} images, {:?}", args.images.display(), images.records.len(), images.counts());
+    if let Some(grouped_by) = &images.grouped_by {
+        let groups = images.records.iter().map(|r| r.group.as_str()).collect::<std::collections::HashSet<_>>().len();
+        let ungrouped = match images.ungrouped {
+            0 => String::new(),
+            n => format!(" ({n} of them images without one, each a group of its own)"),
+        };
+        eprintln!(
+            "{}: {groups} groups by {grouped_by}{ungrouped}: each stays in one part of --finetune-top's split, and --bootstrap draws groups, not images",
+            args.images.display()
+        );
+    }
+}
+
+/// `entries`' images of `part`.
+fn part_of(entries: &[Entry], part: Part) -> Vec<Entry> {
+    entries.iter().filter(|e| e.split == part).cloned().collect()
+}
+
+/// `entries`' images decoded into OUT/cache/ as the part `name` (read back where decoded before).
+fn decoded_part(args: &RankArgs, images: &LabelledImages, entries: &[Entry], name: &str) -> Result<SplitData> {
+    Ok(SplitData::cached(&args.out.join("cache"), name, &images.root, entries, args.resize, true)?)
 }
 
 /// The candidates that were not ranked, a markdown bullet each with its error.
@@ -688,99 +481,6 @@ fn faint_images_note(faint: &[String], scored: usize) -> String {
         faint.len(),
         medxfer_data::FAINT_16BIT_BELOW
     )
-}
-
-/// Draws from each balanced accuracy's posterior behind its interval.
-const POSTERIOR_DRAWS: usize = 10_000;
-
-/// A backbone's test AUROC and its interval, where they could be had.
-type AurocCell = Option<(f64, Option<(f64, f64)>)>;
-
-/// The fine-tuned backbones' recall of each class on the test part (a diagnosis's sensitivity):
-/// a balanced accuracy can hide a class the model never finds; the balanced accuracy's 95%
-/// interval (a few dozen test images leave it wide); and the AUROC with its interval. Empty
-/// without any.
-fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], classes: &[String], shares: &[f64], seed: u64) -> String {
-    if tested.is_empty() {
-        return String::new();
-    }
-    let mut text = format!(
-        "\nRecall of each class on the test part (the share of its images the fine-tuned model finds), and the balanced accuracy with its 95% interval \
-         (the balanced accuracy's posterior, Brodersen et al. 2010, each class's recall Beta(found + 1/2, missed + 1/2), {POSTERIOR_DRAWS} draws; \
-         where the images come in groups, found and missed weighed by the class's groups per image, as if a group's images agreed, so that \
-         several images of one patient do not narrow it as independent ones would), and the AUROC (each class's area \
-         under the ROC curve against the others from the model's probabilities, averaged over the classes: the chance that an image of a \
-         class gets a higher probability of it than an image of another, whatever threshold is later chosen; its 95% interval from \
-         {AUROC_RESAMPLES} resamples of the test part within each class, a group (a patient, a lesion) at a time with all its images \
-         where the images come in groups):\n\n\
-         | backbone | {} | balanced accuracy | 95% interval | AUROC | 95% interval |\n|---|{}---:|---|---:|---|\n",
-        classes.join(" | "),
-        "---:|".repeat(classes.len())
-    );
-    for (backbone, evaluation, auroc) in tested {
-        let recalls: Vec<String> = (0..classes.len())
-            .map(|class| evaluation.recall.get(class).copied().flatten().map_or_else(|| "–".to_string(), |r| format!("{r:.2}")))
-            .collect();
-        let mut rng = crate::report::uncertainty::cell_rng(
-            crate::report::uncertainty::BootstrapSettings { resamples: POSTERIOR_DRAWS, seed },
-            &format!("test/{backbone}"),
-        );
-        let interval = balanced_accuracy_interval(&evaluation.confusion, shares, POSTERIOR_DRAWS, &mut rng)
-            .map_or_else(|| "–".to_string(), |(low, high)| format!("[{low:.3}, {high:.3}]"));
-        let auroc = match auroc {
-            Some((auroc, Some((low, high)))) => format!("{auroc:.3} | [{low:.3}, {high:.3}]"),
-            Some((auroc, None)) => format!("{auroc:.3} | –"),
-            None => "– | –".to_string(),
-        };
-        let _ = writeln!(text, "| {backbone} | {} | {:.3} | {interval} | {auroc} |", recalls.join(" | "), evaluation.balanced_accuracy);
-    }
-    text.push('\n');
-    text
-}
-
-/// The central 95% of the balanced accuracy's posterior (Brodersen, Ong, Stephan and Buhmann
-/// 2010, "The balanced accuracy and its posterior distribution"): class c's recall is
-/// Beta(found_c + 1/2, missed_c + 1/2) given the confusion matrix (confusion[true][predicted]),
-/// and the balanced accuracy is their mean over the classes present, sampled `draws` times.
-/// The prior is Jeffreys' Beta(1/2, 1/2), whose interval for a proportion Brown, Cai and DasGupta
-/// (2001) recommend for its coverage; Brodersen's uniform prior pulls a test part of a few images
-/// a class far toward 0.5 (6 of 6 found: a mean of 0.875). Resampling the images instead gives a
-/// class found every time no spread at all. Class c's counts are weighed by `shares[c]`, its
-/// groups per image (`group_shares`): a patient's images are not independent draws, and counting
-/// each group once (Kish's design effect at its largest, every image of a group alike) keeps
-/// several images per patient from narrowing the interval. None without a class present.
-fn balanced_accuracy_interval(confusion: &[Vec<usize>], shares: &[f64], draws: usize, rng: &mut impl rand::Rng) -> Option<(f64, f64)> {
-    use rand_distr::{Beta, Distribution};
-    let recalls: Vec<Beta<f64>> = confusion
-        .iter()
-        .enumerate()
-        .filter_map(|(class, row)| {
-            let total: usize = row.iter().sum();
-            let found = row.get(class).copied().unwrap_or(0);
-            let share = shares.get(class).copied().unwrap_or(1.0);
-            (total > 0).then(|| Beta::new(found as f64 * share + 0.5, (total - found) as f64 * share + 0.5).ok()).flatten()
-        })
-        .collect();
-    if recalls.is_empty() {
-        return None;
-    }
-    let mut values: Vec<f64> =
-        (0..draws).map(|_| recalls.iter().map(|recall| recall.sample(rng)).sum::<f64>() / recalls.len() as f64).collect();
-    values.sort_by(f64::total_cmp);
-    let quantile = crate::report::uncertainty::quantile;
-    Some((quantile(&values, 0.025), quantile(&values, 0.975)))
-}
-
-/// Each class's distinct groups per image among `entries` (1 where every image is its own group,
-/// as without groups; 1 for a class without images).
-fn group_shares(entries: &[Entry], classes: usize) -> Vec<f64> {
-    (0..classes as u32)
-        .map(|class| {
-            let images: Vec<&str> = entries.iter().filter(|e| e.label == class).map(|e| e.group.as_str()).collect();
-            let groups = images.iter().collect::<std::collections::BTreeSet<_>>().len();
-            if images.is_empty() { 1.0 } else { groups as f64 / images.len() as f64 }
-        })
-        .collect()
 }
 
 /// Where `--finetune-top` writes its split: which images the shortlist's test accuracy is of.
@@ -1081,63 +781,6 @@ pub fn trust_statement(results: Option<&Path>) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Hand-counted: class a's 2 images both found (1.00), b's 4 once (0.25), c without test
-    /// images (–); the balanced accuracy is over the classes present, (1 + 0.25) / 2.
-    #[test]
-    fn the_per_class_table_gives_each_class_its_recall_in_order() {
-        let evaluation = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3);
-        let classes = ["a", "b", "c"].map(String::from);
-        let table = per_class_recall(
-            &[("net".to_string(), evaluation.clone(), Some((0.8125, Some((0.7, 0.9))))), ("other".to_string(), evaluation, None)],
-            &classes,
-            &[1.0; 3],
-            0,
-        );
-        assert!(
-            table.contains(
-                "| backbone | a | b | c | balanced accuracy | 95% interval | AUROC | 95% interval |\n|---|---:|---:|---:|---:|---|---:|---|\n| net | 1.00 | 0.25 | – | 0.625 | [0.2"
-            ),
-            "{table}"
-        );
-        assert!(table.contains("] | 0.812 | [0.700, 0.900] |\n| other |") && table.contains("] | – | – |\n"), "{table}");
-        assert_eq!(per_class_recall(&[], &classes, &[1.0; 3], 0), "");
-    }
-
-    /// The posterior's central 95% against scipy: for that confusion, (X + Y) / 2 with X ~
-    /// Beta(2.5, 0.5) (2 of 2 found) and Y ~ Beta(1.5, 3.5) (1 of 4), its quantiles from 2e7
-    /// draws of scipy.stats.beta (numpy's generator, seed 0): 0.2763 and 0.8167; every image
-    /// found (1 of 1, 2 of 2): 0.4360 and 0.9926, not a point; 4 of 4 and 2 of 8 (Beta(4.5, 0.5),
-    /// Beta(2.5, 6.5)): 0.3858 and 0.7688. 10,000 draws here hold the quantiles to about 0.003.
-    #[test]
-    fn the_test_interval_is_the_balanced_accuracy_s_posterior() {
-        use rand::SeedableRng;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let close = |(low, high): (f64, f64), (l, h): (f64, f64)| (low - l).abs() < 0.01 && (high - h).abs() < 0.01;
-        let confusion = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3).confusion;
-        let interval = balanced_accuracy_interval(&confusion, &[1.0; 3], 10_000, &mut rng).unwrap();
-        assert!(close(interval, (0.27632, 0.81669)), "{interval:?}");
-        let perfect = medxfer_train::evaluate(&[0, 1, 1], &[0, 1, 1], 2).confusion;
-        let interval = balanced_accuracy_interval(&perfect, &[1.0; 2], 10_000, &mut rng).unwrap();
-        assert!(close(interval, (0.43602, 0.99257)), "{interval:?}");
-        assert_eq!(balanced_accuracy_interval(&[vec![0, 0], vec![0, 0]], &[1.0; 2], 100, &mut rng), None);
-        // Each patient imaged twice: twice the images of the same patients, whose groups per image
-        // (one half) give the first case's posterior back; counted as images, a narrower one.
-        let twice = medxfer_train::evaluate(&[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1], &[0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0], 3).confusion;
-        let interval = balanced_accuracy_interval(&twice, &[0.5; 3], 10_000, &mut rng).unwrap();
-        assert!(close(interval, (0.27632, 0.81669)), "{interval:?}");
-        let as_images = balanced_accuracy_interval(&twice, &[1.0; 3], 10_000, &mut rng).unwrap();
-        assert!(close(as_images, (0.38575, 0.76883)), "{as_images:?}");
-    }
-
-    /// Hand-counted: class 0's three images are of two patients, class 1's two of two, class 2
-    /// has none.
-    #[test]
-    fn each_class_s_groups_per_image_are_counted_among_its_images() {
-        let entry = |label: u32, group: &str| Entry { path: format!("{group}-{label}.png"), label, group: group.into(), split: Part::Test };
-        let entries = [entry(0, "p1"), entry(1, "q"), entry(0, "p1"), entry(0, "p2"), entry(1, "p1")];
-        assert_eq!(group_shares(&entries, 3), [2.0 / 3.0, 1.0, 1.0]);
-    }
 
     #[test]
     fn ranks_are_descending_with_ties_averaged_and_the_consensus_is_their_mean() {

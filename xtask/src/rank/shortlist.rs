@@ -1,0 +1,341 @@
+//! `rank --finetune-top K`'s second step: the top K by consensus fine-tuned with a small Halton
+//! search on the stratified split (the paper's Fig. 1 workflow: score everything, tune the
+//! shortlist), each kept model measured on the test part (per-class recall, the balanced
+//! accuracy's and the AUROC's intervals, calibration, Grad-CAM on a few images) and described by
+//! a card that `predict` and `export` read.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use medxfer_data::{Entry, Part};
+use medxfer_train::{EpochBar, RunData, RunSettings, SearchSettings, Shard, SplitData, search, start_fine_tuning};
+use medxfer_zoo::ModelEntry;
+
+use super::calibration::{self, AUROC_RESAMPLES, Calibrated};
+use super::images::LabelledImages;
+use super::saliency_figure::{self, SaliencyRow};
+use super::{RankArgs, RankRow, card, decoded_part, labelled_checksum, normalization, part_of, reliability_figure, tuning_options};
+use crate::weights::{Weights, folder_name};
+
+/// What fine-tuning the shortlist reads: the command's options, the candidates and their
+/// weights, the images with their split, and the decoded train part the scores were taken on.
+pub struct Shortlist<'a> {
+    pub args: &'a RankArgs,
+    pub candidates: &'a [ModelEntry],
+    pub weights: &'a Weights,
+    pub images: &'a LabelledImages,
+    /// Every image with its part of the 70/10/20 split.
+    pub entries: &'a [Entry],
+    pub train: &'a SplitData,
+    pub device: &'a Device,
+}
+
+/// One fine-tuned backbone's kept model, measured.
+struct Tuned {
+    /// Its test part's evaluation and AUROC, for the per-class table.
+    tested: Option<(String, medxfer_train::Evaluation, AurocCell)>,
+    calibrated: Option<Calibrated>,
+    saliency: Option<SaliencyRow>,
+}
+
+impl Shortlist<'_> {
+    /// Fine-tunes the first `k` of `rows` (in consensus order), setting each one's test balanced
+    /// accuracy; writes the cards, ranking_calibration and ranking_saliency.png; returns
+    /// ranking.md's paragraphs on them.
+    pub fn tune(&self, rows: &mut [RankRow], k: usize) -> Result<String> {
+        let args = self.args;
+        let k = k.min(rows.len());
+        let data = RunData {
+            train: self.train.clone(),
+            val: decoded_part(args, self.images, &part_of(self.entries, Part::Val), "val")?,
+            test: Some(decoded_part(args, self.images, &part_of(self.entries, Part::Test), "test")?),
+            ood: None,
+            classes: self.images.classes.len(),
+        };
+        let cache_dir = args.out.join("cache");
+        super::images::prune_caches(&cache_dir, "val", data.val.cache.key());
+        super::images::prune_caches(&cache_dir, "test", data.test.as_ref().map_or("", |test| test.cache.key()));
+        let start = Instant::now();
+        card::ModelCard::remove_all(&args.out)?;
+        let test_entries = part_of(self.entries, Part::Test);
+        // The few test images every tuned backbone's saliency is drawn on, decoded apart.
+        let test_labels: Vec<u32> = test_entries.iter().map(|e| e.label).collect();
+        let chosen = saliency_figure::chosen_images(&test_labels, saliency_figure::SALIENCY_IMAGES);
+        let chosen_entries: Vec<Entry> = chosen.iter().map(|&i| test_entries[i].clone()).collect();
+        let saliency_images = SplitData::cached(&cache_dir, "saliency", &self.images.root, &chosen_entries, args.resize, false)?;
+        super::images::prune_caches(&cache_dir, "saliency", saliency_images.cache.key());
+        let test_groups: Vec<String> = test_entries.iter().map(|e| e.group.clone()).collect();
+        let mut saliency_rows = Vec::new();
+        // Each tuned backbone's kept model on the test part, for the per-class and calibration
+        // tables.
+        let mut tested = Vec::new();
+        let mut calibrated = Vec::new();
+        for row in rows.iter_mut().take(k) {
+            let tuned = self.tune_one(row, &data, &test_groups, &saliency_images)?;
+            tested.extend(tuned.tested);
+            calibrated.extend(tuned.calibrated);
+            saliency_rows.extend(tuned.saliency);
+        }
+
+        let mut text = String::new();
+        let all = rows.len() * args.trials * args.epochs;
+        let tuned = k * args.trials * args.epochs;
+        let _ = writeln!(
+            text,
+            "Fine-tuned the top {k} of {} candidates ({} Halton points x {} epochs each, {:.0} s): {tuned} of {all} epochs, {:.0}% of tuning them all saved.",
+            rows.len(),
+            args.trials,
+            args.epochs,
+            start.elapsed().as_secs_f64(),
+            100.0 * (all - tuned) as f64 / all.max(1) as f64
+        );
+        let classes = &self.images.classes;
+        let shares = group_shares(&test_entries, classes.len());
+        text.push_str(&per_class_recall(&tested, classes, &shares, args.seed));
+        text.push_str(&calibration::render(&calibrated, data.val.labels.len(), data.test.as_ref().map_or(0, |t| t.labels.len())));
+        reliability_figure::write(&args.out.join("ranking_calibration"), &calibrated)?;
+        let chosen_labels: Vec<u32> = chosen_entries.iter().map(|e| e.label).collect();
+        saliency_figure::write(&args.out.join("ranking_saliency.png"), &saliency_rows, &chosen_labels, classes)?;
+        text.push_str(&saliency_figure::render(&saliency_rows));
+        let _ = writeln!(
+            text,
+            "Each fine-tuned model is described in {}/ (its best trial's checkpoint, classes, preprocessing); `cargo xtask predict --ranking {} --images NEW` applies the one with the best validation balanced accuracy to new images (chosen on val, so its test accuracy stays an estimate the choice did not see).",
+            args.out.join(card::CARDS_DIR).display(),
+            args.out.display()
+        );
+        // A paragraph of its own: the trust statement follows.
+        text.push('\n');
+        Ok(text)
+    }
+
+    /// `row`'s backbone searched on `data` (a search already run continues or is read back), its
+    /// best trial's kept model measured on the test part and its card written.
+    fn tune_one(&self, row: &mut RankRow, data: &RunData, test_groups: &[String], saliency_images: &SplitData) -> Result<Tuned> {
+        let args = self.args;
+        let entry = self.candidates.iter().find(|e| e.name == row.backbone).context("a ranked backbone is not a candidate")?;
+        let file = self.weights.file(entry)?;
+        let make = || start_fine_tuning(entry, &file, self.images.classes.len(), args.seed, self.device);
+        let base = RunSettings::from_options(&tuning_options(args), normalization(entry));
+        let settings = SearchSettings { model: &entry.name, base, trials: args.trials, shard: Shard::ALL };
+        // Keyed by everything that shapes a run but the number of trials (a longer search
+        // continues a shorter one): the images, the weights, the transforms, the budget.
+        let shaping = format!(
+            "{} resize {} crop {} epochs {} batch {} seed {}",
+            labelled_checksum(&[&data.train, &data.val, data.test.as_ref().context("the tuning split has a test part")?], self.entries),
+            args.resize,
+            args.crop,
+            args.epochs,
+            args.batch,
+            args.seed
+        );
+        let run_key = &blake3::hash(shaping.as_bytes()).to_hex()[..12];
+        let dir = args.out.join("runs").join(format!("{}-{}-{run_key}", folder_name(&entry.name), self.weights.identity(entry)?.short()));
+        let mut bar = EpochBar::new(args.epochs);
+        let summary = search(&make, data, &settings, &dir, &mut bar);
+        bar.finish();
+        let summary = summary?;
+        row.test_balanced_accuracy = summary.best.as_ref().and_then(|b| b.outcome.test.as_ref().map(|t| t.balanced_accuracy));
+        let Some(best) = &summary.best else { return Ok(Tuned { tested: None, calibrated: None, saliency: None }) };
+        let checkpoint = medxfer_train::trial_dir(&dir, best.index).join(medxfer_train::BEST_FILE);
+        let normalization = normalization(entry);
+        let mut rng = crate::report::uncertainty::cell_rng(
+            crate::report::uncertainty::BootstrapSettings { resamples: AUROC_RESAMPLES, seed: args.seed },
+            &format!("test-auroc/{}", entry.name),
+        );
+        // An aid to reading the probabilities, not the ranking: a kept model that cannot be
+        // read (deleted to save space) leaves the card without a temperature, saying why.
+        let model = medxfer_train::load_fine_tuned(entry, &checkpoint, Some(data.classes), self.device);
+        let calibration = match &model {
+            Ok(model) => calibration::measure(&entry.name, model, data, test_groups, &base, &mut rng),
+            Err(error) => Err(anyhow::anyhow!("{error}")),
+        };
+        if let Err(error) = &calibration {
+            eprintln!("warning: {}: no calibration: {error:#}", entry.name);
+        }
+        let saliency =
+            match model.map_err(anyhow::Error::from).and_then(|model| saliency_figure::row(&entry.name, &model, saliency_images, &base)) {
+                Ok(row) => Some(row),
+                Err(error) => {
+                    eprintln!("warning: {}: no saliency maps: {error:#}", entry.name);
+                    None
+                }
+            };
+        let tested = best.outcome.test.clone().map(|test| (entry.name.clone(), test, calibration.as_ref().ok().and_then(|c| c.auroc)));
+        card::ModelCard {
+            backbone: entry.name.clone(),
+            models: args.models.as_deref().map(std::path::absolute).transpose()?,
+            checkpoint: checkpoint.strip_prefix(&args.out).unwrap_or(&checkpoint).to_path_buf(),
+            classes: self.images.classes.clone(),
+            resize: args.resize,
+            crop: args.crop,
+            mean: normalization.mean,
+            std: normalization.std,
+            val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
+            test_balanced_accuracy: row.test_balanced_accuracy,
+            temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),
+            uncalibrated_because: match &calibration {
+                Ok(c) => c.temperature.as_ref().err().map(ToString::to_string),
+                Err(error) => Some(format!("its kept model could not be read: {error:#}")),
+            },
+        }
+        .write(&args.out)?;
+        Ok(Tuned { tested, calibrated: calibration.ok(), saliency })
+    }
+}
+
+/// Draws from each balanced accuracy's posterior behind its interval.
+const POSTERIOR_DRAWS: usize = 10_000;
+
+/// A backbone's test AUROC and its interval, where they could be had.
+type AurocCell = Option<(f64, Option<(f64, f64)>)>;
+
+/// The fine-tuned backbones' recall of each class on the test part (a diagnosis's sensitivity):
+/// a balanced accuracy can hide a class the model never finds; the balanced accuracy's 95%
+/// interval (a few dozen test images leave it wide); and the AUROC with its interval. Empty
+/// without any.
+fn per_class_recall(tested: &[(String, medxfer_train::Evaluation, AurocCell)], classes: &[String], shares: &[f64], seed: u64) -> String {
+    if tested.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "\nRecall of each class on the test part (the share of its images the fine-tuned model finds), and the balanced accuracy with its 95% interval \
+         (the balanced accuracy's posterior, Brodersen et al. 2010, each class's recall Beta(found + 1/2, missed + 1/2), {POSTERIOR_DRAWS} draws; \
+         where the images come in groups, found and missed weighed by the class's groups per image, as if a group's images agreed, so that \
+         several images of one patient do not narrow it as independent ones would), and the AUROC (each class's area \
+         under the ROC curve against the others from the model's probabilities, averaged over the classes: the chance that an image of a \
+         class gets a higher probability of it than an image of another, whatever threshold is later chosen; its 95% interval from \
+         {AUROC_RESAMPLES} resamples of the test part within each class, a group (a patient, a lesion) at a time with all its images \
+         where the images come in groups):\n\n\
+         | backbone | {} | balanced accuracy | 95% interval | AUROC | 95% interval |\n|---|{}---:|---|---:|---|\n",
+        classes.join(" | "),
+        "---:|".repeat(classes.len())
+    );
+    for (backbone, evaluation, auroc) in tested {
+        let recalls: Vec<String> = (0..classes.len())
+            .map(|class| evaluation.recall.get(class).copied().flatten().map_or_else(|| "–".to_string(), |r| format!("{r:.2}")))
+            .collect();
+        let mut rng = crate::report::uncertainty::cell_rng(
+            crate::report::uncertainty::BootstrapSettings { resamples: POSTERIOR_DRAWS, seed },
+            &format!("test/{backbone}"),
+        );
+        let interval = balanced_accuracy_interval(&evaluation.confusion, shares, POSTERIOR_DRAWS, &mut rng)
+            .map_or_else(|| "–".to_string(), |(low, high)| format!("[{low:.3}, {high:.3}]"));
+        let auroc = match auroc {
+            Some((auroc, Some((low, high)))) => format!("{auroc:.3} | [{low:.3}, {high:.3}]"),
+            Some((auroc, None)) => format!("{auroc:.3} | –"),
+            None => "– | –".to_string(),
+        };
+        let _ = writeln!(text, "| {backbone} | {} | {:.3} | {interval} | {auroc} |", recalls.join(" | "), evaluation.balanced_accuracy);
+    }
+    text.push('\n');
+    text
+}
+
+/// The central 95% of the balanced accuracy's posterior (Brodersen, Ong, Stephan and Buhmann
+/// 2010, "The balanced accuracy and its posterior distribution"): class c's recall is
+/// Beta(found_c + 1/2, missed_c + 1/2) given the confusion matrix (confusion[true][predicted]),
+/// and the balanced accuracy is their mean over the classes present, sampled `draws` times.
+/// The prior is Jeffreys' Beta(1/2, 1/2), whose interval for a proportion Brown, Cai and DasGupta
+/// (2001) recommend for its coverage; Brodersen's uniform prior pulls a test part of a few images
+/// a class far toward 0.5 (6 of 6 found: a mean of 0.875). Resampling the images instead gives a
+/// class found every time no spread at all. Class c's counts are weighed by `shares[c]`, its
+/// groups per image (`group_shares`): a patient's images are not independent draws, and counting
+/// each group once (Kish's design effect at its largest, every image of a group alike) keeps
+/// several images per patient from narrowing the interval. None without a class present.
+fn balanced_accuracy_interval(confusion: &[Vec<usize>], shares: &[f64], draws: usize, rng: &mut impl rand::Rng) -> Option<(f64, f64)> {
+    use rand_distr::{Beta, Distribution};
+    let recalls: Vec<Beta<f64>> = confusion
+        .iter()
+        .enumerate()
+        .filter_map(|(class, row)| {
+            let total: usize = row.iter().sum();
+            let found = row.get(class).copied().unwrap_or(0);
+            let share = shares.get(class).copied().unwrap_or(1.0);
+            (total > 0).then(|| Beta::new(found as f64 * share + 0.5, (total - found) as f64 * share + 0.5).ok()).flatten()
+        })
+        .collect();
+    if recalls.is_empty() {
+        return None;
+    }
+    let mut values: Vec<f64> =
+        (0..draws).map(|_| recalls.iter().map(|recall| recall.sample(rng)).sum::<f64>() / recalls.len() as f64).collect();
+    values.sort_by(f64::total_cmp);
+    let quantile = crate::report::uncertainty::quantile;
+    Some((quantile(&values, 0.025), quantile(&values, 0.975)))
+}
+
+/// Each class's distinct groups per image among `entries` (1 where every image is its own group,
+/// as without groups; 1 for a class without images).
+fn group_shares(entries: &[Entry], classes: usize) -> Vec<f64> {
+    (0..classes as u32)
+        .map(|class| {
+            let images: Vec<&str> = entries.iter().filter(|e| e.label == class).map(|e| e.group.as_str()).collect();
+            let groups = images.iter().collect::<std::collections::BTreeSet<_>>().len();
+            if images.is_empty() { 1.0 } else { groups as f64 / images.len() as f64 }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-counted: class a's 2 images both found (1.00), b's 4 once (0.25), c without test
+    /// images (–); the balanced accuracy is over the classes present, (1 + 0.25) / 2.
+    #[test]
+    fn the_per_class_table_gives_each_class_its_recall_in_order() {
+        let evaluation = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3);
+        let classes = ["a", "b", "c"].map(String::from);
+        let table = per_class_recall(
+            &[("net".to_string(), evaluation.clone(), Some((0.8125, Some((0.7, 0.9))))), ("other".to_string(), evaluation, None)],
+            &classes,
+            &[1.0; 3],
+            0,
+        );
+        assert!(
+            table.contains(
+                "| backbone | a | b | c | balanced accuracy | 95% interval | AUROC | 95% interval |\n|---|---:|---:|---:|---:|---|---:|---|\n| net | 1.00 | 0.25 | – | 0.625 | [0.2"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("] | 0.812 | [0.700, 0.900] |\n| other |") && table.contains("] | – | – |\n"), "{table}");
+        assert_eq!(per_class_recall(&[], &classes, &[1.0; 3], 0), "");
+    }
+
+    /// The posterior's central 95% against scipy: for that confusion, (X + Y) / 2 with X ~
+    /// Beta(2.5, 0.5) (2 of 2 found) and Y ~ Beta(1.5, 3.5) (1 of 4), its quantiles from 2e7
+    /// draws of scipy.stats.beta (numpy's generator, seed 0): 0.2763 and 0.8167; every image
+    /// found (1 of 1, 2 of 2): 0.4360 and 0.9926, not a point; 4 of 4 and 2 of 8 (Beta(4.5, 0.5),
+    /// Beta(2.5, 6.5)): 0.3858 and 0.7688. 10,000 draws here hold the quantiles to about 0.003.
+    #[test]
+    fn the_test_interval_is_the_balanced_accuracy_s_posterior() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let close = |(low, high): (f64, f64), (l, h): (f64, f64)| (low - l).abs() < 0.01 && (high - h).abs() < 0.01;
+        let confusion = medxfer_train::evaluate(&[0, 0, 1, 1, 1, 1], &[0, 0, 1, 0, 0, 0], 3).confusion;
+        let interval = balanced_accuracy_interval(&confusion, &[1.0; 3], 10_000, &mut rng).unwrap();
+        assert!(close(interval, (0.27632, 0.81669)), "{interval:?}");
+        let perfect = medxfer_train::evaluate(&[0, 1, 1], &[0, 1, 1], 2).confusion;
+        let interval = balanced_accuracy_interval(&perfect, &[1.0; 2], 10_000, &mut rng).unwrap();
+        assert!(close(interval, (0.43602, 0.99257)), "{interval:?}");
+        assert_eq!(balanced_accuracy_interval(&[vec![0, 0], vec![0, 0]], &[1.0; 2], 100, &mut rng), None);
+        // Each patient imaged twice: twice the images of the same patients, whose groups per image
+        // (one half) give the first case's posterior back; counted as images, a narrower one.
+        let twice = medxfer_train::evaluate(&[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1], &[0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0], 3).confusion;
+        let interval = balanced_accuracy_interval(&twice, &[0.5; 3], 10_000, &mut rng).unwrap();
+        assert!(close(interval, (0.27632, 0.81669)), "{interval:?}");
+        let as_images = balanced_accuracy_interval(&twice, &[1.0; 3], 10_000, &mut rng).unwrap();
+        assert!(close(as_images, (0.38575, 0.76883)), "{as_images:?}");
+    }
+
+    /// Hand-counted: class 0's three images are of two patients, class 1's two of two, class 2
+    /// has none.
+    #[test]
+    fn each_class_s_groups_per_image_are_counted_among_its_images() {
+        let entry = |label: u32, group: &str| Entry { path: format!("{group}-{label}.png"), label, group: group.into(), split: Part::Test };
+        let entries = [entry(0, "p1"), entry(1, "q"), entry(0, "p1"), entry(0, "p2"), entry(1, "p1")];
+        assert_eq!(group_shares(&entries, 3), [2.0 / 3.0, 1.0, 1.0]);
+    }
+}
