@@ -20,7 +20,8 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, load_image};
+use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, load_image_frame};
+use crate::dicom::DicomFrame;
 use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::transform::resize_shorter;
@@ -76,8 +77,22 @@ fn files_stamp(root: &Path, entries: &[Entry]) -> Result<String> {
 
 impl ImageCache {
     /// Opens the cache of `entries` (images under `root`) in `dir`, building it first if it is
-    /// missing or stale. `progress` draws a progress bar while building.
+    /// missing or stale. `progress` draws a progress bar while building. A DICOM file of several
+    /// frames is refused.
     pub fn open_or_build(dir: &Path, dataset: &str, root: &Path, entries: &[Entry], short_side: u32, progress: bool) -> Result<Self> {
+        Self::open_or_build_frame(dir, dataset, root, entries, (short_side, DicomFrame::Only), progress)
+    }
+
+    /// [`Self::open_or_build`], reading the frame `frame` chooses of each DICOM file of several
+    /// (the cache keyed by the choice, where it is not [`DicomFrame::Only`]).
+    pub fn open_or_build_frame(
+        dir: &Path,
+        dataset: &str,
+        root: &Path,
+        entries: &[Entry],
+        (short_side, frame): (u32, DicomFrame),
+        progress: bool,
+    ) -> Result<Self> {
         // Once for all, where each image would otherwise fail on its own.
         if !(1..=crate::transform::MAX_SIDE).contains(&short_side) {
             return Err(Error::Config {
@@ -86,7 +101,11 @@ impl ImageCache {
             });
         }
         let checksum = files_stamp(root, entries)?;
-        let key = format!("{dataset}-s{short_side}-d{DECODE_REVISION}-{}", &checksum[..16]);
+        let frame_key = match frame {
+            DicomFrame::Only => String::new(),
+            chosen => format!("-f{chosen}"),
+        };
+        let key = format!("{dataset}-s{short_side}-d{DECODE_REVISION}{frame_key}-{}", &checksum[..16]);
         let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));
         if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {
             return Ok(cache);
@@ -111,7 +130,7 @@ impl ImageCache {
                 .par_iter()
                 .map(|entry| {
                     let path = root.join(&entry.path);
-                    let decoded = load_image(&path)?;
+                    let decoded = load_image_frame(&path, frame)?;
                     let image = resize_shorter(&decoded.image, short_side).map_err(|e| Error::format(&path, e.to_string()))?;
                     Ok((image, decoded.faint))
                 })

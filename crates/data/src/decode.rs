@@ -20,7 +20,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use crate::dicom::{dicom_rgb8, is_dicom, is_unnamed_dicom};
+use crate::dicom::{DicomFrame, dicom_rgb8, is_dicom, is_unnamed_dicom};
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
@@ -30,7 +30,9 @@ use crate::limits::{MAX_DECODER_BYTES, check_pixels};
 /// so those an earlier decoder made are rebuilt, not read (a radiograph cached as a negative before
 /// its Presentation LUT Shape was read would stay one), and rank's features, keyed by the caches,
 /// are extracted again. 2: DICOM's Presentation LUT Shape, RLE labelled YBR_FULL_422, JPEG-LS.
-pub const DECODE_REVISION: u32 = 2;
+/// 3: an enhanced DICOM image's rescale and window from its Functional Groups, the per-frame
+/// one first (dicom-rs took top-level attributes first, and a frame's window by another rule).
+pub const DECODE_REVISION: u32 = 3;
 
 /// Below this, every 16-bit sample of an image keeps a high byte of at most 15 (12-bit data).
 pub const FAINT_16BIT_BELOW: u16 = 1 << 12;
@@ -62,27 +64,35 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
     load_image(path).map(|decoded| decoded.image)
 }
 
-/// Decodes the image at `path` to RGB8, saying whether it came out faint.
+/// Decodes the image at `path` to RGB8, saying whether it came out faint (a DICOM file of several
+/// frames is refused).
 pub fn load_image(path: &Path) -> Result<Decoded> {
+    load_image_frame(path, DicomFrame::Only)
+}
+
+/// Decodes the image at `path` to RGB8, saying whether it came out faint; of a DICOM file of
+/// several frames, the frame `frame` chooses.
+pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat")) {
         return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_image(path, &bytes)
+    decode_image(path, &bytes, frame)
 }
 
-/// Decodes `bytes`, the content of `path` (named in errors), to RGB8.
+/// Decodes `bytes`, the content of `path` (named in errors), to RGB8 (a DICOM file of several
+/// frames is refused).
 pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
-    decode_image(path, bytes).map(|decoded| decoded.image)
+    decode_image(path, bytes, DicomFrame::Only).map(|decoded| decoded.image)
 }
 
 /// Decodes `bytes`, the content of `path` (named in errors), to RGB8, saying whether it came
-/// out faint.
-fn decode_image(path: &Path, bytes: &[u8]) -> Result<Decoded> {
+/// out faint; of a DICOM file of several frames, the frame `frame` chooses.
+pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Decoded> {
     let corrupt =
         |e: image::ImageError| Error::format(path, format!("cannot decode the image ({e}); the file may be truncated or corrupt"));
     if is_dicom(path, bytes) {
-        return dicom_rgb8(path, bytes).map(|image| Decoded { image, faint: false });
+        return dicom_rgb8(path, bytes, frame).map(|image| Decoded { image, faint: false });
     }
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {

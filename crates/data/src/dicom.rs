@@ -18,8 +18,12 @@
 //! Colour is 8-bit RGB as pydicom's `pixel_array` gives it: JPEG's YBR as the JPEG decoder
 //! converts it (dermoscopy), uncompressed or RLE YBR_FULL and YBR_FULL_422 (ultrasound,
 //! endoscopy) through the standard's matrix, planes interleaved.
-//! A file of several frames (a cine loop, an enhanced CT volume) is refused: the backbones
-//! classify one 2-D image, and which frame is meant is the user's call.
+//! A file of several frames (a cine loop, an enhanced CT volume) is refused by default: the
+//! backbones classify one 2-D image, and which frame is meant is the user's call
+//! ([`DicomFrame`]; `frame.rs` makes the chosen one a single-frame image, its Functional Groups'
+//! rescale and window with it).
+
+mod frame;
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -42,6 +46,7 @@ use image::RgbImage;
 
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
+pub use frame::DicomFrame;
 
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.
 const MAGIC_AT: usize = 128;
@@ -112,14 +117,15 @@ pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
     Ok((!id.is_empty()).then(|| id.to_string()))
 }
 
-/// The one frame of the DICOM file `bytes` (the content of `path`, named in errors) as RGB8.
+/// The frame `frame` chooses of the DICOM file `bytes` (the content of `path`, named in errors)
+/// as RGB8.
 ///
 /// dicom-rs's decoders index into what a damaged file says without checking every length (its
 /// RLE decoder, seen in the mutation tests): a panic there is this file's error, not the end of
 /// the process. Its parser zero-fills the length an element states before reading it: a length
 /// beyond the file is refused first (`check_lengths`).
-pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
-    match std::panic::catch_unwind(|| read_dicom(path, bytes)) {
+pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> {
+    match std::panic::catch_unwind(|| read_dicom(path, bytes, frame)) {
         Ok(outcome) => outcome,
         Err(panic) => {
             let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()));
@@ -134,7 +140,7 @@ pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     }
 }
 
-fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+fn read_dicom(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> {
     let problem = |what: String| Error::format(path, what);
     let (preamble, magic) = if has_magic(bytes) {
         (ReadPreamble::Always, MAGIC_AT)
@@ -169,11 +175,7 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
         Some(value) => value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's Number of Frames is not a number ({e})")))?,
         None => 1,
     };
-    if frames != 1 {
-        return Err(problem(format!(
-            "the DICOM file holds {frames} frames (a cine loop or a volume); medxfer classifies one 2-D image per file: export the frame or slice to classify as its own file"
-        )));
-    }
+    let index = frame.index(frames).map_err(problem)?;
     let bits_allocated = attribute(tags::BITS_ALLOCATED, "Bits Allocated")?;
     let bits_stored = attribute(tags::BITS_STORED, "Bits Stored")?;
     // dicom-rs's lookup tables assume these (and panic otherwise): checked here first.
@@ -182,14 +184,14 @@ fn read_dicom(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
             "the DICOM file stores {bits_stored} of {bits_allocated} bits per sample; medxfer reads 8- and 16-bit images (1 to 16 bits stored)"
         )));
     }
+    let samples = match object.element_opt(tags::SAMPLES_PER_PIXEL).ok().flatten() {
+        Some(value) => value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's Samples per Pixel is not a number ({e})")))?,
+        None => 1,
+    };
+    let photometric = stored_photometric(&object).map_err(problem)?;
+    frame::keep_frame(&mut object, (index, frames), (columns, rows, samples, bits_allocated), photometric.as_str()).map_err(problem)?;
     check_stated_size(&object, (columns, rows)).map_err(problem)?;
     if [uids::JPEGLS_LOSSLESS, uids::JPEGLS_NEAR_LOSSLESS].contains(&object.meta().transfer_syntax()) {
-        let samples = match object.element_opt(tags::SAMPLES_PER_PIXEL).ok().flatten() {
-            Some(value) => {
-                value.to_int::<u16>().map_err(|e| problem(format!("the DICOM file's Samples per Pixel is not a number ({e})")))?
-            }
-            None => 1,
-        };
         if samples != 1 {
             return Err(problem(format!(
                 "the DICOM file is colour ({samples} samples per pixel) compressed as JPEG-LS, which medxfer reads in grayscale only; export it uncompressed, or as JPEG 2000 or RLE"

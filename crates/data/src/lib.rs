@@ -57,8 +57,11 @@ pub mod transform;
 pub use cache::ImageCache;
 pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Lookalike, ReferenceSplit, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
-pub use decode::{DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, decode_rgb8, is_image_file, load_image, load_rgb8};
-pub use dicom::dicom_patient_id;
+pub use decode::{
+    DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, decode_image, decode_rgb8, is_image_file, load_image, load_image_frame,
+    load_rgb8,
+};
+pub use dicom::{DicomFrame, dicom_patient_id};
 pub use error::{Error, Result};
 pub use files::is_os_bookkeeping;
 pub use layouts::{

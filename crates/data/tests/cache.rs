@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use medxfer_data::{
-    Augment, Catalog, DECODE_REVISION, Entry, ImageCache, LoaderConfig, batches, epoch_order, load_rgb8, ood_entries, scan_dataset, synth,
+    Augment, Catalog, DECODE_REVISION, DicomFrame, Entry, ImageCache, LoaderConfig, Part, batches, epoch_order, load_image_frame,
+    load_rgb8, ood_entries, scan_dataset, synth,
     transform::{self, Normalization, TrainTransform},
 };
 
@@ -17,6 +18,26 @@ fn replica(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Entry>) {
     synth::synthesize(spec, &dir.path().join("data"), per_class, 11).unwrap();
     let scan = scan_dataset(spec, &dir.path().join("data")).unwrap();
     (dir, ood_entries(&scan.records))
+}
+
+/// A cine loop's cache holds the frame chosen, under a key of its own: the middle frame's images
+/// are never read back as the first's.
+#[test]
+fn a_cache_of_dicom_frames_is_keyed_by_the_frame_chosen() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
+    let dir = tempfile::tempdir().unwrap();
+    let entries = [Entry { path: "us_cine.dcm".into(), label: 0, group: "a".into(), split: Part::Train }];
+    let error = ImageCache::open_or_build(dir.path(), "cine", &fixtures, &entries, 16, false).unwrap_err().to_string();
+    assert!(error.contains("holds 3 frames"), "{error}");
+    let mut keys = BTreeSet::new();
+    for (frame, named) in [(DicomFrame::First, "-ffirst-"), (DicomFrame::Middle, "-fmiddle-"), (DicomFrame::Number(3), "-f3-")] {
+        let cache = ImageCache::open_or_build_frame(dir.path(), "cine", &fixtures, &entries, (16, frame), false).unwrap();
+        assert!(cache.key().starts_with(&format!("cine-s16-d{DECODE_REVISION}{named}")), "{}", cache.key());
+        let expected = transform::resize_shorter(&load_image_frame(&fixtures.join("us_cine.dcm"), frame).unwrap().image, 16).unwrap();
+        assert_eq!(cache.read(0).unwrap(), expected, "{frame}");
+        keys.insert(cache.key().to_string());
+    }
+    assert_eq!(keys.len(), 3);
 }
 
 #[test]
@@ -145,7 +166,7 @@ fn sixteen_bit_images_keep_their_high_byte_and_twelve_bit_ones_are_named_faint()
     ImageBuffer::<Luma<u8>, _>::from_fn(8, 8, |x, _| Luma([x as u8])).save(root.join("gray8.png")).unwrap();
     let entries: Vec<Entry> = ["mri.png", "full.png", "rgb12.png", "gray8.png"]
         .iter()
-        .map(|path| Entry { path: (*path).to_string(), label: 0, group: (*path).to_string(), split: medxfer_data::Part::Train })
+        .map(|path| Entry { path: (*path).to_string(), label: 0, group: (*path).to_string(), split: Part::Train })
         .collect();
     let cache_dir = dir.path().join("cache");
     let cache = ImageCache::open_or_build(&cache_dir, "radiographs", &root, &entries, 8, false).unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use medxfer_data::{decode_rgb8, load_image, load_rgb8};
+use medxfer_data::{DicomFrame, decode_rgb8, load_image, load_image_frame, load_rgb8};
 
 fn fixtures() -> PathBuf {
     common::fixtures("dicom")
@@ -51,6 +51,92 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
         // Every case spans most of the range: a wrong window or inversion would not.
         let (low, high) = (theirs.iter().min().unwrap(), theirs.iter().max().unwrap());
         assert!(high - low > 150, "{name}: the fixture spans {low}..{high}");
+    }
+}
+
+/// Each frame of a file of several, chosen by number, and first, middle (⌊n/2⌋ + 1) and last:
+/// a cine loop uncompressed in RGB and in YBR_FULL_422, under RLE, as JPEG of two fragments a
+/// frame (found by the Basic Offset Table), and an enhanced CT volume whose rescale and window
+/// are its Functional Groups' (a frame's own before the shared, both before the top level's).
+#[test]
+fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it() {
+    let expected = common::expected(&fixtures());
+    for (name, frames, max_allowed, mean_allowed) in [
+        ("us_cine.dcm", 3, 0, 0.0),
+        ("us_cine_422.dcm", 2, 0, 0.0),
+        ("us_cine_rle.dcm", 3, 0, 0.0),
+        ("xa_cine_jpeg.dcm", 3, 2, 0.5),
+        ("ct_enhanced.dcm", 3, 0, 0.0),
+    ] {
+        let chosen = (1..=frames).map(|n| (DicomFrame::Number(n), n)).chain([
+            (DicomFrame::First, 1),
+            (DicomFrame::Middle, frames / 2 + 1),
+            (DicomFrame::Last, frames),
+        ]);
+        for (frame, number) in chosen {
+            let case = format!("{name} frame {frame}");
+            let decoded = load_image_frame(&fixtures().join(name), frame).unwrap();
+            let truth = &expected[&format!("{name}#{number}")];
+            let (max, mean, theirs) = common::differences(&case, &decoded.image, truth);
+            assert!(max <= max_allowed && mean <= mean_allowed, "{case}: max difference {max}, mean {mean:.3}");
+            let (low, high) = (theirs.iter().min().unwrap(), theirs.iter().max().unwrap());
+            assert!(high - low > 150, "{case}: the fixture spans {low}..{high}");
+            // The frames differ: a decoder that read another frame would not pass.
+            for other in (1..=frames).filter(|&other| other != number) {
+                let (max, _, _) = common::differences(&case, &decoded.image, &expected[&format!("{name}#{other}")]);
+                assert!(max > 20, "{case}: frame {other} looks the same");
+            }
+        }
+        let path = fixtures().join(name);
+        let error = load_rgb8(&path).unwrap_err().to_string();
+        assert!(error.contains(&format!("holds {frames} frames")) && error.contains("--dicom-frame"), "{name}: {error}");
+        let error = load_image_frame(&path, DicomFrame::Number(frames + 1)).unwrap_err().to_string();
+        assert!(error.starts_with(&path.display().to_string()) && error.contains(&format!("has no frame {}", frames + 1)), "{error}");
+    }
+    // One frame: any choice but a number beyond it reads it.
+    let single = load_rgb8(&fixtures().join("ct_window.dcm")).unwrap();
+    for frame in [DicomFrame::First, DicomFrame::Middle, DicomFrame::Last, DicomFrame::Number(1)] {
+        assert_eq!(load_image_frame(&fixtures().join("ct_window.dcm"), frame).unwrap().image, single, "{frame}");
+    }
+    // Fragments that the file does not say are whose: refused, not guessed.
+    let path = fixtures().join("xa_cine_no_offsets.dcm");
+    let error = load_image_frame(&path, DicomFrame::Middle).unwrap_err().to_string();
+    assert!(error.contains("holds 3 frames in 6 fragments and no Basic Offset Table"), "{error}");
+    // Fewer bytes than its frames need (Number of Frames edited from 3 to 4): refused.
+    let mut bytes = std::fs::read(fixtures().join("us_cine.dcm")).unwrap();
+    let number_of_frames = [0x28, 0x00, 0x08, 0x00, b'I', b'S', 2, 0, b'3', b' '];
+    let at = bytes.windows(number_of_frames.len()).position(|w| w == number_of_frames).unwrap();
+    bytes[at + 8] = b'4';
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+    let error = load_image_frame(&path, DicomFrame::Last).unwrap_err().to_string();
+    assert!(error.contains("Pixel Data holds 972 bytes, too few for 4 frames of 324"), "{error}");
+    assert!(load_image_frame(&path, DicomFrame::First).is_ok());
+    // No frames at all: refused for every choice (the last frame's index would underflow).
+    bytes[at + 8] = b'0';
+    std::fs::write(&path, &bytes).unwrap();
+    for frame in [DicomFrame::Only, DicomFrame::First, DicomFrame::Middle, DicomFrame::Last] {
+        let error = load_image_frame(&path, frame).unwrap_err().to_string();
+        assert!(error.contains("Number of Frames is 0"), "{frame}: {error}");
+    }
+}
+
+/// The choice as `--dicom-frame` spells it, and back.
+#[test]
+fn a_frame_choice_reads_as_it_prints() {
+    for (text, frame) in [
+        ("only", DicomFrame::Only),
+        ("first", DicomFrame::First),
+        ("middle", DicomFrame::Middle),
+        ("last", DicomFrame::Last),
+        ("12", DicomFrame::Number(12)),
+    ] {
+        assert_eq!(text.parse::<DicomFrame>().unwrap(), frame);
+        assert_eq!(frame.to_string(), text);
+    }
+    for bad in ["0", "-1", "centre", ""] {
+        assert!(bad.parse::<DicomFrame>().unwrap_err().contains("counted from 1"), "{bad}");
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
 use medxfer_data::{
-    Augment, Entry, ImageCache, LoaderConfig, batches,
+    Augment, DicomFrame, Entry, ImageCache, LoaderConfig, batches,
     transform::{Normalization, TrainTransform},
 };
 use medxfer_zoo::Backbone;
@@ -197,7 +197,19 @@ impl SplitData {
     /// The images `entries` name under `root`, decoded once (shorter side `resize`) into the
     /// cache folder `cache_dir` under `name`, with a progress bar while building when `progress`.
     pub fn cached(cache_dir: &Path, name: &str, root: &Path, entries: &[Entry], resize: u32, progress: bool) -> Result<Self> {
-        let cache = ImageCache::open_or_build(cache_dir, name, root, entries, resize, progress)?;
+        Self::cached_frame(cache_dir, name, root, entries, (resize, DicomFrame::Only), progress)
+    }
+
+    /// [`Self::cached`], reading the frame `frame` chooses of each DICOM file of several.
+    pub fn cached_frame(
+        cache_dir: &Path,
+        name: &str,
+        root: &Path,
+        entries: &[Entry],
+        (resize, frame): (u32, DicomFrame),
+        progress: bool,
+    ) -> Result<Self> {
+        let cache = ImageCache::open_or_build_frame(cache_dir, name, root, entries, (resize, frame), progress)?;
         Ok(Self { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
     }
 }

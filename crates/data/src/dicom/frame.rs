@@ -1,0 +1,210 @@
+//! One frame of a multi-frame DICOM file (an ultrasound or angiography cine loop, an enhanced CT
+//! or MR volume) made a single-frame image, so that the one-frame pipeline reads it unchanged:
+//! its pixel data cut to the frame, and the display attributes the file gives that frame
+//! (PS3.3 C.7.6.16: a Functional Group, per frame or shared) put where a single-frame image has
+//! them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use dicom_core::value::{PixelFragmentSequence, Value};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
+
+/// Which frame of a DICOM file of several is read. Written and read as `--dicom-frame` spells it
+/// (only, first, middle, last, or a number).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DicomFrame {
+    /// A file of several frames is refused: the backbones classify one 2-D image, and which
+    /// frame is meant is the user's call.
+    #[default]
+    Only,
+    /// Frame 1.
+    First,
+    /// Frame ⌊n/2⌋ + 1 of n (counted from 1): the middle one of an odd count, the later of the
+    /// two middle ones of an even count, as `pixel_array[n // 2]` picks it.
+    Middle,
+    /// Frame n of n.
+    Last,
+    /// Frame N, counted from 1 as DICOM counts them (a Referenced Frame Number).
+    Number(u32),
+}
+
+impl DicomFrame {
+    /// The 0-based index of the chosen frame among `frames`, or why there is none.
+    pub(crate) fn index(self, frames: u32) -> Result<u32, String> {
+        if frames == 0 {
+            return Err("the DICOM file's Number of Frames is 0; correct it (1 for a single image)".into());
+        }
+        match self {
+            DicomFrame::Only if frames == 1 => Ok(0),
+            DicomFrame::Only => Err(format!(
+                "the DICOM file holds {frames} frames (a cine loop or a volume); medxfer classifies one 2-D image per file: choose the frame \
+                 (rank and predict: --dicom-frame first|middle|last|N), or export it as its own file"
+            )),
+            DicomFrame::First => Ok(0),
+            DicomFrame::Middle => Ok(frames / 2),
+            DicomFrame::Last => Ok(frames - 1),
+            DicomFrame::Number(n) if (1..=frames).contains(&n) => Ok(n - 1),
+            DicomFrame::Number(n) => {
+                Err(format!("the DICOM file holds {frames} frame(s), so it has no frame {n} (--dicom-frame counts from 1)"))
+            }
+        }
+    }
+}
+
+impl FromStr for DicomFrame {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "only" => Ok(DicomFrame::Only),
+            "first" => Ok(DicomFrame::First),
+            "middle" => Ok(DicomFrame::Middle),
+            "last" => Ok(DicomFrame::Last),
+            number => match number.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(DicomFrame::Number(n)),
+                _ => Err(format!("'{text}' is not a frame: give only, first, middle, last, or a frame number counted from 1")),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DicomFrame {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<DicomFrame> for String {
+    fn from(frame: DicomFrame) -> String {
+        frame.to_string()
+    }
+}
+
+impl fmt::Display for DicomFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DicomFrame::Only => f.write_str("only"),
+            DicomFrame::First => f.write_str("first"),
+            DicomFrame::Middle => f.write_str("middle"),
+            DicomFrame::Last => f.write_str("last"),
+            DicomFrame::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The Functional Group sequences (PS3.3 C.7.6.16) that state a frame's display attributes, and
+/// the attributes each carries that the one-frame pipeline reads at the top level.
+const FUNCTIONAL_GROUPS: [(Tag, &[Tag]); 2] = [
+    (tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, &[tags::RESCALE_INTERCEPT, tags::RESCALE_SLOPE, tags::RESCALE_TYPE]),
+    (
+        tags::FRAME_VOILUT_SEQUENCE,
+        &[tags::WINDOW_CENTER, tags::WINDOW_WIDTH, tags::VOILUT_FUNCTION, tags::WINDOW_CENTER_WIDTH_EXPLANATION, tags::VOILUT_SEQUENCE],
+    ),
+];
+
+/// `object` (of `frames` frames, Samples per Pixel `samples`, Bits Allocated `bits_allocated`,
+/// `columns` x `rows`, in colour space `photometric`) reduced to its frame `index`: the Pixel
+/// Data cut to that frame and its Functional Groups' rescale and window put at the top level, as
+/// a single-frame image states them (the per-frame group first, then the shared one, as PS3.3
+/// C.7.6.16.1 orders them; a group's attributes replace any top-level ones). A file with neither
+/// group and one frame is left as it is.
+pub(crate) fn keep_frame(
+    object: &mut DefaultDicomObject,
+    (index, frames): (u32, u32),
+    (columns, rows, samples, bits_allocated): (u32, u32, u32, u32),
+    photometric: &str,
+) -> Result<(), String> {
+    apply_functional_groups(object, index);
+    if frames == 1 {
+        return Ok(());
+    }
+    let element = object.element(tags::PIXEL_DATA).map_err(|e| format!("the DICOM file has no Pixel Data ({e})"))?;
+    let cut = match element.value() {
+        Value::PixelSequence(sequence) => {
+            let fragments = frame_fragments(sequence, index, frames)?;
+            DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), fragments)))
+        }
+        Value::Primitive(value) => {
+            // YBR_FULL_422 stores each pair of pixels in four bytes (PS3.3 C.7.6.3.1.2).
+            let pixels = columns as usize * rows as usize;
+            let frame_bytes =
+                if photometric == "YBR_FULL_422" { pixels * 2 } else { pixels * samples as usize } * (bits_allocated as usize / 8);
+            let bytes = value.to_bytes();
+            let start = frame_bytes * index as usize;
+            let Some(frame) = bytes.get(start..start + frame_bytes) else {
+                return Err(format!(
+                    "a damaged DICOM file: its Pixel Data holds {} bytes, too few for {frames} frames of {frame_bytes}; export it again from the PACS or viewer",
+                    bytes.len()
+                ));
+            };
+            DataElement::new(tags::PIXEL_DATA, element.vr(), PrimitiveValue::from(frame.to_vec()))
+        }
+        Value::Sequence(_) => return Err("the DICOM file's Pixel Data is a sequence of items, not an image; export it again".into()),
+    };
+    object.put(cut);
+    object.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("1")));
+    Ok(())
+}
+
+/// The fragments of frame `index` of an encapsulated image of `frames` frames: one fragment a
+/// frame, or, where a frame spans several, those its Basic Offset Table places in it (PS3.5
+/// A.4). Without the table the frames' bounds are unknown, and the file is refused.
+fn frame_fragments(sequence: &PixelFragmentSequence<Vec<u8>>, index: u32, frames: u32) -> Result<Vec<Vec<u8>>, String> {
+    let fragments = sequence.fragments();
+    if fragments.len() == frames as usize {
+        return Ok(vec![fragments[index as usize].clone()]);
+    }
+    let offsets = sequence.offset_table();
+    if offsets.len() != frames as usize {
+        return Err(format!(
+            "the DICOM file holds {frames} frames in {} fragments and no Basic Offset Table to say which are whose; export the frame as its own file",
+            fragments.len()
+        ));
+    }
+    let (start, end) = (u64::from(offsets[index as usize]), offsets.get(index as usize + 1).map_or(u64::MAX, |&o| u64::from(o)));
+    // Each fragment's offset: from the first fragment's item tag, 8 bytes of item header each.
+    let mut at = 0_u64;
+    let mut kept = Vec::new();
+    for fragment in fragments {
+        if (start..end).contains(&at) {
+            kept.push(fragment.clone());
+        }
+        at += 8 + fragment.len() as u64;
+    }
+    if kept.is_empty() {
+        return Err(format!("the DICOM file's Basic Offset Table places no fragment in frame {}; export it again", index + 1));
+    }
+    Ok(kept)
+}
+
+/// The rescale and window the Functional Groups give frame `index`, put at the top level, and
+/// the groups removed (dicom-rs would read them again, by another rule).
+fn apply_functional_groups(object: &mut DefaultDicomObject, index: u32) {
+    let item_of = |tag: Tag, at: usize| -> Option<InMemDicomObject> {
+        object.get(tag).and_then(|element| element.items()).and_then(|items| items.get(at)).cloned()
+    };
+    let shared = item_of(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, 0);
+    let per_frame = item_of(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, index as usize);
+    if shared.is_none() && per_frame.is_none() {
+        return;
+    }
+    for (group, attributes) in FUNCTIONAL_GROUPS {
+        let macro_item =
+            |groups: &Option<InMemDicomObject>| -> Option<InMemDicomObject> { groups.as_ref()?.get(group)?.items()?.first().cloned() };
+        let Some(item) = macro_item(&per_frame).or_else(|| macro_item(&shared)) else { continue };
+        for &attribute in attributes {
+            object.remove_element(attribute);
+            if let Some(element) = item.get(attribute) {
+                object.put(element.clone());
+            }
+        }
+    }
+    object.remove_element(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    object.remove_element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+}
