@@ -518,6 +518,46 @@ fn twelve_bit_radiographs_are_ranked_with_a_near_black_note() {
     assert!(ranking.contains("clear/dicom-a.png"), "{ranking}");
 }
 
+/// A folder of cine loops (each image the middle of three frames, the others its negative and
+/// noise) ranked with `--dicom-frame middle` is ranked on those images: the scores of the same
+/// images as PNGs; its fine-tuned model's card keeps the choice for `predict`. Without the option
+/// the loops are refused, naming it.
+#[test]
+fn a_folder_of_cine_loops_is_ranked_on_the_frame_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    let loops = dir.path().join("loops");
+    for class in ["clear", "lesion"] {
+        for i in 0..4 {
+            let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap().to_rgb8();
+            let mut negative = image.clone();
+            negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
+            let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
+            write_rgb_dicom_frames(&loops.join(class).join(format!("{i:02}.dcm")), &[negative, image, noise]);
+        }
+    }
+    let scores = |out: &Path| -> Vec<(String, String)> {
+        let rows = read_csv(&out.join("ranking.csv"));
+        rows.iter().map(|row| (row["logme"].clone(), row["h_score"].clone())).collect()
+    };
+    let backbones = ["--backbones", "resnet_basic_min,vit_min"];
+    rank(dir.path(), &images, &dir.path().join("pngs"), None, &backbones);
+    let mut extra = backbones.to_vec();
+    extra.extend(["--dicom-frame", "middle"]);
+    rank(dir.path(), &loops, &dir.path().join("frames"), None, &extra);
+    assert_eq!(scores(&dir.path().join("frames")), scores(&dir.path().join("pngs")));
+    extra.extend(["--finetune-top", "1", "--trials", "1", "--epochs", "1"]);
+    rank(dir.path(), &loops, &dir.path().join("frames"), None, &extra);
+    let cards = std::fs::read_dir(dir.path().join("frames").join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
+    assert_eq!(cards.len(), 1, "{cards:?}");
+    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
+    assert_eq!(card["dicom_frame"], "middle");
+    let output = rank_output(dir.path(), &loops, &dir.path().join("refused"), None, &backbones);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("holds 3 frames") && stderr.contains("--dicom-frame"), "{stderr}");
+}
+
 /// Options rank cannot run with are refused before the images are read or cached (the
 /// extraction after takes minutes to hours), each naming the option.
 #[test]
@@ -734,11 +774,18 @@ fn ranking_other_images_into_the_same_out_keeps_their_caches_only() {
 
 /// `image` as an uncompressed 8-bit RGB DICOM file (explicit VR little endian) at `path`.
 fn write_rgb_dicom(path: &Path, image: &image::RgbImage) {
+    write_rgb_dicom_frames(path, std::slice::from_ref(image));
+}
+
+/// `frames` (of one size) as an uncompressed 8-bit RGB DICOM file at `path`: a cine loop where
+/// there are several.
+fn write_rgb_dicom_frames(path: &Path, frames: &[image::RgbImage]) {
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::{tags, uids};
-    let (width, height) = image.dimensions();
+    let (width, height) = frames[0].dimensions();
     let us = |tag, value: u32| DataElement::new(tag, VR::US, PrimitiveValue::from(value as u16));
-    let object = dicom_object::InMemDicomObject::from_element_iter([
+    let pixels: Vec<u8> = frames.iter().flat_map(|frame| frame.as_raw().iter().copied()).collect();
+    let mut object = dicom_object::InMemDicomObject::from_element_iter([
         DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)),
         DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.1")),
         us(tags::SAMPLES_PER_PIXEL, 3),
@@ -750,8 +797,11 @@ fn write_rgb_dicom(path: &Path, image: &image::RgbImage) {
         us(tags::BITS_STORED, 8),
         us(tags::HIGH_BIT, 7),
         us(tags::PIXEL_REPRESENTATION, 0),
-        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(image.as_raw().clone())),
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(pixels)),
     ]);
+    if frames.len() > 1 {
+        object.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from(frames.len().to_string())));
+    }
     let meta = dicom_object::FileMetaTableBuilder::new()
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
         .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
@@ -988,6 +1038,33 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     for (name, row) in dicom_names.iter().zip(&rows) {
         assert_eq!(from_dicom.get(name), Some(&row["p_clear"]), "{name}: {}", row["path"]);
     }
+
+    // Cine loops of the test images (each the middle of three frames): refused as the model's
+    // card says (rank read no such files), predicted as the PNGs with --dicom-frame middle, and
+    // so again without it once the card says rank read the middle frame.
+    let loops = dir.path().join("loops");
+    for (i, path) in test.iter().enumerate() {
+        let image = image::open(images.join(path)).unwrap().to_rgb8();
+        let other =
+            image::RgbImage::from_fn(image.width(), image.height(), |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, (i * 40) as u8]));
+        write_rgb_dicom_frames(&loops.join(format!("{i:02}.dcm")), &[other.clone(), image, other]);
+    }
+    let file = dir.path().join("loops.csv");
+    let output = predict(dir.path(), &out, &loops, &["--out", file.to_str().unwrap()]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--dicom-frame"), "{output:?}");
+    let card_file = out.join("models").join(format!("{best}.json"));
+    let card_text = std::fs::read_to_string(&card_file).unwrap();
+    assert!(card_text.contains("\"dicom_frame\": \"only\""), "{card_text}");
+    let from_loops = |extra: &[&str]| -> Vec<String> {
+        let output = predict(dir.path(), &out, &loops, &[&["--out", file.to_str().unwrap()], extra].concat());
+        assert!(output.status.success(), "{output:?}");
+        read_csv(&file).into_iter().map(|r| r["p_clear"].clone()).collect()
+    };
+    let expected: Vec<String> = rows.iter().map(|row| row["p_clear"].clone()).collect();
+    assert_eq!(from_loops(&["--dicom-frame", "middle"]), expected);
+    std::fs::write(&card_file, card_text.replace("\"dicom_frame\": \"only\"", "\"dicom_frame\": \"middle\"")).unwrap();
+    assert_eq!(from_loops(&[]), expected);
+    std::fs::write(&card_file, &card_text).unwrap();
 
     // --saliency DIR: an overlay per image, of the crop's size, at the image's path under DIR
     // with .png appended. --saliency-class C draws the evidence for C instead of the predicted

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use medxfer_data::{Entry, Part};
+use medxfer_data::{DicomFrame, Entry, Part};
 use medxfer_train::SplitData;
 
 use crate::rank::images::LabelColumns;
@@ -107,7 +107,8 @@ pub fn unreadable_file(predictions: &Path) -> PathBuf {
     predictions.with_file_name(format!("{stem}-unreadable.csv"))
 }
 
-/// The decoded images' cache. An image that cannot be read stops the run with every such image
+/// The decoded images' cache (shorter side `resize`, the frame `frame` chooses of a DICOM file of
+/// several). An image that cannot be read stops the run with every such image
 /// listed, as rank and the study do, unless `skip` (--skip-unreadable): then the unreadable ones
 /// (each image decoded once more to tell which, only on this path) are left out of
 /// `images.paths` and listed in `listing` as path,error, and which of the images given were
@@ -116,7 +117,7 @@ pub fn unreadable_file(predictions: &Path) -> PathBuf {
 pub fn cached_images(
     cache_dir: &Path,
     images: &mut Images,
-    resize: u32,
+    (resize, frame): (u32, DicomFrame),
     skip: bool,
     listing: &Path,
 ) -> Result<(SplitData, Option<Vec<bool>>)> {
@@ -124,7 +125,7 @@ pub fn cached_images(
     let entries = |paths: &[String]| -> Vec<Entry> {
         paths.iter().map(|path| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test }).collect()
     };
-    let first = SplitData::cached(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), resize, true);
+    let first = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), (resize, frame), true);
     let split = match first {
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) if skip => Err(unreadable),
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) => {
@@ -139,7 +140,7 @@ pub fn cached_images(
             let errors: Vec<Option<String>> = images
                 .paths
                 .par_iter()
-                .map(|path| medxfer_data::load_image(&images.root.join(path)).err().map(|e| e.to_string()))
+                .map(|path| medxfer_data::load_image_frame(&images.root.join(path), frame).err().map(|e| e.to_string()))
                 .collect();
             let rows: Vec<Vec<String>> = images
                 .paths
@@ -158,7 +159,7 @@ pub fn cached_images(
             images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
             crate::results::write_rows(listing, &["path", "error"], &rows)?;
             eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
-            let split = SplitData::cached(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), resize, true)?;
+            let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), (resize, frame), true)?;
             return Ok((split, Some(readable)));
         }
     };

@@ -64,6 +64,11 @@ pub struct PredictArgs {
     /// The folder a CSV's relative paths are under (the CSV's own folder by default).
     #[arg(long, value_name = "DIR")]
     pub images_root: Option<PathBuf>,
+    /// Of a DICOM file of several frames, the frame to read (first, middle, last or N, as rank
+    /// takes it; only: such a file refused). By default the one rank read of its images
+    /// (`dicom_frame` in the model's card).
+    #[arg(long, value_name = "FRAME")]
+    pub dicom_frame: Option<medxfer_data::DicomFrame>,
     /// Divide the logits by the temperature rank fitted on the val part (temperature scaling,
     /// Guo et al. 2017) before the softmax: the same predicted classes, probabilities that match
     /// how often the model is right. By default the probabilities are as the model gives them.
@@ -198,7 +203,11 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let file = args.out.clone().unwrap_or_else(|| ranking.join("predictions.csv"));
     let cache_dir = ranking.join("cache");
     let listing = unreadable_file(&file);
-    let (split, readable) = cached_images(&cache_dir, &mut images, card.resize, args.skip_unreadable, &listing)?;
+    let frame = args.dicom_frame.unwrap_or(card.dicom_frame);
+    if frame != card.dicom_frame {
+        eprintln!("--dicom-frame {frame}: the model was fine-tuned on the DICOM frame '{}' of rank's images", card.dicom_frame);
+    }
+    let (split, readable) = cached_images(&cache_dir, &mut images, (card.resize, frame), args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
     // The labels of the images predicted, where some were left out.
     let csv_truth = match (csv_truth, &readable) {
@@ -437,6 +446,7 @@ mod tests {
                 crop: 32,
                 mean: [0.5; 3],
                 std: [0.5; 3],
+                dicom_frame: medxfer_data::DicomFrame::Only,
                 val_balanced_accuracy: Some(val),
                 test_balanced_accuracy: Some(test),
                 temperature: None,

@@ -425,7 +425,7 @@ fn part_of(entries: &[Entry], part: Part) -> Vec<Entry> {
 
 /// `entries`' images decoded into OUT/cache/ as the part `name` (read back where decoded before).
 fn decoded_part(args: &RankArgs, images: &LabelledImages, entries: &[Entry], name: &str) -> Result<SplitData> {
-    Ok(SplitData::cached(&args.out.join("cache"), name, &images.root, entries, args.resize, true)?)
+    Ok(SplitData::cached_frame(&args.out.join("cache"), name, &images.root, entries, (args.resize, args.reading.dicom_frame), true)?)
 }
 
 /// The candidates that were not ranked, a markdown bullet each with its error.

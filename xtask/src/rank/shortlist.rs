@@ -64,7 +64,14 @@ impl Shortlist<'_> {
         let test_labels: Vec<u32> = test_entries.iter().map(|e| e.label).collect();
         let chosen = saliency_figure::chosen_images(&test_labels, saliency_figure::SALIENCY_IMAGES);
         let chosen_entries: Vec<Entry> = chosen.iter().map(|&i| test_entries[i].clone()).collect();
-        let saliency_images = SplitData::cached(&cache_dir, "saliency", &self.images.root, &chosen_entries, args.resize, false)?;
+        let saliency_images = SplitData::cached_frame(
+            &cache_dir,
+            "saliency",
+            &self.images.root,
+            &chosen_entries,
+            (args.resize, args.reading.dicom_frame),
+            false,
+        )?;
         super::images::prune_caches(&cache_dir, "saliency", saliency_images.cache.key());
         let test_groups: Vec<String> = test_entries.iter().map(|e| e.group.clone()).collect();
         let mut saliency_rows = Vec::new();
@@ -172,6 +179,7 @@ impl Shortlist<'_> {
             crop: args.crop,
             mean: normalization.mean,
             std: normalization.std,
+            dicom_frame: args.reading.dicom_frame,
             val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
             test_balanced_accuracy: row.test_balanced_accuracy,
             temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),
