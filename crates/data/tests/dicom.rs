@@ -113,6 +113,21 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
     let error = load_image_frame(&path, DicomFrame::Last).unwrap_err().to_string();
     assert!(error.contains("Pixel Data holds 972 bytes, too few for 4 frames of 324"), "{error}");
     assert!(load_image_frame(&path, DicomFrame::First).is_ok());
+    // A header whose sizes multiply past any file (13,000 x 13,000 pixels of 65,535 samples, the
+    // last of 4,294,967,295 frames: an offset beyond 2^64): too few bytes, not an overflow.
+    {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        let mut object = dicom_object::open_file(fixtures().join("us_cine.dcm")).unwrap();
+        for (tag, value) in [(tags::ROWS, 13_000), (tags::COLUMNS, 13_000), (tags::SAMPLES_PER_PIXEL, 65_535)] {
+            object.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value as u16)));
+        }
+        object.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("4294967295")));
+        let huge = dir.path().join("huge.dcm");
+        object.write_to_file(&huge).unwrap();
+        let error = load_image_frame(&huge, DicomFrame::Last).unwrap_err().to_string();
+        assert!(error.contains("Pixel Data holds 972 bytes, too few for 4294967295 frames"), "{error}");
+    }
     // No frames at all: refused for every choice (the last frame's index would underflow).
     bytes[at + 8] = b'0';
     std::fs::write(&path, &bytes).unwrap();

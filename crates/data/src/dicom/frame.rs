@@ -133,11 +133,12 @@ pub(crate) fn keep_frame(
         Value::Primitive(value) => {
             // YBR_FULL_422 stores each pair of pixels in four bytes (PS3.3 C.7.6.3.1.2).
             let pixels = columns as usize * rows as usize;
-            let frame_bytes =
-                if photometric == "YBR_FULL_422" { pixels * 2 } else { pixels * samples as usize } * (bits_allocated as usize / 8);
+            let per_pixel = if photometric == "YBR_FULL_422" { 2 } else { samples as usize } * (bits_allocated as usize / 8);
+            let frame_bytes = pixels.saturating_mul(per_pixel);
             let bytes = value.to_bytes();
-            let start = frame_bytes * index as usize;
-            let Some(frame) = bytes.get(start..start + frame_bytes) else {
+            // A damaged Samples per Pixel or Number of Frames can state more than any file holds.
+            let range = frame_bytes.checked_mul(index as usize).and_then(|start| Some(start..start.checked_add(frame_bytes)?));
+            let Some(frame) = range.and_then(|range| bytes.get(range)) else {
                 return Err(format!(
                     "a damaged DICOM file: its Pixel Data holds {} bytes, too few for {frames} frames of {frame_bytes}; export it again from the PACS or viewer",
                     bytes.len()
