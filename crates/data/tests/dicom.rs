@@ -56,7 +56,7 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
 
 /// Each frame of a file of several, chosen by number, and first, middle (⌊n/2⌋ + 1) and last:
 /// a cine loop uncompressed in RGB and in YBR_FULL_422, under RLE, as JPEG of two fragments a
-/// frame (found by the Basic Offset Table), and an enhanced CT volume whose rescale and window
+/// frame (found by the Basic Offset Table), a JPEG-LS series, and an enhanced CT volume whose rescale and window
 /// are its Functional Groups' (a frame's own before the shared, both before the top level's).
 #[test]
 fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it() {
@@ -66,6 +66,7 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
         ("us_cine_422.dcm", 2, 0, 0.0),
         ("us_cine_rle.dcm", 3, 0, 0.0),
         ("xa_cine_jpeg.dcm", 3, 2, 0.5),
+        ("mr_jpegls_frames.dcm", 3, 0, 0.0),
         ("ct_enhanced.dcm", 3, 0, 0.0),
     ] {
         let chosen = (1..=frames).map(|n| (DicomFrame::Number(n), n)).chain([
