@@ -111,9 +111,9 @@ const FUNCTIONAL_GROUPS: [(Tag, &[Tag]); 2] = [
 /// `object` (of `frames` frames, Samples per Pixel `samples`, Bits Allocated `bits_allocated`,
 /// `columns` x `rows`, in colour space `photometric`) reduced to its frame `index`: the Pixel
 /// Data cut to that frame and its Functional Groups' rescale and window put at the top level, as
-/// a single-frame image states them (the per-frame group first, then the shared one, as PS3.3
-/// C.7.6.16.1 orders them; a group's attributes replace any top-level ones). A file with neither
-/// group and one frame is left as it is.
+/// a single-frame image states them, replacing any top-level ones. PS3.3 C.7.6.16 puts a macro in
+/// the shared group or the per-frame one, not both; a file that has both is read per-frame
+/// first, as pixelmed reads it. A file with neither group and one frame is left as it is.
 pub(crate) fn keep_frame(
     object: &mut DefaultDicomObject,
     (index, frames): (u32, u32),
