@@ -16,7 +16,7 @@ use medxfer_train::{RunSettings, SaliencyBatches, Views, logits_split_views, mac
 
 use crate::rank::card::ModelCard;
 use crate::saliency::Reviewed;
-use images::{cached_images, image_paths, prune_prediction_caches, unreadable_file};
+use images::{Images, cached_images, image_paths, prune_prediction_caches, unreadable_file};
 
 mod images;
 
@@ -147,37 +147,9 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let checkpoint = card.checkpoint_in(ranking)?;
     let temperature = if args.calibrated { card_temperature(&card, ranking)? } else { 1.0 };
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
-    // The label column's classes, checked before any image is read.
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
-    let csv_truth: Option<Vec<u32>> = match &images.labels {
-        Some(labels) => Some(
-            labels
-                .iter()
-                .enumerate()
-                .map(|(row, label)| {
-                    class_index(label).with_context(|| {
-                        format!(
-                            "{}: line {}: label {label:?} is not one of the model's classes ({})",
-                            args.images.display(),
-                            row + 2,
-                            card.classes.join(", ")
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?,
-        ),
-        None => None,
-    };
-    if let Some(dir) = &args.saliency
-        && args.images.is_dir()
-        && std::path::absolute(dir)?.starts_with(std::path::absolute(&args.images)?)
-    {
-        bail!(
-            "--saliency {}: inside --images {}, so the overlays would be read as images by the next run on that folder; give a folder outside it",
-            dir.display(),
-            args.images.display()
-        );
-    }
+    let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
+    check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(
             class_index(name)
@@ -250,10 +222,8 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let referral = args.refer_below.map(|threshold| Referral::of(threshold, &referred, truth.as_deref(), &predicted, card.classes.len()));
     let saliency = match &args.saliency {
         Some(dir) => {
-            let classes = match saliency_class {
-                Some(class) => vec![class; predicted.len()],
-                None => predicted.clone(),
-            };
+            // The evidence for --saliency-class in every image, else for each one's prediction.
+            let classes = saliency_class.map_or_else(|| predicted.clone(), |class| vec![class; predicted.len()]);
             let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
             let mut batches = SaliencyBatches::new(&model, &split, &settings, &classes)?;
             let written =
@@ -288,6 +258,44 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         unreadable,
         saliency,
     })
+}
+
+/// The label column's classes as the model's outputs (None without a label column), checked
+/// before any image is read: a label the model lacks names its line of `source`.
+fn csv_labels(images: &Images, classes: &[String], source: &Path) -> Result<Option<Vec<u32>>> {
+    let Some(labels) = &images.labels else { return Ok(None) };
+    labels
+        .iter()
+        .enumerate()
+        .map(|(row, label)| {
+            let index = classes.iter().position(|c| c == label).map(|i| i as u32);
+            index.with_context(|| {
+                format!(
+                    "{}: line {}: label {label:?} is not one of the model's classes ({})",
+                    source.display(),
+                    row + 2,
+                    classes.join(", ")
+                )
+            })
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+/// `--saliency` inside an `--images` folder: its overlays would be read as images by the next
+/// run on that folder.
+fn check_saliency_outside(args: &PredictArgs) -> Result<()> {
+    if let Some(dir) = &args.saliency
+        && args.images.is_dir()
+        && std::path::absolute(dir)?.starts_with(std::path::absolute(&args.images)?)
+    {
+        bail!(
+            "--saliency {}: inside --images {}, so the overlays would be read as images by the next run on that folder; give a folder outside it",
+            dir.display(),
+            args.images.display()
+        );
+    }
+    Ok(())
 }
 
 /// The temperature `--calibrated` divides the logits by: the card's, or why it has none (and
