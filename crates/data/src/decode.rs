@@ -20,7 +20,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use crate::dicom::{DicomFrame, dicom_rgb8, is_dicom, is_unnamed_dicom};
+use crate::dicom::{DicomFrame, dicom_file_rgb8, dicom_rgb8, is_dicom, is_dicom_file, is_unnamed_dicom};
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
@@ -75,6 +75,10 @@ pub fn load_image(path: &Path) -> Result<Decoded> {
 pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat")) {
         return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
+    }
+    // Read from disk as far as needed: a frame of an uncompressed loop without the others.
+    if is_dicom_file(path).map_err(|e| Error::io(path, e))? {
+        return dicom_file_rgb8(path, frame).map(|image| Decoded { image, faint: false });
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_image(path, &bytes, frame)

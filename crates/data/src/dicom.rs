@@ -57,6 +57,11 @@ pub(crate) fn is_dicom(path: &Path, bytes: &[u8]) -> bool {
     has_dicom_extension(path) || has_magic(bytes)
 }
 
+/// Whether the file at `path` is a DICOM file: its extension, else its magic word.
+pub(crate) fn is_dicom_file(path: &Path) -> std::io::Result<bool> {
+    Ok(has_dicom_extension(path) || has_magic(&read_head(path)?))
+}
+
 /// Whether `path` ends in `.dcm` or `.dicom` (any case).
 fn has_dicom_extension(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("dcm") || e.eq_ignore_ascii_case("dicom"))
@@ -125,7 +130,21 @@ pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
 /// the process. Its parser zero-fills the length an element states before reading it: a length
 /// beyond the file is refused first (`check_lengths`).
 pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> {
-    match std::panic::catch_unwind(|| read_dicom(path, bytes, frame)) {
+    read_catching(path, &mut Cursor::new(bytes), bytes.len() as u64, frame)
+}
+
+/// [`dicom_rgb8`] of the file at `path`, read from disk as far as it is needed: a frame of an
+/// uncompressed cine loop or volume without the other frames (a loop of 600 ultrasound frames
+/// is 860 MB, and the cache decodes a file per core).
+pub(crate) fn dicom_file_rgb8(path: &Path, frame: DicomFrame) -> Result<RgbImage> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    read_catching(path, &mut std::io::BufReader::new(file), size, frame)
+}
+
+/// [`read_dicom`], its decoder's panic the file's error.
+fn read_catching<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: DicomFrame) -> Result<RgbImage> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_dicom(path, source, size, frame))) {
         Ok(outcome) => outcome,
         Err(panic) => {
             let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()));
@@ -140,11 +159,19 @@ pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result
     }
 }
 
-fn read_dicom(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> {
+/// The DICOM file `source` (`size` bytes, of `path`) as RGB8: its header up to the Pixel Data
+/// read and checked first; then, for a frame of an uncompressed file of several, that frame's
+/// bytes alone, else the whole file.
+fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: DicomFrame) -> Result<RgbImage> {
     let problem = |what: String| Error::format(path, what);
-    let (preamble, magic) = if has_magic(bytes) {
+    let mut head = Vec::with_capacity(MAGIC_AT + 4);
+    source
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| source.take((MAGIC_AT + 4) as u64).read_to_end(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    let (preamble, magic) = if has_magic(&head) {
         (ReadPreamble::Always, MAGIC_AT)
-    } else if bytes.starts_with(b"DICM") {
+    } else if head.starts_with(b"DICM") {
         (ReadPreamble::Never, 0)
     } else {
         return Err(problem(
@@ -152,26 +179,27 @@ fn read_dicom(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> 
                 .into(),
         ));
     };
-    let mut source = Cursor::new(bytes);
-    source.set_position(magic as u64);
-    check_lengths(path, &mut source, bytes.len() as u64, false)?;
-    let mut object = OpenFileOptions::new()
-        .read_preamble(preamble)
-        .from_reader(Cursor::new(bytes))
-        .map_err(|e| problem(format!("cannot read the DICOM file ({e}); it may be truncated or corrupt")))?;
-    if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-        return Err(problem(
+    let no_image = || {
+        problem(
             "the DICOM file holds no image (no Pixel Data): a DICOMDIR, a report or a presentation state; leave it out of the image folder"
                 .into(),
-        ));
+        )
+    };
+    source.seek(SeekFrom::Start(magic as u64)).map_err(|e| Error::io(path, e))?;
+    let found = check_lengths(path, source, size, true)?;
+    // Where the walk stopped: at a native Pixel Data's first byte.
+    let pixels_at = source.stream_position().map_err(|e| Error::io(path, e))?;
+    if found == PixelsFound::Absent {
+        return Err(no_image());
     }
+    let header = parse(path, source, OpenFileOptions::new().read_until(tags::PIXEL_DATA).read_preamble(preamble))?;
     let attribute = |tag, name: &str| -> Result<u32> {
-        let value = object.element(tag).map_err(|_| problem(format!("the DICOM file has no {name}")))?;
+        let value = header.element(tag).map_err(|_| problem(format!("the DICOM file has no {name}")))?;
         value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's {name} is not a number ({e})")))
     };
     let (rows, columns) = (attribute(tags::ROWS, "Rows")?, attribute(tags::COLUMNS, "Columns")?);
     check_pixels(path, columns, rows)?;
-    let frames = match object.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
+    let frames = match header.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
         Some(value) => value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's Number of Frames is not a number ({e})")))?,
         None => 1,
     };
@@ -184,12 +212,36 @@ fn read_dicom(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> 
             "the DICOM file stores {bits_stored} of {bits_allocated} bits per sample; medxfer reads 8- and 16-bit images (1 to 16 bits stored)"
         )));
     }
-    let samples = match object.element_opt(tags::SAMPLES_PER_PIXEL).ok().flatten() {
+    let samples = match header.element_opt(tags::SAMPLES_PER_PIXEL).ok().flatten() {
         Some(value) => value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's Samples per Pixel is not a number ({e})")))?,
         None => 1,
     };
-    let photometric = stored_photometric(&object).map_err(problem)?;
-    frame::keep_frame(&mut object, (index, frames), (columns, rows, samples, bits_allocated), photometric.as_str()).map_err(problem)?;
+    let photometric = stored_photometric(&header).map_err(problem)?;
+    let geometry = (columns, rows, samples, bits_allocated);
+    let little_endian = [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN].contains(&header.meta().transfer_syntax());
+    // A frame of an uncompressed file of several: its bytes alone, where the walk found them.
+    let (mut object, frames_held) = match found {
+        PixelsFound::Native { length, vr } if frames > 1 && little_endian => {
+            let mut object = header;
+            let native = frame::NativePixels { at: pixels_at, length, vr };
+            frame::read_native_frame(&mut object, source, native, (index, frames), geometry, photometric.as_str()).map_err(problem)?;
+            (object, 1)
+        }
+        _ => {
+            // The whole file, read once: walked and parsed from memory.
+            let mut whole = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            source.seek(SeekFrom::Start(0)).and_then(|_| source.read_to_end(&mut whole)).map_err(|e| Error::io(path, e))?;
+            let mut memory = Cursor::new(whole.as_slice());
+            memory.set_position(magic as u64);
+            check_lengths(path, &mut memory, size, false)?;
+            let object = parse(path, &mut memory, OpenFileOptions::new().read_preamble(preamble))?;
+            if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+                return Err(no_image());
+            }
+            (object, frames)
+        }
+    };
+    frame::keep_frame(&mut object, (index, frames_held), geometry, photometric.as_str()).map_err(problem)?;
     check_stated_size(&object, (columns, rows)).map_err(problem)?;
     if [uids::JPEGLS_LOSSLESS, uids::JPEGLS_NEAR_LOSSLESS].contains(&object.meta().transfer_syntax()) {
         if samples != 1 {
@@ -229,6 +281,14 @@ fn read_dicom(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> 
     Ok(image)
 }
 
+/// The DICOM file `source` (of `path`) as dicom-rs reads it with `options`, from its start.
+fn parse<R: Read + Seek>(path: &Path, source: &mut R, options: OpenFileOptions) -> Result<DefaultDicomObject> {
+    source.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    options
+        .from_reader(source)
+        .map_err(|e| Error::format(path, format!("cannot read the DICOM file ({e}); it may be truncated or corrupt")))
+}
+
 /// That no element of the DICOM file `source` (at its magic word; `size` bytes in all) states a
 /// length beyond the file's size, up to its Pixel Data if `until_pixels`. dicom-rs's parser
 /// zero-fills a value's stated length before reading it, so a damaged length field (one flipped
@@ -236,8 +296,9 @@ fn read_dicom(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<RgbImage> 
 /// before its error. The file meta group (explicit VR little endian) and the data set are walked
 /// with dicom-rs's own header decoder and token reader, which yield each header before the value
 /// is read. A deflated data set is left to dicom-rs (its inflated size is unknown beforehand).
-/// What these walks cannot parse, dicom-rs's parse after them reports.
-fn check_lengths<R: Read + Seek>(path: &Path, source: &mut R, size: u64, until_pixels: bool) -> Result<()> {
+/// What these walks cannot parse, dicom-rs's parse after them reports. Up to the Pixel Data, it
+/// says what the walk found of the image's (top-level) Pixel Data.
+fn check_lengths<R: Read + Seek>(path: &Path, source: &mut R, size: u64, until_pixels: bool) -> Result<PixelsFound> {
     let too_long_for = |length: Length| {
         length.get().filter(|&l| u64::from(l) > size).map(|l| {
             Error::format(
@@ -248,7 +309,7 @@ fn check_lengths<R: Read + Seek>(path: &Path, source: &mut R, size: u64, until_p
             )
         })
     };
-    let Ok(magic) = source.stream_position() else { return Ok(()) };
+    let Ok(magic) = source.stream_position() else { return Ok(PixelsFound::Unknown) };
     // The file meta group as dicom-rs reads it: its group length first, then elements until
     // that many bytes are read, whatever their tags.
     let decoder = file_header_decoder();
@@ -274,21 +335,49 @@ fn check_lengths<R: Read + Seek>(path: &Path, source: &mut R, size: u64, until_p
         }
     }
     if source.seek(SeekFrom::Start(magic)).is_err() {
-        return Ok(());
+        return Ok(PixelsFound::Unknown);
     }
-    let Ok(meta) = FileMetaTable::from_reader(&mut *source) else { return Ok(()) };
-    let Some(syntax) = TransferSyntaxRegistry.get(meta.transfer_syntax()) else { return Ok(()) };
-    if !matches!(syntax.codec(), Codec::None | Codec::EncapsulatedPixelData(..)) {
-        return Ok(());
-    }
-    let Ok(tokens) = DataSetReader::new_with_ts(source, syntax) else { return Ok(()) };
+    let Ok(meta) = FileMetaTable::from_reader(&mut *source) else { return Ok(PixelsFound::Unknown) };
+    let Some(syntax) = TransferSyntaxRegistry.get(meta.transfer_syntax()) else { return Ok(PixelsFound::Unknown) };
+    let native = match syntax.codec() {
+        Codec::None => true,
+        Codec::EncapsulatedPixelData(..) => false,
+        _ => return Ok(PixelsFound::Unknown),
+    };
+    let Ok(tokens) = DataSetReader::new_with_ts(&mut *source, syntax) else { return Ok(PixelsFound::Unknown) };
+    // Sequences open: an icon's Pixel Data (in the Icon Image Sequence) is not the image's.
+    let mut depth = 0_usize;
+    let mut found = PixelsFound::Absent;
     for token in tokens {
         let (length, pixels) = match token {
-            Ok(DataToken::ElementHeader(header)) => (header.len, header.tag == tags::PIXEL_DATA),
-            Ok(DataToken::SequenceStart { len, .. } | DataToken::ItemStart { len }) => (len, false),
-            Ok(DataToken::PixelSequenceStart) => (Length(0), true),
+            Ok(DataToken::ElementHeader(header)) => {
+                let image = header.tag == tags::PIXEL_DATA && depth == 0;
+                if image {
+                    found = match (native, header.len.get()) {
+                        (true, Some(length)) => PixelsFound::Native { length: u64::from(length), vr: header.vr },
+                        _ => PixelsFound::Unknown,
+                    };
+                }
+                (header.len, image)
+            }
+            Ok(DataToken::SequenceStart { len, .. }) => {
+                depth += 1;
+                (len, false)
+            }
+            Ok(DataToken::ItemStart { len }) => (len, false),
+            Ok(DataToken::PixelSequenceStart) => {
+                depth += 1;
+                if depth == 1 {
+                    found = PixelsFound::Encapsulated;
+                }
+                (Length(0), depth == 1)
+            }
+            Ok(DataToken::SequenceEnd) => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
             Ok(_) => continue,
-            Err(_) => break,
+            Err(_) => return Ok(PixelsFound::Unknown),
         };
         if let Some(error) = too_long_for(length) {
             return Err(error);
@@ -297,7 +386,21 @@ fn check_lengths<R: Read + Seek>(path: &Path, source: &mut R, size: u64, until_p
             break;
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// What [`check_lengths`]'s walk found of a file's (top-level) Pixel Data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PixelsFound {
+    /// Uncompressed, `length` bytes of value representation `vr`; with the walk stopped at it,
+    /// the source stands at its first byte.
+    Native { length: u64, vr: VR },
+    /// Fragments (a compressed image).
+    Encapsulated,
+    /// None: a DICOMDIR, a report, a presentation state.
+    Absent,
+    /// Not known: a deflated data set, or one the walk could not parse (dicom-rs's parse says why).
+    Unknown,
 }
 
 /// The one grayscale frame of a JPEG-LS file (lossless or near-lossless) put back in `object` as
@@ -557,7 +660,69 @@ fn windowed(function: VoiLutFunction, window: WindowLevel, value: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::stated_size;
+    use std::io::{Cursor, Read, Seek, SeekFrom};
+    use std::path::Path;
+
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+
+    use super::{DicomFrame, read_dicom, stated_size};
+
+    /// A byte source that counts what is read of it.
+    struct Counted<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl<R: Seek> Seek for Counted<R> {
+        fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(to)
+        }
+    }
+
+    /// The last of three 256 x 256 RGB frames (192 KiB each, frame k every sample 60 k + 20) of an
+    /// uncompressed loop is read without the two before it: less than two frames' bytes are read
+    /// in all, and the image is that frame.
+    #[test]
+    fn a_frame_of_an_uncompressed_loop_is_read_alone() {
+        let frame_bytes = 256 * 256 * 3;
+        let pixels: Vec<u8> = (0..3_u8).flat_map(|k| std::iter::repeat_n(60 * k + 20, frame_bytes)).collect();
+        let us = |tag, value: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(value));
+        let object = dicom_object::InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.2")),
+            us(tags::SAMPLES_PER_PIXEL, 3),
+            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("RGB")),
+            us(tags::PLANAR_CONFIGURATION, 0),
+            DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("3")),
+            us(tags::ROWS, 256),
+            us(tags::COLUMNS, 256),
+            us(tags::BITS_ALLOCATED, 8),
+            us(tags::BITS_STORED, 8),
+            us(tags::HIGH_BIT, 7),
+            us(tags::PIXEL_REPRESENTATION, 0),
+            DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(pixels)),
+        ]);
+        let meta = dicom_object::FileMetaTableBuilder::new()
+            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .media_storage_sop_class_uid(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)
+            .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2");
+        let mut bytes = Vec::new();
+        object.with_meta(meta).unwrap().write_all(&mut bytes).unwrap();
+        let size = bytes.len() as u64;
+        let mut source = Counted { inner: Cursor::new(bytes), read: 0 };
+        let image = read_dicom(Path::new("loop.dcm"), &mut source, size, DicomFrame::Last).unwrap();
+        assert!(image.as_raw().iter().all(|&v| v == 140), "not the last frame");
+        assert!(source.read < 2 * frame_bytes as u64, "{} of {size} bytes read", source.read);
+    }
 
     /// A JPEG 2000 codestream's start: SOC, SIZ (Lsiz 41, Rsiz 0), Xsiz 40 + 3, Ysiz 36 + 5,
     /// XOsiz 3, YOsiz 5, then the rest of SIZ.

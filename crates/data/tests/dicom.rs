@@ -55,7 +55,8 @@ fn every_dicom_case_decodes_as_pydicom_displays_it() {
 }
 
 /// Each frame of a file of several, chosen by number, and first, middle (⌊n/2⌋ + 1) and last:
-/// a cine loop uncompressed in RGB and in YBR_FULL_422, under RLE, as JPEG of two fragments a
+/// a cine loop uncompressed in RGB (with a thumbnail's own Pixel Data before the image's too) and
+/// in YBR_FULL_422, under RLE, as JPEG of two fragments a
 /// frame (found by the Basic Offset Table), a JPEG-LS series, and an enhanced CT volume whose rescale and window
 /// are its Functional Groups' (a frame's own before the shared, both before the top level's).
 #[test]
@@ -63,6 +64,7 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
     let expected = common::expected(&fixtures());
     for (name, frames, max_allowed, mean_allowed) in [
         ("us_cine.dcm", 3, 0, 0.0),
+        ("us_cine_icon.dcm", 3, 0, 0.0),
         ("us_cine_422.dcm", 2, 0, 0.0),
         ("us_cine_rle.dcm", 3, 0, 0.0),
         ("xa_cine_jpeg.dcm", 3, 2, 0.5),

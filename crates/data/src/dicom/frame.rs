@@ -5,6 +5,7 @@
 //! them.
 
 use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
 use std::str::FromStr;
 
 use dicom_core::value::{PixelFragmentSequence, Value};
@@ -108,16 +109,70 @@ const FUNCTIONAL_GROUPS: [(Tag, &[Tag]); 2] = [
     ),
 ];
 
+/// Where an uncompressed image's Pixel Data lies in its file: `length` bytes from byte `at`, of
+/// value representation `vr`.
+pub(crate) struct NativePixels {
+    pub at: u64,
+    pub length: u64,
+    pub vr: VR,
+}
+
+/// The bytes one frame of an uncompressed image takes: `columns` x `rows` pixels of `samples`
+/// samples of `bits_allocated` bits, but two bytes a pixel in YBR_FULL_422, which stores each pair
+/// of pixels in four (PS3.3 C.7.6.3.1.2).
+fn native_frame_bytes((columns, rows, samples, bits_allocated): (u32, u32, u32, u32), photometric: &str) -> usize {
+    let pixels = columns as usize * rows as usize;
+    let per_pixel = if photometric == "YBR_FULL_422" { 2 } else { samples as usize } * (bits_allocated as usize / 8);
+    pixels.saturating_mul(per_pixel)
+}
+
+/// Where frame `index` of `frames` of `frame_bytes` each lies among `length` bytes: None where
+/// they are too few (a damaged Samples per Pixel or Number of Frames can state more than any
+/// file holds, past 2^64).
+fn frame_range(index: u32, frame_bytes: usize, length: u64) -> Option<std::ops::Range<usize>> {
+    let start = frame_bytes.checked_mul(index as usize)?;
+    let end = start.checked_add(frame_bytes)?;
+    (end as u64 <= length).then_some(start..end)
+}
+
+fn too_few_bytes(length: u64, frames: u32, frame_bytes: usize) -> String {
+    format!(
+        "a damaged DICOM file: its Pixel Data holds {length} bytes, too few for {frames} frames of {frame_bytes}; export it again from the PACS or viewer"
+    )
+}
+
+/// Frame `index` of the uncompressed image of `frames` frames in `source` (its Pixel Data at
+/// `pixels`), read alone and put in `object` (the file's header) as its Pixel Data of one frame.
+pub(crate) fn read_native_frame<R: Read + Seek>(
+    object: &mut DefaultDicomObject,
+    source: &mut R,
+    pixels: NativePixels,
+    (index, frames): (u32, u32),
+    geometry: (u32, u32, u32, u32),
+    photometric: &str,
+) -> Result<(), String> {
+    let frame_bytes = native_frame_bytes(geometry, photometric);
+    let range = frame_range(index, frame_bytes, pixels.length).ok_or_else(|| too_few_bytes(pixels.length, frames, frame_bytes))?;
+    let mut frame = vec![0_u8; frame_bytes];
+    source.seek(SeekFrom::Start(pixels.at + range.start as u64)).and_then(|_| source.read_exact(&mut frame)).map_err(|e| {
+        format!("a damaged DICOM file: its Pixel Data ends before frame {} does ({e}); export it again from the PACS or viewer", index + 1)
+    })?;
+    object.put(DataElement::new(tags::PIXEL_DATA, pixels.vr, PrimitiveValue::from(frame)));
+    object.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("1")));
+    Ok(())
+}
+
 /// `object` (of `frames` frames, Samples per Pixel `samples`, Bits Allocated `bits_allocated`,
 /// `columns` x `rows`, in colour space `photometric`) reduced to its frame `index`: the Pixel
-/// Data cut to that frame and its Functional Groups' rescale and window put at the top level, as
+/// Data cut to that frame (where it holds `frames` > 1) and its Functional Groups' rescale and
+/// window put at the top level, as
 /// a single-frame image states them, replacing any top-level ones. PS3.3 C.7.6.16 puts a macro in
 /// the shared group or the per-frame one, not both; a file that has both is read per-frame
 /// first, as pixelmed reads it. A file with neither group and one frame is left as it is.
 pub(crate) fn keep_frame(
     object: &mut DefaultDicomObject,
     (index, frames): (u32, u32),
-    (columns, rows, samples, bits_allocated): (u32, u32, u32, u32),
+    geometry: (u32, u32, u32, u32),
     photometric: &str,
 ) -> Result<(), String> {
     apply_functional_groups(object, index);
@@ -131,20 +186,11 @@ pub(crate) fn keep_frame(
             DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), fragments)))
         }
         Value::Primitive(value) => {
-            // YBR_FULL_422 stores each pair of pixels in four bytes (PS3.3 C.7.6.3.1.2).
-            let pixels = columns as usize * rows as usize;
-            let per_pixel = if photometric == "YBR_FULL_422" { 2 } else { samples as usize } * (bits_allocated as usize / 8);
-            let frame_bytes = pixels.saturating_mul(per_pixel);
+            let frame_bytes = native_frame_bytes(geometry, photometric);
             let bytes = value.to_bytes();
-            // A damaged Samples per Pixel or Number of Frames can state more than any file holds.
-            let range = frame_bytes.checked_mul(index as usize).and_then(|start| Some(start..start.checked_add(frame_bytes)?));
-            let Some(frame) = range.and_then(|range| bytes.get(range)) else {
-                return Err(format!(
-                    "a damaged DICOM file: its Pixel Data holds {} bytes, too few for {frames} frames of {frame_bytes}; export it again from the PACS or viewer",
-                    bytes.len()
-                ));
-            };
-            DataElement::new(tags::PIXEL_DATA, element.vr(), PrimitiveValue::from(frame.to_vec()))
+            let range = frame_range(index, frame_bytes, bytes.len() as u64)
+                .ok_or_else(|| too_few_bytes(bytes.len() as u64, frames, frame_bytes))?;
+            DataElement::new(tags::PIXEL_DATA, element.vr(), PrimitiveValue::from(bytes[range].to_vec()))
         }
         Value::Sequence(_) => return Err("the DICOM file's Pixel Data is a sequence of items, not an image; export it again".into()),
     };
