@@ -3,9 +3,10 @@
 //! (the page cache keeps it in memory, as a memory map would; the workspace forbids `unsafe`,
 //! which mapping needs) and never decode a JPEG again.
 //!
-//! The cache is keyed by the dataset name, the resize, the decoder's revision and a checksum of
-//! the files it covers (paths, sizes and modification times), so a changed dataset or split, or a
-//! decoder that makes other pixels of some file, builds a new one, even when an image is
+//! The cache is keyed by the dataset name, the resize, the decoder's revision, the DICOM frame
+//! chosen of files of several (where one is) and a checksum of the files it covers (paths, sizes
+//! and modification times), so a changed dataset or split, another frame, or a decoder that makes
+//! other pixels of some file, builds a new one, even when an image is
 //! rewritten at the same size (an uncompressed TIFF or BMP). Both files are written
 //! through medxfer-durable (a temporary file of this process, renamed when complete), the index
 //! last: a killed build leaves no half cache behind, and shards building the same cache at once
@@ -197,8 +198,9 @@ impl ImageCache {
         Ok(Some(Self { file, data_path: data_path.to_path_buf(), index }))
     }
 
-    /// What the cache was made from: the dataset's name, the resize and a checksum of the files'
-    /// paths, sizes and modification times (an image edited in place changes it).
+    /// What the cache was made from: the dataset's name, the resize, the decoder's revision, the
+    /// DICOM frame chosen (where one is) and a checksum of the files' paths, sizes and modification
+    /// times (an image edited in place changes it).
     pub fn key(&self) -> &str {
         &self.index.key
     }
