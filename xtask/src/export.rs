@@ -54,6 +54,8 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 "mean": card.mean,
                 "std": card.std,
                 "temperature": card.temperature,
+                // The frame rank read of each DICOM file of several: the pipeline's to read too.
+                "dicom_frame": card.dicom_frame,
             })
             .to_string(),
         ),

@@ -1445,6 +1445,13 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
             assert_eq!(ours[name], (dtype.clone(), expected), "{backbone}: {name}");
         }
         assert_eq!(metadata["medxfer.classes"], "[\"clear\",\"lesion\"]");
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("models").join(format!("{backbone}.json"))).unwrap()).unwrap();
+        let preprocessing: serde_json::Value = serde_json::from_str(&metadata["medxfer.preprocessing"]).unwrap();
+        for key in ["resize", "crop", "mean", "std", "temperature", "dicom_frame"] {
+            assert_eq!(preprocessing[key], card[key], "{backbone}: {key}");
+        }
+        assert_eq!(preprocessing["dicom_frame"], "only");
     }
 
     // What it cannot do, refused with the fix.
