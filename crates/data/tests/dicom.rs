@@ -65,6 +65,7 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
     for (name, frames, max_allowed, mean_allowed) in [
         ("us_cine.dcm", 3, 0, 0.0),
         ("us_cine_icon.dcm", 3, 0, 0.0),
+        ("us_cine_deflate.dcm", 3, 0, 0.0),
         ("us_cine_422.dcm", 2, 0, 0.0),
         ("us_cine_rle.dcm", 3, 0, 0.0),
         ("xa_cine_jpeg.dcm", 3, 2, 0.5),
