@@ -15,12 +15,12 @@
 //! decoder would fill the missing part), and no image over [`MAX_PIXELS`](crate::MAX_PIXELS) is
 //! decoded.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use crate::dicom::{DicomFrame, dicom_file_rgb8, dicom_rgb8, is_dicom, is_dicom_file, is_unnamed_dicom};
+use crate::dicom::{DICOM_HEAD, DicomFrame, dicom_file_rgb8, dicom_rgb8, is_dicom, is_unnamed_dicom};
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
@@ -76,11 +76,16 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat")) {
         return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
     }
-    // Read from disk as far as needed: a frame of an uncompressed loop without the others.
-    if is_dicom_file(path).map_err(|e| Error::io(path, e))? {
-        return dicom_file_rgb8(path, frame).map(|image| Decoded { image, faint: false });
+    // One open file: its first bytes tell DICOM (read from disk as far as needed: a frame of an
+    // uncompressed loop without the others) from the rest (read whole).
+    let io = |e| Error::io(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    (&mut file).take(DICOM_HEAD as u64).read_to_end(&mut bytes).map_err(io)?;
+    if is_dicom(path, &bytes) {
+        return dicom_file_rgb8(path, file, frame).map(|image| Decoded { image, faint: false });
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    file.read_to_end(&mut bytes).map_err(io)?;
     decode_image(path, &bytes, frame)
 }
 

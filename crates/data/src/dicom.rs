@@ -51,15 +51,13 @@ pub use frame::DicomFrame;
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.
 const MAGIC_AT: usize = 128;
 
+/// The bytes that tell a DICOM file by its magic word: the preamble and the word.
+pub(crate) const DICOM_HEAD: usize = MAGIC_AT + 4;
+
 /// Whether `bytes` (of `path`) are a DICOM file: the `.dcm`/`.dicom` extension, or the `DICM`
 /// magic after the preamble (PACS exports name their files `IM000001`, without extension).
 pub(crate) fn is_dicom(path: &Path, bytes: &[u8]) -> bool {
     has_dicom_extension(path) || has_magic(bytes)
-}
-
-/// Whether the file at `path` is a DICOM file: its extension, else its magic word.
-pub(crate) fn is_dicom_file(path: &Path) -> std::io::Result<bool> {
-    Ok(has_dicom_extension(path) || has_magic(&read_head(path)?))
 }
 
 /// Whether `path` ends in `.dcm` or `.dicom` (any case).
@@ -133,11 +131,10 @@ pub(crate) fn dicom_rgb8(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result
     read_catching(path, &mut Cursor::new(bytes), bytes.len() as u64, frame)
 }
 
-/// [`dicom_rgb8`] of the file at `path`, read from disk as far as it is needed: a frame of an
-/// uncompressed cine loop or volume without the other frames (a loop of 600 ultrasound frames
+/// [`dicom_rgb8`] of `file` (open at `path`), read from disk as far as it is needed: a frame of
+/// an uncompressed cine loop or volume without the other frames (a loop of 600 ultrasound frames
 /// is 860 MB, and the cache decodes a file per core).
-pub(crate) fn dicom_file_rgb8(path: &Path, frame: DicomFrame) -> Result<RgbImage> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+pub(crate) fn dicom_file_rgb8(path: &Path, file: std::fs::File, frame: DicomFrame) -> Result<RgbImage> {
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     read_catching(path, &mut std::io::BufReader::new(file), size, frame)
 }
