@@ -54,7 +54,9 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 "mean": card.mean,
                 "std": card.std,
                 "temperature": card.temperature,
-                // The frame rank read of each DICOM file of several: the pipeline's to read too.
+                // The frame rank read of each DICOM file of several: the pipeline's to read too
+                // ("all" or "every:K": each frame kept predicted, the file's probabilities their
+                // mean, as predict does).
                 "dicom_frame": card.dicom_frame,
             })
             .to_string(),

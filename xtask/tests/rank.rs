@@ -558,6 +558,82 @@ fn a_folder_of_cine_loops_is_ranked_on_the_frame_chosen() {
     assert!(!output.status.success() && stderr.contains("holds 3 frames") && stderr.contains("--dicom-frame"), "{stderr}");
 }
 
+/// `--dicom-frame all`: each frame of a loop an image of the loop's class, the loop their group.
+/// The scores are those of the same frames as PNG files, and --bootstrap's first places those of
+/// the PNGs drawn a loop at a time (a CSV's group column naming each one's loop); `every:2` keeps
+/// frames 1 and 3. --finetune-top splits the loops (finetune_split.csv a row a loop, each in one
+/// part) and the card says all.
+#[test]
+fn every_frame_of_a_folder_of_cine_loops_is_ranked_with_its_loop_as_group() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    let (loops, pngs) = (dir.path().join("loops"), dir.path().join("frames as pngs"));
+    let mut csv = String::from("path,label,group\n");
+    for class in ["clear", "lesion"] {
+        std::fs::create_dir_all(pngs.join(class)).unwrap();
+        for i in 0..4 {
+            let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap().to_rgb8();
+            let mut negative = image.clone();
+            negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
+            let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
+            let frames = [negative, image, noise];
+            write_rgb_dicom_frames(&loops.join(class).join(format!("{i:02}.dcm")), &frames);
+            for (k, frame) in frames.iter().enumerate() {
+                let name = format!("{class}/{i:02}-{}.png", k + 1);
+                frame.save(pngs.join(&name)).unwrap();
+                csv.push_str(&format!("{name},{class},{class}/{i:02}\n"));
+            }
+        }
+    }
+    std::fs::write(pngs.join("frames.csv"), csv).unwrap();
+    let ranked = |out: &Path| -> (Vec<BTreeMap<String, String>>, Vec<String>) {
+        let mut rows = read_csv(&out.join("ranking.csv"));
+        rows.iter_mut().for_each(|row| assert!(row.remove("extraction_seconds").is_some()));
+        let text = std::fs::read_to_string(out.join("ranking.md")).unwrap();
+        let firsts = text.split("How often each candidate comes first").nth(1).unwrap();
+        let table = firsts.lines().take_while(|line| !line.starts_with("A tie")).filter(|line| line.starts_with("| ")).map(String::from);
+        (rows, table.collect())
+    };
+    let extra = ["--backbones", "resnet_basic_min,vit_min", "--bootstrap", "20"];
+    rank(dir.path(), &pngs.join("frames.csv"), &dir.path().join("pngs"), None, &extra);
+    let (png_rows, png_firsts) = ranked(&dir.path().join("pngs"));
+    let output = rank(dir.path(), &loops, &dir.path().join("all"), None, &[&extra[..], &["--dicom-frame", "all"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("8 files of several frames give 24 frames") && stderr.contains("24 images in all"), "{stderr}");
+    let (rows, firsts) = ranked(&dir.path().join("all"));
+    assert_eq!(rows, png_rows);
+    assert!(firsts.len() == 3 && firsts == png_firsts, "{firsts:?} against {png_firsts:?}");
+    // The loops' group: drawn as images, the PNGs come first in other shares.
+    rank(
+        dir.path(),
+        &pngs.join("frames.csv"),
+        &dir.path().join("ungrouped"),
+        None,
+        &[&extra[..], &["--csv-columns", "path,label"]].concat(),
+    );
+    assert_ne!(ranked(&dir.path().join("ungrouped")).1, firsts);
+
+    let output =
+        rank(dir.path(), &loops, &dir.path().join("every2"), None, &["--backbones", "resnet_basic_min", "--dicom-frame", "every:2"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("8 files of several frames give 16 frames"), "{output:?}");
+
+    let out = dir.path().join("tuned");
+    rank(
+        dir.path(),
+        &loops,
+        &out,
+        None,
+        &["--backbones", "resnet_basic_min", "--dicom-frame", "all", "--finetune-top", "1", "--trials", "1", "--epochs", "1"],
+    );
+    let split = read_csv(&out.join("finetune_split.csv"));
+    let paths: std::collections::BTreeSet<&str> = split.iter().map(|row| row["path"].as_str()).collect();
+    assert!(split.len() == 8 && paths.len() == 8 && paths.iter().all(|p| p.ends_with(".dcm")), "{split:?}");
+    let cards = std::fs::read_dir(out.join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
+    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
+    assert_eq!(card["dicom_frame"], "all");
+}
+
 /// Options rank cannot run with are refused before the images are read or cached (the
 /// extraction after takes minutes to hours), each naming the option.
 #[test]
@@ -1064,6 +1140,75 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     assert_eq!(from_loops(&["--dicom-frame", "middle"]), expected);
     std::fs::write(&card_file, card_text.replace("\"dicom_frame\": \"only\"", "\"dicom_frame\": \"middle\"")).unwrap();
     assert_eq!(from_loops(&[]), expected);
+    std::fs::write(&card_file, &card_text).unwrap();
+    // Every frame (--dicom-frame all, or a card saying so): one row a loop, its probabilities the
+    // mean of its frames' (those of the same frames as PNGs, predicted one by one); every:2 reads
+    // frames 1 and 3, the loop's two others. --saliency draws a map a file: refused with frames.
+    let others = dir.path().join("others");
+    let middles = dir.path().join("middles");
+    std::fs::create_dir_all(&others).unwrap();
+    std::fs::create_dir_all(&middles).unwrap();
+    for (i, path) in test.iter().enumerate() {
+        let image = image::open(images.join(path)).unwrap().to_rgb8();
+        let other =
+            image::RgbImage::from_fn(image.width(), image.height(), |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, (i * 40) as u8]));
+        other.save(others.join(format!("{i:02}.png"))).unwrap();
+        image.save(middles.join(format!("{i:02}.png"))).unwrap();
+    }
+    let output = predict(dir.path(), &out, &others, &["--out", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let other_p: Vec<f64> = read_csv(&file).iter().map(|r| r["p_clear"].parse().unwrap()).collect();
+    let image_p: Vec<f64> = expected.iter().map(|p| p.parse().unwrap()).collect();
+    let pooled = |extra: &[&str]| -> Vec<f64> { from_loops(extra).iter().map(|p| p.parse().unwrap()).collect() };
+    let close = |ours: &[f64], truth: &[f64], case: &str| {
+        assert_eq!(ours.len(), truth.len(), "{case}");
+        for (a, b) in ours.iter().zip(truth) {
+            assert!((a - b).abs() < 2e-6, "{case}: {ours:?} against {truth:?}");
+        }
+    };
+    let mean_of_three: Vec<f64> = other_p.iter().zip(&image_p).map(|(o, i)| (2.0 * o + i) / 3.0).collect();
+    close(&pooled(&["--dicom-frame", "all"]), &mean_of_three, "all");
+    close(&pooled(&["--dicom-frame", "every:2"]), &other_p, "every:2");
+    std::fs::write(&card_file, card_text.replace("\"dicom_frame\": \"only\"", "\"dicom_frame\": \"all\"")).unwrap();
+    close(&pooled(&[]), &mean_of_three, "a card saying all");
+    // Calibrated (a temperature of 2 written in the card): the mean of the frames' calibrated
+    // probabilities.
+    let mut card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&card_file).unwrap()).unwrap();
+    card["temperature"] = serde_json::json!(2.0);
+    std::fs::write(&card_file, serde_json::to_string(&card).unwrap()).unwrap();
+    let calibrated_of = |folder: &Path| -> Vec<f64> {
+        let output = predict(dir.path(), &out, folder, &["--out", file.to_str().unwrap(), "--calibrated"]);
+        assert!(output.status.success(), "{output:?}");
+        read_csv(&file).iter().map(|r| r["p_clear"].parse().unwrap()).collect()
+    };
+    let (other_t, image_t) = (calibrated_of(&others), calibrated_of(&middles));
+    assert!(other_t.iter().zip(&other_p).all(|(t, p)| (t - p).abs() > 1e-3), "a temperature of 2 changes nothing: {other_t:?}");
+    let mean_calibrated: Vec<f64> = other_t.iter().zip(&image_t).map(|(o, i)| (2.0 * o + i) / 3.0).collect();
+    close(&pooled(&["--calibrated"]), &mean_calibrated, "all, calibrated");
+    // A loop cut inside its last frame, with --skip-unreadable: listed, the others pooled as
+    // before (an unreadable frame makes its loop unreadable, not a loop of fewer frames).
+    let cut_loops = dir.path().join("cut loops");
+    std::fs::create_dir_all(&cut_loops).unwrap();
+    for i in 0..test.len() {
+        let bytes = std::fs::read(loops.join(format!("{i:02}.dcm"))).unwrap();
+        let kept = if i == 1 { bytes.len() - 100 } else { bytes.len() };
+        std::fs::write(cut_loops.join(format!("{i:02}.dcm")), &bytes[..kept]).unwrap();
+    }
+    let output = predict(dir.path(), &out, &cut_loops, &["--out", file.to_str().unwrap(), "--skip-unreadable", "--calibrated"]);
+    assert!(output.status.success(), "{output:?}");
+    let cut_rows = read_csv(&file);
+    assert_eq!(
+        cut_rows.iter().map(|r| r["path"].as_str()).collect::<Vec<_>>(),
+        (0..test.len()).filter(|&i| i != 1).map(|i| format!("{i:02}.dcm")).collect::<Vec<_>>()
+    );
+    let kept: Vec<f64> = mean_calibrated.iter().enumerate().filter(|&(i, _)| i != 1).map(|(_, p)| *p).collect();
+    close(&cut_rows.iter().map(|r| r["p_clear"].parse().unwrap()).collect::<Vec<f64>>(), &kept, "a cut loop left out");
+    let listed = read_csv(&dir.path().join("loops-unreadable.csv"));
+    assert!(listed.len() == 1 && listed[0]["path"] == "01.dcm", "{listed:?}");
+    let saliency = dir.path().join("loop-maps");
+    let output = predict(dir.path(), &out, &loops, &["--saliency", saliency.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--dicom-frame all predicts each file's frames") && !saliency.exists(), "{stderr}");
     std::fs::write(&card_file, &card_text).unwrap();
 
     // --saliency DIR: an overlay per image, of the crop's size, at the image's path under DIR

@@ -57,16 +57,16 @@ pub struct ImageCache {
 /// How many images are decoded in parallel before being appended in order.
 const CHUNK: usize = 256;
 
-/// blake3 over the sorted "path, size, modification time" lines of the files `entries` name:
-/// what the cache was made from (reading every byte of a 25,000-image dataset to key it would
-/// cost as much as decoding it).
+/// blake3 over the sorted "path, size, modification time" lines of the files `entries` name (a
+/// frame's path with its number): what the cache was made from (reading every byte of a
+/// 25,000-image dataset to key it would cost as much as decoding it).
 fn files_stamp(root: &Path, entries: &[Entry]) -> Result<String> {
     let mut lines: Vec<String> = Vec::with_capacity(entries.len());
     for entry in entries {
         let path = root.join(&entry.path);
         let metadata = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
         let modified = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-        lines.push(format!("{}\t{}\t{modified}\n", entry.path, metadata.len()));
+        lines.push(format!("{}\t{}\t{modified}\n", indexed_path(entry), metadata.len()));
     }
     lines.sort();
     let mut hasher = blake3::Hasher::new();
@@ -74,6 +74,16 @@ fn files_stamp(root: &Path, entries: &[Entry]) -> Result<String> {
         hasher.update(line.as_bytes());
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// How the cache names an entry's image: its path, and `#N` after it for frame N of a file of
+/// several (each frame an image), so that a cache of one loop's frames in another order is not
+/// read as this one.
+fn indexed_path(entry: &Entry) -> std::borrow::Cow<'_, str> {
+    match entry.frame {
+        Some(frame) => format!("{}#{frame}", entry.path).into(),
+        None => entry.path.as_str().into(),
+    }
 }
 
 impl ImageCache {
@@ -85,7 +95,8 @@ impl ImageCache {
     }
 
     /// [`Self::open_or_build`], reading the frame `frame` chooses of each DICOM file of several
-    /// (the cache keyed by the choice, where it is not [`DicomFrame::Only`]).
+    /// (the cache keyed by the choice, where it is not [`DicomFrame::Only`]), or the frame an entry
+    /// names (each frame of a loop an image: [`crate::frame_entries`]).
     pub fn open_or_build_frame(
         dir: &Path,
         dataset: &str,
@@ -131,7 +142,7 @@ impl ImageCache {
                 .par_iter()
                 .map(|entry| {
                     let path = root.join(&entry.path);
-                    let decoded = load_image_frame(&path, frame)?;
+                    let decoded = load_image_frame(&path, entry.frame.map_or(frame, DicomFrame::Number))?;
                     let image = resize_shorter(&decoded.image, short_side).map_err(|e| Error::format(&path, e.to_string()))?;
                     Ok((image, decoded.faint))
                 })
@@ -174,8 +185,8 @@ impl ImageCache {
                 root.join(first).display()
             );
         }
-        let index =
-            Index { key: key.clone(), short_side, paths: entries.iter().map(|e| e.path.clone()).collect(), slots, faint: faint_images };
+        let paths = entries.iter().map(|e| indexed_path(e).into_owned()).collect();
+        let index = Index { key: key.clone(), short_side, paths, slots, faint: faint_images };
         let json = serde_json::to_vec(&index).map_err(|e| Error::format(&index_path, e.to_string()))?;
         medxfer_durable::write_atomic(&index_path, &json)?;
         if let Some(bar) = bar {
@@ -191,7 +202,7 @@ impl ImageCache {
         let Ok(index) = serde_json::from_slice::<Index>(&json) else { return Ok(None) };
         let expected_len: u64 = index.slots.iter().map(|s| u64::from(s.width) * u64::from(s.height) * 3).sum();
         let actual_len = file.metadata().map_err(|e| Error::io(data_path, e))?.len();
-        let same_entries = index.paths.len() == entries.len() && index.paths.iter().zip(entries).all(|(p, e)| *p == e.path);
+        let same_entries = index.paths.len() == entries.len() && index.paths.iter().zip(entries).all(|(p, e)| *p == indexed_path(e));
         if index.key != key || !same_entries || expected_len != actual_len {
             return Ok(None);
         }

@@ -24,6 +24,7 @@
 //! rescale and window with it).
 
 mod frame;
+mod frames;
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -47,6 +48,7 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
 pub use frame::DicomFrame;
+pub use frames::{FrameSelection, frame_entries};
 
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.
 const MAGIC_AT: usize = 128;
@@ -91,6 +93,37 @@ fn has_magic(bytes: &[u8]) -> bool {
 /// left unread); `None` for a file that is not DICOM or whose ID is absent or blank. A DICOM file
 /// whose header cannot be read is an error naming it.
 pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
+    let Some(object) = dicom_header(path)? else { return Ok(None) };
+    let Some(element) = object.element_opt(tags::PATIENT_ID).ok().flatten() else { return Ok(None) };
+    let id = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's Patient ID is not text ({e})")))?;
+    let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    Ok((!id.is_empty()).then(|| id.to_string()))
+}
+
+/// How many frames the image file at `path` holds, read from its header (the pixel data left
+/// unread): a DICOM file's Number of Frames (1 where it has none), 1 for any other image. A DICOM
+/// file whose header cannot be read, or whose count is not a number or is 0, is an error naming
+/// it.
+pub fn frame_count(path: &Path) -> Result<u32> {
+    let Some(object) = dicom_header(path)? else { return Ok(1) };
+    let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
+    if frames == 0 {
+        return Err(Error::format(path, "the DICOM file's Number of Frames is 0; correct it (1 for a single image)"));
+    }
+    Ok(frames)
+}
+
+/// The header's Number of Frames, 1 where it has none.
+fn number_of_frames(header: &DefaultDicomObject) -> std::result::Result<u32, String> {
+    match header.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
+        Some(value) => value.to_int::<u32>().map_err(|e| format!("the DICOM file's Number of Frames is not a number ({e})")),
+        None => Ok(1),
+    }
+}
+
+/// The header of the DICOM file at `path`, up to its Pixel Data (left unread); `None` for a file
+/// that is not DICOM.
+fn dicom_header(path: &Path) -> Result<Option<DefaultDicomObject>> {
     // One open file for the magic word, the length check and the header: a PACS export is
     // thousands of files, often on a network share.
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -112,12 +145,9 @@ pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
             .from_reader(&mut source)
             .map_err(|e| Error::format(path, format!("cannot read the DICOM header ({e}); it may be truncated or corrupt")))
     };
-    let object = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read_header))
-        .map_err(|_| Error::format(path, "a damaged DICOM file: its parser failed on it; export it again from the PACS or viewer"))??;
-    let Some(element) = object.element_opt(tags::PATIENT_ID).ok().flatten() else { return Ok(None) };
-    let id = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's Patient ID is not text ({e})")))?;
-    let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    Ok((!id.is_empty()).then(|| id.to_string()))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read_header))
+        .map_err(|_| Error::format(path, "a damaged DICOM file: its parser failed on it; export it again from the PACS or viewer"))?
+        .map(Some)
 }
 
 /// The frame `frame` chooses of the DICOM file `bytes` (the content of `path`, named in errors)
@@ -196,10 +226,7 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: Dic
     };
     let (rows, columns) = (attribute(tags::ROWS, "Rows")?, attribute(tags::COLUMNS, "Columns")?);
     check_pixels(path, columns, rows)?;
-    let frames = match header.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
-        Some(value) => value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's Number of Frames is not a number ({e})")))?,
-        None => 1,
-    };
+    let frames = number_of_frames(&header).map_err(problem)?;
     let index = frame.index(frames).map_err(problem)?;
     let bits_allocated = attribute(tags::BITS_ALLOCATED, "Bits Allocated")?;
     let bits_stored = attribute(tags::BITS_STORED, "Bits Stored")?;

@@ -75,6 +75,11 @@ pub struct Entry {
     pub group: String,
     /// The part it belongs to.
     pub split: Part,
+    /// Of a DICOM file of several frames whose frames are each an image (`--dicom-frame all`),
+    /// this entry's frame, counted from 1; `None` for a file read as one image. Never in a
+    /// study's manifest: the study reads one image a file.
+    #[serde(skip)]
+    pub frame: Option<u32>,
 }
 
 /// Assigns every record of an ID dataset to train/val/test by the task's faithful rule.
@@ -96,7 +101,7 @@ pub fn grouped_split(records: &[Record], rule: &FaithfulSplit, seed: u64) -> Res
 
 /// Every record of an OOD set, as test.
 pub fn ood_entries(records: &[Record]) -> Vec<Entry> {
-    records.iter().map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Test }).collect()
+    records.iter().map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Test, frame: None }).collect()
 }
 
 /// Splits `records` by units (images, or groups), stratified by label.
@@ -171,8 +176,14 @@ fn split_units(records: &[Record], rule: &FaithfulSplit, seed: u64, unit_of: imp
     }
     let mut entries: Vec<Entry> = pool
         .iter()
-        .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: assignment[&unit_of(r)] })
-        .chain(fixed_test.iter().map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Test }))
+        .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: assignment[&unit_of(r)], frame: None })
+        .chain(fixed_test.iter().map(|r| Entry {
+            path: r.path.clone(),
+            label: r.label,
+            group: r.group.clone(),
+            split: Part::Test,
+            frame: None,
+        }))
         .collect();
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(entries)
@@ -281,7 +292,7 @@ pub fn authors_split_from_csvs(records: &[Record], spec: &DatasetSpec, csvs: &[(
             listed.insert(record.path.clone(), here);
             match label.parse::<u32>() {
                 Ok(label) if label == record.label => {
-                    entries.push(Entry { path: record.path.clone(), label, group: record.group.clone(), split: part });
+                    entries.push(Entry { path: record.path.clone(), label, group: record.group.clone(), split: part, frame: None });
                 }
                 Ok(label) => report(format!("{image} has label {label} but the label map gives {} ({})", record.label, record.class)),
                 Err(_) => report(format!("label {label:?} is not a number")),

@@ -26,7 +26,7 @@ fn replica(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Entry>) {
 fn a_cache_of_dicom_frames_is_keyed_by_the_frame_chosen() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
     let dir = tempfile::tempdir().unwrap();
-    let entries = [Entry { path: "us_cine.dcm".into(), label: 0, group: "a".into(), split: Part::Train }];
+    let entries = [Entry { path: "us_cine.dcm".into(), label: 0, group: "a".into(), split: Part::Train, frame: None }];
     let error = ImageCache::open_or_build(dir.path(), "cine", &fixtures, &entries, 16, false).unwrap_err().to_string();
     assert!(error.contains("holds 3 frames"), "{error}");
     let mut keys = BTreeSet::new();
@@ -166,7 +166,7 @@ fn sixteen_bit_images_keep_their_high_byte_and_twelve_bit_ones_are_named_faint()
     ImageBuffer::<Luma<u8>, _>::from_fn(8, 8, |x, _| Luma([x as u8])).save(root.join("gray8.png")).unwrap();
     let entries: Vec<Entry> = ["mri.png", "full.png", "rgb12.png", "gray8.png"]
         .iter()
-        .map(|path| Entry { path: (*path).to_string(), label: 0, group: (*path).to_string(), split: Part::Train })
+        .map(|path| Entry { path: (*path).to_string(), label: 0, group: (*path).to_string(), split: Part::Train, frame: None })
         .collect();
     let cache_dir = dir.path().join("cache");
     let cache = ImageCache::open_or_build(&cache_dir, "radiographs", &root, &entries, 8, false).unwrap();

@@ -103,8 +103,10 @@ fn a_sliver_is_refused_before_its_resize_is_allocated() {
     assert_eq!(transform::shorter_side_size(0, 7, 256), (0, 0));
     assert!(transform::resize_shorter(&RgbImage::new(0, 7), 256).is_err());
     // The cache build stops at it, naming it.
-    let entries: Vec<Entry> =
-        ["fine.png", "sliver.png"].iter().map(|p| Entry { path: (*p).into(), label: 0, group: (*p).into(), split: Part::Train }).collect();
+    let entries: Vec<Entry> = ["fine.png", "sliver.png"]
+        .iter()
+        .map(|p| Entry { path: (*p).into(), label: 0, group: (*p).into(), split: Part::Train, frame: None })
+        .collect();
     let error = ImageCache::open_or_build(&dir.path().join("cache"), "test", &root, &entries, 256, false).unwrap_err();
     assert!(error.to_string().contains("sliver.png"), "{error}");
     // And leaves nothing half-written behind.
@@ -124,7 +126,7 @@ fn a_truncated_jpeg_stops_the_cache_build_naming_it_and_every_other_unreadable_i
     let bytes = std::fs::read(formats().join("gray.jpg")).unwrap();
     std::fs::write(root.join("whole.jpg"), &bytes).unwrap();
     std::fs::write(root.join("partial.jpg"), &bytes[..bytes.len() * 3 / 4]).unwrap();
-    let entry = |p: &str| Entry { path: p.into(), label: 0, group: p.into(), split: Part::Train };
+    let entry = |p: &str| Entry { path: p.into(), label: 0, group: p.into(), split: Part::Train, frame: None };
     let entries = vec![entry("whole.jpg"), entry("partial.jpg")];
     let error = ImageCache::open_or_build(&dir.path().join("cache"), "test", &root, &entries, 32, false).unwrap_err().to_string();
     assert!(error.contains("partial.jpg") && error.contains("image file is truncated"), "{error}");

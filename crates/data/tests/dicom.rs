@@ -309,3 +309,72 @@ fn a_dicom_file_s_patient_id_is_read_from_its_header() {
     let error = medxfer_data::dicom_patient_id(&cut).unwrap_err().to_string();
     assert!(error.starts_with(&cut.display().to_string()), "{error}");
 }
+
+/// `--dicom-frame all` and `every:K`: each frame of a loop an entry of its own, in the loop's
+/// place, with its label, group and part (frames 1, 1 + K, ... of each file; a single image, a
+/// DICOM slice or not, stays one entry); the cache built from them holds each frame as pydicom
+/// displays it, and its index tells one order of a loop's frames from another.
+#[test]
+fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
+    use medxfer_data::{Entry, FrameSelection, ImageCache, Part, frame_count, frame_entries, transform};
+    let expected = common::expected(&fixtures());
+    let entry = |path: &str, label: u32, split: Part| Entry { path: path.into(), label, group: format!("g-{path}"), split, frame: None };
+    let entries =
+        [entry("us_cine.dcm", 1, Part::Train), entry("ct_window.dcm", 0, Part::Val), entry("mr_jpegls_frames.dcm", 2, Part::Test)];
+    let listed = |selection: FrameSelection| -> Vec<(String, Option<u32>, u32, String, Part)> {
+        frame_entries(&fixtures(), &entries, selection).unwrap().into_iter().map(|e| (e.path, e.frame, e.label, e.group, e.split)).collect()
+    };
+    let row = |path: &str, frame: Option<u32>, label: u32, split: Part| (path.to_string(), frame, label, format!("g-{path}"), split);
+    assert_eq!(
+        listed(FrameSelection::Every(1)),
+        [
+            row("us_cine.dcm", Some(1), 1, Part::Train),
+            row("us_cine.dcm", Some(2), 1, Part::Train),
+            row("us_cine.dcm", Some(3), 1, Part::Train),
+            row("ct_window.dcm", None, 0, Part::Val),
+            row("mr_jpegls_frames.dcm", Some(1), 2, Part::Test),
+            row("mr_jpegls_frames.dcm", Some(2), 2, Part::Test),
+            row("mr_jpegls_frames.dcm", Some(3), 2, Part::Test),
+        ]
+    );
+    assert_eq!(
+        listed(FrameSelection::Every(2)),
+        [
+            row("us_cine.dcm", Some(1), 1, Part::Train),
+            row("us_cine.dcm", Some(3), 1, Part::Train),
+            row("ct_window.dcm", None, 0, Part::Val),
+            row("mr_jpegls_frames.dcm", Some(1), 2, Part::Test),
+            row("mr_jpegls_frames.dcm", Some(3), 2, Part::Test),
+        ]
+    );
+    assert_eq!(frame_entries(&fixtures(), &entries, FrameSelection::One(DicomFrame::Middle)).unwrap(), entries);
+    assert_eq!(frame_count(&fixtures().join("ct_enhanced.dcm")).unwrap(), 3);
+    assert_eq!(frame_count(&fixtures().join("IM000001")).unwrap(), 1);
+    assert_eq!(frame_count(&common::fixtures("formats").join("gray.jpg")).unwrap(), 1);
+
+    let frames = frame_entries(&fixtures(), &entries, FrameSelection::Every(1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &frames, (16, DicomFrame::Only), false).unwrap();
+    assert_eq!(cache.len(), frames.len());
+    for (i, entry) in frames.iter().enumerate() {
+        let name = format!("{}#{}", entry.path, entry.frame.unwrap_or(1));
+        let truth = expected.get(&name).unwrap_or_else(|| &expected[&entry.path]);
+        let (height, width, _) = truth.dims3().unwrap();
+        let truth = image::RgbImage::from_raw(width as u32, height as u32, truth.flatten_all().unwrap().to_vec1::<u8>().unwrap()).unwrap();
+        assert_eq!(cache.read(i).unwrap(), transform::resize_shorter(&truth, 16).unwrap(), "{name}");
+    }
+    // The loop's frames in another order: not read from the cache above, each frame where it
+    // now is.
+    let mut reversed = frames.clone();
+    reversed[..3].reverse();
+    let other = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &reversed, (16, DicomFrame::Only), false).unwrap();
+    assert_eq!(other.read(0).unwrap(), cache.read(2).unwrap());
+    assert_ne!(other.read(0).unwrap(), cache.read(0).unwrap());
+    // A file whose header cannot be read is named, with the others that cannot.
+    let cut = dir.path().join("cut.dcm");
+    std::fs::write(&cut, &std::fs::read(fixtures().join("us_cine.dcm")).unwrap()[..300]).unwrap();
+    std::fs::copy(fixtures().join("us_cine.dcm"), dir.path().join("whole.dcm")).unwrap();
+    let given = [entry("whole.dcm", 0, Part::Train), entry("cut.dcm", 0, Part::Train), entry("absent.dcm", 0, Part::Train)];
+    let error = frame_entries(dir.path(), &given, FrameSelection::Every(1)).unwrap_err().to_string();
+    assert!(error.starts_with("2 of 3 image(s) could not be read") && error.contains("cut.dcm") && error.contains("absent.dcm"), "{error}");
+}

@@ -108,6 +108,7 @@ fn mutated_manifests_layout_csvs_and_catalogs_parse_or_fail_naming_the_file() {
             label: i % 2,
             group: format!("p{}", i / 3),
             split: [Part::Train, Part::Val, Part::Test][i as usize % 3],
+            frame: None,
         })
         .collect();
     let info = medxfer_data::ManifestInfo {

@@ -34,7 +34,7 @@ fn write_split(dir: &Path, name: &str, n: usize, seed: u64, side: u32) -> SplitD
         });
         let path = format!("{name}/{i:03}.png");
         image.save(dir.join(&path)).unwrap();
-        entries.push(Entry { path, label, group: i.to_string(), split: Part::Train });
+        entries.push(Entry { path, label, group: i.to_string(), split: Part::Train, frame: None });
     }
     SplitData::cached(&dir.join("cache"), name, dir, &entries, side, false).unwrap()
 }

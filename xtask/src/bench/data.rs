@@ -54,7 +54,7 @@ fn write_images(dir: &Path, settings: &Settings) -> Result<Vec<Entry>> {
                 image.write_to(writer, image::ImageFormat::Jpeg).map_err(std::io::Error::other)
             })?;
         }
-        entries.push(Entry { path: name, label: (i % 2) as u32, group: i.to_string(), split: Part::Train });
+        entries.push(Entry { path: name, label: (i % 2) as u32, group: i.to_string(), split: Part::Train, frame: None });
     }
     Ok(entries)
 }

@@ -234,7 +234,7 @@ fn source_data(config: &DemoConfig, dir: &Path) -> Result<RunData> {
         for class in 0..SourcePainter::CLASSES {
             for k in 0..*per_class {
                 let path = format!("{}/{class:02}/{k:03}.png", part.name());
-                entries.push(Entry { path, label: class, group: format!("{class}-{k}"), split: *part });
+                entries.push(Entry { path, label: class, group: format!("{class}-{k}"), split: *part, frame: None });
             }
         }
     }

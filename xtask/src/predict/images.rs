@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use medxfer_data::{DicomFrame, Entry, Part};
+use medxfer_data::{DicomFrame, Entry, FrameSelection, Part};
 use medxfer_train::SplitData;
 
 use crate::rank::images::LabelColumns;
@@ -107,41 +107,44 @@ pub fn unreadable_file(predictions: &Path) -> PathBuf {
     predictions.with_file_name(format!("{stem}-unreadable.csv"))
 }
 
-/// The decoded images' cache (shorter side `resize`, the frame `frame` chooses of a DICOM file of
-/// several). An image that cannot be read stops the run with every such image
-/// listed, as rank and the study do, unless `skip` (--skip-unreadable): then the unreadable ones
-/// (each image decoded once more to tell which, only on this path) are left out of
-/// `images.paths` and listed in `listing` as path,error, and which of the images given were
-/// readable is returned. A listing of an earlier run's is removed where none is left out, so that
-/// it never describes another run.
+/// The images as decoded into the ranking's cache: one a file, or one a frame where each frame of
+/// a loop is an image (`--dicom-frame all`).
+pub struct Cached {
+    pub split: SplitData,
+    /// Which of the images given were readable, where `--skip-unreadable` left some out.
+    pub readable: Option<Vec<bool>>,
+    /// Each cached image's file: its index in `Images::paths` (as left after `readable`).
+    pub file_of: Vec<usize>,
+}
+
+/// The decoded images' cache (shorter side `resize`; of a DICOM file of several frames, the
+/// frame or frames `selection` keeps, each an image). An image that cannot be read stops the run
+/// with every such image listed, as rank and the study do, unless `skip` (--skip-unreadable):
+/// then the unreadable ones (each image decoded once more to tell which, only on this path;
+/// a loop is unreadable where one of its frames kept is) are left out of `images.paths` and
+/// listed in `listing` as path,error. A listing of an earlier run's is removed where none is
+/// left out, so that it never describes another run.
 pub fn cached_images(
     cache_dir: &Path,
     images: &mut Images,
-    (resize, frame): (u32, DicomFrame),
+    (resize, selection): (u32, FrameSelection),
     skip: bool,
     listing: &Path,
-) -> Result<(SplitData, Option<Vec<bool>>)> {
-    // Labels are not read; the cache wants one per image.
-    let entries = |paths: &[String]| -> Vec<Entry> {
-        paths.iter().map(|path| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test }).collect()
-    };
-    let first = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), (resize, frame), true);
-    let split = match first {
+) -> Result<Cached> {
+    let first = cached_files(cache_dir, images, (resize, selection));
+    let cached = match first {
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) if skip => Err(unreadable),
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) => {
             bail!("{unreadable}\n(or pass --skip-unreadable: the others are predicted, these listed in {})", listing.display())
         }
         other => Ok(other?),
     };
-    let split = match split {
-        Ok(split) => split,
+    let (split, file_of) = match cached {
+        Ok(cached) => cached,
         Err(unreadable) => {
             use rayon::prelude::*;
-            let errors: Vec<Option<String>> = images
-                .paths
-                .par_iter()
-                .map(|path| medxfer_data::load_image_frame(&images.root.join(path), frame).err().map(|e| e.to_string()))
-                .collect();
+            let errors: Vec<Option<String>> =
+                images.paths.par_iter().map(|path| unreadable_because(&images.root.join(path), selection)).collect();
             let rows: Vec<Vec<String>> = images
                 .paths
                 .iter()
@@ -159,14 +162,50 @@ pub fn cached_images(
             images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
             crate::results::write_rows(listing, &["path", "error"], &rows)?;
             eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
-            let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries(&images.paths), (resize, frame), true)?;
-            return Ok((split, Some(readable)));
+            let (split, file_of) = cached_files(cache_dir, images, (resize, selection))?;
+            return Ok(Cached { split, readable: Some(readable), file_of });
         }
     };
     if listing.exists() {
         std::fs::remove_file(listing).with_context(|| format!("cannot remove {} (an earlier run's list)", listing.display()))?;
     }
-    Ok((split, None))
+    Ok(Cached { split, readable: None, file_of })
+}
+
+/// `images` decoded into the cache, each file's frames `selection` keeps an image, and each
+/// image's file.
+fn cached_files(
+    cache_dir: &Path,
+    images: &Images,
+    (resize, selection): (u32, FrameSelection),
+) -> medxfer_train::Result<(SplitData, Vec<usize>)> {
+    // Labels are not read; the cache wants one per image. The group is the file's index, which
+    // its frames keep.
+    let files: Vec<Entry> = images
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| Entry { path: path.clone(), label: 0, group: i.to_string(), split: Part::Test, frame: None })
+        .collect();
+    let entries = medxfer_data::frame_entries(&images.root, &files, selection)?;
+    let file_of = entries.iter().map(|e| e.group.parse().unwrap_or(usize::MAX)).collect();
+    let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries, (resize, selection.per_file()), true)?;
+    Ok((split, file_of))
+}
+
+/// Why the image at `path` cannot be read as `selection` reads it (a loop: where one of the
+/// frames kept cannot), or `None` where it can.
+fn unreadable_because(path: &Path, selection: FrameSelection) -> Option<String> {
+    let error = match selection {
+        FrameSelection::One(frame) => medxfer_data::load_image_frame(path, frame).err(),
+        FrameSelection::Every(step) => match medxfer_data::frame_count(path) {
+            Ok(frames) => (1..=frames)
+                .step_by(usize::try_from(step).unwrap_or(usize::MAX).max(1))
+                .find_map(|frame| medxfer_data::load_image_frame(path, DicomFrame::Number(frame)).err()),
+            Err(error) => Some(error),
+        },
+    };
+    error.map(|e| e.to_string())
 }
 
 /// The name of predict's decoded images in the ranking's cache folder.

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use medxfer_data::Normalization;
+use medxfer_data::{FrameSelection, Normalization};
 use medxfer_train::calibration::{self, Calibration};
 use medxfer_train::{RunSettings, SaliencyBatches, Views, logits_split_views, macro_auroc, one_vs_rest_auroc};
 
 use crate::rank::card::ModelCard;
 use crate::saliency::Reviewed;
-use images::{Images, cached_images, image_paths, prune_prediction_caches, unreadable_file};
+use images::{Cached, Images, cached_images, image_paths, prune_prediction_caches, unreadable_file};
 
 mod images;
 
@@ -65,10 +65,11 @@ pub struct PredictArgs {
     #[arg(long, value_name = "DIR")]
     pub images_root: Option<PathBuf>,
     /// Of a DICOM file of several frames, the frame to read (first, middle, last or N, as rank
-    /// takes it; only: such a file refused). By default the one rank read of its images
-    /// (`dicom_frame` in the model's card).
+    /// takes it; only: such a file refused), or `all` (every:K): each frame (every K-th) predicted
+    /// and the file's probabilities their mean, one row a file. By default as rank read its
+    /// images (`dicom_frame` in the model's card).
     #[arg(long, value_name = "FRAME")]
-    pub dicom_frame: Option<medxfer_data::DicomFrame>,
+    pub dicom_frame: Option<FrameSelection>,
     /// Divide the logits by the temperature rank fitted on the val part (temperature scaling,
     /// Guo et al. 2017) before the softmax: the same predicted classes, probabilities that match
     /// how often the model is right. By default the probabilities are as the model gives them.
@@ -149,7 +150,8 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
-    check_saliency_outside(args)?;
+    let frames = args.dicom_frame.unwrap_or(card.dicom_frame);
+    check_saliency_outside(args, frames)?;
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(
             class_index(name)
@@ -175,11 +177,11 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let file = args.out.clone().unwrap_or_else(|| ranking.join("predictions.csv"));
     let cache_dir = ranking.join("cache");
     let listing = unreadable_file(&file);
-    let frame = args.dicom_frame.unwrap_or(card.dicom_frame);
-    if frame != card.dicom_frame {
-        eprintln!("--dicom-frame {frame}: the model was fine-tuned on the DICOM frame '{}' of rank's images", card.dicom_frame);
+    if frames != card.dicom_frame {
+        eprintln!("--dicom-frame {frames}: the model was fine-tuned on the DICOM frame '{}' of rank's images", card.dicom_frame);
     }
-    let (split, readable) = cached_images(&cache_dir, &mut images, (card.resize, frame), args.skip_unreadable, &listing)?;
+    let Cached { split, readable, file_of } =
+        cached_images(&cache_dir, &mut images, (card.resize, frames), args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
     // The labels of the images predicted, where some were left out.
     let csv_truth = match (csv_truth, &readable) {
@@ -202,7 +204,19 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     if args.calibrated {
         eprintln!("calibrated: the logits divided by {temperature:.3}, the temperature fitted on rank's val part");
     }
-    let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, temperature)).collect();
+    // A loop's frames each predicted: the file's probabilities their mean, whose logarithms
+    // stand for its logits from here on (their softmax at temperature 1 gives them back).
+    let (logits, divisor) = if logits.len() == paths.len() {
+        (logits, temperature)
+    } else {
+        eprintln!(
+            "--dicom-frame {frames}: {} frames of {} files predicted, each file's probabilities the mean of its frames'",
+            logits.len(),
+            paths.len()
+        );
+        (pooled_frames(&logits, &file_of, paths.len(), temperature), 1.0)
+    };
+    let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, divisor)).collect();
     let Written { predicted, counts, referred } = write_predictions(&file, &card.classes, paths, &probabilities, args.refer_below)?;
     let truth: Option<Vec<u32>> = match csv_truth {
         Some(truth) => Some(truth),
@@ -217,7 +231,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         );
     }
     let evaluation = truth.as_ref().map(|truth| medxfer_train::evaluate(truth, &predicted, card.classes.len()));
-    let calibration = truth.as_ref().map(|truth| calibration::calibration(&logits, truth, temperature));
+    let calibration = truth.as_ref().map(|truth| calibration::calibration(&logits, truth, divisor));
     let auroc = truth.as_ref().and_then(|truth| macro_auroc(&one_vs_rest_auroc(&probabilities, truth, card.classes.len())));
     let referral = args.refer_below.map(|threshold| Referral::of(threshold, &referred, truth.as_deref(), &predicted, card.classes.len()));
     let saliency = match &args.saliency {
@@ -260,6 +274,21 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     })
 }
 
+/// Each of `files` files' log mean probability over its images' `logits` (`file_of` names each
+/// one's file), at `temperature`: a loop's frames pooled into one prediction.
+fn pooled_frames(logits: &[Vec<f32>], file_of: &[usize], files: usize, temperature: f64) -> Vec<Vec<f32>> {
+    let classes = logits.first().map_or(0, Vec::len);
+    let mut sums = vec![vec![0.0; classes]; files];
+    let mut counts = vec![0usize; files];
+    for (row, &file) in logits.iter().zip(file_of) {
+        for (sum, p) in sums[file].iter_mut().zip(calibration::probabilities(row, temperature)) {
+            *sum += p;
+        }
+        counts[file] += 1;
+    }
+    sums.into_iter().zip(counts).map(|(sum, count)| sum.into_iter().map(|p| (p / count.max(1) as f64).ln() as f32).collect()).collect()
+}
+
 /// The label column's classes as the model's outputs (None without a label column), checked
 /// before any image is read: a label the model lacks names its line of `source`.
 fn csv_labels(images: &Images, classes: &[String], source: &Path) -> Result<Option<Vec<u32>>> {
@@ -283,8 +312,14 @@ fn csv_labels(images: &Images, classes: &[String], source: &Path) -> Result<Opti
 }
 
 /// `--saliency` inside an `--images` folder: its overlays would be read as images by the next
-/// run on that folder.
-fn check_saliency_outside(args: &PredictArgs) -> Result<()> {
+/// run on that folder; or with each frame of a loop predicted (`frames`), when it draws one map
+/// an image file.
+fn check_saliency_outside(args: &PredictArgs, frames: FrameSelection) -> Result<()> {
+    if args.saliency.is_some() && frames.is_per_frame() {
+        bail!(
+            "--saliency draws one map a file, and --dicom-frame {frames} predicts each file's frames; give one frame for the maps (--dicom-frame middle, or N)"
+        );
+    }
     if let Some(dir) = &args.saliency
         && args.images.is_dir()
         && std::path::absolute(dir)?.starts_with(std::path::absolute(&args.images)?)
@@ -454,7 +489,7 @@ mod tests {
                 crop: 32,
                 mean: [0.5; 3],
                 std: [0.5; 3],
-                dicom_frame: medxfer_data::DicomFrame::Only,
+                dicom_frame: FrameSelection::default(),
                 val_balanced_accuracy: Some(val),
                 test_balanced_accuracy: Some(test),
                 temperature: None,

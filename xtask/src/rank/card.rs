@@ -32,7 +32,7 @@ pub struct ModelCard {
     /// The frame read of each DICOM file of several (rank's --dicom-frame), which `predict`
     /// reads of new ones too; `only` (such files refused) on cards written before it was kept.
     #[serde(default)]
-    pub dicom_frame: medxfer_data::DicomFrame,
+    pub dicom_frame: medxfer_data::FrameSelection,
     /// The kept epoch's on the val part of rank's split (finetune_split.csv): what `predict`
     /// chooses by, so that the test part's stays an estimate the choice did not see.
     #[serde(default)]

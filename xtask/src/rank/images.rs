@@ -39,11 +39,13 @@ pub struct ImagesReading {
     /// Of a DICOM file of several frames (an ultrasound or angiography cine loop, an enhanced CT
     /// or MR volume), the frame to read: first, middle (frame n/2 + 1 of n, rounded down: the
     /// middle one of an odd count), last, or N (counted from 1, as DICOM counts them); its
-    /// rescale and window as the file gives that frame. By default (only) such a file is refused:
-    /// which frame shows the finding is the user's call. `predict` reads new files' frame as the
-    /// ranking read these.
+    /// rescale and window as the file gives that frame. Or `all` (every:K): each frame (every
+    /// K-th from the first) an image of its own with the file's class, the file their group (its
+    /// frames in one part of --finetune-top's split, drawn together by --bootstrap). By default
+    /// (only) such a file is refused: which frame shows the finding is the user's call. `predict`
+    /// reads new files' frames as the ranking read these.
     #[arg(long, value_name = "FRAME", default_value = "only")]
-    pub dicom_frame: medxfer_data::DicomFrame,
+    pub dicom_frame: medxfer_data::FrameSelection,
 }
 
 /// The path, label and optional group columns' names.

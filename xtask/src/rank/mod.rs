@@ -272,11 +272,24 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     };
     args.gpu.apply(&args.device)?;
     let device = medxfer_train::parse_device(&args.device)?;
-    let entries = split(args, &images)?;
+    let files = split(args, &images)?;
+    // Each frame of a loop an image (--dicom-frame all): in its file's part and group.
+    let entries = medxfer_data::frame_entries(&images.root, &files, args.reading.dicom_frame)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     describe_images(args, &images);
+    if entries.len() != files.len() {
+        let loops = files.len() - entries.iter().filter(|e| e.frame.is_none()).count();
+        eprintln!(
+            "{}: --dicom-frame {}: {loops} files of several frames give {} frames, each an image of its file's class; {} images in all, each file's in one part and group",
+            args.images.display(),
+            args.reading.dicom_frame,
+            entries.len() - (files.len() - loops),
+            entries.len()
+        );
+    }
     if args.finetune_top.is_some() {
-        write_split(&args.out.join(SPLIT_CSV), &entries, &images.classes)?;
+        // A row a file: the split is of files, a loop's frames in its part.
+        write_split(&args.out.join(SPLIT_CSV), &files, &images.classes)?;
     }
 
     let train_entries = part_of(&entries, Part::Train);
@@ -387,7 +400,7 @@ fn split(args: &RankArgs, images: &LabelledImages) -> Result<Vec<Entry>> {
         return Ok(images
             .records
             .iter()
-            .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Train })
+            .map(|r| Entry { path: r.path.clone(), label: r.label, group: r.group.clone(), split: Part::Train, frame: None })
             .collect());
     }
     // With a group column, each group (a patient, a lesion) in one part: its images in train
@@ -425,7 +438,8 @@ fn part_of(entries: &[Entry], part: Part) -> Vec<Entry> {
 
 /// `entries`' images decoded into OUT/cache/ as the part `name` (read back where decoded before).
 fn decoded_part(args: &RankArgs, images: &LabelledImages, entries: &[Entry], name: &str) -> Result<SplitData> {
-    Ok(SplitData::cached_frame(&args.out.join("cache"), name, &images.root, entries, (args.resize, args.reading.dicom_frame), true)?)
+    let frame = args.reading.dicom_frame.per_file();
+    Ok(SplitData::cached_frame(&args.out.join("cache"), name, &images.root, entries, (args.resize, frame), true)?)
 }
 
 /// The candidates that were not ranked, a markdown bullet each with its error.

@@ -69,7 +69,7 @@ impl Shortlist<'_> {
             "saliency",
             &self.images.root,
             &chosen_entries,
-            (args.resize, args.reading.dicom_frame),
+            (args.resize, args.reading.dicom_frame.per_file()),
             false,
         )?;
         super::images::prune_caches(&cache_dir, "saliency", saliency_images.cache.key());
@@ -342,7 +342,13 @@ mod tests {
     /// has none.
     #[test]
     fn each_class_s_groups_per_image_are_counted_among_its_images() {
-        let entry = |label: u32, group: &str| Entry { path: format!("{group}-{label}.png"), label, group: group.into(), split: Part::Test };
+        let entry = |label: u32, group: &str| Entry {
+            path: format!("{group}-{label}.png"),
+            label,
+            group: group.into(),
+            split: Part::Test,
+            frame: None,
+        };
         let entries = [entry(0, "p1"), entry(1, "q"), entry(0, "p1"), entry(0, "p2"), entry(1, "p1")];
         assert_eq!(group_shares(&entries, 3), [2.0 / 3.0, 1.0, 1.0]);
     }
