@@ -21,7 +21,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, load_image_frame};
+use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, load_image_frames};
 use crate::dicom::DicomFrame;
 use crate::error::{Error, Result};
 use crate::split::Entry;
@@ -74,6 +74,54 @@ fn files_stamp(root: &Path, entries: &[Entry]) -> Result<String> {
         hasher.update(line.as_bytes());
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// How many of a file's frames (each an image) are read together: its header read, and a
+/// compressed file parsed, once for them.
+const FRAMES_PER_READ: usize = 16;
+
+/// `entries` cut into the runs read together: a file's consecutive frames (up to
+/// [`FRAMES_PER_READ`]), every other entry alone.
+fn frame_reads(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
+    let mut reads: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        match reads.last_mut() {
+            Some(read)
+                if entry.frame.is_some()
+                    && entries[read.start].frame.is_some()
+                    && entries[read.start].path == entry.path
+                    && read.len() < FRAMES_PER_READ =>
+            {
+                read.end = i + 1;
+            }
+            _ => reads.push(i..i + 1),
+        }
+    }
+    reads
+}
+
+/// The images of `entries` (one entry, or frames of one file) under `root`, decoded (the frame an
+/// entry names, else `frame`) and resized to a shorter side of `short_side`; whether each came
+/// out faint; or the error naming the file, for each.
+fn decoded_read(
+    root: &Path,
+    entries: &[Entry],
+    (short_side, frame): (u32, DicomFrame),
+) -> Vec<std::result::Result<(RgbImage, bool), String>> {
+    let Some(first) = entries.first() else { return Vec::new() };
+    let path = root.join(&first.path);
+    let frames: Vec<DicomFrame> = entries.iter().map(|entry| entry.frame.map_or(frame, DicomFrame::Number)).collect();
+    match load_image_frames(&path, &frames) {
+        Ok(decoded) => decoded
+            .into_iter()
+            .map(|decoded| {
+                let decoded = decoded.map_err(|e| e.to_string())?;
+                let image = resize_shorter(&decoded.image, short_side).map_err(|e| Error::format(&path, e.to_string()).to_string())?;
+                Ok((image, decoded.faint))
+            })
+            .collect(),
+        Err(error) => vec![Err(error.to_string()); entries.len()],
+    }
 }
 
 /// How the cache names an entry's image: its path, and `#N` after it for frame N of a file of
@@ -138,16 +186,9 @@ impl ImageCache {
         let mut problems = Vec::new();
         let mut faint_images = Vec::new();
         for chunk in entries.chunks(CHUNK) {
-            let images: Vec<Result<(RgbImage, bool)>> = chunk
-                .par_iter()
-                .map(|entry| {
-                    let path = root.join(&entry.path);
-                    let decoded = load_image_frame(&path, entry.frame.map_or(frame, DicomFrame::Number))?;
-                    let image = resize_shorter(&decoded.image, short_side).map_err(|e| Error::format(&path, e.to_string()))?;
-                    Ok((image, decoded.faint))
-                })
-                .collect();
-            for (entry, image) in chunk.iter().zip(images) {
+            let reads: Vec<Vec<std::result::Result<(RgbImage, bool), String>>> =
+                frame_reads(chunk).into_par_iter().map(|read| decoded_read(root, &chunk[read], (short_side, frame))).collect();
+            for (entry, image) in chunk.iter().zip(reads.into_iter().flatten()) {
                 let image = match image {
                     Ok((image, faint)) if problems.is_empty() => {
                         if faint {
@@ -156,8 +197,10 @@ impl ImageCache {
                         image
                     }
                     Ok(_) => continue,
+                    // A file's error, given for each of its frames read: named once.
+                    Err(error) if problems.last() == Some(&error) => continue,
                     Err(error) => {
-                        problems.push(error.to_string());
+                        problems.push(error);
                         continue;
                     }
                 };

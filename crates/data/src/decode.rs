@@ -20,7 +20,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use crate::dicom::{DICOM_HEAD, DicomFrame, dicom_file_rgb8, dicom_rgb8, is_dicom, is_unnamed_dicom};
+use crate::dicom::{DICOM_HEAD, DicomFrame, dicom_file_frames_rgb8, dicom_file_rgb8, dicom_rgb8, is_dicom, is_unnamed_dicom};
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
@@ -78,15 +78,41 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
     }
     // One open file: its first bytes tell DICOM (read from disk as far as needed: a frame of an
     // uncompressed loop without the others) from the rest (read whole).
+    let (mut file, mut bytes) = open_head(path)?;
+    if is_dicom(path, &bytes) {
+        return dicom_file_rgb8(path, file, frame).map(|image| Decoded { image, faint: false });
+    }
+    file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    decode_image(path, &bytes, frame)
+}
+
+/// [`load_image_frame`] of each of `frames` of the image at `path` (a file's frames each an
+/// image): of a DICOM file, its header read once for them all and a compressed one parsed once;
+/// another image, which has one frame, decoded once. The outer error is the file's, the inner ones
+/// each frame's.
+pub fn load_image_frames(path: &Path, frames: &[DicomFrame]) -> Result<Vec<Result<Decoded>>> {
+    if let [frame] = frames {
+        return Ok(vec![load_image_frame(path, *frame)]);
+    }
+    let is_mat = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
+    if !is_mat {
+        let (file, head) = open_head(path)?;
+        if is_dicom(path, &head) {
+            let images = dicom_file_frames_rgb8(path, file, frames)?;
+            return Ok(images.into_iter().map(|image| image.map(|image| Decoded { image, faint: false })).collect());
+        }
+    }
+    let decoded = load_image_frame(path, DicomFrame::Only)?;
+    Ok(frames.iter().map(|_| Ok(decoded.clone())).collect())
+}
+
+/// The file at `path`, open after its first [`DICOM_HEAD`] bytes, and those bytes.
+fn open_head(path: &Path) -> Result<(std::fs::File, Vec<u8>)> {
     let io = |e| Error::io(path, e);
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
     (&mut file).take(DICOM_HEAD as u64).read_to_end(&mut bytes).map_err(io)?;
-    if is_dicom(path, &bytes) {
-        return dicom_file_rgb8(path, file, frame).map(|image| Decoded { image, faint: false });
-    }
-    file.read_to_end(&mut bytes).map_err(io)?;
-    decode_image(path, &bytes, frame)
+    Ok((file, bytes))
 }
 
 /// Decodes `bytes`, the content of `path` (named in errors), to RGB8 (a DICOM file of several

@@ -169,9 +169,24 @@ pub(crate) fn dicom_file_rgb8(path: &Path, file: std::fs::File, frame: DicomFram
     read_catching(path, &mut std::io::BufReader::new(file), size, frame)
 }
 
-/// [`read_dicom`], its decoder's panic the file's error.
+/// [`dicom_file_rgb8`] of each of `frames`, the file's header read once for them all and a
+/// compressed file parsed once (each frame of a JPEG loop would otherwise cost a parse of the whole
+/// file: 8 ms a frame of a 600-frame loop). The outer error is the file's, the inner ones each
+/// frame's; a decoder's panic is every frame's.
+pub(crate) fn dicom_file_frames_rgb8(path: &Path, file: std::fs::File, frames: &[DicomFrame]) -> Result<Vec<Result<RgbImage>>> {
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    catching(path, || read_dicom(path, &mut std::io::BufReader::new(file), size, frames))
+}
+
+/// [`read_dicom`] of one frame, its decoder's panic the file's error.
 fn read_catching<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: DicomFrame) -> Result<RgbImage> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_dicom(path, source, size, frame))) {
+    let images = catching(path, || read_dicom(path, source, size, &[frame]))?;
+    images.into_iter().next().unwrap_or_else(|| Err(Error::format(path, "no frame was read")))
+}
+
+/// `read`'s outcome, a panic in it (dicom-rs's decoders, on a damaged file) the file's error.
+fn catching<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
         Ok(outcome) => outcome,
         Err(panic) => {
             let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()));
@@ -186,10 +201,11 @@ fn read_catching<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: 
     }
 }
 
-/// The DICOM file `source` (`size` bytes, of `path`) as RGB8: its header up to the Pixel Data
-/// read and checked first; then, for a frame of an uncompressed file of several, that frame's
-/// bytes alone, else the whole file.
-fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: DicomFrame) -> Result<RgbImage> {
+/// The frames `frames` choose of the DICOM file `source` (`size` bytes, of `path`) as RGB8: its
+/// header up to the Pixel Data read and checked first; then, for frames of an uncompressed file of
+/// several, each frame's bytes alone, else the whole file, parsed once. The outer error is the
+/// file's, the inner ones each frame's.
+fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frames: &[DicomFrame]) -> Result<Vec<Result<RgbImage>>> {
     let problem = |what: String| Error::format(path, what);
     let mut head = Vec::with_capacity(MAGIC_AT + 4);
     source
@@ -226,8 +242,9 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: Dic
     };
     let (rows, columns) = (attribute(tags::ROWS, "Rows")?, attribute(tags::COLUMNS, "Columns")?);
     check_pixels(path, columns, rows)?;
-    let frames = number_of_frames(&header).map_err(problem)?;
-    let index = frame.index(frames).map_err(problem)?;
+    let total = number_of_frames(&header).map_err(problem)?;
+    // Each frame asked for, or why the file has no such frame.
+    let mut indices: Vec<Result<u32>> = frames.iter().map(|frame| frame.index(total).map_err(problem)).collect();
     let bits_allocated = attribute(tags::BITS_ALLOCATED, "Bits Allocated")?;
     let bits_stored = attribute(tags::BITS_STORED, "Bits Stored")?;
     // dicom-rs's lookup tables assume these (and panic otherwise): checked here first.
@@ -243,13 +260,22 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: Dic
     let photometric = stored_photometric(&header).map_err(problem)?;
     let geometry = (columns, rows, samples, bits_allocated);
     let little_endian = [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN].contains(&header.meta().transfer_syntax());
-    // A frame of an uncompressed file of several: its bytes alone, where the walk found them.
-    let (mut object, frames_held) = match found {
-        PixelsFound::Native { length, vr } if frames > 1 && little_endian => {
-            let mut object = header;
+    let sizes = ImageSizes { columns, rows, samples, bits_allocated, bits_stored };
+    let mut images = Vec::with_capacity(indices.len());
+    match found {
+        // Frames of an uncompressed file of several: each one's bytes alone, where the walk found
+        // them.
+        PixelsFound::Native { length, vr } if total > 1 && little_endian => {
             let native = frame::NativePixels { at: pixels_at, length, vr };
-            frame::read_native_frame(&mut object, source, native, (index, frames), geometry, photometric.as_str()).map_err(problem)?;
-            (object, 1)
+            for index in indices {
+                images.push(index.and_then(|index| {
+                    let mut object = header.clone();
+                    frame::read_native_frame(&mut object, source, &native, (index, total), geometry, photometric.as_str())
+                        .map_err(problem)?;
+                    frame::keep_frame(&mut object, (index, 1), geometry, photometric.as_str()).map_err(problem)?;
+                    frame_rgb8(path, object, sizes)
+                }));
+            }
         }
         _ => {
             // The whole file, read once: walked and parsed from memory.
@@ -258,14 +284,49 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: Dic
             let mut memory = Cursor::new(whole.as_slice());
             memory.set_position(magic as u64);
             check_lengths(path, &mut memory, size, false)?;
-            let object = parse(path, &mut memory, OpenFileOptions::new().read_preamble(preamble))?;
+            let mut object = parse(path, &mut memory, OpenFileOptions::new().read_preamble(preamble))?;
+            drop(whole);
             if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
                 return Err(no_image());
             }
-            (object, frames)
+            if let [index] = indices.as_mut_slice() {
+                // One frame: cut from the object in place, no copy of it.
+                let index = std::mem::replace(index, Ok(0))?;
+                frame::keep_frame(&mut object, (index, total), geometry, photometric.as_str()).map_err(problem)?;
+                return Ok(vec![frame_rgb8(path, object, sizes)]);
+            }
+            // Several: the Pixel Data taken out once, each frame's part of it put in a copy of
+            // the rest.
+            let pixels = object.take_element(tags::PIXEL_DATA).map_err(|_| no_image())?;
+            for index in indices {
+                images.push(index.and_then(|index| {
+                    let mut one = object.clone();
+                    frame::put_frame_pixels(&mut one, &pixels, (index, total), geometry, photometric.as_str()).map_err(problem)?;
+                    frame::keep_frame(&mut one, (index, 1), geometry, photometric.as_str()).map_err(problem)?;
+                    frame_rgb8(path, one, sizes)
+                }));
+            }
         }
-    };
-    frame::keep_frame(&mut object, (index, frames_held), geometry, photometric.as_str()).map_err(problem)?;
+    }
+    Ok(images)
+}
+
+/// What [`frame_rgb8`] checks a frame's decoded pixels against: the header's size and sample
+/// layout.
+#[derive(Clone, Copy)]
+struct ImageSizes {
+    columns: u32,
+    rows: u32,
+    samples: u32,
+    bits_allocated: u32,
+    bits_stored: u32,
+}
+
+/// The single-frame image `object` (of the DICOM file `path`, of `sizes`) decoded, as a viewer
+/// displays it, to RGB8.
+fn frame_rgb8(path: &Path, mut object: DefaultDicomObject, sizes: ImageSizes) -> Result<RgbImage> {
+    let problem = |what: String| Error::format(path, what);
+    let ImageSizes { columns, rows, samples, bits_allocated, bits_stored } = sizes;
     check_stated_size(&object, (columns, rows)).map_err(problem)?;
     if [uids::JPEGLS_LOSSLESS, uids::JPEGLS_NEAR_LOSSLESS].contains(&object.meta().transfer_syntax()) {
         if samples != 1 {
@@ -742,10 +803,17 @@ mod tests {
         let mut bytes = Vec::new();
         object.with_meta(meta).unwrap().write_all(&mut bytes).unwrap();
         let size = bytes.len() as u64;
-        let mut source = Counted { inner: Cursor::new(bytes), read: 0 };
-        let image = read_dicom(Path::new("loop.dcm"), &mut source, size, DicomFrame::Last).unwrap();
-        assert!(image.as_raw().iter().all(|&v| v == 140), "not the last frame");
+        let mut source = Counted { inner: Cursor::new(bytes.clone()), read: 0 };
+        let images = read_dicom(Path::new("loop.dcm"), &mut source, size, &[DicomFrame::Last]).unwrap();
+        assert!(images[0].as_ref().unwrap().as_raw().iter().all(|&v| v == 140), "not the last frame");
         assert!(source.read < 2 * frame_bytes as u64, "{} of {size} bytes read", source.read);
+        // Two frames read together (each frame an image): the two alone, each itself.
+        let mut source = Counted { inner: Cursor::new(bytes), read: 0 };
+        let images = read_dicom(Path::new("loop.dcm"), &mut source, size, &[DicomFrame::Last, DicomFrame::First]).unwrap();
+        let values: Vec<u8> = images.iter().map(|image| image.as_ref().unwrap().as_raw()[0]).collect();
+        assert!(images.iter().zip(&values).all(|(image, &v)| image.as_ref().unwrap().as_raw().iter().all(|&s| s == v)));
+        assert_eq!(values, [140, 20]);
+        assert!(source.read < 3 * frame_bytes as u64, "{} of {size} bytes read", source.read);
     }
 
     /// A JPEG 2000 codestream's start: SOC, SIZ (Lsiz 41, Rsiz 0), Xsiz 40 + 3, Ysiz 36 + 5,

@@ -59,7 +59,7 @@ pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Loo
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
 pub use decode::{
     DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, decode_image, decode_rgb8, is_image_file, load_image, load_image_frame,
-    load_rgb8,
+    load_image_frames, load_rgb8,
 };
 pub use dicom::{DicomFrame, FrameSelection, dicom_patient_id, frame_count, frame_entries};
 pub use error::{Error, Result};

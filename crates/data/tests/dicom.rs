@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use medxfer_data::{DicomFrame, decode_rgb8, load_image, load_image_frame, load_rgb8};
+use medxfer_data::{DicomFrame, decode_rgb8, load_image, load_image_frame, load_image_frames, load_rgb8};
 
 fn fixtures() -> PathBuf {
     common::fixtures("dicom")
@@ -71,6 +71,7 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
         ("xa_cine_jpeg.dcm", 3, 2, 0.5),
         ("mr_jpegls_frames.dcm", 3, 0, 0.0),
         ("ct_enhanced.dcm", 3, 0, 0.0),
+        ("ct_enhanced_rle.dcm", 3, 0, 0.0),
     ] {
         let chosen = (1..=frames).map(|n| (DicomFrame::Number(n), n)).chain([
             (DicomFrame::First, 1),
@@ -92,6 +93,20 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
             }
         }
         let path = fixtures().join(name);
+        // Read together, the file parsed once (each frame an image), last first: each frame as
+        // read alone (pydicom's, above); a frame beyond the file's is that frame's error alone.
+        let asked: Vec<DicomFrame> = (1..=frames + 1).rev().map(DicomFrame::Number).collect();
+        let together = load_image_frames(&path, &asked).unwrap();
+        assert_eq!(together.len(), asked.len());
+        let error = together[0].as_ref().unwrap_err().to_string();
+        assert!(error.contains(&format!("has no frame {}", frames + 1)), "{name}: {error}");
+        for (decoded, &frame) in together.iter().zip(&asked).skip(1) {
+            assert_eq!(
+                decoded.as_ref().unwrap().image,
+                load_image_frame(&path, frame).unwrap().image,
+                "{name} frame {frame} read together"
+            );
+        }
         let error = load_rgb8(&path).unwrap_err().to_string();
         assert!(error.contains(&format!("holds {frames} frames")) && error.contains("--dicom-frame"), "{name}: {error}");
         let error = load_image_frame(&path, DicomFrame::Number(frames + 1)).unwrap_err().to_string();

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use medxfer_data::{Catalog, DicomFrame, Entry, Part, decode_image, load_rgb8, read_manifest, scan_dataset, transform};
+use medxfer_data::{Catalog, DicomFrame, Entry, Part, decode_image, load_image_frames, load_rgb8, read_manifest, scan_dataset, transform};
 use medxfer_mutate::{Mutator, never_panics};
 
 fn formats() -> PathBuf {
@@ -76,6 +76,29 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
     // enhanced image's Functional Groups read, from damaged files too.
     let frames = ["us_cine.dcm", "us_cine_422.dcm", "us_cine_rle.dcm", "xa_cine_jpeg.dcm", "mr_jpegls_frames.dcm", "ct_enhanced.dcm"];
     mutated_files_decode_or_fail(&dicom, &frames, Path::new("/data/mutant.dcm"), (250, 200), DicomFrame::Last);
+    // Read together from one parse (each frame an image): each frame decodes or is an error
+    // naming the file, and so is the file's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loop.dcm");
+    for (i, name) in frames.iter().chain(&["ct_enhanced_rle.dcm", "us_cine_deflate.dcm"]).enumerate() {
+        let original = std::fs::read(dicom.join(name)).unwrap();
+        assert_none(never_panics(
+            150,
+            300 + i as u64,
+            |m: &mut Mutator| m.bytes(&original),
+            |bytes: &Vec<u8>| {
+                std::fs::write(&path, bytes).unwrap();
+                let named = |error: &medxfer_data::Error| assert!(error.to_string().contains("loop.dcm"), "{name}: {error}");
+                match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Middle]) {
+                    Ok(images) => {
+                        assert_eq!(images.len(), 3, "{name}");
+                        images.iter().filter_map(|image| image.as_ref().err()).for_each(named);
+                    }
+                    Err(error) => named(&error),
+                }
+            },
+        ));
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use dicom_core::value::{PixelFragmentSequence, Value};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
+use dicom_object::mem::InMemElement;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
 /// Which frame of a DICOM file of several is read. Written and read as `--dicom-frame` spells it
@@ -146,7 +147,7 @@ fn too_few_bytes(length: u64, frames: u32, frame_bytes: usize) -> String {
 pub(crate) fn read_native_frame<R: Read + Seek>(
     object: &mut DefaultDicomObject,
     source: &mut R,
-    pixels: NativePixels,
+    pixels: &NativePixels,
     (index, frames): (u32, u32),
     geometry: (u32, u32, u32, u32),
     photometric: &str,
@@ -179,7 +180,20 @@ pub(crate) fn keep_frame(
     if frames == 1 {
         return Ok(());
     }
-    let element = object.element(tags::PIXEL_DATA).map_err(|e| format!("the DICOM file has no Pixel Data ({e})"))?;
+    let element = object.take_element(tags::PIXEL_DATA).map_err(|e| format!("the DICOM file has no Pixel Data ({e})"))?;
+    put_frame_pixels(object, &element, (index, frames), geometry, photometric)
+}
+
+/// Frame `index` of `element`, the Pixel Data of an image of `frames` frames (Samples per Pixel,
+/// Bits Allocated, columns and rows as `geometry` gives them, in colour space `photometric`), put in
+/// `object` as its Pixel Data of one frame.
+pub(crate) fn put_frame_pixels(
+    object: &mut DefaultDicomObject,
+    element: &InMemElement,
+    (index, frames): (u32, u32),
+    geometry: (u32, u32, u32, u32),
+    photometric: &str,
+) -> Result<(), String> {
     let cut = match element.value() {
         Value::PixelSequence(sequence) => {
             let fragments = frame_fragments(sequence, index, frames)?;
