@@ -77,8 +77,9 @@ fn files_stamp(root: &Path, entries: &[Entry]) -> Result<String> {
 }
 
 /// How many of a file's frames (each an image) are read together: its header read, and a
-/// compressed file parsed, once for them.
-const FRAMES_PER_READ: usize = 16;
+/// compressed file parsed, once for them (a 600-frame loop's frames decoded at once would take
+/// gigabytes).
+pub const FRAMES_PER_READ: usize = 16;
 
 /// `entries` cut into the runs read together: a file's consecutive frames (up to
 /// [`FRAMES_PER_READ`]), every other entry alone.

@@ -54,7 +54,7 @@ mod split;
 pub mod synth;
 pub mod transform;
 
-pub use cache::ImageCache;
+pub use cache::{FRAMES_PER_READ, ImageCache};
 pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Lookalike, ReferenceSplit, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
 pub use decode::{

@@ -199,9 +199,15 @@ fn unreadable_because(path: &Path, selection: FrameSelection) -> Option<String> 
     let error = match selection {
         FrameSelection::One(frame) => medxfer_data::load_image_frame(path, frame).err(),
         FrameSelection::Every(step) => match medxfer_data::frame_count(path) {
-            Ok(frames) => (1..=frames)
-                .step_by(usize::try_from(step).unwrap_or(usize::MAX).max(1))
-                .find_map(|frame| medxfer_data::load_image_frame(path, DicomFrame::Number(frame)).err()),
+            Ok(frames) => {
+                let kept: Vec<DicomFrame> =
+                    (1..=frames).step_by(usize::try_from(step).unwrap_or(usize::MAX).max(1)).map(DicomFrame::Number).collect();
+                // A few at a time, as the cache reads them.
+                kept.chunks(medxfer_data::FRAMES_PER_READ).find_map(|frames| match medxfer_data::load_image_frames(path, frames) {
+                    Ok(images) => images.into_iter().find_map(Result::err),
+                    Err(error) => Some(error),
+                })
+            }
             Err(error) => Some(error),
         },
     };
