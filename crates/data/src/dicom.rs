@@ -245,6 +245,10 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frames: &[
     let total = number_of_frames(&header).map_err(problem)?;
     // Each frame asked for, or why the file has no such frame.
     let mut indices: Vec<Result<u32>> = frames.iter().map(|frame| frame.index(total).map_err(problem)).collect();
+    // None to read (a loop without a frame chosen): refused before the pixel data is read.
+    if indices.iter().all(Result::is_err) {
+        return Ok(indices.into_iter().filter_map(Result::err).map(Err).collect());
+    }
     let bits_allocated = attribute(tags::BITS_ALLOCATED, "Bits Allocated")?;
     let bits_stored = attribute(tags::BITS_STORED, "Bits Stored")?;
     // dicom-rs's lookup tables assume these (and panic otherwise): checked here first.
@@ -814,6 +818,41 @@ mod tests {
         assert!(images.iter().zip(&values).all(|(image, &v)| image.as_ref().unwrap().as_raw().iter().all(|&s| s == v)));
         assert_eq!(values, [140, 20]);
         assert!(source.read < 3 * frame_bytes as u64, "{} of {size} bytes read", source.read);
+    }
+
+    /// A compressed loop read without a frame chosen is refused from its header: its fragments
+    /// are not read.
+    #[test]
+    fn a_loop_without_a_frame_chosen_is_refused_before_its_pixels_are_read() {
+        let us = |tag, value: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(value));
+        // Three fragments of 100 kB, a frame each (never decoded: the file is refused first).
+        let fragments = dicom_core::value::PixelFragmentSequence::new(Vec::<u32>::new(), vec![vec![0xAB_u8; 100_000]; 3]);
+        let object = dicom_object::InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.3")),
+            us(tags::SAMPLES_PER_PIXEL, 1),
+            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")),
+            DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("3")),
+            us(tags::ROWS, 256),
+            us(tags::COLUMNS, 256),
+            us(tags::BITS_ALLOCATED, 8),
+            us(tags::BITS_STORED, 8),
+            us(tags::HIGH_BIT, 7),
+            us(tags::PIXEL_REPRESENTATION, 0),
+            DataElement::new(tags::PIXEL_DATA, VR::OB, dicom_core::value::Value::PixelSequence(fragments)),
+        ]);
+        let meta = dicom_object::FileMetaTableBuilder::new()
+            .transfer_syntax(uids::JPEG_BASELINE8_BIT)
+            .media_storage_sop_class_uid(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)
+            .media_storage_sop_instance_uid("1.2.826.0.1.3680043.3");
+        let mut bytes = Vec::new();
+        object.with_meta(meta).unwrap().write_all(&mut bytes).unwrap();
+        let size = bytes.len() as u64;
+        let mut source = Counted { inner: Cursor::new(bytes), read: 0 };
+        let images = read_dicom(Path::new("xa.dcm"), &mut source, size, &[DicomFrame::Only]).unwrap();
+        let error = images[0].as_ref().unwrap_err().to_string();
+        assert!(error.contains("holds 3 frames"), "{error}");
+        assert!(source.read < 100_000, "{} of {size} bytes read", source.read);
     }
 
     /// A JPEG 2000 codestream's start: SOC, SIZ (Lsiz 41, Rsiz 0), Xsiz 40 + 3, Ysiz 36 + 5,
