@@ -30,7 +30,8 @@ pub struct ModelCard {
     pub mean: [f64; 3],
     pub std: [f64; 3],
     /// The frame read of each DICOM file of several (rank's --dicom-frame), which `predict`
-    /// reads of new ones too; `only` (such files refused) on cards written before it was kept.
+    /// reads of new ones too (all or every:K: each frame kept an image, a file's prediction their
+    /// mean); `only` (such files refused) on cards written before it was kept.
     #[serde(default)]
     pub dicom_frame: medxfer_data::FrameSelection,
     /// The kept epoch's on the val part of rank's split (finetune_split.csv): what `predict`
