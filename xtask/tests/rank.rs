@@ -632,6 +632,27 @@ fn every_frame_of_a_folder_of_cine_loops_is_ranked_with_its_loop_as_group() {
     let cards = std::fs::read_dir(out.join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
     let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
     assert_eq!(card["dicom_frame"], "all");
+    // ranking.md's balanced accuracy per file of the test part: predict's on the same loops,
+    // each predicted as the mean of its frames (the test rows of finetune_split.csv).
+    let ranking = std::fs::read_to_string(out.join("ranking.md")).unwrap();
+    let per_file = ranking.split("Per file on the test part").nth(1).unwrap_or_else(|| panic!("{ranking}"));
+    let tested: Vec<&BTreeMap<String, String>> = split.iter().filter(|row| row["split"] == "test").collect();
+    assert!(per_file.starts_with(&format!(" ({} files, {} images", tested.len(), 3 * tested.len())), "{per_file}");
+    let line = per_file.lines().find(|line| line.starts_with("| resnet_basic_min |")).unwrap();
+    let test_csv = dir.path().join("test loops.csv");
+    let rows: String = tested.iter().map(|row| format!("{},{}\n", row["path"], row["label"])).collect();
+    std::fs::write(&test_csv, format!("path,label\n{rows}")).unwrap();
+    let predictions = dir.path().join("loop predictions.csv");
+    let output = predict(
+        dir.path(),
+        &out,
+        &test_csv,
+        &["--images-root", loops.to_str().unwrap(), "--csv-columns", "path,label", "--out", predictions.to_str().unwrap()],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let accuracy = line.trim_end_matches(" |").rsplit("| ").next().unwrap();
+    assert!(output.status.success() && stdout.contains(&format!("balanced accuracy {accuracy}")), "{line}\n{stdout}{output:?}");
+    assert_eq!(read_csv(&predictions).len(), tested.len());
 }
 
 /// Options rank cannot run with are refused before the images are read or cached (the

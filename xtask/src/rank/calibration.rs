@@ -25,6 +25,8 @@ pub struct Calibrated {
     /// The test part's macro one-vs-rest AUROC, from the probabilities as the model gives them,
     /// and its 95% interval ([`auroc_interval`]).
     pub auroc: Option<(f64, Option<(f64, f64)>)>,
+    /// The test part's probabilities as the model gives them, image by image.
+    pub probabilities: Vec<Vec<f64>>,
 }
 
 /// Resamples of [`auroc_interval`].
@@ -80,6 +82,7 @@ pub fn measure(
         temperature,
         auroc: macro_auroc(&one_vs_rest_auroc(&probabilities, &test.labels, data.classes))
             .map(|auroc| (auroc, auroc_interval(&probabilities, &test.labels, test_groups, data.classes, AUROC_RESAMPLES, rng))),
+        probabilities,
     })
 }
 
@@ -175,8 +178,22 @@ mod tests {
         let raw = Calibration { negative_log_likelihood: 0.41, expected_calibration_error: 0.12, brier: 0.2, reliability: Vec::new() };
         let scaled = Calibration { negative_log_likelihood: 0.3, expected_calibration_error: 0.05, brier: 0.18, reliability: Vec::new() };
         let rows = [
-            Calibrated { backbone: "a".into(), temperature: Ok(1.8), raw: raw.clone(), scaled: Some(scaled), auroc: None },
-            Calibrated { backbone: "b".into(), temperature: Err(TemperatureError::Separated(12)), raw, scaled: None, auroc: None },
+            Calibrated {
+                backbone: "a".into(),
+                temperature: Ok(1.8),
+                raw: raw.clone(),
+                scaled: Some(scaled),
+                auroc: None,
+                probabilities: Vec::new(),
+            },
+            Calibrated {
+                backbone: "b".into(),
+                temperature: Err(TemperatureError::Separated(12)),
+                raw,
+                scaled: None,
+                auroc: None,
+                probabilities: Vec::new(),
+            },
         ];
         let table = render(&rows, 12, 24);
         assert!(table.contains("(24 images;") && table.contains("val part's 12 images"), "{table}");
