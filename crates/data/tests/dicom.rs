@@ -72,6 +72,7 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
         ("mr_jpegls_frames.dcm", 3, 0, 0.0),
         ("ct_enhanced.dcm", 3, 0, 0.0),
         ("ct_enhanced_rle.dcm", 3, 0, 0.0),
+        ("xa_enhanced_lut.dcm", 3, 0, 0.0),
     ] {
         let chosen = (1..=frames).map(|n| (DicomFrame::Number(n), n)).chain([
             (DicomFrame::First, 1),
