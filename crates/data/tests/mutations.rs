@@ -74,7 +74,15 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
     mutated_files_decode_or_fail(&dicom, &names, Path::new("/data/mutant.dcm"), (250, 100), DicomFrame::Only);
     // Files of several frames, their last read: the frame's bytes or fragments cut out, an
     // enhanced image's Functional Groups read, from damaged files too.
-    let frames = ["us_cine.dcm", "us_cine_422.dcm", "us_cine_rle.dcm", "xa_cine_jpeg.dcm", "mr_jpegls_frames.dcm", "ct_enhanced.dcm"];
+    let frames = [
+        "us_cine.dcm",
+        "us_cine_422.dcm",
+        "us_cine_rle.dcm",
+        "xa_cine_jpeg.dcm",
+        "mr_jpegls_frames.dcm",
+        "ct_enhanced.dcm",
+        "xa_enhanced_lut.dcm",
+    ];
     mutated_files_decode_or_fail(&dicom, &frames, Path::new("/data/mutant.dcm"), (250, 200), DicomFrame::Last);
     // Read together from one parse (each frame an image): each frame decodes or is an error
     // naming the file, and so is the file's.
