@@ -752,8 +752,10 @@ mod tests {
     use std::io::{Cursor, Read, Seek, SeekFrom};
     use std::path::Path;
 
+    use dicom_core::value::Value;
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::{tags, uids};
+    use dicom_object::InMemDicomObject;
 
     use super::{DicomFrame, read_dicom, stated_size};
 
@@ -777,19 +779,15 @@ mod tests {
         }
     }
 
-    /// The last of three 256 x 256 RGB frames (192 KiB each, frame k every sample 60 k + 20) of an
-    /// uncompressed loop is read without the two before it: less than two frames' bytes are read
-    /// in all, and the image is that frame.
-    #[test]
-    fn a_frame_of_an_uncompressed_loop_is_read_alone() {
-        let frame_bytes = 256 * 256 * 3;
-        let pixels: Vec<u8> = (0..3_u8).flat_map(|k| std::iter::repeat_n(60 * k + 20, frame_bytes)).collect();
+    /// A 256 x 256 ultrasound loop of three frames as a Part 10 file: `samples` samples a pixel
+    /// in `photometric`, its Pixel Data `pixels`, in `transfer_syntax`.
+    fn loop_file(transfer_syntax: &str, (samples, photometric): (u16, &str), pixels: Value<InMemDicomObject>) -> Vec<u8> {
         let us = |tag, value: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(value));
-        let object = dicom_object::InMemDicomObject::from_element_iter([
+        let object = InMemDicomObject::from_element_iter([
             DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)),
             DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.2")),
-            us(tags::SAMPLES_PER_PIXEL, 3),
-            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("RGB")),
+            us(tags::SAMPLES_PER_PIXEL, samples),
+            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from(photometric)),
             us(tags::PLANAR_CONFIGURATION, 0),
             DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("3")),
             us(tags::ROWS, 256),
@@ -798,14 +796,25 @@ mod tests {
             us(tags::BITS_STORED, 8),
             us(tags::HIGH_BIT, 7),
             us(tags::PIXEL_REPRESENTATION, 0),
-            DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(pixels)),
+            DataElement::new(tags::PIXEL_DATA, VR::OB, pixels),
         ]);
         let meta = dicom_object::FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .transfer_syntax(transfer_syntax)
             .media_storage_sop_class_uid(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)
             .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2");
         let mut bytes = Vec::new();
         object.with_meta(meta).unwrap().write_all(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// The last of three 256 x 256 RGB frames (192 KiB each, frame k every sample 60 k + 20) of an
+    /// uncompressed loop is read without the two before it: less than two frames' bytes are read
+    /// in all, and the image is that frame.
+    #[test]
+    fn a_frame_of_an_uncompressed_loop_is_read_alone() {
+        let frame_bytes = 256 * 256 * 3;
+        let pixels: Vec<u8> = (0..3_u8).flat_map(|k| std::iter::repeat_n(60 * k + 20, frame_bytes)).collect();
+        let bytes = loop_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, (3, "RGB"), PrimitiveValue::from(pixels).into());
         let size = bytes.len() as u64;
         let mut source = Counted { inner: Cursor::new(bytes.clone()), read: 0 };
         let images = read_dicom(Path::new("loop.dcm"), &mut source, size, &[DicomFrame::Last]).unwrap();
@@ -824,29 +833,9 @@ mod tests {
     /// are not read.
     #[test]
     fn a_loop_without_a_frame_chosen_is_refused_before_its_pixels_are_read() {
-        let us = |tag, value: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(value));
         // Three fragments of 100 kB, a frame each (never decoded: the file is refused first).
         let fragments = dicom_core::value::PixelFragmentSequence::new(Vec::<u32>::new(), vec![vec![0xAB_u8; 100_000]; 3]);
-        let object = dicom_object::InMemDicomObject::from_element_iter([
-            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)),
-            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.3")),
-            us(tags::SAMPLES_PER_PIXEL, 1),
-            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")),
-            DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("3")),
-            us(tags::ROWS, 256),
-            us(tags::COLUMNS, 256),
-            us(tags::BITS_ALLOCATED, 8),
-            us(tags::BITS_STORED, 8),
-            us(tags::HIGH_BIT, 7),
-            us(tags::PIXEL_REPRESENTATION, 0),
-            DataElement::new(tags::PIXEL_DATA, VR::OB, dicom_core::value::Value::PixelSequence(fragments)),
-        ]);
-        let meta = dicom_object::FileMetaTableBuilder::new()
-            .transfer_syntax(uids::JPEG_BASELINE8_BIT)
-            .media_storage_sop_class_uid(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)
-            .media_storage_sop_instance_uid("1.2.826.0.1.3680043.3");
-        let mut bytes = Vec::new();
-        object.with_meta(meta).unwrap().write_all(&mut bytes).unwrap();
+        let bytes = loop_file(uids::JPEG_BASELINE8_BIT, (1, "MONOCHROME2"), Value::PixelSequence(fragments));
         let size = bytes.len() as u64;
         let mut source = Counted { inner: Cursor::new(bytes), read: 0 };
         let images = read_dicom(Path::new("xa.dcm"), &mut source, size, &[DicomFrame::Only]).unwrap();
