@@ -277,16 +277,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let entries = medxfer_data::frame_entries(&images.root, &files, args.reading.dicom_frame)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     describe_images(args, &images);
-    if entries.len() != files.len() {
-        let loops = files.len() - entries.iter().filter(|e| e.frame.is_none()).count();
-        eprintln!(
-            "{}: --dicom-frame {}: {loops} files of several frames give {} frames, each an image of its file's class; {} images in all, each file's in one part and group",
-            args.images.display(),
-            args.reading.dicom_frame,
-            entries.len() - (files.len() - loops),
-            entries.len()
-        );
-    }
+    describe_frames(args, &files, &entries);
     if args.finetune_top.is_some() {
         // A row a file: the split is of files, a loop's frames in its part.
         write_split(&args.out.join(SPLIT_CSV), &files, &images.classes)?;
@@ -429,6 +420,22 @@ fn describe_images(args: &RankArgs, images: &LabelledImages) {
             args.images.display()
         );
     }
+}
+
+/// With each frame of a loop an image: how many files gave how many frames, on stderr.
+fn describe_frames(args: &RankArgs, files: &[Entry], entries: &[Entry]) {
+    if entries.len() == files.len() {
+        return;
+    }
+    let single = entries.iter().filter(|e| e.frame.is_none()).count();
+    eprintln!(
+        "{}: --dicom-frame {}: {} files of several frames give {} frames, each an image of its file's class; {} images in all, each file's in one part and group",
+        args.images.display(),
+        args.reading.dicom_frame,
+        files.len() - single,
+        entries.len() - single,
+        entries.len()
+    );
 }
 
 /// `entries`' images of `part`.
