@@ -80,6 +80,8 @@ pub struct Reviewed<'a> {
     pub truth: Option<&'a str>,
     /// With --refer-below: whether it is referred.
     pub referred: Option<bool>,
+    /// Of a loop predicted from its frames, the frame the map is drawn on.
+    pub frame: Option<u32>,
 }
 
 /// `dir`/index.html: each image's overlay with its path, prediction and probability (its class
@@ -110,7 +112,7 @@ pub fn write_review_page(dir: &Path, heading: &str, images: &[Reviewed<'_>]) -> 
             "<tr{}><td><img src=\"{}\" width=\"160\" loading=\"lazy\"></td><td>{}</td><td{}>{}</td><td>{:.3}</td>{}{}</tr>\n",
             if image.referred == Some(true) { " class=\"refer\"" } else { "" },
             url_path(&names[index]),
-            html_text(image.path),
+            html_text(&image.frame.map_or_else(|| image.path.to_string(), |frame| format!("{} (frame {frame})", image.path))),
             if wrong { " class=\"wrong\"" } else { "" },
             html_text(image.predicted),
             image.probability,
@@ -205,7 +207,8 @@ mod tests {
     #[test]
     fn the_review_page_puts_the_least_sure_first_and_links_each_overlay() {
         let dir = tempfile::tempdir().unwrap();
-        let reviewed = |path, predicted, probability, truth, referred| Reviewed { path, predicted, probability, truth, referred };
+        let reviewed =
+            |path, predicted, probability, truth, referred| Reviewed { path, predicted, probability, truth, referred, frame: None };
         let images = [
             reviewed("lesion/a b#1.jpg", "lesion", 0.9, Some("lesion"), Some(false)),
             reviewed("clear/<c>.jpg", "lesion", 0.55, Some("clear"), Some(true)),

@@ -1226,10 +1226,29 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     close(&cut_rows.iter().map(|r| r["p_clear"].parse().unwrap()).collect::<Vec<f64>>(), &kept, "a cut loop left out");
     let listed = read_csv(&dir.path().join("loops-unreadable.csv"));
     assert!(listed.len() == 1 && listed[0]["path"] == "01.dcm", "{listed:?}");
-    let saliency = dir.path().join("loop-maps");
-    let output = predict(dir.path(), &out, &loops, &["--saliency", saliency.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("--dicom-frame all predicts each file's frames") && !saliency.exists(), "{stderr}");
+    // --saliency: each loop's map drawn on its frame of largest probability of the class drawn,
+    // the map of that frame as a PNG byte for byte, the review page naming the frame. For clear,
+    // then lesion, each loop's image frame and its other frame take turns (frames 1 and 3 are
+    // equal: the first is shown).
+    for class in ["clear", "lesion"] {
+        let maps = |folder: &Path, name: &str, extension: &str| -> (Vec<Vec<u8>>, String) {
+            let saliency = dir.path().join(format!("{name}-{class}"));
+            let args = ["--out", file.to_str().unwrap(), "--saliency", saliency.to_str().unwrap(), "--saliency-class", class];
+            let output = predict(dir.path(), &out, folder, &args);
+            assert!(output.status.success(), "{output:?}");
+            let maps = (0..test.len()).map(|i| std::fs::read(saliency.join(format!("{i:02}.{extension}.png"))).unwrap()).collect();
+            (maps, std::fs::read_to_string(saliency.join("index.html")).unwrap())
+        };
+        let (loop_maps, page) = maps(&loops, "loop-maps", "dcm");
+        let (other_maps, _) = maps(&others, "other-maps", "png");
+        let (image_maps, _) = maps(&middles, "image-maps", "png");
+        for i in 0..test.len() {
+            let image_tells = if class == "clear" { image_p[i] > other_p[i] } else { image_p[i] < other_p[i] };
+            let (expected, frame) = if image_tells { (&image_maps[i], 2) } else { (&other_maps[i], 1) };
+            assert!(loop_maps[i] == *expected, "{class}: loop {i}: not the map of frame {frame}");
+            assert!(page.contains(&format!("<td>{i:02}.dcm (frame {frame})</td>")), "{class}: loop {i}, frame {frame}: {page}");
+        }
+    }
     std::fs::write(&card_file, &card_text).unwrap();
 
     // --saliency DIR: an overlay per image, of the crop's size, at the image's path under DIR

@@ -115,6 +115,8 @@ pub struct Cached {
     pub readable: Option<Vec<bool>>,
     /// Each cached image's file: its index in `Images::paths` (as left after `readable`).
     pub file_of: Vec<usize>,
+    /// Each cached image's frame, where it is one of several of its file.
+    pub frames: Vec<Option<u32>>,
 }
 
 /// The decoded images' cache (shorter side `resize`; of a DICOM file of several frames, the
@@ -139,7 +141,7 @@ pub fn cached_images(
         }
         other => Ok(other?),
     };
-    let (split, file_of) = match cached {
+    let (split, file_of, frames) = match cached {
         Ok(cached) => cached,
         Err(unreadable) => {
             use rayon::prelude::*;
@@ -162,23 +164,23 @@ pub fn cached_images(
             images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
             crate::results::write_rows(listing, &["path", "error"], &rows)?;
             eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
-            let (split, file_of) = cached_files(cache_dir, images, (resize, selection))?;
-            return Ok(Cached { split, readable: Some(readable), file_of });
+            let (split, file_of, frames) = cached_files(cache_dir, images, (resize, selection))?;
+            return Ok(Cached { split, readable: Some(readable), file_of, frames });
         }
     };
     if listing.exists() {
         std::fs::remove_file(listing).with_context(|| format!("cannot remove {} (an earlier run's list)", listing.display()))?;
     }
-    Ok(Cached { split, readable: None, file_of })
+    Ok(Cached { split, readable: None, file_of, frames })
 }
 
-/// `images` decoded into the cache, each file's frames `selection` keeps an image, and each
-/// image's file.
+/// `images` decoded into the cache, each file's frames `selection` keeps an image; each image's
+/// file and frame.
 fn cached_files(
     cache_dir: &Path,
     images: &Images,
     (resize, selection): (u32, FrameSelection),
-) -> medxfer_train::Result<(SplitData, Vec<usize>)> {
+) -> medxfer_train::Result<(SplitData, Vec<usize>, Vec<Option<u32>>)> {
     // Labels are not read; the cache wants one per image. The group is the file's index, which
     // its frames keep.
     let files: Vec<Entry> = images
@@ -189,9 +191,27 @@ fn cached_files(
         .collect();
     let entries = medxfer_data::frame_entries(&images.root, &files, selection)?;
     let file_of = entries.iter().map(|e| e.group.parse().unwrap_or(usize::MAX)).collect();
+    let frames = entries.iter().map(|e| e.frame).collect();
     let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries, (resize, selection.per_file()), true)?;
-    Ok((split, file_of))
+    Ok((split, file_of, frames))
 }
+
+/// The frame `frames` names of each of `images` (one a file, in order), decoded into the cache
+/// apart for `--saliency` (an earlier run's removed).
+pub fn saliency_frames(cache_dir: &Path, images: &Images, frames: &[Option<u32>], resize: u32) -> Result<SplitData> {
+    let entries: Vec<Entry> = images
+        .paths
+        .iter()
+        .zip(frames)
+        .map(|(path, &frame)| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test, frame })
+        .collect();
+    let split = SplitData::cached_frame(cache_dir, SALIENCY_FRAMES_CACHE, &images.root, &entries, (resize, DicomFrame::Only), false)?;
+    crate::rank::images::prune_caches(cache_dir, SALIENCY_FRAMES_CACHE, split.cache.key());
+    Ok(split)
+}
+
+/// The name of the frames `predict --saliency` draws on, a loop's each, in the cache folder.
+const SALIENCY_FRAMES_CACHE: &str = "predict-frames";
 
 /// Why the image at `path` cannot be read as `selection` reads it (a loop: where one of the
 /// frames kept cannot), or `None` where it can.

@@ -16,7 +16,7 @@ use medxfer_train::{RunSettings, SaliencyBatches, Views, logits_split_views, mac
 
 use crate::rank::card::ModelCard;
 use crate::saliency::Reviewed;
-use images::{Cached, Images, cached_images, image_paths, prune_prediction_caches, unreadable_file};
+use images::{Cached, Images, cached_images, image_paths, prune_prediction_caches, saliency_frames, unreadable_file};
 
 mod images;
 
@@ -94,7 +94,9 @@ pub struct PredictArgs {
     /// Draw where in each image the model found the evidence for its predicted class (Grad-CAM on
     /// the crop it saw) to DIR, one PNG per image at its path under the images' folder with
     /// `.png` appended, and DIR/index.html listing them, the least sure first. The maps are of
-    /// the crop itself, whatever --tta averages.
+    /// the crop itself, whatever --tta averages; a loop predicted from its frames (--dicom-frame
+    /// all) gets its map on the frame with the largest probability of the class drawn, which the
+    /// page names.
     #[arg(long, value_name = "DIR")]
     pub saliency: Option<PathBuf>,
     /// With --saliency: the evidence for this class in every image, not for the predicted one.
@@ -151,7 +153,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     let frames = args.dicom_frame.unwrap_or(card.dicom_frame);
-    check_saliency_outside(args, frames)?;
+    check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(
             class_index(name)
@@ -180,7 +182,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     if frames != card.dicom_frame {
         eprintln!("--dicom-frame {frames}: the model was fine-tuned on the DICOM frame '{}' of rank's images", card.dicom_frame);
     }
-    let Cached { split, readable, file_of } =
+    let Cached { split, readable, file_of, frames: image_frames } =
         cached_images(&cache_dir, &mut images, (card.resize, frames), args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
     // The labels of the images predicted, where some were left out.
@@ -206,15 +208,15 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     }
     // A loop's frames each predicted: the file's probabilities their mean, whose logarithms
     // stand for its logits from here on (their softmax at temperature 1 gives them back).
-    let (logits, divisor) = if logits.len() == paths.len() {
-        (logits, temperature)
+    let (logits, divisor, frame_logits) = if logits.len() == paths.len() {
+        (logits, temperature, None)
     } else {
         eprintln!(
             "--dicom-frame {frames}: {} frames of {} files predicted, each file's probabilities the mean of its frames'",
             logits.len(),
             paths.len()
         );
-        (pooled_frames(&logits, &file_of, paths.len(), temperature), 1.0)
+        (pooled_frames(&logits, &file_of, paths.len(), temperature), 1.0, Some(logits))
     };
     let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, divisor)).collect();
     let Written { predicted, counts, referred } = write_predictions(&file, &card.classes, paths, &probabilities, args.refer_below)?;
@@ -238,8 +240,16 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         Some(dir) => {
             // The evidence for --saliency-class in every image, else for each one's prediction.
             let classes = saliency_class.map_or_else(|| predicted.clone(), |class| vec![class; predicted.len()]);
+            // A loop's map on its frame most telling of the class drawn.
+            let shown = frame_logits.as_ref().map(|frame_logits| {
+                telling_frames(frame_logits, &file_of, &classes, temperature)
+                    .into_iter()
+                    .map(|image| image_frames[image])
+                    .collect::<Vec<_>>()
+            });
+            let shown_split = shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images, shown, card.resize)).transpose()?;
             let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
-            let mut batches = SaliencyBatches::new(&model, &split, &settings, &classes)?;
+            let mut batches = SaliencyBatches::new(&model, shown_split.as_ref().unwrap_or(&split), &settings, &classes)?;
             let written =
                 crate::saliency::write_overlays(dir, paths, &settings.normalization, &mut batches, &|done| bar.set_position(done as u64))?;
             bar.finish_and_clear();
@@ -250,6 +260,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
                     probability: probabilities[i][predicted[i] as usize],
                     truth: truth.as_ref().map(|truth| card.classes[truth[i] as usize].as_str()),
                     referred: args.refer_below.map(|_| referred[i]),
+                    frame: shown.as_ref().and_then(|shown| shown[i]),
                 })
                 .collect();
             let heading = format!("{} on {}", card.backbone, args.images.display());
@@ -272,6 +283,20 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         unreadable,
         saliency,
     })
+}
+
+/// For each file, which of its images (an index into `logits`; `file_of` names each one's file)
+/// gives the largest probability of `classes`' class for it, at `temperature`: the frame of a
+/// loop that most shows what the map is drawn for (the first of equals).
+fn telling_frames(logits: &[Vec<f32>], file_of: &[usize], classes: &[u32], temperature: f64) -> Vec<usize> {
+    let mut best: Vec<Option<(usize, f64)>> = vec![None; classes.len()];
+    for (image, (row, &file)) in logits.iter().zip(file_of).enumerate() {
+        let p = calibration::probabilities(row, temperature)[classes[file] as usize];
+        if best[file].is_none_or(|(_, top)| p > top) {
+            best[file] = Some((image, p));
+        }
+    }
+    best.into_iter().map(|found| found.map_or(0, |(image, _)| image)).collect()
 }
 
 /// Each of `files` files' log mean probability over its images' `logits` (`file_of` names each
@@ -312,14 +337,8 @@ fn csv_labels(images: &Images, classes: &[String], source: &Path) -> Result<Opti
 }
 
 /// `--saliency` inside an `--images` folder: its overlays would be read as images by the next
-/// run on that folder; or with each frame of a loop predicted (`frames`), when it draws one map
-/// an image file.
-fn check_saliency_outside(args: &PredictArgs, frames: FrameSelection) -> Result<()> {
-    if args.saliency.is_some() && frames.is_per_frame() {
-        bail!(
-            "--saliency draws one map a file, and --dicom-frame {frames} predicts each file's frames; give one frame for the maps (--dicom-frame middle, or N)"
-        );
-    }
+/// run on that folder.
+fn check_saliency_outside(args: &PredictArgs) -> Result<()> {
     if let Some(dir) = &args.saliency
         && args.images.is_dir()
         && std::path::absolute(dir)?.starts_with(std::path::absolute(&args.images)?)
