@@ -93,7 +93,7 @@ fn has_magic(bytes: &[u8]) -> bool {
 /// left unread); `None` for a file that is not DICOM or whose ID is absent or blank. A DICOM file
 /// whose header cannot be read is an error naming it.
 pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
-    let Some(object) = dicom_header(path)? else { return Ok(None) };
+    let Some((object, _)) = dicom_header(path)? else { return Ok(None) };
     let Some(element) = object.element_opt(tags::PATIENT_ID).ok().flatten() else { return Ok(None) };
     let id = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's Patient ID is not text ({e})")))?;
     let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
@@ -102,13 +102,22 @@ pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
 
 /// How many frames the image file at `path` holds, read from its header (the pixel data left
 /// unread): a DICOM file's Number of Frames (1 where it has none), 1 for any other image. A DICOM
-/// file whose header cannot be read, or whose count is not a number or is 0, is an error naming
-/// it.
+/// file whose header cannot be read, or whose count is not a number, is 0, or is more than the
+/// file's size can hold (each frame is at least an 8-byte item; a damaged count would otherwise
+/// make billions of images of one file), is an error naming it.
 pub fn frame_count(path: &Path) -> Result<u32> {
-    let Some(object) = dicom_header(path)? else { return Ok(1) };
+    let Some((object, size)) = dicom_header(path)? else { return Ok(1) };
     let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
     if frames == 0 {
         return Err(Error::format(path, "the DICOM file's Number of Frames is 0; correct it (1 for a single image)"));
+    }
+    if u64::from(frames) > size / 8 {
+        return Err(Error::format(
+            path,
+            format!(
+                "the DICOM file states {frames} frames, more than its {size} bytes can hold: a damaged header; export it again from the PACS or viewer"
+            ),
+        ));
     }
     Ok(frames)
 }
@@ -121,9 +130,9 @@ fn number_of_frames(header: &DefaultDicomObject) -> std::result::Result<u32, Str
     }
 }
 
-/// The header of the DICOM file at `path`, up to its Pixel Data (left unread); `None` for a file
-/// that is not DICOM.
-fn dicom_header(path: &Path) -> Result<Option<DefaultDicomObject>> {
+/// The header of the DICOM file at `path`, up to its Pixel Data (left unread), and the file's size;
+/// `None` for a file that is not DICOM.
+fn dicom_header(path: &Path) -> Result<Option<(DefaultDicomObject, u64)>> {
     // One open file for the magic word, the length check and the header: a PACS export is
     // thousands of files, often on a network share.
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -147,7 +156,7 @@ fn dicom_header(path: &Path) -> Result<Option<DefaultDicomObject>> {
     };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read_header))
         .map_err(|_| Error::format(path, "a damaged DICOM file: its parser failed on it; export it again from the PACS or viewer"))?
-        .map(Some)
+        .map(|object| Some((object, size)))
 }
 
 /// The frame `frame` chooses of the DICOM file `bytes` (the content of `path`, named in errors)
