@@ -103,15 +103,15 @@ pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
 /// How many frames the image file at `path` holds, read from its header (the pixel data left
 /// unread): a DICOM file's Number of Frames (1 where it has none), 1 for any other image. A DICOM
 /// file whose header cannot be read, or whose count is not a number, is 0, or is more than the
-/// file's size can hold (each frame is at least an 8-byte item; a damaged count would otherwise
-/// make billions of images of one file), is an error naming it.
+/// file's size can hold (a damaged count would otherwise make billions of images of one file), is
+/// an error naming it.
 pub fn frame_count(path: &Path) -> Result<u32> {
     let Some((object, size)) = dicom_header(path)? else { return Ok(1) };
     let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
     if frames == 0 {
         return Err(Error::format(path, "the DICOM file's Number of Frames is 0; correct it (1 for a single image)"));
     }
-    if u64::from(frames) > size / 8 {
+    if u64::from(frames).saturating_mul(least_frame_bytes(&object)) > size {
         return Err(Error::format(
             path,
             format!(
@@ -127,6 +127,24 @@ fn number_of_frames(header: &DefaultDicomObject) -> std::result::Result<u32, Str
     match header.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
         Some(value) => value.to_int::<u32>().map_err(|e| format!("the DICOM file's Number of Frames is not a number ({e})")),
         None => Ok(1),
+    }
+}
+
+/// The fewest bytes a frame of `header`'s image can take: uncompressed, its pixels' (as far as the
+/// header states them); compressed, an item's 8-byte header.
+fn least_frame_bytes(header: &DefaultDicomObject) -> u64 {
+    let number = |tag| header.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u32>().ok());
+    // Explicit VR big endian (1.2.840.10008.1.2.2) is retired, but old archives hold it.
+    let uncompressed = [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.2"]
+        .contains(&header.meta().transfer_syntax());
+    match (uncompressed, number(tags::COLUMNS), number(tags::ROWS), number(tags::BITS_ALLOCATED)) {
+        (true, Some(columns), Some(rows), Some(bits_allocated)) => {
+            let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+            let photometric = header.element_opt(tags::PHOTOMETRIC_INTERPRETATION).ok().flatten().and_then(|e| e.to_str().ok());
+            let photometric = photometric.as_deref().map_or("", |p| p.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
+            (frame::native_frame_bytes((columns, rows, samples, bits_allocated), photometric) as u64).max(1)
+        }
+        _ => 8,
     }
 }
 

@@ -386,18 +386,27 @@ fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
     let other = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &reversed, (16, DicomFrame::Only), false).unwrap();
     assert_eq!(other.read(0).unwrap(), cache.read(2).unwrap());
     assert_ne!(other.read(0).unwrap(), cache.read(0).unwrap());
-    // A count more than the file can hold (a damaged header: a billion frames of a 1 kB file)
-    // is the file's error, not a billion entries.
-    let mut object = dicom_object::open_file(fixtures().join("us_cine.dcm")).unwrap();
-    object.put(dicom_core::DataElement::new(
-        dicom_dictionary_std::tags::NUMBER_OF_FRAMES,
-        dicom_core::VR::IS,
-        dicom_core::PrimitiveValue::from("1000000000"),
-    ));
-    let damaged = dir.path().join("billion.dcm");
-    object.write_to_file(&damaged).unwrap();
-    let error = frame_count(&damaged).unwrap_err().to_string();
-    assert!(error.starts_with(&damaged.display().to_string()) && error.contains("states 1000000000 frames"), "{error}");
+    // A count more than the file can hold (a damaged header: a billion frames of a 2 kB file)
+    // is the file's error, not a billion entries: us_cine.dcm's frames are 324 bytes, so 4 fit in
+    // its 1.5 kB (the fourth's pixels then missing: that frame's error when read), 5 do not; a
+    // compressed file's frames take at least 8 bytes.
+    let stating = |name: &str, frames: &str| -> PathBuf {
+        let mut object = dicom_object::open_file(fixtures().join(name)).unwrap();
+        object.put(dicom_core::DataElement::new(
+            dicom_dictionary_std::tags::NUMBER_OF_FRAMES,
+            dicom_core::VR::IS,
+            dicom_core::PrimitiveValue::from(frames),
+        ));
+        let damaged = dir.path().join(format!("{frames}-{name}"));
+        object.write_to_file(&damaged).unwrap();
+        damaged
+    };
+    assert_eq!(frame_count(&stating("us_cine.dcm", "4")).unwrap(), 4);
+    for (name, frames) in [("us_cine.dcm", "5"), ("us_cine.dcm", "1000000000"), ("xa_cine_jpeg.dcm", "1000")] {
+        let damaged = stating(name, frames);
+        let error = frame_count(&damaged).unwrap_err().to_string();
+        assert!(error.starts_with(&damaged.display().to_string()) && error.contains(&format!("states {frames} frames")), "{error}");
+    }
     // A file whose header cannot be read is named, with the others that cannot.
     let cut = dir.path().join("cut.dcm");
     std::fs::write(&cut, &std::fs::read(fixtures().join("us_cine.dcm")).unwrap()[..300]).unwrap();

@@ -121,7 +121,7 @@ pub(crate) struct NativePixels {
 /// The bytes one frame of an uncompressed image takes: `columns` x `rows` pixels of `samples`
 /// samples of `bits_allocated` bits, but two bytes a pixel in YBR_FULL_422, which stores each pair
 /// of pixels in four (PS3.3 C.7.6.3.1.2).
-fn native_frame_bytes((columns, rows, samples, bits_allocated): (u32, u32, u32, u32), photometric: &str) -> usize {
+pub(crate) fn native_frame_bytes((columns, rows, samples, bits_allocated): (u32, u32, u32, u32), photometric: &str) -> usize {
     let pixels = columns as usize * rows as usize;
     let per_pixel = if photometric == "YBR_FULL_422" { 2 } else { samples as usize } * (bits_allocated as usize / 8);
     pixels.saturating_mul(per_pixel)
