@@ -210,8 +210,9 @@ pub fn saliency_frames(cache_dir: &Path, images: &Images, frames: &[Option<u32>]
     Ok(split)
 }
 
-/// The name of the frames `predict --saliency` draws on, a loop's each, in the cache folder.
-const SALIENCY_FRAMES_CACHE: &str = "predict-frames";
+/// The name of the frames `predict --saliency` draws on, a loop's each, in the cache folder (not
+/// "predict-...": pruning predict's own caches would take it).
+const SALIENCY_FRAMES_CACHE: &str = "shown-frames";
 
 /// Why the image at `path` cannot be read as `selection` reads it (a loop: where one of the
 /// frames kept cannot), or `None` where it can.
