@@ -208,16 +208,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     }
     // A loop's frames each predicted: the file's probabilities their mean, whose logarithms
     // stand for its logits from here on (their softmax at temperature 1 gives them back).
-    let (logits, divisor, frame_logits) = if logits.len() == paths.len() {
-        (logits, temperature, None)
-    } else {
-        eprintln!(
-            "--dicom-frame {frames}: {} frames of {} files predicted, each file's probabilities the mean of its frames'",
-            logits.len(),
-            paths.len()
-        );
-        (pooled_frames(&logits, &file_of, paths.len(), temperature), 1.0, Some(logits))
-    };
+    let (logits, divisor, frame_logits) = per_file_logits(logits, &file_of, paths.len(), temperature);
     let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, divisor)).collect();
     let Written { predicted, counts, referred } = write_predictions(&file, &card.classes, paths, &probabilities, args.refer_below)?;
     let truth: Option<Vec<u32>> = match csv_truth {
@@ -241,12 +232,8 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
             // The evidence for --saliency-class in every image, else for each one's prediction.
             let classes = saliency_class.map_or_else(|| predicted.clone(), |class| vec![class; predicted.len()]);
             // A loop's map on its frame most telling of the class drawn.
-            let shown = frame_logits.as_ref().map(|frame_logits| {
-                telling_frames(frame_logits, &file_of, &classes, temperature)
-                    .into_iter()
-                    .map(|image| image_frames[image])
-                    .collect::<Vec<_>>()
-            });
+            let shown =
+                frame_logits.as_ref().map(|frame_logits| telling_frames(frame_logits, (&file_of, &image_frames), &classes, temperature));
             let shown_split = shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images, shown, card.resize)).transpose()?;
             let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
             let mut batches = SaliencyBatches::new(&model, shown_split.as_ref().unwrap_or(&split), &settings, &classes)?;
@@ -285,10 +272,29 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     })
 }
 
-/// For each file, which of its images (an index into `logits`; `file_of` names each one's file)
-/// gives the largest probability of `classes`' class for it, at `temperature`: the frame of a
-/// loop that most shows what the map is drawn for (the first of equals).
-fn telling_frames(logits: &[Vec<f32>], file_of: &[usize], classes: &[u32], temperature: f64) -> Vec<usize> {
+/// A row of logits per image.
+type Logits = Vec<Vec<f32>>;
+
+/// The files' logits and what to divide them by: `logits` and `temperature` where each of the
+/// `files` is one image; else each loop's frames pooled ([`pooled_frames`] at `temperature`, their
+/// logarithms then divided by 1, said on stderr) and the frames' logits kept.
+fn per_file_logits(logits: Logits, file_of: &[usize], files: usize, temperature: f64) -> (Logits, f64, Option<Logits>) {
+    if logits.len() == files {
+        return (logits, temperature, None);
+    }
+    eprintln!("{} frames of {files} files predicted, each file's probabilities the mean of its frames'", logits.len());
+    (pooled_frames(&logits, file_of, files, temperature), 1.0, Some(logits))
+}
+
+/// For each file, the frame of its images (`logits`; `file_of` and `frames` name each one's file
+/// and frame) that gives the largest probability of `classes`' class for it, at `temperature`: the
+/// frame of a loop that most shows what the map is drawn for (the first of equals).
+fn telling_frames(
+    logits: &[Vec<f32>],
+    (file_of, frames): (&[usize], &[Option<u32>]),
+    classes: &[u32],
+    temperature: f64,
+) -> Vec<Option<u32>> {
     let mut best: Vec<Option<(usize, f64)>> = vec![None; classes.len()];
     for (image, (row, &file)) in logits.iter().zip(file_of).enumerate() {
         let p = calibration::probabilities(row, temperature)[classes[file] as usize];
@@ -296,7 +302,7 @@ fn telling_frames(logits: &[Vec<f32>], file_of: &[usize], classes: &[u32], tempe
             best[file] = Some((image, p));
         }
     }
-    best.into_iter().map(|found| found.map_or(0, |(image, _)| image)).collect()
+    best.into_iter().map(|found| found.and_then(|(image, _)| frames[image])).collect()
 }
 
 /// Each of `files` files' log mean probability over its images' `logits` (`file_of` names each
