@@ -1164,7 +1164,7 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
     std::fs::write(&card_file, &card_text).unwrap();
     // Every frame (--dicom-frame all, or a card saying so): one row a loop, its probabilities the
     // mean of its frames' (those of the same frames as PNGs, predicted one by one); every:2 reads
-    // frames 1 and 3, the loop's two others. --saliency draws a map a file: refused with frames.
+    // frames 1 and 3, the loop's two others. (--saliency on loops: below.)
     let others = dir.path().join("others");
     let middles = dir.path().join("middles");
     std::fs::create_dir_all(&others).unwrap();
