@@ -140,9 +140,8 @@ fn least_frame_bytes(header: &DefaultDicomObject) -> u64 {
     match (uncompressed, number(tags::COLUMNS), number(tags::ROWS), number(tags::BITS_ALLOCATED)) {
         (true, Some(columns), Some(rows), Some(bits_allocated)) => {
             let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-            let photometric = header.element_opt(tags::PHOTOMETRIC_INTERPRETATION).ok().flatten().and_then(|e| e.to_str().ok());
-            let photometric = photometric.as_deref().map_or("", |p| p.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
-            (frame::native_frame_bytes((columns, rows, samples, bits_allocated), photometric) as u64).max(1)
+            let photometric = stored_photometric(header).map(|p| p.as_str().to_string()).unwrap_or_default();
+            (frame::native_frame_bytes((columns, rows, samples, bits_allocated), &photometric) as u64).max(1)
         }
         _ => 8,
     }

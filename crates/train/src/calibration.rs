@@ -43,6 +43,23 @@ pub fn most_probable(probabilities: &[f64]) -> (usize, f64) {
     probabilities.iter().enumerate().fold((0, f64::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
 }
 
+/// The mean of each group's rows of probabilities, `rows[i]` of group `group_of[i]` among
+/// `groups`: a loop's frames pooled into its file's prediction. A group without rows is all
+/// zeros.
+pub fn mean_probabilities(rows: &[Vec<f64>], group_of: &[usize], groups: usize) -> Vec<Vec<f64>> {
+    let classes = rows.first().map_or(0, Vec::len);
+    let mut sums = vec![vec![0.0; classes]; groups];
+    let mut counts = vec![0_usize; groups];
+    for (row, &group) in rows.iter().zip(group_of) {
+        sums[group].iter_mut().zip(row).for_each(|(sum, p)| *sum += p);
+        counts[group] += 1;
+    }
+    for (sum, count) in sums.iter_mut().zip(counts) {
+        sum.iter_mut().for_each(|p| *p /= count.max(1) as f64);
+    }
+    sums
+}
+
 /// `log softmax(inverse_temperature * logits)`, computed stably.
 fn log_softmax(logits: &[f32], inverse_temperature: f64) -> Vec<f64> {
     let scaled: Vec<f64> = logits.iter().map(|&z| inverse_temperature * f64::from(z)).collect();
@@ -206,6 +223,15 @@ fn error_of_bins(bins: &[ReliabilityBin], images: usize) -> f64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Hand-computed: group 0's two rows average to (0.5, 0.5), group 1's one row is itself,
+    /// group 2 has none.
+    #[test]
+    fn each_group_s_rows_are_averaged() {
+        let rows = [vec![0.9, 0.1], vec![0.6, 0.4], vec![0.1, 0.9]].map(|row| row.to_vec());
+        let means = mean_probabilities(&rows, &[0, 1, 0], 3);
+        assert_eq!(means, [vec![0.5, 0.5], vec![0.6, 0.4], vec![0.0, 0.0]]);
+    }
 
     /// Logits of 8 images over 3 classes, two misclassified.
     fn logits() -> (Vec<Vec<f32>>, Vec<u32>) {

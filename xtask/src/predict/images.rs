@@ -146,7 +146,7 @@ pub fn cached_images(
         Err(unreadable) => {
             use rayon::prelude::*;
             let errors: Vec<Option<String>> =
-                images.paths.par_iter().map(|path| unreadable_because(&images.root.join(path), selection)).collect();
+                images.paths.par_iter().map(|path| unreadable_because(&images.root, path, selection)).collect();
             let rows: Vec<Vec<String>> = images
                 .paths
                 .iter()
@@ -214,25 +214,21 @@ pub fn saliency_frames(cache_dir: &Path, images: &Images, frames: &[Option<u32>]
 /// "predict-...": pruning predict's own caches would take it).
 const SALIENCY_FRAMES_CACHE: &str = "shown-frames";
 
-/// Why the image at `path` cannot be read as `selection` reads it (a loop: where one of the
-/// frames kept cannot), or `None` where it can.
-fn unreadable_because(path: &Path, selection: FrameSelection) -> Option<String> {
-    let error = match selection {
-        FrameSelection::One(frame) => medxfer_data::load_image_frame(path, frame).err(),
-        FrameSelection::Every(step) => match medxfer_data::frame_count(path) {
-            Ok(frames) => {
-                let kept: Vec<DicomFrame> =
-                    (1..=frames).step_by(usize::try_from(step).unwrap_or(usize::MAX).max(1)).map(DicomFrame::Number).collect();
-                // A few at a time, as the cache reads them.
-                kept.chunks(medxfer_data::FRAMES_PER_READ).find_map(|frames| match medxfer_data::load_image_frames(path, frames) {
-                    Ok(images) => images.into_iter().find_map(Result::err),
-                    Err(error) => Some(error),
-                })
-            }
-            Err(error) => Some(error),
-        },
+/// Why the image `path` under `root` cannot be read as `selection` reads it (a loop: where one of
+/// the frames kept cannot, read as the cache reads them), or `None` where it can.
+fn unreadable_because(root: &Path, path: &str, selection: FrameSelection) -> Option<String> {
+    let file = Entry { path: path.to_string(), label: 0, group: String::new(), split: Part::Test, frame: None };
+    let frames = match medxfer_data::frame_entries(root, &[file], selection) {
+        Ok(entries) => entries.iter().map(|entry| entry.frame.map_or(selection.per_file(), DicomFrame::Number)).collect::<Vec<_>>(),
+        // The file's own error, not the list of one that frame_entries makes of it.
+        Err(medxfer_data::Error::Unreadable { problems, .. }) => return problems.into_iter().next(),
+        Err(error) => return Some(error.to_string()),
     };
-    error.map(|e| e.to_string())
+    let path = root.join(path);
+    frames.chunks(medxfer_data::FRAMES_PER_READ).find_map(|frames| match medxfer_data::load_image_frames(&path, frames) {
+        Ok(images) => images.into_iter().find_map(Result::err).map(|e| e.to_string()),
+        Err(error) => Some(error.to_string()),
+    })
 }
 
 /// The name of predict's decoded images in the ranking's cache folder.

@@ -308,16 +308,9 @@ fn telling_frames(
 /// Each of `files` files' log mean probability over its images' `logits` (`file_of` names each
 /// one's file), at `temperature`: a loop's frames pooled into one prediction.
 fn pooled_frames(logits: &[Vec<f32>], file_of: &[usize], files: usize, temperature: f64) -> Vec<Vec<f32>> {
-    let classes = logits.first().map_or(0, Vec::len);
-    let mut sums = vec![vec![0.0; classes]; files];
-    let mut counts = vec![0usize; files];
-    for (row, &file) in logits.iter().zip(file_of) {
-        for (sum, p) in sums[file].iter_mut().zip(calibration::probabilities(row, temperature)) {
-            *sum += p;
-        }
-        counts[file] += 1;
-    }
-    sums.into_iter().zip(counts).map(|(sum, count)| sum.into_iter().map(|p| (p / count.max(1) as f64).ln() as f32).collect()).collect()
+    let frames: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, temperature)).collect();
+    let means = calibration::mean_probabilities(&frames, file_of, files);
+    means.into_iter().map(|mean| mean.into_iter().map(|p| p.ln() as f32).collect()).collect()
 }
 
 /// The label column's classes as the model's outputs (None without a label column), checked

@@ -226,11 +226,8 @@ fn per_file_accuracy(calibrated: &[Calibrated], test_entries: &[Entry], classes:
         test_entries.len()
     );
     for tuned in calibrated.iter().filter(|tuned| tuned.probabilities.len() == test_entries.len()) {
-        let mut sums = vec![vec![0.0; classes]; truth.len()];
-        for (row, &file) in tuned.probabilities.iter().zip(&file_of) {
-            sums[file].iter_mut().zip(row).for_each(|(sum, p)| *sum += p);
-        }
-        let predicted: Vec<u32> = sums.iter().map(|sum| medxfer_train::calibration::most_probable(sum).0 as u32).collect();
+        let means = medxfer_train::calibration::mean_probabilities(&tuned.probabilities, &file_of, truth.len());
+        let predicted: Vec<u32> = means.iter().map(|mean| medxfer_train::calibration::most_probable(mean).0 as u32).collect();
         let evaluation = medxfer_train::evaluate(&truth, &predicted, classes);
         let _ = writeln!(text, "| {} | {:.3} |", tuned.backbone, evaluation.balanced_accuracy);
     }
