@@ -24,6 +24,7 @@ use crate::dicom::{DICOM_HEAD, DicomFrame, dicom_file_frames_rgb8, dicom_file_rg
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
+use crate::volume::{self, is_nifti};
 
 /// The revision of what decoding makes of a file. Raise it with any change that gives some file
 /// other pixels (a DICOM display step, a colour conversion, a codec): image caches are keyed by it,
@@ -48,15 +49,15 @@ pub struct Decoded {
 }
 
 /// The extensions of the image files [`load_image`] reads (any case): the formats of the study's
-/// datasets and DICOM.
-pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "dcm", "dicom"];
+/// datasets, DICOM and NIfTI-1.
+pub const IMAGE_EXTENSIONS: [&str; 10] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "dcm", "dicom", "nii", "nii.gz"];
 
 /// Whether `path` is an image file [`load_image`] reads, by its extension, or, for a name without
 /// one (or with a number for one, as DICOM exports name their files), by the DICOM magic word in
 /// its first 132 bytes.
 pub fn is_image_file(path: &Path) -> bool {
     let known = path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-    known || is_unnamed_dicom(path)
+    known || is_nifti(path) || is_unnamed_dicom(path)
 }
 
 /// Decodes the image at `path` to RGB8.
@@ -76,6 +77,9 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat")) {
         return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
     }
+    if is_nifti(path) {
+        return only_frame(path, volume::slices_rgb8(path, None, &[frame])?);
+    }
     // One open file: its first bytes tell DICOM (read from disk as far as needed: a frame of an
     // uncompressed loop without the others) from the rest (read whole).
     let (mut file, mut bytes) = open_head(path)?;
@@ -93,6 +97,12 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
 pub fn load_image_frames(path: &Path, frames: &[DicomFrame]) -> Result<Vec<Result<Decoded>>> {
     if let [frame] = frames {
         return Ok(vec![load_image_frame(path, *frame)]);
+    }
+    if is_nifti(path) {
+        return Ok(volume::slices_rgb8(path, None, frames)?
+            .into_iter()
+            .map(|image| image.map(|image| Decoded { image, faint: false }))
+            .collect());
     }
     let is_mat = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
     if !is_mat {
@@ -129,6 +139,9 @@ pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Deco
     if is_dicom(path, bytes) {
         return dicom_rgb8(path, bytes, frame).map(|image| Decoded { image, faint: false });
     }
+    if is_nifti(path) {
+        return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame])?);
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
         return Err(Error::format(
@@ -145,6 +158,12 @@ pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Deco
     let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     let faint = is_faint_16bit(&image);
     Ok(Decoded { image: to_rgb8(image), faint })
+}
+
+/// The one image [`volume::slices_rgb8`] made for one frame asked.
+fn only_frame(path: &Path, images: Vec<Result<RgbImage>>) -> Result<Decoded> {
+    let image = images.into_iter().next().unwrap_or_else(|| Err(Error::format(path, "no frame was asked for")))?;
+    Ok(Decoded { image, faint: false })
 }
 
 /// Whether `image` has 16-bit samples, all under [`FAINT_16BIT_BELOW`] (alpha aside).

@@ -24,7 +24,6 @@
 //! rescale and window with it).
 
 mod frame;
-mod frames;
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -48,7 +47,6 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
 pub use frame::DicomFrame;
-pub use frames::{FrameSelection, frame_entries};
 
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.
 const MAGIC_AT: usize = 128;
@@ -105,7 +103,7 @@ pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
 /// file whose header cannot be read, or whose count is not a number, is 0, or is more than the
 /// file's size can hold (a damaged count would otherwise make billions of images of one file), is
 /// an error naming it.
-pub fn frame_count(path: &Path) -> Result<u32> {
+pub(crate) fn dicom_frame_count(path: &Path) -> Result<u32> {
     let Some((object, size)) = dicom_header(path)? else { return Ok(1) };
     let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
     if frames == 0 {

@@ -8,7 +8,10 @@
 //! - [`load_rgb8`]: any of the study's images to RGB8 as Pillow's `convert("RGB")` does.
 //!   [`load_image`] also says whether 16-bit samples came out faint (12-bit data).
 //!   DICOM files go through the standard's display pipeline (rescale, window or VOI LUT table,
-//!   MONOCHROME1 or INVERSE inverted); [`is_image_file`] tells the files it reads, DICOM without extension too.
+//!   MONOCHROME1 or INVERSE inverted), NIfTI-1 volumes slice by slice (scaled, windowed by
+//!   their display range or the volume's); [`is_image_file`] tells the files it reads, DICOM
+//!   without extension too. [`frame_count`] and [`frame_entries`]: a file's frames (a loop's, a
+//!   volume's slices) each an image.
 //! - Splits from the authors' CSVs, the reference procedure or over groups ([`split_task`],
 //!   [`faithful_split`], [`grouped_split`], [`authors_split`]), their [`leakage`], and the
 //!   manifest a split is written as ([`write_manifest`], [`read_manifest`]).
@@ -44,6 +47,7 @@ mod decode;
 mod dicom;
 mod error;
 mod files;
+mod frames;
 mod layouts;
 mod limits;
 mod loader;
@@ -53,6 +57,7 @@ mod split;
 #[cfg(feature = "synth")]
 pub mod synth;
 pub mod transform;
+mod volume;
 
 pub use cache::{FRAMES_PER_READ, ImageCache};
 pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Lookalike, ReferenceSplit, Role, TaskSpec, Unlisted};
@@ -61,9 +66,10 @@ pub use decode::{
     DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, decode_image, decode_rgb8, is_image_file, load_image, load_image_frame,
     load_image_frames, load_rgb8,
 };
-pub use dicom::{DicomFrame, FrameSelection, dicom_patient_id, frame_count, frame_entries};
+pub use dicom::{DicomFrame, dicom_patient_id};
 pub use error::{Error, Result};
 pub use files::is_os_bookkeeping;
+pub use frames::{FrameSelection, frame_count, frame_entries};
 pub use layouts::{
     BreakhisName, ChengSlice, ISIC_CLASSES, ISIC_GROUND_TRUTH, ISIC_METADATA, PAD_COLUMNS, PAD_METADATA, parse_breakhis_name, read_cheng,
     scan_clean, scan_dataset,

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! Thousands of damaged inputs to every parser of the data crate: images of each format the
-//! datasets use, DICOM files and Cheng's MATLAB files (bytes mutated), the split manifest, a dataset layout's
+//! datasets use, DICOM and NIfTI files and Cheng's MATLAB files (bytes mutated), the split manifest, a dataset layout's
 //! CSVs and the dataset catalog's TOMLs (text mutated). Each answers with an error or a value,
 //! never a panic, and an error names the file.
 
@@ -50,6 +50,35 @@ fn mutated_files_decode_or_fail(dir: &Path, names: &[&str], path: &Path, (count,
 fn mutated_images_decode_or_fail_naming_the_file() {
     let names = ["lzw.tif", "two_pages.tif", "rgb16.tif", "rgba.png", "palette.png", "gray.jpg", "cmyk.jpg", "exif_rotated.jpg"];
     mutated_files_decode_or_fail(&formats(), &names, Path::new("/data/mutant"), (250, 0), DicomFrame::Only);
+}
+
+/// NIfTI volumes, gzipped and not, their last slice read (mutants of the header's dimensions,
+/// type, offset and scaling, of the extension, of the voxels and of the gzip stream), and a file's
+/// slices read together.
+#[test]
+fn mutated_nifti_files_decode_or_fail_naming_the_file() {
+    let nifti = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nifti"));
+    let names = ["mr_12bit_big_endian.nii", "histology_rgb24.nii", "xray_2d.nii", "ct_window.nii.gz", "pet_float_nan_extension.nii.gz"];
+    mutated_files_decode_or_fail(&nifti, &names, Path::new("/data/mutant.nii"), (250, 400), DicomFrame::Last);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("volume.nii");
+    let original = std::fs::read(nifti.join("mr_12bit_big_endian.nii")).unwrap();
+    assert_none(never_panics(
+        250,
+        500,
+        |m: &mut Mutator| m.bytes(&original),
+        |bytes: &Vec<u8>| {
+            std::fs::write(&path, bytes).unwrap();
+            let named = |error: &medxfer_data::Error| assert!(error.to_string().contains("volume.nii"), "{error}");
+            match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Number(9)]) {
+                Ok(images) => {
+                    assert_eq!(images.len(), 3);
+                    images.iter().filter_map(|image| image.as_ref().err()).for_each(named);
+                }
+                Err(error) => named(&error),
+            }
+        },
+    ));
 }
 
 #[test]

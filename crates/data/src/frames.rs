@@ -1,6 +1,7 @@
-//! Every frame of a DICOM file of several as an image of its own (`--dicom-frame all`, or every
-//! k-th): an ultrasound or angiography cine loop's frames each a scoring and training example,
-//! the file their group, so that a loop is never split between train and test.
+//! Every frame of a DICOM file of several (or slice of a NIfTI volume) as an image of its own
+//! (`--dicom-frame all`, or every k-th): an ultrasound or angiography cine loop's frames each a
+//! scoring and training example, the file their group, so that a loop is never split between
+//! train and test.
 
 use std::fmt;
 use std::path::Path;
@@ -8,9 +9,10 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use super::{DicomFrame, frame_count};
+use crate::dicom::{DicomFrame, dicom_frame_count};
 use crate::error::{Error, Result};
 use crate::split::Entry;
+use crate::volume;
 
 /// Which frames of a DICOM file of several become images: one chosen frame (the file one image),
 /// or every k-th frame from the first (all of them where k is 1), each an image of its own.
@@ -93,12 +95,20 @@ impl fmt::Display for FrameSelection {
     }
 }
 
-/// `entries` with each DICOM file of several frames (under `root`) in place of itself as an
-/// entry per frame `selection` keeps (frames 1, 1 + k, 1 + 2k, ...), in order, each with the
-/// file's label, group and part: a loop's frames are never split apart. Other images, and entries
-/// that already name a frame, stay as they are; with one frame a file chosen, `entries` as given.
-/// Each file's frame count is read from its header alone; every file whose header cannot be read
-/// is named at once.
+/// How many frames the image file at `path` holds, from its header alone (the pixel data left
+/// unread): a DICOM file's Number of Frames (1 where it has none), a NIfTI volume's slices, 1 for
+/// any other image. A header that cannot be read, or states more frames than the file can hold
+/// (a damaged count would otherwise make thousands of images of one file), is an error naming it.
+pub fn frame_count(path: &Path) -> Result<u32> {
+    if volume::is_nifti(path) { volume::slice_count(path) } else { dicom_frame_count(path) }
+}
+
+/// `entries` with each DICOM file of several frames or NIfTI volume of several slices (under
+/// `root`) in place of itself as an entry per frame `selection` keeps (frames 1, 1 + k, 1 + 2k,
+/// ...), in order, each with the file's label, group and part: a loop's frames are never split
+/// apart. Other images, and entries that already name a frame, stay as they are; with one frame a
+/// file chosen, `entries` as given. Each file's frame count is read from its header alone; every
+/// file whose header cannot be read is named at once.
 pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection) -> Result<Vec<Entry>> {
     let FrameSelection::Every(step) = selection else { return Ok(entries.to_vec()) };
     let step = usize::try_from(step).unwrap_or(usize::MAX).max(1);

@@ -1,0 +1,341 @@
+//! NIfTI-1 volumes (`.nii`, `.nii.gz`: radiology research's MR and CT as dcm2niix, FSL, SPM and
+//! nibabel write them) to RGB8 slices: each slice along the third stored axis is a frame, chosen
+//! as a DICOM file's are (`--dicom-frame first|middle|last|N`, or `all`/`every:K` for each an
+//! image).
+//!
+//! nifti-rs reads the header and streams the slices (gzip or not, told by the gzip magic bytes,
+//! not the name); the display is here. A slice is shown as `np.rot90(img.get_fdata()[:, :, k])`
+//! shows it (the first axis across, the second up), without reorienting by the affine: for the
+//! axial volumes CT and most MR conversions store, the patient's front at the top.
+//! Values are the stored ones times `scl_slope` plus `scl_inter` (unscaled where the slope is 0,
+//! as the standard says, or not a number, as nibabel reads it); they are windowed by `cal_min`..`cal_max` where the header sets that
+//! range (the display range FSLeyes and Mango open with), else min-max scaled over the whole
+//! volume, so that one slice's noise is not stretched to full contrast and a volume's slices stay
+//! comparable (a DICOM image without a window is min-max scaled too); NaN voxels are black.
+//! RGB24 and RGBA32 volumes (alpha dropped) are colour as stored.
+//!
+//! A 4-D series (fMRI, diffusion: several volumes a file), a NIfTI-2 file, a header/image pair
+//! and complex data are refused with the conversion that makes them readable.
+
+use std::io::{BufReader, Cursor, Read};
+use std::path::Path;
+
+use flate2::read::GzDecoder;
+use image::RgbImage;
+use nifti::volume::RandomAccessNiftiVolume;
+use nifti::{InMemNiftiVolume, NiftiHeader, NiftiType, StreamedNiftiVolume};
+
+use crate::dicom::DicomFrame;
+use crate::error::{Error, Result};
+use crate::limits::check_pixels;
+
+/// A NIfTI-1 header's size, and the least offset of a single file's voxels (the header and the
+/// four bytes that say whether extensions follow).
+const HEADER_BYTES: usize = 348;
+const LEAST_VOXEL_OFFSET: u64 = 352;
+/// NIfTI-2's header size, its first field as NIfTI-1's is.
+const NIFTI2_HEADER_BYTES: i32 = 540;
+
+/// Whether `path` names a NIfTI-1 file: `.nii` or `.nii.gz` (any case).
+pub(crate) fn is_nifti(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|name| {
+        let name = name.to_ascii_lowercase();
+        name.ends_with(".nii") || name.ends_with(".nii.gz")
+    })
+}
+
+/// The shape of a volume as medxfer reads it: slices of `width` x `height` voxels.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    width: u16,
+    height: u16,
+    slices: u32,
+    datatype: NiftiType,
+}
+
+/// A NIfTI file's content (gunzipped where it is gzip) and what the file takes on disk.
+struct Stored {
+    content: Box<dyn Read>,
+    bytes: u64,
+    gzip: bool,
+}
+
+/// deflate's largest ratio (a run of one byte): a gzip file holds at least 1/1032 of its data.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// How many slices the NIfTI file at `path` holds, from its header alone.
+pub(crate) fn slice_count(path: &Path) -> Result<u32> {
+    let mut stored = open(path)?;
+    let header = read_header(path, &mut stored.content)?;
+    Ok(shape(path, &header, &stored)?.slices)
+}
+
+/// The NIfTI file at `path` (its bytes already read where `bytes` holds them), one image for each
+/// of `frames`: the outer error is the file's, the inner ones each frame's.
+pub(crate) fn slices_rgb8(path: &Path, bytes: Option<&[u8]>, frames: &[DicomFrame]) -> Result<Vec<Result<RgbImage>>> {
+    let mut stored = match bytes {
+        Some(bytes) => stored(Cursor::new(bytes.to_vec()), bytes.len() as u64).map_err(|e| Error::io(path, e))?,
+        None => open(path)?,
+    };
+    let mut header = read_header(path, &mut stored.content)?;
+    // nibabel reads a slope that is not a number as none, as the standard reads 0.
+    if !header.scl_slope.is_finite() {
+        header.scl_slope = 0.0;
+    }
+    if header.scl_slope != 0.0 && !header.scl_inter.is_finite() {
+        return Err(Error::format(
+            path,
+            format!("the NIfTI header's scl_slope is {} but its scl_inter is not a number; correct the header", header.scl_slope),
+        ));
+    }
+    let shape = shape(path, &header, &stored)?;
+    // Read as a 3-D volume of 2-D slices: a 2-D image one slice, a 4-D file of one volume its
+    // first three dimensions (nifti-rs streams slices of a lower rank than the volume's only).
+    header.dim[0] = 3;
+    header.dim[3] = u16::try_from(shape.slices).unwrap_or(1);
+    let indices: Vec<std::result::Result<u32, String>> = frames.iter().map(|&frame| slice_index(frame, shape.slices)).collect();
+    let wanted: Vec<u32> = indices.iter().filter_map(|index| index.as_ref().ok().copied()).collect();
+    if wanted.is_empty() {
+        return Ok(indices.into_iter().map(|index| Err(Error::format(path, index.err().unwrap_or_default()))).collect());
+    }
+    skip_to_voxels(path, &header, &mut stored.content)?;
+    let mut slices = read_slices(path, &header, shape, stored.content, &wanted)?.into_iter();
+    // `wanted` are the chosen indices in order, so each chosen frame takes the next slice read.
+    Ok(indices.into_iter().map(|index| index.map_err(|why| Error::format(path, why)).map(|_| slices.next().unwrap_or_default())).collect())
+}
+
+/// The 0-based slice `frame` chooses among `slices`, or why there is none.
+fn slice_index(frame: DicomFrame, slices: u32) -> std::result::Result<u32, String> {
+    match frame {
+        DicomFrame::Only if slices > 1 => Err(format!(
+            "the NIfTI volume holds {slices} slices; medxfer classifies one 2-D image per file: choose the slice (rank and predict: \
+             --dicom-frame first|middle|last|N, or all or every:K for each slice, or every K-th, an image of its own)"
+        )),
+        DicomFrame::Number(n) if n > slices => {
+            Err(format!("the NIfTI volume holds {slices} slice(s), so it has no slice {n} (--dicom-frame counts from 1)"))
+        }
+        frame => frame.index(slices),
+    }
+}
+
+/// The file at `path`.
+fn open(path: &Path) -> Result<Stored> {
+    let io = |e| Error::io(path, e);
+    let file = std::fs::File::open(path).map_err(io)?;
+    let bytes = file.metadata().map_err(io)?.len();
+    stored(BufReader::new(file), bytes).map_err(io)
+}
+
+/// `source` of `bytes` on disk, through a gzip decoder where its first bytes are gzip's magic.
+fn stored<R: std::io::BufRead + 'static>(mut source: R, bytes: u64) -> std::io::Result<Stored> {
+    let gzip = source.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    let content: Box<dyn Read> = if gzip { Box::new(BufReader::new(GzDecoder::new(source))) } else { Box::new(source) };
+    Ok(Stored { content, bytes, gzip })
+}
+
+/// The NIfTI-1 header at the start of `source`, read past.
+fn read_header(path: &Path, source: &mut Box<dyn Read>) -> Result<NiftiHeader> {
+    let mut bytes = vec![0; HEADER_BYTES];
+    source.read_exact(&mut bytes).map_err(|e| {
+        Error::format(path, format!("cannot read the NIfTI header ({e}): the file is shorter than one, or its gzip data is damaged"))
+    })?;
+    let first = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if i32::from_le_bytes(first) == NIFTI2_HEADER_BYTES || i32::from_be_bytes(first) == NIFTI2_HEADER_BYTES {
+        return Err(Error::format(
+            path,
+            "a NIfTI-2 file; medxfer reads NIfTI-1: save it as NIfTI-1 (nibabel: nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'out.nii.gz'))",
+        ));
+    }
+    let header = NiftiHeader::from_reader(bytes.as_slice()).map_err(|e| {
+        Error::format(path, format!("not a NIfTI-1 file ({e}): its header lacks the n+1 magic or is damaged; convert or export it again"))
+    })?;
+    if &header.magic == nifti::header::MAGIC_CODE_NI1 {
+        return Err(Error::format(
+            path,
+            "the header of a NIfTI .hdr/.img pair; medxfer reads single-file NIfTI: convert it (fslchfiletype NIFTI_GZ, or nibabel)",
+        ));
+    }
+    Ok(header)
+}
+
+/// The volume's slices and their type, or why medxfer cannot read them: among others, more voxels
+/// than the `stored` file can hold (a damaged header, refused before its slices are allocated).
+fn shape(path: &Path, header: &NiftiHeader, stored: &Stored) -> Result<Shape> {
+    let dims = header.dim().map_err(|e| Error::format(path, format!("the NIfTI header's dimensions are invalid ({e})")))?;
+    let (width, height, rest) = match dims {
+        [width, height, rest @ ..] => (*width, *height, rest),
+        _ => return Err(Error::format(path, "a 1-D NIfTI file (a signal, not an image)")),
+    };
+    if let [_, series @ ..] = rest
+        && series.iter().any(|&d| d > 1)
+    {
+        let volumes: u64 = series.iter().map(|&d| u64::from(d)).product();
+        return Err(Error::format(
+            path,
+            format!(
+                "a {}-D NIfTI series of {volumes} volumes (fMRI, diffusion or a time series); medxfer reads one 3-D volume a file: \
+                 split it (fslsplit, or nibabel's four_to_three)",
+                dims.len()
+            ),
+        ));
+    }
+    check_pixels(path, u32::from(width), u32::from(height))?;
+    let datatype = header.data_type().map_err(|e| Error::format(path, format!("the NIfTI header's datatype is unknown ({e})")))?;
+    if matches!(datatype, NiftiType::Complex64 | NiftiType::Complex128 | NiftiType::Complex256 | NiftiType::Float128) {
+        return Err(Error::format(
+            path,
+            format!("the NIfTI voxels are {datatype:?}; medxfer reads integer, float32/64 and RGB volumes: save the magnitude as float32"),
+        ));
+    }
+    let shape = Shape { width, height, slices: rest.first().map_or(1, |&d| u32::from(d)), datatype };
+    let needed = voxel_offset(header) + u64::from(shape.slices) * shape.slice_bytes() as u64;
+    let holds = if stored.gzip { stored.bytes.saturating_mul(DEFLATE_MAX_RATIO) } else { stored.bytes };
+    if needed > holds {
+        let file = if stored.gzip { "gzip file, even at deflate's largest ratio," } else { "file" };
+        return Err(Error::format(
+            path,
+            format!(
+                "the NIfTI header states {width} x {height} x {} voxels of {datatype:?} ({needed} bytes with the header), more than its \
+                 {} byte {file} holds: the file is truncated or its header damaged; copy or export it again",
+                shape.slices, stored.bytes
+            ),
+        ));
+    }
+    Ok(shape)
+}
+
+impl Shape {
+    /// A slice's bytes as stored.
+    fn slice_bytes(self) -> usize {
+        usize::from(self.width) * usize::from(self.height) * self.datatype.size_of()
+    }
+}
+
+/// Where the voxels start: the header's offset, read below 352 as 352 as nibabel reads it (a
+/// writer's slip in a single file).
+fn voxel_offset(header: &NiftiHeader) -> u64 {
+    if header.vox_offset.is_finite() { (header.vox_offset as u64).max(LEAST_VOXEL_OFFSET) } else { LEAST_VOXEL_OFFSET }
+}
+
+/// Reads `source` (just past the header) up to the header's voxel offset: past the extensions.
+fn skip_to_voxels(path: &Path, header: &NiftiHeader, source: &mut Box<dyn Read>) -> Result<()> {
+    let offset = voxel_offset(header);
+    let skip = offset - HEADER_BYTES as u64;
+    let skipped = std::io::copy(&mut source.take(skip), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
+    if skipped < skip {
+        return Err(Error::format(path, format!("the NIfTI file ends before its voxels (at byte {offset}): truncated; copy it again")));
+    }
+    Ok(())
+}
+
+/// The slices `wanted` (0-based, in any order) as RGB8, read in one pass over the voxels: to the
+/// last one wanted where the header's display range windows them, else to the volume's end for
+/// its range.
+fn read_slices(path: &Path, header: &NiftiHeader, shape: Shape, mut source: Box<dyn Read>, wanted: &[u32]) -> Result<Vec<RgbImage>> {
+    let colour = matches!(shape.datatype, NiftiType::Rgb24 | NiftiType::Rgba32);
+    let display = (header.cal_min.is_finite() && header.cal_max.is_finite() && header.cal_max > header.cal_min)
+        .then(|| (f64::from(header.cal_min), f64::from(header.cal_max)));
+    let last_wanted = wanted.iter().copied().max().unwrap_or_default();
+    let read_to = if colour || display.is_some() { last_wanted + 1 } else { shape.slices };
+    let mut volume = StreamedNiftiVolume::from_reader_rank(&mut source, header, 2)
+        .map_err(|e| Error::format(path, format!("cannot read the NIfTI voxels ({e})")))?;
+    let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
+    // Each wanted slice's image (colour) or values (grayscale, made an image once the range is known).
+    let mut images: Vec<Option<RgbImage>> = vec![None; wanted.len()];
+    let mut values_of: Vec<Vec<f64>> = vec![Vec::new(); wanted.len()];
+    for index in 0..read_to {
+        let slice = volume.read_slice().map_err(|e| {
+            Error::format(
+                path,
+                format!("the NIfTI voxels end before slice {} of {} ({e}): the file is truncated; copy it again", index + 1, shape.slices),
+            )
+        })?;
+        let places: Vec<usize> = (0..wanted.len()).filter(|&at| wanted[at] == index).collect();
+        if colour {
+            if !places.is_empty() {
+                let image = colour_slice(path, shape, slice)?;
+                places.iter().for_each(|&at| images[at] = Some(image.clone()));
+            }
+            continue;
+        }
+        let values = gray_values(path, shape, &slice)?;
+        if display.is_none() {
+            for &v in values.iter().filter(|v| v.is_finite()) {
+                low = low.min(v);
+                high = high.max(v);
+            }
+        }
+        places.iter().for_each(|&at| values_of[at].clone_from(&values));
+    }
+    if read_to == shape.slices {
+        // The rest, read for gzip's check of its data (a file cut in its trailer, or damaged
+        // where the inflater does not notice, fails it).
+        std::io::copy(&mut source, &mut std::io::sink())
+            .map_err(|e| Error::format(path, format!("the NIfTI file's gzip data is damaged or truncated ({e}); copy it again")))?;
+    }
+    let (low, high) = display.unwrap_or((low, high));
+    Ok(images.into_iter().zip(&values_of).map(|(image, values)| image.unwrap_or_else(|| gray_rgb8(shape, values, low, high))).collect())
+}
+
+/// A grayscale slice's values, scaled, in storage order (the first axis fastest).
+fn gray_values(path: &Path, shape: Shape, slice: &InMemNiftiVolume) -> Result<Vec<f64>> {
+    let mut values = Vec::with_capacity(usize::from(shape.width) * usize::from(shape.height));
+    for j in 0..shape.height {
+        for i in 0..shape.width {
+            values.push(slice.get_f64(&[i, j]).map_err(|e| Error::format(path, format!("cannot read a NIfTI voxel ({e})")))?);
+        }
+    }
+    Ok(values)
+}
+
+/// Scaled values in storage order to the image: the first axis across, the second up; `low`..
+/// `high` to black..white (half up, as a viewer's lookup table rounds), NaN black.
+fn gray_rgb8(shape: Shape, values: &[f64], low: f64, high: f64) -> RgbImage {
+    let (width, height) = (u32::from(shape.width), u32::from(shape.height));
+    RgbImage::from_fn(width, height, |column, row| {
+        let v = values.get(((height - 1 - row) * width + column) as usize).copied().unwrap_or(f64::NAN);
+        let unit = if high > low && v.is_finite() { ((v - low) / (high - low)).clamp(0.0, 1.0) } else { 0.0 };
+        image::Rgb([(unit * 255.0 + 0.5).floor() as u8; 3])
+    })
+}
+
+/// An RGB24 or RGBA32 slice (alpha dropped) to the image, oriented as [`gray_rgb8`] orients.
+fn colour_slice(path: &Path, shape: Shape, slice: InMemNiftiVolume) -> Result<RgbImage> {
+    let samples = if shape.datatype == NiftiType::Rgba32 { 4 } else { 3 };
+    let (width, height) = (u32::from(shape.width), u32::from(shape.height));
+    let raw = slice.into_raw_data();
+    if raw.len() < (width * height) as usize * samples {
+        return Err(Error::format(path, "the NIfTI colour voxels do not fill a slice"));
+    }
+    Ok(RgbImage::from_fn(width, height, |column, row| {
+        let at = ((height - 1 - row) * width + column) as usize * samples;
+        image::Rgb([raw[at], raw[at + 1], raw[at + 2]])
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nifti_files_are_told_by_their_names() {
+        for name in ["brain.nii", "ct.NII.GZ", "a.b.nii.gz"] {
+            assert!(is_nifti(Path::new(name)), "{name}");
+        }
+        for name in ["brain.nii.zip", "nii", "scan.gz", "scan.dcm", "x.niix"] {
+            assert!(!is_nifti(Path::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn slices_are_chosen_as_frames_are() {
+        assert_eq!(slice_index(DicomFrame::Only, 1), Ok(0));
+        assert_eq!(slice_index(DicomFrame::Middle, 5), Ok(2));
+        assert_eq!(slice_index(DicomFrame::Last, 5), Ok(4));
+        assert_eq!(slice_index(DicomFrame::Number(5), 5), Ok(4));
+        let error = slice_index(DicomFrame::Only, 5).unwrap_err();
+        assert!(error.contains("5 slices") && error.contains("--dicom-frame"), "{error}");
+        let error = slice_index(DicomFrame::Number(6), 5).unwrap_err();
+        assert!(error.contains("no slice 6"), "{error}");
+    }
+}

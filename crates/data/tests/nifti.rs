@@ -1,0 +1,133 @@
+#![allow(clippy::unwrap_used)]
+//! NIfTI-1 volumes decoded slice by slice as nibabel and numpy show them
+//! (tests/fixtures/make_nifti.py: scl_slope and scl_inter, the display range or the volume's
+//! min-max, np.rot90), and the files that are not one volume of 2-D slices, refused with the file
+//! named and the conversion that makes them readable.
+
+mod common;
+
+use std::path::PathBuf;
+
+use medxfer_data::{DicomFrame, decode_image, frame_count, is_image_file, load_image_frame, load_image_frames, load_rgb8};
+
+fn fixtures() -> PathBuf {
+    common::fixtures("nifti")
+}
+
+/// Each slice by number, and first, middle (⌊n/2⌋ + 1) and last, exactly as nibabel's reading
+/// displays it: gzipped or not, big endian, scaled, windowed by the display range, min-max scaled
+/// over the volume, NaN voxels, an extension before the voxels, RGB, a 4-D file of one volume.
+#[test]
+fn every_nifti_slice_decodes_as_nibabel_shows_it() {
+    let expected = common::expected(&fixtures());
+    for (name, slices) in [
+        ("ct_window.nii.gz", 4),
+        ("mr_12bit_big_endian.nii", 3),
+        ("pet_float_nan_extension.nii.gz", 3),
+        ("histology_rgb24.nii", 2),
+        ("mr_4d_one_volume.nii.gz", 3),
+    ] {
+        let path = fixtures().join(name);
+        assert!(is_image_file(&path), "{name}");
+        assert_eq!(frame_count(&path).unwrap(), slices, "{name}");
+        let chosen = (1..=slices).map(|n| (DicomFrame::Number(n), n)).chain([
+            (DicomFrame::First, 1),
+            (DicomFrame::Middle, slices / 2 + 1),
+            (DicomFrame::Last, slices),
+        ]);
+        for (frame, number) in chosen {
+            let case = format!("{name} slice {frame}");
+            let decoded = load_image_frame(&path, frame).unwrap();
+            let (max, _, theirs) = common::differences(&case, &decoded.image, &expected[&format!("{name}#{number}")]);
+            assert_eq!(max, 0, "{case}");
+            let (low, high) = (theirs.iter().min().unwrap(), theirs.iter().max().unwrap());
+            // The MR volume's first slice is nearly empty: scaled by the volume's range it stays
+            // dark (scaled alone it would span the range).
+            if name.starts_with("mr_12bit") && number == 1 {
+                assert!(*high < 40, "{case}: the fixture spans {low}..{high}");
+            } else {
+                assert!(high - low > 150, "{case}: the fixture spans {low}..{high}");
+            }
+            for other in (1..=slices).filter(|&other| other != number) {
+                let (max, _, _) = common::differences(&case, &decoded.image, &expected[&format!("{name}#{other}")]);
+                assert!(max > 5, "{case}: slice {other} looks the same");
+            }
+        }
+        // Read together, last first, one beyond the volume: each as read alone, that one an
+        // error of its own.
+        let asked: Vec<DicomFrame> = (1..=slices + 1).rev().map(DicomFrame::Number).collect();
+        let together = load_image_frames(&path, &asked).unwrap();
+        let error = together[0].as_ref().unwrap_err().to_string();
+        assert!(error.starts_with(&path.display().to_string()) && error.contains(&format!("no slice {}", slices + 1)), "{error}");
+        for (decoded, &frame) in together.iter().zip(&asked).skip(1) {
+            assert_eq!(decoded.as_ref().unwrap().image, load_image_frame(&path, frame).unwrap().image, "{name} {frame} together");
+        }
+        // From its bytes, as from its file.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(decode_image(&path, &bytes, DicomFrame::Last).unwrap().image, load_image_frame(&path, DicomFrame::Last).unwrap().image);
+        // A volume is not one image until a slice is chosen.
+        let error = load_rgb8(&path).unwrap_err().to_string();
+        assert!(error.contains(&format!("holds {slices} slices")) && error.contains("--dicom-frame"), "{name}: {error}");
+    }
+    // A 2-D image is one, whatever is chosen but a number beyond it; its scl_slope of 0 leaves it
+    // unscaled (its scl_inter of 5 ignored).
+    let path = fixtures().join("xray_2d.nii");
+    let image = load_rgb8(&path).unwrap();
+    let (max, _, _) = common::differences("xray_2d.nii", &image, &expected["xray_2d.nii"]);
+    assert_eq!(max, 0);
+    assert_eq!(frame_count(&path).unwrap(), 1);
+    for frame in [DicomFrame::First, DicomFrame::Middle, DicomFrame::Last, DicomFrame::Number(1)] {
+        assert_eq!(load_image_frame(&path, frame).unwrap().image, image, "{frame}");
+    }
+    assert!(load_image_frame(&path, DicomFrame::Number(2)).unwrap_err().to_string().contains("no slice 2"));
+}
+
+#[test]
+fn nifti_files_that_are_not_one_volume_of_images_are_refused_naming_the_file_and_the_fix() {
+    for (name, expected) in [
+        ("fmri_series.nii.gz", "a 4-D NIfTI series of 3 volumes"),
+        ("nifti2.nii", "a NIfTI-2 file; medxfer reads NIfTI-1"),
+        ("pair_header.nii", "the header of a NIfTI .hdr/.img pair"),
+        ("complex.nii", "the NIfTI voxels are Complex64"),
+    ] {
+        let path = fixtures().join(name);
+        for error in [load_image_frame(&path, DicomFrame::First).unwrap_err(), frame_count(&path).unwrap_err()] {
+            let error = error.to_string();
+            assert!(error.starts_with(&path.display().to_string()) && error.contains(expected), "{name}: {error}");
+        }
+    }
+}
+
+/// A volume cut short anywhere (in the header, the extension, the voxels; gzipped or not) is an
+/// error naming the file, never a slice filled with zeros.
+#[test]
+fn truncated_nifti_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, frame) in [("mr_12bit_big_endian.nii", DicomFrame::Last), ("pet_float_nan_extension.nii.gz", DicomFrame::Last)] {
+        let bytes = std::fs::read(fixtures().join(name)).unwrap();
+        let path = dir.path().join(name);
+        for cut in [0, 100, 347, 360, bytes.len() / 2, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let error = load_image_frame(&path, frame).map(|_| ()).unwrap_err().to_string();
+            assert!(error.starts_with(&path.display().to_string()), "{name} cut at {cut}: {error}");
+            assert!(["truncated", "shorter", "ends before", "damaged"].iter().any(|w| error.contains(w)), "{name} cut at {cut}: {error}");
+        }
+    }
+    // The uncompressed volume cut inside its last slice: refused from its header's sizes before a
+    // slice is read (a damaged dimension would otherwise allocate slices the file cannot hold),
+    // its slice count too.
+    let bytes = std::fs::read(fixtures().join("mr_12bit_big_endian.nii")).unwrap();
+    let path = dir.path().join("cut.nii");
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    for error in [load_image_frame(&path, DicomFrame::First).unwrap_err(), frame_count(&path).unwrap_err()] {
+        let error = error.to_string();
+        assert!(error.contains("12 x 9 x 3 voxels of Uint16 (1000 bytes with the header), more than its 990 byte file holds"), "{error}");
+    }
+    // Gzipped, the same cut shows only once the data runs out: in the last slice.
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, &bytes[..bytes.len() - 10]).unwrap();
+    let path = dir.path().join("cut.nii.gz");
+    std::fs::write(&path, gzip.finish().unwrap()).unwrap();
+    let error = load_image_frame(&path, DicomFrame::First).unwrap_err().to_string();
+    assert!(error.contains("the NIfTI voxels end before slice 3 of 3") && error.contains("truncated"), "{error}");
+}
