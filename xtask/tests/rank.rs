@@ -558,6 +558,41 @@ fn a_folder_of_cine_loops_is_ranked_on_the_frame_chosen() {
     assert!(!output.status.success() && stderr.contains("holds 3 frames") && stderr.contains("--dicom-frame"), "{stderr}");
 }
 
+/// A folder of NIfTI volumes (RGB24, as written below; the data crate's tests read grayscale,
+/// scaled and windowed ones against nibabel) ranked on their middle slices (`--slice middle`) is
+/// ranked on those images: the scores of the same images as PNGs. Each slice an image (`--slice
+/// all`), a volume gives three. Without the option the volumes are refused, naming it.
+#[test]
+fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    let volumes = dir.path().join("volumes");
+    for class in ["clear", "lesion"] {
+        for i in 0..4 {
+            let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap().to_rgb8();
+            let mut negative = image.clone();
+            negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
+            let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
+            write_rgb_nifti(&volumes.join(class).join(format!("{i:02}.nii")), &[negative, image, noise]);
+        }
+    }
+    let scores = |out: &Path| -> Vec<(String, String)> {
+        let rows = read_csv(&out.join("ranking.csv"));
+        rows.iter().map(|row| (row["logme"].clone(), row["h_score"].clone())).collect()
+    };
+    let backbones = ["--backbones", "resnet_basic_min,vit_min"];
+    rank(dir.path(), &images, &dir.path().join("pngs"), None, &backbones);
+    rank(dir.path(), &volumes, &dir.path().join("middle"), None, &[&backbones[..], &["--slice", "middle"]].concat());
+    assert_eq!(scores(&dir.path().join("middle")), scores(&dir.path().join("pngs")));
+    let output = rank(dir.path(), &volumes, &dir.path().join("all"), None, &["--backbones", "resnet_basic_min", "--slice", "all"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("8 files of several frames give 24 frames"), "{stderr}");
+    let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");
+}
+
 /// `--dicom-frame all`: each frame of a loop an image of the loop's class, the loop their group.
 /// The scores are those of the same frames as PNG files, and --bootstrap's first places those of
 /// the PNGs drawn a loop at a time (a CSV's group column naming each one's loop); `every:2` keeps
@@ -905,6 +940,30 @@ fn write_rgb_dicom_frames(path: &Path, frames: &[image::RgbImage]) {
         .media_storage_sop_instance_uid("1.2.826.0.1.3680043.1");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     object.with_meta(meta).unwrap().write_to_file(path).unwrap();
+}
+
+/// `slices` (of one size) as an uncompressed RGB24 NIfTI-1 volume at `path`, each slice's voxel
+/// (i, j) the image's pixel (i, height - 1 - j): shown as np.rot90 shows a slice, each is the
+/// image. The header written field by field (NIfTI-1's nifti1.h), the others zero.
+fn write_rgb_nifti(path: &Path, slices: &[image::RgbImage]) {
+    let (width, height) = slices[0].dimensions();
+    let mut header = vec![0u8; 352];
+    let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &348i32.to_le_bytes()); // sizeof_hdr
+    for (k, dim) in [3, width as i16, height as i16, slices.len() as i16, 1, 1, 1, 1].into_iter().enumerate() {
+        put(40 + 2 * k, &i16::to_le_bytes(dim)); // dim
+    }
+    put(70, &128i16.to_le_bytes()); // datatype: RGB24
+    put(72, &24i16.to_le_bytes()); // bitpix
+    for k in 0..8 {
+        put(76 + 4 * k, &1f32.to_le_bytes()); // pixdim
+    }
+    put(108, &352f32.to_le_bytes()); // vox_offset
+    put(344, b"n+1\0"); // magic: a single file
+    let voxels =
+        slices.iter().flat_map(|slice| (0..height).flat_map(move |j| (0..width).flat_map(move |i| slice.get_pixel(i, height - 1 - j).0)));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, header.into_iter().chain(voxels).collect::<Vec<u8>>()).unwrap();
 }
 
 /// `xtask predict --ranking OUT --images IMAGES` and `extra`, run in `dir`.

@@ -1,7 +1,7 @@
 //! NIfTI-1 volumes (`.nii`, `.nii.gz`: radiology research's MR and CT as dcm2niix, FSL, SPM and
 //! nibabel write them) to RGB8 slices: each slice along the third stored axis is a frame, chosen
-//! as a DICOM file's are (`--dicom-frame first|middle|last|N`, or `all`/`every:K` for each an
-//! image).
+//! as a DICOM file's are (`--slice`, rank's and predict's `--dicom-frame` by another name:
+//! `first|middle|last|N`, or `all`/`every:K` for each an image).
 //!
 //! nifti-rs reads the header and streams the slices (gzip or not, told by the gzip magic bytes,
 //! not the name); the display is here. A slice is shown as `np.rot90(img.get_fdata()[:, :, k])`
@@ -109,10 +109,10 @@ fn slice_index(frame: DicomFrame, slices: u32) -> std::result::Result<u32, Strin
     match frame {
         DicomFrame::Only if slices > 1 => Err(format!(
             "the NIfTI volume holds {slices} slices; medxfer classifies one 2-D image per file: choose the slice (rank and predict: \
-             --dicom-frame first|middle|last|N, or all or every:K for each slice, or every K-th, an image of its own)"
+             --slice first|middle|last|N, or all or every:K for each slice, or every K-th, an image of its own)"
         )),
         DicomFrame::Number(n) if n > slices => {
-            Err(format!("the NIfTI volume holds {slices} slice(s), so it has no slice {n} (--dicom-frame counts from 1)"))
+            Err(format!("the NIfTI volume holds {slices} slice(s), so it has no slice {n} (--slice counts from 1)"))
         }
         frame => frame.index(slices),
     }
@@ -334,7 +334,7 @@ mod tests {
         assert_eq!(slice_index(DicomFrame::Last, 5), Ok(4));
         assert_eq!(slice_index(DicomFrame::Number(5), 5), Ok(4));
         let error = slice_index(DicomFrame::Only, 5).unwrap_err();
-        assert!(error.contains("5 slices") && error.contains("--dicom-frame"), "{error}");
+        assert!(error.contains("5 slices") && error.contains("--slice first|middle"), "{error}");
         let error = slice_index(DicomFrame::Number(6), 5).unwrap_err();
         assert!(error.contains("no slice 6"), "{error}");
     }

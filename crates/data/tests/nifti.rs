@@ -67,7 +67,7 @@ fn every_nifti_slice_decodes_as_nibabel_shows_it() {
         assert_eq!(decode_image(&path, &bytes, DicomFrame::Last).unwrap().image, load_image_frame(&path, DicomFrame::Last).unwrap().image);
         // A volume is not one image until a slice is chosen.
         let error = load_rgb8(&path).unwrap_err().to_string();
-        assert!(error.contains(&format!("holds {slices} slices")) && error.contains("--dicom-frame"), "{name}: {error}");
+        assert!(error.contains(&format!("holds {slices} slices")) && error.contains("--slice first|middle|last|N"), "{name}: {error}");
     }
     // A 2-D image is one, whatever is chosen but a number beyond it; its scl_slope of 0 leaves it
     // unscaled (its scl_inter of 5 ignored).

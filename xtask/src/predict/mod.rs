@@ -64,11 +64,11 @@ pub struct PredictArgs {
     /// The folder a CSV's relative paths are under (the CSV's own folder by default).
     #[arg(long, value_name = "DIR")]
     pub images_root: Option<PathBuf>,
-    /// Of a DICOM file of several frames, the frame to read (first, middle, last or N, as rank
-    /// takes it; only: such a file refused), or `all` (every:K): each frame (every K-th) predicted
-    /// and the file's probabilities their mean, one row a file. By default as rank read its
-    /// images (`dicom_frame` in the model's card).
-    #[arg(long, value_name = "FRAME")]
+    /// Of a DICOM file of several frames or a NIfTI volume of several slices (--slice), the frame
+    /// to read (first, middle, last or N, as rank takes it; only: such a file refused), or `all`
+    /// (every:K): each frame (every K-th) predicted and the file's probabilities their mean, one
+    /// row a file. By default as rank read its images (`dicom_frame` in the model's card).
+    #[arg(long, visible_alias = "slice", value_name = "FRAME")]
     pub dicom_frame: Option<FrameSelection>,
     /// Divide the logits by the temperature rank fitted on the val part (temperature scaling,
     /// Guo et al. 2017) before the softmax: the same predicted classes, probabilities that match

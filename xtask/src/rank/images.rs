@@ -37,14 +37,14 @@ pub struct ImagesReading {
     #[arg(long, conflicts_with = "group_by_subfolder")]
     pub group_by_dicom_patient: bool,
     /// Of a DICOM file of several frames (an ultrasound or angiography cine loop, an enhanced CT
-    /// or MR volume), the frame to read: first, middle (frame n/2 + 1 of n, rounded down: the
-    /// middle one of an odd count), last, or N (counted from 1, as DICOM counts them); its
-    /// rescale and window as the file gives that frame. Or `all` (every:K): each frame (every
-    /// K-th from the first) an image of its own with the file's class, the file their group (its
-    /// frames in one part of --finetune-top's split, drawn together by --bootstrap). By default
-    /// (only) such a file is refused: which frame shows the finding is the user's call. `predict`
-    /// reads new files' frames as the ranking read these.
-    #[arg(long, value_name = "FRAME", default_value = "only")]
+    /// or MR volume) or a NIfTI volume of several slices (--slice), the frame to read: first,
+    /// middle (frame n/2 + 1 of n, rounded down: the middle one of an odd count), last, or N
+    /// (counted from 1, as DICOM counts them); its rescale and window as the file gives that
+    /// frame. Or `all` (every:K): each frame (every K-th from the first) an image of its own with
+    /// the file's class, the file their group (its frames in one part of --finetune-top's split,
+    /// drawn together by --bootstrap). By default (only) such a file is refused: which frame shows
+    /// the finding is the user's call. `predict` reads new files' frames as the ranking read these.
+    #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
     pub dicom_frame: medxfer_data::FrameSelection,
 }
 
