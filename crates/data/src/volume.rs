@@ -22,8 +22,7 @@ use std::path::Path;
 
 use flate2::read::GzDecoder;
 use image::RgbImage;
-use nifti::volume::RandomAccessNiftiVolume;
-use nifti::{InMemNiftiVolume, NiftiHeader, NiftiType, StreamedNiftiVolume};
+use nifti::{DataElement, Endianness, InMemNiftiVolume, NiftiHeader, NiftiType, StreamedNiftiVolume};
 
 use crate::dicom::DicomFrame;
 use crate::error::{Error, Result};
@@ -258,12 +257,9 @@ fn read_slices(path: &Path, header: &NiftiHeader, shape: Shape, mut source: Box<
             }
             continue;
         }
-        let values = gray_values(path, shape, &slice)?;
+        let values = gray_values(path, header, shape.datatype, slice.into_raw_data())?;
         if display.is_none() {
-            for &v in values.iter().filter(|v| v.is_finite()) {
-                low = low.min(v);
-                high = high.max(v);
-            }
+            (low, high) = finite_range(&values, (low, high));
         }
         places.iter().for_each(|&at| values_of[at].clone_from(&values));
     }
@@ -277,15 +273,46 @@ fn read_slices(path: &Path, header: &NiftiHeader, shape: Shape, mut source: Box<
     Ok(images.into_iter().zip(&values_of).map(|(image, values)| image.unwrap_or_else(|| gray_rgb8(shape, values, low, high))).collect())
 }
 
-/// A grayscale slice's values, scaled, in storage order (the first axis fastest).
-fn gray_values(path: &Path, shape: Shape, slice: &InMemNiftiVolume) -> Result<Vec<f64>> {
-    let mut values = Vec::with_capacity(usize::from(shape.width) * usize::from(shape.height));
-    for j in 0..shape.height {
-        for i in 0..shape.width {
-            values.push(slice.get_f64(&[i, j]).map_err(|e| Error::format(path, format!("cannot read a NIfTI voxel ({e})")))?);
-        }
+/// A grayscale slice's values in storage order (the first axis fastest), scaled by `header`'s
+/// slope and intercept as nifti-rs's `get_f64` scales a voxel (a slope of 0 leaves them). The
+/// slice's bytes are converted whole (nifti-rs's `from_raw_vec`): a voxel at a time through
+/// `get_f64`, a CT volume's 52 million voxels took 0.58 s a pass.
+fn gray_values(path: &Path, header: &NiftiHeader, datatype: NiftiType, raw: Vec<u8>) -> Result<Vec<f64>> {
+    fn typed<T: DataElement>(raw: Vec<u8>, endianness: Endianness, to_f64: impl Fn(T) -> f64) -> nifti::Result<Vec<f64>> {
+        Ok(T::from_raw_vec(raw, endianness)?.into_iter().map(to_f64).collect())
+    }
+    let endianness = header.endianness;
+    let values = match datatype {
+        NiftiType::Uint8 => typed(raw, endianness, |v: u8| f64::from(v)),
+        NiftiType::Int8 => typed(raw, endianness, |v: i8| f64::from(v)),
+        NiftiType::Uint16 => typed(raw, endianness, |v: u16| f64::from(v)),
+        NiftiType::Int16 => typed(raw, endianness, |v: i16| f64::from(v)),
+        NiftiType::Uint32 => typed(raw, endianness, |v: u32| f64::from(v)),
+        NiftiType::Int32 => typed(raw, endianness, |v: i32| f64::from(v)),
+        NiftiType::Uint64 => typed(raw, endianness, |v: u64| v as f64),
+        NiftiType::Int64 => typed(raw, endianness, |v: i64| v as f64),
+        NiftiType::Float32 => typed(raw, endianness, |v: f32| f64::from(v)),
+        NiftiType::Float64 => typed(raw, endianness, |v: f64| v),
+        other => return Err(Error::format(path, format!("the NIfTI voxels are {other:?}, not grayscale numbers"))),
+    };
+    let mut values = values.map_err(|e| Error::format(path, format!("cannot read the NIfTI voxels ({e})")))?;
+    if header.scl_slope != 0.0 {
+        let (slope, intercept) = (f64::from(header.scl_slope), f64::from(header.scl_inter));
+        values.iter_mut().for_each(|v| *v = *v * slope + intercept);
     }
     Ok(values)
+}
+
+/// The least and the largest finite ones of `values` and `(low, high)`.
+fn finite_range(values: &[f64], (mut low, mut high): (f64, f64)) -> (f64, f64) {
+    // Comparisons, not f64::min/max, which treat NaN apart: these vectorise, and NaN fails both.
+    for &v in values {
+        if v.is_finite() {
+            low = if v < low { v } else { low };
+            high = if v > high { v } else { high };
+        }
+    }
+    (low, high)
 }
 
 /// Scaled values in storage order to the image: the first axis across, the second up; `low`..
