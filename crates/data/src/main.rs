@@ -1,5 +1,5 @@
 //! `medxfer-data`: list the datasets and tasks, check a dataset folder, write a split, write a
-//! synthetic replica.
+//! synthetic replica, show one file as the backbones see it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use medxfer_data::{
-    Catalog, CheckOptions, ManifestInfo, Role, Source, changed_manifest_files, files_checksum, ood_entries, read_manifest,
-    read_manifest_info, read_manifest_of, scan_clean, scan_dataset, split_counts, split_task, write_manifest,
+    Catalog, CheckOptions, DicomFrame, FRAMES_PER_READ, FrameSelection, ManifestInfo, Role, Source, changed_manifest_files, files_checksum,
+    frame_count, load_image_frames, ood_entries, read_manifest, read_manifest_info, read_manifest_of, scan_clean, scan_dataset,
+    split_counts, split_task, write_manifest,
 };
 
 #[derive(Parser)]
@@ -79,6 +80,26 @@ enum Command {
         /// Shorter side of the cached images (256 for the 224 crops of the study).
         #[arg(long, default_value_t = 256)]
         short_side: u32,
+    },
+    /// Decodes one image file as rank, predict and the study decode it, before the resize (a
+    /// DICOM file through its display pipeline, a NIfTI volume's slice, any other image as
+    /// Pillow's convert("RGB")), writes it as PNG and says what it is. With several frames kept
+    /// (all, every:K), a contact sheet of them in order.
+    Show {
+        file: PathBuf,
+        /// Of a DICOM file of several frames or a NIfTI volume of several slices, the frame (first,
+        /// middle, last, N), or all / every:K for a contact sheet of the frames kept.
+        #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
+        dicom_frame: FrameSelection,
+        /// The PNG written.
+        #[arg(long)]
+        out: PathBuf,
+        /// A contact sheet's tile: each frame shrunk (never enlarged) to fit TILE x TILE pixels.
+        #[arg(long, default_value_t = 160)]
+        tile: u32,
+        /// A contact sheet's frames a row.
+        #[arg(long, default_value_t = 8)]
+        columns: u32,
     },
     /// Writes a small synthetic replica of a dataset's real layout (a build with
     /// `--features synth`).
@@ -160,7 +181,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth { dataset, out, n, seed } => synth(&catalog, &dataset, &out, n, seed),
+        Command::Show { file, dicom_frame, out, tile, columns } => {
+            show(&file, dicom_frame, &out, (tile, columns))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `show`: the frames `selection` keeps of `file`, written to `out` (one image, or a contact
+/// sheet of `tile`-pixel tiles, `columns` a row), and a line saying what they are.
+fn show(file: &Path, selection: FrameSelection, out: &Path, (tile, columns): (u32, u32)) -> Result<()> {
+    if tile == 0 || columns == 0 {
+        bail!("--tile and --columns take a whole number from 1");
+    }
+    let count = frame_count(file)?;
+    let frames: Vec<DicomFrame> = match selection {
+        FrameSelection::One(frame) => vec![frame],
+        FrameSelection::Every(step) => (1..=count).step_by(usize::try_from(step)?).map(DicomFrame::Number).collect(),
+    };
+    let mut images = Vec::with_capacity(frames.len());
+    for run in frames.chunks(FRAMES_PER_READ) {
+        for decoded in load_image_frames(file, run)? {
+            images.push(decoded?);
+        }
+    }
+    let faint = images.iter().filter(|decoded| decoded.faint).count();
+    let (width, height) = images[0].image.dimensions();
+    let written = match images.as_slice() {
+        [one] => {
+            one.image.save(out).map_err(|e| anyhow::anyhow!("{}: cannot write the image ({e})", out.display()))?;
+            if count > 1 { format!(" (frame {})", frames[0]) } else { String::new() }
+        }
+        _ => {
+            let sheet = contact_sheet(images.iter().map(|decoded| &decoded.image), tile, columns);
+            sheet.save(out).map_err(|e| anyhow::anyhow!("{}: cannot write the contact sheet ({e})", out.display()))?;
+            format!(" ({} frames, {selection}, as a {} x {} sheet)", images.len(), sheet.width(), sheet.height())
+        }
+    };
+    println!("{}: {width} x {height} pixels, {count} frame(s); wrote {}{written}", file.display(), out.display());
+    if faint > 0 {
+        println!("note: 16-bit samples all under 4096 (12-bit data), reduced to their high byte: near black");
+    }
+    Ok(())
+}
+
+/// `images` in rows of `columns`, each shrunk to fit `tile` x `tile` (its aspect kept, never
+/// enlarged) and centred in its tile, on black.
+fn contact_sheet<'a>(images: impl ExactSizeIterator<Item = &'a image::RgbImage>, tile: u32, columns: u32) -> image::RgbImage {
+    let count = images.len() as u32;
+    let (across, rows) = (columns.min(count), count.div_ceil(columns));
+    let mut sheet = image::RgbImage::new(across * tile, rows * tile);
+    for (at, image) in (0u32..).zip(images) {
+        let (width, height) = image.dimensions();
+        let shrunk;
+        let shown = if width > tile || height > tile {
+            let fit = |side: u32| (u64::from(side) * u64::from(tile) / u64::from(width.max(height))).max(1) as u32;
+            shrunk = image::imageops::thumbnail(image, fit(width), fit(height));
+            &shrunk
+        } else {
+            image
+        };
+        let (x, y) = ((at % columns) * tile + (tile - shown.width()) / 2, (at / columns) * tile + (tile - shown.height()) / 2);
+        image::imageops::replace(&mut sheet, shown, i64::from(x), i64::from(y));
+    }
+    sheet
 }
 
 fn check(catalog: &Catalog, dataset: &str, root: &Path, options: CheckOptions, json: bool) -> Result<ExitCode> {

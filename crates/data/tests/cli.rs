@@ -209,3 +209,52 @@ fn cache_builds_from_a_manifest_and_refuses_another_dataset_s() {
     assert!(!output.status.success() && stderr.contains("no images of breakhis found: is --root the folder of breakhis?"), "{stderr}");
     assert!(!refused.exists(), "a refused cache wrote its folder");
 }
+
+/// `show` writes a file's image as the decoder makes it (a NIfTI volume's middle slice, pixel for
+/// pixel), and a contact sheet of every slice (tiles as large as the slices: each slice unscaled,
+/// centred, in order); a volume without a chosen slice, or a damaged file, fails naming it.
+#[test]
+fn show_writes_a_file_as_the_backbones_see_it() {
+    use medxfer_data::{DicomFrame, load_image_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let volume = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nifti/ct_window.nii.gz");
+    let (volume_text, out) = (volume.to_str().unwrap(), dir.path().join("middle.png"));
+    let output = medxfer_data(&["show", volume_text, "--slice", "middle", "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("12 x 9 pixels, 4 frame(s)") && stdout.contains("(frame middle)"), "{stdout}");
+    let middle = load_image_frame(&volume, DicomFrame::Middle).unwrap().image;
+    assert_eq!(image::open(&out).unwrap().to_rgb8(), middle);
+
+    // Four slices of 12 x 9 in tiles of 12, three a row: 36 x 24, slice k at column k % 3, row
+    // k / 3, a line of black above and below it (9 rows centred in 12: 1 above, 2 below).
+    let sheet = dir.path().join("sheet.png");
+    let output = medxfer_data(&["show", volume_text, "--slice", "all", "--tile", "12", "--columns", "3", "--out", sheet.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("(4 frames, all, as a 36 x 24 sheet)"), "{output:?}");
+    let sheet = image::open(&sheet).unwrap().to_rgb8();
+    assert_eq!(sheet.dimensions(), (36, 24));
+    for k in 0..4u32 {
+        let slice = load_image_frame(&volume, DicomFrame::Number(k + 1)).unwrap().image;
+        let (x, y) = ((k % 3) * 12, (k / 3) * 12 + 1);
+        assert_eq!(image::imageops::crop_imm(&sheet, x, y, 12, 9).to_image(), slice, "slice {}", k + 1);
+        assert!((0..12).all(|dx| sheet.get_pixel(x + dx, y - 1).0 == [0, 0, 0]), "slice {}: the line above", k + 1);
+    }
+    // The sixth tile, which no slice fills: black.
+    assert!(image::imageops::crop_imm(&sheet, 24, 12, 12, 12).to_image().pixels().all(|p| p.0 == [0, 0, 0]));
+    // Tiles smaller than the slices: each shrunk to 6 x 4 (its aspect kept), the sheet 18 x 12.
+    let small = dir.path().join("small.png");
+    let output = medxfer_data(&["show", volume_text, "--slice", "all", "--tile", "6", "--columns", "3", "--out", small.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let small = image::open(&small).unwrap().to_rgb8();
+    assert_eq!(small.dimensions(), (18, 12));
+    // Rows 1..5 of the first tile hold the shrunk slice (not black), row 0 and 5 the margins.
+    assert!((0..6).all(|x| small.get_pixel(x, 0).0 == [0, 0, 0] && small.get_pixel(x, 5).0 == [0, 0, 0]));
+    assert!((1..5).any(|y| (0..6).any(|x| small.get_pixel(x, y).0 != [0, 0, 0])));
+
+    for (file, expected) in [(volume.clone(), "holds 4 slices"), (dir.path().join("middle.png.missing"), "middle.png.missing")] {
+        let output = medxfer_data(&["show", file.to_str().unwrap(), "--out", dir.path().join("x.png").to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
+    }
+}
