@@ -585,6 +585,26 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     rank(dir.path(), &images, &dir.path().join("pngs"), None, &backbones);
     rank(dir.path(), &volumes, &dir.path().join("middle"), None, &[&backbones[..], &["--slice", "middle"]].concat());
     assert_eq!(scores(&dir.path().join("middle")), scores(&dir.path().join("pngs")));
+    // Fine-tuned on those slices, the model's card keeps the choice, and predict reads new volumes
+    // so: a row a volume, and the saliency page shows each.
+    let tuned = dir.path().join("tuned");
+    rank(
+        dir.path(),
+        &volumes,
+        &tuned,
+        None,
+        &["--backbones", "resnet_basic_min", "--slice", "middle", "--finetune-top", "1", "--trials", "1", "--epochs", "1"],
+    );
+    let cards = std::fs::read_dir(tuned.join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
+    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
+    assert_eq!(card["dicom_frame"], "middle");
+    let predictions = dir.path().join("volume predictions.csv");
+    let saliency = dir.path().join("saliency");
+    let output = predict(dir.path(), &tuned, &volumes, &["--out", predictions.to_str().unwrap(), "--saliency", saliency.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let rows = read_csv(&predictions);
+    assert!(rows.len() == 8 && rows.iter().all(|row| row["path"].ends_with(".nii")), "{rows:?}");
+    assert!(saliency.join("index.html").is_file() && saliency.join("lesion/03.nii.png").is_file());
     let output = rank(dir.path(), &volumes, &dir.path().join("all"), None, &["--backbones", "resnet_basic_min", "--slice", "all"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("8 files of several frames give 24 frames"), "{stderr}");
