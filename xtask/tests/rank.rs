@@ -574,7 +574,9 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
             let mut negative = image.clone();
             negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
             let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
-            write_rgb_nifti(&volumes.join(class).join(format!("{i:02}.nii")), &[negative, image, noise]);
+            // One volume's header says its slices are sagittal, the others' axial.
+            let third_axis = if (class, i) == ("lesion", 2) { 0 } else { 2 };
+            write_rgb_nifti(&volumes.join(class).join(format!("{i:02}.nii")), &[negative, image, noise], third_axis);
         }
     }
     let scores = |out: &Path| -> Vec<(String, String)> {
@@ -583,8 +585,14 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     };
     let backbones = ["--backbones", "resnet_basic_min,vit_min"];
     rank(dir.path(), &images, &dir.path().join("pngs"), None, &backbones);
-    rank(dir.path(), &volumes, &dir.path().join("middle"), None, &[&backbones[..], &["--slice", "middle"]].concat());
+    let output = rank(dir.path(), &volumes, &dir.path().join("middle"), None, &[&backbones[..], &["--slice", "middle"]].concat());
     assert_eq!(scores(&dir.path().join("middle")), scores(&dir.path().join("pngs")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the NIfTI volumes are sliced in different planes (7 axial, 1 sagittal)")
+            && stderr.contains("Not axial: lesion/02.nii (sagittal)"),
+        "{stderr}"
+    );
     // Fine-tuned on those slices, the model's card keeps the choice, and predict reads new volumes
     // so: a row a volume, and the saliency page shows each.
     let tuned = dir.path().join("tuned");
@@ -964,8 +972,10 @@ fn write_rgb_dicom_frames(path: &Path, frames: &[image::RgbImage]) {
 
 /// `slices` (of one size) as an uncompressed RGB24 NIfTI-1 volume at `path`, each slice's voxel
 /// (i, j) the image's pixel (i, height - 1 - j): shown as np.rot90 shows a slice, each is the
-/// image. The header written field by field (NIfTI-1's nifti1.h), the others zero.
-fn write_rgb_nifti(path: &Path, slices: &[image::RgbImage]) {
+/// image. Its sform sends the third voxel axis along the patient axis `third_axis` (0 x, left to
+/// right: sagittal slices; 2 z: axial), the first two along the others in order. The header
+/// written field by field (NIfTI-1's nifti1.h), the others zero.
+fn write_rgb_nifti(path: &Path, slices: &[image::RgbImage], third_axis: usize) {
     let (width, height) = slices[0].dimensions();
     let mut header = vec![0u8; 352];
     let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
@@ -979,6 +989,15 @@ fn write_rgb_nifti(path: &Path, slices: &[image::RgbImage]) {
         put(76 + 4 * k, &1f32.to_le_bytes()); // pixdim
     }
     put(108, &352f32.to_le_bytes()); // vox_offset
+    put(254, &1i16.to_le_bytes()); // sform_code: scanner coordinates
+    let mut world_axes = (0..3).filter(|&axis| axis != third_axis);
+    let voxel_axis_of = [world_axes.next().unwrap(), world_axes.next().unwrap(), third_axis];
+    for row in 0..3 {
+        // srow_x, srow_y, srow_z: world coordinate `row` of each voxel axis (and no offset).
+        for (voxel_axis, &world) in voxel_axis_of.iter().enumerate() {
+            put(280 + 16 * row + 4 * voxel_axis, &(if world == row { 1f32 } else { 0f32 }).to_le_bytes());
+        }
+    }
     put(344, b"n+1\0"); // magic: a single file
     let voxels =
         slices.iter().flat_map(|slice| (0..height).flat_map(move |j| (0..width).flat_map(move |i| slice.get_pixel(i, height - 1 - j).0)));

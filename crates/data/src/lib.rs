@@ -86,3 +86,4 @@ pub use split::{
     leakage, ood_entries, split_task,
 };
 pub use transform::{Normalization, TrainDraw, TrainTransform};
+pub use volume::{SlicePlane, slice_plane};

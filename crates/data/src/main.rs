@@ -222,6 +222,9 @@ fn show(file: &Path, selection: FrameSelection, out: &Path, (tile, columns): (u3
     if faint > 0 {
         println!("note: 16-bit samples all under 4096 (12-bit data), reduced to their high byte: near black");
     }
+    if let Some(plane) = medxfer_data::slice_plane(file)? {
+        println!("slices along the third stored axis: {plane} (from the header's orientation)");
+    }
     Ok(())
 }
 

@@ -223,6 +223,7 @@ fn show_writes_a_file_as_the_backbones_see_it() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("12 x 9 pixels, 4 frame(s)") && stdout.contains("(frame middle)"), "{stdout}");
+    assert!(stdout.contains("slices along the third stored axis: axial"), "{stdout}");
     let middle = load_image_frame(&volume, DicomFrame::Middle).unwrap().image;
     assert_eq!(image::open(&out).unwrap().to_rgb8(), middle);
 

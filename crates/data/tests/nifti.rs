@@ -131,3 +131,22 @@ fn truncated_nifti_files_are_refused() {
     let error = load_image_frame(&path, DicomFrame::First).unwrap_err().to_string();
     assert!(error.contains("the NIfTI voxels end before slice 3 of 3") && error.contains("truncated"), "{error}");
 }
+
+/// Each volume's slice plane as nibabel's `aff2axcodes` names its third axis (planes.json): by
+/// the sform, by the qform's quaternion alone (a tilted coronal volume), none where neither is
+/// set; none for a file that is not NIfTI.
+#[test]
+fn the_slice_plane_is_read_from_the_header_as_nibabel_reads_it() {
+    let planes: std::collections::BTreeMap<String, Option<String>> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("planes.json")).unwrap()).unwrap();
+    assert!(planes.len() >= 11 && planes.values().any(Option::is_none), "{planes:?}");
+    for plane in ["axial", "coronal", "sagittal"] {
+        assert!(planes.values().any(|p| p.as_deref() == Some(plane)), "no {plane} case");
+    }
+    for (name, expected) in &planes {
+        let plane = medxfer_data::slice_plane(&fixtures().join(name)).unwrap();
+        assert_eq!(plane.map(|p| p.to_string()), *expected, "{name}");
+    }
+    let png = common::fixtures("formats").join("gray.jpg");
+    assert_eq!(medxfer_data::slice_plane(&png).unwrap(), None);
+}

@@ -278,6 +278,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     describe_images(args, &images);
     describe_frames(args, &files, &entries);
+    warn_of_mixed_planes(&images.root, &files);
     if args.finetune_top.is_some() {
         // A row a file: the split is of files, a loop's frames in its part.
         write_split(&args.out.join(SPLIT_CSV), &files, &images.classes)?;
@@ -435,6 +436,34 @@ fn describe_frames(args: &RankArgs, files: &[Entry], entries: &[Entry]) {
         files.len() - single,
         entries.len() - single,
         entries.len()
+    );
+}
+
+/// Says on stderr where the NIfTI volumes among `files` are sliced in different planes (some
+/// axial, some sagittal: dcm2niix keeps each acquisition's own), naming a few of the fewer kind:
+/// their slices are other views, which the scores and the fine-tuning would mix as one. A header
+/// that cannot be read is left to the decoding, which names it.
+fn warn_of_mixed_planes(root: &Path, files: &[Entry]) {
+    use rayon::prelude::*;
+    let planes: Vec<(medxfer_data::SlicePlane, &Entry)> = files
+        .par_iter()
+        .filter_map(|entry| medxfer_data::slice_plane(&root.join(&entry.path)).ok().flatten().map(|plane| (plane, entry)))
+        .collect();
+    let mut counts = BTreeMap::new();
+    planes.iter().for_each(|(plane, _)| *counts.entry(*plane).or_insert(0usize) += 1);
+    let Some((&most, _)) = counts.iter().max_by_key(|&(_, &count)| count) else { return };
+    if counts.len() < 2 {
+        return;
+    }
+    let listed: Vec<String> = counts.iter().map(|(plane, count)| format!("{count} {plane}")).collect();
+    let others: Vec<String> =
+        planes.iter().filter(|(plane, _)| *plane != most).take(5).map(|(plane, e)| format!("{} ({plane})", e.path)).collect();
+    eprintln!(
+        "warning: {}: the NIfTI volumes are sliced in different planes ({}): a slice of one is another view than a slice of another; \
+         reorient them alike (fslreorient2std, or nibabel's as_closest_canonical) and rank again. Not {most}: {}",
+        root.display(),
+        listed.join(", "),
+        others.join(", ")
     );
 }
 
