@@ -96,7 +96,7 @@ pub fn slice_plane(path: &Path) -> Result<Option<SlicePlane>> {
     let mut stored = open(path)?;
     let header = read_header(path, &mut stored.content)?;
     // The affine's third column: where a step along the third stored axis goes in the patient's
-    // x (right to left), y (front to back) and z (foot to head).
+    // x (towards the right), y (the front) and z (the head): RAS+, the space both forms map to.
     let column = if header.sform_code > 0 {
         [header.srow_x[2], header.srow_y[2], header.srow_z[2]].map(f64::from)
     } else if header.qform_code > 0 {

@@ -37,8 +37,8 @@ use shortlist::Shortlist;
 
 #[derive(Debug, Clone, Args)]
 pub struct RankArgs {
-    /// A folder with one subfolder of images per class (JPEG, PNG, TIFF, BMP, DICOM), or a CSV of
-    /// path,label.
+    /// A folder with one subfolder of images per class (JPEG, PNG, TIFF, BMP, DICOM, NIfTI), or a
+    /// CSV of path,label.
     #[arg(long)]
     pub images: PathBuf,
     /// The columns a CSV's images are read from: a metadata file as published (HAM10000's
