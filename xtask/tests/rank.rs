@@ -530,23 +530,15 @@ fn a_folder_of_cine_loops_is_ranked_on_the_frame_chosen() {
     let loops = dir.path().join("loops");
     for class in ["clear", "lesion"] {
         for i in 0..4 {
-            let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap().to_rgb8();
-            let mut negative = image.clone();
-            negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
-            let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
-            write_rgb_dicom_frames(&loops.join(class).join(format!("{i:02}.dcm")), &[negative, image, noise]);
+            write_rgb_dicom_frames(&loops.join(class).join(format!("{i:02}.dcm")), &between_negative_and_noise(&images, class, i));
         }
     }
-    let scores = |out: &Path| -> Vec<(String, String)> {
-        let rows = read_csv(&out.join("ranking.csv"));
-        rows.iter().map(|row| (row["logme"].clone(), row["h_score"].clone())).collect()
-    };
     let backbones = ["--backbones", "resnet_basic_min,vit_min"];
     rank(dir.path(), &images, &dir.path().join("pngs"), None, &backbones);
     let mut extra = backbones.to_vec();
     extra.extend(["--dicom-frame", "middle"]);
     rank(dir.path(), &loops, &dir.path().join("frames"), None, &extra);
-    assert_eq!(scores(&dir.path().join("frames")), scores(&dir.path().join("pngs")));
+    assert_eq!(logme_and_h_scores(&dir.path().join("frames")), logme_and_h_scores(&dir.path().join("pngs")));
     extra.extend(["--finetune-top", "1", "--trials", "1", "--epochs", "1"]);
     rank(dir.path(), &loops, &dir.path().join("frames"), None, &extra);
     let cards = std::fs::read_dir(dir.path().join("frames").join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
@@ -570,23 +562,15 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     let volumes = dir.path().join("volumes");
     for class in ["clear", "lesion"] {
         for i in 0..4 {
-            let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap().to_rgb8();
-            let mut negative = image.clone();
-            negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
-            let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
             // One volume's header says its slices are sagittal, the others' axial.
             let third_axis = if (class, i) == ("lesion", 2) { 0 } else { 2 };
-            write_rgb_nifti(&volumes.join(class).join(format!("{i:02}.nii")), &[negative, image, noise], third_axis);
+            write_rgb_nifti(&volumes.join(class).join(format!("{i:02}.nii")), &between_negative_and_noise(&images, class, i), third_axis);
         }
     }
-    let scores = |out: &Path| -> Vec<(String, String)> {
-        let rows = read_csv(&out.join("ranking.csv"));
-        rows.iter().map(|row| (row["logme"].clone(), row["h_score"].clone())).collect()
-    };
     let backbones = ["--backbones", "resnet_basic_min,vit_min"];
     rank(dir.path(), &images, &dir.path().join("pngs"), None, &backbones);
     let output = rank(dir.path(), &volumes, &dir.path().join("middle"), None, &[&backbones[..], &["--slice", "middle"]].concat());
-    assert_eq!(scores(&dir.path().join("middle")), scores(&dir.path().join("pngs")));
+    assert_eq!(logme_and_h_scores(&dir.path().join("middle")), logme_and_h_scores(&dir.path().join("pngs")));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("the NIfTI volumes are sliced in different planes (7 axial, 1 sagittal)")
@@ -636,11 +620,7 @@ fn every_frame_of_a_folder_of_cine_loops_is_ranked_with_its_loop_as_group() {
     for class in ["clear", "lesion"] {
         std::fs::create_dir_all(pngs.join(class)).unwrap();
         for i in 0..4 {
-            let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap().to_rgb8();
-            let mut negative = image.clone();
-            negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
-            let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
-            let frames = [negative, image, noise];
+            let frames = between_negative_and_noise(&images, class, i);
             write_rgb_dicom_frames(&loops.join(class).join(format!("{i:02}.dcm")), &frames);
             for (k, frame) in frames.iter().enumerate() {
                 let name = format!("{class}/{i:02}-{}.png", k + 1);
@@ -930,6 +910,21 @@ fn ranking_other_images_into_the_same_out_keeps_their_caches_only() {
         assert!(after.iter().any(|name| name.ends_with(".json")) && after.iter().any(|name| name.ends_with(".rgb8")), "{after:?}");
         assert!(before.len() == 2 && before != after, "{part}: {first:?} then {second:?}");
     }
+}
+
+/// Image `i` of `class` in `images` (image_folder's) as the middle of three frames: its negative
+/// before it, noise after it.
+fn between_negative_and_noise(images: &Path, class: &str, i: u32) -> [image::RgbImage; 3] {
+    let image = image::open(images.join(class).join(format!("{i:02}.png"))).unwrap().to_rgb8();
+    let mut negative = image.clone();
+    negative.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
+    let noise = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + y * 3) as u8, (x * y) as u8, (i * 60) as u8]));
+    [negative, image, noise]
+}
+
+/// Each candidate's LogME and H-score in OUT/ranking.csv, as written.
+fn logme_and_h_scores(out: &Path) -> Vec<(String, String)> {
+    read_csv(&out.join("ranking.csv")).iter().map(|row| (row["logme"].clone(), row["h_score"].clone())).collect()
 }
 
 /// `image` as an uncompressed 8-bit RGB DICOM file (explicit VR little endian) at `path`.
