@@ -58,6 +58,9 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 // ("all" or "every:K": each frame kept predicted, the file's probabilities their
                 // mean, as predict does).
                 "dicom_frame": card.dicom_frame,
+                // The display window grayscale DICOM and NIfTI images were read through (DICOM's
+                // LINEAR function on the rescaled values), null where each file's own.
+                "window": card.window,
             })
             .to_string(),
         ),

@@ -585,11 +585,28 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
         &volumes,
         &tuned,
         None,
-        &["--backbones", "resnet_basic_min", "--slice", "middle", "--finetune-top", "1", "--trials", "1", "--epochs", "1"],
+        &[
+            "--backbones",
+            "resnet_basic_min",
+            "--slice",
+            "middle",
+            "--window",
+            "-600,1500",
+            "--finetune-top",
+            "1",
+            "--trials",
+            "1",
+            "--epochs",
+            "1",
+        ],
     );
     let cards = std::fs::read_dir(tuned.join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
     let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
-    assert_eq!(card["dicom_frame"], "middle");
+    assert_eq!((&card["dicom_frame"], &card["window"]), (&"middle".into(), &"-600,1500".into()));
+    // The images were decoded through the window: the caches are keyed by it.
+    let caches: Vec<String> =
+        std::fs::read_dir(tuned.join("cache")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(caches.iter().filter(|name| name.ends_with(".rgb8")).all(|name| name.contains("-w-600,1500-")), "{caches:?}");
     let predictions = dir.path().join("volume predictions.csv");
     let saliency = dir.path().join("saliency");
     let output = predict(dir.path(), &tuned, &volumes, &["--out", predictions.to_str().unwrap(), "--saliency", saliency.to_str().unwrap()]);
@@ -597,6 +614,19 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     let rows = read_csv(&predictions);
     assert!(rows.len() == 8 && rows.iter().all(|row| row["path"].ends_with(".nii")), "{rows:?}");
     assert!(saliency.join("index.html").is_file() && saliency.join("lesion/03.nii.png").is_file());
+    let predict_caches: Vec<String> = std::fs::read_dir(tuned.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("predict") && name.ends_with(".rgb8"))
+        .collect();
+    assert!(!predict_caches.is_empty() && predict_caches.iter().all(|name| name.contains("-w-600,1500-")), "{predict_caches:?}");
+    // Another window than rank's is said.
+    let output = predict(dir.path(), &tuned, &volumes, &["--out", predictions.to_str().unwrap(), "--window", "40,80"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.contains("--window 40,80: the model was fine-tuned on rank's images read through -600,1500"),
+        "{stderr}"
+    );
     let output = rank(dir.path(), &volumes, &dir.path().join("all"), None, &["--backbones", "resnet_basic_min", "--slice", "all"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("8 files of several frames give 24 frames"), "{stderr}");

@@ -47,7 +47,7 @@ fn time(name: &str, path: &Path) -> anyhow::Result<()> {
     let all: Vec<DicomFrame> = (1..=u32::from(SLICES)).map(DicomFrame::Number).collect();
     let start = Instant::now();
     for run in all.chunks(FRAMES_PER_READ) {
-        for image in load_image_frames(path, run)? {
+        for image in load_image_frames(path, run, None)? {
             image?;
         }
     }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, load_image_frames};
-use crate::dicom::DicomFrame;
+use crate::dicom::{DicomFrame, Window};
 use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::transform::resize_shorter;
@@ -102,17 +102,17 @@ fn frame_reads(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The images of `entries` (one entry, or frames of one file) under `root`, decoded (the frame an
-/// entry names, else `frame`) and resized to a shorter side of `short_side`; whether each came
+/// entry names, else `frame`; grayscale ones through `window` where given) and resized to a shorter side of `short_side`; whether each came
 /// out faint; or the error naming the file, for each.
 fn decoded_read(
     root: &Path,
     entries: &[Entry],
-    (short_side, frame): (u32, DicomFrame),
+    (short_side, frame, window): (u32, DicomFrame, Option<Window>),
 ) -> Vec<std::result::Result<(RgbImage, bool), String>> {
     let Some(first) = entries.first() else { return Vec::new() };
     let path = root.join(&first.path);
     let frames: Vec<DicomFrame> = entries.iter().map(|entry| entry.frame.map_or(frame, DicomFrame::Number)).collect();
-    match load_image_frames(&path, &frames) {
+    match load_image_frames(&path, &frames, window) {
         Ok(decoded) => decoded
             .into_iter()
             .map(|decoded| {
@@ -140,18 +140,19 @@ impl ImageCache {
     /// missing or stale. `progress` draws a progress bar while building. A DICOM file of several
     /// frames is refused.
     pub fn open_or_build(dir: &Path, dataset: &str, root: &Path, entries: &[Entry], short_side: u32, progress: bool) -> Result<Self> {
-        Self::open_or_build_frame(dir, dataset, root, entries, (short_side, DicomFrame::Only), progress)
+        Self::open_or_build_frame(dir, dataset, root, entries, (short_side, DicomFrame::Only, None), progress)
     }
 
     /// [`Self::open_or_build`], reading the frame `frame` chooses of each DICOM file of several
     /// (the cache keyed by the choice, where it is not [`DicomFrame::Only`]), or the frame an entry
-    /// names (each frame of a loop an image: [`crate::frame_entries`]).
+    /// names (each frame of a loop an image: [`crate::frame_entries`]); grayscale DICOM and NIfTI
+    /// images through `window` where one is given (the cache keyed by it).
     pub fn open_or_build_frame(
         dir: &Path,
         dataset: &str,
         root: &Path,
         entries: &[Entry],
-        (short_side, frame): (u32, DicomFrame),
+        (short_side, frame, window): (u32, DicomFrame, Option<Window>),
         progress: bool,
     ) -> Result<Self> {
         // Once for all, where each image would otherwise fail on its own.
@@ -166,7 +167,8 @@ impl ImageCache {
             DicomFrame::Only => String::new(),
             chosen => format!("-f{chosen}"),
         };
-        let key = format!("{dataset}-s{short_side}-d{DECODE_REVISION}{frame_key}-{}", &checksum[..16]);
+        let window_key = window.map(|window| format!("-w{window}")).unwrap_or_default();
+        let key = format!("{dataset}-s{short_side}-d{DECODE_REVISION}{frame_key}{window_key}-{}", &checksum[..16]);
         let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));
         if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {
             return Ok(cache);
@@ -188,7 +190,7 @@ impl ImageCache {
         let mut faint_images = Vec::new();
         for chunk in entries.chunks(CHUNK) {
             let reads: Vec<Vec<std::result::Result<(RgbImage, bool), String>>> =
-                frame_reads(chunk).into_par_iter().map(|read| decoded_read(root, &chunk[read], (short_side, frame))).collect();
+                frame_reads(chunk).into_par_iter().map(|read| decoded_read(root, &chunk[read], (short_side, frame, window))).collect();
             for (entry, image) in chunk.iter().zip(reads.into_iter().flatten()) {
                 let image = match image {
                     Ok((image, faint)) if problems.is_empty() => {

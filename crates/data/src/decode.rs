@@ -20,7 +20,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use crate::dicom::{DICOM_HEAD, DicomFrame, dicom_file_frames_rgb8, dicom_file_rgb8, dicom_rgb8, is_dicom, is_unnamed_dicom};
+use crate::dicom::{DICOM_HEAD, DicomFrame, Window, dicom_file_frames_rgb8, dicom_file_rgb8, dicom_rgb8, is_dicom, is_unnamed_dicom};
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
@@ -78,7 +78,7 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
         return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
     }
     if is_nifti(path) {
-        return only_frame(path, volume::slices_rgb8(path, None, &[frame])?);
+        return only_frame(path, volume::slices_rgb8(path, None, &[frame], None)?);
     }
     // One open file: its first bytes tell DICOM (read from disk as far as needed: a frame of an
     // uncompressed loop without the others) from the rest (read whole).
@@ -92,23 +92,22 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
 
 /// [`load_image_frame`] of each of `frames` of the image at `path` (a file's frames each an
 /// image): of a DICOM file, its header read once for them all and a compressed one parsed once;
-/// another image, which has one frame, decoded once. The outer error is the file's, the inner ones
-/// each frame's.
-pub fn load_image_frames(path: &Path, frames: &[DicomFrame]) -> Result<Vec<Result<Decoded>>> {
-    if let [frame] = frames {
+/// another image, which has one frame, decoded once. A grayscale DICOM or NIfTI image goes
+/// through `window` where one is given, in place of its own VOI or display range. The outer error
+/// is the file's, the inner ones each frame's.
+pub fn load_image_frames(path: &Path, frames: &[DicomFrame], window: Option<Window>) -> Result<Vec<Result<Decoded>>> {
+    if let ([frame], None) = (frames, window) {
         return Ok(vec![load_image_frame(path, *frame)]);
     }
     if is_nifti(path) {
-        return Ok(volume::slices_rgb8(path, None, frames)?
-            .into_iter()
-            .map(|image| image.map(|image| Decoded { image, faint: false }))
-            .collect());
+        let images = volume::slices_rgb8(path, None, frames, window)?;
+        return Ok(images.into_iter().map(|image| image.map(|image| Decoded { image, faint: false })).collect());
     }
     let is_mat = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
     if !is_mat {
         let (file, head) = open_head(path)?;
         if is_dicom(path, &head) {
-            let images = dicom_file_frames_rgb8(path, file, frames)?;
+            let images = dicom_file_frames_rgb8(path, file, frames, window)?;
             return Ok(images.into_iter().map(|image| image.map(|image| Decoded { image, faint: false })).collect());
         }
     }
@@ -140,7 +139,7 @@ pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Deco
         return dicom_rgb8(path, bytes, frame).map(|image| Decoded { image, faint: false });
     }
     if is_nifti(path) {
-        return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame])?);
+        return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame], None)?);
     }
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {

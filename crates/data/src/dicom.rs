@@ -24,6 +24,7 @@
 //! rescale and window with it).
 
 mod frame;
+mod window;
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -47,6 +48,7 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
 pub use frame::DicomFrame;
+pub use window::Window;
 
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.
 const MAGIC_AT: usize = 128;
@@ -193,18 +195,23 @@ pub(crate) fn dicom_file_rgb8(path: &Path, file: std::fs::File, frame: DicomFram
     read_catching(path, &mut std::io::BufReader::new(file), size, frame)
 }
 
-/// [`dicom_file_rgb8`] of each of `frames`, the file's header read once for them all and a
+/// [`dicom_file_rgb8`] of each of `frames` (grayscale ones through `window` where given), the file's header read once for them all and a
 /// compressed file parsed once (each frame of a JPEG loop would otherwise cost a parse of the whole
 /// file: 8 ms a frame of a 600-frame loop). The outer error is the file's, the inner ones each
 /// frame's; a decoder's panic is every frame's.
-pub(crate) fn dicom_file_frames_rgb8(path: &Path, file: std::fs::File, frames: &[DicomFrame]) -> Result<Vec<Result<RgbImage>>> {
+pub(crate) fn dicom_file_frames_rgb8(
+    path: &Path,
+    file: std::fs::File,
+    frames: &[DicomFrame],
+    window: Option<Window>,
+) -> Result<Vec<Result<RgbImage>>> {
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    catching(path, || read_dicom(path, &mut std::io::BufReader::new(file), size, frames))
+    catching(path, || read_dicom(path, &mut std::io::BufReader::new(file), size, frames, window))
 }
 
 /// [`read_dicom`] of one frame, its decoder's panic the file's error.
 fn read_catching<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frame: DicomFrame) -> Result<RgbImage> {
-    let images = catching(path, || read_dicom(path, source, size, &[frame]))?;
+    let images = catching(path, || read_dicom(path, source, size, &[frame], None))?;
     images.into_iter().next().unwrap_or_else(|| Err(Error::format(path, "no frame was read")))
 }
 
@@ -229,7 +236,13 @@ fn catching<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
 /// header up to the Pixel Data read and checked first; then, for frames of an uncompressed file of
 /// several, each frame's bytes alone, else the whole file, parsed once. The outer error is the
 /// file's, the inner ones each frame's.
-fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frames: &[DicomFrame]) -> Result<Vec<Result<RgbImage>>> {
+fn read_dicom<R: Read + Seek>(
+    path: &Path,
+    source: &mut R,
+    size: u64,
+    frames: &[DicomFrame],
+    window: Option<Window>,
+) -> Result<Vec<Result<RgbImage>>> {
     let problem = |what: String| Error::format(path, what);
     let mut head = Vec::with_capacity(MAGIC_AT + 4);
     source
@@ -301,7 +314,7 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frames: &[
                     frame::read_native_frame(&mut object, source, &native, (index, total), geometry, photometric.as_str())
                         .map_err(problem)?;
                     frame::keep_frame(&mut object, (index, 1), geometry, photometric.as_str()).map_err(problem)?;
-                    frame_rgb8(path, object, sizes)
+                    frame_rgb8(path, object, sizes, window)
                 }));
             }
         }
@@ -321,7 +334,7 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frames: &[
                 // One frame: cut from the object in place, no copy of it.
                 let index = std::mem::replace(index, Ok(0))?;
                 frame::keep_frame(&mut object, (index, total), geometry, photometric.as_str()).map_err(problem)?;
-                return Ok(vec![frame_rgb8(path, object, sizes)]);
+                return Ok(vec![frame_rgb8(path, object, sizes, window)]);
             }
             // Several: the Pixel Data taken out once, each frame's part of it put in a copy of
             // the rest.
@@ -331,7 +344,7 @@ fn read_dicom<R: Read + Seek>(path: &Path, source: &mut R, size: u64, frames: &[
                     let mut one = object.clone();
                     frame::put_frame_pixels(&mut one, &pixels, (index, total), geometry, photometric.as_str()).map_err(problem)?;
                     frame::keep_frame(&mut one, (index, 1), geometry, photometric.as_str()).map_err(problem)?;
-                    frame_rgb8(path, one, sizes)
+                    frame_rgb8(path, one, sizes, window)
                 }));
             }
         }
@@ -352,7 +365,7 @@ struct ImageSizes {
 
 /// The single-frame image `object` (of the DICOM file `path`, of `sizes`) decoded, as a viewer
 /// displays it, to RGB8.
-fn frame_rgb8(path: &Path, mut object: DefaultDicomObject, sizes: ImageSizes) -> Result<RgbImage> {
+fn frame_rgb8(path: &Path, mut object: DefaultDicomObject, sizes: ImageSizes, window: Option<Window>) -> Result<RgbImage> {
     let problem = |what: String| Error::format(path, what);
     let ImageSizes { columns, rows, samples, bits_allocated, bits_stored } = sizes;
     check_stated_size(&object, (columns, rows)).map_err(problem)?;
@@ -368,7 +381,7 @@ fn frame_rgb8(path: &Path, mut object: DefaultDicomObject, sizes: ImageSizes) ->
         object.decode_pixel_data().map_err(|e| problem(format!("cannot decode the DICOM pixel data ({e}); it may be truncated, or compressed in a syntax medxfer does not read (JPEG XL, colour JPEG-LS)")))?;
     let image = match pixels.photometric_interpretation() {
         PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2 => {
-            gray_rgb8(&pixels, presentation_inverse(&object).map_err(problem)?).map_err(problem)?
+            gray_rgb8(&pixels, presentation_inverse(&object).map_err(problem)?, window).map_err(problem)?
         }
         decoded if pixels.samples_per_pixel() == 3 && pixels.bits_allocated() == 8 => {
             // JPEG and JPEG 2000 decoders convert to RGB and dicom-rs says so; its RLE decoder
@@ -683,13 +696,15 @@ fn ybr_full_to_rgb(pixel: &mut [u8]) {
 }
 
 /// A grayscale frame through the Modality and VOI LUTs to 8 bits, gray replicated; inverted where
-/// it is MONOCHROME1 or `inverse` (its Presentation LUT Shape).
-fn gray_rgb8(pixels: &DecodedPixelData<'_>, inverse: bool) -> std::result::Result<RgbImage, String> {
+/// it is MONOCHROME1 or `inverse` (its Presentation LUT Shape). A `user_window` replaces the VOI.
+fn gray_rgb8(pixels: &DecodedPixelData<'_>, inverse: bool, user_window: Option<Window>) -> std::result::Result<RgbImage, String> {
     let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::Default).with_voi_lut(VoiLutOption::Identity);
     let modality: Vec<f64> = pixels.to_vec_frame_with_options(0, &options).map_err(|e| format!("cannot read the DICOM samples ({e})"))?;
     let table = pixels.voi_lut_sequence().map_err(|e| format!("cannot read the DICOM VOI LUT Sequence ({e})"))?.and_then(|t| t.first());
     let window = pixels.window().map_err(|e| format!("cannot read the DICOM window ({e})"))?.and_then(|w| w.first().copied());
-    let unit: Vec<f64> = if let Some(table) = table {
+    let unit: Vec<f64> = if let Some(user_window) = user_window {
+        modality.iter().map(|&v| user_window.unit(v)).collect()
+    } else if let Some(table) = table {
         // Values below the table's first mapped value take its first entry, above its end its
         // last (C.11.2.1.1); the entries span the bits they use, at most the declared depth
         // (a CR's 12-bit table declared 16 bits would come out near black; dicom-rs reads it so).
@@ -752,7 +767,7 @@ fn check_window(function: VoiLutFunction, window: WindowLevel) -> std::result::R
 }
 
 /// A modality value through a window to 0..=1 (PS3.3 C.11.2.1.2.1, C.11.2.1.3.1-2).
-fn windowed(function: VoiLutFunction, window: WindowLevel, value: f64) -> f64 {
+pub(crate) fn windowed(function: VoiLutFunction, window: WindowLevel, value: f64) -> f64 {
     let WindowLevel { center, width } = window;
     match function {
         VoiLutFunction::Sigmoid => 1.0 / (1.0 + (-4.0 * (value - center) / width).exp()),
@@ -841,12 +856,12 @@ mod tests {
         let bytes = loop_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, (3, "RGB"), PrimitiveValue::from(pixels).into());
         let size = bytes.len() as u64;
         let mut source = Counted { inner: Cursor::new(bytes.clone()), read: 0 };
-        let images = read_dicom(Path::new("loop.dcm"), &mut source, size, &[DicomFrame::Last]).unwrap();
+        let images = read_dicom(Path::new("loop.dcm"), &mut source, size, &[DicomFrame::Last], None).unwrap();
         assert!(images[0].as_ref().unwrap().as_raw().iter().all(|&v| v == 140), "not the last frame");
         assert!(source.read < 2 * frame_bytes as u64, "{} of {size} bytes read", source.read);
         // Two frames read together (each frame an image): the two alone, each itself.
         let mut source = Counted { inner: Cursor::new(bytes), read: 0 };
-        let images = read_dicom(Path::new("loop.dcm"), &mut source, size, &[DicomFrame::Last, DicomFrame::First]).unwrap();
+        let images = read_dicom(Path::new("loop.dcm"), &mut source, size, &[DicomFrame::Last, DicomFrame::First], None).unwrap();
         let values: Vec<u8> = images.iter().map(|image| image.as_ref().unwrap().as_raw()[0]).collect();
         assert!(images.iter().zip(&values).all(|(image, &v)| image.as_ref().unwrap().as_raw().iter().all(|&s| s == v)));
         assert_eq!(values, [140, 20]);
@@ -862,7 +877,7 @@ mod tests {
         let bytes = loop_file(uids::JPEG_BASELINE8_BIT, (1, "MONOCHROME2"), Value::PixelSequence(fragments));
         let size = bytes.len() as u64;
         let mut source = Counted { inner: Cursor::new(bytes), read: 0 };
-        let images = read_dicom(Path::new("xa.dcm"), &mut source, size, &[DicomFrame::Only]).unwrap();
+        let images = read_dicom(Path::new("xa.dcm"), &mut source, size, &[DicomFrame::Only], None).unwrap();
         let error = images[0].as_ref().unwrap_err().to_string();
         assert!(error.contains("holds 3 frames"), "{error}");
         assert!(source.read < 100_000, "{} of {size} bytes read", source.read);

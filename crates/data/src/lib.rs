@@ -66,7 +66,7 @@ pub use decode::{
     DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, decode_image, decode_rgb8, is_image_file, load_image, load_image_frame,
     load_image_frames, load_rgb8,
 };
-pub use dicom::{DicomFrame, dicom_patient_id};
+pub use dicom::{DicomFrame, Window, dicom_patient_id};
 pub use error::{Error, Result};
 pub use files::is_os_bookkeeping;
 pub use frames::{FrameSelection, frame_count, frame_entries};

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use medxfer_data::{
-    Catalog, CheckOptions, DicomFrame, FRAMES_PER_READ, FrameSelection, ManifestInfo, Role, Source, changed_manifest_files, files_checksum,
-    frame_count, load_image_frames, ood_entries, read_manifest, read_manifest_info, read_manifest_of, scan_clean, scan_dataset,
-    split_counts, split_task, write_manifest,
+    Catalog, CheckOptions, DicomFrame, FRAMES_PER_READ, FrameSelection, ManifestInfo, Role, Source, Window, changed_manifest_files,
+    files_checksum, frame_count, load_image_frames, ood_entries, read_manifest, read_manifest_info, read_manifest_of, scan_clean,
+    scan_dataset, split_counts, split_task, write_manifest,
 };
 
 #[derive(Parser)]
@@ -91,6 +91,10 @@ enum Command {
         /// middle, last, N), or all / every:K for a contact sheet of the frames kept.
         #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
         dicom_frame: FrameSelection,
+        /// A display window of your own for grayscale DICOM and NIfTI images, CENTER,WIDTH in
+        /// their rescaled values (CT brain 40,80): in place of the file's window or display range.
+        #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
+        window: Option<Window>,
         /// The PNG written.
         #[arg(long)]
         out: PathBuf,
@@ -181,16 +185,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth { dataset, out, n, seed } => synth(&catalog, &dataset, &out, n, seed),
-        Command::Show { file, dicom_frame, out, tile, columns } => {
-            show(&file, dicom_frame, &out, (tile, columns))?;
+        Command::Show { file, dicom_frame, window, out, tile, columns } => {
+            show(&file, (dicom_frame, window), &out, (tile, columns))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// `show`: the frames `selection` keeps of `file`, written to `out` (one image, or a contact
-/// sheet of `tile`-pixel tiles, `columns` a row), and a line saying what they are.
-fn show(file: &Path, selection: FrameSelection, out: &Path, (tile, columns): (u32, u32)) -> Result<()> {
+/// `show`: the frames `selection` keeps of `file` (through `window` where given), written to
+/// `out` (one image, or a contact sheet of `tile`-pixel tiles, `columns` a row), and a line
+/// saying what they are.
+fn show(file: &Path, (selection, window): (FrameSelection, Option<Window>), out: &Path, (tile, columns): (u32, u32)) -> Result<()> {
     if tile == 0 || columns == 0 {
         bail!("--tile and --columns take a whole number from 1");
     }
@@ -201,7 +206,7 @@ fn show(file: &Path, selection: FrameSelection, out: &Path, (tile, columns): (u3
     };
     let mut images = Vec::with_capacity(frames.len());
     for run in frames.chunks(FRAMES_PER_READ) {
-        for decoded in load_image_frames(file, run)? {
+        for decoded in load_image_frames(file, run, window)? {
             images.push(decoded?);
         }
     }

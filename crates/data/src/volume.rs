@@ -25,7 +25,7 @@ use flate2::read::GzDecoder;
 use image::RgbImage;
 use nifti::{DataElement, Endianness, InMemNiftiVolume, NiftiHeader, NiftiType, StreamedNiftiVolume};
 
-use crate::dicom::DicomFrame;
+use crate::dicom::{DicomFrame, Window};
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
 
@@ -121,8 +121,14 @@ pub(crate) fn slice_count(path: &Path) -> Result<u32> {
 }
 
 /// The NIfTI file at `path` (its bytes already read where `bytes` holds them), one image for each
-/// of `frames`: the outer error is the file's, the inner ones each frame's.
-pub(crate) fn slices_rgb8(path: &Path, bytes: Option<&[u8]>, frames: &[DicomFrame]) -> Result<Vec<Result<RgbImage>>> {
+/// of `frames`, a grayscale one through `window` where given (in place of the display range or
+/// the volume's min-max): the outer error is the file's, the inner ones each frame's.
+pub(crate) fn slices_rgb8(
+    path: &Path,
+    bytes: Option<&[u8]>,
+    frames: &[DicomFrame],
+    window: Option<Window>,
+) -> Result<Vec<Result<RgbImage>>> {
     let mut stored = match bytes {
         Some(bytes) => stored(Cursor::new(bytes.to_vec()), bytes.len() as u64).map_err(|e| Error::io(path, e))?,
         None => open(path)?,
@@ -149,7 +155,7 @@ pub(crate) fn slices_rgb8(path: &Path, bytes: Option<&[u8]>, frames: &[DicomFram
         return Ok(indices.into_iter().map(|index| Err(Error::format(path, index.err().unwrap_or_default()))).collect());
     }
     skip_to_voxels(path, &header, &mut stored.content)?;
-    let mut slices = read_slices(path, &header, shape, stored.content, &wanted)?.into_iter();
+    let mut slices = read_slices(path, &header, shape, stored.content, (&wanted, window))?.into_iter();
     // `wanted` are the chosen indices in order, so each chosen frame takes the next slice read.
     Ok(indices.into_iter().map(|index| index.map_err(|why| Error::format(path, why)).map(|_| slices.next().unwrap_or_default())).collect())
 }
@@ -279,14 +285,20 @@ fn skip_to_voxels(path: &Path, header: &NiftiHeader, source: &mut Box<dyn Read>)
 }
 
 /// The slices `wanted` (0-based, in any order) as RGB8, read in one pass over the voxels: to the
-/// last one wanted where the header's display range windows them, else to the volume's end for
-/// its range.
-fn read_slices(path: &Path, header: &NiftiHeader, shape: Shape, mut source: Box<dyn Read>, wanted: &[u32]) -> Result<Vec<RgbImage>> {
+/// last one wanted where `window` or the header's display range windows them, else to the
+/// volume's end for its range.
+fn read_slices(
+    path: &Path,
+    header: &NiftiHeader,
+    shape: Shape,
+    mut source: Box<dyn Read>,
+    (wanted, window): (&[u32], Option<Window>),
+) -> Result<Vec<RgbImage>> {
     let colour = matches!(shape.datatype, NiftiType::Rgb24 | NiftiType::Rgba32);
     let display = (header.cal_min.is_finite() && header.cal_max.is_finite() && header.cal_max > header.cal_min)
         .then(|| (f64::from(header.cal_min), f64::from(header.cal_max)));
     let last_wanted = wanted.iter().copied().max().unwrap_or_default();
-    let read_to = if colour || display.is_some() { last_wanted + 1 } else { shape.slices };
+    let read_to = if colour || display.is_some() || window.is_some() { last_wanted + 1 } else { shape.slices };
     let mut volume = StreamedNiftiVolume::from_reader_rank(&mut source, header, 2)
         .map_err(|e| Error::format(path, format!("cannot read the NIfTI voxels ({e})")))?;
     let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -321,7 +333,12 @@ fn read_slices(path: &Path, header: &NiftiHeader, shape: Shape, mut source: Box<
             .map_err(|e| Error::format(path, format!("the NIfTI file's gzip data is damaged or truncated ({e}); copy it again")))?;
     }
     let (low, high) = display.unwrap_or((low, high));
-    Ok(images.into_iter().zip(&values_of).map(|(image, values)| image.unwrap_or_else(|| gray_rgb8(shape, values, low, high))).collect())
+    let unit = |v: f64| match window {
+        Some(window) => window.unit(v),
+        None if high > low => (v - low) / (high - low),
+        None => 0.0,
+    };
+    Ok(images.into_iter().zip(&values_of).map(|(image, values)| image.unwrap_or_else(|| gray_rgb8(shape, values, unit))).collect())
 }
 
 /// A grayscale slice's values in storage order (the first axis fastest), scaled by `header`'s
@@ -366,13 +383,13 @@ fn finite_range(values: &[f64], (mut low, mut high): (f64, f64)) -> (f64, f64) {
     (low, high)
 }
 
-/// Scaled values in storage order to the image: the first axis across, the second up; `low`..
-/// `high` to black..white (half up, as a viewer's lookup table rounds), NaN black.
-fn gray_rgb8(shape: Shape, values: &[f64], low: f64, high: f64) -> RgbImage {
+/// Scaled values in storage order to the image: the first axis across, the second up; each
+/// through `unit` to black..white (0..1; half up, as a viewer's lookup table rounds), NaN black.
+fn gray_rgb8(shape: Shape, values: &[f64], unit: impl Fn(f64) -> f64) -> RgbImage {
     let (width, height) = (u32::from(shape.width), u32::from(shape.height));
     RgbImage::from_fn(width, height, |column, row| {
         let v = values.get(((height - 1 - row) * width + column) as usize).copied().unwrap_or(f64::NAN);
-        let unit = if high > low && v.is_finite() { ((v - low) / (high - low)).clamp(0.0, 1.0) } else { 0.0 };
+        let unit = if v.is_finite() { unit(v).clamp(0.0, 1.0) } else { 0.0 };
         image::Rgb([(unit * 255.0 + 0.5).floor() as u8; 3])
     })
 }

@@ -21,7 +21,7 @@ fn replica(name: &str, per_class: usize) -> (tempfile::TempDir, Vec<Entry>) {
 }
 
 /// A cine loop's cache holds the frame chosen, under a key of its own: the middle frame's images
-/// are never read back as the first's.
+/// are never read back as the first's; nor a CT slice's through a window of one's own as its own.
 #[test]
 fn a_cache_of_dicom_frames_is_keyed_by_the_frame_chosen() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
@@ -31,13 +31,24 @@ fn a_cache_of_dicom_frames_is_keyed_by_the_frame_chosen() {
     assert!(error.contains("holds 3 frames"), "{error}");
     let mut keys = BTreeSet::new();
     for (frame, named) in [(DicomFrame::First, "-ffirst-"), (DicomFrame::Middle, "-fmiddle-"), (DicomFrame::Number(3), "-f3-")] {
-        let cache = ImageCache::open_or_build_frame(dir.path(), "cine", &fixtures, &entries, (16, frame), false).unwrap();
+        let cache = ImageCache::open_or_build_frame(dir.path(), "cine", &fixtures, &entries, (16, frame, None), false).unwrap();
         assert!(cache.key().starts_with(&format!("cine-s16-d{DECODE_REVISION}{named}")), "{}", cache.key());
         let expected = transform::resize_shorter(&load_image_frame(&fixtures.join("us_cine.dcm"), frame).unwrap().image, 16).unwrap();
         assert_eq!(cache.read(0).unwrap(), expected, "{frame}");
         keys.insert(cache.key().to_string());
     }
     assert_eq!(keys.len(), 3);
+    // A window of one's own: another key, the images through it.
+    let window: medxfer_data::Window = "40,80".parse().unwrap();
+    let ct = [Entry { path: "ct_window.dcm".into(), label: 0, group: "a".into(), split: Part::Train, frame: None }];
+    let own = ImageCache::open_or_build(dir.path(), "ct", &fixtures, &ct, 16, false).unwrap();
+    let windowed = ImageCache::open_or_build_frame(dir.path(), "ct", &fixtures, &ct, (16, DicomFrame::Only, Some(window)), false).unwrap();
+    assert!(windowed.key().starts_with(&format!("ct-s16-d{DECODE_REVISION}-w40,80-")), "{}", windowed.key());
+    assert_ne!(own.key(), windowed.key());
+    let through = medxfer_data::load_image_frames(&fixtures.join("ct_window.dcm"), &[DicomFrame::Only], Some(window)).unwrap();
+    let expected = transform::resize_shorter(&through[0].as_ref().unwrap().image, 16).unwrap();
+    assert_eq!(windowed.read(0).unwrap(), expected);
+    assert_ne!(own.read(0).unwrap(), expected);
 }
 
 #[test]

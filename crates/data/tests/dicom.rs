@@ -97,7 +97,7 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
         // Read together, the file parsed once (each frame an image), last first: each frame as
         // read alone (pydicom's, above); a frame beyond the file's is that frame's error alone.
         let asked: Vec<DicomFrame> = (1..=frames + 1).rev().map(DicomFrame::Number).collect();
-        let together = load_image_frames(&path, &asked).unwrap();
+        let together = load_image_frames(&path, &asked, None).unwrap();
         assert_eq!(together.len(), asked.len());
         let error = together[0].as_ref().unwrap_err().to_string();
         assert!(error.contains(&format!("has no frame {}", frames + 1)), "{name}: {error}");
@@ -370,7 +370,7 @@ fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
 
     let frames = frame_entries(&fixtures(), &entries, FrameSelection::Every(1)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &frames, (16, DicomFrame::Only), false).unwrap();
+    let cache = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &frames, (16, DicomFrame::Only, None), false).unwrap();
     assert_eq!(cache.len(), frames.len());
     for (i, entry) in frames.iter().enumerate() {
         let name = format!("{}#{}", entry.path, entry.frame.unwrap_or(1));
@@ -383,7 +383,7 @@ fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
     // now is.
     let mut reversed = frames.clone();
     reversed[..3].reverse();
-    let other = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &reversed, (16, DicomFrame::Only), false).unwrap();
+    let other = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &reversed, (16, DicomFrame::Only, None), false).unwrap();
     assert_eq!(other.read(0).unwrap(), cache.read(2).unwrap());
     assert_ne!(other.read(0).unwrap(), cache.read(0).unwrap());
     // A count more than the file can hold (a damaged header: a billion frames of a 2 kB file)

@@ -70,7 +70,7 @@ fn mutated_nifti_files_decode_or_fail_naming_the_file() {
         |bytes: &Vec<u8>| {
             std::fs::write(&path, bytes).unwrap();
             let named = |error: &medxfer_data::Error| assert!(error.to_string().contains("volume.nii"), "{error}");
-            match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Number(9)]) {
+            match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Number(9)], None) {
                 Ok(images) => {
                     assert_eq!(images.len(), 3);
                     images.iter().filter_map(|image| image.as_ref().err()).for_each(named);
@@ -126,7 +126,7 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
             |bytes: &Vec<u8>| {
                 std::fs::write(&path, bytes).unwrap();
                 let named = |error: &medxfer_data::Error| assert!(error.to_string().contains("loop.dcm"), "{name}: {error}");
-                match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Middle]) {
+                match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Middle], None) {
                     Ok(images) => {
                         assert_eq!(images.len(), 3, "{name}");
                         images.iter().filter_map(|image| image.as_ref().err()).for_each(named);

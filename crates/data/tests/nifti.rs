@@ -56,7 +56,7 @@ fn every_nifti_slice_decodes_as_nibabel_shows_it() {
         // Read together, last first, one beyond the volume: each as read alone, that one an
         // error of its own.
         let asked: Vec<DicomFrame> = (1..=slices + 1).rev().map(DicomFrame::Number).collect();
-        let together = load_image_frames(&path, &asked).unwrap();
+        let together = load_image_frames(&path, &asked, None).unwrap();
         let error = together[0].as_ref().unwrap_err().to_string();
         assert!(error.starts_with(&path.display().to_string()) && error.contains(&format!("no slice {}", slices + 1)), "{error}");
         for (decoded, &frame) in together.iter().zip(&asked).skip(1) {

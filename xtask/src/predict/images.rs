@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use medxfer_data::{DicomFrame, Entry, FrameSelection, Part};
+use medxfer_data::{DicomFrame, Entry, FrameSelection, Part, Window};
 use medxfer_train::SplitData;
 
 use crate::rank::images::LabelColumns;
@@ -120,7 +120,8 @@ pub struct Cached {
 }
 
 /// The decoded images' cache (shorter side `resize`; of a DICOM file of several frames, the
-/// frame or frames `selection` keeps, each an image). An image that cannot be read stops the run
+/// frame or frames `selection` keeps, each an image; grayscale DICOM and NIfTI images through
+/// `window` where given). An image that cannot be read stops the run
 /// with every such image listed, as rank and the study do, unless `skip` (--skip-unreadable):
 /// then the unreadable ones (each image decoded once more to tell which, only on this path;
 /// a loop is unreadable where one of its frames kept is) are left out of `images.paths` and
@@ -129,11 +130,11 @@ pub struct Cached {
 pub fn cached_images(
     cache_dir: &Path,
     images: &mut Images,
-    (resize, selection): (u32, FrameSelection),
+    (resize, selection, window): (u32, FrameSelection, Option<Window>),
     skip: bool,
     listing: &Path,
 ) -> Result<Cached> {
-    let first = cached_files(cache_dir, images, (resize, selection));
+    let first = cached_files(cache_dir, images, (resize, selection, window));
     let cached = match first {
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) if skip => Err(unreadable),
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) => {
@@ -146,7 +147,7 @@ pub fn cached_images(
         Err(unreadable) => {
             use rayon::prelude::*;
             let errors: Vec<Option<String>> =
-                images.paths.par_iter().map(|path| unreadable_because(&images.root, path, selection)).collect();
+                images.paths.par_iter().map(|path| unreadable_because(&images.root, path, (selection, window))).collect();
             let rows: Vec<Vec<String>> = images
                 .paths
                 .iter()
@@ -164,7 +165,7 @@ pub fn cached_images(
             images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
             crate::results::write_rows(listing, &["path", "error"], &rows)?;
             eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
-            let (split, file_of, frames) = cached_files(cache_dir, images, (resize, selection))?;
+            let (split, file_of, frames) = cached_files(cache_dir, images, (resize, selection, window))?;
             return Ok(Cached { split, readable: Some(readable), file_of, frames });
         }
     };
@@ -179,7 +180,7 @@ pub fn cached_images(
 fn cached_files(
     cache_dir: &Path,
     images: &Images,
-    (resize, selection): (u32, FrameSelection),
+    (resize, selection, window): (u32, FrameSelection, Option<Window>),
 ) -> medxfer_train::Result<(SplitData, Vec<usize>, Vec<Option<u32>>)> {
     // Labels are not read; the cache wants one per image. The group is the file's index, which
     // its frames keep.
@@ -192,20 +193,26 @@ fn cached_files(
     let entries = medxfer_data::frame_entries(&images.root, &files, selection)?;
     let file_of = entries.iter().map(|e| e.group.parse().unwrap_or(usize::MAX)).collect();
     let frames = entries.iter().map(|e| e.frame).collect();
-    let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries, (resize, selection.per_file()), true)?;
+    let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries, (resize, selection.per_file(), window), true)?;
     Ok((split, file_of, frames))
 }
 
 /// The frame `frames` names of each of `images` (one a file, in order), decoded into the cache
-/// apart for `--saliency` (an earlier run's removed).
-pub fn saliency_frames(cache_dir: &Path, images: &Images, frames: &[Option<u32>], resize: u32) -> Result<SplitData> {
+/// apart for `--saliency` (an earlier run's removed), through `window` as predicted.
+pub fn saliency_frames(
+    cache_dir: &Path,
+    images: &Images,
+    frames: &[Option<u32>],
+    (resize, window): (u32, Option<Window>),
+) -> Result<SplitData> {
     let entries: Vec<Entry> = images
         .paths
         .iter()
         .zip(frames)
         .map(|(path, &frame)| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test, frame })
         .collect();
-    let split = SplitData::cached_frame(cache_dir, SALIENCY_FRAMES_CACHE, &images.root, &entries, (resize, DicomFrame::Only), false)?;
+    let split =
+        SplitData::cached_frame(cache_dir, SALIENCY_FRAMES_CACHE, &images.root, &entries, (resize, DicomFrame::Only, window), false)?;
     crate::rank::images::prune_caches(cache_dir, SALIENCY_FRAMES_CACHE, split.cache.key());
     Ok(split)
 }
@@ -214,9 +221,9 @@ pub fn saliency_frames(cache_dir: &Path, images: &Images, frames: &[Option<u32>]
 /// "predict-...": pruning predict's own caches would take it).
 const SALIENCY_FRAMES_CACHE: &str = "shown-frames";
 
-/// Why the image `path` under `root` cannot be read as `selection` reads it (a loop: where one of
-/// the frames kept cannot, read as the cache reads them), or `None` where it can.
-fn unreadable_because(root: &Path, path: &str, selection: FrameSelection) -> Option<String> {
+/// Why the image `path` under `root` cannot be read as `selection` and `window` read it (a loop:
+/// where one of the frames kept cannot, read as the cache reads them), or `None` where it can.
+fn unreadable_because(root: &Path, path: &str, (selection, window): (FrameSelection, Option<Window>)) -> Option<String> {
     let file = Entry { path: path.to_string(), label: 0, group: String::new(), split: Part::Test, frame: None };
     let frames = match medxfer_data::frame_entries(root, &[file], selection) {
         Ok(entries) => entries.iter().map(|entry| entry.frame.map_or(selection.per_file(), DicomFrame::Number)).collect::<Vec<_>>(),
@@ -225,7 +232,7 @@ fn unreadable_because(root: &Path, path: &str, selection: FrameSelection) -> Opt
         Err(error) => return Some(error.to_string()),
     };
     let path = root.join(path);
-    frames.chunks(medxfer_data::FRAMES_PER_READ).find_map(|frames| match medxfer_data::load_image_frames(&path, frames) {
+    frames.chunks(medxfer_data::FRAMES_PER_READ).find_map(|frames| match medxfer_data::load_image_frames(&path, frames, window) {
         Ok(images) => images.into_iter().find_map(Result::err).map(|e| e.to_string()),
         Err(error) => Some(error.to_string()),
     })

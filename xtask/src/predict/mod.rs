@@ -70,6 +70,11 @@ pub struct PredictArgs {
     /// row a file. By default as rank read its images (`dicom_frame` in the model's card).
     #[arg(long, visible_alias = "slice", value_name = "FRAME")]
     pub dicom_frame: Option<FrameSelection>,
+    /// A display window for grayscale DICOM and NIfTI images (CENTER,WIDTH, as rank takes it). By
+    /// default the one rank read its images through (`window` in the model's card), else each
+    /// file's own.
+    #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
+    pub window: Option<medxfer_data::Window>,
     /// Divide the logits by the temperature rank fitted on the val part (temperature scaling,
     /// Guo et al. 2017) before the softmax: the same predicted classes, probabilities that match
     /// how often the model is right. By default the probabilities are as the model gives them.
@@ -153,6 +158,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     let frames = args.dicom_frame.unwrap_or(card.dicom_frame);
+    let window = args.window.or(card.window);
     check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(
@@ -182,8 +188,12 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     if frames != card.dicom_frame {
         eprintln!("--dicom-frame {frames}: the model was fine-tuned on the DICOM frame '{}' of rank's images", card.dicom_frame);
     }
+    if window != card.window {
+        let shown = |window: Option<medxfer_data::Window>| window.map_or_else(|| "each file's own".to_string(), |w| w.to_string());
+        eprintln!("--window {}: the model was fine-tuned on rank's images read through {}", shown(window), shown(card.window));
+    }
     let Cached { split, readable, file_of, frames: image_frames } =
-        cached_images(&cache_dir, &mut images, (card.resize, frames), args.skip_unreadable, &listing)?;
+        cached_images(&cache_dir, &mut images, (card.resize, frames, window), args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
     // The labels of the images predicted, where some were left out.
     let csv_truth = match (csv_truth, &readable) {
@@ -234,7 +244,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
             // A loop's map on its frame most telling of the class drawn.
             let shown =
                 frame_logits.as_ref().map(|frame_logits| telling_frames(frame_logits, (&file_of, &image_frames), &classes, temperature));
-            let shown_split = shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images, shown, card.resize)).transpose()?;
+            let shown_split = shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images, shown, (card.resize, window))).transpose()?;
             let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
             let mut batches = SaliencyBatches::new(&model, shown_split.as_ref().unwrap_or(&split), &settings, &classes)?;
             let written =
@@ -508,6 +518,7 @@ mod tests {
                 mean: [0.5; 3],
                 std: [0.5; 3],
                 dicom_frame: FrameSelection::default(),
+                window: None,
                 val_balanced_accuracy: Some(val),
                 test_balanced_accuracy: Some(test),
                 temperature: None,

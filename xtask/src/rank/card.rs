@@ -34,6 +34,10 @@ pub struct ModelCard {
     /// mean); `only` (such files refused) on cards written before it was kept.
     #[serde(default)]
     pub dicom_frame: medxfer_data::FrameSelection,
+    /// The display window grayscale DICOM and NIfTI images were read through (rank's --window),
+    /// which `predict` reads new ones through too; none: each file's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<medxfer_data::Window>,
     /// The kept epoch's on the val part of rank's split (finetune_split.csv): what `predict`
     /// chooses by, so that the test part's stays an estimate the choice did not see.
     #[serde(default)]

@@ -46,6 +46,13 @@ pub struct ImagesReading {
     /// the finding is the user's call. `predict` reads new files' frames as the ranking read these.
     #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
     pub dicom_frame: medxfer_data::FrameSelection,
+    /// A display window of your own for grayscale DICOM and NIfTI images, CENTER,WIDTH in their
+    /// rescaled values (CT in Hounsfield units: brain 40,80, soft tissue 50,350, lung -600,1500),
+    /// applied as DICOM's LINEAR window: in place of a DICOM file's window or VOI LUT table and a
+    /// NIfTI volume's display range or min-max (MONOCHROME1 still inverted; colour images as they
+    /// are). `predict` reads new images through it too.
+    #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
+    pub window: Option<medxfer_data::Window>,
 }
 
 /// The path, label and optional group columns' names.

@@ -475,7 +475,7 @@ fn part_of(entries: &[Entry], part: Part) -> Vec<Entry> {
 /// `entries`' images decoded into OUT/cache/ as the part `name` (read back where decoded before).
 fn decoded_part(args: &RankArgs, images: &LabelledImages, entries: &[Entry], name: &str) -> Result<SplitData> {
     let frame = args.reading.dicom_frame.per_file();
-    Ok(SplitData::cached_frame(&args.out.join("cache"), name, &images.root, entries, (args.resize, frame), true)?)
+    Ok(SplitData::cached_frame(&args.out.join("cache"), name, &images.root, entries, (args.resize, frame, args.reading.window), true)?)
 }
 
 /// The candidates that were not ranked, a markdown bullet each with its error.

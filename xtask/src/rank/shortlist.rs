@@ -69,7 +69,7 @@ impl Shortlist<'_> {
             "saliency",
             &self.images.root,
             &chosen_entries,
-            (args.resize, args.reading.dicom_frame.per_file()),
+            (args.resize, args.reading.dicom_frame.per_file(), args.reading.window),
             false,
         )?;
         super::images::prune_caches(&cache_dir, "saliency", saliency_images.cache.key());
@@ -181,6 +181,7 @@ impl Shortlist<'_> {
             mean: normalization.mean,
             std: normalization.std,
             dicom_frame: args.reading.dicom_frame,
+            window: args.reading.window,
             val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
             test_balanced_accuracy: row.test_balanced_accuracy,
             temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),

@@ -1,0 +1,30 @@
+#![allow(clippy::unwrap_used)]
+//! A display window of the user's own (`--window CENTER,WIDTH`) over grayscale DICOM and NIfTI
+//! images, as pydicom's windowing applies it (tests/fixtures/make_windows.py): in place of the
+//! file's window, VOI LUT table, display range or min-max; MONOCHROME1 still inverted; colour
+//! untouched.
+
+mod common;
+
+use medxfer_data::{DicomFrame, Window, load_image_frame, load_image_frames};
+
+#[test]
+fn a_window_of_ones_own_replaces_the_files_as_pydicom_applies_it() {
+    let expected = common::expected(&common::fixtures("windows"));
+    assert_eq!(expected.len(), 11);
+    for (key, truth) in &expected {
+        let (file, rest) = key.split_once('@').unwrap();
+        let (window, frame) = match rest.split_once('#') {
+            Some((window, slice)) => (window, DicomFrame::Number(slice.parse().unwrap())),
+            None => (rest, DicomFrame::Only),
+        };
+        let window: Window = window.parse().unwrap();
+        let path = common::fixtures("").join(file);
+        let ours = load_image_frames(&path, &[frame], Some(window)).unwrap().remove(0).unwrap().image;
+        let (max, _, _) = common::differences(key, &ours, truth);
+        assert_eq!(max, 0, "{key}");
+        // The file's own display differs, but for colour, which a window leaves as it is.
+        let own = load_image_frame(&path, frame).unwrap().image;
+        assert_eq!(own == ours, file.starts_with("dicom/rgb"), "{key}");
+    }
+}
