@@ -14,8 +14,9 @@ use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::volume;
 
-/// Which frames of a DICOM file of several become images: one chosen frame (the file one image),
-/// or every k-th frame from the first (all of them where k is 1), each an image of its own.
+/// Which frames of a DICOM file of several (or slices of a NIfTI volume) become images: one chosen
+/// frame (the file one image), or every k-th frame from the first (all of them where k is 1), each
+/// an image of its own.
 /// Written and read as `--dicom-frame` spells it: only, first, middle, last, N, all or every:K.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]

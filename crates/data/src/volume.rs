@@ -18,6 +18,7 @@
 //! and complex data are refused with the conversion that makes them readable. [`slice_plane`]
 //! says which anatomical plane the slices lie in (rank warns where a folder's volumes differ).
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, Cursor, Read};
 use std::path::Path;
 
@@ -58,6 +59,30 @@ struct Stored {
     content: Box<dyn Read>,
     bytes: u64,
     gzip: bool,
+    /// The file's path, size and modification time, where it was opened from disk: what its
+    /// volume range is remembered by.
+    identity: Option<FileIdentity>,
+}
+
+/// A file on disk as [`VOLUME_RANGES`] knows it: a changed file (another size or time) is another.
+type FileIdentity = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
+
+/// Each volume's min-max range, once a read went through the whole volume for it: the image
+/// cache reads a volume's slices (`--slice all`) in runs of `FRAMES_PER_READ`, and each run would
+/// otherwise convert every slice again (15 ms a slice of a 512 x 512 x 200 volume, not 2 ms).
+/// Forgotten at [`REMEMBERED_RANGES`] volumes.
+static VOLUME_RANGES: std::sync::Mutex<BTreeMap<FileIdentity, (f64, f64)>> = std::sync::Mutex::new(BTreeMap::new());
+const REMEMBERED_RANGES: usize = 100_000;
+
+/// How a grayscale volume's values become 0..1.
+#[derive(Debug, Clone, Copy)]
+enum Scale {
+    /// The user's window.
+    Window(Window),
+    /// A known range: the header's display range, or the volume's min-max read before.
+    Range(f64, f64),
+    /// The volume's min-max, to be found by reading it whole.
+    VolumeRange,
 }
 
 /// deflate's largest ratio (a run of one byte): a gzip file holds at least 1/1032 of its data.
@@ -155,7 +180,20 @@ pub(crate) fn slices_rgb8(
         return Ok(indices.into_iter().map(|index| Err(Error::format(path, index.err().unwrap_or_default()))).collect());
     }
     skip_to_voxels(path, &header, &mut stored.content)?;
-    let mut slices = read_slices(path, &header, shape, stored.content, (&wanted, window))?.into_iter();
+    let remembered = |identity: &FileIdentity| VOLUME_RANGES.lock().ok().and_then(|ranges| ranges.get(identity).copied());
+    let scale = match (window, display_range(&header), stored.identity.as_ref().and_then(remembered)) {
+        (Some(window), _, _) => Scale::Window(window),
+        (None, Some((low, high)), _) | (None, None, Some((low, high))) => Scale::Range(low, high),
+        (None, None, None) => Scale::VolumeRange,
+    };
+    let (slices, range) = read_slices(path, &header, shape, stored.content, (&wanted, scale))?;
+    if let (Some(range), Some(identity), Ok(mut ranges)) = (range, stored.identity, VOLUME_RANGES.lock()) {
+        if ranges.len() >= REMEMBERED_RANGES {
+            ranges.clear();
+        }
+        ranges.insert(identity, range);
+    }
+    let mut slices = slices.into_iter();
     // `wanted` are the chosen indices in order, so each chosen frame takes the next slice read.
     Ok(indices.into_iter().map(|index| index.map_err(|why| Error::format(path, why)).map(|_| slices.next().unwrap_or_default())).collect())
 }
@@ -178,15 +216,17 @@ fn slice_index(frame: DicomFrame, slices: u32) -> std::result::Result<u32, Strin
 fn open(path: &Path) -> Result<Stored> {
     let io = |e| Error::io(path, e);
     let file = std::fs::File::open(path).map_err(io)?;
-    let bytes = file.metadata().map_err(io)?.len();
-    stored(BufReader::new(file), bytes).map_err(io)
+    let metadata = file.metadata().map_err(io)?;
+    let mut stored = stored(BufReader::new(file), metadata.len()).map_err(io)?;
+    stored.identity = Some((path.to_path_buf(), metadata.len(), metadata.modified().ok()));
+    Ok(stored)
 }
 
 /// `source` of `bytes` on disk, through a gzip decoder where its first bytes are gzip's magic.
 fn stored<R: std::io::BufRead + 'static>(mut source: R, bytes: u64) -> std::io::Result<Stored> {
     let gzip = source.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     let content: Box<dyn Read> = if gzip { Box::new(BufReader::new(GzDecoder::new(source))) } else { Box::new(source) };
-    Ok(Stored { content, bytes, gzip })
+    Ok(Stored { content, bytes, gzip, identity: None })
 }
 
 /// The NIfTI-1 header at the start of `source`, read past.
@@ -284,21 +324,26 @@ fn skip_to_voxels(path: &Path, header: &NiftiHeader, source: &mut Box<dyn Read>)
     Ok(())
 }
 
-/// The slices `wanted` (0-based, in any order) as RGB8, read in one pass over the voxels: to the
-/// last one wanted where `window` or the header's display range windows them, else to the
-/// volume's end for its range.
+/// The header's display range, cal_min..cal_max, where it sets one.
+fn display_range(header: &NiftiHeader) -> Option<(f64, f64)> {
+    (header.cal_min.is_finite() && header.cal_max.is_finite() && header.cal_max > header.cal_min)
+        .then(|| (f64::from(header.cal_min), f64::from(header.cal_max)))
+}
+
+/// The slices `wanted` (0-based, in any order) as RGB8, grayscale ones by `scale`, read in one
+/// pass over the voxels: to the last one wanted, or, for the volume's range, to its end (the range
+/// then returned too).
 fn read_slices(
     path: &Path,
     header: &NiftiHeader,
     shape: Shape,
     mut source: Box<dyn Read>,
-    (wanted, window): (&[u32], Option<Window>),
-) -> Result<Vec<RgbImage>> {
+    (wanted, scale): (&[u32], Scale),
+) -> Result<(Vec<RgbImage>, Option<(f64, f64)>)> {
     let colour = matches!(shape.datatype, NiftiType::Rgb24 | NiftiType::Rgba32);
-    let display = (header.cal_min.is_finite() && header.cal_max.is_finite() && header.cal_max > header.cal_min)
-        .then(|| (f64::from(header.cal_min), f64::from(header.cal_max)));
+    let whole = !colour && matches!(scale, Scale::VolumeRange);
     let last_wanted = wanted.iter().copied().max().unwrap_or_default();
-    let read_to = if colour || display.is_some() || window.is_some() { last_wanted + 1 } else { shape.slices };
+    let read_to = if whole { shape.slices } else { last_wanted + 1 };
     let mut volume = StreamedNiftiVolume::from_reader_rank(&mut source, header, 2)
         .map_err(|e| Error::format(path, format!("cannot read the NIfTI voxels ({e})")))?;
     let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -320,8 +365,11 @@ fn read_slices(
             }
             continue;
         }
+        if places.is_empty() && !whole {
+            continue;
+        }
         let values = gray_values(path, header, shape.datatype, slice.into_raw_data())?;
-        if display.is_none() {
+        if whole {
             (low, high) = finite_range(&values, (low, high));
         }
         places.iter().for_each(|&at| values_of[at].clone_from(&values));
@@ -332,13 +380,16 @@ fn read_slices(
         std::io::copy(&mut source, &mut std::io::sink())
             .map_err(|e| Error::format(path, format!("the NIfTI file's gzip data is damaged or truncated ({e}); copy it again")))?;
     }
-    let (low, high) = display.unwrap_or((low, high));
-    let unit = |v: f64| match window {
-        Some(window) => window.unit(v),
-        None if high > low => (v - low) / (high - low),
-        None => 0.0,
+    let found = whole.then_some((low, high));
+    let unit = |v: f64| match scale {
+        Scale::Window(window) => window.unit(v),
+        Scale::Range(low, high) if high > low => (v - low) / (high - low),
+        Scale::VolumeRange if high > low => (v - low) / (high - low),
+        _ => 0.0,
     };
-    Ok(images.into_iter().zip(&values_of).map(|(image, values)| image.unwrap_or_else(|| gray_rgb8(shape, values, unit))).collect())
+    let images =
+        images.into_iter().zip(&values_of).map(|(image, values)| image.unwrap_or_else(|| gray_rgb8(shape, values, unit))).collect();
+    Ok((images, found))
 }
 
 /// A grayscale slice's values in storage order (the first axis fastest), scaled by `header`'s
