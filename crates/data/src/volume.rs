@@ -64,6 +64,9 @@ struct Stored {
     identity: Option<FileIdentity>,
 }
 
+/// A volume's least and largest finite value.
+type ValueRange = (f64, f64);
+
 /// A file on disk as [`VOLUME_RANGES`] knows it: a changed file (another size or time) is another.
 type FileIdentity = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
 
@@ -71,7 +74,7 @@ type FileIdentity = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
 /// cache reads a volume's slices (`--slice all`) in runs of `FRAMES_PER_READ`, and each run would
 /// otherwise convert every slice again (15 ms a slice of a 512 x 512 x 200 volume, not 2 ms).
 /// Forgotten at [`REMEMBERED_RANGES`] volumes.
-static VOLUME_RANGES: std::sync::Mutex<BTreeMap<FileIdentity, (f64, f64)>> = std::sync::Mutex::new(BTreeMap::new());
+static VOLUME_RANGES: std::sync::Mutex<BTreeMap<FileIdentity, ValueRange>> = std::sync::Mutex::new(BTreeMap::new());
 const REMEMBERED_RANGES: usize = 100_000;
 
 /// How a grayscale volume's values become 0..1.
@@ -339,7 +342,7 @@ fn read_slices(
     shape: Shape,
     mut source: Box<dyn Read>,
     (wanted, scale): (&[u32], Scale),
-) -> Result<(Vec<RgbImage>, Option<(f64, f64)>)> {
+) -> Result<(Vec<RgbImage>, Option<ValueRange>)> {
     let colour = matches!(shape.datatype, NiftiType::Rgb24 | NiftiType::Rgba32);
     let whole = !colour && matches!(scale, Scale::VolumeRange);
     let last_wanted = wanted.iter().copied().max().unwrap_or_default();
