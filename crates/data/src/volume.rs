@@ -4,31 +4,38 @@
 //! `first|middle|last|N`, or `all`/`every:K` for each an image).
 //!
 //! nifti-rs reads the header and streams the slices (gzip or not, told by the gzip magic bytes,
-//! not the name); the display is here. A slice is shown as `np.rot90(img.get_fdata()[:, :, k])`
-//! shows it (the first axis across, the second up), without reorienting by the affine: for the
-//! axial volumes CT and most MR conversions store, the patient's front at the top.
-//! Values are the stored ones times `scl_slope` plus `scl_inter` (unscaled where the slope is 0,
-//! as the standard says, or not a number, as nibabel reads it); they are windowed by `cal_min`..`cal_max` where the header sets that
-//! range (the display range FSLeyes and Mango open with), else min-max scaled over the whole
-//! volume, so that one slice's noise is not stretched to full contrast and a volume's slices stay
-//! comparable (a DICOM image without a window is min-max scaled too); NaN voxels are black.
-//! RGB24 and RGBA32 volumes (alpha dropped) are colour as stored.
+//! not the name); here, the file's checks and the slices chosen, and in `display.rs` what they
+//! show. A slice is shown as `np.rot90(img.get_fdata()[:, :, k])` shows it (the first axis
+//! across, the second up), without reorienting by the affine: for the axial volumes CT and most
+//! MR conversions store, the patient's front at the top. Values are the stored ones times
+//! `scl_slope` plus `scl_inter` (unscaled where the slope is 0, as the standard says, or not a
+//! number, as nibabel reads it); they go through the user's `--window` where given, else the
+//! header's `cal_min`..`cal_max` where it sets that range (the display range FSLeyes and Mango
+//! open with), else are min-max scaled over the whole volume, so that one slice's noise is not
+//! stretched to full contrast and a volume's slices stay comparable (a DICOM image without a
+//! window is min-max scaled too); NaN voxels are black. RGB24 and RGBA32 volumes (alpha dropped)
+//! are colour as stored.
 //!
 //! A 4-D series (fMRI, diffusion: several volumes a file), a NIfTI-2 file, a header/image pair
-//! and complex data are refused with the conversion that makes them readable. [`slice_plane`]
-//! says which anatomical plane the slices lie in (rank warns where a folder's volumes differ).
+//! and complex data are refused with the conversion that makes them readable. `plane.rs`:
+//! [`slice_plane`], the anatomical plane of the slices (rank warns where a folder's volumes
+//! differ).
 
-use std::collections::BTreeMap;
 use std::io::{BufReader, Cursor, Read};
 use std::path::Path;
 
 use flate2::read::GzDecoder;
 use image::RgbImage;
-use nifti::{DataElement, Endianness, InMemNiftiVolume, NiftiHeader, NiftiType, StreamedNiftiVolume};
+use nifti::{NiftiHeader, NiftiType};
 
 use crate::dicom::{DicomFrame, Window};
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
+use display::{FileIdentity, Scale, display_range, read_slices, remember_range, remembered_range};
+pub use plane::{SlicePlane, slice_plane};
+
+mod display;
+mod plane;
 
 /// A NIfTI-1 header's size, and the least offset of a single file's voxels (the header and the
 /// four bytes that say whether extensions follow).
@@ -64,82 +71,8 @@ struct Stored {
     identity: Option<FileIdentity>,
 }
 
-/// A volume's least and largest finite value.
-type ValueRange = (f64, f64);
-
-/// A file on disk as [`VOLUME_RANGES`] knows it: a changed file (another size or time) is another.
-type FileIdentity = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
-
-/// Each volume's min-max range, once a read went through the whole volume for it: the image
-/// cache reads a volume's slices (`--slice all`) in runs of `FRAMES_PER_READ`, and each run would
-/// otherwise convert every slice again (15 ms a slice of a 512 x 512 x 200 volume, not 2 ms).
-/// Forgotten at [`REMEMBERED_RANGES`] volumes.
-static VOLUME_RANGES: std::sync::Mutex<BTreeMap<FileIdentity, ValueRange>> = std::sync::Mutex::new(BTreeMap::new());
-const REMEMBERED_RANGES: usize = 100_000;
-
-/// How a grayscale volume's values become 0..1.
-#[derive(Debug, Clone, Copy)]
-enum Scale {
-    /// The user's window.
-    Window(Window),
-    /// A known range: the header's display range, or the volume's min-max read before.
-    Range(f64, f64),
-    /// The volume's min-max, to be found by reading it whole.
-    VolumeRange,
-}
-
 /// deflate's largest ratio (a run of one byte): a gzip file holds at least 1/1032 of its data.
 const DEFLATE_MAX_RATIO: u64 = 1032;
-
-/// The anatomical plane of a volume's slices: the patient axis its third stored axis runs along,
-/// from the header's affine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum SlicePlane {
-    /// The third axis runs foot to head (S or I): transverse slices.
-    Axial,
-    /// Front to back (A or P).
-    Coronal,
-    /// Left to right (L or R).
-    Sagittal,
-}
-
-impl std::fmt::Display for SlicePlane {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SlicePlane::Axial => "axial",
-            SlicePlane::Coronal => "coronal",
-            SlicePlane::Sagittal => "sagittal",
-        })
-    }
-}
-
-/// The plane of the slices of the NIfTI file at `path`, from its header alone, as nibabel's
-/// `aff2axcodes(img.affine)[2]` names it: by the sform where its code is set, else the qform
-/// (its quaternion, nifti1_io's `quatern_to_mat44`), else `None` (a header without orientation).
-/// `None` too for a file that is not NIfTI.
-pub fn slice_plane(path: &Path) -> Result<Option<SlicePlane>> {
-    if !is_nifti(path) {
-        return Ok(None);
-    }
-    let mut stored = open(path)?;
-    let header = read_header(path, &mut stored.content)?;
-    // The affine's third column: where a step along the third stored axis goes in the patient's
-    // x (towards the right), y (the front) and z (the head): RAS+, the space both forms map to.
-    let column = if header.sform_code > 0 {
-        [header.srow_x[2], header.srow_y[2], header.srow_z[2]].map(f64::from)
-    } else if header.qform_code > 0 {
-        let [b, c, d] = [header.quatern_b, header.quatern_c, header.quatern_d].map(f64::from);
-        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
-        [2.0 * (b * d + a * c), 2.0 * (c * d - a * b), a * a + d * d - c * c - b * b]
-    } else {
-        return Ok(None);
-    };
-    let largest = (0..3).max_by(|&i, &j| column[i].abs().total_cmp(&column[j].abs())).unwrap_or(2);
-    if column[largest] == 0.0 || !column[largest].is_finite() {
-        return Ok(None);
-    }
-    Ok(Some([SlicePlane::Sagittal, SlicePlane::Coronal, SlicePlane::Axial][largest]))
-}
 
 /// How many slices the NIfTI file at `path` holds, from its header alone.
 pub(crate) fn slice_count(path: &Path) -> Result<u32> {
@@ -183,18 +116,14 @@ pub(crate) fn slices_rgb8(
         return Ok(indices.into_iter().map(|index| Err(Error::format(path, index.err().unwrap_or_default()))).collect());
     }
     skip_to_voxels(path, &header, &mut stored.content)?;
-    let remembered = |identity: &FileIdentity| VOLUME_RANGES.lock().ok().and_then(|ranges| ranges.get(identity).copied());
-    let scale = match (window, display_range(&header), stored.identity.as_ref().and_then(remembered)) {
+    let scale = match (window, display_range(&header), stored.identity.as_ref().and_then(remembered_range)) {
         (Some(window), _, _) => Scale::Window(window),
         (None, Some((low, high)), _) | (None, None, Some((low, high))) => Scale::Range(low, high),
         (None, None, None) => Scale::VolumeRange,
     };
     let (slices, range) = read_slices(path, &header, shape, stored.content, (&wanted, scale))?;
-    if let (Some(range), Some(identity), Ok(mut ranges)) = (range, stored.identity, VOLUME_RANGES.lock()) {
-        if ranges.len() >= REMEMBERED_RANGES {
-            ranges.clear();
-        }
-        ranges.insert(identity, range);
+    if let (Some(range), Some(identity)) = (range, stored.identity) {
+        remember_range(identity, range);
     }
     let mut slices = slices.into_iter();
     // `wanted` are the chosen indices in order, so each chosen frame takes the next slice read.
@@ -325,141 +254,6 @@ fn skip_to_voxels(path: &Path, header: &NiftiHeader, source: &mut Box<dyn Read>)
         return Err(Error::format(path, format!("the NIfTI file ends before its voxels (at byte {offset}): truncated; copy it again")));
     }
     Ok(())
-}
-
-/// The header's display range, cal_min..cal_max, where it sets one.
-fn display_range(header: &NiftiHeader) -> Option<(f64, f64)> {
-    (header.cal_min.is_finite() && header.cal_max.is_finite() && header.cal_max > header.cal_min)
-        .then(|| (f64::from(header.cal_min), f64::from(header.cal_max)))
-}
-
-/// The slices `wanted` (0-based, in any order) as RGB8, grayscale ones by `scale`, read in one
-/// pass over the voxels: to the last one wanted, or, for the volume's range, to its end (the range
-/// then returned too).
-fn read_slices(
-    path: &Path,
-    header: &NiftiHeader,
-    shape: Shape,
-    mut source: Box<dyn Read>,
-    (wanted, scale): (&[u32], Scale),
-) -> Result<(Vec<RgbImage>, Option<ValueRange>)> {
-    let colour = matches!(shape.datatype, NiftiType::Rgb24 | NiftiType::Rgba32);
-    let whole = !colour && matches!(scale, Scale::VolumeRange);
-    let last_wanted = wanted.iter().copied().max().unwrap_or_default();
-    let read_to = if whole { shape.slices } else { last_wanted + 1 };
-    let mut volume = StreamedNiftiVolume::from_reader_rank(&mut source, header, 2)
-        .map_err(|e| Error::format(path, format!("cannot read the NIfTI voxels ({e})")))?;
-    let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
-    // Each wanted slice's image (colour) or values (grayscale, made an image once the range is known).
-    let mut images: Vec<Option<RgbImage>> = vec![None; wanted.len()];
-    let mut values_of: Vec<Vec<f64>> = vec![Vec::new(); wanted.len()];
-    for index in 0..read_to {
-        let slice = volume.read_slice().map_err(|e| {
-            Error::format(
-                path,
-                format!("the NIfTI voxels end before slice {} of {} ({e}): the file is truncated; copy it again", index + 1, shape.slices),
-            )
-        })?;
-        let places: Vec<usize> = (0..wanted.len()).filter(|&at| wanted[at] == index).collect();
-        if colour {
-            if !places.is_empty() {
-                let image = colour_slice(path, shape, slice)?;
-                places.iter().for_each(|&at| images[at] = Some(image.clone()));
-            }
-            continue;
-        }
-        if places.is_empty() && !whole {
-            continue;
-        }
-        let values = gray_values(path, header, shape.datatype, slice.into_raw_data())?;
-        if whole {
-            (low, high) = finite_range(&values, (low, high));
-        }
-        places.iter().for_each(|&at| values_of[at].clone_from(&values));
-    }
-    if read_to == shape.slices {
-        // The rest, read for gzip's check of its data (a file cut in its trailer, or damaged
-        // where the inflater does not notice, fails it).
-        std::io::copy(&mut source, &mut std::io::sink())
-            .map_err(|e| Error::format(path, format!("the NIfTI file's gzip data is damaged or truncated ({e}); copy it again")))?;
-    }
-    let found = whole.then_some((low, high));
-    let unit = |v: f64| match scale {
-        Scale::Window(window) => window.unit(v),
-        Scale::Range(low, high) if high > low => (v - low) / (high - low),
-        Scale::VolumeRange if high > low => (v - low) / (high - low),
-        _ => 0.0,
-    };
-    let images =
-        images.into_iter().zip(&values_of).map(|(image, values)| image.unwrap_or_else(|| gray_rgb8(shape, values, unit))).collect();
-    Ok((images, found))
-}
-
-/// A grayscale slice's values in storage order (the first axis fastest), scaled by `header`'s
-/// slope and intercept as nifti-rs's `get_f64` scales a voxel (a slope of 0 leaves them). The
-/// slice's bytes are converted whole (nifti-rs's `from_raw_vec`): a voxel at a time through
-/// `get_f64`, a CT volume's 52 million voxels took 0.58 s a pass.
-fn gray_values(path: &Path, header: &NiftiHeader, datatype: NiftiType, raw: Vec<u8>) -> Result<Vec<f64>> {
-    fn typed<T: DataElement>(raw: Vec<u8>, endianness: Endianness, to_f64: impl Fn(T) -> f64) -> nifti::Result<Vec<f64>> {
-        Ok(T::from_raw_vec(raw, endianness)?.into_iter().map(to_f64).collect())
-    }
-    let endianness = header.endianness;
-    let values = match datatype {
-        NiftiType::Uint8 => typed(raw, endianness, |v: u8| f64::from(v)),
-        NiftiType::Int8 => typed(raw, endianness, |v: i8| f64::from(v)),
-        NiftiType::Uint16 => typed(raw, endianness, |v: u16| f64::from(v)),
-        NiftiType::Int16 => typed(raw, endianness, |v: i16| f64::from(v)),
-        NiftiType::Uint32 => typed(raw, endianness, |v: u32| f64::from(v)),
-        NiftiType::Int32 => typed(raw, endianness, |v: i32| f64::from(v)),
-        NiftiType::Uint64 => typed(raw, endianness, |v: u64| v as f64),
-        NiftiType::Int64 => typed(raw, endianness, |v: i64| v as f64),
-        NiftiType::Float32 => typed(raw, endianness, |v: f32| f64::from(v)),
-        NiftiType::Float64 => typed(raw, endianness, |v: f64| v),
-        other => return Err(Error::format(path, format!("the NIfTI voxels are {other:?}, not grayscale numbers"))),
-    };
-    let mut values = values.map_err(|e| Error::format(path, format!("cannot read the NIfTI voxels ({e})")))?;
-    if header.scl_slope != 0.0 {
-        let (slope, intercept) = (f64::from(header.scl_slope), f64::from(header.scl_inter));
-        values.iter_mut().for_each(|v| *v = *v * slope + intercept);
-    }
-    Ok(values)
-}
-
-/// The least and the largest finite ones of `values` and `(low, high)`.
-fn finite_range(values: &[f64], (mut low, mut high): (f64, f64)) -> (f64, f64) {
-    // Comparisons, not f64::min/max, which treat NaN apart: these vectorise, and NaN fails both.
-    for &v in values {
-        if v.is_finite() {
-            low = if v < low { v } else { low };
-            high = if v > high { v } else { high };
-        }
-    }
-    (low, high)
-}
-
-/// Scaled values in storage order to the image: the first axis across, the second up; each
-/// through `unit` to black..white (0..1; half up, as a viewer's lookup table rounds), NaN black.
-fn gray_rgb8(shape: Shape, values: &[f64], unit: impl Fn(f64) -> f64) -> RgbImage {
-    let (width, height) = (u32::from(shape.width), u32::from(shape.height));
-    RgbImage::from_fn(width, height, |column, row| {
-        let v = values.get(((height - 1 - row) * width + column) as usize).copied().unwrap_or(f64::NAN);
-        let unit = if v.is_finite() { unit(v).clamp(0.0, 1.0) } else { 0.0 };
-        image::Rgb([(unit * 255.0 + 0.5).floor() as u8; 3])
-    })
-}
-
-/// An RGB24 or RGBA32 slice (alpha dropped) to the image, oriented as [`gray_rgb8`] orients.
-fn colour_slice(path: &Path, shape: Shape, slice: InMemNiftiVolume) -> Result<RgbImage> {
-    let samples = if shape.datatype == NiftiType::Rgba32 { 4 } else { 3 };
-    let (width, height) = (u32::from(shape.width), u32::from(shape.height));
-    let raw = slice.into_raw_data();
-    if raw.len() < (width * height) as usize * samples {
-        return Err(Error::format(path, "the NIfTI colour voxels do not fill a slice"));
-    }
-    Ok(RgbImage::from_fn(width, height, |column, row| {
-        let at = ((height - 1 - row) * width + column) as usize * samples;
-        image::Rgb([raw[at], raw[at + 1], raw[at + 2]])
-    }))
 }
 
 #[cfg(test)]
