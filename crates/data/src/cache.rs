@@ -102,8 +102,9 @@ fn frame_reads(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The images of `entries` (one entry, or frames of one file) under `root`, decoded (the frame an
-/// entry names, else `frame`; grayscale ones through `window` where given) and resized to a shorter side of `short_side`; whether each came
-/// out faint; or the error naming the file, for each.
+/// entry names, else `frame`; grayscale ones through `window` where given) and resized to a
+/// shorter side of `short_side`; whether each came out faint; or the error naming the file, for
+/// each.
 fn decoded_read(
     root: &Path,
     entries: &[Entry],

@@ -195,10 +195,10 @@ pub(crate) fn dicom_file_rgb8(path: &Path, file: std::fs::File, frame: DicomFram
     read_catching(path, &mut std::io::BufReader::new(file), size, frame)
 }
 
-/// [`dicom_file_rgb8`] of each of `frames` (grayscale ones through `window` where given), the file's header read once for them all and a
-/// compressed file parsed once (each frame of a JPEG loop would otherwise cost a parse of the whole
-/// file: 8 ms a frame of a 600-frame loop). The outer error is the file's, the inner ones each
-/// frame's; a decoder's panic is every frame's.
+/// [`dicom_file_rgb8`] of each of `frames` (grayscale ones through `window` where given), the
+/// file's header read once for them all and a compressed file parsed once (each frame of a JPEG
+/// loop would otherwise cost a parse of the whole file: 8 ms a frame of a 600-frame loop). The
+/// outer error is the file's, the inner ones each frame's; a decoder's panic is every frame's.
 pub(crate) fn dicom_file_frames_rgb8(
     path: &Path,
     file: std::fs::File,

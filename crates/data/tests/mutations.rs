@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! Thousands of damaged inputs to every parser of the data crate: images of each format the
-//! datasets use, DICOM and NIfTI files and Cheng's MATLAB files (bytes mutated), the split manifest, a dataset layout's
-//! CSVs and the dataset catalog's TOMLs (text mutated). Each answers with an error or a value,
-//! never a panic, and an error names the file.
+//! datasets use, DICOM and NIfTI files and Cheng's MATLAB files (bytes mutated), the split
+//! manifest, a dataset layout's CSVs and the dataset catalog's TOMLs (text mutated). Each answers
+//! with an error or a value, never a panic, and an error names the file.
 
 use std::path::{Path, PathBuf};
 

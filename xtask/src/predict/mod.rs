@@ -51,9 +51,9 @@ impl FineTunedModel {
 pub struct PredictArgs {
     #[command(flatten)]
     pub model: FineTunedModel,
-    /// The images (JPEG, PNG, TIFF, BMP, DICOM, NIfTI): one image, a folder (every image under it, at any
-    /// depth) or a CSV file with a `path` column (rank's finetune_split.csv, a study's split
-    /// manifest) or the columns --csv-columns names.
+    /// The images (JPEG, PNG, TIFF, BMP, DICOM, NIfTI): one image, a folder (every image under
+    /// it, at any depth) or a CSV file with a `path` column (rank's finetune_split.csv, a study's
+    /// split manifest) or the columns --csv-columns names.
     #[arg(long)]
     pub images: PathBuf,
     /// With a CSV: its path column, and optionally its label column (class names, or a one-hot

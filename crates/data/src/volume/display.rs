@@ -76,7 +76,7 @@ pub(super) fn read_slices(
     let mut volume = StreamedNiftiVolume::from_reader_rank(&mut source, header, 2)
         .map_err(|e| Error::format(path, format!("cannot read the NIfTI voxels ({e})")))?;
     let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
-    // Each wanted slice's image (colour) or values (grayscale, made an image once the range is known).
+    // Each wanted slice's image (colour) or values (grayscale: an image once the range is known).
     let mut images: Vec<Option<RgbImage>> = vec![None; wanted.len()];
     let mut values_of: Vec<Vec<f64>> = vec![Vec::new(); wanted.len()];
     for index in 0..read_to {
