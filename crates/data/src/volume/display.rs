@@ -110,10 +110,11 @@ pub(super) fn read_slices(
             .map_err(|e| Error::format(path, format!("the NIfTI file's gzip data is damaged or truncated ({e}); copy it again")))?;
     }
     let found = whole.then_some((low, high));
+    // The range that maps to black..white: the one known, or the one just found.
+    let (low, high) = if let Scale::Range(low, high) = scale { (low, high) } else { (low, high) };
     let unit = |v: f64| match scale {
         Scale::Window(window) => window.unit(v),
-        Scale::Range(low, high) if high > low => (v - low) / (high - low),
-        Scale::VolumeRange if high > low => (v - low) / (high - low),
+        _ if high > low => (v - low) / (high - low),
         _ => 0.0,
     };
     let images =
