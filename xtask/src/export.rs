@@ -61,6 +61,9 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 // The display window grayscale DICOM and NIfTI images were read through (DICOM's
                 // LINEAR function on the rescaled values), null where each file's own.
                 "window": card.window,
+                // The axes NIfTI volumes were read along: "stored", or "canonical" (nibabel's
+                // as_closest_canonical, RAS+).
+                "reorient": card.reorient,
             })
             .to_string(),
         ),

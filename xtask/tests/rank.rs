@@ -620,16 +620,33 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
         .filter(|name| name.starts_with("predict") && name.ends_with(".rgb8"))
         .collect();
     assert!(!predict_caches.is_empty() && predict_caches.iter().all(|name| name.contains("-w-600,1500-")), "{predict_caches:?}");
-    // Another window than rank's is said.
-    let output = predict(dir.path(), &tuned, &volumes, &["--out", predictions.to_str().unwrap(), "--window", "40,80"]);
+    // Another window and orientation than rank's are said.
+    let extra = ["--out", predictions.to_str().unwrap(), "--window", "40,80", "--reorient", "canonical"];
+    let output = predict(dir.path(), &tuned, &volumes, &extra);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        output.status.success() && stderr.contains("--window 40,80: the model was fine-tuned on rank's images read through -600,1500"),
+        output.status.success()
+            && stderr.contains("--window 40,80: the model was fine-tuned on rank's images read through -600,1500")
+            && stderr.contains("--reorient canonical: the model was fine-tuned on rank's volumes read stored"),
         "{stderr}"
     );
     let output = rank(dir.path(), &volumes, &dir.path().join("all"), None, &["--backbones", "resnet_basic_min", "--slice", "all"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("8 files of several frames give 24 frames"), "{stderr}");
+    // Reoriented (RAS+), every volume's slices are axial: the sagittal one's are its rows (as
+    // many as an image's height), and no planes differ.
+    let reoriented = dir.path().join("reoriented");
+    let output =
+        rank(dir.path(), &volumes, &reoriented, None, &["--backbones", "resnet_basic_min", "--slice", "all", "--reorient", "canonical"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let rows = between_negative_and_noise(&images, "lesion", 2)[0].height();
+    assert!(
+        stderr.contains(&format!("8 files of several frames give {} frames", 21 + rows)) && !stderr.contains("different planes"),
+        "{stderr}"
+    );
+    let caches: Vec<String> =
+        std::fs::read_dir(reoriented.join("cache")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(caches.iter().filter(|name| name.ends_with(".rgb8")).all(|name| name.contains("-ocanonical-")), "{caches:?}");
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");
@@ -1756,10 +1773,10 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         let card: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("models").join(format!("{backbone}.json"))).unwrap()).unwrap();
         let preprocessing: serde_json::Value = serde_json::from_str(&metadata["medxfer.preprocessing"]).unwrap();
-        for key in ["resize", "crop", "mean", "std", "temperature", "dicom_frame"] {
+        for key in ["resize", "crop", "mean", "std", "temperature", "dicom_frame", "reorient"] {
             assert_eq!(preprocessing[key], card[key], "{backbone}: {key}");
         }
-        assert_eq!(preprocessing["dicom_frame"], "only");
+        assert_eq!((&preprocessing["dicom_frame"], &preprocessing["reorient"]), (&"only".into(), &"stored".into()));
     }
 
     // What it cannot do, refused with the fix.

@@ -1,19 +1,23 @@
 //! Times reading a NIfTI volume's slices as the image cache reads them: a CT-sized volume
 //! (512 x 512 x 200 int16, gzipped and not) written to a temporary folder, its middle slice alone
-//! and every slice in runs of `FRAMES_PER_READ` (`--slice all`).
+//! and every slice in runs of `FRAMES_PER_READ` (`--slice all`); then the same voxels as a
+//! sagittal acquisition (its third axis left to right) read `--reorient canonical`: 512 axial
+//! slices of 200 x 512, each crossing every stored slice.
 //! `cargo run --release -p medxfer-data --example volume_timing`.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use medxfer_data::{DicomFrame, FRAMES_PER_READ, load_image_frame, load_image_frames};
+use medxfer_data::{DicomFrame, FRAMES_PER_READ, Orientation, Rendering, load_image_frames};
 
 const SIDE: u16 = 512;
 const SLICES: u16 = 200;
 
-/// A NIfTI-1 int16 volume of a smooth body and noise, its header field by field (nifti1.h).
-fn volume() -> Vec<u8> {
+/// A NIfTI-1 int16 volume of a smooth body and noise, its header field by field (nifti1.h); its
+/// sform that of a sagittal acquisition where `sagittal` (the voxel axes towards the front, the
+/// head and the right), else none.
+fn volume(sagittal: bool) -> Vec<u8> {
     let mut bytes = vec![0u8; 352];
     let mut put = |at: usize, field: &[u8]| bytes[at..at + field.len()].copy_from_slice(field);
     put(0, &348i32.to_le_bytes());
@@ -25,6 +29,14 @@ fn volume() -> Vec<u8> {
     put(108, &352f32.to_le_bytes());
     put(112, &1f32.to_le_bytes());
     put(116, &(-1024f32).to_le_bytes());
+    if sagittal {
+        put(254, &1i16.to_le_bytes()); // sform_code
+        for (at, row) in [280, 296, 312].into_iter().zip([[0f32, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]) {
+            for (k, value) in row.into_iter().enumerate() {
+                put(at + 4 * k, &value.to_le_bytes());
+            }
+        }
+    }
     put(344, b"n+1\0");
     let centre = f32::from(SIDE) / 2.0;
     for k in 0..SLICES {
@@ -40,32 +52,42 @@ fn volume() -> Vec<u8> {
     bytes
 }
 
-fn time(name: &str, path: &Path) -> anyhow::Result<()> {
+fn time(name: &str, path: &Path, orientation: Orientation) -> anyhow::Result<()> {
+    let rendering = Rendering { orientation, ..Rendering::default() };
     let start = Instant::now();
-    load_image_frame(path, DicomFrame::Middle)?;
-    println!("{name:<14} middle slice alone    {:8.1} ms", start.elapsed().as_secs_f64() * 1e3);
-    let all: Vec<DicomFrame> = (1..=u32::from(SLICES)).map(DicomFrame::Number).collect();
+    load_image_frames(path, &[DicomFrame::Middle], rendering)?.remove(0)?;
+    println!("{name:<22} middle slice alone     {:8.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    let slices = medxfer_data::frame_count(path, orientation)?;
+    let all: Vec<DicomFrame> = (1..=slices).map(DicomFrame::Number).collect();
     let start = Instant::now();
     for run in all.chunks(FRAMES_PER_READ) {
-        for image in load_image_frames(path, run, None)? {
+        for image in load_image_frames(path, run, rendering)? {
             image?;
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    println!("{name:<14} every slice ({SLICES})    {:8.1} ms a slice, {seconds:.1} s in all", seconds * 1e3 / f64::from(SLICES));
+    println!("{name:<22} every slice ({slices:>3})    {:8.1} ms a slice, {seconds:.1} s in all", seconds * 1e3 / f64::from(slices));
     Ok(())
+}
+
+/// `bytes` written to `dir` as `name` and gzipped as `name`.gz.
+fn write_both(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let plain = dir.join(name);
+    std::fs::write(&plain, bytes)?;
+    let gzipped = dir.join(format!("{name}.gz"));
+    let mut encoder = flate2::write::GzEncoder::new(std::fs::File::create(&gzipped)?, flate2::Compression::default());
+    encoder.write_all(bytes)?;
+    encoder.finish()?;
+    Ok((plain, gzipped))
 }
 
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let bytes = volume();
-    let plain = dir.path().join("ct.nii");
-    std::fs::write(&plain, &bytes)?;
-    let gzipped = dir.path().join("ct.nii.gz");
-    let mut encoder = flate2::write::GzEncoder::new(std::fs::File::create(&gzipped)?, flate2::Compression::default());
-    encoder.write_all(&bytes)?;
-    encoder.finish()?;
-    time(".nii", &plain)?;
-    time(".nii.gz", &gzipped)?;
+    let (plain, gzipped) = write_both(dir.path(), "ct.nii", &volume(false))?;
+    time(".nii", &plain, Orientation::Stored)?;
+    time(".nii.gz", &gzipped, Orientation::Stored)?;
+    let (plain, gzipped) = write_both(dir.path(), "sagittal.nii", &volume(true))?;
+    time("sagittal .nii canonical", &plain, Orientation::Canonical)?;
+    time("sagittal .gz canonical", &gzipped, Orientation::Canonical)?;
     Ok(())
 }

@@ -21,11 +21,12 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, load_image_frames};
-use crate::dicom::{DicomFrame, Window};
+use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, Rendering, load_image_frames};
+use crate::dicom::DicomFrame;
 use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::transform::resize_shorter;
+use crate::volume::Orientation;
 
 /// Where one image sits in the data file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,18 +103,18 @@ fn frame_reads(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The images of `entries` (one entry, or frames of one file) under `root`, decoded (the frame an
-/// entry names, else `frame`; grayscale ones through `window` where given) and resized to a
+/// entry names, else `frame`; rendered as `rendering` says) and resized to a
 /// shorter side of `short_side`; whether each came out faint; or the error naming the file, for
 /// each.
 fn decoded_read(
     root: &Path,
     entries: &[Entry],
-    (short_side, frame, window): (u32, DicomFrame, Option<Window>),
+    (short_side, frame, rendering): (u32, DicomFrame, Rendering),
 ) -> Vec<std::result::Result<(RgbImage, bool), String>> {
     let Some(first) = entries.first() else { return Vec::new() };
     let path = root.join(&first.path);
     let frames: Vec<DicomFrame> = entries.iter().map(|entry| entry.frame.map_or(frame, DicomFrame::Number)).collect();
-    match load_image_frames(&path, &frames, window) {
+    match load_image_frames(&path, &frames, rendering) {
         Ok(decoded) => decoded
             .into_iter()
             .map(|decoded| {
@@ -141,19 +142,19 @@ impl ImageCache {
     /// missing or stale. `progress` draws a progress bar while building. A DICOM file of several
     /// frames is refused.
     pub fn open_or_build(dir: &Path, dataset: &str, root: &Path, entries: &[Entry], short_side: u32, progress: bool) -> Result<Self> {
-        Self::open_or_build_frame(dir, dataset, root, entries, (short_side, DicomFrame::Only, None), progress)
+        Self::open_or_build_frame(dir, dataset, root, entries, (short_side, DicomFrame::Only, Rendering::default()), progress)
     }
 
     /// [`Self::open_or_build`], reading the frame `frame` chooses of each DICOM file of several
     /// (the cache keyed by the choice, where it is not [`DicomFrame::Only`]), or the frame an entry
-    /// names (each frame of a loop an image: [`crate::frame_entries`]); grayscale DICOM and NIfTI
-    /// images through `window` where one is given (the cache keyed by it).
+    /// names (each frame of a loop an image: [`crate::frame_entries`]); images rendered as
+    /// `rendering` says (the cache keyed by it: a window, a volume's orientation).
     pub fn open_or_build_frame(
         dir: &Path,
         dataset: &str,
         root: &Path,
         entries: &[Entry],
-        (short_side, frame, window): (u32, DicomFrame, Option<Window>),
+        (short_side, frame, rendering): (u32, DicomFrame, Rendering),
         progress: bool,
     ) -> Result<Self> {
         // Once for all, where each image would otherwise fail on its own.
@@ -168,8 +169,12 @@ impl ImageCache {
             DicomFrame::Only => String::new(),
             chosen => format!("-f{chosen}"),
         };
-        let window_key = window.map(|window| format!("-w{window}")).unwrap_or_default();
-        let key = format!("{dataset}-s{short_side}-d{DECODE_REVISION}{frame_key}{window_key}-{}", &checksum[..16]);
+        let window_key = rendering.window.map(|window| format!("-w{window}")).unwrap_or_default();
+        let orientation_key = match rendering.orientation {
+            Orientation::Stored => String::new(),
+            other => format!("-o{other}"),
+        };
+        let key = format!("{dataset}-s{short_side}-d{DECODE_REVISION}{frame_key}{window_key}{orientation_key}-{}", &checksum[..16]);
         let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));
         if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {
             return Ok(cache);
@@ -191,7 +196,7 @@ impl ImageCache {
         let mut faint_images = Vec::new();
         for chunk in entries.chunks(CHUNK) {
             let reads: Vec<Vec<std::result::Result<(RgbImage, bool), String>>> =
-                frame_reads(chunk).into_par_iter().map(|read| decoded_read(root, &chunk[read], (short_side, frame, window))).collect();
+                frame_reads(chunk).into_par_iter().map(|read| decoded_read(root, &chunk[read], (short_side, frame, rendering))).collect();
             for (entry, image) in chunk.iter().zip(reads.into_iter().flatten()) {
                 let image = match image {
                     Ok((image, faint)) if problems.is_empty() => {

@@ -24,7 +24,7 @@ use crate::dicom::{DICOM_HEAD, DicomFrame, Window, dicom_file_frames_rgb8, dicom
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
-use crate::volume::{self, is_nifti};
+use crate::volume::{self, Orientation, is_nifti};
 
 /// The revision of what decoding makes of a file. Raise it with any change that gives some file
 /// other pixels (a DICOM display step, a colour conversion, a codec): image caches are keyed by it,
@@ -78,7 +78,7 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
         return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
     }
     if is_nifti(path) {
-        return only_frame(path, volume::slices_rgb8(path, None, &[frame], None)?);
+        return only_frame(path, volume::slices_rgb8(path, None, &[frame], Rendering::default().volume())?);
     }
     // One open file: its first bytes tell DICOM (read from disk as far as needed: a frame of an
     // uncompressed loop without the others) from the rest (read whole).
@@ -90,24 +90,40 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
     decode_image(path, &bytes, frame)
 }
 
+/// How a file's stored values become an image beyond what its own header says.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rendering {
+    /// The user's display window for grayscale DICOM and NIfTI images, in place of the file's
+    /// own VOI or display range (or its min-max).
+    pub window: Option<Window>,
+    /// The axes a NIfTI volume is read along (other images are read as stored).
+    pub orientation: Orientation,
+}
+
+impl Rendering {
+    /// What a volume is read by.
+    fn volume(self) -> (Option<Window>, Orientation) {
+        (self.window, self.orientation)
+    }
+}
+
 /// [`load_image_frame`] of each of `frames` of the image at `path` (a file's frames each an
 /// image): of a DICOM file, its header read once for them all and a compressed one parsed once;
-/// another image, which has one frame, decoded once. A grayscale DICOM or NIfTI image goes
-/// through `window` where one is given, in place of its own VOI or display range. The outer error
-/// is the file's, the inner ones each frame's.
-pub fn load_image_frames(path: &Path, frames: &[DicomFrame], window: Option<Window>) -> Result<Vec<Result<Decoded>>> {
-    if let ([frame], None) = (frames, window) {
+/// another image, which has one frame, decoded once; each rendered as `rendering` says. The outer
+/// error is the file's, the inner ones each frame's.
+pub fn load_image_frames(path: &Path, frames: &[DicomFrame], rendering: Rendering) -> Result<Vec<Result<Decoded>>> {
+    if let ([frame], true) = (frames, rendering == Rendering::default()) {
         return Ok(vec![load_image_frame(path, *frame)]);
     }
     if is_nifti(path) {
-        let images = volume::slices_rgb8(path, None, frames, window)?;
+        let images = volume::slices_rgb8(path, None, frames, rendering.volume())?;
         return Ok(images.into_iter().map(|image| image.map(|image| Decoded { image, faint: false })).collect());
     }
     let is_mat = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
     if !is_mat {
         let (file, head) = open_head(path)?;
         if is_dicom(path, &head) {
-            let images = dicom_file_frames_rgb8(path, file, frames, window)?;
+            let images = dicom_file_frames_rgb8(path, file, frames, rendering.window)?;
             return Ok(images.into_iter().map(|image| image.map(|image| Decoded { image, faint: false })).collect());
         }
     }
@@ -139,7 +155,7 @@ pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Deco
         return dicom_rgb8(path, bytes, frame).map(|image| Decoded { image, faint: false });
     }
     if is_nifti(path) {
-        return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame], None)?);
+        return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame], Rendering::default().volume())?);
     }
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {

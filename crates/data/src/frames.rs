@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::dicom::{DicomFrame, dicom_frame_count};
 use crate::error::{Error, Result};
 use crate::split::Entry;
-use crate::volume;
+use crate::volume::{self, Orientation};
 
 /// Which frames of a DICOM file of several (or slices of a NIfTI volume) become images: one chosen
 /// frame (the file one image), or every k-th frame from the first (all of them where k is 1), each
@@ -97,24 +97,27 @@ impl fmt::Display for FrameSelection {
 }
 
 /// How many frames the image file at `path` holds, from its header alone (the pixel data left
-/// unread): a DICOM file's Number of Frames (1 where it has none), a NIfTI volume's slices, 1 for
-/// any other image. A header that cannot be read, or states more frames than the file can hold
+/// unread): a DICOM file's Number of Frames (1 where it has none), a NIfTI volume's slices as
+/// `orientation` reads it, 1 for any other image. A header that cannot be read, or states more frames than the file can hold
 /// (a damaged count would otherwise make thousands of images of one file), is an error naming it.
-pub fn frame_count(path: &Path) -> Result<u32> {
-    if volume::is_nifti(path) { volume::slice_count(path) } else { dicom_frame_count(path) }
+pub fn frame_count(path: &Path, orientation: Orientation) -> Result<u32> {
+    if volume::is_nifti(path) { volume::slice_count(path, orientation) } else { dicom_frame_count(path) }
 }
 
 /// `entries` with each DICOM file of several frames or NIfTI volume of several slices (under
 /// `root`) in place of itself as an entry per frame `selection` keeps (frames 1, 1 + k, 1 + 2k,
 /// ...), in order, each with the file's label, group and part: a loop's frames are never split
-/// apart. Other images, and entries that already name a frame, stay as they are; with one frame a
-/// file chosen, `entries` as given. Each file's frame count is read from its header alone; every
-/// file whose header cannot be read is named at once.
-pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection) -> Result<Vec<Entry>> {
+/// apart (a volume's slices as `orientation` reads it). Other images, and entries that already
+/// name a frame, stay as they are; with one frame a file chosen, `entries` as given. Each file's
+/// frame count is read from its header alone; every file whose header cannot be read is named at
+/// once.
+pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection, orientation: Orientation) -> Result<Vec<Entry>> {
     let FrameSelection::Every(step) = selection else { return Ok(entries.to_vec()) };
     let step = usize::try_from(step).unwrap_or(usize::MAX).max(1);
-    let counts: Vec<Result<u32>> =
-        entries.par_iter().map(|entry| if entry.frame.is_some() { Ok(1) } else { frame_count(&root.join(&entry.path)) }).collect();
+    let counts: Vec<Result<u32>> = entries
+        .par_iter()
+        .map(|entry| if entry.frame.is_some() { Ok(1) } else { frame_count(&root.join(&entry.path), orientation) })
+        .collect();
     let mut problems = Vec::new();
     let mut expanded = Vec::with_capacity(entries.len());
     for (entry, count) in entries.iter().zip(counts) {

@@ -63,8 +63,8 @@ pub use cache::{FRAMES_PER_READ, ImageCache};
 pub use catalog::{Catalog, DatasetSpec, Expected, FaithfulSplit, LayoutKind, Lookalike, ReferenceSplit, Role, TaskSpec, Unlisted};
 pub use check::{CheckOptions, CheckReport, Duplicates, check_dataset};
 pub use decode::{
-    DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, decode_image, decode_rgb8, is_image_file, load_image, load_image_frame,
-    load_image_frames, load_rgb8,
+    DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, Rendering, decode_image, decode_rgb8, is_image_file, load_image,
+    load_image_frame, load_image_frames, load_rgb8,
 };
 pub use dicom::{DicomFrame, Window, dicom_patient_id};
 pub use error::{Error, Result};
@@ -86,4 +86,4 @@ pub use split::{
     leakage, ood_entries, split_task,
 };
 pub use transform::{Normalization, TrainDraw, TrainTransform};
-pub use volume::{SlicePlane, slice_plane};
+pub use volume::{Orientation, SlicePlane, slice_plane};

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use medxfer_data::{
-    Catalog, CheckOptions, DicomFrame, FRAMES_PER_READ, FrameSelection, ManifestInfo, Role, Source, Window, changed_manifest_files,
-    files_checksum, frame_count, load_image_frames, ood_entries, read_manifest, read_manifest_info, read_manifest_of, scan_clean,
-    scan_dataset, split_counts, split_task, write_manifest,
+    Catalog, CheckOptions, DicomFrame, FRAMES_PER_READ, FrameSelection, ManifestInfo, Orientation, Rendering, Role, Source, Window,
+    changed_manifest_files, files_checksum, frame_count, load_image_frames, ood_entries, read_manifest, read_manifest_info,
+    read_manifest_of, scan_clean, scan_dataset, split_counts, split_task, write_manifest,
 };
 
 #[derive(Parser)]
@@ -95,6 +95,10 @@ enum Command {
         /// their rescaled values (CT brain 40,80): in place of the file's window or display range.
         #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
         window: Option<Window>,
+        /// A NIfTI volume's axes: stored, or canonical (nibabel's as_closest_canonical: permuted
+        /// and flipped to RAS+, the slices axial whatever plane the volume was acquired in).
+        #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
+        reorient: Orientation,
         /// The PNG written.
         #[arg(long)]
         out: PathBuf,
@@ -185,28 +189,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth { dataset, out, n, seed } => synth(&catalog, &dataset, &out, n, seed),
-        Command::Show { file, dicom_frame, window, out, tile, columns } => {
-            show(&file, (dicom_frame, window), &out, (tile, columns))?;
+        Command::Show { file, dicom_frame, window, reorient, out, tile, columns } => {
+            show(&file, (dicom_frame, Rendering { window, orientation: reorient }), &out, (tile, columns))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// `show`: the frames `selection` keeps of `file` (through `window` where given), written to
+/// `show`: the frames `selection` keeps of `file` (rendered as `rendering` says), written to
 /// `out` (one image, or a contact sheet of `tile`-pixel tiles, `columns` a row), and a line
 /// saying what they are.
-fn show(file: &Path, (selection, window): (FrameSelection, Option<Window>), out: &Path, (tile, columns): (u32, u32)) -> Result<()> {
+fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &Path, (tile, columns): (u32, u32)) -> Result<()> {
     if tile == 0 || columns == 0 {
         bail!("--tile and --columns take a whole number from 1");
     }
-    let count = frame_count(file)?;
+    let count = frame_count(file, rendering.orientation)?;
     let frames: Vec<DicomFrame> = match selection {
         FrameSelection::One(frame) => vec![frame],
         FrameSelection::Every(step) => (1..=count).step_by(usize::try_from(step)?).map(DicomFrame::Number).collect(),
     };
     let mut images = Vec::with_capacity(frames.len());
     for run in frames.chunks(FRAMES_PER_READ) {
-        for decoded in load_image_frames(file, run, window)? {
+        for decoded in load_image_frames(file, run, rendering)? {
             images.push(decoded?);
         }
     }
@@ -227,8 +231,12 @@ fn show(file: &Path, (selection, window): (FrameSelection, Option<Window>), out:
     if faint > 0 {
         println!("note: 16-bit samples all under 4096 (12-bit data), reduced to their high byte: near black");
     }
-    if let Some(plane) = medxfer_data::slice_plane(file)? {
-        println!("slices along the third stored axis: {plane} (from the header's orientation)");
+    match (medxfer_data::slice_plane(file)?, rendering.orientation) {
+        (Some(plane), Orientation::Stored) => println!("slices along the third stored axis: {plane} (from the header's orientation)"),
+        (Some(plane), Orientation::Canonical) => {
+            println!("slices axial, the volume reoriented to RAS+ (stored: {plane} slices, from the header's orientation)");
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -32,9 +32,12 @@ use crate::dicom::{DicomFrame, Window};
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
 use display::{FileIdentity, Scale, display_range, read_slices, remember_range, remembered_range};
+use orientation::Axes;
+pub use orientation::Orientation;
 pub use plane::{SlicePlane, slice_plane};
 
 mod display;
+mod orientation;
 mod plane;
 
 /// A NIfTI-1 header's size, and the least offset of a single file's voxels (the header and the
@@ -74,21 +77,24 @@ struct Stored {
 /// deflate's largest ratio (a run of one byte): a gzip file holds at least 1/1032 of its data.
 const DEFLATE_MAX_RATIO: u64 = 1032;
 
-/// How many slices the NIfTI file at `path` holds, from its header alone.
-pub(crate) fn slice_count(path: &Path) -> Result<u32> {
+/// How many slices the NIfTI file at `path` holds as `orientation` reads it, from its header
+/// alone.
+pub(crate) fn slice_count(path: &Path, orientation: Orientation) -> Result<u32> {
     let mut stored = open(path)?;
     let header = read_header(path, &mut stored.content)?;
-    Ok(shape(path, &header, &stored)?.slices)
+    let shape = shape(path, &header, &stored)?;
+    Ok(read_shape(path, &header, shape, orientation)?.1.slices)
 }
 
 /// The NIfTI file at `path` (its bytes already read where `bytes` holds them), one image for each
-/// of `frames`, a grayscale one through `window` where given (in place of the display range or
-/// the volume's min-max): the outer error is the file's, the inner ones each frame's.
+/// of `frames` among its slices as `orientation` reads it, a grayscale one through `window` where
+/// given (in place of the display range or the volume's min-max): the outer error is the file's,
+/// the inner ones each frame's.
 pub(crate) fn slices_rgb8(
     path: &Path,
     bytes: Option<&[u8]>,
     frames: &[DicomFrame],
-    window: Option<Window>,
+    (window, orientation): (Option<Window>, Orientation),
 ) -> Result<Vec<Result<RgbImage>>> {
     let mut stored = match bytes {
         Some(bytes) => stored(Cursor::new(bytes.to_vec()), bytes.len() as u64).map_err(|e| Error::io(path, e))?,
@@ -106,11 +112,12 @@ pub(crate) fn slices_rgb8(
         ));
     }
     let shape = shape(path, &header, &stored)?;
+    let (axes, read) = read_shape(path, &header, shape, orientation)?;
     // Read as a 3-D volume of 2-D slices: a 2-D image one slice, a 4-D file of one volume its
     // first three dimensions (nifti-rs streams slices of a lower rank than the volume's only).
     header.dim[0] = 3;
     header.dim[3] = u16::try_from(shape.slices).unwrap_or(1);
-    let indices: Vec<std::result::Result<u32, String>> = frames.iter().map(|&frame| slice_index(frame, shape.slices)).collect();
+    let indices: Vec<std::result::Result<u32, String>> = frames.iter().map(|&frame| slice_index(frame, read.slices)).collect();
     let wanted: Vec<u32> = indices.iter().filter_map(|index| index.as_ref().ok().copied()).collect();
     if wanted.is_empty() {
         return Ok(indices.into_iter().map(|index| Err(Error::format(path, index.err().unwrap_or_default()))).collect());
@@ -121,8 +128,9 @@ pub(crate) fn slices_rgb8(
         (None, Some((low, high)), _) | (None, None, Some((low, high))) => Scale::Range(low, high),
         (None, None, None) => Scale::VolumeRange,
     };
-    let (slices, range) = read_slices(path, &header, shape, stored.content, (&wanted, scale))?;
-    if let (Some(range), Some(identity)) = (range, stored.identity) {
+    let identity = stored.identity.clone();
+    let (slices, range) = read_slices(path, &header, (shape, axes), stored, (&wanted, scale))?;
+    if let (Some(range), Some(identity)) = (range, identity) {
         remember_range(identity, range);
     }
     let mut slices = slices.into_iter();
@@ -230,6 +238,17 @@ fn shape(path: &Path, header: &NiftiHeader, stored: &Stored) -> Result<Shape> {
         ));
     }
     Ok(shape)
+}
+
+/// The axes `orientation` reads the volume of `header` and `shape` (as stored) in, and its shape as
+/// read (its slices' size checked anew: a reoriented slice is another).
+fn read_shape(path: &Path, header: &NiftiHeader, shape: Shape, orientation: Orientation) -> Result<(Axes, Shape)> {
+    let axes = Axes::read(header, orientation).map_err(|why| Error::format(path, why))?;
+    let [width, height, slices] = axes.sizes([usize::from(shape.width), usize::from(shape.height), shape.slices as usize]);
+    // Each size is one of the stored ones, which the header holds as 16-bit numbers.
+    let read = Shape { width: width as u16, height: height as u16, slices: slices as u32, ..shape };
+    check_pixels(path, u32::from(read.width), u32::from(read.height))?;
+    Ok((axes, read))
 }
 
 impl Shape {

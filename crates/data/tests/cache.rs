@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use medxfer_data::{
-    Augment, Catalog, DECODE_REVISION, DicomFrame, Entry, ImageCache, LoaderConfig, Part, batches, epoch_order, load_image_frame,
-    load_rgb8, ood_entries, scan_dataset, synth,
+    Augment, Catalog, DECODE_REVISION, DicomFrame, Entry, ImageCache, LoaderConfig, Part, Rendering, batches, epoch_order,
+    load_image_frame, load_rgb8, ood_entries, scan_dataset, synth,
     transform::{self, Normalization, TrainTransform},
 };
 
@@ -31,7 +31,8 @@ fn a_cache_of_dicom_frames_is_keyed_by_the_frame_chosen() {
     assert!(error.contains("holds 3 frames"), "{error}");
     let mut keys = BTreeSet::new();
     for (frame, named) in [(DicomFrame::First, "-ffirst-"), (DicomFrame::Middle, "-fmiddle-"), (DicomFrame::Number(3), "-f3-")] {
-        let cache = ImageCache::open_or_build_frame(dir.path(), "cine", &fixtures, &entries, (16, frame, None), false).unwrap();
+        let cache =
+            ImageCache::open_or_build_frame(dir.path(), "cine", &fixtures, &entries, (16, frame, Rendering::default()), false).unwrap();
         assert!(cache.key().starts_with(&format!("cine-s16-d{DECODE_REVISION}{named}")), "{}", cache.key());
         let expected = transform::resize_shorter(&load_image_frame(&fixtures.join("us_cine.dcm"), frame).unwrap().image, 16).unwrap();
         assert_eq!(cache.read(0).unwrap(), expected, "{frame}");
@@ -42,10 +43,23 @@ fn a_cache_of_dicom_frames_is_keyed_by_the_frame_chosen() {
     let window: medxfer_data::Window = "40,80".parse().unwrap();
     let ct = [Entry { path: "ct_window.dcm".into(), label: 0, group: "a".into(), split: Part::Train, frame: None }];
     let own = ImageCache::open_or_build(dir.path(), "ct", &fixtures, &ct, 16, false).unwrap();
-    let windowed = ImageCache::open_or_build_frame(dir.path(), "ct", &fixtures, &ct, (16, DicomFrame::Only, Some(window)), false).unwrap();
+    let windowed = ImageCache::open_or_build_frame(
+        dir.path(),
+        "ct",
+        &fixtures,
+        &ct,
+        (16, DicomFrame::Only, Rendering { window: Some(window), ..Rendering::default() }),
+        false,
+    )
+    .unwrap();
     assert!(windowed.key().starts_with(&format!("ct-s16-d{DECODE_REVISION}-w40,80-")), "{}", windowed.key());
     assert_ne!(own.key(), windowed.key());
-    let through = medxfer_data::load_image_frames(&fixtures.join("ct_window.dcm"), &[DicomFrame::Only], Some(window)).unwrap();
+    let through = medxfer_data::load_image_frames(
+        &fixtures.join("ct_window.dcm"),
+        &[DicomFrame::Only],
+        Rendering { window: Some(window), ..Rendering::default() },
+    )
+    .unwrap();
     let expected = transform::resize_shorter(&through[0].as_ref().unwrap().image, 16).unwrap();
     assert_eq!(windowed.read(0).unwrap(), expected);
     assert_ne!(own.read(0).unwrap(), expected);

@@ -212,7 +212,8 @@ fn cache_builds_from_a_manifest_and_refuses_another_dataset_s() {
 
 /// `show` writes a file's image as the decoder makes it (a NIfTI volume's middle slice, pixel for
 /// pixel), and a contact sheet of every slice (tiles as large as the slices: each slice unscaled,
-/// centred, in order); a volume without a chosen slice, or a damaged file, fails naming it.
+/// centred, in order), and a volume reoriented; a volume without a chosen slice, or a damaged file,
+/// fails naming it.
 #[test]
 fn show_writes_a_file_as_the_backbones_see_it() {
     use medxfer_data::{DicomFrame, load_image_frame};
@@ -252,6 +253,29 @@ fn show_writes_a_file_as_the_backbones_see_it() {
     // Rows 1..5 of the first tile hold the shrunk slice (not black), row 0 and 5 the margins.
     assert!((0..6).all(|x| small.get_pixel(x, 0).0 == [0, 0, 0] && small.get_pixel(x, 5).0 == [0, 0, 0]));
     assert!((1..5).any(|y| (0..6).any(|x| small.get_pixel(x, y).0 != [0, 0, 0])));
+
+    // A sagittal volume (12 x 9 x 2) reoriented: 9 axial slices of 2 x 12, the middle one as the
+    // decoder reads it so, the stored plane said.
+    let sagittal = volume.with_file_name("t1_sagittal.nii.gz");
+    let canonical = dir.path().join("canonical.png");
+    let output = medxfer_data(&[
+        "show",
+        sagittal.to_str().unwrap(),
+        "--slice",
+        "middle",
+        "--reorient",
+        "canonical",
+        "--out",
+        canonical.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("2 x 12 pixels, 9 frame(s)") && stdout.contains("slices axial, the volume reoriented to RAS+ (stored: sagittal"),
+        "{output:?}"
+    );
+    let rendering = medxfer_data::Rendering { orientation: medxfer_data::Orientation::Canonical, ..Default::default() };
+    let middle = medxfer_data::load_image_frames(&sagittal, &[DicomFrame::Middle], rendering).unwrap().remove(0).unwrap().image;
+    assert_eq!(image::open(&canonical).unwrap().to_rgb8(), middle);
 
     for (file, expected) in [(volume.clone(), "holds 4 slices"), (dir.path().join("middle.png.missing"), "middle.png.missing")] {
         let output = medxfer_data(&["show", file.to_str().unwrap(), "--out", dir.path().join("x.png").to_str().unwrap()]);

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use medxfer_data::{DicomFrame, decode_rgb8, load_image, load_image_frame, load_image_frames, load_rgb8};
+use medxfer_data::{DicomFrame, Rendering, decode_rgb8, load_image, load_image_frame, load_image_frames, load_rgb8};
 
 fn fixtures() -> PathBuf {
     common::fixtures("dicom")
@@ -97,7 +97,7 @@ fn the_chosen_frame_of_a_multi_frame_dicom_file_decodes_as_pydicom_displays_it()
         // Read together, the file parsed once (each frame an image), last first: each frame as
         // read alone (pydicom's, above); a frame beyond the file's is that frame's error alone.
         let asked: Vec<DicomFrame> = (1..=frames + 1).rev().map(DicomFrame::Number).collect();
-        let together = load_image_frames(&path, &asked, None).unwrap();
+        let together = load_image_frames(&path, &asked, Rendering::default()).unwrap();
         assert_eq!(together.len(), asked.len());
         let error = together[0].as_ref().unwrap_err().to_string();
         assert!(error.contains(&format!("has no frame {}", frames + 1)), "{name}: {error}");
@@ -332,13 +332,17 @@ fn a_dicom_file_s_patient_id_is_read_from_its_header() {
 /// displays it, and its index tells one order of a loop's frames from another.
 #[test]
 fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
-    use medxfer_data::{Entry, FrameSelection, ImageCache, Part, frame_count, frame_entries, transform};
+    use medxfer_data::{Entry, FrameSelection, ImageCache, Orientation, Part, frame_count, frame_entries, transform};
     let expected = common::expected(&fixtures());
     let entry = |path: &str, label: u32, split: Part| Entry { path: path.into(), label, group: format!("g-{path}"), split, frame: None };
     let entries =
         [entry("us_cine.dcm", 1, Part::Train), entry("ct_window.dcm", 0, Part::Val), entry("mr_jpegls_frames.dcm", 2, Part::Test)];
     let listed = |selection: FrameSelection| -> Vec<(String, Option<u32>, u32, String, Part)> {
-        frame_entries(&fixtures(), &entries, selection).unwrap().into_iter().map(|e| (e.path, e.frame, e.label, e.group, e.split)).collect()
+        frame_entries(&fixtures(), &entries, selection, Orientation::Stored)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path, e.frame, e.label, e.group, e.split))
+            .collect()
     };
     let row = |path: &str, frame: Option<u32>, label: u32, split: Part| (path.to_string(), frame, label, format!("g-{path}"), split);
     assert_eq!(
@@ -363,14 +367,16 @@ fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
             row("mr_jpegls_frames.dcm", Some(3), 2, Part::Test),
         ]
     );
-    assert_eq!(frame_entries(&fixtures(), &entries, FrameSelection::One(DicomFrame::Middle)).unwrap(), entries);
-    assert_eq!(frame_count(&fixtures().join("ct_enhanced.dcm")).unwrap(), 3);
-    assert_eq!(frame_count(&fixtures().join("IM000001")).unwrap(), 1);
-    assert_eq!(frame_count(&common::fixtures("formats").join("gray.jpg")).unwrap(), 1);
+    assert_eq!(frame_entries(&fixtures(), &entries, FrameSelection::One(DicomFrame::Middle), Orientation::Stored).unwrap(), entries);
+    assert_eq!(frame_count(&fixtures().join("ct_enhanced.dcm"), Orientation::Stored).unwrap(), 3);
+    assert_eq!(frame_count(&fixtures().join("IM000001"), Orientation::Stored).unwrap(), 1);
+    assert_eq!(frame_count(&common::fixtures("formats").join("gray.jpg"), Orientation::Stored).unwrap(), 1);
 
-    let frames = frame_entries(&fixtures(), &entries, FrameSelection::Every(1)).unwrap();
+    let frames = frame_entries(&fixtures(), &entries, FrameSelection::Every(1), Orientation::Stored).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &frames, (16, DicomFrame::Only, None), false).unwrap();
+    let cache =
+        ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &frames, (16, DicomFrame::Only, Rendering::default()), false)
+            .unwrap();
     assert_eq!(cache.len(), frames.len());
     for (i, entry) in frames.iter().enumerate() {
         let name = format!("{}#{}", entry.path, entry.frame.unwrap_or(1));
@@ -383,7 +389,9 @@ fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
     // now is.
     let mut reversed = frames.clone();
     reversed[..3].reverse();
-    let other = ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &reversed, (16, DicomFrame::Only, None), false).unwrap();
+    let other =
+        ImageCache::open_or_build_frame(dir.path(), "loops", &fixtures(), &reversed, (16, DicomFrame::Only, Rendering::default()), false)
+            .unwrap();
     assert_eq!(other.read(0).unwrap(), cache.read(2).unwrap());
     assert_ne!(other.read(0).unwrap(), cache.read(0).unwrap());
     // A count more than the file can hold (a damaged header: a billion frames of a 2 kB file)
@@ -401,10 +409,10 @@ fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
         object.write_to_file(&damaged).unwrap();
         damaged
     };
-    assert_eq!(frame_count(&stating("us_cine.dcm", "4")).unwrap(), 4);
+    assert_eq!(frame_count(&stating("us_cine.dcm", "4"), Orientation::Stored).unwrap(), 4);
     for (name, frames) in [("us_cine.dcm", "5"), ("us_cine.dcm", "1000000000"), ("xa_cine_jpeg.dcm", "1000")] {
         let damaged = stating(name, frames);
-        let error = frame_count(&damaged).unwrap_err().to_string();
+        let error = frame_count(&damaged, Orientation::Stored).unwrap_err().to_string();
         assert!(error.starts_with(&damaged.display().to_string()) && error.contains(&format!("states {frames} frames")), "{error}");
     }
     // A file whose header cannot be read is named, with the others that cannot.
@@ -412,6 +420,6 @@ fn every_frame_of_a_loop_is_an_image_of_its_own_in_the_loop_s_group() {
     std::fs::write(&cut, &std::fs::read(fixtures().join("us_cine.dcm")).unwrap()[..300]).unwrap();
     std::fs::copy(fixtures().join("us_cine.dcm"), dir.path().join("whole.dcm")).unwrap();
     let given = [entry("whole.dcm", 0, Part::Train), entry("cut.dcm", 0, Part::Train), entry("absent.dcm", 0, Part::Train)];
-    let error = frame_entries(dir.path(), &given, FrameSelection::Every(1)).unwrap_err().to_string();
+    let error = frame_entries(dir.path(), &given, FrameSelection::Every(1), Orientation::Stored).unwrap_err().to_string();
     assert!(error.starts_with("2 of 3 image(s) could not be read") && error.contains("cut.dcm") && error.contains("absent.dcm"), "{error}");
 }

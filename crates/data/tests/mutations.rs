@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use medxfer_data::{Catalog, DicomFrame, Entry, Part, decode_image, load_image_frames, load_rgb8, read_manifest, scan_dataset, transform};
+use medxfer_data::{
+    Catalog, DicomFrame, Entry, Part, Rendering, decode_image, load_image_frames, load_rgb8, read_manifest, scan_dataset, transform,
+};
 use medxfer_mutate::{Mutator, never_panics};
 
 fn formats() -> PathBuf {
@@ -70,7 +72,7 @@ fn mutated_nifti_files_decode_or_fail_naming_the_file() {
         |bytes: &Vec<u8>| {
             std::fs::write(&path, bytes).unwrap();
             let named = |error: &medxfer_data::Error| assert!(error.to_string().contains("volume.nii"), "{error}");
-            match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Number(9)], None) {
+            match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Number(9)], Rendering::default()) {
                 Ok(images) => {
                     assert_eq!(images.len(), 3);
                     images.iter().filter_map(|image| image.as_ref().err()).for_each(named);
@@ -126,7 +128,7 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
             |bytes: &Vec<u8>| {
                 std::fs::write(&path, bytes).unwrap();
                 let named = |error: &medxfer_data::Error| assert!(error.to_string().contains("loop.dcm"), "{name}: {error}");
-                match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Middle], None) {
+                match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Middle], Rendering::default()) {
                     Ok(images) => {
                         assert_eq!(images.len(), 3, "{name}");
                         images.iter().filter_map(|image| image.as_ref().err()).for_each(named);

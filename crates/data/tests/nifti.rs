@@ -8,7 +8,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use medxfer_data::{DicomFrame, decode_image, frame_count, is_image_file, load_image_frame, load_image_frames, load_rgb8};
+use medxfer_data::{
+    DicomFrame, Orientation, Rendering, decode_image, frame_count, is_image_file, load_image_frame, load_image_frames, load_rgb8,
+};
 
 fn fixtures() -> PathBuf {
     common::fixtures("nifti")
@@ -26,10 +28,12 @@ fn every_nifti_slice_decodes_as_nibabel_shows_it() {
         ("pet_float_nan_extension.nii.gz", 3),
         ("histology_rgb24.nii", 2),
         ("mr_4d_one_volume.nii.gz", 3),
+        ("ct_lps_axial.nii.gz", 3),
+        ("oblique_sform.nii", 3),
     ] {
         let path = fixtures().join(name);
         assert!(is_image_file(&path), "{name}");
-        assert_eq!(frame_count(&path).unwrap(), slices, "{name}");
+        assert_eq!(frame_count(&path, Orientation::Stored).unwrap(), slices, "{name}");
         let chosen = (1..=slices).map(|n| (DicomFrame::Number(n), n)).chain([
             (DicomFrame::First, 1),
             (DicomFrame::Middle, slices / 2 + 1),
@@ -56,7 +60,7 @@ fn every_nifti_slice_decodes_as_nibabel_shows_it() {
         // Read together, last first, one beyond the volume: each as read alone, that one an
         // error of its own.
         let asked: Vec<DicomFrame> = (1..=slices + 1).rev().map(DicomFrame::Number).collect();
-        let together = load_image_frames(&path, &asked, None).unwrap();
+        let together = load_image_frames(&path, &asked, Rendering::default()).unwrap();
         let error = together[0].as_ref().unwrap_err().to_string();
         assert!(error.starts_with(&path.display().to_string()) && error.contains(&format!("no slice {}", slices + 1)), "{error}");
         for (decoded, &frame) in together.iter().zip(&asked).skip(1) {
@@ -75,7 +79,7 @@ fn every_nifti_slice_decodes_as_nibabel_shows_it() {
     let image = load_rgb8(&path).unwrap();
     let (max, _, _) = common::differences("xray_2d.nii", &image, &expected["xray_2d.nii"]);
     assert_eq!(max, 0);
-    assert_eq!(frame_count(&path).unwrap(), 1);
+    assert_eq!(frame_count(&path, Orientation::Stored).unwrap(), 1);
     for frame in [DicomFrame::First, DicomFrame::Middle, DicomFrame::Last, DicomFrame::Number(1)] {
         assert_eq!(load_image_frame(&path, frame).unwrap().image, image, "{frame}");
     }
@@ -91,7 +95,7 @@ fn nifti_files_that_are_not_one_volume_of_images_are_refused_naming_the_file_and
         ("complex.nii", "the NIfTI voxels are Complex64"),
     ] {
         let path = fixtures().join(name);
-        for error in [load_image_frame(&path, DicomFrame::First).unwrap_err(), frame_count(&path).unwrap_err()] {
+        for error in [load_image_frame(&path, DicomFrame::First).unwrap_err(), frame_count(&path, Orientation::Stored).unwrap_err()] {
             let error = error.to_string();
             assert!(error.starts_with(&path.display().to_string()) && error.contains(expected), "{name}: {error}");
         }
@@ -119,7 +123,7 @@ fn truncated_nifti_files_are_refused() {
     let bytes = std::fs::read(fixtures().join("mr_12bit_big_endian.nii")).unwrap();
     let path = dir.path().join("cut.nii");
     std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-    for error in [load_image_frame(&path, DicomFrame::First).unwrap_err(), frame_count(&path).unwrap_err()] {
+    for error in [load_image_frame(&path, DicomFrame::First).unwrap_err(), frame_count(&path, Orientation::Stored).unwrap_err()] {
         let error = error.to_string();
         assert!(error.contains("12 x 9 x 3 voxels of Uint16 (1000 bytes with the header), more than its 990 byte file holds"), "{error}");
     }
@@ -149,4 +153,72 @@ fn the_slice_plane_is_read_from_the_header_as_nibabel_reads_it() {
     }
     let png = common::fixtures("formats").join("gray.jpg");
     assert_eq!(medxfer_data::slice_plane(&png).unwrap(), None);
+}
+
+/// `--reorient canonical`: every readable volume's slices exactly as nibabel's
+/// `as_closest_canonical` shows them (expected.safetensors' canonical/ images): axes permuted (a
+/// sagittal volume, a coronal one by its quaternion), flipped (an LPS axial volume, RGB voxels, a
+/// header without orientation read as nibabel reads one), a sheared sform, and volumes already
+/// RAS+ as stored.
+#[test]
+fn reoriented_volumes_read_as_nibabels_closest_canonical() {
+    let expected = common::expected(&fixtures());
+    let canonical = Rendering { orientation: Orientation::Canonical, ..Rendering::default() };
+    let mut slices_of: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+    for key in expected.keys().filter_map(|key| key.strip_prefix("canonical/")) {
+        let (name, _) = key.split_once('#').unwrap();
+        *slices_of.entry(name.to_string()).or_default() += 1;
+    }
+    assert!(slices_of.len() >= 10, "{slices_of:?}");
+    let mut reoriented = 0;
+    for (name, &slices) in &slices_of {
+        let path = fixtures().join(name);
+        assert_eq!(frame_count(&path, Orientation::Canonical).unwrap(), slices, "{name}");
+        let asked: Vec<DicomFrame> = (1..=slices).map(DicomFrame::Number).collect();
+        let images = load_image_frames(&path, &asked, canonical).unwrap();
+        for (number, image) in (1..=slices).zip(images) {
+            let case = format!("{name} canonical slice {number}");
+            let (max, _, _) = common::differences(&case, &image.unwrap().image, &expected[&format!("canonical/{name}#{number}")]);
+            assert_eq!(max, 0, "{case}");
+        }
+        // Chosen by first, middle and last among the slices as read.
+        let middle = load_image_frames(&path, &[DicomFrame::Middle], canonical).unwrap().remove(0).unwrap().image;
+        assert_eq!(middle, load_image_frames(&path, &[DicomFrame::Number(slices / 2 + 1)], canonical).unwrap().remove(0).unwrap().image);
+        let stored_slices = frame_count(&path, Orientation::Stored).unwrap();
+        let stored = load_image_frames(&path, &[DicomFrame::First], Rendering::default()).unwrap().remove(0).unwrap().image;
+        let first = load_image_frames(&path, &[DicomFrame::First], canonical).unwrap().remove(0).unwrap().image;
+        if stored_slices != slices || stored != first {
+            reoriented += 1;
+        }
+    }
+    // The sagittal, coronal, LPS, RGB, unoriented and sheared volumes.
+    assert!(reoriented >= 6, "only {reoriented} volumes read otherwise reoriented");
+}
+
+/// An affine whose axes do not span space (a zero column) cannot be reoriented: the error names
+/// the file and the fix; read as stored, the volume is still read.
+#[test]
+fn a_degenerate_affine_is_refused_for_reorienting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(fixtures().join("coronal_qform.nii")).unwrap();
+    // sform_code 1, and srow_x..srow_z (bytes 280..328) a first column of zeros.
+    bytes[254..256].copy_from_slice(&1i16.to_le_bytes());
+    let rows: [[f32; 4]; 3] = [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]];
+    for (at, value) in (280..).step_by(4).zip(rows.iter().flatten()) {
+        bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+    let path = dir.path().join("degenerate.nii");
+    std::fs::write(&path, &bytes).unwrap();
+    let canonical = Rendering { orientation: Orientation::Canonical, ..Rendering::default() };
+    for error in [
+        load_image_frames(&path, &[DicomFrame::First], canonical).unwrap_err().to_string(),
+        frame_count(&path, Orientation::Canonical).unwrap_err().to_string(),
+    ] {
+        assert!(
+            error.starts_with(&path.display().to_string()) && error.contains("degenerate") && error.contains("--reorient stored"),
+            "{error}"
+        );
+    }
+    assert_eq!(medxfer_data::slice_plane(&path).unwrap(), None);
+    assert!(load_image_frames(&path, &[DicomFrame::First], Rendering::default()).unwrap().remove(0).is_ok());
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use medxfer_data::{DicomFrame, Window, load_image_frame, load_image_frames};
+use medxfer_data::{DicomFrame, Rendering, Window, load_image_frame, load_image_frames};
 
 #[test]
 fn a_window_of_ones_own_replaces_the_files_as_pydicom_applies_it() {
@@ -20,7 +20,11 @@ fn a_window_of_ones_own_replaces_the_files_as_pydicom_applies_it() {
         };
         let window: Window = window.parse().unwrap();
         let path = common::fixtures("").join(file);
-        let ours = load_image_frames(&path, &[frame], Some(window)).unwrap().remove(0).unwrap().image;
+        let ours = load_image_frames(&path, &[frame], Rendering { window: Some(window), ..Rendering::default() })
+            .unwrap()
+            .remove(0)
+            .unwrap()
+            .image;
         let (max, _, _) = common::differences(key, &ours, truth);
         assert_eq!(max, 0, "{key}");
         // The file's own display differs, but for colour, which a window leaves as it is.

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
 use medxfer_data::{
-    Augment, DicomFrame, Entry, ImageCache, LoaderConfig, Window, batches,
+    Augment, DicomFrame, Entry, ImageCache, LoaderConfig, Rendering, batches,
     transform::{Normalization, TrainTransform},
 };
 use medxfer_zoo::Backbone;
@@ -197,20 +197,21 @@ impl SplitData {
     /// The images `entries` name under `root`, decoded once (shorter side `resize`) into the
     /// cache folder `cache_dir` under `name`, with a progress bar while building when `progress`.
     pub fn cached(cache_dir: &Path, name: &str, root: &Path, entries: &[Entry], resize: u32, progress: bool) -> Result<Self> {
-        Self::cached_frame(cache_dir, name, root, entries, (resize, DicomFrame::Only, None), progress)
+        Self::cached_frame(cache_dir, name, root, entries, (resize, DicomFrame::Only, Rendering::default()), progress)
     }
 
-    /// [`Self::cached`], reading the frame `frame` chooses of each DICOM file of several, and
-    /// grayscale DICOM and NIfTI images through `window` where one is given.
+    /// [`Self::cached`], reading the frame `frame` chooses of each DICOM file of several (or
+    /// slice of a NIfTI volume), the images rendered as `rendering` says (a window, a volume's
+    /// orientation).
     pub fn cached_frame(
         cache_dir: &Path,
         name: &str,
         root: &Path,
         entries: &[Entry],
-        (resize, frame, window): (u32, DicomFrame, Option<Window>),
+        (resize, frame, rendering): (u32, DicomFrame, Rendering),
         progress: bool,
     ) -> Result<Self> {
-        let cache = ImageCache::open_or_build_frame(cache_dir, name, root, entries, (resize, frame, window), progress)?;
+        let cache = ImageCache::open_or_build_frame(cache_dir, name, root, entries, (resize, frame, rendering), progress)?;
         Ok(Self { cache: Arc::new(cache), labels: Arc::new(entries.iter().map(|e| e.label).collect()) })
     }
 }

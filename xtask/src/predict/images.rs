@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use medxfer_data::{DicomFrame, Entry, FrameSelection, Part, Window};
+use medxfer_data::{DicomFrame, Entry, FrameSelection, Part, Rendering};
 use medxfer_train::SplitData;
 
 use crate::rank::images::LabelColumns;
@@ -130,11 +130,11 @@ pub struct Cached {
 pub fn cached_images(
     cache_dir: &Path,
     images: &mut Images,
-    (resize, selection, window): (u32, FrameSelection, Option<Window>),
+    (resize, selection, rendering): (u32, FrameSelection, Rendering),
     skip: bool,
     listing: &Path,
 ) -> Result<Cached> {
-    let first = cached_files(cache_dir, images, (resize, selection, window));
+    let first = cached_files(cache_dir, images, (resize, selection, rendering));
     let cached = match first {
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) if skip => Err(unreadable),
         Err(medxfer_train::Error::Data(unreadable @ medxfer_data::Error::Unreadable { .. })) => {
@@ -147,7 +147,7 @@ pub fn cached_images(
         Err(unreadable) => {
             use rayon::prelude::*;
             let errors: Vec<Option<String>> =
-                images.paths.par_iter().map(|path| unreadable_because(&images.root, path, (selection, window))).collect();
+                images.paths.par_iter().map(|path| unreadable_because(&images.root, path, (selection, rendering))).collect();
             let rows: Vec<Vec<String>> = images
                 .paths
                 .iter()
@@ -165,7 +165,7 @@ pub fn cached_images(
             images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
             crate::results::write_rows(listing, &["path", "error"], &rows)?;
             eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
-            let (split, file_of, frames) = cached_files(cache_dir, images, (resize, selection, window))?;
+            let (split, file_of, frames) = cached_files(cache_dir, images, (resize, selection, rendering))?;
             return Ok(Cached { split, readable: Some(readable), file_of, frames });
         }
     };
@@ -180,7 +180,7 @@ pub fn cached_images(
 fn cached_files(
     cache_dir: &Path,
     images: &Images,
-    (resize, selection, window): (u32, FrameSelection, Option<Window>),
+    (resize, selection, rendering): (u32, FrameSelection, Rendering),
 ) -> medxfer_train::Result<(SplitData, Vec<usize>, Vec<Option<u32>>)> {
     // Labels are not read; the cache wants one per image. The group is the file's index, which
     // its frames keep.
@@ -190,20 +190,20 @@ fn cached_files(
         .enumerate()
         .map(|(i, path)| Entry { path: path.clone(), label: 0, group: i.to_string(), split: Part::Test, frame: None })
         .collect();
-    let entries = medxfer_data::frame_entries(&images.root, &files, selection)?;
+    let entries = medxfer_data::frame_entries(&images.root, &files, selection, rendering.orientation)?;
     let file_of = entries.iter().map(|e| e.group.parse().unwrap_or(usize::MAX)).collect();
     let frames = entries.iter().map(|e| e.frame).collect();
-    let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries, (resize, selection.per_file(), window), true)?;
+    let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries, (resize, selection.per_file(), rendering), true)?;
     Ok((split, file_of, frames))
 }
 
 /// The frame `frames` names of each of `images` (one a file, in order), decoded into the cache
-/// apart for `--saliency` (an earlier run's removed), through `window` as predicted.
+/// apart for `--saliency` (an earlier run's removed), rendered as predicted.
 pub fn saliency_frames(
     cache_dir: &Path,
     images: &Images,
     frames: &[Option<u32>],
-    (resize, window): (u32, Option<Window>),
+    (resize, rendering): (u32, Rendering),
 ) -> Result<SplitData> {
     let entries: Vec<Entry> = images
         .paths
@@ -212,7 +212,7 @@ pub fn saliency_frames(
         .map(|(path, &frame)| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test, frame })
         .collect();
     let split =
-        SplitData::cached_frame(cache_dir, SALIENCY_FRAMES_CACHE, &images.root, &entries, (resize, DicomFrame::Only, window), false)?;
+        SplitData::cached_frame(cache_dir, SALIENCY_FRAMES_CACHE, &images.root, &entries, (resize, DicomFrame::Only, rendering), false)?;
     crate::rank::images::prune_caches(cache_dir, SALIENCY_FRAMES_CACHE, split.cache.key());
     Ok(split)
 }
@@ -221,18 +221,19 @@ pub fn saliency_frames(
 /// "predict-...": pruning predict's own caches would take it).
 const SALIENCY_FRAMES_CACHE: &str = "shown-frames";
 
-/// Why the image `path` under `root` cannot be read as `selection` and `window` read it (a loop:
-/// where one of the frames kept cannot, read as the cache reads them), or `None` where it can.
-fn unreadable_because(root: &Path, path: &str, (selection, window): (FrameSelection, Option<Window>)) -> Option<String> {
+/// Why the image `path` under `root` cannot be read as `selection` and `rendering` read it (a
+/// loop: where one of the frames kept cannot, read as the cache reads them), or `None` where it
+/// can.
+fn unreadable_because(root: &Path, path: &str, (selection, rendering): (FrameSelection, Rendering)) -> Option<String> {
     let file = Entry { path: path.to_string(), label: 0, group: String::new(), split: Part::Test, frame: None };
-    let frames = match medxfer_data::frame_entries(root, &[file], selection) {
+    let frames = match medxfer_data::frame_entries(root, &[file], selection, rendering.orientation) {
         Ok(entries) => entries.iter().map(|entry| entry.frame.map_or(selection.per_file(), DicomFrame::Number)).collect::<Vec<_>>(),
         // The file's own error, not the list of one that frame_entries makes of it.
         Err(medxfer_data::Error::Unreadable { problems, .. }) => return problems.into_iter().next(),
         Err(error) => return Some(error.to_string()),
     };
     let path = root.join(path);
-    frames.chunks(medxfer_data::FRAMES_PER_READ).find_map(|frames| match medxfer_data::load_image_frames(&path, frames, window) {
+    frames.chunks(medxfer_data::FRAMES_PER_READ).find_map(|frames| match medxfer_data::load_image_frames(&path, frames, rendering) {
         Ok(images) => images.into_iter().find_map(Result::err).map(|e| e.to_string()),
         Err(error) => Some(error.to_string()),
     })

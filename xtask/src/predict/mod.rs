@@ -75,6 +75,10 @@ pub struct PredictArgs {
     /// file's own.
     #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
     pub window: Option<medxfer_data::Window>,
+    /// A NIfTI volume's axes, stored or canonical (RAS+, as rank takes it). By default the ones
+    /// rank read its volumes along (`reorient` in the model's card).
+    #[arg(long, value_name = "ORIENTATION")]
+    pub reorient: Option<medxfer_data::Orientation>,
     /// Divide the logits by the temperature rank fitted on the val part (temperature scaling,
     /// Guo et al. 2017) before the softmax: the same predicted classes, probabilities that match
     /// how often the model is right. By default the probabilities are as the model gives them.
@@ -159,6 +163,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     let frames = args.dicom_frame.unwrap_or(card.dicom_frame);
     let window = args.window.or(card.window);
+    let rendering = medxfer_data::Rendering { window, orientation: args.reorient.unwrap_or(card.reorient) };
     check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(
@@ -192,8 +197,11 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         let shown = |window: Option<medxfer_data::Window>| window.map_or_else(|| "each file's own".to_string(), |w| w.to_string());
         eprintln!("--window {}: the model was fine-tuned on rank's images read through {}", shown(window), shown(card.window));
     }
+    if rendering.orientation != card.reorient {
+        eprintln!("--reorient {}: the model was fine-tuned on rank's volumes read {}", rendering.orientation, card.reorient);
+    }
     let Cached { split, readable, file_of, frames: image_frames } =
-        cached_images(&cache_dir, &mut images, (card.resize, frames, window), args.skip_unreadable, &listing)?;
+        cached_images(&cache_dir, &mut images, (card.resize, frames, rendering), args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
     // The labels of the images predicted, where some were left out.
     let csv_truth = match (csv_truth, &readable) {
@@ -244,7 +252,8 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
             // A loop's map on its frame most telling of the class drawn.
             let shown =
                 frame_logits.as_ref().map(|frame_logits| telling_frames(frame_logits, (&file_of, &image_frames), &classes, temperature));
-            let shown_split = shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images, shown, (card.resize, window))).transpose()?;
+            let shown_split =
+                shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images, shown, (card.resize, rendering))).transpose()?;
             let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
             let mut batches = SaliencyBatches::new(&model, shown_split.as_ref().unwrap_or(&split), &settings, &classes)?;
             let written =
@@ -519,6 +528,7 @@ mod tests {
                 std: [0.5; 3],
                 dicom_frame: FrameSelection::default(),
                 window: None,
+                reorient: medxfer_data::Orientation::Stored,
                 val_balanced_accuracy: Some(val),
                 test_balanced_accuracy: Some(test),
                 temperature: None,

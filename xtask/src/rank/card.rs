@@ -38,6 +38,10 @@ pub struct ModelCard {
     /// which `predict` reads new ones through too; none: each file's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<medxfer_data::Window>,
+    /// The axes NIfTI volumes were read along (rank's --reorient), which `predict` reads new
+    /// ones along too; stored on cards written before it was kept.
+    #[serde(default)]
+    pub reorient: medxfer_data::Orientation,
     /// The kept epoch's on the val part of rank's split (finetune_split.csv): what `predict`
     /// chooses by, so that the test part's stays an estimate the choice did not see.
     #[serde(default)]

@@ -53,6 +53,13 @@ pub struct ImagesReading {
     /// are). `predict` reads new images through it too.
     #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
     pub window: Option<medxfer_data::Window>,
+    /// A NIfTI volume's axes: stored (slices along the third stored axis, in whatever plane the
+    /// volume was acquired), or canonical: nibabel's as_closest_canonical, the axes permuted and
+    /// flipped to run towards the patient's right, front and head (RAS+), so every volume's
+    /// slices are axial, the front up (a folder of sagittal, coronal and axial acquisitions read
+    /// alike). `predict` reads new volumes so too.
+    #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
+    pub reorient: medxfer_data::Orientation,
 }
 
 /// The path, label and optional group columns' names.
@@ -73,6 +80,11 @@ fn parse_columns(text: &str) -> std::result::Result<ColumnNames, String> {
 }
 
 impl ImagesReading {
+    /// How the images are rendered: the window and a volume's orientation asked for.
+    pub fn rendering(&self) -> medxfer_data::Rendering {
+        medxfer_data::Rendering { window: self.window, orientation: self.reorient }
+    }
+
     fn names(&self) -> (&str, &str, Option<&str>) {
         match self.csv_columns.as_ref().map(|names| names.0.as_slice()) {
             Some([path, label]) => (path, label, None),

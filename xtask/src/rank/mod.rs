@@ -274,11 +274,13 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let device = medxfer_train::parse_device(&args.device)?;
     let files = split(args, &images)?;
     // Each frame of a loop an image (--dicom-frame all): in its file's part and group.
-    let entries = medxfer_data::frame_entries(&images.root, &files, args.reading.dicom_frame)?;
+    let entries = medxfer_data::frame_entries(&images.root, &files, args.reading.dicom_frame, args.reading.reorient)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     describe_images(args, &images);
     describe_frames(args, &files, &entries);
-    warn_of_mixed_planes(&images.root, &files);
+    if args.reading.reorient == medxfer_data::Orientation::Stored {
+        warn_of_mixed_planes(&images.root, &files);
+    }
     if args.finetune_top.is_some() {
         // A row a file: the split is of files, a loop's frames in its part.
         write_split(&args.out.join(SPLIT_CSV), &files, &images.classes)?;
@@ -441,8 +443,9 @@ fn describe_frames(args: &RankArgs, files: &[Entry], entries: &[Entry]) {
 
 /// Says on stderr where the NIfTI volumes among `files` are sliced in different planes (some
 /// axial, some sagittal: dcm2niix keeps each acquisition's own), naming a few of the fewer kind:
-/// their slices are other views, which the scores and the fine-tuning would mix as one. A header
-/// that cannot be read is left to the decoding, which names it.
+/// their slices are other views, which the scores and the fine-tuning would mix as one (read
+/// `--reorient canonical`, every volume's are axial). A header that cannot be read is left to the
+/// decoding, which names it.
 fn warn_of_mixed_planes(root: &Path, files: &[Entry]) {
     use rayon::prelude::*;
     let planes: Vec<(medxfer_data::SlicePlane, &Entry)> = files
@@ -460,7 +463,7 @@ fn warn_of_mixed_planes(root: &Path, files: &[Entry]) {
         planes.iter().filter(|(plane, _)| *plane != most).take(5).map(|(plane, e)| format!("{} ({plane})", e.path)).collect();
     eprintln!(
         "warning: {}: the NIfTI volumes are sliced in different planes ({}): a slice of one is another view than a slice of another; \
-         reorient them alike (fslreorient2std, or nibabel's as_closest_canonical) and rank again. Not {most}: {}",
+         rank again with --reorient canonical (each volume read as nibabel's as_closest_canonical: axial slices). Not {most}: {}",
         root.display(),
         listed.join(", "),
         others.join(", ")
@@ -475,7 +478,7 @@ fn part_of(entries: &[Entry], part: Part) -> Vec<Entry> {
 /// `entries`' images decoded into OUT/cache/ as the part `name` (read back where decoded before).
 fn decoded_part(args: &RankArgs, images: &LabelledImages, entries: &[Entry], name: &str) -> Result<SplitData> {
     let frame = args.reading.dicom_frame.per_file();
-    Ok(SplitData::cached_frame(&args.out.join("cache"), name, &images.root, entries, (args.resize, frame, args.reading.window), true)?)
+    Ok(SplitData::cached_frame(&args.out.join("cache"), name, &images.root, entries, (args.resize, frame, args.reading.rendering()), true)?)
 }
 
 /// The candidates that were not ranked, a markdown bullet each with its error.

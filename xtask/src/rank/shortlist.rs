@@ -69,7 +69,7 @@ impl Shortlist<'_> {
             "saliency",
             &self.images.root,
             &chosen_entries,
-            (args.resize, args.reading.dicom_frame.per_file(), args.reading.window),
+            (args.resize, args.reading.dicom_frame.per_file(), args.reading.rendering()),
             false,
         )?;
         super::images::prune_caches(&cache_dir, "saliency", saliency_images.cache.key());
@@ -182,6 +182,7 @@ impl Shortlist<'_> {
             std: normalization.std,
             dicom_frame: args.reading.dicom_frame,
             window: args.reading.window,
+            reorient: args.reading.reorient,
             val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
             test_balanced_accuracy: row.test_balanced_accuracy,
             temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),

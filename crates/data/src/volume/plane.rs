@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::orientation::{oriented_affine, patient_axes};
 use super::{is_nifti, open, read_header};
 use crate::error::Result;
 
@@ -29,30 +30,16 @@ impl std::fmt::Display for SlicePlane {
     }
 }
 
-/// The plane of the slices of the NIfTI file at `path`, from its header alone, as nibabel's
-/// `aff2axcodes(img.affine)[2]` names it: by the sform where its code is set, else the qform
-/// (its quaternion, nifti1_io's `quatern_to_mat44`), else `None` (a header without orientation).
-/// `None` too for a file that is not NIfTI.
+/// The plane of the slices of the NIfTI file at `path` as stored, from its header alone, as
+/// nibabel's `aff2axcodes(img.affine)[2]` names it: by the sform where its code is set, else the
+/// qform, else `None` (a header without orientation, or a degenerate one). `None` too for a file
+/// that is not NIfTI.
 pub fn slice_plane(path: &Path) -> Result<Option<SlicePlane>> {
     if !is_nifti(path) {
         return Ok(None);
     }
     let mut stored = open(path)?;
     let header = read_header(path, &mut stored.content)?;
-    // The affine's third column: where a step along the third stored axis goes in the patient's
-    // x (towards the right), y (the front) and z (the head): RAS+, the space both forms map to.
-    let column = if header.sform_code > 0 {
-        [header.srow_x[2], header.srow_y[2], header.srow_z[2]].map(f64::from)
-    } else if header.qform_code > 0 {
-        let [b, c, d] = [header.quatern_b, header.quatern_c, header.quatern_d].map(f64::from);
-        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
-        [2.0 * (b * d + a * c), 2.0 * (c * d - a * b), a * a + d * d - c * c - b * b]
-    } else {
-        return Ok(None);
-    };
-    let largest = (0..3).max_by(|&i, &j| column[i].abs().total_cmp(&column[j].abs())).unwrap_or(2);
-    if column[largest] == 0.0 || !column[largest].is_finite() {
-        return Ok(None);
-    }
-    Ok(Some([SlicePlane::Sagittal, SlicePlane::Coronal, SlicePlane::Axial][largest]))
+    let Some(patient) = oriented_affine(&header).as_ref().and_then(patient_axes) else { return Ok(None) };
+    Ok(Some([SlicePlane::Sagittal, SlicePlane::Coronal, SlicePlane::Axial][patient[2].0]))
 }
