@@ -222,6 +222,9 @@ impl ImageCache {
                 bar.inc(chunk.len() as u64);
             }
         }
+        // Every slice is cached: the volumes kept whole for reoriented runs are not wanted by
+        // the training that follows.
+        crate::volume::forget_held_volumes();
         if !problems.is_empty() {
             return Err(Error::Unreadable { total: entries.len(), problems });
         }

@@ -31,6 +31,7 @@ use nifti::{NiftiHeader, NiftiType};
 use crate::dicom::{DicomFrame, Window};
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
+pub(crate) use display::forget_held_volumes;
 use display::{FileIdentity, Scale, display_range, read_slices, remember_range, remembered_range};
 use orientation::Axes;
 pub use orientation::Orientation;

@@ -222,3 +222,65 @@ fn a_degenerate_affine_is_refused_for_reorienting() {
     assert_eq!(medxfer_data::slice_plane(&path).unwrap(), None);
     assert!(load_image_frames(&path, &[DicomFrame::First], Rendering::default()).unwrap().remove(0).is_ok());
 }
+
+/// A uint8 volume stored sagittal-wise (its voxel axes towards the front, the head and the right;
+/// each voxel `value(i, j, k)`), the voxels spanning 0..=255 so that min-max scaling leaves them
+/// as they are: its header field by field (nifti1.h).
+fn write_sagittal_u8(path: &std::path::Path, sizes: [u16; 3], value: impl Fn(u16, u16, u16) -> u8) {
+    let mut bytes = vec![0u8; 352];
+    let mut put = |at: usize, field: &[u8]| bytes[at..at + field.len()].copy_from_slice(field);
+    put(0, &348i32.to_le_bytes());
+    for (k, dim) in [3, sizes[0], sizes[1], sizes[2], 1, 1, 1, 1].into_iter().enumerate() {
+        put(40 + 2 * k, &dim.to_le_bytes());
+    }
+    put(70, &2i16.to_le_bytes()); // uint8
+    put(72, &8i16.to_le_bytes());
+    put(108, &352f32.to_le_bytes());
+    put(254, &1i16.to_le_bytes()); // sform_code
+    for (at, row) in [280, 296, 312].into_iter().zip([[0f32, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]) {
+        for (k, v) in row.into_iter().enumerate() {
+            put(at + 4 * k, &v.to_le_bytes());
+        }
+    }
+    put(344, b"n+1\0");
+    for k in 0..sizes[2] {
+        for j in 0..sizes[1] {
+            for i in 0..sizes[0] {
+                bytes.push(value(i, j, k));
+            }
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A reoriented volume's slices read as the image cache reads them (runs of FRAMES_PER_READ, the
+/// volume kept whole between runs): each the axial slice worked out by hand, RAS+ shown as
+/// np.rot90 shows it (the right across, the front up). The file overwritten (the same size,
+/// other voxels): the kept volume is not read for it.
+#[test]
+fn a_reoriented_volume_read_in_runs_is_each_slice_worked_out_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sagittal.nii");
+    let sizes = [6u16, 40, 5];
+    let canonical = Rendering { orientation: Orientation::Canonical, ..Rendering::default() };
+    for seed in [0u16, 7] {
+        // Voxel (i, j, k): i towards the front, j the head, k the right.
+        let value =
+            move |i: u16, j: u16, k: u16| if (i, j, k) == (0, 0, 0) { 0 } else { ((i * 41 + j * 5 + k * 83 + seed) % 255 + 1) as u8 };
+        write_sagittal_u8(&path, sizes, value);
+        assert_eq!(frame_count(&path, Orientation::Canonical).unwrap(), 40);
+        let all: Vec<DicomFrame> = (1..=40).map(DicomFrame::Number).collect();
+        let mut slices = Vec::new();
+        for run in all.chunks(medxfer_data::FRAMES_PER_READ) {
+            slices.extend(load_image_frames(&path, run, canonical).unwrap().into_iter().map(|decoded| decoded.unwrap().image));
+        }
+        for (z, slice) in (0u16..).zip(&slices) {
+            // Axial slice z: the right (k) across, the front (i) up.
+            assert_eq!(slice.dimensions(), (5, 6), "slice {z}");
+            for (column, row, pixel) in slice.enumerate_pixels() {
+                let expected = value(6 - 1 - row as u16, z, column as u16);
+                assert_eq!(pixel.0, [expected; 3], "seed {seed}, slice {z}, column {column}, row {row}");
+            }
+        }
+    }
+}

@@ -208,6 +208,11 @@ fn held_volume(identity: FileIdentity, read: impl FnOnce() -> Result<HeldVolume>
     Ok(read)
 }
 
+/// Lets go of the volumes [`held_volume`] kept (the reads that hold one keep it until done).
+pub(crate) fn forget_held_volumes() {
+    HELD_VOLUMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+}
+
 /// Slice `index` as `axes` read the volume, its voxels' bytes gathered from the `held` stored
 /// slices of a volume of `stored` sizes and voxels of `voxel_bytes` each.
 fn slice_as_read(held: &[Vec<u8>], axes: Axes, (stored, voxel_bytes): ([usize; 3], usize), index: usize) -> Vec<u8> {
