@@ -6,8 +6,10 @@
 //! nifti-rs reads the header and streams the slices (gzip or not, told by the gzip magic bytes,
 //! not the name); here, the file's checks and the slices chosen, and in `display.rs` what they
 //! show. A slice is shown as `np.rot90(img.get_fdata()[:, :, k])` shows it (the first axis
-//! across, the second up), without reorienting by the affine: for the axial volumes CT and most
-//! MR conversions store, the patient's front at the top. Values are the stored ones times
+//! across, the second up), as stored by default: for the axial volumes CT and most MR conversions
+//! store, the patient's front at the top. `--reorient canonical` reads the volume as nibabel's
+//! `as_closest_canonical` gives it (`orientation.rs`: RAS+ by the header's affine), every
+//! volume's slices axial whatever plane it was acquired in. Values are the stored ones times
 //! `scl_slope` plus `scl_inter` (unscaled where the slope is 0, as the standard says, or not a
 //! number, as nibabel reads it); they go through the user's `--window` where given, else the
 //! header's `cal_min`..`cal_max` where it sets that range (the display range FSLeyes and Mango

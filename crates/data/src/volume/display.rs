@@ -131,7 +131,8 @@ pub(super) fn read_slices(
 }
 
 /// The stored slices of `source` (just past the header's extensions) up to `read_to`, those
-/// `keep` keeps; with the least and largest finite value of them all where `whole`. Read to the end, the rest of a gzip stream is read for its check.
+/// `keep` keeps; with the least and largest finite value of them all where `whole`. Read to the
+/// end, the rest of a gzip stream is read for its check.
 fn read_stored(
     path: &Path,
     header: &NiftiHeader,
@@ -218,9 +219,10 @@ pub(crate) fn forget_held_volumes() {
 fn slice_as_read(held: &[Vec<u8>], axes: Axes, (stored, voxel_bytes): ([usize; 3], usize), index: usize) -> Vec<u8> {
     let [width, height, _] = axes.sizes(stored);
     let mut raw = Vec::with_capacity(width * height * voxel_bytes);
-    for row in 0..height {
-        for column in 0..width {
-            let [x, y, slice] = axes.stored_voxel(stored, [column, row, index]);
+    // In storage order, as a stored slice's bytes are: the first axis as read fastest.
+    for second in 0..height {
+        for first in 0..width {
+            let [x, y, slice] = axes.stored_voxel(stored, [first, second, index]);
             let at = (y * stored[0] + x) * voxel_bytes;
             let voxel = held.get(slice).and_then(|bytes| bytes.get(at..at + voxel_bytes));
             raw.extend_from_slice(voxel.unwrap_or(&[0; 16][..voxel_bytes.min(16)]));
