@@ -161,9 +161,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
-    let frames = args.dicom_frame.unwrap_or(card.dicom_frame);
-    let window = args.window.or(card.window);
-    let rendering = medxfer_data::Rendering { window, orientation: args.reorient.unwrap_or(card.reorient) };
+    let (frames, rendering) = reading(args, &card);
     check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(
@@ -187,19 +185,10 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         images.paths.len(),
         args.images.display()
     );
+    say_reading_differences(&card, frames, rendering);
     let file = args.out.clone().unwrap_or_else(|| ranking.join("predictions.csv"));
     let cache_dir = ranking.join("cache");
     let listing = unreadable_file(&file);
-    if frames != card.dicom_frame {
-        eprintln!("--dicom-frame {frames}: the model was fine-tuned on the DICOM frame '{}' of rank's images", card.dicom_frame);
-    }
-    if window != card.window {
-        let shown = |window: Option<medxfer_data::Window>| window.map_or_else(|| "each file's own".to_string(), |w| w.to_string());
-        eprintln!("--window {}: the model was fine-tuned on rank's images read through {}", shown(window), shown(card.window));
-    }
-    if rendering.orientation != card.reorient {
-        eprintln!("--reorient {}: the model was fine-tuned on rank's volumes read {}", rendering.orientation, card.reorient);
-    }
     let Cached { split, readable, file_of, frames: image_frames } =
         cached_images(&cache_dir, &mut images, (card.resize, frames, rendering), args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
@@ -289,6 +278,28 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         unreadable,
         saliency,
     })
+}
+
+/// The frames kept of each file and how the images are rendered: as asked, else as rank read its
+/// images (the card's).
+fn reading(args: &PredictArgs, card: &ModelCard) -> (FrameSelection, medxfer_data::Rendering) {
+    let rendering = medxfer_data::Rendering { window: args.window.or(card.window), orientation: args.reorient.unwrap_or(card.reorient) };
+    (args.dicom_frame.unwrap_or(card.dicom_frame), rendering)
+}
+
+/// Says on stderr where the images are read otherwise than rank read those the model was
+/// fine-tuned on.
+fn say_reading_differences(card: &ModelCard, frames: FrameSelection, rendering: medxfer_data::Rendering) {
+    if frames != card.dicom_frame {
+        eprintln!("--dicom-frame {frames}: the model was fine-tuned on the DICOM frame '{}' of rank's images", card.dicom_frame);
+    }
+    if rendering.window != card.window {
+        let shown = |window: Option<medxfer_data::Window>| window.map_or_else(|| "each file's own".to_string(), |w| w.to_string());
+        eprintln!("--window {}: the model was fine-tuned on rank's images read through {}", shown(rendering.window), shown(card.window));
+    }
+    if rendering.orientation != card.reorient {
+        eprintln!("--reorient {}: the model was fine-tuned on rank's volumes read {}", rendering.orientation, card.reorient);
+    }
 }
 
 /// A row of logits per image.
