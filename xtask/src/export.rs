@@ -59,7 +59,8 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 // mean, as predict does).
                 "dicom_frame": card.dicom_frame,
                 // The display window grayscale DICOM and NIfTI images were read through (DICOM's
-                // LINEAR function on the rescaled values), null where each file's own.
+                // LINEAR function on the rescaled values; three joined by +, one a colour channel:
+                // red, green, blue), null where each file's own.
                 "window": card.window,
                 // The axes NIfTI volumes were read along: "stored", or "canonical" (nibabel's
                 // as_closest_canonical, RAS+).

@@ -621,12 +621,12 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
         .collect();
     assert!(!predict_caches.is_empty() && predict_caches.iter().all(|name| name.contains("-w-600,1500-")), "{predict_caches:?}");
     // Another window and orientation than rank's are said.
-    let extra = ["--out", predictions.to_str().unwrap(), "--window", "40,80", "--reorient", "canonical"];
+    let extra = ["--out", predictions.to_str().unwrap(), "--window", "40,80+80,200+600,2800", "--reorient", "canonical"];
     let output = predict(dir.path(), &tuned, &volumes, &extra);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success()
-            && stderr.contains("--window 40,80: the model was fine-tuned on rank's images read through -600,1500")
+            && stderr.contains("--window 40,80+80,200+600,2800: the model was fine-tuned on rank's images read through -600,1500")
             && stderr.contains("--reorient canonical: the model was fine-tuned on rank's volumes read stored"),
         "{stderr}"
     );

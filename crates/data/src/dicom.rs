@@ -696,14 +696,29 @@ fn ybr_full_to_rgb(pixel: &mut [u8]) {
 }
 
 /// A grayscale frame through the Modality and VOI LUTs to 8 bits, gray replicated; inverted where
-/// it is MONOCHROME1 or `inverse` (its Presentation LUT Shape). A `user_window` replaces the VOI.
+/// it is MONOCHROME1 or `inverse` (its Presentation LUT Shape). A `user_window` replaces the VOI
+/// (one a channel where it gives three).
 fn gray_rgb8(pixels: &DecodedPixelData<'_>, inverse: bool, user_window: Option<Window>) -> std::result::Result<RgbImage, String> {
     let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::Default).with_voi_lut(VoiLutOption::Identity);
     let modality: Vec<f64> = pixels.to_vec_frame_with_options(0, &options).map_err(|e| format!("cannot read the DICOM samples ({e})"))?;
     let table = pixels.voi_lut_sequence().map_err(|e| format!("cannot read the DICOM VOI LUT Sequence ({e})"))?.and_then(|t| t.first());
     let window = pixels.window().map_err(|e| format!("cannot read the DICOM window ({e})"))?.and_then(|w| w.first().copied());
+    let invert = inverse || *pixels.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
+    let (width, height) = (pixels.columns(), pixels.rows());
+    if modality.len() != width as usize * height as usize {
+        return Err(format!("the DICOM file's {} samples do not fill its {width} x {height} image", modality.len()));
+    }
+    // Half up, as a viewer's lookup table rounds.
+    let byte = |u: f64| {
+        let u = if invert { 1.0 - u.clamp(0.0, 1.0) } else { u.clamp(0.0, 1.0) };
+        (u * 255.0 + 0.5).floor() as u8
+    };
+    if let Some(user_window) = user_window.filter(|window| !window.is_gray()) {
+        let rgb = modality.iter().flat_map(|&v| user_window.units(v).map(byte)).collect();
+        return RgbImage::from_raw(width, height, rgb).ok_or_else(|| "the DICOM samples do not fill Rows x Columns".into());
+    }
     let unit: Vec<f64> = if let Some(user_window) = user_window {
-        modality.iter().map(|&v| user_window.unit(v)).collect()
+        modality.iter().map(|&v| user_window.units(v)[0]).collect()
     } else if let Some(table) = table {
         // Values below the table's first mapped value take its first entry, above its end its
         // last (C.11.2.1.1); the entries span the bits they use, at most the declared depth
@@ -737,19 +752,7 @@ fn gray_rgb8(pixels: &DecodedPixelData<'_>, inverse: bool, user_window: Option<W
         let (low, high) = modality.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         modality.iter().map(|&v| if high > low { (v - low) / (high - low) } else { 0.0 }).collect()
     };
-    let invert = inverse || *pixels.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
-    let (width, height) = (pixels.columns(), pixels.rows());
-    if unit.len() != width as usize * height as usize {
-        return Err(format!("the DICOM file's {} samples do not fill its {width} x {height} image", unit.len()));
-    }
-    let rgb = unit
-        .into_iter()
-        .flat_map(|u| {
-            let u = if invert { 1.0 - u.clamp(0.0, 1.0) } else { u.clamp(0.0, 1.0) };
-            // Half up, as a viewer's lookup table rounds.
-            [(u * 255.0 + 0.5).floor() as u8; 3]
-        })
-        .collect();
+    let rgb = unit.into_iter().flat_map(|u| [byte(u); 3]).collect();
     RgbImage::from_raw(width, height, rgb).ok_or_else(|| "the DICOM samples do not fill Rows x Columns".into())
 }
 

@@ -93,6 +93,8 @@ enum Command {
         dicom_frame: FrameSelection,
         /// A display window of your own for grayscale DICOM and NIfTI images, CENTER,WIDTH in
         /// their rescaled values (CT brain 40,80): in place of the file's window or display range.
+        /// Three joined by + (40,80+80,200+600,2800): one for each of the red, green and blue
+        /// channels.
         #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
         window: Option<Window>,
         /// A NIfTI volume's axes: stored, or canonical (nibabel's as_closest_canonical: permuted

@@ -2,7 +2,7 @@
 //! A display window of the user's own (`--window CENTER,WIDTH`) over grayscale DICOM and NIfTI
 //! images, as pydicom's windowing applies it (tests/fixtures/make_windows.py): in place of the
 //! file's window, VOI LUT table, display range or min-max; MONOCHROME1 still inverted; colour
-//! untouched.
+//! untouched. Three windows joined by `+`: each channel the gray image its window gives.
 
 mod common;
 
@@ -11,7 +11,7 @@ use medxfer_data::{DicomFrame, Rendering, Window, load_image_frame, load_image_f
 #[test]
 fn a_window_of_ones_own_replaces_the_files_as_pydicom_applies_it() {
     let expected = common::expected(&common::fixtures("windows"));
-    assert_eq!(expected.len(), 11);
+    assert_eq!(expected.len(), 17);
     for (key, truth) in &expected {
         let (file, rest) = key.split_once('@').unwrap();
         let (window, frame) = match rest.split_once('#') {
@@ -30,5 +30,8 @@ fn a_window_of_ones_own_replaces_the_files_as_pydicom_applies_it() {
         // The file's own display differs, but for colour, which a window leaves as it is.
         let own = load_image_frame(&path, frame).unwrap().image;
         assert_eq!(own == ours, file.starts_with("dicom/rgb"), "{key}");
+        // Three windows, one a channel: the channels differ.
+        let colour = ours.pixels().any(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]);
+        assert_eq!(colour, window.to_string().contains('+') || file.starts_with("dicom/rgb"), "{key}");
     }
 }

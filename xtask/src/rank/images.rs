@@ -50,7 +50,9 @@ pub struct ImagesReading {
     /// rescaled values (CT in Hounsfield units: brain 40,80, soft tissue 50,350, lung -600,1500),
     /// applied as DICOM's LINEAR window: in place of a DICOM file's window or VOI LUT table and a
     /// NIfTI volume's display range or min-max (MONOCHROME1 still inverted; colour images as they
-    /// are). `predict` reads new images through it too.
+    /// are). Or three windows joined by + for the red, green and blue channels, each channel what
+    /// its window shows (CT's brain, subdural and bone windows: 40,80+80,200+600,2800). `predict`
+    /// reads new images through it too.
     #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
     pub window: Option<medxfer_data::Window>,
     /// A NIfTI volume's axes: stored (slices along the third stored axis, in whatever plane the

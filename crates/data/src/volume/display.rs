@@ -108,9 +108,9 @@ pub(super) fn read_slices(
         _ => (f64::INFINITY, f64::NEG_INFINITY),
     };
     let unit = |v: f64| match scale {
-        Scale::Window(window) => window.unit(v),
-        _ if high > low => (v - low) / (high - low),
-        _ => 0.0,
+        Scale::Window(window) => window.units(v),
+        _ if high > low => [(v - low) / (high - low); 3],
+        _ => [0.0; 3],
     };
     let stored_sizes = [usize::from(shape.width), usize::from(shape.height), shape.slices as usize];
     let [width, height, _] = axes.sizes(stored_sizes);
@@ -274,13 +274,14 @@ fn finite_range(values: &[f64], (mut low, mut high): (f64, f64)) -> (f64, f64) {
 }
 
 /// Scaled values in storage order to the image: the first axis across, the second up; each
-/// through `unit` to black..white (0..1; half up, as a viewer's lookup table rounds), NaN black.
-fn gray_rgb8(shape: Shape, values: &[f64], unit: impl Fn(f64) -> f64) -> RgbImage {
+/// through `unit` to black..white in each channel (0..1; half up, as a viewer's lookup table
+/// rounds), NaN black.
+fn gray_rgb8(shape: Shape, values: &[f64], unit: impl Fn(f64) -> [f64; 3]) -> RgbImage {
     let (width, height) = (u32::from(shape.width), u32::from(shape.height));
     RgbImage::from_fn(width, height, |column, row| {
         let v = values.get(((height - 1 - row) * width + column) as usize).copied().unwrap_or(f64::NAN);
-        let unit = if v.is_finite() { unit(v).clamp(0.0, 1.0) } else { 0.0 };
-        image::Rgb([(unit * 255.0 + 0.5).floor() as u8; 3])
+        let units = if v.is_finite() { unit(v) } else { [0.0; 3] };
+        image::Rgb(units.map(|unit| (unit.clamp(0.0, 1.0) * 255.0 + 0.5).floor() as u8))
     })
 }
 
