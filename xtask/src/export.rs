@@ -65,6 +65,8 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 // The axes NIfTI volumes were read along: "stored", or "canonical" (nibabel's
                 // as_closest_canonical, RAS+).
                 "reorient": card.reorient,
+                // Each frame 2.5-D: the frame before as red, itself green, the one after blue.
+                "adjacent_slices": card.adjacent_slices,
             })
             .to_string(),
         ),

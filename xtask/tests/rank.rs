@@ -647,6 +647,14 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     let caches: Vec<String> =
         std::fs::read_dir(reoriented.join("cache")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(caches.iter().filter(|name| name.ends_with(".rgb8")).all(|name| name.contains("-ocanonical-")), "{caches:?}");
+    // 2.5-D reads gray frames: these RGB volumes are refused, each named, with the fix.
+    let extra = ["--backbones", "resnet_basic_min", "--slice", "middle", "--adjacent-slices"];
+    let output = rank_output(dir.path(), &volumes, &dir.path().join("adjacent"), None, &extra);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("lesion/02.nii") && stderr.contains("read it without --adjacent-slices"),
+        "{stderr}"
+    );
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");
@@ -1773,7 +1781,7 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         let card: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("models").join(format!("{backbone}.json"))).unwrap()).unwrap();
         let preprocessing: serde_json::Value = serde_json::from_str(&metadata["medxfer.preprocessing"]).unwrap();
-        for key in ["resize", "crop", "mean", "std", "temperature", "dicom_frame", "reorient"] {
+        for key in ["resize", "crop", "mean", "std", "temperature", "dicom_frame", "reorient", "adjacent_slices"] {
             assert_eq!(preprocessing[key], card[key], "{backbone}: {key}");
         }
         assert_eq!((&preprocessing["dicom_frame"], &preprocessing["reorient"]), (&"only".into(), &"stored".into()));

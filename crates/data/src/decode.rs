@@ -26,6 +26,8 @@ use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
 use crate::volume::{self, Orientation, is_nifti};
 
+mod adjacent;
+
 /// The revision of what decoding makes of a file. Raise it with any change that gives some file
 /// other pixels (a DICOM display step, a colour conversion, a codec): image caches are keyed by it,
 /// so those an earlier decoder made are rebuilt, not read (a radiograph cached as a negative before
@@ -98,6 +100,9 @@ pub struct Rendering {
     pub window: Option<Window>,
     /// The axes a NIfTI volume is read along (other images are read as stored).
     pub orientation: Orientation,
+    /// Each frame of a volume or a file of several frames made 2.5-D: the frame before in red,
+    /// itself in green, the frame after in blue (`adjacent.rs`).
+    pub adjacent_slices: bool,
 }
 
 impl Rendering {
@@ -112,6 +117,9 @@ impl Rendering {
 /// another image, which has one frame, decoded once; each rendered as `rendering` says. The outer
 /// error is the file's, the inner ones each frame's.
 pub fn load_image_frames(path: &Path, frames: &[DicomFrame], rendering: Rendering) -> Result<Vec<Result<Decoded>>> {
+    if rendering.adjacent_slices {
+        return adjacent::adjacent_frames(path, frames, Rendering { adjacent_slices: false, ..rendering });
+    }
     if let ([frame], true) = (frames, rendering == Rendering::default()) {
         return Ok(vec![load_image_frame(path, *frame)]);
     }

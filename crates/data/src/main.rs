@@ -101,6 +101,9 @@ enum Command {
         /// and flipped to RAS+, the slices axial whatever plane the volume was acquired in).
         #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
         reorient: Orientation,
+        /// Each frame 2.5-D: the frame before in red, itself in green, the one after in blue.
+        #[arg(long)]
+        adjacent_slices: bool,
         /// The PNG written.
         #[arg(long)]
         out: PathBuf,
@@ -191,8 +194,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth { dataset, out, n, seed } => synth(&catalog, &dataset, &out, n, seed),
-        Command::Show { file, dicom_frame, window, reorient, out, tile, columns } => {
-            show(&file, (dicom_frame, Rendering { window, orientation: reorient }), &out, (tile, columns))?;
+        Command::Show { file, dicom_frame, window, reorient, adjacent_slices, out, tile, columns } => {
+            let rendering = Rendering { window, orientation: reorient, adjacent_slices };
+            show(&file, (dicom_frame, rendering), &out, (tile, columns))?;
             Ok(ExitCode::SUCCESS)
         }
     }

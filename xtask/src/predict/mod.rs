@@ -281,9 +281,14 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
 }
 
 /// The frames kept of each file and how the images are rendered: as asked, else as rank read its
-/// images (the card's).
+/// images (the card's); 2.5-D always as rank read them (the model's first layer took its three
+/// channels so).
 fn reading(args: &PredictArgs, card: &ModelCard) -> (FrameSelection, medxfer_data::Rendering) {
-    let rendering = medxfer_data::Rendering { window: args.window.or(card.window), orientation: args.reorient.unwrap_or(card.reorient) };
+    let rendering = medxfer_data::Rendering {
+        window: args.window.or(card.window),
+        orientation: args.reorient.unwrap_or(card.reorient),
+        adjacent_slices: card.adjacent_slices,
+    };
     (args.dicom_frame.unwrap_or(card.dicom_frame), rendering)
 }
 
@@ -540,6 +545,7 @@ mod tests {
                 dicom_frame: FrameSelection::default(),
                 window: None,
                 reorient: medxfer_data::Orientation::Stored,
+                adjacent_slices: false,
                 val_balanced_accuracy: Some(val),
                 test_balanced_accuracy: Some(test),
                 temperature: None,

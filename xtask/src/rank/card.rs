@@ -42,6 +42,10 @@ pub struct ModelCard {
     /// ones along too; stored on cards written before it was kept.
     #[serde(default)]
     pub reorient: medxfer_data::Orientation,
+    /// Whether each frame was read 2.5-D, with its neighbours as red and blue (rank's
+    /// --adjacent-slices), as `predict` reads new ones; false on cards written before it was kept.
+    #[serde(default)]
+    pub adjacent_slices: bool,
     /// The kept epoch's on the val part of rank's split (finetune_split.csv): what `predict`
     /// chooses by, so that the test part's stays an estimate the choice did not see.
     #[serde(default)]

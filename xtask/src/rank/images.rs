@@ -62,6 +62,13 @@ pub struct ImagesReading {
     /// alike). `predict` reads new volumes so too.
     #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
     pub reorient: medxfer_data::Orientation,
+    /// 2.5-D images: each frame of a NIfTI volume or a DICOM file of several (the one --slice or
+    /// --dicom-frame chooses, or each with all) made of three, the frame before in red, itself in
+    /// green and the one after in blue (the first and last repeat themselves at the ends), each
+    /// rendered gray as alone (one window): a little of the third dimension for 2-D backbones.
+    /// Other images are read as they are (a colour one refused). `predict` reads new files so.
+    #[arg(long)]
+    pub adjacent_slices: bool,
 }
 
 /// The path, label and optional group columns' names.
@@ -84,7 +91,7 @@ fn parse_columns(text: &str) -> std::result::Result<ColumnNames, String> {
 impl ImagesReading {
     /// How the images are rendered: the window and a volume's orientation asked for.
     pub fn rendering(&self) -> medxfer_data::Rendering {
-        medxfer_data::Rendering { window: self.window, orientation: self.reorient }
+        medxfer_data::Rendering { window: self.window, orientation: self.reorient, adjacent_slices: self.adjacent_slices }
     }
 
     fn names(&self) -> (&str, &str, Option<&str>) {

@@ -183,6 +183,7 @@ impl Shortlist<'_> {
             dicom_frame: args.reading.dicom_frame,
             window: args.reading.window,
             reorient: args.reading.reorient,
+            adjacent_slices: args.reading.adjacent_slices,
             val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
             test_balanced_accuracy: row.test_balanced_accuracy,
             temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),
