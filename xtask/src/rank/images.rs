@@ -59,7 +59,7 @@ pub struct ImagesReading {
     /// volume was acquired), or canonical: nibabel's as_closest_canonical, the axes permuted and
     /// flipped to run towards the patient's right, front and head (RAS+), so every volume's
     /// slices are axial, the front up (a folder of sagittal, coronal and axial acquisitions read
-    /// alike). `predict` reads new volumes so too.
+    /// alike). DICOM files are read as stored. `predict` reads new volumes so too.
     #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
     pub reorient: medxfer_data::Orientation,
     /// 2.5-D images: each frame of a NIfTI volume or a DICOM file of several (the one --slice or

@@ -72,89 +72,129 @@ pub fn fit_to_checkpoint(config: &VitConfig, shapes: &BTreeMap<String, Vec<usize
             disagreements.push(format!("reg_tokens is {} but the checkpoint has {registers}", config.reg_tokens));
         }
     }
-    if let Some(&[rows, _]) = shape("blocks.0.mlp.fc1.weight")
-        && let Some(&[_, fc2_in]) = shape("blocks.0.mlp.fc2.weight")
-    {
-        let kind = if fc2_in * 2 == rows { MlpKind::SwigluPacked } else { MlpKind::Gelu };
-        if kind != config.mlp {
-            if config.mlp == defaults.mlp {
-                fitted.mlp = kind;
-            } else {
-                disagreements
-                    .push(format!("the MLP is {:?} but the checkpoint's fc1/fc2 widths ({rows}, {fc2_in}) are {kind:?}'s", config.mlp));
-            }
-        }
-        if rows != fitted.mlp_hidden() {
-            if config.mlp_ratio == defaults.mlp_ratio {
-                fitted.mlp_ratio = rows as f64 / dim as f64;
-                // int(dim * ratio) must give the width back exactly.
-                if fitted.mlp_hidden() != rows {
-                    fitted.mlp_ratio = (rows as f64 + 0.5) / dim as f64;
-                }
-            } else {
-                disagreements.push(format!(
-                    "mlp_ratio {} gives a hidden width of {} but the checkpoint's is {rows}",
-                    config.mlp_ratio,
-                    config.mlp_hidden()
-                ));
-            }
-        }
-    }
-    if let Some(&[_, positions, _]) = shape("pos_embed") {
-        // Position embeddings for the patches only, or for the prefix tokens too: the grid the
-        // configuration names decides, else the length that is a square.
-        let prefix = fitted.prefix_tokens();
-        let grid = fitted.grid();
-        let only_patches = if positions == grid * grid && prefix > 0 {
-            Some(true)
-        } else if positions == grid * grid + prefix || (prefix > 0 && positions >= prefix && square_side(positions - prefix).is_some()) {
-            Some(false)
-        } else if square_side(positions).is_some() {
-            Some(true)
-        } else {
-            disagreements
-                .push(format!("pos_embed has {positions} positions: neither a square grid nor one with {prefix} prefix position(s)"));
-            None
-        };
-        if let Some(only_patches) = only_patches.filter(|&o| prefix > 0 && o != config.no_embed_class) {
-            if config.no_embed_class == defaults.no_embed_class {
-                fitted.no_embed_class = only_patches;
-            } else {
-                disagreements
-                    .push(format!("no_embed_class is {} but pos_embed's {positions} positions say {only_patches}", config.no_embed_class));
-            }
-        }
-    } else {
-        disagreements.push("the checkpoint has no pos_embed".into());
-    }
-    if let Some(pool) = fitted.attn_pool.filter(|_| fitted.embedding == super::Embedding::AttentionalPool) {
-        // The pooler's query is (queries, dim) and its keys come from the tokens; its heads are
-        // in no tensor.
-        match shape("attn_pool_contrast.query") {
-            Some(&[1, width]) if width == pool.dim => {}
-            Some(other) => disagreements.push(format!(
-                "attn_pool's dim is {} but the checkpoint's attn_pool_contrast.query is {other:?} (one query of that width expected)",
-                pool.dim
-            )),
-            None => disagreements.push(
-                "the embedding is attentional_pool but the checkpoint has no attn_pool_contrast.query (no CoCa pooler beside its trunk)"
-                    .into(),
-            ),
-        }
-        if let Some(&[rows, columns]) = shape("attn_pool_contrast.attn.k_proj.weight")
-            && (rows, columns) != (pool.dim, dim)
-        {
-            disagreements.push(format!(
-                "the pooler's key projection is {rows} x {columns}; attn_pool's dim {} over {dim}-wide tokens expected",
-                pool.dim
-            ));
-        }
-    }
+    let fit = Fit { config, defaults: &defaults, shapes, dim };
+    fit.mlp(&mut fitted, &mut disagreements);
+    fit.positions(&mut fitted, &mut disagreements);
+    fit.attention_pool(&fitted, &mut disagreements);
     if fitted.global_pool == GlobalPool::Token && !fitted.class_token && fitted.embedding == super::Embedding::Pool {
         // A model without a class token pools by averaging (timm's `_gap` presets).
         fitted.global_pool = GlobalPool::Avg;
     }
     if disagreements.is_empty() { Ok(fitted) } else { Err(disagreements.join("; ")) }
+}
+
+/// What a checkpoint's tensors say of the parts whose fit takes more than a flag.
+struct Fit<'a> {
+    config: &'a VitConfig,
+    defaults: &'a VitConfig,
+    /// The checkpoint's tensors: name -> shape.
+    shapes: &'a BTreeMap<String, Vec<usize>>,
+    /// The tokens' width (the patch embedding's).
+    dim: usize,
+}
+
+impl Fit<'_> {
+    fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.shapes.get(name).map(Vec::as_slice)
+    }
+
+    /// The MLP's kind (GELU, or SwiGLU packed in fc1) and hidden width, from fc1 and fc2.
+    fn mlp(&self, fitted: &mut VitConfig, disagreements: &mut Vec<String>) {
+        let (config, defaults, dim) = (self.config, self.defaults, self.dim);
+        if let Some(&[rows, _]) = self.shape("blocks.0.mlp.fc1.weight")
+            && let Some(&[_, fc2_in]) = self.shape("blocks.0.mlp.fc2.weight")
+        {
+            let kind = if fc2_in * 2 == rows { MlpKind::SwigluPacked } else { MlpKind::Gelu };
+            if kind != config.mlp {
+                if config.mlp == defaults.mlp {
+                    fitted.mlp = kind;
+                } else {
+                    disagreements
+                        .push(format!("the MLP is {:?} but the checkpoint's fc1/fc2 widths ({rows}, {fc2_in}) are {kind:?}'s", config.mlp));
+                }
+            }
+            if rows != fitted.mlp_hidden() {
+                if config.mlp_ratio == defaults.mlp_ratio {
+                    fitted.mlp_ratio = rows as f64 / dim as f64;
+                    // int(dim * ratio) must give the width back exactly.
+                    if fitted.mlp_hidden() != rows {
+                        fitted.mlp_ratio = (rows as f64 + 0.5) / dim as f64;
+                    }
+                } else {
+                    disagreements.push(format!(
+                        "mlp_ratio {} gives a hidden width of {} but the checkpoint's is {rows}",
+                        config.mlp_ratio,
+                        config.mlp_hidden()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether the position embeddings cover the prefix tokens too (`no_embed_class`), from
+    /// their count.
+    fn positions(&self, fitted: &mut VitConfig, disagreements: &mut Vec<String>) {
+        let (config, defaults) = (self.config, self.defaults);
+        if let Some(&[_, positions, _]) = self.shape("pos_embed") {
+            // Position embeddings for the patches only, or for the prefix tokens too: the grid the
+            // configuration names decides, else the length that is a square.
+            let prefix = fitted.prefix_tokens();
+            let grid = fitted.grid();
+            let only_patches = if positions == grid * grid && prefix > 0 {
+                Some(true)
+            } else if positions == grid * grid + prefix || (prefix > 0 && positions >= prefix && square_side(positions - prefix).is_some())
+            {
+                Some(false)
+            } else if square_side(positions).is_some() {
+                Some(true)
+            } else {
+                disagreements
+                    .push(format!("pos_embed has {positions} positions: neither a square grid nor one with {prefix} prefix position(s)"));
+                None
+            };
+            if let Some(only_patches) = only_patches.filter(|&o| prefix > 0 && o != config.no_embed_class) {
+                if config.no_embed_class == defaults.no_embed_class {
+                    fitted.no_embed_class = only_patches;
+                } else {
+                    disagreements.push(format!(
+                        "no_embed_class is {} but pos_embed's {positions} positions say {only_patches}",
+                        config.no_embed_class
+                    ));
+                }
+            }
+        } else {
+            disagreements.push("the checkpoint has no pos_embed".into());
+        }
+    }
+
+    /// A CoCa attentional pooler (`attn_pool_contrast`) where the embedding is taken by one:
+    /// its query's and key projection's shapes.
+    fn attention_pool(&self, fitted: &VitConfig, disagreements: &mut Vec<String>) {
+        let dim = self.dim;
+        if let Some(pool) = fitted.attn_pool.filter(|_| fitted.embedding == super::Embedding::AttentionalPool) {
+            // The pooler's query is (queries, dim) and its keys come from the tokens; its heads are
+            // in no tensor.
+            match self.shape("attn_pool_contrast.query") {
+                Some(&[1, width]) if width == pool.dim => {}
+                Some(other) => disagreements.push(format!(
+                    "attn_pool's dim is {} but the checkpoint's attn_pool_contrast.query is {other:?} (one query of that width expected)",
+                    pool.dim
+                )),
+                None => disagreements.push(
+                    "the embedding is attentional_pool but the checkpoint has no attn_pool_contrast.query (no CoCa pooler beside its trunk)"
+                        .into(),
+                ),
+            }
+            if let Some(&[rows, columns]) = self.shape("attn_pool_contrast.attn.k_proj.weight")
+                && (rows, columns) != (pool.dim, dim)
+            {
+                disagreements.push(format!(
+                    "the pooler's key projection is {rows} x {columns}; attn_pool's dim {} over {dim}-wide tokens expected",
+                    pool.dim
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
