@@ -504,85 +504,25 @@ pub fn fine_tune_until(
         nesterov: true,
     };
     let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), sgd);
-    let mut state =
-        RunState { history: Vec::new(), best_epoch: None, since_lowest_loss: 0, lowest_loss: f64::INFINITY, stopped_early: false };
-
-    let (resumed, warnings) = checkpoint::latest(dir, &device)?;
-    for warning in warnings {
-        eprintln!("warning: {warning}");
-    }
-    if let Some(saved) = resumed {
-        restore_model(model, &saved.model, &saved.path)?;
-        optimizer.restore(saved.optimizer)?;
-        state = serde_json::from_str(&saved.state).map_err(|e| Error::Checkpoint(format!("{}: run state: {e}", saved.path.display())))?;
-        // The best model may not have been written if the run stopped right after this
-        // checkpoint; the checkpoint holds it then.
-        if state.best_epoch == Some(state.history.len()) && best_epoch_on_disk(dir, &device) != state.best_epoch {
-            save_best(model, dir, state.history.len())?;
-        }
-        // A kill between the checkpoint and the history file left the file behind (or, with a
-        // damaged newest checkpoint, ahead): the checkpoint resumed from is the truth.
-        if history_file(dir) != state.history {
-            write_history(dir, &state.history)?;
-        }
-    }
+    let mut state = resume(model, &mut optimizer, dir, &device)?;
 
     while state.history.len() < settings.epochs.min(until) && !state.stopped_early {
         let epoch = state.history.len();
         let start = Instant::now();
         let learning_rate = cosine(settings.learning_rate, epoch, settings.epochs);
         optimizer.set_learning_rate(learning_rate);
-        let config = LoaderConfig {
-            batch_size: settings.batch_size,
-            shuffle: true,
-            seed: settings.seed,
-            epoch: epoch as u64,
-            augment: Augment::Train(settings.train_transform),
-            normalization: settings.normalization,
-        };
-        let (mut loss_sum, mut seen) = (0.0, 0usize);
-        let total = data.train.labels.len().div_ceil(settings.batch_size);
-        let mut feed = DeviceBatches::new(batches(data.train.cache.clone(), data.train.labels.clone(), config)?, &device);
-        let mut done = 0;
-        while let Some(batch) = feed.take()? {
-            done += 1;
-            let loss = crate::training_forward(|| {
-                let (_, logits) = model.features_and_logits(&batch.images, true)?;
-                Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels)?)
-            })?;
-            optimizer.step(&crate::backward(&loss)?)?;
-            // The next batch's copy goes behind this step's work before the loss read waits for it.
-            feed.prefetch()?;
-            let value = f64::from(loss.to_scalar::<f32>()?);
-            if !value.is_finite() {
-                return Err(Error::Diverged { epoch: epoch + 1, learning_rate, loss: value });
-            }
-            loss_sum += value * batch.indices.len() as f64;
-            seen += batch.indices.len();
-            progress.batch(epoch + 1, done, total, value);
-        }
+        let train_loss = train_epoch(model, data, settings, (&mut optimizer, learning_rate), epoch, progress)?;
         let (val_loss, _, val) = evaluate_split(model, &data.val, settings, data.classes)?;
         let record = EpochRecord {
             epoch: epoch + 1,
             learning_rate,
-            train_loss: loss_sum / seen.max(1) as f64,
+            train_loss,
             val_loss,
             val_balanced_accuracy: val.balanced_accuracy,
             val_accuracy: val.accuracy,
             seconds: start.elapsed().as_secs_f64(),
         };
-        let improved = state.best_epoch.is_none_or(|best| settings.selection.prefers(&record, &state.history[best - 1]));
-        if record.val_loss < state.lowest_loss {
-            state.lowest_loss = record.val_loss;
-            state.since_lowest_loss = 0;
-        } else {
-            state.since_lowest_loss += 1;
-        }
-        if improved {
-            state.best_epoch = Some(epoch + 1);
-        }
-        state.stopped_early = settings.patience.is_some_and(|p| state.since_lowest_loss >= p);
-        state.history.push(record.clone());
+        let improved = state.add(record.clone(), settings);
         // The epoch checkpoint first (it also holds the model of a new best), then best.
         let state_json = serde_json::to_string(&state).map_err(|e| Error::Checkpoint(e.to_string()))?;
         checkpoint::save(dir, epoch + 1, &model_tensors(model)?, optimizer.state(), &state_json)?;
@@ -615,6 +555,103 @@ pub fn fine_tune_until(
     let json = serde_json::to_vec_pretty(&outcome).map_err(|e| Error::Checkpoint(e.to_string()))?;
     medxfer_durable::write_atomic(&dir.join(OUTCOME_FILE), &json)?;
     Ok(Some(outcome))
+}
+
+/// The run state of the newest intact checkpoint in `dir`, `model` and `optimizer` restored to
+/// it (the best model and the history file mended where a kill left them behind); a fresh state
+/// where there is none.
+fn resume(model: &Backbone, optimizer: &mut NesterovSgd, dir: &Path, device: &Device) -> Result<RunState> {
+    let (resumed, warnings) = checkpoint::latest(dir, device)?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    let Some(saved) = resumed else {
+        return Ok(RunState {
+            history: Vec::new(),
+            best_epoch: None,
+            since_lowest_loss: 0,
+            lowest_loss: f64::INFINITY,
+            stopped_early: false,
+        });
+    };
+    restore_model(model, &saved.model, &saved.path)?;
+    optimizer.restore(saved.optimizer)?;
+    let state: RunState =
+        serde_json::from_str(&saved.state).map_err(|e| Error::Checkpoint(format!("{}: run state: {e}", saved.path.display())))?;
+    // The best model may not have been written if the run stopped right after this checkpoint;
+    // the checkpoint holds it then.
+    if state.best_epoch == Some(state.history.len()) && best_epoch_on_disk(dir, device) != state.best_epoch {
+        save_best(model, dir, state.history.len())?;
+    }
+    // A kill between the checkpoint and the history file left the file behind (or, with a
+    // damaged newest checkpoint, ahead): the checkpoint resumed from is the truth.
+    if history_file(dir) != state.history {
+        write_history(dir, &state.history)?;
+    }
+    Ok(state)
+}
+
+/// One epoch of training (0-based `epoch`) at `learning_rate`, already the optimizer's: the mean
+/// training loss over its images; a loss that is not finite is divergence.
+fn train_epoch(
+    model: &Backbone,
+    data: &RunData,
+    settings: &RunSettings,
+    (optimizer, learning_rate): (&mut NesterovSgd, f64),
+    epoch: usize,
+    progress: &mut dyn Progress,
+) -> Result<f64> {
+    let config = LoaderConfig {
+        batch_size: settings.batch_size,
+        shuffle: true,
+        seed: settings.seed,
+        epoch: epoch as u64,
+        augment: Augment::Train(settings.train_transform),
+        normalization: settings.normalization,
+    };
+    let (mut loss_sum, mut seen) = (0.0, 0usize);
+    let total = data.train.labels.len().div_ceil(settings.batch_size);
+    let device = model.params().device().clone();
+    let mut feed = DeviceBatches::new(batches(data.train.cache.clone(), data.train.labels.clone(), config)?, &device);
+    let mut done = 0;
+    while let Some(batch) = feed.take()? {
+        done += 1;
+        let loss = crate::training_forward(|| {
+            let (_, logits) = model.features_and_logits(&batch.images, true)?;
+            Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels)?)
+        })?;
+        optimizer.step(&crate::backward(&loss)?)?;
+        // The next batch's copy goes behind this step's work before the loss read waits for it.
+        feed.prefetch()?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            return Err(Error::Diverged { epoch: epoch + 1, learning_rate, loss: value });
+        }
+        loss_sum += value * batch.indices.len() as f64;
+        seen += batch.indices.len();
+        progress.batch(epoch + 1, done, total, value);
+    }
+    Ok(loss_sum / seen.max(1) as f64)
+}
+
+impl RunState {
+    /// `record`, the next epoch's, added: whether it is the best so far (by `settings`'
+    /// selection), and the early stopping count by the validation loss.
+    fn add(&mut self, record: EpochRecord, settings: &RunSettings) -> bool {
+        let improved = self.best_epoch.is_none_or(|best| settings.selection.prefers(&record, &self.history[best - 1]));
+        if record.val_loss < self.lowest_loss {
+            self.lowest_loss = record.val_loss;
+            self.since_lowest_loss = 0;
+        } else {
+            self.since_lowest_loss += 1;
+        }
+        if improved {
+            self.best_epoch = Some(record.epoch);
+        }
+        self.stopped_early = settings.patience.is_some_and(|p| self.since_lowest_loss >= p);
+        self.history.push(record);
+        improved
+    }
 }
 
 const BEST_EPOCH_KEY: &str = "medxfer.epoch";
