@@ -277,29 +277,7 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
                 cell
             }
             _ => {
-                let members: Vec<(String, f64, ScoreInput)> = present
-                    .iter()
-                    .map(|(backbone, accuracy, path)| {
-                        let input = read_feature_file(path).with_context(|| format!("reading {}", path.display()))?;
-                        Ok(((*backbone).clone(), *accuracy, input))
-                    })
-                    .collect::<Result<_>>()?;
-                if let Err(medxfer_scores::Error::NotTheSameSamples { model, problem }) =
-                    medxfer_scores::check_same_samples(members.iter().map(|member| &member.2))
-                {
-                    bail!(
-                        "{task} {}: {}'s and {}'s feature files do not cover the same images ({problem}); rerun reproduce",
-                        setting.as_str(),
-                        members[0].0,
-                        members[model - 1].0
-                    );
-                }
-                let groups = match settings.resample_by {
-                    ResampleBy::Groups => split_groups(out, task, *setting, members[0].2.labels())?,
-                    ResampleBy::Images => (0..members[0].2.labels().len()).map(|i| i.to_string()).collect(),
-                };
-                let (scores, taus) = cell_intervals(task, *setting, &members, &groups, settings, bootstrap)?;
-                let cell = Cell { key, scores, taus };
+                let cell = resample_cell((task, *setting), &present, settings, bootstrap, key)?;
                 let text = serde_json::to_string_pretty(&cell)?;
                 medxfer_durable::write_atomic(&cell_path, text.as_bytes())
                     .with_context(|| format!("cannot write {}", cell_path.display()))?;
@@ -331,6 +309,41 @@ pub fn run(settings: &Settings) -> Result<(Vec<ScoreInterval>, Vec<TauInterval>)
     results::write_rows(&out.join(SCORE_INTERVALS_CSV), &SCORE_INTERVAL_COLUMNS, &score_rows)?;
     results::write_rows(&out.join(TAU_INTERVALS_CSV), &TAU_INTERVAL_COLUMNS, &tau_rows)?;
     Ok((score_rows, tau_rows))
+}
+
+/// The intervals of one (task, setting) cell: the `present` backbones' feature files read (each
+/// (backbone, test accuracy, file)), checked to cover the same images, and resampled by
+/// `settings`' unit; `key` the cell's.
+fn resample_cell(
+    (task, setting): (&str, Setting),
+    present: &[(&String, f64, PathBuf)],
+    settings: &Settings,
+    bootstrap: BootstrapSettings,
+    key: CellKey,
+) -> Result<Cell> {
+    let members: Vec<(String, f64, ScoreInput)> = present
+        .iter()
+        .map(|(backbone, accuracy, path)| {
+            let input = read_feature_file(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(((*backbone).clone(), *accuracy, input))
+        })
+        .collect::<Result<_>>()?;
+    if let Err(medxfer_scores::Error::NotTheSameSamples { model, problem }) =
+        medxfer_scores::check_same_samples(members.iter().map(|member| &member.2))
+    {
+        bail!(
+            "{task} {}: {}'s and {}'s feature files do not cover the same images ({problem}); rerun reproduce",
+            setting.as_str(),
+            members[0].0,
+            members[model - 1].0
+        );
+    }
+    let groups = match settings.resample_by {
+        ResampleBy::Groups => split_groups(&settings.results, task, setting, members[0].2.labels())?,
+        ResampleBy::Images => (0..members[0].2.labels().len()).map(|i| i.to_string()).collect(),
+    };
+    let (scores, taus) = cell_intervals(task, setting, &members, &groups, settings, bootstrap)?;
+    Ok(Cell { key, scores, taus })
 }
 
 /// Each feature row's group: the split's group column of the part the setting's features were
