@@ -103,9 +103,8 @@ fn frame_reads(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The images of `entries` (one entry, or frames of one file) under `root`, decoded (the frame an
-/// entry names, else `frame`; rendered as `rendering` says) and resized to a
-/// shorter side of `short_side`; whether each came out faint; or the error naming the file, for
-/// each.
+/// entry names, else `frame`; rendered as `rendering` says) and resized to a shorter side of
+/// `short_side`; whether each came out faint; or the error naming the file, for each.
 fn decoded_read(
     root: &Path,
     entries: &[Entry],
@@ -148,7 +147,7 @@ impl ImageCache {
     /// [`Self::open_or_build`], reading the frame `frame` chooses of each DICOM file of several
     /// (the cache keyed by the choice, where it is not [`DicomFrame::Only`]), or the frame an entry
     /// names (each frame of a loop an image: [`crate::frame_entries`]); images rendered as
-    /// `rendering` says (the cache keyed by it: a window, a volume's orientation).
+    /// `rendering` says (the cache keyed by it: a window, a volume's orientation, 2.5-D).
     pub fn open_or_build_frame(
         dir: &Path,
         dataset: &str,

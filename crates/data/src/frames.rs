@@ -98,8 +98,9 @@ impl fmt::Display for FrameSelection {
 
 /// How many frames the image file at `path` holds, from its header alone (the pixel data left
 /// unread): a DICOM file's Number of Frames (1 where it has none), a NIfTI volume's slices as
-/// `orientation` reads it, 1 for any other image. A header that cannot be read, or states more frames than the file can hold
-/// (a damaged count would otherwise make thousands of images of one file), is an error naming it.
+/// `orientation` reads it, 1 for any other image. A header that cannot be read, or states more
+/// frames than the file can hold (a damaged count would otherwise make thousands of images of one
+/// file), is an error naming it.
 pub fn frame_count(path: &Path, orientation: Orientation) -> Result<u32> {
     if volume::is_nifti(path) { volume::slice_count(path, orientation) } else { dicom_frame_count(path) }
 }

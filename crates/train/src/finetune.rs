@@ -202,7 +202,7 @@ impl SplitData {
 
     /// [`Self::cached`], reading the frame `frame` chooses of each DICOM file of several (or
     /// slice of a NIfTI volume), the images rendered as `rendering` says (a window, a volume's
-    /// orientation).
+    /// orientation, 2.5-D).
     pub fn cached_frame(
         cache_dir: &Path,
         name: &str,
