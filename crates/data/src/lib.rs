@@ -11,7 +11,9 @@
 //!   MONOCHROME1 or INVERSE inverted), NIfTI-1 volumes slice by slice (scaled, windowed by
 //!   their display range or the volume's); [`is_image_file`] tells the files it reads, DICOM
 //!   without extension too. [`frame_count`] and [`frame_entries`]: a file's frames (a loop's, a
-//!   volume's slices) each an image; [`Window`]: a display window of the user's own.
+//!   volume's slices) each an image. [`load_image_frames`] renders them as a [`Rendering`] says:
+//!   a [`Window`] of the user's own (or one a colour channel), a volume reoriented to RAS+
+//!   ([`Orientation`]), each frame 2.5-D with its neighbours as red and blue.
 //! - Splits from the authors' CSVs, the reference procedure or over groups ([`split_task`],
 //!   [`faithful_split`], [`grouped_split`], [`authors_split`]), their [`leakage`], and the
 //!   manifest a split is written as ([`write_manifest`], [`read_manifest`]).

@@ -66,7 +66,9 @@ pub struct ImagesReading {
     /// --dicom-frame chooses, or each with all) made of three, the frame before in red, itself in
     /// green and the one after in blue (the first and last repeat themselves at the ends), each
     /// rendered gray as alone (one window): a little of the third dimension for 2-D backbones.
-    /// Other images are read as they are (a colour one refused). `predict` reads new files so.
+    /// Other images are read as they are (a colour one refused): a DICOM series stored a file a
+    /// slice has no neighbours within a file (make it one volume first: dcm2niix). `predict` reads
+    /// new files so.
     #[arg(long)]
     pub adjacent_slices: bool,
 }
