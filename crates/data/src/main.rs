@@ -237,6 +237,14 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
     if faint > 0 {
         println!("note: 16-bit samples all under 4096 (12-bit data), reduced to their high byte: near black");
     }
+    match rendering.window {
+        Some(window) if !window.is_gray() => println!("grayscale images through one window a channel: red, green, blue {window}"),
+        Some(window) => println!("grayscale images through the window {window}"),
+        None => {}
+    }
+    if rendering.adjacent_slices {
+        println!("2.5-D: each frame's red the frame before, its green itself, its blue the frame after");
+    }
     match (medxfer_data::slice_plane(file)?, rendering.orientation) {
         (Some(plane), Orientation::Stored) => println!("slices along the third stored axis: {plane} (from the header's orientation)"),
         (Some(plane), Orientation::Canonical) => {

@@ -277,6 +277,17 @@ fn show_writes_a_file_as_the_backbones_see_it() {
     let middle = medxfer_data::load_image_frames(&sagittal, &[DicomFrame::Middle], rendering).unwrap().remove(0).unwrap().image;
     assert_eq!(image::open(&canonical).unwrap().to_rgb8(), middle);
 
+    // Three windows and 2.5-D said, and refused together, naming the fix.
+    let three = ["show", volume_text, "--slice", "middle", "--window", "40,80+80,200+600,2800", "--out", out.to_str().unwrap()];
+    let output = medxfer_data(&three);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("one window a channel: red, green, blue 40,80+80,200+600,2800"), "{output:?}");
+    let output = medxfer_data(&["show", volume_text, "--slice", "middle", "--adjacent-slices", "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("2.5-D: each frame's red the frame before"), "{output:?}");
+    let output = medxfer_data(&[&three[..], &["--adjacent-slices"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("or with one window"), "{stderr}");
+
     for (file, expected) in [(volume.clone(), "holds 4 slices"), (dir.path().join("middle.png.missing"), "middle.png.missing")] {
         let output = medxfer_data(&["show", file.to_str().unwrap(), "--out", dir.path().join("x.png").to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -42,7 +42,7 @@ impl Window {
     }
 
     /// Whether every channel has the same window (the image stays gray).
-    pub(crate) fn is_gray(self) -> bool {
+    pub fn is_gray(self) -> bool {
         self.channels.iter().all(|&level| level == self.channels[0])
     }
 
