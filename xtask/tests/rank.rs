@@ -647,6 +647,13 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     let caches: Vec<String> =
         std::fs::read_dir(reoriented.join("cache")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(caches.iter().filter(|name| name.ends_with(".rgb8")).all(|name| name.contains("-ocanonical-")), "{caches:?}");
+    // ranking.md says how the images were read; read as the files give them, it says nothing.
+    let read = std::fs::read_to_string(reoriented.join("ranking.md")).unwrap();
+    assert!(
+        read.contains("Images read with frame or slice all of each file of several (--slice); NIfTI volumes reoriented canonical"),
+        "{read}"
+    );
+    assert!(!std::fs::read_to_string(dir.path().join("pngs").join("ranking.md")).unwrap().contains("Images read with"));
     // 2.5-D reads gray frames: these RGB volumes are refused, each named, with the fix.
     let extra = ["--backbones", "resnet_basic_min", "--slice", "middle", "--adjacent-slices"];
     let output = rank_output(dir.path(), &volumes, &dir.path().join("adjacent"), None, &extra);

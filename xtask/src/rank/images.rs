@@ -91,6 +91,28 @@ fn parse_columns(text: &str) -> std::result::Result<ColumnNames, String> {
 }
 
 impl ImagesReading {
+    /// For ranking.md: how frames were chosen and images rendered where not as the files give
+    /// them (the frame, the window, the orientation, 2.5-D), so that the table says what images
+    /// it ranks on; empty where each file was read as it is.
+    pub fn reading_note(&self) -> String {
+        let mut read = Vec::new();
+        if self.dicom_frame != medxfer_data::FrameSelection::default() {
+            read.push(format!("frame or slice {} of each file of several (--slice)", self.dicom_frame));
+        }
+        match self.window {
+            Some(window) if !window.is_gray() => read.push(format!("one window a colour channel, red, green and blue {window} (--window)")),
+            Some(window) => read.push(format!("the window {window} (--window)")),
+            None => {}
+        }
+        if self.reorient != medxfer_data::Orientation::Stored {
+            read.push(format!("NIfTI volumes reoriented {} (RAS+, --reorient)", self.reorient));
+        }
+        if self.adjacent_slices {
+            read.push("2.5-D, each frame's red the frame before and its blue the one after (--adjacent-slices)".to_string());
+        }
+        if read.is_empty() { String::new() } else { format!("\nImages read with {}.\n", read.join("; ")) }
+    }
+
     /// How the images are rendered: the window and a volume's orientation asked for.
     pub fn rendering(&self) -> medxfer_data::Rendering {
         medxfer_data::Rendering { window: self.window, orientation: self.reorient, adjacent_slices: self.adjacent_slices }
@@ -514,6 +536,20 @@ mod tests {
     fn png(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         image::RgbImage::new(4, 4).save(path).unwrap();
+    }
+
+    #[test]
+    fn the_reading_note_says_each_choice_that_is_not_the_files_own() {
+        assert_eq!(ImagesReading::default().reading_note(), "");
+        let reading =
+            ImagesReading { window: Some("40,80+80,200+600,2800".parse().unwrap()), adjacent_slices: true, ..ImagesReading::default() };
+        assert_eq!(
+            reading.reading_note(),
+            "\nImages read with one window a colour channel, red, green and blue 40,80+80,200+600,2800 (--window); 2.5-D, each \
+             frame's red the frame before and its blue the one after (--adjacent-slices).\n"
+        );
+        let one = ImagesReading { window: Some("-600,1500".parse().unwrap()), ..ImagesReading::default() };
+        assert_eq!(one.reading_note(), "\nImages read with the window -600,1500 (--window).\n");
     }
 
     /// ISIC's one-hot ground truth (image ids without extension, a column per class holding 1.0

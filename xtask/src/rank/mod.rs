@@ -329,6 +329,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     table.push_str(&left_out_scores(&rows, &failed, &consensus));
     table.push_str(&faint_images_note(train.cache.faint_images(), train.cache.len()));
     table.push_str(&own_preprocessing_note(&candidates, args.resize, args.crop));
+    table.push_str(&args.reading.reading_note());
     if let Some(resamples) = args.bootstrap {
         let groups: Vec<String> = train_entries.iter().map(|e| e.group.clone()).collect();
         let firsts = bootstrap::first_places(&files, &groups, resamples, args.seed, &consensus)?;
