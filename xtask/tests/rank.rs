@@ -659,9 +659,16 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     let output = rank_output(dir.path(), &volumes, &dir.path().join("adjacent"), None, &extra);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !output.status.success() && stderr.contains("lesion/02.nii") && stderr.contains("read it without --adjacent-slices"),
+        !output.status.success()
+            && stderr.contains("lesion/02.nii")
+            && stderr.contains("read it without --adjacent-slices")
+            && !stderr.contains("hold one frame"),
         "{stderr}"
     );
+    // Files of one frame have no neighbours: said before anything is read.
+    let output = rank_output(dir.path(), &images, &dir.path().join("adjacent pngs"), None, &extra);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--adjacent-slices: 8 of 8 files hold one frame"), "{stderr}");
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");

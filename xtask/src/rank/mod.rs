@@ -281,6 +281,9 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     if args.reading.reorient == medxfer_data::Orientation::Stored {
         warn_of_mixed_planes(&images.root, &files);
     }
+    if args.reading.adjacent_slices {
+        warn_of_single_frames(&images.root, &files, args.reading.reorient);
+    }
     if args.finetune_top.is_some() {
         // A row a file: the split is of files, a loop's frames in its part.
         write_split(&args.out.join(SPLIT_CSV), &files, &images.classes)?;
@@ -468,6 +471,27 @@ fn warn_of_mixed_planes(root: &Path, files: &[Entry]) {
         root.display(),
         listed.join(", "),
         others.join(", ")
+    );
+}
+
+/// Says on stderr how many of `files` (under `root`) hold one frame, naming a few: `--adjacent-
+/// slices` gives them no neighbours (each channel the file's one frame), as for a series stored a
+/// file a slice. A header that cannot be read is left to the decoding, which names it.
+fn warn_of_single_frames(root: &Path, files: &[Entry], orientation: medxfer_data::Orientation) {
+    use rayon::prelude::*;
+    let single: Vec<&Entry> =
+        files.par_iter().filter(|entry| medxfer_data::frame_count(&root.join(&entry.path), orientation).is_ok_and(|n| n == 1)).collect();
+    if single.is_empty() {
+        return;
+    }
+    let named: Vec<&str> = single.iter().take(5).map(|entry| entry.path.as_str()).collect();
+    eprintln!(
+        "warning: {}: --adjacent-slices: {} of {} files hold one frame, so their images have no neighbours (each channel the same \
+         frame), e.g. {}; a series stored a file a slice must be made one volume first (dcm2niix)",
+        root.display(),
+        single.len(),
+        files.len(),
+        named.join(", ")
     );
 }
 
