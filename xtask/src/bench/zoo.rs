@@ -89,28 +89,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         };
         let ours = pooled(&our_rounds, settings.batch);
         let theirs = (!their_rounds.is_empty()).then(|| pooled(&their_rounds, settings.batch));
-        let ours_rate = ours["images_per_second"].as_f64().unwrap_or(f64::NAN);
-        let their_rate = theirs.as_ref().and_then(|t| t["images_per_second"].as_f64()).unwrap_or(f64::NAN);
-        // Host memory on the CPU; device memory on a GPU where the side reports it.
-        let key = if settings.device == "cpu" { "peak_rss_bytes" } else { "peak_device_bytes" };
-        let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
-        let mut row = format!(
-            "| {name} | {ours_rate:.1} | {their_rate:.1} | {:.2}x | {:.0} | {:.0} |",
-            ours_rate / their_rate,
-            mib(&ours),
-            theirs.as_ref().map(mib).unwrap_or(f64::NAN)
-        );
-        let memory_columns: &[&str] = match (settings.train, settings.device.as_str()) {
-            (false, _) => &[],
-            (true, "cpu") => &["graph_bytes"],
-            (true, _) => &["graph_bytes", "step_peak_bytes"],
-        };
-        // (The report's header names these columns the same way, below.)
-        for key in memory_columns {
-            let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
-            row += &format!(" {:.0} | {:.0} |", mib(&ours), theirs.as_ref().map(mib).unwrap_or(f64::NAN));
-        }
-        rows.push(row);
+        rows.push(table_row(name, settings, &ours, theirs.as_ref()));
         let rates = |side: &Value| runs_of(&side["runs"]).into_iter().map(|s| settings.batch as f64 / s).collect::<Vec<f64>>();
         measurements.push(Measurement {
             area: if settings.train { "training step" } else { "zoo eval" },
@@ -130,49 +109,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         // what device.
         raw.push(json!({"model": name, "train": settings.train, "batch": settings.batch, "size": settings.size, "device": settings.device, "medxfer": ours, "timm": theirs}));
     }
-    // A training table's memory columns: the graph on either device, and each step's peak on a GPU.
-    let (memory_note, memory_header, memory_alignment) = match (settings.train, settings.device.as_str()) {
-        (false, _) => ("", "", ""),
-        (true, "cpu") => (GRAPH_COLUMNS_NOTE, " medxfer graph MiB | timm graph MiB |", "---:|---:|"),
-        (true, _) => {
-            (STEP_COLUMNS_NOTE, " medxfer graph MiB | timm graph MiB | medxfer step MiB | timm step MiB |", "---:|---:|---:|---:|")
-        }
-    };
-    let what = format!(
-        "{}{}",
-        if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
-        match (settings.host_batches, settings.device.as_str()) {
-            (false, _) => "",
-            (true, "cpu") => ", each step's images taken from the host (nothing to move on the CPU)",
-            (true, _) => ", each step's images moved from the host (ours: `Upload`; PyTorch: pinned, non_blocking)",
-        }
-    );
-    let report = format!(
-        "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs ({} rounds of {}, the sides alternating) after {} warm-up steps each. Machine: {}, {} cores (both sides use all of them). \
-         Load average {} before, {} after.{}\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |{}\n|---|---:|---:|---:|---:|---:|{}\n{}\n",
-        what,
-        settings.batch,
-        settings.size,
-        settings.size,
-        if settings.device == "cpu" {
-            format!("f32 (products: {})", medxfer_train::cpu_product_library())
-        } else {
-            settings.gpu.describe()
-        },
-        if settings.device == "cpu" { "CPU".to_string() } else { format!("{} ({})", settings.device, machine::gpu_name()) },
-        settings.rounds.max(1) * settings.repeats.max(1),
-        settings.rounds.max(1),
-        settings.repeats.max(1),
-        WARMUP_STEPS,
-        machine::cpu_model(),
-        machine::cores(),
-        load_before,
-        machine::load_average(),
-        memory_note,
-        memory_header,
-        memory_alignment,
-        rows.join("\n")
-    );
+    let report = report_table(settings, &load_before, &rows);
     // On a GPU, part of our peak: the largest workspace a chosen cuDNN algorithm needs.
     let report = if workspaces.is_empty() {
         report
@@ -200,6 +137,80 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         bail!("{} of {} backbones failed (the report has the others): {}", failures.len(), names.len(), failures.join("; "));
     }
     Ok(measurements)
+}
+
+/// One backbone's row of the table: each side's images per second, their ratio and peak memory,
+/// and with --train the memory columns the report's header names (`report_table`).
+fn table_row(name: &str, settings: &Settings, ours: &Value, theirs: Option<&Value>) -> String {
+    let ours_rate = ours["images_per_second"].as_f64().unwrap_or(f64::NAN);
+    let their_rate = theirs.and_then(|t| t["images_per_second"].as_f64()).unwrap_or(f64::NAN);
+    // Host memory on the CPU; device memory on a GPU where the side reports it.
+    let key = if settings.device == "cpu" { "peak_rss_bytes" } else { "peak_device_bytes" };
+    let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+    let mut row = format!(
+        "| {name} | {ours_rate:.1} | {their_rate:.1} | {:.2}x | {:.0} | {:.0} |",
+        ours_rate / their_rate,
+        mib(ours),
+        theirs.map(mib).unwrap_or(f64::NAN)
+    );
+    let memory_columns: &[&str] = match (settings.train, settings.device.as_str()) {
+        (false, _) => &[],
+        (true, "cpu") => &["graph_bytes"],
+        (true, _) => &["graph_bytes", "step_peak_bytes"],
+    };
+    for key in memory_columns {
+        let mib = |v: &Value| v[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+        row += &format!(" {:.0} | {:.0} |", mib(ours), theirs.map(mib).unwrap_or(f64::NAN));
+    }
+    row
+}
+
+/// The report's heading (what was measured, how, on what machine, under what load: `load_before`
+/// and now) and the table of `rows`.
+fn report_table(settings: &Settings, load_before: &str, rows: &[String]) -> String {
+    // A training table's memory columns: the graph on either device, and each step's peak on a GPU.
+    let (memory_note, memory_header, memory_alignment) = match (settings.train, settings.device.as_str()) {
+        (false, _) => ("", "", ""),
+        (true, "cpu") => (GRAPH_COLUMNS_NOTE, " medxfer graph MiB | timm graph MiB |", "---:|---:|"),
+        (true, _) => {
+            (STEP_COLUMNS_NOTE, " medxfer graph MiB | timm graph MiB | medxfer step MiB | timm step MiB |", "---:|---:|---:|---:|")
+        }
+    };
+    let what = format!(
+        "{}{}",
+        if settings.train { "Training step (train-mode forward, cross-entropy, backward, Nesterov SGD)" } else { "Eval forward" },
+        match (settings.host_batches, settings.device.as_str()) {
+            (false, _) => "",
+            (true, "cpu") => ", each step's images taken from the host (nothing to move on the CPU)",
+            (true, _) => ", each step's images moved from the host (ours: `Upload`; PyTorch: pinned, non_blocking)",
+        }
+    );
+    format!(
+        "# Zoo benchmark\n\n{}, batch {}, {}x{}, {}, {}, median of {} runs ({} rounds of {}, the sides alternating) after {} warm-up steps each. Machine: {}, {} cores (both sides use all of them). \
+         Load average {} before, {} after.{}\n\n| backbone | medxfer images/s | timm images/s | ratio | medxfer peak MiB | timm peak MiB |{}\n|---|---:|---:|---:|---:|---:|{}\n{}\n",
+        what,
+        settings.batch,
+        settings.size,
+        settings.size,
+        if settings.device == "cpu" {
+            format!("f32 (products: {})", medxfer_train::cpu_product_library())
+        } else {
+            settings.gpu.describe()
+        },
+        if settings.device == "cpu" { "CPU".to_string() } else { format!("{} ({})", settings.device, machine::gpu_name()) },
+        settings.rounds.max(1) * settings.repeats.max(1),
+        settings.rounds.max(1),
+        settings.repeats.max(1),
+        WARMUP_STEPS,
+        machine::cpu_model(),
+        machine::cores(),
+        load_before,
+        machine::load_average(),
+        memory_note,
+        memory_header,
+        memory_alignment,
+        rows.join("\n")
+    )
 }
 
 /// Each side's rounds for one backbone, alternating (ours, theirs, ours, ...).
