@@ -276,14 +276,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     // Each frame of a loop an image (--dicom-frame all): in its file's part and group.
     let entries = medxfer_data::frame_entries(&images.root, &files, args.reading.dicom_frame, args.reading.reorient)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    describe_images(args, &images);
-    describe_frames(args, &files, &entries);
-    if args.reading.reorient == medxfer_data::Orientation::Stored {
-        warn_of_mixed_planes(&images.root, &files);
-    }
-    if args.reading.adjacent_slices {
-        warn_of_single_frames(&images.root, &files, args.reading.reorient);
-    }
+    describe_reading(args, &images, &files, &entries);
     if args.finetune_top.is_some() {
         // A row a file: the split is of files, a loop's frames in its part.
         write_split(&args.out.join(SPLIT_CSV), &files, &images.classes)?;
@@ -305,12 +298,12 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         crop: args.crop,
         device: &device,
     };
-    let ScoredCandidates { scored, files, not_ranked, failed, same_models } = score_candidates(&candidates, &inputs);
-    if scored.is_empty() {
-        bail!("no candidate could be ranked:\n{}", not_ranked_list(&not_ranked));
+    let scored = score_candidates(&candidates, &inputs);
+    if scored.scored.is_empty() {
+        bail!("no candidate could be ranked:\n{}", not_ranked_list(&scored.not_ranked));
     }
-    let mut rows = rank(&scored, &consensus);
-    check_consensus_ranks(&rows, &failed, &consensus)?;
+    let mut rows = rank(&scored.scored, &consensus);
+    check_consensus_ranks(&rows, &scored.failed, &consensus)?;
 
     let tuning = match args.finetune_top {
         Some(k) => {
@@ -328,32 +321,8 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         None => String::new(),
     };
 
-    let mut table = render(&rows, &consensus);
-    table.push_str(&left_out_scores(&rows, &failed, &consensus));
-    table.push_str(&faint_images_note(train.cache.faint_images(), train.cache.len()));
-    table.push_str(&own_preprocessing_note(&candidates, args.resize, args.crop));
-    table.push_str(&args.reading.reading_note());
-    if let Some(resamples) = args.bootstrap {
-        let groups: Vec<String> = train_entries.iter().map(|e| e.group.clone()).collect();
-        let firsts = bootstrap::first_places(&files, &groups, resamples, args.seed, &consensus)?;
-        table.push('\n');
-        table.push_str(&bootstrap::render(&firsts, resamples));
-    }
-    if !same_models.is_empty() {
-        let listed: Vec<String> = same_models.iter().map(|(name, first)| format!("{name} (as {first})")).collect();
-        let _ = writeln!(
-            table,
-            "\nLeft out as the same model as a candidate above (the same weights, architecture and normalisation, so the same features): {}.",
-            listed.join(", ")
-        );
-    }
-    if !not_ranked.is_empty() {
-        let _ = write!(
-            table,
-            "\nNot ranked (mend each and run again; the candidates above are kept and not extracted again):\n{}\n",
-            not_ranked_list(&not_ranked)
-        );
-    }
+    let table = ranking_table(args, (&rows, &consensus), &scored, (&candidates, &train, &train_entries))?;
+    let not_ranked = scored.not_ranked;
     println!("{table}\n{tuning}{trust}");
     write_csv(&args.out.join("ranking.csv"), &rows)?;
     medxfer_durable::write_atomic(&args.out.join("ranking.md"), format!("{table}\n{tuning}{trust}").as_bytes())?;
@@ -370,6 +339,58 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
         );
     }
     Ok(rows)
+}
+
+/// What is said on stderr of the images before anything is read: their classes and parts, a
+/// file's frames, and the warnings of volumes in other planes and of files without neighbours.
+fn describe_reading(args: &RankArgs, images: &LabelledImages, files: &[Entry], entries: &[Entry]) {
+    describe_images(args, images);
+    describe_frames(args, files, entries);
+    if args.reading.reorient == medxfer_data::Orientation::Stored {
+        warn_of_mixed_planes(&images.root, files);
+    }
+    if args.reading.adjacent_slices {
+        warn_of_single_frames(&images.root, files, args.reading.reorient);
+    }
+}
+
+/// The ranking's table as printed and written to ranking.md (without the fine-tuning's tables):
+/// `rows` under `consensus`, then the notes of what `scored` left out, the faint images of the
+/// `train` part, the candidates' own preprocessing, how the images were read, --bootstrap's first
+/// places and the candidates not ranked.
+fn ranking_table(
+    args: &RankArgs,
+    (rows, consensus): (&[RankRow], &Consensus),
+    scored: &ScoredCandidates,
+    (candidates, train, train_entries): (&[ModelEntry], &SplitData, &[Entry]),
+) -> Result<String> {
+    let mut table = render(rows, consensus);
+    table.push_str(&left_out_scores(rows, &scored.failed, consensus));
+    table.push_str(&faint_images_note(train.cache.faint_images(), train.cache.len()));
+    table.push_str(&own_preprocessing_note(candidates, args.resize, args.crop));
+    table.push_str(&args.reading.reading_note());
+    if let Some(resamples) = args.bootstrap {
+        let groups: Vec<String> = train_entries.iter().map(|e| e.group.clone()).collect();
+        let firsts = bootstrap::first_places(&scored.files, &groups, resamples, args.seed, consensus)?;
+        table.push('\n');
+        table.push_str(&bootstrap::render(&firsts, resamples));
+    }
+    if !scored.same_models.is_empty() {
+        let listed: Vec<String> = scored.same_models.iter().map(|(name, first)| format!("{name} (as {first})")).collect();
+        let _ = writeln!(
+            table,
+            "\nLeft out as the same model as a candidate above (the same weights, architecture and normalisation, so the same features): {}.",
+            listed.join(", ")
+        );
+    }
+    if !scored.not_ranked.is_empty() {
+        let _ = write!(
+            table,
+            "\nNot ranked (mend each and run again; the candidates above are kept and not extracted again):\n{}\n",
+            not_ranked_list(&scored.not_ranked)
+        );
+    }
+    Ok(table)
 }
 
 /// Every option checked before the extraction, which takes minutes to hours; the consensus.
