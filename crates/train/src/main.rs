@@ -143,33 +143,7 @@ enum Command {
     },
     /// The Halton search over (lr, wd) for one backbone and task; rerun to resume; several
     /// workers share it with --shard i/n.
-    Search {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        data: DataArgs,
-        #[command(flatten)]
-        train: TrainArgs,
-        /// Trials (the reference's 75).
-        #[arg(long, default_value_t = 75)]
-        trials: usize,
-        /// This worker's share: trials with index % n == i.
-        #[arg(long, default_value = "0/1")]
-        shard: String,
-        /// The search directory (trial-NNN/ per trial, search.json).
-        #[arg(long)]
-        out: PathBuf,
-        /// Successive halving (not the reference): train every trial for --halving-min-epochs,
-        /// keep the best 1/ETA, train those ETA times longer, ... to --epochs. 3 is usual.
-        #[arg(long, value_name = "ETA")]
-        halving: Option<usize>,
-        /// The first rung's epochs under --halving.
-        #[arg(long, default_value_t = 4, value_name = "N", requires = "halving")]
-        halving_min_epochs: usize,
-        /// A finished full search of the same trials: say whether halving chose its A_opt.
-        #[arg(long, value_name = "DIR", requires = "halving")]
-        compare_with: Option<PathBuf>,
-    },
+    Search(SearchArgs),
     /// Features and the head's softmax of one dataset split, as a feature file for
     /// `medxfer-scores score`.
     Extract {
@@ -193,6 +167,36 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
+}
+
+/// `search`'s options.
+#[derive(clap::Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Trials (the reference's 75).
+    #[arg(long, default_value_t = 75)]
+    trials: usize,
+    /// This worker's share: trials with index % n == i.
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// The search directory (trial-NNN/ per trial, search.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Successive halving (not the reference): train every trial for --halving-min-epochs,
+    /// keep the best 1/ETA, train those ETA times longer, ... to --epochs. 3 is usual.
+    #[arg(long, value_name = "ETA")]
+    halving: Option<usize>,
+    /// The first rung's epochs under --halving.
+    #[arg(long, default_value_t = 4, value_name = "N", requires = "halving")]
+    halving_min_epochs: usize,
+    /// A finished full search of the same trials: say whether halving chose its A_opt.
+    #[arg(long, value_name = "DIR", requires = "halving")]
+    compare_with: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -406,67 +410,7 @@ fn run(cli: Cli) -> Result<()> {
             let outcome = outcome?;
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         }
-        Command::Search { model, data, train, trials, shard, out, halving, halving_min_epochs, compare_with } => {
-            let (entry, weights, device) = resolve(&model)?;
-            let training = options(&train, &data.transform);
-            training.check()?;
-            medxfer_train::check_trials(trials)?;
-            check_out_folder(&out)?;
-            let halving = halving.map(|eta| Halving::new(eta, halving_min_epochs)).transpose()?;
-            halving.map(|h| h.check_epochs(train.epochs)).transpose()?;
-            // Read after the search, which takes hours: a mistyped folder is caught now.
-            if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.is_dir()) {
-                bail!("--compare-with {}: no such folder; give the --out of a finished full search", dir.display());
-            }
-            // A folder that is no search (its split, say) failed on its search.json after the
-            // halving search, hours in.
-            if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.join(SUMMARY_FILE).is_file()) {
-                bail!("--compare-with {}: no {SUMMARY_FILE}, so not a search; give the --out of a finished full search", dir.display());
-            }
-            let run_data = run_data(&data)?;
-            let base = RunSettings::from_options(&training, normalization(&entry, data.transform.fix_std));
-            let settings = SearchSettings { model: &entry.name, base, trials, shard: Shard::parse(&shard)? };
-            let make = || start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device);
-            let mut bar = EpochBar::new(base.epochs);
-            let summary = match halving {
-                None => search(&make, &run_data, &settings, &out, &mut bar).map_err(anyhow::Error::from),
-                Some(halving) => medxfer_train::search_with_halving(&make, &run_data, &settings, halving, &out, &mut bar)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|summary| {
-                        print_halving(&summary, compare_with.as_deref())?;
-                        Ok(summary.search)
-                    }),
-            };
-            bar.finish();
-            let summary = summary?;
-            println!(
-                "{}: {} of {} trials finished, {} diverged, {} pending",
-                out.join(SUMMARY_FILE).display(),
-                summary.finished.len(),
-                summary.trials,
-                summary.diverged.len(),
-                summary.pending.len()
-            );
-            // A longer search ran here before (Halton points nest, so its first trials are this
-            // one's): said, as A_opt is now chosen among fewer trials than the folder holds.
-            if let Some(last) = medxfer_train::last_trial_dir(&out).filter(|&last| last >= trials) {
-                println!(
-                    "note: {} also holds trials up to {last} of a longer search; this one reads the first {trials} (give --trials {} to read them all)",
-                    out.display(),
-                    last + 1
-                );
-            }
-            if let Some(best) = &summary.best {
-                println!(
-                    "A_opt: trial {} (lr {:.3e}, wd {:.3e}), val balanced accuracy {:.4}, test balanced accuracy {}",
-                    best.index,
-                    best.outcome.learning_rate,
-                    best.outcome.weight_decay,
-                    best.outcome.best.val_balanced_accuracy,
-                    best.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy))
-                );
-            }
-        }
+        Command::Search(args) => search_command(args)?,
         Command::Extract { model, images, batch, out } => {
             // `--checkpoint best.safetensors --out best.safetensors` replaced the model with its
             // features.
@@ -509,6 +453,73 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
     }
+    Ok(())
+}
+
+/// `search`: the Halton search (or its successive halving) for one backbone and task, and its
+/// summary.
+fn search_command(args: SearchArgs) -> Result<()> {
+    let SearchArgs { model, data, train, trials, shard, out, halving, halving_min_epochs, compare_with } = args;
+    let (entry, weights, device) = resolve(&model)?;
+    let training = options(&train, &data.transform);
+    training.check()?;
+    medxfer_train::check_trials(trials)?;
+    check_out_folder(&out)?;
+    let halving = halving.map(|eta| Halving::new(eta, halving_min_epochs)).transpose()?;
+    halving.map(|h| h.check_epochs(train.epochs)).transpose()?;
+    // Read after the search, which takes hours: a mistyped folder is caught now.
+    if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.is_dir()) {
+        bail!("--compare-with {}: no such folder; give the --out of a finished full search", dir.display());
+    }
+    // A folder that is no search (its split, say) failed on its search.json after the
+    // halving search, hours in.
+    if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.join(SUMMARY_FILE).is_file()) {
+        bail!("--compare-with {}: no {SUMMARY_FILE}, so not a search; give the --out of a finished full search", dir.display());
+    }
+    let run_data = run_data(&data)?;
+    let base = RunSettings::from_options(&training, normalization(&entry, data.transform.fix_std));
+    let settings = SearchSettings { model: &entry.name, base, trials, shard: Shard::parse(&shard)? };
+    let make = || start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device);
+    let mut bar = EpochBar::new(base.epochs);
+    let summary = match halving {
+        None => search(&make, &run_data, &settings, &out, &mut bar).map_err(anyhow::Error::from),
+        Some(halving) => medxfer_train::search_with_halving(&make, &run_data, &settings, halving, &out, &mut bar)
+            .map_err(anyhow::Error::from)
+            .and_then(|summary| {
+                print_halving(&summary, compare_with.as_deref())?;
+                Ok(summary.search)
+            }),
+    };
+    bar.finish();
+    let summary = summary?;
+    println!(
+        "{}: {} of {} trials finished, {} diverged, {} pending",
+        out.join(SUMMARY_FILE).display(),
+        summary.finished.len(),
+        summary.trials,
+        summary.diverged.len(),
+        summary.pending.len()
+    );
+    // A longer search ran here before (Halton points nest, so its first trials are this
+    // one's): said, as A_opt is now chosen among fewer trials than the folder holds.
+    if let Some(last) = medxfer_train::last_trial_dir(&out).filter(|&last| last >= trials) {
+        println!(
+            "note: {} also holds trials up to {last} of a longer search; this one reads the first {trials} (give --trials {} to read them all)",
+            out.display(),
+            last + 1
+        );
+    }
+    if let Some(best) = &summary.best {
+        println!(
+            "A_opt: trial {} (lr {:.3e}, wd {:.3e}), val balanced accuracy {:.4}, test balanced accuracy {}",
+            best.index,
+            best.outcome.learning_rate,
+            best.outcome.weight_decay,
+            best.outcome.best.val_balanced_accuracy,
+            best.outcome.test.as_ref().map_or("-".into(), |t| format!("{:.4}", t.balanced_accuracy))
+        );
+    }
+
     Ok(())
 }
 
