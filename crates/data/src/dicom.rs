@@ -718,7 +718,7 @@ fn gray_rgb8(pixels: &DecodedPixelData<'_>, inverse: bool, user_window: Option<W
         return RgbImage::from_raw(width, height, rgb).ok_or_else(|| "the DICOM samples do not fill Rows x Columns".into());
     }
     let unit: Vec<f64> = if let Some(user_window) = user_window {
-        modality.iter().map(|&v| user_window.units(v)[0]).collect()
+        modality.iter().map(|&v| user_window.unit(v)).collect()
     } else if let Some(table) = table {
         // Values below the table's first mapped value take its first entry, above its end its
         // last (C.11.2.1.1); the entries span the bits they use, at most the declared depth

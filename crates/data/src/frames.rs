@@ -72,19 +72,7 @@ impl FromStr for FrameSelection {
     }
 }
 
-impl TryFrom<String> for FrameSelection {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<FrameSelection> for String {
-    fn from(selection: FrameSelection) -> String {
-        selection.to_string()
-    }
-}
+crate::as_text::serde_as_text!(FrameSelection);
 
 impl fmt::Display for FrameSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -42,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+mod as_text;
 mod cache;
 mod catalog;
 mod check;

@@ -28,15 +28,16 @@ pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Ren
         needed
     };
     let asked: Vec<DicomFrame> = needed.iter().map(|&index| DicomFrame::Number(index + 1)).collect();
-    let decoded: BTreeMap<u32, Result<Decoded>> = needed.iter().copied().zip(load_image_frames(path, &asked, rendering)?).collect();
-    let gray = |index: u32| -> Result<(RgbImage, bool)> {
+    // Each frame read once, its grayness checked once, however many chosen frames it neighbours.
+    let decoded: BTreeMap<u32, Result<Decoded>> = needed
+        .iter()
+        .copied()
+        .zip(load_image_frames(path, &asked, rendering)?)
+        .map(|(index, decoded)| (index, decoded.and_then(|decoded| if is_gray(&decoded.image) { Ok(decoded) } else { Err(colour(path)) })))
+        .collect();
+    let gray = |index: u32| -> Result<&Decoded> {
         match decoded.get(&index) {
-            Some(Ok(decoded)) if is_gray(&decoded.image) => Ok((decoded.image.clone(), decoded.faint)),
-            Some(Ok(_)) => Err(Error::format(
-                path,
-                "a colour image (or three windows, one a channel): --adjacent-slices makes the three channels of three gray frames; \
-                 read it without --adjacent-slices, or with one window",
-            )),
+            Some(Ok(decoded)) => Ok(decoded),
             // A frame's error (not Clone: several chosen frames may share this one) made anew.
             Some(Err(Error::Format { path, problem })) => Err(Error::format(path.clone(), problem.clone())),
             Some(Err(error)) => Err(Error::format(path, format!("frame {}: {error}", index + 1))),
@@ -50,19 +51,26 @@ pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Ren
             let Some(index) = index else {
                 return load_image_frames(path, &[frame], rendering)?.remove(0);
             };
-            let (before, faint_before) = gray(index.saturating_sub(1))?;
-            let (itself, faint) = gray(index)?;
-            let (after, faint_after) = gray((index + 1).min(count - 1))?;
-            if before.dimensions() != itself.dimensions() || after.dimensions() != itself.dimensions() {
+            let (before, itself, after) = (gray(index.saturating_sub(1))?, gray(index)?, gray((index + 1).min(count - 1))?);
+            if before.image.dimensions() != itself.image.dimensions() || after.image.dimensions() != itself.image.dimensions() {
                 return Err(Error::format(path, "its frames differ in size, so adjacent ones cannot be channels of one image"));
             }
-            let mut image = itself;
-            for ((pixel, b), a) in image.pixels_mut().zip(before.pixels()).zip(after.pixels()) {
+            let mut image = itself.image.clone();
+            for ((pixel, b), a) in image.pixels_mut().zip(before.image.pixels()).zip(after.image.pixels()) {
                 *pixel = image::Rgb([b.0[0], pixel.0[1], a.0[2]]);
             }
-            Ok(Decoded { image, faint: faint_before || faint || faint_after })
+            Ok(Decoded { image, faint: before.faint || itself.faint || after.faint })
         })
         .collect())
+}
+
+/// Why a colour frame cannot be made 2.5-D, and the fix.
+fn colour(path: &Path) -> Error {
+    Error::format(
+        path,
+        "a colour image (or three windows, one a channel): --adjacent-slices makes the three channels of three gray frames; read it \
+         without --adjacent-slices, or with one window",
+    )
 }
 
 /// Whether every pixel of `image` is gray (its channels equal).

@@ -74,19 +74,7 @@ impl FromStr for DicomFrame {
     }
 }
 
-impl TryFrom<String> for DicomFrame {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<DicomFrame> for String {
-    fn from(frame: DicomFrame) -> String {
-        frame.to_string()
-    }
-}
+crate::as_text::serde_as_text!(DicomFrame);
 
 impl fmt::Display for DicomFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -48,7 +48,19 @@ impl Window {
 
     /// `value` through each channel's window to 0..1: DICOM's LINEAR function.
     pub(crate) fn units(self, value: f64) -> [f64; 3] {
-        self.channels.map(|Level { center, width }| super::windowed(VoiLutFunction::Linear, WindowLevel { center, width }, value))
+        self.channels.map(|level| level.unit(value))
+    }
+
+    /// `value` through the first channel's window (a gray window's only one) to 0..1.
+    pub(crate) fn unit(self, value: f64) -> f64 {
+        self.channels[0].unit(value)
+    }
+}
+
+impl Level {
+    /// `value` through this window to 0..1: DICOM's LINEAR function.
+    fn unit(self, value: f64) -> f64 {
+        super::windowed(VoiLutFunction::Linear, WindowLevel { center: self.center, width: self.width }, value)
     }
 }
 
@@ -92,19 +104,7 @@ impl FromStr for Window {
     }
 }
 
-impl TryFrom<String> for Window {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<Window> for String {
-    fn from(window: Window) -> String {
-        window.to_string()
-    }
-}
+crate::as_text::serde_as_text!(Window);
 
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -107,7 +107,10 @@ pub(super) fn read_slices(
         (Scale::Range(low, high), _) | (_, Some((low, high))) => (low, high),
         _ => (f64::INFINITY, f64::NEG_INFINITY),
     };
+    // A gray window's one LINEAR value a voxel, not three alike.
+    let gray_window = matches!(scale, Scale::Window(window) if window.is_gray());
     let unit = |v: f64| match scale {
+        Scale::Window(window) if gray_window => [window.unit(v); 3],
         Scale::Window(window) => window.units(v),
         _ if high > low => [(v - low) / (high - low); 3],
         _ => [0.0; 3],
@@ -170,7 +173,7 @@ fn read_stored(
 
 /// A volume's stored slices as stored (those not read empty), and its range where the read found
 /// it.
-pub(super) struct HeldVolume {
+struct HeldVolume {
     slices: Vec<Vec<u8>>,
     range: Option<ValueRange>,
 }

@@ -37,19 +37,7 @@ impl FromStr for Orientation {
     }
 }
 
-impl TryFrom<String> for Orientation {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<Orientation> for String {
-    fn from(orientation: Orientation) -> String {
-        orientation.to_string()
-    }
-}
+crate::as_text::serde_as_text!(Orientation);
 
 impl fmt::Display for Orientation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
