@@ -668,7 +668,28 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     // Files of one frame have no neighbours: said before anything is read.
     let output = rank_output(dir.path(), &images, &dir.path().join("adjacent pngs"), None, &extra);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--adjacent-slices: 8 of 8 files hold one frame"), "{stderr}");
+    assert!(stderr.contains("--adjacent-slices: 8 of 8 files hold one frame and are not slices of a DICOM series"), "{stderr}");
+    // A DICOM series stored a file a slice (a class's folder): its slices have neighbours; a
+    // slice alone in its series, or without one, has none.
+    let series = dir.path().join("series");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/data/tests/fixtures/series/scan");
+    for (class, files) in [
+        ("clear", &["IM000001", "IM000002", "IM000003", "IM000004", "IM000005", "scout.dcm"][..]),
+        ("lesion", &["mr_a.dcm", "mr_b.dcm", "mr_c.dcm", "no_series.dcm"][..]),
+    ] {
+        std::fs::create_dir_all(series.join(class)).unwrap();
+        for file in files {
+            std::fs::copy(fixtures.join(file), series.join(class).join(file)).unwrap();
+        }
+    }
+    let output = rank(dir.path(), &series, &dir.path().join("adjacent series"), None, &extra);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--adjacent-slices: 2 of 10 files hold one frame and are not slices")
+            && stderr.contains("clear/scout.dcm")
+            && stderr.contains("lesion/no_series.dcm"),
+        "{stderr}"
+    );
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");

@@ -223,9 +223,10 @@ impl ImageCache {
                 bar.inc(chunk.len() as u64);
             }
         }
-        // Every slice is cached: the volumes kept whole for reoriented runs are not wanted by
-        // the training that follows.
+        // Every slice is cached: the volumes kept whole for reoriented runs, and the series placed
+        // for 2.5-D ones, are not wanted by the training that follows.
         crate::volume::forget_held_volumes();
+        crate::dicom::forget_placed_folders();
         if !problems.is_empty() {
             return Err(Error::Unreadable { total: entries.len(), problems });
         }

@@ -243,7 +243,7 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         None => {}
     }
     if rendering.adjacent_slices {
-        println!("2.5-D: each frame's red the frame before, its green itself, its blue the frame after");
+        say_adjacent(file, count)?;
     }
     match (medxfer_data::slice_plane(file)?, rendering.orientation) {
         (Some(plane), Orientation::Stored) => println!("slices along the third stored axis: {plane} (from the header's orientation)"),
@@ -252,6 +252,30 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Says what a 2.5-D image of `file` (of `count` frames) is made of: its frames, or, a slice of
+/// a DICOM series stored a file a slice, the series' slices either side of it.
+fn say_adjacent(file: &Path, count: u32) -> Result<()> {
+    let place = if count == 1 { medxfer_data::series_place(file)? } else { None };
+    let Some(place) = place else {
+        println!("2.5-D: each frame's red the frame before, its green itself, its blue the frame after");
+        return Ok(());
+    };
+    let name = |path: &Path| path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let order = match place.order {
+        medxfer_data::SeriesOrder::Position => "by position along the slices' normal",
+        medxfer_data::SeriesOrder::InstanceNumber => "by Instance Number, the slices having no position",
+    };
+    println!(
+        "2.5-D: slice {} of {} of its DICOM series in {} ({order}): red {}, green itself, blue {}",
+        place.index + 1,
+        place.len,
+        file.parent().map_or_else(String::new, |folder| folder.display().to_string()),
+        name(&place.before),
+        name(&place.after)
+    );
     Ok(())
 }
 

@@ -66,3 +66,62 @@ fn a_single_gray_image_is_itself_and_colour_is_refused() {
         assert!(error.starts_with(&path.display().to_string()) && error.contains("--adjacent-slices"), "{error}");
     }
 }
+
+/// A DICOM series stored a file a slice (one folder of a PACS export): each slice's 2.5-D image
+/// is made of the slices either side of it along the normal (names and Instance Numbers in other
+/// orders), or by Instance Number where the slices have no position, as the fixture's generator
+/// placed them; a slice alone in its series, or without a Series Instance UID, is itself thrice,
+/// and a file of several frames of the same series is not one of its slices.
+#[test]
+fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side() {
+    use medxfer_data::{SeriesOrder, series_place};
+    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    let folder = common::fixtures("series");
+    let expected = common::expected(&folder);
+    let mut checked = 0;
+    for key in expected.keys().filter(|key| key.ends_with("#adjacent")) {
+        let file = key.trim_end_matches("#adjacent");
+        let path = folder.join(file);
+        for frame in [DicomFrame::Only, DicomFrame::Middle] {
+            let image = load_image_frames(&path, &[frame], adjacent).unwrap().remove(0).unwrap().image;
+            let (max, _, _) = common::differences(key, &image, &expected[key]);
+            assert_eq!(max, 0, "{key}");
+        }
+        // Without --adjacent-slices, the slice alone.
+        let alone = load_image_frames(&path, &[DicomFrame::Only], Rendering::default()).unwrap().remove(0).unwrap().image;
+        assert_eq!(common::differences(file, &alone, &expected[file]).0, 0, "{file}");
+        checked += 1;
+    }
+    assert_eq!(checked, 10);
+    let place = |name: &str| series_place(&folder.join("scan").join(name)).unwrap();
+    let ct = place("IM000004").unwrap();
+    assert_eq!((ct.index, ct.len, ct.order), (0, 5, SeriesOrder::Position));
+    assert_eq!((ct.before.file_name().unwrap(), ct.after.file_name().unwrap()), ("IM000004".as_ref(), "IM000001".as_ref()));
+    let mr = place("mr_a.dcm").unwrap();
+    assert_eq!((mr.index, mr.len, mr.order), (2, 3, SeriesOrder::InstanceNumber));
+    for none in ["scout.dcm", "no_series.dcm", "IM000006"] {
+        assert_eq!(place(none), None, "{none}");
+    }
+    assert_eq!(series_place(&common::fixtures("formats").join("gray.jpg")).unwrap(), None);
+}
+
+/// A series that has no one order is refused, naming the file, why and the fix: two echoes at
+/// one position, slices of two orientations, slices with neither positions nor Instance Numbers.
+#[test]
+fn a_series_without_one_order_is_refused() {
+    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    let folder = common::fixtures("series").join("broken");
+    for (file, why) in [
+        ("echo1.dcm", "same position (12.500 mm"),
+        ("echo2.dcm", "echo1.dcm and echo2.dcm"),
+        ("coronal.dcm", "more than one orientation"),
+        ("capture2.dcm", "neither by position"),
+    ] {
+        let path = folder.join(file);
+        let error = load_image_frames(&path, &[DicomFrame::Only], adjacent).unwrap_err().to_string();
+        assert!(error.starts_with(&path.display().to_string()) && error.contains(why), "{file}: {error}");
+        assert!(error.contains("--adjacent-slices"), "{file}: {error}");
+        // Each slice alone still reads.
+        assert!(load_image_frames(&path, &[DicomFrame::Only], Rendering::default()).unwrap()[0].is_ok());
+    }
+}

@@ -212,8 +212,8 @@ fn cache_builds_from_a_manifest_and_refuses_another_dataset_s() {
 
 /// `show` writes a file's image as the decoder makes it (a NIfTI volume's middle slice, pixel for
 /// pixel), and a contact sheet of every slice (tiles as large as the slices: each slice unscaled,
-/// centred, in order), and a volume reoriented; a volume without a chosen slice, or a damaged file,
-/// fails naming it.
+/// centred, in order), a volume reoriented, and a DICOM series' slice 2.5-D (its neighbours named);
+/// a volume without a chosen slice, or a damaged file, fails naming it.
 #[test]
 fn show_writes_a_file_as_the_backbones_see_it() {
     use medxfer_data::{DicomFrame, load_image_frame};
@@ -287,6 +287,18 @@ fn show_writes_a_file_as_the_backbones_see_it() {
     let output = medxfer_data(&[&three[..], &["--adjacent-slices"]].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("or with one window"), "{stderr}");
+    // A slice of a DICOM series: its place and neighbours said, the image its 2.5-D one.
+    let slice = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/series/scan/IM000001");
+    let output = medxfer_data(&["show", slice.to_str().unwrap(), "--adjacent-slices", "--out", out.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("2.5-D: slice 2 of 5 of its DICOM series in")
+            && stdout.contains("(by position along the slices' normal): red IM000004, green itself, blue IM000005"),
+        "{output:?}"
+    );
+    let adjacent = medxfer_data::Rendering { adjacent_slices: true, ..Default::default() };
+    let slab = medxfer_data::load_image_frames(&slice, &[DicomFrame::Only], adjacent).unwrap().remove(0).unwrap().image;
+    assert_eq!(image::open(&out).unwrap().to_rgb8(), slab);
 
     for (file, expected) in [(volume.clone(), "holds 4 slices"), (dir.path().join("middle.png.missing"), "middle.png.missing")] {
         let output = medxfer_data(&["show", file.to_str().unwrap(), "--out", dir.path().join("x.png").to_str().unwrap()]);

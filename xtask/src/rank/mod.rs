@@ -495,20 +495,28 @@ fn warn_of_mixed_planes(root: &Path, files: &[Entry]) {
     );
 }
 
-/// Says on stderr how many of `files` (under `root`) hold one frame, naming a few: `--adjacent-
-/// slices` gives them no neighbours (each channel the file's one frame), as for a series stored a
-/// file a slice. A header that cannot be read is left to the decoding, which names it.
+/// Says on stderr how many of `files` (under `root`) hold one frame and are not a slice of a DICOM
+/// series of several in their folder, naming a few: `--adjacent-slices` gives them no neighbours
+/// (each channel the file's one frame). A header that cannot be read, or a series that cannot be
+/// put in order, is left to the decoding, which names it.
 fn warn_of_single_frames(root: &Path, files: &[Entry], orientation: medxfer_data::Orientation) {
     use rayon::prelude::*;
-    let single: Vec<&Entry> =
-        files.par_iter().filter(|entry| medxfer_data::frame_count(&root.join(&entry.path), orientation).is_ok_and(|n| n == 1)).collect();
+    let single: Vec<&Entry> = files
+        .par_iter()
+        .filter(|entry| {
+            let path = root.join(&entry.path);
+            medxfer_data::frame_count(&path, orientation).is_ok_and(|n| n == 1)
+                && medxfer_data::series_place(&path).is_ok_and(|place| place.is_none())
+        })
+        .collect();
     if single.is_empty() {
         return;
     }
     let named: Vec<&str> = single.iter().take(5).map(|entry| entry.path.as_str()).collect();
     eprintln!(
-        "warning: {}: --adjacent-slices: {} of {} files hold one frame, so their images have no neighbours (each channel the same \
-         frame), e.g. {}; a series stored a file a slice must be made one volume first (dcm2niix)",
+        "warning: {}: --adjacent-slices: {} of {} files hold one frame and are not slices of a DICOM series in their folder (files \
+         sharing a Series Instance UID), so their images have no neighbours (each channel the same frame), e.g. {}; a series \
+         of another format stored a file a slice must be made one volume first",
         root.display(),
         single.len(),
         files.len(),

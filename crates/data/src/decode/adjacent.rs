@@ -2,6 +2,9 @@
 //! made of three, the one before in red, itself in green and the one after in blue (the first and
 //! last repeating themselves at the ends), as CT and MR classifiers feed a little of the third
 //! dimension to 2-D ImageNet backbones. Each of the three is rendered gray as it would be alone.
+//! A slice of a DICOM series stored a file a slice has the series' slices either side of it
+//! (`dicom/series.rs` orders them); each of those files is read for itself and for each of its
+//! neighbours, three reads a slice.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +12,7 @@ use std::path::Path;
 use image::RgbImage;
 
 use super::{Decoded, Rendering, load_image_frames};
-use crate::dicom::DicomFrame;
+use crate::dicom::{DicomFrame, SeriesPlace, series_place};
 use crate::error::{Error, Result};
 use crate::frames::frame_count;
 
@@ -17,6 +20,11 @@ use crate::frames::frame_count;
 /// of it and itself, rendered as `rendering` says (its own `adjacent_slices` not set).
 pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Rendering) -> Result<Vec<Result<Decoded>>> {
     let count = frame_count(path, rendering.orientation)?;
+    if count == 1
+        && let Some(place) = series_place(path)?
+    {
+        return Ok(series_frames(path, frames, &place, rendering));
+    }
     // Each chosen frame's 0-based index; a choice that names none is decoded as asked, for the
     // error its format gives it.
     let chosen: Vec<Option<u32>> = frames.iter().map(|frame| frame.index(count).ok()).collect();
@@ -33,17 +41,9 @@ pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Ren
         .iter()
         .copied()
         .zip(load_image_frames(path, &asked, rendering)?)
-        .map(|(index, decoded)| (index, decoded.and_then(|decoded| if is_gray(&decoded.image) { Ok(decoded) } else { Err(colour(path)) })))
+        .map(|(index, decoded)| (index, decoded.and_then(|decoded| gray_only(path, decoded))))
         .collect();
-    let gray = |index: u32| -> Result<&Decoded> {
-        match decoded.get(&index) {
-            Some(Ok(decoded)) => Ok(decoded),
-            // A frame's error (not Clone: several chosen frames may share this one) made anew.
-            Some(Err(Error::Format { path, problem })) => Err(Error::format(path.clone(), problem.clone())),
-            Some(Err(error)) => Err(Error::format(path, format!("frame {}: {error}", index + 1))),
-            None => Err(Error::format(path, format!("frame {} was not read", index + 1))),
-        }
-    };
+    let gray = |index: u32| again(path, decoded.get(&index), &format!("frame {}", index + 1));
     Ok(frames
         .iter()
         .zip(chosen)
@@ -52,16 +52,66 @@ pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Ren
                 return load_image_frames(path, &[frame], rendering)?.remove(0);
             };
             let (before, itself, after) = (gray(index.saturating_sub(1))?, gray(index)?, gray((index + 1).min(count - 1))?);
-            if before.image.dimensions() != itself.image.dimensions() || after.image.dimensions() != itself.image.dimensions() {
-                return Err(Error::format(path, "its frames differ in size, so adjacent ones cannot be channels of one image"));
-            }
-            let mut image = itself.image.clone();
-            for ((pixel, b), a) in image.pixels_mut().zip(before.image.pixels()).zip(after.image.pixels()) {
-                *pixel = image::Rgb([b.0[0], pixel.0[1], a.0[2]]);
-            }
-            Ok(Decoded { image, faint: before.faint || itself.faint || after.faint })
+            stacked(path, [before, itself, after], "its frames differ in size")
         })
         .collect())
+}
+
+/// [`adjacent_frames`] of `frames` of the single-frame DICOM file at `path`, the slice of its
+/// series `place` places: the series' slices either side of it its red and blue.
+fn series_frames(path: &Path, frames: &[DicomFrame], place: &SeriesPlace, rendering: Rendering) -> Vec<Result<Decoded>> {
+    let read = |file: &Path| -> Result<Decoded> {
+        let decoded = load_image_frames(file, &[DicomFrame::Only], rendering)?.into_iter().next();
+        decoded.unwrap_or_else(|| Err(Error::format(file, "no frame was read"))).and_then(|decoded| gray_only(file, decoded))
+    };
+    let neighbour = |file: &Path, which: &str| {
+        read(file).map_err(|error| Error::format(path, format!("--adjacent-slices: the slice {which} it in its series: {error}")))
+    };
+    let [before, itself, after] = [neighbour(&place.before, "before"), read(path), neighbour(&place.after, "after")];
+    frames
+        .iter()
+        .map(|&frame| {
+            if frame.index(1).is_err() {
+                return load_image_frames(path, &[frame], rendering)?.remove(0);
+            }
+            let three = [
+                again(path, Some(&before), "the slice")?,
+                again(path, Some(&itself), "the slice")?,
+                again(path, Some(&after), "the slice")?,
+            ];
+            stacked(path, three, "the slices of its series differ in size")
+        })
+        .collect()
+}
+
+/// `decoded` where it is gray, else why colour cannot be 2.5-D.
+fn gray_only(path: &Path, decoded: Decoded) -> Result<Decoded> {
+    if is_gray(&decoded.image) { Ok(decoded) } else { Err(colour(path)) }
+}
+
+/// The image `read` holds, or its error made anew (errors are not Clone, and several chosen
+/// frames may share a neighbour), `what` (a frame) naming it where the error does not name a file.
+fn again<'a>(path: &Path, read: Option<&'a Result<Decoded>>, what: &str) -> Result<&'a Decoded> {
+    match read {
+        Some(Ok(decoded)) => Ok(decoded),
+        Some(Err(Error::Format { path, problem })) => Err(Error::format(path.clone(), problem.clone())),
+        Some(Err(Error::Io { path, problem })) => Err(Error::Io { path: path.clone(), problem: problem.clone() }),
+        Some(Err(error)) => Err(Error::format(path, format!("{what}: {error}"))),
+        None => Err(Error::format(path, format!("{what} was not read"))),
+    }
+}
+
+/// The 2.5-D image of `before`, `itself` and `after` (of `path`): the red of the first, the
+/// green of the second, the blue of the third; `unequal` says why where their sizes differ.
+fn stacked(path: &Path, [before, itself, after]: [&Decoded; 3], unequal: &str) -> Result<Decoded> {
+    if before.image.dimensions() != itself.image.dimensions() || after.image.dimensions() != itself.image.dimensions() {
+        return Err(Error::format(path, format!("{unequal}, so adjacent ones cannot be channels of one image")));
+    }
+    let mut image = itself.image.clone();
+    for ((pixel, b), a) in image.pixels_mut().zip(before.image.pixels()).zip(after.image.pixels()) {
+        *pixel = image::Rgb([b.0[0], pixel.0[1], a.0[2]]);
+    }
+    Ok(Decoded { image, faint: before.faint || itself.faint || after.faint })
 }
 
 /// Why a colour frame cannot be made 2.5-D, and the fix.

@@ -1,0 +1,272 @@
+//! A DICOM series stored a file a slice, as CT and MR scanners and PACS exports write it: the
+//! single-frame files of one folder that share a Series Instance UID, put in order so that
+//! `--adjacent-slices` can give each slice its neighbours (a volume's own frames are in order
+//! already).
+//!
+//! The order is the one dcm2niix and pydicom-based loaders use: the slices' Image Position
+//! (Patient) along the normal of their Image Orientation (Patient) (the row direction crossed with
+//! the column direction), lowest first, whatever the files' names or Instance Numbers say (some
+//! scanners number head to feet, others feet to head). A series without positions on every slice
+//! is ordered by Instance Number. A series that cannot be put in one order (slices of two
+//! orientations, two slices at one position: several echoes or phases in one series) is refused
+//! rather than given neighbours that are not.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use dicom_dictionary_std::tags;
+use dicom_object::DefaultDicomObject;
+use rayon::prelude::*;
+
+use super::{dicom_header, number_of_frames};
+use crate::error::{Error, Result};
+
+/// Positions closer than this (mm along the normal), or orientation cosines closer than
+/// this, are the same.
+const SAME: f64 = 1e-3;
+
+/// What orders a series' slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesOrder {
+    /// Image Position (Patient) along the slices' normal.
+    Position,
+    /// Instance Number (a slice without a position).
+    InstanceNumber,
+}
+
+/// Where a single-frame DICOM file sits in its series: the slices either side of it (the file
+/// itself at an end) and its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPlace {
+    /// The slice before it (itself where it is the first).
+    pub before: PathBuf,
+    /// The slice after it (itself where it is the last).
+    pub after: PathBuf,
+    /// Its place in the series, from 0.
+    pub index: usize,
+    /// How many slices the series holds in its folder.
+    pub len: usize,
+    /// What ordered them.
+    pub order: SeriesOrder,
+}
+
+/// The header fields that place a slice in its series.
+#[derive(Debug, Clone)]
+struct SliceHeader {
+    series: Option<String>,
+    frames: u32,
+    position: Option<[f64; 3]>,
+    orientation: Option<[f64; 6]>,
+    instance: Option<i64>,
+}
+
+/// Where the DICOM file at `path` sits among the single-frame files of its folder with its Series
+/// Instance UID; `None` for a file that is not DICOM, holds several frames, has no Series
+/// Instance UID, or is the only slice of its series in the folder. A series whose slices cannot be
+/// put in one order is an error naming the file, why and the fix. Files of the folder whose header
+/// cannot be read are left out of the order (each is its own error when read).
+pub fn series_place(path: &Path) -> Result<Option<SeriesPlace>> {
+    let Some(own) = slice_header(path)? else { return Ok(None) };
+    if own.frames != 1 || own.series.is_none() {
+        return Ok(None);
+    }
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else { return Ok(None) };
+    let placements = folder_placements(folder)?;
+    match placements.get(name) {
+        None => Ok(None),
+        Some(Ok(place)) => Ok(Some(place.clone())),
+        Some(Err(problem)) => Err(Error::format(path, format!("--adjacent-slices: {problem}"))),
+    }
+}
+
+/// The header fields of the DICOM file at `path` that place it; `None` for a file that is not
+/// DICOM.
+fn slice_header(path: &Path) -> Result<Option<SliceHeader>> {
+    let Some((object, _)) = dicom_header(path)? else { return Ok(None) };
+    let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
+    Ok(Some(SliceHeader {
+        series: text(&object, tags::SERIES_INSTANCE_UID),
+        frames,
+        position: numbers(&object, tags::IMAGE_POSITION_PATIENT).and_then(|v| v.try_into().ok()),
+        orientation: numbers(&object, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok()),
+        instance: object.element_opt(tags::INSTANCE_NUMBER).ok().flatten().and_then(|e| e.to_int::<i64>().ok()),
+    }))
+}
+
+/// `tag`'s text, trimmed of DICOM's padding; `None` where absent or blank.
+fn text(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    let element = object.element_opt(tag).ok().flatten()?;
+    let value = element.to_str().ok()?;
+    let value = value.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// `tag`'s numbers; `None` where absent, not numbers or not all finite.
+fn numbers(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
+    let values = object.element_opt(tag).ok().flatten()?.to_multi_float64().ok()?;
+    values.iter().all(|v| v.is_finite()).then_some(values)
+}
+
+/// Each file of a folder that is a slice of a series of two or more there: its place, or why its
+/// series has none.
+type Placements = HashMap<OsString, std::result::Result<SeriesPlace, String>>;
+
+/// A folder as placed: its path and modification time (a file added or removed changes it).
+type FolderIdentity = (PathBuf, Option<SystemTime>);
+
+/// How many folders' placements are kept (an image cache reads a folder's slices one after
+/// another, a few folders at once).
+const FOLDERS_KEPT: usize = 64;
+
+/// The folders placed lately, each slot filled by the first run that asks for it.
+type FolderSlot = Arc<Mutex<Option<Arc<Placements>>>>;
+static PLACED_FOLDERS: Mutex<Vec<(FolderIdentity, FolderSlot)>> = Mutex::new(Vec::new());
+
+/// The placements of `folder`'s series, as kept, else read (then kept): each of its slices'
+/// headers read once, however many of them are asked for.
+fn folder_placements(folder: &Path) -> Result<Arc<Placements>> {
+    let modified = std::fs::metadata(folder).map_err(|e| Error::io(folder, e))?.modified().ok();
+    let identity = (folder.to_path_buf(), modified);
+    let slot = {
+        let mut kept = PLACED_FOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
+        match kept.iter().find(|(kept, _)| *kept == identity) {
+            Some((_, slot)) => slot.clone(),
+            None => {
+                if kept.len() >= FOLDERS_KEPT {
+                    kept.remove(0);
+                }
+                let slot = FolderSlot::default();
+                kept.push((identity, slot.clone()));
+                slot
+            }
+        }
+    };
+    let mut placements = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(placements) = placements.as_ref() {
+        return Ok(placements.clone());
+    }
+    // A failed read keeps nothing: the next run tries again and names its own error.
+    let read = Arc::new(place_folder(folder)?);
+    *placements = Some(read.clone());
+    Ok(read)
+}
+
+/// Lets go of the folders [`folder_placements`] kept.
+pub(crate) fn forget_placed_folders() {
+    PLACED_FOLDERS.lock().unwrap_or_else(PoisonError::into_inner).clear();
+}
+
+/// Every series of two or more single-frame files in `folder`, each put in order.
+fn place_folder(folder: &Path) -> Result<Placements> {
+    let mut names = Vec::new();
+    for item in std::fs::read_dir(folder).map_err(|e| Error::io(folder, e))? {
+        let item = item.map_err(|e| Error::io(folder, e))?;
+        if item.file_type().is_ok_and(|t| t.is_file()) && !item.file_name().eq_ignore_ascii_case("DICOMDIR") {
+            names.push(item.file_name());
+        }
+    }
+    let slices: Vec<(OsString, SliceHeader)> = names
+        .into_par_iter()
+        .filter_map(|name| match slice_header(&folder.join(&name)) {
+            Ok(Some(header)) if header.frames == 1 && header.series.is_some() => Some((name, header)),
+            _ => None,
+        })
+        .collect();
+    let mut series: HashMap<String, Vec<(OsString, SliceHeader)>> = HashMap::new();
+    for (name, header) in slices {
+        series.entry(header.series.clone().unwrap_or_default()).or_default().push((name, header));
+    }
+    let mut placements = Placements::new();
+    for (_, mut slices) in series.into_iter().filter(|(_, slices)| slices.len() > 1) {
+        // Names first: the same order whatever order the folder lists its files in.
+        slices.sort_by(|a, b| a.0.cmp(&b.0));
+        match put_in_order(&mut slices) {
+            Ok(order) => {
+                let name = |index: usize| folder.join(&slices[index].0);
+                let last = slices.len() - 1;
+                for (index, (file, _)) in slices.iter().enumerate() {
+                    let place = SeriesPlace {
+                        before: name(index.saturating_sub(1)),
+                        after: name((index + 1).min(last)),
+                        index,
+                        len: slices.len(),
+                        order,
+                    };
+                    placements.insert(file.clone(), Ok(place));
+                }
+            }
+            Err(problem) => placements.extend(slices.into_iter().map(|(file, _)| (file, Err(problem.clone())))),
+        }
+    }
+    Ok(placements)
+}
+
+/// Sorts one series' `slices` (named by file) into their order along the normal, else by
+/// Instance Number, saying which; why neither can order them where neither can.
+fn put_in_order(slices: &mut [(OsString, SliceHeader)]) -> std::result::Result<SeriesOrder, String> {
+    let shown = |name: &OsString| name.to_string_lossy().into_owned();
+    let placed: Option<Vec<([f64; 3], [f64; 6])>> = slices.iter().map(|(_, h)| h.position.zip(h.orientation)).collect();
+    if let Some(placed) = placed {
+        let (_, first) = placed[0];
+        if let Some(other) = placed.iter().position(|(_, o)| o.iter().zip(&first).any(|(a, b)| (a - b).abs() > SAME)) {
+            return Err(format!(
+                "its series holds slices of more than one orientation (Image Orientation (Patient) {first:?} in {}, {:?} in {}), so \
+                 they are not one stack; move each stack to a folder of its own, or read without --adjacent-slices",
+                shown(&slices[0].0),
+                placed[other].1,
+                shown(&slices[other].0)
+            ));
+        }
+        let normal = cross([first[0], first[1], first[2]], [first[3], first[4], first[5]]);
+        let along = |(position, _): &([f64; 3], [f64; 6])| position.iter().zip(&normal).map(|(p, n)| p * n).sum::<f64>();
+        let mut keyed: Vec<(f64, usize)> = placed.iter().map(along).zip(0..).collect();
+        keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some(pair) = keyed.windows(2).find(|pair| pair[1].0 - pair[0].0 <= SAME) {
+            return Err(format!(
+                "two slices of its series, {} and {}, lie at the same position ({:.3} mm along the slices' normal): several echoes, \
+                 phases or acquisitions in one series; move each to a folder of its own, or read without --adjacent-slices",
+                shown(&slices[pair[0].1].0),
+                shown(&slices[pair[1].1].0),
+                pair[0].0
+            ));
+        }
+        reorder(slices, keyed.iter().map(|&(_, at)| at));
+        return Ok(SeriesOrder::Position);
+    }
+    let numbered: Option<Vec<i64>> = slices.iter().map(|(_, h)| h.instance).collect();
+    let Some(numbers) = numbered else {
+        return Err("its series' slices can be put in order neither by position (Image Position and Orientation (Patient) on every \
+             slice) nor by Instance Number (on every slice); read it without --adjacent-slices, or convert the series to one \
+             volume (dcm2niix)"
+            .into());
+    };
+    let mut keyed: Vec<(i64, usize)> = numbers.into_iter().zip(0..).collect();
+    keyed.sort_unstable();
+    if let Some(pair) = keyed.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(format!(
+            "two slices of its series, {} and {}, have no position and the same Instance Number ({}); read it without \
+             --adjacent-slices, or convert the series to one volume (dcm2niix)",
+            shown(&slices[pair[0].1].0),
+            shown(&slices[pair[1].1].0),
+            pair[0].0
+        ));
+    }
+    reorder(slices, keyed.iter().map(|&(_, at)| at));
+    Ok(SeriesOrder::InstanceNumber)
+}
+
+/// `slices` rearranged so that the i-th is the one `order`'s i-th index names.
+fn reorder(slices: &mut [(OsString, SliceHeader)], order: impl Iterator<Item = usize>) {
+    let taken: Vec<(OsString, SliceHeader)> = order.map(|at| slices[at].clone()).collect();
+    for (slot, slice) in slices.iter_mut().zip(taken) {
+        *slot = slice;
+    }
+}
+
+/// The cross product `a` x `b`.
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
