@@ -103,6 +103,13 @@ fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side(
         assert_eq!(place(none), None, "{none}");
     }
     assert_eq!(series_place(&common::fixtures("formats").join("gray.jpg")).unwrap(), None);
+    // Links to the slices (a dataset folder made of links) are the series' slices too.
+    let linked = tempfile::tempdir().unwrap();
+    for name in ["IM000001", "IM000002", "IM000003"] {
+        std::os::unix::fs::symlink(folder.join("scan").join(name), linked.path().join(name)).unwrap();
+    }
+    let place = series_place(&linked.path().join("IM000003")).unwrap().unwrap();
+    assert_eq!((place.index, place.len, place.before.file_name().unwrap()), (1, 3, "IM000001".as_ref()));
 }
 
 /// A series that has no one order is refused, naming the file, why and the fix: two echoes at

@@ -19,7 +19,6 @@ use std::time::SystemTime;
 
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
-use rayon::prelude::*;
 
 use super::{dicom_header, number_of_frames};
 use crate::error::{Error, Result};
@@ -164,12 +163,15 @@ fn place_folder(folder: &Path) -> Result<Placements> {
     let mut names = Vec::new();
     for item in std::fs::read_dir(folder).map_err(|e| Error::io(folder, e))? {
         let item = item.map_err(|e| Error::io(folder, e))?;
-        if item.file_type().is_ok_and(|t| t.is_file()) && !item.file_name().eq_ignore_ascii_case("DICOMDIR") {
+        // Links followed, as the folder walkers follow them.
+        if std::fs::metadata(item.path()).is_ok_and(|m| m.is_file()) && !item.file_name().eq_ignore_ascii_case("DICOMDIR") {
             names.push(item.file_name());
         }
     }
+    // One after another: this runs under the folder's lock, and a rayon task waiting on a lock it
+    // holds itself (a stolen job asking for the same folder) would never wake.
     let slices: Vec<(OsString, SliceHeader)> = names
-        .into_par_iter()
+        .into_iter()
         .filter_map(|name| match slice_header(&folder.join(&name)) {
             Ok(Some(header)) if header.frames == 1 && header.series.is_some() => Some((name, header)),
             _ => None,
