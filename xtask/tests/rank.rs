@@ -690,6 +690,12 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
             && stderr.contains("lesion/no_series.dcm"),
         "{stderr}"
     );
+    // --slice every:2: of each series its slices 1, 3, 5 in the series' order; the lone slices
+    // stay.
+    let output =
+        rank(dir.path(), &series, &dir.path().join("every second slice"), None, &["--backbones", "resnet_basic_min", "--slice", "every:2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--slice every:2: 3 of 10 files left out, slices of DICOM series"), "{stderr}");
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use crate::dicom::{DicomFrame, dicom_frame_count};
+use crate::dicom::{DicomFrame, dicom_frame_count, series_place};
 use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::volume::{self, Orientation};
@@ -96,23 +96,32 @@ pub fn frame_count(path: &Path, orientation: Orientation) -> Result<u32> {
 /// `entries` with each DICOM file of several frames or NIfTI volume of several slices (under
 /// `root`) in place of itself as an entry per frame `selection` keeps (frames 1, 1 + k, 1 + 2k,
 /// ...), in order, each with the file's label, group and part: a loop's frames are never split
-/// apart (a volume's slices as `orientation` reads it). Other images, and entries that already
-/// name a frame, stay as they are; with one frame a file chosen, `entries` as given. Each file's
-/// frame count is read from its header alone; every file whose header cannot be read is named at
-/// once.
+/// apart (a volume's slices as `orientation` reads it). A DICOM series stored a file a slice
+/// (`dicom/series.rs`) is a volume whose frames are its files: of its slices, only those
+/// `selection` keeps stay (its middle one, every k-th from the first; a chosen number's as its file's
+/// only frame), each series' own; with `only`, the default, every slice. Other images, and entries
+/// that already name a frame, stay as they are. Each file's frame count and place are read from
+/// its header alone; every file whose header cannot be read, or whose series has no such slice or
+/// cannot be put in order, is named at once.
 pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection, orientation: Orientation) -> Result<Vec<Entry>> {
-    let FrameSelection::Every(step) = selection else { return Ok(entries.to_vec()) };
-    let step = usize::try_from(step).unwrap_or(usize::MAX).max(1);
-    let counts: Vec<Result<u32>> = entries
+    if selection == FrameSelection::default() {
+        return Ok(entries.to_vec());
+    }
+    let kept: Vec<Result<Kept>> = entries
         .par_iter()
-        .map(|entry| if entry.frame.is_some() { Ok(1) } else { frame_count(&root.join(&entry.path), orientation) })
+        .map(|entry| if entry.frame.is_some() { Ok(Kept::Itself) } else { kept_of(&root.join(&entry.path), selection, orientation) })
         .collect();
     let mut problems = Vec::new();
     let mut expanded = Vec::with_capacity(entries.len());
-    for (entry, count) in entries.iter().zip(counts) {
-        match count {
-            Ok(1) => expanded.push(entry.clone()),
-            Ok(frames) => expanded.extend((1..=frames).step_by(step).map(|frame| Entry { frame: Some(frame), ..entry.clone() })),
+    for (entry, kept) in entries.iter().zip(kept) {
+        match kept {
+            Ok(Kept::Itself) => expanded.push(entry.clone()),
+            Ok(Kept::OnlyFrame) => expanded.push(Entry { frame: Some(1), ..entry.clone() }),
+            Ok(Kept::Nothing) => {}
+            Ok(Kept::Frames { count, step }) => {
+                let step = usize::try_from(step).unwrap_or(usize::MAX).max(1);
+                expanded.extend((1..=count).step_by(step).map(|frame| Entry { frame: Some(frame), ..entry.clone() }));
+            }
             Err(error) => problems.push(error.to_string()),
         }
     }
@@ -120,6 +129,45 @@ pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection, 
         return Err(Error::Unreadable { total: entries.len(), problems });
     }
     Ok(expanded)
+}
+
+/// What of a file [`frame_entries`] keeps.
+enum Kept {
+    /// The file as its entry is (one image, read at the frame the selection chooses).
+    Itself,
+    /// The file's only frame, named (a series' slice chosen by number: the number is the slice's
+    /// in its series, not a frame of its file).
+    OnlyFrame,
+    /// Nothing: a slice of a series the selection does not keep.
+    Nothing,
+    /// Every `step`-th of its `count` frames, each an image.
+    Frames { count: u32, step: u32 },
+}
+
+/// What `selection` keeps of the file at `path` (its frames as `orientation` reads a volume).
+fn kept_of(path: &Path, selection: FrameSelection, orientation: Orientation) -> Result<Kept> {
+    let count = frame_count(path, orientation)?;
+    if count > 1 {
+        return Ok(match selection {
+            FrameSelection::Every(step) => Kept::Frames { count, step },
+            FrameSelection::One(_) => Kept::Itself,
+        });
+    }
+    let Some(place) = series_place(path)? else { return Ok(Kept::Itself) };
+    let (index, len) = (u32::try_from(place.index).unwrap_or(u32::MAX), u32::try_from(place.len).unwrap_or(u32::MAX));
+    let folder = path.parent().unwrap_or(path).display();
+    match selection {
+        FrameSelection::Every(step) => Ok(if index % step.max(1) == 0 { Kept::Itself } else { Kept::Nothing }),
+        FrameSelection::One(frame) => match frame.index(len) {
+            Ok(chosen) if chosen != index => Ok(Kept::Nothing),
+            Ok(_) if matches!(frame, DicomFrame::Number(_)) => Ok(Kept::OnlyFrame),
+            Ok(_) => Ok(Kept::Itself),
+            Err(_) => Err(Error::format(
+                path,
+                format!("its DICOM series holds {len} slices in {folder}, so it has no slice {frame} (--slice counts from 1)"),
+            )),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -100,6 +100,38 @@ pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Optio
     Ok(Images { root, paths, labels: label_name.map(|_| labels) })
 }
 
+/// Leaves out of `images` the slices of DICOM series stored a file a slice that `selection` does
+/// not keep (`--slice middle`: each series' middle slice predicted, a row for it), saying how many
+/// on stderr. A file whose header cannot be read stays, for the decoding to name.
+pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orientation: medxfer_data::Orientation) {
+    use rayon::prelude::*;
+    if selection == FrameSelection::default() {
+        return;
+    }
+    let kept: Vec<bool> = images
+        .paths
+        .par_iter()
+        .map(|path| {
+            let file = Entry { path: path.clone(), label: 0, group: String::new(), split: Part::Test, frame: None };
+            medxfer_data::frame_entries(&images.root, &[file], selection, orientation).map_or(true, |entries| !entries.is_empty())
+        })
+        .collect();
+    let left_out = kept.iter().filter(|kept| !**kept).count();
+    if left_out == 0 {
+        return;
+    }
+    eprintln!(
+        "--slice {selection}: {left_out} of {} files left out, slices of DICOM series stored a file a slice that --slice does not keep; \
+         a row for each slice kept",
+        images.paths.len()
+    );
+    let keep = |values: &[String]| -> Vec<String> {
+        values.iter().zip(&kept).filter(|(_, kept)| **kept).map(|(value, _)| value.clone()).collect()
+    };
+    images.labels = images.labels.as_deref().map(keep);
+    images.paths = keep(&images.paths);
+}
+
 /// Where `--skip-unreadable` lists the images it left out: beside the predictions,
 /// `<name>-unreadable.csv`.
 pub fn unreadable_file(predictions: &Path) -> PathBuf {
@@ -248,4 +280,31 @@ const PREDICT_CACHE: &str = "predict";
 /// still reuse theirs.
 pub fn prune_prediction_caches(cache_dir: &Path, kept: &str) {
     crate::rank::images::prune_caches(cache_dir, PREDICT_CACHE, kept);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `--slice middle` on slices of DICOM series (make_series.py's: the CT series' middle slice by
+    /// position is IM000005, the MR's by Instance Number mr_c.dcm) keeps each series' middle one,
+    /// its label with it, and files of no series.
+    #[test]
+    fn only_the_slices_chosen_of_each_series_are_predicted() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/data/tests/fixtures/series/scan");
+        let files = ["IM000001", "IM000002", "IM000003", "IM000004", "IM000005", "mr_a.dcm", "mr_b.dcm", "mr_c.dcm", "scout.dcm"];
+        let fresh = || Images {
+            root: root.clone(),
+            paths: files.iter().map(|f| f.to_string()).collect(),
+            labels: Some(files.iter().map(|f| format!("label of {f}")).collect()),
+        };
+        let mut images = fresh();
+        keep_chosen_slices(&mut images, FrameSelection::One(DicomFrame::Middle), medxfer_data::Orientation::Stored);
+        assert_eq!(images.paths, ["IM000005", "mr_c.dcm", "scout.dcm"]);
+        assert_eq!(images.labels.unwrap(), ["label of IM000005", "label of mr_c.dcm", "label of scout.dcm"]);
+        let mut images = fresh();
+        keep_chosen_slices(&mut images, FrameSelection::default(), medxfer_data::Orientation::Stored);
+        assert_eq!(images.paths.len(), files.len());
+    }
 }

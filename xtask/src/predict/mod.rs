@@ -16,7 +16,7 @@ use medxfer_train::{RunSettings, SaliencyBatches, Views, logits_split_views, mac
 
 use crate::rank::card::ModelCard;
 use crate::saliency::Reviewed;
-use images::{Cached, Images, cached_images, image_paths, prune_prediction_caches, saliency_frames, unreadable_file};
+use images::{Cached, Images, cached_images, image_paths, keep_chosen_slices, prune_prediction_caches, saliency_frames, unreadable_file};
 
 mod images;
 
@@ -67,7 +67,8 @@ pub struct PredictArgs {
     /// Of a DICOM file of several frames or a NIfTI volume of several slices (--slice), the frame
     /// to read (first, middle, last or N, as rank takes it; only: such a file refused), or `all`
     /// (every:K): each frame (every K-th) predicted and the file's probabilities their mean, one
-    /// row a file. By default as rank read its images (`dicom_frame` in the model's card).
+    /// row a file. Of a DICOM series stored a file a slice, the slices chosen, a row each (the
+    /// others left out). By default as rank read its images (`dicom_frame` in the model's card).
     #[arg(long, visible_alias = "slice", value_name = "FRAME")]
     pub dicom_frame: Option<FrameSelection>,
     /// A display window for grayscale DICOM and NIfTI images (CENTER,WIDTH, or three joined by +
@@ -160,8 +161,9 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let temperature = if args.calibrated { card_temperature(&card, ranking)? } else { 1.0 };
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
-    let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     let (frames, rendering) = reading(args, &card);
+    keep_chosen_slices(&mut images, frames, rendering.orientation);
+    let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
         Some(name) => Some(

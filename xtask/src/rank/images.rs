@@ -43,7 +43,10 @@ pub struct ImagesReading {
     /// frame. Or `all` (every:K): each frame (every K-th from the first) an image of its own with
     /// the file's class, the file their group (its frames in one part of --finetune-top's split,
     /// drawn together by --bootstrap). By default (only) such a file is refused: which frame shows
-    /// the finding is the user's call. `predict` reads new files' frames as the ranking read these.
+    /// the finding is the user's call. A DICOM series stored a file a slice (a folder's files
+    /// sharing a Series Instance UID, ordered along their normal) is such a volume, its files its
+    /// frames: the slices chosen of each series are kept, the others left out (with only, all of
+    /// them). `predict` reads new files' frames as the ranking read these.
     #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
     pub dicom_frame: medxfer_data::FrameSelection,
     /// A display window of your own for grayscale DICOM and NIfTI images, CENTER,WIDTH in their

@@ -452,16 +452,29 @@ fn describe_images(args: &RankArgs, images: &LabelledImages) {
 
 /// With each frame of a loop an image: how many files gave how many frames, on stderr.
 fn describe_frames(args: &RankArgs, files: &[Entry], entries: &[Entry]) {
-    if entries.len() == files.len() {
+    let selection = args.reading.dicom_frame;
+    let kept_files: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    let left_out = files.len() - kept_files.len();
+    if left_out > 0 {
+        eprintln!(
+            "{}: --slice {selection}: {left_out} of {} files left out, slices of DICOM series stored a file a slice that --slice does not \
+             keep (each series' slices in order along their normal, or by Instance Number)",
+            args.images.display(),
+            files.len()
+        );
+    }
+    // Frames named one by one come of files of several only where each frame is an image (a
+    // series' slice chosen by number names its file's one frame).
+    let framed: std::collections::HashSet<&str> =
+        entries.iter().filter(|e| e.frame.is_some() && selection.is_per_frame()).map(|e| e.path.as_str()).collect();
+    if framed.is_empty() {
         return;
     }
-    let single = entries.iter().filter(|e| e.frame.is_none()).count();
+    let frames = entries.iter().filter(|e| e.frame.is_some()).count();
     eprintln!(
-        "{}: --dicom-frame {}: {} files of several frames give {} frames, each an image of its file's class; {} images in all, each file's in one part and group",
+        "{}: --dicom-frame {selection}: {} files of several frames give {frames} frames, each an image of its file's class; {} images in all, each file's in one part and group",
         args.images.display(),
-        args.reading.dicom_frame,
-        files.len() - single,
-        entries.len() - single,
+        framed.len(),
         entries.len()
     );
 }

@@ -205,9 +205,11 @@ type AurocCell = Option<(f64, Option<(f64, f64)>)>;
 
 /// With each frame of a loop an image (`--dicom-frame all`): each fine-tuned backbone's balanced
 /// accuracy on the test part's files, a file's prediction the mean of its frames' probabilities,
-/// as `predict` gives it. Empty where no test image is one of several frames of a file.
+/// as `predict` gives it. Empty where no file has several test images (a DICOM series' slice kept
+/// by number names its file's one frame).
 fn per_file_accuracy(calibrated: &[Calibrated], test_entries: &[Entry], classes: usize) -> String {
-    if calibrated.is_empty() || !test_entries.iter().any(|e| e.frame.is_some()) {
+    let mut files = std::collections::HashSet::new();
+    if calibrated.is_empty() || test_entries.iter().all(|e| files.insert(e.path.as_str())) {
         return String::new();
     }
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -428,5 +430,8 @@ mod tests {
         let slices: Vec<Entry> =
             entries.iter().map(|e| Entry { frame: None, path: format!("{}-{:?}", e.path, e.frame), ..e.clone() }).collect();
         assert_eq!(per_file_accuracy(std::slice::from_ref(&tuned), &slices, 2), "");
+        // Each file its one frame named (a series' slices kept by number): one image a file.
+        let named: Vec<Entry> = slices.iter().map(|e| Entry { frame: Some(1), ..e.clone() }).collect();
+        assert_eq!(per_file_accuracy(std::slice::from_ref(&tuned), &named, 2), "");
     }
 }

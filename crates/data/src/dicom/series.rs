@@ -23,6 +23,9 @@ use dicom_object::DefaultDicomObject;
 use super::{dicom_header, number_of_frames};
 use crate::error::{Error, Result};
 
+/// The fix every series that cannot be ordered shares: its files read one at a time.
+const ALONE: &str = ", or read each file alone (without --adjacent-slices, and with --slice only, the default)";
+
 /// Positions closer than this (mm along the normal), or orientation cosines closer than
 /// this, are the same.
 const SAME: f64 = 1e-3;
@@ -77,7 +80,7 @@ pub fn series_place(path: &Path) -> Result<Option<SeriesPlace>> {
     match placements.get(name) {
         None => Ok(None),
         Some(Ok(place)) => Ok(Some(place.clone())),
-        Some(Err(problem)) => Err(Error::format(path, format!("--adjacent-slices: {problem}"))),
+        Some(Err(problem)) => Err(Error::format(path, problem.clone())),
     }
 }
 
@@ -215,8 +218,8 @@ fn put_in_order(slices: &mut [(OsString, SliceHeader)]) -> std::result::Result<S
         let (_, first) = placed[0];
         if let Some(other) = placed.iter().position(|(_, o)| o.iter().zip(&first).any(|(a, b)| (a - b).abs() > SAME)) {
             return Err(format!(
-                "its series holds slices of more than one orientation (Image Orientation (Patient) {first:?} in {}, {:?} in {}), so \
-                 they are not one stack; move each stack to a folder of its own, or read without --adjacent-slices",
+                "its DICOM series holds slices of more than one orientation (Image Orientation (Patient) {first:?} in {}, {:?} in \
+                 {}), so they are not one stack; move each stack to a folder of its own{ALONE}",
                 shown(&slices[0].0),
                 placed[other].1,
                 shown(&slices[other].0)
@@ -228,8 +231,8 @@ fn put_in_order(slices: &mut [(OsString, SliceHeader)]) -> std::result::Result<S
         keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
         if let Some(pair) = keyed.windows(2).find(|pair| pair[1].0 - pair[0].0 <= SAME) {
             return Err(format!(
-                "two slices of its series, {} and {}, lie at the same position ({:.3} mm along the slices' normal): several echoes, \
-                 phases or acquisitions in one series; move each to a folder of its own, or read without --adjacent-slices",
+                "two slices of its DICOM series, {} and {}, lie at the same position ({:.3} mm along the slices' normal): several \
+                 echoes, phases or acquisitions in one series; move each to a folder of its own{ALONE}",
                 shown(&slices[pair[0].1].0),
                 shown(&slices[pair[1].1].0),
                 pair[0].0
@@ -240,17 +243,17 @@ fn put_in_order(slices: &mut [(OsString, SliceHeader)]) -> std::result::Result<S
     }
     let numbered: Option<Vec<i64>> = slices.iter().map(|(_, h)| h.instance).collect();
     let Some(numbers) = numbered else {
-        return Err("its series' slices can be put in order neither by position (Image Position and Orientation (Patient) on every \
-             slice) nor by Instance Number (on every slice); read it without --adjacent-slices, or convert the series to one \
-             volume (dcm2niix)"
-            .into());
+        return Err(format!(
+            "its DICOM series' slices can be put in order neither by position (Image Position and Orientation (Patient) on \
+             every slice) nor by Instance Number (on every slice); convert the series to one volume (dcm2niix){ALONE}"
+        ));
     };
     let mut keyed: Vec<(i64, usize)> = numbers.into_iter().zip(0..).collect();
     keyed.sort_unstable();
     if let Some(pair) = keyed.windows(2).find(|pair| pair[0].0 == pair[1].0) {
         return Err(format!(
-            "two slices of its series, {} and {}, have no position and the same Instance Number ({}); read it without \
-             --adjacent-slices, or convert the series to one volume (dcm2niix)",
+            "two slices of its DICOM series, {} and {}, have no position and the same Instance Number ({}); convert the series \
+             to one volume (dcm2niix){ALONE}",
             shown(&slices[pair[0].1].0),
             shown(&slices[pair[1].1].0),
             pair[0].0

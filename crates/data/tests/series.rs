@@ -1,0 +1,93 @@
+#![allow(clippy::unwrap_used)]
+//! A DICOM series stored a file a slice read as a volume whose frames are its files: `--slice`
+//! keeps of each series the slices it chooses, in the order make_series.py placed them (by
+//! position along the normal for the CT series, whatever its names and Instance Numbers say; by
+//! Instance Number for the MR one), and the cache reads each kept slice as pydicom displays it.
+
+mod common;
+
+use medxfer_data::{DicomFrame, Entry, FrameSelection, ImageCache, Orientation, Part, Rendering, frame_entries, transform};
+
+/// make_series.py's CT series, lowest along the normal first, and its MR series by Instance
+/// Number.
+const CT: [&str; 5] = ["IM000004", "IM000001", "IM000005", "IM000003", "IM000002"];
+const MR: [&str; 3] = ["mr_b.dcm", "mr_c.dcm", "mr_a.dcm"];
+
+/// An entry a file of series/scan/, in name order (not the series' order).
+fn scan_entries(files: &[&str]) -> Vec<Entry> {
+    let mut files = files.to_vec();
+    files.sort_unstable();
+    files.iter().map(|file| Entry { path: format!("scan/{file}"), label: 0, group: "p".into(), split: Part::Train, frame: None }).collect()
+}
+
+/// The files (and frames) `selection` keeps of `entries`, in their order.
+fn kept(entries: &[Entry], selection: FrameSelection) -> Vec<(String, Option<u32>)> {
+    frame_entries(&common::fixtures("series"), entries, selection, Orientation::Stored)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path.trim_start_matches("scan/").to_string(), e.frame))
+        .collect()
+}
+
+#[test]
+fn slice_keeps_each_series_chosen_slices_in_the_series_order() {
+    let all = [&CT[..], &MR[..], &["IM000006", "scout.dcm", "no_series.dcm"]].concat();
+    let entries = scan_entries(&all);
+    let names = |files: &[&str]| -> Vec<(String, Option<u32>)> {
+        let mut files: Vec<(String, Option<u32>)> = files.iter().map(|f| (f.to_string(), None)).collect();
+        files.sort();
+        files
+    };
+    // The default: every slice an image, as before.
+    assert_eq!(kept(&entries, FrameSelection::default()), names(&all));
+    // The middle slice of each series (⌊n/2⌋ + 1), a two-frame file its own middle frame, a slice
+    // alone in its series and one without a series kept.
+    let middle = FrameSelection::One(DicomFrame::Middle);
+    assert_eq!(kept(&entries, middle), names(&[CT[2], MR[1], "IM000006", "scout.dcm", "no_series.dcm"]));
+    assert_eq!(kept(&entries, FrameSelection::One(DicomFrame::First)), names(&[CT[0], MR[0], "IM000006", "scout.dcm", "no_series.dcm"]));
+    assert_eq!(kept(&entries, FrameSelection::One(DicomFrame::Last)), names(&[CT[4], MR[2], "IM000006", "scout.dcm", "no_series.dcm"]));
+    // Every second slice from the first; the two-frame file's frames 1 (of 2) each an image.
+    let mut every = names(&[CT[0], CT[2], CT[4], MR[0], MR[2], "scout.dcm", "no_series.dcm"]);
+    every.push(("IM000006".into(), Some(1)));
+    every.sort();
+    assert_eq!(kept(&entries, FrameSelection::Every(2)), every);
+    // A slice by number: the series' fourth slice, named as its file's one frame.
+    let ct_entries = scan_entries(&CT);
+    assert_eq!(kept(&ct_entries, FrameSelection::One(DicomFrame::Number(4))), [(CT[3].to_string(), Some(1))]);
+    // A series with fewer slices: each of its files named, with the fix.
+    let error =
+        frame_entries(&common::fixtures("series"), &scan_entries(&MR), FrameSelection::One(DicomFrame::Number(4)), Orientation::Stored)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        error.contains("3 of 3 image(s)") && error.contains("its DICOM series holds 3 slices") && error.contains("no slice 4"),
+        "{error}"
+    );
+    // A series that cannot be put in order is named, not guessed.
+    let broken = vec![Entry { path: "broken/echo1.dcm".into(), label: 0, group: "p".into(), split: Part::Train, frame: None }];
+    let error = frame_entries(&common::fixtures("series"), &broken, middle, Orientation::Stored).unwrap_err().to_string();
+    assert!(error.contains("echo1.dcm") && error.contains("same position"), "{error}");
+}
+
+/// The cache reads each kept slice as pydicom displays it, a slice chosen by number too (its
+/// file's one frame, not frame 4 of a file of one).
+#[test]
+fn the_cache_reads_the_slices_kept() {
+    let expected = common::expected(&common::fixtures("series"));
+    let dir = tempfile::tempdir().unwrap();
+    for (selection, file) in [(FrameSelection::One(DicomFrame::Number(4)), CT[3]), (FrameSelection::One(DicomFrame::Middle), CT[2])] {
+        let entries = frame_entries(&common::fixtures("series"), &scan_entries(&CT), selection, Orientation::Stored).unwrap();
+        let reading = (16, selection.per_file(), Rendering::default());
+        let cache = ImageCache::open_or_build_frame(dir.path(), "series", &common::fixtures("series"), &entries, reading, false).unwrap();
+        assert_eq!(cache.len(), 1);
+        let truth = &expected[&format!("scan/{file}")];
+        // The kept entry read at its own frame, else the selection's, as the cache reads it.
+        let frame = entries[0].frame.map_or(selection.per_file(), DicomFrame::Number);
+        let path = common::fixtures("series").join(&entries[0].path);
+        let decoded = medxfer_data::load_image_frames(&path, &[frame], Rendering::default()).unwrap().remove(0).unwrap();
+        assert_eq!(common::differences(file, &decoded.image, truth).0, 0, "{selection}");
+        let (height, width, _) = truth.dims3().unwrap();
+        let truth = image::RgbImage::from_raw(width as u32, height as u32, truth.flatten_all().unwrap().to_vec1::<u8>().unwrap()).unwrap();
+        assert_eq!(cache.read(0).unwrap(), transform::resize_shorter(&truth, 16).unwrap(), "{selection}");
+    }
+}
