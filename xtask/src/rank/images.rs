@@ -33,7 +33,7 @@ pub struct ImagesReading {
     /// Each DICOM file's Patient ID (0010,0020) is its group, read from its header: one patient's
     /// images stay in one part of --finetune-top's split whatever folders they sit in, and
     /// --bootstrap draws patients. Images without one (not DICOM, or the ID blank) are each their
-    /// own group.
+    /// own group. Without any grouping, each DICOM series stored a file a slice is a group.
     #[arg(long, conflicts_with = "group_by_subfolder")]
     pub group_by_dicom_patient: bool,
     /// Of a DICOM file of several frames (an ultrasound or angiography cine loop, an enhanced CT
@@ -174,6 +174,9 @@ impl LabelledImages {
             }
             group_by_dicom_patient(&mut found)?;
         }
+        if found.grouped_by.is_none() {
+            group_by_dicom_series(&mut found);
+        }
         if found.classes.is_empty() {
             bail!(
                 "{}: no class subfolders; put each class's images in a subfolder named after it ({}/<class>/...), or give a CSV of path,label",
@@ -215,6 +218,30 @@ fn group_by_dicom_patient(images: &mut LabelledImages) -> Result<()> {
     images.grouped_by = Some("the DICOM Patient ID of its files".into());
     images.ungrouped = ungrouped;
     Ok(())
+}
+
+/// Where no grouping was given, the slices of each DICOM series stored a file a slice are one group
+/// (its Series Instance UID), as a loop's frames are their file's: neighbouring slices, nearly the
+/// same image, never sit on both sides of --finetune-top's split. Other images stay their own; a
+/// header that cannot be read, or a series that cannot be put in order, is left to the decoding.
+fn group_by_dicom_series(images: &mut LabelledImages) {
+    use rayon::prelude::*;
+    let series: Vec<Option<String>> = images
+        .records
+        .par_iter()
+        .map(|record| medxfer_data::series_place(&images.root.join(&record.path)).ok().flatten().map(|place| place.series))
+        .collect();
+    let slices = series.iter().flatten().count();
+    if slices == 0 {
+        return;
+    }
+    for (record, series) in images.records.iter_mut().zip(series) {
+        if let Some(series) = series {
+            record.group = series;
+        }
+    }
+    images.grouped_by = Some("the DICOM series of its slices (Series Instance UID)".into());
+    images.ungrouped = images.records.len() - slices;
 }
 
 fn record(path: String, class: &str, label: u32) -> Record {

@@ -43,6 +43,8 @@ pub enum SeriesOrder {
 /// itself at an end) and its place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesPlace {
+    /// Its series' Series Instance UID (which names the series in every export of it).
+    pub series: String,
     /// The slice before it (itself where it is the first).
     pub before: PathBuf,
     /// The slice after it (itself where it is the last).
@@ -185,7 +187,7 @@ fn place_folder(folder: &Path) -> Result<Placements> {
         series.entry(header.series.clone().unwrap_or_default()).or_default().push((name, header));
     }
     let mut placements = Placements::new();
-    for (_, mut slices) in series.into_iter().filter(|(_, slices)| slices.len() > 1) {
+    for (uid, mut slices) in series.into_iter().filter(|(_, slices)| slices.len() > 1) {
         // Names first: the same order whatever order the folder lists its files in.
         slices.sort_by(|a, b| a.0.cmp(&b.0));
         match put_in_order(&mut slices) {
@@ -194,6 +196,7 @@ fn place_folder(folder: &Path) -> Result<Placements> {
                 let last = slices.len() - 1;
                 for (index, (file, _)) in slices.iter().enumerate() {
                     let place = SeriesPlace {
+                        series: uid.clone(),
                         before: name(index.saturating_sub(1)),
                         after: name((index + 1).min(last)),
                         index,
