@@ -21,7 +21,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, Rendering, load_image_frames};
+use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, Rendering, forget_kept_reads, load_image_frames};
 use crate::dicom::DicomFrame;
 use crate::error::{Error, Result};
 use crate::split::Entry;
@@ -223,10 +223,7 @@ impl ImageCache {
                 bar.inc(chunk.len() as u64);
             }
         }
-        // Every slice is cached: the volumes kept whole for reoriented runs, and the series placed
-        // for 2.5-D ones, are not wanted by the training that follows.
-        crate::volume::forget_held_volumes();
-        crate::dicom::forget_placed_folders();
+        forget_kept_reads();
         if !problems.is_empty() {
             return Err(Error::Unreadable { total: entries.len(), problems });
         }

@@ -139,6 +139,15 @@ pub fn load_image_frames(path: &Path, frames: &[DicomFrame], rendering: Renderin
     Ok(frames.iter().map(|_| Ok(decoded.clone())).collect())
 }
 
+/// Lets go of what reads keep for the reads that follow: the volumes held whole for reoriented
+/// slices, the series placed, the series' slices read for 2.5-D images. An image cache calls it
+/// once every image is cached: the training that follows wants none of them.
+pub(crate) fn forget_kept_reads() {
+    volume::forget_held_volumes();
+    crate::dicom::forget_placed_folders();
+    adjacent::forget_read_slices();
+}
+
 /// The file at `path`, open after its first [`DICOM_HEAD`] bytes, and those bytes.
 fn open_head(path: &Path) -> Result<(std::fs::File, Vec<u8>)> {
     let io = |e| Error::io(path, e);

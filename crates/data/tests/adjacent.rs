@@ -93,6 +93,19 @@ fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side(
         checked += 1;
     }
     assert_eq!(checked, 10);
+    // Through a window of the user's, each channel its neighbour read alone through it (the
+    // neighbours read above, without it, are not those).
+    let window = Rendering { window: Some("0,200".parse().unwrap()), ..Rendering::default() };
+    let alone =
+        |name: &str| load_image_frames(&folder.join("scan").join(name), &[DicomFrame::Only], window).unwrap().remove(0).unwrap().image;
+    let windowed = Rendering { adjacent_slices: true, ..window };
+    let image = load_image_frames(&folder.join("scan/IM000001"), &[DicomFrame::Only], windowed).unwrap().remove(0).unwrap().image;
+    let channel = |image: &image::RgbImage, c: usize| image.pixels().map(|p| p.0[c]).collect::<Vec<u8>>();
+    assert_eq!(channel(&image, 0), channel(&alone("IM000004"), 0));
+    assert_eq!(channel(&image, 1), channel(&alone("IM000001"), 1));
+    assert_eq!(channel(&image, 2), channel(&alone("IM000005"), 2));
+    let unwindowed = expected["scan/IM000001#adjacent"].narrow(2, 2, 1).unwrap().flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    assert_ne!(channel(&image, 2), unwindowed);
     let place = |name: &str| series_place(&folder.join("scan").join(name)).unwrap();
     let ct = place("IM000004").unwrap();
     assert_eq!((ct.index, ct.len, ct.order), (0, 5, SeriesOrder::Position));
@@ -131,4 +144,36 @@ fn a_series_without_one_order_is_refused() {
         // Each slice alone still reads.
         assert!(load_image_frames(&path, &[DicomFrame::Only], Rendering::default()).unwrap()[0].is_ok());
     }
+}
+
+/// A neighbour rewritten since it was read for an earlier 2.5-D image is read again: the slices
+/// kept for their neighbours are known by their file's size and modification time too.
+#[test]
+fn a_neighbour_rewritten_is_read_again() {
+    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    let scan = common::fixtures("series").join("scan");
+    let expected = common::expected(&common::fixtures("series"));
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["IM000001", "IM000002", "IM000003", "IM000004", "IM000005"] {
+        std::fs::copy(scan.join(name), copy.path().join(name)).unwrap();
+    }
+    // IM000001 is second along the normal: IM000004 before it, IM000005 after.
+    let read = || load_image_frames(&copy.path().join("IM000001"), &[DicomFrame::Only], adjacent).unwrap().remove(0).unwrap().image;
+    assert_eq!(common::differences("first read", &read(), &expected["scan/IM000001#adjacent"]).0, 0);
+    // IM000005's pixels replaced by IM000003's (the same size of file), its header (its place)
+    // kept: the blue channel follows.
+    let pixels = |name: &str| {
+        let bytes = std::fs::read(scan.join(name)).unwrap();
+        bytes[bytes.len() - 9 * 12 * 2..].to_vec()
+    };
+    let mut rewritten = std::fs::read(scan.join("IM000005")).unwrap();
+    let at = rewritten.len() - 9 * 12 * 2;
+    rewritten[at..].copy_from_slice(&pixels("IM000003"));
+    std::fs::write(copy.path().join("IM000005"), &rewritten).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(copy.path().join("IM000005")).unwrap().set_modified(later).unwrap();
+    let image = read();
+    let blue = |image: &image::RgbImage| image.pixels().map(|p| p.0[2]).collect::<Vec<u8>>();
+    let third = medxfer_data::load_rgb8(&scan.join("IM000003")).unwrap();
+    assert_eq!(blue(&image), blue(&third));
 }
