@@ -88,7 +88,8 @@ enum Command {
     Show {
         file: PathBuf,
         /// Of a DICOM file of several frames or a NIfTI volume of several slices, the frame (first,
-        /// middle, last, N), or all / every:K for a contact sheet of the frames kept.
+        /// middle, last, N), or all / every:K for a contact sheet of the frames kept. Of a slice of
+        /// a DICOM series stored a file a slice, the series' slices so chosen, as rank reads them.
         #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
         dicom_frame: FrameSelection,
         /// A display window of your own for grayscale DICOM and NIfTI images, CENTER,WIDTH in
@@ -210,13 +211,21 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         bail!("--tile and --columns take a whole number from 1");
     }
     let count = frame_count(file, rendering.orientation)?;
-    let frames: Vec<DicomFrame> = match selection {
-        FrameSelection::One(frame) => vec![frame],
-        FrameSelection::Every(step) => (1..=count).step_by(usize::try_from(step)?).map(DicomFrame::Number).collect(),
+    // A slice of a DICOM series with frames chosen: the series' slices chosen, as rank reads them.
+    let series = if count == 1 && selection != FrameSelection::default() { medxfer_data::series_slices(file)? } else { None };
+    let (reads, unit) = match &series {
+        Some(slices) => (chosen_slices(slices, selection)?, "slices of its DICOM series"),
+        None => {
+            let frames: Vec<DicomFrame> = match selection {
+                FrameSelection::One(frame) => vec![frame],
+                FrameSelection::Every(step) => (1..=count).step_by(usize::try_from(step)?).map(DicomFrame::Number).collect(),
+            };
+            (frames.chunks(FRAMES_PER_READ).map(|run| (file.to_path_buf(), run.to_vec())).collect(), "frames")
+        }
     };
-    let mut images = Vec::with_capacity(frames.len());
-    for run in frames.chunks(FRAMES_PER_READ) {
-        for decoded in load_image_frames(file, run, rendering)? {
+    let mut images = Vec::new();
+    for (path, run) in &reads {
+        for decoded in load_image_frames(path, run, rendering)? {
             images.push(decoded?);
         }
     }
@@ -225,15 +234,27 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
     let written = match images.as_slice() {
         [one] => {
             one.image.save(out).map_err(|e| anyhow::anyhow!("{}: cannot write the image ({e})", out.display()))?;
-            if count > 1 { format!(" (frame {})", frames[0]) } else { String::new() }
+            match (&series, reads[0].1[0]) {
+                (Some(_), _) => format!(" (the series' slice {selection}: {})", reads[0].0.display()),
+                (None, frame) if count > 1 => format!(" (frame {frame})"),
+                (None, _) => String::new(),
+            }
         }
         _ => {
             let sheet = contact_sheet(images.iter().map(|decoded| &decoded.image), tile, columns);
             sheet.save(out).map_err(|e| anyhow::anyhow!("{}: cannot write the contact sheet ({e})", out.display()))?;
-            format!(" ({} frames, {selection}, as a {} x {} sheet)", images.len(), sheet.width(), sheet.height())
+            format!(" ({} {unit}, {selection}, as a {} x {} sheet)", images.len(), sheet.width(), sheet.height())
         }
     };
     println!("{}: {width} x {height} pixels, {count} frame(s); wrote {}{written}", file.display(), out.display());
+    if let Some(slices) = &series {
+        println!(
+            "a slice of a DICOM series of {} files in {} (in order along the slices' normal, else by Instance Number): --slice reads \
+             the series as rank does",
+            slices.len(),
+            file.parent().map_or_else(String::new, |folder| folder.display().to_string())
+        );
+    }
     if faint > 0 {
         println!("note: 16-bit samples all under 4096 (12-bit data), reduced to their high byte: near black");
     }
@@ -253,6 +274,19 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         _ => {}
     }
     Ok(())
+}
+
+/// The reads that give the slices `selection` keeps of a series' `slices` (in order): a file each,
+/// its one frame.
+fn chosen_slices(slices: &[PathBuf], selection: FrameSelection) -> Result<Vec<(PathBuf, Vec<DicomFrame>)>> {
+    let len = u32::try_from(slices.len())?;
+    let indices: Vec<u32> = match selection {
+        FrameSelection::One(frame) => {
+            vec![frame.index(len).map_err(|_| anyhow::anyhow!("--slice {frame}: the DICOM series holds {len} slices (counted from 1)"))?]
+        }
+        FrameSelection::Every(step) => (0..len).step_by(usize::try_from(step)?).collect(),
+    };
+    Ok(indices.into_iter().map(|index| (slices[index as usize].clone(), vec![DicomFrame::Only])).collect())
 }
 
 /// Says what a 2.5-D image of `file` (of `count` frames) is made of: its frames, or, a slice of

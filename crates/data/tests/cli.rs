@@ -299,6 +299,32 @@ fn show_writes_a_file_as_the_backbones_see_it() {
     let adjacent = medxfer_data::Rendering { adjacent_slices: true, ..Default::default() };
     let slab = medxfer_data::load_image_frames(&slice, &[DicomFrame::Only], adjacent).unwrap().remove(0).unwrap().image;
     assert_eq!(image::open(&out).unwrap().to_rgb8(), slab);
+    // --slice on a series' slice: the series' slices chosen (here every second: its 1st, 3rd and
+    // 5th along the normal, IM000004, IM000005 and IM000002), a tile each in order.
+    let sheet = dir.path().join("series.png");
+    let output = medxfer_data(&["show", slice.to_str().unwrap(), "--slice", "every:2", "--tile", "12", "--out", sheet.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("(3 slices of its DICOM series, every:2, as a 36 x 12 sheet)")
+            && stdout.contains("a slice of a DICOM series of 5 files"),
+        "{output:?}"
+    );
+    let sheet = image::open(&sheet).unwrap().to_rgb8();
+    for (k, name) in ["IM000004", "IM000005", "IM000002"].into_iter().enumerate() {
+        let alone = medxfer_data::load_rgb8(&slice.with_file_name(name)).unwrap();
+        // 9 rows centred in a tile of 12: one row of black above.
+        let tile = image::imageops::crop_imm(&sheet, 12 * k as u32, 1, 12, 9).to_image();
+        assert_eq!(tile, alone, "{name}");
+    }
+    let one = dir.path().join("one slice.png");
+    let output = medxfer_data(&["show", slice.to_str().unwrap(), "--slice", "middle", "--out", one.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("(the series' slice middle: ")
+            && String::from_utf8_lossy(&output.stdout).contains("IM000005)"),
+        "{output:?}"
+    );
+    let output = medxfer_data(&["show", slice.to_str().unwrap(), "--slice", "7", "--out", one.to_str().unwrap()]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("the DICOM series holds 5 slices"), "{output:?}");
 
     for (file, expected) in [(volume.clone(), "holds 4 slices"), (dir.path().join("middle.png.missing"), "middle.png.missing")] {
         let output = medxfer_data(&["show", file.to_str().unwrap(), "--out", dir.path().join("x.png").to_str().unwrap()]);

@@ -36,7 +36,7 @@ pub enum DicomFrame {
 
 impl DicomFrame {
     /// The 0-based index of the chosen frame among `frames`, or why there is none.
-    pub(crate) fn index(self, frames: u32) -> Result<u32, String> {
+    pub fn index(self, frames: u32) -> Result<u32, String> {
         if frames == 0 {
             return Err("the DICOM file's Number of Frames is 0; correct it (1 for a single image)".into());
         }

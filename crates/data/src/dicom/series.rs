@@ -86,6 +86,20 @@ pub fn series_place(path: &Path) -> Result<Option<SeriesPlace>> {
     }
 }
 
+/// The slices of the series the DICOM file at `path` is a slice of, in their order; `None` and
+/// errors as [`series_place`] has them.
+pub fn series_slices(path: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let Some(place) = series_place(path)? else { return Ok(None) };
+    let folder = path.parent().unwrap_or(path);
+    let placements = folder_placements(folder)?;
+    let mut slices: Vec<(usize, PathBuf)> = placements
+        .iter()
+        .filter_map(|(name, placed)| placed.as_ref().ok().filter(|p| p.series == place.series).map(|p| (p.index, folder.join(name))))
+        .collect();
+    slices.sort();
+    Ok(Some(slices.into_iter().map(|(_, path)| path).collect()))
+}
+
 /// The header fields of the DICOM file at `path` that place it; `None` for a file that is not
 /// DICOM.
 fn slice_header(path: &Path) -> Result<Option<SliceHeader>> {
