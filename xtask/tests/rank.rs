@@ -692,7 +692,7 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     );
     // Each series' slices one group, the others their own.
     assert!(
-        stderr.contains("4 groups by the DICOM series of its slices (Series Instance UID) (2 of them images without one, each a group"),
+        stderr.contains("4 groups by the DICOM series of its files (Series Instance UID) (2 of them images without one, each a group"),
         "{stderr}"
     );
     // --slice every:2: of each series its slices 1, 3, 5 in the series' order; the lone slices

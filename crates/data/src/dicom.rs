@@ -96,11 +96,23 @@ fn has_magic(bytes: &[u8]) -> bool {
 /// left unread); `None` for a file that is not DICOM or whose ID is absent or blank. A DICOM file
 /// whose header cannot be read is an error naming it.
 pub fn dicom_patient_id(path: &Path) -> Result<Option<String>> {
+    header_text(path, tags::PATIENT_ID, "Patient ID")
+}
+
+/// The Series Instance UID (0020,000E) of the image file at `path`, read from its header as
+/// [`dicom_patient_id`] reads the Patient ID: the slices of one series share it.
+pub fn dicom_series_uid(path: &Path) -> Result<Option<String>> {
+    header_text(path, tags::SERIES_INSTANCE_UID, "Series Instance UID")
+}
+
+/// The text of `tag` (`name`) in the header of the image file at `path`, trimmed of DICOM's
+/// padding; `None` for a file that is not DICOM or where it is absent or blank.
+fn header_text(path: &Path, tag: dicom_core::Tag, name: &str) -> Result<Option<String>> {
     let Some((object, _)) = dicom_header(path)? else { return Ok(None) };
-    let Some(element) = object.element_opt(tags::PATIENT_ID).ok().flatten() else { return Ok(None) };
-    let id = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's Patient ID is not text ({e})")))?;
-    let id = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    Ok((!id.is_empty()).then(|| id.to_string()))
+    let Some(element) = object.element_opt(tag).ok().flatten() else { return Ok(None) };
+    let text = element.to_str().map_err(|e| Error::format(path, format!("the DICOM file's {name} is not text ({e})")))?;
+    let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    Ok((!text.is_empty()).then(|| text.to_string()))
 }
 
 /// How many frames the image file at `path` holds, read from its header (the pixel data left

@@ -91,3 +91,21 @@ fn the_cache_reads_the_slices_kept() {
         assert_eq!(cache.read(0).unwrap(), transform::resize_shorter(&truth, 16).unwrap(), "{selection}");
     }
 }
+
+/// A file's Series Instance UID, read from its header: the CT series' slices (and the two-frame
+/// file make_series.py gave the same series) share one, the MR series another; a file without one,
+/// or not DICOM, has none.
+#[test]
+fn a_series_uid_is_read_from_the_header() {
+    let uid = |name: &str| medxfer_data::dicom_series_uid(&common::fixtures("series").join("scan").join(name)).unwrap();
+    let ct = uid(CT[0]).unwrap();
+    assert!(ct.starts_with("1.2.826.0.1.3680043.8.498."), "{ct}");
+    for name in CT.iter().chain(&["IM000006"]) {
+        assert_eq!(uid(name).as_deref(), Some(ct.as_str()), "{name}");
+    }
+    let mr = uid(MR[0]).unwrap();
+    assert_ne!(mr, ct);
+    assert!(MR.iter().all(|name| uid(name).as_deref() == Some(mr.as_str())));
+    assert_eq!(uid("no_series.dcm"), None);
+    assert_eq!(medxfer_data::dicom_series_uid(&common::fixtures("formats").join("gray.jpg")).unwrap(), None);
+}

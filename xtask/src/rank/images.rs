@@ -2,7 +2,7 @@
 //! subfolder per patient or slide under each), or a CSV of `path,label` (paths relative to the
 //! CSV's folder, or absolute), or of the columns [`ImagesReading`] names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -220,27 +220,29 @@ fn group_by_dicom_patient(images: &mut LabelledImages) -> Result<()> {
     Ok(())
 }
 
-/// Where no grouping was given, the slices of each DICOM series stored a file a slice are one group
-/// (its Series Instance UID), as a loop's frames are their file's: neighbouring slices, nearly the
-/// same image, never sit on both sides of --finetune-top's split. Other images stay their own; a
-/// header that cannot be read, or a series that cannot be put in order, is left to the decoding.
+/// Where no grouping was given, the files of each DICOM series of several (a series stored a file a
+/// slice) are one group, its Series Instance UID, as a loop's frames are their file's: neighbouring
+/// slices, nearly the same image, never sit on both sides of --finetune-top's split. Other images
+/// stay their own; a header that cannot be read is left to the decoding, which names it.
 fn group_by_dicom_series(images: &mut LabelledImages) {
     use rayon::prelude::*;
-    let series: Vec<Option<String>> = images
-        .records
-        .par_iter()
-        .map(|record| medxfer_data::series_place(&images.root.join(&record.path)).ok().flatten().map(|place| place.series))
-        .collect();
-    let slices = series.iter().flatten().count();
+    let series: Vec<Option<String>> =
+        images.records.par_iter().map(|record| medxfer_data::dicom_series_uid(&images.root.join(&record.path)).ok().flatten()).collect();
+    let mut files: HashMap<&str, usize> = HashMap::new();
+    for uid in series.iter().flatten() {
+        *files.entry(uid.as_str()).or_default() += 1;
+    }
+    let shared: Vec<bool> = series.iter().map(|uid| uid.as_deref().is_some_and(|uid| files[uid] > 1)).collect();
+    let slices = shared.iter().filter(|shared| **shared).count();
     if slices == 0 {
         return;
     }
-    for (record, series) in images.records.iter_mut().zip(series) {
-        if let Some(series) = series {
-            record.group = series;
+    for ((record, uid), shared) in images.records.iter_mut().zip(series).zip(shared) {
+        if let (Some(uid), true) = (uid, shared) {
+            record.group = uid;
         }
     }
-    images.grouped_by = Some("the DICOM series of its slices (Series Instance UID)".into());
+    images.grouped_by = Some("the DICOM series of its files (Series Instance UID)".into());
     images.ungrouped = images.records.len() - slices;
 }
 
