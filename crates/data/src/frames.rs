@@ -98,11 +98,11 @@ pub fn frame_count(path: &Path, orientation: Orientation) -> Result<u32> {
 /// ...), in order, each with the file's label, group and part: a loop's frames are never split
 /// apart (a volume's slices as `orientation` reads it). A DICOM series stored a file a slice
 /// (`dicom/series.rs`) is a volume whose frames are its files: of its slices, only those
-/// `selection` keeps stay (its middle one, every k-th from the first; a chosen number's as its file's
-/// only frame), each series' own; with `only`, the default, every slice. Other images, and entries
-/// that already name a frame, stay as they are. Each file's frame count and place are read from
-/// its header alone; every file whose header cannot be read, or whose series has no such slice or
-/// cannot be put in order, is named at once.
+/// `selection` keeps stay (its middle one, every k-th from the first; a chosen number's as its
+/// file's only frame), each series' own; with `only`, the default, every slice. Other images, and
+/// entries that already name a frame, stay as they are. Each file's frame count and place are read
+/// from its header alone; every file whose header cannot be read, or whose series has no such slice
+/// or cannot be put in order, is named at once.
 pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection, orientation: Orientation) -> Result<Vec<Entry>> {
     if selection == FrameSelection::default() {
         return Ok(entries.to_vec());

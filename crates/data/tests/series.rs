@@ -40,8 +40,8 @@ fn slice_keeps_each_series_chosen_slices_in_the_series_order() {
     };
     // The default: every slice an image, as before.
     assert_eq!(kept(&entries, FrameSelection::default()), names(&all));
-    // The middle slice of each series (⌊n/2⌋ + 1), a two-frame file its own middle frame, a slice
-    // alone in its series and one without a series kept.
+    // The middle slice of each series (⌊n/2⌋ + 1), a two-frame file its own middle frame, a
+    // slice alone in its series and one without a series kept.
     let middle = FrameSelection::One(DicomFrame::Middle);
     assert_eq!(kept(&entries, middle), names(&[CT[2], MR[1], "IM000006", "scout.dcm", "no_series.dcm"]));
     assert_eq!(kept(&entries, FrameSelection::One(DicomFrame::First)), names(&[CT[0], MR[0], "IM000006", "scout.dcm", "no_series.dcm"]));
