@@ -252,7 +252,7 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
             "a slice of a DICOM series of {} files in {} (in order along the slices' normal, else by Instance Number): --slice reads \
              the series as rank does",
             slices.len(),
-            file.parent().map_or_else(String::new, |folder| folder.display().to_string())
+            folder_shown(file)
         );
     }
     if faint > 0 {
@@ -274,6 +274,11 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         _ => {}
     }
     Ok(())
+}
+
+/// The folder `file` is in, as said: `.` for a bare file name.
+fn folder_shown(file: &Path) -> String {
+    file.parent().filter(|folder| !folder.as_os_str().is_empty()).unwrap_or(Path::new(".")).display().to_string()
 }
 
 /// The reads that give the slices `selection` keeps of a series' `slices` (in order): a file each,
@@ -306,7 +311,7 @@ fn say_adjacent(file: &Path, count: u32) -> Result<()> {
         "2.5-D: slice {} of {} of its DICOM series in {} ({order}): red {}, green itself, blue {}",
         place.index + 1,
         place.len,
-        file.parent().map_or_else(String::new, |folder| folder.display().to_string()),
+        folder_shown(file),
         name(&place.before),
         name(&place.after)
     );

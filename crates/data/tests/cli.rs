@@ -299,6 +299,14 @@ fn show_writes_a_file_as_the_backbones_see_it() {
     let adjacent = medxfer_data::Rendering { adjacent_slices: true, ..Default::default() };
     let slab = medxfer_data::load_image_frames(&slice, &[DicomFrame::Only], adjacent).unwrap().remove(0).unwrap().image;
     assert_eq!(image::open(&out).unwrap().to_rgb8(), slab);
+    // Named bare, in its own folder: the same series.
+    let output = Command::new(env!("CARGO_BIN_EXE_medxfer-data"))
+        .current_dir(slice.parent().unwrap())
+        .args(["show", "IM000001", "--adjacent-slices", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("2.5-D: slice 2 of 5 of its DICOM series in . ("), "{output:?}");
+    assert_eq!(image::open(&out).unwrap().to_rgb8(), slab);
     // --slice on a series' slice: the series' slices chosen (here every second: its 1st, 3rd and
     // 5th along the normal, IM000004, IM000005 and IM000002), a tile each in order.
     let sheet = dir.path().join("series.png");

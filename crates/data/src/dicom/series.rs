@@ -77,8 +77,8 @@ pub fn series_place(path: &Path) -> Result<Option<SeriesPlace>> {
     if own.frames != 1 || own.series.is_none() {
         return Ok(None);
     }
-    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else { return Ok(None) };
-    let placements = folder_placements(folder)?;
+    let Some(name) = path.file_name() else { return Ok(None) };
+    let placements = folder_placements(folder_of(path))?;
     match placements.get(name) {
         None => Ok(None),
         Some(Ok(place)) => Ok(Some(place.clone())),
@@ -90,7 +90,7 @@ pub fn series_place(path: &Path) -> Result<Option<SeriesPlace>> {
 /// errors as [`series_place`] has them.
 pub fn series_slices(path: &Path) -> Result<Option<Vec<PathBuf>>> {
     let Some(place) = series_place(path)? else { return Ok(None) };
-    let folder = path.parent().unwrap_or(path);
+    let folder = folder_of(path);
     let placements = folder_placements(folder)?;
     let mut slices: Vec<(usize, PathBuf)> = placements
         .iter()
@@ -98,6 +98,11 @@ pub fn series_slices(path: &Path) -> Result<Option<Vec<PathBuf>>> {
         .collect();
     slices.sort();
     Ok(Some(slices.into_iter().map(|(_, path)| path).collect()))
+}
+
+/// The folder the file at `path` is in: `.` for a bare file name (`show IM000001` in its folder).
+fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// The header fields of the DICOM file at `path` that place it; `None` for a file that is not
