@@ -80,8 +80,9 @@ pub struct Reviewed<'a> {
     pub truth: Option<&'a str>,
     /// With --refer-below: whether it is referred.
     pub referred: Option<bool>,
-    /// Of a loop predicted from its frames, the frame the map is drawn on.
-    pub frame: Option<u32>,
+    /// Of a loop predicted from its frames, or a series from its slices, what the map is drawn on
+    /// ("frame 3", "slice IM000120").
+    pub drawn_on: Option<String>,
 }
 
 /// `dir`/index.html: each image's overlay with its path, prediction and probability (its class
@@ -112,7 +113,7 @@ pub fn write_review_page(dir: &Path, heading: &str, images: &[Reviewed<'_>]) -> 
             "<tr{}><td><img src=\"{}\" width=\"160\" loading=\"lazy\"></td><td>{}</td><td{}>{}</td><td>{:.3}</td>{}{}</tr>\n",
             if image.referred == Some(true) { " class=\"refer\"" } else { "" },
             url_path(&names[index]),
-            html_text(&image.frame.map_or_else(|| image.path.to_string(), |frame| format!("{} (frame {frame})", image.path))),
+            html_text(&image.drawn_on.as_ref().map_or_else(|| image.path.to_string(), |shown| format!("{} ({shown})", image.path))),
             if wrong { " class=\"wrong\"" } else { "" },
             html_text(image.predicted),
             image.probability,
@@ -208,7 +209,7 @@ mod tests {
     fn the_review_page_puts_the_least_sure_first_and_links_each_overlay() {
         let dir = tempfile::tempdir().unwrap();
         let reviewed =
-            |path, predicted, probability, truth, referred| Reviewed { path, predicted, probability, truth, referred, frame: None };
+            |path, predicted, probability, truth, referred| Reviewed { path, predicted, probability, truth, referred, drawn_on: None };
         let images = [
             reviewed("lesion/a b#1.jpg", "lesion", 0.9, Some("lesion"), Some(false)),
             reviewed("clear/<c>.jpg", "lesion", 0.55, Some("clear"), Some(true)),

@@ -701,6 +701,20 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
         rank(dir.path(), &series, &dir.path().join("every second slice"), None, &["--backbones", "resnet_basic_min", "--slice", "every:2"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--slice every:2: 3 of 10 files left out, slices of DICOM series"), "{stderr}");
+    // Predicted from all their slices, each series is one row, named by its first slice along the
+    // normal (the CT's IM000004; the MR's by Instance Number, mr_b.dcm), its map on a slice of it.
+    let output = predict(
+        dir.path(),
+        &tuned,
+        &series,
+        &["--slice", "all", "--out", predictions.to_str().unwrap(), "--saliency", saliency.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("--slice all: 8 slices of 2 DICOM series predicted, each series a row"), "{stderr}");
+    let paths: Vec<String> = read_csv(&predictions).iter().map(|row| row["path"].clone()).collect();
+    assert_eq!(paths, ["clear/IM000004", "clear/scout.dcm", "lesion/mr_b.dcm", "lesion/no_series.dcm"]);
+    let page = std::fs::read_to_string(saliency.join("index.html")).unwrap();
+    assert!(page.contains("<td>clear/IM000004 (slice IM00000") && page.contains("<td>clear/scout.dcm</td>"), "{page}");
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");

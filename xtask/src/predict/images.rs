@@ -2,6 +2,7 @@
 //! label column), decoded into the ranking's cache, with the unreadable ones left out and listed
 //! where asked.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,9 @@ pub struct Images {
     pub root: PathBuf,
     pub paths: Vec<String>,
     pub labels: Option<Vec<String>>,
+    /// Of a DICOM series predicted from several of its slices (`--slice all`, every:K), its row's
+    /// path (the first of its slices kept) and every slice kept, in the series' order.
+    pub series: HashMap<String, Vec<String>>,
 }
 
 /// Every image file under a folder (in name order), or a CSV's path column (and label column).
@@ -33,7 +37,7 @@ pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Optio
         if paths.is_empty() {
             bail!("{}: no images ({}) in this folder or below it", images.display(), medxfer_data::IMAGE_EXTENSIONS.join(", "));
         }
-        return Ok(Images { root: images.to_path_buf(), paths, labels: None });
+        return Ok(Images { root: images.to_path_buf(), paths, labels: None, series: HashMap::new() });
     }
     if !images.is_file() {
         bail!("--images {}: no such folder or file", images.display());
@@ -47,7 +51,7 @@ pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Optio
             .and_then(|n| n.to_str())
             .with_context(|| format!("{}: its name is not valid UTF-8; rename it", images.display()))?;
         let root = images.parent().map(Path::to_path_buf).unwrap_or_default();
-        return Ok(Images { root, paths: vec![name.to_string()], labels: None });
+        return Ok(Images { root, paths: vec![name.to_string()], labels: None, series: HashMap::new() });
     }
     let root = match images_root {
         Some(root) if !root.is_dir() => bail!("--images-root {}: no such folder", root.display()),
@@ -97,39 +101,89 @@ pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Optio
     if paths.is_empty() {
         bail!("{}: no rows", images.display());
     }
-    Ok(Images { root, paths, labels: label_name.map(|_| labels) })
+    Ok(Images { root, paths, labels: label_name.map(|_| labels), series: HashMap::new() })
 }
 
-/// Leaves out of `images` the slices of DICOM series stored a file a slice that `selection` does
-/// not keep (`--slice middle`: each series' middle slice predicted, a row for it), saying how many
-/// on stderr. A file whose header cannot be read stays, for the decoding to name.
-pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orientation: medxfer_data::Orientation) {
+/// The slices of DICOM series stored a file a slice among `images` as `selection` reads them: one
+/// chosen (`--slice middle`), each series' slice kept is its row and the others are left out;
+/// several (`--slice all`, every:K), each series is one row, named by the first of its slices kept,
+/// its probabilities the mean of theirs, as a loop's are of its frames (`images.series` lists
+/// them). Said on stderr. A file whose header cannot be read stays, for the decoding to name; the
+/// slices of one series given different labels (a CSV's) are refused.
+pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orientation: medxfer_data::Orientation) -> Result<()> {
     use rayon::prelude::*;
     if selection == FrameSelection::default() {
-        return;
+        return Ok(());
     }
-    let kept: Vec<bool> = images
+    // Each file's place: left out, its own row, or a slice of a series (its UID and index).
+    let places: Vec<Option<Option<(String, usize)>>> = images
         .paths
         .par_iter()
         .map(|path| {
             let file = Entry { path: path.clone(), label: 0, group: String::new(), split: Part::Test, frame: None };
-            medxfer_data::frame_entries(&images.root, &[file], selection, orientation).map_or(true, |entries| !entries.is_empty())
+            match medxfer_data::frame_entries(&images.root, &[file], selection, orientation) {
+                Ok(entries) if entries.is_empty() => None,
+                Ok(_) if selection.is_per_frame() => {
+                    let folder = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default();
+                    let place = medxfer_data::series_place(&images.root.join(path)).ok().flatten();
+                    Some(place.map(|place| (format!("{}\u{0}{}", folder.display(), place.series), place.index)))
+                }
+                _ => Some(None),
+            }
         })
         .collect();
-    let left_out = kept.iter().filter(|kept| !**kept).count();
-    if left_out == 0 {
-        return;
+    let left_out = places.iter().filter(|place| place.is_none()).count();
+    // Each series' slices kept, in its order: the first names its row.
+    let mut members: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (row, place) in places.iter().enumerate() {
+        if let Some(Some((series, index))) = place {
+            members.entry(series.as_str()).or_default().push((*index, row));
+        }
     }
-    eprintln!(
-        "--slice {selection}: {left_out} of {} files left out, slices of DICOM series stored a file a slice that --slice does not keep; \
-         a row for each slice kept",
-        images.paths.len()
-    );
-    let keep = |values: &[String]| -> Vec<String> {
-        values.iter().zip(&kept).filter(|(_, kept)| **kept).map(|(value, _)| value.clone()).collect()
-    };
+    let mut row_of: Vec<Option<usize>> = places.iter().map(|place| place.as_ref().map(|_| usize::MAX)).collect();
+    let mut series = HashMap::new();
+    for slices in members.values_mut() {
+        slices.sort_unstable();
+        let first = slices[0].1;
+        if let Some(labels) = &images.labels
+            && let Some(&(_, other)) = slices.iter().find(|&&(_, row)| labels[row] != labels[first])
+        {
+            bail!(
+                "--slice {selection}: {} and {}, slices of one DICOM series, have different labels ({} and {}): a series is predicted as \
+                 one row; predict with --slice only (a row a slice)",
+                images.paths[first],
+                images.paths[other],
+                labels[first],
+                labels[other]
+            );
+        }
+        for &(_, row) in slices.iter() {
+            row_of[row] = Some(first);
+        }
+        series.insert(images.paths[first].clone(), slices.iter().map(|&(_, row)| images.paths[row].clone()).collect());
+    }
+    let rows: Vec<bool> = row_of.iter().enumerate().map(|(row, of)| of.is_some_and(|of| of == usize::MAX || of == row)).collect();
+    let slices = series.values().map(Vec::len).sum::<usize>();
+    if left_out > 0 {
+        eprintln!(
+            "--slice {selection}: {left_out} of {} files left out, slices of DICOM series stored a file a slice that --slice does not \
+             keep; a row for each slice kept",
+            images.paths.len()
+        );
+    }
+    if !series.is_empty() {
+        eprintln!(
+            "--slice {selection}: {slices} slices of {} DICOM series predicted, each series a row named by the first of its slices kept \
+             (in order along their normal), its probabilities the mean of its slices'",
+            series.len()
+        );
+    }
+    let keep =
+        |values: &[String]| -> Vec<String> { values.iter().zip(&rows).filter(|(_, row)| **row).map(|(value, _)| value.clone()).collect() };
     images.labels = images.labels.as_deref().map(keep);
     images.paths = keep(&images.paths);
+    images.series = series;
+    Ok(())
 }
 
 /// Where `--skip-unreadable` lists the images it left out: beside the predictions,
@@ -149,6 +203,8 @@ pub struct Cached {
     pub file_of: Vec<usize>,
     /// Each cached image's frame, where it is one of several of its file.
     pub frames: Vec<Option<u32>>,
+    /// Each cached image's file (a series' slice, where its row is a series).
+    pub paths: Vec<String>,
 }
 
 /// The decoded images' cache (shorter side `resize`; of a DICOM file of several frames, the
@@ -174,12 +230,12 @@ pub fn cached_images(
         }
         other => Ok(other?),
     };
-    let (split, file_of, frames) = match cached {
+    let cached = match cached {
         Ok(cached) => cached,
         Err(unreadable) => {
             use rayon::prelude::*;
             let errors: Vec<Option<String>> =
-                images.paths.par_iter().map(|path| unreadable_because(&images.root, path, (selection, rendering))).collect();
+                images.paths.par_iter().map(|path| unreadable_row(images, path, (selection, rendering))).collect();
             let rows: Vec<Vec<String>> = images
                 .paths
                 .iter()
@@ -197,23 +253,23 @@ pub fn cached_images(
             images.paths = images.paths.iter().zip(&readable).filter(|(_, r)| **r).map(|(path, _)| path.clone()).collect();
             crate::results::write_rows(listing, &["path", "error"], &rows)?;
             eprintln!("warning: {} unreadable image(s) left out, listed in {}", rows.len(), listing.display());
-            let (split, file_of, frames) = cached_files(cache_dir, images, (resize, selection, rendering))?;
-            return Ok(Cached { split, readable: Some(readable), file_of, frames });
+            let cached = cached_files(cache_dir, images, (resize, selection, rendering))?;
+            return Ok(Cached { readable: Some(readable), ..cached });
         }
     };
     if listing.exists() {
         std::fs::remove_file(listing).with_context(|| format!("cannot remove {} (an earlier run's list)", listing.display()))?;
     }
-    Ok(Cached { split, readable: None, file_of, frames })
+    Ok(cached)
 }
 
-/// `images` decoded into the cache, each file's frames `selection` keeps an image; each image's
-/// file and frame.
+/// `images` decoded into the cache, each file's frames `selection` keeps an image (a series row's
+/// slices each one); each image's file and frame.
 fn cached_files(
     cache_dir: &Path,
     images: &Images,
     (resize, selection, rendering): (u32, FrameSelection, Rendering),
-) -> medxfer_train::Result<(SplitData, Vec<usize>, Vec<Option<u32>>)> {
+) -> medxfer_train::Result<Cached> {
     // Labels are not read; the cache wants one per image. The group is the file's index, which
     // its frames keep.
     let files: Vec<Entry> = images
@@ -222,29 +278,34 @@ fn cached_files(
         .enumerate()
         .map(|(i, path)| Entry { path: path.clone(), label: 0, group: i.to_string(), split: Part::Test, frame: None })
         .collect();
-    let entries = medxfer_data::frame_entries(&images.root, &files, selection, rendering.orientation)?;
+    let entries: Vec<Entry> = medxfer_data::frame_entries(&images.root, &files, selection, rendering.orientation)?
+        .into_iter()
+        .flat_map(|entry| match images.series.get(&entry.path) {
+            Some(slices) => slices.iter().map(|slice| Entry { path: slice.clone(), ..entry.clone() }).collect(),
+            None => vec![entry],
+        })
+        .collect();
     let file_of = entries.iter().map(|e| e.group.parse().unwrap_or(usize::MAX)).collect();
     let frames = entries.iter().map(|e| e.frame).collect();
+    let paths = entries.iter().map(|e| e.path.clone()).collect();
     let split = SplitData::cached_frame(cache_dir, PREDICT_CACHE, &images.root, &entries, (resize, selection.per_file(), rendering), true)?;
-    Ok((split, file_of, frames))
+    Ok(Cached { split, readable: None, file_of, frames, paths })
 }
 
-/// The frame `frames` names of each of `images` (one a file, in order), decoded into the cache
-/// apart for `--saliency` (an earlier run's removed), rendered as predicted.
+/// The image `shown` names of each row (a file and its frame: a loop's frame, a series' slice), under
+/// `root`, decoded into the cache apart for `--saliency` (an earlier run's removed), rendered as
+/// predicted.
 pub fn saliency_frames(
     cache_dir: &Path,
-    images: &Images,
-    frames: &[Option<u32>],
+    root: &Path,
+    shown: &[(String, Option<u32>)],
     (resize, rendering): (u32, Rendering),
 ) -> Result<SplitData> {
-    let entries: Vec<Entry> = images
-        .paths
+    let entries: Vec<Entry> = shown
         .iter()
-        .zip(frames)
-        .map(|(path, &frame)| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test, frame })
+        .map(|(path, frame)| Entry { path: path.clone(), label: 0, group: path.clone(), split: Part::Test, frame: *frame })
         .collect();
-    let split =
-        SplitData::cached_frame(cache_dir, SALIENCY_FRAMES_CACHE, &images.root, &entries, (resize, DicomFrame::Only, rendering), false)?;
+    let split = SplitData::cached_frame(cache_dir, SALIENCY_FRAMES_CACHE, root, &entries, (resize, DicomFrame::Only, rendering), false)?;
     crate::rank::images::prune_caches(cache_dir, SALIENCY_FRAMES_CACHE, split.cache.key());
     Ok(split)
 }
@@ -252,6 +313,15 @@ pub fn saliency_frames(
 /// The name of the frames `predict --saliency` draws on, a loop's each, in the cache folder (not
 /// "predict-...": pruning predict's own caches would take it).
 const SALIENCY_FRAMES_CACHE: &str = "shown-frames";
+
+/// Why the row `path` of `images` cannot be read as `selection` and `rendering` read it: the
+/// first of its series' slices that cannot, where it is a series, else [`unreadable_because`].
+fn unreadable_row(images: &Images, path: &str, reading: (FrameSelection, Rendering)) -> Option<String> {
+    match images.series.get(path) {
+        Some(slices) => slices.iter().find_map(|slice| unreadable_because(&images.root, slice, reading)),
+        None => unreadable_because(&images.root, path, reading),
+    }
+}
 
 /// Why the image `path` under `root` cannot be read as `selection` and `rendering` read it (a
 /// loop: where one of the frames kept cannot, read as the cache reads them), or `None` where it
@@ -287,24 +357,47 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// `--slice middle` on slices of DICOM series (make_series.py's: the CT series' middle slice by
-    /// position is IM000005, the MR's by Instance Number mr_c.dcm) keeps each series' middle one,
-    /// its label with it, and files of no series.
-    #[test]
-    fn only_the_slices_chosen_of_each_series_are_predicted() {
+    /// make_series.py's series: the CT one by position IM000004, IM000001, IM000005, IM000003,
+    /// IM000002; the MR one by Instance Number mr_b, mr_c, mr_a.
+    fn fresh(labels: impl Fn(&str) -> String) -> Images {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/data/tests/fixtures/series/scan");
         let files = ["IM000001", "IM000002", "IM000003", "IM000004", "IM000005", "mr_a.dcm", "mr_b.dcm", "mr_c.dcm", "scout.dcm"];
-        let fresh = || Images {
-            root: root.clone(),
+        Images {
+            root,
             paths: files.iter().map(|f| f.to_string()).collect(),
-            labels: Some(files.iter().map(|f| format!("label of {f}")).collect()),
-        };
-        let mut images = fresh();
-        keep_chosen_slices(&mut images, FrameSelection::One(DicomFrame::Middle), medxfer_data::Orientation::Stored);
+            labels: Some(files.iter().map(|f| labels(f)).collect()),
+            series: HashMap::new(),
+        }
+    }
+
+    /// `--slice middle` keeps each series' middle slice (IM000005, mr_c.dcm), its label with it, and
+    /// files of no series; by default every file is a row.
+    #[test]
+    fn only_the_slices_chosen_of_each_series_are_predicted() {
+        let mut images = fresh(|f| format!("label of {f}"));
+        keep_chosen_slices(&mut images, FrameSelection::One(DicomFrame::Middle), medxfer_data::Orientation::Stored).unwrap();
         assert_eq!(images.paths, ["IM000005", "mr_c.dcm", "scout.dcm"]);
         assert_eq!(images.labels.unwrap(), ["label of IM000005", "label of mr_c.dcm", "label of scout.dcm"]);
-        let mut images = fresh();
-        keep_chosen_slices(&mut images, FrameSelection::default(), medxfer_data::Orientation::Stored);
-        assert_eq!(images.paths.len(), files.len());
+        assert!(images.series.is_empty());
+        let mut images = fresh(|f| format!("label of {f}"));
+        keep_chosen_slices(&mut images, FrameSelection::default(), medxfer_data::Orientation::Stored).unwrap();
+        assert_eq!(images.paths.len(), 9);
+    }
+
+    /// `--slice every:2`: each series one row named by its first slice kept, its slices kept
+    /// (1st, 3rd, 5th) listed in order; slices of one series labelled differently are refused.
+    #[test]
+    fn a_series_predicted_from_several_slices_is_one_row() {
+        let series_label = |f: &str| if f.starts_with("mr") { "lesion".to_string() } else { "clear".to_string() };
+        let mut images = fresh(series_label);
+        keep_chosen_slices(&mut images, FrameSelection::Every(2), medxfer_data::Orientation::Stored).unwrap();
+        assert_eq!(images.paths, ["IM000004", "mr_b.dcm", "scout.dcm"]);
+        assert_eq!(images.labels.unwrap(), ["clear", "lesion", "clear"]);
+        assert_eq!(images.series["IM000004"], ["IM000004", "IM000005", "IM000002"]);
+        assert_eq!(images.series["mr_b.dcm"], ["mr_b.dcm", "mr_a.dcm"]);
+        assert_eq!(images.series.len(), 2);
+        let mut images = fresh(|f| format!("label of {f}"));
+        let error = keep_chosen_slices(&mut images, FrameSelection::Every(2), medxfer_data::Orientation::Stored).unwrap_err().to_string();
+        assert!(error.contains("slices of one DICOM series, have different labels") && error.contains("--slice only"), "{error}");
     }
 }

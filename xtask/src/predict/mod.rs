@@ -67,8 +67,9 @@ pub struct PredictArgs {
     /// Of a DICOM file of several frames or a NIfTI volume of several slices (--slice), the frame
     /// to read (first, middle, last or N, as rank takes it; only: such a file refused), or `all`
     /// (every:K): each frame (every K-th) predicted and the file's probabilities their mean, one
-    /// row a file. Of a DICOM series stored a file a slice, the slices chosen, a row each (the
-    /// others left out). By default as rank read its images (`dicom_frame` in the model's card).
+    /// row a file. Of a DICOM series stored a file a slice, one slice chosen is the series' row;
+    /// several (all, every:K) are one row named by the first of them, the mean of theirs. By
+    /// default as rank read its images (`dicom_frame` in the model's card).
     #[arg(long, visible_alias = "slice", value_name = "FRAME")]
     pub dicom_frame: Option<FrameSelection>,
     /// A display window for grayscale DICOM and NIfTI images (CENTER,WIDTH, or three joined by +
@@ -162,7 +163,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
     let (frames, rendering) = reading(args, &card);
-    keep_chosen_slices(&mut images, frames, rendering.orientation);
+    keep_chosen_slices(&mut images, frames, rendering.orientation)?;
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
@@ -191,7 +192,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let file = args.out.clone().unwrap_or_else(|| ranking.join("predictions.csv"));
     let cache_dir = ranking.join("cache");
     let listing = unreadable_file(&file);
-    let Cached { split, readable, file_of, frames: image_frames } =
+    let Cached { split, readable, file_of, frames: image_frames, paths: image_paths } =
         cached_images(&cache_dir, &mut images, (card.resize, frames, rendering), args.skip_unreadable, &listing)?;
     let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
     // The labels of the images predicted, where some were left out.
@@ -240,11 +241,16 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         Some(dir) => {
             // The evidence for --saliency-class in every image, else for each one's prediction.
             let classes = saliency_class.map_or_else(|| predicted.clone(), |class| vec![class; predicted.len()]);
-            // A loop's map on its frame most telling of the class drawn.
-            let shown =
-                frame_logits.as_ref().map(|frame_logits| telling_frames(frame_logits, (&file_of, &image_frames), &classes, temperature));
+            // A loop's map on its frame most telling of the class drawn, a series' on its slice.
+            let shown: Option<Vec<(String, Option<u32>)>> = frame_logits.as_ref().map(|frame_logits| {
+                let telling = telling_images(frame_logits, &file_of, &classes, temperature);
+                let shown = |(file, image): (usize, Option<usize>)| {
+                    image.map_or_else(|| (paths[file].clone(), None), |image| (image_paths[image].clone(), image_frames[image]))
+                };
+                telling.into_iter().enumerate().map(shown).collect()
+            });
             let shown_split =
-                shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images, shown, (card.resize, rendering))).transpose()?;
+                shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images.root, shown, (card.resize, rendering))).transpose()?;
             let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
             let mut batches = SaliencyBatches::new(&model, shown_split.as_ref().unwrap_or(&split), &settings, &classes)?;
             let written =
@@ -257,7 +263,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
                     probability: probabilities[i][predicted[i] as usize],
                     truth: truth.as_ref().map(|truth| card.classes[truth[i] as usize].as_str()),
                     referred: args.refer_below.map(|_| referred[i]),
-                    frame: shown.as_ref().and_then(|shown| shown[i]),
+                    drawn_on: shown.as_ref().and_then(|shown| drawn_on(&paths[i], &shown[i])),
                 })
                 .collect();
             let heading = format!("{} on {}", card.backbone, args.images.display());
@@ -319,19 +325,17 @@ fn per_file_logits(logits: Logits, file_of: &[usize], files: usize, temperature:
     if logits.len() == files {
         return (logits, temperature, None);
     }
-    eprintln!("{} frames of {files} files predicted, each file's probabilities the mean of its frames'", logits.len());
+    eprintln!(
+        "{} images predicted for {files} rows (a loop's frames, a series' slices), each row's probabilities the mean of its images'",
+        logits.len()
+    );
     (pooled_frames(&logits, file_of, files, temperature), 1.0, Some(logits))
 }
 
-/// For each file, the frame of its images (`logits`; `file_of` and `frames` name each one's file
-/// and frame) that gives the largest probability of `classes`' class for it, at `temperature`: the
-/// frame of a loop that most shows what the map is drawn for (the first of equals).
-fn telling_frames(
-    logits: &[Vec<f32>],
-    (file_of, frames): (&[usize], &[Option<u32>]),
-    classes: &[u32],
-    temperature: f64,
-) -> Vec<Option<u32>> {
+/// For each file, the image of its images (`logits`; `file_of` names each one's file) that gives
+/// the largest probability of `classes`' class for it, at `temperature`: the frame of a loop, or
+/// slice of a series, that most shows what the map is drawn for (the first of equals).
+fn telling_images(logits: &[Vec<f32>], file_of: &[usize], classes: &[u32], temperature: f64) -> Vec<Option<usize>> {
     let mut best: Vec<Option<(usize, f64)>> = vec![None; classes.len()];
     for (image, (row, &file)) in logits.iter().zip(file_of).enumerate() {
         let p = calibration::probabilities(row, temperature)[classes[file] as usize];
@@ -339,7 +343,17 @@ fn telling_frames(
             best[file] = Some((image, p));
         }
     }
-    best.into_iter().map(|found| found.and_then(|(image, _)| frames[image])).collect()
+    best.into_iter().map(|found| found.map(|(image, _)| image)).collect()
+}
+
+/// What the map of the row `path` is drawn on, where not the file itself: its `shown` image's
+/// frame, or the series' slice.
+fn drawn_on(path: &str, (shown, frame): &(String, Option<u32>)) -> Option<String> {
+    if shown != path {
+        let name = Path::new(shown).file_name().map_or_else(|| shown.clone(), |name| name.to_string_lossy().into_owned());
+        return Some(format!("slice {name}"));
+    }
+    frame.map(|frame| format!("frame {frame}"))
 }
 
 /// Each of `files` files' log mean probability over its images' `logits` (`file_of` names each
