@@ -5,6 +5,7 @@
 //! a card that `predict` and `export` read.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -101,7 +102,8 @@ impl Shortlist<'_> {
         let classes = &self.images.classes;
         let shares = group_shares(&test_entries, classes.len());
         text.push_str(&per_class_recall(&tested, classes, &shares, args.seed));
-        text.push_str(&per_file_accuracy(&calibrated, &test_entries, classes.len()));
+        let (cases, series) = cases(&self.images.root, &test_entries);
+        text.push_str(&per_file_accuracy(&calibrated, &test_entries, (&cases, series), classes.len()));
         text.push_str(&calibration::render(&calibrated, data.val.labels.len(), data.test.as_ref().map_or(0, |t| t.labels.len())));
         reliability_figure::write(&args.out.join("ranking_calibration"), &calibrated)?;
         let chosen_labels: Vec<u32> = chosen_entries.iter().map(|e| e.label).collect();
@@ -203,35 +205,68 @@ const POSTERIOR_DRAWS: usize = 10_000;
 /// A backbone's test AUROC and its interval, where they could be had.
 type AurocCell = Option<(f64, Option<(f64, f64)>)>;
 
-/// With each frame of a loop an image (`--dicom-frame all`): each fine-tuned backbone's balanced
-/// accuracy on the test part's files, a file's prediction the mean of its frames' probabilities,
-/// as `predict` gives it. Empty where no file has several test images (a DICOM series' slice kept
-/// by number names its file's one frame).
-fn per_file_accuracy(calibrated: &[Calibrated], test_entries: &[Entry], classes: usize) -> String {
-    let mut files = std::collections::HashSet::new();
-    if calibrated.is_empty() || test_entries.iter().all(|e| files.insert(e.path.as_str())) {
+/// Each of `entries`' case (under `root`): a series' slice its series (the folder and Series
+/// Instance UID), else its file; and whether any is a series.
+fn cases(root: &Path, entries: &[Entry]) -> (Vec<String>, bool) {
+    use rayon::prelude::*;
+    let cases: Vec<(String, bool)> = entries
+        .par_iter()
+        .map(|entry| match medxfer_data::series_place(&root.join(&entry.path)).ok().flatten() {
+            Some(place) => {
+                let folder = Path::new(&entry.path).parent().map(Path::to_path_buf).unwrap_or_default();
+                (format!("{}\u{0}{}", folder.display(), place.series), true)
+            }
+            None => (entry.path.clone(), false),
+        })
+        .collect();
+    let any = cases.iter().any(|(_, series)| *series);
+    (cases.into_iter().map(|(case, _)| case).collect(), any)
+}
+
+/// With each frame of a loop an image (`--dicom-frame all`), or several slices of a DICOM series:
+/// each fine-tuned backbone's balanced accuracy on the test part's files (and series, `cases`
+/// naming each entry's, `series` where any is one), a case's prediction the mean of its images'
+/// probabilities, as `predict` gives it. Empty where no case has several test images (a DICOM
+/// series' slice kept by number names its file's one frame), or where one's images have two labels.
+fn per_file_accuracy(calibrated: &[Calibrated], test_entries: &[Entry], (cases, series): (&[String], bool), classes: usize) -> String {
+    let mut seen = std::collections::HashSet::new();
+    if calibrated.is_empty() || cases.iter().all(|case| seen.insert(case.as_str())) {
         return String::new();
     }
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut truth = Vec::new();
-    let file_of: Vec<usize> = test_entries
+    let case_of: Vec<usize> = test_entries
         .iter()
-        .map(|entry| {
-            *index.entry(entry.path.as_str()).or_insert_with(|| {
+        .zip(cases)
+        .map(|(entry, case)| {
+            *index.entry(case.as_str()).or_insert_with(|| {
                 truth.push(entry.label);
                 truth.len() - 1
             })
         })
         .collect();
-    let mut text = format!(
-        "\nPer file on the test part ({} files, {} images: each frame of a file of several an image in the tables above): each file's \
-         prediction the class of largest mean probability over its frames, as `cargo xtask predict` gives it:\n\n\
-         | backbone | balanced accuracy |\n|---|---:|\n",
-        truth.len(),
-        test_entries.len()
-    );
+    if test_entries.iter().zip(&case_of).any(|(entry, &case)| truth[case] != entry.label) {
+        return String::new();
+    }
+    let mut text = if series {
+        format!(
+            "\nPer file and DICOM series on the test part ({} cases, {} images: each frame of a file of several, and each slice of a series, \
+             an image in the tables above): each case's prediction the class of largest mean probability over its images, as `cargo xtask \
+             predict` gives it:\n\n| backbone | balanced accuracy |\n|---|---:|\n",
+            truth.len(),
+            test_entries.len()
+        )
+    } else {
+        format!(
+            "\nPer file on the test part ({} files, {} images: each frame of a file of several an image in the tables above): each file's \
+             prediction the class of largest mean probability over its frames, as `cargo xtask predict` gives it:\n\n\
+             | backbone | balanced accuracy |\n|---|---:|\n",
+            truth.len(),
+            test_entries.len()
+        )
+    };
     for tuned in calibrated.iter().filter(|tuned| tuned.probabilities.len() == test_entries.len()) {
-        let means = medxfer_train::calibration::mean_probabilities(&tuned.probabilities, &file_of, truth.len());
+        let means = medxfer_train::calibration::mean_probabilities(&tuned.probabilities, &case_of, truth.len());
         let predicted: Vec<u32> = means.iter().map(|mean| medxfer_train::calibration::most_probable(mean).0 as u32).collect();
         let evaluation = medxfer_train::evaluate(&truth, &predicted, classes);
         let _ = writeln!(text, "| {} | {:.3} |", tuned.backbone, evaluation.balanced_accuracy);
@@ -424,14 +459,39 @@ mod tests {
             reliability: Vec::new(),
         };
         let tuned = Calibrated { backbone: "net".into(), temperature: Ok(1.0), raw, scaled: None, auroc: None, probabilities };
-        let table = per_file_accuracy(std::slice::from_ref(&tuned), &entries, 2);
+        let paths = |entries: &[Entry]| -> Vec<String> { entries.iter().map(|e| e.path.clone()).collect() };
+        let table = per_file_accuracy(std::slice::from_ref(&tuned), &entries, (&paths(&entries), false), 2);
         assert!(table.contains("(4 files, 8 images") && table.contains("each file's prediction the class"), "{table}");
         assert!(table.ends_with(":\n\n| backbone | balanced accuracy |\n|---|---:|\n| net | 0.833 |\n"), "{table}");
         let slices: Vec<Entry> =
             entries.iter().map(|e| Entry { frame: None, path: format!("{}-{:?}", e.path, e.frame), ..e.clone() }).collect();
-        assert_eq!(per_file_accuracy(std::slice::from_ref(&tuned), &slices, 2), "");
+        assert_eq!(per_file_accuracy(std::slice::from_ref(&tuned), &slices, (&paths(&slices), false), 2), "");
         // Each file its one frame named (a series' slices kept by number): one image a file.
         let named: Vec<Entry> = slices.iter().map(|e| Entry { frame: Some(1), ..e.clone() }).collect();
-        assert_eq!(per_file_accuracy(std::slice::from_ref(&tuned), &named, 2), "");
+        assert_eq!(per_file_accuracy(std::slice::from_ref(&tuned), &named, (&paths(&named), false), 2), "");
+        // The same images as slices of DICOM series, a file each, a series what a loop was: the
+        // same accuracy, a case a series.
+        let table = per_file_accuracy(std::slice::from_ref(&tuned), &slices, (&paths(&entries), true), 2);
+        assert!(table.contains("Per file and DICOM series on the test part (4 cases, 8 images"), "{table}");
+        assert!(table.ends_with("| net | 0.833 |\n"), "{table}");
+        // A series whose slices are labelled otherwise: no case accuracy.
+        let mut relabelled = slices.clone();
+        relabelled[0].label = 1;
+        assert_eq!(per_file_accuracy(std::slice::from_ref(&tuned), &relabelled, (&paths(&entries), true), 2), "");
+    }
+
+    /// A series' slices are one case (make_series.py's CT series), a file alone its own.
+    #[test]
+    fn a_series_slices_are_one_case() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/data/tests/fixtures/series");
+        let entry = |path: &str| Entry { path: path.into(), label: 0, group: path.into(), split: Part::Test, frame: None };
+        let (found, series) =
+            cases(&root, &[entry("scan/IM000001"), entry("scan/IM000004"), entry("scan/scout.dcm"), entry("scan/mr_a.dcm")]);
+        assert!(series);
+        assert_eq!(found[0], found[1]);
+        assert_eq!(found[2], "scan/scout.dcm");
+        assert!(found[3] != found[0] && found[3] != found[2]);
+        let (found, series) = cases(&root, &[entry("scan/scout.dcm")]);
+        assert_eq!((found, series), (vec!["scan/scout.dcm".to_string()], false));
     }
 }
