@@ -715,6 +715,17 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     assert_eq!(paths, ["clear/IM000004", "clear/scout.dcm", "lesion/mr_b.dcm", "lesion/no_series.dcm"]);
     let page = std::fs::read_to_string(saliency.join("index.html")).unwrap();
     assert!(page.contains("<td>clear/IM000004 (slice IM00000") && page.contains("<td>clear/scout.dcm</td>"), "{page}");
+    // An axial slice among the sagittal series' (a localizer, say): the planes differ, said with
+    // the fix for DICOM.
+    std::fs::copy(fixtures.join("../broken/axial.dcm"), series.join("clear/axial.dcm")).unwrap();
+    let output = rank(dir.path(), &series, &dir.path().join("planes"), None, &["--backbones", "resnet_basic_min"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the images are slices in different planes (1 axial, 5 sagittal)")
+            && stderr.contains("DICOM slices are read as stored")
+            && stderr.contains("Not sagittal: clear/axial.dcm (axial)"),
+        "{stderr}"
+    );
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");

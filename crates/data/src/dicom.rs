@@ -49,8 +49,8 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
 pub use frame::DicomFrame;
-pub(crate) use series::forget_placed_folders;
 pub use series::{SeriesOrder, SeriesPlace, series_place, series_slices};
+pub(crate) use series::{forget_placed_folders, slice_normal};
 pub use window::Window;
 
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.

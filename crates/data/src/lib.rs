@@ -89,4 +89,4 @@ pub use split::{
     leakage, ood_entries, split_task,
 };
 pub use transform::{Normalization, TrainDraw, TrainTransform};
-pub use volume::{Orientation, SlicePlane, slice_plane};
+pub use volume::{Orientation, SlicePlane, is_nifti, slice_plane};

@@ -51,7 +51,7 @@ const LEAST_VOXEL_OFFSET: u64 = 352;
 const NIFTI2_HEADER_BYTES: i32 = 540;
 
 /// Whether `path` names a NIfTI-1 file: `.nii` or `.nii.gz` (any case).
-pub(crate) fn is_nifti(path: &Path) -> bool {
+pub fn is_nifti(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|name| {
         let name = name.to_ascii_lowercase();
         name.ends_with(".nii") || name.ends_with(".nii.gz")

@@ -293,7 +293,8 @@ fn show_writes_a_file_as_the_backbones_see_it() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("2.5-D: slice 2 of 5 of its DICOM series in")
-            && stdout.contains("(by position along the slices' normal): red IM000004, green itself, blue IM000005"),
+            && stdout.contains("(by position along the slices' normal): red IM000004, green itself, blue IM000005")
+            && stdout.contains("a sagittal slice (from its Image Orientation (Patient)"),
         "{output:?}"
     );
     let adjacent = medxfer_data::Rendering { adjacent_slices: true, ..Default::default() };

@@ -109,3 +109,18 @@ fn a_series_uid_is_read_from_the_header() {
     assert_eq!(uid("no_series.dcm"), None);
     assert_eq!(medxfer_data::dicom_series_uid(&common::fixtures("formats").join("gray.jpg")).unwrap(), None);
 }
+
+/// A DICOM slice's plane, the patient axis closest to its normal (its Image Orientation (Patient)
+/// as make_series.py wrote it): the CT series sagittal (rows along y, columns down z: normal -x),
+/// axial and coronal slices, and none for a slice without an orientation.
+#[test]
+fn a_dicom_slice_s_plane_is_its_normal_s_axis() {
+    use medxfer_data::{SlicePlane, slice_plane};
+    let plane = |name: &str| slice_plane(&common::fixtures("series").join(name)).unwrap();
+    assert_eq!(plane("scan/IM000001"), Some(SlicePlane::Sagittal));
+    assert_eq!(plane("broken/axial.dcm"), Some(SlicePlane::Axial));
+    assert_eq!(plane("broken/coronal.dcm"), Some(SlicePlane::Coronal));
+    assert_eq!(plane("scan/mr_a.dcm"), None);
+    // The two-frame file, which states no orientation.
+    assert_eq!(plane("scan/IM000006"), None);
+}

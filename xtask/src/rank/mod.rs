@@ -346,9 +346,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
 fn describe_reading(args: &RankArgs, images: &LabelledImages, files: &[Entry], entries: &[Entry]) {
     describe_images(args, images);
     describe_frames(args, files, entries);
-    if args.reading.reorient == medxfer_data::Orientation::Stored {
-        warn_of_mixed_planes(&images.root, files);
-    }
+    warn_of_mixed_planes(&images.root, files, args.reading.reorient);
     if args.reading.adjacent_slices {
         warn_of_single_frames(&images.root, files, args.reading.reorient);
     }
@@ -480,32 +478,48 @@ fn describe_frames(args: &RankArgs, files: &[Entry], entries: &[Entry]) {
 }
 
 /// Says on stderr where the NIfTI volumes among `files` are sliced in different planes (some
-/// axial, some sagittal: dcm2niix keeps each acquisition's own), naming a few of the fewer kind:
-/// their slices are other views, which the scores and the fine-tuning would mix as one (read
-/// `--reorient canonical`, every volume's are axial). A header that cannot be read is left to the
-/// decoding, which names it.
-fn warn_of_mixed_planes(root: &Path, files: &[Entry]) {
+/// axial, some sagittal: dcm2niix keeps each acquisition's own), or the slices of DICOM series lie
+/// in different planes, naming a few of the fewer kind: their slices are other views, which the
+/// scores and the fine-tuning would mix as one (read `--reorient canonical`, every volume's are
+/// axial; DICOM slices are read as stored). Volumes read `canonical` are left out. A header that
+/// cannot be read is left to the decoding, which names it.
+fn warn_of_mixed_planes(root: &Path, files: &[Entry], orientation: medxfer_data::Orientation) {
     use rayon::prelude::*;
-    let planes: Vec<(medxfer_data::SlicePlane, &Entry)> = files
+    let planes: Vec<(medxfer_data::SlicePlane, &Entry, bool)> = files
         .par_iter()
-        .filter_map(|entry| medxfer_data::slice_plane(&root.join(&entry.path)).ok().flatten().map(|plane| (plane, entry)))
+        .filter_map(|entry| {
+            let path = root.join(&entry.path);
+            let nifti = medxfer_data::is_nifti(&path);
+            if nifti && orientation == medxfer_data::Orientation::Canonical {
+                return None;
+            }
+            medxfer_data::slice_plane(&path).ok().flatten().map(|plane| (plane, entry, !nifti))
+        })
         .collect();
     let mut counts = BTreeMap::new();
-    planes.iter().for_each(|(plane, _)| *counts.entry(*plane).or_insert(0usize) += 1);
+    planes.iter().for_each(|(plane, _, _)| *counts.entry(*plane).or_insert(0usize) += 1);
     let Some((&most, _)) = counts.iter().max_by_key(|&(_, &count)| count) else { return };
     if counts.len() < 2 {
         return;
     }
     let listed: Vec<String> = counts.iter().map(|(plane, count)| format!("{count} {plane}")).collect();
     let others: Vec<String> =
-        planes.iter().filter(|(plane, _)| *plane != most).take(5).map(|(plane, e)| format!("{} ({plane})", e.path)).collect();
-    eprintln!(
-        "warning: {}: the NIfTI volumes are sliced in different planes ({}): a slice of one is another view than a slice of another; \
-         rank again with --reorient canonical (each volume read as nibabel's as_closest_canonical: axial slices). Not {most}: {}",
-        root.display(),
-        listed.join(", "),
-        others.join(", ")
-    );
+        planes.iter().filter(|(plane, _, _)| *plane != most).take(5).map(|(plane, e, _)| format!("{} ({plane})", e.path)).collect();
+    let listed = listed.join(", ");
+    let said = if planes.iter().any(|(_, _, dicom)| *dicom) {
+        format!(
+            "the images are slices in different planes ({listed}): a slice of one is another view than a slice of another; NIfTI \
+             volumes: rank again with --reorient canonical (each volume read as nibabel's as_closest_canonical: axial slices); DICOM \
+             slices are read as stored: keep one plane (a localizer among axial slices: leave it out), or make each series a volume \
+             (dcm2niix) and rank those with --reorient canonical"
+        )
+    } else {
+        format!(
+            "the NIfTI volumes are sliced in different planes ({listed}): a slice of one is another view than a slice of another; rank \
+             again with --reorient canonical (each volume read as nibabel's as_closest_canonical: axial slices)"
+        )
+    };
+    eprintln!("warning: {}: {said}. Not {most}: {}", root.display(), others.join(", "));
 }
 
 /// Says on stderr how many of `files` (under `root`) hold one frame and are not a slice of a DICOM

@@ -100,6 +100,17 @@ pub fn series_slices(path: &Path) -> Result<Option<Vec<PathBuf>>> {
     Ok(Some(slices.into_iter().map(|(_, path)| path).collect()))
 }
 
+/// The normal of the slice the single-frame DICOM file at `path` holds (its Image Orientation
+/// (Patient)'s row direction crossed with its column direction), in the patient's axes (x to the
+/// left, y to the back, z to the head); `None` for a file that is not DICOM, holds several frames
+/// (an enhanced file's orientation is in its Functional Groups), or has no orientation.
+pub(crate) fn slice_normal(path: &Path) -> Result<Option<[f64; 3]>> {
+    let Some(header) = slice_header(path)? else { return Ok(None) };
+    let Some(o) = header.orientation.filter(|_| header.frames == 1) else { return Ok(None) };
+    let normal = cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
+    Ok((normal.iter().map(|v| v * v).sum::<f64>() > 0.25).then_some(normal))
+}
+
 /// The folder the file at `path` is in: `.` for a bare file name (`show IM000001` in its folder).
 fn folder_of(path: &Path) -> &Path {
     path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."))

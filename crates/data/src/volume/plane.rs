@@ -1,6 +1,6 @@
-//! Which anatomical plane a NIfTI volume's slices lie in, from its header's orientation: rank
-//! warns where a folder's volumes differ (dcm2niix keeps each acquisition's own plane), and
-//! `medxfer-data show` says it.
+//! Which anatomical plane a NIfTI volume's slices lie in, from its header's orientation (a DICOM
+//! slice's, from its Image Orientation (Patient)): rank warns where a folder's volumes differ
+//! (dcm2niix keeps each acquisition's own plane), and `medxfer-data show` says it.
 
 use std::path::Path;
 
@@ -32,14 +32,22 @@ impl std::fmt::Display for SlicePlane {
 
 /// The plane of the slices of the NIfTI file at `path` as stored, from its header alone, as
 /// nibabel's `aff2axcodes(img.affine)[2]` names it: by the sform where its code is set, else the
-/// qform, else `None` (a header without orientation, or a degenerate one). `None` too for a file
-/// that is not NIfTI.
+/// qform, else `None` (a header without orientation, or a degenerate one). Of a single-frame DICOM
+/// file (a slice of a series), the patient axis its normal lies closest to, by its Image
+/// Orientation (Patient). `None` too for another file.
 pub fn slice_plane(path: &Path) -> Result<Option<SlicePlane>> {
     if !is_nifti(path) {
-        return Ok(None);
+        let normal = crate::dicom::slice_normal(path)?;
+        return Ok(normal.map(|normal| {
+            let closest = (0..3).max_by(|&a, &b| normal[a].abs().total_cmp(&normal[b].abs())).unwrap_or(2);
+            PLANES[closest]
+        }));
     }
     let mut stored = open(path)?;
     let header = read_header(path, &mut stored.content)?;
     let Some(patient) = oriented_affine(&header).as_ref().and_then(patient_axes) else { return Ok(None) };
-    Ok(Some([SlicePlane::Sagittal, SlicePlane::Coronal, SlicePlane::Axial][patient[2].0]))
+    Ok(Some(PLANES[patient[2].0]))
 }
+
+/// The plane of slices along each patient axis (x, y, z).
+const PLANES: [SlicePlane; 3] = [SlicePlane::Sagittal, SlicePlane::Coronal, SlicePlane::Axial];
