@@ -5,7 +5,8 @@
 //!
 //! The cache is keyed by the dataset name, the resize, the decoder's revision, the DICOM frame
 //! chosen of files of several (where one is) and a checksum of the files it covers (paths, sizes
-//! and modification times), so a changed dataset or split, another frame, or a decoder that makes
+//! and modification times; of a 2.5-D DICOM slice, its neighbours' too), so a changed dataset or
+//! split, another frame, or a decoder that makes
 //! other pixels of some file, builds a new one, even when an image is
 //! rewritten at the same size (an uncompressed TIFF or BMP). Both files are written
 //! through medxfer-durable (a temporary file of this process, renamed when complete), the index
@@ -22,7 +23,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{DECODE_REVISION, FAINT_16BIT_BELOW, Rendering, forget_kept_reads, load_image_frames};
-use crate::dicom::DicomFrame;
+use crate::dicom::{DicomFrame, series_place};
 use crate::error::{Error, Result};
 use crate::split::Entry;
 use crate::transform::resize_shorter;
@@ -60,14 +61,27 @@ const CHUNK: usize = 256;
 
 /// blake3 over the sorted "path, size, modification time" lines of the files `entries` name (a
 /// frame's path with its number): what the cache was made from (reading every byte of a
-/// 25,000-image dataset to key it would cost as much as decoding it).
-fn files_stamp(root: &Path, entries: &[Entry]) -> Result<String> {
+/// 25,000-image dataset to key it would cost as much as decoding it). With `neighbours` (2.5-D
+/// images), a DICOM series' slice's line is followed by its neighbours' (files its image is made
+/// of too, which may not be entries: `--slice middle` keeps one slice a series).
+fn files_stamp(root: &Path, entries: &[Entry], neighbours: bool) -> Result<String> {
+    let line = |name: &str, path: &Path| -> Result<String> {
+        let metadata = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let modified = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        Ok(format!("{name}\t{}\t{modified}\n", metadata.len()))
+    };
     let mut lines: Vec<String> = Vec::with_capacity(entries.len());
     for entry in entries {
         let path = root.join(&entry.path);
-        let metadata = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
-        let modified = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-        lines.push(format!("{}\t{}\t{modified}\n", indexed_path(entry), metadata.len()));
+        let mut own = line(&indexed_path(entry), &path)?;
+        // A series that cannot be put in order is the decoding's error, which names it.
+        if let Some(place) = neighbours.then(|| series_place(&path).ok().flatten()).flatten() {
+            for neighbour in [&place.before, &place.after] {
+                let name = neighbour.strip_prefix(root).unwrap_or(neighbour).display().to_string();
+                own.push_str(&line(&format!("  beside it: {name}"), neighbour)?);
+            }
+        }
+        lines.push(own);
     }
     lines.sort();
     let mut hasher = blake3::Hasher::new();
@@ -163,7 +177,7 @@ impl ImageCache {
                 problem: format!("a shorter side of {short_side} px; expected 1 to {} (the study's is 256)", crate::transform::MAX_SIDE),
             });
         }
-        let checksum = files_stamp(root, entries)?;
+        let checksum = files_stamp(root, entries, rendering.adjacent_slices)?;
         let frame_key = match frame {
             DicomFrame::Only => String::new(),
             chosen => format!("-f{chosen}"),

@@ -124,3 +124,37 @@ fn a_dicom_slice_s_plane_is_its_normal_s_axis() {
     // The two-frame file, which states no orientation.
     assert_eq!(plane("scan/IM000006"), None);
 }
+
+/// A 2.5-D cache of each series' middle slice is keyed by the slices beside it too: a neighbour
+/// rewritten since (not itself an entry) builds the cache anew, its image from the new neighbour.
+#[test]
+fn a_2_5_d_cache_follows_the_neighbours_of_its_slices() {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::create_dir(copy.path().join("scan")).unwrap();
+    for name in CT {
+        std::fs::copy(common::fixtures("series").join("scan").join(name), copy.path().join("scan").join(name)).unwrap();
+    }
+    let middle = FrameSelection::One(DicomFrame::Middle);
+    let entries = frame_entries(copy.path(), &scan_entries(&CT), middle, Orientation::Stored).unwrap();
+    assert_eq!(entries.len(), 1);
+    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let open =
+        || ImageCache::open_or_build_frame(dir.path(), "ct", copy.path(), &entries, (9, middle.per_file(), adjacent), false).unwrap();
+    let before = open();
+    // The slice before the middle one (CT[1]) given the pixels of CT[4], and a later time.
+    let rewritten = copy.path().join("scan").join(CT[1]);
+    let mut bytes = std::fs::read(&rewritten).unwrap();
+    let pixels = std::fs::read(common::fixtures("series").join("scan").join(CT[4])).unwrap();
+    let at = bytes.len() - 9 * 12 * 2;
+    bytes[at..].copy_from_slice(&pixels[pixels.len() - 9 * 12 * 2..]);
+    std::fs::write(&rewritten, &bytes).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&rewritten).unwrap().set_modified(later).unwrap();
+    let after = open();
+    assert_ne!(before.key(), after.key());
+    let red = |image: &image::RgbImage| image.pixels().map(|p| p.0[0]).collect::<Vec<u8>>();
+    let fourth = transform::resize_shorter(&medxfer_data::load_rgb8(&rewritten).unwrap(), 9).unwrap();
+    assert_eq!(red(&after.read(0).unwrap()), red(&fourth));
+    assert_ne!(red(&before.read(0).unwrap()), red(&fourth));
+}
