@@ -115,34 +115,83 @@ pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orient
     if selection == FrameSelection::default() {
         return Ok(());
     }
-    // Each file's place: left out, its own row, or a slice of a series (its UID and index).
-    let places: Vec<Option<Option<(String, usize)>>> = images
+    let places: Vec<Place> = images
         .paths
         .par_iter()
         .map(|path| {
             let file = Entry { path: path.clone(), label: 0, group: String::new(), split: Part::Test, frame: None };
             match medxfer_data::frame_entries(&images.root, &[file], selection, orientation) {
-                Ok(entries) if entries.is_empty() => None,
-                Ok(_) if selection.is_per_frame() => {
-                    let folder = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default();
-                    let place = medxfer_data::series_place(&images.root.join(path)).ok().flatten();
-                    Some(place.map(|place| (format!("{}\u{0}{}", folder.display(), place.series), place.index)))
-                }
-                _ => Some(None),
+                Ok(entries) if entries.is_empty() => Place::LeftOut,
+                Ok(_) if selection.is_per_frame() => match medxfer_data::series_place(&images.root.join(path)) {
+                    Ok(Some(place)) => {
+                        let folder = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default();
+                        Place::Slice { series: format!("{}\u{0}{}", folder.display(), place.series), index: place.index }
+                    }
+                    _ => Place::Row,
+                },
+                _ => Place::Row,
             }
         })
         .collect();
-    let left_out = places.iter().filter(|place| place.is_none()).count();
-    // Each series' slices kept, in its order: the first names its row.
-    let mut members: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    let series = series_rows(images, &places, selection)?;
+    let left_out = places.iter().filter(|place| matches!(place, Place::LeftOut)).count();
+    if left_out > 0 {
+        eprintln!(
+            "--slice {selection}: {left_out} of {} files left out, slices of DICOM series stored a file a slice that --slice does not \
+             keep; a row for each slice kept",
+            images.paths.len()
+        );
+    }
+    if !series.is_empty() {
+        eprintln!(
+            "--slice {selection}: {} slices of {} DICOM series predicted, each series a row named by the first of its slices kept \
+             (in order along their normal), its probabilities the mean of its slices'",
+            series.values().map(Vec::len).sum::<usize>(),
+            series.len()
+        );
+    }
+    let rows: Vec<bool> = places
+        .iter()
+        .enumerate()
+        .map(|(row, place)| match place {
+            Place::LeftOut => false,
+            Place::Row => true,
+            Place::Slice { .. } => series.contains_key(&row),
+        })
+        .collect();
+    images.series = series
+        .iter()
+        .map(|(&first, slices)| (images.paths[first].clone(), slices.iter().map(|&row| images.paths[row].clone()).collect()))
+        .collect();
+    let keep =
+        |values: &[String]| -> Vec<String> { values.iter().zip(&rows).filter(|(_, row)| **row).map(|(value, _)| value.clone()).collect() };
+    images.labels = images.labels.as_deref().map(keep);
+    images.paths = keep(&images.paths);
+    Ok(())
+}
+
+/// What `selection` makes of a file to predict.
+enum Place {
+    /// Not kept (a slice of a series that `selection` leaves out).
+    LeftOut,
+    /// A row of its own.
+    Row,
+    /// One of several slices kept of a series (the folder and UID naming it), at `index` in it.
+    Slice { series: String, index: usize },
+}
+
+/// Each series' first slice kept (its row in `images`) and every one of its slices kept (theirs),
+/// in the series' order; slices of one series with different labels refused.
+fn series_rows(images: &Images, places: &[Place], selection: FrameSelection) -> Result<HashMap<usize, Vec<usize>>> {
+    // In the series' names' order: the same refusal named whatever the run.
+    let mut members: std::collections::BTreeMap<&str, Vec<(usize, usize)>> = std::collections::BTreeMap::new();
     for (row, place) in places.iter().enumerate() {
-        if let Some(Some((series, index))) = place {
+        if let Place::Slice { series, index } = place {
             members.entry(series.as_str()).or_default().push((*index, row));
         }
     }
-    let mut row_of: Vec<Option<usize>> = places.iter().map(|place| place.as_ref().map(|_| usize::MAX)).collect();
     let mut series = HashMap::new();
-    for slices in members.values_mut() {
+    for mut slices in members.into_values() {
         slices.sort_unstable();
         let first = slices[0].1;
         if let Some(labels) = &images.labels
@@ -157,33 +206,9 @@ pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orient
                 labels[other]
             );
         }
-        for &(_, row) in slices.iter() {
-            row_of[row] = Some(first);
-        }
-        series.insert(images.paths[first].clone(), slices.iter().map(|&(_, row)| images.paths[row].clone()).collect());
+        series.insert(first, slices.into_iter().map(|(_, row)| row).collect());
     }
-    let rows: Vec<bool> = row_of.iter().enumerate().map(|(row, of)| of.is_some_and(|of| of == usize::MAX || of == row)).collect();
-    let slices = series.values().map(Vec::len).sum::<usize>();
-    if left_out > 0 {
-        eprintln!(
-            "--slice {selection}: {left_out} of {} files left out, slices of DICOM series stored a file a slice that --slice does not \
-             keep; a row for each slice kept",
-            images.paths.len()
-        );
-    }
-    if !series.is_empty() {
-        eprintln!(
-            "--slice {selection}: {slices} slices of {} DICOM series predicted, each series a row named by the first of its slices kept \
-             (in order along their normal), its probabilities the mean of its slices'",
-            series.len()
-        );
-    }
-    let keep =
-        |values: &[String]| -> Vec<String> { values.iter().zip(&rows).filter(|(_, row)| **row).map(|(value, _)| value.clone()).collect() };
-    images.labels = images.labels.as_deref().map(keep);
-    images.paths = keep(&images.paths);
-    images.series = series;
-    Ok(())
+    Ok(series)
 }
 
 /// Where `--skip-unreadable` lists the images it left out: beside the predictions,
