@@ -267,8 +267,9 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         say_adjacent(file, count)?;
     }
     match (medxfer_data::slice_plane(file)?, rendering.orientation) {
-        (Some(plane), _) if !medxfer_data::is_nifti(file) => {
-            println!("a {plane} slice (from its Image Orientation (Patient); --reorient reads NIfTI volumes only)");
+        (Some(plane), orientation) if !medxfer_data::is_nifti(file) => {
+            let note = if orientation == Orientation::Canonical { "; --reorient reads NIfTI volumes only" } else { "" };
+            println!("a {plane} slice (from its Image Orientation (Patient){note})");
         }
         (Some(plane), Orientation::Stored) => println!("slices along the third stored axis: {plane} (from the header's orientation)"),
         (Some(plane), Orientation::Canonical) => {
