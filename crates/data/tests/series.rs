@@ -112,7 +112,8 @@ fn a_series_uid_is_read_from_the_header() {
 
 /// A DICOM slice's plane, the patient axis closest to its normal (its Image Orientation (Patient)
 /// as make_series.py wrote it): the CT series sagittal (rows along y, columns down z: normal -x),
-/// axial and coronal slices, and none for a slice without an orientation.
+/// axial and coronal slices, none for a slice without an orientation; an enhanced file's from its
+/// Functional Groups.
 #[test]
 fn a_dicom_slice_s_plane_is_its_normal_s_axis() {
     use medxfer_data::{SlicePlane, slice_plane};
@@ -123,6 +124,10 @@ fn a_dicom_slice_s_plane_is_its_normal_s_axis() {
     assert_eq!(plane("scan/mr_a.dcm"), None);
     // The two-frame file, which states no orientation.
     assert_eq!(plane("scan/IM000006"), None);
+    // Enhanced files: their stack's orientation from the shared Functional Group, else the first
+    // frame's.
+    assert_eq!(plane("enhanced/coronal_shared.dcm"), Some(SlicePlane::Coronal));
+    assert_eq!(plane("enhanced/sagittal_per_frame.dcm"), Some(SlicePlane::Sagittal));
 }
 
 /// A 2.5-D cache of each series' middle slice is keyed by the slices beside it too: a neighbour

@@ -100,13 +100,25 @@ pub fn series_slices(path: &Path) -> Result<Option<Vec<PathBuf>>> {
     Ok(Some(slices.into_iter().map(|(_, path)| path).collect()))
 }
 
-/// The normal of the slice the single-frame DICOM file at `path` holds (its Image Orientation
-/// (Patient)'s row direction crossed with its column direction), in the patient's axes (x to the
-/// left, y to the back, z to the head); `None` for a file that is not DICOM, holds several frames
-/// (an enhanced file's orientation is in its Functional Groups), or has no orientation.
+/// The normal of the slices the DICOM file at `path` holds (its Image Orientation (Patient)'s row
+/// direction crossed with its column direction), in the patient's axes (x to the left, y to the
+/// back, z to the head): a single-frame file's own; an enhanced file's of several frames from its
+/// Functional Groups' Plane Orientation (the shared group's, else the first frame's, as its frames
+/// are one stack). `None` for a file that is not DICOM or states no orientation.
 pub(crate) fn slice_normal(path: &Path) -> Result<Option<[f64; 3]>> {
-    let Some(header) = slice_header(path)? else { return Ok(None) };
-    let Some(o) = header.orientation.filter(|_| header.frames == 1) else { return Ok(None) };
+    let Some((object, _)) = dicom_header(path)? else { return Ok(None) };
+    let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
+    let orientation: Option<[f64; 6]> = if frames == 1 {
+        numbers(&object, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok())
+    } else {
+        [tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE].into_iter().find_map(|groups| {
+            let group = object.element_opt(groups).ok().flatten()?.items()?.first()?;
+            let plane = group.element_opt(tags::PLANE_ORIENTATION_SEQUENCE).ok().flatten()?.items()?.first()?;
+            let values = plane.element_opt(tags::IMAGE_ORIENTATION_PATIENT).ok().flatten()?.to_multi_float64().ok()?;
+            values.iter().all(|v| v.is_finite()).then_some(values)?.try_into().ok()
+        })
+    };
+    let Some(o) = orientation else { return Ok(None) };
     let normal = cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
     Ok((normal.iter().map(|v| v * v).sum::<f64>() > 0.25).then_some(normal))
 }

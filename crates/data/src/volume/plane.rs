@@ -32,9 +32,9 @@ impl std::fmt::Display for SlicePlane {
 
 /// The plane of the slices of the NIfTI file at `path` as stored, from its header alone, as
 /// nibabel's `aff2axcodes(img.affine)[2]` names it: by the sform where its code is set, else the
-/// qform, else `None` (a header without orientation, or a degenerate one). Of a single-frame DICOM
-/// file (a slice of a series), the patient axis its normal lies closest to, by its Image
-/// Orientation (Patient). `None` too for another file.
+/// qform, else `None` (a header without orientation, or a degenerate one). Of a DICOM file, the
+/// patient axis its slices' normal lies closest to, by its Image Orientation (Patient) (an enhanced
+/// file's in its Functional Groups). `None` too for another file.
 pub fn slice_plane(path: &Path) -> Result<Option<SlicePlane>> {
     if !is_nifti(path) {
         let normal = crate::dicom::slice_normal(path)?;
