@@ -128,11 +128,7 @@ enum Command {
     /// One fine-tuning run at a given learning rate and weight decay (resumes if interrupted).
     Finetune {
         #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        data: DataArgs,
-        #[command(flatten)]
-        train: TrainArgs,
+        tuning: TuningArgs,
         #[arg(long)]
         lr: f64,
         #[arg(long)]
@@ -169,15 +165,33 @@ enum Command {
     },
 }
 
-/// `search`'s options.
+/// What a fine-tuning run and a search are both given: the backbone, the images, the training.
 #[derive(clap::Args)]
-struct SearchArgs {
+struct TuningArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
     #[command(flatten)]
     train: TrainArgs,
+}
+
+impl TuningArgs {
+    /// The backbone resolved (its entry, weights file and device) and the reference's settings
+    /// for it with these options (its learning rate and weight decay still to choose).
+    fn resolve(&self) -> Result<(ModelEntry, PathBuf, Device, RunSettings)> {
+        let (entry, weights, device) = resolve(&self.model)?;
+        let training = options(&self.train, &self.data.transform);
+        let base = RunSettings::from_options(&training, normalization(&entry, self.data.transform.fix_std));
+        Ok((entry, weights, device, base))
+    }
+}
+
+/// `search`'s options.
+#[derive(clap::Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    tuning: TuningArgs,
     /// Trials (the reference's 75).
     #[arg(long, default_value_t = 75)]
     trials: usize,
@@ -395,15 +409,14 @@ fn options(train: &TrainArgs, transform: &TransformArgs) -> TrainingOptions {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Finetune { model, data, train, lr, wd, out } => {
-            let (entry, weights, device) = resolve(&model)?;
-            let base = RunSettings::from_options(&options(&train, &data.transform), normalization(&entry, data.transform.fix_std));
+        Command::Finetune { tuning, lr, wd, out } => {
+            let (entry, weights, device, base) = tuning.resolve()?;
             let settings = RunSettings { learning_rate: lr, weight_decay: wd, ..base };
             // Before the images are cached (minutes for a real dataset).
             settings.check()?;
             check_out_folder(&out)?;
-            let run_data = run_data(&data)?;
-            let backbone = start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device)?;
+            let run_data = run_data(&tuning.data)?;
+            let backbone = start_fine_tuning(&entry, &weights, run_data.classes, tuning.train.seed, &device)?;
             let mut bar = EpochBar::new(settings.epochs);
             let outcome = fine_tune(&backbone, &run_data, &settings, &out, &mut bar);
             bar.finish();
@@ -459,14 +472,13 @@ fn run(cli: Cli) -> Result<()> {
 /// `search`: the Halton search (or its successive halving) for one backbone and task, and its
 /// summary.
 fn search_command(args: SearchArgs) -> Result<()> {
-    let SearchArgs { model, data, train, trials, shard, out, halving, halving_min_epochs, compare_with } = args;
-    let (entry, weights, device) = resolve(&model)?;
-    let training = options(&train, &data.transform);
-    training.check()?;
+    let SearchArgs { tuning, trials, shard, out, halving, halving_min_epochs, compare_with } = args;
+    let (entry, weights, device, base) = tuning.resolve()?;
+    base.check()?;
     medxfer_train::check_trials(trials)?;
     check_out_folder(&out)?;
     let halving = halving.map(|eta| Halving::new(eta, halving_min_epochs)).transpose()?;
-    halving.map(|h| h.check_epochs(train.epochs)).transpose()?;
+    halving.map(|h| h.check_epochs(tuning.train.epochs)).transpose()?;
     // Read after the search, which takes hours: a mistyped folder is caught now.
     if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.is_dir()) {
         bail!("--compare-with {}: no such folder; give the --out of a finished full search", dir.display());
@@ -476,10 +488,9 @@ fn search_command(args: SearchArgs) -> Result<()> {
     if let Some(dir) = compare_with.as_deref().filter(|dir| !dir.join(SUMMARY_FILE).is_file()) {
         bail!("--compare-with {}: no {SUMMARY_FILE}, so not a search; give the --out of a finished full search", dir.display());
     }
-    let run_data = run_data(&data)?;
-    let base = RunSettings::from_options(&training, normalization(&entry, data.transform.fix_std));
+    let run_data = run_data(&tuning.data)?;
     let settings = SearchSettings { model: &entry.name, base, trials, shard: Shard::parse(&shard)? };
-    let make = || start_fine_tuning(&entry, &weights, run_data.classes, train.seed, &device);
+    let make = || start_fine_tuning(&entry, &weights, run_data.classes, tuning.train.seed, &device);
     let mut bar = EpochBar::new(base.epochs);
     let summary = match halving {
         None => search(&make, &run_data, &settings, &out, &mut bar).map_err(anyhow::Error::from),
