@@ -123,6 +123,10 @@ fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side(
     }
     let place = series_place(&linked.path().join("IM000003")).unwrap().unwrap();
     assert_eq!((place.index, place.len, place.before.file_name().unwrap()), (1, 3, "IM000001".as_ref()));
+    // The same series in another folder is another series there: the same UID, another key.
+    assert_eq!(place.series, ct.series);
+    assert_ne!(place.key(), ct.key());
+    assert_eq!(ct.key(), series_place(&folder.join("scan/IM000002")).unwrap().unwrap().key());
 }
 
 /// A series that has no one order is refused, naming the file, why and the fix: two echoes at

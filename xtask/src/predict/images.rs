@@ -123,10 +123,7 @@ pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orient
             match medxfer_data::frame_entries(&images.root, &[file], selection, orientation) {
                 Ok(entries) if entries.is_empty() => Place::LeftOut,
                 Ok(_) if selection.is_per_frame() => match medxfer_data::series_place(&images.root.join(path)) {
-                    Ok(Some(place)) => {
-                        let folder = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default();
-                        Place::Slice { series: format!("{}\u{0}{}", folder.display(), place.series), index: place.index }
-                    }
+                    Ok(Some(place)) => Place::Slice { series: place.key(), index: place.index },
                     _ => Place::Row,
                 },
                 _ => Place::Row,

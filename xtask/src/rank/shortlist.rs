@@ -212,10 +212,7 @@ fn cases(root: &Path, entries: &[Entry]) -> (Vec<String>, bool) {
     let cases: Vec<(String, bool)> = entries
         .par_iter()
         .map(|entry| match medxfer_data::series_place(&root.join(&entry.path)).ok().flatten() {
-            Some(place) => {
-                let folder = Path::new(&entry.path).parent().map(Path::to_path_buf).unwrap_or_default();
-                (format!("{}\u{0}{}", folder.display(), place.series), true)
-            }
+            Some(place) => (place.key(), true),
             None => (entry.path.clone(), false),
         })
         .collect();

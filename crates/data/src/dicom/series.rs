@@ -57,6 +57,15 @@ pub struct SeriesPlace {
     pub order: SeriesOrder,
 }
 
+impl SeriesPlace {
+    /// What names its series within a run: its folder and Series Instance UID (a series is placed
+    /// within one folder, so the same UID in two folders is two series).
+    pub fn key(&self) -> String {
+        let folder = self.before.parent().unwrap_or(Path::new("."));
+        format!("{}\u{0}{}", folder.display(), self.series)
+    }
+}
+
 /// The header fields that place a slice in its series.
 #[derive(Debug, Clone)]
 struct SliceHeader {
