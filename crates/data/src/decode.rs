@@ -35,7 +35,9 @@ mod adjacent;
 /// are extracted again. 2: DICOM's Presentation LUT Shape, RLE labelled YBR_FULL_422, JPEG-LS.
 /// 3: an enhanced DICOM image's rescale and window from its Functional Groups, the per-frame
 /// one first (dicom-rs took top-level attributes first, and a frame's window by another rule).
-pub const DECODE_REVISION: u32 = 3;
+/// 4: an enhanced DICOM file's 2.5-D neighbours along its stack by their Plane Positions, not as
+/// stored.
+pub const DECODE_REVISION: u32 = 4;
 
 /// Below this, every 16-bit sample of an image keeps a high byte of at most 15 (12-bit data).
 pub const FAINT_16BIT_BELOW: u16 = 1 << 12;

@@ -24,7 +24,9 @@
 //! rescale and window with it).
 
 mod frame;
+mod geometry;
 mod series;
+mod stack;
 mod window;
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
@@ -49,8 +51,10 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
 pub use frame::DicomFrame;
+pub(crate) use geometry::slice_normal;
+pub(crate) use series::forget_placed_folders;
 pub use series::{SeriesOrder, SeriesPlace, series_place, series_slices};
-pub(crate) use series::{forget_placed_folders, slice_normal};
+pub use stack::{FrameOrder, FrameStack, frame_stack};
 pub use window::Window;
 
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.

@@ -69,7 +69,10 @@ pub use decode::{
     DECODE_REVISION, Decoded, FAINT_16BIT_BELOW, IMAGE_EXTENSIONS, Rendering, decode_image, decode_rgb8, is_image_file, load_image,
     load_image_frame, load_image_frames, load_rgb8,
 };
-pub use dicom::{DicomFrame, SeriesOrder, SeriesPlace, Window, dicom_patient_id, dicom_series_uid, series_place, series_slices};
+pub use dicom::{
+    DicomFrame, FrameOrder, FrameStack, SeriesOrder, SeriesPlace, Window, dicom_patient_id, dicom_series_uid, frame_stack, series_place,
+    series_slices,
+};
 pub use error::{Error, Result};
 pub use files::is_os_bookkeeping;
 pub use frames::{FrameSelection, frame_count, frame_entries};

@@ -269,7 +269,8 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
     match (medxfer_data::slice_plane(file)?, rendering.orientation) {
         (Some(plane), orientation) if !medxfer_data::is_nifti(file) => {
             let note = if orientation == Orientation::Canonical { "; --reorient reads NIfTI volumes only" } else { "" };
-            println!("a {plane} slice (from its Image Orientation (Patient){note})");
+            let article = if plane == medxfer_data::SlicePlane::Axial { "an" } else { "a" };
+            println!("{article} {plane} slice (from its Image Orientation (Patient){note})");
         }
         (Some(plane), Orientation::Stored) => println!("slices along the third stored axis: {plane} (from the header's orientation)"),
         (Some(plane), Orientation::Canonical) => {
@@ -301,9 +302,23 @@ fn chosen_slices(slices: &[PathBuf], selection: FrameSelection) -> Result<Vec<(P
 /// Says what a 2.5-D image of `file` (of `count` frames) is made of: its frames, or, a slice of
 /// a DICOM series stored a file a slice, the series' slices either side of it.
 fn say_adjacent(file: &Path, count: u32) -> Result<()> {
+    /// How many of a stack's frames are named, in its order.
+    const STACK_SHOWN: usize = 12;
     let place = if count == 1 { medxfer_data::series_place(file)? } else { None };
     let Some(place) = place else {
-        println!("2.5-D: each frame's red the frame before, its green itself, its blue the frame after");
+        let stack = if medxfer_data::is_nifti(file) { None } else { Some(medxfer_data::frame_stack(file, count)?) };
+        match stack.filter(|stack| !stack.is_stored_order()) {
+            Some(stack) => {
+                let shown: Vec<String> = stack.frames.iter().take(STACK_SHOWN).map(|frame| (frame + 1).to_string()).collect();
+                let more = if stack.frames.len() > STACK_SHOWN { ", ..." } else { "" };
+                println!(
+                    "2.5-D: each frame's red the frame before it along its stack, its green itself, its blue the frame after (by the \
+                     frames' Plane Positions, lowest first: frames {}{more}; the file stores them in another order)",
+                    shown.join(", ")
+                );
+            }
+            None => println!("2.5-D: each frame's red the frame before, its green itself, its blue the frame after"),
+        }
         return Ok(());
     };
     let name = |path: &Path| path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());

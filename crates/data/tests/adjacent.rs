@@ -79,7 +79,7 @@ fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side(
     let folder = common::fixtures("series");
     let expected = common::expected(&folder);
     let mut checked = 0;
-    for key in expected.keys().filter(|key| key.ends_with("#adjacent")) {
+    for key in expected.keys().filter(|key| key.starts_with("scan/") && key.ends_with("#adjacent")) {
         let file = key.trim_end_matches("#adjacent");
         let path = folder.join(file);
         for frame in [DicomFrame::Only, DicomFrame::Middle] {
@@ -127,6 +127,51 @@ fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side(
     assert_eq!(place.series, ct.series);
     assert_ne!(place.key(), ct.key());
     assert_eq!(ct.key(), series_place(&folder.join("scan/IM000002")).unwrap().unwrap().key());
+}
+
+/// An enhanced file whose frames each state their Plane Position: each frame's 2.5-D image is made
+/// of the frames either side of it along its stack (lowest first), whatever order the file stores
+/// them in, as the fixture's generator placed them; frames all at one position (a loop in time)
+/// keep the file's order. Frames of two orientations, or two echoes of each slice, are refused,
+/// naming the frames and the fix; each frame alone still reads.
+#[test]
+fn an_enhanced_file_s_frames_are_ordered_by_their_positions() {
+    use medxfer_data::{FrameOrder, frame_stack};
+    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    let folder = common::fixtures("series");
+    let expected = common::expected(&folder);
+    for (file, count) in [("shuffled.dcm", 5), ("cine.dcm", 3)] {
+        let path = folder.join("enhanced").join(file);
+        let asked: Vec<DicomFrame> = (1..=count).map(DicomFrame::Number).collect();
+        for (k, image) in (1..=count).zip(load_image_frames(&path, &asked, adjacent).unwrap()) {
+            let key = format!("enhanced/{file}#{k}#adjacent");
+            assert_eq!(common::differences(&key, &image.unwrap().image, &expected[&key]).0, 0, "{key}");
+        }
+        // One frame asked for alone: its neighbours read for it all the same.
+        let image = load_image_frames(&path, &[DicomFrame::Number(2)], adjacent).unwrap().remove(0).unwrap().image;
+        let key = format!("enhanced/{file}#2#adjacent");
+        assert_eq!(common::differences(&key, &image, &expected[&key]).0, 0, "{key} alone");
+    }
+    // shuffled.dcm's heights 6, 0, 9, 3, -4.5 (frames 1 to 5): lowest first, 5, 2, 4, 1, 3.
+    let stack = frame_stack(&folder.join("enhanced/shuffled.dcm"), 5).unwrap();
+    assert_eq!((stack.frames.as_slice(), stack.order), ([4, 1, 3, 0, 2].as_slice(), FrameOrder::Position));
+    assert_eq!((stack.beside(4), stack.beside(0), stack.beside(2)), ((4, 1), (3, 2), (0, 2)));
+    assert!(!stack.is_stored_order());
+    let cine = frame_stack(&folder.join("enhanced/cine.dcm"), 3).unwrap();
+    assert_eq!((cine.order, cine.is_stored_order()), (FrameOrder::Stored, true));
+    // Without positions (an enhanced CT whose groups state none), as stored too.
+    let unplaced = frame_stack(&common::fixtures("dicom").join("ct_enhanced.dcm"), 3).unwrap();
+    assert_eq!((unplaced.order, unplaced.is_stored_order()), (FrameOrder::Stored, true));
+    for (file, why) in [
+        ("echoes.dcm", "its frames 1 and 2 lie at the same position (0.000 mm"),
+        ("two_planes.dcm", "its frames 1 and 2 are of two orientations"),
+    ] {
+        let path = folder.join("enhanced").join(file);
+        let error = load_image_frames(&path, &[DicomFrame::First], adjacent).unwrap_err().to_string();
+        assert!(error.starts_with(&path.display().to_string()) && error.contains(why), "{file}: {error}");
+        assert!(error.contains("dcm2niix") && error.contains("without --adjacent-slices"), "{file}: {error}");
+        assert!(load_image_frames(&path, &[DicomFrame::First], Rendering::default()).unwrap()[0].is_ok());
+    }
 }
 
 /// A series that has no one order is refused, naming the file, why and the fix: two echoes at

@@ -308,6 +308,15 @@ fn show_writes_a_file_as_the_backbones_see_it() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("2.5-D: slice 2 of 5 of its DICOM series in . ("), "{output:?}");
     assert_eq!(image::open(&out).unwrap().to_rgb8(), slab);
+    // An enhanced file whose frames are stored out of order: its stack's order said, lowest first.
+    let shuffled = slice.parent().unwrap().parent().unwrap().join("enhanced/shuffled.dcm");
+    let output = medxfer_data(&["show", shuffled.to_str().unwrap(), "--slice", "2", "--adjacent-slices", "--out", out.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("(by the frames' Plane Positions, lowest first: frames 5, 2, 4, 1, 3; the file stores them in another order)")
+            && stdout.contains("an axial slice (from its Image Orientation (Patient)"),
+        "{output:?}"
+    );
     // --slice on a series' slice: the series' slices chosen (here every second: its 1st, 3rd and
     // 5th along the normal, IM000004, IM000005 and IM000002), a tile each in order.
     let sheet = dir.path().join("series.png");

@@ -2,9 +2,10 @@
 //! made of three, the one before in red, itself in green and the one after in blue (the first and
 //! last repeating themselves at the ends), as CT and MR classifiers feed a little of the third
 //! dimension to 2-D ImageNet backbones. Each of the three is rendered gray as it would be alone.
-//! A slice of a DICOM series stored a file a slice has the series' slices either side of it
-//! (`dicom/series.rs` orders them); each of those files is wanted for itself and for each of its
-//! neighbours, and kept once read.
+//! An enhanced DICOM file's frames are ordered along their stack by their positions
+//! (`dicom/stack.rs`); a slice of a DICOM series stored a file a slice has the series' slices
+//! either side of it (`dicom/series.rs` orders them), each of those files wanted for itself and
+//! for each of its neighbours, and kept once read.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -14,9 +15,10 @@ use std::time::SystemTime;
 use image::RgbImage;
 
 use super::{Decoded, Rendering, load_image_frames};
-use crate::dicom::{DicomFrame, SeriesPlace, series_place};
+use crate::dicom::{DicomFrame, FrameStack, SeriesPlace, frame_stack, series_place};
 use crate::error::{Error, Result};
 use crate::frames::frame_count;
+use crate::volume::is_nifti;
 
 /// [`load_image_frames`] of `frames` of the file at `path`, each made of the frames either side
 /// of it and itself, rendered as `rendering` says (its own `adjacent_slices` not set).
@@ -27,12 +29,20 @@ pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Ren
     {
         return Ok(series_frames(path, frames, &place, rendering));
     }
+    // An enhanced DICOM file's frames in order along their stack; a volume's slices are.
+    let stack = if is_nifti(path) { FrameStack::stored(count) } else { frame_stack(path, count)? };
     // Each chosen frame's 0-based index; a choice that names none is decoded as asked, for the
     // error its format gives it.
     let chosen: Vec<Option<u32>> = frames.iter().map(|frame| frame.index(count).ok()).collect();
     let needed: Vec<u32> = {
-        let mut needed: Vec<u32> =
-            chosen.iter().flatten().flat_map(|&index| [index.saturating_sub(1), index, (index + 1).min(count - 1)]).collect();
+        let mut needed: Vec<u32> = chosen
+            .iter()
+            .flatten()
+            .flat_map(|&index| {
+                let (before, after) = stack.beside(index);
+                [before, index, after]
+            })
+            .collect();
         needed.sort_unstable();
         needed.dedup();
         needed
@@ -53,7 +63,8 @@ pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Ren
             let Some(index) = index else {
                 return load_image_frames(path, &[frame], rendering)?.remove(0);
             };
-            let (before, itself, after) = (gray(index.saturating_sub(1))?, gray(index)?, gray((index + 1).min(count - 1))?);
+            let (before, after) = stack.beside(index);
+            let (before, itself, after) = (gray(before)?, gray(index)?, gray(after)?);
             stacked(path, [before, itself, after], "its frames differ in size")
         })
         .collect())

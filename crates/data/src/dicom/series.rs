@@ -20,15 +20,12 @@ use std::time::SystemTime;
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 
+use super::geometry::{SAME, cross, numbers};
 use super::{dicom_header, number_of_frames};
 use crate::error::{Error, Result};
 
 /// The fix every series that cannot be ordered shares: its files read one at a time.
 const ALONE: &str = ", or read each file alone (without --adjacent-slices, and with --slice only, the default)";
-
-/// Positions closer than this (mm along the normal), or orientation cosines closer than
-/// this, are the same.
-const SAME: f64 = 1e-3;
 
 /// What orders a series' slices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,29 +106,6 @@ pub fn series_slices(path: &Path) -> Result<Option<Vec<PathBuf>>> {
     Ok(Some(slices.into_iter().map(|(_, path)| path).collect()))
 }
 
-/// The normal of the slices the DICOM file at `path` holds (its Image Orientation (Patient)'s row
-/// direction crossed with its column direction), in the patient's axes (x to the left, y to the
-/// back, z to the head): a single-frame file's own; an enhanced file's of several frames from its
-/// Functional Groups' Plane Orientation (the shared group's, else the first frame's, as its frames
-/// are one stack). `None` for a file that is not DICOM or states no orientation.
-pub(crate) fn slice_normal(path: &Path) -> Result<Option<[f64; 3]>> {
-    let Some((object, _)) = dicom_header(path)? else { return Ok(None) };
-    let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
-    let orientation: Option<[f64; 6]> = if frames == 1 {
-        numbers(&object, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok())
-    } else {
-        [tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE].into_iter().find_map(|groups| {
-            let group = object.element_opt(groups).ok().flatten()?.items()?.first()?;
-            let plane = group.element_opt(tags::PLANE_ORIENTATION_SEQUENCE).ok().flatten()?.items()?.first()?;
-            let values = plane.element_opt(tags::IMAGE_ORIENTATION_PATIENT).ok().flatten()?.to_multi_float64().ok()?;
-            values.iter().all(|v| v.is_finite()).then_some(values)?.try_into().ok()
-        })
-    };
-    let Some(o) = orientation else { return Ok(None) };
-    let normal = cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
-    Ok((normal.iter().map(|v| v * v).sum::<f64>() > 0.25).then_some(normal))
-}
-
 /// The folder the file at `path` is in: `.` for a bare file name (`show IM000001` in its folder).
 fn folder_of(path: &Path) -> &Path {
     path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."))
@@ -157,12 +131,6 @@ fn text(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
     let value = element.to_str().ok()?;
     let value = value.trim_matches(|c: char| c.is_whitespace() || c == '\0');
     (!value.is_empty()).then(|| value.to_string())
-}
-
-/// `tag`'s numbers; `None` where absent, not numbers or not all finite.
-fn numbers(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
-    let values = object.element_opt(tag).ok().flatten()?.to_multi_float64().ok()?;
-    values.iter().all(|v| v.is_finite()).then_some(values)
 }
 
 /// Each file of a folder that is a slice of a series of two or more there: its place, or why its
@@ -323,9 +291,4 @@ fn reorder(slices: &mut [(OsString, SliceHeader)], order: impl Iterator<Item = u
     for (slot, slice) in slices.iter_mut().zip(taken) {
         *slot = slice;
     }
-}
-
-/// The cross product `a` x `b`.
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
