@@ -119,8 +119,16 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
     // naming the file, and so is the file's.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("loop.dcm");
-    for (i, name) in frames.iter().chain(&["ct_enhanced_rle.dcm", "us_cine_deflate.dcm"]).enumerate() {
-        let original = std::fs::read(dicom.join(name)).unwrap();
+    // Enhanced files whose frames state their positions too, read 2.5-D (the frames put in order
+    // by their damaged Functional Groups).
+    let stacks = dicom.parent().unwrap().join("series/enhanced");
+    let files: Vec<PathBuf> = (frames.iter().chain(&["ct_enhanced_rle.dcm", "us_cine_deflate.dcm"]).map(|name| dicom.join(name)))
+        .chain(["shuffled.dcm", "cine.dcm", "echoes.dcm"].map(|name| stacks.join(name)))
+        .collect();
+    for (i, file) in files.iter().enumerate() {
+        let name = file.display();
+        let rendering = Rendering { adjacent_slices: file.starts_with(&stacks), ..Rendering::default() };
+        let original = std::fs::read(file).unwrap();
         assert_none(never_panics(
             150,
             300 + i as u64,
@@ -128,7 +136,7 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
             |bytes: &Vec<u8>| {
                 std::fs::write(&path, bytes).unwrap();
                 let named = |error: &medxfer_data::Error| assert!(error.to_string().contains("loop.dcm"), "{name}: {error}");
-                match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Middle], Rendering::default()) {
+                match load_image_frames(&path, &[DicomFrame::Last, DicomFrame::First, DicomFrame::Middle], rendering) {
                     Ok(images) => {
                         assert_eq!(images.len(), 3, "{name}");
                         images.iter().filter_map(|image| image.as_ref().err()).for_each(named);
