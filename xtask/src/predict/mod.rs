@@ -12,13 +12,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::{FrameSelection, Normalization};
 use medxfer_train::calibration::{self, Calibration};
-use medxfer_train::{RunSettings, SaliencyBatches, Views, logits_split_views, macro_auroc, one_vs_rest_auroc};
+use medxfer_train::{RunSettings, Views, logits_split_views, macro_auroc, one_vs_rest_auroc};
 
 use crate::rank::card::ModelCard;
-use crate::saliency::Reviewed;
-use images::{Cached, Images, cached_images, image_paths, keep_chosen_slices, prune_prediction_caches, saliency_frames, unreadable_file};
+use images::{Images, cached_images, image_paths, keep_chosen_slices, prune_prediction_caches, unreadable_file};
 
 mod images;
+mod maps;
 
 /// Which fine-tuned model `predict` and `export` take: rank's output and a backbone of it.
 #[derive(Debug, Args)]
@@ -192,15 +192,14 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let file = args.out.clone().unwrap_or_else(|| ranking.join("predictions.csv"));
     let cache_dir = ranking.join("cache");
     let listing = unreadable_file(&file);
-    let Cached { split, readable, file_of, frames: image_frames, paths: image_paths } =
-        cached_images(&cache_dir, &mut images, (card.resize, frames, rendering), args.skip_unreadable, &listing)?;
-    let unreadable = readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
+    let cached = cached_images(&cache_dir, &mut images, (card.resize, frames, rendering), args.skip_unreadable, &listing)?;
+    let unreadable = cached.readable.as_ref().map(|readable| (readable.iter().filter(|r| !**r).count(), listing));
     // The labels of the images predicted, where some were left out.
-    let csv_truth = match (csv_truth, &readable) {
+    let csv_truth = match (csv_truth, &cached.readable) {
         (Some(truth), Some(readable)) => Some(truth.into_iter().zip(readable).filter(|(_, r)| **r).map(|(t, _)| t).collect()),
         (truth, _) => truth,
     };
-    prune_prediction_caches(&cache_dir, split.cache.key());
+    prune_prediction_caches(&cache_dir, cached.split.cache.key());
     let paths = &images.paths;
     let settings = RunSettings {
         batch_size: args.batch,
@@ -208,7 +207,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
         ..RunSettings::reference(0.0, 0.0, Normalization { mean: card.mean, std: card.std })
     };
     let bar = crate::features::image_bar(paths.len(), format!("{}: predicting", card.backbone));
-    let logits = logits_split_views(&model, &split, &settings, args.tta, &mut |done, _| bar.set_position(done as u64))?;
+    let logits = logits_split_views(&model, &cached.split, &settings, args.tta, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     if args.tta != Views::Crop {
         eprintln!("test-time augmentation: each image's logits averaged over {} views of its crop", args.tta.count());
@@ -218,7 +217,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     }
     // A loop's frames each predicted: the file's probabilities their mean, whose logarithms
     // stand for its logits from here on (their softmax at temperature 1 gives them back).
-    let (logits, divisor, frame_logits) = per_file_logits(logits, &file_of, paths.len(), temperature);
+    let (logits, divisor, frame_logits) = per_file_logits(logits, &cached.file_of, paths.len(), temperature);
     let probabilities: Vec<Vec<f64>> = logits.iter().map(|row| calibration::probabilities(row, divisor)).collect();
     let Written { predicted, counts, referred } = write_predictions(&file, &card.classes, paths, &probabilities, args.refer_below)?;
     let truth: Option<Vec<u32>> = match csv_truth {
@@ -239,36 +238,24 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let referral = args.refer_below.map(|threshold| Referral::of(threshold, &referred, truth.as_deref(), &predicted, card.classes.len()));
     let saliency = match &args.saliency {
         Some(dir) => {
-            // The evidence for --saliency-class in every image, else for each one's prediction.
-            let classes = saliency_class.map_or_else(|| predicted.clone(), |class| vec![class; predicted.len()]);
-            // A loop's map on its frame most telling of the class drawn, a series' on its slice.
-            let shown: Option<Vec<(String, Option<u32>)>> = frame_logits.as_ref().map(|frame_logits| {
-                let telling = telling_images(frame_logits, &file_of, &classes, temperature);
-                let shown = |(file, image): (usize, Option<usize>)| {
-                    image.map_or_else(|| (paths[file].clone(), None), |image| (image_paths[image].clone(), image_frames[image]))
-                };
-                telling.into_iter().enumerate().map(shown).collect()
-            });
-            let shown_split =
-                shown.as_ref().map(|shown| saliency_frames(&cache_dir, &images.root, shown, (card.resize, rendering))).transpose()?;
-            let bar = crate::features::image_bar(paths.len(), format!("{}: saliency", card.backbone));
-            let mut batches = SaliencyBatches::new(&model, shown_split.as_ref().unwrap_or(&split), &settings, &classes)?;
-            let written =
-                crate::saliency::write_overlays(dir, paths, &settings.normalization, &mut batches, &|done| bar.set_position(done as u64))?;
-            bar.finish_and_clear();
-            let reviewed: Vec<Reviewed<'_>> = (0..paths.len())
-                .map(|i| Reviewed {
-                    path: &paths[i],
-                    predicted: &card.classes[predicted[i] as usize],
-                    probability: probabilities[i][predicted[i] as usize],
-                    truth: truth.as_ref().map(|truth| card.classes[truth[i] as usize].as_str()),
-                    referred: args.refer_below.map(|_| referred[i]),
-                    drawn_on: shown.as_ref().and_then(|shown| drawn_on(&paths[i], &shown[i])),
-                })
-                .collect();
+            let reader = maps::Reader {
+                card: &card,
+                model: &model,
+                settings: &settings,
+                rendering,
+                cache_dir: &cache_dir,
+                images: &images,
+                cached: &cached,
+            };
+            let rows = maps::Rows {
+                predicted: &predicted,
+                probabilities: &probabilities,
+                truth: truth.as_deref(),
+                referred: args.refer_below.map(|_| referred.as_slice()),
+                pooled: frame_logits.as_deref().map(|logits| (logits, temperature)),
+            };
             let heading = format!("{} on {}", card.backbone, args.images.display());
-            crate::saliency::write_review_page(dir, &heading, &reviewed)?;
-            Some((written, dir.clone()))
+            Some((maps::write_maps(dir, &heading, &reader, &rows, saliency_class)?, dir.clone()))
         }
         None => None,
     };
@@ -330,30 +317,6 @@ fn per_file_logits(logits: Logits, file_of: &[usize], files: usize, temperature:
         logits.len()
     );
     (pooled_frames(&logits, file_of, files, temperature), 1.0, Some(logits))
-}
-
-/// For each file, the image of its images (`logits`; `file_of` names each one's file) that gives
-/// the largest probability of `classes`' class for it, at `temperature`: the frame of a loop, or
-/// slice of a series, that most shows what the map is drawn for (the first of equals).
-fn telling_images(logits: &[Vec<f32>], file_of: &[usize], classes: &[u32], temperature: f64) -> Vec<Option<usize>> {
-    let mut best: Vec<Option<(usize, f64)>> = vec![None; classes.len()];
-    for (image, (row, &file)) in logits.iter().zip(file_of).enumerate() {
-        let p = calibration::probabilities(row, temperature)[classes[file] as usize];
-        if best[file].is_none_or(|(_, top)| p > top) {
-            best[file] = Some((image, p));
-        }
-    }
-    best.into_iter().map(|found| found.map(|(image, _)| image)).collect()
-}
-
-/// What the map of the row `path` is drawn on, where not the file itself: its `shown` image's
-/// frame, or the series' slice.
-fn drawn_on(path: &str, (shown, frame): &(String, Option<u32>)) -> Option<String> {
-    if shown != path {
-        let name = Path::new(shown).file_name().map_or_else(|| shown.clone(), |name| name.to_string_lossy().into_owned());
-        return Some(format!("slice {name}"));
-    }
-    frame.map(|frame| format!("frame {frame}"))
 }
 
 /// Each of `files` files' log mean probability over its images' `logits` (`file_of` names each
