@@ -36,7 +36,7 @@ mod adjacent;
 /// 3: an enhanced DICOM image's rescale and window from its Functional Groups, the per-frame
 /// one first (dicom-rs took top-level attributes first, and a frame's window by another rule).
 /// 4: an enhanced DICOM file's 2.5-D neighbours along its stack by their Plane Positions, not as
-/// stored.
+/// stored (each stack its Dimension Index tells apart its own).
 pub const DECODE_REVISION: u32 = 4;
 
 /// Below this, every 16-bit sample of an image keeps a high byte of at most 15 (12-bit data).

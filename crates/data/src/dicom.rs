@@ -54,7 +54,7 @@ pub use frame::DicomFrame;
 pub(crate) use geometry::slice_normal;
 pub(crate) use series::forget_placed_folders;
 pub use series::{SeriesOrder, SeriesPlace, series_place, series_slices};
-pub use stack::{FrameOrder, FrameStack, frame_stack};
+pub use stack::{FrameOrder, FrameStacks, frame_stacks};
 pub use window::Window;
 
 /// Where a Part 10 file's magic word sits: after its 128-byte preamble.

@@ -70,7 +70,7 @@ pub use decode::{
     load_image_frame, load_image_frames, load_rgb8,
 };
 pub use dicom::{
-    DicomFrame, FrameOrder, FrameStack, SeriesOrder, SeriesPlace, Window, dicom_patient_id, dicom_series_uid, frame_stack, series_place,
+    DicomFrame, FrameOrder, FrameStacks, SeriesOrder, SeriesPlace, Window, dicom_patient_id, dicom_series_uid, frame_stacks, series_place,
     series_slices,
 };
 pub use error::{Error, Result};

@@ -304,17 +304,27 @@ fn chosen_slices(slices: &[PathBuf], selection: FrameSelection) -> Result<Vec<(P
 fn say_adjacent(file: &Path, count: u32) -> Result<()> {
     /// How many of a stack's frames are named, in its order.
     const STACK_SHOWN: usize = 12;
+    /// How many stacks are listed.
+    const STACKS_SHOWN: usize = 4;
     let place = if count == 1 { medxfer_data::series_place(file)? } else { None };
     let Some(place) = place else {
-        let stack = if medxfer_data::is_nifti(file) { None } else { Some(medxfer_data::frame_stack(file, count)?) };
-        match stack.filter(|stack| !stack.is_stored_order()) {
-            Some(stack) => {
-                let shown: Vec<String> = stack.frames.iter().take(STACK_SHOWN).map(|frame| (frame + 1).to_string()).collect();
-                let more = if stack.frames.len() > STACK_SHOWN { ", ..." } else { "" };
+        let stacks = if medxfer_data::is_nifti(file) { None } else { Some(medxfer_data::frame_stacks(file, count)?) };
+        match stacks.filter(|stacks| !stacks.is_stored_order()) {
+            Some(stacks) => {
+                let listed = |frames: &Vec<u32>| {
+                    let shown: Vec<String> = frames.iter().take(STACK_SHOWN).map(|frame| (frame + 1).to_string()).collect();
+                    format!("{}{}", shown.join(", "), if frames.len() > STACK_SHOWN { ", ..." } else { "" })
+                };
+                let listed: Vec<String> = stacks.stacks.iter().take(STACKS_SHOWN).map(listed).collect();
+                let more = if stacks.stacks.len() > STACKS_SHOWN { " / ..." } else { "" };
+                let apart = match stacks.stacks.len() {
+                    1 => String::new(),
+                    n => format!("{n} stacks its Dimension Index tells apart by {}, ", stacks.apart_by.join(", ")),
+                };
                 println!(
                     "2.5-D: each frame's red the frame before it along its stack, its green itself, its blue the frame after (by the \
-                     frames' Plane Positions, lowest first: frames {}{more}; the file stores them in another order)",
-                    shown.join(", ")
+                     frames' Plane Positions, lowest first: {apart}frames {}{more}; the file stores them in another order)",
+                    listed.join(" / ")
                 );
             }
             None => println!("2.5-D: each frame's red the frame before, its green itself, its blue the frame after"),

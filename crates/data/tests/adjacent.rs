@@ -132,15 +132,16 @@ fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side(
 /// An enhanced file whose frames each state their Plane Position: each frame's 2.5-D image is made
 /// of the frames either side of it along its stack (lowest first), whatever order the file stores
 /// them in, as the fixture's generator placed them; frames all at one position (a loop in time)
-/// keep the file's order. Frames of two orientations, or two echoes of each slice, are refused,
-/// naming the frames and the fix; each frame alone still reads.
+/// keep the file's order; frames of two b-values at each position, each b-value a stack as the
+/// file's Dimension Index tells them apart. Frames of two orientations, or two echoes of each slice
+/// that nothing tells apart, are refused, naming the frames and the fix; each frame alone reads.
 #[test]
 fn an_enhanced_file_s_frames_are_ordered_by_their_positions() {
-    use medxfer_data::{FrameOrder, frame_stack};
+    use medxfer_data::{FrameOrder, frame_stacks};
     let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
     let folder = common::fixtures("series");
     let expected = common::expected(&folder);
-    for (file, count) in [("shuffled.dcm", 5), ("cine.dcm", 3)] {
+    for (file, count) in [("shuffled.dcm", 5), ("cine.dcm", 3), ("dwi.dcm", 6)] {
         let path = folder.join("enhanced").join(file);
         let asked: Vec<DicomFrame> = (1..=count).map(DicomFrame::Number).collect();
         for (k, image) in (1..=count).zip(load_image_frames(&path, &asked, adjacent).unwrap()) {
@@ -153,17 +154,22 @@ fn an_enhanced_file_s_frames_are_ordered_by_their_positions() {
         assert_eq!(common::differences(&key, &image, &expected[&key]).0, 0, "{key} alone");
     }
     // shuffled.dcm's heights 6, 0, 9, 3, -4.5 (frames 1 to 5): lowest first, 5, 2, 4, 1, 3.
-    let stack = frame_stack(&folder.join("enhanced/shuffled.dcm"), 5).unwrap();
-    assert_eq!((stack.frames.as_slice(), stack.order), ([4, 1, 3, 0, 2].as_slice(), FrameOrder::Position));
+    let stack = frame_stacks(&folder.join("enhanced/shuffled.dcm"), 5).unwrap();
+    assert_eq!((stack.stacks.as_slice(), stack.order), ([vec![4, 1, 3, 0, 2]].as_slice(), FrameOrder::Position));
     assert_eq!((stack.beside(4), stack.beside(0), stack.beside(2)), ((4, 1), (3, 2), (0, 2)));
-    assert!(!stack.is_stored_order());
-    let cine = frame_stack(&folder.join("enhanced/cine.dcm"), 3).unwrap();
+    assert!(!stack.is_stored_order() && stack.apart_by.is_empty());
+    // dwi.dcm's frames 1 to 6 at heights 8, 8, 0, 0, 4, 4 and b = 0, 1000 in turn: its Dimension
+    // Index's b-value tells two stacks apart, each lowest first.
+    let dwi = frame_stacks(&folder.join("enhanced/dwi.dcm"), 6).unwrap();
+    assert_eq!((dwi.stacks, dwi.apart_by), (vec![vec![2, 4, 0], vec![3, 5, 1]], vec!["DiffusionBValue".to_string()]));
+    let cine = frame_stacks(&folder.join("enhanced/cine.dcm"), 3).unwrap();
     assert_eq!((cine.order, cine.is_stored_order()), (FrameOrder::Stored, true));
     // Without positions (an enhanced CT whose groups state none), as stored too.
-    let unplaced = frame_stack(&common::fixtures("dicom").join("ct_enhanced.dcm"), 3).unwrap();
+    let unplaced = frame_stacks(&common::fixtures("dicom").join("ct_enhanced.dcm"), 3).unwrap();
     assert_eq!((unplaced.order, unplaced.is_stored_order()), (FrameOrder::Stored, true));
     for (file, why) in [
         ("echoes.dcm", "its frames 1 and 2 lie at the same position (0.000 mm"),
+        ("echoes.dcm", "its Dimension Index does not tell them apart"),
         ("two_planes.dcm", "its frames 1 and 2 are of two orientations"),
     ] {
         let path = folder.join("enhanced").join(file);

@@ -317,6 +317,14 @@ fn show_writes_a_file_as_the_backbones_see_it() {
             && stdout.contains("an axial slice (from its Image Orientation (Patient)"),
         "{output:?}"
     );
+    // A diffusion file of two b-values: each b-value's stack said.
+    let dwi = shuffled.with_file_name("dwi.dcm");
+    let output = medxfer_data(&["show", dwi.to_str().unwrap(), "--slice", "2", "--adjacent-slices", "--out", out.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("lowest first: 2 stacks its Dimension Index tells apart by DiffusionBValue, frames 3, 5, 1 / 4, 6, 2;"),
+        "{output:?}"
+    );
     // --slice on a series' slice: the series' slices chosen (here every second: its 1st, 3rd and
     // 5th along the normal, IM000004, IM000005 and IM000002), a tile each in order.
     let sheet = dir.path().join("series.png");

@@ -123,7 +123,7 @@ fn mutated_dicom_files_decode_or_fail_naming_the_file() {
     // by their damaged Functional Groups).
     let stacks = dicom.parent().unwrap().join("series/enhanced");
     let files: Vec<PathBuf> = (frames.iter().chain(&["ct_enhanced_rle.dcm", "us_cine_deflate.dcm"]).map(|name| dicom.join(name)))
-        .chain(["shuffled.dcm", "cine.dcm", "echoes.dcm"].map(|name| stacks.join(name)))
+        .chain(["shuffled.dcm", "cine.dcm", "echoes.dcm", "dwi.dcm"].map(|name| stacks.join(name)))
         .collect();
     for (i, file) in files.iter().enumerate() {
         let name = file.display();

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use image::RgbImage;
 
 use super::{Decoded, Rendering, load_image_frames};
-use crate::dicom::{DicomFrame, FrameStack, SeriesPlace, frame_stack, series_place};
+use crate::dicom::{DicomFrame, FrameStacks, SeriesPlace, frame_stacks, series_place};
 use crate::error::{Error, Result};
 use crate::frames::frame_count;
 use crate::volume::is_nifti;
@@ -30,7 +30,7 @@ pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Ren
         return Ok(series_frames(path, frames, &place, rendering));
     }
     // An enhanced DICOM file's frames in order along their stack; a volume's slices are.
-    let stack = if is_nifti(path) { FrameStack::stored(count) } else { frame_stack(path, count)? };
+    let stack = if is_nifti(path) { FrameStacks::stored(count) } else { frame_stacks(path, count)? };
     // Each chosen frame's 0-based index; a choice that names none is decoded as asked, for the
     // error its format gives it.
     let chosen: Vec<Option<u32>> = frames.iter().map(|frame| frame.index(count).ok()).collect();
