@@ -312,63 +312,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Predict { args } => {
-            let predicted = predict::run(&args)?;
-            let counts: Vec<String> = predicted.counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
-            println!(
-                "{}: {} images predicted by {} ({}); wrote {}",
-                args.images.display(),
-                predicted.counts.values().sum::<usize>(),
-                predicted.backbone,
-                counts.join(", "),
-                predicted.file.display()
-            );
-            if let Some((count, listing)) = &predicted.unreadable {
-                println!("{count} unreadable image(s) left out (--skip-unreadable), each listed with its error in {}", listing.display());
-            }
-            if let Some((count, dir)) = &predicted.saliency {
-                let class =
-                    args.saliency_class.as_deref().map_or_else(|| "its predicted class".to_string(), |class| format!("class {class}"));
-                println!(
-                    "{count} saliency map(s) (Grad-CAM, the evidence for {class}) drawn over the crops the model saw, in {}; {} lists them, the least sure first",
-                    dir.display(),
-                    dir.join("index.html").display()
-                );
-            }
-            if let Some(evaluation) = &predicted.evaluation {
-                println!(
-                    "Against {}: balanced accuracy {:.3}, accuracy {:.3}{}",
-                    predicted.evaluated_against,
-                    evaluation.balanced_accuracy,
-                    evaluation.accuracy,
-                    predicted.auroc.map_or_else(String::new, |auroc| format!(", AUROC {auroc:.3} (one-vs-rest, the classes' mean)"))
-                );
-            }
-            if let Some(referral) = &predicted.referral {
-                println!(
-                    "Referred for review (largest probability below {}): {} of {}{}",
-                    referral.threshold,
-                    referral.referred,
-                    predicted.counts.values().sum::<usize>(),
-                    referral.kept.as_ref().map_or_else(String::new, |kept| format!(
-                        "; on the others, balanced accuracy {:.3}, accuracy {:.3}",
-                        kept.balanced_accuracy, kept.accuracy
-                    ))
-                );
-            }
-            if let Some(calibration) = &predicted.calibration {
-                println!(
-                    "Their probabilities ({}): ECE {:.3} ({} bins), NLL {:.3}, Brier {:.3}",
-                    if args.calibrated {
-                        format!("at temperature {:.3}", predicted.temperature)
-                    } else {
-                        "as the model gives them".to_string()
-                    },
-                    calibration.expected_calibration_error,
-                    medxfer_train::calibration::ECE_BINS,
-                    calibration.negative_log_likelihood,
-                    calibration.brier
-                );
-            }
+            predict::run(&args)?.say(&args);
             Ok(())
         }
         Command::Report { results } => {
@@ -388,37 +332,48 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::ImageBootstrap { results, resamples, metrics, seed, resample_by, interval } => {
-            let mut metrics = match metrics {
-                Some(names) => names.iter().map(|n| n.parse::<medxfer_scores::Metric>()).collect::<Result<Vec<_>, _>>()?,
-                None => report::image_bootstrap::CHEAP.to_vec(),
-            };
-            // Once each: a score named twice would write its rows twice, which `report` refuses.
-            let mut seen = std::collections::BTreeSet::new();
-            metrics.retain(|m| seen.insert(*m));
-            let names: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
-            let (scores, taus) = report::image_bootstrap::run(&report::image_bootstrap::Settings {
-                results: results.clone(),
-                resamples,
-                metrics: metrics.clone(),
-                seed,
-                resample_by,
-                interval,
-            })?;
-            // The rows kept from an earlier run carry that run's cost.
-            let cost = taus.iter().find(|t| names.contains(&t.metric.as_str())).map_or(0.0, |t| t.seconds_per_resample);
-            println!(
-                "{}: {} score intervals, {} tau-b intervals ({cost:.2} s per resample of the first task); run `cargo xtask report --results {}` to draw them",
-                results.display(),
-                scores.len(),
-                taus.iter().filter(|t| t.low.is_some()).count(),
-                results.display()
-            );
-            Ok(())
+            image_bootstrap(results, resamples, metrics, (seed, resample_by, interval))
         }
         Command::BenchZooWorker { model, batch, size, repeats, warmup, train, host_batches, device, gpu } => {
             bench::zoo::worker(&model, bench::zoo::Steps { batch, size, warmup, repeats, host_batches }, train, &device, gpu)
         }
     }
+}
+
+/// `cargo xtask image-bootstrap`: the intervals of `metrics` (by default the cheap scores) over
+/// `resamples` resamples of `results`' images, said on stdout.
+fn image_bootstrap(
+    results: PathBuf,
+    resamples: usize,
+    metrics: Option<Vec<String>>,
+    (seed, resample_by, interval): (Option<u64>, report::image_bootstrap::ResampleBy, report::image_bootstrap::Interval),
+) -> Result<()> {
+    let mut metrics = match metrics {
+        Some(names) => names.iter().map(|n| n.parse::<medxfer_scores::Metric>()).collect::<Result<Vec<_>, _>>()?,
+        None => report::image_bootstrap::CHEAP.to_vec(),
+    };
+    // Once each: a score named twice would write its rows twice, which `report` refuses.
+    let mut seen = std::collections::BTreeSet::new();
+    metrics.retain(|m| seen.insert(*m));
+    let names: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
+    let (scores, taus) = report::image_bootstrap::run(&report::image_bootstrap::Settings {
+        results: results.clone(),
+        resamples,
+        metrics: metrics.clone(),
+        seed,
+        resample_by,
+        interval,
+    })?;
+    // The rows kept from an earlier run carry that run's cost.
+    let cost = taus.iter().find(|t| names.contains(&t.metric.as_str())).map_or(0.0, |t| t.seconds_per_resample);
+    println!(
+        "{}: {} score intervals, {} tau-b intervals ({cost:.2} s per resample of the first task); run `cargo xtask report --results {}` to draw them",
+        results.display(),
+        scores.len(),
+        taus.iter().filter(|t| t.low.is_some()).count(),
+        results.display()
+    );
+    Ok(())
 }
 
 fn reproduce(args: &study::args::ReproduceArgs) -> Result<()> {

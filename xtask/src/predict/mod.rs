@@ -153,6 +153,63 @@ pub struct Predicted {
     pub saliency: Option<(usize, PathBuf)>,
 }
 
+impl Predicted {
+    /// Says on stdout what predict wrote and found for `args`.
+    pub fn say(&self, args: &PredictArgs) {
+        let counts: Vec<String> = self.counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
+        println!(
+            "{}: {} images predicted by {} ({}); wrote {}",
+            args.images.display(),
+            self.counts.values().sum::<usize>(),
+            self.backbone,
+            counts.join(", "),
+            self.file.display()
+        );
+        if let Some((count, listing)) = &self.unreadable {
+            println!("{count} unreadable image(s) left out (--skip-unreadable), each listed with its error in {}", listing.display());
+        }
+        if let Some((count, dir)) = &self.saliency {
+            let class = args.saliency_class.as_deref().map_or_else(|| "its predicted class".to_string(), |class| format!("class {class}"));
+            println!(
+                "{count} saliency map(s) (Grad-CAM, the evidence for {class}) drawn over the crops the model saw, in {}; {} lists them, the least sure first",
+                dir.display(),
+                dir.join("index.html").display()
+            );
+        }
+        if let Some(evaluation) = &self.evaluation {
+            println!(
+                "Against {}: balanced accuracy {:.3}, accuracy {:.3}{}",
+                self.evaluated_against,
+                evaluation.balanced_accuracy,
+                evaluation.accuracy,
+                self.auroc.map_or_else(String::new, |auroc| format!(", AUROC {auroc:.3} (one-vs-rest, the classes' mean)"))
+            );
+        }
+        if let Some(referral) = &self.referral {
+            println!(
+                "Referred for review (largest probability below {}): {} of {}{}",
+                referral.threshold,
+                referral.referred,
+                self.counts.values().sum::<usize>(),
+                referral.kept.as_ref().map_or_else(String::new, |kept| format!(
+                    "; on the others, balanced accuracy {:.3}, accuracy {:.3}",
+                    kept.balanced_accuracy, kept.accuracy
+                ))
+            );
+        }
+        if let Some(calibration) = &self.calibration {
+            println!(
+                "Their probabilities ({}): ECE {:.3} ({} bins), NLL {:.3}, Brier {:.3}",
+                if args.calibrated { format!("at temperature {:.3}", self.temperature) } else { "as the model gives them".to_string() },
+                calibration.expected_calibration_error,
+                calibration::ECE_BINS,
+                calibration.negative_log_likelihood,
+                calibration.brier
+            );
+        }
+    }
+}
+
 pub fn run(args: &PredictArgs) -> Result<Predicted> {
     medxfer_train::check_device_name(&args.device)?;
     args.gpu.apply(&args.device)?;
