@@ -685,7 +685,7 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     let output = rank(dir.path(), &series, &dir.path().join("adjacent series"), None, &extra);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("--adjacent-slices: 2 of 10 files hold one frame and are not slices")
+        stderr.contains("--adjacent-slices: 2 of 4 files hold one frame and are not slices")
             && stderr.contains("clear/scout.dcm")
             && stderr.contains("lesion/no_series.dcm"),
         "{stderr}"
@@ -717,13 +717,28 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     assert!(page.contains("<td>clear/IM000004 (slice IM00000") && page.contains("<td>clear/scout.dcm</td>"), "{page}");
     // An axial slice among the sagittal series' (a localizer, say): the planes differ, said with
     // the fix for DICOM.
-    std::fs::copy(fixtures.join("../broken/axial.dcm"), series.join("clear/axial.dcm")).unwrap();
+    std::fs::copy(fixtures.join("../stacks/loc_axial.dcm"), series.join("clear/axial.dcm")).unwrap();
     let output = rank(dir.path(), &series, &dir.path().join("planes"), None, &["--backbones", "resnet_basic_min"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("the images are slices in different planes (1 axial, 5 sagittal)")
             && stderr.contains("DICOM slices are read as stored")
             && stderr.contains("Not sagittal: clear/axial.dcm (axial)"),
+        "{stderr}"
+    );
+    // A localizer's three planes in one series (a PACS export's folder holds one): each plane a
+    // stack of its own, its one slice kept by --slice middle, as the CT series' middle slice.
+    for plane in ["coronal", "sagittal"] {
+        std::fs::copy(fixtures.join(format!("../stacks/loc_{plane}.dcm")), series.join(format!("clear/{plane}.dcm"))).unwrap();
+    }
+    let output = rank(dir.path(), &series, &dir.path().join("localizer"), None, &["--backbones", "resnet_basic_min", "--slice", "middle"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The planes of the images kept: the CT series' middle slice and the localizer's three.
+    assert!(
+        output.status.success()
+            && stderr.contains("--slice middle: 6 of 13 files left out")
+            && stderr.contains("slices in different planes (1 axial, 1 coronal, 2 sagittal)")
+            && stderr.contains("Not sagittal: clear/axial.dcm (axial), clear/coronal.dcm (coronal)"),
         "{stderr}"
     );
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);

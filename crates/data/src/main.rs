@@ -248,9 +248,13 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
     };
     println!("{}: {width} x {height} pixels, {count} frame(s); wrote {}{written}", file.display(), out.display());
     if let Some(slices) = &series {
+        let stack = medxfer_data::series_place(file)?
+            .and_then(|place| place.stack)
+            .map(|stack| format!(" (its stack of {stack})"))
+            .unwrap_or_default();
         println!(
-            "a slice of a DICOM series of {} files in {} (in order along the slices' normal, else by Instance Number): --slice reads \
-             the series as rank does",
+            "a slice of a DICOM series of {} files{stack} in {} (in order along the slices' normal, else by Instance Number): --slice \
+             reads the series as rank does",
             slices.len(),
             folder_shown(file)
         );
@@ -336,8 +340,9 @@ fn say_adjacent(file: &Path, count: u32) -> Result<()> {
         medxfer_data::SeriesOrder::Position => "by position along the slices' normal",
         medxfer_data::SeriesOrder::InstanceNumber => "by Instance Number, the slices having no position",
     };
+    let stack = place.stack.as_ref().map(|stack| format!(" (its stack of {stack})")).unwrap_or_default();
     println!(
-        "2.5-D: slice {} of {} of its DICOM series in {} ({order}): red {}, green itself, blue {}",
+        "2.5-D: slice {} of {} of its DICOM series{stack} in {} ({order}): red {}, green itself, blue {}",
         place.index + 1,
         place.len,
         folder_shown(file),

@@ -180,17 +180,48 @@ fn an_enhanced_file_s_frames_are_ordered_by_their_positions() {
     }
 }
 
-/// A series that has no one order is refused, naming the file, why and the fix: two echoes at
-/// one position, slices of two orientations, slices with neither positions nor Instance Numbers.
+/// A series of several stacks that its slices' headers tell apart (make_series.py's dual-echo
+/// series, by Echo Numbers; a localizer's three planes, by orientation): each slice's neighbours
+/// are its stack's, in the order the generator placed them, its place and length its stack's.
+#[test]
+fn a_series_of_several_stacks_gives_each_slice_its_stack_s_neighbours() {
+    use medxfer_data::{DicomFrame, series_place, series_slices};
+    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    let folder = common::fixtures("series");
+    let expected = common::expected(&folder);
+    let mut checked = 0;
+    for key in expected.keys().filter(|key| key.starts_with("stacks/") && key.ends_with("#adjacent")) {
+        let path = folder.join(key.trim_end_matches("#adjacent"));
+        let image = load_image_frames(&path, &[DicomFrame::Only], adjacent).unwrap().remove(0).unwrap().image;
+        assert_eq!(common::differences(key, &image, &expected[key]).0, 0, "{key}");
+        checked += 1;
+    }
+    assert_eq!(checked, 9);
+    let stacks = folder.join("stacks");
+    // Echo 2's slices at heights 10, 0 and 5 are MR0002, MR0005 and MR0003: lowest first.
+    let place = series_place(&stacks.join("MR0005")).unwrap().unwrap();
+    assert_eq!((place.index, place.len, place.stack.as_deref()), (0, 3, Some("echo 2")));
+    let names = |slices: Vec<std::path::PathBuf>| -> Vec<String> {
+        slices.iter().map(|path| path.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    };
+    assert_eq!(names(series_slices(&stacks.join("MR0002")).unwrap().unwrap()), ["MR0005", "MR0003", "MR0002"]);
+    assert_ne!(place.key(), series_place(&stacks.join("MR0001")).unwrap().unwrap().key());
+    let localizer = series_place(&stacks.join("loc_coronal.dcm")).unwrap().unwrap();
+    assert_eq!((localizer.len, localizer.stack.as_deref()), (1, Some("orientation 1.000,0.000,0.000,0.000,0.000,-1.000")));
+}
+
+/// A series that has no one order is refused, naming the file, why and the fix: two slices at one
+/// position that nothing tells apart, slices with neither positions nor Instance Numbers, a stack
+/// (echo 1 of two) with two slices at one position.
 #[test]
 fn a_series_without_one_order_is_refused() {
     let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
     let folder = common::fixtures("series").join("broken");
     for (file, why) in [
-        ("echo1.dcm", "same position (12.500 mm"),
-        ("echo2.dcm", "echo1.dcm and echo2.dcm"),
-        ("coronal.dcm", "more than one orientation"),
+        ("repeat1.dcm", "same position (12.500 mm"),
+        ("repeat2.dcm", "repeat1.dcm and repeat2.dcm"),
         ("capture2.dcm", "neither by position"),
+        ("twice_c.dcm", "its series' stack of echo 1: two slices of its DICOM series, twice_a.dcm and twice_b.dcm"),
     ] {
         let path = folder.join(file);
         let error = load_image_frames(&path, &[DicomFrame::Only], adjacent).unwrap_err().to_string();

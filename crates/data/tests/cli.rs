@@ -317,6 +317,14 @@ fn show_writes_a_file_as_the_backbones_see_it() {
             && stdout.contains("an axial slice (from its Image Orientation (Patient)"),
         "{output:?}"
     );
+    // A slice of a dual-echo series: its place in its echo's stack said.
+    let echo = slice.parent().unwrap().parent().unwrap().join("stacks/MR0003");
+    let output = medxfer_data(&["show", echo.to_str().unwrap(), "--adjacent-slices", "--out", out.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("slice 2 of 3 of its DICOM series (its stack of echo 2) in")
+            && String::from_utf8_lossy(&output.stdout).contains("red MR0005, green itself, blue MR0002"),
+        "{output:?}"
+    );
     // A diffusion file of two b-values: each b-value's stack said.
     let dwi = shuffled.with_file_name("dwi.dcm");
     let output = medxfer_data(&["show", dwi.to_str().unwrap(), "--slice", "2", "--adjacent-slices", "--out", out.to_str().unwrap()]);

@@ -64,9 +64,20 @@ fn slice_keeps_each_series_chosen_slices_in_the_series_order() {
         "{error}"
     );
     // A series that cannot be put in order is named, not guessed.
-    let broken = vec![Entry { path: "broken/echo1.dcm".into(), label: 0, group: "p".into(), split: Part::Train, frame: None }];
+    let broken = vec![Entry { path: "broken/repeat1.dcm".into(), label: 0, group: "p".into(), split: Part::Train, frame: None }];
     let error = frame_entries(&common::fixtures("series"), &broken, middle, Orientation::Stored).unwrap_err().to_string();
-    assert!(error.contains("echo1.dcm") && error.contains("same position"), "{error}");
+    assert!(error.contains("repeat1.dcm") && error.contains("same position"), "{error}");
+    // A series of several stacks: each stack's middle slice (a localizer's planes each their own).
+    let files = ["MR0001", "MR0002", "MR0003", "MR0004", "MR0005", "MR0006", "loc_axial.dcm", "loc_coronal.dcm", "loc_sagittal.dcm"];
+    let entries: Vec<Entry> = files
+        .iter()
+        .map(|file| Entry { path: format!("stacks/{file}"), label: 0, group: "p".into(), split: Part::Train, frame: None })
+        .collect();
+    let kept: Vec<String> =
+        frame_entries(&common::fixtures("series"), &entries, middle, Orientation::Stored).unwrap().into_iter().map(|e| e.path).collect();
+    // Echo 1 at heights 10, 0, 5: MR0004, MR0001, MR0006 (middle MR0006); echo 2: MR0002, MR0005,
+    // MR0003 (middle MR0003).
+    assert_eq!(kept, ["stacks/MR0003", "stacks/MR0006", "stacks/loc_axial.dcm", "stacks/loc_coronal.dcm", "stacks/loc_sagittal.dcm"]);
 }
 
 /// The cache reads each kept slice as pydicom displays it, a slice chosen by number too (its
@@ -119,8 +130,9 @@ fn a_dicom_slice_s_plane_is_its_normal_s_axis() {
     use medxfer_data::{SlicePlane, slice_plane};
     let plane = |name: &str| slice_plane(&common::fixtures("series").join(name)).unwrap();
     assert_eq!(plane("scan/IM000001"), Some(SlicePlane::Sagittal));
-    assert_eq!(plane("broken/axial.dcm"), Some(SlicePlane::Axial));
-    assert_eq!(plane("broken/coronal.dcm"), Some(SlicePlane::Coronal));
+    assert_eq!(plane("stacks/loc_axial.dcm"), Some(SlicePlane::Axial));
+    assert_eq!(plane("stacks/loc_coronal.dcm"), Some(SlicePlane::Coronal));
+    assert_eq!(plane("stacks/loc_sagittal.dcm"), Some(SlicePlane::Sagittal));
     assert_eq!(plane("scan/mr_a.dcm"), None);
     // The two-frame file, which states no orientation.
     assert_eq!(plane("scan/IM000006"), None);

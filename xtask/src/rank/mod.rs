@@ -342,13 +342,16 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
 }
 
 /// What is said on stderr of the images before anything is read: their classes and parts, a
-/// file's frames, and the warnings of volumes in other planes and of files without neighbours.
+/// file's frames, and the warnings of volumes in other planes and of files without neighbours
+/// (of the files `--slice` keeps: a series' slices it leaves out are not read).
 fn describe_reading(args: &RankArgs, images: &LabelledImages, files: &[Entry], entries: &[Entry]) {
     describe_images(args, images);
     describe_frames(args, files, entries);
-    warn_of_mixed_planes(&images.root, files, args.reading.reorient);
+    let kept: std::collections::HashSet<&str> = entries.iter().map(|entry| entry.path.as_str()).collect();
+    let kept: Vec<Entry> = files.iter().filter(|file| kept.contains(file.path.as_str())).cloned().collect();
+    warn_of_mixed_planes(&images.root, &kept, args.reading.reorient);
     if args.reading.adjacent_slices {
-        warn_of_single_frames(&images.root, files, args.reading.reorient);
+        warn_of_single_frames(&images.root, &kept, args.reading.reorient);
     }
 }
 

@@ -8,10 +8,12 @@
 //! the column direction), lowest first, whatever the files' names or Instance Numbers say (some
 //! scanners number head to feet, others feet to head). A series without positions on every slice
 //! is ordered by Instance Number. A series that cannot be put in one order (slices of two
-//! orientations, two slices at one position: several echoes or phases in one series) is refused
-//! rather than given neighbours that are not.
+//! orientations, two slices at one position: several echoes or phases in one series) is split
+//! into the stacks its slices' headers tell apart, as dcm2niix splits it ([`STACK_FIELDS`]: a
+//! localizer's planes, a dual-echo series' echoes), each ordered alone; where nothing tells them
+//! apart it is refused rather than given neighbours that are not.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,14 +54,18 @@ pub struct SeriesPlace {
     pub len: usize,
     /// What ordered them.
     pub order: SeriesOrder,
+    /// Where the series is several stacks (echoes, phases, planes), what tells its stack apart
+    /// from the others (`echo 2`); its place and neighbours are within that stack.
+    pub stack: Option<String>,
 }
 
 impl SeriesPlace {
-    /// What names its series within a run: its folder and Series Instance UID (a series is placed
-    /// within one folder, so the same UID in two folders is two series).
+    /// What names its series (its stack, where it has several) within a run: its folder, Series
+    /// Instance UID and stack (a series is placed within one folder, so the same UID in two
+    /// folders is two series).
     pub fn key(&self) -> String {
         let folder = self.before.parent().unwrap_or(Path::new("."));
-        format!("{}\u{0}{}", folder.display(), self.series)
+        format!("{}\u{0}{}\u{0}{}", folder.display(), self.series, self.stack.as_deref().unwrap_or_default())
     }
 }
 
@@ -71,12 +77,21 @@ struct SliceHeader {
     position: Option<[f64; 3]>,
     orientation: Option<[f64; 6]>,
     instance: Option<i64>,
+    /// The fields that tell a series' stacks apart, [`STACK_FIELDS`]' each.
+    stack_fields: [Option<String>; 5],
 }
+
+/// The header fields that tell the stacks of a series apart where its slices are not one stack,
+/// as dcm2niix splits a series: Image Orientation (Patient) (a localizer's three planes), Echo
+/// Numbers, Temporal Position Identifier (phases), Diffusion b-value and Diffusion Gradient
+/// Orientation; each as a stack's label names it.
+const STACK_FIELDS: [&str; 5] = ["orientation", "echo", "temporal position", "b-value", "gradient"];
 
 /// Where the DICOM file at `path` sits among the single-frame files of its folder with its Series
 /// Instance UID; `None` for a file that is not DICOM, holds several frames, has no Series
-/// Instance UID, or is the only slice of its series in the folder. A series whose slices cannot be
-/// put in one order is an error naming the file, why and the fix. Files of the folder whose header
+/// Instance UID, or is the only slice of its series in the folder. A series of several stacks
+/// places it within its stack. A series whose slices cannot be put in one order, nor split into
+/// stacks that can, is an error naming the file, why and the fix. Files of the folder whose header
 /// cannot be read are left out of the order (each is its own error when read).
 pub fn series_place(path: &Path) -> Result<Option<SeriesPlace>> {
     let Some(own) = slice_header(path)? else { return Ok(None) };
@@ -100,7 +115,9 @@ pub fn series_slices(path: &Path) -> Result<Option<Vec<PathBuf>>> {
     let placements = folder_placements(folder)?;
     let mut slices: Vec<(usize, PathBuf)> = placements
         .iter()
-        .filter_map(|(name, placed)| placed.as_ref().ok().filter(|p| p.series == place.series).map(|p| (p.index, folder.join(name))))
+        .filter_map(|(name, placed)| {
+            placed.as_ref().ok().filter(|p| p.series == place.series && p.stack == place.stack).map(|p| (p.index, folder.join(name)))
+        })
         .collect();
     slices.sort();
     Ok(Some(slices.into_iter().map(|(_, path)| path).collect()))
@@ -122,7 +139,20 @@ fn slice_header(path: &Path) -> Result<Option<SliceHeader>> {
         position: numbers(&object, tags::IMAGE_POSITION_PATIENT).and_then(|v| v.try_into().ok()),
         orientation: numbers(&object, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok()),
         instance: object.element_opt(tags::INSTANCE_NUMBER).ok().flatten().and_then(|e| e.to_int::<i64>().ok()),
+        stack_fields: [
+            numbers(&object, tags::IMAGE_ORIENTATION_PATIENT).map(|values| rounded(&values)),
+            text(&object, tags::ECHO_NUMBERS),
+            text(&object, tags::TEMPORAL_POSITION_IDENTIFIER),
+            numbers(&object, tags::DIFFUSION_B_VALUE).map(|values| rounded(&values)),
+            numbers(&object, tags::DIFFUSION_GRADIENT_ORIENTATION).map(|values| rounded(&values)),
+        ],
     }))
+}
+
+/// `values` to 3 decimals, joined by commas: values that differ by less are one stack's.
+fn rounded(values: &[f64]) -> String {
+    let shown: Vec<String> = values.iter().map(|v| format!("{:.3}", if v.abs() < 5e-4 { 0.0 } else { *v })).collect();
+    shown.join(",")
 }
 
 /// `tag`'s text, trimmed of DICOM's padding; `None` where absent or blank.
@@ -209,31 +239,73 @@ fn place_folder(folder: &Path) -> Result<Placements> {
     for (uid, mut slices) in series.into_iter().filter(|(_, slices)| slices.len() > 1) {
         // Names first: the same order whatever order the folder lists its files in.
         slices.sort_by(|a, b| a.0.cmp(&b.0));
-        match put_in_order(&mut slices) {
-            Ok(order) => {
-                let name = |index: usize| folder.join(&slices[index].0);
-                let last = slices.len() - 1;
-                for (index, (file, _)) in slices.iter().enumerate() {
-                    let place = SeriesPlace {
-                        series: uid.clone(),
-                        before: name(index.saturating_sub(1)),
-                        after: name((index + 1).min(last)),
-                        index,
-                        len: slices.len(),
-                        order,
-                    };
-                    placements.insert(file.clone(), Ok(place));
+        let names: Vec<OsString> = slices.iter().map(|(name, _)| name.clone()).collect();
+        match stacks_of(slices) {
+            Ok(stacks) => {
+                for (stack, slices, order) in stacks {
+                    let name = |index: usize| folder.join(&slices[index].0);
+                    let last = slices.len() - 1;
+                    for (index, (file, _)) in slices.iter().enumerate() {
+                        let place = SeriesPlace {
+                            series: uid.clone(),
+                            before: name(index.saturating_sub(1)),
+                            after: name((index + 1).min(last)),
+                            index,
+                            len: slices.len(),
+                            order,
+                            stack: stack.clone(),
+                        };
+                        placements.insert(file.clone(), Ok(place));
+                    }
                 }
             }
-            Err(problem) => placements.extend(slices.into_iter().map(|(file, _)| (file, Err(problem.clone())))),
+            Err(problem) => placements.extend(names.into_iter().map(|file| (file, Err(problem.clone())))),
         }
     }
     Ok(placements)
 }
 
+/// One stack of a series: what tells it apart from the series' others (`None` where the series is
+/// one stack), its slices in order, and what ordered them.
+type Stack = (Option<String>, Vec<(OsString, SliceHeader)>, SeriesOrder);
+
+/// One series' `slices` as the stacks they make: one, in order, where they can be put in one;
+/// else one for each value of the [`STACK_FIELDS`] that differ among them, each in order. Why
+/// not where neither can be (the series' own problem where no field tells stacks apart).
+fn stacks_of(mut slices: Vec<(OsString, SliceHeader)>) -> std::result::Result<Vec<Stack>, String> {
+    let problem = match put_in_order(&mut slices) {
+        Ok(order) => return Ok(vec![(None, slices, order)]),
+        Err(problem) => problem,
+    };
+    let first = slices[0].1.stack_fields.clone();
+    let differing: Vec<usize> = (0..STACK_FIELDS.len()).filter(|&f| slices.iter().any(|(_, h)| h.stack_fields[f] != first[f])).collect();
+    if differing.is_empty() {
+        return Err(problem);
+    }
+    let mut groups: BTreeMap<Vec<Option<String>>, Vec<(OsString, SliceHeader)>> = BTreeMap::new();
+    for slice in slices {
+        groups.entry(differing.iter().map(|&f| slice.1.stack_fields[f].clone()).collect()).or_default().push(slice);
+    }
+    let mut stacks = Vec::with_capacity(groups.len());
+    for (values, mut group) in groups {
+        let label: Vec<String> = differing
+            .iter()
+            .zip(&values)
+            .map(|(&f, value)| format!("{} {}", STACK_FIELDS[f], value.as_deref().unwrap_or("none")))
+            .collect();
+        let label = label.join(", ");
+        let order = put_in_order(&mut group).map_err(|problem| format!("its series' stack of {label}: {problem}"))?;
+        stacks.push((Some(label), group, order));
+    }
+    Ok(stacks)
+}
+
 /// Sorts one series' `slices` (named by file) into their order along the normal, else by
 /// Instance Number, saying which; why neither can order them where neither can.
 fn put_in_order(slices: &mut [(OsString, SliceHeader)]) -> std::result::Result<SeriesOrder, String> {
+    if let [(_, alone)] = slices {
+        return Ok(if alone.position.is_some() { SeriesOrder::Position } else { SeriesOrder::InstanceNumber });
+    }
     let shown = |name: &OsString| name.to_string_lossy().into_owned();
     let placed: Option<Vec<([f64; 3], [f64; 6])>> = slices.iter().map(|(_, h)| h.position.zip(h.orientation)).collect();
     if let Some(placed) = placed {
