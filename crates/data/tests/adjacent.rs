@@ -67,6 +67,27 @@ fn a_single_gray_image_is_itself_and_colour_is_refused() {
     }
 }
 
+/// Each slice of make_series.py's folder `prefix` (`scan/`): its 2.5-D image (asked as its only
+/// frame, and as its middle one) the generator's, and read alone its own truth; how many.
+fn series_truths_match(prefix: &str) -> usize {
+    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    let folder = common::fixtures("series");
+    let expected = common::expected(&folder);
+    let mut checked = 0;
+    for key in expected.keys().filter(|key| key.starts_with(prefix) && key.ends_with("#adjacent")) {
+        let file = key.trim_end_matches("#adjacent");
+        let path = folder.join(file);
+        for frame in [DicomFrame::Only, DicomFrame::Middle] {
+            let image = load_image_frames(&path, &[frame], adjacent).unwrap().remove(0).unwrap().image;
+            assert_eq!(common::differences(key, &image, &expected[key]).0, 0, "{key}");
+        }
+        let alone = load_image_frames(&path, &[DicomFrame::Only], Rendering::default()).unwrap().remove(0).unwrap().image;
+        assert_eq!(common::differences(file, &alone, &expected[file]).0, 0, "{file}");
+        checked += 1;
+    }
+    checked
+}
+
 /// A DICOM series stored a file a slice (one folder of a PACS export): each slice's 2.5-D image
 /// is made of the slices either side of it along the normal (names and Instance Numbers in other
 /// orders), or by Instance Number where the slices have no position, as the fixture's generator
@@ -75,24 +96,9 @@ fn a_single_gray_image_is_itself_and_colour_is_refused() {
 #[test]
 fn a_dicom_series_stored_a_file_a_slice_gives_each_slice_the_slices_either_side() {
     use medxfer_data::{SeriesOrder, series_place};
-    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
     let folder = common::fixtures("series");
     let expected = common::expected(&folder);
-    let mut checked = 0;
-    for key in expected.keys().filter(|key| key.starts_with("scan/") && key.ends_with("#adjacent")) {
-        let file = key.trim_end_matches("#adjacent");
-        let path = folder.join(file);
-        for frame in [DicomFrame::Only, DicomFrame::Middle] {
-            let image = load_image_frames(&path, &[frame], adjacent).unwrap().remove(0).unwrap().image;
-            let (max, _, _) = common::differences(key, &image, &expected[key]);
-            assert_eq!(max, 0, "{key}");
-        }
-        // Without --adjacent-slices, the slice alone.
-        let alone = load_image_frames(&path, &[DicomFrame::Only], Rendering::default()).unwrap().remove(0).unwrap().image;
-        assert_eq!(common::differences(file, &alone, &expected[file]).0, 0, "{file}");
-        checked += 1;
-    }
-    assert_eq!(checked, 10);
+    assert_eq!(series_truths_match("scan/"), 10);
     // Through a window of the user's, each channel its neighbour read alone through it (the
     // neighbours read above, without it, are not those).
     let window = Rendering { window: Some("0,200".parse().unwrap()), ..Rendering::default() };
@@ -185,18 +191,9 @@ fn an_enhanced_file_s_frames_are_ordered_by_their_positions() {
 /// are its stack's, in the order the generator placed them, its place and length its stack's.
 #[test]
 fn a_series_of_several_stacks_gives_each_slice_its_stack_s_neighbours() {
-    use medxfer_data::{DicomFrame, series_place, series_slices};
-    let adjacent = Rendering { adjacent_slices: true, ..Rendering::default() };
+    use medxfer_data::{series_place, series_slices};
     let folder = common::fixtures("series");
-    let expected = common::expected(&folder);
-    let mut checked = 0;
-    for key in expected.keys().filter(|key| key.starts_with("stacks/") && key.ends_with("#adjacent")) {
-        let path = folder.join(key.trim_end_matches("#adjacent"));
-        let image = load_image_frames(&path, &[DicomFrame::Only], adjacent).unwrap().remove(0).unwrap().image;
-        assert_eq!(common::differences(key, &image, &expected[key]).0, 0, "{key}");
-        checked += 1;
-    }
-    assert_eq!(checked, 9);
+    assert_eq!(series_truths_match("stacks/"), 9);
     let stacks = folder.join("stacks");
     // Echo 2's slices at heights 10, 0 and 5 are MR0002, MR0005 and MR0003: lowest first.
     let place = series_place(&stacks.join("MR0005")).unwrap().unwrap();
