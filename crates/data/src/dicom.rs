@@ -78,11 +78,34 @@ fn has_dicom_extension(path: &Path) -> bool {
 /// `IM000001`, a UID-named `1.2.840.113619.2.55.3.320`), is a DICOM image file by its magic word.
 /// A DICOMDIR (the index a DICOM disc or export carries) is not an image.
 pub(crate) fn is_unnamed_dicom(path: &Path) -> bool {
+    is_named_as_unnamed_dicom(path) && read_head(path).is_ok_and(|head| has_magic(&head))
+}
+
+/// Whether `path`'s name is one an unnamed DICOM file has: no extension or a number for one, and
+/// not DICOMDIR.
+fn is_named_as_unnamed_dicom(path: &Path) -> bool {
     let numeric = |e: &std::ffi::OsStr| e.to_str().is_some_and(|e| e.bytes().all(|b| b.is_ascii_digit()));
-    if !path.extension().is_none_or(numeric) || path.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR")) {
+    path.extension().is_none_or(numeric) && !path.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
+}
+
+/// Whether the file at `path` is a DICOM object that holds no image: no Pixel Data (a structured
+/// report, a presentation state, a key object selection, an encapsulated PDF, which PACS exports
+/// put beside the images), found by a walk over its elements' headers, their values unread. False
+/// for any other file, and for one whose walk fails (its read then names the problem).
+pub fn holds_no_image(path: &Path) -> bool {
+    // Another format's file is not opened: a folder of 25,000 JPEGs is listed as fast as before.
+    if !has_dicom_extension(path) && !is_named_as_unnamed_dicom(path) {
         return false;
     }
-    read_head(path).is_ok_and(|head| has_magic(&head))
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let Ok(size) = file.metadata().map(|metadata| metadata.len()) else { return false };
+    let mut source = std::io::BufReader::new(file);
+    let mut head = Vec::with_capacity(MAGIC_AT + 4);
+    if (&mut source).take((MAGIC_AT + 4) as u64).read_to_end(&mut head).is_err() || !is_dicom(path, &head) {
+        return false;
+    }
+    let magic = if has_magic(&head) { MAGIC_AT as u64 } else { 0 };
+    source.seek(SeekFrom::Start(magic)).is_ok() && matches!(check_lengths(path, &mut source, size, true), Ok(PixelsFound::Absent))
 }
 
 /// The first bytes of the file at `path`, up to its magic word (fewer for a shorter file).

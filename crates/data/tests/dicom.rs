@@ -175,6 +175,28 @@ fn a_frame_choice_reads_as_it_prints() {
     }
 }
 
+/// A DICOM object without Pixel Data (a report, a presentation state) is told from the images by
+/// its elements' headers; images of every kind, another format's file, and a damaged copy (left
+/// to its read, which names the problem) are not such objects.
+#[test]
+fn a_dicom_object_without_pixel_data_is_told_from_the_images() {
+    use medxfer_data::holds_no_image;
+    assert!(holds_no_image(&fixtures().join("no_pixels.dcm")));
+    for image in ["ct_enhanced.dcm", "gray_jpeg.dcm", "mr_j2k.dcm", "us_cine_deflate.dcm", "two_frames.dcm"] {
+        assert!(!holds_no_image(&fixtures().join(image)), "{image}");
+    }
+    assert!(!holds_no_image(&common::fixtures("formats").join("gray.jpg")));
+    assert!(!holds_no_image(&fixtures().join("missing.dcm")));
+    // Without extension, found by its magic word, as a PACS export names it.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixtures().join("no_pixels.dcm")).unwrap();
+    std::fs::write(dir.path().join("IM000009"), &bytes).unwrap();
+    assert!(holds_no_image(&dir.path().join("IM000009")));
+    // Cut inside its meta group.
+    std::fs::write(dir.path().join("cut.dcm"), &bytes[..200]).unwrap();
+    assert!(!holds_no_image(&dir.path().join("cut.dcm")));
+}
+
 #[test]
 fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() {
     for (name, expected) in [

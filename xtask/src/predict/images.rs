@@ -29,7 +29,9 @@ pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Optio
             bail!("--images-root and --csv-columns read a CSV; --images {} is a folder: leave them out", images.display());
         }
         let mut paths = Vec::new();
-        for file in crate::rank::images::walk(images)?.into_iter().filter(|f| medxfer_data::is_image_file(f)) {
+        let (files, objects) = crate::rank::images::image_files(images)?;
+        crate::rank::images::say_passed_over(images, &objects);
+        for file in files {
             let relative = file.strip_prefix(images).unwrap_or(&file);
             let relative = relative.to_str().with_context(|| format!("{}: its name is not valid UTF-8; rename it", file.display()))?;
             paths.push(relative.replace('\\', "/"));

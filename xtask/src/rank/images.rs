@@ -273,10 +273,13 @@ fn from_folder(root: &Path, group_by_subfolder: Option<u16>) -> Result<LabelledI
     // Each file once, by its real path: a link to a folder or file already listed adds nothing,
     // and one file under two class folders has no label.
     let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut passed_over = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         // The file itself before any link to it, then name order.
         let mut candidates = Vec::new();
-        for file in walk(&root.join(class))?.into_iter().filter(|f| medxfer_data::is_image_file(f)) {
+        let (images, objects) = image_files(&root.join(class))?;
+        passed_over.extend(objects);
+        for file in images {
             let real = std::fs::canonicalize(&file).with_context(|| format!("cannot resolve {}", file.display()))?;
             let through_link =
                 std::fs::canonicalize(file.parent().unwrap_or(root)).ok().map(|p| p.join(file.file_name().unwrap_or_default()))
@@ -305,6 +308,7 @@ fn from_folder(root: &Path, group_by_subfolder: Option<u16>) -> Result<LabelledI
         }
         records.extend(files.into_iter().map(|path| record(path, class, label as u32)));
     }
+    say_passed_over(root, &passed_over);
     let mut ungrouped = 0;
     if let Some(level) = group_by_subfolder.map(usize::from) {
         // CLASS/<level 1>/.../<group>/.../<image>: the group by its name alone, so that a slide's
@@ -365,6 +369,32 @@ pub fn prune_caches(cache_dir: &Path, name: &str, kept: &str) {
             eprintln!("warning: cannot remove an earlier image set's cache {}: {error}", path.display());
         }
     }
+}
+
+/// The image files under `dir` (at any depth, as [`walk`] lists them), and apart the DICOM objects
+/// among them that hold no image (reports, presentation states, key objects: a PACS export puts
+/// them beside the images), of which no image can be made.
+pub fn image_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    use rayon::prelude::*;
+    let files: Vec<PathBuf> = walk(dir)?.into_iter().filter(|file| medxfer_data::is_image_file(file)).collect();
+    let no_image: Vec<bool> = files.par_iter().map(|file| medxfer_data::holds_no_image(file)).collect();
+    let (objects, images): (Vec<_>, Vec<_>) = files.into_iter().zip(no_image).partition(|(_, no_image)| *no_image);
+    Ok((images.into_iter().map(|(file, _)| file).collect(), objects.into_iter().map(|(file, _)| file).collect()))
+}
+
+/// Says on stderr how many DICOM objects without an image under `root` were passed over,
+/// naming a few.
+pub fn say_passed_over(root: &Path, objects: &[PathBuf]) {
+    if objects.is_empty() {
+        return;
+    }
+    let named: Vec<String> = objects.iter().take(5).map(|file| file.strip_prefix(root).unwrap_or(file).display().to_string()).collect();
+    eprintln!(
+        "{}: {} DICOM file(s) hold no image (no Pixel Data: reports, presentation states, key objects) and are passed over, e.g. {}",
+        root.display(),
+        objects.len(),
+        named.join(", ")
+    );
 }
 
 pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -774,6 +804,26 @@ scans/tumour/w.png,1,p2
             assert!(error.contains(&root.join(named).display().to_string()), "{error}");
             assert!(error.contains("not valid UTF-8") && error.contains("rename it"), "{error}");
         }
+    }
+
+    /// A PACS export's reports and presentation states (DICOM objects without Pixel Data, named
+    /// .dcm or without extension) beside the images are passed over, not read as images.
+    #[test]
+    fn a_dicom_object_without_an_image_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        for file in ["benign/a.png", "malignant/c.png"] {
+            png(&root.join(file));
+        }
+        let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/data/tests/fixtures/dicom/no_pixels.dcm");
+        for file in ["benign/report.dcm", "malignant/IM000009"] {
+            std::fs::copy(&report, root.join(file)).unwrap();
+        }
+        let images = LabelledImages::read(&root, &ImagesReading::default()).unwrap();
+        let paths: Vec<&str> = images.records.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["benign/a.png", "malignant/c.png"]);
+        let (images, objects) = image_files(&root).unwrap();
+        assert_eq!((images.len(), objects), (2, vec![root.join("benign/report.dcm"), root.join("malignant/IM000009")]));
     }
 
     /// A folder unzipped from a Mac's archive: its `__MACOSX/` is no class (it was one, of
