@@ -88,10 +88,16 @@ fn is_named_as_unnamed_dicom(path: &Path) -> bool {
     path.extension().is_none_or(numeric) && !path.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
 }
 
-/// Whether the file at `path` is a DICOM object that holds no image: no Pixel Data (a structured
-/// report, a presentation state, a key object selection, an encapsulated PDF, which PACS exports
-/// put beside the images), found by a walk over its elements' headers, their values unread. False
-/// for any other file, and for one whose walk fails (its read then names the problem).
+/// The storage classes whose pixels are no image to classify: a segmentation's frames are masks
+/// (Segmentation, Label Map Segmentation), an RT Dose's a dose grid.
+const NOT_IMAGES: [&str; 3] = ["1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7", "1.2.840.10008.5.1.4.1.1.481.2"];
+
+/// Whether the file at `path` is a DICOM object that holds no image to classify: no Pixel Data (a
+/// structured report, a presentation state, a key object selection, an encapsulated PDF, an RT
+/// structure set, which exports put beside the images), found by a walk over its elements'
+/// headers, their values unread; or pixels of a storage class that are not an image
+/// ([`NOT_IMAGES`]: a segmentation, an RT dose), by its file meta group. False for any other file,
+/// and for one whose walk fails (its read then names the problem).
 pub fn holds_no_image(path: &Path) -> bool {
     // Another format's file is not opened: a folder of 25,000 JPEGs is listed as fast as before.
     if !has_dicom_extension(path) && !is_named_as_unnamed_dicom(path) {
@@ -105,7 +111,21 @@ pub fn holds_no_image(path: &Path) -> bool {
         return false;
     }
     let magic = if has_magic(&head) { MAGIC_AT as u64 } else { 0 };
-    source.seek(SeekFrom::Start(magic)).is_ok() && matches!(check_lengths(path, &mut source, size, true), Ok(PixelsFound::Absent))
+    if source.seek(SeekFrom::Start(magic)).is_err() {
+        return false;
+    }
+    match check_lengths(path, &mut source, size, true) {
+        Ok(PixelsFound::Absent) => true,
+        Ok(_) => {
+            // dicom-rs's parser panics on some damaged files (as `dicom_header` says).
+            let class = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                source.seek(SeekFrom::Start(magic)).ok()?;
+                FileMetaTable::from_reader(&mut source).ok().map(|meta| meta.media_storage_sop_class_uid().to_string())
+            }));
+            class.ok().flatten().is_some_and(|class| NOT_IMAGES.contains(&class.trim_end_matches(['\0', ' '])))
+        }
+        Err(_) => false,
+    }
 }
 
 /// The first bytes of the file at `path`, up to its magic word (fewer for a shorter file).

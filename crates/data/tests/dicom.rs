@@ -176,12 +176,15 @@ fn a_frame_choice_reads_as_it_prints() {
 }
 
 /// A DICOM object without Pixel Data (a report, a presentation state) is told from the images by
-/// its elements' headers; images of every kind, another format's file, and a damaged copy (left
-/// to its read, which names the problem) are not such objects.
+/// its elements' headers, a segmentation by its storage class; images of every kind, another
+/// format's file, and a damaged copy (left to its read, which names the problem) are not such
+/// objects.
 #[test]
 fn a_dicom_object_without_pixel_data_is_told_from_the_images() {
     use medxfer_data::holds_no_image;
     assert!(holds_no_image(&fixtures().join("no_pixels.dcm")));
+    // Pixels, but a segmentation's masks.
+    assert!(holds_no_image(&fixtures().join("segmentation.dcm")));
     for image in ["ct_enhanced.dcm", "gray_jpeg.dcm", "mr_j2k.dcm", "us_cine_deflate.dcm", "two_frames.dcm"] {
         assert!(!holds_no_image(&fixtures().join(image)), "{image}");
     }

@@ -48,6 +48,30 @@ fn mutated_files_decode_or_fail(dir: &Path, names: &[&str], path: &Path, (count,
     }
 }
 
+/// Damaged reports, segmentations and images are told from images (`holds_no_image`, as rank
+/// lists a folder) without a panic.
+#[test]
+fn mutated_dicom_objects_are_told_from_images_without_a_panic() {
+    let dicom = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dicom"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("IM000001");
+    for (i, name) in ["no_pixels.dcm", "segmentation.dcm", "ct_enhanced.dcm"].iter().enumerate() {
+        let original = std::fs::read(dicom.join(name)).unwrap();
+        let mut answers = [0; 2];
+        assert_none(never_panics(
+            200,
+            500 + i as u64,
+            |m: &mut Mutator| m.bytes(&original),
+            |bytes: &Vec<u8>| {
+                std::fs::write(&path, bytes).unwrap();
+                answers[usize::from(medxfer_data::holds_no_image(&path))] += 1;
+            },
+        ));
+        // Neither answer fixed: a damaged header is read, not guessed.
+        assert!(answers[0] > 0 && answers[1] > 0, "{name}: {answers:?}");
+    }
+}
+
 #[test]
 fn mutated_images_decode_or_fail_naming_the_file() {
     let names = ["lzw.tif", "two_pages.tif", "rgb16.tif", "rgba.png", "palette.png", "gray.jpg", "cmyk.jpg", "exif_rotated.jpg"];

@@ -372,8 +372,8 @@ pub fn prune_caches(cache_dir: &Path, name: &str, kept: &str) {
 }
 
 /// The image files under `dir` (at any depth, as [`walk`] lists them), and apart the DICOM objects
-/// among them that hold no image (reports, presentation states, key objects: a PACS export puts
-/// them beside the images), of which no image can be made.
+/// among them that hold no image to classify (reports, presentation states, key objects,
+/// segmentations: an export puts them beside the images).
 pub fn image_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     use rayon::prelude::*;
     let files: Vec<PathBuf> = walk(dir)?.into_iter().filter(|file| medxfer_data::is_image_file(file)).collect();
@@ -390,7 +390,8 @@ pub fn say_passed_over(root: &Path, objects: &[PathBuf]) {
     }
     let named: Vec<String> = objects.iter().take(5).map(|file| file.strip_prefix(root).unwrap_or(file).display().to_string()).collect();
     eprintln!(
-        "{}: {} DICOM file(s) hold no image (no Pixel Data: reports, presentation states, key objects) and are passed over, e.g. {}",
+        "{}: {} DICOM file(s) hold no image to classify (no Pixel Data: reports, presentation states, key objects; or masks and dose \
+         grids: segmentations, RT doses) and are passed over, e.g. {}",
         root.display(),
         objects.len(),
         named.join(", ")
