@@ -88,9 +88,19 @@ fn is_named_as_unnamed_dicom(path: &Path) -> bool {
     path.extension().is_none_or(numeric) && !path.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
 }
 
-/// The storage classes whose pixels are no image to classify: a segmentation's frames are masks
-/// (Segmentation, Label Map Segmentation), an RT Dose's a dose grid.
-const NOT_IMAGES: [&str; 3] = ["1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7", "1.2.840.10008.5.1.4.1.1.481.2"];
+/// The storage classes whose pixels are no image to classify, each with what it holds: a
+/// segmentation's frames are masks, an RT Dose's a dose grid.
+const NOT_IMAGES: [(&str, &str); 3] = [
+    ("1.2.840.10008.5.1.4.1.1.66.4", "a segmentation: its frames are masks"),
+    ("1.2.840.10008.5.1.4.1.1.66.7", "a label map segmentation: its frames are masks"),
+    ("1.2.840.10008.5.1.4.1.1.481.2", "an RT dose: its frames are a dose grid"),
+];
+
+/// What the storage class `class` holds where its pixels are no image ([`NOT_IMAGES`]).
+fn not_an_image(class: &str) -> Option<&'static str> {
+    let class = class.trim_end_matches(['\0', ' ']);
+    NOT_IMAGES.iter().find(|(uid, _)| *uid == class).map(|(_, what)| *what)
+}
 
 /// Whether the file at `path` is a DICOM object that holds no image to classify: no Pixel Data (a
 /// structured report, a presentation state, a key object selection, an encapsulated PDF, an RT
@@ -122,7 +132,7 @@ pub fn holds_no_image(path: &Path) -> bool {
                 source.seek(SeekFrom::Start(magic)).ok()?;
                 FileMetaTable::from_reader(&mut source).ok().map(|meta| meta.media_storage_sop_class_uid().to_string())
             }));
-            class.ok().flatten().is_some_and(|class| NOT_IMAGES.contains(&class.trim_end_matches(['\0', ' '])))
+            class.ok().flatten().is_some_and(|class| not_an_image(&class).is_some())
         }
         Err(_) => false,
     }
@@ -335,6 +345,9 @@ fn read_dicom<R: Read + Seek>(
         return Err(no_image());
     }
     let header = parse(path, source, OpenFileOptions::new().read_until(tags::PIXEL_DATA).read_preamble(preamble))?;
+    if let Some(what) = not_an_image(header.meta().media_storage_sop_class_uid()) {
+        return Err(problem(format!("the DICOM file is {what}, not an image to classify; leave it out of the image folder")));
+    }
     let attribute = |tag, name: &str| -> Result<u32> {
         let value = header.element(tag).map_err(|_| problem(format!("the DICOM file has no {name}")))?;
         value.to_int::<u32>().map_err(|e| problem(format!("the DICOM file's {name} is not a number ({e})")))

@@ -205,6 +205,7 @@ fn dicom_files_that_are_not_one_image_are_refused_naming_the_file_and_the_fix() 
     for (name, expected) in [
         ("two_frames.dcm", "holds 2 frames"),
         ("no_pixels.dcm", "no Pixel Data"),
+        ("segmentation.dcm", "is a segmentation: its frames are masks, not an image to classify"),
         ("zero_width_window.dcm", "width at least 1 for LINEAR"),
         ("palette.dcm", "PALETTE COLOR with 1 samples of 8 bits"),
         ("rgb_jpegls.dcm", "colour (3 samples per pixel) compressed as JPEG-LS"),
