@@ -67,6 +67,9 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 "reorient": card.reorient,
                 // Each frame 2.5-D: the frame before as red, itself green, the one after blue.
                 "adjacent_slices": card.adjacent_slices,
+                // The conditions on their DICOM header the images met (FIELD=PATTERN or
+                // FIELD!=PATTERN, * and ? in any case): which files the pipeline should classify.
+                "dicom_where": card.dicom_where,
             })
             .to_string(),
         ),

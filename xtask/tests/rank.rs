@@ -741,6 +741,43 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
             && stderr.contains("Not sagittal: clear/axial.dcm (axial), clear/coronal.dcm (coronal)"),
         "{stderr}"
     );
+    // --dicom-where: the MR files left out (each field's values said both ways); a class left
+    // without images refused; predict keeps new images by the card's conditions, or those given.
+    let output =
+        rank(dir.path(), &series, &dir.path().join("not mr"), None, &["--backbones", "resnet_basic_min", "--dicom-where", "Modality!=MR"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--dicom-where Modality!=MR: 10 of 13 files kept")
+            && stderr.contains(r#"Modality of the files kept: "CT" 5, "OT" 5; of those left out: "MR" 3"#)
+            && stderr.contains(r#"10 images, {"clear": 9, "lesion": 1}"#)
+            && String::from_utf8_lossy(&output.stdout).contains("only the DICOM files whose header meets Modality!=MR (--dicom-where)"),
+        "{stderr}"
+    );
+    let output = rank_output(
+        dir.path(),
+        &series,
+        &dir.path().join("only mr"),
+        None,
+        &["--backbones", "resnet_basic_min", "--dicom-where", "modality=mr"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("is not a DICOM keyword or tag"), "{stderr}");
+    let output = rank_output(
+        dir.path(),
+        &series,
+        &dir.path().join("only mr"),
+        None,
+        &["--backbones", "resnet_basic_min", "--dicom-where", "Modality=mr"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("no image of class clear meets --dicom-where Modality=mr"), "{stderr}");
+    let output = predict(dir.path(), &tuned, &series, &["--out", predictions.to_str().unwrap(), "--dicom-where", "(0008,0060)=CT"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("--dicom-where (0008,0060)=CT: 5 of 13 files kept"), "{stderr}");
+    assert!(stderr.contains("the model was fine-tuned on rank's images kept by every image; these by (0008,0060)=CT"), "{stderr}");
+    // The card's --slice middle: the CT series' one row, its middle slice along the normal.
+    let paths: Vec<String> = read_csv(&predictions).iter().map(|row| row["path"].clone()).collect();
+    assert_eq!(paths, ["clear/IM000005"]);
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");
@@ -1871,6 +1908,7 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
             assert_eq!(preprocessing[key], card[key], "{backbone}: {key}");
         }
         assert_eq!((&preprocessing["dicom_frame"], &preprocessing["reorient"]), (&"only".into(), &"stored".into()));
+        assert_eq!(preprocessing["dicom_where"], serde_json::json!([]));
     }
 
     // What it cannot do, refused with the fix.

@@ -23,6 +23,7 @@
 //! ([`DicomFrame`]; `frame.rs` makes the chosen one a single-frame image, its Functional Groups'
 //! rescale and window with it).
 
+mod condition;
 mod frame;
 mod geometry;
 mod series;
@@ -50,6 +51,7 @@ use image::RgbImage;
 
 use crate::error::{Error, Result};
 use crate::limits::check_pixels;
+pub use condition::{DicomCondition, dicom_field_texts};
 pub use frame::DicomFrame;
 pub(crate) use geometry::slice_normal;
 pub(crate) use series::forget_placed_folders;

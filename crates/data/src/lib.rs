@@ -70,8 +70,8 @@ pub use decode::{
     load_image_frame, load_image_frames, load_rgb8,
 };
 pub use dicom::{
-    DicomFrame, FrameOrder, FrameStacks, SeriesOrder, SeriesPlace, Window, dicom_patient_id, dicom_series_uid, frame_stacks,
-    holds_no_image, series_place, series_slices,
+    DicomCondition, DicomFrame, FrameOrder, FrameStacks, SeriesOrder, SeriesPlace, Window, dicom_field_texts, dicom_patient_id,
+    dicom_series_uid, frame_stacks, holds_no_image, series_place, series_slices,
 };
 pub use error::{Error, Result};
 pub use files::is_os_bookkeeping;

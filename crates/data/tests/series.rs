@@ -175,3 +175,19 @@ fn a_2_5_d_cache_follows_the_neighbours_of_its_slices() {
     assert_eq!(red(&after.read(0).unwrap()), red(&fourth));
     assert_ne!(red(&before.read(0).unwrap()), red(&fourth));
 }
+
+/// The fields `--dicom-where` asks for, read from a header as make_series.py wrote them: a CT
+/// slice's Modality and Image Position (its values joined by `\`), a field it lacks; a file that is
+/// not DICOM has none.
+#[test]
+fn a_condition_s_field_is_read_from_the_header() {
+    use medxfer_data::{DicomCondition, dicom_field_texts};
+    let conditions: Vec<DicomCondition> =
+        ["Modality=CT", "ImagePositionPatient=*", "SeriesDescription!=*"].iter().map(|c| c.parse().unwrap()).collect();
+    let texts = dicom_field_texts(&common::fixtures("series").join("scan").join(CT[0]), &conditions).unwrap().unwrap();
+    assert_eq!(texts, [Some("CT".to_string()), Some("40.0\\-120.5\\88.25".to_string()), None]);
+    assert!(conditions.iter().zip(&texts).all(|(condition, text)| condition.holds(text.as_deref())));
+    let mr = dicom_field_texts(&common::fixtures("series").join("scan").join(MR[0]), &conditions[..1]).unwrap().unwrap();
+    assert_eq!(mr, [Some("MR".to_string())]);
+    assert_eq!(dicom_field_texts(&common::fixtures("formats").join("gray.jpg"), &conditions).unwrap(), None);
+}

@@ -22,6 +22,27 @@ pub struct Images {
     pub series: HashMap<String, Vec<String>>,
 }
 
+/// `images` with only the files whose DICOM header meets `conditions` (`--dicom-where`), their
+/// labels with them; none left is an error.
+pub fn keep_where(images: &mut Images, conditions: &[medxfer_data::DicomCondition]) -> Result<()> {
+    if conditions.is_empty() {
+        return Ok(());
+    }
+    let kept = crate::rank::dicom_where::kept_where(&images.root, &images.paths, conditions)?;
+    let keep = |values: &mut Vec<String>| {
+        let mut kept = kept.iter();
+        values.retain(|_| kept.next().copied().unwrap_or(false));
+    };
+    keep(&mut images.paths);
+    if let Some(labels) = &mut images.labels {
+        keep(labels);
+    }
+    if images.paths.is_empty() {
+        bail!("{}: no image meets --dicom-where (stderr lists the values the files have); loosen the pattern", images.root.display());
+    }
+    Ok(())
+}
+
 /// Every image file under a folder (in name order), or a CSV's path column (and label column).
 pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Option<&str>) -> Result<Images> {
     if images.is_dir() {

@@ -15,7 +15,7 @@ use medxfer_train::calibration::{self, Calibration};
 use medxfer_train::{RunSettings, Views, logits_split_views, macro_auroc, one_vs_rest_auroc};
 
 use crate::rank::card::ModelCard;
-use images::{Images, cached_images, image_paths, keep_chosen_slices, prune_prediction_caches, unreadable_file};
+use images::{Images, cached_images, image_paths, keep_chosen_slices, keep_where, prune_prediction_caches, unreadable_file};
 
 mod images;
 mod maps;
@@ -81,6 +81,11 @@ pub struct PredictArgs {
     /// rank read its volumes along (`reorient` in the model's card).
     #[arg(long, value_name = "ORIENTATION")]
     pub reorient: Option<medxfer_data::Orientation>,
+    /// Only the DICOM files whose header meets every condition (FIELD=PATTERN or FIELD!=PATTERN,
+    /// the option repeated, as rank takes it) are predicted. By default the conditions rank kept
+    /// its images by (`dicom_where` in the model's card); `--dicom-where any` keeps every image.
+    #[arg(long, value_name = "FIELD=PATTERN")]
+    pub dicom_where: Vec<String>,
     /// Divide the logits by the temperature rank fitted on the val part (temperature scaling,
     /// Guo et al. 2017) before the softmax: the same predicted classes, probabilities that match
     /// how often the model is right. By default the probabilities are as the model gives them.
@@ -220,6 +225,8 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let mut images = image_paths(&args.images, args.images_root.as_deref(), args.csv_columns.as_deref())?;
     let class_index = |name: &str| card.classes.iter().position(|c| c == name).map(|i| i as u32);
     let (frames, rendering) = reading(args, &card);
+    let conditions = dicom_conditions(args, &card)?;
+    keep_where(&mut images, &conditions)?;
     keep_chosen_slices(&mut images, frames, rendering.orientation)?;
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     check_saliency_outside(args)?;
@@ -342,6 +349,31 @@ fn reading(args: &PredictArgs, card: &ModelCard) -> (FrameSelection, medxfer_dat
         adjacent_slices: card.adjacent_slices,
     };
     (args.dicom_frame.unwrap_or(card.dicom_frame), rendering)
+}
+
+/// The conditions on their DICOM header new images are kept by: `--dicom-where`'s (none for
+/// `any`), else the card's (rank's), said on stderr where they differ from those.
+fn dicom_conditions(args: &PredictArgs, card: &ModelCard) -> Result<Vec<medxfer_data::DicomCondition>> {
+    let conditions = match args.dicom_where.as_slice() {
+        [] => return Ok(card.dicom_where.clone()),
+        [any] if any == "any" => Vec::new(),
+        given => given
+            .iter()
+            .map(|text| text.parse::<medxfer_data::DicomCondition>().map_err(|e| anyhow::anyhow!("--dicom-where {e}")))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if conditions != card.dicom_where {
+        let shown = |conditions: &[medxfer_data::DicomCondition]| match conditions {
+            [] => "every image".to_string(),
+            conditions => conditions.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
+        };
+        eprintln!(
+            "--dicom-where: the model was fine-tuned on rank's images kept by {}; these by {}",
+            shown(&card.dicom_where),
+            shown(&conditions)
+        );
+    }
+    Ok(conditions)
 }
 
 /// Says on stderr where the images are read otherwise than rank read those the model was
@@ -582,6 +614,7 @@ mod tests {
                 window: None,
                 reorient: medxfer_data::Orientation::Stored,
                 adjacent_slices: false,
+                dicom_where: Vec::new(),
                 val_balanced_accuracy: Some(val),
                 test_balanced_accuracy: Some(test),
                 temperature: None,

@@ -46,6 +46,10 @@ pub struct ModelCard {
     /// --adjacent-slices), as `predict` reads new ones; false on cards written before it was kept.
     #[serde(default)]
     pub adjacent_slices: bool,
+    /// The conditions on their DICOM header the images met (rank's --dicom-where), which
+    /// `predict` keeps new images by too; none on cards written before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dicom_where: Vec<medxfer_data::DicomCondition>,
     /// The kept epoch's on the val part of rank's split (finetune_split.csv): what `predict`
     /// chooses by, so that the test part's stays an estimate the choice did not see.
     #[serde(default)]

@@ -69,11 +69,23 @@ pub struct ImagesReading {
     /// --dicom-frame chooses, or each with all) made of three, the frame before in red, itself in
     /// green and the one after in blue (the first and last repeat themselves at the ends), each
     /// rendered gray as alone (one window): a little of the third dimension for 2-D backbones.
-    /// Other images are read as they are (a colour one refused): a DICOM series stored a file a
-    /// slice has no neighbours within a file (make it one volume first: dcm2niix). `predict` reads
-    /// new files so.
+    /// A slice of a DICOM series stored a file a slice has the series' slices either side of it
+    /// (in its stack, where the series is several); an enhanced DICOM file's frames are neighbours
+    /// by their positions. Other images are read as they are (a colour one refused). `predict`
+    /// reads new files so.
     #[arg(long)]
     pub adjacent_slices: bool,
+    /// Only the DICOM files whose header meets every condition (the option repeated) are images:
+    /// FIELD=PATTERN, or FIELD!=PATTERN for those whose field does not match (or that lack it);
+    /// FIELD a keyword of the DICOM dictionary (SeriesDescription, Modality, ImageType,
+    /// BodyPartExamined, ProtocolName) or a tag ((0008,103E)), PATTERN matching its whole text in
+    /// any case, * any run of characters and ? one (ImageType's values joined by \). A PACS export
+    /// holds every series of a study: SeriesDescription=*FLAIR* keeps the FLAIR series,
+    /// ImageType!=*LOCALIZER* leaves the localizers out. Files that are not DICOM are left out.
+    /// stderr says how many were kept and each field's most common values both ways. `predict`
+    /// keeps new images so.
+    #[arg(long, value_name = "FIELD=PATTERN")]
+    pub dicom_where: Vec<medxfer_data::DicomCondition>,
 }
 
 /// The path, label and optional group columns' names.
@@ -112,6 +124,10 @@ impl ImagesReading {
         }
         if self.adjacent_slices {
             read.push("2.5-D, each frame's red the frame before and its blue the one after (--adjacent-slices)".to_string());
+        }
+        if !self.dicom_where.is_empty() {
+            let written: Vec<String> = self.dicom_where.iter().map(ToString::to_string).collect();
+            read.push(format!("only the DICOM files whose header meets {} (--dicom-where)", written.join(" and ")));
         }
         if read.is_empty() { String::new() } else { format!("\nImages read with {}.\n", read.join("; ")) }
     }
@@ -168,6 +184,7 @@ impl LabelledImages {
         } else {
             bail!("{}: not a folder of class subfolders nor a .csv file of path,label", images.display());
         };
+        keep_where(&mut found, &csv.dicom_where)?;
         if csv.group_by_dicom_patient {
             if let Some(grouped_by) = &found.grouped_by {
                 bail!("--group-by-dicom-patient: {} is already grouped by {grouped_by}; keep one of the two", images.display());
@@ -201,6 +218,30 @@ impl LabelledImages {
 }
 
 /// Each image's group is its DICOM Patient ID; those without one stay their own.
+/// `images` with only the records whose DICOM header meets `conditions` (`--dicom-where`); a class
+/// left without any is an error naming it and the conditions.
+fn keep_where(images: &mut LabelledImages, conditions: &[medxfer_data::DicomCondition]) -> Result<()> {
+    if conditions.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<String> = images.records.iter().map(|record| record.path.clone()).collect();
+    let kept = super::dicom_where::kept_where(&images.root, &paths, conditions)?;
+    let mut kept = kept.into_iter();
+    images.records.retain(|_| kept.next().unwrap_or(false));
+    let counts = images.counts();
+    let empty: Vec<&String> = images.classes.iter().filter(|class| !counts.contains_key(class.as_str())).collect();
+    if !empty.is_empty() {
+        let written: Vec<String> = conditions.iter().map(ToString::to_string).collect();
+        bail!(
+            "{}: no image of class {} meets --dicom-where {} (stderr lists the values its files have); loosen the pattern",
+            images.root.display(),
+            empty.iter().map(|class| class.as_str()).collect::<Vec<_>>().join(", "),
+            written.join(" --dicom-where ")
+        );
+    }
+    Ok(())
+}
+
 fn group_by_dicom_patient(images: &mut LabelledImages) -> Result<()> {
     let mut ungrouped = 0;
     for record in &mut images.records {

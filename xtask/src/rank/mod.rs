@@ -7,6 +7,7 @@
 mod bootstrap;
 mod calibration;
 pub mod card;
+pub mod dicom_where;
 mod figure;
 pub mod images;
 mod reliability_figure;

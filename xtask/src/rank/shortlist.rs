@@ -186,6 +186,7 @@ impl Shortlist<'_> {
             window: args.reading.window,
             reorient: args.reading.reorient,
             adjacent_slices: args.reading.adjacent_slices,
+            dicom_where: args.reading.dicom_where.clone(),
             val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),
             test_balanced_accuracy: row.test_balanced_accuracy,
             temperature: calibration.as_ref().ok().and_then(|c| c.temperature.as_ref().ok().copied()),
