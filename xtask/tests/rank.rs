@@ -778,6 +778,11 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     // The card's --slice middle: the CT series' one row, its middle slice along the normal.
     let paths: Vec<String> = read_csv(&predictions).iter().map(|row| row["path"].clone()).collect();
     assert_eq!(paths, ["clear/IM000005"]);
+    let output = predict(dir.path(), &tuned, &series, &["--out", predictions.to_str().unwrap(), "--dicom-where", "any"]);
+    assert!(output.status.success() && !String::from_utf8_lossy(&output.stderr).contains("--dicom-where"), "{output:?}");
+    let output = predict(dir.path(), &tuned, &series, &["--out", predictions.to_str().unwrap(), "--dicom-where", "Modality"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--dicom-where 'Modality' is not a condition"), "{stderr}");
     let output = rank_output(dir.path(), &volumes, &dir.path().join("refused"), None, &backbones);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("holds 3 slices") && stderr.contains("--slice"), "{stderr}");
