@@ -741,6 +741,14 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
             && stderr.contains("Not sagittal: clear/axial.dcm (axial), clear/coronal.dcm (coronal)"),
         "{stderr}"
     );
+    // 2.5-D: the localizer's planes, each alone in its stack, have no neighbours, said so.
+    let extra = ["--backbones", "resnet_basic_min", "--slice", "middle", "--adjacent-slices"];
+    let output = rank(dir.path(), &series, &dir.path().join("localizer adjacent"), None, &extra);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--adjacent-slices: 5 of 7 files hold one frame") && stderr.contains("clear/axial.dcm, clear/coronal.dcm"),
+        "{stderr}"
+    );
     // --dicom-where: the MR files left out (each field's values said both ways); a class left
     // without images refused; predict keeps new images by the card's conditions, or those given.
     let output =

@@ -527,8 +527,9 @@ fn warn_of_mixed_planes(root: &Path, files: &[Entry], orientation: medxfer_data:
 }
 
 /// Says on stderr how many of `files` (under `root`) hold one frame and are not a slice of a DICOM
-/// series of several in their folder, naming a few: `--adjacent-slices` gives them no neighbours
-/// (each channel the file's one frame). A header that cannot be read, or a series that cannot be
+/// series of several in their folder (nor of a stack of several in its series: a localizer's
+/// planes are each alone), naming a few: `--adjacent-slices` gives them no neighbours (each
+/// channel the file's one frame). A header that cannot be read, or a series that cannot be
 /// put in order, is left to the decoding, which names it.
 fn warn_of_single_frames(root: &Path, files: &[Entry], orientation: medxfer_data::Orientation) {
     use rayon::prelude::*;
@@ -537,7 +538,7 @@ fn warn_of_single_frames(root: &Path, files: &[Entry], orientation: medxfer_data
         .filter(|entry| {
             let path = root.join(&entry.path);
             medxfer_data::frame_count(&path, orientation).is_ok_and(|n| n == 1)
-                && medxfer_data::series_place(&path).is_ok_and(|place| place.is_none())
+                && medxfer_data::series_place(&path).is_ok_and(|place| place.is_none_or(|place| place.len == 1))
         })
         .collect();
     if single.is_empty() {

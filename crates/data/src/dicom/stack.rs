@@ -16,9 +16,8 @@
 //! Frames that state no position, and frames all at one position (a cine loop of one slice), keep
 //! the file's order: their neighbours are in time.
 
-use std::path::Path;
-
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use dicom_core::Tag;
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
@@ -123,7 +122,8 @@ pub fn frame_stacks(path: &Path, count: u32) -> Result<FrameStacks> {
     let mut stacks = Vec::with_capacity(groups.len());
     for group in groups {
         // A stack all at one place (one slice through time) keeps the file's order.
-        let ordered = in_order(&group, &planes).map_err(|problem| refused(format!("{problem} in one stack of its Dimension Index")))?;
+        let ordered =
+            in_order(&group, &planes).map_err(|problem| refused(format!("within one stack its Dimension Index tells apart, {problem}")))?;
         stacks.push(ordered.unwrap_or(group));
     }
     Ok(FrameStacks::of(stacks, FrameOrder::Position, apart_by))
