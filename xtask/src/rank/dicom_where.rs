@@ -49,16 +49,17 @@ fn say_kept(conditions: &[DicomCondition], texts: &[Option<Vec<Option<String>>>]
     );
     for (at, condition) in conditions.iter().enumerate() {
         let values = |wanted: bool| {
-            let mut counts: HashMap<&str, usize> = HashMap::new();
+            let mut counts: HashMap<Option<&str>, usize> = HashMap::new();
             for (texts, _) in texts.iter().zip(kept).filter(|(_, kept)| **kept == wanted) {
                 if let Some(texts) = texts {
-                    *counts.entry(texts[at].as_deref().unwrap_or("(none)")).or_default() += 1;
+                    *counts.entry(texts[at].as_deref()).or_default() += 1;
                 }
             }
-            let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
-            counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let mut counts: Vec<(Option<&str>, usize)> = counts.into_iter().collect();
+            counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             let more = counts.len().saturating_sub(VALUES_SHOWN);
-            let mut shown: Vec<String> = counts.into_iter().take(VALUES_SHOWN).map(|(value, n)| format!("{value:?} {n}")).collect();
+            let named = |value: Option<&str>| value.map_or_else(|| "(absent)".to_string(), |value| format!("{value:?}"));
+            let mut shown: Vec<String> = counts.into_iter().take(VALUES_SHOWN).map(|(value, n)| format!("{} {n}", named(value))).collect();
             if more > 0 {
                 shown.push(format!("{more} more"));
             }
