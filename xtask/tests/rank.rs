@@ -761,6 +761,11 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
             && String::from_utf8_lossy(&output.stdout).contains("only the DICOM files whose header meets Modality!=MR (--dicom-where)"),
         "{stderr}"
     );
+    // A field the headers lack: `!=` keeps them, said as absent.
+    let extra = ["--backbones", "resnet_basic_min", "--dicom-where", "SeriesDescription!=*LOCALIZER*"];
+    let output = rank(dir.path(), &series, &dir.path().join("no description"), None, &extra);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SeriesDescription of the files kept: (absent) 13; of those left out: none"), "{stderr}");
     let output = rank_output(
         dir.path(),
         &series,
