@@ -45,16 +45,14 @@ impl FromStr for DicomCondition {
     type Err = String;
 
     fn from_str(text: &str) -> std::result::Result<Self, String> {
-        let (field, negated, pattern) = match (text.split_once("!="), text.split_once('=')) {
-            (Some((field, pattern)), _) => (field, true, pattern),
-            (None, Some((field, pattern))) => (field, false, pattern),
-            (None, None) => {
-                return Err(format!(
-                    "'{text}' is not a condition: give FIELD=PATTERN or FIELD!=PATTERN (SeriesDescription=*FLAIR*, \
-                     ImageType!=*LOCALIZER*, Modality=MR)"
-                ));
-            }
+        // The first '=' ends the field (a pattern may hold '=' and '!'), a '!' before it negates.
+        let Some((field, pattern)) = text.split_once('=') else {
+            return Err(format!(
+                "'{text}' is not a condition: give FIELD=PATTERN or FIELD!=PATTERN (SeriesDescription=*FLAIR*, \
+                 ImageType!=*LOCALIZER*, Modality=MR)"
+            ));
         };
+        let (field, negated) = field.strip_suffix('!').map_or((field, false), |field| (field, true));
         let field = field.trim();
         let tag = StandardDataDictionary.parse_tag(field).ok_or_else(|| {
             format!(
@@ -108,6 +106,11 @@ mod tests {
         let modality: DicomCondition = "(0008,0060)=C?".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((modality.field.as_str(), modality.to_string().as_str()), ("Modality", "(0008,0060)=C?"));
         assert!(modality.holds(Some("CT")) && !modality.holds(Some("CTX")) && !modality.holds(Some("MR")));
+        // The first '=' ends the field: '!=' and '=' within the pattern are the pattern's.
+        let odd: DicomCondition = "SeriesDescription=a!=b=c".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!odd.negated && odd.holds(Some("A!=B=C")));
+        let not_odd: DicomCondition = "ProtocolName!=x=*".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(not_odd.negated && !not_odd.holds(Some("x=1")) && not_odd.holds(Some("y=1")));
         for (bad, says) in [
             ("SeriesDescription", "not a condition"),
             ("seriesdescription=x", "not a DICOM keyword or tag"),

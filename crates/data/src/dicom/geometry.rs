@@ -19,7 +19,8 @@ pub(super) const SAME: f64 = 1e-3;
 /// direction crossed with its column direction), in the patient's axes (x to the left, y to the
 /// back, z to the head): a single-frame file's own; an enhanced file's of several frames from its
 /// Functional Groups' Plane Orientation (the first frame's own, else the shared group's: the
-/// stack's where its frames are one, `stack.rs`). `None` for a file that is not DICOM or states no orientation.
+/// stack's where its frames are one, `stack.rs`). `None` for a file that is not DICOM or states
+/// no orientation.
 pub(crate) fn slice_normal(path: &Path) -> Result<Option<[f64; 3]>> {
     let Some((object, _)) = dicom_header(path)? else { return Ok(None) };
     let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
