@@ -766,24 +766,15 @@ fn a_folder_of_nifti_volumes_is_ranked_on_the_slice_chosen() {
     let output = rank(dir.path(), &series, &dir.path().join("no description"), None, &extra);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("SeriesDescription of the files kept: (absent) 13; of those left out: none"), "{stderr}");
-    let output = rank_output(
-        dir.path(),
-        &series,
-        &dir.path().join("only mr"),
-        None,
-        &["--backbones", "resnet_basic_min", "--dicom-where", "modality=mr"],
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("is not a DICOM keyword or tag"), "{stderr}");
-    let output = rank_output(
-        dir.path(),
-        &series,
-        &dir.path().join("only mr"),
-        None,
-        &["--backbones", "resnet_basic_min", "--dicom-where", "Modality=mr"],
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("no image of class clear meets --dicom-where Modality=mr"), "{stderr}");
+    // Refused: a keyword in the wrong case; a class (clear) left without images.
+    for (condition, says) in
+        [("modality=mr", "is not a DICOM keyword or tag"), ("Modality=mr", "no image of class clear meets --dicom-where Modality=mr")]
+    {
+        let extra = ["--backbones", "resnet_basic_min", "--dicom-where", condition];
+        let output = rank_output(dir.path(), &series, &dir.path().join("only mr"), None, &extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(says), "{condition}: {stderr}");
+    }
     let output = predict(dir.path(), &tuned, &series, &["--out", predictions.to_str().unwrap(), "--dicom-where", "(0008,0060)=CT"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.contains("--dicom-where (0008,0060)=CT: 5 of 13 files kept"), "{stderr}");

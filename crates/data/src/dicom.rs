@@ -115,17 +115,7 @@ pub fn holds_no_image(path: &Path) -> bool {
     if !has_dicom_extension(path) && !is_named_as_unnamed_dicom(path) {
         return false;
     }
-    let Ok(file) = std::fs::File::open(path) else { return false };
-    let Ok(size) = file.metadata().map(|metadata| metadata.len()) else { return false };
-    let mut source = std::io::BufReader::new(file);
-    let mut head = Vec::with_capacity(MAGIC_AT + 4);
-    if (&mut source).take((MAGIC_AT + 4) as u64).read_to_end(&mut head).is_err() || !is_dicom(path, &head) {
-        return false;
-    }
-    let magic = if has_magic(&head) { MAGIC_AT as u64 } else { 0 };
-    if source.seek(SeekFrom::Start(magic)).is_err() {
-        return false;
-    }
+    let Ok(Some((mut source, size, magic))) = open_dicom(path) else { return false };
     match check_lengths(path, &mut source, size, true) {
         Ok(PixelsFound::Absent) => true,
         Ok(_) => {
@@ -221,11 +211,11 @@ fn least_frame_bytes(header: &DefaultDicomObject) -> u64 {
     }
 }
 
-/// The header of the DICOM file at `path`, up to its Pixel Data (left unread), and the file's size;
-/// `None` for a file that is not DICOM.
-fn dicom_header(path: &Path) -> Result<Option<(DefaultDicomObject, u64)>> {
-    // One open file for the magic word, the length check and the header: a PACS export is
-    // thousands of files, often on a network share.
+/// The DICOM file at `path` opened, standing where its data set begins (its magic word, after the
+/// preamble where it has one), its size, and that place; `None` for a file that is not DICOM.
+/// One open file for the magic word, the length check and the header: a PACS export is thousands
+/// of files, often on a network share.
+fn open_dicom(path: &Path) -> Result<Option<(std::io::BufReader<std::fs::File>, u64, u64)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut source = std::io::BufReader::new(file);
@@ -234,9 +224,16 @@ fn dicom_header(path: &Path) -> Result<Option<(DefaultDicomObject, u64)>> {
     if !is_dicom(path, &head) {
         return Ok(None);
     }
+    let magic = if has_magic(&head) { MAGIC_AT as u64 } else { 0 };
+    source.seek(SeekFrom::Start(magic)).map_err(|e| Error::io(path, e))?;
+    Ok(Some((source, size, magic)))
+}
+
+/// The header of the DICOM file at `path`, up to its Pixel Data (left unread), and the file's size;
+/// `None` for a file that is not DICOM.
+fn dicom_header(path: &Path) -> Result<Option<(DefaultDicomObject, u64)>> {
+    let Some((mut source, size, magic)) = open_dicom(path)? else { return Ok(None) };
     let read_header = || {
-        let magic = if has_magic(&head) { MAGIC_AT as u64 } else { 0 };
-        source.seek(SeekFrom::Start(magic)).map_err(|e| Error::io(path, e))?;
         check_lengths(path, &mut source, size, true)?;
         source.seek(SeekFrom::Start(magic)).map_err(|e| Error::io(path, e))?;
         OpenFileOptions::new()

@@ -133,19 +133,20 @@ fn folder_of(path: &Path) -> &Path {
 fn slice_header(path: &Path) -> Result<Option<SliceHeader>> {
     let Some((object, _)) = dicom_header(path)? else { return Ok(None) };
     let frames = number_of_frames(&object).map_err(|what| Error::format(path, what))?;
+    let orientation = numbers(&object, tags::IMAGE_ORIENTATION_PATIENT);
     Ok(Some(SliceHeader {
         series: text(&object, tags::SERIES_INSTANCE_UID),
         frames,
         position: numbers(&object, tags::IMAGE_POSITION_PATIENT).and_then(|v| v.try_into().ok()),
-        orientation: numbers(&object, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok()),
         instance: object.element_opt(tags::INSTANCE_NUMBER).ok().flatten().and_then(|e| e.to_int::<i64>().ok()),
         stack_fields: [
-            numbers(&object, tags::IMAGE_ORIENTATION_PATIENT).map(|values| rounded(&values)),
+            orientation.as_deref().map(rounded),
             text(&object, tags::ECHO_NUMBERS),
             text(&object, tags::TEMPORAL_POSITION_IDENTIFIER),
             numbers(&object, tags::DIFFUSION_B_VALUE).map(|values| rounded(&values)),
             numbers(&object, tags::DIFFUSION_GRADIENT_ORIENTATION).map(|values| rounded(&values)),
         ],
+        orientation: orientation.and_then(|v| v.try_into().ok()),
     }))
 }
 
