@@ -31,7 +31,7 @@ pub const ARCHITECTURE: &str = "architecture";
 
 /// Settings recorded only since a later version, with the value every earlier record was made
 /// with: a record without one compares as that value.
-const LATER_SETTINGS: [(&str, &str); 1] = [(DTYPE, "f32")];
+const LATER_SETTINGS: [(&str, &str); 2] = [(DTYPE, "f32"), ("class_weights", "none")];
 
 /// Which step's result a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,7 @@ impl Difference {
             "normalization" => "--fix-std",
             "selection" => "--select",
             "patience" => "--patience",
+            "class_weights" => "--class-weights",
             "halving" => "--halving/--halving-min-epochs",
             "splits" => "--splits",
             "precision" => "--precision/--matmul-tf32",
@@ -239,6 +240,12 @@ mod tests {
             [Difference { setting: DTYPE.into(), recorded: "f16".into(), asked: "f32".into() }]
         );
         assert_eq!(compare(&earlier, &earlier.clone()), []);
+        // So was a search before class weights were: every image alike.
+        assert!(compare(&earlier, &settings(&[("crop", "224"), ("class_weights", "none")])).is_empty());
+        assert_eq!(
+            compare(&earlier, &settings(&[("crop", "224"), ("class_weights", "balanced")])),
+            [Difference { setting: "class_weights".into(), recorded: "none".into(), asked: "balanced".into() }]
+        );
     }
 
     /// A record made before the architecture was recorded is trusted; one recorded compares.

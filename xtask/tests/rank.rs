@@ -254,6 +254,28 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     let tuned_features = std::fs::read_dir(tuned_out.join("features")).unwrap().next().unwrap().unwrap().path();
     let bytes = std::fs::read(&keyed(&tuned_features, "vit_min", "safetensors")[0]).unwrap();
     assert_eq!(safetensors::SafeTensors::deserialize(&bytes).unwrap().tensor("features").unwrap().shape(), [28, 24], "70% of 40");
+
+    // Class-weighted: another search beside the first (never its runs answered from the cache),
+    // each run recording the weights, and ranking.md saying so.
+    let weighted = rank(
+        dir.path(),
+        &images,
+        &tuned_out,
+        None,
+        &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8", "--class-weights", "balanced"],
+    );
+    let weighted = String::from_utf8(weighted.stdout).unwrap();
+    assert!(weighted.contains("Each image weighed in the loss by its class (--class-weights balanced"), "{weighted}");
+    assert!(!tuned.contains("weighed in the loss"), "{tuned}");
+    let mut weights: Vec<String> = std::fs::read_dir(tuned_out.join("runs"))
+        .unwrap()
+        .map(|run| {
+            let record = std::fs::read(run.unwrap().path().join("trial-000").join("run-settings.json")).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&record).unwrap()["class_weights"].as_str().unwrap().to_string()
+        })
+        .collect();
+    weights.sort();
+    assert_eq!(weights, ["balanced", "none"]);
 }
 
 #[test]

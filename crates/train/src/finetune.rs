@@ -1,9 +1,10 @@
 //! One fine-tuning run as the reference ran it (PROTOCOL.md, "Fine-tuning"): the whole network
-//! trainable, BatchNorm in train mode, cross-entropy without class weights, Nesterov SGD with
-//! coupled weight decay, cosine annealing per epoch, batches shuffled by seed with the last
-//! partial batch kept; after every epoch the validation loss and balanced accuracy; the kept
-//! model is the epoch with the lowest validation loss (or, as a named option, the best
-//! validation balanced accuracy), evaluated on the test split and the OOD set.
+//! trainable, BatchNorm in train mode, cross-entropy without class weights (or, as a named
+//! option, with them: `crate::criterion`), Nesterov SGD with coupled weight decay, cosine
+//! annealing per epoch, batches shuffled by seed with the last partial batch kept; after every
+//! epoch the validation loss and balanced accuracy; the kept model is the epoch with the lowest
+//! validation loss (or, as a named option, the best validation balanced accuracy), evaluated on
+//! the test split and the OOD set.
 //!
 //! A run lives in its own directory: `epoch-NNNN.safetensors` (model, optimizer, state; the
 //! two newest), `best.safetensors`, `history.jsonl`, `run-settings.json` (checked whenever the
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::run_record::{RUN_SETTINGS_FILE, recorded as recorded_run_settings};
 use crate::checkpoint;
+use crate::criterion::{ClassWeights, Criterion};
 use crate::device_batches::DeviceBatches;
 use crate::error::{Error, Result};
 use crate::metrics::{Evaluation, evaluate};
@@ -84,11 +86,13 @@ pub struct RunSettings {
     pub train_transform: TrainTransform,
     /// Centre crop of the eval transform.
     pub crop: u32,
+    /// How much each class weighs in the loss (the reference: alike).
+    pub class_weights: ClassWeights,
 }
 
 /// What a user sets of the runs of a search beyond the reference (`--epochs`, `--batch`,
-/// `--seed`, `--select`, `--patience`, `--crop`; the reference's values are a deviation when
-/// changed). The train transform crops to the same size as the eval transform.
+/// `--seed`, `--select`, `--patience`, `--crop`, `--class-weights`; the reference's values are a
+/// deviation when changed). The train transform crops to the same size as the eval transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainingOptions {
     /// Epochs of each run.
@@ -103,13 +107,23 @@ pub struct TrainingOptions {
     pub patience: Option<usize>,
     /// Side of the crops (eval and train).
     pub crop: u32,
+    /// How much each class weighs in the loss.
+    pub class_weights: ClassWeights,
 }
 
 impl TrainingOptions {
     /// The reference's: 100 epochs, batch 128, seed 0, lowest validation loss, no early
-    /// stopping, 224 px crops.
+    /// stopping, 224 px crops, every image alike in the loss.
     pub fn reference() -> Self {
-        Self { epochs: 100, batch_size: 128, seed: 0, selection: Selection::ValLoss, patience: None, crop: 224 }
+        Self {
+            epochs: 100,
+            batch_size: 128,
+            seed: 0,
+            selection: Selection::ValLoss,
+            patience: None,
+            crop: 224,
+            class_weights: ClassWeights::None,
+        }
     }
 
     /// Refuses options no run can train with, naming the option, before any work starts.
@@ -161,6 +175,7 @@ impl RunSettings {
             selection: options.selection,
             patience: options.patience,
             crop: options.crop,
+            class_weights: options.class_weights,
             train_transform: TrainTransform { size: options.crop, ..TrainTransform::default() },
             ..Self::reference(0.0, 0.0, normalization)
         }
@@ -180,6 +195,7 @@ impl RunSettings {
             normalization,
             train_transform: TrainTransform::default(),
             crop: 224,
+            class_weights: ClassWeights::None,
         }
     }
 }
@@ -238,9 +254,10 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// The learning rate it trained at.
     pub learning_rate: f64,
-    /// Mean cross-entropy over the epoch's training batches.
+    /// Mean cross-entropy over the epoch's training batches (weighted by class where the run
+    /// weighs them).
     pub train_loss: f64,
-    /// Mean cross-entropy on the validation split.
+    /// Mean cross-entropy on the validation split (weighted alike).
     pub val_loss: f64,
     /// Balanced accuracy on the validation split.
     pub val_balanced_accuracy: f64,
@@ -398,21 +415,31 @@ pub fn restore_model(model: &Backbone, tensors: &HashMap<String, Tensor>, source
     Ok(())
 }
 
-/// Mean cross-entropy, predictions and metrics of `model` on a split (eval transform).
-pub fn evaluate_split(model: &Backbone, split: &SplitData, settings: &RunSettings, classes: usize) -> Result<(f64, Vec<u32>, Evaluation)> {
+/// Mean cross-entropy (`criterion`'s: weighted by class where it weighs them), predictions and
+/// metrics of `model` on a split (eval transform).
+pub fn evaluate_split(
+    model: &Backbone,
+    split: &SplitData,
+    settings: &RunSettings,
+    criterion: &Criterion,
+    classes: usize,
+) -> Result<(f64, Vec<u32>, Evaluation)> {
     let device = model.params().device().clone();
-    let (mut loss_sum, mut predictions) = (0.0, Vec::with_capacity(split.labels.len()));
+    let (mut loss_sum, mut weight_sum, mut predictions) = (0.0, 0.0, Vec::with_capacity(split.labels.len()));
     let mut feed = DeviceBatches::new(batches(split.cache.clone(), split.labels.clone(), eval_loader(settings))?, &device);
     while let Some(batch) = feed.take()? {
         let (_, logits) = model.features_and_logits(&batch.images, false)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+        let loss = criterion.loss(&logits, &batch.labels)?;
         let predicted = logits.argmax(D::Minus1)?;
         feed.prefetch()?;
-        loss_sum += f64::from(loss.to_scalar::<f32>()?) * batch.indices.len() as f64;
+        let weight = criterion.batch_weight(batch.indices.iter().map(|&i| split.labels[i]));
+        loss_sum += f64::from(loss.to_scalar::<f32>()?) * weight;
+        weight_sum += weight;
         predictions.extend(predicted.to_device(&Device::Cpu)?.to_vec1::<u32>()?);
     }
     let evaluation = evaluate(&split.labels, &predictions, classes);
-    Ok((loss_sum / split.labels.len().max(1) as f64, predictions, evaluation))
+    // A split without images has no loss; 0 as before.
+    Ok((if weight_sum > 0.0 { loss_sum / weight_sum } else { 0.0 }, predictions, evaluation))
 }
 
 /// Each image's logits (the head's outputs, in f32), in the split's order, the images prepared as
@@ -505,14 +532,15 @@ pub fn fine_tune_until(
     };
     let mut optimizer = NesterovSgd::new(model.params().trainable_vars(), sgd);
     let mut state = resume(model, &mut optimizer, dir, &device)?;
+    let criterion = Criterion::new(settings.class_weights, &data.train.labels, data.classes, &device)?;
 
     while state.history.len() < settings.epochs.min(until) && !state.stopped_early {
         let epoch = state.history.len();
         let start = Instant::now();
         let learning_rate = cosine(settings.learning_rate, epoch, settings.epochs);
         optimizer.set_learning_rate(learning_rate);
-        let train_loss = train_epoch(model, data, settings, (&mut optimizer, learning_rate), epoch, progress)?;
-        let (val_loss, _, val) = evaluate_split(model, &data.val, settings, data.classes)?;
+        let train_loss = train_epoch(model, data, (settings, &criterion), (&mut optimizer, learning_rate), epoch, progress)?;
+        let (val_loss, _, val) = evaluate_split(model, &data.val, settings, &criterion, data.classes)?;
         let record = EpochRecord {
             epoch: epoch + 1,
             learning_rate,
@@ -539,8 +567,10 @@ pub fn fine_tune_until(
     let best_epoch = state.best_epoch.ok_or_else(|| Error::Checkpoint("the run has no epoch".into()))?;
     let (best, _) = checkpoint::read_tensors(&dir.join(BEST_FILE), &device)?;
     restore_model(model, &best, &dir.join(BEST_FILE))?;
-    let test = data.test.as_ref().map(|split| evaluate_split(model, split, settings, data.classes).map(|(_, _, e)| e)).transpose()?;
-    let ood = data.ood.as_ref().map(|split| evaluate_split(model, split, settings, data.classes).map(|(_, _, e)| e)).transpose()?;
+    // Their losses are not kept: the plain criterion (an OOD set may lack a class).
+    let measure = |split: &SplitData| evaluate_split(model, split, settings, &Criterion::plain(), data.classes).map(|(_, _, e)| e);
+    let test = data.test.as_ref().map(measure).transpose()?;
+    let ood = data.ood.as_ref().map(measure).transpose()?;
     let outcome = RunOutcome {
         learning_rate: settings.learning_rate,
         weight_decay: settings.weight_decay,
@@ -592,11 +622,12 @@ fn resume(model: &Backbone, optimizer: &mut NesterovSgd, dir: &Path, device: &De
 }
 
 /// One epoch of training (0-based `epoch`) at `learning_rate`, already the optimizer's: the mean
-/// training loss over its images; a loss that is not finite is divergence.
+/// training loss over its images (`criterion`'s: weighted by class where it weighs them); a loss
+/// that is not finite is divergence.
 fn train_epoch(
     model: &Backbone,
     data: &RunData,
-    settings: &RunSettings,
+    (settings, criterion): (&RunSettings, &Criterion),
     (optimizer, learning_rate): (&mut NesterovSgd, f64),
     epoch: usize,
     progress: &mut dyn Progress,
@@ -609,7 +640,7 @@ fn train_epoch(
         augment: Augment::Train(settings.train_transform),
         normalization: settings.normalization,
     };
-    let (mut loss_sum, mut seen) = (0.0, 0usize);
+    let (mut loss_sum, mut seen) = (0.0, 0.0);
     let total = data.train.labels.len().div_ceil(settings.batch_size);
     let device = model.params().device().clone();
     let mut feed = DeviceBatches::new(batches(data.train.cache.clone(), data.train.labels.clone(), config)?, &device);
@@ -618,7 +649,7 @@ fn train_epoch(
         done += 1;
         let loss = crate::training_forward(|| {
             let (_, logits) = model.features_and_logits(&batch.images, true)?;
-            Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels)?)
+            criterion.loss(&logits, &batch.labels)
         })?;
         optimizer.step(&crate::backward(&loss)?)?;
         // The next batch's copy goes behind this step's work before the loss read waits for it.
@@ -627,11 +658,12 @@ fn train_epoch(
         if !value.is_finite() {
             return Err(Error::Diverged { epoch: epoch + 1, learning_rate, loss: value });
         }
-        loss_sum += value * batch.indices.len() as f64;
-        seen += batch.indices.len();
+        let weight = criterion.batch_weight(batch.indices.iter().map(|&i| data.train.labels[i]));
+        loss_sum += value * weight;
+        seen += weight;
         progress.batch(epoch + 1, done, total, value);
     }
-    Ok(loss_sum / seen.max(1) as f64)
+    Ok(if seen > 0.0 { loss_sum / seen } else { 0.0 })
 }
 
 impl RunState {

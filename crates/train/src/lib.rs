@@ -37,6 +37,7 @@
 mod backward;
 pub mod calibration;
 mod checkpoint;
+mod criterion;
 mod device;
 mod device_batches;
 mod error;
@@ -56,6 +57,7 @@ mod views;
 
 pub use backward::{backward, training_forward};
 pub use checkpoint::{read_tensors, write_tensors};
+pub use criterion::{ClassWeights, Criterion};
 pub use device::{
     check_device_name, device_memory_high_water, device_memory_in_use, largest_cudnn_workspace, parse_device,
     reset_device_memory_high_water, synchronize,

@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use medxfer_data::{Catalog, Entry, Normalization, Part, ood_entries, read_manifest, scan_clean, scan_dataset};
 use medxfer_train::gpu_arithmetic::GpuArithmetic;
 use medxfer_train::{
-    Comparison, EpochBar, ExtractSettings, Halving, HalvingSummary, RunData, RunSettings, SUMMARY_FILE, SearchSettings, Selection, Shard,
-    SplitData, TrainingOptions, Trial, evaluate_split, fine_tune, load_fine_tuned, load_pretrained, search, start_fine_tuning,
+    ClassWeights, Comparison, Criterion, EpochBar, ExtractSettings, Halving, HalvingSummary, RunData, RunSettings, SUMMARY_FILE,
+    SearchSettings, Selection, Shard, SplitData, TrainingOptions, Trial, evaluate_split, fine_tune, load_fine_tuned, load_pretrained,
+    search, start_fine_tuning,
 };
 use medxfer_zoo::{Backbone, HubOptions, ModelEntry, Registry, weights_file};
 
@@ -115,6 +116,10 @@ struct TrainArgs {
     /// validation loss.
     #[arg(long)]
     patience: Option<usize>,
+    /// How much each class's images weigh in the training and validation loss: alike (none, the
+    /// reference), or balanced (n / (k * n_c) over the train part, scikit-learn's "balanced").
+    #[arg(long, value_enum, default_value = "none")]
+    class_weights: ClassWeights,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -404,6 +409,7 @@ fn options(train: &TrainArgs, transform: &TransformArgs) -> TrainingOptions {
         },
         patience: train.patience,
         crop: transform.protocol().crop,
+        class_weights: train.class_weights,
     }
 }
 
@@ -460,7 +466,7 @@ fn run(cli: Cli) -> Result<()> {
                 crop: transform.crop,
                 ..RunSettings::reference(0.0, 0.0, normalization(&entry, transform.fix_std))
             };
-            let (loss, _, evaluation) = evaluate_split(&backbone, &split, &settings, classes)?;
+            let (loss, _, evaluation) = evaluate_split(&backbone, &split, &settings, &Criterion::plain(), classes)?;
             let mut value = serde_json::to_value(&evaluation)?;
             value["loss"] = loss.into();
             println!("{}", serde_json::to_string_pretty(&value)?);

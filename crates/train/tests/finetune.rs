@@ -11,8 +11,8 @@ use medxfer_data::{
     transform::{Normalization, TrainTransform},
 };
 use medxfer_train::{
-    EpochRecord, ExtractSettings, Halving, RunData, RunOutcome, RunSettings, SearchSettings, Shard, SplitData, TrialPoint, fine_tune,
-    finished, history, search, select_best, trial_dir,
+    ClassWeights, EpochRecord, ExtractSettings, Halving, RunData, RunOutcome, RunSettings, SearchSettings, Shard, SplitData, TrialPoint,
+    fine_tune, finished, history, search, select_best, trial_dir,
 };
 use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
 use rand::{Rng, SeedableRng};
@@ -20,12 +20,17 @@ use rand::{Rng, SeedableRng};
 /// Class 1: a bright centre on a dark ground; class 0: the reverse. Noise everywhere.
 /// `n` 32-px images of the task, cached with their shorter side at `side` px.
 fn write_split(dir: &Path, name: &str, n: usize, seed: u64, side: u32) -> SplitData {
+    let labels: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+    write_labelled(dir, name, &labels, seed, side)
+}
+
+/// [`write_split`]'s images, one of each of `labels`.
+fn write_labelled(dir: &Path, name: &str, labels: &[u32], seed: u64, side: u32) -> SplitData {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let folder = dir.join(name);
     std::fs::create_dir_all(&folder).unwrap();
     let mut entries = Vec::new();
-    for i in 0..n {
-        let label = (i % 2) as u32;
+    for (i, &label) in labels.iter().enumerate() {
         let image = image::RgbImage::from_fn(32, 32, |x, y| {
             let centre = (8..24).contains(&x) && (8..24).contains(&y);
             let bright = centre == (label == 1);
@@ -376,6 +381,49 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
 /// A run continued or read back with other settings than it was made with is refused, naming
 /// each one, where it would have resumed under the new ones (a history of two schedules) or
 /// passed off the old outcome as the new run's.
+/// `--class-weights balanced` on 32 images of class 0 and 8 of class 1: weights 40 / (2 * 32)
+/// and 40 / (2 * 8), as scikit-learn's "balanced"; each epoch's validation loss is the kept
+/// model's weighted cross-entropy over the whole validation part (PyTorch's weighted mean),
+/// recomputed here from its logits, not the plain mean; the record names the setting.
+#[test]
+fn a_class_weighted_run_keeps_the_weighted_validation_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let train: Vec<u32> = (0..40).map(|i| u32::from(i % 5 == 0)).collect();
+    let val: Vec<u32> = (0..18).map(|i| u32::from(i % 3 == 0)).collect();
+    let data = RunData {
+        train: write_labelled(dir.path(), "train", &train, 1, 32),
+        val: write_labelled(dir.path(), "val", &val, 2, 32),
+        test: None,
+        ood: None,
+        classes: 2,
+    };
+    let settings = RunSettings { class_weights: ClassWeights::Balanced, ..settings(1) };
+    let (model, run) = (model(), dir.path().join("run"));
+    let mut epochs = Vec::new();
+    fine_tune(&model, &data, &settings, &run, &mut |r: &EpochRecord| epochs.push(r.clone())).unwrap();
+    // The model now holds the kept epoch, the only one.
+    let logits = medxfer_train::logits_split(&model, &data.val, &settings, &mut |_, _| {}).unwrap();
+    let weights = [40.0 / 64.0, 40.0 / 16.0];
+    let (mut weighted, mut weight, mut plain) = (0.0, 0.0, 0.0);
+    for (row, &label) in logits.iter().zip(&val) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+        let log_sum = max + row.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>().ln();
+        let loss = log_sum - f64::from(row[label as usize]);
+        weighted += weights[label as usize] * loss;
+        weight += weights[label as usize];
+        plain += loss / val.len() as f64;
+    }
+    let val_loss = epochs[0].val_loss;
+    assert!((val_loss - weighted / weight).abs() < 1e-5 * val_loss, "val loss {val_loss}, weighted {}", weighted / weight);
+    assert!((val_loss - plain).abs() > 1e-3, "the weighted loss {val_loss} should not be the plain one {plain}");
+    let record = std::fs::read_to_string(run.join(medxfer_train::RUN_SETTINGS_FILE)).unwrap();
+    assert!(record.contains("\"class_weights\": \"balanced\""), "{record}");
+    // A class without train images has no weight.
+    let data = RunData { train: write_labelled(dir.path(), "one-class", &[0; 4], 3, 32), ..data };
+    let error = fine_tune(&model, &data, &settings, &dir.path().join("other"), &mut |_: &EpochRecord| {}).unwrap_err();
+    assert!(error.to_string().contains("class 1 has none"), "{error}");
+}
+
 #[test]
 fn a_run_continued_with_other_settings_is_refused() {
     let dir = tempfile::tempdir().unwrap();

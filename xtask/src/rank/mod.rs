@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split, grouped_split};
 use medxfer_scores::{Direction, Metric};
-use medxfer_train::{SplitData, TrainingOptions};
+use medxfer_train::{ClassWeights, SplitData, TrainingOptions};
 use medxfer_zoo::{HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,11 @@ pub struct RankArgs {
     /// Images per training step (with --finetune-top).
     #[arg(long, default_value_t = 32, requires = "finetune_top")]
     pub batch: usize,
+    /// How much each class's images weigh in the fine-tuning loss (with --finetune-top): alike
+    /// (none), or balanced (n / (k * n_c) over the train part, scikit-learn's "balanced"), so
+    /// that a rare class counts as much as a common one, as the balanced accuracy counts it.
+    #[arg(long, value_enum, default_value = "none", requires = "finetune_top")]
+    pub class_weights: ClassWeights,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Shorter side of the resize ...
@@ -240,7 +245,14 @@ fn normalization(entry: &ModelEntry) -> Normalization {
 
 /// What `--finetune-top` trains each run with.
 fn tuning_options(args: &RankArgs) -> TrainingOptions {
-    TrainingOptions { epochs: args.epochs, batch_size: args.batch, seed: args.seed, crop: args.crop, ..TrainingOptions::reference() }
+    TrainingOptions {
+        epochs: args.epochs,
+        batch_size: args.batch,
+        seed: args.seed,
+        crop: args.crop,
+        class_weights: args.class_weights,
+        ..TrainingOptions::reference()
+    }
 }
 
 /// `cargo xtask rank`.

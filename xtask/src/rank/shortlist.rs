@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use medxfer_data::{Entry, Part};
-use medxfer_train::{EpochBar, RunData, RunSettings, SearchSettings, Shard, SplitData, search, start_fine_tuning};
+use medxfer_train::{ClassWeights, EpochBar, RunData, RunSettings, SearchSettings, Shard, SplitData, search, start_fine_tuning};
 use medxfer_zoo::ModelEntry;
 
 use super::calibration::{self, AUROC_RESAMPLES, Calibrated};
@@ -99,6 +99,13 @@ impl Shortlist<'_> {
             start.elapsed().as_secs_f64(),
             100.0 * (all - tuned) as f64 / all.max(1) as f64
         );
+        if args.class_weights != ClassWeights::None {
+            let _ = writeln!(
+                text,
+                "Each image weighed in the loss by its class (--class-weights {}: n / (k * n_c) over the train part), not alike.",
+                args.class_weights.as_str()
+            );
+        }
         let classes = &self.images.classes;
         let shares = group_shares(&test_entries, classes.len());
         text.push_str(&per_class_recall(&tested, classes, &shares, args.seed));
@@ -140,6 +147,11 @@ impl Shortlist<'_> {
             args.batch,
             args.seed
         );
+        // Runs weighted alike keep the key they had before class weights were an option.
+        let shaping = match args.class_weights {
+            ClassWeights::None => shaping,
+            weights => format!("{shaping} class-weights {}", weights.as_str()),
+        };
         let run_key = &blake3::hash(shaping.as_bytes()).to_hex()[..12];
         let dir = args.out.join("runs").join(format!("{}-{}-{run_key}", folder_name(&entry.name), self.weights.identity(entry)?.short()));
         let mut bar = EpochBar::new(args.epochs);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use medxfer_data::Catalog;
-use medxfer_train::{Selection, Shard, TrainingOptions};
+use medxfer_train::{ClassWeights, Selection, Shard, TrainingOptions};
 use medxfer_zoo::{HubOptions, Registry};
 
 use super::layout::Layout;
@@ -90,6 +90,11 @@ pub struct ReproduceArgs {
     /// lower validation loss.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// How much each class's images weigh in the fine-tuning loss (training and validation):
+    /// alike (none, the reference), or balanced (n / (k * n_c) over the train split,
+    /// scikit-learn's "balanced"; a deviation the report lists).
+    #[arg(long, value_enum, default_value = "none")]
+    pub class_weights: ClassWeights,
     /// Successive halving (not in the reference): every trial trains --halving-min-epochs, the
     /// best 1/ETA continue ETA times longer, ... the last rung to --epochs. 3 is usual.
     #[arg(long, value_name = "ETA")]
@@ -212,6 +217,7 @@ impl ReproduceArgs {
             selection,
             patience: self.patience,
             crop,
+            class_weights: self.class_weights,
         };
         // A budget no run can train with would otherwise stop the study at its first search,
         // hours in.

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use medxfer_data::{Catalog, Entry, TaskSpec};
-use medxfer_train::{RunData, Selection, Shard, SplitData, TrainingOptions};
+use medxfer_train::{ClassWeights, RunData, Selection, Shard, SplitData, TrainingOptions};
 use medxfer_zoo::ModelEntry;
 
 use crate::features::ExtractDtype;
@@ -135,6 +135,12 @@ impl Study {
         }
         if let Some(patience) = options.patience {
             list.push(format!("early stopping after {patience} epochs without a lower validation loss"));
+        }
+        if options.class_weights != ClassWeights::None {
+            list.push(format!(
+                "class-weighted cross-entropy (--class-weights {}): each train image weighs n / (k * n_c) of its class in the training and validation loss, not alike",
+                options.class_weights.as_str()
+            ));
         }
         if self.gpu.recorded() != "f32" {
             list.push(format!(

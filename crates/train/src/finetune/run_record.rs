@@ -48,6 +48,10 @@ impl RunInputs {
 /// on them, where the others must all be there.
 const LATER_SETTINGS: [&str; 4] = ["model", "resize", "train_images", "val_images"];
 
+/// Settings recorded since a later version with one value before it: a record without one was
+/// made with that value.
+const DEFAULTED_SETTINGS: [(&str, &str); 1] = [("class_weights", "none")];
+
 /// Images per class of a split, as text.
 fn per_class(split: &SplitData) -> String {
     let counts = split.labels.iter().fold(BTreeMap::<u32, usize>::new(), |mut counts, &label| {
@@ -71,6 +75,7 @@ fn as_text(settings: &RunSettings, inputs: &RunInputs) -> BTreeMap<&'static str,
         normalization,
         train_transform,
         crop,
+        class_weights,
     } = settings;
     let selection = match selection {
         Selection::ValLoss => "val-loss",
@@ -93,6 +98,7 @@ fn as_text(settings: &RunSettings, inputs: &RunInputs) -> BTreeMap<&'static str,
         ("train_degrees", format!("{:?}", train_transform.degrees)),
         ("train_hue", format!("{:?}", train_transform.hue)),
         ("crop", crop.to_string()),
+        ("class_weights", class_weights.as_str().to_string()),
         ("model", inputs.model.clone()),
         ("resize", inputs.resize.to_string()),
         ("train_images", inputs.train_images.clone()),
@@ -110,6 +116,7 @@ fn option(setting: &str) -> &'static str {
         "weight_decay" => "--wd",
         "selection" => "--select",
         "patience" => "--patience",
+        "class_weights" => "--class-weights",
         "normalization_mean" | "normalization_std" => "--fix-std, or the backbone's preprocessing",
         "crop" | "train_crop" => "--crop",
         "model" => "--model",
@@ -122,7 +129,10 @@ fn option(setting: &str) -> &'static str {
 /// Refuses `settings` and `inputs` when `dir` holds a run recorded with other ones; a folder
 /// without a record (no run yet, or one made before runs were recorded) passes.
 pub fn check(dir: &Path, settings: &RunSettings, inputs: &RunInputs) -> Result<()> {
-    let Some(recorded) = recorded(dir)? else { return Ok(()) };
+    let Some(mut recorded) = recorded(dir)? else { return Ok(()) };
+    for (setting, value) in DEFAULTED_SETTINGS {
+        recorded.entry(setting.to_string()).or_insert_with(|| value.to_string());
+    }
     let mut asked = as_text(settings, inputs);
     asked.retain(|setting, _| recorded.contains_key(*setting) || !LATER_SETTINGS.contains(setting));
     let none = "(not recorded)".to_string();
@@ -237,6 +247,28 @@ mod tests {
         std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
         check(dir.path(), &settings(), &RunInputs { model: "resnet50".into(), ..inputs() }).unwrap();
         assert!(check(dir.path(), &RunSettings { epochs: 20, ..settings() }, &inputs()).is_err(), "the settings are still compared");
+    }
+
+    #[test]
+    fn class_weights_are_compared_and_a_record_without_them_was_made_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let balanced = RunSettings { class_weights: crate::ClassWeights::Balanced, ..settings() };
+        record(dir.path(), &balanced, &inputs()).unwrap();
+        check(dir.path(), &balanced, &inputs()).unwrap();
+        match check(dir.path(), &settings(), &inputs()) {
+            Err(Error::OtherSettings { differences, .. }) => {
+                assert_eq!(differences, ["class_weights was balanced, this run asks for none (--class-weights)"]);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Written before class weights were recorded: every image alike.
+        let path = dir.path().join(RUN_SETTINGS_FILE);
+        let mut older: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        older.remove("class_weights").unwrap();
+        std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
+        check(dir.path(), &settings(), &inputs()).unwrap();
+        let message = format!("{:?}", check(dir.path(), &balanced, &inputs()).unwrap_err());
+        assert!(message.contains("class_weights was none, this run asks for balanced"), "{message}");
     }
 
     #[test]
