@@ -520,7 +520,8 @@ fn an_entry_edited_since_its_features_were_cached_is_extracted_again() {
 
 /// Radiographs exported from DICOM: 12-bit data in 16-bit PNGs reach the backbones near black
 /// (their high byte, 0..15 of 255). The ranking still runs, and says so on stderr and in
-/// ranking.md, counting them; the 8-bit and full-range 16-bit images are not counted.
+/// ranking.md, counting them; the 8-bit and full-range 16-bit images are not counted. Ranked
+/// through a window on their stored values (`--window 2048,4096`), none is near black.
 #[test]
 fn twelve_bit_radiographs_are_ranked_with_a_near_black_note() {
     let dir = tempfile::tempdir().unwrap();
@@ -538,6 +539,15 @@ fn twelve_bit_radiographs_are_ranked_with_a_near_black_note() {
     let ranking = std::fs::read_to_string(out.join("ranking.md")).unwrap();
     assert!(ranking.contains("Near-black images: 2 of the 11 scored images"), "{ranking}");
     assert!(ranking.contains("clear/dicom-a.png"), "{ranking}");
+    assert!(ranking.contains("--window 2048,4096"), "{ranking}");
+
+    let windowed = dir.path().join("windowed");
+    let output = rank(dir.path(), &images, &windowed, None, &["--backbones", "resnet_basic_min", "--window", "2048,4096"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("16-bit samples"), "{stderr}");
+    let ranking = std::fs::read_to_string(windowed.join("ranking.md")).unwrap();
+    assert!(!ranking.contains("Near-black"), "{ranking}");
+    assert!(ranking.contains("window 2048,4096 (--window)"), "{ranking}");
 }
 
 /// A folder of cine loops (each image the middle of three frames, the others its negative and

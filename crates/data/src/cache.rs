@@ -247,7 +247,8 @@ impl ImageCache {
             eprintln!(
                 "warning: {dataset}: {} of {} images hold 16-bit samples all under {FAINT_16BIT_BELOW} (12-bit data, as DICOM exports store it), e.g. {}: \
                  reduced to their high byte, as Pillow reduces 16-bit RGB, they span 0..15 of 255 and reach the backbones near black; \
-                 export them to 8 bits with the intensity window you read them with",
+                 read them through a window on their stored values (rank's and predict's --window 2048,4096 spans 12-bit data) \
+                 or export them to 8 bits with the intensity window you read them with",
                 faint_images.len(),
                 entries.len(),
                 root.join(first).display()

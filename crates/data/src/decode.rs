@@ -6,8 +6,9 @@
 //! 16-bit grayscale, which no dataset of the study holds, is reduced to its high byte too, as
 //! 16-bit RGB is: Pillow 13's `convert("RGB")` clips such samples at 255 instead, which makes most
 //! of an image white. A user's 12-bit radiographs exported as 16-bit PNG or TIFF keep only
-//! 0..15 of 255 that way: [`Decoded::faint`] says so, and the image cache warns of them. DICOM
-//! files themselves carry their display (rescale, window) and go through it (`dicom.rs`).
+//! 0..15 of 255 that way: [`Decoded::faint`] says so, and the image cache warns of them; the
+//! user's `--window` ([`Rendering::window`]) reads their stored values instead. DICOM files
+//! themselves carry their display (rescale, window) and go through it (`dicom.rs`).
 //!
 //! A damaged or hostile file is an error naming it, never a silently filled image or an
 //! allocation the machine cannot make: a JPEG whose data ends before its end-of-image marker
@@ -36,8 +37,9 @@ mod adjacent;
 /// 3: an enhanced DICOM image's rescale and window from its Functional Groups, the per-frame
 /// one first (dicom-rs took top-level attributes first, and a frame's window by another rule).
 /// 4: an enhanced DICOM file's 2.5-D neighbours along its stack by their Plane Positions, not as
-/// stored (each stack its Dimension Index tells apart its own).
-pub const DECODE_REVISION: u32 = 4;
+/// stored (each stack its Dimension Index tells apart its own). 5: a grayscale PNG, TIFF, BMP or
+/// JPEG through the user's `--window` (which passed them over before).
+pub const DECODE_REVISION: u32 = 5;
 
 /// Below this, every 16-bit sample of an image keeps a high byte of at most 15 (12-bit data).
 pub const FAINT_16BIT_BELOW: u16 = 1 << 12;
@@ -97,8 +99,9 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
 /// How a file's stored values become an image beyond what its own header says.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Rendering {
-    /// The user's display window for grayscale DICOM and NIfTI images, in place of the file's
-    /// own VOI or display range (or its min-max).
+    /// The user's display window for grayscale images: DICOM and NIfTI in their rescaled values,
+    /// in place of the file's own VOI or display range (or its min-max); other formats' 8- and
+    /// 16-bit grayscale in their stored values, in place of their high byte.
     pub window: Option<Window>,
     /// The axes a NIfTI volume is read along (other images are read as stored).
     pub orientation: Orientation,
@@ -131,10 +134,15 @@ pub fn load_image_frames(path: &Path, frames: &[DicomFrame], rendering: Renderin
     }
     let is_mat = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
     if !is_mat {
-        let (file, head) = open_head(path)?;
-        if is_dicom(path, &head) {
+        let (mut file, mut bytes) = open_head(path)?;
+        if is_dicom(path, &bytes) {
             let images = dicom_file_frames_rgb8(path, file, frames, rendering.window)?;
             return Ok(images.into_iter().map(|image| image.map(|image| Decoded { image, faint: false })).collect());
+        }
+        if let Some(window) = rendering.window {
+            file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+            let decoded = windowed(decode_dynamic(path, &bytes)?, window);
+            return Ok(frames.iter().map(|_| Ok(decoded.clone())).collect());
         }
     }
     let decoded = load_image_frame(path, DicomFrame::Only)?;
@@ -168,14 +176,22 @@ pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
 /// Decodes `bytes`, the content of `path` (named in errors), to RGB8, saying whether it came
 /// out faint; of a DICOM file of several frames, the frame `frame` chooses.
 pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Decoded> {
-    let corrupt =
-        |e: image::ImageError| Error::format(path, format!("cannot decode the image ({e}); the file may be truncated or corrupt"));
     if is_dicom(path, bytes) {
         return dicom_rgb8(path, bytes, frame).map(|image| Decoded { image, faint: false });
     }
     if is_nifti(path) {
         return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame], Rendering::default().volume())?);
     }
+    let image = decode_dynamic(path, bytes)?;
+    let faint = is_faint_16bit(&image);
+    Ok(Decoded { image: to_rgb8(image), faint })
+}
+
+/// `bytes`, the content of `path` (named in errors), an image of a format the `image` crate reads
+/// (not DICOM or NIfTI), decoded as stored.
+fn decode_dynamic(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
+    let corrupt =
+        |e: image::ImageError| Error::format(path, format!("cannot decode the image ({e}); the file may be truncated or corrupt"));
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
         return Err(Error::format(
@@ -189,9 +205,28 @@ pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Deco
     let decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     check_pixels(path, width, height)?;
-    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    let faint = is_faint_16bit(&image);
-    Ok(Decoded { image: to_rgb8(image), faint })
+    DynamicImage::from_decoder(decoder).map_err(corrupt)
+}
+
+/// A grayscale image's stored values (8 or 16 bits, alpha aside) through the user's `window`, as
+/// a DICOM image's without a rescale; a colour one as [`to_rgb8`] gives it (a window shows one
+/// value's range, which colour does not have).
+fn windowed(image: DynamicImage, window: Window) -> Decoded {
+    let size = (image.width(), image.height());
+    let values: Option<Vec<f64>> = match &image {
+        DynamicImage::ImageLuma8(gray) => Some(gray.pixels().map(|p| f64::from(p.0[0])).collect()),
+        DynamicImage::ImageLumaA8(gray) => Some(gray.pixels().map(|p| f64::from(p.0[0])).collect()),
+        DynamicImage::ImageLuma16(gray) => Some(gray.pixels().map(|p| f64::from(p.0[0])).collect()),
+        DynamicImage::ImageLumaA16(gray) => Some(gray.pixels().map(|p| f64::from(p.0[0])).collect()),
+        _ => None,
+    };
+    match values.and_then(|values| window.rgb8(&values, size, false)) {
+        Some(image) => Decoded { image, faint: false },
+        None => {
+            let faint = is_faint_16bit(&image);
+            Decoded { image: to_rgb8(image), faint }
+        }
+    }
 }
 
 /// The one image [`volume::slices_rgb8`] made for one frame asked.

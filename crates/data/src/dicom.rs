@@ -787,13 +787,10 @@ fn gray_rgb8(pixels: &DecodedPixelData<'_>, inverse: bool, user_window: Option<W
         let u = if invert { 1.0 - u.clamp(0.0, 1.0) } else { u.clamp(0.0, 1.0) };
         (u * 255.0 + 0.5).floor() as u8
     };
-    if let Some(user_window) = user_window.filter(|window| !window.is_gray()) {
-        let rgb = modality.iter().flat_map(|&v| user_window.units(v).map(byte)).collect();
-        return RgbImage::from_raw(width, height, rgb).ok_or_else(|| "the DICOM samples do not fill Rows x Columns".into());
+    if let Some(user_window) = user_window {
+        return user_window.rgb8(&modality, (width, height), invert).ok_or_else(|| "the DICOM samples do not fill Rows x Columns".into());
     }
-    let unit: Vec<f64> = if let Some(user_window) = user_window {
-        modality.iter().map(|&v| user_window.unit(v)).collect()
-    } else if let Some(table) = table {
+    let unit: Vec<f64> = if let Some(table) = table {
         // Values below the table's first mapped value take its first entry, above its end its
         // last (C.11.2.1.1); the entries span the bits they use, at most the declared depth
         // (a CR's 12-bit table declared 16 bits would come out near black; dicom-rs reads it so).

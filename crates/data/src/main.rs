@@ -92,8 +92,9 @@ enum Command {
         /// a DICOM series stored a file a slice, the series' slices so chosen, as rank reads them.
         #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
         dicom_frame: FrameSelection,
-        /// A display window of your own for grayscale DICOM and NIfTI images, CENTER,WIDTH in
-        /// their rescaled values (CT brain 40,80): in place of the file's window or display range.
+        /// A display window of your own for grayscale images, CENTER,WIDTH in their rescaled values
+        /// (CT brain 40,80; a 12-bit radiograph's stored values 2048,4096): in place of the file's
+        /// window or display range, or of a PNG's or TIFF's high byte.
         /// Three joined by + (40,80+80,200+600,2800): one for each of the red, green and blue
         /// channels.
         #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]

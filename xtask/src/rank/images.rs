@@ -49,11 +49,12 @@ pub struct ImagesReading {
     /// them). `predict` reads new files' frames as the ranking read these.
     #[arg(long, visible_alias = "slice", value_name = "FRAME", default_value = "only")]
     pub dicom_frame: medxfer_data::FrameSelection,
-    /// A display window of your own for grayscale DICOM and NIfTI images, CENTER,WIDTH in their
-    /// rescaled values (CT in Hounsfield units: brain 40,80, soft tissue 50,350, lung -600,1500),
-    /// applied as DICOM's LINEAR window: in place of a DICOM file's window or VOI LUT table and a
-    /// NIfTI volume's display range or min-max (MONOCHROME1 still inverted; colour images as they
-    /// are). Or three windows joined by + for the red, green and blue channels, each channel what
+    /// A display window of your own for grayscale images, CENTER,WIDTH in their rescaled values
+    /// (CT in Hounsfield units: brain 40,80, soft tissue 50,350, lung -600,1500), applied as
+    /// DICOM's LINEAR window: in place of a DICOM file's window or VOI LUT table and a NIfTI
+    /// volume's display range or min-max (MONOCHROME1 still inverted; colour images as they are).
+    /// A grayscale PNG, TIFF, BMP or JPEG is windowed on its stored values, in place of its high
+    /// byte (12-bit radiographs exported to 16 bits: 2048,4096 spans them). Or three windows joined by + for the red, green and blue channels, each channel what
     /// its window shows (CT's brain, subdural and bone windows: 40,80+80,200+600,2800). `predict`
     /// reads new images through it too.
     #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]

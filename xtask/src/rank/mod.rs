@@ -628,7 +628,7 @@ fn left_out_scores(rows: &[RankRow], failed: &[(String, BTreeMap<String, String>
 fn faint_images_note(faint: &[String], scored: usize) -> String {
     let Some(first) = faint.first() else { return String::new() };
     format!(
-        "\nNear-black images: {} of the {scored} scored images hold 16-bit samples all under {} (12-bit data), e.g. {first}; reduced to 8 bits they span 0..15 of 255, so these scores describe near-black images. Export them to 8 bits with your intensity window and rank again.\n",
+        "\nNear-black images: {} of the {scored} scored images hold 16-bit samples all under {} (12-bit data), e.g. {first}; reduced to 8 bits they span 0..15 of 255, so these scores describe near-black images. Rank again with a window on their stored values (--window 2048,4096 spans 12-bit data), or export them to 8 bits with your intensity window.\n",
         faint.len(),
         medxfer_data::FAINT_16BIT_BELOW
     )

@@ -3,7 +3,9 @@
 //! (Hounsfield units for CT). It replaces a grayscale DICOM image's VOI (the file's window or VOI
 //! LUT table) and a NIfTI volume's display range (or its min-max), applied as DICOM's LINEAR VOI
 //! function (PS3.3 C.11.2.1.2), as a viewer applies a window typed into it; MONOCHROME1 and
-//! INVERSE are still inverted after it. Colour images are left as they are.
+//! INVERSE are still inverted after it. Colour images are left as they are. A grayscale PNG,
+//! TIFF, BMP or JPEG (8 or 16 bits) is windowed on its stored values, which have no rescale: a
+//! 12-bit radiograph exported to 16 bits is seen through 2048,4096 in place of its high byte.
 //!
 //! Or three windows joined by `+`, one for each of the red, green and blue channels (CT's brain,
 //! subdural and bone windows, `40,80+80,200+600,2800`, as the RSNA 2019 intracranial haemorrhage
@@ -13,6 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use dicom_pixeldata::{VoiLutFunction, WindowLevel};
+use image::RgbImage;
 
 /// One window's centre and width, in the image's rescaled values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,6 +57,23 @@ impl Window {
     /// `value` through the first channel's window (a gray window's only one) to 0..1.
     pub(crate) fn unit(self, value: f64) -> f64 {
         self.channels[0].unit(value)
+    }
+
+    /// A `width` x `height` grayscale image's `values` (row by row) through the window to RGB8:
+    /// the gray replicated, or each channel its own window's; inverted after it where `invert`
+    /// (MONOCHROME1), each level rounded half up as a viewer's lookup table rounds. None where
+    /// the values do not fill the image.
+    pub(crate) fn rgb8(self, values: &[f64], (width, height): (u32, u32), invert: bool) -> Option<RgbImage> {
+        let byte = |u: f64| {
+            let u = if invert { 1.0 - u.clamp(0.0, 1.0) } else { u.clamp(0.0, 1.0) };
+            (u * 255.0 + 0.5).floor() as u8
+        };
+        let rgb = if self.is_gray() {
+            values.iter().flat_map(|&v| [byte(self.unit(v)); 3]).collect()
+        } else {
+            values.iter().flat_map(|&v| self.units(v).map(byte)).collect()
+        };
+        RgbImage::from_raw(width, height, rgb)
     }
 }
 
