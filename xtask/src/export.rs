@@ -58,13 +58,15 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 // ("all" or "every:K": each frame kept predicted, the file's probabilities their
                 // mean, as predict does).
                 "dicom_frame": card.dicom_frame,
-                // The display window grayscale DICOM and NIfTI images were read through (DICOM's
-                // LINEAR function on the rescaled values; three joined by +, one a colour channel:
+                // The display window grayscale images were read through (DICOM's LINEAR function
+                // on the rescaled values, other formats' on the stored ones; three joined by +, one a colour channel:
                 // red, green, blue), null where each file's own.
                 "window": card.window,
                 // The axes NIfTI volumes were read along: "stored", or "canonical" (nibabel's
                 // as_closest_canonical, RAS+).
                 "reorient": card.reorient,
+                // Of each 4-D NIfTI file, the volume read (counted from 1); null: such files refused.
+                "volume": card.volume,
                 // Each frame 2.5-D: the frame before as red, itself green, the one after blue.
                 "adjacent_slices": card.adjacent_slices,
                 // The conditions on their DICOM header the images met (FIELD=PATTERN or

@@ -1184,17 +1184,83 @@ fn write_rgb_dicom_frames(path: &Path, frames: &[image::RgbImage]) {
     object.with_meta(meta).unwrap().write_to_file(path).unwrap();
 }
 
+/// A folder of 4-D NIfTI files of two volumes (as the Medical Segmentation Decathlon stores its
+/// modalities), the second's middle slice the images and the first's their negative: ranked with
+/// `--volume 2 --slice middle`, on those images (the PNGs' scores), said in ranking.md and keyed
+/// in the caches. Without `--volume` the files are refused, naming it. Fine-tuned, the card keeps
+/// the volume and predict reads new files' so, saying where it is told another.
+#[test]
+fn a_folder_of_4d_nifti_files_is_ranked_on_the_volume_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let images = image_folder(dir.path(), 4);
+    let files = dir.path().join("four_d");
+    for class in ["clear", "lesion"] {
+        for i in 0..4 {
+            let [negative, image, noise] = between_negative_and_noise(&images, class, i);
+            let first = [image.clone(), negative.clone(), noise.clone()];
+            let second = [negative, image, noise];
+            write_rgb_nifti_volumes(&files.join(class).join(format!("{i:02}.nii")), &[&first, &second], 2);
+        }
+    }
+    let backbone = ["--backbones", "resnet_basic_min"];
+    rank(dir.path(), &images, &dir.path().join("pngs"), None, &backbone);
+    let chosen = dir.path().join("chosen");
+    rank(dir.path(), &files, &chosen, None, &[&backbone[..], &["--slice", "middle", "--volume", "2"]].concat());
+    assert_eq!(logme_and_h_scores(&chosen), logme_and_h_scores(&dir.path().join("pngs")));
+    let read = std::fs::read_to_string(chosen.join("ranking.md")).unwrap();
+    assert!(read.contains("volume 2 of each 4-D NIfTI file (--volume)"), "{read}");
+    let caches: Vec<String> =
+        std::fs::read_dir(chosen.join("cache")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(caches.iter().filter(|name| name.ends_with(".rgb8")).all(|name| name.contains("-v2-")), "{caches:?}");
+    let output = rank_output(dir.path(), &files, &dir.path().join("refused"), None, &[&backbone[..], &["--slice", "middle"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("a 4-D NIfTI file of 2 volumes") && stderr.contains("--volume N (1 to 2)"),
+        "{stderr}"
+    );
+
+    let tuned = dir.path().join("tuned");
+    let tuning = ["--slice", "middle", "--volume", "2", "--finetune-top", "1", "--trials", "1", "--epochs", "1"];
+    rank(dir.path(), &files, &tuned, None, &[&backbone[..], &tuning].concat());
+    let cards = std::fs::read_dir(tuned.join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
+    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
+    assert_eq!(card["volume"], 2);
+    let predictions = dir.path().join("predictions.csv");
+    let output = predict(dir.path(), &tuned, &files, &["--out", predictions.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(read_csv(&predictions).len(), 8);
+    let predict_caches: Vec<String> = std::fs::read_dir(tuned.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("predict") && name.ends_with(".rgb8"))
+        .collect();
+    assert!(!predict_caches.is_empty() && predict_caches.iter().all(|name| name.contains("-v2-")), "{predict_caches:?}");
+    let output = predict(dir.path(), &tuned, &files, &["--out", predictions.to_str().unwrap(), "--volume", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("--volume 1: the model was fine-tuned on rank's 4-D files' volume 2"), "{stderr}");
+}
+
 /// `slices` (of one size) as an uncompressed RGB24 NIfTI-1 volume at `path`, each slice's voxel
 /// (i, j) the image's pixel (i, height - 1 - j): shown as np.rot90 shows a slice, each is the
 /// image. Its sform sends the third voxel axis along the patient axis `third_axis` (0 x, left to
 /// right: sagittal slices; 2 z: axial), the first two along the others in order. The header
 /// written field by field (NIfTI-1's nifti1.h), the others zero.
 fn write_rgb_nifti(path: &Path, slices: &[image::RgbImage], third_axis: usize) {
+    write_rgb_nifti_volumes(path, &[slices], third_axis);
+}
+
+/// `volumes` (each the same number of slices of one size) as [`write_rgb_nifti`] writes one: a
+/// 4-D file where there are several, the volumes one after another.
+fn write_rgb_nifti_volumes(path: &Path, volumes: &[&[image::RgbImage]], third_axis: usize) {
+    let slices: Vec<&image::RgbImage> = volumes.iter().flat_map(|volume| volume.iter()).collect();
     let (width, height) = slices[0].dimensions();
+    let rank = if volumes.len() > 1 { 4 } else { 3 };
     let mut header = vec![0u8; 352];
     let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
     put(0, &348i32.to_le_bytes()); // sizeof_hdr
-    for (k, dim) in [3, width as i16, height as i16, slices.len() as i16, 1, 1, 1, 1].into_iter().enumerate() {
+    let dims = [rank, width as i16, height as i16, volumes[0].len() as i16, volumes.len() as i16, 1, 1, 1];
+    for (k, dim) in dims.into_iter().enumerate() {
         put(40 + 2 * k, &i16::to_le_bytes(dim)); // dim
     }
     put(70, &128i16.to_le_bytes()); // datatype: RGB24
@@ -1213,8 +1279,9 @@ fn write_rgb_nifti(path: &Path, slices: &[image::RgbImage], third_axis: usize) {
         }
     }
     put(344, b"n+1\0"); // magic: a single file
-    let voxels =
-        slices.iter().flat_map(|slice| (0..height).flat_map(move |j| (0..width).flat_map(move |i| slice.get_pixel(i, height - 1 - j).0)));
+    let voxels = slices
+        .into_iter()
+        .flat_map(|slice| (0..height).flat_map(move |j| (0..width).flat_map(move |i| slice.get_pixel(i, height - 1 - j).0)));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, header.into_iter().chain(voxels).collect::<Vec<u8>>()).unwrap();
 }
@@ -1945,7 +2012,7 @@ fn predict_applies_the_best_fine_tuned_backbone_to_new_images() {
         let card: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("models").join(format!("{backbone}.json"))).unwrap()).unwrap();
         let preprocessing: serde_json::Value = serde_json::from_str(&metadata["medxfer.preprocessing"]).unwrap();
-        for key in ["resize", "crop", "mean", "std", "temperature", "dicom_frame", "reorient", "adjacent_slices"] {
+        for key in ["resize", "crop", "mean", "std", "temperature", "dicom_frame", "reorient", "volume", "adjacent_slices"] {
             assert_eq!(preprocessing[key], card[key], "{backbone}: {key}");
         }
         assert_eq!((&preprocessing["dicom_frame"], &preprocessing["reorient"]), (&"only".into(), &"stored".into()));

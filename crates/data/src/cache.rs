@@ -187,9 +187,12 @@ impl ImageCache {
             Orientation::Stored => String::new(),
             other => format!("-o{other}"),
         };
+        let volume_key = rendering.volume.map(|volume| format!("-v{volume}")).unwrap_or_default();
         let adjacent_key = if rendering.adjacent_slices { "-adjacent" } else { "" };
-        let key =
-            format!("{dataset}-s{short_side}-d{DECODE_REVISION}{frame_key}{window_key}{orientation_key}{adjacent_key}-{}", &checksum[..16]);
+        let key = format!(
+            "{dataset}-s{short_side}-d{DECODE_REVISION}{frame_key}{window_key}{orientation_key}{volume_key}{adjacent_key}-{}",
+            &checksum[..16]
+        );
         let (data_path, index_path) = (dir.join(format!("{key}.rgb8")), dir.join(format!("{key}.json")));
         if let Some(cache) = Self::open(&data_path, &index_path, &key, entries)? {
             return Ok(cache);

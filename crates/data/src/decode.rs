@@ -25,7 +25,7 @@ use crate::dicom::{DICOM_HEAD, DicomFrame, Window, dicom_file_frames_rgb8, dicom
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
-use crate::volume::{self, Orientation, is_nifti};
+use crate::volume::{self, Orientation, VolumeReading, is_nifti};
 
 mod adjacent;
 
@@ -84,7 +84,7 @@ pub fn load_image_frame(path: &Path, frame: DicomFrame) -> Result<Decoded> {
         return cheng_rgb8(path).map(|image| Decoded { image, faint: false });
     }
     if is_nifti(path) {
-        return only_frame(path, volume::slices_rgb8(path, None, &[frame], Rendering::default().volume())?);
+        return only_frame(path, volume::slices_rgb8(path, None, &[frame], Rendering::default().nifti())?);
     }
     // One open file: its first bytes tell DICOM (read from disk as far as needed: a frame of an
     // uncompressed loop without the others) from the rest (read whole).
@@ -105,15 +105,22 @@ pub struct Rendering {
     pub window: Option<Window>,
     /// The axes a NIfTI volume is read along (other images are read as stored).
     pub orientation: Orientation,
+    /// Of a 4-D NIfTI file, the volume read, counted from 1 (other files: only 1 or none).
+    pub volume: Option<u32>,
     /// Each frame of a volume or a file of several frames made 2.5-D: the frame before in red,
     /// itself in green, the frame after in blue (`adjacent.rs`).
     pub adjacent_slices: bool,
 }
 
 impl Rendering {
-    /// What a volume is read by.
-    fn volume(self) -> (Option<Window>, Orientation) {
-        (self.window, self.orientation)
+    /// Which volume of a NIfTI file is read, along which axes.
+    pub fn reading(self) -> VolumeReading {
+        VolumeReading { orientation: self.orientation, volume: self.volume }
+    }
+
+    /// What a volume is read and shown by.
+    fn nifti(self) -> (Option<Window>, VolumeReading) {
+        (self.window, self.reading())
     }
 }
 
@@ -129,7 +136,7 @@ pub fn load_image_frames(path: &Path, frames: &[DicomFrame], rendering: Renderin
         return Ok(vec![load_image_frame(path, *frame)]);
     }
     if is_nifti(path) {
-        let images = volume::slices_rgb8(path, None, frames, rendering.volume())?;
+        let images = volume::slices_rgb8(path, None, frames, rendering.nifti())?;
         return Ok(images.into_iter().map(|image| image.map(|image| Decoded { image, faint: false })).collect());
     }
     let is_mat = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
@@ -180,7 +187,7 @@ pub fn decode_image(path: &Path, bytes: &[u8], frame: DicomFrame) -> Result<Deco
         return dicom_rgb8(path, bytes, frame).map(|image| Decoded { image, faint: false });
     }
     if is_nifti(path) {
-        return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame], Rendering::default().volume())?);
+        return only_frame(path, volume::slices_rgb8(path, Some(bytes), &[frame], Rendering::default().nifti())?);
     }
     let image = decode_dynamic(path, bytes)?;
     let faint = is_faint_16bit(&image);

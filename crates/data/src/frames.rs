@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::dicom::{DicomFrame, dicom_frame_count, series_place};
 use crate::error::{Error, Result};
 use crate::split::Entry;
-use crate::volume::{self, Orientation};
+use crate::volume::{self, VolumeReading};
 
 /// Which frames of a DICOM file of several (or slices of a NIfTI volume) become images: one chosen
 /// frame (the file one image), or every k-th frame from the first (all of them where k is 1), each
@@ -86,30 +86,32 @@ impl fmt::Display for FrameSelection {
 
 /// How many frames the image file at `path` holds, from its header alone (the pixel data left
 /// unread): a DICOM file's Number of Frames (1 where it has none), a NIfTI volume's slices as
-/// `orientation` reads it, 1 for any other image. A header that cannot be read, or states more
+/// `reading` reads it (an [`Orientation`](crate::Orientation), or a [`VolumeReading`] with a 4-D file's volume), 1 for
+/// any other image. A header that cannot be read, or states more
 /// frames than the file can hold (a damaged count would otherwise make thousands of images of one
 /// file), is an error naming it.
-pub fn frame_count(path: &Path, orientation: Orientation) -> Result<u32> {
-    if volume::is_nifti(path) { volume::slice_count(path, orientation) } else { dicom_frame_count(path) }
+pub fn frame_count(path: &Path, reading: impl Into<VolumeReading>) -> Result<u32> {
+    if volume::is_nifti(path) { volume::slice_count(path, reading.into()) } else { dicom_frame_count(path) }
 }
 
 /// `entries` with each DICOM file of several frames or NIfTI volume of several slices (under
 /// `root`) in place of itself as an entry per frame `selection` keeps (frames 1, 1 + k, 1 + 2k,
 /// ...), in order, each with the file's label, group and part: a loop's frames are never split
-/// apart (a volume's slices as `orientation` reads it). A DICOM series stored a file a slice
+/// apart (a volume's slices as `reading` reads it). A DICOM series stored a file a slice
 /// (`dicom/series.rs`) is a volume whose frames are its files: of its slices, only those
 /// `selection` keeps stay (its middle one, every k-th from the first; a chosen number's as its
 /// file's only frame), each series' own; with `only`, the default, every slice. Other images, and
 /// entries that already name a frame, stay as they are. Each file's frame count and place are read
 /// from its header alone; every file whose header cannot be read, or whose series has no such slice
 /// or cannot be put in order, is named at once.
-pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection, orientation: Orientation) -> Result<Vec<Entry>> {
+pub fn frame_entries(root: &Path, entries: &[Entry], selection: FrameSelection, reading: impl Into<VolumeReading>) -> Result<Vec<Entry>> {
+    let reading = reading.into();
     if selection == FrameSelection::default() {
         return Ok(entries.to_vec());
     }
     let kept: Vec<Result<Kept>> = entries
         .par_iter()
-        .map(|entry| if entry.frame.is_some() { Ok(Kept::Itself) } else { kept_of(&root.join(&entry.path), selection, orientation) })
+        .map(|entry| if entry.frame.is_some() { Ok(Kept::Itself) } else { kept_of(&root.join(&entry.path), selection, reading) })
         .collect();
     let mut problems = Vec::new();
     let mut expanded = Vec::with_capacity(entries.len());
@@ -144,9 +146,9 @@ enum Kept {
     Frames { count: u32, step: u32 },
 }
 
-/// What `selection` keeps of the file at `path` (its frames as `orientation` reads a volume).
-fn kept_of(path: &Path, selection: FrameSelection, orientation: Orientation) -> Result<Kept> {
-    let count = frame_count(path, orientation)?;
+/// What `selection` keeps of the file at `path` (its frames as `reading` reads a volume).
+fn kept_of(path: &Path, selection: FrameSelection, reading: VolumeReading) -> Result<Kept> {
+    let count = frame_count(path, reading)?;
     if count > 1 {
         return Ok(match selection {
             FrameSelection::Every(step) => Kept::Frames { count, step },

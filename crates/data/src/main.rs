@@ -103,6 +103,10 @@ enum Command {
         /// and flipped to RAS+, the slices axial whatever plane the volume was acquired in).
         #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
         reorient: Orientation,
+        /// Of a 4-D NIfTI file (one volume a modality, b-value or time point), the volume read,
+        /// counted from 1; such a file is refused without it.
+        #[arg(long, value_name = "N")]
+        volume: Option<u32>,
         /// Each frame 2.5-D: the frame before in red, itself in green, the one after in blue.
         #[arg(long)]
         adjacent_slices: bool,
@@ -196,8 +200,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth { dataset, out, n, seed } => synth(&catalog, &dataset, &out, n, seed),
-        Command::Show { file, dicom_frame, window, reorient, adjacent_slices, out, tile, columns } => {
-            let rendering = Rendering { window, orientation: reorient, adjacent_slices };
+        Command::Show { file, dicom_frame, window, reorient, volume, adjacent_slices, out, tile, columns } => {
+            let rendering = Rendering { window, orientation: reorient, volume, adjacent_slices };
             show(&file, (dicom_frame, rendering), &out, (tile, columns))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -211,7 +215,7 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
     if tile == 0 || columns == 0 {
         bail!("--tile and --columns take a whole number from 1");
     }
-    let count = frame_count(file, rendering.orientation)?;
+    let count = frame_count(file, rendering.reading())?;
     // A slice of a DICOM series with frames chosen: the series' slices chosen, as rank reads them.
     let series = if count == 1 && selection != FrameSelection::default() { medxfer_data::series_slices(file)? } else { None };
     let (reads, unit) = match &series {
@@ -261,12 +265,18 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         );
     }
     if faint > 0 {
-        println!("note: 16-bit samples all under 4096 (12-bit data), reduced to their high byte: near black");
+        println!(
+            "note: 16-bit samples all under 4096 (12-bit data), reduced to their high byte: near black (--window 2048,4096 reads \
+             their stored values)"
+        );
     }
     match rendering.window {
         Some(window) if !window.is_gray() => println!("grayscale images through one window a channel: red, green, blue {window}"),
         Some(window) => println!("grayscale images through the window {window}"),
         None => {}
+    }
+    if let Some(volume) = rendering.volume.filter(|_| medxfer_data::is_nifti(file)) {
+        println!("volume {volume} of the file's 4-D series (--volume)");
     }
     if rendering.adjacent_slices {
         say_adjacent(file, count)?;

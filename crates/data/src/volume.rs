@@ -18,8 +18,11 @@
 //! window is min-max scaled too); NaN voxels are black. RGB24 and RGBA32 volumes (alpha dropped)
 //! are colour as stored.
 //!
-//! A 4-D series (fMRI, diffusion: several volumes a file), a NIfTI-2 file, a header/image pair
-//! and complex data are refused with the conversion that makes them readable. `plane.rs`:
+//! Of a 4-D file of several volumes (the Medical Segmentation Decathlon's brain tumour and
+//! prostate files: one volume a modality; diffusion's b-values, a time series), the volume
+//! `--volume N` names is read, as `img.get_fdata()[..., N - 1]`; without it such a file is
+//! refused. A 5-D file, a NIfTI-2 file, a header/image pair and complex data are refused with the
+//! conversion that makes them readable. `plane.rs`:
 //! [`slice_plane`], the anatomical plane of the slices (rank warns where a folder's volumes
 //! differ).
 
@@ -67,6 +70,22 @@ struct Shape {
     datatype: NiftiType,
 }
 
+/// How a NIfTI file is read: which of a 4-D file's volumes, along which axes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeReading {
+    /// The axes the volume is read along.
+    pub orientation: Orientation,
+    /// Of a 4-D file, the volume read, counted from 1 (`--volume`); a 3-D file is its only one.
+    /// None: a 4-D file of several is refused.
+    pub volume: Option<u32>,
+}
+
+impl From<Orientation> for VolumeReading {
+    fn from(orientation: Orientation) -> Self {
+        VolumeReading { orientation, volume: None }
+    }
+}
+
 /// A NIfTI file's content (gunzipped where it is gzip) and what the file takes on disk.
 struct Stored {
     content: Box<dyn Read>,
@@ -80,24 +99,23 @@ struct Stored {
 /// deflate's largest ratio (a run of one byte): a gzip file holds at least 1/1032 of its data.
 const DEFLATE_MAX_RATIO: u64 = 1032;
 
-/// How many slices the NIfTI file at `path` holds as `orientation` reads it, from its header
-/// alone.
-pub(crate) fn slice_count(path: &Path, orientation: Orientation) -> Result<u32> {
+/// How many slices the NIfTI file at `path` holds as `reading` reads it, from its header alone.
+pub(crate) fn slice_count(path: &Path, reading: VolumeReading) -> Result<u32> {
     let mut stored = open(path)?;
     let header = read_header(path, &mut stored.content)?;
-    let shape = shape(path, &header, &stored)?;
-    Ok(read_shape(path, &header, shape, orientation)?.1.slices)
+    let (shape, _) = shape(path, &header, &stored, reading.volume)?;
+    Ok(read_shape(path, &header, shape, reading.orientation)?.1.slices)
 }
 
 /// The NIfTI file at `path` (its bytes already read where `bytes` holds them), one image for each
-/// of `frames` among its slices as `orientation` reads it, a grayscale one through `window` where
+/// of `frames` among its slices as `reading` reads it, a grayscale one through `window` where
 /// given (in place of the display range or the volume's min-max): the outer error is the file's,
 /// the inner ones each frame's.
 pub(crate) fn slices_rgb8(
     path: &Path,
     bytes: Option<&[u8]>,
     frames: &[DicomFrame],
-    (window, orientation): (Option<Window>, Orientation),
+    (window, reading): (Option<Window>, VolumeReading),
 ) -> Result<Vec<Result<RgbImage>>> {
     let mut stored = match bytes {
         Some(bytes) => stored(Cursor::new(bytes.to_vec()), bytes.len() as u64).map_err(|e| Error::io(path, e))?,
@@ -114,10 +132,11 @@ pub(crate) fn slices_rgb8(
             format!("the NIfTI header's scl_slope is {} but its scl_inter is not a number; correct the header", header.scl_slope),
         ));
     }
-    let shape = shape(path, &header, &stored)?;
-    let (axes, read) = read_shape(path, &header, shape, orientation)?;
-    // Read as a 3-D volume of 2-D slices: a 2-D image one slice, a 4-D file of one volume its
-    // first three dimensions (nifti-rs streams slices of a lower rank than the volume's only).
+    let (shape, volume) = shape(path, &header, &stored, reading.volume)?;
+    let (axes, read) = read_shape(path, &header, shape, reading.orientation)?;
+    // Read as a 3-D volume of 2-D slices: a 2-D image one slice, a 4-D file's volume its first
+    // three dimensions (nifti-rs streams slices of a lower rank than the volume's only), the
+    // volumes before it skipped.
     header.dim[0] = 3;
     header.dim[3] = u16::try_from(shape.slices).unwrap_or(1);
     let indices: Vec<std::result::Result<u32, String>> = frames.iter().map(|&frame| slice_index(frame, read.slices)).collect();
@@ -126,6 +145,9 @@ pub(crate) fn slices_rgb8(
         return Ok(indices.into_iter().map(|index| Err(Error::format(path, index.err().unwrap_or_default()))).collect());
     }
     skip_to_voxels(path, &header, &mut stored.content)?;
+    skip_volumes(path, shape, volume, &mut stored.content)?;
+    // Each volume of a file its own range and held voxels.
+    stored.identity = stored.identity.map(|(file, bytes, modified, _)| (file, bytes, modified, volume));
     let scale = match (window, display_range(&header), stored.identity.as_ref().and_then(remembered_range)) {
         (Some(window), _, _) => Scale::Window(window),
         (None, Some((low, high)), _) | (None, None, Some((low, high))) => Scale::Range(low, high),
@@ -161,7 +183,7 @@ fn open(path: &Path) -> Result<Stored> {
     let file = std::fs::File::open(path).map_err(io)?;
     let metadata = file.metadata().map_err(io)?;
     let mut stored = stored(BufReader::new(file), metadata.len()).map_err(io)?;
-    stored.identity = Some((path.to_path_buf(), metadata.len(), metadata.modified().ok()));
+    stored.identity = Some((path.to_path_buf(), metadata.len(), metadata.modified().ok(), 0));
     Ok(stored)
 }
 
@@ -197,27 +219,47 @@ fn read_header(path: &Path, source: &mut Box<dyn Read>) -> Result<NiftiHeader> {
     Ok(header)
 }
 
-/// The volume's slices and their type, or why medxfer cannot read them: among others, more voxels
+/// The volume's slices and their type, and the 0-based index of the volume `volume` chooses (of
+/// a 4-D file; a 3-D file's is 0), or why medxfer cannot read them: among others, more voxels
 /// than the `stored` file can hold (a damaged header, refused before its slices are allocated).
-fn shape(path: &Path, header: &NiftiHeader, stored: &Stored) -> Result<Shape> {
+fn shape(path: &Path, header: &NiftiHeader, stored: &Stored, volume: Option<u32>) -> Result<(Shape, u32)> {
     let dims = header.dim().map_err(|e| Error::format(path, format!("the NIfTI header's dimensions are invalid ({e})")))?;
     let (width, height, rest) = match dims {
         [width, height, rest @ ..] => (*width, *height, rest),
         _ => return Err(Error::format(path, "a 1-D NIfTI file (a signal, not an image)")),
     };
-    if let [_, series @ ..] = rest
-        && series.iter().any(|&d| d > 1)
+    if let [_, _, beyond @ ..] = rest
+        && beyond.iter().any(|&d| d > 1)
     {
-        let volumes: u64 = series.iter().map(|&d| u64::from(d)).product();
         return Err(Error::format(
             path,
             format!(
-                "a {}-D NIfTI series of {volumes} volumes (fMRI, diffusion or a time series); medxfer reads one 3-D volume a file: \
-                 split it (fslsplit, or nibabel's four_to_three)",
+                "a {}-D NIfTI file ({dims:?}); medxfer reads a 3-D volume, or one of a 4-D file's (--volume): save the volumes you \
+                 want as a 4-D or 3-D file (nibabel: nib.Nifti1Image(data.reshape(...), img.affine))",
                 dims.len()
             ),
         ));
     }
+    let volumes = rest.get(1).map_or(1, |&d| u32::from(d.max(1)));
+    let volume = match volume {
+        None if volumes > 1 => {
+            return Err(Error::format(
+                path,
+                format!(
+                    "a 4-D NIfTI file of {volumes} volumes (modalities, b-values or time points); choose the one to read with \
+                     --volume N (1 to {volumes}), or split it (fslsplit, or nibabel's four_to_three)"
+                ),
+            ));
+        }
+        None => 0,
+        Some(n) if n == 0 || n > volumes => {
+            return Err(Error::format(
+                path,
+                format!("the NIfTI file holds {volumes} volume(s), so it has no volume {n} (--volume counts from 1)"),
+            ));
+        }
+        Some(n) => n - 1,
+    };
     check_pixels(path, u32::from(width), u32::from(height))?;
     let datatype = header.data_type().map_err(|e| Error::format(path, format!("the NIfTI header's datatype is unknown ({e})")))?;
     if matches!(datatype, NiftiType::Complex64 | NiftiType::Complex128 | NiftiType::Complex256 | NiftiType::Float128) {
@@ -227,20 +269,21 @@ fn shape(path: &Path, header: &NiftiHeader, stored: &Stored) -> Result<Shape> {
         ));
     }
     let shape = Shape { width, height, slices: rest.first().map_or(1, |&d| u32::from(d)), datatype };
-    let needed = voxel_offset(header) + u64::from(shape.slices) * shape.slice_bytes() as u64;
+    let needed = voxel_offset(header) + u64::from(volumes) * u64::from(shape.slices) * shape.slice_bytes() as u64;
     let holds = if stored.gzip { stored.bytes.saturating_mul(DEFLATE_MAX_RATIO) } else { stored.bytes };
     if needed > holds {
         let file = if stored.gzip { "gzip file, even at deflate's largest ratio," } else { "file" };
+        let of_volumes = if volumes > 1 { format!(" x {volumes}") } else { String::new() };
         return Err(Error::format(
             path,
             format!(
-                "the NIfTI header states {width} x {height} x {} voxels of {datatype:?} ({needed} bytes with the header), more than its \
-                 {} byte {file} holds: the file is truncated or its header damaged; copy or export it again",
+                "the NIfTI header states {width} x {height} x {}{of_volumes} voxels of {datatype:?} ({needed} bytes with the header), \
+                 more than its {} byte {file} holds: the file is truncated or its header damaged; copy or export it again",
                 shape.slices, stored.bytes
             ),
         ));
     }
-    Ok(shape)
+    Ok((shape, volume))
 }
 
 /// The axes `orientation` reads the volume of `header` and `shape` (as stored) in, and its shape as
@@ -274,6 +317,17 @@ fn skip_to_voxels(path: &Path, header: &NiftiHeader, source: &mut Box<dyn Read>)
     let skipped = std::io::copy(&mut source.take(skip), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
     if skipped < skip {
         return Err(Error::format(path, format!("the NIfTI file ends before its voxels (at byte {offset}): truncated; copy it again")));
+    }
+    Ok(())
+}
+
+/// Reads `source` (at the voxels) past the `volume` volumes of `shape` before the one read.
+fn skip_volumes(path: &Path, shape: Shape, volume: u32, source: &mut Box<dyn Read>) -> Result<()> {
+    let skip = u64::from(volume) * u64::from(shape.slices) * shape.slice_bytes() as u64;
+    let skipped = std::io::copy(&mut source.take(skip), &mut std::io::sink())
+        .map_err(|e| Error::format(path, format!("the NIfTI file's gzip data is damaged or truncated ({e}); copy it again")))?;
+    if skipped < skip {
+        return Err(Error::format(path, format!("the NIfTI file ends before its volume {} (truncated); copy it again", volume + 1)));
     }
     Ok(())
 }

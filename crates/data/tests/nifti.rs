@@ -89,7 +89,12 @@ fn every_nifti_slice_decodes_as_nibabel_shows_it() {
 #[test]
 fn nifti_files_that_are_not_one_volume_of_images_are_refused_naming_the_file_and_the_fix() {
     for (name, expected) in [
-        ("fmri_series.nii.gz", "a 4-D NIfTI series of 3 volumes"),
+        ("five_d.nii", "a 5-D NIfTI file ([12, 9, 2, 2, 2])"),
+        (
+            "fmri_series.nii.gz",
+            "a 4-D NIfTI file of 3 volumes (modalities, b-values or time points); choose the one to read with --volume N (1 to 3)",
+        ),
+        ("mr_4d_modalities.nii", "a 4-D NIfTI file of 4 volumes"),
         ("nifti2.nii", "a NIfTI-2 file; medxfer reads NIfTI-1"),
         ("pair_header.nii", "the header of a NIfTI .hdr/.img pair"),
         ("complex.nii", "the NIfTI voxels are Complex64"),
@@ -102,17 +107,81 @@ fn nifti_files_that_are_not_one_volume_of_images_are_refused_naming_the_file_and
     }
 }
 
+/// Of a 4-D file (a gzipped series of three volumes; four modalities of a sagittal MR volume,
+/// scaled, uncompressed), the volume `--volume V` names reads as nibabel shows
+/// `get_fdata()[..., V - 1]`, as stored and reoriented, its min-max its own (not the file's, nor
+/// the volume's read before); a volume beyond the file is an error naming it; a 3-D file is its
+/// own volume 1, and has no other.
+#[test]
+fn a_4d_files_volume_reads_as_nibabel_shows_it() {
+    let expected = common::expected(&fixtures());
+    let mut slices_of: std::collections::BTreeMap<(String, String, u32), u32> = std::collections::BTreeMap::new();
+    for key in expected.keys() {
+        let Some((prefix, rest)) = key.split_once('/').filter(|(prefix, _)| prefix.starts_with("volumes")) else { continue };
+        let (name, volume) = rest.split_once('#').unwrap().0.split_once('@').unwrap();
+        *slices_of.entry((prefix.to_string(), name.to_string(), volume.parse().unwrap())).or_default() += 1;
+    }
+    assert_eq!(slices_of.len(), 2 * (3 + 4), "{slices_of:?}");
+    for ((prefix, name, volume), &slices) in &slices_of {
+        let orientation = if prefix == "volumes" { Orientation::Stored } else { Orientation::Canonical };
+        let rendering = Rendering { orientation, volume: Some(*volume), ..Rendering::default() };
+        let path = fixtures().join(name);
+        assert_eq!(frame_count(&path, rendering.reading()).unwrap(), slices, "{name}");
+        let asked: Vec<DicomFrame> = (1..=slices).map(DicomFrame::Number).collect();
+        let images = load_image_frames(&path, &asked, rendering).unwrap();
+        for (number, image) in (1..=slices).zip(images) {
+            let case = format!("{prefix} {name} volume {volume} slice {number}");
+            let (max, _, _) = common::differences(&case, &image.unwrap().image, &expected[&format!("{prefix}/{name}@{volume}#{number}")]);
+            assert_eq!(max, 0, "{case}");
+        }
+    }
+    // The volumes differ: the first is not the fourth.
+    let path = fixtures().join("mr_4d_modalities.nii");
+    let first = load_image_frames(&path, &[DicomFrame::Number(2)], Rendering { volume: Some(1), ..Rendering::default() }).unwrap();
+    let (max, _, _) =
+        common::differences("volumes 1 and 4", &first[0].as_ref().unwrap().image, &expected["volumes/mr_4d_modalities.nii@4#2"]);
+    assert!(max > 5);
+    for (name, volumes) in [("fmri_series.nii.gz", 3), ("mr_4d_modalities.nii", 4)] {
+        let path = fixtures().join(name);
+        for beyond in [0, volumes + 1] {
+            let rendering = Rendering { volume: Some(beyond), ..Rendering::default() };
+            let error = load_image_frames(&path, &[DicomFrame::First], rendering).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&path.display().to_string())
+                    && error.contains(&format!("holds {volumes} volume(s), so it has no volume {beyond}")),
+                "{error}"
+            );
+        }
+    }
+    let path = fixtures().join("ct_window.nii.gz");
+    let first = Rendering { volume: Some(1), ..Rendering::default() };
+    let frames = [DicomFrame::Last];
+    assert_eq!(
+        load_image_frames(&path, &frames, first).unwrap().remove(0).unwrap().image,
+        load_image_frame(&path, DicomFrame::Last).unwrap().image
+    );
+    let error = frame_count(&path, Rendering { volume: Some(2), ..Rendering::default() }.reading()).unwrap_err().to_string();
+    assert!(error.contains("holds 1 volume(s), so it has no volume 2"), "{error}");
+}
+
 /// A volume cut short anywhere (in the header, the extension, the voxels; gzipped or not) is an
 /// error naming the file, never a slice filled with zeros.
 #[test]
 fn truncated_nifti_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, frame) in [("mr_12bit_big_endian.nii", DicomFrame::Last), ("pet_float_nan_extension.nii.gz", DicomFrame::Last)] {
+    // Of the gzipped 4-D series, the last volume (the others skipped).
+    let last_volume = Rendering { volume: Some(3), ..Rendering::default() };
+    for (name, frame, rendering) in [
+        ("mr_12bit_big_endian.nii", DicomFrame::Last, Rendering::default()),
+        ("pet_float_nan_extension.nii.gz", DicomFrame::Last, Rendering::default()),
+        ("fmri_series.nii.gz", DicomFrame::First, last_volume),
+    ] {
         let bytes = std::fs::read(fixtures().join(name)).unwrap();
         let path = dir.path().join(name);
         for cut in [0, 100, 347, 360, bytes.len() / 2, bytes.len() - 1] {
             std::fs::write(&path, &bytes[..cut]).unwrap();
-            let error = load_image_frame(&path, frame).map(|_| ()).unwrap_err().to_string();
+            let error =
+                load_image_frames(&path, &[frame], rendering).and_then(|mut images| images.remove(0)).map(|_| ()).unwrap_err().to_string();
             assert!(error.starts_with(&path.display().to_string()), "{name} cut at {cut}: {error}");
             assert!(["truncated", "shorter", "ends before", "damaged"].iter().any(|w| error.contains(w)), "{name} cut at {cut}: {error}");
         }

@@ -133,7 +133,7 @@ pub fn image_paths(images: &Path, images_root: Option<&Path>, csv_columns: Optio
 /// its probabilities the mean of theirs, as a loop's are of its frames (`images.series` lists
 /// them). Said on stderr. A file whose header cannot be read stays, for the decoding to name; the
 /// slices of one series given different labels (a CSV's) are refused.
-pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orientation: medxfer_data::Orientation) -> Result<()> {
+pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, reading: medxfer_data::VolumeReading) -> Result<()> {
     use rayon::prelude::*;
     if selection == FrameSelection::default() {
         return Ok(());
@@ -143,7 +143,7 @@ pub fn keep_chosen_slices(images: &mut Images, selection: FrameSelection, orient
         .par_iter()
         .map(|path| {
             let file = Entry { path: path.clone(), label: 0, group: String::new(), split: Part::Test, frame: None };
-            match medxfer_data::frame_entries(&images.root, &[file], selection, orientation) {
+            match medxfer_data::frame_entries(&images.root, &[file], selection, reading) {
                 Ok(entries) if entries.is_empty() => Place::LeftOut,
                 Ok(_) if selection.is_per_frame() => match medxfer_data::series_place(&images.root.join(path)) {
                     Ok(Some(place)) => Place::Slice { series: place.key(), index: place.index },
@@ -323,7 +323,7 @@ fn cached_files(
         .enumerate()
         .map(|(i, path)| Entry { path: path.clone(), label: 0, group: i.to_string(), split: Part::Test, frame: None })
         .collect();
-    let entries: Vec<Entry> = medxfer_data::frame_entries(&images.root, &files, selection, rendering.orientation)?
+    let entries: Vec<Entry> = medxfer_data::frame_entries(&images.root, &files, selection, rendering.reading())?
         .into_iter()
         .flat_map(|entry| match images.series.get(&entry.path) {
             Some(slices) => slices.iter().map(|slice| Entry { path: slice.clone(), ..entry.clone() }).collect(),
@@ -373,7 +373,7 @@ fn unreadable_row(images: &Images, path: &str, reading: (FrameSelection, Renderi
 /// can.
 fn unreadable_because(root: &Path, path: &str, (selection, rendering): (FrameSelection, Rendering)) -> Option<String> {
     let file = Entry { path: path.to_string(), label: 0, group: String::new(), split: Part::Test, frame: None };
-    let frames = match medxfer_data::frame_entries(root, &[file], selection, rendering.orientation) {
+    let frames = match medxfer_data::frame_entries(root, &[file], selection, rendering.reading()) {
         Ok(entries) => entries.iter().map(|entry| entry.frame.map_or(selection.per_file(), DicomFrame::Number)).collect::<Vec<_>>(),
         // The file's own error, not the list of one that frame_entries makes of it.
         Err(medxfer_data::Error::Unreadable { problems, .. }) => return problems.into_iter().next(),
@@ -420,12 +420,12 @@ mod tests {
     #[test]
     fn only_the_slices_chosen_of_each_series_are_predicted() {
         let mut images = fresh(|f| format!("label of {f}"));
-        keep_chosen_slices(&mut images, FrameSelection::One(DicomFrame::Middle), medxfer_data::Orientation::Stored).unwrap();
+        keep_chosen_slices(&mut images, FrameSelection::One(DicomFrame::Middle), medxfer_data::Orientation::Stored.into()).unwrap();
         assert_eq!(images.paths, ["IM000005", "mr_c.dcm", "scout.dcm"]);
         assert_eq!(images.labels.unwrap(), ["label of IM000005", "label of mr_c.dcm", "label of scout.dcm"]);
         assert!(images.series.is_empty());
         let mut images = fresh(|f| format!("label of {f}"));
-        keep_chosen_slices(&mut images, FrameSelection::default(), medxfer_data::Orientation::Stored).unwrap();
+        keep_chosen_slices(&mut images, FrameSelection::default(), medxfer_data::Orientation::Stored.into()).unwrap();
         assert_eq!(images.paths.len(), 9);
     }
 
@@ -435,14 +435,15 @@ mod tests {
     fn a_series_predicted_from_several_slices_is_one_row() {
         let series_label = |f: &str| if f.starts_with("mr") { "lesion".to_string() } else { "clear".to_string() };
         let mut images = fresh(series_label);
-        keep_chosen_slices(&mut images, FrameSelection::Every(2), medxfer_data::Orientation::Stored).unwrap();
+        keep_chosen_slices(&mut images, FrameSelection::Every(2), medxfer_data::Orientation::Stored.into()).unwrap();
         assert_eq!(images.paths, ["IM000004", "mr_b.dcm", "scout.dcm"]);
         assert_eq!(images.labels.unwrap(), ["clear", "lesion", "clear"]);
         assert_eq!(images.series["IM000004"], ["IM000004", "IM000005", "IM000002"]);
         assert_eq!(images.series["mr_b.dcm"], ["mr_b.dcm", "mr_a.dcm"]);
         assert_eq!(images.series.len(), 2);
         let mut images = fresh(|f| format!("label of {f}"));
-        let error = keep_chosen_slices(&mut images, FrameSelection::Every(2), medxfer_data::Orientation::Stored).unwrap_err().to_string();
+        let error =
+            keep_chosen_slices(&mut images, FrameSelection::Every(2), medxfer_data::Orientation::Stored.into()).unwrap_err().to_string();
         assert!(error.contains("slices of one DICOM series, have different labels") && error.contains("--slice only"), "{error}");
     }
 }

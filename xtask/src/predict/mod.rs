@@ -81,6 +81,10 @@ pub struct PredictArgs {
     /// rank read its volumes along (`reorient` in the model's card).
     #[arg(long, value_name = "ORIENTATION")]
     pub reorient: Option<medxfer_data::Orientation>,
+    /// Of a 4-D NIfTI file, the volume read (counted from 1, as rank takes it). By default the
+    /// one rank read (`volume` in the model's card).
+    #[arg(long, value_name = "N")]
+    pub volume: Option<u32>,
     /// Only the DICOM files whose header meets every condition (FIELD=PATTERN or FIELD!=PATTERN,
     /// the option repeated, as rank takes it) are predicted. By default the conditions rank kept
     /// its images by (`dicom_where` in the model's card); `--dicom-where any` keeps every image.
@@ -227,7 +231,7 @@ pub fn run(args: &PredictArgs) -> Result<Predicted> {
     let (frames, rendering) = reading(args, &card);
     let conditions = dicom_conditions(args, &card)?;
     keep_where(&mut images, &conditions)?;
-    keep_chosen_slices(&mut images, frames, rendering.orientation)?;
+    keep_chosen_slices(&mut images, frames, rendering.reading())?;
     let csv_truth = csv_labels(&images, &card.classes, &args.images)?;
     check_saliency_outside(args)?;
     let saliency_class = match &args.saliency_class {
@@ -346,6 +350,7 @@ fn reading(args: &PredictArgs, card: &ModelCard) -> (FrameSelection, medxfer_dat
     let rendering = medxfer_data::Rendering {
         window: args.window.or(card.window),
         orientation: args.reorient.unwrap_or(card.reorient),
+        volume: args.volume.or(card.volume),
         adjacent_slices: card.adjacent_slices,
     };
     (args.dicom_frame.unwrap_or(card.dicom_frame), rendering)
@@ -388,6 +393,10 @@ fn say_reading_differences(card: &ModelCard, frames: FrameSelection, rendering: 
     }
     if rendering.orientation != card.reorient {
         eprintln!("--reorient {}: the model was fine-tuned on rank's volumes read {}", rendering.orientation, card.reorient);
+    }
+    if rendering.volume != card.volume {
+        let shown = |volume: Option<u32>| volume.map_or_else(|| "none (3-D files only)".to_string(), |v| v.to_string());
+        eprintln!("--volume {}: the model was fine-tuned on rank's 4-D files' volume {}", shown(rendering.volume), shown(card.volume));
     }
 }
 
@@ -613,6 +622,7 @@ mod tests {
                 dicom_frame: FrameSelection::default(),
                 window: None,
                 reorient: medxfer_data::Orientation::Stored,
+                volume: None,
                 adjacent_slices: false,
                 dicom_where: Vec::new(),
                 val_balanced_accuracy: Some(val),

@@ -34,7 +34,7 @@ pub struct ModelCard {
     /// mean); `only` (such files refused) on cards written before it was kept.
     #[serde(default)]
     pub dicom_frame: medxfer_data::FrameSelection,
-    /// The display window grayscale DICOM and NIfTI images were read through (rank's --window),
+    /// The display window grayscale images were read through (rank's --window),
     /// which `predict` reads new ones through too; none: each file's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<medxfer_data::Window>,
@@ -42,6 +42,10 @@ pub struct ModelCard {
     /// ones along too; stored on cards written before it was kept.
     #[serde(default)]
     pub reorient: medxfer_data::Orientation,
+    /// The volume read of each 4-D NIfTI file (rank's --volume, counted from 1), which `predict`
+    /// reads of new ones too; none: such files refused (and on cards written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<u32>,
     /// Whether each frame was read 2.5-D, with its neighbours as red and blue (rank's
     /// --adjacent-slices), as `predict` reads new ones; false on cards written before it was kept.
     #[serde(default)]

@@ -66,6 +66,12 @@ pub struct ImagesReading {
     /// alike). DICOM files are read as stored. `predict` reads new volumes so too.
     #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
     pub reorient: medxfer_data::Orientation,
+    /// Of a 4-D NIfTI file (the Medical Segmentation Decathlon's brain tumour and prostate files:
+    /// a volume a modality; diffusion's b-values; a time series), the volume read, counted from 1
+    /// as nibabel's `get_fdata()[..., N - 1]` (a 3-D file is its own volume 1); without it such a
+    /// file is refused. `predict` reads new files' so.
+    #[arg(long, value_name = "N")]
+    pub volume: Option<u32>,
     /// 2.5-D images: each frame of a NIfTI volume or a DICOM file of several (the one --slice or
     /// --dicom-frame chooses, or each with all) made of three, the frame before in red, itself in
     /// green and the one after in blue (the first and last repeat themselves at the ends), each
@@ -123,6 +129,9 @@ impl ImagesReading {
         if self.reorient != medxfer_data::Orientation::Stored {
             read.push(format!("NIfTI volumes reoriented {} (RAS+, --reorient)", self.reorient));
         }
+        if let Some(volume) = self.volume {
+            read.push(format!("volume {volume} of each 4-D NIfTI file (--volume)"));
+        }
         if self.adjacent_slices {
             read.push("2.5-D, each frame's red the frame before and its blue the one after (--adjacent-slices)".to_string());
         }
@@ -135,7 +144,12 @@ impl ImagesReading {
 
     /// How the images are rendered: the window and a volume's orientation asked for.
     pub fn rendering(&self) -> medxfer_data::Rendering {
-        medxfer_data::Rendering { window: self.window, orientation: self.reorient, adjacent_slices: self.adjacent_slices }
+        medxfer_data::Rendering {
+            window: self.window,
+            orientation: self.reorient,
+            volume: self.volume,
+            adjacent_slices: self.adjacent_slices,
+        }
     }
 
     fn names(&self) -> (&str, &str, Option<&str>) {

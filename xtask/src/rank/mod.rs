@@ -287,7 +287,7 @@ pub fn run(args: &RankArgs) -> Result<Vec<RankRow>> {
     let device = medxfer_train::parse_device(&args.device)?;
     let files = split(args, &images)?;
     // Each frame of a loop an image (--dicom-frame all): in its file's part and group.
-    let entries = medxfer_data::frame_entries(&images.root, &files, args.reading.dicom_frame, args.reading.reorient)?;
+    let entries = medxfer_data::frame_entries(&images.root, &files, args.reading.dicom_frame, args.reading.rendering().reading())?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     describe_reading(args, &images, &files, &entries);
     if args.finetune_top.is_some() {
@@ -364,7 +364,7 @@ fn describe_reading(args: &RankArgs, images: &LabelledImages, files: &[Entry], e
     let kept: Vec<Entry> = files.iter().filter(|file| kept.contains(file.path.as_str())).cloned().collect();
     warn_of_mixed_planes(&images.root, &kept, args.reading.reorient);
     if args.reading.adjacent_slices {
-        warn_of_single_frames(&images.root, &kept, args.reading.reorient);
+        warn_of_single_frames(&images.root, &kept, args.reading.rendering().reading());
     }
 }
 
@@ -543,13 +543,13 @@ fn warn_of_mixed_planes(root: &Path, files: &[Entry], orientation: medxfer_data:
 /// planes are each alone), naming a few: `--adjacent-slices` gives them no neighbours (each
 /// channel the file's one frame). A header that cannot be read, or a series that cannot be
 /// put in order, is left to the decoding, which names it.
-fn warn_of_single_frames(root: &Path, files: &[Entry], orientation: medxfer_data::Orientation) {
+fn warn_of_single_frames(root: &Path, files: &[Entry], reading: medxfer_data::VolumeReading) {
     use rayon::prelude::*;
     let single: Vec<&Entry> = files
         .par_iter()
         .filter(|entry| {
             let path = root.join(&entry.path);
-            medxfer_data::frame_count(&path, orientation).is_ok_and(|n| n == 1)
+            medxfer_data::frame_count(&path, reading).is_ok_and(|n| n == 1)
                 && medxfer_data::series_place(&path).is_ok_and(|place| place.is_none_or(|place| place.len == 1))
         })
         .collect();

@@ -197,6 +197,7 @@ impl Shortlist<'_> {
             dicom_frame: args.reading.dicom_frame,
             window: args.reading.window,
             reorient: args.reading.reorient,
+            volume: args.reading.volume,
             adjacent_slices: args.reading.adjacent_slices,
             dicom_where: args.reading.dicom_where.clone(),
             val_balanced_accuracy: Some(best.outcome.best.val_balanced_accuracy),

@@ -23,7 +23,7 @@ use crate::volume::is_nifti;
 /// [`load_image_frames`] of `frames` of the file at `path`, each made of the frames either side
 /// of it and itself, rendered as `rendering` says (its own `adjacent_slices` not set).
 pub(super) fn adjacent_frames(path: &Path, frames: &[DicomFrame], rendering: Rendering) -> Result<Vec<Result<Decoded>>> {
-    let count = frame_count(path, rendering.orientation)?;
+    let count = frame_count(path, rendering.reading())?;
     if count == 1
         && let Some(place) = series_place(path)?
     {

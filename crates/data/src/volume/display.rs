@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 /// A volume's least and largest finite value.
 pub(super) type ValueRange = (f64, f64);
 
-/// A file on disk as [`VOLUME_RANGES`] knows it: a changed file (another size or time) is another.
-pub(super) type FileIdentity = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
+/// A volume on disk as [`VOLUME_RANGES`] knows it: a changed file (another size or time) is
+/// another; the last the volume's 0-based index in its file (a 4-D file's several).
+pub(super) type FileIdentity = (std::path::PathBuf, u64, Option<std::time::SystemTime>, u32);
 
 /// Each volume's min-max range, once a read went through the whole volume for it: the image
 /// cache reads a volume's slices (`--slice all`) in runs of `FRAMES_PER_READ`, and each run would
