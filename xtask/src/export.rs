@@ -65,7 +65,8 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 // The axes NIfTI volumes were read along: "stored", or "canonical" (nibabel's
                 // as_closest_canonical, RAS+).
                 "reorient": card.reorient,
-                // Of each 4-D NIfTI file, the volume read (counted from 1); null: such files refused.
+                // Of each 4-D NIfTI file, the volume read (counted from 1; "1+3+4": three, the red,
+                // green and blue channels); null: such files refused.
                 "volume": card.volume,
                 // Each frame 2.5-D: the frame before as red, itself green, the one after blue.
                 "adjacent_slices": card.adjacent_slices,

@@ -1219,13 +1219,18 @@ fn a_folder_of_4d_nifti_files_is_ranked_on_the_volume_chosen() {
         !output.status.success() && stderr.contains("a 4-D NIfTI file of 2 volumes") && stderr.contains("--volume N (1 to 2)"),
         "{stderr}"
     );
+    // Three volumes make the channels of gray ones: these RGB volumes are refused.
+    let extra = ["--slice", "middle", "--volume", "1+2+2"];
+    let output = rank_output(dir.path(), &files, &dir.path().join("channels"), None, &[&backbone[..], &extra].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("cannot be one channel of three"), "{stderr}");
 
     let tuned = dir.path().join("tuned");
     let tuning = ["--slice", "middle", "--volume", "2", "--finetune-top", "1", "--trials", "1", "--epochs", "1"];
     rank(dir.path(), &files, &tuned, None, &[&backbone[..], &tuning].concat());
     let cards = std::fs::read_dir(tuned.join("models")).unwrap().map(|entry| entry.unwrap().path()).collect::<Vec<_>>();
     let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cards[0]).unwrap()).unwrap();
-    assert_eq!(card["volume"], 2);
+    assert_eq!(card["volume"], "2");
     let predictions = dir.path().join("predictions.csv");
     let output = predict(dir.path(), &tuned, &files, &["--out", predictions.to_str().unwrap()]);
     assert!(output.status.success(), "{output:?}");

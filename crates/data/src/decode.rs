@@ -25,7 +25,7 @@ use crate::dicom::{DICOM_HEAD, DicomFrame, Window, dicom_file_frames_rgb8, dicom
 use crate::error::{Error, Result};
 use crate::layouts::read_cheng;
 use crate::limits::{MAX_DECODER_BYTES, check_pixels};
-use crate::volume::{self, Orientation, VolumeReading, is_nifti};
+use crate::volume::{self, Orientation, VolumeReading, Volumes, is_nifti};
 
 mod adjacent;
 
@@ -105,8 +105,9 @@ pub struct Rendering {
     pub window: Option<Window>,
     /// The axes a NIfTI volume is read along (other images are read as stored).
     pub orientation: Orientation,
-    /// Of a 4-D NIfTI file, the volume read, counted from 1 (other files: only 1 or none).
-    pub volume: Option<u32>,
+    /// Of a 4-D NIfTI file, the volume read (or three, one a colour channel), counted from 1
+    /// (other files have none).
+    pub volume: Option<Volumes>,
     /// Each frame of a volume or a file of several frames made 2.5-D: the frame before in red,
     /// itself in green, the frame after in blue (`adjacent.rs`).
     pub adjacent_slices: bool,

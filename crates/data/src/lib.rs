@@ -92,4 +92,4 @@ pub use split::{
     leakage, ood_entries, split_task,
 };
 pub use transform::{Normalization, TrainDraw, TrainTransform};
-pub use volume::{Orientation, SlicePlane, VolumeReading, is_nifti, slice_plane};
+pub use volume::{Orientation, SlicePlane, VolumeReading, Volumes, is_nifti, slice_plane};

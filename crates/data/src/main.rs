@@ -104,9 +104,10 @@ enum Command {
         #[arg(long, value_name = "ORIENTATION", default_value = "stored")]
         reorient: Orientation,
         /// Of a 4-D NIfTI file (one volume a modality, b-value or time point), the volume read,
-        /// counted from 1; such a file is refused without it.
+        /// counted from 1, or three joined by + (1+3+4) for the red, green and blue channels; such
+        /// a file is refused without it.
         #[arg(long, value_name = "N")]
-        volume: Option<u32>,
+        volume: Option<medxfer_data::Volumes>,
         /// Each frame 2.5-D: the frame before in red, itself in green, the one after in blue.
         #[arg(long)]
         adjacent_slices: bool,
@@ -275,8 +276,12 @@ fn show(file: &Path, (selection, rendering): (FrameSelection, Rendering), out: &
         Some(window) => println!("grayscale images through the window {window}"),
         None => {}
     }
-    if let Some(volume) = rendering.volume.filter(|_| medxfer_data::is_nifti(file)) {
-        println!("volume {volume} of the file's 4-D series (--volume)");
+    match rendering.volume.filter(|_| medxfer_data::is_nifti(file)) {
+        Some(medxfer_data::Volumes::Channels([red, green, blue])) => {
+            println!("volumes {red}, {green} and {blue} of the file's 4-D series as red, green and blue (--volume)");
+        }
+        Some(volume) => println!("volume {volume} of the file's 4-D series (--volume)"),
+        None => {}
     }
     if rendering.adjacent_slices {
         say_adjacent(file, count)?;

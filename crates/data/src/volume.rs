@@ -20,8 +20,9 @@
 //!
 //! Of a 4-D file of several volumes (the Medical Segmentation Decathlon's brain tumour and
 //! prostate files: one volume a modality; diffusion's b-values, a time series), the volume
-//! `--volume N` names is read, as `img.get_fdata()[..., N - 1]`; without it such a file is
-//! refused. A 5-D file, a NIfTI-2 file, a header/image pair and complex data are refused with the
+//! `--volume N` names is read, as `img.get_fdata()[..., N - 1]`; or three (`--volume A+B+C`),
+//! each the red, green or blue channel as alone it is gray (BraTS entries fed three MR sequences to
+//! ImageNet backbones so); without it such a file is refused. A 5-D file, a NIfTI-2 file, a header/image pair and complex data are refused with the
 //! conversion that makes them readable. `plane.rs`:
 //! [`slice_plane`], the anatomical plane of the slices (rank warns where a folder's volumes
 //! differ).
@@ -75,9 +76,63 @@ struct Shape {
 pub struct VolumeReading {
     /// The axes the volume is read along.
     pub orientation: Orientation,
-    /// Of a 4-D file, the volume read, counted from 1 (`--volume`); a 3-D file is its only one.
+    /// Of a 4-D file, the volume or volumes read (`--volume`); a 3-D file is its only volume 1.
     /// None: a 4-D file of several is refused.
-    pub volume: Option<u32>,
+    pub volume: Option<Volumes>,
+}
+
+/// Which of a 4-D NIfTI file's volumes are read, counted from 1: one (`--volume 2`), or three
+/// joined by `+` (`--volume 1+3+4`), the red, green and blue channels each one's gray image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Volumes {
+    /// One volume, its gray image.
+    One(u32),
+    /// Three volumes: the red, the green and the blue channel.
+    Channels([u32; 3]),
+}
+
+impl Volumes {
+    /// Each volume read, in channel order.
+    fn each(self) -> Vec<u32> {
+        match self {
+            Volumes::One(volume) => vec![volume],
+            Volumes::Channels(volumes) => volumes.to_vec(),
+        }
+    }
+}
+
+impl std::str::FromStr for Volumes {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let volumes: Vec<u32> = text
+            .split('+')
+            .map(|part| match part.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(format!("'{text}': a volume is a whole number from 1 (the first volume is 1)")),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        match volumes[..] {
+            [one] => Ok(Volumes::One(one)),
+            [red, green, blue] => Ok(Volumes::Channels([red, green, blue])),
+            _ => Err(format!(
+                "'{text}': {} volumes; give one (N), or three joined by + for the red, green and blue channels (1+3+4)",
+                volumes.len()
+            )),
+        }
+    }
+}
+
+crate::as_text::serde_as_text!(Volumes);
+
+impl std::fmt::Display for Volumes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Volumes::One(volume) => write!(f, "{volume}"),
+            Volumes::Channels([red, green, blue]) => write!(f, "{red}+{green}+{blue}"),
+        }
+    }
 }
 
 impl From<Orientation> for VolumeReading {
@@ -103,8 +158,13 @@ const DEFLATE_MAX_RATIO: u64 = 1032;
 pub(crate) fn slice_count(path: &Path, reading: VolumeReading) -> Result<u32> {
     let mut stored = open(path)?;
     let header = read_header(path, &mut stored.content)?;
-    let (shape, _) = shape(path, &header, &stored, reading.volume)?;
-    Ok(read_shape(path, &header, shape, reading.orientation)?.1.slices)
+    let mut slices = 0;
+    // Each volume asked checked: the volumes of a file share their shape.
+    for volume in reading.volume.map_or_else(|| vec![None], |volumes| volumes.each().into_iter().map(Some).collect()) {
+        let (shape, _) = shape(path, &header, &stored, volume)?;
+        slices = read_shape(path, &header, shape, reading.orientation)?.1.slices;
+    }
+    Ok(slices)
 }
 
 /// The NIfTI file at `path` (its bytes already read where `bytes` holds them), one image for each
@@ -116,6 +176,37 @@ pub(crate) fn slices_rgb8(
     bytes: Option<&[u8]>,
     frames: &[DicomFrame],
     (window, reading): (Option<Window>, VolumeReading),
+) -> Result<Vec<Result<RgbImage>>> {
+    let read = |volume, as_channel| volume_slices_rgb8(path, bytes, frames, (window, reading.orientation), (volume, as_channel));
+    let volumes = match reading.volume {
+        None => return read(None, false),
+        Some(Volumes::One(volume)) => return read(Some(volume), false),
+        Some(Volumes::Channels(volumes)) => volumes,
+    };
+    let [red, green, blue] = [read(Some(volumes[0]), true)?, read(Some(volumes[1]), true)?, read(Some(volumes[2]), true)?];
+    Ok(red
+        .into_iter()
+        .zip(green)
+        .zip(blue)
+        .map(|((red, green), blue)| {
+            let (mut image, green, blue) = (red?, green?, blue?);
+            for ((pixel, g), b) in image.pixels_mut().zip(green.pixels()).zip(blue.pixels()) {
+                pixel.0[1] = g.0[1];
+                pixel.0[2] = b.0[2];
+            }
+            Ok(image)
+        })
+        .collect())
+}
+
+/// [`slices_rgb8`] of one volume (of a 4-D file, the `volume`-th, from 1), refused where it is
+/// colour and read `as_channel` (one of three volumes a channel).
+fn volume_slices_rgb8(
+    path: &Path,
+    bytes: Option<&[u8]>,
+    frames: &[DicomFrame],
+    (window, orientation): (Option<Window>, Orientation),
+    (volume, as_channel): (Option<u32>, bool),
 ) -> Result<Vec<Result<RgbImage>>> {
     let mut stored = match bytes {
         Some(bytes) => stored(Cursor::new(bytes.to_vec()), bytes.len() as u64).map_err(|e| Error::io(path, e))?,
@@ -132,8 +223,14 @@ pub(crate) fn slices_rgb8(
             format!("the NIfTI header's scl_slope is {} but its scl_inter is not a number; correct the header", header.scl_slope),
         ));
     }
-    let (shape, volume) = shape(path, &header, &stored, reading.volume)?;
-    let (axes, read) = read_shape(path, &header, shape, reading.orientation)?;
+    let (shape, volume) = shape(path, &header, &stored, volume)?;
+    if as_channel && matches!(shape.datatype, NiftiType::Rgb24 | NiftiType::Rgba32) {
+        return Err(Error::format(
+            path,
+            "an RGB NIfTI volume cannot be one channel of three (--volume A+B+C reads gray volumes): read one volume (--volume N)",
+        ));
+    }
+    let (axes, read) = read_shape(path, &header, shape, orientation)?;
     // Read as a 3-D volume of 2-D slices: a 2-D image one slice, a 4-D file's volume its first
     // three dimensions (nifti-rs streams slices of a lower rank than the volume's only), the
     // volumes before it skipped.

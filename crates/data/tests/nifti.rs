@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use medxfer_data::{
-    DicomFrame, Orientation, Rendering, decode_image, frame_count, is_image_file, load_image_frame, load_image_frames, load_rgb8,
+    DicomFrame, Orientation, Rendering, Volumes, decode_image, frame_count, is_image_file, load_image_frame, load_image_frames, load_rgb8,
 };
 
 fn fixtures() -> PathBuf {
@@ -124,7 +124,7 @@ fn a_4d_files_volume_reads_as_nibabel_shows_it() {
     assert_eq!(slices_of.len(), 2 * (3 + 4), "{slices_of:?}");
     for ((prefix, name, volume), &slices) in &slices_of {
         let orientation = if prefix == "volumes" { Orientation::Stored } else { Orientation::Canonical };
-        let rendering = Rendering { orientation, volume: Some(*volume), ..Rendering::default() };
+        let rendering = Rendering { orientation, volume: Some(Volumes::One(*volume)), ..Rendering::default() };
         let path = fixtures().join(name);
         assert_eq!(frame_count(&path, rendering.reading()).unwrap(), slices, "{name}");
         let asked: Vec<DicomFrame> = (1..=slices).map(DicomFrame::Number).collect();
@@ -137,14 +137,15 @@ fn a_4d_files_volume_reads_as_nibabel_shows_it() {
     }
     // The volumes differ: the first is not the fourth.
     let path = fixtures().join("mr_4d_modalities.nii");
-    let first = load_image_frames(&path, &[DicomFrame::Number(2)], Rendering { volume: Some(1), ..Rendering::default() }).unwrap();
+    let first =
+        load_image_frames(&path, &[DicomFrame::Number(2)], Rendering { volume: Some(Volumes::One(1)), ..Rendering::default() }).unwrap();
     let (max, _, _) =
         common::differences("volumes 1 and 4", &first[0].as_ref().unwrap().image, &expected["volumes/mr_4d_modalities.nii@4#2"]);
     assert!(max > 5);
     for (name, volumes) in [("fmri_series.nii.gz", 3), ("mr_4d_modalities.nii", 4)] {
         let path = fixtures().join(name);
         for beyond in [0, volumes + 1] {
-            let rendering = Rendering { volume: Some(beyond), ..Rendering::default() };
+            let rendering = Rendering { volume: Some(Volumes::One(beyond)), ..Rendering::default() };
             let error = load_image_frames(&path, &[DicomFrame::First], rendering).unwrap_err().to_string();
             assert!(
                 error.starts_with(&path.display().to_string())
@@ -154,14 +155,51 @@ fn a_4d_files_volume_reads_as_nibabel_shows_it() {
         }
     }
     let path = fixtures().join("ct_window.nii.gz");
-    let first = Rendering { volume: Some(1), ..Rendering::default() };
+    let first = Rendering { volume: Some(Volumes::One(1)), ..Rendering::default() };
     let frames = [DicomFrame::Last];
     assert_eq!(
         load_image_frames(&path, &frames, first).unwrap().remove(0).unwrap().image,
         load_image_frame(&path, DicomFrame::Last).unwrap().image
     );
-    let error = frame_count(&path, Rendering { volume: Some(2), ..Rendering::default() }.reading()).unwrap_err().to_string();
+    let error = frame_count(&path, Rendering { volume: Some(Volumes::One(2)), ..Rendering::default() }.reading()).unwrap_err().to_string();
     assert!(error.contains("holds 1 volume(s), so it has no volume 2"), "{error}");
+}
+
+/// Three volumes of a 4-D file, one a colour channel (`--volume 4+1+3`): each channel the gray
+/// image nibabel shows of its volume (its own min-max), as stored and reoriented. An RGB volume
+/// cannot be a channel; the choice is parsed as it prints, and other counts are refused.
+#[test]
+fn three_volumes_are_the_red_green_and_blue_channels() {
+    let expected = common::expected(&fixtures());
+    let path = fixtures().join("mr_4d_modalities.nii");
+    let volumes: Volumes = "4+1+3".parse().unwrap();
+    assert_eq!((volumes, volumes.to_string().as_str()), (Volumes::Channels([4, 1, 3]), "4+1+3"));
+    for (prefix, orientation) in [("volumes", Orientation::Stored), ("volumes-canonical", Orientation::Canonical)] {
+        let rendering = Rendering { orientation, volume: Some(volumes), ..Rendering::default() };
+        let slices = frame_count(&path, rendering.reading()).unwrap();
+        let asked: Vec<DicomFrame> = (1..=slices).map(DicomFrame::Number).collect();
+        for (number, image) in (1..=slices).zip(load_image_frames(&path, &asked, rendering).unwrap()) {
+            let image = image.unwrap().image;
+            for (channel, volume) in [(0, 4), (1, 1), (2, 3)] {
+                let case = format!("{prefix} slice {number} channel {channel}");
+                let gray =
+                    image::RgbImage::from_fn(image.width(), image.height(), |x, y| image::Rgb([image.get_pixel(x, y).0[channel]; 3]));
+                let (max, _, _) = common::differences(&case, &gray, &expected[&format!("{prefix}/mr_4d_modalities.nii@{volume}#{number}")]);
+                assert_eq!(max, 0, "{case}");
+            }
+        }
+    }
+    let beyond = Rendering { volume: Some("1+5+2".parse().unwrap()), ..Rendering::default() };
+    let error = frame_count(&path, beyond.reading()).unwrap_err().to_string();
+    assert!(error.contains("holds 4 volume(s), so it has no volume 5"), "{error}");
+    let rgb = fixtures().join("histology_rgb24.nii");
+    let channels = Rendering { volume: Some("1+1+1".parse().unwrap()), ..Rendering::default() };
+    let error = load_image_frames(&rgb, &[DicomFrame::First], channels).unwrap_err().to_string();
+    assert!(error.starts_with(&rgb.display().to_string()) && error.contains("cannot be one channel of three"), "{error}");
+    for (text, why) in [("0", "from 1"), ("1+2", "2 volumes"), ("x", "whole number"), ("1+2+3+4", "4 volumes")] {
+        let error = text.parse::<Volumes>().unwrap_err();
+        assert!(error.contains(why), "{text}: {error}");
+    }
 }
 
 /// A volume cut short anywhere (in the header, the extension, the voxels; gzipped or not) is an
@@ -170,7 +208,7 @@ fn a_4d_files_volume_reads_as_nibabel_shows_it() {
 fn truncated_nifti_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     // Of the gzipped 4-D series, the last volume (the others skipped).
-    let last_volume = Rendering { volume: Some(3), ..Rendering::default() };
+    let last_volume = Rendering { volume: Some(Volumes::One(3)), ..Rendering::default() };
     for (name, frame, rendering) in [
         ("mr_12bit_big_endian.nii", DicomFrame::Last, Rendering::default()),
         ("pet_float_nan_extension.nii.gz", DicomFrame::Last, Rendering::default()),

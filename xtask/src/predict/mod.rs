@@ -81,10 +81,11 @@ pub struct PredictArgs {
     /// rank read its volumes along (`reorient` in the model's card).
     #[arg(long, value_name = "ORIENTATION")]
     pub reorient: Option<medxfer_data::Orientation>,
-    /// Of a 4-D NIfTI file, the volume read (counted from 1, as rank takes it). By default the
-    /// one rank read (`volume` in the model's card).
+    /// Of a 4-D NIfTI file, the volume read (N, counted from 1, or three joined by + for the red,
+    /// green and blue channels, as rank takes it). By default the one rank read (`volume` in the
+    /// model's card).
     #[arg(long, value_name = "N")]
-    pub volume: Option<u32>,
+    pub volume: Option<medxfer_data::Volumes>,
     /// Only the DICOM files whose header meets every condition (FIELD=PATTERN or FIELD!=PATTERN,
     /// the option repeated, as rank takes it) are predicted. By default the conditions rank kept
     /// its images by (`dicom_where` in the model's card); `--dicom-where any` keeps every image.
@@ -395,7 +396,7 @@ fn say_reading_differences(card: &ModelCard, frames: FrameSelection, rendering: 
         eprintln!("--reorient {}: the model was fine-tuned on rank's volumes read {}", rendering.orientation, card.reorient);
     }
     if rendering.volume != card.volume {
-        let shown = |volume: Option<u32>| volume.map_or_else(|| "none (3-D files only)".to_string(), |v| v.to_string());
+        let shown = |volume: Option<medxfer_data::Volumes>| volume.map_or_else(|| "none (3-D files only)".to_string(), |v| v.to_string());
         eprintln!("--volume {}: the model was fine-tuned on rank's 4-D files' volume {}", shown(rendering.volume), shown(card.volume));
     }
 }

@@ -42,10 +42,11 @@ pub struct ModelCard {
     /// ones along too; stored on cards written before it was kept.
     #[serde(default)]
     pub reorient: medxfer_data::Orientation,
-    /// The volume read of each 4-D NIfTI file (rank's --volume, counted from 1), which `predict`
-    /// reads of new ones too; none: such files refused (and on cards written before it was kept).
+    /// The volume read of each 4-D NIfTI file (rank's --volume, counted from 1; three joined by +,
+    /// one a colour channel), which `predict` reads of new ones too; none: such files refused (and
+    /// on cards written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume: Option<u32>,
+    pub volume: Option<medxfer_data::Volumes>,
     /// Whether each frame was read 2.5-D, with its neighbours as red and blue (rank's
     /// --adjacent-slices), as `predict` reads new ones; false on cards written before it was kept.
     #[serde(default)]

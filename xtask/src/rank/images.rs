@@ -68,10 +68,12 @@ pub struct ImagesReading {
     pub reorient: medxfer_data::Orientation,
     /// Of a 4-D NIfTI file (the Medical Segmentation Decathlon's brain tumour and prostate files:
     /// a volume a modality; diffusion's b-values; a time series), the volume read, counted from 1
-    /// as nibabel's `get_fdata()[..., N - 1]` (a 3-D file is its own volume 1); without it such a
-    /// file is refused. `predict` reads new files' so.
+    /// as nibabel's `get_fdata()[..., N - 1]` (a 3-D file is its own volume 1); or three joined
+    /// by `+` for the red, green and blue channels, each channel the gray image of its volume
+    /// (1+3+4: FLAIR, T1 with contrast and T2 of a Decathlon brain, as BraTS entries fed ImageNet
+    /// backbones). Without it such a file is refused. `predict` reads new files' so.
     #[arg(long, value_name = "N")]
-    pub volume: Option<u32>,
+    pub volume: Option<medxfer_data::Volumes>,
     /// 2.5-D images: each frame of a NIfTI volume or a DICOM file of several (the one --slice or
     /// --dicom-frame chooses, or each with all) made of three, the frame before in red, itself in
     /// green and the one after in blue (the first and last repeat themselves at the ends), each
@@ -129,8 +131,12 @@ impl ImagesReading {
         if self.reorient != medxfer_data::Orientation::Stored {
             read.push(format!("NIfTI volumes reoriented {} (RAS+, --reorient)", self.reorient));
         }
-        if let Some(volume) = self.volume {
-            read.push(format!("volume {volume} of each 4-D NIfTI file (--volume)"));
+        match self.volume {
+            Some(medxfer_data::Volumes::Channels([red, green, blue])) => {
+                read.push(format!("volumes {red}, {green} and {blue} of each 4-D NIfTI file as red, green and blue (--volume)"));
+            }
+            Some(volume) => read.push(format!("volume {volume} of each 4-D NIfTI file (--volume)")),
+            None => {}
         }
         if self.adjacent_slices {
             read.push("2.5-D, each frame's red the frame before and its blue the one after (--adjacent-slices)".to_string());

@@ -164,8 +164,8 @@ fn stacked(path: &Path, [before, itself, after]: [&Decoded; 3], unequal: &str) -
 fn colour(path: &Path) -> Error {
     Error::format(
         path,
-        "a colour image (or three windows, one a channel): --adjacent-slices makes the three channels of three gray frames; read it \
-         without --adjacent-slices, or with one window",
+        "a colour image (or three windows or volumes, one a channel): --adjacent-slices makes the three channels of three gray \
+         frames; read it without --adjacent-slices, or with one window and one volume",
     )
 }
 
