@@ -31,7 +31,7 @@ pub const ARCHITECTURE: &str = "architecture";
 
 /// Settings recorded only since a later version, with the value every earlier record was made
 /// with: a record without one compares as that value.
-const LATER_SETTINGS: [(&str, &str); 2] = [(DTYPE, "f32"), ("class_weights", "none")];
+const LATER_SETTINGS: [(&str, &str); 3] = [(DTYPE, "f32"), ("class_weights", "none"), ("sampler", "shuffle")];
 
 /// Which step's result a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +75,7 @@ impl Difference {
             "selection" => "--select",
             "patience" => "--patience",
             "class_weights" => "--class-weights",
+            "sampler" => "--sampler",
             "halving" => "--halving/--halving-min-epochs",
             "splits" => "--splits",
             "precision" => "--precision/--matmul-tf32",
@@ -245,6 +246,12 @@ mod tests {
         assert_eq!(
             compare(&earlier, &settings(&[("crop", "224"), ("class_weights", "balanced")])),
             [Difference { setting: "class_weights".into(), recorded: "none".into(), asked: "balanced".into() }]
+        );
+        // And before the sampler was: each image once, shuffled.
+        assert!(compare(&earlier, &settings(&[("crop", "224"), ("sampler", "shuffle")])).is_empty());
+        assert_eq!(
+            compare(&earlier, &settings(&[("crop", "224"), ("sampler", "balanced")])),
+            [Difference { setting: "sampler".into(), recorded: "shuffle".into(), asked: "balanced".into() }]
         );
     }
 

@@ -276,6 +276,27 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
         .collect();
     weights.sort();
     assert_eq!(weights, ["balanced", "none"]);
+
+    // Class-balanced draws: a third search, ranking.md saying so.
+    let sampled = rank(
+        dir.path(),
+        &images,
+        &tuned_out,
+        None,
+        &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8", "--sampler", "balanced"],
+    );
+    let sampled = String::from_utf8(sampled.stdout).unwrap();
+    assert!(sampled.contains("Each epoch's train images drawn class-balanced (--sampler balanced"), "{sampled}");
+    assert!(!sampled.contains("weighed in the loss"), "{sampled}");
+    let mut samplers: Vec<String> = std::fs::read_dir(tuned_out.join("runs"))
+        .unwrap()
+        .map(|run| {
+            let record = std::fs::read(run.unwrap().path().join("trial-000").join("run-settings.json")).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&record).unwrap()["sampler"].as_str().unwrap().to_string()
+        })
+        .collect();
+    samplers.sort();
+    assert_eq!(samplers, ["balanced", "shuffle", "shuffle"]);
 }
 
 #[test]

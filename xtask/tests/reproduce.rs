@@ -785,7 +785,7 @@ fn a_halving_study_chooses_a_opt_among_the_last_rung_and_says_so() {
     args[trials + 1] = "4".into();
     let epochs = args.iter().position(|a| a == "--epochs").unwrap();
     args[epochs + 1] = "2".into();
-    args.extend(["--halving", "2", "--halving-min-epochs", "1", "--class-weights", "balanced"].map(String::from));
+    args.extend(["--halving", "2", "--halving-min-epochs", "1", "--class-weights", "balanced", "--sampler", "balanced"].map(String::from));
     check(xtask().args(&args).output().unwrap());
     let performance = read_csv(&out.join("performance.csv"));
     assert_eq!(performance.len(), 18);
@@ -801,11 +801,12 @@ fn a_halving_study_chooses_a_opt_among_the_last_rung_and_says_so() {
         assert_eq!(search["search"]["best"]["index"].as_u64(), Some(trial));
         let run = out.join(format!("runs/{}/{}/trial-{trial:03}/run-settings.json", row["task"], row["backbone"]));
         let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&run).unwrap()).unwrap();
-        assert_eq!(record["class_weights"], "balanced", "{}", run.display());
+        assert_eq!((&record["class_weights"], &record["sampler"]), (&"balanced".into(), &"balanced".into()), "{}", run.display());
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("successive halving (eta 2, first rung 1 epochs)"), "{report}");
     assert!(report.contains("class-weighted cross-entropy (--class-weights balanced)"), "{report}");
+    assert!(report.contains("class-balanced sampling (--sampler balanced)"), "{report}");
 }
 
 /// The reference study copied into a fresh temporary folder (kept alive by the first value).
@@ -859,6 +860,7 @@ fn a_change_of_settings_is_refused_by_name_and_extend_grows_the_searches() {
         ("--resize", "40", "resize: made with 36, this run asks for 40"),
         ("--patience", "2", "patience: made with none, this run asks for 2"),
         ("--class-weights", "balanced", "class_weights: made with none, this run asks for balanced"),
+        ("--sampler", "balanced", "sampler: made with shuffle, this run asks for balanced"),
         ("--select", "val-balanced-accuracy", "selection: made with ValLoss"),
         ("--splits", "grouped", "--splits"),
         ("--dtype", "f16", "dtype: made with f32, this run asks for f16"),

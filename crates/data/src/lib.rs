@@ -81,7 +81,7 @@ pub use layouts::{
     scan_clean, scan_dataset,
 };
 pub use limits::MAX_PIXELS;
-pub use loader::{Augment, Batch, Batches, LoaderConfig, batches, epoch_order};
+pub use loader::{Augment, Batch, Batches, LoaderConfig, Order, batches, epoch_order};
 pub use manifest::{
     LeakageInfo, MANIFEST_CSV, MANIFEST_JSON, ManifestInfo, changed_manifest_files, files_checksum, read_manifest, read_manifest_info,
     read_manifest_of, split_counts, write_manifest,

@@ -1,5 +1,7 @@
 //! Batches from the image cache on a background thread: (images B x 3 x crop x crop f32,
-//! labels B u32), shuffled by (seed, epoch) or in order, the last partial batch kept. Each
+//! labels B u32), shuffled by (seed, epoch), in order, or drawn class-balanced (PyTorch's
+//! `WeightedRandomSampler` with each image weighted 1 / its class's count: as many draws as
+//! images, with replacement, each class equally likely), the last partial batch kept. Each
 //! batch's images are transformed in parallel; two batches are prepared ahead.
 
 use std::sync::Arc;
@@ -7,8 +9,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -33,8 +35,8 @@ pub enum Augment {
 pub struct LoaderConfig {
     /// Images per batch; the last batch may be smaller.
     pub batch_size: usize,
-    /// Shuffle by (seed, epoch), or keep the cache's order.
-    pub shuffle: bool,
+    /// The images of an epoch, in what order.
+    pub order: Order,
     /// Seed of the order and of the train transform's draws.
     pub seed: u64,
     /// Which epoch (0-based) the order and draws are for.
@@ -43,6 +45,20 @@ pub struct LoaderConfig {
     pub augment: Augment,
     /// Mean and std applied to the [0, 1] pixels.
     pub normalization: Normalization,
+}
+
+/// The images of an epoch and their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Each image once, in the cache's order.
+    Stored,
+    /// Each image once, shuffled by (seed, epoch).
+    Shuffled,
+    /// As many images as the cache holds, drawn with replacement by (seed, epoch), each class
+    /// equally likely and each image of a class equally likely: PyTorch's
+    /// `WeightedRandomSampler(1 / count[label], len, replacement=True)`, rare classes' images
+    /// seen several times an epoch (each time its own augmentation), common ones' left out.
+    ClassBalanced,
 }
 
 /// One batch.
@@ -79,22 +95,52 @@ impl Iterator for Batches {
     }
 }
 
-/// The order of one epoch: shuffled by (seed, epoch) or the cache's order.
-pub fn epoch_order(len: usize, config: &LoaderConfig) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..len).collect();
-    if config.shuffle {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(config.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))));
+/// The images of one epoch over images of `labels`, as `config.order` says: each once (the
+/// cache's order, or shuffled by (seed, epoch)), or drawn class-balanced by (seed, epoch).
+pub fn epoch_order(labels: &[u32], config: &LoaderConfig) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(config.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    match config.order {
+        Order::Stored => {}
+        Order::Shuffled => order.shuffle(&mut rng),
+        Order::ClassBalanced => {
+            let mut of_class: std::collections::BTreeMap<u32, Vec<usize>> = std::collections::BTreeMap::new();
+            for (index, &label) in labels.iter().enumerate() {
+                of_class.entry(label).or_default().push(index);
+            }
+            let classes: Vec<&Vec<usize>> = of_class.values().collect();
+            for slot in &mut order {
+                let class = classes[rng.random_range(0..classes.len())];
+                *slot = class[rng.random_range(0..class.len())];
+            }
+        }
     }
     order
 }
 
-/// One image of a batch, transformed and normalised into `out` (3 x crop x crop values).
-pub fn sample_into(cache: &ImageCache, index: usize, config: &LoaderConfig, out: &mut [f32]) -> Result<()> {
+/// Each of `order`'s images' key for its train transform's draws: its index the first time it
+/// comes, and another (index + k x `len` the k-th time after) each time it comes again, so that
+/// an image drawn twice in an epoch is augmented twice, as a PyTorch dataset's `__getitem__` is.
+fn draw_keys(order: &[usize], len: usize) -> Vec<u64> {
+    let mut seen = vec![0u64; len];
+    order
+        .iter()
+        .map(|&index| {
+            let key = index as u64 + seen[index] * len as u64;
+            seen[index] += 1;
+            key
+        })
+        .collect()
+}
+
+/// One image of a batch, transformed (its draws keyed by `draw_key`) and normalised into `out`
+/// (3 x crop x crop values).
+pub fn sample_into(cache: &ImageCache, (index, draw_key): (usize, u64), config: &LoaderConfig, out: &mut [f32]) -> Result<()> {
     let image = cache.read(index)?;
     let transformed = match config.augment {
         Augment::Eval { crop } => center_crop(&image, crop),
         Augment::Train(transform) => {
-            let draw = transform.draw(config.seed, config.epoch, index as u64, image.width(), image.height());
+            let draw = transform.draw(config.seed, config.epoch, draw_key, image.width(), image.height());
             transform.apply_owned(image, &draw)?
         }
     };
@@ -119,12 +165,14 @@ pub fn batches(cache: Arc<ImageCache>, labels: Arc<Vec<u32>>, config: LoaderConf
     let worker = std::thread::Builder::new()
         .name("medxfer-batches".into())
         .spawn(move || {
-            for indices in epoch_order(cache.len(), &config).chunks(config.batch_size) {
+            let order = epoch_order(&labels, &config);
+            let keys = draw_keys(&order, order.len());
+            for (indices, keys) in order.chunks(config.batch_size).zip(keys.chunks(config.batch_size)) {
                 let mut flat = vec![0f32; indices.len() * 3 * crop * crop];
                 let built = flat
                     .par_chunks_mut(3 * crop * crop)
-                    .zip(indices)
-                    .try_for_each(|(slot, &i)| sample_into(&cache, i, &config, slot))
+                    .zip(indices.par_iter().zip(keys))
+                    .try_for_each(|(slot, (&i, &key))| sample_into(&cache, (i, key), &config, slot))
                     .and_then(|()| {
                         let images = Tensor::from_vec(flat, (indices.len(), 3, crop, crop), &Device::Cpu)?;
                         let batch_labels: Vec<u32> = indices.iter().map(|&i| labels[i]).collect();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use medxfer_data::{
-    Augment, Catalog, DECODE_REVISION, DicomFrame, Entry, ImageCache, LoaderConfig, Part, Rendering, batches, epoch_order,
+    Augment, Catalog, DECODE_REVISION, DicomFrame, Entry, ImageCache, LoaderConfig, Order, Part, Rendering, batches, epoch_order,
     load_image_frame, load_rgb8, ood_entries, scan_dataset, synth,
     transform::{self, Normalization, TrainTransform},
 };
@@ -109,6 +109,74 @@ fn the_cache_holds_each_image_decoded_and_resized_and_is_reused() {
     }
 }
 
+/// Class-balanced epochs (PyTorch's `WeightedRandomSampler` with weights 1 / class count): as
+/// many draws as images, each class a third of them though one holds 90 of 105 images, each image
+/// of a class alike, within four standard deviations of the binomial counts over 40 epochs;
+/// deterministic by (seed, epoch). An image drawn twice in an epoch is augmented twice.
+#[test]
+fn class_balanced_epochs_draw_each_class_alike() {
+    let labels: Vec<u32> = (0..105)
+        .map(|i| {
+            if i < 90 {
+                0
+            } else if i < 100 {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
+    let normalization = Normalization::IMAGENET;
+    let config =
+        LoaderConfig { batch_size: 8, order: Order::ClassBalanced, seed: 5, epoch: 0, augment: Augment::Eval { crop: 8 }, normalization };
+    let mut per_class = [0f64; 3];
+    let mut per_image = vec![0f64; labels.len()];
+    for epoch in 0..40 {
+        let order = epoch_order(&labels, &LoaderConfig { epoch, ..config });
+        assert_eq!(order.len(), labels.len());
+        assert_eq!(order, epoch_order(&labels, &LoaderConfig { epoch, ..config }));
+        for &index in &order {
+            per_class[labels[index] as usize] += 1.0;
+            per_image[index] += 1.0;
+        }
+    }
+    let draws = 40.0 * labels.len() as f64;
+    let within = |count: f64, p: f64, n: f64| (count - n * p).abs() <= 4.0 * (n * p * (1.0 - p)).sqrt();
+    for (class, &count) in per_class.iter().enumerate() {
+        assert!(within(count, 1.0 / 3.0, draws), "class {class}: {count} of {draws}");
+    }
+    for (class, members) in [(0, 0..90), (1, 90..100), (2, 100..105)] {
+        let n = per_class[class];
+        for index in members.clone() {
+            assert!(within(per_image[index], 1.0 / members.len() as f64, n), "image {index}: {} of {n}", per_image[index]);
+        }
+    }
+    assert_ne!(epoch_order(&labels, &config), epoch_order(&labels, &LoaderConfig { seed: 6, ..config }));
+
+    // Through the loader with the train transform: an image drawn twice, two augmentations.
+    let (dir, entries) = replica("nins", 3);
+    let cache =
+        Arc::new(ImageCache::open_or_build(&dir.path().join("cache"), "nins", &dir.path().join("data"), &entries, 24, false).unwrap());
+    let labels = Arc::new(entries.iter().map(|e| e.label).collect::<Vec<u32>>());
+    let train = LoaderConfig { augment: Augment::Train(TrainTransform { size: 16, ..TrainTransform::default() }), ..config };
+    let epoch: Vec<_> = batches(cache, labels.clone(), train).unwrap().map(Result::unwrap).collect();
+    let images: Vec<(usize, Vec<f32>)> = epoch
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .indices
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (i, batch.images.get(k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        })
+        .collect();
+    assert_eq!(images.len(), labels.len());
+    let twice =
+        images.iter().enumerate().find_map(|(a, (i, _))| images.iter().skip(a + 1).position(|(j, _)| j == i).map(|b| (a, a + 1 + b)));
+    let (a, b) = twice.expect("no image drawn twice in the epoch");
+    assert_ne!(images[a].1, images[b].1, "image {} drawn twice, augmented alike", images[a].0);
+}
+
 #[test]
 fn batches_cover_the_epoch_once_in_a_seeded_order_with_the_last_partial_batch() {
     let (dir, entries) = replica("nins", 3);
@@ -116,7 +184,8 @@ fn batches_cover_the_epoch_once_in_a_seeded_order_with_the_last_partial_batch() 
     let cache = Arc::new(ImageCache::open_or_build(&dir.path().join("cache"), "nins", &root, &entries, 24, false).unwrap());
     let labels = Arc::new(entries.iter().map(|e| e.label).collect::<Vec<u32>>());
     let normalization = Normalization::study(Normalization::IMAGENET.mean, Normalization::IMAGENET.std, false);
-    let config = LoaderConfig { batch_size: 4, shuffle: true, seed: 3, epoch: 0, augment: Augment::Eval { crop: 20 }, normalization };
+    let config =
+        LoaderConfig { batch_size: 4, order: Order::Shuffled, seed: 3, epoch: 0, augment: Augment::Eval { crop: 20 }, normalization };
     let epoch: Vec<_> = batches(cache.clone(), labels.clone(), config).unwrap().map(Result::unwrap).collect();
     // 19 images (six folders x 3 + the `_1` duplicate) in batches of 4: the last holds 3.
     let n = entries.len();
@@ -124,8 +193,8 @@ fn batches_cover_the_epoch_once_in_a_seeded_order_with_the_last_partial_batch() 
     assert_eq!(epoch.last().unwrap().indices.len(), if n % 4 == 0 { 4 } else { n % 4 });
     let order: Vec<usize> = epoch.iter().flat_map(|b| b.indices.clone()).collect();
     assert_eq!(order.iter().copied().collect::<BTreeSet<_>>().len(), n);
-    assert_eq!(order, epoch_order(n, &config));
-    assert_ne!(order, epoch_order(n, &LoaderConfig { epoch: 1, ..config }));
+    assert_eq!(order, epoch_order(&labels, &config));
+    assert_ne!(order, epoch_order(&labels, &LoaderConfig { epoch: 1, ..config }));
     // Batch contents: the eval transform of the cached image, and its label.
     let first = &epoch[0];
     assert_eq!(first.images.dims(), &[4, 3, 20, 20]);

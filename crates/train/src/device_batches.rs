@@ -94,7 +94,7 @@ mod tests {
         let labels = Arc::new((0..entries.len() as u32).map(|i| i % 3).collect::<Vec<u32>>());
         let config = LoaderConfig {
             batch_size: 5,
-            shuffle: true,
+            order: medxfer_data::Order::Shuffled,
             seed: 3,
             epoch: 1,
             augment: Augment::Eval { crop: 8 },

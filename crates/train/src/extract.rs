@@ -45,7 +45,8 @@ pub fn extract(
         return Err(Error::Config(format!("{} image ids for a split of {} images", ids.len(), split.labels.len())));
     }
     let ExtractSettings { normalization, crop, batch_size } = *settings;
-    let config = LoaderConfig { batch_size, shuffle: false, seed: 0, epoch: 0, augment: Augment::Eval { crop }, normalization };
+    let config =
+        LoaderConfig { batch_size, order: medxfer_data::Order::Stored, seed: 0, epoch: 0, augment: Augment::Eval { crop }, normalization };
     let device = model.params().device().clone();
     let (mut features, mut probs) = (Vec::new(), Vec::new());
     let mut done = 0;

@@ -33,6 +33,7 @@ use crate::criterion::{ClassWeights, Criterion};
 use crate::device_batches::DeviceBatches;
 use crate::error::{Error, Result};
 use crate::metrics::{Evaluation, evaluate};
+use crate::sampler::Sampler;
 use crate::schedule::cosine;
 use crate::sgd::{NesterovSgd, SgdSettings};
 use crate::views::Views;
@@ -88,10 +89,12 @@ pub struct RunSettings {
     pub crop: u32,
     /// How much each class weighs in the loss (the reference: alike).
     pub class_weights: ClassWeights,
+    /// How the train images are drawn each epoch (the reference: each once, shuffled).
+    pub sampler: Sampler,
 }
 
 /// What a user sets of the runs of a search beyond the reference (`--epochs`, `--batch`,
-/// `--seed`, `--select`, `--patience`, `--crop`, `--class-weights`; the reference's values are a
+/// `--seed`, `--select`, `--patience`, `--crop`, `--class-weights`, `--sampler`; the reference's values are a
 /// deviation when changed). The train transform crops to the same size as the eval transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainingOptions {
@@ -109,6 +112,8 @@ pub struct TrainingOptions {
     pub crop: u32,
     /// How much each class weighs in the loss.
     pub class_weights: ClassWeights,
+    /// How the train images are drawn each epoch.
+    pub sampler: Sampler,
 }
 
 impl TrainingOptions {
@@ -123,6 +128,7 @@ impl TrainingOptions {
             patience: None,
             crop: 224,
             class_weights: ClassWeights::None,
+            sampler: Sampler::Shuffle,
         }
     }
 
@@ -176,6 +182,7 @@ impl RunSettings {
             patience: options.patience,
             crop: options.crop,
             class_weights: options.class_weights,
+            sampler: options.sampler,
             train_transform: TrainTransform { size: options.crop, ..TrainTransform::default() },
             ..Self::reference(0.0, 0.0, normalization)
         }
@@ -196,6 +203,7 @@ impl RunSettings {
             train_transform: TrainTransform::default(),
             crop: 224,
             class_weights: ClassWeights::None,
+            sampler: Sampler::Shuffle,
         }
     }
 }
@@ -489,7 +497,7 @@ pub fn logits_split_views(
 pub(crate) fn eval_loader(settings: &RunSettings) -> LoaderConfig {
     LoaderConfig {
         batch_size: settings.batch_size,
-        shuffle: false,
+        order: medxfer_data::Order::Stored,
         seed: settings.seed,
         epoch: 0,
         augment: Augment::Eval { crop: settings.crop },
@@ -634,7 +642,7 @@ fn train_epoch(
 ) -> Result<f64> {
     let config = LoaderConfig {
         batch_size: settings.batch_size,
-        shuffle: true,
+        order: settings.sampler.order(),
         seed: settings.seed,
         epoch: epoch as u64,
         augment: Augment::Train(settings.train_transform),

@@ -49,6 +49,7 @@ mod metrics;
 mod models;
 mod progress_bar;
 mod saliency;
+mod sampler;
 mod schedule;
 mod search;
 mod search_space;
@@ -78,6 +79,7 @@ pub use metrics::{Evaluation, evaluate, macro_auroc, one_vs_rest_auroc};
 pub use models::{load_fine_tuned, load_pretrained, load_pretrained_in, start_fine_tuning};
 pub use progress_bar::{EpochBar, epoch_line};
 pub use saliency::{SaliencyBatch, SaliencyBatches};
+pub use sampler::Sampler;
 pub use schedule::{ETA_MIN, cosine};
 pub use search::{
     DIVERGED_FILE, LOCK_FILE, STALE_AFTER, SUMMARY_FILE, SearchProgress, SearchSettings, SearchSummary, Shard, Trial, check_trials,

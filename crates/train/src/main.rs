@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use medxfer_data::{Catalog, Entry, Normalization, Part, ood_entries, read_manifest, scan_clean, scan_dataset};
 use medxfer_train::gpu_arithmetic::GpuArithmetic;
 use medxfer_train::{
-    ClassWeights, Comparison, Criterion, EpochBar, ExtractSettings, Halving, HalvingSummary, RunData, RunSettings, SUMMARY_FILE,
+    ClassWeights, Comparison, Criterion, EpochBar, ExtractSettings, Halving, HalvingSummary, RunData, RunSettings, SUMMARY_FILE, Sampler,
     SearchSettings, Selection, Shard, SplitData, TrainingOptions, Trial, evaluate_split, fine_tune, load_fine_tuned, load_pretrained,
     search, start_fine_tuning,
 };
@@ -120,6 +120,11 @@ struct TrainArgs {
     /// reference), or balanced (n / (k * n_c) over the train part, scikit-learn's "balanced").
     #[arg(long, value_enum, default_value = "none")]
     class_weights: ClassWeights,
+    /// How the train images are drawn each epoch: each once, shuffled (shuffle, the reference),
+    /// or balanced (as many draws as images, with replacement, each class equally likely:
+    /// PyTorch's WeightedRandomSampler with weights 1 / the class's count).
+    #[arg(long, value_enum, default_value = "shuffle")]
+    sampler: Sampler,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -410,6 +415,7 @@ fn options(train: &TrainArgs, transform: &TransformArgs) -> TrainingOptions {
         patience: train.patience,
         crop: transform.protocol().crop,
         class_weights: train.class_weights,
+        sampler: train.sampler,
     }
 }
 

@@ -11,8 +11,8 @@ use medxfer_data::{
     transform::{Normalization, TrainTransform},
 };
 use medxfer_train::{
-    ClassWeights, EpochRecord, ExtractSettings, Halving, RunData, RunOutcome, RunSettings, SearchSettings, Shard, SplitData, TrialPoint,
-    fine_tune, finished, history, search, select_best, trial_dir,
+    ClassWeights, EpochRecord, ExtractSettings, Halving, RunData, RunOutcome, RunSettings, Sampler, SearchSettings, Shard, SplitData,
+    TrialPoint, fine_tune, finished, history, search, select_best, trial_dir,
 };
 use medxfer_zoo::{Architecture, Backbone, BlockKind, ResNetConfig};
 use rand::{Rng, SeedableRng};
@@ -378,9 +378,6 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     assert!(message.contains("trial-000") && message.contains("epochs was 1, this run asks for 2 (--epochs)"), "{message}");
 }
 
-/// A run continued or read back with other settings than it was made with is refused, naming
-/// each one, where it would have resumed under the new ones (a history of two schedules) or
-/// passed off the old outcome as the new run's.
 /// `--class-weights balanced` on 32 images of class 0 and 8 of class 1: weights 40 / (2 * 32)
 /// and 40 / (2 * 8), as scikit-learn's "balanced"; each epoch's validation loss is the kept
 /// model's weighted cross-entropy over the whole validation part (PyTorch's weighted mean),
@@ -424,6 +421,39 @@ fn a_class_weighted_run_keeps_the_weighted_validation_loss() {
     assert!(error.to_string().contains("class 1 has none"), "{error}");
 }
 
+/// `--sampler balanced` on 32 images of class 0 and 8 of class 1: each epoch's batches are the
+/// loader's class-balanced draws (not the shuffled epoch's: another history), the record names
+/// it, and a run stopped after its first epoch and resumed ends bit for bit as the straight one
+/// (the draws are the seed's and the epoch's).
+#[test]
+fn a_class_balanced_run_resumes_as_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let train: Vec<u32> = (0..40).map(|i| u32::from(i % 5 == 0)).collect();
+    let val: Vec<u32> = (0..18).map(|i| u32::from(i % 3 == 0)).collect();
+    let data = RunData {
+        train: write_labelled(dir.path(), "train", &train, 1, 32),
+        val: write_labelled(dir.path(), "val", &val, 2, 32),
+        test: None,
+        ood: None,
+        classes: 2,
+    };
+    let balanced = RunSettings { sampler: Sampler::Balanced, ..settings(2) };
+    let losses = |dir: &Path| -> Vec<(u64, u64)> { history(dir).iter().map(|r| (r.train_loss.to_bits(), r.val_loss.to_bits())).collect() };
+    let quiet = &mut |_: &EpochRecord| {};
+    let (straight, shuffled, resumed) = (dir.path().join("straight"), dir.path().join("shuffled"), dir.path().join("resumed"));
+    fine_tune(&model(), &data, &balanced, &straight, quiet).unwrap();
+    fine_tune(&model(), &data, &settings(2), &shuffled, quiet).unwrap();
+    assert!(medxfer_train::fine_tune_until(&model(), &data, &balanced, &resumed, 1, quiet).unwrap().is_none());
+    fine_tune(&model(), &data, &balanced, &resumed, quiet).unwrap();
+    assert_eq!(losses(&resumed), losses(&straight));
+    assert_ne!(losses(&straight)[0], losses(&shuffled)[0]);
+    let record = std::fs::read_to_string(straight.join(medxfer_train::RUN_SETTINGS_FILE)).unwrap();
+    assert!(record.contains("\"sampler\": \"balanced\""), "{record}");
+}
+
+/// A run continued or read back with other settings than it was made with is refused, naming
+/// each one, where it would have resumed under the new ones (a history of two schedules) or
+/// passed off the old outcome as the new run's.
 #[test]
 fn a_run_continued_with_other_settings_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -465,7 +495,7 @@ fn extraction_writes_the_feature_file_the_scores_read() {
         data.val.labels.clone(),
         medxfer_data::LoaderConfig {
             batch_size: 16,
-            shuffle: false,
+            order: medxfer_data::Order::Stored,
             seed: 0,
             epoch: 0,
             augment: medxfer_data::Augment::Eval { crop: 32 },

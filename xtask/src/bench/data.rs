@@ -76,7 +76,14 @@ pub fn run(settings: &Settings) -> Result<Vec<Measurement>> {
         let cache = Arc::new(ImageCache::open_or_build(&cache_dir, "bench", &images_dir, &entries, 256, false)?);
         let decode = entries.len() as f64 / start.elapsed().as_secs_f64();
         let pass = |augment: Augment| -> Result<f64> {
-            let config = LoaderConfig { batch_size: settings.batch, shuffle: true, seed: 0, epoch: 0, augment, normalization };
+            let config = LoaderConfig {
+                batch_size: settings.batch,
+                order: medxfer_data::Order::Shuffled,
+                seed: 0,
+                epoch: 0,
+                augment,
+                normalization,
+            };
             // One warm pass (page cache), then the timed one.
             for batch in batches(cache.clone(), labels.clone(), config)? {
                 batch?;

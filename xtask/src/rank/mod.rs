@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use medxfer_data::{Entry, FaithfulSplit, Normalization, Part, faithful_split, grouped_split};
 use medxfer_scores::{Direction, Metric};
-use medxfer_train::{ClassWeights, SplitData, TrainingOptions};
+use medxfer_train::{ClassWeights, Sampler, SplitData, TrainingOptions};
 use medxfer_zoo::{HubOptions, ModelEntry, Registry};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,11 @@ pub struct RankArgs {
     /// that a rare class counts as much as a common one, as the balanced accuracy counts it.
     #[arg(long, value_enum, default_value = "none", requires = "finetune_top")]
     pub class_weights: ClassWeights,
+    /// How the fine-tuning's train images are drawn each epoch (with --finetune-top): each once,
+    /// shuffled (shuffle), or balanced (as many draws as images, with replacement, each class
+    /// equally likely: PyTorch's WeightedRandomSampler with weights 1 / the class's count).
+    #[arg(long, value_enum, default_value = "shuffle", requires = "finetune_top")]
+    pub sampler: Sampler,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Shorter side of the resize ...
@@ -251,6 +256,7 @@ fn tuning_options(args: &RankArgs) -> TrainingOptions {
         seed: args.seed,
         crop: args.crop,
         class_weights: args.class_weights,
+        sampler: args.sampler,
         ..TrainingOptions::reference()
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use medxfer_data::{Entry, Part};
-use medxfer_train::{ClassWeights, EpochBar, RunData, RunSettings, SearchSettings, Shard, SplitData, search, start_fine_tuning};
+use medxfer_train::{ClassWeights, EpochBar, RunData, RunSettings, Sampler, SearchSettings, Shard, SplitData, search, start_fine_tuning};
 use medxfer_zoo::ModelEntry;
 
 use super::calibration::{self, AUROC_RESAMPLES, Calibrated};
@@ -106,6 +106,13 @@ impl Shortlist<'_> {
                 args.class_weights.as_str()
             );
         }
+        if args.sampler != Sampler::Shuffle {
+            let _ = writeln!(
+                text,
+                "Each epoch's train images drawn class-balanced (--sampler {}: as many draws as images, with replacement, each class equally likely), not each once.",
+                args.sampler.as_str()
+            );
+        }
         let classes = &self.images.classes;
         let shares = group_shares(&test_entries, classes.len());
         text.push_str(&per_class_recall(&tested, classes, &shares, args.seed));
@@ -151,6 +158,10 @@ impl Shortlist<'_> {
         let shaping = match args.class_weights {
             ClassWeights::None => shaping,
             weights => format!("{shaping} class-weights {}", weights.as_str()),
+        };
+        let shaping = match args.sampler {
+            Sampler::Shuffle => shaping,
+            sampler => format!("{shaping} sampler {}", sampler.as_str()),
         };
         let run_key = &blake3::hash(shaping.as_bytes()).to_hex()[..12];
         let dir = args.out.join("runs").join(format!("{}-{}-{run_key}", folder_name(&entry.name), self.weights.identity(entry)?.short()));

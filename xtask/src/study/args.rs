@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use medxfer_data::Catalog;
-use medxfer_train::{ClassWeights, Selection, Shard, TrainingOptions};
+use medxfer_train::{ClassWeights, Sampler, Selection, Shard, TrainingOptions};
 use medxfer_zoo::{HubOptions, Registry};
 
 use super::layout::Layout;
@@ -95,6 +95,11 @@ pub struct ReproduceArgs {
     /// scikit-learn's "balanced"; a deviation the report lists).
     #[arg(long, value_enum, default_value = "none")]
     pub class_weights: ClassWeights,
+    /// How the fine-tuning's train images are drawn each epoch: each once, shuffled (shuffle, the
+    /// reference), or balanced (as many draws as images, with replacement, each class equally
+    /// likely: PyTorch's WeightedRandomSampler; a deviation the report lists).
+    #[arg(long, value_enum, default_value = "shuffle")]
+    pub sampler: Sampler,
     /// Successive halving (not in the reference): every trial trains --halving-min-epochs, the
     /// best 1/ETA continue ETA times longer, ... the last rung to --epochs. 3 is usual.
     #[arg(long, value_name = "ETA")]
@@ -218,6 +223,7 @@ impl ReproduceArgs {
             patience: self.patience,
             crop,
             class_weights: self.class_weights,
+            sampler: self.sampler,
         };
         // A budget no run can train with would otherwise stop the study at its first search,
         // hours in.

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use medxfer_data::{Catalog, Entry, TaskSpec};
-use medxfer_train::{ClassWeights, RunData, Selection, Shard, SplitData, TrainingOptions};
+use medxfer_train::{ClassWeights, RunData, Sampler, Selection, Shard, SplitData, TrainingOptions};
 use medxfer_zoo::ModelEntry;
 
 use crate::features::ExtractDtype;
@@ -140,6 +140,12 @@ impl Study {
             list.push(format!(
                 "class-weighted cross-entropy (--class-weights {}): each train image weighs n / (k * n_c) of its class in the training and validation loss, not alike",
                 options.class_weights.as_str()
+            ));
+        }
+        if options.sampler != Sampler::Shuffle {
+            list.push(format!(
+                "class-balanced sampling (--sampler {}): each epoch as many train images drawn with replacement, each class equally likely, not each image once",
+                options.sampler.as_str()
             ));
         }
         if self.gpu.recorded() != "f32" {

@@ -44,6 +44,7 @@ impl Study {
                 ("selection", format!("{:?}", options.selection)),
                 ("patience", options.patience.map_or("none".to_string(), |p| p.to_string())),
                 ("class_weights", options.class_weights.as_str().to_string()),
+                ("sampler", options.sampler.as_str().to_string()),
                 ("halving", halving),
             ] {
                 settings.insert(key.to_string(), value);

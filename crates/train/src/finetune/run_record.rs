@@ -50,7 +50,7 @@ const LATER_SETTINGS: [&str; 4] = ["model", "resize", "train_images", "val_image
 
 /// Settings recorded since a later version with one value before it: a record without one was
 /// made with that value.
-const DEFAULTED_SETTINGS: [(&str, &str); 1] = [("class_weights", "none")];
+const DEFAULTED_SETTINGS: [(&str, &str); 2] = [("class_weights", "none"), ("sampler", "shuffle")];
 
 /// Images per class of a split, as text.
 fn per_class(split: &SplitData) -> String {
@@ -76,6 +76,7 @@ fn as_text(settings: &RunSettings, inputs: &RunInputs) -> BTreeMap<&'static str,
         train_transform,
         crop,
         class_weights,
+        sampler,
     } = settings;
     let selection = match selection {
         Selection::ValLoss => "val-loss",
@@ -99,6 +100,7 @@ fn as_text(settings: &RunSettings, inputs: &RunInputs) -> BTreeMap<&'static str,
         ("train_hue", format!("{:?}", train_transform.hue)),
         ("crop", crop.to_string()),
         ("class_weights", class_weights.as_str().to_string()),
+        ("sampler", sampler.as_str().to_string()),
         ("model", inputs.model.clone()),
         ("resize", inputs.resize.to_string()),
         ("train_images", inputs.train_images.clone()),
@@ -117,6 +119,7 @@ fn option(setting: &str) -> &'static str {
         "selection" => "--select",
         "patience" => "--patience",
         "class_weights" => "--class-weights",
+        "sampler" => "--sampler",
         "normalization_mean" | "normalization_std" => "--fix-std, or the backbone's preprocessing",
         "crop" | "train_crop" => "--crop",
         "model" => "--model",
@@ -250,25 +253,30 @@ mod tests {
     }
 
     #[test]
-    fn class_weights_are_compared_and_a_record_without_them_was_made_without() {
-        let dir = tempfile::tempdir().unwrap();
-        let balanced = RunSettings { class_weights: crate::ClassWeights::Balanced, ..settings() };
-        record(dir.path(), &balanced, &inputs()).unwrap();
-        check(dir.path(), &balanced, &inputs()).unwrap();
-        match check(dir.path(), &settings(), &inputs()) {
-            Err(Error::OtherSettings { differences, .. }) => {
-                assert_eq!(differences, ["class_weights was balanced, this run asks for none (--class-weights)"]);
+    fn class_weights_and_sampler_are_compared_and_a_record_without_them_was_made_without() {
+        let cases = [
+            ("class_weights", "none", RunSettings { class_weights: crate::ClassWeights::Balanced, ..settings() }, "--class-weights"),
+            ("sampler", "shuffle", RunSettings { sampler: crate::Sampler::Balanced, ..settings() }, "--sampler"),
+        ];
+        for (setting, reference, balanced, option) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            record(dir.path(), &balanced, &inputs()).unwrap();
+            check(dir.path(), &balanced, &inputs()).unwrap();
+            match check(dir.path(), &settings(), &inputs()) {
+                Err(Error::OtherSettings { differences, .. }) => {
+                    assert_eq!(differences, [format!("{setting} was balanced, this run asks for {reference} ({option})")]);
+                }
+                other => panic!("expected a refusal, got {other:?}"),
             }
-            other => panic!("expected a refusal, got {other:?}"),
+            // Written before the setting was recorded: the reference's.
+            let path = dir.path().join(RUN_SETTINGS_FILE);
+            let mut older: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            older.remove(setting).unwrap();
+            std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
+            check(dir.path(), &settings(), &inputs()).unwrap();
+            let message = format!("{:?}", check(dir.path(), &balanced, &inputs()).unwrap_err());
+            assert!(message.contains(&format!("{setting} was {reference}, this run asks for balanced")), "{message}");
         }
-        // Written before class weights were recorded: every image alike.
-        let path = dir.path().join(RUN_SETTINGS_FILE);
-        let mut older: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        older.remove("class_weights").unwrap();
-        std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
-        check(dir.path(), &settings(), &inputs()).unwrap();
-        let message = format!("{:?}", check(dir.path(), &balanced, &inputs()).unwrap_err());
-        assert!(message.contains("class_weights was none, this run asks for balanced"), "{message}");
     }
 
     #[test]
