@@ -58,9 +58,9 @@ pub fn run(args: &ExportArgs) -> Result<Exported> {
                 // ("all" or "every:K": each frame kept predicted, the file's probabilities their
                 // mean, as predict does).
                 "dicom_frame": card.dicom_frame,
-                // The display window grayscale images were read through (DICOM's LINEAR function
-                // on the rescaled values, other formats' on the stored ones; three joined by +, one a colour channel:
-                // red, green, blue), null where each file's own.
+                // The display window grayscale images were read through (DICOM's LINEAR function on
+                // the rescaled values, other formats' on the stored ones; three joined by +, one a
+                // colour channel: red, green, blue), null where each file's own.
                 "window": card.window,
                 // The axes NIfTI volumes were read along: "stored", or "canonical" (nibabel's
                 // as_closest_canonical, RAS+).

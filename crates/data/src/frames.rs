@@ -86,10 +86,10 @@ impl fmt::Display for FrameSelection {
 
 /// How many frames the image file at `path` holds, from its header alone (the pixel data left
 /// unread): a DICOM file's Number of Frames (1 where it has none), a NIfTI volume's slices as
-/// `reading` reads it (an [`Orientation`](crate::Orientation), or a [`VolumeReading`] with a 4-D file's volume), 1 for
-/// any other image. A header that cannot be read, or states more
-/// frames than the file can hold (a damaged count would otherwise make thousands of images of one
-/// file), is an error naming it.
+/// `reading` reads it (an [`Orientation`](crate::Orientation), or a [`VolumeReading`] with a 4-D
+/// file's volume), 1 for any other image. A header that cannot be read, or states more frames than
+/// the file can hold (a damaged count would otherwise make thousands of images of one file), is an
+/// error naming it.
 pub fn frame_count(path: &Path, reading: impl Into<VolumeReading>) -> Result<u32> {
     if volume::is_nifti(path) { volume::slice_count(path, reading.into()) } else { dicom_frame_count(path) }
 }

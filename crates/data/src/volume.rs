@@ -21,11 +21,11 @@
 //! Of a 4-D file of several volumes (the Medical Segmentation Decathlon's brain tumour and
 //! prostate files: one volume a modality; diffusion's b-values, a time series), the volume
 //! `--volume N` names is read, as `img.get_fdata()[..., N - 1]`; or three (`--volume A+B+C`),
-//! each the red, green or blue channel as alone it is gray (BraTS entries fed three MR sequences to
-//! ImageNet backbones so); without it such a file is refused. A 5-D file, a NIfTI-2 file, a header/image pair and complex data are refused with the
-//! conversion that makes them readable. `plane.rs`:
-//! [`slice_plane`], the anatomical plane of the slices (rank warns where a folder's volumes
-//! differ).
+//! each the red, green or blue channel as alone it is gray (BraTS entries fed three MR sequences
+//! to ImageNet backbones so); without it such a file is refused. A 5-D file, a NIfTI-2 file, a
+//! header/image pair and complex data are refused with the conversion that makes them readable.
+//! `plane.rs`: [`slice_plane`], the anatomical plane of the slices (rank warns where a folder's
+//! volumes differ).
 
 use std::io::{BufReader, Cursor, Read};
 use std::path::Path;

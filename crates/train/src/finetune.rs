@@ -93,8 +93,8 @@ pub struct RunSettings {
     pub sampler: Sampler,
 }
 
-/// What a user sets of the runs of a search beyond the reference (`--epochs`, `--batch`,
-/// `--seed`, `--select`, `--patience`, `--crop`, `--class-weights`, `--sampler`; the reference's values are a
+/// What a user sets of the runs of a search beyond the reference (`--epochs`, `--batch`, `--seed`,
+/// `--select`, `--patience`, `--crop`, `--class-weights`, `--sampler`; the reference's values are a
 /// deviation when changed). The train transform crops to the same size as the eval transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainingOptions {

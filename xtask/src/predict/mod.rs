@@ -72,9 +72,9 @@ pub struct PredictArgs {
     /// default as rank read its images (`dicom_frame` in the model's card).
     #[arg(long, visible_alias = "slice", value_name = "FRAME")]
     pub dicom_frame: Option<FrameSelection>,
-    /// A display window for grayscale images (DICOM, NIfTI, PNG, TIFF, BMP, JPEG; CENTER,WIDTH, or three joined by +
-    /// for the red, green and blue channels, as rank takes it). By default the one rank read its
-    /// images through (`window` in the model's card), else each file's own.
+    /// A display window for grayscale images (DICOM, NIfTI, PNG, TIFF, BMP, JPEG; CENTER,WIDTH, or
+    /// three joined by + for the red, green and blue channels, as rank takes it). By default the
+    /// one rank read its images through (`window` in the model's card), else each file's own.
     #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
     pub window: Option<medxfer_data::Window>,
     /// A NIfTI volume's axes, stored or canonical (RAS+, as rank takes it). By default the ones

@@ -54,9 +54,10 @@ pub struct ImagesReading {
     /// DICOM's LINEAR window: in place of a DICOM file's window or VOI LUT table and a NIfTI
     /// volume's display range or min-max (MONOCHROME1 still inverted; colour images as they are).
     /// A grayscale PNG, TIFF, BMP or JPEG is windowed on its stored values, in place of its high
-    /// byte (12-bit radiographs exported to 16 bits: 2048,4096 spans them). Or three windows joined by + for the red, green and blue channels, each channel what
-    /// its window shows (CT's brain, subdural and bone windows: 40,80+80,200+600,2800). `predict`
-    /// reads new images through it too.
+    /// byte (12-bit radiographs exported to 16 bits: 2048,4096 spans them). Or three windows
+    /// joined by `+` for the red, green and blue channels, each channel what its window shows
+    /// (CT's brain, subdural and bone windows: 40,80+80,200+600,2800). `predict` reads new
+    /// images through it too.
     #[arg(long, value_name = "CENTER,WIDTH", allow_hyphen_values = true)]
     pub window: Option<medxfer_data::Window>,
     /// A NIfTI volume's axes: stored (slices along the third stored axis, in whatever plane the
