@@ -135,6 +135,15 @@ fn a_4d_files_volume_reads_as_nibabel_shows_it() {
             assert_eq!(max, 0, "{case}");
         }
     }
+    // 2.5-D within the volume chosen: each channel that volume's slice before, itself, after.
+    let path = fixtures().join("mr_4d_modalities.nii");
+    let slab = Rendering { volume: Some(Volumes::One(2)), adjacent_slices: true, ..Rendering::default() };
+    let image = load_image_frames(&path, &[DicomFrame::Number(2)], slab).unwrap().remove(0).unwrap().image;
+    for (channel, slice) in [(0, 1), (1, 2), (2, 3)] {
+        let gray = image::RgbImage::from_fn(image.width(), image.height(), |x, y| image::Rgb([image.get_pixel(x, y).0[channel]; 3]));
+        let (max, _, _) = common::differences("2.5-D", &gray, &expected[&format!("volumes/mr_4d_modalities.nii@2#{slice}")]);
+        assert_eq!(max, 0, "channel {channel}");
+    }
     // The volumes differ: the first is not the fourth.
     let path = fixtures().join("mr_4d_modalities.nii");
     let first =
