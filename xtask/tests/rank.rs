@@ -255,48 +255,34 @@ fn rank_scores_every_candidate_caches_them_and_tunes_only_the_shortlist() {
     let bytes = std::fs::read(&keyed(&tuned_features, "vit_min", "safetensors")[0]).unwrap();
     assert_eq!(safetensors::SafeTensors::deserialize(&bytes).unwrap().tensor("features").unwrap().shape(), [28, 24], "70% of 40");
 
-    // Class-weighted: another search beside the first (never its runs answered from the cache),
-    // each run recording the weights, and ranking.md saying so.
-    let weighted = rank(
-        dir.path(),
-        &images,
-        &tuned_out,
-        None,
-        &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8", "--class-weights", "balanced"],
-    );
-    let weighted = String::from_utf8(weighted.stdout).unwrap();
-    assert!(weighted.contains("Each image weighed in the loss by its class (--class-weights balanced"), "{weighted}");
-    assert!(!tuned.contains("weighed in the loss"), "{tuned}");
-    let mut weights: Vec<String> = std::fs::read_dir(tuned_out.join("runs"))
-        .unwrap()
-        .map(|run| {
-            let record = std::fs::read(run.unwrap().path().join("trial-000").join("run-settings.json")).unwrap();
-            serde_json::from_slice::<serde_json::Value>(&record).unwrap()["class_weights"].as_str().unwrap().to_string()
-        })
-        .collect();
-    weights.sort();
-    assert_eq!(weights, ["balanced", "none"]);
-
-    // Class-balanced draws: a third search, ranking.md saying so.
-    let sampled = rank(
-        dir.path(),
-        &images,
-        &tuned_out,
-        None,
-        &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8", "--sampler", "balanced"],
-    );
-    let sampled = String::from_utf8(sampled.stdout).unwrap();
-    assert!(sampled.contains("Each epoch's train images drawn class-balanced (--sampler balanced"), "{sampled}");
-    assert!(!sampled.contains("weighed in the loss"), "{sampled}");
-    let mut samplers: Vec<String> = std::fs::read_dir(tuned_out.join("runs"))
-        .unwrap()
-        .map(|run| {
-            let record = std::fs::read(run.unwrap().path().join("trial-000").join("run-settings.json")).unwrap();
-            serde_json::from_slice::<serde_json::Value>(&record).unwrap()["sampler"].as_str().unwrap().to_string()
-        })
-        .collect();
-    samplers.sort();
-    assert_eq!(samplers, ["balanced", "shuffle", "shuffle"]);
+    // Class-weighted, then class-balanced draws: each another search beside those before (never
+    // their runs answered from the cache), each run recording its setting, and ranking.md saying
+    // so (and nothing of the other).
+    let (weighed, drawn) = ("Each image weighed in the loss by its class", "Each epoch's train images drawn class-balanced");
+    assert!(!tuned.contains(weighed) && !tuned.contains(drawn), "{tuned}");
+    for (option, setting, (says, not), recorded) in [
+        ("--class-weights", "class_weights", (weighed, drawn), ["balanced", "none"].as_slice()),
+        ("--sampler", "sampler", (drawn, weighed), ["balanced", "shuffle", "shuffle"].as_slice()),
+    ] {
+        let output = rank(
+            dir.path(),
+            &images,
+            &tuned_out,
+            None,
+            &["--finetune-top", "1", "--trials", "2", "--epochs", "2", "--batch", "8", option, "balanced"],
+        );
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains(&format!("{says} ({option} balanced")) && !text.contains(not), "{text}");
+        let mut values: Vec<String> = std::fs::read_dir(tuned_out.join("runs"))
+            .unwrap()
+            .map(|run| {
+                let record = std::fs::read(run.unwrap().path().join("trial-000").join("run-settings.json")).unwrap();
+                serde_json::from_slice::<serde_json::Value>(&record).unwrap()[setting].as_str().unwrap().to_string()
+            })
+            .collect();
+        values.sort();
+        assert_eq!(values, recorded, "{option}");
+    }
 }
 
 #[test]

@@ -378,6 +378,21 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
     assert!(message.contains("trial-000") && message.contains("epochs was 1, this run asks for 2 (--epochs)"), "{message}");
 }
 
+/// A task of 32 train images of class 0 and 8 of class 1, and 12 and 6 to validate on (their
+/// labels returned).
+fn imbalanced(dir: &Path) -> (RunData, Vec<u32>) {
+    let train: Vec<u32> = (0..40).map(|i| u32::from(i % 5 == 0)).collect();
+    let val: Vec<u32> = (0..18).map(|i| u32::from(i % 3 == 0)).collect();
+    let data = RunData {
+        train: write_labelled(dir, "train", &train, 1, 32),
+        val: write_labelled(dir, "val", &val, 2, 32),
+        test: None,
+        ood: None,
+        classes: 2,
+    };
+    (data, val)
+}
+
 /// `--class-weights balanced` on 32 images of class 0 and 8 of class 1: weights 40 / (2 * 32)
 /// and 40 / (2 * 8), as scikit-learn's "balanced"; each epoch's validation loss is the kept
 /// model's weighted cross-entropy over the whole validation part (PyTorch's weighted mean),
@@ -385,15 +400,7 @@ fn a_search_shared_by_two_shards_runs_each_trial_once_and_selects_a_opt() {
 #[test]
 fn a_class_weighted_run_keeps_the_weighted_validation_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let train: Vec<u32> = (0..40).map(|i| u32::from(i % 5 == 0)).collect();
-    let val: Vec<u32> = (0..18).map(|i| u32::from(i % 3 == 0)).collect();
-    let data = RunData {
-        train: write_labelled(dir.path(), "train", &train, 1, 32),
-        val: write_labelled(dir.path(), "val", &val, 2, 32),
-        test: None,
-        ood: None,
-        classes: 2,
-    };
+    let (data, val) = imbalanced(dir.path());
     let settings = RunSettings { class_weights: ClassWeights::Balanced, ..settings(1) };
     let (model, run) = (model(), dir.path().join("run"));
     let mut epochs = Vec::new();
@@ -428,15 +435,7 @@ fn a_class_weighted_run_keeps_the_weighted_validation_loss() {
 #[test]
 fn a_class_balanced_run_resumes_as_it_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let train: Vec<u32> = (0..40).map(|i| u32::from(i % 5 == 0)).collect();
-    let val: Vec<u32> = (0..18).map(|i| u32::from(i % 3 == 0)).collect();
-    let data = RunData {
-        train: write_labelled(dir.path(), "train", &train, 1, 32),
-        val: write_labelled(dir.path(), "val", &val, 2, 32),
-        test: None,
-        ood: None,
-        classes: 2,
-    };
+    let (data, _) = imbalanced(dir.path());
     let balanced = RunSettings { sampler: Sampler::Balanced, ..settings(2) };
     let losses = |dir: &Path| -> Vec<(u64, u64)> { history(dir).iter().map(|r| (r.train_loss.to_bits(), r.val_loss.to_bits())).collect() };
     let quiet = &mut |_: &EpochRecord| {};
