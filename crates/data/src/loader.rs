@@ -119,9 +119,11 @@ pub fn epoch_order(labels: &[u32], config: &LoaderConfig) -> Vec<usize> {
 }
 
 /// Each of `order`'s images' key for its train transform's draws: its index the first time it
-/// comes, and another (index + k x `len` the k-th time after) each time it comes again, so that
-/// an image drawn twice in an epoch is augmented twice, as a PyTorch dataset's `__getitem__` is.
-fn draw_keys(order: &[usize], len: usize) -> Vec<u64> {
+/// comes, and another (index + k x the epoch's length the k-th time after) each time it comes
+/// again, so that an image drawn twice in an epoch is augmented twice, as a PyTorch dataset's
+/// `__getitem__` is. An epoch is as long as the images are many, so every index is below it.
+fn draw_keys(order: &[usize]) -> Vec<u64> {
+    let len = order.len();
     let mut seen = vec![0u64; len];
     order
         .iter()
@@ -166,7 +168,7 @@ pub fn batches(cache: Arc<ImageCache>, labels: Arc<Vec<u32>>, config: LoaderConf
         .name("medxfer-batches".into())
         .spawn(move || {
             let order = epoch_order(&labels, &config);
-            let keys = draw_keys(&order, order.len());
+            let keys = draw_keys(&order);
             for (indices, keys) in order.chunks(config.batch_size).zip(keys.chunks(config.batch_size)) {
                 let mut flat = vec![0f32; indices.len() * 3 * crop * crop];
                 let built = flat
